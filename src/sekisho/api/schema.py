@@ -1,0 +1,307 @@
+"""Parse and check OpenAI request bodies.
+
+Checks what sekisho relies on and what would only fail later upstream with a worse message:
+types, ranges, required fields. Unknown fields pass through untouched, because the OpenAI API
+grows and clients that use a new field must keep working. Every error names the parameter
+(``messages[2].content``) the way OpenAI's own errors do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from sekisho.errors import InvalidRequest
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+
+    def texts(self) -> list[str]:
+        """Every piece of text the upstream would see, for inspection."""
+        return _message_texts(self.body["messages"])
+
+
+@dataclass(slots=True)
+class EmbeddingsRequest:
+    body: dict[str, Any]
+    model: str
+
+    def texts(self) -> list[str]:
+        inp = self.body["input"]
+        if isinstance(inp, str):
+            return [inp]
+        return [x for x in inp if isinstance(x, str)]
+
+
+def load_json(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"The request body is not valid JSON ({exc.args[0] if exc.args else 'parse error'}). "
+            "Send a JSON object with Content-Type: application/json."
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(
+            f"The request body must be a JSON object, not {_type_name(body)}."
+        )
+    return body
+
+
+def parse_chat(raw: bytes) -> ChatRequest:
+    body = load_json(raw)
+    model = _model(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages")
+    if not isinstance(messages, list):
+        raise _type_error("messages", "an array", messages)
+    if not messages:
+        raise InvalidRequest(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+            param="messages",
+        )
+    for i, m in enumerate(messages):
+        _message(m, f"messages[{i}]")
+    stream = _optional(body, "stream", bool, "a boolean") or False
+    include_usage = False
+    opts = body.get("stream_options")
+    if opts is not None:
+        if not isinstance(opts, dict):
+            raise _type_error("stream_options", "an object", opts)
+        if not stream:
+            raise InvalidRequest(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+            )
+        iu = opts.get("include_usage")
+        if iu is not None and not isinstance(iu, bool):
+            raise _type_error("stream_options.include_usage", "a boolean", iu)
+        include_usage = bool(iu)
+    _number(body, "temperature", 0.0, 2.0)
+    _number(body, "top_p", 0.0, 1.0)
+    _number(body, "presence_penalty", -2.0, 2.0)
+    _number(body, "frequency_penalty", -2.0, 2.0)
+    _integer(body, "n", 1, 128)
+    _integer(body, "max_tokens", 1, None)
+    _integer(body, "max_completion_tokens", 1, None)
+    _integer(body, "top_logprobs", 0, 20)
+    _integer(body, "seed", None, None)
+    _optional(body, "logprobs", bool, "a boolean")
+    _optional(body, "parallel_tool_calls", bool, "a boolean")
+    _optional(body, "user", str, "a string")
+    _optional(body, "logit_bias", dict, "an object")
+    _optional(body, "metadata", dict, "an object")
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str):
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise _type_error("stop", "a string or an array of strings", stop)
+        if len(stop) > 4:
+            raise InvalidRequest("Invalid 'stop': at most 4 sequences.", param="stop")
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _type_error("tools", "an array", tools)
+        for i, t in enumerate(tools):
+            if not isinstance(t, dict):
+                raise _type_error(f"tools[{i}]", "an object", t)
+            if not isinstance(t.get("type"), str):
+                raise InvalidRequest(
+                    f"Missing required parameter: 'tools[{i}].type'.", param=f"tools[{i}].type"
+                )
+    tc = body.get("tool_choice")
+    if tc is not None and not isinstance(tc, str | dict):
+        raise _type_error("tool_choice", "a string or an object", tc)
+    rf = body.get("response_format")
+    if rf is not None:
+        if not isinstance(rf, dict):
+            raise _type_error("response_format", "an object", rf)
+        if not isinstance(rf.get("type"), str):
+            raise InvalidRequest(
+                "Missing required parameter: 'response_format.type'.",
+                param="response_format.type",
+            )
+    return ChatRequest(body, model, stream, include_usage)
+
+
+def parse_embeddings(raw: bytes) -> EmbeddingsRequest:
+    body = load_json(raw)
+    model = _model(body)
+    inp = body.get("input")
+    if inp is None:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    if isinstance(inp, str):
+        pass
+    elif isinstance(inp, list):
+        if not inp:
+            raise InvalidRequest("Invalid 'input': empty array.", param="input")
+        if all(isinstance(x, str) for x in inp):
+            pass
+        elif all(isinstance(x, int) and not isinstance(x, bool) for x in inp):
+            pass
+        elif all(
+            isinstance(x, list) and x and all(isinstance(y, int) and not isinstance(y, bool) for y in x)
+            for x in inp
+        ):
+            pass
+        else:
+            raise _type_error(
+                "input", "a string, an array of strings, or an array of token arrays", inp
+            )
+    else:
+        raise _type_error("input", "a string or an array", inp)
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise InvalidRequest(
+            f"Invalid 'encoding_format': {fmt!r}; expected 'float' or 'base64'.",
+            param="encoding_format",
+        )
+    _integer(body, "dimensions", 1, None)
+    _optional(body, "user", str, "a string")
+    return EmbeddingsRequest(body, model)
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+    if not isinstance(model, str):
+        raise _type_error("model", "a string", model)
+    if not model:
+        raise InvalidRequest("Invalid 'model': empty string.", param="model")
+    return model
+
+
+def _message(m: Any, where: str) -> None:
+    if not isinstance(m, dict):
+        raise _type_error(where, "an object", m)
+    role = m.get("role")
+    if role is None:
+        raise InvalidRequest(f"Missing required parameter: '{where}.role'.", param=f"{where}.role")
+    if role not in _ROLES:
+        raise InvalidRequest(
+            f"Invalid value for '{where}.role': {role!r}. Supported values are: "
+            "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
+            param=f"{where}.role",
+        )
+    content = m.get("content")
+    if content is None:
+        if role in ("user", "system", "developer") or (
+            role == "assistant" and not m.get("tool_calls") and not m.get("function_call")
+        ):
+            if "content" not in m:
+                raise InvalidRequest(
+                    f"Missing required parameter: '{where}.content'.", param=f"{where}.content"
+                )
+            if role != "assistant":
+                raise _type_error(f"{where}.content", "a string or an array of content parts", None)
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            p = f"{where}.content[{j}]"
+            if not isinstance(part, dict):
+                raise _type_error(p, "an object", part)
+            ptype = part.get("type")
+            if not isinstance(ptype, str):
+                raise InvalidRequest(f"Missing required parameter: '{p}.type'.", param=f"{p}.type")
+            if ptype == "text" and not isinstance(part.get("text"), str):
+                raise _type_error(f"{p}.text", "a string", part.get("text"))
+    elif not isinstance(content, str):
+        raise _type_error(f"{where}.content", "a string or an array of content parts", content)
+    calls = m.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise _type_error(f"{where}.tool_calls", "an array", calls)
+        for j, c in enumerate(calls):
+            if not isinstance(c, dict):
+                raise _type_error(f"{where}.tool_calls[{j}]", "an object", c)
+    if role == "tool" and not isinstance(m.get("tool_call_id"), str):
+        raise InvalidRequest(
+            f"Missing required parameter: '{where}.tool_call_id'.", param=f"{where}.tool_call_id"
+        )
+
+
+def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for m in messages:
+        c = m.get("content")
+        if isinstance(c, str):
+            out.append(c)
+        elif isinstance(c, list):
+            for part in c:
+                t = part.get("text")
+                if isinstance(t, str):
+                    out.append(t)
+        for call in m.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                out.append(fn["arguments"])
+    return out
+
+
+def _optional(body: dict[str, Any], key: str, typ: type, what: str) -> Any:
+    v = body.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, typ) or (typ is not bool and isinstance(v, bool)):
+        raise _type_error(key, what, v)
+    return v
+
+
+def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
+    v = body.get(key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise _type_error(key, "a number", v)
+    if not lo <= v <= hi:
+        raise InvalidRequest(
+            f"Invalid '{key}': {v} is out of range; expected a value between {lo:g} and {hi:g}.",
+            param=key,
+        )
+
+
+def _integer(body: dict[str, Any], key: str, lo: int | None, hi: int | None) -> None:
+    v = body.get(key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _type_error(key, "an integer", v)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+        raise InvalidRequest(f"Invalid '{key}': {v}; expected an integer {bounds}.", param=key)
+
+
+def _type_error(param: str, expected: str, got: Any) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {_type_name(got)}.",
+        param=param,
+    )
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a decimal"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__

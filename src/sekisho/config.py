@@ -1,0 +1,301 @@
+"""Load and validate sekisho's YAML configuration.
+
+Every problem names the file, the key path and the reason, and start-up stops on any of them.
+Secrets come from the environment: any string may be written ``${NAME}`` or ``${NAME:-default}``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sekisho.errors import ConfigError, ConfigProblem
+from sekisho.policy.spec import PolicySpec
+from sekisho.routing.catalogue import Catalogue, CountryCode, Endpoint
+from sekisho.types import Level
+
+if TYPE_CHECKING:
+    from sekisho.policy.compiler import CompiledPolicy
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = Field(default="127.0.0.1", description="Address to listen on")
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=256, description="Gateway processes")
+    data_dir: str = Field(default="./data", description="SQLite files, keys and local state")
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted"
+    )
+    log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+    shutdown_grace_seconds: float = Field(
+        default=30.0, ge=0, description="How long in-flight requests and streams may finish"
+    )
+
+
+class HealthConfig(_Section):
+    failure_threshold: int = Field(
+        default=1, ge=1, description="Consecutive failures that mark an endpoint down"
+    )
+    backoff_initial_seconds: float = Field(default=1.0, gt=0)
+    backoff_max_seconds: float = Field(default=60.0, gt=0)
+    probe_interval_seconds: float = Field(
+        default=0.0, ge=0, description="Active probe (GET /models) interval; 0 disables probes"
+    )
+
+
+class RoutingConfig(_Section):
+    max_attempts: int = Field(
+        default=3, ge=1, description="Endpoints tried per request (first try plus failovers)"
+    )
+    health: HealthConfig = HealthConfig()
+
+
+class RegionConfig(_Section):
+    country: CountryCode = Field(description="Country the region's stores and keys are in")
+    store: str = Field(
+        default="sqlite", description="'sqlite' (a file under data_dir) or a postgresql:// URL"
+    )
+
+
+class TenantConfig(_Section):
+    home_region: str = Field(description="Region whose store keeps this tenant's data")
+    default_classification: str = Field(
+        default="internal", description="Level when nothing else says (public … restricted, 機密性1-3)"
+    )
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+
+    @field_validator("default_classification")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        Level.parse(value)
+        return value
+
+
+class ConfigModel(_Section):
+    """The whole configuration file."""
+
+    version: int = Field(default=1, ge=1, le=1, description="Configuration format version")
+    server: ServerConfig = ServerConfig()
+    routing: RoutingConfig = RoutingConfig()
+    regions: dict[str, RegionConfig] = Field(min_length=1)
+    endpoints: list[Endpoint] = Field(min_length=1)
+    tenants: dict[str, TenantConfig] = Field(min_length=1)
+
+
+class Tenant:
+    """A tenant as the rest of sekisho sees it."""
+
+    __slots__ = (
+        "default_classification",
+        "home_country",
+        "home_region",
+        "name",
+        "policy",
+        "source_file",
+    )
+
+    def __init__(self, name: str, spec: TenantConfig, home_country: str, source_file: str) -> None:
+        self.name = name
+        self.home_region = spec.home_region
+        self.home_country = home_country
+        self.default_classification = spec.default_classification
+        self.policy = spec.policy
+        self.source_file = source_file
+
+
+class Config:
+    """A validated configuration: the model as written plus the objects built from it."""
+
+    def __init__(self, model: ConfigModel, source_file: str) -> None:
+        self.model = model
+        self.source_file = source_file
+        self.server = model.server
+        self.routing = model.routing
+        self.regions = model.regions
+        self.catalogue = Catalogue(model.endpoints)
+        self.tenants = {
+            name: Tenant(name, t, model.regions[t.home_region].country, source_file)
+            for name, t in model.tenants.items()
+        }
+        self.policies: dict[str, CompiledPolicy] = {}
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.data_dir)
+
+
+def load_config(path: str | os.PathLike[str], *, env: dict[str, str] | None = None) -> Config:
+    """Read, expand and validate a config file; raise ConfigError listing every problem."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(file, "", f"cannot read: {exc.strerror}")]) from None
+    return parse_config(text, file, env=env)
+
+
+def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | None = None) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigProblem(file, where, f"not valid YAML: {reason}")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem(file, "", "must be a YAML mapping at the top level")])
+    problems: list[ConfigProblem] = []
+    expanded = _expand(raw, env if env is not None else dict(os.environ), file, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        model = ConfigModel.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(_problems_from(exc, expanded, file)) from None
+    problems = _cross_checks(model, file)
+    if problems:
+        raise ConfigError(problems)
+    config = Config(model, file)
+    _compile_policies(config)
+    return config
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ConfigModel.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "sekisho configuration"
+    return schema
+
+
+def _expand(node: Any, env: dict[str, str], file: str, path: str, out: list[ConfigProblem]) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            out.append(
+                ConfigProblem(
+                    file, path, f"environment variable {name} is not set (referenced as ${{{name}}})"
+                )
+            )
+            return ""
+
+        return _ENV.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: _expand(v, env, file, _join(path, str(k)), out) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, env, file, f"{path}[{i}]", out) for i, v in enumerate(node)]
+    return node
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _problems_from(exc: ValidationError, raw: Any, file: str) -> list[ConfigProblem]:
+    problems = []
+    for err in exc.errors():
+        path = _loc_path(err["loc"], raw)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `sekisho config schema` lists every key)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        problems.append(ConfigProblem(file, path, msg))
+    return problems
+
+
+def _loc_path(loc: tuple[Any, ...], raw: Any) -> str:
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node):
+                node = node[item]
+                if isinstance(node, dict) and isinstance(node.get("id"), str):
+                    label = f"[{item}]({node['id']})"
+            parts.append(label)
+        else:
+            key = str(item)
+            if key in ("function-after", "function-before", "function-wrap"):
+                continue
+            if isinstance(node, dict):
+                node = node.get(key)
+            parts.append(key if not parts else f".{key}")
+    return "".join(parts)
+
+
+def _cross_checks(model: ConfigModel, file: str) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    seen: dict[str, int] = {}
+    for i, ep in enumerate(model.endpoints):
+        if ep.id in seen:
+            problems.append(
+                ConfigProblem(
+                    file, f"endpoints[{i}].id", f"{ep.id!r} already used by endpoints[{seen[ep.id]}]"
+                )
+            )
+        seen.setdefault(ep.id, i)
+    for name, tenant in model.tenants.items():
+        if tenant.home_region not in model.regions:
+            known = ", ".join(sorted(model.regions))
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"tenants.{name}.home_region",
+                    f"unknown region {tenant.home_region!r}; declared regions: {known}",
+                )
+            )
+    for name, region in model.regions.items():
+        store = region.store
+        if store != "sqlite" and not store.startswith(("postgresql://", "postgres://")):
+            problems.append(
+                ConfigProblem(
+                    file, f"regions.{name}.store", "must be 'sqlite' or a postgresql:// URL"
+                )
+            )
+    return problems
+
+
+def _compile_policies(config: Config) -> None:
+    """Compile every tenant's policy now, so a bad policy stops start-up with its key path."""
+    from sekisho.policy.compiler import compile_policy
+
+    problems: list[ConfigProblem] = []
+    compiled = {}
+    for name, tenant in config.tenants.items():
+        try:
+            compiled[name] = compile_policy(
+                tenant.policy, config.catalogue, home_country=tenant.home_country, source=config.source_file
+            )
+        except ConfigError as exc:
+            for p in exc.problems:
+                sub = p.path
+                path = f"tenants.{name}.policy" + (f".{sub}" if sub and not sub.startswith("tenants.") else "")
+                if sub.startswith("tenants."):
+                    path = sub
+                problems.append(ConfigProblem(p.file or config.source_file, path, p.reason))
+    if problems:
+        raise ConfigError(problems)
+    config.policies = compiled
+
+

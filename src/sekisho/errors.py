@@ -1,0 +1,139 @@
+"""The one error hierarchy of sekisho.
+
+Every error a client can see carries a stable ``code``; the HTTP layer maps it to OpenAI's error
+body (``{"error": {"message", "type", "param", "code"}}``) and status, so that the official SDKs
+raise their usual exception classes (``BadRequestError``, ``AuthenticationError``,
+``PermissionDeniedError``, ``NotFoundError``, ``RateLimitError``, ``InternalServerError`` ...).
+"""
+
+from __future__ import annotations
+
+
+class SekishoError(Exception):
+    """Base of every error sekisho raises on purpose."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(SekishoError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationFailed(SekishoError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(SekishoError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class PolicyViolation(PermissionDenied):
+    """No endpoint is eligible under the tenant's sovereignty policy, or the policy blocks."""
+
+    code = "sovereignty_policy_violation"
+
+
+class NotFound(SekishoError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(SekishoError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RequestTooLarge(SekishoError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(SekishoError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamFailed(SekishoError):
+    """Every eligible endpoint failed (connect error, 5xx, 429, garbage) before a byte was sent."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_failed"
+
+
+class UpstreamTimeout(UpstreamFailed):
+    status = 504
+    code = "upstream_timeout"
+
+
+class ServiceUnavailable(SekishoError):
+    """sekisho cannot meet one of its promises right now (e.g. the ledger cannot record)."""
+
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class ConfigError(Exception):
+    """A configuration that does not validate. Each problem names file, key path and reason."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ConfigProblem:
+    __slots__ = ("file", "path", "reason")
+
+    def __init__(self, file: str, path: str, reason: str) -> None:
+        self.file = file
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.path}" if self.path else self.file
+        return f"{where}: {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"ConfigProblem({self.file!r}, {self.path!r}, {self.reason!r})"

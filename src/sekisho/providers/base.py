@@ -1,0 +1,78 @@
+"""The transport interface and the failures an upstream can produce."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol
+
+from sekisho.routing.catalogue import Route
+
+Kind = Literal["chat", "embeddings"]
+
+
+class UpstreamError(Exception):
+    """An upstream did not produce a usable answer. ``retryable`` says whether to fail over."""
+
+    retryable = True
+    reason = "error"
+
+    def __init__(self, endpoint_id: str, detail: str) -> None:
+        super().__init__(f"{endpoint_id}: {detail}")
+        self.endpoint_id = endpoint_id
+        self.detail = detail
+
+
+class UpstreamConnectError(UpstreamError):
+    reason = "connect"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    reason = "timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered something that is not the protocol (garbage, truncated stream)."""
+
+    reason = "protocol"
+
+
+class UpstreamStatusError(UpstreamError):
+    """An HTTP error status. 5xx and 429 fail over; other 4xx go back to the client as they are."""
+
+    reason = "status"
+
+    def __init__(self, endpoint_id: str, status: int, body: bytes, retry_after: str | None) -> None:
+        super().__init__(endpoint_id, f"HTTP {status}")
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+        self.retryable = status >= 500 or status == 429
+
+
+class UpstreamResponse(Protocol):
+    """An open upstream response whose status was 2xx."""
+
+    status: int
+
+    async def read(self) -> bytes: ...
+
+    def lines(self) -> AsyncIterator[bytes]:
+        """The body line by line (for SSE), each without its line ending."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Sends an OpenAI-shaped request to one API family."""
+
+    async def open(
+        self, route: Route, kind: Kind, body: dict[str, Any], *, stream: bool
+    ) -> UpstreamResponse:
+        """Send the request; return once response headers with a 2xx status have arrived.
+
+        Raises an UpstreamError subclass for every failure, so the caller can fail over.
+        """
+        ...
+
+    async def close(self) -> None: ...

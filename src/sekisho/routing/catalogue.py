@@ -1,0 +1,243 @@
+"""The endpoint catalogue: every model endpoint sekisho may send to, and its sovereignty facts.
+
+These facts (where the compute is, who operates it, what the operator does with the data, which
+certifications it holds) are what the policy decides on, what the ledger records and what the
+sovereignty report prints, so each is modelled explicitly and validated at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+
+
+def _country(value: str) -> str:
+    code = value.strip().upper()
+    if not _COUNTRY.match(code):
+        raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 country code (e.g. JP, US, DE)")
+    return code
+
+
+CountryCode = Annotated[str, AfterValidator(_country)]
+
+# Certifications we know how to name in reports and policies. Spelled as operators and
+# procurement write them; a typo stops start-up instead of silently failing a policy check.
+KNOWN_CERTIFICATIONS: frozenset[str] = frozenset(
+    {
+        "ISMAP",  # 政府情報システムのためのセキュリティ評価制度
+        "ISMAP-LIU",  # ISMAP for Low-Impact Use
+        "ISO27001",
+        "ISO27017",
+        "ISO27018",
+        "ISO27701",
+        "ISO42001",
+        "SOC1",
+        "SOC2",
+        "SOC3",
+        "PCI-DSS",
+        "CSA-STAR",
+        "C5",  # Germany, BSI Cloud Computing Compliance Criteria Catalogue
+        "FEDRAMP",
+        "HDS",  # France, Hébergeur de Données de Santé
+        "SECNUMCLOUD",
+        "PRIVACYMARK",  # プライバシーマーク
+        "JIS-Q-15001",
+        "FISC",  # 金融情報システムセンター 安全対策基準 conformity statement
+    }
+)
+
+_CERT_SPELLINGS = {c.replace("-", "").replace(" ", ""): c for c in KNOWN_CERTIFICATIONS}
+
+
+def _certification(value: str) -> str:
+    key = re.sub(r"[\s\-/_]|IEC", "", value.upper())
+    key = key.replace("ISO/", "ISO")
+    if key in _CERT_SPELLINGS:
+        return _CERT_SPELLINGS[key]
+    accepted = ", ".join(sorted(KNOWN_CERTIFICATIONS))
+    raise ValueError(f"unknown certification {value!r}; known: {accepted}")
+
+
+Certification = Annotated[str, AfterValidator(_certification)]
+
+# Bases on which personal data may be provided to this endpoint's operator abroad.
+# appi:* follow APPI Art. 28 (外国にある第三者への提供の制限); gdpr:* follow GDPR Chapter V.
+LegalBasis = Literal[
+    "appi:consent",  # 本人の同意 (Art. 28(1))
+    "appi:equivalent_measures",  # 相当措置を継続的に講ずる体制 (contract or certification, Art. 28(1))
+    "appi:designated_country",  # PPC-designated country with equivalent protection (EU/UK)
+    "gdpr:adequacy",  # Art. 45 adequacy decision
+    "gdpr:scc",  # Art. 46 standard contractual clauses
+    "gdpr:bcr",  # Art. 47 binding corporate rules
+    "gdpr:consent",  # Art. 49(1)(a)
+]
+
+
+class _Facts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Jurisdiction(_Facts):
+    """Where the endpoint's compute and its copies of the data physically are."""
+
+    country: CountryCode = Field(description="ISO 3166-1 alpha-2 code of the data centre's country")
+    region: str = Field(min_length=1, description="Region or data-centre name, e.g. 'tokyo'")
+
+
+class Operator(_Facts):
+    """Who runs the compute. Under APPI the operator's country counts, not only the data centre's."""
+
+    name: str = Field(min_length=1, description="Legal name of the operating company")
+    country: CountryCode = Field(description="Country of incorporation (ISO 3166-1 alpha-2)")
+    parent: str | None = Field(default=None, description="Ultimate parent company, if any")
+    parent_country: CountryCode | None = Field(
+        default=None, description="Parent's country of incorporation"
+    )
+
+    @property
+    def countries(self) -> frozenset[str]:
+        """Every country whose law reaches the operator (own and parent's incorporation)."""
+        if self.parent_country:
+            return frozenset({self.country, self.parent_country})
+        return frozenset({self.country})
+
+
+class DataTerms(_Facts):
+    """What the provider contractually does with prompts and outputs."""
+
+    retention_days: int = Field(
+        ge=0, description="Days the provider keeps prompts/outputs (e.g. abuse monitoring); 0 = none"
+    )
+    trains_on_data: bool = Field(description="Provider may use customer data to train models")
+    zero_data_retention: bool = Field(
+        default=False, description="Contractual zero data retention (nothing kept after response)"
+    )
+    legal_bases: tuple[LegalBasis, ...] = Field(
+        default=(),
+        description="Recorded legal bases for cross-border provision (APPI Art. 28, GDPR Ch. V)",
+    )
+
+    @model_validator(mode="after")
+    def _zdr_means_no_retention(self) -> DataTerms:
+        if self.zero_data_retention and self.retention_days:
+            raise ValueError("zero_data_retention is true but retention_days is not 0")
+        return self
+
+
+class ModelEntry(_Facts):
+    """One model an endpoint serves."""
+
+    id: str = Field(min_length=1, description="Model name sent upstream")
+    aliases: tuple[str, ...] = Field(
+        default=(), description="Other names clients may use for it, e.g. 'gpt-4o'"
+    )
+    kind: Literal["chat", "embedding"] = "chat"
+    deployment: str | None = Field(
+        default=None, description="Azure OpenAI deployment name (azure_openai only)"
+    )
+
+    @property
+    def public_names(self) -> tuple[str, ...]:
+        return (self.id, *self.aliases)
+
+
+class Timeouts(_Facts):
+    connect: float = Field(default=5.0, gt=0, description="Seconds to open a connection")
+    first_byte: float = Field(default=60.0, gt=0, description="Seconds until response headers")
+    total: float = Field(default=600.0, gt=0, description="Seconds for the whole exchange")
+
+
+Deployment = Literal["on_premises", "private_cloud", "public_cloud"]
+
+
+class Endpoint(_Facts):
+    """A model endpoint and its sovereignty facts."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Stable identifier")
+    family: Literal["openai", "azure_openai"] = Field(description="API family of the adapter")
+    base_url: str = Field(pattern=r"^https?://", description="e.g. https://host/v1")
+    api_key: str | None = Field(default=None, description="Upstream credential; use ${ENV_VAR}")
+    api_version: str | None = Field(default=None, description="azure_openai: api-version")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra upstream headers")
+    models: tuple[ModelEntry, ...] = Field(min_length=1)
+    jurisdiction: Jurisdiction
+    operator: Operator
+    data_terms: DataTerms
+    certifications: tuple[Certification, ...] = ()
+    deployment: Deployment = Field(
+        default="public_cloud", description="on_premises, private_cloud or public_cloud"
+    )
+    confidential_computing: bool = Field(
+        default=False, description="Prompts processed in attested TEEs (e.g. H100 CC mode)"
+    )
+    weight: float = Field(default=1.0, gt=0, description="Relative share of traffic")
+    max_concurrency: int | None = Field(default=None, gt=0, description="In-flight request cap")
+    timeouts: Timeouts = Timeouts()
+    simulated: bool = Field(default=False, description="A sekisho simulator, not a real model")
+
+    @model_validator(mode="after")
+    def _family_rules(self) -> Endpoint:
+        if self.family == "azure_openai":
+            if not self.api_version:
+                raise ValueError("azure_openai endpoints need api_version (e.g. 2024-10-21)")
+            missing = [m.id for m in self.models if not m.deployment]
+            if missing:
+                raise ValueError(f"azure_openai models need a deployment name: {missing}")
+        names: set[str] = set()
+        for m in self.models:
+            for n in m.public_names:
+                if n in names:
+                    raise ValueError(f"model name {n!r} appears twice on endpoint {self.id!r}")
+                names.add(n)
+        return self
+
+    @property
+    def domestic_operator_of(self) -> str:
+        return self.operator.country
+
+
+class Route:
+    """One way to serve a requested model: an endpoint and the model entry it would use."""
+
+    __slots__ = ("endpoint", "model")
+
+    def __init__(self, endpoint: Endpoint, model: ModelEntry) -> None:
+        self.endpoint = endpoint
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"Route({self.endpoint.id!r}, {self.model.id!r})"
+
+
+class Catalogue:
+    """All endpoints, indexed by the public model names they serve."""
+
+    def __init__(self, endpoints: Iterable[Endpoint]) -> None:
+        self.endpoints: tuple[Endpoint, ...] = tuple(endpoints)
+        self.by_id: dict[str, Endpoint] = {}
+        self._routes: dict[str, list[Route]] = {}
+        self._kinds: dict[str, str] = {}
+        for ep in self.endpoints:
+            if ep.id in self.by_id:
+                raise ValueError(f"endpoint id {ep.id!r} is declared twice")
+            self.by_id[ep.id] = ep
+            for m in ep.models:
+                for name in m.public_names:
+                    self._routes.setdefault(name, []).append(Route(ep, m))
+                    self._kinds.setdefault(name, m.kind)
+
+    def routes(self, model: str) -> tuple[Route, ...]:
+        """Every route serving ``model`` (an id or alias), in catalogue order."""
+        return tuple(self._routes.get(model, ()))
+
+    def kind(self, model: str) -> str | None:
+        return self._kinds.get(model)
+
+    @property
+    def model_names(self) -> list[str]:
+        return sorted(self._routes)

@@ -1,0 +1,362 @@
+"""Simulated model endpoints that speak the real OpenAI wire protocol on loopback.
+
+They are clearly simulators: every answer says so. ``sekisho demo`` and ``sekisho simulate``
+run three of them (a domestic operator in Tokyo, the Japan region of a global cloud, a US
+region); the tests use them as upstreams, counting every byte each one receives, and inject
+faults through ``POST /_sim/faults``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import orjson
+
+
+@dataclass
+class Faults:
+    """What the simulator should do wrong. ``mode``: none | status | hang | garbage |
+    drop_midstream | wrong_type | close. ``count``: how many requests (-1: until cleared)."""
+
+    mode: str = "none"
+    status: int = 500
+    count: int = -1
+    delay_ms: float = 0.0
+    retry_after: str | None = None
+
+
+@dataclass
+class SimStats:
+    bytes_received: int = 0
+    connections: int = 0
+    requests: int = 0
+    chat: int = 0
+    embeddings: int = 0
+    bodies: list[bytes] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SimulatedEndpoint:
+    """Configuration of one simulated endpoint."""
+
+    name: str
+    label: str
+    models: tuple[str, ...] = ("sim-chat", "sim-embed")
+    delay_ms: float = 0.0
+    chunk_delay_ms: float = 0.0
+    keep_bodies: bool = False
+    require_key: str | None = None
+
+
+class SimulatorServer:
+    def __init__(self, spec: SimulatedEndpoint) -> None:
+        self.spec = spec
+        self.stats = SimStats()
+        self.faults = Faults()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Protocol(self), host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def take_fault(self) -> Faults | None:
+        f = self.faults
+        if f.mode == "none" or f.count == 0:
+            return None
+        if f.count > 0:
+            f.count -= 1
+        return f
+
+    # -- answers -------------------------------------------------------------------------
+
+    def reply_text(self, body: dict[str, Any]) -> str:
+        messages = body.get("messages") or []
+        last = ""
+        for m in reversed(messages):
+            if isinstance(m, dict) and m.get("role") == "user":
+                c = m.get("content")
+                last = c if isinstance(c, str) else orjson.dumps(c).decode()
+                break
+        digest = hashlib.sha256(last.encode()).hexdigest()[:8]
+        preview = last if len(last) <= 60 else last[:57] + "..."
+        return f"[{self.spec.label} · SIMULATOR] You said: {preview} (digest {digest})"
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, sim: SimulatorServer) -> None:
+        self.sim = sim
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body = bytearray()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.sim.stats.connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.sim.stats.bytes_received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._write(400, b'{"error":{"message":"bad HTTP","type":"invalid_request_error"}}')
+            if self.transport:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for t in self.tasks:
+            t.cancel()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = {}
+        self.body = bytearray()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method().decode()
+        url = self.url.decode()
+        task = asyncio.get_running_loop().create_task(
+            self._handle(method, url, dict(self.headers), bytes(self.body))
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _write(self, status: int, body: bytes, ctype: str = "application/json",
+               extra: dict[str, str] | None = None) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+                f"content-type: {ctype}", f"content-length: {len(body)}",
+                f"x-sekisho-simulator: {self.sim.spec.name}"]
+        for k, v in (extra or {}).items():
+            head.append(f"{k}: {v}")
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+
+    async def _handle(self, method: str, url: str, headers: dict[str, str], raw: bytes) -> None:
+        sim = self.sim
+        stats = sim.stats
+        stats.requests += 1
+        path, _, query = url.partition("?")
+        stats.paths.append(url)
+        if sim.spec.keep_bodies:
+            stats.bodies.append(raw)
+            stats.headers.append(headers)
+        if path == "/_sim/faults" and method == "POST":
+            cfg = orjson.loads(raw or b"{}")
+            sim.faults = Faults(**cfg)
+            self._write(200, b'{"ok":true}')
+            return
+        if path == "/_sim/stats":
+            self._write(200, orjson.dumps({"bytes_received": stats.bytes_received,
+                                           "requests": stats.requests}))
+            return
+        if sim.spec.require_key is not None:
+            presented = headers.get("authorization", "").removeprefix("Bearer ") or headers.get(
+                "api-key", "")
+            if presented != sim.spec.require_key:
+                self._write(401, b'{"error":{"message":"Incorrect API key provided",'
+                                 b'"type":"invalid_request_error","code":"invalid_api_key"}}')
+                return
+        fault = sim.take_fault() if not path.startswith("/_sim") else None
+        if fault is not None:
+            if fault.delay_ms:
+                await asyncio.sleep(fault.delay_ms / 1000)
+            if fault.mode == "status":
+                extra = {"retry-after": fault.retry_after} if fault.retry_after else None
+                self._write(fault.status, orjson.dumps({"error": {
+                    "message": f"simulated HTTP {fault.status}", "type": "server_error"}}),
+                    extra=extra)
+                return
+            if fault.mode == "hang":
+                await asyncio.sleep(3600)
+                return
+            if fault.mode == "garbage":
+                self._write(200, b"<html>this is not JSON</html>")
+                return
+            if fault.mode == "wrong_type":
+                self._write(200, b"plain text", ctype="text/plain")
+                return
+            if fault.mode == "close":
+                if self.transport:
+                    self.transport.abort()
+                return
+        if sim.spec.delay_ms:
+            await asyncio.sleep(sim.spec.delay_ms / 1000)
+        if method == "GET" and path.endswith("/models"):
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": sim.spec.name}
+                    for m in sim.spec.models]
+            self._write(200, orjson.dumps({"object": "list", "data": data}))
+            return
+        if method != "POST":
+            self._write(404, b'{"error":{"message":"not found","type":"invalid_request_error"}}')
+            return
+        try:
+            body = orjson.loads(raw)
+            if not isinstance(body, dict):
+                raise ValueError("body must be an object")
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            self._write(400, orjson.dumps({"error": {"message": f"bad JSON: {exc}",
+                                                     "type": "invalid_request_error"}}))
+            return
+        if path.endswith("/chat/completions"):
+            stats.chat += 1
+            if body.get("stream"):
+                drop = fault is not None and fault.mode == "drop_midstream"
+                await self._stream(body, drop)
+            else:
+                self._write(200, orjson.dumps(self._completion(body)))
+        elif path.endswith("/embeddings"):
+            stats.embeddings += 1
+            self._write(200, orjson.dumps(self._embeddings(body)))
+        else:
+            self._write(404, b'{"error":{"message":"unknown path","type":"invalid_request_error"}}')
+
+    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        text = self.sim.reply_text(body)
+        n = body.get("n") or 1
+        prompt_tokens = _tokens(body.get("messages"))
+        completion_tokens = len(text.split())
+        choices: list[dict[str, Any]] = []
+        for i in range(n if isinstance(n, int) and 0 < n <= 16 else 1):
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            finish = "stop"
+            if body.get("tools"):
+                fn = body["tools"][0].get("function", {}).get("name", "tool")
+                message = {"role": "assistant", "content": None, "tool_calls": [{
+                    "id": f"call_{i}", "type": "function",
+                    "function": {"name": fn, "arguments": '{"simulated": true}'}}]}
+                finish = "tool_calls"
+            choices.append({"index": i, "message": message, "finish_reason": finish,
+                            "logprobs": None})
+        return {
+            "id": f"chatcmpl-sim-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "unknown"),
+            "system_fingerprint": f"sim-{self.sim.spec.name}",
+            "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+    async def _stream(self, body: dict[str, Any], drop: bool) -> None:
+        t = self.transport
+        if t is None:
+            return
+        head = ("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                f"x-sekisho-simulator: {self.sim.spec.name}\r\n"
+                "transfer-encoding: chunked\r\n\r\n")
+        t.write(head.encode())
+        cid = f"chatcmpl-sim-{uuid.uuid4().hex[:12]}"
+        created = int(time.time())
+        model = body.get("model", "unknown")
+        words = self.sim.reply_text(body).split(" ")
+        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+
+        def send(obj: dict[str, Any] | None) -> None:
+            payload = b"data: [DONE]\n\n" if obj is None else b"data: " + orjson.dumps(obj) + b"\n\n"
+            t.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+
+        send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                   "finish_reason": None}]})
+        for i, w in enumerate(words):
+            if drop and i == len(words) // 2:
+                t.abort()
+                return
+            if self.sim.spec.chunk_delay_ms:
+                await asyncio.sleep(self.sim.spec.chunk_delay_ms / 1000)
+            piece = w if i == 0 else " " + w
+            send({**base, "choices": [{"index": 0, "delta": {"content": piece},
+                                       "finish_reason": None}]})
+        send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        opts = body.get("stream_options") or {}
+        if isinstance(opts, dict) and opts.get("include_usage"):
+            pt = _tokens(body.get("messages"))
+            send({**base, "choices": [], "usage": {"prompt_tokens": pt,
+                  "completion_tokens": len(words), "total_tokens": pt + len(words)}})
+        send(None)
+        t.write(b"0\r\n\r\n")
+
+    def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        data = []
+        for i, item in enumerate(items):
+            seed = hashlib.sha256(orjson.dumps(item)).digest()
+            vec = [(b - 128) / 128 for b in seed[:16]]
+            data.append({"object": "embedding", "index": i, "embedding": vec})
+        tokens = sum(len(str(x).split()) for x in items)
+        return {"object": "list", "data": data, "model": body.get("model", "unknown"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _tokens(messages: Any) -> int:
+    if not isinstance(messages, list):
+        return 0
+    n = 0
+    for m in messages:
+        if isinstance(m, dict) and isinstance(m.get("content"), str):
+            n += len(m["content"].split()) + 3
+    return n
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+            503: "Service Unavailable"}
+
+# The three endpoints of the demo and the example config, with their fixed ports.
+DEMO_ENDPOINTS: tuple[tuple[SimulatedEndpoint, int], ...] = (
+    (SimulatedEndpoint("sim-domestic-tokyo", "Domestic GPU operator, Tokyo",
+                       models=("llama-3.1-swallow-70b", "ruri-embed")), 9101),
+    (SimulatedEndpoint("sim-global-japaneast", "Global cloud, Japan East",
+                       models=("gpt-4o", "text-embedding-3-small")), 9102),
+    (SimulatedEndpoint("sim-global-useast", "Global cloud, US East",
+                       models=("gpt-4o", "text-embedding-3-small")), 9103),
+)
+
+
+async def start_demo_simulators(
+    host: str = "127.0.0.1", *, base_port: int | None = None
+) -> list[SimulatorServer]:
+    """Start the three demo simulators (on their fixed ports, or consecutive from base_port;
+    base_port=0 means ephemeral ports)."""
+    servers = []
+    for i, (spec, port) in enumerate(DEMO_ENDPOINTS):
+        s = SimulatorServer(spec)
+        p = port if base_port is None else (0 if base_port == 0 else base_port + i)
+        await s.start(host, p)
+        servers.append(s)
+    return servers

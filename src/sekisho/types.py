@@ -1,0 +1,55 @@
+"""Types shared by several steps of the request's path.
+
+Kept here (as Starlette keeps its protocol types in ``types.py``) so that the steps do not import
+each other sideways.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Level(enum.IntEnum):
+    """Classification level of a request, lowest to highest.
+
+    The Japanese government's information classes are accepted as aliases (see ``LEVEL_ALIASES``):
+    機密性1 is public, 機密性2 is confidential and 機密性3 is restricted.
+    """
+
+    PUBLIC = 0
+    INTERNAL = 1
+    CONFIDENTIAL = 2
+    RESTRICTED = 3
+
+    @classmethod
+    def parse(cls, text: str) -> Level:
+        """Parse a level name or alias; raise ``ValueError`` naming the accepted spellings."""
+        key = text.strip().lower()
+        if key in LEVEL_ALIASES:
+            return LEVEL_ALIASES[key]
+        accepted = ", ".join(sorted(LEVEL_ALIASES))
+        raise ValueError(f"unknown classification level {text!r}; accepted: {accepted}")
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+LEVEL_ALIASES: dict[str, Level] = {
+    "public": Level.PUBLIC,
+    "internal": Level.INTERNAL,
+    "confidential": Level.CONFIDENTIAL,
+    "restricted": Level.RESTRICTED,
+    "機密性1": Level.PUBLIC,
+    "機密性2": Level.CONFIDENTIAL,
+    "機密性3": Level.RESTRICTED,
+}
+
+
+class Action(enum.StrEnum):
+    """What the policy decided to do with a request."""
+
+    ALLOW = "allow"
+    REDACT = "redact"
+    PSEUDONYMISE = "pseudonymise"
+    BLOCK = "block"
