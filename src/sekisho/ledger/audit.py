@@ -1,0 +1,205 @@
+"""Replay the whole log from storage and check it against every checkpoint ever signed.
+
+The audit trusts nothing in the store but the leaf bytes: it rehashes every leaf, rebuilds every
+complete subtree and every checkpointed root, and compares. What it reports:
+
+- ``problems`` (violations): a missing index (deleted row), a leaf whose bytes do not hash to
+  its stored hash (edited row), a stored subtree hash that differs from the rebuilt one (rows
+  edited together with their hash, or reordered), a checkpoint whose root or signature does not
+  match the rebuilt tree, an outcome with no earlier decision for its request.
+- ``incomplete``: decisions with no outcome (a request refused at the deadline, in flight, or a
+  crash between the two writes). Expected in small numbers; not a violation.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sekisho.ledger import merkle
+from sekisho.ledger.checkpoint import CheckpointError, open_checkpoint
+from sekisho.ledger.note import Verifier
+from sekisho.ledger.records import RecordError, parse_record
+from sekisho.ledger.storage import Storage
+
+CHUNK = 20_000
+
+
+@dataclass(frozen=True)
+class Problem:
+    index: int | None  # the first log index concerned, when there is one
+    kind: str  # missing_entry, leaf_hash_mismatch, node_mismatch, checkpoint_mismatch, ...
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"entry {self.index}: " if self.index is not None else ""
+        return f"{where}{self.kind}: {self.detail}"
+
+
+@dataclass
+class AuditReport:
+    tree_size: int = 0
+    entries_checked: int = 0
+    checkpoints_checked: int = 0
+    root: bytes = merkle.EMPTY_ROOT
+    problems: list[Problem] = field(default_factory=list)
+    incomplete: list[tuple[int, str]] = field(default_factory=list)  # (decision index, request id)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "tree_size": self.tree_size,
+            "entries_checked": self.entries_checked,
+            "checkpoints_checked": self.checkpoints_checked,
+            "root": self.root.hex(),
+            "problems": [
+                {"index": p.index, "kind": p.kind, "detail": p.detail} for p in self.problems
+            ],
+            "incomplete": [{"index": i, "request_id": r} for i, r in self.incomplete],
+        }
+
+
+MAX_PROBLEMS = 1000
+
+
+def audit(storage: Storage, verifiers: Sequence[Verifier] = ()) -> AuditReport:
+    """Replay ``storage``; with ``verifiers`` also check every checkpoint's signature."""
+    report = AuditReport(tree_size=storage.tree_size())
+    size = report.tree_size
+    last = storage.max_index()
+    if last is not None and last >= size:
+        report.problems.append(
+            Problem(size, "uncommitted_entries", f"rows beyond the tree size {size} (up to {last})")
+        )
+    checkpoints = storage.checkpoints()
+    by_size = {c.size: c for c in checkpoints}
+    origin = storage.origin()
+    tree = merkle.CompactRange.empty()
+    decisions: dict[str, int] = {}
+    outcomes: set[str] = set()
+
+    flagged: list[int] = []  # indexes already reported, to keep ancestor mismatches quiet
+
+    def problem(p: Problem) -> None:
+        if p.index is not None:
+            bisect.insort(flagged, p.index)
+        if len(report.problems) < MAX_PROBLEMS:
+            report.problems.append(p)
+
+    def check_checkpoint_at(n: int) -> None:
+        stored = by_size.get(n)
+        if stored is None:
+            return
+        report.checkpoints_checked += 1
+        root = tree.root()
+        if stored.root != root:
+            problem(Problem(None, "checkpoint_mismatch", f"stored root of size {n} differs"))
+        try:
+            parsed = open_checkpoint(stored.note, verifiers, origin=origin) if verifiers else None
+        except CheckpointError as e:
+            problem(Problem(None, "checkpoint_signature", f"checkpoint of size {n}: {e}"))
+            return
+        if parsed is not None and (parsed.size != n or parsed.root_hash != root):
+            problem(
+                Problem(
+                    None,
+                    "checkpoint_mismatch",
+                    f"signed checkpoint of size {n} "
+                    "does not match the rebuilt tree: the log was rewritten after it",
+                )
+            )
+
+    check_checkpoint_at(0)
+    for start in range(0, size, CHUNK):
+        end = min(start + CHUNK, size)
+        rows = storage.scan(start, end)
+        expected = start
+        created: list[tuple[int, int, bytes]] = []
+        for idx, leaf, stored_hash, request_id, kind in rows:
+            while expected < idx:
+                problem(Problem(expected, "missing_entry", "no row at this index (deleted?)"))
+                expected += 1
+            expected = idx + 1
+            h = merkle.leaf_hash(leaf)
+            if h != stored_hash:
+                problem(
+                    Problem(idx, "leaf_hash_mismatch", "entry bytes were changed after logging")
+                )
+            report.entries_checked += 1
+            while tree.size < idx:  # stay aligned with indexes despite deleted rows
+                created.extend(tree.append(merkle.EMPTY_ROOT))
+            created.extend(tree.append(h))
+            check_checkpoint_at(tree.size)
+            _note_record(idx, leaf, request_id, kind, decisions, outcomes, problem)
+        while expected < end:
+            problem(Problem(expected, "missing_entry", "no row at this index (deleted?)"))
+            expected += 1
+            created.extend(tree.append(merkle.EMPTY_ROOT))
+            check_checkpoint_at(tree.size)
+        _compare_nodes(storage, created, flagged, problem)
+    report.root = tree.root()
+    for n in by_size:
+        if n > size:
+            problem(
+                Problem(None, "checkpoint_beyond_tree", f"checkpoint of size {n} > tree {size}")
+            )
+    report.incomplete = sorted((i, rid) for rid, i in decisions.items() if rid not in outcomes)
+    return report
+
+
+def _note_record(
+    idx: int,
+    leaf: bytes,
+    request_id: str | None,
+    kind: str | None,
+    decisions: dict[str, int],
+    outcomes: set[str],
+    problem: Callable[[Problem], None],
+) -> None:
+    try:
+        record = parse_record(leaf)
+    except RecordError as e:
+        problem(Problem(idx, "invalid_record", str(e)))
+        return
+    if record.request_id != request_id or record.kind != kind:
+        problem(Problem(idx, "index_mismatch", "request id or kind column differs from the entry"))
+    if record.request_id is None:
+        return
+    if record.kind == "decision":
+        decisions.setdefault(record.request_id, idx)
+    elif record.kind == "outcome":
+        if record.request_id not in decisions:
+            detail = f"request {record.request_id} has an outcome but no earlier decision"
+            problem(Problem(idx, "outcome_without_decision", detail))
+        outcomes.add(record.request_id)
+
+
+def _compare_nodes(
+    storage: Storage,
+    created: list[tuple[int, int, bytes]],
+    flagged: list[int],
+    problem: Callable[[Problem], None],
+) -> None:
+    by_level: dict[int, dict[int, bytes]] = {}
+    for level, idx, h in created:
+        by_level.setdefault(level, {})[idx] = h
+    for level in sorted(by_level):
+        rebuilt = by_level[level]
+        stored = storage.nodes_in(level, min(rebuilt), max(rebuilt) + 1)
+        for idx, h in sorted(rebuilt.items()):
+            if stored.get(idx) == h:
+                continue
+            first, last = idx << level, ((idx + 1) << level) - 1
+            pos = bisect.bisect_left(flagged, first)
+            if pos < len(flagged) and flagged[pos] <= last:
+                continue  # explained by a problem already reported inside this subtree
+            detail = (
+                f"stored hash over entries {first}..{last} differs from the rebuilt one "
+                "(rows edited or reordered)"
+            )
+            problem(Problem(first, "node_mismatch", detail))

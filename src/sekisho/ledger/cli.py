@@ -1,0 +1,275 @@
+"""Command line of the ledger: ``verify``, ``ledger audit``, ``ledger checkpoint``, ``keys ledger``.
+
+The main CLI calls ``register(subparsers)`` and ``register_keys(keys_subparsers)``; every command
+sets ``func`` to a handler taking the parsed args and returning the exit status. ``python -m
+sekisho.ledger.cli`` runs the same commands on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sekisho.ledger import merkle
+from sekisho.ledger.audit import audit
+from sekisho.ledger.checkpoint import Checkpoint, CheckpointError
+from sekisho.ledger.keys import KeyFileError, create_signing_key, load_signer
+from sekisho.ledger.note import NoteError, Verifier
+from sekisho.ledger.proof import (
+    KeptCheckpoints,
+    ReceiptError,
+    TlogProof,
+    verify_receipt,
+    verify_tlog_proof,
+)
+from sekisho.ledger.storage import Storage, StorageError, open_storage
+
+DEFAULT_DATA_DIR = "data"
+KEY_FILE = Path("keys") / "ledger.key"
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or os.environ.get("SEKISHO_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def _fail(message: str) -> int:
+    print(f"FAILED: {message}", file=sys.stderr)
+    return 1
+
+
+def _read_verifier(text: str) -> Verifier:
+    """A verifier key string, or a file holding one."""
+    candidate = Path(text)
+    if "+" not in text or candidate.is_file():
+        text = candidate.read_text(encoding="utf-8").strip()
+    return Verifier.from_key_string(text)
+
+
+# --- verify ---------------------------------------------------------------------------------------
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    try:
+        verifier = _read_verifier(args.key)
+    except (OSError, NoteError) as e:
+        return _fail(f"verifier key {args.key}: {e}")
+    try:
+        text = Path(args.receipt).read_text(encoding="utf-8")
+    except OSError as e:
+        return _fail(f"cannot read receipt {args.receipt}: {e.strerror}")
+    try:
+        kept = None
+        if args.checkpoints:
+            kept = KeptCheckpoints.load(Path(args.checkpoints), [verifier])
+            print(
+                f"ok  kept checkpoints: {len(kept.checkpoints)} loaded, signatures and links hold"
+            )
+        if text.startswith("c2sp.org/tlog-proof@v1"):
+            entry = verify_tlog_proof(TlogProof.parse(text), [verifier])
+            cp = entry.checkpoint
+            print(f"ok  checkpoint signature: {cp.origin} at size {cp.size}")
+            print(f"ok  inclusion: the proof's entry bytes are entry {entry.index}")
+            if kept is not None and kept.checkpoints:
+                print("ok  " + _relate_plain(cp, kept))
+            return 0
+        try:
+            receipt: Any = json.loads(text)
+        except ValueError as e:
+            return _fail(f"{args.receipt} is neither a tlog-proof nor receipt JSON ({e})")
+        if not isinstance(receipt, dict):
+            return _fail(f"{args.receipt} is not a receipt object")
+        report = verify_receipt(receipt, [verifier], kept=kept)
+    except ReceiptError as e:
+        return _fail(str(e))
+    for check in report.checks:
+        print(f"ok  {check}")
+    print("verified: the decision was logged and the log holds it under a signed tree head")
+    return 0
+
+
+def _relate_plain(cp: Checkpoint, kept: KeptCheckpoints) -> str:
+    for old in kept.checkpoints:
+        if old.size == cp.size:
+            if old.root_hash != cp.root_hash:
+                raise ReceiptError(f"the log signed two different roots for size {cp.size}")
+            return f"consistency: same tree head as kept checkpoint of size {cp.size}"
+    raise ReceiptError(
+        f"a bare tlog-proof carries no consistency proof; nothing links size {cp.size} to "
+        "your kept checkpoints (use the JSON receipt with a consistency proof)"
+    )
+
+
+# --- ledger audit / checkpoint ---------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace) -> Storage:
+    return open_storage(args.url or str(_data_dir(args)))
+
+
+def _verifiers(args: argparse.Namespace) -> list[Verifier]:
+    if getattr(args, "key", None):
+        return [_read_verifier(args.key)]
+    key_file = _data_dir(args) / KEY_FILE
+    if not args.url and key_file.exists():
+        return [load_signer(key_file).verifier()]
+    return []
+
+
+def audit_command(args: argparse.Namespace) -> int:
+    try:
+        verifiers = _verifiers(args)
+        storage = _open(args)
+        try:
+            report = audit(storage, verifiers)
+        finally:
+            storage.close()
+    except (StorageError, KeyFileError, NoteError, OSError) as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(f"ledger {storage.location}")
+        print(f"  entries checked:     {report.entries_checked} of tree size {report.tree_size}")
+        print(f"  checkpoints checked: {report.checkpoints_checked}", end="")
+        print(" (signatures verified)" if verifiers else " (no key given: roots only)")
+        print(f"  root:                {base64.b64encode(report.root).decode()}")
+        print(f"  incomplete requests: {len(report.incomplete)} (decision without outcome)")
+        for index, request_id in report.incomplete[:20]:
+            print(f"    entry {index}: request {request_id}")
+        for problem in report.problems:
+            print(f"  VIOLATION {problem}")
+        print("audit: OK" if report.ok else f"audit: {len(report.problems)} violation(s)")
+    return 0 if report.ok else 1
+
+
+def checkpoint_command(args: argparse.Namespace) -> int:
+    """Print the latest checkpoint (signing one if the tree grew); optionally keep it."""
+    try:
+        storage = _open(args)
+        try:
+            signed = _latest_signed(args, storage)
+            if args.keep:
+                _keep(Path(args.keep), signed, storage)
+        finally:
+            storage.close()
+    except (StorageError, KeyFileError, NoteError, CheckpointError, ReceiptError, OSError) as e:
+        return _fail(str(e))
+    sys.stdout.write(signed)
+    return 0
+
+
+def _latest_signed(args: argparse.Namespace, storage: Storage) -> str:
+    size = storage.tree_size()
+    latest = storage.latest_checkpoint()
+    if latest is not None and latest.size >= size:
+        return latest.note
+    key_file = Path(args.key_file) if args.key_file else _data_dir(args) / KEY_FILE
+    signer = load_signer(key_file)
+    origin = storage.origin() or signer.name
+    root = merkle.root_from_hashes(size, storage.hashes(merkle.subtree_keys(0, size)))
+    signed = Checkpoint(origin, size, root).sign(signer)
+    storage.store_checkpoint(size, root, signed)
+    return signed
+
+
+def _keep(path: Path, signed: str, storage: Storage) -> None:
+    """Append ``signed`` to a kept-checkpoints file with a consistency proof from its last one."""
+    checkpoint = Checkpoint.parse(signed.partition("\n\n")[0] + "\n")
+    proof: list[bytes] = []
+    if path.exists():
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if lines:
+            last = json.loads(lines[-1])["checkpoint"]
+            last_cp = Checkpoint.parse(last.partition("\n\n")[0] + "\n")
+            ranges = merkle.consistency_ranges(last_cp.size, checkpoint.size)
+            proof = merkle.proof_from_hashes(ranges, storage.hashes(merkle.keys_for(ranges)))
+            merkle.verify_consistency(
+                last_cp.size, checkpoint.size, last_cp.root_hash, checkpoint.root_hash, proof
+            )
+    with path.open("a", encoding="utf-8") as f:
+        f.write(KeptCheckpoints.line(signed, proof))
+
+
+# --- keys ledger ----------------------------------------------------------------------------------
+
+
+def keys_ledger(args: argparse.Namespace) -> int:
+    """Create the ledger signing key under the data dir and print the verifier key."""
+    path = Path(args.key_file) if getattr(args, "key_file", None) else _data_dir(args) / KEY_FILE
+    name = args.name or f"{socket.gethostname()}/sekisho-ledger"
+    try:
+        verifier_key = create_signing_key(path, name)
+    except KeyFileError as e:
+        return _fail(str(e))
+    print(f"created ledger signing key {path} (mode 0600; back it up, keep it secret)")
+    print("verifier key (publish this; auditors pass it to `sekisho verify --key`):")
+    print(verifier_key)
+    return 0
+
+
+# --- argparse wiring ------------------------------------------------------------------------------
+
+
+def _add_location(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", help="data directory holding ledger.sqlite3 (default ./data)")
+    where.add_argument("--url", help="PostgreSQL URL of the ledger instead of the data dir")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``verify`` and ``ledger {audit,checkpoint}`` to a CLI."""
+    verify = subparsers.add_parser(
+        "verify", help="verify a ledger receipt offline (signature, inclusion, consistency)"
+    )
+    verify.add_argument("receipt", metavar="RECEIPT_FILE", help="receipt JSON or .tlog-proof")
+    verify.add_argument("--key", required=True, help="verifier key string, or a file with it")
+    verify.add_argument(
+        "--checkpoints", metavar="FILE", help="kept checkpoints (JSON lines) to check against"
+    )
+    verify.set_defaults(func=verify_command)
+
+    ledger = subparsers.add_parser("ledger", help="transparency ledger operations")
+    sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    audit_p = sub.add_parser("audit", help="replay the log and check every checkpoint")
+    _add_location(audit_p)
+    audit_p.add_argument("--key", help="verifier key to check checkpoint signatures with")
+    audit_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit_p.set_defaults(func=audit_command)
+    cp = sub.add_parser("checkpoint", help="print the latest signed checkpoint")
+    _add_location(cp)
+    cp.add_argument("--key-file", help="signer key file (default DATA_DIR/keys/ledger.key)")
+    cp.add_argument(
+        "--keep", metavar="FILE", help="also append it, with a consistency proof, to FILE"
+    )
+    cp.set_defaults(func=checkpoint_command)
+
+
+def register_keys(keys_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``keys ledger`` under an existing ``keys`` command."""
+    p = keys_subparsers.add_parser("ledger", help="create the ledger signing key")
+    p.add_argument("--data-dir", help="data directory (default ./data)")
+    p.add_argument("--name", help="key name = log origin (default HOSTNAME/sekisho-ledger)")
+    p.add_argument("--key-file", help="where to write the key (default DATA_DIR/keys/ledger.key)")
+    p.set_defaults(func=keys_ledger)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sekisho-ledger", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    keys = sub.add_parser("keys", help="key management")
+    register_keys(keys.add_subparsers(dest="keys_command", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,409 @@
+"""The ledger: one sequencer that makes entries durable, and the lookups built on it.
+
+What it promises, in the order the code keeps it:
+
+1. ``append`` returns only once the entry is committed to disk (SQLite WAL fsync, or a
+   PostgreSQL commit), with its index in the log. Entries are made durable in groups: the
+   writer thread commits whatever is waiting in one transaction, lingering up to
+   ``group_interval`` for more (up to ``group_size``) only when entries are arriving
+   concurrently, so a lone request never waits for company.
+2. If the entry is not durable within ``deadline`` seconds, ``append`` raises
+   ``ServiceUnavailable`` (code ``ledger_unavailable``), counts the refusal and logs why. The
+   blocking I/O runs in a dedicated thread, so a hanging disk stalls that thread, not the event
+   loop. An entry refused at its deadline may still land later; it is then a decision without
+   an outcome, which the audit reports as incomplete — never an outcome without a decision.
+3. Entries are ordered by a single sequencer per log, across processes (see ``storage``).
+4. Checkpoints are signed off the request path: a background task signs one every
+   ``checkpoint_interval`` seconds when the tree has grown, and stores every one it signs.
+   Each is computed from committed subtree hashes only, so every checkpoint ever published
+   stays consistent with the tree after any crash.
+
+Lookups (``latest_checkpoint``, ``entry``, ``inclusion_proof``, ``consistency_proof``,
+``receipt``, ``find``) are synchronous and thread-safe: from async code call them with
+``await asyncio.to_thread(ledger.receipt, request_id)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+
+from sekisho.errors import NotFound, ServiceUnavailable
+from sekisho.ledger import merkle
+from sekisho.ledger.checkpoint import Checkpoint
+from sekisho.ledger.note import Signer, Verifier
+from sekisho.ledger.proof import TlogProof
+from sekisho.ledger.records import Record
+from sekisho.ledger.storage import NewEntry, Storage, open_storage
+
+log = logging.getLogger("sekisho.ledger")
+
+LEDGER_REFUSALS = Counter(
+    "sekisho_ledger_refusals_total",
+    "Ledger appends refused because the entry could not be made durable.",
+    ["reason"],
+)
+
+DEFAULT_GROUP_INTERVAL = 0.002
+DEFAULT_GROUP_SIZE = 256
+DEFAULT_DEADLINE = 1.0
+DEFAULT_CHECKPOINT_INTERVAL = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    index: int
+    leaf_hash: bytes
+
+    def header(self) -> str:
+        """The compact ``x-sekisho-receipt`` reference: index and base64 leaf hash."""
+        return f"{self.index} {base64.b64encode(self.leaf_hash).decode()}"
+
+
+@dataclass(slots=True)
+class _Pending:
+    entry: NewEntry
+    future: asyncio.Future[Appended]
+    loop: asyncio.AbstractEventLoop
+    give_up_at: float  # time.monotonic() after which the waiter has been refused
+
+
+_STOP = object()
+
+
+def _resolve(results: list[tuple[asyncio.Future[Appended], Appended | BaseException]]) -> None:
+    for future, result in results:
+        if future.done():  # refused at its deadline already
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+def _describe(record: bytes | Record) -> tuple[bytes, str | None, str | None]:
+    """Leaf bytes plus the request id and kind the store indexes."""
+    if not isinstance(record, bytes | bytearray | memoryview):
+        return record.to_bytes(), record.request_id, record.kind
+    leaf = bytes(record)
+    try:
+        obj = orjson.loads(leaf)
+    except orjson.JSONDecodeError:
+        return leaf, None, None
+    if not isinstance(obj, dict):
+        return leaf, None, None
+    rid, kind = obj.get("request_id"), obj.get("kind")
+    return leaf, rid if isinstance(rid, str) else None, kind if isinstance(kind, str) else None
+
+
+class Ledger:
+    """The transparency log of one gateway deployment. Open with ``await Ledger.open(...)``."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        signer: Signer,
+        *,
+        origin: str,
+        group_interval: float = DEFAULT_GROUP_INTERVAL,
+        group_size: int = DEFAULT_GROUP_SIZE,
+        deadline: float = DEFAULT_DEADLINE,
+        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+    ) -> None:
+        if group_size < 1 or group_interval < 0 or deadline <= 0 or checkpoint_interval <= 0:
+            raise ValueError(
+                "ledger needs group_size >= 1, group_interval >= 0, deadline > 0 and "
+                "checkpoint_interval > 0"
+            )
+        self.storage = storage
+        self.signer = signer
+        self.origin = origin
+        self.group_interval = group_interval
+        self.group_size = group_size
+        self.deadline = deadline
+        self.checkpoint_interval = checkpoint_interval
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="sekisho-ledger", daemon=True)
+        self._closed = False
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._signing = threading.Lock()
+        self._signed_size = -1
+
+    @classmethod
+    async def open(
+        cls,
+        url_or_path: str,
+        signer: Signer,
+        *,
+        origin: str,
+        group_interval: float = DEFAULT_GROUP_INTERVAL,
+        group_size: int = DEFAULT_GROUP_SIZE,
+        deadline: float = DEFAULT_DEADLINE,
+        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+    ) -> Ledger:
+        """Open (creating if needed) the log at a data dir, SQLite path or PostgreSQL URL."""
+        storage = open_storage(url_or_path)
+        await asyncio.to_thread(storage.initialise, origin)
+        ledger = cls(
+            storage,
+            signer,
+            origin=origin,
+            group_interval=group_interval,
+            group_size=group_size,
+            deadline=deadline,
+            checkpoint_interval=checkpoint_interval,
+        )
+        ledger.start()
+        await asyncio.to_thread(ledger.checkpoint_now)
+        return ledger
+
+    def start(self) -> None:
+        """Start the writer thread and (inside a running loop) the checkpoint task."""
+        self._writer.start()
+        with contextlib.suppress(RuntimeError):
+            self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint_loop())
+
+    @property
+    def verifier(self) -> Verifier:
+        return self.signer.verifier()
+
+    # -- the write path --------------------------------------------------------------------------
+
+    async def append(self, record: bytes | Record) -> Appended:
+        """Make one entry durable; raise ``ServiceUnavailable`` if that cannot happen in time."""
+        if self._closed:
+            raise self._refuse("closed", "the ledger is shut down")
+        leaf, request_id, kind = _describe(record)
+        entry = NewEntry(leaf, merkle.leaf_hash(leaf), request_id, kind)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Appended] = loop.create_future()
+        self._queue.put(_Pending(entry, future, loop, time.monotonic() + self.deadline))
+        try:
+            return await asyncio.wait_for(future, self.deadline)
+        except TimeoutError:
+            raise self._refuse(
+                "deadline",
+                f"the ledger could not make the entry durable within {self.deadline:g} s "
+                f"(storage {self.storage.location} is slow or hanging)",
+            ) from None
+
+    def _refuse(self, reason: str, why: str) -> ServiceUnavailable:
+        LEDGER_REFUSALS.labels(reason=reason).inc()
+        log.error("ledger refused an entry (%s): %s", reason, why)
+        return ServiceUnavailable(
+            f"Request refused: it cannot be recorded in the transparency ledger ({why}). "
+            "Nothing was sent upstream; retry later.",
+            code="ledger_unavailable",
+            headers={"retry-after": "1"},
+        )
+
+    def _collect(self, first: _Pending, lingering: bool) -> tuple[list[_Pending], bool]:
+        batch, stop = [first], False
+        until = time.monotonic() + self.group_interval if lingering else 0.0
+        while len(batch) < self.group_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                stop = True
+                break
+            batch.append(item)
+        return batch, stop
+
+    def _write_loop(self) -> None:
+        lingering = False
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch, stop = self._collect(first, lingering)
+            # Linger next time only under concurrency: a lone request never waits for company.
+            lingering = len(batch) > 1
+            now = time.monotonic()
+            live = [p for p in batch if p.give_up_at > now]
+            if live:
+                self._commit(live)
+            if stop:
+                return
+
+    def _commit(self, live: list[_Pending]) -> None:
+        results: list[tuple[asyncio.Future[Appended], Appended | BaseException]]
+        try:
+            start = self.storage.sequence([p.entry for p in live])
+        except Exception as e:
+            why = f"storage {self.storage.location} failed: {e}"
+            error = self._refuse("storage_error", why)
+            results = [(p.future, error) for p in live]
+        else:
+            results = [
+                (p.future, Appended(start + i, p.entry.leaf_hash)) for i, p in enumerate(live)
+            ]
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for p, result in zip(live, results, strict=True):
+            by_loop.setdefault(p.loop, []).append(result)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, items)
+
+    async def close(self) -> None:
+        """Stop accepting entries, finish the ones queued, sign a last checkpoint."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._writer.join, self.deadline + 5)
+        if self._writer.is_alive():
+            log.error("ledger writer did not stop: storage %s is hanging", self.storage.location)
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.checkpoint_now)
+        await asyncio.to_thread(self.storage.close)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.checkpoint_interval)
+            try:
+                await asyncio.to_thread(self.checkpoint_now)
+            except Exception:
+                log.exception("ledger could not sign a checkpoint")
+
+    def checkpoint_now(self) -> str:
+        """Sign and store a checkpoint if the tree grew since the last one; return the latest."""
+        with self._signing:
+            size = self.storage.tree_size()
+            latest = self.storage.latest_checkpoint()
+            if latest is not None and latest.size >= size:
+                self._signed_size = latest.size
+                return latest.note
+            root = self.root_at(size)
+            signed = Checkpoint(self.origin, size, root).sign(self.signer)
+            self.storage.store_checkpoint(size, root, signed)
+            self._signed_size = size
+            return signed
+
+    # -- lookups (sync, thread-safe) -------------------------------------------------------------
+
+    def root_at(self, size: int) -> bytes:
+        return merkle.root_from_hashes(size, self.storage.hashes(merkle.subtree_keys(0, size)))
+
+    def latest_checkpoint(self) -> str:
+        latest = self.storage.latest_checkpoint()
+        return latest.note if latest is not None else self.checkpoint_now()
+
+    def entry(self, index: int) -> bytes:
+        found = self.storage.entry(index)
+        if found is None:
+            raise NotFound(f"the ledger has no entry {index}", code="ledger_entry_not_found")
+        return found[0]
+
+    def _check_size(self, tree_size: int) -> None:
+        current = self.storage.tree_size()
+        if not 0 <= tree_size <= current:
+            raise NotFound(
+                f"the ledger has no tree of size {tree_size} (current size {current})",
+                code="ledger_tree_size_not_found",
+            )
+
+    def _proof(self, ranges: Sequence[merkle.Range]) -> list[bytes]:
+        return merkle.proof_from_hashes(ranges, self.storage.hashes(merkle.keys_for(ranges)))
+
+    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        self._check_size(tree_size)
+        if not 0 <= index < tree_size:
+            raise NotFound(
+                f"entry {index} is not in the tree of size {tree_size}",
+                code="ledger_entry_not_found",
+            )
+        return self._proof(merkle.inclusion_ranges(index, tree_size))
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        self._check_size(new_size)
+        if not 0 <= old_size <= new_size:
+            raise NotFound(
+                f"no consistency proof from size {old_size} to size {new_size}",
+                code="ledger_tree_size_not_found",
+            )
+        return self._proof(merkle.consistency_ranges(old_size, new_size))
+
+    def find(self, request_id: str) -> list[tuple[int, str | None]]:
+        """``(index, kind)`` of every entry of a request, in log order."""
+        return self.storage.find(request_id)
+
+    def tlog_proof(self, index: int, signed_checkpoint: str) -> str:
+        """The C2SP tlog-proof text of entry ``index`` against a signed checkpoint."""
+        checkpoint = Checkpoint.parse(signed_checkpoint.partition("\n\n")[0] + "\n")
+        leaf = self.entry(index)
+        proof = self.inclusion_proof(index, checkpoint.size)
+        return TlogProof(index, tuple(proof), signed_checkpoint, extra=leaf).text()
+
+    def receipt(self, request_id: str, *, consistency_with: int | None = None) -> dict[str, Any]:
+        """The full receipt of a request.
+
+        ``{"request_id", "entry", "index", "tlog_proof", "outcome", "consistency"}``: ``entry``
+        is base64 of the decision's exact leaf bytes, ``tlog_proof`` its C2SP tlog-proof; the
+        outcome entry (when logged) is ``outcome: {"entry", "index", "tlog_proof"}`` against
+        the same checkpoint, else null. With ``consistency_with=SIZE`` the receipt also carries
+        a consistency proof between that tree size and the receipt's checkpoint, so an auditor
+        can link it to a checkpoint kept earlier.
+        """
+        located = self.find(request_id)
+        decision = next((i for i, kind in located if kind == "decision"), None)
+        if decision is None:
+            raise NotFound(
+                f"the ledger has no decision for request {request_id!r}",
+                code="ledger_receipt_not_found",
+            )
+        outcome = next((i for i, kind in located if kind == "outcome" and i > decision), None)
+        signed = self.latest_checkpoint()
+        checkpoint = Checkpoint.parse(signed.partition("\n\n")[0] + "\n")
+        if checkpoint.size <= max(decision, outcome or 0):
+            signed = self.checkpoint_now()  # not yet covered: sign one now (off the hot path)
+            checkpoint = Checkpoint.parse(signed.partition("\n\n")[0] + "\n")
+
+        def part(index: int) -> dict[str, Any]:
+            return {
+                "entry": base64.b64encode(self.entry(index)).decode(),
+                "index": index,
+                "tlog_proof": self.tlog_proof(index, signed),
+            }
+
+        receipt: dict[str, Any] = {"request_id": request_id, **part(decision), "outcome": None}
+        if outcome is not None:
+            receipt["outcome"] = part(outcome)
+        consistency = []
+        if consistency_with is not None:
+            old, new = sorted((consistency_with, checkpoint.size))
+            proof = self.consistency_proof(old, new)
+            consistency.append(
+                {
+                    "old_size": old,
+                    "new_size": new,
+                    "proof": [base64.b64encode(h).decode() for h in proof],
+                }
+            )
+        receipt["consistency"] = consistency
+        return receipt

@@ -1,0 +1,305 @@
+"""Receipts: C2SP ``tlog-proof@v1`` (https://c2sp.org/tlog-proof), built and verified offline.
+
+A tlog-proof is::
+
+    c2sp.org/tlog-proof@v1
+    extra BASE64          (optional; we put the exact leaf bytes here)
+    index N
+    BASE64 inclusion proof hashes, leaf's sibling first, one per line
+
+    <the signed checkpoint, verbatim>
+
+The ``extra`` line is unauthenticated by design; verification hashes whatever leaf bytes it is
+given (the receipt's ``entry``, or ``extra``) and checks them against the signed root, so a
+forged ``extra`` simply fails. A sekisho receipt is JSON holding the decision entry's proof, the
+outcome entry's proof (same checkpoint) when there is one, and optional consistency proofs that
+link the receipt's checkpoint to checkpoints an auditor kept earlier (see ``KeptCheckpoints``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sekisho.ledger import merkle, note
+from sekisho.ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from sekisho.ledger.records import RecordError, parse_record
+
+HEADER = "c2sp.org/tlog-proof@v1"
+
+
+class ReceiptError(ValueError):
+    """A receipt or tlog-proof that is malformed or does not verify; the message says which part."""
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ReceiptError(f"{what} is not valid base64") from None
+
+
+@dataclass(frozen=True)
+class TlogProof:
+    index: int
+    inclusion: tuple[bytes, ...]
+    checkpoint: str  # signed checkpoint note, verbatim
+    extra: bytes | None = None
+
+    def text(self) -> str:
+        lines = [HEADER]
+        if self.extra is not None:
+            lines.append("extra " + base64.b64encode(self.extra).decode())
+        lines.append(f"index {self.index}")
+        lines.extend(base64.b64encode(h).decode() for h in self.inclusion)
+        return "\n".join(lines) + "\n\n" + self.checkpoint
+
+    @classmethod
+    def parse(cls, text: str) -> TlogProof:
+        head, sep, checkpoint = text.partition("\n\n")
+        if not sep:
+            raise ReceiptError("tlog-proof has no empty line before its checkpoint")
+        lines = head.split("\n")
+        if lines[0] != HEADER:
+            raise ReceiptError(f"tlog-proof must start with {HEADER!r}, got {lines[0][:40]!r}")
+        rest = lines[1:]
+        extra = None
+        if rest and rest[0].startswith("extra "):
+            extra = _b64(rest[0][len("extra ") :], "tlog-proof extra line")
+            rest = rest[1:]
+        if not rest or not rest[0].startswith("index "):
+            raise ReceiptError("tlog-proof has no 'index N' line")
+        index_text = rest[0][len("index ") :]
+        if (
+            not index_text.isascii()
+            or not index_text.isdigit()
+            or (index_text != "0" and index_text.startswith("0"))
+        ):
+            raise ReceiptError(f"tlog-proof index {index_text!r} is not a decimal without zeroes")
+        hashes = tuple(_b64(h, f"inclusion proof line {i}") for i, h in enumerate(rest[1:]))
+        return cls(int(index_text), hashes, checkpoint, extra)
+
+
+@dataclass(frozen=True)
+class VerifiedEntry:
+    index: int
+    leaf: bytes
+    checkpoint: Checkpoint
+
+
+def verify_tlog_proof(
+    proof: TlogProof,
+    verifiers: Iterable[note.Verifier],
+    *,
+    leaf: bytes | None = None,
+    origin: str | None = None,
+) -> VerifiedEntry:
+    """Check the checkpoint signature and that ``leaf`` (or the extra data) is at ``index``."""
+    try:
+        checkpoint = open_checkpoint(proof.checkpoint, verifiers, origin=origin)
+    except CheckpointError as e:
+        raise ReceiptError(str(e)) from None
+    if leaf is None:
+        leaf = proof.extra
+    if leaf is None:
+        raise ReceiptError("no entry bytes to check: the receipt has neither 'entry' nor extra")
+    try:
+        merkle.verify_inclusion(
+            proof.index,
+            checkpoint.size,
+            merkle.leaf_hash(leaf),
+            proof.inclusion,
+            checkpoint.root_hash,
+        )
+    except merkle.ProofError as e:
+        raise ReceiptError(f"inclusion of entry {proof.index}: {e}") from None
+    return VerifiedEntry(proof.index, leaf, checkpoint)
+
+
+# --- checkpoints an auditor keeps (witness-style) -------------------------------------------------
+
+
+@dataclass
+class KeptCheckpoints:
+    """A JSON-lines file of checkpoints seen earlier, each proved consistent with the one before.
+
+    Each line: ``{"checkpoint": "<signed note>", "consistency_from_previous": ["<b64>", ...]}``.
+    Loading verifies every signature and every link, so a kept file is a verified history.
+    """
+
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(
+        cls, path: Path, verifiers: Sequence[note.Verifier], *, origin: str | None = None
+    ) -> KeptCheckpoints:
+        kept = cls()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise ReceiptError(f"cannot read kept checkpoints {path}: {e.strerror}") from None
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                item = json.loads(line)
+                signed = item["checkpoint"]
+                proof = [
+                    _b64(h, "consistency hash") for h in item.get("consistency_from_previous", [])
+                ]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ReceiptError(f"{where}: not a kept-checkpoint line ({e})") from None
+            try:
+                kept.add(open_checkpoint(signed, verifiers, origin=origin), signed, proof)
+            except (CheckpointError, ReceiptError) as e:
+                raise ReceiptError(f"{where}: {e}") from None
+        return kept
+
+    def add(self, checkpoint: Checkpoint, signed: str, proof: Sequence[bytes]) -> None:
+        """Append a checkpoint after checking it is consistent with the newest one kept."""
+        if self.checkpoints:
+            last = self.checkpoints[-1]
+            try:
+                merkle.verify_consistency(
+                    last.size, checkpoint.size, last.root_hash, checkpoint.root_hash, proof
+                )
+            except merkle.ProofError as e:
+                raise ReceiptError(
+                    f"checkpoint of size {checkpoint.size} is not consistent with the kept "
+                    f"checkpoint of size {last.size}: {e}"
+                ) from None
+        self.checkpoints.append(checkpoint)
+        self.notes.append(signed)
+
+    @staticmethod
+    def line(signed: str, proof: Sequence[bytes]) -> str:
+        item = {
+            "checkpoint": signed,
+            "consistency_from_previous": [base64.b64encode(h).decode() for h in proof],
+        }
+        return json.dumps(item, sort_keys=True) + "\n"
+
+
+# --- a sekisho receipt ----------------------------------------------------------------------------
+
+
+@dataclass
+class ReceiptReport:
+    """What was verified, one sentence per check, for people reading the verify output."""
+
+    checks: list[str] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
+
+
+def _get(receipt: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = receipt.get(key)
+    if not isinstance(value, kind):
+        raise ReceiptError(f"receipt field {key!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def _verify_part(
+    part: Mapping[str, Any], name: str, verifiers: Sequence[note.Verifier], origin: str | None
+) -> VerifiedEntry:
+    leaf = _b64(_get(part, "entry", str), f"{name} entry")
+    proof = TlogProof.parse(_get(part, "tlog_proof", str))
+    if part.get("index") is not None and part["index"] != proof.index:
+        raise ReceiptError(f"{name}: index {part['index']} differs from tlog-proof {proof.index}")
+    if proof.extra is not None and proof.extra != leaf:
+        raise ReceiptError(f"{name}: tlog-proof extra data differs from the receipt's entry")
+    try:
+        return verify_tlog_proof(proof, verifiers, leaf=leaf, origin=origin)
+    except ReceiptError as e:
+        raise ReceiptError(f"{name}: {e}") from None
+
+
+def verify_receipt(
+    receipt: Mapping[str, Any],
+    verifiers: Sequence[note.Verifier],
+    *,
+    kept: KeptCheckpoints | None = None,
+    origin: str | None = None,
+) -> ReceiptReport:
+    """Verify a receipt offline; raise ``ReceiptError`` naming the first check that failed."""
+    report = ReceiptReport()
+    decision = _verify_part(receipt, "decision entry", verifiers, origin)
+    cp = decision.checkpoint
+    report.checkpoint = cp
+    key_names = ", ".join(f"{v.name}+{v.key_id:08x}" for v in verifiers)
+    report.checks.append(f"checkpoint signature: {cp.origin} at size {cp.size} (key {key_names})")
+    try:
+        record = parse_record(decision.leaf)
+    except RecordError as e:
+        raise ReceiptError(f"decision entry: {e}") from None
+    if record.kind != "decision":
+        raise ReceiptError(f"decision entry is a {record.kind!r} record")
+    report.checks.append(
+        f"inclusion: decision of request {record.request_id} is entry {decision.index}"
+    )
+    outcome_part = receipt.get("outcome")
+    if outcome_part is not None:
+        if not isinstance(outcome_part, Mapping):
+            raise ReceiptError("receipt field 'outcome' is not an object")
+        outcome = _verify_part(outcome_part, "outcome entry", verifiers, origin)
+        if outcome.checkpoint != cp:
+            raise ReceiptError("outcome entry is proved against a different checkpoint")
+        try:
+            outcome_record = parse_record(outcome.leaf)
+        except RecordError as e:
+            raise ReceiptError(f"outcome entry: {e}") from None
+        if outcome_record.kind != "outcome" or outcome_record.request_id != record.request_id:
+            raise ReceiptError("outcome entry is not the outcome of this receipt's request")
+        if outcome.index <= decision.index:
+            raise ReceiptError("outcome entry precedes its decision in the log")
+        report.checks.append(f"inclusion: outcome of the same request is entry {outcome.index}")
+    else:
+        report.checks.append("outcome: none in this receipt (request incomplete or in progress)")
+    if kept is not None and kept.checkpoints:
+        report.checks.append(_check_against_kept(cp, receipt, kept))
+    return report
+
+
+def _check_against_kept(cp: Checkpoint, receipt: Mapping[str, Any], kept: KeptCheckpoints) -> str:
+    for old in kept.checkpoints:
+        if old.size == cp.size:
+            if old.root_hash != cp.root_hash:
+                raise ReceiptError(
+                    f"consistency: the log signed two different roots for size {cp.size} "
+                    "(one kept, one in the receipt): the log forked"
+                )
+            return f"consistency: same tree head as kept checkpoint of size {cp.size}"
+    proofs = receipt.get("consistency") or []
+    if not isinstance(proofs, list):
+        raise ReceiptError("receipt field 'consistency' is not a list")
+    by_size = {old.size: old for old in kept.checkpoints}
+    for item in proofs:
+        if not isinstance(item, Mapping):
+            raise ReceiptError("receipt consistency item is not an object")
+        old_size, new_size = item.get("old_size"), item.get("new_size")
+        hashes = [_b64(h, "consistency hash") for h in item.get("proof", [])]
+        if new_size == cp.size and old_size in by_size:
+            old, new, kept_size = by_size[old_size], cp, old_size
+        elif old_size == cp.size and new_size in by_size:
+            old, new, kept_size = cp, by_size[new_size], new_size
+        else:
+            continue
+        try:
+            merkle.verify_consistency(old.size, new.size, old.root_hash, new.root_hash, hashes)
+        except merkle.ProofError as e:
+            raise ReceiptError(f"consistency with kept checkpoint: {e}") from None
+        return (
+            f"consistency: receipt's tree (size {cp.size}) and kept tree "
+            f"(size {kept_size}) are one append-only log"
+        )
+    newest = kept.checkpoints[-1].size
+    raise ReceiptError(
+        f"consistency: nothing links the receipt's checkpoint (size {cp.size}) to your kept "
+        f"checkpoints; fetch the receipt again with a consistency proof from size {newest}"
+    )

@@ -1,0 +1,483 @@
+"""Where the ledger lives: entries, the tree's complete subtrees, and every published checkpoint.
+
+Two backends behind one interface: SQLite (default, one file under the data directory) and
+PostgreSQL (psycopg 3). All methods are blocking; the ledger calls them from its own threads.
+
+Layout (same in both):
+
+- ``entries(idx, leaf, leaf_hash, request_id, kind)`` — the log, one row per leaf.
+- ``nodes(level, idx, hash)`` — every complete subtree of level >= 1, written in the same
+  transaction as the leaves that complete it, so an inclusion or consistency proof is one
+  indexed read of O(log n) rows (level 0 is ``entries.leaf_hash``).
+- ``tree(id=0, size, origin)`` — the committed tree size; the log's origin, fixed at creation.
+- ``checkpoints(size, root, note)`` — every checkpoint ever signed.
+
+Sequencing: ``sequence()`` appends a batch in one transaction that first takes the log's single
+writer lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``pg_advisory_xact_lock``), re-reads the
+committed size (another process may have appended) and commits leaves, nodes and size together.
+A crash at any instant leaves the tree as of the last commit, never half a batch.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sekisho.ledger import merkle
+from sekisho.ledger.merkle import CompactRange, NodeKey
+
+SQLITE_FILE = "ledger.sqlite3"
+
+
+class StorageError(RuntimeError):
+    """The ledger store is unreachable, corrupt, or belongs to another log."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    leaf: bytes
+    leaf_hash: bytes
+    request_id: str | None
+    kind: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    size: int
+    root: bytes
+    note: str
+
+
+class Storage(abc.ABC):
+    """One log's store. Thread-safe: each thread gets its own connection."""
+
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._connections_lock = threading.Lock()
+        self._edge: CompactRange | None = None  # the sequencer's view; only the writer thread
+
+    # -- backend specifics -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _connect(self) -> Any: ...
+
+    @abc.abstractmethod
+    def _begin_sequencing(self, conn: Any) -> None:
+        """Start a write transaction holding the log's single-writer lock."""
+
+    @abc.abstractmethod
+    def _create_schema(self, conn: Any) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the log lives, for messages (a path or a URL without password)."""
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._connections_lock:
+            conns, self._connections = self._connections, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _q(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = self._conn()
+        cur = conn.cursor()
+        try:
+            cur.execute(self._q(sql), params)
+            rows = cur.fetchall()
+        finally:
+            cur.close()
+        self._end_read(conn)
+        return list(rows)
+
+    def _end_read(self, conn: Any) -> None:
+        """Close the implicit read transaction so the next read sees new commits."""
+        conn.commit()
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def initialise(self, origin: str) -> None:
+        """Create the schema if needed and pin the log's origin (refuse another log's store)."""
+        conn = self._conn()
+        self._create_schema(conn)
+        cur = conn.cursor()
+        cur.execute(self._q("SELECT origin FROM tree WHERE id = 0"))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(self._q("INSERT INTO tree (id, size, origin) VALUES (0, 0, ?)"), (origin,))
+        elif row[0] != origin:
+            conn.rollback()
+            raise StorageError(
+                f"{self.location} holds the log {row[0]!r}, not {origin!r}; "
+                "use the origin it was created with or another data directory"
+            )
+        cur.close()
+        conn.commit()
+
+    def origin(self) -> str | None:
+        rows = self._read("SELECT origin FROM tree WHERE id = 0")
+        return str(rows[0][0]) if rows else None
+
+    # -- the write path --------------------------------------------------------------------------
+
+    def sequence(self, batch: Sequence[NewEntry]) -> int:
+        """Append ``batch`` durably and atomically; return the index of its first entry."""
+        conn = self._conn()
+        try:
+            self._begin_sequencing(conn)
+            cur = conn.cursor()
+            cur.execute(self._q("SELECT size FROM tree WHERE id = 0"))
+            row = cur.fetchone()
+            if row is None:
+                raise StorageError(f"{self.location} has no tree row; was it initialised?")
+            size = int(row[0])
+            edge = self._edge
+            if edge is None or edge.size != size:
+                # Another process appended since we last did (or this is our first batch).
+                edge = CompactRange.load(size, lambda keys: self._fetch(cur, keys))
+            start = size
+            entries = []
+            nodes = []
+            for i, entry in enumerate(batch):
+                entries.append(
+                    (start + i, entry.leaf, entry.leaf_hash, entry.request_id, entry.kind)
+                )
+                nodes.extend(edge.append(entry.leaf_hash))
+            cur.executemany(
+                self._q(
+                    "INSERT INTO entries (idx, leaf, leaf_hash, request_id, kind) "
+                    "VALUES (?, ?, ?, ?, ?)"
+                ),
+                entries,
+            )
+            if nodes:
+                cur.executemany(
+                    self._q("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)"), nodes
+                )
+            cur.execute(self._q("UPDATE tree SET size = ? WHERE id = 0"), (edge.size,))
+            cur.close()
+            conn.commit()
+        except BaseException:
+            self._edge = None
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        self._edge = edge
+        return start
+
+    def bulk_load(self, leaves: Sequence[bytes], *, chunk: int = 100_000) -> None:
+        """Append many leaves quickly (benchmarks, imports): one transaction per chunk."""
+        for offset in range(0, len(leaves), chunk):
+            part = leaves[offset : offset + chunk]
+            self.sequence([NewEntry(leaf, merkle.leaf_hash(leaf), None, None) for leaf in part])
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def _fetch(self, cur: Any, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        found: dict[NodeKey, bytes] = {}
+        leaves = [idx for level, idx in keys if level == 0]
+        inner = [(level, idx) for level, idx in keys if level > 0]
+        if leaves:
+            marks = ",".join("?" * len(leaves))
+            cur.execute(
+                self._q(f"SELECT idx, leaf_hash FROM entries WHERE idx IN ({marks})"), leaves
+            )
+            for idx, h in cur.fetchall():
+                found[(0, int(idx))] = bytes(h)
+        if inner:
+            where = " OR ".join(["(level = ? AND idx = ?)"] * len(inner))
+            params = [x for key in inner for x in key]
+            cur.execute(self._q(f"SELECT level, idx, hash FROM nodes WHERE {where}"), params)
+            for level, idx, h in cur.fetchall():
+                found[(int(level), int(idx))] = bytes(h)
+        return found
+
+    def hashes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        conn = self._conn()
+        cur = conn.cursor()
+        try:
+            return self._fetch(cur, keys)
+        finally:
+            cur.close()
+            self._end_read(conn)
+
+    def tree_size(self) -> int:
+        rows = self._read("SELECT size FROM tree WHERE id = 0")
+        if not rows:
+            raise StorageError(f"{self.location} is not a sekisho ledger (no tree row)")
+        return int(rows[0][0])
+
+    def entry(self, index: int) -> tuple[bytes, bytes] | None:
+        """``(leaf, leaf_hash)`` of a committed entry, or None."""
+        rows = self._read(
+            "SELECT e.leaf, e.leaf_hash FROM entries e, tree t "
+            "WHERE e.idx = ? AND t.id = 0 AND e.idx < t.size",
+            (index,),
+        )
+        return (bytes(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    def find(self, request_id: str) -> list[tuple[int, str | None]]:
+        rows = self._read(
+            "SELECT e.idx, e.kind FROM entries e, tree t "
+            "WHERE e.request_id = ? AND t.id = 0 AND e.idx < t.size ORDER BY e.idx",
+            (request_id,),
+        )
+        return [(int(i), k) for i, k in rows]
+
+    def scan(self, start: int, end: int) -> list[tuple[int, bytes, bytes, str | None, str | None]]:
+        """Rows ``start <= idx < end`` in index order, as stored (the auditor's view)."""
+        rows = self._read(
+            "SELECT idx, leaf, leaf_hash, request_id, kind FROM entries "
+            "WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, end),
+        )
+        return [(int(i), bytes(leaf), bytes(h), r, k) for i, leaf, h, r, k in rows]
+
+    def max_index(self) -> int | None:
+        rows = self._read("SELECT MAX(idx) FROM entries")
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+    def nodes_in(self, level: int, start: int, end: int) -> dict[int, bytes]:
+        rows = self._read(
+            "SELECT idx, hash FROM nodes WHERE level = ? AND idx >= ? AND idx < ?",
+            (level, start, end),
+        )
+        return {int(i): bytes(h) for i, h in rows}
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def store_checkpoint(self, size: int, root: bytes, signed: str) -> None:
+        conn = self._conn()
+        cur = conn.cursor()
+        try:
+            cur.execute(
+                self._q(
+                    "INSERT INTO checkpoints (size, root, note, created) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (size) DO NOTHING"
+                ),
+                (size, root, signed, time.time()),
+            )
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        finally:
+            cur.close()
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        rows = self._read("SELECT size, root, note FROM checkpoints ORDER BY size")
+        return [StoredCheckpoint(int(s), bytes(r), str(n)) for s, r, n in rows]
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        rows = self._read("SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1")
+        return (
+            StoredCheckpoint(int(rows[0][0]), bytes(rows[0][1]), str(rows[0][2])) if rows else None
+        )
+
+    def checkpoint_at(self, size: int) -> StoredCheckpoint | None:
+        rows = self._read("SELECT size, root, note FROM checkpoints WHERE size = ?", (size,))
+        return (
+            StoredCheckpoint(int(rows[0][0]), bytes(rows[0][1]), str(rows[0][2])) if rows else None
+        )
+
+
+# --- SQLite ---------------------------------------------------------------------------------------
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    idx INTEGER PRIMARY KEY,
+    leaf BLOB NOT NULL,
+    leaf_hash BLOB NOT NULL,
+    request_id TEXT,
+    kind TEXT
+);
+CREATE INDEX IF NOT EXISTS entries_request_id ON entries (request_id)
+    WHERE request_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS nodes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tree (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    size INTEGER NOT NULL,
+    origin TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY,
+    root BLOB NOT NULL,
+    note TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+class SQLiteStorage(Storage):
+    """One SQLite file in WAL mode with ``synchronous=FULL``.
+
+    FULL, not NORMAL: in WAL mode NORMAL skips the fsync at commit, so a power cut can lose
+    commits that were already reported durable — and "durable" is the ledger's promise (a
+    request goes upstream only after its decision is on disk). Group commit shares one WAL
+    fsync among every entry in the batch, which is what makes FULL affordable.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
+        super().__init__()
+        self.path = path
+        self.busy_timeout = busy_timeout
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot open the ledger at {self.path}: {e}") from None
+        return conn
+
+    def _end_read(self, conn: Any) -> None:
+        # autocommit mode (isolation_level=None): each read is its own transaction already
+        return None
+
+    def _begin_sequencing(self, conn: Any) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def _create_schema(self, conn: Any) -> None:
+        conn.executescript(_SQLITE_SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
+
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    idx BIGINT PRIMARY KEY,
+    leaf BYTEA NOT NULL,
+    leaf_hash BYTEA NOT NULL,
+    request_id TEXT,
+    kind TEXT
+);
+CREATE INDEX IF NOT EXISTS entries_request_id ON entries (request_id)
+    WHERE request_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS nodes (
+    level SMALLINT NOT NULL,
+    idx BIGINT NOT NULL,
+    hash BYTEA NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+CREATE TABLE IF NOT EXISTS tree (
+    id SMALLINT PRIMARY KEY CHECK (id = 0),
+    size BIGINT NOT NULL,
+    origin TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size BIGINT PRIMARY KEY,
+    root BYTEA NOT NULL,
+    note TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL
+);
+"""
+
+
+class PostgresStorage(Storage):
+    """PostgreSQL via psycopg 3. Commits are durable with the default ``synchronous_commit=on``.
+
+    The URL may carry ``schema=NAME`` (removed before connecting) to keep the ledger's tables in
+    their own schema; the sequencer lock is an advisory lock derived from that schema's name.
+    """
+
+    placeholder = "%s"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        self.schema = query.pop("schema", "public")
+        if not self.schema.replace("_", "").isalnum():
+            raise StorageError(f"schema name {self.schema!r} must be letters, digits and _")
+        self.conninfo = urlunsplit(parts._replace(query=urlencode(query)))
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="")
+        self._shown = urlunsplit(shown) + f" (schema {self.schema})"
+        self.lock_key = zlib.crc32(f"sekisho-ledger:{self.schema}".encode())
+
+    @property
+    def location(self) -> str:
+        return self._shown
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        try:
+            conn = psycopg.connect(self.conninfo, connect_timeout=10)
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            conn.execute(f'SET search_path TO "{self.schema}"')
+            conn.commit()
+        except psycopg.Error as e:
+            raise StorageError(f"cannot connect to the ledger at {self.location}: {e}") from None
+        return conn
+
+    def _begin_sequencing(self, conn: Any) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
+
+    def _create_schema(self, conn: Any) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
+        conn.execute(_PG_SCHEMA)
+
+
+def open_storage(url_or_path: str | Path) -> Storage:
+    """A PostgreSQL URL, a SQLite file path, or a data directory (holding ``ledger.sqlite3``)."""
+    text = str(url_or_path)
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresStorage(text)
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///") - 1 :] if text.startswith("sqlite:////") else text[10:]
+    path = Path(text)
+    if path.is_dir():
+        path = path / SQLITE_FILE
+    elif not path.parent.exists():
+        raise StorageError(f"the directory {path.parent} for the ledger does not exist")
+    return SQLiteStorage(path)
+
+
+@contextlib.contextmanager
+def opened(url_or_path: str | Path) -> Iterator[Storage]:
+    storage = open_storage(url_or_path)
+    try:
+        yield storage
+    finally:
+        storage.close()
