@@ -191,6 +191,21 @@ class Constraints(_Spec):
         description="What to do with a request this rule applies to: allow (the default), "
         "redact or pseudonymise every finding, or block",
     )
+    any_of: list[Constraints] | None = Field(
+        default=None,
+        description="Alternatives: the endpoint must meet at least one of these (besides the "
+        "fields above), e.g. on_premises OR a domestic operator",
+    )
+
+    @field_validator("any_of")
+    @classmethod
+    def _alternatives(cls, value: list[Constraints] | None) -> list[Constraints] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("any_of needs at least one alternative")
+            if any(alt.action is not None for alt in value):
+                raise ValueError("an any_of alternative cannot carry an action; set it on the rule")
+        return value
 
 
 class When(_Spec):
@@ -243,6 +258,9 @@ class RuleOverride(Constraints):
 class ClassificationSpec(_Spec):
     """How findings map to a classification level and what to do with each finding type."""
 
+    obligation: str = Field(default="", description="The obligation this section implements")
+    source: str = Field(default="", description="Where the obligation comes from")
+
     default: LevelName | None = Field(
         default=None,
         description="Level of a request with no findings and no declared level "
@@ -259,6 +277,9 @@ class ClassificationSpec(_Spec):
 
 class StorageSpec(_Spec):
     """What happens to findings before a prompt or output is stored."""
+
+    obligation: str = Field(default="", description="The obligation this section implements")
+    source: str = Field(default="", description="Where the obligation comes from")
 
     pseudonymise: list[FindingType] = Field(
         default_factory=list,
