@@ -64,6 +64,7 @@ def _spawn(
             name,
             str(count),
             str(interval),
+            ORIGIN,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
