@@ -159,6 +159,8 @@ def checkpoint_command(args: argparse.Namespace) -> int:
                 _keep(Path(args.keep), signed, storage)
         finally:
             storage.close()
+    except merkle.ProofError as e:
+        return _fail(f"the log is not consistent with the last checkpoint you kept: {e}")
     except (StorageError, KeyFileError, NoteError, CheckpointError, ReceiptError, OSError) as e:
         return _fail(str(e))
     sys.stdout.write(signed)

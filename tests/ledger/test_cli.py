@@ -1,0 +1,160 @@
+"""The ledger's commands: keys ledger, verify (offline), ledger checkpoint --keep, ledger audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sekisho
+from sekisho.ledger import KeyFileError, Ledger, create_signing_key, load_signer
+from sekisho.ledger.cli import main
+
+from .conftest import decision, outcome
+
+SRC = str(Path(sekisho.__file__).parent.parent)
+ORIGIN = "cli.test.example/log"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sekisho.ledger.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def keyed_data_dir(data_dir: Path) -> tuple[Path, str]:
+    result = run("keys", "ledger", "--data-dir", str(data_dir), "--name", ORIGIN)
+    assert result.returncode == 0, result.stderr
+    verifier = result.stdout.strip().splitlines()[-1]
+    return data_dir, verifier
+
+
+def test_keys_ledger_writes_a_private_key_and_prints_the_verifier(
+    keyed_data_dir: tuple[Path, str],
+) -> None:
+    data_dir, verifier = keyed_data_dir
+    key_file = data_dir / "keys" / "ledger.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert verifier.startswith(ORIGIN + "+")
+    assert load_signer(key_file).verifier().key_string() == verifier
+    again = run("keys", "ledger", "--data-dir", str(data_dir), "--name", ORIGIN)
+    assert again.returncode == 1
+    assert "refusing to overwrite" in again.stderr
+
+
+def test_a_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.key"
+    create_signing_key(path, ORIGIN)
+    path.chmod(0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_signer(path)
+    with pytest.raises(KeyFileError, match="sekisho keys ledger"):
+        load_signer(tmp_path / "missing.key")
+
+
+async def _log_some(
+    data_dir: Path, requests: int, *, start: int = 0, consistency_with: int | None = None
+) -> None:
+    signer = load_signer(data_dir / "keys" / "ledger.key")
+    ledger = await Ledger.open(str(data_dir), signer, origin=ORIGIN)
+    for i in range(start, start + requests):
+        await ledger.append(decision(f"cli-{i}"))
+        await ledger.append(outcome(f"cli-{i}"))
+    receipt = ledger.receipt(f"cli-{start}", consistency_with=consistency_with)
+    (data_dir / f"receipt-{start}.json").write_text(json.dumps(receipt))
+    (data_dir / f"receipt-{start}.tlog-proof").write_text(
+        ledger.receipt(f"cli-{start}")["tlog_proof"]
+    )
+    await ledger.close()
+
+
+async def test_verify_checks_a_receipt_offline_and_names_what_failed(
+    keyed_data_dir: tuple[Path, str],
+) -> None:
+    data_dir, verifier = keyed_data_dir
+    await _log_some(data_dir, 5)
+    ok = run("verify", str(data_dir / "receipt-0.json"), "--key", verifier)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok  checkpoint signature" in ok.stdout
+    assert "outcome of the same request" in ok.stdout
+    plain = run("verify", str(data_dir / "receipt-0.tlog-proof"), "--key", verifier)
+    assert plain.returncode == 0, plain.stderr
+
+    receipt = json.loads((data_dir / "receipt-0.json").read_text())
+    receipt["index"] = 3
+    (data_dir / "bad.json").write_text(json.dumps(receipt))
+    bad = run("verify", str(data_dir / "bad.json"), "--key", verifier)
+    assert bad.returncode == 1
+    assert "FAILED: decision entry: index 3 differs" in bad.stderr
+
+    wrong_key = create_signing_key(data_dir / "other.key", ORIGIN)
+    unsigned = run("verify", str(data_dir / "receipt-0.json"), "--key", wrong_key)
+    assert unsigned.returncode == 1
+    assert "not signed by any known key" in unsigned.stderr
+
+
+async def test_kept_checkpoints_link_old_and_new_tree_heads(
+    keyed_data_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir, verifier = keyed_data_dir
+    kept = data_dir / "kept.jsonl"
+    await _log_some(data_dir, 3)
+    assert main(["ledger", "checkpoint", "--data-dir", str(data_dir), "--keep", str(kept)]) == 0
+    await _log_some(data_dir, 4, start=3)
+    assert main(["ledger", "checkpoint", "--data-dir", str(data_dir), "--keep", str(kept)]) == 0
+    lines = kept.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["consistency_from_previous"]
+    same = run(
+        "verify", str(data_dir / "receipt-3.json"), "--key", verifier, "--checkpoints", str(kept)
+    )
+    assert same.returncode == 0, same.stderr
+    assert "same tree head as kept checkpoint of size 14" in same.stdout
+    same_as_first = run(
+        "verify", str(data_dir / "receipt-0.json"), "--key", verifier, "--checkpoints", str(kept)
+    )
+    assert "same tree head as kept checkpoint of size 6" in same_as_first.stdout
+
+    await _log_some(data_dir, 2, start=7)  # a newer tree head the auditor has not kept
+    newer = run(
+        "verify", str(data_dir / "receipt-7.json"), "--key", verifier, "--checkpoints", str(kept)
+    )
+    assert newer.returncode == 1
+    assert "nothing links the receipt's checkpoint (size 18)" in newer.stderr
+    await _log_some(data_dir, 1, start=9, consistency_with=14)
+    linked = run(
+        "verify", str(data_dir / "receipt-9.json"), "--key", verifier, "--checkpoints", str(kept)
+    )
+    assert linked.returncode == 0, linked.stderr
+    assert "kept tree (size 14) are one append-only log" in linked.stdout
+
+    # A log that rewrites its history after an auditor kept a checkpoint is caught.
+    with sqlite3.connect(data_dir / "ledger.sqlite3") as db:
+        db.execute("DELETE FROM checkpoints")
+        db.execute("UPDATE nodes SET hash = zeroblob(32) WHERE level = 3 AND idx = 0")
+    assert main(["ledger", "checkpoint", "--data-dir", str(data_dir), "--keep", str(kept)]) == 1
+    assert "not consistent with the last checkpoint you kept" in capsys.readouterr().err
+
+
+async def test_ledger_audit_exit_status_says_whether_the_log_is_intact(
+    keyed_data_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir, verifier = keyed_data_dir
+    await _log_some(data_dir, 4)
+    assert main(["ledger", "audit", "--data-dir", str(data_dir)]) == 0
+    assert "audit: OK" in capsys.readouterr().out
+    with sqlite3.connect(data_dir / "ledger.sqlite3") as db:
+        db.execute("UPDATE entries SET leaf = CAST('{}' AS BLOB) WHERE idx = 2")
+    assert main(["ledger", "audit", "--data-dir", str(data_dir), "--key", verifier, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["problems"][0]["index"] == 2
