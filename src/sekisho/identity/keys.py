@@ -4,23 +4,33 @@ A key looks like ``sk-sekisho-<key id>-<secret>``. The key id is public (it appe
 in the ledger's pseudonymous principal); only SHA-256 of the whole key is stored. Keys are
 256-bit random values, so a fast hash is the right tool here (a slow password hash protects
 low-entropy secrets; these are not).
+
+Every gateway process shares one SQLite file and looks a key up on every request, without a
+cache of positive answers: a revocation or an expiry set by rotation takes effect on the next
+request in every process. The lookup is a primary-key read (a few microseconds, see
+benchmarks/identity/README.md), cheaper than anything a cache would save.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sekisho.errors import AuthenticationFailed
+from sekisho.errors import AuthenticationFailed, NotFound
+from sekisho.identity.roles import ROLES, check_role
+
+__all__ = ["PREFIX", "ROLES", "KeyInfo", "KeyStore", "Principal", "new_key_id"]
 
 PREFIX = "sk-sekisho-"
-ROLES = ("admin", "auditor", "developer", "app")
+_KEY_ID = re.compile(r"^[0-9a-f]{12}$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -35,20 +45,36 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at  REAL
 );
 """
+# Columns added after the first release; an older file is upgraded in place on open.
+_ADDED_COLUMNS = (
+    ("owner", "TEXT"),  # subject of whoever created the key (developers see only their own)
+    ("rotated_from", "TEXT"),  # key id this key succeeded
+    ("successor", "TEXT"),  # key id that replaced this key on rotation
+)
+_COLUMNS = (
+    "key_id, tenant, role, name, models, created_at, expires_at, revoked_at, owner,"
+    " rotated_from, successor"
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a request acts for."""
+    """Who a request acts for: an API key or a person or workload signed in through OIDC."""
 
     tenant: str
-    key_id: str
-    role: str
+    key_id: str  # API key id, or a stable pseudonym of an OIDC subject ("oidc-…")
+    role: str  # the most privileged of `roles`
     models: frozenset[str] | None = None  # None: every model the tenant's policy allows
+    roles: frozenset[str] = frozenset()  # empty when constructed: {role}
+    subject: str = ""  # empty when constructed: "key:<key_id>"
+    auth: str = "api_key"  # "api_key" or "oidc"
+    expires_at: float | None = None  # the credential's expiry, if it has one
 
-    @property
-    def subject(self) -> str:
-        return f"key:{self.key_id}"
+    def __post_init__(self) -> None:
+        if not self.roles:
+            object.__setattr__(self, "roles", frozenset({self.role}))
+        if not self.subject:
+            object.__setattr__(self, "subject", f"key:{self.key_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,17 +87,40 @@ class KeyInfo:
     created_at: float
     expires_at: float | None
     revoked_at: float | None
+    owner: str | None = None
+    rotated_from: str | None = None
+    successor: str | None = None
+
+    def state(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+def new_key_id() -> str:
+    return secrets.token_hex(6)
 
 
 class KeyStore:
-    """API keys in a SQLite file under the data directory."""
+    """API keys in a SQLite file under the data directory, shared by every gateway process."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._local = threading.local()
-        with self._conn() as conn:
-            conn.executescript(_SCHEMA)
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in have:
+                try:
+                    conn.execute(f"ALTER TABLE api_keys ADD COLUMN {name} {kind}")
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -90,50 +139,139 @@ class KeyStore:
         name: str = "",
         models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
+        owner: str | None = None,
+        key_id: str | None = None,
     ) -> tuple[str, KeyInfo]:
-        """Create a key; return the full key (to show once) and its stored description."""
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
-        key_id = secrets.token_hex(6)
-        secret = secrets.token_urlsafe(32)
-        full = f"{PREFIX}{key_id}-{secret}"
-        now = time.time()
-        self._conn().execute(
-            "INSERT INTO api_keys (key_id, key_hash, tenant, role, name, models, created_at,"
-            " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key_id,
-                _hash(full),
-                tenant,
-                role,
-                name,
-                ",".join(models) if models is not None else None,
-                now,
-                expires_at,
-            ),
-        )
-        info = KeyInfo(key_id, tenant, role, name, models, now, expires_at, None)
+        """Create a key; return the full key (to show once) and its stored description.
+
+        ``key_id`` may be chosen beforehand (see new_key_id) so that an audit record written
+        before the key exists can name it.
+        """
+        check_role(role)
+        if not tenant:
+            raise ValueError("a key needs a tenant")
+        if models is not None and (not models or any(not m or "," in m for m in models)):
+            raise ValueError("models must be a non-empty list of model names without commas")
+        key_id = key_id or new_key_id()
+        if not _KEY_ID.match(key_id):
+            raise ValueError(f"key id {key_id!r} is not 12 lowercase hex digits")
+        full, info = self._new(key_id, tenant, role, name, models, expires_at, owner, None)
+        self._insert(full, info)
         return full, info
 
+    def _new(
+        self,
+        key_id: str,
+        tenant: str,
+        role: str,
+        name: str,
+        models: tuple[str, ...] | None,
+        expires_at: float | None,
+        owner: str | None,
+        rotated_from: str | None,
+    ) -> tuple[str, KeyInfo]:
+        full = f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
+        info = KeyInfo(
+            key_id, tenant, role, name, models, time.time(), expires_at, None, owner, rotated_from
+        )
+        return full, info
+
+    def _insert(self, full: str, info: KeyInfo) -> None:
+        self._conn().execute(
+            "INSERT INTO api_keys (key_id, key_hash, tenant, role, name, models, created_at,"
+            " expires_at, owner, rotated_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                info.key_id,
+                _hash(full),
+                info.tenant,
+                info.role,
+                info.name,
+                ",".join(info.models) if info.models is not None else None,
+                info.created_at,
+                info.expires_at,
+                info.owner,
+                info.rotated_from,
+            ),
+        )
+
+    def get(self, key_id: str) -> KeyInfo:
+        row = (
+            self._conn()
+            .execute(f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,))
+            .fetchone()
+        )
+        if row is None:
+            raise NotFound(f"There is no API key with id {key_id!r}.", code="key_not_found")
+        return _info(row)
+
+    def rotate(
+        self, key_id: str, overlap_seconds: float, *, key_id_new: str | None = None
+    ) -> tuple[str, KeyInfo]:
+        """Create a successor with the same scope; the old key keeps working for the overlap.
+
+        The successor lives as long as the old key was meant to (if it had an expiry at all).
+        Returns the successor's full key (to show once) and description.
+        """
+        if overlap_seconds < 0:
+            raise ValueError("overlap_seconds must be zero or more")
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            old = self.get(key_id)
+            now = time.time()
+            if old.state(now) != "active":
+                raise ValueError(f"API key {key_id} is {old.state(now)}; only active keys rotate.")
+            if old.successor is not None:
+                raise ValueError(
+                    f"API key {key_id} was already rotated to {old.successor}; rotate that one."
+                )
+            lifetime = None if old.expires_at is None else old.expires_at - old.created_at
+            full, new = self._new(
+                key_id_new or new_key_id(),
+                old.tenant,
+                old.role,
+                old.name,
+                old.models,
+                None if lifetime is None else now + lifetime,
+                old.owner,
+                old.key_id,
+            )
+            self._insert(full, new)
+            until = now + overlap_seconds
+            if old.expires_at is not None:
+                until = min(until, old.expires_at)
+            conn.execute(
+                "UPDATE api_keys SET expires_at = ?, successor = ? WHERE key_id = ?",
+                (until, new.key_id, key_id),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return full, new
+
     def revoke(self, key_id: str) -> bool:
+        """Revoke now; every process refuses the key from its next request on."""
         cur = self._conn().execute(
             "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
             (time.time(), key_id),
         )
         return cur.rowcount == 1
 
-    def list(self, tenant: str | None = None) -> list[KeyInfo]:
-        sql = "SELECT key_id, tenant, role, name, models, created_at, expires_at, revoked_at FROM api_keys"
-        args: tuple[str, ...] = ()
+    def list(self, tenant: str | None = None, *, owner: str | None = None) -> list[KeyInfo]:
+        sql = f"SELECT {_COLUMNS} FROM api_keys"
+        where: list[str] = []
+        args: list[str] = []
         if tenant is not None:
-            sql += " WHERE tenant = ?"
-            args = (tenant,)
-        rows = self._conn().execute(sql + " ORDER BY created_at", args).fetchall()
-        return [
-            KeyInfo(r[0], r[1], r[2], r[3], tuple(r[4].split(",")) if r[4] is not None else None,
-                    r[5], r[6], r[7])
-            for r in rows
-        ]
+            where.append("tenant = ?")
+            args.append(tenant)
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._conn().execute(sql + " ORDER BY created_at, key_id", args).fetchall()
+        return [_info(r) for r in rows]
 
     def authenticate(self, presented: str) -> Principal:
         """Resolve a presented key to a Principal, or raise AuthenticationFailed saying why."""
@@ -142,23 +280,39 @@ class KeyStore:
                 "Invalid API key: sekisho keys start with 'sk-sekisho-'. "
                 "Create one with `sekisho keys create --tenant NAME`."
             )
-        rest = presented[len(PREFIX) :]
-        key_id, _, _ = rest.partition("-")
-        row = self._conn().execute(
-            "SELECT key_hash, tenant, role, models, expires_at, revoked_at FROM api_keys"
-            " WHERE key_id = ?",
-            (key_id,),
-        ).fetchone()
+        key_id, _, _ = presented[len(PREFIX) :].partition("-")
+        row = (
+            self._conn()
+            .execute(
+                "SELECT key_hash, tenant, role, models, expires_at, revoked_at, owner"
+                " FROM api_keys WHERE key_id = ?",
+                (key_id,),
+            )
+            .fetchone()
+        )
         if row is None or not hmac.compare_digest(row[0], _hash(presented)):
             raise AuthenticationFailed("Invalid API key: no such key (it may have been mistyped).")
         if row[5] is not None:
-            raise AuthenticationFailed(f"API key {key_id} has been revoked.")
+            raise AuthenticationFailed(
+                f"API key {key_id} has been revoked. Ask an administrator for a new key."
+            )
         if row[4] is not None and row[4] <= time.time():
             raise AuthenticationFailed(
-                f"API key {key_id} expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(row[4]))}."
+                f"API key {key_id} expired at {_iso(row[4])}. Use its successor or a new key."
             )
         models = frozenset(row[3].split(",")) if row[3] is not None else None
-        return Principal(tenant=row[1], key_id=key_id, role=row[2], models=models)
+        return Principal(
+            tenant=row[1], key_id=key_id, role=row[2], models=models, expires_at=row[4]
+        )
+
+
+def _info(r: Any) -> KeyInfo:
+    models = tuple(r[4].split(",")) if r[4] is not None else None
+    return KeyInfo(r[0], r[1], r[2], r[3], models, r[5], r[6], r[7], r[8], r[9], r[10])
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def _hash(key: str) -> bytes:

@@ -1,0 +1,84 @@
+"""The one entry point the HTTP layer calls: credentials in, Principal out.
+
+Accepted: ``Authorization: Bearer sk-sekisho-…`` (an API key), ``Authorization: Bearer <JWT>``
+from a configured OIDC issuer, and ``api-key: …`` as Azure OpenAI clients send it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+import aiohttp
+
+from sekisho.errors import AuthenticationFailed
+from sekisho.identity.keys import PREFIX, KeyStore, Principal
+from sekisho.identity.oidc import OIDCVerifier
+from sekisho.identity.spec import AuthSpec
+
+
+class Authenticator:
+    def __init__(
+        self,
+        keys: KeyStore,
+        auth: AuthSpec | None = None,
+        *,
+        tenants: Collection[str] | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.keys = keys
+        self.oidc = (
+            OIDCVerifier(auth, tenants=tenants, session=session)
+            if auth is not None and auth.oidc
+            else None
+        )
+
+    async def start(self) -> None:
+        if self.oidc is not None:
+            await self.oidc.start()
+
+    async def close(self) -> None:
+        if self.oidc is not None:
+            await self.oidc.close()
+
+    async def authenticate(
+        self, authorization: str | None, api_key: str | None = None
+    ) -> Principal:
+        token = _bearer(authorization) if authorization else None
+        if token is None:
+            token = api_key.strip() if api_key else None
+        if not token:
+            raise AuthenticationFailed(
+                "You didn't provide credentials. Send 'Authorization: Bearer sk-sekisho-...' "
+                "(an API key) or 'Authorization: Bearer <token>' from your identity provider."
+            )
+        if token.startswith(PREFIX):
+            return self.keys.authenticate(token)
+        if token.count(".") == 2:
+            if self.oidc is None:
+                raise AuthenticationFailed(
+                    "Bearer JWTs are not accepted here: no OIDC issuer is configured (auth.oidc). "
+                    "Use an API key (sk-sekisho-...).",
+                    code="invalid_token",
+                )
+            return await self.oidc.verify(token)
+        return self.keys.authenticate(token)  # explains what a sekisho key looks like
+
+    async def authenticate_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal:
+        """From ASGI ``scope["headers"]``."""
+        authorization = api_key = None
+        for name, value in headers:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"api-key":
+                api_key = value.decode("latin-1")
+        return await self.authenticate(authorization, api_key)
+
+
+def _bearer(authorization: str) -> str:
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise AuthenticationFailed(
+            f"The Authorization scheme '{scheme[:20]}' is not supported; send "
+            "'Authorization: Bearer <API key or token>'."
+        )
+    return value.strip()

@@ -1,0 +1,94 @@
+"""Roles and what each may do: one table, one check.
+
+Least privilege: an ``app`` key can call models and nothing else; an ``auditor`` sees the ledger,
+reports, incidents and usage but never prompt or output content; a ``developer`` manages only
+the keys they made and sees only their own usage; an ``admin`` runs the gateway (configuration,
+keys, policy) but does not call models with its administrative credential.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from sekisho.errors import PermissionDenied
+
+if TYPE_CHECKING:
+    from sekisho.identity.keys import Principal
+
+
+class Permission(StrEnum):
+    MODELS_CALL = "models.call"  # /v1/chat/completions, /v1/embeddings, /v1/models
+    TENANTS_READ = "tenants.read"  # tenant settings (not prompt content)
+    KEYS_MANAGE = "keys.manage"  # every key of every tenant
+    KEYS_OWN = "keys.own"  # keys the caller created, in the caller's tenant
+    POLICY_RELOAD = "policy.reload"
+    USAGE_READ = "usage.read"  # usage of every tenant, key and model
+    USAGE_OWN = "usage.own"  # usage of the caller's own keys
+    LEDGER_READ = "ledger.read"
+    REPORTS_READ = "reports.read"
+    INCIDENTS_READ = "incidents.read"
+    CONTENT_READ = "content.read"  # stored prompts and outputs
+
+
+ROLES: tuple[str, ...] = ("admin", "auditor", "developer", "app")
+
+P = Permission
+PERMISSIONS: dict[str, frozenset[Permission]] = {
+    "admin": frozenset(
+        {P.TENANTS_READ, P.KEYS_MANAGE, P.KEYS_OWN, P.POLICY_RELOAD, P.USAGE_READ, P.USAGE_OWN}
+    ),
+    "auditor": frozenset(
+        {P.TENANTS_READ, P.USAGE_READ, P.LEDGER_READ, P.REPORTS_READ, P.INCIDENTS_READ}
+    ),
+    "developer": frozenset({P.MODELS_CALL, P.KEYS_OWN, P.USAGE_OWN}),
+    "app": frozenset({P.MODELS_CALL}),
+}
+# Nobody holds CONTENT_READ by role: reading stored prompts is a break-glass action that the
+# store grants per incident, never a standing right (the auditor promise depends on it).
+
+# When a principal has several roles, the one shown as `role` is the most privileged.
+_RANK = {role: i for i, role in enumerate(ROLES)}
+
+
+def check_role(role: str) -> str:
+    if role not in PERMISSIONS:
+        raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    return role
+
+
+def primary_role(roles: frozenset[str]) -> str:
+    return min(roles, key=lambda r: _RANK.get(r, len(_RANK)))
+
+
+def permissions_of(roles: frozenset[str]) -> frozenset[Permission]:
+    out: frozenset[Permission] = frozenset()
+    for role in roles:
+        out |= PERMISSIONS.get(role, frozenset())
+    return out
+
+
+def allows(principal: Principal, permission: Permission) -> bool:
+    return any(permission in PERMISSIONS.get(role, ()) for role in principal.roles)
+
+
+def require(principal: Principal, permission: Permission) -> None:
+    """Raise PermissionDenied naming the caller's role and the permission it lacks."""
+    if allows(principal, permission):
+        return
+    who = "+".join(sorted(principal.roles, key=lambda r: _RANK.get(r, len(_RANK))))
+    holders = [r for r in ROLES if permission in PERMISSIONS[r]]
+    needed = f"roles that have it: {', '.join(holders)}" if holders else "no role has it"
+    raise PermissionDenied(
+        f"Role '{who}' (principal {principal.subject}) lacks permission '{permission}' ({needed}).",
+        code="insufficient_role",
+    )
+
+
+def may_grant(granter: frozenset[str], role: str) -> bool:
+    """Key managers may create any role; owners of keys only roles granting nothing they lack."""
+    held = permissions_of(granter)
+    wanted = PERMISSIONS[check_role(role)]
+    if Permission.KEYS_MANAGE in held:
+        return True
+    return Permission.KEYS_OWN in held and wanted <= held

@@ -1,0 +1,150 @@
+"""API keys: hashed at rest, scoped, rotated with overlap, revoked everywhere at once."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sekisho.errors import AuthenticationFailed, NotFound
+from sekisho.identity import KeyStore, Principal
+
+
+def test_key_is_prefixed_and_stored_only_as_a_hash(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "identity.db")
+    key, info = store.create(
+        "acme", role="developer", name="ci", models=("gpt-4o",), owner="oidc:alice@idp"
+    )
+    assert key.startswith(f"sk-sekisho-{info.key_id}-")
+    raw = (tmp_path / "identity.db").read_bytes()
+    secret = key.rsplit("-", 1)[-1].encode()
+    assert secret not in raw and key.encode() not in raw
+    p = store.authenticate(key)
+    assert (p.tenant, p.role, p.models, p.auth) == ("acme", "developer", {"gpt-4o"}, "api_key")
+    assert store.get(info.key_id).owner == "oidc:alice@idp"
+
+
+def test_a_wrong_secret_for_a_real_key_id_is_refused(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "identity.db")
+    key, _ = store.create("acme")
+    with pytest.raises(AuthenticationFailed, match="no such key"):
+        store.authenticate(key[:-4] + "AAAA")
+
+
+def test_principal_defaults_keep_existing_callers_working() -> None:
+    p = Principal(tenant="acme", key_id="0123456789ab", role="app")
+    assert p.roles == {"app"} and p.subject == "key:0123456789ab" and p.auth == "api_key"
+
+
+def test_revocation_is_seen_by_another_process_on_its_next_request(tmp_path: Path) -> None:
+    path = tmp_path / "identity.db"
+    store = KeyStore(path)
+    key, info = store.create("acme")
+    # A second process authenticates in a loop until refused; it must not have cached success.
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from sekisho.identity import KeyStore\n"
+        "from sekisho.errors import AuthenticationFailed\n"
+        f"s = KeyStore(Path({str(path)!r}))\n"
+        f"s.authenticate({key!r}); print('ok', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "try:\n"
+        f"    s.authenticate({key!r}); print('still accepted')\n"
+        "except AuthenticationFailed as e:\n"
+        "    print(e.message)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline().strip() == "ok"
+    assert store.revoke(info.key_id)
+    out, _ = proc.communicate("\n", timeout=30)
+    assert f"API key {info.key_id} has been revoked" in out
+
+
+def test_rotation_keeps_the_old_key_working_for_the_overlap_only(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "identity.db")
+    old_key, old = store.create(
+        "acme", role="app", name="billing", models=("gpt-4o",), expires_at=time.time() + 30 * 86400
+    )
+    new_key, new = store.rotate(old.key_id, overlap_seconds=0.3)
+    assert new.rotated_from == old.key_id and store.get(old.key_id).successor == new.key_id
+    assert (new.tenant, new.role, new.name, new.models) == ("acme", "app", "billing", ("gpt-4o",))
+    assert new.expires_at is not None and new.expires_at > time.time() + 29 * 86400
+    store.authenticate(old_key)
+    store.authenticate(new_key)
+    time.sleep(0.35)
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        store.authenticate(old_key)
+    store.authenticate(new_key)
+
+
+def test_rotation_never_extends_the_old_keys_life(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "identity.db")
+    soon = time.time() + 60
+    _, old = store.create("acme", expires_at=soon)
+    store.rotate(old.key_id, overlap_seconds=86400)
+    assert store.get(old.key_id).expires_at == pytest.approx(soon)
+
+
+def test_only_active_keys_rotate_and_only_once(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "identity.db")
+    _, a = store.create("acme")
+    _, b = store.rotate(a.key_id, 3600)
+    with pytest.raises(ValueError, match=f"already rotated to {b.key_id}"):
+        store.rotate(a.key_id, 3600)
+    store.revoke(b.key_id)
+    with pytest.raises(ValueError, match="revoked"):
+        store.rotate(b.key_id, 3600)
+    with pytest.raises(NotFound):
+        store.rotate("0123456789ab", 3600)
+    assert len(store.list("acme")) == 2  # the failed rotations left nothing behind
+
+
+def test_list_by_owner_and_tenant(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "identity.db")
+    store.create("acme", owner="key:a")
+    store.create("acme", owner="key:b")
+    store.create("globex", owner="key:a")
+    assert len(store.list("acme", owner="key:a")) == 1
+    assert len(store.list(owner="key:a")) == 2
+
+
+def test_a_file_from_the_first_release_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "identity.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, key_hash BLOB NOT NULL, tenant TEXT NOT"
+        " NULL, role TEXT NOT NULL, name TEXT NOT NULL DEFAULT '', models TEXT, created_at REAL"
+        " NOT NULL, expires_at REAL, revoked_at REAL);"
+        "INSERT INTO api_keys VALUES ('0123456789ab', x'00', 'acme', 'app', 'old', NULL, 1, NULL,"
+        " NULL);"
+    )
+    conn.commit()
+    conn.close()
+    store = KeyStore(path)
+    [info] = store.list()
+    assert (info.key_id, info.owner, info.successor) == ("0123456789ab", None, None)
+    _, fresh = store.create("acme")
+    assert store.get(fresh.key_id).state() == "active"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"role": "root"}, "unknown role 'root'"),
+        ({"models": ()}, "models must be"),
+        ({"key_id": "ZZ"}, "12 lowercase hex"),
+    ],
+)
+def test_bad_key_requests_say_what_is_wrong(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        KeyStore(tmp_path / "identity.db").create("acme", **kwargs)  # type: ignore[arg-type]

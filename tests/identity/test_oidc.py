@@ -1,0 +1,298 @@
+"""OIDC bearer tokens against a real issuer on loopback, with real RS256 and ES256 signatures."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from oidc_issuer import AUDIENCE, Issuer, forged, new_key
+
+from sekisho.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
+from sekisho.identity import Authenticator, AuthSpec, KeyStore, Principal
+
+
+def spec(issuer: Issuer, **overrides: Any) -> AuthSpec:
+    entry: dict[str, Any] = {
+        "issuer": issuer.url,
+        "audience": AUDIENCE,
+        "algorithms": ["RS256", "ES256"],
+        "tenant_claim": "tid",
+        "tenant_map": {"tid-acme": "acme"},
+        "role_map": {
+            "sekisho-admins": "admin",
+            "sekisho-auditors": "auditor",
+            "sekisho-developers": "developer",
+        },
+        "leeway_seconds": 5,
+        "jwks_refetch_min_seconds": 30,
+    }
+    entry.update(overrides)
+    return AuthSpec.model_validate({"oidc": [entry]})
+
+
+@pytest.fixture
+async def auth(issuer: Issuer, tmp_path: Path) -> AsyncIterator[Authenticator]:
+    a = Authenticator(KeyStore(tmp_path / "identity.db"), spec(issuer), tenants={"acme"})
+    await a.start()
+    try:
+        yield a
+    finally:
+        await a.close()
+
+
+async def login(auth: Authenticator, token: str) -> Principal:
+    return await auth.authenticate(f"Bearer {token}", None)
+
+
+async def refused(auth: Authenticator, token: str, *words: str) -> str:
+    with pytest.raises(AuthenticationFailed) as info:
+        await login(auth, token)
+    message = info.value.message
+    assert info.value.status == 401
+    assert token not in message and token[-20:] not in message, "a refusal must not echo the token"
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+    return message
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+async def test_signed_token_maps_claims_to_tenant_and_roles(
+    auth: Authenticator, issuer: Issuer, alg: str
+) -> None:
+    token = issuer.token(alg, groups=["sekisho-developers", "sekisho-auditors", "other"])
+    p = await login(auth, token)
+    assert p.tenant == "acme"
+    assert p.roles == {"developer", "auditor"}
+    assert p.role == "auditor"  # the most privileged of the two
+    assert p.auth == "oidc"
+    assert p.subject == f"oidc:user-42@{issuer.url}"
+    assert p.key_id.startswith("oidc-") and "user-42" not in p.key_id
+    assert p.expires_at is not None and p.expires_at > time.time()
+
+
+async def test_keys_are_discovered_once_and_cached(auth: Authenticator, issuer: Issuer) -> None:
+    for _ in range(5):
+        await login(auth, issuer.token())
+    assert issuer.discovery_hits == 1
+    assert issuer.jwks_hits == 1
+
+
+async def test_configured_jwks_uri_skips_discovery(issuer: Issuer, tmp_path: Path) -> None:
+    origin = issuer.url.split("/realms/")[0]
+    a = Authenticator(KeyStore(tmp_path / "k.db"), spec(issuer, jwks_uri=f"{origin}/keys"))
+    try:
+        await login(a, issuer.token())
+    finally:
+        await a.close()
+    assert issuer.discovery_hits == 0 and issuer.jwks_hits == 1
+
+
+async def test_key_rotation_is_followed_and_retired_keys_refused(
+    auth: Authenticator, issuer: Issuer
+) -> None:
+    old_token = issuer.token("ES256")
+    await login(auth, old_token)
+    fresh = issuer.rotate("ES256")
+    p = await login(auth, issuer.token("ES256", key=fresh))
+    assert p.tenant == "acme"
+    assert issuer.jwks_hits == 2  # one refetch, caused by the new kid
+    await refused(auth, old_token, "key id", "does not publish")
+
+
+async def test_unknown_kids_refetch_the_jwks_at_most_once_per_interval(
+    auth: Authenticator, issuer: Issuer
+) -> None:
+    stranger = new_key("ES256")  # signs tokens but is never published
+    for _ in range(10):
+        await refused(auth, issuer.token("ES256", key=stranger, kid=uuid.uuid4().hex), "key id")
+    assert issuer.jwks_hits == 2
+
+
+async def test_unsigned_token_is_refused(auth: Authenticator, issuer: Issuer) -> None:
+    token = forged({"alg": "none", "typ": "JWT"}, issuer.claims(), None)
+    await refused(auth, token, "alg 'none'")
+
+
+async def test_hs256_signed_with_the_public_key_is_refused(
+    auth: Authenticator, issuer: Issuer
+) -> None:
+    rsa_key = issuer.key("RS256")
+    header = {"alg": "HS256", "typ": "JWT", "kid": rsa_key.kid}
+    token = forged(header, issuer.claims(), rsa_key.public_pem())
+    await refused(auth, token, "HS256", "not accepted", "shared secret")
+
+
+async def test_a_key_of_the_wrong_type_cannot_verify(auth: Authenticator, issuer: Issuer) -> None:
+    # ES256 claimed, but the kid points at the issuer's RSA key.
+    token = issuer.token("ES256", kid=issuer.key("RS256").kid)
+    await refused(auth, token, "RSA", "cannot verify ES256")
+
+
+async def test_algorithm_outside_the_allow_list_is_refused(issuer: Issuer, tmp_path: Path) -> None:
+    a = Authenticator(KeyStore(tmp_path / "k.db"), spec(issuer, algorithms=["RS256"]))
+    try:
+        await refused(a, issuer.token("ES256"), "ES256", "accepted: RS256")
+    finally:
+        await a.close()
+
+
+@pytest.mark.parametrize(
+    ("claims", "words"),
+    [
+        ({"exp": int(time.time()) - 60}, ["expired at"]),
+        ({"nbf": int(time.time()) + 600}, ["not valid before"]),
+        ({"iat": int(time.time()) + 600, "nbf": None}, ["issued at", "future"]),
+        ({"aud": "api://someone-else"}, ["audience", "api://someone-else", AUDIENCE]),
+        ({"iss": "https://evil.example"}, ["issuer", "https://evil.example", "not configured"]),
+        ({"exp": None}, ["required claim 'exp'"]),
+        ({"sub": None}, ["'sub'"]),
+        ({"tid": None}, ["'tid'"]),
+    ],
+)
+async def test_each_invalid_claim_is_refused_with_its_reason(
+    auth: Authenticator, issuer: Issuer, claims: dict[str, Any], words: list[str]
+) -> None:
+    await refused(auth, issuer.token(**claims), *words)
+
+
+async def test_leeway_tolerates_small_clock_skew(auth: Authenticator, issuer: Issuer) -> None:
+    await login(auth, issuer.token(exp=int(time.time()) - 2, nbf=int(time.time()) + 2))
+
+
+async def test_tampered_payload_fails_the_signature(auth: Authenticator, issuer: Issuer) -> None:
+    token = issuer.token()
+    head, _, sig = token.split(".")
+    other = issuer.token(sub="admin-1").split(".")[1]
+    await refused(auth, f"{head}.{other}.{sig}", "signature does not verify")
+
+
+async def test_token_without_a_mapped_role_is_forbidden(
+    auth: Authenticator, issuer: Issuer
+) -> None:
+    with pytest.raises(PermissionDenied, match="no value of roles, groups"):
+        await login(auth, issuer.token(groups=["marketing"]))
+
+
+async def test_default_role_and_fixed_tenant(issuer: Issuer, tmp_path: Path) -> None:
+    s = spec(
+        issuer, tenant="globex", tenant_claim=None, tenant_map={}, role_map={}, default_role="app"
+    )
+    a = Authenticator(KeyStore(tmp_path / "k.db"), s)
+    try:
+        p = await login(a, issuer.token(groups=["anything"]))
+    finally:
+        await a.close()
+    assert (p.tenant, p.roles) == ("globex", {"app"})
+
+
+async def test_nested_role_claims_as_keycloak_sends_them(issuer: Issuer, tmp_path: Path) -> None:
+    s = spec(issuer, role_claims=["realm_access.roles"], role_map={"gw-admin": "admin"})
+    a = Authenticator(KeyStore(tmp_path / "k.db"), s)
+    try:
+        p = await login(a, issuer.token(realm_access={"roles": ["gw-admin", "offline"]}))
+    finally:
+        await a.close()
+    assert p.roles == {"admin"}
+
+
+async def test_unmapped_tenant_is_forbidden(auth: Authenticator, issuer: Issuer) -> None:
+    with pytest.raises(PermissionDenied, match="tenant_map"):
+        await login(auth, issuer.token(tid="tid-unknown"))
+
+
+async def test_unreachable_issuer_is_a_503_not_a_silent_accept(tmp_path: Path) -> None:
+    s = AuthSpec.model_validate(
+        {
+            "oidc": [
+                {
+                    "issuer": "http://127.0.0.1:9/nowhere",
+                    "audience": "x",
+                    "tenant": "acme",
+                    "default_role": "app",
+                    "http_timeout_seconds": 1,
+                }
+            ]
+        }
+    )
+    a = Authenticator(KeyStore(tmp_path / "k.db"), s)
+    await a.start()  # logs, does not fail start-up
+    key = new_key("RS256")
+    import jwt as pyjwt
+
+    now = int(time.time())
+    token = pyjwt.encode(
+        {"iss": "http://127.0.0.1:9/nowhere", "aud": "x", "sub": "s", "iat": now, "exp": now + 60},
+        key.private,
+        algorithm="RS256",
+        headers={"kid": key.kid},
+    )
+    try:
+        with pytest.raises(ServiceUnavailable, match="cannot fetch the signing keys"):
+            await login(a, token)
+    finally:
+        await a.close()
+
+
+async def test_jwt_without_configured_issuers_explains(tmp_path: Path, issuer: Issuer) -> None:
+    a = Authenticator(KeyStore(tmp_path / "k.db"), None)
+    await refused(a, issuer.token(), "no OIDC issuer is configured")
+
+
+async def test_api_key_header_and_bearer_key(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "k.db")
+    key, info = store.create("acme", role="app")
+    a = Authenticator(store, None)
+    assert (await a.authenticate(f"Bearer {key}", None)).key_id == info.key_id
+    assert (await a.authenticate(None, key)).key_id == info.key_id
+    hdrs = [(b"api-key", key.encode())]
+    assert (await a.authenticate_headers(hdrs)).key_id == info.key_id
+
+
+@pytest.mark.parametrize(
+    ("authorization", "api_key", "words"),
+    [
+        (None, None, "didn't provide credentials"),
+        ("Basic dXNlcjpwdw==", None, "scheme 'Basic'"),
+        ("Bearer ", None, "didn't provide credentials"),
+        ("Bearer hello", None, "start with 'sk-sekisho-'"),
+    ],
+)
+async def test_missing_or_malformed_credentials(
+    tmp_path: Path, authorization: str | None, api_key: str | None, words: str
+) -> None:
+    a = Authenticator(KeyStore(tmp_path / "k.db"), None)
+    with pytest.raises(AuthenticationFailed, match=words):
+        await a.authenticate(authorization, api_key)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    token=st.one_of(
+        st.text(min_size=1, max_size=200),
+        st.lists(
+            st.text(
+                alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=",
+                max_size=60,
+            ),
+            min_size=3,
+            max_size=3,
+        ).map(".".join),
+    )
+)
+async def test_arbitrary_bearer_strings_only_ever_fail_authentication(
+    auth: Authenticator, token: str
+) -> None:
+    try:
+        await auth.authenticate(f"Bearer {token}", None)
+    except AuthenticationFailed as exc:
+        assert exc.status == 401
+    else:
+        raise AssertionError("an arbitrary string authenticated")

@@ -1,0 +1,76 @@
+"""The permission matrix, written out once more here as the specification it must match."""
+
+from __future__ import annotations
+
+import pytest
+
+from sekisho.errors import PermissionDenied
+from sekisho.identity import PERMISSIONS, ROLES, Permission, Principal, require
+from sekisho.identity.roles import may_grant
+
+P = Permission
+EXPECTED = {
+    # permission:         admin  auditor developer app
+    P.MODELS_CALL:      (False, False, True,  True),
+    P.TENANTS_READ:     (True,  True,  False, False),
+    P.KEYS_MANAGE:      (True,  False, False, False),
+    P.KEYS_OWN:         (True,  False, True,  False),
+    P.POLICY_RELOAD:    (True,  False, False, False),
+    P.USAGE_READ:       (True,  True,  False, False),
+    P.USAGE_OWN:        (True,  False, True,  False),
+    P.LEDGER_READ:      (False, True,  False, False),
+    P.REPORTS_READ:     (False, True,  False, False),
+    P.INCIDENTS_READ:   (False, True,  False, False),
+    P.CONTENT_READ:     (False, False, False, False),
+}  # fmt: skip
+
+
+def who(*roles: str) -> Principal:
+    return Principal(tenant="acme", key_id="0123456789ab", role=roles[0], roles=frozenset(roles))
+
+
+def test_matrix_lists_every_permission() -> None:
+    assert set(EXPECTED) == set(Permission)
+    assert ROLES == ("admin", "auditor", "developer", "app")
+
+
+@pytest.mark.parametrize("permission", list(Permission))
+@pytest.mark.parametrize("role", ROLES)
+def test_require_follows_the_matrix(role: str, permission: Permission) -> None:
+    allowed = EXPECTED[permission][ROLES.index(role)]
+    assert (permission in PERMISSIONS[role]) is allowed
+    if allowed:
+        require(who(role), permission)
+    else:
+        with pytest.raises(PermissionDenied) as info:
+            require(who(role), permission)
+        assert f"Role '{role}'" in info.value.message
+        assert f"'{permission}'" in info.value.message
+        assert info.value.status == 403
+
+
+def test_auditor_never_reads_prompt_content_whatever_else_it_holds() -> None:
+    with pytest.raises(PermissionDenied, match="no role has it"):
+        require(who("auditor", "developer"), P.CONTENT_READ)
+
+
+def test_several_roles_combine() -> None:
+    p = who("auditor", "app")
+    require(p, P.MODELS_CALL)
+    require(p, P.LEDGER_READ)
+
+
+@pytest.mark.parametrize(
+    ("granter", "role", "ok"),
+    [
+        ("admin", "app", True),
+        ("admin", "admin", True),
+        ("developer", "app", True),
+        ("developer", "developer", True),
+        ("developer", "admin", False),
+        ("developer", "auditor", False),
+        ("app", "app", False),
+    ],
+)
+def test_no_one_hands_out_more_than_they_hold(granter: str, role: str, ok: bool) -> None:
+    assert may_grant(frozenset({granter}), role) is ok
