@@ -134,6 +134,14 @@ class Config:
     def data_dir(self) -> Path:
         return Path(self.server.data_dir)
 
+    def with_server(self, **changes: object) -> Config:
+        """The same configuration with server settings overridden (command-line flags)."""
+        update = {k: v for k, v in changes.items() if v is not None}
+        server = ServerConfig.model_validate({**self.server.model_dump(), **update})
+        copy = Config(self.model.model_copy(update={"server": server}), self.source_file)
+        copy.policies = self.policies
+        return copy
+
 
 def load_config(path: str | os.PathLike[str], *, env: dict[str, str] | None = None) -> Config:
     """Read, expand and validate a config file; raise ConfigError listing every problem."""

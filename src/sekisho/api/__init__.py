@@ -1,0 +1,1 @@
+"""The HTTP surface: OpenAI-compatible routes, operations endpoints. Knows nothing of policy."""

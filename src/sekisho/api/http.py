@@ -1,0 +1,108 @@
+"""Just enough ASGI: read a bounded body, send JSON, send an OpenAI-shaped error, stream SSE.
+
+sekisho's hot path is a handful of routes, so it speaks ASGI directly instead of through a
+framework: every step of a request can be read and stepped through here.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from sekisho.errors import RequestTooLarge, SekishoError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+JSON = b"application/json"
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
+def request_id(scope: Scope) -> str:
+    """The client's x-request-id when it is sane, else a new one."""
+    given = header(scope, b"x-request-id")
+    if given and _REQUEST_ID.match(given):
+        return given
+    return "req_" + secrets.token_hex(12)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(
+            f"The request body is {int(declared)} bytes; this gateway accepts at most {limit} "
+            "(server.max_body_bytes)."
+        )
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = msg.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(
+                    f"The request body exceeds {limit} bytes (server.max_body_bytes)."
+                )
+            chunks.append(chunk)
+        if not msg.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client disconnected before we answered."""
+
+
+def _headers(rid: str, extra: list[tuple[str, str]] | None, ctype: bytes) -> list[tuple[bytes, bytes]]:
+    h = [(b"content-type", ctype), (b"x-request-id", rid.encode())]
+    if extra:
+        h.extend((k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in extra)
+    return h
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    rid: str,
+    extra: list[tuple[str, str]] | None = None,
+    ctype: bytes = JSON,
+) -> None:
+    headers = _headers(rid, extra, ctype)
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(
+    send: Send, status: int, obj: Any, rid: str, extra: list[tuple[str, str]] | None = None
+) -> None:
+    await send_bytes(send, status, orjson.dumps(obj), rid, extra)
+
+
+async def send_error(send: Send, exc: SekishoError, rid: str) -> None:
+    extra = list(exc.headers.items())
+    await send_bytes(send, exc.status, orjson.dumps(exc.body()), rid, extra)
+
+
+async def start_stream(send: Send, rid: str, extra: list[tuple[str, str]]) -> None:
+    headers = _headers(rid, extra, b"text/event-stream; charset=utf-8")
+    headers.append((b"cache-control", b"no-cache"))
+    headers.append((b"x-accel-buffering", b"no"))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})

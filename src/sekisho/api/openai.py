@@ -1,0 +1,100 @@
+"""OpenAI-compatible routes: chat completions (with SSE streaming), embeddings, models."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sekisho.api import http
+from sekisho.api.schema import parse_chat, parse_embeddings
+from sekisho.errors import AuthenticationFailed, NotFound
+from sekisho.identity import KeyStore, Principal
+from sekisho.pipeline import Call, Pipeline, Reply, StreamReply
+from sekisho.routing import Catalogue
+
+
+def authenticate(scope: http.Scope, keys: KeyStore) -> Principal:
+    auth = http.header(scope, b"authorization")
+    token = None
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer":
+            token = value.strip()
+    if token is None:
+        token = http.header(scope, b"api-key")
+    if not token:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer sk-sekisho-...'."
+        )
+    return keys.authenticate(token)
+
+
+async def chat_completions(pipeline: Pipeline, principal: Principal, rid: str, raw: bytes,
+                           scope: http.Scope) -> Reply | StreamReply:
+    req = parse_chat(raw)
+    call = Call(
+        request_id=rid,
+        principal=principal,
+        kind="chat",
+        model=req.model,
+        body=req.body,
+        texts=req.texts(),
+        stream=req.stream,
+        include_usage=req.include_usage,
+        declared_classification=http.header(scope, b"x-sekisho-classification"),
+    )
+    return await pipeline.run(call)
+
+
+async def embeddings(pipeline: Pipeline, principal: Principal, rid: str, raw: bytes,
+                     scope: http.Scope) -> Reply | StreamReply:
+    req = parse_embeddings(raw)
+    call = Call(
+        request_id=rid,
+        principal=principal,
+        kind="embeddings",
+        model=req.model,
+        body=req.body,
+        texts=req.texts(),
+        declared_classification=http.header(scope, b"x-sekisho-classification"),
+    )
+    return await pipeline.run(call)
+
+
+def list_models(catalogue: Catalogue, principal: Principal, allowed: frozenset[str] | None) -> dict[str, Any]:
+    """Only what the caller may use: the key's model list and the tenant's model allow list."""
+    data = []
+    for name in catalogue.model_names:
+        if principal.models is not None and name not in principal.models:
+            continue
+        if allowed is not None and name not in allowed:
+            continue
+        routes = catalogue.routes(name)
+        data.append(
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "sekisho",
+                "sekisho": {
+                    "kind": routes[0].model.kind,
+                    "endpoints": [r.endpoint.id for r in routes],
+                    "jurisdictions": sorted(
+                        {f"{r.endpoint.jurisdiction.country}/{r.endpoint.jurisdiction.region}" for r in routes}
+                    ),
+                },
+            }
+        )
+    return {"object": "list", "data": data}
+
+
+def get_model(listing: dict[str, Any], model: str) -> dict[str, Any]:
+    for m in listing["data"]:
+        if m["id"] == model:
+            return dict(m)
+    raise NotFound(f"The model '{model}' does not exist or you do not have access to it.",
+                   code="model_not_found", param="model")
+
+
+def now() -> float:
+    return time.perf_counter()

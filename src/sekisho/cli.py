@@ -1,0 +1,277 @@
+"""sekisho's command line: serve, demo, simulate, config, keys, scan, policy, verify, ledger."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from sekisho import __version__
+from sekisho.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except ConfigError as exc:
+        print(f"sekisho: configuration is not valid ({len(exc.problems)} problem"
+              f"{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sekisho",
+        description="sekisho (関所) — a self-hosted sovereign AI gateway.",
+    )
+    parser.add_argument("--version", action="version", version=f"sekisho {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--config", "-c", default=os.environ.get("SEKISHO_CONFIG", "sekisho.yaml"),
+                   help="YAML config (default: $SEKISHO_CONFIG or ./sekisho.yaml)")
+    p.add_argument("--host", help="listen address (overrides server.host)")
+    p.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    p.add_argument("--workers", type=int, help="gateway processes (overrides server.workers)")
+    p.add_argument("--data-dir", help="data directory (overrides server.data_dir)")
+    p.add_argument("--with-simulators", action="store_true",
+                   help="also run the three demo simulators in this process (for trying it out)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="zero-config tour: simulators, gateway, scripted requests")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave the gateway up after the tour, until Ctrl-C")
+    p.add_argument("--port", type=int, default=0, help="gateway port (default: any free port)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="run the three simulated model endpoints until stopped")
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=cmd_simulate)
+
+    cfg = sub.add_parser("config", help="check a config or print its JSON Schema")
+    csub = cfg.add_subparsers(metavar="ACTION")
+    p = csub.add_parser("check", help="validate a config file; exit 2 listing every problem")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_config_check)
+    p = csub.add_parser("schema", help="print the config's JSON Schema (for editors)")
+    p.set_defaults(func=cmd_config_schema)
+
+    keys = sub.add_parser("keys", help="API keys (and the ledger's signing key)")
+    ksub = keys.add_subparsers(metavar="ACTION")
+    p = ksub.add_parser("create", help="create an API key; prints it once, on the last line")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--role", default="app", choices=["admin", "auditor", "developer", "app"])
+    p.add_argument("--name", default="")
+    p.add_argument("--models", help="comma-separated models this key may use (default: all)")
+    p.add_argument("--expires-in-days", type=float, help="expiry (default: never)")
+    _data_dir_arg(p)
+    p.set_defaults(func=cmd_keys_create)
+    p = ksub.add_parser("list", help="list keys (never their secrets)")
+    p.add_argument("--tenant")
+    _data_dir_arg(p)
+    p.set_defaults(func=cmd_keys_list)
+    p = ksub.add_parser("revoke", help="revoke a key by its id")
+    p.add_argument("key_id")
+    _data_dir_arg(p)
+    p.set_defaults(func=cmd_keys_revoke)
+    _register_optional(sub, ksub)
+    return parser
+
+
+def _register_optional(sub: Any, ksub: Any) -> None:
+    """Commands that live with the step they belong to."""
+    import importlib
+
+    for name in ("classify", "policy", "ledger"):
+        try:
+            module = importlib.import_module(f"sekisho.{name}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"sekisho.{name}.cli":
+                raise
+            continue
+        module.register(sub)
+        if hasattr(module, "register_keys"):
+            module.register_keys(ksub)
+
+
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="data directory (default: $SEKISHO_DATA_DIR or ./data)")
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or os.environ.get("SEKISHO_DATA_DIR") or "./data")
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sekisho import logs
+    from sekisho.config import load_config
+
+    config = load_config(args.config).with_server(
+        host=args.host, port=args.port, workers=args.workers, data_dir=args.data_dir
+    )
+    logs.configure(config.server.log_level)
+    server = config.server
+    Path(server.data_dir).mkdir(parents=True, exist_ok=True)
+    common: dict[str, Any] = dict(
+        host=server.host,
+        port=server.port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(server.shutdown_grace_seconds),
+        server_header=False,
+    )
+    if args.with_simulators:
+        return asyncio.run(_serve_with_simulators(config, common))
+    if server.workers > 1:
+        os.environ["SEKISHO_CONFIG"] = str(Path(args.config).resolve())
+        os.environ["SEKISHO_DATA_DIR"] = str(Path(server.data_dir).resolve())
+        uvicorn.run("sekisho.app:app_from_env", factory=True, workers=server.workers, **common)
+        return 0
+    from sekisho.app import create_app
+
+    uvicorn.run(create_app(config), **common)
+    return 0
+
+
+async def _serve_with_simulators(config: Any, common: dict[str, Any]) -> int:
+    import uvicorn
+
+    from sekisho.app import create_app
+    from sekisho.simulator import start_demo_simulators
+
+    sims = await start_demo_simulators()
+    for s in sims:
+        print(f"simulator {s.spec.name} ({s.spec.label}) on {s.base_url}  [SIMULATOR]",
+              file=sys.stderr)
+    server = uvicorn.Server(uvicorn.Config(create_app(config), **common))
+    try:
+        await server.serve()
+    finally:
+        for s in sims:
+            await s.stop()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from sekisho.simulator import start_demo_simulators
+
+    async def run() -> None:
+        sims = await start_demo_simulators(args.host)
+        print("sekisho simulators (NOT real models; they echo what they receive):")
+        for s in sims:
+            print(f"  {s.spec.name:<24} {s.spec.label:<32} {s.base_url}")
+        print("Serve through them with: sekisho serve --config examples/sekisho.yaml")
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        for s in sims:
+            await s.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sekisho.demo import run_demo
+
+    return asyncio.run(run_demo(port=args.port, keep_running=args.keep_running))
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from sekisho.config import load_config
+
+    config = load_config(args.file)
+    eps = config.catalogue.endpoints
+    print(f"{args.file}: OK — {len(eps)} endpoints, {len(config.catalogue.model_names)} model "
+          f"names, {len(config.tenants)} tenants, {len(config.regions)} regions")
+    for name, policy in config.policies.items():
+        print(f"  tenant {name}: policy {policy.digest}")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from sekisho.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from sekisho.identity import KeyStore
+
+    store = KeyStore(_data_dir(args) / "identity.db")
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
+    expires = None
+    if args.expires_in_days is not None:
+        expires = dt.datetime.now(dt.UTC).timestamp() + args.expires_in_days * 86400
+    key, info = store.create(args.tenant, role=args.role, name=args.name, models=models,
+                             expires_at=expires)
+    print(f"created {info.role} key {info.key_id} for tenant {info.tenant}"
+          + (f", models {', '.join(models)}" if models else "")
+          + ". It is shown only this once; store it now:", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from sekisho.identity import KeyStore
+
+    store = KeyStore(_data_dir(args) / "identity.db")
+    rows = store.list(args.tenant)
+    print(f"{'KEY ID':<14} {'TENANT':<16} {'ROLE':<10} {'STATE':<8} {'CREATED':<20} NAME")
+    now = dt.datetime.now(dt.UTC).timestamp()
+    for k in rows:
+        state = "revoked" if k.revoked_at else ("expired" if k.expires_at and k.expires_at <= now
+                                                else "active")
+        created = dt.datetime.fromtimestamp(k.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{k.key_id:<14} {k.tenant:<16} {k.role:<10} {state:<8} {created:<20} {k.name}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from sekisho.identity import KeyStore
+
+    store = KeyStore(_data_dir(args) / "identity.db")
+    if store.revoke(args.key_id):
+        print(f"revoked key {args.key_id}")
+        return 0
+    print(f"sekisho: no active key {args.key_id}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

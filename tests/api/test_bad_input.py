@@ -1,0 +1,113 @@
+"""Bad input gets a clear error naming what was wrong; the gateway stays up; nothing is lost."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from harness import Harness
+
+
+def post(h: Harness, body: bytes | str, key: str, path: str = "/chat/completions",
+         **headers: str) -> httpx.Response:
+    data = body.encode() if isinstance(body, str) else body
+    return httpx.post(h.base_url + path, content=data,
+                      headers={"authorization": f"Bearer {key}",
+                               "content-type": "application/json", **headers}, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ("{not json", None, "not valid JSON"),
+        ("[1, 2]", None, "must be a JSON object"),
+        ("", None, "empty"),
+        ('{"messages": []}', "model", "Missing required parameter: 'model'"),
+        ('{"model": 5, "messages": []}', "model", "expected a string, but got an integer"),
+        ('{"model": "gpt-4o"}', "messages", "Missing required parameter: 'messages'"),
+        ('{"model": "gpt-4o", "messages": "hi"}', "messages", "expected an array"),
+        ('{"model": "gpt-4o", "messages": []}', "messages", "empty array"),
+        ('{"model": "gpt-4o", "messages": [{"content": "x"}]}', "messages[0].role", "role"),
+        ('{"model": "gpt-4o", "messages": [{"role": "wizard", "content": "x"}]}',
+         "messages[0].role", "'wizard'"),
+        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": 3}]}',
+         "messages[0].content", "got an integer"),
+        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+         "temperature", "out of range"),
+        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+         "temperature", "expected a number"),
+        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+         "stream", "expected a boolean"),
+        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 0}',
+         "n", "expected an integer between 1 and 128"),
+        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}],'
+         ' "stream_options": {"include_usage": true}}', "stream_options", "only allowed"),
+        ('{"model": "gpt-4o", "messages": [{"role": "tool", "content": "x"}]}',
+         "messages[0].tool_call_id", "tool_call_id"),
+    ],
+)
+def test_malformed_chat_requests_get_400_naming_the_parameter(
+    gateway: Harness, body: str, param: str | None, words: str
+) -> None:
+    key = gateway.key()
+    before = gateway.bytes_received()
+    r = post(gateway, body, key)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    assert err["param"] == param
+    assert words in err["message"]
+    assert gateway.bytes_received() == before  # nothing went upstream
+    ok = post(gateway, '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}', key)
+    assert ok.status_code == 200  # the gateway stays up
+
+
+def test_bad_embeddings_input(gateway: Harness) -> None:
+    key = gateway.key()
+    r = post(gateway, '{"model": "text-embedding-3-small", "input": {"a": 1}}', key, "/embeddings")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    r = post(gateway, '{"model": "text-embedding-3-small", "input": [1, "a"]}', key, "/embeddings")
+    assert r.status_code == 400
+
+
+def test_oversized_body_is_413_before_anything_goes_upstream(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from harness import start_example
+
+    def small(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["server"]["max_body_bytes"] = 2048
+
+    h = start_example(Path(str(tmp_path)), small)
+    try:
+        key = h.key()
+        big = '{"model": "gpt-4o", "messages": [{"role": "user", "content": "' + "x" * 5000 + '"}]}'
+        r = post(h, big, key)
+        assert r.status_code == 413
+        assert "2048" in r.json()["error"]["message"]
+        assert sum(h.bytes_received().values()) == 0
+        # chunked upload without content-length is cut off too
+        def gen():  # type: ignore[no-untyped-def]
+            yield big.encode()
+        r = httpx.post(h.base_url + "/chat/completions", content=gen(),
+                       headers={"authorization": f"Bearer {key}"})
+        assert r.status_code == 413
+    finally:
+        h.stop()
+
+
+def test_wrong_method_and_unknown_path(gateway: Harness) -> None:
+    key = gateway.key()
+    r = httpx.get(gateway.base_url + "/chat/completions", headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 405
+    r = httpx.get(gateway.root + "/v2/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+
+
+def test_openai_client_raises_its_usual_exception_classes(gateway: Harness) -> None:
+    c = openai.OpenAI(base_url=gateway.base_url, api_key=gateway.key(), max_retries=0)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="gpt-4o", messages=[], )
+    with pytest.raises(openai.NotFoundError):
+        c.embeddings.create(model="nope", input="x")

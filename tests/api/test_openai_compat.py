@@ -1,0 +1,192 @@
+"""The official openai client works against sekisho unchanged: sync, async, streaming."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from harness import Harness
+
+
+def client(h: Harness, key: str | None = None, **kw: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=h.base_url, api_key=key or h.key(), max_retries=0, **kw)
+
+
+def test_chat_completion_answers_with_sovereignty_headers(gateway: Harness) -> None:
+    c = client(gateway)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "Hello from a test"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    assert "SIMULATOR" in completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.total_tokens > 0
+    assert raw.headers["x-request-id"].startswith("req_")
+    endpoint = raw.headers["x-sekisho-endpoint"]
+    assert endpoint in gateway.sims
+    assert raw.headers["x-sekisho-jurisdiction"] in {"JP/tokyo", "JP/japaneast", "US/us-east"}
+    assert gateway.sims[endpoint].stats.chat == 1
+
+
+def test_client_request_id_is_echoed(gateway: Harness) -> None:
+    c = client(gateway)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-request-id": "trace-123"},
+    )
+    assert raw.headers["x-request-id"] == "trace-123"
+
+
+def test_alias_is_sent_upstream_under_the_endpoints_own_model_name(gateway: Harness) -> None:
+    c = client(gateway)
+    raw = c.chat.completions.with_raw_response.create(
+        model="chat-default", messages=[{"role": "user", "content": "alias"}]
+    )
+    assert raw.headers["x-sekisho-endpoint"] == "sim-domestic-tokyo"
+    import orjson
+
+    sent = orjson.loads(gateway.sims["sim-domestic-tokyo"].stats.bodies[-1])
+    assert sent["model"] == "llama-3.1-swallow-70b"
+
+
+def test_parameters_pass_through_unchanged(gateway: Harness) -> None:
+    import orjson
+
+    c = client(gateway)
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object",
+              "properties": {"q": {"type": "string"}}}}}]
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "use the tool"}],
+        tools=tools,
+        tool_choice="auto",
+        temperature=0.3,
+        top_p=0.9,
+        n=2,
+        stop=["END"],
+        response_format={"type": "json_object"},
+        seed=7,
+        max_tokens=50,
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.tool_calls[0].function.name == "lookup"
+    assert len(completion.choices) == 2
+    sent = orjson.loads(gateway.sims[raw.headers["x-sekisho-endpoint"]].stats.bodies[-1])
+    for k, v in {"tools": tools, "tool_choice": "auto", "temperature": 0.3, "top_p": 0.9, "n": 2,
+                 "stop": ["END"], "response_format": {"type": "json_object"}, "seed": 7,
+                 "max_tokens": 50}.items():
+        assert sent[k] == v, k
+
+
+def test_streaming_delivers_every_chunk_and_usage(gateway: Harness) -> None:
+    c = client(gateway)
+    stream = c.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "stream me something"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text = ""
+    usage = None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        if chunk.usage:
+            usage = chunk.usage
+    assert "SIMULATOR" in text and "stream me something" in text
+    assert usage is not None and usage.completion_tokens > 0
+
+
+async def test_async_client_streams_and_completes(gateway: Harness) -> None:
+    c = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=gateway.key(), max_retries=0)
+    r = await c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "a"}])
+    assert r.choices[0].message.content
+    stream = await c.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "async stream"}], stream=True
+    )
+    pieces = [ch.choices[0].delta.content async for ch in stream if ch.choices and ch.choices[0].delta.content]
+    assert "async stream" in "".join(pieces)
+    await c.close()
+
+
+def test_embeddings(gateway: Harness) -> None:
+    c = client(gateway)
+    raw = c.embeddings.with_raw_response.create(model="text-embedding-3-small", input=["a", "b"])
+    res = raw.parse()
+    assert len(res.data) == 2 and len(res.data[0].embedding) == 16
+    assert raw.headers["x-sekisho-endpoint"] in gateway.sims
+
+
+def test_models_lists_only_what_the_key_may_use(gateway: Harness) -> None:
+    all_models = {m.id for m in client(gateway).models.list()}
+    assert {"gpt-4o", "chat-default", "text-embedding-3-small"} <= all_models
+    limited = client(gateway, gateway.key(models=("gpt-4o",)))
+    assert {m.id for m in limited.models.list()} == {"gpt-4o"}
+    with pytest.raises(openai.NotFoundError):
+        limited.chat.completions.create(model="chat-default",
+                                        messages=[{"role": "user", "content": "x"}])
+
+
+def test_unknown_model_is_404_model_not_found(gateway: Harness) -> None:
+    with pytest.raises(openai.NotFoundError) as e:
+        client(gateway).chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "model_not_found"
+    assert "gpt-9" in e.value.message
+
+
+def test_embedding_model_cannot_chat(gateway: Harness) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client(gateway).chat.completions.create(
+            model="text-embedding-3-small", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "model_not_supported"
+
+
+def test_bad_key_is_401(gateway: Harness) -> None:
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(gateway, "sk-sekisho-000000000000-nope").models.list()
+    assert e.value.code == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        client(gateway, "sk-wrong").chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+
+
+def test_expired_and_revoked_keys_are_refused(gateway: Harness) -> None:
+    import time
+
+    from sekisho.identity import KeyStore
+
+    expired = gateway.key(expires_at=time.time() - 1)
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(gateway, expired).models.list()
+    assert "expired" in e.value.message
+    key = gateway.key()
+    client(gateway, key).models.list()
+    KeyStore(gateway.data_dir / "identity.db").revoke(key.split("-")[2])
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(gateway, key).models.list()
+    assert "revoked" in e.value.message
+
+
+def test_missing_key_is_401_with_a_hint(gateway: Harness) -> None:
+    r = httpx.post(gateway.base_url + "/chat/completions", json={})
+    assert r.status_code == 401
+    assert "Authorization: Bearer" in r.json()["error"]["message"]
+
+
+def test_azure_style_api_key_header_is_accepted(gateway: Harness) -> None:
+    r = httpx.post(gateway.base_url + "/chat/completions", headers={"api-key": gateway.key()},
+                   json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 200
+
+
+def test_operations_endpoints(gateway: Harness) -> None:
+    assert httpx.get(gateway.root + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(gateway.root + "/readyz").json()["ready"] is True
+    client(gateway).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "m"}])
+    metrics = httpx.get(gateway.root + "/metrics").text
+    assert 'sekisho_requests_total{' in metrics
+    assert 'route="chat",status="200"' in metrics
+    assert "sekisho_request_duration_seconds_bucket" in metrics
+    assert 'sekisho_tokens_total{direction="prompt"' in metrics or "sekisho_tokens_total{" in metrics

@@ -1,0 +1,108 @@
+"""Property-based tests and a short fuzz run of the request parser: whatever bytes arrive, the
+parser either returns a request or raises InvalidRequest naming the problem — never anything
+else, and never changes what it passes through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sekisho.api.schema import parse_chat, parse_embeddings
+from sekisho.errors import InvalidRequest
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False,
+    allow_infinity=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8),
+                                                                     children, max_size=4),
+    max_leaves=12,
+)
+
+text_part = st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=50)})
+message = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "developer"]),
+                           "content": st.text(max_size=80)}),
+    st.fixed_dictionaries({"role": st.just("user"), "content": st.lists(text_part, max_size=3)}),
+    st.fixed_dictionaries({"role": st.just("assistant"), "content": st.text(max_size=40)}),
+    st.fixed_dictionaries({"role": st.just("tool"), "content": st.text(max_size=40),
+                           "tool_call_id": st.text(min_size=1, max_size=10)}),
+)
+valid_chat = st.fixed_dictionaries(
+    {"model": st.text(min_size=1, max_size=30), "messages": st.lists(message, min_size=1, max_size=5)},
+    optional={
+        "temperature": st.floats(0, 2),
+        "top_p": st.floats(0, 1),
+        "n": st.integers(1, 128),
+        "max_tokens": st.integers(1, 10**6),
+        "stop": st.lists(st.text(max_size=5), max_size=4),
+        "seed": st.integers(-(2**31), 2**31),
+        "user": st.text(max_size=10),
+        "x_vendor_extension": json_values,
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(valid_chat, st.booleans())
+def test_valid_chat_requests_parse_and_pass_through_unchanged(body: dict[str, Any], stream: bool) -> None:
+    body = {**body, "stream": stream}
+    req = parse_chat(orjson.dumps(body))
+    assert req.body == body
+    assert req.model == body["model"]
+    assert req.stream is stream
+    for m in body["messages"]:
+        if isinstance(m["content"], str):
+            assert m["content"] in req.texts()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values)
+def test_any_json_value_parses_or_is_a_clear_invalid_request(value: Any) -> None:
+    raw = orjson.dumps(value)
+    for parse in (parse_chat, parse_embeddings):
+        try:
+            parse(raw)
+        except InvalidRequest as exc:
+            assert exc.status == 400
+            assert exc.message and exc.message[0].isupper()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["model", "messages", "temperature", "n", "stream",
+                                        "stream_options", "stop", "tools", "tool_choice",
+                                        "response_format", "max_tokens", "top_p"]),
+                       json_values, max_size=8))
+def test_chat_fields_of_any_type_never_crash_the_parser(body: dict[str, Any]) -> None:
+    try:
+        parse_chat(orjson.dumps(body))
+    except InvalidRequest as exc:
+        assert exc.param is None or isinstance(exc.param, str)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_raw_bytes_never_crash_the_parser(raw: bytes) -> None:
+    for parse in (parse_chat, parse_embeddings):
+        try:
+            parse(raw)
+        except InvalidRequest:
+            pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(valid_chat, st.data())
+def test_one_corrupted_field_is_named_in_the_error(body: dict[str, Any], data: st.DataObject) -> None:
+    field = data.draw(st.sampled_from(["temperature", "n", "max_tokens", "top_p"]))
+    bad = data.draw(st.one_of(st.text(max_size=3), st.lists(st.integers(-1000, 1000), max_size=2),
+                              st.just(-5), st.just(10**9 + 0.5)))
+    body = {**body, field: bad}
+    try:
+        parse_chat(orjson.dumps(body))
+    except InvalidRequest as exc:
+        assert exc.param == field
+        assert field in exc.message
+    else:  # only an in-range integer for max_tokens can be valid here
+        assert field == "max_tokens" and isinstance(bad, int) and bad >= 1

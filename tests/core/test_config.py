@@ -1,0 +1,142 @@
+"""The config is validated at start-up; every problem names file, key path and reason."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import EXAMPLE, example_config
+from sekisho.config import json_schema, load_config, parse_config
+from sekisho.errors import ConfigError
+
+
+def problems(raw: dict, env: dict[str, str] | None = None) -> list[str]:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as e:
+        parse_config(yaml.safe_dump(raw, allow_unicode=True), "bad.yaml", env=env or {})
+    return [str(p) for p in e.value.problems]
+
+
+def test_example_config_is_valid_and_documented() -> None:
+    config = load_config(EXAMPLE)
+    assert {ep.id for ep in config.catalogue.endpoints} == {
+        "sim-domestic-tokyo", "sim-global-japaneast", "sim-global-useast"}
+    assert "demo" in config.tenants
+    gpt = {r.endpoint.id for r in config.catalogue.routes("gpt-4o")}
+    assert gpt == {"sim-domestic-tokyo", "sim-global-japaneast", "sim-global-useast"}
+    tokyo = config.catalogue.by_id["sim-domestic-tokyo"]
+    assert tokyo.jurisdiction.country == "JP" and "ISMAP" in tokyo.certifications
+    east = config.catalogue.by_id["sim-global-japaneast"]
+    assert east.operator.countries == frozenset({"JP", "US"})
+    assert config.policies["demo"].digest
+
+
+def test_typo_in_a_key_names_the_path() -> None:
+    raw = example_config()
+    raw["endpoints"][1]["jurisdiction"]["contry"] = "JP"
+    out = problems(raw)
+    assert any("bad.yaml: endpoints[1](sim-global-japaneast).jurisdiction.contry: unknown key" in p
+               for p in out), out
+
+
+def test_wrong_country_code_and_certification_are_explained() -> None:
+    raw = example_config()
+    raw["endpoints"][0]["jurisdiction"]["country"] = "Japan"
+    raw["endpoints"][2]["certifications"] = ["ISO27001", "SOC-7"]
+    out = "\n".join(problems(raw))
+    assert "endpoints[0](sim-domestic-tokyo).jurisdiction.country" in out
+    assert "ISO 3166-1 alpha-2" in out
+    assert "unknown certification 'SOC-7'" in out
+
+
+def test_certification_spellings_are_normalised() -> None:
+    raw = example_config()
+    raw["endpoints"][0]["certifications"] = ["ISO/IEC 27001", "iso 27017", "ismap"]
+    config = parse_config(yaml.safe_dump(raw), "x.yaml", env={})
+    assert config.catalogue.by_id["sim-domestic-tokyo"].certifications == (
+        "ISO27001", "ISO27017", "ISMAP")
+
+
+def test_missing_environment_variable_is_named() -> None:
+    raw = example_config()
+    raw["endpoints"][0]["api_key"] = "${AZURE_OPENAI_KEY}"
+    out = problems(raw)
+    assert any("endpoints[0].api_key" in p and "AZURE_OPENAI_KEY is not set" in p for p in out)
+
+
+def test_environment_variables_are_expanded() -> None:
+    raw = example_config()
+    raw["endpoints"][0]["api_key"] = "${MY_KEY}"
+    config = parse_config(yaml.safe_dump(raw), "x.yaml", env={"MY_KEY": "s3cret"})
+    assert config.catalogue.by_id["sim-domestic-tokyo"].api_key == "s3cret"
+
+
+def test_unknown_home_region_and_duplicate_endpoint_ids() -> None:
+    raw = example_config()
+    raw["tenants"]["demo"]["home_region"] = "eu"
+    raw["endpoints"][2]["id"] = "sim-domestic-tokyo"
+    out = "\n".join(problems(raw))
+    assert "tenants.demo.home_region: unknown region 'eu'; declared regions: jp" in out
+    assert "endpoints[2].id" in out and "already used" in out
+
+
+def test_zero_data_retention_contradiction() -> None:
+    raw = example_config()
+    raw["endpoints"][0]["data_terms"]["retention_days"] = 30
+    out = "\n".join(problems(raw))
+    assert "zero_data_retention is true but retention_days is not 0" in out
+
+
+def test_azure_endpoint_needs_api_version_and_deployments() -> None:
+    raw = example_config()
+    raw["endpoints"][1]["family"] = "azure_openai"
+    out = "\n".join(problems(raw))
+    assert "api_version" in out
+
+
+def test_invalid_yaml_names_line() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config("server:\n  port: [1,\n", "broken.yaml")
+    assert "broken.yaml: line" in str(e.value)
+
+
+def test_unreadable_file() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config("/nonexistent/sekisho.yaml")
+    assert "cannot read" in str(e.value)
+
+
+def test_json_schema_describes_the_config() -> None:
+    schema = json_schema()
+    assert schema["title"] == "sekisho configuration"
+    assert "endpoints" in schema["properties"]
+    text = json.dumps(schema)
+    assert "ISO 3166-1" in text
+
+
+def test_config_check_command_exits_2_listing_problems(tmp_path: Path) -> None:
+    raw = example_config()
+    raw["server"]["port"] = "eighty"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    r = subprocess.run([sys.executable, "-m", "sekisho", "config", "check", str(bad)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert f"{bad}: server.port" in r.stderr
+    ok = subprocess.run([sys.executable, "-m", "sekisho", "config", "check", str(EXAMPLE)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout
+
+
+def test_serve_refuses_to_start_on_invalid_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nendpoints: []\n")
+    r = subprocess.run([sys.executable, "-m", "sekisho", "serve", "--config", str(bad)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "regions" in r.stderr and "endpoints" in r.stderr

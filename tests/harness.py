@@ -1,0 +1,142 @@
+"""A real gateway on a real loopback port, with simulated upstreams on real sockets.
+
+The gateway and its simulators run in a background thread with their own event loop, so tests
+can use the official ``openai`` client (sync and async) exactly as users do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import yaml
+
+from sekisho.config import parse_config
+from sekisho.identity import KeyStore
+from sekisho.simulator import SimulatedEndpoint, SimulatorServer
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sekisho.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Harness:
+    """Simulators + gateway in one background loop."""
+
+    def __init__(self, config_yaml: dict[str, Any], data_dir: Path,
+                 sim_specs: dict[str, SimulatedEndpoint]) -> None:
+        self.raw = config_yaml
+        self.data_dir = data_dir
+        self.sim_specs = sim_specs
+        self.sims: dict[str, SimulatorServer] = {}
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: uvicorn.Server | None = None
+        self.gateway: Any = None
+        self.port = free_port()
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> Harness:
+        self.thread.start()
+        for eid, spec in self.sim_specs.items():
+            sim = SimulatorServer(spec)
+            self.call(sim.start())
+            self.sims[eid] = sim
+        for ep in self.raw["endpoints"]:
+            if ep["id"] in self.sims:
+                ep["base_url"] = self.sims[ep["id"]].base_url
+        self.raw["server"] = {**self.raw.get("server", {}), "data_dir": str(self.data_dir),
+                              "port": self.port, "host": "127.0.0.1"}
+        from sekisho.app import Gateway
+
+        config = parse_config(yaml.safe_dump(self.raw, allow_unicode=True), "test-config.yaml")
+        self.gateway = Gateway(config)
+        self.server = uvicorn.Server(uvicorn.Config(
+            self.gateway, host="127.0.0.1", port=self.port, loop="asyncio", http="httptools",
+            lifespan="on", access_log=False, log_config=None, timeout_graceful_shutdown=5))
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.server.serve()))
+        deadline = time.time() + 10
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+            deadline = time.time() + 10
+            while self.server.started and not getattr(self.server, "_stopped", False):
+                if time.time() > deadline:
+                    break
+                time.sleep(0.02)
+                if not self.thread.is_alive():
+                    break
+            time.sleep(0.05)
+        for sim in self.sims.values():
+            self.call(sim.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def key(self, tenant: str = "demo", **kw: Any) -> str:
+        store = KeyStore(self.data_dir / "identity.db")
+        key, _ = store.create(tenant, **kw)
+        return key
+
+    def fault(self, endpoint_id: str, **kw: Any) -> None:
+        from sekisho.simulator import Faults
+
+        self.sims[endpoint_id].faults = Faults(**kw)
+
+    def bytes_received(self) -> dict[str, int]:
+        return {k: s.stats.bytes_received for k, s in self.sims.items()}
+
+    def reset_stats(self) -> None:
+        from sekisho.simulator import SimStats
+
+        for s in self.sims.values():
+            s.stats = SimStats()
+
+
+def example_config() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    return data
+
+
+def demo_sim_specs(keep_bodies: bool = True, **kw: Any) -> dict[str, SimulatedEndpoint]:
+    from sekisho.simulator import DEMO_ENDPOINTS
+
+    out = {}
+    for spec, _ in DEMO_ENDPOINTS:
+        out[spec.name] = SimulatedEndpoint(spec.name, spec.label, spec.models,
+                                           keep_bodies=keep_bodies, **kw)
+    return out
+
+
+def start_example(tmp: Path, mutate: Callable[[dict[str, Any]], None] | None = None,
+                  **sim_kw: Any) -> Harness:
+    raw = example_config()
+    raw["routing"]["health"]["probe_interval_seconds"] = 0
+    if mutate is not None:
+        mutate(raw)
+    return Harness(raw, tmp, demo_sim_specs(**sim_kw)).start()

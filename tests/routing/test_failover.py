@@ -1,0 +1,146 @@
+"""Retries and failover: on connect errors, 5xx, 429, timeouts and garbage, before the first
+byte reaches the client, and only among the endpoints serving the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from harness import Harness, start_example
+
+
+def only_global(raw: dict[str, Any]) -> None:
+    """Serve gpt-4o from the two global endpoints only, with tight timeouts."""
+    for ep in raw["endpoints"]:
+        ep["timeouts"] = {"connect": 1, "first_byte": 1, "total": 5}
+    raw["endpoints"][0]["models"][0]["aliases"] = ["chat-default"]
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Any:
+    h = start_example(tmp_path, only_global)
+    yield h
+    h.stop()
+
+
+def chat(h: Harness, key: str, stream: bool = False) -> Any:
+    c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
+    return c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "failover"}], stream=stream
+    )
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"mode": "status", "status": 500},
+        {"mode": "status", "status": 503},
+        {"mode": "status", "status": 429, "retry_after": "2"},
+        {"mode": "hang"},
+        {"mode": "garbage"},
+        {"mode": "wrong_type"},
+        {"mode": "close"},
+    ],
+)
+def test_failing_endpoint_fails_over_to_the_other(two: Harness, fault: dict[str, Any]) -> None:
+    key = two.key()
+    for ep in ("sim-global-japaneast", "sim-global-useast"):
+        two.fault(ep, **fault)
+        other = "sim-global-useast" if ep == "sim-global-japaneast" else "sim-global-japaneast"
+        for _ in range(4):
+            raw = chat(two, key)
+            assert raw.headers["x-sekisho-endpoint"] == other
+        two.fault(ep, mode="none")
+        two.gateway.health.success(ep)  # type: ignore[union-attr]
+
+
+def test_a_failed_endpoint_is_marked_down_and_skipped(two: Harness) -> None:
+    key = two.key()
+    two.fault("sim-global-japaneast", mode="status", status=500)
+    chat(two, key)
+    chat(two, key)
+    before = two.sims["sim-global-japaneast"].stats.requests
+    for _ in range(5):
+        assert chat(two, key).headers["x-sekisho-endpoint"] == "sim-global-useast"
+    assert two.sims["sim-global-japaneast"].stats.requests == before  # in backoff: not tried
+
+
+def test_client_error_from_upstream_is_not_retried(two: Harness) -> None:
+    key = two.key()
+    two.fault("sim-global-japaneast", mode="status", status=400)
+    two.fault("sim-global-useast", mode="status", status=400)
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(two, key)
+    assert "rejected" in e.value.message
+    total = two.sims["sim-global-japaneast"].stats.chat + two.sims["sim-global-useast"].stats.chat
+    assert total == 0 or total == 1
+
+
+def test_all_endpoints_down_is_502_naming_what_was_tried(two: Harness) -> None:
+    key = two.key()
+    two.fault("sim-global-japaneast", mode="status", status=500)
+    two.fault("sim-global-useast", mode="status", status=502)
+    with pytest.raises(openai.InternalServerError) as e:
+        chat(two, key)
+    assert e.value.status_code == 502
+    assert "sim-global-japaneast" in e.value.message and "sim-global-useast" in e.value.message
+
+
+def test_all_endpoints_slow_is_504(two: Harness) -> None:
+    key = two.key()
+    two.fault("sim-global-japaneast", mode="hang")
+    two.fault("sim-global-useast", mode="hang")
+    with pytest.raises(openai.APIStatusError) as e:
+        chat(two, key)
+    assert e.value.status_code == 504
+
+
+def test_stream_that_dies_before_its_first_event_fails_over(two: Harness) -> None:
+    key = two.key()
+    two.fault("sim-global-japaneast", mode="close")
+    for _ in range(3):
+        raw = chat(two, key, stream=True)
+        assert raw.headers["x-sekisho-endpoint"] == "sim-global-useast"
+        assert "failover" in "".join(
+            c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+
+
+def test_stream_that_breaks_midway_ends_with_an_error_event(two: Harness) -> None:
+    key = two.key()
+    two.fault("sim-global-japaneast", mode="drop_midstream")
+    two.fault("sim-global-useast", mode="drop_midstream")
+    c = openai.OpenAI(base_url=two.base_url, api_key=key, max_retries=0)
+    with pytest.raises(openai.APIError) as e:
+        for _ in c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "one two three four five"}],
+            stream=True):
+            pass
+    assert "broke" in str(e.value)
+
+
+def test_client_disconnect_cancels_the_upstream_request(two: Harness) -> None:
+    import socket
+    import time
+
+    key = two.key()
+    two.fault("sim-global-japaneast", mode="hang")
+    two.fault("sim-global-useast", mode="hang")
+    body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"bye"}]}'
+    s = socket.create_connection(("127.0.0.1", two.port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer "
+              + key.encode() + b"\r\ncontent-type: application/json\r\ncontent-length: "
+              + str(len(body)).encode() + b"\r\n\r\n" + body)
+    deadline = time.time() + 5
+    while two.gateway.in_flight == 0 and time.time() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.01)
+    assert two.gateway.in_flight == 1  # type: ignore[union-attr]
+    s.close()
+    deadline = time.time() + 5
+    while two.gateway.in_flight and time.time() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.01)
+    assert two.gateway.in_flight == 0  # type: ignore[union-attr]
+    states = two.gateway.health.snapshot()  # type: ignore[union-attr]
+    assert all(s["in_flight"] == 0 for s in states.values())
