@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import logging
 import queue
@@ -59,6 +60,7 @@ DEFAULT_GROUP_INTERVAL = 0.002
 DEFAULT_GROUP_SIZE = 256
 DEFAULT_DEADLINE = 1.0
 DEFAULT_CHECKPOINT_INTERVAL = 1.0
+ARRIVAL_GAP = 0.0002
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,8 @@ class Ledger:
         self._writer = threading.Thread(target=self._write_loop, name="sekisho-ledger", daemon=True)
         self._closed = False
         self._checkpointer: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._waiting: collections.deque[_Pending] = collections.deque()
         self._signing = threading.Lock()
         self._signed_size = -1
 
@@ -187,16 +191,33 @@ class Ledger:
         leaf, request_id, kind = _describe(record)
         entry = NewEntry(leaf, merkle.leaf_hash(leaf), request_id, kind)
         loop = asyncio.get_running_loop()
+        if self._watchdog is None:
+            self._watchdog = loop.create_task(self._watch_deadlines())
         future: asyncio.Future[Appended] = loop.create_future()
-        self._queue.put(_Pending(entry, future, loop, time.monotonic() + self.deadline))
-        try:
-            return await asyncio.wait_for(future, self.deadline)
-        except TimeoutError:
-            raise self._refuse(
-                "deadline",
-                f"the ledger could not make the entry durable within {self.deadline:g} s "
-                f"(storage {self.storage.location} is slow or hanging)",
-            ) from None
+        pending = _Pending(entry, future, loop, time.monotonic() + self.deadline)
+        self._waiting.append(pending)
+        self._queue.put(pending)
+        return await future
+
+    async def _watch_deadlines(self) -> None:
+        """Refuse every waiter whose deadline passed; one timer for all, not one per append."""
+        tick = min(0.05, self.deadline / 10)
+        waiting = self._waiting
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            # FIFO with one deadline for all: the oldest waiter is always on the left.
+            while waiting and (waiting[0].future.done() or waiting[0].give_up_at <= now):
+                pending = waiting.popleft()
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        self._refuse(
+                            "deadline",
+                            f"the ledger could not make the entry durable within "
+                            f"{self.deadline:g} s (storage {self.storage.location} is slow "
+                            "or hanging)",
+                        )
+                    )
 
     def _refuse(self, reason: str, why: str) -> ServiceUnavailable:
         LEDGER_REFUSALS.labels(reason=reason).inc()
@@ -219,7 +240,9 @@ class Ledger:
                 if remaining <= 0:
                     break
                 try:
-                    item = self._queue.get(timeout=remaining)
+                    # Keep gathering while entries keep arriving; a pause means everyone
+                    # who is coming has come, so committing now beats waiting out the interval.
+                    item = self._queue.get(timeout=min(remaining, ARRIVAL_GAP))
                 except queue.Empty:
                     break
             if item is _STOP:
@@ -268,10 +291,11 @@ class Ledger:
         if self._closed:
             return
         self._closed = True
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpointer
+        for task in (self._checkpointer, self._watchdog):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._queue.put(_STOP)
         await asyncio.to_thread(self._writer.join, self.deadline + 5)
         if self._writer.is_alive():
