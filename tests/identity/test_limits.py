@@ -1,0 +1,174 @@
+"""Rates and budgets in one process, with a clock the test controls."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from sekisho.errors import RateLimited
+from sekisho.identity import GatewayLimitsSpec, LimitsSpec, Principal
+from sekisho.identity.limits import Limiter, build_limiter
+from sekisho.identity.usage import SQLiteUsage
+
+# 2025-01-31 23:59:00 UTC: a minute before both a day and a month end.
+T0 = 1738367940.0
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def key(tenant: str = "acme", key_id: str = "aaaaaaaaaaaa") -> Principal:
+    return Principal(tenant=tenant, key_id=key_id, role="app")
+
+
+def limiter(
+    clock: Clock,
+    tenant: dict[str, object] | None = None,
+    per_key: dict[str, object] | None = None,
+    tz: str = "UTC",
+) -> Limiter:
+    spec = LimitsSpec.model_validate(tenant or {})
+    defaults = GatewayLimitsSpec.model_validate({"per_key": per_key or {}, "timezone": tz})
+    return Limiter(tenants={"acme": spec, "globex": None}, defaults=defaults, clock=clock)
+
+
+async def refused(lim: Limiter, p: Principal, tokens: int = 0) -> RateLimited:
+    with pytest.raises(RateLimited) as info:
+        await lim.admit(p, "gpt-4o", tokens)
+    assert info.value.status == 429
+    return info.value
+
+
+async def test_requests_per_minute_bursts_to_the_limit_then_refills_continuously() -> None:
+    clock = Clock()
+    lim = limiter(clock, per_key={"requests_per_minute": 6})
+    for _ in range(6):
+        await lim.admit(key(), "gpt-4o", 0)
+    err = await refused(lim, key())
+    assert "key 'aaaaaaaaaaaa' requests_per_minute (6)" in err.message
+    assert err.headers["Retry-After"] == "10"  # one request refills every 10 s
+    clock.now += 9.5
+    await refused(lim, key())
+    clock.now += 0.5
+    await lim.admit(key(), "gpt-4o", 0)
+    await refused(lim, key())
+
+
+async def test_keys_have_separate_buckets_but_share_the_tenants() -> None:
+    clock = Clock()
+    lim = limiter(clock, tenant={"requests_per_minute": 3}, per_key={"requests_per_minute": 2})
+    a, b = key(key_id="aaaaaaaaaaaa"), key(key_id="bbbbbbbbbbbb")
+    await lim.admit(a, "m", 0)
+    await lim.admit(a, "m", 0)
+    assert "key 'aaaaaaaaaaaa'" in (await refused(lim, a)).message
+    await lim.admit(b, "m", 0)
+    assert "tenant 'acme' requests_per_minute (3)" in (await refused(lim, b)).message
+
+
+async def test_a_refused_request_charges_nothing() -> None:
+    clock = Clock()
+    lim = limiter(clock, tenant={"tokens_per_day": 100}, per_key={"requests_per_minute": 5})
+    await lim.admit(key(), "m", 90)
+    await refused(lim, key(), 20)  # over the tenant's budget: the key's rpm is not charged
+    for _ in range(4):
+        await lim.admit(key(), "m", 1)
+
+
+async def test_daily_budget_resets_at_midnight_with_retry_after_until_then() -> None:
+    clock = Clock()
+    lim = limiter(clock, tenant={"tokens_per_day": 1000})
+    await lim.admit(key(), "m", 1000)
+    err = await refused(lim, key(), 1)
+    assert "tenant 'acme' tokens_per_day (1000)" in err.message
+    assert err.headers["Retry-After"] == "60"
+    clock.now += 60  # 2025-02-01 00:00:00
+    await lim.admit(key(), "m", 1000)
+
+
+async def test_monthly_budget_spans_days_and_resets_on_the_first() -> None:
+    clock = Clock(T0 - 86400 * 20)  # 2025-01-11
+    lim = limiter(clock, tenant={"tokens_per_month": 500})
+    await lim.admit(key(), "m", 300)
+    clock.now += 86400 * 5
+    await lim.admit(key(), "m", 200)
+    err = await refused(lim, key(), 1)
+    assert int(err.headers["Retry-After"]) == int(T0 + 60 - clock.now)
+    clock.now = T0 + 60
+    await lim.admit(key(), "m", 500)
+
+
+async def test_budget_days_follow_the_configured_zone() -> None:
+    clock = Clock(T0 - 9 * 3600)  # 2025-01-31 14:59 UTC, a minute before midnight in Tokyo
+    lim = limiter(clock, tenant={"tokens_per_day": 10}, tz="Asia/Tokyo")
+    await lim.admit(key(), "m", 10)
+    assert (await refused(lim, key(), 1)).headers["Retry-After"] == "60"
+    clock.now += 60
+    await lim.admit(key(), "m", 10)
+
+
+async def test_settle_refunds_an_overestimate_and_charges_an_underestimate() -> None:
+    clock = Clock()
+    lim = limiter(clock, tenant={"tokens_per_day": 1000})
+    adm = await lim.admit(key(), "m", 800)
+    await lim.settle(adm, 100, 50)  # 150 used: 650 come back
+    await lim.settle(adm, 100, 50)  # settling twice changes nothing
+    adm = await lim.admit(key(), "m", 850)
+    await lim.settle(adm, 900, 0)  # the real usage was more than estimated
+    await refused(lim, key(), 1)
+
+
+async def test_tokens_per_minute_counts_real_usage_after_settle() -> None:
+    clock = Clock()
+    lim = limiter(clock, per_key={"tokens_per_minute": 600})
+    adm = await lim.admit(key(), "m", 100)
+    await lim.settle(adm, 300, 300)
+    err = await refused(lim, key(), 10)
+    assert "tokens_per_minute (600)" in err.message
+    assert err.headers["Retry-After"] == "1"  # 10 tokens refill in 1 s
+
+
+async def test_a_request_larger_than_a_whole_limit_says_so() -> None:
+    lim = limiter(Clock(), per_key={"tokens_per_minute": 100})
+    err = await refused(lim, key(), 101)
+    assert "more than the whole key 'aaaaaaaaaaaa' tokens_per_minute (100)" in err.message
+    assert "Retry-After" not in err.headers
+
+
+async def test_tenant_without_limits_is_not_limited() -> None:
+    lim = limiter(Clock())
+    for _ in range(1000):
+        adm = await lim.admit(key("globex"), "m", 10_000)
+    assert adm.checks == ()
+
+
+async def test_usage_is_recorded_per_tenant_key_and_model(tmp_path: Path) -> None:
+    lim = build_limiter(tenants={}, defaults=None, redis_url=None, data_dir=tmp_path)
+    for model, (p, c) in [("gpt-4o", (10, 5)), ("gpt-4o", (1, 1)), ("embed", (7, 0))]:
+        await lim.settle(await lim.admit(key(), model, 0), p, c)
+    await lim.settle(await lim.admit(key(key_id="bbbbbbbbbbbb"), "gpt-4o", 0), 2, 2)
+    assert lim.usage is not None
+    today = date.fromisoformat(lim.today())
+    rows = await lim.usage.query(today, today, tenant="acme", key_ids={"aaaaaaaaaaaa"})
+    got = {(r.model, r.requests, r.prompt_tokens, r.completion_tokens) for r in rows}
+    assert got == {("gpt-4o", 2, 11, 6), ("embed", 1, 7, 0)}
+    rows = await lim.usage.query(today, today, model="gpt-4o")
+    assert sum(r.total_tokens for r in rows) == 21
+    await lim.close()
+    # another process (a new store on the same file) sees the same numbers
+    again = SQLiteUsage(tmp_path / "usage.db")
+    assert len(await again.query(today, today)) == 3
+
+
+async def test_usage_query_range_is_checked(tmp_path: Path) -> None:
+    store = SQLiteUsage(tmp_path / "usage.db")
+    with pytest.raises(ValueError, match="before 'since'"):
+        await store.query(date(2025, 2, 1), date(2025, 1, 1))
+    with pytest.raises(ValueError, match="at most 400 days"):
+        await store.query(date(2020, 1, 1), date(2025, 1, 1))
