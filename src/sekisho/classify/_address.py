@@ -1,0 +1,219 @@
+"""Japanese addresses: prefecture → city/ward/town/village → block (丁目/番地/号) → building.
+
+Two starts: a prefecture name, or (prefecture omitted) a city/ward followed soon by a block
+number. From a start, one anchored regex built from atomic and possessive pieces reads the
+rest, so each candidate costs a bounded number of steps. Romanised addresses
+(``1-2-3 Marunouchi, Chiyoda-ku, Tokyo``) have their own pattern.
+"""
+
+from __future__ import annotations
+
+from sekisho.classify._lazy import lazy_compile
+from sekisho.classify._text import DASH
+from sekisho.classify.findings import ADDRESS_JP, Finding
+
+PREFECTURES: tuple[str, ...] = tuple(
+    [
+        "北海道",
+        "青森県",
+        "岩手県",
+        "宮城県",
+        "秋田県",
+        "山形県",
+        "福島県",
+        "茨城県",
+        "栃木県",
+        "群馬県",
+        "埼玉県",
+        "千葉県",
+        "東京都",
+        "神奈川県",
+        "新潟県",
+        "富山県",
+        "石川県",
+        "福井県",
+        "山梨県",
+        "長野県",
+        "岐阜県",
+        "静岡県",
+        "愛知県",
+        "三重県",
+        "滋賀県",
+        "京都府",
+        "大阪府",
+        "兵庫県",
+        "奈良県",
+        "和歌山県",
+        "鳥取県",
+        "島根県",
+        "岡山県",
+        "広島県",
+        "山口県",
+        "徳島県",
+        "香川県",
+        "愛媛県",
+        "高知県",
+        "福岡県",
+        "佐賀県",
+        "長崎県",
+        "熊本県",
+        "大分県",
+        "宮崎県",
+        "鹿児島県",
+        "沖縄県",
+    ]
+)
+PREFECTURES_ROMAN: tuple[str, ...] = tuple(
+    [
+        "Hokkaido",
+        "Aomori",
+        "Iwate",
+        "Miyagi",
+        "Akita",
+        "Yamagata",
+        "Fukushima",
+        "Ibaraki",
+        "Tochigi",
+        "Gunma",
+        "Saitama",
+        "Chiba",
+        "Tokyo",
+        "Kanagawa",
+        "Niigata",
+        "Toyama",
+        "Ishikawa",
+        "Fukui",
+        "Yamanashi",
+        "Nagano",
+        "Gifu",
+        "Shizuoka",
+        "Aichi",
+        "Mie",
+        "Shiga",
+        "Kyoto",
+        "Osaka",
+        "Hyogo",
+        "Nara",
+        "Wakayama",
+        "Tottori",
+        "Shimane",
+        "Okayama",
+        "Hiroshima",
+        "Yamaguchi",
+        "Tokushima",
+        "Kagawa",
+        "Ehime",
+        "Kochi",
+        "Fukuoka",
+        "Saga",
+        "Nagasaki",
+        "Kumamoto",
+        "Oita",
+        "Miyazaki",
+        "Kagoshima",
+        "Okinawa",
+    ]
+)
+
+_NAMECH = r"[^\s\d０-９、。,，;；()（）「」『』【】:：/／・はがをでにへ〒]"
+_CITYCH = r"[^\s\d０-９、。,，;；()（）「」『』【】:：/／・はがをでにもとやへ〒都県]"
+_CITY = rf"(?>{_CITYCH}{{0,7}}?[市区町村郡])"
+_NUM = r"(?:[0-9０-９]{1,5}+|[一二三四五六七八九十]{1,3}+)"
+_BLOCK = (
+    rf"(?:{_NUM}(?:丁目|番地|番|号|の|[{DASH}]))*+[0-9０-９]{{1,5}}+(?:番地|番|号)?"
+    rf"|(?:{_NUM}(?:丁目|番地|番|号))++"
+)
+_BUILDING = (
+    r"(?:[ 　]?[^\s、。,，;；()（）「」『』【】:：〒]{1,20}?"
+    r"(?:ビル|マンション|ハイツ|タワー|コーポ|荘|レジデンス|ハウス|プラザ|センター|館|棟|ヒルズ)"
+    r"[A-ZＡ-Ｚ]?(?:[ 　]?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室|号)?)?"
+    r"|[ 　]?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室))?"
+)
+_TAIL = lazy_compile(
+    rf"(?P<city>{_CITY}{{0,4}})(?:{_NAMECH}{{0,12}}?(?P<block>{_BLOCK}){_BUILDING})?"
+)
+_PREFECTURE_SET = frozenset(PREFECTURES)
+# Every prefecture name ends in 都, 道, 府 or 県, and a city-first address has 市 or 区: one
+# character class finds all starts, and the prefecture is confirmed by a set lookup.
+_START = lazy_compile("[都道府県市区]")
+_CITY_AHEAD = lazy_compile(
+    rf"{_NAMECH}{{0,12}}?[0-9０-９一二三四五六七八九十]{{1,5}}(?:丁目|番|[{DASH}])"
+)
+_ROMAN_CUE = lazy_compile(r"-(?:ku|shi|cho|machi|gun|mura)\b")
+ROMAN_GATE = ("-ku", "-shi", "-cho", "-machi", "-gun", "-mura")
+_KANJI = lazy_compile(r"[一-龥々ヶ]")
+_ROMAN = lazy_compile(
+    r"(?:(?:Room|Apt\.?|Suite|Unit|#)\s?\d{1,4},?\s)?"
+    r"(?:[A-Z][A-Za-z]+ (?:Bldg\.?|Building|Tower|Heights|Mansion|Hills)(?:\s?\d{1,3}F)?,?\s)?"
+    r"\d{1,4}(?:-\d{1,4}){1,3},?\s[A-Z][a-z]+(?:-[a-z]+)?"
+    r"(?:,?\s[A-Z][a-z]+-(?:ku|shi|cho|machi|gun|mura))+"
+    r"(?:,?\s(?:" + "|".join(PREFECTURES_ROMAN) + r")(?:-(?:to|fu|ken))?\b)?"
+)
+
+
+def _trim(text: str, start: int, end: int) -> int:
+    # A block regex may stop on a separator ("1-2-"); the value ends at the last digit.
+    while end > start + 1 and text[end - 1] in "-‐‑−－ー―の 　" and text[end - 2].isdigit():
+        end -= 1
+    return end
+
+
+def detect_addresses(text: str, out: list[Finding], roman: bool = True) -> None:
+    covered = -1
+    for match in _START.finditer(text):
+        cue = match.start()
+        if cue < covered:
+            continue
+        ch = text[cue]
+        if ch in "市区":
+            if not _CITY_AHEAD.match(text, cue + 1):
+                continue
+            # Walk back over the kanji of the city name (at most 4 of them).
+            begin = cue
+            while begin > 0 and cue - begin < 4 and _KANJI.match(text, begin - 1):
+                begin -= 1
+            if begin == cue or begin < covered:
+                continue
+            city_first = True
+            tail = _TAIL.match(text, begin)
+        else:
+            begin = -1
+            for length in (3, 4, 2):
+                if text[cue - length + 1 : cue + 1] in _PREFECTURE_SET:
+                    begin = cue - length + 1
+                    break
+            if begin < 0 or begin < covered:
+                continue
+            city_first = False
+            tail = _TAIL.match(text, cue + 1)
+        if tail is None:
+            continue
+        has_city = bool(tail.group("city"))
+        if tail.group("block"):
+            end = _trim(text, begin, tail.end())
+            score = 0.9 if has_city or city_first else 0.7
+        elif has_city and not city_first:
+            end = tail.end("city")
+            score = 0.6
+        else:
+            continue
+        if end > begin:
+            out.append(Finding(ADDRESS_JP, begin, end, score))
+            covered = end
+    if roman:
+        covered = -1
+        for cue_match in _ROMAN_CUE.finditer(text):
+            if cue_match.start() < covered:
+                continue
+            found = _roman(text, cue_match.start())
+            if found is not None:
+                out.append(found)
+                covered = found.end
+
+
+def _roman(text: str, cue: int) -> Finding | None:
+    line_start = max(text.rfind("\n", 0, cue) + 1, cue - 100)
+    for match in _ROMAN.finditer(text, line_start, min(len(text), cue + 60)):
+        if match.start() <= cue < match.end():
+            return Finding(ADDRESS_JP, match.start(), match.end(), 0.85)
+    return None

@@ -1,0 +1,90 @@
+"""Dates of birth: a date next to a birth cue (生年月日, 誕生日, 生まれ, DOB, born ...).
+
+Other dates (orders, deadlines, expiry, timestamps) are not personal data by themselves, so a
+date is reported only with a cue. Dates are read in every form Japanese forms use: western and
+era years (明治/大正/昭和/平成/令和, ``S60``, ``H1``), 元年, kanji numerals, full-width digits,
+and English month names.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sekisho.classify._lazy import lazy_compile
+from sekisho.classify._text import KANJI_NUMERAL, kanji_to_int
+from sekisho.classify._trie import trie_regex
+from sekisho.classify.findings import DATE_OF_BIRTH, Finding
+
+_D = "0-9０-９"
+_K = KANJI_NUMERAL
+_MONTHS = (
+    "January|February|March|April|May|June|July|August|September|October|November|December|"
+    "Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec"
+)
+_ERA = "明治|大正|昭和|平成|令和|[MTSHRＭＴＳＨＲ][.．]?"
+_DATE = lazy_compile(
+    # 昭和60年4月12日 / 平成元年1月8日 / 昭和六十年四月十二日 / S60.4.12 / 1985年4月12日
+    rf"(?:(?:{_ERA})[ 　]?(?:[{_D}]{{1,2}}|元|[{_K}]{{1,3}})|[{_D}]{{4}}|[{_K}]{{4}})"
+    rf"(?:年[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,2}})月[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,3}})日"
+    rf"|[/／.．\-－][{_D}]{{1,2}}[/／.．\-－][{_D}]{{1,2}}(?![{_D}]))"
+    # 12/04/1985, 12.04.1985
+    rf"|[{_D}]{{1,2}}[/／.．\-][{_D}]{{1,2}}[/／.．\-][{_D}]{{4}}(?![{_D}])"
+    # April 12, 1985 / 12 April 1985
+    rf"|(?:{_MONTHS})\.? [0-9]{{1,2}}(?:st|nd|rd|th)?,? [0-9]{{4}}"
+    rf"|[0-9]{{1,2}}(?:st|nd|rd|th)? (?:{_MONTHS})\.?,? [0-9]{{4}}"
+)
+_CUES_BEFORE = (
+    "生年月日", "誕生日", "Date of Birth", "Date of birth", "date of birth", "DATE OF BIRTH",
+    "Birth Date", "Birth date", "birth date", "Birthdate", "birthdate", "Birthday", "birthday",
+    "DOB", "D.O.B.", "D.O.B", "Born on", "born on", "Born", "born",
+)  # fmt: skip
+_CUES_AFTER = ("生まれ", "生", "誕生")
+_CUE = trie_regex(_CUES_BEFORE + _CUES_AFTER)
+_AFTER = frozenset(_CUES_AFTER)
+_NOT_BIRTH_AFTER_生 = frozenset("年活産徒命涯物協")
+_ERA_START = {"明治": 1868, "大正": 1912, "昭和": 1926, "平成": 1989, "令和": 2019}
+
+
+def _plausible(value: str) -> bool:
+    """Reject what cannot be a birth date (month 13, day 32, year 2999)."""
+    numbers = [kanji_to_int(n) for n in re.findall(rf"[{_D}]+|[{_K}]+|元", value)]
+    if any(n is None for n in numbers):
+        return False
+    nums = [n for n in numbers if n is not None]
+    for era, first in _ERA_START.items():
+        if value.startswith(era) and nums:
+            nums[0] += first - 1
+    if len(nums) < 2:
+        return True  # month-name forms
+    if len(nums) == 3:
+        year_first = nums[0] > 31 or value[:1] in "明大昭平令MTSHRＭＴＳＨＲ"
+        if year_first:
+            _, month, day = nums
+        else:
+            day, month, _ = nums if nums[1] <= 12 else (nums[1], nums[0], nums[2])
+        return 1 <= month <= 12 and 1 <= day <= 31
+    return True
+
+
+def detect_birth_dates(text: str, out: list[Finding]) -> None:
+    for cue in _CUE.finditer(text):
+        word = cue.group()
+        if word == "生" and text[cue.end() : cue.end() + 1] in _NOT_BIRTH_AFTER_生:
+            continue
+        if word not in _AFTER:
+            date = _DATE.search(text, cue.end(), min(len(text), cue.end() + 24))
+            if date is not None and _plausible(date.group()):
+                gap = text[cue.end() : date.start()]
+                if len(gap.strip(" 　:：\t()（）は=,-")) <= 4:
+                    out.append(Finding(DATE_OF_BIRTH, date.start(), date.end(), 0.9))
+        else:
+            window_start = max(0, cue.start() - 24)
+            last = None
+            for date in _DATE.finditer(text, window_start, cue.start()):
+                last = date
+            if (
+                last is not None
+                and not text[last.end() : cue.start()].strip(" 　")
+                and _plausible(last.group())
+            ):
+                out.append(Finding(DATE_OF_BIRTH, last.start(), last.end(), 0.9))

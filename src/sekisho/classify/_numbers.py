@@ -1,0 +1,399 @@
+"""Numeric identifiers: My Number, corporate number, phones, postal codes, cards, bank accounts,
+passports, licences, residence cards, health insurance and IPv4 addresses.
+
+One regex pass finds every run of digits with its separators (any width, any dash look-alike,
+spaces, parentheses); everything else happens per candidate, so clean text costs one scan.
+A run that is not an identifier as a whole is tried group by group (``2024/01/05 090-1234-5678``
+written in one line is two things), with a bound on group windows so no input is quadratic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sekisho.classify import _context as ctx
+from sekisho.classify._lazy import lazy_compile
+from sekisho.classify._text import DASH, DIGIT, SPACE, fold
+from sekisho.classify._validate import (
+    card_issuer,
+    corporate_number_ok,
+    health_insurer_ok,
+    ipv4_ok,
+    luhn_ok,
+    my_number_ok,
+)
+from sekisho.classify._web import iban_at
+from sekisho.classify.findings import (
+    BANK_ACCOUNT_JP,
+    CORPORATE_NUMBER,
+    CREDIT_CARD,
+    DRIVER_LICENSE_JP,
+    HEALTH_INSURANCE_JP,
+    IBAN,
+    IP_ADDRESS,
+    MY_NUMBER,
+    PASSPORT_JP,
+    PHONE_JP,
+    POSTAL_CODE_JP,
+    RESIDENCE_CARD_JP,
+    Finding,
+)
+
+_SEP = f"{DASH}{SPACE}.．/／()（）"
+# Possessive quantifiers: a digit run never gives characters back, so no input backtracks.
+# Led by a character class, so the regex engine skips text without digits at C speed; a
+# leading "+" or "(" not followed by a digit is dropped by the caller. Possessive quantifiers:
+# a digit run never gives characters back, so no input backtracks.
+NUMBER_RUN = lazy_compile(
+    rf"[+＋(（{DIGIT}][{DIGIT}]*+(?:[{_SEP}]{{1,3}}+[{DIGIT}]++)*+(?:[)）](?<=[{DIGIT}][)）]))?"
+)
+_GROUP = lazy_compile(r"[0-9]+")
+_DIGIT_CHARS = frozenset("0123456789０１２３４５６７８９")
+_ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ")
+_LABEL_PREFIXES = frozenset({"tel", "fax", "no", "mobile", "phone", "ph", "zip", "ip", "num"})
+_HEXISH = frozenset("0123456789abcdefABCDEF-")
+
+# Written groupings of card numbers: 16 as 4-4-4-4, Amex 15 as 4-6-5, Diners 14 as 4-6-4, 19.
+_CARD_GROUPINGS = ([4, 4, 4, 4], [4, 6, 5], [4, 6, 4], [4, 4, 4, 4, 3], [4, 4, 4, 1])
+_MAX_GROUPS = 6  # the most groups an identifier has: +81 (0) 3 1234 5678
+_MAX_DIGITS = 24
+
+
+def _score(base: float, kind: str | None, wanted: frozenset[str]) -> float:
+    if kind in wanted:
+        return max(base, 0.95)
+    if kind in (ctx.NEGATIVE, ctx.VERSION):
+        return base - 0.35
+    return base
+
+
+_PHONE_CTX = frozenset({ctx.PHONE})
+
+
+def _phone(digits: str, folded: str, groups: list[str], kind: str | None) -> float | None:
+    """Score a Japanese phone number (domestic or +81 form), or None if it is not one."""
+    if "/" in folded or "." in folded:
+        return None
+    international = folded.startswith("+")
+    if international:
+        if not digits.startswith("81"):
+            return None
+        national = digits[2:]
+        if "(0)" in folded.replace(" ", "") and national.startswith("0"):
+            national = national[1:]
+        if national.startswith("0"):
+            return None
+        national = "0" + national
+        grouped = True
+    else:
+        if not digits.startswith("0"):
+            return None
+        national = digits
+        grouped = len(groups) > 1
+    n = len(national)
+    head3, head4 = national[:3], national[:4]
+    if head3 in ("070", "080", "090", "050") or head4 == "0800":
+        valid = n == 11
+        if grouped and not international and valid:
+            valid = len(groups) == 3 and [len(g) for g in groups] in ([3, 4, 4], [4, 3, 4])
+        base = 0.9 if grouped else 0.7
+    elif head4 in ("0120", "0570"):
+        valid = n == 10
+        base = 0.9 if grouped else 0.55
+    elif national[1] in "123456789" and head3 not in ("020", "060"):
+        valid = n == 10
+        if grouped and not international and valid:
+            sizes = [len(g) for g in groups]
+            valid = len(sizes) == 3 and sizes[2] == 4 and 2 <= sizes[0] <= 5
+        base = 0.85 if grouped else 0.45
+    else:
+        return None
+    if not valid:
+        return None
+    return _score(base, kind, _PHONE_CTX)
+
+
+def _sep_kind(separator: str) -> str:
+    if "/" in separator or "." in separator:
+        return "/"
+    if separator.strip() == "":
+        return " "
+    return "-"
+
+
+def _embedded(text: str, start: int, end: int) -> bool:
+    """Is the run part of a longer token such as a hash, UUID or product code?"""
+    after = text[end : end + 1]
+    if after and after in _ASCII_LETTERS:
+        return True
+    if start > 0 and text[start - 1] in "-_" and start > 1 and text[start - 2] in _HEXISH:
+        # A group of a UUID or hex token (550e8400-...-446655440000).
+        left = start - 2
+        while left > 0 and text[left - 1] in _HEXISH and start - left < 40:
+            left -= 1
+        segment = text[left:start]
+        if any(c in "abcdefABCDEF" for c in segment):
+            return True
+    if end < len(text) and text[end] in "-_" and end + 1 < len(text):
+        nxt = text[end + 1]
+        if nxt in "abcdefABCDEF":
+            return True
+    return False
+
+
+def _letters_before(text: str, start: int) -> str:
+    i = start
+    while i > 0 and start - i < 5 and text[i - 1] in _UPPER | _ASCII_LETTERS:
+        i -= 1
+    return text[i:start]
+
+
+class NumberDetector:
+    """Classifies each digit run of a text into at most one identifier type."""
+
+    def __init__(self, wanted: frozenset[str]) -> None:
+        self._wanted = wanted
+
+    def detect(self, text: str, out: list[Finding]) -> None:
+        for match in NUMBER_RUN.finditer(text):
+            start, end = match.span()
+            raw = match.group()
+            if raw[0] in "+＋(（" and (len(raw) == 1 or raw[1] not in _DIGIT_CHARS):
+                continue
+            if raw[-1] in ")）" and "(" not in raw and "（" not in raw:
+                end -= 1
+                raw = raw[:-1]
+            self._run(text, raw, start, end, out)
+
+    def _run(self, text: str, raw: str, start: int, end: int, out: list[Finding]) -> None:
+        folded = fold(raw)
+        spans = [(m.start(), m.end()) for m in _GROUP.finditer(folded)]
+        ndigits = sum(b - a for a, b in spans)
+        if ndigits <= _MAX_DIGITS and len(spans) <= _MAX_GROUPS:
+            finding = self._classify(text, start, end, folded, spans)
+            if finding is not None:
+                out.append(finding)
+                return
+        if len(spans) == 1:
+            return
+        # Split where the separator changes kind ("2024/01/05 090-1234-5678" is a date and a
+        # phone): a run written with one separator throughout is one value or nothing, so
+        # "4111 1111 1111 1112" never yields its first twelve digits as a My Number.
+        kinds = [_sep_kind(folded[spans[k][1] : spans[k + 1][0]]) for k in range(len(spans) - 1)]
+        cuts = [
+            k
+            for k, kind in enumerate(kinds)
+            if (k == 0 or kinds[k - 1] != kind)
+            and (k == len(kinds) - 1 or kinds[k + 1] != kind)
+            and len(set(kinds)) > 1
+        ]
+        first = 0
+        for k in [*cuts, len(spans) - 1]:
+            segment = spans[first : k + 1]
+            first = k + 1
+            if len(segment) > _MAX_GROUPS:
+                continue
+            a, b = segment[0][0], segment[-1][1]
+            if a > 0 and folded[a - 1] in "+(":  # keep a leading + or ( with its number
+                a -= 1
+            if b < len(folded) and folded[b] == ")" and "(" in folded[a:b]:
+                b += 1
+            sub = [(x - a, y - a) for x, y in segment]
+            finding = self._classify(text, start + a, start + b, folded[a:b], sub)
+            if finding is not None:
+                out.append(finding)
+
+    def _classify(
+        self, text: str, start: int, end: int, folded: str, spans: list[tuple[int, int]]
+    ) -> Finding | None:
+        groups = [folded[a:b] for a, b in spans]
+        digits = "".join(groups)
+        n = len(digits)
+        sizes = [len(g) for g in groups]
+        seps = {folded[spans[k][1] : spans[k + 1][0]] for k in range(len(spans) - 1)}
+        plain_seps = all(s.strip(" -()") == "" for s in seps)
+        kind = ctx.context_before(text, start)
+        prefix = _letters_before(text, start)
+        if prefix and fold(prefix).lower() in _LABEL_PREFIXES:
+            prefix = ""
+        wanted = self._wanted
+
+        def emit(type_: str, score: float) -> Finding | None:
+            if type_ not in wanted or score <= 0:
+                return None
+            return Finding(type_, start, end, round(min(score, 1.0), 2))
+
+        if prefix:
+            return self._with_letters(text, start, end, prefix, digits, sizes, kind, emit)
+        if _embedded(text, start, end):
+            return None
+
+        # Dotted quads are IPv4 or version strings, nothing else.
+        if seps == {"."}:
+            if len(groups) == 4 and ipv4_ok(groups):
+                if start > 0 and text[start - 1] in "vV":
+                    return None
+                score = 0.35 if kind == ctx.VERSION else 0.85
+                return emit(IP_ADDRESS, score)
+            return None
+        if not plain_seps:
+            return None
+
+        if folded.startswith("+") or (n in (10, 11) and digits[0] == "0"):
+            phone = _phone(digits, folded, groups, kind)
+            if phone is not None and kind not in (ctx.BANK, ctx.HEALTH):
+                return emit(PHONE_JP, phone)
+
+        if n == 7:
+            if sizes == [3, 4]:
+                score = _score(0.75, kind, frozenset({ctx.POSTAL}))
+                if start > 0 and text[start - 1] == "〒":
+                    score = 0.99
+                elif _prefecture_follows(text, end):
+                    score = max(score, 0.9)
+                return emit(POSTAL_CODE_JP, score)
+            if sizes == [7]:
+                if (start > 0 and text[start - 1] == "〒") or kind == ctx.POSTAL:
+                    return emit(POSTAL_CODE_JP, 0.95)
+                if kind == ctx.BANK:
+                    return emit(BANK_ACCOUNT_JP, 0.9)
+            return None
+
+        if kind == ctx.HEALTH and n in (6, 8) and len(groups) == 1:
+            return emit(HEALTH_INSURANCE_JP, 0.95 if health_insurer_ok(digits) else 0.7)
+
+        if kind == ctx.YUCHO or (kind == ctx.BANK and sizes in ([5, 8], [5, 1, 8])):
+            if sizes in ([5, 8], [5, 1, 8]) and digits[0] == "1":
+                return emit(BANK_ACCOUNT_JP, 0.95)
+            if sizes == [8]:
+                return emit(BANK_ACCOUNT_JP, 0.9)
+        if sizes == [4, 3, 7]:
+            return emit(BANK_ACCOUNT_JP, 0.95 if kind == ctx.BANK else 0.75)
+        if kind == ctx.BANK and sizes == [8] and digits[0] == "1":
+            return emit(BANK_ACCOUNT_JP, 0.85)
+
+        if n == 12 and sizes in ([12], [4, 4, 4]):
+            if kind == ctx.LICENSE:
+                return emit(DRIVER_LICENSE_JP, 0.95)
+            if my_number_ok(digits):
+                return emit(MY_NUMBER, _score(0.65, kind, frozenset({ctx.MYNUMBER})))
+            return None
+
+        if (
+            n == 13
+            and sizes in ([13], [1, 4, 4, 4])
+            and kind != ctx.CARD
+            and corporate_number_ok(digits)
+        ):
+            return emit(CORPORATE_NUMBER, _score(0.65, kind, frozenset({ctx.CORPORATE})))
+
+        if (
+            13 <= n <= 19
+            and (len(sizes) == 1 or sizes in _CARD_GROUPINGS)
+            and luhn_ok(digits)
+            and card_issuer(digits) is not None
+        ):
+            return emit(CREDIT_CARD, _score(0.85, kind, frozenset({ctx.CARD})))
+        return None
+
+    def _with_letters(
+        self,
+        text: str,
+        start: int,
+        end: int,
+        prefix: str,
+        digits: str,
+        sizes: list[int],
+        kind: str | None,
+        emit: Callable[[str, float], Finding | None],
+    ) -> Finding | None:
+        letters = fold(prefix)
+        if (
+            len(letters) >= 2
+            and letters[-2:].isupper()
+            and len(sizes) >= 1
+            and IBAN in self._wanted
+        ):
+            iban = iban_at(text, start - 2)
+            if iban is not None:
+                return iban
+        after = fold(text[end : end + 3])
+        if len(sizes) != 1:
+            return None
+        if len(letters) >= 2 and letters[-2:].isupper() and len(digits) == 8:
+            tail = after[:2]
+            if len(tail) == 2 and tail.isalpha() and tail.isupper() and not after[2:3].isalnum():
+                found = emit(RESIDENCE_CARD_JP, _score(0.9, kind, frozenset({ctx.RESIDENCE})))
+                if found is not None:
+                    return Finding(found.type, start - 2, end + 2, found.score)
+            return None
+        if after[:1].isalnum():
+            return None
+        if len(letters) == 2 and letters.isupper() and len(digits) == 7:
+            base = 0.7 if letters[0] in "TM" else 0.5
+            found = emit(PASSPORT_JP, _score(base, kind, frozenset({ctx.PASSPORT})))
+            if found is not None:
+                return Finding(found.type, start - 2, end, found.score)
+            return None
+        if letters == "T" and len(digits) == 13 and corporate_number_ok(digits):
+            return emit(CORPORATE_NUMBER, 0.95)
+        return None
+
+
+_PREFECTURE_HEADS = frozenset(
+    [
+        "北海",
+        "青森",
+        "岩手",
+        "宮城",
+        "秋田",
+        "山形",
+        "福島",
+        "茨城",
+        "栃木",
+        "群馬",
+        "埼玉",
+        "千葉",
+        "東京",
+        "神奈",
+        "新潟",
+        "富山",
+        "石川",
+        "福井",
+        "山梨",
+        "長野",
+        "岐阜",
+        "静岡",
+        "愛知",
+        "三重",
+        "滋賀",
+        "京都",
+        "大阪",
+        "兵庫",
+        "奈良",
+        "和歌",
+        "鳥取",
+        "島根",
+        "岡山",
+        "広島",
+        "山口",
+        "徳島",
+        "香川",
+        "愛媛",
+        "高知",
+        "福岡",
+        "佐賀",
+        "長崎",
+        "熊本",
+        "大分",
+        "宮崎",
+        "鹿児",
+        "沖縄",
+    ]
+)
+
+
+def _prefecture_follows(text: str, end: int) -> bool:
+    head = text[end : end + 4].lstrip(" \u3000")
+    return head[:2] in _PREFECTURE_HEADS

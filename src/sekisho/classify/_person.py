@@ -1,0 +1,307 @@
+"""Person names in Japanese and English business text.
+
+Names are found from cues, not from every capitalised word: honorifics after a name (様, さん,
+氏, 殿, 先生, 部長 ...), titles before it (Mr., Ms., Dr.), form fields (氏名, お名前, Name:,
+担当), salutations (Dear ...), travel-record romaji (``YAMADA/TARO``) and full names whose
+surname and given name are both in the shipped dictionaries. The cue regex is one literal-led
+pass; the name itself is read from a small window around each cue. A katakana reading in
+brackets right after a name (``山田 太郎（ヤマダ タロウ）``) is a second PERSON span.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from sekisho.classify import _names
+from sekisho.classify._lazy import lazy_compile
+from sekisho.classify._trie import trie_pattern, trie_regex
+from sekisho.classify.findings import PERSON, Finding
+
+_KANJI = "一-龥々〆ヶ"
+_KATA = "ァ-ヴー"
+
+_HONORIFICS = ("様", "さま", "さん", "殿", "氏", "君", "くん", "ちゃん", "先生")
+_TITLES = (
+    "部長", "課長", "社長", "係長", "主任", "専務", "常務", "取締役", "教授", "弁護士", "会長",
+    "副社長", "室長", "所長",
+)  # fmt: skip
+_FIELDS = (
+    "氏名", "氏 名", "氏　名", "お名前", "名前", "フリガナ", "ふりがな", "担当者", "担当", "申請者",
+    "契約者", "宛名", "差出人", "送信者", "受取人", "搭乗者", "Full name", "Full Name", "Name",
+    "name", "NAME", "Passenger", "PASSENGER", "Contact", "Attn.", "Attn", "ATTN", "From", "To",
+    "Cc", "Dear",
+)  # fmt: skip
+_EN_TITLES = ("Mr.", "Mrs.", "Ms.", "Dr.", "Prof.", "Mr", "Mrs", "Ms", "Dr", "Prof", "Miss",
+              "MR", "MS", "MRS")  # fmt: skip
+_OURS = ("弊社の", "当社の", "弊行の", "当行の", "弊所の")
+_CUE_KIND: dict[str, str] = {
+    **{w: "hon" for w in _HONORIFICS},
+    **{w: "title" for w in _TITLES},
+    **{w: "field" for w in _FIELDS},
+    **{w: "entitle" for w in _EN_TITLES},
+    **{w: "ours" for w in _OURS},
+    "/": "slash",
+}
+# A flat alternation of literals: the regex engine then skips every position whose character
+# cannot start a cue, which keeps clean text cheap. Boundaries are checked in Python.
+_CUES_JP = trie_regex(w for w in _CUE_KIND if not w.isascii())
+_CUES_EN = lazy_compile(
+    trie_pattern(w for w in _CUE_KIND if w.isascii() and w != "/")[3:-1] + "|/(?=[A-Z]{2})"
+)
+_WORDCHAR = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_BEFORE_LATIN = lazy_compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?)[ 　]?$")
+_BEFORE_KATA = lazy_compile(rf"([ァ-ヴ][{_KATA}]{{1,9}}(?:[ 　・][ァ-ヴ][{_KATA}]{{1,9}})?)[ 　]?$")
+_BEFORE_KANJI = lazy_compile(rf"([{_KANJI}]{{1,6}}(?:[ 　][{_KANJI}]{{1,4}})?)[ 　]?$")
+_BEFORE_HIRA = lazy_compile(r"([ぁ-ん]{2,4})$")
+
+_FIELD_GAP = lazy_compile(
+    r"[ 　]*(?:[(（](?:漢字|カナ|フリガナ|ローマ字)[)）])?[ 　]*[:：]?[ 　\t]*"
+)
+_VALUE_KANJI = lazy_compile(rf"[{_KANJI}]{{1,5}}(?:[ 　]{{1,2}}[{_KANJI}]{{1,5}})?")
+_VALUE_KATA = lazy_compile(rf"[ァ-ヴ][{_KATA}]{{1,11}}(?:[ 　・][ァ-ヴ][{_KATA}]{{1,11}})?")
+_VALUE_LATIN = lazy_compile(
+    r"[A-Z][a-zA-Z'\-]{1,20}(?: [A-Z][a-zA-Z'\-]{1,20}){0,2}|[A-Z]{2,20}(?:[ /][A-Z]{2,20})"
+)
+_READING = lazy_compile(
+    rf"[ 　]*[(（]([ァ-ヴ][{_KATA}]{{1,11}}(?:[ 　・][ァ-ヴ][{_KATA}]{{1,11}})?)[)）]"
+)
+_UPPER_RUN_BEFORE = lazy_compile(r"([A-Z]{2,20})$")
+_UPPER_RUN_AFTER = lazy_compile(r"[A-Z]{2,20}(?![A-Za-z])")
+
+# Words that stand before an honorific but are not names (お客様, 皆さん, 仕様, 同様 ...).
+_STOP_LAST = frozenset("皆客者部課社係室局所店会方達族員中位神仏王殿様同仕模多異左今貴各奥彼御")
+_STOP_FOLLOW_SAMA = frozenset("々子式態相")
+_LATIN_STOP = frozenset(
+    {
+        "Sir", "Madam", "Customer", "Customers", "Team", "All", "Colleagues", "Valued", "Member",
+        "Client", "Partner", "Partners", "Friends", "Hiring", "Manager", "Support", "Sales",
+        "The", "This", "That", "Our", "Your", "We", "Please", "Thank", "Thanks", "Re", "Fwd",
+        "Subject", "Date", "Hello", "Hi", "Regards", "Best", "Company", "Project", "Tokyo",
+        "Osaka", "Japan", "Inc", "Ltd", "Corp", "Department", "Dept", "Office",
+        "Board", "Staff", "Everyone", "Admin", "Engineering", "Legal", "HR", "IT", "Finance",
+    }
+)  # fmt: skip
+_NAME_FIELD_PREFIX_STOP = (
+    "Company ", "File ", "Product ", "Project ", "Host ", "Domain ", "Server ", "Bucket ",
+    "Field ", "Display ", "User ", "Account ", "Table ", "Column ", "Model ", "Branch ",
+    "Bank ", "会社", "商品", "ファイル", "製品", "案件", "プロジェクト", "ユーザー", "銀行", "支店",
+)  # fmt: skip
+_SLASH_STOP = frozenset(
+    {"AND", "OR", "TCP", "UDP", "HTTP", "HTTPS", "INPUT", "OUTPUT", "READ", "WRITE", "YES", "NO",
+     "ON", "OFF", "PDF", "CSV", "JSON", "XML", "HTML", "API", "URL", "GET", "POST", "PUT"}
+)  # fmt: skip
+_STRICT_FIELDS = frozenset({"From", "To", "Cc", "Contact", "Attn", "Attn.", "ATTN"})
+
+
+@cache
+def _full_name_ja() -> re.Pattern[str]:  # built from the dictionaries, so on first use
+    """Kanji runs whose first two characters can begin a dictionary surname."""
+    surnames = [s for s in _names.surnames_ja() if len(s) >= 2]
+    first = "".join(sorted({s[0] for s in surnames}))
+    second = "".join(sorted({s[1] for s in surnames}))
+    return re.compile(f"[{first}][{second}][{_KANJI}]{{0,3}}[ 　]?[{_KANJI}ぁ-ん]{{0,3}}")
+
+
+_KANJI_RE = lazy_compile(f"[{_KANJI}]")
+_CAPITALISED_PAIR = lazy_compile(r"[A-Z][a-z]{1,15} (?:[A-Z]\. )?[A-Z][a-z]{1,20}(?![A-Za-z'])")
+
+
+class PersonDetector:
+    def __init__(self) -> None:
+        self._surnames = _names.surnames_ja()
+        self._given = _names.given_ja()
+        self._given_en = _names.given_en()
+        self._surnames_en = _names.surnames_en()
+        self._roman = _names.romanised_upper()
+        self._full_ja = _full_name_ja()
+
+    def detect(
+        self, text: str, out: list[Finding], ascii_cues: bool = True, jp_cues: bool = True
+    ) -> None:
+        """Add PERSON findings; ``*_cues=False`` says the text has no such cue word at all."""
+        found: list[Finding] = []
+        matches: list[re.Match[str]] = []
+        if jp_cues and not text.isascii():
+            matches.extend(_CUES_JP.finditer(text))
+        if ascii_cues:
+            matches.extend(_CUES_EN.finditer(text))
+        for match in matches:
+            word = match.group()
+            kind = _CUE_KIND[word]
+            if word.isascii() and word[0].isalpha():
+                if match.start() > 0 and text[match.start() - 1] in _WORDCHAR:
+                    continue
+                nxt = text[match.end() : match.end() + 1]
+                if nxt in _WORDCHAR or (kind == "entitle" and nxt not in (" ", "\t")):
+                    continue
+            elif word == "氏" and text[match.end() : match.end() + 1] == "名":
+                continue
+            if kind == "hon" or kind == "title":
+                self._before(text, match.start(), match.end(), kind == "title", found)
+            elif kind == "field":
+                self._field(text, match.group(), match.start(), match.end(), found)
+            elif kind == "entitle":
+                self._after_title(text, match.end(), found)
+            elif kind == "ours":
+                self._ours(text, match.end(), found)
+            elif kind == "slash":
+                self._slash(text, match.start(), found)
+        if not text.isascii():
+            self._full_names_ja(text, found)
+        for match in _CAPITALISED_PAIR.finditer(text):
+            first, _, last = match.group().partition(" ")
+            if (
+                first in self._given_en
+                and last.rsplit(" ", 1)[-1] not in _LATIN_STOP
+                and (match.start() == 0 or text[match.start() - 1] not in _WORDCHAR)
+            ):
+                found.append(Finding(PERSON, match.start(), match.end(), 0.75))
+        for finding in found:
+            out.append(finding)
+            reading = _READING.match(text, finding.end)
+            if reading is not None:
+                out.append(Finding(PERSON, reading.start(1), reading.end(1), 0.85))
+
+    def _full_names_ja(self, text: str, out: list[Finding]) -> None:
+        """Uncued full names whose surname and given name are both in the dictionaries."""
+        surnames, given = self._surnames, self._given
+        for match in self._full_ja.finditer(text):
+            run = match.group()
+            for length in (3, 2):
+                if run[:length] in surnames:
+                    rest = run[length:].lstrip(" 　")
+                    for glen in (3, 2, 1):
+                        if rest[:glen] in given and len(rest) >= glen:
+                            end = match.start() + (len(run) - len(rest)) + glen
+                            after = text[end : end + 1]
+                            if not after or not _KANJI_RE.match(after):
+                                out.append(Finding(PERSON, match.start(), end, 0.8))
+                            break
+                    break
+
+    # -- names before an honorific or title ------------------------------------------------
+    def _before(self, text: str, cue: int, cue_end: int, title: bool, out: list[Finding]) -> None:
+        if text[cue] == "様" and text[cue_end : cue_end + 1] in _STOP_FOLLOW_SAMA:
+            return
+        window = text[max(0, cue - 14) : cue]
+        base = cue - len(window)
+        latin = _BEFORE_LATIN.search(window)
+        if latin is not None and not title:
+            name = latin.group(1)
+            if name.split(" ")[0] not in _LATIN_STOP:
+                out.append(Finding(PERSON, base + latin.start(1), base + latin.end(1), 0.8))
+            return
+        kata = _BEFORE_KATA.search(window)
+        if kata is not None:
+            if not title:
+                out.append(Finding(PERSON, base + kata.start(1), base + kata.end(1), 0.7))
+            return
+        kanji = _BEFORE_KANJI.search(window)
+        if kanji is not None:
+            span = self._kanji_name(kanji.group(1), allow_unknown=not title)
+            if span is not None:
+                a, b, score = span
+                out.append(
+                    Finding(PERSON, base + kanji.start(1) + a, base + kanji.start(1) + b, score)
+                )
+            return
+        hira = _BEFORE_HIRA.search(window)
+        if hira is not None and hira.group(1) in self._given:
+            out.append(Finding(PERSON, base + hira.start(1), base + hira.end(1), 0.7))
+
+    def _kanji_name(self, run: str, *, allow_unknown: bool) -> tuple[int, int, float] | None:
+        """Where the name sits inside a kanji run ending at a cue (``営業部田中`` → 田中)."""
+        surnames = self._surnames
+        for k in range(len(run)):
+            rest = run[k:]
+            for length in (4, 3, 2, 1):
+                head = rest[:length]
+                if len(head) == length and head in surnames:
+                    tail = rest[length:].strip(" 　")
+                    if not tail or tail in self._given or (len(tail) <= 2 and length >= 2):
+                        return k, len(run), 0.9 if length >= 2 or tail else 0.75
+        if not allow_unknown:
+            return None
+        compact = run.replace(" ", "").replace("　", "")
+        if 2 <= len(compact) <= 5 and run[-1] not in _STOP_LAST and run[0] not in _STOP_LAST:
+            return 0, len(run), 0.6
+        return None
+
+    # -- names after a field label, a title or 弊社の ---------------------------------------
+    def _field(self, text: str, label: str, start: int, end: int, out: list[Finding]) -> None:
+        before = text[max(0, start - 12) : start]
+        if before.endswith(_NAME_FIELD_PREFIX_STOP):
+            return
+        gap = _FIELD_GAP.match(text, end)
+        pos = gap.end() if gap is not None else end
+        if label in ("To", "From", "Cc", "Contact") and pos == end:
+            return  # "To" and "From" are names only as header fields ("To: ...")
+        strict = label in _STRICT_FIELDS or label == "Dear"
+        value = _VALUE_KANJI.match(text, pos)
+        if value is not None:
+            if label.startswith("担当") or strict:
+                span = self._kanji_name(value.group(), allow_unknown=False)
+                if span is not None and span[0] == 0:
+                    out.append(Finding(PERSON, pos, pos + span[1], span[2]))
+                return
+            out.append(Finding(PERSON, value.start(), value.end(), 0.85))
+            return
+        value = _VALUE_KATA.match(text, pos)
+        if value is not None:
+            out.append(Finding(PERSON, value.start(), value.end(), 0.8))
+            return
+        value = _VALUE_LATIN.match(text, pos)
+        if value is None:
+            return
+        words = value.group().replace("/", " ").split(" ")
+        if words[0] in _LATIN_STOP or words[0] in ("Mr", "Mrs", "Ms", "Dr", "Prof", "Miss"):
+            return
+        if strict:
+            known = any(
+                w in self._given_en or w in self._surnames_en or w.upper() in self._roman
+                for w in words
+            )
+            if not known and not text.startswith(" <", value.end()):
+                return
+        out.append(Finding(PERSON, value.start(), value.end(), 0.8))
+
+    def _after_title(self, text: str, pos: int, out: list[Finding]) -> None:
+        while pos < len(text) and text[pos] in " \t":
+            pos += 1
+        value = _VALUE_LATIN.match(text, pos)
+        if value is not None and value.group().split(" ")[0] not in _LATIN_STOP:
+            out.append(Finding(PERSON, value.start(), value.end(), 0.85))
+            return
+        kanji = _VALUE_KANJI.match(text, pos)
+        if kanji is not None:
+            out.append(Finding(PERSON, kanji.start(), kanji.end(), 0.75))
+
+    def _ours(self, text: str, pos: int, out: list[Finding]) -> None:
+        value = _VALUE_KANJI.match(text, pos)
+        if value is None:
+            return
+        span = self._kanji_name(value.group(), allow_unknown=False)
+        if span is not None and span[0] == 0:
+            out.append(Finding(PERSON, pos, pos + span[1], span[2]))
+
+    def _slash(self, text: str, slash: int, out: list[Finding]) -> None:
+        left = _UPPER_RUN_BEFORE.search(text, max(0, slash - 20), slash)
+        right = _UPPER_RUN_AFTER.match(text, slash + 1)
+        if left is None or right is None:
+            return
+        if left.start() > 0 and text[left.start() - 1].isalnum():
+            return
+        surname, given = left.group(1), right.group()
+        if surname in _SLASH_STOP or given in _SLASH_STOP:
+            return
+        if surname not in self._roman and given not in self._roman:
+            context = text[max(0, left.start() - 30) : left.start()].lower()
+            if not any(w in context for w in ("passenger", "name", "pax", "搭乗", "旅客", "氏名")):
+                return
+        end = right.end()
+        for title in ("MSTR", "MISS", "MRS", "MR", "MS"):
+            if given.endswith(title) and len(given) > len(title) + 1 and given not in self._roman:
+                end -= len(title)
+                break
+        out.append(Finding(PERSON, left.start(1), end, 0.9))

@@ -1,0 +1,130 @@
+"""Email addresses, IPv6 addresses and IBANs.
+
+Emails are found from their ``@`` (half or full width) outwards, so text without ``@`` costs
+one ``str.find``. IPv6 candidates start from a ``:`` with hex digits on both sides and are
+validated by :mod:`ipaddress`. IBANs are validated by country length and mod-97.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sekisho.classify._lazy import lazy_compile
+from sekisho.classify._text import fold
+from sekisho.classify._validate import IBAN_LENGTHS, iban_ok
+from sekisho.classify.findings import EMAIL, IBAN, IP_ADDRESS, Finding
+
+_LOCAL_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-"
+    "ａｂｃｄｅｆｇｈｉｊｋｌｍｎｏｐｑｒｓｔｕｖｗｘｙｚＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ"
+    "０１２３４５６７８９．＿－＋"
+)
+_AT = lazy_compile("[@＠]")
+_DOMAIN = lazy_compile(
+    r"(?:[A-Za-z0-9Ａ-Ｚａ-ｚ０-９](?:[A-Za-z0-9Ａ-Ｚａ-ｚ０-９\-－]{0,61}[A-Za-z0-9Ａ-Ｚａ-ｚ０-９])?[.．])+"
+    r"[A-Za-zＡ-Ｚａ-ｚ]{2,24}(?![A-Za-z0-9Ａ-Ｚａ-ｚ０-９])"
+)
+_PLACEHOLDER_DOMAINS = ("example.com", "example.org", "example.net", "xxx.com", "domain.com")
+
+
+def detect_emails(text: str, out: list[Finding]) -> None:
+    if "@" not in text and "＠" not in text:
+        return
+    for at in _AT.finditer(text):
+        i = at.start()
+        left = i
+        while left > 0 and i - left < 64 and text[left - 1] in _LOCAL_CHARS:
+            left -= 1
+        while left < i and fold(text[left]) in ".-+":
+            left += 1
+        if left == i:
+            continue
+        domain = _DOMAIN.match(text, i + 1)
+        if domain is None:
+            continue
+        end = domain.end()
+        if text[end - 1 : end] in ".．":
+            end -= 1
+        value = fold(text[left:end]).lower()
+        if ".." in value:
+            continue
+        score = 0.95
+        if value.endswith(_PLACEHOLDER_DOMAINS) or value.startswith(("user@", "name@", "foo@")):
+            score = 0.45  # documentation addresses (RFC 2606) and template users
+        if text[left - 3 : left] == "://" or text[max(0, left - 12) : left].find("://") >= 0:
+            continue  # userinfo of a URL, handled as a connection-string secret
+        out.append(Finding(EMAIL, left, end, score))
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+_V6_CHARS = _HEX | frozenset(":.")
+
+
+def detect_ipv6(text: str, out: list[Finding]) -> None:
+    if ":" not in text:
+        return
+    pos = text.find(":")
+    covered = -1
+    while pos >= 0:
+        if (
+            pos > covered
+            and (text[pos + 1 : pos + 2] in _HEX or text[pos + 1 : pos + 2] == ":")
+            and pos > 0
+            and (text[pos - 1] in _HEX or text[pos - 1] == ":")
+        ):
+            left = pos
+            while left > 0 and pos - left < 40 and text[left - 1] in _V6_CHARS:
+                left -= 1
+            right = pos
+            while right < len(text) and right - left < 45 and text[right] in _V6_CHARS:
+                right += 1
+            candidate = text[left:right].strip(".")
+            covered = right
+            if candidate.count(":") >= 2 and not (left > 0 and text[left - 1].isalnum()):
+                start = left + text[left:right].find(candidate)
+                try:
+                    address = ipaddress.IPv6Address(candidate)
+                except ValueError:
+                    address = None
+                if (
+                    address is not None
+                    and candidate not in ("::", "::1")
+                    and (candidate.count(":") >= 3 or "::" in candidate)
+                ):
+                    out.append(Finding(IP_ADDRESS, start, start + len(candidate), 0.85))
+        pos = text.find(":", pos + 1)
+
+
+_IBAN = lazy_compile(r"([A-Z]{2})([0-9]{2})((?:[ ]?[A-Z0-9]){11,30})")
+
+
+def iban_at(text: str, start: int) -> Finding | None:
+    """An IBAN starting at ``start`` (its country code), or None.
+
+    Called by the number detector for digit runs right after two capitals, so IBANs cost no
+    pass of their own.
+    """
+    if start > 0 and text[start - 1].isascii() and text[start - 1].isalnum():
+        return None
+    match = _IBAN.match(text, start)
+    if match is None:
+        return None
+    length = IBAN_LENGTHS.get(match.group(1))
+    if length is None:
+        return None
+    # Take exactly the country's length of characters, spaces not counted.
+    taken = 0
+    end = start
+    for ch in match.group():
+        if taken == length:
+            break
+        end += 1
+        if ch != " ":
+            taken += 1
+    if taken != length:
+        return None
+    if end < len(text) and text[end].isascii() and text[end].isalnum() and text[end - 1] != " ":
+        return None
+    if iban_ok(text[start:end].replace(" ", "")):
+        return Finding(IBAN, start, end, 0.95)
+    return None

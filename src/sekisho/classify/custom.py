@@ -1,0 +1,121 @@
+"""Per-tenant custom rules: project code names, customer lists, internal identifiers.
+
+A rule is either a list of terms or a regular expression. Terms match however they are
+written (full-width or half-width, upper or lower case, any dash look-alike, ideographic
+spaces): each term is compiled into a regex whose character classes already accept every
+form, so matching costs one regex pass on the original text and spans index it directly.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+
+from sekisho.classify._text import DASH, SPACE
+from sekisho.classify.findings import CUSTOM, Finding
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+@cache
+def _variants() -> dict[str, set[str]]:
+    """Every character that folds (NFKC + casefold) to a given ASCII or katakana character."""
+    variants: dict[str, set[str]] = {}
+    for cp in [*range(0x21, 0x7F), *range(0xFF01, 0xFF5F), *range(0xFF61, 0xFFA0)]:
+        ch = chr(cp)
+        key = unicodedata.normalize("NFKC", ch).casefold()
+        if len(key) == 1:
+            variants.setdefault(key, {key}).add(ch)
+            if ch.isascii() and ch.isalpha():
+                variants[key].add(ch.upper())
+    return variants
+
+
+def _char_class(ch: str) -> str:
+    if ch in "-" or ch in DASH:
+        return f"[{DASH}]"
+    if ch.isspace():
+        return f"[{SPACE}]+"
+    variants = _variants().get(ch)
+    if not variants or len(variants) == 1:
+        return re.escape(ch)
+    return "[" + "".join(re.escape(v) for v in sorted(variants)) + "]"
+
+
+def term_pattern(term: str) -> str:
+    """A regex source that matches ``term`` in any width, case and dash form."""
+    key = unicodedata.normalize("NFKC", term).casefold().strip()
+    body = "".join(_char_class(ch) for ch in key)
+    if key[:1].isascii() and key[:1].isalnum():
+        body = r"(?<![A-Za-z0-9Ａ-Ｚａ-ｚ０-９])" + body
+    if key[-1:].isascii() and key[-1:].isalnum():
+        body += r"(?![A-Za-z0-9Ａ-Ｚａ-ｚ０-９])"
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class CustomRule:
+    """A tenant's own rule. Findings have type CUSTOM and ``subtype`` = ``name``.
+
+    Give exactly one of ``terms`` (matched with normalisation) or ``pattern`` (a Python regex,
+    matched as written; keep it free of nested quantifiers, it runs on every prompt).
+    """
+
+    name: str
+    terms: Sequence[str] = field(default=())
+    pattern: str | None = None
+    score: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(
+                f"custom rule name {self.name!r} must be 1-64 characters of letters, digits, "
+                "'_', '.', '-' (it appears in findings and the ledger)"
+            )
+        if isinstance(self.terms, str):
+            raise ValueError(f"custom rule {self.name!r}: terms must be a list, not one string")
+        if bool(self.terms) == (self.pattern is not None):
+            raise ValueError(
+                f"custom rule {self.name!r} needs exactly one of 'terms' (a list) or 'pattern'"
+            )
+        if any(not t.strip() for t in self.terms):
+            raise ValueError(f"custom rule {self.name!r}: terms must not be empty strings")
+        if self.pattern is not None:
+            try:
+                compiled = re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"custom rule {self.name!r}: pattern {self.pattern!r} is not a valid "
+                    f"regular expression: {exc}"
+                ) from None
+            if compiled.match(""):
+                raise ValueError(
+                    f"custom rule {self.name!r}: pattern {self.pattern!r} matches the empty "
+                    "string, which would match everywhere"
+                )
+        if not 0.0 < self.score <= 1.0:
+            raise ValueError(f"custom rule {self.name!r}: score must be in (0, 1]")
+
+    def compile(self) -> re.Pattern[str]:
+        if self.pattern is not None:
+            return re.compile(self.pattern)
+        terms = sorted(self.terms, key=len, reverse=True)
+        return re.compile("|".join(f"(?:{term_pattern(t)})" for t in terms))
+
+
+class CustomDetector:
+    def __init__(self, rules: Sequence[CustomRule]) -> None:
+        names = [r.name for r in rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"custom rule names must be unique; repeated: {', '.join(duplicates)}")
+        self._rules = [(rule, rule.compile()) for rule in rules]
+
+    def detect(self, text: str, out: list[Finding]) -> None:
+        for rule, pattern in self._rules:
+            for match in pattern.finditer(text):
+                if match.end() > match.start():
+                    out.append(Finding(CUSTOM, match.start(), match.end(), rule.score, rule.name))

@@ -1,0 +1,200 @@
+"""The scanner: runs the detectors over a text and resolves their findings into one answer.
+
+Speed comes from triggers. Two cheap regex passes (a trie of ASCII literals and one class of
+Japanese cue characters) tell which detector families can match at all; only those run, each
+a literal- or class-led regex plus work per candidate. Clean text therefore costs a handful of
+C-speed scans and no per-character Python. Overlapping findings are resolved by score, then by
+how specific the type is, then by length: the result is sorted and non-overlapping, as
+docs/classification.md and shared/PII_LABELS.md describe.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Collection, Sequence
+
+from sekisho.classify import findings as t
+from sekisho.classify._address import ROMAN_GATE, detect_addresses
+from sekisho.classify._dates import detect_birth_dates
+from sekisho.classify._labels import build_label_pattern, detect_labels
+from sekisho.classify._lazy import lazy_compile
+from sekisho.classify._numbers import NUMBER_RUN, NumberDetector
+from sekisho.classify._person import PersonDetector
+from sekisho.classify._secrets import SECRET_GATES, detect_secrets
+from sekisho.classify._trie import trie_regex
+from sekisho.classify._web import detect_emails, detect_ipv6
+from sekisho.classify.custom import CustomDetector, CustomRule
+from sekisho.classify.findings import SPECIFICITY, TYPES, Finding
+
+_NUMERIC_TYPES = frozenset(
+    {
+        t.MY_NUMBER, t.CORPORATE_NUMBER, t.PHONE_JP, t.POSTAL_CODE_JP, t.PASSPORT_JP,
+        t.DRIVER_LICENSE_JP, t.RESIDENCE_CARD_JP, t.HEALTH_INSURANCE_JP, t.BANK_ACCOUNT_JP,
+        t.CREDIT_CARD, t.IP_ADDRESS,
+    }
+)  # fmt: skip
+
+# Families of detectors and the literals (ASCII) or characters (Japanese) that must occur in a
+# text for the family to find anything.
+SECRETS, EMAIL, IPV6, LABELS, BIRTH, ADDRESS, PERSON = (
+    "secrets", "email", "ipv6", "labels", "birth", "address", "person",
+)  # fmt: skip
+_ASCII_TRIGGERS: dict[str, str] = {
+    **{w: SECRETS for w in SECRET_GATES},
+    "@": EMAIL,
+    ":": IPV6,
+    **{w: LABELS for w in ("CONFIDENTIAL", "Confidential", "INTERNAL", "Internal", "SECRET",
+                           "Secret", "RESTRICTED", "PROPRIETARY", "Proprietary", "DISTRIBUTE",
+                           "Distribute")},
+    **{w: BIRTH for w in ("Birth", "birth", "DOB", "D.O.B", "Born", "born")},
+    "パスワード": SECRETS,
+    **{w: ADDRESS for w in ROMAN_GATE},
+    **{w: PERSON for w in ("Mr", "Ms", "Dr", "Prof", "Miss", "MR", "MS", "Dear", "Name", "NAME",
+                           "From", "To", "Cc", "Attn", "ATTN", "Contact", "Passenger",
+                           "PASSENGER", "Full", "/")},
+}  # fmt: skip
+_JP_TRIGGERS: dict[str, str] = {
+    "＠": EMAIL,
+    **{c: LABELS for c in "秘機扱限禁配"},
+    **{c: BIRTH for c in "生誕"},
+    **{c: ADDRESS for c in "都道府県市区"},
+    **{c: PERSON for c in "様さ殿氏君先長名担宛弊当フふ申契差送受搭役授士任務くち"},
+}
+_ASCII_TRIGGER = trie_regex(w for w in _ASCII_TRIGGERS if w not in ("@", "パスワード"))
+_JP_TRIGGER = lazy_compile("[" + "".join(sorted(_JP_TRIGGERS)) + "]")
+
+Detector = Callable[[str, list[Finding]], None]
+
+
+class Scanner:
+    """Finds personal data, secrets and confidentiality labels in a text.
+
+    ``custom``: a tenant's own rules (type CUSTOM). ``min_score``: findings scoring below it
+    are dropped. ``types``: report only these types (default: all). ``labels``: extra
+    confidentiality markers for CONFIDENTIAL_LABEL. ``ner``: also run a Japanese NER model
+    (GiNZA) when installed; raises if asked for and not installed.
+    """
+
+    def __init__(
+        self,
+        custom: Sequence[CustomRule] = (),
+        min_score: float = 0.5,
+        types: Collection[str] | None = None,
+        *,
+        labels: Sequence[str] = (),
+        ner: bool = False,
+    ) -> None:
+        if not 0.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score must be between 0 and 1, got {min_score}")
+        if types is not None:
+            if isinstance(types, str):
+                raise ValueError("types must be a collection of type names, not one string")
+            unknown = sorted(set(types) - set(TYPES))
+            if unknown:
+                raise ValueError(
+                    f"unknown finding type(s) {', '.join(unknown)}; known: {', '.join(TYPES)}"
+                )
+        wanted = frozenset(TYPES if types is None else types)
+        self.min_score = min_score
+        self.types = wanted
+        self._numbers = NumberDetector(wanted) if wanted & (_NUMERIC_TYPES | {t.IBAN}) else None
+        self._families: dict[str, Detector] = {}
+        if t.EMAIL in wanted:
+            self._families[EMAIL] = detect_emails
+        if t.IP_ADDRESS in wanted:
+            self._families[IPV6] = detect_ipv6
+        if t.SECRET in wanted:
+            self._families[SECRETS] = detect_secrets
+        if t.CONFIDENTIAL_LABEL in wanted:
+            if labels:
+                pattern = build_label_pattern(tuple(labels))
+                self._families[LABELS] = lambda text, out: detect_labels(text, out, pattern)
+            else:
+                self._families[LABELS] = detect_labels
+        if t.DATE_OF_BIRTH in wanted:
+            self._families[BIRTH] = detect_birth_dates
+        if t.ADDRESS_JP in wanted:
+            self._families[ADDRESS] = detect_addresses
+        self._person = PersonDetector() if t.PERSON in wanted else None
+        self._always: list[Detector] = []
+        if custom and t.CUSTOM in wanted:
+            self._always.append(CustomDetector(custom).detect)
+        if labels and t.CONFIDENTIAL_LABEL in wanted:
+            # A tenant's own markers have no trigger characters of ours: always look.
+            self._always.append(self._families.pop(LABELS))
+        if ner:
+            from sekisho.classify.ner import NerDetector  # imported only when asked for
+
+            self._always.append(NerDetector(wanted).detect)
+
+    def scan(self, text: str) -> list[Finding]:
+        """Findings in ``text``: sorted by start, non-overlapping, each at least min_score."""
+        if not isinstance(text, str):
+            raise TypeError(f"Scanner.scan needs a str, got {type(text).__name__}")
+        if not text:
+            return []
+        candidates: list[Finding] = []
+        if self._numbers is not None:
+            self._numbers.detect(text, candidates)
+        present = frozenset(_ASCII_TRIGGER.findall(text))
+        families = {_ASCII_TRIGGERS[w] for w in present}
+        if "@" in text:
+            families.add(EMAIL)
+        ascii_person = PERSON in families
+        if not text.isascii():
+            if "パスワード" in text:
+                present |= {"パスワード"}
+            families.update(_JP_TRIGGERS[c] for c in set(_JP_TRIGGER.findall(text)))
+        for family, detect in self._families.items():
+            if family in families:
+                if family == SECRETS:
+                    detect_secrets(text, candidates, present)
+                else:
+                    detect(text, candidates)
+        if self._person is not None:
+            self._person.detect(
+                text, candidates, ascii_cues=ascii_person, jp_cues=PERSON in families
+            )
+        for detect in self._always:
+            detect(text, candidates)
+        return resolve(candidates, self.min_score, self.types)
+
+
+def resolve(
+    candidates: list[Finding], min_score: float, types: Collection[str] | None = None
+) -> list[Finding]:
+    """Keep the best of overlapping findings: higher score, then more specific, then longer."""
+    kept = [f for f in candidates if f.score >= min_score and (types is None or f.type in types)]
+    if len(kept) <= 1:
+        return kept
+    kept.sort(key=lambda f: (-f.score, -SPECIFICITY.get(f.type, 0), f.start - f.end, f.start))
+    starts: list[int] = []
+    chosen: list[Finding] = []
+    for finding in kept:
+        i = bisect.bisect_right(starts, finding.start)
+        if i > 0 and chosen[i - 1].end > finding.start:
+            continue
+        if i < len(chosen) and chosen[i].start < finding.end:
+            continue
+        starts.insert(i, finding.start)
+        chosen.insert(i, finding)
+    return chosen
+
+
+_default: Scanner | None = None
+
+
+def default_scanner() -> Scanner:
+    """The shared scanner with default settings, built on first use."""
+    global _default
+    if _default is None:
+        _default = Scanner()
+    return _default
+
+
+def scan(text: str) -> list[Finding]:
+    """Scan with the default scanner (every type, min_score 0.5, no custom rules)."""
+    return default_scanner().scan(text)
+
+
+__all__ = ["NUMBER_RUN", "Scanner", "default_scanner", "resolve", "scan"]

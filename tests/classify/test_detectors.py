@@ -1,0 +1,135 @@
+"""Each detector finds what real Japanese and English business text contains, with exact spans."""
+
+from __future__ import annotations
+
+import pytest
+
+from sekisho.classify import CustomRule, Finding, Scanner, scan
+
+
+def found(text: str, scanner: Scanner | None = None) -> list[tuple[str, str]]:
+    findings = (scanner or Scanner()).scan(text)
+    return [(f.type, text[f.start : f.end]) for f in findings]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("マイナンバーは１２３４５６７８９０１８です", ("MY_NUMBER", "１２３４５６７８９０１８")),
+        ("個人番号: 1234 5678 9018", ("MY_NUMBER", "1234 5678 9018")),
+        ("登録番号 T7000012050002", ("CORPORATE_NUMBER", "7000012050002")),
+        ("法人番号：7-0000-1205-0002", ("CORPORATE_NUMBER", "7-0000-1205-0002")),
+        ("電話:090-1234-5678", ("PHONE_JP", "090-1234-5678")),
+        ("携帯０９０ー１２３４ー５６７８まで", ("PHONE_JP", "０９０ー１２３４ー５６７８")),
+        ("TEL +81(0)3-1234-5678", ("PHONE_JP", "+81(0)3-1234-5678")),
+        ("フリーダイヤル 0120-123-456", ("PHONE_JP", "0120-123-456")),
+        ("〒1000001東京都", ("POSTAL_CODE_JP", "1000001")),
+        ("旅券番号 TK1234567", ("PASSPORT_JP", "TK1234567")),
+        ("在留カード番号 AB12345678CD", ("RESIDENCE_CARD_JP", "AB12345678CD")),
+        ("運転免許証 第123456789012号", ("DRIVER_LICENSE_JP", "123456789012")),
+        ("保険者番号 06139015", ("HEALTH_INSURANCE_JP", "06139015")),
+        ("普通預金 口座番号 1234567", ("BANK_ACCOUNT_JP", "1234567")),
+        ("ゆうちょ 記号番号 12345-12345671", ("BANK_ACCOUNT_JP", "12345-12345671")),
+        ("card 4111 1111 1111 1111 exp", ("CREDIT_CARD", "4111 1111 1111 1111")),
+        ("server at 192.168.10.20 now", ("IP_ADDRESS", "192.168.10.20")),
+        ("v6 2001:db8::8a2e:370:7334 ok", ("IP_ADDRESS", "2001:db8::8a2e:370:7334")),
+        ("IBAN DE89 3704 0044 0532 0130 00", ("IBAN", "DE89 3704 0044 0532 0130 00")),
+        (
+            "ｔａｒｏ＠ｅｘａｍｐｌｅ．ｃｏ．ｊｐへ",
+            ("EMAIL", "ｔａｒｏ＠ｅｘａｍｐｌｅ．ｃｏ．ｊｐ"),
+        ),
+        ("生年月日：平成元年1月8日", ("DATE_OF_BIRTH", "平成元年1月8日")),
+        ("昭和六十年四月十二日生まれ", ("DATE_OF_BIRTH", "昭和六十年四月十二日")),
+        ("【社外秘】本資料は", ("CONFIDENTIAL_LABEL", "【社外秘】")),
+        ("山田太郎様", ("PERSON", "山田太郎")),
+        ("YAMADA/TARO MR", ("PERSON", "YAMADA/TARO")),
+        (
+            "住所：東京都千代田区丸の内1-2-3 丸の内ビル5F",
+            ("ADDRESS_JP", "東京都千代田区丸の内1-2-3 丸の内ビル5F"),
+        ),
+        (
+            "Office: 1-2-3 Marunouchi, Chiyoda-ku, Tokyo",
+            ("ADDRESS_JP", "1-2-3 Marunouchi, Chiyoda-ku, Tokyo"),
+        ),
+    ],
+)
+def test_detector_reports_the_value_exactly_as_written(
+    text: str, expected: tuple[str, str]
+) -> None:
+    assert expected in found(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "マイナンバー 123456789012",  # wrong check digit
+        "注文番号 1234-5678-9012",
+        "card 4111 1111 1111 1112",  # Luhn fails
+        "version 1.2.3.4 released",
+        "2024-01-05 10:30:00 job finished",
+        "id 550e8400-e29b-41d4-a716-446655440000",
+        "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "AWS docs use AKIAIOSFODNN7EXAMPLE as the example key",
+        "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----",
+        "お客様各位、仕様書を同様にご確認ください。",
+        "納期：2024年4月12日",
+    ],
+)
+def test_look_alikes_are_not_reported(text: str) -> None:
+    assert found(text) == []
+
+
+def test_secret_spans_cover_only_the_credential() -> None:
+    text = "DATABASE_URL=postgres://app:s3cr3tPa55@db.internal:5432/app"
+    assert found(text) == [("SECRET", "s3cr3tPa55")]
+    assert scan(text)[0].subtype == "connection_string_password"
+
+
+def test_private_key_block_is_one_span_including_begin_and_end() -> None:
+    block = "-----BEGIN RSA PRIVATE KEY-----\n" + "MIIEow" * 20 + "\n-----END RSA PRIVATE KEY-----"
+    assert found(f"key:\n{block}\n") == [("SECRET", block)]
+
+
+def test_custom_terms_match_whatever_width_and_case_they_are_written_in() -> None:
+    rule = CustomRule("project-codenames", terms=["Project-Sakura", "さくら計画"])
+    scanner = Scanner(custom=[rule])
+    text = "ＰＲＯＪＥＣＴ－ＳＡＫＵＲＡ と project sakura? と さくら計画"
+    findings = scanner.scan(text)
+    assert [(text[f.start : f.end], f.subtype) for f in findings] == [
+        ("ＰＲＯＪＥＣＴ－ＳＡＫＵＲＡ", "project-codenames"),
+        ("さくら計画", "project-codenames"),
+    ]
+
+
+def test_custom_pattern_rule_reports_its_name_as_subtype() -> None:
+    scanner = Scanner(custom=[CustomRule("customer-ids", pattern=r"CUST-[0-9]{6}")])
+    assert scanner.scan("see CUST-004211") == [Finding("CUSTOM", 4, 15, 0.9, "customer-ids")]
+
+
+def test_custom_rule_errors_say_what_to_fix() -> None:
+    with pytest.raises(ValueError, match="exactly one of 'terms'"):
+        CustomRule("x")
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        CustomRule("x", pattern="(")
+    with pytest.raises(ValueError, match="matches the empty string"):
+        CustomRule("x", pattern="a*")
+
+
+def test_tenant_labels_extend_the_confidentiality_markers() -> None:
+    scanner = Scanner(labels=["取引先限り"])
+    assert found("【取引先限り】の資料", scanner) == [("CONFIDENTIAL_LABEL", "【取引先限り】")]
+
+
+def test_types_filter_and_min_score() -> None:
+    text = "山田太郎様 090-1234-5678"
+    assert found(text, Scanner(types=["PHONE_JP"])) == [("PHONE_JP", "090-1234-5678")]
+    assert found(text, Scanner(min_score=0.99)) == []
+    with pytest.raises(ValueError, match="unknown finding type"):
+        Scanner(types=["PHONE"])
+
+
+def test_findings_are_sorted_and_do_not_overlap() -> None:
+    text = "氏名 山田太郎様 〒100-0001 東京都千代田区千代田1-1 TEL 03-1234-5678 mail t@x.co.jp"
+    findings = scan(text)
+    assert findings == sorted(findings, key=lambda f: f.start)
+    assert all(a.end <= b.start for a, b in zip(findings, findings[1:], strict=False))
