@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from sekisho.classify import CustomRule, Finding, Scanner, scan
@@ -70,7 +72,7 @@ def test_detector_reports_the_value_exactly_as_written(
         "id 550e8400-e29b-41d4-a716-446655440000",
         "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
         "AWS docs use AKIAIOSFODNN7EXAMPLE as the example key",
-        "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----",
+        "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOC\n-----END PUBLIC KEY-----",
         "お客様各位、仕様書を同様にご確認ください。",
         "納期：2024年4月12日",
     ],
@@ -132,4 +134,4 @@ def test_findings_are_sorted_and_do_not_overlap() -> None:
     text = "氏名 山田太郎様 〒100-0001 東京都千代田区千代田1-1 TEL 03-1234-5678 mail t@x.co.jp"
     findings = scan(text)
     assert findings == sorted(findings, key=lambda f: f.start)
-    assert all(a.end <= b.start for a, b in zip(findings, findings[1:], strict=False))
+    assert all(a.end <= b.start for a, b in itertools.pairwise(findings))
