@@ -1,0 +1,104 @@
+"""Envelope encryption of records: one data key per tenant, wrapped by the region's KEK.
+
+From the tenant's 256-bit data key, HKDF-SHA256 derives three keys with distinct purposes:
+
+- ``seal``: AES-256-GCM for prompt, output and pseudonym map. Each ciphertext's associated
+  data binds it to (region, tenant, record id, field), so a ciphertext moved to another record,
+  field, tenant or region fails authentication instead of decrypting.
+- ``index``: HMAC-SHA256 of normalised identifiers, for data-subject requests.
+- ``hash``: HMAC-SHA256 of prompts and outputs for the ledger, so nobody without the tenant's
+  key can confirm a guessed prompt.
+
+Destroying the wrapped data key destroys all three (crypto-shredding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from sekisho.store.errors import RecordUnreadable
+
+NONCE_BYTES = 12
+KEYED_HASH_PREFIX = "hmac-sha256:"  # the ledger's format (sekisho.ledger.records.keyed_hash)
+
+
+def new_data_key() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def wrap_context(region: str, tenant: str, generation: int) -> bytes:
+    """Associated data of a wrapped data key: it only unwraps as this tenant's, in this region."""
+    return _join(b"sekisho-store/data-key/v1", region, tenant, str(generation))
+
+
+def record_aad(region: str, tenant: str, record_id: str, field: str) -> bytes:
+    return _join(b"sekisho-store/record/v1", region, tenant, record_id, field)
+
+
+def _join(label: bytes, *parts: str) -> bytes:
+    # Length-prefixed, so no choice of names can make two different tuples give the same bytes.
+    out = bytearray(label)
+    for p in parts:
+        b = p.encode()
+        out += len(b).to_bytes(4, "big") + b
+    return bytes(out)
+
+
+def _derive(data_key: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(data_key)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantKeys:
+    """The keys derived from one generation of a tenant's data key, in one region."""
+
+    region: str
+    tenant: str
+    generation: int
+    seal_key: bytes
+    index_key: bytes
+    hash_key: bytes
+
+    @classmethod
+    def derive(cls, region: str, tenant: str, generation: int, data_key: bytes) -> TenantKeys:
+        return cls(
+            region,
+            tenant,
+            generation,
+            _derive(data_key, b"sekisho-store/seal/v1"),
+            _derive(data_key, b"sekisho-store/index/v1"),
+            _derive(data_key, b"sekisho-store/hash/v1"),
+        )
+
+    def seal(self, record_id: str, field: str, plaintext: bytes) -> bytes:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        aad = record_aad(self.region, self.tenant, record_id, field)
+        return nonce + AESGCM(self.seal_key).encrypt(nonce, plaintext, aad)
+
+    def open(self, record_id: str, field: str, sealed: bytes) -> bytes:
+        aad = record_aad(self.region, self.tenant, record_id, field)
+        try:
+            if len(sealed) < NONCE_BYTES + 16:
+                raise InvalidTag()
+            return AESGCM(self.seal_key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise RecordUnreadable(
+                f"Record {record_id} ({field}) of tenant {self.tenant!r} in region "
+                f"{self.region!r} failed authentication: the ciphertext was altered, moved from "
+                "another record, or sealed under another key. Nothing of it is returned."
+            ) from None
+
+    def keyed_hash(self, data: bytes) -> str:
+        return KEYED_HASH_PREFIX + hmac.new(self.hash_key, data, hashlib.sha256).hexdigest()
+
+    def index_hash(self, id_type: str, normalised: str) -> str:
+        msg = id_type.encode() + b"\0" + normalised.encode()
+        return hmac.new(self.index_key, msg, hashlib.sha256).hexdigest()

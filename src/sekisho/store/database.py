@@ -1,0 +1,232 @@
+"""Where a region's databases are, how they are opened, migrated and claimed for the region.
+
+A region has two databases: ``records`` (the records and their subject index) and ``keyring``
+(the tenants' wrapped data keys). SQLite (the default): ``DATA_DIR/store-<region>.db`` and
+``DATA_DIR/keys/keyring-<region>.db``. PostgreSQL: the URL's database, schema ``?schema=NAME``
+(default ``sekisho``) for records and ``NAME_keyring`` for the keyring.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, insert, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+
+from sekisho.store.errors import StoreError, StoreMisconfigured
+from sekisho.store.schema import store_marker
+
+Role = Literal["records", "keyring"]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "sekisho_store_version"
+DEFAULT_SCHEMA = "sekisho"
+REGION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """One database of one region."""
+
+    region: str
+    role: Role
+    url: str  # SQLAlchemy URL, with password
+    schema: str | None  # PostgreSQL only
+    display: str  # for messages and logs: never the password
+    identity: str  # equal for two locations that are the same database (and schema)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.schema is None
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.url.removeprefix("sqlite:///"))
+
+
+def locate(region: str, store: str, data_dir: Path) -> tuple[Location, Location]:
+    """The records and keyring locations of a region; raise ``ValueError`` saying what is wrong."""
+    if not REGION_NAME.match(region):
+        raise ValueError(
+            f"region name {region!r} must be letters, digits, '-' or '_' (it names files)"
+        )
+    if store == "sqlite":
+        return _sqlite(region, "records", data_dir / f"store-{region}.db"), _sqlite(
+            region, "keyring", data_dir / "keys" / f"keyring-{region}.db"
+        )
+    if store.startswith(("postgresql://", "postgres://")):
+        return _postgres(region, "records", store), _postgres(region, "keyring", store)
+    raise ValueError("must be 'sqlite' or a postgresql:// URL")
+
+
+def _sqlite(region: str, role: Role, path: Path) -> Location:
+    absolute = path.expanduser().resolve()
+    # Case-folded: on macOS and Windows store-JP.db and store-jp.db are one file.
+    return Location(
+        region, role, f"sqlite:///{absolute}", None, str(path), str(absolute).casefold()
+    )
+
+
+def _postgres(region: str, role: Role, store: str) -> Location:
+    try:
+        url = make_url(store)
+    except ArgumentError:
+        raise ValueError("is not a valid postgresql:// URL") from None
+    query = dict(url.query)
+    schema = query.pop("schema", DEFAULT_SCHEMA)
+    if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+        raise ValueError(
+            f"schema {schema!r} must be lower-case letters, digits and '_' (at most 50)"
+        )
+    if role == "keyring":
+        schema = f"{schema}_keyring"
+    if not url.database:
+        raise ValueError("the postgresql:// URL names no database")
+    url = url.set(drivername="postgresql+psycopg", query=query)
+    host = url.host or "localhost"
+    port = url.port or 5432
+    display = f"postgresql://{host}:{port}/{url.database} schema {schema}"
+    identity = f"pg:{host.lower()}:{port}/{url.database}#{schema}"
+    return Location(
+        region, role, url.render_as_string(hide_password=False), schema, display, identity
+    )
+
+
+def create(location: Location, *, pool_size: int = 4) -> Engine:
+    """An engine for a location. SQLite: WAL, fsync on every commit, deleted content zeroed."""
+    if location.is_sqlite:
+        location.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(location.url, connect_args={"timeout": 30.0})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")  # a committed record survives power loss
+            cur.execute("PRAGMA secure_delete=ON")  # deleted records do not linger in free pages
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(
+        location.url,
+        pool_size=pool_size,
+        pool_pre_ping=True,
+        connect_args={"options": f"-csearch_path={location.schema}", "connect_timeout": 10},
+    )
+
+
+def _alembic_config(connection: Any, schema: str | None) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    cfg.attributes["schema"] = schema
+    return cfg
+
+
+def head() -> str:
+    heads = ScriptDirectory(str(MIGRATIONS)).get_heads()
+    return heads[0]
+
+
+def current(engine: Engine, location: Location) -> str | None:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE, "version_table_schema": location.schema}
+        )
+        return ctx.get_current_revision()
+
+
+def upgrade(engine: Engine, location: Location) -> tuple[str | None, str]:
+    """Apply every migration not yet applied; return (revision before, revision after)."""
+    try:
+        before = current(engine, location)
+        with engine.begin() as conn:
+            if location.schema is not None:
+                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"'))
+            command.upgrade(_alembic_config(conn, location.schema), "head")
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"Cannot migrate the {location.role} store of region {location.region!r} at "
+            f"{location.display}: {_reason(exc)}"
+        ) from None
+    return before, head()
+
+
+def check_schema(engine: Engine, location: Location) -> None:
+    """Refuse to run against a schema that is behind (or ahead of) this version of sekisho."""
+    try:
+        rev = current(engine, location)
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"Cannot open the {location.role} store of region {location.region!r} at "
+            f"{location.display}: {_reason(exc)}"
+        ) from None
+    want = head()
+    if rev != want:
+        raise StoreMisconfigured(
+            f"The {location.role} store of region {location.region!r} at {location.display} is at "
+            f"schema revision {rev or 'none (empty)'}, this sekisho needs {want}. "
+            "Run: sekisho db upgrade --config FILE"
+        )
+
+
+def claim(engine: Engine, location: Location, country: str) -> None:
+    """Mark a fresh store as the region's, or check that it is; a store holds one region only."""
+    try:
+        with engine.begin() as conn:
+            row = conn.execute(
+                select(store_marker.c.region, store_marker.c.country).where(
+                    store_marker.c.role == location.role
+                )
+            ).first()
+            if row is None:
+                try:
+                    conn.execute(
+                        insert(store_marker).values(
+                            role=location.role,
+                            region=location.region,
+                            country=country,
+                            created_at=int(time.time() * 1000),
+                        )
+                    )
+                    return
+                except IntegrityError:  # another process claimed it at the same moment
+                    row = conn.execute(
+                        select(store_marker.c.region, store_marker.c.country).where(
+                            store_marker.c.role == location.role
+                        )
+                    ).one()
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"Cannot open the {location.role} store of region {location.region!r} at "
+            f"{location.display}: {_reason(exc)}"
+        ) from None
+    region, owner_country = row
+    if region != location.region:
+        raise StoreMisconfigured(
+            f"The store at {location.display} belongs to region {region!r}, but the config "
+            f"points region {location.region!r} at it. A store never holds another region's "
+            f"data: give regions.{location.region}.store its own database (or ?schema=...)."
+        )
+    if owner_country != country:
+        raise StoreMisconfigured(
+            f"The store of region {location.region!r} at {location.display} was created for "
+            f"country {owner_country}, but the config now says {country}. Data does not move "
+            "across borders by editing the config; migrate it deliberately or restore the country."
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).strip().splitlines()[0]

@@ -1,0 +1,35 @@
+"""What can go wrong in a store, as errors of sekisho's one hierarchy (stable codes)."""
+
+from __future__ import annotations
+
+from sekisho.errors import ServiceUnavailable
+
+
+class StoreError(ServiceUnavailable):
+    """A store cannot keep its promise right now (cannot write, cannot be opened)."""
+
+    code = "store_unavailable"
+
+
+class StoreMisconfigured(StoreError):
+    """A store belongs to another region, two regions share a store, or the schema is behind."""
+
+    code = "store_misconfigured"
+
+
+class RecordUnreadable(StoreError):
+    """A stored ciphertext failed authentication: it was altered, swapped, or its key is gone."""
+
+    code = "store_record_unreadable"
+
+
+class KeyProviderError(StoreError):
+    """The region's key-encryption key cannot be used (missing, unsafe file, Vault refused)."""
+
+    code = "store_key_unavailable"
+
+
+class TenantKeyDestroyed(RecordUnreadable):
+    """The tenant's data key was destroyed (crypto-shredded): its records can never be read."""
+
+    code = "store_key_destroyed"

@@ -1,0 +1,336 @@
+"""Key-encryption keys (KEKs): one per region, behind one small interface.
+
+A provider wraps and unwraps tenants' data keys; it never sees a record. Two providers:
+
+- ``LocalKeyFile``: a JSON key file per region under the data dir, created on first start with
+  mode 0600 and refused if group or others can read it. Fine for one machine and for trying
+  sekisho; every start logs a warning that production should use a KMS.
+- ``VaultTransit``: HashiCorp Vault's Transit engine (``encrypt``, ``decrypt``, ``rewrap``,
+  ``keys/:name/rotate``). The KEK never leaves Vault.
+
+Calls are blocking (file or HTTP); async callers run them in a thread. Wrapped keys are strings
+``<prefix>:v<version>:<base64>`` so rotation can tell which KEK version wrapped them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import stat
+import threading
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sekisho.store.errors import KeyProviderError
+from sekisho.store.spec import LocalKeysSpec, VaultKeysSpec
+
+log = logging.getLogger("sekisho.store.keys")
+
+KEY_FILE_FORMAT = "sekisho-region-kek/1"
+
+
+class KeyProvider(Protocol):
+    """Wraps tenants' data keys under the region's KEK. ``context`` is bound as associated data."""
+
+    description: str
+
+    def wrap(self, plaintext: bytes, context: bytes) -> str: ...
+
+    def unwrap(self, wrapped: str, context: bytes) -> bytes:
+        """Raise ``InvalidTag`` if the KEK does not open it (wrong key, altered, other context)."""
+        ...
+
+    def rewrap(self, wrapped: str, context: bytes) -> str:
+        """The same data key wrapped under the newest KEK version, never exposing it here."""
+        ...
+
+    def rotate(self) -> int:
+        """Make a new KEK version current; return its number. Old versions still unwrap."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def version_of(wrapped: str) -> int:
+    """The KEK version that wrapped a key (``vault:v3:...`` → 3)."""
+    try:
+        return int(wrapped.split(":", 2)[1].removeprefix("v"))
+    except (IndexError, ValueError):
+        raise ValueError(f"not a wrapped key: {wrapped[:16]!r}...") from None
+
+
+def default_key_path(data_dir: Path, region: str) -> Path:
+    return data_dir / "keys" / f"region-{region}.kek"
+
+
+def open_key_provider(
+    spec: LocalKeysSpec | VaultKeysSpec, region: str, data_dir: Path, *, create: bool = True
+) -> KeyProvider:
+    if isinstance(spec, VaultKeysSpec):
+        return VaultTransit(spec, region)
+    path = Path(spec.path) if spec.path else default_key_path(data_dir, region)
+    return LocalKeyFile.open(path, region, create=create)
+
+
+# -- local key file --------------------------------------------------------------------------------
+
+
+class LocalKeyFile:
+    """A region's KEK versions in a 0600 JSON file. Not a KMS: see the module docstring."""
+
+    PREFIX = "sekisho"
+
+    def __init__(self, path: Path, region: str, current: int, keys: dict[int, bytes]) -> None:
+        self.path = path
+        self.region = region
+        self.description = f"local key file {path}"
+        self._current = current
+        self._keys = keys
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path, region: str, *, create: bool = True) -> LocalKeyFile:
+        if not path.exists():
+            if not create:
+                raise KeyProviderError(
+                    f"Region {region!r} has no key file at {path}. It is created on the first "
+                    "start of the gateway; restore it from your key backup if it was lost."
+                )
+            cls._create(path, region)
+            log.warning(
+                "created key-encryption key for region %s at %s (mode 0600); back it up apart "
+                "from the store, and use a KMS such as Vault Transit in production",
+                region,
+                path,
+            )
+        provider = cls._load(path, region)
+        log.warning(
+            "region %s encrypts its data keys with a local key file (%s); production should "
+            "use a KMS (regions.%s.keys: {type: vault, ...})",
+            region,
+            path,
+            region,
+        )
+        return provider
+
+    @staticmethod
+    def _create(path: Path, region: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        body = _key_file_body(region, 1, {1: secrets.token_bytes(32)})
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return  # another process created it first: use theirs
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+
+    @classmethod
+    def _load(cls, path: Path, region: str) -> LocalKeyFile:
+        try:
+            st = path.stat()
+            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise KeyProviderError(
+                    f"Key file {path} of region {region!r} is readable by group or others "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}); a key-encryption key must be private. "
+                    f"Run: chmod 600 {path}"
+                )
+            raw = json.loads(path.read_bytes())
+        except OSError as exc:
+            raise KeyProviderError(f"Cannot read key file {path}: {exc.strerror}") from None
+        except ValueError:
+            raise KeyProviderError(
+                f"Key file {path} is not valid JSON; restore it from backup"
+            ) from None
+        try:
+            if raw["format"] != KEY_FILE_FORMAT:
+                raise ValueError(f"format {raw['format']!r}")
+            keys = {int(v): base64.b64decode(k, validate=True) for v, k in raw["keys"].items()}
+            current = int(raw["current"])
+            owner = str(raw["region"])
+            if current not in keys or any(len(k) != 32 for k in keys.values()):
+                raise ValueError("keys must be 32 bytes and include the current version")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeyProviderError(
+                f"Key file {path} is damaged ({exc}); restore it from backup"
+            ) from None
+        if owner != region:
+            raise KeyProviderError(
+                f"Key file {path} belongs to region {owner!r}, not {region!r}: keys of a region "
+                "stay with that region. Point regions.{region}.keys.path at the region's own file."
+            )
+        return cls(path, region, current, keys)
+
+    def wrap(self, plaintext: bytes, context: bytes) -> str:
+        with self._lock:
+            version, key = self._current, self._keys[self._current]
+        nonce = secrets.token_bytes(12)
+        sealed = AESGCM(key).encrypt(nonce, plaintext, context)
+        return f"{self.PREFIX}:v{version}:" + base64.b64encode(nonce + sealed).decode()
+
+    def unwrap(self, wrapped: str, context: bytes) -> bytes:
+        version = version_of(wrapped)
+        with self._lock:
+            key = self._keys.get(version)
+        if key is None:
+            raise KeyProviderError(
+                f"Key version {version} is not in {self.path} (it has "
+                f"{sorted(self._keys)}): the data key was wrapped by another key file"
+            )
+        blob = base64.b64decode(wrapped.split(":", 2)[2])
+        return AESGCM(key).decrypt(blob[:12], blob[12:], context)
+
+    def rewrap(self, wrapped: str, context: bytes) -> str:
+        return self.wrap(self.unwrap(wrapped, context), context)
+
+    def rotate(self) -> int:
+        with self._lock:
+            keys = dict(self._keys)
+            current = max(keys) + 1
+            keys[current] = secrets.token_bytes(32)
+            tmp = self.path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(_key_file_body(self.region, current, keys))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+            self._keys, self._current = keys, current
+        return current
+
+    def close(self) -> None:
+        self._keys = {}
+
+
+def _key_file_body(region: str, current: int, keys: dict[int, bytes]) -> bytes:
+    return json.dumps(
+        {
+            "format": KEY_FILE_FORMAT,
+            "region": region,
+            "current": current,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "keys": {str(v): base64.b64encode(k).decode() for v, k in sorted(keys.items())},
+        },
+        indent=1,
+    ).encode()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- HashiCorp Vault Transit -----------------------------------------------------------------------
+
+
+class VaultTransit:
+    """The region's KEK as a Vault Transit key. Uses the documented HTTP API only."""
+
+    def __init__(self, spec: VaultKeysSpec, region: str) -> None:
+        self.spec = spec
+        self.region = region
+        base = spec.address.rstrip("/")
+        self._base = f"{base}/v1/{spec.mount}"
+        self.description = f"Vault Transit key {spec.mount}/{spec.key_name} at {base}"
+
+    def _call(self, op: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        url = f"{self._base}/{path}"
+        headers = {"X-Vault-Token": self.spec.token, "Content-Type": "application/json"}
+        if self.spec.namespace:
+            headers["X-Vault-Namespace"] = self.spec.namespace
+        data = json.dumps(body or {}).encode()
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.spec.timeout_seconds) as resp:
+                text = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = _vault_errors(exc.read())
+            if op == "decrypt" and exc.code == 400 and "authentication failed" in detail.lower():
+                raise InvalidTag() from None
+            raise KeyProviderError(
+                f"{self.description} refused {op} for region {self.region!r}: HTTP {exc.code}"
+                f"{': ' + detail if detail else ''}. Check the token's policy and the key name."
+            ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise KeyProviderError(
+                f"Cannot reach {self.description} for region {self.region!r}: {reason}"
+            ) from None
+        if not text:
+            return {}
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            raise KeyProviderError(
+                f"{self.description} answered {op} with a non-JSON body"
+            ) from None
+        return parsed if isinstance(parsed, dict) else {}
+
+    def _data(self, op: str, reply: dict[str, Any], key: str) -> str:
+        value = (reply.get("data") or {}).get(key)
+        if not isinstance(value, str):
+            raise KeyProviderError(f"{self.description} answered {op} without data.{key}")
+        return value
+
+    def wrap(self, plaintext: bytes, context: bytes) -> str:
+        reply = self._call(
+            "encrypt",
+            f"encrypt/{self.spec.key_name}",
+            {"plaintext": _b64(plaintext), "associated_data": _b64(context)},
+        )
+        return self._data("encrypt", reply, "ciphertext")
+
+    def unwrap(self, wrapped: str, context: bytes) -> bytes:
+        reply = self._call(
+            "decrypt",
+            f"decrypt/{self.spec.key_name}",
+            {"ciphertext": wrapped, "associated_data": _b64(context)},
+        )
+        return base64.b64decode(self._data("decrypt", reply, "plaintext"))
+
+    def rewrap(self, wrapped: str, context: bytes) -> str:
+        reply = self._call(
+            "rewrap",
+            f"rewrap/{self.spec.key_name}",
+            {"ciphertext": wrapped, "associated_data": _b64(context)},
+        )
+        return self._data("rewrap", reply, "ciphertext")
+
+    def rotate(self) -> int:
+        reply = self._call("rotate", f"keys/{self.spec.key_name}/rotate", None)
+        latest = (reply.get("data") or {}).get("latest_version")
+        if isinstance(latest, int):
+            return latest
+        # Older Vaults answer 204 with no body: the version shows on the next encryption.
+        return version_of(self.wrap(b"\0" * 32, b"sekisho-rotation-probe"))
+
+    def close(self) -> None:
+        return None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _vault_errors(body: bytes) -> str:
+    try:
+        errors = json.loads(body).get("errors")
+    except (ValueError, AttributeError):
+        return ""
+    return "; ".join(str(e) for e in errors) if isinstance(errors, list) else ""

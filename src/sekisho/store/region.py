@@ -1,0 +1,501 @@
+"""One region's store: its records database, its keyring and its key-encryption key.
+
+What it promises, in the order the code keeps it:
+
+1. ``write`` returns only once the record and its subject index are committed (SQLite WAL with
+   fsync on commit, or a PostgreSQL commit), in one transaction: a record is there whole or not
+   at all. Records are committed in groups by one writer thread, lingering for company only
+   while records arrive concurrently (as the ledger does), so a lone request never waits.
+2. A write that cannot be durable within ``deadline`` seconds, or that fails (disk full, server
+   gone), raises ``StoreError`` naming the region, the store and the reason.
+3. A tenant's data key is unwrapped once and kept in memory; the keyring holds it only wrapped
+   under the region's KEK. Destroying it zeroes it in the keyring (crypto-shredding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import queue
+import threading
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from sqlalchemy import Engine, Row, and_, delete, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from sekisho.store import database
+from sekisho.store.crypto import TenantKeys, new_data_key, wrap_context
+from sekisho.store.database import Location
+from sekisho.store.errors import KeyProviderError, StoreError, TenantKeyDestroyed
+from sekisho.store.keys import KeyProvider, version_of
+from sekisho.store.schema import records, subject_index, tenant_keys
+
+log = logging.getLogger("sekisho.store")
+
+DEFAULT_GROUP_INTERVAL = 0.002
+DEFAULT_GROUP_SIZE = 512
+DEFAULT_DEADLINE = 5.0
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class _Pending:
+    row: dict[str, Any]
+    ids: list[dict[str, str]]
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+    give_up_at: float
+
+
+_STOP = object()
+
+
+class RegionStore:
+    """Open with ``RegionStore.open`` (blocking; call it in a thread from async code)."""
+
+    def __init__(
+        self,
+        region: str,
+        country: str,
+        records_at: Location,
+        keyring_at: Location,
+        records_db: Engine,
+        keyring_db: Engine,
+        keys: KeyProvider,
+        *,
+        group_interval: float = DEFAULT_GROUP_INTERVAL,
+        group_size: int = DEFAULT_GROUP_SIZE,
+        deadline: float = DEFAULT_DEADLINE,
+    ) -> None:
+        self.region = region
+        self.country = country
+        self.records_at = records_at
+        self.keyring_at = keyring_at
+        self.records_db = records_db
+        self.keyring_db = keyring_db
+        self.keys = keys
+        self.group_interval = group_interval
+        self.group_size = group_size
+        self.deadline = deadline
+        self._key_lock = threading.Lock()
+        self._current: dict[str, TenantKeys] = {}
+        self._by_generation: dict[tuple[str, int], TenantKeys] = {}
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"sekisho-store-{region}", daemon=True
+        )
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        region: str,
+        country: str,
+        records_at: Location,
+        keyring_at: Location,
+        keys: KeyProvider,
+        *,
+        migrate: bool,
+        **options: Any,
+    ) -> RegionStore:
+        """Open (migrating if asked), check the schema, claim both databases for the region."""
+        engines: list[Engine] = []
+        try:
+            for at in (records_at, keyring_at):
+                engine = database.create(at)
+                engines.append(engine)
+                if migrate:
+                    database.upgrade(engine, at)
+                database.check_schema(engine, at)
+                database.claim(engine, at, country)
+        except BaseException:
+            for engine in engines:
+                engine.dispose()
+            raise
+        store = cls(
+            region, country, records_at, keyring_at, engines[0], engines[1], keys, **options
+        )
+        store._writer.start()
+        return store
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    def tenant_keys(self, tenant: str) -> TenantKeys:
+        """The tenant's current keys, creating its data key on first use. Blocking."""
+        with self._key_lock:
+            cached = self._current.get(tenant)
+            if cached is not None:
+                return cached
+            keys = self._load_or_create(tenant)
+            self._current[tenant] = keys
+            self._by_generation[(tenant, keys.generation)] = keys
+            return keys
+
+    def keys_at(self, tenant: str, generation: int) -> TenantKeys:
+        """The tenant's keys of one generation, for reading its records. Blocking."""
+        with self._key_lock:
+            cached = self._by_generation.get((tenant, generation))
+            if cached is not None:
+                return cached
+            with self.keyring_db.connect() as conn:
+                row = conn.execute(
+                    select(tenant_keys).where(
+                        and_(tenant_keys.c.tenant == tenant, tenant_keys.c.generation == generation)
+                    )
+                ).first()
+            if row is None or row.wrapped is None:
+                when = _iso(row.destroyed_at) if row is not None else None
+                raise TenantKeyDestroyed(
+                    f"The data key of tenant {tenant!r} (generation {generation}) in region "
+                    f"{self.region!r} "
+                    + (
+                        f"was destroyed on {when} by {row.destroyed_by}"
+                        if row
+                        else "is not in the keyring"
+                    )
+                    + ": its records can never be read again."
+                )
+            keys = self._unwrap(tenant, generation, row.wrapped)
+            self._by_generation[(tenant, generation)] = keys
+            return keys
+
+    def _unwrap(self, tenant: str, generation: int, wrapped: str) -> TenantKeys:
+        ctx = wrap_context(self.region, tenant, generation)
+        try:
+            data_key = self.keys.unwrap(wrapped, ctx)
+        except InvalidTag:
+            raise KeyProviderError(
+                f"The data key of tenant {tenant!r} (generation {generation}) in region "
+                f"{self.region!r} cannot be unwrapped with {self.keys.description}: this is not "
+                "the key-encryption key that wrapped it, or the keyring was altered. Restore the "
+                "region's own key."
+            ) from None
+        return TenantKeys.derive(self.region, tenant, generation, data_key)
+
+    def _load_or_create(self, tenant: str) -> TenantKeys:
+        for _ in range(3):
+            with self.keyring_db.connect() as conn:
+                row = conn.execute(
+                    select(tenant_keys)
+                    .where(tenant_keys.c.tenant == tenant)
+                    .order_by(tenant_keys.c.generation.desc())
+                    .limit(1)
+                ).first()
+            if row is not None and row.wrapped is not None:
+                return self._unwrap(tenant, row.generation, row.wrapped)
+            generation = 1 if row is None else row.generation + 1
+            data_key = new_data_key()
+            wrapped = self.keys.wrap(data_key, wrap_context(self.region, tenant, generation))
+            try:
+                with self.keyring_db.begin() as conn:
+                    conn.execute(
+                        insert(tenant_keys).values(
+                            tenant=tenant,
+                            generation=generation,
+                            wrapped=wrapped,
+                            kek_version=version_of(wrapped),
+                            created_at=now_ms(),
+                        )
+                    )
+            except IntegrityError:
+                continue  # another gateway process created it first: read theirs
+            log.info("created data key for tenant %s in region %s", tenant, self.region)
+            return TenantKeys.derive(self.region, tenant, generation, data_key)
+        raise StoreError(
+            f"Cannot create a data key for tenant {tenant!r} in region {self.region!r}"
+        )
+
+    def destroy_tenant_keys(self, tenant: str, actor: str) -> list[int]:
+        """Crypto-shred: erase every generation of the tenant's wrapped data key. Blocking."""
+        with self._key_lock:
+            with self.keyring_db.begin() as conn:
+                live = [
+                    r.generation
+                    for r in conn.execute(
+                        select(tenant_keys.c.generation).where(
+                            and_(tenant_keys.c.tenant == tenant, tenant_keys.c.wrapped.is_not(None))
+                        )
+                    )
+                ]
+                conn.execute(
+                    update(tenant_keys)
+                    .where(and_(tenant_keys.c.tenant == tenant, tenant_keys.c.wrapped.is_not(None)))
+                    .values(
+                        wrapped=None, kek_version=None, destroyed_at=now_ms(), destroyed_by=actor
+                    )
+                )
+            self._current.pop(tenant, None)
+            for key in [k for k in self._by_generation if k[0] == tenant]:
+                del self._by_generation[key]
+        if self.keyring_at.is_sqlite:
+            # The old page still sits in the write-ahead log until a checkpoint: flush and empty it.
+            with self.keyring_db.connect() as conn:
+                conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        return live
+
+    def rotate_kek(self) -> tuple[int, int]:
+        """Make a new KEK version current and re-wrap every live data key under it. Records are
+        not touched: they are sealed with the data keys, which do not change. Blocking."""
+        version = self.keys.rotate()
+        count = 0
+        with self.keyring_db.connect() as conn:
+            rows = conn.execute(
+                select(tenant_keys.c.tenant, tenant_keys.c.generation, tenant_keys.c.wrapped).where(
+                    tenant_keys.c.wrapped.is_not(None)
+                )
+            ).all()
+        for row in rows:
+            ctx = wrap_context(self.region, row.tenant, row.generation)
+            rewrapped = self.keys.rewrap(row.wrapped, ctx)
+            with self.keyring_db.begin() as conn:
+                conn.execute(
+                    update(tenant_keys)
+                    .where(
+                        and_(
+                            tenant_keys.c.tenant == row.tenant,
+                            tenant_keys.c.generation == row.generation,
+                            tenant_keys.c.wrapped == row.wrapped,
+                        )
+                    )
+                    .values(
+                        wrapped=rewrapped, kek_version=version_of(rewrapped), rewrapped_at=now_ms()
+                    )
+                )
+            count += 1
+        return version, count
+
+    def kek_versions(self) -> dict[int, int]:
+        """How many live data keys each KEK version wraps."""
+        with self.keyring_db.connect() as conn:
+            rows = conn.execute(
+                select(tenant_keys.c.kek_version, func.count())
+                .where(tenant_keys.c.wrapped.is_not(None))
+                .group_by(tenant_keys.c.kek_version)
+            ).all()
+        return {int(v): int(n) for v, n in rows}
+
+    # -- the write path --------------------------------------------------------------------------
+
+    async def write(self, row: dict[str, Any], ids: list[dict[str, str]]) -> None:
+        """Commit one record with its subject index; return when it is durable."""
+        if self._closed:
+            raise StoreError(f"The store of region {self.region!r} is shut down")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Pending(row, ids, future, loop, time.monotonic() + self.deadline))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.deadline)
+        except TimeoutError:
+            raise StoreError(
+                f"The store of region {self.region!r} ({self.records_at.display}) could not make "
+                f"record {row['record_id']} durable within {self.deadline:g} s (slow or hanging)."
+            ) from None
+
+    def _collect(self, first: _Pending, lingering: bool) -> tuple[list[_Pending], bool]:
+        batch, stop = [first], False
+        until = time.monotonic() + self.group_interval if lingering else 0.0
+        while len(batch) < self.group_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                stop = True
+                break
+            batch.append(item)
+        return batch, stop
+
+    def _write_loop(self) -> None:
+        lingering = False
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch, stop = self._collect(first, lingering)
+            lingering = len(batch) > 1  # a lone request never waits for company
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        error: BaseException | None = None
+        try:
+            self._write([p.row for p in batch], [i for p in batch for i in p.ids])
+        except (SQLAlchemyError, OSError) as exc:
+            error = self._write_failed(exc, batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for p in batch:
+            by_loop.setdefault(p.loop, []).append(p.future)
+        for loop, futures in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, futures, error)
+
+    def _write(self, rows: Sequence[dict[str, Any]], ids: Sequence[dict[str, str]]) -> None:
+        with self.records_db.begin() as conn:
+            conn.execute(insert(records), list(rows))
+            if ids:
+                self._insert_identifiers(conn, ids)
+
+    def _insert_identifiers(self, conn: Any, ids: Sequence[dict[str, str]]) -> None:
+        conn.execute(insert(subject_index), list(ids))
+
+    def _write_failed(self, exc: BaseException, batch: list[_Pending]) -> StoreError:
+        orig = getattr(exc, "orig", None) or exc
+        full = getattr(orig, "errno", None) == errno.ENOSPC or "disk is full" in str(orig)
+        where = f"the store of region {self.region!r} ({self.records_at.display})"
+        ids = ", ".join(p.row["record_id"] for p in batch[:3]) + (" ..." if len(batch) > 3 else "")
+        if full:
+            why = "is full (no space left on device); free space or move the store"
+        else:
+            text = str(orig).strip()
+            why = f"failed: {text.splitlines()[0] if text else type(orig).__name__}"
+        log.error("store write failed: %s %s (records %s)", where, why, ids)
+        return StoreError(
+            f"The record could not be stored: {where} {why}. Nothing of records {ids} was kept."
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._writer.join, self.deadline + 5)
+        self.records_db.dispose()
+        self.keyring_db.dispose()
+        self.keys.close()
+
+    # -- reads and deletions (blocking) ----------------------------------------------------------
+
+    def records_by_id(self, tenant: str, record_ids: Collection[str]) -> list[Row[Any]]:
+        if not record_ids:
+            return []
+        with self.records_db.connect() as conn:
+            return list(
+                conn.execute(
+                    select(records)
+                    .where(and_(records.c.tenant == tenant, records.c.record_id.in_(record_ids)))
+                    .order_by(records.c.created_at)
+                )
+            )
+
+    def find_subject(self, tenant: str, id_hashes: Collection[str]) -> list[str]:
+        """Ids of the tenant's records whose index holds any of these keyed hashes."""
+        with self.records_db.connect() as conn:
+            rows = conn.execute(
+                select(subject_index.c.record_id)
+                .where(
+                    and_(subject_index.c.tenant == tenant, subject_index.c.id_hash.in_(id_hashes))
+                )
+                .distinct()
+            )
+            return [r.record_id for r in rows]
+
+    def delete_records(self, tenant: str, record_ids: Collection[str]) -> int:
+        if not record_ids:
+            return 0
+        with self.records_db.begin() as conn:
+            conn.execute(
+                delete(subject_index).where(
+                    and_(
+                        subject_index.c.tenant == tenant, subject_index.c.record_id.in_(record_ids)
+                    )
+                )
+            )
+            result = conn.execute(
+                delete(records).where(
+                    and_(records.c.tenant == tenant, records.c.record_id.in_(record_ids))
+                )
+            )
+            return int(result.rowcount)
+
+    def restrict(self, tenant: str, record_ids: Collection[str], actor: str) -> int:
+        if not record_ids:
+            return 0
+        with self.records_db.begin() as conn:
+            result = conn.execute(
+                update(records)
+                .where(
+                    and_(
+                        records.c.tenant == tenant,
+                        records.c.record_id.in_(record_ids),
+                        records.c.restricted_at.is_(None),
+                    )
+                )
+                .values(restricted_at=now_ms(), restricted_by=actor)
+            )
+            return int(result.rowcount)
+
+    def delete_tenant_records(self, tenant: str) -> int:
+        with self.records_db.begin() as conn:
+            conn.execute(delete(subject_index).where(subject_index.c.tenant == tenant))
+            result = conn.execute(delete(records).where(records.c.tenant == tenant))
+            return int(result.rowcount)
+
+    def count(self, tenant: str | None = None) -> int:
+        query = select(func.count()).select_from(records)
+        if tenant is not None:
+            query = query.where(records.c.tenant == tenant)
+        with self.records_db.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def tenants(self) -> Mapping[str, int]:
+        with self.records_db.connect() as conn:
+            rows = conn.execute(select(records.c.tenant, func.count()).group_by(records.c.tenant))
+            return {r[0]: int(r[1]) for r in rows}
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return "an unknown date"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def live_generations(store: RegionStore, tenant: str) -> list[int]:
+    """Generations of the tenant's data key that still exist in this region's keyring."""
+    with store.keyring_db.connect() as conn:
+        rows = conn.execute(
+            select(tenant_keys.c.generation).where(
+                and_(tenant_keys.c.tenant == tenant, tenant_keys.c.wrapped.is_not(None))
+            )
+        )
+        return [int(r.generation) for r in rows]
+
+
+def expired(
+    store: RegionStore, at_ms: int, held: Collection[str], limit: int
+) -> dict[str, list[str]]:
+    """Ids of records expired at ``at_ms``, by tenant, except tenants under legal hold."""
+    cond = records.c.expires_at <= at_ms
+    if held:
+        cond = and_(cond, records.c.tenant.not_in(list(held)))
+    with store.records_db.connect() as conn:
+        rows = conn.execute(select(records.c.record_id, records.c.tenant).where(cond).limit(limit))
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            out.setdefault(r.tenant, []).append(r.record_id)
+        return out

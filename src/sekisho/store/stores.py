@@ -1,0 +1,449 @@
+"""The stores of all regions, as the pipeline and the command line use them.
+
+``Stores.open`` checks the regions, opens one ``RegionStore`` per region and loads the data
+keys of the configured tenants. ``Stores.for_tenant`` gives the ``TenantStore`` of a tenant in
+its home region; ``TenantStore.put`` keeps what the tenant's retention says and returns once it
+is durable. Every deletion and key destruction is first reported to the ``AuditSink`` (the
+ledger) and only then done, so nothing is deleted without a record of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+from pydantic import ValidationError
+
+from sekisho.errors import ConfigError, ConfigProblem
+from sekisho.store.crypto import TenantKeys
+from sekisho.store.database import Location, locate
+from sekisho.store.errors import StoreError, StoreMisconfigured
+from sekisho.store.identifiers import NOT_INDEXED, IdentifierError, normalise
+from sekisho.store.keys import open_key_provider
+from sekisho.store.region import RegionStore, expired
+from sekisho.store.spec import (
+    LocalKeysSpec,
+    RetentionSpec,
+    VaultKeysSpec,
+    key_provider_of,
+    retention_of,
+)
+from sekisho.types import Level
+
+log = logging.getLogger("sekisho.store")
+
+SWEEPER = "sekisho-retention-sweeper"
+DEFAULT_SWEEP_INTERVAL = 300.0
+_SWEEP_BATCH = 2000
+
+
+class AuditSink(Protocol):
+    """Where administrative acts are recorded (the lead connects it to the ledger's AdminRecord).
+
+    Values in ``details`` are str, int, bool or None; never personal data or key material.
+    Raising refuses the act: nothing is deleted that could not be recorded.
+    """
+
+    async def admin(
+        self, actor: str, action: str, target: str, details: Mapping[str, object]
+    ) -> None: ...
+
+
+class RegionLike(Protocol):
+    @property
+    def country(self) -> str: ...
+
+    @property
+    def store(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What the pipeline hands the store after a request (step 8, record)."""
+
+    request_id: str
+    tenant: str
+    created_at: datetime
+    level: Level
+    retention: RetentionSpec
+    endpoint_id: str
+    model: str
+    prompt: bytes  # the messages as JSON, already pseudonymised where the policy said
+    output: bytes | None = None
+    identifiers: Sequence[tuple[str, str]] = ()  # (finding type, value) from the classifier
+    pseudonym_map: Mapping[str, str] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    status: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRef:
+    """Where a record was kept, what of it, and until when."""
+
+    region: str
+    record_id: str
+    mode: str  # full | metadata
+    expires_at: datetime
+
+
+class TenantStore:
+    """One tenant's records in its home region."""
+
+    def __init__(self, tenant: str, region: RegionStore) -> None:
+        self.tenant = tenant
+        self.region = region
+
+    @property
+    def region_name(self) -> str:
+        return self.region.region
+
+    def _keys_now(self) -> TenantKeys:
+        return self.region.tenant_keys(self.tenant)
+
+    async def keys(self) -> TenantKeys:
+        cached = self.region._current.get(self.tenant)
+        if cached is not None:
+            return cached
+        return await asyncio.to_thread(self.region.tenant_keys, self.tenant)
+
+    def keyed_hash(self, data: bytes) -> str:
+        """HMAC-SHA256 under the tenant's hashing key, ``hmac-sha256:<hex>`` (the ledger's form).
+
+        Non-blocking once the tenant's key is loaded (``Stores.open`` loads configured tenants).
+        """
+        return self._keys_now().keyed_hash(data)
+
+    async def put(self, exchange: Exchange) -> StoredRef | None:
+        """Keep what the retention says; return once durable. None when nothing is kept."""
+        if exchange.tenant != self.tenant:
+            raise ValueError(f"exchange of tenant {exchange.tenant!r} given to {self.tenant!r}")
+        kept = exchange.retention.for_level(exchange.level)
+        if kept.mode == "none":
+            return None
+        keys = await self.keys()
+        record_id = "rec_" + secrets.token_hex(12)
+        created = exchange.created_at
+        if created.tzinfo is None:
+            raise ValueError("Exchange.created_at must be timezone-aware")
+        expires = created + timedelta(days=kept.days)
+        full = kept.mode == "full"
+        output = exchange.output
+        row: dict[str, Any] = {
+            "record_id": record_id,
+            "tenant": self.tenant,
+            "key_generation": keys.generation,
+            "request_id": exchange.request_id,
+            "created_at": _ms(created),
+            "expires_at": _ms(expires),
+            "mode": kept.mode,
+            "level": int(exchange.level),
+            "endpoint_id": exchange.endpoint_id,
+            "model": exchange.model,
+            "status": exchange.status,
+            "prompt_tokens": exchange.prompt_tokens,
+            "completion_tokens": exchange.completion_tokens,
+            "prompt_hash": keys.keyed_hash(exchange.prompt),
+            "output_hash": keys.keyed_hash(output) if output is not None else None,
+            "prompt": keys.seal(record_id, "prompt", exchange.prompt) if full else None,
+            "output": keys.seal(record_id, "output", output)
+            if full and output is not None
+            else None,
+            "pseudonym_map": (
+                keys.seal(record_id, "pseudonym_map", orjson.dumps(dict(exchange.pseudonym_map)))
+                if full and exchange.pseudonym_map
+                else None
+            ),
+            "restricted_at": None,
+            "restricted_by": None,
+        }
+        await self.region.write(
+            row, _index_rows(keys, self.tenant, record_id, exchange.identifiers)
+        )
+        return StoredRef(self.region.region, record_id, kept.mode, expires)
+
+
+def _index_rows(
+    keys: TenantKeys, tenant: str, record_id: str, identifiers: Sequence[tuple[str, str]]
+) -> list[dict[str, str]]:
+    seen: set[str] = set()
+    rows = []
+    for id_type, value in identifiers:
+        if id_type in NOT_INDEXED:
+            continue
+        try:
+            h = keys.index_hash(id_type, normalise(id_type, value))
+        except IdentifierError:
+            continue  # nothing identifying left after normalisation
+        if h not in seen:
+            seen.add(h)
+            rows.append(
+                {"tenant": tenant, "id_hash": h, "record_id": record_id, "id_type": id_type}
+            )
+    return rows
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+@dataclass
+class Stores:
+    """The regional stores of one deployment. Open with ``await Stores.open(...)``."""
+
+    regions: dict[str, RegionStore]
+    audit: AuditSink
+    retention: dict[str, RetentionSpec] = field(default_factory=dict)
+    _sweeper: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        regions: Mapping[str, RegionLike],
+        data_dir: Path,
+        *,
+        audit: AuditSink,
+        tenants: Mapping[str, object] | None = None,
+        migrate: bool | None = None,
+        create_keys: bool = True,
+        **options: Any,
+    ) -> Stores:
+        """Check and open every region's store; load the data keys of ``tenants``.
+
+        ``tenants`` maps names to objects with ``home_region`` and (optionally) ``retention``.
+        ``migrate``: None applies migrations to SQLite stores only; PostgreSQL stores must be
+        migrated with ``sekisho db upgrade`` (several gateways may share one) and are refused
+        with that advice when behind. Raises ``ConfigError`` or ``StoreError``.
+        """
+        problems = validate_regions(regions, data_dir)
+        if problems:
+            raise ConfigError(problems)
+        opened: dict[str, RegionStore] = {}
+        try:
+            for name, region in regions.items():
+                records_at, keyring_at = locate(name, region.store, data_dir)
+                do_migrate = records_at.is_sqlite if migrate is None else migrate
+                spec = key_provider_of(region)
+                provider = await asyncio.to_thread(
+                    open_key_provider, spec, name, data_dir, create=create_keys
+                )
+                opened[name] = await asyncio.to_thread(
+                    RegionStore.open,
+                    name,
+                    region.country,
+                    records_at,
+                    keyring_at,
+                    provider,
+                    migrate=do_migrate,
+                    **options,
+                )
+        except BaseException:
+            for store in opened.values():
+                await store.close()
+            raise
+        stores = cls(opened, audit)
+        for name, tenant in (tenants or {}).items():
+            stores.retention[name] = retention_of(tenant)
+            home = getattr(tenant, "home_region", None)
+            if isinstance(home, str) and home in opened:
+                await stores.for_tenant(name, home).keys()
+        return stores
+
+    def region(self, name: str) -> RegionStore:
+        try:
+            return self.regions[name]
+        except KeyError:
+            known = ", ".join(sorted(self.regions))
+            raise StoreMisconfigured(f"No store for region {name!r}; regions: {known}") from None
+
+    def for_tenant(self, tenant_name: str, home_region: str) -> TenantStore:
+        return TenantStore(tenant_name, self.region(home_region))
+
+    def set_retention(self, tenant: str, spec: RetentionSpec) -> None:
+        """Tell the sweeper a tenant's retention (its legal hold), e.g. after a config reload."""
+        self.retention[tenant] = spec
+
+    def on_legal_hold(self, tenant: str) -> bool:
+        spec = self.retention.get(tenant)
+        return spec is not None and spec.legal_hold
+
+    # -- retention -------------------------------------------------------------------------------
+
+    async def sweep_once(self, now: datetime | None = None) -> dict[str, dict[str, int]]:
+        """Delete expired records of tenants not under legal hold; {region: {tenant: count}}."""
+        at = _ms(now or datetime.now(UTC))
+        held = sorted(t for t, spec in self.retention.items() if spec.legal_hold)
+        report: dict[str, dict[str, int]] = {}
+        for name, store in self.regions.items():
+            while True:
+                batch = await asyncio.to_thread(expired, store, at, held, _SWEEP_BATCH)
+                if not batch:
+                    break
+                for tenant, ids in batch.items():
+                    await self.audit.admin(
+                        SWEEPER,
+                        "store.retention_delete",
+                        f"tenant:{tenant}@{name}",
+                        {"records": len(ids), "expired_before": from_ms(at).isoformat()},
+                    )
+                    n = await asyncio.to_thread(store.delete_records, tenant, ids)
+                    report.setdefault(name, {})
+                    report[name][tenant] = report[name].get(tenant, 0) + n
+        if report:
+            log.info("retention sweep deleted %s", report)
+        return report
+
+    def start_sweeper(self, interval_seconds: float = DEFAULT_SWEEP_INTERVAL) -> asyncio.Task[None]:
+        """Run ``sweep_once`` every ``interval_seconds`` until ``close``."""
+        if interval_seconds <= 0:
+            raise ValueError("the sweep interval must be positive")
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.sweep_once()
+                except Exception:
+                    log.exception("retention sweep failed; retrying in %s s", interval_seconds)
+                await asyncio.sleep(interval_seconds)
+
+        self._sweeper = asyncio.get_running_loop().create_task(loop(), name="sekisho-sweeper")
+        return self._sweeper
+
+    # -- administration --------------------------------------------------------------------------
+
+    async def delete_tenant(self, tenant: str, *, actor: str) -> dict[str, int]:
+        """Crypto-shred a tenant in every region: destroy its data keys, then delete its
+        records. Returns {region: records deleted}. Refused under legal hold."""
+        self._refuse_if_held(tenant, "delete its data")
+        deleted: dict[str, int] = {}
+        for name, store in self.regions.items():
+            target = f"tenant:{tenant}@{name}"
+            generations = await asyncio.to_thread(_live, store, tenant)
+            if generations:
+                await self.audit.admin(
+                    actor,
+                    "store.data_key_destroyed",
+                    target,
+                    {"generations": ",".join(map(str, generations)), "kek": store.keys.description},
+                )
+                await asyncio.to_thread(store.destroy_tenant_keys, tenant, actor)
+            count = await asyncio.to_thread(store.count, tenant)
+            if count:
+                await self.audit.admin(
+                    actor, "store.tenant_records_deleted", target, {"records": count}
+                )
+                deleted[name] = await asyncio.to_thread(store.delete_tenant_records, tenant)
+        return deleted
+
+    async def rotate_keys(self, region: str, *, actor: str) -> tuple[int, int]:
+        """New KEK version for a region; re-wrap every data key. Returns (version, re-wrapped)."""
+        store = self.region(region)
+        version, count = await asyncio.to_thread(store.rotate_kek)
+        await self.audit.admin(
+            actor,
+            "store.kek_rotated",
+            f"region:{region}",
+            {"kek_version": version, "data_keys_rewrapped": count, "kek": store.keys.description},
+        )
+        return version, count
+
+    def _refuse_if_held(self, tenant: str, what: str) -> None:
+        if self.on_legal_hold(tenant):
+            raise StoreError(
+                f"Tenant {tenant!r} is under legal hold (tenants.{tenant}.retention.legal_hold): "
+                f"cannot {what} until the hold is lifted in the config."
+            )
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for store in self.regions.values():
+            await store.close()
+
+
+def _live(store: RegionStore, tenant: str) -> list[int]:
+    from sekisho.store.region import live_generations
+
+    return live_generations(store, tenant)
+
+
+def validate_regions(
+    regions: Mapping[str, RegionLike], data_dir: Path, file: str = "<config>"
+) -> list[ConfigProblem]:
+    """Problems that would let a store hold another region's data, or keys leave their region.
+
+    Checks names, store URLs and key providers, and that no two regions share a database (and
+    schema), a key file or a Vault key. Touches no database: ``Stores.open`` then checks each
+    store's region marker.
+    """
+    problems: list[ConfigProblem] = []
+    owners: dict[str, tuple[str, str]] = {}
+    for name, region in regions.items():
+        where = f"regions.{name}"
+        try:
+            locations: tuple[Location, ...] = locate(name, region.store, data_dir)
+        except ValueError as exc:
+            problems.append(ConfigProblem(file, f"{where}.store", str(exc)))
+            continue
+        for at in locations:
+            other = owners.get(at.identity)
+            if other is not None:
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        f"{where}.store",
+                        f"{at.display} is already the store of region {other[0]!r}; a store "
+                        "never holds another region's data: give each region its own database "
+                        "or ?schema=",
+                    )
+                )
+                break
+            owners[at.identity] = (name, at.role)
+        try:
+            spec = key_provider_of(region)
+        except ValidationError as exc:
+            for err in exc.errors():
+                path = ".".join(
+                    str(p) for p in err["loc"] if not str(p).startswith(("local", "vault"))
+                )
+                problems.append(
+                    ConfigProblem(file, f"{where}.keys{'.' + path if path else ''}", err["msg"])
+                )
+            continue
+        key_id = _key_identity(spec, name, data_dir)
+        other = owners.get(key_id)
+        if other is not None:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"{where}.keys",
+                    f"the key-encryption key is already region {other[0]!r}'s; keys of a region "
+                    "live with that region: give each region its own key",
+                )
+            )
+        owners[key_id] = (name, "kek")
+    return problems
+
+
+def _key_identity(spec: LocalKeysSpec | VaultKeysSpec, region: str, data_dir: Path) -> str:
+    if isinstance(spec, VaultKeysSpec):
+        address = spec.address.rstrip("/").lower()
+        return f"vault:{address}/{spec.namespace or ''}/{spec.mount}/{spec.key_name}"
+    from sekisho.store.keys import default_key_path
+
+    path = Path(spec.path) if spec.path else default_key_path(data_dir, region)
+    return "file:" + str(path.expanduser().resolve()).casefold()

@@ -1,0 +1,129 @@
+"""A small Vault Transit server on loopback: the real endpoints and wire format, real AES-GCM.
+
+Implements ``POST /v1/<mount>/encrypt/:name``, ``/decrypt/:name``, ``/rewrap/:name`` and
+``/keys/:name/rotate`` as Vault documents them (base64 plaintext and associated_data,
+``vault:v<N>:<base64(nonce|ciphertext|tag)>`` ciphertexts, ``{"errors": [...]}`` on failure,
+``X-Vault-Token`` authentication). Keys are created on first use, like ``transit/keys/:name``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+
+class VaultTransitSim:
+    def __init__(self, token: str = "s.test-token", mount: str = "transit") -> None:
+        self.token = token
+        self.mount = mount
+        self.keys: dict[str, dict[int, bytes]] = {}
+        self.calls: list[tuple[str, str]] = []
+        sim = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b"{}"
+                status, body = sim.handle(self.path, self.headers.get("X-Vault-Token"), raw)
+                data = json.dumps(body).encode() if body is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> VaultTransitSim:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, path: str, token: str | None, raw: bytes) -> tuple[int, Any]:
+        if token != self.token:
+            return 403, {"errors": ["permission denied"]}
+        prefix = f"/v1/{self.mount}/"
+        if not path.startswith(prefix):
+            return 404, {"errors": [f"no handler for route '{path}'"]}
+        parts = path[len(prefix) :].split("/")
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            return 400, {"errors": ["failed to parse JSON input"]}
+        self.calls.append((parts[0], "/".join(parts[1:])))
+        try:
+            if len(parts) == 2 and parts[0] in ("encrypt", "decrypt", "rewrap"):
+                return 200, {"data": getattr(self, "_" + parts[0])(parts[1], body)}
+            if len(parts) == 3 and parts[0] == "keys" and parts[2] == "rotate":
+                versions = self._key(parts[1])
+                versions[max(versions) + 1] = os.urandom(32)
+                return 200, {"data": {"name": parts[1], "latest_version": max(versions)}}
+        except _Fail as exc:
+            return 400, {"errors": [str(exc)]}
+        return 404, {"errors": [f"no handler for route '{path}'"]}
+
+    def _key(self, name: str) -> dict[int, bytes]:
+        return self.keys.setdefault(name, {1: os.urandom(32)})
+
+    def _encrypt(
+        self, name: str, body: dict[str, Any], version: int | None = None
+    ) -> dict[str, Any]:
+        versions = self._key(name)
+        v = version or max(versions)
+        plaintext = _b64(body.get("plaintext"), "plaintext")
+        aad = _b64(body.get("associated_data") or "", "associated_data") or None
+        nonce = os.urandom(12)
+        sealed = AESGCM(versions[v]).encrypt(nonce, plaintext, aad)
+        return {
+            "ciphertext": f"vault:v{v}:" + base64.b64encode(nonce + sealed).decode(),
+            "key_version": v,
+        }
+
+    def _decrypt(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        versions = self._key(name)
+        ct = body.get("ciphertext")
+        if not isinstance(ct, str) or not ct.startswith("vault:v"):
+            raise _Fail("invalid ciphertext: no prefix")
+        head, _, blob_b64 = ct[len("vault:v") :].partition(":")
+        if not head.isdigit() or int(head) not in versions:
+            raise _Fail("invalid key version")
+        blob = _b64(blob_b64, "ciphertext")
+        aad = _b64(body.get("associated_data") or "", "associated_data") or None
+        try:
+            plaintext = AESGCM(versions[int(head)]).decrypt(blob[:12], blob[12:], aad)
+        except InvalidTag:
+            raise _Fail("cipher: message authentication failed") from None
+        return {"plaintext": base64.b64encode(plaintext).decode()}
+
+    def _rewrap(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        plaintext = self._decrypt(name, body)["plaintext"]
+        return self._encrypt(name, {**body, "plaintext": plaintext})
+
+
+class _Fail(Exception):
+    pass
+
+
+def _b64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise _Fail(f"missing {what}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Fail(f"failed to base64-decode {what}") from None
