@@ -259,7 +259,7 @@ class CompiledPolicy:
     ) -> list[Exclusion]:
         endpoint_id = route.endpoint.id
         reasons: list[Exclusion] = []
-        names = {model, route.model.id}
+        names = (model, *route.model.public_names)
         if self.models is not None and self.models.isdisjoint(names):
             reasons.append(Exclusion(endpoint_id, TENANT_MODELS_RULE, f"model={route.model.id}"))
         if key_models is not None and key_models.isdisjoint(names):

@@ -344,18 +344,17 @@ class PolicySpec(_Spec):
     def _level_keys(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
-        out: dict[str, Any] = {}
-        origin: dict[str, str] = {}
-        for key, rules in value.items():
-            level = Level.parse(str(key)).label
-            if level in out:
+        # Keys stay as written (error messages quote them); the compiler parses them again.
+        origin: dict[Level, str] = {}
+        for key in value:
+            level = Level.parse(str(key))
+            if level in origin:
                 raise ValueError(
-                    f"levels {origin[level]!r} and {key!r} are the same level ({level}); "
+                    f"levels {origin[level]!r} and {key!r} are the same level ({level.label}); "
                     "write its rules once"
                 )
-            out[level] = rules
             origin[level] = str(key)
-        return out
+        return value
 
     @field_validator("overrides")
     @classmethod
