@@ -421,9 +421,9 @@ def compile_policy(
         compiled.append(
             CompiledRule(
                 id=rule_id,
-                title=title,
-                obligation=obligation,
-                source=rule_source,
+                title=" ".join(title.split()),
+                obligation=" ".join(obligation.split()),
+                source=" ".join(rule_source.split()),
                 origin=origin,
                 levels=levels,
                 findings=findings,
