@@ -74,3 +74,15 @@ def test_several_roles_combine() -> None:
 )
 def test_no_one_hands_out_more_than_they_hold(granter: str, role: str, ok: bool) -> None:
     assert may_grant(frozenset({granter}), role) is ok
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/v1/models"])
+def test_model_routes_admit_apps_and_developers_only(role: str, path: str) -> None:
+    from sekisho.identity.roles import MODEL_ROUTES
+
+    if role in ("app", "developer"):
+        require(who(role), MODEL_ROUTES[path])
+    else:
+        with pytest.raises(PermissionDenied, match=f"Role '{role}'.*'models.call'"):
+            require(who(role), MODEL_ROUTES[path])

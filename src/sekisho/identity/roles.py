@@ -44,6 +44,13 @@ PERMISSIONS: dict[str, frozenset[Permission]] = {
     "developer": frozenset({P.MODELS_CALL, P.KEYS_OWN, P.USAGE_OWN}),
     "app": frozenset({P.MODELS_CALL}),
 }
+# What the OpenAI-compatible routes require (the HTTP layer calls require() with these).
+MODEL_ROUTES: dict[str, Permission] = {
+    "/v1/chat/completions": P.MODELS_CALL,
+    "/v1/embeddings": P.MODELS_CALL,
+    "/v1/models": P.MODELS_CALL,
+}
+
 # Nobody holds CONTENT_READ by role: reading stored prompts is a break-glass action that the
 # store grants per incident, never a standing right (the auditor promise depends on it).
 

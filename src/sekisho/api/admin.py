@@ -1,0 +1,692 @@
+"""The admin API under ``/admin/v1``: tenants, keys, policy reload, usage; OpenAPI from one table.
+
+Every route names the permissions it needs (any one suffices); the OpenAPI document served at
+``/admin/v1/openapi.json`` is generated from the same table, so it cannot drift from the code.
+Every action is recorded through an AdminAuditSink *before* it takes effect (as Vault audits a
+request before serving it): when the record cannot be written, the action is refused. The
+outcome goes to a structured log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qs
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sekisho.api import http
+from sekisho.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PermissionDenied,
+    SekishoError,
+    ServiceUnavailable,
+)
+from sekisho.identity import Authenticator, KeyInfo, KeyStore, Permission, Principal
+from sekisho.identity.keys import new_key_id
+from sekisho.identity.limits import Limiter
+from sekisho.identity.roles import allows, may_grant, permissions_of, require
+from sekisho.identity.usage import UsageStore
+
+log = logging.getLogger("sekisho.admin")
+
+PREFIX = "/admin/v1"
+_MAX_BODY = 64 * 1024
+P = Permission
+
+
+class AdminAuditSink(Protocol):
+    """Where admin actions are recorded (the lead connects it to the ledger)."""
+
+    async def admin(
+        self, actor: str, action: str, target: str, details: Mapping[str, Any]
+    ) -> None: ...
+
+
+class LogAuditSink:
+    """Records admin actions as log lines only; for deployments without a ledger."""
+
+    async def admin(self, actor: str, action: str, target: str, details: Mapping[str, Any]) -> None:
+        log.info("admin audit", extra={"actor": actor, "action": action, "target": target,
+                                       "details": dict(details)})  # fmt: skip
+
+
+# -- request and response bodies (their JSON Schemas go into the OpenAPI document) -------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateKey(_Body):
+    tenant: str | None = Field(
+        default=None, description="Tenant of the key; developers may omit it (their own tenant)"
+    )
+    role: Literal["admin", "auditor", "developer", "app"] = Field(
+        default="app", description="Role the key acts with"
+    )
+    name: str = Field(default="", max_length=200, description="Label for people")
+    models: list[str] | None = Field(
+        default=None, min_length=1, description="Models the key may use (absent: all allowed)"
+    )
+    expires_in_seconds: float | None = Field(
+        default=None, gt=0, description="Lifetime; absent: the key does not expire"
+    )
+
+
+class RotateKey(_Body):
+    overlap_seconds: float = Field(
+        default=86400, ge=0, le=90 * 86400,
+        description="How long the old key keeps working next to its successor",
+    )  # fmt: skip
+
+
+class KeyView(BaseModel):
+    key_id: str = Field(description="Public id of the key (part of the key itself)")
+    tenant: str = Field(description="Tenant the key acts for")
+    role: str = Field(description="Role of the key")
+    name: str = Field(description="Label")
+    models: list[str] | None = Field(description="Models the key may use; null: all allowed")
+    state: Literal["active", "expired", "revoked"] = Field(description="State now")
+    created_at: str = Field(description="Creation time (UTC, ISO 8601)")
+    expires_at: str | None = Field(description="Expiry (UTC, ISO 8601), null: none")
+    revoked_at: str | None = Field(description="Revocation time, null: not revoked")
+    owner: str | None = Field(description="Subject of whoever created the key")
+    rotated_from: str | None = Field(description="Key this key succeeded")
+    successor: str | None = Field(description="Key that replaced this key")
+
+
+class KeyCreated(BaseModel):
+    key: str = Field(description="The secret API key; shown only in this response")
+    info: KeyView = Field(description="The stored description of the key")
+
+
+class KeyList(BaseModel):
+    data: list[KeyView] = Field(description="Keys visible to the caller")
+
+
+class TenantView(BaseModel):
+    name: str = Field(description="Tenant name")
+    settings: dict[str, Any] = Field(description="The tenant's settings (scalar values)")
+    limits: dict[str, Any] | None = Field(description="Tenant-wide limits, null: none")
+    key_limits: dict[str, Any] | None = Field(description="Limits of each key, null: none")
+
+
+class TenantList(BaseModel):
+    data: list[TenantView] = Field(description="Configured tenants")
+
+
+class UsageRowView(BaseModel):
+    tenant: str = Field(description="Tenant")
+    key_id: str = Field(description="API key id or OIDC subject pseudonym")
+    model: str = Field(description="Model name as requested")
+    requests: int = Field(description="Requests settled")
+    prompt_tokens: int = Field(description="Prompt tokens")
+    completion_tokens: int = Field(description="Completion tokens")
+    total_tokens: int = Field(description="prompt_tokens + completion_tokens")
+
+
+class UsageReport(BaseModel):
+    since: str = Field(description="First day included (ISO date)")
+    until: str = Field(description="Last day included (ISO date)")
+    data: list[UsageRowView] = Field(description="One row per tenant, key and model")
+
+
+class WhoAmI(BaseModel):
+    tenant: str = Field(description="Tenant the caller acts for")
+    subject: str = Field(description="Who the caller is")
+    key_id: str = Field(description="Key id or OIDC pseudonym")
+    roles: list[str] = Field(description="Roles held")
+    permissions: list[str] = Field(description="Permissions those roles grant")
+    auth: str = Field(description="api_key or oidc")
+
+
+class ReloadResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    reloaded: bool = Field(description="Whether a new policy is in force")
+
+
+# -- routing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    name: str
+    description: str
+    format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str  # below /admin/v1, with {name} placeholders
+    operation: str  # stable name; also the audit action
+    summary: str
+    permissions: tuple[Permission, ...] | None  # any one suffices; None: public
+    handler: str  # AdminAPI method name
+    response: type[BaseModel] | None
+    body: type[BaseModel] | None = None
+    query: tuple[Query, ...] = ()
+    status: int = 200
+    pattern: re.Pattern[str] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path)
+        object.__setattr__(self, "pattern", re.compile(f"^{regex}$"))
+
+    @property
+    def params(self) -> list[str]:
+        return re.findall(r"\{(\w+)\}", self.path)
+
+
+_USAGE_QUERY = (
+    Query("tenant", "Only this tenant"),
+    Query("key_id", "Only this key"),
+    Query("model", "Only this model"),
+    Query("since", "First day (ISO date; default: first of this month)", "date"),
+    Query("until", "Last day (ISO date; default: today)", "date"),
+)
+KEYS_ANY = (P.KEYS_MANAGE, P.KEYS_OWN)
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/openapi.json", "openapi", "This document", None, "openapi", None),
+    Route("GET", "/whoami", "whoami", "Who the caller is and what it may do", (), "whoami", WhoAmI),
+    Route("GET", "/tenants", "tenants.list", "List tenants", (P.TENANTS_READ,), "list_tenants",
+          TenantList),
+    Route("GET", "/tenants/{tenant}", "tenants.get", "One tenant", (P.TENANTS_READ,), "get_tenant",
+          TenantView),
+    Route("GET", "/keys", "keys.list", "List keys (developers: their own)", KEYS_ANY,
+          "list_keys", KeyList, query=(Query("tenant", "Only keys of this tenant"),)),
+    Route("POST", "/keys", "keys.create", "Create a key; the secret is returned once", KEYS_ANY,
+          "create_key", KeyCreated, body=CreateKey, status=201),
+    Route("GET", "/keys/{key_id}", "keys.get", "One key", KEYS_ANY, "get_key", KeyView),
+    Route("POST", "/keys/{key_id}/rotate", "keys.rotate",
+          "Create a successor; the old key works for overlap_seconds more", KEYS_ANY,
+          "rotate_key", KeyCreated, body=RotateKey, status=201),
+    Route("POST", "/keys/{key_id}/revoke", "keys.revoke", "Revoke now, in every process",
+          KEYS_ANY, "revoke_key", KeyView),
+    Route("POST", "/policy/reload", "policy.reload", "Reload and recompile policies",
+          (P.POLICY_RELOAD,), "reload_policy", ReloadResult),
+    Route("GET", "/usage", "usage.get", "Usage per tenant, key and model (developers: own)",
+          (P.USAGE_READ, P.USAGE_OWN), "get_usage", UsageReport, query=_USAGE_QUERY),
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Request:
+    route: Route
+    principal: Principal | None
+    params: dict[str, str]
+    query: dict[str, str]
+    body: BaseModel | None
+    rid: str
+    recorded: bool = False
+    target: str = "-"
+
+
+class AdminAPI:
+    """ASGI-level handler for everything under /admin/v1."""
+
+    def __init__(
+        self,
+        *,
+        keys: KeyStore,
+        authenticator: Authenticator,
+        limiter: Limiter | None,
+        usage: UsageStore | None,
+        tenants: Mapping[str, object],
+        reload_policy: Callable[[], Awaitable[dict[str, Any]]],
+        audit: AdminAuditSink,
+    ) -> None:
+        self.keys = keys
+        self.authenticator = authenticator
+        self.limiter = limiter
+        self.usage = usage if usage is not None else (limiter.usage if limiter else None)
+        self.tenants = tenants
+        self._reload = reload_policy
+        self.audit = audit
+        self._openapi = orjson.dumps(openapi_document())
+        missing = [
+            r.handler
+            for r in ROUTES
+            if r.handler != "openapi" and not callable(getattr(self, r.handler, None))
+        ]
+        assert not missing, f"routes without handlers: {missing}"
+
+    async def __call__(
+        self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str
+    ) -> None:
+        started = time.perf_counter()
+        req: Request | None = None
+        status = 500
+        try:
+            req = await self._request(scope, receive, rid)
+            if req.route.handler == "openapi":
+                status = 200
+                await http.send_bytes(send, 200, self._openapi, rid)
+                return
+            result = await getattr(self, req.route.handler)(req)
+            if not req.recorded:
+                await self._record(req, req.target, {})
+            status = req.route.status
+            await http.send_bytes(send, status, result.model_dump_json().encode(), rid)
+        except SekishoError as exc:
+            status = exc.status
+            await http.send_error(send, exc, rid)
+        finally:
+            if req is not None and req.principal is not None:
+                log.info(
+                    "admin action",
+                    extra={
+                        "request_id": rid,
+                        "actor": req.principal.subject,
+                        "tenant": req.principal.tenant,
+                        "action": req.route.operation,
+                        "target": req.target,
+                        "status": status,
+                        "ms": round((time.perf_counter() - started) * 1000, 3),
+                    },
+                )
+
+    async def _request(self, scope: http.Scope, receive: http.Receive, rid: str) -> Request:
+        path: str = scope["path"]
+        sub = path[len(PREFIX) :] if path.startswith(PREFIX) else path
+        route, params = _match(scope["method"], sub)
+        req = Request(route, None, params, {}, None, rid)
+        if route.permissions is None:
+            return req
+        req.principal = await self.authenticator.authenticate_headers(scope["headers"])
+        if route.permissions and not any(allows(req.principal, p) for p in route.permissions):
+            await self._denied(req)
+        req.query = _query(scope, route)
+        if route.body is not None:
+            raw = await http.read_body(scope, receive, _MAX_BODY)
+            req.body = _parse(route.body, raw)
+        return req
+
+    async def _denied(self, req: Request) -> None:
+        assert req.principal is not None
+        perms = req.route.permissions or ()
+        try:
+            await self.audit.admin(
+                req.principal.subject, req.route.operation, "-",
+                {"outcome": "denied", "needs": [str(p) for p in perms]},
+            )  # fmt: skip
+        except Exception:
+            log.exception("could not record a denied admin request", extra={"request_id": req.rid})
+        if len(perms) == 1:
+            require(req.principal, perms[0])
+        roles = "+".join(sorted(req.principal.roles))
+        raise PermissionDenied(
+            f"Role '{roles}' (principal {req.principal.subject}) lacks permission "
+            f"{' or '.join(repr(str(p)) for p in perms)} needed for "
+            f"{req.route.method} {PREFIX}{req.route.path}.",
+            code="insufficient_role",
+        )
+
+    async def _record(self, req: Request, target: str, details: Mapping[str, Any]) -> None:
+        """Write the audit record before the action; refuse the action if that fails."""
+        assert req.principal is not None
+        req.target = target
+        try:
+            await self.audit.admin(req.principal.subject, req.route.operation, target,
+                                   {"request_id": req.rid, **details})  # fmt: skip
+        except Exception:
+            log.exception("admin audit record failed", extra={"request_id": req.rid})
+            raise ServiceUnavailable(
+                f"The admin action {req.route.operation} was not performed because it could "
+                "not be recorded; check the ledger's health and retry.",
+                code="audit_unavailable",
+            ) from None
+        req.recorded = True
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    async def whoami(self, req: Request) -> WhoAmI:
+        p = _who(req)
+        await self._record(req, p.subject, {})
+        return WhoAmI(tenant=p.tenant, subject=p.subject, key_id=p.key_id,
+                      roles=sorted(p.roles), permissions=sorted(permissions_of(p.roles)),
+                      auth=p.auth)  # fmt: skip
+
+    async def list_tenants(self, req: Request) -> TenantList:
+        await self._record(req, "tenants", {})
+        return TenantList(data=[self._tenant_view(name) for name in sorted(self.tenants)])
+
+    async def get_tenant(self, req: Request) -> TenantView:
+        name = req.params["tenant"]
+        await self._record(req, f"tenant/{name}", {})
+        if name not in self.tenants:
+            raise NotFound(f"There is no tenant {name!r}; GET {PREFIX}/tenants lists them.",
+                           code="tenant_not_found")  # fmt: skip
+        return self._tenant_view(name)
+
+    def _tenant_view(self, name: str) -> TenantView:
+        limits = key_limits = None
+        if self.limiter is not None:
+            probe = Principal(tenant=name, key_id="-", role="app")
+            key_q, tenant_q = self.limiter.quotas(probe)
+            key_limits = key_q.model_dump(exclude_none=True) if key_q else None
+            limits = (
+                tenant_q.model_dump(exclude_none=True, exclude={"per_key"}) if tenant_q else None
+            )
+        return TenantView(name=name, settings=_settings(self.tenants[name]), limits=limits,
+                          key_limits=key_limits)  # fmt: skip
+
+    async def list_keys(self, req: Request) -> KeyList:
+        p = _who(req)
+        tenant = req.query.get("tenant")
+        await self._record(req, f"tenant/{tenant}" if tenant else "keys", {})
+        if allows(p, P.KEYS_MANAGE):
+            rows = self.keys.list(tenant)
+        else:
+            if tenant is not None and tenant != p.tenant:
+                raise _not_own(p, f"keys of tenant {tenant!r}")
+            rows = [k for k in self.keys.list(p.tenant) if _owns(p, k)]
+        return KeyList(data=[_view(k) for k in rows])
+
+    async def create_key(self, req: Request) -> KeyCreated:
+        p = _who(req)
+        body = req.body
+        assert isinstance(body, CreateKey)
+        if allows(p, P.KEYS_MANAGE):
+            if body.tenant is None:
+                raise InvalidRequest("Say which tenant the key is for.", param="tenant")
+            tenant = body.tenant
+        else:
+            if body.tenant is not None and body.tenant != p.tenant:
+                raise _not_own(p, f"keys of tenant {body.tenant!r}")
+            tenant = p.tenant
+        if tenant not in self.tenants:
+            raise InvalidRequest(f"There is no tenant {tenant!r}.", param="tenant")
+        if not may_grant(p.roles, body.role):
+            raise PermissionDenied(
+                f"Role '{p.role}' may not create '{body.role}' keys: a key may grant only "
+                "permissions its creator holds.",
+                code="insufficient_role",
+            )
+        key_id = new_key_id()
+        expires = time.time() + body.expires_in_seconds if body.expires_in_seconds else None
+        details = body.model_dump(exclude_none=True) | {"tenant": tenant}
+        await self._record(req, f"key/{key_id}", details)
+        models = tuple(body.models) if body.models else None
+        key, info = self.keys.create(
+            tenant,
+            role=body.role,
+            name=body.name,
+            models=models,
+            expires_at=expires,
+            owner=p.subject,
+            key_id=key_id,
+        )
+        return KeyCreated(key=key, info=_view(info))
+
+    def _own_key(self, req: Request) -> KeyInfo:
+        p = _who(req)
+        info = self.keys.get(req.params["key_id"])
+        if not allows(p, P.KEYS_MANAGE) and not _owns(p, info):
+            raise _not_own(p, f"key {info.key_id}")
+        return info
+
+    async def get_key(self, req: Request) -> KeyView:
+        info = self._own_key(req)
+        await self._record(req, f"key/{info.key_id}", {})
+        return _view(info)
+
+    async def rotate_key(self, req: Request) -> KeyCreated:
+        info = self._own_key(req)
+        body = req.body
+        assert isinstance(body, RotateKey)
+        successor = new_key_id()
+        await self._record(
+            req,
+            f"key/{info.key_id}",
+            {"overlap_seconds": body.overlap_seconds, "successor": successor},
+        )
+        try:
+            key, new = self.keys.rotate(info.key_id, body.overlap_seconds, key_id_new=successor)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), code="key_not_rotatable") from None
+        return KeyCreated(key=key, info=_view(new))
+
+    async def revoke_key(self, req: Request) -> KeyView:
+        info = self._own_key(req)
+        await self._record(req, f"key/{info.key_id}", {})
+        self.keys.revoke(info.key_id)
+        return _view(self.keys.get(info.key_id))
+
+    async def reload_policy(self, req: Request) -> ReloadResult:
+        await self._record(req, "policy", {})
+        result = await self._reload()
+        return ReloadResult.model_validate({"reloaded": True, **result})
+
+    async def get_usage(self, req: Request) -> UsageReport:
+        p = _who(req)
+        if self.usage is None:
+            raise ServiceUnavailable("Usage is not recorded by this gateway.", code="no_usage")
+        q = req.query
+        today = date.fromisoformat(self.limiter.today()) if self.limiter else date.today()
+        since = _date(q.get("since"), "since") or today.replace(day=1)
+        until = _date(q.get("until"), "until") or today
+        tenant, key_ids = q.get("tenant"), None
+        if q.get("key_id"):
+            key_ids = {q["key_id"]}
+        if not allows(p, P.USAGE_READ):
+            own = {k.key_id for k in self.keys.list(p.tenant) if _owns(p, k)} | {p.key_id}
+            if tenant is not None and tenant != p.tenant:
+                raise _not_own(p, f"usage of tenant {tenant!r}")
+            if key_ids is not None and not key_ids <= own:
+                raise _not_own(p, f"usage of key {q['key_id']}")
+            tenant, key_ids = p.tenant, key_ids or own
+        await self._record(req, f"usage/{tenant or '*'}", {k: v for k, v in q.items()})
+        try:
+            rows = await self.usage.query(since, until, tenant=tenant, key_ids=key_ids,
+                                          model=q.get("model"))  # fmt: skip
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="since") from None
+        return UsageReport(
+            since=since.isoformat(),
+            until=until.isoformat(),
+            data=[UsageRowView(tenant=r.tenant, key_id=r.key_id, model=r.model,
+                               requests=r.requests, prompt_tokens=r.prompt_tokens,
+                               completion_tokens=r.completion_tokens,
+                               total_tokens=r.total_tokens) for r in rows],
+        )  # fmt: skip
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _match(method: str, sub: str) -> tuple[Route, dict[str, str]]:
+    allowed: list[str] = []
+    for route in ROUTES:
+        m = route.pattern.match(sub)
+        if m is None:
+            continue
+        if route.method == method:
+            return route, m.groupdict()
+        allowed.append(route.method)
+    if allowed:
+        raise MethodNotAllowed(
+            f"{PREFIX}{sub} accepts {' or '.join(allowed)}, not {method}.",
+            headers={"Allow": ", ".join(allowed)},
+        )
+    raise NotFound(
+        f"Unknown admin path {PREFIX}{sub!r}; GET {PREFIX}/openapi.json lists every route.",
+        code="unknown_url",
+    )
+
+
+def _query(scope: http.Scope, route: Route) -> dict[str, str]:
+    raw = scope.get("query_string", b"").decode("latin-1")
+    known = {q.name for q in route.query}
+    out: dict[str, str] = {}
+    for name, values in parse_qs(raw, keep_blank_values=False).items():
+        if name not in known:
+            raise InvalidRequest(
+                f"Unknown query parameter {name!r}; this route accepts: "
+                f"{', '.join(sorted(known)) or 'none'}.",
+                param=name,
+            )
+        out[name] = values[-1]
+    return out
+
+
+def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
+    try:
+        data = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "body"
+        raise InvalidRequest(f"Invalid {where}: {err['msg']}.", param=where) from None
+
+
+def _date(value: str | None, name: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an ISO date like 2025-04-01.", param=name) from None
+
+
+def _who(req: Request) -> Principal:
+    assert req.principal is not None
+    return req.principal
+
+
+def _owns(p: Principal, key: KeyInfo) -> bool:
+    return key.tenant == p.tenant and (key.owner == p.subject or key.key_id == p.key_id)
+
+
+def _not_own(p: Principal, what: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"Role '{p.role}' (principal {p.subject}) may act only on its own keys and usage; "
+        f"{what} is not its own (permission 'keys.manage' or 'usage.read' is needed).",
+        code="not_owner",
+    )
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _view(k: KeyInfo) -> KeyView:
+    return KeyView(
+        key_id=k.key_id, tenant=k.tenant, role=k.role, name=k.name,
+        models=list(k.models) if k.models is not None else None,
+        state=k.state(),  # type: ignore[arg-type]
+        created_at=_iso(k.created_at) or "", expires_at=_iso(k.expires_at),
+        revoked_at=_iso(k.revoked_at), owner=k.owner, rotated_from=k.rotated_from,
+        successor=k.successor,
+    )  # fmt: skip
+
+
+def _settings(tenant: object) -> dict[str, Any]:
+    """The scalar settings of a tenant object, whatever class the config gives it."""
+    items: list[tuple[str, Any]]
+    if isinstance(tenant, BaseModel):
+        items = list(tenant.model_dump().items())
+    else:
+        names = getattr(type(tenant), "__slots__", None) or vars(tenant).keys()
+        items = [(n, getattr(tenant, n, None)) for n in names]
+    return {
+        k: v for k, v in items
+        if not k.startswith("_") and isinstance(v, str | int | float | bool) and k != "name"
+    }  # fmt: skip
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 for every route in ROUTES."""
+    ref = "#/components/schemas/{model}"
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "object", "properties": {
+                "message": {"type": "string"}, "type": {"type": "string"},
+                "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]},
+            }}},
+        }
+    }  # fmt: skip
+
+    def schema_of(model: type[BaseModel]) -> dict[str, str]:
+        s = model.model_json_schema(ref_template=ref)
+        schemas.update(s.pop("$defs", {}))
+        schemas[model.__name__] = s
+        return {"$ref": ref.format(model=model.__name__)}
+
+    def error(description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": ref.format(model="Error")}}},
+        }
+
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        op: dict[str, Any] = {
+            "operationId": route.operation,
+            "summary": route.summary,
+            "tags": [route.operation.split(".")[0]],
+        }
+        params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for n in route.params]  # fmt: skip
+        for q in route.query:
+            schema = {"type": "string"} | ({"format": q.format} if q.format else {})
+            params.append({"name": q.name, "in": "query", "required": False,
+                           "description": q.description, "schema": schema})  # fmt: skip
+        if params:
+            op["parameters"] = params
+        if route.body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": schema_of(route.body)}},
+            }
+        ok: dict[str, Any] = {"description": "Success"}
+        if route.response is not None:
+            ok["content"] = {"application/json": {"schema": schema_of(route.response)}}
+        elif route.handler == "openapi":
+            ok["content"] = {"application/json": {"schema": {"type": "object"}}}
+        op["responses"] = {str(route.status): ok}
+        if route.permissions is None:
+            op["security"] = []
+        else:
+            op["x-sekisho-permissions"] = [str(p) for p in route.permissions]
+            op["responses"] |= {
+                "401": error("No or invalid credentials"),
+                "403": error("The caller's role lacks the permission"),
+                "503": error("The action could not be recorded, so it was not performed"),
+            }
+            if route.body is not None or route.query:
+                op["responses"]["400"] = error("Invalid request")
+            if route.params:
+                op["responses"]["404"] = error("No such resource")
+        paths.setdefault(PREFIX + route.path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sekisho admin API", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "An sk-sekisho-... API key or an OIDC access token"}
+            },
+        },
+        "security": [{"bearer": []}],
+    }  # fmt: skip

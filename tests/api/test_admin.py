@@ -1,0 +1,358 @@
+"""The admin API: every route against every role, audit before action, OpenAPI from the table."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sekisho.api.admin import PREFIX, ROUTES, AdminAPI
+from sekisho.errors import AuthenticationFailed
+from sekisho.identity import ROLES, Authenticator, GatewayLimitsSpec, KeyStore, LimitsSpec
+from sekisho.identity.limits import Limiter
+from sekisho.identity.usage import SQLiteUsage
+
+
+class Tenant:
+    __slots__ = ("home_country", "home_region", "name", "policy")
+
+    def __init__(self, name: str) -> None:
+        self.name, self.home_region, self.home_country = name, "tokyo", "JP"
+        self.policy = object()  # not a scalar: never shown
+
+
+@dataclass
+class Audit:
+    records: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+    broken: bool = False
+
+    async def admin(self, actor: str, action: str, target: str, details: Any) -> None:
+        if self.broken:
+            raise OSError("ledger unavailable")
+        self.records.append((actor, action, target, dict(details)))
+
+
+@dataclass
+class Env:
+    api: AdminAPI
+    keys: KeyStore
+    audit: Audit
+    limiter: Limiter
+    reloads: list[int]
+    tokens: dict[str, str]  # role → key of tenant acme
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        role: str | None = None,
+        body: Any = None,
+        query: str = "",
+        token: str | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
+        token = token or (self.tokens[role] if role else None)
+        headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        raw = b"" if body is None else orjson.dumps(body)
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": PREFIX + path,
+            "headers": headers,
+            "query_string": query.encode(),
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        async def send(msg: dict[str, Any]) -> None:
+            sent.append(msg)
+
+        await self.api(scope, receive, send, "req_test")
+        start = sent[0]
+        hdrs = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+        return start["status"], orjson.loads(sent[1]["body"]), hdrs
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    keys = KeyStore(tmp_path / "identity.db")
+    audit = Audit()
+    limiter = Limiter(
+        tenants={"acme": LimitsSpec(tokens_per_day=1000), "globex": None},
+        defaults=GatewayLimitsSpec.model_validate({"per_key": {"requests_per_minute": 60}}),
+        usage=SQLiteUsage(tmp_path / "usage.db"),
+    )
+    reloads: list[int] = []
+
+    async def reload() -> dict[str, Any]:
+        reloads.append(1)
+        return {"policies": {"acme": "sha256:abc"}}
+
+    api = AdminAPI(
+        keys=keys,
+        authenticator=Authenticator(keys, None),
+        limiter=limiter,
+        usage=None,
+        tenants={"acme": Tenant("acme"), "globex": Tenant("globex")},
+        reload_policy=reload,
+        audit=audit,
+    )
+    tokens = {role: keys.create("acme", role=role, name=role)[0] for role in ROLES}
+    return Env(api, keys, audit, limiter, reloads, tokens)
+
+
+def key_id(token: str) -> str:
+    return token.split("-")[2]
+
+
+# Expected: which roles each admin operation admits (the specification of the matrix).
+ALLOWED = {
+    "openapi": set(ROLES),
+    "whoami": set(ROLES),
+    "tenants.list": {"admin", "auditor"},
+    "tenants.get": {"admin", "auditor"},
+    "keys.list": {"admin", "developer"},
+    "keys.create": {"admin", "developer"},
+    "keys.get": {"admin", "developer"},
+    "keys.rotate": {"admin", "developer"},
+    "keys.revoke": {"admin", "developer"},
+    "policy.reload": {"admin"},
+    "usage.get": {"admin", "auditor", "developer"},
+}
+
+
+async def request_for(env: Env, operation: str, role: str) -> tuple[str, str, Any]:
+    """A request each operation's route can serve, on a target the caller owns."""
+    own = key_id(env.tokens[role])
+    if role == "developer":  # a key this developer made itself
+        _, info = env.keys.create("acme", owner=f"key:{own}")
+        own = info.key_id
+    else:
+        _, info = env.keys.create("acme")
+        own = info.key_id
+    return {
+        "openapi": ("GET", "/openapi.json", None),
+        "whoami": ("GET", "/whoami", None),
+        "tenants.list": ("GET", "/tenants", None),
+        "tenants.get": ("GET", "/tenants/acme", None),
+        "keys.list": ("GET", "/keys", None),
+        "keys.create": ("POST", "/keys", {"tenant": "acme", "role": "app"}),
+        "keys.get": ("GET", f"/keys/{own}", None),
+        "keys.rotate": ("POST", f"/keys/{own}/rotate", {"overlap_seconds": 60}),
+        "keys.revoke": ("POST", f"/keys/{own}/revoke", None),
+        "policy.reload": ("POST", "/policy/reload", None),
+        "usage.get": ("GET", "/usage", None),
+    }[operation]
+
+
+def test_the_matrix_covers_every_route() -> None:
+    assert set(ALLOWED) == {r.operation for r in ROUTES}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("operation", sorted(ALLOWED))
+async def test_every_route_admits_exactly_the_roles_of_the_matrix(
+    env: Env, operation: str, role: str
+) -> None:
+    method, path, body = await request_for(env, operation, role)
+    status, data, _ = await env.call(method, path, role, body)
+    if role in ALLOWED[operation]:
+        assert 200 <= status < 300, data
+    else:
+        assert status == 403, data
+        message = data["error"]["message"]
+        assert f"Role '{role}'" in message
+        assert re.search(r"lacks permission '[a-z]+\.[a-z]+'", message), message
+        assert env.audit.records[-1][3]["outcome"] == "denied"
+
+
+async def test_requests_without_credentials_are_refused_except_the_schema(env: Env) -> None:
+    for route in ROUTES:
+        path = route.path.replace("{key_id}", "0123456789ab").replace("{tenant}", "acme")
+        status, data, _ = await env.call(route.method, path)
+        assert status == (200 if route.permissions is None else 401), (route.path, data)
+
+
+async def test_created_key_secret_is_shown_once_and_works(env: Env) -> None:
+    status, data, _ = await env.call(
+        "POST", "/keys", "admin", {"tenant": "globex", "role": "app", "models": ["gpt-4o"]}
+    )
+    assert status == 201
+    secret, kid = data["key"], data["info"]["key_id"]
+    principal = env.keys.authenticate(secret)
+    assert (principal.tenant, principal.models) == ("globex", {"gpt-4o"})
+    _, got, _ = await env.call("GET", f"/keys/{kid}", "admin")
+    assert secret not in orjson.dumps(got).decode()
+    assert got["owner"] == f"key:{key_id(env.tokens['admin'])}"
+
+
+async def test_audit_record_names_the_new_key_before_it_exists(env: Env) -> None:
+    _, data, _ = await env.call("POST", "/keys", "admin", {"tenant": "acme", "name": "ci"})
+    actor, action, target, details = env.audit.records[-1]
+    assert (actor, action) == (f"key:{key_id(env.tokens['admin'])}", "keys.create")
+    assert target == f"key/{data['info']['key_id']}"
+    assert details["name"] == "ci" and details["request_id"] == "req_test"
+
+
+async def test_an_action_that_cannot_be_recorded_is_not_performed(env: Env) -> None:
+    before = len(env.keys.list())
+    env.audit.broken = True
+    status, data, _ = await env.call("POST", "/keys", "admin", {"tenant": "acme"})
+    assert status == 503 and data["error"]["code"] == "audit_unavailable"
+    status, _, _ = await env.call("POST", "/policy/reload", "admin")
+    assert status == 503 and env.reloads == []
+    assert len(env.keys.list()) == before
+
+
+async def test_revocation_through_the_api_is_immediate(env: Env) -> None:
+    secret, info = env.keys.create("acme")
+    status, data, _ = await env.call("POST", f"/keys/{info.key_id}/revoke", "admin")
+    assert status == 200 and data["state"] == "revoked"
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        await env.api.authenticator.authenticate(f"Bearer {secret}")
+
+
+async def test_rotation_through_the_api_overlaps_then_retires(env: Env) -> None:
+    old_secret, info = env.keys.create("acme")
+    status, data, _ = await env.call(
+        "POST", f"/keys/{info.key_id}/rotate", "admin", {"overlap_seconds": 3600}
+    )
+    assert status == 201 and data["info"]["rotated_from"] == info.key_id
+    env.keys.authenticate(old_secret)
+    env.keys.authenticate(data["key"])
+    old = env.keys.get(info.key_id)
+    assert old.expires_at == pytest.approx(time.time() + 3600, abs=5)
+    status, data, _ = await env.call("POST", f"/keys/{info.key_id}/rotate", "admin")
+    assert status == 400 and "already rotated" in data["error"]["message"]
+
+
+async def test_developers_act_only_on_their_own_keys(env: Env) -> None:
+    dev = key_id(env.tokens["developer"])
+    _, mine, _ = await env.call("POST", "/keys", "developer", {"name": "mine"})
+    assert mine["info"]["tenant"] == "acme" and mine["info"]["owner"] == f"key:{dev}"
+    _, someone_elses = env.keys.create("acme", owner="key:ffffffffffff")
+    _, listing, _ = await env.call("GET", "/keys", "developer")
+    assert {k["key_id"] for k in listing["data"]} == {dev, mine["info"]["key_id"]}
+    for method, suffix in [("GET", ""), ("POST", "/rotate"), ("POST", "/revoke")]:
+        status, data, _ = await env.call(
+            method,
+            f"/keys/{someone_elses.key_id}{suffix}",
+            "developer",
+            {} if suffix == "/rotate" else None,
+        )
+        assert status == 403 and data["error"]["code"] == "not_owner"
+    assert env.keys.get(someone_elses.key_id).state() == "active"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"role": "admin"}, "insufficient_role"),
+        ({"role": "auditor"}, "insufficient_role"),
+        ({"tenant": "globex"}, "not_owner"),
+    ],
+)
+async def test_developers_cannot_grant_more_than_they_hold(env: Env, body: Any, code: str) -> None:
+    status, data, _ = await env.call("POST", "/keys", "developer", body)
+    assert status == 403 and data["error"]["code"] == code
+
+
+async def test_usage_per_tenant_key_and_model_with_developers_seeing_their_own(env: Env) -> None:
+    from sekisho.identity import Principal
+
+    dev = key_id(env.tokens["developer"])
+    for kid, model, tokens in [
+        (dev, "gpt-4o", 10),
+        (dev, "embed", 3),
+        ("cccccccccccc", "gpt-4o", 7),
+    ]:
+        p = Principal(tenant="acme", key_id=kid, role="app")
+        await env.limiter.settle(await env.limiter.admit(p, model, 0), tokens, 1)
+    _, everything, _ = await env.call("GET", "/usage", "auditor")
+    assert sum(r["total_tokens"] for r in everything["data"]) == 23
+    _, own, _ = await env.call("GET", "/usage", "developer")
+    assert {(r["key_id"], r["model"]) for r in own["data"]} == {(dev, "gpt-4o"), (dev, "embed")}
+    _, one, _ = await env.call("GET", "/usage", "admin", query="model=gpt-4o&key_id=cccccccccccc")
+    assert [(r["requests"], r["prompt_tokens"]) for r in one["data"]] == [(1, 7)]
+    status, data, _ = await env.call("GET", "/usage", "developer", query="key_id=cccccccccccc")
+    assert status == 403
+    status, data, _ = await env.call("GET", "/usage", "admin", query="since=yesterday")
+    assert status == 400 and data["error"]["param"] == "since"
+
+
+async def test_tenant_view_shows_settings_and_limits_but_not_objects(env: Env) -> None:
+    _, data, _ = await env.call("GET", "/tenants/acme", "auditor")
+    assert data["settings"] == {"home_region": "tokyo", "home_country": "JP"}
+    assert data["limits"] == {"tokens_per_day": 1000}
+    assert data["key_limits"] == {"requests_per_minute": 60}
+    status, data, _ = await env.call("GET", "/tenants/nope", "admin")
+    assert status == 404
+
+
+async def test_policy_reload_calls_the_gateway_and_reports(env: Env) -> None:
+    status, data, _ = await env.call("POST", "/policy/reload", "admin")
+    assert status == 200 and data == {"reloaded": True, "policies": {"acme": "sha256:abc"}}
+    assert env.reloads == [1]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "query", "status", "words"),
+    [
+        ("GET", "/nothing", None, "", 404, "openapi.json lists every route"),
+        ("DELETE", "/keys", None, "", 405, "accepts GET or POST"),
+        ("GET", "/keys", None, "colour=red", 400, "Unknown query parameter 'colour'"),
+        ("POST", "/keys", {"tenant": "acme", "role": "root"}, "", 400, "Invalid role"),
+        ("POST", "/keys", {"tenant": "acme", "nmae": "x"}, "", 400, "Invalid nmae"),
+        ("POST", "/keys", {"tenant": "mars"}, "", 400, "no tenant 'mars'"),
+        ("POST", "/keys", {}, "", 400, "which tenant"),
+        ("GET", "/keys/0123456789ab", None, "", 404, "no API key"),
+    ],
+)
+async def test_bad_requests_say_what_is_wrong(
+    env: Env, method: str, path: str, body: Any, query: str, status: int, words: str
+) -> None:
+    got, data, hdrs = await env.call(method, path, "admin", body, query)
+    assert got == status and words in data["error"]["message"], data
+    if status == 405:
+        assert hdrs["allow"] == "GET, POST"
+
+
+async def test_each_action_is_logged_with_who_did_it(env: Env, caplog: Any) -> None:
+    with caplog.at_level(logging.INFO, logger="sekisho.admin"):
+        await env.call("GET", "/tenants", "auditor")
+    [rec] = [r for r in caplog.records if r.getMessage() == "admin action"]
+    assert rec.actor == f"key:{key_id(env.tokens['auditor'])}"  # type: ignore[attr-defined]
+    assert (rec.action, rec.status) == ("tenants.list", 200)  # type: ignore[attr-defined]
+
+
+async def test_openapi_document_describes_every_route(env: Env) -> None:
+    status, doc, _ = await env.call("GET", "/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.1")
+    for route in ROUTES:
+        op = doc["paths"][PREFIX + route.path][route.method.lower()]
+        assert op["operationId"] == route.operation
+        for name in route.params:
+            assert any(p["name"] == name and p["in"] == "path" for p in op["parameters"])
+        if route.permissions is not None:
+            assert op["x-sekisho-permissions"] == [str(p) for p in route.permissions]
+
+    def refs(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            own = [node["$ref"]] if "$ref" in node else []
+            return own + [r for v in node.values() for r in refs(v)]
+        if isinstance(node, list):
+            return [r for v in node for r in refs(v)]
+        return []
+
+    for ref in refs(doc):
+        name = ref.removeprefix("#/components/schemas/")
+        assert name in doc["components"]["schemas"], ref
+    n_ops = sum(len(methods) for methods in doc["paths"].values())
+    assert n_ops == len(ROUTES)
