@@ -138,9 +138,7 @@ async def test_wrong_key_encryption_key_is_refused_by_name(tmp_path: Path, sink:
     s2 = await Stores.open({"jp": Region("JP")}, other, audit=sink)
     await s2.close()
     shutil.copy(other / "keys" / "region-jp.kek", tmp_path / "keys" / "region-jp.kek")
-    with pytest.raises(
-        KeyProviderError, match=r"tenant .demo.*cannot be unwrapped.*region-jp"
-    ):
+    with pytest.raises(KeyProviderError, match=r"tenant .demo.*cannot be unwrapped.*region-jp"):
         await Stores.open(
             {"jp": Region("JP")}, tmp_path, audit=sink, tenants={"demo": Tenant("jp")}
         )

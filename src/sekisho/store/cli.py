@@ -1,0 +1,367 @@
+"""Command line of the stores: ``db upgrade``, ``subject find|export|delete|restrict``,
+``tenant delete`` and ``keys rotate``.
+
+The main CLI calls ``register(subparsers)`` and ``register_keys(keys_subparsers)``; every command
+sets ``func`` to a handler taking the parsed args and returning the exit status. Administrative
+acts are reported to an audit sink: the main CLI passes ``audit=`` a factory that records them in
+the ledger; run on its own (``python -m sekisho.store.cli``), the acts are appended to
+``DATA_DIR/store-admin.jsonl`` (fsynced) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sekisho.errors import ConfigError, SekishoError
+from sekisho.store import database, subjects
+from sekisho.store.identifiers import EMAIL, MY_NUMBER, PERSON, PHONE, IdentifierError
+from sekisho.store.spec import RetentionSpec, retention_of
+from sekisho.store.stores import AuditSink, Stores, validate_regions
+
+AuditFactory = Callable[[Any], AbstractAsyncContextManager[AuditSink]]
+DEFAULT_CONFIG = "sekisho.yaml"
+
+
+class JsonlAuditSink:
+    """Administrative acts appended to a JSON Lines file, each line fsynced before the act."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def admin(
+        self, actor: str, action: str, target: str, details: Mapping[str, object]
+    ) -> None:
+        line = json.dumps(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "details": dict(details),
+            },
+            ensure_ascii=False,
+        )
+        await asyncio.to_thread(self._append, line)
+
+    def _append(self, line: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def jsonl_audit(config: Any) -> AsyncIterator[AuditSink]:
+    yield JsonlAuditSink(Path(config.data_dir) / "store-admin.jsonl")
+
+
+_audit_factory: AuditFactory = jsonl_audit
+
+
+@dataclass(frozen=True)
+class _TenantView:
+    home_region: str
+    retention: RetentionSpec
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from sekisho.config import load_config
+
+    config = load_config(args.config)
+    problems = validate_regions(config.regions, config.data_dir, config.source_file)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _tenants(config: Any) -> dict[str, _TenantView]:
+    # Until the config model carries ``tenants.NAME.retention`` read it where it will be.
+    out = {}
+    for name, tenant in config.tenants.items():
+        raw = getattr(tenant, "retention", None)
+        if raw is None:
+            raw = getattr(config.model.tenants[name], "retention", None)
+        out[name] = _TenantView(tenant.home_region, retention_of(raw))
+    return out
+
+
+@contextlib.asynccontextmanager
+async def _opened(config: Any) -> AsyncIterator[Stores]:
+    async with _audit_factory(config) as audit:
+        stores = await Stores.open(config.regions, config.data_dir, audit=audit, create_keys=False)
+        for name, view in _tenants(config).items():
+            stores.set_retention(name, view.retention)
+        try:
+            yield stores
+        finally:
+            await stores.close()
+
+
+def _run(handler: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(handler(args))
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"error: {p}", file=sys.stderr)
+        return 2
+    except (SekishoError, IdentifierError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return int(result or 0)
+
+
+# -- db upgrade ------------------------------------------------------------------------------------
+
+
+def db_upgrade(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"error: {p}", file=sys.stderr)
+        return 2
+    status = 0
+    for name, region in config.regions.items():
+        for at in database.locate(name, region.store, config.data_dir):
+            engine = database.create(at)
+            try:
+                before, after = database.upgrade(engine, at)
+                database.claim(engine, at, region.country)
+            except SekishoError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            finally:
+                engine.dispose()
+            change = "up to date" if before == after else f"{before or 'empty'} -> {after}"
+            print(f"region {name} {at.role}: {at.display}: {change}")
+    return status
+
+
+# -- subject requests ------------------------------------------------------------------------------
+
+
+def _subject(args: argparse.Namespace) -> subjects.Subject:
+    given = [
+        (t, v)
+        for t, v in (
+            (EMAIL, args.email),
+            (PHONE, args.phone),
+            (MY_NUMBER, args.my_number),
+            (PERSON, args.name),
+            (args.type, args.value),
+        )
+        if v is not None
+    ]
+    if args.value is not None and args.type is None:
+        raise IdentifierError("--value needs --type (e.g. --type PASSPORT_JP --value TK1234567)")
+    if len(given) != 1 or given[0][0] is None:
+        raise IdentifierError(
+            "name exactly one identifier: --email, --phone, --my-number, --name or --type/--value"
+        )
+    id_type, value = given[0]
+    return subjects.Subject(args.tenant, id_type, value)
+
+
+async def _subject_find(args: argparse.Namespace) -> int:
+    config = _load(args)
+    subject = _subject(args)
+    async with _opened(config) as stores:
+        found = await subjects.find(stores, subject, actor=args.actor, ticket=args.ticket)
+    for m in found:
+        flag = "  RESTRICTED" if m.restricted else ""
+        print(
+            f"{m.record_id}  {m.region}  {m.created_at:%Y-%m-%d %H:%M:%S}Z  request {m.request_id}"
+            f"  {m.classification}  {m.mode}  {m.endpoint_id}  {m.model}{flag}"
+        )
+    print(f"{len(found)} record(s) of tenant {args.tenant} mention this {subject.id_type}")
+    return 0
+
+
+async def _subject_export(args: argparse.Namespace) -> int:
+    config = _load(args)
+    subject = _subject(args)
+    async with _opened(config) as stores:
+        doc = await subjects.export(stores, subject, actor=args.actor, ticket=args.ticket)
+    body = json.dumps(doc, ensure_ascii=False, indent=2).encode() + b"\n"
+    out = Path(args.out)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it is personal data
+    with os.fdopen(fd, "wb") as f:
+        f.write(body)
+    print(
+        f"wrote {len(doc['records'])} record(s) to {out} (mode 0600)"
+        + (
+            f"; {len(doc['restricted'])} restricted record(s) listed without content"
+            if doc["restricted"]
+            else ""
+        )
+    )
+    return 0
+
+
+async def _subject_delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print("error: deleting is permanent; add --yes to confirm", file=sys.stderr)
+        return 2
+    config = _load(args)
+    subject = _subject(args)
+    async with _opened(config) as stores:
+        n = await subjects.delete(stores, subject, actor=args.actor, ticket=args.ticket)
+    print(f"deleted {n} record(s) of tenant {args.tenant}")
+    return 0
+
+
+async def _subject_restrict(args: argparse.Namespace) -> int:
+    config = _load(args)
+    subject = _subject(args)
+    async with _opened(config) as stores:
+        n = await subjects.restrict(stores, subject, actor=args.actor, ticket=args.ticket)
+    print(
+        f"restricted {n} record(s) of tenant {args.tenant} (利用停止: excluded from export and use)"
+    )
+    return 0
+
+
+# -- tenant delete, keys rotate ------------------------------------------------------------------
+
+
+async def _tenant_delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print(
+            "error: this destroys the tenant's data keys; its records can never be read again. "
+            "Add --yes to confirm",
+            file=sys.stderr,
+        )
+        return 2
+    config = _load(args)
+    if args.tenant in config.tenants:
+        print(
+            f"warning: tenant {args.tenant} is still in {config.source_file}; remove it, or new "
+            "requests will start a new data key",
+            file=sys.stderr,
+        )
+    async with _opened(config) as stores:
+        deleted = await stores.delete_tenant(args.tenant, actor=args.actor)
+    total = sum(deleted.values())
+    print(
+        f"destroyed the data keys of tenant {args.tenant} and deleted {total} record(s)"
+        + "".join(f"; {r}: {n}" for r, n in sorted(deleted.items()))
+    )
+    return 0
+
+
+async def _keys_rotate(args: argparse.Namespace) -> int:
+    config = _load(args)
+    async with _opened(config) as stores:
+        version, count = await stores.rotate_keys(args.region, actor=args.actor)
+        where = stores.region(args.region).keys.description
+    print(f"region {args.region}: KEK version {version} ({where}); re-wrapped {count} data key(s)")
+    return 0
+
+
+def _async(handler: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
+    return lambda args: _run(handler, args)
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        default=os.environ.get("SEKISHO_CONFIG", DEFAULT_CONFIG),
+        help=f"config file (default $SEKISHO_CONFIG or {DEFAULT_CONFIG})",
+    )
+
+
+def _subject_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--actor", required=True, help="who asks (recorded in the ledger)")
+    p.add_argument("--ticket", help="your reference for the request (recorded in the ledger)")
+    who = p.add_argument_group("the person's identifier (exactly one)")
+    who.add_argument("--email")
+    who.add_argument("--phone")
+    who.add_argument("--my-number", dest="my_number")
+    who.add_argument("--name")
+    who.add_argument("--type", help="a finding type, e.g. PASSPORT_JP (with --value)")
+    who.add_argument("--value")
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    *,
+    audit: AuditFactory | None = None,
+) -> None:
+    """Add ``db``, ``subject`` and ``tenant``. ``audit`` opens the sink acts are recorded in."""
+    global _audit_factory
+    if audit is not None:
+        _audit_factory = audit
+    db = subparsers.add_parser("db", help="regional store databases")
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    p = dsub.add_parser("upgrade", help="apply schema migrations to every region's store")
+    _config_arg(p)
+    p.set_defaults(func=db_upgrade)
+
+    subject = subparsers.add_parser(
+        "subject", help="data-subject requests (APPI 開示・利用停止・消去)"
+    )
+    ssub = subject.add_subparsers(dest="subject_command", required=True)
+    for name, handler, text in (
+        ("find", _subject_find, "list the records that mention a person"),
+        ("export", _subject_export, "write a person's records, decrypted, as JSON (開示)"),
+        ("delete", _subject_delete, "delete a person's records (消去)"),
+        ("restrict", _subject_restrict, "exclude a person's records from any use (利用停止)"),
+    ):
+        p = ssub.add_parser(name, help=text)
+        _subject_args(p)
+        if name == "export":
+            p.add_argument("--out", required=True, help="JSON file to write (mode 0600)")
+        if name == "delete":
+            p.add_argument("--yes", action="store_true", help="confirm: deletion is permanent")
+        p.set_defaults(func=_async(handler))
+
+    tenant = subparsers.add_parser("tenant", help="tenant data")
+    tsub = tenant.add_subparsers(dest="tenant_command", required=True)
+    p = tsub.add_parser("delete", help="crypto-shred a tenant: destroy its data keys and records")
+    _config_arg(p)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--actor", required=True, help="who deletes (recorded in the ledger)")
+    p.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    p.set_defaults(func=_async(_tenant_delete))
+
+
+def register_keys(keys_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``keys rotate`` under an existing ``keys`` command."""
+    p = keys_subparsers.add_parser(
+        "rotate", help="new key-encryption key version for a region; re-wrap its data keys"
+    )
+    _config_arg(p)
+    p.add_argument("--region", required=True)
+    p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who rotates")
+    p.set_defaults(func=_async(_keys_rotate))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sekisho-store", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    keys = sub.add_parser("keys", help="key-encryption keys")
+    register_keys(keys.add_subparsers(dest="keys_command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

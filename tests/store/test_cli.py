@@ -1,0 +1,147 @@
+"""The command line answers data-subject requests and deletes tenants, recording who asked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import example_config
+from sekisho.store import Stores
+from sekisho.store.cli import main
+from store.helpers import FULL_7, Region, Sink, Tenant, exchange
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    raw = example_config()
+    raw.setdefault("server", {})["data_dir"] = str(tmp_path / "data")
+    path = tmp_path / "sekisho.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+async def seed(data_dir: Path) -> None:
+    s = await Stores.open(
+        {"jp": Region("JP")}, data_dir, audit=Sink(), tenants={"demo": Tenant("jp", FULL_7)}
+    )
+    await s.for_tenant("demo", "jp").put(exchange(request_id="req-a"))
+    await s.for_tenant("demo", "jp").put(
+        exchange(request_id="req-b", identifiers=(("EMAIL", "hanako@example.jp"),))
+    )
+    await s.close()
+
+
+def audit_lines(config_file: Path) -> list[dict[str, object]]:
+    text = (config_file.parent / "data" / "store-admin.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def run(config_file: Path, *argv: str) -> int:
+    return main([*argv[:2], "--config", str(config_file), *argv[2:]])
+
+
+def test_db_upgrade_creates_each_regions_store(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(config_file, "db", "upgrade") == 0
+    out = capsys.readouterr().out
+    assert "region jp records" in out and "empty -> 0001" in out
+    assert run(config_file, "db", "upgrade") == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_subject_find_export_restrict_delete(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(seed(config_file.parent / "data"))
+    base = ["--tenant", "demo", "--actor", "dpo@example.jp"]
+    assert (
+        run(
+            config_file,
+            "subject",
+            "find",
+            *base,
+            "--phone",
+            "０９０－１２３４－５６７８",
+        )
+        == 0
+    )
+    assert "1 record(s) of tenant demo mention this PHONE_JP" in capsys.readouterr().out
+    out = config_file.parent / "export.json"
+    assert (
+        run(
+            config_file,
+            "subject",
+            "export",
+            *base,
+            "--email",
+            "Hanako@Example.jp",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["request_id"] for r in doc["records"]] == ["req-b"]
+    assert os.stat(out).st_mode & 0o777 == 0o600
+    assert run(config_file, "subject", "restrict", *base, "--email", "hanako@example.jp") == 0
+    assert (
+        run(
+            config_file,
+            "subject",
+            "export",
+            *base,
+            "--email",
+            "hanako@example.jp",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
+    assert json.loads(out.read_text(encoding="utf-8"))["records"] == []
+    assert run(config_file, "subject", "delete", *base, "--phone", "09012345678") == 2  # no --yes
+    assert run(config_file, "subject", "delete", *base, "--phone", "09012345678", "--yes") == 0
+    assert "deleted 1 record(s)" in capsys.readouterr().out
+    acts = audit_lines(config_file)
+    assert [a["action"] for a in acts] == [
+        "store.subject_find",
+        "store.subject_export",
+        "store.subject_restrict",
+        "store.subject_export",
+        "store.subject_delete",
+    ]
+    assert all(a["actor"] == "dpo@example.jp" for a in acts)
+    assert "hanako" not in json.dumps(acts) and "5678" not in json.dumps(acts)
+
+
+def test_subject_commands_need_one_identifier(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(seed(config_file.parent / "data"))
+    assert run(config_file, "subject", "find", "--tenant", "demo", "--actor", "x") == 1
+    assert "exactly one identifier" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(config_file, "subject", "find", "--tenant", "demo", "--email", "a@b.jp")  # no --actor
+
+
+def test_tenant_delete_and_key_rotation(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(seed(config_file.parent / "data"))
+    assert run(config_file, "keys", "rotate", "--region", "jp", "--actor", "ops") == 0
+    assert "KEK version 2" in capsys.readouterr().out
+    assert run(config_file, "tenant", "delete", "--tenant", "demo", "--actor", "admin") == 2
+    assert (
+        run(config_file, "tenant", "delete", "--tenant", "demo", "--actor", "admin", "--yes") == 0
+    )
+    assert "deleted 2 record(s)" in capsys.readouterr().out
+    assert [a["action"] for a in audit_lines(config_file)][-3:] == [
+        "store.kek_rotated",
+        "store.data_key_destroyed",
+        "store.tenant_records_deleted",
+    ]
