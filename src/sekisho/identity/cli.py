@@ -1,0 +1,120 @@
+"""Command line of identity: `sekisho keys rotate-api` and `sekisho usage`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or os.environ.get("SEKISHO_DATA_DIR") or "./data")
+
+
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir", default=None, help="data directory (default: $SEKISHO_DATA_DIR or ./data)"
+    )
+
+
+def register(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("usage", help="tokens and requests per tenant, key and model")
+    p.add_argument("--tenant")
+    p.add_argument("--key", dest="key_id", help="only this key id")
+    p.add_argument("--model")
+    p.add_argument("--since", help="first day, YYYY-MM-DD (default: first of this month)")
+    p.add_argument("--until", help="last day, YYYY-MM-DD (default: today)")
+    p.add_argument("--redis", help="read the shared counters in Redis (redis://…) instead")
+    p.add_argument("--namespace", default="default", help="Redis namespace (limits.namespace)")
+    _data_dir_arg(p)
+    p.set_defaults(func=cmd_usage)
+
+
+def register_keys(keys_subparsers: Subparsers) -> None:
+    p = keys_subparsers.add_parser(
+        "rotate-api",
+        help="replace an API key: prints the successor once; the old key works for the overlap",
+    )
+    p.add_argument("key_id")
+    p.add_argument(
+        "--overlap-hours", type=float, default=24.0,
+        help="how long the old key keeps working (default 24; 0 retires it now)",
+    )  # fmt: skip
+    _data_dir_arg(p)
+    p.set_defaults(func=cmd_keys_rotate_api)
+
+
+def cmd_keys_rotate_api(args: argparse.Namespace) -> int:
+    from sekisho.errors import NotFound
+    from sekisho.identity import KeyStore
+
+    if args.overlap_hours < 0:
+        print("sekisho: --overlap-hours must be zero or more", file=sys.stderr)
+        return 2
+    store = KeyStore(_data_dir(args) / "identity.db")
+    try:
+        key, info = store.rotate(args.key_id, args.overlap_hours * 3600)
+    except (ValueError, NotFound) as exc:
+        print(f"sekisho: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    until = dt.datetime.fromtimestamp(store.get(args.key_id).expires_at or 0, dt.UTC)
+    print(
+        f"rotated key {args.key_id} → {info.key_id} (tenant {info.tenant}, role {info.role}); "
+        f"the old key works until {until:%Y-%m-%d %H:%M:%SZ}. The new key is shown only this "
+        "once; store it now:",
+        file=sys.stderr,
+    )
+    print(key)
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    return asyncio.run(_usage(args))
+
+
+async def _usage(args: argparse.Namespace) -> int:
+    from sekisho.identity.usage import RedisUsage, SQLiteUsage, UsageStore
+
+    try:
+        today = dt.datetime.now(dt.UTC).date()
+        since = dt.date.fromisoformat(args.since) if args.since else today.replace(day=1)
+        until = dt.date.fromisoformat(args.until) if args.until else today
+    except ValueError as exc:
+        print(f"sekisho: --since/--until: {exc} (write YYYY-MM-DD)", file=sys.stderr)
+        return 2
+    client = None
+    store: UsageStore
+    if args.redis:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(args.redis)
+        store = RedisUsage(client, args.namespace)
+    else:
+        store = SQLiteUsage(_data_dir(args) / "usage.db")
+    try:
+        rows = await store.query(
+            since, until, tenant=args.tenant,
+            key_ids={args.key_id} if args.key_id else None, model=args.model,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"sekisho: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await store.close()
+        if client is not None:
+            await client.aclose()
+    print(f"usage {since} … {until}")
+    print(f"{'TENANT':<16} {'KEY':<18} {'MODEL':<24} {'REQUESTS':>9} {'PROMPT':>12} {'COMPL.':>12}")
+    for r in rows:
+        print(
+            f"{r.tenant:<16} {r.key_id:<18} {r.model:<24} {r.requests:>9} "
+            f"{r.prompt_tokens:>12} {r.completion_tokens:>12}"
+        )
+    return 0

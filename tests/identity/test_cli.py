@@ -1,0 +1,59 @@
+"""`sekisho keys rotate-api` and `sekisho usage`, through their argparse registration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from sekisho.identity import KeyStore
+from sekisho.identity.cli import register, register_keys
+from sekisho.identity.usage import SQLiteUsage
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers()
+    register(sub)
+    keys = sub.add_parser("keys")
+    register_keys(keys.add_subparsers())
+    return p
+
+
+def run(*argv: str) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def test_rotate_api_prints_the_successor_once_and_keeps_the_old_key_for_the_overlap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = KeyStore(tmp_path / "identity.db")
+    old, info = store.create("acme", role="developer")
+    assert run("keys", "rotate-api", info.key_id, "--overlap-hours", "2",
+               "--data-dir", str(tmp_path)) == 0  # fmt: skip
+    out = capsys.readouterr()
+    new = out.out.strip()
+    assert new.startswith("sk-sekisho-") and new != old
+    assert "the old key works until" in out.err
+    assert store.authenticate(new).role == "developer"
+    store.authenticate(old)
+
+
+def test_rotate_api_of_an_unknown_key_fails_with_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("keys", "rotate-api", "0123456789ab", "--data-dir", str(tmp_path)) == 1
+    assert "no API key with id '0123456789ab'" in capsys.readouterr().err
+
+
+def test_usage_lists_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = SQLiteUsage(tmp_path / "usage.db")
+    asyncio.run(store.record("2025-03-02", "acme", "aaaaaaaaaaaa", "gpt-4o", 12, 30))
+    assert run("usage", "--since", "2025-03-01", "--until", "2025-03-31",
+               "--data-dir", str(tmp_path)) == 0  # fmt: skip
+    line = capsys.readouterr().out.splitlines()[-1].split()
+    assert line == ["acme", "aaaaaaaaaaaa", "gpt-4o", "1", "12", "30"]
+    assert run("usage", "--since", "March", "--data-dir", str(tmp_path)) == 2
