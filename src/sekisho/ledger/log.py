@@ -291,13 +291,21 @@ class Ledger:
         if self._closed:
             return
         self._closed = True
-        for task in (self._checkpointer, self._watchdog):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
         self._queue.put(_STOP)
+        # The watchdog keeps refusing at the deadline while queued entries are finished.
         await asyncio.to_thread(self._writer.join, self.deadline + 5)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        for pending in self._waiting:
+            if not pending.future.done():
+                pending.future.set_exception(self._refuse("closed", "the ledger is shut down"))
+        self._waiting.clear()
         if self._writer.is_alive():
             log.error("ledger writer did not stop: storage %s is hanging", self.storage.location)
             return

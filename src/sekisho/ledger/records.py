@@ -78,6 +78,9 @@ class DecisionRecord:
     model: str
     storage_region: str | None
     prompt_hash: str  # keyed_hash of the prompt
+    # Every endpoint the policy allowed, in preference order: the request may reach these and
+    # no other, even on failover; ``endpoint`` is the first the router meant to try.
+    eligible: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +103,7 @@ class DecisionRecord:
             "model": self.model,
             "storage_region": self.storage_region,
             "prompt_hash": self.prompt_hash,
+            "eligible": list(self.eligible),
         }
 
     def to_bytes(self) -> bytes:
@@ -119,6 +123,7 @@ class OutcomeRecord:
     output_hash: str | None  # keyed_hash of the output; None when there was no output
     error_code: str | None
     duration_ms: int
+    endpoint: str | None = None  # the endpoint that actually answered (after any failover)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -132,6 +137,7 @@ class OutcomeRecord:
             "output_hash": self.output_hash,
             "error_code": self.error_code,
             "duration_ms": self.duration_ms,
+            "endpoint": self.endpoint,
         }
 
     def to_bytes(self) -> bytes:
@@ -186,6 +192,12 @@ _OS = (str, type(None))
 _OI = (int, type(None))
 
 
+def _eligible(value: list[Any]) -> tuple[str, ...]:
+    if not all(isinstance(v, str) for v in value):
+        raise RecordError("record field 'eligible' must be a list of endpoint ids")
+    return tuple(value)
+
+
 def parse_record(data: bytes) -> Record:
     """Parse leaf bytes back into a record; they must be canonical (re-encoding is identical)."""
     try:
@@ -222,6 +234,7 @@ def parse_record(data: bytes) -> Record:
             model=_field(obj, "model", _S),
             storage_region=_field(obj, "storage_region", _OS),
             prompt_hash=_field(obj, "prompt_hash", _S),
+            eligible=_eligible(_field(obj, "eligible", (list,))),
         )
     elif kind == "outcome":
         record = OutcomeRecord(
@@ -233,6 +246,7 @@ def parse_record(data: bytes) -> Record:
             output_hash=_field(obj, "output_hash", _OS),
             error_code=_field(obj, "error_code", _OS),
             duration_ms=_field(obj, "duration_ms", (int,)),
+            endpoint=_field(obj, "endpoint", _OS),
         )
     elif kind == "admin":
         record = AdminRecord(
