@@ -14,10 +14,10 @@ Destroying the wrapped data key destroys all three (crypto-shredding).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
-from dataclasses import dataclass
+import os
+import threading
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -30,8 +30,31 @@ NONCE_BYTES = 12
 KEYED_HASH_PREFIX = "hmac-sha256:"  # the ledger's format (sekisho.ledger.records.keyed_hash)
 
 
+class _RandomPool:
+    """Bytes from the OS CSPRNG, fetched 64 KiB at a time: ``os.urandom`` costs a system call
+    (tens of microseconds on some VMs), and a record needs three random values. Each byte is
+    handed out once."""
+
+    def __init__(self, size: int = 65536) -> None:
+        self._size = size
+        self._buf = b""
+        self._pos = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            if self._pos + n > len(self._buf):
+                self._buf, self._pos = os.urandom(max(self._size, n)), 0
+            out = self._buf[self._pos : self._pos + n]
+            self._pos += n
+            return out
+
+
+random_bytes = _RandomPool().take
+
+
 def new_data_key() -> bytes:
-    return secrets.token_bytes(32)
+    return os.urandom(32)  # keys straight from the OS, never from a shared buffer
 
 
 def wrap_context(region: str, tenant: str, generation: int) -> bytes:
@@ -39,8 +62,9 @@ def wrap_context(region: str, tenant: str, generation: int) -> bytes:
     return _join(b"sekisho-store/data-key/v1", region, tenant, str(generation))
 
 
-def record_aad(region: str, tenant: str, record_id: str, field: str) -> bytes:
-    return _join(b"sekisho-store/record/v1", region, tenant, record_id, field)
+def record_aad(region: str, tenant: str, *rest: str) -> bytes:
+    """Associated data of a record field: (region, tenant, record id, field)."""
+    return _join(b"sekisho-store/record/v1", region, tenant, *rest)
 
 
 def _join(label: bytes, *parts: str) -> bytes:
@@ -66,6 +90,19 @@ class TenantKeys:
     seal_key: bytes
     index_key: bytes
     hash_key: bytes
+    _aead: AESGCM = field(init=False, repr=False, compare=False)
+    _aad_prefix: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_aead", AESGCM(self.seal_key))
+        object.__setattr__(self, "_aad_prefix", record_aad(self.region, self.tenant))
+
+    def _aad(self, record_id: str, field: str) -> bytes:
+        # record_aad(region, tenant, record_id, field), with the constant part computed once
+        r, f = record_id.encode(), field.encode()
+        return b"".join(
+            (self._aad_prefix, len(r).to_bytes(4, "big"), r, len(f).to_bytes(4, "big"), f)
+        )
 
     @classmethod
     def derive(cls, region: str, tenant: str, generation: int, data_key: bytes) -> TenantKeys:
@@ -79,16 +116,16 @@ class TenantKeys:
         )
 
     def seal(self, record_id: str, field: str, plaintext: bytes) -> bytes:
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        aad = record_aad(self.region, self.tenant, record_id, field)
-        return nonce + AESGCM(self.seal_key).encrypt(nonce, plaintext, aad)
+        nonce = random_bytes(NONCE_BYTES)
+        aad = self._aad(record_id, field)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def open(self, record_id: str, field: str, sealed: bytes) -> bytes:
-        aad = record_aad(self.region, self.tenant, record_id, field)
+        aad = self._aad(record_id, field)
         try:
             if len(sealed) < NONCE_BYTES + 16:
                 raise InvalidTag()
-            return AESGCM(self.seal_key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+            return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
         except InvalidTag:
             raise RecordUnreadable(
                 f"Record {record_id} ({field}) of tenant {self.tenant!r} in region "
@@ -97,8 +134,8 @@ class TenantKeys:
             ) from None
 
     def keyed_hash(self, data: bytes) -> str:
-        return KEYED_HASH_PREFIX + hmac.new(self.hash_key, data, hashlib.sha256).hexdigest()
+        return KEYED_HASH_PREFIX + hmac.digest(self.hash_key, data, "sha256").hex()
 
     def index_hash(self, id_type: str, normalised: str) -> str:
         msg = id_type.encode() + b"\0" + normalised.encode()
-        return hmac.new(self.index_key, msg, hashlib.sha256).hexdigest()
+        return hmac.digest(self.index_key, msg, "sha256").hex()

@@ -106,7 +106,12 @@ class LocalKeyFile:
                     f"Region {region!r} has no key file at {path}. It is created on the first "
                     "start of the gateway; restore it from your key backup if it was lost."
                 )
-            cls._create(path, region)
+            try:
+                cls._create(path, region)
+            except OSError as exc:
+                raise KeyProviderError(
+                    f"Cannot create the key file {path} of region {region!r}: {exc.strerror}"
+                ) from None
             log.warning(
                 "created key-encryption key for region %s at %s (mode 0600); back it up apart "
                 "from the store, and use a KMS such as Vault Transit in production",

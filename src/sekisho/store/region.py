@@ -94,6 +94,9 @@ class RegionStore:
             target=self._write_loop, name=f"sekisho-store-{region}", daemon=True
         )
         self._closed = False
+        mark = "?" if records_at.is_sqlite else "%s"
+        self._insert_record_sql = _insert_sql("records", _RECORD_COLUMNS, mark)
+        self._insert_index_sql = _insert_sql("subject_index", _INDEX_COLUMNS, mark)
 
     @classmethod
     def open(
@@ -293,7 +296,7 @@ class RegionStore:
         future: asyncio.Future[None] = loop.create_future()
         self._queue.put(_Pending(row, ids, future, loop, time.monotonic() + self.deadline))
         try:
-            await asyncio.wait_for(asyncio.shield(future), self.deadline)
+            await asyncio.wait_for(future, self.deadline)
         except TimeoutError:
             raise StoreError(
                 f"The store of region {self.region!r} ({self.records_at.display}) could not make "
@@ -347,12 +350,16 @@ class RegionStore:
 
     def _write(self, rows: Sequence[dict[str, Any]], ids: Sequence[dict[str, str]]) -> None:
         with self.records_db.begin() as conn:
-            conn.execute(insert(records), list(rows))
+            # Straight to the driver's executemany: the rows are already plain values, and
+            # SQLAlchemy's per-parameter processing would cost more than the insert itself.
+            conn.exec_driver_sql(
+                self._insert_record_sql, [_values(r, _RECORD_COLUMNS) for r in rows]
+            )
             if ids:
                 self._insert_identifiers(conn, ids)
 
     def _insert_identifiers(self, conn: Any, ids: Sequence[dict[str, str]]) -> None:
-        conn.execute(insert(subject_index), list(ids))
+        conn.exec_driver_sql(self._insert_index_sql, [_values(i, _INDEX_COLUMNS) for i in ids])
 
     def _write_failed(self, exc: BaseException, batch: list[_Pending]) -> StoreError:
         orig = getattr(exc, "orig", None) or exc
@@ -457,6 +464,18 @@ class RegionStore:
         with self.records_db.connect() as conn:
             rows = conn.execute(select(records.c.tenant, func.count()).group_by(records.c.tenant))
             return {r[0]: int(r[1]) for r in rows}
+
+
+_RECORD_COLUMNS = tuple(c.name for c in records.columns)
+_INDEX_COLUMNS = tuple(c.name for c in subject_index.columns)
+
+
+def _insert_sql(table: str, columns: tuple[str, ...], mark: str) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
+
+
+def _values(row: Mapping[str, Any], columns: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(row[c] for c in columns)
 
 
 def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from sekisho.errors import ConfigError, ConfigProblem
-from sekisho.store.crypto import TenantKeys
+from sekisho.store.crypto import TenantKeys, random_bytes
 from sekisho.store.database import Location, locate
 from sekisho.store.errors import StoreError, StoreMisconfigured
 from sekisho.store.identifiers import NOT_INDEXED, IdentifierError, normalise
@@ -130,7 +129,7 @@ class TenantStore:
         if kept.mode == "none":
             return None
         keys = await self.keys()
-        record_id = "rec_" + secrets.token_hex(12)
+        record_id = "rec_" + random_bytes(12).hex()
         created = exchange.created_at
         if created.tzinfo is None:
             raise ValueError("Exchange.created_at must be timezone-aware")
