@@ -169,7 +169,8 @@ def _decide(
 # -- explain -----------------------------------------------------------------------------------
 
 
-def cmd_explain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     config = _load(args.config)
     tenant = _tenant_policy(config, args.tenant)
     text = args.text
@@ -296,7 +297,8 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
 # -- test --------------------------------------------------------------------------------------
 
 
-def cmd_test(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def cmd_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     cases = load_test_file(args.file)
     config = _load(args.config)
     policies: dict[str, _TenantPolicy] = {}
@@ -378,7 +380,8 @@ def run_case(config: Config, tenant: _TenantPolicy, case: PolicyTestCase) -> lis
 # -- packs -------------------------------------------------------------------------------------
 
 
-def cmd_packs(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def cmd_packs(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     if args.name is None:
         for name in available_packs():
             pack = load_pack(name)

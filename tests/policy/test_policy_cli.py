@@ -1,0 +1,137 @@
+"""``sekisho policy explain``, ``policy test`` and ``policy packs``: what an officer sees."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from docs_examples import write_example
+
+from sekisho.errors import ConfigError
+from sekisho.policy.cli import main
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().out
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> str:
+    return str(write_example("config", tmp_path))
+
+
+def test_explain_prints_each_candidate_with_the_rule_and_fact_that_excluded_it(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["explain", "--config", config, "--tenant", "kasumigaseki", "--model", "gpt-4o"]
+    code, out = _run([*args, "--classification", "機密性3", "--text", ""], capsys)
+    assert code == 0
+    assert "Classification  restricted — from declared x-sekisho-classification" in out
+    rows = {
+        line.split()[1]: line
+        for line in out.splitlines()
+        if line.split() and (line.split()[0].isdigit() or line.split()[0] == "-")
+    }
+    assert rows["onprem-vllm"].startswith("1 ")
+    assert rows["tokyo-gpu"].startswith("2 ")
+    assert "jp-gov-genai/kimitsu3-on-premises-or-domestic" in rows["global-japaneast"]
+    assert "operator.parent_country=US" in rows["global-japaneast"]
+    assert "sha256:" in out
+
+
+def test_explain_classifies_text_and_never_prints_the_values_found(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    my_number = "１２３４５６７８９０１８"
+    argv = ["explain", "--config", config, "--tenant", "demo", "--model", "gpt-4o"]
+    code, out = _run([*argv, "--text", f"マイナンバーは{my_number}です"], capsys)
+    assert code == 0
+    assert "MY_NUMBER×1" in out and "from finding MY_NUMBER (pack jp-mynumber)" in out
+    assert my_number not in out and "123456789018" not in out
+    assert "Stored as       pseudonyms for MY_NUMBER" in out
+
+
+def test_explain_json_lists_the_refusal_reasons(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["explain", "--config", config, "--tenant", "berlin", "--model", "qwen2.5-72b"]
+    argv += ["--classification", "public", "--text", "", "--json", "--key-models", "x,y"]
+    code, out = _run(argv, capsys)
+    assert code == 0
+    decision = json.loads(out)
+    assert decision["eligible"] == []
+    assert decision["action"] == "block"
+    assert decision["rule"] == "sekisho/no-eligible-endpoint"
+    assert decision["excluded"] == [
+        {"endpoint": "onprem-vllm", "rule": "key/models", "fact": "model=qwen2.5-72b"}
+    ]
+
+
+def test_policy_test_exits_non_zero_and_shows_the_difference_on_failure(
+    config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(
+        "cases:\n"
+        "  - name: my number goes to the US\n"
+        "    tenant: demo\n"
+        "    model: gpt-4o\n"
+        "    findings: {MY_NUMBER: 1}\n"
+        "    expect: {eligible: [global-useast], action: allow}\n"
+        "  - name: public data is allowed\n"
+        "    tenant: demo\n"
+        "    model: gpt-4o\n"
+        "    classification: public\n"
+        "    expect: {action: allow}\n",
+        encoding="utf-8",
+    )
+    code, out = _run(["test", str(cases), "--config", config], capsys)
+    assert code == 1
+    assert "FAIL  my number goes to the US" in out
+    assert "expected ['global-useast']" in out and "got      ['onprem-vllm']" in out
+    assert "global-useast excluded by jp-appi/foreign-operator" not in out  # has a basis
+    assert "global-useast excluded by jp-mynumber/no-model-endpoint" in out
+    assert "action: expected allow, got block" not in out
+    assert "ok    public data is allowed" in out
+    assert "1 passed, 1 failed" in out
+
+
+def test_policy_test_rejects_a_malformed_test_file_naming_the_key(
+    config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = tmp_path / "cases.yaml"
+    cases.write_text("cases:\n  - name: x\n    tenant: demo\n    model: m\n    expect: {}\n")
+    code = main(["test", str(cases), "--config", config])
+    assert code == 2
+    assert "cases.0.expect" in capsys.readouterr().err
+
+
+def test_policy_test_reports_an_unknown_tenant_as_a_failure(
+    config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(
+        "cases:\n  - {name: x, tenant: nobody, model: gpt-4o, expect: {action: allow}}\n"
+    )
+    code, out = _run(["test", str(cases), "--config", config], capsys)
+    assert code == 1
+    assert "no tenant 'nobody'" in out
+
+
+def test_packs_prints_each_rule_with_its_source(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(["packs", "jp-appi"], capsys)
+    assert code == 0
+    assert "jp-appi/foreign-operator:" in out
+    assert "source: APPI Art. 28(1)" in out
+    code, listing = _run(["packs"], capsys)
+    assert code == 0 and listing.count("\n") == 4
+
+
+def test_unknown_pack_name_is_an_error_listing_the_packs() -> None:
+    with pytest.raises(ConfigError, match="jp-appi"):
+        from sekisho.policy.cli import cmd_packs
+
+        cmd_packs(__import__("argparse").Namespace(name="jp-apii"), io.StringIO())
