@@ -172,3 +172,15 @@ async def test_usage_query_range_is_checked(tmp_path: Path) -> None:
         await store.query(date(2025, 2, 1), date(2025, 1, 1))
     with pytest.raises(ValueError, match="at most 400 days"):
         await store.query(date(2020, 1, 1), date(2025, 1, 1))
+
+
+async def test_unreachable_redis_refuses_requests_instead_of_ignoring_limits() -> None:
+    from sekisho.errors import ServiceUnavailable
+    from sekisho.identity.limits import RedisBackend, redis_client
+
+    client = redis_client("redis://127.0.0.1:1/0")
+    lim = Limiter(tenants={"acme": LimitsSpec(requests_per_minute=5)},
+                  backend=RedisBackend(client, "down"))  # fmt: skip
+    with pytest.raises(ServiceUnavailable, match="cannot reach Redis"):
+        await lim.admit(key(), "m", 0)
+    await lim.close()

@@ -20,6 +20,7 @@ Redis (one Lua script per admit, so several gateway processes share limits exact
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sekisho.errors import RateLimited
+from sekisho.errors import RateLimited, ServiceUnavailable
 from sekisho.identity.keys import Principal
 from sekisho.identity.spec import GatewayLimitsSpec, LimitsSpec, Quota
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from sekisho.identity.usage import UsageStore
+
+log = logging.getLogger("sekisho.identity.limits")
 
 RATE, BUDGET = 0, 1
 _MINUTE = 60.0
@@ -207,12 +210,6 @@ class RedisBackend:
         self._take = client.register_script(_TAKE)
         self._adjust = client.register_script(_ADJUST)
 
-    @classmethod
-    def from_url(cls, url: str, namespace: str) -> RedisBackend:
-        from redis.asyncio import Redis
-
-        return cls(Redis.from_url(url), namespace)
-
     def _args(self, checks: Sequence[Check], amounts: Sequence[int]) -> tuple[list[str], list[Any]]:
         keys = [self.prefix + c.counter for c in checks]
         argv: list[Any] = []
@@ -222,14 +219,29 @@ class RedisBackend:
         return keys, argv
 
     async def take(self, checks: Sequence[Check], costs: Sequence[int]) -> None:
+        from redis.exceptions import RedisError
+
         keys, argv = self._args(checks, costs)
-        failed, wait_ms = await self._take(keys=keys, args=argv)
+        try:
+            failed, wait_ms = await self._take(keys=keys, args=argv)
+        except (RedisError, OSError) as exc:
+            # Fail closed: without the shared counters no process can know what is left.
+            raise ServiceUnavailable(
+                f"sekisho cannot reach Redis to check rate limits ({type(exc).__name__}); "
+                "the request was not sent. Check the `redis:` setting and the server.",
+                code="limits_unavailable",
+            ) from None
         if int(failed):
             raise Refusal(int(failed) - 1, int(wait_ms) / 1000)
 
     async def adjust(self, checks: Sequence[Check], deltas: Sequence[int]) -> None:
+        from redis.exceptions import RedisError
+
         keys, argv = self._args(checks, deltas)
-        await self._adjust(keys=keys, args=argv)
+        try:
+            await self._adjust(keys=keys, args=argv)
+        except (RedisError, OSError) as exc:  # the response is already out; keep the estimate
+            log.warning("could not settle token usage in Redis", extra={"error": str(exc)})
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -381,6 +393,14 @@ class Limiter:
             await self.usage.close()
 
 
+def redis_client(url: str, max_connections: int = 64) -> Redis:
+    """A client whose pool makes bursts wait for a connection instead of failing."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5)
+    return Redis(connection_pool=pool)
+
+
 def build_limiter(
     *,
     tenants: Mapping[str, LimitsSpec | None],
@@ -393,9 +413,7 @@ def build_limiter(
 
     defaults = defaults or GatewayLimitsSpec()
     if redis_url:
-        from redis.asyncio import Redis
-
-        client = Redis.from_url(redis_url)
+        client = redis_client(redis_url)
         return Limiter(
             tenants=tenants,
             defaults=defaults,

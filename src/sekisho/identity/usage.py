@@ -6,6 +6,7 @@ configured, so that every gateway process adds to the same numbers.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Collection
@@ -14,9 +15,12 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from redis.exceptions import RedisError
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+log = logging.getLogger("sekisho.identity.usage")
 _MAX_DAYS = 400  # a query spans at most this many days (a year and a bit)
 _SEP = "\x1f"
 
@@ -161,7 +165,10 @@ class RedisUsage:
         if completion:
             pipe.hincrby(self.prefix + day, base + "c", completion)
         pipe.expire(self.prefix + day, self.retain)
-        await pipe.execute()
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:  # accounting must not fail a finished request
+            log.warning("could not record usage in Redis", extra={"error": str(exc)})
 
     async def query(
         self,
