@@ -57,7 +57,8 @@ def test_decision_record_is_canonical_sorted_compact_utf8_json() -> None:
 def test_records_round_trip_through_their_bytes() -> None:
     outcome = OutcomeRecord(WHEN, "req-1", 200, 12, 30, keyed_hash(TENANT_KEY, b"out"), None, 812)
     admin = AdminRecord(WHEN, "admin@acme", "policy.update", "acme", {"digest": "sha256:ef"})
-    for record in (decision(), outcome, admin):
+    eligible = decision(eligible=("sakura-tokyo", "onprem-osaka"))
+    for record in (decision(), eligible, outcome, admin):
         data = record.to_bytes()
         parsed = parse_record(data)
         assert parsed.to_bytes() == data
