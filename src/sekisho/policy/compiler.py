@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,13 +87,17 @@ class CompiledPolicy:
         self.canonical = canonical
         self._ranks = dict(ranks)
         self._by_id = {rule.id: rule for rule in rules}
-        # facts[endpoint_id][rule_index] = the failing fact; fail_mask has one bit per failing rule
-        self._facts: dict[str, dict[int, str]] = {}
+        # Per endpoint: one bit per rule it fails, and the Exclusion each failure would report,
+        # built once here so that deciding only picks them by bit.
+        self._exclusions: dict[str, dict[int, Exclusion]] = {}
         self._fail_mask: dict[str, int] = {}
         index = {rule.id: i for i, rule in enumerate(rules)}
         for endpoint_id, failed in checks.items():
-            self._facts[endpoint_id] = {index[r]: fact for r, fact in failed.items()}
+            self._exclusions[endpoint_id] = {
+                index[r]: Exclusion(endpoint_id, r, fact) for r, fact in failed.items()
+            }
             self._fail_mask[endpoint_id] = sum(1 << index[r] for r in failed)
+        self._action_mask = sum(1 << i for i, rule in enumerate(rules) if rule.action is not None)
         self._level_mask = {
             level: sum(1 << i for i, rule in enumerate(rules) if level in rule.levels)
             for level in Level
@@ -197,12 +201,12 @@ class CompiledPolicy:
         applicable = self._applicable_mask(level, kinds)
         blocking: str | None = None
         strongest = 0
-        for i, rule in enumerate(self.rules):
-            if applicable >> i & 1 and rule.action is not None:
-                strength = _ACTION_STRENGTH[rule.action.value]
-                if rule.action is Action.BLOCK and blocking is None:
-                    blocking = rule.id
-                strongest = max(strongest, strength)
+        for i in _bits(applicable & self._action_mask):
+            action = self.rules[i].action
+            assert action is not None
+            if action is Action.BLOCK and blocking is None:
+                blocking = self.rules[i].id
+            strongest = max(strongest, _ACTION_STRENGTH[action.value])
 
         redact: set[str] = set()
         pseudonymise: set[str] = set()
@@ -271,11 +275,17 @@ class CompiledPolicy:
             return reasons
         hit = failing & applicable
         if hit:
-            facts = self._facts[endpoint_id]
-            for i in sorted(facts):
-                if hit >> i & 1:
-                    reasons.append(Exclusion(endpoint_id, self.rules[i].id, facts[i]))
+            prepared = self._exclusions[endpoint_id]
+            reasons.extend(prepared[i] for i in _bits(hit))
         return reasons
+
+
+def _bits(mask: int) -> Iterator[int]:
+    """Indices of the set bits of ``mask``, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
 
 
 # -- compiling ----------------------------------------------------------------------------------
