@@ -94,9 +94,7 @@ class RegionStore:
             target=self._write_loop, name=f"sekisho-store-{region}", daemon=True
         )
         self._closed = False
-        mark = "?" if records_at.is_sqlite else "%s"
-        self._insert_record_sql = _insert_sql("records", _RECORD_COLUMNS, mark)
-        self._insert_index_sql = _insert_sql("subject_index", _INDEX_COLUMNS, mark)
+        self._sql_cache: dict[tuple[str, int], str] = {}
 
     @classmethod
     def open(
@@ -350,16 +348,35 @@ class RegionStore:
 
     def _write(self, rows: Sequence[dict[str, Any]], ids: Sequence[dict[str, str]]) -> None:
         with self.records_db.begin() as conn:
-            # Straight to the driver's executemany: the rows are already plain values, and
-            # SQLAlchemy's per-parameter processing would cost more than the insert itself.
-            conn.exec_driver_sql(
-                self._insert_record_sql, [_values(r, _RECORD_COLUMNS) for r in rows]
-            )
+            self._insert_many(conn, "records", _RECORD_COLUMNS, rows)
             if ids:
                 self._insert_identifiers(conn, ids)
 
     def _insert_identifiers(self, conn: Any, ids: Sequence[dict[str, str]]) -> None:
-        conn.exec_driver_sql(self._insert_index_sql, [_values(i, _INDEX_COLUMNS) for i in ids])
+        self._insert_many(conn, "subject_index", _INDEX_COLUMNS, ids)
+
+    def _insert_many(
+        self, conn: Any, table: str, columns: tuple[str, ...], rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        # One multi-row INSERT per chunk, straight to the driver: the rows are plain values
+        # already, and one statement releases and retakes the GIL once instead of once per row
+        # (under load the writer thread otherwise waits for the event loop at every row).
+        per = max(1, _MAX_PARAMS // len(columns))
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            sql = self._multi_insert_sql(table, columns, len(chunk))
+            conn.exec_driver_sql(sql, tuple(row[c] for row in chunk for c in columns))
+
+    def _multi_insert_sql(self, table: str, columns: tuple[str, ...], n: int) -> str:
+        key = (table, n)
+        sql = self._sql_cache.get(key)
+        if sql is None:
+            mark = "?" if self.records_at.is_sqlite else "%s"
+            one = "(" + ", ".join([mark] * len(columns)) + ")"
+            sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([one] * n)
+            if len(self._sql_cache) < 4096:
+                self._sql_cache[key] = sql
+        return sql
 
     def _write_failed(self, exc: BaseException, batch: list[_Pending]) -> StoreError:
         orig = getattr(exc, "orig", None) or exc
@@ -470,12 +487,7 @@ _RECORD_COLUMNS = tuple(c.name for c in records.columns)
 _INDEX_COLUMNS = tuple(c.name for c in subject_index.columns)
 
 
-def _insert_sql(table: str, columns: tuple[str, ...], mark: str) -> str:
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
-
-
-def _values(row: Mapping[str, Any], columns: tuple[str, ...]) -> tuple[Any, ...]:
-    return tuple(row[c] for c in columns)
+_MAX_PARAMS = 30_000  # below SQLite's 32766 and PostgreSQL's 65535 bound parameters
 
 
 def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
