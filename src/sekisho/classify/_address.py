@@ -124,7 +124,8 @@ _BLOCK = (
     rf"|(?:{_NUM}(?:丁目|番地|番|号))++"
 )
 _BUILDING = (
-    r"(?:[ 　]?[^\s、。,，;；()（）「」『』【】:：〒]{1,20}?"
+    r"(?:[ 　]?[^\s、。,，;；()（）「」『』【】:：〒]{0,24}?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室)"
+    r"|[ 　]?[^\s、。,，;；()（）「」『』【】:：〒]{1,20}?"
     r"(?:ビル|マンション|ハイツ|タワー|コーポ|荘|レジデンス|ハウス|プラザ|センター|館|棟|ヒルズ)"
     r"[A-ZＡ-Ｚ]?(?:[ 　]?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室|号)?)?"
     r"|[ 　]?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室))?"
@@ -133,6 +134,7 @@ _TAIL = lazy_compile(
     rf"(?P<city>{_CITY}{{0,4}})(?:{_NAMECH}{{0,12}}?(?P<block>{_BLOCK}){_BUILDING})?"
 )
 _PREFECTURE_SET = frozenset(PREFECTURES)
+_CITY_KANA = frozenset("さいたまつくばいわきひたちなかうるまみよしあわらかすみがうら")
 # Every prefecture name ends in 都, 道, 府 or 県, and a city-first address has 市 or 区: one
 # character class finds all starts, and the prefecture is confirmed by a set lookup.
 _START = lazy_compile("[都道府県市区]")
@@ -166,13 +168,21 @@ def detect_addresses(text: str, out: list[Finding], roman: bool = True) -> None:
             continue
         ch = text[cue]
         if ch in "市区":
-            if not _CITY_AHEAD.match(text, cue + 1):
+            if cue == 0 or text[cue - 1] in "-‐−－ー―0123456789 \n":
                 continue
             # Walk back over the kanji of the city name (at most 4 of them).
             begin = cue
-            while begin > 0 and cue - begin < 4 and _KANJI.match(text, begin - 1):
+            while (
+                begin > 0
+                and cue - begin < 4
+                and text[begin - 1] not in "市区町村都道府県"
+                and _KANJI.match(text, begin - 1)
+            ):
                 begin -= 1
-            if begin == cue or begin < covered:
+            if begin == cue:  # さいたま市, つくば市: city names written in hiragana
+                while begin > 0 and cue - begin < 5 and text[begin - 1] in _CITY_KANA:
+                    begin -= 1
+            if begin == cue or begin < covered or not _CITY_AHEAD.match(text, cue + 1):
                 continue
             city_first = True
             tail = _TAIL.match(text, begin)

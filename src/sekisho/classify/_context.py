@@ -7,7 +7,7 @@ valid-looking number next to them is usually a business reference, not personal 
 
 from __future__ import annotations
 
-from sekisho.classify._lazy import lazy_compile
+from sekisho.classify._trie import trie_regex
 
 MYNUMBER = "mynumber"
 CORPORATE = "corporate"
@@ -23,29 +23,49 @@ HEALTH = "health"
 NEGATIVE = "negative"
 VERSION = "version"
 
-_WORDS: dict[str, str] = {
-    RESIDENCE: r"在留カード|在留|特別永住者証明書|[Rr]esidence [Cc]ard|[Rr]esidence",
-    MYNUMBER: r"個人番号カード|マイナンバーカード|マイナンバー|個人番号|[Mm]y ?[Nn]umber|"
-    r"MY ?NUMBER",
-    CORPORATE: r"法人番号|登録番号|適格請求書|インボイス|[Cc]orporate [Nn]umber|"
-    r"[Rr]egistration [Nn]o",
-    PASSPORT: r"旅券|パスポート|[Pp]assport|PASSPORT",
-    LICENSE: r"運転免許|免許証|免許|[Dd]river'?s? [Ll]icen[cs]e|[Ll]icen[cs]e",
-    HEALTH: r"保険者番号|被保険者|保険証|健康保険|[Hh]ealth [Ii]nsurance|[Ii]nsurer",
-    YUCHO: r"ゆうちょ|記号",
-    BANK: r"口座|普通預金|当座|普通|預金|振込|支店|[Bb]ank [Aa]ccount|[Aa]ccount [Nn]o|[Aa]ccount|"
-    r"[Aa]cct|A/C",
-    CARD: r"クレジットカード|クレジット|カード|[Cc]redit [Cc]ard|[Cc]ard|CARD|VISA|Visa|JCB|"
-    r"Master[Cc]ard|AMEX|Amex",
-    PHONE: r"電話|携帯|TEL|Tel|tel|FAX|Fax|fax|[Pp]hone|PHONE|[Mm]obile|連絡先|☎|℡|内線",
-    POSTAL: r"〒|郵便番号|[Pp]ostal|ZIP|[Zz]ip|[Pp]ost [Cc]ode",
-    VERSION: r"バージョン|[Vv]ersion|[Vv]er\.|[Bb]uild|リリース|[Rr]elease",
-    NEGATIVE: r"注文|受注|発注|伝票|請求書番号|見積|管理番号|問い?合わ?せ番号|受付番号|整理番号|"
-    r"会員番号|製造番号|シリアル|型番|品番|商品|社員番号|[Oo]rder|ORDER|[Ii]nvoice|[Tt]racking|"
-    r"[Ss]erial|[Tt]icket|[Rr]eference|[Rr]ef\.|SKU|[Pp]art [Nn]o|[Qq]uantity|金額|¥|￥|円",
-}
+_WORDS: dict[str, tuple[str, ...]] = {
+    RESIDENCE: ("在留カード", "在留", "特別永住者証明書", "Residence Card", "Residence card",
+                "residence card", "Residence", "residence"),
+    MYNUMBER: ("個人番号カード", "マイナンバーカード", "マイナンバー", "個人番号", "My Number",
+               "My number", "my number", "MyNumber", "MY NUMBER", "MYNUMBER"),
+    CORPORATE: ("法人番号", "登録番号", "適格請求書", "インボイス", "Corporate Number",
+                "Corporate number", "corporate number", "Registration No", "registration no"),
+    PASSPORT: ("旅券", "パスポート", "Passport", "passport", "PASSPORT"),
+    LICENSE: ("運転免許", "免許証", "免許", "Driver's License", "Driver's license",
+              "driver's license", "Driver License", "Driving Licence", "driving licence",
+              "License", "license", "Licence", "licence"),
+    HEALTH: ("保険者番号", "被保険者", "保険証", "健康保険", "Health Insurance", "Health insurance",
+             "health insurance", "Insurer", "insurer"),
+    YUCHO: ("ゆうちょ", "記号"),
+    BANK: ("口座", "普通預金", "当座", "普通", "預金", "振込", "支店", "Bank Account",
+           "Bank account", "bank account", "Account No", "Account no", "account no", "Account",
+           "account", "Acct", "acct", "A/C"),
+    CARD: ("クレジットカード", "クレジット", "カード", "Credit Card", "Credit card", "credit card",
+           "Card", "card", "CARD", "VISA", "Visa", "JCB", "MasterCard", "Mastercard", "AMEX",
+           "Amex"),
+    PHONE: ("電話", "携帯", "TEL", "Tel", "tel", "FAX", "Fax", "fax", "Phone", "phone", "PHONE",
+            "Mobile", "mobile", "連絡先", "☎", "℡", "内線"),
+    POSTAL: ("〒", "郵便番号", "Postal", "postal", "ZIP", "Zip", "zip", "Post Code", "Post code",
+             "post code", "Postcode", "postcode"),
+    VERSION: ("バージョン", "ビルド", "Version", "version", "Ver.", "ver.", "Build", "build",
+              "リリース", "Release", "release", "サブネット", "ネットマスク", "Netmask", "netmask",
+              "Subnet", "subnet", "Mask", "mask"),
+    NEGATIVE: ("注文", "受注", "発注", "伝票", "請求書番号", "見積", "管理番号", "問い合わせ番号",
+               "問合せ番号", "問い合せ番号", "お問合せ番号", "受付番号", "整理番号", "お客様番号",
+               "顧客番号", "契約番号", "従業員番号", "申込番号", "予約番号", "取引番号", "案件番号",
+               "部品番号", "会員番号", "製造番号", "シリアル", "型番", "品番", "商品", "社員番号",
+               "Order", "order", "ORDER", "Invoice", "invoice", "Tracking", "tracking", "Serial",
+               "serial", "Ticket", "ticket", "Reference", "reference", "Ref.", "ref.", "SKU",
+               "Part No", "Part no", "part no", "Quantity", "quantity", "金額", "¥", "￥", "円"),
+}  # fmt: skip
 
-_CONTEXT = lazy_compile("|".join(f"(?P<{name}>{words})" for name, words in _WORDS.items()))
+_KIND: dict[str, str] = {}
+for _kind, _words in _WORDS.items():
+    for _word in _words:
+        _KIND.setdefault(_word, _kind)  # a word listed twice keeps its first, more specific kind
+# One trie of literals; at a shared start the longest word wins (個人番号カード over 個人番号),
+# and finditer moves past it, so カード inside 在留カード is not read again.
+_CONTEXT = trie_regex(_KIND)
 
 WINDOW = 28
 
@@ -54,11 +74,11 @@ def context_before(text: str, start: int, window: int = WINDOW) -> str | None:
     """The kind of the nearest context word in the ``window`` characters before ``start``."""
     kind: str | None = None
     for match in _CONTEXT.finditer(text, max(0, start - window), start):
-        kind = match.lastgroup
+        kind = _KIND[match.group()]
     return kind
 
 
 def context_after(text: str, end: int, window: int = 8) -> str | None:
     """The kind of a context word right after a value (``090-…（携帯）``)."""
     match = _CONTEXT.search(text, end, min(len(text), end + window))
-    return match.lastgroup if match else None
+    return _KIND[match.group()] if match else None

@@ -51,6 +51,7 @@ _GROUP = lazy_compile(r"[0-9]+")
 _DIGIT_CHARS = frozenset("0123456789０１２３４５６７８９")
 _ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ")
+_LETTERS = _UPPER | _ASCII_LETTERS
 _LABEL_PREFIXES = frozenset({"tel", "fax", "no", "mobile", "phone", "ph", "zip", "ip", "num"})
 _HEXISH = frozenset("0123456789abcdefABCDEF-")
 
@@ -92,6 +93,8 @@ def _phone(digits: str, folded: str, groups: list[str], kind: str | None) -> flo
         national = digits
         grouped = len(groups) > 1
     n = len(national)
+    if n < 10:
+        return None
     head3, head4 = national[:3], national[:4]
     if head3 in ("070", "080", "090", "050") or head4 == "0800":
         valid = n == 11
@@ -159,14 +162,29 @@ class NumberDetector:
         for match in NUMBER_RUN.finditer(text):
             start, end = match.span()
             raw = match.group()
-            if raw[0] in "+＋(（" and (len(raw) == 1 or raw[1] not in _DIGIT_CHARS):
+            if len(raw) < 6 and (start < 2 or text[start - 1] not in _LETTERS):
+                continue  # too short for any identifier (passports carry letters before them)
+            while raw and raw[0] in "+＋(（" and (len(raw) == 1 or raw[1] not in _DIGIT_CHARS):
+                start, raw = start + 1, raw[1:]  # "（(03)…": the outer bracket is prose
+            if not raw:
                 continue
-            if raw[-1] in ")）" and "(" not in raw and "（" not in raw:
+            opening = raw.count("(") + raw.count("（")
+            closing = raw.count(")") + raw.count("）")
+            if raw[-1] in ")）" and closing > opening:  # the bracket closes prose, not the number
                 end -= 1
                 raw = raw[:-1]
+            elif raw[0] in "(（" and raw[-1] in ")）" and sum(c in "()（）" for c in raw) == 2:
+                start, end, raw = start + 1, end - 1, raw[1:-1]  # "（080-2345-6789）"
+            elif raw[0] in "(（" and sum(c in "()（）" for c in raw) == 1:
+                start, raw = start + 1, raw[1:]  # "(4532-...": an opening bracket of prose
             self._run(text, raw, start, end, out)
 
     def _run(self, text: str, raw: str, start: int, end: int, out: list[Finding]) -> None:
+        if start >= 2 and IBAN in self._wanted and text[start - 2 : start].isupper():
+            iban = iban_at(text, start - 2)  # IBANs start with two capitals and two digits
+            if iban is not None:
+                out.append(iban)
+                return
         folded = fold(raw)
         spans = [(m.start(), m.end()) for m in _GROUP.finditer(folded)]
         ndigits = sum(b - a for a, b in spans)
@@ -233,6 +251,8 @@ class NumberDetector:
         if seps == {"."}:
             if len(groups) == 4 and ipv4_ok(groups):
                 if start > 0 and text[start - 1] in "vV":
+                    return None
+                if groups[0] == "255":  # 255.255.255.0 is a netmask, not a host
                     return None
                 score = 0.35 if kind == ctx.VERSION else 0.85
                 return emit(IP_ADDRESS, score)
@@ -309,26 +329,25 @@ class NumberDetector:
         emit: Callable[[str, float], Finding | None],
     ) -> Finding | None:
         letters = fold(prefix)
-        if (
-            len(letters) >= 2
-            and letters[-2:].isupper()
-            and len(sizes) >= 1
-            and IBAN in self._wanted
-        ):
-            iban = iban_at(text, start - 2)
-            if iban is not None:
-                return iban
         after = fold(text[end : end + 3])
+        if letters == "T" and sizes == [1, 4, 4, 4] and corporate_number_ok(digits):
+            return emit(CORPORATE_NUMBER, 0.95)
         if len(sizes) != 1:
             return None
         if len(letters) >= 2 and letters[-2:].isupper() and len(digits) == 8:
             tail = after[:2]
-            if len(tail) == 2 and tail.isalpha() and tail.isupper() and not after[2:3].isalnum():
+            if (
+                len(tail) == 2
+                and tail.isascii()
+                and tail.isalpha()
+                and tail.isupper()
+                and not (after[2:3].isascii() and after[2:3].isalnum())
+            ):
                 found = emit(RESIDENCE_CARD_JP, _score(0.9, kind, frozenset({ctx.RESIDENCE})))
                 if found is not None:
                     return Finding(found.type, start - 2, end + 2, found.score)
             return None
-        if after[:1].isalnum():
+        if after[:1].isascii() and after[:1].isalnum():
             return None
         if len(letters) == 2 and letters.isupper() and len(digits) == 7:
             base = 0.7 if letters[0] in "TM" else 0.5

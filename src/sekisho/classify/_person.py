@@ -28,19 +28,26 @@ _TITLES = (
 )  # fmt: skip
 _FIELDS = (
     "氏名", "氏 名", "氏　名", "お名前", "名前", "フリガナ", "ふりがな", "担当者", "担当", "申請者",
-    "契約者", "宛名", "差出人", "送信者", "受取人", "搭乗者", "Full name", "Full Name", "Name",
-    "name", "NAME", "Passenger", "PASSENGER", "Contact", "Attn.", "Attn", "ATTN", "From", "To",
-    "Cc", "Dear",
+    "契約者", "宛名", "差出人", "送信者", "受取人", "搭乗者", "名義", "者：", "者:", "Full name",
+    "Full Name", "Name", "name", "NAME", "Passenger", "PASSENGER", "Contact", "Attn.", "Attn",
+    "ATTN", "From", "To", "Cc", "Dear", "Hi", "Hello", "Patient", "Applicant", "Candidate",
+    "Employee", "長男", "長女", "次男", "次女", "三男", "三女", "配偶者", "父：", "母：", "妻：",
+    "夫：",
 )  # fmt: skip
+_SALUTATIONS = frozenset({"Dear", "Hi", "Hello"})
+# Fields whose value is a name only when written as a field ("担当：…"), not in running text.
+_LOOSE_FIELDS = frozenset({"担当", "担当者"})
 _EN_TITLES = ("Mr.", "Mrs.", "Ms.", "Dr.", "Prof.", "Mr", "Mrs", "Ms", "Dr", "Prof", "Miss",
               "MR", "MS", "MRS")  # fmt: skip
 _OURS = ("弊社の", "当社の", "弊行の", "当行の", "弊所の")
+_SELF = ("です", "と申します")  # "アクメの田中です": a self-introduction names the writer
 _CUE_KIND: dict[str, str] = {
     **{w: "hon" for w in _HONORIFICS},
     **{w: "title" for w in _TITLES},
     **{w: "field" for w in _FIELDS},
     **{w: "entitle" for w in _EN_TITLES},
     **{w: "ours" for w in _OURS},
+    **{w: "self" for w in _SELF},
     "/": "slash",
 }
 # A flat alternation of literals: the regex engine then skips every position whose character
@@ -66,6 +73,8 @@ _VALUE_LATIN = lazy_compile(
 _READING = lazy_compile(
     rf"[ 　]*[(（]([ァ-ヴ][{_KATA}]{{1,11}}(?:[ 　・][ァ-ヴ][{_KATA}]{{1,11}})?)[)）]"
 )
+_SALUTATION_NAME = lazy_compile(r"([A-Z][a-z'\-]{1,20}(?: [A-Z][a-z'\-]{1,20})?)[ \t]*(?:,|$|\n|!)")
+_SELF_NAME = lazy_compile(rf"(?:の|。|\n|^)([{_KANJI}]{{1,4}}(?:[ 　][{_KANJI}]{{1,3}})?)$")
 _UPPER_RUN_BEFORE = lazy_compile(r"([A-Z]{2,20})$")
 _UPPER_RUN_AFTER = lazy_compile(r"[A-Z]{2,20}(?![A-Za-z])")
 
@@ -91,6 +100,7 @@ _SLASH_STOP = frozenset(
     {"AND", "OR", "TCP", "UDP", "HTTP", "HTTPS", "INPUT", "OUTPUT", "READ", "WRITE", "YES", "NO",
      "ON", "OFF", "PDF", "CSV", "JSON", "XML", "HTML", "API", "URL", "GET", "POST", "PUT"}
 )  # fmt: skip
+_ROMAJI_CONTEXT = ("passenger", "name", "pax", "guest", "搭乗", "旅客", "氏名", "宿泊", "名簿")
 _STRICT_FIELDS = frozenset({"From", "To", "Cc", "Contact", "Attn", "Attn.", "ATTN"})
 
 
@@ -145,6 +155,8 @@ class PersonDetector:
                 self._after_title(text, match.end(), found)
             elif kind == "ours":
                 self._ours(text, match.end(), found)
+            elif kind == "self":
+                self._self_introduction(text, match.start(), found)
             elif kind == "slash":
                 self._slash(text, match.start(), found)
         if not text.isascii():
@@ -182,6 +194,8 @@ class PersonDetector:
 
     # -- names before an honorific or title ------------------------------------------------
     def _before(self, text: str, cue: int, cue_end: int, title: bool, out: list[Finding]) -> None:
+        if cue == 0 or text[cue - 1] in _STOP_LAST or text[cue - 1] in " \n\t":
+            return
         if text[cue] == "様" and text[cue_end : cue_end + 1] in _STOP_FOLLOW_SAMA:
             return
         window = text[max(0, cue - 14) : cue]
@@ -213,6 +227,13 @@ class PersonDetector:
     def _kanji_name(self, run: str, *, allow_unknown: bool) -> tuple[int, int, float] | None:
         """Where the name sits inside a kanji run ending at a cue (``営業部田中`` → 田中)."""
         surnames = self._surnames
+        for sep in (" ", "　"):
+            if sep in run:  # "東海林 翔太": a known given name after a space carries the surname
+                family, _, given = run.partition(sep)
+                if given in self._given and 1 <= len(family) <= 3:
+                    return 0, len(run), 0.85
+                if given in surnames:  # "営業部 田中": the name is the part after the space
+                    return len(family) + 1, len(run), 0.85
         for k in range(len(run)):
             rest = run[k:]
             for length in (4, 3, 2, 1):
@@ -237,10 +258,13 @@ class PersonDetector:
         pos = gap.end() if gap is not None else end
         if label in ("To", "From", "Cc", "Contact") and pos == end:
             return  # "To" and "From" are names only as header fields ("To: ...")
-        strict = label in _STRICT_FIELDS or label == "Dear"
+        strict = label in _STRICT_FIELDS
+        explicit = ":" in text[end:pos] or "：" in text[end:pos]
         value = _VALUE_KANJI.match(text, pos)
         if value is not None:
-            if label.startswith("担当") or strict:
+            if label in _SALUTATIONS:
+                return
+            if (label in _LOOSE_FIELDS and not explicit) or strict:
                 span = self._kanji_name(value.group(), allow_unknown=False)
                 if span is not None and span[0] == 0:
                     out.append(Finding(PERSON, pos, pos + span[1], span[2]))
@@ -249,6 +273,8 @@ class PersonDetector:
             return
         value = _VALUE_KATA.match(text, pos)
         if value is not None:
+            if label in _LOOSE_FIELDS:
+                return  # "担当：インフラチーム" names a team, not a person
             out.append(Finding(PERSON, value.start(), value.end(), 0.8))
             return
         value = _VALUE_LATIN.match(text, pos)
@@ -257,12 +283,24 @@ class PersonDetector:
         words = value.group().replace("/", " ").split(" ")
         if words[0] in _LATIN_STOP or words[0] in ("Mr", "Mrs", "Ms", "Dr", "Prof", "Miss"):
             return
+        if label in _SALUTATIONS:
+            # "Dear Priya," / "Hi Sarah": the name is the word(s) before the comma.
+            first = _SALUTATION_NAME.match(text, pos)
+            if first is not None and first.group(1).split(" ")[0] not in _LATIN_STOP:
+                out.append(Finding(PERSON, first.start(1), first.end(1), 0.8))
+            return
         if strict:
             known = any(
                 w in self._given_en or w in self._surnames_en or w.upper() in self._roman
                 for w in words
             )
-            if not known and not text.startswith(" <", value.end()):
+            line_end = text[value.end() : value.end() + 1] in ("", "\n", "\r")
+            header = (
+                line_end
+                and len(words) in (2, 3)
+                and (end - len(label) == 0 or text[start - 1] == "\n")
+            )
+            if not known and not text.startswith(" <", value.end()) and not header:
                 return
         out.append(Finding(PERSON, value.start(), value.end(), 0.8))
 
@@ -285,6 +323,14 @@ class PersonDetector:
         if span is not None and span[0] == 0:
             out.append(Finding(PERSON, pos, pos + span[1], span[2]))
 
+    def _self_introduction(self, text: str, cue: int, out: list[Finding]) -> None:
+        match = _SELF_NAME.search(text, max(0, cue - 10), cue)
+        if match is None:
+            return
+        span = self._kanji_name(match.group(1), allow_unknown=False)
+        if span is not None and span[0] == 0:
+            out.append(Finding(PERSON, match.start(1), match.start(1) + span[1], span[2]))
+
     def _slash(self, text: str, slash: int, out: list[Finding]) -> None:
         left = _UPPER_RUN_BEFORE.search(text, max(0, slash - 20), slash)
         right = _UPPER_RUN_AFTER.match(text, slash + 1)
@@ -296,8 +342,8 @@ class PersonDetector:
         if surname in _SLASH_STOP or given in _SLASH_STOP:
             return
         if surname not in self._roman and given not in self._roman:
-            context = text[max(0, left.start() - 30) : left.start()].lower()
-            if not any(w in context for w in ("passenger", "name", "pax", "搭乗", "旅客", "氏名")):
+            context = text[max(0, left.start() - 80) : left.start()].lower()
+            if not any(w in context for w in _ROMAJI_CONTEXT):
                 return
         end = right.end()
         for title in ("MSTR", "MISS", "MRS", "MR", "MS"):

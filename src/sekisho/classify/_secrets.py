@@ -20,13 +20,6 @@ _B64URL = r"[A-Za-z0-9_\-]"
 # substring test, far cheaper than running a regex over text that cannot match.
 _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
     (
-        "private_key",
-        ("-----BEGIN",),
-        r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"
-        r"[\s\S]{16,8192}?-----END (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY"
-        r"(?: BLOCK)?-----",
-    ),
-    (
         "aws_access_key_id",
         ("AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
         r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z2-7]{16}(?![A-Za-z0-9])",
@@ -88,7 +81,7 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
     (
         "password",
         (":", "=", "："),
-        r"(?i:\b(?:password|passwd|pwd|pass|パスワード))[\"']?[ \t]*[:=：][ \t]*[\"']?"
+        r"(?i:(?<![a-z0-9])(?:password|passwd|pwd|pass|パスワード))[\"']?[ \t]*[:=：][ \t]*[\"']?"
         r"(?P<v>[^\s\"';,<>]{4,128})",
     ),
     (
@@ -99,7 +92,9 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
 ]
 
 _COMPILED = [(name, gate, lazy_compile(pattern)) for name, gate, pattern in _PATTERNS]
-SECRET_GATES: frozenset[str] = frozenset(w for _, gate, _ in _PATTERNS for w in gate if w.isascii())
+SECRET_GATES: frozenset[str] = frozenset(
+    w for _, gate, _ in _PATTERNS for w in gate if w.isascii()
+) | {"-----"}
 
 # Values that are documentation or templates, not credentials.
 _PLACEHOLDER = lazy_compile(
@@ -108,7 +103,6 @@ _PLACEHOLDER = lazy_compile(
 )
 
 _SCORES = {
-    "private_key": 0.99,
     "aws_access_key_id": 0.95,
     "aws_secret_access_key": 0.9,
     "gcp_api_key": 0.95,
@@ -136,8 +130,40 @@ def _jwt_header_ok(token: str) -> bool:
     return b'"alg"' in decoded or b'"typ"' in decoded
 
 
+_PEM_BEGIN = lazy_compile(
+    r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"
+)
+_PEM_END = lazy_compile(
+    r"-----END (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"
+)
+_PEM_MAX = 16384
+
+
+def detect_private_keys(text: str, out: list[Finding]) -> None:
+    """Whole PEM private-key blocks, BEGIN and END lines included; linear in the text."""
+    pos = 0
+    while True:
+        begin = _PEM_BEGIN.search(text, pos)
+        if begin is None:
+            return
+        end_at = text.find("-----END", begin.end())
+        if end_at < 0:
+            return
+        end = _PEM_END.match(text, end_at)
+        if end is None or end_at - begin.end() > _PEM_MAX:
+            pos = begin.end()
+            continue
+        if text.rfind("-----BEGIN", begin.end(), end_at) >= 0:
+            pos = text.rfind("-----BEGIN", begin.end(), end_at)  # the later BEGIN starts it
+            continue
+        out.append(Finding(SECRET, begin.start(), end.end(), 0.99, "private_key"))
+        pos = end.end()
+
+
 def detect_secrets(text: str, out: list[Finding], present: frozenset[str] | None = None) -> None:
     """Add SECRET findings; ``present`` (when known) holds the gate literals the text contains."""
+    if (present is None or "-----" in present) and "-----BEGIN" in text:
+        detect_private_keys(text, out)
     for subtype, gate, pattern in _COMPILED:
         if present is None:
             if not any(literal in text for literal in gate):
@@ -148,7 +174,7 @@ def detect_secrets(text: str, out: list[Finding], present: frozenset[str] | None
             span = match.span("v") if "v" in pattern.groupindex else match.span()
             start, end = span
             value = text[start:end]
-            if subtype != "private_key" and _PLACEHOLDER.search(value):
+            if _PLACEHOLDER.search(value):
                 continue
             if subtype == "jwt" and not _jwt_header_ok(value):
                 continue

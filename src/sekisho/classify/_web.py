@@ -68,9 +68,10 @@ def detect_ipv6(text: str, out: list[Finding]) -> None:
     while pos >= 0:
         if (
             pos > covered
-            and (text[pos + 1 : pos + 2] in _HEX or text[pos + 1 : pos + 2] == ":")
             and pos > 0
-            and (text[pos - 1] in _HEX or text[pos - 1] == ":")
+            and (text[pos + 1 : pos + 2] in _HEX or text[pos - 1] in _HEX)
+            and text[pos + 1 : pos + 2] in _V6_CHARS
+            and text[pos - 1] in _V6_CHARS
         ):
             left = pos
             while left > 0 and pos - left < 40 and text[left - 1] in _V6_CHARS:
@@ -86,8 +87,11 @@ def detect_ipv6(text: str, out: list[Finding]) -> None:
                     address = ipaddress.IPv6Address(candidate)
                 except ValueError:
                     address = None
+                groups = candidate.split(":")
+                fingerprint = "::" not in candidate and all(len(g) <= 2 for g in groups)
                 if (
                     address is not None
+                    and not fingerprint  # 3a:9f:12:c4:... is a key fingerprint or a MAC
                     and candidate not in ("::", "::1")
                     and (candidate.count(":") >= 3 or "::" in candidate)
                 ):

@@ -39,28 +39,66 @@ _NUMERIC_TYPES = frozenset(
 SECRETS, EMAIL, IPV6, LABELS, BIRTH, ADDRESS, PERSON = (
     "secrets", "email", "ipv6", "labels", "birth", "address", "person",
 )  # fmt: skip
-_ASCII_TRIGGERS: dict[str, str] = {
-    **{w: SECRETS for w in SECRET_GATES},
-    "@": EMAIL,
-    ":": IPV6,
-    **{w: LABELS for w in ("CONFIDENTIAL", "Confidential", "INTERNAL", "Internal", "SECRET",
-                           "Secret", "RESTRICTED", "PROPRIETARY", "Proprietary", "DISTRIBUTE",
-                           "Distribute")},
-    **{w: BIRTH for w in ("Birth", "birth", "DOB", "D.O.B", "Born", "born")},
-    "パスワード": SECRETS,
-    **{w: ADDRESS for w in ROMAN_GATE},
-    **{w: PERSON for w in ("Mr", "Ms", "Dr", "Prof", "Miss", "MR", "MS", "Dear", "Name", "NAME",
-                           "From", "To", "Cc", "Attn", "ATTN", "Contact", "Passenger",
-                           "PASSENGER", "Full", "/")},
-}  # fmt: skip
+_ASCII_FAMILIES: dict[str, tuple[str, ...]] = {
+    SECRETS: tuple(SECRET_GATES),
+    EMAIL: ("@",),
+    IPV6: (":",),
+    LABELS: (
+        "CONFIDENTIAL",
+        "Confidential",
+        "INTERNAL",
+        "Internal",
+        "SECRET",
+        "Secret",
+        "RESTRICTED",
+        "PROPRIETARY",
+        "Proprietary",
+        "DISTRIBUTE",
+        "Distribute",
+    ),
+    BIRTH: ("Birth", "birth", "DOB", "D.O.B", "Born", "born"),
+    ADDRESS: ROMAN_GATE,
+    PERSON: (
+        "Mr",
+        "Ms",
+        "Dr",
+        "Prof",
+        "Miss",
+        "MR",
+        "MS",
+        "Dear",
+        "Hi",
+        "Hello",
+        "Name",
+        "NAME",
+        "From",
+        "To",
+        "Cc",
+        "Attn",
+        "ATTN",
+        "Contact",
+        "Passenger",
+        "PASSENGER",
+        "Full",
+        "Patient",
+        "Applicant",
+        "Candidate",
+        "Employee",
+        "/",
+    ),
+}
+_ASCII_TRIGGERS: dict[str, frozenset[str]] = {}
+for _family, _words in _ASCII_FAMILIES.items():
+    for _word in _words:
+        _ASCII_TRIGGERS[_word] = _ASCII_TRIGGERS.get(_word, frozenset()) | {_family}
 _JP_TRIGGERS: dict[str, str] = {
     "＠": EMAIL,
     **{c: LABELS for c in "秘機扱限禁配"},
     **{c: BIRTH for c in "生誕"},
     **{c: ADDRESS for c in "都道府県市区"},
-    **{c: PERSON for c in "様さ殿氏君先長名担宛弊当フふ申契差送受搭役授士任務くち"},
+    **{c: PERSON for c in "様さ殿氏君先長名担宛弊当フふ申契差送受搭役授士任務くち者義で"},
 }
-_ASCII_TRIGGER = trie_regex(w for w in _ASCII_TRIGGERS if w not in ("@", "パスワード"))
+_ASCII_TRIGGER = trie_regex(w for w in _ASCII_TRIGGERS if w != "@")
 _JP_TRIGGER = lazy_compile("[" + "".join(sorted(_JP_TRIGGERS)) + "]")
 
 Detector = Callable[[str, list[Finding]], None]
@@ -137,13 +175,16 @@ class Scanner:
         if self._numbers is not None:
             self._numbers.detect(text, candidates)
         present = frozenset(_ASCII_TRIGGER.findall(text))
-        families = {_ASCII_TRIGGERS[w] for w in present}
+        families: set[str] = set()
+        for word in present:
+            families |= _ASCII_TRIGGERS[word]
         if "@" in text:
             families.add(EMAIL)
         ascii_person = PERSON in families
         if not text.isascii():
-            if "パスワード" in text:
-                present |= {"パスワード"}
+            if "パスワード" in text or "：" in text:
+                present |= {"："}
+                families.add(SECRETS)
             families.update(_JP_TRIGGERS[c] for c in set(_JP_TRIGGER.findall(text)))
         for family, detect in self._families.items():
             if family in families:

@@ -1,0 +1,203 @@
+"""Property-based specifications: generated identifiers are found with exact spans in every
+written form; the same numbers with a wrong check digit are not; no input hangs the scanner."""
+
+from __future__ import annotations
+
+import string
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sekisho.classify import Scanner, scan
+from sekisho.classify._validate import (
+    corporate_check_digit,
+    luhn_check_digit,
+    my_number_check_digit,
+)
+
+FULL_WIDTH = str.maketrans(string.digits + "-", "０１２３４５６７８９－")
+DASHES = "-‐−ー－"
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+digits = st.text(alphabet=string.digits, min_size=1, max_size=1)
+japanese_context = st.sampled_from(["", "は", "です", "の件", "。", "、", "（", "）", "\n"])
+
+
+def _write(value: str, width: bool, dash: str) -> str:
+    value = value.replace("-", dash)
+    return value.translate(FULL_WIDTH) if width else value
+
+
+@st.composite
+def my_numbers(draw: st.DrawFn) -> str:
+    body = "".join(draw(digits) for _ in range(11))
+    return body + str(my_number_check_digit(body))
+
+
+@st.composite
+def corporate_numbers(draw: st.DrawFn) -> str:
+    body = str(draw(st.integers(1, 9))) + "".join(draw(digits) for _ in range(11))
+    return str(corporate_check_digit(body)) + body
+
+
+@st.composite
+def visa_cards(draw: st.DrawFn) -> str:
+    body = "4" + "".join(draw(digits) for _ in range(14))
+    return body + str(luhn_check_digit(body))
+
+
+def _spans(text: str, type_: str) -> list[str]:
+    return [text[f.start : f.end] for f in scan(text) if f.type == type_]
+
+
+@SETTINGS
+@given(my_numbers(), st.booleans(), st.sampled_from(DASHES), japanese_context, japanese_context)
+def test_valid_my_number_is_found_with_its_exact_span_in_any_written_form(
+    number: str, width: bool, dash: str, before: str, after: str
+) -> None:
+    grouped = f"{number[:4]}-{number[4:8]}-{number[8:]}"
+    for form in (number, grouped):
+        value = _write(form, width, dash)
+        text = f"マイナンバー{before}{value}{after}"
+        assert _spans(text, "MY_NUMBER") == [value]
+
+
+@SETTINGS
+@given(my_numbers(), st.integers(1, 9))
+def test_my_number_with_a_wrong_check_digit_is_never_a_my_number(number: str, delta: int) -> None:
+    wrong = number[:11] + str((int(number[11]) + delta) % 10)
+    assert _spans(f"マイナンバー：{wrong}", "MY_NUMBER") == []
+
+
+@SETTINGS
+@given(corporate_numbers(), st.booleans(), japanese_context)
+def test_valid_corporate_number_is_found_after_the_invoice_prefix(
+    number: str, width: bool, after: str
+) -> None:
+    value = _write(number, width, "-")
+    text = f"登録番号：T{value}{after}"
+    assert _spans(text, "CORPORATE_NUMBER") == [value]
+
+
+@SETTINGS
+@given(corporate_numbers(), st.integers(1, 8))
+def test_corporate_number_with_a_wrong_check_digit_is_not_one(number: str, delta: int) -> None:
+    wrong = str((int(number[0]) + delta) % 10) + number[1:]
+    assert _spans(f"法人番号 {wrong}", "CORPORATE_NUMBER") == []
+
+
+@SETTINGS
+@given(visa_cards(), st.sampled_from(["", " ", "-"]), st.booleans())
+def test_luhn_valid_card_is_found_in_its_grouped_forms(card: str, sep: str, width: bool) -> None:
+    card16 = card + str(luhn_check_digit(card[:-1] + "0"))[:0]  # keep 16 digits below
+    number = card16[:15]
+    number = number + str(luhn_check_digit(number))
+    value = _write(sep.join(number[i : i + 4] for i in range(0, 16, 4)), width, "-")
+    assert _spans(f"カード番号{value}で決済", "CREDIT_CARD") == [value]
+    wrong = number[:15] + str((int(number[15]) + 1) % 10)
+    assert _spans(f"カード番号 {wrong}", "CREDIT_CARD") == []
+
+
+@st.composite
+def phones(draw: st.DrawFn) -> tuple[str, str]:
+    """(form name, written phone number) in every form Japanese text uses."""
+    mobile = draw(st.sampled_from(["090", "080", "070"]))
+    a = "".join(draw(digits) for _ in range(4))
+    b = "".join(draw(digits) for _ in range(4))
+    return draw(
+        st.sampled_from(
+            [
+                f"{mobile}-{a}-{b}",
+                f"{mobile}{a}{b}",
+                f"03-{a}-{b}",
+                f"(03){a}-{b}",
+                f"+81-{mobile[1:]}-{a}-{b}",
+                f"+81(0)3-{a}-{b}",
+                f"+81 3 {a} {b}",
+                f"0120-{a[:3]}-{b[:3]}",
+                f"050-{a}-{b}",
+            ]
+        )
+    )
+
+
+@SETTINGS
+@given(phones(), st.booleans(), st.sampled_from(DASHES), japanese_context, japanese_context)
+def test_phone_numbers_are_found_in_all_written_forms_even_glued_to_japanese(
+    phone: str, width: bool, dash: str, before: str, after: str
+) -> None:
+    value = _write(phone, width, dash)
+    if width:
+        value = value.replace("(", "（").replace(")", "）").replace("+", "＋")
+    text = f"電話{before}{value}{after}"
+    assert _spans(text, "PHONE_JP") == [value]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=400))
+def test_any_unicode_input_gives_findings_that_index_the_original_text(text: str) -> None:
+    for finding in scan(text):
+        assert 0 <= finding.start < finding.end <= len(text)
+        assert text[finding.start : finding.end].strip() != ""
+
+
+ADVERSARIAL = [
+    "1" * 10_000,
+    "1-" * 5_000,
+    "1 " * 5_000,
+    "@" * 10_000,
+    "a@" * 5_000,
+    "Bearer " * 1_400,
+    "東京都" * 3_300,
+    "市1-" * 3_300,
+    "様" * 10_000,
+    "-----BEGIN PRIVATE KEY-----" * 370,
+    "eyJ" * 3_300,
+    "eyJa." * 2_000,
+    "postgres://" * 900,
+    "password=" * 1_100,
+    "(0" * 5_000,
+    "+81" * 3_300,
+    "1." * 5_000,
+    ":" * 10_000,
+    "a:" * 5_000,
+    "【" * 10_000,
+    "AKIA" * 2_500,
+    "生年月日" * 2_500,
+    "YAMADA/" * 1_400,
+    "Mr. " * 2_500,
+    "ａ" * 10_000,
+]
+
+
+def test_adversarial_inputs_of_10kb_finish_within_50ms() -> None:
+    scanner = Scanner()
+    scanner.scan("".join(ADVERSARIAL))  # compile patterns and load dictionaries first
+    slow = []
+    for text in ADVERSARIAL:
+        text = text[:10_000]
+        # Best of three: the bound is about the algorithm, not about a busy shared machine.
+        elapsed = min(_timed(scanner, text) for _ in range(3))
+        if elapsed > 0.05:
+            slow.append((text[:20], round(elapsed * 1000, 1)))
+    assert slow == []
+
+
+def _timed(scanner: Scanner, text: str) -> float:
+    started = time.perf_counter()
+    scanner.scan(text)
+    return time.perf_counter() - started
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["1", "-", " ", "@", ".", "a", "様", "東京都", ":", "T"]), max_size=3000
+    )
+)
+def test_random_runs_of_separators_and_triggers_never_hang(parts: list[str]) -> None:
+    text = "".join(parts)
+    started = time.perf_counter()
+    scan(text)
+    assert time.perf_counter() - started < 0.2
