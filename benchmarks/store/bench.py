@@ -152,7 +152,7 @@ async def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=256)
     p.add_argument("--latency-samples", type=int, default=500)
     p.add_argument("--no-postgres", action="store_true")
     args = p.parse_args()

@@ -115,6 +115,8 @@ def create(location: Location, *, pool_size: int = 4) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")  # a committed record survives power loss
             cur.execute("PRAGMA secure_delete=ON")  # deleted records do not linger in free pages
             cur.execute("PRAGMA busy_timeout=30000")
+            # Checkpoint every 32 MiB of log rather than 4 MiB: fewer pauses of the writer.
+            cur.execute("PRAGMA wal_autocheckpoint=8192")
             cur.close()
 
         return engine
