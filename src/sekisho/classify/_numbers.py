@@ -199,13 +199,8 @@ class NumberDetector:
         # phone): a run written with one separator throughout is one value or nothing, so
         # "4111 1111 1111 1112" never yields its first twelve digits as a My Number.
         kinds = [_sep_kind(folded[spans[k][1] : spans[k + 1][0]]) for k in range(len(spans) - 1)]
-        cuts = [
-            k
-            for k, kind in enumerate(kinds)
-            if (k == 0 or kinds[k - 1] != kind)
-            and (k == len(kinds) - 1 or kinds[k + 1] != kind)
-            and len(set(kinds)) > 1
-        ]
+        # Spaces are the weak separators: in a mixed run the values meet at a space.
+        cuts = [k for k, kind in enumerate(kinds) if kind == " "] if len(set(kinds)) > 1 else []
         first = 0
         for k in [*cuts, len(spans) - 1]:
             segment = spans[first : k + 1]

@@ -11,6 +11,7 @@ brackets right after a name (``山田 太郎（ヤマダ タロウ）``) is a se
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import cache
 
 from sekisho.classify import _names
@@ -40,7 +41,7 @@ _LOOSE_FIELDS = frozenset({"担当", "担当者"})
 _EN_TITLES = ("Mr.", "Mrs.", "Ms.", "Dr.", "Prof.", "Mr", "Mrs", "Ms", "Dr", "Prof", "Miss",
               "MR", "MS", "MRS")  # fmt: skip
 _OURS = ("弊社の", "当社の", "弊行の", "当行の", "弊所の")
-_SELF = ("です", "と申します")  # "アクメの田中です": a self-introduction names the writer
+_SELF = ("と申します",)  # "アクメの田中と申します": a self-introduction names the writer
 _CUE_KIND: dict[str, str] = {
     **{w: "hon" for w in _HONORIFICS},
     **{w: "title" for w in _TITLES},
@@ -52,6 +53,7 @@ _CUE_KIND: dict[str, str] = {
 }
 # A flat alternation of literals: the regex engine then skips every position whose character
 # cannot start a cue, which keeps clean text cheap. Boundaries are checked in Python.
+CUE_WORDS: tuple[str, ...] = tuple(w for w in _CUE_KIND if w != "/")
 _CUES_JP = trie_regex(w for w in _CUE_KIND if not w.isascii())
 _CUES_EN = lazy_compile(
     trie_pattern(w for w in _CUE_KIND if w.isascii() and w != "/")[3:-1] + "|/(?=[A-Z]{2})"
@@ -91,11 +93,37 @@ _LATIN_STOP = frozenset(
         "Board", "Staff", "Everyone", "Admin", "Engineering", "Legal", "HR", "IT", "Finance",
     }
 )  # fmt: skip
-_NAME_FIELD_PREFIX_STOP = (
-    "Company ", "File ", "Product ", "Project ", "Host ", "Domain ", "Server ", "Bucket ",
-    "Field ", "Display ", "User ", "Account ", "Table ", "Column ", "Model ", "Branch ",
-    "Bank ", "会社", "商品", "ファイル", "製品", "案件", "プロジェクト", "ユーザー", "銀行", "支店",
-)  # fmt: skip
+_NAME_FIELD_PREFIX_STOP = tuple(
+    w.lower()
+    for w in (
+        "Company ",
+        "File ",
+        "Product ",
+        "Project ",
+        "Host ",
+        "Domain ",
+        "Server ",
+        "Bucket ",
+        "Field ",
+        "Display ",
+        "User ",
+        "Account ",
+        "Table ",
+        "Column ",
+        "Model ",
+        "Branch ",
+        "Bank ",
+        "会社",
+        "商品",
+        "ファイル",
+        "製品",
+        "案件",
+        "プロジェクト",
+        "ユーザー",
+        "銀行",
+        "支店",
+    )
+)
 _SLASH_STOP = frozenset(
     {"AND", "OR", "TCP", "UDP", "HTTP", "HTTPS", "INPUT", "OUTPUT", "READ", "WRITE", "YES", "NO",
      "ON", "OFF", "PDF", "CSV", "JSON", "XML", "HTML", "API", "URL", "GET", "POST", "PUT"}
@@ -127,38 +155,47 @@ class PersonDetector:
         self._full_ja = _full_name_ja()
 
     def detect(
-        self, text: str, out: list[Finding], ascii_cues: bool = True, jp_cues: bool = True
+        self, text: str, out: list[Finding], cues: Iterable[tuple[int, int, str]] | None = None
     ) -> None:
-        """Add PERSON findings; ``*_cues=False`` says the text has no such cue word at all."""
+        """Add PERSON findings.
+
+        ``cues`` (start, end, word) are the cue words of the text when the caller has already
+        found them (the scanner's trigger pass has); by default they are searched here.
+        """
         found: list[Finding] = []
-        matches: list[re.Match[str]] = []
-        if jp_cues and not text.isascii():
-            matches.extend(_CUES_JP.finditer(text))
-        if ascii_cues:
-            matches.extend(_CUES_EN.finditer(text))
-        for match in matches:
-            word = match.group()
-            kind = _CUE_KIND[word]
+        if cues is None:
+            matches = list(_CUES_EN.finditer(text))
+            if not text.isascii():
+                matches += _CUES_JP.finditer(text)
+            cues = [(m.start(), m.end(), m.group()) for m in matches]
+        for start, end, word in cues:
+            kind = _CUE_KIND.get(word)
+            if kind is None:
+                continue
+            if kind == "slash":
+                if text[end : end + 2].isupper() and text[end : end + 2].isascii():
+                    self._slash(text, start, found)
+                continue
             if word.isascii() and word[0].isalpha():
-                if match.start() > 0 and text[match.start() - 1] in _WORDCHAR:
+                if start > 0 and text[start - 1] in _WORDCHAR:
                     continue
-                nxt = text[match.end() : match.end() + 1]
+                nxt = text[end : end + 1]
                 if nxt in _WORDCHAR or (kind == "entitle" and nxt not in (" ", "\t")):
                     continue
-            elif word == "氏" and text[match.end() : match.end() + 1] == "名":
+            elif word == "氏" and text[end : end + 1] == "名":
                 continue
             if kind == "hon" or kind == "title":
-                self._before(text, match.start(), match.end(), kind == "title", found)
+                self._before(text, start, end, kind == "title", found)
             elif kind == "field":
-                self._field(text, match.group(), match.start(), match.end(), found)
+                self._field(text, word, start, end, found)
             elif kind == "entitle":
-                self._after_title(text, match.end(), found)
+                self._after_title(text, end, found)
             elif kind == "ours":
-                self._ours(text, match.end(), found)
+                self._ours(text, end, found)
             elif kind == "self":
-                self._self_introduction(text, match.start(), found)
+                self._self_introduction(text, start, found)
             elif kind == "slash":
-                self._slash(text, match.start(), found)
+                self._slash(text, start, found)
         if not text.isascii():
             self._full_names_ja(text, found)
         for match in _CAPITALISED_PAIR.finditer(text):
@@ -251,7 +288,7 @@ class PersonDetector:
 
     # -- names after a field label, a title or 弊社の ---------------------------------------
     def _field(self, text: str, label: str, start: int, end: int, out: list[Finding]) -> None:
-        before = text[max(0, start - 12) : start]
+        before = text[max(0, start - 12) : start].lower()
         if before.endswith(_NAME_FIELD_PREFIX_STOP):
             return
         gap = _FIELD_GAP.match(text, end)

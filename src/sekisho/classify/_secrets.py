@@ -26,7 +26,7 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
     ),
     (
         "aws_secret_access_key",
-        ("ecret", "ECRET"),
+        ("_access_key", "_ACCESS_KEY", "SecretAccessKey"),
         r"(?i:aws_?secret_?access_?key|secret_?access_?key|SecretAccessKey)[\"']?\s*[:=]\s*[\"']?"
         r"(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])",
     ),
@@ -49,7 +49,7 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
     ),
     (
         "slack_webhook",
-        ("hooks.slack.com",),
+        ("/services/",),
         r"https://hooks\.slack\.com/services/T[A-Z0-9]{6,12}/B[A-Z0-9]{6,12}/[A-Za-z0-9]{20,32}",
     ),
     (
@@ -59,12 +59,12 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
     ),
     (
         "anthropic_api_key",
-        ("sk-ant-",),
+        ("k-",),
         r"(?<![A-Za-z0-9])sk-ant-[A-Za-z0-9_\-]{20,200}(?![A-Za-z0-9_\-])",
     ),
     (
         "openai_api_key",
-        ("sk-",),
+        ("k-",),
         r"(?<![A-Za-z0-9_\-])sk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,200}"
         r"(?![A-Za-z0-9_\-])",
     ),
@@ -80,8 +80,9 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
     ),
     (
         "password",
-        (":", "=", "："),
-        r"(?i:(?<![a-z0-9])(?:password|passwd|pwd|pass|パスワード))[\"']?[ \t]*[:=：][ \t]*[\"']?"
+        ("pass", "Pass", "PASS", "pwd", "Pwd", "PWD", "パスワード"),
+        r"(?<![A-Za-z0-9])(?:[Pp]ass(?:word|wd)?|PASS(?:WORD|WD)?|[Pp]wd|PWD|パスワード)"
+        r"[\"']?[ \t]*[:=：][ \t]*[\"']?"
         r"(?P<v>[^\s\"';,<>]{4,128})",
     ),
     (
@@ -95,6 +96,9 @@ _COMPILED = [(name, gate, lazy_compile(pattern)) for name, gate, pattern in _PAT
 SECRET_GATES: frozenset[str] = frozenset(
     w for _, gate, _ in _PATTERNS for w in gate if w.isascii()
 ) | {"-----"}
+SECRET_GATES_JP: frozenset[str] = frozenset(
+    w for _, gate, _ in _PATTERNS for w in gate if not w.isascii()
+)
 
 # Values that are documentation or templates, not credentials.
 _PLACEHOLDER = lazy_compile(
@@ -168,7 +172,7 @@ def detect_secrets(text: str, out: list[Finding], present: frozenset[str] | None
         if present is None:
             if not any(literal in text for literal in gate):
                 continue
-        elif not any(literal in present for literal in gate) and subtype != "password":
+        elif not any(literal in present for literal in gate):
             continue
         for match in pattern.finditer(text):
             span = match.span("v") if "v" in pattern.groupindex else match.span()

@@ -17,10 +17,10 @@ from sekisho.classify import findings as t
 from sekisho.classify._address import ROMAN_GATE, detect_addresses
 from sekisho.classify._dates import detect_birth_dates
 from sekisho.classify._labels import build_label_pattern, detect_labels
-from sekisho.classify._lazy import lazy_compile
 from sekisho.classify._numbers import NUMBER_RUN, NumberDetector
+from sekisho.classify._person import CUE_WORDS as PERSON_CUES
 from sekisho.classify._person import PersonDetector
-from sekisho.classify._secrets import SECRET_GATES, detect_secrets
+from sekisho.classify._secrets import SECRET_GATES, SECRET_GATES_JP, detect_secrets
 from sekisho.classify._trie import trie_regex
 from sekisho.classify._web import detect_emails, detect_ipv6
 from sekisho.classify.custom import CustomDetector, CustomRule
@@ -34,72 +34,26 @@ _NUMERIC_TYPES = frozenset(
     }
 )  # fmt: skip
 
-# Families of detectors and the literals (ASCII) or characters (Japanese) that must occur in a
-# text for the family to find anything.
+# Families of detectors and the words (ASCII or Japanese) of which one must occur in a text for
+# the family to find anything. Each side is one trie regex: a single pass finds them all.
 SECRETS, EMAIL, IPV6, LABELS, BIRTH, ADDRESS, PERSON = (
     "secrets", "email", "ipv6", "labels", "birth", "address", "person",
 )  # fmt: skip
-_ASCII_FAMILIES: dict[str, tuple[str, ...]] = {
-    SECRETS: tuple(SECRET_GATES),
-    EMAIL: ("@",),
-    IPV6: (":",),
-    LABELS: (
-        "CONFIDENTIAL",
-        "Confidential",
-        "INTERNAL",
-        "Internal",
-        "SECRET",
-        "Secret",
-        "RESTRICTED",
-        "PROPRIETARY",
-        "Proprietary",
-        "DISTRIBUTE",
-        "Distribute",
-    ),
-    BIRTH: ("Birth", "birth", "DOB", "D.O.B", "Born", "born"),
-    ADDRESS: ROMAN_GATE,
-    PERSON: (
-        "Mr",
-        "Ms",
-        "Dr",
-        "Prof",
-        "Miss",
-        "MR",
-        "MS",
-        "Dear",
-        "Hi",
-        "Hello",
-        "Name",
-        "NAME",
-        "From",
-        "To",
-        "Cc",
-        "Attn",
-        "ATTN",
-        "Contact",
-        "Passenger",
-        "PASSENGER",
-        "Full",
-        "Patient",
-        "Applicant",
-        "Candidate",
-        "Employee",
-        "/",
-    ),
-}
-_ASCII_TRIGGERS: dict[str, frozenset[str]] = {}
-for _family, _words in _ASCII_FAMILIES.items():
+_FAMILY_WORDS: dict[str, tuple[str, ...]] = {
+    SECRETS: (*SECRET_GATES, *SECRET_GATES_JP),
+    LABELS: ("CONFIDENTIAL", "Confidential", "INTERNAL", "Internal", "SECRET", "Secret",
+             "RESTRICTED", "PROPRIETARY", "Proprietary", "DISTRIBUTE", "Distribute", "TOP SECRET",
+             "Top Secret", "秘", "機密", "取扱", "取り扱", "限り", "限定", "禁止", "要配慮"),
+    BIRTH: ("Birth", "birth", "DOB", "D.O.B", "Born", "born", "生年", "生ま", "誕生", "日生"),
+    ADDRESS: (*ROMAN_GATE, "都", "道", "府", "県", "市", "区"),
+    PERSON: (*PERSON_CUES, "/"),
+}  # fmt: skip
+_TRIGGER_FAMILIES: dict[str, frozenset[str]] = {}
+for _family, _words in _FAMILY_WORDS.items():
     for _word in _words:
-        _ASCII_TRIGGERS[_word] = _ASCII_TRIGGERS.get(_word, frozenset()) | {_family}
-_JP_TRIGGERS: dict[str, str] = {
-    "＠": EMAIL,
-    **{c: LABELS for c in "秘機扱限禁配"},
-    **{c: BIRTH for c in "生誕"},
-    **{c: ADDRESS for c in "都道府県市区"},
-    **{c: PERSON for c in "様さ殿氏君先長名担宛弊当フふ申契差送受搭役授士任務くち者義で"},
-}
-_ASCII_TRIGGER = trie_regex(w for w in _ASCII_TRIGGERS if w != "@")
-_JP_TRIGGER = lazy_compile("[" + "".join(sorted(_JP_TRIGGERS)) + "]")
+        _TRIGGER_FAMILIES[_word] = _TRIGGER_FAMILIES.get(_word, frozenset()) | {_family}
+_ASCII_TRIGGER = trie_regex(w for w in _TRIGGER_FAMILIES if w.isascii())
+_JP_TRIGGER = trie_regex(w for w in _TRIGGER_FAMILIES if not w.isascii())
 
 Detector = Callable[[str, list[Finding]], None]
 
@@ -174,18 +128,17 @@ class Scanner:
         candidates: list[Finding] = []
         if self._numbers is not None:
             self._numbers.detect(text, candidates)
-        present = frozenset(_ASCII_TRIGGER.findall(text))
+        cues = [(m.start(), m.end(), m.group()) for m in _ASCII_TRIGGER.finditer(text)]
+        if not text.isascii():
+            cues += [(m.start(), m.end(), m.group()) for m in _JP_TRIGGER.finditer(text)]
+        present = frozenset(word for _, _, word in cues)
         families: set[str] = set()
         for word in present:
-            families |= _ASCII_TRIGGERS[word]
-        if "@" in text:
+            families |= _TRIGGER_FAMILIES[word]
+        if "@" in text or "＠" in text:
             families.add(EMAIL)
-        ascii_person = PERSON in families
-        if not text.isascii():
-            if "パスワード" in text or "：" in text:
-                present |= {"："}
-                families.add(SECRETS)
-            families.update(_JP_TRIGGERS[c] for c in set(_JP_TRIGGER.findall(text)))
+        if ":" in text:
+            families.add(IPV6)
         for family, detect in self._families.items():
             if family in families:
                 if family == SECRETS:
@@ -193,9 +146,7 @@ class Scanner:
                 else:
                     detect(text, candidates)
         if self._person is not None:
-            self._person.detect(
-                text, candidates, ascii_cues=ascii_person, jp_cues=PERSON in families
-            )
+            self._person.detect(text, candidates, cues if PERSON in families else ())
         for detect in self._always:
             detect(text, candidates)
         return resolve(candidates, self.min_score, self.types)
