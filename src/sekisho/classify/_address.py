@@ -8,6 +8,8 @@ rest, so each candidate costs a bounded number of steps. Romanised addresses
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sekisho.classify._lazy import lazy_compile
 from sekisho.classify._text import DASH
 from sekisho.classify.findings import ADDRESS_JP, Finding
@@ -160,10 +162,14 @@ def _trim(text: str, start: int, end: int) -> int:
     return end
 
 
-def detect_addresses(text: str, out: list[Finding], roman: bool = True) -> None:
+def detect_addresses(
+    text: str, out: list[Finding], roman: bool = True, starts: Iterable[int] | None = None
+) -> None:
+    """Add ADDRESS_JP findings; ``starts`` are the positions of 都道府県市区 when known."""
     covered = -1
-    for match in _START.finditer(text):
-        cue = match.start()
+    if starts is None:
+        starts = [m.start() for m in _START.finditer(text)]
+    for cue in starts:
         if cue < covered:
             continue
         ch = text[cue]

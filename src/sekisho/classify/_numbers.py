@@ -117,6 +117,26 @@ def _phone(digits: str, folded: str, groups: list[str], kind: str | None) -> flo
     return _score(base, kind, _PHONE_CTX)
 
 
+_BANK_SHAPES = ([5, 8], [5, 1, 8], [4, 3, 7])
+
+
+def _shape_possible(n: int, sizes: list[int], folded: str) -> bool:
+    """Could a run with these digit groups be any identifier at all? A cheap first filter."""
+    if folded[0] in "+(" or "." in folded:
+        return True  # +81 / (03) phones, dotted IPv4
+    if n < 6 or n > 19:
+        return False
+    if sizes in ([6], [7], [3, 4], [8]) or sizes in _BANK_SHAPES:
+        return True  # postal, bank, health insurance
+    if n in (10, 11):
+        return folded[0] == "0"
+    if n == 12:
+        return sizes in ([12], [4, 4, 4])
+    if n == 13 and sizes in ([13], [1, 4, 4, 4]):
+        return True
+    return n >= 13 and (len(sizes) == 1 or sizes in _CARD_GROUPINGS)
+
+
 def _sep_kind(separator: str) -> str:
     if "/" in separator or "." in separator:
         return "/"
@@ -224,12 +244,14 @@ class NumberDetector:
         digits = "".join(groups)
         n = len(digits)
         sizes = [len(g) for g in groups]
+        prefix = _letters_before(text, start) if start and text[start - 1] in _LETTERS else ""
+        if prefix and fold(prefix).lower() in _LABEL_PREFIXES:
+            prefix = ""
+        if not prefix and not _shape_possible(n, sizes, folded):
+            return None  # no identifier is written like this: skip the context lookup
         seps = {folded[spans[k][1] : spans[k + 1][0]] for k in range(len(spans) - 1)}
         plain_seps = all(s.strip(" -()") == "" for s in seps)
         kind = ctx.context_before(text, start)
-        prefix = _letters_before(text, start)
-        if prefix and fold(prefix).lower() in _LABEL_PREFIXES:
-            prefix = ""
         wanted = self._wanted
 
         def emit(type_: str, score: float) -> Finding | None:

@@ -52,6 +52,8 @@ _TRIGGER_FAMILIES: dict[str, frozenset[str]] = {}
 for _family, _words in _FAMILY_WORDS.items():
     for _word in _words:
         _TRIGGER_FAMILIES[_word] = _TRIGGER_FAMILIES.get(_word, frozenset()) | {_family}
+_ADDRESS_CHARS = frozenset("都道府県市区")
+_ROMAN = frozenset(ROMAN_GATE)
 _ASCII_TRIGGER = trie_regex(w for w in _TRIGGER_FAMILIES if w.isascii())
 _JP_TRIGGER = trie_regex(w for w in _TRIGGER_FAMILIES if not w.isascii())
 
@@ -143,6 +145,9 @@ class Scanner:
             if family in families:
                 if family == SECRETS:
                     detect_secrets(text, candidates, present)
+                elif family == ADDRESS:
+                    starts = [s for s, _, w in cues if w in _ADDRESS_CHARS]
+                    detect_addresses(text, candidates, roman=bool(present & _ROMAN), starts=starts)
                 else:
                     detect(text, candidates)
         if self._person is not None:
