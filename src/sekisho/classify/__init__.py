@@ -10,7 +10,7 @@ Spans index the original text (``text[f.start:f.end]``), follow shared/PII_LABEL
 documented with every type in docs/classification.md.
 """
 
-from sekisho.classify.custom import CustomRule
+from sekisho.classify.custom import CustomRule, rules_from_config
 from sekisho.classify.findings import STRUCTURED_TYPES, TYPES, Finding
 from sekisho.classify.redact import Pseudonymiser, redact, summarise
 from sekisho.classify.scanner import Scanner, default_scanner, scan
@@ -27,6 +27,7 @@ __all__ = [
     "StreamScanner",
     "default_scanner",
     "redact",
+    "rules_from_config",
     "scan",
     "summarise",
 ]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
 
 
 def _words(filename: str) -> frozenset[str]:
+    from importlib import resources  # here, not at import: it costs ~10 ms to import
+
     text = (
         resources.files("sekisho.classify").joinpath("data").joinpath(filename).read_text("utf-8")
     )

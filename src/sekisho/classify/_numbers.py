@@ -52,6 +52,7 @@ _DIGIT_CHARS = frozenset("0123456789０１２３４５６７８９")
 _ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ")
 _LETTERS = _UPPER | _ASCII_LETTERS
+_TOKEN_CHARS = _LETTERS | {"_"}
 _LABEL_PREFIXES = frozenset({"tel", "fax", "no", "mobile", "phone", "ph", "zip", "ip", "num"})
 _HEXISH = frozenset("0123456789abcdefABCDEF-")
 
@@ -177,13 +178,26 @@ class NumberDetector:
 
     def __init__(self, wanted: frozenset[str]) -> None:
         self._wanted = wanted
+        self._iban = IBAN in wanted
 
     def detect(self, text: str, out: list[Finding]) -> None:
+        length = len(text)
         for match in NUMBER_RUN.finditer(text):
             start, end = match.span()
             raw = match.group()
-            if len(raw) < 6 and (start < 2 or text[start - 1] not in _LETTERS):
-                continue  # too short for any identifier (passports carry letters before them)
+            before = text[start - 1] if start else ""
+            if before in _TOKEN_CHARS or (end < length and text[end] in _ASCII_LETTERS):
+                # Digits inside a word (hashes, tokens, product codes): only passports,
+                # residence cards, invoice numbers (T…) and IBANs are written that way.
+                if start >= 2 and self._iban and text[start - 2 : start].isupper():
+                    iban = iban_at(text, start - 2)
+                    if iban is not None:
+                        out.append(iban)
+                        continue
+                if len(raw) < 7 or before not in _LETTERS:
+                    continue
+            elif len(raw) < 6:
+                continue  # too short for any identifier
             while raw and raw[0] in "+＋(（" and (len(raw) == 1 or raw[1] not in _DIGIT_CHARS):
                 start, raw = start + 1, raw[1:]  # "（(03)…": the outer bracket is prose
             if not raw:

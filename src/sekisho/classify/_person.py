@@ -56,7 +56,7 @@ _CUE_KIND: dict[str, str] = {
 CUE_WORDS: tuple[str, ...] = tuple(w for w in _CUE_KIND if w != "/")
 _CUES_JP = trie_regex(w for w in _CUE_KIND if not w.isascii())
 _CUES_EN = lazy_compile(
-    trie_pattern(w for w in _CUE_KIND if w.isascii() and w != "/")[3:-1] + "|/(?=[A-Z]{2})"
+    lambda: trie_pattern(w for w in _CUE_KIND if w.isascii() and w != "/")[3:-1] + "|/(?=[A-Z]{2})"
 )
 _WORDCHAR = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _BEFORE_LATIN = lazy_compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?)[ 　]?$")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 from sekisho.classify._text import DASH, SPACE
 from sekisho.classify.findings import CUSTOM, Finding
@@ -119,3 +120,48 @@ class CustomDetector:
             for match in pattern.finditer(text):
                 if match.end() > match.start():
                     out.append(Finding(CUSTOM, match.start(), match.end(), rule.score, rule.name))
+
+
+def rules_from_config(
+    section: Mapping[str, Any], where: str = "classification"
+) -> tuple[list[CustomRule], list[str]]:
+    """Custom rules and extra labels from a tenant's ``classification:`` config section.
+
+    Errors are ``ValueError`` naming the key path (``classification.custom[1].pattern``), so
+    the config loader can report file, key and reason.
+    """
+    if not isinstance(section, Mapping):
+        raise ValueError(f"{where}: expected a mapping with 'custom' and/or 'labels'")
+    unknown = sorted(set(section) - {"custom", "labels"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: custom, labels")
+    rules: list[CustomRule] = []
+    custom = section.get("custom") or []
+    if not isinstance(custom, list):
+        raise ValueError(f"{where}.custom: expected a list of rules")
+    for index, item in enumerate(custom):
+        path = f"{where}.custom[{index}]"
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{path}: expected a mapping with name and terms or pattern")
+        extra = sorted(set(item) - {"name", "terms", "pattern", "score"})
+        if extra:
+            raise ValueError(f"{path}: unknown key(s) {', '.join(extra)}")
+        terms = item.get("terms") or ()
+        if not isinstance(terms, list | tuple) or not all(isinstance(t, str) for t in terms):
+            raise ValueError(f"{path}.terms: expected a list of strings")
+        try:
+            rules.append(
+                CustomRule(
+                    name=str(item.get("name", "")),
+                    terms=tuple(terms),
+                    pattern=item.get("pattern"),
+                    score=float(item.get("score", 0.9)),
+                )
+            )
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    labels = section.get("labels") or []
+    if not isinstance(labels, list) or not all(isinstance(w, str) and w for w in labels):
+        raise ValueError(f"{where}.labels: expected a list of non-empty strings")
+    CustomDetector(rules)  # duplicate names are an error here, not at the first request
+    return rules, list(labels)
