@@ -138,11 +138,12 @@ def _full_name_ja() -> re.Pattern[str]:  # built from the dictionaries, so on fi
     surnames = [s for s in _names.surnames_ja() if len(s) >= 2]
     first = "".join(sorted({s[0] for s in surnames}))
     second = "".join(sorted({s[1] for s in surnames}))
-    return re.compile(f"[{first}][{second}][{_KANJI}]{{0,3}}[ 　]?[{_KANJI}ぁ-ん]{{0,3}}")
+    return re.compile(f"[{first}][{second}]")
 
 
 _KANJI_RE = lazy_compile(f"[{_KANJI}]")
-_CAPITALISED_PAIR = lazy_compile(r"[A-Z][a-z]{1,15} (?:[A-Z]\. )?[A-Z][a-z]{1,20}(?![A-Za-z'])")
+_SURNAME_AFTER = lazy_compile(r" (?:[A-Z]\. )?([A-Z][a-z]{1,20})(?![A-Za-z'])")
+_GIVEN_FIRST = lazy_compile(r"[A-Z][a-z]{1,15}(?= [A-Z])")
 
 
 class PersonDetector:
@@ -163,6 +164,7 @@ class PersonDetector:
         found them (the scanner's trigger pass has); by default they are searched here.
         """
         found: list[Finding] = []
+        standalone = cues is None
         if cues is None:
             matches = list(_CUES_EN.finditer(text))
             if not text.isascii():
@@ -171,6 +173,10 @@ class PersonDetector:
         for start, end, word in cues:
             kind = _CUE_KIND.get(word)
             if kind is None:
+                if word in self._given_en:
+                    self._given_name(text, start, end, found)
+                elif word in self._surnames:
+                    self._full_name_ja_at(text, start, found)
                 continue
             if kind == "slash":
                 if text[end : end + 2].isupper() and text[end : end + 2].isascii():
@@ -197,37 +203,45 @@ class PersonDetector:
             elif kind == "slash":
                 self._slash(text, start, found)
         if not text.isascii():
-            self._full_names_ja(text, found)
-        for match in _CAPITALISED_PAIR.finditer(text):
-            first, _, last = match.group().partition(" ")
-            if (
-                first in self._given_en
-                and last.rsplit(" ", 1)[-1] not in _LATIN_STOP
-                and (match.start() == 0 or text[match.start() - 1] not in _WORDCHAR)
-            ):
-                found.append(Finding(PERSON, match.start(), match.end(), 0.75))
+            # Uncued Japanese full names: one class-led pass over surname-like kanji pairs.
+            for match in self._full_ja.finditer(text):
+                self._full_name_ja_at(text, match.start(), found)
+        if standalone:
+            for match in _GIVEN_FIRST.finditer(text):
+                if match.group() in self._given_en:
+                    self._given_name(text, match.start(), match.end(), found)
         for finding in found:
             out.append(finding)
             reading = _READING.match(text, finding.end)
             if reading is not None:
                 out.append(Finding(PERSON, reading.start(1), reading.end(1), 0.85))
 
-    def _full_names_ja(self, text: str, out: list[Finding]) -> None:
-        """Uncued full names whose surname and given name are both in the dictionaries."""
+    def _full_name_ja_at(self, text: str, start: int, out: list[Finding]) -> None:
+        """An uncued full name at ``start`` whose surname and given name are both known."""
+        if start > 0 and _KANJI_RE.match(text, start - 1):
+            return  # inside a longer kanji word
         surnames, given = self._surnames, self._given
-        for match in self._full_ja.finditer(text):
-            run = match.group()
-            for length in (3, 2):
-                if run[:length] in surnames:
-                    rest = run[length:].lstrip(" 　")
-                    for glen in (3, 2, 1):
-                        if rest[:glen] in given and len(rest) >= glen:
-                            end = match.start() + (len(run) - len(rest)) + glen
-                            after = text[end : end + 1]
-                            if not after or not _KANJI_RE.match(after):
-                                out.append(Finding(PERSON, match.start(), end, 0.8))
-                            break
-                    break
+        for length in (3, 2):
+            if text[start : start + length] in surnames:
+                pos = start + length
+                if text[pos : pos + 1] in (" ", "　"):
+                    pos += 1
+                for glen in (3, 2, 1):
+                    name = text[pos : pos + glen]
+                    if len(name) == glen and name in given:
+                        end = pos + glen
+                        if not _KANJI_RE.match(text, end):
+                            out.append(Finding(PERSON, start, end, 0.8))
+                        return
+                return
+
+    def _given_name(self, text: str, start: int, end: int, out: list[Finding]) -> None:
+        """``John Smith``: a known given name, then a capitalised word, with no cue."""
+        if start > 0 and text[start - 1] in _WORDCHAR:
+            return
+        rest = _SURNAME_AFTER.match(text, end)
+        if rest is not None and rest.group(1) not in _LATIN_STOP:
+            out.append(Finding(PERSON, start, rest.end(), 0.75))
 
     # -- names before an honorific or title ------------------------------------------------
     def _before(self, text: str, cue: int, cue_end: int, title: bool, out: list[Finding]) -> None:

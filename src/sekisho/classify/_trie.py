@@ -9,7 +9,7 @@ of literals, so the engine can skip positions that cannot start any word.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sekisho.classify._lazy import LazyPattern
 
@@ -43,12 +43,13 @@ def _build(words: list[str]) -> str:
     return f"(?:{body})"
 
 
-def trie_regex(words: Iterable[str]) -> LazyPattern:
-    """The trie of ``words`` as a pattern compiled on first use."""
-    frozen = tuple(words)
+def trie_regex(words: Iterable[str] | Callable[[], Iterable[str]]) -> LazyPattern:
+    """The trie of ``words`` as a pattern compiled on first use (``words`` may be a callable
+    that yields them then, e.g. from a dictionary file)."""
+    frozen = None if callable(words) else tuple(words)
 
     def source() -> str:
-        pattern = trie_pattern(frozen)
+        pattern = trie_pattern(frozen if frozen is not None else words())  # type: ignore[operator]
         # Drop the outer group so the top level is a plain branch of literals.
         if pattern.startswith("(?:") and pattern.endswith(")") and _balanced(pattern[3:-1]):
             return pattern[3:-1]

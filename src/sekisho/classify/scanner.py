@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Collection, Sequence
 
+from sekisho.classify import _names
 from sekisho.classify import findings as t
 from sekisho.classify._address import ROMAN_GATE, detect_addresses
 from sekisho.classify._dates import detect_birth_dates
@@ -54,7 +55,15 @@ for _family, _words in _FAMILY_WORDS.items():
         _TRIGGER_FAMILIES[_word] = _TRIGGER_FAMILIES.get(_word, frozenset()) | {_family}
 _ADDRESS_CHARS = frozenset("都道府県市区")
 _ROMAN = frozenset(ROMAN_GATE)
-_ASCII_TRIGGER = trie_regex(w for w in _TRIGGER_FAMILIES if w.isascii())
+_PERSON_ONLY = frozenset({PERSON})
+
+
+def _ascii_words() -> list[str]:
+    # Given names trigger the uncued full-name check ("John Smith"), so it costs no pass.
+    return [*(w for w in _TRIGGER_FAMILIES if w.isascii()), *_names.given_en()]
+
+
+_ASCII_TRIGGER = trie_regex(_ascii_words)
 _JP_TRIGGER = trie_regex(w for w in _TRIGGER_FAMILIES if not w.isascii())
 
 Detector = Callable[[str, list[Finding]], None]
@@ -136,7 +145,7 @@ class Scanner:
         present = frozenset(word for _, _, word in cues)
         families: set[str] = set()
         for word in present:
-            families |= _TRIGGER_FAMILIES[word]
+            families |= _TRIGGER_FAMILIES.get(word, _PERSON_ONLY)
         if "@" in text or "＠" in text:
             families.add(EMAIL)
         if ":" in text:
