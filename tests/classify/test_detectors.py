@@ -135,3 +135,24 @@ def test_findings_are_sorted_and_do_not_overlap() -> None:
     findings = scan(text)
     assert findings == sorted(findings, key=lambda f: f.start)
     assert all(a.end <= b.start for a, b in itertools.pairwise(findings))
+
+
+def test_normalised_text_maps_every_position_back_to_the_original() -> None:
+    from sekisho.classify._text import Normalised
+
+    original = "ＰＲＯＪＥＣＴ－Ｘ　ｶﾅ"
+    folded = Normalised.of(original, drop_spaces=True)
+    assert folded.text == "project-xカナ"
+    start = folded.text.index("x")
+    assert folded.original_span(start, start + 1) == (8, 9)
+    assert original[slice(*folded.original_span(0, len(folded.text)))] == original
+
+
+def test_asking_for_the_ner_detector_without_ginza_says_how_to_install_it() -> None:
+    from sekisho.classify import ner
+
+    if ner.available():
+        pytest.skip("GiNZA is installed here; the error path cannot be exercised")
+    with pytest.raises(RuntimeError, match="pip install ginza ja_ginza"):
+        Scanner(ner=True)
+    assert Scanner().scan("山田太郎様") == [Finding("PERSON", 0, 4, 0.9)]

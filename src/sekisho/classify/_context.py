@@ -76,9 +76,3 @@ def context_before(text: str, start: int, window: int = WINDOW) -> str | None:
     for match in _CONTEXT.finditer(text, max(0, start - window), start):
         kind = _KIND[match.group()]
     return kind
-
-
-def context_after(text: str, end: int, window: int = 8) -> str | None:
-    """The kind of a context word right after a value (``090-…（携帯）``)."""
-    match = _CONTEXT.search(text, end, min(len(text), end + window))
-    return _KIND[match.group()] if match else None

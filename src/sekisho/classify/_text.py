@@ -12,8 +12,6 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
-from sekisho.classify._lazy import lazy_compile
-
 # Regex fragments shared by the detectors (they go inside character classes).
 DIGIT = "0-9０-９"
 # Hyphen and long-vowel look-alikes seen in real identifiers: ASCII hyphen-minus, hyphen,
@@ -37,19 +35,12 @@ _FOLD_TABLE[ord("＠")] = ord("@")
 _FOLD_TABLE[ord("．")] = ord(".")
 _FOLD_TABLE[ord("。")] = ord("。")
 
-_DIGITS_ONLY = lazy_compile(r"[^0-9]+")
-
 
 def fold(value: str) -> str:
     """Fold full-width ASCII, dash look-alikes and ideographic spaces; length-preserving."""
     if value.isascii():
         return value
     return value.translate(_FOLD_TABLE)
-
-
-def digits_of(value: str) -> str:
-    """The ASCII digits of a value, in order, whatever their width and separators."""
-    return _DIGITS_ONLY.sub("", fold(value))
 
 
 _KANJI_DIGIT = {
@@ -124,8 +115,3 @@ class Normalised:
     def original_span(self, start: int, end: int) -> tuple[int, int]:
         """Map a span of the normalised text back to the original text (end-exclusive)."""
         return self.offsets[start], self.offsets[end - 1] + 1
-
-
-def term_key(term: str) -> str:
-    """The folded form a custom term is compared in."""
-    return Normalised.of(term).text
