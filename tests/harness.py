@@ -66,7 +66,12 @@ class Harness:
         self.server = uvicorn.Server(uvicorn.Config(
             self.gateway, host="127.0.0.1", port=self.port, loop="asyncio", http="httptools",
             lifespan="on", access_log=False, log_config=None, timeout_graceful_shutdown=5))
-        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.server.serve()))
+        server = self.server
+
+        async def serve() -> None:
+            await server.serve()
+
+        self._serving = asyncio.run_coroutine_threadsafe(serve(), self.loop)
         deadline = time.time() + 10
         while not self.server.started:
             if time.time() > deadline:
@@ -77,14 +82,10 @@ class Harness:
     def stop(self) -> None:
         if self.server is not None:
             self.server.should_exit = True
-            deadline = time.time() + 10
-            while self.server.started and not getattr(self.server, "_stopped", False):
-                if time.time() > deadline:
-                    break
-                time.sleep(0.02)
-                if not self.thread.is_alive():
-                    break
-            time.sleep(0.05)
+            try:
+                self._serving.result(15)
+            except Exception:  # a failed shutdown must not hide the test's own result
+                pass
         for sim in self.sims.values():
             self.call(sim.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -140,3 +141,47 @@ def start_example(tmp: Path, mutate: Callable[[dict[str, Any]], None] | None = N
     if mutate is not None:
         mutate(raw)
     return Harness(raw, tmp, demo_sim_specs(**sim_kw)).start()
+
+
+class Resp:
+    """A plain HTTP response for tests that need to send what no SDK would."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status_code = status
+        self.headers = headers
+        self.content = body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.content)
+
+
+def request(method: str, url: str, *, content: Any = None, json_body: Any = None,
+            headers: dict[str, str] | None = None, timeout: float = 10) -> Resp:
+    """One HTTP/1.1 request with the standard library (chunked when content is an iterator)."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    hdrs = dict(headers or {})
+    body = content
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+        hdrs.setdefault("content-type", "application/json")
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    chunked = body is not None and not isinstance(body, bytes | str)
+    if isinstance(body, str):
+        body = body.encode()
+    conn.request(method, path, body=body, headers=hdrs, encode_chunked=chunked)
+    r = conn.getresponse()
+    data = r.read()
+    out = Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+    conn.close()
+    return out

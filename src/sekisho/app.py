@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
+import signal
+import socket
 import time
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sekisho.api import http
 from sekisho.api import openai as routes
-from sekisho.classify import Scanner
 from sekisho.config import Config, load_config
-from sekisho.errors import MethodNotAllowed, NotFound, SekishoError
-from sekisho.identity import KeyStore, Principal
+from sekisho.errors import ConfigError, ConfigProblem, MethodNotAllowed, NotFound, SekishoError
+from sekisho.api.admin import AdminAPI
+from sekisho.config import scanner_for
+from sekisho.identity import Authenticator, KeyStore, Principal, allows, require
+from sekisho.identity.limits import Limiter, build_limiter
+from sekisho.identity.roles import MODEL_ROUTES, Permission
+from sekisho.store import Stores
 from sekisho.metrics import Metrics
-from sekisho.pipeline import Pipeline, Recorder, Reply, StreamReply
+from sekisho.ledger import KeyFileError, Ledger, create_signing_key, load_signer
+from sekisho.pipeline import Pipeline, Reply, StreamReply
+from sekisho.recorder import LedgerRecorder, tenant_hash_key
 from sekisho.providers import Transport, transport_for
 from sekisho.routing import Health, Selector
 
@@ -33,7 +44,7 @@ ModelHandler = Callable[..., Awaitable[Reply | StreamReply]]
 class Gateway:
     """The ASGI application."""
 
-    def __init__(self, config: Config, *, recorder: Recorder | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
         self.health = Health(
@@ -42,8 +53,15 @@ class Gateway:
             backoff_max=config.routing.health.backoff_max_seconds,
         )
         self.keys = KeyStore(config.data_dir / "identity.db")
-        self.recorder = recorder
+        self.recorder: LedgerRecorder | None = None
+        self.ledger: Ledger | None = None
+        self._hash_keys: dict[str, bytes] = {}
         self.transports: dict[str, Transport] = {}
+        self.authenticator = Authenticator(self.keys, config.model.auth, tenants=config.tenants)
+        self.limiter: Limiter | None = None
+        self.stores: Stores | None = None
+        self.admin: AdminAPI | None = None
+        self._reload_lock = asyncio.Lock()
         self.pipeline: Pipeline | None = None
         self.ready = False
         self.in_flight = 0
@@ -62,6 +80,30 @@ class Gateway:
     # -- lifespan --------------------------------------------------------------------------
 
     async def startup(self) -> None:
+        await self._open_ledger()
+        assert self.recorder is not None
+        cfg = self.config
+        self.stores = await Stores.open(
+            cfg.regions, cfg.data_dir, audit=self.recorder, tenants=cfg.tenants
+        )
+        self._tasks.append(self.stores.start_sweeper())
+        self.recorder.use_store_keys(self.stores, cfg.tenants)
+        self.limiter = build_limiter(
+            tenants={n: t.limits for n, t in cfg.tenants.items()},
+            defaults=cfg.model.limits,
+            redis_url=cfg.model.redis,
+            data_dir=cfg.data_dir,
+        )
+        await self.authenticator.start()
+        self.admin = AdminAPI(
+            keys=self.keys,
+            authenticator=self.authenticator,
+            limiter=self.limiter,
+            usage=None,
+            tenants=cfg.tenants,
+            reload_policy=self.reload_policy,
+            audit=self.recorder,
+        )
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("accept-encoding",)
@@ -72,14 +114,18 @@ class Gateway:
             catalogue=self.config.catalogue,
             tenants=self.config.tenants,
             policies=self.config.policies,
-            scanners={name: Scanner() for name in self.config.tenants},
+            scanners={name: scanner_for(t) for name, t in self.config.tenants.items()},
             transports=self.transports,
             health=self.health,
             selector=Selector(self.health),
             metrics=self.metrics,
             recorder=self.recorder,
+            limiter=self.limiter,
+            stores=self.stores,
             max_attempts=self.config.routing.max_attempts,
         )
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         interval = self.config.routing.health.probe_interval_seconds
         if interval > 0:
             self._tasks.append(asyncio.create_task(self._probe(interval)))
@@ -93,6 +139,42 @@ class Gateway:
             },
         )
 
+    async def _open_ledger(self) -> None:
+        """Open the transparency ledger; create its signing key on first start."""
+        cfg = self.config.ledger
+        data_dir = self.config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        origin = cfg.origin or f"{socket.gethostname()}/sekisho-ledger"
+        key_file = Path(cfg.key_file) if cfg.key_file else data_dir / "keys" / "ledger.key"
+        if not key_file.exists():
+            try:
+                verifier = create_signing_key(key_file, origin)
+                log.warning(
+                    "created the ledger signing key; publish its verifier key so auditors can "
+                    "verify receipts offline",
+                    extra={"key_file": str(key_file), "verifier_key": verifier},
+                )
+            except KeyFileError:
+                if not key_file.exists():  # another worker did not just create it
+                    raise
+        signer = load_signer(key_file)
+        self.ledger = await Ledger.open(
+            cfg.url or str(data_dir),
+            signer,
+            origin=origin,
+            group_interval=cfg.group_interval_ms / 1000,
+            group_size=cfg.group_size,
+            deadline=cfg.deadline_ms / 1000,
+            checkpoint_interval=cfg.checkpoint_interval_ms / 1000,
+        )
+        self.recorder = LedgerRecorder(self.ledger, self._tenant_hash_key)
+
+    def _tenant_hash_key(self, tenant: str) -> bytes:
+        key = self._hash_keys.get(tenant)
+        if key is None:
+            key = self._hash_keys[tenant] = tenant_hash_key(self.config.data_dir, tenant)
+        return key
+
     async def shutdown(self) -> None:
         self.ready = False
         for t in self._tasks:
@@ -102,6 +184,57 @@ class Gateway:
                 await t
         if self._session is not None:
             await self._session.close()
+        await self.authenticator.close()
+        if self.limiter is not None:
+            await self.limiter.close()
+        if self.stores is not None:
+            await self.stores.close()
+        if self.ledger is not None:
+            await self.ledger.close()
+
+    # -- policy reload ---------------------------------------------------------------------
+
+    def _on_sighup(self) -> None:
+        async def reload() -> None:
+            try:
+                result = await self.reload_policy()
+                log.info("policy reloaded (SIGHUP)", extra=result)
+            except ConfigError as exc:
+                log.error("policy reload refused; the old policy keeps serving",
+                          extra={"problems": [str(p) for p in exc.problems]})
+
+        self._tasks.append(asyncio.create_task(reload()))
+
+    async def reload_policy(self) -> dict[str, Any]:
+        """Re-read the config file and swap in its tenants' policies, only if all of it
+        validates; otherwise raise ConfigError and keep serving the old policies."""
+        async with self._reload_lock:
+            new = await asyncio.to_thread(load_config, self.config.source_file)
+            old = self.config
+            if {e.id: e for e in new.catalogue.endpoints} != {e.id: e for e in old.catalogue.endpoints}:
+                raise ConfigError([ConfigProblem(
+                    new.source_file, "endpoints",
+                    "the endpoint catalogue changed; a policy reload swaps policies only — "
+                    "restart the gateway to change endpoints")])
+            if set(new.tenants) != set(old.tenants):
+                raise ConfigError([ConfigProblem(
+                    new.source_file, "tenants",
+                    "tenants were added or removed; restart the gateway to change tenants")])
+            assert self.pipeline is not None
+            before = {n: p.digest for n, p in old.policies.items()}
+            scanners = {name: scanner_for(t) for name, t in new.tenants.items()}
+            self.pipeline.policies = new.policies
+            self.pipeline.tenants = new.tenants
+            self.pipeline.scanners = scanners
+            old.policies = new.policies
+            old.tenants = new.tenants
+            after = {n: p.digest for n, p in new.policies.items()}
+            changed = sorted(n for n in after if before.get(n) != after[n])
+            if self.recorder is not None:
+                for name in changed:
+                    await self.recorder.admin("sekisho", "policy.reload", f"tenant/{name}",
+                                              {"from": before.get(name), "to": after[name]})
+            return {"policies": after, "changed": changed}
 
     async def _probe(self, interval: float) -> None:
         """Active health: GET {base_url}/models on every endpoint that is down."""
@@ -161,6 +294,13 @@ class Gateway:
             if path == "/v1/models" or path.startswith("/v1/models/"):
                 await self._models(scope, send, rid, path)
                 return
+            if path.startswith("/admin/v1"):
+                assert self.admin is not None
+                await self.admin(scope, receive, send, rid)
+                return
+            if path.startswith("/ledger/"):
+                await self._ledger_route(scope, send, rid, path)
+                return
             raise NotFound(f"Unknown path {path!r}. sekisho serves /v1/chat/completions, "
                            "/v1/embeddings and /v1/models.", code="unknown_url")
         except SekishoError as exc:
@@ -188,7 +328,8 @@ class Gateway:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{path} accepts POST, not {scope['method']}.")
             assert self.pipeline is not None
-            principal = routes.authenticate(scope, self.keys)
+            principal = await self.authenticator.authenticate_headers(scope["headers"])
+            require(principal, MODEL_ROUTES[path])
             raw = await http.read_body(scope, receive, self.config.server.max_body_bytes)
 
             async def watch() -> None:
@@ -273,14 +414,68 @@ class Gateway:
     async def _models(self, scope: http.Scope, send: http.Send, rid: str, path: str) -> None:
         if scope["method"] != "GET":
             raise MethodNotAllowed(f"{path} accepts GET, not {scope['method']}.")
-        principal = routes.authenticate(scope, self.keys)
+        principal = await self.authenticator.authenticate_headers(scope["headers"])
+        require(principal, MODEL_ROUTES["/v1/models"])
         policy = self.config.policies.get(principal.tenant)
-        allowed = getattr(policy, "allowed_models", None) if policy is not None else None
+        allowed = policy.models if policy is not None else None
         listing = routes.list_models(self.config.catalogue, principal, allowed)
         if path == "/v1/models":
             await http.send_json(send, 200, listing, rid)
         else:
             await http.send_json(send, 200, routes.get_model(listing, path[len("/v1/models/"):]), rid)
+
+    async def _ledger_route(self, scope: http.Scope, send: http.Send, rid: str, path: str) -> None:
+        if scope["method"] != "GET":
+            raise MethodNotAllowed(f"{path} accepts GET, not {scope['method']}.")
+        assert self.ledger is not None
+        ledger = self.ledger
+        query = http.query(scope)
+        if path == "/ledger/checkpoint":
+            # Public by design: anyone may fetch and keep checkpoints (witness-style).
+            text = await asyncio.to_thread(ledger.latest_checkpoint)
+            await http.send_bytes(send, 200, text.encode(), rid, ctype=b"text/plain; charset=utf-8")
+            return
+        if path == "/ledger/proofs/inclusion":
+            index, size = http.int_param(query, "index"), http.int_param(query, "tree_size")
+            proof = await asyncio.to_thread(ledger.inclusion_proof, index, size)
+            await http.send_json(send, 200, {"index": index, "tree_size": size,
+                                             "proof": [base64.b64encode(h).decode() for h in proof]}, rid)
+            return
+        if path == "/ledger/proofs/consistency":
+            old, new = http.int_param(query, "old_size"), http.int_param(query, "new_size")
+            proof = await asyncio.to_thread(ledger.consistency_proof, old, new)
+            await http.send_json(send, 200, {"old_size": old, "new_size": new,
+                                             "proof": [base64.b64encode(h).decode() for h in proof]}, rid)
+            return
+        principal = await self.authenticator.authenticate_headers(scope["headers"])
+        if path.startswith("/ledger/entries/"):
+            index = http.int_segment(path, "/ledger/entries/")
+            leaf = await asyncio.to_thread(ledger.entry, index)
+            self._may_read_entry(principal, leaf)
+            await http.send_json(send, 200, {"index": index, "entry": base64.b64encode(leaf).decode()}, rid)
+            return
+        if path.startswith("/ledger/receipts/"):
+            request_id = path[len("/ledger/receipts/"):]
+            consistency = query.get("consistency_with")
+            receipt = await asyncio.to_thread(
+                ledger.receipt, request_id,
+                consistency_with=int(consistency) if consistency and consistency.isdigit() else None)
+            self._may_read_entry(principal, base64.b64decode(receipt["entry"]))
+            await http.send_json(send, 200, receipt, rid)
+            return
+        raise NotFound(f"Unknown ledger path {path!r}.", code="unknown_url")
+
+    @staticmethod
+    def _may_read_entry(principal: Principal, leaf: bytes) -> None:
+        """A tenant reads its own entries; auditors and admins read all."""
+        if allows(principal, Permission.LEDGER_READ):
+            return
+        try:
+            tenant = orjson.loads(leaf).get("tenant")
+        except (orjson.JSONDecodeError, AttributeError):
+            tenant = None
+        if tenant != principal.tenant:
+            raise NotFound("No such ledger entry for your tenant.", code="ledger_entry_not_found")
 
     async def _healthz(self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str) -> None:
         await http.send_json(send, 200, {"status": "ok"}, rid)

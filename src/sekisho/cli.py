@@ -19,11 +19,12 @@ from sekisho.errors import ConfigError
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
+    func = getattr(args, "func", None) or getattr(args, "handler", None)
+    if func is None:
         parser.print_help()
         return 2
     try:
-        result = args.func(args)
+        result = func(args)
     except ConfigError as exc:
         print(f"sekisho: configuration is not valid ({len(exc.problems)} problem"
               f"{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
@@ -98,7 +99,7 @@ def _register_optional(sub: Any, ksub: Any) -> None:
     """Commands that live with the step they belong to."""
     import importlib
 
-    for name in ("classify", "policy", "ledger"):
+    for name in ("classify", "policy", "ledger", "store", "identity"):
         try:
             module = importlib.import_module(f"sekisho.{name}.cli")
         except ModuleNotFoundError as exc:

@@ -15,11 +15,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sekisho.errors import ConfigError, ConfigProblem
+from sekisho.identity.spec import AuthSpec, GatewayLimitsSpec, LimitsSpec, RedisURL
 from sekisho.policy.spec import PolicySpec
+from sekisho.store.spec import KeyProviderSpec, LocalKeysSpec, RetentionSpec
 from sekisho.routing.catalogue import Catalogue, CountryCode, Endpoint
 from sekisho.types import Level
 
 if TYPE_CHECKING:
+    from sekisho.classify import Scanner
     from sekisho.policy.compiler import CompiledPolicy
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -61,11 +64,79 @@ class RoutingConfig(_Section):
     health: HealthConfig = HealthConfig()
 
 
+class LedgerConfig(_Section):
+    """The transparency ledger. Every request's decision and outcome are entries; it cannot be
+    switched off, because sekisho serves nothing it cannot record."""
+
+    url: str | None = Field(
+        default=None,
+        description="Where the log lives: a postgresql:// URL, or absent for SQLite in data_dir",
+    )
+    origin: str | None = Field(
+        default=None,
+        description="Log origin and signing key name (default: HOSTNAME/sekisho-ledger)",
+    )
+    key_file: str | None = Field(
+        default=None,
+        description="Ed25519 signer key (default: DATA_DIR/keys/ledger.key, created on first start)",
+    )
+    group_interval_ms: float = Field(
+        default=2.0, ge=0, description="Longest wait to gather entries into one durable write"
+    )
+    group_size: int = Field(default=256, ge=1, description="Most entries per durable write")
+    deadline_ms: float = Field(
+        default=1000.0,
+        gt=0,
+        description="An entry not durable within this is refused: the request gets HTTP 503",
+    )
+    checkpoint_interval_ms: float = Field(
+        default=1000.0, gt=0, description="How often a new signed checkpoint is published"
+    )
+
+
 class RegionConfig(_Section):
     country: CountryCode = Field(description="Country the region's stores and keys are in")
     store: str = Field(
         default="sqlite", description="'sqlite' (a file under data_dir) or a postgresql:// URL"
     )
+    keys: KeyProviderSpec = Field(
+        default_factory=LocalKeysSpec,
+        description="Key-encryption key provider of the region: local file or Vault Transit",
+    )
+
+
+class CustomRuleConfig(_Section):
+    """A tenant's own detector: project code names, customer lists, internal identifiers."""
+
+    name: str = Field(description="Rule name; findings have type CUSTOM and this subtype")
+    terms: list[str] = Field(default_factory=list, description="Terms, matched with normalisation")
+    pattern: str | None = Field(default=None, description="A regular expression instead of terms")
+    score: float = Field(default=0.9, gt=0, le=1)
+
+
+class OutputInspection(_Section):
+    """What happens when a model's answer contains findings (scanned while streaming too)."""
+
+    action: str = Field(
+        default="none",
+        pattern=r"^(none|mask|cut)$",
+        description="none: only record; mask: replace findings with [TYPE]; cut: stop the answer",
+    )
+    types: list[str] = Field(
+        default_factory=lambda: ["SECRET", "MY_NUMBER", "CREDIT_CARD"],
+        description="Finding types the action applies to",
+    )
+
+
+class DetectionConfig(_Section):
+    """How this tenant's prompts and answers are inspected."""
+
+    custom: list[CustomRuleConfig] = Field(default_factory=list)
+    labels: list[str] = Field(
+        default_factory=list, description="Extra confidentiality markers (e.g. 【部外秘】)"
+    )
+    min_score: float = Field(default=0.5, ge=0, le=1, description="Findings below are dropped")
+    output: OutputInspection = Field(default_factory=OutputInspection)
 
 
 class TenantConfig(_Section):
@@ -74,6 +145,11 @@ class TenantConfig(_Section):
         default="internal", description="Level when nothing else says (public … restricted, 機密性1-3)"
     )
     policy: PolicySpec = Field(default_factory=PolicySpec)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    retention: RetentionSpec = Field(
+        default_factory=RetentionSpec, description="What is kept of requests, and how long"
+    )
+    limits: LimitsSpec | None = Field(default=None, description="Rate limits and token budgets")
 
     @field_validator("default_classification")
     @classmethod
@@ -88,6 +164,12 @@ class ConfigModel(_Section):
     version: int = Field(default=1, ge=1, le=1, description="Configuration format version")
     server: ServerConfig = ServerConfig()
     routing: RoutingConfig = RoutingConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    auth: AuthSpec | None = Field(default=None, description="OIDC issuers accepted besides API keys")
+    redis: RedisURL | None = Field(
+        default=None, description="Redis for limits shared by several gateway processes"
+    )
+    limits: GatewayLimitsSpec = Field(default_factory=GatewayLimitsSpec)
     regions: dict[str, RegionConfig] = Field(min_length=1)
     endpoints: list[Endpoint] = Field(min_length=1)
     tenants: dict[str, TenantConfig] = Field(min_length=1)
@@ -98,10 +180,13 @@ class Tenant:
 
     __slots__ = (
         "default_classification",
+        "detection",
         "home_country",
         "home_region",
+        "limits",
         "name",
         "policy",
+        "retention",
         "source_file",
     )
 
@@ -111,6 +196,9 @@ class Tenant:
         self.home_country = home_country
         self.default_classification = spec.default_classification
         self.policy = spec.policy
+        self.detection = spec.detection
+        self.retention = spec.retention
+        self.limits = spec.limits
         self.source_file = source_file
 
 
@@ -122,6 +210,7 @@ class Config:
         self.source_file = source_file
         self.server = model.server
         self.routing = model.routing
+        self.ledger = model.ledger
         self.regions = model.regions
         self.catalogue = Catalogue(model.endpoints)
         self.tenants = {
@@ -179,6 +268,15 @@ def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | Non
     config = Config(model, file)
     _compile_policies(config)
     return config
+
+
+def scanner_for(tenant: Tenant) -> Scanner:
+    """The classifier configured for one tenant."""
+    from sekisho.classify import CustomRule, Scanner
+
+    d = tenant.detection
+    custom = [CustomRule(r.name, tuple(r.terms), r.pattern, r.score) for r in d.custom]
+    return Scanner(custom, min_score=d.min_score, labels=tuple(d.labels))
 
 
 def json_schema() -> dict[str, Any]:
@@ -273,19 +371,15 @@ def _cross_checks(model: ConfigModel, file: str) -> list[ConfigProblem]:
                     f"unknown region {tenant.home_region!r}; declared regions: {known}",
                 )
             )
-    for name, region in model.regions.items():
-        store = region.store
-        if store != "sqlite" and not store.startswith(("postgresql://", "postgres://")):
-            problems.append(
-                ConfigProblem(
-                    file, f"regions.{name}.store", "must be 'sqlite' or a postgresql:// URL"
-                )
-            )
+    from sekisho.store import validate_regions
+
+    problems.extend(validate_regions(model.regions, Path(model.server.data_dir), file))
     return problems
 
 
 def _compile_policies(config: Config) -> None:
     """Compile every tenant's policy now, so a bad policy stops start-up with its key path."""
+    from sekisho.classify import TYPES, CustomRule
     from sekisho.policy.compiler import compile_policy
 
     problems: list[ConfigProblem] = []
@@ -293,15 +387,32 @@ def _compile_policies(config: Config) -> None:
     for name, tenant in config.tenants.items():
         try:
             compiled[name] = compile_policy(
-                tenant.policy, config.catalogue, home_country=tenant.home_country, source=config.source_file
+                tenant.policy,
+                config.catalogue,
+                home_country=tenant.home_country,
+                source=config.source_file,
+                path=f"tenants.{name}.policy",
+                default_classification=tenant.default_classification,
             )
         except ConfigError as exc:
-            for p in exc.problems:
-                sub = p.path
-                path = f"tenants.{name}.policy" + (f".{sub}" if sub and not sub.startswith("tenants.") else "")
-                if sub.startswith("tenants."):
-                    path = sub
-                problems.append(ConfigProblem(p.file or config.source_file, path, p.reason))
+            problems.extend(exc.problems)
+    for name, tenant in config.tenants.items():
+        for i, rule in enumerate(tenant.detection.custom):
+            try:
+                CustomRule(rule.name, tuple(rule.terms), rule.pattern, rule.score)
+            except ValueError as exc:
+                problems.append(
+                    ConfigProblem(config.source_file, f"tenants.{name}.detection.custom[{i}]", str(exc))
+                )
+        unknown = sorted(set(tenant.detection.output.types) - set(TYPES))
+        if unknown:
+            problems.append(
+                ConfigProblem(
+                    config.source_file,
+                    f"tenants.{name}.detection.output.types",
+                    f"unknown finding type(s) {', '.join(unknown)}; known: {', '.join(TYPES)}",
+                )
+            )
     if problems:
         raise ConfigError(problems)
     config.policies = compiled

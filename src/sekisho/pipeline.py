@@ -19,13 +19,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import orjson
 
-from sekisho.classify import Finding, Pseudonymiser, Scanner, redact, summarise
+from sekisho.classify import (
+    Finding,
+    Pseudonymiser,
+    Scanner,
+    StreamReidentifier,
+    StreamScanner,
+    redact,
+    summarise,
+)
 from sekisho.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -36,6 +45,7 @@ from sekisho.errors import (
     UpstreamTimeout,
 )
 from sekisho.identity import Principal
+from sekisho.identity.limits import Admission, Limiter
 from sekisho.metrics import Metrics
 from sekisho.policy.compiler import CompiledPolicy
 from sekisho.policy.decision import Decision
@@ -48,6 +58,7 @@ from sekisho.providers import (
     UpstreamTimeoutError,
 )
 from sekisho.routing import Catalogue, Health, Route, Selector
+from sekisho.store import Exchange, Stores
 from sekisho.types import Action
 
 log = logging.getLogger("sekisho.pipeline")
@@ -69,6 +80,9 @@ class Call:
     include_usage: bool = False
     declared_classification: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    findings: dict[str, list[Finding]] = field(default_factory=dict)  # text -> its findings
+    admission: Admission | None = None
+    pseudonymiser: Pseudonymiser | None = None
 
 
 @dataclass(slots=True)
@@ -108,10 +122,21 @@ class Recorder(Protocol):
     async def outcome(self, call: Call, decision: Decision, outcome: Outcome) -> None: ...
 
 
+class OutputRule(Protocol):
+    action: str
+    types: list[str]
+
+
+class DetectionView(Protocol):
+    output: OutputRule
+
+
 class TenantView(Protocol):
     name: str
     home_region: str
     default_classification: str
+    detection: DetectionView
+    retention: Any
 
 
 class Pipeline:
@@ -127,6 +152,8 @@ class Pipeline:
         selector: Selector,
         metrics: Metrics,
         recorder: Recorder | None,
+        limiter: Limiter | None = None,
+        stores: Stores | None = None,
         max_attempts: int = 3,
     ) -> None:
         self.catalogue = catalogue
@@ -138,26 +165,51 @@ class Pipeline:
         self.selector = selector
         self.metrics = metrics
         self.recorder = recorder
+        self.limiter = limiter
+        self.stores = stores
         self.max_attempts = max_attempts
 
     async def run(self, call: Call) -> Reply | StreamReply:
         tenant = self._tenant(call)
         routes = self._routes(call)
-        findings = self.inspect(call, tenant)  # 2
-        decision = self.decide(call, tenant, routes, findings)  # 3
-        pseudonymiser = self.transform(call, decision, findings)  # 4
-        receipt = await self.commit(call, decision, tenant)  # 5
+        await self._admit(call)
+        try:
+            findings, failed = self.inspect(call, tenant)  # 2
+            decision = self.decide(call, tenant, routes, findings, failed)  # 3
+            call.pseudonymiser = self.transform(call, decision, findings)  # 4
+            receipt = await self.commit(call, decision, tenant)  # 5
+        except BaseException:
+            await self._settle(call, None)
+            raise
         headers = self._decision_headers(call, decision, receipt)
         try:
-            route, upstream = await self.dispatch(call, decision)  # 6
+            route, upstream, data = await self.dispatch(call, decision)  # 6
         except SekishoError as exc:
             await self.record(call, decision, Outcome(exc.status, error_code=exc.code))
             raise
         headers += _route_headers(route)
         if call.stream:
-            chunks = self._stream(call, decision, route, upstream, pseudonymiser)
+            chunks = self._stream(call, decision, tenant, route, upstream)
             return StreamReply(headers, chunks)
-        return await self._complete(call, decision, route, upstream, pseudonymiser, headers)
+        return await self._complete(call, decision, tenant, route, data, headers)
+
+    async def _admit(self, call: Call) -> None:
+        if self.limiter is None:
+            return
+        estimate = sum(len(t) for t in call.texts) // 3 + _int(
+            call.body.get("max_completion_tokens") or call.body.get("max_tokens") or 256
+        )
+        call.admission = await self.limiter.admit(call.principal, call.model, estimate)
+
+    async def _settle(self, call: Call, outcome: Outcome | None) -> None:
+        if self.limiter is None or call.admission is None:
+            return
+        prompt = outcome.prompt_tokens if outcome else 0
+        completion = outcome.completion_tokens if outcome else 0
+        try:
+            await self.limiter.settle(call.admission, prompt, completion)
+        except Exception:  # usage accounting must not fail a served request
+            log.exception("could not settle usage", extra={"request_id": call.request_id})
 
     # -- 1 identify happens in the api; here we only resolve what the principal points at --
 
@@ -197,21 +249,37 @@ class Pipeline:
 
     # -- 2 inspect -------------------------------------------------------------------------
 
-    def inspect(self, call: Call, tenant: TenantView) -> list[Finding]:
+    def inspect(self, call: Call, tenant: TenantView) -> tuple[list[Finding], bool]:
+        """Scan every text the upstream would see. A classifier error counts as the highest
+        classification (fail closed), never as "nothing found"."""
         scanner = self.scanners[tenant.name]
         findings: list[Finding] = []
-        for text in call.texts:
-            findings.extend(scanner.scan(text))
-        return findings
+        try:
+            for text in call.texts:
+                if text in call.findings:
+                    continue
+                found = scanner.scan(text)
+                call.findings[text] = found
+                findings.extend(found)
+        except Exception:
+            log.exception("classifier failed; treating the request as restricted",
+                          extra={"request_id": call.request_id})
+            return [], True
+        return findings, False
 
     # -- 3 decide --------------------------------------------------------------------------
 
     def decide(
-        self, call: Call, tenant: TenantView, routes: tuple[Route, ...], findings: list[Finding]
+        self,
+        call: Call,
+        tenant: TenantView,
+        routes: tuple[Route, ...],
+        findings: list[Finding],
+        failed: bool = False,
     ) -> Decision:
         policy = self.policies[tenant.name]
         counts = summarise(findings)
-        level = policy.classify(counts, call.declared_classification)
+        level = policy.classify(counts, call.declared_classification, failed=failed)
         decision = policy.decide(
             model=call.model,
             routes=routes,
@@ -239,7 +307,10 @@ class Pipeline:
         pseudo = Pseudonymiser() if pseudo_types else None
 
         def rewrite(text: str) -> str:
-            found = [f for f in scanner.scan(text) if f.type in redact_types or f.type in pseudo_types]
+            known = call.findings.get(text)
+            if known is None:
+                known = scanner.scan(text)
+            found = [f for f in known if f.type in redact_types or f.type in pseudo_types]
             if not found:
                 return text
             if pseudo is not None:
@@ -259,8 +330,13 @@ class Pipeline:
 
     # -- 6 dispatch ------------------------------------------------------------------------
 
-    async def dispatch(self, call: Call, decision: Decision) -> tuple[Route, UpstreamResponse]:
-        plan = self.selector.plan(decision.eligible, self.max_attempts)
+    async def dispatch(
+        self, call: Call, decision: Decision
+    ) -> tuple[Route, UpstreamResponse, dict[str, Any] | None]:
+        """Try the eligible routes in plan order until one answers usably. A route counts as
+        answered only when its body parsed (non-streaming) or its first event arrived
+        (streaming): until then nothing has reached the client, so failing over is safe."""
+        plan = self.selector.plan(decision.eligible, self.max_attempts, self._tiers(call, decision))
         last: UpstreamError | None = None
         tried: list[str] = []
         for route in plan:
@@ -269,24 +345,36 @@ class Pipeline:
             tried.append(ep.id)
             state = self.health.state(ep.id)
             state.in_flight += 1
+            released = False
             try:
                 upstream = await transport.open(route, call.kind, call.body, stream=call.stream)
                 if call.stream:
-                    upstream = await _Primed.prime(upstream, ep.id)
+                    primed = await _Primed.prime(upstream, ep.id)
+                    released = True
+                    return route, _Release(primed, state), None
+                try:
+                    raw = await upstream.read()
+                finally:
+                    state.in_flight -= 1
+                    released = True
+                data = _parse_answer(raw, ep.id)
+                return route, upstream, data
             except UpstreamError as exc:
-                state.in_flight -= 1
+                if not released:
+                    state.in_flight -= 1
                 self._upstream_failed(route, exc)
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
                     raise _client_error_from(exc) from None
                 last = exc
                 continue
             except BaseException:
-                state.in_flight -= 1
+                if not released:
+                    state.in_flight -= 1
                 raise
-            return route, _Release(upstream, state)
         if isinstance(last, UpstreamTimeoutError):
             raise UpstreamTimeout(
-                f"No eligible endpoint answered in time (tried: {', '.join(tried)})."
+                f"No eligible endpoint answered in time (tried: {', '.join(tried)}). "
+                "The request was not sent anywhere else."
             )
         detail = f"{last.detail}" if last else "no endpoint could be tried"
         raise UpstreamFailed(
@@ -294,6 +382,13 @@ class Pipeline:
             "The request was not sent anywhere else.",
             headers={"retry-after": "1"},
         )
+
+    def _tiers(self, call: Call, decision: Decision) -> list[int] | None:
+        """Preference tiers of the eligible routes: weights choose only among equals."""
+        policy = self.policies.get(call.principal.tenant)
+        if policy is None:
+            return None
+        return [policy.preference_rank(r.endpoint.id) for r in decision.eligible]
 
     def _upstream_failed(self, route: Route, exc: UpstreamError) -> None:
         ep = route.endpoint
@@ -315,28 +410,12 @@ class Pipeline:
         self,
         call: Call,
         decision: Decision,
+        tenant: TenantView,
         route: Route,
-        upstream: UpstreamResponse,
-        pseudo: Pseudonymiser | None,
+        data: dict[str, Any] | None,
         headers: list[tuple[str, str]],
     ) -> Reply:
-        try:
-            raw = await upstream.read()
-            data = orjson.loads(raw)
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
-        except (orjson.JSONDecodeError, ValueError):
-            exc = UpstreamProtocolError(route.endpoint.id, "answered with a body that is not JSON")
-            self._upstream_failed(route, exc)
-            await self.record(call, decision, Outcome(502, route, error_code="upstream_protocol"))
-            raise UpstreamFailed(
-                f"Endpoint {route.endpoint.id} answered with a body that is not an OpenAI "
-                "response (not JSON)."
-            ) from None
-        except UpstreamError as exc:
-            self._upstream_failed(route, exc)
-            await self.record(call, decision, Outcome(502, route, error_code="upstream_" + exc.reason))
-            raise UpstreamFailed(f"Endpoint {route.endpoint.id} failed: {exc.detail}") from None
+        assert data is not None
         self.health.success(route.endpoint.id)
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         outcome = Outcome(
@@ -346,30 +425,39 @@ class Pipeline:
             completion_tokens=_int(usage.get("completion_tokens")),
         )
         if call.kind == "chat":
-            changed = self._inspect_output(data, decision, pseudo, outcome)
-            if changed:
-                raw = orjson.dumps(data)
+            self._inspect_output(call, data, tenant, outcome)
+        raw = orjson.dumps(data)
         await self.record(call, decision, outcome)
+        if outcome.error_code == "output_cut":
+            headers = [*headers, ("x-sekisho-output", "cut")]
+        elif outcome.error_code == "output_masked":
+            headers = [*headers, ("x-sekisho-output", "masked")]
         return Reply(200, raw, headers)
 
     def _inspect_output(
-        self, data: dict[str, Any], decision: Decision, pseudo: Pseudonymiser | None,
-        outcome: Outcome,
-    ) -> bool:
-        changed = False
+        self, call: Call, data: dict[str, Any], tenant: TenantView, outcome: Outcome
+    ) -> None:
+        """Re-identify pseudonyms, then apply the tenant's output rule (mask or cut)."""
+        rule = tenant.detection.output
+        scanner = self.scanners[tenant.name]
         for choice in data.get("choices") or ():
             msg = choice.get("message") if isinstance(choice, dict) else None
-            if not isinstance(msg, dict):
+            if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
                 continue
-            content = msg.get("content")
-            if isinstance(content, str):
-                outcome.output_texts.append(content)
-                if pseudo is not None:
-                    restored = pseudo.reidentify(content)
-                    if restored != content:
-                        msg["content"] = restored
-                        changed = True
-        return changed
+            content = msg["content"]
+            if call.pseudonymiser is not None:
+                content = call.pseudonymiser.reidentify(content)
+            if rule.action != "none":
+                hits = [f for f in scanner.scan(content) if f.type in rule.types]
+                if hits and rule.action == "mask":
+                    content = redact(content, hits)
+                    outcome.error_code = "output_masked"
+                elif hits:
+                    content = content[: hits[0].start]
+                    choice["finish_reason"] = "content_filter"
+                    outcome.error_code = "output_cut"
+            msg["content"] = content
+            outcome.output_texts.append(content)
 
     # -- 7 inspect output, 8 record, 9 respond (streaming) -------------------------------
 
@@ -377,13 +465,13 @@ class Pipeline:
         self,
         call: Call,
         decision: Decision,
+        tenant: TenantView,
         route: Route,
         upstream: UpstreamResponse,
-        pseudo: Pseudonymiser | None,
     ) -> AsyncIterator[bytes]:
         outcome = Outcome(200, route)
         ep = route.endpoint
-        reident = _StreamReidentify(pseudo) if pseudo is not None else None
+        output = _StreamOutput(call.pseudonymiser, tenant, self.scanners[tenant.name])
         done = False
         try:
             async for line in upstream.lines():
@@ -403,16 +491,17 @@ class Pipeline:
                 if isinstance(usage, dict):
                     outcome.prompt_tokens = _int(usage.get("prompt_tokens"))
                     outcome.completion_tokens = _int(usage.get("completion_tokens"))
-                if reident is not None and reident.apply(event):
+                if output.apply(event):
                     payload = orjson.dumps(event)
                 yield b"data: " + payload + b"\n\n"
             if not done:
                 raise UpstreamProtocolError(ep.id, "stream ended without [DONE]")
-            if reident is not None:
-                tail = reident.flush_event()
-                if tail is not None:
-                    yield b"data: " + orjson.dumps(tail) + b"\n\n"
+            tail = output.finish()
+            if tail is not None:
+                yield b"data: " + orjson.dumps(tail) + b"\n\n"
             self.health.success(ep.id)
+            outcome.output_texts = output.texts()
+            outcome.error_code = output.error_code
             await self.record(call, decision, outcome)
             yield b"data: [DONE]\n\n"
         except UpstreamError as exc:
@@ -421,6 +510,7 @@ class Pipeline:
             self._upstream_failed(route, exc)
             outcome.status = 502
             outcome.error_code = "upstream_stream_broken"
+            outcome.output_texts = output.texts()
             await self.record(call, decision, outcome)
             err = {
                 "error": {
@@ -431,9 +521,10 @@ class Pipeline:
                 }
             }
             yield b"data: " + orjson.dumps(err) + b"\n\n"
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             outcome.status = 499
             outcome.error_code = "client_disconnected"
+            outcome.output_texts = output.texts()
             await asyncio.shield(self.record(call, decision, outcome))
             raise
         finally:
@@ -448,8 +539,48 @@ class Pipeline:
         if route is not None and (outcome.prompt_tokens or outcome.completion_tokens):
             self.metrics.tokens.labels(ep_id, juris, "prompt").inc(outcome.prompt_tokens)
             self.metrics.tokens.labels(ep_id, juris, "completion").inc(outcome.completion_tokens)
+        await self._store(call, decision, outcome)
         if self.recorder is not None:
             await self.recorder.outcome(call, decision, outcome)
+        await self._settle(call, outcome)
+
+    async def _store(self, call: Call, decision: Decision, outcome: Outcome) -> None:
+        """Keep prompt and output in the tenant's home-region store, as its retention says."""
+        if self.stores is None:
+            return
+        tenant = self.tenants[call.principal.tenant]
+        store = self.stores.for_tenant(tenant.name, tenant.home_region)
+        prompt_obj = call.body.get("messages") if call.kind == "chat" else call.body.get("input")
+        prompt = orjson.dumps(prompt_obj)
+        output = "\x00".join(outcome.output_texts).encode() if outcome.output_texts else None
+        pseudo = call.pseudonymiser
+        store_types = decision.store_pseudonymised_types
+        identifiers = [
+            (f.type, text[f.start : f.end]) for text, fs in call.findings.items() for f in fs
+        ]
+        if store_types:
+            # 番号法: these identifiers are pseudonymised before anything is stored.
+            keeper = pseudo or Pseudonymiser()
+            prompt = orjson.dumps(_pseudonymise_obj(prompt_obj, call.findings, store_types, keeper))
+            pseudo = keeper
+        await store.put(
+            Exchange(
+                request_id=call.request_id,
+                tenant=tenant.name,
+                created_at=datetime.now(UTC),
+                level=decision.level,
+                retention=tenant.retention,
+                endpoint_id=outcome.route.endpoint.id if outcome.route else "-",
+                model=call.model,
+                prompt=prompt,
+                output=output,
+                identifiers=identifiers,
+                pseudonym_map=pseudo.mapping if pseudo is not None else None,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                status=outcome.status,
+            )
+        )
 
     def _decision_headers(
         self, call: Call, decision: Decision, receipt: str | None
@@ -548,14 +679,39 @@ class _Release:
         self._inner.close()
 
 
-class _StreamReidentify:
-    """Restore pseudonymised values in streamed deltas, even when a placeholder is split
-    across events: text is held back while it could be the start of a placeholder."""
+class _StreamOutput:
+    """Output inspection for a stream: re-identify pseudonyms (also when a placeholder is split
+    across events) and apply the tenant's output rule, per choice, with a bounded look-behind."""
 
-    def __init__(self, pseudo: Pseudonymiser) -> None:
+    def __init__(self, pseudo: Pseudonymiser | None, tenant: TenantView, scanner: Scanner) -> None:
         self._pseudo = pseudo
-        self._held: dict[int, str] = {}
+        self._rule = tenant.detection.output
+        self._scanner = scanner
+        self._reident: dict[int, StreamReidentifier] = {}
+        self._scan: dict[int, StreamScanner] = {}
+        self._texts: dict[int, list[str]] = {}
         self._last: dict[str, Any] | None = None
+        self.error_code: str | None = None
+        self._active = pseudo is not None or self._rule.action != "none"
+        if self._rule.action != "none":
+            self._types = frozenset(self._rule.types)
+            self._typed = _TypedScanner(scanner, self._types)
+
+    def _pipe(self, idx: int, text: str, final: bool = False) -> str:
+        if self._pseudo is not None:
+            r = self._reident.get(idx)
+            if r is None:
+                r = self._reident[idx] = StreamReidentifier(self._pseudo)
+            text = r.feed(text) + (r.finish() if final else "")
+        if self._rule.action != "none":
+            sc = self._scan.get(idx)
+            if sc is None:
+                mode: Literal["mask", "cut"] = "cut" if self._rule.action == "cut" else "mask"
+                sc = self._scan[idx] = StreamScanner(self._typed, mode)  # type: ignore[arg-type]
+            text = sc.feed(text) + (sc.finish() if final else "")
+            if sc.findings:
+                self.error_code = "output_cut" if sc.cut else "output_masked"
+        return text
 
     def apply(self, event: dict[str, Any]) -> bool:
         changed = False
@@ -564,28 +720,66 @@ class _StreamReidentify:
             if not isinstance(delta, dict) or not isinstance(delta.get("content"), str):
                 continue
             idx = choice.get("index", 0)
-            text = self._held.pop(idx, "") + delta["content"]
-            cut = text.rfind("<")
-            if cut != -1 and ">" not in text[cut:] and len(text) - cut < 48:
-                self._held[idx] = text[cut:]
-                text = text[:cut]
-            restored = self._pseudo.reidentify(text)
-            if restored != delta["content"]:
-                delta["content"] = restored
+            original = delta["content"]
+            text = self._pipe(idx, original) if self._active else original
+            self._texts.setdefault(idx, []).append(text)
+            if text != original:
+                delta["content"] = text
                 changed = True
             self._last = event
         return changed
 
-    def flush_event(self) -> dict[str, Any] | None:
-        if not self._held or self._last is None:
+    def finish(self) -> dict[str, Any] | None:
+        """A final event with whatever was held back, if anything was."""
+        if not self._active or self._last is None:
             return None
-        choices = [
-            {"index": i, "delta": {"content": self._pseudo.reidentify(t)}, "finish_reason": None}
-            for i, t in self._held.items()
-        ]
-        self._held.clear()
+        choices = []
+        for idx in sorted(self._texts):
+            rest = self._pipe(idx, "", final=True)
+            if rest:
+                self._texts[idx].append(rest)
+                choices.append({"index": idx, "delta": {"content": rest}, "finish_reason": None})
+        if not choices:
+            return None
         base = {k: v for k, v in self._last.items() if k not in ("choices", "usage")}
         return {**base, "choices": choices}
+
+    def texts(self) -> list[str]:
+        return ["".join(parts) for _, parts in sorted(self._texts.items())]
+
+
+class _TypedScanner:
+    """A scanner view that reports only some finding types (the output rule's)."""
+
+    def __init__(self, scanner: Scanner, types: frozenset[str]) -> None:
+        self._scanner = scanner
+        self._types = types
+
+    def scan(self, text: str) -> list[Finding]:
+        return [f for f in self._scanner.scan(text) if f.type in self._types]
+
+
+def _parse_answer(raw: bytes, endpoint_id: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(endpoint_id, "answered with a body that is not JSON") from None
+    if not isinstance(data, dict) or "error" in data and "choices" not in data and "data" not in data:
+        raise UpstreamProtocolError(endpoint_id, "answered with JSON that is not an OpenAI response")
+    return data
+
+
+def _pseudonymise_obj(
+    obj: Any, findings: Mapping[str, list[Finding]], types: frozenset[str], p: Pseudonymiser
+) -> Any:
+    if isinstance(obj, str):
+        fs = [f for f in findings.get(obj, ()) if f.type in types]
+        return p.pseudonymise(obj, fs) if fs else obj
+    if isinstance(obj, list):
+        return [_pseudonymise_obj(x, findings, types, p) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _pseudonymise_obj(v, findings, types, p) for k, v in obj.items()}
+    return obj
 
 
 def _rewrite_texts(call: Call, rewrite: Any) -> None:

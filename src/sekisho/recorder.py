@@ -6,10 +6,12 @@ the ledger knows nothing of calls and decisions, and the pipeline nothing of Mer
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import os
+import secrets
 import time
-from collections.abc import Callable
+from pathlib import Path
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 
@@ -17,6 +19,26 @@ from sekisho.ledger import AdminRecord, DecisionRecord, Ledger, OutcomeRecord, k
 from sekisho.ledger.records import now
 from sekisho.pipeline import Call, Outcome
 from sekisho.policy.decision import Decision
+from sekisho.store import Stores
+
+
+def tenant_hash_key(data_dir: Path, tenant: str) -> bytes:
+    """The tenant's key for keyed hashes of prompts, outputs and principals, kept under the data
+    directory (created on first use, 0600). The regional store's per-tenant key replaces it
+    when a store is configured."""
+    path = data_dir / "keys" / "hash" / f"{tenant}.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
 
 
 class LedgerRecorder:
@@ -25,16 +47,27 @@ class LedgerRecorder:
     def __init__(self, ledger: Ledger, tenant_key: Callable[[str], bytes]) -> None:
         self.ledger = ledger
         self._tenant_key = tenant_key
+        self._stores: Stores | None = None
+        self._homes: dict[str, str] = {}
+
+    def use_store_keys(self, stores: Stores, tenants: Mapping[str, Any]) -> None:
+        """Hash with each tenant's key from its home-region store (destroyed with the tenant)."""
+        self._stores = stores
+        self._homes = {name: t.home_region for name, t in tenants.items()}
+
+    def _hash(self, tenant: str, data: bytes) -> str:
+        if self._stores is not None and tenant in self._homes:
+            return self._stores.for_tenant(tenant, self._homes[tenant]).keyed_hash(data)
+        return keyed_hash(self._tenant_key(tenant), data)
 
     def principal_id(self, tenant: str, subject: str) -> str:
         """A stable pseudonym for the caller: the same key always maps to the same id, and the
         id reveals nothing without the tenant's key."""
-        digest = hmac.new(self._tenant_key(tenant), subject.encode(), hashlib.sha256).hexdigest()
-        return "p_" + digest[:20]
+        digest = self._hash(tenant, b"principal\x00" + subject.encode())
+        return "p_" + digest.rpartition(":")[2][:20]
 
     async def decision(self, call: Call, decision: Decision, tenant_region: str) -> str | None:
         first = decision.eligible[0].endpoint if decision.eligible else None
-        key = self._tenant_key(call.principal.tenant)
         prompt = orjson.dumps(
             call.body.get("messages") if call.kind == "chat" else call.body.get("input"),
             option=orjson.OPT_SORT_KEYS,
@@ -55,17 +88,16 @@ class LedgerRecorder:
             operator_country=first.operator.country if first else None,
             model=call.model,
             storage_region=tenant_region,
-            prompt_hash=keyed_hash(key, prompt),
+            prompt_hash=self._hash(call.principal.tenant, prompt),
             eligible=decision.eligible_ids,
         )
         appended = await self.ledger.append(record)
         return appended.header()
 
     async def outcome(self, call: Call, decision: Decision, outcome: Outcome) -> None:
-        key = self._tenant_key(call.principal.tenant)
         output_hash = None
         if outcome.output_texts:
-            output_hash = keyed_hash(key, "\x00".join(outcome.output_texts).encode())
+            output_hash = self._hash(call.principal.tenant, "\x00".join(outcome.output_texts).encode())
         record = OutcomeRecord(
             time=now(),
             request_id=call.request_id,
@@ -79,7 +111,11 @@ class LedgerRecorder:
         )
         await self.ledger.append(record)
 
-    async def admin(self, actor: str, action: str, target: str,
-                    details: dict[str, str | int | bool | None]) -> None:
+    async def admin(
+        self, actor: str, action: str, target: str, details: Mapping[str, object]
+    ) -> None:
+        """Admin actions (keys, policy, deletions, key destruction) are ledger entries too."""
+        flat = {k: v if isinstance(v, str | int | bool) or v is None else str(v)
+                for k, v in details.items()}
         await self.ledger.append(AdminRecord(time=now(), actor=actor, action=action,
-                                             target=target, details=details))
+                                             target=target, details=flat))

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import httpx
+from typing import Any
+
 import openai
 import pytest
 
-from harness import Harness
+from harness import Harness, request
 
 
 def post(h: Harness, body: bytes | str, key: str, path: str = "/chat/completions",
-         **headers: str) -> httpx.Response:
+         **headers: str) -> Any:
     data = body.encode() if isinstance(body, str) else body
-    return httpx.post(h.base_url + path, content=data,
+    return request("POST", h.base_url + path, content=data,
                       headers={"authorization": f"Bearer {key}",
                                "content-type": "application/json", **headers}, timeout=10)
 
@@ -90,7 +91,7 @@ def test_oversized_body_is_413_before_anything_goes_upstream(tmp_path: object) -
         # chunked upload without content-length is cut off too
         def gen():  # type: ignore[no-untyped-def]
             yield big.encode()
-        r = httpx.post(h.base_url + "/chat/completions", content=gen(),
+        r = request("POST", h.base_url + "/chat/completions", content=gen(),
                        headers={"authorization": f"Bearer {key}"})
         assert r.status_code == 413
     finally:
@@ -99,9 +100,9 @@ def test_oversized_body_is_413_before_anything_goes_upstream(tmp_path: object) -
 
 def test_wrong_method_and_unknown_path(gateway: Harness) -> None:
     key = gateway.key()
-    r = httpx.get(gateway.base_url + "/chat/completions", headers={"authorization": f"Bearer {key}"})
+    r = request("GET", gateway.base_url + "/chat/completions", headers={"authorization": f"Bearer {key}"})
     assert r.status_code == 405
-    r = httpx.get(gateway.root + "/v2/nothing")
+    r = request("GET", gateway.root + "/v2/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import openai
 import pytest
 
-from harness import Harness
+from harness import Harness, request
 
 
 def client(h: Harness, key: str | None = None, **kw: object) -> openai.OpenAI:
@@ -170,22 +169,22 @@ def test_expired_and_revoked_keys_are_refused(gateway: Harness) -> None:
 
 
 def test_missing_key_is_401_with_a_hint(gateway: Harness) -> None:
-    r = httpx.post(gateway.base_url + "/chat/completions", json={})
+    r = request("POST", gateway.base_url + "/chat/completions", json_body={})
     assert r.status_code == 401
     assert "Authorization: Bearer" in r.json()["error"]["message"]
 
 
 def test_azure_style_api_key_header_is_accepted(gateway: Harness) -> None:
-    r = httpx.post(gateway.base_url + "/chat/completions", headers={"api-key": gateway.key()},
-                   json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
+    r = request("POST", gateway.base_url + "/chat/completions", headers={"api-key": gateway.key()},
+                   json_body={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 200
 
 
 def test_operations_endpoints(gateway: Harness) -> None:
-    assert httpx.get(gateway.root + "/healthz").json() == {"status": "ok"}
-    assert httpx.get(gateway.root + "/readyz").json()["ready"] is True
+    assert request("GET", gateway.root + "/healthz").json() == {"status": "ok"}
+    assert request("GET", gateway.root + "/readyz").json()["ready"] is True
     client(gateway).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "m"}])
-    metrics = httpx.get(gateway.root + "/metrics").text
+    metrics = request("GET", gateway.root + "/metrics").text
     assert 'sekisho_requests_total{' in metrics
     assert 'route="chat",status="200"' in metrics
     assert "sekisho_request_duration_seconds_bucket" in metrics

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from sekisho.errors import RequestTooLarge, SekishoError
+from sekisho.errors import InvalidRequest, RequestTooLarge, SekishoError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -63,6 +63,27 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         if not msg.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def query(scope: Scope) -> dict[str, str]:
+    from urllib.parse import parse_qsl
+
+    raw = scope.get("query_string", b"").decode("latin-1")
+    return dict(parse_qsl(raw))
+
+
+def int_param(query: dict[str, str], name: str) -> int:
+    value = query.get(name)
+    if value is None or not value.isdigit():
+        raise InvalidRequest(f"Query parameter '{name}' must be a non-negative integer.", param=name)
+    return int(value)
+
+
+def int_segment(path: str, prefix: str) -> int:
+    value = path[len(prefix):]
+    if not value.isdigit():
+        raise InvalidRequest(f"'{value}' is not a log index (a non-negative integer).")
+    return int(value)
 
 
 class ClientGone(Exception):

@@ -108,6 +108,11 @@ class CompiledPolicy:
                 self._finding_mask[kind] = self._finding_mask.get(kind, 0) | (1 << i)
         self._memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
+    def preference_rank(self, endpoint_id: str) -> tuple[int, int]:
+        """The endpoint's place in the tenant's preference order; equal ranks are equally
+        preferred, so the router may spread load among them by weight."""
+        return self._ranks.get(endpoint_id, (1 << 30, 1))
+
     def rule(self, rule_id: str) -> CompiledRule:
         return self._by_id[rule_id]
 

@@ -1,9 +1,10 @@
 """Choose the order in which to try the eligible routes.
 
 The first attempt is a weighted random choice among the healthy routes with free capacity in
-the most preferred tier; failovers follow in the decision's preference order. Routes that are
-down or full come last, as a last resort, so a request is never refused while an eligible
-endpoint might still answer. The plan is a permutation of its input: never more.
+the most preferred tier (routes the policy ranks equally); failovers follow in the decision's
+preference order. Routes that are down or full come last, as a last resort, so a request is
+never refused while an eligible endpoint might still answer. The plan is a subset of its input
+in a new order: never anything else.
 """
 
 from __future__ import annotations
@@ -20,21 +21,34 @@ class Selector:
         self.health = health
         self._rng = rng or random.Random()
 
-    def plan(self, eligible: Sequence[Route], max_attempts: int) -> list[Route]:
+    def plan(
+        self,
+        eligible: Sequence[Route],
+        max_attempts: int,
+        tiers: Sequence[object] | None = None,
+    ) -> list[Route]:
         if len(eligible) <= 1:
             return list(eligible[:max_attempts])
-        ready: list[Route] = []
+        ready: list[tuple[object, Route]] = []
         later: list[Route] = []
-        for route in eligible:
+        for i, route in enumerate(eligible):
             ep = route.endpoint
             st = self.health.state(ep.id)
             full = ep.max_concurrency is not None and st.in_flight >= ep.max_concurrency
-            (ready if self.health.is_up(ep.id) and not full else later).append(route)
+            tier = tiers[i] if tiers is not None else 0
+            if self.health.is_up(ep.id) and not full:
+                ready.append((tier, route))
+            else:
+                later.append(route)
+        order = [r for _, r in ready]
         if len(ready) > 1:
-            first = self._weighted(ready)
-            ready.remove(first)
-            ready.insert(0, first)
-        return (ready + later)[:max_attempts]
+            best = ready[0][0]
+            peers = [r for t, r in ready if t == best]
+            if len(peers) > 1:
+                first = self._weighted(peers)
+                order.remove(first)
+                order.insert(0, first)
+        return (order + later)[:max_attempts]
 
     def _weighted(self, routes: list[Route]) -> Route:
         total = sum(r.endpoint.weight for r in routes)
