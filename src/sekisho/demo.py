@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 import tempfile
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from urllib.parse import quote
 
 import yaml
 
@@ -36,9 +40,15 @@ SCRIPT = (
     Step("personal data (APPI)", "gpt-4o",
          "山田太郎様 (taro.yamada@example.co.jp, 090-1234-5678) の契約更新メールを書いて"),
     Step("My Number (番号法)", "gpt-4o", "マイナンバーは 1234 5678 9018 です。手続きを教えて"),
+    Step("My Number, US-only model", "gpt-4.1", "マイナンバー 123456789018 の確認をお願いします"),
     Step("declared 機密性3", "gpt-4o", "Summarise the board minutes.", classification="機密性3"),
-    Step("domestic endpoint down", "gpt-4o", "Failover, please.", fault="sim-domestic-tokyo"),
+    Step("domestic down, internal", "gpt-4o", "Failover, please.", fault="sim-domestic-tokyo"),
+    Step("domestic down, 機密性3", "gpt-4o", "Board minutes, again.", classification="機密性3",
+         fault="sim-domestic-tokyo"),
 )
+
+# Which request's receipt the tour verifies offline at the end (the My Number one).
+VERIFY_STEP = 5
 
 
 def _config_text() -> str:
@@ -55,6 +65,9 @@ async def run_demo(*, port: int = 0, keep_running: bool = False) -> int:
     from sekisho.identity import KeyStore
     from sekisho.simulator import Faults, start_demo_simulators
 
+    import logging
+
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     sims = await start_demo_simulators(base_port=0)
     by_name = {s.spec.name: s for s in sims}
     raw: dict[str, Any] = yaml.safe_load(_config_text())
@@ -83,16 +96,23 @@ async def run_demo(*, port: int = 0, keep_running: bool = False) -> int:
 
     client = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0)
     rows: list[list[str]] = []
+    request_ids: dict[int, str] = {}
     for i, step in enumerate(SCRIPT, 1):
         if step.fault:
             by_name[step.fault].faults = Faults(mode="status", status=503)
-        rows.append(await _run_step(i, step, client, config))
+        row, rid = await _run_step(i, step, client, config)
+        rows.append(row)
+        if rid:
+            request_ids[i] = rid
         if step.fault:
             by_name[step.fault].faults = Faults()
+            gateway.health.success(step.fault)
     _print_table(rows)
     await client.close()
+    await _explain_and_verify(base, key, tmp.name, request_ids.get(VERIFY_STEP), rows)
     if keep_running:
         print(f"\nThe gateway stays up on {base} — try it with this key (Ctrl-C to stop):\n{key}")
+        sys.stdout.flush()
         with contextlib.suppress(asyncio.CancelledError):
             await serve
     server.should_exit = True
@@ -103,10 +123,44 @@ async def run_demo(*, port: int = 0, keep_running: bool = False) -> int:
     return 0
 
 
-async def _run_step(i: int, step: Step, client: Any, config: Any) -> list[str]:
+async def _explain_and_verify(
+    base: str, key: str, data_dir: str, rid: str | None, rows: list[list[str]]
+) -> None:
+    """Fetch one receipt as a client would and verify it offline, as an auditor would."""
+    import json
+    import urllib.request
+
+    from sekisho.ledger import Verifier, load_signer, verify_receipt
+
+    print("\nWhat happened: every request was classified (finding types only, never values),")
+    print("decided by the tenant's policy, written to the transparency ledger before any byte")
+    print("went upstream, and answered with x-sekisho-* headers and a receipt. A refusal names")
+    print("the rule and fact that excluded each endpoint; a failure never falls back outside")
+    print("the eligible set.")
+    if rid is None:
+        return
+    root = base.removesuffix("/v1")
+    req = urllib.request.Request(f"{root}/ledger/receipts/{rid}",
+                                 headers={"authorization": f"Bearer {key}"})
+    receipt = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(req, timeout=10)))
+    path = Path(data_dir) / "receipt.json"
+    path.write_text(json.dumps(receipt, indent=2))
+    verifier_key = load_signer(Path(data_dir) / "keys" / "ledger.key").verifier().key_string()
+    report = verify_receipt(receipt, [Verifier.from_key_string(verifier_key)])
+    print(f"\nReceipt of request #{VERIFY_STEP} ({rid}), verified offline:")
+    for check in report.checks:
+        print(f"  ok  {check}")
+    print("  The same check from a shell, with nothing but the receipt and the public key:")
+    print(f"    sekisho verify {path} --key '{verifier_key}'")
+    print("  (the receipt file lives as long as the demo: use --keep-running to try it)")
+
+
+async def _run_step(i: int, step: Step, client: Any, config: Any) -> tuple[list[str], str | None]:
     import openai
 
-    headers = {"x-sekisho-classification": step.classification} if step.classification else {}
+    headers = {}
+    if step.classification:  # header values are ASCII: 機密性3 travels percent-encoded
+        headers["x-sekisho-classification"] = quote(step.classification)
     t0 = time.perf_counter()
     try:
         if step.embeddings:
@@ -134,24 +188,43 @@ async def _run_step(i: int, step: Step, client: Any, config: Any) -> list[str]:
         outcome = h.get("x-sekisho-classification", "")
         if h.get("x-sekisho-action"):
             outcome += f", {h['x-sekisho-action']}"
+        receipt = h.get("x-sekisho-receipt", "-").split(" ")[0]
         return [str(i), step.title, ep.id, h["x-sekisho-jurisdiction"],
                 f"{ep.operator.country}" + (f"/{ep.operator.parent_country}"
                                             if ep.operator.parent_country else ""),
-                f"{ms:.1f}", tokens, outcome]
+                f"{ms:.1f}", tokens, receipt, outcome], h.get("x-request-id")
     except openai.APIStatusError as exc:
         ms = (time.perf_counter() - t0) * 1000
-        msg = exc.message if len(exc.message) < 70 else exc.message[:67] + "..."
-        return [str(i), step.title, "— refused —", "-", "-", f"{ms:.1f}", "-",
-                f"HTTP {exc.status_code} {exc.code}: {msg}"]
+        msg = _short_reason(exc.message)
+        return [str(i), step.title, "(not sent)", "-", "-", f"{ms:.1f}", "-", "-",
+                f"HTTP {exc.status_code} {exc.code}: {msg}"], None
+
+
+def _short_reason(message: str) -> str:
+    """The rules named in a refusal (or the first sentence), short enough for a table cell."""
+    rules = sorted(set(re.findall(r"\b([a-z0-9][a-z0-9.-]*/[a-z0-9][a-z0-9._-]*) \(", message)))
+    if rules:
+        return "excluded by " + ", ".join(rules)
+    head, _, rest = message.partition(". ")
+    text = rest or head
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def _width(text: str) -> int:
+    """Display width: East Asian wide characters take two columns."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _width(text))
 
 
 def _print_table(rows: list[list[str]]) -> None:
-    head = ["#", "request", "endpoint", "jurisdiction", "operator", "ms", "tokens", "outcome"]
-    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
-    widths[-1] = min(widths[-1], 90)
-    line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
-    print(line)
+    head = ["#", "request", "endpoint", "jurisdiction", "operator", "ms", "tokens", "receipt",
+            "outcome"]
+    widths = [max(_width(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    print("  ".join(_pad(h, w) for h, w in zip(head, widths, strict=True)).rstrip())
     print("  ".join("-" * w for w in widths))
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+        print("  ".join(_pad(c, w) for c, w in zip(r, widths, strict=True)).rstrip())
     sys.stdout.flush()

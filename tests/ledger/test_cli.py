@@ -49,8 +49,10 @@ def test_keys_ledger_writes_a_private_key_and_prints_the_verifier(
     assert verifier.startswith(ORIGIN + "+")
     assert load_signer(key_file).verifier().key_string() == verifier
     again = run("keys", "ledger", "--data-dir", str(data_dir), "--name", ORIGIN)
-    assert again.returncode == 1
-    assert "refusing to overwrite" in again.stderr
+    assert again.returncode == 0  # an existing key is never overwritten: its verifier is shown
+    assert "not overwritten" in again.stderr
+    assert again.stdout.strip().splitlines()[-1] == verifier
+    assert load_signer(key_file).verifier().key_string() == verifier
 
 
 def test_a_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:

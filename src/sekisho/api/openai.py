@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import unquote
 from typing import Any
 
 from sekisho.api import http
@@ -41,7 +42,7 @@ async def chat_completions(pipeline: Pipeline, principal: Principal, rid: str, r
         texts=req.texts(),
         stream=req.stream,
         include_usage=req.include_usage,
-        declared_classification=http.header(scope, b"x-sekisho-classification"),
+        declared_classification=_declared(scope),
     )
     return await pipeline.run(call)
 
@@ -56,9 +57,18 @@ async def embeddings(pipeline: Pipeline, principal: Principal, rid: str, raw: by
         model=req.model,
         body=req.body,
         texts=req.texts(),
-        declared_classification=http.header(scope, b"x-sekisho-classification"),
+        declared_classification=_declared(scope),
     )
     return await pipeline.run(call)
+
+
+def _declared(scope: http.Scope) -> str | None:
+    """The declared classification header; non-ASCII names such as 機密性3 arrive
+    percent-encoded (HTTP header values are ASCII)."""
+    value = http.header(scope, b"x-sekisho-classification")
+    if value is None:
+        return None
+    return unquote(value) if "%" in value else value
 
 
 def list_models(catalogue: Catalogue, principal: Principal, allowed: frozenset[str] | None) -> dict[str, Any]:

@@ -206,6 +206,18 @@ def keys_ledger(args: argparse.Namespace) -> int:
     """Create the ledger signing key under the data dir and print the verifier key."""
     path = Path(args.key_file) if getattr(args, "key_file", None) else _data_dir(args) / KEY_FILE
     name = args.name or f"{socket.gethostname()}/sekisho-ledger"
+    if path.exists():
+        # The gateway creates the key on first start; then this prints its verifier key.
+        try:
+            signer = load_signer(path)
+        except KeyFileError as e:
+            return _fail(str(e))
+        print(f"ledger signing key {path} exists (name {signer.name}); not overwritten",
+              file=sys.stderr)
+        print("verifier key (publish this; auditors pass it to `sekisho verify --key`):",
+              file=sys.stderr)
+        print(signer.verifier().key_string())
+        return 0
     try:
         verifier_key = create_signing_key(path, name)
     except KeyFileError as e:
