@@ -228,6 +228,9 @@ class Gateway:
             self.pipeline.scanners = scanners
             old.policies = new.policies
             old.tenants = new.tenants
+            if self.stores is not None:
+                for name, tenant in new.tenants.items():
+                    self.stores.set_retention(name, tenant.retention)
             after = {n: p.digest for n, p in new.policies.items()}
             changed = sorted(n for n in after if before.get(n) != after[n])
             if self.recorder is not None:
@@ -442,7 +445,7 @@ class Gateway:
                                              "proof": [base64.b64encode(h).decode() for h in proof]}, rid)
             return
         if path == "/ledger/proofs/consistency":
-            old, new = http.int_param(query, "old_size"), http.int_param(query, "new_size")
+            old, new = http.int_param(query, "old"), http.int_param(query, "new")
             proof = await asyncio.to_thread(ledger.consistency_proof, old, new)
             await http.send_json(send, 200, {"old_size": old, "new_size": new,
                                              "proof": [base64.b64encode(h).decode() for h in proof]}, rid)
@@ -456,7 +459,7 @@ class Gateway:
             return
         if path.startswith("/ledger/receipts/"):
             request_id = path[len("/ledger/receipts/"):]
-            consistency = query.get("consistency_with")
+            consistency = query.get("since")
             receipt = await asyncio.to_thread(
                 ledger.receipt, request_id,
                 consistency_with=int(consistency) if consistency and consistency.isdigit() else None)

@@ -22,7 +22,7 @@ from sekisho.routing.catalogue import Catalogue, CountryCode, Endpoint
 from sekisho.types import Level
 
 if TYPE_CHECKING:
-    from sekisho.classify import Scanner
+    from sekisho.classify import CustomRule, Scanner
     from sekisho.policy.compiler import CompiledPolicy
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -272,11 +272,21 @@ def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | Non
 
 def scanner_for(tenant: Tenant) -> Scanner:
     """The classifier configured for one tenant."""
-    from sekisho.classify import CustomRule, Scanner
+    from sekisho.classify import Scanner
+
+    rules, labels = _detection_rules(tenant, f"tenants.{tenant.name}.detection")
+    return Scanner(rules, min_score=tenant.detection.min_score, labels=tuple(labels))
+
+
+def _detection_rules(tenant: Tenant, where: str) -> tuple[list[CustomRule], list[str]]:
+    from sekisho.classify import rules_from_config
 
     d = tenant.detection
-    custom = [CustomRule(r.name, tuple(r.terms), r.pattern, r.score) for r in d.custom]
-    return Scanner(custom, min_score=d.min_score, labels=tuple(d.labels))
+    section = {
+        "custom": [r.model_dump(exclude_none=True) for r in d.custom],
+        "labels": list(d.labels),
+    }
+    return rules_from_config(section, where)
 
 
 def json_schema() -> dict[str, Any]:
@@ -379,7 +389,7 @@ def _cross_checks(model: ConfigModel, file: str) -> list[ConfigProblem]:
 
 def _compile_policies(config: Config) -> None:
     """Compile every tenant's policy now, so a bad policy stops start-up with its key path."""
-    from sekisho.classify import TYPES, CustomRule
+    from sekisho.classify import TYPES
     from sekisho.policy.compiler import compile_policy
 
     problems: list[ConfigProblem] = []
@@ -397,13 +407,10 @@ def _compile_policies(config: Config) -> None:
         except ConfigError as exc:
             problems.extend(exc.problems)
     for name, tenant in config.tenants.items():
-        for i, rule in enumerate(tenant.detection.custom):
-            try:
-                CustomRule(rule.name, tuple(rule.terms), rule.pattern, rule.score)
-            except ValueError as exc:
-                problems.append(
-                    ConfigProblem(config.source_file, f"tenants.{name}.detection.custom[{i}]", str(exc))
-                )
+        try:
+            _detection_rules(tenant, f"tenants.{name}.detection")
+        except ValueError as exc:
+            problems.append(ConfigProblem(config.source_file, f"tenants.{name}.detection", str(exc)))
         unknown = sorted(set(tenant.detection.output.types) - set(TYPES))
         if unknown:
             problems.append(

@@ -1,4 +1,5 @@
-"""The tenant configuration example in docs/classification.md works as documented."""
+"""The tenant configuration example in docs/classification.md works as documented, in the
+gateway's own config loader too."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _yaml_example() -> dict[str, object]:
 
 
 def test_documented_tenant_rules_find_code_names_customer_ids_and_labels() -> None:
-    rules, labels = rules_from_config(_yaml_example()["classification"])  # type: ignore[arg-type]
+    rules, labels = rules_from_config(_yaml_example()["detection"])  # type: ignore[arg-type]
     scanner = Scanner(custom=rules, labels=labels)
     text = "ＢＬＵＥＦＩＮの件、CUST-004211 様。【取引先限り】"
     found = [(f.type, f.subtype, text[f.start : f.end]) for f in scanner.scan(text)]
@@ -49,3 +50,14 @@ def test_config_errors_name_the_key_and_the_reason(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         rules_from_config(section)
+
+
+def test_documented_example_is_valid_in_a_tenant_of_the_gateway_config() -> None:
+    from sekisho.config import parse_config, scanner_for
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "sekisho.yaml"
+    raw = yaml.safe_load(example.read_text("utf-8"))
+    raw["tenants"]["demo"]["detection"] = _yaml_example()["detection"]
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "x.yaml", env={})
+    scanner = scanner_for(config.tenants["demo"])
+    assert [f.subtype for f in scanner.scan("CUST-004211")] == ["customer-ids"]
