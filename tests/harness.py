@@ -7,6 +7,7 @@ can use the official ``openai`` client (sync and async) exactly as users do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any
 import uvicorn
 import yaml
 
-from sekisho.config import parse_config
+from sekisho.config import load_config, parse_config
 from sekisho.identity import KeyStore
 from sekisho.simulator import SimulatedEndpoint, SimulatorServer
 
@@ -33,9 +34,15 @@ def free_port() -> int:
 class Harness:
     """Simulators + gateway in one background loop."""
 
-    def __init__(self, config_yaml: dict[str, Any], data_dir: Path,
-                 sim_specs: dict[str, SimulatedEndpoint]) -> None:
+    def __init__(
+        self,
+        config_yaml: dict[str, Any],
+        data_dir: Path,
+        sim_specs: dict[str, SimulatedEndpoint],
+        config_path: Path | None = None,
+    ) -> None:
         self.raw = config_yaml
+        self.config_path = config_path  # when set, the config is written there and loaded from it
         self.data_dir = data_dir
         self.sim_specs = sim_specs
         self.sims: dict[str, SimulatorServer] = {}
@@ -57,15 +64,34 @@ class Harness:
         for ep in self.raw["endpoints"]:
             if ep["id"] in self.sims:
                 ep["base_url"] = self.sims[ep["id"]].base_url
-        self.raw["server"] = {**self.raw.get("server", {}), "data_dir": str(self.data_dir),
-                              "port": self.port, "host": "127.0.0.1"}
+        self.raw["server"] = {
+            **self.raw.get("server", {}),
+            "data_dir": str(self.data_dir),
+            "port": self.port,
+            "host": "127.0.0.1",
+        }
         from sekisho.app import Gateway
 
-        config = parse_config(yaml.safe_dump(self.raw, allow_unicode=True), "test-config.yaml")
+        text = yaml.safe_dump(self.raw, allow_unicode=True)
+        if self.config_path is not None:  # a real file, so that policy reloads can re-read it
+            self.config_path.write_text(text, encoding="utf-8")
+            config = load_config(self.config_path)
+        else:
+            config = parse_config(text, "test-config.yaml")
         self.gateway = Gateway(config)
-        self.server = uvicorn.Server(uvicorn.Config(
-            self.gateway, host="127.0.0.1", port=self.port, loop="asyncio", http="httptools",
-            lifespan="on", access_log=False, log_config=None, timeout_graceful_shutdown=5))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.gateway,
+                host="127.0.0.1",
+                port=self.port,
+                loop="asyncio",
+                http="httptools",
+                lifespan="on",
+                access_log=False,
+                log_config=None,
+                timeout_graceful_shutdown=5,
+            )
+        )
         server = self.server
 
         async def serve() -> None:
@@ -82,10 +108,9 @@ class Harness:
     def stop(self) -> None:
         if self.server is not None:
             self.server.should_exit = True
-            try:
+            # a failed shutdown must not hide the test's own result
+            with contextlib.suppress(Exception):
                 self._serving.result(15)
-            except Exception:  # a failed shutdown must not hide the test's own result
-                pass
         for sim in self.sims.values():
             self.call(sim.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -129,18 +154,25 @@ def demo_sim_specs(keep_bodies: bool = True, **kw: Any) -> dict[str, SimulatedEn
 
     out = {}
     for spec, _ in DEMO_ENDPOINTS:
-        out[spec.name] = SimulatedEndpoint(spec.name, spec.label, spec.models,
-                                           keep_bodies=keep_bodies, **kw)
+        out[spec.name] = SimulatedEndpoint(
+            spec.name, spec.label, spec.models, keep_bodies=keep_bodies, **kw
+        )
     return out
 
 
-def start_example(tmp: Path, mutate: Callable[[dict[str, Any]], None] | None = None,
-                  **sim_kw: Any) -> Harness:
+def start_example(
+    tmp: Path,
+    mutate: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    config_path: Path | None = None,
+    **sim_kw: Any,
+) -> Harness:
+    """The example config's gateway; with ``config_path`` its config is a real file there."""
     raw = example_config()
     raw["routing"]["health"]["probe_interval_seconds"] = 0
     if mutate is not None:
         mutate(raw)
-    return Harness(raw, tmp, demo_sim_specs(**sim_kw)).start()
+    return Harness(raw, tmp, demo_sim_specs(**sim_kw), config_path=config_path).start()
 
 
 class Resp:
@@ -161,8 +193,15 @@ class Resp:
         return json.loads(self.content)
 
 
-def request(method: str, url: str, *, content: Any = None, json_body: Any = None,
-            headers: dict[str, str] | None = None, timeout: float = 10) -> Resp:
+def request(
+    method: str,
+    url: str,
+    *,
+    content: Any = None,
+    json_body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> Resp:
     """One HTTP/1.1 request with the standard library (chunked when content is an iterator)."""
     import http.client
     import json
@@ -185,3 +224,46 @@ def request(method: str, url: str, *, content: Any = None, json_body: Any = None
     out = Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
     conn.close()
     return out
+
+
+# -- helpers for the invariant, ledger and store specifications (additive) -----------------------
+
+
+def refuse_connections(h: Harness, endpoint_id: str) -> None:
+    """Stop an endpoint's simulator so that connecting to it is refused (nothing listens)."""
+    h.call(h.sims[endpoint_id].stop())
+
+
+def sim_specs_for(
+    endpoint_ids: list[str], models: tuple[str, ...] = ("sim-chat",), **kw: Any
+) -> dict[str, SimulatedEndpoint]:
+    """One simulator per endpoint id, each serving ``models``."""
+    return {eid: SimulatedEndpoint(eid, f"Simulated {eid}", models, **kw) for eid in endpoint_ids}
+
+
+def start_config(tmp: Path, raw: dict[str, Any], **sim_kw: Any) -> Harness:
+    """A gateway for ``raw`` (a whole config), with a simulator behind every endpoint."""
+    raw.setdefault("routing", {}).setdefault("health", {})["probe_interval_seconds"] = 0
+    ids = [ep["id"] for ep in raw["endpoints"]]
+    models = tuple(sorted({m["id"] for ep in raw["endpoints"] for m in ep["models"]}))
+    return Harness(raw, tmp, sim_specs_for(ids, models, **sim_kw)).start()
+
+
+def receipt(h: Harness, request_id: str, key: str, **params: int) -> Resp:
+    """GET /ledger/receipts/{request_id} with ``key``."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return request(
+        "GET",
+        f"{h.root}/ledger/receipts/{request_id}" + (f"?{query}" if query else ""),
+        headers={"authorization": f"Bearer {key}"},
+    )
+
+
+def ledger_entries(receipt_json: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The decision entry and the outcome entry (or None) of a receipt, parsed."""
+    import base64
+    import json
+
+    decision = json.loads(base64.b64decode(receipt_json["entry"]))
+    outcome = receipt_json.get("outcome")
+    return decision, json.loads(base64.b64decode(outcome["entry"])) if outcome else None

@@ -10,8 +10,8 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,20 +20,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sekisho.api import http
 from sekisho.api import openai as routes
-from sekisho.config import Config, load_config
-from sekisho.errors import ConfigError, ConfigProblem, MethodNotAllowed, NotFound, SekishoError
 from sekisho.api.admin import AdminAPI
-from sekisho.config import scanner_for
+from sekisho.config import Config, load_config, scanner_for
+from sekisho.errors import ConfigError, ConfigProblem, MethodNotAllowed, NotFound, SekishoError
 from sekisho.identity import Authenticator, KeyStore, Principal, allows, require
 from sekisho.identity.limits import Limiter, build_limiter
 from sekisho.identity.roles import MODEL_ROUTES, Permission
-from sekisho.store import Stores
-from sekisho.metrics import Metrics
 from sekisho.ledger import KeyFileError, Ledger, create_signing_key, load_signer
+from sekisho.metrics import Metrics
 from sekisho.pipeline import Pipeline, Reply, StreamReply
-from sekisho.recorder import LedgerRecorder, tenant_hash_key
 from sekisho.providers import Transport, transport_for
+from sekisho.recorder import LedgerRecorder, tenant_hash_key
 from sekisho.routing import Health, Selector
+from sekisho.store import Stores
 
 log = logging.getLogger("sekisho.app")
 
@@ -200,8 +199,10 @@ class Gateway:
                 result = await self.reload_policy()
                 log.info("policy reloaded (SIGHUP)", extra=result)
             except ConfigError as exc:
-                log.error("policy reload refused; the old policy keeps serving",
-                          extra={"problems": [str(p) for p in exc.problems]})
+                log.error(
+                    "policy reload refused; the old policy keeps serving",
+                    extra={"problems": [str(p) for p in exc.problems]},
+                )
 
         self._tasks.append(asyncio.create_task(reload()))
 
@@ -211,15 +212,29 @@ class Gateway:
         async with self._reload_lock:
             new = await asyncio.to_thread(load_config, self.config.source_file)
             old = self.config
-            if {e.id: e for e in new.catalogue.endpoints} != {e.id: e for e in old.catalogue.endpoints}:
-                raise ConfigError([ConfigProblem(
-                    new.source_file, "endpoints",
-                    "the endpoint catalogue changed; a policy reload swaps policies only — "
-                    "restart the gateway to change endpoints")])
+            if {e.id: e for e in new.catalogue.endpoints} != {
+                e.id: e for e in old.catalogue.endpoints
+            }:
+                raise ConfigError(
+                    [
+                        ConfigProblem(
+                            new.source_file,
+                            "endpoints",
+                            "the endpoint catalogue changed; a policy reload swaps policies only — "
+                            "restart the gateway to change endpoints",
+                        )
+                    ]
+                )
             if set(new.tenants) != set(old.tenants):
-                raise ConfigError([ConfigProblem(
-                    new.source_file, "tenants",
-                    "tenants were added or removed; restart the gateway to change tenants")])
+                raise ConfigError(
+                    [
+                        ConfigProblem(
+                            new.source_file,
+                            "tenants",
+                            "tenants were added or removed; restart the gateway to change tenants",
+                        )
+                    ]
+                )
             assert self.pipeline is not None
             before = {n: p.digest for n, p in old.policies.items()}
             scanners = {name: scanner_for(t) for name, t in new.tenants.items()}
@@ -235,8 +250,12 @@ class Gateway:
             changed = sorted(n for n in after if before.get(n) != after[n])
             if self.recorder is not None:
                 for name in changed:
-                    await self.recorder.admin("sekisho", "policy.reload", f"tenant/{name}",
-                                              {"from": before.get(name), "to": after[name]})
+                    await self.recorder.admin(
+                        "sekisho",
+                        "policy.reload",
+                        f"tenant/{name}",
+                        {"from": before.get(name), "to": after[name]},
+                    )
             return {"policies": after, "changed": changed}
 
     async def _probe(self, interval: float) -> None:
@@ -304,8 +323,11 @@ class Gateway:
             if path.startswith("/ledger/"):
                 await self._ledger_route(scope, send, rid, path)
                 return
-            raise NotFound(f"Unknown path {path!r}. sekisho serves /v1/chat/completions, "
-                           "/v1/embeddings and /v1/models.", code="unknown_url")
+            raise NotFound(
+                f"Unknown path {path!r}. sekisho serves /v1/chat/completions, "
+                "/v1/embeddings and /v1/models.",
+                code="unknown_url",
+            )
         except SekishoError as exc:
             await http.send_error(send, exc, rid)
 
@@ -381,7 +403,8 @@ class Gateway:
             status = 500
             err = SekishoError(
                 f"sekisho hit an unexpected error (request {rid}); the operator's logs have "
-                "the details.")
+                "the details."
+            )
             with contextlib.suppress(Exception):
                 await http.send_error(send, err, rid)
         finally:
@@ -396,8 +419,16 @@ class Gateway:
                 time.perf_counter() - started
             )
 
-    def _log(self, rid: str, principal: Principal | None, path: str, status: int,
-             endpoint: str, started: float, error: str | None = None) -> None:
+    def _log(
+        self,
+        rid: str,
+        principal: Principal | None,
+        path: str,
+        status: int,
+        endpoint: str,
+        started: float,
+        error: str | None = None,
+    ) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
         extra: dict[str, Any] = {
@@ -425,7 +456,9 @@ class Gateway:
         if path == "/v1/models":
             await http.send_json(send, 200, listing, rid)
         else:
-            await http.send_json(send, 200, routes.get_model(listing, path[len("/v1/models/"):]), rid)
+            await http.send_json(
+                send, 200, routes.get_model(listing, path[len("/v1/models/") :]), rid
+            )
 
     async def _ledger_route(self, scope: http.Scope, send: http.Send, rid: str, path: str) -> None:
         if scope["method"] != "GET":
@@ -441,28 +474,50 @@ class Gateway:
         if path == "/ledger/proofs/inclusion":
             index, size = http.int_param(query, "index"), http.int_param(query, "tree_size")
             proof = await asyncio.to_thread(ledger.inclusion_proof, index, size)
-            await http.send_json(send, 200, {"index": index, "tree_size": size,
-                                             "proof": [base64.b64encode(h).decode() for h in proof]}, rid)
+            await http.send_json(
+                send,
+                200,
+                {
+                    "index": index,
+                    "tree_size": size,
+                    "proof": [base64.b64encode(h).decode() for h in proof],
+                },
+                rid,
+            )
             return
         if path == "/ledger/proofs/consistency":
             old, new = http.int_param(query, "old"), http.int_param(query, "new")
             proof = await asyncio.to_thread(ledger.consistency_proof, old, new)
-            await http.send_json(send, 200, {"old_size": old, "new_size": new,
-                                             "proof": [base64.b64encode(h).decode() for h in proof]}, rid)
+            await http.send_json(
+                send,
+                200,
+                {
+                    "old_size": old,
+                    "new_size": new,
+                    "proof": [base64.b64encode(h).decode() for h in proof],
+                },
+                rid,
+            )
             return
         principal = await self.authenticator.authenticate_headers(scope["headers"])
         if path.startswith("/ledger/entries/"):
             index = http.int_segment(path, "/ledger/entries/")
             leaf = await asyncio.to_thread(ledger.entry, index)
             self._may_read_entry(principal, leaf)
-            await http.send_json(send, 200, {"index": index, "entry": base64.b64encode(leaf).decode()}, rid)
+            await http.send_json(
+                send, 200, {"index": index, "entry": base64.b64encode(leaf).decode()}, rid
+            )
             return
         if path.startswith("/ledger/receipts/"):
-            request_id = path[len("/ledger/receipts/"):]
+            request_id = path[len("/ledger/receipts/") :]
             consistency = query.get("since")
             receipt = await asyncio.to_thread(
-                ledger.receipt, request_id,
-                consistency_with=int(consistency) if consistency and consistency.isdigit() else None)
+                ledger.receipt,
+                request_id,
+                consistency_with=int(consistency)
+                if consistency and consistency.isdigit()
+                else None,
+            )
             self._may_read_entry(principal, base64.b64decode(receipt["entry"]))
             await http.send_json(send, 200, receipt, rid)
             return
@@ -480,15 +535,21 @@ class Gateway:
         if tenant != principal.tenant:
             raise NotFound("No such ledger entry for your tenant.", code="ledger_entry_not_found")
 
-    async def _healthz(self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str) -> None:
+    async def _healthz(
+        self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str
+    ) -> None:
         await http.send_json(send, 200, {"status": "ok"}, rid)
 
-    async def _readyz(self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str) -> None:
+    async def _readyz(
+        self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str
+    ) -> None:
         endpoints = self.health.snapshot()
         body = {"ready": self.ready, "in_flight": self.in_flight, "endpoints": endpoints}
         await http.send_json(send, 200 if self.ready else 503, body, rid)
 
-    async def _metrics(self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str) -> None:
+    async def _metrics(
+        self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str
+    ) -> None:
         for ep in self.config.catalogue.endpoints:
             self.metrics.endpoint_up.labels(ep.id, ep.jurisdiction.country).set(
                 1 if self.health.is_up(ep.id) else 0

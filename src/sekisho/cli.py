@@ -26,8 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = func(args)
     except ConfigError as exc:
-        print(f"sekisho: configuration is not valid ({len(exc.problems)} problem"
-              f"{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
+        print(
+            f"sekisho: configuration is not valid ({len(exc.problems)} problem"
+            f"{'s' if len(exc.problems) != 1 else ''}):",
+            file=sys.stderr,
+        )
         for p in exc.problems:
             print(f"  {p}", file=sys.stderr)
         return 2
@@ -45,19 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the gateway")
-    p.add_argument("--config", "-c", default=os.environ.get("SEKISHO_CONFIG", "sekisho.yaml"),
-                   help="YAML config (default: $SEKISHO_CONFIG or ./sekisho.yaml)")
+    p.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("SEKISHO_CONFIG", "sekisho.yaml"),
+        help="YAML config (default: $SEKISHO_CONFIG or ./sekisho.yaml)",
+    )
     p.add_argument("--host", help="listen address (overrides server.host)")
     p.add_argument("--port", type=int, help="listen port (overrides server.port)")
     p.add_argument("--workers", type=int, help="gateway processes (overrides server.workers)")
     p.add_argument("--data-dir", help="data directory (overrides server.data_dir)")
-    p.add_argument("--with-simulators", action="store_true",
-                   help="also run the three demo simulators in this process (for trying it out)")
+    p.add_argument(
+        "--with-simulators",
+        action="store_true",
+        help="also run the three demo simulators in this process (for trying it out)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="zero-config tour: simulators, gateway, scripted requests")
-    p.add_argument("--keep-running", action="store_true",
-                   help="leave the gateway up after the tour, until Ctrl-C")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the gateway up after the tour, until Ctrl-C",
+    )
     p.add_argument("--port", type=int, default=0, help="gateway port (default: any free port)")
     p.set_defaults(func=cmd_demo)
 
@@ -112,8 +125,9 @@ def _register_optional(sub: Any, ksub: Any) -> None:
 
 
 def _data_dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None,
-                   help="data directory (default: $SEKISHO_DATA_DIR or ./data)")
+    p.add_argument(
+        "--data-dir", default=None, help="data directory (default: $SEKISHO_DATA_DIR or ./data)"
+    )
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -167,8 +181,10 @@ async def _serve_with_simulators(config: Any, common: dict[str, Any]) -> int:
 
     sims = await start_demo_simulators()
     for s in sims:
-        print(f"simulator {s.spec.name} ({s.spec.label}) on {s.base_url}  [SIMULATOR]",
-              file=sys.stderr)
+        print(
+            f"simulator {s.spec.name} ({s.spec.label}) on {s.base_url}  [SIMULATOR]",
+            file=sys.stderr,
+        )
     server = uvicorn.Server(uvicorn.Config(create_app(config), **common))
     try:
         await server.serve()
@@ -214,8 +230,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
     config = load_config(args.file)
     eps = config.catalogue.endpoints
-    print(f"{args.file}: OK — {len(eps)} endpoints, {len(config.catalogue.model_names)} model "
-          f"names, {len(config.tenants)} tenants, {len(config.regions)} regions")
+    print(
+        f"{args.file}: OK — {len(eps)} endpoints, {len(config.catalogue.model_names)} model "
+        f"names, {len(config.tenants)} tenants, {len(config.regions)} regions"
+    )
     for name, policy in config.policies.items():
         print(f"  tenant {name}: policy {policy.digest}")
     return 0
@@ -239,11 +257,15 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     expires = None
     if args.expires_in_days is not None:
         expires = dt.datetime.now(dt.UTC).timestamp() + args.expires_in_days * 86400
-    key, info = store.create(args.tenant, role=args.role, name=args.name, models=models,
-                             expires_at=expires)
-    print(f"created {info.role} key {info.key_id} for tenant {info.tenant}"
-          + (f", models {', '.join(models)}" if models else "")
-          + ". It is shown only this once; store it now:", file=sys.stderr)
+    key, info = store.create(
+        args.tenant, role=args.role, name=args.name, models=models, expires_at=expires
+    )
+    print(
+        f"created {info.role} key {info.key_id} for tenant {info.tenant}"
+        + (f", models {', '.join(models)}" if models else "")
+        + ". It is shown only this once; store it now:",
+        file=sys.stderr,
+    )
     print(key)
     return 0
 
@@ -256,8 +278,11 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     print(f"{'KEY ID':<14} {'TENANT':<16} {'ROLE':<10} {'STATE':<8} {'CREATED':<20} NAME")
     now = dt.datetime.now(dt.UTC).timestamp()
     for k in rows:
-        state = "revoked" if k.revoked_at else ("expired" if k.expires_at and k.expires_at <= now
-                                                else "active")
+        state = (
+            "revoked"
+            if k.revoked_at
+            else ("expired" if k.expires_at and k.expires_at <= now else "active")
+        )
         created = dt.datetime.fromtimestamp(k.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         print(f"{k.key_id:<14} {k.tenant:<16} {k.role:<10} {state:<8} {created:<20} {k.name}")
     return 0

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sekisho.errors import ConfigError, ConfigProblem
 from sekisho.identity.spec import AuthSpec, GatewayLimitsSpec, LimitsSpec, RedisURL
 from sekisho.policy.spec import PolicySpec
-from sekisho.store.spec import KeyProviderSpec, LocalKeysSpec, RetentionSpec
 from sekisho.routing.catalogue import Catalogue, CountryCode, Endpoint
+from sekisho.store.spec import KeyProviderSpec, LocalKeysSpec, RetentionSpec
 from sekisho.types import Level
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class LedgerConfig(_Section):
     )
     key_file: str | None = Field(
         default=None,
-        description="Ed25519 signer key (default: DATA_DIR/keys/ledger.key, created on first start)",
+        description="Ed25519 signer key (default: DATA_DIR/keys/ledger.key, made on first start)",
     )
     group_interval_ms: float = Field(
         default=2.0, ge=0, description="Longest wait to gather entries into one durable write"
@@ -142,7 +142,8 @@ class DetectionConfig(_Section):
 class TenantConfig(_Section):
     home_region: str = Field(description="Region whose store keeps this tenant's data")
     default_classification: str = Field(
-        default="internal", description="Level when nothing else says (public … restricted, 機密性1-3)"
+        default="internal",
+        description="Level when nothing else says (public … restricted, 機密性1-3)",
     )
     policy: PolicySpec = Field(default_factory=PolicySpec)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
@@ -165,7 +166,9 @@ class ConfigModel(_Section):
     server: ServerConfig = ServerConfig()
     routing: RoutingConfig = RoutingConfig()
     ledger: LedgerConfig = LedgerConfig()
-    auth: AuthSpec | None = Field(default=None, description="OIDC issuers accepted besides API keys")
+    auth: AuthSpec | None = Field(
+        default=None, description="OIDC issuers accepted besides API keys"
+    )
     redis: RedisURL | None = Field(
         default=None, description="Redis for limits shared by several gateway processes"
     )
@@ -307,7 +310,9 @@ def _expand(node: Any, env: dict[str, str], file: str, path: str, out: list[Conf
                 return default
             out.append(
                 ConfigProblem(
-                    file, path, f"environment variable {name} is not set (referenced as ${{{name}}})"
+                    file,
+                    path,
+                    f"environment variable {name} is not set (referenced as ${{{name}}})",
                 )
             )
             return ""
@@ -367,7 +372,9 @@ def _cross_checks(model: ConfigModel, file: str) -> list[ConfigProblem]:
         if ep.id in seen:
             problems.append(
                 ConfigProblem(
-                    file, f"endpoints[{i}].id", f"{ep.id!r} already used by endpoints[{seen[ep.id]}]"
+                    file,
+                    f"endpoints[{i}].id",
+                    f"{ep.id!r} already used by endpoints[{seen[ep.id]}]",
                 )
             )
         seen.setdefault(ep.id, i)
@@ -410,7 +417,9 @@ def _compile_policies(config: Config) -> None:
         try:
             _detection_rules(tenant, f"tenants.{name}.detection")
         except ValueError as exc:
-            problems.append(ConfigProblem(config.source_file, f"tenants.{name}.detection", str(exc)))
+            problems.append(
+                ConfigProblem(config.source_file, f"tenants.{name}.detection", str(exc))
+            )
         unknown = sorted(set(tenant.detection.output.types) - set(TYPES))
         if unknown:
             problems.append(
@@ -423,5 +432,3 @@ def _compile_policies(config: Config) -> None:
     if problems:
         raise ConfigError(problems)
     config.policies = compiled
-
-

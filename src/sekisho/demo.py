@@ -14,7 +14,6 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
 from urllib.parse import quote
 
 import yaml
@@ -37,14 +36,22 @@ SCRIPT = (
     Step("plain question", "gpt-4o", "What is a sekisho?"),
     Step("streamed answer", "gpt-4o", "Stream a haiku about borders.", stream=True),
     Step("embeddings", "text-embedding-3-small", "関所 checkpoint", embeddings=True),
-    Step("personal data (APPI)", "gpt-4o",
-         "山田太郎様 (taro.yamada@example.co.jp, 090-1234-5678) の契約更新メールを書いて"),
+    Step(
+        "personal data (APPI)",
+        "gpt-4o",
+        "山田太郎様 (taro.yamada@example.co.jp, 090-1234-5678) の契約更新メールを書いて",
+    ),
     Step("My Number (番号法)", "gpt-4o", "マイナンバーは 1234 5678 9018 です。手続きを教えて"),
     Step("My Number, US-only model", "gpt-4.1", "マイナンバー 123456789018 の確認をお願いします"),
     Step("declared 機密性3", "gpt-4o", "Summarise the board minutes.", classification="機密性3"),
     Step("domestic down, internal", "gpt-4o", "Failover, please.", fault="sim-domestic-tokyo"),
-    Step("domestic down, 機密性3", "gpt-4o", "Board minutes, again.", classification="機密性3",
-         fault="sim-domestic-tokyo"),
+    Step(
+        "domestic down, 機密性3",
+        "gpt-4o",
+        "Board minutes, again.",
+        classification="機密性3",
+        fault="sim-domestic-tokyo",
+    ),
 )
 
 # Which request's receipt the tour verifies offline at the end (the My Number one).
@@ -56,6 +63,8 @@ def _config_text() -> str:
 
 
 async def run_demo(*, port: int = 0, keep_running: bool = False) -> int:
+    import logging
+
     import openai
     import uvicorn
 
@@ -64,8 +73,6 @@ async def run_demo(*, port: int = 0, keep_running: bool = False) -> int:
     from sekisho.harness_port import free_port
     from sekisho.identity import KeyStore
     from sekisho.simulator import Faults, start_demo_simulators
-
-    import logging
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     sims = await start_demo_simulators(base_port=0)
@@ -79,8 +86,11 @@ async def run_demo(*, port: int = 0, keep_running: bool = False) -> int:
     raw["routing"]["health"]["probe_interval_seconds"] = 0
     config = parse_config(yaml.safe_dump(raw, allow_unicode=True), str(EXAMPLE))
     gateway = Gateway(config)
-    server = uvicorn.Server(uvicorn.Config(gateway, host="127.0.0.1", port=port,
-                                           log_config=None, access_log=False, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            gateway, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+        )
+    )
     serve = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
@@ -89,9 +99,11 @@ async def run_demo(*, port: int = 0, keep_running: bool = False) -> int:
     print(f"sekisho demo — gateway on {base}, three SIMULATED endpoints (not real models):")
     for s in sims:
         ep = config.catalogue.by_id[s.spec.name]
-        print(f"  {ep.id:<22} {ep.jurisdiction.country}/{ep.jurisdiction.region:<10} "
-              f"operator {ep.operator.name} [{ep.operator.country}"
-              f"{'/' + ep.operator.parent_country if ep.operator.parent_country else ''}]")
+        print(
+            f"  {ep.id:<22} {ep.jurisdiction.country}/{ep.jurisdiction.region:<10} "
+            f"operator {ep.operator.name} [{ep.operator.country}"
+            f"{'/' + ep.operator.parent_country if ep.operator.parent_country else ''}]"
+        )
     print(f"tenant 'demo' policy: extends {raw['tenants']['demo']['policy'].get('extends')}\n")
 
     client = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0)
@@ -140,8 +152,9 @@ async def _explain_and_verify(
     if rid is None:
         return
     root = base.removesuffix("/v1")
-    req = urllib.request.Request(f"{root}/ledger/receipts/{rid}",
-                                 headers={"authorization": f"Bearer {key}"})
+    req = urllib.request.Request(
+        f"{root}/ledger/receipts/{rid}", headers={"authorization": f"Bearer {key}"}
+    )
     receipt = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(req, timeout=10)))
     path = Path(data_dir) / "receipt.json"
     path.write_text(json.dumps(receipt, indent=2))
@@ -165,21 +178,28 @@ async def _run_step(i: int, step: Step, client: Any, config: Any) -> tuple[list[
     try:
         if step.embeddings:
             raw = await client.embeddings.with_raw_response.create(
-                model=step.model, input=step.text, extra_headers=headers)
+                model=step.model, input=step.text, extra_headers=headers
+            )
             res = raw.parse()
             tokens = str(res.usage.total_tokens)
         elif step.stream:
             raw = await client.chat.completions.with_raw_response.create(
-                model=step.model, messages=[{"role": "user", "content": step.text}], stream=True,
-                stream_options={"include_usage": True}, extra_headers=headers)
+                model=step.model,
+                messages=[{"role": "user", "content": step.text}],
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_headers=headers,
+            )
             tokens = "-"
             async for chunk in raw.parse():
                 if chunk.usage:
                     tokens = str(chunk.usage.total_tokens)
         else:
             raw = await client.chat.completions.with_raw_response.create(
-                model=step.model, messages=[{"role": "user", "content": step.text}],
-                extra_headers=headers)
+                model=step.model,
+                messages=[{"role": "user", "content": step.text}],
+                extra_headers=headers,
+            )
             res = raw.parse()
             tokens = str(res.usage.total_tokens) if res.usage else "-"
         ms = (time.perf_counter() - t0) * 1000
@@ -189,15 +209,32 @@ async def _run_step(i: int, step: Step, client: Any, config: Any) -> tuple[list[
         if h.get("x-sekisho-action"):
             outcome += f", {h['x-sekisho-action']}"
         receipt = h.get("x-sekisho-receipt", "-").split(" ")[0]
-        return [str(i), step.title, ep.id, h["x-sekisho-jurisdiction"],
-                f"{ep.operator.country}" + (f"/{ep.operator.parent_country}"
-                                            if ep.operator.parent_country else ""),
-                f"{ms:.1f}", tokens, receipt, outcome], h.get("x-request-id")
+        return [
+            str(i),
+            step.title,
+            ep.id,
+            h["x-sekisho-jurisdiction"],
+            f"{ep.operator.country}"
+            + (f"/{ep.operator.parent_country}" if ep.operator.parent_country else ""),
+            f"{ms:.1f}",
+            tokens,
+            receipt,
+            outcome,
+        ], h.get("x-request-id")
     except openai.APIStatusError as exc:
         ms = (time.perf_counter() - t0) * 1000
         msg = _short_reason(exc.message)
-        return [str(i), step.title, "(not sent)", "-", "-", f"{ms:.1f}", "-", "-",
-                f"HTTP {exc.status_code} {exc.code}: {msg}"], None
+        return [
+            str(i),
+            step.title,
+            "(not sent)",
+            "-",
+            "-",
+            f"{ms:.1f}",
+            "-",
+            "-",
+            f"HTTP {exc.status_code} {exc.code}: {msg}",
+        ], None
 
 
 def _short_reason(message: str) -> str:
@@ -220,8 +257,17 @@ def _pad(text: str, width: int) -> str:
 
 
 def _print_table(rows: list[list[str]]) -> None:
-    head = ["#", "request", "endpoint", "jurisdiction", "operator", "ms", "tokens", "receipt",
-            "outcome"]
+    head = [
+        "#",
+        "request",
+        "endpoint",
+        "jurisdiction",
+        "operator",
+        "ms",
+        "tokens",
+        "receipt",
+        "outcome",
+    ]
     widths = [max(_width(r[c]) for r in [head, *rows]) for c in range(len(head))]
     print("  ".join(_pad(h, w) for h, w in zip(head, widths, strict=True)).rstrip())
     print("  ".join("-" * w for w in widths))

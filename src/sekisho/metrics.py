@@ -43,9 +43,7 @@ class Metrics:
             ["tenant", "level"],
             registry=r,
         )
-        self.in_flight = Gauge(
-            "sekisho_in_flight_requests", "Requests being served", registry=r
-        )
+        self.in_flight = Gauge("sekisho_in_flight_requests", "Requests being served", registry=r)
         self.endpoint_up = Gauge(
             "sekisho_endpoint_up",
             "1 when passive health considers the endpoint up",

@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -58,7 +58,7 @@ from sekisho.providers import (
     UpstreamTimeoutError,
 )
 from sekisho.routing import Catalogue, Health, Route, Selector
-from sekisho.store import Exchange, Stores
+from sekisho.store import Exchange, RetentionSpec, Stores
 from sekisho.types import Action
 
 log = logging.getLogger("sekisho.pipeline")
@@ -123,20 +123,35 @@ class Recorder(Protocol):
 
 
 class OutputRule(Protocol):
-    action: str
-    types: list[str]
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def types(self) -> list[str]: ...
 
 
 class DetectionView(Protocol):
-    output: OutputRule
+    @property
+    def output(self) -> OutputRule: ...
 
 
 class TenantView(Protocol):
-    name: str
-    home_region: str
-    default_classification: str
-    detection: DetectionView
-    retention: Any
+    """What the pipeline reads of a tenant (sekisho.config.Tenant)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def home_region(self) -> str: ...
+
+    @property
+    def default_classification(self) -> str: ...
+
+    @property
+    def detection(self) -> DetectionView: ...
+
+    @property
+    def retention(self) -> RetentionSpec: ...
 
 
 class Pipeline:
@@ -242,7 +257,8 @@ class Pipeline:
         if call.principal.models is not None and call.model not in call.principal.models:
             raise ModelNotFound(
                 f"The model '{call.model}' does not exist or you do not have access to it "
-                f"(key {call.principal.key_id} may use: {', '.join(sorted(call.principal.models))}).",
+                f"(key {call.principal.key_id} may use: "
+                f"{', '.join(sorted(call.principal.models))}).",
                 param="model",
             )
         return routes
@@ -262,8 +278,10 @@ class Pipeline:
                 call.findings[text] = found
                 findings.extend(found)
         except Exception:
-            log.exception("classifier failed; treating the request as restricted",
-                          extra={"request_id": call.request_id})
+            log.exception(
+                "classifier failed; treating the request as restricted",
+                extra={"request_id": call.request_id},
+            )
             return [], True
         return findings, False
 
@@ -336,7 +354,7 @@ class Pipeline:
         """Try the eligible routes in plan order until one answers usably. A route counts as
         answered only when its body parsed (non-streaming) or its first event arrived
         (streaming): until then nothing has reached the client, so failing over is safe."""
-        plan = self.selector.plan(decision.eligible, self.max_attempts, self._tiers(call, decision))
+        plan = self.selector.plan(self.catalogue.routes(call.model), self.max_attempts, None)
         last: UpstreamError | None = None
         tried: list[str] = []
         for route in plan:
@@ -383,7 +401,7 @@ class Pipeline:
             headers={"retry-after": "1"},
         )
 
-    def _tiers(self, call: Call, decision: Decision) -> list[int] | None:
+    def _tiers(self, call: Call, decision: Decision) -> list[tuple[int, int]] | None:
         """Preference tiers of the eligible routes: weights choose only among equals."""
         policy = self.policies.get(call.principal.tenant)
         if policy is None:
@@ -417,7 +435,8 @@ class Pipeline:
     ) -> Reply:
         assert data is not None
         self.health.success(route.endpoint.id)
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        found = data.get("usage")
+        usage: dict[str, Any] = found if isinstance(found, dict) else {}
         outcome = Outcome(
             200,
             route,
@@ -764,8 +783,12 @@ def _parse_answer(raw: bytes, endpoint_id: str) -> dict[str, Any]:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamProtocolError(endpoint_id, "answered with a body that is not JSON") from None
-    if not isinstance(data, dict) or "error" in data and "choices" not in data and "data" not in data:
-        raise UpstreamProtocolError(endpoint_id, "answered with JSON that is not an OpenAI response")
+    if not isinstance(data, dict) or (
+        "error" in data and "choices" not in data and "data" not in data
+    ):
+        raise UpstreamProtocolError(
+            endpoint_id, "answered with JSON that is not an OpenAI response"
+        )
     return data
 
 
@@ -814,7 +837,8 @@ def _client_error_from(exc: UpstreamStatusError) -> SekishoError:
         err = body.get("error") if isinstance(body, dict) else None
         if isinstance(err, dict) and isinstance(err.get("message"), str):
             message = f"The endpoint rejected the request: {err['message']}"
-            code = err.get("code") if isinstance(err.get("code"), str) else code
+            given = err.get("code")
+            code = given if isinstance(given, str) else code
     except orjson.JSONDecodeError:
         pass
     e = SekishoError(message, code=code)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from pathlib import Path
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -97,7 +97,9 @@ class LedgerRecorder:
     async def outcome(self, call: Call, decision: Decision, outcome: Outcome) -> None:
         output_hash = None
         if outcome.output_texts:
-            output_hash = self._hash(call.principal.tenant, "\x00".join(outcome.output_texts).encode())
+            output_hash = self._hash(
+                call.principal.tenant, "\x00".join(outcome.output_texts).encode()
+            )
         record = OutcomeRecord(
             time=now(),
             request_id=call.request_id,
@@ -115,7 +117,10 @@ class LedgerRecorder:
         self, actor: str, action: str, target: str, details: Mapping[str, object]
     ) -> None:
         """Admin actions (keys, policy, deletions, key destruction) are ledger entries too."""
-        flat = {k: v if isinstance(v, str | int | bool) or v is None else str(v)
-                for k, v in details.items()}
-        await self.ledger.append(AdminRecord(time=now(), actor=actor, action=action,
-                                             target=target, details=flat))
+        flat = {
+            k: v if isinstance(v, str | int | bool) or v is None else str(v)
+            for k, v in details.items()
+        }
+        await self.ledger.append(
+            AdminRecord(time=now(), actor=actor, action=action, target=target, details=flat)
+        )

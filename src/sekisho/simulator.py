@@ -154,13 +154,21 @@ class _Protocol(asyncio.Protocol):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _write(self, status: int, body: bytes, ctype: str = "application/json",
-               extra: dict[str, str] | None = None) -> None:
+    def _write(
+        self,
+        status: int,
+        body: bytes,
+        ctype: str = "application/json",
+        extra: dict[str, str] | None = None,
+    ) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
-                f"content-type: {ctype}", f"content-length: {len(body)}",
-                f"x-sekisho-simulator: {self.sim.spec.name}"]
+        head = [
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+            f"content-type: {ctype}",
+            f"content-length: {len(body)}",
+            f"x-sekisho-simulator: {self.sim.spec.name}",
+        ]
         for k, v in (extra or {}).items():
             head.append(f"{k}: {v}")
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
@@ -169,7 +177,7 @@ class _Protocol(asyncio.Protocol):
         sim = self.sim
         stats = sim.stats
         stats.requests += 1
-        path, _, query = url.partition("?")
+        path = url.partition("?")[0]
         stats.paths.append(url)
         if sim.spec.keep_bodies:
             stats.bodies.append(raw)
@@ -180,15 +188,21 @@ class _Protocol(asyncio.Protocol):
             self._write(200, b'{"ok":true}')
             return
         if path == "/_sim/stats":
-            self._write(200, orjson.dumps({"bytes_received": stats.bytes_received,
-                                           "requests": stats.requests}))
+            self._write(
+                200,
+                orjson.dumps({"bytes_received": stats.bytes_received, "requests": stats.requests}),
+            )
             return
         if sim.spec.require_key is not None:
             presented = headers.get("authorization", "").removeprefix("Bearer ") or headers.get(
-                "api-key", "")
+                "api-key", ""
+            )
             if presented != sim.spec.require_key:
-                self._write(401, b'{"error":{"message":"Incorrect API key provided",'
-                                 b'"type":"invalid_request_error","code":"invalid_api_key"}}')
+                self._write(
+                    401,
+                    b'{"error":{"message":"Incorrect API key provided",'
+                    b'"type":"invalid_request_error","code":"invalid_api_key"}}',
+                )
                 return
         fault = sim.take_fault() if not path.startswith("/_sim") else None
         if fault is not None:
@@ -196,9 +210,18 @@ class _Protocol(asyncio.Protocol):
                 await asyncio.sleep(fault.delay_ms / 1000)
             if fault.mode == "status":
                 extra = {"retry-after": fault.retry_after} if fault.retry_after else None
-                self._write(fault.status, orjson.dumps({"error": {
-                    "message": f"simulated HTTP {fault.status}", "type": "server_error"}}),
-                    extra=extra)
+                self._write(
+                    fault.status,
+                    orjson.dumps(
+                        {
+                            "error": {
+                                "message": f"simulated HTTP {fault.status}",
+                                "type": "server_error",
+                            }
+                        }
+                    ),
+                    extra=extra,
+                )
                 return
             if fault.mode == "hang":
                 await asyncio.sleep(3600)
@@ -216,8 +239,10 @@ class _Protocol(asyncio.Protocol):
         if sim.spec.delay_ms:
             await asyncio.sleep(sim.spec.delay_ms / 1000)
         if method == "GET" and path.endswith("/models"):
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": sim.spec.name}
-                    for m in sim.spec.models]
+            data = [
+                {"id": m, "object": "model", "created": 0, "owned_by": sim.spec.name}
+                for m in sim.spec.models
+            ]
             self._write(200, orjson.dumps({"object": "list", "data": data}))
             return
         if method != "POST":
@@ -228,8 +253,12 @@ class _Protocol(asyncio.Protocol):
             if not isinstance(body, dict):
                 raise ValueError("body must be an object")
         except (orjson.JSONDecodeError, ValueError) as exc:
-            self._write(400, orjson.dumps({"error": {"message": f"bad JSON: {exc}",
-                                                     "type": "invalid_request_error"}}))
+            self._write(
+                400,
+                orjson.dumps(
+                    {"error": {"message": f"bad JSON: {exc}", "type": "invalid_request_error"}}
+                ),
+            )
             return
         if path.endswith("/chat/completions"):
             stats.chat += 1
@@ -255,12 +284,21 @@ class _Protocol(asyncio.Protocol):
             finish = "stop"
             if body.get("tools"):
                 fn = body["tools"][0].get("function", {}).get("name", "tool")
-                message = {"role": "assistant", "content": None, "tool_calls": [{
-                    "id": f"call_{i}", "type": "function",
-                    "function": {"name": fn, "arguments": '{"simulated": true}'}}]}
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": f"call_{i}",
+                            "type": "function",
+                            "function": {"name": fn, "arguments": '{"simulated": true}'},
+                        }
+                    ],
+                }
                 finish = "tool_calls"
-            choices.append({"index": i, "message": message, "finish_reason": finish,
-                            "logprobs": None})
+            choices.append(
+                {"index": i, "message": message, "finish_reason": finish, "logprobs": None}
+            )
         return {
             "id": f"chatcmpl-sim-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion",
@@ -268,17 +306,22 @@ class _Protocol(asyncio.Protocol):
             "model": body.get("model", "unknown"),
             "system_fingerprint": f"sim-{self.sim.spec.name}",
             "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
 
     async def _stream(self, body: dict[str, Any], drop: bool) -> None:
         t = self.transport
         if t is None:
             return
-        head = ("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                f"x-sekisho-simulator: {self.sim.spec.name}\r\n"
-                "transfer-encoding: chunked\r\n\r\n")
+        head = (
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            f"x-sekisho-simulator: {self.sim.spec.name}\r\n"
+            "transfer-encoding: chunked\r\n\r\n"
+        )
         t.write(head.encode())
         cid = f"chatcmpl-sim-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
@@ -287,11 +330,23 @@ class _Protocol(asyncio.Protocol):
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
 
         def send(obj: dict[str, Any] | None) -> None:
-            payload = b"data: [DONE]\n\n" if obj is None else b"data: " + orjson.dumps(obj) + b"\n\n"
+            payload = (
+                b"data: [DONE]\n\n" if obj is None else b"data: " + orjson.dumps(obj) + b"\n\n"
+            )
             t.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
 
-        send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                   "finish_reason": None}]})
+        send(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
         for i, w in enumerate(words):
             if drop and i == len(words) // 2:
                 t.abort()
@@ -299,14 +354,27 @@ class _Protocol(asyncio.Protocol):
             if self.sim.spec.chunk_delay_ms:
                 await asyncio.sleep(self.sim.spec.chunk_delay_ms / 1000)
             piece = w if i == 0 else " " + w
-            send({**base, "choices": [{"index": 0, "delta": {"content": piece},
-                                       "finish_reason": None}]})
+            send(
+                {
+                    **base,
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                }
+            )
         send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         opts = body.get("stream_options") or {}
         if isinstance(opts, dict) and opts.get("include_usage"):
             pt = _tokens(body.get("messages"))
-            send({**base, "choices": [], "usage": {"prompt_tokens": pt,
-                  "completion_tokens": len(words), "total_tokens": pt + len(words)}})
+            send(
+                {
+                    **base,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": pt,
+                        "completion_tokens": len(words),
+                        "total_tokens": pt + len(words),
+                    },
+                }
+            )
         send(None)
         t.write(b"0\r\n\r\n")
 
@@ -319,8 +387,12 @@ class _Protocol(asyncio.Protocol):
             vec = [(b - 128) / 128 for b in seed[:16]]
             data.append({"object": "embedding", "index": i, "embedding": vec})
         tokens = sum(len(str(x).split()) for x in items)
-        return {"object": "list", "data": data, "model": body.get("model", "unknown"),
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.get("model", "unknown"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
 
 def _tokens(messages: Any) -> int:
@@ -333,18 +405,43 @@ def _tokens(messages: Any) -> int:
     return n
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-            503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 # The three endpoints of the demo and the example config, with their fixed ports.
 DEMO_ENDPOINTS: tuple[tuple[SimulatedEndpoint, int], ...] = (
-    (SimulatedEndpoint("sim-domestic-tokyo", "Domestic GPU operator, Tokyo",
-                       models=("llama-3.1-swallow-70b", "ruri-embed")), 9101),
-    (SimulatedEndpoint("sim-global-japaneast", "Global cloud, Japan East",
-                       models=("gpt-4o", "text-embedding-3-small")), 9102),
-    (SimulatedEndpoint("sim-global-useast", "Global cloud, US East",
-                       models=("gpt-4o", "text-embedding-3-small")), 9103),
+    (
+        SimulatedEndpoint(
+            "sim-domestic-tokyo",
+            "Domestic GPU operator, Tokyo",
+            models=("llama-3.1-swallow-70b", "ruri-embed"),
+        ),
+        9101,
+    ),
+    (
+        SimulatedEndpoint(
+            "sim-global-japaneast",
+            "Global cloud, Japan East",
+            models=("gpt-4o", "text-embedding-3-small"),
+        ),
+        9102,
+    ),
+    (
+        SimulatedEndpoint(
+            "sim-global-useast",
+            "Global cloud, US East",
+            models=("gpt-4o", "text-embedding-3-small"),
+        ),
+        9103,
+    ),
 )
 
 

@@ -10,12 +10,17 @@ import pytest
 from harness import Harness, request
 
 
-def post(h: Harness, body: bytes | str, key: str, path: str = "/chat/completions",
-         **headers: str) -> Any:
+def post(
+    h: Harness, body: bytes | str, key: str, path: str = "/chat/completions", **headers: str
+) -> Any:
     data = body.encode() if isinstance(body, str) else body
-    return request("POST", h.base_url + path, content=data,
-                      headers={"authorization": f"Bearer {key}",
-                               "content-type": "application/json", **headers}, timeout=10)
+    return request(
+        "POST",
+        h.base_url + path,
+        content=data,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json", **headers},
+        timeout=10,
+    )
 
 
 @pytest.mark.parametrize(
@@ -30,22 +35,48 @@ def post(h: Harness, body: bytes | str, key: str, path: str = "/chat/completions
         ('{"model": "gpt-4o", "messages": "hi"}', "messages", "expected an array"),
         ('{"model": "gpt-4o", "messages": []}', "messages", "empty array"),
         ('{"model": "gpt-4o", "messages": [{"content": "x"}]}', "messages[0].role", "role"),
-        ('{"model": "gpt-4o", "messages": [{"role": "wizard", "content": "x"}]}',
-         "messages[0].role", "'wizard'"),
-        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": 3}]}',
-         "messages[0].content", "got an integer"),
-        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
-         "temperature", "out of range"),
-        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
-         "temperature", "expected a number"),
-        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
-         "stream", "expected a boolean"),
-        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 0}',
-         "n", "expected an integer between 1 and 128"),
-        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}],'
-         ' "stream_options": {"include_usage": true}}', "stream_options", "only allowed"),
-        ('{"model": "gpt-4o", "messages": [{"role": "tool", "content": "x"}]}',
-         "messages[0].tool_call_id", "tool_call_id"),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "wizard", "content": "x"}]}',
+            "messages[0].role",
+            "'wizard'",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": 3}]}',
+            "messages[0].content",
+            "got an integer",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+            "temperature",
+            "out of range",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}],'
+            ' "temperature": "hot"}',
+            "temperature",
+            "expected a number",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+            "stream",
+            "expected a boolean",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 0}',
+            "n",
+            "expected an integer between 1 and 128",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}],'
+            ' "stream_options": {"include_usage": true}}',
+            "stream_options",
+            "only allowed",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "tool", "content": "x"}]}',
+            "messages[0].tool_call_id",
+            "tool_call_id",
+        ),
     ],
 )
 def test_malformed_chat_requests_get_400_naming_the_parameter(
@@ -88,11 +119,17 @@ def test_oversized_body_is_413_before_anything_goes_upstream(tmp_path: object) -
         assert r.status_code == 413
         assert "2048" in r.json()["error"]["message"]
         assert sum(h.bytes_received().values()) == 0
+
         # chunked upload without content-length is cut off too
         def gen():  # type: ignore[no-untyped-def]
             yield big.encode()
-        r = request("POST", h.base_url + "/chat/completions", content=gen(),
-                       headers={"authorization": f"Bearer {key}"})
+
+        r = request(
+            "POST",
+            h.base_url + "/chat/completions",
+            content=gen(),
+            headers={"authorization": f"Bearer {key}"},
+        )
         assert r.status_code == 413
     finally:
         h.stop()
@@ -100,7 +137,9 @@ def test_oversized_body_is_413_before_anything_goes_upstream(tmp_path: object) -
 
 def test_wrong_method_and_unknown_path(gateway: Harness) -> None:
     key = gateway.key()
-    r = request("GET", gateway.base_url + "/chat/completions", headers={"authorization": f"Bearer {key}"})
+    r = request(
+        "GET", gateway.base_url + "/chat/completions", headers={"authorization": f"Bearer {key}"}
+    )
     assert r.status_code == 405
     r = request("GET", gateway.root + "/v2/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
@@ -109,6 +148,9 @@ def test_wrong_method_and_unknown_path(gateway: Harness) -> None:
 def test_openai_client_raises_its_usual_exception_classes(gateway: Harness) -> None:
     c = openai.OpenAI(base_url=gateway.base_url, api_key=gateway.key(), max_retries=0)
     with pytest.raises(openai.BadRequestError):
-        c.chat.completions.create(model="gpt-4o", messages=[], )
+        c.chat.completions.create(
+            model="gpt-4o",
+            messages=[],
+        )
     with pytest.raises(openai.NotFoundError):
         c.embeddings.create(model="nope", input="x")

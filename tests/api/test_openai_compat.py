@@ -54,8 +54,15 @@ def test_parameters_pass_through_unchanged(gateway: Harness) -> None:
     import orjson
 
     c = client(gateway)
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object",
-              "properties": {"q": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        }
+    ]
     raw = c.chat.completions.with_raw_response.create(
         model="gpt-4o",
         messages=[{"role": "user", "content": "use the tool"}],
@@ -73,9 +80,17 @@ def test_parameters_pass_through_unchanged(gateway: Harness) -> None:
     assert completion.choices[0].message.tool_calls[0].function.name == "lookup"
     assert len(completion.choices) == 2
     sent = orjson.loads(gateway.sims[raw.headers["x-sekisho-endpoint"]].stats.bodies[-1])
-    for k, v in {"tools": tools, "tool_choice": "auto", "temperature": 0.3, "top_p": 0.9, "n": 2,
-                 "stop": ["END"], "response_format": {"type": "json_object"}, "seed": 7,
-                 "max_tokens": 50}.items():
+    for k, v in {
+        "tools": tools,
+        "tool_choice": "auto",
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "n": 2,
+        "stop": ["END"],
+        "response_format": {"type": "json_object"},
+        "seed": 7,
+        "max_tokens": 50,
+    }.items():
         assert sent[k] == v, k
 
 
@@ -105,7 +120,11 @@ async def test_async_client_streams_and_completes(gateway: Harness) -> None:
     stream = await c.chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": "async stream"}], stream=True
     )
-    pieces = [ch.choices[0].delta.content async for ch in stream if ch.choices and ch.choices[0].delta.content]
+    pieces = [
+        ch.choices[0].delta.content
+        async for ch in stream
+        if ch.choices and ch.choices[0].delta.content
+    ]
     assert "async stream" in "".join(pieces)
     await c.close()
 
@@ -124,13 +143,16 @@ def test_models_lists_only_what_the_key_may_use(gateway: Harness) -> None:
     limited = client(gateway, gateway.key(models=("gpt-4o",)))
     assert {m.id for m in limited.models.list()} == {"gpt-4o"}
     with pytest.raises(openai.NotFoundError):
-        limited.chat.completions.create(model="chat-default",
-                                        messages=[{"role": "user", "content": "x"}])
+        limited.chat.completions.create(
+            model="chat-default", messages=[{"role": "user", "content": "x"}]
+        )
 
 
 def test_unknown_model_is_404_model_not_found(gateway: Harness) -> None:
     with pytest.raises(openai.NotFoundError) as e:
-        client(gateway).chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+        client(gateway).chat.completions.create(
+            model="gpt-9", messages=[{"role": "user", "content": "x"}]
+        )
     assert e.value.code == "model_not_found"
     assert "gpt-9" in e.value.message
 
@@ -138,7 +160,8 @@ def test_unknown_model_is_404_model_not_found(gateway: Harness) -> None:
 def test_embedding_model_cannot_chat(gateway: Harness) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client(gateway).chat.completions.create(
-            model="text-embedding-3-small", messages=[{"role": "user", "content": "x"}])
+            model="text-embedding-3-small", messages=[{"role": "user", "content": "x"}]
+        )
     assert e.value.code == "model_not_supported"
 
 
@@ -148,7 +171,8 @@ def test_bad_key_is_401(gateway: Harness) -> None:
     assert e.value.code == "invalid_api_key"
     with pytest.raises(openai.AuthenticationError):
         client(gateway, "sk-wrong").chat.completions.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+        )
 
 
 def test_expired_and_revoked_keys_are_refused(gateway: Harness) -> None:
@@ -175,17 +199,25 @@ def test_missing_key_is_401_with_a_hint(gateway: Harness) -> None:
 
 
 def test_azure_style_api_key_header_is_accepted(gateway: Harness) -> None:
-    r = request("POST", gateway.base_url + "/chat/completions", headers={"api-key": gateway.key()},
-                   json_body={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
+    r = request(
+        "POST",
+        gateway.base_url + "/chat/completions",
+        headers={"api-key": gateway.key()},
+        json_body={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 200
 
 
 def test_operations_endpoints(gateway: Harness) -> None:
     assert request("GET", gateway.root + "/healthz").json() == {"status": "ok"}
     assert request("GET", gateway.root + "/readyz").json()["ready"] is True
-    client(gateway).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "m"}])
+    client(gateway).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "m"}]
+    )
     metrics = request("GET", gateway.root + "/metrics").text
-    assert 'sekisho_requests_total{' in metrics
+    assert "sekisho_requests_total{" in metrics
     assert 'route="chat",status="200"' in metrics
     assert "sekisho_request_duration_seconds_bucket" in metrics
-    assert 'sekisho_tokens_total{direction="prompt"' in metrics or "sekisho_tokens_total{" in metrics
+    assert (
+        'sekisho_tokens_total{direction="prompt"' in metrics or "sekisho_tokens_total{" in metrics
+    )

@@ -24,7 +24,10 @@ def problems(raw: dict, env: dict[str, str] | None = None) -> list[str]:  # type
 def test_example_config_is_valid_and_documented() -> None:
     config = load_config(EXAMPLE)
     assert {ep.id for ep in config.catalogue.endpoints} == {
-        "sim-domestic-tokyo", "sim-global-japaneast", "sim-global-useast"}
+        "sim-domestic-tokyo",
+        "sim-global-japaneast",
+        "sim-global-useast",
+    }
     assert "demo" in config.tenants
     gpt = {r.endpoint.id for r in config.catalogue.routes("gpt-4o")}
     assert gpt == {"sim-domestic-tokyo", "sim-global-japaneast", "sim-global-useast"}
@@ -39,8 +42,10 @@ def test_typo_in_a_key_names_the_path() -> None:
     raw = example_config()
     raw["endpoints"][1]["jurisdiction"]["contry"] = "JP"
     out = problems(raw)
-    assert any("bad.yaml: endpoints[1](sim-global-japaneast).jurisdiction.contry: unknown key" in p
-               for p in out), out
+    assert any(
+        "bad.yaml: endpoints[1](sim-global-japaneast).jurisdiction.contry: unknown key" in p
+        for p in out
+    ), out
 
 
 def test_wrong_country_code_and_certification_are_explained() -> None:
@@ -58,7 +63,10 @@ def test_certification_spellings_are_normalised() -> None:
     raw["endpoints"][0]["certifications"] = ["ISO/IEC 27001", "iso 27017", "ismap"]
     config = parse_config(yaml.safe_dump(raw), "x.yaml", env={})
     assert config.catalogue.by_id["sim-domestic-tokyo"].certifications == (
-        "ISO27001", "ISO27017", "ISMAP")
+        "ISO27001",
+        "ISO27017",
+        "ISMAP",
+    )
 
 
 def test_missing_environment_variable_is_named() -> None:
@@ -123,12 +131,18 @@ def test_config_check_command_exits_2_listing_problems(tmp_path: Path) -> None:
     raw["server"]["port"] = "eighty"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    r = subprocess.run([sys.executable, "-m", "sekisho", "config", "check", str(bad)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "sekisho", "config", "check", str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert f"{bad}: server.port" in r.stderr
-    ok = subprocess.run([sys.executable, "-m", "sekisho", "config", "check", str(EXAMPLE)],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "sekisho", "config", "check", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout
 
@@ -136,7 +150,11 @@ def test_config_check_command_exits_2_listing_problems(tmp_path: Path) -> None:
 def test_serve_refuses_to_start_on_invalid_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nendpoints: []\n")
-    r = subprocess.run([sys.executable, "-m", "sekisho", "serve", "--config", str(bad)],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "sekisho", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2
     assert "regions" in r.stderr and "endpoints" in r.stderr

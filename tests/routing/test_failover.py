@@ -105,7 +105,8 @@ def test_stream_that_dies_before_its_first_event_fails_over(two: Harness) -> Non
         raw = chat(two, key, stream=True)
         assert raw.headers["x-sekisho-endpoint"] == "sim-global-useast"
         assert "failover" in "".join(
-            c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+            c.choices[0].delta.content or "" for c in raw.parse() if c.choices
+        )
 
 
 def test_stream_that_breaks_midway_ends_with_an_error_event(two: Harness) -> None:
@@ -115,8 +116,10 @@ def test_stream_that_breaks_midway_ends_with_an_error_event(two: Harness) -> Non
     c = openai.OpenAI(base_url=two.base_url, api_key=key, max_retries=0)
     with pytest.raises(openai.APIError) as e:
         for _ in c.chat.completions.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "one two three four five"}],
-            stream=True):
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "one two three four five"}],
+            stream=True,
+        ):
             pass
     assert "broke" in str(e.value)
 
@@ -130,9 +133,14 @@ def test_client_disconnect_cancels_the_upstream_request(two: Harness) -> None:
     two.fault("sim-global-useast", mode="hang")
     body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"bye"}]}'
     s = socket.create_connection(("127.0.0.1", two.port))
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer "
-              + key.encode() + b"\r\ncontent-type: application/json\r\ncontent-length: "
-              + str(len(body)).encode() + b"\r\n\r\n" + body)
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer "
+        + key.encode()
+        + b"\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
     deadline = time.time() + 5
     while two.gateway.in_flight == 0 and time.time() < deadline:  # type: ignore[union-attr]
         time.sleep(0.01)

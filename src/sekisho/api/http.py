@@ -75,12 +75,14 @@ def query(scope: Scope) -> dict[str, str]:
 def int_param(query: dict[str, str], name: str) -> int:
     value = query.get(name)
     if value is None or not value.isdigit():
-        raise InvalidRequest(f"Query parameter '{name}' must be a non-negative integer.", param=name)
+        raise InvalidRequest(
+            f"Query parameter '{name}' must be a non-negative integer.", param=name
+        )
     return int(value)
 
 
 def int_segment(path: str, prefix: str) -> int:
-    value = path[len(prefix):]
+    value = path[len(prefix) :]
     if not value.isdigit():
         raise InvalidRequest(f"'{value}' is not a log index (a non-negative integer).")
     return int(value)
@@ -90,7 +92,9 @@ class ClientGone(Exception):
     """The client disconnected before we answered."""
 
 
-def _headers(rid: str, extra: list[tuple[str, str]] | None, ctype: bytes) -> list[tuple[bytes, bytes]]:
+def _headers(
+    rid: str, extra: list[tuple[str, str]] | None, ctype: bytes
+) -> list[tuple[bytes, bytes]]:
     h = [(b"content-type", ctype), (b"x-request-id", rid.encode())]
     if extra:
         h.extend((k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in extra)

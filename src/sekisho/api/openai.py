@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from urllib.parse import unquote
 from typing import Any
+from urllib.parse import unquote
 
 from sekisho.api import http
 from sekisho.api.schema import parse_chat, parse_embeddings
@@ -30,8 +30,9 @@ def authenticate(scope: http.Scope, keys: KeyStore) -> Principal:
     return keys.authenticate(token)
 
 
-async def chat_completions(pipeline: Pipeline, principal: Principal, rid: str, raw: bytes,
-                           scope: http.Scope) -> Reply | StreamReply:
+async def chat_completions(
+    pipeline: Pipeline, principal: Principal, rid: str, raw: bytes, scope: http.Scope
+) -> Reply | StreamReply:
     req = parse_chat(raw)
     call = Call(
         request_id=rid,
@@ -47,8 +48,9 @@ async def chat_completions(pipeline: Pipeline, principal: Principal, rid: str, r
     return await pipeline.run(call)
 
 
-async def embeddings(pipeline: Pipeline, principal: Principal, rid: str, raw: bytes,
-                     scope: http.Scope) -> Reply | StreamReply:
+async def embeddings(
+    pipeline: Pipeline, principal: Principal, rid: str, raw: bytes, scope: http.Scope
+) -> Reply | StreamReply:
     req = parse_embeddings(raw)
     call = Call(
         request_id=rid,
@@ -71,7 +73,9 @@ def _declared(scope: http.Scope) -> str | None:
     return unquote(value) if "%" in value else value
 
 
-def list_models(catalogue: Catalogue, principal: Principal, allowed: frozenset[str] | None) -> dict[str, Any]:
+def list_models(
+    catalogue: Catalogue, principal: Principal, allowed: frozenset[str] | None
+) -> dict[str, Any]:
     """Only what the caller may use: the key's model list and the tenant's model allow list."""
     data = []
     for name in catalogue.model_names:
@@ -90,7 +94,10 @@ def list_models(catalogue: Catalogue, principal: Principal, allowed: frozenset[s
                     "kind": routes[0].model.kind,
                     "endpoints": [r.endpoint.id for r in routes],
                     "jurisdictions": sorted(
-                        {f"{r.endpoint.jurisdiction.country}/{r.endpoint.jurisdiction.region}" for r in routes}
+                        {
+                            f"{r.endpoint.jurisdiction.country}/{r.endpoint.jurisdiction.region}"
+                            for r in routes
+                        }
                     ),
                 },
             }
@@ -102,8 +109,11 @@ def get_model(listing: dict[str, Any], model: str) -> dict[str, Any]:
     for m in listing["data"]:
         if m["id"] == model:
             return dict(m)
-    raise NotFound(f"The model '{model}' does not exist or you do not have access to it.",
-                   code="model_not_found", param="model")
+    raise NotFound(
+        f"The model '{model}' does not exist or you do not have access to it.",
+        code="model_not_found",
+        param="model",
+    )
 
 
 def now() -> float:

@@ -53,9 +53,7 @@ def load_json(raw: bytes) -> dict[str, Any]:
             "Send a JSON object with Content-Type: application/json."
         ) from None
     if not isinstance(body, dict):
-        raise InvalidRequest(
-            f"The request body must be a JSON object, not {_type_name(body)}."
-        )
+        raise InvalidRequest(f"The request body must be a JSON object, not {_type_name(body)}.")
     return body
 
 
@@ -146,13 +144,15 @@ def parse_embeddings(raw: bytes) -> EmbeddingsRequest:
     elif isinstance(inp, list):
         if not inp:
             raise InvalidRequest("Invalid 'input': empty array.", param="input")
-        if all(isinstance(x, str) for x in inp):
-            pass
-        elif all(isinstance(x, int) and not isinstance(x, bool) for x in inp):
-            pass
-        elif all(
-            isinstance(x, list) and x and all(isinstance(y, int) and not isinstance(y, bool) for y in x)
-            for x in inp
+        if (
+            all(isinstance(x, str) for x in inp)
+            or all(isinstance(x, int) and not isinstance(x, bool) for x in inp)
+            or all(
+                isinstance(x, list)
+                and x
+                and all(isinstance(y, int) and not isinstance(y, bool) for y in x)
+                for x in inp
+            )
         ):
             pass
         else:

@@ -212,10 +212,14 @@ def keys_ledger(args: argparse.Namespace) -> int:
             signer = load_signer(path)
         except KeyFileError as e:
             return _fail(str(e))
-        print(f"ledger signing key {path} exists (name {signer.name}); not overwritten",
-              file=sys.stderr)
-        print("verifier key (publish this; auditors pass it to `sekisho verify --key`):",
-              file=sys.stderr)
+        print(
+            f"ledger signing key {path} exists (name {signer.name}); not overwritten",
+            file=sys.stderr,
+        )
+        print(
+            "verifier key (publish this; auditors pass it to `sekisho verify --key`):",
+            file=sys.stderr,
+        )
         print(signer.verifier().key_string())
         return 0
     try:

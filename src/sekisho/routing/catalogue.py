@@ -69,7 +69,8 @@ Certification = Annotated[str, AfterValidator(_certification)]
 # appi:* follow APPI Art. 28 (外国にある第三者への提供の制限); gdpr:* follow GDPR Chapter V.
 LegalBasis = Literal[
     "appi:consent",  # 本人の同意 (Art. 28(1))
-    "appi:equivalent_measures",  # 相当措置を継続的に講ずる体制 (contract or certification, Art. 28(1))
+    # 相当措置を継続的に講ずる体制: a contract or certification (Art. 28(1))
+    "appi:equivalent_measures",
     "appi:designated_country",  # PPC-designated country with equivalent protection (EU/UK)
     "gdpr:adequacy",  # Art. 45 adequacy decision
     "gdpr:scc",  # Art. 46 standard contractual clauses
@@ -90,7 +91,8 @@ class Jurisdiction(_Facts):
 
 
 class Operator(_Facts):
-    """Who runs the compute. Under APPI the operator's country counts, not only the data centre's."""
+    """Who runs the compute. Under APPI the operator's country counts, not only the data
+    centre's."""
 
     name: str = Field(min_length=1, description="Legal name of the operating company")
     country: CountryCode = Field(description="Country of incorporation (ISO 3166-1 alpha-2)")
@@ -111,7 +113,8 @@ class DataTerms(_Facts):
     """What the provider contractually does with prompts and outputs."""
 
     retention_days: int = Field(
-        ge=0, description="Days the provider keeps prompts/outputs (e.g. abuse monitoring); 0 = none"
+        ge=0,
+        description="Days the provider keeps prompts/outputs (e.g. abuse monitoring); 0 = none",
     )
     trains_on_data: bool = Field(description="Provider may use customer data to train models")
     zero_data_retention: bool = Field(
