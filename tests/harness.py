@@ -63,7 +63,11 @@ class Harness:
             self.sims[eid] = sim
         for ep in self.raw["endpoints"]:
             if ep["id"] in self.sims:
-                ep["base_url"] = self.sims[ep["id"]].base_url
+                url = self.sims[ep["id"]].base_url
+                # Azure OpenAI's base URL is the resource root, not an /v1 API root
+                ep["base_url"] = (
+                    url.removesuffix("/v1") if ep.get("family") == "azure_openai" else url
+                )
         self.raw["server"] = {
             **self.raw.get("server", {}),
             "data_dir": str(self.data_dir),

@@ -354,7 +354,7 @@ class Pipeline:
         """Try the eligible routes in plan order until one answers usably. A route counts as
         answered only when its body parsed (non-streaming) or its first event arrived
         (streaming): until then nothing has reached the client, so failing over is safe."""
-        plan = self.selector.plan(self.catalogue.routes(call.model), self.max_attempts, None)
+        plan = self.selector.plan(decision.eligible, self.max_attempts, self._tiers(call, decision))
         last: UpstreamError | None = None
         tried: list[str] = []
         for route in plan:
@@ -467,7 +467,18 @@ class Pipeline:
             if call.pseudonymiser is not None:
                 content = call.pseudonymiser.reidentify(content)
             if rule.action != "none":
-                hits = [f for f in scanner.scan(content) if f.type in rule.types]
+                try:
+                    hits = [f for f in scanner.scan(content) if f.type in rule.types]
+                except Exception:
+                    # Fail closed: an answer that cannot be inspected is not delivered.
+                    log.exception(
+                        "output inspection failed; answer withheld",
+                        extra={"request_id": call.request_id},
+                    )
+                    content = ""
+                    choice["finish_reason"] = "content_filter"
+                    outcome.error_code = "output_inspection_failed"
+                    hits = []
                 if hits and rule.action == "mask":
                     content = redact(content, hits)
                     outcome.error_code = "output_masked"
@@ -727,7 +738,15 @@ class _StreamOutput:
             if sc is None:
                 mode: Literal["mask", "cut"] = "cut" if self._rule.action == "cut" else "mask"
                 sc = self._scan[idx] = StreamScanner(self._typed, mode)  # type: ignore[arg-type]
-            text = sc.feed(text) + (sc.finish() if final else "")
+            if self.error_code == "output_inspection_failed":
+                return ""
+            try:
+                text = sc.feed(text) + (sc.finish() if final else "")
+            except Exception:
+                # Fail closed: once the answer cannot be inspected, nothing more is sent.
+                log.exception("output inspection failed; rest of the stream withheld")
+                self.error_code = "output_inspection_failed"
+                return ""
             if sc.findings:
                 self.error_code = "output_cut" if sc.cut else "output_masked"
         return text

@@ -54,6 +54,7 @@ class SimulatedEndpoint:
     chunk_delay_ms: float = 0.0
     keep_bodies: bool = False
     require_key: str | None = None
+    chunk_chars: int = 0  # stream in pieces of this many characters (0: word by word)
 
 
 class SimulatorServer:
@@ -326,7 +327,12 @@ class _Protocol(asyncio.Protocol):
         cid = f"chatcmpl-sim-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
         model = body.get("model", "unknown")
-        words = self.sim.reply_text(body).split(" ")
+        reply = self.sim.reply_text(body)
+        size = self.sim.spec.chunk_chars
+        if size > 0:
+            words = [reply[i : i + size] for i in range(0, len(reply), size)]
+        else:
+            words = [w if i == 0 else " " + w for i, w in enumerate(reply.split(" "))]
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
 
         def send(obj: dict[str, Any] | None) -> None:
@@ -353,7 +359,7 @@ class _Protocol(asyncio.Protocol):
                 return
             if self.sim.spec.chunk_delay_ms:
                 await asyncio.sleep(self.sim.spec.chunk_delay_ms / 1000)
-            piece = w if i == 0 else " " + w
+            piece = w
             send(
                 {
                     **base,

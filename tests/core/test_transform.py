@@ -1,0 +1,154 @@
+"""Step 4 (transform) and step 7 (output inspection) through a real gateway: what the upstream
+receives, and what the client gets back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from harness import Harness, start_example
+
+NAME, EMAIL = "山田太郎", "taro.yamada@example.co.jp"
+PROMPT = f"{NAME}様 ({EMAIL}) に返信して"
+
+
+def transforming(raw: dict[str, Any]) -> None:
+    policy = raw["tenants"]["demo"]["policy"]
+    policy["classification"] = {"actions": {"PERSON": "pseudonymise", "EMAIL": "redact"}}
+
+
+@pytest.fixture(params=[0, 3], ids=["word-chunks", "3-char-chunks"])
+def gw(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    h = start_example(tmp_path, transforming, chunk_chars=request.param)
+    yield h
+    h.stop()
+
+
+def sent_to_upstream(h: Harness, endpoint: str) -> str:
+    body = orjson.loads(h.sims[endpoint].stats.bodies[-1])
+    return str(body["messages"][0]["content"])
+
+
+def test_values_are_pseudonymised_or_redacted_before_they_go_upstream(gw: Harness) -> None:
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": PROMPT}]
+    )
+    upstream = sent_to_upstream(gw, raw.headers["x-sekisho-endpoint"])
+    assert NAME not in upstream and EMAIL not in upstream
+    assert "<PERSON_1>" in upstream and "[EMAIL]" in upstream
+    assert raw.headers["x-sekisho-action"] in ("redact", "pseudonymise")
+    # the simulator echoes the prompt: the client gets the name back, re-identified
+    answer = raw.parse().choices[0].message.content
+    assert NAME in answer and "<PERSON_1>" not in answer
+    assert EMAIL not in answer  # redacted values are gone for good
+
+
+def test_streamed_answers_are_reidentified_even_when_a_placeholder_is_split(gw: Harness) -> None:
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    stream = c.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": PROMPT}], stream=True
+    )
+    pieces = [ch.choices[0].delta.content or "" for ch in stream if ch.choices]
+    text = "".join(pieces)
+    assert NAME in text and "<PERSON" not in text
+    assert not any("<PERSON_1>" in p for p in pieces)
+
+
+def masking(raw: dict[str, Any]) -> None:
+    raw["tenants"]["demo"]["detection"]["output"] = {"action": "mask", "types": ["MY_NUMBER"]}
+
+
+def cutting(raw: dict[str, Any]) -> None:
+    raw["tenants"]["demo"]["detection"]["output"] = {"action": "cut", "types": ["MY_NUMBER"]}
+
+
+MY_NUMBER = "123456789018"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_output_mask_hides_identifiers_in_answers_even_across_chunks(
+    tmp_path: Path, stream: bool
+) -> None:
+    h = start_example(tmp_path, masking, chunk_chars=4)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        msg = [{"role": "user", "content": f"番号は {MY_NUMBER} です"}]
+        if stream:
+            text = "".join(
+                ch.choices[0].delta.content or ""
+                for ch in c.chat.completions.create(model="gpt-4o", messages=msg, stream=True)
+                if ch.choices
+            )
+        else:
+            raw = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=msg)
+            text = raw.parse().choices[0].message.content or ""
+            assert raw.headers["x-sekisho-output"] == "masked"
+        assert MY_NUMBER not in text.replace(" ", "")
+        assert "[MY_NUMBER]" in text
+        assert "SIMULATOR" in text  # the rest of the answer is delivered
+    finally:
+        h.stop()
+
+
+def test_output_cut_stops_the_answer_before_the_identifier(tmp_path: Path) -> None:
+    h = start_example(tmp_path, cutting)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        r = c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": f"番号 {MY_NUMBER} の件"}]
+        )
+        assert r.choices[0].finish_reason == "content_filter"
+        assert MY_NUMBER not in (r.choices[0].message.content or "")
+    finally:
+        h.stop()
+
+
+def test_custom_dictionary_terms_are_found_and_counted(tmp_path: Path) -> None:
+    def restricted_codenames(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["policy"]["classification"] = {"findings": {"CUSTOM": "restricted"}}
+
+    h = start_example(tmp_path, restricted_codenames)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        raw = c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Status of PROJECT HAYABUSA?"}]
+        )
+        assert raw.headers["x-sekisho-classification"] == "restricted"
+        assert raw.headers["x-sekisho-endpoint"] == "sim-domestic-tokyo"  # domestic only
+    finally:
+        h.stop()
+
+
+def test_a_classifier_failure_counts_as_restricted(gw: Harness) -> None:
+    class Broken:
+        def scan(self, text: str) -> list[Any]:
+            raise RuntimeError("detector crashed")
+
+    gw.gateway.pipeline.scanners = {"demo": Broken()}
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert raw.headers["x-sekisho-classification"] == "restricted"
+    answer = raw.parse().choices[0]
+    assert answer.finish_reason == "content_filter"  # the answer could not be inspected either
+    assert not answer.message.content
+
+
+def test_a_streamed_answer_that_cannot_be_inspected_is_withheld(gw: Harness) -> None:
+    class Broken:
+        def scan(self, text: str) -> list[Any]:
+            raise RuntimeError("detector crashed")
+
+    gw.gateway.pipeline.scanners = {"demo": Broken()}
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    stream = c.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hello there"}], stream=True
+    )
+    text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+    assert "hello" not in text

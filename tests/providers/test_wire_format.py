@@ -1,0 +1,91 @@
+"""Each adapter sends exactly the wire format its API family expects, checked on the bytes a
+simulated server receives on a real socket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from harness import Harness, start_example
+
+
+def azure(raw: dict[str, Any]) -> None:
+    ep = raw["endpoints"][1]  # sim-global-japaneast becomes an Azure OpenAI resource
+    ep["family"] = "azure_openai"
+    ep["api_key"] = "azure-secret-key"
+    ep["api_version"] = "2024-10-21"
+    ep["models"] = [
+        {"id": "gpt-4o", "deployment": "prod-gpt4o", "aliases": ["azure-gpt"]},
+        {
+            "id": "text-embedding-3-small",
+            "kind": "embedding",
+            "deployment": "prod-embed",
+            "aliases": ["azure-embed"],
+        },
+    ]
+    raw["endpoints"][0]["api_key"] = "domestic-secret"
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Any:
+    h = start_example(tmp_path, azure)
+    yield h
+    h.stop()
+
+
+def test_azure_adapter_uses_deployment_url_api_key_header_and_api_version(gw: Harness) -> None:
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(
+        model="azure-gpt", messages=[{"role": "user", "content": "hi azure"}], temperature=0.5
+    )
+    assert raw.headers["x-sekisho-endpoint"] == "sim-global-japaneast"
+    stats = gw.sims["sim-global-japaneast"].stats
+    assert (
+        stats.paths[-1] == "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21"
+    )
+    headers = stats.headers[-1]
+    assert headers["api-key"] == "azure-secret-key"
+    assert "authorization" not in headers
+    body = orjson.loads(stats.bodies[-1])
+    assert "model" not in body  # Azure selects the model by deployment
+    assert body["messages"] == [{"role": "user", "content": "hi azure"}]
+    assert body["temperature"] == 0.5
+
+
+def test_azure_embeddings_path(gw: Harness) -> None:
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    c.embeddings.create(model="azure-embed", input="x")
+    stats = gw.sims["sim-global-japaneast"].stats
+    assert stats.paths[-1] == "/openai/deployments/prod-embed/embeddings?api-version=2024-10-21"
+
+
+def test_openai_adapter_uses_bearer_and_the_endpoints_model_name(gw: Harness) -> None:
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    c.chat.completions.create(
+        model="chat-default",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    ).close()
+    stats = gw.sims["sim-domestic-tokyo"].stats
+    assert stats.paths[-1] == "/v1/chat/completions"
+    headers = stats.headers[-1]
+    assert headers["authorization"] == "Bearer domestic-secret"
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"].startswith("sekisho/")
+    body = orjson.loads(stats.bodies[-1])
+    assert body["model"] == "llama-3.1-swallow-70b"
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+def test_the_clients_own_credentials_never_reach_the_upstream(gw: Harness) -> None:
+    key = gw.key()
+    c = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+    c.chat.completions.create(model="chat-default", messages=[{"role": "user", "content": "x"}])
+    sim = gw.sims["sim-domestic-tokyo"].stats
+    assert key not in repr(sim.headers[-1])
+    assert key.encode() not in sim.bodies[-1]
