@@ -1,0 +1,124 @@
+"""Selection orders only what the policy made eligible; health decides the order, never the set."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sekisho.routing import Health, Route, Selector
+from sekisho.routing.catalogue import (
+    DataTerms,
+    Endpoint,
+    Jurisdiction,
+    ModelEntry,
+    Operator,
+)
+
+
+def endpoint(i: int, weight: float = 1.0, cap: int | None = None) -> Endpoint:
+    return Endpoint(
+        id=f"ep-{i}",
+        family="openai",
+        base_url=f"http://127.0.0.1:{9000 + i}/v1",
+        models=(ModelEntry(id="m"),),
+        jurisdiction=Jurisdiction(country="JP", region="tokyo"),
+        operator=Operator(name="Op", country="JP"),
+        data_terms=DataTerms(retention_days=0, trains_on_data=False),
+        weight=weight,
+        max_concurrency=cap,
+    )
+
+
+def routes(n: int, **kw: object) -> list[Route]:
+    return [Route(ep, ep.models[0]) for ep in (endpoint(i, **kw) for i in range(n))]  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(1, 8),
+    attempts=st.integers(1, 10),
+    down=st.sets(st.integers(0, 7)),
+    tiers=st.lists(st.integers(0, 2), min_size=8, max_size=8),
+    seed=st.integers(0, 2**32),
+)
+def test_plan_is_always_a_subset_of_the_eligible_routes(
+    n: int, attempts: int, down: set[int], tiers: list[int], seed: int
+) -> None:
+    health = Health()
+    eligible = routes(n)
+    for i in down:
+        if i < n:
+            health.failure(f"ep-{i}", "test")
+    plan = Selector(health, random.Random(seed)).plan(eligible, attempts, tiers[:n])
+    ids = [r.endpoint.id for r in plan]
+    assert len(ids) == len(set(ids)) == min(n, attempts)
+    assert set(ids) <= {r.endpoint.id for r in eligible}
+    healthy = [f"ep-{i}" for i in range(n) if i not in down]
+    if healthy and attempts >= 1:
+        assert ids[0] in healthy  # a down endpoint is tried only as a last resort
+
+
+def test_weights_share_traffic_among_equally_preferred_endpoints() -> None:
+    health = Health()
+    eligible = [
+        Route(endpoint(0, weight=3.0), ModelEntry(id="m")),
+        Route(endpoint(1, weight=1.0), ModelEntry(id="m")),
+    ]
+    sel = Selector(health, random.Random(7))
+    firsts = Counter(sel.plan(eligible, 2)[0].endpoint.id for _ in range(4000))
+    assert 0.70 < firsts["ep-0"] / 4000 < 0.80
+
+
+def test_a_more_preferred_tier_always_goes_first() -> None:
+    sel = Selector(Health(), random.Random(1))
+    eligible = routes(3)
+    for _ in range(200):
+        assert sel.plan(eligible, 3, [(0, 1), (1, 1), (1, 1)])[0].endpoint.id == "ep-0"
+
+
+def test_backoff_doubles_and_success_restores() -> None:
+    clock = Clock()
+    health = Health(backoff_initial=1.0, backoff_max=8.0, clock=clock)
+    health.failure("a", "boom")
+    assert not health.is_up("a")
+    clock.now += 1.01
+    assert health.is_up("a")
+    health.failure("a", "boom")  # second consecutive failure: 2 s
+    clock.now += 1.5
+    assert not health.is_up("a")
+    clock.now += 0.6
+    assert health.is_up("a")
+    for _ in range(10):
+        health.failure("a", "boom")
+    assert health.state("a").down_until - clock.now <= 8.0  # capped
+    health.success("a")
+    assert health.is_up("a") and health.state("a").failures == 0
+
+
+def test_retry_after_from_a_429_is_honoured() -> None:
+    clock = Clock()
+    health = Health(backoff_initial=1.0, backoff_max=60.0, clock=clock)
+    health.failure("a", "429", retry_after=30)
+    clock.now += 29
+    assert not health.is_up("a")
+    clock.now += 1.1
+    assert health.is_up("a")
+
+
+def test_a_full_endpoint_is_tried_last() -> None:
+    health = Health()
+    eligible = routes(2, cap=1)
+    health.state("ep-0").in_flight = 1
+    plan = Selector(health, random.Random(3)).plan(eligible, 2)
+    assert [r.endpoint.id for r in plan] == ["ep-1", "ep-0"]
