@@ -22,7 +22,14 @@ from sekisho.api import http
 from sekisho.api import openai as routes
 from sekisho.api.admin import AdminAPI
 from sekisho.config import Config, load_config, scanner_for
-from sekisho.errors import ConfigError, ConfigProblem, MethodNotAllowed, NotFound, SekishoError
+from sekisho.errors import (
+    ConfigError,
+    ConfigProblem,
+    MethodNotAllowed,
+    NotFound,
+    PermissionDenied,
+    SekishoError,
+)
 from sekisho.identity import Authenticator, KeyStore, Principal, allows, require
 from sekisho.identity.limits import Limiter, build_limiter
 from sekisho.identity.roles import MODEL_ROUTES, Permission
@@ -243,6 +250,8 @@ class Gateway:
             self.pipeline.scanners = scanners
             old.policies = new.policies
             old.tenants = new.tenants
+            if self.admin is not None:
+                self.admin.tenants = new.tenants  # GET /admin/v1/tenants shows what is in force
             if self.stores is not None:
                 for name, tenant in new.tenants.items():
                     self.stores.set_retention(name, tenant.retention)
@@ -330,6 +339,16 @@ class Gateway:
             )
         except SekishoError as exc:
             await http.send_error(send, exc, rid)
+        except Exception:
+            # Still an answer in OpenAI's shape (not the server's bare text), and the gateway
+            # keeps serving every other request.
+            log.exception("unexpected error", extra={"request_id": rid, "path": path})
+            err = SekishoError(
+                f"sekisho hit an unexpected error (request {rid}); the operator's logs have "
+                "the details."
+            )
+            with contextlib.suppress(Exception):
+                await http.send_error(send, err, rid)
 
     async def _model_call(
         self,
@@ -503,7 +522,7 @@ class Gateway:
         if path.startswith("/ledger/entries/"):
             index = http.int_segment(path, "/ledger/entries/")
             leaf = await asyncio.to_thread(ledger.entry, index)
-            self._may_read_entry(principal, leaf)
+            self._may_read_entry(principal, leaf, f"ledger entry {index}")
             await http.send_json(
                 send, 200, {"index": index, "entry": base64.b64encode(leaf).decode()}, rid
             )
@@ -518,22 +537,34 @@ class Gateway:
                 if consistency and consistency.isdigit()
                 else None,
             )
-            self._may_read_entry(principal, base64.b64decode(receipt["entry"]))
+            self._may_read_entry(principal, base64.b64decode(receipt["entry"]), None)
             await http.send_json(send, 200, receipt, rid)
             return
         raise NotFound(f"Unknown ledger path {path!r}.", code="unknown_url")
 
     @staticmethod
-    def _may_read_entry(principal: Principal, leaf: bytes) -> None:
-        """A tenant reads its own entries; auditors and admins read all."""
+    def _may_read_entry(principal: Principal, leaf: bytes, entry: str | None) -> None:
+        """A tenant reads its own entries; principals with ledger.read (auditors) read all.
+
+        Another tenant's entry is a 403 when named by index (the public checkpoint already tells
+        how many entries exist), but a receipt asked for by request id is a 404, so that nobody
+        learns which request ids other tenants used."""
         if allows(principal, Permission.LEDGER_READ):
             return
         try:
             tenant = orjson.loads(leaf).get("tenant")
         except (orjson.JSONDecodeError, AttributeError):
             tenant = None
-        if tenant != principal.tenant:
+        if tenant == principal.tenant:
+            return
+        if entry is None:
             raise NotFound("No such ledger entry for your tenant.", code="ledger_entry_not_found")
+        raise PermissionDenied(
+            f"The {entry} belongs to another tenant; role '{principal.role}' (principal "
+            f"{principal.subject}) reads only its own tenant's entries. Reading every tenant's "
+            "needs permission 'ledger.read' (roles that have it: auditor).",
+            code="insufficient_role",
+        )
 
     async def _healthz(
         self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sekisho.api import http
 from sekisho.errors import (
+    ConfigError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -465,7 +466,17 @@ class AdminAPI:
 
     async def reload_policy(self, req: Request) -> ReloadResult:
         await self._record(req, "policy", {})
-        result = await self._reload()
+        try:
+            result = await self._reload()
+        except ConfigError as exc:
+            n = len(exc.problems)
+            raise InvalidRequest(
+                f"The configuration was not reloaded; the policy in force keeps serving. "
+                f"{n} problem{'s' if n != 1 else ''}: "
+                + "; ".join(str(p) for p in exc.problems)
+                + ". Fix the file and reload again.",
+                code="invalid_config",
+            ) from None
         return ReloadResult.model_validate({"reloaded": True, **result})
 
     async def get_usage(self, req: Request) -> UsageReport:
@@ -674,6 +685,8 @@ def openapi_document() -> dict[str, Any]:
             }
             if route.body is not None or route.query:
                 op["responses"]["400"] = error("Invalid request")
+            if route.handler == "reload_policy":
+                op["responses"]["400"] = error("The config does not validate; nothing changed")
             if route.params:
                 op["responses"]["404"] = error("No such resource")
         paths.setdefault(PREFIX + route.path, {})[route.method.lower()] = op

@@ -1,0 +1,377 @@
+"""Roles over every route of the running gateway, the admin API as clients see it, and policy
+reload (admin endpoint and SIGHUP) without ever serving a half-valid policy."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from harness import Harness, Resp, request, start_example
+from sekisho.identity import ROLES
+from serve_process import ServeProcess, Simulators, write_config
+
+MARKER = "Kirigaya-7f3e91 salary 8,400,000 yen"  # prompt content no auditor may ever see
+PREFIX = "/admin/v1"
+
+# The specification of docs/identity.md, written out: which roles each admin route admits.
+ADMIN_MATRIX: dict[tuple[str, str], set[str]] = {
+    ("GET", "/whoami"): {"admin", "auditor", "developer", "app"},
+    ("GET", "/tenants"): {"admin", "auditor"},
+    ("GET", "/tenants/{tenant}"): {"admin", "auditor"},
+    ("GET", "/keys"): {"admin", "developer"},
+    ("POST", "/keys"): {"admin", "developer"},
+    ("GET", "/keys/{key_id}"): {"admin", "developer"},
+    ("POST", "/keys/{key_id}/rotate"): {"admin", "developer"},
+    ("POST", "/keys/{key_id}/revoke"): {"admin", "developer"},
+    ("POST", "/policy/reload"): {"admin"},
+    ("GET", "/usage"): {"admin", "auditor", "developer"},
+}
+MODEL_CALLERS = {"developer", "app"}
+
+
+def two_tenants(raw: dict[str, Any]) -> None:
+    """Tenant acme next to demo, with the same policy."""
+    raw["tenants"]["acme"] = copy.deepcopy(raw["tenants"]["demo"])
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Harness]:
+    h = start_example(tmp_path / "data", two_tenants, config_path=tmp_path / "sekisho.yaml")
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def call(h: Harness, method: str, path: str, key: str | None, body: Any = None) -> Resp:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return request(method, h.root + path, json_body=body, headers=headers)
+
+
+def key_id(key: str) -> str:
+    return key.removeprefix("sk-sekisho-").split("-")[0]
+
+
+def chat(h: Harness, key: str, content: str = "hello") -> Any:
+    c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0, timeout=20)
+    return c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": content}]
+    )
+
+
+def ledger_entries(h: Harness, key: str) -> list[tuple[int, bytes]]:
+    """Every entry of the ledger the key may read, by walking indexes until the end."""
+    out = []
+    for index in range(10_000):
+        r = call(h, "GET", f"/ledger/entries/{index}", key)
+        if r.status_code == 404:
+            break
+        assert r.status_code == 200, r.text
+        out.append((index, base64.b64decode(r.json()["entry"])))
+    return out
+
+
+# -- the OpenAPI document --------------------------------------------------------------------
+
+
+def test_openapi_document_is_public_valid_json_and_lists_every_route(gw: Harness) -> None:
+    r = call(gw, "GET", f"{PREFIX}/openapi.json", None)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    doc = json.loads(r.content)
+    assert doc["openapi"].startswith("3.1")
+    listed = {
+        (method.upper(), path.removeprefix(PREFIX))
+        for path, ops in doc["paths"].items()
+        for method in ops
+    }
+    assert listed == set(ADMIN_MATRIX) | {("GET", "/openapi.json")}
+    for method, path in ADMIN_MATRIX:
+        op = doc["paths"][PREFIX + path][method.lower()]
+        assert "x-sekisho-permissions" in op, (method, path)
+        assert "401" in op["responses"] and "403" in op["responses"]
+
+
+# -- the role matrix over every route --------------------------------------------------------
+
+
+class Caller:
+    """One key per role, all of tenant demo, plus a way to make targets for key routes."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        self.keys = {role: h.key("demo", role=role, name=f"{role} key") for role in ROLES}
+
+    def target_key(self, role: str) -> str:
+        """A key the caller may act on: one it created itself, when it may create keys."""
+        if role in ADMIN_MATRIX[("POST", "/keys")]:
+            r = call(self.h, "POST", f"{PREFIX}/keys", self.keys[role],
+                     {"tenant": "demo", "role": "app", "name": "target"})  # fmt: skip
+            assert r.status_code == 201, r.text
+            return str(r.json()["info"]["key_id"])
+        return key_id(self.h.key("demo", name="someone else's"))
+
+
+BODIES: dict[tuple[str, str], Any] = {
+    ("POST", "/keys"): {"tenant": "demo", "role": "app", "name": "made in the matrix"},
+    ("POST", "/keys/{key_id}/rotate"): {"overlap_seconds": 0},
+}
+SUCCESS = {("POST", "/keys"): 201, ("POST", "/keys/{key_id}/rotate"): 201}
+
+
+def test_every_admin_route_admits_exactly_the_roles_of_the_matrix(gw: Harness) -> None:
+    who = Caller(gw)
+    seen: list[tuple[str, str, str, int]] = []
+    for (method, template), admitted in ADMIN_MATRIX.items():
+        for role in ROLES:
+            path = template.replace("{tenant}", "demo")
+            if "{key_id}" in path:
+                path = path.replace("{key_id}", who.target_key(role))
+            r = call(gw, method, PREFIX + path, who.keys[role], BODIES.get((method, template)))
+            seen.append((method, template, role, r.status_code))
+            if role in admitted:
+                assert r.status_code == SUCCESS.get((method, template), 200), (role, path, r.text)
+            else:
+                assert r.status_code == 403, (role, path, r.text)
+                error = r.json()["error"]
+                assert error["type"] == "permission_error"
+                assert error["code"] == "insufficient_role"
+                assert f"Role '{role}'" in error["message"]
+    assert len(seen) == len(ADMIN_MATRIX) * len(ROLES)
+
+
+def test_admin_routes_without_credentials_are_401_except_the_schema(gw: Harness) -> None:
+    for method, template in ADMIN_MATRIX:
+        path = template.replace("{tenant}", "demo").replace("{key_id}", "0123456789ab")
+        r = call(gw, method, PREFIX + path, None, BODIES.get((method, template)))
+        assert r.status_code == 401, (method, path, r.text)
+        assert r.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_model_routes_admit_apps_and_developers_only(gw: Harness, role: str) -> None:
+    key = gw.key("demo", role=role)
+    c = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=20)
+    calls = {
+        "chat": lambda: c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        ),
+        "embeddings": lambda: c.embeddings.create(model="text-embedding-3-small", input="hi"),
+        "models": lambda: c.models.list(),
+    }
+    before = sum(gw.bytes_received().values())
+    for name, fn in calls.items():
+        if role in MODEL_CALLERS:
+            fn()
+        else:
+            with pytest.raises(openai.PermissionDeniedError) as err:
+                fn()
+            message = err.value.response.json()["error"]["message"]
+            assert f"Role '{role}'" in message and "'models.call'" in message, name
+    if role not in MODEL_CALLERS:
+        assert sum(gw.bytes_received().values()) == before, "a refused call sent bytes upstream"
+
+
+# -- the ledger: tenants read their own, auditors everyone's, nobody reads prompts ------------
+
+
+def test_ledger_entries_are_readable_by_their_tenant_and_auditors_only(gw: Harness) -> None:
+    demo_app = gw.key("demo")
+    rid = chat(gw, demo_app, MARKER).headers["x-request-id"]
+    acme_app = gw.key("acme")
+    auditor = gw.key("acme", role="auditor")  # an auditor of another tenant still reads all
+
+    receipt = call(gw, "GET", f"/ledger/receipts/{rid}", auditor)
+    assert receipt.status_code == 200, receipt.text
+    index = receipt.json()["index"]
+    decision = json.loads(base64.b64decode(receipt.json()["entry"]))
+    assert decision["tenant"] == "demo" and decision["request_id"] == rid
+
+    assert call(gw, "GET", f"/ledger/entries/{index}", demo_app).status_code == 200
+    assert call(gw, "GET", f"/ledger/receipts/{rid}", demo_app).status_code == 200
+    other = call(gw, "GET", f"/ledger/entries/{index}", acme_app)
+    assert other.status_code == 403, other.text
+    assert "ledger.read" in other.json()["error"]["message"]
+    assert call(gw, "GET", f"/ledger/receipts/{rid}", acme_app).status_code in (403, 404)
+    assert call(gw, "GET", f"/ledger/entries/{index}", auditor).status_code == 200
+
+
+def test_auditors_read_every_tenants_records_but_never_prompt_content(gw: Harness) -> None:
+    rids = [chat(gw, gw.key(t), f"{MARKER} from {t}").headers["x-request-id"]
+            for t in ("demo", "acme")]  # fmt: skip
+    auditor = gw.key("demo", role="auditor")
+    seen = b""
+    entries = ledger_entries(gw, auditor)
+    assert {json.loads(e).get("tenant") for _, e in entries} >= {"demo", "acme"}
+    seen += b"".join(e for _, e in entries)
+    for rid in rids:
+        r = call(gw, "GET", f"/ledger/receipts/{rid}", auditor)
+        assert r.status_code == 200, r.text
+        seen += r.content + base64.b64decode(r.json()["entry"])
+        seen += base64.b64decode(r.json()["outcome"]["entry"])
+    for path in ("/tenants", "/tenants/demo", "/usage", "/whoami"):
+        r = call(gw, "GET", PREFIX + path, auditor)
+        assert r.status_code == 200, r.text
+        seen += r.content
+    assert b"Kirigaya" not in seen and b"8,400,000" not in seen
+    with pytest.raises(openai.PermissionDeniedError):
+        chat(gw, auditor, "an auditor asking a model")
+
+
+# -- developers and admins -------------------------------------------------------------------
+
+
+def test_developer_manages_own_keys_through_the_admin_api(gw: Harness) -> None:
+    dev, other_dev = gw.key("demo", role="developer"), gw.key("demo", role="developer")
+    admin = gw.key("demo", role="admin")
+    made = call(gw, "POST", f"{PREFIX}/keys", dev, {"role": "app", "name": "ci"})
+    assert made.status_code == 201, made.text
+    app_key, app_id = made.json()["key"], made.json()["info"]["key_id"]
+    assert made.json()["info"]["tenant"] == "demo"
+    assert chat(gw, app_key).status_code == 200
+
+    listed = {k["key_id"] for k in call(gw, "GET", f"{PREFIX}/keys", dev).json()["data"]}
+    assert app_id in listed and key_id(admin) not in listed and key_id(other_dev) not in listed
+
+    foreign = call(gw, "POST", f"{PREFIX}/keys/{app_id}/revoke", other_dev)
+    assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "not_owner"
+    assert call(gw, "POST", f"{PREFIX}/keys", dev, {"role": "admin"}).status_code == 403
+    assert call(gw, "POST", f"{PREFIX}/keys", dev, {"tenant": "acme"}).status_code == 403
+
+    assert call(gw, "POST", f"{PREFIX}/keys/{app_id}/revoke", dev).status_code == 200
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        chat(gw, app_key)
+
+
+def test_admin_reloads_policy_but_cannot_call_models_with_the_admin_key(gw: Harness) -> None:
+    admin = gw.key("demo", role="admin")
+    r = call(gw, "POST", f"{PREFIX}/policy/reload", admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["reloaded"] is True
+    with pytest.raises(openai.PermissionDeniedError, match=r"models\.call"):
+        chat(gw, admin)
+
+
+# -- policy reload ---------------------------------------------------------------------------
+
+
+def edit_config(path: Path, change: Any) -> None:
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(raw)
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+
+
+def stricter(raw: dict[str, Any]) -> None:
+    raw["tenants"]["demo"]["policy"]["levels"]["confidential"] = {"domestic_operator_only": True}
+
+
+def digest_now(h: Harness | ServeProcess, key: str) -> str:
+    c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0, timeout=20)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "which policy?"}]
+    )
+    return str(raw.headers["x-sekisho-policy-digest"])
+
+
+def test_valid_reload_serves_the_new_digest_and_records_an_admin_entry(gw: Harness) -> None:
+    app, admin = gw.key("demo"), gw.key("demo", role="admin")
+    auditor = gw.key("demo", role="auditor")
+    before = digest_now(gw, app)
+    assert gw.config_path is not None
+    edit_config(gw.config_path, stricter)
+    r = call(gw, "POST", f"{PREFIX}/policy/reload", admin)
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert result["changed"] == ["demo"]
+    after = digest_now(gw, app)
+    assert after == result["policies"]["demo"] != before
+    assert digest_now(gw, gw.key("acme")) == result["policies"]["acme"]  # acme unchanged
+
+    admin_entries = [json.loads(e) for _, e in ledger_entries(gw, auditor)]
+    reloads = [e for e in admin_entries if e.get("kind") == "admin"
+               and e["action"] == "policy.reload"]  # fmt: skip
+    # Who asked (recorded before the reload), then what changed (recorded by the gateway).
+    assert [e["actor"] for e in reloads if e["target"] == "policy"] == [f"key:{key_id(admin)}"]
+    swap = [e for e in reloads if e["target"] == "tenant/demo"]
+    assert len(swap) == 1
+    assert swap[0]["details"] == {"from": before, "to": after}
+
+
+def typo_key(raw: dict[str, Any]) -> None:
+    raw["tenants"]["demo"]["policy"]["prefr"] = raw["tenants"]["demo"]["policy"].pop("prefer")
+
+
+def unknown_pack(raw: dict[str, Any]) -> None:
+    raw["tenants"]["demo"]["policy"]["extends"] = ["jp-appi", "jp-mynumbr"]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [(typo_key, "tenants.demo.policy.prefr"), (unknown_pack, "jp-mynumbr")],
+    ids=["typo key", "unknown pack"],
+)
+def test_invalid_reload_names_file_and_key_and_the_old_policy_keeps_serving(
+    gw: Harness, change: Any, named: str
+) -> None:
+    app, admin = gw.key("demo"), gw.key("demo", role="admin")
+    before = digest_now(gw, app)
+    assert gw.config_path is not None
+    edit_config(gw.config_path, change)
+    r = call(gw, "POST", f"{PREFIX}/policy/reload", admin)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "invalid_config"
+    assert f"{gw.config_path}: " in error["message"]
+    assert named in error["message"]
+    assert "keeps serving" in error["message"]
+    assert digest_now(gw, app) == before
+    assert call(gw, "GET", "/healthz", None).status_code == 200
+
+
+def _wait_for_digest(g: ServeProcess, key: str, differs_from: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        digest = digest_now(g, key)
+        if digest != differs_from or time.monotonic() > deadline:
+            return digest
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sighup_reloads_a_valid_policy_and_refuses_an_invalid_one(tmp_path: Path) -> None:
+    sims = Simulators().start()
+    config = write_config(tmp_path / "sekisho.yaml", sims.config())
+    g = ServeProcess(config, tmp_path / "data")
+    try:
+        g.start()
+        app = g.key("demo")
+        before = digest_now(g, app)
+        edit_config(config, stricter)
+        g.signal(signal.SIGHUP)
+        after = _wait_for_digest(g, app, before)
+        assert after != before, "SIGHUP did not swap in the valid policy"
+
+        edit_config(config, typo_key)
+        g.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not any(line.get("msg", "").startswith("policy reload refused")
+                      for line in g.log()):  # fmt: skip
+            assert time.monotonic() < deadline, g.stderr()
+            time.sleep(0.05)
+        refusal = next(x for x in g.log() if x.get("msg", "").startswith("policy reload refused"))
+        assert any(f"{config}: tenants.demo.policy.prefr" in p for p in refusal["problems"])
+        assert digest_now(g, app) == after, "an invalid config replaced the policy in force"
+        assert g.proc is not None and g.proc.poll() is None
+    finally:
+        g.stop()
+        sims.stop()

@@ -1,0 +1,393 @@
+"""Identity through the running gateway: OIDC tokens, API key lifecycle and limits, seen by the
+official openai client on a real loopback port."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from oidc_issuer import AUDIENCE, Issuer, forged
+
+from harness import Harness, request, start_example
+from sekisho.identity import KeyStore
+from serve_process import LoopThread, ServeProcess, Simulators, write_config
+
+PROMPT = [{"role": "user", "content": "hello through the checkpoint"}]
+
+
+def client(h: Harness | ServeProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0, timeout=20)
+
+
+def chat(h: Harness | ServeProcess, key: str, **kw: Any) -> Any:
+    kw.setdefault("messages", PROMPT)
+    return client(h, key).chat.completions.with_raw_response.create(model="gpt-4o", **kw)
+
+
+def upstream_bytes(h: Harness) -> int:
+    return sum(h.bytes_received().values())
+
+
+def admin_get(h: Harness, path: str, key: str) -> Any:
+    r = request("GET", f"{h.root}/admin/v1{path}", headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+# -- OIDC ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def oidc(tmp_path: Path) -> Iterator[tuple[Harness, Issuer]]:
+    """The example gateway accepting tokens of a loopback OIDC issuer for tenant demo."""
+    issuer = Issuer()
+    loop = LoopThread()
+    loop.call(issuer.start())
+
+    def with_issuer(raw: dict[str, Any]) -> None:
+        raw["auth"] = {
+            "oidc": [
+                {
+                    "issuer": issuer.url,
+                    "audience": AUDIENCE,
+                    "algorithms": ["RS256", "ES256"],
+                    "tenant_claim": "tid",
+                    "tenant_map": {"tid-acme": "demo"},
+                    "role_claims": ["groups"],
+                    "role_map": {
+                        "sekisho-admins": "admin",
+                        "sekisho-auditors": "auditor",
+                        "sekisho-developers": "developer",
+                        "sekisho-apps": "app",
+                    },
+                    "leeway_seconds": 5,
+                    "jwks_refetch_min_seconds": 0,
+                }
+            ]
+        }
+
+    h = start_example(tmp_path, with_issuer)
+    try:
+        yield h, issuer
+    finally:
+        h.stop()
+        loop.call(issuer.stop())
+        loop.stop()
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_a_signed_token_of_the_issuer_calls_models_as_its_mapped_tenant_and_role(
+    oidc: tuple[Harness, Issuer], alg: str
+) -> None:
+    h, issuer = oidc
+    token = issuer.token(alg)
+    raw = chat(h, token)
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-sekisho-endpoint"] in h.sims
+    me = admin_get(h, "/whoami", token)
+    assert me["auth"] == "oidc"
+    assert me["tenant"] == "demo"
+    assert me["roles"] == ["developer"]
+    assert me["subject"] == f"oidc:user-42@{issuer.url}"
+
+
+def _expired(i: Issuer) -> str:
+    now = int(time.time())
+    return i.token(exp=now - 600, iat=now - 1200, nbf=now - 1200)
+
+
+def _not_yet_valid(i: Issuer) -> str:
+    return i.token(nbf=int(time.time()) + 3600)
+
+
+def _wrong_audience(i: Issuer) -> str:
+    return i.token(aud="api://another-service")
+
+
+def _alg_none(i: Issuer) -> str:
+    return forged({"alg": "none", "typ": "JWT"}, i.claims(), None)
+
+
+def _hs256_with_public_key(i: Issuer) -> str:
+    key = i.key("RS256")
+    return forged({"alg": "HS256", "typ": "JWT", "kid": key.kid}, i.claims(), key.public_pem())
+
+
+def _unknown_kid(i: Issuer) -> str:
+    return i.token(kid="kid-nobody-published")
+
+
+def _foreign_issuer(i: Issuer) -> str:
+    return i.token(iss="https://login.evil.example/")
+
+
+REFUSALS: list[tuple[str, Callable[[Issuer], str], str]] = [
+    ("expired", _expired, "expired at"),
+    ("not yet valid", _not_yet_valid, "not valid before"),
+    ("wrong audience", _wrong_audience, "audience 'api://another-service' is not accepted"),
+    ("alg none", _alg_none, "alg 'none'"),
+    ("HS256 signed with the public key", _hs256_with_public_key, "algorithm HS256 is not accepted"),
+    ("unknown kid", _unknown_kid, "key id 'kid-nobody-published'"),
+    ("foreign issuer", _foreign_issuer, "is not configured"),
+]
+
+
+@pytest.mark.parametrize(("case", "make", "reason"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_each_bad_token_is_a_401_in_openai_shape_naming_its_reason(
+    oidc: tuple[Harness, Issuer], case: str, make: Callable[[Issuer], str], reason: str
+) -> None:
+    h, issuer = oidc
+    token = make(issuer)
+    with pytest.raises(openai.AuthenticationError) as err:
+        chat(h, token)
+    assert err.value.status_code == 401
+    body = err.value.response.json()["error"]
+    assert body["code"] == "invalid_token"
+    assert body["message"].startswith("Invalid bearer token: ")
+    assert reason in body["message"], body["message"]
+    assert token not in body["message"]
+    assert upstream_bytes(h) == 0, "a refused token must not send a byte upstream"
+
+
+def test_key_rotation_at_the_issuer_is_followed_and_the_retired_key_refused(
+    oidc: tuple[Harness, Issuer],
+) -> None:
+    h, issuer = oidc
+    old_token = issuer.token("ES256")
+    assert chat(h, old_token).status_code == 200
+    fetches_before = issuer.jwks_hits
+    issuer.rotate("ES256")
+    new_token = issuer.token("ES256")  # signed with a kid the gateway has not seen yet
+    assert chat(h, new_token).status_code == 200
+    assert issuer.jwks_hits == fetches_before + 1, "an unknown kid refetches the JWKS once"
+    with pytest.raises(openai.AuthenticationError, match="does not publish"):
+        chat(h, old_token)
+
+
+def test_a_token_whose_groups_map_to_no_role_is_403(oidc: tuple[Harness, Issuer]) -> None:
+    h, issuer = oidc
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        chat(h, issuer.token(groups=["marketing"]))
+    assert err.value.response.json()["error"]["code"] == "no_role"
+
+
+def test_an_oidc_auditor_cannot_call_models(oidc: tuple[Harness, Issuer]) -> None:
+    h, issuer = oidc
+    with pytest.raises(openai.PermissionDeniedError, match=r"models\.call"):
+        chat(h, issuer.token(groups=["sekisho-auditors"]))
+    assert upstream_bytes(h) == 0
+
+
+# -- API key lifecycle -------------------------------------------------------------------------
+
+
+def sekisho_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sekisho", *args], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def test_keys_create_prints_the_key_alone_on_its_last_line_and_it_works(gateway: Harness) -> None:
+    r = sekisho_cli("keys", "create", "--tenant", "demo", "--data-dir", str(gateway.data_dir))
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.rstrip("\n").splitlines()[-1]
+    assert re.fullmatch(r"sk-sekisho-[0-9a-f]{12}-\S{20,}", key), r.stdout
+    assert chat(gateway, key).status_code == 200
+
+
+def test_revocation_is_effective_on_the_very_next_request(gateway: Harness) -> None:
+    r = sekisho_cli("keys", "create", "--tenant", "demo", "--data-dir", str(gateway.data_dir))
+    key = r.stdout.splitlines()[-1]
+    key_id = key.removeprefix("sk-sekisho-").split("-")[0]
+    assert chat(gateway, key).status_code == 200
+    revoked = sekisho_cli("keys", "revoke", key_id, "--data-dir", str(gateway.data_dir))
+    assert revoked.returncode == 0, revoked.stderr
+    before = upstream_bytes(gateway)
+    with pytest.raises(openai.AuthenticationError, match=f"API key {key_id} has been revoked"):
+        chat(gateway, key)
+    assert upstream_bytes(gateway) == before
+
+
+def test_an_expired_key_is_401_naming_its_expiry(gateway: Harness) -> None:
+    store = KeyStore(gateway.data_dir / "identity.db")
+    expires = time.time() + 1.0
+    key, info = store.create("demo", expires_at=expires)
+    assert chat(gateway, key).status_code == 200
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    with pytest.raises(openai.AuthenticationError) as err:
+        chat(gateway, key)
+    message = err.value.response.json()["error"]["message"]
+    assert f"API key {info.key_id} expired at " in message
+    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)) in message
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+def limited(**limits: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["limits"] = limits
+
+    return mutate
+
+
+def test_tenant_requests_per_minute_is_429_in_openai_shape_with_retry_after(
+    tmp_path: Path,
+) -> None:
+    h = start_example(tmp_path, limited(requests_per_minute=3))
+    try:
+        key, other_key = h.key(), h.key()
+        for k in (key, other_key, key):  # the tenant's limit counts every key of the tenant
+            assert chat(h, k).status_code == 200
+        before = upstream_bytes(h)
+        with pytest.raises(openai.RateLimitError) as err:
+            chat(h, other_key)
+        assert upstream_bytes(h) == before, "a refused request must not reach an endpoint"
+        resp = err.value.response
+        assert resp.status_code == 429
+        retry_after = int(resp.headers["retry-after"])
+        assert 1 <= retry_after <= 20  # the bucket refills one request every 20 s
+        error = resp.json()["error"]
+        assert error["type"] == "rate_limit_error"
+        assert error["code"] == "rate_limit_exceeded"
+        assert "tenant 'demo' requests_per_minute (3)" in error["message"]
+        assert f"Retry after {retry_after} s" in error["message"]
+    finally:
+        h.stop()
+
+
+def test_tenant_tokens_per_minute_counts_real_usage_then_is_429(tmp_path: Path) -> None:
+    limit = 1000
+    h = start_example(tmp_path, limited(tokens_per_minute=limit))
+    try:
+        key = h.key()
+        # 200 words: estimated at 1000 chars / 3 + max_tokens 16; ~225 real tokens each.
+        messages = [{"role": "user", "content": "word " * 200}]
+        estimate = len(messages[0]["content"]) // 3 + 16
+        used: list[int] = []
+        started = time.monotonic()
+        with pytest.raises(openai.RateLimitError) as err:
+            for _ in range(20):
+                completion = chat(h, key, messages=messages, max_tokens=16).parse()
+                used.append(completion.usage.total_tokens)
+        elapsed = time.monotonic() - started
+        assert 2 <= len(used) < 20
+        refill = limit * elapsed / 60
+        # Refused only when the rest of the minute's tokens could not hold one more request…
+        assert sum(used) + estimate > limit - refill
+        # …and never admitted more than the limit plus what refilled meanwhile.
+        assert sum(used) <= limit + refill + estimate
+        error = err.value.response.json()["error"]
+        assert "tenant 'demo' tokens_per_minute (1000)" in error["message"]
+        assert int(err.value.response.headers["retry-after"]) >= 1
+    finally:
+        h.stop()
+
+
+def test_usage_is_queryable_per_tenant_key_and_model_after_requests(gateway: Harness) -> None:
+    key = gateway.key()
+    key_id = key.removeprefix("sk-sekisho-").split("-")[0]
+    totals = [chat(gateway, key).parse().usage for _ in range(3)]
+    admin = gateway.key(role="admin")
+    report = admin_get(gateway, f"/usage?tenant=demo&key_id={key_id}", admin)
+    assert report["data"] == [
+        {
+            "tenant": "demo",
+            "key_id": key_id,
+            "model": "gpt-4o",
+            "requests": 3,
+            "prompt_tokens": sum(u.prompt_tokens for u in totals),
+            "completion_tokens": sum(u.completion_tokens for u in totals),
+            "total_tokens": sum(u.total_tokens for u in totals),
+        }
+    ]
+
+
+# -- limits shared by two gateway processes through Redis ------------------------------------
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _redis_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_namespace() -> Iterator[str]:
+    if not _redis_reachable():
+        pytest.skip("Redis is not reachable at 127.0.0.1:6379 (start it to run this test)")
+    namespace = f"test-gw-{uuid.uuid4().hex[:10]}"
+    yield namespace
+    import redis
+
+    client = redis.Redis.from_url(REDIS)
+    keys = list(client.scan_iter(f"sekisho:{namespace}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_two_gateway_processes_sharing_redis_never_over_admit(
+    tmp_path: Path, redis_namespace: str
+) -> None:
+    limit = 10
+    sims = Simulators().start()
+    gateways: list[ServeProcess] = []
+    try:
+
+        def shared(raw: dict[str, Any]) -> None:
+            raw["redis"] = REDIS
+            raw["limits"] = {"namespace": redis_namespace}
+            raw["tenants"]["demo"]["limits"] = {"requests_per_minute": limit}
+
+        config = write_config(tmp_path / "sekisho.yaml", sims.config(shared))
+        data_dir = tmp_path / "data"  # shared, as --workers shares it: keys, ledger, stores
+        for _ in range(2):
+            gateways.append(ServeProcess(config, data_dir).start())
+        key = gateways[0].key()
+
+        def one(i: int) -> tuple[int, int, str | None]:
+            g = gateways[i % 2]
+            try:
+                return i % 2, chat(g, key).status_code, None
+            except openai.RateLimitError as exc:
+                return i % 2, 429, exc.response.headers.get("retry-after")
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(40)))
+        elapsed = time.monotonic() - started
+        admitted = [r for r in results if r[1] == 200]
+        refused = [r for r in results if r[1] == 429]
+        assert len(admitted) + len(refused) == 40, results
+        # Without sharing, each process would admit its own 10.
+        assert limit <= len(admitted) <= limit + int(limit * elapsed / 60), (elapsed, results)
+        assert {g for g, _, _ in admitted} == {0, 1}, "both processes served requests"
+        assert all(ra is not None and int(ra) >= 1 for _, _, ra in refused)
+        # Usage is shared too: either process reports every admitted request.
+        admin = gateways[0].key(role="admin")
+        for g in gateways:
+            r = request("GET", f"{g.root}/admin/v1/usage?tenant=demo",
+                        headers={"authorization": f"Bearer {admin}"})  # fmt: skip
+            assert r.status_code == 200, r.text
+            assert sum(row["requests"] for row in r.json()["data"]) == len(admitted)
+    finally:
+        for g in gateways:
+            g.stop()
+        sims.stop()
