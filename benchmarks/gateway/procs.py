@@ -189,7 +189,19 @@ class Processes:
     def on_exit(self, cleanup: Callable[[], None]) -> None:
         self._cleanups.append(cleanup)
 
+    def report_dead(self) -> None:
+        """Say which started processes ended on their own (a crash under load must show)."""
+        for proc in self._procs:
+            code = proc.poll()
+            if code is not None:
+                how = f"signal {-code}" if code < 0 else f"status {code}"
+                name = (
+                    " ".join(str(a) for a in proc.args[:3]) if isinstance(proc.args, list) else ""
+                )
+                say(f"process {proc.pid} ({name}) had exited with {how}; logs in {self.logs}")
+
     def stop_all(self) -> None:
+        self.report_dead()
         for proc in reversed(list(self._procs)):
             self.stop(proc)
         for cleanup in reversed(self._cleanups):
