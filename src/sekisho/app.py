@@ -522,7 +522,8 @@ class Gateway:
         if path.startswith("/ledger/entries/"):
             index = http.int_segment(path, "/ledger/entries/")
             leaf = await asyncio.to_thread(ledger.entry, index)
-            self._may_read_entry(principal, leaf, f"ledger entry {index}")
+            owner = await asyncio.to_thread(_entry_tenant, ledger, index, leaf)
+            self._may_read_entry(principal, owner, f"ledger entry {index}")
             await http.send_json(
                 send, 200, {"index": index, "entry": base64.b64encode(leaf).decode()}, rid
             )
@@ -537,13 +538,14 @@ class Gateway:
                 if consistency and consistency.isdigit()
                 else None,
             )
-            self._may_read_entry(principal, base64.b64decode(receipt["entry"]), None)
+            owner = _leaf_field(base64.b64decode(receipt["entry"]), "tenant")
+            self._may_read_entry(principal, owner, None)
             await http.send_json(send, 200, receipt, rid)
             return
         raise NotFound(f"Unknown ledger path {path!r}.", code="unknown_url")
 
     @staticmethod
-    def _may_read_entry(principal: Principal, leaf: bytes, entry: str | None) -> None:
+    def _may_read_entry(principal: Principal, tenant: str | None, entry: str | None) -> None:
         """A tenant reads its own entries; principals with ledger.read (auditors) read all.
 
         Another tenant's entry is a 403 when named by index (the public checkpoint already tells
@@ -551,11 +553,7 @@ class Gateway:
         learns which request ids other tenants used."""
         if allows(principal, Permission.LEDGER_READ):
             return
-        try:
-            tenant = orjson.loads(leaf).get("tenant")
-        except (orjson.JSONDecodeError, AttributeError):
-            tenant = None
-        if tenant == principal.tenant:
+        if tenant is not None and tenant == principal.tenant:
             return
         if entry is None:
             raise NotFound("No such ledger entry for your tenant.", code="ledger_entry_not_found")
@@ -587,6 +585,25 @@ class Gateway:
             )
         body = generate_latest(self.metrics.registry)
         await http.send_bytes(send, 200, body, rid, ctype=CONTENT_TYPE_LATEST.encode())
+
+
+def _leaf_field(leaf: bytes, name: str) -> str | None:
+    try:
+        value = orjson.loads(leaf).get(name)
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _entry_tenant(ledger: Ledger, index: int, leaf: bytes) -> str | None:
+    """The tenant an entry belongs to. An outcome entry names only its request: it belongs to
+    the tenant of that request's decision, the last one logged before it."""
+    tenant = _leaf_field(leaf, "tenant")
+    request_id = _leaf_field(leaf, "request_id")
+    if tenant is not None or request_id is None or _leaf_field(leaf, "kind") != "outcome":
+        return tenant
+    decisions = [i for i, kind in ledger.find(request_id) if kind == "decision" and i < index]
+    return _leaf_field(ledger.entry(decisions[-1]), "tenant") if decisions else None
 
 
 def create_app(config: Config) -> Gateway:

@@ -532,7 +532,13 @@ class Pipeline:
             self.health.success(ep.id)
             outcome.output_texts = output.texts()
             outcome.error_code = output.error_code
-            await self.record(call, decision, outcome)
+            try:
+                await self.record(call, decision, outcome)
+            except SekishoError as exc:
+                # Nothing completes without its record: the stream ends with the reason (e.g.
+                # ledger_unavailable), never with [DONE].
+                yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+                return
             yield b"data: [DONE]\n\n"
         except UpstreamError as exc:
             # Bytes have reached the client: no failover now. Tell the client in-stream, in the
@@ -541,7 +547,12 @@ class Pipeline:
             outcome.status = 502
             outcome.error_code = "upstream_stream_broken"
             outcome.output_texts = output.texts()
-            await self.record(call, decision, outcome)
+            try:
+                await self.record(call, decision, outcome)
+            except SekishoError:  # the ledger says why; the client still learns the stream broke
+                log.exception(
+                    "could not record a broken stream", extra={"request_id": call.request_id}
+                )
             err = {
                 "error": {
                     "message": f"The stream from endpoint {ep.id} broke: {exc.detail}.",

@@ -1,0 +1,480 @@
+"""Nothing leaves without a record: the ledger seen through a running gateway, as clients,
+tenants and auditors use it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from harness import (
+    Harness,
+    demo_sim_specs,
+    ledger_entries,
+    receipt,
+    request,
+    start_example,
+)
+from sekisho.ledger import merkle, open_checkpoint
+from sekisho.ledger.note import Verifier
+from sekisho.ledger.storage import NewEntry, open_storage
+from serve_process import ServeProcess, Simulators, write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def two_tenants(raw: dict[str, Any]) -> None:
+    """The example, plus a second tenant ``other`` in the same region; quick checkpoints."""
+    raw["ledger"] = {"checkpoint_interval_ms": 100}
+    raw["tenants"]["other"] = {"home_region": "jp", "policy": {"extends": ["jp-appi"]}}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    h = start_example(tmp_path_factory.mktemp("ledger-gw"), two_tenants)
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def demo_key(gw: Harness) -> str:
+    return gw.key("demo")
+
+
+@pytest.fixture(scope="module")
+def auditor_key(gw: Harness) -> str:
+    return gw.key("other", role="auditor")
+
+
+def client(h: Harness, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0, timeout=15)
+
+
+def chat(h: Harness, key: str, text: str = "status report please", **kw: Any) -> Any:
+    return client(h, key).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": text}], **kw
+    )
+
+
+def verifier_key(h: Harness) -> str:
+    return str(h.gateway.ledger.verifier.key_string())
+
+
+def sekisho(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sekisho", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+# -- receipts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_answer_carries_a_receipt_that_fetches_a_proved_decision_and_outcome(
+    gw: Harness, demo_key: str, stream: bool
+) -> None:
+    raw = chat(gw, demo_key, stream=stream)
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        assert "status report please" in text
+    index, _, leaf_hash = raw.headers["x-sekisho-receipt"].partition(" ")
+    rid = raw.headers["x-request-id"]
+
+    got = receipt(gw, rid, demo_key)  # a tenant fetches its own receipt with its app key
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["request_id"] == rid
+    assert body["index"] == int(index)
+    entry = base64.b64decode(body["entry"])
+    assert base64.b64encode(merkle.leaf_hash(entry)).decode() == leaf_hash
+    assert body["tlog_proof"].startswith("c2sp.org/tlog-proof@v1\n")
+    decision, outcome = ledger_entries(body)
+    assert decision["kind"] == "decision" and decision["tenant"] == "demo"
+    # internal gpt-4o under jp-appi: the three endpoints, domestic first
+    assert decision["eligible"] == [
+        "sim-domestic-tokyo",
+        "sim-global-japaneast",
+        "sim-global-useast",
+    ]
+    assert outcome is not None and outcome["kind"] == "outcome"
+    assert outcome["status"] == 200
+    assert outcome["endpoint"] == raw.headers["x-sekisho-endpoint"]
+    assert body["outcome"]["index"] > body["index"]
+
+
+def test_outcome_names_the_endpoint_that_answered_after_failover(
+    gw: Harness, demo_key: str
+) -> None:
+    gw.fault("sim-domestic-tokyo", mode="status", status=503)
+    try:
+        raw = chat(gw, demo_key)
+    finally:
+        gw.fault("sim-domestic-tokyo", mode="none")
+        gw.gateway.health.success("sim-domestic-tokyo")
+    answered = raw.headers["x-sekisho-endpoint"]
+    assert answered != "sim-domestic-tokyo"
+    decision, outcome = ledger_entries(receipt(gw, raw.headers["x-request-id"], demo_key).json())
+    assert decision["endpoint"] == "sim-domestic-tokyo"  # the first the router meant to try
+    assert answered in decision["eligible"]
+    assert outcome is not None and outcome["endpoint"] == answered
+
+
+def test_sekisho_verify_checks_a_receipt_offline_and_rejects_a_tampered_one(
+    gw: Harness, demo_key: str, tmp_path: Path
+) -> None:
+    rid = chat(gw, demo_key).headers["x-request-id"]
+    body = receipt(gw, rid, demo_key).json()
+    good = tmp_path / "receipt.json"
+    good.write_text(json.dumps(body))
+    key = verifier_key(gw)
+
+    ok = sekisho("verify", str(good), "--key", key)
+    assert ok.returncode == 0, ok.stderr
+    assert "verified" in ok.stdout
+
+    decision = json.loads(base64.b64decode(body["entry"]))
+    decision["eligible"] = ["sim-global-useast"]  # rewrite history: claim it went to the US
+    forged = {**body, "entry": base64.b64encode(json.dumps(decision).encode()).decode()}
+    bad = tmp_path / "forged.json"
+    bad.write_text(json.dumps(forged))
+    refused = sekisho("verify", str(bad), "--key", key)
+    assert refused.returncode != 0
+    assert "FAILED" in refused.stderr
+
+
+def test_verify_links_a_receipt_to_checkpoints_an_auditor_kept(
+    gw: Harness, demo_key: str, tmp_path: Path
+) -> None:
+    """The witness flow of docs/ledger.md over HTTP: keep checkpoints with consistency proofs
+    from the public routes, then verify a later receipt against them."""
+    chat(gw, demo_key)
+    first = request("GET", f"{gw.root}/ledger/checkpoint")  # no key: public
+    assert first.status_code == 200
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text(json.dumps({"checkpoint": first.text, "consistency_from_previous": []}) + "\n")
+    old_size = int(first.text.splitlines()[1])
+
+    chat(gw, demo_key)
+    second = _checkpoint_after(gw, old_size)
+    new_size = int(second.splitlines()[1])
+    proof = request("GET", f"{gw.root}/ledger/proofs/consistency?old={old_size}&new={new_size}")
+    assert proof.status_code == 200, proof.text
+    with kept.open("a") as f:
+        f.write(
+            json.dumps({"checkpoint": second, "consistency_from_previous": proof.json()["proof"]})
+            + "\n"
+        )
+
+    rid = chat(gw, demo_key).headers["x-request-id"]
+    body = receipt(gw, rid, demo_key, since=new_size).json()
+    assert body["consistency"], "asked with ?since=, the receipt links to that size"
+    path = tmp_path / "receipt.json"
+    path.write_text(json.dumps(body))
+    ok = sekisho("verify", str(path), "--key", verifier_key(gw), "--checkpoints", str(kept))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "kept checkpoints: 2 loaded" in ok.stdout
+
+
+def _checkpoint_after(h: Harness, size: int) -> str:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        text = request("GET", f"{h.root}/ledger/checkpoint").text
+        if int(text.splitlines()[1]) > size:
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint beyond size {size} within 5 s")
+
+
+def test_checkpoint_is_a_signed_note_and_proofs_verify_against_it(
+    gw: Harness, demo_key: str
+) -> None:
+    raw = chat(gw, demo_key)
+    index = int(raw.headers["x-sekisho-receipt"].split()[0])
+    leaf_hash = base64.b64decode(raw.headers["x-sekisho-receipt"].split()[1])
+    old = open_checkpoint(
+        _checkpoint_after(gw, index), [Verifier.from_key_string(verifier_key(gw))]
+    )
+    assert old.size > index
+
+    inclusion = request(
+        "GET", f"{gw.root}/ledger/proofs/inclusion?index={index}&tree_size={old.size}"
+    )
+    assert inclusion.status_code == 200, inclusion.text
+    hashes = [base64.b64decode(p) for p in inclusion.json()["proof"]]
+    merkle.verify_inclusion(index, old.size, leaf_hash, hashes, old.root_hash)
+    with pytest.raises(merkle.ProofError):
+        merkle.verify_inclusion(index, old.size, b"\x00" * 32, hashes, old.root_hash)
+
+    chat(gw, demo_key)
+    new = open_checkpoint(
+        _checkpoint_after(gw, old.size), [Verifier.from_key_string(verifier_key(gw))]
+    )
+    consistency = request(
+        "GET", f"{gw.root}/ledger/proofs/consistency?old={old.size}&new={new.size}"
+    )
+    assert consistency.status_code == 200, consistency.text
+    proof = [base64.b64decode(p) for p in consistency.json()["proof"]]
+    merkle.verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof)
+
+
+# -- tenant isolation ----------------------------------------------------------------------------
+
+
+def test_another_tenants_app_key_cannot_fetch_a_receipt_but_an_auditor_can(
+    gw: Harness, demo_key: str, auditor_key: str
+) -> None:
+    rid = chat(gw, demo_key).headers["x-request-id"]
+    other_app = gw.key("other")
+    stranger = receipt(gw, rid, other_app)
+    assert stranger.status_code == 404
+    assert stranger.json()["error"]["code"] == "ledger_receipt_not_found" or (
+        "ledger" in stranger.json()["error"]["code"]
+    )
+    assert "demo" not in stranger.text
+    assert receipt(gw, rid, auditor_key).status_code == 200
+    assert receipt(gw, rid, demo_key).status_code == 200
+
+
+def test_a_tenant_reads_its_own_entries_by_index_but_not_another_tenants(
+    gw: Harness, demo_key: str, auditor_key: str
+) -> None:
+    rid = chat(gw, demo_key).headers["x-request-id"]
+    body = receipt(gw, rid, demo_key).json()
+    for index in (body["index"], body["outcome"]["index"]):
+        url = f"{gw.root}/ledger/entries/{index}"
+        own = request("GET", url, headers={"authorization": f"Bearer {demo_key}"})
+        assert own.status_code == 200, own.text
+        other = request("GET", url, headers={"authorization": f"Bearer {gw.key('other')}"})
+        assert other.status_code in (403, 404)
+        audited = request("GET", url, headers={"authorization": f"Bearer {auditor_key}"})
+        assert audited.status_code == 200
+
+
+# -- a ledger that cannot record ------------------------------------------------------------------
+
+
+class StuckStorage:
+    """Make the gateway's ledger storage hang on the entries ``stuck`` picks, until released."""
+
+    def __init__(self, h: Harness, kinds: tuple[str, ...], delay: float | None = None) -> None:
+        self.storage = h.gateway.ledger.storage
+        self.original = self.storage.sequence
+        self.kinds = kinds
+        self.delay = delay
+        self.release = threading.Event()
+
+    def sequence(self, entries: list[NewEntry]) -> int:
+        if any(e.kind in self.kinds for e in entries):
+            if self.delay is None:
+                self.release.wait(30)
+            else:
+                time.sleep(self.delay)
+        return int(self.original(entries))
+
+    def __enter__(self) -> StuckStorage:
+        self.storage.sequence = self.sequence
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.storage.sequence = self.original
+
+
+def short_deadline(raw: dict[str, Any]) -> None:
+    raw["ledger"] = {"deadline_ms": 300, "checkpoint_interval_ms": 100}
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    h = start_example(tmp_path_factory.mktemp("ledger-tight"), short_deadline)
+    yield h
+    h.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_hanging_ledger_refuses_with_503_and_nothing_goes_upstream(
+    tight: Harness, stream: bool
+) -> None:
+    key = tight.key()
+    before = tight.bytes_received()
+    started = time.monotonic()
+    with StuckStorage(tight, ("decision",)), pytest.raises(openai.APIStatusError) as e:
+        chat(tight, key, stream=stream)
+    assert time.monotonic() - started < 5, "a hanging ledger means refusal, never a hang"
+    assert e.value.status_code == 503
+    err = e.value.body
+    assert isinstance(err, dict)
+    assert err["code"] == "ledger_unavailable"
+    assert err["type"] and "ledger" in err["message"]
+    assert e.value.response.json()["error"]["code"] == "ledger_unavailable"  # OpenAI's shape
+    assert tight.bytes_received() == before, "not one byte may go upstream unrecorded"
+    # released, the gateway records (and serves) again
+    assert chat(tight, key).status_code == 200
+
+
+def test_an_answer_whose_outcome_cannot_be_recorded_is_not_delivered(tight: Harness) -> None:
+    key = tight.key()
+    with StuckStorage(tight, ("outcome",)), pytest.raises(openai.APIStatusError) as e:
+        chat(tight, key, text="answer me")
+    assert e.value.status_code == 503
+    assert "SIMULATOR" not in e.value.response.text
+
+
+def test_a_stream_whose_outcome_cannot_be_recorded_never_ends_with_done(
+    tight: Harness,
+) -> None:
+    key = tight.key()
+    with StuckStorage(tight, ("outcome",)):
+        r = request(
+            "POST",
+            f"{tight.base_url}/chat/completions",
+            json_body={
+                "model": "gpt-4o",
+                "stream": True,
+                "messages": [{"role": "user", "content": "one two three"}],
+            },
+            headers={"authorization": f"Bearer {key}"},
+        )
+    assert r.status_code == 200
+    assert b"[DONE]" not in r.content
+    assert b"ledger_unavailable" in r.content  # the client is told why, in the stream
+
+
+def test_a_streams_outcome_is_durable_before_done_reaches_the_client(
+    gw: Harness, demo_key: str
+) -> None:
+    # Outcome entries take 0.3 s to become durable: were [DONE] sent first, the client would
+    # see it long before the entry exists.
+    with StuckStorage(gw, ("outcome",), delay=0.3):
+        raw = chat(gw, demo_key, stream=True)
+        rid = raw.headers["x-request-id"]
+        for _ in raw.parse():  # ends when [DONE] arrives
+            pass
+        kinds = [kind for _, kind in gw.gateway.ledger.find(rid)]
+    assert kinds == ["decision", "outcome"]
+
+
+# -- kill -9 -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_9_under_load_leaves_a_consistent_log_and_only_unfinished_requests_incomplete(
+    tmp_path: Path,
+) -> None:
+    sims = Simulators(demo_sim_specs(keep_bodies=False, chunk_delay_ms=40)).start()
+    data_dir = tmp_path / "data"
+
+    def quick_checkpoints(raw: dict[str, Any]) -> None:
+        raw["ledger"] = {"checkpoint_interval_ms": 50}
+
+    config = write_config(tmp_path / "sekisho.yaml", sims.config(quick_checkpoints))
+    gateway = ServeProcess(config, data_dir).start()
+    key = gateway.key("demo")
+    finished: set[str] = set()  # the client saw the whole answer
+    streaming: set[str] = set()  # the client saw a first event, and not [DONE]
+    stop = threading.Event()
+
+    def load(worker: int) -> None:
+        n = 0
+        while not stop.is_set():
+            rid = f"load-{worker}-{n}"
+            n += 1
+            try:
+                _one(gateway.root, key, rid, stream=worker % 2 == 0, streaming=streaming)
+                finished.add(rid)
+                streaming.discard(rid)
+            except (OSError, RuntimeError):
+                return
+
+    workers = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    try:
+        for w in workers:
+            w.start()
+        time.sleep(1.5)
+        gateway.signal(signal.SIGKILL)
+        gateway.wait(20)
+        stop.set()
+        for w in workers:
+            w.join(10)
+        assert finished, "the load finished some requests before the kill"
+        mid_stream = set(streaming)
+
+        again = ServeProcess(config, data_dir).start()
+        try:
+            _one(again.root, key, "after-restart", stream=True, streaming=set())
+        finally:
+            assert again.stop() == 0
+    finally:
+        stop.set()
+        sims.stop()
+
+    audit = sekisho("ledger", "audit", "--data-dir", str(data_dir), "--json")
+    report = json.loads(audit.stdout)
+    assert audit.returncode == 0 and report["ok"], audit.stdout + audit.stderr
+    assert report["problems"] == []
+    assert report["checkpoints_checked"] >= 2
+    incomplete = {item["request_id"] for item in report["incomplete"]}
+    assert not incomplete & (finished | {"after-restart"}), "finished requests have outcomes"
+    storage = open_storage(str(data_dir))
+    try:
+        for rid in incomplete:
+            assert [kind for _, kind in storage.find(rid)] == ["decision"]
+        for rid in mid_stream:  # the client saw upstream bytes: the decision was durable first
+            assert [kind for _, kind in storage.find(rid)][:1] == ["decision"]
+        for rid in finished | {"after-restart"}:
+            assert [kind for _, kind in storage.find(rid)] == ["decision", "outcome"]
+    finally:
+        storage.close()
+
+
+def _one(root: str, key: str, rid: str, *, stream: bool, streaming: set[str]) -> None:
+    """One chat request over a raw socket; raises OSError when the gateway dies under it."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", int(root.rsplit(":", 1)[1]), timeout=10)
+    try:
+        body = {
+            "model": "gpt-4o",
+            "stream": stream,
+            "messages": [{"role": "user", "content": "one two three four five six seven eight"}],
+        }
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps(body),
+            headers={
+                "authorization": f"Bearer {key}",
+                "content-type": "application/json",
+                "x-request-id": rid,
+            },
+        )
+        r = conn.getresponse()
+        if r.status != 200:
+            raise RuntimeError(f"{rid}: HTTP {r.status} {r.read()[:200]!r}")
+        if not stream:
+            r.read()
+            return
+        while True:
+            line = r.readline()
+            if not line:
+                raise ConnectionResetError(f"{rid}: stream ended without [DONE]")
+            if line.startswith(b"data: [DONE]"):
+                return
+            if line.startswith(b"data: "):
+                streaming.add(rid)
+    finally:
+        conn.close()
