@@ -71,6 +71,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.ready = False
         self.in_flight = 0
+        self._pid = os.getpid()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._model_routes: dict[str, ModelHandler] = {
@@ -86,6 +87,7 @@ class Gateway:
     # -- lifespan --------------------------------------------------------------------------
 
     async def startup(self) -> None:
+        self._pid = os.getpid()
         await self._open_ledger()
         assert self.recorder is not None
         cfg = self.config
@@ -456,6 +458,7 @@ class Gateway:
             "status": status,
             "endpoint": endpoint,
             "ms": round((time.perf_counter() - started) * 1000, 3),
+            "pid": self._pid,  # which worker answered, with --workers N
         }
         if principal is not None:
             extra["tenant"] = principal.tenant
@@ -611,7 +614,13 @@ def create_app(config: Config) -> Gateway:
 
 
 def app_from_env() -> Gateway:
-    """Factory for ``uvicorn --factory`` with several workers: config path from SEKISHO_CONFIG."""
+    """Factory for ``uvicorn --factory`` with several workers: config path from SEKISHO_CONFIG.
+
+    Each worker is a fresh interpreter, so it sets up the JSON logs itself (otherwise its log
+    lines would be plain text, and its info lines lost)."""
+    from sekisho import logs
+
     path = os.environ["SEKISHO_CONFIG"]
-    config = load_config(path)
-    return create_app(config.with_server(data_dir=os.environ.get("SEKISHO_DATA_DIR")))
+    config = load_config(path).with_server(data_dir=os.environ.get("SEKISHO_DATA_DIR"))
+    logs.configure(config.server.log_level)
+    return create_app(config)

@@ -143,8 +143,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sekisho import logs
     from sekisho.config import load_config
 
-    config = load_config(args.config).with_server(
-        host=args.host, port=args.port, workers=args.workers, data_dir=args.data_dir
+    config = _with_flags(
+        load_config(args.config),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        data_dir=args.data_dir,
     )
     logs.configure(config.server.log_level)
     server = config.server
@@ -171,6 +175,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     uvicorn.run(create_app(config), **common)
     return 0
+
+
+def _with_flags(config: Any, **flags: object) -> Any:
+    """The config with command-line overrides; a bad flag is a problem named like a config key."""
+    from pydantic import ValidationError
+
+    from sekisho.errors import ConfigProblem
+
+    try:
+        return config.with_server(**flags)
+    except ValidationError as exc:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    "command line",
+                    "--" + str(e["loc"][0]).replace("_", "-") if e["loc"] else "",
+                    f"{e['msg']} (got {e.get('input')!r})",
+                )
+                for e in exc.errors()
+            ]
+        ) from None
 
 
 async def _serve_with_simulators(config: Any, common: dict[str, Any]) -> int:

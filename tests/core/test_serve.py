@@ -1,0 +1,319 @@
+"""`sekisho serve` as operators run it: a subprocess with flags, serving through simulators on
+loopback; its health, readiness, metrics and logs; graceful shutdown; bad upstreams and configs."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness import demo_sim_specs, example_config, free_port, request
+from serve_process import ServeProcess, Simulators, write_config
+
+DEAD_MODEL = "gpt-unreachable"
+
+
+def with_dead_endpoints(raw: dict[str, Any]) -> None:
+    """Two domestic endpoints for one model, where nothing listens."""
+    template = raw["endpoints"][0]
+    for name in ("dead-osaka", "dead-sapporo"):
+        ep = {k: v for k, v in template.items() if k not in ("models", "id", "base_url")}
+        ep.update(
+            id=name,
+            base_url=f"http://127.0.0.1:{free_port()}/v1",
+            models=[{"id": DEAD_MODEL}],
+            timeouts={"connect": 1, "first_byte": 2, "total": 5},
+        )
+        raw["endpoints"].append(ep)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProcess, Simulators]]:
+    """One `sekisho serve` for the module: config port and data_dir overridden by flags."""
+    tmp = tmp_path_factory.mktemp("serve")
+    sims = Simulators().start()
+
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["server"]["port"] = 1  # never used: --port wins
+        raw["server"]["data_dir"] = str(tmp / "data-from-config")  # never used: --data-dir wins
+        with_dead_endpoints(raw)
+
+    config = write_config(tmp / "sekisho.yaml", sims.config(mutate))
+    g = ServeProcess(config, tmp / "data")
+    try:
+        g.start()
+        yield g, sims
+    finally:
+        g.stop()
+        sims.stop()
+
+
+def client(g: ServeProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=g.base_url, api_key=key, max_retries=0, timeout=20)
+
+
+def test_flags_choose_the_port_and_the_data_directory(
+    served: tuple[ServeProcess, Simulators],
+) -> None:
+    g, _ = served
+    completion = client(g, g.key()).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert completion.choices[0].message.content
+    assert (g.data_dir / "identity.db").exists()
+    assert (g.data_dir / "keys" / "ledger.key").exists()
+    assert not (g.data_dir.parent / "data-from-config").exists()
+
+
+def test_healthz_and_readyz(served: tuple[ServeProcess, Simulators]) -> None:
+    g, _ = served
+    health = request("GET", f"{g.root}/healthz")
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    ready = request("GET", f"{g.root}/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["ready"] is True
+    assert set(body["endpoints"]) >= {"sim-domestic-tokyo", "sim-global-japaneast"}
+
+
+def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def test_metrics_count_requests_latency_tokens_and_upstream_errors_by_endpoint_and_jurisdiction(
+    served: tuple[ServeProcess, Simulators],
+) -> None:
+    g, _ = served
+    c = client(g, g.key())
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "count me"}]
+    )
+    usage = raw.parse().usage
+    endpoint, jurisdiction = (
+        raw.headers["x-sekisho-endpoint"],
+        raw.headers["x-sekisho-jurisdiction"],
+    )
+    with pytest.raises(openai.APIStatusError):
+        c.chat.completions.create(model=DEAD_MODEL, messages=[{"role": "user", "content": "x"}])
+
+    r = request("GET", f"{g.root}/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    samples = _samples(r.text)
+
+    requests = samples["sekisho_requests_total"]
+    assert any(
+        labels == {"route": "chat", "status": "200", "endpoint": endpoint,
+                   "jurisdiction": jurisdiction} and value >= 1
+        for labels, value in requests
+    ), requests  # fmt: skip
+    assert any(lb["status"] == "502" and lb["route"] == "chat" for lb, _ in requests)
+    counts = samples["sekisho_request_duration_seconds_count"]
+    assert any(lb["endpoint"] == endpoint and v >= 1 for lb, v in counts)
+    buckets = [lb["le"] for lb, _ in samples["sekisho_request_duration_seconds_bucket"]]
+    assert "+Inf" in buckets and len(set(buckets)) > 5
+    tokens = {
+        lb["direction"]: v
+        for lb, v in samples["sekisho_tokens_total"]
+        if lb["endpoint"] == endpoint
+    }
+    assert usage is not None
+    assert (
+        tokens["prompt"] >= usage.prompt_tokens and tokens["completion"] >= usage.completion_tokens
+    )
+    errors = samples["sekisho_upstream_errors_total"]
+    assert {lb["endpoint"] for lb, v in errors if v >= 1} >= {"dead-osaka", "dead-sapporo"}
+    assert all("jurisdiction" in lb for lb, _ in errors)
+
+
+def test_every_log_line_is_json_and_each_request_is_logged_with_its_request_id(
+    served: tuple[ServeProcess, Simulators],
+) -> None:
+    g, _ = served
+    c = client(g, g.key())
+    for i in range(3):
+        c.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "log me"}],
+            extra_headers={"x-request-id": f"trace-log-{i}"},
+        )
+    deadline = time.monotonic() + 5
+    while True:
+        lines = g.log()  # fails if any line of stderr is not JSON
+        logged = {x.get("request_id"): x for x in lines if x.get("msg") == "request"}
+        if all(f"trace-log-{i}" in logged for i in range(3)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for i in range(3):
+        line = logged[f"trace-log-{i}"]
+        assert line["status"] == 200 and line["tenant"] == "demo"
+        assert line["endpoint"] in (
+            "sim-domestic-tokyo",
+            "sim-global-japaneast",
+            "sim-global-useast",
+        )
+        assert {"ts", "level", "logger", "ms", "key_id", "pid"} <= set(line)
+    assert all(isinstance(x.get("msg"), str) and "level" in x for x in lines)
+    assert all("request_id" in x for x in lines if x.get("msg") == "request")
+
+
+def test_all_endpoints_refused_is_502_naming_each_and_the_gateway_stays_up(
+    served: tuple[ServeProcess, Simulators],
+) -> None:
+    g, _ = served
+    c = client(g, g.key())
+    with pytest.raises(openai.APIStatusError) as err:
+        c.chat.completions.create(model=DEAD_MODEL, messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 502
+    error = err.value.response.json()["error"]
+    assert error["code"] == "upstream_failed"
+    assert "dead-osaka" in error["message"] and "dead-sapporo" in error["message"]
+    assert request("GET", f"{g.root}/healthz").status_code == 200
+    assert c.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "still here?"}]
+    ).choices
+    assert g.proc is not None and g.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_two_workers_both_serve_requests(tmp_path: Path) -> None:
+    sims = Simulators(demo_sim_specs(delay_ms=30)).start()  # slow enough that requests overlap
+    config = write_config(tmp_path / "sekisho.yaml", sims.config())
+    g = ServeProcess(config, tmp_path / "data", workers=2)
+    try:
+        g.start()
+        key = g.key()
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "which worker?"}]}
+        headers = {"authorization": f"Bearer {key}"}
+
+        def one(i: int) -> int:  # a new connection each time, so the kernel picks a worker
+            r = request("POST", f"{g.base_url}/chat/completions", json_body=body,
+                        headers={**headers, "x-request-id": f"worker-{i}"})  # fmt: skip
+            return r.status_code
+
+        deadline = time.monotonic() + 30
+        pids: set[int] = set()
+        rounds = 0
+        while len(pids) < 2 and time.monotonic() < deadline:
+            with ThreadPoolExecutor(8) as pool:
+                statuses = list(pool.map(one, range(rounds * 32, rounds * 32 + 32)))
+            assert statuses == [200] * 32
+            rounds += 1
+            time.sleep(0.2)  # let the log lines reach the file
+            pids = {
+                x["pid"] for x in g.log()
+                if x.get("msg") == "request" and str(x.get("request_id")).startswith("worker-")
+            }  # fmt: skip
+        assert len(pids) == 2, f"only workers {pids} answered after {rounds * 32} requests"
+        ready = {x["pid"] for x in g.log() if x.get("msg") == "sekisho ready"}
+        assert pids == ready
+    finally:
+        g.stop()
+        sims.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_lets_an_in_flight_stream_finish_with_done_before_exit(tmp_path: Path) -> None:
+    sims = Simulators(demo_sim_specs(chunk_delay_ms=120)).start()
+
+    def grace(raw: dict[str, Any]) -> None:
+        raw["server"]["shutdown_grace_seconds"] = 20
+
+    config = write_config(tmp_path / "sekisho.yaml", sims.config(grace))
+    g = ServeProcess(config, tmp_path / "data")
+    try:
+        g.start()
+        key = g.key()
+        conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=20)
+        body = {"model": "gpt-4o", "stream": True,
+                "messages": [{"role": "user", "content": "a slow stream, please"}]}  # fmt: skip
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                     headers={"authorization": f"Bearer {key}",
+                              "content-type": "application/json"})  # fmt: skip
+        resp = conn.getresponse()
+        assert resp.status == 200
+        events: list[str] = []
+        first = resp.readline().decode()
+        assert first.startswith("data: ")
+        events.append(first.strip())
+        sent_term = time.monotonic()
+        g.signal(signal.SIGTERM)
+
+        refused = threading.Event()
+
+        def probe() -> None:  # the listening socket closes while the stream drains
+            time.sleep(0.5)
+            try:
+                request("GET", f"{g.root}/healthz", timeout=2)
+            except OSError:
+                refused.set()
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        for raw_line in resp:
+            line = raw_line.decode().strip()
+            if line:
+                events.append(line)
+        prober.join()
+        assert events[-1] == "data: [DONE]", events[-3:]
+        chunks = [json.loads(e[6:]) for e in events[:-1]]
+        assert any(ch["choices"] and ch["choices"][0].get("finish_reason") == "stop"
+                   for ch in chunks)  # fmt: skip
+        assert time.monotonic() - sent_term > 0.5, "the stream was still in flight at SIGTERM"
+        assert refused.is_set(), "new connections were still accepted during shutdown"
+        code = g.wait(20)
+        assert code in (0, -signal.SIGTERM), g.stderr()
+    finally:
+        g.stop()
+        sims.stop()
+
+
+def test_start_up_with_an_invalid_config_exits_2_listing_file_key_and_reason(
+    tmp_path: Path,
+) -> None:
+    raw = example_config()
+    raw["tenants"]["demo"]["polcy"] = raw["tenants"]["demo"].pop("policy")
+    raw["endpoints"][0]["jurisdiction"]["country"] = "Japan"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    port = free_port()
+    r = subprocess.run(
+        [sys.executable, "-m", "sekisho", "serve", "--config", str(bad), "--port", str(port),
+         "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "configuration is not valid (2 problems)" in r.stderr
+    assert f"{bad}: tenants.demo.polcy: unknown key" in r.stderr
+    assert f"{bad}: endpoints[0](sim-domestic-tokyo).jurisdiction.country: 'Japan'" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "data").exists(), "nothing is created before the config validates"
+
+
+def test_bad_command_line_flags_exit_2_naming_the_flag(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "sekisho", "serve", "--config", str(write_config(
+            tmp_path / "ok.yaml", example_config())), "--workers", "0", "--port", "70000"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "command line: --workers: Input should be greater than or equal to 1" in r.stderr
+    assert "command line: --port: Input should be less than or equal to 65535" in r.stderr
+    assert "Traceback" not in r.stderr
