@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -600,9 +600,20 @@ class Pipeline:
             (f.type, text[f.start : f.end]) for text, fs in call.findings.items() for f in fs
         ]
         if store_types:
-            # 番号法: these identifiers are pseudonymised before anything is stored.
+            # 番号法: these identifiers are pseudonymised before anything is stored, in the
+            # prompt as sent (redaction may have rewritten its texts) and in the output alike.
             keeper = pseudo or Pseudonymiser()
-            prompt = orjson.dumps(_pseudonymise_obj(prompt_obj, call.findings, store_types, keeper))
+            scanner = self.scanners[tenant.name]
+
+            def find(text: str) -> list[Finding]:
+                known = call.findings.get(text)
+                found = known if known is not None else scanner.scan(text)
+                return [f for f in found if f.type in store_types]
+
+            prompt = orjson.dumps(_pseudonymise_obj(prompt_obj, find, keeper))
+            if outcome.output_texts:
+                texts = [_pseudonymise_obj(t, find, keeper) for t in outcome.output_texts]
+                output = "\x00".join(texts).encode()
             pseudo = keeper
         await store.put(
             Exchange(
@@ -822,16 +833,14 @@ def _parse_answer(raw: bytes, endpoint_id: str) -> dict[str, Any]:
     return data
 
 
-def _pseudonymise_obj(
-    obj: Any, findings: Mapping[str, list[Finding]], types: frozenset[str], p: Pseudonymiser
-) -> Any:
+def _pseudonymise_obj(obj: Any, find: Callable[[str], list[Finding]], p: Pseudonymiser) -> Any:
     if isinstance(obj, str):
-        fs = [f for f in findings.get(obj, ()) if f.type in types]
+        fs = find(obj)
         return p.pseudonymise(obj, fs) if fs else obj
     if isinstance(obj, list):
-        return [_pseudonymise_obj(x, findings, types, p) for x in obj]
+        return [_pseudonymise_obj(x, find, p) for x in obj]
     if isinstance(obj, dict):
-        return {k: _pseudonymise_obj(v, findings, types, p) for k, v in obj.items()}
+        return {k: _pseudonymise_obj(v, find, p) for k, v in obj.items()}
     return obj
 
 
