@@ -72,6 +72,8 @@ class Gateway:
         self.ready = False
         self.in_flight = 0
         self._pid = os.getpid()
+        # Set when this process is one of `serve --workers N`: reloads then restart every worker.
+        self.supervisor_pid: int | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._model_routes: dict[str, ModelHandler] = {
@@ -146,6 +148,30 @@ class Gateway:
                 "pid": os.getpid(),
             },
         )
+
+    async def prepare(self) -> None:
+        """Create what a first start creates (signing key, ledger, stores and their schemas,
+        usage database), then close it again. ``serve --workers N`` runs this once before
+        starting the workers, which would otherwise race to create the same files and tables
+        (and a worker that loses the race fails start-up, which stops every worker)."""
+        await self._open_ledger()
+        assert self.recorder is not None and self.ledger is not None
+        cfg = self.config
+        try:
+            stores = await Stores.open(
+                cfg.regions, cfg.data_dir, audit=self.recorder, tenants=cfg.tenants
+            )
+            await stores.close()
+            limiter = build_limiter(
+                tenants={n: t.limits for n, t in cfg.tenants.items()},
+                defaults=cfg.model.limits,
+                redis_url=cfg.model.redis,
+                data_dir=cfg.data_dir,
+            )
+            await limiter.close()
+        finally:
+            await self.ledger.close()
+            self.ledger = self.recorder = None
 
     async def _open_ledger(self) -> None:
         """Open the transparency ledger; create its signing key on first start."""
@@ -267,7 +293,13 @@ class Gateway:
                         f"tenant/{name}",
                         {"from": before.get(name), "to": after[name]},
                     )
-            return {"policies": after, "changed": changed}
+            result: dict[str, Any] = {"policies": after, "changed": changed}
+            if self.supervisor_pid is not None:
+                # The other workers still hold the old policies: the supervisor (uvicorn)
+                # replaces every worker on SIGHUP, each starting from the file just validated.
+                os.kill(self.supervisor_pid, signal.SIGHUP)
+                result["workers"] = "restarting every worker with the new configuration"
+            return result
 
     async def _probe(self, interval: float) -> None:
         """Active health: GET {base_url}/models on every endpoint that is down."""
@@ -620,7 +652,20 @@ def app_from_env() -> Gateway:
     lines would be plain text, and its info lines lost)."""
     from sekisho import logs
 
+    logs.configure()
     path = os.environ["SEKISHO_CONFIG"]
-    config = load_config(path).with_server(data_dir=os.environ.get("SEKISHO_DATA_DIR"))
+    try:
+        config = load_config(path).with_server(data_dir=os.environ.get("SEKISHO_DATA_DIR"))
+    except ConfigError as exc:
+        # On a SIGHUP restart the supervisor keeps the running workers when this one fails.
+        log.error(
+            "configuration is not valid; this worker does not start",
+            extra={"problems": [str(p) for p in exc.problems]},
+        )
+        raise SystemExit(1) from None
     logs.configure(config.server.log_level)
-    return create_app(config)
+    gateway = create_app(config)
+    supervisor = os.environ.get("SEKISHO_SUPERVISOR_PID", "")
+    if supervisor.isdigit() and int(supervisor) == os.getppid():
+        gateway.supervisor_pid = int(supervisor)
+    return gateway

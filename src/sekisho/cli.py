@@ -167,8 +167,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.with_simulators:
         return asyncio.run(_serve_with_simulators(config, common))
     if server.workers > 1:
+        from sekisho.app import create_app
+
+        asyncio.run(create_app(config).prepare())  # first-start files, once, before workers race
         os.environ["SEKISHO_CONFIG"] = str(Path(args.config).resolve())
         os.environ["SEKISHO_DATA_DIR"] = str(Path(server.data_dir).resolve())
+        os.environ["SEKISHO_SUPERVISOR_PID"] = str(os.getpid())  # workers ask it to reload all
         uvicorn.run("sekisho.app:app_from_env", factory=True, workers=server.workers, **common)
         return 0
     from sekisho.app import create_app

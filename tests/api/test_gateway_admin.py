@@ -8,7 +8,8 @@ import copy
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from harness import Harness, Resp, request, start_example
+from harness import Harness, Resp, demo_sim_specs, request, start_example
 from sekisho.identity import ROLES
 from serve_process import ServeProcess, Simulators, write_config
 
@@ -372,6 +373,88 @@ def test_sighup_reloads_a_valid_policy_and_refuses_an_invalid_one(tmp_path: Path
         assert any(f"{config}: tenants.demo.policy.prefr" in p for p in refusal["problems"])
         assert digest_now(g, app) == after, "an invalid config replaced the policy in force"
         assert g.proc is not None and g.proc.poll() is None
+    finally:
+        g.stop()
+        sims.stop()
+
+
+class Workers:
+    """Rounds of concurrent requests on fresh connections, so that every worker answers some;
+    each round's request ids are tagged so the log tells which worker answered."""
+
+    def __init__(self, g: ServeProcess, key: str) -> None:
+        self.g, self.key, self.rounds = g, key, 0
+
+    def digests(self, n: int = 32) -> tuple[set[str], set[int]]:
+        self.rounds += 1
+        tag = f"round{self.rounds}-"
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "which policy?"}]}
+
+        def one(i: int) -> str:
+            headers = {"authorization": f"Bearer {self.key}", "x-request-id": f"{tag}{i}"}
+            r = request("POST", f"{self.g.base_url}/chat/completions", json_body=body,
+                        headers=headers)  # fmt: skip
+            assert r.status_code == 200, r.text
+            return r.headers["x-sekisho-policy-digest"]
+
+        with ThreadPoolExecutor(8) as pool:
+            digests = set(pool.map(one, range(n)))
+        time.sleep(0.2)  # let the log lines reach the file
+        pids = {x["pid"] for x in self.g.log() if str(x.get("request_id", "")).startswith(tag)}
+        return digests, pids
+
+    def until(self, done: Callable[[set[str]], bool], timeout: float = 30) -> set[str]:
+        """Digests of the first round, after all workers answered, that satisfies done."""
+        deadline = time.monotonic() + timeout
+        while True:
+            digests, pids = self.digests()
+            if (len(pids) == 2 and done(digests)) or time.monotonic() > deadline:
+                return digests
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_with_two_workers_a_reload_reaches_every_worker_and_a_bad_one_none(
+    tmp_path: Path,
+) -> None:
+    sims = Simulators(demo_sim_specs(delay_ms=30)).start()  # slow enough that requests overlap
+    config = write_config(tmp_path / "sekisho.yaml", sims.config())
+    g = ServeProcess(config, tmp_path / "data", workers=2)
+    try:
+        g.start()
+        app, admin = g.key("demo"), g.key("demo", role="admin")
+        w = Workers(g, app)
+        [first] = w.until(lambda d: len(d) == 1)
+
+        edit_config(config, stricter)
+        r = request("POST", f"{g.root}{PREFIX}/policy/reload",
+                    headers={"authorization": f"Bearer {admin}"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        second = r.json()["policies"]["demo"]
+        assert second != first and "restarting" in r.json()["workers"]
+        assert w.until(lambda d: d == {second}) == {second}, "a worker kept the old policy"
+
+        edit_config(config, typo_key)
+        g.signal(signal.SIGHUP)
+        refused = "configuration is not valid; this worker does not start"
+        deadline = time.monotonic() + 15
+        while not any(x.get("msg") == refused for x in g.log()):
+            assert time.monotonic() < deadline, g.stderr()[-3000:]
+            time.sleep(0.1)
+        problems = next(x for x in g.log() if x.get("msg") == refused)["problems"]
+        assert any(f"{config}: tenants.demo.policy.prefr" in p for p in problems), problems
+        assert w.until(lambda d: True) == {second}, "an invalid config replaced the policy"
+        assert g.proc is not None and g.proc.poll() is None
+
+        def fixed(raw: dict[str, Any]) -> None:
+            policy = raw["tenants"]["demo"]["policy"]
+            policy["prefer"] = policy.pop("prefr")
+            raw["tenants"]["demo"]["default_classification"] = "public"
+
+        edit_config(config, fixed)
+        g.signal(signal.SIGHUP)
+        third = w.until(lambda d: len(d) == 1 and d != {second})
+        assert len(third) == 1 and third != {second}, third
     finally:
         g.stop()
         sims.stop()
