@@ -283,12 +283,16 @@ def check_request(
         assert code == "sovereignty_policy_violation"
         assert want.level.label in message
         assert EMAIL not in message and MY_NUMBER not in message
-        return
+        assert "x-sekisho-receipt" in headers, "a refusal is recorded too"
 
     got = receipt(h, rid, auditor)
     assert got.status_code == 200, got.text
     decision, outcome = ledger_entries(got.json())
     assert tuple(decision["eligible"]) == want.eligible
+    if not want.eligible:
+        assert outcome is not None and outcome["status"] == 403
+        assert outcome["error_code"] == "sovereignty_policy_violation"
+        return
     assert decision["classification"] == want.level.label
     assert outcome is not None, "a finished request has an outcome entry"
     if status == 200:

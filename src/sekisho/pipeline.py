@@ -17,12 +17,13 @@ another: dispatch sees only ``decision.eligible``, so no byte can leave the elig
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 
 import orjson
 
@@ -191,6 +192,8 @@ class Pipeline:
         try:
             findings, failed = self.inspect(call, tenant)  # 2
             decision = self.decide(call, tenant, routes, findings, failed)  # 3
+            if decision.denied:
+                await self.refuse(call, decision, tenant)
             call.pseudonymiser = self.transform(call, decision, findings)  # 4
             receipt = await self.commit(call, decision, tenant)  # 5
         except BaseException:
@@ -305,10 +308,19 @@ class Pipeline:
             finding_counts=counts,
             key_models=call.principal.models,
         )
-        if decision.action == Action.BLOCK or not decision.eligible:
-            self.metrics.policy_refusals.labels(tenant.name, level.label).inc()
-            raise PolicyViolation(decision.refusal_message())
         return decision
+
+    async def refuse(self, call: Call, decision: Decision, tenant: TenantView) -> NoReturn:
+        """Explain every no, and record it: a refusal is a decision entry (nothing eligible)
+        and an outcome entry (403), so an auditor can show what was kept from whom."""
+        self.metrics.policy_refusals.labels(tenant.name, decision.level.label).inc()
+        decision = dataclasses.replace(decision, eligible=())  # it may reach no endpoint at all
+        receipt = await self.commit(call, decision, tenant)
+        if self.recorder is not None:
+            refused = Outcome(PolicyViolation.status, error_code=PolicyViolation.code)
+            await self.recorder.outcome(call, decision, refused)
+        headers = dict(self._decision_headers(call, decision, receipt))
+        raise PolicyViolation(decision.refusal_message(), headers=headers)
 
     # -- 4 transform -----------------------------------------------------------------------
 

@@ -60,9 +60,11 @@ def client(h: Harness, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0, timeout=15)
 
 
-def chat(h: Harness, key: str, text: str = "status report please", **kw: Any) -> Any:
+def chat(
+    h: Harness, key: str, text: str = "status report please", model: str = "gpt-4o", **kw: Any
+) -> Any:
     return client(h, key).chat.completions.with_raw_response.create(
-        model="gpt-4o", messages=[{"role": "user", "content": text}], **kw
+        model=model, messages=[{"role": "user", "content": text}], **kw
     )
 
 
@@ -131,6 +133,28 @@ def test_outcome_names_the_endpoint_that_answered_after_failover(
     assert decision["endpoint"] == "sim-domestic-tokyo"  # the first the router meant to try
     assert answered in decision["eligible"]
     assert outcome is not None and outcome["endpoint"] == answered
+
+
+def test_a_refusal_is_recorded_with_nothing_eligible_and_no_sensitive_value(
+    gw: Harness, demo_key: str
+) -> None:
+    # gpt-4.1 is served only in the US; jp-mynumber lets a My Number reach the domestic
+    # operator alone: nothing is eligible.
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        chat(gw, demo_key, text="個人番号123456789018を確認して", model="gpt-4.1")
+    headers = e.value.response.headers
+    assert e.value.body["code"] == "sovereignty_policy_violation"  # type: ignore[index]
+    assert headers["x-sekisho-classification"] == "restricted"
+    index = int(headers["x-sekisho-receipt"].split()[0])
+    body = receipt(gw, headers["x-request-id"], demo_key).json()
+    assert body["index"] == index
+    decision, outcome = ledger_entries(body)
+    assert decision["eligible"] == [] and decision["endpoint"] is None
+    assert decision["findings"] == {"MY_NUMBER": 1}
+    assert outcome is not None and outcome["status"] == 403
+    assert outcome["error_code"] == "sovereignty_policy_violation"
+    assert "123456789018" not in json.dumps(body)
+    assert "123456789018" not in base64.b64decode(body["entry"]).decode()
 
 
 def test_sekisho_verify_checks_a_receipt_offline_and_rejects_a_tampered_one(
