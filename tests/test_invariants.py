@@ -290,7 +290,8 @@ def check_request(
         assert EMAIL not in message and MY_NUMBER not in message
         assert "x-sekisho-receipt" in headers, "a refusal is recorded too"
 
-    got = receipt(h, rid, auditor)
+    assert headers["x-request-id"] == rid  # the client's id is echoed; the ledger uses its own
+    got = receipt(h, headers["x-sekisho-request-id"], auditor)
     assert got.status_code == 200, got.text
     decision, outcome = ledger_entries(got.json())
     assert tuple(decision["eligible"]) == want.eligible

@@ -397,6 +397,10 @@ class Gateway:
         status = 500
         endpoint = "-"
         jurisdiction = "-"
+        # The ledger's request id is always the gateway's own, so that a client reusing an
+        # x-request-id can never mix its receipts with another request's; the client's id is
+        # still echoed in x-request-id.
+        call_id = rid if http.header(scope, b"x-request-id") != rid else http.new_request_id()
         watcher: asyncio.Task[None] | None = None
         finished = False
         task = asyncio.current_task()
@@ -420,7 +424,8 @@ class Gateway:
                         return
 
             watcher = asyncio.create_task(watch())
-            reply = await handler(self.pipeline, principal, rid, raw, scope)
+            reply = await handler(self.pipeline, principal, call_id, raw, scope)
+            reply.headers.append(("x-sekisho-request-id", call_id))
             hdrs = dict(reply.headers)
             endpoint = hdrs.get("x-sekisho-endpoint", "-")
             jurisdiction = hdrs.get("x-sekisho-jurisdiction", "-")
@@ -435,12 +440,13 @@ class Gateway:
                 finished = True
                 await http.send_bytes(send, reply.status, reply.body, rid, reply.headers)
                 status = reply.status
-            self._log(rid, principal, path, status, endpoint, started)
+            self._log(call_id, principal, path, status, endpoint, started, None, rid)
         except SekishoError as exc:
             finished = True
             status = exc.status
+            exc.headers.setdefault("x-sekisho-request-id", call_id)
             await http.send_error(send, exc, rid)
-            self._log(rid, None, path, status, endpoint, started, error=exc.code)
+            self._log(call_id, None, path, status, endpoint, started, exc.code, rid)
         except http.ClientGone:
             status = 499
         except asyncio.CancelledError:
@@ -481,6 +487,7 @@ class Gateway:
         endpoint: str,
         started: float,
         error: str | None = None,
+        client_request_id: str | None = None,
     ) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
@@ -497,6 +504,8 @@ class Gateway:
             extra["key_id"] = principal.key_id
         if error:
             extra["error"] = error
+        if client_request_id is not None and client_request_id != rid:
+            extra["client_request_id"] = client_request_id  # the client's x-request-id
         log.info("request", extra=extra)
 
     async def _models(self, scope: http.Scope, send: http.Send, rid: str, path: str) -> None:

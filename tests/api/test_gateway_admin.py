@@ -400,7 +400,9 @@ class Workers:
         with ThreadPoolExecutor(8) as pool:
             digests = set(pool.map(one, range(n)))
         time.sleep(0.2)  # let the log lines reach the file
-        pids = {x["pid"] for x in self.g.log() if str(x.get("request_id", "")).startswith(tag)}
+        pids = {
+            x["pid"] for x in self.g.log() if str(x.get("client_request_id", "")).startswith(tag)
+        }
         return digests, pids
 
     def until(self, done: Callable[[set[str]], bool], timeout: float = 30) -> set[str]:

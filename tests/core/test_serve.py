@@ -157,7 +157,7 @@ def test_every_log_line_is_json_and_each_request_is_logged_with_its_request_id(
     deadline = time.monotonic() + 5
     while True:
         lines = g.log()  # fails if any line of stderr is not JSON
-        logged = {x.get("request_id"): x for x in lines if x.get("msg") == "request"}
+        logged = {x.get("client_request_id"): x for x in lines if x.get("msg") == "request"}
         if all(f"trace-log-{i}" in logged for i in range(3)) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -219,7 +219,8 @@ def test_two_workers_both_serve_requests(tmp_path: Path) -> None:
             time.sleep(0.2)  # let the log lines reach the file
             pids = {
                 x["pid"] for x in g.log()
-                if x.get("msg") == "request" and str(x.get("request_id")).startswith("worker-")
+                if x.get("msg") == "request"
+                and str(x.get("client_request_id")).startswith("worker-")
             }  # fmt: skip
         assert len(pids) == 2, f"only workers {pids} answered after {rounds * 32} requests"
         ready = {x["pid"] for x in g.log() if x.get("msg") == "sekisho ready"}

@@ -418,9 +418,9 @@ def test_kill_9_under_load_leaves_a_consistent_log_and_only_unfinished_requests_
             rid = f"load-{worker}-{n}"
             n += 1
             try:
-                _one(gateway.root, key, rid, stream=worker % 2 == 0, streaming=streaming)
-                finished.add(rid)
-                streaming.discard(rid)
+                gid = _one(gateway.root, key, rid, stream=worker % 2 == 0, streaming=streaming)
+                finished.add(gid)
+                streaming.discard(gid)
             except (OSError, RuntimeError):
                 return
 
@@ -441,7 +441,7 @@ def test_kill_9_under_load_leaves_a_consistent_log_and_only_unfinished_requests_
 
         again = ServeProcess(config, data_dir).start()
         try:
-            _one(again.root, key, "after-restart", stream=True, streaming=set())
+            after = _one(again.root, key, "after-restart", stream=True, streaming=set())
         finally:
             again.stop()  # SIGTERM: graceful (uvicorn re-raises the signal after shutdown)
     finally:
@@ -454,21 +454,22 @@ def test_kill_9_under_load_leaves_a_consistent_log_and_only_unfinished_requests_
     assert report["problems"] == []
     assert report["checkpoints_checked"] >= 2
     incomplete = {item["request_id"] for item in report["incomplete"]}
-    assert not incomplete & (finished | {"after-restart"}), "finished requests have outcomes"
+    assert not incomplete & (finished | {after}), "finished requests have outcomes"
     storage = open_storage(str(data_dir))
     try:
         for rid in incomplete:
             assert [kind for _, kind in storage.find(rid)] == ["decision"]
         for rid in mid_stream:  # the client saw upstream bytes: the decision was durable first
             assert [kind for _, kind in storage.find(rid)][:1] == ["decision"]
-        for rid in finished | {"after-restart"}:
+        for rid in finished | {after}:
             assert [kind for _, kind in storage.find(rid)] == ["decision", "outcome"]
     finally:
         storage.close()
 
 
-def _one(root: str, key: str, rid: str, *, stream: bool, streaming: set[str]) -> None:
-    """One chat request over a raw socket; raises OSError when the gateway dies under it."""
+def _one(root: str, key: str, rid: str, *, stream: bool, streaming: set[str]) -> str:
+    """One chat request over a raw socket; returns the gateway's request id (the ledger's);
+    raises OSError when the gateway dies under it."""
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", int(root.rsplit(":", 1)[1]), timeout=10)
@@ -491,44 +492,44 @@ def _one(root: str, key: str, rid: str, *, stream: bool, streaming: set[str]) ->
         r = conn.getresponse()
         if r.status != 200:
             raise RuntimeError(f"{rid}: HTTP {r.status} {r.read()[:200]!r}")
+        gid = r.getheader("x-sekisho-request-id") or rid
         if not stream:
             r.read()
-            return
+            return gid
         while True:
             line = r.readline()
             if not line:
                 raise ConnectionResetError(f"{rid}: stream ended without [DONE]")
             if line.startswith(b"data: [DONE]"):
-                return
+                return gid
             if line.startswith(b"data: "):
-                streaming.add(rid)
+                streaming.add(gid)
     finally:
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: receipts pair a decision with the first later outcome of the same "
-    "client-chosen x-request-id, whatever its tenant (outcome entries carry no link to their "
-    "decision); fix in ledger/records + receipt lookup",
-)
 def test_a_reused_request_id_never_puts_another_tenants_outcome_in_a_receipt(
     tmp_path: Path,
 ) -> None:
+    """Clients choose x-request-id freely (and it is echoed), but the ledger keys every request
+    by the gateway's own id (x-sekisho-request-id), so a reused id cannot mix receipts."""
     h = start_example(tmp_path, two_tenants, chunk_delay_ms=50)
     try:
         mine, theirs = h.key("demo"), h.key("other")
+        slow_result: list[Any] = []
         slow = threading.Thread(
-            target=request,
-            args=("POST", f"{h.base_url}/chat/completions"),
-            kwargs={
-                "json_body": {
-                    "model": "gpt-4o",
-                    "stream": True,
-                    "messages": [{"role": "user", "content": "one two three four five six"}],
-                },
-                "headers": {"authorization": f"Bearer {mine}", "x-request-id": "shared-id"},
-            },
+            target=lambda: slow_result.append(
+                request(
+                    "POST",
+                    f"{h.base_url}/chat/completions",
+                    json_body={
+                        "model": "gpt-4o",
+                        "stream": True,
+                        "messages": [{"role": "user", "content": "one two three four five six"}],
+                    },
+                    headers={"authorization": f"Bearer {mine}", "x-request-id": "shared-id"},
+                )
+            )
         )
         slow.start()
         time.sleep(0.1)  # my stream is under way; another tenant reuses my request id
@@ -540,9 +541,17 @@ def test_a_reused_request_id_never_puts_another_tenants_outcome_in_a_receipt(
         )
         assert other.headers["x-sekisho-endpoint"] == "sim-global-useast"
         slow.join(10)
-        decision, outcome = ledger_entries(receipt(h, "shared-id", mine).json())
+        (my_response,) = slow_result
+        assert my_response.headers["x-request-id"] == "shared-id"  # echoed as given
+        my_id = my_response.headers["x-sekisho-request-id"]
+        their_id = other.headers["x-sekisho-request-id"]
+        assert my_id != their_id != "shared-id"
+        decision, outcome = ledger_entries(receipt(h, my_id, mine).json())
         assert outcome is not None
         assert outcome["endpoint"] in decision["eligible"]
         assert outcome["endpoint"] != "sim-global-useast"  # mine went to Japan
+        _, theirs_outcome = ledger_entries(receipt(h, their_id, theirs).json())
+        assert theirs_outcome is not None and theirs_outcome["endpoint"] == "sim-global-useast"
+        assert receipt(h, their_id, mine).status_code == 404  # not mine to see
     finally:
         h.stop()

@@ -36,6 +36,10 @@ def request_id(scope: Scope) -> str:
     given = header(scope, b"x-request-id")
     if given and _REQUEST_ID.match(given):
         return given
+    return new_request_id()
+
+
+def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
 
