@@ -220,7 +220,7 @@ async def _run_step(i: int, step: Step, client: Any, config: Any) -> tuple[list[
             tokens,
             receipt,
             outcome,
-        ], h.get("x-request-id")
+        ], h.get("x-sekisho-request-id")
     except openai.APIStatusError as exc:
         ms = (time.perf_counter() - t0) * 1000
         msg = _short_reason(exc.message)
