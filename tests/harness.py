@@ -97,9 +97,15 @@ class Harness:
             )
         )
         server = self.server
+        # Bind here and hand uvicorn the socket: no window in which another process can take
+        # the port between choosing it and listening on it.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
 
         async def serve() -> None:
-            await server.serve()
+            await server.serve(sockets=[sock])
 
         self._serving = asyncio.run_coroutine_threadsafe(serve(), self.loop)
         deadline = time.time() + 10
