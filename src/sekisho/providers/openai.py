@@ -4,7 +4,6 @@ and Azure OpenAI (deployment URL layout, ``api-key`` header, ``api-version`` que
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,18 +28,16 @@ _MAX_ERROR_BODY = 64 * 1024
 class AiohttpResponse:
     """A 2xx upstream response being read."""
 
-    __slots__ = ("_endpoint_id", "_resp", "_total", "status")
+    __slots__ = ("_endpoint_id", "_resp", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse, endpoint: Endpoint) -> None:
         self._resp = resp
         self._endpoint_id = endpoint.id
-        self._total = endpoint.timeouts.total
         self.status = resp.status
 
     async def read(self) -> bytes:
         try:
-            async with asyncio.timeout(self._total):
-                return await self._resp.read()
+            return await self._resp.read()
         except TimeoutError:
             raise UpstreamTimeoutError(self._endpoint_id, "no complete response in time") from None
         except aiohttp.ClientError as exc:
@@ -56,6 +53,8 @@ class AiohttpResponse:
                 if not line:
                     return
                 yield line.rstrip(b"\r\n")
+        except TimeoutError:
+            raise UpstreamTimeoutError(self._endpoint_id, "stream stalled") from None
         except aiohttp.ClientError as exc:
             raise UpstreamProtocolError(self._endpoint_id, f"stream broken: {exc}") from None
 
@@ -68,6 +67,19 @@ class OpenAITransport:
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
+        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+
+    def _timeout(self, ep: Endpoint) -> aiohttp.ClientTimeout:
+        # aiohttp's own timers, set once per endpoint: connect (pool wait + TCP/TLS), each read
+        # (first byte, then any stall between chunks), and the whole exchange.
+        t = self._timeouts.get(ep.id)
+        if t is None:
+            t = self._timeouts[ep.id] = aiohttp.ClientTimeout(
+                total=ep.timeouts.total,
+                connect=ep.timeouts.connect,
+                sock_read=ep.timeouts.first_byte,
+            )
+        return t
 
     def url(self, route: Route, kind: Kind) -> str:
         path = "chat/completions" if kind == "chat" else "embeddings"
@@ -88,21 +100,15 @@ class OpenAITransport:
         self, route: Route, kind: Kind, body: dict[str, Any], *, stream: bool
     ) -> AiohttpResponse:
         ep = route.endpoint
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=ep.timeouts.connect, sock_read=ep.timeouts.first_byte
-        )
         try:
-            async with asyncio.timeout(ep.timeouts.first_byte + ep.timeouts.connect):
-                resp = await self._session.post(
-                    self.url(route, kind),
-                    data=self.body(route, body),
-                    headers=self.headers(route),
-                    timeout=timeout,
-                    allow_redirects=False,
-                )
-        except TimeoutError:
-            raise UpstreamTimeoutError(ep.id, "no response headers in time") from None
-        except aiohttp.ServerTimeoutError:
+            resp = await self._session.post(
+                self.url(route, kind),
+                data=self.body(route, body),
+                headers=self.headers(route),
+                timeout=self._timeout(ep),
+                allow_redirects=False,
+            )
+        except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors
             raise UpstreamTimeoutError(ep.id, "no response headers in time") from None
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
             raise UpstreamConnectError(ep.id, f"cannot connect: {exc}") from None
