@@ -27,7 +27,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 sys.path.insert(0, str(HERE))
 
-from corpus import EVAL, clean_corpus, dense_corpus, prompts  # noqa: E402
+from corpus import (  # noqa: E402
+    BUSINESS_PROMPTS,
+    EVAL,
+    clean_corpus,
+    dense_corpus,
+    prompts,
+    shared_bench_messages,
+)
 
 from sekisho.classify import Scanner  # noqa: E402
 
@@ -55,6 +62,44 @@ def time_sekisho(chunks: list[str], repeat: int) -> list[float]:
             best = timings
     assert best is not None
     return best
+
+
+def time_prompt(scanner: Scanner, text: str, rounds: int) -> list[float]:
+    """Seconds per scan of one prompt, ``rounds`` times after a warm-up (as the gateway scans
+    the same kind of prompt request after request)."""
+    for _ in range(50):
+        scanner.scan(text)
+    timings = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        scanner.scan(text)
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def realistic_prompts() -> dict[str, str]:
+    """The gateway benchmark's messages and ~1 KB business prompts, one and all together."""
+    system, user = shared_bench_messages()
+    named = {"gateway bench: user": user, "gateway bench: system": system}
+    named.update(BUSINESS_PROMPTS)
+    named["4 business prompts (~4 KB)"] = "\n\n".join(BUSINESS_PROMPTS.values())
+    return named
+
+
+def prompt_rows(rounds: int) -> list[str]:
+    scanner = Scanner()
+    head = f"{'prompt':<30}{'chars':>7}{'bytes':>7}{'µs p50':>9}{'p99':>8}{'MB/s':>8}"
+    lines = [f"{head}{'found':>7}"]
+    for name, text in realistic_prompts().items():
+        micro = sorted(t * 1e6 for t in time_prompt(scanner, text, rounds))
+        p50 = statistics.median(micro)
+        p99 = micro[min(len(micro) - 1, int(len(micro) * 0.99))]
+        size = len(text.encode())
+        found = len(scanner.scan(text))
+        lines.append(
+            f"{name:<30}{len(text):>7}{size:>7}{p50:>9.1f}{p99:>8.1f}{size / p50:>8.1f}{found:>7}"
+        )
+    return lines
 
 
 def run_presidio(python: str, chunks: list[str], labelled: list[str]) -> dict[str, object] | None:
@@ -112,10 +157,19 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=1.0, help="MB of text per corpus (default 1)")
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs (default 3)")
     parser.add_argument("--presidio-python", default="/tmp/presidio-venv/bin/python")
+    parser.add_argument("--rounds", type=int, default=2000, help="scans per realistic prompt")
+    parser.add_argument(
+        "--prompts-only", action="store_true", help="time the realistic prompts only"
+    )
     args = parser.parse_args()
+    print(f"machine: {_cpu()}; python {platform.python_version()}; {time.strftime('%Y-%m-%d')}")
+    print("realistic prompts, one scan each (µs per scan):")
+    print("\n".join(prompt_rows(args.rounds)))
+    print()
+    if args.prompts_only:
+        return
     size = int(args.mb * 1_000_000)
     corpora = {"clean mixed": clean_corpus(size), "PII-dense": dense_corpus(size)}
-    print(f"machine: {_cpu()}; python {platform.python_version()}; {time.strftime('%Y-%m-%d')}")
     print(f"{'engine':<22}{'text':<14}{'MB/s':>10}{'µs/4KB p50':>14}{'p99':>12}")
     ratios = []
     labelled_texts = [json.loads(line)["text"] for line in EVAL.open(encoding="utf-8")]
