@@ -20,22 +20,16 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn, Protocol
 
 import orjson
 
-from sekisho.classify import (
-    Finding,
-    Pseudonymiser,
-    Scanner,
-    StreamReidentifier,
-    StreamScanner,
-    redact,
-    summarise,
-)
+from sekisho._output import StreamOutput, pseudonymise_obj, rewrite_texts
+from sekisho._upstream import Primed, Released, client_error_from, parse_answer, parse_retry_after
+from sekisho.classify import Finding, Pseudonymiser, Scanner, redact, summarise
 from sekisho.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -348,7 +342,7 @@ class Pipeline:
                 found = [f for f in scanner.scan(text) if f.type in redact_types]
             return redact(text, found) if found else text
 
-        _rewrite_texts(call, rewrite)
+        call.body = rewrite_texts(call.kind, call.body, rewrite)
         return pseudo
 
     # -- 5 commit --------------------------------------------------------------------------
@@ -379,22 +373,22 @@ class Pipeline:
             try:
                 upstream = await transport.open(route, call.kind, call.body, stream=call.stream)
                 if call.stream:
-                    primed = await _Primed.prime(upstream, ep.id)
+                    primed = await Primed.prime(upstream, ep.id)
                     released = True
-                    return route, _Release(primed, state), None
+                    return route, Released(primed, state), None
                 try:
                     raw = await upstream.read()
                 finally:
                     state.in_flight -= 1
                     released = True
-                data = _parse_answer(raw, ep.id)
+                data = parse_answer(raw, ep.id)
                 return route, upstream, data
             except UpstreamError as exc:
                 if not released:
                     state.in_flight -= 1
                 self._upstream_failed(route, exc)
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
-                    raise _client_error_from(exc) from None
+                    raise client_error_from(exc) from None
                 last = exc
                 continue
             except BaseException:
@@ -426,7 +420,7 @@ class Pipeline:
         if isinstance(exc, UpstreamStatusError):
             if not exc.retryable:
                 return  # a 4xx about the request says nothing about the endpoint's health
-            retry_after = _parse_retry_after(exc.retry_after)
+            retry_after = parse_retry_after(exc.retry_after)
         self.health.failure(ep.id, str(exc), retry_after)
         self.metrics.upstream_errors.labels(ep.id, ep.jurisdiction.country, exc.reason).inc()
         log.warning(
@@ -513,7 +507,7 @@ class Pipeline:
     ) -> AsyncIterator[bytes]:
         outcome = Outcome(200, route)
         ep = route.endpoint
-        output = _StreamOutput(call.pseudonymiser, tenant, self.scanners[tenant.name])
+        output = StreamOutput(call.pseudonymiser, tenant, self.scanners[tenant.name])
         done = False
         try:
             async for line in upstream.lines():
@@ -622,9 +616,9 @@ class Pipeline:
                 found = known if known is not None else scanner.scan(text)
                 return [f for f in found if f.type in store_types]
 
-            prompt = orjson.dumps(_pseudonymise_obj(prompt_obj, find, keeper))
+            prompt = orjson.dumps(pseudonymise_obj(prompt_obj, find, keeper))
             if outcome.output_texts:
-                texts = [_pseudonymise_obj(t, find, keeper) for t in outcome.output_texts]
+                texts = [pseudonymise_obj(t, find, keeper) for t in outcome.output_texts]
                 output = "\x00".join(texts).encode()
             pseudo = keeper
         await store.put(
@@ -667,244 +661,6 @@ def _route_headers(route: Route) -> list[tuple[str, str]]:
         ("x-sekisho-jurisdiction", f"{ep.jurisdiction.country}/{ep.jurisdiction.region}"),
         ("x-sekisho-operator-country", ep.operator.country),
     ]
-
-
-class _Primed:
-    """A streaming response whose first line has already been read, so a stream that dies
-    before its first event still counts as a failed attempt (and fails over)."""
-
-    def __init__(self, inner: UpstreamResponse, first: list[bytes]) -> None:
-        self._inner = inner
-        self._first = first
-        self.status = inner.status
-
-    @classmethod
-    async def prime(cls, inner: UpstreamResponse, endpoint_id: str) -> _Primed:
-        it = inner.lines()
-        first: list[bytes] = []
-        try:
-            async for line in it:
-                first.append(line)
-                if line.startswith(b"data:"):
-                    break
-        except UpstreamError:
-            inner.close()
-            raise
-        except asyncio.CancelledError:
-            inner.close()
-            raise
-        if not first or not first[-1].startswith(b"data:"):
-            inner.close()
-            raise UpstreamProtocolError(endpoint_id, "stream ended before its first event")
-        p = cls(inner, first)
-        p._iter = it
-        return p
-
-    _iter: AsyncIterator[bytes]
-
-    async def read(self) -> bytes:
-        raise TypeError("a streaming response is read with lines()")
-
-    async def lines(self) -> AsyncIterator[bytes]:
-        for line in self._first:
-            yield line
-        async for line in self._iter:
-            yield line
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class _Release:
-    """Decrement the endpoint's in-flight count exactly once, when the response is done."""
-
-    def __init__(self, inner: UpstreamResponse, state: Any) -> None:
-        self._inner = inner
-        self._state = state
-        self._open = True
-        self.status = inner.status
-
-    def _done(self) -> None:
-        if self._open:
-            self._open = False
-            self._state.in_flight -= 1
-
-    async def read(self) -> bytes:
-        try:
-            return await self._inner.read()
-        finally:
-            self._done()
-
-    def lines(self) -> AsyncIterator[bytes]:
-        return self._inner.lines()
-
-    def close(self) -> None:
-        self._done()
-        self._inner.close()
-
-
-class _StreamOutput:
-    """Output inspection for a stream: re-identify pseudonyms (also when a placeholder is split
-    across events) and apply the tenant's output rule, per choice, with a bounded look-behind."""
-
-    def __init__(self, pseudo: Pseudonymiser | None, tenant: TenantView, scanner: Scanner) -> None:
-        self._pseudo = pseudo
-        self._rule = tenant.detection.output
-        self._scanner = scanner
-        self._reident: dict[int, StreamReidentifier] = {}
-        self._scan: dict[int, StreamScanner] = {}
-        self._texts: dict[int, list[str]] = {}
-        self._last: dict[str, Any] | None = None
-        self.error_code: str | None = None
-        self._active = pseudo is not None or self._rule.action != "none"
-        if self._rule.action != "none":
-            self._types = frozenset(self._rule.types)
-            self._typed = _TypedScanner(scanner, self._types)
-
-    def _pipe(self, idx: int, text: str, final: bool = False) -> str:
-        if self._pseudo is not None:
-            r = self._reident.get(idx)
-            if r is None:
-                r = self._reident[idx] = StreamReidentifier(self._pseudo)
-            text = r.feed(text) + (r.finish() if final else "")
-        if self._rule.action != "none":
-            sc = self._scan.get(idx)
-            if sc is None:
-                mode: Literal["mask", "cut"] = "cut" if self._rule.action == "cut" else "mask"
-                sc = self._scan[idx] = StreamScanner(self._typed, mode)  # type: ignore[arg-type]
-            if self.error_code == "output_inspection_failed":
-                return ""
-            try:
-                text = sc.feed(text) + (sc.finish() if final else "")
-            except Exception:
-                # Fail closed: once the answer cannot be inspected, nothing more is sent.
-                log.exception("output inspection failed; rest of the stream withheld")
-                self.error_code = "output_inspection_failed"
-                return ""
-            if sc.findings:
-                self.error_code = "output_cut" if sc.cut else "output_masked"
-        return text
-
-    def apply(self, event: dict[str, Any]) -> bool:
-        changed = False
-        for choice in event.get("choices") or ():
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if not isinstance(delta, dict) or not isinstance(delta.get("content"), str):
-                continue
-            idx = choice.get("index", 0)
-            original = delta["content"]
-            text = self._pipe(idx, original) if self._active else original
-            self._texts.setdefault(idx, []).append(text)
-            if text != original:
-                delta["content"] = text
-                changed = True
-            self._last = event
-        return changed
-
-    def finish(self) -> dict[str, Any] | None:
-        """A final event with whatever was held back, if anything was."""
-        if not self._active or self._last is None:
-            return None
-        choices = []
-        for idx in sorted(self._texts):
-            rest = self._pipe(idx, "", final=True)
-            if rest:
-                self._texts[idx].append(rest)
-                choices.append({"index": idx, "delta": {"content": rest}, "finish_reason": None})
-        if not choices:
-            return None
-        base = {k: v for k, v in self._last.items() if k not in ("choices", "usage")}
-        return {**base, "choices": choices}
-
-    def texts(self) -> list[str]:
-        return ["".join(parts) for _, parts in sorted(self._texts.items())]
-
-
-class _TypedScanner:
-    """A scanner view that reports only some finding types (the output rule's)."""
-
-    def __init__(self, scanner: Scanner, types: frozenset[str]) -> None:
-        self._scanner = scanner
-        self._types = types
-
-    def scan(self, text: str) -> list[Finding]:
-        return [f for f in self._scanner.scan(text) if f.type in self._types]
-
-
-def _parse_answer(raw: bytes, endpoint_id: str) -> dict[str, Any]:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(endpoint_id, "answered with a body that is not JSON") from None
-    if not isinstance(data, dict) or (
-        "error" in data and "choices" not in data and "data" not in data
-    ):
-        raise UpstreamProtocolError(
-            endpoint_id, "answered with JSON that is not an OpenAI response"
-        )
-    return data
-
-
-def _pseudonymise_obj(obj: Any, find: Callable[[str], list[Finding]], p: Pseudonymiser) -> Any:
-    if isinstance(obj, str):
-        fs = find(obj)
-        return p.pseudonymise(obj, fs) if fs else obj
-    if isinstance(obj, list):
-        return [_pseudonymise_obj(x, find, p) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _pseudonymise_obj(v, find, p) for k, v in obj.items()}
-    return obj
-
-
-def _rewrite_texts(call: Call, rewrite: Any) -> None:
-    if call.kind == "embeddings":
-        inp = call.body["input"]
-        if isinstance(inp, str):
-            call.body["input"] = rewrite(inp)
-        elif isinstance(inp, list):
-            call.body["input"] = [rewrite(x) if isinstance(x, str) else x for x in inp]
-        return
-    messages = []
-    for m in call.body["messages"]:
-        m = dict(m)
-        c = m.get("content")
-        if isinstance(c, str):
-            m["content"] = rewrite(c)
-        elif isinstance(c, list):
-            m["content"] = [
-                {**p, "text": rewrite(p["text"])} if isinstance(p.get("text"), str) else p
-                for p in c
-            ]
-        messages.append(m)
-    call.body = {**call.body, "messages": messages}
-
-
-def _client_error_from(exc: UpstreamStatusError) -> SekishoError:
-    """A 4xx from upstream is about the request: pass its message on, in OpenAI's shape."""
-    message = f"The endpoint rejected the request (HTTP {exc.status})."
-    code = "upstream_rejected"
-    try:
-        body = orjson.loads(exc.body)
-        err = body.get("error") if isinstance(body, dict) else None
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            message = f"The endpoint rejected the request: {err['message']}"
-            given = err.get("code")
-            code = given if isinstance(given, str) else code
-    except orjson.JSONDecodeError:
-        pass
-    e = SekishoError(message, code=code)
-    e.status = exc.status if 400 <= exc.status < 500 else 502
-    e.type = "invalid_request_error"
-    return e
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def _int(v: Any) -> int:

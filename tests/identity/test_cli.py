@@ -51,7 +51,12 @@ def test_rotate_api_of_an_unknown_key_fails_with_a_reason(
 
 def test_usage_lists_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = SQLiteUsage(tmp_path / "usage.db")
-    asyncio.run(store.record("2025-03-02", "acme", "aaaaaaaaaaaa", "gpt-4o", 12, 30))
+
+    async def record() -> None:
+        await store.record("2025-03-02", "acme", "aaaaaaaaaaaa", "gpt-4o", 12, 30)
+        await store.close()  # counters reach the file at the latest when the gateway stops
+
+    asyncio.run(record())
     assert run("usage", "--since", "2025-03-01", "--until", "2025-03-31",
                "--data-dir", str(tmp_path)) == 0  # fmt: skip
     line = capsys.readouterr().out.splitlines()[-1].split()

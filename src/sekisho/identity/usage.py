@@ -1,11 +1,15 @@
 """Usage per tenant, key, model and day: what settle() recorded, for the admin API and reports.
 
-SQLite under the data directory by default (one upsert per request); Redis hashes when Redis is
+SQLite under the data directory by default: requests add to counters in memory, written in one
+transaction at most every ``FLUSH_SECONDS`` (and before every query and at close), so that the
+request path never waits on a database write for accounting. Redis hashes when Redis is
 configured, so that every gateway process adds to the same numbers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -22,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sekisho.identity.usage")
 _MAX_DAYS = 400  # a query spans at most this many days (a year and a bit)
+FLUSH_SECONDS = 1.0
 _SEP = "\x1f"
 
 
@@ -92,6 +97,9 @@ class SQLiteUsage:
         self.path = path
         self._local = threading.local()
         self._conn().executescript(self._SCHEMA)
+        self._pending: dict[tuple[str, str, str, str], list[int]] = {}
+        self._flusher: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -107,12 +115,50 @@ class SQLiteUsage:
     async def record(
         self, day: str, tenant: str, key_id: str, model: str, prompt: int, completion: int
     ) -> None:
-        self._conn().execute(
-            "INSERT INTO usage VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT DO UPDATE SET"
-            " requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-            " completion_tokens = completion_tokens + excluded.completion_tokens",
-            (day, tenant, key_id, model, prompt, completion),
-        )
+        acc = self._pending.get((day, tenant, key_id, model))
+        if acc is None:
+            self._pending[(day, tenant, key_id, model)] = [1, prompt, completion]
+        else:
+            acc[0] += 1
+            acc[1] += prompt
+            acc[2] += completion
+        if self._flusher is None:
+            loop = asyncio.get_running_loop()
+            self._flusher = loop.call_later(FLUSH_SECONDS, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flusher = None
+        task = asyncio.get_running_loop().create_task(self.flush())
+        task.add_done_callback(_log_failure)
+
+    async def flush(self) -> None:
+        """Write the counters gathered so far in one transaction (a batch a second at most, so
+        doing it on the event loop costs less than a thread hop would)."""
+        async with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, {}
+            rows = [(d, t, k, m, v[0], v[1], v[2]) for (d, t, k, m), v in batch.items()]
+            try:
+                self._write(rows)
+            except Exception:
+                for k, v in batch.items():  # keep them for the next flush
+                    acc = self._pending.setdefault(k, [0, 0, 0])
+                    for i in range(3):
+                        acc[i] += v[i]
+                raise
+
+    def _write(self, rows: list[tuple[str, str, str, str, int, int, int]]) -> None:
+        conn = self._conn()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                " requests = requests + excluded.requests,"
+                " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+                " completion_tokens = completion_tokens + excluded.completion_tokens",
+                rows,
+            )
 
     async def query(
         self,
@@ -124,6 +170,7 @@ class SQLiteUsage:
         model: str | None = None,
     ) -> list[UsageRow]:
         days = _days(since, until)
+        await self.flush()
         sql = (
             "SELECT tenant, key_id, model, SUM(requests), SUM(prompt_tokens),"
             " SUM(completion_tokens) FROM usage WHERE day BETWEEN ? AND ?"
@@ -140,10 +187,23 @@ class SQLiteUsage:
         return [r for r in out if key_ids is None or r.key_id in key_ids]
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        with contextlib.suppress(Exception):
+            await self.flush()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning(
+            "could not write usage counters; kept for the next flush",
+            extra={"error": str(task.exception())},
+        )
 
 
 class RedisUsage:

@@ -1,0 +1,138 @@
+"""Dispatch plumbing: how the pipeline reads an upstream answer before committing to it.
+
+A route counts as answered only when its body parsed (non-streaming) or its first event arrived
+(streaming); until then nothing has reached the client, so the pipeline may still fail over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from sekisho.errors import SekishoError
+from sekisho.providers import (
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamResponse,
+    UpstreamStatusError,
+)
+from sekisho.routing.health import EndpointHealth
+
+
+class Primed:
+    """A streaming response whose first line has already been read, so a stream that dies
+    before its first event still counts as a failed attempt (and fails over)."""
+
+    def __init__(self, inner: UpstreamResponse, first: list[bytes]) -> None:
+        self._inner = inner
+        self._first = first
+        self.status = inner.status
+
+    @classmethod
+    async def prime(cls, inner: UpstreamResponse, endpoint_id: str) -> Primed:
+        it = inner.lines()
+        first: list[bytes] = []
+        try:
+            async for line in it:
+                first.append(line)
+                if line.startswith(b"data:"):
+                    break
+        except UpstreamError:
+            inner.close()
+            raise
+        except asyncio.CancelledError:
+            inner.close()
+            raise
+        if not first or not first[-1].startswith(b"data:"):
+            inner.close()
+            raise UpstreamProtocolError(endpoint_id, "stream ended before its first event")
+        p = cls(inner, first)
+        p._iter = it
+        return p
+
+    _iter: AsyncIterator[bytes]
+
+    async def read(self) -> bytes:
+        raise TypeError("a streaming response is read with lines()")
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        for line in self._first:
+            yield line
+        async for line in self._iter:
+            yield line
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class Released:
+    """Decrement the endpoint's in-flight count exactly once, when the response is done."""
+
+    def __init__(self, inner: UpstreamResponse, state: EndpointHealth) -> None:
+        self._inner = inner
+        self._state = state
+        self._open = True
+        self.status = inner.status
+
+    def _done(self) -> None:
+        if self._open:
+            self._open = False
+            self._state.in_flight -= 1
+
+    async def read(self) -> bytes:
+        try:
+            return await self._inner.read()
+        finally:
+            self._done()
+
+    def lines(self) -> AsyncIterator[bytes]:
+        return self._inner.lines()
+
+    def close(self) -> None:
+        self._done()
+        self._inner.close()
+
+
+def parse_answer(raw: bytes, endpoint_id: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(endpoint_id, "answered with a body that is not JSON") from None
+    if not isinstance(data, dict) or (
+        "error" in data and "choices" not in data and "data" not in data
+    ):
+        raise UpstreamProtocolError(
+            endpoint_id, "answered with JSON that is not an OpenAI response"
+        )
+    return data
+
+
+def client_error_from(exc: UpstreamStatusError) -> SekishoError:
+    """A 4xx from upstream is about the request: pass its message on, in OpenAI's shape."""
+    message = f"The endpoint rejected the request (HTTP {exc.status})."
+    code = "upstream_rejected"
+    try:
+        body = orjson.loads(exc.body)
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            message = f"The endpoint rejected the request: {err['message']}"
+            given = err.get("code")
+            code = given if isinstance(given, str) else code
+    except orjson.JSONDecodeError:
+        pass
+    e = SekishoError(message, code=code)
+    e.status = exc.status if 400 <= exc.status < 500 else 502
+    e.type = "invalid_request_error"
+    return e
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
