@@ -175,7 +175,8 @@ def _index_rows(
 ) -> list[dict[str, str]]:
     seen: set[str] = set()
     rows = []
-    for id_type, value in identifiers:
+    # A prompt often repeats a name or number: normalise and hash each distinct value once.
+    for id_type, value in dict.fromkeys(identifiers):
         if id_type in NOT_INDEXED:
             continue
         try:
