@@ -34,6 +34,8 @@ from sekisho.identity import Authenticator, KeyStore, Principal, allows, require
 from sekisho.identity.limits import Limiter, build_limiter
 from sekisho.identity.roles import MODEL_ROUTES, Permission
 from sekisho.ledger import KeyFileError, Ledger, create_signing_key, load_signer
+from sekisho.ledger.tiles import TileRequest, read_tile
+from sekisho.ledger.tiles import parse_path as parse_tile_path
 from sekisho.metrics import Metrics
 from sekisho.pipeline import Pipeline, Reply, StreamReply
 from sekisho.providers import Transport, transport_for
@@ -534,6 +536,15 @@ class Gateway:
             text = await asyncio.to_thread(ledger.latest_checkpoint)
             await http.send_bytes(send, 200, text.encode(), rid, ctype=b"text/plain; charset=utf-8")
             return
+        if path.startswith("/ledger/tile/"):
+            # C2SP tlog-tiles, public like checkpoints: mirrors fetch these.
+            request = parse_tile_path(path[len("/ledger/") :])
+            body = await asyncio.to_thread(self._tile, request)
+            cache = "public, max-age=31536000, immutable" if request.width == 256 else "no-cache"
+            await http.send_bytes(
+                send, 200, body, rid, [("cache-control", cache)], ctype=b"application/octet-stream"
+            )
+            return
         if path == "/ledger/proofs/inclusion":
             index, size = http.int_param(query, "index"), http.int_param(query, "tree_size")
             proof = await asyncio.to_thread(ledger.inclusion_proof, index, size)
@@ -587,6 +598,12 @@ class Gateway:
             await http.send_json(send, 200, receipt, rid)
             return
         raise NotFound(f"Unknown ledger path {path!r}.", code="unknown_url")
+
+    def _tile(self, request: TileRequest) -> bytes:
+        assert self.ledger is not None
+        latest = self.ledger.storage.latest_checkpoint()
+        size = latest.size if latest is not None else 0
+        return read_tile(self.ledger.storage, request, size)
 
     @staticmethod
     def _may_read_entry(principal: Principal, tenant: str | None, entry: str | None) -> None:
