@@ -40,12 +40,16 @@ from sekisho.classify.findings import (
 )
 
 _SEP = f"{DASH}{SPACE}.．/／()（）"
-# Possessive quantifiers: a digit run never gives characters back, so no input backtracks.
 # Led by a character class, so the regex engine skips text without digits at C speed; a
 # leading "+" or "(" not followed by a digit is dropped by the caller. Possessive quantifiers:
-# a digit run never gives characters back, so no input backtracks.
+# a digit run never gives characters back, so no input backtracks. Right after the first
+# character, a lookaround drops runs shorter than six characters (no identifier is written so
+# short: "14:00", "第3回", "5%") unless two capitals precede them (an IBAN: "GB82 WEST ..."),
+# so the many small numbers of business prose never reach Python.
 NUMBER_RUN = lazy_compile(
-    rf"[+＋(（{DIGIT}][{DIGIT}]*+(?:[{_SEP}]{{1,3}}+[{DIGIT}]++)*+(?:[)）](?<=[{DIGIT}][)）]))?"
+    rf"[+＋(（{DIGIT}](?:(?<=[A-Z][A-Z].)|(?=[+＋{DIGIT}{_SEP}]{{5}}))"
+    rf"[{DIGIT}]*+(?:[{_SEP}]{{1,3}}+[{DIGIT}]++)*+"
+    rf"(?:[)）](?<=[{DIGIT}][)）]))?"
 )
 _GROUP = lazy_compile(r"[0-9]+")
 _DIGIT_CHARS = frozenset("0123456789０１２３４５６７８９")
@@ -71,10 +75,17 @@ def _score(base: float, kind: str | None, wanted: frozenset[str]) -> float:
 
 
 _PHONE_CTX = frozenset({ctx.PHONE})
+_POSTAL_CTX = frozenset({ctx.POSTAL})
+_MYNUMBER_CTX = frozenset({ctx.MYNUMBER})
+_CORPORATE_CTX = frozenset({ctx.CORPORATE})
+_CARD_CTX = frozenset({ctx.CARD})
+_RESIDENCE_CTX = frozenset({ctx.RESIDENCE})
+_PASSPORT_CTX = frozenset({ctx.PASSPORT})
 
 
-def _phone(digits: str, folded: str, groups: list[str], kind: str | None) -> float | None:
-    """Score a Japanese phone number (domestic or +81 form), or None if it is not one."""
+def _phone(digits: str, folded: str, groups: list[str]) -> float | None:
+    """The base score of a Japanese phone number (domestic or +81 form), or None if it is not
+    one by the numbering plan; context words adjust it (``_score``)."""
     if "/" in folded or "." in folded:
         return None
     international = folded.startswith("+")
@@ -113,9 +124,7 @@ def _phone(digits: str, folded: str, groups: list[str], kind: str | None) -> flo
         base = 0.85 if grouped else 0.45
     else:
         return None
-    if not valid:
-        return None
-    return _score(base, kind, _PHONE_CTX)
+    return base if valid else None
 
 
 _BANK_SHAPES = ([5, 8], [5, 1, 8], [4, 3, 7])
@@ -123,8 +132,12 @@ _BANK_SHAPES = ([5, 8], [5, 1, 8], [4, 3, 7])
 
 def _shape_possible(n: int, sizes: list[int], folded: str) -> bool:
     """Could a run with these digit groups be any identifier at all? A cheap first filter."""
-    if folded[0] in "+(" or "." in folded:
-        return True  # +81 / (03) phones, dotted IPv4
+    if folded[0] in "+(":
+        return True  # +81 / (03) phones
+    if "." in folded:
+        return len(sizes) == 4  # dots separate only the four octets of an IPv4 address
+    if "/" in folded:
+        return False  # dates and fractions: no identifier is written with slashes
     if n < 6 or n > 19:
         return False
     if sizes in ([6], [7], [3, 4], [8]) or sizes in _BANK_SHAPES:
@@ -198,8 +211,14 @@ class NumberDetector:
                     continue
             elif len(raw) < 6:
                 continue  # too short for any identifier
-            while raw and raw[0] in "+＋(（" and (len(raw) == 1 or raw[1] not in _DIGIT_CHARS):
-                start, raw = start + 1, raw[1:]  # "（(03)…": the outer bracket is prose
+            while (
+                raw
+                and raw[0] not in _DIGIT_CHARS
+                and (raw[0] not in "+＋(（" or len(raw) == 1 or raw[1] not in _DIGIT_CHARS)
+            ):
+                # "（(03)…", "（/ 1234…": the outer bracket and a leading separator are prose;
+                # a value starts at a digit, or at the + or ( written right before one.
+                start, raw = start + 1, raw[1:]
             if not raw:
                 continue
             opening = raw.count("(") + raw.count("（")
@@ -220,9 +239,17 @@ class NumberDetector:
                 out.append(iban)
                 return
         folded = fold(raw)
+        if " " not in folded and not (start and text[start - 1] in _LETTERS):
+            # Only spaces split a run (below), so this one is one value or nothing, and with
+            # no letters before it its shape alone can rule it out: most numbers in prose
+            # (dates, amounts, order numbers) stop here, before any context lookup.
+            sizes = [*map(len, _GROUP.findall(folded))]
+            if len(sizes) > _MAX_GROUPS or not _shape_possible(sum(sizes), sizes, folded):
+                return
         spans = [(m.start(), m.end()) for m in _GROUP.finditer(folded)]
         ndigits = sum(b - a for a, b in spans)
-        if ndigits <= _MAX_DIGITS and len(spans) <= _MAX_GROUPS:
+        whole_tried = ndigits <= _MAX_DIGITS and len(spans) <= _MAX_GROUPS
+        if whole_tried:
             finding = self._classify(text, start, end, folded, spans)
             if finding is not None:
                 out.append(finding)
@@ -246,6 +273,8 @@ class NumberDetector:
                 a -= 1
             if b < len(folded) and folded[b] == ")" and "(" in folded[a:b]:
                 b += 1
+            if whole_tried and a == 0 and b == len(folded):
+                continue  # the whole run again: already classified above
             sub = [(x - a, y - a) for x, y in segment]
             finding = self._classify(text, start + a, start + b, folded[a:b], sub)
             if finding is not None:
@@ -263,10 +292,15 @@ class NumberDetector:
             prefix = ""
         if not prefix and not _shape_possible(n, sizes, folded):
             return None  # no identifier is written like this: skip the context lookup
-        seps = {folded[spans[k][1] : spans[k + 1][0]] for k in range(len(spans) - 1)}
-        plain_seps = all(s.strip(" -()") == "" for s in seps)
-        kind = ctx.context_before(text, start)
         wanted = self._wanted
+        looked_up: list[str | None] = []
+
+        def context() -> str | None:
+            # The context word is looked up only once a value has passed its shape and check
+            # digits: most candidates are decided without it.
+            if not looked_up:
+                looked_up.append(ctx.context_before(text, start))
+            return looked_up[0]
 
         def emit(type_: str, score: float) -> Finding | None:
             if type_ not in wanted or score <= 0:
@@ -274,10 +308,11 @@ class NumberDetector:
             return Finding(type_, start, end, round(min(score, 1.0), 2))
 
         if prefix:
-            return self._with_letters(text, start, end, prefix, digits, sizes, kind, emit)
+            return self._with_letters(text, start, end, prefix, digits, sizes, context, emit)
         if _embedded(text, start, end):
             return None
 
+        seps = {folded[spans[k][1] : spans[k + 1][0]] for k in range(len(spans) - 1)}
         # Dotted quads are IPv4 or version strings, nothing else.
         if seps == {"."}:
             if len(groups) == 4 and ipv4_ok(groups):
@@ -285,59 +320,61 @@ class NumberDetector:
                     return None
                 if groups[0] == "255":  # 255.255.255.0 is a netmask, not a host
                     return None
-                score = 0.35 if kind == ctx.VERSION else 0.85
-                return emit(IP_ADDRESS, score)
+                return emit(IP_ADDRESS, 0.35 if context() == ctx.VERSION else 0.85)
             return None
-        if not plain_seps:
+        if not all(s.strip(" -()") == "" for s in seps):
             return None
 
         if folded.startswith("+") or (n in (10, 11) and digits[0] == "0"):
-            phone = _phone(digits, folded, groups, kind)
-            if phone is not None and kind not in (ctx.BANK, ctx.HEALTH):
-                return emit(PHONE_JP, phone)
+            phone = _phone(digits, folded, groups)
+            if phone is not None and context() not in (ctx.BANK, ctx.HEALTH):
+                return emit(PHONE_JP, _score(phone, context(), _PHONE_CTX))
 
         if n == 7:
             if sizes == [3, 4]:
-                score = _score(0.75, kind, frozenset({ctx.POSTAL}))
                 if start > 0 and text[start - 1] == "〒":
-                    score = 0.99
-                elif _prefecture_follows(text, end):
+                    return emit(POSTAL_CODE_JP, 0.99)
+                score = _score(0.75, context(), _POSTAL_CTX)
+                if _prefecture_follows(text, end):
                     score = max(score, 0.9)
                 return emit(POSTAL_CODE_JP, score)
             if sizes == [7]:
-                if (start > 0 and text[start - 1] == "〒") or kind == ctx.POSTAL:
+                if (start > 0 and text[start - 1] == "〒") or context() == ctx.POSTAL:
                     return emit(POSTAL_CODE_JP, 0.95)
-                if kind == ctx.BANK:
+                if context() == ctx.BANK:
                     return emit(BANK_ACCOUNT_JP, 0.9)
             return None
 
-        if kind == ctx.HEALTH and n in (6, 8) and len(groups) == 1:
+        if n in (6, 8) and len(groups) == 1 and context() == ctx.HEALTH:
             return emit(HEALTH_INSURANCE_JP, 0.95 if health_insurer_ok(digits) else 0.7)
 
-        if kind == ctx.YUCHO or (kind == ctx.BANK and sizes in ([5, 8], [5, 1, 8])):
-            if sizes in ([5, 8], [5, 1, 8]) and digits[0] == "1":
+        yucho_shape = sizes in ([5, 8], [5, 1, 8])
+        if (yucho_shape or sizes == [8]) and (
+            context() == ctx.YUCHO or (yucho_shape and context() == ctx.BANK)
+        ):
+            if yucho_shape and digits[0] == "1":
                 return emit(BANK_ACCOUNT_JP, 0.95)
             if sizes == [8]:
                 return emit(BANK_ACCOUNT_JP, 0.9)
         if sizes == [4, 3, 7]:
-            return emit(BANK_ACCOUNT_JP, 0.95 if kind == ctx.BANK else 0.75)
-        if kind == ctx.BANK and sizes == [8] and digits[0] == "1":
+            return emit(BANK_ACCOUNT_JP, 0.95 if context() == ctx.BANK else 0.75)
+        if sizes == [8] and digits[0] == "1" and context() == ctx.BANK:
             return emit(BANK_ACCOUNT_JP, 0.85)
 
         if n == 12 and sizes in ([12], [4, 4, 4]):
-            if kind == ctx.LICENSE:
+            if context() == ctx.LICENSE:
                 return emit(DRIVER_LICENSE_JP, 0.95)
             if my_number_ok(digits):
-                return emit(MY_NUMBER, _score(0.65, kind, frozenset({ctx.MYNUMBER})))
+                return emit(MY_NUMBER, _score(0.65, context(), _MYNUMBER_CTX))
             return None
 
         if (
             n == 13
             and sizes in ([13], [1, 4, 4, 4])
-            and kind != ctx.CARD
             and corporate_number_ok(digits)
+            and context() != ctx.CARD
         ):
-            return emit(CORPORATE_NUMBER, _score(0.65, kind, frozenset({ctx.CORPORATE})))
+            return emit(CORPORATE_NUMBER, _score(0.65, context(), _CORPORATE_CTX))
 
         if (
             13 <= n <= 19
@@ -345,7 +382,7 @@ class NumberDetector:
             and luhn_ok(digits)
             and card_issuer(digits) is not None
         ):
-            return emit(CREDIT_CARD, _score(0.85, kind, frozenset({ctx.CARD})))
+            return emit(CREDIT_CARD, _score(0.85, context(), _CARD_CTX))
         return None
 
     def _with_letters(
@@ -356,7 +393,7 @@ class NumberDetector:
         prefix: str,
         digits: str,
         sizes: list[int],
-        kind: str | None,
+        context: Callable[[], str | None],
         emit: Callable[[str, float], Finding | None],
     ) -> Finding | None:
         letters = fold(prefix)
@@ -374,7 +411,7 @@ class NumberDetector:
                 and tail.isupper()
                 and not (after[2:3].isascii() and after[2:3].isalnum())
             ):
-                found = emit(RESIDENCE_CARD_JP, _score(0.9, kind, frozenset({ctx.RESIDENCE})))
+                found = emit(RESIDENCE_CARD_JP, _score(0.9, context(), _RESIDENCE_CTX))
                 if found is not None:
                     return Finding(found.type, start - 2, end + 2, found.score)
             return None
@@ -382,7 +419,7 @@ class NumberDetector:
             return None
         if len(letters) == 2 and letters.isupper() and len(digits) == 7:
             base = 0.7 if letters[0] in "TM" else 0.5
-            found = emit(PASSPORT_JP, _score(base, kind, frozenset({ctx.PASSPORT})))
+            found = emit(PASSPORT_JP, _score(base, context(), _PASSPORT_CTX))
             if found is not None:
                 return Finding(found.type, start - 2, end, found.score)
             return None
