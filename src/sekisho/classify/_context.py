@@ -78,16 +78,16 @@ WINDOW = 28
 
 def context_before(text: str, start: int, window: int = WINDOW) -> str | None:
     """The kind of the nearest context word in the ``window`` characters before ``start``."""
-    lo = max(0, start - window)
-    latin: list[str] = _ASCII_CONTEXT.findall(text, lo, start)
-    if text.isascii():
+    before = text[max(0, start - window) : start]
+    latin: list[str] = _ASCII_CONTEXT.findall(before)
+    if before.isascii():
         return _KIND[latin[-1]] if latin else None
-    japanese: list[str] = _JP_CONTEXT.findall(text, lo, start)
+    japanese: list[str] = _JP_CONTEXT.findall(before)
     if not japanese:
         return _KIND[latin[-1]] if latin else None
     if not latin:
         return _KIND[japanese[-1]]
     # Both kinds of word in the window (rare): the one that starts later is the nearer.
-    last_latin = max(m.start() for m in _ASCII_CONTEXT.finditer(text, lo, start))
-    last_japanese = max(m.start() for m in _JP_CONTEXT.finditer(text, lo, start))
+    last_latin = before.rfind(latin[-1])
+    last_japanese = before.rfind(japanese[-1])
     return _KIND[latin[-1] if last_latin > last_japanese else japanese[-1]]

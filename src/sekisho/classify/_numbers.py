@@ -52,6 +52,7 @@ NUMBER_RUN = lazy_compile(
     rf"(?:[)）](?<=[{DIGIT}][)）]))?"
 )
 _GROUP = lazy_compile(r"[0-9]+")
+_INNER_SEP = lazy_compile(r"(?<=[0-9])[^0-9]+(?=[0-9])")  # what stands between digit groups
 _DIGIT_CHARS = frozenset("0123456789０１２３４５６７８９")
 _ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ")
@@ -233,24 +234,25 @@ class NumberDetector:
             self._run(text, raw, start, end, out)
 
     def _run(self, text: str, raw: str, start: int, end: int, out: list[Finding]) -> None:
-        if start >= 2 and IBAN in self._wanted and text[start - 2 : start].isupper():
+        if start >= 2 and self._iban and text[start - 2 : start].isupper():
             iban = iban_at(text, start - 2)  # IBANs start with two capitals and two digits
             if iban is not None:
                 out.append(iban)
                 return
         folded = fold(raw)
-        if " " not in folded and not (start and text[start - 1] in _LETTERS):
-            # Only spaces split a run (below), so this one is one value or nothing, and with
-            # no letters before it its shape alone can rule it out: most numbers in prose
-            # (dates, amounts, order numbers) stop here, before any context lookup.
-            sizes = [*map(len, _GROUP.findall(folded))]
-            if len(sizes) > _MAX_GROUPS or not _shape_possible(sum(sizes), sizes, folded):
-                return
+        if " " not in folded:
+            # Only spaces split a run (below), so this one is one value or nothing.
+            groups: list[str] = _GROUP.findall(folded)
+            if len(groups) <= _MAX_GROUPS:
+                finding = self._classify(text, start, end, folded, groups)
+                if finding is not None:
+                    out.append(finding)
+            return
         spans = [(m.start(), m.end()) for m in _GROUP.finditer(folded)]
         ndigits = sum(b - a for a, b in spans)
         whole_tried = ndigits <= _MAX_DIGITS and len(spans) <= _MAX_GROUPS
         if whole_tried:
-            finding = self._classify(text, start, end, folded, spans)
+            finding = self._classify(text, start, end, folded, [folded[a:b] for a, b in spans])
             if finding is not None:
                 out.append(finding)
                 return
@@ -275,23 +277,25 @@ class NumberDetector:
                 b += 1
             if whole_tried and a == 0 and b == len(folded):
                 continue  # the whole run again: already classified above
-            sub = [(x - a, y - a) for x, y in segment]
-            finding = self._classify(text, start + a, start + b, folded[a:b], sub)
+            groups = [folded[x:y] for x, y in segment]
+            finding = self._classify(text, start + a, start + b, folded[a:b], groups)
             if finding is not None:
                 out.append(finding)
 
     def _classify(
-        self, text: str, start: int, end: int, folded: str, spans: list[tuple[int, int]]
+        self, text: str, start: int, end: int, folded: str, groups: list[str]
     ) -> Finding | None:
-        groups = [folded[a:b] for a, b in spans]
-        digits = "".join(groups)
-        n = len(digits)
-        sizes = [len(g) for g in groups]
-        prefix = _letters_before(text, start) if start and text[start - 1] in _LETTERS else ""
-        if prefix and fold(prefix).lower() in _LABEL_PREFIXES:
-            prefix = ""
+        """The identifier a run of digit ``groups`` is, written as ``folded``, if any."""
+        sizes = [*map(len, groups)]
+        n = sum(sizes)
+        prefix = ""
+        if start and text[start - 1] in _LETTERS:
+            prefix = _letters_before(text, start)
+            if fold(prefix).lower() in _LABEL_PREFIXES:
+                prefix = ""
         if not prefix and not _shape_possible(n, sizes, folded):
-            return None  # no identifier is written like this: skip the context lookup
+            return None  # no identifier is written like this: most numbers in prose stop here
+        digits = "".join(groups)
         wanted = self._wanted
         looked_up: list[str | None] = []
 
@@ -312,17 +316,17 @@ class NumberDetector:
         if _embedded(text, start, end):
             return None
 
-        seps = {folded[spans[k][1] : spans[k + 1][0]] for k in range(len(spans) - 1)}
-        # Dotted quads are IPv4 or version strings, nothing else.
-        if seps == {"."}:
+        # After folding, separators are spaces, "-", "(", ")", "." and "/". Numbers written with
+        # dots are IPv4 addresses (dotted quads, nothing else) or versions; with slashes, dates.
+        if "." in folded or "/" in folded:
+            if set(_INNER_SEP.findall(folded)) != {"."}:
+                return None
             if len(groups) == 4 and ipv4_ok(groups):
                 if start > 0 and text[start - 1] in "vV":
                     return None
                 if groups[0] == "255":  # 255.255.255.0 is a netmask, not a host
                     return None
                 return emit(IP_ADDRESS, 0.35 if context() == ctx.VERSION else 0.85)
-            return None
-        if not all(s.strip(" -()") == "" for s in seps):
             return None
 
         if folded.startswith("+") or (n in (10, 11) and digits[0] == "0"):

@@ -6,22 +6,24 @@ They are pure and cheap; detectors call them on every candidate.
 
 from __future__ import annotations
 
+import operator
 import string
+
+# Weights of the first eleven digits of a My Number, left to right (the law counts them from the
+# check digit: weights 2..7 for the nearest six, then 2..6).
+_MY_NUMBER_WEIGHTS = (6, 5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
+_ZERO = ord("0")
 
 
 def my_number_ok(digits: str) -> bool:
     """個人番号 (My Number): 12 digits, the last a check digit (mod 11, weights 2..7)."""
-    if len(digits) != 12 or not digits.isdigit():
+    if len(digits) != 12 or not digits.isdigit() or not digits.isascii():
         return False
-    body = digits[:11]
-    total = 0
-    for n in range(1, 12):  # n counts from the digit next to the check digit
-        p = int(body[11 - n])
-        q = n + 1 if n <= 6 else n - 5
-        total += p * q
+    codes = digits.encode()
+    total = sum(map(operator.mul, codes, _MY_NUMBER_WEIGHTS)) - _ZERO * 47
     remainder = total % 11
     check = 0 if remainder <= 1 else 11 - remainder
-    return check == int(digits[11])
+    return check == codes[11] - _ZERO
 
 
 def my_number_check_digit(body: str) -> int:
@@ -32,9 +34,12 @@ def my_number_check_digit(body: str) -> int:
 
 def corporate_number_ok(digits: str) -> bool:
     """法人番号 (corporate number): 13 digits, the FIRST a check digit over the other 12."""
-    if len(digits) != 13 or not digits.isdigit():
+    if len(digits) != 13 or not digits.isdigit() or not digits.isascii():
         return False
-    return corporate_check_digit(digits[1:]) == int(digits[0])
+    # Digits counted from the right: odd positions weigh 1, even positions weigh 2.
+    codes = digits.encode()
+    total = sum(codes[1:]) + sum(codes[1::2]) - _ZERO * 18
+    return 9 - total % 9 == codes[0] - _ZERO
 
 
 def corporate_check_digit(body: str) -> int:
@@ -45,17 +50,15 @@ def corporate_check_digit(body: str) -> int:
     return 9 - total % 9
 
 
+_LUHN_DOUBLED = str.maketrans("0123456789", "0246813579")  # 2d, less 9 when over 9
+
+
 def luhn_ok(digits: str) -> bool:
-    if not digits.isdigit() or len(digits) < 2:
+    if not digits.isdigit() or not digits.isascii() or len(digits) < 2:
         return False
-    total = 0
-    for n, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if n % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
+    backwards = digits[::-1]
+    doubled = backwards[1::2].translate(_LUHN_DOUBLED)
+    total = sum(backwards[0::2].encode()) + sum(doubled.encode()) - _ZERO * len(digits)
     return total % 10 == 0
 
 
