@@ -123,6 +123,14 @@ def test_tenant_labels_extend_the_confidentiality_markers() -> None:
     assert found("【取引先限り】の資料", scanner) == [("CONFIDENTIAL_LABEL", "【取引先限り】")]
 
 
+def test_tenant_labels_are_found_even_when_they_share_no_word_with_the_built_in_ones() -> None:
+    scanner = Scanner(labels=["社外持出厳禁", "PARTNER EYES ONLY"])
+    assert found("【社外持出厳禁】 PARTNER EYES ONLY", scanner) == [
+        ("CONFIDENTIAL_LABEL", "【社外持出厳禁】"),
+        ("CONFIDENTIAL_LABEL", "PARTNER EYES ONLY"),
+    ]
+
+
 def test_types_filter_and_min_score() -> None:
     text = "山田太郎様 090-1234-5678"
     assert found(text, Scanner(types=["PHONE_JP"])) == [("PHONE_JP", "090-1234-5678")]

@@ -86,7 +86,7 @@ def detect_labels(
     pattern: LazyPattern | None = None,
     gate: tuple[str, ...] = _GATE,
 ) -> None:
-    if not any(word in text for word in gate):
+    if gate and not any(word in text for word in gate):
         return
     for match in (pattern or _DEFAULT).finditer(text):
         value = match.group()

@@ -20,6 +20,10 @@ _LOCAL_CHARS = frozenset(
     "０１２３４５６７８９．＿－＋"
 )
 _AT = lazy_compile("[@＠]")
+# The local part: the run of its characters that ends at the "@" (at most 64 of them).
+_LOCAL_BEFORE = lazy_compile(
+    "[" + "".join(sorted(_LOCAL_CHARS)).replace("-", "").replace("\\", "") + r"\-]+\Z"
+)
 _DOMAIN = lazy_compile(
     r"(?:[A-Za-z0-9Ａ-Ｚａ-ｚ０-９](?:[A-Za-z0-9Ａ-Ｚａ-ｚ０-９\-－]{0,61}[A-Za-z0-9Ａ-Ｚａ-ｚ０-９])?[.．])+"
     r"[A-Za-zＡ-Ｚａ-ｚ]{2,24}(?![A-Za-z0-9Ａ-Ｚａ-ｚ０-９])"
@@ -32,9 +36,10 @@ def detect_emails(text: str, out: list[Finding]) -> None:
         return
     for at in _AT.finditer(text):
         i = at.start()
-        left = i
-        while left > 0 and i - left < 64 and text[left - 1] in _LOCAL_CHARS:
-            left -= 1
+        local = _LOCAL_BEFORE.search(text, max(0, i - 64), i)
+        if local is None:
+            continue
+        left = local.start()
         while left < i and fold(text[left]) in ".-+":
             left += 1
         if left == i:
@@ -60,8 +65,13 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _V6_CHARS = _HEX | frozenset(":.")
 
 
+# Every IPv6 address has two colons at most four hex digits apart; prose with times ("14:00")
+# and labels ("Note:") has none, and costs one literal-led search.
+_TWO_COLONS = lazy_compile(r":[0-9A-Fa-f]{0,4}:")
+
+
 def detect_ipv6(text: str, out: list[Finding]) -> None:
-    if ":" not in text:
+    if ":" not in text or _TWO_COLONS.search(text) is None:
         return
     pos = text.find(":")
     covered = -1

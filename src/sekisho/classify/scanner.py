@@ -58,9 +58,38 @@ _ROMAN = frozenset(ROMAN_GATE)
 _PERSON_ONLY = frozenset({PERSON})
 
 
+# ASCII words that start with a lower-case letter would stop the trigger regex at most letters
+# of English prose (b, g, k, n, p, x: one in eight), and each stop costs a try of every branch.
+# They are tested as substrings instead, most behind a one-character test (``in`` of a single
+# character is a memchr): a GitHub token has "_", an API key "sk-" and a Slack token a "-", a
+# password is followed by ":", "=" or "：".
+_LOWER_WORDS = tuple(sorted(w for w in _TRIGGER_FAMILIES if w.isascii() and w[0].islower()))
+_LOWER_NEEDS: dict[str, tuple[str, ...]] = {
+    **{w: ("_",) for w in _LOWER_WORDS if w.startswith("gh")},
+    "k-": ("-",),
+    "xox": ("-",),
+    "pass": (":", "=", "："),
+    "pwd": (":", "=", "："),
+}
+_NAME_CUE = "name"  # the one lower-case word whose places matter (a form field, "name: ...")
+
+
 def _ascii_words() -> list[str]:
     # Given names trigger the uncued full-name check ("John Smith"), so it costs no pass.
-    return [*(w for w in _TRIGGER_FAMILIES if w.isascii()), *_names.given_en()]
+    words = (w for w in _TRIGGER_FAMILIES if w.isascii() and not w[0].islower())
+    return [*words, *_names.given_en()]
+
+
+def _lower_words(text: str) -> list[str]:
+    """The lower-case trigger words that occur in ``text``."""
+    found = []
+    for word in _LOWER_WORDS:
+        needs = _LOWER_NEEDS.get(word)
+        if needs is not None and not any(ch in text for ch in needs):
+            continue
+        if word in text:
+            found.append(word)
+    return found
 
 
 _ASCII_TRIGGER = trie_regex(_ascii_words)
@@ -111,7 +140,8 @@ class Scanner:
         if t.CONFIDENTIAL_LABEL in wanted:
             if labels:
                 pattern = build_label_pattern(tuple(labels))
-                self._families[LABELS] = lambda text, out: detect_labels(text, out, pattern)
+                # A tenant's own markers need not contain any of the built-in gate words.
+                self._families[LABELS] = lambda text, out: detect_labels(text, out, pattern, ())
             else:
                 self._families[LABELS] = detect_labels
         if t.DATE_OF_BIRTH in wanted:
@@ -140,9 +170,12 @@ class Scanner:
         if self._numbers is not None:
             self._numbers.detect(text, candidates)
         cues = [(m.start(), m.end(), m.group()) for m in _ASCII_TRIGGER.finditer(text)]
+        lower = _lower_words(text)
+        if _NAME_CUE in lower:
+            cues += _name_cues(text, cues)
         if not text.isascii():
             cues += [(m.start(), m.end(), m.group()) for m in _JP_TRIGGER.finditer(text)]
-        present = frozenset(word for _, _, word in cues)
+        present = frozenset([*(word for _, _, word in cues), *lower])
         families: set[str] = set()
         for word in present:
             families |= _TRIGGER_FAMILIES.get(word, _PERSON_ONLY)
@@ -154,6 +187,8 @@ class Scanner:
             if family in families:
                 if family == SECRETS:
                     detect_secrets(text, candidates, present)
+                elif family == LABELS:
+                    detect_labels(text, candidates, gate=())  # the trigger words were the gate
                 elif family == ADDRESS:
                     starts = [s for s, _, w in cues if w in _ADDRESS_CHARS]
                     detect_addresses(text, candidates, roman=bool(present & _ROMAN), starts=starts)
@@ -164,6 +199,19 @@ class Scanner:
         for detect in self._always:
             detect(text, candidates)
         return resolve(candidates, self.min_score, self.types)
+
+
+def _name_cues(text: str, cues: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Places of "name" that no other trigger word covers ("Full name" is one cue)."""
+    found = []
+    starts = [start for start, _, _ in cues]
+    at = text.find(_NAME_CUE)
+    while at >= 0:
+        i = bisect.bisect_right(starts, at)
+        if i == 0 or cues[i - 1][1] <= at:
+            found.append((at, at + len(_NAME_CUE), _NAME_CUE))
+        at = text.find(_NAME_CUE, at + len(_NAME_CUE))
+    return found
 
 
 def resolve(
