@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from sekisho.classify import _context as ctx
 from sekisho.classify._lazy import lazy_compile
-from sekisho.classify._text import DASH, DIGIT, SPACE, fold
+from sekisho.classify._text import DASH, DIGIT, FOLD_TABLE, SPACE, fold
 from sekisho.classify._validate import (
     card_issuer,
     corporate_number_ok,
@@ -55,7 +55,8 @@ _GROUP = lazy_compile(r"[0-9]+")
 _INNER_SEP = lazy_compile(r"(?<=[0-9])[^0-9]+(?=[0-9])")  # what stands between digit groups
 _DIGIT_CHARS = frozenset("0123456789０１２３４５６７８９")
 _ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ")
+_ASCII_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_UPPER = _ASCII_UPPER | frozenset("ＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ")
 _LETTERS = _UPPER | _ASCII_LETTERS
 _TOKEN_CHARS = _LETTERS | {"_"}
 _LABEL_PREFIXES = frozenset({"tel", "fax", "no", "mobile", "phone", "ph", "zip", "ip", "num"})
@@ -193,6 +194,7 @@ class NumberDetector:
     def __init__(self, wanted: frozenset[str]) -> None:
         self._wanted = wanted
         self._iban = IBAN in wanted
+        self._digit_groups = _GROUP.compiled.findall
 
     def detect(self, text: str, out: list[Finding]) -> None:
         length = len(text)
@@ -212,41 +214,51 @@ class NumberDetector:
                     continue
             elif len(raw) < 6:
                 continue  # too short for any identifier
-            while (
-                raw
-                and raw[0] not in _DIGIT_CHARS
-                and (raw[0] not in "+＋(（" or len(raw) == 1 or raw[1] not in _DIGIT_CHARS)
-            ):
-                # "（(03)…", "（/ 1234…": the outer bracket and a leading separator are prose;
-                # a value starts at a digit, or at the + or ( written right before one.
-                start, raw = start + 1, raw[1:]
-            if not raw:
-                continue
-            opening = raw.count("(") + raw.count("（")
-            closing = raw.count(")") + raw.count("）")
-            if raw[-1] in ")）" and closing > opening:  # the bracket closes prose, not the number
-                end -= 1
-                raw = raw[:-1]
-            elif raw[0] in "(（" and raw[-1] in ")）" and sum(c in "()（）" for c in raw) == 2:
-                start, end, raw = start + 1, end - 1, raw[1:-1]  # "（080-2345-6789）"
-            elif raw[0] in "(（" and sum(c in "()（）" for c in raw) == 1:
-                start, raw = start + 1, raw[1:]  # "(4532-...": an opening bracket of prose
+            if raw[0] not in _DIGIT_CHARS:
+                while (
+                    raw
+                    and raw[0] not in _DIGIT_CHARS
+                    and (raw[0] not in "+＋(（" or len(raw) == 1 or raw[1] not in _DIGIT_CHARS)
+                ):
+                    # "（(03)…", "（/ 1234…": the outer bracket and a leading separator are
+                    # prose; a value starts at a digit, or at the + or ( right before one.
+                    start, raw = start + 1, raw[1:]
+                if not raw:
+                    continue
+            if raw[-1] in ")）" or raw[0] in "(（":
+                opening = raw.count("(") + raw.count("（")
+                closing = raw.count(")") + raw.count("）")
+                if raw[-1] in ")）" and closing > opening:  # the bracket closes prose
+                    end -= 1
+                    raw = raw[:-1]
+                elif raw[0] in "(（" and raw[-1] in ")）" and opening + closing == 2:
+                    start, end, raw = start + 1, end - 1, raw[1:-1]  # "（080-2345-6789）"
+                elif raw[0] in "(（" and opening + closing == 1:
+                    start, raw = start + 1, raw[1:]  # "(4532-...": an opening bracket of prose
             self._run(text, raw, start, end, out)
 
     def _run(self, text: str, raw: str, start: int, end: int, out: list[Finding]) -> None:
-        if start >= 2 and self._iban and text[start - 2 : start].isupper():
+        before = text[start - 1] if start else ""
+        if start >= 2 and before in _ASCII_UPPER and self._iban and text[start - 2].isupper():
             iban = iban_at(text, start - 2)  # IBANs start with two capitals and two digits
             if iban is not None:
                 out.append(iban)
                 return
-        folded = fold(raw)
+        folded = raw if raw.isascii() else raw.translate(FOLD_TABLE)
         if " " not in folded:
             # Only spaces split a run (below), so this one is one value or nothing.
-            groups: list[str] = _GROUP.findall(folded)
-            if len(groups) <= _MAX_GROUPS:
-                finding = self._classify(text, start, end, folded, groups)
-                if finding is not None:
-                    out.append(finding)
+            groups: list[str] = self._digit_groups(folded)
+            if len(groups) > _MAX_GROUPS:
+                return
+            if before not in _LETTERS:
+                # With no letters before it, its shape alone can rule it out: most numbers in
+                # prose (dates, amounts, order numbers) stop here.
+                sizes = [*map(len, groups)]
+                if not _shape_possible(sum(sizes), sizes, folded):
+                    return
+            finding = self._classify(text, start, end, folded, groups)
+            if finding is not None:
+                out.append(finding)
             return
         spans = [(m.start(), m.end()) for m in _GROUP.finditer(folded)]
         ndigits = sum(b - a for a, b in spans)

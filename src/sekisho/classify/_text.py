@@ -22,25 +22,25 @@ SPACE = " \u3000\u00a0"
 UPPER = "A-ZＡ-Ｚ"
 LOWER = "a-zａ-ｚ"
 
-_FOLD_TABLE: dict[int, int] = {}
+FOLD_TABLE: dict[int, int] = {}
 for _cp in range(0xFF01, 0xFF5F):  # full-width ASCII block -> ASCII
-    _FOLD_TABLE[_cp] = _cp - 0xFEE0
+    FOLD_TABLE[_cp] = _cp - 0xFEE0
 for _ch in "‐‑‒–—―−－ーｰ﹣":
-    _FOLD_TABLE[ord(_ch)] = ord("-")
-_FOLD_TABLE[0x3000] = 0x20  # ideographic space
-_FOLD_TABLE[0x00A0] = 0x20
-_FOLD_TABLE[ord("（")] = ord("(")
-_FOLD_TABLE[ord("）")] = ord(")")
-_FOLD_TABLE[ord("＠")] = ord("@")
-_FOLD_TABLE[ord("．")] = ord(".")
-_FOLD_TABLE[ord("。")] = ord("。")
+    FOLD_TABLE[ord(_ch)] = ord("-")
+FOLD_TABLE[0x3000] = 0x20  # ideographic space
+FOLD_TABLE[0x00A0] = 0x20
+FOLD_TABLE[ord("（")] = ord("(")
+FOLD_TABLE[ord("）")] = ord(")")
+FOLD_TABLE[ord("＠")] = ord("@")
+FOLD_TABLE[ord("．")] = ord(".")
+FOLD_TABLE[ord("。")] = ord("。")
 
 
 def fold(value: str) -> str:
     """Fold full-width ASCII, dash look-alikes and ideographic spaces; length-preserving."""
     if value.isascii():
         return value
-    return value.translate(_FOLD_TABLE)
+    return value.translate(FOLD_TABLE)
 
 
 _KANJI_DIGIT = {

@@ -19,11 +19,22 @@ _LOCAL_CHARS = frozenset(
     "ａｂｃｄｅｆｇｈｉｊｋｌｍｎｏｐｑｒｓｔｕｖｗｘｙｚＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ"
     "０１２３４５６７８９．＿－＋"
 )
-_AT = lazy_compile("[@＠]")
-# The local part: the run of its characters that ends at the "@" (at most 64 of them).
-_LOCAL_BEFORE = lazy_compile(
-    "[" + "".join(sorted(_LOCAL_CHARS)).replace("-", "").replace("\\", "") + r"\-]+\Z"
-)
+_LOCAL_CLASS = "".join(sorted(_LOCAL_CHARS - {"-"})) + "\\-"
+# The character before the local part: the last one that cannot be in it, before the "@".
+_LOCAL_EDGE = lazy_compile(f"[^{_LOCAL_CLASS}][{_LOCAL_CLASS}]*\\Z")
+
+
+def _at_signs(text: str) -> list[int]:
+    """Positions of "@" and "＠" in order (str.find: far cheaper than a regex scan)."""
+    found = []
+    for sign in "@＠":
+        at = text.find(sign)
+        while at >= 0:
+            found.append(at)
+            at = text.find(sign, at + 1)
+    return sorted(found)
+
+
 _DOMAIN = lazy_compile(
     r"(?:[A-Za-z0-9Ａ-Ｚａ-ｚ０-９](?:[A-Za-z0-9Ａ-Ｚａ-ｚ０-９\-－]{0,61}[A-Za-z0-9Ａ-Ｚａ-ｚ０-９])?[.．])+"
     r"[A-Za-zＡ-Ｚａ-ｚ]{2,24}(?![A-Za-z0-9Ａ-Ｚａ-ｚ０-９])"
@@ -34,12 +45,11 @@ _PLACEHOLDER_DOMAINS = ("example.com", "example.org", "example.net", "xxx.com", 
 def detect_emails(text: str, out: list[Finding]) -> None:
     if "@" not in text and "＠" not in text:
         return
-    for at in _AT.finditer(text):
-        i = at.start()
-        local = _LOCAL_BEFORE.search(text, max(0, i - 64), i)
-        if local is None:
+    for i in _at_signs(text):
+        if i == 0 or text[i - 1] not in _LOCAL_CHARS:
             continue
-        left = local.start()
+        edge = _LOCAL_EDGE.search(text, max(0, i - 65), i)
+        left = edge.start() + 1 if edge is not None else max(0, i - 64)
         while left < i and fold(text[left]) in ".-+":
             left += 1
         if left == i:

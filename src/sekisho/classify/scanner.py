@@ -62,16 +62,25 @@ _PERSON_ONLY = frozenset({PERSON})
 # of English prose (b, g, k, n, p, x: one in eight), and each stop costs a try of every branch.
 # They are tested as substrings instead, most behind a one-character test (``in`` of a single
 # character is a memchr): a GitHub token has "_", an API key "sk-" and a Slack token a "-", a
-# password is followed by ":", "=" or "：".
-_LOWER_WORDS = tuple(sorted(w for w in _TRIGGER_FAMILIES if w.isascii() and w[0].islower()))
-_LOWER_NEEDS: dict[str, tuple[str, ...]] = {
-    **{w: ("_",) for w in _LOWER_WORDS if w.startswith("gh")},
-    "k-": ("-",),
-    "xox": ("-",),
-    "pass": (":", "=", "："),
-    "pwd": (":", "=", "："),
-}
+# password is followed by ":", "=" or "："; "name" is a person cue and "birth", "born" are
+# birth-date cues.
+_GITHUB_WORDS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
+_DASH_WORDS = ("k-", "xox")
+_PASSWORD_WORDS = ("pass", "pwd")
+_PLAIN_WORDS = ("name", "birth", "born")
 _NAME_CUE = "name"  # the one lower-case word whose places matter (a form field, "name: ...")
+
+
+def _lower_words(text: str) -> list[str]:
+    """The lower-case trigger words that occur in ``text``."""
+    found = [w for w in _PLAIN_WORDS if w in text]
+    if "-" in text:
+        found += [w for w in _DASH_WORDS if w in text]
+    if ":" in text or "=" in text or "：" in text:
+        found += [w for w in _PASSWORD_WORDS if w in text]
+    if "_" in text and "gh" in text:
+        found += [w for w in _GITHUB_WORDS if w in text]
+    return found
 
 
 def _ascii_words() -> list[str]:
@@ -80,18 +89,12 @@ def _ascii_words() -> list[str]:
     return [*words, *_names.given_en()]
 
 
-def _lower_words(text: str) -> list[str]:
-    """The lower-case trigger words that occur in ``text``."""
-    found = []
-    for word in _LOWER_WORDS:
-        needs = _LOWER_NEEDS.get(word)
-        if needs is not None and not any(ch in text for ch in needs):
-            continue
-        if word in text:
-            found.append(word)
-    return found
-
-
+assert {w for w in _TRIGGER_FAMILIES if w.isascii() and w[0].islower()} == {
+    *_GITHUB_WORDS,
+    *_DASH_WORDS,
+    *_PASSWORD_WORDS,
+    *_PLAIN_WORDS,
+}, "a lower-case trigger word is missing from the substring tests"
 _ASCII_TRIGGER = trie_regex(_ascii_words)
 _JP_TRIGGER = trie_regex(w for w in _TRIGGER_FAMILIES if not w.isascii())
 
