@@ -153,6 +153,12 @@ def _shape_possible(n: int, sizes: list[int], folded: str) -> bool:
     return n >= 13 and (len(sizes) == 1 or sizes in _CARD_GROUPINGS)
 
 
+def _lettered_possible(sizes: list[int]) -> bool:
+    """Could digits right after letters be an identifier written with its letters (a passport
+    TK1234567, a residence card AB12345678CD, an invoice number T1234567890123)?"""
+    return sizes == [1, 4, 4, 4] or (len(sizes) == 1 and sizes[0] in (7, 8, 13))
+
+
 def _sep_kind(separator: str) -> str:
     if "/" in separator or "." in separator:
         return "/"
@@ -250,12 +256,13 @@ class NumberDetector:
             groups: list[str] = self._digit_groups(folded)
             if len(groups) > _MAX_GROUPS:
                 return
-            if before not in _LETTERS:
-                # With no letters before it, its shape alone can rule it out: most numbers in
-                # prose (dates, amounts, order numbers) stop here.
-                sizes = [*map(len, groups)]
-                if not _shape_possible(sum(sizes), sizes, folded):
-                    return
+            # Its shape alone can rule it out: most numbers in prose (dates, amounts, order
+            # numbers, versions) stop here.
+            sizes = [*map(len, groups)]
+            if not _shape_possible(sum(sizes), sizes, folded) and (
+                before not in _LETTERS or not _lettered_possible(sizes)
+            ):
+                return
             finding = self._classify(text, start, end, folded, groups)
             if finding is not None:
                 out.append(finding)
@@ -331,7 +338,9 @@ class NumberDetector:
         # After folding, separators are spaces, "-", "(", ")", "." and "/". Numbers written with
         # dots are IPv4 addresses (dotted quads, nothing else) or versions; with slashes, dates.
         if "." in folded or "/" in folded:
-            if set(_INNER_SEP.findall(folded)) != {"."}:
+            inner = folded.lstrip("+(").rstrip(")")
+            # Only dots between the groups, one each (then nothing else stands between them).
+            if not len(inner) - n == inner.count(".") == len(groups) - 1:
                 return None
             if len(groups) == 4 and ipv4_ok(groups):
                 if start > 0 and text[start - 1] in "vV":

@@ -251,25 +251,39 @@ class PersonDetector:
             return
         window = text[max(0, cue - 14) : cue]
         base = cue - len(window)
-        latin = _BEFORE_LATIN.search(window)
-        if latin is not None and not title:
+        # Each pattern below ends in a letter of its own script (then an optional space), so
+        # the last letter before the cue says which one can match: only that one is tried.
+        last = window[-1]
+        spaced = last == "　"
+        if spaced:
+            last = window[-2:-1]
+        if not last:
+            return
+        if "a" <= last <= "z":
+            latin = _BEFORE_LATIN.search(window)
+            if latin is None or title:
+                return
             name = latin.group(1)
             if name.split(" ")[0] not in _LATIN_STOP:
                 out.append(Finding(PERSON, base + latin.start(1), base + latin.end(1), 0.8))
             return
-        kata = _BEFORE_KATA.search(window)
-        if kata is not None:
-            if not title:
+        if "ァ" <= last <= "ヴ" or last == "ー":
+            kata = _BEFORE_KATA.search(window)
+            if kata is not None and not title:
                 out.append(Finding(PERSON, base + kata.start(1), base + kata.end(1), 0.7))
             return
-        kanji = _BEFORE_KANJI.search(window)
-        if kanji is not None:
+        if "一" <= last <= "龥" or last in "々〆ヶ":
+            kanji = _BEFORE_KANJI.search(window)
+            if kanji is None:
+                return
             span = self._kanji_name(kanji.group(1), allow_unknown=not title)
             if span is not None:
                 a, b, score = span
                 out.append(
                     Finding(PERSON, base + kanji.start(1) + a, base + kanji.start(1) + b, score)
                 )
+            return
+        if spaced or not "ぁ" <= last <= "ん":
             return
         hira = _BEFORE_HIRA.search(window)
         if hira is not None and hira.group(1) in self._given:
