@@ -141,7 +141,12 @@ def _full_name_ja() -> re.Pattern[str]:  # built from the dictionaries, so on fi
     return re.compile(f"[{first}][{second}]")
 
 
-_KANJI_RE = lazy_compile(f"[{_KANJI}]")
+def _is_kanji(ch: str) -> bool:
+    """Is ``ch`` (one character, or "" past the end) in _KANJI? Compared, not matched: this
+    runs for every surname-like pair of a Japanese text."""
+    return "一" <= ch <= "龥" or (ch != "" and ch in "々〆ヶ")
+
+
 _SURNAME_AFTER = lazy_compile(r" (?:[A-Z]\. )?([A-Z][a-z]{1,20})(?![A-Za-z'])")
 _GIVEN_FIRST = lazy_compile(r"[A-Z][a-z]{1,15}(?= [A-Z])")
 
@@ -212,13 +217,16 @@ class PersonDetector:
                     self._given_name(text, match.start(), match.end(), found)
         for finding in found:
             out.append(finding)
+            after = text[finding.end : finding.end + 1]
+            if not after or after not in "(（ 　":
+                continue  # no reading in brackets follows
             reading = _READING.match(text, finding.end)
             if reading is not None:
                 out.append(Finding(PERSON, reading.start(1), reading.end(1), 0.85))
 
     def _full_name_ja_at(self, text: str, start: int, out: list[Finding]) -> None:
         """An uncued full name at ``start`` whose surname and given name are both known."""
-        if start > 0 and _KANJI_RE.match(text, start - 1):
+        if start > 0 and _is_kanji(text[start - 1]):
             return  # inside a longer kanji word
         surnames, given = self._surnames, self._given
         for length in (3, 2):
@@ -230,7 +238,7 @@ class PersonDetector:
                     name = text[pos : pos + glen]
                     if len(name) == glen and name in given:
                         end = pos + glen
-                        if not _KANJI_RE.match(text, end):
+                        if not _is_kanji(text[end : end + 1]):
                             out.append(Finding(PERSON, start, end, 0.8))
                         return
                 return
