@@ -37,6 +37,9 @@ def found(text: str, scanner: Scanner | None = None) -> list[tuple[str, str]]:
         ("server at 192.168.10.20 now", ("IP_ADDRESS", "192.168.10.20")),
         ("v6 2001:db8::8a2e:370:7334 ok", ("IP_ADDRESS", "2001:db8::8a2e:370:7334")),
         ("IBAN DE89 3704 0044 0532 0130 00", ("IBAN", "DE89 3704 0044 0532 0130 00")),
+        # Two digits, then letters: runs this short reach the detector only after two capitals.
+        ("IBAN GB82 WEST 1234 5698 7654 32 です", ("IBAN", "GB82 WEST 1234 5698 7654 32")),
+        ("振込先 NL91ABNA0417164300", ("IBAN", "NL91ABNA0417164300")),
         (
             "ｔａｒｏ＠ｅｘａｍｐｌｅ．ｃｏ．ｊｐへ",
             ("EMAIL", "ｔａｒｏ＠ｅｘａｍｐｌｅ．ｃｏ．ｊｐ"),
@@ -86,6 +89,34 @@ def test_secret_spans_cover_only_the_credential() -> None:
     text = "DATABASE_URL=postgres://app:s3cr3tPa55@db.internal:5432/app"
     assert found(text) == [("SECRET", "s3cr3tPa55")]
     assert scan(text)[0].subtype == "connection_string_password"
+
+
+AZURE_SECRET = "wXy1Q~abcdefghijklmnopqrstuvwxyz01234"
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "subtype"),
+    [
+        (
+            "db=mysql+pymysql://app:Pa55w0rd!@db.internal/x",
+            "Pa55w0rd!",
+            "connection_string_password",
+        ),
+        ("rk_live_abcdefghijklmnop1234", "rk_live_abcdefghijklmnop1234", "stripe_secret_key"),
+        (f"client secret {AZURE_SECRET}", AZURE_SECRET, "azure_client_secret"),
+        ("PASSWORD=Tr0ub4dor&3", "Tr0ub4dor&3", "password"),
+        ("パスワード：hunter2hunter2", "hunter2hunter2", "password"),
+    ],
+)
+def test_secret_is_found_whatever_its_pattern_starts_with(
+    text: str, value: str, subtype: str
+) -> None:
+    findings = scan(text)
+    assert [(text[f.start : f.end], f.subtype) for f in findings] == [(value, subtype)]
+
+
+def test_a_secret_prefix_inside_a_word_is_not_a_secret() -> None:
+    assert found("mask_live_abcdefghijklmnop1234 xsk-proj-abcdefghijklmnopqrstuvwx12") == []
 
 
 def test_private_key_block_is_one_span_including_begin_and_end() -> None:
