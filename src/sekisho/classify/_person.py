@@ -134,11 +134,12 @@ _STRICT_FIELDS = frozenset({"From", "To", "Cc", "Contact", "Attn", "Attn.", "ATT
 
 @cache
 def _full_name_ja() -> re.Pattern[str]:  # built from the dictionaries, so on first use
-    """Kanji runs whose first two characters can begin a dictionary surname."""
+    """Kanji runs whose first two characters can begin a dictionary surname. Only the start of
+    a run can begin an uncued name, so a pair after another kanji is skipped in the regex."""
     surnames = [s for s in _names.surnames_ja() if len(s) >= 2]
     first = "".join(sorted({s[0] for s in surnames}))
     second = "".join(sorted({s[1] for s in surnames}))
-    return re.compile(f"[{first}][{second}]")
+    return re.compile(f"[{first}](?<![{_KANJI}].)[{second}]")
 
 
 def _is_kanji(ch: str) -> bool:
