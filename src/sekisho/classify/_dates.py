@@ -42,6 +42,7 @@ _CUES_AFTER = ("生まれ", "生", "誕生")
 _CUE = trie_regex(_CUES_BEFORE + _CUES_AFTER)
 _AFTER = frozenset(_CUES_AFTER)
 _NOT_BIRTH_AFTER_生 = frozenset("年活産徒命涯物協")
+_DATE_LAST = frozenset("日0123456789０１２３４５６７８９")  # every _DATE match ends in one of these
 _ERA_START = {"明治": 1868, "大正": 1912, "昭和": 1926, "平成": 1989, "令和": 2019}
 
 
@@ -78,7 +79,12 @@ def detect_birth_dates(text: str, out: list[Finding]) -> None:
                 if len(gap.strip(" 　:：\t()（）は=,-")) <= 4:
                     out.append(Finding(DATE_OF_BIRTH, date.start(), date.end(), 0.9))
         else:
+            # A date ends in 日 or a digit, right before the cue (spaces aside): most 生 in a
+            # text (学生, 発生, 先生) have neither and cost no date search.
             window_start = max(0, cue.start() - 24)
+            before = text[window_start : cue.start()].rstrip(" 　")
+            if not before or before[-1] not in _DATE_LAST:
+                continue
             last = None
             for date in _DATE.finditer(text, window_start, cue.start()):
                 last = date

@@ -20,8 +20,7 @@ _LOCAL_CHARS = frozenset(
     "０１２３４５６７８９．＿－＋"
 )
 _LOCAL_CLASS = "".join(sorted(_LOCAL_CHARS - {"-"})) + "\\-"
-# The character before the local part: the last one that cannot be in it, before the "@".
-_LOCAL_EDGE = lazy_compile(f"[^{_LOCAL_CLASS}][{_LOCAL_CLASS}]*\\Z")
+_LOCAL_RUN = lazy_compile(f"[{_LOCAL_CLASS}]*")
 
 
 def _at_signs(text: str) -> list[int]:
@@ -48,8 +47,9 @@ def detect_emails(text: str, out: list[Finding]) -> None:
     for i in _at_signs(text):
         if i == 0 or text[i - 1] not in _LOCAL_CHARS:
             continue
-        edge = _LOCAL_EDGE.search(text, max(0, i - 65), i)
-        left = edge.start() + 1 if edge is not None else max(0, i - 64)
+        # The run of local-part characters that ends at the "@", read backwards (at most 64).
+        local = _LOCAL_RUN.match(text[max(0, i - 64) : i][::-1])
+        left = i - (local.end() if local is not None else 0)
         while left < i and fold(text[left]) in ".-+":
             left += 1
         if left == i:
