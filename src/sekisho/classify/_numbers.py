@@ -40,14 +40,32 @@ from sekisho.classify.findings import (
 )
 
 _SEP = f"{DASH}{SPACE}.．/／()（）"
+# Where a run of digits ends: no digit and no separator-then-digit follows.
+_RUN_END = rf"(?![{DIGIT}]|[{_SEP}]{{1,3}}[{DIGIT}])"
+# Shapes that are no identifier whatever surrounds them, tested right after the run's first
+# character (an ASCII digit, not after two capitals, which may open an IBAN): two groups of at
+# most four digits (dates, order numbers, "1234-5678"; a postal code 123-4567 excepted) or
+# three groups of at most eight digits (2024-06-11, 12/04/1985, versions 2.14.3), written with
+# one ASCII "-", "/" or "." between groups. Such runs never reach Python.
+_NO_IDENTIFIER = (
+    rf"(?<=[0-9])(?<![A-Z][A-Z].)(?:"
+    rf"(?![0-9]{{2}}-[0-9]{{4}}{_RUN_END})[0-9]{{0,3}}[-/.][0-9]{{1,4}}"
+    rf"|[0-9]{{0,3}}[-/.][0-9]{{1,2}}[-/.][0-9]{{1,2}}"
+    rf"|[0-9]?[-/.][0-9]{{1,2}}[-/.][0-9]{{1,4}}"
+    rf"){_RUN_END}"
+)
 # Led by a character class, so the regex engine skips text without digits at C speed; a
 # leading "+" or "(" not followed by a digit is dropped by the caller. Possessive quantifiers:
 # a digit run never gives characters back, so no input backtracks. Right after the first
-# character, a lookaround drops runs shorter than six characters (no identifier is written so
+# character, lookarounds drop runs shorter than six characters (no identifier is written so
 # short: "14:00", "第3回", "5%") unless two capitals precede them (an IBAN: "GB82 WEST ..."),
-# so the many small numbers of business prose never reach Python.
+# and runs of _NO_IDENTIFIER shapes; a match never starts inside a run that was dropped (the
+# look-behinds on a digit, then up to three separators, before the first digit).
 NUMBER_RUN = lazy_compile(
     rf"[+＋(（{DIGIT}](?:(?<=[A-Z][A-Z].)|(?=[+＋{DIGIT}{_SEP}]{{5}}))"
+    rf"(?<![{DIGIT}][{DIGIT}])(?<![{DIGIT}][{_SEP}][{DIGIT}])"
+    rf"(?<![{DIGIT}][{_SEP}]{{2}}[{DIGIT}])(?<![{DIGIT}][{_SEP}]{{3}}[{DIGIT}])"
+    rf"(?!{_NO_IDENTIFIER})"
     rf"[{DIGIT}]*+(?:[{_SEP}]{{1,3}}+[{DIGIT}]++)*+"
     rf"(?:[)）](?<=[{DIGIT}][)）]))?"
 )
