@@ -27,6 +27,8 @@ def found(text: str, scanner: Scanner | None = None) -> list[tuple[str, str]]:
         ("TEL +81(0)3-1234-5678", ("PHONE_JP", "+81(0)3-1234-5678")),
         ("フリーダイヤル 0120-123-456", ("PHONE_JP", "0120-123-456")),
         ("〒1000001東京都", ("POSTAL_CODE_JP", "1000001")),
+        ("郵便番号 100-0001", ("POSTAL_CODE_JP", "100-0001")),
+        ("受付 2024/01/05 090-1234-5678 から", ("PHONE_JP", "090-1234-5678")),
         ("旅券番号 TK1234567", ("PASSPORT_JP", "TK1234567")),
         ("在留カード番号 AB12345678CD", ("RESIDENCE_CARD_JP", "AB12345678CD")),
         ("運転免許証 第123456789012号", ("DRIVER_LICENSE_JP", "123456789012")),
@@ -79,6 +81,7 @@ def test_detector_reports_the_value_exactly_as_written(
         "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOC\n-----END PUBLIC KEY-----",
         "お客様各位、仕様書を同様にご確認ください。",
         "納期：2024年4月12日",
+        "account 1234-5678 opened 2024-06-11, app v2.14.3, signed 12/04/1985",
     ],
 )
 def test_look_alikes_are_not_reported(text: str) -> None:
