@@ -90,7 +90,7 @@ def _score(base: float, kind: str | None, wanted: frozenset[str]) -> float:
     if kind in wanted:
         return max(base, 0.95)
     if kind in (ctx.NEGATIVE, ctx.VERSION):
-        return base - 0.35
+        return round(base - 0.35, 2)  # scores are reported with two decimals
     return base
 
 
@@ -344,9 +344,10 @@ class NumberDetector:
             return looked_up[0]
 
         def emit(type_: str, score: float) -> Finding | None:
+            # Every score here is a two-decimal constant below 1, or _score's rounded result.
             if type_ not in wanted or score <= 0:
                 return None
-            return Finding(type_, start, end, round(min(score, 1.0), 2))
+            return Finding(type_, start, end, score)
 
         if prefix:
             return self._with_letters(text, start, end, prefix, digits, sizes, context, emit)
