@@ -199,3 +199,11 @@ def test_asking_for_the_ner_detector_without_ginza_says_how_to_install_it() -> N
     with pytest.raises(RuntimeError, match="pip install ginza ja_ginza"):
         Scanner(ner=True)
     assert Scanner().scan("山田太郎様") == [Finding("PERSON", 0, 4, 0.9)]
+
+
+def test_a_long_text_without_digits_still_has_its_kanji_numeral_birth_date() -> None:
+    # Long texts without any digit skip the number pass; a birth date in kanji numerals
+    # (written with 年) must still be read after an English cue.
+    prose = "The quarterly review covered revenue growth and hiring plans. " * 10
+    text = prose + "He was born 昭和六十年四月十二日 in Osaka."
+    assert ("DATE_OF_BIRTH", "昭和六十年四月十二日") in found(text)

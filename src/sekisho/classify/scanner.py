@@ -71,9 +71,20 @@ _PLAIN_WORDS = ("name", "birth", "born")
 _NAME_CUE = "name"  # the one lower-case word whose places matter (a form field, "name: ...")
 
 
-def _lower_words(text: str) -> list[str]:
-    """The lower-case trigger words that occur in ``text``."""
-    found = [w for w in _PLAIN_WORDS if w in text]
+# Characters a digit run can start with, most common first. Over a long text a few memchr
+# tests are cheaper than the number regex when none of them occurs (prose, chat turns).
+_NUMBER_LEADS = "0123456789（(+０１２３４５６７８９＋"
+_LEAD_TEST_FROM = 512  # characters; below this the regex itself is as cheap as the tests
+
+
+def _has_number_lead(text: str) -> bool:
+    return len(text) < _LEAD_TEST_FROM or any(ch in text for ch in _NUMBER_LEADS)
+
+
+def _lower_words(text: str, dates: bool = True) -> list[str]:
+    """The lower-case trigger words that occur in ``text``; the birth-date cues only if
+    ``dates`` (a date is written with a digit or 年, so a text with neither has none)."""
+    found = [w for w in _PLAIN_WORDS if (dates or w == _NAME_CUE) and w in text]
     if "-" in text:
         found += [w for w in _DASH_WORDS if w in text]
     if ":" in text or "=" in text or "：" in text:
@@ -170,10 +181,11 @@ class Scanner:
         if not text:
             return []
         candidates: list[Finding] = []
-        if self._numbers is not None:
+        numbers = _has_number_lead(text)
+        if self._numbers is not None and numbers:
             self._numbers.detect(text, candidates)
         cues = [(m.start(), m.end(), m.group()) for m in _ASCII_TRIGGER.finditer(text)]
-        lower = _lower_words(text)
+        lower = _lower_words(text, dates=numbers or "年" in text)
         if _NAME_CUE in lower:
             cues += _name_cues(text, cues)
         if not text.isascii():
