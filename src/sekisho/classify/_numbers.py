@@ -281,7 +281,7 @@ class NumberDetector:
                 before not in _LETTERS or not _lettered_possible(sizes)
             ):
                 return
-            finding = self._classify(text, start, end, folded, groups)
+            finding = self._classify(text, start, end, folded, groups, sizes)
             if finding is not None:
                 out.append(finding)
             return
@@ -320,10 +320,18 @@ class NumberDetector:
                 out.append(finding)
 
     def _classify(
-        self, text: str, start: int, end: int, folded: str, groups: list[str]
+        self,
+        text: str,
+        start: int,
+        end: int,
+        folded: str,
+        groups: list[str],
+        sizes: list[int] | None = None,
     ) -> Finding | None:
-        """The identifier a run of digit ``groups`` is, written as ``folded``, if any."""
-        sizes = [*map(len, groups)]
+        """The identifier a run of digit ``groups`` (of ``sizes`` digits) is, written as
+        ``folded``, if any."""
+        if sizes is None:
+            sizes = [*map(len, groups)]
         n = sum(sizes)
         prefix = ""
         if start and text[start - 1] in _LETTERS:
