@@ -1,8 +1,11 @@
 """Throughput and latency of the classifier, side by side with Microsoft Presidio.
 
-One command: ``.venv/bin/python benchmarks/classify/bench.py`` prints a table with MB/s
-(UTF-8 bytes of input per second, one core) and µs per 4 KB prompt (median and p99), for clean
-mixed Japanese/English text and for PII-dense text, for sekisho's Scanner and for Presidio's
+One command: ``.venv/bin/python benchmarks/classify/bench.py`` first times realistic prompts
+one scan at a time (the gateway benchmark's two message texts as ``shared/bench/bench.py``
+builds them, and ~1 KB business prompts with a handful of numbers, dates and addresses;
+``--prompts-only`` stops there), then prints a table with MB/s (UTF-8 bytes of input per
+second, one core) and µs per 4 KB prompt (median and p99), for clean mixed Japanese/English
+text and for PII-dense text, for sekisho's Scanner and for Presidio's
 pattern recognisers (email, credit card, phone, IP, IBAN) run in a separate virtual
 environment on exactly the same prompts. It then compares both on the labelled evaluation
 set for the types Presidio has (email, card, IP, IBAN, phone).
