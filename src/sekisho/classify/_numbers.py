@@ -44,14 +44,18 @@ _SEP = f"{DASH}{SPACE}.．/／()（）"
 _RUN_END = rf"(?![{DIGIT}]|[{_SEP}]{{1,3}}[{DIGIT}])"
 # Shapes that are no identifier whatever surrounds them, tested right after the run's first
 # character (an ASCII digit, not after two capitals, which may open an IBAN): two groups of at
-# most four digits (dates, order numbers, "1234-5678"; a postal code 123-4567 excepted) or
-# three groups of at most eight digits (2024-06-11, 12/04/1985, versions 2.14.3), written with
+# most nine digits in all (order numbers, "1234-5678", "2024-00731"; a postal code 123-4567
+# excepted; 12345-12345678 is a ゆうちょ account and stays), three groups of at most eight
+# (2024-06-11, 12/04/1985, versions 2.14.3) and a date with the hour of a time, written with
 # one ASCII "-", "/" or "." between groups. Such runs never reach Python.
 _NO_IDENTIFIER = (
     rf"(?<=[0-9])(?<![A-Z][A-Z].)(?:"
-    rf"(?![0-9]{{2}}-[0-9]{{4}}{_RUN_END})[0-9]{{0,3}}[-/.][0-9]{{1,4}}"
+    rf"(?![0-9]{{2}}-[0-9]{{4}}{_RUN_END})[0-9]{{0,3}}[-/.][0-9]{{1,5}}"
+    rf"|[0-9]{{5}}[-/.][0-9]{{1,2}}"
     rf"|[0-9]{{0,3}}[-/.][0-9]{{1,2}}[-/.][0-9]{{1,2}}"
     rf"|[0-9]?[-/.][0-9]{{1,2}}[-/.][0-9]{{1,4}}"
+    # a date and the hour of a time ("2024-06-11 08:42"); 0120-12-34 56 would be a phone
+    rf"|(?<=[1-9])[0-9]{{0,3}}[-/.][0-9]{{1,2}}[-/.][0-9]{{1,2}} [0-9]{{1,2}}"
     rf"){_RUN_END}"
 )
 # Led by a character class, so the regex engine skips text without digits at C speed; a
