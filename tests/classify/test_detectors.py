@@ -26,6 +26,7 @@ def found(text: str, scanner: Scanner | None = None) -> list[tuple[str, str]]:
         ("携帯０９０ー１２３４ー５６７８まで", ("PHONE_JP", "０９０ー１２３４ー５６７８")),
         ("TEL +81(0)3-1234-5678", ("PHONE_JP", "+81(0)3-1234-5678")),
         ("フリーダイヤル 0120-123-456", ("PHONE_JP", "0120-123-456")),
+        ("TEL 0120-12-34 56", ("PHONE_JP", "0120-12-34 56")),  # date-and-hour shaped, yet a phone
         ("〒1000001東京都", ("POSTAL_CODE_JP", "1000001")),
         ("郵便番号 100-0001", ("POSTAL_CODE_JP", "100-0001")),
         ("受付 2024/01/05 090-1234-5678 から", ("PHONE_JP", "090-1234-5678")),
@@ -82,6 +83,7 @@ def test_detector_reports_the_value_exactly_as_written(
         "お客様各位、仕様書を同様にご確認ください。",
         "納期：2024年4月12日",
         "account 1234-5678 opened 2024-06-11, app v2.14.3, signed 12/04/1985",
+        "ticket opened 2024-06-11 08:42, order 2024-00731, ref 240915-03",
     ],
 )
 def test_look_alikes_are_not_reported(text: str) -> None:
