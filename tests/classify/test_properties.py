@@ -6,7 +6,7 @@ from __future__ import annotations
 import string
 import time
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sekisho.classify import Scanner, scan
@@ -142,6 +142,36 @@ def test_any_unicode_input_gives_findings_that_index_the_original_text(text: str
         assert text[finding.start : finding.end].strip() != ""
 
 
+_NUMERIC = frozenset(
+    {"MY_NUMBER", "CORPORATE_NUMBER", "PHONE_JP", "POSTAL_CODE_JP", "PASSPORT_JP",
+     "DRIVER_LICENSE_JP", "RESIDENCE_CARD_JP", "HEALTH_INSURANCE_JP", "BANK_ACCOUNT_JP",
+     "CREDIT_CARD", "IP_ADDRESS", "IBAN"}
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["（", "）", "(", ")", "/", "／", " ", "\u3000", "-", "ー", "+", ".", "、", "電話",
+             "マイナンバー", "090", "1234", "5678", "03", "0120", "123456789018", "4111",
+             "192.168.1.20", "〒", "100-0001", "TK", "2024-06-11", "08"]
+        ),
+        max_size=20,
+    )
+)  # fmt: skip
+@example(["マイナンバー", "（", "/", " ", "123456789018"])
+@example(["（", "/", "\u3000", "192.168.1.20"])
+def test_a_number_is_reported_from_its_first_digit_never_from_prose_marks(
+    parts: list[str],
+) -> None:
+    text = "".join(parts)
+    for finding in scan(text):
+        if finding.type in _NUMERIC:
+            first = text[finding.start]
+            assert first.isdigit() or first in "+＋(（" or first.isalpha(), (text, finding)
+
+
 ADVERSARIAL = [
     "1" * 10_000,
     "1-" * 5_000,
@@ -168,6 +198,16 @@ ADVERSARIAL = [
     "YAMADA/" * 1_400,
     "Mr. " * 2_500,
     "ａ" * 10_000,
+    "1234-5678 " * 1_000,
+    "2024-06-11 0" * 850,
+    "0120-12-34 5" * 850,
+    "1-2-" * 2_500,
+    "Q~" * 5_000,
+    "a1Q~" * 2_500,
+    "x://" * 2_500,
+    "sk-" * 3_300,
+    "pass:" * 2_000,
+    "（/ " * 3_300,
 ]
 
 
