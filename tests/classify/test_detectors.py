@@ -140,6 +140,16 @@ def test_custom_terms_match_whatever_width_and_case_they_are_written_in() -> Non
     ]
 
 
+def test_custom_terms_are_whole_words_when_they_start_or_end_with_a_letter() -> None:
+    scanner = Scanner(custom=[CustomRule("codes", terms=["BLUEFIN", "極光計画", "X-1"])])
+    text = "BLUEFINS, xbluefin, (ｂｌｕｅｆｉｎ), 新極光計画案, AX-1, x-1."
+    assert [text[f.start : f.end] for f in scanner.scan(text)] == [
+        "ｂｌｕｅｆｉｎ",
+        "極光計画",
+        "x-1",
+    ]
+
+
 def test_custom_pattern_rule_reports_its_name_as_subtype() -> None:
     scanner = Scanner(custom=[CustomRule("customer-ids", pattern=r"CUST-[0-9]{6}")])
     assert scanner.scan("see CUST-004211") == [Finding("CUSTOM", 4, 15, 0.9, "customer-ids")]
