@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -15,27 +14,24 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sekisho.api import http
 from sekisho.api import openai as routes
 from sekisho.api.admin import AdminAPI
+from sekisho.api.ledger import LedgerAPI
 from sekisho.config import Config, load_config, scanner_for
 from sekisho.errors import (
     ConfigError,
     ConfigProblem,
     MethodNotAllowed,
     NotFound,
-    PermissionDenied,
     SekishoError,
 )
-from sekisho.identity import Authenticator, KeyStore, Principal, allows, require
+from sekisho.identity import Authenticator, KeyStore, Principal, require
 from sekisho.identity.limits import Limiter, build_limiter
-from sekisho.identity.roles import MODEL_ROUTES, Permission
+from sekisho.identity.roles import MODEL_ROUTES
 from sekisho.ledger import KeyFileError, Ledger, create_signing_key, load_signer
-from sekisho.ledger.tiles import TileRequest, read_tile
-from sekisho.ledger.tiles import parse_path as parse_tile_path
 from sekisho.metrics import Metrics
 from sekisho.pipeline import Pipeline, Reply, StreamReply
 from sekisho.providers import Transport, transport_for
@@ -63,6 +59,7 @@ class Gateway:
         self.keys = KeyStore(config.data_dir / "identity.db")
         self.recorder: LedgerRecorder | None = None
         self.ledger: Ledger | None = None
+        self.ledger_api: LedgerAPI | None = None
         self._hash_keys: dict[str, bytes] = {}
         self.transports: dict[str, Transport] = {}
         self.authenticator = Authenticator(self.keys, config.model.auth, tenants=config.tenants)
@@ -204,6 +201,7 @@ class Gateway:
             checkpoint_interval=cfg.checkpoint_interval_ms / 1000,
         )
         self.recorder = LedgerRecorder(self.ledger, self._tenant_hash_key)
+        self.ledger_api = LedgerAPI(self.ledger, self.authenticator)
 
     def _tenant_hash_key(self, tenant: str) -> bytes:
         key = self._hash_keys.get(tenant)
@@ -366,7 +364,8 @@ class Gateway:
                 await self.admin(scope, receive, send, rid)
                 return
             if path.startswith("/ledger/"):
-                await self._ledger_route(scope, send, rid, path)
+                assert self.ledger_api is not None
+                await self.ledger_api(scope, send, rid, path)
                 return
             raise NotFound(
                 f"Unknown path {path!r}. sekisho serves /v1/chat/completions, "
@@ -525,106 +524,6 @@ class Gateway:
                 send, 200, routes.get_model(listing, path[len("/v1/models/") :]), rid
             )
 
-    async def _ledger_route(self, scope: http.Scope, send: http.Send, rid: str, path: str) -> None:
-        if scope["method"] != "GET":
-            raise MethodNotAllowed(f"{path} accepts GET, not {scope['method']}.")
-        assert self.ledger is not None
-        ledger = self.ledger
-        query = http.query(scope)
-        if path == "/ledger/checkpoint":
-            # Public by design: anyone may fetch and keep checkpoints (witness-style).
-            text = await asyncio.to_thread(ledger.latest_checkpoint)
-            await http.send_bytes(send, 200, text.encode(), rid, ctype=b"text/plain; charset=utf-8")
-            return
-        if path.startswith("/ledger/tile/"):
-            # C2SP tlog-tiles, public like checkpoints: mirrors fetch these.
-            request = parse_tile_path(path[len("/ledger/") :])
-            body = await asyncio.to_thread(self._tile, request)
-            cache = "public, max-age=31536000, immutable" if request.width == 256 else "no-cache"
-            await http.send_bytes(
-                send, 200, body, rid, [("cache-control", cache)], ctype=b"application/octet-stream"
-            )
-            return
-        if path == "/ledger/proofs/inclusion":
-            index, size = http.int_param(query, "index"), http.int_param(query, "tree_size")
-            proof = await asyncio.to_thread(ledger.inclusion_proof, index, size)
-            await http.send_json(
-                send,
-                200,
-                {
-                    "index": index,
-                    "tree_size": size,
-                    "proof": [base64.b64encode(h).decode() for h in proof],
-                },
-                rid,
-            )
-            return
-        if path == "/ledger/proofs/consistency":
-            old, new = http.int_param(query, "old"), http.int_param(query, "new")
-            proof = await asyncio.to_thread(ledger.consistency_proof, old, new)
-            await http.send_json(
-                send,
-                200,
-                {
-                    "old_size": old,
-                    "new_size": new,
-                    "proof": [base64.b64encode(h).decode() for h in proof],
-                },
-                rid,
-            )
-            return
-        principal = await self.authenticator.authenticate_headers(scope["headers"])
-        if path.startswith("/ledger/entries/"):
-            index = http.int_segment(path, "/ledger/entries/")
-            leaf = await asyncio.to_thread(ledger.entry, index)
-            owner = await asyncio.to_thread(_entry_tenant, ledger, index, leaf)
-            self._may_read_entry(principal, owner, f"ledger entry {index}")
-            await http.send_json(
-                send, 200, {"index": index, "entry": base64.b64encode(leaf).decode()}, rid
-            )
-            return
-        if path.startswith("/ledger/receipts/"):
-            request_id = path[len("/ledger/receipts/") :]
-            consistency = query.get("since")
-            receipt = await asyncio.to_thread(
-                ledger.receipt,
-                request_id,
-                consistency_with=int(consistency)
-                if consistency and consistency.isdigit()
-                else None,
-            )
-            owner = _leaf_field(base64.b64decode(receipt["entry"]), "tenant")
-            self._may_read_entry(principal, owner, None)
-            await http.send_json(send, 200, receipt, rid)
-            return
-        raise NotFound(f"Unknown ledger path {path!r}.", code="unknown_url")
-
-    def _tile(self, request: TileRequest) -> bytes:
-        assert self.ledger is not None
-        latest = self.ledger.storage.latest_checkpoint()
-        size = latest.size if latest is not None else 0
-        return read_tile(self.ledger.storage, request, size)
-
-    @staticmethod
-    def _may_read_entry(principal: Principal, tenant: str | None, entry: str | None) -> None:
-        """A tenant reads its own entries; principals with ledger.read (auditors) read all.
-
-        Another tenant's entry is a 403 when named by index (the public checkpoint already tells
-        how many entries exist), but a receipt asked for by request id is a 404, so that nobody
-        learns which request ids other tenants used."""
-        if allows(principal, Permission.LEDGER_READ):
-            return
-        if tenant is not None and tenant == principal.tenant:
-            return
-        if entry is None:
-            raise NotFound("No such ledger entry for your tenant.", code="ledger_entry_not_found")
-        raise PermissionDenied(
-            f"The {entry} belongs to another tenant; role '{principal.role}' (principal "
-            f"{principal.subject}) reads only its own tenant's entries. Reading every tenant's "
-            "needs permission 'ledger.read' (roles that have it: auditor).",
-            code="insufficient_role",
-        )
-
     async def _healthz(
         self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str
     ) -> None:
@@ -646,25 +545,6 @@ class Gateway:
             )
         body = generate_latest(self.metrics.registry)
         await http.send_bytes(send, 200, body, rid, ctype=CONTENT_TYPE_LATEST.encode())
-
-
-def _leaf_field(leaf: bytes, name: str) -> str | None:
-    try:
-        value = orjson.loads(leaf).get(name)
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
-
-
-def _entry_tenant(ledger: Ledger, index: int, leaf: bytes) -> str | None:
-    """The tenant an entry belongs to. An outcome entry names only its request: it belongs to
-    the tenant of that request's decision, the last one logged before it."""
-    tenant = _leaf_field(leaf, "tenant")
-    request_id = _leaf_field(leaf, "request_id")
-    if tenant is not None or request_id is None or _leaf_field(leaf, "kind") != "outcome":
-        return tenant
-    decisions = [i for i, kind in ledger.find(request_id) if kind == "decision" and i < index]
-    return _leaf_field(ledger.entry(decisions[-1]), "tenant") if decisions else None
 
 
 def create_app(config: Config) -> Gateway:
