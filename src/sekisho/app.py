@@ -7,10 +7,8 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,11 +29,11 @@ from sekisho.errors import (
 from sekisho.identity import Authenticator, KeyStore, Principal, require
 from sekisho.identity.limits import Limiter, build_limiter
 from sekisho.identity.roles import MODEL_ROUTES
-from sekisho.ledger import KeyFileError, Ledger, create_signing_key, load_signer
+from sekisho.ledger import Ledger
 from sekisho.metrics import Metrics
 from sekisho.pipeline import Pipeline, Reply, StreamReply
 from sekisho.providers import Transport, transport_for
-from sekisho.recorder import LedgerRecorder, tenant_hash_key
+from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
 from sekisho.routing import Health, Selector
 from sekisho.store import Stores
 
@@ -174,32 +172,7 @@ class Gateway:
 
     async def _open_ledger(self) -> None:
         """Open the transparency ledger; create its signing key on first start."""
-        cfg = self.config.ledger
-        data_dir = self.config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        origin = cfg.origin or f"{socket.gethostname()}/sekisho-ledger"
-        key_file = Path(cfg.key_file) if cfg.key_file else data_dir / "keys" / "ledger.key"
-        if not key_file.exists():
-            try:
-                verifier = create_signing_key(key_file, origin)
-                log.warning(
-                    "created the ledger signing key; publish its verifier key so auditors can "
-                    "verify receipts offline",
-                    extra={"key_file": str(key_file), "verifier_key": verifier},
-                )
-            except KeyFileError:
-                if not key_file.exists():  # another worker did not just create it
-                    raise
-        signer = load_signer(key_file)
-        self.ledger = await Ledger.open(
-            cfg.url or str(data_dir),
-            signer,
-            origin=origin,
-            group_interval=cfg.group_interval_ms / 1000,
-            group_size=cfg.group_size,
-            deadline=cfg.deadline_ms / 1000,
-            checkpoint_interval=cfg.checkpoint_interval_ms / 1000,
-        )
+        self.ledger = await open_ledger(self.config)
         self.recorder = LedgerRecorder(self.ledger, self._tenant_hash_key)
         self.ledger_api = LedgerAPI(self.ledger, self.authenticator)
 

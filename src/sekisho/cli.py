@@ -119,7 +119,14 @@ def _register_optional(sub: Any, ksub: Any) -> None:
             if exc.name != f"sekisho.{name}.cli":
                 raise
             continue
-        module.register(sub)
+        if name == "store":
+            # Subject requests, tenant deletion and key rotation are ledger entries, with who
+            # asked, like every admin act of the gateway itself.
+            from sekisho.recorder import ledger_audit
+
+            module.register(sub, audit=ledger_audit)
+        else:
+            module.register(sub)
         if hasattr(module, "register_keys"):
             module.register_keys(ksub)
 

@@ -6,20 +6,94 @@ the ledger knows nothing of calls and decisions, and the pipeline nothing of Mer
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import secrets
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from sekisho.ledger import AdminRecord, DecisionRecord, Ledger, OutcomeRecord, keyed_hash
+from sekisho.config import Config
+from sekisho.ledger import (
+    AdminRecord,
+    DecisionRecord,
+    KeyFileError,
+    Ledger,
+    OutcomeRecord,
+    create_signing_key,
+    keyed_hash,
+    load_signer,
+)
 from sekisho.ledger.records import now
 from sekisho.pipeline import Call, Outcome
 from sekisho.policy.decision import Decision
 from sekisho.store import Stores
+
+log = logging.getLogger("sekisho.recorder")
+
+
+async def open_ledger(config: Config) -> Ledger:
+    """Open the configured transparency ledger; create its signing key on first start."""
+    cfg = config.ledger
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    origin = cfg.origin or f"{socket.gethostname()}/sekisho-ledger"
+    key_file = Path(cfg.key_file) if cfg.key_file else data_dir / "keys" / "ledger.key"
+    if not key_file.exists():
+        try:
+            verifier = create_signing_key(key_file, origin)
+            log.warning(
+                "created the ledger signing key; publish its verifier key so auditors can "
+                "verify receipts offline",
+                extra={"key_file": str(key_file), "verifier_key": verifier},
+            )
+        except KeyFileError:
+            if not key_file.exists():  # another process did not just create it
+                raise
+    return await Ledger.open(
+        cfg.url or str(data_dir),
+        load_signer(key_file),
+        origin=origin,
+        group_interval=cfg.group_interval_ms / 1000,
+        group_size=cfg.group_size,
+        deadline=cfg.deadline_ms / 1000,
+        checkpoint_interval=cfg.checkpoint_interval_ms / 1000,
+    )
+
+
+class LedgerAuditSink:
+    """Admin acts of command-line tools (subject requests, tenant deletion, key rotation)
+    written to the same transparency log as the gateway's, with who asked."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    async def admin(
+        self, actor: str, action: str, target: str, details: Mapping[str, object]
+    ) -> None:
+        flat = {
+            k: v if isinstance(v, str | int | bool) or v is None else str(v)
+            for k, v in details.items()
+        }
+        await self.ledger.append(
+            AdminRecord(time=now(), actor=actor, action=action, target=target, details=flat)
+        )
+
+
+@contextlib.asynccontextmanager
+async def ledger_audit(config: Config) -> AsyncIterator[LedgerAuditSink]:
+    """For ``store.cli.register(audit=...)``: open the ledger for one command, then close it
+    (several processes may append to one log: SQLite's single writer, or PostgreSQL's lock)."""
+    ledger = await open_ledger(config)
+    try:
+        yield LedgerAuditSink(ledger)
+    finally:
+        await ledger.close()
 
 
 def tenant_hash_key(data_dir: Path, tenant: str) -> bytes:

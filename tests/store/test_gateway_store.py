@@ -257,3 +257,35 @@ def test_a_my_number_is_pseudonymised_in_storage_also_when_redaction_rewrote_the
     prompt = json.dumps(record["prompt"], ensure_ascii=False)
     assert "jiro@example.jp" not in prompt  # stored as it was sent
     assert MY_NUMBER not in prompt, "the stored prompt carries the number in clear"
+
+
+def test_subject_requests_are_ledger_entries_with_who_asked(tmp_path: Path) -> None:
+    """Issue 6: each data-subject step is recorded in the ledger with who asked — in the same
+    transparency log as the gateway's decisions, while the gateway keeps appending to it."""
+    from sekisho.ledger import parse_record
+    from sekisho.ledger.storage import open_storage
+
+    h = started(tmp_path)
+    try:
+        email = f"jiro.{uuid.uuid4().hex[:8]}@example.jp"
+        chat(h, h.key(), f"please reply to {email}")
+        cfg = config_file(h, tmp_path)
+        actor = "dpo@example.jp"
+        steps = (("find", []), ("export", ["--out", str(tmp_path / "e.json")]),
+                 ("delete", ["--yes"]))  # fmt: skip
+        for verb, extra in steps:
+            r = sekisho("subject", verb, "--tenant", "demo", "--email", email,
+                        "--config", str(cfg), "--actor", actor, *extra)  # fmt: skip
+            assert r.returncode == 0, (verb, r.stderr)
+        assert chat(h, h.key(), "after the subject request").status_code == 200
+    finally:
+        h.stop()
+    storage = open_storage(h.data_dir)
+    try:
+        records = [parse_record(leaf) for _, leaf, _, _, _ in storage.scan(0, storage.tree_size())]
+    finally:
+        storage.close()
+    admin = [r for r in records if r.kind == "admin" and r.actor == actor]  # type: ignore[union-attr]
+    assert len(admin) >= 3, [r.to_json() for r in records if r.kind == "admin"]
+    assert email not in json.dumps([r.to_json() for r in admin])  # the person appears hashed
+    assert not (h.data_dir / "store-admin.jsonl").exists()
