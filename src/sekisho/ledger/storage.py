@@ -360,15 +360,30 @@ class SQLiteStorage(Storage):
         return str(self.path)
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot open the ledger at {self.path}: {e}") from None
-        return conn
+        # Switching a new file to WAL needs a moment of exclusive access, and SQLite answers
+        # "database is locked" at once (no busy handler) when another process is opening the
+        # same new file: retry within the busy timeout instead of failing the start.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            conn: sqlite3.Connection | None = None
+            try:
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=self.busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                return conn
+            except sqlite3.OperationalError as e:
+                if conn is not None:
+                    conn.close()
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise StorageError(f"cannot open the ledger at {self.path}: {e}") from None
+                time.sleep(0.01)
+            except sqlite3.Error as e:
+                raise StorageError(f"cannot open the ledger at {self.path}: {e}") from None
 
     def _end_read(self, conn: Any) -> None:
         # autocommit mode (isolation_level=None): each read is its own transaction already
