@@ -93,6 +93,7 @@ class ServeProcess:
     ) -> None:
         self.config_file = config_file
         self.data_dir = data_dir
+        self.fixed_port = port is not None
         self.port = port or free_port()
         self.workers = workers
         self.stderr_path = data_dir.parent / f"serve-{self.port}.stderr"
@@ -108,6 +109,19 @@ class ServeProcess:
         return args
 
     def start(self, timeout: float = 30) -> ServeProcess:
+        # The port was free when chosen, but any socket (an outgoing connection's ephemeral
+        # port, say) may take it before the server binds: then choose another and start again.
+        for _ in range(5):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc).lower() or self.fixed_port:
+                    raise
+                self.port = free_port()
+                self.stderr_path = self.data_dir.parent / f"serve-{self.port}.stderr"
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> ServeProcess:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
