@@ -430,7 +430,11 @@ def test_kill_9_under_load_leaves_a_consistent_log_and_only_unfinished_requests_
     try:
         for w in workers:
             w.start()
-        time.sleep(1.5)
+        time.sleep(1.0)
+        # kill while a stream is on the wire (the client has seen events, not [DONE])
+        deadline = time.monotonic() + 15
+        while not streaming and time.monotonic() < deadline:
+            time.sleep(0.005)
         gateway.signal(signal.SIGKILL)
         gateway.wait(20)
         stop.set()
