@@ -18,7 +18,9 @@ from urllib.parse import quote
 
 import yaml
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sekisho.yaml"
+# The documented example config, shipped inside the package so that `sekisho demo` works from
+# any install; tests keep it identical to examples/sekisho.yaml.
+EXAMPLE = Path(__file__).resolve().parent / "data" / "example.yaml"
 
 
 @dataclass

@@ -158,3 +158,9 @@ def test_serve_refuses_to_start_on_invalid_config(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "regions" in r.stderr and "endpoints" in r.stderr
+
+
+def test_the_packaged_example_is_the_documented_one() -> None:
+    """`sekisho demo` runs from the copy inside the package; it must be examples/sekisho.yaml."""
+    packaged = Path(__file__).resolve().parents[2] / "src" / "sekisho" / "data" / "example.yaml"
+    assert packaged.read_bytes() == EXAMPLE.read_bytes()
