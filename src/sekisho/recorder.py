@@ -191,10 +191,4 @@ class LedgerRecorder:
         self, actor: str, action: str, target: str, details: Mapping[str, object]
     ) -> None:
         """Admin actions (keys, policy, deletions, key destruction) are ledger entries too."""
-        flat = {
-            k: v if isinstance(v, str | int | bool) or v is None else str(v)
-            for k, v in details.items()
-        }
-        await self.ledger.append(
-            AdminRecord(time=now(), actor=actor, action=action, target=target, details=flat)
-        )
+        await LedgerAuditSink(self.ledger).admin(actor, action, target, details)
