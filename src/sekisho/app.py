@@ -39,6 +39,9 @@ from sekisho.store import Stores
 
 log = logging.getLogger("sekisho.app")
 
+# Seconds a model request runs before a task starts watching for its client going away.
+_WATCH_AFTER = 0.1
+
 Handler = Callable[[http.Scope, http.Receive, http.Send, str], Awaitable[None]]
 ModelHandler = Callable[..., Awaitable[Reply | StreamReply]]
 
@@ -375,7 +378,8 @@ class Gateway:
         # x-request-id can never mix its receipts with another request's; the client's id is
         # still echoed in x-request-id.
         call_id = rid if http.header(scope, b"x-request-id") != rid else http.new_request_id()
-        watcher: asyncio.Task[None] | None = None
+        watchers: list[asyncio.Task[None]] = []
+        watch_timer: asyncio.TimerHandle | None = None
         finished = False
         task = asyncio.current_task()
         self.in_flight += 1
@@ -397,7 +401,15 @@ class Gateway:
                             task.cancel()
                         return
 
-            watcher = asyncio.create_task(watch())
+            def start_watching() -> None:
+                if not finished:
+                    watchers.append(asyncio.get_running_loop().create_task(watch()))
+
+            # The watcher starts only once the request has run for a moment: most answers
+            # complete sooner, and a task per request (created, then cancelled) is a measurable
+            # share of the CPU the gateway spends per request. A disconnect in that first
+            # moment is seen when the watcher starts (uvicorn reports it at once).
+            watch_timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, start_watching)
             reply = await handler(self.pipeline, principal, call_id, raw, scope)
             reply.headers.append(("x-sekisho-request-id", call_id))
             hdrs = dict(reply.headers)
@@ -424,7 +436,7 @@ class Gateway:
         except http.ClientGone:
             status = 499
         except asyncio.CancelledError:
-            if task is not None and task.cancelling() and watcher is not None and watcher.done():
+            if task is not None and task.cancelling() and watchers and watchers[0].done():
                 task.uncancel()
                 status = 499
                 log.info("client disconnected", extra={"request_id": rid, "path": path})
@@ -442,13 +454,17 @@ class Gateway:
                 await http.send_error(send, err, rid)
         finally:
             finished = True
-            if watcher is not None and not watcher.done():
-                watcher.cancel()
+            if watch_timer is not None:
+                watch_timer.cancel()
+            for watcher in watchers:
+                if not watcher.done():
+                    watcher.cancel()
             self.in_flight -= 1
             self.metrics.in_flight.dec()
             route_label = "chat" if path.endswith("completions") else "embeddings"
-            self.metrics.requests.labels(route_label, str(status), endpoint, jurisdiction).inc()
-            self.metrics.latency.labels(route_label, endpoint, jurisdiction).observe(
+            m = self.metrics
+            m.child(m.requests, route_label, str(status), endpoint, jurisdiction).inc()
+            m.child(m.latency, route_label, endpoint, jurisdiction).observe(
                 time.perf_counter() - started
             )
 

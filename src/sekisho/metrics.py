@@ -3,6 +3,8 @@ border, how much went where."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -11,6 +13,7 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "sekisho_requests",
@@ -50,3 +53,13 @@ class Metrics:
             ["endpoint", "jurisdiction"],
             registry=r,
         )
+
+    def child(self, metric: Counter | Histogram | Gauge, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: prometheus_client validates and looks the
+        labels up again on every call, which the request path does several times. Label
+        values are bounded by the configuration (routes, statuses, endpoints)."""
+        key = (metric._name, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

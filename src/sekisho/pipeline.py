@@ -584,8 +584,9 @@ class Pipeline:
         ep_id = route.endpoint.id if route else "-"
         juris = route.endpoint.jurisdiction.country if route else "-"
         if route is not None and (outcome.prompt_tokens or outcome.completion_tokens):
-            self.metrics.tokens.labels(ep_id, juris, "prompt").inc(outcome.prompt_tokens)
-            self.metrics.tokens.labels(ep_id, juris, "completion").inc(outcome.completion_tokens)
+            m = self.metrics
+            m.child(m.tokens, ep_id, juris, "prompt").inc(outcome.prompt_tokens)
+            m.child(m.tokens, ep_id, juris, "completion").inc(outcome.completion_tokens)
         await self._store(call, decision, outcome)
         if self.recorder is not None:
             await self.recorder.outcome(call, decision, outcome)

@@ -36,6 +36,8 @@ from sekisho.store import Stores
 
 log = logging.getLogger("sekisho.recorder")
 
+_MAX_PRINCIPALS = 10_000  # remembered caller pseudonyms (one HMAC each saved per request)
+
 
 async def open_ledger(config: Config) -> Ledger:
     """Open the configured transparency ledger; create its signing key on first start."""
@@ -123,6 +125,7 @@ class LedgerRecorder:
         self._tenant_key = tenant_key
         self._stores: Stores | None = None
         self._homes: dict[str, str] = {}
+        self._principals: dict[tuple[str, str], tuple[object, str]] = {}
 
     def use_store_keys(self, stores: Stores, tenants: Mapping[str, Any]) -> None:
         """Hash with each tenant's key from its home-region store (destroyed with the tenant)."""
@@ -137,8 +140,24 @@ class LedgerRecorder:
     def principal_id(self, tenant: str, subject: str) -> str:
         """A stable pseudonym for the caller: the same key always maps to the same id, and the
         id reveals nothing without the tenant's key."""
+        # Remembered per (tenant, caller) while the tenant's hashing key is the same one: a new
+        # key (rotation, crypto-shredding) computes it afresh.
+        key_now = self._key_identity(tenant)
+        cached = self._principals.get((tenant, subject))
+        if cached is not None and (cached[0] is key_now or cached[0] == key_now):
+            return cached[1]
         digest = self._hash(tenant, b"principal\x00" + subject.encode())
-        return "p_" + digest.rpartition(":")[2][:20]
+        pid = "p_" + digest.rpartition(":")[2][:20]
+        if len(self._principals) >= _MAX_PRINCIPALS:
+            self._principals.clear()
+        self._principals[(tenant, subject)] = (key_now, pid)
+        return pid
+
+    def _key_identity(self, tenant: str) -> object:
+        """The object holding the tenant's current hashing key (changes when the key does)."""
+        if self._stores is not None and tenant in self._homes:
+            return self._stores.for_tenant(tenant, self._homes[tenant]).current_keys()
+        return self._tenant_key(tenant)
 
     async def decision(self, call: Call, decision: Decision, tenant_region: str) -> str | None:
         first = decision.eligible[0].endpoint if decision.eligible else None

@@ -41,9 +41,13 @@ def canonical_json(value: Mapping[str, Any]) -> bytes:
 
 
 def format_time(when: datetime) -> str:
+    """RFC 3339 UTC with milliseconds: ``2026-11-27T09:30:00.123Z``."""
     if when.tzinfo is None:
         raise ValueError("record times must be timezone-aware")
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    if when.tzinfo is not UTC:
+        when = when.astimezone(UTC)
+    # isoformat is C code; strftime was a measurable part of every ledger entry
+    return when.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_time(text: str) -> datetime:

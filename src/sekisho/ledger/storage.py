@@ -36,6 +36,7 @@ from sekisho.ledger import merkle
 from sekisho.ledger.merkle import CompactRange, NodeKey
 
 SQLITE_FILE = "ledger.sqlite3"
+_ROWS_PER_INSERT = 500  # 2,500 parameters at most: far below SQLite's and PostgreSQL's limits
 
 
 class StorageError(RuntimeError):
@@ -67,6 +68,7 @@ class Storage(abc.ABC):
         self._connections: list[Any] = []
         self._connections_lock = threading.Lock()
         self._edge: CompactRange | None = None  # the sequencer's view; only the writer thread
+        self._insert_sql: dict[tuple[str, int], str] = {}
 
     # -- backend specifics -----------------------------------------------------------------------
 
@@ -170,17 +172,9 @@ class Storage(abc.ABC):
                     (start + i, entry.leaf, entry.leaf_hash, entry.request_id, entry.kind)
                 )
                 nodes.extend(edge.append(entry.leaf_hash))
-            cur.executemany(
-                self._q(
-                    "INSERT INTO entries (idx, leaf, leaf_hash, request_id, kind) "
-                    "VALUES (?, ?, ?, ?, ?)"
-                ),
-                entries,
-            )
+            self._insert(cur, "entries (idx, leaf, leaf_hash, request_id, kind)", 5, entries)
             if nodes:
-                cur.executemany(
-                    self._q("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)"), nodes
-                )
+                self._insert(cur, "nodes (level, idx, hash)", 3, nodes)
             cur.execute(self._q("UPDATE tree SET size = ? WHERE id = 0"), (edge.size,))
             cur.close()
             conn.commit()
@@ -191,6 +185,20 @@ class Storage(abc.ABC):
             raise
         self._edge = edge
         return start
+
+    def _insert(self, cur: Any, into: str, width: int, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Multi-row INSERTs: one statement per chunk instead of one per row (``executemany``
+        releases and retakes the GIL per row, and the event loop waits for it each time)."""
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            key = (into, len(chunk))
+            sql = self._insert_sql.get(key)
+            if sql is None:
+                one = "(" + ", ".join(["?"] * width) + ")"
+                sql = self._q(f"INSERT INTO {into} VALUES " + ", ".join([one] * len(chunk)))
+                if len(self._insert_sql) < 1024:
+                    self._insert_sql[key] = sql
+            cur.execute(sql, [v for row in chunk for v in row])
 
     def bulk_load(self, leaves: Sequence[bytes], *, chunk: int = 100_000) -> None:
         """Append many leaves quickly (benchmarks, imports): one transaction per chunk."""

@@ -15,6 +15,7 @@ What it promises, in the order the code keeps it:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -95,6 +96,9 @@ class RegionStore:
         )
         self._closed = False
         self._sql_cache: dict[tuple[str, int], str] = {}
+        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._watch_loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     @classmethod
     def open(
@@ -292,14 +296,39 @@ class RegionStore:
             raise StoreError(f"The store of region {self.region!r} is shut down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.put(_Pending(row, ids, future, loop, time.monotonic() + self.deadline))
-        try:
-            await asyncio.wait_for(future, self.deadline)
-        except TimeoutError:
-            raise StoreError(
-                f"The store of region {self.region!r} ({self.records_at.display}) could not make "
-                f"record {row['record_id']} durable within {self.deadline:g} s (slow or hanging)."
-            ) from None
+        pending = _Pending(row, ids, future, loop, time.monotonic() + self.deadline)
+        if self._watch_loop is None:
+            self._watch_loop = loop
+            self._watchdog = loop.create_task(self._watch_deadlines())
+        if loop is not self._watch_loop:  # a second event loop (tools, tests): its own timer
+            self._queue.put(pending)
+            try:
+                await asyncio.wait_for(future, self.deadline)
+            except TimeoutError:
+                raise self._too_slow(row["record_id"]) from None
+            return
+        self._waiting.append(pending)
+        self._queue.put(pending)
+        await future
+
+    def _too_slow(self, record_id: str) -> StoreError:
+        return StoreError(
+            f"The store of region {self.region!r} ({self.records_at.display}) could not make "
+            f"record {record_id} durable within {self.deadline:g} s (slow or hanging)."
+        )
+
+    async def _watch_deadlines(self) -> None:
+        """Fail every write whose deadline passed: one timer for all, not one per record."""
+        tick = min(0.05, self.deadline / 10)
+        waiting = self._waiting
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            # FIFO with one deadline for all: the oldest write is always on the left.
+            while waiting and (waiting[0].future.done() or waiting[0].give_up_at <= now):
+                pending = waiting.popleft()
+                if not pending.future.done():
+                    pending.future.set_exception(self._too_slow(pending.row["record_id"]))
 
     def _collect(self, first: _Pending, lingering: bool) -> tuple[list[_Pending], bool]:
         batch, stop = [first], False
@@ -399,6 +428,16 @@ class RegionStore:
         self._closed = True
         self._queue.put(_STOP)
         await asyncio.to_thread(self._writer.join, self.deadline + 5)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._watchdog
+        for pending in self._waiting:
+            if not pending.future.done():
+                pending.future.set_exception(
+                    StoreError(f"The store of region {self.region!r} is shut down")
+                )
+        self._waiting.clear()
         self.records_db.dispose()
         self.keyring_db.dispose()
         self.keys.close()

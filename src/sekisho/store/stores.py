@@ -114,12 +114,17 @@ class TenantStore:
             return cached
         return await asyncio.to_thread(self.region.tenant_keys, self.tenant)
 
+    def current_keys(self) -> TenantKeys:
+        """The tenant's current keys; non-blocking once loaded (``Stores.open`` loads them)."""
+        cached = self.region._current.get(self.tenant)
+        return cached if cached is not None else self._keys_now()
+
     def keyed_hash(self, data: bytes) -> str:
         """HMAC-SHA256 under the tenant's hashing key, ``hmac-sha256:<hex>`` (the ledger's form).
 
         Non-blocking once the tenant's key is loaded (``Stores.open`` loads configured tenants).
         """
-        return self._keys_now().keyed_hash(data)
+        return self.current_keys().keyed_hash(data)
 
     async def put(self, exchange: Exchange) -> StoredRef | None:
         """Keep what the retention says; return once durable. None when nothing is kept."""

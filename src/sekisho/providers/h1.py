@@ -1,0 +1,847 @@
+"""A lean HTTP/1.1 client for upstream calls: POST only, pooled keep-alive, httptools parsing.
+
+What it promises:
+
+- One request per connection at a time; a connection is reused only after its response was
+  read completely and the server allowed keep-alive. Per (scheme, host, port) at most
+  ``limit_per_host`` connections exist; further callers wait in FIFO order.
+- A reused idle connection that fails before any response byte arrived (the server closed it
+  while the request was on its way) is retried once on a fresh connection. Never after a
+  response byte: the upstream may have acted on the request.
+- Timeouts: ``connect`` covers pool wait, TCP connect and TLS; ``first_byte`` covers the wait
+  for the response headers and every stall between body bytes; ``total`` the whole exchange.
+- Every failure is an ``UpstreamError`` subclass naming the endpoint, as the aiohttp
+  transport raises them; a cancelled caller closes the connection and the cancellation
+  propagates.
+- Response bodies are framed by Content-Length, chunked encoding or EOF (the connection then
+  closes); interim 1xx answers are skipped. A body read line by line stops reading from the
+  socket while more than 256 KiB wait unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+from sekisho.providers.base import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+)
+
+# Reading pauses above this many unread body bytes and resumes at or below the low mark.
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+# One SSE line may not grow past this, so a server that never sends a newline cannot fill memory.
+_MAX_LINE = 16 * 1024 * 1024
+# Timers may fire up to a clock tick early; treat that as on time.
+_EARLY = 0.001
+
+_CONNECTING, _BUSY, _IDLE, _CLOSED = range(4)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PLAIN, _HOST, _FRAMING = range(3)
+
+
+class _Stale(Exception):
+    """A reused connection died before any response byte: safe to send once more, elsewhere."""
+
+
+class _PoolWaitExpired(Exception):
+    pass
+
+
+class _ClientClosed(Exception):
+    pass
+
+
+class H1Response:
+    """A response whose headers have arrived; its body is read with ``read()`` or ``lines()``."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_conn",
+        "_done",
+        "_endpoint_id",
+        "_error",
+        "_waiter",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection, endpoint_id: str) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._conn: _Connection | None = conn  # None once the body is complete or failed
+        self._endpoint_id = endpoint_id
+        self._chunks: list[bytes] = []
+        self._buffered = 0  # received and not yet handed to the reader
+        self._done = False
+        self._error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes received from the socket and not yet returned to the reader."""
+        return self._buffered
+
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; with ``limit``, at most that many bytes (the rest is dropped and the
+        connection closed, as it cannot be reused with an unread body)."""
+        if self._done and limit is None:  # the common case: the body came with the headers
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            return data
+        out: list[bytes] = []
+        size = 0
+        while True:
+            if self._chunks:
+                out += self._chunks
+                size += self._buffered
+                self._chunks.clear()
+                self._buffered = 0
+                if limit is not None and size >= limit:
+                    self.close()
+                    return b"".join(out)[:limit]
+            if self._done:
+                return b"".join(out)
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        """The body line by line (split at LF), each without its CR/LF; a last unterminated
+        line is yielded too. Stops reading the socket while the reader falls behind."""
+        pending: list[bytes] = []  # the start of a line that has no LF yet
+        pending_size = 0
+        try:
+            while True:
+                if self._chunks:
+                    data = b"".join(self._chunks)
+                    self._chunks.clear()
+                    parts = data.split(b"\n")
+                    if len(parts) > 1:
+                        if pending:
+                            pending.append(parts[0])
+                            parts[0] = b"".join(pending)
+                            pending.clear()
+                            pending_size = 0
+                        last = parts.pop()
+                        if b"\r" in data:
+                            for line in parts:
+                                yield line.rstrip(b"\r")
+                        else:
+                            for line in parts:
+                                yield line
+                        if last:
+                            pending.append(last)
+                            pending_size = len(last)
+                    else:
+                        pending.append(data)
+                        pending_size += len(data)
+                        if pending_size > _MAX_LINE:
+                            raise UpstreamProtocolError(
+                                self._endpoint_id,
+                                f"stream line longer than {_MAX_LINE} bytes without a newline",
+                            )
+                    self._buffered -= len(data)
+                    conn = self._conn
+                    if conn is not None and conn._paused and self._buffered <= _LOW_WATER:
+                        conn._resume()
+                elif self._done:
+                    if pending:
+                        yield b"".join(pending).rstrip(b"\r")
+                    return
+                elif self._error is not None:
+                    raise self._error
+                else:
+                    await self._wait()
+        finally:
+            # The reader stopped early (break, error, cancel): the rest of the body is unread.
+            if not self._done:
+                self.close()
+
+    def close(self) -> None:
+        """Drop the response. A body still arriving closes the connection (no reuse)."""
+        conn = self._conn
+        if conn is not None:
+            conn._fail(
+                UpstreamProtocolError(self._endpoint_id, "response closed before it was read")
+            )
+        self._chunks.clear()
+        self._buffered = 0
+
+    async def _wait(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        waiter = self._waiter = conn._loop.create_future()
+        if conn._paused:
+            conn._resume()
+        try:
+            await waiter
+        except BaseException:  # cancelled: the caller is gone; the connection cannot be reused
+            self._waiter = None
+            self.close()
+            raise
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection carrying one exchange at a time."""
+
+    __slots__ = (
+        "_complete",
+        "_deadline",
+        "_got_bytes",
+        "_headers",
+        "_idle_since",
+        "_informational",
+        "_keep_alive",
+        "_last_rx",
+        "_loop",
+        "_parser",
+        "_paused",
+        "_pool",
+        "_response",
+        "_reused",
+        "_stall",
+        "_state",
+        "_timer",
+        "_total",
+        "_until_eof",
+        "transport",
+    )
+
+    def __init__(self, pool: _Pool, loop: asyncio.AbstractEventLoop) -> None:
+        self._pool = pool
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._state = _CONNECTING
+        self._reused = False  # has completed an exchange before
+        self._response: H1Response | None = None
+        self._headers: dict[str, str] = {}
+        self._complete = False
+        self._keep_alive = False
+        self._informational = False
+        self._until_eof = False
+        self._got_bytes = False
+        self._paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._stall = 0.0
+        self._total = 0.0
+        self._deadline = 0.0
+        self._last_rx = 0.0
+        self._idle_since = 0.0
+
+    # -- the exchange -----------------------------------------------------------------------
+
+    def send(
+        self, data: bytes, endpoint_id: str, first_byte: float, total: float, deadline: float
+    ) -> H1Response:
+        resp = H1Response(self, endpoint_id)
+        self._response = resp
+        self._got_bytes = False
+        self._until_eof = False
+        self._stall = first_byte
+        self._total = total
+        self._deadline = deadline
+        now = self._loop.time()
+        self._last_rx = now
+        self._timer = self._loop.call_at(min(now + first_byte, deadline), self._on_timer)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._fail(self._lost_error(resp, None))
+        else:
+            transport.write(data)
+        return resp
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        resp = self._response
+        if resp is None:
+            return
+        now = self._loop.time()
+        exc: UpstreamError
+        if now >= self._deadline - _EARLY:
+            exc = UpstreamTimeoutError(
+                resp._endpoint_id, f"no complete response within {self._total:g} s (total timeout)"
+            )
+        elif self._paused or now - self._last_rx < self._stall - _EARLY:
+            # Data arrived since (or we paused reading ourselves): the stall clock restarts.
+            since = now if self._paused else self._last_rx
+            self._timer = self._loop.call_at(
+                min(since + self._stall, self._deadline), self._on_timer
+            )
+            return
+        elif resp.status == 0:
+            exc = UpstreamTimeoutError(
+                resp._endpoint_id,
+                f"no response headers within {self._stall:g} s (first-byte timeout)",
+            )
+        else:
+            exc = UpstreamTimeoutError(
+                resp._endpoint_id,
+                f"response stalled: no data for {self._stall:g} s (first-byte/read timeout)",
+            )
+        self._fail(exc)
+
+    def _finish(self) -> None:
+        """The response is complete: hand it over and return the connection if allowed."""
+        resp = self._response
+        assert resp is not None
+        self._response = None
+        self._complete = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        resp._conn = None
+        resp._done = True
+        resp._wake()
+        self._reused = True
+        transport = self.transport
+        if (
+            self._keep_alive
+            and self._state == _BUSY
+            and transport is not None
+            and not transport.is_closing()
+        ):
+            if self._paused:
+                self._resume()
+            self._pool.release(self)
+        else:
+            self.close()
+
+    def _fail(self, exc: Exception) -> None:
+        """End the exchange with ``exc`` and close the connection."""
+        resp = self._response
+        self._response = None
+        if resp is not None:
+            resp._conn = None
+            resp._error = exc
+            resp._wake()
+        self.close()
+
+    def _lost_error(self, resp: H1Response, exc: Exception | None) -> Exception:
+        why = f" ({exc})" if exc is not None else ""
+        if not self._got_bytes:
+            if self._reused:
+                return _Stale()
+            return UpstreamConnectError(
+                resp._endpoint_id, f"the server closed the connection without answering{why}"
+            )
+        if resp.status == 0:
+            return UpstreamProtocolError(
+                resp._endpoint_id,
+                f"the connection closed before the response headers were complete{why}",
+            )
+        return UpstreamProtocolError(
+            resp._endpoint_id, f"the connection closed in the middle of the response body{why}"
+        )
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._state == _CLOSED:
+            return
+        was_idle = self._state == _IDLE
+        self._state = _CLOSED
+        self._pool.discard(self, was_idle)
+        if self.transport is not None:
+            self.transport.close()
+
+    def usable(self, now: float) -> bool:
+        transport = self.transport
+        return (
+            self._state == _IDLE
+            and transport is not None
+            and not transport.is_closing()
+            and now - self._idle_since < self._pool.keepalive_timeout
+        )
+
+    def _resume(self) -> None:
+        self._paused = False
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; both have its interface.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        resp = self._response
+        if resp is None:  # bytes nobody asked for: the connection's framing is lost
+            self.close()
+            return
+        self._last_rx = self._loop.time()
+        self._got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(
+                UpstreamProtocolError(
+                    resp._endpoint_id, "the server switched protocols (HTTP 101) unasked"
+                )
+            )
+            return
+        except httptools.HttpParserError as exc:
+            if not self._complete:
+                self._fail(
+                    UpstreamProtocolError(resp._endpoint_id, f"malformed HTTP response: {exc}")
+                )
+                return
+            self._keep_alive = False  # junk after a complete response: keep it, drop the socket
+        if self._complete:
+            self._finish()
+        elif resp._buffered > _HIGH_WATER and not self._paused:
+            self._paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        resp = self._response
+        if resp is not None:
+            if self._until_eof and resp.status and exc is None:  # EOF ends this body
+                self._keep_alive = False
+                self._finish()
+                return
+            self._fail(self._lost_error(resp, exc))
+            return
+        self.close()
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise ValueError("a second response nobody asked for")
+        self._headers = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers = self._headers
+        old = headers.get(key)
+        headers[key] = text if old is None else f"{old}, {text}"
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
+            self._informational = True
+            return
+        resp = self._response
+        assert resp is not None
+        headers = self._headers
+        resp.status = status
+        resp.headers = headers
+        if status == 204 or status == 304:
+            self._until_eof = False
+        else:
+            te = headers.get("transfer-encoding")
+            if te is not None:
+                self._until_eof = not te.rstrip().lower().endswith("chunked")
+            else:
+                self._until_eof = "content-length" not in headers
+        resp._wake()
+
+    def on_body(self, body: bytes) -> None:
+        resp = self._response
+        assert resp is not None
+        resp._chunks.append(body)
+        resp._buffered += len(body)
+        if resp._waiter is not None:
+            resp._wake()
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        self._complete = True
+        self._keep_alive = self._parser.should_keep_alive()
+
+
+class _Pool:
+    """The connections to one (scheme, host, port)."""
+
+    __slots__ = (
+        "conns",
+        "host",
+        "idle",
+        "keepalive_timeout",
+        "limit",
+        "port",
+        "server_hostname",
+        "size",
+        "ssl",
+        "waiters",
+    )
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        limit: int,
+        keepalive_timeout: float,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.ssl = ssl_context
+        self.server_hostname = host if ssl_context is not None else None
+        self.limit = limit
+        self.keepalive_timeout = keepalive_timeout
+        self.size = 0  # connections open or opening, including slots promised to waiters
+        self.idle: list[_Connection] = []  # most recently used last
+        self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
+        self.conns: set[_Connection] = set()
+
+    async def acquire(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+        connect: float,
+        endpoint_id: str,
+        fresh: bool,
+    ) -> _Connection:
+        if not fresh:
+            idle = self.idle
+            if idle:
+                now = loop.time()
+                while idle:
+                    conn = idle.pop()
+                    if conn.usable(now):
+                        conn._state = _BUSY
+                        return conn
+                    conn._state = _BUSY  # already out of the idle list
+                    conn.close()
+        if self.size < self.limit:
+            self.size += 1
+            return await self._open(loop, deadline, connect, endpoint_id)
+        got = await self._wait(loop, deadline, connect, endpoint_id)
+        if got is None:  # a slot, not a connection
+            return await self._open(loop, deadline, connect, endpoint_id)
+        return got
+
+    async def _wait(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, connect: float, endpoint_id: str
+    ) -> _Connection | None:
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
+        self.waiters.append(waiter)
+        timer = loop.call_at(deadline, _expire, waiter)
+        try:
+            return await waiter
+        except _PoolWaitExpired:
+            raise UpstreamTimeoutError(
+                endpoint_id,
+                f"no free connection to {self.host}:{self.port} within {connect:g} s: all "
+                f"{self.limit} are busy (connect timeout; raise the per-host limit?)",
+            ) from None
+        except _ClientClosed:
+            raise UpstreamConnectError(endpoint_id, "the HTTP client was closed") from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._give_back(waiter.result())  # handed over just as we were cancelled
+            raise
+        finally:
+            timer.cancel()
+
+    def _give_back(self, got: _Connection | None) -> None:
+        if got is None:
+            self.size -= 1
+            self._wake_one()
+        else:
+            self.release(got)
+
+    async def _open(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, connect: float, endpoint_id: str
+    ) -> _Connection:
+        """A new connection; the caller has reserved its slot in ``size``."""
+        conn = _Connection(self, loop)
+        self.conns.add(conn)
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        expiry = _Expiry(task)
+        timer = loop.call_at(deadline, expiry.fire)
+        try:
+            await loop.create_connection(
+                lambda: conn,
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=self.server_hostname,
+            )
+        except asyncio.CancelledError:
+            conn.close()
+            if expiry.fired and task.uncancel() <= cancelling:
+                raise UpstreamTimeoutError(
+                    endpoint_id,
+                    f"no connection to {self.host}:{self.port} within {connect:g} s "
+                    "(connect timeout)",
+                ) from None
+            raise
+        except (OSError, ssl.CertificateError) as exc:
+            conn.close()
+            raise UpstreamConnectError(
+                endpoint_id, f"cannot connect to {self.host}:{self.port}: {exc}"
+            ) from None
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            timer.cancel()
+        if conn._state == _CLOSED:  # lost between connect and now
+            raise UpstreamConnectError(
+                endpoint_id, f"the connection to {self.host}:{self.port} closed at once"
+            )
+        conn._state = _BUSY
+        return conn
+
+    def release(self, conn: _Connection) -> None:
+        """A connection free for the next exchange: to the first waiter, else to the idle list."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                conn._state = _BUSY
+                waiter.set_result(conn)
+                return
+        conn._state = _IDLE
+        conn._idle_since = conn._loop.time()
+        self.idle.append(conn)
+
+    def discard(self, conn: _Connection, was_idle: bool) -> None:
+        """A connection closed: free its slot."""
+        if was_idle:
+            self.idle.remove(conn)
+        self.conns.discard(conn)
+        self.size -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        waiters = self.waiters
+        while waiters and self.size < self.limit:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self.size += 1
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        self.limit = 0  # no slot frees up for anyone from now on
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(_ClientClosed())
+        self.waiters.clear()
+        for conn in list(self.conns):
+            resp = conn._response
+            if resp is None:
+                conn.close()
+            else:
+                conn._fail(UpstreamConnectError(resp._endpoint_id, "the HTTP client was closed"))
+
+
+class _Expiry:
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
+def _expire(waiter: asyncio.Future[_Connection | None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_PoolWaitExpired())
+
+
+class _Target:
+    """What one URL resolves to: its pool and the fixed start of the request."""
+
+    __slots__ = ("host_header", "path", "pool", "prefix")
+
+    def __init__(self, pool: _Pool, path: str, host_header: str) -> None:
+        self.pool = pool
+        self.path = path
+        self.host_header = host_header
+        self.prefix = f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n"
+
+
+class H1Client:
+    """POSTs to HTTP/1.1 upstreams over pooled keep-alive connections (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        limit_per_host: int = 100,
+        ssl_context: ssl.SSLContext | None = None,
+        keepalive_timeout: float = 30.0,
+    ) -> None:
+        if limit_per_host < 1:
+            raise ValueError("limit_per_host must be at least 1")
+        self._limit = limit_per_host
+        self._ssl = ssl_context
+        self._keepalive_timeout = keepalive_timeout
+        self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._targets: dict[str, _Target] = {}
+        self._header_kinds: dict[str, int] = {}
+        self._closed = False
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        connect: float,
+        first_byte: float,
+        total: float,
+        endpoint_id: str = "upstream",
+    ) -> tuple[int, dict[str, str], H1Response]:
+        """Send one POST; return once the final response headers arrived (any status).
+
+        ``headers`` are sent verbatim after Host and Content-Length (a ``Host`` given here
+        replaces the URL's). Raises ValueError for a header that could split the request.
+        """
+        if self._closed:
+            raise RuntimeError("the HTTP client is closed")
+        target = self._targets.get(url)
+        if target is None:
+            target = self._target(url)
+        data = self._head(target, headers, len(body)) + body
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total
+        pool = target.pool
+        fresh = False
+        while True:
+            conn_deadline = min(loop.time() + connect, deadline)
+            conn = await pool.acquire(loop, conn_deadline, connect, endpoint_id, fresh)
+            resp = conn.send(data, endpoint_id, first_byte, total, deadline)
+            if resp.status == 0 and resp._error is None:
+                waiter = resp._waiter = loop.create_future()
+                try:
+                    await waiter
+                except BaseException:  # cancelled mid-exchange: the connection cannot be reused
+                    resp._waiter = None
+                    resp.close()
+                    raise
+            error = resp._error
+            if error is None or resp.status:
+                return resp.status, resp.headers, resp
+            if type(error) is not _Stale:
+                raise error
+            if fresh:  # the retry was not on a fresh connection after all
+                raise UpstreamConnectError(
+                    endpoint_id, "the server closed the connection without answering, twice"
+                )
+            fresh = True
+
+    async def close(self) -> None:
+        """Close every connection; requests in flight fail, waiting callers get a timeout."""
+        self._closed = True
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+        self._targets.clear()
+
+    def _target(self, url: str) -> _Target:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"upstream URL {url!r} is not http:// or https://")
+        host = parts.hostname
+        if not host:
+            raise ValueError(f"upstream URL {url!r} has no host")
+        default = 443 if scheme == "https" else 80
+        port = parts.port or default
+        path = parts.path or "/"
+        if parts.query:
+            path = f"{path}?{parts.query}"
+        if any(c in path for c in " \r\n\t\0"):
+            raise ValueError(f"upstream URL {url!r} has a space or control character in its path")
+        key = (scheme, host, port)
+        pool = self._pools.get(key)
+        if pool is None:
+            ctx = None
+            if scheme == "https":
+                if self._ssl is None:
+                    self._ssl = ssl.create_default_context()
+                ctx = self._ssl
+            pool = self._pools[key] = _Pool(host, port, ctx, self._limit, self._keepalive_timeout)
+        host_header = f"[{host}]" if ":" in host else host
+        if port != default:
+            host_header = f"{host_header}:{port}"
+        target = _Target(pool, path, host_header)
+        if len(self._targets) >= 4096:  # URLs come from config; bound it anyway
+            self._targets.clear()
+        self._targets[url] = target
+        return target
+
+    def _head(self, target: _Target, headers: dict[str, str], length: int) -> bytes:
+        kinds = self._header_kinds
+        lines = []
+        host: str | None = None
+        for name, value in headers.items():
+            kind = kinds.get(name)
+            if kind is None:
+                kind = self._header_kind(name)
+            if kind == _PLAIN:
+                lines.append(f"{name}: {value}\r\n")
+            elif kind == _HOST:
+                host = value
+            else:
+                raise ValueError(f"header {name!r} is set by the HTTP client; do not pass it")
+        block = "".join(lines)
+        # Each line ends in exactly one CRLF; any other CR or LF came from a value.
+        if block.count("\n") != len(lines) or block.count("\r") != len(lines):
+            bad = next(n for n, v in headers.items() if "\r" in v or "\n" in v)
+            raise ValueError(f"header {bad!r} has a CR or LF in its value; refusing to send it")
+        if host is None:
+            text = f"{target.prefix}Content-Length: {length}\r\n{block}\r\n"
+        else:
+            if "\r" in host or "\n" in host:
+                raise ValueError("header 'host' has a CR or LF in its value; refusing to send it")
+            text = (
+                f"POST {target.path} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Length: {length}\r\n{block}\r\n"
+            )
+        return text.encode()
+
+    def _header_kind(self, name: str) -> int:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"header name {name!r} is not a valid HTTP token")
+        lower = name.lower()
+        if lower == "host":
+            kind = _HOST
+        elif lower in ("content-length", "transfer-encoding"):
+            kind = _FRAMING
+        else:
+            kind = _PLAIN
+        if len(self._header_kinds) < 1024:
+            self._header_kinds[name] = kind
+        return kind
+
+
+__all__ = ["H1Client", "H1Response"]
