@@ -33,6 +33,7 @@ from sekisho.ledger import Ledger
 from sekisho.metrics import Metrics
 from sekisho.pipeline import Pipeline, Reply, StreamReply
 from sekisho.providers import Transport, transport_for
+from sekisho.providers.h1 import H1Client
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
 from sekisho.routing import Health, Selector
 from sekisho.store import Stores
@@ -41,6 +42,8 @@ log = logging.getLogger("sekisho.app")
 
 # Seconds a model request runs before a task starts watching for its client going away.
 _WATCH_AFTER = 0.1
+# Keep-alive connections to one upstream host at most; callers beyond wait for one.
+_UPSTREAM_CONNECTIONS_PER_HOST = 1024
 
 Handler = Callable[[http.Scope, http.Receive, http.Send, str], Awaitable[None]]
 ModelHandler = Callable[..., Awaitable[Reply | StreamReply]]
@@ -75,6 +78,7 @@ class Gateway:
         # Set when this process is one of `serve --workers N`: reloads then restart every worker.
         self.supervisor_pid: int | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._upstream: H1Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._model_routes: dict[str, ModelHandler] = {
             "/v1/chat/completions": routes.chat_completions,
@@ -118,8 +122,11 @@ class Gateway:
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("accept-encoding",)
         )
+        # Upstream calls: sekisho's lean HTTP/1.1 client (providers/h1.py); aiohttp stays for
+        # the active health probes. Per-endpoint concurrency is capped by the selector.
+        self._upstream = H1Client(limit_per_host=_UPSTREAM_CONNECTIONS_PER_HOST)
         for family in {ep.family for ep in self.config.catalogue.endpoints}:
-            self.transports[family] = transport_for(family, self._session)
+            self.transports[family] = transport_for(family, self._upstream)
         self.pipeline = Pipeline(
             catalogue=self.config.catalogue,
             tenants=self.config.tenants,
@@ -194,6 +201,8 @@ class Gateway:
                 await t
         if self._session is not None:
             await self._session.close()
+        if self._upstream is not None:
+            await self._upstream.close()
         await self.authenticator.close()
         if self.limiter is not None:
             await self.limiter.close()

@@ -130,9 +130,9 @@ class H1Response:
                     self._chunks.clear()
                     parts = data.split(b"\n")
                     if len(parts) > 1:
-                        if pending:
+                        if pending:  # its CR may have come in the previous batch
                             pending.append(parts[0])
-                            parts[0] = b"".join(pending)
+                            parts[0] = b"".join(pending).rstrip(b"\r")
                             pending.clear()
                             pending_size = 0
                         last = parts.pop()
@@ -387,6 +387,8 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; both have its interface.
         self.transport = cast(asyncio.Transport, transport)
+        if self._state == _CLOSED:  # the client was closed while this connection was opening
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         resp = self._response
@@ -533,6 +535,11 @@ class _Pool:
                         return conn
                     conn._state = _BUSY  # already out of the idle list
                     conn.close()
+        elif self.idle and self.size >= self.limit:
+            # A retry wants a fresh connection; an idle one (likely as stale) makes room.
+            conn = self.idle.pop()
+            conn._state = _BUSY
+            conn.close()
         if self.size < self.limit:
             self.size += 1
             return await self._open(loop, deadline, connect, endpoint_id)
@@ -759,7 +766,8 @@ class H1Client:
             fresh = True
 
     async def close(self) -> None:
-        """Close every connection; requests in flight fail, waiting callers get a timeout."""
+        """Close every connection. Requests in flight or waiting for a connection fail with
+        UpstreamConnectError; new ones raise RuntimeError."""
         self._closed = True
         for pool in self._pools.values():
             pool.close()
@@ -774,6 +782,8 @@ class H1Client:
         host = parts.hostname
         if not host:
             raise ValueError(f"upstream URL {url!r} has no host")
+        if parts.username is not None:
+            raise ValueError(f"upstream URL {url!r} has credentials in it: put them in headers")
         default = 443 if scheme == "https" else 80
         port = parts.port or default
         path = parts.path or "/"

@@ -4,82 +4,37 @@ and Azure OpenAI (deployment URL layout, ``api-key`` header, ``api-version`` que
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from sekisho import __version__
 from sekisho.providers.base import (
     Kind,
-    UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
-    UpstreamTimeoutError,
 )
-from sekisho.routing.catalogue import Endpoint, Route
+from sekisho.providers.h1 import H1Client, H1Response
+from sekisho.routing.catalogue import Route
 
 _USER_AGENT = f"sekisho/{__version__}"
 _MAX_ERROR_BODY = 64 * 1024
 
 
-class AiohttpResponse:
-    """A 2xx upstream response being read."""
-
-    __slots__ = ("_endpoint_id", "_resp", "status")
-
-    def __init__(self, resp: aiohttp.ClientResponse, endpoint: Endpoint) -> None:
-        self._resp = resp
-        self._endpoint_id = endpoint.id
-        self.status = resp.status
-
-    async def read(self) -> bytes:
-        try:
-            return await self._resp.read()
-        except TimeoutError:
-            raise UpstreamTimeoutError(self._endpoint_id, "no complete response in time") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamProtocolError(self._endpoint_id, f"response broken: {exc}") from None
-        finally:
-            self._resp.release()
-
-    async def lines(self) -> AsyncIterator[bytes]:
-        content = self._resp.content
-        try:
-            while True:
-                line = await content.readline()
-                if not line:
-                    return
-                yield line.rstrip(b"\r\n")
-        except TimeoutError:
-            raise UpstreamTimeoutError(self._endpoint_id, "stream stalled") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamProtocolError(self._endpoint_id, f"stream broken: {exc}") from None
-
-    def close(self) -> None:
-        self._resp.close()
-
-
 class OpenAITransport:
-    """POST {base_url}/chat/completions with ``Authorization: Bearer``."""
+    """POST {base_url}/chat/completions with ``Authorization: Bearer``.
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
-        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+    Upstream HTTP goes through ``H1Client`` (``providers/h1.py``): measured against aiohttp's
+    client on the gateway's own request, it spends a fifth to a third of the CPU per request
+    (``benchmarks/gateway/client_cpu.py``), and the upstream client is the largest share of
+    the gateway's CPU per request that sekisho controls.
+    """
 
-    def _timeout(self, ep: Endpoint) -> aiohttp.ClientTimeout:
-        # aiohttp's own timers, set once per endpoint: connect (pool wait + TCP/TLS), each read
-        # (first byte, then any stall between chunks), and the whole exchange.
-        t = self._timeouts.get(ep.id)
-        if t is None:
-            t = self._timeouts[ep.id] = aiohttp.ClientTimeout(
-                total=ep.timeouts.total,
-                connect=ep.timeouts.connect,
-                sock_read=ep.timeouts.first_byte,
-            )
-        return t
+    def __init__(self, client: H1Client) -> None:
+        self._client = client
+        self._urls: dict[tuple[str, str], str] = {}
+        self._headers: dict[str, dict[str, str]] = {}
 
     def url(self, route: Route, kind: Kind) -> str:
         path = "chat/completions" if kind == "chat" else "embeddings"
@@ -98,39 +53,47 @@ class OpenAITransport:
 
     async def open(
         self, route: Route, kind: Kind, body: dict[str, Any], *, stream: bool
-    ) -> AiohttpResponse:
+    ) -> H1Response:
         ep = route.endpoint
+        # URL and headers depend only on the route: computed once per (route, kind). Endpoints
+        # change only with a restart (a policy reload refuses a changed catalogue).
+        key = (f"{ep.id}\x00{route.model.id}", kind)
+        url = self._urls.get(key)
+        if url is None:
+            url = self._urls[key] = self.url(route, kind)
+        headers = self._headers.get(key[0])
+        if headers is None:
+            headers = self._headers[key[0]] = self.headers(route)
+        t = ep.timeouts
         try:
-            resp = await self._session.post(
-                self.url(route, kind),
-                data=self.body(route, body),
-                headers=self.headers(route),
-                timeout=self._timeout(ep),
-                allow_redirects=False,
+            status, resp_headers, resp = await self._client.post(
+                url,
+                self.body(route, body),
+                headers,
+                connect=t.connect,
+                first_byte=t.first_byte,
+                total=t.total,
+                endpoint_id=ep.id,
             )
-        except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors
-            raise UpstreamTimeoutError(ep.id, "no response headers in time") from None
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-            raise UpstreamConnectError(ep.id, f"cannot connect: {exc}") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamProtocolError(ep.id, f"bad response: {exc}") from None
-        if resp.status >= 300:
+        except ValueError as exc:  # a URL or header the client refuses to send
+            raise UpstreamProtocolError(ep.id, f"cannot send the request: {exc}") from None
+        if status >= 300:
             try:
-                data = await resp.content.read(_MAX_ERROR_BODY)
-            except aiohttp.ClientError:
+                data = await resp.read(_MAX_ERROR_BODY)
+            except UpstreamError:
                 data = b""
             finally:
-                resp.release()
-            raise UpstreamStatusError(ep.id, resp.status, data, resp.headers.get("retry-after"))
-        ctype = resp.headers.get("content-type", "")
+                resp.close()
+            raise UpstreamStatusError(ep.id, status, data, resp_headers.get("retry-after"))
+        ctype = resp_headers.get("content-type", "")
         want = "text/event-stream" if stream else "application/json"
         if want not in ctype:
             resp.close()
             raise UpstreamProtocolError(ep.id, f"expected {want}, got content-type {ctype!r}")
-        return AiohttpResponse(resp, ep)
+        return resp
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._client.close()
 
 
 class AzureOpenAITransport(OpenAITransport):
@@ -156,11 +119,11 @@ class AzureOpenAITransport(OpenAITransport):
         return orjson.dumps({k: v for k, v in body.items() if k != "model"})
 
 
-def transport_for(family: str, session: aiohttp.ClientSession) -> OpenAITransport:
+def transport_for(family: str, client: H1Client) -> OpenAITransport:
     if family == "openai":
-        return OpenAITransport(session)
+        return OpenAITransport(client)
     if family == "azure_openai":
-        return AzureOpenAITransport(session)
+        return AzureOpenAITransport(client)
     raise ValueError(f"no adapter for API family {family!r}")
 
 
