@@ -178,6 +178,7 @@ class Pipeline:
         self.limiter = limiter
         self.stores = stores
         self.max_attempts = max_attempts
+        self._route_cache: dict[tuple[str, str], tuple[Route, ...]] = {}
 
     async def run(self, call: Call) -> Reply | StreamReply:
         tenant = self._tenant(call)
@@ -234,9 +235,12 @@ class Pipeline:
         return tenant
 
     def _routes(self, call: Call) -> tuple[Route, ...]:
-        routes = self.catalogue.routes(call.model)
         want = "chat" if call.kind == "chat" else "embedding"
-        routes = tuple(r for r in routes if r.model.kind == want)
+        routes = self._route_cache.get((call.model, want))
+        if routes is None:
+            routes = tuple(r for r in self.catalogue.routes(call.model) if r.model.kind == want)
+            if routes:  # the catalogue is fixed for the pipeline's life; unknown names aren't kept
+                self._route_cache[(call.model, want)] = routes
         if not routes:
             other = self.catalogue.kind(call.model)
             if other is not None:

@@ -21,7 +21,10 @@ from sekisho.classify.findings import TYPES, Finding
 
 def summarise(findings: Iterable[Finding]) -> dict[str, int]:
     """Type → number of findings; safe to record anywhere (no values, no offsets)."""
-    return dict(Counter(f.type for f in findings))
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f.type] = counts.get(f.type, 0) + 1
+    return counts
 
 
 def _ordered(findings: Iterable[Finding], length: int) -> list[Finding]:

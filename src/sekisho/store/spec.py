@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator
 
 from sekisho.types import Level
 
@@ -74,6 +74,7 @@ class RetentionSpec(_Spec):
         description="Per classification level overrides (public, internal, confidential, "
         "restricted, or 機密性1/2/3)",
     )
+    _kept: dict[Level, Kept] = PrivateAttr(default_factory=dict)
     legal_hold: bool = Field(
         default=False,
         description="Pause deletion of expired records for this tenant (litigation, "
@@ -94,7 +95,14 @@ class RetentionSpec(_Spec):
         return value
 
     def for_level(self, level: Level) -> Kept:
-        """The rule that applies to a record of this level."""
+        """The rule that applies to a record of this level (worked out once per level: the
+        spec is frozen, and this runs for every stored request)."""
+        kept = self._kept.get(level)
+        if kept is None:
+            kept = self._kept[level] = self._work_out(level)
+        return kept
+
+    def _work_out(self, level: Level) -> Kept:
         for name, override in self.levels.items():
             if Level.parse(name) == level:
                 return Kept(mode=override.mode or self.mode, days=override.days or self.days)
