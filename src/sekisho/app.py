@@ -9,9 +9,8 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sekisho.api import http
@@ -37,6 +36,9 @@ from sekisho.providers.h1 import H1Client
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
 from sekisho.routing import Health, Selector
 from sekisho.store import Stores
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("sekisho.app")
 
@@ -118,12 +120,8 @@ class Gateway:
             reload_policy=self.reload_policy,
             audit=self.recorder,
         )
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("accept-encoding",)
-        )
-        # Upstream calls: sekisho's lean HTTP/1.1 client (providers/h1.py); aiohttp stays for
-        # the active health probes. Per-endpoint concurrency is capped by the selector.
+        # Upstream calls: sekisho's lean HTTP/1.1 client (providers/h1.py). aiohttp serves the
+        # active health probes, and is imported only when they are on (about 10 MB).
         self._upstream = H1Client(limit_per_host=_UPSTREAM_CONNECTIONS_PER_HOST)
         for family in {ep.family for ep in self.config.catalogue.endpoints}:
             self.transports[family] = transport_for(family, self._upstream)
@@ -145,6 +143,9 @@ class Gateway:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         interval = self.config.routing.health.probe_interval_seconds
         if interval > 0:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(auto_decompress=False)
             self._tasks.append(asyncio.create_task(self._probe(interval)))
         self.ready = True
         log.info(
@@ -288,6 +289,8 @@ class Gateway:
 
     async def _probe(self, interval: float) -> None:
         """Active health: GET {base_url}/models on every endpoint that is down."""
+        import aiohttp
+
         assert self._session is not None
         while True:
             await asyncio.sleep(interval)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import http.client
 import json
 import signal
 import time
@@ -392,8 +393,18 @@ class Workers:
 
         def one(i: int) -> str:
             headers = {"authorization": f"Bearer {self.key}", "x-request-id": f"{tag}{i}"}
-            r = request("POST", f"{self.g.base_url}/chat/completions", json_body=body,
-                        headers=headers)  # fmt: skip
+            for attempt in range(3):
+                try:
+                    r = request("POST", f"{self.g.base_url}/chat/completions", json_body=body,
+                                headers=headers)  # fmt: skip
+                    break
+                except (ConnectionError, http.client.RemoteDisconnected):
+                    # A worker being restarted closes connections it accepted but had not
+                    # read a request from yet (uvicorn's graceful shutdown); clients retry
+                    # those, as the OpenAI SDKs do. An answered request is never retried.
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.1)
             assert r.status_code == 200, r.text
             return r.headers["x-sekisho-policy-digest"]
 

@@ -17,6 +17,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sekisho.providers import h1
 from sekisho.providers.base import (
     UpstreamConnectError,
     UpstreamProtocolError,
@@ -245,6 +246,20 @@ async def test_content_length_body(
 ) -> None:
     up = await serve(answering(OK))
     assert await fetch(client, up.url()) == b'{"ok":true}'
+
+
+async def test_a_body_over_the_cap_is_refused_not_buffered(
+    serve: Callable[..., Awaitable[Upstream]], client: H1Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h1, "MAX_BODY", 1000)
+    big = b"x" * 5000
+    up = await serve(always(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + big))
+    _, _, resp = await post(client, up.url())
+    with pytest.raises(UpstreamProtocolError, match="larger than 1000 bytes"):
+        await resp.read()
+    assert resp.buffered == 0  # nothing of it is kept
+    monkeypatch.setattr(h1, "MAX_BODY", 5000)  # exactly at the cap is fine
+    assert await fetch(client, up.url()) == big
 
 
 async def test_chunked_body_is_reassembled(

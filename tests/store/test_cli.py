@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from harness import example_config
-from sekisho.store import Stores
+from sekisho.store import Stores, database
 from sekisho.store.cli import main
 from store.helpers import FULL_7, Region, Sink, Tenant, exchange
 
@@ -53,6 +55,23 @@ def test_db_upgrade_creates_each_regions_store(
     assert "region jp records" in out and "empty -> 0001" in out
     assert run(config_file, "db", "upgrade") == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_the_known_head_is_the_newest_migration_and_an_up_to_date_store_skips_alembic(
+    config_file: Path,
+) -> None:
+    # database.HEAD lets a gateway whose stores are current never import Alembic; a new
+    # migration that forgets to move it would make every start refuse the store.
+    assert database.alembic_head() == database.HEAD
+    assert run(config_file, "db", "upgrade") == 0
+    code = (
+        "import sys; from pathlib import Path; from sekisho.store import database; "
+        f"at = database.locate('jp', 'sqlite', Path({str(config_file.parent / 'data')!r}))[0]; "
+        "print(database.upgrade(database.create(at), at)); "
+        "print('alembic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["('0001', '0001')", "False"]
 
 
 def test_subject_find_export_restrict_delete(

@@ -7,13 +7,16 @@ from a configured OIDC issuer, and ``api-key: …`` as Azure OpenAI clients send
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from sekisho.errors import AuthenticationFailed
 from sekisho.identity.keys import PREFIX, KeyStore, Principal
-from sekisho.identity.oidc import OIDCVerifier
 from sekisho.identity.spec import AuthSpec
+
+if TYPE_CHECKING:  # OIDC (PyJWT, aiohttp) is imported only when an issuer is configured
+    import aiohttp
+
+    from sekisho.identity.oidc import OIDCVerifier
 
 
 class Authenticator:
@@ -26,11 +29,11 @@ class Authenticator:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.keys = keys
-        self.oidc = (
-            OIDCVerifier(auth, tenants=tenants, session=session)
-            if auth is not None and auth.oidc
-            else None
-        )
+        self.oidc: OIDCVerifier | None = None
+        if auth is not None and auth.oidc:
+            from sekisho.identity.oidc import OIDCVerifier
+
+            self.oidc = OIDCVerifier(auth, tenants=tenants, session=session)
 
     async def start(self) -> None:
         if self.oidc is not None:

@@ -19,8 +19,6 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from redis.exceptions import RedisError
-
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -225,6 +223,8 @@ class RedisUsage:
         if completion:
             pipe.hincrby(self.prefix + day, base + "c", completion)
         pipe.expire(self.prefix + day, self.retain)
+        from redis.exceptions import RedisError  # loaded already: self.client is a Redis client
+
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:  # accounting must not fail a finished request

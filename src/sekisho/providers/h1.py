@@ -40,6 +40,8 @@ from sekisho.providers.base import (
 # Reading pauses above this many unread body bytes and resumes at or below the low mark.
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
+# A whole (non-streamed) response body may not grow past this.
+MAX_BODY = 64 * 1024 * 1024
 # One SSE line may not grow past this, so a server that never sends a newline cannot fill memory.
 _MAX_LINE = 16 * 1024 * 1024
 # Timers may fire up to a clock tick early; treat that as on time.
@@ -95,9 +97,11 @@ class H1Response:
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body; with ``limit``, at most that many bytes (the rest is dropped and the
-        connection closed, as it cannot be reused with an unread body)."""
-        if self._done and limit is None:  # the common case: the body came with the headers
-            data = b"".join(self._chunks)
+        connection closed, as it cannot be reused with an unread body). A whole body larger
+        than ``MAX_BODY`` is refused (UpstreamProtocolError): a broken or hostile upstream
+        cannot fill the gateway's memory within its total timeout."""
+        if self._done and limit is None and self._buffered <= MAX_BODY:
+            data = b"".join(self._chunks)  # the common case: the body came with the headers
             self._chunks.clear()
             self._buffered = 0
             return data
@@ -112,6 +116,11 @@ class H1Response:
                 if limit is not None and size >= limit:
                     self.close()
                     return b"".join(out)[:limit]
+                if limit is None and size > MAX_BODY:
+                    self.close()
+                    raise UpstreamProtocolError(
+                        self._endpoint_id, f"response body larger than {MAX_BODY} bytes"
+                    )
             if self._done:
                 return b"".join(out)
             if self._error is not None:

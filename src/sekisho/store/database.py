@@ -14,10 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
@@ -28,6 +24,9 @@ from sekisho.store.schema import store_marker
 Role = Literal["records", "keyring"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The newest migration in MIGRATIONS/versions (a test keeps the two equal). Known without
+# Alembic, so that a gateway whose stores are up to date never imports it (about 20 MB).
+HEAD = "0001"
 VERSION_TABLE = "sekisho_store_version"
 DEFAULT_SCHEMA = "sekisho"
 REGION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -128,7 +127,9 @@ def create(location: Location, *, pool_size: int = 4) -> Engine:
     )
 
 
-def _alembic_config(connection: Any, schema: str | None) -> AlembicConfig:
+def _alembic_config(connection: Any, schema: str | None) -> Any:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -137,22 +138,54 @@ def _alembic_config(connection: Any, schema: str | None) -> AlembicConfig:
 
 
 def head() -> str:
+    """The schema revision this sekisho needs."""
+    return HEAD
+
+
+def alembic_head() -> str:
+    """The newest revision as Alembic reads it from the migration scripts."""
+    from alembic.script import ScriptDirectory
+
     heads = ScriptDirectory(str(MIGRATIONS)).get_heads()
-    return heads[0]
+    return str(heads[0])
 
 
 def current(engine: Engine, location: Location) -> str | None:
+    """The store's schema revision, or None for an empty store."""
+    table = f'"{location.schema}".{VERSION_TABLE}' if location.schema else VERSION_TABLE
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(
-            conn, opts={"version_table": VERSION_TABLE, "version_table_schema": location.schema}
+        if location.is_sqlite:
+            exists = conn.execute(
+                text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :t"),
+                {"t": VERSION_TABLE},
+            ).first()
+        else:
+            exists = conn.execute(
+                text(
+                    "SELECT 1 FROM information_schema.tables "
+                    "WHERE table_schema = :s AND table_name = :t"
+                ),
+                {"s": location.schema, "t": VERSION_TABLE},
+            ).first()
+        if exists is None:
+            return None
+        rows = conn.execute(text(f"SELECT version_num FROM {table}")).all()
+    if len(rows) > 1:
+        raise StoreError(
+            f"The {location.role} store of region {location.region!r} at {location.display} "
+            f"has several schema revisions ({', '.join(str(r[0]) for r in rows)})"
         )
-        return ctx.get_current_revision()
+    return str(rows[0][0]) if rows else None
 
 
 def upgrade(engine: Engine, location: Location) -> tuple[str | None, str]:
     """Apply every migration not yet applied; return (revision before, revision after)."""
     try:
         before = current(engine, location)
+        if before == HEAD:
+            return before, HEAD  # up to date: Alembic is not even imported
+        from alembic import command
+
         with engine.begin() as conn:
             if location.schema is not None:
                 conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"'))
