@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -44,6 +45,8 @@ log = logging.getLogger("sekisho.app")
 
 # Seconds a model request runs before a task starts watching for its client going away.
 _WATCH_AFTER = 0.1
+# The cyclic GC's generation thresholds while serving (CPython's default: 700, 10, 10).
+_GC_THRESHOLDS = (50_000, 20, 20)
 # Keep-alive connections to one upstream host at most; callers beyond wait for one.
 _UPSTREAM_CONNECTIONS_PER_HOST = 1024
 
@@ -147,6 +150,13 @@ class Gateway:
 
             self._session = aiohttp.ClientSession(auto_decompress=False)
             self._tasks.append(asyncio.create_task(self._probe(interval)))
+        # Everything built so far (config, policies, classifier tables, catalogue) lives as
+        # long as the process: freeze it out of the cyclic GC's sight, and collect the young
+        # generation less often. Measured: p99 at c=64 fell from 92-132 ms to 50-70 ms, with
+        # the same RSS (benchmarks/RESULTS.md).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*_GC_THRESHOLDS)
         self.ready = True
         log.info(
             "sekisho ready",
@@ -195,6 +205,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
+        gc.unfreeze()  # a gateway built again in this process (tests, reloads) starts clean
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
