@@ -280,6 +280,8 @@ class Gateway:
             if self.stores is not None:
                 for name, tenant in new.tenants.items():
                     self.stores.set_retention(name, tenant.retention)
+            if self.limiter is not None:  # counters carry on; only the limits change
+                self.limiter.tenants = {n: t.limits for n, t in new.tenants.items()}
             after = {n: p.digest for n, p in new.policies.items()}
             changed = sorted(n for n in after if before.get(n) != after[n])
             if self.recorder is not None:

@@ -309,6 +309,24 @@ def test_valid_reload_serves_the_new_digest_and_records_an_admin_entry(gw: Harne
     assert swap[0]["details"] == {"from": before, "to": after}
 
 
+def test_a_reload_applies_a_tenants_new_limits_at_once(gw: Harness) -> None:
+    app, admin = gw.key("demo"), gw.key("demo", role="admin")
+    assert digest_now(gw, app)  # under the example's 600 requests a minute
+
+    def one_a_minute(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["limits"] = {"requests_per_minute": 1}
+
+    assert gw.config_path is not None
+    edit_config(gw.config_path, one_a_minute)
+    assert call(gw, "POST", f"{PREFIX}/policy/reload", admin).status_code == 200
+    c = openai.OpenAI(base_url=gw.base_url, api_key=app, max_retries=0, timeout=20)
+    with pytest.raises(openai.RateLimitError, match="requests_per_minute|per minute"):
+        for _ in range(2):  # the one allowed (the counter may already hold it), then refused
+            c.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "again"}]
+            )
+
+
 def typo_key(raw: dict[str, Any]) -> None:
     raw["tenants"]["demo"]["policy"]["prefr"] = raw["tenants"]["demo"]["policy"].pop("prefer")
 
