@@ -48,6 +48,21 @@ def test_typo_in_a_key_names_the_path() -> None:
     ), out
 
 
+def test_an_egress_proxy_must_be_an_http_proxy_url_and_takes_its_secret_from_env() -> None:
+    raw = example_config()
+    raw["endpoints"][1]["proxy"] = "https://proxy.corp.example:3128"
+    raw["endpoints"][2]["proxy"] = "http://proxy.corp.example"  # no port
+    out = "\n".join(problems(raw))
+    assert "endpoints[1](sim-global-japaneast).proxy" in out and "http://host:port" in out
+    assert "endpoints[2](sim-global-useast).proxy" in out
+    raw = example_config()
+    raw["endpoints"][1]["proxy"] = "http://gw:${PROXY_PASSWORD}@proxy.corp.example:3128"
+    config = parse_config(yaml.safe_dump(raw), "ok.yaml", env={"PROXY_PASSWORD": "s3cret"})
+    assert config.catalogue.by_id["sim-global-japaneast"].proxy == (
+        "http://gw:s3cret@proxy.corp.example:3128"
+    )
+
+
 def test_wrong_country_code_and_certification_are_explained() -> None:
     raw = example_config()
     raw["endpoints"][0]["jurisdiction"]["country"] = "Japan"

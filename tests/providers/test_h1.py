@@ -968,6 +968,120 @@ async def test_tls_handshake_that_never_completes_is_a_connect_timeout(
         await fetch(client, up.url(scheme="https"), connect=0.2)
 
 
+# -- through an egress proxy -------------------------------------------------------------------
+
+
+class ConnectProxy:
+    """A CONNECT proxy on 127.0.0.1 that wants ``Proxy-Authorization`` and relays bytes."""
+
+    def __init__(self, credential: str = "Basic dXNlcjpwQHNz") -> None:  # user:p@ss
+        self.credential = credential
+        self.connects: list[bytes] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> ConnectProxy:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.connects.append(head)
+        if f"Proxy-Authorization: {self.credential}".encode() not in head:
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        host, _, port = head.split(b" ")[1].decode().rpartition(":")
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_https_through_a_connect_proxy_is_tls_end_to_end_and_kept_alive(
+    serve: Callable[..., Awaitable[Upstream]], certificate: tuple[Path, Path]
+) -> None:
+    cert_path, key_path = certificate
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert_path, key_path)
+    up = await serve(always(OK), server_ctx)
+    proxy = await ConnectProxy().start()
+    c = H1Client(ssl_context=ssl.create_default_context(cafile=str(cert_path)))
+    via = f"http://user:p%40ss@127.0.0.1:{proxy.port}"
+    try:
+        url = f"https://localhost:{up.port}/v1/chat/completions"
+        for _ in range(2):
+            status, _, resp = await c.post(
+                url, b"{}", {}, connect=2, first_byte=2, total=5, proxy=via
+            )
+            assert status == 200 and await resp.read() == b'{"ok":true}'
+        # one tunnel, reused; the origin saw the request as if direct (origin-form, its Host)
+        assert len(proxy.connects) == 1
+        assert proxy.connects[0].startswith(f"CONNECT localhost:{up.port} HTTP/1.1".encode())
+        assert up.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        assert b"Proxy-Authorization" not in up.requests[0]  # the credential stays at the proxy
+    finally:
+        await c.close()
+        await proxy.close()
+
+
+async def test_a_proxy_that_refuses_the_tunnel_is_a_connect_error_naming_it(
+    serve: Callable[..., Awaitable[Upstream]], client: H1Client
+) -> None:
+    up = await serve(always(OK))
+    proxy = await ConnectProxy().start()
+    try:
+        with pytest.raises(UpstreamConnectError, match=r"proxy 127\.0\.0\.1:\d+ refused .* 407"):
+            await client.post(
+                up.url(scheme="https"), b"{}", {}, connect=2, first_byte=2, total=5,
+                proxy=f"http://wrong:creds@127.0.0.1:{proxy.port}",
+            )  # fmt: skip
+    finally:
+        await proxy.close()
+
+
+async def test_plain_http_through_a_proxy_sends_the_absolute_url_and_the_credential(
+    serve: Callable[..., Awaitable[Upstream]], client: H1Client
+) -> None:
+    proxy = await serve(always(OK))  # an HTTP proxy answers for the origin
+    status, _, resp = await client.post(
+        "http://models.internal:8000/v1/chat/completions?x=1", b"{}", {"X-A": "b"},
+        connect=2, first_byte=2, total=5, proxy=f"http://u:pw@127.0.0.1:{proxy.port}",
+    )  # fmt: skip
+    assert status == 200 and await resp.read() == b'{"ok":true}'
+    head = proxy.requests[0].split(b"\r\n")
+    assert head[0] == b"POST http://models.internal:8000/v1/chat/completions?x=1 HTTP/1.1"
+    assert head[1] == b"Host: models.internal:8000"
+    assert b"Proxy-Authorization: Basic dTpwdw==" in head  # u:pw
+
+
+@pytest.mark.parametrize(
+    "bad", ["https://proxy:3128", "socks5://proxy:1080", "http://proxy:3128/path", "http://:3128"]
+)
+async def test_a_proxy_url_that_is_not_an_http_proxy_is_refused(client: H1Client, bad: str) -> None:
+    with pytest.raises(ValueError, match="proxy"):
+        await client.post("https://example.jp/v1", b"{}", {}, connect=1, first_byte=1, total=1,
+                          proxy=bad)  # fmt: skip
+
+
 # -- the parser, whatever the packet boundaries ------------------------------------------------
 
 bodies = st.binary(min_size=0, max_size=2000)

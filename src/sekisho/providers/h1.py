@@ -21,12 +21,13 @@ What it promises:
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -503,6 +504,7 @@ class _Pool:
         "server_hostname",
         "size",
         "ssl",
+        "tunnel",
         "waiters",
     )
 
@@ -513,9 +515,11 @@ class _Pool:
         ssl_context: ssl.SSLContext | None,
         limit: int,
         keepalive_timeout: float,
+        tunnel: _Proxy | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.tunnel = tunnel  # reach host:port through this proxy's CONNECT
         self.ssl = ssl_context
         self.server_hostname = host if ssl_context is not None else None
         self.limit = limit
@@ -599,13 +603,16 @@ class _Pool:
         expiry = _Expiry(task)
         timer = loop.call_at(deadline, expiry.fire)
         try:
-            await loop.create_connection(
-                lambda: conn,
-                self.host,
-                self.port,
-                ssl=self.ssl,
-                server_hostname=self.server_hostname,
-            )
+            if self.tunnel is None:
+                await loop.create_connection(
+                    lambda: conn,
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.server_hostname,
+                )
+            else:
+                await self._open_tunnel(loop, conn, self.tunnel, endpoint_id)
         except asyncio.CancelledError:
             conn.close()
             if expiry.fired and task.uncancel() <= cancelling:
@@ -617,8 +624,9 @@ class _Pool:
             raise
         except (OSError, ssl.CertificateError) as exc:
             conn.close()
+            via = f" through the proxy {self.tunnel.display}" if self.tunnel else ""
             raise UpstreamConnectError(
-                endpoint_id, f"cannot connect to {self.host}:{self.port}: {exc}"
+                endpoint_id, f"cannot connect to {self.host}:{self.port}{via}: {exc}"
             ) from None
         except BaseException:
             conn.close()
@@ -631,6 +639,38 @@ class _Pool:
             )
         conn._state = _BUSY
         return conn
+
+    async def _open_tunnel(
+        self, loop: asyncio.AbstractEventLoop, conn: _Connection, proxy: _Proxy, endpoint_id: str
+    ) -> None:
+        """CONNECT through an HTTP proxy, then TLS (or plain HTTP) to the origin inside it."""
+        authority = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+        if proxy.authorization:
+            head += f"Proxy-Authorization: {proxy.authorization}\r\n"
+        tunnel = _TunnelSetup(loop)
+        transport, _ = await loop.create_connection(lambda: tunnel, proxy.host, proxy.port)
+        try:
+            transport.write((head + "\r\n").encode())
+            status = await tunnel.status()
+            if status != 200:
+                raise UpstreamConnectError(
+                    endpoint_id,
+                    f"the proxy {proxy.display} refused a tunnel to {authority}: HTTP {status}",
+                )
+            if self.ssl is not None:
+                tls = await loop.start_tls(
+                    transport, conn, self.ssl, server_hostname=self.server_hostname
+                )
+                if tls is None:
+                    raise UpstreamConnectError(endpoint_id, "TLS through the proxy failed")
+                conn.connection_made(tls)
+            else:
+                transport.set_protocol(conn)
+                conn.connection_made(transport)
+        except BaseException:
+            transport.close()
+            raise
 
     def release(self, conn: _Connection) -> None:
         """A connection free for the next exchange: to the first waiter, else to the idle list."""
@@ -693,16 +733,80 @@ def _expire(waiter: asyncio.Future[_Connection | None]) -> None:
         waiter.set_exception(_PoolWaitExpired())
 
 
+class _Proxy:
+    """An HTTP proxy (``http://[user:password@]host:port``) upstream traffic goes through."""
+
+    __slots__ = ("authorization", "display", "host", "port")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "http" or not parts.hostname:
+            raise ValueError(f"proxy {_redact(url)!r} must be http://host:port")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"proxy {_redact(url)!r} must have no path or query")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.display = f"{self.host}:{self.port}"
+        self.authorization: str | None = None
+        if parts.username is not None:
+            user, password = unquote(parts.username), unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self.authorization = f"Basic {token}"
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+class _TunnelSetup(asyncio.Protocol):
+    """Reads the proxy's answer to CONNECT; nothing else may arrive before the tunnel is up."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._buffer = b""
+        self._answer: asyncio.Future[int] = loop.create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if self._answer.done():
+            return
+        if end < 0:
+            if len(self._buffer) > 64 * 1024:
+                self._answer.set_exception(OSError("the proxy's answer to CONNECT is too long"))
+            return
+        if end + 4 != len(self._buffer):
+            self._answer.set_exception(OSError("the proxy sent data before the tunnel was up"))
+            return
+        line = self._buffer.split(b"\r\n", 1)[0].split()
+        if len(line) < 2 or not line[0].startswith(b"HTTP/1.") or not line[1].isdigit():
+            self._answer.set_exception(OSError("the proxy's answer to CONNECT is not HTTP"))
+            return
+        self._answer.set_result(int(line[1]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._answer.done():
+            self._answer.set_exception(
+                OSError(f"the proxy closed the connection during CONNECT ({exc or 'EOF'})")
+            )
+
+    async def status(self) -> int:
+        return await self._answer
+
+
 class _Target:
     """What one URL resolves to: its pool and the fixed start of the request."""
 
-    __slots__ = ("host_header", "path", "pool", "prefix")
+    __slots__ = ("extra", "host_header", "path", "pool", "prefix")
 
-    def __init__(self, pool: _Pool, path: str, host_header: str) -> None:
+    def __init__(self, pool: _Pool, path: str, host_header: str, extra: str = "") -> None:
         self.pool = pool
-        self.path = path
+        self.path = path  # origin-form, or absolute-form for plain HTTP through a proxy
         self.host_header = host_header
-        self.prefix = f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n"
+        self.extra = extra  # Proxy-Authorization for plain HTTP through a proxy
+        self.prefix = f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n{extra}"
 
 
 class H1Client:
@@ -720,7 +824,7 @@ class H1Client:
         self._limit = limit_per_host
         self._ssl = ssl_context
         self._keepalive_timeout = keepalive_timeout
-        self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._pools: dict[tuple[str, ...], _Pool] = {}
         self._targets: dict[str, _Target] = {}
         self._header_kinds: dict[str, int] = {}
         self._closed = False
@@ -735,17 +839,21 @@ class H1Client:
         first_byte: float,
         total: float,
         endpoint_id: str = "upstream",
+        proxy: str | None = None,
     ) -> tuple[int, dict[str, str], H1Response]:
         """Send one POST; return once the final response headers arrived (any status).
 
         ``headers`` are sent verbatim after Host and Content-Length (a ``Host`` given here
         replaces the URL's). Raises ValueError for a header that could split the request.
+        ``proxy`` (``http://[user:password@]host:port``): https URLs go through a CONNECT
+        tunnel (TLS end to end with the upstream), http URLs are sent to the proxy.
         """
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
-        target = self._targets.get(url)
+        key = url if proxy is None else f"{proxy}\x00{url}"
+        target = self._targets.get(key)
         if target is None:
-            target = self._target(url)
+            target = self._target(url, proxy, key)
         data = self._head(target, headers, len(body)) + body
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total
@@ -783,7 +891,7 @@ class H1Client:
         self._pools.clear()
         self._targets.clear()
 
-    def _target(self, url: str) -> _Target:
+    def _target(self, url: str, proxy_url: str | None = None, key: str | None = None) -> _Target:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
@@ -800,22 +908,36 @@ class H1Client:
             path = f"{path}?{parts.query}"
         if any(c in path for c in " \r\n\t\0"):
             raise ValueError(f"upstream URL {url!r} has a space or control character in its path")
-        key = (scheme, host, port)
-        pool = self._pools.get(key)
+        proxy = _Proxy(proxy_url) if proxy_url is not None else None
+        host_header = f"[{host}]" if ":" in host else host
+        if port != default:
+            host_header = f"{host_header}:{port}"
+        extra = ""
+        if proxy is not None and scheme == "http":
+            # Plain HTTP through a proxy: the proxy gets the absolute URL, and its credential
+            # with every request; connections are to the proxy.
+            path = f"http://{host_header}{path}"
+            if proxy.authorization:
+                extra = f"Proxy-Authorization: {proxy.authorization}\r\n"
+            pool_key: tuple[str, ...] = ("http-via", proxy_url or "", proxy.host, str(proxy.port))
+            connect_host, connect_port, tunnel = proxy.host, proxy.port, None
+        else:
+            pool_key = (scheme, host, str(port), proxy_url or "")
+            connect_host, connect_port, tunnel = host, port, proxy
+        pool = self._pools.get(pool_key)
         if pool is None:
             ctx = None
             if scheme == "https":
                 if self._ssl is None:
                     self._ssl = ssl.create_default_context()
                 ctx = self._ssl
-            pool = self._pools[key] = _Pool(host, port, ctx, self._limit, self._keepalive_timeout)
-        host_header = f"[{host}]" if ":" in host else host
-        if port != default:
-            host_header = f"{host_header}:{port}"
-        target = _Target(pool, path, host_header)
+            pool = self._pools[pool_key] = _Pool(
+                connect_host, connect_port, ctx, self._limit, self._keepalive_timeout, tunnel
+            )
+        target = _Target(pool, path, host_header, extra)
         if len(self._targets) >= 4096:  # URLs come from config; bound it anyway
             self._targets.clear()
-        self._targets[url] = target
+        self._targets[key or url] = target
         return target
 
     def _head(self, target: _Target, headers: dict[str, str], length: int) -> bytes:
@@ -843,7 +965,7 @@ class H1Client:
             if "\r" in host or "\n" in host:
                 raise ValueError("header 'host' has a CR or LF in its value; refusing to send it")
             text = (
-                f"POST {target.path} HTTP/1.1\r\nHost: {host}\r\n"
+                f"POST {target.path} HTTP/1.1\r\nHost: {host}\r\n{target.extra}"
                 f"Content-Length: {length}\r\n{block}\r\n"
             )
         return text.encode()

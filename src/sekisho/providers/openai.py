@@ -74,6 +74,7 @@ class OpenAITransport:
                 first_byte=t.first_byte,
                 total=t.total,
                 endpoint_id=ep.id,
+                proxy=ep.proxy,
             )
         except ValueError as exc:  # a URL or header the client refuses to send
             raise UpstreamProtocolError(ep.id, f"cannot send the request: {exc}") from None

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
@@ -167,6 +168,12 @@ class Endpoint(_Facts):
     api_key: str | None = Field(default=None, description="Upstream credential; use ${ENV_VAR}")
     api_version: str | None = Field(default=None, description="azure_openai: api-version")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra upstream headers")
+    proxy: str | None = Field(
+        default=None,
+        description="HTTP proxy to reach this endpoint through (egress proxy), "
+        "http://[user:password@]host:port (credentials from ${ENV_VAR}); https goes through a "
+        "CONNECT tunnel, TLS end to end with the endpoint",
+    )
     models: tuple[ModelEntry, ...] = Field(min_length=1)
     jurisdiction: Jurisdiction
     operator: Operator
@@ -182,6 +189,22 @@ class Endpoint(_Facts):
     max_concurrency: int | None = Field(default=None, gt=0, description="In-flight request cap")
     timeouts: Timeouts = Timeouts()
     simulated: bool = Field(default=False, description="A sekisho simulator, not a real model")
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("proxy port must be a number from 1 to 65535") from None
+        if parts.scheme != "http" or not parts.hostname or port is None:
+            raise ValueError("proxy must be http://host:port (an HTTP proxy; https is tunnelled)")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("proxy must have no path, query or fragment")
+        return value
 
     @model_validator(mode="after")
     def _family_rules(self) -> Endpoint:
