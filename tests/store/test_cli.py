@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 import yaml
@@ -72,6 +74,27 @@ def test_the_known_head_is_the_newest_migration_and_an_up_to_date_store_skips_al
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["('0001', '0001')", "False"]
+
+
+def test_processes_starting_on_one_fresh_store_at_once_all_find_it_migrated(
+    tmp_path: Path,
+) -> None:
+    # Two gateways (or a gateway and `sekisho db upgrade`) on a fresh data directory: one
+    # migrates, the others wait and find it done; none fails on "table already exists".
+    start = time.time() + 1.5
+    code = (
+        "import sys, time; from pathlib import Path; from sekisho.store import database; "
+        f"at = database.locate('jp', 'sqlite', Path({str(tmp_path)!r}))[0]; "
+        "engine = database.create(at); "
+        f"time.sleep(max(0, {start} - time.time())); "
+        "print(database.upgrade(engine, at)[1])"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=PIPE, stderr=PIPE) for _ in range(6)
+    ]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [err.decode() for _, err in results]
+    assert {out.decode().strip() for out, _ in results} == {database.HEAD}
 
 
 def test_subject_find_export_restrict_delete(

@@ -8,8 +8,11 @@ A region has two databases: ``records`` (the records and their subject index) an
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -152,24 +155,28 @@ def alembic_head() -> str:
 
 def current(engine: Engine, location: Location) -> str | None:
     """The store's schema revision, or None for an empty store."""
-    table = f'"{location.schema}".{VERSION_TABLE}' if location.schema else VERSION_TABLE
     with engine.connect() as conn:
-        if location.is_sqlite:
-            exists = conn.execute(
-                text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :t"),
-                {"t": VERSION_TABLE},
-            ).first()
-        else:
-            exists = conn.execute(
-                text(
-                    "SELECT 1 FROM information_schema.tables "
-                    "WHERE table_schema = :s AND table_name = :t"
-                ),
-                {"s": location.schema, "t": VERSION_TABLE},
-            ).first()
-        if exists is None:
-            return None
-        rows = conn.execute(text(f"SELECT version_num FROM {table}")).all()
+        return _current_in(conn, location)
+
+
+def _current_in(conn: Any, location: Location) -> str | None:
+    table = f'"{location.schema}".{VERSION_TABLE}' if location.schema else VERSION_TABLE
+    if location.is_sqlite:
+        exists = conn.execute(
+            text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :t"),
+            {"t": VERSION_TABLE},
+        ).first()
+    else:
+        exists = conn.execute(
+            text(
+                "SELECT 1 FROM information_schema.tables "
+                "WHERE table_schema = :s AND table_name = :t"
+            ),
+            {"s": location.schema, "t": VERSION_TABLE},
+        ).first()
+    if exists is None:
+        return None
+    rows = conn.execute(text(f"SELECT version_num FROM {table}")).all()
     if len(rows) > 1:
         raise StoreError(
             f"The {location.role} store of region {location.region!r} at {location.display} "
@@ -179,23 +186,57 @@ def current(engine: Engine, location: Location) -> str | None:
 
 
 def upgrade(engine: Engine, location: Location) -> tuple[str | None, str]:
-    """Apply every migration not yet applied; return (revision before, revision after)."""
+    """Apply every migration not yet applied; return (revision before, revision after).
+
+    Several processes may start on one fresh store at once (two gateways, a gateway and
+    ``sekisho db upgrade``): one migrates while the others wait, then find it up to date.
+    """
     try:
         before = current(engine, location)
         if before == HEAD:
             return before, HEAD  # up to date: Alembic is not even imported
         from alembic import command
 
-        with engine.begin() as conn:
+        with _migration_lock(location), engine.begin() as conn:
             if location.schema is not None:
+                # One migration at a time per schema, across processes and hosts; released
+                # with the transaction.
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                    {"key": f"sekisho-store-migrate:{location.schema}"},
+                )
                 conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"'))
-            command.upgrade(_alembic_config(conn, location.schema), "head")
+            before = _current_in(conn, location)  # another process may have just finished
+            if before != HEAD:
+                command.upgrade(_alembic_config(conn, location.schema), "head")
     except SQLAlchemyError as exc:
         raise StoreError(
             f"Cannot migrate the {location.role} store of region {location.region!r} at "
             f"{location.display}: {_reason(exc)}"
         ) from None
     return before, head()
+
+
+@contextlib.contextmanager
+def _migration_lock(location: Location) -> Iterator[None]:
+    """For SQLite, an exclusive lock on a file beside the database, held while migrating."""
+    if not location.is_sqlite:
+        yield
+        return
+    path = location.sqlite_path.with_name(location.sqlite_path.name + ".migrate-lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows: a byte-range lock (retried by the C runtime ~10 s)
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined,unused-ignore]
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def check_schema(engine: Engine, location: Location) -> None:
