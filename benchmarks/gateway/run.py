@@ -43,6 +43,7 @@ MAX_CPU_MS_PER_REQUEST = 0.4
 MAX_CPU_US_PER_CHUNK = 30.0
 MAX_ADDED_P50_MS_C1 = 0.5
 MAX_ADDED_P99_MS_C1 = 2.0
+LEDGER_P50_ALLOWANCE_MS = 2.0  # issue 5: the ledger's two durable writes, p50 at c=1
 MAX_RSS_MB = 120.0
 MAX_COLD_START_S = 1.5
 
@@ -315,6 +316,16 @@ def budget_checks(
                 f"< {MAX_ADDED_P50_MS_C1} ms",
                 f"{c1['add50']:.2f} ms",
                 c1["add50"] < MAX_ADDED_P50_MS_C1,
+            )
+        )
+        # Issue 5 allows the ledger's two durable writes < 2 ms more at p50, c=1.
+        allowed = MAX_ADDED_P50_MS_C1 + LEDGER_P50_ALLOWANCE_MS
+        checks.append(
+            (
+                "added p50 at c=1, with the ledger's allowance (issue 5)",
+                f"< {allowed} ms",
+                f"{c1['add50']:.2f} ms",
+                c1["add50"] < allowed,
             )
         )
         checks.append(
