@@ -192,28 +192,36 @@ def upgrade(engine: Engine, location: Location) -> tuple[str | None, str]:
     ``sekisho db upgrade``): one migrates while the others wait, then find it up to date.
     """
     try:
-        before = current(engine, location)
-        if before == HEAD:
-            return before, HEAD  # up to date: Alembic is not even imported
-        from alembic import command
-
-        with _migration_lock(location), engine.begin() as conn:
-            if location.schema is not None:
-                # One migration at a time per schema, across processes and hosts; released
-                # with the transaction.
-                conn.execute(
-                    text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
-                    {"key": f"sekisho-store-migrate:{location.schema}"},
-                )
-                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"'))
-            before = _current_in(conn, location)  # another process may have just finished
-            if before != HEAD:
-                command.upgrade(_alembic_config(conn, location.schema), "head")
+        # SQLite: the whole check runs under the lock, because a process's first connection
+        # switches a fresh file to WAL, which another process's reads would make fail at once
+        # ("database is locked", no busy handler for that switch).
+        with _migration_lock(location):
+            return _upgrade(engine, location)
     except SQLAlchemyError as exc:
         raise StoreError(
             f"Cannot migrate the {location.role} store of region {location.region!r} at "
             f"{location.display}: {_reason(exc)}"
         ) from None
+
+
+def _upgrade(engine: Engine, location: Location) -> tuple[str | None, str]:
+    before = current(engine, location)
+    if before == HEAD:
+        return before, HEAD  # up to date: Alembic is not even imported
+    from alembic import command
+
+    with engine.begin() as conn:
+        if location.schema is not None:
+            # One migration at a time per schema, across processes and hosts; released with
+            # the transaction.
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                {"key": f"sekisho-store-migrate:{location.schema}"},
+            )
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"'))
+        before = _current_in(conn, location)  # another process may have just finished
+        if before != HEAD:
+            command.upgrade(_alembic_config(conn, location.schema), "head")
     return before, head()
 
 
