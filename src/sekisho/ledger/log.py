@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 from prometheus_client import Counter
 
+from sekisho._deadlines import refuse_late
 from sekisho.errors import NotFound, ServiceUnavailable
 from sekisho.ledger import merkle
 from sekisho.ledger.checkpoint import Checkpoint
@@ -192,32 +193,21 @@ class Ledger:
         entry = NewEntry(leaf, merkle.leaf_hash(leaf), request_id, kind)
         loop = asyncio.get_running_loop()
         if self._watchdog is None:
-            self._watchdog = loop.create_task(self._watch_deadlines())
+            self._watchdog = loop.create_task(
+                refuse_late(self._waiting, self.deadline, self._too_late)
+            )
         future: asyncio.Future[Appended] = loop.create_future()
         pending = _Pending(entry, future, loop, time.monotonic() + self.deadline)
         self._waiting.append(pending)
         self._queue.put(pending)
         return await future
 
-    async def _watch_deadlines(self) -> None:
-        """Refuse every waiter whose deadline passed; one timer for all, not one per append."""
-        tick = min(0.05, self.deadline / 10)
-        waiting = self._waiting
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            # FIFO with one deadline for all: the oldest waiter is always on the left.
-            while waiting and (waiting[0].future.done() or waiting[0].give_up_at <= now):
-                pending = waiting.popleft()
-                if not pending.future.done():
-                    pending.future.set_exception(
-                        self._refuse(
-                            "deadline",
-                            f"the ledger could not make the entry durable within "
-                            f"{self.deadline:g} s (storage {self.storage.location} is slow "
-                            "or hanging)",
-                        )
-                    )
+    def _too_late(self, pending: _Pending) -> ServiceUnavailable:
+        return self._refuse(
+            "deadline",
+            f"the ledger could not make the entry durable within {self.deadline:g} s "
+            f"(storage {self.storage.location} is slow or hanging)",
+        )
 
     def _refuse(self, reason: str, why: str) -> ServiceUnavailable:
         LEDGER_REFUSALS.labels(reason=reason).inc()

@@ -21,13 +21,12 @@ What it promises:
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -37,6 +36,7 @@ from sekisho.providers.base import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
+from sekisho.providers.proxy import Proxy, TunnelSetup
 
 # Reading pauses above this many unread body bytes and resumes at or below the low mark.
 _HIGH_WATER = 256 * 1024
@@ -515,7 +515,7 @@ class _Pool:
         ssl_context: ssl.SSLContext | None,
         limit: int,
         keepalive_timeout: float,
-        tunnel: _Proxy | None = None,
+        tunnel: Proxy | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -641,14 +641,14 @@ class _Pool:
         return conn
 
     async def _open_tunnel(
-        self, loop: asyncio.AbstractEventLoop, conn: _Connection, proxy: _Proxy, endpoint_id: str
+        self, loop: asyncio.AbstractEventLoop, conn: _Connection, proxy: Proxy, endpoint_id: str
     ) -> None:
         """CONNECT through an HTTP proxy, then TLS (or plain HTTP) to the origin inside it."""
         authority = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
         if proxy.authorization:
             head += f"Proxy-Authorization: {proxy.authorization}\r\n"
-        tunnel = _TunnelSetup(loop)
+        tunnel = TunnelSetup(loop)
         transport, _ = await loop.create_connection(lambda: tunnel, proxy.host, proxy.port)
         try:
             transport.write((head + "\r\n").encode())
@@ -731,69 +731,6 @@ class _Expiry:
 def _expire(waiter: asyncio.Future[_Connection | None]) -> None:
     if not waiter.done():
         waiter.set_exception(_PoolWaitExpired())
-
-
-class _Proxy:
-    """An HTTP proxy (``http://[user:password@]host:port``) upstream traffic goes through."""
-
-    __slots__ = ("authorization", "display", "host", "port")
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme.lower() != "http" or not parts.hostname:
-            raise ValueError(f"proxy {_redact(url)!r} must be http://host:port")
-        if parts.path not in ("", "/") or parts.query:
-            raise ValueError(f"proxy {_redact(url)!r} must have no path or query")
-        self.host = parts.hostname
-        self.port = parts.port or 80
-        self.display = f"{self.host}:{self.port}"
-        self.authorization: str | None = None
-        if parts.username is not None:
-            user, password = unquote(parts.username), unquote(parts.password or "")
-            token = base64.b64encode(f"{user}:{password}".encode()).decode()
-            self.authorization = f"Basic {token}"
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
-
-
-class _TunnelSetup(asyncio.Protocol):
-    """Reads the proxy's answer to CONNECT; nothing else may arrive before the tunnel is up."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._buffer = b""
-        self._answer: asyncio.Future[int] = loop.create_future()
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        end = self._buffer.find(b"\r\n\r\n")
-        if self._answer.done():
-            return
-        if end < 0:
-            if len(self._buffer) > 64 * 1024:
-                self._answer.set_exception(OSError("the proxy's answer to CONNECT is too long"))
-            return
-        if end + 4 != len(self._buffer):
-            self._answer.set_exception(OSError("the proxy sent data before the tunnel was up"))
-            return
-        line = self._buffer.split(b"\r\n", 1)[0].split()
-        if len(line) < 2 or not line[0].startswith(b"HTTP/1.") or not line[1].isdigit():
-            self._answer.set_exception(OSError("the proxy's answer to CONNECT is not HTTP"))
-            return
-        self._answer.set_result(int(line[1]))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._answer.done():
-            self._answer.set_exception(
-                OSError(f"the proxy closed the connection during CONNECT ({exc or 'EOF'})")
-            )
-
-    async def status(self) -> int:
-        return await self._answer
 
 
 class _Target:
@@ -908,7 +845,7 @@ class H1Client:
             path = f"{path}?{parts.query}"
         if any(c in path for c in " \r\n\t\0"):
             raise ValueError(f"upstream URL {url!r} has a space or control character in its path")
-        proxy = _Proxy(proxy_url) if proxy_url is not None else None
+        proxy = Proxy(proxy_url) if proxy_url is not None else None
         host_header = f"[{host}]" if ":" in host else host
         if port != default:
             host_header = f"{host_header}:{port}"

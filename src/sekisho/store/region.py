@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidTag
 from sqlalchemy import Engine, Row, and_, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from sekisho._deadlines import refuse_late
 from sekisho.store import database
 from sekisho.store.crypto import TenantKeys, new_data_key, wrap_context
 from sekisho.store.database import Location
@@ -301,7 +302,11 @@ class RegionStore:
         pending = _Pending(row, ids, future, loop, time.monotonic() + self.deadline)
         if self._watch_loop is None:
             self._watch_loop = loop
-            self._watchdog = loop.create_task(self._watch_deadlines())
+            self._watchdog = loop.create_task(
+                refuse_late(
+                    self._waiting, self.deadline, lambda p: self._too_slow(p.row["record_id"])
+                )
+            )
         if loop is not self._watch_loop:  # a second event loop (tools, tests): its own timer
             self._queue.put(pending)
             try:
@@ -318,19 +323,6 @@ class RegionStore:
             f"The store of region {self.region!r} ({self.records_at.display}) could not make "
             f"record {record_id} durable within {self.deadline:g} s (slow or hanging)."
         )
-
-    async def _watch_deadlines(self) -> None:
-        """Fail every write whose deadline passed: one timer for all, not one per record."""
-        tick = min(0.05, self.deadline / 10)
-        waiting = self._waiting
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            # FIFO with one deadline for all: the oldest write is always on the left.
-            while waiting and (waiting[0].future.done() or waiting[0].give_up_at <= now):
-                pending = waiting.popleft()
-                if not pending.future.done():
-                    pending.future.set_exception(self._too_slow(pending.row["record_id"]))
 
     def _collect(self, first: _Pending, lingering: bool) -> tuple[list[_Pending], bool]:
         batch, stop = [first], False
