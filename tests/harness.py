@@ -74,6 +74,7 @@ class Harness:
             "port": self.port,
             "host": "127.0.0.1",
         }
+        from sekisho.api.protocol import HttpProtocol
         from sekisho.app import Gateway
 
         text = yaml.safe_dump(self.raw, allow_unicode=True)
@@ -89,7 +90,7 @@ class Harness:
                 host="127.0.0.1",
                 port=self.port,
                 loop="asyncio",
-                http="httptools",
+                http=HttpProtocol,
                 lifespan="on",
                 access_log=False,
                 log_config=None,

@@ -148,6 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sekisho import logs
+    from sekisho.api.protocol import HttpProtocol
     from sekisho.config import load_config
 
     config = _with_flags(
@@ -164,7 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=server.host,
         port=server.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        http=HttpProtocol,
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -70,6 +70,7 @@ async def run_demo(*, port: int = 0, keep_running: bool = False) -> int:
     import openai
     import uvicorn
 
+    from sekisho.api.protocol import HttpProtocol
     from sekisho.app import Gateway
     from sekisho.config import parse_config
     from sekisho.harness_port import free_port
@@ -90,7 +91,13 @@ async def run_demo(*, port: int = 0, keep_running: bool = False) -> int:
     gateway = Gateway(config)
     server = uvicorn.Server(
         uvicorn.Config(
-            gateway, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+            gateway,
+            host="127.0.0.1",
+            port=port,
+            http=HttpProtocol,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
         )
     )
     serve = asyncio.create_task(server.serve())

@@ -7,12 +7,12 @@ framework: every step of a request can be read and stepped through here.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 
+from sekisho._ids import time_ordered_id
 from sekisho.errors import InvalidRequest, RequestTooLarge, SekishoError
 
 Scope = MutableMapping[str, Any]
@@ -40,7 +40,7 @@ def request_id(scope: Scope) -> str:
 
 
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    return time_ordered_id("req_")
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

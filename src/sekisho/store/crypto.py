@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import threading
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -24,33 +23,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from sekisho._ids import random_bytes
 from sekisho.store.errors import RecordUnreadable
 
 NONCE_BYTES = 12
 KEYED_HASH_PREFIX = "hmac-sha256:"  # the ledger's format (sekisho.ledger.records.keyed_hash)
-
-
-class _RandomPool:
-    """Bytes from the OS CSPRNG, fetched 64 KiB at a time: ``os.urandom`` costs a system call
-    (tens of microseconds on some VMs), and a record needs three random values. Each byte is
-    handed out once."""
-
-    def __init__(self, size: int = 65536) -> None:
-        self._size = size
-        self._buf = b""
-        self._pos = 0
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> bytes:
-        with self._lock:
-            if self._pos + n > len(self._buf):
-                self._buf, self._pos = os.urandom(max(self._size, n)), 0
-            out = self._buf[self._pos : self._pos + n]
-            self._pos += n
-            return out
-
-
-random_bytes = _RandomPool().take
 
 
 def new_data_key() -> bytes:
@@ -92,10 +69,17 @@ class TenantKeys:
     hash_key: bytes
     _aead: AESGCM = field(init=False, repr=False, compare=False)
     _aad_prefix: bytes = field(init=False, repr=False, compare=False)
+    # HMAC states with the key already absorbed, copied per use. ``hmac.digest`` would redo the
+    # key schedule each time and release the GIL around even a 1 KB hash, handing the event
+    # loop to the ledger's and stores' writer threads mid-request.
+    _hash_mac: hmac.HMAC = field(init=False, repr=False, compare=False)
+    _index_mac: hmac.HMAC = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_aead", AESGCM(self.seal_key))
         object.__setattr__(self, "_aad_prefix", record_aad(self.region, self.tenant))
+        object.__setattr__(self, "_hash_mac", hmac.new(self.hash_key, digestmod="sha256"))
+        object.__setattr__(self, "_index_mac", hmac.new(self.index_key, digestmod="sha256"))
 
     def _aad(self, record_id: str, field: str) -> bytes:
         # record_aad(region, tenant, record_id, field), with the constant part computed once
@@ -134,8 +118,12 @@ class TenantKeys:
             ) from None
 
     def keyed_hash(self, data: bytes) -> str:
-        return KEYED_HASH_PREFIX + hmac.digest(self.hash_key, data, "sha256").hex()
+        mac = self._hash_mac.copy()
+        mac.update(data)
+        return KEYED_HASH_PREFIX + mac.hexdigest()
 
     def index_hash(self, id_type: str, normalised: str) -> str:
         msg = id_type.encode() + b"\0" + normalised.encode()
-        return hmac.digest(self.index_key, msg, "sha256").hex()
+        mac = self._index_mac.copy()
+        mac.update(msg)
+        return mac.hexdigest()

@@ -21,8 +21,9 @@ from typing import Any, Protocol
 import orjson
 from pydantic import ValidationError
 
+from sekisho._ids import time_ordered_id
 from sekisho.errors import ConfigError, ConfigProblem
-from sekisho.store.crypto import TenantKeys, random_bytes
+from sekisho.store.crypto import TenantKeys
 from sekisho.store.database import Location, locate
 from sekisho.store.errors import StoreError, StoreMisconfigured
 from sekisho.store.identifiers import NOT_INDEXED, IdentifierError, normalise
@@ -134,7 +135,7 @@ class TenantStore:
         if kept.mode == "none":
             return None
         keys = await self.keys()
-        record_id = "rec_" + random_bytes(12).hex()
+        record_id = time_ordered_id("rec_")
         created = exchange.created_at
         if created.tzinfo is None:
             raise ValueError("Exchange.created_at must be timezone-aware")

@@ -1,0 +1,200 @@
+"""The HTTP protocol sekisho serves with: a response's head and body leave in one write, and
+nothing is held back when the body does not follow at once (streams, HEAD, 100-continue)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from sekisho.api.protocol import HttpProtocol, OneWrite
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+async def test_a_head_and_the_body_sent_right_after_it_leave_in_one_write() -> None:
+    raw = Recording()
+    t = OneWrite(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(HEAD)
+    assert raw.writes == []
+    t.write(memoryview(b"{}"))
+    assert raw.writes == [HEAD + b"{}"]
+    await asyncio.sleep(0)
+    assert raw.writes == [HEAD + b"{}"]  # nothing left over to flush
+
+
+async def test_a_head_alone_leaves_when_the_loop_turns() -> None:
+    raw = Recording()
+    t = OneWrite(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(HEAD)
+    assert t.get_write_buffer_size() == len(HEAD)
+    await asyncio.sleep(0)
+    assert raw.writes == [HEAD]
+    t.write(b"{}")
+    assert raw.writes == [HEAD, b"{}"]
+
+
+async def test_closing_sends_a_held_head_first_and_other_calls_reach_the_transport() -> None:
+    raw = Recording()
+    t = OneWrite(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(HEAD)
+    t.close()
+    assert raw.writes == [HEAD] and raw.closed
+    assert t.get_extra_info("peername") == ("127.0.0.1", 1)
+    t.write(b"late body bytes")  # not a head: passed through untouched
+    assert raw.writes[-1] == b"late body bytes"
+
+
+# -- over a real socket --------------------------------------------------------------------
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = b""
+    more = True
+    while more:
+        msg = await receive()
+        body += msg.get("body", b"")
+        more = msg.get("more_body", False)
+    if scope["path"] == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-kind", b"sse")]})
+        await asyncio.sleep(0.5)
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    answer = b"echo:" + body
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(answer)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": answer})
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(
+        uvicorn.Config(app, http=HttpProtocol, lifespan="on", log_config=None, access_log=False)
+    )
+    task = asyncio.create_task(srv.serve(sockets=[sock]))
+    while not srv.started:
+        await asyncio.sleep(0.01)
+    yield port
+    srv.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.startswith(b"content-length")
+    )
+    return head, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_keep_alive_requests_on_one_connection_get_their_own_answers(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    for i in range(3):
+        body = f"request {i}".encode()
+        writer.write(
+            b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        head, answer = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert answer == b"echo:" + body
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(
+        b"".join(
+            b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 1\r\n\r\n%d" % i for i in range(3)
+        )
+    )
+    answers = [(await read_response(reader))[1] for _ in range(3)]
+    assert answers == [b"echo:0", b"echo:1", b"echo:2"]
+    writer.close()
+
+
+async def test_a_head_request_gets_its_head_without_a_body(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(b"HEAD /x HTTP/1.1\r\nhost: t\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: 5" in head
+    writer.close()
+
+
+async def test_a_streams_head_arrives_before_its_first_chunk_is_ready(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(b"GET /stream HTTP/1.1\r\nhost: t\r\n\r\n")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert loop.time() - started < 0.4  # the app sends the first chunk only after 0.5 s
+    assert b"x-kind: sse" in head and b"transfer-encoding: chunked" in head
+    chunk = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
+    assert b"data: 1" in chunk
+    writer.close()
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(
+        b"POST /x HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n"
+    )
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"body")
+    _, answer = await read_response(reader)
+    assert answer == b"echo:body"
+    writer.close()
+
+
+async def test_connection_close_gets_the_whole_answer_then_eof(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(b"POST /x HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi")
+    data = await asyncio.wait_for(reader.read(), 5)  # until EOF
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\necho:hi")
+    writer.close()
