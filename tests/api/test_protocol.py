@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 import uvicorn
 
-from sekisho.api.protocol import HttpProtocol, OneWrite
+from sekisho.api.protocol import FLUSH_AT, HttpProtocol, OneWrite
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
 
 
 class Recording:
@@ -69,6 +72,47 @@ async def test_closing_sends_a_held_head_first_and_other_calls_reach_the_transpo
     assert t.get_extra_info("peername") == ("127.0.0.1", 1)
     t.write(b"late body bytes")  # not a head: passed through untouched
     assert raw.writes[-1] == b"late body bytes"
+
+
+async def test_stream_chunks_written_in_one_turn_leave_in_one_write() -> None:
+    raw = Recording()
+    t = OneWrite(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(SSE_HEAD)
+    chunks = [b"9\r\ndata: %d\n\n\r\n" % i for i in range(3)]
+    for c in chunks:
+        t.write(c)
+    assert raw.writes == []  # a burst is gathered until the loop turns
+    await asyncio.sleep(0)
+    assert raw.writes == [SSE_HEAD + b"".join(chunks)]
+    # a chunk that arrives in a later turn leaves in that turn, on its own
+    t.write(b"0\r\n\r\n")
+    await asyncio.sleep(0)
+    assert raw.writes[1:] == [b"0\r\n\r\n"]
+    # the next response on the connection is a plain one again: its body is not held
+    t.write(HEAD)
+    t.write(b"{}")
+    assert raw.writes[2:] == [HEAD + b"{}"]
+
+
+async def test_a_large_burst_is_written_once_it_reaches_the_flush_size() -> None:
+    raw = Recording()
+    t = OneWrite(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(SSE_HEAD)
+    big = b"x" * (FLUSH_AT // 4)
+    for _ in range(4):
+        t.write(big)
+    assert len(raw.writes) == 1 and len(raw.writes[0]) == len(SSE_HEAD) + FLUSH_AT
+    assert t.get_write_buffer_size() == 0
+
+
+async def test_a_new_head_sends_what_is_held_first() -> None:
+    raw = Recording()
+    t = OneWrite(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(SSE_HEAD)
+    t.write(b"0\r\n\r\n")
+    t.write(HEAD)
+    t.write(b"{}")
+    assert raw.writes == [SSE_HEAD + b"0\r\n\r\n", HEAD + b"{}"]
 
 
 # -- over a real socket --------------------------------------------------------------------

@@ -1,14 +1,18 @@
-"""The HTTP/1.1 protocol sekisho serves with: uvicorn's httptools protocol, sending a response's
-head and its first body bytes in one write.
+"""The HTTP/1.1 protocol sekisho serves with: uvicorn's httptools protocol over a transport that
+saves system calls without delaying anything the client is waiting for.
 
 uvicorn writes the status line and headers as soon as the app sends ``http.response.start``,
-then the body on ``http.response.body``: two ``write`` system calls and two TCP segments per
-response, although sekisho always sends the body right after the head. On loopback each write
-also delivers the segment to the reader inside the writer's system call, so the second write
-costs as much as the first. ``OneWrite`` holds the head until the end of the current event-loop
-iteration: if the body comes first (every complete response), both leave in one write; if not
-(a stream waiting for its next chunk, a HEAD answer), the head leaves on its own one iteration
-later. Nothing is reordered and nothing waits on the network.
+then each body message as it comes: two ``write`` system calls for a plain response, and one
+per event for a stream, although events often arrive from the upstream several to a read. On
+loopback each write also delivers the segment to the reader inside the writer's system call,
+so every extra write costs as much as the first. ``OneWrite``:
+
+- holds a response head until its body joins it (a plain response leaves in one write, at once);
+- in a stream (``transfer-encoding: chunked``), gathers the chunks written in one turn of the
+  event loop and sends them in one write at the end of that turn: a burst of events that
+  arrived together leaves together, and an event that arrives alone leaves alone, just as soon;
+- sends anything held when the loop turns, when it grows past ``FLUSH_AT`` bytes and before
+  the connection closes. Nothing is reordered and nothing waits on the network.
 """
 
 from __future__ import annotations
@@ -18,41 +22,59 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+FLUSH_AT = 65536  # bytes held at most before they are written at once
+_CHUNKED = b"\r\ntransfer-encoding: chunked\r\n"
+
 
 class OneWrite:
-    """A transport that holds a response head until the body joins it or the loop turns."""
+    """A transport that joins a response head with its body, and a stream's chunks per turn."""
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_held", "_held_size", "_loop", "_streaming", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._held: bytes | None = None
+        self._held: list[bytes] | None = None
+        self._held_size = 0
+        self._streaming = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        data = bytes(data)
         held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held + data)
-        elif data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n":
-            self._held = bytes(data)
-            self._loop.call_soon(self.flush)
+        if data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n":  # a response head
+            if held is not None:
+                self.flush()
+            self._streaming = _CHUNKED in data
+            self._hold(data)
+        elif held is not None:
+            held.append(data)
+            self._held_size += len(data)
+            if not self._streaming or self._held_size >= FLUSH_AT:
+                self.flush()
+        elif self._streaming and data:
+            self._hold(data)
         else:
             self._transport.write(data)
+
+    def _hold(self, data: bytes) -> None:
+        self._held = [data]
+        self._held_size = len(data)
+        self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         held = self._held
         if held is not None:
             self._held = None
+            self._held_size = 0
             if not self._transport.is_closing():
-                self._transport.write(held)
+                self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
         self.flush()
         self._transport.close()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + len(self._held or b"")
+        return self._transport.get_write_buffer_size() + self._held_size
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
