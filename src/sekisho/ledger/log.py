@@ -30,7 +30,6 @@ import base64
 import collections
 import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ import orjson
 from prometheus_client import Counter
 
 from sekisho._deadlines import refuse_late
+from sekisho._handoff import Handoff
 from sekisho.errors import NotFound, ServiceUnavailable
 from sekisho.ledger import merkle
 from sekisho.ledger.checkpoint import Checkpoint
@@ -61,7 +61,6 @@ DEFAULT_GROUP_INTERVAL = 0.002
 DEFAULT_GROUP_SIZE = 256
 DEFAULT_DEADLINE = 1.0
 DEFAULT_CHECKPOINT_INTERVAL = 1.0
-ARRIVAL_GAP = 0.0002
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +79,6 @@ class _Pending:
     future: asyncio.Future[Appended]
     loop: asyncio.AbstractEventLoop
     give_up_at: float  # time.monotonic() after which the waiter has been refused
-
-
-_STOP = object()
 
 
 def _resolve(results: list[tuple[asyncio.Future[Appended], Appended | BaseException]]) -> None:
@@ -136,7 +132,9 @@ class Ledger:
         self.group_size = group_size
         self.deadline = deadline
         self.checkpoint_interval = checkpoint_interval
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._handoff: Handoff[_Pending] = Handoff(
+            group_interval=group_interval, group_size=group_size
+        )
         self._writer = threading.Thread(target=self._write_loop, name="sekisho-ledger", daemon=True)
         self._closed = False
         self._checkpointer: asyncio.Task[None] | None = None
@@ -199,7 +197,7 @@ class Ledger:
         future: asyncio.Future[Appended] = loop.create_future()
         pending = _Pending(entry, future, loop, time.monotonic() + self.deadline)
         self._waiting.append(pending)
-        self._queue.put(pending)
+        self._handoff.put(loop, pending)
         return await future
 
     def _too_late(self, pending: _Pending) -> ServiceUnavailable:
@@ -219,35 +217,10 @@ class Ledger:
             headers={"retry-after": "1"},
         )
 
-    def _collect(self, first: _Pending, lingering: bool) -> tuple[list[_Pending], bool]:
-        batch, stop = [first], False
-        until = time.monotonic() + self.group_interval if lingering else 0.0
-        while len(batch) < self.group_size:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                remaining = until - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    # Keep gathering while entries keep arriving; a pause means everyone
-                    # who is coming has come, so committing now beats waiting out the interval.
-                    item = self._queue.get(timeout=min(remaining, ARRIVAL_GAP))
-                except queue.Empty:
-                    break
-            if item is _STOP:
-                stop = True
-                break
-            batch.append(item)
-        return batch, stop
-
     def _write_loop(self) -> None:
         lingering = False
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch, stop = self._collect(first, lingering)
+            batch, stop = self._handoff.next_batch(lingering)
             # Linger next time only under concurrency: a lone request never waits for company.
             lingering = len(batch) > 1
             now = time.monotonic()
@@ -285,7 +258,7 @@ class Ledger:
             self._checkpointer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpointer
-        self._queue.put(_STOP)
+        self._handoff.stop()
         # The watchdog keeps refusing at the deadline while queued entries are finished.
         await asyncio.to_thread(self._writer.join, self.deadline + 5)
         if self._watchdog is not None:

@@ -19,7 +19,6 @@ import collections
 import contextlib
 import errno
 import logging
-import queue
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -31,6 +30,7 @@ from sqlalchemy import Engine, Row, and_, delete, func, insert, select, text, up
 from sqlalchemy.exc import IntegrityError
 
 from sekisho._deadlines import refuse_late
+from sekisho._handoff import Handoff
 from sekisho.store import database
 from sekisho.store.crypto import TenantKeys, new_data_key, wrap_context
 from sekisho.store.database import Location
@@ -43,7 +43,6 @@ log = logging.getLogger("sekisho.store")
 DEFAULT_GROUP_INTERVAL = 0.002
 DEFAULT_GROUP_SIZE = 512
 DEFAULT_DEADLINE = 5.0
-ARRIVAL_GAP = 0.0002  # as the ledger's writer: a lull this long ends the gathering
 
 
 def now_ms() -> int:
@@ -57,9 +56,6 @@ class _Pending:
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
     give_up_at: float
-
-
-_STOP = object()
 
 
 class RegionStore:
@@ -92,7 +88,9 @@ class RegionStore:
         self._key_lock = threading.Lock()
         self._current: dict[str, TenantKeys] = {}
         self._by_generation: dict[tuple[str, int], TenantKeys] = {}
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._handoff: Handoff[_Pending] = Handoff(
+            group_interval=group_interval, group_size=group_size
+        )
         self._writer = threading.Thread(
             target=self._write_loop, name=f"sekisho-store-{region}", daemon=True
         )
@@ -308,14 +306,14 @@ class RegionStore:
                 )
             )
         if loop is not self._watch_loop:  # a second event loop (tools, tests): its own timer
-            self._queue.put(pending)
+            self._handoff.put(loop, pending)
             try:
                 await asyncio.wait_for(future, self.deadline)
             except TimeoutError:
                 raise self._too_slow(row["record_id"]) from None
             return
         self._waiting.append(pending)
-        self._queue.put(pending)
+        self._handoff.put(loop, pending)
         await future
 
     def _too_slow(self, record_id: str) -> StoreError:
@@ -323,28 +321,6 @@ class RegionStore:
             f"The store of region {self.region!r} ({self.records_at.display}) could not make "
             f"record {record_id} durable within {self.deadline:g} s (slow or hanging)."
         )
-
-    def _collect(self, first: _Pending, lingering: bool) -> tuple[list[_Pending], bool]:
-        batch, stop = [first], False
-        until = time.monotonic() + self.group_interval if lingering else 0.0
-        while len(batch) < self.group_size:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                remaining = until - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    # Keep gathering while records keep arriving; a pause means everyone who
-                    # is coming has come, so committing now beats waiting out the interval.
-                    item = self._queue.get(timeout=min(remaining, ARRIVAL_GAP))
-                except queue.Empty:
-                    break
-            if item is _STOP:
-                stop = True
-                break
-            batch.append(item)
-        return batch, stop
 
     def _write_loop(self) -> None:
         try:
@@ -358,12 +334,10 @@ class RegionStore:
     def _write_batches(self) -> None:
         lingering = False
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch, stop = self._collect(first, lingering)
+            batch, stop = self._handoff.next_batch(lingering)
             lingering = len(batch) > 1  # a lone request never waits for company
-            self._commit(batch)
+            if batch:
+                self._commit(batch)
             if stop:
                 return
 
@@ -454,7 +428,7 @@ class RegionStore:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._handoff.stop()
         await asyncio.to_thread(self._writer.join, self.deadline + 5)
         if self._watchdog is not None:
             self._watchdog.cancel()
