@@ -81,7 +81,10 @@ class LedgerConfig(_Section):
         description="Ed25519 signer key (default: DATA_DIR/keys/ledger.key, made on first start)",
     )
     group_interval_ms: float = Field(
-        default=2.0, ge=0, description="Longest wait to gather entries into one durable write"
+        default=0.0,
+        ge=0,
+        description="Extra wait to gather more entries into one durable write while they keep "
+        "arriving (0: a commit takes what arrived while the previous one ran)",
     )
     group_size: int = Field(default=256, ge=1, description="Most entries per durable write")
     deadline_ms: float = Field(

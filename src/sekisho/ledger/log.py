@@ -4,9 +4,10 @@ What it promises, in the order the code keeps it:
 
 1. ``append`` returns only once the entry is committed to disk (SQLite WAL fsync, or a
    PostgreSQL commit), with its index in the log. Entries are made durable in groups: the
-   writer thread commits whatever is waiting in one transaction, lingering up to
-   ``group_interval`` for more (up to ``group_size``) only when entries are arriving
-   concurrently, so a lone request never waits for company.
+   writer thread commits whatever is waiting in one transaction (up to ``group_size``): what
+   arrived while the previous commit ran. With a positive ``group_interval`` it also lingers
+   that long for more, only while entries keep arriving concurrently, so a lone request never
+   waits for company.
 2. If the entry is not durable within ``deadline`` seconds, ``append`` raises
    ``ServiceUnavailable`` (code ``ledger_unavailable``), counts the refusal and logs why. The
    blocking I/O runs in a dedicated thread, so a hanging disk stalls that thread, not the event
@@ -57,7 +58,9 @@ LEDGER_REFUSALS = Counter(
     ["reason"],
 )
 
-DEFAULT_GROUP_INTERVAL = 0.002
+# Under load a batch forms on its own while the previous commit runs; waiting for more on top
+# measured slower (A/B through the gateway: +7% throughput at concurrency 16 without it).
+DEFAULT_GROUP_INTERVAL = 0.0
 DEFAULT_GROUP_SIZE = 256
 DEFAULT_DEADLINE = 1.0
 DEFAULT_CHECKPOINT_INTERVAL = 1.0

@@ -40,7 +40,7 @@ from sekisho.store.schema import records, subject_index, tenant_keys
 
 log = logging.getLogger("sekisho.store")
 
-DEFAULT_GROUP_INTERVAL = 0.002
+DEFAULT_GROUP_INTERVAL = 0.0  # as the ledger: batches form while the previous commit runs
 DEFAULT_GROUP_SIZE = 512
 DEFAULT_DEADLINE = 5.0
 
