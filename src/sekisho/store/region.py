@@ -328,7 +328,8 @@ class RegionStore:
         finally:
             if self._writer_conn is not None:
                 with contextlib.suppress(Exception):
-                    self._writer_conn.close()
+                    # Not back to the pool: on SQLite it was switched to autocommit (below).
+                    self._writer_conn.invalidate()
                 self._writer_conn = None
 
     def _write_batches(self) -> None:
@@ -358,21 +359,28 @@ class RegionStore:
         # The writer thread keeps one driver connection for itself: the rows are plain values
         # already, and SQLAlchemy's pool checkout, transaction and checkin per batch were a
         # measurable share of the writer's time under the GIL.
+        sqlite = self.records_at.is_sqlite
         if self._writer_conn is None:
             self._writer_conn = self.records_db.raw_connection()
+            if sqlite:
+                # Transactions are explicit here, so that a batch that is one statement can
+                # commit (and fsync) within that statement: every statement is a GIL round
+                # trip for this thread, waiting for the event loop to let go.
+                self._writer_conn.driver_connection.isolation_level = None
         fairy = self._writer_conn
         conn = fairy.driver_connection
         try:
             cur = conn.cursor()
             try:
-                if self.records_at.is_sqlite and not conn.in_transaction:
+                one_statement = not ids and len(rows) <= _MAX_PARAMS // len(_RECORD_COLUMNS)
+                if sqlite and not one_statement:
                     cur.execute("BEGIN")  # records and their index rows commit together
                 self._insert_many(cur, "records", _RECORD_COLUMNS, rows)
                 if ids:
                     self._insert_identifiers(cur, ids)
             finally:
                 cur.close()
-            conn.commit()
+            conn.commit()  # SQLite: a no-op after a one-statement batch, which is committed
         except BaseException:
             # A failed batch leaves nothing behind; the connection may be broken (server gone,
             # disk full): the next batch starts on a fresh one.
