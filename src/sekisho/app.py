@@ -60,6 +60,8 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
+        # Read when /metrics is scraped, not updated (under a lock) twice per request.
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.health = Health(
             failure_threshold=config.routing.health.failure_threshold,
             backoff_initial=config.routing.health.backoff_initial_seconds,
@@ -408,7 +410,6 @@ class Gateway:
         finished = False
         task = asyncio.current_task()
         self.in_flight += 1
-        self.metrics.in_flight.inc()
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{path} accepts POST, not {scope['method']}.")
@@ -485,7 +486,6 @@ class Gateway:
                 if not watcher.done():
                     watcher.cancel()
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
             route_label = "chat" if path.endswith("completions") else "embeddings"
             m = self.metrics
             m.child(m.requests, route_label, str(status), endpoint, jurisdiction).inc()

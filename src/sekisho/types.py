@@ -32,8 +32,10 @@ class Level(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        return _LABELS[self._value_]
 
+
+_LABELS = {level.value: level.name.lower() for level in Level}
 
 LEVEL_ALIASES: dict[str, Level] = {
     "public": Level.PUBLIC,

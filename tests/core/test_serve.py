@@ -143,6 +143,39 @@ def test_metrics_count_requests_latency_tokens_and_upstream_errors_by_endpoint_a
     assert all("jurisdiction" in lb for lb, _ in errors)
 
 
+def test_the_in_flight_gauge_counts_the_requests_being_served(
+    served: tuple[ServeProcess, Simulators],
+) -> None:
+    g, sims = served
+
+    def in_flight() -> float:
+        r = request("GET", f"{g.root}/metrics")
+        return _samples(r.text)["sekisho_in_flight_requests"][0][1]
+
+    assert in_flight() == 0
+    for sim in sims.sims.values():
+        sim.spec.delay_ms = 1500  # every simulator answers, 1.5 s late
+    try:
+        c = client(g, g.key())
+        slow = threading.Thread(
+            target=lambda: c.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "take your time"}]
+            )
+        )
+        slow.start()
+        seen = 0.0
+        deadline = time.monotonic() + 1.2
+        while time.monotonic() < deadline and seen == 0:
+            seen = in_flight()
+            time.sleep(0.05)
+        slow.join(10)
+        assert seen == 1
+        assert in_flight() == 0
+    finally:
+        for sim in sims.sims.values():
+            sim.spec.delay_ms = 0.0
+
+
 def test_every_log_line_is_json_and_each_request_is_logged_with_its_request_id(
     served: tuple[ServeProcess, Simulators],
 ) -> None:
