@@ -925,12 +925,18 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def server_tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    """A server-side TLS context presenting the test certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*certificate)
+    return ctx
+
+
 async def test_https_with_a_trusted_certificate_and_sni(
     serve: Callable[..., Awaitable[Upstream]], certificate: tuple[Path, Path]
 ) -> None:
-    cert_path, key_path = certificate
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert_path, key_path)
+    cert_path, _ = certificate
+    server_ctx = server_tls(certificate)
     names: list[str | None] = []
     server_ctx.sni_callback = lambda sock, name, ctx: names.append(name)
     up = await serve(always(OK), server_ctx)
@@ -949,9 +955,7 @@ async def test_https_with_a_trusted_certificate_and_sni(
 async def test_https_with_an_untrusted_certificate_is_a_connect_error(
     serve: Callable[..., Awaitable[Upstream]], certificate: tuple[Path, Path]
 ) -> None:
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(*certificate)
-    up = await serve(always(OK), server_ctx)
+    up = await serve(always(OK), server_tls(certificate))
     c = H1Client()  # the system trust store does not know our certificate
     try:
         with pytest.raises(UpstreamConnectError, match="certificate verify failed"):
@@ -1019,10 +1023,8 @@ class ConnectProxy:
 async def test_https_through_a_connect_proxy_is_tls_end_to_end_and_kept_alive(
     serve: Callable[..., Awaitable[Upstream]], certificate: tuple[Path, Path]
 ) -> None:
-    cert_path, key_path = certificate
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert_path, key_path)
-    up = await serve(always(OK), server_ctx)
+    cert_path, _ = certificate
+    up = await serve(always(OK), server_tls(certificate))
     proxy = await ConnectProxy().start()
     c = H1Client(ssl_context=ssl.create_default_context(cafile=str(cert_path)))
     via = f"http://user:p%40ss@127.0.0.1:{proxy.port}"
