@@ -52,6 +52,10 @@ def found(text: str, scanner: Scanner | None = None) -> list[tuple[str, str]]:
         ("【社外秘】本資料は", ("CONFIDENTIAL_LABEL", "【社外秘】")),
         ("山田太郎様", ("PERSON", "山田太郎")),
         ("YAMADA/TARO MR", ("PERSON", "YAMADA/TARO")),
+        # Romanised, surname first (the Japanese order), with no cue around it.
+        ("the account of customer Tanaka Taro.", ("PERSON", "Tanaka Taro")),
+        ("Customer: TANAKA Taro", ("PERSON", "TANAKA Taro")),
+        ("Suzuki Hanako called about her loan", ("PERSON", "Suzuki Hanako")),
         (
             "住所：東京都千代田区丸の内1-2-3 丸の内ビル5F",
             ("ADDRESS_JP", "東京都千代田区丸の内1-2-3 丸の内ビル5F"),
@@ -84,6 +88,9 @@ def test_detector_reports_the_value_exactly_as_written(
         "納期：2024年4月12日",
         "account 1234-5678 opened 2024-06-11, app v2.14.3, signed 12/04/1985",
         "ticket opened 2024-06-11 08:42, order 2024-00731, ref 240915-03",
+        # Surname-first needs both words to be romanised Japanese names from the dictionaries.
+        "Suzuki Motor results",
+        "the Young Adam screening",
     ],
 )
 def test_look_alikes_are_not_reported(text: str) -> None:

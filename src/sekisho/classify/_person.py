@@ -149,6 +149,14 @@ def _is_kanji(ch: str) -> bool:
 
 
 _SURNAME_AFTER = lazy_compile(r" (?:[A-Z]\. )?([A-Z][a-z]{1,20})(?![A-Za-z'])")
+# A romanised surname written before the given name (``Tanaka Taro``, ``TANAKA Taro``): searched
+# with ``endpos`` at the given name, so ``$`` is the space before it.
+_SURNAME_BEFORE = lazy_compile(r"(?<![A-Za-z'])([A-Z][a-z]{1,15}|[A-Z]{2,15})[ 　]$")
+# Hepburn romanisation: syllables of Japanese (ka, shi, tsu, kyo, n ...). English names rarely
+# take this shape (``James``, ``Adam`` and ``Young`` do not), romanised Japanese names always do.
+_HEPBURN = lazy_compile(
+    r"(?:(?:[kgsztdnhbpmr]y?|[fjwy]|sh|ch|ts)?(?:aa|ii|uu|ee|oo|ou|[aiueo])|n(?![aiueoy]))+"
+)
 _GIVEN_FIRST = lazy_compile(r"[A-Z][a-z]{1,15}(?= [A-Z])")
 
 
@@ -245,9 +253,22 @@ class PersonDetector:
                 return
 
     def _given_name(self, text: str, start: int, end: int, out: list[Finding]) -> None:
-        """``John Smith``: a known given name, then a capitalised word, with no cue."""
+        """``John Smith``: a known given name, then a capitalised word, with no cue. Or, in
+        the Japanese order, a known romanised surname before it: ``Tanaka Taro``."""
         if start > 0 and text[start - 1] in _WORDCHAR:
             return
+        if start > 1 and text[start - 1] in " 　":
+            before = _SURNAME_BEFORE.search(text, max(0, start - 17), start)
+            if before is not None:
+                surname = before.group(1)
+                given = text[start:end]
+                if (
+                    surname.capitalize() in self._surnames_en
+                    and _HEPBURN.fullmatch(surname.lower())
+                    and _HEPBURN.fullmatch(given.lower())
+                ):
+                    out.append(Finding(PERSON, before.start(1), end, 0.75))
+                    return
         rest = _SURNAME_AFTER.match(text, end)
         if rest is not None and rest.group(1) not in _LATIN_STOP:
             out.append(Finding(PERSON, start, rest.end(), 0.75))
