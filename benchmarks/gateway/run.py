@@ -193,12 +193,58 @@ def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, int, str], dict[str
     return out
 
 
+def quiet_c1(
+    bench: Any, targets: list[tuple[str, str, str]], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Plain c=1 latency once more, with nothing reading the processes meanwhile.
+
+    The harness samples each target's memory every 0.25 s from ``/proc/PID/smaps_rollup``,
+    which walks the process's page tables: ~2 ms of kernel time per read for sekisho's
+    ~100 MB on this 2-vCPU machine. Measured A/B (same build twice, wrk at c=1, 2 rounds of
+    10 s each): p99 2.02–2.14 ms without such reads and 3.98–4.52 ms with them; p50 unchanged.
+    At c=1 the request's steps hop between threads and processes, so a vCPU taken for 2 ms
+    shows in ~1% of requests: the p99. This phase measures the same scenario (same wrk script
+    and body, same processes, targets alternating) without the sampler; the harness's own
+    numbers stay in the table above. Returns median p50/p99 (ms) and errors per target.
+    """
+    body_file = Path(args.out) / "quiet-chat-body.json"
+    body_file.write_bytes(bench.make_bodies("mock-gpt", 1000)["chat"])
+    got: dict[str, list[tuple[float, float, int]]] = {}
+    rounds = max(2, args.rounds)
+    say(f"c=1 latency without memory sampling: {rounds} rounds of {args.duration:g} s per target")
+    for r in range(rounds):
+        for name, url, key in targets if r % 2 == 0 else targets[::-1]:
+            t = bench.Target(name, url, "mock-gpt", key, None)
+            if args.warmup > 0:
+                bench.run_wrk(t, "/chat/completions", str(body_file), 1, args.warmup, 30)
+            res = bench.run_wrk(t, "/chat/completions", str(body_file), 1, args.duration, 30)
+            errors = sum(res[k] for k in ("err_connect", "err_read", "err_write", "err_status"))
+            errors += res["err_timeout"]
+            got.setdefault(name, []).append((res["p50"] / 1000, res["p99"] / 1000, errors))
+            say(
+                f"  q{r + 1} chat c1 {name}: p50={res['p50'] / 1000:.2f}ms "
+                f"p99={res['p99'] / 1000:.2f}ms err={errors}"
+            )
+    return {
+        name: {
+            "p50": statistics.median(x[0] for x in rows),
+            "p99": statistics.median(x[1] for x in rows),
+            "errors": sum(x[2] for x in rows),
+        }
+        for name, rows in got.items()
+    }
+
+
 def _f(v: float | None, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
 def report(
-    data: dict[str, Any], cold: dict[str, list[float]], chunks: int, gateways: list[str]
+    data: dict[str, Any],
+    cold: dict[str, list[float]],
+    chunks: int,
+    gateways: list[str],
+    quiet: dict[str, dict[str, float]] | None = None,
 ) -> tuple[str, list[tuple[str, str, str, bool | None]]]:
     """The markdown table of the run, and the budget checks (what, target, measured, met)."""
     s = summarise(data["rows"])
@@ -259,7 +305,19 @@ def report(
             f"cold start {name}: median {statistics.median(times):.2f} s "
             f"[{min(times):.2f}..{max(times):.2f}] over {len(times)} start(s)"
         )
-    checks = budget_checks(s, scen, cold, per_chunk, gateways)
+    if quiet and "direct" in quiet and "sekisho" in quiet:
+        d, k = quiet["direct"], quiet["sekisho"]
+        lines += [
+            "",
+            "chat c1 again without memory sampling (see `quiet_c1`), medians over rounds:",
+            "",
+            "| target | p50 ms | p99 ms | +p50 ms | +p99 ms | err |",
+            "|---|---|---|---|---|---|",
+            f"| direct | {d['p50']:.2f} | {d['p99']:.2f} | – | – | {d['errors']:.0f} |",
+            f"| sekisho | {k['p50']:.2f} | {k['p99']:.2f} | {k['p50'] - d['p50']:+.2f} "
+            f"| {k['p99'] - d['p99']:+.2f} | {k['errors']:.0f} |",
+        ]
+    checks = budget_checks(s, scen, cold, per_chunk, gateways, quiet)
     return "\n".join(lines), checks
 
 
@@ -269,6 +327,7 @@ def budget_checks(
     cold: dict[str, list[float]],
     per_chunk: list[float],
     gateways: list[str],
+    quiet: dict[str, dict[str, float]] | None = None,
 ) -> list[tuple[str, str, str, bool | None]]:
     checks: list[tuple[str, str, str, bool | None]] = []
     if "sekisho" not in gateways:
@@ -334,6 +393,26 @@ def budget_checks(
                 f"< {MAX_ADDED_P99_MS_C1:.0f} ms",
                 f"{c1['add99']:.2f} ms",
                 c1["add99"] < MAX_ADDED_P99_MS_C1,
+            )
+        )
+    if quiet and "direct" in quiet and "sekisho" in quiet:
+        add50 = quiet["sekisho"]["p50"] - quiet["direct"]["p50"]
+        add99 = quiet["sekisho"]["p99"] - quiet["direct"]["p99"]
+        ok = quiet["sekisho"]["errors"] == 0
+        checks.append(
+            (
+                "added p50 at c=1, no memory sampling, with the ledger's allowance",
+                f"< {MAX_ADDED_P50_MS_C1 + LEDGER_P50_ALLOWANCE_MS} ms",
+                f"{add50:.2f} ms",
+                ok and add50 < MAX_ADDED_P50_MS_C1 + LEDGER_P50_ALLOWANCE_MS,
+            )
+        )
+        checks.append(
+            (
+                "added p99 at c=1, no memory sampling",
+                f"< {MAX_ADDED_P99_MS_C1:.0f} ms",
+                f"{add99:.2f} ms",
+                ok and add99 < MAX_ADDED_P99_MS_C1,
             )
         )
     rss = [v["rss"] for v in mine.values() if v["rss"] is not None]
@@ -455,8 +534,12 @@ def main(argv: list[str] | None = None) -> int:
         import bench  # type: ignore[import-not-found]
 
         rc: int = bench.main(bench_argv)
+        quiet = None
+        if "chat:1" in args.scenarios.split(",") and "sekisho" in gateways:
+            sek = gateways["sekisho"]
+            quiet = quiet_c1(bench, [("direct", mock_url, ""), ("sekisho", sek.url, sek.key)], args)
     data = json.loads(bench_json.read_text())
-    table, checks = report(data, cold, chunks, list(gateways))
+    table, checks = report(data, cold, chunks, list(gateways), quiet)
     machine = data["machine"]
     header = (
         f"Run {started} ({machine['date']} UTC): {machine['cpu_model']}, {machine['host_cpus']} "
