@@ -36,6 +36,7 @@ from sekisho.providers.base import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
+from sekisho.providers.connect import open_socket
 from sekisho.providers.proxy import Proxy, TunnelSetup
 
 # Reading pauses above this many unread body bytes and resumes at or below the low mark.
@@ -604,13 +605,14 @@ class _Pool:
         timer = loop.call_at(deadline, expiry.fire)
         try:
             if self.tunnel is None:
-                await loop.create_connection(
-                    lambda: conn,
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.server_hostname,
-                )
+                sock = await open_socket(self.host, self.port)
+                try:
+                    await loop.create_connection(
+                        lambda: conn, sock=sock, ssl=self.ssl, server_hostname=self.server_hostname
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
             else:
                 await self._open_tunnel(loop, conn, self.tunnel, endpoint_id)
         except asyncio.CancelledError:
@@ -649,7 +651,12 @@ class _Pool:
         if proxy.authorization:
             head += f"Proxy-Authorization: {proxy.authorization}\r\n"
         tunnel = TunnelSetup(loop)
-        transport, _ = await loop.create_connection(lambda: tunnel, proxy.host, proxy.port)
+        sock = await open_socket(proxy.host, proxy.port)
+        try:
+            transport, _ = await loop.create_connection(lambda: tunnel, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         try:
             transport.write((head + "\r\n").encode())
             status = await tunnel.status()
