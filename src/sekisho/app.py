@@ -29,7 +29,7 @@ from sekisho.errors import (
 from sekisho.identity import Authenticator, KeyStore, Principal, require
 from sekisho.identity.limits import Limiter, build_limiter
 from sekisho.identity.roles import MODEL_ROUTES
-from sekisho.ledger import Ledger
+from sekisho.ledger import LEDGER_REFUSALS, Ledger
 from sekisho.metrics import Metrics
 from sekisho.pipeline import Pipeline, Reply, StreamReply
 from sekisho.providers import Transport, transport_for
@@ -60,6 +60,9 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
+        # The ledger counts its refusals in one counter per process, whichever gateway in it
+        # owns the ledger: served here beside the gateway's own.
+        self.metrics.registry.register(LEDGER_REFUSALS)
         # Read when /metrics is scraped, not updated (under a lock) twice per request.
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.health = Health(

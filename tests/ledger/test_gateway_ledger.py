@@ -346,6 +346,14 @@ def test_a_hanging_ledger_refuses_with_503_and_nothing_goes_upstream(
     assert err["type"] and "ledger" in err["message"]
     assert e.value.response.json()["error"]["code"] == "ledger_unavailable"  # OpenAI's shape
     assert tight.bytes_received() == before, "not one byte may go upstream unrecorded"
+    # operators see it where the docs say: the refusal counter on /metrics
+    metrics = request("GET", f"{tight.root}/metrics").text
+    refused = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('sekisho_ledger_refusals_total{reason="deadline"}')
+    ]
+    assert refused and float(refused[0].split()[-1]) >= 1, metrics[:500]
     # released, the gateway records (and serves) again
     assert chat(tight, key).status_code == 200
 
