@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from sekisho.api import http
 from sekisho.api import openai as routes
@@ -45,6 +45,8 @@ log = logging.getLogger("sekisho.app")
 
 # Seconds a model request runs before a task starts watching for its client going away.
 _WATCH_AFTER = 0.1
+# With several workers, how often each publishes its view of endpoint health to /metrics.
+_PUBLISH_HEALTH_EVERY = 5.0
 # The cyclic GC's generation thresholds while serving (CPython's default: 700, 10, 10).
 _GC_THRESHOLDS = (50_000, 20, 20)
 # Keep-alive connections to one upstream host at most; callers beyond wait for one.
@@ -63,8 +65,11 @@ class Gateway:
         # The ledger counts its refusals in one counter per process, whichever gateway in it
         # owns the ledger: served here beside the gateway's own.
         self.metrics.registry.register(LEDGER_REFUSALS)
-        # Read when /metrics is scraped, not updated (under a lock) twice per request.
-        self.metrics.in_flight.set_function(lambda: self.in_flight)
+        # Read when /metrics is scraped, not updated (under a lock) twice per request; with
+        # several workers each one counts into the shared files instead.
+        self._shared_metrics = self.metrics.shared_dir is not None
+        if not self._shared_metrics:
+            self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.health = Health(
             failure_threshold=config.routing.health.failure_threshold,
             backoff_initial=config.routing.health.backoff_initial_seconds,
@@ -104,6 +109,9 @@ class Gateway:
 
     async def startup(self) -> None:
         self._pid = os.getpid()
+        if self._shared_metrics:
+            self.metrics.forget_dead_workers()
+            self._tasks.append(asyncio.create_task(self._publish_health()))
         await self._open_ledger()
         assert self.recorder is not None
         cfg = self.config
@@ -413,6 +421,8 @@ class Gateway:
         finished = False
         task = asyncio.current_task()
         self.in_flight += 1
+        if self._shared_metrics:
+            self.metrics.in_flight.inc()
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{path} accepts POST, not {scope['method']}.")
@@ -489,6 +499,8 @@ class Gateway:
                 if not watcher.done():
                     watcher.cancel()
             self.in_flight -= 1
+            if self._shared_metrics:
+                self.metrics.in_flight.dec()
             route_label = "chat" if path.endswith("completions") else "embeddings"
             m = self.metrics
             m.child(m.requests, route_label, str(status), endpoint, jurisdiction).inc()
@@ -556,12 +568,22 @@ class Gateway:
     async def _metrics(
         self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str
     ) -> None:
+        self._endpoint_up()
+        body = self.metrics.exposition()
+        await http.send_bytes(send, 200, body, rid, ctype=CONTENT_TYPE_LATEST.encode())
+
+    def _endpoint_up(self) -> None:
         for ep in self.config.catalogue.endpoints:
             self.metrics.endpoint_up.labels(ep.id, ep.jurisdiction.country).set(
                 1 if self.health.is_up(ep.id) else 0
             )
-        body = generate_latest(self.metrics.registry)
-        await http.send_bytes(send, 200, body, rid, ctype=CONTENT_TYPE_LATEST.encode())
+
+    async def _publish_health(self) -> None:
+        """With several workers, only one answers a scrape: the others publish their view of
+        the endpoints' health every few seconds."""
+        while True:
+            self._endpoint_up()
+            await asyncio.sleep(_PUBLISH_HEALTH_EVERY)
 
 
 def create_app(config: Config) -> Gateway:

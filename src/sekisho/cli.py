@@ -7,8 +7,10 @@ import asyncio
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +186,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["SEKISHO_CONFIG"] = str(Path(args.config).resolve())
         os.environ["SEKISHO_DATA_DIR"] = str(Path(server.data_dir).resolve())
         os.environ["SEKISHO_SUPERVISOR_PID"] = str(os.getpid())  # workers ask it to reload all
-        uvicorn.run("sekisho.app:app_from_env", factory=True, workers=server.workers, **common)
+        from sekisho.metrics import MULTIPROC_ENV
+
+        # Metrics from every worker, summed by whichever answers /metrics (sekisho.metrics).
+        shared = tempfile.mkdtemp(prefix="sekisho-metrics-")
+        os.environ[MULTIPROC_ENV] = shared
+        try:
+            uvicorn.run("sekisho.app:app_from_env", factory=True, workers=server.workers, **common)
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
         return 0
     from sekisho.app import create_app
 

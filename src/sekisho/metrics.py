@@ -3,9 +3,24 @@ border, how much went where."""
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Set (by ``serve --workers N``) before the workers start: every worker then keeps its values in
+# files there, and whichever worker answers /metrics sums them all (prometheus_client's
+# multiprocess mode), so a scrape sees the whole gateway, not one worker of it.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
+
+
+def multiprocess_dir() -> Path | None:
+    found = os.environ.get(MULTIPROC_ENV)
+    return Path(found) if found else None
+
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -13,6 +28,7 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.shared_dir = multiprocess_dir()
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
@@ -46,13 +62,52 @@ class Metrics:
             ["tenant", "level"],
             registry=r,
         )
-        self.in_flight = Gauge("sekisho_in_flight_requests", "Requests being served", registry=r)
+        # One process: the gateway's own count, read at scrape time (``set_function``). Several:
+        # each worker adds and subtracts, and a scrape sums the live workers.
+        self.in_flight = Gauge(
+            "sekisho_in_flight_requests",
+            "Requests being served",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        # Passive health is learned per process: with several workers, one series per worker
+        # (a ``pid`` label), as it was when that worker last looked.
         self.endpoint_up = Gauge(
             "sekisho_endpoint_up",
             "1 when passive health considers the endpoint up",
             ["endpoint", "jurisdiction"],
             registry=r,
+            multiprocess_mode="liveall",
         )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text: this process's registry, or with several workers all of them."""
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone, path=str(self.shared_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(everyone)
+
+    def forget_dead_workers(self) -> None:
+        """Drop the live gauges of workers that are gone (restarted by a reload, or crashed):
+        their counters and histograms keep counting in the totals, their gauges must not."""
+        if self.shared_dir is None:
+            return
+        from prometheus_client.multiprocess import mark_process_dead
+
+        for name in os.listdir(self.shared_dir):
+            found = _LIVE_GAUGE_FILE.fullmatch(name)
+            if found is None:
+                continue
+            pid = int(found.group(1))
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                mark_process_dead(pid, str(self.shared_dir))  # type: ignore[no-untyped-call]
+            except PermissionError:
+                pass  # alive, someone else's
 
     def child(self, metric: Counter | Histogram | Gauge, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: prometheus_client validates and looks the
