@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
-import uvloop
 
+from loops import both_loops, event_loop_policy  # noqa: F401  (a fixture)
 from sekisho.providers import connect
 from sekisho.providers.connect import AddrInfo, interleave, open_socket
 from sekisho.providers.h1 import H1Client
@@ -22,12 +22,7 @@ V4 = socket.AF_INET
 V6 = socket.AF_INET6
 
 
-@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
-        return policy
-    return asyncio.DefaultEventLoopPolicy()
+pytestmark = both_loops
 
 
 def info(port: int, host: str = "127.0.0.1", family: int = V4) -> AddrInfo:

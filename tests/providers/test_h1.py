@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loops import both_loops, event_loop_policy  # noqa: F401  (a fixture)
 from sekisho.providers import h1
 from sekisho.providers.base import (
     UpstreamConnectError,
@@ -125,20 +125,7 @@ async def silent(
     await up.wait_eof(reader)
 
 
-# A conftest hook (pytest_asyncio_loop_factories) is the newer way to do this; this module
-# keeps it local until the suite wants both loops everywhere.
-pytestmark = pytest.mark.filterwarnings(
-    'ignore:Overriding the "event_loop_policy" fixture:DeprecationWarning'
-)
-
-
-@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Every socket test runs on both loops: the gateway serves on uvloop."""
-    if request.param == "uvloop":
-        policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
-        return policy
-    return asyncio.DefaultEventLoopPolicy()
+pytestmark = both_loops  # every socket test runs on asyncio's loop and on uvloop
 
 
 @pytest.fixture
@@ -1186,7 +1173,7 @@ def run(policy: asyncio.AbstractEventLoopPolicy, coro: Coroutine[object, object,
     cuts=st.lists(st.integers(0, 5000), max_size=30),
 )
 def test_any_split_of_a_valid_response_gives_the_same_body(
-    event_loop_policy: asyncio.AbstractEventLoopPolicy,
+    event_loop_policy: asyncio.AbstractEventLoopPolicy,  # noqa: F811  (the fixture)
     body: bytes,
     chunked: bool,
     sizes: list[int],
@@ -1207,7 +1194,7 @@ def test_any_split_of_a_valid_response_gives_the_same_body(
     cuts=st.lists(st.integers(0, 5000), max_size=30),
 )
 def test_any_split_of_a_stream_gives_the_same_lines(
-    event_loop_policy: asyncio.AbstractEventLoopPolicy,
+    event_loop_policy: asyncio.AbstractEventLoopPolicy,  # noqa: F811  (the fixture)
     lines: list[bytes],
     crlf: bool,
     sizes: list[int],
