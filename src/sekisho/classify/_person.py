@@ -167,6 +167,12 @@ class PersonDetector:
         self._given_en = _names.given_en()
         self._surnames_en = _names.surnames_en()
         self._roman = _names.romanised_upper()
+        # The romanised Japanese names among the dictionaries' (Hepburn-shaped), looked up as
+        # sets: the order check runs for every known given name in a text.
+        self._romaji_surnames = frozenset(
+            w for w in self._surnames_en if _HEPBURN.fullmatch(w.lower())
+        )
+        self._romaji_given = frozenset(w for w in self._given_en if _HEPBURN.fullmatch(w.lower()))
         self._full_ja = _full_name_ja()
 
     def detect(
@@ -259,16 +265,13 @@ class PersonDetector:
             return
         if start > 1 and text[start - 1] in " 　":
             before = _SURNAME_BEFORE.search(text, max(0, start - 17), start)
-            if before is not None:
-                surname = before.group(1)
-                given = text[start:end]
-                if (
-                    surname.capitalize() in self._surnames_en
-                    and _HEPBURN.fullmatch(surname.lower())
-                    and _HEPBURN.fullmatch(given.lower())
-                ):
-                    out.append(Finding(PERSON, before.start(1), end, 0.75))
-                    return
+            if (
+                before is not None
+                and text[start:end] in self._romaji_given
+                and before.group(1).capitalize() in self._romaji_surnames
+            ):
+                out.append(Finding(PERSON, before.start(1), end, 0.75))
+                return
         rest = _SURNAME_AFTER.match(text, end)
         if rest is not None and rest.group(1) not in _LATIN_STOP:
             out.append(Finding(PERSON, start, rest.end(), 0.75))
