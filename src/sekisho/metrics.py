@@ -22,6 +22,16 @@ def multiprocess_dir() -> Path | None:
     return Path(found) if found else None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, run by another user
+    return True
+
+
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -102,12 +112,8 @@ class Metrics:
             if found is None:
                 continue
             pid = int(found.group(1))
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _alive(pid):
                 mark_process_dead(pid, str(self.shared_dir))  # type: ignore[no-untyped-call]
-            except PermissionError:
-                pass  # alive, someone else's
 
     def child(self, metric: Counter | Histogram | Gauge, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: prometheus_client validates and looks the

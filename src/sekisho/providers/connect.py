@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 ATTEMPT_DELAY = 0.25
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 AddrInfo = tuple[int, int, int, str, Any]  # family, type, proto, canonname, sockaddr
 Resolver = Callable[[str, int], Awaitable[Sequence[AddrInfo]]]
@@ -121,6 +122,23 @@ async def _next(
         else:
             task.result().close()  # two connected in the same instant: keep one
     return winner
+
+
+async def open_connection(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: Callable[[], P],
+    host: str,
+    port: int,
+    **kw: Any,
+) -> tuple[asyncio.Transport, P]:
+    """``loop.create_connection`` (``kw``: ``ssl``, ``server_hostname``) over ``open_socket``;
+    the socket is closed if the transport cannot be made (a failed TLS handshake, say)."""
+    sock = await open_socket(host, port)
+    try:
+        return await loop.create_connection(protocol_factory, sock=sock, **kw)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _display(addr: Any) -> str:

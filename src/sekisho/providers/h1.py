@@ -36,7 +36,7 @@ from sekisho.providers.base import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
-from sekisho.providers.connect import open_socket
+from sekisho.providers.connect import open_connection
 from sekisho.providers.proxy import Proxy, TunnelSetup
 
 # Reading pauses above this many unread body bytes and resumes at or below the low mark.
@@ -605,14 +605,14 @@ class _Pool:
         timer = loop.call_at(deadline, expiry.fire)
         try:
             if self.tunnel is None:
-                sock = await open_socket(self.host, self.port)
-                try:
-                    await loop.create_connection(
-                        lambda: conn, sock=sock, ssl=self.ssl, server_hostname=self.server_hostname
-                    )
-                except BaseException:
-                    sock.close()
-                    raise
+                await open_connection(
+                    loop,
+                    lambda: conn,
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.server_hostname,
+                )
             else:
                 await self._open_tunnel(loop, conn, self.tunnel, endpoint_id)
         except asyncio.CancelledError:
@@ -651,12 +651,7 @@ class _Pool:
         if proxy.authorization:
             head += f"Proxy-Authorization: {proxy.authorization}\r\n"
         tunnel = TunnelSetup(loop)
-        sock = await open_socket(proxy.host, proxy.port)
-        try:
-            transport, _ = await loop.create_connection(lambda: tunnel, sock=sock)
-        except BaseException:
-            sock.close()
-            raise
+        transport, _ = await open_connection(loop, lambda: tunnel, proxy.host, proxy.port)
         try:
             transport.write((head + "\r\n").encode())
             status = await tunnel.status()
