@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -40,8 +41,10 @@ class Harness:
         data_dir: Path,
         sim_specs: dict[str, SimulatedEndpoint],
         config_path: Path | None = None,
+        sim_tls: dict[str, ssl.SSLContext] | None = None,
     ) -> None:
         self.raw = config_yaml
+        self.sim_tls = sim_tls or {}  # endpoint id -> server context: that simulator is https
         self.config_path = config_path  # when set, the config is written there and loaded from it
         self.data_dir = data_dir
         self.sim_specs = sim_specs
@@ -59,7 +62,7 @@ class Harness:
         self.thread.start()
         for eid, spec in self.sim_specs.items():
             sim = SimulatorServer(spec)
-            self.call(sim.start())
+            self.call(sim.start(tls=self.sim_tls.get(eid)))
             self.sims[eid] = sim
         for ep in self.raw["endpoints"]:
             if ep["id"] in self.sims:
@@ -176,14 +179,17 @@ def start_example(
     mutate: Callable[[dict[str, Any]], None] | None = None,
     *,
     config_path: Path | None = None,
+    sim_tls: dict[str, ssl.SSLContext] | None = None,
     **sim_kw: Any,
 ) -> Harness:
-    """The example config's gateway; with ``config_path`` its config is a real file there."""
+    """The example config's gateway; with ``config_path`` its config is a real file there;
+    ``sim_tls`` makes the named simulators serve https with the given server contexts."""
     raw = example_config()
     raw["routing"]["health"]["probe_interval_seconds"] = 0
     if mutate is not None:
         mutate(raw)
-    return Harness(raw, tmp, demo_sim_specs(**sim_kw), config_path=config_path).start()
+    specs = demo_sim_specs(**sim_kw)
+    return Harness(raw, tmp, specs, config_path=config_path, sim_tls=sim_tls).start()
 
 
 class Resp:

@@ -34,6 +34,7 @@ from sekisho.metrics import Metrics
 from sekisho.pipeline import Pipeline, Reply, StreamReply
 from sekisho.providers import Transport, transport_for
 from sekisho.providers.h1 import H1Client
+from sekisho.providers.tls import contexts_for
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
 from sekisho.routing import Health, Selector
 from sekisho.store import Stores
@@ -139,8 +140,11 @@ class Gateway:
         # Upstream calls: sekisho's lean HTTP/1.1 client (providers/h1.py). aiohttp serves the
         # active health probes, and is imported only when they are on (about 10 MB).
         self._upstream = H1Client(limit_per_host=_UPSTREAM_CONNECTIONS_PER_HOST)
+        # Endpoints with a `tls` block (private CA, client certificate) get their own context;
+        # config validation already loaded each file once, so this cannot fail on a good config.
+        tls = contexts_for(self.config.catalogue.endpoints)
         for family in {ep.family for ep in self.config.catalogue.endpoints}:
-            self.transports[family] = transport_for(family, self._upstream)
+            self.transports[family] = transport_for(family, self._upstream, tls)
         self.pipeline = Pipeline(
             catalogue=self.config.catalogue,
             tenants=self.config.tenants,
@@ -314,7 +318,9 @@ class Gateway:
             return result
 
     async def _probe(self, interval: float) -> None:
-        """Active health: GET {base_url}/models on every endpoint that is down."""
+        """Active health: GET the model list of every endpoint that is down or failing, the way
+        requests reach it (its egress proxy, its TLS settings, its credentials). Any answer
+        below 500 (a 401 or 404 too) shows the endpoint is there again."""
         import aiohttp
 
         assert self._session is not None
@@ -323,15 +329,20 @@ class Gateway:
             for ep in self.config.catalogue.endpoints:
                 if self.health.is_up(ep.id) and self.health.state(ep.id).failures == 0:
                     continue
-                url = ep.base_url.rstrip("/") + "/models"
+                url, headers, tls = self.transports[ep.family].probe_request(ep)
                 try:
                     async with self._session.get(
-                        url, timeout=aiohttp.ClientTimeout(total=ep.timeouts.connect + 2)
+                        url,
+                        headers=headers,
+                        proxy=ep.proxy,
+                        ssl=tls if tls is not None else True,
+                        allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(total=ep.timeouts.connect + 2),
                     ) as resp:
                         if resp.status < 500:
                             self.health.success(ep.id)
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    log.debug("probe of %s failed: %s", ep.id, exc)
 
     # -- ASGI ------------------------------------------------------------------------------
 

@@ -381,6 +381,14 @@ def _cross_checks(model: ConfigModel, file: str) -> list[ConfigProblem]:
                 )
             )
         seen.setdefault(ep.id, i)
+        if ep.tls is not None:
+            from sekisho.providers.tls import TLSSettingError, client_context
+
+            try:
+                client_context(ep.tls)
+            except TLSSettingError as exc:
+                where = f"endpoints[{i}]({ep.id}).tls.{exc.field}"
+                problems.append(ConfigProblem(file, where, exc.reason))
     for name, tenant in model.tenants.items():
         if tenant.home_region not in model.regions:
             known = ", ".join(sorted(model.regions))

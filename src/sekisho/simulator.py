@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ class SimStats:
     requests: int = 0
     chat: int = 0
     embeddings: int = 0
+    # Over TLS: the common name of each client certificate presented (None: none presented).
+    client_certs: list[str | None] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
@@ -64,15 +67,20 @@ class SimulatorServer:
         self.faults = Faults()
         self._server: asyncio.Server | None = None
         self.port = 0
+        self.tls = False
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """Listen on ``host:port``; with ``tls`` (a server context), speak HTTPS."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Protocol(self), host, port)
+        self._server = await loop.create_server(lambda: _Protocol(self), host, port, ssl=tls)
         self.port = self._server.sockets[0].getsockname()[1]
+        self.tls = tls is not None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/v1"
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -117,6 +125,10 @@ class _Protocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.sim.stats.connections += 1
+        if self.sim.tls:
+            peer = transport.get_extra_info("peercert") or {}
+            names = [v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"]
+            self.sim.stats.client_certs.append(names[0] if names else None)
 
     def data_received(self, data: bytes) -> None:
         self.sim.stats.bytes_received += len(data)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
 
-from sekisho.routing.catalogue import Route
+from sekisho.routing.catalogue import Endpoint, Route
 
 Kind = Literal["chat", "embeddings"]
 
@@ -73,6 +74,10 @@ class Transport(Protocol):
 
         Raises an UpstreamError subclass for every failure, so the caller can fail over.
         """
+        ...
+
+    def probe_request(self, ep: Endpoint) -> tuple[str, dict[str, str], ssl.SSLContext | None]:
+        """URL, headers and TLS context (None: the default) of an active health probe (GET)."""
         ...
 
     async def close(self) -> None: ...

@@ -354,6 +354,13 @@ class _Connection(asyncio.Protocol):
         if not self._got_bytes:
             if self._reused:
                 return _Stale()
+            if self._pool.ssl is not None and not why:
+                # How a server refuses a missing or unknown client certificate under TLS 1.3:
+                # its alert comes after the handshake, and the event loop reports plain EOF.
+                why = (
+                    " (over TLS this is how an endpoint refuses a missing or unaccepted client "
+                    "certificate: check the endpoint's tls.client_cert)"
+                )
             return UpstreamConnectError(
                 resp._endpoint_id, f"the server closed the connection without answering{why}"
             )
@@ -627,8 +634,16 @@ class _Pool:
         except (OSError, ssl.CertificateError) as exc:
             conn.close()
             via = f" through the proxy {self.tunnel.display}" if self.tunnel else ""
+            why = str(exc)
+            if not why:  # e.g. ConnectionResetError(): a TLS alert the loop did not surface
+                why = type(exc).__name__
+                if self.ssl is not None:
+                    why += (
+                        " during the TLS handshake: the server may not accept the TLS versions "
+                        "allowed (the endpoint's tls.min_version)"
+                    )
             raise UpstreamConnectError(
-                endpoint_id, f"cannot connect to {self.host}:{self.port}{via}: {exc}"
+                endpoint_id, f"cannot connect to {self.host}:{self.port}{via}: {why}"
             ) from None
         except BaseException:
             conn.close()
@@ -763,7 +778,7 @@ class H1Client:
         self._limit = limit_per_host
         self._ssl = ssl_context
         self._keepalive_timeout = keepalive_timeout
-        self._pools: dict[tuple[str, ...], _Pool] = {}
+        self._pools: dict[tuple[object, ...], _Pool] = {}
         self._targets: dict[str, _Target] = {}
         self._header_kinds: dict[str, int] = {}
         self._closed = False
@@ -779,6 +794,7 @@ class H1Client:
         total: float,
         endpoint_id: str = "upstream",
         proxy: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> tuple[int, dict[str, str], H1Response]:
         """Send one POST; return once the final response headers arrived (any status).
 
@@ -786,13 +802,18 @@ class H1Client:
         replaces the URL's). Raises ValueError for a header that could split the request.
         ``proxy`` (``http://[user:password@]host:port``): https URLs go through a CONNECT
         tunnel (TLS end to end with the upstream), http URLs are sent to the proxy.
+        ``tls``: the context for an https URL in place of the client's own (an endpoint's
+        private CA or client certificate); connections made with it are pooled apart.
         """
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
-        key = url if proxy is None else f"{proxy}\x00{url}"
+        if proxy is None and tls is None:
+            key = url
+        else:
+            key = f"{proxy}\x00{id(tls) if tls is not None else ''}\x00{url}"
         target = self._targets.get(key)
         if target is None:
-            target = self._target(url, proxy, key)
+            target = self._target(url, proxy, key, tls)
         data = self._head(target, headers, len(body)) + body
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total
@@ -830,7 +851,13 @@ class H1Client:
         self._pools.clear()
         self._targets.clear()
 
-    def _target(self, url: str, proxy_url: str | None = None, key: str | None = None) -> _Target:
+    def _target(
+        self,
+        url: str,
+        proxy_url: str | None = None,
+        key: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> _Target:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
@@ -858,18 +885,25 @@ class H1Client:
             path = f"http://{host_header}{path}"
             if proxy.authorization:
                 extra = f"Proxy-Authorization: {proxy.authorization}\r\n"
-            pool_key: tuple[str, ...] = ("http-via", proxy_url or "", proxy.host, str(proxy.port))
+            pool_key: tuple[object, ...] = (
+                "http-via",
+                proxy_url or "",
+                proxy.host,
+                str(proxy.port),
+            )
             connect_host, connect_port, tunnel = proxy.host, proxy.port, None
         else:
-            pool_key = (scheme, host, str(port), proxy_url or "")
+            # The context object itself is in the key: it lives as long as the pool does, so
+            # its id cannot be reused by another context meanwhile.
+            pool_key = (scheme, host, str(port), proxy_url or "", tls)
             connect_host, connect_port, tunnel = host, port, proxy
         pool = self._pools.get(pool_key)
         if pool is None:
             ctx = None
             if scheme == "https":
-                if self._ssl is None:
+                if tls is None and self._ssl is None:
                     self._ssl = ssl.create_default_context()
-                ctx = self._ssl
+                ctx = tls or self._ssl
             pool = self._pools[pool_key] = _Pool(
                 connect_host, connect_port, ctx, self._limit, self._keepalive_timeout, tunnel
             )

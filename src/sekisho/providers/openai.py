@@ -4,6 +4,8 @@ and Azure OpenAI (deployment URL layout, ``api-key`` header, ``api-version`` que
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -16,7 +18,7 @@ from sekisho.providers.base import (
     UpstreamStatusError,
 )
 from sekisho.providers.h1 import H1Client, H1Response
-from sekisho.routing.catalogue import Route
+from sekisho.routing.catalogue import Endpoint, Route
 
 _USER_AGENT = f"sekisho/{__version__}"
 _MAX_ERROR_BODY = 64 * 1024
@@ -31,8 +33,9 @@ class OpenAITransport:
     the gateway's CPU per request that sekisho controls.
     """
 
-    def __init__(self, client: H1Client) -> None:
+    def __init__(self, client: H1Client, tls: Mapping[str, ssl.SSLContext] | None = None) -> None:
         self._client = client
+        self._tls = dict(tls or {})  # endpoint id -> its own TLS context (``tls`` block)
         self._urls: dict[tuple[str, str], str] = {}
         self._headers: dict[str, dict[str, str]] = {}
 
@@ -41,11 +44,22 @@ class OpenAITransport:
         return f"{route.endpoint.base_url.rstrip('/')}/{path}"
 
     def headers(self, route: Route) -> dict[str, str]:
-        h = {"content-type": "application/json", "user-agent": _USER_AGENT}
-        if route.endpoint.api_key:
-            h["authorization"] = f"Bearer {route.endpoint.api_key}"
-        h.update(route.endpoint.headers)
+        return self.endpoint_headers(route.endpoint, {"content-type": "application/json"})
+
+    def endpoint_headers(self, ep: Endpoint, base: dict[str, str]) -> dict[str, str]:
+        h = {**base, "user-agent": _USER_AGENT}
+        if ep.api_key:
+            h["authorization"] = f"Bearer {ep.api_key}"
+        h.update(ep.headers)
         return h
+
+    def probe_url(self, ep: Endpoint) -> str:
+        """What an active health probe GETs: the endpoint's model list."""
+        return f"{ep.base_url.rstrip('/')}/models"
+
+    def probe_request(self, ep: Endpoint) -> tuple[str, dict[str, str], ssl.SSLContext | None]:
+        """URL, headers and TLS context of an active health probe of ``ep`` (a GET)."""
+        return self.probe_url(ep), self.endpoint_headers(ep, {}), self._tls.get(ep.id)
 
     def body(self, route: Route, body: dict[str, Any]) -> bytes:
         # The client may have used an alias; the upstream gets the name it knows.
@@ -75,6 +89,7 @@ class OpenAITransport:
                 total=t.total,
                 endpoint_id=ep.id,
                 proxy=ep.proxy,
+                tls=self._tls.get(ep.id),
             )
         except ValueError as exc:  # a URL or header the client refuses to send
             raise UpstreamProtocolError(ep.id, f"cannot send the request: {exc}") from None
@@ -108,23 +123,29 @@ class AzureOpenAITransport(OpenAITransport):
             f"?api-version={route.endpoint.api_version}"
         )
 
-    def headers(self, route: Route) -> dict[str, str]:
-        h = {"content-type": "application/json", "user-agent": _USER_AGENT}
-        if route.endpoint.api_key:
-            h["api-key"] = route.endpoint.api_key
-        h.update(route.endpoint.headers)
+    def endpoint_headers(self, ep: Endpoint, base: dict[str, str]) -> dict[str, str]:
+        h = {**base, "user-agent": _USER_AGENT}
+        if ep.api_key:
+            h["api-key"] = ep.api_key
+        h.update(ep.headers)
         return h
+
+    def probe_url(self, ep: Endpoint) -> str:
+        return f"{ep.base_url.rstrip('/')}/openai/models?api-version={ep.api_version}"
 
     def body(self, route: Route, body: dict[str, Any]) -> bytes:
         # Azure selects the model by deployment in the URL; the body carries no model.
         return orjson.dumps({k: v for k, v in body.items() if k != "model"})
 
 
-def transport_for(family: str, client: H1Client) -> OpenAITransport:
+def transport_for(
+    family: str, client: H1Client, tls: Mapping[str, ssl.SSLContext] | None = None
+) -> OpenAITransport:
+    """The adapter for an API family; ``tls`` maps endpoint ids to their own TLS contexts."""
     if family == "openai":
-        return OpenAITransport(client)
+        return OpenAITransport(client, tls)
     if family == "azure_openai":
-        return AzureOpenAITransport(client)
+        return AzureOpenAITransport(client, tls)
     raise ValueError(f"no adapter for API family {family!r}")
 
 

@@ -159,6 +159,38 @@ class Timeouts(_Facts):
 Deployment = Literal["on_premises", "private_cloud", "public_cloud"]
 
 
+class TLS(_Facts):
+    """How sekisho checks an https endpoint's certificate, and how it proves its own identity
+    to the endpoint (mutual TLS). Files are PEM, read at start-up; a path is taken as written
+    (relative to the working directory). Certificate checks cannot be switched off: an
+    endpoint with a private CA (社内認証局) gets that CA in ``ca_file``."""
+
+    ca_file: str | None = Field(
+        default=None,
+        description="CA certificates to trust for this endpoint, in place of the system's trust "
+        "store (a private CA; pins the endpoint to certificates that CA issued)",
+    )
+    client_cert: str | None = Field(
+        default=None,
+        description="Client certificate (and its chain) for mutual TLS; may hold the key too",
+    )
+    client_key: str | None = Field(
+        default=None, description="Private key of client_cert, if not in client_cert's file"
+    )
+    client_key_password: str | None = Field(
+        default=None, description="Password of an encrypted client key; use ${ENV_VAR}"
+    )
+    min_version: Literal["1.2", "1.3"] = Field(
+        default="1.2", description="Oldest TLS version accepted from the endpoint"
+    )
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TLS:
+        if self.client_cert is None and (self.client_key or self.client_key_password):
+            raise ValueError("client_key and client_key_password need client_cert")
+        return self
+
+
 class Endpoint(_Facts):
     """A model endpoint and its sovereignty facts."""
 
@@ -188,6 +220,9 @@ class Endpoint(_Facts):
     weight: float = Field(default=1.0, gt=0, description="Relative share of traffic")
     max_concurrency: int | None = Field(default=None, gt=0, description="In-flight request cap")
     timeouts: Timeouts = Timeouts()
+    tls: TLS | None = Field(
+        default=None, description="https only: trusted CAs, client certificate, TLS version"
+    )
     simulated: bool = Field(default=False, description="A sekisho simulator, not a real model")
 
     @field_validator("proxy")
@@ -208,6 +243,8 @@ class Endpoint(_Facts):
 
     @model_validator(mode="after")
     def _family_rules(self) -> Endpoint:
+        if self.tls is not None and not self.base_url.lower().startswith("https://"):
+            raise ValueError("tls settings apply to https:// endpoints; base_url is http://")
         if self.family == "azure_openai":
             if not self.api_version:
                 raise ValueError("azure_openai endpoints need api_version (e.g. 2024-10-21)")

@@ -1,0 +1,304 @@
+"""An endpoint's ``tls`` block: a private CA, a client certificate (mutual TLS), a minimum TLS
+version. Checked end to end: the official openai client, the gateway on a loopback port, and a
+simulator speaking https that asks for a client certificate from the same private CA."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from harness import Harness, example_config, start_example
+from pki import CA
+from proxy_server import ConnectProxy
+from sekisho.config import parse_config
+from sekisho.errors import ConfigError
+from sekisho.providers.tls import client_context
+from sekisho.routing.catalogue import TLS
+
+TOKYO = "sim-domestic-tokyo"
+ONLY_TOKYO = "llama-3.1-swallow-70b"  # served by no other endpoint: no failover hides a failure
+WHERE = f"sekisho.yaml: endpoints[0]({TOKYO}).tls"  # how config problems name the tls block
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("pki")
+    ca = CA(d)
+    other = CA(d, "some other CA")
+    server = ca.issue("tokyo-gpu.internal")
+    client = ca.issue("sekisho-gateway", client=True)
+    locked = ca.issue("sekisho-locked", client=True, password=b"s3cret")
+    stranger = other.issue("stranger", client=True)
+    return {"ca": ca, "other": other, "server": server, "client": client, "locked": locked,
+            "stranger": stranger, "dir": d}  # fmt: skip
+
+
+def server_context(pki: dict[str, Any], *, mutual: bool = True, tls12_only: bool = False) -> Any:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*pki["server"])
+    if mutual:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=str(pki["ca"].cert_path))
+    if tls12_only:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def with_tls(tls: dict[str, Any] | None, **extra: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(raw: dict[str, Any]) -> None:
+        ep = next(e for e in raw["endpoints"] if e["id"] == TOKYO)
+        if tls is not None:
+            ep["tls"] = tls
+        ep.update(extra)
+
+    return mutate
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, pki: dict[str, Any]) -> Iterator[Callable[..., Harness]]:
+    started: list[Harness] = []
+
+    def start(tls: dict[str, Any] | None, **server: Any) -> Harness:
+        h = start_example(tmp_path, with_tls(tls), sim_tls={TOKYO: server_context(pki, **server)})
+        started.append(h)
+        return h
+
+    yield start
+    for h in started:
+        h.stop()
+
+
+def mtls(pki: dict[str, Any]) -> dict[str, Any]:
+    cert, key = pki["client"]
+    return {"ca_file": str(pki["ca"].cert_path), "client_cert": str(cert), "client_key": str(key)}
+
+
+def ask(h: Harness, model: str = ONLY_TOKYO) -> Any:
+    c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+    return c.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "こんにちは"}]
+    )
+
+
+# -- through the gateway ------------------------------------------------------------------------
+
+
+def test_private_ca_and_client_certificate_reach_a_mutual_tls_endpoint(
+    gateway: Callable[..., Harness], pki: dict[str, Any]
+) -> None:
+    h = gateway(mtls(pki))
+    first, second = ask(h), ask(h)
+    assert first.headers["x-sekisho-endpoint"] == TOKYO
+    assert "SIMULATOR" in second.parse().choices[0].message.content
+    stats = h.sims[TOKYO].stats
+    assert stats.chat == 2
+    # One handshake, presenting the configured client certificate; the second request reused it.
+    assert stats.client_certs == ["sekisho-gateway"]
+
+
+def test_the_system_trust_store_does_not_know_a_private_ca(
+    gateway: Callable[..., Harness], pki: dict[str, Any]
+) -> None:
+    h = gateway(None)  # no tls block: the system's CAs, which never issued the endpoint's cert
+    with pytest.raises(openai.APIStatusError) as err:
+        ask(h)
+    assert err.value.status_code == 502
+    assert "certificate verify failed" in str(err.value)
+    assert h.sims[TOKYO].stats.chat == 0
+    # The gateway stays up and other endpoints are unaffected.
+    assert ask(h, "gpt-4.1").headers["x-sekisho-endpoint"] == "sim-global-useast"
+
+
+def test_a_ca_file_pins_the_endpoint_to_that_ca(
+    gateway: Callable[..., Harness], pki: dict[str, Any]
+) -> None:
+    # Trusting only another CA: the endpoint's certificate, valid under its own CA, is refused.
+    tls = {**mtls(pki), "ca_file": str(pki["other"].cert_path)}
+    h = gateway(tls)
+    with pytest.raises(openai.APIStatusError) as err:
+        ask(h)
+    assert err.value.status_code == 502
+    assert "certificate verify failed" in str(err.value)
+
+
+@pytest.mark.parametrize("client", [None, "stranger"])
+def test_an_endpoint_that_wants_a_client_certificate_refuses_none_or_a_strangers(
+    gateway: Callable[..., Harness], pki: dict[str, Any], client: str | None
+) -> None:
+    tls: dict[str, Any] = {"ca_file": str(pki["ca"].cert_path)}
+    if client is not None:
+        tls["client_cert"], tls["client_key"] = map(str, pki[client])
+    h = gateway(tls)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as err:
+        ask(h)
+    assert err.value.status_code == 502
+    assert time.monotonic() - started < 5  # a clear failure, not a hang until a timeout
+    assert "check the endpoint's tls.client_cert" in str(err.value)
+    assert h.sims[TOKYO].stats.chat == 0
+
+
+def test_min_version_refuses_an_endpoint_that_only_speaks_tls_1_2(
+    gateway: Callable[..., Harness], pki: dict[str, Any]
+) -> None:
+    h = gateway({**mtls(pki), "min_version": "1.3"}, tls12_only=True)
+    with pytest.raises(openai.APIStatusError) as err:
+        ask(h)
+    assert err.value.status_code == 502
+    assert "during the TLS handshake" in str(err.value) and "tls.min_version" in str(err.value)
+    assert h.sims[TOKYO].stats.chat == 0
+
+
+def test_min_version_1_2_still_talks_to_that_endpoint(
+    gateway: Callable[..., Harness], pki: dict[str, Any]
+) -> None:
+    h = gateway(mtls(pki), tls12_only=True)
+    assert ask(h).headers["x-sekisho-endpoint"] == TOKYO
+
+
+def test_an_encrypted_client_key_opens_with_its_password_from_the_environment(
+    gateway: Callable[..., Harness], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKYO_CLIENT_KEY_PASSWORD", "s3cret")
+    cert, key = pki["locked"]
+    tls = {
+        "ca_file": str(pki["ca"].cert_path),
+        "client_cert": str(cert),
+        "client_key": str(key),
+        "client_key_password": "${TOKYO_CLIENT_KEY_PASSWORD}",
+    }
+    h = gateway(tls)
+    ask(h)
+    assert h.sims[TOKYO].stats.client_certs == ["sekisho-locked"]
+
+
+# -- active probes take the way requests take -----------------------------------------------------
+
+
+class _LoopThread:
+    """An event loop of its own in a thread, for a peer that must exist before the gateway."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def test_an_active_probe_goes_through_the_proxy_with_the_endpoints_tls_and_key(
+    tmp_path: Path, pki: dict[str, Any]
+) -> None:
+    side = _LoopThread()
+    proxy = side.call(ConnectProxy().start())
+    via = f"http://user:p%40ss@127.0.0.1:{proxy.port}"
+
+    def mutate(raw: dict[str, Any]) -> None:
+        with_tls(mtls(pki), proxy=via, api_key="tokyo-key")(raw)
+        raw["routing"]["health"].update(
+            {"probe_interval_seconds": 0.1, "backoff_initial_seconds": 60}
+        )
+
+    h = start_example(tmp_path, mutate, sim_tls={TOKYO: server_context(pki)})
+    try:
+        health = h.gateway.health
+        h.loop.call_soon_threadsafe(health.failure, TOKYO, "marked down by the test")
+        deadline = time.monotonic() + 10
+        while h.sims[TOKYO].stats.requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Backoff alone would keep it down for 60 s: only the probe's answer brings it back.
+        while not health.is_up(TOKYO) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert health.is_up(TOKYO)
+        stats = h.sims[TOKYO].stats
+        assert stats.paths[0] == "/v1/models"
+        assert stats.headers[0]["authorization"] == "Bearer tokyo-key"
+        assert stats.client_certs[0] == "sekisho-gateway"
+        port = h.sims[TOKYO].port
+        assert proxy.connects[0].startswith(f"CONNECT 127.0.0.1:{port} HTTP/1.1".encode())
+        assert ask(h).headers["x-sekisho-endpoint"] == TOKYO
+    finally:
+        h.stop()
+        side.call(proxy.close())
+        side.stop()
+
+
+# -- config validation: each bad setting named by its key path -------------------------------------
+
+
+def problems_for(tls: dict[str, Any], base_url: str = "https://127.0.0.1:1/v1") -> list[str]:
+    raw = example_config()
+    with_tls(tls, base_url=base_url)(raw)
+    with pytest.raises(ConfigError) as err:
+        parse_config(yaml.safe_dump(raw, allow_unicode=True), "sekisho.yaml")
+    return [str(p) for p in err.value.problems]
+
+
+def test_config_names_a_missing_or_unreadable_ca_file(tmp_path: Path, pki: dict[str, Any]) -> None:
+    missing = tmp_path / "nope.pem"
+    assert problems_for({"ca_file": str(missing)}) == [f"{WHERE}.ca_file: no such file: {missing}"]
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    [problem] = problems_for({"ca_file": str(junk)})
+    assert problem.startswith(f"{WHERE}.ca_file: cannot load CA")
+    key_only = pki["client"][1]  # a PEM file, but of a key: no CA certificate in it
+    [problem] = problems_for({"ca_file": str(key_only)})
+    assert problem.startswith(f"{WHERE}.ca_file:")
+
+
+def test_config_names_a_client_key_that_does_not_fit(pki: dict[str, Any]) -> None:
+    ca = str(pki["ca"].cert_path)
+    cert, _ = pki["client"]
+    _, other_key = pki["stranger"]
+    mismatched = {"ca_file": ca, "client_cert": str(cert), "client_key": str(other_key)}
+    [problem] = problems_for(mismatched)
+    assert problem.startswith(f"{WHERE}.client_cert: cannot load")
+    locked_cert, locked_key = pki["locked"]
+    [problem] = problems_for(
+        {"ca_file": ca, "client_cert": str(locked_cert), "client_key": str(locked_key)}
+    )
+    assert "client_key_password" in problem
+    [problem] = problems_for(
+        {
+            "ca_file": ca,
+            "client_cert": str(locked_cert),
+            "client_key": str(locked_key),
+            "client_key_password": "wrong",
+        }
+    )
+    assert problem.startswith(f"{WHERE}.client_cert: cannot load")
+
+
+def test_config_refuses_tls_settings_that_cannot_apply(pki: dict[str, Any]) -> None:
+    [problem] = problems_for({"ca_file": str(pki["ca"].cert_path)}, "http://127.0.0.1:1/v1")
+    assert "endpoints[0](sim-domestic-tokyo)" in problem and "https://" in problem
+    [problem] = problems_for({"client_key": str(pki["client"][1])})
+    assert "endpoints[0](sim-domestic-tokyo).tls" in problem and "need client_cert" in problem
+    [problem] = problems_for({"min_version": "1.1"})
+    assert "endpoints[0](sim-domestic-tokyo).tls.min_version" in problem
+    [problem] = problems_for({"verify": False})  # there is no switch to turn checks off
+    assert "endpoints[0](sim-domestic-tokyo).tls.verify" in problem
+
+
+def test_every_context_verifies_certificates_and_hostnames(pki: dict[str, Any]) -> None:
+    for tls in (TLS(), TLS(ca_file=str(pki["ca"].cert_path), min_version="1.3")):
+        ctx = client_context(tls)
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    pinned = client_context(TLS(ca_file=str(pki["ca"].cert_path)))
+    assert [c["subject"] for c in pinned.get_ca_certs()] == [
+        ((("commonName", "sekisho test CA"),),)
+    ]
