@@ -218,14 +218,20 @@ def request(
     json_body: Any = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10,
+    tls: ssl.SSLContext | None = None,
 ) -> Resp:
-    """One HTTP/1.1 request with the standard library (chunked when content is an iterator)."""
+    """One HTTP/1.1 request with the standard library (chunked when content is an iterator);
+    an https URL is fetched with the client context ``tls``."""
     import http.client
     import json
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=tls)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     hdrs = dict(headers or {})
     body = content
     if json_body is not None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -90,7 +91,9 @@ class ServeProcess:
         port: int | None = None,
         workers: int | None = None,
         extra_env: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self.tls = tls  # a client context: the gateway serves https (server.tls in its config)
         self.config_file = config_file
         self.data_dir = data_dir
         self.fixed_port = port is not None
@@ -134,7 +137,10 @@ class ServeProcess:
                     f"sekisho serve exited with {self.proc.returncode}:\n{self.stderr()}"
                 )
             try:
-                if request("GET", f"{self.root}/readyz", timeout=2).status_code == 200:
+                if (
+                    request("GET", f"{self.root}/readyz", timeout=2, tls=self.tls).status_code
+                    == 200
+                ):
                     return self
             except OSError:
                 pass
@@ -144,7 +150,7 @@ class ServeProcess:
 
     @property
     def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:

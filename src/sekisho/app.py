@@ -34,10 +34,10 @@ from sekisho.metrics import Metrics
 from sekisho.pipeline import Pipeline, Reply, StreamReply
 from sekisho.providers import Transport, transport_for
 from sekisho.providers.h1 import H1Client
-from sekisho.providers.tls import contexts_for
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
 from sekisho.routing import Health, Selector
 from sekisho.store import Stores
+from sekisho.tls import contexts_for
 
 if TYPE_CHECKING:
     import aiohttp

@@ -176,6 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # sekisho never reads the client address, so uvicorn's X-Forwarded-* rewriting layer
         # would only cost CPU on every request.
         proxy_headers=False,
+        **_tls_options(server.tls),
     )
     if args.with_simulators:
         return asyncio.run(_serve_with_simulators(config, common))
@@ -200,6 +201,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     uvicorn.run(create_app(config), **common)
     return 0
+
+
+def _tls_options(tls: Any) -> dict[str, Any]:
+    """uvicorn's options for ``server.tls`` (config validation already loaded each file)."""
+    if tls is None:
+        return {}
+    import ssl
+
+    return {
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+        "ssl_keyfile_password": tls.key_password,
+        "ssl_ca_certs": tls.client_ca_file,
+        "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.client_ca_file else ssl.CERT_NONE,
+    }
 
 
 def _with_flags(config: Any, **flags: object) -> Any:

@@ -32,6 +32,23 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ServerTLS(_Section):
+    """HTTPS on the gateway's own listener, and optionally client certificates (mutual TLS)."""
+
+    cert_file: str = Field(description="PEM certificate (with its chain) the gateway presents")
+    key_file: str | None = Field(
+        default=None, description="PEM private key of cert_file, if not in cert_file's file"
+    )
+    key_password: str | None = Field(
+        default=None, description="Password of an encrypted key; use ${ENV_VAR}"
+    )
+    client_ca_file: str | None = Field(
+        default=None,
+        description="Require a client certificate issued by these CAs on every connection "
+        "(mutual TLS; API keys are still required)",
+    )
+
+
 class ServerConfig(_Section):
     host: str = Field(default="127.0.0.1", description="Address to listen on")
     port: int = Field(default=8080, ge=0, le=65535)
@@ -43,6 +60,9 @@ class ServerConfig(_Section):
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="How long in-flight requests and streams may finish"
+    )
+    tls: ServerTLS | None = Field(
+        default=None, description="Serve HTTPS (and require client certificates, if set)"
     )
 
 
@@ -382,13 +402,21 @@ def _cross_checks(model: ConfigModel, file: str) -> list[ConfigProblem]:
             )
         seen.setdefault(ep.id, i)
         if ep.tls is not None:
-            from sekisho.providers.tls import TLSSettingError, client_context
+            from sekisho.tls import TLSSettingError, client_context
 
             try:
                 client_context(ep.tls)
             except TLSSettingError as exc:
                 where = f"endpoints[{i}]({ep.id}).tls.{exc.field}"
                 problems.append(ConfigProblem(file, where, exc.reason))
+    if model.server.tls is not None:
+        from sekisho.tls import TLSSettingError, server_context
+
+        t = model.server.tls
+        try:
+            server_context(t.cert_file, t.key_file, t.key_password, t.client_ca_file)
+        except TLSSettingError as exc:
+            problems.append(ConfigProblem(file, f"server.tls.{exc.field}", exc.reason))
     for name, tenant in model.tenants.items():
         if tenant.home_region not in model.regions:
             known = ", ".join(sorted(model.regions))

@@ -21,8 +21,8 @@ from pki import CA
 from proxy_server import ConnectProxy
 from sekisho.config import parse_config
 from sekisho.errors import ConfigError
-from sekisho.providers.tls import client_context
 from sekisho.routing.catalogue import TLS
+from sekisho.tls import client_context
 
 TOKYO = "sim-domestic-tokyo"
 ONLY_TOKYO = "llama-3.1-swallow-70b"  # served by no other endpoint: no failover hides a failure

@@ -1,0 +1,174 @@
+"""``server.tls``: `sekisho serve` speaks HTTPS, and with ``client_ca_file`` admits only clients
+presenting a certificate from that CA (mutual TLS). Run as users run it, in its own process, with
+the official openai client (its default HTTP client, given the private CA)."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from harness import request
+from pki import CA
+from serve_process import ServeProcess, Simulators, write_config
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("server-pki")
+    ca, other = CA(d), CA(d, "some other CA")
+    return {
+        "ca": ca,
+        "server": ca.issue("sekisho.internal"),
+        "client": ca.issue("payments-app", client=True),
+        "locked": ca.issue("sekisho-locked-server", password=b"pw"),
+        "stranger": other.issue("stranger", client=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def sims() -> Iterator[Simulators]:
+    s = Simulators().start()
+    yield s
+    s.stop()
+
+
+def trusting(pki: dict[str, Any], client: str | None = None) -> ssl.SSLContext:
+    """A client context that trusts the private CA, presenting ``client``'s certificate."""
+    ctx = ssl.create_default_context(cafile=str(pki["ca"].cert_path))
+    if client is not None:
+        ctx.load_cert_chain(*map(str, pki[client]))
+    return ctx
+
+
+def serve(
+    tmp_path: Path, sims: Simulators, tls: dict[str, Any], ctx: ssl.SSLContext, **kw: Any
+) -> ServeProcess:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["server"]["tls"] = tls
+
+    config = write_config(tmp_path / "sekisho.yaml", sims.config(mutate))
+    return ServeProcess(config, tmp_path / "data", tls=ctx, **kw)
+
+
+def chat(gw: ServeProcess, ctx: ssl.SSLContext, *, stream: bool = False) -> Any:
+    client = openai.OpenAI(
+        base_url=gw.base_url,
+        api_key=gw.key(),
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(verify=ctx, timeout=10),
+    )
+    messages = [{"role": "user", "content": "口座番号は書かないでください"}]
+    if stream:
+        return "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
+            if c.choices
+        )
+    return client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
+
+
+def server_files(pki: dict[str, Any], name: str = "server") -> dict[str, str]:
+    cert, key = pki[name]
+    return {"cert_file": str(cert), "key_file": str(key)}
+
+
+def test_serves_https_to_the_openai_client_and_nothing_in_plain_http(
+    tmp_path: Path, sims: Simulators, pki: dict[str, Any]
+) -> None:
+    ctx = trusting(pki)
+    with serve(tmp_path, sims, server_files(pki), ctx) as gw:
+        raw = chat(gw, ctx)
+        assert raw.headers["x-sekisho-endpoint"] and raw.parse().choices[0].message.content
+        assert "SIMULATOR" in chat(gw, ctx, stream=True)
+        # The same port does not answer plain HTTP: nothing readable leaves unencrypted.
+        plain = f"http://127.0.0.1:{gw.port}/healthz"
+        with pytest.raises((http.client.HTTPException, OSError)):
+            request("GET", plain, timeout=5)
+        # A client that does not trust the gateway's CA refuses to talk to it.
+        with pytest.raises(openai.APIConnectionError):
+            chat(gw, ssl.create_default_context())
+        assert request("GET", f"{gw.root}/healthz", tls=ctx).status_code == 200
+        # The openai clients above keep idle TLS connections open: shutting down must not wait
+        # for them to answer close_notify (it waited the full 30 s).
+        started = time.monotonic()
+        gw.signal(signal.SIGTERM)
+        gw.wait(15)
+        assert time.monotonic() - started < 5
+
+
+def test_client_ca_file_admits_only_clients_with_that_cas_certificate(
+    tmp_path: Path, sims: Simulators, pki: dict[str, Any]
+) -> None:
+    tls = {**server_files(pki), "client_ca_file": str(pki["ca"].cert_path)}
+    admitted = trusting(pki, "client")
+    with serve(tmp_path, sims, tls, admitted) as gw:
+        assert chat(gw, admitted).headers["x-sekisho-endpoint"]
+        for refused in (trusting(pki), trusting(pki, "stranger")):
+            with pytest.raises(openai.APIConnectionError):
+                chat(gw, refused)
+        # The gateway is still up for the clients it admits.
+        assert "SIMULATOR" in chat(gw, admitted, stream=True)
+
+
+def test_an_encrypted_server_key_opens_with_its_password_from_the_environment(
+    tmp_path: Path, sims: Simulators, pki: dict[str, Any]
+) -> None:
+    tls = {**server_files(pki, "locked"), "key_password": "${SEKISHO_TLS_KEY_PASSWORD}"}
+    ctx = trusting(pki)
+    env = {"SEKISHO_TLS_KEY_PASSWORD": "pw"}
+    with serve(tmp_path, sims, tls, ctx, extra_env=env) as gw:
+        assert chat(gw, ctx).headers["x-sekisho-endpoint"]
+
+
+def test_every_worker_serves_https(tmp_path: Path, sims: Simulators, pki: dict[str, Any]) -> None:
+    ctx = trusting(pki)
+    with serve(tmp_path, sims, server_files(pki), ctx, workers=2) as gw:
+        for _ in range(4):
+            assert chat(gw, ctx).headers["x-sekisho-endpoint"]
+
+
+def check(tmp_path: Path, sims: Simulators, tls: dict[str, Any]) -> tuple[int, str]:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["server"]["tls"] = tls
+
+    config = write_config(tmp_path / "sekisho.yaml", sims.config(mutate))
+    done = subprocess.run(
+        [sys.executable, "-m", "sekisho", "config", "check", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_config_check_names_each_bad_server_tls_setting(
+    tmp_path: Path, sims: Simulators, pki: dict[str, Any]
+) -> None:
+    missing = tmp_path / "gateway.pem"
+    code, out = check(tmp_path, sims, {"cert_file": str(missing)})
+    assert code != 0 and f"server.tls.cert_file: no such file: {missing}" in out
+    cert, _ = pki["server"]
+    _, wrong_key = pki["client"]
+    code, out = check(tmp_path, sims, {"cert_file": str(cert), "key_file": str(wrong_key)})
+    assert code != 0 and "server.tls.cert_file: cannot load the certificate and key" in out
+    locked_cert, locked_key = pki["locked"]
+    code, out = check(tmp_path, sims, {"cert_file": str(locked_cert), "key_file": str(locked_key)})
+    assert code != 0 and "needs key_password" in out
+    code, out = check(
+        tmp_path, sims, {**server_files(pki), "client_ca_file": str(tmp_path / "apps-ca.pem")}
+    )
+    assert code != 0 and "server.tls.client_ca_file: no such file" in out
+    code, out = check(tmp_path, sims, {"key_file": str(wrong_key)})
+    assert code != 0 and "server.tls.cert_file" in out and "missing" in out
+    code, out = check(tmp_path, sims, server_files(pki))
+    assert code == 0, out
