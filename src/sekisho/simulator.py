@@ -9,6 +9,7 @@ faults through ``POST /_sim/faults``.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import ssl
 import time
@@ -22,7 +23,7 @@ import orjson
 
 @dataclass
 class Faults:
-    """What the simulator should do wrong. ``mode``: none | status | hang | garbage |
+    """What the simulator should do wrong. ``mode``: none | status | hang | garbage | gzip |
     drop_midstream | wrong_type | close. ``count``: how many requests (-1: until cleared)."""
 
     mode: str = "none"
@@ -241,6 +242,10 @@ class _Protocol(asyncio.Protocol):
                 return
             if fault.mode == "garbage":
                 self._write(200, b"<html>this is not JSON</html>")
+                return
+            if fault.mode == "gzip":  # compressed although the gateway asked for identity
+                body = gzip.compress(b'{"object":"chat.completion","choices":[]}')
+                self._write(200, body, extra={"content-encoding": "gzip"})
                 return
             if fault.mode == "wrong_type":
                 self._write(200, b"plain text", ctype="text/plain")

@@ -49,6 +49,7 @@ def test_azure_adapter_uses_deployment_url_api_key_header_and_api_version(gw: Ha
     )
     headers = stats.headers[-1]
     assert headers["api-key"] == "azure-secret-key"
+    assert headers["accept-encoding"] == "identity"
     assert "authorization" not in headers
     body = orjson.loads(stats.bodies[-1])
     assert "model" not in body  # Azure selects the model by deployment
@@ -76,6 +77,7 @@ def test_openai_adapter_uses_bearer_and_the_endpoints_model_name(gw: Harness) ->
     headers = stats.headers[-1]
     assert headers["authorization"] == "Bearer domestic-secret"
     assert headers["content-type"] == "application/json"
+    assert headers["accept-encoding"] == "identity"  # the gateway reads every answer
     assert headers["user-agent"].startswith("sekisho/")
     body = orjson.loads(stats.bodies[-1])
     assert body["model"] == "llama-3.1-swallow-70b"
@@ -89,3 +91,15 @@ def test_the_clients_own_credentials_never_reach_the_upstream(gw: Harness) -> No
     sim = gw.sims["sim-domestic-tokyo"].stats
     assert key not in repr(sim.headers[-1])
     assert key.encode() not in sim.bodies[-1]
+
+
+def test_a_compressed_answer_it_did_not_ask_for_is_an_upstream_error_naming_it(gw: Harness) -> None:
+    # llama-3.1-swallow-70b is served by the domestic endpoint alone: no failover to hide it
+    gw.fault("sim-domestic-tokyo", mode="gzip")
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    with pytest.raises(openai.APIStatusError) as err:
+        c.chat.completions.create(
+            model="llama-3.1-swallow-70b", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert err.value.status_code == 502
+    assert "content-encoding 'gzip'; sekisho asked for identity" in str(err.value)

@@ -41,6 +41,7 @@ def chat(h: Harness, key: str, stream: bool = False) -> Any:
         {"mode": "status", "status": 429, "retry_after": "2"},
         {"mode": "hang"},
         {"mode": "garbage"},
+        {"mode": "gzip"},
         {"mode": "wrong_type"},
         {"mode": "close"},
     ],

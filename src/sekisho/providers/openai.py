@@ -44,7 +44,10 @@ class OpenAITransport:
         return f"{route.endpoint.base_url.rstrip('/')}/{path}"
 
     def headers(self, route: Route) -> dict[str, str]:
-        return self.endpoint_headers(route.endpoint, {"content-type": "application/json"})
+        # identity: sekisho reads every answer (output scanning, hashes, usage), and a server
+        # may take a missing Accept-Encoding as leave to compress.
+        base = {"content-type": "application/json", "accept-encoding": "identity"}
+        return self.endpoint_headers(route.endpoint, base)
 
     def endpoint_headers(self, ep: Endpoint, base: dict[str, str]) -> dict[str, str]:
         h = {**base, "user-agent": _USER_AGENT}
@@ -106,6 +109,12 @@ class OpenAITransport:
         if want not in ctype:
             resp.close()
             raise UpstreamProtocolError(ep.id, f"expected {want}, got content-type {ctype!r}")
+        encoding = resp_headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            resp.close()
+            raise UpstreamProtocolError(
+                ep.id, f"answered with content-encoding {encoding!r}; sekisho asked for identity"
+            )
         return resp
 
     async def close(self) -> None:
