@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import ipaddress
 import json
+import logging
 import os
 import shutil
 import signal
@@ -162,6 +164,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     logs.configure(config.server.log_level)
     server = config.server
+    warning = plain_http_warning(server.host, server.tls is not None)
+    if warning:
+        logging.getLogger("sekisho.serve").warning(warning)
     Path(server.data_dir).mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = dict(
         host=server.host,
@@ -201,6 +206,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     uvicorn.run(create_app(config), **common)
     return 0
+
+
+def plain_http_warning(host: str, tls: bool) -> str | None:
+    """What to warn about when prompts would reach the gateway in clear over a network."""
+    if tls:
+        return None
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve to any interface
+    return (
+        f"serving plain HTTP on {host}: prompts, personal data in them and API keys cross the "
+        "network unencrypted. Set server.tls, or keep a TLS-terminating proxy in front and "
+        "the gateway on loopback"
+    )
 
 
 def _tls_options(tls: Any) -> dict[str, Any]:

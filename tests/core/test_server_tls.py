@@ -172,3 +172,26 @@ def test_config_check_names_each_bad_server_tls_setting(
     assert code != 0 and "server.tls.cert_file" in out and "missing" in out
     code, out = check(tmp_path, sims, server_files(pki))
     assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("host", "tls", "warned"),
+    [
+        ("127.0.0.1", False, False),
+        ("::1", False, False),
+        ("[::1]", False, False),
+        ("localhost", False, False),
+        ("0.0.0.0", False, True),
+        ("::", False, True),
+        ("10.1.2.3", False, True),
+        ("gateway.corp.example", False, True),
+        ("0.0.0.0", True, False),
+    ],
+)
+def test_plain_http_off_loopback_is_warned_about(host: str, tls: bool, warned: bool) -> None:
+    from sekisho.cli import plain_http_warning
+
+    message = plain_http_warning(host, tls)
+    assert (message is not None) == warned
+    if message:
+        assert host in message and "server.tls" in message
