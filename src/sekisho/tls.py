@@ -16,7 +16,7 @@ key path, as every other config error does.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from sekisho.routing.catalogue import TLS, Endpoint
 
@@ -34,11 +34,8 @@ class TLSSettingError(ValueError):
 
 def client_context(tls: TLS) -> ssl.SSLContext:
     """The client context an endpoint's ``tls`` block describes; raise TLSSettingError."""
-    if tls.ca_file is None:
-        ctx = ssl.create_default_context()
-    else:
-        # With a cafile, the default context trusts that file only, not the system store.
-        ctx = _with_cas("ca_file", tls.ca_file, ssl.create_default_context)
+    # A ca_file replaces the system's trust store (and so pins the endpoint to that CA).
+    ctx = ssl.create_default_context() if tls.ca_file is None else _trusting("ca_file", tls.ca_file)
     ctx.minimum_version = _VERSIONS[tls.min_version]
     if tls.client_cert is not None:
         _load_chain(ctx, ("client_cert", "client_key", "client_key_password"),
@@ -63,18 +60,17 @@ def server_context(
     _load_chain(ctx, ("cert_file", "key_file", "key_password"), cert_file, key_file, key_password)
     if client_ca_file is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
-        _with_cas("client_ca_file", client_ca_file, lambda cafile: _load_cas(ctx, cafile))
+        _trusting("client_ca_file", client_ca_file, ctx)
     return ctx
 
 
-def _load_cas(ctx: ssl.SSLContext, cafile: str) -> ssl.SSLContext:
-    ctx.load_verify_locations(cafile=cafile)
-    return ctx
-
-
-def _with_cas(field: str, path: str, load: Callable[..., ssl.SSLContext]) -> ssl.SSLContext:
+def _trusting(field: str, path: str, ctx: ssl.SSLContext | None = None) -> ssl.SSLContext:
+    """``ctx`` (or a new default client context) trusting the CAs in ``path`` only."""
     try:
-        ctx = load(cafile=path)
+        if ctx is None:  # with a cafile, the default context does not load the system store
+            ctx = ssl.create_default_context(cafile=path)
+        else:
+            ctx.load_verify_locations(cafile=path)
     except FileNotFoundError:
         raise TLSSettingError(field, f"no such file: {path}") from None
     except (ssl.SSLError, OSError, ValueError) as exc:
