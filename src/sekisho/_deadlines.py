@@ -41,3 +41,53 @@ async def refuse_late(
             waiter = waiting.popleft()
             if not waiter.future.done():
                 waiter.future.set_exception(late(waiter))
+
+
+class WriterHealth:
+    """Whether a durable writer (the ledger's, a regional store's) keeps its promises: what
+    ``/readyz`` reports, so that a load balancer stops sending requests this process can only
+    refuse.
+
+    Failing while a commit has run past the deadline (a hanging disk), or while the last
+    attempt failed (a storage error, a write refused at its deadline) less than ``recent``
+    seconds ago with nothing committed since. Without traffic it reads healthy again after
+    ``recent`` seconds: a balancer then sends a request or two, and a disk that still fails
+    turns it back within one deadline. The writer thread calls ``begin`` and ``ok``/``failed``
+    around each commit; plain float assignments, so no lock.
+    """
+
+    __slots__ = ("_busy_since", "_failed_at", "_ok_at", "_reason", "deadline", "recent")
+
+    def __init__(self, deadline: float, recent: float = 10.0) -> None:
+        self.deadline = deadline
+        self.recent = recent
+        self._busy_since = 0.0
+        self._failed_at = 0.0
+        self._ok_at = 0.0
+        self._reason = ""
+
+    def begin(self) -> None:
+        self._busy_since = time.monotonic()
+
+    def ok(self) -> None:
+        self._busy_since = 0.0
+        self._ok_at = time.monotonic()
+
+    def failed(self, reason: str, *, commit_ended: bool = True) -> None:
+        if commit_ended:
+            self._busy_since = 0.0
+        self._failed_at = time.monotonic()
+        self._reason = reason
+
+    def state(self) -> tuple[bool, str]:
+        """``(healthy, why)``; ``why`` is ``"ok"`` when healthy."""
+        now = time.monotonic()
+        busy = self._busy_since
+        if busy and now - busy > self.deadline:
+            return False, (
+                f"a durable write has been running for {now - busy:.1f} s, past the "
+                f"{self.deadline:g} s deadline: the storage is slow or hanging"
+            )
+        if self._failed_at > self._ok_at and now - self._failed_at < self.recent:
+            return False, self._reason
+        return True, "ok"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from sekisho._deadlines import WriterHealth
 from sekisho.api import http
 from sekisho.api import openai as routes
 from sekisho.api.admin import AdminAPI
@@ -572,9 +573,26 @@ class Gateway:
     async def _readyz(
         self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str
     ) -> None:
-        endpoints = self.health.snapshot()
-        body = {"ready": self.ready, "in_flight": self.in_flight, "endpoints": endpoints}
-        await http.send_json(send, 200 if self.ready else 503, body, rid)
+        # Not ready while this process can only refuse: its ledger or a regional store fails
+        # to make writes durable (fail closed means every request would get a 503). Endpoint
+        # health is reported but does not count: a failover or another process cannot help it.
+        writers: dict[str, Any] = {}
+        states: list[dict[str, Any]] = []
+        if self.ledger is not None:
+            writers["ledger"] = _writer_state(self.ledger.health)
+            states.append(writers["ledger"])
+        if self.stores is not None:
+            regions = {n: _writer_state(r.health) for n, r in self.stores.regions.items()}
+            writers["stores"] = regions
+            states.extend(regions.values())
+        ready = self.ready and all(state["ok"] for state in states)
+        body = {
+            "ready": ready,
+            "in_flight": self.in_flight,
+            **writers,
+            "endpoints": self.health.snapshot(),
+        }
+        await http.send_json(send, 200 if ready else 503, body, rid)
 
     async def _metrics(
         self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str
@@ -625,3 +643,8 @@ def app_from_env() -> Gateway:
     if supervisor.isdigit() and int(supervisor) == os.getppid():
         gateway.supervisor_pid = int(supervisor)
     return gateway
+
+
+def _writer_state(health: WriterHealth) -> dict[str, Any]:
+    ok, why = health.state()
+    return {"ok": ok} if ok else {"ok": False, "reason": why}

@@ -358,6 +358,28 @@ def test_a_hanging_ledger_refuses_with_503_and_nothing_goes_upstream(
     assert chat(tight, key).status_code == 200
 
 
+def test_readyz_is_503_while_the_ledger_cannot_record_and_200_once_it_can(
+    tight: Harness,
+) -> None:
+    key = tight.key()
+    assert request("GET", f"{tight.root}/readyz").json()["ledger"] == {"ok": True}
+    with StuckStorage(tight, ("decision",)):
+        with pytest.raises(openai.APIStatusError):
+            chat(tight, key)
+        ready = request("GET", f"{tight.root}/readyz")
+        assert ready.status_code == 503  # a balancer stops sending what could only be refused
+        body = ready.json()
+        assert body["ready"] is False and body["ledger"]["ok"] is False
+        assert "slow or hanging" in body["ledger"]["reason"]
+        assert body["stores"]["jp"] == {"ok": True}
+    # Released, the stuck commit completes: ready again without waiting for traffic.
+    deadline = time.monotonic() + 5
+    while request("GET", f"{tight.root}/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "readiness did not come back"
+        time.sleep(0.05)
+    assert chat(tight, key).status_code == 200
+
+
 def test_an_answer_whose_outcome_cannot_be_recorded_is_not_delivered(tight: Harness) -> None:
     key = tight.key()
     with StuckStorage(tight, ("outcome",)), pytest.raises(openai.APIStatusError) as e:

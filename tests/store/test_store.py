@@ -221,11 +221,15 @@ async def test_full_disk_is_a_clear_error_and_leaves_no_partial_record(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(jp, "_insert_identifiers", disk_full)
+    assert jp.health.state() == (True, "ok")
     with pytest.raises(StoreError, match=r"region 'jp'.*is full \(no space left on device\)"):
         await stores.for_tenant("demo", "jp").put(exchange())
     assert jp.count() == 0
+    healthy, why = jp.health.state()  # what /readyz reports, without record ids
+    assert not healthy and "is full" in why and "rec_" not in why
     monkeypatch.undo()
     assert await stores.for_tenant("demo", "jp").put(exchange()) is not None
+    assert jp.health.state() == (True, "ok")  # one durable write and it is healthy again
 
 
 async def test_sweeper_deletes_expired_records_and_reports_first(

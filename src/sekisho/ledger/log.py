@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 from prometheus_client import Counter
 
-from sekisho._deadlines import refuse_late
+from sekisho._deadlines import WriterHealth, refuse_late
 from sekisho._handoff import Handoff
 from sekisho.errors import NotFound, ServiceUnavailable
 from sekisho.ledger import merkle
@@ -143,6 +143,7 @@ class Ledger:
         self._checkpointer: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._waiting: collections.deque[_Pending] = collections.deque()
+        self.health = WriterHealth(deadline)  # for /readyz
         self._signing = threading.Lock()
         self._signed_size = -1
 
@@ -204,11 +205,12 @@ class Ledger:
         return await future
 
     def _too_late(self, pending: _Pending) -> ServiceUnavailable:
-        return self._refuse(
-            "deadline",
+        why = (
             f"the ledger could not make the entry durable within {self.deadline:g} s "
-            f"(storage {self.storage.location} is slow or hanging)",
+            f"(storage {self.storage.location} is slow or hanging)"
         )
+        self.health.failed(why, commit_ended=False)
+        return self._refuse("deadline", why)
 
     def _refuse(self, reason: str, why: str) -> ServiceUnavailable:
         LEDGER_REFUSALS.labels(reason=reason).inc()
@@ -235,13 +237,16 @@ class Ledger:
 
     def _commit(self, live: list[_Pending]) -> None:
         results: list[tuple[asyncio.Future[Appended], Appended | BaseException]]
+        self.health.begin()
         try:
             start = self.storage.sequence([p.entry for p in live])
         except Exception as e:
             why = f"storage {self.storage.location} failed: {e}"
+            self.health.failed(f"the ledger's {why}")
             error = self._refuse("storage_error", why)
             results = [(p.future, error) for p in live]
         else:
+            self.health.ok()
             results = [
                 (p.future, Appended(start + i, p.entry.leaf_hash)) for i, p in enumerate(live)
             ]

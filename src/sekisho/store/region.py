@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidTag
 from sqlalchemy import Engine, Row, and_, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from sekisho._deadlines import refuse_late
+from sekisho._deadlines import WriterHealth, refuse_late
 from sekisho._handoff import Handoff
 from sekisho.store import database
 from sekisho.store.crypto import TenantKeys, new_data_key, wrap_context
@@ -97,6 +97,7 @@ class RegionStore:
         self._closed = False
         self._sql_cache: dict[tuple[str, int], str] = {}
         self._waiting: collections.deque[_Pending] = collections.deque()
+        self.health = WriterHealth(deadline)  # for /readyz
         self._writer_conn: Any = None  # the writer thread's own driver connection
         self._watch_loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -317,6 +318,11 @@ class RegionStore:
         await future
 
     def _too_slow(self, record_id: str) -> StoreError:
+        where = f"the store of region {self.region!r} ({self.records_at.display})"
+        self.health.failed(
+            f"{where} could not make a record durable within {self.deadline:g} s (slow or hanging)",
+            commit_ended=False,
+        )
         return StoreError(
             f"The store of region {self.region!r} ({self.records_at.display}) could not make "
             f"record {record_id} durable within {self.deadline:g} s (slow or hanging)."
@@ -344,10 +350,13 @@ class RegionStore:
 
     def _commit(self, batch: list[_Pending]) -> None:
         error: BaseException | None = None
+        self.health.begin()
         try:
             self._write([p.row for p in batch], [i for p in batch for i in p.ids])
         except Exception as exc:  # driver errors, OSError (disk full), a server gone
             error = self._write_failed(exc, batch)
+        else:
+            self.health.ok()
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for p in batch:
             by_loop.setdefault(p.loop, []).append(p.future)
@@ -428,6 +437,7 @@ class RegionStore:
             text = str(orig).strip()
             why = f"failed: {text.splitlines()[0] if text else type(orig).__name__}"
         log.error("store write failed: %s %s (records %s)", where, why, ids)
+        self.health.failed(f"{where} {why}")
         return StoreError(
             f"The record could not be stored: {where} {why}. Nothing of records {ids} was kept."
         )
