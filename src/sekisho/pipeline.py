@@ -71,6 +71,9 @@ class Call:
     model: str
     body: dict[str, Any]
     texts: list[str]
+    # What the upstream would receive that sekisho cannot read (images, audio, files, token
+    # ids): finding type -> count, classified by the policy like findings (fail closed).
+    uninspected: dict[str, int] = field(default_factory=dict)
     stream: bool = False
     include_usage: bool = False
     declared_classification: str | None = None
@@ -298,6 +301,8 @@ class Pipeline:
     ) -> Decision:
         policy = self.policies[tenant.name]
         counts = summarise(findings)
+        if call.uninspected:
+            counts.update(call.uninspected)
         level = policy.classify(counts, call.declared_classification, failed=failed)
         decision = policy.decide(
             model=call.model,

@@ -55,3 +55,22 @@ class Action(enum.StrEnum):
     REDACT = "redact"
     PSEUDONYMISE = "pseudonymise"
     BLOCK = "block"
+
+
+# Content the upstream would receive but sekisho cannot read: not findings of a detector (no
+# span, no value), counted per request so that the policy classifies it like a finding. Fail
+# closed: nothing can show that it holds no personal data, so unless the tenant's policy maps
+# it to another level (public included), each makes a request at least confidential
+# (policy/compiler.py).
+UNINSPECTED_IMAGE = "UNINSPECTED_IMAGE"  # chat image_url parts (画像)
+UNINSPECTED_AUDIO = "UNINSPECTED_AUDIO"  # chat input_audio parts (音声)
+UNINSPECTED_FILE = "UNINSPECTED_FILE"  # chat file parts: PDFs and other documents (ファイル)
+UNINSPECTED_TOKENS = "UNINSPECTED_TOKENS"  # embeddings input given as token ids
+UNINSPECTED_CONTENT = "UNINSPECTED_CONTENT"  # any other kind of content part
+UNINSPECTED_TYPES: tuple[str, ...] = (
+    UNINSPECTED_IMAGE,
+    UNINSPECTED_AUDIO,
+    UNINSPECTED_FILE,
+    UNINSPECTED_TOKENS,
+    UNINSPECTED_CONTENT,
+)

@@ -16,7 +16,7 @@ from sekisho.policy.compiler import CompiledPolicy, compile_policy
 from sekisho.policy.packs import available_packs
 from sekisho.policy.spec import KNOWN_FINDING_TYPES, PolicySpec
 from sekisho.routing.catalogue import Catalogue, Endpoint
-from sekisho.types import Action, Level
+from sekisho.types import UNINSPECTED_TYPES, Action, Level
 
 COUNTRIES = ["JP", "US", "DE", "GB", "SG"]
 OPERATORS = ["Alpha KK", "Beta Inc", "Gamma GmbH", "Delta Ltd"]
@@ -24,6 +24,7 @@ CERTS = ["ISMAP", "ISO27001", "SOC2", "C5"]
 BASES = ["appi:consent", "appi:equivalent_measures", "appi:designated_country", "gdpr:scc"]
 DEPLOYMENTS = ["on_premises", "private_cloud", "public_cloud"]
 TYPES = sorted(KNOWN_FINDING_TYPES)
+READABLE_TYPES = sorted(KNOWN_FINDING_TYPES - set(UNINSPECTED_TYPES))
 LEVELS = ["public", "internal", "confidential", "restricted", "機密性1", "機密性2", "機密性3"]
 
 
@@ -167,8 +168,10 @@ def policies(draw: st.DrawFn, catalogue: Catalogue) -> dict[str, Any]:
         "classification": {
             "default": draw(st.sampled_from(LEVELS[:4])),
             "findings": draw(st.dictionaries(st.sampled_from(TYPES), st.sampled_from(LEVELS))),
-            "actions": draw(
-                st.dictionaries(st.sampled_from(TYPES), st.sampled_from(["redact", "pseudonymise"]))
+            "actions": draw(  # content sekisho cannot read takes a level, never an action
+                st.dictionaries(
+                    st.sampled_from(READABLE_TYPES), st.sampled_from(["redact", "pseudonymise"])
+                )
             ),
         },
         "prefer": {

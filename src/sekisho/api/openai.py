@@ -41,6 +41,7 @@ async def chat_completions(
         model=req.model,
         body=req.body,
         texts=req.texts(),
+        uninspected=req.uninspected(),
         stream=req.stream,
         include_usage=req.include_usage,
         declared_classification=_declared(scope),
@@ -59,6 +60,7 @@ async def embeddings(
         model=req.model,
         body=req.body,
         texts=req.texts(),
+        uninspected=req.uninspected(),
         declared_classification=_declared(scope),
     )
     return await pipeline.run(call)

@@ -14,6 +14,13 @@ from typing import Any
 import orjson
 
 from sekisho.errors import InvalidRequest
+from sekisho.types import (
+    UNINSPECTED_AUDIO,
+    UNINSPECTED_CONTENT,
+    UNINSPECTED_FILE,
+    UNINSPECTED_IMAGE,
+    UNINSPECTED_TOKENS,
+)
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -29,6 +36,10 @@ class ChatRequest:
         """Every piece of text the upstream would see, for inspection."""
         return _message_texts(self.body["messages"])
 
+    def uninspected(self) -> dict[str, int]:
+        """Content parts sekisho cannot read (images, audio, files), counted by finding type."""
+        return _uninspected_parts(self.body["messages"])
+
 
 @dataclass(slots=True)
 class EmbeddingsRequest:
@@ -40,6 +51,13 @@ class EmbeddingsRequest:
         if isinstance(inp, str):
             return [inp]
         return [x for x in inp if isinstance(x, str)]
+
+    def uninspected(self) -> dict[str, int]:
+        """Inputs given as token ids: the upstream reads them as text, sekisho cannot."""
+        inp = self.body["input"]
+        if isinstance(inp, str) or isinstance(inp[0], str):
+            return {}
+        return {UNINSPECTED_TOKENS: len(inp) if isinstance(inp[0], list) else 1}
 
 
 def load_json(raw: bytes) -> dict[str, Any]:
@@ -231,6 +249,31 @@ def _message(m: Any, where: str) -> None:
         )
 
 
+# Content part types the upstream reads as something other than text, and the finding type
+# each counts as. A type not listed here and not text is UNINSPECTED_CONTENT.
+_UNINSPECTED_PARTS = {
+    "image_url": UNINSPECTED_IMAGE,
+    "input_image": UNINSPECTED_IMAGE,
+    "input_audio": UNINSPECTED_AUDIO,
+    "file": UNINSPECTED_FILE,
+    "input_file": UNINSPECTED_FILE,
+}
+_TEXT_PARTS = frozenset({"text", "input_text", "refusal"})
+
+
+def _uninspected_parts(messages: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for m in messages:
+        c = m.get("content")
+        if isinstance(c, list):
+            for part in c:
+                ptype = part["type"]  # the parser made sure every part has a string type
+                if ptype not in _TEXT_PARTS:
+                    kind = _UNINSPECTED_PARTS.get(ptype, UNINSPECTED_CONTENT)
+                    counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
     out: list[str] = []
     for m in messages:
@@ -242,6 +285,8 @@ def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
                 t = part.get("text")
                 if isinstance(t, str):
                     out.append(t)
+                elif isinstance(part.get("refusal"), str):  # an assistant's earlier refusal
+                    out.append(part["refusal"])
         for call in m.get("tool_calls") or ():
             fn = call.get("function") if isinstance(call, dict) else None
             if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):

@@ -19,7 +19,7 @@ from sekisho.policy.decision import NO_ELIGIBLE_ENDPOINT, Decision, Exclusion
 from sekisho.policy.packs import available_packs, load_pack, pack_file
 from sekisho.policy.spec import Constraints, PolicySpec, RuleSpec, TransferCondition, When
 from sekisho.routing.catalogue import Catalogue, Endpoint, Route
-from sekisho.types import Action, Level
+from sekisho.types import UNINSPECTED_TYPES, Action, Level
 
 # Rule ids of checks that are not written as rules.
 TENANT_MODELS_RULE = "tenant/models"
@@ -808,6 +808,8 @@ def _classification(
             if _ACTION_STRENGTH[action] > _ACTION_STRENGTH.get(actions.get(kind, "allow"), 0):
                 actions[kind] = action
         store |= set(pack.storage.pseudonymise)
+    for kind in UNINSPECTED_TYPES:  # fail closed: what cannot be read may hold personal data
+        levels.setdefault(kind, (Level.CONFIDENTIAL, "built in: sekisho cannot inspect it"))
     own = spec.classification
     for kind, name in own.findings.items():
         levels[kind] = (Level.parse(name), "tenant")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sekisho.routing.catalogue import Certification, CountryCode, Deployment, LegalBasis
-from sekisho.types import Level
+from sekisho.types import UNINSPECTED_TYPES, Level
 
 _FINDING_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _RULE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -43,6 +43,7 @@ KNOWN_FINDING_TYPES: frozenset[str] = frozenset(
         "SECRET",
         "CONFIDENTIAL_LABEL",
         "CUSTOM",
+        *UNINSPECTED_TYPES,  # content sekisho cannot read: a level, never an action
     }
 )
 
@@ -274,6 +275,18 @@ class ClassificationSpec(_Spec):
         description="Finding type → redact or pseudonymise before the request goes upstream",
     )
 
+    @field_validator("actions")
+    @classmethod
+    def _readable_only(cls, actions: dict[str, str]) -> dict[str, str]:
+        unreadable = sorted(set(actions) & set(UNINSPECTED_TYPES))
+        if unreadable:
+            raise ValueError(
+                f"{', '.join(unreadable)}: sekisho cannot read that content, so it cannot "
+                "redact or pseudonymise it; give it a level under classification.findings "
+                "(e.g. restricted keeps it on domestic endpoints)"
+            )
+        return actions
+
 
 class StorageSpec(_Spec):
     """What happens to findings before a prompt or output is stored."""
@@ -285,6 +298,17 @@ class StorageSpec(_Spec):
         default_factory=list,
         description="Finding types replaced by pseudonyms before storage (e.g. MY_NUMBER)",
     )
+
+    @field_validator("pseudonymise")
+    @classmethod
+    def _readable_only(cls, kinds: list[str]) -> list[str]:
+        unreadable = sorted(set(kinds) & set(UNINSPECTED_TYPES))
+        if unreadable:
+            raise ValueError(
+                f"{', '.join(unreadable)}: sekisho cannot read that content, so it cannot "
+                "pseudonymise it; a tenant that must not keep it sets retention to metadata"
+            )
+        return kinds
 
 
 class Preference(_Spec):
