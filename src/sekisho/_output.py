@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
+from sekisho.api.schema import text_slots
 from sekisho.classify import (
     Finding,
     Pseudonymiser,
@@ -122,24 +123,9 @@ def pseudonymise_obj(obj: Any, find: Callable[[str], list[Finding]], p: Pseudony
 
 
 def rewrite_texts(kind: str, body: dict[str, Any], rewrite: Callable[[str], str]) -> dict[str, Any]:
-    """The request body with every text the upstream would see passed through ``rewrite``."""
-    if kind == "embeddings":
-        inp = body["input"]
-        if isinstance(inp, str):
-            return {**body, "input": rewrite(inp)}
-        if isinstance(inp, list):
-            return {**body, "input": [rewrite(x) if isinstance(x, str) else x for x in inp]}
-        return body
-    messages = []
-    for m in body["messages"]:
-        m = dict(m)
-        c = m.get("content")
-        if isinstance(c, str):
-            m["content"] = rewrite(c)
-        elif isinstance(c, list):
-            m["content"] = [
-                {**p, "text": rewrite(p["text"])} if isinstance(p.get("text"), str) else p
-                for p in c
-            ]
-        messages.append(m)
-    return {**body, "messages": messages}
+    """The request body with every text the upstream would see passed through ``rewrite``:
+    exactly the texts the classifier scanned (``api.schema.text_slots``). The body is the
+    call's own parse of the request, so it is rewritten in place."""
+    for container, key in text_slots(kind, body):
+        container[key] = rewrite(container[key])
+    return body

@@ -146,3 +146,100 @@ def test_one_corrupted_field_is_named_in_the_error(
         assert field in exc.message
     else:  # only an in-range integer for max_tokens can be valid here
         assert field == "max_tokens" and isinstance(bad, int) and bad >= 1
+
+
+# -- what is scanned is exactly what is rewritten ----------------------------------------------
+
+rich_message = st.one_of(
+    message,
+    st.fixed_dictionaries(
+        {
+            "role": st.just("assistant"),
+            "content": st.lists(
+                st.one_of(
+                    text_part,
+                    st.fixed_dictionaries(
+                        {"type": st.just("refusal"), "refusal": st.text(max_size=20)}
+                    ),
+                ),
+                max_size=2,
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "role": st.just("assistant"),
+            "content": st.none(),
+            "tool_calls": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "id": st.text(min_size=1, max_size=5),
+                        "type": st.just("function"),
+                        "function": st.fixed_dictionaries(
+                            {"name": st.just("lookup"), "arguments": st.text(max_size=30)}
+                        ),
+                    }
+                ),
+                min_size=1,
+                max_size=2,
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "role": st.just("user"),
+            "content": st.lists(
+                st.one_of(
+                    text_part,
+                    st.fixed_dictionaries(
+                        {"type": st.just("image_url"), "image_url": st.just({"url": "x"})}
+                    ),
+                ),
+                max_size=3,
+            ),
+        }
+    ),
+)
+rich_chat = st.fixed_dictionaries(
+    {"model": st.just("m"), "messages": st.lists(rich_message, min_size=1, max_size=5)},
+    optional={
+        "user": st.text(max_size=10),
+        "prediction": st.fixed_dictionaries(
+            {"type": st.just("content"), "content": st.text(max_size=20)}
+        ),
+    },
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(rich_chat)
+def test_redaction_rewrites_exactly_the_texts_the_classifier_scanned(body: dict[str, Any]) -> None:
+    from sekisho._output import rewrite_texts
+
+    req = parse_chat(orjson.dumps(body))
+    scanned = req.texts()
+    seen: list[str] = []
+
+    def rewrite(text: str) -> str:
+        seen.append(text)
+        return "\x00rewritten"
+
+    out = rewrite_texts("chat", req.body, rewrite)
+    assert seen == scanned  # the same texts, in the same order
+    # ...and nothing of what was scanned is left anywhere in the body that goes upstream.
+    left: list[str] = []
+
+    def strings(node: Any) -> None:
+        if isinstance(node, str):
+            left.append(node)
+        elif isinstance(node, list):
+            for x in node:
+                strings(x)
+        elif isinstance(node, dict):
+            for x in node.values():
+                strings(x)
+
+    strings(out)
+    assert left.count("\x00rewritten") == len(scanned)
+    if "user" in body:
+        assert out["user"] == "\x00rewritten"

@@ -192,3 +192,40 @@ def test_unreadable_content_cannot_be_given_an_action(where: str, value: Any) ->
         parse_config(yaml.safe_dump(raw, allow_unicode=True), "sekisho.yaml")
     text = str(err.value)
     assert "tenants.demo.policy" in text and "cannot read that content" in text
+
+
+# -- every text the upstream reads is scanned, and redacted where the policy says ------------------
+
+
+def test_redaction_reaches_earlier_tool_call_arguments_and_the_user_field(
+    gateway: Callable[..., Harness],
+) -> None:
+    def redact_emails(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["policy"]["classification"] = {"actions": {"EMAIL": "redact"}}
+
+    h = gateway(redact_emails)
+    c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "find_customer", "arguments": '{"email": "taro@example.co.jp"}'},
+    }
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o",
+        user="hanako@example.co.jp",
+        messages=[
+            {"role": "user", "content": "顧客を探して"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "見つかりました"},
+            {"role": "user", "content": "続けて"},
+        ],
+    )
+    assert raw.headers["x-sekisho-action"] == "redact"
+    sent = h.sims[raw.headers["x-sekisho-endpoint"]].stats.bodies[-1]
+    assert b"taro@example.co.jp" not in sent and b"hanako@example.co.jp" not in sent
+    body = orjson.loads(sent)
+    assert "find_customer" in sent.decode()  # the call itself is intact
+    assert (
+        body["messages"][1]["tool_calls"][0]["function"]["arguments"]
+        != call["function"]["arguments"]
+    )

@@ -34,7 +34,7 @@ class ChatRequest:
 
     def texts(self) -> list[str]:
         """Every piece of text the upstream would see, for inspection."""
-        return _message_texts(self.body["messages"])
+        return [c[k] for c, k in text_slots("chat", self.body)]
 
     def uninspected(self) -> dict[str, int]:
         """Content parts sekisho cannot read (images, audio, files), counted by finding type."""
@@ -47,10 +47,7 @@ class EmbeddingsRequest:
     model: str
 
     def texts(self) -> list[str]:
-        inp = self.body["input"]
-        if isinstance(inp, str):
-            return [inp]
-        return [x for x in inp if isinstance(x, str)]
+        return [c[k] for c, k in text_slots("embeddings", self.body)]
 
     def uninspected(self) -> dict[str, int]:
         """Inputs given as token ids: the upstream reads them as text, sekisho cannot."""
@@ -274,24 +271,53 @@ def _uninspected_parts(messages: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
-    out: list[str] = []
-    for m in messages:
-        c = m.get("content")
-        if isinstance(c, str):
-            out.append(c)
-        elif isinstance(c, list):
-            for part in c:
-                t = part.get("text")
-                if isinstance(t, str):
-                    out.append(t)
-                elif isinstance(part.get("refusal"), str):  # an assistant's earlier refusal
-                    out.append(part["refusal"])
-        for call in m.get("tool_calls") or ():
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                out.append(fn["arguments"])
-    return out
+def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """Where every text the upstream would read sits in a parsed body, as ``(container, key)``
+    pairs with ``container[key]`` a string: what the classifier scans, and exactly what
+    redaction and pseudonymisation rewrite (one list for both, so they cannot drift apart).
+
+    Chat: message contents (strings, text and refusal parts), the arguments of earlier tool and
+    function calls, a predicted output, and ``user`` (often an e-mail or a person's id).
+    Embeddings: the text inputs and ``user``. Token ids, images, audio and files are counted by
+    ``uninspected()`` instead.
+    """
+    slots: list[tuple[Any, Any]] = []
+    if kind == "embeddings":
+        inp = body["input"]
+        if isinstance(inp, str):
+            slots.append((body, "input"))
+        else:
+            slots.extend((inp, i) for i, x in enumerate(inp) if isinstance(x, str))
+    else:
+        for m in body["messages"]:
+            _content_slots(m, slots)
+            for call in m.get("tool_calls") or ():
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                    slots.append((fn, "arguments"))
+            fc = m.get("function_call")
+            if isinstance(fc, dict) and isinstance(fc.get("arguments"), str):
+                slots.append((fc, "arguments"))
+        prediction = body.get("prediction")
+        if isinstance(prediction, dict):
+            _content_slots(prediction, slots)
+    if isinstance(body.get("user"), str):
+        slots.append((body, "user"))
+    return slots
+
+
+def _content_slots(holder: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:
+    c = holder.get("content")
+    if isinstance(c, str):
+        slots.append((holder, "content"))
+    elif isinstance(c, list):
+        for part in c:
+            if not isinstance(part, dict):
+                continue
+            if isinstance(part.get("text"), str):
+                slots.append((part, "text"))
+            elif isinstance(part.get("refusal"), str):  # an assistant's earlier refusal
+                slots.append((part, "refusal"))
 
 
 def _optional(body: dict[str, Any], key: str, typ: type, what: str) -> Any:
