@@ -15,25 +15,34 @@ from sekisho.classify import (
     Scanner,
     StreamReidentifier,
     StreamScanner,
+    redact,
 )
 
 if TYPE_CHECKING:
+    from sekisho.pipeline import OutputRule as OutputRuleView
     from sekisho.pipeline import TenantView
 
 log = logging.getLogger("sekisho.pipeline")
 
 
+# A stream of output text within one choice: its content (CONTENT) or the arguments of its
+# tool call number k (k >= 0), fed piece by piece as the deltas arrive.
+CONTENT = -1
+StreamKey = tuple[int, int]  # (choice index, CONTENT or tool call index)
+
+
 class StreamOutput:
     """Output inspection for a stream: re-identify pseudonyms (also when a placeholder is split
-    across events) and apply the tenant's output rule, per choice, with a bounded look-behind."""
+    across events) and apply the tenant's output rule, per choice and per tool call's
+    arguments, with a bounded look-behind."""
 
     def __init__(self, pseudo: Pseudonymiser | None, tenant: TenantView, scanner: Scanner) -> None:
         self._pseudo = pseudo
         self._rule = tenant.detection.output
         self._scanner = scanner
-        self._reident: dict[int, StreamReidentifier] = {}
-        self._scan: dict[int, StreamScanner] = {}
-        self._texts: dict[int, list[str]] = {}
+        self._reident: dict[StreamKey, StreamReidentifier] = {}
+        self._scan: dict[StreamKey, StreamScanner] = {}
+        self._texts: dict[StreamKey, list[str]] = {}
         self._last: dict[str, Any] | None = None
         self.error_code: str | None = None
         self._active = pseudo is not None or self._rule.action != "none"
@@ -41,17 +50,17 @@ class StreamOutput:
             self._types = frozenset(self._rule.types)
             self._typed = TypedScanner(scanner, self._types)
 
-    def _pipe(self, idx: int, text: str, final: bool = False) -> str:
+    def _pipe(self, key: StreamKey, text: str, final: bool = False) -> str:
         if self._pseudo is not None:
-            r = self._reident.get(idx)
+            r = self._reident.get(key)
             if r is None:
-                r = self._reident[idx] = StreamReidentifier(self._pseudo)
+                r = self._reident[key] = StreamReidentifier(self._pseudo)
             text = r.feed(text) + (r.finish() if final else "")
         if self._rule.action != "none":
-            sc = self._scan.get(idx)
+            sc = self._scan.get(key)
             if sc is None:
                 mode: Literal["mask", "cut"] = "cut" if self._rule.action == "cut" else "mask"
-                sc = self._scan[idx] = StreamScanner(self._typed, mode)  # type: ignore[arg-type]
+                sc = self._scan[key] = StreamScanner(self._typed, mode)  # type: ignore[arg-type]
             if self.error_code == "output_inspection_failed":
                 return ""
             try:
@@ -65,39 +74,137 @@ class StreamOutput:
                 self.error_code = "output_cut" if sc.cut else "output_masked"
         return text
 
+    def _take(self, key: StreamKey, original: str) -> str:
+        text = self._pipe(key, original) if self._active else original
+        self._texts.setdefault(key, []).append(text)
+        return text
+
     def apply(self, event: dict[str, Any]) -> bool:
         changed = False
         for choice in event.get("choices") or ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
-            if not isinstance(delta, dict) or not isinstance(delta.get("content"), str):
+            if not isinstance(delta, dict):
                 continue
             idx = choice.get("index", 0)
-            original = delta["content"]
-            text = self._pipe(idx, original) if self._active else original
-            self._texts.setdefault(idx, []).append(text)
-            if text != original:
-                delta["content"] = text
-                changed = True
-            self._last = event
+            if isinstance(delta.get("content"), str):
+                original = delta["content"]
+                text = self._take((idx, CONTENT), original)
+                if text != original:
+                    delta["content"] = text
+                    changed = True
+                self._last = event
+            for n, call in enumerate(delta.get("tool_calls") or ()):
+                fn = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(fn, dict) or not isinstance(fn.get("arguments"), str):
+                    continue
+                k = call.get("index", n)
+                original = fn["arguments"]
+                text = self._take((idx, k if isinstance(k, int) else n), original)
+                if text != original:
+                    fn["arguments"] = text
+                    changed = True
+                self._last = event
         return changed
 
     def finish(self) -> dict[str, Any] | None:
         """A final event with whatever was held back, if anything was."""
         if not self._active or self._last is None:
             return None
-        choices = []
-        for idx in sorted(self._texts):
-            rest = self._pipe(idx, "", final=True)
-            if rest:
-                self._texts[idx].append(rest)
-                choices.append({"index": idx, "delta": {"content": rest}, "finish_reason": None})
-        if not choices:
+        deltas: dict[int, dict[str, Any]] = {}
+        for key in sorted(self._texts):
+            rest = self._pipe(key, "", final=True)
+            if not rest:
+                continue
+            self._texts[key].append(rest)
+            idx, slot = key
+            delta = deltas.setdefault(idx, {})
+            if slot == CONTENT:
+                delta["content"] = rest
+            else:
+                delta.setdefault("tool_calls", []).append(
+                    {"index": slot, "function": {"arguments": rest}}
+                )
+        if not deltas:
             return None
+        choices = [
+            {"index": idx, "delta": delta, "finish_reason": None}
+            for idx, delta in sorted(deltas.items())
+        ]
         base = {k: v for k, v in self._last.items() if k not in ("choices", "usage")}
         return {**base, "choices": choices}
 
     def texts(self) -> list[str]:
+        """Each choice's content, then each of its tool calls' arguments, as delivered."""
         return ["".join(parts) for _, parts in sorted(self._texts.items())]
+
+
+def inspect_answer(
+    data: dict[str, Any],
+    pseudo: Pseudonymiser | None,
+    rule: OutputRuleView,
+    scanner: Scanner,
+    request_id: str,
+) -> tuple[str | None, list[str]]:
+    """A complete chat answer, in place: re-identify pseudonyms, then apply the output rule
+    (mask or cut), in every choice's content and in the arguments of every tool call it makes.
+    Returns the error code to record (None, output_masked, output_cut or
+    output_inspection_failed) and the texts as delivered."""
+    error: str | None = None
+    delivered: list[str] = []
+    types = frozenset(rule.types)
+    for choice in data.get("choices") or ():
+        msg = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(msg, dict):
+            continue
+        slots: list[tuple[dict[str, Any], str]] = []
+        if isinstance(msg.get("content"), str):
+            slots.append((msg, "content"))
+        calls = [c for c in msg.get("tool_calls") or () if isinstance(c, dict)]
+        fc = msg.get("function_call")
+        for fn in [c.get("function") for c in calls] + [fc]:
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                slots.append((fn, "arguments"))
+        for holder, key in slots:
+            text = holder[key]
+            if pseudo is not None:
+                text = pseudo.reidentify(text)
+            if rule.action != "none":
+                try:
+                    hits = [f for f in scanner.scan(text) if f.type in types]
+                except Exception:
+                    # Fail closed: an answer that cannot be inspected is not delivered.
+                    log.exception(
+                        "output inspection failed; answer withheld",
+                        extra={"request_id": request_id},
+                    )
+                    _withhold(choice, msg)
+                    error = "output_inspection_failed"
+                    break
+                if hits and rule.action == "mask":
+                    text = redact(text, hits)
+                    error = error or "output_masked"
+                elif hits and key == "content":
+                    text = text[: hits[0].start]
+                    choice["finish_reason"] = "content_filter"
+                    error = "output_cut"
+                elif hits:
+                    # A tool call cut short is not a smaller tool call but a broken one: the
+                    # answer keeps its text and makes no call at all.
+                    msg.pop("tool_calls", None)
+                    msg.pop("function_call", None)
+                    choice["finish_reason"] = "content_filter"
+                    error = "output_cut"
+                    continue
+            holder[key] = text
+            delivered.append(text)
+    return error, delivered
+
+
+def _withhold(choice: dict[str, Any], msg: dict[str, Any]) -> None:
+    msg["content"] = ""
+    msg.pop("tool_calls", None)
+    msg.pop("function_call", None)
+    choice["finish_reason"] = "content_filter"
 
 
 class TypedScanner:

@@ -27,7 +27,7 @@ from typing import Any, Literal, NoReturn, Protocol
 
 import orjson
 
-from sekisho._output import StreamOutput, pseudonymise_obj, rewrite_texts
+from sekisho._output import StreamOutput, inspect_answer, pseudonymise_obj, rewrite_texts
 from sekisho._upstream import Primed, Released, client_error_from, parse_answer, parse_retry_after
 from sekisho.classify import Finding, Pseudonymiser, Scanner, redact, summarise
 from sekisho.errors import (
@@ -471,38 +471,18 @@ class Pipeline:
     def _inspect_output(
         self, call: Call, data: dict[str, Any], tenant: TenantView, outcome: Outcome
     ) -> None:
-        """Re-identify pseudonyms, then apply the tenant's output rule (mask or cut)."""
-        rule = tenant.detection.output
-        scanner = self.scanners[tenant.name]
-        for choice in data.get("choices") or ():
-            msg = choice.get("message") if isinstance(choice, dict) else None
-            if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
-                continue
-            content = msg["content"]
-            if call.pseudonymiser is not None:
-                content = call.pseudonymiser.reidentify(content)
-            if rule.action != "none":
-                try:
-                    hits = [f for f in scanner.scan(content) if f.type in rule.types]
-                except Exception:
-                    # Fail closed: an answer that cannot be inspected is not delivered.
-                    log.exception(
-                        "output inspection failed; answer withheld",
-                        extra={"request_id": call.request_id},
-                    )
-                    content = ""
-                    choice["finish_reason"] = "content_filter"
-                    outcome.error_code = "output_inspection_failed"
-                    hits = []
-                if hits and rule.action == "mask":
-                    content = redact(content, hits)
-                    outcome.error_code = "output_masked"
-                elif hits:
-                    content = content[: hits[0].start]
-                    choice["finish_reason"] = "content_filter"
-                    outcome.error_code = "output_cut"
-            msg["content"] = content
-            outcome.output_texts.append(content)
+        """Re-identify pseudonyms, then apply the tenant's output rule (mask or cut), in the
+        answer's text and in its tool calls' arguments."""
+        error, delivered = inspect_answer(
+            data,
+            call.pseudonymiser,
+            tenant.detection.output,
+            self.scanners[tenant.name],
+            call.request_id,
+        )
+        if error is not None:
+            outcome.error_code = error
+        outcome.output_texts.extend(delivered)
 
     # -- 7 inspect output, 8 record, 9 respond (streaming) -------------------------------
 

@@ -301,7 +301,7 @@ class _Protocol(asyncio.Protocol):
             message: dict[str, Any] = {"role": "assistant", "content": text}
             finish = "stop"
             if body.get("tools"):
-                fn = body["tools"][0].get("function", {}).get("name", "tool")
+                fn, args = self._tool_call(body)
                 message = {
                     "role": "assistant",
                     "content": None,
@@ -309,7 +309,7 @@ class _Protocol(asyncio.Protocol):
                         {
                             "id": f"call_{i}",
                             "type": "function",
-                            "function": {"name": fn, "arguments": '{"simulated": true}'},
+                            "function": {"name": fn, "arguments": args},
                         }
                     ],
                 }
@@ -330,6 +330,21 @@ class _Protocol(asyncio.Protocol):
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+    def _tool_call(self, body: dict[str, Any]) -> tuple[str, str]:
+        """The first tool, called with the user's last words as its query (as a model passes
+        what the user said on to a tool)."""
+        fn = body["tools"][0].get("function", {}).get("name", "tool")
+        last = ""
+        for m in reversed(body.get("messages") or []):
+            if (
+                isinstance(m, dict)
+                and m.get("role") == "user"
+                and isinstance(m.get("content"), str)
+            ):
+                last = m["content"]
+                break
+        return fn, orjson.dumps({"simulated": True, "query": last}).decode()
 
     async def _stream(self, body: dict[str, Any], drop: bool) -> None:
         t = self.transport
@@ -370,6 +385,17 @@ class _Protocol(asyncio.Protocol):
                 ],
             }
         )
+        if body.get("tools"):  # a tool call, its arguments in pieces as models stream them
+            fn, args = self._tool_call(body)
+            step = size if size > 0 else 7
+            for j in range(0, len(args), step):
+                call: dict[str, Any] = {"index": 0, "function": {"arguments": args[j : j + step]}}
+                if j == 0:
+                    call.update({"id": "call_0", "type": "function"})
+                    call["function"]["name"] = fn
+                delta = {"tool_calls": [call]}
+                send({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            words = []
         for i, w in enumerate(words):
             if drop and i == len(words) // 2:
                 t.abort()
@@ -383,7 +409,8 @@ class _Protocol(asyncio.Protocol):
                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
                 }
             )
-        send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        finish = "tool_calls" if body.get("tools") else "stop"
+        send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         opts = body.get("stream_options") or {}
         if isinstance(opts, dict) and opts.get("include_usage"):
             pt = _tokens(body.get("messages"))

@@ -1,0 +1,110 @@
+"""The answer's tool calls get what its text gets: pseudonyms re-identified and the tenant's
+output rule applied, in complete answers and in streamed argument pieces.
+
+A model given ``<EMAIL_1>`` passes it on to the tool it calls; the client's tool must receive
+the real address, and an address the output rule masks must not slip out through a tool call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from harness import Harness, start_example
+
+EMAIL = "taro@example.co.jp"
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "find_orders",
+            "description": "Look up a customer's orders",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+        },
+    }
+]
+
+
+def tenant(**detection: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(raw: dict[str, Any]) -> None:
+        demo = raw["tenants"]["demo"]
+        demo["policy"]["classification"] = {"actions": {"EMAIL": "pseudonymise"}}
+        demo["detection"]["output"] = detection or {"action": "none", "types": []}
+
+    return mutate
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    started: list[Harness] = []
+
+    def start(mutate: Callable[[dict[str, Any]], None], **sim: Any) -> Harness:
+        h = start_example(tmp_path / str(len(started)), mutate, keep_bodies=True, **sim)
+        started.append(h)
+        return h
+
+    yield start
+    for h in started:
+        h.stop()
+
+
+def call_tool(h: Harness, *, stream: bool) -> tuple[str, str | None, Any]:
+    """(the tool call's arguments, the finish reason, the raw response) as the client sees them."""
+    c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+    messages = [{"role": "user", "content": f"{EMAIL} の注文を調べて"}]
+    if not stream:
+        raw = c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=messages, tools=TOOLS
+        )
+        choice = raw.parse().choices[0]
+        calls = choice.message.tool_calls or []
+        return (calls[0].function.arguments if calls else ""), choice.finish_reason, raw
+    args, finish = "", None
+    with c.chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=messages, tools=TOOLS, stream=True
+    ) as raw:
+        for chunk in raw.parse():
+            for choice in chunk.choices:
+                for tc in choice.delta.tool_calls or ():
+                    args += tc.function.arguments or "" if tc.function else ""
+                finish = choice.finish_reason or finish
+    return args, finish, raw
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_pseudonym_the_model_passes_to_a_tool_is_re_identified(
+    gateway: Callable[..., Harness], stream: bool
+) -> None:
+    h = gateway(tenant(), chunk_chars=5)  # streamed arguments split the placeholder
+    args, finish, raw = call_tool(h, stream=stream)
+    assert json.loads(args)["query"] == f"{EMAIL} の注文を調べて"
+    assert finish == "tool_calls"
+    sent = h.sims[raw.headers["x-sekisho-endpoint"]].stats.bodies[-1]
+    assert EMAIL.encode() not in sent and b"<EMAIL_1>" in sent  # upstream saw the pseudonym
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_output_rule_masks_tool_call_arguments(
+    gateway: Callable[..., Harness], stream: bool
+) -> None:
+    h = gateway(tenant(action="mask", types=["EMAIL"]))
+    args, _, raw = call_tool(h, stream=stream)
+    assert EMAIL not in args
+    assert json.loads(args)["query"] == "[EMAIL] の注文を調べて"  # still valid JSON
+    if not stream:
+        assert raw.headers["x-sekisho-output"] == "masked"
+
+
+def test_cut_drops_a_tool_call_rather_than_deliver_a_broken_one(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway(tenant(action="cut", types=["EMAIL"]))
+    args, finish, raw = call_tool(h, stream=False)
+    assert args == ""  # no tool call at all
+    assert finish == "content_filter"
+    assert raw.headers["x-sekisho-output"] == "cut"
