@@ -71,7 +71,8 @@ class StreamOutput:
                 self.error_code = "output_inspection_failed"
                 return ""
             if sc.findings:
-                self.error_code = "output_cut" if sc.cut else "output_masked"
+                found = "output_cut" if sc.cut else "output_masked"
+                self.error_code = _worse(self.error_code, found)
         return text
 
     def _take(self, key: StreamKey, original: str) -> str:
@@ -182,22 +183,32 @@ def inspect_answer(
                     break
                 if hits and rule.action == "mask":
                     text = redact(text, hits)
-                    error = error or "output_masked"
+                    error = _worse(error, "output_masked")
                 elif hits and key == "content":
                     text = text[: hits[0].start]
                     choice["finish_reason"] = "content_filter"
-                    error = "output_cut"
+                    error = _worse(error, "output_cut")
                 elif hits:
                     # A tool call cut short is not a smaller tool call but a broken one: the
                     # answer keeps its text and makes no call at all.
                     msg.pop("tool_calls", None)
                     msg.pop("function_call", None)
                     choice["finish_reason"] = "content_filter"
-                    error = "output_cut"
+                    error = _worse(error, "output_cut")
                     continue
             holder[key] = text
             delivered.append(text)
     return error, delivered
+
+
+_SEVERITY = {None: 0, "output_masked": 1, "output_cut": 2, "output_inspection_failed": 3}
+
+
+def _worse(current: str | None, new: str) -> str:
+    """The error code to record when an answer has several: the most severe one."""
+    if current is not None and _SEVERITY[current] >= _SEVERITY[new]:
+        return current
+    return new
 
 
 def _withhold(choice: dict[str, Any], msg: dict[str, Any]) -> None:

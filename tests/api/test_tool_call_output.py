@@ -108,3 +108,12 @@ def test_cut_drops_a_tool_call_rather_than_deliver_a_broken_one(
     assert args == ""  # no tool call at all
     assert finish == "content_filter"
     assert raw.headers["x-sekisho-output"] == "cut"
+
+
+def test_an_answer_with_several_verdicts_records_the_most_severe() -> None:
+    from sekisho._output import _worse
+
+    assert _worse(None, "output_masked") == "output_masked"
+    assert _worse("output_cut", "output_masked") == "output_cut"
+    assert _worse("output_masked", "output_cut") == "output_cut"
+    assert _worse("output_inspection_failed", "output_cut") == "output_inspection_failed"
