@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -174,6 +174,13 @@ class TenantConfig(_Section):
         default_factory=RetentionSpec, description="What is kept of requests, and how long"
     )
     limits: LimitsSpec | None = Field(default=None, description="Rate limits and token budgets")
+    provider_features: list[Literal["store", "web_search"]] = Field(
+        default_factory=list,
+        description="Provider-side features this tenant's requests may ask for: store (the "
+        "provider keeps the completion) and web_search (the provider searches the web with words "
+        "from the prompt). Both keep or send data beyond the endpoint's declared data terms, so "
+        "requests asking for one that is not listed get HTTP 400",
+    )
 
     @field_validator("default_classification")
     @classmethod
@@ -212,6 +219,7 @@ class Tenant:
         "limits",
         "name",
         "policy",
+        "provider_features",
         "retention",
         "source_file",
     )
@@ -225,6 +233,7 @@ class Tenant:
         self.detection = spec.detection
         self.retention = spec.retention
         self.limits = spec.limits
+        self.provider_features = frozenset(spec.provider_features)
         self.source_file = source_file
 
 

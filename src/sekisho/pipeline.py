@@ -151,6 +151,9 @@ class TenantView(Protocol):
     @property
     def retention(self) -> RetentionSpec: ...
 
+    @property
+    def provider_features(self) -> frozenset[str]: ...
+
 
 class Pipeline:
     def __init__(
@@ -186,6 +189,8 @@ class Pipeline:
     async def run(self, call: Call) -> Reply | StreamReply:
         tenant = self._tenant(call)
         routes = self._routes(call)
+        if call.kind == "chat":
+            _check_provider_features(call.body, tenant)
         await self._admit(call)
         try:
             findings, failed = self.inspect(call, tenant)  # 2
@@ -642,6 +647,30 @@ class Pipeline:
         if receipt is not None:
             h.append(("x-sekisho-receipt", receipt))
         return h
+
+
+def _check_provider_features(body: dict[str, Any], tenant: TenantView) -> None:
+    """Refuse a request that asks the provider to keep it or to take it to the web, unless the
+    tenant allows that feature: both go beyond the endpoint's declared data terms."""
+    allowed = tenant.provider_features
+    if body.get("store") is True and "store" not in allowed:
+        raise InvalidRequest(
+            "This request asks the provider to keep the completion ('store': true). Tenant "
+            f"{tenant.name!r} does not allow that: what is kept of a request, and where, is the "
+            "tenant's retention policy (its home-region store), not the provider's. An operator "
+            f"can allow it with tenants.{tenant.name}.provider_features: [store].",
+            param="store",
+            code="provider_feature_not_allowed",
+        )
+    if body.get("web_search_options") is not None and "web_search" not in allowed:
+        raise InvalidRequest(
+            "This request asks the provider to search the web with words from the prompt "
+            f"('web_search_options'). Tenant {tenant.name!r} does not allow that: the search "
+            "engine is a third party outside the endpoint's data terms. An operator can allow it "
+            f"with tenants.{tenant.name}.provider_features: [web_search].",
+            param="web_search_options",
+            code="provider_feature_not_allowed",
+        )
 
 
 def _route_headers(route: Route) -> list[tuple[str, str]]:
