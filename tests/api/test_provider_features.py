@@ -4,8 +4,7 @@ tenant allows the feature, and then passed through unchanged."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -13,7 +12,7 @@ import orjson
 import pytest
 import yaml
 
-from harness import Harness, example_config, start_example
+from harness import Harness, example_config
 from sekisho.config import parse_config
 from sekisho.errors import ConfigError
 
@@ -24,20 +23,14 @@ FEATURES = {
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
-    started: list[Harness] = []
-
+def gateway(gateways: Callable[..., Harness]) -> Callable[..., Harness]:
     def start(allowed: list[str]) -> Harness:
         def mutate(raw: dict[str, Any]) -> None:
             raw["tenants"]["demo"]["provider_features"] = allowed
 
-        h = start_example(tmp_path / str(len(started)), mutate, keep_bodies=True)
-        started.append(h)
-        return h
+        return gateways(mutate, keep_bodies=True)
 
-    yield start
-    for h in started:
-        h.stop()
+    return start
 
 
 def ask(h: Harness, extra: dict[str, Any]) -> Any:

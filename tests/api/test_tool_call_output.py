@@ -8,14 +8,13 @@ the real address, and an address the output rule masks must not slip out through
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import pytest
 
-from harness import Harness, start_example
+from harness import Harness
 
 EMAIL = "taro@example.co.jp"
 TOOLS = [
@@ -40,17 +39,8 @@ def tenant(**detection: Any) -> Callable[[dict[str, Any]], None]:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
-    started: list[Harness] = []
-
-    def start(mutate: Callable[[dict[str, Any]], None], **sim: Any) -> Harness:
-        h = start_example(tmp_path / str(len(started)), mutate, keep_bodies=True, **sim)
-        started.append(h)
-        return h
-
-    yield start
-    for h in started:
-        h.stop()
+def gateway(gateways: Callable[..., Harness]) -> Callable[..., Harness]:
+    return lambda mutate, **sim: gateways(mutate, keep_bodies=True, **sim)
 
 
 def call_tool(h: Harness, *, stream: bool) -> tuple[str, str | None, Any]:

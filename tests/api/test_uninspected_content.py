@@ -7,8 +7,7 @@ request at least confidential unless the tenant's policy maps it elsewhere: fail
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -18,7 +17,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import Harness, example_config, ledger_entries, receipt, start_example
+from harness import Harness, example_config, ledger_entries, receipt
 from sekisho.api.schema import parse_chat, parse_embeddings
 from sekisho.config import parse_config
 from sekisho.errors import ConfigError
@@ -106,17 +105,8 @@ def findings(levels: dict[str, str]) -> Callable[[dict[str, Any]], None]:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
-    started: list[Harness] = []
-
-    def start(mutate: Callable[[dict[str, Any]], None] | None = None) -> Harness:
-        h = start_example(tmp_path / str(len(started)), mutate, keep_bodies=True)
-        started.append(h)
-        return h
-
-    yield start
-    for h in started:
-        h.stop()
+def gateway(gateways: Callable[..., Harness]) -> Callable[..., Harness]:
+    return lambda mutate=None: gateways(mutate, keep_bodies=True)
 
 
 def ask(h: Harness, model: str = "gpt-4o", text: str = "この書類を要約して") -> Any:

@@ -8,7 +8,7 @@ import asyncio
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +64,11 @@ def with_tls(tls: dict[str, Any] | None, **extra: Any) -> Callable[[dict[str, An
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, pki: dict[str, Any]) -> Iterator[Callable[..., Harness]]:
-    started: list[Harness] = []
-
+def gateway(gateways: Callable[..., Harness], pki: dict[str, Any]) -> Callable[..., Harness]:
     def start(tls: dict[str, Any] | None, **server: Any) -> Harness:
-        h = start_example(tmp_path, with_tls(tls), sim_tls={TOKYO: server_context(pki, **server)})
-        started.append(h)
-        return h
+        return gateways(with_tls(tls), sim_tls={TOKYO: server_context(pki, **server)})
 
-    yield start
-    for h in started:
-        h.stop()
+    return start
 
 
 def mtls(pki: dict[str, Any]) -> dict[str, Any]:
