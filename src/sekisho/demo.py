@@ -32,6 +32,14 @@ class Step:
     embeddings: bool = False
     classification: str | None = None
     fault: str | None = None  # endpoint id to take down first
+    image: bool = False  # attach an image: content sekisho cannot read
+
+
+# A 1x1 PNG: what matters is that sekisho cannot read it, whatever it shows.
+_IMAGE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+    "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 
 
 SCRIPT = (
@@ -44,6 +52,7 @@ SCRIPT = (
         "山田太郎様 (taro.yamada@example.co.jp, 090-1234-5678) の契約更新メールを書いて",
     ),
     Step("My Number (番号法)", "gpt-4o", "マイナンバーは 1234 5678 9018 です。手続きを教えて"),
+    Step("image attached (unreadable)", "gpt-4o", "この請求書を要約して", image=True),
     Step("My Number, US-only model", "gpt-4.1", "マイナンバー 123456789018 の確認をお願いします"),
     Step("declared 機密性3", "gpt-4o", "Summarise the board minutes.", classification="機密性3"),
     Step("domestic down, internal", "gpt-4o", "Failover, please.", fault="sim-domestic-tokyo"),
@@ -153,11 +162,11 @@ async def _explain_and_verify(
 
     from sekisho.ledger import Verifier, load_signer, verify_receipt
 
-    print("\nWhat happened: every request was classified (finding types only, never values),")
-    print("decided by the tenant's policy, written to the transparency ledger before any byte")
-    print("went upstream, and answered with x-sekisho-* headers and a receipt. A refusal names")
-    print("the rule and fact that excluded each endpoint; a failure never falls back outside")
-    print("the eligible set.")
+    print("\nWhat happened: every request was classified (finding types only, never values;")
+    print("an image it cannot read counts as confidential), decided by the tenant's policy,")
+    print("written to the transparency ledger before any byte went upstream, and answered with")
+    print("x-sekisho-* headers and a receipt. A refusal names the rule and fact that excluded")
+    print("each endpoint; a failure never falls back outside the eligible set.")
     if rid is None:
         return
     root = base.removesuffix("/v1")
@@ -204,9 +213,15 @@ async def _run_step(i: int, step: Step, client: Any, config: Any) -> tuple[list[
                 if chunk.usage:
                     tokens = str(chunk.usage.total_tokens)
         else:
+            content: Any = step.text
+            if step.image:
+                content = [
+                    {"type": "text", "text": step.text},
+                    {"type": "image_url", "image_url": {"url": _IMAGE}},
+                ]
             raw = await client.chat.completions.with_raw_response.create(
                 model=step.model,
-                messages=[{"role": "user", "content": step.text}],
+                messages=[{"role": "user", "content": content}],
                 extra_headers=headers,
             )
             res = raw.parse()
