@@ -8,6 +8,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
+
 from sekisho.api.schema import text_slots
 from sekisho.classify import (
     Finding,
@@ -54,7 +56,8 @@ class StreamOutput:
         if self._pseudo is not None:
             r = self._reident.get(key)
             if r is None:
-                r = self._reident[key] = StreamReidentifier(self._pseudo)
+                escape = None if key[1] == CONTENT else json_string_escape
+                r = self._reident[key] = StreamReidentifier(self._pseudo, escape)
             text = r.feed(text) + (r.finish() if final else "")
         if self._rule.action != "none":
             sc = self._scan.get(key)
@@ -167,8 +170,8 @@ def inspect_answer(
                 slots.append((fn, "arguments"))
         for holder, key in slots:
             text = holder[key]
-            if pseudo is not None:
-                text = pseudo.reidentify(text)
+            if pseudo is not None:  # arguments are JSON: a restored value is escaped for it
+                text = pseudo.reidentify(text, json_string_escape if key == "arguments" else None)
             if rule.action != "none":
                 try:
                     hits = [f for f in scanner.scan(text) if f.type in types]
@@ -199,6 +202,11 @@ def inspect_answer(
             holder[key] = text
             delivered.append(text)
     return error, delivered
+
+
+def json_string_escape(value: str) -> str:
+    """``value`` as it must appear inside a JSON string (quotes, backslashes, controls)."""
+    return orjson.dumps(value).decode()[1:-1]
 
 
 _SEVERITY = {None: 0, "output_masked": 1, "output_cut": 2, "output_inspection_failed": 3}

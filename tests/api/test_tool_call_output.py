@@ -107,3 +107,35 @@ def test_an_answer_with_several_verdicts_records_the_most_severe() -> None:
     assert _worse("output_cut", "output_masked") == "output_cut"
     assert _worse("output_masked", "output_cut") == "output_cut"
     assert _worse("output_inspection_failed", "output_cut") == "output_inspection_failed"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_value_restored_into_tool_arguments_keeps_them_valid_json(
+    gateway: Callable[..., Harness], stream: bool
+) -> None:
+    codename = 'Project "Falcon"'  # the quotes must be escaped inside the JSON arguments
+
+    def mutate(raw: dict[str, Any]) -> None:
+        demo = raw["tenants"]["demo"]
+        demo["policy"]["classification"] = {"actions": {"CUSTOM": "pseudonymise"}}
+        demo["detection"]["custom"] = [{"name": "codenames", "terms": [codename]}]
+        demo["detection"]["output"] = {"action": "none", "types": []}
+
+    h = gateway(mutate, chunk_chars=4)
+    c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+    messages = [{"role": "user", "content": f"{codename} の進捗"}]
+    if stream:
+        args = ""
+        for chunk in c.chat.completions.create(
+            model="gpt-4o", messages=messages, tools=TOOLS, stream=True
+        ):
+            for choice in chunk.choices:
+                for tc in choice.delta.tool_calls or ():
+                    args += (tc.function.arguments or "") if tc.function else ""
+    else:
+        answer = c.chat.completions.create(model="gpt-4o", messages=messages, tools=TOOLS)
+        calls = answer.choices[0].message.tool_calls or []
+        args = calls[0].function.arguments
+    assert json.loads(args)["query"] == f"{codename} の進捗"
+    sent = b"".join(sim.stats.bodies[-1] for sim in h.sims.values() if sim.stats.bodies)
+    assert b"<CUSTOM_1>" in sent and b"Falcon" not in sent  # the upstream saw the pseudonym

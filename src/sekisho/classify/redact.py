@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from sekisho.classify._lazy import lazy_compile
 from sekisho.classify._text import fold
@@ -107,14 +107,17 @@ class Pseudonymiser:
         parts.append(text[pos:])
         return "".join(parts)
 
-    def reidentify(self, text: str) -> str:
-        """Restore the original values for every known placeholder in ``text``."""
+    def reidentify(self, text: str, escape: Callable[[str], str] | None = None) -> str:
+        """Restore the original values for every known placeholder in ``text``; ``escape``
+        encodes each value for where it lands (inside a JSON string, say)."""
         if "<" not in text and "＜" not in text:
             return text
 
         def restore(match: re.Match[str]) -> str:
             value = self._by_placeholder.get(f"<{match.group(1)}>")
-            return match.group() if value is None else value
+            if value is None:
+                return match.group()
+            return value if escape is None else escape(value)
 
         return PLACEHOLDER.sub(restore, text)
 

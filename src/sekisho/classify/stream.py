@@ -9,6 +9,7 @@ whole however long it is (up to a bound), because no part of it may leave.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from sekisho.classify._lazy import lazy_compile
@@ -139,8 +140,11 @@ def _open_pem(window: str, offset: int) -> int | None:
 class StreamReidentifier:
     """Restores placeholders in a streamed answer, even when a placeholder is split."""
 
-    def __init__(self, pseudonymiser: Pseudonymiser) -> None:
+    def __init__(
+        self, pseudonymiser: Pseudonymiser, escape: Callable[[str], str] | None = None
+    ) -> None:
         self._pseudonymiser = pseudonymiser
+        self._escape = escape  # how a restored value is encoded (see Pseudonymiser.reidentify)
         self._held = ""
 
     def feed(self, chunk: str) -> str:
@@ -152,8 +156,8 @@ class StreamReidentifier:
             if i >= 0 and ">" not in text[i:] and "＞" not in text[i:]:
                 cut = min(cut, i)
         self._held = text[cut:]
-        return self._pseudonymiser.reidentify(text[:cut])
+        return self._pseudonymiser.reidentify(text[:cut], self._escape)
 
     def finish(self) -> str:
         rest, self._held = self._held, ""
-        return self._pseudonymiser.reidentify(rest)
+        return self._pseudonymiser.reidentify(rest, self._escape)
