@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from docs_examples import write_example
 
+from harness import example_config
 from sekisho.errors import ConfigError
 from sekisho.policy.cli import main
 
@@ -135,3 +137,28 @@ def test_unknown_pack_name_is_an_error_listing_the_packs() -> None:
         from sekisho.policy.cli import cmd_packs
 
         cmd_packs(__import__("argparse").Namespace(name="jp-apii"), io.StringIO())
+
+
+def test_explain_classifies_with_the_tenants_own_dictionary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = example_config()  # tenant demo lists "Project Hayabusa" as a project code name
+    raw["tenants"]["demo"]["policy"]["classification"] = {"findings": {"CUSTOM": "restricted"}}
+    path = tmp_path / "sekisho.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    argv = ["explain", "--config", str(path), "--tenant", "demo", "--model", "gpt-4o"]
+    code, out = _run([*argv, "--text", "Project Hayabusa の予算"], capsys)
+    assert code == 0
+    assert "CUSTOM×1" in out and "Classification  restricted" in out  # as the gateway decides
+
+
+def test_explain_with_an_attachment_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sekisho.yaml"
+    path.write_text(yaml.safe_dump(example_config(), allow_unicode=True), encoding="utf-8")
+    argv = ["explain", "--config", str(path), "--tenant", "demo", "--model", "gpt-4o"]
+    code, out = _run([*argv, "--text", "この請求書を要約して", "--attach", "image"], capsys)
+    assert code == 0
+    assert "UNINSPECTED_IMAGE×1" in out
+    assert "Classification  confidential — from finding UNINSPECTED_IMAGE" in out

@@ -25,7 +25,14 @@ from sekisho.policy.compiler import CompiledPolicy, LevelExplanation, compile_po
 from sekisho.policy.decision import Decision
 from sekisho.policy.packs import available_packs, load_pack, pack_file
 from sekisho.policy.spec import PolicyTestCase, PolicyTestFile
-from sekisho.types import Level
+from sekisho.types import (
+    UNINSPECTED_AUDIO,
+    UNINSPECTED_CONTENT,
+    UNINSPECTED_FILE,
+    UNINSPECTED_IMAGE,
+    UNINSPECTED_TOKENS,
+    Level,
+)
 
 if TYPE_CHECKING:
     from sekisho.config import Config
@@ -66,6 +73,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         metavar="M1,M2",
         help="the API key's own model allow list, comma-separated",
+    )
+    explain.add_argument(
+        "--attach",
+        action="append",
+        default=[],
+        choices=sorted(ATTACHMENTS),
+        help="the request also carries content sekisho cannot read (repeatable): an image, "
+        "audio, a file, token ids, or another kind of part",
     )
     explain.add_argument("--json", action="store_true", help="print the decision as JSON")
     explain.set_defaults(func=cmd_explain)
@@ -139,12 +154,25 @@ def _tenant_policy(config: Config, name: str) -> _TenantPolicy:
     return _TenantPolicy(name, tenant.home_country, policy)
 
 
-def _findings(text: str | None) -> dict[str, int]:
+# --attach KIND: content a request may carry that sekisho cannot read (docs/policies.md)
+ATTACHMENTS = {
+    "image": UNINSPECTED_IMAGE,
+    "audio": UNINSPECTED_AUDIO,
+    "file": UNINSPECTED_FILE,
+    "tokens": UNINSPECTED_TOKENS,
+    "other": UNINSPECTED_CONTENT,
+}
+
+
+def _findings(config: Config, tenant: str, text: str | None) -> dict[str, int]:
+    """What the gateway's classifier would find for this tenant: its own dictionary, labels and
+    threshold included (the default scanner knows none of them)."""
     if not text:
         return {}
-    from sekisho.classify import Scanner, summarise
+    from sekisho.classify import summarise
+    from sekisho.config import scanner_for
 
-    return dict(summarise(Scanner().scan(text)))
+    return dict(summarise(scanner_for(config.tenants[tenant]).scan(text)))
 
 
 def _decide(
@@ -176,7 +204,9 @@ def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     text = args.text
     if text is None and not (args.classification is not None and sys.stdin.isatty()):
         text = sys.stdin.read()
-    findings = _findings(text)
+    findings = _findings(config, args.tenant, text)
+    for kind in args.attach:
+        findings[ATTACHMENTS[kind]] = findings.get(ATTACHMENTS[kind], 0) + 1
     key_models = (
         frozenset(m.strip() for m in args.key_models.split(",") if m.strip())
         if args.key_models
@@ -345,7 +375,7 @@ def load_test_file(path: str) -> PolicyTestFile:
 
 def run_case(config: Config, tenant: _TenantPolicy, case: PolicyTestCase) -> list[str]:
     """Decide one case; return the differences from what it expects (empty: it passes)."""
-    findings = _findings(case.text)
+    findings = _findings(config, tenant.name, case.text)
     for kind, count in case.findings.items():
         findings[kind] = findings.get(kind, 0) + count
     key_models = frozenset(case.key_models) if case.key_models is not None else None
