@@ -157,6 +157,18 @@ def test_custom_terms_are_whole_words_when_they_start_or_end_with_a_letter() -> 
     ]
 
 
+def test_a_custom_term_with_a_backslash_matches_it_and_a_dash_term_does_not() -> None:
+    # The dash class's source holds a backslash (escaping its hyphen); a term's own backslash
+    # had been taken for a dash, so such a term never matched anything.
+    scanner = Scanner(custom=[CustomRule("paths", terms=["share\\finance", "ab-cd"])])
+    text = "share\\finance と ｓｈａｒｅ＼ｆｉｎａｎｃｅ と ab\\cd と ab－cd"
+    assert [text[f.start : f.end] for f in scanner.scan(text)] == [
+        "share\\finance",
+        "ｓｈａｒｅ＼ｆｉｎａｎｃｅ",
+        "ab－cd",
+    ]
+
+
 def test_custom_pattern_rule_reports_its_name_as_subtype() -> None:
     scanner = Scanner(custom=[CustomRule("customer-ids", pattern=r"CUST-[0-9]{6}")])
     assert scanner.scan("see CUST-004211") == [Finding("CUSTOM", 4, 15, 0.9, "customer-ids")]

@@ -241,3 +241,22 @@ def test_random_runs_of_separators_and_triggers_never_hang(parts: list[str]) -> 
     started = time.perf_counter()
     scan(text)
     assert time.perf_counter() - started < 0.2
+
+
+@SETTINGS
+@given(
+    st.text(
+        alphabet=st.characters(
+            min_codepoint=0x21, max_codepoint=0x7E, blacklist_categories=("Cs",)
+        ),
+        min_size=2,
+        max_size=12,
+    )
+)
+@example("C:\\share")  # a backslash was once taken for a dash and never matched
+def test_a_custom_term_is_found_where_it_is_written_as_given(term: str) -> None:
+    from sekisho.classify import CustomRule
+
+    scanner = Scanner(custom=[CustomRule("terms", terms=[term])])
+    text = f"これは {term} です"
+    assert (4, 4 + len(term)) in [(f.start, f.end) for f in scanner.scan(text)], term

@@ -36,7 +36,8 @@ def _variants() -> dict[str, set[str]]:
 
 
 def _char_class(ch: str) -> str:
-    if ch in "-" or ch in DASH:
+    # DASH is the body of a regex class: its backslash only escapes the hyphen, it is no dash.
+    if ch == "-" or (ch != "\\" and ch in DASH):
         return f"[{DASH}]"
     if ch.isspace():
         return f"[{SPACE}]+"
