@@ -219,3 +219,34 @@ def test_redaction_reaches_earlier_tool_call_arguments_and_the_user_field(
         body["messages"][1]["tool_calls"][0]["function"]["arguments"]
         != call["function"]["arguments"]
     )
+
+
+def rule(spec: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["policy"].setdefault("rules", []).append(spec)
+
+    return mutate
+
+
+def test_a_redact_rule_does_not_claim_to_redact_what_it_cannot_read(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway(rule({"id": "redact-confidential", "when": {"min_level": "confidential"},
+                      "action": "redact"}))  # fmt: skip
+    raw = ask(h)  # only the image made it confidential: there is nothing to redact
+    assert raw.headers["x-sekisho-classification"] == "confidential"
+    assert "x-sekisho-action" not in raw.headers
+    sent = h.sims[raw.headers["x-sekisho-endpoint"]].stats.bodies[-1]
+    assert PIXEL.encode() in sent
+
+
+def test_a_block_rule_keeps_unreadable_content_from_going_anywhere(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway(rule({"id": "no-images", "when": {"findings": ["UNINSPECTED_IMAGE"]},
+                      "action": "block"}))  # fmt: skip
+    before = h.bytes_received()
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        ask(h)
+    assert "no-images" in str(err.value)
+    assert h.bytes_received() == before

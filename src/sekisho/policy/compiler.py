@@ -216,6 +216,8 @@ class CompiledPolicy:
         redact: set[str] = set()
         pseudonymise: set[str] = set()
         for kind in kinds:
+            if kind in _UNREADABLE:  # nothing to rewrite: a rule blocks such content, or not
+                continue
             chosen = self.finding_actions.get(kind)
             if chosen is None and strongest == _ACTION_STRENGTH["redact"]:
                 chosen = "redact"
@@ -778,6 +780,9 @@ def _transfer(
         return f"{fact_name}={country} (legal bases recorded: {recorded})"
 
     return transfer
+
+
+_UNREADABLE = frozenset(UNINSPECTED_TYPES)
 
 
 def _classification(
