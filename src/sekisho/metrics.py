@@ -72,6 +72,20 @@ class Metrics:
             ["tenant", "level"],
             registry=r,
         )
+        # What the classifier saw, for security dashboards and alerts: types and counts only,
+        # never values (the ledger holds the per-request record).
+        self.classified = Counter(
+            "sekisho_classified_requests",
+            "Requests classified, by tenant and level (refused ones included)",
+            ["tenant", "level"],
+            registry=r,
+        )
+        self.findings = Counter(
+            "sekisho_findings",
+            "Requests containing each finding type (UNINSPECTED_* included), by tenant",
+            ["tenant", "type"],
+            registry=r,
+        )
         # One process: the gateway's own count, read at scrape time (``set_function``). Several:
         # each worker adds and subtracts, and a scrape sums the live workers.
         self.in_flight = Gauge(

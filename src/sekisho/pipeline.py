@@ -309,6 +309,10 @@ class Pipeline:
         if call.uninspected:
             counts.update(call.uninspected)
         level = policy.classify(counts, call.declared_classification, failed=failed)
+        m = self.metrics
+        m.child(m.classified, tenant.name, level.label).inc()
+        for kind in counts:
+            m.child(m.findings, tenant.name, kind).inc()
         decision = policy.decide(
             model=call.model,
             routes=routes,

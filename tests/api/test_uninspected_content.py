@@ -17,7 +17,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import Harness, example_config, ledger_entries, receipt
+from harness import Harness, example_config, ledger_entries, receipt, request
 from sekisho.api.schema import parse_chat, parse_embeddings
 from sekisho.config import parse_config
 from sekisho.errors import ConfigError
@@ -250,3 +250,23 @@ def test_a_block_rule_keeps_unreadable_content_from_going_anywhere(
         ask(h)
     assert "no-images" in str(err.value)
     assert h.bytes_received() == before
+
+
+def test_metrics_count_classifications_and_finding_types_never_values(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway()
+    ask(h)
+    ask(h, text="山田太郎様 (taro@example.co.jp) への返信を書いて")
+    metrics = request("GET", f"{h.root}/metrics").text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(("sekisho_findings_total", "sekisho_classified_requests_total"))
+    }
+    assert samples['sekisho_findings_total{tenant="demo",type="UNINSPECTED_IMAGE"}'] == 2
+    assert samples['sekisho_findings_total{tenant="demo",type="EMAIL"}'] == 1
+    assert samples['sekisho_classified_requests_total{level="confidential",tenant="demo"}'] == 2, (
+        samples
+    )
+    assert "taro@example.co.jp" not in metrics
