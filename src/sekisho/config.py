@@ -174,12 +174,12 @@ class TenantConfig(_Section):
         default_factory=RetentionSpec, description="What is kept of requests, and how long"
     )
     limits: LimitsSpec | None = Field(default=None, description="Rate limits and token budgets")
-    provider_features: list[Literal["store", "web_search"]] = Field(
+    provider_features: list[Literal["store", "web_search", "audio_output"]] = Field(
         default_factory=list,
         description="Provider-side features this tenant's requests may ask for: store (the "
-        "provider keeps the completion) and web_search (the provider searches the web with words "
-        "from the prompt). Both keep or send data beyond the endpoint's declared data terms, so "
-        "requests asking for one that is not listed get HTTP 400",
+        "provider keeps the completion), web_search (the provider searches the web with words "
+        "from the prompt) and audio_output (a spoken answer, which sekisho cannot inspect or "
+        "re-identify). Requests asking for one that is not listed get HTTP 400",
     )
 
     @field_validator("default_classification")

@@ -675,6 +675,20 @@ def _check_provider_features(body: dict[str, Any], tenant: TenantView) -> None:
             param="web_search_options",
             code="provider_feature_not_allowed",
         )
+    modalities = body.get("modalities")
+    spoken = body.get("audio") is not None or (
+        isinstance(modalities, list) and "audio" in modalities
+    )
+    if spoken and "audio_output" not in allowed:
+        raise InvalidRequest(
+            "This request asks for a spoken answer ('modalities': ['audio'] or 'audio'). Tenant "
+            f"{tenant.name!r} does not allow that: sekisho cannot inspect audio, so the "
+            "tenant's output rule and the re-identification of pseudonyms could not apply to it. "
+            f"An operator can allow it with tenants.{tenant.name}.provider_features: "
+            "[audio_output].",
+            param="modalities" if modalities is not None else "audio",
+            code="provider_feature_not_allowed",
+        )
 
 
 def _route_headers(route: Route) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from sekisho.errors import ConfigError
 FEATURES = {
     "store": {"store": True, "metadata": {"team": "payments"}},
     "web_search": {"web_search_options": {"search_context_size": "low"}},
+    "audio_output": {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
 }
 
 
@@ -40,7 +41,7 @@ def ask(h: Harness, extra: dict[str, Any]) -> Any:
     )
 
 
-@pytest.mark.parametrize("feature", ["store", "web_search"])
+@pytest.mark.parametrize("feature", sorted(FEATURES))
 def test_a_provider_feature_the_tenant_has_not_allowed_is_refused_before_anything_is_sent(
     gateway: Callable[..., Harness], feature: str
 ) -> None:
@@ -58,7 +59,7 @@ def test_a_provider_feature_the_tenant_has_not_allowed_is_refused_before_anythin
     assert ask(h, {"store": False}).headers["x-sekisho-endpoint"]
 
 
-@pytest.mark.parametrize("feature", ["store", "web_search"])
+@pytest.mark.parametrize("feature", sorted(FEATURES))
 def test_an_allowed_provider_feature_goes_upstream_as_asked(
     gateway: Callable[..., Harness], feature: str
 ) -> None:
@@ -75,3 +76,14 @@ def test_an_unknown_provider_feature_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(yaml.safe_dump(raw, allow_unicode=True), "sekisho.yaml")
     assert "tenants.demo.provider_features" in str(err.value)
+
+
+def test_an_audio_parameter_alone_asks_for_a_spoken_answer_too(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway([])
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(h, {"audio": {"voice": "alloy", "format": "wav"}})
+    body = err.value.body
+    assert isinstance(body, dict) and body["param"] == "audio"
+    assert "cannot inspect audio" in body["message"]
