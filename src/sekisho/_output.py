@@ -198,7 +198,7 @@ def inspect_answer(
                     msg.pop("function_call", None)
                     choice["finish_reason"] = "content_filter"
                     error = _worse(error, "output_cut")
-                    continue
+                    break  # the other slots left are arguments of the calls just dropped
             holder[key] = text
             delivered.append(text)
     return error, delivered
