@@ -52,10 +52,16 @@ class CA:
         self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(
-        self, common_name: str, *, client: bool = False, password: bytes | None = None
+        self,
+        common_name: str,
+        *,
+        client: bool = False,
+        password: bytes | None = None,
+        days: float = 1,
     ) -> tuple[Path, Path]:
         """A certificate for ``common_name`` (server: valid for localhost and 127.0.0.1;
-        ``client``: for client authentication) and its key; ``password`` encrypts the key."""
+        ``client``: for client authentication), valid for ``days``, and its key; ``password``
+        encrypts the key."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
@@ -66,7 +72,7 @@ class CA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(

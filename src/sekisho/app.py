@@ -8,12 +8,14 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from sekisho import tls as tls_files
 from sekisho._deadlines import WriterHealth
 from sekisho.api import http
 from sekisho.api import openai as routes
@@ -38,7 +40,6 @@ from sekisho.providers.h1 import H1Client
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
 from sekisho.routing import Health, Selector
 from sekisho.store import Stores
-from sekisho.tls import contexts_for
 
 if TYPE_CHECKING:
     import aiohttp
@@ -96,6 +97,7 @@ class Gateway:
         self.supervisor_pid: int | None = None
         self._session: aiohttp.ClientSession | None = None
         self._upstream: H1Client | None = None
+        self._endpoint_tls: dict[str, ssl.SSLContext] = {}  # endpoint id -> its context
         self._tasks: list[asyncio.Task[None]] = []
         self._model_routes: dict[str, ModelHandler] = {
             "/v1/chat/completions": routes.chat_completions,
@@ -143,9 +145,10 @@ class Gateway:
         self._upstream = H1Client(limit_per_host=_UPSTREAM_CONNECTIONS_PER_HOST)
         # Endpoints with a `tls` block (private CA, client certificate) get their own context;
         # config validation already loaded each file once, so this cannot fail on a good config.
-        tls = contexts_for(self.config.catalogue.endpoints)
+        tls = self._endpoint_tls = tls_files.contexts_for(self.config.catalogue.endpoints)
         for family in {ep.family for ep in self.config.catalogue.endpoints}:
             self.transports[family] = transport_for(family, self._upstream, tls)
+        self._publish_certificates(self.config)
         self.pipeline = Pipeline(
             catalogue=self.config.catalogue,
             tenants=self.config.tenants,
@@ -285,6 +288,7 @@ class Gateway:
                         )
                     ]
                 )
+            certificates = self._reload_tls(new)  # raises, changing nothing, before the swap
             assert self.pipeline is not None
             before = {n: p.digest for n, p in old.policies.items()}
             scanners = {name: scanner_for(t) for name, t in new.tenants.items()}
@@ -310,13 +314,77 @@ class Gateway:
                         f"tenant/{name}",
                         {"from": before.get(name), "to": after[name]},
                     )
-            result: dict[str, Any] = {"policies": after, "changed": changed}
+            result: dict[str, Any] = {
+                "policies": after,
+                "changed": changed,
+                "certificates": certificates,
+            }
             if self.supervisor_pid is not None:
                 # The other workers still hold the old policies: the supervisor (uvicorn)
                 # replaces every worker on SIGHUP, each starting from the file just validated.
                 os.kill(self.supervisor_pid, signal.SIGHUP)
                 result["workers"] = "restarting every worker with the new configuration"
             return result
+
+    def _reload_tls(self, new: Config) -> dict[str, str]:
+        """Read every TLS file again (a renewed certificate, a new CA bundle, at the paths
+        already configured): the listener's and each endpoint's. New connections use them;
+        open ones keep what they were made with. Raise ConfigError, changing nothing, if a
+        file cannot be used or the change needs a restart. Returns each presented
+        certificate's expiry."""
+        file = new.source_file
+        problems: list[ConfigProblem] = []
+        before, after = self.config.server.tls, new.server.tls
+        if (before is None) != (after is None):
+            problems.append(
+                ConfigProblem(file, "server.tls", "adding or removing server.tls needs a restart")
+            )
+        contexts: dict[str, ssl.SSLContext] = {}
+        for i, ep in enumerate(new.catalogue.endpoints):
+            if ep.tls is None:
+                continue
+            try:
+                contexts[ep.id] = tls_files.client_context(ep.tls)
+            except tls_files.TLSSettingError as exc:
+                where = f"endpoints[{i}]({ep.id}).tls.{exc.field}"
+                problems.append(ConfigProblem(file, where, exc.reason))
+        listener = tls_files.active_listener()
+        if not problems and listener is not None and after is not None:
+            try:
+                listener.reload(after)  # the last step that can fail
+            except tls_files.TLSSettingError as exc:
+                problems.append(ConfigProblem(file, f"server.tls.{exc.field}", exc.reason))
+        if problems:
+            raise ConfigError(problems)
+        retired, self._endpoint_tls = self._endpoint_tls, contexts
+        for transport in self.transports.values():
+            transport.use_tls(contexts)
+        if self._upstream is not None:
+            for ctx in retired.values():
+                self._upstream.retire(ctx)
+        return self._publish_certificates(new)
+
+    def _publish_certificates(self, config: Config) -> dict[str, str]:
+        """Set the expiry gauge of each certificate the gateway presents (its listener's, and
+        its client certificate per endpoint); return them as ISO 8601 times."""
+        presented: dict[str, str | None] = {}
+        if config.server.tls is not None:
+            presented["listener"] = config.server.tls.cert_file
+        for ep in config.catalogue.endpoints:
+            if ep.tls is not None and ep.tls.client_cert is not None:
+                presented[f"endpoint/{ep.id}"] = ep.tls.client_cert
+        expiries: dict[str, str] = {}
+        for name, path in presented.items():
+            assert path is not None
+            expiry = tls_files.certificate_expiry(path)
+            if expiry is None:
+                continue
+            use, _, endpoint = name.partition("/")
+            self.metrics.child(self.metrics.certificate_expiry, use, endpoint).set(
+                expiry.timestamp()
+            )
+            expiries[name] = expiry.isoformat()
+        return expiries
 
     async def _probe(self, interval: float) -> None:
         """Active health: GET the model list of every endpoint that is down or failing, the way

@@ -228,18 +228,13 @@ def plain_http_warning(host: str, tls: bool) -> str | None:
 
 
 def _tls_options(tls: Any) -> dict[str, Any]:
-    """uvicorn's options for ``server.tls`` (config validation already loaded each file)."""
+    """uvicorn's options for ``server.tls`` (config validation already loaded each file): the
+    listener's context comes from ``sekisho.tls.Listener``, which a reload can refresh."""
     if tls is None:
         return {}
-    import ssl
+    from sekisho.tls import Listener
 
-    return {
-        "ssl_certfile": tls.cert_file,
-        "ssl_keyfile": tls.key_file,
-        "ssl_keyfile_password": tls.key_password,
-        "ssl_ca_certs": tls.client_ca_file,
-        "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.client_ca_file else ssl.CERT_NONE,
-    }
+    return {"ssl_context_factory": Listener(tls)}
 
 
 def _with_flags(config: Any, **flags: object) -> Any:

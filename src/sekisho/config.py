@@ -47,6 +47,9 @@ class ServerTLS(_Section):
         description="Require a client certificate issued by these CAs on every connection "
         "(mutual TLS; API keys are still required)",
     )
+    min_version: Literal["1.2", "1.3"] = Field(
+        default="1.2", description="Oldest TLS version clients may connect with"
+    )
 
 
 class ServerConfig(_Section):
@@ -421,9 +424,8 @@ def _cross_checks(model: ConfigModel, file: str) -> list[ConfigProblem]:
     if model.server.tls is not None:
         from sekisho.tls import TLSSettingError, server_context
 
-        t = model.server.tls
         try:
-            server_context(t.cert_file, t.key_file, t.key_password, t.client_ca_file)
+            server_context(model.server.tls)
         except TLSSettingError as exc:
             problems.append(ConfigProblem(file, f"server.tls.{exc.field}", exc.reason))
     for name, tenant in model.tenants.items():

@@ -104,6 +104,17 @@ class Metrics:
             multiprocess_mode="liveall",
         )
 
+        # Certificates the gateway presents, for an alert well before one expires (renewed
+        # files are read again on reload). Several workers: the earliest any live one holds.
+        self.certificate_expiry = Gauge(
+            "sekisho_tls_certificate_expiry_timestamp_seconds",
+            "When a certificate the gateway presents expires (Unix time): the listener's "
+            "(use=listener) and each endpoint's client certificate (use=endpoint)",
+            ["use", "endpoint"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+
     def exposition(self) -> bytes:
         """The Prometheus text: this process's registry, or with several workers all of them."""
         if self.shared_dir is None:

@@ -37,6 +37,7 @@ class Faults:
 class SimStats:
     bytes_received: int = 0
     connections: int = 0
+    closed: int = 0  # connections ended (by either side)
     requests: int = 0
     chat: int = 0
     embeddings: int = 0
@@ -141,6 +142,7 @@ class _Protocol(asyncio.Protocol):
                 self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.sim.stats.closed += 1
         for t in self.tasks:
             t.cancel()
 

@@ -298,7 +298,12 @@ async def test_tenant_view_shows_settings_and_limits_but_not_objects(env: Env) -
 
 async def test_policy_reload_calls_the_gateway_and_reports(env: Env) -> None:
     status, data, _ = await env.call("POST", "/policy/reload", "admin")
-    assert status == 200 and data == {"reloaded": True, "policies": {"acme": "sha256:abc"}}
+    assert status == 200 and data == {
+        "reloaded": True,
+        "policies": {"acme": "sha256:abc"},
+        "changed": [],
+        "certificates": {},
+    }
     assert env.reloads == [1]
 
 

@@ -4,8 +4,10 @@ the official openai client (its default HTTP client, given the private CA)."""
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -28,6 +30,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ca, other = CA(d), CA(d, "some other CA")
     return {
         "ca": ca,
+        "other": other,
         "server": ca.issue("sekisho.internal"),
         "client": ca.issue("payments-app", client=True),
         "locked": ca.issue("sekisho-locked-server", password=b"pw"),
@@ -135,6 +138,100 @@ def test_every_worker_serves_https(tmp_path: Path, sims: Simulators, pki: dict[s
     with serve(tmp_path, sims, server_files(pki), ctx, workers=2) as gw:
         for _ in range(4):
             assert chat(gw, ctx).headers["x-sekisho-endpoint"]
+
+
+def presented(gw: ServeProcess, ctx: ssl.SSLContext) -> str:
+    """The common name of the certificate the gateway presents on a new connection."""
+    raw = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    with raw, ctx.wrap_socket(raw, server_hostname="localhost") as conn:
+        peer = conn.getpeercert()
+    return next(v for rdn in peer["subject"] for k, v in rdn if k == "commonName")
+
+
+def reloaded(gw: ServeProcess, message: str, count: int) -> dict[str, Any]:
+    """Wait for the ``count``-th log line with ``message`` (a SIGHUP's outcome); return it."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        found = [e for e in gw.log() if e.get("msg") == message]
+        if len(found) >= count:
+            return found[count - 1]
+        time.sleep(0.05)
+    raise AssertionError(f"no {message!r} in the log:\n{gw.stderr()}")
+
+
+def test_sighup_rotates_the_certificate_and_client_cas_without_a_restart(
+    tmp_path: Path, sims: Simulators, pki: dict[str, Any]
+) -> None:
+    """Certificates are renewed in place (same paths; certbot, cert-manager, an internal PKI):
+    SIGHUP makes every new connection get the new certificate and the new client CAs, and
+    connections already open carry on."""
+    files = tmp_path / "tls"
+    files.mkdir()
+    cert, key, clients = files / "gateway.pem", files / "gateway.key", files / "clients.pem"
+
+    def install(issued: tuple[Path, Path]) -> None:
+        cert.write_bytes(issued[0].read_bytes())
+        key.write_bytes(issued[1].read_bytes())
+
+    install(pki["server"])
+    clients.write_bytes(pki["ca"].cert_path.read_bytes())
+    tls = {"cert_file": str(cert), "key_file": str(key), "client_ca_file": str(clients)}
+    admitted, stranger = trusting(pki, "client"), trusting(pki, "stranger")
+    with serve(tmp_path, sims, tls, admitted) as gw:
+        assert presented(gw, admitted) == "sekisho.internal"
+        kept = openai.OpenAI(
+            base_url=gw.base_url,
+            api_key=gw.key(),
+            max_retries=0,
+            http_client=openai.DefaultHttpxClient(verify=admitted, timeout=10),
+        )
+        ask = {"model": "gpt-4o", "messages": [{"role": "user", "content": "こんにちは"}]}
+        assert kept.chat.completions.create(**ask).choices  # type: ignore[call-overload]
+
+        # Renewed: a new certificate, and the client CA bundle now the other CA's.
+        install(pki["ca"].issue("sekisho.internal.renewed", days=90))
+        clients.write_bytes(pki["other"].cert_path.read_bytes())
+        gw.signal(signal.SIGHUP)
+        entry = reloaded(gw, "policy reloaded (SIGHUP)", 1)
+        expiry = datetime.datetime.fromisoformat(entry["certificates"]["listener"])
+        assert datetime.timedelta(days=89) < expiry - datetime.datetime.now(datetime.UTC)
+
+        assert presented(gw, stranger) == "sekisho.internal.renewed"
+        assert chat(gw, stranger).headers["x-sekisho-endpoint"]
+        with pytest.raises(openai.APIConnectionError):
+            chat(gw, admitted)  # its CA is no longer trusted, on a new connection
+        # The connection opened before the reload was not cut.
+        assert kept.chat.completions.create(**ask).choices  # type: ignore[call-overload]
+        metrics = request("GET", f"{gw.root}/metrics", tls=stranger).text
+        line = next(
+            x for x in metrics.splitlines()
+            if x.startswith("sekisho_tls_certificate_expiry_timestamp_seconds{")
+            and 'use="listener"' in x
+        )  # fmt: skip
+        assert abs(float(line.rsplit(" ", 1)[1]) - expiry.timestamp()) < 1
+
+        # A renewal gone wrong (the key of another certificate) is refused, naming the key;
+        # the gateway keeps serving the certificate in force.
+        key.write_bytes(pki["client"][1].read_bytes())
+        gw.signal(signal.SIGHUP)
+        refused = reloaded(gw, "policy reload refused; the old policy keeps serving", 1)
+        assert any("server.tls.cert_file" in p for p in refused["problems"])
+        assert presented(gw, stranger) == "sekisho.internal.renewed"
+        assert chat(gw, stranger).headers["x-sekisho-endpoint"]
+
+
+def test_min_version_1_3_refuses_a_tls_1_2_client(
+    tmp_path: Path, sims: Simulators, pki: dict[str, Any]
+) -> None:
+    ctx = trusting(pki)
+    with serve(tmp_path, sims, {**server_files(pki), "min_version": "1.3"}, ctx) as gw:
+        assert chat(gw, ctx).headers["x-sekisho-endpoint"]
+        old = trusting(pki)
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError):
+            presented(gw, old)
+        with pytest.raises(openai.APIConnectionError):
+            chat(gw, old)
 
 
 def check(tmp_path: Path, sims: Simulators, tls: dict[str, Any]) -> tuple[int, str]:

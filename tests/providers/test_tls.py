@@ -5,6 +5,7 @@ simulator speaking https that asks for a client certificate from the same privat
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ssl
 import threading
 import time
@@ -16,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from harness import Harness, example_config, start_example
+from harness import Harness, example_config, request, start_example
 from pki import CA
 from proxy_server import ConnectProxy
 from sekisho.config import parse_config
@@ -173,6 +174,59 @@ def test_an_encrypted_client_key_opens_with_its_password_from_the_environment(
     h = gateway(tls)
     ask(h)
     assert h.sims[TOKYO].stats.client_certs == ["sekisho-locked"]
+
+
+# -- rotation: a reload reads the files again ------------------------------------------------------
+
+
+def test_a_reload_presents_the_renewed_client_certificate_on_new_connections(
+    gateways: Callable[..., Harness], pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """Short-lived client certificates are renewed in place (same paths): a policy reload
+    (SIGHUP or the admin API) picks them up without a restart or a failed request."""
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+
+    def install(issued: tuple[Path, Path]) -> None:
+        cert.write_bytes(issued[0].read_bytes())
+        key.write_bytes(issued[1].read_bytes())
+
+    install(pki["client"])
+    tls = {"ca_file": str(pki["ca"].cert_path), "client_cert": str(cert), "client_key": str(key)}
+    h = gateways(
+        with_tls(tls), sim_tls={TOKYO: server_context(pki)}, config_path=tmp_path / "sekisho.yaml"
+    )
+    stats = h.sims[TOKYO].stats
+    ask(h)
+    install(pki["ca"].issue("sekisho-gateway-renewed", client=True, days=90))
+    ask(h)  # renewed on disk, not yet reloaded: the pooled connection, the old certificate
+    assert stats.client_certs == ["sekisho-gateway"]
+
+    result = h.call(h.gateway.reload_policy())
+    expiry = datetime.datetime.fromisoformat(result["certificates"][f"endpoint/{TOKYO}"])
+    assert datetime.timedelta(days=89) < expiry - datetime.datetime.now(datetime.UTC)
+    assert ask(h).headers["x-sekisho-endpoint"] == TOKYO
+    assert stats.client_certs == ["sekisho-gateway", "sekisho-gateway-renewed"]
+    # The connection made with the old certificate was closed, not left open in a lost pool.
+    deadline = time.monotonic() + 5
+    while stats.closed < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stats.closed == 1
+    # The expiry alert reads the renewed certificate.
+    metrics = request("GET", f"{h.root}/metrics").text
+    line = next(
+        x for x in metrics.splitlines()
+        if x.startswith("sekisho_tls_certificate_expiry_timestamp_seconds{")
+        and f'endpoint="{TOKYO}"' in x
+    )  # fmt: skip
+    assert abs(float(line.rsplit(" ", 1)[1]) - expiry.timestamp()) < 1
+
+    # A renewal gone wrong (a truncated file) is refused, naming the key; requests go on with
+    # the certificate in force.
+    cert.write_text(cert.read_text()[:100])
+    with pytest.raises(ConfigError) as err:
+        h.call(h.gateway.reload_policy())
+    assert f"endpoints[0]({TOKYO}).tls.client_cert" in str(err.value)
+    assert ask(h).headers["x-sekisho-endpoint"] == TOKYO
 
 
 # -- active probes take the way requests take -----------------------------------------------------

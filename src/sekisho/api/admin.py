@@ -153,6 +153,16 @@ class WhoAmI(BaseModel):
 class ReloadResult(BaseModel):
     model_config = ConfigDict(extra="allow")
     reloaded: bool = Field(description="Whether a new policy is in force")
+    policies: dict[str, str] = Field(
+        default_factory=dict, description="Each tenant's policy digest now in force"
+    )
+    changed: list[str] = Field(default_factory=list, description="Tenants whose policy changed")
+    certificates: dict[str, str] = Field(
+        default_factory=dict,
+        description="Expiry (ISO 8601) of each certificate the gateway presents, read again "
+        "from its file: the listener's (listener) and endpoint client certificates "
+        "(endpoint/ID); new connections use them",
+    )
 
 
 # -- routing ---------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal, Protocol
 
 from sekisho.routing.catalogue import Endpoint, Route
@@ -78,6 +78,10 @@ class Transport(Protocol):
 
     def probe_request(self, ep: Endpoint) -> tuple[str, dict[str, str], ssl.SSLContext | None]:
         """URL, headers and TLS context (None: the default) of an active health probe (GET)."""
+        ...
+
+    def use_tls(self, contexts: Mapping[str, ssl.SSLContext]) -> None:
+        """From now on, connect to each endpoint id in ``contexts`` with its context."""
         ...
 
     async def close(self) -> None: ...

@@ -509,6 +509,7 @@ class _Pool:
         "keepalive_timeout",
         "limit",
         "port",
+        "retired",
         "server_hostname",
         "size",
         "ssl",
@@ -536,6 +537,7 @@ class _Pool:
         self.idle: list[_Connection] = []  # most recently used last
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self.conns: set[_Connection] = set()
+        self.retired = False  # no new exchanges come; connections close once free
 
     async def acquire(
         self,
@@ -698,6 +700,9 @@ class _Pool:
                 conn._state = _BUSY
                 waiter.set_result(conn)
                 return
+        if self.retired:
+            conn.close()
+            return
         conn._state = _IDLE
         conn._idle_since = conn._loop.time()
         self.idle.append(conn)
@@ -718,6 +723,13 @@ class _Pool:
                 self.size += 1
                 waiter.set_result(None)
                 return
+
+    def retire(self) -> None:
+        """Close the idle connections now, and every other one when its exchange ends (and no
+        request is still waiting for it)."""
+        self.retired = True
+        for conn in list(self.idle):
+            conn.close()
 
     def close(self) -> None:
         self.limit = 0  # no slot frees up for anyone from now on
@@ -850,6 +862,13 @@ class H1Client:
             pool.close()
         self._pools.clear()
         self._targets.clear()
+
+    def retire(self, tls: ssl.SSLContext) -> None:
+        """Make no more connections with ``tls`` (an endpoint's context that a reload replaced):
+        requests already under way finish, then its connections close."""
+        for key in [k for k in self._pools if k[-1] is tls]:
+            self._pools.pop(key).retire()
+        self._targets = {k: t for k, t in self._targets.items() if not t.pool.retired}
 
     def _target(
         self,

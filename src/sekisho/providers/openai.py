@@ -64,6 +64,10 @@ class OpenAITransport:
         """URL, headers and TLS context of an active health probe of ``ep`` (a GET)."""
         return self.probe_url(ep), self.endpoint_headers(ep, {}), self._tls.get(ep.id)
 
+    def use_tls(self, contexts: Mapping[str, ssl.SSLContext]) -> None:
+        """New connections to each endpoint in ``contexts`` use its context (after a reload)."""
+        self._tls = dict(contexts)
+
     def body(self, route: Route, body: dict[str, Any]) -> bytes:
         # The client may have used an alias; the upstream gets the name it knows.
         return orjson.dumps({**body, "model": route.model.id})
