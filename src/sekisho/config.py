@@ -123,7 +123,10 @@ class LedgerConfig(_Section):
 class RegionConfig(_Section):
     country: CountryCode = Field(description="Country the region's stores and keys are in")
     store: str = Field(
-        default="sqlite", description="'sqlite' (a file under data_dir) or a postgresql:// URL"
+        default="sqlite",
+        description="'sqlite' (a file under data_dir), sqlite:///PATH (a file of its own, "
+        "e.g. on a volume in the region; four slashes for an absolute path) or a "
+        "postgresql:// URL",
     )
     keys: KeyProviderSpec = Field(
         default_factory=LocalKeysSpec,

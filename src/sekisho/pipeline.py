@@ -53,7 +53,7 @@ from sekisho.providers import (
     UpstreamTimeoutError,
 )
 from sekisho.routing import Catalogue, Health, Route, Selector
-from sekisho.store import Exchange, RetentionSpec, Stores
+from sekisho.store import Exchange, RetentionSpec, StoreError, Stores
 from sekisho.types import Action
 
 log = logging.getLogger("sekisho.pipeline")
@@ -578,6 +578,9 @@ class Pipeline:
     # -- 8 record --------------------------------------------------------------------------
 
     async def record(self, call: Call, decision: Decision, outcome: Outcome) -> None:
+        """The store record, then the outcome entry, then usage. A store that cannot keep the
+        exchange (a full disk) fails the request, but the ledger still records that outcome
+        and usage still counts the tokens the endpoint spent."""
         route = outcome.route
         ep_id = route.endpoint.id if route else "-"
         juris = route.endpoint.jurisdiction.country if route else "-"
@@ -585,10 +588,18 @@ class Pipeline:
             m = self.metrics
             m.child(m.tokens, ep_id, juris, "prompt").inc(outcome.prompt_tokens)
             m.child(m.tokens, ep_id, juris, "completion").inc(outcome.completion_tokens)
-        await self._store(call, decision, outcome)
-        if self.recorder is not None:
-            await self.recorder.outcome(call, decision, outcome)
-        await self._settle(call, outcome)
+        try:
+            try:
+                await self._store(call, decision, outcome)
+            except StoreError as exc:
+                outcome.status, outcome.error_code = exc.status, exc.code
+                if self.recorder is not None:
+                    await self.recorder.outcome(call, decision, outcome)
+                raise
+            if self.recorder is not None:
+                await self.recorder.outcome(call, decision, outcome)
+        finally:
+            await self._settle(call, outcome)
 
     async def _store(self, call: Call, decision: Decision, outcome: Outcome) -> None:
         """Keep prompt and output in the tenant's home-region store, as its retention says."""

@@ -19,11 +19,13 @@ from typing import Any
 import orjson
 
 from sekisho.config import Config
+from sekisho.errors import ServiceUnavailable
 from sekisho.ledger import (
     AdminRecord,
     DecisionRecord,
     KeyFileError,
     Ledger,
+    LedgerUnavailable,
     OutcomeRecord,
     create_signing_key,
     keyed_hash,
@@ -204,7 +206,19 @@ class LedgerRecorder:
             duration_ms=int((time.perf_counter() - call.started) * 1000),
             endpoint=outcome.route.endpoint.id if outcome.route else None,
         )
-        await self.ledger.append(record)
+        try:
+            await self.ledger.append(record)
+        except LedgerUnavailable as exc:
+            if outcome.route is None:
+                raise  # nothing was sent: the decision-time wording holds
+            # Past dispatch "nothing was sent upstream" would be false: say what did happen.
+            raise ServiceUnavailable(
+                f"The answer is withheld: its outcome cannot be recorded in the transparency "
+                f"ledger ({exc.why}). The request did reach endpoint {outcome.route.endpoint.id} "
+                f"(the ledger holds its decision entry); retry later.",
+                code=exc.code,
+                headers=exc.headers,
+            ) from None
 
     async def admin(
         self, actor: str, action: str, target: str, details: Mapping[str, object]

@@ -386,6 +386,10 @@ def test_an_answer_whose_outcome_cannot_be_recorded_is_not_delivered(tight: Harn
         chat(tight, key, text="answer me")
     assert e.value.status_code == 503
     assert "SIMULATOR" not in e.value.response.text
+    # The request did reach an endpoint: the message must not claim that nothing was sent.
+    message = e.value.response.json()["error"]["message"]
+    assert "Nothing was sent upstream" not in message
+    assert "The answer is withheld" in message and "did reach endpoint sim-" in message
 
 
 def test_a_stream_whose_outcome_cannot_be_recorded_never_ends_with_done(

@@ -207,6 +207,30 @@ def test_shared_keys_and_unsafe_names_are_config_problems(tmp_path: Path) -> Non
     assert any("regions.../x.store" in t and "letters, digits" in t for t in text)
 
 
+def test_a_store_file_of_its_own_is_checked_like_any_store(tmp_path: Path) -> None:
+    """``store: sqlite:///PATH`` puts a region's records on a volume of its own; it may not be
+    another region's store, nor one of the gateway's own files."""
+    own = tmp_path / "volumes" / "jp" / "store.db"
+    assert not validate_regions({"jp": Region("JP", f"sqlite:///{own}")}, tmp_path)
+    problems = validate_regions(
+        {
+            "jp": Region("JP"),
+            "kr": Region("KR", f"sqlite:///{tmp_path}/store-jp.db"),  # jp's default file
+            "us": Region("US", "sqlite:///"),
+            "eu": Region("DE", f"sqlite:///{tmp_path}/ledger.sqlite3"),
+            "sg": Region("SG", f"sqlite:///{tmp_path}/keys/x.db"),
+        },
+        tmp_path,
+        "c.yaml",
+    )
+    text = "\n".join(str(p) for p in problems)
+    assert "regions.kr.store" in text and "already the store of region 'jp'" in text
+    assert "regions.us.store: sqlite:///PATH must name a database file" in text
+    assert "regions.eu.store" in text and "gateway's own files" in text
+    assert "regions.sg.store" in text
+    assert len(problems) == 4, text
+
+
 async def test_stores_open_refuses_a_bad_region_config(tmp_path: Path, sink: Sink) -> None:
     with pytest.raises(ConfigError, match=r"regions\.jp\.keys"):
         await Stores.open({"jp": Region("JP", keys={"type": "kms"})}, tmp_path, audit=sink)

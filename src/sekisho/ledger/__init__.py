@@ -4,7 +4,7 @@ and C2SP tlog-proof receipts anyone can verify offline. See docs/ledger.md."""
 from sekisho.ledger.audit import AuditReport, audit
 from sekisho.ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from sekisho.ledger.keys import KeyFileError, create_signing_key, load_signer
-from sekisho.ledger.log import LEDGER_REFUSALS, Appended, Ledger
+from sekisho.ledger.log import LEDGER_REFUSALS, Appended, Ledger, LedgerUnavailable
 from sekisho.ledger.note import NoteError, Signer, Verifier
 from sekisho.ledger.proof import KeptCheckpoints, ReceiptError, TlogProof, verify_receipt
 from sekisho.ledger.records import (
@@ -29,6 +29,7 @@ __all__ = [
     "KeptCheckpoints",
     "KeyFileError",
     "Ledger",
+    "LedgerUnavailable",
     "NoteError",
     "OutcomeRecord",
     "ReceiptError",

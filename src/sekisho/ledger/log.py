@@ -52,6 +52,23 @@ from sekisho.ledger.storage import NewEntry, Storage, open_storage
 
 log = logging.getLogger("sekisho.ledger")
 
+
+class LedgerUnavailable(ServiceUnavailable):
+    """An entry could not be made durable; ``why`` says what failed. The message is the one a
+    refused request gets (its decision entry came first, so nothing was sent upstream); an
+    entry made later in a request's life words it for that moment (``recorder``)."""
+
+    code = "ledger_unavailable"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            f"Request refused: it cannot be recorded in the transparency ledger ({why}). "
+            "Nothing was sent upstream; retry later.",
+            headers={"retry-after": "1"},
+        )
+        self.why = why
+
+
 LEDGER_REFUSALS = Counter(
     "sekisho_ledger_refusals_total",
     "Ledger appends refused because the entry could not be made durable.",
@@ -204,7 +221,7 @@ class Ledger:
         self._handoff.put(loop, pending)
         return await future
 
-    def _too_late(self, pending: _Pending) -> ServiceUnavailable:
+    def _too_late(self, pending: _Pending) -> LedgerUnavailable:
         why = (
             f"the ledger could not make the entry durable within {self.deadline:g} s "
             f"(storage {self.storage.location} is slow or hanging)"
@@ -212,15 +229,10 @@ class Ledger:
         self.health.failed(why, commit_ended=False)
         return self._refuse("deadline", why)
 
-    def _refuse(self, reason: str, why: str) -> ServiceUnavailable:
+    def _refuse(self, reason: str, why: str) -> LedgerUnavailable:
         LEDGER_REFUSALS.labels(reason=reason).inc()
         log.error("ledger refused an entry (%s): %s", reason, why)
-        return ServiceUnavailable(
-            f"Request refused: it cannot be recorded in the transparency ledger ({why}). "
-            "Nothing was sent upstream; retry later.",
-            code="ledger_unavailable",
-            headers={"retry-after": "1"},
-        )
+        return LedgerUnavailable(why)
 
     def _write_loop(self) -> None:
         lingering = False

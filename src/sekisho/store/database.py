@@ -56,19 +56,35 @@ class Location:
         return Path(self.url.removeprefix("sqlite:///"))
 
 
+# Files of the gateway itself under data_dir, which no region's store may be.
+_GATEWAY_FILES = ("ledger.sqlite3", "identity.db", "usage.db")
+
+
 def locate(region: str, store: str, data_dir: Path) -> tuple[Location, Location]:
     """The records and keyring locations of a region; raise ``ValueError`` saying what is wrong."""
     if not REGION_NAME.match(region):
         raise ValueError(
             f"region name {region!r} must be letters, digits, '-' or '_' (it names files)"
         )
+    keyring = _sqlite(region, "keyring", data_dir / "keys" / f"keyring-{region}.db")
     if store == "sqlite":
-        return _sqlite(region, "records", data_dir / f"store-{region}.db"), _sqlite(
-            region, "keyring", data_dir / "keys" / f"keyring-{region}.db"
-        )
+        return _sqlite(region, "records", data_dir / f"store-{region}.db"), keyring
+    if store.startswith("sqlite:///"):
+        # A file of its own, e.g. on a volume in the region: SQLAlchemy's form, three slashes
+        # then the path (four for an absolute one). The data keys stay under data_dir/keys.
+        path = store.removeprefix("sqlite:///")
+        if not path or path.endswith("/") or "?" in path:
+            raise ValueError("sqlite:///PATH must name a database file (sqlite:////abs/path.db)")
+        records = _sqlite(region, "records", Path(path))
+        own = data_dir.expanduser().resolve()
+        if Path(records.identity) in {
+            Path(str(own / name).casefold()) for name in _GATEWAY_FILES
+        } or Path(records.identity).is_relative_to(Path(str(own / "keys").casefold())):
+            raise ValueError(f"{path} is one of the gateway's own files under data_dir")
+        return records, keyring
     if store.startswith(("postgresql://", "postgres://")):
         return _postgres(region, "records", store), _postgres(region, "keyring", store)
-    raise ValueError("must be 'sqlite' or a postgresql:// URL")
+    raise ValueError("must be 'sqlite', sqlite:///PATH or a postgresql:// URL")
 
 
 def _sqlite(region: str, role: Role, path: Path) -> Location:
