@@ -420,9 +420,12 @@ class Gateway:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await self._lifespan(scope, receive, send)
 
-    async def _lifespan(self, receive: http.Receive, send: http.Send) -> None:
+    async def _lifespan(self, scope: http.Scope, receive: http.Receive, send: http.Send) -> None:
+        state = scope.get("state")
+        if state is not None:  # shared with every connection (api/protocol.py reads it)
+            state[http.READ_TIMEOUT_STATE] = self.config.server.read_timeout_seconds
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
@@ -509,7 +512,10 @@ class Gateway:
             assert self.pipeline is not None
             principal = await self.authenticator.authenticate_headers(scope["headers"])
             require(principal, MODEL_ROUTES[path])
-            raw = await http.read_body(scope, receive, self.config.server.max_body_bytes)
+            server = self.config.server
+            raw = await http.read_body(
+                scope, receive, server.max_body_bytes, server.read_timeout_seconds
+            )
 
             async def watch() -> None:
                 # A client that goes away cancels its request, and the upstream request with it.

@@ -64,6 +64,14 @@ class ServerConfig(_Section):
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="How long in-flight requests and streams may finish"
     )
+    read_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A client must send a request's headers within this time of starting it "
+        "(or of connecting), and its body within this time of the headers; else 408 and the "
+        "connection is closed (slow or stalled clients hold no connection for ever)",
+    )
     tls: ServerTLS | None = Field(
         default=None, description="Serve HTTPS (and require client certificates, if set)"
     )

@@ -88,6 +88,12 @@ class RequestTooLarge(SekishoError):
     code = "request_too_large"
 
 
+class RequestTimeout(SekishoError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class RateLimited(SekishoError):
     status = 429
     type = "rate_limit_error"

@@ -6,6 +6,7 @@ framework: every step of a request can be read and stepped through here.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -13,12 +14,18 @@ from typing import Any
 import orjson
 
 from sekisho._ids import time_ordered_id
-from sekisho.errors import InvalidRequest, RequestTooLarge, SekishoError
+from sekisho.errors import InvalidRequest, RequestTimeout, RequestTooLarge, SekishoError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+# Seconds a client has for a request's headers, and again for its body
+# (server.read_timeout_seconds).
+READ_TIMEOUT = 30.0
+# Where the gateway's lifespan leaves its read timeout for the HTTP protocol (api/protocol.py).
+READ_TIMEOUT_STATE = "sekisho.read_timeout"
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 JSON = b"application/json"
@@ -43,7 +50,11 @@ def new_request_id() -> str:
     return time_ordered_id("req_")
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, timeout: float = READ_TIMEOUT
+) -> bytes:
+    """The request body, at most ``limit`` bytes, all of it within ``timeout`` seconds (a body
+    already received costs no timer); raise RequestTooLarge, RequestTimeout or ClientGone."""
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(
@@ -51,22 +62,35 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             "(server.max_body_bytes)."
         )
     chunks: list[bytes] = []
-    size = 0
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = msg.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLarge(
-                    f"The request body exceeds {limit} bytes (server.max_body_bytes)."
-                )
-            chunks.append(chunk)
-        if not msg.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    size = _take(await receive(), chunks, 0, limit)
+    if size < 0:
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout):
+            while size >= 0:
+                size = _take(await receive(), chunks, size, limit)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {timeout:g} s "
+            "(server.read_timeout_seconds); the connection is closed.",
+            headers={"connection": "close"},
+        ) from None
+    return b"".join(chunks)
+
+
+def _take(msg: Message, chunks: list[bytes], size: int, limit: int) -> int:
+    """Add one receive() message's body to ``chunks``; the size so far, or -1 at the end."""
+    if msg["type"] == "http.disconnect":
+        raise ClientGone()
+    chunk = msg.get("body", b"")
+    if chunk:
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(
+                f"The request body exceeds {limit} bytes (server.max_body_bytes)."
+            )
+        chunks.append(chunk)
+    return size if msg.get("more_body", False) else -1
 
 
 def query(scope: Scope) -> dict[str, str]:

@@ -22,6 +22,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from sekisho.api.http import READ_TIMEOUT, READ_TIMEOUT_STATE
+
 FLUSH_AT = 65536  # bytes held at most before they are written at once
 _CHUNKED = b"\r\ntransfer-encoding: chunked\r\n"
 
@@ -80,8 +82,20 @@ class OneWrite:
         return getattr(self._transport, name)
 
 
+_TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+
+
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a ``OneWrite`` transport.
+
+    A client has ``server.read_timeout_seconds`` to send a request's headers, counted from the
+    connection (or the request's first byte on a reused one); uvicorn waits for ever, so a
+    client that connects and stalls (or trickles its headers) held a connection and a file
+    descriptor for good. A request begun gets 408 and the connection closes; a connection that
+    sent nothing is closed. (The body's own time is kept by ``api.http.read_body``.)
 
     Over TLS (``server.tls``), an idle keep-alive connection is ended at once when the server
     shuts down or its keep-alive time runs out. ``close()`` would send close_notify and then
@@ -94,6 +108,50 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._tls = transport.get_extra_info("ssl_object") is not None
         self.transport = OneWrite(transport, self.loop)  # type: ignore[assignment]
+        self._read_timeout = float(self.app_state.get(READ_TIMEOUT_STATE, READ_TIMEOUT))
+        self._begun = False
+        self._read_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            self._read_timeout, self._headers_too_slow
+        )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._begun = True
+        if self._read_timer is None:
+            self._read_timer = self.loop.call_later(self._read_timeout, self._headers_too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._begun = False
+        timer = self._read_timer
+        if timer is not None:
+            timer.cancel()
+            self._read_timer = None
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        timer = self._read_timer
+        if timer is not None:
+            timer.cancel()
+            self._read_timer = None
+        super().connection_lost(exc)
+
+    def _headers_too_slow(self) -> None:
+        self._read_timer = None
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self._begun:
+            body = (
+                b'{"error":{"message":"The request headers did not arrive within %g s '
+                b'(server.read_timeout_seconds); the connection is closed.",'
+                b'"type":"invalid_request_error","param":null,"code":"request_timeout"}}'
+                % self._read_timeout
+            )
+            transport.write(_TIMED_OUT % (len(body), body))
+        if self._tls:
+            transport.abort()  # nothing is in flight: do not wait for the client's close_notify
+        else:
+            transport.close()
 
     def shutdown(self) -> None:
         if self._tls and (self.cycle is None or self.cycle.response_complete):

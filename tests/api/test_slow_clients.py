@@ -1,0 +1,132 @@
+"""Slow and stalled clients (``server.read_timeout_seconds``): a client that connects and sends
+nothing, trickles its headers, or stops half-way through its body gets 408 (or, having sent
+nothing, a closed connection) instead of holding a connection and a file descriptor for ever.
+Raw sockets against the real gateway on loopback: no SDK sends a request this badly."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+
+from harness import Harness
+
+TIMEOUT = 0.5
+
+
+@pytest.fixture
+def gw(gateways: Callable[..., Harness]) -> Harness:
+    def quick(raw: dict[str, Any]) -> None:
+        raw.setdefault("server", {})["read_timeout_seconds"] = TIMEOUT
+
+    return gateways(quick)
+
+
+def connect(h: Harness) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", h.port), timeout=10)
+    return s
+
+
+def read_all(s: socket.socket) -> tuple[bytes, float]:
+    """Everything the gateway sends until it closes; and how long that took."""
+    started = time.monotonic()
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data, time.monotonic() - started
+
+
+def error_of(response: bytes) -> dict[str, Any]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), head
+    assert b"connection: close" in head.lower()
+    error: dict[str, Any] = json.loads(body)["error"]
+    return error
+
+
+def test_a_connection_that_sends_nothing_is_closed(gw: Harness) -> None:
+    with connect(gw) as s:
+        data, took = read_all(s)
+    assert data == b""  # nothing was asked, so nothing is answered: just closed
+    assert TIMEOUT * 0.8 < took < TIMEOUT + 3
+
+
+def test_headers_that_stop_half_way_get_408(gw: Harness) -> None:
+    with connect(gw) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Ty")
+        data, took = read_all(s)
+    error = error_of(data)
+    assert error["code"] == "request_timeout"
+    assert "headers" in error["message"] and "server.read_timeout_seconds" in error["message"]
+    assert took < TIMEOUT + 3
+
+
+def test_a_body_that_stops_half_way_gets_408_and_nothing_goes_upstream(gw: Harness) -> None:
+    before = gw.bytes_received()
+    body = json.dumps(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "こんにちは"}]}
+    ).encode()
+    with connect(gw) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"Authorization: Bearer " + gw.key().encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[:20]
+        )
+        data, took = read_all(s)
+    error = error_of(data)
+    assert error["code"] == "request_timeout" and error["type"] == "invalid_request_error"
+    assert "body" in error["message"]
+    assert took < TIMEOUT + 3
+    assert gw.bytes_received() == before
+    # The gateway serves everyone else as before.
+    client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    assert client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    ).choices
+
+
+def test_a_slow_client_within_the_time_is_served(gw: Harness) -> None:
+    body = json.dumps(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "ゆっくり"}]}
+    ).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+        b"Authorization: Bearer " + gw.key().encode() + b"\r\n"
+        b"Content-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    with connect(gw) as s:
+        # Headers in two parts, then the body in two parts, each pause well inside the limit.
+        cut_head = request.index(b"Content-Type")
+        cut_body = len(request) - len(body) // 2
+        for part in (request[:cut_head], request[cut_head:cut_body], request[cut_body:]):
+            s.sendall(part)
+            time.sleep(TIMEOUT / 3)
+        data, _ = read_all(s)
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+    assert b"SIMULATOR" in data
+
+
+def test_an_idle_keep_alive_connection_then_a_slow_request_is_timed_from_its_first_byte(
+    gw: Harness,
+) -> None:
+    """The timer starts at the request's first byte, not at the connection: a client may pause
+    between requests (uvicorn's keep-alive time covers that), then owes each request's
+    headers within the limit."""
+    with connect(gw) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        time.sleep(TIMEOUT * 2)  # idle, inside uvicorn's 5 s keep-alive
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        second = s.recv(65536)
+        assert second.startswith(b"HTTP/1.1 200 ")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gat")
+        data, _ = read_all(s)
+    assert error_of(data)["code"] == "request_timeout"
