@@ -426,6 +426,7 @@ class Gateway:
         state = scope.get("state")
         if state is not None:  # shared with every connection (api/protocol.py reads it)
             state[http.READ_TIMEOUT_STATE] = self.config.server.read_timeout_seconds
+            state[http.MAX_HEADER_STATE] = self.config.server.max_header_bytes
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":

@@ -60,6 +60,13 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted"
     )
+    max_header_bytes: int = Field(
+        default=65536,
+        ge=8192,
+        le=1024 * 1024,
+        description="Largest request line and headers accepted (larger: HTTP 431); raise it "
+        "for very large OIDC tokens",
+    )
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="How long in-flight requests and streams may finish"

@@ -130,3 +130,31 @@ def test_an_idle_keep_alive_connection_then_a_slow_request_is_timed_from_its_fir
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gat")
         data, _ = read_all(s)
     assert error_of(data)["code"] == "request_timeout"
+
+
+def test_headers_beyond_max_header_bytes_get_431_at_once(gw: Harness) -> None:
+    """uvicorn and httptools bound neither: one client sending an endless header took a
+    gateway to 431 MB and a busy core until the connection was cut."""
+    with connect(gw) as s:
+        started = time.monotonic()
+        # Just past the 64 KiB default, all sent before the gateway answers (so it closes
+        # cleanly, not with the client's bytes unread); an endless header stops there too.
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Padding: " + b"a" * 70_000)
+        data, _ = read_all(s)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), head
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_header_fields_too_large"
+    assert "65536" in error["message"] and "server.max_header_bytes" in error["message"]
+    assert time.monotonic() - started < TIMEOUT  # refused by size, not by the timer
+
+
+def test_large_headers_inside_the_limit_are_served(gw: Harness) -> None:
+    """A large OIDC token or many headers (here 40 KiB in all) are within the default."""
+    padding = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"b" * 1000) for i in range(40))
+    with connect(gw) as s:
+        s.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n" + padding + b"Connection: close\r\n\r\n"
+        )
+        data, _ = read_all(s)
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]

@@ -24,8 +24,11 @@ Send = Callable[[Message], Awaitable[None]]
 # Seconds a client has for a request's headers, and again for its body
 # (server.read_timeout_seconds).
 READ_TIMEOUT = 30.0
-# Where the gateway's lifespan leaves its read timeout for the HTTP protocol (api/protocol.py).
+# Largest request line and headers accepted (server.max_header_bytes).
+MAX_HEADER_BYTES = 65536
+# Where the gateway's lifespan leaves those settings for the HTTP protocol (api/protocol.py).
 READ_TIMEOUT_STATE = "sekisho.read_timeout"
+MAX_HEADER_STATE = "sekisho.max_header_bytes"
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 JSON = b"application/json"

@@ -22,7 +22,12 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from sekisho.api.http import READ_TIMEOUT, READ_TIMEOUT_STATE
+from sekisho.api.http import (
+    MAX_HEADER_BYTES,
+    MAX_HEADER_STATE,
+    READ_TIMEOUT,
+    READ_TIMEOUT_STATE,
+)
 
 FLUSH_AT = 65536  # bytes held at most before they are written at once
 _CHUNKED = b"\r\ntransfer-encoding: chunked\r\n"
@@ -82,20 +87,20 @@ class OneWrite:
         return getattr(self._transport, name)
 
 
-_TIMED_OUT = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
-)
-
-
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a ``OneWrite`` transport.
 
-    A client has ``server.read_timeout_seconds`` to send a request's headers, counted from the
-    connection (or the request's first byte on a reused one); uvicorn waits for ever, so a
-    client that connects and stalls (or trickles its headers) held a connection and a file
-    descriptor for good. A request begun gets 408 and the connection closes; a connection that
-    sent nothing is closed. (The body's own time is kept by ``api.http.read_body``.)
+    A request's head (request line and headers) is bounded in time and size. uvicorn bounds
+    neither, and httptools joins a header's pieces by copying: one client sending an endless
+    header drove a gateway to 431 MB and a busy core, and a client that connected and stalled
+    held its connection for good. Here:
+
+    - the head must arrive within ``server.read_timeout_seconds``, counted from the connection
+      (or from the end of the previous request on a reused one): a request begun gets 408, a
+      connection that sent nothing is closed;
+    - it may not exceed ``server.max_header_bytes``: 431, and the connection closes.
+
+    (The body's time and size are kept by ``api.http.read_body``.)
 
     Over TLS (``server.tls``), an idle keep-alive connection is ended at once when the server
     shuts down or its keep-alive time runs out. ``close()`` would send close_notify and then
@@ -108,50 +113,93 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._tls = transport.get_extra_info("ssl_object") is not None
         self.transport = OneWrite(transport, self.loop)  # type: ignore[assignment]
-        self._read_timeout = float(self.app_state.get(READ_TIMEOUT_STATE, READ_TIMEOUT))
-        self._begun = False
+        state = self.app_state
+        self._read_timeout = float(state.get(READ_TIMEOUT_STATE, READ_TIMEOUT))
+        self._max_head = int(state.get(MAX_HEADER_STATE, MAX_HEADER_BYTES))
+        self._begun = False  # the current head's first byte has arrived
+        self._in_head = True  # bytes now arriving belong to a request's head
+        self._head_bytes = 0
         self._read_timer: asyncio.TimerHandle | None = self.loop.call_later(
-            self._read_timeout, self._headers_too_slow
+            self._read_timeout, self._head_too_slow
         )
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_head:
+            super().data_received(data)
+            return
+        self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self._max_head:
+            self._refuse_head(
+                b"431 Request Header Fields Too Large",
+                b"The request line and headers exceed %d bytes (server.max_header_bytes)."
+                % self._max_head,
+                b"request_header_fields_too_large",
+            )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._begun = True
         if self._read_timer is None:
-            self._read_timer = self.loop.call_later(self._read_timeout, self._headers_too_slow)
+            self._read_timer = self.loop.call_later(self._read_timeout, self._head_too_slow)
 
     def on_headers_complete(self) -> None:
-        self._begun = False
-        timer = self._read_timer
-        if timer is not None:
-            timer.cancel()
-            self._read_timer = None
+        self._begun = self._in_head = False
+        self._cancel_read_timer()
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True  # what comes next is the next request's head
+        self._head_bytes = 0
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_read_timer()
+        super().connection_lost(exc)
+
+    def _cancel_read_timer(self) -> None:
         timer = self._read_timer
         if timer is not None:
             timer.cancel()
             self._read_timer = None
-        super().connection_lost(exc)
 
-    def _headers_too_slow(self) -> None:
+    def _head_too_slow(self) -> None:
         self._read_timer = None
+        if self._begun:
+            self._refuse_head(
+                b"408 Request Timeout",
+                b"The request headers did not arrive within %g s (server.read_timeout_seconds)."
+                % self._read_timeout,
+                b"request_timeout",
+            )
+        else:
+            self._end()
+
+    def _refuse_head(self, status: bytes, message: bytes, code: bytes) -> None:
+        """Answer a request whose head cannot be accepted, in OpenAI's error shape, and close:
+        the rest of what the client sends cannot be parsed reliably."""
+        self._in_head = False
+        self._cancel_read_timer()
+        if self.transport.is_closing():
+            return
+        body = (
+            b'{"error":{"message":"%s The connection is closed.","type":"invalid_request_error",'
+            b'"param":null,"code":"%s"}}' % (message, code)
+        )
+        self.transport.write(
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
+        )
+        self._end()
+
+    def _end(self) -> None:
         transport = self.transport
         if transport.is_closing():
             return
-        if self._begun:
-            body = (
-                b'{"error":{"message":"The request headers did not arrive within %g s '
-                b'(server.read_timeout_seconds); the connection is closed.",'
-                b'"type":"invalid_request_error","param":null,"code":"request_timeout"}}'
-                % self._read_timeout
-            )
-            transport.write(_TIMED_OUT % (len(body), body))
         if self._tls:
             transport.abort()  # nothing is in flight: do not wait for the client's close_notify
         else:
-            transport.close()
+            transport.close()  # no more data_received: the rest is never parsed
 
     def shutdown(self) -> None:
         if self._tls and (self.cycle is None or self.cycle.response_complete):
