@@ -250,6 +250,26 @@ async def test_a_body_over_the_cap_is_refused_not_buffered(
     assert await fetch(client, up.url()) == big
 
 
+async def test_response_headers_over_the_cap_are_refused_not_buffered(
+    serve: Callable[..., Awaitable[Upstream]], client: H1Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httptools joins a header's pieces by copying and bounds nothing: an upstream sending an
+    endless header would grow the gateway's memory until the total timeout."""
+    monkeypatch.setattr(h1, "MAX_HEAD", 4096)
+    endless = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 20_000
+    up = await serve(always(endless))
+    with pytest.raises(UpstreamProtocolError, match="response headers larger than 4096 bytes"):
+        await post(client, up.url(), total=30)
+    # Many headers count as much as one long one (300 KB: more than one read brings).
+    many = b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 5000) for i in range(60))
+    up = await serve(always(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + many + b"\r\n{}"))
+    with pytest.raises(UpstreamProtocolError, match="response headers larger"):
+        await post(client, up.url())
+    # Under the cap, the same head is read.
+    monkeypatch.setattr(h1, "MAX_HEAD", 512 * 1024)
+    assert await fetch(client, up.url()) == b"{}"
+
+
 async def test_chunked_body_is_reassembled(
     serve: Callable[..., Awaitable[Upstream]], client: H1Client
 ) -> None:

@@ -44,6 +44,9 @@ _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 # A whole (non-streamed) response body may not grow past this.
 MAX_BODY = 64 * 1024 * 1024
+# Largest response head (status line and headers) accepted from an upstream, and the most it
+# may send before its final head (100 Continue and the like count too).
+MAX_HEAD = 256 * 1024
 # One SSE line may not grow past this, so a server that never sends a newline cannot fill memory.
 _MAX_LINE = 16 * 1024 * 1024
 # Timers may fire up to a clock tick early; treat that as on time.
@@ -220,6 +223,7 @@ class _Connection(asyncio.Protocol):
         "_complete",
         "_deadline",
         "_got_bytes",
+        "_head_bytes",
         "_headers",
         "_idle_since",
         "_informational",
@@ -253,6 +257,7 @@ class _Connection(asyncio.Protocol):
         self._informational = False
         self._until_eof = False
         self._got_bytes = False
+        self._head_bytes = 0  # bytes of this exchange's response head so far
         self._paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._stall = 0.0
@@ -269,6 +274,7 @@ class _Connection(asyncio.Protocol):
         resp = H1Response(self, endpoint_id)
         self._response = resp
         self._got_bytes = False
+        self._head_bytes = 0
         self._until_eof = False
         self._stall = first_byte
         self._total = total
@@ -415,6 +421,9 @@ class _Connection(asyncio.Protocol):
             return
         self._last_rx = self._loop.time()
         self._got_bytes = True
+        in_head = not resp.status
+        if in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -431,6 +440,14 @@ class _Connection(asyncio.Protocol):
                 )
                 return
             self._keep_alive = False  # junk after a complete response: keep it, drop the socket
+        if in_head and not resp.status and self._head_bytes > MAX_HEAD:
+            # Still no final head: bounded here, as httptools bounds nothing.
+            self._fail(
+                UpstreamProtocolError(
+                    resp._endpoint_id, f"response headers larger than {MAX_HEAD} bytes"
+                )
+            )
+            return
         if self._complete:
             self._finish()
         elif resp._buffered > _HIGH_WATER and not self._paused:
