@@ -58,6 +58,10 @@ from sekisho.types import Action
 
 log = logging.getLogger("sekisho.pipeline")
 
+# Characters of input from which a request is scanned in a worker thread: scanning runs at
+# roughly 5-20 MB/s, so below this it costs the event loop a few milliseconds at most.
+_SCAN_IN_THREAD = 64 * 1024
+
 Kind = Literal["chat", "embeddings"]
 
 
@@ -193,7 +197,10 @@ class Pipeline:
             _check_provider_features(call.body, tenant)
         await self._admit(call)
         try:
-            findings, failed = self.inspect(call, tenant)  # 2
+            if sum(map(len, call.texts)) < _SCAN_IN_THREAD:
+                findings, failed = self.inspect(call, tenant)  # 2
+            else:  # a long document: the event loop serves everyone else meanwhile
+                findings, failed = await asyncio.to_thread(self.inspect, call, tenant)
             decision = self.decide(call, tenant, routes, findings, failed)  # 3
             if decision.denied:
                 await self.refuse(call, decision, tenant)

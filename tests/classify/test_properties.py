@@ -15,6 +15,8 @@ from sekisho.classify._validate import (
     luhn_check_digit,
     my_number_check_digit,
 )
+from sekisho.classify.findings import SPECIFICITY, Finding
+from sekisho.classify.scanner import resolve
 
 FULL_WIDTH = str.maketrans(string.digits + "-", "０１２３４５６７８９－")
 DASHES = "-‐−ー－"
@@ -260,3 +262,49 @@ def test_a_custom_term_is_found_where_it_is_written_as_given(term: str) -> None:
     scanner = Scanner(custom=[CustomRule("terms", terms=[term])])
     text = f"これは {term} です"
     assert (4, 4 + len(term)) in [(f.start, f.end) for f in scanner.scan(text)], term
+
+
+def _resolve_reference(candidates: list[Finding], min_score: float) -> list[Finding]:
+    """The definition ``resolve`` must keep: best first (score, specificity, length,
+    position), each kept unless it overlaps one kept before; in text order."""
+    kept = [f for f in candidates if f.score >= min_score]
+    kept.sort(key=lambda f: (-f.score, -SPECIFICITY.get(f.type, 0), f.start - f.end, f.start))
+    chosen: list[Finding] = []
+    for f in kept:
+        if all(f.end <= c.start or c.end <= f.start for c in chosen):
+            chosen.append(f)
+    return sorted(chosen, key=lambda f: f.start)
+
+
+_findings = st.lists(
+    st.builds(
+        lambda type_, start, length, score: Finding(type_, start, start + length, score),
+        st.sampled_from(["EMAIL", "PHONE_JP", "MY_NUMBER", "PERSON", "CREDIT_CARD"]),
+        st.integers(0, 80),
+        st.integers(1, 20),
+        st.sampled_from([0.3, 0.5, 0.7, 0.9, 1.0]),
+    ),
+    max_size=40,
+)
+
+
+@given(_findings)
+@settings(max_examples=400, deadline=None)
+def test_resolve_keeps_exactly_what_its_definition_says(candidates: list[Finding]) -> None:
+    assert resolve(list(candidates), 0.5) == _resolve_reference(candidates, 0.5)
+
+
+def test_resolve_is_not_quadratic_in_the_number_of_findings() -> None:
+    """150,000 separate findings (a 4 MB prompt of e-mail addresses) held the event loop for
+    3.4 s; 10,000 now take as long per finding as 150,000 do, within noise."""
+
+    def per_finding(n: int) -> float:
+        # Lengths vary as addresses do: best-first order is then not text order.
+        fs = [Finding("EMAIL", i * 30, i * 30 + 12 + i * 7919 % 13, 0.9) for i in range(n)]
+        started = time.perf_counter()
+        assert len(resolve(fs, 0.5)) == n
+        return (time.perf_counter() - started) / n
+
+    small = min(per_finding(10_000) for _ in range(3))
+    large = min(per_finding(150_000) for _ in range(3))
+    assert large < small * 4, (small, large)

@@ -124,6 +124,21 @@ def test_custom_dictionary_terms_are_found_and_counted(tmp_path: Path) -> None:
         h.stop()
 
 
+def test_a_document_sized_prompt_is_inspected_and_transformed_the_same(gw: Harness) -> None:
+    """A prompt past 64K characters is scanned off the event loop (other clients are served
+    meanwhile): what it finds and what goes upstream must not change."""
+    filler = "本日の議事録です。予算と日程を確認しました。" * 4000  # ~88K characters
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": filler + PROMPT + filler}]
+    )
+    upstream = sent_to_upstream(gw, raw.headers["x-sekisho-endpoint"])
+    assert len(upstream) > 64 * 1024
+    assert NAME not in upstream and EMAIL not in upstream
+    assert "<PERSON_1>" in upstream and "[EMAIL]" in upstream
+    assert raw.headers["x-sekisho-classification"] == "confidential"
+
+
 def test_a_classifier_failure_counts_as_restricted(gw: Harness) -> None:
     class Broken:
         def scan(self, text: str) -> list[Any]:

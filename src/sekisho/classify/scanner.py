@@ -11,6 +11,7 @@ docs/classification.md and shared/PII_LABELS.md describe.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Collection, Sequence
 
 from sekisho.classify import _names
@@ -232,21 +233,62 @@ def _name_cues(text: str, cues: list[tuple[int, int, str]]) -> list[tuple[int, i
 def resolve(
     candidates: list[Finding], min_score: float, types: Collection[str] | None = None
 ) -> list[Finding]:
-    """Keep the best of overlapping findings: higher score, then more specific, then longer."""
+    """Keep the best of overlapping findings: higher score, then more specific, then longer;
+    in text order.
+
+    Findings are taken best first, each kept unless it overlaps one kept before. Two findings
+    in different runs of overlapping findings never meet, so each run is settled on its own,
+    and most runs are a single finding: linear time after one sort. (Settling all at once,
+    inserting into sorted lists, took 3.4 s for the 150,000 addresses of a 4 MB prompt and
+    held the event loop that long.)
+    """
     kept = [f for f in candidates if f.score >= min_score and (types is None or f.type in types)]
     if len(kept) <= 1:
         return kept
-    kept.sort(key=lambda f: (-f.score, -SPECIFICITY.get(f.type, 0), f.start - f.end, f.start))
-    starts: list[int] = []
+    kept.sort(key=_position)
     chosen: list[Finding] = []
-    for finding in kept:
-        i = bisect.bisect_right(starts, finding.start)
-        if i > 0 and chosen[i - 1].end > finding.start:
+    run = [kept[0]]
+    end = kept[0].end
+    for finding in itertools.islice(kept, 1, None):
+        if finding.start < end:
+            run.append(finding)
+            if finding.end > end:
+                end = finding.end
             continue
-        if i < len(chosen) and chosen[i].start < finding.end:
+        if len(run) == 1:
+            chosen.append(run[0])
+        else:
+            chosen.extend(_best_of(run))
+        run = [finding]
+        end = finding.end
+    if len(run) == 1:
+        chosen.append(run[0])
+    else:
+        chosen.extend(_best_of(run))
+    return chosen
+
+
+def _position(f: Finding) -> tuple[int, int]:
+    return f.start, f.end
+
+
+def _priority(f: Finding) -> tuple[float, int, int, int]:
+    return -f.score, -SPECIFICITY.get(f.type, 0), f.start - f.end, f.start
+
+
+def _best_of(run: list[Finding]) -> list[Finding]:
+    """The findings of one run of overlapping ones that are kept, in text order: each is
+    checked against the characters already taken, a byte per character of the run."""
+    base = run[0].start
+    taken = bytearray(max(f.end for f in run) - base)
+    chosen = []
+    for f in sorted(run, key=_priority):
+        start, end = f.start - base, f.end - base
+        if taken.find(1, start, end) != -1:
             continue
-        starts.insert(i, finding.start)
-        chosen.insert(i, finding)
+        taken[start:end] = b"\x01" * (end - start)
+        chosen.append(f)
+    chosen.sort(key=_position)
     return chosen
 
 
