@@ -30,6 +30,7 @@ class Primed:
         self._inner = inner
         self._first = first
         self.status = inner.status
+        self.headers = inner.headers
 
     @classmethod
     async def prime(cls, inner: UpstreamResponse, endpoint_id: str) -> Primed:
@@ -76,6 +77,7 @@ class Released:
         self._state = state
         self._open = True
         self.status = inner.status
+        self.headers = inner.headers
 
     def _done(self) -> None:
         if self._open:

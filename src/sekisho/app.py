@@ -541,6 +541,7 @@ class Gateway:
             hdrs = dict(reply.headers)
             endpoint = hdrs.get("x-sekisho-endpoint", "-")
             jurisdiction = hdrs.get("x-sekisho-jurisdiction", "-")
+            upstream_id = hdrs.get("x-sekisho-upstream-request-id")
             if isinstance(reply, StreamReply):
                 await http.start_stream(send, rid, reply.headers)
                 async for chunk in reply.chunks:
@@ -552,7 +553,7 @@ class Gateway:
                 finished = True
                 await http.send_bytes(send, reply.status, reply.body, rid, reply.headers)
                 status = reply.status
-            self._log(call_id, principal, path, status, endpoint, started, None, rid)
+            self._log(call_id, principal, path, status, endpoint, started, None, rid, upstream_id)
         except SekishoError as exc:
             finished = True
             status = exc.status
@@ -605,6 +606,7 @@ class Gateway:
         started: float,
         error: str | None = None,
         client_request_id: str | None = None,
+        upstream_request_id: str | None = None,
     ) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
@@ -623,6 +625,8 @@ class Gateway:
             extra["error"] = error
         if client_request_id is not None and client_request_id != rid:
             extra["client_request_id"] = client_request_id  # the client's x-request-id
+        if upstream_request_id is not None:
+            extra["upstream_request_id"] = upstream_request_id  # the provider's id of it
         log.info("request", extra=extra)
 
     async def _models(self, scope: http.Scope, send: http.Send, rid: str, path: str) -> None:

@@ -52,6 +52,7 @@ from sekisho.providers import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from sekisho.providers.base import upstream_request_id
 from sekisho.routing import Catalogue, Health, Route, Selector
 from sekisho.store import Exchange, RetentionSpec, StoreError, Stores
 from sekisho.types import Action
@@ -85,6 +86,7 @@ class Call:
     findings: dict[str, list[Finding]] = field(default_factory=dict)  # text -> its findings
     admission: Admission | None = None
     pseudonymiser: Pseudonymiser | None = None
+    upstream_request_id: str | None = None  # the provider's id of the request that answered
 
 
 @dataclass(slots=True)
@@ -216,6 +218,8 @@ class Pipeline:
             await self.record(call, decision, Outcome(exc.status, error_code=exc.code))
             raise
         headers += _route_headers(route)
+        if call.upstream_request_id is not None:
+            headers.append(("x-sekisho-upstream-request-id", call.upstream_request_id))
         if call.stream:
             chunks = self._stream(call, decision, tenant, route, upstream)
             return StreamReply(headers, chunks)
@@ -396,7 +400,10 @@ class Pipeline:
             state.in_flight += 1
             released = False
             try:
-                upstream = await transport.open(route, call.kind, call.body, stream=call.stream)
+                upstream = await transport.open(
+                    route, call.kind, call.body, stream=call.stream, request_id=call.request_id
+                )
+                call.upstream_request_id = upstream_request_id(upstream.headers)
                 if call.stream:
                     primed = await Primed.prime(upstream, ep.id)
                     released = True

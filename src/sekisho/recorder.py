@@ -205,6 +205,7 @@ class LedgerRecorder:
             error_code=outcome.error_code,
             duration_ms=int((time.perf_counter() - call.started) * 1000),
             endpoint=outcome.route.endpoint.id if outcome.route else None,
+            upstream_request_id=call.upstream_request_id if outcome.route else None,
         )
         try:
             await self.ledger.append(record)

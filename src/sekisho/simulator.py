@@ -184,6 +184,7 @@ class _Protocol(asyncio.Protocol):
             f"content-type: {ctype}",
             f"content-length: {len(body)}",
             f"x-sekisho-simulator: {self.sim.spec.name}",
+            f"x-request-id: simreq_{uuid.uuid4().hex[:16]}",  # as providers name their requests
         ]
         for k, v in (extra or {}).items():
             head.append(f"{k}: {v}")
@@ -355,6 +356,7 @@ class _Protocol(asyncio.Protocol):
         head = (
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             f"x-sekisho-simulator: {self.sim.spec.name}\r\n"
+            f"x-request-id: simreq_{uuid.uuid4().hex[:16]}\r\n"
             "transfer-encoding: chunked\r\n\r\n"
         )
         t.write(head.encode())

@@ -203,6 +203,7 @@ def test_every_log_line_is_json_and_each_request_is_logged_with_its_request_id(
             "sim-global-useast",
         )
         assert {"ts", "level", "logger", "ms", "key_id", "pid"} <= set(line)
+        assert line["upstream_request_id"].startswith("simreq_")  # the endpoint's own id
     assert all(isinstance(x.get("msg"), str) and "level" in x for x in lines)
     assert all("request_id" in x for x in lines if x.get("msg") == "request")
 

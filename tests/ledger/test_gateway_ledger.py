@@ -116,6 +116,12 @@ def test_every_answer_carries_a_receipt_that_fetches_a_proved_decision_and_outco
     assert outcome["status"] == 200
     assert outcome["endpoint"] == raw.headers["x-sekisho-endpoint"]
     assert body["outcome"]["index"] > body["index"]
+    # The provider's id of the request, to quote to its operator in an incident: in the
+    # outcome, in a header and in the log; the provider got sekisho's id in return.
+    upstream_id = raw.headers["x-sekisho-upstream-request-id"]
+    assert upstream_id.startswith("simreq_") and outcome["upstream_request_id"] == upstream_id
+    sim = gw.sims[raw.headers["x-sekisho-endpoint"]].stats
+    assert sim.headers[-1]["x-client-request-id"] == raw.headers["x-sekisho-request-id"]
 
 
 def test_outcome_names_the_endpoint_that_answered_after_failover(

@@ -66,6 +66,18 @@ def test_records_round_trip_through_their_bytes() -> None:
         assert parsed.time == WHEN.replace(microsecond=123000)  # milliseconds are kept
 
 
+def test_the_providers_request_id_is_kept_only_when_given() -> None:
+    """Entries written before the field existed keep their bytes (and so their hashes)."""
+    plain = OutcomeRecord(WHEN, "req-1", 200, 1, 2, None, None, 5, "sakura-tokyo")
+    assert b"upstream_request_id" not in plain.to_bytes()
+    assert parse_record(plain.to_bytes()).to_bytes() == plain.to_bytes()
+    traced = OutcomeRecord(WHEN, "req-1", 200, 1, 2, None, None, 5, "sakura-tokyo", "chatcmpl-9x")
+    assert b'"upstream_request_id":"chatcmpl-9x"' in traced.to_bytes()
+    assert parse_record(traced.to_bytes()).upstream_request_id == "chatcmpl-9x"
+    with pytest.raises(RecordError, match="upstream_request_id"):
+        parse_record(traced.to_bytes().replace(b'"chatcmpl-9x"', b"7"))
+
+
 def test_the_prompt_appears_only_as_a_keyed_hash() -> None:
     data = decision().to_bytes()
     assert "田中".encode() not in data

@@ -51,6 +51,9 @@ def test_azure_adapter_uses_deployment_url_api_key_header_and_api_version(gw: Ha
     assert headers["api-key"] == "azure-secret-key"
     assert headers["accept-encoding"] == "identity"
     assert "authorization" not in headers
+    # Azure's own header for the caller's id of the request: sekisho's, so both sides' logs meet
+    assert headers["x-ms-client-request-id"] == raw.headers["x-sekisho-request-id"]
+    assert "x-client-request-id" not in headers
     body = orjson.loads(stats.bodies[-1])
     assert "model" not in body  # Azure selects the model by deployment
     assert body["messages"] == [{"role": "user", "content": "hi azure"}]
@@ -77,6 +80,7 @@ def test_openai_adapter_uses_bearer_and_the_endpoints_model_name(gw: Harness) ->
     headers = stats.headers[-1]
     assert headers["authorization"] == "Bearer domestic-secret"
     assert headers["content-type"] == "application/json"
+    assert headers["x-client-request-id"].startswith("req_")  # OpenAI's header for it
     assert headers["accept-encoding"] == "identity"  # the gateway reads every answer
     assert headers["user-agent"].startswith("sekisho/")
     body = orjson.loads(stats.bodies[-1])

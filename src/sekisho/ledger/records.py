@@ -128,9 +128,12 @@ class OutcomeRecord:
     error_code: str | None
     duration_ms: int
     endpoint: str | None = None  # the endpoint that actually answered (after any failover)
+    # The provider's own id of the request (its x-request-id): what to quote to the operator
+    # in an incident. Only present when the provider gave one.
+    upstream_request_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "v": RECORD_VERSION,
             "kind": self.kind,
             "time": format_time(self.time),
@@ -143,6 +146,9 @@ class OutcomeRecord:
             "duration_ms": self.duration_ms,
             "endpoint": self.endpoint,
         }
+        if self.upstream_request_id is not None:
+            out["upstream_request_id"] = self.upstream_request_id
+        return out
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_json())
@@ -251,6 +257,9 @@ def parse_record(data: bytes) -> Record:
             error_code=_field(obj, "error_code", _OS),
             duration_ms=_field(obj, "duration_ms", (int,)),
             endpoint=_field(obj, "endpoint", _OS),
+            upstream_request_id=(
+                _field(obj, "upstream_request_id", _S) if "upstream_request_id" in obj else None
+            ),
         )
     elif kind == "admin":
         record = AdminRecord(

@@ -54,6 +54,7 @@ class UpstreamResponse(Protocol):
     """An open upstream response whose status was 2xx."""
 
     status: int
+    headers: dict[str, str]  # lower-case names
 
     async def read(self) -> bytes: ...
 
@@ -68,9 +69,16 @@ class Transport(Protocol):
     """Sends an OpenAI-shaped request to one API family."""
 
     async def open(
-        self, route: Route, kind: Kind, body: dict[str, Any], *, stream: bool
+        self,
+        route: Route,
+        kind: Kind,
+        body: dict[str, Any],
+        *,
+        stream: bool,
+        request_id: str | None = None,
     ) -> UpstreamResponse:
         """Send the request; return once response headers with a 2xx status have arrived.
+        ``request_id`` (sekisho's) is sent in the provider's client-request-id header.
 
         Raises an UpstreamError subclass for every failure, so the caller can fail over.
         """
@@ -85,3 +93,12 @@ class Transport(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def upstream_request_id(headers: dict[str, str]) -> str | None:
+    """The provider's id of a request, from its answer's headers (``x-request-id``: OpenAI,
+    vLLM and most servers; ``apim-request-id``: Azure OpenAI), when it is a sane token."""
+    value = headers.get("x-request-id") or headers.get("apim-request-id")
+    if value and len(value) <= 128 and value.isascii() and value.isprintable():
+        return value
+    return None

@@ -33,6 +33,9 @@ class OpenAITransport:
     the gateway's CPU per request that sekisho controls.
     """
 
+    # Where a provider takes the caller's own id of a request (OpenAI: x-client-request-id).
+    request_id_header = "x-client-request-id"
+
     def __init__(self, client: H1Client, tls: Mapping[str, ssl.SSLContext] | None = None) -> None:
         self._client = client
         self._tls = dict(tls or {})  # endpoint id -> its own TLS context (``tls`` block)
@@ -73,7 +76,13 @@ class OpenAITransport:
         return orjson.dumps({**body, "model": route.model.id})
 
     async def open(
-        self, route: Route, kind: Kind, body: dict[str, Any], *, stream: bool
+        self,
+        route: Route,
+        kind: Kind,
+        body: dict[str, Any],
+        *,
+        stream: bool,
+        request_id: str | None = None,
     ) -> H1Response:
         ep = route.endpoint
         # URL and headers depend only on the route: computed once per (route, kind). Endpoints
@@ -85,6 +94,8 @@ class OpenAITransport:
         headers = self._headers.get(key[0])
         if headers is None:
             headers = self._headers[key[0]] = self.headers(route)
+        if request_id is not None:  # the provider logs it: incidents can be traced across
+            headers = {**headers, self.request_id_header: request_id}
         t = ep.timeouts
         try:
             status, resp_headers, resp = await self._client.post(
@@ -127,6 +138,8 @@ class OpenAITransport:
 
 class AzureOpenAITransport(OpenAITransport):
     """POST {base}/openai/deployments/{deployment}/chat/completions?api-version=V, ``api-key``."""
+
+    request_id_header = "x-ms-client-request-id"
 
     def url(self, route: Route, kind: Kind) -> str:
         path = "chat/completions" if kind == "chat" else "embeddings"
