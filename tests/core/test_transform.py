@@ -3,6 +3,7 @@ receives, and what the client gets back."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,7 @@ def test_a_document_sized_prompt_is_inspected_and_transformed_the_same(gw: Harne
     """A prompt past 64K characters is scanned off the event loop (other clients are served
     meanwhile): what it finds and what goes upstream must not change."""
     filler = "本日の議事録です。予算と日程を確認しました。" * 4000  # ~88K characters
+    switch = sys.getswitchinterval()
     c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
     raw = c.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=[{"role": "user", "content": filler + PROMPT + filler}]
@@ -137,6 +139,8 @@ def test_a_document_sized_prompt_is_inspected_and_transformed_the_same(gw: Harne
     assert NAME not in upstream and EMAIL not in upstream
     assert "<PERSON_1>" in upstream and "[EMAIL]" in upstream
     assert raw.headers["x-sekisho-classification"] == "confidential"
+    # The thread switch interval is lowered only while such a scan runs (it costs streams CPU).
+    assert sys.getswitchinterval() == switch
 
 
 def test_a_classifier_failure_counts_as_restricted(gw: Harness) -> None:
