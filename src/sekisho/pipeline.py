@@ -507,7 +507,10 @@ class Pipeline:
             completion_tokens=_int(usage.get("completion_tokens")),
         )
         if call.kind == "chat":
-            self._inspect_output(call, data, tenant, outcome)
+            if _answer_chars(data) < _SCAN_IN_THREAD:
+                self._inspect_output(call, data, tenant, outcome)
+            else:  # a document-sized answer: scanned off the event loop, as prompts are
+                await _in_fair_thread(self._inspect_output, call, data, tenant, outcome)
         raw = orjson.dumps(data)
         await self.record(call, decision, outcome)
         if outcome.error_code == "output_cut":
@@ -748,6 +751,26 @@ def _route_headers(route: Route) -> list[tuple[str, str]]:
         ("x-sekisho-jurisdiction", f"{ep.jurisdiction.country}/{ep.jurisdiction.region}"),
         ("x-sekisho-operator-country", ep.operator.country),
     ]
+
+
+def _answer_chars(data: dict[str, Any]) -> int:
+    """Characters of text in a chat answer that output inspection reads."""
+    n = 0
+    for choice in data.get("choices") or ():
+        msg = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(msg, dict):
+            continue
+        content = msg.get("content")
+        if isinstance(content, str):
+            n += len(content)
+        for tc in msg.get("tool_calls") or ():
+            fn = tc.get("function") if isinstance(tc, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                n += len(fn["arguments"])
+        fc = msg.get("function_call")
+        if isinstance(fc, dict) and isinstance(fc.get("arguments"), str):
+            n += len(fc["arguments"])
+    return n
 
 
 def _int(v: Any) -> int:

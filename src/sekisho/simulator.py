@@ -60,6 +60,7 @@ class SimulatedEndpoint:
     keep_bodies: bool = False
     require_key: str | None = None
     chunk_chars: int = 0  # stream in pieces of this many characters (0: word by word)
+    echo_chars: int = 60  # how much of the last message the answer repeats
 
 
 class SimulatorServer:
@@ -109,7 +110,8 @@ class SimulatorServer:
                 last = c if isinstance(c, str) else orjson.dumps(c).decode()
                 break
         digest = hashlib.sha256(last.encode()).hexdigest()[:8]
-        preview = last if len(last) <= 60 else last[:57] + "..."
+        limit = self.spec.echo_chars
+        preview = last if len(last) <= limit else last[: max(0, limit - 3)] + "..."
         return f"[{self.spec.label} · SIMULATOR] You said: {preview} (digest {digest})"
 
 

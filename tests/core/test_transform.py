@@ -143,6 +143,29 @@ def test_a_document_sized_prompt_is_inspected_and_transformed_the_same(gw: Harne
     assert sys.getswitchinterval() == switch
 
 
+def test_a_document_sized_answer_is_inspected_off_the_loop_the_same(tmp_path: Path) -> None:
+    """An answer past 64K characters is inspected in a worker thread: a secret near its end is
+    still masked, and the rest is delivered whole."""
+
+    def masking(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["detection"]["output"] = {"action": "mask", "types": ["SECRET"]}
+
+    h = start_example(tmp_path, masking, echo_chars=1_000_000)
+    try:
+        secret = "ghp_" + "k3Y9" * 9  # a GitHub token
+        text = "議事録の続きです。" * 9000 + f" key {secret} end"
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        raw = c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": text}]
+        )
+        answer = raw.parse().choices[0].message.content
+        assert len(answer) > 64 * 1024 and "議事録の続きです。" * 100 in answer
+        assert secret not in answer and "[SECRET]" in answer
+        assert raw.headers["x-sekisho-output"] == "masked"
+    finally:
+        h.stop()
+
+
 def test_a_classifier_failure_counts_as_restricted(gw: Harness) -> None:
     class Broken:
         def scan(self, text: str) -> list[Any]:
