@@ -19,16 +19,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, NoReturn, Protocol, TypeVar
+from typing import Any, Literal, NoReturn, Protocol
 
 import orjson
 
 from sekisho._output import StreamOutput, inspect_answer, pseudonymise_obj, rewrite_texts
+from sekisho._threads import in_fair_thread
 from sekisho._upstream import Primed, Released, client_error_from, parse_answer, parse_retry_after
 from sekisho.classify import Finding, Pseudonymiser, Scanner, redact, summarise
 from sekisho.errors import (
@@ -59,33 +59,10 @@ from sekisho.store import Exchange, RetentionSpec, StoreError, Stores
 from sekisho.types import Action
 
 log = logging.getLogger("sekisho.pipeline")
-_T = TypeVar("_T")
 
 # Characters of input from which a request is scanned in a worker thread: scanning runs at
 # roughly 5-20 MB/s, so below this it costs the event loop a few milliseconds at most.
 _SCAN_IN_THREAD = 64 * 1024
-# The interpreter's thread switch interval while such a scan runs. At the default 5 ms the
-# event loop waits up to that long for the GIL at every step, and a small request took ~90 ms
-# beside a 4 MB scan; at 1 ms, ~20 ms. Not for good: at 1 ms streaming at c16 cost 1.3x the
-# CPU (benchmarks/RESULTS.md).
-_FAIR_SWITCH_SECONDS = 0.001
-_fair_threads = 0
-_usual_switch = sys.getswitchinterval()
-
-
-async def _in_fair_thread(fn: Callable[..., _T], *args: Any) -> _T:
-    """``fn(*args)`` in a worker thread, with the event loop taking the GIL back often."""
-    global _fair_threads, _usual_switch
-    if _fair_threads == 0:
-        _usual_switch = sys.getswitchinterval()
-        sys.setswitchinterval(_FAIR_SWITCH_SECONDS)
-    _fair_threads += 1
-    try:
-        return await asyncio.to_thread(fn, *args)
-    finally:
-        _fair_threads -= 1
-        if _fair_threads == 0:
-            sys.setswitchinterval(_usual_switch)
 
 
 Kind = Literal["chat", "embeddings"]
@@ -227,7 +204,7 @@ class Pipeline:
             if sum(map(len, call.texts)) < _SCAN_IN_THREAD:
                 findings, failed = self.inspect(call, tenant)  # 2
             else:  # a long document: the event loop serves everyone else meanwhile
-                findings, failed = await _in_fair_thread(self.inspect, call, tenant)
+                findings, failed = await in_fair_thread(self.inspect, call, tenant)
             decision = self.decide(call, tenant, routes, findings, failed)  # 3
             if decision.denied:
                 await self.refuse(call, decision, tenant)
@@ -510,7 +487,7 @@ class Pipeline:
             if _answer_chars(data) < _SCAN_IN_THREAD:
                 self._inspect_output(call, data, tenant, outcome)
             else:  # a document-sized answer: scanned off the event loop, as prompts are
-                await _in_fair_thread(self._inspect_output, call, data, tenant, outcome)
+                await in_fair_thread(self._inspect_output, call, data, tenant, outcome)
         raw = orjson.dumps(data)
         await self.record(call, decision, outcome)
         if outcome.error_code == "output_cut":

@@ -22,6 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from sekisho._ids import time_ordered_id
+from sekisho._threads import in_fair_thread
 from sekisho.errors import ConfigError, ConfigProblem
 from sekisho.store.crypto import TenantKeys
 from sekisho.store.database import Location, locate
@@ -173,7 +174,7 @@ class TenantStore:
         if len(exchange.identifiers) < _INDEX_IN_THREAD:
             index = _index_rows(keys, self.tenant, record_id, exchange.identifiers)
         else:  # thousands of hashes: other requests' event loop keeps turning meanwhile
-            index = await asyncio.to_thread(
+            index = await in_fair_thread(
                 _index_rows, keys, self.tenant, record_id, exchange.identifiers
             )
         await self.region.write(row, index)
