@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import sys
+import threading
 import time
 from typing import Any
 
@@ -29,9 +32,105 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class _Writer:
+    """Writes log records to stderr from a thread of its own, a batch at a time.
+
+    Logging on the event loop wrote each line to stderr there: when whatever reads stderr
+    stalls (a pipe nobody drains, a container runtime's blocking log driver), every request
+    stalled with it. Records now wait in a queue (formatted and written by this thread every
+    ``GATHER`` seconds at most, in one write); past ``MAX_PENDING`` waiting records, new ones
+    are dropped and counted, and the count is logged once writing works again. At exit what is
+    queued is written (``flush``).
+    """
+
+    GATHER = 0.02
+    MAX_PENDING = 100_000
+
+    def __init__(self) -> None:
+        self.formatter = JsonFormatter()
+        self._queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._dropped = 0
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="sekisho-log-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, record: logging.LogRecord) -> None:
+        if self._pending >= self.MAX_PENDING:
+            self._dropped += 1
+            return
+        self._pending += 1
+        self._idle.clear()
+        self._queue.put(record)
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait until what was queued so far is written (at most ``timeout`` seconds)."""
+        if self._thread.is_alive():
+            self._idle.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is not None:
+                time.sleep(self.GATHER)  # gather what comes meanwhile: one write for all
+            batch = [first]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write([r for r in batch if r is not None])
+            if self._queue.empty():
+                self._idle.set()
+
+    def _write(self, batch: list[logging.LogRecord]) -> None:
+        lines = []
+        for record in batch:
+            try:
+                lines.append(self.formatter.format(record))
+            except Exception:  # a record that cannot be formatted must not stop the others
+                lines.append(orjson.dumps({"level": "error", "msg": "unformattable log record",
+                                           "logger": record.name}).decode())  # fmt: skip
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            warn = logging.LogRecord("sekisho.logs", logging.WARNING, "", 0,
+                                     "%d log lines dropped: stderr was not read fast enough",
+                                     (dropped,), None)  # fmt: skip
+            lines.append(self.formatter.format(warn))
+        try:
+            stream = sys.stderr
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
+        except Exception:  # stderr closed or gone: nothing left to tell
+            pass
+        self._pending -= len(batch)
+
+
+class _QueueHandler(logging.Handler):
+    def __init__(self, writer: _Writer) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.writer.put(record)
+
+
+_writer: _Writer | None = None
+
+
+def flush() -> None:
+    """Write what is queued now (before exit, or before reading the log)."""
+    if _writer is not None:
+        _writer.flush()
+
+
 def configure(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    global _writer
+    if _writer is None:
+        _writer = _Writer()
+        atexit.register(_writer.flush)
+    handler = _QueueHandler(_writer)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

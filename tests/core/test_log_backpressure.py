@@ -1,0 +1,64 @@
+"""A stderr nobody reads must not stop the gateway: logs are written by a thread of their own.
+
+Before, each request's log line was written to stderr on the event loop: once the pipe's
+buffer (64 KiB) was full, as under a stalled log collector or a container runtime's blocking
+log driver, every request waited for it. Here `sekisho serve` runs with its stderr a pipe
+that the test never reads."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import free_port
+from sekisho.identity import KeyStore
+from serve_process import Simulators, write_config
+
+
+def test_requests_are_served_while_stderr_is_not_read(tmp_path: Path) -> None:
+    sims = Simulators().start()
+
+    def unlimited(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["limits"]["requests_per_minute"] = 100_000
+
+    config = write_config(tmp_path / "sekisho.yaml", sims.config(unlimited))
+    port = free_port()
+    args = ["serve", "--config", str(config), "--port", str(port), "--data-dir"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sekisho", *args, str(tmp_path / "data")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,  # never read
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, "sekisho serve exited"
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "not ready"
+            time.sleep(0.05)
+        key, _ = KeyStore(tmp_path / "data" / "identity.db").create("demo")
+        body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+        headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        started = time.monotonic()
+        for _ in range(1000):  # ~300 KB of log lines, several times the pipe's buffer
+            conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+        assert time.monotonic() - started < 60
+    finally:
+        proc.kill()
+        proc.wait(10)
+        sims.stop()
