@@ -177,6 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=int(server.shutdown_grace_seconds),
+        timeout_keep_alive=server.keep_alive_seconds,
         server_header=False,
         # sekisho never reads the client address, so uvicorn's X-Forwarded-* rewriting layer
         # would only cost CPU on every request.

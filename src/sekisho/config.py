@@ -71,6 +71,14 @@ class ServerConfig(_Section):
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="How long in-flight requests and streams may finish"
     )
+    keep_alive_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How long an idle client connection is kept open for its next request. "
+        "Behind a load balancer, set it above the balancer's idle timeout (AWS ALB: 60 s), "
+        "or the balancer may send a request on a connection the gateway is closing (a 502)",
+    )
     read_timeout_seconds: float = Field(
         default=30.0,
         gt=0,

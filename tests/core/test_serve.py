@@ -50,6 +50,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProc
         raw["server"]["port"] = 1  # never used: --port wins
         raw["server"]["data_dir"] = str(tmp / "data-from-config")  # never used: --data-dir wins
         with_dead_endpoints(raw)
+        raw["server"]["keep_alive_seconds"] = 1.5
 
     config = write_config(tmp / "sekisho.yaml", sims.config(mutate))
     g = ServeProcess(config, tmp / "data")
@@ -63,6 +64,24 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProc
 
 def client(g: ServeProcess, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=g.base_url, api_key=key, max_retries=0, timeout=20)
+
+
+def test_an_idle_connection_is_kept_for_keep_alive_seconds_then_closed(
+    served: tuple[ServeProcess, Simulators],
+) -> None:
+    """server.keep_alive_seconds (1.5 here; behind a load balancer, above its idle timeout)."""
+    g, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=10)
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().read()
+    time.sleep(0.8)  # idle, but within the time: the same connection serves again
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().read()
+    sock = conn.sock
+    assert sock is not None
+    started = time.monotonic()
+    assert sock.recv(1) == b""  # the gateway closes it once it has been idle that long
+    assert 1.0 < time.monotonic() - started < 4
 
 
 def test_flags_choose_the_port_and_the_data_directory(
