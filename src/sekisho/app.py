@@ -99,6 +99,7 @@ class Gateway:
         self._upstream: H1Client | None = None
         self._endpoint_tls: dict[str, ssl.SSLContext] = {}  # endpoint id -> its context
         self._tasks: list[asyncio.Task[None]] = []
+        self._client_address = http.ClientAddress(config.server.trusted_proxies)
         self._model_routes: dict[str, ModelHandler] = {
             "/v1/chat/completions": routes.chat_completions,
             "/v1/embeddings": routes.embeddings,
@@ -502,6 +503,7 @@ class Gateway:
         call_id = rid if http.header(scope, b"x-request-id") != rid else http.new_request_id()
         watchers: list[asyncio.Task[None]] = []
         watch_timer: asyncio.TimerHandle | None = None
+        principal: Principal | None = None
         finished = False
         task = asyncio.current_task()
         self.in_flight += 1
@@ -553,13 +555,16 @@ class Gateway:
                 finished = True
                 await http.send_bytes(send, reply.status, reply.body, rid, reply.headers)
                 status = reply.status
-            self._log(call_id, principal, path, status, endpoint, started, None, rid, upstream_id)
+            self._log(scope, call_id, principal, path, status, endpoint, started, None, rid,
+                      upstream_id)  # fmt: skip
         except SekishoError as exc:
             finished = True
             status = exc.status
             exc.headers.setdefault("x-sekisho-request-id", call_id)
             await http.send_error(send, exc, rid)
-            self._log(call_id, None, path, status, endpoint, started, exc.code, rid)
+            # A refusal names who asked (tenant, key) when they were identified: what a SOC
+            # looks for first.
+            self._log(scope, call_id, principal, path, status, endpoint, started, exc.code, rid)
         except http.ClientGone:
             status = 499
         except asyncio.CancelledError:
@@ -598,6 +603,7 @@ class Gateway:
 
     def _log(
         self,
+        scope: http.Scope,
         rid: str,
         principal: Principal | None,
         path: str,
@@ -617,6 +623,7 @@ class Gateway:
             "endpoint": endpoint,
             "ms": round((time.perf_counter() - started) * 1000, 3),
             "pid": self._pid,  # which worker answered, with --workers N
+            "client": self._client_address.of(scope),
         }
         if principal is not None:
             extra["tenant"] = principal.tenant

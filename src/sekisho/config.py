@@ -6,6 +6,7 @@ Secrets come from the environment: any string may be written ``${NAME}`` or ``${
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -90,6 +91,22 @@ class ServerConfig(_Section):
     tls: ServerTLS | None = Field(
         default=None, description="Serve HTTPS (and require client certificates, if set)"
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of load balancers or proxies in front of the "
+        "gateway: for connections from them, the client address logged is taken from "
+        "X-Forwarded-For",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network (CIDR)") from None
+        return value
 
 
 class HealthConfig(_Section):

@@ -179,3 +179,12 @@ def test_the_packaged_example_is_the_documented_one() -> None:
     """`sekisho demo` runs from the copy inside the package; it must be examples/sekisho.yaml."""
     packaged = Path(__file__).resolve().parents[2] / "src" / "sekisho" / "data" / "example.yaml"
     assert packaged.read_bytes() == EXAMPLE.read_bytes()
+
+
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    raw = example_config()
+    raw["server"]["trusted_proxies"] = ["10.0.0.0/8", "lb.corp.example"]
+    out = "\n".join(problems(raw))
+    assert "server.trusted_proxies" in out and "'lb.corp.example' is not an IP address" in out
+    raw["server"]["trusted_proxies"] = ["10.0.0.0/8", "2001:db8::1", "192.0.2.7"]
+    assert parse_config(yaml.safe_dump(raw), "ok.yaml").server.trusted_proxies[1] == "2001:db8::1"

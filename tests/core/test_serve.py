@@ -66,6 +66,30 @@ def client(g: ServeProcess, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=g.base_url, api_key=key, max_retries=0, timeout=20)
 
 
+def test_a_refused_request_is_logged_with_who_asked(
+    served: tuple[ServeProcess, Simulators],
+) -> None:
+    """Refusals were logged without tenant and key: the first thing a SOC looks for."""
+    g, _ = served
+    c = client(g, g.key())
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(
+            model="no-such-model",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-request-id": "trace-refused-1"},
+        )
+    deadline = time.monotonic() + 5
+    while True:
+        found = [x for x in g.log() if x.get("client_request_id") == "trace-refused-1"]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert found, "no log line for the refused request"
+    line = found[0]
+    assert line["status"] == 404 and line["error"] == "model_not_found"
+    assert line["tenant"] == "demo" and line["key_id"] and line["client"] == "127.0.0.1"
+
+
 def test_an_idle_connection_is_kept_for_keep_alive_seconds_then_closed(
     served: tuple[ServeProcess, Simulators],
 ) -> None:
@@ -223,6 +247,7 @@ def test_every_log_line_is_json_and_each_request_is_logged_with_its_request_id(
         )
         assert {"ts", "level", "logger", "ms", "key_id", "pid"} <= set(line)
         assert line["upstream_request_id"].startswith("simreq_")  # the endpoint's own id
+        assert line["client"] == "127.0.0.1"  # who sent it (no trusted proxy in between)
     assert all(isinstance(x.get("msg"), str) and "level" in x for x in lines)
     assert all("request_id" in x for x in lines if x.get("msg") == "request")
 

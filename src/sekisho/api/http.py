@@ -7,8 +7,9 @@ framework: every step of a request can be read and stepped through here.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import orjson
@@ -94,6 +95,36 @@ def _take(msg: Message, chunks: list[bytes], size: int, limit: int) -> int:
             )
         chunks.append(chunk)
     return size if msg.get("more_body", False) else -1
+
+
+class ClientAddress:
+    """Who sent a request, for the log: the connection's peer, or, when the peer is one of the
+    ``trusted`` proxies, the nearest address in X-Forwarded-For that is not (a client cannot
+    forge its way past a proxy that appends what it saw)."""
+
+    def __init__(self, trusted: Sequence[str] = ()) -> None:
+        self._trusted = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip().strip("[]"))
+        except ValueError:
+            return False
+        return any(ip in net for net in self._trusted)
+
+    def of(self, scope: Scope) -> str | None:
+        peer = scope.get("client")
+        host: str | None = str(peer[0]) if peer else None
+        if host is None or not self._trusted or not self._is_trusted(host):
+            return host
+        forwarded = header(scope, b"x-forwarded-for")
+        if not forwarded:
+            return host
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop[:64]
+        return hops[0][:64] if hops else host
 
 
 def query(scope: Scope) -> dict[str, str]:
