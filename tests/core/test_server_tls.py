@@ -101,6 +101,15 @@ def test_serves_https_to_the_openai_client_and_nothing_in_plain_http(
         with pytest.raises(openai.APIConnectionError):
             chat(gw, ssl.create_default_context())
         assert request("GET", f"{gw.root}/healthz", tls=ctx).status_code == 200
+        # A head past server.max_header_bytes is answered (431) before the connection closes:
+        # over TLS too, where dropping the connection at once would lose the answer.
+        raw_sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        with raw_sock, ctx.wrap_socket(raw_sock, server_hostname="localhost") as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 70_000)
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 431 ") and b"server.max_header_bytes" in answer
         # The openai clients above keep idle TLS connections open: shutting down must not wait
         # for them to answer close_notify (it waited the full 30 s).
         started = time.monotonic()

@@ -190,16 +190,18 @@ class HttpProtocol(HttpToolsProtocol):
             b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
             b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
         )
-        self._end()
+        self._end(answered=True)
 
-    def _end(self) -> None:
+    def _end(self, *, answered: bool = False) -> None:
         transport = self.transport
         if transport.is_closing():
             return
-        if self._tls:
+        if self._tls and not answered:
             transport.abort()  # nothing is in flight: do not wait for the client's close_notify
         else:
-            transport.close()  # no more data_received: the rest is never parsed
+            # close() sends what was written first (abort() would drop the answer); no more
+            # data_received after it: the rest is never parsed.
+            transport.close()
 
     def shutdown(self) -> None:
         if self._tls and (self.cycle is None or self.cycle.response_complete):
