@@ -423,11 +423,15 @@ class Gateway:
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
 
+    def _count_refused_head(self, reason: str) -> None:
+        self.metrics.child(self.metrics.heads_refused, reason).inc()
+
     async def _lifespan(self, scope: http.Scope, receive: http.Receive, send: http.Send) -> None:
         state = scope.get("state")
         if state is not None:  # shared with every connection (api/protocol.py reads it)
             state[http.READ_TIMEOUT_STATE] = self.config.server.read_timeout_seconds
             state[http.MAX_HEADER_STATE] = self.config.server.max_header_bytes
+            state[http.HEAD_REFUSED_STATE] = self._count_refused_head
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":

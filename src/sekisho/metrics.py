@@ -104,6 +104,15 @@ class Metrics:
             multiprocess_mode="liveall",
         )
 
+        # Client connections ended before a request could be read (api/protocol.py): slow or
+        # stalled clients, oversized heads. Model requests refused later are in sekisho_requests.
+        self.heads_refused = Counter(
+            "sekisho_client_heads_refused",
+            "Client connections closed before a request head was read: header_timeout (408), "
+            "header_too_large (431), no_request (connected, sent nothing)",
+            ["reason"],
+            registry=r,
+        )
         # Certificates the gateway presents, for an alert well before one expires (renewed
         # files are read again on reload). Several workers: the earliest any live one holds.
         self.certificate_expiry = Gauge(

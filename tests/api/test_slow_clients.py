@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from harness import Harness
+from harness import Harness, request
 
 TIMEOUT = 0.5
 
@@ -158,3 +158,21 @@ def test_large_headers_inside_the_limit_are_served(gw: Harness) -> None:
         )
         data, _ = read_all(s)
     assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+
+
+def test_refused_heads_are_counted_for_operators(gw: Harness) -> None:
+    with connect(gw) as s:  # sends nothing
+        read_all(s)
+    with connect(gw) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gat")
+        read_all(s)
+    with connect(gw) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Padding: " + b"a" * 70_000)
+        read_all(s)
+    metrics = request("GET", f"{gw.root}/metrics").text
+    counts = {
+        line.split('reason="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("sekisho_client_heads_refused_total{")
+    }
+    assert counts == {"no_request": 1.0, "header_timeout": 1.0, "header_too_large": 1.0}

@@ -30,6 +30,7 @@ MAX_HEADER_BYTES = 65536
 # Where the gateway's lifespan leaves those settings for the HTTP protocol (api/protocol.py).
 READ_TIMEOUT_STATE = "sekisho.read_timeout"
 MAX_HEADER_STATE = "sekisho.max_header_bytes"
+HEAD_REFUSED_STATE = "sekisho.head_refused"  # a callable(reason) that counts a refused head
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 JSON = b"application/json"

@@ -18,11 +18,13 @@ so every extra write costs as much as the first. ``OneWrite``:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sekisho.api.http import (
+    HEAD_REFUSED_STATE,
     MAX_HEADER_BYTES,
     MAX_HEADER_STATE,
     READ_TIMEOUT,
@@ -116,6 +118,7 @@ class HttpProtocol(HttpToolsProtocol):
         state = self.app_state
         self._read_timeout = float(state.get(READ_TIMEOUT_STATE, READ_TIMEOUT))
         self._max_head = int(state.get(MAX_HEADER_STATE, MAX_HEADER_BYTES))
+        self._count_refusal: Callable[[str], None] | None = state.get(HEAD_REFUSED_STATE)
         self._begun = False  # the current head's first byte has arrived
         self._in_head = True  # bytes now arriving belong to a request's head
         self._head_bytes = 0
@@ -135,6 +138,7 @@ class HttpProtocol(HttpToolsProtocol):
                 b"The request line and headers exceed %d bytes (server.max_header_bytes)."
                 % self._max_head,
                 b"request_header_fields_too_large",
+                "header_too_large",
             )
 
     def on_message_begin(self) -> None:
@@ -171,17 +175,24 @@ class HttpProtocol(HttpToolsProtocol):
                 b"The request headers did not arrive within %g s (server.read_timeout_seconds)."
                 % self._read_timeout,
                 b"request_timeout",
+                "header_timeout",
             )
         else:
+            self._counted("no_request")
             self._end()
 
-    def _refuse_head(self, status: bytes, message: bytes, code: bytes) -> None:
+    def _counted(self, reason: str) -> None:
+        if self._count_refusal is not None:
+            self._count_refusal(reason)
+
+    def _refuse_head(self, status: bytes, message: bytes, code: bytes, reason: str) -> None:
         """Answer a request whose head cannot be accepted, in OpenAI's error shape, and close:
         the rest of what the client sends cannot be parsed reliably."""
         self._in_head = False
         self._cancel_read_timer()
         if self.transport.is_closing():
             return
+        self._counted(reason)
         body = (
             b'{"error":{"message":"%s The connection is closed.","type":"invalid_request_error",'
             b'"param":null,"code":"%s"}}' % (message, code)
