@@ -353,6 +353,29 @@ async def test_keep_alive_connection_is_reused(
     assert (up.accepted, len(up.requests)) == (1, 5)
 
 
+async def test_a_connection_past_its_lifetime_is_replaced_even_when_never_idle(
+    serve: Callable[..., Awaitable[Upstream]],
+) -> None:
+    """An endpoint that moves (DNS failover, a balancer's new addresses) gets the traffic once
+    old connections age out: busy ones are never idle long enough to expire."""
+    c = H1Client(max_lifetime=0.3)
+    try:
+        up = await serve(always(OK))
+        for _ in range(3):  # back to back: one connection, within its lifetime
+            assert await fetch(c, up.url()) == b'{"ok":true}'
+        assert up.accepted == 1
+        await asyncio.sleep(0.35)
+        assert await fetch(c, up.url()) == b'{"ok":true}'  # the old one was closed, not reused
+        assert (up.accepted, len(up.requests)) == (2, 4)
+        # Aged out while busy too: released past its lifetime, it is closed at once.
+        deadline = asyncio.get_running_loop().time() + 0.5
+        while asyncio.get_running_loop().time() < deadline:
+            assert await fetch(c, up.url()) == b'{"ok":true}'
+        assert up.accepted >= 3
+    finally:
+        await c.close()
+
+
 @pytest.mark.parametrize(
     "response",
     [

@@ -47,6 +47,11 @@ MAX_BODY = 64 * 1024 * 1024
 # Largest response head (status line and headers) accepted from an upstream, and the most it
 # may send before its final head (100 Continue and the like count too).
 MAX_HEAD = 256 * 1024
+# Seconds a connection is used at most. A busy connection is never idle long enough to expire,
+# so without this it would stay on the address it was opened to for good: an endpoint that
+# moves (DNS failover, a load balancer's changing addresses, blue/green) would never see the
+# traffic move with it. Past this age a connection is closed when its exchange ends.
+MAX_LIFETIME = 300.0
 # One SSE line may not grow past this, so a server that never sends a newline cannot fill memory.
 _MAX_LINE = 16 * 1024 * 1024
 # Timers may fire up to a clock tick early; treat that as on time.
@@ -220,6 +225,7 @@ class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection carrying one exchange at a time."""
 
     __slots__ = (
+        "_born",
         "_complete",
         "_deadline",
         "_got_bytes",
@@ -265,6 +271,7 @@ class _Connection(asyncio.Protocol):
         self._deadline = 0.0
         self._last_rx = 0.0
         self._idle_since = 0.0
+        self._born = loop.time()
 
     # -- the exchange -----------------------------------------------------------------------
 
@@ -398,6 +405,7 @@ class _Connection(asyncio.Protocol):
             and transport is not None
             and not transport.is_closing()
             and now - self._idle_since < self._pool.keepalive_timeout
+            and now - self._born < self._pool.max_lifetime
         )
 
     def _resume(self) -> None:
@@ -525,6 +533,7 @@ class _Pool:
         "idle",
         "keepalive_timeout",
         "limit",
+        "max_lifetime",
         "port",
         "retired",
         "server_hostname",
@@ -542,6 +551,7 @@ class _Pool:
         limit: int,
         keepalive_timeout: float,
         tunnel: Proxy | None = None,
+        max_lifetime: float = MAX_LIFETIME,
     ) -> None:
         self.host = host
         self.port = port
@@ -550,6 +560,7 @@ class _Pool:
         self.server_hostname = host if ssl_context is not None else None
         self.limit = limit
         self.keepalive_timeout = keepalive_timeout
+        self.max_lifetime = max_lifetime
         self.size = 0  # connections open or opening, including slots promised to waiters
         self.idle: list[_Connection] = []  # most recently used last
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
@@ -709,7 +720,12 @@ class _Pool:
             raise
 
     def release(self, conn: _Connection) -> None:
-        """A connection free for the next exchange: to the first waiter, else to the idle list."""
+        """A connection free for the next exchange: to the first waiter, else to the idle list;
+        closed instead once it has lived ``max_lifetime`` (its slot goes to the next waiter)."""
+        now = conn._loop.time()
+        if now - conn._born >= self.max_lifetime:
+            conn.close()
+            return
         waiters = self.waiters
         while waiters:
             waiter = waiters.popleft()
@@ -721,7 +737,7 @@ class _Pool:
             conn.close()
             return
         conn._state = _IDLE
-        conn._idle_since = conn._loop.time()
+        conn._idle_since = now
         self.idle.append(conn)
 
     def discard(self, conn: _Connection, was_idle: bool) -> None:
@@ -801,12 +817,14 @@ class H1Client:
         limit_per_host: int = 100,
         ssl_context: ssl.SSLContext | None = None,
         keepalive_timeout: float = 30.0,
+        max_lifetime: float = MAX_LIFETIME,
     ) -> None:
         if limit_per_host < 1:
             raise ValueError("limit_per_host must be at least 1")
         self._limit = limit_per_host
         self._ssl = ssl_context
         self._keepalive_timeout = keepalive_timeout
+        self._max_lifetime = max_lifetime
         self._pools: dict[tuple[object, ...], _Pool] = {}
         self._targets: dict[str, _Target] = {}
         self._header_kinds: dict[str, int] = {}
@@ -941,7 +959,13 @@ class H1Client:
                     self._ssl = ssl.create_default_context()
                 ctx = tls or self._ssl
             pool = self._pools[pool_key] = _Pool(
-                connect_host, connect_port, ctx, self._limit, self._keepalive_timeout, tunnel
+                connect_host,
+                connect_port,
+                ctx,
+                self._limit,
+                self._keepalive_timeout,
+                tunnel,
+                self._max_lifetime,
             )
         target = _Target(pool, path, host_header, extra)
         if len(self._targets) >= 4096:  # URLs come from config; bound it anyway
