@@ -100,6 +100,15 @@ class RateLimited(SekishoError):
     code = "rate_limit_exceeded"
 
 
+class UpstreamRateLimited(SekishoError):
+    """Every eligible endpoint answered 429: the provider's quota, not the gateway's limits.
+    A 429 with Retry-After, which the OpenAI SDKs back off and retry on."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "upstream_rate_limited"
+
+
 class UpstreamFailed(SekishoError):
     """Every eligible endpoint failed (connect error, 5xx, 429, garbage) before a byte was sent."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from sekisho.errors import (
     PolicyViolation,
     SekishoError,
     UpstreamFailed,
+    UpstreamRateLimited,
     UpstreamTimeout,
 )
 from sekisho.identity import Principal
@@ -393,6 +395,7 @@ class Pipeline:
         (streaming): until then nothing has reached the client, so failing over is safe."""
         plan = self.selector.plan(decision.eligible, self.max_attempts, self._tiers(call, decision))
         last: UpstreamError | None = None
+        failures: list[UpstreamError] = []
         tried: list[str] = []
         for route in plan:
             ep = route.endpoint
@@ -424,6 +427,7 @@ class Pipeline:
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
                     raise client_error_from(exc) from None
                 last = exc
+                failures.append(exc)
                 continue
             except BaseException:
                 if not released:
@@ -434,6 +438,10 @@ class Pipeline:
                 f"No eligible endpoint answered in time (tried: {', '.join(tried)}). "
                 "The request was not sent anywhere else."
             )
+        if failures and all(
+            isinstance(e, UpstreamStatusError) and e.status == 429 for e in failures
+        ):
+            raise _rate_limited(failures, tried)
         detail = f"{last.detail}" if last else "no endpoint could be tried"
         raise UpstreamFailed(
             f"Every eligible endpoint failed (tried: {', '.join(tried)}; last: {detail}). "
@@ -728,6 +736,23 @@ def _route_headers(route: Route) -> list[tuple[str, str]]:
         ("x-sekisho-jurisdiction", f"{ep.jurisdiction.country}/{ep.jurisdiction.region}"),
         ("x-sekisho-operator-country", ep.operator.country),
     ]
+
+
+def _rate_limited(failures: list[UpstreamError], tried: list[str]) -> UpstreamRateLimited:
+    """Every endpoint tried said 429: the client is told to wait as long as the soonest of them
+    asked (at least 1 s), as a 429 its SDK backs off on, not a 502."""
+    waits = [
+        w
+        for e in failures
+        if isinstance(e, UpstreamStatusError)
+        and (w := parse_retry_after(e.retry_after)) is not None
+    ]
+    after = max(1, math.ceil(min(waits))) if waits else 1
+    return UpstreamRateLimited(
+        f"Every eligible endpoint is rate-limiting requests (tried: {', '.join(tried)}): "
+        f"retry after {after} s. The request was not sent anywhere else.",
+        headers={"retry-after": str(after)},
+    )
 
 
 def _answer_chars(data: dict[str, Any]) -> int:

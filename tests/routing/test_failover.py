@@ -153,3 +153,24 @@ def test_client_disconnect_cancels_the_upstream_request(two: Harness) -> None:
     assert two.gateway.in_flight == 0  # type: ignore[union-attr]
     states = two.gateway.health.snapshot()  # type: ignore[union-attr]
     assert all(s["in_flight"] == 0 for s in states.values())
+
+
+def test_every_endpoint_rate_limited_is_a_429_with_the_soonest_retry_after(two: Harness) -> None:
+    """A provider's quota exhausted everywhere is a 429 the SDK backs off on (RateLimitError),
+    waiting as long as the soonest endpoint asked, not a 502."""
+    key = two.key()
+    two.fault("sim-global-japaneast", mode="status", status=429, retry_after="7")
+    two.fault("sim-global-useast", mode="status", status=429, retry_after="3")
+    with pytest.raises(openai.RateLimitError) as e:
+        chat(two, key)
+    assert e.value.response.headers["retry-after"] == "3"
+    body = e.value.body
+    assert isinstance(body, dict) and body["code"] == "upstream_rate_limited"
+    assert "sim-global-japaneast" in body["message"] and "sim-global-useast" in body["message"]
+    # One of them failing otherwise: not everyone is rate-limiting, so it stays a 502.
+    for ep in ("sim-global-japaneast", "sim-global-useast"):
+        two.gateway.health.success(ep)  # type: ignore[union-attr]
+    two.fault("sim-global-useast", mode="status", status=500)
+    with pytest.raises(openai.InternalServerError) as e2:
+        chat(two, key)
+    assert e2.value.status_code == 502
