@@ -307,7 +307,11 @@ def check_request(
         assert outcome["endpoint"] == answered
         assert headers["x-sekisho-classification"] == want.level.label
     else:
-        assert status in (502, 504), (status, seen)
+        assert status in (429, 502, 504), (status, seen)
+        if status == 429:  # only when every endpoint tried said 429 (the provider's quota)
+            assert seen.startswith("upstream_rate_limited|"), seen
+            tried = {eid for eid in want.eligible if received[eid]}
+            assert tried and all(world["faults"].get(eid) == "status429" for eid in tried)
         assert outcome["endpoint"] is None or outcome["endpoint"] in want.eligible
 
 
