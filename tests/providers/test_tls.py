@@ -350,3 +350,43 @@ def test_every_context_verifies_certificates_and_hostnames(pki: dict[str, Any]) 
     assert [c["subject"] for c in pinned.get_ca_certs()] == [
         ((("commonName", "sekisho test CA"),),)
     ]
+
+
+def test_a_reload_that_adds_server_tls_is_refused_and_changes_nothing(
+    gateways: Callable[..., Harness], pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """Whether the listener speaks TLS is fixed when it starts: a reload that adds (or
+    removes) server.tls says so, and the gateway keeps serving as before."""
+    config = tmp_path / "sekisho.yaml"
+    h = gateways(None, config_path=config)
+    raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    cert, key = pki["server"]
+    raw["server"]["tls"] = {"cert_file": str(cert), "key_file": str(key)}
+    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        h.call(h.gateway.reload_policy())
+    assert "server.tls: adding or removing server.tls needs a restart" in str(err.value)
+    assert ask(h, "gpt-4o").status_code == 200
+
+
+def test_the_listener_refuses_to_add_or_drop_client_certificates_on_reload(
+    pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sekisho import tls
+    from sekisho.config import ServerTLS
+    from sekisho.tls import Listener, TLSSettingError
+
+    monkeypatch.setattr(tls, "_listener", None)  # the process's listener is restored after
+
+    cert, key = map(str, pki["server"])
+    listener = Listener(ServerTLS(cert_file=cert, key_file=key))
+    bound = listener()
+    with pytest.raises(TLSSettingError) as err:
+        listener.reload(
+            ServerTLS(cert_file=cert, key_file=key, client_ca_file=str(pki["ca"].cert_path))
+        )
+    assert err.value.field == "client_ca_file" and "needs a restart" in err.value.reason
+    assert listener.settings.client_ca_file is None  # nothing changed
+    # The minimum version can change: it is set on the context the listener is bound to.
+    listener.reload(ServerTLS(cert_file=cert, key_file=key, min_version="1.3"))
+    assert bound.minimum_version == ssl.TLSVersion.TLSv1_3

@@ -256,7 +256,9 @@ class AdminAPI:
         tenants: Mapping[str, object],
         reload_policy: Callable[[], Awaitable[dict[str, Any]]],
         audit: AdminAuditSink,
+        read_timeout: float = http.READ_TIMEOUT,
     ) -> None:
+        self.read_timeout = read_timeout  # server.read_timeout_seconds, for request bodies
         self.keys = keys
         self.authenticator = authenticator
         self.limiter = limiter
@@ -319,7 +321,7 @@ class AdminAPI:
             await self._denied(req)
         req.query = _query(scope, route)
         if route.body is not None:
-            raw = await http.read_body(scope, receive, _MAX_BODY)
+            raw = await http.read_body(scope, receive, _MAX_BODY, self.read_timeout)
             req.body = _parse(route.body, raw)
         return req
 
