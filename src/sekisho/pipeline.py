@@ -616,15 +616,16 @@ class Pipeline:
             m.child(m.tokens, ep_id, juris, "prompt").inc(outcome.prompt_tokens)
             m.child(m.tokens, ep_id, juris, "completion").inc(outcome.completion_tokens)
         try:
+            unkept: StoreError | None = None
             try:
                 await self._store(call, decision, outcome)
             except StoreError as exc:
                 outcome.status, outcome.error_code = exc.status, exc.code
-                if self.recorder is not None:
-                    await self.recorder.outcome(call, decision, outcome)
-                raise
+                unkept = exc
             if self.recorder is not None:
                 await self.recorder.outcome(call, decision, outcome)
+            if unkept is not None:
+                raise unkept
         finally:
             await self._settle(call, outcome)
 

@@ -64,6 +64,18 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+def assert_audit_complete(data_dir: Path) -> None:
+    """`sekisho ledger audit`: the log verifies, and every decision has its outcome."""
+    audit = subprocess.run(
+        [sys.executable, "-m", "sekisho", "ledger", "audit", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "incomplete requests: 0" in audit.stdout, audit.stdout
+
+
 def test_a_full_ledger_disk_refuses_clearly_sends_nothing_and_recovers(
     tmp_path: Path, tmpfs: Callable[[str], Path]
 ) -> None:
@@ -108,15 +120,7 @@ def test_a_full_ledger_disk_refuses_clearly_sends_nothing_and_recovers(
     finally:
         sims.stop()
 
-    # Everything answered is in the ledger, each decision with its outcome.
-    audit = subprocess.run(
-        [sys.executable, "-m", "sekisho", "ledger", "audit", "--data-dir", str(small_disk)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert audit.returncode == 0, audit.stdout + audit.stderr
-    assert "incomplete requests: 0" in audit.stdout
+    assert_audit_complete(small_disk)
 
 
 def test_a_full_store_disk_withholds_the_answer_and_the_ledger_records_why(
@@ -158,13 +162,6 @@ def test_a_full_store_disk_withholds_the_answer_and_the_ledger_records_why(
     finally:
         sims.stop()
 
-    audit = subprocess.run(
-        [sys.executable, "-m", "sekisho", "ledger", "audit", "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert audit.returncode == 0, audit.stdout + audit.stderr
     # Before, a store failure skipped the outcome entry: the audit showed two requests with a
     # decision and no outcome, as if the gateway had crashed.
-    assert "incomplete requests: 0" in audit.stdout, audit.stdout
+    assert_audit_complete(data)
