@@ -253,5 +253,13 @@ def rewrite_texts(kind: str, body: dict[str, Any], rewrite: Callable[[str], str]
     exactly the texts the classifier scanned (``api.schema.text_slots``). The body is the
     call's own parse of the request, so it is rewritten in place."""
     for container, key in text_slots(kind, body):
-        container[key] = rewrite(container[key])
+        text = rewrite(container[key])
+        if key == "name":
+            # A participant name: OpenAI refuses '<', '>' there ('^[^\\s<|\\/>]+$'), so a
+            # placeholder goes in full-width brackets, which re-identification also accepts.
+            text = text.translate(_NAME_SAFE)
+        container[key] = text
     return body
+
+
+_NAME_SAFE = str.maketrans({"<": "＜", ">": "＞"})

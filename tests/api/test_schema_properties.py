@@ -188,6 +188,7 @@ rich_message = st.one_of(
     st.fixed_dictionaries(
         {
             "role": st.just("user"),
+            "name": st.text(min_size=1, max_size=8),
             "content": st.lists(
                 st.one_of(
                     text_part,
@@ -200,6 +201,31 @@ rich_message = st.one_of(
         }
     ),
 )
+# JSON Schemas as tools and structured outputs carry them: syntax sekisho must leave alone, and
+# descriptions, enums, defaults and examples the model reads.
+json_schema = st.recursive(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["string", "integer"])},
+        optional={
+            "description": st.text(max_size=15),
+            "enum": st.lists(st.text(max_size=8), max_size=3),
+            "default": st.text(max_size=8),
+            "pattern": st.just("^[a-z]+$"),
+            "format": st.just("email"),
+        },
+    ),
+    lambda inner: st.fixed_dictionaries(
+        {
+            "type": st.just("object"),
+            "properties": st.dictionaries(
+                st.sampled_from(["name", "type", "email", "required", "note"]), inner, max_size=3
+            ),
+            "required": st.lists(st.sampled_from(["name", "email"]), max_size=2),
+        },
+        optional={"description": st.text(max_size=10), "examples": st.lists(inner, max_size=1)},
+    ),
+    max_leaves=4,
+)
 rich_chat = st.fixed_dictionaries(
     {"model": st.just("m"), "messages": st.lists(rich_message, min_size=1, max_size=5)},
     optional={
@@ -207,6 +233,29 @@ rich_chat = st.fixed_dictionaries(
         "prediction": st.fixed_dictionaries(
             {"type": st.just("content"), "content": st.text(max_size=20)}
         ),
+        "tools": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "type": st.just("function"),
+                    "function": st.fixed_dictionaries(
+                        {"name": st.just("lookup"), "parameters": json_schema},
+                        optional={"description": st.text(max_size=20)},
+                    ),
+                }
+            ),
+            max_size=2,
+        ),
+        "response_format": st.fixed_dictionaries(
+            {
+                "type": st.just("json_schema"),
+                "json_schema": st.fixed_dictionaries(
+                    {"name": st.just("answer"), "schema": json_schema},
+                    optional={"description": st.text(max_size=10), "strict": st.booleans()},
+                ),
+            }
+        ),
+        "metadata": st.dictionaries(st.text(max_size=5), st.text(max_size=10), max_size=3),
+        "stop": st.one_of(st.text(max_size=5), st.lists(st.text(max_size=5), max_size=4)),
     },
 )
 
@@ -243,3 +292,30 @@ def test_redaction_rewrites_exactly_the_texts_the_classifier_scanned(body: dict[
     assert left.count("\x00rewritten") == len(scanned)
     if "user" in body:
         assert out["user"] == "\x00rewritten"
+    # What the model reads in a tool definition is scanned; what the upstream parses as syntax
+    # (names, JSON Schema keywords, required property lists) is kept as it was.
+    for t in out.get("tools", []):
+        fn = t["function"]
+        assert fn["name"] == "lookup" and t["type"] == "function"
+        if "description" in fn:
+            assert fn["description"] == "\x00rewritten"
+        _assert_schema_syntax_kept(fn["parameters"])
+    if "response_format" in out:
+        js = out["response_format"]["json_schema"]
+        assert js["name"] == "answer"
+        _assert_schema_syntax_kept(js["schema"])
+    for v in out.get("metadata", {}).values():
+        assert v == "\x00rewritten"
+
+
+def _assert_schema_syntax_kept(schema: dict[str, Any]) -> None:
+    assert schema["type"] in ("string", "integer", "object")
+    assert schema.get("pattern", "^[a-z]+$") == "^[a-z]+$"
+    assert schema.get("format", "email") == "email"
+    assert all(r in ("name", "email") for r in schema.get("required", []))
+    for v in schema.get("enum", []):
+        assert v == "\x00rewritten"
+    if "description" in schema:
+        assert schema["description"] == "\x00rewritten"
+    for sub in list(schema.get("properties", {}).values()) + schema.get("examples", []):
+        _assert_schema_syntax_kept(sub)

@@ -194,3 +194,85 @@ def test_a_streamed_answer_that_cannot_be_inspected_is_withheld(gw: Harness) -> 
     )
     text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
     assert "hello" not in text
+
+
+def test_tool_definitions_names_and_schemas_are_inspected_and_rewritten(gw: Harness) -> None:
+    """What the model reads besides the messages (a participant's name, a tool's description, the
+    enum of a parameter, a structured-output schema) reaches the upstream only as policy allows,
+    while the names and schema syntax the upstream parses stay valid."""
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {
+                "name": "send_mail",
+                "description": f"Send a mail on behalf of {NAME}",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "to": {"type": "string", "format": "email", "enum": [EMAIL]},
+                    },
+                    "required": ["to"],
+                },
+            },
+        }
+    ]
+    fmt: Any = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "reply",
+            "schema": {"type": "object", "description": f"A reply for {EMAIL}"},
+        },
+    }
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "name": NAME, "content": "hello"}],
+        tools=tools,
+        response_format=fmt,
+        metadata={"requester": EMAIL},
+    )
+    assert raw.headers["x-sekisho-action"] in ("redact", "pseudonymise")
+    sent = orjson.loads(gw.sims[raw.headers["x-sekisho-endpoint"]].stats.bodies[-1])
+    text = orjson.dumps(sent).decode()
+    assert NAME not in text and EMAIL not in text
+    fn = sent["tools"][0]["function"]
+    assert fn["name"] == "send_mail"
+    assert fn["description"] == "Send a mail on behalf of <PERSON_1>"
+    to = fn["parameters"]["properties"]["to"]
+    assert to == {"type": "string", "format": "email", "enum": ["[EMAIL]"]}
+    assert fn["parameters"]["required"] == ["to"]
+    assert sent["response_format"]["json_schema"]["name"] == "reply"
+    assert sent["response_format"]["json_schema"]["schema"]["description"] == "A reply for [EMAIL]"
+    assert sent["metadata"] == {"requester": "[EMAIL]"}
+    # A participant name may not hold '<' or '>' upstream: the placeholder is full-width there.
+    assert sent["messages"][0]["name"] == "＜PERSON_1＞"
+
+
+def test_an_identifier_only_in_a_tool_definition_still_classifies_the_request(
+    tmp_path: Path,
+) -> None:
+    def restricted_numbers(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["policy"]["classification"] = {
+            "findings": {"MY_NUMBER": "restricted"}
+        }
+
+    h = start_example(tmp_path, restricted_numbers)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        tool: Any = {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"id": {"type": "string", "default": MY_NUMBER}},
+                },
+            },
+        }
+        raw = c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "look it up"}], tools=[tool]
+        )
+        assert raw.headers["x-sekisho-classification"] == "restricted"
+        assert raw.headers["x-sekisho-endpoint"] == "sim-domestic-tokyo"
+    finally:
+        h.stop()

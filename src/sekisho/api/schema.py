@@ -276,10 +276,16 @@ def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
     pairs with ``container[key]`` a string: what the classifier scans, and exactly what
     redaction and pseudonymisation rewrite (one list for both, so they cannot drift apart).
 
-    Chat: message contents (strings, text and refusal parts), the arguments of earlier tool and
-    function calls, a predicted output, and ``user`` (often an e-mail or a person's id).
-    Embeddings: the text inputs and ``user``. Token ids, images, audio and files are counted by
-    ``uninspected()`` instead.
+    Chat: each message's content (strings, text and refusal parts) and participant ``name``,
+    the arguments of earlier tool and function calls, a predicted output, the tool and function
+    definitions (descriptions, and every value in their parameter schemas: descriptions, enums,
+    defaults, examples), a structured-output schema, ``metadata`` values, ``stop`` sequences
+    and ``user`` (often an e-mail or a person's id). Embeddings: the text inputs and ``user``.
+    Token ids, images, audio and files are counted by ``uninspected()`` instead.
+
+    Left out because rewriting them would break the request, and they are identifiers rather
+    than prose: tool and schema names (``^[a-zA-Z0-9_-]+$`` upstream), JSON Schema keywords
+    (``type``, ``format``, ``pattern``, ``$ref``, ``required``) and object keys.
     """
     slots: list[tuple[Any, Any]] = []
     if kind == "embeddings":
@@ -290,6 +296,8 @@ def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
             slots.extend((inp, i) for i, x in enumerate(inp) if isinstance(x, str))
     else:
         for m in body["messages"]:
+            if isinstance(m.get("name"), str):
+                slots.append((m, "name"))
             _content_slots(m, slots)
             for call in m.get("tool_calls") or ():
                 fn = call.get("function") if isinstance(call, dict) else None
@@ -301,9 +309,63 @@ def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
         prediction = body.get("prediction")
         if isinstance(prediction, dict):
             _content_slots(prediction, slots)
+        for key in ("tools", "functions"):
+            defs = body.get(key)
+            if isinstance(defs, list):
+                _schema_slots(defs, slots)
+        rf = body.get("response_format")
+        if isinstance(rf, dict):
+            _schema_slots(rf.get("json_schema"), slots)
+        meta = body.get("metadata")
+        if isinstance(meta, dict):
+            slots.extend((meta, k) for k, v in meta.items() if isinstance(v, str))
+        stop = body.get("stop")
+        if isinstance(stop, str):
+            slots.append((body, "stop"))
+        elif isinstance(stop, list):
+            slots.extend((stop, i) for i, x in enumerate(stop) if isinstance(x, str))
     if isinstance(body.get("user"), str):
         slots.append((body, "user"))
     return slots
+
+
+# Keys whose string values are identifiers or JSON Schema syntax, not text for the model to read:
+# rewriting them would make the request invalid. A dict under one of them (a property that
+# happens to be called "name") is still walked.
+_SCHEMA_SYNTAX = frozenset(
+    {
+        "name",
+        "type",
+        "format",
+        "pattern",
+        "$ref",
+        "$id",
+        "$schema",
+        "$anchor",
+        "$dynamicRef",
+        "required",
+        "syntax",
+        "contentEncoding",
+        "contentMediaType",
+    }
+)
+
+
+def _schema_slots(node: Any, slots: list[tuple[Any, Any]]) -> None:
+    """Every string value in a tool definition or a JSON Schema, but syntax (``_SCHEMA_SYNTAX``)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(v, str):
+                if k not in _SCHEMA_SYNTAX:
+                    slots.append((node, k))
+            elif isinstance(v, dict) or (isinstance(v, list) and k not in _SCHEMA_SYNTAX):
+                _schema_slots(v, slots)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, str):
+                slots.append((node, i))
+            elif isinstance(v, dict | list):
+                _schema_slots(v, slots)
 
 
 def _content_slots(holder: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:
