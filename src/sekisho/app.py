@@ -27,6 +27,7 @@ from sekisho.errors import (
     ConfigProblem,
     MethodNotAllowed,
     NotFound,
+    PermissionDenied,
     SekishoError,
 )
 from sekisho.identity import Authenticator, KeyStore, Principal, require
@@ -646,6 +647,10 @@ class Gateway:
             raise MethodNotAllowed(f"{path} accepts GET, not {scope['method']}.")
         principal = await self.authenticator.authenticate_headers(scope["headers"])
         require(principal, MODEL_ROUTES["/v1/models"])
+        if principal.tenant not in self.config.tenants:  # it may use nothing, so lists nothing
+            raise PermissionDenied(
+                f"The key's tenant {principal.tenant!r} is not in the configuration."
+            )
         policy = self.config.policies.get(principal.tenant)
         allowed = policy.models if policy is not None else None
         listing = routes.list_models(self.config.catalogue, principal, allowed)

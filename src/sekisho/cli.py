@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sekisho import __version__
+from sekisho._where import add_data_dir_args, config_of, data_dir
 from sekisho.errors import ConfigError
 
 
@@ -98,15 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="")
     p.add_argument("--models", help="comma-separated models this key may use (default: all)")
     p.add_argument("--expires-in-days", type=float, help="expiry (default: never)")
-    _data_dir_arg(p)
+    add_data_dir_args(p)
     p.set_defaults(func=cmd_keys_create)
     p = ksub.add_parser("list", help="list keys (never their secrets)")
     p.add_argument("--tenant")
-    _data_dir_arg(p)
+    add_data_dir_args(p)
     p.set_defaults(func=cmd_keys_list)
     p = ksub.add_parser("revoke", help="revoke a key by its id")
     p.add_argument("key_id")
-    _data_dir_arg(p)
+    add_data_dir_args(p)
     p.set_defaults(func=cmd_keys_revoke)
     _register_optional(sub, ksub)
     return parser
@@ -133,16 +134,6 @@ def _register_optional(sub: Any, ksub: Any) -> None:
             module.register(sub)
         if hasattr(module, "register_keys"):
             module.register_keys(ksub)
-
-
-def _data_dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir", default=None, help="data directory (default: $SEKISHO_DATA_DIR or ./data)"
-    )
-
-
-def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir or os.environ.get("SEKISHO_DATA_DIR") or "./data")
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -338,8 +329,14 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from sekisho.identity import KeyStore
 
-    store = KeyStore(_data_dir(args) / "identity.db")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
+    config = config_of(args)
+    if config is not None:
+        problem = _unknown_tenant_or_models(config, args.tenant, models or ())
+        if problem:
+            print(f"sekisho: {problem}; no key was created", file=sys.stderr)
+            return 2
+    store = KeyStore(data_dir(args) / "identity.db")
     expires = None
     if args.expires_in_days is not None:
         expires = dt.datetime.now(dt.UTC).timestamp() + args.expires_in_days * 86400
@@ -356,10 +353,25 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unknown_tenant_or_models(config: Any, tenant: str, models: tuple[str, ...]) -> str | None:
+    """Why a key for this tenant and these models could never be used with ``config``."""
+    if tenant not in config.tenants:
+        known = ", ".join(sorted(config.tenants)) or "none"
+        return f"tenant {tenant!r} is not in {config.source_file} (its tenants: {known})"
+    served = set(config.catalogue.model_names)
+    unknown = [m for m in models if m not in served]
+    if unknown:
+        return (
+            f"no endpoint in {config.source_file} serves {', '.join(map(repr, unknown))} "
+            f"(served: {', '.join(sorted(served))})"
+        )
+    return None
+
+
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from sekisho.identity import KeyStore
 
-    store = KeyStore(_data_dir(args) / "identity.db")
+    store = KeyStore(data_dir(args) / "identity.db")
     rows = store.list(args.tenant)
     print(f"{'KEY ID':<14} {'TENANT':<16} {'ROLE':<10} {'STATE':<8} {'CREATED':<20} NAME")
     now = dt.datetime.now(dt.UTC).timestamp()
@@ -377,7 +389,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from sekisho.identity import KeyStore
 
-    store = KeyStore(_data_dir(args) / "identity.db")
+    store = KeyStore(data_dir(args) / "identity.db")
     if store.revoke(args.key_id):
         print(f"revoked key {args.key_id}")
         return 0

@@ -204,6 +204,47 @@ def test_keys_create_prints_the_key_alone_on_its_last_line_and_it_works(gateway:
     assert chat(gateway, key).status_code == 200
 
 
+def test_keys_create_with_the_gateways_config_uses_its_data_dir_and_refuses_typos(
+    gateway: Harness, tmp_path: Path
+) -> None:
+    """``--config`` makes the key where ``serve`` with that file looks for it (whatever the
+    working directory), and a tenant or model the config does not know creates nothing."""
+    import yaml
+
+    config = tmp_path / "elsewhere" / "sekisho.yaml"
+    config.parent.mkdir()
+    config.write_text(yaml.safe_dump(gateway.raw, allow_unicode=True), encoding="utf-8")
+
+    def keys_create(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sekisho", "keys", "create", "--config", str(config), *args],
+            capture_output=True, text=True, timeout=60, cwd=config.parent,
+        )  # fmt: skip
+
+    store = KeyStore(gateway.data_dir / "identity.db")
+    before = len(store.list())
+    r = keys_create("--tenant", "dmeo")
+    assert r.returncode == 2
+    assert "tenant 'dmeo' is not in" in r.stderr and "its tenants: demo" in r.stderr
+    r = keys_create("--tenant", "demo", "--models", "gpt-4o,gtp-4o")
+    assert r.returncode == 2 and "serves 'gtp-4o'" in r.stderr
+    assert len(store.list()) == before  # nothing was created
+    assert not (config.parent / "data").exists()  # nor a stray data directory
+
+    r = keys_create("--tenant", "demo", "--models", "gpt-4o")
+    assert r.returncode == 0, r.stderr
+    assert chat(gateway, r.stdout.splitlines()[-1]).status_code == 200
+
+
+def test_a_key_whose_tenant_left_the_config_is_refused_everywhere(gateway: Harness) -> None:
+    key = gateway.key("former-subsidiary")
+    with pytest.raises(openai.PermissionDeniedError, match="'former-subsidiary' is not in"):
+        client(gateway, key).models.list()
+    with pytest.raises(openai.PermissionDeniedError, match="'former-subsidiary' is not in"):
+        chat(gateway, key)
+    assert upstream_bytes(gateway) == 0
+
+
 def test_revocation_is_effective_on_the_very_next_request(gateway: Harness) -> None:
     r = sekisho_cli("keys", "create", "--tenant", "demo", "--data-dir", str(gateway.data_dir))
     key = r.stdout.splitlines()[-1]

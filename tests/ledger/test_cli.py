@@ -160,3 +160,52 @@ async def test_ledger_audit_exit_status_says_whether_the_log_is_intact(
     assert main(["ledger", "audit", "--data-dir", str(data_dir), "--key", verifier, "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["problems"][0]["index"] == 2
+
+
+async def test_ledger_commands_find_the_ledger_through_the_gateways_config(
+    keyed_data_dir: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An operator passes the file ``serve`` runs with, from any directory, and the commands
+    work on that gateway's ledger and key, not on a ``./data`` that happens to be there."""
+    import yaml
+
+    from harness import example_config
+
+    data_dir, verifier = keyed_data_dir
+    await _log_some(data_dir, 3)
+    raw = example_config()
+    raw["server"]["data_dir"] = str(data_dir)
+    config = tmp_path / "sekisho.yaml"
+    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    assert main(["ledger", "audit", "--config", str(config), "--key", verifier]) == 0
+    assert "audit: OK" in capsys.readouterr().out
+    assert main(["ledger", "checkpoint", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith(ORIGIN + "\n6\n")  # 3 decisions, 3 outcomes
+    assert main(["keys", "ledger", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == verifier
+    assert list(elsewhere.iterdir()) == []  # no stray ./data was made
+
+    # --data-dir still wins over the config's, as with `serve`; where there is no ledger the
+    # commands say so, and make none.
+    for command in ("audit", "checkpoint"):
+        args = ["ledger", command, "--config", str(config), "--data-dir", str(elsewhere)]
+        assert main(args) == 1
+        assert f"there is no ledger at {elsewhere / 'ledger.sqlite3'}" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_file_that_is_not_a_ledger_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "identity.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE api_keys (id TEXT)")
+    assert main(["ledger", "audit", "--url", f"sqlite:///{other}"]) == 1
+    assert "does not hold a sekisho ledger" in capsys.readouterr().err

@@ -5,23 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sekisho._where import add_data_dir_args, data_dir
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
-
-
-def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir or os.environ.get("SEKISHO_DATA_DIR") or "./data")
-
-
-def _data_dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir", default=None, help="data directory (default: $SEKISHO_DATA_DIR or ./data)"
-    )
 
 
 def register(subparsers: Subparsers) -> None:
@@ -33,7 +23,7 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--until", help="last day, YYYY-MM-DD (default: today)")
     p.add_argument("--redis", help="read the shared counters in Redis (redis://…) instead")
     p.add_argument("--namespace", default="default", help="Redis namespace (limits.namespace)")
-    _data_dir_arg(p)
+    add_data_dir_args(p)
     p.set_defaults(func=cmd_usage)
 
 
@@ -47,7 +37,7 @@ def register_keys(keys_subparsers: Subparsers) -> None:
         "--overlap-hours", type=float, default=24.0,
         help="how long the old key keeps working (default 24; 0 retires it now)",
     )  # fmt: skip
-    _data_dir_arg(p)
+    add_data_dir_args(p)
     p.set_defaults(func=cmd_keys_rotate_api)
 
 
@@ -58,7 +48,7 @@ def cmd_keys_rotate_api(args: argparse.Namespace) -> int:
     if args.overlap_hours < 0:
         print("sekisho: --overlap-hours must be zero or more", file=sys.stderr)
         return 2
-    store = KeyStore(_data_dir(args) / "identity.db")
+    store = KeyStore(data_dir(args) / "identity.db")
     try:
         key, info = store.rotate(args.key_id, args.overlap_hours * 3600)
     except (ValueError, NotFound) as exc:
@@ -97,7 +87,7 @@ async def _usage(args: argparse.Namespace) -> int:
         client = Redis.from_url(args.redis)
         store = RedisUsage(client, args.namespace)
     else:
-        store = SQLiteUsage(_data_dir(args) / "usage.db")
+        store = SQLiteUsage(data_dir(args) / "usage.db")
     try:
         rows = await store.query(
             since, until, tenant=args.tenant,

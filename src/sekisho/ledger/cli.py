@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import socket
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sekisho._where import add_data_dir_args, config_of, data_dir
 from sekisho.ledger import merkle
 from sekisho.ledger.audit import audit
 from sekisho.ledger.checkpoint import Checkpoint, CheckpointError
@@ -31,12 +32,31 @@ from sekisho.ledger.proof import (
 )
 from sekisho.ledger.storage import Storage, StorageError, open_storage
 
-DEFAULT_DATA_DIR = "data"
 KEY_FILE = Path("keys") / "ledger.key"
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir or os.environ.get("SEKISHO_DATA_DIR") or DEFAULT_DATA_DIR)
+    return data_dir(args)
+
+
+def _key_file(args: argparse.Namespace) -> Path:
+    """The signer key: ``--key-file``, the config's ``ledger.key_file``, or under the data dir."""
+    if getattr(args, "key_file", None):
+        return Path(args.key_file)
+    config = config_of(args)
+    if config is not None and config.ledger.key_file and not getattr(args, "data_dir", None):
+        return Path(config.ledger.key_file)
+    return _data_dir(args) / KEY_FILE
+
+
+def _location(args: argparse.Namespace) -> str:
+    """The ledger's database: ``--url``, the data dir given, or where ``--config`` keeps it."""
+    if getattr(args, "url", None):
+        return str(args.url)
+    config = config_of(args)
+    if config is not None and config.ledger.url and not getattr(args, "data_dir", None):
+        return config.ledger.url
+    return str(_data_dir(args))
 
 
 def _fail(message: str) -> int:
@@ -110,14 +130,14 @@ def _relate_plain(cp: Checkpoint, kept: KeptCheckpoints) -> str:
 
 
 def _open(args: argparse.Namespace) -> Storage:
-    return open_storage(args.url or str(_data_dir(args)))
+    return open_storage(_location(args), create=False)
 
 
 def _verifiers(args: argparse.Namespace) -> list[Verifier]:
     if getattr(args, "key", None):
         return [_read_verifier(args.key)]
-    key_file = _data_dir(args) / KEY_FILE
-    if not args.url and key_file.exists():
+    key_file = _key_file(args)
+    if not _location(args).startswith("postgresql") and key_file.exists():
         return [load_signer(key_file).verifier()]
     return []
 
@@ -130,6 +150,8 @@ def audit_command(args: argparse.Namespace) -> int:
             report = audit(storage, verifiers)
         finally:
             storage.close()
+    except sqlite3.DatabaseError as e:  # a file, but not a ledger's
+        return _fail(f"{_location(args)} does not hold a sekisho ledger ({e})")
     except (StorageError, KeyFileError, NoteError, OSError) as e:
         return _fail(str(e))
     if args.json:
@@ -161,6 +183,8 @@ def checkpoint_command(args: argparse.Namespace) -> int:
             storage.close()
     except merkle.ProofError as e:
         return _fail(f"the log is not consistent with the last checkpoint you kept: {e}")
+    except sqlite3.DatabaseError as e:
+        return _fail(f"{_location(args)} does not hold a sekisho ledger ({e})")
     except (StorageError, KeyFileError, NoteError, CheckpointError, ReceiptError, OSError) as e:
         return _fail(str(e))
     sys.stdout.write(signed)
@@ -172,8 +196,7 @@ def _latest_signed(args: argparse.Namespace, storage: Storage) -> str:
     latest = storage.latest_checkpoint()
     if latest is not None and latest.size >= size:
         return latest.note
-    key_file = Path(args.key_file) if args.key_file else _data_dir(args) / KEY_FILE
-    signer = load_signer(key_file)
+    signer = load_signer(_key_file(args))
     origin = storage.origin() or signer.name
     root = merkle.root_from_hashes(size, storage.hashes(merkle.subtree_keys(0, size)))
     signed = Checkpoint(origin, size, root).sign(signer)
@@ -204,7 +227,7 @@ def _keep(path: Path, signed: str, storage: Storage) -> None:
 
 def keys_ledger(args: argparse.Namespace) -> int:
     """Create the ledger signing key under the data dir and print the verifier key."""
-    path = Path(args.key_file) if getattr(args, "key_file", None) else _data_dir(args) / KEY_FILE
+    path = _key_file(args)
     name = args.name or f"{socket.gethostname()}/sekisho-ledger"
     if path.exists():
         # The gateway creates the key on first start; then this prints its verifier key.
@@ -237,8 +260,18 @@ def keys_ledger(args: argparse.Namespace) -> int:
 
 def _add_location(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--data-dir", help="data directory holding ledger.sqlite3 (default ./data)")
+    where.add_argument(
+        "--data-dir",
+        help="data directory holding ledger.sqlite3 (default: the --config file's, "
+        "else $SEKISHO_DATA_DIR, else ./data)",
+    )
     where.add_argument("--url", help="PostgreSQL URL of the ledger instead of the data dir")
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="the gateway's config: use its ledger (ledger.url, or SQLite in its data_dir)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -272,7 +305,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def register_keys(keys_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``keys ledger`` under an existing ``keys`` command."""
     p = keys_subparsers.add_parser("ledger", help="create the ledger signing key")
-    p.add_argument("--data-dir", help="data directory (default ./data)")
+    add_data_dir_args(p)
     p.add_argument("--name", help="key name = log origin (default HOSTNAME/sekisho-ledger)")
     p.add_argument("--key-file", help="where to write the key (default DATA_DIR/keys/ledger.key)")
     p.set_defaults(func=keys_ledger)

@@ -557,8 +557,10 @@ class PostgresStorage(Storage):
         conn.execute(_PG_SCHEMA)
 
 
-def open_storage(url_or_path: str | Path) -> Storage:
-    """A PostgreSQL URL, a SQLite file path, or a data directory (holding ``ledger.sqlite3``)."""
+def open_storage(url_or_path: str | Path, *, create: bool = True) -> Storage:
+    """A PostgreSQL URL, a SQLite file path, or a data directory (holding ``ledger.sqlite3``).
+    ``create=False`` (the operator's commands) refuses a SQLite ledger that does not exist yet,
+    instead of making an empty one where the operator looked by mistake."""
     text = str(url_or_path)
     if text.startswith(("postgresql://", "postgres://")):
         return PostgresStorage(text)
@@ -569,6 +571,11 @@ def open_storage(url_or_path: str | Path) -> Storage:
         path = path / SQLITE_FILE
     elif not path.parent.exists():
         raise StorageError(f"the directory {path.parent} for the ledger does not exist")
+    if not create and not path.exists():
+        raise StorageError(
+            f"there is no ledger at {path}: the gateway makes it on its first start. Pass the "
+            "data directory `serve` uses (--data-dir DIR), or its config (--config FILE)."
+        )
     return SQLiteStorage(path)
 
 

@@ -1,0 +1,60 @@
+"""Where the command line finds a deployment's state: one rule for every command.
+
+``serve`` takes its data directory from ``--data-dir`` or the config's ``server.data_dir``. The
+commands that work on what it keeps (keys, usage, the ledger) take ``--data-dir``, or
+``--config FILE`` to use the same data directory (and ledger database) as ``serve`` with that
+file: a key created in ``./data`` while the gateway keeps ``/var/lib/sekisho`` would otherwise
+be a key that never works. Without either, ``$SEKISHO_DATA_DIR``, then ``./data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sekisho.config import Config
+
+DEFAULT_DATA_DIR = "./data"
+
+
+def add_data_dir_args(p: argparse.ArgumentParser) -> None:
+    """``--data-dir`` and ``--config``, as every command on a deployment's state takes them."""
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="data directory (default: the --config file's server.data_dir, "
+        "else $SEKISHO_DATA_DIR, else ./data)",
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        metavar="FILE",
+        help="the gateway's config: use its data directory, and check tenants and models in it",
+    )
+
+
+def config_of(args: argparse.Namespace) -> Config | None:
+    """The ``--config`` file, validated (``ConfigError`` names every problem), or None."""
+    path = getattr(args, "config", None)
+    if not path:
+        return None
+    cached: Config | None = getattr(args, "_loaded_config", None)
+    if cached is None:
+        from sekisho.config import load_config
+
+        cached = load_config(path)
+        args._loaded_config = cached
+    return cached
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    if getattr(args, "data_dir", None):
+        return Path(args.data_dir)
+    config = config_of(args)
+    if config is not None:
+        return Path(config.server.data_dir)
+    return Path(os.environ.get("SEKISHO_DATA_DIR") or DEFAULT_DATA_DIR)
