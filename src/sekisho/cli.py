@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         for p in exc.problems:
             print(f"  {p}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # An unusable path (read-only, missing, no permission): the reason and the path, not
+        # a traceback through the code that happened to touch it first.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"sekisho: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return int(result or 0)
@@ -158,7 +164,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warning = plain_http_warning(server.host, server.tls is not None)
     if warning:
         logging.getLogger("sekisho.serve").warning(warning)
-    Path(server.data_dir).mkdir(parents=True, exist_ok=True)
+    problem = _unusable_data_dir(Path(server.data_dir))
+    if problem:
+        print(f"sekisho: {problem}; the gateway did not start", file=sys.stderr)
+        return 2
     common: dict[str, Any] = dict(
         host=server.host,
         port=server.port,
@@ -227,6 +236,21 @@ def _tls_options(tls: Any) -> dict[str, Any]:
     from sekisho.tls import Listener
 
     return {"ssl_context_factory": Listener(tls)}
+
+
+def _unusable_data_dir(path: Path) -> str | None:
+    """Why the gateway could not keep its state in ``path`` (made if missing), or None."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".sekisho-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return (
+            f"the data directory {path} cannot be written ({exc.strerror or exc}); "
+            "set server.data_dir or --data-dir to a writable directory"
+        )
+    return None
 
 
 def _with_flags(config: Any, **flags: object) -> Any:

@@ -121,6 +121,41 @@ def test_flags_choose_the_port_and_the_data_directory(
     assert not (g.data_dir.parent / "data-from-config").exists()
 
 
+@pytest.mark.parametrize("blocker", ["a file where a directory is needed", "a read-only disk"])
+def test_an_unusable_data_directory_stops_start_up_with_its_path_and_reason(
+    tmp_path: Path, blocker: str
+) -> None:
+    if blocker == "a read-only disk":
+        disk = tmp_path / "ro"
+        disk.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
+        data_dir, reason = disk, "Read-only file system"
+    else:
+        (tmp_path / "file").write_text("not a directory")
+        data_dir, reason = tmp_path / "file" / "data", "Not a directory"
+    config = write_config(tmp_path / "sekisho.yaml", example_config())
+    try:
+        for argv in (
+            ["serve", "--config", str(config), "--data-dir", str(data_dir)],
+            ["keys", "create", "--tenant", "demo", "--data-dir", str(data_dir)],
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "sekisho", *argv],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert done.returncode in (1, 2), done.stderr
+            assert "Traceback" not in done.stderr
+            assert str(data_dir) in done.stderr and reason in done.stderr
+    finally:
+        if blocker == "a read-only disk":
+            subprocess.run(["umount", "-l", str(data_dir)], check=False)
+
+
 def test_healthz_and_readyz(served: tuple[ServeProcess, Simulators]) -> None:
     g, _ = served
     health = request("GET", f"{g.root}/healthz")
