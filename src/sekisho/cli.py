@@ -18,7 +18,7 @@ from typing import Any
 
 from sekisho import __version__
 from sekisho._where import add_data_dir_args, config_of, data_dir
-from sekisho.errors import ConfigError
+from sekisho.errors import ConfigError, UnusableFile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in exc.problems:
             print(f"  {p}", file=sys.stderr)
         return 2
+    except UnusableFile as exc:
+        print(f"sekisho: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         # An unusable path (read-only, missing, no permission): the reason and the path, not
         # a traceback through the code that happened to touch it first.

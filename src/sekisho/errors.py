@@ -130,6 +130,17 @@ class ServiceUnavailable(SekishoError):
     code = "service_unavailable"
 
 
+class UnusableFile(Exception):
+    """A file the gateway keeps in its data directory cannot be opened as what it should be
+    (damaged, or another program's): the path and the reason, for the operator."""
+
+    def __init__(self, what: str, path: object, reason: object) -> None:
+        super().__init__(
+            f"cannot use {what} at {path}: {reason}. Restore it from a backup, or move it "
+            "aside to start it afresh"
+        )
+
+
 class ConfigError(Exception):
     """A configuration that does not validate. Each problem names file, key path and reason."""
 

@@ -156,6 +156,27 @@ def test_an_unusable_data_directory_stops_start_up_with_its_path_and_reason(
             subprocess.run(["umount", "-l", str(data_dir)], check=False)
 
 
+@pytest.mark.parametrize(
+    ("file", "what"), [("identity.db", "the API key store"), ("usage.db", "the usage counters")]
+)
+def test_a_damaged_state_file_stops_start_up_naming_it_and_is_left_as_it_was(
+    tmp_path: Path, file: str, what: str
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    damaged = bytes(range(256)) * 20
+    (data_dir / file).write_bytes(damaged)
+    config = write_config(tmp_path / "sekisho.yaml", example_config())
+    done = subprocess.run(
+        [sys.executable, "-m", "sekisho", "serve", "--config", str(config),
+         "--data-dir", str(data_dir), "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"cannot use {what} at {data_dir / file}: file is not a database" in done.stderr
+    assert (data_dir / file).read_bytes() == damaged  # evidence kept for whoever restores it
+
+
 def test_healthz_and_readyz(served: tuple[ServeProcess, Simulators]) -> None:
     g, _ = served
     health = request("GET", f"{g.root}/healthz")

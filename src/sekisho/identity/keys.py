@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sekisho.errors import AuthenticationFailed, NotFound
+from sekisho.errors import AuthenticationFailed, NotFound, UnusableFile
 from sekisho.identity.roles import ROLES, check_role
 
 __all__ = ["PREFIX", "ROLES", "KeyInfo", "KeyStore", "Principal", "new_key_id"]
@@ -122,8 +122,11 @@ class KeyStore:
         self._local = threading.local()
         self._epoch = _open_epoch(path.with_name(path.name + ".epoch"))
         self._cache: dict[bytes, tuple[Principal, bytes, float]] = {}
-        conn = self._conn()
-        conn.executescript(_SCHEMA)
+        try:
+            conn = self._conn()
+            conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise UnusableFile("the API key store", path, exc) from None
         have = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
         for name, kind in _ADDED_COLUMNS:
             if name not in have:

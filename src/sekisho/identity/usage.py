@@ -19,6 +19,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from sekisho.errors import UnusableFile
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -94,7 +96,10 @@ class SQLiteUsage:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._local = threading.local()
-        self._conn().executescript(self._SCHEMA)
+        try:
+            self._conn().executescript(self._SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise UnusableFile("the usage counters", path, exc) from None
         self._pending: dict[tuple[str, str, str, str], list[int]] = {}
         self._flusher: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
