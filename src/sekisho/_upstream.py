@@ -70,7 +70,7 @@ class Primed:
 
 
 class Released:
-    """Decrement the endpoint's in-flight count exactly once, when the response is done."""
+    """Give the endpoint's slot back exactly once, when the response is done."""
 
     def __init__(self, inner: UpstreamResponse, state: EndpointHealth) -> None:
         self._inner = inner
@@ -82,7 +82,7 @@ class Released:
     def _done(self) -> None:
         if self._open:
             self._open = False
-            self._state.in_flight -= 1
+            self._state.release()
 
     async def read(self) -> bytes:
         try:

@@ -109,6 +109,15 @@ class UpstreamRateLimited(SekishoError):
     code = "upstream_rate_limited"
 
 
+class EndpointsBusy(SekishoError):
+    """Every eligible endpoint stayed at its concurrency limit (``max_concurrency``) for its
+    connect timeout: nothing was sent. A 429 with Retry-After, which the SDKs retry."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "endpoints_busy"
+
+
 class UpstreamFailed(SekishoError):
     """Every eligible endpoint failed (connect error, 5xx, 429, garbage) before a byte was sent."""
 

@@ -66,6 +66,12 @@ class Metrics:
             ["endpoint", "jurisdiction", "reason"],
             registry=r,
         )
+        self.endpoint_busy = Counter(
+            "sekisho_endpoint_busy",
+            "Requests that found no free slot of an endpoint at its max_concurrency in time",
+            ["endpoint", "jurisdiction"],
+            registry=r,
+        )
         self.policy_refusals = Counter(
             "sekisho_policy_refusals",
             "Requests refused by the sovereignty policy",

@@ -33,6 +33,7 @@ from sekisho._threads import in_fair_thread
 from sekisho._upstream import Primed, Released, client_error_from, parse_answer, parse_retry_after
 from sekisho.classify import Finding, Pseudonymiser, Scanner, redact, summarise
 from sekisho.errors import (
+    EndpointsBusy,
     InvalidRequest,
     ModelNotFound,
     PermissionDenied,
@@ -397,12 +398,20 @@ class Pipeline:
         last: UpstreamError | None = None
         failures: list[UpstreamError] = []
         tried: list[str] = []
+        busy: list[str] = []
         for route in plan:
             ep = route.endpoint
             transport = self.transports[ep.family]
-            tried.append(ep.id)
             state = self.health.state(ep.id)
-            state.in_flight += 1
+            cap = ep.max_concurrency
+            if cap is None or state.in_flight < cap:
+                state.in_flight += 1
+            elif not await state.wait_for_slot(ep.timeouts.connect):
+                # Busy, not failing: its health stays as it was; the next route is tried.
+                busy.append(f"{ep.id} (all {cap} slots busy for {ep.timeouts.connect:g} s)")
+                self.metrics.endpoint_busy.labels(ep.id, ep.jurisdiction.country).inc()
+                continue
+            tried.append(ep.id)
             released = False
             try:
                 upstream = await transport.open(
@@ -416,13 +425,13 @@ class Pipeline:
                 try:
                     raw = await upstream.read()
                 finally:
-                    state.in_flight -= 1
+                    state.release()
                     released = True
                 data = parse_answer(raw, ep.id)
                 return route, upstream, data
             except UpstreamError as exc:
                 if not released:
-                    state.in_flight -= 1
+                    state.release()
                 self._upstream_failed(route, exc)
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
                     raise client_error_from(exc) from None
@@ -431,8 +440,15 @@ class Pipeline:
                 continue
             except BaseException:
                 if not released:
-                    state.in_flight -= 1
+                    state.release()
                 raise
+        if busy and not failures:
+            raise EndpointsBusy(
+                f"Every eligible endpoint is at its concurrency limit ({'; '.join(busy)}). "
+                "The request was not sent anywhere; retry shortly.",
+                headers={"retry-after": "1"},
+            )
+        tried += busy
         if isinstance(last, UpstreamTimeoutError):
             raise UpstreamTimeout(
                 f"No eligible endpoint answered in time (tried: {', '.join(tried)}). "

@@ -39,6 +39,8 @@ class SimStats:
     connections: int = 0
     closed: int = 0  # connections ended (by either side)
     requests: int = 0
+    in_flight: int = 0  # requests being answered now (a stream: until its last event)
+    max_in_flight: int = 0  # the most at any one time
     chat: int = 0
     embeddings: int = 0
     # Over TLS: the common name of each client certificate presented (None: none presented).
@@ -193,6 +195,15 @@ class _Protocol(asyncio.Protocol):
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
 
     async def _handle(self, method: str, url: str, headers: dict[str, str], raw: bytes) -> None:
+        stats = self.sim.stats
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            await self._serve(method, url, headers, raw)
+        finally:
+            stats.in_flight -= 1
+
+    async def _serve(self, method: str, url: str, headers: dict[str, str], raw: bytes) -> None:
         sim = self.sim
         stats = sim.stats
         stats.requests += 1

@@ -3,6 +3,8 @@ byte reaches the client, and only among the endpoints serving the model."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +176,61 @@ def test_every_endpoint_rate_limited_is_a_429_with_the_soonest_retry_after(two: 
     with pytest.raises(openai.InternalServerError) as e2:
         chat(two, key)
     assert e2.value.status_code == 502
+
+
+def capped(cap: int, connect: float) -> Any:
+    def mutate(raw: dict[str, Any]) -> None:
+        only_global(raw)
+        for ep in raw["endpoints"]:
+            ep["max_concurrency"] = cap
+            ep["timeouts"].update(connect=connect, first_byte=5)
+
+    return mutate
+
+
+def test_max_concurrency_is_a_cap_requests_wait_for_a_slot_in_turn(tmp_path: Path) -> None:
+    """With every endpoint at its limit, further requests wait for a slot instead of going
+    over it; each endpoint never has more than its cap in flight, and all are answered."""
+    h = start_example(tmp_path, capped(1, 5.0), delay_ms=150)
+    try:
+        key = h.key()
+        with ThreadPoolExecutor(8) as pool:
+            raws = list(pool.map(lambda _: chat(h, key), range(8)))
+        assert all(r.http_response.status_code == 200 for r in raws)
+        used = {r.headers["x-sekisho-endpoint"] for r in raws}
+        assert used == {"sim-global-japaneast", "sim-global-useast"}
+        for ep in used:
+            assert h.sims[ep].stats.max_in_flight == 1
+        states = h.gateway.health.snapshot()  # type: ignore[union-attr]
+        assert all(s["in_flight"] == 0 and s["waiting"] == 0 for s in states.values())
+    finally:
+        h.stop()
+
+
+def test_no_free_slot_within_the_connect_timeout_is_a_429_and_nothing_is_sent(
+    tmp_path: Path,
+) -> None:
+    h = start_example(tmp_path, capped(1, 0.2), delay_ms=1500, chunk_delay_ms=0)
+    try:
+        key = h.key()
+        with ThreadPoolExecutor(2) as pool:  # one slow request holds each endpoint's slot
+            holding = [pool.submit(chat, h, key) for _ in range(2)]
+            time.sleep(0.5)
+            sent_before = sum(s.stats.requests for s in h.sims.values())
+            started = time.monotonic()
+            with pytest.raises(openai.RateLimitError) as e:
+                chat(h, key)
+            waited = time.monotonic() - started
+            assert all(f.result().http_response.status_code == 200 for f in holding)
+        assert 0.3 < waited < 1.4  # 0.2 s per endpoint, then the answer: not the 1.5 s request
+        assert e.value.response.headers["retry-after"] == "1"
+        body = e.value.body
+        assert isinstance(body, dict) and body["code"] == "endpoints_busy"
+        assert "sim-global-japaneast (all 1 slots busy for 0.2 s)" in body["message"]
+        assert sum(s.stats.requests for s in h.sims.values()) == sent_before
+        # Busy is not broken: both endpoints stay up and serve the next request at once.
+        states = h.gateway.health.snapshot()  # type: ignore[union-attr]
+        assert all(s["up"] and s["consecutive_failures"] == 0 for s in states.values())
+        assert chat(h, key).http_response.status_code == 200
+    finally:
+        h.stop()

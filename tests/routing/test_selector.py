@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 
@@ -16,6 +17,7 @@ from sekisho.routing.catalogue import (
     ModelEntry,
     Operator,
 )
+from sekisho.routing.health import EndpointHealth
 
 
 def endpoint(i: int, weight: float = 1.0, cap: int | None = None) -> Endpoint:
@@ -122,3 +124,42 @@ def test_a_full_endpoint_is_tried_last() -> None:
     health.state("ep-0").in_flight = 1
     plan = Selector(health, random.Random(3)).plan(eligible, 2)
     assert [r.endpoint.id for r in plan] == ["ep-1", "ep-0"]
+
+
+async def test_slots_of_a_full_endpoint_go_to_waiters_in_arrival_order() -> None:
+    ep = EndpointHealth()
+    ep.in_flight = 1  # at a cap of 1
+    order: list[str] = []
+
+    async def waiter(name: str, timeout: float) -> None:
+        if await ep.wait_for_slot(timeout):
+            order.append(name)
+
+    a = asyncio.create_task(waiter("a", 5))
+    b = asyncio.create_task(waiter("b", 5))
+    gone = asyncio.create_task(waiter("gone", 5))
+    late = asyncio.create_task(waiter("late", 0.01))
+    await asyncio.sleep(0.05)  # "late" timed out meanwhile: it holds nothing
+    gone.cancel()
+    ep.release()  # to "a": the count stays at 1, the slot changes hands
+    await asyncio.sleep(0.01)
+    assert order == ["a"] and ep.in_flight == 1
+    ep.release()  # to "b"; the cancelled and timed-out waiters are passed over
+    await asyncio.sleep(0.01)
+    assert order == ["a", "b"] and ep.in_flight == 1
+    ep.release()  # nobody waits: the slot is free
+    assert ep.in_flight == 0
+    await asyncio.gather(a, b, late, return_exceptions=True)
+    assert gone.cancelled() and order == ["a", "b"]
+
+
+async def test_a_slot_handed_to_a_caller_that_gives_up_passes_to_the_next() -> None:
+    ep = EndpointHealth()
+    ep.in_flight = 1
+    first = asyncio.create_task(ep.wait_for_slot(5))
+    second = asyncio.create_task(ep.wait_for_slot(5))
+    await asyncio.sleep(0)
+    ep.release()  # handed to "first"...
+    first.cancel()  # ...which is cancelled before it could run
+    assert await second is True
+    assert ep.in_flight == 1  # one slot, held by "second": none leaked, none doubled

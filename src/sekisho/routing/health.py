@@ -1,21 +1,59 @@
 """Passive health: errors, timeouts and 429s mark an endpoint down for a backoff that doubles
 with each consecutive failure; one success brings it back. In-flight counts enforce each
-endpoint's concurrency limit. State is per process (each gateway process learns on its own)."""
+endpoint's concurrency limit (``max_concurrency``): a request that finds every slot taken waits
+for one, first come first served, for at most the endpoint's connect timeout. State is per
+process (each gateway process learns on its own, and holds its own slots)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 
 
 class EndpointHealth:
-    __slots__ = ("down_until", "failures", "in_flight", "last_error")
+    __slots__ = ("down_until", "failures", "in_flight", "last_error", "waiters")
 
     def __init__(self) -> None:
         self.failures = 0
         self.down_until = 0.0
         self.in_flight = 0
         self.last_error = ""
+        # Requests waiting for a slot of a full endpoint, oldest first.
+        self.waiters: deque[asyncio.Future[bool]] = deque()
+
+    async def wait_for_slot(self, timeout: float) -> bool:
+        """Take a slot of a full endpoint once one is released to this caller (callers are
+        served in arrival order); False if none came within ``timeout`` seconds. ``release``
+        hands the slot over without giving it back in between, so a newcomer cannot take it."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self.waiters.append(waiter)
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self.release()  # handed over as the caller gave up: pass it on
+            raise
+        finally:
+            timer.cancel()
+
+    def release(self) -> None:
+        """Give back a slot: to the longest waiting caller, else to the pool."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self.in_flight -= 1
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 class Health:
@@ -67,6 +105,7 @@ class Health:
                 "consecutive_failures": st.failures,
                 "down_for_seconds": max(0.0, round(st.down_until - now, 3)),
                 "in_flight": st.in_flight,
+                "waiting": sum(1 for w in st.waiters if not w.done()),
                 "last_error": st.last_error,
             }
             for eid, st in self._state.items()
