@@ -36,7 +36,7 @@ from sekisho.identity.roles import MODEL_ROUTES
 from sekisho.ledger import LEDGER_REFUSALS, Ledger
 from sekisho.metrics import Metrics
 from sekisho.pipeline import Pipeline, Reply, StreamReply
-from sekisho.providers import Transport, transport_for
+from sekisho.providers import Transport, UpstreamError, transport_for
 from sekisho.providers.h1 import H1Client
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
 from sekisho.routing import Health, Selector
@@ -401,8 +401,10 @@ class Gateway:
             for ep in self.config.catalogue.endpoints:
                 if self.health.is_up(ep.id) and self.health.state(ep.id).failures == 0:
                     continue
-                url, headers, tls = self.transports[ep.family].probe_request(ep)
+                transport = self.transports[ep.family]
+                url, headers, tls = transport.probe_request(ep)
                 try:
+                    headers = await transport.with_token(ep, headers)
                     async with self._session.get(
                         url,
                         headers=headers,
@@ -413,7 +415,7 @@ class Gateway:
                     ) as resp:
                         if resp.status < 500:
                             self.health.success(ep.id)
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                except (aiohttp.ClientError, TimeoutError, ValueError, UpstreamError) as exc:
                     log.debug("probe of %s failed: %s", ep.id, exc)
 
     # -- ASGI ------------------------------------------------------------------------------

@@ -38,16 +38,22 @@ class UpstreamProtocolError(UpstreamError):
 
 
 class UpstreamStatusError(UpstreamError):
-    """An HTTP error status. 5xx and 429 fail over; other 4xx go back to the client as they are."""
+    """An HTTP error status. 5xx and 429 fail over, and so do 401 and 403: they are about
+    sekisho's own credentials or account at the endpoint, never the client's, so they must not
+    reach the client as its authentication error. Other 4xx are about the request and go back
+    to the client as they are."""
 
     reason = "status"
 
     def __init__(self, endpoint_id: str, status: int, body: bytes, retry_after: str | None) -> None:
-        super().__init__(endpoint_id, f"HTTP {status}")
+        detail = f"HTTP {status}"
+        if status in (401, 403):
+            detail += " (the endpoint refused sekisho's credentials: check its api_key or auth)"
+        super().__init__(endpoint_id, detail)
         self.status = status
         self.body = body
         self.retry_after = retry_after
-        self.retryable = status >= 500 or status == 429
+        self.retryable = status >= 500 or status in (401, 403, 429)
 
 
 class UpstreamResponse(Protocol):
@@ -86,6 +92,11 @@ class Transport(Protocol):
 
     def probe_request(self, ep: Endpoint) -> tuple[str, dict[str, str], ssl.SSLContext | None]:
         """URL, headers and TLS context (None: the default) of an active health probe (GET)."""
+        ...
+
+    async def with_token(self, ep: Endpoint, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` with the endpoint's access token when it has an ``auth`` block; raises
+        an UpstreamError when no token can be had."""
         ...
 
     def use_tls(self, contexts: Mapping[str, ssl.SSLContext]) -> None:

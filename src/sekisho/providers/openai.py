@@ -18,6 +18,7 @@ from sekisho.providers.base import (
     UpstreamStatusError,
 )
 from sekisho.providers.h1 import H1Client, H1Response
+from sekisho.providers.oauth import TokenSource
 from sekisho.routing.catalogue import Endpoint, Route
 
 _USER_AGENT = f"sekisho/{__version__}"
@@ -41,6 +42,7 @@ class OpenAITransport:
         self._tls = dict(tls or {})  # endpoint id -> its own TLS context (``tls`` block)
         self._urls: dict[tuple[str, str], str] = {}
         self._headers: dict[str, dict[str, str]] = {}
+        self._tokens: dict[str, TokenSource] = {}  # endpoint id -> its access tokens (``auth``)
 
     def url(self, route: Route, kind: Kind) -> str:
         path = "chat/completions" if kind == "chat" else "embeddings"
@@ -58,6 +60,19 @@ class OpenAITransport:
             h["authorization"] = f"Bearer {ep.api_key}"
         h.update(ep.headers)
         return h
+
+    def tokens(self, ep: Endpoint) -> TokenSource:
+        """The access tokens of an endpoint with an ``auth`` block."""
+        source = self._tokens.get(ep.id)
+        if source is None:
+            source = self._tokens[ep.id] = TokenSource(ep, self._client)
+        return source
+
+    async def with_token(self, ep: Endpoint, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` with the endpoint's current access token, if it uses tokens."""
+        if ep.auth is None:
+            return headers
+        return {**headers, "authorization": f"Bearer {await self.tokens(ep).token()}"}
 
     def probe_url(self, ep: Endpoint) -> str:
         """What an active health probe GETs: the endpoint's model list."""
@@ -96,6 +111,8 @@ class OpenAITransport:
             headers = self._headers[key[0]] = self.headers(route)
         if request_id is not None:  # the provider logs it: incidents can be traced across
             headers = {**headers, self.request_id_header: request_id}
+        if ep.auth is not None:
+            headers = await self.with_token(ep, headers)
         t = ep.timeouts
         try:
             status, resp_headers, resp = await self._client.post(
@@ -118,6 +135,8 @@ class OpenAITransport:
                 data = b""
             finally:
                 resp.close()
+            if status == 401 and ep.auth is not None:  # revoked or rotated: fetch another
+                self.tokens(ep).invalidate(headers["authorization"].removeprefix("Bearer "))
             raise UpstreamStatusError(ep.id, status, data, resp_headers.get("retry-after"))
         ctype = resp_headers.get("content-type", "")
         want = "text/event-stream" if stream else "application/json"

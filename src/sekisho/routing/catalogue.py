@@ -191,6 +191,65 @@ class TLS(_Facts):
         return self
 
 
+ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+
+
+class UpstreamAuth(_Facts):
+    """Access tokens in place of a static key: the OAuth 2.0 client-credentials grant (RFC 6749
+    section 4.4). ``azure_entra`` is that grant at Microsoft Entra ID for Azure OpenAI
+    resources whose key authentication is switched off (``disableLocalAuth``): give
+    ``tenant_id`` and the token URL and scope are Entra's. Tokens are fetched when first needed,
+    kept until shortly before they expire, and sent as ``Authorization: Bearer``."""
+
+    type: Literal["oauth2_client_credentials", "azure_entra"] = Field(
+        description="oauth2_client_credentials (any OAuth 2.0 server) or azure_entra"
+    )
+    client_id: str = Field(min_length=1, description="The gateway's client (application) id")
+    client_secret: str = Field(min_length=1, description="Its secret; use ${ENV_VAR}")
+    tenant_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9.-]{1,100}$",
+        description="azure_entra: the directory (tenant) id or domain",
+    )
+    token_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Token endpoint (azure_entra: derived from tenant_id unless given, e.g. "
+        "for a sovereign cloud's authority)",
+    )
+    scope: str | None = Field(
+        default=None,
+        description=f"Scope to ask for (azure_entra: {ENTRA_SCOPE})",
+    )
+    ca_file: str | None = Field(
+        default=None,
+        description="CA certificates for the token endpoint in place of the system trust store",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> UpstreamAuth:
+        if self.type == "azure_entra":
+            if self.token_url is None and self.tenant_id is None:
+                raise ValueError("azure_entra needs tenant_id (or token_url)")
+        elif self.token_url is None:
+            raise ValueError("oauth2_client_credentials needs token_url")
+        elif self.tenant_id is not None:
+            raise ValueError("tenant_id applies to azure_entra only")
+        return self
+
+    @property
+    def url(self) -> str:
+        if self.token_url is not None:
+            return self.token_url
+        return f"https://login.microsoftonline.com/{self.tenant_id}/oauth2/v2.0/token"
+
+    @property
+    def scopes(self) -> str | None:
+        if self.scope is not None:
+            return self.scope
+        return ENTRA_SCOPE if self.type == "azure_entra" else None
+
+
 class Endpoint(_Facts):
     """A model endpoint and its sovereignty facts."""
 
@@ -198,6 +257,10 @@ class Endpoint(_Facts):
     family: Literal["openai", "azure_openai"] = Field(description="API family of the adapter")
     base_url: str = Field(pattern=r"^https?://", description="e.g. https://host/v1")
     api_key: str | None = Field(default=None, description="Upstream credential; use ${ENV_VAR}")
+    auth: UpstreamAuth | None = Field(
+        default=None,
+        description="Access tokens from an OAuth 2.0 / Entra ID token endpoint instead of api_key",
+    )
     api_version: str | None = Field(default=None, description="azure_openai: api-version")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra upstream headers")
     proxy: str | None = Field(
@@ -243,6 +306,8 @@ class Endpoint(_Facts):
 
     @model_validator(mode="after")
     def _family_rules(self) -> Endpoint:
+        if self.auth is not None and self.api_key:
+            raise ValueError("give api_key or auth, not both")
         if self.tls is not None and not self.base_url.lower().startswith("https://"):
             raise ValueError("tls settings apply to https:// endpoints; base_url is http://")
         if self.family == "azure_openai":
