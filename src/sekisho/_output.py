@@ -46,6 +46,7 @@ class StreamOutput:
         self._scan: dict[StreamKey, StreamScanner] = {}
         self._texts: dict[StreamKey, list[str]] = {}
         self._last: dict[str, Any] | None = None
+        self._finished: set[StreamKey] = set()  # flushed with their choice's finish reason
         self.error_code: str | None = None
         self._active = pseudo is not None or self._rule.action != "none"
         if self._rule.action != "none":
@@ -53,6 +54,14 @@ class StreamOutput:
             self._typed = TypedScanner(scanner, self._types)
 
     def _pipe(self, key: StreamKey, text: str, final: bool = False) -> str:
+        if key in self._finished:
+            if final and not text:
+                return ""  # flushed when its choice finished; nothing is held any more
+            # More of a choice after its finish reason (some servers send an empty delta):
+            # inspected afresh.
+            self._finished.discard(key)
+            self._reident.pop(key, None)
+            self._scan.pop(key, None)
         if self._pseudo is not None:
             r = self._reident.get(key)
             if r is None:
@@ -108,7 +117,34 @@ class StreamOutput:
                     fn["arguments"] = text
                     changed = True
                 self._last = event
+            if choice.get("finish_reason") is not None and self._active:
+                changed = self._flush(idx, delta) or changed
         return changed
+
+    def _flush(self, idx: int, delta: dict[str, Any]) -> bool:
+        """A choice is finishing: what was held back of it goes out in this event, before the
+        finish reason (and before a usage event after it), as the client expects."""
+        added = False
+        for key in sorted(k for k in self._texts if k[0] == idx):
+            rest = self._pipe(key, "", final=True)
+            self._finished.add(key)
+            if not rest:
+                continue
+            self._texts[key].append(rest)
+            added = True
+            slot = key[1]
+            if slot == CONTENT:
+                delta["content"] = (delta.get("content") or "") + rest
+                continue
+            calls = delta.setdefault("tool_calls", [])
+            for call in calls:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if call.get("index") == slot and isinstance(fn, dict):
+                    fn["arguments"] = (fn.get("arguments") or "") + rest
+                    break
+            else:
+                calls.append({"index": slot, "function": {"arguments": rest}})
+        return added
 
     def finish(self) -> dict[str, Any] | None:
         """A final event with whatever was held back, if anything was."""

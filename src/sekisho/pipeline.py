@@ -102,6 +102,26 @@ class Outcome:
     completion_tokens: int = 0
     error_code: str | None = None
     output_texts: list[str] = field(default_factory=list)
+    usage_estimated: bool = False  # the endpoint reported no usage: the counts are sekisho's
+
+    def estimate_usage(self, prompt_texts: list[str]) -> None:
+        """An endpoint that reports no token usage (an old server, a stream without it) is
+        still charged: a rough count from the texts, so token limits cannot be bypassed."""
+        if self.prompt_tokens or self.completion_tokens or self.route is None:
+            return
+        self.prompt_tokens = estimate_tokens(prompt_texts)
+        self.completion_tokens = estimate_tokens(self.output_texts)
+        self.usage_estimated = True
+
+
+def estimate_tokens(texts: list[str]) -> int:
+    """About four ASCII characters per token, one per other character (Japanese text runs
+    close to one token per character in current tokenizers): errs high rather than low."""
+    n = 0
+    for text in texts:
+        ascii_chars = len(text.encode("ascii", "ignore"))
+        n += -(-ascii_chars // 4) + len(text) - ascii_chars
+    return n
 
 
 @dataclass(slots=True)
@@ -513,6 +533,7 @@ class Pipeline:
             else:  # a document-sized answer: scanned off the event loop, as prompts are
                 await in_fair_thread(self._inspect_output, call, data, tenant, outcome)
         raw = orjson.dumps(data)
+        outcome.estimate_usage(call.texts)
         await self.record(call, decision, outcome)
         if outcome.error_code == "output_cut":
             headers = [*headers, ("x-sekisho-output", "cut")]
@@ -568,6 +589,8 @@ class Pipeline:
                 if isinstance(usage, dict):
                     outcome.prompt_tokens = _int(usage.get("prompt_tokens"))
                     outcome.completion_tokens = _int(usage.get("completion_tokens"))
+                    if not call.include_usage and not event.get("choices"):
+                        continue  # sekisho asked for it (token limits); the client did not
                 if output.apply(event):
                     payload = orjson.dumps(event)
                 yield b"data: " + payload + b"\n\n"
@@ -579,6 +602,7 @@ class Pipeline:
             self.health.success(ep.id)
             outcome.output_texts = output.texts()
             outcome.error_code = output.error_code
+            outcome.estimate_usage(call.texts)
             try:
                 await self.record(call, decision, outcome)
             except SekishoError as exc:
@@ -594,6 +618,7 @@ class Pipeline:
             outcome.status = 502
             outcome.error_code = "upstream_stream_broken"
             outcome.output_texts = output.texts()
+            outcome.estimate_usage(call.texts)
             try:
                 await self.record(call, decision, outcome)
             except SekishoError:  # the ledger says why; the client still learns the stream broke
@@ -613,6 +638,7 @@ class Pipeline:
             outcome.status = 499
             outcome.error_code = "client_disconnected"
             outcome.output_texts = output.texts()
+            outcome.estimate_usage(call.texts)  # the endpoint spent them all the same
             await asyncio.shield(self.record(call, decision, outcome))
             raise
         finally:

@@ -206,6 +206,7 @@ class LedgerRecorder:
             duration_ms=int((time.perf_counter() - call.started) * 1000),
             endpoint=outcome.route.endpoint.id if outcome.route else None,
             upstream_request_id=call.upstream_request_id if outcome.route else None,
+            usage_estimated=outcome.usage_estimated,
         )
         try:
             await self.ledger.append(record)

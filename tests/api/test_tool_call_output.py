@@ -139,3 +139,43 @@ def test_a_value_restored_into_tool_arguments_keeps_them_valid_json(
     assert json.loads(args)["query"] == f"{codename} の進捗"
     sent = b"".join(sim.stats.bodies[-1] for sim in h.sims.values() if sim.stats.bodies)
     assert b"<CUSTOM_1>" in sent and b"Falcon" not in sent  # the upstream saw the pseudonym
+
+
+def test_held_back_text_goes_out_with_the_finishing_event_and_more_text_after_is_inspected() -> (
+    None
+):
+    """Unit level: the pseudonym split across events is restored; the tail held back for it
+    rides on the event with the finish reason; an empty delta after the finish (some servers
+    send one) is inspected afresh instead of failing the stream closed."""
+    import yaml
+
+    from harness import example_config
+    from sekisho._output import StreamOutput
+    from sekisho.classify.redact import Pseudonymiser
+    from sekisho.config import parse_config, scanner_for
+
+    raw = example_config()
+    raw["tenants"]["demo"]["detection"]["output"] = {"action": "mask", "types": ["MY_NUMBER"]}
+    tenant = parse_config(yaml.safe_dump(raw), "t.yaml").tenants["demo"]
+    pseudo = Pseudonymiser()
+    placeholder = pseudo.placeholder_for("EMAIL", EMAIL)
+    out = StreamOutput(pseudo, tenant, scanner_for(tenant))
+
+    def event(content: str | None, finish: str | None = None) -> dict[str, Any]:
+        delta = {} if content is None else {"content": content}
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    events = [
+        event("Mail " + placeholder[:4]),
+        event(placeholder[4:] + " soon " + placeholder[:3]),
+        event(None, "stop"),
+        event(""),
+    ]
+    for e in events:
+        out.apply(e)
+    assert out.finish() is None  # nothing was left to send after the stream
+    sent = [e["choices"][0]["delta"].get("content", "") for e in events]
+    assert "".join(sent) == f"Mail {EMAIL} soon {placeholder[:3]}"
+    assert sent[2].endswith(placeholder[:3])  # the held-back tail, on the finishing event
+    assert sent[3] == ""
+    assert out.error_code is None

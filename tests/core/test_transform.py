@@ -276,3 +276,25 @@ def test_an_identifier_only_in_a_tool_definition_still_classifies_the_request(
         assert raw.headers["x-sekisho-endpoint"] == "sim-domestic-tokyo"
     finally:
         h.stop()
+
+
+def test_text_held_back_for_reidentification_comes_before_the_finish_reason(gw: Harness) -> None:
+    """A stream's last piece of text may be held back (it could be the start of a split
+    placeholder): it is sent with the choice's finishing event, not after it, and any usage
+    event is still the last one."""
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    chunks = list(
+        c.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": f"{PROMPT} <PERSON_1"}],  # ends mid-placeholder
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    finished = [i for i, ch in enumerate(chunks) if ch.choices and ch.choices[0].finish_reason]
+    assert len(finished) == 1
+    after = chunks[finished[0] + 1 :]
+    assert all(not ch.choices for ch in after)  # nothing but the usage event follows
+    assert chunks[-1].usage is not None
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert NAME in text and "<PERSON_1 (digest" in text  # the held-back tail, delivered in full

@@ -131,6 +131,8 @@ class OutcomeRecord:
     # The provider's own id of the request (its x-request-id): what to quote to the operator
     # in an incident. Only present when the provider gave one.
     upstream_request_id: str | None = None
+    # The endpoint reported no token usage; the counts are sekisho's estimate from the texts.
+    usage_estimated: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -148,6 +150,8 @@ class OutcomeRecord:
         }
         if self.upstream_request_id is not None:
             out["upstream_request_id"] = self.upstream_request_id
+        if self.usage_estimated:
+            out["usage_estimated"] = True
         return out
 
     def to_bytes(self) -> bytes:
@@ -259,6 +263,9 @@ def parse_record(data: bytes) -> Record:
             endpoint=_field(obj, "endpoint", _OS),
             upstream_request_id=(
                 _field(obj, "upstream_request_id", _S) if "upstream_request_id" in obj else None
+            ),
+            usage_estimated=(
+                _field(obj, "usage_estimated", (bool,)) if "usage_estimated" in obj else False
             ),
         )
     elif kind == "admin":

@@ -88,7 +88,7 @@ class OpenAITransport:
 
     def body(self, route: Route, body: dict[str, Any]) -> bytes:
         # The client may have used an alias; the upstream gets the name it knows.
-        return orjson.dumps({**body, "model": route.model.id})
+        return orjson.dumps(_with_stream_usage(route, {**body, "model": route.model.id}))
 
     async def open(
         self,
@@ -180,7 +180,21 @@ class AzureOpenAITransport(OpenAITransport):
 
     def body(self, route: Route, body: dict[str, Any]) -> bytes:
         # Azure selects the model by deployment in the URL; the body carries no model.
-        return orjson.dumps({k: v for k, v in body.items() if k != "model"})
+        return orjson.dumps(
+            _with_stream_usage(route, {k: v for k, v in body.items() if k != "model"})
+        )
+
+
+def _with_stream_usage(route: Route, body: dict[str, Any]) -> dict[str, Any]:
+    """A streamed chat request asks for its token usage (a last chunk with ``usage``), whether
+    the client did or not: token limits and the ledger count what streams cost too. The
+    pipeline drops that chunk for a client that did not ask for it."""
+    if body.get("stream") is True and route.endpoint.stream_usage:
+        opts = body.get("stream_options")
+        body["stream_options"] = (
+            {**opts, "include_usage": True} if opts else {"include_usage": True}
+        )
+    return body
 
 
 def transport_for(

@@ -280,6 +280,11 @@ class Endpoint(_Facts):
     confidential_computing: bool = Field(
         default=False, description="Prompts processed in attested TEEs (e.g. H100 CC mode)"
     )
+    stream_usage: bool = Field(
+        default=True,
+        description="Ask for token usage on streamed answers (stream_options.include_usage), so "
+        "streams count against token limits; false for a server that rejects stream_options",
+    )
     weight: float = Field(default=1.0, gt=0, description="Relative share of traffic")
     max_concurrency: int | None = Field(default=None, gt=0, description="In-flight request cap")
     timeouts: Timeouts = Timeouts()

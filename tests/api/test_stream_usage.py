@@ -1,0 +1,100 @@
+"""A streamed answer costs tokens whether or not its client asked to see the count: sekisho
+asks the endpoint for it, charges it to token limits and the ledger, and gives the client only
+what it asked for. An endpoint that reports no usage is charged an estimate."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from harness import Harness, ledger_entries, receipt, start_example
+from sekisho.pipeline import estimate_tokens
+
+PROMPT = "word " * 200
+
+
+def tokens_per_minute(limit: int) -> Any:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["limits"] = {"tokens_per_minute": limit}
+
+    return mutate
+
+
+def stream(h: Harness, key: str, **kw: Any) -> tuple[list[Any], str]:
+    c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
+    with c.chat.completions.with_streaming_response.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=16,
+        stream=True,
+        **kw,
+    ) as resp:
+        chunks = list(resp.parse())
+        return chunks, resp.headers["x-sekisho-request-id"]
+
+
+def test_streams_without_include_usage_still_count_against_token_limits(tmp_path: Path) -> None:
+    h = start_example(tmp_path, tokens_per_minute(1000))
+    try:
+        key = h.key()
+        served = 0
+        with pytest.raises(openai.RateLimitError) as err:
+            for _ in range(20):
+                chunks, _ = stream(h, key)
+                served += 1
+                # The client did not ask for usage: it gets none, in the SDK's terms.
+                assert all(ch.choices and ch.usage is None for ch in chunks)
+        assert 2 <= served < 20  # before, streams were charged nothing and never refused
+        assert "tokens_per_minute (1000)" in err.value.response.json()["error"]["message"]
+        sent = [orjson.loads(b) for s in h.sims.values() for b in s.stats.bodies]
+        assert sent and all(b["stream_options"] == {"include_usage": True} for b in sent)
+    finally:
+        h.stop()
+
+
+def test_a_client_that_asks_for_usage_gets_it_once_at_the_end(gateway: Harness) -> None:
+    chunks, _ = stream(gateway, gateway.key(), stream_options={"include_usage": True})
+    usage = [ch for ch in chunks if ch.usage is not None]
+    assert len(usage) == 1 and usage[0] is chunks[-1] and usage[0].choices == []
+    assert usage[0].usage.prompt_tokens > 0 and usage[0].usage.completion_tokens > 0
+
+
+def no_stream_usage(raw: dict[str, Any]) -> None:
+    for ep in raw["endpoints"]:
+        ep["stream_usage"] = False  # e.g. a server that rejects stream_options
+
+
+def test_an_endpoint_that_reports_no_usage_is_charged_an_estimate(tmp_path: Path) -> None:
+    h = start_example(tmp_path, no_stream_usage)
+    try:
+        key = h.key()
+        chunks, rid = stream(h, key)
+        assert all(ch.usage is None for ch in chunks)
+        for sim in h.sims.values():
+            for body in sim.stats.bodies:
+                assert "stream_options" not in orjson.loads(body)
+        deadline = time.monotonic() + 5
+        while True:
+            got = receipt(h, rid, key)
+            _, outcome = ledger_entries(got.json())
+            if outcome is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert outcome is not None
+        assert outcome["usage_estimated"] is True
+        assert outcome["prompt_tokens"] >= estimate_tokens([PROMPT]) > 0
+        assert outcome["completion_tokens"] > 0
+    finally:
+        h.stop()
+
+
+def test_the_estimate_counts_japanese_by_the_character_and_english_by_the_word() -> None:
+    assert estimate_tokens([]) == 0
+    assert estimate_tokens(["abcd" * 25]) == 25  # 100 ASCII characters: 25 tokens
+    assert estimate_tokens(["山田太郎様への返信"]) == 9
+    assert estimate_tokens(["abc", "東京"]) == 1 + 2
