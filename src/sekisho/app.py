@@ -554,8 +554,15 @@ class Gateway:
             upstream_id = hdrs.get("x-sekisho-upstream-request-id")
             if isinstance(reply, StreamReply):
                 await http.start_stream(send, rid, reply.headers)
+                first = True
                 async for chunk in reply.chunks:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if first:
+                        first = False
+                        m = self.metrics
+                        m.child(m.time_to_first_token, endpoint, jurisdiction).observe(
+                            time.perf_counter() - started
+                        )
                 finished = True
                 await send({"type": "http.response.body", "body": b""})
                 status = 200

@@ -54,6 +54,21 @@ class Metrics:
             buckets=_BUCKETS,
             registry=r,
         )
+        self.upstream_latency = Histogram(
+            "sekisho_upstream_latency_seconds",
+            "The endpoint's own latency as the gateway sees it: from sending the request to the "
+            "whole answer (mode=answer) or, for a stream, its first event (mode=first_event)",
+            ["endpoint", "jurisdiction", "mode"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "sekisho_time_to_first_token_seconds",
+            "Streams: from the request's arrival to its first event sent to the client",
+            ["endpoint", "jurisdiction"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter(
             "sekisho_tokens",
             "Tokens reported by upstreams",

@@ -58,6 +58,7 @@ from sekisho.providers import (
 )
 from sekisho.providers.base import upstream_request_id
 from sekisho.routing import Catalogue, Health, Route, Selector
+from sekisho.routing.catalogue import Endpoint
 from sekisho.store import Exchange, RetentionSpec, StoreError, Stores
 from sekisho.types import Action
 
@@ -433,6 +434,7 @@ class Pipeline:
                 continue
             tried.append(ep.id)
             released = False
+            sent_at = time.perf_counter()
             try:
                 upstream = await transport.open(
                     route, call.kind, call.body, stream=call.stream, request_id=call.request_id
@@ -441,6 +443,7 @@ class Pipeline:
                 if call.stream:
                     primed = await Primed.prime(upstream, ep.id)
                     released = True
+                    self._upstream_latency(ep, "first_event", sent_at)
                     return route, Released(primed, state), None
                 try:
                     raw = await upstream.read()
@@ -448,6 +451,7 @@ class Pipeline:
                     state.release()
                     released = True
                 data = parse_answer(raw, ep.id)
+                self._upstream_latency(ep, "answer", sent_at)
                 return route, upstream, data
             except UpstreamError as exc:
                 if not released:
@@ -483,6 +487,12 @@ class Pipeline:
             f"Every eligible endpoint failed (tried: {', '.join(tried)}; last: {detail}). "
             "The request was not sent anywhere else.",
             headers={"retry-after": "1"},
+        )
+
+    def _upstream_latency(self, ep: Endpoint, mode: str, sent_at: float) -> None:
+        m = self.metrics
+        m.child(m.upstream_latency, ep.id, ep.jurisdiction.country, mode).observe(
+            time.perf_counter() - sent_at
         )
 
     def _tiers(self, call: Call, decision: Decision) -> list[tuple[int, int]] | None:

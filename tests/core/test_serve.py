@@ -211,6 +211,11 @@ def test_metrics_count_requests_latency_tokens_and_upstream_errors_by_endpoint_a
     )
     with pytest.raises(openai.APIStatusError):
         c.chat.completions.create(model=DEAD_MODEL, messages=[{"role": "user", "content": "x"}])
+    streamed = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "stream me"}], stream=True
+    )
+    stream_endpoint = streamed.headers["x-sekisho-endpoint"]
+    assert list(streamed.parse())
 
     r = request("GET", f"{g.root}/metrics")
     assert r.status_code == 200
@@ -240,6 +245,17 @@ def test_metrics_count_requests_latency_tokens_and_upstream_errors_by_endpoint_a
     errors = samples["sekisho_upstream_errors_total"]
     assert {lb["endpoint"] for lb, v in errors if v >= 1} >= {"dead-osaka", "dead-sapporo"}
     assert all("jurisdiction" in lb for lb, _ in errors)
+    # The model's own share of the latency, apart from the gateway's, and streams' TTFT.
+    upstream = samples["sekisho_upstream_latency_seconds_count"]
+    assert any(lb["endpoint"] == endpoint and lb["mode"] == "answer" and v >= 1
+               for lb, v in upstream), upstream  # fmt: skip
+    assert any(lb["endpoint"] == stream_endpoint and lb["mode"] == "first_event" and v >= 1
+               for lb, v in upstream), upstream  # fmt: skip
+    upstream_sum = sum(v for lb, v in samples["sekisho_upstream_latency_seconds_sum"])
+    total_sum = sum(v for lb, v in samples["sekisho_request_duration_seconds_sum"])
+    assert 0 < upstream_sum < total_sum
+    ttft = samples["sekisho_time_to_first_token_seconds_count"]
+    assert any(lb["endpoint"] == stream_endpoint and v >= 1 for lb, v in ttft), ttft
 
 
 def test_the_in_flight_gauge_counts_the_requests_being_served(
