@@ -107,3 +107,28 @@ def test_a_compressed_answer_it_did_not_ask_for_is_an_upstream_error_naming_it(g
         )
     assert err.value.status_code == 502
     assert "content-encoding 'gzip'; sekisho asked for identity" in str(err.value)
+
+
+@pytest.mark.parametrize(("api_version", "asks"), [("2024-10-21", True), ("2024-06-01", False)])
+def test_azure_is_asked_for_stream_usage_only_from_the_api_version_that_accepts_it(
+    tmp_path: Path, api_version: str, asks: bool
+) -> None:
+    def older(raw: dict[str, Any]) -> None:
+        azure(raw)
+        raw["endpoints"][1]["api_version"] = api_version
+
+    h = start_example(tmp_path, older)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        chunks = list(
+            c.chat.completions.create(
+                model="azure-gpt", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        )
+        assert chunks and all(ch.usage is None for ch in chunks)
+        body = orjson.loads(h.sims["sim-global-japaneast"].stats.bodies[-1])
+        assert ("stream_options" in body) is asks
+        if asks:
+            assert body["stream_options"] == {"include_usage": True}
+    finally:
+        h.stop()

@@ -189,7 +189,7 @@ def _with_stream_usage(route: Route, body: dict[str, Any]) -> dict[str, Any]:
     """A streamed chat request asks for its token usage (a last chunk with ``usage``), whether
     the client did or not: token limits and the ledger count what streams cost too. The
     pipeline drops that chunk for a client that did not ask for it."""
-    if body.get("stream") is True and route.endpoint.stream_usage:
+    if body.get("stream") is True and route.endpoint.asks_stream_usage:
         opts = body.get("stream_options")
         body["stream_options"] = (
             {**opts, "include_usage": True} if opts else {"include_usage": True}

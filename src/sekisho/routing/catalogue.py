@@ -280,10 +280,11 @@ class Endpoint(_Facts):
     confidential_computing: bool = Field(
         default=False, description="Prompts processed in attested TEEs (e.g. H100 CC mode)"
     )
-    stream_usage: bool = Field(
-        default=True,
+    stream_usage: bool | None = Field(
+        default=None,
         description="Ask for token usage on streamed answers (stream_options.include_usage), so "
-        "streams count against token limits; false for a server that rejects stream_options",
+        "streams count against token limits; false for a server that rejects stream_options "
+        "(default: on, and for azure_openai from api_version 2024-09-01, the first to accept it)",
     )
     weight: float = Field(default=1.0, gt=0, description="Relative share of traffic")
     max_concurrency: int | None = Field(default=None, gt=0, description="In-flight request cap")
@@ -308,6 +309,14 @@ class Endpoint(_Facts):
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("proxy must have no path, query or fragment")
         return value
+
+    @property
+    def asks_stream_usage(self) -> bool:
+        if self.stream_usage is not None:
+            return self.stream_usage
+        if self.family == "azure_openai":  # older API versions refuse stream_options
+            return (self.api_version or "") >= "2024-09-01"
+        return True
 
     @model_validator(mode="after")
     def _family_rules(self) -> Endpoint:
