@@ -100,6 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = csub.add_parser("schema", help="print the config's JSON Schema (for editors)")
     p.set_defaults(func=cmd_config_schema)
 
+    eps = sub.add_parser("endpoints", help="the endpoint catalogue against the real endpoints")
+    esub = eps.add_subparsers(metavar="ACTION")
+    p = esub.add_parser(
+        "check",
+        help="reach each endpoint as requests would; check credentials and the models it serves",
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("SEKISHO_CONFIG", "sekisho.yaml"),
+        help="YAML config (default: $SEKISHO_CONFIG or ./sekisho.yaml)",
+    )
+    p.add_argument("--endpoint", action="append", metavar="ID", help="only this one (repeatable)")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="also send each model one request ('ping', at most one token back)",
+    )
+    p.add_argument("--timeout", type=float, help="seconds per endpoint (default: its timeouts)")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p.set_defaults(func=cmd_endpoints_check)
+
     keys = sub.add_parser("keys", help="API keys (and the ledger's signing key)")
     ksub = keys.add_subparsers(metavar="ACTION")
     p = ksub.add_parser("create", help="create an API key; prints it once, on the last line")
@@ -341,6 +363,42 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for name, policy in config.policies.items():
         print(f"  tenant {name}: policy {policy.digest}")
     return 0
+
+
+def cmd_endpoints_check(args: argparse.Namespace) -> int:
+    from sekisho.config import load_config
+    from sekisho.routing.check import check_endpoints
+
+    config = load_config(args.config)
+    endpoints = list(config.catalogue.endpoints)
+    if args.endpoint:
+        known = {ep.id for ep in endpoints}
+        unknown = [e for e in args.endpoint if e not in known]
+        if unknown:
+            print(
+                f"sekisho: no endpoint {', '.join(map(repr, unknown))} in {args.config} "
+                f"(its endpoints: {', '.join(sorted(known))})",
+                file=sys.stderr,
+            )
+            return 2
+        endpoints = [ep for ep in endpoints if ep.id in args.endpoint]
+    reports = asyncio.run(check_endpoints(endpoints, chat=args.chat, timeout=args.timeout))
+    if args.json:
+        print(json.dumps([r.to_json() for r in reports], indent=2, ensure_ascii=False))
+    else:
+        for r in reports:
+            print(f"{'ok ' if r.ok else 'FAIL'} {r.endpoint} ({r.jurisdiction})")
+            print(f"     reached: {r.reached}")
+            print(f"     auth:    {r.auth}")
+            if r.models:
+                print(f"     models:  {r.models}")
+            for line in r.requests:
+                print(f"     request: {line}")
+            for problem in r.problems:
+                print(f"     problem: {problem}")
+        bad = sum(not r.ok for r in reports)
+        print(f"{len(reports) - bad} of {len(reports)} endpoints ok")
+    return 0 if all(r.ok for r in reports) else 1
 
 
 def cmd_config_schema(args: argparse.Namespace) -> int:

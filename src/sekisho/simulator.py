@@ -505,7 +505,7 @@ DEMO_ENDPOINTS: tuple[tuple[SimulatedEndpoint, int], ...] = (
         SimulatedEndpoint(
             "sim-global-useast",
             "Global cloud, US East",
-            models=("gpt-4o", "text-embedding-3-small"),
+            models=("gpt-4o", "gpt-4.1", "text-embedding-3-small"),
         ),
         9103,
     ),

@@ -283,3 +283,39 @@ def test_the_token_request_is_form_encoded(tokens: TokenServer) -> None:
     form = tokens.forms[-1]
     assert form["client_secret"] == "a&b=c+d%e"
     assert form["scope"] == "api://llm/.default offline"
+
+
+def test_endpoints_check_reports_a_token_the_server_will_not_give(
+    tmp_path: Path, tokens: TokenServer
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    tokens.mode = "refuse"
+    h = gateway(tmp_path / "gw", tokens)
+    try:
+        config = tmp_path / "check.yaml"
+        config.write_text(yaml.safe_dump(h.raw), encoding="utf-8")
+        done = subprocess.run(
+            [sys.executable, "-m", "sekisho", "endpoints", "check", "--config", str(config),
+             "--endpoint", AZURE, "--json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        (report,) = json.loads(done.stdout)
+        assert report["auth"].startswith("no token")
+        assert "invalid_client" in report["problems"][0]
+        assert CLIENT_SECRET not in done.stdout + done.stderr
+        tokens.mode = "ok"
+        done = subprocess.run(
+            [sys.executable, "-m", "sekisho", "endpoints", "check", "--config", str(config),
+             "--endpoint", AZURE, "--chat"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "token from 127.0.0.1" in done.stdout and "gpt-4o: ok in" in done.stdout
+    finally:
+        h.stop()

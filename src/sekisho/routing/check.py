@@ -1,0 +1,173 @@
+"""``sekisho endpoints check``: the catalogue against the endpoints as they are, before traffic.
+
+For each endpoint: can it be reached the way requests go (its egress proxy, its TLS settings),
+do its credentials work (the API key, or a token from its ``auth`` server), and does it serve
+every model the config says it does (its model list, ``GET {base_url}/models``). With
+``--chat`` each model also gets one request: the word "ping" and at most one token back, so
+Azure deployments (which Azure does not list) and the whole path are proven too. Nothing else
+is sent; the check is not client traffic and is not written to the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from sekisho import tls as tls_files
+from sekisho.providers import Transport, UpstreamError, transport_for
+from sekisho.providers.base import Kind
+from sekisho.providers.h1 import H1Client
+from sekisho.routing.catalogue import Endpoint, Route
+
+_PING_CHAT = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+_PING_EMBED = {"input": "ping"}
+
+
+@dataclass
+class EndpointReport:
+    endpoint: str
+    jurisdiction: str
+    reached: str = ""
+    auth: str = ""
+    models: str = ""
+    requests: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+async def check_endpoints(
+    endpoints: list[Endpoint], *, chat: bool = False, timeout: float | None = None
+) -> list[EndpointReport]:
+    """Check every endpoint at once; each report says what works and what does not."""
+    import aiohttp
+
+    client = H1Client()
+    contexts: dict[str, ssl.SSLContext] = {}
+    for ep in endpoints:
+        if ep.tls is not None:
+            contexts[ep.id] = tls_files.client_context(ep.tls)  # TLSSettingError: config check
+    transports = {f: transport_for(f, client, contexts) for f in {ep.family for ep in endpoints}}
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            return list(
+                await asyncio.gather(
+                    *(
+                        _check(ep, transports[ep.family], session, chat=chat, timeout=timeout)
+                        for ep in endpoints
+                    )
+                )
+            )
+    finally:
+        await client.close()
+
+
+async def _check(
+    ep: Endpoint, transport: Transport, session: Any, *, chat: bool, timeout: float | None
+) -> EndpointReport:
+    import aiohttp
+
+    report = EndpointReport(ep.id, f"{ep.jurisdiction.country}/{ep.jurisdiction.region}")
+    url, headers, tls = transport.probe_request(ep)
+    if ep.auth is not None:
+        try:
+            headers = await transport.with_token(ep, headers)
+            report.auth = f"token from {ep.auth.url.split('/')[2]}"
+        except UpstreamError as exc:
+            report.auth = "no token"
+            report.problems.append(exc.detail)
+    else:
+        report.auth = "api key" if ep.api_key else "none configured"
+    limit = timeout if timeout is not None else ep.timeouts.connect + ep.timeouts.first_byte
+    started = time.perf_counter()
+    try:
+        async with session.get(
+            url,
+            headers=headers,
+            proxy=ep.proxy,
+            ssl=tls if tls is not None else True,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=limit, connect=ep.timeouts.connect),
+        ) as resp:
+            body = await resp.content.read(1 << 20)
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError) as exc:
+        report.reached = "no"
+        report.problems.append(f"cannot reach {url}: {_reason(exc)}")
+        return report
+    ms = (time.perf_counter() - started) * 1000
+    report.reached = f"HTTP {status} in {ms:.0f} ms"
+    if status in (401, 403):
+        report.auth += f", refused (HTTP {status})"
+        report.problems.append(
+            f"the endpoint refused sekisho's credentials (HTTP {status}): check api_key or auth"
+        )
+    elif status != 200:
+        report.problems.append(f"GET {url} answered HTTP {status}")
+    elif ep.family == "azure_openai":
+        report.models = "deployments are not listed by Azure (prove them with --chat)"
+    else:
+        report.models = _compare_models(ep, body, report)
+    if (
+        chat
+        and status not in (401, 403)
+        and not (ep.auth is not None and report.auth == "no token")
+    ):
+        for model in ep.models:
+            report.requests.append(await _ping(ep, transport, Route(ep, model), report))
+    return report
+
+
+def _compare_models(ep: Endpoint, body: bytes, report: EndpointReport) -> str:
+    try:
+        listed = orjson.loads(body)
+        served = {m["id"] for m in listed["data"] if isinstance(m, dict) and "id" in m}
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        report.problems.append("the model list is not an OpenAI model list")
+        return "unreadable list"
+    wanted = [m.id for m in ep.models]
+    missing = [m for m in wanted if m not in served]
+    if missing:
+        report.problems.append(
+            f"configured but not served by the endpoint: {', '.join(missing)} "
+            "(requests for them would fail there)"
+        )
+        return f"{len(wanted) - len(missing)} of {len(wanted)} served; missing {', '.join(missing)}"
+    return f"all {len(wanted)} served"
+
+
+async def _ping(ep: Endpoint, transport: Transport, route: Route, report: EndpointReport) -> str:
+    kind: Kind = "chat" if route.model.kind == "chat" else "embeddings"
+    body = dict(_PING_CHAT if kind == "chat" else _PING_EMBED, model=route.model.id)
+    started = time.perf_counter()
+    try:
+        resp = await transport.open(route, kind, body, stream=False)
+        try:
+            raw = await resp.read()
+        finally:
+            resp.close()
+        orjson.loads(raw)
+    except UpstreamError as exc:
+        report.problems.append(f"{route.model.id}: {exc.detail}")
+        return f"{route.model.id}: failed"
+    except orjson.JSONDecodeError:
+        report.problems.append(f"{route.model.id}: the answer is not JSON")
+        return f"{route.model.id}: failed"
+    return f"{route.model.id}: ok in {(time.perf_counter() - started) * 1000:.0f} ms"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
