@@ -165,6 +165,7 @@ class Gateway:
             limiter=self.limiter,
             stores=self.stores,
             max_attempts=self.config.routing.max_attempts,
+            stream_keepalive=self.config.server.stream_keepalive_seconds,
         )
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -557,7 +558,7 @@ class Gateway:
                 first = True
                 async for chunk in reply.chunks:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if first:
+                    if first and chunk.startswith(b"data:"):  # not a keep-alive comment
                         first = False
                         m = self.metrics
                         m.child(m.time_to_first_token, endpoint, jurisdiction).observe(

@@ -88,6 +88,14 @@ class ServerConfig(_Section):
         "(or of connecting), and its body within this time of the headers; else 408 and the "
         "connection is closed (slow or stalled clients hold no connection for ever)",
     )
+    stream_keepalive_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description="A stream whose first event takes longer than this (a reasoning model "
+        "thinking) starts at once with SSE comments (': keep-alive') every this many seconds, "
+        "so idle timeouts on the way (AWS ALB, nginx: 60 s) do not cut it; 0: off",
+    )
     tls: ServerTLS | None = Field(
         default=None, description="Serve HTTPS (and require client certificates, if set)"
     )

@@ -203,6 +203,7 @@ class Pipeline:
         limiter: Limiter | None = None,
         stores: Stores | None = None,
         max_attempts: int = 3,
+        stream_keepalive: float = 0.0,
     ) -> None:
         self.catalogue = catalogue
         self.tenants = tenants
@@ -216,6 +217,7 @@ class Pipeline:
         self.limiter = limiter
         self.stores = stores
         self.max_attempts = max_attempts
+        self.stream_keepalive = stream_keepalive
         self._route_cache: dict[tuple[str, str], tuple[Route, ...]] = {}
 
     async def run(self, call: Call) -> Reply | StreamReply:
@@ -239,7 +241,19 @@ class Pipeline:
             raise
         headers = self._decision_headers(call, decision, receipt)
         try:
-            route, upstream, data = await self.dispatch(call, decision)  # 6
+            if call.stream and self.stream_keepalive > 0:
+                dispatching = asyncio.ensure_future(self.dispatch(call, decision))
+                try:
+                    await asyncio.wait((dispatching,), timeout=self.stream_keepalive)
+                except asyncio.CancelledError:
+                    dispatching.cancel()
+                    raise
+                if not dispatching.done():  # still thinking: start the stream, keep it alive
+                    chunks = self._stream_when_answered(call, decision, tenant, dispatching)
+                    return StreamReply([*headers, ("x-sekisho-keepalive", "on")], chunks)
+                route, upstream, data = dispatching.result()
+            else:
+                route, upstream, data = await self.dispatch(call, decision)  # 6
         except SekishoError as exc:
             await self.record(call, decision, Outcome(exc.status, error_code=exc.code))
             raise
@@ -653,6 +667,41 @@ class Pipeline:
             raise
         finally:
             upstream.close()
+
+    async def _stream_when_answered(
+        self,
+        call: Call,
+        decision: Decision,
+        tenant: TenantView,
+        dispatching: asyncio.Future[tuple[Route, UpstreamResponse, dict[str, Any] | None]],
+    ) -> AsyncIterator[bytes]:
+        """A stream already started (200) while its endpoint has not sent a first event: SSE
+        comments until it does, which clients ignore and idle timers count as traffic. A
+        failure now arrives as an error event, in the shape the SDKs raise; where the answer
+        came from, which headers can no longer say, arrives as comments."""
+        streaming = False
+        try:
+            while not dispatching.done():
+                yield b": keep-alive\n\n"
+                await asyncio.wait((dispatching,), timeout=self.stream_keepalive)
+            try:
+                route, upstream, _ = dispatching.result()
+            except SekishoError as exc:
+                await self.record(call, decision, Outcome(exc.status, error_code=exc.code))
+                yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+                return
+            info = [f"{k}: {v}" for k, v in _route_headers(route)]
+            if call.upstream_request_id is not None:
+                info.append(f"x-sekisho-upstream-request-id: {call.upstream_request_id}")
+            yield "".join(f": {line}\n" for line in info).encode() + b"\n"
+            streaming = True
+            async for chunk in self._stream(call, decision, tenant, route, upstream):
+                yield chunk
+        finally:
+            if not dispatching.done():
+                dispatching.cancel()  # the client went away while the endpoint was thinking
+            elif not streaming and not dispatching.cancelled() and not dispatching.exception():
+                dispatching.result()[1].close()  # answered, but nobody is left to read it
 
     # -- 8 record --------------------------------------------------------------------------
 

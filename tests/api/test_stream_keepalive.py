@@ -1,0 +1,146 @@
+"""server.stream_keepalive_seconds: a stream whose endpoint is slow to send its first event (a
+reasoning model thinking) starts at once and is kept alive with SSE comments, so idle timers
+between client and gateway (AWS ALB, nginx: 60 s) do not cut it."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from harness import Harness, ledger_entries, receipt, start_example
+
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "think first"}], "stream": True}
+
+
+def keepalive(seconds: float) -> Any:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["server"]["stream_keepalive_seconds"] = seconds
+        for ep in raw["endpoints"]:
+            ep["timeouts"] = {"connect": 2, "first_byte": 5, "total": 10}
+
+    return mutate
+
+
+def raw_stream(h: Harness, key: str) -> tuple[dict[str, str], list[tuple[float, str]]]:
+    """Response headers, and each line of the body with the time it arrived."""
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", h.port, timeout=15)
+    try:
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps(BODY),
+            headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+        )
+        resp = conn.getresponse()
+        assert resp.status == 200
+        lines: list[tuple[float, str]] = []
+        while line := resp.readline():
+            lines.append((time.monotonic() - started, line.decode().rstrip("\r\n")))
+        return {k.lower(): v for k, v in resp.getheaders()}, [x for x in lines if x[1]]
+    finally:
+        conn.close()
+
+
+def test_a_slow_first_event_is_preceded_by_keep_alive_comments(tmp_path: Path) -> None:
+    h = start_example(tmp_path, keepalive(0.2), delay_ms=1200)
+    try:
+        key = h.key()
+        headers, lines = raw_stream(h, key)
+        comments = [(t, line) for t, line in lines if line.startswith(":")]
+        pings = [t for t, line in comments if line == ": keep-alive"]
+        first_data = next(t for t, line in lines if line.startswith("data:"))
+        assert len(pings) >= 3 and pings[0] < 0.6  # the stream started long before the answer
+        assert first_data > 1.0
+        assert headers["x-sekisho-keepalive"] == "on"
+        assert headers["x-sekisho-classification"]  # the decision was known; the route was not
+        assert "x-sekisho-endpoint" not in headers
+        # Where the answer came from arrives as comments, before its first event.
+        endpoint = next(line for _, line in comments if line.startswith(": x-sekisho-endpoint:"))
+        assert endpoint.split(": ")[-1] in h.sims
+        assert lines[-1][1] == "data: [DONE]"
+
+        # The OpenAI SDK ignores the comments and reads the answer as usual.
+        c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
+        text = "".join(
+            ch.choices[0].delta.content or ""
+            for ch in c.chat.completions.create(**BODY)
+            if ch.choices
+        )
+        assert "SIMULATOR" in text
+    finally:
+        h.stop()
+
+
+def test_a_fast_first_event_keeps_every_header(tmp_path: Path) -> None:
+    h = start_example(tmp_path, keepalive(2.0))
+    try:
+        headers, lines = raw_stream(h, h.key())
+        assert "x-sekisho-keepalive" not in headers
+        assert headers["x-sekisho-endpoint"] in h.sims
+        assert not any(line.startswith(":") for _, line in lines)
+    finally:
+        h.stop()
+
+
+def test_a_failure_after_the_stream_started_is_an_error_event_and_recorded(
+    tmp_path: Path,
+) -> None:
+    h = start_example(tmp_path, keepalive(0.2))
+    try:
+        for eid in h.sims:
+            h.fault(eid, mode="status", status=503, delay_ms=700)
+        key = h.key()
+        c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
+        with pytest.raises(openai.APIError) as err:
+            for _ in c.chat.completions.create(**BODY):
+                pass
+        assert "Every eligible endpoint failed" in str(err.value)
+        headers, lines = raw_stream(h, key)
+        assert any(line == ": keep-alive" for _, line in lines)
+        assert not any(line == "data: [DONE]" for _, line in lines)
+        error = next(line for _, line in lines if line.startswith("data:"))
+        assert '"code":"upstream_failed"' in error
+        # The ledger holds the request's outcome: 502, whatever the 200 on the wire said.
+        _, outcome = ledger_entries(receipt(h, headers["x-sekisho-request-id"], key).json())
+        assert outcome is not None and outcome["status"] == 502
+    finally:
+        h.stop()
+
+
+def test_a_client_leaving_while_the_endpoint_thinks_cancels_the_upstream_request(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    h = start_example(tmp_path, keepalive(0.2), delay_ms=3000)
+    try:
+        key = h.key()
+        body = json.dumps(BODY).encode()
+        s = socket.create_connection(("127.0.0.1", h.port))
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        got = b""
+        while b": keep-alive" not in got:
+            got += s.recv(4096)
+        s.close()  # gone while the endpoint is still thinking
+        deadline = time.monotonic() + 3
+        gw: Any = h.gateway
+        while time.monotonic() < deadline and (
+            gw.in_flight or any(st["in_flight"] for st in gw.health.snapshot().values())
+        ):
+            time.sleep(0.02)
+        assert gw.in_flight == 0
+        assert all(st["in_flight"] == 0 for st in gw.health.snapshot().values())
+        assert sum(sim.stats.closed for sim in h.sims.values()) >= 1  # upstream request dropped
+    finally:
+        h.stop()
