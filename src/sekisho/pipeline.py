@@ -32,6 +32,7 @@ from sekisho._output import StreamOutput, inspect_answer, pseudonymise_obj, rewr
 from sekisho._threads import in_fair_thread
 from sekisho._upstream import Primed, Released, client_error_from, parse_answer, parse_retry_after
 from sekisho.classify import Finding, Pseudonymiser, Scanner, redact, summarise
+from sekisho.classify.memo import ScanMemo
 from sekisho.errors import (
     EndpointsBusy,
     InvalidRequest,
@@ -218,6 +219,7 @@ class Pipeline:
         self.stores = stores
         self.max_attempts = max_attempts
         self.stream_keepalive = stream_keepalive
+        self._memos: dict[str, ScanMemo] = {}
         self._route_cache: dict[tuple[str, str], tuple[Route, ...]] = {}
 
     async def run(self, call: Call) -> Reply | StreamReply:
@@ -328,7 +330,7 @@ class Pipeline:
     def inspect(self, call: Call, tenant: TenantView) -> tuple[list[Finding], bool]:
         """Scan every text the upstream would see. A classifier error counts as the highest
         classification (fail closed), never as "nothing found"."""
-        scanner = self.scanners[tenant.name]
+        scanner = self._memo(tenant.name)
         findings: list[Finding] = []
         try:
             for text in call.texts:
@@ -344,6 +346,15 @@ class Pipeline:
             )
             return [], True
         return findings, False
+
+    def _memo(self, tenant: str) -> ScanMemo:
+        """The tenant's scanner behind its memo of texts already scanned (a conversation's
+        earlier turns); a reload's new scanner gets a new memo."""
+        scanner = self.scanners[tenant]
+        memo = self._memos.get(tenant)
+        if memo is None or memo.scanner is not scanner:
+            memo = self._memos[tenant] = ScanMemo(scanner)
+        return memo
 
     # -- 3 decide --------------------------------------------------------------------------
 
