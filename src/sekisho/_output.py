@@ -274,14 +274,42 @@ class TypedScanner:
 
 
 def pseudonymise_obj(obj: Any, find: Callable[[str], list[Finding]], p: Pseudonymiser) -> Any:
-    if isinstance(obj, str):
-        fs = find(obj)
-        return p.pseudonymise(obj, fs) if fs else obj
-    if isinstance(obj, list):
-        return [pseudonymise_obj(x, find, p) for x in obj]
-    if isinstance(obj, dict):
-        return {k: pseudonymise_obj(v, find, p) for k, v in obj.items()}
-    return obj
+    """A copy of ``obj`` with the findings in every string pseudonymised. Iterative: a client's
+    unknown field may nest as deep as JSON allows, past Python's recursion limit."""
+
+    def leaf(value: Any) -> Any:
+        if isinstance(value, str):
+            fs = find(value)
+            return p.pseudonymise(value, fs) if fs else value
+        return value
+
+    if not isinstance(obj, list | dict):
+        return leaf(obj)
+
+    def items(node: Any) -> Any:
+        return iter(enumerate(node)) if isinstance(node, list) else iter(node.items())
+
+    top: Any = [] if isinstance(obj, list) else {}
+    # Depth first in document order, as a recursive walk would go (placeholders are numbered
+    # in the order values are met): an explicit stack of the containers being copied.
+    stack: list[tuple[Any, Any]] = [(items(obj), top)]
+    while stack:
+        pending, dst = stack[-1]
+        for key, value in pending:
+            if isinstance(value, list | dict):
+                child: Any = [] if isinstance(value, list) else {}
+            else:
+                child = leaf(value)
+            if isinstance(dst, list):
+                dst.append(child)
+            else:
+                dst[key] = child
+            if isinstance(value, list | dict):
+                stack.append((items(value), child))
+                break
+        else:
+            stack.pop()
+    return top
 
 
 def rewrite_texts(kind: str, body: dict[str, Any], rewrite: Callable[[str], str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import contextlib
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -319,3 +320,72 @@ def _assert_schema_syntax_kept(schema: dict[str, Any]) -> None:
         assert schema["description"] == "\x00rewritten"
     for sub in list(schema.get("properties", {}).values()) + schema.get("examples", []):
         _assert_schema_syntax_kept(sub)
+
+
+def test_a_deeply_nested_tool_schema_is_scanned_and_a_too_deep_body_a_clear_400() -> None:
+    """Tool schemas are walked without recursion; a body deeper than orjson can write back
+    (255 levels) would have been parsed and then failed on its way upstream as a 500."""
+    from sekisho._output import rewrite_texts
+
+    schema: dict[str, Any] = {"type": "string", "description": "mail taro@example.co.jp"}
+    for _ in range(60):  # 125 levels in all
+        schema = {"type": "object", "properties": {"x": schema}}
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
+    }
+    req = parse_chat(orjson.dumps(body))
+    assert "mail taro@example.co.jp" in req.texts()
+    out = rewrite_texts("chat", req.body, lambda t: t.replace("taro@example.co.jp", "[EMAIL]"))
+    assert b"taro@example.co.jp" not in orjson.dumps(out)
+
+    deep = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"x":' + b"[" * 500
+    with pytest.raises(InvalidRequest, match="nests objects and arrays 501 levels deep"):
+        parse_chat(deep + b"]" * 500 + b"}")
+
+
+nested_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(nested_json)
+def test_pseudonymising_a_json_value_rewrites_each_string_and_keeps_its_shape(value: Any) -> None:
+    from sekisho._output import pseudonymise_obj
+    from sekisho.classify import Finding, Pseudonymiser
+
+    def find(text: str) -> list[Finding]:
+        return [Finding("PERSON", 0, len(text), 1.0)] if text else []
+
+    def expected(node: Any, p: Pseudonymiser) -> Any:  # the obvious recursive definition
+        if isinstance(node, str):
+            return p.pseudonymise(node, find(node)) if node else node
+        if isinstance(node, list):
+            return [expected(x, p) for x in node]
+        if isinstance(node, dict):
+            return {k: expected(v, p) for k, v in node.items()}
+        return node
+
+    got = pseudonymise_obj(value, find, Pseudonymiser())
+    want = expected(value, Pseudonymiser())
+    assert orjson.dumps(got) == orjson.dumps(want)  # same shape, strings, placeholder order
+
+
+def test_pseudonymising_a_deep_value_does_not_hit_the_recursion_limit() -> None:
+    from sekisho._output import pseudonymise_obj
+    from sekisho.classify import Pseudonymiser
+
+    deep: Any = "leaf"
+    for _ in range(1000):
+        deep = {"k": [deep]}
+    out = pseudonymise_obj(deep, lambda t: [], Pseudonymiser())
+    for _ in range(1000):  # the same shape all the way down (== itself would recurse)
+        assert isinstance(out, dict) and list(out) == ["k"] and len(out["k"]) == 1
+        out = out["k"][0]
+    assert out == "leaf"

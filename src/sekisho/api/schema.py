@@ -69,7 +69,30 @@ def load_json(raw: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {_type_name(body)}.")
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:  # only then can it be that deep
+        depth = _depth(body)
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(
+                f"The request body nests objects and arrays {depth} levels deep; at most "
+                f"{MAX_DEPTH} are accepted (OpenAI's structured outputs allow 10)."
+            )
     return body
+
+
+# orjson reads 1,024 levels but writes only 255: a body deeper than that could be parsed and
+# then not sent on. Far above any real tool or response schema.
+MAX_DEPTH = 128
+
+
+def _depth(node: Any) -> int:
+    deepest = 0
+    stack = [(node, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, level + 1) for c in children if isinstance(c, dict | list))
+    return deepest
 
 
 def parse_chat(raw: bytes) -> ChatRequest:
@@ -352,20 +375,27 @@ _SCHEMA_SYNTAX = frozenset(
 
 
 def _schema_slots(node: Any, slots: list[tuple[Any, Any]]) -> None:
-    """Every string value in a tool definition or a JSON Schema, but syntax (``_SCHEMA_SYNTAX``)."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if isinstance(v, str):
-                if k not in _SCHEMA_SYNTAX:
-                    slots.append((node, k))
-            elif isinstance(v, dict) or (isinstance(v, list) and k not in _SCHEMA_SYNTAX):
-                _schema_slots(v, slots)
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            if isinstance(v, str):
-                slots.append((node, i))
-            elif isinstance(v, dict | list):
-                _schema_slots(v, slots)
+    """Every string value in a tool definition or a JSON Schema, but syntax (``_SCHEMA_SYNTAX``),
+    in a fixed order. Iterative: a schema nested as deep as JSON allows (orjson: 1,024 levels)
+    must not exhaust Python's recursion limit."""
+    stack: list[Any] = [node]
+    while stack:
+        item = stack.pop()
+        nested: list[Any] = []
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(v, str):
+                    if k not in _SCHEMA_SYNTAX:
+                        slots.append((item, k))
+                elif isinstance(v, dict) or (isinstance(v, list) and k not in _SCHEMA_SYNTAX):
+                    nested.append(v)
+        elif isinstance(item, list):
+            for i, v in enumerate(item):
+                if isinstance(v, str):
+                    slots.append((item, i))
+                elif isinstance(v, dict | list):
+                    nested.append(v)
+        stack.extend(reversed(nested))
 
 
 def _content_slots(holder: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:
