@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from sekisho.api.schema import MAX_DEPTH, nesting_depth
 from sekisho.errors import SekishoError
 from sekisho.providers import (
     UpstreamError,
@@ -109,6 +110,9 @@ def parse_answer(raw: bytes, endpoint_id: str) -> dict[str, Any]:
         raise UpstreamProtocolError(
             endpoint_id, "answered with JSON that is not an OpenAI response"
         )
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and nesting_depth(data) > MAX_DEPTH:
+        # orjson could not write it back to the client (255 levels at most)
+        raise UpstreamProtocolError(endpoint_id, f"answered with JSON nested over {MAX_DEPTH} deep")
     return data
 
 

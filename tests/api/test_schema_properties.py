@@ -389,3 +389,14 @@ def test_pseudonymising_a_deep_value_does_not_hit_the_recursion_limit() -> None:
         assert isinstance(out, dict) and list(out) == ["k"] and len(out["k"]) == 1
         out = out["k"][0]
     assert out == "leaf"
+
+
+def test_an_upstream_answer_too_deep_to_write_back_is_a_protocol_error_not_a_500() -> None:
+    from sekisho._upstream import parse_answer
+    from sekisho.providers import UpstreamProtocolError
+
+    deep = b'{"choices":' + b"[" * 300 + b"]" * 300 + b"}"
+    with pytest.raises(UpstreamProtocolError, match="nested over 128 deep"):
+        parse_answer(deep, "ep")
+    wide = b'{"choices":[' + b",".join([b'{"index":0}'] * 500) + b"]}"  # many, but shallow
+    assert len(parse_answer(wide, "ep")["choices"]) == 500

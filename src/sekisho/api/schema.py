@@ -70,7 +70,7 @@ def load_json(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {_type_name(body)}.")
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:  # only then can it be that deep
-        depth = _depth(body)
+        depth = nesting_depth(body)
         if depth > MAX_DEPTH:
             raise InvalidRequest(
                 f"The request body nests objects and arrays {depth} levels deep; at most "
@@ -84,7 +84,8 @@ def load_json(raw: bytes) -> dict[str, Any]:
 MAX_DEPTH = 128
 
 
-def _depth(node: Any) -> int:
+def nesting_depth(node: Any) -> int:
+    """How many objects and arrays deep ``node`` goes (iteratively)."""
     deepest = 0
     stack = [(node, 1)]
     while stack:
