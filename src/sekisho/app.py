@@ -35,7 +35,7 @@ from sekisho.identity.limits import Limiter, build_limiter
 from sekisho.identity.roles import MODEL_ROUTES
 from sekisho.ledger import LEDGER_REFUSALS, Ledger
 from sekisho.metrics import Metrics
-from sekisho.pipeline import Pipeline, Reply, StreamReply
+from sekisho.pipeline import Outcome, Pipeline, Reply, StreamReply
 from sekisho.providers import Transport, UpstreamError, transport_for
 from sekisho.providers.h1 import H1Client
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
@@ -567,12 +567,18 @@ class Gateway:
                 finished = True
                 await send({"type": "http.response.body", "body": b""})
                 status = 200
+                done = reply.outcome
+                if done is not None and done.route is not None and endpoint == "-":
+                    # A stream started before its route was known (stream_keepalive_seconds).
+                    ep = done.route.endpoint
+                    endpoint = ep.id
+                    jurisdiction = f"{ep.jurisdiction.country}/{ep.jurisdiction.region}"
             else:
                 finished = True
                 await http.send_bytes(send, reply.status, reply.body, rid, reply.headers)
                 status = reply.status
             self._log(scope, call_id, principal, path, status, endpoint, started, None, rid,
-                      upstream_id)  # fmt: skip
+                      upstream_id, reply.outcome)  # fmt: skip
         except SekishoError as exc:
             finished = True
             status = exc.status
@@ -629,6 +635,7 @@ class Gateway:
         error: str | None = None,
         client_request_id: str | None = None,
         upstream_request_id: str | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
@@ -650,6 +657,15 @@ class Gateway:
             extra["client_request_id"] = client_request_id  # the client's x-request-id
         if upstream_request_id is not None:
             extra["upstream_request_id"] = upstream_request_id  # the provider's id of it
+        if outcome is not None and outcome.route is not None:
+            # What it cost, per key: chargeback and anomaly alerts from the log alone.
+            extra["model"] = outcome.route.model.id
+            extra["prompt_tokens"] = outcome.prompt_tokens
+            extra["completion_tokens"] = outcome.completion_tokens
+            if outcome.usage_estimated:
+                extra["usage_estimated"] = True
+            if outcome.error_code:
+                extra["error"] = outcome.error_code  # e.g. output_masked, upstream_stream_broken
         log.info("request", extra=extra)
 
     async def _models(self, scope: http.Scope, send: http.Send, rid: str, path: str) -> None:

@@ -133,6 +133,7 @@ class Reply:
     status: int
     body: bytes
     headers: list[tuple[str, str]]
+    outcome: Outcome | None = None  # what the access log reports (model, tokens)
 
 
 @dataclass(slots=True)
@@ -141,6 +142,7 @@ class StreamReply:
 
     headers: list[tuple[str, str]]
     chunks: AsyncIterator[bytes]
+    outcome: Outcome | None = None  # complete once the chunks are
 
 
 class Recorder(Protocol):
@@ -251,8 +253,11 @@ class Pipeline:
                     dispatching.cancel()
                     raise
                 if not dispatching.done():  # still thinking: start the stream, keep it alive
-                    chunks = self._stream_when_answered(call, decision, tenant, dispatching)
-                    return StreamReply([*headers, ("x-sekisho-keepalive", "on")], chunks)
+                    outcome = Outcome(200)
+                    chunks = self._stream_when_answered(
+                        call, decision, tenant, dispatching, outcome
+                    )
+                    return StreamReply([*headers, ("x-sekisho-keepalive", "on")], chunks, outcome)
                 route, upstream, data = dispatching.result()
             else:
                 route, upstream, data = await self.dispatch(call, decision)  # 6
@@ -263,8 +268,9 @@ class Pipeline:
         if call.upstream_request_id is not None:
             headers.append(("x-sekisho-upstream-request-id", call.upstream_request_id))
         if call.stream:
-            chunks = self._stream(call, decision, tenant, route, upstream)
-            return StreamReply(headers, chunks)
+            outcome = Outcome(200, route)
+            chunks = self._stream(call, decision, tenant, route, upstream, outcome)
+            return StreamReply(headers, chunks, outcome)
         return await self._complete(call, decision, tenant, route, data, headers)
 
     async def _admit(self, call: Call) -> None:
@@ -574,7 +580,7 @@ class Pipeline:
             headers = [*headers, ("x-sekisho-output", "cut")]
         elif outcome.error_code == "output_masked":
             headers = [*headers, ("x-sekisho-output", "masked")]
-        return Reply(200, raw, headers)
+        return Reply(200, raw, headers, outcome)
 
     def _inspect_output(
         self, call: Call, data: dict[str, Any], tenant: TenantView, outcome: Outcome
@@ -601,8 +607,9 @@ class Pipeline:
         tenant: TenantView,
         route: Route,
         upstream: UpstreamResponse,
+        outcome: Outcome,
     ) -> AsyncIterator[bytes]:
-        outcome = Outcome(200, route)
+        outcome.route = route
         ep = route.endpoint
         output = StreamOutput(call.pseudonymiser, tenant, self.scanners[tenant.name])
         done = False
@@ -685,6 +692,7 @@ class Pipeline:
         decision: Decision,
         tenant: TenantView,
         dispatching: asyncio.Future[tuple[Route, UpstreamResponse, dict[str, Any] | None]],
+        outcome: Outcome,
     ) -> AsyncIterator[bytes]:
         """A stream already started (200) while its endpoint has not sent a first event: SSE
         comments until it does, which clients ignore and idle timers count as traffic. A
@@ -698,7 +706,8 @@ class Pipeline:
             try:
                 route, upstream, _ = dispatching.result()
             except SekishoError as exc:
-                await self.record(call, decision, Outcome(exc.status, error_code=exc.code))
+                outcome.status, outcome.error_code = exc.status, exc.code
+                await self.record(call, decision, outcome)
                 yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
                 return
             info = [f"{k}: {v}" for k, v in _route_headers(route)]
@@ -706,7 +715,7 @@ class Pipeline:
                 info.append(f"x-sekisho-upstream-request-id: {call.upstream_request_id}")
             yield "".join(f": {line}\n" for line in info).encode() + b"\n"
             streaming = True
-            async for chunk in self._stream(call, decision, tenant, route, upstream):
+            async for chunk in self._stream(call, decision, tenant, route, upstream, outcome):
                 yield chunk
         finally:
             if not dispatching.done():

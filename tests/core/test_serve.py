@@ -296,12 +296,16 @@ def test_every_log_line_is_json_and_each_request_is_logged_with_its_request_id(
 ) -> None:
     g, _ = served
     c = client(g, g.key())
+    usages = []
     for i in range(3):
-        c.chat.completions.create(
+        answer = c.chat.completions.create(
             model="gpt-4o",
             messages=[{"role": "user", "content": "log me"}],
             extra_headers={"x-request-id": f"trace-log-{i}"},
+            stream=i == 2,
+            stream_options={"include_usage": True} if i == 2 else openai.NOT_GIVEN,
         )
+        usages.append(answer.usage if i < 2 else list(answer)[-1].usage)
     deadline = time.monotonic() + 5
     while True:
         lines = g.log()  # fails if any line of stderr is not JSON
@@ -320,6 +324,10 @@ def test_every_log_line_is_json_and_each_request_is_logged_with_its_request_id(
         assert {"ts", "level", "logger", "ms", "key_id", "pid"} <= set(line)
         assert line["upstream_request_id"].startswith("simreq_")  # the endpoint's own id
         assert line["client"] == "127.0.0.1"  # who sent it (no trusted proxy in between)
+        # What it cost, streamed or not: the model used and its tokens, for chargeback.
+        assert line["model"] in ("gpt-4o", "llama-3.1-swallow-70b")
+        assert line["prompt_tokens"] == usages[i].prompt_tokens > 0
+        assert line["completion_tokens"] == usages[i].completion_tokens > 0
     assert all(isinstance(x.get("msg"), str) and "level" in x for x in lines)
     assert all("request_id" in x for x in lines if x.get("msg") == "request")
 
