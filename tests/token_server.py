@@ -19,6 +19,7 @@ class TokenServer:
         self.mode = "ok"  # ok | refuse | down | garbage
         self.forms: list[dict[str, str]] = []
         self.issued: list[str] = []
+        self.assertions: set[str] = set()  # federated identity tokens it accepts
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -44,11 +45,17 @@ class TokenServer:
             return web.Response(status=503, text="upstream identity provider unavailable")
         if self.mode == "garbage":
             return web.Response(status=200, text="<html>login page</html>")
+        secret_ok = form.get("client_secret") == CLIENT_SECRET
+        assertion_ok = (
+            form.get("client_assertion_type")
+            == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            and form.get("client_assertion") in self.assertions
+        )
         if (
             self.mode == "refuse"
             or form.get("grant_type") != "client_credentials"
             or form.get("client_id") != CLIENT_ID
-            or form.get("client_secret") != CLIENT_SECRET
+            or not (secret_ok or assertion_ok)
         ):
             return web.json_response(
                 {

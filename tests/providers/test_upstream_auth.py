@@ -39,12 +39,16 @@ def entra(server: TokenServer, **auth: Any) -> Any:
         ep["api_version"] = "2024-10-21"
         del ep["api_key"]
         ep["auth"] = {
-            "type": "azure_entra",
-            "tenant_id": "contoso.onmicrosoft.com",
-            "token_url": server.url,  # Entra's own URL is derived from tenant_id
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            **auth,
+            k: v
+            for k, v in {
+                "type": "azure_entra",
+                "tenant_id": "contoso.onmicrosoft.com",
+                "token_url": server.url,  # Entra's own URL is derived from tenant_id
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                **auth,
+            }.items()
+            if v is not None
         }
         ep["models"] = [{"id": "gpt-4o", "deployment": "prod-gpt4o"}]
 
@@ -319,3 +323,44 @@ def test_endpoints_check_reports_a_token_the_server_will_not_give(
         assert "token from 127.0.0.1" in done.stdout and "gpt-4o: ok in" in done.stdout
     finally:
         h.stop()
+
+
+def test_workload_identity_sends_the_renewed_assertion_and_no_secret(
+    tmp_path: Path, tokens: TokenServer
+) -> None:
+    """AKS workload identity: no secret in the config; a JWT the platform renews in a file."""
+    assertion = tmp_path / "azure-identity-token"
+    assertion.write_text("eyJhbGciOi.first.sig\n")
+    tokens.assertions = {"eyJhbGciOi.first.sig", "eyJhbGciOi.second.sig"}
+    tokens.lifetime = 2  # replaced after 1 s
+    h = gateway(tmp_path / "gw", tokens, client_secret=None, client_assertion_file=str(assertion))
+    try:
+        key = h.key()
+        to_azure(h, key)
+        form = tokens.forms[-1]
+        assert "client_secret" not in form
+        assert form["client_assertion"] == "eyJhbGciOi.first.sig"
+        assert form["client_assertion_type"] == (
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        )
+        assertion.write_text("eyJhbGciOi.second.sig")  # the platform renewed it
+        time.sleep(1.2)
+        to_azure(h, key)
+        assert tokens.forms[-1]["client_assertion"] == "eyJhbGciOi.second.sig"
+        assert tokens.issued == ["tok-1", "tok-2"]
+        assertion.unlink()  # gone: the next token cannot be had, and the reason is named
+        time.sleep(2.1)
+        for _ in range(4):
+            chat(h, key)
+        state = h.gateway.health.snapshot()[AZURE]  # type: ignore[union-attr]
+        assert "cannot read client_assertion_file" in str(state["last_error"])
+    finally:
+        h.stop()
+
+
+@pytest.mark.parametrize("extra", [{"client_assertion_file": "/tmp/t"}, {"client_secret": None}])
+def test_exactly_one_of_secret_and_assertion_file(extra: dict[str, Any]) -> None:
+    auth = {"type": "azure_entra", "tenant_id": "t", "client_id": "a", "client_secret": "b"}
+    auth.update(extra)
+    with pytest.raises(ConfigError, match="client_secret or client_assertion_file"):
+        _config_with_auth({k: v for k, v in auth.items() if v is not None})

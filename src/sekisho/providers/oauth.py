@@ -9,7 +9,8 @@ token the request fails over to the next eligible endpoint, the endpoint is mark
 any failing one, and the error names the token endpoint and what it said (never the secret).
 An endpoint that answers 401 makes its token be fetched again before the next request.
 
-The token endpoint receives the client id and secret, never a prompt. It is reached with the
+The token endpoint receives the client id and secret (or, with workload identity federation,
+a signed assertion read from a file the platform renews), never a prompt. It is reached with the
 endpoint's egress proxy, and its certificate is checked against the system trust store or the
 ``auth.ca_file`` given.
 """
@@ -38,6 +39,9 @@ _RETRY_AFTER_FAILURE = 5.0  # seconds between refresh attempts while a fetch kee
 _DEFAULT_LIFETIME = 300.0  # when the server does not say (RFC 6749 makes expires_in optional)
 
 
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
 class UpstreamAuthError(UpstreamError):
     """No access token could be had for the endpoint: it is not reachable for now."""
 
@@ -60,14 +64,15 @@ class TokenSource:
         self._clock = clock
         self._url = auth.url
         self._host = urlsplit(auth.url).netloc
-        form = {
+        self._form: dict[str, str] = {
             "grant_type": "client_credentials",
             "client_id": auth.client_id,
-            "client_secret": auth.client_secret,
         }
+        if auth.client_secret is not None:
+            self._form["client_secret"] = auth.client_secret
         if auth.scopes:
-            form["scope"] = auth.scopes
-        self._form = urlencode(form).encode()
+            self._form["scope"] = auth.scopes
+        self._assertion_file = auth.client_assertion_file
         self._tls = ssl.create_default_context(cafile=auth.ca_file) if auth.ca_file else None
         self._token: str | None = None
         self._expires = 0.0
@@ -133,10 +138,25 @@ class TokenSource:
             "user-agent": f"sekisho/{__version__}",
         }
         started = self._clock()
+        form = dict(self._form)
+        if self._assertion_file is not None:
+            # Workload identity: a short-lived JWT the platform renews in this file (RFC 7523).
+            try:
+                with open(self._assertion_file, encoding="utf-8") as f:
+                    assertion = f.read().strip()
+            except OSError as exc:
+                raise self._error(
+                    f"cannot read client_assertion_file {self._assertion_file}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            if not assertion:
+                raise self._error(f"client_assertion_file {self._assertion_file} is empty")
+            form["client_assertion_type"] = JWT_BEARER
+            form["client_assertion"] = assertion
         try:
             status, _, resp = await self._client.post(
                 self._url,
-                self._form,
+                urlencode(form).encode(),
                 headers,
                 connect=t.connect,
                 first_byte=min(t.first_byte, 30.0),

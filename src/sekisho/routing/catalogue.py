@@ -205,7 +205,15 @@ class UpstreamAuth(_Facts):
         description="oauth2_client_credentials (any OAuth 2.0 server) or azure_entra"
     )
     client_id: str = Field(min_length=1, description="The gateway's client (application) id")
-    client_secret: str = Field(min_length=1, description="Its secret; use ${ENV_VAR}")
+    client_secret: str | None = Field(
+        default=None, min_length=1, description="Its secret; use ${ENV_VAR}"
+    )
+    client_assertion_file: str | None = Field(
+        default=None,
+        description="Instead of a secret: a file holding a signed JWT that proves the gateway's "
+        "identity, read again for every token (workload identity federation: AKS writes it to "
+        "$AZURE_FEDERATED_TOKEN_FILE and renews it)",
+    )
     tenant_id: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9.-]{1,100}$",
@@ -228,6 +236,8 @@ class UpstreamAuth(_Facts):
 
     @model_validator(mode="after")
     def _complete(self) -> UpstreamAuth:
+        if (self.client_secret is None) == (self.client_assertion_file is None):
+            raise ValueError("give client_secret or client_assertion_file (one of them)")
         if self.type == "azure_entra":
             if self.token_url is None and self.tenant_id is None:
                 raise ValueError("azure_entra needs tenant_id (or token_url)")
