@@ -27,10 +27,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("sekisho.pipeline")
 
 
-# A stream of output text within one choice: its content (CONTENT) or the arguments of its
-# tool call number k (k >= 0), fed piece by piece as the deltas arrive.
+# A stream of output text within one choice: its content (CONTENT), its reasoning (what
+# reasoning models served by vLLM, SGLang or DeepSeek's API send before the answer, under
+# either name) or the arguments of its tool call number k (k >= 0), fed piece by piece as the
+# deltas arrive. Reasoning is text the client receives: it gets what content gets.
 CONTENT = -1
-StreamKey = tuple[int, int]  # (choice index, CONTENT or tool call index)
+TEXT_FIELDS = {-3: "reasoning", -2: "reasoning_content", CONTENT: "content"}
+StreamKey = tuple[int, int]  # (choice index, a TEXT_FIELDS slot or a tool call index)
 
 
 class StreamOutput:
@@ -65,7 +68,7 @@ class StreamOutput:
         if self._pseudo is not None:
             r = self._reident.get(key)
             if r is None:
-                escape = None if key[1] == CONTENT else json_string_escape
+                escape = None if key[1] < 0 else json_string_escape  # arguments are JSON
                 r = self._reident[key] = StreamReidentifier(self._pseudo, escape)
             text = r.feed(text) + (r.finish() if final else "")
         if self._rule.action != "none":
@@ -99,11 +102,13 @@ class StreamOutput:
             if not isinstance(delta, dict):
                 continue
             idx = choice.get("index", 0)
-            if isinstance(delta.get("content"), str):
-                original = delta["content"]
-                text = self._take((idx, CONTENT), original)
+            for slot, name in TEXT_FIELDS.items():
+                original = delta.get(name)
+                if not isinstance(original, str):
+                    continue
+                text = self._take((idx, slot), original)
                 if text != original:
-                    delta["content"] = text
+                    delta[name] = text
                     changed = True
                 self._last = event
             for n, call in enumerate(delta.get("tool_calls") or ()):
@@ -133,8 +138,9 @@ class StreamOutput:
             self._texts[key].append(rest)
             added = True
             slot = key[1]
-            if slot == CONTENT:
-                delta["content"] = (delta.get("content") or "") + rest
+            if slot < 0:
+                name = TEXT_FIELDS[slot]
+                delta[name] = (delta.get(name) or "") + rest
                 continue
             calls = delta.setdefault("tool_calls", [])
             for call in calls:
@@ -158,8 +164,8 @@ class StreamOutput:
             self._texts[key].append(rest)
             idx, slot = key
             delta = deltas.setdefault(idx, {})
-            if slot == CONTENT:
-                delta["content"] = rest
+            if slot < 0:
+                delta[TEXT_FIELDS[slot]] = rest
             else:
                 delta.setdefault("tool_calls", []).append(
                     {"index": slot, "function": {"arguments": rest}}
@@ -197,8 +203,9 @@ def inspect_answer(
         if not isinstance(msg, dict):
             continue
         slots: list[tuple[dict[str, Any], str]] = []
-        if isinstance(msg.get("content"), str):
-            slots.append((msg, "content"))
+        for name in TEXT_FIELDS.values():  # reasoning first, as the model wrote it
+            if isinstance(msg.get(name), str):
+                slots.append((msg, name))
         calls = [c for c in msg.get("tool_calls") or () if isinstance(c, dict)]
         fc = msg.get("function_call")
         for fn in [c.get("function") for c in calls] + [fc]:
@@ -227,6 +234,18 @@ def inspect_answer(
                     text = text[: hits[0].start]
                     choice["finish_reason"] = "content_filter"
                     error = _worse(error, "output_cut")
+                elif hits and key != "arguments":
+                    # Reasoning is cut where the identifier starts, and the answer that
+                    # followed it goes with it: what came after the cut is not delivered.
+                    holder[key] = text[: hits[0].start]
+                    delivered.append(holder[key])
+                    if isinstance(msg.get("content"), str):
+                        msg["content"] = ""
+                    msg.pop("tool_calls", None)
+                    msg.pop("function_call", None)
+                    choice["finish_reason"] = "content_filter"
+                    error = _worse(error, "output_cut")
+                    break
                 elif hits:
                     # A tool call cut short is not a smaller tool call but a broken one: the
                     # answer keeps its text and makes no call at all.

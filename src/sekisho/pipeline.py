@@ -28,7 +28,13 @@ from typing import Any, Literal, NoReturn, Protocol
 
 import orjson
 
-from sekisho._output import StreamOutput, inspect_answer, pseudonymise_obj, rewrite_texts
+from sekisho._output import (
+    TEXT_FIELDS,
+    StreamOutput,
+    inspect_answer,
+    pseudonymise_obj,
+    rewrite_texts,
+)
 from sekisho._threads import in_fair_thread
 from sekisho._upstream import Primed, Released, client_error_from, parse_answer, parse_retry_after
 from sekisho.classify import Finding, Pseudonymiser, Scanner, redact, summarise
@@ -884,9 +890,10 @@ def _answer_chars(data: dict[str, Any]) -> int:
         msg = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(msg, dict):
             continue
-        content = msg.get("content")
-        if isinstance(content, str):
-            n += len(content)
+        for name in TEXT_FIELDS.values():  # content, and a reasoning model's reasoning
+            text = msg.get(name)
+            if isinstance(text, str):
+                n += len(text)
         for tc in msg.get("tool_calls") or ():
             fn = tc.get("function") if isinstance(tc, dict) else None
             if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):

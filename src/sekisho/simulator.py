@@ -63,6 +63,9 @@ class SimulatedEndpoint:
     require_key: str | None = None
     chunk_chars: int = 0  # stream in pieces of this many characters (0: word by word)
     echo_chars: int = 60  # how much of the last message the answer repeats
+    # Answer like a reasoning model served by vLLM or DeepSeek's API: a `reasoning_content`
+    # that thinks aloud about the prompt (repeating it), before the answer.
+    reasoning: bool = False
 
 
 class SimulatorServer:
@@ -307,6 +310,10 @@ class _Protocol(asyncio.Protocol):
         else:
             self._write(404, b'{"error":{"message":"unknown path","type":"invalid_request_error"}}')
 
+    @staticmethod
+    def _thinking(reply: str) -> str:
+        return f"The user wrote: {reply.partition('You said: ')[2] or reply}. Answer briefly."
+
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         text = self.sim.reply_text(body)
         n = body.get("n") or 1
@@ -315,6 +322,8 @@ class _Protocol(asyncio.Protocol):
         choices: list[dict[str, Any]] = []
         for i in range(n if isinstance(n, int) and 0 < n <= 16 else 1):
             message: dict[str, Any] = {"role": "assistant", "content": text}
+            if self.sim.spec.reasoning:
+                message["reasoning_content"] = self._thinking(text)
             finish = "stop"
             if body.get("tools"):
                 fn, args = self._tool_call(body)
@@ -413,6 +422,12 @@ class _Protocol(asyncio.Protocol):
                 delta = {"tool_calls": [call]}
                 send({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
             words = []
+        if self.sim.spec.reasoning:
+            thought = self._thinking(reply)
+            step = size if size > 0 else 9
+            for j in range(0, len(thought), step):
+                thinking = {"reasoning_content": thought[j : j + step]}
+                send({**base, "choices": [{"index": 0, "delta": thinking, "finish_reason": None}]})
         for i, w in enumerate(words):
             if drop and i == len(words) // 2:
                 t.abort()

@@ -298,3 +298,38 @@ def test_text_held_back_for_reidentification_comes_before_the_finish_reason(gw: 
     assert chunks[-1].usage is not None
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert NAME in text and "<PERSON_1 (digest" in text  # the held-back tail, delivered in full
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reasoning_models_reasoning_gets_what_the_answer_gets(
+    tmp_path: Path, stream: bool
+) -> None:
+    """vLLM, SGLang and DeepSeek's API send a reasoning model's thoughts as reasoning_content:
+    text the client receives, so the output rule masks identifiers in it and pseudonyms in it
+    are restored, as in the answer. Before, it passed through unread."""
+
+    def both(raw: dict[str, Any]) -> None:
+        transforming(raw)
+        masking(raw)
+
+    h = start_example(tmp_path, both, reasoning=True, chunk_chars=5)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        msg = [{"role": "user", "content": f"{NAME}様の番号 {MY_NUMBER}"}]
+        if stream:
+            reasoning = answer = ""
+            for ch in c.chat.completions.create(model="gpt-4o", messages=msg, stream=True):
+                for choice in ch.choices:
+                    extra = choice.delta.model_extra or {}
+                    reasoning += extra.get("reasoning_content") or ""
+                    answer += choice.delta.content or ""
+        else:
+            message = c.chat.completions.create(model="gpt-4o", messages=msg).choices[0].message
+            reasoning = (message.model_extra or {})["reasoning_content"]
+            answer = message.content or ""
+        for text in (reasoning, answer):
+            assert MY_NUMBER not in text.replace(" ", "") and "[MY_NUMBER]" in text
+            assert NAME in text and "<PERSON_1>" not in text  # re-identified for the client
+        assert reasoning.startswith("The user wrote:")
+    finally:
+        h.stop()
