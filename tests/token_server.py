@@ -3,6 +3,7 @@ with switches for the ways a real one fails."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ class TokenServer:
     def __init__(self, on_issue: Callable[[str], None] | None = None) -> None:
         self.on_issue = on_issue  # told each token it issues (a simulator then accepts it)
         self.lifetime: Any = 3600  # expires_in of the next answers
-        self.mode = "ok"  # ok | refuse | down | garbage
+        self.mode = "ok"  # ok | refuse | down | garbage | hang
         self.forms: list[dict[str, str]] = []
         self.issued: list[str] = []
         self.assertions: set[str] = set()  # federated identity tokens it accepts
@@ -41,6 +42,8 @@ class TokenServer:
     async def _token(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
         self.forms.append(form)
+        if self.mode == "hang":
+            await asyncio.sleep(3)  # longer than any wait the tests allow a token
         if self.mode == "down":
             return web.Response(status=503, text="upstream identity provider unavailable")
         if self.mode == "garbage":

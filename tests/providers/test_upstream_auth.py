@@ -364,3 +364,25 @@ def test_exactly_one_of_secret_and_assertion_file(extra: dict[str, Any]) -> None
     auth.update(extra)
     with pytest.raises(ConfigError, match="client_secret or client_assertion_file"):
         _config_with_auth({k: v for k, v in auth.items() if v is not None})
+
+
+def test_a_hanging_token_endpoint_fails_over_within_its_own_short_wait(
+    tmp_path: Path, tokens: TokenServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request to the endpoint waits on the token fetch: it is bounded by a short wait of
+    its own (10 s; 0.3 s here), not by the model's first-byte timeout."""
+    import sekisho.providers.oauth as oauth
+
+    monkeypatch.setattr(oauth, "_TOKEN_WAIT", 0.3)
+    tokens.mode = "hang"
+    h = gateway(tmp_path, tokens)
+    try:
+        key = h.key()
+        started = time.monotonic()
+        for _ in range(4):
+            assert chat(h, key).headers["x-sekisho-endpoint"] != AZURE
+        assert time.monotonic() - started < 3
+        state = h.gateway.health.snapshot()[AZURE]  # type: ignore[union-attr]
+        assert "no access token from 127.0.0.1" in str(state["last_error"])
+    finally:
+        h.stop()

@@ -37,6 +37,7 @@ _MAX_BODY = 64 * 1024
 _REFRESH_BEFORE = 300.0  # seconds before expiry a token is replaced
 _RETRY_AFTER_FAILURE = 5.0  # seconds between refresh attempts while a fetch keeps failing
 _DEFAULT_LIFETIME = 300.0  # when the server does not say (RFC 6749 makes expires_in optional)
+_TOKEN_WAIT = 10.0  # seconds for a token endpoint's answer once connected
 
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -158,9 +159,11 @@ class TokenSource:
                 self._url,
                 urlencode(form).encode(),
                 headers,
+                # Every request to the endpoint waits on this fetch: a token endpoint that
+                # hangs fails over within seconds, not after a model's long first-byte timeout.
                 connect=t.connect,
-                first_byte=min(t.first_byte, 30.0),
-                total=min(t.total, 60.0),
+                first_byte=_TOKEN_WAIT,
+                total=t.connect + _TOKEN_WAIT,
                 endpoint_id=ep.id,
                 proxy=ep.proxy,
                 tls=self._tls,
