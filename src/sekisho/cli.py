@@ -389,6 +389,8 @@ def cmd_endpoints_check(args: argparse.Namespace) -> int:
         for r in reports:
             print(f"{'ok ' if r.ok else 'FAIL'} {r.endpoint} ({r.jurisdiction})")
             print(f"     reached: {r.reached}")
+            if r.tls:
+                print(f"     tls:     {r.tls}")
             print(f"     auth:    {r.auth}")
             if r.models:
                 print(f"     models:  {r.models}")

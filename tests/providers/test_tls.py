@@ -390,3 +390,35 @@ def test_the_listener_refuses_to_add_or_drop_client_certificates_on_reload(
     # The minimum version can change: it is set on the context the listener is bound to.
     listener.reload(ServerTLS(cert_file=cert, key_file=key, min_version="1.3"))
     assert bound.minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+@pytest.mark.parametrize(("days", "problem"), [(90, False), (3, True)])
+def test_endpoints_check_reports_when_the_endpoints_certificate_ends(
+    tmp_path: Path, pki: dict[str, Any], days: int, problem: bool
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    cert = pki["ca"].issue(f"tokyo-{days}d", days=days)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*cert)
+    h = start_example(
+        tmp_path / "gw", with_tls({"ca_file": str(pki["ca"].cert_path)}), sim_tls={TOKYO: ctx}
+    )
+    try:
+        config = tmp_path / "check.yaml"
+        config.write_text(yaml.safe_dump(h.raw), encoding="utf-8")
+        done = subprocess.run(
+            [sys.executable, "-m", "sekisho", "endpoints", "check", "--config", str(config),
+             "--endpoint", TOKYO, "--json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        (report,) = json.loads(done.stdout)
+        assert report["tls"].startswith("TLSv1.") and "certificate valid until" in report["tls"]
+        assert (done.returncode == 1) is problem, report
+        assert any("TLS certificate expires in" in p for p in report["problems"]) is problem
+    finally:
+        h.stop()

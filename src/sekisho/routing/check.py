@@ -14,7 +14,9 @@ import asyncio
 import ssl
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -33,6 +35,7 @@ class EndpointReport:
     endpoint: str
     jurisdiction: str
     reached: str = ""
+    tls: str = ""
     auth: str = ""
     models: str = ""
     requests: list[str] = field(default_factory=list)
@@ -107,6 +110,7 @@ async def _check(
         return report
     ms = (time.perf_counter() - started) * 1000
     report.reached = f"HTTP {status} in {ms:.0f} ms"
+    await _certificate(ep, tls, ep.timeouts.connect + 5, report)
     if status in (401, 403):
         report.auth += f", refused (HTTP {status})"
         report.problems.append(
@@ -126,6 +130,52 @@ async def _check(
         for model in ep.models:
             report.requests.append(await _ping(ep, transport, Route(ep, model), report))
     return report
+
+
+# A certificate closer than this to its end is a problem: renew it before traffic depends on it.
+CERT_WARN_DAYS = 14
+
+
+async def _certificate(
+    ep: Endpoint, tls: ssl.SSLContext | None, limit: float, report: EndpointReport
+) -> None:
+    """When the endpoint's TLS certificate ends: a handshake of its own, checked as requests
+    check it (https only; through an egress proxy the tunnel is not opened for this)."""
+    url = urlsplit(ep.base_url)
+    if url.scheme != "https":
+        report.tls = "none (http)"
+        return
+    if ep.proxy is not None:
+        report.tls = "not checked through the egress proxy"
+        return
+    host, port = url.hostname or "", url.port or 443
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                host, port, ssl=tls or ssl.create_default_context(), server_hostname=host
+            ),
+            limit,
+        )
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        report.tls = "handshake failed"
+        report.problems.append(f"TLS handshake with {host}:{port} failed: {_reason(exc)}")
+        return
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        cert = ssl_object.getpeercert() if ssl_object is not None else None
+        version = ssl_object.version() if ssl_object is not None else "TLS"
+    finally:
+        writer.close()
+    if not cert or "notAfter" not in cert:
+        return
+    ends = datetime.fromtimestamp(ssl.cert_time_to_seconds(cert["notAfter"]), UTC)
+    days = (ends - datetime.now(UTC)).total_seconds() / 86400
+    report.tls = f"{version}, certificate valid until {ends:%Y-%m-%d %H:%M} UTC"
+    if days < CERT_WARN_DAYS:
+        report.problems.append(
+            f"its TLS certificate expires in {max(days, 0):.1f} days ({ends:%Y-%m-%d}); "
+            "ask its operator to renew it"
+        )
 
 
 def _compare_models(ep: Endpoint, body: bytes, report: EndpointReport) -> str:
