@@ -78,6 +78,7 @@ class Gateway:
             failure_threshold=config.routing.health.failure_threshold,
             backoff_initial=config.routing.health.backoff_initial_seconds,
             backoff_max=config.routing.health.backoff_max_seconds,
+            workers=config.server.workers,  # each holds its share of max_concurrency
         )
         self.keys = KeyStore(config.data_dir / "identity.db")
         self.recorder: LedgerRecorder | None = None
@@ -751,7 +752,10 @@ def app_from_env() -> Gateway:
     logs.configure()
     path = os.environ["SEKISHO_CONFIG"]
     try:
-        config = load_config(path).with_server(data_dir=os.environ.get("SEKISHO_DATA_DIR"))
+        config = load_config(path).with_server(
+            data_dir=os.environ.get("SEKISHO_DATA_DIR"),
+            workers=int(os.environ.get("SEKISHO_WORKERS") or 0) or None,  # --workers, if given
+        )
     except ConfigError as exc:
         # On a SIGHUP restart the supervisor keeps the running workers when this one fails.
         log.error(

@@ -217,6 +217,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(create_app(config).prepare())  # first-start files, once, before workers race
         os.environ["SEKISHO_CONFIG"] = str(Path(args.config).resolve())
         os.environ["SEKISHO_DATA_DIR"] = str(Path(server.data_dir).resolve())
+        os.environ["SEKISHO_WORKERS"] = str(server.workers)  # their share of each endpoint cap
         os.environ["SEKISHO_SUPERVISOR_PID"] = str(os.getpid())  # workers ask it to reload all
         from sekisho.metrics import MULTIPROC_ENV
 

@@ -461,7 +461,7 @@ class Pipeline:
             ep = route.endpoint
             transport = self.transports[ep.family]
             state = self.health.state(ep.id)
-            cap = ep.max_concurrency
+            cap = self.health.cap(ep)
             if cap is None or state.in_flight < cap:
                 state.in_flight += 1
             elif not await state.wait_for_slot(ep.timeouts.connect):

@@ -100,3 +100,34 @@ def test_a_gone_workers_live_gauges_are_dropped_its_counters_kept(
         f"counter_{gone}.db",
         f"gauge_livesum_{os.getpid()}.db",
     ]
+
+
+def test_workers_share_an_endpoints_concurrency_cap_instead_of_each_holding_all_of_it(
+    tmp_path: Path,
+) -> None:
+    """max_concurrency 2 with --workers 2: each worker holds one slot, so the endpoint never
+    has more than 2 requests in flight from the gateway (before: 2 per worker, 4 in all)."""
+    sims = Simulators(demo_sim_specs(delay_ms=200)).start()
+    raw = sims.config()
+    for ep in raw["endpoints"]:
+        ep["max_concurrency"] = 2
+        ep["timeouts"] = {"connect": 10, "first_byte": 10, "total": 20}
+    g = ServeProcess(write_config(tmp_path / "sekisho.yaml", raw), tmp_path / "data", workers=2)
+    try:
+        g.start()
+        key = g.key("demo")
+        body = {"model": "llama-3.1-swallow-70b", "messages": [{"role": "user", "content": "x"}]}
+
+        def one(i: int) -> int:
+            headers = {"authorization": f"Bearer {key}"}
+            r = request("POST", f"{g.base_url}/chat/completions", json_body=body, headers=headers)
+            return r.status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(one, range(24))) == {200}
+        tokyo = sims.sims["sim-domestic-tokyo"].stats  # the only endpoint serving that model
+        assert tokyo.chat == 24
+        assert tokyo.max_in_flight <= 2
+    finally:
+        g.stop()
+        sims.stop()

@@ -163,3 +163,13 @@ async def test_a_slot_handed_to_a_caller_that_gives_up_passes_to_the_next() -> N
     first.cancel()  # ...which is cancelled before it could run
     assert await second is True
     assert ep.in_flight == 1  # one slot, held by "second": none leaked, none doubled
+
+
+def test_each_worker_holds_its_share_of_an_endpoints_cap() -> None:
+    (one,) = routes(1, cap=10)
+    (small,) = routes(1, cap=3)
+    (free,) = routes(1)
+    assert Health().cap(one.endpoint) == 10
+    assert Health(workers=4).cap(one.endpoint) == 2  # 4 x 2 <= 10
+    assert Health(workers=4).cap(small.endpoint) == 1  # at least one each
+    assert Health(workers=4).cap(free.endpoint) is None

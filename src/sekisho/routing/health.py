@@ -2,7 +2,8 @@
 with each consecutive failure; one success brings it back. In-flight counts enforce each
 endpoint's concurrency limit (``max_concurrency``): a request that finds every slot taken waits
 for one, first come first served, for at most the endpoint's connect timeout. State is per
-process (each gateway process learns on its own, and holds its own slots)."""
+process (each gateway process learns on its own); with ``--workers N`` each holds its share of
+the slots (``Health.cap``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sekisho.routing.catalogue import Endpoint
 
 
 class EndpointHealth:
@@ -64,12 +69,23 @@ class Health:
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        workers: int = 1,
     ) -> None:
         self.failure_threshold = failure_threshold
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.workers = workers
         self._clock = clock
         self._state: dict[str, EndpointHealth] = {}
+
+    def cap(self, ep: Endpoint) -> int | None:
+        """This process's share of the endpoint's ``max_concurrency``: with ``--workers N``
+        each worker holds cap // N slots (at least 1), so together they stay within the cap
+        (when the cap is at least N)."""
+        cap = ep.max_concurrency
+        if cap is None or self.workers <= 1:
+            return cap
+        return max(1, cap // self.workers)
 
     def state(self, endpoint_id: str) -> EndpointHealth:
         st = self._state.get(endpoint_id)

@@ -34,7 +34,8 @@ class Selector:
         for i, route in enumerate(eligible):
             ep = route.endpoint
             st = self.health.state(ep.id)
-            full = ep.max_concurrency is not None and st.in_flight >= ep.max_concurrency
+            cap = self.health.cap(ep)
+            full = cap is not None and st.in_flight >= cap
             tier = tiers[i] if tiers is not None else 0
             if self.health.is_up(ep.id) and not full:
                 ready.append((tier, route))
