@@ -40,6 +40,7 @@ from sekisho.providers import Transport, UpstreamError, transport_for
 from sekisho.providers.h1 import H1Client
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
 from sekisho.routing import Health, Selector
+from sekisho.routing.catalogue import Endpoint
 from sekisho.store import Stores
 
 if TYPE_CHECKING:
@@ -153,6 +154,11 @@ class Gateway:
         for family in {ep.family for ep in self.config.catalogue.endpoints}:
             self.transports[family] = transport_for(family, self._upstream, tls)
         self._publish_certificates(self.config)
+        for ep in self.config.catalogue.endpoints:
+            if ep.auth is not None:
+                # The first token now, not on the first request: that request is not slowed by
+                # it, and a credential that does not work is in the log (a warning) at start.
+                self._tasks.append(asyncio.create_task(self._first_token(ep)))
         self.pipeline = Pipeline(
             catalogue=self.config.catalogue,
             tenants=self.config.tenants,
@@ -192,6 +198,10 @@ class Gateway:
                 "pid": os.getpid(),
             },
         )
+
+    async def _first_token(self, ep: Endpoint) -> None:
+        with contextlib.suppress(UpstreamError):  # logged by the token source; retried later
+            await self.transports[ep.family].with_token(ep, {})
 
     async def prepare(self) -> None:
         """Create what a first start creates (signing key, ledger, stores and their schemas,

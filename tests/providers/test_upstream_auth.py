@@ -56,10 +56,23 @@ def entra(server: TokenServer, **auth: Any) -> Any:
 
 
 def gateway(tmp_path: Path, server: TokenServer, **auth: Any) -> Harness:
+    """The example gateway with the Azure endpoint on Entra tokens from ``server``; its
+    simulator accepts only the token issued last (the gateway fetches one as it starts)."""
+    issued: list[str] = []
+    sims: list[Any] = []
+
+    def on_issue(token: str) -> None:
+        issued.append(token)
+        for sim in sims:
+            sim.spec.require_key = token
+
+    server.on_issue = on_issue
     h = start_example(tmp_path, entra(server, **auth))
     sim = h.sims[AZURE]
-    sim.spec.require_key = "no token issued yet"
-    server.on_issue = lambda token: setattr(sim.spec, "require_key", token)
+    sim.spec.require_key = issued[-1] if issued else "no token issued yet"
+    sims.append(sim)
+    if issued and sim.spec.require_key != issued[-1]:  # one came in meanwhile
+        sim.spec.require_key = issued[-1]
     return h
 
 
@@ -350,9 +363,12 @@ def test_workload_identity_sends_the_renewed_assertion_and_no_secret(
         assert tokens.issued == ["tok-1", "tok-2"]
         assertion.unlink()  # gone: the next token cannot be had, and the reason is named
         time.sleep(2.1)
-        for _ in range(4):
-            chat(h, key)
-        state = h.gateway.health.snapshot()[AZURE]  # type: ignore[union-attr]
+        for _ in range(30):  # until the weighted choice has tried the Azure endpoint
+            assert chat(h, key).headers["x-sekisho-endpoint"] != AZURE
+            state = h.gateway.health.snapshot().get(AZURE)  # type: ignore[union-attr]
+            if state and state["last_error"]:
+                break
+        assert state is not None
         assert "cannot read client_assertion_file" in str(state["last_error"])
     finally:
         h.stop()
@@ -384,5 +400,20 @@ def test_a_hanging_token_endpoint_fails_over_within_its_own_short_wait(
         assert time.monotonic() - started < 3
         state = h.gateway.health.snapshot()[AZURE]  # type: ignore[union-attr]
         assert "no access token from 127.0.0.1" in str(state["last_error"])
+    finally:
+        h.stop()
+
+
+def test_the_first_token_is_fetched_as_the_gateway_starts(
+    tmp_path: Path, tokens: TokenServer
+) -> None:
+    h = gateway(tmp_path, tokens)
+    try:
+        deadline = time.monotonic() + 5
+        while not tokens.issued and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tokens.issued == ["tok-1"]  # before any request asked for one
+        to_azure(h, h.key())
+        assert tokens.issued == ["tok-1"]  # and the first request used it
     finally:
         h.stop()
