@@ -33,6 +33,7 @@ class Step:
     classification: str | None = None
     fault: str | None = None  # endpoint id to take down first
     image: bool = False  # attach an image: content sekisho cannot read
+    tool_default: str | None = None  # offer a tool whose parameter defaults to this value
 
 
 # A 1x1 PNG: what matters is that sekisho cannot read it, whatever it shows.
@@ -53,6 +54,12 @@ SCRIPT = (
     ),
     Step("My Number (番号法)", "gpt-4o", "マイナンバーは 1234 5678 9018 です。手続きを教えて"),
     Step("image attached (unreadable)", "gpt-4o", "この請求書を要約して", image=True),
+    Step(
+        "My Number in a tool's schema",
+        "gpt-4o",
+        "Look the customer up.",
+        tool_default="123456789018",  # not in the messages: in a tool definition
+    ),
     Step("My Number, US-only model", "gpt-4.1", "マイナンバー 123456789018 の確認をお願いします"),
     Step("declared 機密性3", "gpt-4o", "Summarise the board minutes.", classification="機密性3"),
     Step("domestic down, internal", "gpt-4o", "Failover, please.", fault="sim-domestic-tokyo"),
@@ -163,10 +170,11 @@ async def _explain_and_verify(
     from sekisho.ledger import Verifier, load_signer, verify_receipt
 
     print("\nWhat happened: every request was classified (finding types only, never values;")
-    print("an image it cannot read counts as confidential), decided by the tenant's policy,")
-    print("written to the transparency ledger before any byte went upstream, and answered with")
-    print("x-sekisho-* headers and a receipt. A refusal names the rule and fact that excluded")
-    print("each endpoint; a failure never falls back outside the eligible set.")
+    print("tool definitions included; an image it cannot read counts as confidential),")
+    print("decided by the tenant's policy, written to the transparency ledger before any byte")
+    print("went upstream, and answered with x-sekisho-* headers and a receipt. A refusal names")
+    print("the rule and fact that excluded each endpoint; a failure never falls back outside")
+    print("the eligible set.")
     if rid is None:
         return
     root = base.removesuffix("/v1")
@@ -219,10 +227,23 @@ async def _run_step(i: int, step: Step, client: Any, config: Any) -> tuple[list[
                     {"type": "text", "text": step.text},
                     {"type": "image_url", "image_url": {"url": _IMAGE}},
                 ]
+            extra: dict[str, Any] = {}
+            if step.tool_default is not None:
+                param = {"type": "string", "default": step.tool_default}
+                extra["tools"] = [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "lookup_customer",
+                            "parameters": {"type": "object", "properties": {"id": param}},
+                        },
+                    }
+                ]
             raw = await client.chat.completions.with_raw_response.create(
                 model=step.model,
                 messages=[{"role": "user", "content": content}],
                 extra_headers=headers,
+                **extra,
             )
             res = raw.parse()
             tokens = str(res.usage.total_tokens) if res.usage else "-"
