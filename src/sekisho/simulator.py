@@ -66,6 +66,8 @@ class SimulatedEndpoint:
     # Answer like a reasoning model served by vLLM or DeepSeek's API: a `reasoning_content`
     # that thinks aloud about the prompt (repeating it), before the answer.
     reasoning: bool = False
+    # Answer 400 to a request with stream_options, as older servers do.
+    rejects_stream_options: bool = False
 
 
 class SimulatorServer:
@@ -298,6 +300,13 @@ class _Protocol(asyncio.Protocol):
             )
             return
         if path.endswith("/chat/completions"):
+            if sim.spec.rejects_stream_options and "stream_options" in body:
+                self._write(
+                    400,
+                    b'{"error":{"message":"Unrecognized request argument supplied: '
+                    b'stream_options","type":"invalid_request_error","code":null}}',
+                )
+                return
             stats.chat += 1
             if body.get("stream"):
                 drop = fault is not None and fault.mode == "drop_midstream"

@@ -98,3 +98,24 @@ def test_the_estimate_counts_japanese_by_the_character_and_english_by_the_word()
     assert estimate_tokens(["abcd" * 25]) == 25  # 100 ASCII characters: 25 tokens
     assert estimate_tokens(["山田太郎様への返信"]) == 9
     assert estimate_tokens(["abc", "東京"]) == 1 + 2
+
+
+def test_an_older_server_that_refuses_stream_options_is_asked_no_more_and_charged_an_estimate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Upgrading sekisho must not break streaming to a server that predates stream_options:
+    its 400 to the parameter sekisho added is retried at once without it."""
+    h = start_example(tmp_path, rejects_stream_options=True)
+    try:
+        key = h.key()
+        for _ in range(3):
+            chunks, rid = stream(h, key)
+            assert chunks and all(ch.usage is None for ch in chunks)
+        _, outcome = ledger_entries(receipt(h, rid, key).json())
+        assert outcome is not None and outcome["usage_estimated"] is True
+        assert caplog.text.count("endpoint refuses stream_options") <= len(h.sims)  # once each
+        # A client that asks for stream_options itself still gets the server's own answer.
+        with pytest.raises(openai.BadRequestError, match="stream_options"):
+            stream(h, key, stream_options={"include_usage": True})
+    finally:
+        h.stop()

@@ -4,6 +4,7 @@ and Azure OpenAI (deployment URL layout, ``api-key`` header, ``api-version`` que
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from sekisho.providers.oauth import TokenSource
 from sekisho.routing.catalogue import Endpoint, Route
 
 _USER_AGENT = f"sekisho/{__version__}"
+log = logging.getLogger("sekisho.providers")
 _MAX_ERROR_BODY = 64 * 1024
 
 
@@ -43,6 +45,9 @@ class OpenAITransport:
         self._urls: dict[tuple[str, str], str] = {}
         self._headers: dict[str, dict[str, str]] = {}
         self._tokens: dict[str, TokenSource] = {}  # endpoint id -> its access tokens (``auth``)
+        # Endpoints that answered 400 to the stream_options sekisho added (an older server):
+        # asked no more; their streams are charged an estimate.
+        self._refuses_stream_options: set[str] = set()
 
     def url(self, route: Route, kind: Kind) -> str:
         path = "chat/completions" if kind == "chat" else "embeddings"
@@ -88,7 +93,23 @@ class OpenAITransport:
 
     def body(self, route: Route, body: dict[str, Any]) -> bytes:
         # The client may have used an alias; the upstream gets the name it knows.
-        return orjson.dumps(_with_stream_usage(route, {**body, "model": route.model.id}))
+        return orjson.dumps(self._with_stream_usage(route, {**body, "model": route.model.id}))
+
+    def _with_stream_usage(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        """A streamed chat request asks for its token usage (a last chunk with ``usage``),
+        whether the client did or not: token limits and the ledger count what streams cost
+        too. The pipeline drops that chunk for a client that did not ask for it."""
+        ep = route.endpoint
+        if (
+            body.get("stream") is True
+            and ep.asks_stream_usage
+            and ep.id not in self._refuses_stream_options
+        ):
+            opts = body.get("stream_options")
+            body["stream_options"] = (
+                {**opts, "include_usage": True} if opts else {"include_usage": True}
+            )
+        return body
 
     async def open(
         self,
@@ -137,6 +158,20 @@ class OpenAITransport:
                 resp.close()
             if status == 401 and ep.auth is not None:  # revoked or rotated: fetch another
                 self.tokens(ep).invalidate(headers["authorization"].removeprefix("Bearer "))
+            if (
+                status == 400
+                and stream
+                and b"stream_options" in data
+                and "stream_options" not in body  # sekisho added it, not the client
+                and ep.id not in self._refuses_stream_options
+            ):
+                self._refuses_stream_options.add(ep.id)
+                log.warning(
+                    "endpoint refuses stream_options: its streams are charged an estimated "
+                    "token count from now on (set stream_usage: false to say so in the config)",
+                    extra={"endpoint": ep.id},
+                )
+                return await self.open(route, kind, body, stream=stream, request_id=request_id)
             raise UpstreamStatusError(ep.id, status, data, resp_headers.get("retry-after"))
         ctype = resp_headers.get("content-type", "")
         want = "text/event-stream" if stream else "application/json"
@@ -181,20 +216,8 @@ class AzureOpenAITransport(OpenAITransport):
     def body(self, route: Route, body: dict[str, Any]) -> bytes:
         # Azure selects the model by deployment in the URL; the body carries no model.
         return orjson.dumps(
-            _with_stream_usage(route, {k: v for k, v in body.items() if k != "model"})
+            self._with_stream_usage(route, {k: v for k, v in body.items() if k != "model"})
         )
-
-
-def _with_stream_usage(route: Route, body: dict[str, Any]) -> dict[str, Any]:
-    """A streamed chat request asks for its token usage (a last chunk with ``usage``), whether
-    the client did or not: token limits and the ledger count what streams cost too. The
-    pipeline drops that chunk for a client that did not ask for it."""
-    if body.get("stream") is True and route.endpoint.asks_stream_usage:
-        opts = body.get("stream_options")
-        body["stream_options"] = (
-            {**opts, "include_usage": True} if opts else {"include_usage": True}
-        )
-    return body
 
 
 def transport_for(
