@@ -132,3 +132,46 @@ def test_azure_is_asked_for_stream_usage_only_from_the_api_version_that_accepts_
             assert body["stream_options"] == {"include_usage": True}
     finally:
         h.stop()
+
+
+def test_a_models_params_go_with_every_request_unless_the_client_sets_them(
+    tmp_path: Path,
+) -> None:
+    """Qwen3 on vLLM, say, served without its thinking phase: the operator's parameters are
+    sent with each request for that model, and a client's own value wins."""
+
+    def params(raw: dict[str, Any]) -> None:
+        raw["endpoints"][0]["models"][0]["params"] = {
+            "chat_template_kwargs": {"enable_thinking": False},
+            "top_k": 20,
+        }
+
+    h = start_example(tmp_path, params)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        model = h.raw["endpoints"][0]["models"][0]["id"]  # served by the domestic endpoint only
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        sent = orjson.loads(h.sims["sim-domestic-tokyo"].stats.bodies[-1])
+        assert sent["chat_template_kwargs"] == {"enable_thinking": False}
+        assert sent["top_k"] == 20 and sent["model"] == model
+        c.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], extra_body={"top_k": 5}
+        )
+        sent = orjson.loads(h.sims["sim-domestic-tokyo"].stats.bodies[-1])
+        assert sent["top_k"] == 5  # the client's own value
+        assert sent["chat_template_kwargs"] == {"enable_thinking": False}
+    finally:
+        h.stop()
+
+
+def test_params_may_not_set_the_request_itself() -> None:
+    import yaml
+
+    from harness import example_config
+    from sekisho.config import parse_config
+    from sekisho.errors import ConfigError
+
+    raw = example_config()
+    raw["endpoints"][0]["models"][0]["params"] = {"messages": [], "top_k": 1}
+    with pytest.raises(ConfigError, match="params may not set messages"):
+        parse_config(yaml.safe_dump(raw), "sekisho.yaml")

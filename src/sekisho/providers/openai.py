@@ -93,7 +93,10 @@ class OpenAITransport:
 
     def body(self, route: Route, body: dict[str, Any]) -> bytes:
         # The client may have used an alias; the upstream gets the name it knows.
-        return orjson.dumps(self._with_stream_usage(route, {**body, "model": route.model.id}))
+        params = route.model.params  # the operator's defaults; the client's values win
+        merged = {**params, **body} if params else {**body}
+        merged["model"] = route.model.id
+        return orjson.dumps(self._with_stream_usage(route, merged))
 
     def _with_stream_usage(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
         """A streamed chat request asks for its token usage (a last chunk with ``usage``),
@@ -215,9 +218,9 @@ class AzureOpenAITransport(OpenAITransport):
 
     def body(self, route: Route, body: dict[str, Any]) -> bytes:
         # Azure selects the model by deployment in the URL; the body carries no model.
-        return orjson.dumps(
-            self._with_stream_usage(route, {k: v for k, v in body.items() if k != "model"})
-        )
+        merged = {**route.model.params, **body}
+        merged.pop("model", None)
+        return orjson.dumps(self._with_stream_usage(route, merged))
 
 
 def transport_for(

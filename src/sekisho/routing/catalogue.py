@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -144,10 +144,35 @@ class ModelEntry(_Facts):
     deployment: str | None = Field(
         default=None, description="Azure OpenAI deployment name (azure_openai only)"
     )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Request parameters sent with every request for this model unless the "
+        "client sets them itself, e.g. {chat_template_kwargs: {enable_thinking: false}} for "
+        "Qwen3 on vLLM, or top_k",
+    )
+
+    @field_validator("params")
+    @classmethod
+    def _not_the_request_itself(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(set(value) & _RESERVED_PARAMS)
+        if reserved:
+            raise ValueError(
+                f"params may not set {', '.join(reserved)}: they are the request itself"
+            )
+        return value
 
     @property
     def public_names(self) -> tuple[str, ...]:
         return (self.id, *self.aliases)
+
+    def __hash__(self) -> int:  # params is a dict; the rest identifies the entry
+        return hash((self.id, self.aliases, self.kind, self.deployment))
+
+
+# What a model's params may not set: the request itself, and what sekisho decides about it.
+_RESERVED_PARAMS = frozenset(
+    {"model", "messages", "input", "stream", "stream_options", "tools", "functions", "user"}
+)
 
 
 class Timeouts(_Facts):
