@@ -417,3 +417,11 @@ def test_the_first_token_is_fetched_as_the_gateway_starts(
         assert tokens.issued == ["tok-1"]  # and the first request used it
     finally:
         h.stop()
+
+
+def test_a_token_url_that_would_send_the_secret_in_clear_text_is_refused() -> None:
+    auth = {"type": "oauth2_client_credentials", "client_id": "a", "client_secret": "b"}
+    with pytest.raises(ConfigError, match="token_url must be https"):
+        _config_with_auth({**auth, "token_url": "http://idp.corp.example/token"})
+    _config_with_auth({**auth, "token_url": "http://127.0.0.1:8443/token"})  # loopback: fine
+    _config_with_auth({**auth, "token_url": "https://idp.corp.example/token"})

@@ -217,6 +217,7 @@ class TLS(_Facts):
 
 
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class UpstreamAuth(_Facts):
@@ -263,6 +264,13 @@ class UpstreamAuth(_Facts):
     def _complete(self) -> UpstreamAuth:
         if (self.client_secret is None) == (self.client_assertion_file is None):
             raise ValueError("give client_secret or client_assertion_file (one of them)")
+        if self.token_url is not None:
+            parts = urlsplit(self.token_url)
+            if parts.scheme != "https" and parts.hostname not in _LOOPBACK:
+                raise ValueError(
+                    "token_url must be https: the client secret or assertion travels in the "
+                    "request (http is accepted only on loopback)"
+                )
         if self.type == "azure_entra":
             if self.token_url is None and self.tenant_id is None:
                 raise ValueError("azure_entra needs tenant_id (or token_url)")
