@@ -619,8 +619,17 @@ class Pipeline:
         ep = route.endpoint
         output = StreamOutput(call.pseudonymiser, tenant, self.scanners[tenant.name])
         done = False
+        raw_lines = upstream.lines()
+        lines: AsyncIterator[bytes | None] = (
+            _marking_silence(raw_lines, self.stream_keepalive)
+            if self.stream_keepalive > 0
+            else raw_lines
+        )
         try:
-            async for line in upstream.lines():
+            async for line in lines:
+                if line is None:  # the endpoint has been silent that long: keep the client's
+                    yield b": keep-alive\n\n"  # connection (and any proxy's idle timer) alive
+                    continue
                 if not line.startswith(b"data:"):
                     continue
                 payload = line[5:].strip()
@@ -855,6 +864,31 @@ def _check_provider_features(body: dict[str, Any], tenant: TenantView) -> None:
             param="modalities" if modalities is not None else "audio",
             code="provider_feature_not_allowed",
         )
+
+
+async def _marking_silence(
+    lines: AsyncIterator[bytes], interval: float
+) -> AsyncIterator[bytes | None]:
+    """``lines``, with a None each time ``interval`` seconds pass without one (a pause in the
+    middle of a stream: a model thinking between two parts of its answer)."""
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(lines))
+            done, _ = await asyncio.wait((pending,), timeout=interval)
+            if not done:
+                yield None
+                continue
+            finished, pending = pending, None
+            try:
+                line = finished.result()
+            except StopAsyncIteration:
+                return
+            yield line
+    finally:
+        if pending is not None:
+            pending.cancel()
 
 
 def _route_headers(route: Route) -> list[tuple[str, str]]:

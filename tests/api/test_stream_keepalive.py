@@ -144,3 +144,26 @@ def test_a_client_leaving_while_the_endpoint_thinks_cancels_the_upstream_request
         assert sum(sim.stats.closed for sim in h.sims.values()) >= 1  # upstream request dropped
     finally:
         h.stop()
+
+
+def test_a_pause_in_the_middle_of_a_stream_is_kept_alive_too(tmp_path: Path) -> None:
+    """A model that stops for a while between two pieces of its answer: the silence is filled
+    with the same comments, and every piece still arrives, in order."""
+    h = start_example(tmp_path, keepalive(0.2), chunk_delay_ms=300)
+    try:
+        key = h.key()
+        headers, lines = raw_stream(h, key)
+        assert "x-sekisho-endpoint" in headers  # the first event came in time: all headers
+        data = [i for i, (_, line) in enumerate(lines) if line.startswith("data:")]
+        pings = [i for i, (_, line) in enumerate(lines) if line == ": keep-alive"]
+        assert pings and data[0] < pings[0] < data[-1]  # between events, not only before
+        assert lines[-1][1] == "data: [DONE]"
+        c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
+        text = "".join(
+            ch.choices[0].delta.content or ""
+            for ch in c.chat.completions.create(**BODY)
+            if ch.choices
+        )
+        assert "SIMULATOR" in text
+    finally:
+        h.stop()
