@@ -290,3 +290,19 @@ def ledger_entries(receipt_json: dict[str, Any]) -> tuple[dict[str, Any], dict[s
     decision = json.loads(base64.b64decode(receipt_json["entry"]))
     outcome = receipt_json.get("outcome")
     return decision, json.loads(base64.b64decode(outcome["entry"])) if outcome else None
+
+
+def ledger_incomplete(h: Harness) -> list[Any]:
+    """Requests whose decision has no outcome, as `sekisho ledger audit` reports them."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "sekisho", "ledger", "audit", "--data-dir", str(h.data_dir),
+         "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert report["ok"], report
+    return list(report["incomplete"])

@@ -270,6 +270,11 @@ class Pipeline:
         except SekishoError as exc:
             await self.record(call, decision, Outcome(exc.status, error_code=exc.code))
             raise
+        except asyncio.CancelledError:
+            # The client left before any endpoint answered: its decision gets an outcome
+            # (the audit would otherwise list it with the requests a crash cut short).
+            await asyncio.shield(self._gone(call, decision))
+            raise
         headers += _route_headers(route)
         if call.upstream_request_id is not None:
             headers.append(("x-sekisho-upstream-request-id", call.upstream_request_id))
@@ -735,8 +740,18 @@ class Pipeline:
         finally:
             if not dispatching.done():
                 dispatching.cancel()  # the client went away while the endpoint was thinking
+                await asyncio.shield(self._gone(call, decision))
             elif not streaming and not dispatching.cancelled() and not dispatching.exception():
                 dispatching.result()[1].close()  # answered, but nobody is left to read it
+
+    async def _gone(self, call: Call, decision: Decision) -> None:
+        try:
+            await self.record(call, decision, Outcome(499, error_code="client_disconnected"))
+        except SekishoError:
+            log.warning(
+                "outcome of a request its client left could not be recorded",
+                extra={"request_id": call.request_id},
+            )
 
     # -- 8 record --------------------------------------------------------------------------
 

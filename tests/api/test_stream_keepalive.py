@@ -13,7 +13,7 @@ from typing import Any
 import openai
 import pytest
 
-from harness import Harness, ledger_entries, receipt, start_example
+from harness import Harness, ledger_entries, ledger_incomplete, receipt, start_example
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "think first"}], "stream": True}
 
@@ -142,6 +142,7 @@ def test_a_client_leaving_while_the_endpoint_thinks_cancels_the_upstream_request
         assert gw.in_flight == 0
         assert all(st["in_flight"] == 0 for st in gw.health.snapshot().values())
         assert sum(sim.stats.closed for sim in h.sims.values()) >= 1  # upstream request dropped
+        assert ledger_incomplete(h) == []  # its decision has an outcome (499)
     finally:
         h.stop()
 

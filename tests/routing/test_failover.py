@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from harness import Harness, start_example
+from harness import Harness, ledger_incomplete, start_example
 
 
 def only_global(raw: dict[str, Any]) -> None:
@@ -155,6 +155,8 @@ def test_client_disconnect_cancels_the_upstream_request(two: Harness) -> None:
     assert two.gateway.in_flight == 0  # type: ignore[union-attr]
     states = two.gateway.health.snapshot()  # type: ignore[union-attr]
     assert all(s["in_flight"] == 0 for s in states.values())
+    # The decision has its outcome: a client that left is not a request a crash cut short.
+    assert ledger_incomplete(two) == []
 
 
 def test_every_endpoint_rate_limited_is_a_429_with_the_soonest_retry_after(two: Harness) -> None:
