@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -295,8 +297,6 @@ def ledger_entries(receipt_json: dict[str, Any]) -> tuple[dict[str, Any], dict[s
 def ledger_incomplete(h: Harness) -> list[Any]:
     """Requests whose decision has no outcome, as `sekisho ledger audit` reports them."""
     import json
-    import subprocess
-    import sys
 
     done = subprocess.run(
         [sys.executable, "-m", "sekisho", "ledger", "audit", "--data-dir", str(h.data_dir),
@@ -306,3 +306,13 @@ def ledger_incomplete(h: Harness) -> list[Any]:
     report = json.loads(done.stdout)
     assert report["ok"], report
     return list(report["incomplete"])
+
+
+def endpoints_check(tmp: Path, raw: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    """`sekisho endpoints check --config FILE ARGS` on ``raw`` written to a file under ``tmp``."""
+    config = tmp / "check.yaml"
+    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, "-m", "sekisho", "endpoints", "check", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip

@@ -397,10 +397,8 @@ def test_endpoints_check_reports_when_the_endpoints_certificate_ends(
     tmp_path: Path, pki: dict[str, Any], days: int, problem: bool
 ) -> None:
     import json
-    import subprocess
-    import sys
 
-    import yaml
+    from harness import endpoints_check
 
     cert = pki["ca"].issue(f"tokyo-{days}d", days=days)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -409,13 +407,7 @@ def test_endpoints_check_reports_when_the_endpoints_certificate_ends(
         tmp_path / "gw", with_tls({"ca_file": str(pki["ca"].cert_path)}), sim_tls={TOKYO: ctx}
     )
     try:
-        config = tmp_path / "check.yaml"
-        config.write_text(yaml.safe_dump(h.raw), encoding="utf-8")
-        done = subprocess.run(
-            [sys.executable, "-m", "sekisho", "endpoints", "check", "--config", str(config),
-             "--endpoint", TOKYO, "--json"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        done = endpoints_check(tmp_path, h.raw, "--endpoint", TOKYO, "--json")
         (report,) = json.loads(done.stdout)
         assert report["tls"].startswith("TLSv1.") and "certificate valid until" in report["tls"]
         assert (done.returncode == 1) is problem, report

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from harness import Harness, example_config, start_example
+from harness import Harness, endpoints_check, example_config, start_example
 from sekisho.config import parse_config
 from sekisho.errors import ConfigError
 from serve_process import LoopThread
@@ -306,32 +306,18 @@ def test_endpoints_check_reports_a_token_the_server_will_not_give(
     tmp_path: Path, tokens: TokenServer
 ) -> None:
     import json
-    import subprocess
-    import sys
-
-    import yaml
 
     tokens.mode = "refuse"
     h = gateway(tmp_path / "gw", tokens)
     try:
-        config = tmp_path / "check.yaml"
-        config.write_text(yaml.safe_dump(h.raw), encoding="utf-8")
-        done = subprocess.run(
-            [sys.executable, "-m", "sekisho", "endpoints", "check", "--config", str(config),
-             "--endpoint", AZURE, "--json"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        done = endpoints_check(tmp_path, h.raw, "--endpoint", AZURE, "--json")
         assert done.returncode == 1, done.stderr
         (report,) = json.loads(done.stdout)
         assert report["auth"].startswith("no token")
         assert "invalid_client" in report["problems"][0]
         assert CLIENT_SECRET not in done.stdout + done.stderr
         tokens.mode = "ok"
-        done = subprocess.run(
-            [sys.executable, "-m", "sekisho", "endpoints", "check", "--config", str(config),
-             "--endpoint", AZURE, "--chat"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        done = endpoints_check(tmp_path, h.raw, "--endpoint", AZURE, "--chat")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "token from 127.0.0.1" in done.stdout and "gpt-4o: ok in" in done.stdout
     finally:

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness import free_port, start_example
+from harness import endpoints_check, free_port, start_example
 
 
 def check(tmp_path: Path, raw: dict[str, Any], *args: str) -> tuple[int, list[dict[str, Any]]]:
-    config = tmp_path / "check.yaml"
-    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "sekisho", "endpoints", "check", "--config", str(config),
-         "--json", *args],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    done = endpoints_check(tmp_path, raw, "--json", *args)
     assert not done.stderr.strip() or done.returncode == 2, done.stderr
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else []
 
