@@ -58,3 +58,13 @@ def test_the_memo_is_bounded() -> None:
     memo.scan("x" * 51)  # too long to keep
     memo.scan(" ".join(["090-1234-5678"] * 3))  # too many findings to keep
     assert len(memo) == 2
+
+
+def test_the_findings_held_in_all_are_bounded_too() -> None:
+    memo = ScanMemo(SCANNER, entries=100, max_held=5)
+    texts = [f"{i} 090-1234-567{i} 090-2345-678{i}" for i in range(6)]  # two findings each
+    for text in texts:
+        assert len(memo.scan(text)) == 2
+    assert len(memo) == 2 and memo._held == 4  # the oldest went to stay within 5
+    assert memo.scan(texts[-1]) == SCANNER.scan(texts[-1])  # the newest is still a hit
+    assert memo.hits == 1

@@ -8,7 +8,8 @@ not with its length squared.
 
 The memo is keyed by a keyed BLAKE2b digest of the text, with a key made at start-up and never
 stored: the memo holds no prompt text, and its keys say nothing about a text without the key.
-It is bounded (entries, and only texts up to ``max_chars`` with few findings) and per scanner,
+It is bounded (entries, findings held in all, and only texts up to ``max_chars`` with at most
+``max_findings`` each: a few MB at most) and per scanner,
 so a policy reload, which builds new scanners, starts afresh.
 """
 
@@ -31,11 +32,14 @@ class ScanMemo:
         entries: int = 4096,
         max_chars: int = 16384,
         max_findings: int = 256,
+        max_held: int = 32768,
     ) -> None:
         self.scanner = scanner
         self.entries = entries
         self.max_chars = max_chars
         self.max_findings = max_findings
+        self.max_held = max_held  # findings kept in all (each about 100 bytes): a few MB
+        self._held = 0
         self.hits = 0
         self.misses = 0
         self._key = os.urandom(32)
@@ -57,9 +61,12 @@ class ScanMemo:
         result = self.scanner.scan(text)
         if len(result) <= self.max_findings:
             with self._lock:
-                self._memo[digest] = tuple(result)
-                if len(self._memo) > self.entries:
-                    self._memo.popitem(last=False)
+                if digest not in self._memo:
+                    self._memo[digest] = tuple(result)
+                    self._held += len(result)
+                while len(self._memo) > self.entries or self._held > self.max_held:
+                    _, dropped = self._memo.popitem(last=False)
+                    self._held -= len(dropped)
         return result
 
     def __len__(self) -> int:
