@@ -162,3 +162,37 @@ def test_explain_with_an_attachment_it_cannot_read(
     assert code == 0
     assert "UNINSPECTED_IMAGE×1" in out
     assert "Classification  confidential — from finding UNINSPECTED_IMAGE" in out
+
+
+def test_explain_a_whole_request_body_scans_what_the_gateway_scans(
+    config: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The body as the application sends it: a My Number only in a tool's schema counts, and
+    the model comes from the body."""
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "name": "clerk", "content": "Look the customer up"}],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "lookup",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"id": {"type": "string", "default": "123456789018"}},
+                    },
+                },
+            }
+        ],
+    }
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(body))
+    argv = ["explain", "--config", config, "--tenant", "demo", "--body", str(path)]
+    code, out = _run(argv, capsys)
+    assert code == 0
+    assert "Model           gpt-4o" in out
+    assert "MY_NUMBER×1" in out and "Classification  restricted" in out
+    assert "123456789018" not in out
+    path.write_text('{"model": "gpt-4o", "messages": "not a list"}')
+    with pytest.raises(SystemExit, match="Invalid type for 'messages'"):
+        main(argv)

@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
@@ -59,8 +60,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     explain.add_argument("--config", required=True, metavar="FILE", help="sekisho config file")
     explain.add_argument("--tenant", required=True, help="tenant name in the config")
-    explain.add_argument("--model", required=True, help="requested model name")
+    explain.add_argument(
+        "--model", default=None, help="requested model name (default: the --body's model)"
+    )
     explain.add_argument("--text", default=None, help="prompt text to classify (default: stdin)")
+    explain.add_argument(
+        "--body",
+        default=None,
+        metavar="FILE",
+        help="a whole request body as the application sends it (chat or embeddings JSON; - for "
+        "stdin): every text the gateway scans is scanned (tool definitions, names, schemas…)",
+    )
     explain.add_argument(
         "--classification",
         default=None,
@@ -175,6 +185,29 @@ def _findings(config: Config, tenant: str, text: str | None) -> dict[str, int]:
     return dict(summarise(scanner_for(config.tenants[tenant]).scan(text)))
 
 
+def _body_findings(config: Config, tenant: str, path: str) -> tuple[dict[str, int], str]:
+    """What the gateway would find in a whole request body, and the model it asks for."""
+    from sekisho.api.schema import parse_chat, parse_embeddings
+    from sekisho.classify import summarise
+    from sekisho.config import scanner_for
+    from sekisho.errors import InvalidRequest
+
+    raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    try:
+        request = (
+            parse_embeddings(raw)
+            if b'"input"' in raw and b'"messages"' not in raw
+            else (parse_chat(raw))
+        )
+    except InvalidRequest as exc:
+        raise SystemExit(f"sekisho policy explain: {path}: {exc.message}") from None
+    scanner = scanner_for(config.tenants[tenant])
+    counts = dict(summarise(f for text in request.texts() for f in scanner.scan(text)))
+    for kind, n in request.uninspected().items():
+        counts[kind] = counts.get(kind, 0) + n
+    return counts, request.model
+
+
 def _decide(
     config: Config,
     tenant: _TenantPolicy,
@@ -201,10 +234,16 @@ def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     config = _load(args.config)
     tenant = _tenant_policy(config, args.tenant)
-    text = args.text
-    if text is None and not (args.classification is not None and sys.stdin.isatty()):
-        text = sys.stdin.read()
-    findings = _findings(config, args.tenant, text)
+    if args.body is not None:
+        findings, model = _body_findings(config, args.tenant, args.body)
+        args.model = args.model or model
+    else:
+        if args.model is None:
+            raise SystemExit("sekisho policy explain: give --model (or --body with a model)")
+        text = args.text
+        if text is None and not (args.classification is not None and sys.stdin.isatty()):
+            text = sys.stdin.read()
+        findings = _findings(config, args.tenant, text)
     for kind in args.attach:
         findings[ATTACHMENTS[kind]] = findings.get(ATTACHMENTS[kind], 0) + 1
     key_models = (
