@@ -189,6 +189,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warning = plain_http_warning(server.host, server.tls is not None)
     if warning:
         logging.getLogger("sekisho.serve").warning(warning)
+    for warning in clear_text_endpoints(config):
+        logging.getLogger("sekisho.serve").warning(warning)
     problem = _unusable_data_dir(Path(server.data_dir))
     if problem:
         print(f"sekisho: {problem}; the gateway did not start", file=sys.stderr)
@@ -252,6 +254,25 @@ def plain_http_warning(host: str, tls: bool) -> str | None:
         "network unencrypted. Set server.tls, or keep a TLS-terminating proxy in front and "
         "the gateway on loopback"
     )
+
+
+def clear_text_endpoints(config: Any) -> list[str]:
+    """Warnings for endpoints reached over plain HTTP beyond this host: the prompts, and the
+    key or token sent with them, cross the network unencrypted (an internal vLLM on http is
+    common; it should be a choice, not an accident)."""
+    from urllib.parse import urlsplit
+
+    out = []
+    for ep in config.catalogue.endpoints:
+        parts = urlsplit(ep.base_url)
+        if parts.scheme != "http" or plain_http_warning(parts.hostname or "", False) is None:
+            continue
+        secret = " and its credential" if ep.api_key or ep.auth is not None else ""
+        out.append(
+            f"endpoint {ep.id} is plain HTTP ({ep.base_url}): prompts{secret} cross the network "
+            "unencrypted; use https, with tls.ca_file for a private CA"
+        )
+    return out
 
 
 def _tls_options(tls: Any) -> dict[str, Any]:
@@ -363,6 +384,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     )
     for name, policy in config.policies.items():
         print(f"  tenant {name}: policy {policy.digest}")
+    for warning in clear_text_endpoints(config):
+        print(f"  warning: {warning}")
     return 0
 
 

@@ -188,3 +188,22 @@ def test_trusted_proxies_must_be_addresses_or_networks() -> None:
     assert "server.trusted_proxies" in out and "'lb.corp.example' is not an IP address" in out
     raw["server"]["trusted_proxies"] = ["10.0.0.0/8", "2001:db8::1", "192.0.2.7"]
     assert parse_config(yaml.safe_dump(raw), "ok.yaml").server.trusted_proxies[1] == "2001:db8::1"
+
+
+def test_config_check_warns_of_endpoints_reached_in_clear_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from harness import example_config
+    from sekisho.cli import main
+
+    raw = example_config()
+    raw["endpoints"][0]["base_url"] = "http://10.20.0.5:8000/v1"  # an internal vLLM, say
+    path = tmp_path / "sekisho.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["config", "check", str(path)]) == 0  # a warning, not an error
+    out = capsys.readouterr().out
+    assert "warning: endpoint sim-domestic-tokyo is plain HTTP (http://10.20.0.5:8000/v1)" in out
+    assert "and its credential cross the network unencrypted" in out
+    assert out.count("warning:") == 1  # the loopback simulators are not warned about
