@@ -153,6 +153,9 @@ class Gateway:
         tls = self._endpoint_tls = tls_files.contexts_for(self.config.catalogue.endpoints)
         for family in {ep.family for ep in self.config.catalogue.endpoints}:
             self.transports[family] = transport_for(family, self._upstream, tls)
+            self.transports[family].use_key_files(
+                [ep for ep in self.config.catalogue.endpoints if ep.family == family]
+            )
         self._publish_certificates(self.config)
         for ep in self.config.catalogue.endpoints:
             if ep.auth is not None:
@@ -304,6 +307,9 @@ class Gateway:
                     ]
                 )
             certificates = self._reload_tls(new)  # raises, changing nothing, before the swap
+            rotated = sorted(  # the config's validation just read every key file: they work
+                ep for t in self.transports.values() for ep in t.reload_key_files()
+            )
             assert self.pipeline is not None
             before = {n: p.digest for n, p in old.policies.items()}
             scanners = {name: scanner_for(t) for name, t in new.tenants.items()}
@@ -329,10 +335,15 @@ class Gateway:
                         f"tenant/{name}",
                         {"from": before.get(name), "to": after[name]},
                     )
+                for ep_id in rotated:  # a credential change is an auditable act too
+                    await self.recorder.admin(
+                        "sekisho", "endpoint.key.reload", f"endpoint/{ep_id}", {}
+                    )
             result: dict[str, Any] = {
                 "policies": after,
                 "changed": changed,
                 "certificates": certificates,
+                "rotated_keys": rotated,  # endpoints whose api_key_file held a new key
             }
             if self.supervisor_pid is not None:
                 # The other workers still hold the old policies: the supervisor (uvicorn)

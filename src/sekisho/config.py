@@ -464,6 +464,15 @@ def _cross_checks(model: ConfigModel, file: str) -> list[ConfigProblem]:
                 )
             )
         seen.setdefault(ep.id, i)
+        if ep.api_key_file is not None:
+            from sekisho.providers.keyfile import KeyFileUnusable, read_key_file
+
+            try:
+                read_key_file(ep.api_key_file)
+            except KeyFileUnusable as exc:
+                problems.append(
+                    ConfigProblem(file, f"endpoints[{i}]({ep.id}).api_key_file", str(exc))
+                )
         if ep.tls is not None:
             from sekisho.tls import TLSSettingError, client_context
 

@@ -175,3 +175,59 @@ def test_params_may_not_set_the_request_itself() -> None:
     raw["endpoints"][0]["models"][0]["params"] = {"messages": [], "top_k": 1}
     with pytest.raises(ConfigError, match="params may not set messages"):
         parse_config(yaml.safe_dump(raw), "sekisho.yaml")
+
+
+def test_a_rotated_key_file_is_used_after_a_reload_without_a_restart(tmp_path: Path) -> None:
+    """api_key_file: a mounted secret, rotated by replacing the file, picked up on reload (the
+    admin API or SIGHUP); a reload that would read an unusable file changes nothing."""
+    key_file = tmp_path / "tokyo.key"
+    key_file.write_text("key-one\n")
+
+    def from_file(raw: dict[str, Any]) -> None:
+        ep = raw["endpoints"][0]
+        ep.pop("api_key", None)
+        ep["api_key_file"] = str(key_file)
+
+    h = start_example(tmp_path / "gw", from_file, config_path=tmp_path / "sekisho.yaml")
+    try:
+        sim = h.sims["sim-domestic-tokyo"]
+        sim.spec.require_key = "key-one"
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        model = h.raw["endpoints"][0]["models"][0]["id"]  # served by this endpoint only
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert sim.stats.headers[-1]["authorization"] == "Bearer key-one"
+
+        key_file.write_text("key-two\n")  # rotated: the endpoint now wants the new key
+        sim.spec.require_key = "key-two"
+        result = h.call(h.gateway.reload_policy())
+        assert result["rotated_keys"] == ["sim-domestic-tokyo"]
+        h.gateway.health.success("sim-domestic-tokyo")
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert sim.stats.headers[-1]["authorization"] == "Bearer key-two"
+
+        key_file.write_text("")  # a broken rotation: refused, the key in use stays
+        from sekisho.errors import ConfigError
+
+        with pytest.raises(ConfigError, match=r"api_key_file: .*tokyo.key is empty"):
+            h.call(h.gateway.reload_policy())
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert sim.stats.headers[-1]["authorization"] == "Bearer key-two"
+    finally:
+        h.stop()
+
+
+def test_api_key_file_must_exist_and_stand_alone(tmp_path: Path) -> None:
+    import yaml
+
+    from harness import example_config
+    from sekisho.config import parse_config
+    from sekisho.errors import ConfigError
+
+    raw = example_config()
+    raw["endpoints"][0]["api_key_file"] = str(tmp_path / "missing.key")
+    raw["endpoints"][0].pop("api_key")
+    with pytest.raises(ConfigError, match=r"endpoints\[0\]\(sim-domestic-tokyo\)\.api_key_file"):
+        parse_config(yaml.safe_dump(raw), "sekisho.yaml")
+    raw["endpoints"][0]["api_key"] = "also-this"
+    with pytest.raises(ConfigError, match="one of api_key, api_key_file and auth"):
+        parse_config(yaml.safe_dump(raw), "sekisho.yaml")

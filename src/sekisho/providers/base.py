@@ -99,6 +99,14 @@ class Transport(Protocol):
         an UpstreamError when no token can be had."""
         ...
 
+    def use_key_files(self, endpoints: list[Endpoint]) -> None:
+        """The endpoints whose static key is kept in a file (``api_key_file``)."""
+        ...
+
+    def reload_key_files(self) -> list[str]:
+        """Read those files again; return the endpoints whose key changed."""
+        ...
+
     def use_tls(self, contexts: Mapping[str, ssl.SSLContext]) -> None:
         """From now on, connect to each endpoint id in ``contexts`` with its context."""
         ...

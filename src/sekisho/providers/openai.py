@@ -19,6 +19,7 @@ from sekisho.providers.base import (
     UpstreamStatusError,
 )
 from sekisho.providers.h1 import H1Client, H1Response
+from sekisho.providers.keyfile import read_key_file
 from sekisho.providers.oauth import TokenSource
 from sekisho.routing.catalogue import Endpoint, Route
 
@@ -48,6 +49,12 @@ class OpenAITransport:
         # Endpoints that answered 400 to the stream_options sekisho added (an older server):
         # asked no more; their streams are charged an estimate.
         self._refuses_stream_options: set[str] = set()
+        self._file_keys: dict[str, str] = {}  # endpoint id -> the key read from api_key_file
+        self._key_files: dict[str, str] = {}  # endpoint id -> that file
+
+    def use_key_files(self, endpoints: list[Endpoint]) -> None:
+        """The endpoints whose key is in a file (``reload_key_files`` reads them again)."""
+        self._key_files = {ep.id: ep.api_key_file for ep in endpoints if ep.api_key_file}
 
     def url(self, route: Route, kind: Kind) -> str:
         path = "chat/completions" if kind == "chat" else "embeddings"
@@ -61,10 +68,33 @@ class OpenAITransport:
 
     def endpoint_headers(self, ep: Endpoint, base: dict[str, str]) -> dict[str, str]:
         h = {**base, "user-agent": _USER_AGENT}
-        if ep.api_key:
-            h["authorization"] = f"Bearer {ep.api_key}"
+        key = self.api_key(ep)
+        if key:
+            h["authorization"] = f"Bearer {key}"
         h.update(ep.headers)
         return h
+
+    def api_key(self, ep: Endpoint) -> str | None:
+        """The endpoint's static key: from the config, or from its ``api_key_file``."""
+        if ep.api_key_file is None:
+            return ep.api_key
+        key = self._file_keys.get(ep.id)
+        if key is None:
+            key = self._file_keys[ep.id] = read_key_file(ep.api_key_file)
+        return key
+
+    def reload_key_files(self) -> list[str]:
+        """Read every endpoint's ``api_key_file`` again (a rotated secret): requests from now
+        on send the new key. Returns the endpoints whose key changed."""
+        changed = []
+        for ep_id, path in self._key_files.items():
+            key = read_key_file(path)
+            if self._file_keys.get(ep_id) != key:
+                changed.append(ep_id)
+            self._file_keys[ep_id] = key
+        if changed:
+            self._headers.clear()  # built with the old keys
+        return changed
 
     def tokens(self, ep: Endpoint) -> TokenSource:
         """The access tokens of an endpoint with an ``auth`` block."""
@@ -208,8 +238,9 @@ class AzureOpenAITransport(OpenAITransport):
 
     def endpoint_headers(self, ep: Endpoint, base: dict[str, str]) -> dict[str, str]:
         h = {**base, "user-agent": _USER_AGENT}
-        if ep.api_key:
-            h["api-key"] = ep.api_key
+        key = self.api_key(ep)
+        if key:
+            h["api-key"] = key
         h.update(ep.headers)
         return h
 

@@ -300,6 +300,11 @@ class Endpoint(_Facts):
     family: Literal["openai", "azure_openai"] = Field(description="API family of the adapter")
     base_url: str = Field(pattern=r"^https?://", description="e.g. https://host/v1")
     api_key: str | None = Field(default=None, description="Upstream credential; use ${ENV_VAR}")
+    api_key_file: str | None = Field(
+        default=None,
+        description="A file holding the upstream key (a mounted secret), instead of api_key: "
+        "read at start and again on every reload (SIGHUP), so a rotated key needs no restart",
+    )
     auth: UpstreamAuth | None = Field(
         default=None,
         description="Access tokens from an OAuth 2.0 / Entra ID token endpoint instead of api_key",
@@ -363,8 +368,8 @@ class Endpoint(_Facts):
 
     @model_validator(mode="after")
     def _family_rules(self) -> Endpoint:
-        if self.auth is not None and self.api_key:
-            raise ValueError("give api_key or auth, not both")
+        if sum(x is not None and x != "" for x in (self.api_key, self.api_key_file, self.auth)) > 1:
+            raise ValueError("give one of api_key, api_key_file and auth")
         if self.tls is not None and not self.base_url.lower().startswith("https://"):
             raise ValueError("tls settings apply to https:// endpoints; base_url is http://")
         if self.family == "azure_openai":
