@@ -253,7 +253,7 @@ def _config_with_auth(auth: dict[str, Any], api_key: str | None = None) -> None:
         (
             {"type": "azure_entra", "tenant_id": "t", "client_id": "a", "client_secret": "b"},
             "k",
-            "api_key or auth, not both",
+            "one of api_key, api_key_file and auth",
         ),
         ({"type": "azure_entra", "tenant_id": "t", "client_id": "a"}, None, "client_secret"),
     ],
