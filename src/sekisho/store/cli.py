@@ -356,7 +356,8 @@ def register_keys(keys_subparsers: argparse._SubParsersAction[argparse.ArgumentP
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sekisho-store", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
+    # Said each time: `sekisho`'s own parser, built in the same process, records in the ledger.
+    register(sub, audit=jsonl_audit)
     keys = sub.add_parser("keys", help="key-encryption keys")
     register_keys(keys.add_subparsers(dest="keys_command", required=True))
     args = parser.parse_args(argv)
