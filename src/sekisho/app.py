@@ -144,6 +144,8 @@ class Gateway:
             reload_policy=self.reload_policy,
             audit=self.recorder,
             read_timeout=cfg.server.read_timeout_seconds,
+            endpoints=cfg.catalogue.endpoints,
+            health=self.health,
         )
         # Upstream calls: sekisho's lean HTTP/1.1 client (providers/h1.py). aiohttp serves the
         # active health probes, and is imported only when they are on (about 10 MB).

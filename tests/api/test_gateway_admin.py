@@ -30,6 +30,7 @@ ADMIN_MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/whoami"): {"admin", "auditor", "developer", "app"},
     ("GET", "/tenants"): {"admin", "auditor"},
     ("GET", "/tenants/{tenant}"): {"admin", "auditor"},
+    ("GET", "/endpoints"): {"admin", "auditor"},
     ("GET", "/keys"): {"admin", "developer"},
     ("POST", "/keys"): {"admin", "developer"},
     ("GET", "/keys/{key_id}"): {"admin", "developer"},
@@ -489,3 +490,33 @@ def test_with_two_workers_a_reload_reaches_every_worker_and_a_bad_one_none(
     finally:
         g.stop()
         sims.stop()
+
+
+def test_endpoints_lists_the_catalogue_with_health_and_never_a_secret(tmp_path: Path) -> None:
+    secret = "sk-upstream-SECRET-7c41"
+
+    def literal_keys(raw: dict[str, Any]) -> None:
+        for ep in raw["endpoints"]:
+            ep["api_key"] = secret
+
+    h = start_example(tmp_path, literal_keys)
+    try:
+        admin = h.key(role="admin")
+        h.fault("sim-global-useast", mode="status", status=503)
+        for _ in range(8):  # the weighted choice meets the failing endpoint now and then
+            chat(h, h.key())
+        r = call(h, "GET", f"{PREFIX}/endpoints", admin)
+        assert r.status_code == 200
+        data = {e["id"]: e for e in r.json()["data"]}
+        assert set(data) == {"sim-domestic-tokyo", "sim-global-japaneast", "sim-global-useast"}
+        tokyo = data["sim-domestic-tokyo"]
+        assert tokyo["jurisdiction"] == "JP/tokyo" and tokyo["operator"]["country"] == "JP"
+        assert tokyo["credential"] == "api_key"
+        assert "gpt-4o" in data["sim-global-useast"]["models"]
+        assert set(tokyo["health"]) >= {"up", "in_flight", "waiting", "last_error"}
+        us = data["sim-global-useast"]["health"]
+        assert us["last_error"] == "" or "HTTP 503" in us["last_error"]
+        assert secret not in r.text  # how sekisho authenticates, never with what
+        assert call(h, "GET", f"{PREFIX}/endpoints", h.key()).status_code == 403
+    finally:
+        h.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal, Protocol
@@ -36,6 +36,8 @@ from sekisho.identity.keys import new_key_id
 from sekisho.identity.limits import Limiter
 from sekisho.identity.roles import allows, may_grant, permissions_of, require
 from sekisho.identity.usage import UsageStore
+from sekisho.routing import Health
+from sekisho.routing.catalogue import Endpoint
 
 log = logging.getLogger("sekisho.admin")
 
@@ -123,6 +125,29 @@ class TenantView(BaseModel):
 
 class TenantList(BaseModel):
     data: list[TenantView] = Field(description="Configured tenants")
+
+
+class EndpointView(BaseModel):
+    id: str = Field(description="Endpoint id")
+    family: str = Field(description="API family (openai, azure_openai)")
+    models: list[str] = Field(description="Model names clients may use for it, aliases included")
+    jurisdiction: str = Field(description="Country and region of its compute (ISO 3166-1/region)")
+    operator: dict[str, Any] = Field(description="Who runs it: name, country, parent")
+    data_terms: dict[str, Any] = Field(description="Provider-side retention and training terms")
+    certifications: list[str] = Field(description="Certifications declared for it")
+    credential: str = Field(
+        description="How sekisho authenticates: api_key, api_key_file, token (auth type) or none; "
+        "never the secret"
+    )
+    max_concurrency: int | None = Field(description="In-flight cap (all workers together)")
+    health: dict[str, Any] = Field(
+        description="This process's view: up, consecutive_failures, down_for_seconds, "
+        "in_flight, waiting, last_error"
+    )
+
+
+class EndpointList(BaseModel):
+    data: list[EndpointView] = Field(description="The endpoint catalogue, with health")
 
 
 class UsageRowView(BaseModel):
@@ -214,6 +239,9 @@ ROUTES: tuple[Route, ...] = (
           TenantList),
     Route("GET", "/tenants/{tenant}", "tenants.get", "One tenant", (P.TENANTS_READ,), "get_tenant",
           TenantView),
+    Route("GET", "/endpoints", "endpoints.list",
+          "The endpoint catalogue: sovereignty facts, credential kind, health",
+          (P.TENANTS_READ,), "list_endpoints", EndpointList),
     Route("GET", "/keys", "keys.list", "List keys (developers: their own)", KEYS_ANY,
           "list_keys", KeyList, query=(Query("tenant", "Only keys of this tenant"),)),
     Route("POST", "/keys", "keys.create", "Create a key; the secret is returned once", KEYS_ANY,
@@ -257,8 +285,12 @@ class AdminAPI:
         reload_policy: Callable[[], Awaitable[dict[str, Any]]],
         audit: AdminAuditSink,
         read_timeout: float = http.READ_TIMEOUT,
+        endpoints: Sequence[Endpoint] = (),
+        health: Health | None = None,
     ) -> None:
         self.read_timeout = read_timeout  # server.read_timeout_seconds, for request bodies
+        self.endpoints = endpoints
+        self.health = health
         self.keys = keys
         self.authenticator = authenticator
         self.limiter = limiter
@@ -393,6 +425,29 @@ class AdminAPI:
             )
         return TenantView(name=name, settings=_settings(self.tenants[name]), limits=limits,
                           key_limits=key_limits)  # fmt: skip
+
+    async def list_endpoints(self, req: Request) -> EndpointList:
+        await self._record(req, "endpoints", {})
+        states = self.health.snapshot() if self.health is not None else {}
+        idle = {"up": True, "consecutive_failures": 0, "down_for_seconds": 0.0,
+                "in_flight": 0, "waiting": 0, "last_error": ""}  # fmt: skip
+        return EndpointList(
+            data=[
+                EndpointView(
+                    id=ep.id,
+                    family=ep.family,
+                    models=[n for m in ep.models for n in m.public_names],
+                    jurisdiction=f"{ep.jurisdiction.country}/{ep.jurisdiction.region}",
+                    operator=ep.operator.model_dump(exclude_none=True),
+                    data_terms=ep.data_terms.model_dump(exclude_none=True),
+                    certifications=[str(c) for c in ep.certifications],
+                    credential=_credential(ep),
+                    max_concurrency=ep.max_concurrency,
+                    health=states.get(ep.id, idle),
+                )
+                for ep in self.endpoints
+            ]
+        )
 
     async def list_keys(self, req: Request) -> KeyList:
         p = _who(req)
@@ -715,3 +770,12 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"bearer": []}],
     }  # fmt: skip
+
+
+def _credential(ep: Endpoint) -> str:
+    """How sekisho authenticates to an endpoint, never with what."""
+    if ep.auth is not None:
+        return f"token ({ep.auth.type})"
+    if ep.api_key_file is not None:
+        return "api_key_file"
+    return "api_key" if ep.api_key else "none"
