@@ -161,8 +161,9 @@ def _register_optional(sub: Any, ksub: Any) -> None:
             from sekisho.recorder import ledger_audit
 
             module.register(sub, audit=ledger_audit)
-        else:
-            module.register(sub)
+            module.register_keys(ksub, audit=ledger_audit)
+            continue
+        module.register(sub)
         if hasattr(module, "register_keys"):
             module.register_keys(ksub)
 

@@ -69,9 +69,6 @@ async def jsonl_audit(config: Any) -> AsyncIterator[AuditSink]:
     yield JsonlAuditSink(Path(config.data_dir) / "store-admin.jsonl")
 
 
-_audit_factory: AuditFactory = jsonl_audit
-
-
 @dataclass(frozen=True)
 class _TenantView:
     home_region: str
@@ -100,8 +97,9 @@ def _tenants(config: Any) -> dict[str, _TenantView]:
 
 
 @contextlib.asynccontextmanager
-async def _opened(config: Any) -> AsyncIterator[Stores]:
-    async with _audit_factory(config) as audit:
+async def _opened(config: Any, args: argparse.Namespace) -> AsyncIterator[Stores]:
+    """The stores, with acts recorded in the sink this command was registered with."""
+    async with args.audit(config) as audit:
         stores = await Stores.open(config.regions, config.data_dir, audit=audit, create_keys=False)
         for name, view in _tenants(config).items():
             stores.set_retention(name, view.retention)
@@ -180,7 +178,7 @@ def _subject(args: argparse.Namespace) -> subjects.Subject:
 async def _subject_find(args: argparse.Namespace) -> int:
     config = _load(args)
     subject = _subject(args)
-    async with _opened(config) as stores:
+    async with _opened(config, args) as stores:
         found = await subjects.find(stores, subject, actor=args.actor, ticket=args.ticket)
     for m in found:
         flag = "  RESTRICTED" if m.restricted else ""
@@ -195,7 +193,7 @@ async def _subject_find(args: argparse.Namespace) -> int:
 async def _subject_export(args: argparse.Namespace) -> int:
     config = _load(args)
     subject = _subject(args)
-    async with _opened(config) as stores:
+    async with _opened(config, args) as stores:
         doc = await subjects.export(stores, subject, actor=args.actor, ticket=args.ticket)
     body = json.dumps(doc, ensure_ascii=False, indent=2).encode() + b"\n"
     out = Path(args.out)
@@ -219,7 +217,7 @@ async def _subject_delete(args: argparse.Namespace) -> int:
         return 2
     config = _load(args)
     subject = _subject(args)
-    async with _opened(config) as stores:
+    async with _opened(config, args) as stores:
         n = await subjects.delete(stores, subject, actor=args.actor, ticket=args.ticket)
     print(f"deleted {n} record(s) of tenant {args.tenant}")
     return 0
@@ -228,7 +226,7 @@ async def _subject_delete(args: argparse.Namespace) -> int:
 async def _subject_restrict(args: argparse.Namespace) -> int:
     config = _load(args)
     subject = _subject(args)
-    async with _opened(config) as stores:
+    async with _opened(config, args) as stores:
         n = await subjects.restrict(stores, subject, actor=args.actor, ticket=args.ticket)
     print(
         f"restricted {n} record(s) of tenant {args.tenant} (利用停止: excluded from export and use)"
@@ -254,7 +252,7 @@ async def _tenant_delete(args: argparse.Namespace) -> int:
             "requests will start a new data key",
             file=sys.stderr,
         )
-    async with _opened(config) as stores:
+    async with _opened(config, args) as stores:
         deleted = await stores.delete_tenant(args.tenant, actor=args.actor)
     total = sum(deleted.values())
     print(
@@ -266,7 +264,7 @@ async def _tenant_delete(args: argparse.Namespace) -> int:
 
 async def _keys_rotate(args: argparse.Namespace) -> int:
     config = _load(args)
-    async with _opened(config) as stores:
+    async with _opened(config, args) as stores:
         version, count = await stores.rotate_keys(args.region, actor=args.actor)
         where = stores.region(args.region).keys.description
     print(f"region {args.region}: KEK version {version} ({where}); re-wrapped {count} data key(s)")
@@ -304,10 +302,9 @@ def register(
     *,
     audit: AuditFactory | None = None,
 ) -> None:
-    """Add ``db``, ``subject`` and ``tenant``. ``audit`` opens the sink acts are recorded in."""
-    global _audit_factory
-    if audit is not None:
-        _audit_factory = audit
+    """Add ``db``, ``subject`` and ``tenant``. ``audit`` opens the sink acts are recorded in
+    (default: ``DATA_DIR/store-admin.jsonl``); each command carries its own."""
+    sink = audit or jsonl_audit
     db = subparsers.add_parser("db", help="regional store databases")
     dsub = db.add_subparsers(dest="db_command", required=True)
     p = dsub.add_parser("upgrade", help="apply schema migrations to every region's store")
@@ -330,7 +327,7 @@ def register(
             p.add_argument("--out", required=True, help="JSON file to write (mode 0600)")
         if name == "delete":
             p.add_argument("--yes", action="store_true", help="confirm: deletion is permanent")
-        p.set_defaults(func=_async(handler))
+        p.set_defaults(func=_async(handler), audit=sink)
 
     tenant = subparsers.add_parser("tenant", help="tenant data")
     tsub = tenant.add_subparsers(dest="tenant_command", required=True)
@@ -339,25 +336,28 @@ def register(
     p.add_argument("--tenant", required=True)
     p.add_argument("--actor", required=True, help="who deletes (recorded in the ledger)")
     p.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
-    p.set_defaults(func=_async(_tenant_delete))
+    p.set_defaults(func=_async(_tenant_delete), audit=sink)
 
 
-def register_keys(keys_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``keys rotate`` under an existing ``keys`` command."""
+def register_keys(
+    keys_subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    *,
+    audit: AuditFactory | None = None,
+) -> None:
+    """Add ``keys rotate`` under an existing ``keys`` command (``audit`` as for ``register``)."""
     p = keys_subparsers.add_parser(
         "rotate", help="new key-encryption key version for a region; re-wrap its data keys"
     )
     _config_arg(p)
     p.add_argument("--region", required=True)
     p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who rotates")
-    p.set_defaults(func=_async(_keys_rotate))
+    p.set_defaults(func=_async(_keys_rotate), audit=audit or jsonl_audit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sekisho-store", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    # Said each time: `sekisho`'s own parser, built in the same process, records in the ledger.
-    register(sub, audit=jsonl_audit)
+    register(sub)
     keys = sub.add_parser("keys", help="key-encryption keys")
     register_keys(keys.add_subparsers(dest="keys_command", required=True))
     args = parser.parse_args(argv)
