@@ -48,6 +48,13 @@ def raw_stream(h: Harness, key: str) -> tuple[dict[str, str], list[tuple[float, 
         conn.close()
 
 
+def sdk_text(h: Harness, key: str) -> str:
+    """The streamed answer as the OpenAI SDK reads it (SSE comments ignored)."""
+    c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
+    chunks = c.chat.completions.create(**BODY)
+    return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+
+
 def test_a_slow_first_event_is_preceded_by_keep_alive_comments(tmp_path: Path) -> None:
     h = start_example(tmp_path, keepalive(0.2), delay_ms=1200)
     try:
@@ -67,13 +74,7 @@ def test_a_slow_first_event_is_preceded_by_keep_alive_comments(tmp_path: Path) -
         assert lines[-1][1] == "data: [DONE]"
 
         # The OpenAI SDK ignores the comments and reads the answer as usual.
-        c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
-        text = "".join(
-            ch.choices[0].delta.content or ""
-            for ch in c.chat.completions.create(**BODY)
-            if ch.choices
-        )
-        assert "SIMULATOR" in text
+        assert "SIMULATOR" in sdk_text(h, key)
     finally:
         h.stop()
 
@@ -159,12 +160,6 @@ def test_a_pause_in_the_middle_of_a_stream_is_kept_alive_too(tmp_path: Path) -> 
         pings = [i for i, (_, line) in enumerate(lines) if line == ": keep-alive"]
         assert pings and data[0] < pings[0] < data[-1]  # between events, not only before
         assert lines[-1][1] == "data: [DONE]"
-        c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
-        text = "".join(
-            ch.choices[0].delta.content or ""
-            for ch in c.chat.completions.create(**BODY)
-            if ch.choices
-        )
-        assert "SIMULATOR" in text
+        assert "SIMULATOR" in sdk_text(h, key)
     finally:
         h.stop()
