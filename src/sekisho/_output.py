@@ -346,3 +346,335 @@ def rewrite_texts(kind: str, body: dict[str, Any], rewrite: Callable[[str], str]
 
 
 _NAME_SAFE = str.maketrans({"<": "＜", ">": "＞"})
+
+
+# -- the Responses API --------------------------------------------------------------------------
+#
+# Its output is a list of items; the texts a client receives sit in message parts
+# (output_text, refusal), reasoning summaries and reasoning text, function call arguments and
+# custom tool call input. A stream sends each as deltas, then repeats it whole in a chain of
+# "done" events and in the final response. Each text has a key (output index, slot): the slot
+# says which text of the item, negative for prose, 0 for JSON arguments (a re-identified value
+# is escaped for JSON there, as in chat).
+
+_OUTPUT_TEXT, _SUMMARY, _REASONING_TEXT, _REFUSAL, _CUSTOM_INPUT = -100, -200, -300, -400, -500
+_ARGUMENTS = 0
+
+# delta event type -> (the field numbering texts within the item, slot base, text field)
+_R_DELTAS: dict[str, tuple[str | None, int]] = {
+    "response.output_text.delta": ("content_index", _OUTPUT_TEXT),
+    "response.refusal.delta": ("content_index", _REFUSAL),
+    "response.reasoning_summary_text.delta": ("summary_index", _SUMMARY),
+    "response.reasoning_text.delta": ("content_index", _REASONING_TEXT),
+    "response.function_call_arguments.delta": (None, _ARGUMENTS),
+    "response.custom_tool_call_input.delta": (None, _CUSTOM_INPUT),
+}
+_R_DONES: dict[str, tuple[str | None, int, str]] = {
+    "response.output_text.done": ("content_index", _OUTPUT_TEXT, "text"),
+    "response.refusal.done": ("content_index", _REFUSAL, "refusal"),
+    "response.reasoning_summary_text.done": ("summary_index", _SUMMARY, "text"),
+    "response.reasoning_text.done": ("content_index", _REASONING_TEXT, "text"),
+    "response.function_call_arguments.done": (None, _ARGUMENTS, "arguments"),
+    "response.custom_tool_call_input.done": (None, _CUSTOM_INPUT, "input"),
+}
+_R_DELTA_OF = {base: (etype, sub) for etype, (sub, base) in _R_DELTAS.items()}
+# Events that end a response stream.
+RESPONSE_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Events carrying a whole item or response at its start: texts are empty or a preview.
+_R_STARTS = frozenset({"response.created", "response.in_progress", "response.queued"})
+
+
+def _slot(base: int, sub: Any) -> int:
+    return base if base in (_ARGUMENTS, _CUSTOM_INPUT) else base - min(_int0(sub), 99)
+
+
+def _int0(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def response_item_slots(item: Any, oi: int) -> list[tuple[dict[str, Any], str, StreamKey]]:
+    """Where the texts of one output item sit: ``(holder, field, key)``, in item order."""
+    slots: list[tuple[dict[str, Any], str, StreamKey]] = []
+    if not isinstance(item, dict):
+        return slots
+    kind = item.get("type")
+    if kind == "message":
+        for ci, part in enumerate(item.get("content") or ()):
+            if not isinstance(part, dict):
+                continue
+            if isinstance(part.get("text"), str):
+                slots.append((part, "text", (oi, _OUTPUT_TEXT - ci)))
+            elif isinstance(part.get("refusal"), str):
+                slots.append((part, "refusal", (oi, _REFUSAL - ci)))
+    elif kind == "reasoning":
+        for si, part in enumerate(item.get("summary") or ()):
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                slots.append((part, "text", (oi, _SUMMARY - si)))
+        for ci, part in enumerate(item.get("content") or ()):
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                slots.append((part, "text", (oi, _REASONING_TEXT - ci)))
+    elif kind == "function_call" and isinstance(item.get("arguments"), str):
+        slots.append((item, "arguments", (oi, _ARGUMENTS)))
+    elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
+        slots.append((item, "input", (oi, _CUSTOM_INPUT)))
+    return slots
+
+
+def _cut_response(data: dict[str, Any], keep: int) -> None:
+    """Keep the first ``keep`` output items; the response ends there, filtered."""
+    output = data.get("output")
+    if isinstance(output, list):
+        del output[keep:]
+    data["status"] = "incomplete"
+    data["incomplete_details"] = {"reason": "content_filter"}
+
+
+def _refresh_output_text(data: dict[str, Any]) -> None:
+    """A server that adds the SDKs' ``output_text`` convenience field gets it recomputed from
+    the inspected items (it would repeat the uninspected text)."""
+    if isinstance(data.get("output_text"), str):
+        data["output_text"] = "".join(
+            part["text"]
+            for item in data.get("output") or ()
+            if isinstance(item, dict) and item.get("type") == "message"
+            for part in item.get("content") or ()
+            if isinstance(part, dict)
+            and part.get("type") == "output_text"
+            and isinstance(part.get("text"), str)
+        )
+
+
+def inspect_response(
+    data: dict[str, Any],
+    pseudo: Pseudonymiser | None,
+    rule: OutputRuleView,
+    scanner: Scanner,
+    request_id: str,
+) -> tuple[str | None, list[str]]:
+    """A complete Responses API answer, in place: re-identify pseudonyms, then apply the output
+    rule in every text of every output item. ``cut`` ends the output where the first
+    identifier starts (a tool call it falls in is dropped whole) and marks the response
+    incomplete (``content_filter``). Returns the error code to record and the delivered texts."""
+    error: str | None = None
+    delivered: list[str] = []
+    types = frozenset(rule.types)
+    output = data.get("output")
+    items = output if isinstance(output, list) else []
+    for oi, item in enumerate(items):
+        for holder, key, (_, slot) in response_item_slots(item, oi):
+            text = holder[key]
+            if pseudo is not None:
+                text = pseudo.reidentify(text, json_string_escape if slot == _ARGUMENTS else None)
+            if rule.action != "none":
+                try:
+                    hits = [f for f in scanner.scan(text) if f.type in types]
+                except Exception:
+                    log.exception(
+                        "output inspection failed; answer withheld",
+                        extra={"request_id": request_id},
+                    )
+                    _cut_response(data, 0)
+                    _refresh_output_text(data)
+                    return "output_inspection_failed", []
+                if hits and rule.action == "mask":
+                    text = redact(text, hits)
+                    error = _worse(error, "output_masked")
+                elif hits:
+                    error = _worse(error, "output_cut")
+                    if slot in (_ARGUMENTS, _CUSTOM_INPUT):  # a tool call cut short is broken
+                        _cut_response(data, oi)
+                    else:
+                        holder[key] = text[: hits[0].start]
+                        delivered.append(holder[key])
+                        _cut_response(data, oi + 1)
+                        if item.get("type") == "message":
+                            del item["content"][item["content"].index(holder) + 1 :]
+                    _refresh_output_text(data)
+                    return error, delivered
+            holder[key] = text
+            delivered.append(text)
+    _refresh_output_text(data)
+    return error, delivered
+
+
+class ResponsesStreamOutput(StreamOutput):
+    """Output inspection of a Responses API stream. Deltas go through the same per-text
+    pipeline as chat's (re-identification across split placeholders, the output rule with its
+    look-behind); every event that repeats a text whole (``*.done``, ``content_part.done``,
+    ``output_item.done``, the final response) carries the text as it was delivered, so what a
+    client accumulates from deltas and what it reads from the final response agree. Text held
+    back at a text's end goes out as one more delta before its ``done`` event; sequence numbers
+    after an added event are shifted to stay consecutive."""
+
+    def __init__(self, pseudo: Pseudonymiser | None, tenant: TenantView, scanner: Scanner) -> None:
+        super().__init__(pseudo, tenant, scanner)
+        self._shift = 0
+        self._next_seq = 0
+        self._item_ids: dict[int, Any] = {}
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence number for an event sekisho adds after the last one sent."""
+        return self._next_seq
+
+    def apply_event(self, event: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The events to send for ``event`` (it, perhaps rewritten, after any delta added before
+        it); None when it goes out exactly as it came."""
+        etype = event.get("type")
+        before: list[dict[str, Any]] = []
+        changed = False
+        oi = _int0(event.get("output_index"))
+        if isinstance(event.get("item_id"), str):
+            self._item_ids[oi] = event["item_id"]
+        if etype in _R_DELTAS:
+            sub, base = _R_DELTAS[etype]
+            original = event.get("delta")
+            if isinstance(original, str):
+                text = self._take((oi, _slot(base, event.get(sub) if sub else 0)), original)
+                if text != original:
+                    event["delta"] = text
+                    changed = True
+        elif etype in _R_DONES:
+            sub, base, name = _R_DONES[etype]
+            original = event.get(name)
+            if isinstance(original, str):
+                key = (oi, _slot(base, event.get(sub) if sub else 0))
+                text = self._settle(key, original, before)
+                if text != original:
+                    event[name] = text
+                    changed = True
+        elif etype == "response.content_part.done" or etype == "response.output_item.done":
+            part = event.get("part")
+            item = event.get("item")
+            if etype == "response.content_part.done" and isinstance(part, dict):
+                item = {"type": "message", "content": [None] * _int0(event.get("content_index"))}
+                item["content"].append(part)
+            changed = self._settle_item(item, oi, before)
+        elif etype == "response.output_item.added" or etype == "response.content_part.added":
+            holder = event.get("item") if etype.endswith("item.added") else event.get("part")
+            changed = self._preview(holder)
+        elif etype in _R_STARTS or etype in RESPONSE_TERMINAL:
+            response = event.get("response")
+            if isinstance(response, dict):
+                if etype in RESPONSE_TERMINAL:
+                    changed = self._settle_response(response, before)
+                else:
+                    changed = any([self._preview(item) for item in response.get("output") or ()])
+        if not before and not changed and self._shift == 0:
+            self._count(event)
+            return None
+        out = []
+        for added in before:
+            added["sequence_number"] = self._next_seq
+            self._next_seq += 1
+            self._shift += 1
+            out.append(added)
+        self._renumber(event)
+        out.append(event)
+        return out
+
+    def finish_response(self, terminal: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events ending the stream: text still held back (as deltas), then the terminal
+        event with every text as delivered, marked incomplete if the output rule cut it."""
+        events = self.apply_event(terminal) or [terminal]
+        response = terminal.get("response")
+        if isinstance(response, dict) and self.error_code in (
+            "output_cut",
+            "output_inspection_failed",
+        ):
+            response["status"] = "incomplete"
+            response["incomplete_details"] = {"reason": "content_filter"}
+            if terminal.get("type") == "response.completed":
+                terminal["type"] = "response.incomplete"
+        return events
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _count(self, event: dict[str, Any]) -> None:
+        seq = event.get("sequence_number")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            self._next_seq = max(self._next_seq, seq + 1)
+
+    def _renumber(self, event: dict[str, Any]) -> None:
+        seq = event.get("sequence_number")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            event["sequence_number"] = seq + self._shift
+            self._next_seq = max(self._next_seq, seq + self._shift + 1)
+
+    def _settle(self, key: StreamKey, original: str, before: list[dict[str, Any]]) -> str:
+        """The text of ``key`` as delivered in full; what was still held back of it goes out
+        as a delta added to ``before``. A text no delta carried is inspected here whole."""
+        if key not in self._texts:
+            self._take(key, original)
+        if self._active and key not in self._finished:
+            rest = self._pipe(key, "", final=True)
+            self._finished.add(key)
+            if rest:
+                self._texts[key].append(rest)
+                before.append(self._delta_event(key, rest))
+        return "".join(self._texts[key])
+
+    def _delta_event(self, key: StreamKey, text: str) -> dict[str, Any]:
+        oi, slot = key
+        base = slot if slot in (_ARGUMENTS, _CUSTOM_INPUT) else slot - (slot % -100 or 0)
+        etype, sub = _R_DELTA_OF[base]
+        event: dict[str, Any] = {"type": etype}
+        if oi in self._item_ids:
+            event["item_id"] = self._item_ids[oi]
+        event["output_index"] = oi
+        if sub is not None:
+            event[sub] = base - slot
+        event["delta"] = text
+        if etype == "response.output_text.delta":
+            event["logprobs"] = []
+        return event
+
+    def _settle_item(self, item: Any, oi: int, before: list[dict[str, Any]]) -> bool:
+        changed = False
+        for holder, name, key in response_item_slots(item, oi):
+            text = self._settle(key, holder[name], before)
+            if text != holder[name]:
+                holder[name] = text
+                changed = True
+        return changed
+
+    def _settle_response(self, response: dict[str, Any], before: list[dict[str, Any]]) -> bool:
+        changed = False
+        for oi, item in enumerate(response.get("output") or ()):
+            changed = self._settle_item(item, oi, before) or changed
+        if changed:
+            _refresh_output_text(response)
+        return changed
+
+    def _preview(self, holder: Any) -> bool:
+        """Text in an item or part as it starts (normally empty): inspected on its own, not
+        kept; the deltas that follow are the text."""
+        if not self._active or not isinstance(holder, dict):
+            return False
+        if "type" not in holder or holder.get("type") in ("output_text", "refusal"):
+            holder = {"type": "message", "content": [holder]}
+        changed = False
+        for part, name, (_, slot) in response_item_slots(holder, 0):
+            text = part[name]
+            if not text:
+                continue
+            if self._pseudo is not None:
+                escape = json_string_escape if slot == _ARGUMENTS else None
+                text = self._pseudo.reidentify(text, escape)
+            if self._rule.action != "none":
+                try:
+                    hits = self._typed.scan(text)
+                except Exception:
+                    log.exception("output inspection failed; text withheld")
+                    self.error_code = "output_inspection_failed"
+                    hits, text = [], ""
+                if hits and self._rule.action == "mask":
+                    text = redact(text, hits)
+                    self.error_code = _worse(self.error_code, "output_masked")
+                elif hits:
+                    text = text[: hits[0].start]
+                    self.error_code = _worse(self.error_code, "output_cut")
+            if text != part[name]:
+                part[name] = text
+                changed = True
+        return changed

@@ -105,7 +105,10 @@ def parse_answer(raw: bytes, endpoint_id: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         raise UpstreamProtocolError(endpoint_id, "answered with a body that is not JSON") from None
     if not isinstance(data, dict) or (
-        "error" in data and "choices" not in data and "data" not in data
+        "error" in data
+        and "choices" not in data
+        and "data" not in data
+        and data.get("object") != "response"  # a Responses API answer says "error": null
     ):
         raise UpstreamProtocolError(
             endpoint_id, "answered with JSON that is not an OpenAI response"

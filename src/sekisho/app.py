@@ -50,6 +50,7 @@ log = logging.getLogger("sekisho.app")
 
 # Seconds a model request runs before a task starts watching for its client going away.
 _WATCH_AFTER = 0.1
+_ROUTE_LABELS = {"/v1/chat/completions": "chat", "/v1/responses": "responses"}
 # With several workers, how often each publishes its view of endpoint health to /metrics.
 _PUBLISH_HEALTH_EVERY = 5.0
 # The cyclic GC's generation thresholds while serving (CPython's default: 700, 10, 10).
@@ -106,6 +107,7 @@ class Gateway:
         self._model_routes: dict[str, ModelHandler] = {
             "/v1/chat/completions": routes.chat_completions,
             "/v1/embeddings": routes.embeddings,
+            "/v1/responses": routes.responses,
         }
         self._ops: dict[str, Handler] = {
             "/healthz": self._healthz,
@@ -500,8 +502,15 @@ class Gateway:
                 await self.ledger_api(scope, send, rid, path)
                 return
             raise NotFound(
-                f"Unknown path {path!r}. sekisho serves /v1/chat/completions, "
-                "/v1/embeddings and /v1/models.",
+                f"Unknown path {path!r}. sekisho serves /v1/chat/completions, /v1/responses, "
+                "/v1/embeddings and /v1/models."
+                + (
+                    " Of the Responses API it serves creating a response (POST /v1/responses); "
+                    "responses kept at a provider are not fetched, cancelled or deleted through "
+                    "sekisho."
+                    if path.startswith("/v1/responses/")
+                    else ""
+                ),
                 code="unknown_url",
             )
         except SekishoError as exc:
@@ -582,7 +591,7 @@ class Gateway:
                 first = True
                 async for chunk in reply.chunks:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if first and chunk.startswith(b"data:"):  # not a keep-alive comment
+                    if first and not chunk.startswith(b":"):  # not a keep-alive comment
                         first = False
                         m = self.metrics
                         m.child(m.time_to_first_token, endpoint, jurisdiction).observe(
@@ -640,7 +649,7 @@ class Gateway:
             self.in_flight -= 1
             if self._shared_metrics:
                 self.metrics.in_flight.dec()
-            route_label = "chat" if path.endswith("completions") else "embeddings"
+            route_label = _ROUTE_LABELS.get(path, "embeddings")
             m = self.metrics
             m.child(m.requests, route_label, str(status), endpoint, jurisdiction).inc()
             m.child(m.latency, route_label, endpoint, jurisdiction).observe(

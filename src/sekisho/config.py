@@ -228,12 +228,25 @@ class TenantConfig(_Section):
         default_factory=RetentionSpec, description="What is kept of requests, and how long"
     )
     limits: LimitsSpec | None = Field(default=None, description="Rate limits and token budgets")
-    provider_features: list[Literal["store", "web_search", "audio_output"]] = Field(
+    provider_features: list[
+        Literal[
+            "store",
+            "web_search",
+            "audio_output",
+            "file_search",
+            "code_interpreter",
+            "mcp",
+            "image_generation",
+        ]
+    ] = Field(
         default_factory=list,
         description="Provider-side features this tenant's requests may ask for: store (the "
-        "provider keeps the completion), web_search (the provider searches the web with words "
-        "from the prompt) and audio_output (a spoken answer, which sekisho cannot inspect or "
-        "re-identify). Requests asking for one that is not listed get HTTP 400",
+        "provider keeps the completion; for the Responses API also previous_response_id, "
+        "conversations and background runs), web_search (the provider searches the web with "
+        "words from the prompt), audio_output (a spoken answer, which sekisho cannot inspect or "
+        "re-identify), and the Responses API's hosted tools file_search, code_interpreter, mcp "
+        "(a third-party MCP server) and image_generation. Requests asking for one that is not "
+        "listed get HTTP 400",
     )
 
     @field_validator("default_classification")

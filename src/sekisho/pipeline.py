@@ -29,10 +29,14 @@ from typing import Any, Literal, NoReturn, Protocol
 import orjson
 
 from sekisho._output import (
+    RESPONSE_TERMINAL,
     TEXT_FIELDS,
+    ResponsesStreamOutput,
     StreamOutput,
     inspect_answer,
+    inspect_response,
     pseudonymise_obj,
+    response_item_slots,
     rewrite_texts,
 )
 from sekisho._threads import in_fair_thread
@@ -76,7 +80,7 @@ log = logging.getLogger("sekisho.pipeline")
 _SCAN_IN_THREAD = 64 * 1024
 
 
-Kind = Literal["chat", "embeddings"]
+Kind = Literal["chat", "embeddings", "responses"]
 
 
 @dataclass(slots=True)
@@ -100,6 +104,15 @@ class Call:
     admission: Admission | None = None
     pseudonymiser: Pseudonymiser | None = None
     upstream_request_id: str | None = None  # the provider's id of the request that answered
+
+    def prompt(self) -> Any:
+        """What the client asked, as stored and hashed in the ledger: the messages, the
+        embeddings' input, or a Responses request's instructions and input."""
+        if self.kind == "chat":
+            return self.body.get("messages")
+        if self.kind == "responses":
+            return {"instructions": self.body.get("instructions"), "input": self.body.get("input")}
+        return self.body.get("input")
 
 
 @dataclass(slots=True)
@@ -235,6 +248,8 @@ class Pipeline:
         routes = self._routes(call)
         if call.kind == "chat":
             _check_provider_features(call.body, tenant)
+        elif call.kind == "responses":
+            _check_responses_features(call.body, tenant)
         await self._admit(call)
         try:
             if sum(map(len, call.texts)) < _SCAN_IN_THREAD:
@@ -287,8 +302,12 @@ class Pipeline:
     async def _admit(self, call: Call) -> None:
         if self.limiter is None:
             return
+        body = call.body
         estimate = sum(len(t) for t in call.texts) // 3 + _int(
-            call.body.get("max_completion_tokens") or call.body.get("max_tokens") or 256
+            body.get("max_completion_tokens")
+            or body.get("max_tokens")
+            or body.get("max_output_tokens")
+            or 256
         )
         call.admission = await self.limiter.admit(call.principal, call.model, estimate)
 
@@ -313,18 +332,31 @@ class Pipeline:
         return tenant
 
     def _routes(self, call: Call) -> tuple[Route, ...]:
-        want = "chat" if call.kind == "chat" else "embedding"
-        routes = self._route_cache.get((call.model, want))
+        want = "embedding" if call.kind == "embeddings" else "chat"
+        routes = self._route_cache.get((call.model, call.kind))
         if routes is None:
-            routes = tuple(r for r in self.catalogue.routes(call.model) if r.model.kind == want)
+            routes = tuple(
+                r
+                for r in self.catalogue.routes(call.model)
+                if r.model.kind == want and (call.kind != "responses" or r.endpoint.responses_api)
+            )
             if routes:  # the catalogue is fixed for the pipeline's life; unknown names aren't kept
-                self._route_cache[(call.model, want)] = routes
+                self._route_cache[(call.model, call.kind)] = routes
         if not routes:
             other = self.catalogue.kind(call.model)
-            if other is not None:
+            if other is not None and other != want:
                 raise InvalidRequest(
                     f"The model '{call.model}' is an {other} model; it cannot serve "
-                    f"{'chat completions' if call.kind == 'chat' else 'embeddings'}.",
+                    f"{_API_NAMES[call.kind]}.",
+                    param="model",
+                    code="model_not_supported",
+                )
+            if other is not None:  # a chat model, none of whose endpoints has the Responses API
+                serving = sorted({r.endpoint.id for r in self.catalogue.routes(call.model)})
+                raise InvalidRequest(
+                    f"The model '{call.model}' is served only by endpoints without the Responses "
+                    f"API ({', '.join(serving)}). Use /v1/chat/completions, or an operator sets "
+                    "responses_api: true on an endpoint that serves POST /v1/responses.",
                     param="model",
                     code="model_not_supported",
                 )
@@ -573,13 +605,14 @@ class Pipeline:
         self.health.success(route.endpoint.id)
         found = data.get("usage")
         usage: dict[str, Any] = found if isinstance(found, dict) else {}
+        prompt_key, completion_key = _USAGE_KEYS[call.kind]
         outcome = Outcome(
             200,
             route,
-            prompt_tokens=_int(usage.get("prompt_tokens")),
-            completion_tokens=_int(usage.get("completion_tokens")),
+            prompt_tokens=_int(usage.get(prompt_key)),
+            completion_tokens=_int(usage.get(completion_key)),
         )
-        if call.kind == "chat":
+        if call.kind != "embeddings":
             if _answer_chars(data) < _SCAN_IN_THREAD:
                 self._inspect_output(call, data, tenant, outcome)
             else:  # a document-sized answer: scanned off the event loop, as prompts are
@@ -598,7 +631,8 @@ class Pipeline:
     ) -> None:
         """Re-identify pseudonyms, then apply the tenant's output rule (mask or cut), in the
         answer's text and in its tool calls' arguments."""
-        error, delivered = inspect_answer(
+        inspect = inspect_response if call.kind == "responses" else inspect_answer
+        error, delivered = inspect(
             data,
             call.pseudonymiser,
             tenant.detection.output,
@@ -620,6 +654,12 @@ class Pipeline:
         upstream: UpstreamResponse,
         outcome: Outcome,
     ) -> AsyncIterator[bytes]:
+        if call.kind == "responses":
+            async for chunk in self._stream_responses(
+                call, decision, tenant, route, upstream, outcome
+            ):
+                yield chunk
+            return
         outcome.route = route
         ep = route.endpoint
         output = StreamOutput(call.pseudonymiser, tenant, self.scanners[tenant.name])
@@ -706,6 +746,110 @@ class Pipeline:
         finally:
             upstream.close()
 
+    async def _stream_responses(
+        self,
+        call: Call,
+        decision: Decision,
+        tenant: TenantView,
+        route: Route,
+        upstream: UpstreamResponse,
+        outcome: Outcome,
+    ) -> AsyncIterator[bytes]:
+        """A Responses API stream: typed events, no [DONE]; it ends with response.completed
+        (or .incomplete, .failed), which is held until the outcome entry is durable, as chat's
+        [DONE] is. The event names are rebuilt from each event's type."""
+        outcome.route = route
+        ep = route.endpoint
+        output = ResponsesStreamOutput(call.pseudonymiser, tenant, self.scanners[tenant.name])
+        terminal: dict[str, Any] | None = None
+        raw_lines = upstream.lines()
+        lines: AsyncIterator[bytes | None] = (
+            _marking_silence(raw_lines, self.stream_keepalive)
+            if self.stream_keepalive > 0
+            else raw_lines
+        )
+        try:
+            async for line in lines:
+                if line is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                if not line.startswith(b"data:"):
+                    continue  # "event:" lines: every event names its type in its data too
+                payload = line[5:].strip()
+                if payload == b"[DONE]":  # not in OpenAI's protocol, but some servers add it
+                    break
+                try:
+                    event = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    raise UpstreamProtocolError(ep.id, "stream event is not JSON") from None
+                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                    raise UpstreamProtocolError(ep.id, "stream event is not a typed object")
+                etype = event["type"]
+                if etype in RESPONSE_TERMINAL:
+                    terminal = event
+                    break
+                if etype == "error":  # the provider gave up mid-answer: it says why
+                    raise UpstreamProtocolError(
+                        ep.id, f"stream error event: {str(event.get('message'))[:200]}"
+                    )
+                events = output.apply_event(event)
+                if events is None:
+                    yield b"event: " + etype.encode() + b"\ndata: " + payload + b"\n\n"
+                else:
+                    for e in events:
+                        yield _response_event(e)
+            if terminal is None:
+                raise UpstreamProtocolError(ep.id, "stream ended before the response did")
+            final = output.finish_response(terminal)
+            response = terminal.get("response")
+            usage = response.get("usage") if isinstance(response, dict) else None
+            if isinstance(usage, dict):
+                outcome.prompt_tokens = _int(usage.get("input_tokens"))
+                outcome.completion_tokens = _int(usage.get("output_tokens"))
+            for e in final[:-1]:  # text held back to the last
+                yield _response_event(e)
+            if terminal["type"] == "response.failed":
+                outcome.status = 502
+                outcome.error_code = "upstream_response_failed"
+            else:
+                self.health.success(ep.id)
+                outcome.error_code = output.error_code
+            outcome.output_texts = output.texts()
+            outcome.estimate_usage(call.texts)
+            try:
+                await self.record(call, decision, outcome)
+            except SekishoError as exc:
+                # Nothing completes without its record: an error event, never response.completed
+                yield _response_error(output, exc.code, exc.message)
+                return
+            yield _response_event(final[-1])
+        except UpstreamError as exc:
+            self._upstream_failed(route, exc)
+            outcome.status = 502
+            outcome.error_code = "upstream_stream_broken"
+            outcome.output_texts = output.texts()
+            outcome.estimate_usage(call.texts)
+            try:
+                await self.record(call, decision, outcome)
+            except SekishoError:
+                log.exception(
+                    "could not record a broken stream", extra={"request_id": call.request_id}
+                )
+            yield _response_error(
+                output,
+                "upstream_stream_broken",
+                f"The stream from endpoint {ep.id} broke: {exc.detail}.",
+            )
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome.status = 499
+            outcome.error_code = "client_disconnected"
+            outcome.output_texts = output.texts()
+            outcome.estimate_usage(call.texts)
+            await asyncio.shield(self.record(call, decision, outcome))
+            raise
+        finally:
+            upstream.close()
+
     async def _stream_when_answered(
         self,
         call: Call,
@@ -728,7 +872,10 @@ class Pipeline:
             except SekishoError as exc:
                 outcome.status, outcome.error_code = exc.status, exc.code
                 await self.record(call, decision, outcome)
-                yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+                if call.kind == "responses":
+                    yield _response_error(None, exc.code, exc.message)
+                else:
+                    yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
                 return
             info = [f"{k}: {v}" for k, v in _route_headers(route)]
             if call.upstream_request_id is not None:
@@ -786,7 +933,7 @@ class Pipeline:
             return
         tenant = self.tenants[call.principal.tenant]
         store = self.stores.for_tenant(tenant.name, tenant.home_region)
-        prompt_obj = call.body.get("messages") if call.kind == "chat" else call.body.get("input")
+        prompt_obj = call.prompt()
         prompt = orjson.dumps(prompt_obj)
         output = "\x00".join(outcome.output_texts).encode() if outcome.output_texts else None
         pseudo = call.pseudonymiser
@@ -881,6 +1028,72 @@ def _check_provider_features(body: dict[str, Any], tenant: TenantView) -> None:
         )
 
 
+# Responses API features that keep data at the provider or hand it to a third party: the tool
+# types the provider runs itself, and the feature that allows each. A client-side tool
+# (function, custom, local_shell, shell, apply_patch, computer_use) runs in the client's
+# application and needs no permission.
+_HOSTED_TOOLS = {
+    "web_search": "web_search",
+    "web_search_preview": "web_search",
+    "file_search": "file_search",
+    "code_interpreter": "code_interpreter",
+    "mcp": "mcp",
+    "image_generation": "image_generation",
+}
+_CLIENT_TOOLS = frozenset(
+    {"function", "custom", "local_shell", "shell", "apply_patch", "computer_use_preview"}
+)
+
+
+def _check_responses_features(body: dict[str, Any], tenant: TenantView) -> None:
+    """Provider-side state and hosted tools in a Responses API request. OpenAI keeps every
+    response unless told not to ('store' defaults to true there): without the tenant's leave,
+    sekisho tells it not to. State kept at the provider (an earlier response, a conversation,
+    a background run, an item reference) needs that leave too, and each hosted tool its own."""
+    allowed = tenant.provider_features
+    if "store" not in allowed:
+        stateful = [k for k in ("previous_response_id", "conversation") if body.get(k) is not None]
+        if body.get("background") is True:
+            stateful.append("background")
+        inp = body.get("input")
+        if isinstance(inp, list) and any(
+            isinstance(i, dict) and i.get("type") == "item_reference" for i in inp
+        ):
+            stateful.append("input (item_reference)")
+        if body.get("store") is True:
+            stateful.insert(0, "store")
+        if stateful:
+            raise InvalidRequest(
+                f"This request relies on the provider keeping responses ({', '.join(stateful)}). "
+                f"Tenant {tenant.name!r} does not allow that: what is kept of a request, and "
+                "where, is the tenant's retention policy (its home-region store), not the "
+                "provider's. Send the whole conversation as input instead, or an operator can "
+                f"allow it with tenants.{tenant.name}.provider_features: [store].",
+                param=stateful[0].partition(" ")[0],
+                code="provider_feature_not_allowed",
+            )
+        body["store"] = False  # the Responses API's default is to keep it
+    for i, tool in enumerate(body.get("tools") or ()):
+        kind = str(tool.get("type"))
+        if kind in _CLIENT_TOOLS:
+            continue
+        feature = _HOSTED_TOOLS.get(kind) or _HOSTED_TOOLS.get(kind.rsplit("_20", 1)[0])
+        if feature is None or feature not in allowed:
+            what = f"provider_features: [{feature}]" if feature else "no provider feature"
+            raise InvalidRequest(
+                f"This request gives the model a tool the provider runs itself "
+                f"(tools[{i}].type {kind!r}): words from the prompt would go to it, beyond the "
+                f"endpoint's data terms. Tenant {tenant.name!r} does not allow that"
+                + (
+                    f"; an operator can allow it with tenants.{tenant.name}.{what}."
+                    if feature
+                    else f" ({what} covers that tool type)."
+                ),
+                param=f"tools[{i}].type",
+                code="provider_feature_not_allowed",
+            )
+
+
 async def _marking_silence(
     lines: AsyncIterator[bytes], interval: float
 ) -> AsyncIterator[bytes | None]:
@@ -933,8 +1146,12 @@ def _rate_limited(failures: list[UpstreamError], tried: list[str]) -> UpstreamRa
 
 
 def _answer_chars(data: dict[str, Any]) -> int:
-    """Characters of text in a chat answer that output inspection reads."""
+    """Characters of text in a chat or Responses answer that output inspection reads."""
     n = 0
+    output = data.get("output")
+    if isinstance(output, list):
+        for oi, item in enumerate(output):
+            n += sum(len(holder[key]) for holder, key, _ in response_item_slots(item, oi))
     for choice in data.get("choices") or ():
         msg = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(msg, dict):
@@ -951,6 +1168,33 @@ def _answer_chars(data: dict[str, Any]) -> int:
         if isinstance(fc, dict) and isinstance(fc.get("arguments"), str):
             n += len(fc["arguments"])
     return n
+
+
+_API_NAMES = {"chat": "chat completions", "embeddings": "embeddings", "responses": "responses"}
+# Where each API reports the tokens a request cost: (prompt, completion).
+_USAGE_KEYS = {
+    "chat": ("prompt_tokens", "completion_tokens"),
+    "embeddings": ("prompt_tokens", "completion_tokens"),
+    "responses": ("input_tokens", "output_tokens"),
+}
+
+
+def _response_event(event: dict[str, Any]) -> bytes:
+    """One Responses API server-sent event: its type as the SSE event name, as OpenAI sends."""
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+def _response_error(output: ResponsesStreamOutput | None, code: str, message: str) -> bytes:
+    """A failure after the stream started, as the Responses API reports one: an ``error``
+    event (the SDKs yield it as a ResponseErrorEvent; no response.completed follows)."""
+    event = {
+        "type": "error",
+        "code": code,
+        "message": message,
+        "param": None,
+        "sequence_number": output.next_sequence if output is not None else 0,
+    }
+    return _response_event(event)
 
 
 def _int(v: Any) -> int:

@@ -164,7 +164,7 @@ class LedgerRecorder:
     async def decision(self, call: Call, decision: Decision, tenant_region: str) -> str | None:
         first = decision.eligible[0].endpoint if decision.eligible else None
         prompt = orjson.dumps(
-            call.body.get("messages") if call.kind == "chat" else call.body.get("input"),
+            call.prompt(),
             option=orjson.OPT_SORT_KEYS,
         )
         record = DecisionRecord(

@@ -4,6 +4,9 @@ They are clearly simulators: every answer says so. ``sekisho demo`` and ``sekish
 run three of them (a domestic operator in Tokyo, the Japan region of a global cloud, a US
 region); the tests use them as upstreams, counting every byte each one receives, and inject
 faults through ``POST /_sim/faults``.
+
+They serve chat completions, embeddings and the Responses API (``POST /v1/responses``, plain
+and streamed, in the event format of OpenAI's own).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class SimStats:
     max_in_flight: int = 0  # the most at any one time
     chat: int = 0
     embeddings: int = 0
+    responses: int = 0  # Responses API requests answered
     # Over TLS: the common name of each client certificate presented (None: none presented).
     client_certs: list[str | None] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
@@ -68,6 +72,9 @@ class SimulatedEndpoint:
     reasoning: bool = False
     # Answer 400 to a request with stream_options, as older servers do.
     rejects_stream_options: bool = False
+    # Serve the Responses API (POST /v1/responses); False: answer it 404, as a server that
+    # only speaks chat completions does.
+    serves_responses: bool = True
 
 
 class SimulatorServer:
@@ -109,6 +116,7 @@ class SimulatorServer:
     # -- answers -------------------------------------------------------------------------
 
     def reply_text(self, body: dict[str, Any]) -> str:
+        """The answer to a chat completion request: its last user message, echoed."""
         messages = body.get("messages") or []
         last = ""
         for m in reversed(messages):
@@ -116,6 +124,14 @@ class SimulatorServer:
                 c = m.get("content")
                 last = c if isinstance(c, str) else orjson.dumps(c).decode()
                 break
+        return self.reply_for(last)
+
+    def responses_reply_text(self, body: dict[str, Any]) -> str:
+        """The answer to a Responses API request: the last user text of its ``input``."""
+        return self.reply_for(_last_user_input(body.get("input")))
+
+    def reply_for(self, last: str) -> str:
+        """The answer to the user's last words ``last``, for either API."""
         digest = hashlib.sha256(last.encode()).hexdigest()[:8]
         limit = self.spec.echo_chars
         preview = last if len(last) <= limit else last[: max(0, limit - 3)] + "..."
@@ -287,6 +303,14 @@ class _Protocol(asyncio.Protocol):
         if method != "POST":
             self._write(404, b'{"error":{"message":"not found","type":"invalid_request_error"}}')
             return
+        if path.endswith("/responses") and not sim.spec.serves_responses:
+            self._write(
+                404,
+                orjson.dumps(
+                    {"error": {"message": f"Not Found: {path}", "type": "invalid_request_error"}}
+                ),
+            )
+            return
         try:
             body = orjson.loads(raw)
             if not isinstance(body, dict):
@@ -316,6 +340,16 @@ class _Protocol(asyncio.Protocol):
         elif path.endswith("/embeddings"):
             stats.embeddings += 1
             self._write(200, orjson.dumps(self._embeddings(body)))
+        elif path.endswith("/responses"):
+            stats.responses += 1
+            if body.get("stream"):
+                drop = fault is not None and fault.mode == "drop_midstream"
+                await self._stream_response(body, drop)
+            else:
+                output, usage = self._response_output(body)
+                rid = f"resp_sim_{uuid.uuid4().hex[:24]}"
+                answer = self._response(body, rid, int(time.time()), output, usage)
+                self._write(200, orjson.dumps(answer))
         else:
             self._write(404, b'{"error":{"message":"unknown path","type":"invalid_request_error"}}')
 
@@ -469,6 +503,192 @@ class _Protocol(asyncio.Protocol):
         send(None)
         t.write(b"0\r\n\r\n")
 
+    # -- the Responses API ---------------------------------------------------------------
+
+    def _response_output(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The output items of the answer to a Responses API request, and its usage: a
+        reasoning summary (for a reasoning model), then a message, or a call of the first
+        function tool with the user's last words as its query."""
+        last = _last_user_input(body.get("input"))
+        text = self.sim.reply_for(last)
+        output: list[dict[str, Any]] = []
+        if self.sim.spec.reasoning:
+            output.append(
+                {
+                    "type": "reasoning",
+                    "id": f"rs_sim_{uuid.uuid4().hex[:24]}",
+                    "summary": [{"type": "summary_text", "text": self._thinking(text)}],
+                }
+            )
+        fn = _function_tool(body)
+        if fn is not None:
+            output.append(
+                {
+                    "type": "function_call",
+                    "id": f"fc_sim_{uuid.uuid4().hex[:24]}",
+                    "call_id": "call_0",
+                    "name": fn,
+                    "arguments": orjson.dumps({"simulated": True, "query": last}).decode(),
+                    "status": "completed",
+                }
+            )
+        else:
+            output.append(
+                {
+                    "type": "message",
+                    "id": f"msg_sim_{uuid.uuid4().hex[:24]}",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            )
+        input_tokens = _response_tokens(body)
+        output_tokens = len(text.split())
+        usage = {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
+        return output, usage
+
+    def _response(
+        self,
+        body: dict[str, Any],
+        rid: str,
+        created: int,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None,
+        status: str = "completed",
+    ) -> dict[str, Any]:
+        """A ``response`` object, echoing the request's settings as OpenAI does."""
+        return {
+            "id": rid,
+            "object": "response",
+            "created_at": created,
+            "status": status,
+            "completed_at": int(time.time()) if status == "completed" else None,
+            "background": False,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": body.get("model", "unknown"),
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": body.get("previous_response_id"),
+            "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
+            "store": body.get("store", True),
+            "temperature": body.get("temperature", 1.0),
+            "text": body.get("text") or {"format": {"type": "text"}},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": body.get("top_p", 1.0),
+            "truncation": body.get("truncation", "disabled"),
+            "usage": usage,
+            "user": body.get("user"),
+            "metadata": body.get("metadata") or {},
+        }
+
+    async def _stream_response(self, body: dict[str, Any], drop: bool) -> None:
+        """A streamed Responses API answer: named events, each with a ``sequence_number``
+        from 0, ending with ``response.completed`` (no ``[DONE]``)."""
+        t = self.transport
+        if t is None:
+            return
+        head = (
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            f"x-sekisho-simulator: {self.sim.spec.name}\r\n"
+            f"x-request-id: simreq_{uuid.uuid4().hex[:16]}\r\n"
+            "transfer-encoding: chunked\r\n\r\n"
+        )
+        t.write(head.encode())
+        rid = f"resp_sim_{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        output, usage = self._response_output(body)
+        size = self.sim.spec.chunk_chars
+        delay = self.sim.spec.chunk_delay_ms / 1000
+        sequence = 0
+
+        def send(kind: str, **fields: Any) -> None:
+            nonlocal sequence
+            data = orjson.dumps({"type": kind, **fields, "sequence_number": sequence})
+            sequence += 1
+            payload = b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+            t.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+
+        pending = self._response(body, rid, created, [], None, status="in_progress")
+        send("response.created", response=pending)
+        send("response.in_progress", response=pending)
+        for index, item in enumerate(output):
+            iid = item["id"]
+            if item["type"] == "reasoning":
+                thought = item["summary"][0]["text"]
+                send("response.output_item.added", output_index=index, item={**item, "summary": []})
+                at = {"item_id": iid, "output_index": index, "summary_index": 0}
+                send(
+                    "response.reasoning_summary_part.added",
+                    **at,
+                    part={"type": "summary_text", "text": ""},
+                )
+                for piece in _pieces(thought, size if size > 0 else 9):
+                    send("response.reasoning_summary_text.delta", **at, delta=piece)
+                send("response.reasoning_summary_text.done", **at, text=thought)
+                send(
+                    "response.reasoning_summary_part.done",
+                    **at,
+                    part={"type": "summary_text", "text": thought},
+                )
+            elif item["type"] == "function_call":
+                args = item["arguments"]
+                started = {**item, "arguments": "", "status": "in_progress"}
+                send("response.output_item.added", output_index=index, item=started)
+                pieces = _pieces(args, size if size > 0 else 7)
+                for i, piece in enumerate(pieces):
+                    if drop and i == len(pieces) // 2:
+                        t.abort()
+                        return
+                    send(
+                        "response.function_call_arguments.delta",
+                        item_id=iid,
+                        output_index=index,
+                        delta=piece,
+                    )
+                send(
+                    "response.function_call_arguments.done",
+                    item_id=iid,
+                    output_index=index,
+                    arguments=args,
+                )
+            else:
+                part = item["content"][0]
+                text = part["text"]
+                started = {**item, "status": "in_progress", "content": []}
+                send("response.output_item.added", output_index=index, item=started)
+                at = {"item_id": iid, "output_index": index, "content_index": 0}
+                send(
+                    "response.content_part.added",
+                    **at,
+                    part={"type": "output_text", "text": "", "annotations": []},
+                )
+                if size > 0:
+                    words = _pieces(text, size)
+                else:
+                    words = [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
+                for i, w in enumerate(words):
+                    if drop and i == len(words) // 2:
+                        t.abort()
+                        return
+                    if delay:
+                        await asyncio.sleep(delay)
+                    send("response.output_text.delta", **at, delta=w, logprobs=[])
+                send("response.output_text.done", **at, text=text, logprobs=[])
+                send("response.content_part.done", **at, part=part)
+            send("response.output_item.done", output_index=index, item=item)
+        send("response.completed", response=self._response(body, rid, created, output, usage))
+        t.write(b"0\r\n\r\n")
+
     def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
@@ -494,6 +714,65 @@ def _tokens(messages: Any) -> int:
         if isinstance(m, dict) and isinstance(m.get("content"), str):
             n += len(m["content"].split()) + 3
     return n
+
+
+def _content_text(content: Any, types: tuple[str, ...] | None = ("input_text",)) -> str:
+    """The text of a Responses API item's ``content``: a string, or the joined ``text`` of its
+    parts (of the given types; None: of any type)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    return "".join(
+        p["text"]
+        for p in content
+        if isinstance(p, dict)
+        and isinstance(p.get("text"), str)
+        and (types is None or p.get("type") in types)
+    )
+
+
+def _last_user_input(value: Any) -> str:
+    """The last user text of a Responses API ``input``: the string, or the content of the
+    last item with role "user"."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        for item in reversed(value):
+            if isinstance(item, dict) and item.get("role") == "user":
+                return _content_text(item.get("content"))
+    return ""
+
+
+def _response_tokens(body: dict[str, Any]) -> int:
+    """A rough count of a Responses API request's input tokens (as ``_tokens`` counts)."""
+    instructions = body.get("instructions")
+    n = len(instructions.split()) + 3 if isinstance(instructions, str) else 0
+    value = body.get("input")
+    items = [{"content": value}] if isinstance(value, str) else value
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict):
+                n += len(_content_text(item.get("content"), None).split()) + 3
+    return n
+
+
+def _function_tool(body: dict[str, Any]) -> str | None:
+    """The name of the request's first function tool (Responses API tools are flat:
+    ``{"type": "function", "name": ...}``); None without one."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return None
+    for tool in tools:
+        if isinstance(tool, dict) and tool.get("type") == "function":
+            nested = tool.get("function")
+            name = tool.get("name") or (nested.get("name") if isinstance(nested, dict) else None)
+            return name if isinstance(name, str) and name else "tool"
+    return None
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 _REASONS = {

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sekisho.api.schema import parse_chat, parse_embeddings
+from sekisho.api.schema import parse_chat, parse_embeddings, parse_responses
 from sekisho.errors import InvalidRequest
 
 json_values = st.recursive(
@@ -79,7 +79,7 @@ def test_valid_chat_requests_parse_and_pass_through_unchanged(
 @given(json_values)
 def test_any_json_value_parses_or_is_a_clear_invalid_request(value: Any) -> None:
     raw = orjson.dumps(value)
-    for parse in (parse_chat, parse_embeddings):
+    for parse in (parse_chat, parse_embeddings, parse_responses):
         try:
             parse(raw)
         except InvalidRequest as exc:
@@ -120,7 +120,7 @@ def test_chat_fields_of_any_type_never_crash_the_parser(body: dict[str, Any]) ->
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_raw_bytes_never_crash_the_parser(raw: bytes) -> None:
-    for parse in (parse_chat, parse_embeddings):
+    for parse in (parse_chat, parse_embeddings, parse_responses):
         with contextlib.suppress(InvalidRequest):
             parse(raw)
 
@@ -400,3 +400,194 @@ def test_an_upstream_answer_too_deep_to_write_back_is_a_protocol_error_not_a_500
         parse_answer(deep, "ep")
     wide = b'{"choices":[' + b",".join([b'{"index":0}'] * 500) + b"]}"  # many, but shallow
     assert len(parse_answer(wide, "ep")["choices"]) == 500
+
+
+# -- the Responses API ------------------------------------------------------------------------
+
+input_part = st.one_of(
+    st.fixed_dictionaries({"type": st.just("input_text"), "text": st.text(max_size=20)}),
+    st.fixed_dictionaries({"type": st.just("input_image"), "image_url": st.just("data:x")}),
+)
+input_item = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "system", "developer"]),
+            "content": st.one_of(st.text(max_size=20), st.lists(input_part, max_size=3)),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("message"),
+            "role": st.just("assistant"),
+            "content": st.lists(
+                st.fixed_dictionaries(
+                    {"type": st.just("output_text"), "text": st.text(max_size=20)}
+                ),
+                max_size=2,
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("function_call"),
+            "call_id": st.just("c1"),
+            "name": st.just("lookup"),
+            "arguments": st.text(max_size=20),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("function_call_output"),
+            "call_id": st.just("c1"),
+            "output": st.one_of(st.text(max_size=20), st.lists(input_part, max_size=2)),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("reasoning"),
+            "id": st.just("rs_1"),
+            "summary": st.lists(
+                st.fixed_dictionaries(
+                    {"type": st.just("summary_text"), "text": st.text(max_size=15)}
+                ),
+                max_size=2,
+            ),
+        }
+    ),
+)
+rich_responses = st.fixed_dictionaries(
+    {
+        "model": st.just("m"),
+        "input": st.one_of(st.text(max_size=20), st.lists(input_item, max_size=5)),
+    },
+    optional={
+        "instructions": st.text(max_size=20),
+        "user": st.text(max_size=10),
+        "safety_identifier": st.text(max_size=10),
+        "tools": st.lists(
+            st.fixed_dictionaries(
+                {"type": st.just("function"), "name": st.just("lookup"), "parameters": json_schema},
+                optional={"description": st.text(max_size=20)},
+            ),
+            max_size=2,
+        ),
+        "text": st.fixed_dictionaries(
+            {
+                "format": st.fixed_dictionaries(
+                    {
+                        "type": st.just("json_schema"),
+                        "name": st.just("answer"),
+                        "schema": json_schema,
+                    }
+                )
+            }
+        ),
+        "prompt": st.fixed_dictionaries(
+            {
+                "id": st.just("pmpt_1"),
+                "variables": st.dictionaries(
+                    st.sampled_from(["name", "type", "city"]), st.text(max_size=10), max_size=3
+                ),
+            }
+        ),
+        "metadata": st.dictionaries(st.text(max_size=5), st.text(max_size=10), max_size=3),
+    },
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(rich_responses)
+def test_responses_redaction_rewrites_exactly_the_texts_the_classifier_scanned(
+    body: dict[str, Any],
+) -> None:
+    from sekisho._output import rewrite_texts
+
+    req = parse_responses(orjson.dumps(body))
+    scanned = req.texts()
+    seen: list[str] = []
+
+    def rewrite(text: str) -> str:
+        seen.append(text)
+        return "\x00rewritten"
+
+    out = rewrite_texts("responses", req.body, rewrite)
+    assert seen == scanned
+    left: list[str] = []
+    stack: list[Any] = [out]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            left.append(node)
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+    assert left.count("\x00rewritten") == len(scanned)
+    # Every text a model reads was scanned: no user text is left as it came.
+    if isinstance(body["input"], str):
+        assert out["input"] == "\x00rewritten"
+    for key in ("instructions", "user", "safety_identifier"):
+        if key in body:
+            assert out[key] == "\x00rewritten"
+    for item in out["input"] if isinstance(out["input"], list) else ():
+        if item.get("type") == "function_call":
+            assert item["arguments"] == "\x00rewritten"
+            assert item["name"] == "lookup" and item["call_id"] == "c1"
+        if isinstance(item.get("content"), str):
+            assert item["content"] == "\x00rewritten"
+        parts = item.get("content") if isinstance(item.get("content"), list) else []
+        for part in parts:
+            if "text" in part:
+                assert part["text"] == "\x00rewritten"
+    for v in out.get("prompt", {}).get("variables", {}).values():
+        assert v == "\x00rewritten"
+    for t in out.get("tools", []):
+        assert t["name"] == "lookup" and t["type"] == "function"
+        _assert_schema_syntax_kept(t["parameters"])
+    if "text" in out:
+        assert out["text"]["format"]["name"] == "answer"
+        _assert_schema_syntax_kept(out["text"]["format"]["schema"])
+    # images are counted, never read
+    items = body["input"] if isinstance(body["input"], list) else []
+    images = sum(
+        1
+        for item in items
+        for part in (item.get("content") or item.get("output") or ())
+        if isinstance(part, dict) and part.get("type") == "input_image"
+    )
+    assert req.uninspected().get("UNINSPECTED_IMAGE", 0) == images
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "model",
+                "input",
+                "instructions",
+                "stream",
+                "tools",
+                "tool_choice",
+                "text",
+                "store",
+                "max_output_tokens",
+                "metadata",
+                "prompt",
+                "include",
+                "truncation",
+                "background",
+            ]
+        ),
+        json_values,
+        max_size=8,
+    )
+)
+def test_responses_fields_of_any_type_never_crash_the_parser(body: dict[str, Any]) -> None:
+    try:
+        req = parse_responses(orjson.dumps(body))
+    except InvalidRequest as exc:
+        assert exc.param is None or isinstance(exc.param, str)
+    else:
+        req.texts()
+        req.uninspected()

@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes: chat completions (with SSE streaming), embeddings, models."""
+"""OpenAI-compatible routes: chat completions and the Responses API (both with SSE streaming),
+embeddings, models."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from sekisho.api import http
-from sekisho.api.schema import parse_chat, parse_embeddings
+from sekisho.api.schema import parse_chat, parse_embeddings, parse_responses
 from sekisho.errors import AuthenticationFailed, NotFound
 from sekisho.identity import KeyStore, Principal
 from sekisho.pipeline import Call, Pipeline, Reply, StreamReply
@@ -44,6 +45,25 @@ async def chat_completions(
         uninspected=req.uninspected(),
         stream=req.stream,
         include_usage=req.include_usage,
+        declared_classification=_declared(scope),
+    )
+    return await pipeline.run(call)
+
+
+async def responses(
+    pipeline: Pipeline, principal: Principal, rid: str, raw: bytes, scope: http.Scope
+) -> Reply | StreamReply:
+    req = parse_responses(raw)
+    call = Call(
+        request_id=rid,
+        principal=principal,
+        kind="responses",
+        model=req.model,
+        body=req.body,
+        texts=req.texts(),
+        uninspected=req.uninspected(),
+        stream=req.stream,
+        include_usage=req.stream,  # a Responses stream always ends with its usage
         declared_classification=_declared(scope),
     )
     return await pipeline.run(call)

@@ -57,6 +57,45 @@ class EmbeddingsRequest:
         return {UNINSPECTED_TOKENS: len(inp) if isinstance(inp[0], list) else 1}
 
 
+@dataclass(slots=True)
+class ResponsesRequest:
+    """A request to OpenAI's Responses API (``POST /v1/responses``)."""
+
+    body: dict[str, Any]
+    model: str
+    stream: bool
+
+    def texts(self) -> list[str]:
+        return [c[k] for c, k in text_slots("responses", self.body)]
+
+    def uninspected(self) -> dict[str, int]:
+        """Images, audio and files in the input, and input items that are not text (a
+        computer's screenshot, a hosted tool's results): counted, never read."""
+        inp = self.body.get("input")
+        counts: dict[str, int] = {}
+        for item in inp if isinstance(inp, list) else ():
+            kind = _item_type(item)
+            if kind == "message":
+                c = item.get("content")
+                if isinstance(c, list):
+                    for kind_, n in _uninspected_parts([item]).items():
+                        counts[kind_] = counts.get(kind_, 0) + n
+            elif kind in ("function_call_output", "custom_tool_call_output"):
+                out = item.get("output")
+                if isinstance(out, list):
+                    for kind_, n in _uninspected_parts([{"content": out}]).items():
+                        counts[kind_] = counts.get(kind_, 0) + n
+            elif kind not in _TEXT_ITEMS:
+                counts[UNINSPECTED_CONTENT] = counts.get(UNINSPECTED_CONTENT, 0) + 1
+        prompt = self.body.get("prompt")
+        variables = prompt.get("variables") if isinstance(prompt, dict) else None
+        if isinstance(variables, dict):
+            parts = [v for v in variables.values() if isinstance(v, dict)]
+            for kind_, n in _uninspected_parts([{"content": parts}]).items():
+                counts[kind_] = counts.get(kind_, 0) + n
+        return counts
+
+
 def load_json(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
@@ -211,6 +250,145 @@ def parse_embeddings(raw: bytes) -> EmbeddingsRequest:
     return EmbeddingsRequest(body, model)
 
 
+_INPUT_ROLES = frozenset({"user", "assistant", "system", "developer"})
+# Input items whose every text sekisho reads (``text_slots``); any other item type (a
+# reference to an item the provider keeps, a hosted tool's call or results, a computer's
+# screenshot) counts as uninspected content, for the policy to decide (fail closed).
+_TEXT_ITEMS = frozenset(
+    {
+        "message",
+        "function_call",
+        "function_call_output",
+        "custom_tool_call",
+        "custom_tool_call_output",
+        "reasoning",
+    }
+)
+
+
+def _item_type(item: dict[str, Any]) -> str:
+    """An input item's type; an item with a role and no type is a message (EasyInputMessage)."""
+    kind = item.get("type")
+    return kind if isinstance(kind, str) else "message"
+
+
+def parse_responses(raw: bytes) -> ResponsesRequest:
+    body = load_json(raw)
+    model = _model(body)
+    inp = body.get("input")
+    if inp is None:
+        given = ("previous_response_id", "conversation", "prompt")
+        if not any(body.get(k) is not None for k in given):
+            raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    elif isinstance(inp, list):
+        for i, item in enumerate(inp):
+            _input_item(item, f"input[{i}]")
+    elif not isinstance(inp, str):
+        raise _type_error("input", "a string or an array of input items", inp)
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise _type_error("instructions", "a string", instructions)
+    stream = _optional(body, "stream", bool, "a boolean") or False
+    _number(body, "temperature", 0.0, 2.0)
+    _number(body, "top_p", 0.0, 1.0)
+    _integer(body, "max_output_tokens", 1, None)
+    _integer(body, "max_tool_calls", 1, None)
+    _integer(body, "top_logprobs", 0, 20)
+    _optional(body, "store", bool, "a boolean")
+    _optional(body, "background", bool, "a boolean")
+    _optional(body, "parallel_tool_calls", bool, "a boolean")
+    _optional(body, "previous_response_id", str, "a string")
+    _optional(body, "user", str, "a string")
+    _optional(body, "safety_identifier", str, "a string")
+    _optional(body, "metadata", dict, "an object")
+    _optional(body, "text", dict, "an object")
+    _optional(body, "reasoning", dict, "an object")
+    _optional(body, "prompt", dict, "an object")
+    include = body.get("include")
+    if include is not None and (
+        not isinstance(include, list) or not all(isinstance(x, str) for x in include)
+    ):
+        raise _type_error("include", "an array of strings", include)
+    truncation = body.get("truncation")
+    if truncation is not None and truncation not in ("auto", "disabled"):
+        raise InvalidRequest(
+            f"Invalid 'truncation': {truncation!r}; expected 'auto' or 'disabled'.",
+            param="truncation",
+        )
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _type_error("tools", "an array", tools)
+        for i, t in enumerate(tools):
+            if not isinstance(t, dict):
+                raise _type_error(f"tools[{i}]", "an object", t)
+            if not isinstance(t.get("type"), str):
+                raise InvalidRequest(
+                    f"Missing required parameter: 'tools[{i}].type'.", param=f"tools[{i}].type"
+                )
+    tc = body.get("tool_choice")
+    if tc is not None and not isinstance(tc, str | dict):
+        raise _type_error("tool_choice", "a string or an object", tc)
+    if "stream_options" in body and not stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    return ResponsesRequest(body, model, stream)
+
+
+def _input_item(item: Any, where: str) -> None:
+    if not isinstance(item, dict):
+        raise _type_error(where, "an object", item)
+    kind = item.get("type")
+    if kind is not None and not isinstance(kind, str):
+        raise _type_error(f"{where}.type", "a string", kind)
+    kind = _item_type(item)
+    if kind == "message":
+        role = item.get("role")
+        if role is None:
+            raise InvalidRequest(
+                f"Missing required parameter: '{where}.role'.", param=f"{where}.role"
+            )
+        if role not in _INPUT_ROLES:
+            raise InvalidRequest(
+                f"Invalid value for '{where}.role': {role!r}. Supported values are: 'user', "
+                "'assistant', 'system' and 'developer'.",
+                param=f"{where}.role",
+            )
+        if "content" not in item:
+            raise InvalidRequest(
+                f"Missing required parameter: '{where}.content'.", param=f"{where}.content"
+            )
+        _parts(item.get("content"), f"{where}.content")
+    elif kind in ("function_call", "custom_tool_call"):
+        key = "arguments" if kind == "function_call" else "input"
+        if not isinstance(item.get(key), str):
+            raise _type_error(f"{where}.{key}", "a string", item.get(key))
+    elif kind in ("function_call_output", "custom_tool_call_output"):
+        out = item.get("output")
+        if isinstance(out, list):
+            _parts(out, f"{where}.output")
+        elif not isinstance(out, str):
+            raise _type_error(f"{where}.output", "a string or an array of content parts", out)
+
+
+def _parts(content: Any, where: str) -> None:
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _type_error(where, "a string or an array of content parts", content)
+    for j, part in enumerate(content):
+        p = f"{where}[{j}]"
+        if not isinstance(part, dict):
+            raise _type_error(p, "an object", part)
+        ptype = part.get("type")
+        if not isinstance(ptype, str):
+            raise InvalidRequest(f"Missing required parameter: '{p}.type'.", param=f"{p}.type")
+        if ptype in ("input_text", "output_text", "text") and not isinstance(part.get("text"), str):
+            raise _type_error(f"{p}.text", "a string", part.get("text"))
+
+
 def _model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
@@ -279,7 +457,7 @@ _UNINSPECTED_PARTS = {
     "file": UNINSPECTED_FILE,
     "input_file": UNINSPECTED_FILE,
 }
-_TEXT_PARTS = frozenset({"text", "input_text", "refusal"})
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text", "refusal"})
 
 
 def _uninspected_parts(messages: list[dict[str, Any]]) -> dict[str, int]:
@@ -288,9 +466,9 @@ def _uninspected_parts(messages: list[dict[str, Any]]) -> dict[str, int]:
         c = m.get("content")
         if isinstance(c, list):
             for part in c:
-                ptype = part["type"]  # the parser made sure every part has a string type
-                if ptype not in _TEXT_PARTS:
-                    kind = _UNINSPECTED_PARTS.get(ptype, UNINSPECTED_CONTENT)
+                ptype = part.get("type") if isinstance(part, dict) else None
+                if ptype not in _TEXT_PARTS or not isinstance(part.get("text", ""), str):
+                    kind = _UNINSPECTED_PARTS.get(str(ptype), UNINSPECTED_CONTENT)
                     counts[kind] = counts.get(kind, 0) + 1
     return counts
 
@@ -312,6 +490,9 @@ def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
     (``type``, ``format``, ``pattern``, ``$ref``, ``required``) and object keys.
     """
     slots: list[tuple[Any, Any]] = []
+    if kind == "responses":
+        _responses_slots(body, slots)
+        return slots
     if kind == "embeddings":
         inp = body["input"]
         if isinstance(inp, str):
@@ -351,6 +532,61 @@ def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
     if isinstance(body.get("user"), str):
         slots.append((body, "user"))
     return slots
+
+
+def _responses_slots(body: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:
+    """Responses API: ``instructions``; the input (a string, or items: messages' text parts,
+    earlier function and custom tool calls' arguments and their outputs, earlier reasoning's
+    summaries); tool definitions; the structured-output schema (``text.format``); a stored
+    prompt's variables; ``metadata`` values; ``user`` and ``safety_identifier``."""
+    if isinstance(body.get("instructions"), str):
+        slots.append((body, "instructions"))
+    inp = body.get("input")
+    if isinstance(inp, str):
+        slots.append((body, "input"))
+    elif isinstance(inp, list):
+        for item in inp:
+            if not isinstance(item, dict):
+                continue
+            kind = _item_type(item)
+            if kind == "message":
+                _content_slots(item, slots)
+            elif kind == "function_call" and isinstance(item.get("arguments"), str):
+                slots.append((item, "arguments"))
+            elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
+                slots.append((item, "input"))
+            elif kind in ("function_call_output", "custom_tool_call_output"):
+                out = item.get("output")
+                if isinstance(out, str):
+                    slots.append((item, "output"))
+                elif isinstance(out, list):
+                    _content_slots({"content": out}, slots)
+            elif kind == "reasoning":
+                for key in ("summary", "content"):
+                    for part in item.get(key) or ():
+                        if isinstance(part, dict) and isinstance(part.get("text"), str):
+                            slots.append((part, "text"))
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        _schema_slots(tools, slots)
+    text = body.get("text")
+    if isinstance(text, dict):
+        _schema_slots(text.get("format"), slots)
+    prompt = body.get("prompt")
+    if isinstance(prompt, dict):
+        variables = prompt.get("variables")
+        if isinstance(variables, dict):  # strings, or input_text parts (images: uninspected)
+            for k, v in variables.items():
+                if isinstance(v, str):
+                    slots.append((variables, k))
+                elif isinstance(v, dict) and isinstance(v.get("text"), str):
+                    slots.append((v, "text"))
+    meta = body.get("metadata")
+    if isinstance(meta, dict):
+        slots.extend((meta, k) for k, v in meta.items() if isinstance(v, str))
+    for key in ("user", "safety_identifier"):
+        if isinstance(body.get(key), str):
+            slots.append((body, key))
 
 
 # Keys whose string values are identifiers or JSON Schema syntax, not text for the model to read:

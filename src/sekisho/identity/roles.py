@@ -48,6 +48,7 @@ PERMISSIONS: dict[str, frozenset[Permission]] = {
 MODEL_ROUTES: dict[str, Permission] = {
     "/v1/chat/completions": P.MODELS_CALL,
     "/v1/embeddings": P.MODELS_CALL,
+    "/v1/responses": P.MODELS_CALL,
     "/v1/models": P.MODELS_CALL,
 }
 

@@ -57,8 +57,7 @@ class OpenAITransport:
         self._key_files = {ep.id: ep.api_key_file for ep in endpoints if ep.api_key_file}
 
     def url(self, route: Route, kind: Kind) -> str:
-        path = "chat/completions" if kind == "chat" else "embeddings"
-        return f"{route.endpoint.base_url.rstrip('/')}/{path}"
+        return f"{route.endpoint.base_url.rstrip('/')}/{_PATHS[kind]}"
 
     def headers(self, route: Route) -> dict[str, str]:
         # identity: sekisho reads every answer (output scanning, hashes, usage), and a server
@@ -121,20 +120,22 @@ class OpenAITransport:
         """New connections to each endpoint in ``contexts`` use its context (after a reload)."""
         self._tls = dict(contexts)
 
-    def body(self, route: Route, body: dict[str, Any]) -> bytes:
+    def body(self, route: Route, body: dict[str, Any], kind: Kind = "chat") -> bytes:
         # The client may have used an alias; the upstream gets the name it knows.
         params = route.model.params  # the operator's defaults; the client's values win
         merged = {**params, **body} if params else {**body}
         merged["model"] = route.model.id
-        return orjson.dumps(self._with_stream_usage(route, merged))
+        return orjson.dumps(self._with_stream_usage(route, merged, kind))
 
-    def _with_stream_usage(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+    def _with_stream_usage(self, route: Route, body: dict[str, Any], kind: Kind) -> dict[str, Any]:
         """A streamed chat request asks for its token usage (a last chunk with ``usage``),
         whether the client did or not: token limits and the ledger count what streams cost
-        too. The pipeline drops that chunk for a client that did not ask for it."""
+        too. The pipeline drops that chunk for a client that did not ask for it. (A Responses
+        API stream always ends with its usage.)"""
         ep = route.endpoint
         if (
-            body.get("stream") is True
+            kind == "chat"
+            and body.get("stream") is True
             and ep.asks_stream_usage
             and ep.id not in self._refuses_stream_options
         ):
@@ -171,7 +172,7 @@ class OpenAITransport:
         try:
             status, resp_headers, resp = await self._client.post(
                 url,
-                self.body(route, body),
+                self.body(route, body, kind),
                 headers,
                 connect=t.connect,
                 first_byte=t.first_byte,
@@ -224,13 +225,16 @@ class OpenAITransport:
 
 
 class AzureOpenAITransport(OpenAITransport):
-    """POST {base}/openai/deployments/{deployment}/chat/completions?api-version=V, ``api-key``."""
+    """POST {base}/openai/deployments/{deployment}/chat/completions?api-version=V, ``api-key``;
+    the Responses API at {base}/openai/v1/responses, the deployment as the body's model."""
 
     request_id_header = "x-ms-client-request-id"
 
     def url(self, route: Route, kind: Kind) -> str:
-        path = "chat/completions" if kind == "chat" else "embeddings"
         base = route.endpoint.base_url.rstrip("/")
+        if kind == "responses":  # the v1 API: the deployment goes in the body's model
+            return f"{base}/openai/v1/responses"
+        path = _PATHS[kind]
         return (
             f"{base}/openai/deployments/{route.model.deployment}/{path}"
             f"?api-version={route.endpoint.api_version}"
@@ -247,11 +251,18 @@ class AzureOpenAITransport(OpenAITransport):
     def probe_url(self, ep: Endpoint) -> str:
         return f"{ep.base_url.rstrip('/')}/openai/models?api-version={ep.api_version}"
 
-    def body(self, route: Route, body: dict[str, Any]) -> bytes:
-        # Azure selects the model by deployment in the URL; the body carries no model.
+    def body(self, route: Route, body: dict[str, Any], kind: Kind = "chat") -> bytes:
+        # Azure selects the model by deployment: in the URL, and for the Responses API (v1) in
+        # the body's model.
         merged = {**route.model.params, **body}
-        merged.pop("model", None)
-        return orjson.dumps(self._with_stream_usage(route, merged))
+        if kind == "responses":
+            merged["model"] = route.model.deployment
+        else:
+            merged.pop("model", None)
+        return orjson.dumps(self._with_stream_usage(route, merged, kind))
+
+
+_PATHS = {"chat": "chat/completions", "embeddings": "embeddings", "responses": "responses"}
 
 
 def transport_for(

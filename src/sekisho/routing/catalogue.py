@@ -334,6 +334,12 @@ class Endpoint(_Facts):
         "streams count against token limits; false for a server that rejects stream_options "
         "(default: on, and for azure_openai from api_version 2024-09-01, the first to accept it)",
     )
+    responses_api: bool = Field(
+        default=False,
+        description="The endpoint serves OpenAI's Responses API (POST /v1/responses: OpenAI, "
+        "Azure OpenAI's v1 API, recent vLLM, SGLang, Ollama, LM Studio); only such endpoints "
+        "are routed /v1/responses requests",
+    )
     weight: float = Field(default=1.0, gt=0, description="Relative share of traffic")
     max_concurrency: int | None = Field(default=None, gt=0, description="In-flight request cap")
     timeouts: Timeouts = Timeouts()

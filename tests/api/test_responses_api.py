@@ -1,0 +1,372 @@
+"""OpenAI's Responses API (``POST /v1/responses``) through sekisho, with the official client:
+plain and streamed answers, everything the upstream would read inspected and rewritten as in
+chat, the answer's texts re-identified and filtered (also split across events, and in the
+repeated "done" events and the final response), provider-side state and hosted tools refused
+unless the tenant allows them, only endpoints with the Responses API routed to, and every
+request in the ledger."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from harness import Harness, ledger_entries, receipt, request
+
+MY_NUMBER = "1234 5678 9018"  # a valid check digit
+EMAIL = "taro@example.co.jp"
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "name": "find_orders",
+        "description": "Look up a customer's orders",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+    }
+]
+
+
+def tenant(
+    output: dict[str, Any] | None = None, features: list[str] | None = None
+) -> Callable[[dict[str, Any]], None]:
+    def mutate(raw: dict[str, Any]) -> None:
+        demo = raw["tenants"]["demo"]
+        demo["policy"]["classification"] = {"actions": {"EMAIL": "pseudonymise"}}
+        demo["detection"]["output"] = output or {"action": "none", "types": []}
+        if features is not None:
+            demo["provider_features"] = features
+
+    return mutate
+
+
+@pytest.fixture
+def gateway(gateways: Callable[..., Harness]) -> Callable[..., Harness]:
+    return lambda mutate=None, **sim: gateways(mutate or tenant(), keep_bodies=True, **sim)
+
+
+def client(h: Harness) -> openai.OpenAI:
+    return openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+
+
+def sent_body(h: Harness, endpoint: str) -> dict[str, Any]:
+    body: dict[str, Any] = orjson.loads(h.sims[endpoint].stats.bodies[-1])
+    return body
+
+
+def stream_events(h: Harness, **kw: Any) -> tuple[list[Any], Any]:
+    """Every event of a streamed response as the SDK parses it, and the raw response."""
+    with client(h).responses.with_streaming_response.create(stream=True, **kw) as raw:
+        return list(raw.parse()), raw
+
+
+def test_a_response_is_served_with_sovereignty_headers_usage_and_a_receipt(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway()
+    raw = client(h).responses.with_raw_response.create(
+        model="chat-default", input="What is sekisho?", instructions="Answer in one line."
+    )
+    resp = raw.parse()
+    endpoint = raw.headers["x-sekisho-endpoint"]
+    assert endpoint == "sim-domestic-tokyo"  # chat-default is an alias served only there
+    assert raw.headers["x-sekisho-jurisdiction"] == "JP/tokyo"
+    assert "SIMULATOR] You said: What is sekisho?" in resp.output_text
+    assert resp.usage is not None and resp.usage.input_tokens > 0
+    assert resp.usage.output_tokens > 0
+    sent = sent_body(h, endpoint)
+    assert h.sims[endpoint].stats.paths[-1] == "/v1/responses"
+    assert sent["model"] == "llama-3.1-swallow-70b"  # the alias, resolved
+    assert sent["instructions"] == "Answer in one line."
+    # The Responses API keeps every response unless told not to; the tenant has not allowed it.
+    assert sent["store"] is False
+    rid = raw.headers["x-sekisho-request-id"]
+    r = receipt(h, rid, h.key())
+    assert r.status_code == 200, r.text
+    decision, outcome = ledger_entries(r.json())
+    assert decision["model"] == "chat-default"
+    assert outcome is not None and outcome["status"] == 200
+    assert outcome["prompt_tokens"] == resp.usage.input_tokens
+    assert outcome["completion_tokens"] == resp.usage.output_tokens
+
+
+def test_personal_data_anywhere_in_the_request_is_inspected_before_it_is_sent(
+    gateway: Callable[..., Harness],
+) -> None:
+    """An e-mail address in the instructions, a message part, an earlier tool call's output, a
+    tool's description and the metadata: the tenant redacts addresses, and none reaches the
+    endpoint. A My Number beside them makes the request restricted: only the domestic
+    operator may see it."""
+
+    def redacting(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["policy"]["classification"] = {"actions": {"EMAIL": "redact"}}
+
+    h = gateway(redacting)
+    tools = json.loads(json.dumps(TOOLS))
+    tools[0]["description"] = f"Look up the orders of {EMAIL}"
+    raw = client(h).responses.with_raw_response.create(
+        model="gpt-4o",
+        instructions=f"The customer is {EMAIL}.",
+        input=[
+            {"role": "user", "content": [{"type": "input_text", "text": f"宛先は{EMAIL}"}]},
+            {"type": "function_call", "call_id": "c1", "name": "find_orders", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": f"owner {EMAIL}"},
+            {"role": "user", "content": f"マイナンバーは{MY_NUMBER}"},
+        ],
+        tools=tools,
+        metadata={"customer": EMAIL},
+    )
+    assert raw.headers["x-sekisho-classification"] == "restricted"
+    endpoint = raw.headers["x-sekisho-endpoint"]
+    assert endpoint == "sim-domestic-tokyo"
+    sent = h.sims[endpoint].stats.bodies[-1]
+    assert EMAIL.encode() not in sent, sent.decode()
+    body = orjson.loads(sent)
+    assert body["instructions"] == "The customer is [EMAIL]."
+    assert body["input"][2]["output"] == "owner [EMAIL]"
+    assert body["tools"][0]["description"] == "Look up the orders of [EMAIL]"
+    assert body["tools"][0]["name"] == "find_orders"  # identifiers stay as they were
+    assert body["input"][1]["call_id"] == "c1"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_pseudonym_in_the_answer_is_re_identified_even_split_across_events(
+    gateway: Callable[..., Harness], stream: bool
+) -> None:
+    h = gateway(chunk_chars=5)  # deltas of five characters split <EMAIL_1>
+    question = f"{EMAIL} に連絡して"
+    if stream:
+        events, raw = stream_events(h, model="gpt-4o", input=question)
+        deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        done = next(e for e in events if e.type == "response.output_text.done")
+        final = events[-1]
+        assert final.type == "response.completed"
+        text = final.response.output_text
+        assert deltas == done.text == text  # what the client pieced together is what it got
+        numbers = [e.sequence_number for e in events]
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    else:
+        raw = client(h).responses.with_raw_response.create(model="gpt-4o", input=question)
+        text = raw.parse().output_text
+    assert f"You said: {question}" in text
+    sent = h.sims[raw.headers["x-sekisho-endpoint"]].stats.bodies[-1]
+    assert EMAIL.encode() not in sent and b"<EMAIL_1>" in sent  # the upstream saw the pseudonym
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_output_rule_masks_every_text_of_the_answer(
+    gateway: Callable[..., Harness], stream: bool
+) -> None:
+    """Masked in the deltas, in the done events and in the final response alike: an SDK that
+    reads only ``response.completed`` must not get what the deltas withheld."""
+    h = gateway(tenant(output={"action": "mask", "types": ["EMAIL"]}), chunk_chars=4)
+    question = f"mail {EMAIL} now"
+    if stream:
+        events, raw = stream_events(h, model="gpt-4o", input=question)
+        blob = json.dumps([e.model_dump() for e in events], ensure_ascii=False)
+        assert EMAIL not in blob and "<EMAIL_1>" not in blob
+        text = events[-1].response.output_text
+        deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert deltas == text
+    else:
+        raw = client(h).responses.with_raw_response.create(model="gpt-4o", input=question)
+        assert raw.headers["x-sekisho-output"] == "masked"
+        text = raw.parse().output_text
+        assert EMAIL not in raw.text
+    assert "mail [EMAIL] now" in text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_call_arguments_are_re_identified_and_stay_valid_json(
+    gateway: Callable[..., Harness], stream: bool
+) -> None:
+    h = gateway(chunk_chars=3)
+    question = f"{EMAIL} の注文"
+    if stream:
+        events, _ = stream_events(h, model="gpt-4o", input=question, tools=TOOLS)
+        args = "".join(
+            e.delta for e in events if e.type == "response.function_call_arguments.delta"
+        )
+        done = next(e for e in events if e.type == "response.function_call_arguments.done")
+        assert done.arguments == args
+        item = events[-1].response.output[-1]
+    else:
+        item = client(h).responses.create(model="gpt-4o", input=question, tools=TOOLS).output[-1]
+        args = item.arguments
+    assert item.type == "function_call" and item.arguments == args
+    assert json.loads(args)["query"] == question
+
+
+def test_cut_ends_the_answer_where_the_identifier_starts_and_marks_it_incomplete(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway(tenant(output={"action": "cut", "types": ["EMAIL"]}))
+    raw = client(h).responses.with_raw_response.create(model="gpt-4o", input=f"a {EMAIL} b")
+    resp = raw.parse()
+    assert raw.headers["x-sekisho-output"] == "cut"
+    assert resp.status == "incomplete"
+    assert resp.incomplete_details is not None
+    assert resp.incomplete_details.reason == "content_filter"
+    assert resp.output_text.endswith("You said: a ")
+    events, _ = stream_events(h, model="gpt-4o", input=f"a {EMAIL} b")
+    assert events[-1].type == "response.incomplete"
+    assert EMAIL not in json.dumps([e.model_dump() for e in events], ensure_ascii=False)
+
+
+def test_reasoning_summaries_get_what_the_answer_gets(gateway: Callable[..., Harness]) -> None:
+    h = gateway(tenant(output={"action": "mask", "types": ["EMAIL"]}), reasoning=True)
+    events, _ = stream_events(h, model="gpt-4o", input=f"write to {EMAIL}")
+    summary = "".join(e.delta for e in events if e.type == "response.reasoning_summary_text.delta")
+    assert "[EMAIL]" in summary and EMAIL not in summary
+    final = events[-1].response
+    assert final.output[0].type == "reasoning"
+    assert final.output[0].summary[0].text == summary
+
+
+def test_the_stream_names_each_event_and_ends_without_done(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway()
+    r = request(
+        "POST",
+        f"{h.base_url}/responses",
+        json_body={"model": "gpt-4o", "input": "hi", "stream": True},
+        headers={"authorization": f"Bearer {h.key()}"},
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    blocks = [b for b in r.text.split("\n\n") if b.strip()]
+    for block in blocks:
+        name, data = block.split("\n")
+        assert name.startswith("event: ") and data.startswith("data: ")
+        assert json.loads(data[6:])["type"] == name[7:]
+    assert blocks[-1].startswith("event: response.completed")
+    assert "[DONE]" not in r.text
+
+
+FEATURE_REQUESTS: dict[str, tuple[dict[str, Any], str, str]] = {
+    "store": ({"store": True}, "store", "store"),
+    "previous_response_id": ({"previous_response_id": "resp_abc"}, "store", "previous_response_id"),
+    "background": ({"background": True}, "store", "background"),
+    "web_search": ({"tools": [{"type": "web_search"}]}, "web_search", "tools[0].type"),
+    "mcp": (
+        {"tools": [{"type": "mcp", "server_label": "x", "server_url": "https://mcp.example"}]},
+        "mcp",
+        "tools[0].type",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FEATURE_REQUESTS))
+def test_provider_state_and_hosted_tools_need_the_tenants_leave(
+    gateway: Callable[..., Harness], case: str
+) -> None:
+    extra, feature, param = FEATURE_REQUESTS[case]
+    h = gateway()
+    before = h.bytes_received()
+    with pytest.raises(openai.BadRequestError) as err:
+        client(h).responses.create(model="gpt-4o", input="hello", extra_body=extra)
+    body = err.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "provider_feature_not_allowed"
+    assert body["param"] == param
+    assert f"provider_features: [{feature}]" in body["message"]
+    assert h.bytes_received() == before  # nothing was sent
+    allowed = gateway(tenant(features=[feature]))
+    raw = client(allowed).responses.with_raw_response.create(
+        model="gpt-4o", input="hello", extra_body=extra
+    )
+    sent = sent_body(allowed, raw.headers["x-sekisho-endpoint"])
+    for key, value in extra.items():
+        assert sent[key] == value
+    assert "store" not in sent or sent["store"] is not False or feature != "store"
+
+
+def test_only_endpoints_with_the_responses_api_are_routed_to(
+    gateways: Callable[..., Harness],
+) -> None:
+    def mutate(raw: dict[str, Any]) -> None:
+        for ep in raw["endpoints"]:
+            ep["responses_api"] = ep["id"] == "sim-global-japaneast"
+
+    h = gateways(mutate, keep_bodies=True)
+    c = client(h)
+    for _ in range(6):  # gpt-4o is also served in Tokyo, which has no Responses API
+        raw = c.responses.with_raw_response.create(model="gpt-4o", input="hi")
+        assert raw.headers["x-sekisho-endpoint"] == "sim-global-japaneast"
+    with pytest.raises(openai.BadRequestError) as err:
+        c.responses.create(model="chat-default", input="hi")  # served only in Tokyo
+    assert isinstance(err.value.body, dict)
+    assert err.value.body["code"] == "model_not_supported"
+    assert "responses_api: true" in err.value.body["message"]
+    assert "sim-domestic-tokyo" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError):
+        c.responses.create(model="text-embedding-3-small", input="hi")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "gpt-4o"}, "input"),
+        ({"model": "gpt-4o", "input": 42}, "input"),
+        ({"model": "gpt-4o", "input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+        ({"model": "gpt-4o", "input": [{"role": "user"}]}, "input[0].content"),
+        (
+            {"model": "gpt-4o", "input": [{"role": "user", "content": [{"type": "input_text"}]}]},
+            "input[0].content[0].text",
+        ),
+        ({"model": "gpt-4o", "input": "x", "instructions": ["a"]}, "instructions"),
+        ({"model": "gpt-4o", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"model": "gpt-4o", "input": "x", "tools": [{}]}, "tools[0].type"),
+        ({"input": "x"}, "model"),
+    ],
+)
+def test_a_malformed_request_is_a_400_naming_the_parameter(
+    gateway: Callable[..., Harness], body: dict[str, Any], param: str
+) -> None:
+    h = gateway()
+    before = h.bytes_received()
+    r = request(
+        "POST",
+        f"{h.base_url}/responses",
+        json_body=body,
+        headers={"authorization": f"Bearer {h.key()}"},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert h.bytes_received() == before
+
+
+def test_a_stream_that_breaks_ends_with_an_error_event_and_is_recorded(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway()
+    for name in h.sims:
+        h.fault(name, mode="drop_midstream", count=1)
+    events, raw = stream_events(h, model="gpt-4o", input="tell me a long story please")
+    assert events[-1].type == "error"
+    assert events[-1].code == "upstream_stream_broken"
+    assert not any(e.type == "response.completed" for e in events)
+    r = receipt(h, raw.headers["x-sekisho-request-id"], h.key())
+    _, outcome = ledger_entries(r.json())
+    assert outcome is not None and outcome["status"] == 502
+
+
+def test_fetching_a_kept_response_is_a_clear_404(gateway: Callable[..., Harness]) -> None:
+    h = gateway()
+    with pytest.raises(openai.NotFoundError) as err:
+        client(h).responses.retrieve("resp_123")
+    assert isinstance(err.value.body, dict)
+    assert "POST /v1/responses" in err.value.body["message"]
+
+
+async def test_the_async_client_streams_a_response(gateway: Callable[..., Harness]) -> None:
+    h = gateway()
+    c = openai.AsyncOpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+    async with c.responses.stream(model="gpt-4o", input="async hello") as stream:
+        async for _ in stream:
+            pass
+        final = await stream.get_final_response()
+    assert "You said: async hello" in final.output_text
+    await c.close()
