@@ -34,6 +34,7 @@ class Step:
     fault: str | None = None  # endpoint id to take down first
     image: bool = False  # attach an image: content sekisho cannot read
     tool_default: str | None = None  # offer a tool whose parameter defaults to this value
+    responses: bool = False  # through the Responses API (POST /v1/responses), streamed
 
 
 # A 1x1 PNG: what matters is that sekisho cannot read it, whatever it shows.
@@ -54,6 +55,12 @@ SCRIPT = (
     ),
     Step("My Number (番号法)", "gpt-4o", "マイナンバーは 1234 5678 9018 です。手続きを教えて"),
     Step("image attached (unreadable)", "gpt-4o", "この請求書を要約して", image=True),
+    Step(
+        "Responses API, personal data",
+        "gpt-4o",
+        "佐藤花子様 (hanako.sato@example.co.jp) への返信を書いて",
+        responses=True,
+    ),
     Step(
         "My Number in a tool's schema",
         "gpt-4o",
@@ -208,6 +215,14 @@ async def _run_step(i: int, step: Step, client: Any, config: Any) -> tuple[list[
             )
             res = raw.parse()
             tokens = str(res.usage.total_tokens)
+        elif step.responses:
+            raw = await client.responses.with_raw_response.create(
+                model=step.model, input=step.text, stream=True, extra_headers=headers
+            )
+            tokens = "-"
+            async for event in raw.parse():
+                if event.type == "response.completed" and event.response.usage:
+                    tokens = str(event.response.usage.total_tokens)
         elif step.stream:
             raw = await client.chat.completions.with_raw_response.create(
                 model=step.model,

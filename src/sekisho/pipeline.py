@@ -617,6 +617,8 @@ class Pipeline:
                 self._inspect_output(call, data, tenant, outcome)
             else:  # a document-sized answer: scanned off the event loop, as prompts are
                 await in_fair_thread(self._inspect_output, call, data, tenant, outcome)
+        if call.kind == "responses" and data.get("status") == "failed":
+            outcome.error_code = outcome.error_code or "upstream_response_failed"
         raw = orjson.dumps(data)
         outcome.estimate_usage(call.texts)
         await self.record(call, decision, outcome)

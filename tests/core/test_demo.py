@@ -42,7 +42,7 @@ def test_the_demo_tour_shows_each_decision_and_verifies_a_receipt() -> None:
     out = done.stdout
     assert "SIMULATED" in out  # simulators say what they are
     rows = table(out)
-    assert len(rows) == 11, out
+    assert len(rows) == 12, out
     domestic_or_japan = {"sim-domestic-tokyo", "sim-global-japaneast"}
     assert rows["plain question"][0] in domestic_or_japan
     assert rows["personal data (APPI)"][0] in domestic_or_japan
@@ -50,6 +50,8 @@ def test_the_demo_tour_shows_each_decision_and_verifies_a_receipt() -> None:
     assert rows["My Number (番号法)"][:2] == ["sim-domestic-tokyo", "JP/tokyo"]
     assert rows["My Number (番号法)"][2].endswith("restricted")
     assert rows["image attached (unreadable)"][2].endswith("confidential")
+    assert rows["Responses API, personal data"][0] in domestic_or_japan
+    assert rows["Responses API, personal data"][2].endswith("confidential")
     # A My Number only in a tool definition is found too: restricted, so domestic only.
     assert rows["My Number in a tool's schema"][:2] == ["sim-domestic-tokyo", "JP/tokyo"]
     assert rows["My Number in a tool's schema"][2].endswith("restricted")

@@ -67,6 +67,32 @@ def test_azure_embeddings_path(gw: Harness) -> None:
     assert stats.paths[-1] == "/openai/deployments/prod-embed/embeddings?api-version=2024-10-21"
 
 
+def test_azure_responses_api_uses_the_v1_path_with_the_deployment_as_model(gw: Harness) -> None:
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    raw = c.responses.with_raw_response.create(model="azure-gpt", input="hi azure")
+    assert raw.headers["x-sekisho-endpoint"] == "sim-global-japaneast"
+    assert "You said: hi azure" in raw.parse().output_text
+    stats = gw.sims["sim-global-japaneast"].stats
+    assert stats.paths[-1] == "/openai/v1/responses"
+    assert stats.headers[-1]["api-key"] == "azure-secret-key"
+    body = orjson.loads(stats.bodies[-1])
+    assert body["model"] == "prod-gpt4o"  # the v1 API takes the deployment as the model
+    assert body["input"] == "hi azure" and body["store"] is False
+
+
+def test_openai_responses_api_wire_format(gw: Harness) -> None:
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    with c.responses.stream(model="chat-default", input="hi", max_output_tokens=64) as stream:
+        stream.get_final_response()
+    stats = gw.sims["sim-domestic-tokyo"].stats
+    assert stats.paths[-1] == "/v1/responses"
+    assert stats.headers[-1]["authorization"] == "Bearer domestic-secret"
+    body = orjson.loads(stats.bodies[-1])
+    assert body["model"] == "llama-3.1-swallow-70b" and body["stream"] is True
+    assert body["max_output_tokens"] == 64
+    assert "stream_options" not in body  # a Responses stream always ends with its usage
+
+
 def test_openai_adapter_uses_bearer_and_the_endpoints_model_name(gw: Harness) -> None:
     c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
     c.chat.completions.create(
