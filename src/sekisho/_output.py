@@ -34,6 +34,7 @@ log = logging.getLogger("sekisho.pipeline")
 CONTENT = -1
 TEXT_FIELDS = {-3: "reasoning", -2: "reasoning_content", CONTENT: "content"}
 StreamKey = tuple[int, int]  # (choice index, a TEXT_FIELDS slot or a tool call index)
+_LEGACY_FIELDS = {CONTENT: "text"}  # a legacy completion's choice: its text is its content
 
 
 class StreamOutput:
@@ -41,7 +42,17 @@ class StreamOutput:
     across events) and apply the tenant's output rule, per choice and per tool call's
     arguments, with a bounded look-behind."""
 
-    def __init__(self, pseudo: Pseudonymiser | None, tenant: TenantView, scanner: Scanner) -> None:
+    def __init__(
+        self,
+        pseudo: Pseudonymiser | None,
+        tenant: TenantView,
+        scanner: Scanner,
+        *,
+        legacy: bool = False,
+    ) -> None:
+        # legacy: a stream of the completions API, whose choices carry "text", not a delta
+        self._legacy = legacy
+        self._fields = _LEGACY_FIELDS if legacy else TEXT_FIELDS
         self._pseudo = pseudo
         self._rule = tenant.detection.output
         self._scanner = scanner
@@ -98,11 +109,14 @@ class StreamOutput:
     def apply(self, event: dict[str, Any]) -> bool:
         changed = False
         for choice in event.get("choices") or ():
-            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if self._legacy:
+                delta = choice if isinstance(choice, dict) else None
+            else:
+                delta = choice.get("delta") if isinstance(choice, dict) else None
             if not isinstance(delta, dict):
                 continue
             idx = choice.get("index", 0)
-            for slot, name in TEXT_FIELDS.items():
+            for slot, name in self._fields.items():
                 original = delta.get(name)
                 if not isinstance(original, str):
                     continue
@@ -139,7 +153,7 @@ class StreamOutput:
             added = True
             slot = key[1]
             if slot < 0:
-                name = TEXT_FIELDS[slot]
+                name = self._fields[slot]
                 delta[name] = (delta.get(name) or "") + rest
                 continue
             calls = delta.setdefault("tool_calls", [])
@@ -165,17 +179,23 @@ class StreamOutput:
             idx, slot = key
             delta = deltas.setdefault(idx, {})
             if slot < 0:
-                delta[TEXT_FIELDS[slot]] = rest
+                delta[self._fields[slot]] = rest
             else:
                 delta.setdefault("tool_calls", []).append(
                     {"index": slot, "function": {"arguments": rest}}
                 )
         if not deltas:
             return None
-        choices = [
-            {"index": idx, "delta": delta, "finish_reason": None}
-            for idx, delta in sorted(deltas.items())
-        ]
+        if self._legacy:
+            choices = [
+                {"index": idx, **delta, "logprobs": None, "finish_reason": None}
+                for idx, delta in sorted(deltas.items())
+            ]
+        else:
+            choices = [
+                {"index": idx, "delta": delta, "finish_reason": None}
+                for idx, delta in sorted(deltas.items())
+            ]
         base = {k: v for k, v in self._last.items() if k not in ("choices", "usage")}
         return {**base, "choices": choices}
 
@@ -199,10 +219,15 @@ def inspect_answer(
     delivered: list[str] = []
     types = frozenset(rule.types)
     for choice in data.get("choices") or ():
-        msg = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(msg, dict):
+        if not isinstance(choice, dict):
             continue
+        msg = choice.get("message")
         slots: list[tuple[dict[str, Any], str]] = []
+        if not isinstance(msg, dict):
+            if "message" in choice or not isinstance(choice.get("text"), str):
+                continue
+            msg = choice  # a legacy completion: the choice holds its text
+            slots.append((choice, "text"))
         for name in TEXT_FIELDS.values():  # reasoning first, as the model wrote it
             if isinstance(msg.get(name), str):
                 slots.append((msg, name))
@@ -230,7 +255,7 @@ def inspect_answer(
                 if hits and rule.action == "mask":
                     text = redact(text, hits)
                     error = _worse(error, "output_masked")
-                elif hits and key == "content":
+                elif hits and key in ("content", "text"):
                     text = text[: hits[0].start]
                     choice["finish_reason"] = "content_filter"
                     error = _worse(error, "output_cut")
@@ -275,7 +300,7 @@ def _worse(current: str | None, new: str) -> str:
 
 
 def _withhold(choice: dict[str, Any], msg: dict[str, Any]) -> None:
-    msg["content"] = ""
+    msg["text" if msg is choice else "content"] = ""
     msg.pop("tool_calls", None)
     msg.pop("function_call", None)
     choice["finish_reason"] = "content_filter"

@@ -50,7 +50,11 @@ log = logging.getLogger("sekisho.app")
 
 # Seconds a model request runs before a task starts watching for its client going away.
 _WATCH_AFTER = 0.1
-_ROUTE_LABELS = {"/v1/chat/completions": "chat", "/v1/responses": "responses"}
+_ROUTE_LABELS = {
+    "/v1/chat/completions": "chat",
+    "/v1/responses": "responses",
+    "/v1/completions": "completions",
+}
 # With several workers, how often each publishes its view of endpoint health to /metrics.
 _PUBLISH_HEALTH_EVERY = 5.0
 # The cyclic GC's generation thresholds while serving (CPython's default: 700, 10, 10).
@@ -108,6 +112,7 @@ class Gateway:
             "/v1/chat/completions": routes.chat_completions,
             "/v1/embeddings": routes.embeddings,
             "/v1/responses": routes.responses,
+            "/v1/completions": routes.completions,
         }
         self._ops: dict[str, Handler] = {
             "/healthz": self._healthz,
@@ -503,7 +508,7 @@ class Gateway:
                 return
             raise NotFound(
                 f"Unknown path {path!r}. sekisho serves /v1/chat/completions, /v1/responses, "
-                "/v1/embeddings and /v1/models."
+                "/v1/completions, /v1/embeddings and /v1/models."
                 + (
                     " Of the Responses API it serves creating a response (POST /v1/responses); "
                     "responses kept at a provider are not fetched, cancelled or deleted through "

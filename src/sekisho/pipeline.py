@@ -80,7 +80,7 @@ log = logging.getLogger("sekisho.pipeline")
 _SCAN_IN_THREAD = 64 * 1024
 
 
-Kind = Literal["chat", "embeddings", "responses"]
+Kind = Literal["chat", "embeddings", "responses", "completions"]
 
 
 @dataclass(slots=True)
@@ -112,6 +112,8 @@ class Call:
             return self.body.get("messages")
         if self.kind == "responses":
             return {"instructions": self.body.get("instructions"), "input": self.body.get("input")}
+        if self.kind == "completions":
+            return {"prompt": self.body.get("prompt"), "suffix": self.body.get("suffix")}
         return self.body.get("input")
 
 
@@ -338,7 +340,7 @@ class Pipeline:
             routes = tuple(
                 r
                 for r in self.catalogue.routes(call.model)
-                if r.model.kind == want and (call.kind != "responses" or r.endpoint.responses_api)
+                if r.model.kind == want and _speaks(r.endpoint, call.kind)
             )
             if routes:  # the catalogue is fixed for the pipeline's life; unknown names aren't kept
                 self._route_cache[(call.model, call.kind)] = routes
@@ -351,12 +353,13 @@ class Pipeline:
                     param="model",
                     code="model_not_supported",
                 )
-            if other is not None:  # a chat model, none of whose endpoints has the Responses API
+            if other is not None:  # a chat model, none of whose endpoints speaks this API
                 serving = sorted({r.endpoint.id for r in self.catalogue.routes(call.model)})
+                api, flag = _OPT_IN_APIS[call.kind]
                 raise InvalidRequest(
-                    f"The model '{call.model}' is served only by endpoints without the Responses "
-                    f"API ({', '.join(serving)}). Use /v1/chat/completions, or an operator sets "
-                    "responses_api: true on an endpoint that serves POST /v1/responses.",
+                    f"The model '{call.model}' is served only by endpoints without the {api} "
+                    f"({', '.join(serving)}). Use /v1/chat/completions, or an operator sets "
+                    f"{flag}: true on an endpoint that serves POST /v1/{call.kind}.",
                     param="model",
                     code="model_not_supported",
                 )
@@ -664,7 +667,12 @@ class Pipeline:
             return
         outcome.route = route
         ep = route.endpoint
-        output = StreamOutput(call.pseudonymiser, tenant, self.scanners[tenant.name])
+        output = StreamOutput(
+            call.pseudonymiser,
+            tenant,
+            self.scanners[tenant.name],
+            legacy=call.kind == "completions",
+        )
         done = False
         raw_lines = upstream.lines()
         lines: AsyncIterator[bytes | None] = (
@@ -1155,6 +1163,8 @@ def _answer_chars(data: dict[str, Any]) -> int:
         for oi, item in enumerate(output):
             n += sum(len(holder[key]) for holder, key, _ in response_item_slots(item, oi))
     for choice in data.get("choices") or ():
+        if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            n += len(choice["text"])  # a legacy completion
         msg = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(msg, dict):
             continue
@@ -1172,12 +1182,34 @@ def _answer_chars(data: dict[str, Any]) -> int:
     return n
 
 
-_API_NAMES = {"chat": "chat completions", "embeddings": "embeddings", "responses": "responses"}
+_API_NAMES = {
+    "chat": "chat completions",
+    "embeddings": "embeddings",
+    "responses": "responses",
+    "completions": "completions",
+}
+# APIs an endpoint serves only when its entry says so: (name, the catalogue's flag).
+_OPT_IN_APIS = {
+    "responses": ("Responses API", "responses_api"),
+    "completions": ("completions API", "completions_api"),
+}
+
+
+def _speaks(ep: Endpoint, kind: str) -> bool:
+    """Whether ``ep`` serves the API of a ``kind`` request."""
+    if kind == "responses":
+        return ep.responses_api
+    if kind == "completions":
+        return ep.completions_api
+    return True
+
+
 # Where each API reports the tokens a request cost: (prompt, completion).
 _USAGE_KEYS = {
     "chat": ("prompt_tokens", "completion_tokens"),
     "embeddings": ("prompt_tokens", "completion_tokens"),
     "responses": ("input_tokens", "output_tokens"),
+    "completions": ("prompt_tokens", "completion_tokens"),
 }
 
 

@@ -47,6 +47,7 @@ class SimStats:
     chat: int = 0
     embeddings: int = 0
     responses: int = 0  # Responses API requests answered
+    completions: int = 0  # legacy completions requests answered
     # Over TLS: the common name of each client certificate presented (None: none presented).
     client_certs: list[str | None] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
@@ -340,6 +341,13 @@ class _Protocol(asyncio.Protocol):
         elif path.endswith("/embeddings"):
             stats.embeddings += 1
             self._write(200, orjson.dumps(self._embeddings(body)))
+        elif path.endswith("/completions"):  # the legacy API (chat's path matched above)
+            stats.completions += 1
+            if body.get("stream"):
+                drop = fault is not None and fault.mode == "drop_midstream"
+                await self._stream_text_completion(body, drop)
+            else:
+                self._write(200, orjson.dumps(self._text_completion(body)))
         elif path.endswith("/responses"):
             stats.responses += 1
             if body.get("stream"):
@@ -352,6 +360,89 @@ class _Protocol(asyncio.Protocol):
                 self._write(200, orjson.dumps(answer))
         else:
             self._write(404, b'{"error":{"message":"unknown path","type":"invalid_request_error"}}')
+
+    def _completion_text(self, body: dict[str, Any]) -> str:
+        """A legacy completion: the simulator's answer to the prompt (its first text), after
+        the prompt itself with ``echo``."""
+        prompt = body.get("prompt")
+        first = prompt if isinstance(prompt, str) else ""
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            first = prompt[0]
+        reply = self.sim.reply_for(first)
+        return first + reply if body.get("echo") else reply
+
+    def _text_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        text = self._completion_text(body)
+        n = body.get("n") or 1
+        prompt = body.get("prompt")
+        prompt_tokens = len(prompt.split()) if isinstance(prompt, str) else len(str(prompt))
+        completion_tokens = len(text.split())
+        return {
+            "id": f"cmpl-sim-{uuid.uuid4().hex[:12]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model", "unknown"),
+            "system_fingerprint": f"sim-{self.sim.spec.name}",
+            "choices": [
+                {"index": i, "text": text, "logprobs": None, "finish_reason": "stop"}
+                for i in range(n if isinstance(n, int) and 0 < n <= 16 else 1)
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    async def _stream_text_completion(self, body: dict[str, Any], drop: bool) -> None:
+        t = self.transport
+        if t is None:
+            return
+        head = (
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            f"x-sekisho-simulator: {self.sim.spec.name}\r\n"
+            "transfer-encoding: chunked\r\n\r\n"
+        )
+        t.write(head.encode())
+        text = self._completion_text(body)
+        size = self.sim.spec.chunk_chars
+        if size > 0:
+            pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        else:
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
+        base = {
+            "id": f"cmpl-sim-{uuid.uuid4().hex[:12]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model", "unknown"),
+        }
+
+        def send(obj: dict[str, Any] | None) -> None:
+            payload = (
+                b"data: [DONE]\n\n" if obj is None else b"data: " + orjson.dumps(obj) + b"\n\n"
+            )
+            t.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+
+        def choice(piece: str, finish: str | None) -> dict[str, Any]:
+            return {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
+
+        for i, piece in enumerate(pieces):
+            if drop and i == len(pieces) // 2:
+                t.abort()
+                return
+            if self.sim.spec.chunk_delay_ms:
+                await asyncio.sleep(self.sim.spec.chunk_delay_ms / 1000)
+            send({**base, "choices": [choice(piece, None)]})
+        send({**base, "choices": [choice("", "stop")]})
+        opts = body.get("stream_options") or {}
+        if isinstance(opts, dict) and opts.get("include_usage"):
+            prompt = body.get("prompt")
+            pt = len(prompt.split()) if isinstance(prompt, str) else len(str(prompt))
+            usage = {"prompt_tokens": pt, "completion_tokens": len(pieces)}
+            usage["total_tokens"] = pt + len(pieces)
+            send({**base, "choices": [], "usage": usage})
+        send(None)
+        t.write(b"0\r\n\r\n")
 
     @staticmethod
     def _thinking(reply: str) -> str:

@@ -12,7 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sekisho.api.schema import parse_chat, parse_embeddings, parse_responses
+from sekisho.api.schema import (
+    parse_chat,
+    parse_completions,
+    parse_embeddings,
+    parse_responses,
+)
 from sekisho.errors import InvalidRequest
 
 json_values = st.recursive(
@@ -79,7 +84,7 @@ def test_valid_chat_requests_parse_and_pass_through_unchanged(
 @given(json_values)
 def test_any_json_value_parses_or_is_a_clear_invalid_request(value: Any) -> None:
     raw = orjson.dumps(value)
-    for parse in (parse_chat, parse_embeddings, parse_responses):
+    for parse in (parse_chat, parse_embeddings, parse_responses, parse_completions):
         try:
             parse(raw)
         except InvalidRequest as exc:
@@ -120,7 +125,7 @@ def test_chat_fields_of_any_type_never_crash_the_parser(body: dict[str, Any]) ->
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_raw_bytes_never_crash_the_parser(raw: bytes) -> None:
-    for parse in (parse_chat, parse_embeddings, parse_responses):
+    for parse in (parse_chat, parse_embeddings, parse_responses, parse_completions):
         with contextlib.suppress(InvalidRequest):
             parse(raw)
 
@@ -591,3 +596,50 @@ def test_responses_fields_of_any_type_never_crash_the_parser(body: dict[str, Any
     else:
         req.texts()
         req.uninspected()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "model",
+                "prompt",
+                "suffix",
+                "stream",
+                "stream_options",
+                "echo",
+                "logprobs",
+                "stop",
+                "max_tokens",
+                "n",
+                "best_of",
+                "user",
+            ]
+        ),
+        json_values,
+        max_size=8,
+    )
+)
+def test_completions_fields_of_any_type_never_crash_the_parser(body: dict[str, Any]) -> None:
+    from sekisho._output import rewrite_texts
+
+    try:
+        req = parse_completions(orjson.dumps(body))
+    except InvalidRequest as exc:
+        assert exc.param is None or isinstance(exc.param, str)
+        return
+    scanned = req.texts()
+    req.uninspected()
+    seen: list[str] = []
+    rewrite_texts("completions", req.body, lambda t: seen.append(t) or t)
+    assert seen == scanned
+    prompt = body["prompt"]
+    if isinstance(prompt, str):
+        assert prompt in scanned
+    elif all(isinstance(x, str) for x in prompt):
+        assert all(x in scanned for x in prompt)
+    else:
+        assert req.uninspected() == {
+            "UNINSPECTED_TOKENS": len(prompt) if isinstance(prompt[0], list) else 1
+        }

@@ -16,6 +16,7 @@ from harness import Harness, start_example
 def azure(raw: dict[str, Any]) -> None:
     ep = raw["endpoints"][1]  # sim-global-japaneast becomes an Azure OpenAI resource
     ep["family"] = "azure_openai"
+    ep["completions_api"] = True
     ep["api_key"] = "azure-secret-key"
     ep["api_version"] = "2024-10-21"
     ep["models"] = [
@@ -78,6 +79,14 @@ def test_azure_responses_api_uses_the_v1_path_with_the_deployment_as_model(gw: H
     body = orjson.loads(stats.bodies[-1])
     assert body["model"] == "prod-gpt4o"  # the v1 API takes the deployment as the model
     assert body["input"] == "hi azure" and body["store"] is False
+
+
+def test_azure_completions_path(gw: Harness) -> None:
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    c.completions.create(model="azure-gpt", prompt="def f():")
+    stats = gw.sims["sim-global-japaneast"].stats
+    assert stats.paths[-1] == "/openai/deployments/prod-gpt4o/completions?api-version=2024-10-21"
+    assert "model" not in orjson.loads(stats.bodies[-1])
 
 
 def test_openai_responses_api_wire_format(gw: Harness) -> None:

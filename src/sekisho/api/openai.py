@@ -1,5 +1,5 @@
-"""OpenAI-compatible routes: chat completions and the Responses API (both with SSE streaming),
-embeddings, models."""
+"""OpenAI-compatible routes: chat completions, the Responses API and legacy completions (each
+with SSE streaming), embeddings, models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from sekisho.api import http
-from sekisho.api.schema import parse_chat, parse_embeddings, parse_responses
+from sekisho.api.schema import parse_chat, parse_completions, parse_embeddings, parse_responses
 from sekisho.errors import AuthenticationFailed, NotFound
 from sekisho.identity import KeyStore, Principal
 from sekisho.pipeline import Call, Pipeline, Reply, StreamReply
@@ -64,6 +64,25 @@ async def responses(
         uninspected=req.uninspected(),
         stream=req.stream,
         include_usage=req.stream,  # a Responses stream always ends with its usage
+        declared_classification=_declared(scope),
+    )
+    return await pipeline.run(call)
+
+
+async def completions(
+    pipeline: Pipeline, principal: Principal, rid: str, raw: bytes, scope: http.Scope
+) -> Reply | StreamReply:
+    req = parse_completions(raw)
+    call = Call(
+        request_id=rid,
+        principal=principal,
+        kind="completions",
+        model=req.model,
+        body=req.body,
+        texts=req.texts(),
+        uninspected=req.uninspected(),
+        stream=req.stream,
+        include_usage=req.include_usage,
         declared_classification=_declared(scope),
     )
     return await pipeline.run(call)

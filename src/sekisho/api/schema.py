@@ -58,6 +58,27 @@ class EmbeddingsRequest:
 
 
 @dataclass(slots=True)
+class CompletionsRequest:
+    """A legacy completions request (``POST /v1/completions``): code completion, fill in the
+    middle."""
+
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+
+    def texts(self) -> list[str]:
+        return [c[k] for c, k in text_slots("completions", self.body)]
+
+    def uninspected(self) -> dict[str, int]:
+        """A prompt given as token ids: the upstream reads it as text, sekisho cannot."""
+        prompt = self.body["prompt"]
+        if isinstance(prompt, str) or isinstance(prompt[0], str):
+            return {}
+        return {UNINSPECTED_TOKENS: len(prompt) if isinstance(prompt[0], list) else 1}
+
+
+@dataclass(slots=True)
 class ResponsesRequest:
     """A request to OpenAI's Responses API (``POST /v1/responses``)."""
 
@@ -151,20 +172,7 @@ def parse_chat(raw: bytes) -> ChatRequest:
     for i, m in enumerate(messages):
         _message(m, f"messages[{i}]")
     stream = _optional(body, "stream", bool, "a boolean") or False
-    include_usage = False
-    opts = body.get("stream_options")
-    if opts is not None:
-        if not isinstance(opts, dict):
-            raise _type_error("stream_options", "an object", opts)
-        if not stream:
-            raise InvalidRequest(
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                param="stream_options",
-            )
-        iu = opts.get("include_usage")
-        if iu is not None and not isinstance(iu, bool):
-            raise _type_error("stream_options.include_usage", "a boolean", iu)
-        include_usage = bool(iu)
+    include_usage = _stream_options(body, stream)
     _number(body, "temperature", 0.0, 2.0)
     _number(body, "top_p", 0.0, 1.0)
     _number(body, "presence_penalty", -2.0, 2.0)
@@ -179,12 +187,7 @@ def parse_chat(raw: bytes) -> ChatRequest:
     _optional(body, "user", str, "a string")
     _optional(body, "logit_bias", dict, "an object")
     _optional(body, "metadata", dict, "an object")
-    stop = body.get("stop")
-    if stop is not None and not isinstance(stop, str):
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise _type_error("stop", "a string or an array of strings", stop)
-        if len(stop) > 4:
-            raise InvalidRequest("Invalid 'stop': at most 4 sequences.", param="stop")
+    _stop(body)
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list):
@@ -211,34 +214,89 @@ def parse_chat(raw: bytes) -> ChatRequest:
     return ChatRequest(body, model, stream, include_usage)
 
 
+def parse_completions(raw: bytes) -> CompletionsRequest:
+    body = load_json(raw)
+    model = _model(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt")
+    _text_or_tokens(prompt, "prompt")
+    _optional(body, "suffix", str, "a string")
+    _optional(body, "echo", bool, "a boolean")
+    stream = _optional(body, "stream", bool, "a boolean") or False
+    include_usage = _stream_options(body, stream)
+    _number(body, "temperature", 0.0, 2.0)
+    _number(body, "top_p", 0.0, 1.0)
+    _number(body, "presence_penalty", -2.0, 2.0)
+    _number(body, "frequency_penalty", -2.0, 2.0)
+    _integer(body, "n", 1, 128)
+    _integer(body, "best_of", 1, 128)
+    _integer(body, "max_tokens", 1, None)
+    _integer(body, "logprobs", 0, 5)
+    _integer(body, "seed", None, None)
+    _optional(body, "user", str, "a string")
+    _optional(body, "logit_bias", dict, "an object")
+    _stop(body)
+    return CompletionsRequest(body, model, stream, include_usage)
+
+
+def _text_or_tokens(value: Any, param: str) -> None:
+    """A string, or a non-empty array of strings, of token ids or of token id arrays."""
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list):
+        raise _type_error(param, "a string or an array", value)
+    if not value:
+        raise InvalidRequest(f"Invalid '{param}': empty array.", param=param)
+    if not (
+        all(isinstance(x, str) for x in value)
+        or all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+        or all(
+            isinstance(x, list)
+            and x
+            and all(isinstance(y, int) and not isinstance(y, bool) for y in x)
+            for x in value
+        )
+    ):
+        raise _type_error(
+            param, "a string, an array of strings, or an array of token arrays", value
+        )
+
+
+def _stream_options(body: dict[str, Any], stream: bool) -> bool:
+    """``stream_options`` checked; whether the client asked for usage on its stream."""
+    opts = body.get("stream_options")
+    if opts is None:
+        return False
+    if not isinstance(opts, dict):
+        raise _type_error("stream_options", "an object", opts)
+    if not stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    iu = opts.get("include_usage")
+    if iu is not None and not isinstance(iu, bool):
+        raise _type_error("stream_options.include_usage", "a boolean", iu)
+    return bool(iu)
+
+
+def _stop(body: dict[str, Any]) -> None:
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str):
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise _type_error("stop", "a string or an array of strings", stop)
+        if len(stop) > 4:
+            raise InvalidRequest("Invalid 'stop': at most 4 sequences.", param="stop")
+
+
 def parse_embeddings(raw: bytes) -> EmbeddingsRequest:
     body = load_json(raw)
     model = _model(body)
     inp = body.get("input")
     if inp is None:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
-    if isinstance(inp, str):
-        pass
-    elif isinstance(inp, list):
-        if not inp:
-            raise InvalidRequest("Invalid 'input': empty array.", param="input")
-        if (
-            all(isinstance(x, str) for x in inp)
-            or all(isinstance(x, int) and not isinstance(x, bool) for x in inp)
-            or all(
-                isinstance(x, list)
-                and x
-                and all(isinstance(y, int) and not isinstance(y, bool) for y in x)
-                for x in inp
-            )
-        ):
-            pass
-        else:
-            raise _type_error(
-                "input", "a string, an array of strings, or an array of token arrays", inp
-            )
-    else:
-        raise _type_error("input", "a string or an array", inp)
+    _text_or_tokens(inp, "input")
     fmt = body.get("encoding_format")
     if fmt is not None and fmt not in ("float", "base64"):
         raise InvalidRequest(
@@ -493,6 +551,18 @@ def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
     if kind == "responses":
         _responses_slots(body, slots)
         return slots
+    if kind == "completions":
+        prompt = body["prompt"]
+        if isinstance(prompt, str):
+            slots.append((body, "prompt"))
+        else:
+            slots.extend((prompt, i) for i, x in enumerate(prompt) if isinstance(x, str))
+        if isinstance(body.get("suffix"), str):
+            slots.append((body, "suffix"))
+        _stop_slots(body, slots)
+        if isinstance(body.get("user"), str):
+            slots.append((body, "user"))
+        return slots
     if kind == "embeddings":
         inp = body["input"]
         if isinstance(inp, str):
@@ -524,14 +594,18 @@ def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
         meta = body.get("metadata")
         if isinstance(meta, dict):
             slots.extend((meta, k) for k, v in meta.items() if isinstance(v, str))
-        stop = body.get("stop")
-        if isinstance(stop, str):
-            slots.append((body, "stop"))
-        elif isinstance(stop, list):
-            slots.extend((stop, i) for i, x in enumerate(stop) if isinstance(x, str))
+        _stop_slots(body, slots)
     if isinstance(body.get("user"), str):
         slots.append((body, "user"))
     return slots
+
+
+def _stop_slots(body: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        slots.append((body, "stop"))
+    elif isinstance(stop, list):
+        slots.extend((stop, i) for i, x in enumerate(stop) if isinstance(x, str))
 
 
 def _responses_slots(body: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:

@@ -49,6 +49,7 @@ MODEL_ROUTES: dict[str, Permission] = {
     "/v1/chat/completions": P.MODELS_CALL,
     "/v1/embeddings": P.MODELS_CALL,
     "/v1/responses": P.MODELS_CALL,
+    "/v1/completions": P.MODELS_CALL,
     "/v1/models": P.MODELS_CALL,
 }
 

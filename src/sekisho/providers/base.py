@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol
 
 from sekisho.routing.catalogue import Endpoint, Route
 
-Kind = Literal["chat", "embeddings", "responses"]
+Kind = Literal["chat", "embeddings", "responses", "completions"]
 
 
 class UpstreamError(Exception):

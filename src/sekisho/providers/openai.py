@@ -128,13 +128,13 @@ class OpenAITransport:
         return orjson.dumps(self._with_stream_usage(route, merged, kind))
 
     def _with_stream_usage(self, route: Route, body: dict[str, Any], kind: Kind) -> dict[str, Any]:
-        """A streamed chat request asks for its token usage (a last chunk with ``usage``),
-        whether the client did or not: token limits and the ledger count what streams cost
-        too. The pipeline drops that chunk for a client that did not ask for it. (A Responses
-        API stream always ends with its usage.)"""
+        """A streamed chat or completions request asks for its token usage (a last chunk with
+        ``usage``), whether the client did or not: token limits and the ledger count what
+        streams cost too. The pipeline drops that chunk for a client that did not ask for it.
+        (A Responses API stream always ends with its usage.)"""
         ep = route.endpoint
         if (
-            kind == "chat"
+            kind in ("chat", "completions")
             and body.get("stream") is True
             and ep.asks_stream_usage
             and ep.id not in self._refuses_stream_options
@@ -262,7 +262,12 @@ class AzureOpenAITransport(OpenAITransport):
         return orjson.dumps(self._with_stream_usage(route, merged, kind))
 
 
-_PATHS = {"chat": "chat/completions", "embeddings": "embeddings", "responses": "responses"}
+_PATHS = {
+    "chat": "chat/completions",
+    "embeddings": "embeddings",
+    "responses": "responses",
+    "completions": "completions",
+}
 
 
 def transport_for(

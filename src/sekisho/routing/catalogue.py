@@ -340,6 +340,12 @@ class Endpoint(_Facts):
         "Azure OpenAI's v1 API, recent vLLM, SGLang, Ollama, LM Studio); only such endpoints "
         "are routed /v1/responses requests",
     )
+    completions_api: bool = Field(
+        default=False,
+        description="The endpoint serves the legacy completions API (POST /v1/completions: "
+        "vLLM, SGLang, Ollama, LM Studio, llama.cpp; code-completion and fill-in-the-middle "
+        "tools use it); only such endpoints are routed /v1/completions requests",
+    )
     weight: float = Field(default=1.0, gt=0, description="Relative share of traffic")
     max_concurrency: int | None = Field(default=None, gt=0, description="In-flight request cap")
     timeouts: Timeouts = Timeouts()
