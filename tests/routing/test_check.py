@@ -32,9 +32,17 @@ def test_every_endpoint_reached_authenticated_and_serving_its_models_is_ok(
         # --chat sent each model one "ping", nothing else.
         bodies = [json.loads(b) for s in h.sims.values() for b in s.stats.bodies if b]
         assert bodies and all(
-            b.get("messages") == [{"role": "user", "content": "ping"}] or b.get("input") == "ping"
+            b.get("messages") == [{"role": "user", "content": "ping"}]
+            or b.get("input") == "ping"
+            or b.get("prompt") == "ping"
             for b in bodies
         )
+        # The APIs an endpoint declares beside chat were each proved with a ping of their own.
+        tokyo = next(r for r in reports if r["endpoint"] == "sim-domestic-tokyo")
+        assert any("(responses API" in line and ": ok in " in line for line in tokyo["requests"])
+        assert any("(completions API" in line for line in tokyo["requests"])
+        assert h.sims["sim-domestic-tokyo"].stats.responses == 1
+        assert h.sims["sim-domestic-tokyo"].stats.completions == 1
     finally:
         h.stop()
 
@@ -61,5 +69,21 @@ def test_what_does_not_match_the_catalogue_is_named_and_fails_the_check(tmp_path
         assert rc == 1 and [r["endpoint"] for r in reports] == ["sim-global-japaneast"]
         rc, _ = check(tmp_path, raw, "--endpoint", "no-such-endpoint")
         assert rc == 2
+    finally:
+        h.stop()
+
+
+def test_an_api_declared_but_not_served_fails_the_check(tmp_path: Path) -> None:
+    h = start_example(tmp_path / "gw")
+    try:
+        h.sims["sim-domestic-tokyo"].spec.serves_responses = False  # an older vLLM, say
+        rc, reports = check(tmp_path, h.raw, "--chat", "--endpoint", "sim-domestic-tokyo")
+        assert rc == 1
+        (tokyo,) = reports
+        assert not tokyo["ok"]
+        assert any(
+            "(responses API, declared by responses_api: true)" in p and "404" in p
+            for p in tokyo["problems"]
+        ), tokyo["problems"]
     finally:
         h.stop()

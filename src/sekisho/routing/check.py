@@ -28,6 +28,11 @@ from sekisho.routing.catalogue import Endpoint, Route
 
 _PING_CHAT = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
 _PING_EMBED = {"input": "ping"}
+# The APIs an endpoint declares beside chat completions, each proved with a ping of its own.
+_PING_OPT_IN: dict[Kind, dict[str, Any]] = {
+    "responses": {"input": "ping", "max_output_tokens": 16, "store": False},
+    "completions": {"prompt": "ping", "max_tokens": 1},
+}
 
 
 @dataclass
@@ -128,7 +133,17 @@ async def _check(
         and not (ep.auth is not None and report.auth == "no token")
     ):
         for model in ep.models:
-            report.requests.append(await _ping(ep, transport, Route(ep, model), report))
+            route = Route(ep, model)
+            report.requests.append(await _ping(ep, transport, route, report))
+            if model.kind != "chat":
+                continue
+            declares: list[tuple[Kind, bool]] = [
+                ("responses", ep.responses_api),
+                ("completions", ep.completions_api),
+            ]
+            for kind, declared in declares:
+                if declared:
+                    report.requests.append(await _ping(ep, transport, route, report, kind))
     return report
 
 
@@ -196,9 +211,22 @@ def _compare_models(ep: Endpoint, body: bytes, report: EndpointReport) -> str:
     return f"all {len(wanted)} served"
 
 
-async def _ping(ep: Endpoint, transport: Transport, route: Route, report: EndpointReport) -> str:
-    kind: Kind = "chat" if route.model.kind == "chat" else "embeddings"
-    body = dict(_PING_CHAT if kind == "chat" else _PING_EMBED, model=route.model.id)
+async def _ping(
+    ep: Endpoint,
+    transport: Transport,
+    route: Route,
+    report: EndpointReport,
+    api: Kind | None = None,
+) -> str:
+    """One small request to ``route``'s model: chat or embeddings by its kind, or ``api``
+    (the Responses or completions API an endpoint declares it serves)."""
+    kind: Kind = api or ("chat" if route.model.kind == "chat" else "embeddings")
+    if api is not None:
+        body = dict(_PING_OPT_IN[api], model=route.model.id)
+        name = f"{route.model.id} ({api} API, declared by {api}_api: true)"
+    else:
+        body = dict(_PING_CHAT if kind == "chat" else _PING_EMBED, model=route.model.id)
+        name = route.model.id
     started = time.perf_counter()
     try:
         resp = await transport.open(route, kind, body, stream=False)
@@ -208,12 +236,12 @@ async def _ping(ep: Endpoint, transport: Transport, route: Route, report: Endpoi
             resp.close()
         orjson.loads(raw)
     except UpstreamError as exc:
-        report.problems.append(f"{route.model.id}: {exc.detail}")
-        return f"{route.model.id}: failed"
+        report.problems.append(f"{name}: {exc.detail}")
+        return f"{name}: failed"
     except orjson.JSONDecodeError:
-        report.problems.append(f"{route.model.id}: the answer is not JSON")
-        return f"{route.model.id}: failed"
-    return f"{route.model.id}: ok in {(time.perf_counter() - started) * 1000:.0f} ms"
+        report.problems.append(f"{name}: the answer is not JSON")
+        return f"{name}: failed"
+    return f"{name}: ok in {(time.perf_counter() - started) * 1000:.0f} ms"
 
 
 def _reason(exc: BaseException) -> str:
