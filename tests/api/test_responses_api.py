@@ -370,3 +370,54 @@ async def test_the_async_client_streams_a_response(gateway: Callable[..., Harnes
         final = await stream.get_final_response()
     assert "You said: async hello" in final.output_text
     await c.close()
+
+
+def _keepalive(raw: dict[str, Any]) -> None:
+    tenant()(raw)
+    raw["server"]["stream_keepalive_seconds"] = 0.2
+    for ep in raw["endpoints"]:
+        ep["timeouts"] = {"connect": 2, "first_byte": 5, "total": 10}
+
+
+def test_a_slow_response_is_kept_alive_and_a_failure_then_is_an_error_event(
+    gateway: Callable[..., Harness],
+) -> None:
+    """With stream_keepalive_seconds, a Responses stream starts before its endpoint answers:
+    SSE comments first (the SDK ignores them), then the events; if every endpoint fails
+    meanwhile, an ``error`` event in the Responses API's shape, and the ledger says 502."""
+    h = gateway(_keepalive, delay_ms=700)
+    events, raw = stream_events(h, model="gpt-4o", input="think first")
+    assert raw.headers["x-sekisho-keepalive"] == "on"
+    assert events[-1].type == "response.completed"
+    assert "You said: think first" in events[-1].response.output_text
+    for name in h.sims:
+        h.fault(name, mode="status", status=503, delay_ms=700)
+    events, raw = stream_events(h, model="gpt-4o", input="think again")
+    assert [e.type for e in events] == ["error"]
+    assert events[0].code == "upstream_failed"
+    assert "Every eligible endpoint failed" in events[0].message
+    r = receipt(h, raw.headers["x-sekisho-request-id"], h.key())
+    _, outcome = ledger_entries(r.json())
+    assert outcome is not None and outcome["status"] == 502
+
+
+def test_a_client_leaving_a_response_stream_is_recorded(gateway: Callable[..., Harness]) -> None:
+    import time
+
+    from harness import ledger_incomplete
+
+    h = gateway(chunk_chars=2, chunk_delay_ms=20)  # a long, slow stream
+    with client(h).responses.with_streaming_response.create(
+        model="gpt-4o", input="a long answer, please", stream=True
+    ) as raw:
+        for event in raw.parse():
+            if event.type == "response.output_text.delta":
+                break  # the client goes away mid-answer
+    gw: Any = h.gateway
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and gw.in_flight:
+        time.sleep(0.02)
+    assert gw.in_flight == 0
+    assert ledger_incomplete(h) == []  # its decision has an outcome
+    _, outcome = ledger_entries(receipt(h, raw.headers["x-sekisho-request-id"], h.key()).json())
+    assert outcome is not None and outcome["status"] == 499
