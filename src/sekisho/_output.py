@@ -535,11 +535,13 @@ class ResponsesStreamOutput(StreamOutput):
         super().__init__(pseudo, tenant, scanner)
         self._shift = 0
         self._next_seq = 0
+        self._passed: dict[str, Any] | None = None  # the last event sent on unchanged
         self._item_ids: dict[int, Any] = {}
 
     @property
     def next_sequence(self) -> int:
         """The sequence number for an event sekisho adds after the last one sent."""
+        self._sync()
         return self._next_seq
 
     def apply_event(self, event: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -586,8 +588,9 @@ class ResponsesStreamOutput(StreamOutput):
                 else:
                     changed = any([self._preview(item) for item in response.get("output") or ()])
         if not before and not changed and self._shift == 0:
-            self._count(event)
+            self._passed = event  # its number is counted only when one is needed
             return None
+        self._sync()
         out = []
         for added in before:
             added["sequence_number"] = self._next_seq
@@ -615,10 +618,13 @@ class ResponsesStreamOutput(StreamOutput):
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _count(self, event: dict[str, Any]) -> None:
-        seq = event.get("sequence_number")
-        if isinstance(seq, int) and not isinstance(seq, bool):
-            self._next_seq = max(self._next_seq, seq + 1)
+    def _sync(self) -> None:
+        """Count the sequence number of the last event passed on unchanged."""
+        if self._passed is not None:
+            seq = self._passed.get("sequence_number")
+            if isinstance(seq, int) and not isinstance(seq, bool):
+                self._next_seq = max(self._next_seq, seq + 1)
+            self._passed = None
 
     def _renumber(self, event: dict[str, Any]) -> None:
         seq = event.get("sequence_number")
