@@ -421,3 +421,16 @@ def test_a_client_leaving_a_response_stream_is_recorded(gateway: Callable[..., H
     assert ledger_incomplete(h) == []  # its decision has an outcome
     _, outcome = ledger_entries(receipt(h, raw.headers["x-sekisho-request-id"], h.key()).json())
     assert outcome is not None and outcome["status"] == 499
+
+
+def test_the_model_list_says_which_apis_each_model_can_be_called_through(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway()
+    r = request("GET", f"{h.base_url}/models", headers={"authorization": f"Bearer {h.key()}"})
+    apis = {m["id"]: m["sekisho"]["apis"] for m in r.json()["data"]}
+    # chat-default is served only in Tokyo, whose entry declares both; gpt-4.1 only in the US,
+    # whose entry declares the Responses API but not legacy completions.
+    assert apis["chat-default"] == ["chat.completions", "responses", "completions"]
+    assert apis["gpt-4.1"] == ["chat.completions", "responses"]
+    assert apis["text-embedding-3-small"] == ["embeddings"]

@@ -12,7 +12,7 @@ from sekisho.api.schema import parse_chat, parse_completions, parse_embeddings, 
 from sekisho.errors import AuthenticationFailed, NotFound
 from sekisho.identity import KeyStore, Principal
 from sekisho.pipeline import Call, Pipeline, Reply, StreamReply
-from sekisho.routing import Catalogue
+from sekisho.routing import Catalogue, Route
 
 
 def authenticate(scope: http.Scope, keys: KeyStore) -> Principal:
@@ -133,6 +133,7 @@ def list_models(
                 "owned_by": "sekisho",
                 "sekisho": {
                     "kind": routes[0].model.kind,
+                    "apis": _apis(routes),
                     "endpoints": [r.endpoint.id for r in routes],
                     "jurisdictions": sorted(
                         {
@@ -144,6 +145,18 @@ def list_models(
             }
         )
     return {"object": "list", "data": data}
+
+
+def _apis(routes: tuple[Route, ...]) -> list[str]:
+    """The APIs the model can be called through here: those some endpoint serving it speaks."""
+    if routes[0].model.kind == "embedding":
+        return ["embeddings"]
+    apis = ["chat.completions"]
+    if any(r.endpoint.responses_api for r in routes):
+        apis.append("responses")
+    if any(r.endpoint.completions_api for r in routes):
+        apis.append("completions")
+    return apis
 
 
 def get_model(listing: dict[str, Any], model: str) -> dict[str, Any]:
