@@ -99,7 +99,19 @@ class Released:
         self._inner.close()
 
 
-def parse_answer(raw: bytes, endpoint_id: str) -> dict[str, Any]:
+# Where each API's answer keeps what it answers: an answer without it (a server mapping the
+# path to another API, a proxy's own reply) would go to the client with nothing inspected.
+_ANSWER_LISTS = {
+    "chat": "choices",
+    "completions": "choices",
+    "responses": "output",
+    "embeddings": "data",
+}
+
+
+def parse_answer(raw: bytes, endpoint_id: str, kind: str | None = None) -> dict[str, Any]:
+    """The endpoint's JSON answer; with ``kind``, it must be that API's answer (fail closed:
+    output inspection reads only where that API puts its texts)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -116,6 +128,12 @@ def parse_answer(raw: bytes, endpoint_id: str) -> dict[str, Any]:
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and nesting_depth(data) > MAX_DEPTH:
         # orjson could not write it back to the client (255 levels at most)
         raise UpstreamProtocolError(endpoint_id, f"answered with JSON nested over {MAX_DEPTH} deep")
+    if kind is not None and not isinstance(data.get(_ANSWER_LISTS[kind]), list):
+        raise UpstreamProtocolError(
+            endpoint_id,
+            f"answered without '{_ANSWER_LISTS[kind]}': not a {kind} answer "
+            "(does it serve this API?)",
+        )
     return data
 
 

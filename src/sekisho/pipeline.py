@@ -527,7 +527,7 @@ class Pipeline:
                 finally:
                     state.release()
                     released = True
-                data = parse_answer(raw, ep.id)
+                data = parse_answer(raw, ep.id, call.kind)
                 self._upstream_latency(ep, "answer", sent_at)
                 return route, upstream, data
             except UpstreamError as exc:

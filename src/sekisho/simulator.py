@@ -27,13 +27,15 @@ import orjson
 @dataclass
 class Faults:
     """What the simulator should do wrong. ``mode``: none | status | hang | garbage | gzip |
-    drop_midstream | wrong_type | close. ``count``: how many requests (-1: until cleared)."""
+    drop_midstream | wrong_type | close | body (answer 200 with ``body``, JSON as given).
+    ``count``: how many requests (-1: until cleared)."""
 
     mode: str = "none"
     status: int = 500
     count: int = -1
     delay_ms: float = 0.0
     retry_after: str | None = None
+    body: str | None = None
 
 
 @dataclass
@@ -284,6 +286,9 @@ class _Protocol(asyncio.Protocol):
             if fault.mode == "gzip":  # compressed although the gateway asked for identity
                 body = gzip.compress(b'{"object":"chat.completion","choices":[]}')
                 self._write(200, body, extra={"content-encoding": "gzip"})
+                return
+            if fault.mode == "body":
+                self._write(200, (fault.body or "").encode())
                 return
             if fault.mode == "wrong_type":
                 self._write(200, b"plain text", ctype="text/plain")

@@ -434,3 +434,27 @@ def test_the_model_list_says_which_apis_each_model_can_be_called_through(
     assert apis["chat-default"] == ["chat.completions", "responses", "completions"]
     assert apis["gpt-4.1"] == ["chat.completions", "responses"]
     assert apis["text-embedding-3-small"] == ["embeddings"]
+
+
+@pytest.mark.parametrize(
+    ("path", "answer"),
+    [
+        # a chat answer to a Responses request: its text is where Responses inspection never looks
+        ("responses", {"id": "x", "choices": [{"message": {"content": f"No. {MY_NUMBER}"}}]}),
+        ("chat", {"id": "x", "output": [{"type": "message", "content": []}]}),
+    ],
+)
+def test_an_answer_in_another_apis_shape_is_an_upstream_error_not_passed_on(
+    gateway: Callable[..., Harness], path: str, answer: dict[str, Any]
+) -> None:
+    h = gateway()
+    for name in h.sims:
+        h.fault(name, mode="body", body=json.dumps(answer))
+    c = client(h)
+    with pytest.raises(openai.APIStatusError) as err:
+        if path == "responses":
+            c.responses.create(model="gpt-4o", input="hi")
+        else:
+            c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.status_code == 502
+    assert "not a" in err.value.message and MY_NUMBER not in err.value.message
