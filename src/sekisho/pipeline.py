@@ -726,17 +726,7 @@ class Pipeline:
         except UpstreamError as exc:
             # Bytes have reached the client: no failover now. Tell the client in-stream, in the
             # shape the OpenAI SDKs raise as an APIError.
-            self._upstream_failed(route, exc)
-            outcome.status = 502
-            outcome.error_code = "upstream_stream_broken"
-            outcome.output_texts = output.texts()
-            outcome.estimate_usage(call.texts)
-            try:
-                await self.record(call, decision, outcome)
-            except SekishoError:  # the ledger says why; the client still learns the stream broke
-                log.exception(
-                    "could not record a broken stream", extra={"request_id": call.request_id}
-                )
+            await self._stream_broke(call, decision, route, outcome, output.texts(), exc)
             err = {
                 "error": {
                     "message": f"The stream from endpoint {ep.id} broke: {exc.detail}.",
@@ -747,14 +737,42 @@ class Pipeline:
             }
             yield b"data: " + orjson.dumps(err) + b"\n\n"
         except (asyncio.CancelledError, GeneratorExit):
-            outcome.status = 499
-            outcome.error_code = "client_disconnected"
-            outcome.output_texts = output.texts()
-            outcome.estimate_usage(call.texts)  # the endpoint spent them all the same
-            await asyncio.shield(self.record(call, decision, outcome))
+            await self._stream_left(call, decision, outcome, output.texts())
             raise
         finally:
             upstream.close()
+
+    async def _stream_broke(
+        self,
+        call: Call,
+        decision: Decision,
+        route: Route,
+        outcome: Outcome,
+        texts: list[str],
+        exc: UpstreamError,
+    ) -> None:
+        """A stream whose endpoint failed after bytes reached the client: the endpoint's
+        health hears of it, and the outcome (502, what was delivered) is recorded."""
+        self._upstream_failed(route, exc)
+        outcome.status = 502
+        outcome.error_code = "upstream_stream_broken"
+        outcome.output_texts = texts
+        outcome.estimate_usage(call.texts)
+        try:
+            await self.record(call, decision, outcome)
+        except SekishoError:  # the ledger says why; the client still learns the stream broke
+            log.exception("could not record a broken stream", extra={"request_id": call.request_id})
+
+    async def _stream_left(
+        self, call: Call, decision: Decision, outcome: Outcome, texts: list[str]
+    ) -> None:
+        """A client gone mid-stream: recorded as 499 with what it got, and charged what the
+        endpoint generated until then (shielded: the cancellation must not cut the record)."""
+        outcome.status = 499
+        outcome.error_code = "client_disconnected"
+        outcome.output_texts = texts
+        outcome.estimate_usage(call.texts)  # the endpoint spent them all the same
+        await asyncio.shield(self.record(call, decision, outcome))
 
     async def _stream_responses(
         self,
@@ -834,28 +852,14 @@ class Pipeline:
                 return
             yield _response_event(final[-1])
         except UpstreamError as exc:
-            self._upstream_failed(route, exc)
-            outcome.status = 502
-            outcome.error_code = "upstream_stream_broken"
-            outcome.output_texts = output.texts()
-            outcome.estimate_usage(call.texts)
-            try:
-                await self.record(call, decision, outcome)
-            except SekishoError:
-                log.exception(
-                    "could not record a broken stream", extra={"request_id": call.request_id}
-                )
+            await self._stream_broke(call, decision, route, outcome, output.texts(), exc)
             yield _response_error(
                 output,
                 "upstream_stream_broken",
                 f"The stream from endpoint {ep.id} broke: {exc.detail}.",
             )
         except (asyncio.CancelledError, GeneratorExit):
-            outcome.status = 499
-            outcome.error_code = "client_disconnected"
-            outcome.output_texts = output.texts()
-            outcome.estimate_usage(call.texts)
-            await asyncio.shield(self.record(call, decision, outcome))
+            await self._stream_left(call, decision, outcome, output.texts())
             raise
         finally:
             upstream.close()

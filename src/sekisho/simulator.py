@@ -400,21 +400,11 @@ class _Protocol(asyncio.Protocol):
         }
 
     async def _stream_text_completion(self, body: dict[str, Any], drop: bool) -> None:
-        t = self.transport
+        t = self._start_stream()
         if t is None:
             return
-        head = (
-            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-            f"x-sekisho-simulator: {self.sim.spec.name}\r\n"
-            "transfer-encoding: chunked\r\n\r\n"
-        )
-        t.write(head.encode())
         text = self._completion_text(body)
-        size = self.sim.spec.chunk_chars
-        if size > 0:
-            pieces = [text[i : i + size] for i in range(0, len(text), size)]
-        else:
-            pieces = [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
+        pieces = self._words(text)
         base = {
             "id": f"cmpl-sim-{uuid.uuid4().hex[:12]}",
             "object": "text_completion",
@@ -423,10 +413,7 @@ class _Protocol(asyncio.Protocol):
         }
 
         def send(obj: dict[str, Any] | None) -> None:
-            payload = (
-                b"data: [DONE]\n\n" if obj is None else b"data: " + orjson.dumps(obj) + b"\n\n"
-            )
-            t.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+            _send_data(t, obj)
 
         def choice(piece: str, finish: str | None) -> dict[str, Any]:
             return {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
@@ -510,10 +497,12 @@ class _Protocol(asyncio.Protocol):
                 break
         return fn, orjson.dumps({"simulated": True, "query": last}).decode()
 
-    async def _stream(self, body: dict[str, Any], drop: bool) -> None:
+    def _start_stream(self) -> asyncio.Transport | None:
+        """Write the head of a chunked ``text/event-stream`` answer; the transport to write
+        its events on (None: the connection is gone)."""
         t = self.transport
         if t is None:
-            return
+            return None
         head = (
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             f"x-sekisho-simulator: {self.sim.spec.name}\r\n"
@@ -521,22 +510,29 @@ class _Protocol(asyncio.Protocol):
             "transfer-encoding: chunked\r\n\r\n"
         )
         t.write(head.encode())
+        return t
+
+    def _words(self, text: str) -> list[str]:
+        """A streamed answer's text pieces: ``chunk_chars`` characters each, else word by word."""
+        size = self.sim.spec.chunk_chars
+        if size > 0:
+            return _pieces(text, size)
+        return [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
+
+    async def _stream(self, body: dict[str, Any], drop: bool) -> None:
+        t = self._start_stream()
+        if t is None:
+            return
         cid = f"chatcmpl-sim-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
         model = body.get("model", "unknown")
         reply = self.sim.reply_text(body)
         size = self.sim.spec.chunk_chars
-        if size > 0:
-            words = [reply[i : i + size] for i in range(0, len(reply), size)]
-        else:
-            words = [w if i == 0 else " " + w for i, w in enumerate(reply.split(" "))]
+        words = self._words(reply)
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
 
         def send(obj: dict[str, Any] | None) -> None:
-            payload = (
-                b"data: [DONE]\n\n" if obj is None else b"data: " + orjson.dumps(obj) + b"\n\n"
-            )
-            t.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+            _send_data(t, obj)
 
         send(
             {
@@ -690,16 +686,9 @@ class _Protocol(asyncio.Protocol):
     async def _stream_response(self, body: dict[str, Any], drop: bool) -> None:
         """A streamed Responses API answer: named events, each with a ``sequence_number``
         from 0, ending with ``response.completed`` (no ``[DONE]``)."""
-        t = self.transport
+        t = self._start_stream()
         if t is None:
             return
-        head = (
-            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-            f"x-sekisho-simulator: {self.sim.spec.name}\r\n"
-            f"x-request-id: simreq_{uuid.uuid4().hex[:16]}\r\n"
-            "transfer-encoding: chunked\r\n\r\n"
-        )
-        t.write(head.encode())
         rid = f"resp_sim_{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         output, usage = self._response_output(body)
@@ -768,10 +757,7 @@ class _Protocol(asyncio.Protocol):
                     **at,
                     part={"type": "output_text", "text": "", "annotations": []},
                 )
-                if size > 0:
-                    words = _pieces(text, size)
-                else:
-                    words = [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
+                words = self._words(text)
                 for i, w in enumerate(words):
                     if drop and i == len(words) // 2:
                         t.abort()
@@ -865,6 +851,12 @@ def _function_tool(body: dict[str, Any]) -> str | None:
             name = tool.get("name") or (nested.get("name") if isinstance(nested, dict) else None)
             return name if isinstance(name, str) and name else "tool"
     return None
+
+
+def _send_data(t: asyncio.Transport, obj: dict[str, Any] | None) -> None:
+    """One ``data:`` event of a chat or completions stream as an HTTP chunk (None: [DONE])."""
+    payload = b"data: [DONE]\n\n" if obj is None else b"data: " + orjson.dumps(obj) + b"\n\n"
+    t.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
 
 
 def _pieces(text: str, size: int) -> list[str]:

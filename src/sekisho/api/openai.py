@@ -4,14 +4,14 @@ with SSE streaming), embeddings, models."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 from sekisho.api import http
 from sekisho.api.schema import parse_chat, parse_completions, parse_embeddings, parse_responses
 from sekisho.errors import AuthenticationFailed, NotFound
 from sekisho.identity import KeyStore, Principal
-from sekisho.pipeline import Call, Pipeline, Reply, StreamReply
+from sekisho.pipeline import Call, Kind, Pipeline, Reply, StreamReply
 from sekisho.routing import Catalogue, Route
 
 
@@ -31,78 +31,78 @@ def authenticate(scope: http.Scope, keys: KeyStore) -> Principal:
     return keys.authenticate(token)
 
 
-async def chat_completions(
-    pipeline: Pipeline, principal: Principal, rid: str, raw: bytes, scope: http.Scope
+class _Parsed(Protocol):
+    """What every request parser returns (``api.schema``)."""
+
+    body: dict[str, Any]
+    model: str
+
+    def texts(self) -> list[str]: ...
+
+    def uninspected(self) -> dict[str, int]: ...
+
+
+async def _run(
+    pipeline: Pipeline,
+    principal: Principal,
+    rid: str,
+    scope: http.Scope,
+    kind: Kind,
+    req: _Parsed,
+    *,
+    stream: bool = False,
+    include_usage: bool = False,
 ) -> Reply | StreamReply:
-    req = parse_chat(raw)
     call = Call(
         request_id=rid,
         principal=principal,
-        kind="chat",
+        kind=kind,
         model=req.model,
         body=req.body,
         texts=req.texts(),
         uninspected=req.uninspected(),
-        stream=req.stream,
-        include_usage=req.include_usage,
+        stream=stream,
+        include_usage=include_usage,
         declared_classification=_declared(scope),
     )
     return await pipeline.run(call)
+
+
+async def chat_completions(
+    pipeline: Pipeline, principal: Principal, rid: str, raw: bytes, scope: http.Scope
+) -> Reply | StreamReply:
+    req = parse_chat(raw)
+    return await _run(
+        pipeline, principal, rid, scope, "chat", req,
+        stream=req.stream, include_usage=req.include_usage,
+    )  # fmt: skip
 
 
 async def responses(
     pipeline: Pipeline, principal: Principal, rid: str, raw: bytes, scope: http.Scope
 ) -> Reply | StreamReply:
     req = parse_responses(raw)
-    call = Call(
-        request_id=rid,
-        principal=principal,
-        kind="responses",
-        model=req.model,
-        body=req.body,
-        texts=req.texts(),
-        uninspected=req.uninspected(),
-        stream=req.stream,
-        include_usage=req.stream,  # a Responses stream always ends with its usage
-        declared_classification=_declared(scope),
-    )
-    return await pipeline.run(call)
+    # A Responses stream always ends with its usage: nothing to drop for the client.
+    return await _run(
+        pipeline, principal, rid, scope, "responses", req,
+        stream=req.stream, include_usage=req.stream,
+    )  # fmt: skip
 
 
 async def completions(
     pipeline: Pipeline, principal: Principal, rid: str, raw: bytes, scope: http.Scope
 ) -> Reply | StreamReply:
     req = parse_completions(raw)
-    call = Call(
-        request_id=rid,
-        principal=principal,
-        kind="completions",
-        model=req.model,
-        body=req.body,
-        texts=req.texts(),
-        uninspected=req.uninspected(),
-        stream=req.stream,
-        include_usage=req.include_usage,
-        declared_classification=_declared(scope),
-    )
-    return await pipeline.run(call)
+    return await _run(
+        pipeline, principal, rid, scope, "completions", req,
+        stream=req.stream, include_usage=req.include_usage,
+    )  # fmt: skip
 
 
 async def embeddings(
     pipeline: Pipeline, principal: Principal, rid: str, raw: bytes, scope: http.Scope
 ) -> Reply | StreamReply:
-    req = parse_embeddings(raw)
-    call = Call(
-        request_id=rid,
-        principal=principal,
-        kind="embeddings",
-        model=req.model,
-        body=req.body,
-        texts=req.texts(),
-        uninspected=req.uninspected(),
-        declared_classification=_declared(scope),
-    )
-    return await pipeline.run(call)
+    return await _run(pipeline, principal, rid, scope, "embeddings", parse_embeddings(raw))
 
 
 def _declared(scope: http.Scope) -> str | None:

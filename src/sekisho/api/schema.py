@@ -51,10 +51,7 @@ class EmbeddingsRequest:
 
     def uninspected(self) -> dict[str, int]:
         """Inputs given as token ids: the upstream reads them as text, sekisho cannot."""
-        inp = self.body["input"]
-        if isinstance(inp, str) or isinstance(inp[0], str):
-            return {}
-        return {UNINSPECTED_TOKENS: len(inp) if isinstance(inp[0], list) else 1}
+        return _token_ids(self.body["input"])
 
 
 @dataclass(slots=True)
@@ -72,10 +69,7 @@ class CompletionsRequest:
 
     def uninspected(self) -> dict[str, int]:
         """A prompt given as token ids: the upstream reads it as text, sekisho cannot."""
-        prompt = self.body["prompt"]
-        if isinstance(prompt, str) or isinstance(prompt[0], str):
-            return {}
-        return {UNINSPECTED_TOKENS: len(prompt) if isinstance(prompt[0], list) else 1}
+        return _token_ids(self.body["prompt"])
 
 
 @dataclass(slots=True)
@@ -115,6 +109,13 @@ class ResponsesRequest:
             for kind_, n in _uninspected_parts([{"content": parts}]).items():
                 counts[kind_] = counts.get(kind_, 0) + n
         return counts
+
+
+def _token_ids(value: str | list[Any]) -> dict[str, int]:
+    """A parsed text-or-tokens value (``_text_or_tokens``) given as token ids, counted."""
+    if isinstance(value, str) or isinstance(value[0], str):
+        return {}
+    return {UNINSPECTED_TOKENS: len(value) if isinstance(value[0], list) else 1}
 
 
 def load_json(raw: bytes) -> dict[str, Any]:
