@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -196,3 +197,36 @@ def test_explain_a_whole_request_body_scans_what_the_gateway_scans(
     path.write_text('{"model": "gpt-4o", "messages": "not a list"}')
     with pytest.raises(SystemExit, match="Invalid type for 'messages'"):
         main(argv)
+
+
+@pytest.mark.parametrize(
+    ("body", "found"),
+    [
+        # the Responses API: a My Number only in the instructions
+        (
+            {
+                "model": "gpt-4o",
+                "instructions": "顧客のマイナンバーは 1234 5678 9018",
+                "input": "hi",
+            },
+            "MY_NUMBER×1",
+        ),
+        # legacy completions: an e-mail address only in the suffix
+        ({"model": "gpt-4o", "prompt": "def f():", "suffix": "# taro@example.co.jp"}, "EMAIL×1"),
+        # embeddings: the input of an embedding model
+        ({"model": "text-embedding-3-small", "input": ["taro@example.co.jp"]}, "EMAIL×1"),
+    ],
+)
+def test_explain_reads_a_body_of_each_api(
+    config: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    body: dict[str, Any],
+    found: str,
+) -> None:
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(body, ensure_ascii=False))
+    argv = ["explain", "--config", config, "--tenant", "demo", "--body", str(path)]
+    code, out = _run(argv, capsys)
+    assert code == 0
+    assert found in out

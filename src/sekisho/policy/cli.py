@@ -68,8 +68,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--body",
         default=None,
         metavar="FILE",
-        help="a whole request body as the application sends it (chat or embeddings JSON; - for "
-        "stdin): every text the gateway scans is scanned (tool definitions, names, schemas…)",
+        help="a whole request body as the application sends it (chat completions, Responses API, "
+        "legacy completions or embeddings JSON; - for stdin): every text the gateway scans is "
+        "scanned (tool definitions, names, schemas, instructions…)",
     )
     explain.add_argument(
         "--classification",
@@ -187,18 +188,28 @@ def _findings(config: Config, tenant: str, text: str | None) -> dict[str, int]:
 
 def _body_findings(config: Config, tenant: str, path: str) -> tuple[dict[str, int], str]:
     """What the gateway would find in a whole request body, and the model it asks for."""
-    from sekisho.api.schema import parse_chat, parse_embeddings
+    from sekisho.api import schema
     from sekisho.classify import summarise
     from sekisho.config import scanner_for
     from sekisho.errors import InvalidRequest
 
     raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     try:
-        request = (
-            parse_embeddings(raw)
-            if b'"input"' in raw and b'"messages"' not in raw
-            else (parse_chat(raw))
-        )
+        # Which API the body is for, by its fields, as the path would say: "input" is the
+        # Responses API's unless the model is an embedding model or the input a list of
+        # texts or token ids (Responses input items are objects).
+        body = schema.load_json(raw)
+        inp = body.get("input")
+        listed = isinstance(inp, list) and bool(inp) and not isinstance(inp[0], dict)
+        request: Any
+        if "messages" in body or ("input" not in body and "prompt" not in body):
+            request = schema.parse_chat(raw)
+        elif "prompt" in body:
+            request = schema.parse_completions(raw)
+        elif listed or config.catalogue.kind(str(body.get("model"))) == "embedding":
+            request = schema.parse_embeddings(raw)
+        else:
+            request = schema.parse_responses(raw)
     except InvalidRequest as exc:
         raise SystemExit(f"sekisho policy explain: {path}: {exc.message}") from None
     scanner = scanner_for(config.tenants[tenant])
