@@ -703,6 +703,11 @@ class Pipeline:
                     outcome.completion_tokens = _int(usage.get("completion_tokens"))
                     if not call.include_usage and not event.get("choices"):
                         continue  # sekisho asked for it (token limits); the client did not
+                elif not isinstance(event.get("choices"), list) and "error" not in event:
+                    # Not this API's event (inspection reads only choices): never passed on.
+                    raise UpstreamProtocolError(
+                        ep.id, f"stream event without 'choices': not a {call.kind} stream"
+                    )
                 if output.apply(event):
                     payload = orjson.dumps(event)
                 yield b"data: " + payload + b"\n\n"

@@ -27,7 +27,8 @@ import orjson
 @dataclass
 class Faults:
     """What the simulator should do wrong. ``mode``: none | status | hang | garbage | gzip |
-    drop_midstream | wrong_type | close | body (answer 200 with ``body``, JSON as given).
+    drop_midstream | wrong_type | close | body (answer 200 with ``body``, JSON as given) |
+    sse (``body`` as a stream's events).
     ``count``: how many requests (-1: until cleared)."""
 
     mode: str = "none"
@@ -289,6 +290,9 @@ class _Protocol(asyncio.Protocol):
                 return
             if fault.mode == "body":
                 self._write(200, (fault.body or "").encode())
+                return
+            if fault.mode == "sse":  # ``body`` as the events of a stream
+                self._write(200, (fault.body or "").encode(), ctype="text/event-stream")
                 return
             if fault.mode == "wrong_type":
                 self._write(200, b"plain text", ctype="text/plain")

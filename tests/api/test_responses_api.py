@@ -458,3 +458,29 @@ def test_an_answer_in_another_apis_shape_is_an_upstream_error_not_passed_on(
             c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert err.value.status_code == 502
     assert "not a" in err.value.message and MY_NUMBER not in err.value.message
+
+
+def test_a_chat_stream_of_another_apis_events_is_cut_not_passed_on(
+    gateway: Callable[..., Harness],
+) -> None:
+    """A chat stream whose events carry no choices (here: Responses API events, as a server
+    mapping the path to the other API would send): nothing of them reaches the client."""
+    h = gateway()
+    event = {"type": "response.output_text.delta", "delta": f"No. {MY_NUMBER}"}
+    sse = f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n"
+    for name in h.sims:
+        h.fault(name, mode="sse", body=sse)
+    r = request(
+        "POST",
+        f"{h.base_url}/chat/completions",
+        json_body={
+            "model": "gpt-4o",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        headers={"authorization": f"Bearer {h.key()}"},
+    )
+    assert MY_NUMBER not in r.text
+    assert "upstream_stream_broken" in r.text and "not a chat stream" in r.text
+    _, outcome = ledger_entries(receipt(h, r.headers["x-sekisho-request-id"], h.key()).json())
+    assert outcome is not None and outcome["status"] == 502
