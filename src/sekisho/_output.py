@@ -531,8 +531,18 @@ class ResponsesStreamOutput(StreamOutput):
     back at a text's end goes out as one more delta before its ``done`` event; sequence numbers
     after an added event are shifted to stay consecutive."""
 
-    def __init__(self, pseudo: Pseudonymiser | None, tenant: TenantView, scanner: Scanner) -> None:
+    def __init__(
+        self,
+        pseudo: Pseudonymiser | None,
+        tenant: TenantView,
+        scanner: Scanner,
+        *,
+        response_id: str | None = None,
+    ) -> None:
         super().__init__(pseudo, tenant, scanner)
+        # The id the client is to see for the response (sekisho's, when it keeps the
+        # conversation), in place of the provider's.
+        self._response_id = response_id
         self._shift = 0
         self._next_seq = 0
         self._passed: dict[str, Any] | None = None  # the last event sent on unchanged
@@ -582,11 +592,15 @@ class ResponsesStreamOutput(StreamOutput):
             changed = self._preview(holder)
         elif etype in _R_STARTS or etype in RESPONSE_TERMINAL:
             response = event.get("response")
+            if isinstance(response, dict) and self._response_id is not None:
+                response["id"] = self._response_id
+                changed = True
             if isinstance(response, dict):
                 if etype in RESPONSE_TERMINAL:
-                    changed = self._settle_response(response, before)
+                    changed = self._settle_response(response, before) or changed
                 else:
-                    changed = any([self._preview(item) for item in response.get("output") or ()])
+                    previews = [self._preview(item) for item in response.get("output") or ()]
+                    changed = any(previews) or changed
         if not before and not changed and self._shift == 0:
             self._passed = event  # its number is counted only when one is needed
             return None

@@ -35,12 +35,14 @@ from sekisho._output import (
     StreamOutput,
     inspect_answer,
     inspect_response,
+    json_string_escape,
     pseudonymise_obj,
     response_item_slots,
     rewrite_texts,
 )
 from sekisho._threads import in_fair_thread
 from sekisho._upstream import Primed, Released, client_error_from, parse_answer, parse_retry_after
+from sekisho.api.schema import ResponsesRequest
 from sekisho.classify import Finding, Pseudonymiser, Scanner, redact, summarise
 from sekisho.classify.memo import ScanMemo
 from sekisho.errors import (
@@ -125,6 +127,9 @@ class Outcome:
     completion_tokens: int = 0
     error_code: str | None = None
     output_texts: list[str] = field(default_factory=list)
+    # A Responses answer's output items as delivered: kept whole, so that a later request can
+    # continue the conversation from the tenant's own store (previous_response_id).
+    output_items: list[Any] | None = None
     usage_estimated: bool = False  # the endpoint reported no usage: the counts are sekisho's
 
     def estimate_usage(self, prompt_texts: list[str]) -> None:
@@ -251,6 +256,13 @@ class Pipeline:
         if call.kind == "chat":
             _check_provider_features(call.body, tenant)
         elif call.kind == "responses":
+            previous = call.body.get("previous_response_id")
+            if (
+                _keeps_conversations(tenant)
+                and isinstance(previous, str)
+                and _request_of(previous) is not None
+            ):  # one of sekisho's own: continued from the tenant's store
+                await self._continue(call, tenant)
             _check_responses_features(call.body, tenant)
         await self._admit(call)
         try:
@@ -620,8 +632,13 @@ class Pipeline:
                 self._inspect_output(call, data, tenant, outcome)
             else:  # a document-sized answer: scanned off the event loop, as prompts are
                 await in_fair_thread(self._inspect_output, call, data, tenant, outcome)
-        if call.kind == "responses" and data.get("status") == "failed":
-            outcome.error_code = outcome.error_code or "upstream_response_failed"
+        if call.kind == "responses":
+            if data.get("status") == "failed":
+                outcome.error_code = outcome.error_code or "upstream_response_failed"
+            if isinstance(data.get("output"), list):
+                outcome.output_items = data["output"]
+            if _keeps_conversations(tenant):
+                data["id"] = response_id(call.request_id)
         raw = orjson.dumps(data)
         outcome.estimate_usage(call.texts)
         await self.record(call, decision, outcome)
@@ -747,6 +764,46 @@ class Pipeline:
         finally:
             upstream.close()
 
+    async def _continue(self, call: Call, tenant: TenantView) -> None:
+        """A Responses request that continues an earlier one (``previous_response_id``), for a
+        tenant that keeps its conversations itself rather than at the provider: the earlier
+        turn's input and output come back from the tenant's home-region store and go upstream
+        as this request's first input items. All of it is inspected and decided on afresh."""
+        previous = call.body["previous_response_id"]
+        request_id = _request_of(previous)
+        kept = None
+        if request_id is not None and self.stores is not None:
+            store = self.stores.for_tenant(tenant.name, tenant.home_region)
+            kept = await store.kept(request_id)
+        if kept is None or not kept.usable or kept.prompt is None:
+            if kept is not None and kept.mode != "full":
+                why = (
+                    "its turn was kept without its content (retention mode "
+                    f"{kept.mode!r}, as the tenant's retention policy says for its level)"
+                )
+            elif kept is not None:
+                why = "its turn has expired or is restricted (利用停止)"
+            else:
+                why = "sekisho keeps no such response for this tenant"
+            raise InvalidRequest(
+                f"Cannot continue from previous_response_id {str(previous)[:80]!r}: {why}. "
+                "Send the whole conversation as input instead.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        earlier = _reidentified(kept.prompt, kept.pseudonym_map)
+        answer = _reidentified(kept.output, kept.pseudonym_map) if kept.output else []
+        body = call.body
+        body["input"] = (
+            _as_input_items(earlier.get("input") if isinstance(earlier, dict) else None)
+            + _output_as_input(answer)
+            + _as_input_items(body.get("input"))
+        )
+        del body["previous_response_id"]
+        req = ResponsesRequest(body, call.model, call.stream)
+        call.texts = req.texts()
+        call.uninspected = req.uninspected()
+
     async def _stream_broke(
         self,
         call: Call,
@@ -793,7 +850,12 @@ class Pipeline:
         [DONE] is. The event names are rebuilt from each event's type."""
         outcome.route = route
         ep = route.endpoint
-        output = ResponsesStreamOutput(call.pseudonymiser, tenant, self.scanners[tenant.name])
+        output = ResponsesStreamOutput(
+            call.pseudonymiser,
+            tenant,
+            self.scanners[tenant.name],
+            response_id=response_id(call.request_id) if _keeps_conversations(tenant) else None,
+        )
         terminal: dict[str, Any] | None = None
         raw_lines = upstream.lines()
         lines: AsyncIterator[bytes | None] = (
@@ -836,6 +898,8 @@ class Pipeline:
             final = output.finish_response(terminal)
             response = terminal.get("response")
             usage = response.get("usage") if isinstance(response, dict) else None
+            if isinstance(response, dict) and isinstance(response.get("output"), list):
+                outcome.output_items = response["output"]
             if isinstance(usage, dict):
                 outcome.prompt_tokens = _int(usage.get("input_tokens"))
                 outcome.completion_tokens = _int(usage.get("output_tokens"))
@@ -954,7 +1018,11 @@ class Pipeline:
         store = self.stores.for_tenant(tenant.name, tenant.home_region)
         prompt_obj = call.prompt()
         prompt = orjson.dumps(prompt_obj)
-        output = "\x00".join(outcome.output_texts).encode() if outcome.output_texts else None
+        output_obj: Any = outcome.output_items
+        if output_obj is not None:
+            output: bytes | None = orjson.dumps(output_obj)
+        else:
+            output = "\x00".join(outcome.output_texts).encode() if outcome.output_texts else None
         pseudo = call.pseudonymiser
         store_types = decision.store_pseudonymised_types
         identifiers = [
@@ -972,7 +1040,9 @@ class Pipeline:
                 return [f for f in found if f.type in store_types]
 
             prompt = orjson.dumps(pseudonymise_obj(prompt_obj, find, keeper))
-            if outcome.output_texts:
+            if output_obj is not None:
+                output = orjson.dumps(pseudonymise_obj(output_obj, find, keeper))
+            elif outcome.output_texts:
                 texts = [pseudonymise_obj(t, find, keeper) for t in outcome.output_texts]
                 output = "\x00".join(texts).encode()
             pseudo = keeper
@@ -1220,6 +1290,67 @@ _USAGE_KEYS = {
     "responses": ("input_tokens", "output_tokens"),
     "completions": ("prompt_tokens", "completion_tokens"),
 }
+
+
+def _keeps_conversations(tenant: TenantView) -> bool:
+    """A tenant whose Responses conversations are kept by sekisho (its home-region store), not
+    by the provider (which is sent ``store: false``)."""
+    return "store" not in tenant.provider_features
+
+
+_RESPONSE_PREFIX = "resp_sk"
+
+
+def response_id(request_id: str) -> str:
+    """The id a client sees for a response sekisho keeps: its request id, recognisably."""
+    return _RESPONSE_PREFIX + request_id.removeprefix("req_")
+
+
+def _request_of(response: str) -> str | None:
+    if not response.startswith(_RESPONSE_PREFIX) or len(response) > 200:
+        return None
+    return "req_" + response[len(_RESPONSE_PREFIX) :]
+
+
+def _reidentified(raw: bytes, mapping: Mapping[str, str] | None) -> Any:
+    """Stored JSON with its placeholders restored (values escaped for JSON strings)."""
+    text = raw.decode()
+    if mapping:
+        text = Pseudonymiser(mapping).reidentify(text, json_string_escape)
+    return orjson.loads(text)
+
+
+def _as_input_items(value: Any) -> list[Any]:
+    """A Responses ``input`` as a list of items (a string is one user message)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    return list(value) if isinstance(value, list) else []
+
+
+def _output_as_input(output: Any) -> list[Any]:
+    """An earlier answer's output items as input items: its messages and tool calls (ids and
+    statuses dropped: the provider keeps nothing to refer to; reasoning is not carried)."""
+    items: list[Any] = []
+    for item in output if isinstance(output, list) else ():
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "message":
+            parts = [
+                {"type": "output_text", "text": p["text"]}
+                for p in item.get("content") or ()
+                if isinstance(p, dict) and isinstance(p.get("text"), str)
+            ]
+            items.append({"type": "message", "role": "assistant", "content": parts})
+        elif kind == "function_call":
+            keep = ("call_id", "name", "arguments")
+            items.append({"type": "function_call", **{k: item.get(k) for k in keep}})
+        elif kind == "custom_tool_call":
+            keep = ("call_id", "name", "input")
+            items.append({"type": "custom_tool_call", **{k: item.get(k) for k in keep}})
+    return items
 
 
 def _response_event(event: dict[str, Any]) -> bytes:

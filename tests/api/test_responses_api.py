@@ -484,3 +484,97 @@ def test_a_chat_stream_of_another_apis_events_is_cut_not_passed_on(
     assert "upstream_stream_broken" in r.text and "not a chat stream" in r.text
     _, outcome = ledger_entries(receipt(h, r.headers["x-sekisho-request-id"], h.key()).json())
     assert outcome is not None and outcome["status"] == 502
+
+
+# -- conversations kept by sekisho, in the tenant's home region --------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_conversation_continues_from_the_tenants_own_store(
+    gateway: Callable[..., Harness], stream: bool
+) -> None:
+    """previous_response_id without provider-side state: the earlier turn comes back from the
+    home-region store (its pseudonyms restored), goes upstream as input, and is inspected
+    afresh; the provider is sent store: false and no previous_response_id."""
+    h = gateway()
+    c = client(h)
+    if stream:
+        events, _ = stream_events(h, model="gpt-4o", input=f"My address is {EMAIL}.")
+        first_id = events[-1].response.id
+        assert all(e.response.id == first_id for e in events if hasattr(e, "response"))
+    else:
+        first_id = c.responses.create(model="gpt-4o", input=f"My address is {EMAIL}.").id
+    assert first_id.startswith("resp_sk")
+    raw = c.responses.with_raw_response.create(
+        model="gpt-4o", input="What did I say?", previous_response_id=first_id
+    )
+    second = raw.parse()
+    assert second.id.startswith("resp_sk") and second.id != first_id
+    sent = sent_body(h, raw.headers["x-sekisho-endpoint"])
+    assert "previous_response_id" not in sent and sent["store"] is False
+    turns = sent["input"]
+    assert turns[0] == {"role": "user", "content": "My address is <EMAIL_1>."}  # pseudonymised
+    assert turns[1]["role"] == "assistant" and "<EMAIL_1>" in turns[1]["content"][0]["text"]
+    assert turns[-1] == {"role": "user", "content": "What did I say?"}
+    assert EMAIL not in json.dumps(sent)
+    # A third turn chains through the second: the whole conversation, once.
+    raw = c.responses.with_raw_response.create(
+        model="gpt-4o", input="And now?", previous_response_id=second.id
+    )
+    sent = sent_body(h, raw.headers["x-sekisho-endpoint"])
+    users = [t["content"] for t in sent["input"] if t.get("role") == "user"]
+    assert users == ["My address is <EMAIL_1>.", "What did I say?", "And now?"]
+
+
+def test_a_continued_conversation_is_classified_as_a_whole(gateway: Callable[..., Harness]) -> None:
+    """An e-mail address in the first turn makes a later "go on" confidential too; a My Number
+    makes its turn restricted, which the example tenant keeps without content (retention
+    metadata): that conversation cannot be continued from sekisho's store."""
+    h = gateway(lambda raw: None)
+    c = client(h)
+    first = c.responses.create(model="gpt-4o", input=f"返信先は {EMAIL} です")
+    raw = c.responses.with_raw_response.create(
+        model="gpt-4o", input="続けて", previous_response_id=first.id
+    )
+    assert raw.headers["x-sekisho-classification"] == "confidential"
+    alone = c.responses.with_raw_response.create(model="gpt-4o", input="続けて")
+    assert alone.headers["x-sekisho-classification"] == "internal"
+    restricted = c.responses.create(model="chat-default", input=f"マイナンバーは {MY_NUMBER} です")
+    with pytest.raises(openai.BadRequestError) as err:
+        c.responses.create(model="gpt-4o", input="続けて", previous_response_id=restricted.id)
+    assert isinstance(err.value.body, dict)
+    assert "retention mode 'metadata'" in err.value.body["message"]
+
+
+@pytest.mark.parametrize("case", ["unknown", "other tenant", "not kept"])
+def test_a_response_sekisho_does_not_keep_cannot_be_continued(
+    gateways: Callable[..., Harness], case: str
+) -> None:
+    def mutate(raw: dict[str, Any]) -> None:
+        tenant()(raw)
+        raw["tenants"]["other"] = json.loads(json.dumps(raw["tenants"]["demo"]))
+        if case == "not kept":
+            raw["tenants"]["demo"]["retention"] = {"mode": "metadata", "days": 7}
+
+    h = gateways(mutate, keep_bodies=True)
+    c = client(h)
+    first = c.responses.create(model="gpt-4o", input="hello").id
+    previous = (
+        {"unknown": "resp_sk0000000000000000000000", "other tenant": first}[case]
+        if case != "not kept"
+        else first
+    )
+    asker = openai.OpenAI(
+        base_url=h.base_url, api_key=h.key("other" if case == "other tenant" else "demo"),
+        max_retries=0,
+    )  # fmt: skip
+    before = h.bytes_received()
+    with pytest.raises(openai.BadRequestError) as err:
+        asker.responses.create(model="gpt-4o", input="more", previous_response_id=previous)
+    body = err.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "previous_response_not_found"
+    assert body["param"] == "previous_response_id"
+    if case == "not kept":
+        assert "retention mode 'metadata'" in body["message"]
+    assert h.bytes_received() == before

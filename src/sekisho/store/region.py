@@ -476,6 +476,17 @@ class RegionStore:
                 )
             )
 
+    def records_by_request(self, tenant: str, request_id: str) -> list[Row[Any]]:
+        """The tenant's records of one request (normally one), oldest first. Blocking."""
+        with self.records_db.connect() as conn:
+            return list(
+                conn.execute(
+                    select(records)
+                    .where(and_(records.c.tenant == tenant, records.c.request_id == request_id))
+                    .order_by(records.c.created_at)
+                )
+            )
+
     def find_subject(self, tenant: str, id_hashes: Collection[str]) -> list[str]:
         """Ids of the tenant's records whose index holds any of these keyed hashes."""
         with self.records_db.connect() as conn:

@@ -96,6 +96,18 @@ class StoredRef:
     expires_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class KeptExchange:
+    """What the store still holds of one request, decrypted (``TenantStore.kept``): content
+    only when it was kept in full and is neither expired nor under 利用停止."""
+
+    mode: str  # full | metadata
+    usable: bool  # full, not expired, not restricted
+    prompt: bytes | None
+    output: bytes | None
+    pseudonym_map: dict[str, str] | None
+
+
 class TenantStore:
     """One tenant's records in its home region."""
 
@@ -127,6 +139,38 @@ class TenantStore:
         Non-blocking once the tenant's key is loaded (``Stores.open`` loads configured tenants).
         """
         return self.current_keys().keyed_hash(data)
+
+    async def kept(self, request_id: str) -> KeptExchange | None:
+        """The record of ``request_id`` as this tenant's store still holds it; None when there
+        is none (never kept, swept, another tenant's)."""
+        return await asyncio.to_thread(self._kept, request_id)
+
+    def _kept(self, request_id: str) -> KeptExchange | None:
+        rows = self.region.records_by_request(self.tenant, request_id)
+        if not rows:
+            return None
+        row = rows[-1]
+        usable = (
+            row.mode == "full"
+            and row.restricted_at is None
+            and row.expires_at > _ms(datetime.now(UTC))
+        )
+        if not usable:
+            return KeptExchange(row.mode, False, None, None, None)
+        keys = self.region.keys_at(self.tenant, row.key_generation)
+        rid = row.record_id
+        pmap = (
+            orjson.loads(keys.open(rid, "pseudonym_map", row.pseudonym_map))
+            if row.pseudonym_map is not None
+            else None
+        )
+        return KeptExchange(
+            row.mode,
+            True,
+            keys.open(rid, "prompt", row.prompt) if row.prompt is not None else None,
+            keys.open(rid, "output", row.output) if row.output is not None else None,
+            pmap,
+        )
 
     async def put(self, exchange: Exchange) -> StoredRef | None:
         """Keep what the retention says; return once durable. None when nothing is kept."""
