@@ -101,12 +101,15 @@ class Build:
         )
 
 
-def load(wrk: str, b: Build, body_file: Path, conns: int, seconds: int) -> dict[str, float]:
+def load(
+    wrk: str, url: str, key: str, body_file: Path, conns: int, seconds: int
+) -> dict[str, float]:
+    """wrk POSTing ``body_file`` to ``url`` with ``key``; its JSON summary."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_OUT": out.name}
-        env["BENCH_API_KEY"] = b.key
+        env["BENCH_API_KEY"] = key
         cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "30s"]
-        cmd += ["-s", str(HARNESS / "wrk_post.lua"), f"{b.base}/v1/chat/completions"]
+        cmd += ["-s", str(HARNESS / "wrk_post.lua"), url]
         subprocess.run(cmd, env=env, capture_output=True, check=True)
         summary: dict[str, float] = json.loads(Path(out.name).read_text())
         return summary
@@ -152,7 +155,8 @@ def main() -> None:
         rows: dict[str, list[tuple[float, float]]] = {b.name: [] for b in builds}
         for r in range(args.rounds):
             for b in builds if r % 2 == 0 else builds[::-1]:
-                load(wrk, b, body_file, args.c, 2)  # warm-up, not recorded
+                url = f"{b.base}/v1/chat/completions"
+                load(wrk, url, b.key, body_file, args.c, 2)  # warm-up, not recorded
                 before = thread_cpu(b.proc.pid)
                 spying = None
                 if spy and r == 0 and b.name == args.profile:
@@ -160,7 +164,7 @@ def main() -> None:
                     cmd = [spy, "record", "-p", str(b.proc.pid), "-d", str(args.seconds)]
                     cmd += ["-r", "400", "-f", "raw", "-o", out, "--nonblocking", "--threads"]
                     spying = subprocess.Popen([*cmd, "--gil"], stdout=subprocess.DEVNULL)
-                w = load(wrk, b, body_file, args.c, args.seconds)
+                w = load(wrk, url, b.key, body_file, args.c, args.seconds)
                 if spying is not None:
                     spying.wait()
                 after = thread_cpu(b.proc.pid)

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.dont_write_bytecode = True
 
 import procs  # noqa: E402
-from ab import thread_cpu  # noqa: E402
-from procs import HARNESS, REPO, Processes, fail, free_port, say  # noqa: E402
+from ab import load, thread_cpu  # noqa: E402
+from procs import REPO, Processes, fail, free_port, say  # noqa: E402
 
 PROMPT = (
     "Please summarise the following account history for customer Tanaka Taro, account number "
@@ -130,9 +130,9 @@ def main() -> None:
                 label, _, path = name.partition("|")
                 body_file = logs / f"{label.replace(' ', '_')}.json"
                 body_file.write_bytes(runs[name])
-                load(wrk, f"{base}{path}", body_file, key, args.c, 2)  # warm-up
+                load(wrk, f"{base}{path}", key, body_file, args.c, 2)  # warm-up
                 before = thread_cpu(gw.pid)
-                w = load(wrk, f"{base}{path}", body_file, key, args.c, args.seconds)
+                w = load(wrk, f"{base}{path}", key, body_file, args.c, args.seconds)
                 after = thread_cpu(gw.pid)
                 n = max(1, int(w["requests"]))
                 errors = sum(int(w[k]) for k in ("err_status", "err_read", "err_timeout"))
@@ -157,19 +157,6 @@ def main() -> None:
                 f"| {label} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.3f} | "
                 f"{cpu / ref_cpu:.2f}× |"
             )
-
-
-def load(
-    wrk: str, url: str, body_file: Path, key: str, conns: int, seconds: int
-) -> dict[str, float]:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_OUT": out.name}
-        env["BENCH_API_KEY"] = key
-        cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "30s"]
-        cmd += ["-s", str(HARNESS / "wrk_post.lua"), url]
-        subprocess.run(cmd, env=env, capture_output=True, check=True)
-        summary: dict[str, float] = json.loads(Path(out.name).read_text())
-        return summary
 
 
 if __name__ == "__main__":

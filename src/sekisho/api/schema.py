@@ -87,27 +87,23 @@ class ResponsesRequest:
         """Images, audio and files in the input, and input items that are not text (a
         computer's screenshot, a hosted tool's results): counted, never read."""
         inp = self.body.get("input")
-        counts: dict[str, int] = {}
+        holders: list[dict[str, Any]] = []  # what holds content parts, as messages hold them
+        other = 0
         for item in inp if isinstance(inp, list) else ():
             kind = _item_type(item)
             if kind == "message":
-                c = item.get("content")
-                if isinstance(c, list):
-                    for kind_, n in _uninspected_parts([item]).items():
-                        counts[kind_] = counts.get(kind_, 0) + n
+                holders.append(item)
             elif kind in ("function_call_output", "custom_tool_call_output"):
-                out = item.get("output")
-                if isinstance(out, list):
-                    for kind_, n in _uninspected_parts([{"content": out}]).items():
-                        counts[kind_] = counts.get(kind_, 0) + n
+                holders.append({"content": item.get("output")})
             elif kind not in _TEXT_ITEMS:
-                counts[UNINSPECTED_CONTENT] = counts.get(UNINSPECTED_CONTENT, 0) + 1
+                other += 1
         prompt = self.body.get("prompt")
         variables = prompt.get("variables") if isinstance(prompt, dict) else None
         if isinstance(variables, dict):
-            parts = [v for v in variables.values() if isinstance(v, dict)]
-            for kind_, n in _uninspected_parts([{"content": parts}]).items():
-                counts[kind_] = counts.get(kind_, 0) + n
+            holders.append({"content": [v for v in variables.values() if isinstance(v, dict)]})
+        counts = _uninspected_parts(holders)
+        if other:
+            counts[UNINSPECTED_CONTENT] = counts.get(UNINSPECTED_CONTENT, 0) + other
         return counts
 
 
