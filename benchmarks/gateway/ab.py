@@ -41,17 +41,21 @@ from procs import HARNESS, REPO, Processes, completes, fail, free_port, say  # n
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread of ``pid``, by ``name:tid``."""
-    out: dict[str, float] = {}
+def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
+    """User and system CPU seconds of each thread of ``pid``, by ``name:tid``."""
+    out: dict[str, tuple[float, float]] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
             fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:  # the thread ended meanwhile
             continue
-        out[f"{name}:{tid}"] = (int(fields[11]) + int(fields[12])) / TICKS
+        out[f"{name}:{tid}"] = (int(fields[11]) / TICKS, int(fields[12]) / TICKS)
     return out
+
+
+def total(cpu: dict[str, tuple[float, float]]) -> float:
+    return sum(user + system for user, system in cpu.values())
 
 
 def py_spy() -> str | None:
@@ -170,7 +174,7 @@ def main() -> None:
                 after = thread_cpu(b.proc.pid)
                 n = max(1, int(w["requests"]))
                 rps = n / (w["duration_us"] / 1e6)
-                cpu_ms = (sum(after.values()) - sum(before.values())) * 1000 / n
+                cpu_ms = (total(after) - total(before)) * 1000 / n
                 errors = sum(int(w[k]) for k in ("err_status", "err_read", "err_timeout"))
                 rows[b.name].append((rps, cpu_ms))
                 p50, p99 = w["p50"] / 1000, w["p99"] / 1000
@@ -180,10 +184,12 @@ def main() -> None:
                     flush=True,
                 )
                 if args.threads:
-                    for t, s in sorted(after.items()):
-                        share = (s - before.get(t, 0.0)) * 1000 / n
-                        if share >= 0.005:
-                            print(f"      {t:30} {share:6.3f} ms/req")
+                    for t, (user, system) in sorted(after.items()):
+                        user0, system0 = before.get(t, (0.0, 0.0))
+                        u, k = (user - user0) * 1000 / n, (system - system0) * 1000 / n
+                        if u + k >= 0.005:
+                            split = f"(user {u:.3f}, system {k:.3f})"
+                            print(f"      {t:30} {u + k:6.3f} ms/req  {split}")
         print("---")
         first = None
         for name, got in rows.items():

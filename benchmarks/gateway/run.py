@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.dont_write_bytecode = True  # keep the benchmark folder free of __pycache__
 
 import procs  # noqa: E402
+from floor import floor  # noqa: E402
 from procs import HARNESS, REPO, Processes, completes, fail, free_port, say  # noqa: E402
 
 SCENARIOS = "chat:1,chat:16,chat:64,stream:1,stream:16,stream:64"
@@ -245,6 +246,7 @@ def report(
     chunks: int,
     gateways: list[str],
     quiet: dict[str, dict[str, float]] | None = None,
+    durable: dict[str, float] | None = None,
 ) -> tuple[str, list[tuple[str, str, str, bool | None]]]:
     """The markdown table of the run, and the budget checks (what, target, measured, met)."""
     s = summarise(data["rows"])
@@ -316,6 +318,14 @@ def report(
             f"| direct | {d['p50']:.2f} | {d['p99']:.2f} | – | – | {d['errors']:.0f} |",
             f"| sekisho | {k['p50']:.2f} | {k['p99']:.2f} | {k['p50'] - d['p50']:+.2f} "
             f"| {k['p99'] - d['p99']:+.2f} | {k['errors']:.0f} |",
+        ]
+    if durable:
+        lines += [
+            "",
+            "The durability floor on this disk (`floor.py`, same run, no gateway): the three "
+            "commits a request makes at c=1 (decision, exchange, outcome), each a WAL append and "
+            f"an fdatasync of its own: CPU {durable['cpu_ms']:.3f} ms per request, wall "
+            f"{durable['wall_p50_ms']:.2f} ms p50 and {durable['wall_p99_ms']:.2f} ms p99.",
         ]
     checks = budget_checks(s, scen, cold, per_chunk, gateways, quiet)
     return "\n".join(lines), checks
@@ -538,8 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         if "chat:1" in args.scenarios.split(",") and "sekisho" in gateways:
             sek = gateways["sekisho"]
             quiet = quiet_c1(bench, [("direct", mock_url, ""), ("sekisho", sek.url, sek.key)], args)
+        durable = None
+        if "sekisho" in gateways:
+            say("the durability floor: three SQLite commits per request, no gateway")
+            durable = floor(Path(gateways["sekisho"].data_dir).parent)
     data = json.loads(bench_json.read_text())
-    table, checks = report(data, cold, chunks, list(gateways), quiet)
+    table, checks = report(data, cold, chunks, list(gateways), quiet, durable)
     machine = data["machine"]
     header = (
         f"Run {started} ({machine['date']} UTC): {machine['cpu_model']}, {machine['host_cpus']} "
