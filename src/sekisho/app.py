@@ -31,7 +31,7 @@ from sekisho.errors import (
     SekishoError,
 )
 from sekisho.identity import Authenticator, KeyStore, Principal, require
-from sekisho.identity.limits import Limiter, build_limiter
+from sekisho.identity.limits import Limiter, build_limiter, redis_client
 from sekisho.identity.roles import MODEL_ROUTES
 from sekisho.ledger import LEDGER_REFUSALS, Ledger
 from sekisho.metrics import Metrics
@@ -41,6 +41,7 @@ from sekisho.providers.h1 import H1Client
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
 from sekisho.routing import Health, Selector
 from sekisho.routing.catalogue import Endpoint
+from sekisho.routing.slots import SharedSlots
 from sekisho.store import Stores
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ _ROUTE_LABELS = {
 _PUBLISH_HEALTH_EVERY = 5.0
 # The cyclic GC's generation thresholds while serving (CPython's default: 700, 10, 10).
 _GC_THRESHOLDS = (50_000, 20, 20)
+# A Redis that stops answering fails a slot's request after this many seconds (fail closed).
+_SLOTS_REDIS_TIMEOUT = 2.0
 # Keep-alive connections to one upstream host at most; callers beyond wait for one.
 _UPSTREAM_CONNECTIONS_PER_HOST = 1024
 
@@ -141,6 +144,15 @@ class Gateway:
             redis_url=cfg.model.redis,
             data_dir=cfg.data_dir,
         )
+        if cfg.model.redis:
+            # Every process and instance on this Redis shares each endpoint's max_concurrency.
+            self.health.share_slots(
+                SharedSlots(
+                    redis_client(cfg.model.redis, socket_timeout=_SLOTS_REDIS_TIMEOUT),
+                    cfg.model.limits.namespace,
+                    lease_seconds=cfg.model.routing.shared_slot_lease_seconds,
+                )
+            )
         await self.authenticator.start()
         self.admin = AdminAPI(
             keys=self.keys,
@@ -266,6 +278,8 @@ class Gateway:
         await self.authenticator.close()
         if self.limiter is not None:
             await self.limiter.close()
+        if self.health.shared is not None:
+            await self.health.shared.close()
         if self.stores is not None:
             await self.stores.close()
         if self.ledger is not None:

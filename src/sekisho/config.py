@@ -133,6 +133,15 @@ class RoutingConfig(_Section):
         default=3, ge=1, description="Endpoints tried per request (first try plus failovers)"
     )
     health: HealthConfig = HealthConfig()
+    shared_slot_lease_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description=(
+            "With redis: how long a slot of an endpoint's max_concurrency stays taken after "
+            "its gateway process stops renewing it (a process that died)"
+        ),
+    )
 
 
 class LedgerConfig(_Section):
@@ -267,7 +276,10 @@ class ConfigModel(_Section):
         default=None, description="OIDC issuers accepted besides API keys"
     )
     redis: RedisURL | None = Field(
-        default=None, description="Redis for limits shared by several gateway processes"
+        default=None,
+        description=(
+            "Redis for limits and endpoint concurrency caps shared by several gateway processes"
+        ),
     )
     limits: GatewayLimitsSpec = Field(default_factory=GatewayLimitsSpec)
     regions: dict[str, RegionConfig] = Field(min_length=1)

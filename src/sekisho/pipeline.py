@@ -72,6 +72,7 @@ from sekisho.providers import (
 from sekisho.providers.base import upstream_request_id
 from sekisho.routing import Catalogue, Health, Route, Selector
 from sekisho.routing.catalogue import Endpoint
+from sekisho.routing.slots import SlotsUnavailable
 from sekisho.store import Exchange, RetentionSpec, StoreError, Stores
 from sekisho.types import Action
 
@@ -509,18 +510,25 @@ class Pipeline:
         failures: list[UpstreamError] = []
         tried: list[str] = []
         busy: list[str] = []
+        unavailable: SlotsUnavailable | None = None
         for route in plan:
             ep = route.endpoint
             transport = self.transports[ep.family]
             state = self.health.state(ep.id)
             cap = self.health.cap(ep)
-            if cap is None or state.in_flight < cap:
+            if cap is None or (state.shared is None and state.in_flight < cap):
                 state.in_flight += 1
-            elif not await state.wait_for_slot(ep.timeouts.connect):
-                # Busy, not failing: its health stays as it was; the next route is tried.
-                busy.append(f"{ep.id} (all {cap} slots busy for {ep.timeouts.connect:g} s)")
-                self.metrics.endpoint_busy.labels(ep.id, ep.jurisdiction.country).inc()
-                continue
+            else:
+                try:
+                    taken = await state.take(cap, ep.timeouts.connect)
+                except SlotsUnavailable as exc:  # shared slots, Redis unreachable: fail closed
+                    unavailable = exc
+                    continue
+                if not taken:
+                    # Busy, not failing: its health stays as it was; the next route is tried.
+                    busy.append(f"{ep.id} (all {cap} slots busy for {ep.timeouts.connect:g} s)")
+                    self.metrics.endpoint_busy.labels(ep.id, ep.jurisdiction.country).inc()
+                    continue
             tried.append(ep.id)
             released = False
             sent_at = time.perf_counter()
@@ -555,6 +563,8 @@ class Pipeline:
                 if not released:
                     state.release()
                 raise
+        if unavailable is not None and not failures and not busy:
+            raise unavailable
         if busy and not failures:
             raise EndpointsBusy(
                 f"Every eligible endpoint is at its concurrency limit ({'; '.join(busy)}). "

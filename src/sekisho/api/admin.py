@@ -139,10 +139,13 @@ class EndpointView(BaseModel):
         description="How sekisho authenticates: api_key, api_key_file, token (auth type) or none; "
         "never the secret"
     )
-    max_concurrency: int | None = Field(description="In-flight cap (all workers together)")
+    max_concurrency: int | None = Field(
+        description="In-flight cap (all workers together; with redis: all instances too)"
+    )
     health: dict[str, Any] = Field(
         description="This process's view: up, consecutive_failures, down_for_seconds, "
-        "in_flight, waiting, last_error"
+        "in_flight, waiting, last_error; with redis: also slots_in_use_shared (all processes "
+        "and instances, as last seen)"
     )
 
 

@@ -393,11 +393,20 @@ class Limiter:
             await self.usage.close()
 
 
-def redis_client(url: str, max_connections: int = 64) -> Redis:
-    """A client whose pool makes bursts wait for a connection instead of failing."""
+def redis_client(
+    url: str, max_connections: int = 64, *, socket_timeout: float | None = None
+) -> Redis:
+    """A client whose pool makes bursts wait for a connection instead of failing; with
+    ``socket_timeout`` a Redis that stops answering is an error after that many seconds."""
     from redis.asyncio import BlockingConnectionPool, Redis
 
-    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5)
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=5,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+    )
     return Redis(connection_pool=pool)
 
 

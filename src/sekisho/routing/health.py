@@ -1,9 +1,10 @@
 """Passive health: errors, timeouts and 429s mark an endpoint down for a backoff that doubles
 with each consecutive failure; one success brings it back. In-flight counts enforce each
 endpoint's concurrency limit (``max_concurrency``): a request that finds every slot taken waits
-for one, first come first served, for at most the endpoint's connect timeout. State is per
-process (each gateway process learns on its own); with ``--workers N`` each holds its share of
-the slots (``Health.cap``)."""
+for one, first come first served, for at most the endpoint's connect timeout. Health is learned
+per process. The slots are counted per process too, each holding its share with ``--workers N``
+(``Health.cap``), unless ``redis:`` is configured: then every process and instance shares one
+count of each endpoint's slots (``sekisho.routing.slots``)."""
 
 from __future__ import annotations
 
@@ -13,28 +14,76 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from sekisho.routing.slots import SharedSlots, poll_for_slot
+
 if TYPE_CHECKING:
     from sekisho.routing.catalogue import Endpoint
 
 
 class EndpointHealth:
-    __slots__ = ("down_until", "failures", "in_flight", "last_error", "waiters")
+    __slots__ = (
+        "down_until",
+        "endpoint_id",
+        "failures",
+        "in_flight",
+        "last_error",
+        "poller",
+        "shared",
+        "waiters",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint_id: str = "", shared: SharedSlots | None = None) -> None:
+        self.endpoint_id = endpoint_id
         self.failures = 0
         self.down_until = 0.0
-        self.in_flight = 0
+        self.in_flight = 0  # slots this process holds
         self.last_error = ""
         # Requests waiting for a slot of a full endpoint, oldest first.
         self.waiters: deque[asyncio.Future[bool]] = deque()
+        # Set: the cap is shared through Redis with every other process and instance.
+        self.shared = shared
+        self.poller: asyncio.Task[None] | None = None
 
-    async def wait_for_slot(self, timeout: float) -> bool:
+    async def take(self, cap: int, timeout: float) -> bool:
+        """Take one of the endpoint's ``cap`` slots, waiting for one at most ``timeout``
+        seconds; False if none came. With shared slots a free one is taken in Redis."""
+        if self.shared is None:
+            if self.in_flight < cap:
+                self.in_flight += 1
+                return True
+            return await self.wait_for_slot(timeout)
+        if not self._waiting() and await self.shared.try_take(self.endpoint_id, cap):
+            self.in_flight += 1
+            return True
+        return await self.wait_for_slot(timeout, cap)
+
+    def _waiting(self) -> bool:
+        return any(not w.done() for w in self.waiters)
+
+    def _hand_over(self) -> bool:
+        """A slot newly taken in Redis, to the oldest waiter; False if nobody waits."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(True)
+                return True
+        return False
+
+    async def wait_for_slot(self, timeout: float, cap: int | None = None) -> bool:
         """Take a slot of a full endpoint once one is released to this caller (callers are
         served in arrival order); False if none came within ``timeout`` seconds. ``release``
-        hands the slot over without giving it back in between, so a newcomer cannot take it."""
+        hands the slot over without giving it back in between, so a newcomer cannot take it.
+        With shared slots (``cap`` given) a poller also asks Redis for slots freed elsewhere."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         self.waiters.append(waiter)
+        shared = self.shared
+        if shared is not None and cap is not None and (self.poller is None or self.poller.done()):
+            self.poller = loop.create_task(
+                poll_for_slot(shared, self.endpoint_id, cap, self._waiting, self._hand_over)
+            )
         timer = loop.call_later(timeout, _expire, waiter)
         try:
             return await waiter
@@ -54,6 +103,8 @@ class EndpointHealth:
                 waiter.set_result(True)
                 return
         self.in_flight -= 1
+        if self.shared is not None:
+            self.shared.give_back(self.endpoint_id)
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -77,20 +128,38 @@ class Health:
         self.workers = workers
         self._clock = clock
         self._state: dict[str, EndpointHealth] = {}
+        self.shared: SharedSlots | None = None
+
+    def share_slots(self, shared: SharedSlots) -> None:
+        """Count every endpoint's slots in Redis, with every other process, from now on."""
+        self.shared = shared
+        for eid, st in self._state.items():
+            st.shared, st.endpoint_id = shared, eid
 
     def cap(self, ep: Endpoint) -> int | None:
-        """This process's share of the endpoint's ``max_concurrency``: with ``--workers N``
-        each worker holds cap // N slots (at least 1), so together they stay within the cap
-        (when the cap is at least N)."""
+        """The slots this process may hold of the endpoint's ``max_concurrency``: all of them
+        when they are shared through Redis; otherwise, with ``--workers N``, each worker holds
+        cap // N (at least 1), so together they stay within the cap (when the cap is at least
+        N)."""
         cap = ep.max_concurrency
-        if cap is None or self.workers <= 1:
+        if cap is None or self.workers <= 1 or self.shared is not None:
             return cap
         return max(1, cap // self.workers)
+
+    def is_full(self, ep: Endpoint) -> bool:
+        """Whether the endpoint's slots were all taken when last seen (a hint for ordering;
+        taking a slot decides)."""
+        cap = self.cap(ep)
+        if cap is None:
+            return False
+        if self.shared is not None:
+            return (self.shared.in_use(ep.id) or 0) >= cap
+        return self.state(ep.id).in_flight >= cap
 
     def state(self, endpoint_id: str) -> EndpointHealth:
         st = self._state.get(endpoint_id)
         if st is None:
-            st = self._state[endpoint_id] = EndpointHealth()
+            st = self._state[endpoint_id] = EndpointHealth(endpoint_id, self.shared)
         return st
 
     def is_up(self, endpoint_id: str) -> bool:
@@ -123,6 +192,11 @@ class Health:
                 "in_flight": st.in_flight,
                 "waiting": sum(1 for w in st.waiters if not w.done()),
                 "last_error": st.last_error,
+                **(
+                    {"slots_in_use_shared": self.shared.in_use(eid)}
+                    if self.shared is not None
+                    else {}
+                ),
             }
             for eid, st in self._state.items()
         }

@@ -33,9 +33,7 @@ class Selector:
         later: list[Route] = []
         for i, route in enumerate(eligible):
             ep = route.endpoint
-            st = self.health.state(ep.id)
-            cap = self.health.cap(ep)
-            full = cap is not None and st.in_flight >= cap
+            full = self.health.is_full(ep)
             tier = tiers[i] if tiers is not None else 0
             if self.health.is_up(ep.id) and not full:
                 ready.append((tier, route))
