@@ -182,6 +182,29 @@ async def test_an_unreachable_redis_is_a_clear_refusal() -> None:
         await s.close()
 
 
+def test_an_endpoint_seen_full_is_tried_last_but_only_while_that_is_recent() -> None:
+    import time
+
+    from harness import EXAMPLE
+    from sekisho.config import parse_config
+    from sekisho.routing import Health, Selector
+
+    config = parse_config(EXAMPLE.read_text(encoding="utf-8"), "sekisho.yaml")
+    routes = config.catalogue.routes("gpt-4o")
+    assert len(routes) >= 2
+    full = routes[0].endpoint
+    object.__setattr__(full, "max_concurrency", 2)
+    health = Health()
+    shared = SharedSlots(redis_client(URL), "x")
+    health.share_slots(shared)
+    selector = Selector(health)
+    shared._in_use[full.id] = (2, time.monotonic())
+    assert all(selector.plan(routes, 9)[-1].endpoint.id == full.id for _ in range(20))
+    shared._in_use[full.id] = (2, time.monotonic() - 1.5)  # seen full, but 1.5 s ago
+    firsts = {selector.plan(routes, 9)[0].endpoint.id for _ in range(200)}
+    assert full.id in firsts
+
+
 # -- real gateways ------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ import itertools
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,7 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
 return renewed
 """
 
+_HINT_SECONDS = 1.0
 _POLL_FIRST = 0.005
 _POLL_MAX = 0.05
 
@@ -95,7 +97,8 @@ class SharedSlots:
         self._owner = owner or f"{os.getpid()}-{secrets.token_hex(4)}"
         self._serial = itertools.count(1)
         self._held: dict[str, list[str]] = {}  # endpoint id -> members this process holds
-        self._in_use: dict[str, int] = {}  # endpoint id -> slots in use, as last seen
+        # endpoint id -> (slots in use, when seen): a hint for ordering, trusted for 1 s
+        self._in_use: dict[str, tuple[int, float]] = {}
         self._take = client.register_script(_TAKE)
         self._renew = client.register_script(_RENEW)
         self._renewer: asyncio.Task[None] | None = None
@@ -105,8 +108,12 @@ class SharedSlots:
         return f"sekisho:{self.namespace}:slots:{endpoint_id}"
 
     def in_use(self, endpoint_id: str) -> int | None:
-        """Slots in use at the endpoint, all processes together, as last seen (None: never)."""
-        return self._in_use.get(endpoint_id)
+        """Slots in use at the endpoint, all processes together, as seen within the last
+        second (None: not seen since)."""
+        seen = self._in_use.get(endpoint_id)
+        if seen is None or time.monotonic() - seen[1] > _HINT_SECONDS:
+            return None
+        return seen[0]
 
     def held(self, endpoint_id: str) -> int:
         return len(self._held.get(endpoint_id, ()))
@@ -132,7 +139,7 @@ class SharedSlots:
                 "and the server.",
                 headers={"retry-after": "1"},
             ) from None
-        self._in_use[endpoint_id] = int(in_use)
+        self._in_use[endpoint_id] = (int(in_use), time.monotonic())
         if not taken:
             return False
         self._held.setdefault(endpoint_id, []).append(member)
@@ -146,8 +153,8 @@ class SharedSlots:
             return
         member = members.pop()
         seen = self._in_use.get(endpoint_id)
-        if seen:
-            self._in_use[endpoint_id] = seen - 1
+        if seen and seen[0]:
+            self._in_use[endpoint_id] = (seen[0] - 1, seen[1])
         self._spawn(self._give_back(endpoint_id, member))
 
     async def _give_back(self, endpoint_id: str, member: str) -> None:
