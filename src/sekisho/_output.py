@@ -21,8 +21,8 @@ from sekisho.classify import (
 )
 
 if TYPE_CHECKING:
-    from sekisho.pipeline import OutputRule as OutputRuleView
-    from sekisho.pipeline import TenantView
+    from sekisho.call import OutputRule as OutputRuleView
+    from sekisho.call import TenantView
 
 log = logging.getLogger("sekisho.pipeline")
 

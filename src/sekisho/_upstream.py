@@ -163,3 +163,8 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def count(v: Any) -> int:
+    """A token count as an upstream reported it; anything but an integer counts as 0."""
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0

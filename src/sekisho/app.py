@@ -21,6 +21,7 @@ from sekisho.api import http
 from sekisho.api import openai as routes
 from sekisho.api.admin import AdminAPI
 from sekisho.api.ledger import LedgerAPI
+from sekisho.call import Outcome, Reply, StreamReply
 from sekisho.config import Config, load_config, scanner_for
 from sekisho.errors import (
     ConfigError,
@@ -35,7 +36,7 @@ from sekisho.identity.limits import Limiter, build_limiter, redis_client
 from sekisho.identity.roles import MODEL_ROUTES
 from sekisho.ledger import LEDGER_REFUSALS, Ledger
 from sekisho.metrics import Metrics
-from sekisho.pipeline import Outcome, Pipeline, Reply, StreamReply
+from sekisho.pipeline import Pipeline
 from sekisho.providers import Transport, UpstreamError, transport_for
 from sekisho.providers.h1 import H1Client
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from sekisho.call import Call, Outcome
 from sekisho.config import Config
 from sekisho.errors import ServiceUnavailable
 from sekisho.ledger import (
@@ -32,7 +33,6 @@ from sekisho.ledger import (
     load_signer,
 )
 from sekisho.ledger.records import now
-from sekisho.pipeline import Call, Outcome
 from sekisho.policy.decision import Decision
 from sekisho.store import Stores
 

@@ -9,9 +9,10 @@ from urllib.parse import unquote
 
 from sekisho.api import http
 from sekisho.api.schema import parse_chat, parse_completions, parse_embeddings, parse_responses
+from sekisho.call import Call, Kind, Reply, StreamReply
 from sekisho.errors import AuthenticationFailed, NotFound
 from sekisho.identity import KeyStore, Principal
-from sekisho.pipeline import Call, Kind, Pipeline, Reply, StreamReply
+from sekisho.pipeline import Pipeline
 from sekisho.routing import Catalogue, Route
 
 

@@ -149,12 +149,13 @@ class Health:
     def is_full(self, ep: Endpoint) -> bool:
         """Whether the endpoint's slots were all taken when last seen (a hint for ordering;
         taking a slot decides)."""
+        st = self.state(ep.id)  # an endpoint a plan considered is listed in /readyz from now
         cap = self.cap(ep)
         if cap is None:
             return False
         if self.shared is not None:
             return (self.shared.in_use(ep.id) or 0) >= cap
-        return self.state(ep.id).in_flight >= cap
+        return st.in_flight >= cap
 
     def state(self, endpoint_id: str) -> EndpointHealth:
         st = self._state.get(endpoint_id)

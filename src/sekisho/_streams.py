@@ -1,0 +1,346 @@
+"""Steps 7-9 for a streamed answer: each event is inspected as it passes (pseudonyms
+restored, the tenant's output rule applied across event boundaries), and the stream's last
+event (chat's ``[DONE]``, the Responses API's ``response.completed``) is held until the
+outcome entry is durable. Bytes have reached the client by then, so a failure is an error
+event in the API's own shape, never a failover."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from sekisho._conversations import keeps_conversations, response_id
+from sekisho._output import RESPONSE_TERMINAL, ResponsesStreamOutput, StreamOutput
+from sekisho._upstream import count
+from sekisho.call import Call, Outcome, TenantView
+from sekisho.errors import SekishoError
+from sekisho.policy.decision import Decision
+from sekisho.providers import UpstreamError, UpstreamProtocolError, UpstreamResponse
+from sekisho.routing import Route
+
+if TYPE_CHECKING:
+    from sekisho.pipeline import Pipeline
+
+log = logging.getLogger("sekisho.pipeline")
+
+
+async def relay(
+    p: Pipeline,
+    call: Call,
+    decision: Decision,
+    tenant: TenantView,
+    route: Route,
+    upstream: UpstreamResponse,
+    outcome: Outcome,
+) -> AsyncIterator[bytes]:
+    if call.kind == "responses":
+        async for chunk in relay_responses(p, call, decision, tenant, route, upstream, outcome):
+            yield chunk
+        return
+    outcome.route = route
+    ep = route.endpoint
+    output = StreamOutput(
+        call.pseudonymiser,
+        tenant,
+        p.scanners[tenant.name],
+        legacy=call.kind == "completions",
+    )
+    done = False
+    raw_lines = upstream.lines()
+    lines: AsyncIterator[bytes | None] = (
+        _marking_silence(raw_lines, p.stream_keepalive) if p.stream_keepalive > 0 else raw_lines
+    )
+    try:
+        async for line in lines:
+            if line is None:  # the endpoint has been silent that long: keep the client's
+                yield b": keep-alive\n\n"  # connection (and any proxy's idle timer) alive
+                continue
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                done = True
+                break
+            try:
+                event = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                raise UpstreamProtocolError(ep.id, "stream event is not JSON") from None
+            if not isinstance(event, dict):
+                raise UpstreamProtocolError(ep.id, "stream event is not an object")
+            usage = event.get("usage")
+            if isinstance(usage, dict):
+                outcome.prompt_tokens = count(usage.get("prompt_tokens"))
+                outcome.completion_tokens = count(usage.get("completion_tokens"))
+                if not call.include_usage and not event.get("choices"):
+                    continue  # sekisho asked for it (token limits); the client did not
+            elif not isinstance(event.get("choices"), list) and "error" not in event:
+                # Not this API's event (inspection reads only choices): never passed on.
+                raise UpstreamProtocolError(
+                    ep.id, f"stream event without 'choices': not a {call.kind} stream"
+                )
+            if output.apply(event):
+                payload = orjson.dumps(event)
+            yield b"data: " + payload + b"\n\n"
+        if not done:
+            raise UpstreamProtocolError(ep.id, "stream ended without [DONE]")
+        tail = output.finish()
+        if tail is not None:
+            yield b"data: " + orjson.dumps(tail) + b"\n\n"
+        p.health.success(ep.id)
+        outcome.output_texts = output.texts()
+        outcome.error_code = output.error_code
+        outcome.estimate_usage(call.texts)
+        try:
+            await p.record(call, decision, outcome)
+        except SekishoError as exc:
+            # Nothing completes without its record: the stream ends with the reason (e.g.
+            # ledger_unavailable), never with [DONE].
+            yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+            return
+        yield b"data: [DONE]\n\n"
+    except UpstreamError as exc:
+        # Bytes have reached the client: no failover now. Tell the client in-stream, in the
+        # shape the OpenAI SDKs raise as an APIError.
+        await _broke(p, call, decision, route, outcome, output.texts(), exc)
+        err = {
+            "error": {
+                "message": f"The stream from endpoint {ep.id} broke: {exc.detail}.",
+                "type": "upstream_error",
+                "param": None,
+                "code": "upstream_stream_broken",
+            }
+        }
+        yield b"data: " + orjson.dumps(err) + b"\n\n"
+    except (asyncio.CancelledError, GeneratorExit):
+        await _left(p, call, decision, outcome, output.texts())
+        raise
+    finally:
+        upstream.close()
+
+
+async def _broke(
+    p: Pipeline,
+    call: Call,
+    decision: Decision,
+    route: Route,
+    outcome: Outcome,
+    texts: list[str],
+    exc: UpstreamError,
+) -> None:
+    """A stream whose endpoint failed after bytes reached the client: the endpoint's
+    health hears of it, and the outcome (502, what was delivered) is recorded."""
+    p.upstream_failed(route, exc)
+    outcome.status = 502
+    outcome.error_code = "upstream_stream_broken"
+    outcome.output_texts = texts
+    outcome.estimate_usage(call.texts)
+    try:
+        await p.record(call, decision, outcome)
+    except SekishoError:  # the ledger says why; the client still learns the stream broke
+        log.exception("could not record a broken stream", extra={"request_id": call.request_id})
+
+
+async def _left(
+    p: Pipeline, call: Call, decision: Decision, outcome: Outcome, texts: list[str]
+) -> None:
+    """A client gone mid-stream: recorded as 499 with what it got, and charged what the
+    endpoint generated until then (shielded: the cancellation must not cut the record)."""
+    outcome.status = 499
+    outcome.error_code = "client_disconnected"
+    outcome.output_texts = texts
+    outcome.estimate_usage(call.texts)  # the endpoint spent them all the same
+    await asyncio.shield(p.record(call, decision, outcome))
+
+
+async def relay_responses(
+    p: Pipeline,
+    call: Call,
+    decision: Decision,
+    tenant: TenantView,
+    route: Route,
+    upstream: UpstreamResponse,
+    outcome: Outcome,
+) -> AsyncIterator[bytes]:
+    """A Responses API stream: typed events, no [DONE]; it ends with response.completed
+    (or .incomplete, .failed), which is held until the outcome entry is durable, as chat's
+    [DONE] is. The event names are rebuilt from each event's type."""
+    outcome.route = route
+    ep = route.endpoint
+    output = ResponsesStreamOutput(
+        call.pseudonymiser,
+        tenant,
+        p.scanners[tenant.name],
+        response_id=response_id(call.request_id) if keeps_conversations(tenant) else None,
+    )
+    terminal: dict[str, Any] | None = None
+    raw_lines = upstream.lines()
+    lines: AsyncIterator[bytes | None] = (
+        _marking_silence(raw_lines, p.stream_keepalive) if p.stream_keepalive > 0 else raw_lines
+    )
+    try:
+        async for line in lines:
+            if line is None:
+                yield b": keep-alive\n\n"
+                continue
+            if not line.startswith(b"data:"):
+                continue  # "event:" lines: every event names its type in its data too
+            payload = line[5:].strip()
+            if payload == b"[DONE]":  # not in OpenAI's protocol, but some servers add it
+                break
+            try:
+                event = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                raise UpstreamProtocolError(ep.id, "stream event is not JSON") from None
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                raise UpstreamProtocolError(ep.id, "stream event is not a typed object")
+            etype = event["type"]
+            if etype in RESPONSE_TERMINAL:
+                terminal = event
+                break
+            if etype == "error":  # the provider gave up mid-answer: it says why
+                raise UpstreamProtocolError(
+                    ep.id, f"stream error event: {str(event.get('message'))[:200]}"
+                )
+            events = output.apply_event(event)
+            if events is None:
+                yield b"event: " + etype.encode() + b"\ndata: " + payload + b"\n\n"
+            else:
+                for e in events:
+                    yield _response_event(e)
+        if terminal is None:
+            raise UpstreamProtocolError(ep.id, "stream ended before the response did")
+        final = output.finish_response(terminal)
+        response = terminal.get("response")
+        usage = response.get("usage") if isinstance(response, dict) else None
+        if isinstance(response, dict) and isinstance(response.get("output"), list):
+            outcome.output_items = response["output"]
+        if isinstance(usage, dict):
+            outcome.prompt_tokens = count(usage.get("input_tokens"))
+            outcome.completion_tokens = count(usage.get("output_tokens"))
+        for e in final[:-1]:  # text held back to the last
+            yield _response_event(e)
+        if terminal["type"] == "response.failed":
+            outcome.status = 502
+            outcome.error_code = "upstream_response_failed"
+        else:
+            p.health.success(ep.id)
+            outcome.error_code = output.error_code
+        outcome.output_texts = output.texts()
+        outcome.estimate_usage(call.texts)
+        try:
+            await p.record(call, decision, outcome)
+        except SekishoError as exc:
+            # Nothing completes without its record: an error event, never response.completed
+            yield _response_error(output, exc.code, exc.message)
+            return
+        yield _response_event(final[-1])
+    except UpstreamError as exc:
+        await _broke(p, call, decision, route, outcome, output.texts(), exc)
+        yield _response_error(
+            output,
+            "upstream_stream_broken",
+            f"The stream from endpoint {ep.id} broke: {exc.detail}.",
+        )
+    except (asyncio.CancelledError, GeneratorExit):
+        await _left(p, call, decision, outcome, output.texts())
+        raise
+    finally:
+        upstream.close()
+
+
+async def relay_when_answered(
+    p: Pipeline,
+    call: Call,
+    decision: Decision,
+    tenant: TenantView,
+    dispatching: asyncio.Future[tuple[Route, UpstreamResponse, dict[str, Any] | None]],
+    outcome: Outcome,
+) -> AsyncIterator[bytes]:
+    """A stream already started (200) while its endpoint has not sent a first event: SSE
+    comments until it does, which clients ignore and idle timers count as traffic. A
+    failure now arrives as an error event, in the shape the SDKs raise; where the answer
+    came from, which headers can no longer say, arrives as comments."""
+    streaming = False
+    try:
+        while not dispatching.done():
+            yield b": keep-alive\n\n"
+            await asyncio.wait((dispatching,), timeout=p.stream_keepalive)
+        try:
+            route, upstream, _ = dispatching.result()
+        except SekishoError as exc:
+            outcome.status, outcome.error_code = exc.status, exc.code
+            await p.record(call, decision, outcome)
+            if call.kind == "responses":
+                yield _response_error(None, exc.code, exc.message)
+            else:
+                yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+            return
+        info = [f"{k}: {v}" for k, v in route_headers(route)]
+        if call.upstream_request_id is not None:
+            info.append(f"x-sekisho-upstream-request-id: {call.upstream_request_id}")
+        yield "".join(f": {line}\n" for line in info).encode() + b"\n"
+        streaming = True
+        async for chunk in relay(p, call, decision, tenant, route, upstream, outcome):
+            yield chunk
+    finally:
+        if not dispatching.done():
+            dispatching.cancel()  # the client went away while the endpoint was thinking
+            await asyncio.shield(p.gone(call, decision))
+        elif not streaming and not dispatching.cancelled() and not dispatching.exception():
+            dispatching.result()[1].close()  # answered, but nobody is left to read it
+
+
+async def _marking_silence(
+    lines: AsyncIterator[bytes], interval: float
+) -> AsyncIterator[bytes | None]:
+    """``lines``, with a None each time ``interval`` seconds pass without one (a pause in the
+    middle of a stream: a model thinking between two parts of its answer)."""
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(lines))
+            done, _ = await asyncio.wait((pending,), timeout=interval)
+            if not done:
+                yield None
+                continue
+            finished, pending = pending, None
+            try:
+                line = finished.result()
+            except StopAsyncIteration:
+                return
+            yield line
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
+def route_headers(route: Route) -> list[tuple[str, str]]:
+    ep = route.endpoint
+    return [
+        ("x-sekisho-endpoint", ep.id),
+        ("x-sekisho-jurisdiction", f"{ep.jurisdiction.country}/{ep.jurisdiction.region}"),
+        ("x-sekisho-operator-country", ep.operator.country),
+    ]
+
+
+def _response_event(event: dict[str, Any]) -> bytes:
+    """One Responses API server-sent event: its type as the SSE event name, as OpenAI sends."""
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+def _response_error(output: ResponsesStreamOutput | None, code: str, message: str) -> bytes:
+    """A failure after the stream started, as the Responses API reports one: an ``error``
+    event (the SDKs yield it as a ResponseErrorEvent; no response.completed follows)."""
+    event = {
+        "type": "error",
+        "code": code,
+        "message": message,
+        "param": None,
+        "sequence_number": output.next_sequence if output is not None else 0,
+    }
+    return _response_event(event)
