@@ -11,6 +11,7 @@ afresh, as any request is.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,7 +21,47 @@ from sekisho.api.schema import ResponsesRequest
 from sekisho.call import Call, TenantView
 from sekisho.classify import Pseudonymiser
 from sekisho.errors import InvalidRequest
-from sekisho.store import Stores
+from sekisho.store import KeptExchange, Stores
+
+
+class TurnNotKept(Exception):
+    """A ``resp_sk…`` id that names no usable turn; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeptTurn:
+    """A Responses turn as the tenant's store keeps it, its pseudonyms restored."""
+
+    exchange: KeptExchange
+    prompt: dict[str, Any]  # {"instructions": ..., "input": ...} as sent upstream
+    output: list[Any]  # the output items as the client got them
+
+
+async def kept_turn(stores: Stores | None, tenant: TenantView, response: str) -> KeptTurn:
+    """The turn behind one of sekisho's response ids, from the tenant's home-region store.
+    Raises ``TurnNotKept`` for an id that is not one of sekisho's, not this tenant's, kept
+    without its content, expired, restricted (利用停止), or a request of another API."""
+    request_id = request_of(response)
+    kept = None
+    if request_id is not None and stores is not None:
+        kept = await stores.for_tenant(tenant.name, tenant.home_region).kept(request_id)
+    if kept is None:
+        raise TurnNotKept("sekisho keeps no such response for this tenant")
+    if kept.mode != "full":
+        raise TurnNotKept(
+            f"its turn was kept without its content (retention mode {kept.mode!r}, as the "
+            "tenant's retention policy says for its level)"
+        )
+    if not kept.usable or kept.prompt is None:
+        raise TurnNotKept("its turn has expired or is restricted (利用停止)")
+    try:
+        prompt = reidentified(kept.prompt, kept.pseudonym_map)
+        output = reidentified(kept.output, kept.pseudonym_map) if kept.output else []
+    except orjson.JSONDecodeError:  # a chat or completions exchange keeps plain texts
+        prompt = output = None
+    if not isinstance(prompt, dict) or "input" not in prompt or not isinstance(output, list):
+        raise TurnNotKept("sekisho keeps no such response for this tenant")
+    return KeptTurn(kept, prompt, output)
 
 
 async def continue_conversation(stores: Stores | None, call: Call, tenant: TenantView) -> None:
@@ -29,39 +70,84 @@ async def continue_conversation(stores: Stores | None, call: Call, tenant: Tenan
     turn's input and output come back from the tenant's home-region store and go upstream
     as this request's first input items. All of it is inspected and decided on afresh."""
     previous = call.body["previous_response_id"]
-    request_id = request_of(previous)
-    kept = None
-    if request_id is not None and stores is not None:
-        store = stores.for_tenant(tenant.name, tenant.home_region)
-        kept = await store.kept(request_id)
-    if kept is None or not kept.usable or kept.prompt is None:
-        if kept is not None and kept.mode != "full":
-            why = (
-                "its turn was kept without its content (retention mode "
-                f"{kept.mode!r}, as the tenant's retention policy says for its level)"
-            )
-        elif kept is not None:
-            why = "its turn has expired or is restricted (利用停止)"
-        else:
-            why = "sekisho keeps no such response for this tenant"
+    try:
+        turn = await kept_turn(stores, tenant, str(previous))
+    except TurnNotKept as exc:
         raise InvalidRequest(
-            f"Cannot continue from previous_response_id {str(previous)[:80]!r}: {why}. "
+            f"Cannot continue from previous_response_id {str(previous)[:80]!r}: {exc}. "
             "Send the whole conversation as input instead.",
             param="previous_response_id",
             code="previous_response_not_found",
-        )
-    earlier = reidentified(kept.prompt, kept.pseudonym_map)
-    answer = reidentified(kept.output, kept.pseudonym_map) if kept.output else []
+        ) from None
     body = call.body
     body["input"] = (
-        as_input_items(earlier.get("input") if isinstance(earlier, dict) else None)
-        + output_as_input(answer)
+        as_input_items(turn.prompt.get("input"))
+        + output_as_input(turn.output)
         + as_input_items(body.get("input"))
     )
     del body["previous_response_id"]
     req = ResponsesRequest(body, call.model, call.stream)
     call.texts = req.texts()
     call.uninspected = req.uninspected()
+
+
+def response_object(response: str, turn: KeptTurn) -> dict[str, Any]:
+    """A kept turn as the Responses API's response object (``GET /v1/responses/{id}``): its
+    output as the client got it, its instructions, model, status and usage."""
+    ex = turn.exchange
+    cut = any(isinstance(i, dict) and i.get("status") == "incomplete" for i in turn.output)
+    status = "completed" if ex.status == 200 else "failed"
+    if status == "completed" and cut:
+        status = "incomplete"
+    return {
+        "id": response,
+        "object": "response",
+        "created_at": ex.created_at // 1000,
+        "status": status,
+        "error": None
+        if ex.status == 200
+        else {"code": "server_error", "message": f"The request ended with HTTP {ex.status}."},
+        "incomplete_details": {"reason": "content_filter"} if status == "incomplete" else None,
+        "instructions": turn.prompt.get("instructions"),
+        "model": ex.model,
+        "output": turn.output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "temperature": None,
+        "top_p": None,
+        "metadata": {},
+        "store": True,  # kept, by sekisho, in the tenant's home region
+        "usage": {
+            "input_tokens": ex.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": ex.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": ex.prompt_tokens + ex.completion_tokens,
+        },
+    }
+
+
+def input_items(response: str, turn: KeptTurn) -> list[dict[str, Any]]:
+    """The turn's input as the Responses API lists it: items, oldest first, each with an id
+    (a message's string content as one text part)."""
+    items: list[dict[str, Any]] = []
+    base = response.removeprefix(_RESPONSE_PREFIX)
+    for i, raw in enumerate(as_input_items(turn.prompt.get("input"))):
+        if not isinstance(raw, dict):
+            continue
+        item = dict(raw)
+        if "role" in item and "type" not in item:
+            item["type"] = "message"
+        content = item.get("content")
+        if item.get("type") == "message" and isinstance(content, str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": content}]
+        if not isinstance(item.get("id"), str):
+            prefix = "msg" if item.get("type") == "message" else "item"
+            item["id"] = f"{prefix}_sk{base}_{i}"
+        items.append(item)
+    return items
 
 
 def keeps_conversations(tenant: TenantView) -> bool:

@@ -513,6 +513,9 @@ class Gateway:
             if path == "/v1/models" or path.startswith("/v1/models/"):
                 await self._models(scope, send, rid, path)
                 return
+            if path.startswith("/v1/responses/"):
+                await self._kept_response(scope, send, rid, path)
+                return
             if path.startswith("/admin/v1"):
                 assert self.admin is not None
                 await self.admin(scope, receive, send, rid)
@@ -523,14 +526,7 @@ class Gateway:
                 return
             raise NotFound(
                 f"Unknown path {path!r}. sekisho serves /v1/chat/completions, /v1/responses, "
-                "/v1/completions, /v1/embeddings and /v1/models."
-                + (
-                    " Of the Responses API it serves creating a response (POST /v1/responses); "
-                    "responses kept at a provider are not fetched, cancelled or deleted through "
-                    "sekisho."
-                    if path.startswith("/v1/responses/")
-                    else ""
-                ),
+                "/v1/completions, /v1/embeddings and /v1/models.",
                 code="unknown_url",
             )
         except SekishoError as exc:
@@ -739,6 +735,21 @@ class Gateway:
             await http.send_json(
                 send, 200, routes.get_model(listing, path[len("/v1/models/") :]), rid
             )
+
+    async def _kept_response(self, scope: http.Scope, send: http.Send, rid: str, path: str) -> None:
+        """A response sekisho keeps in the tenant's home region, read back (api/openai.py)."""
+        principal = await self.authenticator.authenticate_headers(scope["headers"])
+        require(principal, MODEL_ROUTES["/v1/responses"])
+        tenant = self.config.tenants.get(principal.tenant)
+        if tenant is None or self.recorder is None:
+            raise PermissionDenied(
+                f"The key's tenant {principal.tenant!r} is not in the configuration."
+            )
+        body = await routes.kept_response(
+            self.stores, tenant, principal, self.recorder, scope["method"], path,
+            http.query(scope), rid,
+        )  # fmt: skip
+        await http.send_json(send, 200, body, rid)
 
     async def _healthz(
         self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str

@@ -353,14 +353,6 @@ def test_a_stream_that_breaks_ends_with_an_error_event_and_is_recorded(
     assert outcome is not None and outcome["status"] == 502
 
 
-def test_fetching_a_kept_response_is_a_clear_404(gateway: Callable[..., Harness]) -> None:
-    h = gateway()
-    with pytest.raises(openai.NotFoundError) as err:
-        client(h).responses.retrieve("resp_123")
-    assert isinstance(err.value.body, dict)
-    assert "POST /v1/responses" in err.value.body["message"]
-
-
 async def test_the_async_client_streams_a_response(gateway: Callable[..., Harness]) -> None:
     h = gateway()
     c = openai.AsyncOpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
@@ -578,3 +570,137 @@ def test_a_response_sekisho_does_not_keep_cannot_be_continued(
     if case == "not kept":
         assert "retention mode 'metadata'" in body["message"]
     assert h.bytes_received() == before
+
+
+# -- reading kept responses back: GET /v1/responses/{id}, its input items --------------------
+
+
+def admin_records(h: Harness, action: str) -> list[Any]:
+    from sekisho.ledger import parse_record
+    from sekisho.ledger.storage import open_storage
+
+    storage = open_storage(h.data_dir)
+    try:
+        records = [parse_record(leaf) for _, leaf, _, _, _ in storage.scan(0, storage.tree_size())]
+    finally:
+        storage.close()
+    return [r for r in records if r.kind == "admin" and r.action == action]  # type: ignore[union-attr]
+
+
+def test_a_kept_response_is_retrieved_as_the_client_got_it_and_the_read_is_in_the_ledger(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway()
+    c = client(h)
+    first = c.responses.create(
+        model="gpt-4o", instructions="Be brief.", input=f"My address is {EMAIL}."
+    )
+    got = c.responses.retrieve(first.id)
+    assert got.id == first.id and got.object == "response"
+    assert got.status == "completed" and got.model == "gpt-4o"
+    assert got.output_text == first.output_text  # its pseudonyms restored, as delivered
+    assert got.instructions == "Be brief."
+    assert got.usage is not None and first.usage is not None
+    assert got.usage.input_tokens == first.usage.input_tokens
+    assert got.usage.output_tokens == first.usage.output_tokens
+    assert abs(got.created_at - first.created_at) < 5
+    reads = admin_records(h, "responses.retrieve")
+    assert [r.target for r in reads] == [first.id]
+    assert reads[0].details["tenant"] == "demo"
+
+
+def test_a_kept_responses_input_items_are_listed_and_paged(gateway: Callable[..., Harness]) -> None:
+    h = gateway()
+    c = client(h)
+    first = c.responses.create(model="gpt-4o", input=f"My address is {EMAIL}.")
+    second = c.responses.create(
+        model="gpt-4o", input="What did I say?", previous_response_id=first.id
+    )
+    newest_first = c.responses.input_items.list(second.id)
+    texts = [i.content[0].text for i in newest_first.data]  # type: ignore[union-attr]
+    assert texts[0] == "What did I say?"
+    assert texts[-1] == f"My address is {EMAIL}."  # the client's own words, restored
+    assert [i.role for i in newest_first.data] == ["user", "assistant", "user"]  # type: ignore[union-attr]
+    ids = [i.id for i in newest_first.data]
+    assert len(set(ids)) == 3
+    page = c.responses.input_items.list(second.id, order="asc", limit=1)
+    assert [i.id for i in page.data] == [ids[-1]] and page.has_more
+    rest = c.responses.input_items.list(second.id, order="asc", limit=5, after=ids[-1])
+    assert [i.id for i in rest.data] == ids[-2::-1] and not rest.has_more
+    auto = [i.id for i in c.responses.input_items.list(second.id, order="asc", limit=1)]
+    assert auto == ids[::-1]  # the SDK's auto-paging follows after= to the end
+    with pytest.raises(openai.BadRequestError) as err:
+        c.responses.input_items.list(second.id, limit=0)
+    assert isinstance(err.value.body, dict) and err.value.body["param"] == "limit"
+    assert len(admin_records(h, "responses.input_items")) >= 4
+
+
+def test_an_application_cannot_delete_what_the_retention_policy_keeps(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway()
+    c = client(h)
+    first = c.responses.create(model="gpt-4o", input="hello")
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        c.responses.delete(first.id)
+    assert isinstance(err.value.body, dict)
+    assert err.value.body["code"] == "retention_policy"
+    assert "利用停止" in err.value.body["message"]
+    assert c.responses.retrieve(first.id).id == first.id  # still kept
+    with pytest.raises(openai.BadRequestError):
+        c.responses.cancel(first.id)
+
+
+@pytest.mark.parametrize(
+    "case", ["unknown", "other tenant", "not kept", "a chat request", "provider keeps", "foreign"]
+)
+def test_retrieving_a_response_sekisho_does_not_keep_is_a_404_saying_why(
+    gateways: Callable[..., Harness], case: str
+) -> None:
+    def mutate(raw: dict[str, Any]) -> None:
+        tenant()(raw)
+        raw["tenants"]["other"] = json.loads(json.dumps(raw["tenants"]["demo"]))
+        if case == "not kept":
+            raw["tenants"]["demo"]["retention"] = {"mode": "metadata", "days": 7}
+        if case == "provider keeps":
+            raw["tenants"]["demo"]["provider_features"] = ["store"]
+
+    h = gateways(mutate, keep_bodies=True)
+    c = client(h)
+    first = c.responses.create(model="gpt-4o", input="hello").id
+    chat = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hello"}]
+    )
+    forged = "resp_sk" + chat.headers["x-sekisho-request-id"].removeprefix("req_")
+    wanted = {
+        "unknown": "resp_sk0000000000000000000000",
+        "a chat request": forged,
+        "foreign": "resp_68af0a1b2c3d",
+    }.get(case, first)
+    asker = openai.OpenAI(
+        base_url=h.base_url, api_key=h.key("other" if case == "other tenant" else "demo"),
+        max_retries=0,
+    )  # fmt: skip
+    with pytest.raises(openai.NotFoundError) as err:
+        asker.responses.retrieve(wanted)
+    body = err.value.body
+    assert isinstance(body, dict) and body["code"] == "response_not_found"
+    why = {
+        "not kept": "retention mode 'metadata'",
+        "provider keeps": "not fetched through sekisho",
+        "foreign": "not an id of a response sekisho keeps",
+    }.get(case, "sekisho keeps no such response for this tenant")
+    assert why in body["message"]
+    assert admin_records(h, "responses.retrieve") == []  # nothing was read
+
+
+def test_reading_a_kept_response_needs_a_key(gateway: Callable[..., Harness]) -> None:
+    h = gateway()
+    first = client(h).responses.create(model="gpt-4o", input="hello")
+    r = request("GET", f"{h.base_url}/responses/{first.id}")
+    assert r.status_code == 401
+    r = request(
+        "GET", f"{h.base_url}/responses/{first.id}/other",
+        headers={"authorization": f"Bearer {h.key()}"},
+    )  # fmt: skip
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"

@@ -7,13 +7,28 @@ import time
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+from sekisho._conversations import (
+    TurnNotKept,
+    input_items,
+    keeps_conversations,
+    kept_turn,
+    request_of,
+    response_object,
+)
 from sekisho.api import http
 from sekisho.api.schema import parse_chat, parse_completions, parse_embeddings, parse_responses
-from sekisho.call import Call, Kind, Reply, StreamReply
-from sekisho.errors import AuthenticationFailed, NotFound
+from sekisho.call import Call, Kind, Reply, StreamReply, TenantView
+from sekisho.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PermissionDenied,
+)
 from sekisho.identity import KeyStore, Principal
 from sekisho.pipeline import Pipeline
 from sekisho.routing import Catalogue, Route
+from sekisho.store import Stores
 
 
 def authenticate(scope: http.Scope, keys: KeyStore) -> Principal:
@@ -173,3 +188,93 @@ def get_model(listing: dict[str, Any], model: str) -> dict[str, Any]:
 
 def now() -> float:
     return time.perf_counter()
+
+
+class Audit(Protocol):
+    async def admin(
+        self, actor: str, action: str, target: str, details: dict[str, object]
+    ) -> None: ...
+
+
+_RESPONSES = "/v1/responses/"
+
+
+async def kept_response(
+    stores: Stores | None,
+    tenant: TenantView,
+    principal: Principal,
+    audit: Audit,
+    method: str,
+    path: str,
+    query: dict[str, str],
+    rid: str,
+) -> dict[str, Any]:
+    """``GET /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items`` for the responses
+    sekisho keeps in the tenant's home region (``resp_sk…``). Each read is a ledger entry
+    (who read which response) before anything is returned; ``DELETE`` is refused, because
+    how long an exchange is kept is the tenant's retention policy, not the application's."""
+    response, _, rest = path[len(_RESPONSES) :].partition("/")
+    response = unquote(response)
+    if rest not in ("", "input_items", "cancel"):
+        raise NotFound(f"Unknown path {path!r}.", code="unknown_url")
+    if rest == "cancel":
+        raise InvalidRequest(
+            "Only background responses can be cancelled, and sekisho does not run background "
+            "responses (a provider would keep them).",
+            code="provider_feature_not_allowed",
+        )
+    if method == "DELETE" and rest == "":
+        raise PermissionDenied(
+            f"Response {response[:80]!r} is kept by tenant {tenant.name!r}'s retention policy "
+            "in its home-region store, for as long as that policy says; an application cannot "
+            "delete it. An operator can restrict its use (利用停止) or erase a data subject's "
+            "records (sekisho store restrict / delete-subject).",
+            code="retention_policy",
+        )
+    if method != "GET":
+        raise MethodNotAllowed(f"{path} accepts GET, not {method}.")
+    if not keeps_conversations(tenant) or request_of(response) is None:
+        where = (
+            "tenant {name!r} lets its providers keep responses (provider_features: [store]), "
+            "and responses kept at a provider are not fetched through sekisho"
+            if not keeps_conversations(tenant)
+            else "it is not an id of a response sekisho keeps (resp_sk…)"
+        ).format(name=tenant.name)
+        raise NotFound(f"No response {response[:80]!r}: {where}.", code="response_not_found")
+    try:
+        turn = await kept_turn(stores, tenant, response)
+    except TurnNotKept as exc:
+        raise NotFound(
+            f"No response {response[:80]!r}: {exc}.", code="response_not_found"
+        ) from None
+    what = "responses.input_items" if rest else "responses.retrieve"
+    await audit.admin(principal.subject, what, response, {"request_id": rid, "tenant": tenant.name})
+    if not rest:
+        return response_object(response, turn)
+    return _page(input_items(response, turn), query)
+
+
+def _page(items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
+    """One page of a list, as the OpenAI API pages: ``order`` (desc by default), ``limit``
+    (1-100, 20 by default), ``after`` (the id of the last item of the previous page)."""
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("Query parameter 'order' must be 'asc' or 'desc'.", param="order")
+    limit = http.int_param(query, "limit") if "limit" in query else 20
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("Query parameter 'limit' must be from 1 to 100.", param="limit")
+    ordered = items if order == "asc" else items[::-1]
+    after = query.get("after")
+    if after is not None:
+        ids = [i["id"] for i in ordered]
+        if after not in ids:
+            raise InvalidRequest(f"No item {after[:80]!r} to list after.", param="after")
+        ordered = ordered[ids.index(after) + 1 :]
+    page = ordered[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(ordered) > limit,
+    }

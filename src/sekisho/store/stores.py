@@ -106,6 +106,11 @@ class KeptExchange:
     prompt: bytes | None
     output: bytes | None
     pseudonym_map: dict[str, str] | None
+    model: str = ""
+    created_at: int = 0  # ms since the epoch
+    status: int = 0  # the HTTP status the client got
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class TenantStore:
@@ -150,13 +155,14 @@ class TenantStore:
         if not rows:
             return None
         row = rows[-1]
+        facts = (row.model, row.created_at, row.status, row.prompt_tokens, row.completion_tokens)
         usable = (
             row.mode == "full"
             and row.restricted_at is None
             and row.expires_at > _ms(datetime.now(UTC))
         )
         if not usable:
-            return KeptExchange(row.mode, False, None, None, None)
+            return KeptExchange(row.mode, False, None, None, None, *facts)
         keys = self.region.keys_at(self.tenant, row.key_generation)
         rid = row.record_id
         pmap = (
@@ -170,6 +176,7 @@ class TenantStore:
             keys.open(rid, "prompt", row.prompt) if row.prompt is not None else None,
             keys.open(rid, "output", row.output) if row.output is not None else None,
             pmap,
+            *facts,
         )
 
     async def put(self, exchange: Exchange) -> StoredRef | None:
