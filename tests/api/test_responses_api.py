@@ -538,7 +538,7 @@ def test_a_continued_conversation_is_classified_as_a_whole(gateway: Callable[...
     assert "retention mode 'metadata'" in err.value.body["message"]
 
 
-@pytest.mark.parametrize("case", ["unknown", "other tenant", "not kept"])
+@pytest.mark.parametrize("case", ["unknown", "other tenant", "not kept", "a chat request"])
 def test_a_response_sekisho_does_not_keep_cannot_be_continued(
     gateways: Callable[..., Harness], case: str
 ) -> None:
@@ -551,11 +551,16 @@ def test_a_response_sekisho_does_not_keep_cannot_be_continued(
     h = gateways(mutate, keep_bodies=True)
     c = client(h)
     first = c.responses.create(model="gpt-4o", input="hello").id
-    previous = (
-        {"unknown": "resp_sk0000000000000000000000", "other tenant": first}[case]
-        if case != "not kept"
-        else first
+    chat = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hello"}]
     )
+    forged = "resp_sk" + chat.headers["x-sekisho-request-id"].removeprefix("req_")
+    previous = {
+        "unknown": "resp_sk0000000000000000000000",
+        "other tenant": first,
+        "not kept": first,
+        "a chat request": forged,  # a chat exchange's id dressed as a response's
+    }[case]
     asker = openai.OpenAI(
         base_url=h.base_url, api_key=h.key("other" if case == "other tenant" else "demo"),
         max_retries=0,
