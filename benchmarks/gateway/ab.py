@@ -2,7 +2,7 @@
 """A/B: two or more builds of sekisho side by side on one mock, to decide a change by measuring.
 
     python3 benchmarks/gateway/ab.py SRC_A SRC_B [SRC ...] [--kind chat|stream] [--c 16]
-        [--seconds 8] [--rounds 4] [--threads] [--profile NAME]
+        [--seconds 8] [--rounds 4] [--threads] [--profile NAME] [--patch NAME=FILE]
 
 Each SRC is a copy of ``src/`` (e.g. ``cp -r src /tmp/ab/before`` before an edit, then
 ``cp -r src /tmp/ab/after``); every build runs as its own ``sekisho serve`` process with
@@ -13,6 +13,9 @@ threads in ``/proc`` (``--threads`` prints each thread's share: the event loop, 
 writer, each store's writer). The last lines give each build's median req/s and CPU per
 request and their ratios to the first build. On this shared, noisy machine only ratios
 measured in one run mean anything; run 3–4 rounds and distrust differences under ~5%.
+
+``--patch NAME=FILE`` merges a YAML file into build NAME's generated config (mappings key by
+key, lists item by item), to A/B a setting with the same src twice.
 
 ``--profile NAME`` samples the build whose folder is named NAME with py-spy (``--gil
 --threads``, 400 Hz) during its first round and writes collapsed stacks to
@@ -54,6 +57,15 @@ def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _path(value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        fail(f"--patch: no file {path}")
+    return path
+
+
 def total(cpu: dict[str, tuple[float, float]]) -> float:
     return sum(user + system for user, system in cpu.values())
 
@@ -67,7 +79,9 @@ def py_spy() -> str | None:
 
 
 class Build:
-    def __init__(self, src: Path, procs_: Processes, mock_url: str, python: Path) -> None:
+    def __init__(
+        self, src: Path, procs_: Processes, mock_url: str, python: Path, patch: Path | None
+    ) -> None:
         self.src = src
         self.name = src.name
         self.port = free_port()
@@ -82,6 +96,15 @@ class Build:
                 check=True,
             ).stdout
         )
+        if patch is not None:
+            merged = subprocess.run(
+                [str(python), "-c", _MERGE, str(config), str(patch)],
+                capture_output=True,
+                text=True,
+            )
+            if merged.returncode != 0:
+                fail(f"--patch {patch}: {merged.stderr.strip()[-400:]}")
+            config.write_text(merged.stdout)
         env = {**os.environ, "PYTHONPATH": str(src)}
         create = ["keys", "create", "--tenant", "demo", "--data-dir", str(data)]
         made = subprocess.run(
@@ -103,6 +126,21 @@ class Build:
             f"sekisho ({src})",
             60,
         )
+
+
+# Merge a YAML patch into the generated config (the project venv has PyYAML): mappings key by
+# key, lists item by item (``endpoints: [{max_concurrency: 64}]`` patches the one endpoint).
+_MERGE = """
+import sys, yaml
+def merge(base, patch):
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {**base, **{k: merge(base.get(k), v) for k, v in patch.items()}}
+    if isinstance(base, list) and isinstance(patch, list):
+        return [merge(b, p) for b, p in zip(base, patch)] + base[len(patch):]
+    return patch
+config = yaml.safe_load(open(sys.argv[1]))
+print(yaml.safe_dump(merge(config, yaml.safe_load(open(sys.argv[2]))), sort_keys=False))
+"""
 
 
 def load(
@@ -128,6 +166,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", action="store_true", help="print CPU per request per thread")
     ap.add_argument("--profile", metavar="NAME", help="py-spy the build in folder NAME")
+    ap.add_argument(
+        "--patch",
+        metavar="NAME=FILE",
+        action="append",
+        default=[],
+        help="merge a YAML file into build NAME's config (A/B a setting: same src twice)",
+    )
     args = ap.parse_args()
     if len(args.srcs) < 2:
         fail("give at least two builds (copies of src/) to compare")
@@ -154,7 +199,13 @@ def main() -> None:
         mock_url = f"http://127.0.0.1:{mock_port}/v1"
         body_file = logs / "body.json"
         body_file.write_bytes(bench.make_bodies("mock-gpt", 1000)[args.kind])
-        builds = [Build(src.resolve(), procs_, mock_url, python) for src in args.srcs]
+        patches = dict(p.split("=", 1) for p in args.patch if "=" in p)
+        if len(patches) != len(args.patch) or not set(patches) <= {s.name for s in args.srcs}:
+            fail("--patch takes NAME=FILE, NAME a build's folder name")
+        builds = [
+            Build(src.resolve(), procs_, mock_url, python, _path(patches.get(src.name)))
+            for src in args.srcs
+        ]
         say(f"{len(builds)} builds on {mock_url}; {args.kind} c{args.c}, {args.rounds} rounds")
         rows: dict[str, list[tuple[float, float]]] = {b.name: [] for b in builds}
         for r in range(args.rounds):
