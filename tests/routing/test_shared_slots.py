@@ -167,8 +167,43 @@ async def test_a_slot_released_here_passes_to_a_local_waiter_without_redis(
     assert await waiting
     assert s.held(EP) == 1 and await in_use(namespace) == 1  # the same slot, handed over
     st.release()
-    await asyncio.sleep(0.05)
-    assert s.held(EP) == 0 and await in_use(namespace) == 0
+    await asyncio.sleep(0.2)
+    assert s.held(EP) == s.parked(EP) == 0 and await in_use(namespace) == 0
+
+
+async def members(namespace: str) -> list[bytes]:
+    client = redis_client(URL)
+    try:
+        return list(await client.zrange(f"sekisho:{namespace}:slots:{EP}", 0, -1))
+    finally:
+        await client.aclose()
+
+
+async def test_a_slot_nobody_here_uses_is_reused_within_50_ms_then_given_back(
+    slots: Any, namespace: str
+) -> None:
+    """Back-to-back requests reuse the slot their process parked (no Redis round trip: the
+    same member stays in the set); one idle for longer than 50 ms goes back to everyone."""
+    s = slots()
+    st = EndpointHealth(EP, s)
+    assert await st.take(2, 1.0)
+    first = await members(namespace)
+    st.release()
+    assert s.parked(EP) == 1 and await members(namespace) == first  # still held, parked
+    for _ in range(20):
+        assert await st.take(2, 1.0)
+        st.release()
+        await asyncio.sleep(0.005)
+    assert await members(namespace) == first  # the one slot, reused all along
+    other = SharedSlots(redis_client(URL), namespace)
+    try:
+        assert await other.try_take(EP, 2)  # the cap counts the parked slot: one left
+        assert not await other.try_take(EP, 2)
+        await asyncio.sleep(0.2)  # parked longer than 50 ms: given back
+        assert s.parked(EP) == 0
+        assert await other.try_take(EP, 2)
+    finally:
+        await other.close()
 
 
 async def test_an_unreachable_redis_is_a_clear_refusal() -> None:

@@ -52,7 +52,9 @@ class EndpointHealth:
                 self.in_flight += 1
                 return True
             return await self.wait_for_slot(timeout)
-        if not self._waiting() and await self.shared.try_take(self.endpoint_id, cap):
+        if not self._waiting() and (
+            self.shared.reuse(self.endpoint_id) or await self.shared.try_take(self.endpoint_id, cap)
+        ):
             self.in_flight += 1
             return True
         return await self.wait_for_slot(timeout, cap)
@@ -104,7 +106,7 @@ class EndpointHealth:
                 return
         self.in_flight -= 1
         if self.shared is not None:
-            self.shared.give_back(self.endpoint_id)
+            self.shared.park(self.endpoint_id)  # for the next request here, or given back
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
