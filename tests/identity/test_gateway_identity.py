@@ -421,7 +421,9 @@ def test_two_gateway_processes_sharing_redis_never_over_admit(
         assert limit <= len(admitted) <= limit + int(limit * elapsed / 60), (elapsed, results)
         assert {g for g, _, _ in admitted} == {0, 1}, "both processes served requests"
         assert all(ra is not None and int(ra) >= 1 for _, _, ra in refused)
-        # Usage is shared too: either process reports every admitted request.
+        # Usage is shared too: either process reports every admitted request, once each has
+        # written its last batch (at most a second after it gathered it).
+        time.sleep(1.5)
         admin = gateways[0].key(role="admin")
         for g in gateways:
             r = request("GET", f"{g.root}/admin/v1/usage?tenant=demo",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from sekisho.errors import RateLimited
 from sekisho.identity import GatewayLimitsSpec, LimitsSpec, Principal
+from sekisho.identity import usage as usage_module
 from sekisho.identity.limits import Limiter, RedisBackend
 from sekisho.identity.usage import RedisUsage
 
@@ -101,6 +103,8 @@ async def test_settle_refunds_and_usage_is_shared(redis: Any) -> None:
     await lim.settle(adm, 30, 40)
     other = RedisUsage(redis, redis.namespace)  # what any other process would read
     today = date.fromisoformat(lim.today())
+    assert await other.query(today, today, tenant="acme") == []  # gathered, not yet written
+    await asyncio.sleep(usage_module.FLUSH_SECONDS + 0.3)  # the batch goes out on its timer
     [row] = await other.query(today, today, tenant="acme")
     assert (row.key_id, row.model, row.requests, row.prompt_tokens, row.completion_tokens) == (
         "aaaaaaaaaaaa", "gpt-4o", 2, 50, 50)  # fmt: skip
@@ -131,3 +135,24 @@ def test_two_processes_share_requests_per_minute_within_the_refill(redis: Any) -
     # Documented tolerance: the burst (100) plus what refills while the load runs (100/60 per s).
     assert 100 <= admitted <= 100 + math.ceil(span * 100 / 60)
     assert all(r["admitted"] > 0 for r in results)
+
+
+async def test_usage_batches_survive_a_failed_write_and_are_written_at_close(redis: Any) -> None:
+    usage = RedisUsage(redis, redis.namespace)
+    await usage.record("2026-11-27", "acme", "k1", "gpt-4o", 10, 5)
+    pipeline = redis.pipeline
+
+    def broken(**kw: Any) -> Any:
+        from redis.exceptions import ConnectionError as RedisDown
+
+        raise RedisDown("Redis went away")
+
+    redis.pipeline = broken
+    with pytest.raises(Exception, match="went away"):
+        await usage.flush()
+    redis.pipeline = pipeline
+    await usage.record("2026-11-27", "acme", "k1", "gpt-4o", 1, 1)
+    await usage.close()  # the last batch, kept counters included
+    other = RedisUsage(redis, redis.namespace)
+    [row] = await other.query(date(2026, 11, 27), date(2026, 11, 27))
+    assert (row.requests, row.prompt_tokens, row.completion_tokens) == (2, 11, 6)

@@ -388,9 +388,9 @@ class Limiter:
         return self._calendar.at(self._clock()).day
 
     async def close(self) -> None:
-        await self.backend.close()
-        if self.usage is not None:
+        if self.usage is not None:  # first: its last counters go through the backend's client
             await self.usage.close()
+        await self.backend.close()
 
 
 def redis_client(

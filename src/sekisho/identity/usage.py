@@ -3,7 +3,7 @@
 SQLite under the data directory by default: requests add to counters in memory, written in one
 transaction at most every ``FLUSH_SECONDS`` (and before every query and at close), so that the
 request path never waits on a database write for accounting. Redis hashes when Redis is
-configured, so that every gateway process adds to the same numbers.
+configured, so that every gateway process adds to the same numbers, batched the same way.
 """
 
 from __future__ import annotations
@@ -82,38 +82,15 @@ def _keep(
     )
 
 
-class SQLiteUsage:
-    _SCHEMA = """
-    CREATE TABLE IF NOT EXISTS usage (
-        day TEXT NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL,
-        requests INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
-        completion_tokens INTEGER NOT NULL,
-        PRIMARY KEY (day, tenant, key_id, model)
-    );
-    """
+class _Batched:
+    """Counters gathered in memory by ``record`` and written by ``_write_batch`` at most every
+    ``FLUSH_SECONDS``, before every query and at close. A failed write keeps them for the next
+    flush: the request path never waits on, or fails for, accounting."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._local = threading.local()
-        try:
-            self._conn().executescript(self._SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise UnusableFile("the usage counters", path, exc) from None
+    def __init__(self) -> None:
         self._pending: dict[tuple[str, str, str, str], list[int]] = {}
         self._flusher: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # Usage is accounting, not the ledger: a power cut may lose the last commits.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=10000")
-            self._local.conn = conn
-        return conn
 
     async def record(
         self, day: str, tenant: str, key_id: str, model: str, prompt: int, completion: int
@@ -135,21 +112,66 @@ class SQLiteUsage:
         task.add_done_callback(_log_failure)
 
     async def flush(self) -> None:
-        """Write the counters gathered so far in one transaction (a batch a second at most, so
-        doing it on the event loop costs less than a thread hop would)."""
+        """Write the counters gathered so far, in one batch."""
         async with self._lock:
             if not self._pending:
                 return
             batch, self._pending = self._pending, {}
             rows = [(d, t, k, m, v[0], v[1], v[2]) for (d, t, k, m), v in batch.items()]
             try:
-                self._write(rows)
+                await self._write_batch(rows)
             except Exception:
                 for k, v in batch.items():  # keep them for the next flush
                     acc = self._pending.setdefault(k, [0, 0, 0])
                     for i in range(3):
                         acc[i] += v[i]
                 raise
+
+    async def _write_batch(self, rows: list[tuple[str, str, str, str, int, int, int]]) -> None:
+        raise NotImplementedError
+
+    async def _stop_flushing(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        with contextlib.suppress(Exception):
+            await self.flush()
+
+
+class SQLiteUsage(_Batched):
+    _SCHEMA = """
+    CREATE TABLE IF NOT EXISTS usage (
+        day TEXT NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL,
+        requests INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        PRIMARY KEY (day, tenant, key_id, model)
+    );
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        try:
+            self._conn().executescript(self._SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise UnusableFile("the usage counters", path, exc) from None
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # Usage is accounting, not the ledger: a power cut may lose the last commits.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._local.conn = conn
+        return conn
+
+    async def _write_batch(self, rows: list[tuple[str, str, str, str, int, int, int]]) -> None:
+        # a batch a second at most: on the event loop it costs less than a thread hop would
+        self._write(rows)
 
     def _write(self, rows: list[tuple[str, str, str, str, int, int, int]]) -> None:
         conn = self._conn()
@@ -190,11 +212,7 @@ class SQLiteUsage:
         return [r for r in out if key_ids is None or r.key_id in key_ids]
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
-        with contextlib.suppress(Exception):
-            await self.flush()
+        await self._stop_flushing()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -209,31 +227,29 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         )
 
 
-class RedisUsage:
-    """One hash per day: field tenant␟key␟model␟{r,p,c} → count."""
+class RedisUsage(_Batched):
+    """One hash per day: field tenant␟key␟model␟{r,p,c} → count. Every process adds its
+    batches to the same hashes (HINCRBY), so a query sees every process's usage up to its
+    last flush (at most ``FLUSH_SECONDS`` old)."""
 
     def __init__(self, client: Redis, namespace: str, *, retain_days: int = _MAX_DAYS) -> None:
+        super().__init__()
         self.client = client
         self.prefix = f"sekisho:{namespace}:usage:"
         self.retain = retain_days * 86400
 
-    async def record(
-        self, day: str, tenant: str, key_id: str, model: str, prompt: int, completion: int
-    ) -> None:
-        base = _SEP.join((tenant, key_id, model, ""))
+    async def _write_batch(self, rows: list[tuple[str, str, str, str, int, int, int]]) -> None:
         pipe = self.client.pipeline(transaction=False)
-        pipe.hincrby(self.prefix + day, base + "r", 1)
-        if prompt:
-            pipe.hincrby(self.prefix + day, base + "p", prompt)
-        if completion:
-            pipe.hincrby(self.prefix + day, base + "c", completion)
-        pipe.expire(self.prefix + day, self.retain)
-        from redis.exceptions import RedisError  # loaded already: self.client is a Redis client
-
-        try:
-            await pipe.execute()
-        except (RedisError, OSError) as exc:  # accounting must not fail a finished request
-            log.warning("could not record usage in Redis", extra={"error": str(exc)})
+        for day, tenant, key_id, model, requests, prompt, completion in rows:
+            base = _SEP.join((tenant, key_id, model, ""))
+            pipe.hincrby(self.prefix + day, base + "r", requests)
+            if prompt:
+                pipe.hincrby(self.prefix + day, base + "p", prompt)
+            if completion:
+                pipe.hincrby(self.prefix + day, base + "c", completion)
+        for day in {row[0] for row in rows}:
+            pipe.expire(self.prefix + day, self.retain)
+        await pipe.execute()
 
     async def query(
         self,
@@ -244,6 +260,7 @@ class RedisUsage:
         key_ids: Collection[str] | None = None,
         model: str | None = None,
     ) -> list[UsageRow]:
+        await self.flush()
         pipe = self.client.pipeline(transaction=False)
         for day in _days(since, until):
             pipe.hgetall(self.prefix + day)
@@ -260,4 +277,4 @@ class RedisUsage:
         return [r for r in rows if _keep(r, tenant, key_ids, model)]
 
     async def close(self) -> None:
-        return None  # the client belongs to whoever made it (shared with the limiter)
+        await self._stop_flushing()  # the client belongs to whoever made it (the limiter)
