@@ -788,10 +788,15 @@ class Gateway:
         await http.send_bytes(send, 200, body, rid, ctype=CONTENT_TYPE_LATEST.encode())
 
     def _endpoint_up(self) -> None:
+        m = self.metrics
         for ep in self.config.catalogue.endpoints:
-            self.metrics.endpoint_up.labels(ep.id, ep.jurisdiction.country).set(
-                1 if self.health.is_up(ep.id) else 0
-            )
+            labels = (ep.id, ep.jurisdiction.country)
+            m.endpoint_up.labels(*labels).set(1 if self.health.is_up(ep.id) else 0)
+            snapshot = self.health.state(ep.id)
+            m.endpoint_in_flight.labels(*labels).set(snapshot.in_flight)
+            m.endpoint_waiting.labels(*labels).set(sum(1 for w in snapshot.waiters if not w.done()))
+            if ep.max_concurrency is not None:
+                m.endpoint_max_concurrency.labels(*labels).set(ep.max_concurrency)
 
     async def _publish_health(self) -> None:
         """With several workers, only one answers a scrape: the others publish their view of

@@ -125,6 +125,30 @@ class Metrics:
             multiprocess_mode="liveall",
         )
 
+        # Each endpoint's concurrency, against its max_concurrency: in flight and waiting for a
+        # slot, from this gateway (summed over its live workers), read at scrape time.
+        self.endpoint_in_flight = Gauge(
+            "sekisho_endpoint_in_flight",
+            "Requests in flight to the endpoint from this gateway (a stream until its end)",
+            ["endpoint", "jurisdiction"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.endpoint_waiting = Gauge(
+            "sekisho_endpoint_waiting",
+            "Requests waiting for a slot of the endpoint (max_concurrency reached)",
+            ["endpoint", "jurisdiction"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.endpoint_max_concurrency = Gauge(
+            "sekisho_endpoint_max_concurrency",
+            "The endpoint's max_concurrency (absent: no cap)",
+            ["endpoint", "jurisdiction"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
         # Client connections ended before a request could be read (api/protocol.py): slow or
         # stalled clients, oversized heads. Model requests refused later are in sekisho_requests.
         self.heads_refused = Counter(

@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from harness import Harness, ledger_incomplete, start_example
+from harness import Harness, ledger_incomplete, request, start_example
 
 
 def only_global(raw: dict[str, Any]) -> None:
@@ -234,5 +234,37 @@ def test_no_free_slot_within_the_connect_timeout_is_a_429_and_nothing_is_sent(
         states = h.gateway.health.snapshot()  # type: ignore[union-attr]
         assert all(s["up"] and s["consecutive_failures"] == 0 for s in states.values())
         assert chat(h, key).http_response.status_code == 200
+    finally:
+        h.stop()
+
+
+def _gauge(text: str, name: str, endpoint: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'endpoint="{endpoint}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_show_each_endpoints_concurrency_against_its_cap(tmp_path: Path) -> None:
+    """While two requests hold the slot of a max_concurrency 1 endpoint (one in flight, one
+    waiting), a scrape shows that; afterwards both gauges are back to 0."""
+    h = start_example(tmp_path, capped(1, 5.0), delay_ms=600)
+    try:
+        key = h.key()
+        with ThreadPoolExecutor(4) as pool:
+            calls = [pool.submit(chat, h, key) for _ in range(4)]  # 2 endpoints, 1 slot each
+            time.sleep(0.3)
+            text = request("GET", f"{h.root}/metrics").text
+            assert all(c.result().http_response.status_code == 200 for c in calls)
+        endpoints = ("sim-global-japaneast", "sim-global-useast")
+        in_flight = [_gauge(text, "sekisho_endpoint_in_flight", ep) for ep in endpoints]
+        waiting = [_gauge(text, "sekisho_endpoint_waiting", ep) for ep in endpoints]
+        assert in_flight == [1.0, 1.0], text
+        assert sum(w or 0 for w in waiting) == 2, text
+        caps = [_gauge(text, "sekisho_endpoint_max_concurrency", ep) for ep in endpoints]
+        assert caps == [1.0, 1.0]
+        after = request("GET", f"{h.root}/metrics").text
+        assert [_gauge(after, "sekisho_endpoint_in_flight", ep) for ep in endpoints] == [0, 0]
+        assert [_gauge(after, "sekisho_endpoint_waiting", ep) for ep in endpoints] == [0, 0]
     finally:
         h.stop()
