@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sekisho.api.openai import _page
+from sekisho.api.openai import list_page
 from sekisho.errors import InvalidRequest
 
 
@@ -18,7 +18,7 @@ def walk(items: list[dict[str, Any]], order: str, limit: int) -> list[str]:
     seen: list[str] = []
     query = {"order": order, "limit": str(limit)}
     for _ in range(len(items) + 2):
-        page = _page(items, query)
+        page = list_page(items, query)
         assert len(page["data"]) <= limit
         if page["data"]:
             assert page["first_id"] == page["data"][0]["id"]
@@ -40,7 +40,7 @@ def test_following_after_yields_every_item_once_in_order(n: int, limit: int, ord
 
 def test_the_default_is_newest_first_twenty_at_a_time() -> None:
     items = [{"id": f"msg_{i}"} for i in range(25)]
-    page = _page(items, {})
+    page = list_page(items, {})
     assert [i["id"] for i in page["data"]] == [f"msg_{i}" for i in range(24, 4, -1)]
     assert page["has_more"] is True
 
@@ -52,5 +52,5 @@ def test_the_default_is_newest_first_twenty_at_a_time() -> None:
 )  # fmt: skip
 def test_a_bad_query_is_a_400_naming_the_parameter(query: dict[str, str], param: str) -> None:
     with pytest.raises(InvalidRequest) as err:
-        _page([{"id": "msg_0"}], query)
+        list_page([{"id": "msg_0"}], query)
     assert err.value.param == param

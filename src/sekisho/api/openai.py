@@ -251,10 +251,10 @@ async def kept_response(
     await audit.admin(principal.subject, what, response, {"request_id": rid, "tenant": tenant.name})
     if not rest:
         return response_object(response, turn)
-    return _page(input_items(response, turn), query)
+    return list_page(input_items(response, turn), query)
 
 
-def _page(items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
+def list_page(items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
     """One page of a list, as the OpenAI API pages: ``order`` (desc by default), ``limit``
     (1-100, 20 by default), ``after`` (the id of the last item of the previous page)."""
     order = query.get("order", "desc")
