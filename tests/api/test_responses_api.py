@@ -538,15 +538,17 @@ def test_a_continued_conversation_is_classified_as_a_whole(gateway: Callable[...
     assert "retention mode 'metadata'" in err.value.body["message"]
 
 
-@pytest.mark.parametrize("case", ["unknown", "other tenant", "not kept", "a chat request"])
-def test_a_response_sekisho_does_not_keep_cannot_be_continued(
-    gateways: Callable[..., Harness], case: str
-) -> None:
+def unkept(gateways: Callable[..., Harness], case: str) -> tuple[Harness, str, openai.OpenAI]:
+    """A gateway with tenants demo and other, a response id that sekisho does not keep for
+    the asker in the given ``case``, and the asker's client."""
+
     def mutate(raw: dict[str, Any]) -> None:
         tenant()(raw)
         raw["tenants"]["other"] = json.loads(json.dumps(raw["tenants"]["demo"]))
         if case == "not kept":
             raw["tenants"]["demo"]["retention"] = {"mode": "metadata", "days": 7}
+        if case == "provider keeps":
+            raw["tenants"]["demo"]["provider_features"] = ["store"]
 
     h = gateways(mutate, keep_bodies=True)
     c = client(h)
@@ -554,17 +556,24 @@ def test_a_response_sekisho_does_not_keep_cannot_be_continued(
     chat = c.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=[{"role": "user", "content": "hello"}]
     )
-    forged = "resp_sk" + chat.headers["x-sekisho-request-id"].removeprefix("req_")
-    previous = {
+    wanted = {
         "unknown": "resp_sk0000000000000000000000",
-        "other tenant": first,
-        "not kept": first,
-        "a chat request": forged,  # a chat exchange's id dressed as a response's
-    }[case]
+        # a chat exchange's id dressed as a response's
+        "a chat request": "resp_sk" + chat.headers["x-sekisho-request-id"].removeprefix("req_"),
+        "foreign": "resp_68af0a1b2c3d",
+    }.get(case, first)
     asker = openai.OpenAI(
         base_url=h.base_url, api_key=h.key("other" if case == "other tenant" else "demo"),
         max_retries=0,
     )  # fmt: skip
+    return h, wanted, asker
+
+
+@pytest.mark.parametrize("case", ["unknown", "other tenant", "not kept", "a chat request"])
+def test_a_response_sekisho_does_not_keep_cannot_be_continued(
+    gateways: Callable[..., Harness], case: str
+) -> None:
+    h, previous, asker = unkept(gateways, case)
     before = h.bytes_received()
     with pytest.raises(openai.BadRequestError) as err:
         asker.responses.create(model="gpt-4o", input="more", previous_response_id=previous)
@@ -662,30 +671,7 @@ def test_an_application_cannot_delete_what_the_retention_policy_keeps(
 def test_retrieving_a_response_sekisho_does_not_keep_is_a_404_saying_why(
     gateways: Callable[..., Harness], case: str
 ) -> None:
-    def mutate(raw: dict[str, Any]) -> None:
-        tenant()(raw)
-        raw["tenants"]["other"] = json.loads(json.dumps(raw["tenants"]["demo"]))
-        if case == "not kept":
-            raw["tenants"]["demo"]["retention"] = {"mode": "metadata", "days": 7}
-        if case == "provider keeps":
-            raw["tenants"]["demo"]["provider_features"] = ["store"]
-
-    h = gateways(mutate, keep_bodies=True)
-    c = client(h)
-    first = c.responses.create(model="gpt-4o", input="hello").id
-    chat = c.chat.completions.with_raw_response.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hello"}]
-    )
-    forged = "resp_sk" + chat.headers["x-sekisho-request-id"].removeprefix("req_")
-    wanted = {
-        "unknown": "resp_sk0000000000000000000000",
-        "a chat request": forged,
-        "foreign": "resp_68af0a1b2c3d",
-    }.get(case, first)
-    asker = openai.OpenAI(
-        base_url=h.base_url, api_key=h.key("other" if case == "other tenant" else "demo"),
-        max_retries=0,
-    )  # fmt: skip
+    h, wanted, asker = unkept(gateways, case)
     with pytest.raises(openai.NotFoundError) as err:
         asker.responses.retrieve(wanted)
     body = err.value.body
