@@ -248,12 +248,12 @@ def _gauge(text: str, name: str, endpoint: str) -> float | None:
 def test_metrics_show_each_endpoints_concurrency_against_its_cap(tmp_path: Path) -> None:
     """While two requests hold the slot of a max_concurrency 1 endpoint (one in flight, one
     waiting), a scrape shows that; afterwards both gauges are back to 0."""
-    h = start_example(tmp_path, capped(1, 5.0), delay_ms=600)
+    h = start_example(tmp_path, capped(1, 8.0), delay_ms=1500)
     try:
         key = h.key()
         with ThreadPoolExecutor(4) as pool:
             calls = [pool.submit(chat, h, key) for _ in range(4)]  # 2 endpoints, 1 slot each
-            time.sleep(0.3)
+            time.sleep(0.5)  # all four in: two at the endpoints, two waiting (for 1.5 s)
             text = request("GET", f"{h.root}/metrics").text
             assert all(c.result().http_response.status_code == 200 for c in calls)
         endpoints = ("sim-global-japaneast", "sim-global-useast")
