@@ -205,7 +205,9 @@ class Pipeline:
         if self.limiter is None:
             return
         body = call.body
-        estimate = sum(len(t) for t in call.texts) // 3 + count(
+        # The same estimate an answer without usage is charged (about four ASCII characters or
+        # one Japanese character per token), plus the most the answer may cost.
+        estimate = estimate_tokens(call.texts) + count(
             body.get("max_completion_tokens")
             or body.get("max_tokens")
             or body.get("max_output_tokens")

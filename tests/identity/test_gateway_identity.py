@@ -19,6 +19,7 @@ import pytest
 from oidc_issuer import AUDIENCE, Issuer, forged
 
 from harness import Harness, request, start_example
+from sekisho.call import estimate_tokens
 from sekisho.identity import KeyStore
 from serve_process import LoopThread, ServeProcess, Simulators, write_config
 
@@ -311,9 +312,9 @@ def test_tenant_tokens_per_minute_counts_real_usage_then_is_429(tmp_path: Path) 
     h = start_example(tmp_path, limited(tokens_per_minute=limit))
     try:
         key = h.key()
-        # 200 words: estimated at 1000 chars / 3 + max_tokens 16; ~225 real tokens each.
+        # 200 words: estimated at 1000 ASCII chars / 4 + max_tokens 16; ~225 real tokens each.
         messages = [{"role": "user", "content": "word " * 200}]
-        estimate = len(messages[0]["content"]) // 3 + 16
+        estimate = estimate_tokens([messages[0]["content"]]) + 16
         used: list[int] = []
         started = time.monotonic()
         with pytest.raises(openai.RateLimitError) as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,3 +185,33 @@ async def test_unreachable_redis_refuses_requests_instead_of_ignoring_limits() -
     with pytest.raises(ServiceUnavailable, match="cannot reach Redis"):
         await lim.admit(key(), "m", 0)
     await lim.close()
+
+
+async def test_a_request_is_admitted_at_the_estimate_it_is_charged_when_usage_is_missing() -> None:
+    """Admission and the charge for an answer without usage estimate alike: about four ASCII
+    characters or one Japanese character per token, so a Japanese prompt is not admitted at a
+    third of its cost (a token limit would be overrun by what was admitted)."""
+    from sekisho.call import Call
+    from sekisho.pipeline import Pipeline
+
+    class Recording:
+        def __init__(self) -> None:
+            self.estimates: list[int] = []
+
+        async def admit(self, principal: Principal, model: str, estimated: int) -> None:
+            self.estimates.append(estimated)
+
+    pipeline = Pipeline.__new__(Pipeline)  # only the admission step is exercised
+    limiter = Recording()
+    pipeline.limiter = limiter  # type: ignore[assignment]
+    for text, max_tokens, want in [
+        ("個人情報の取扱い" * 75, 16, 600 + 16),  # 600 Japanese characters
+        ("word " * 200, 16, 250 + 16),  # 1,000 ASCII characters
+        ("hello", None, 2 + 256),  # no max_tokens: 256 assumed
+    ]:
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": text}]}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        call = Call("req_1", key(), "chat", "gpt-4o", body, [text])
+        await pipeline._admit(call)
+        assert limiter.estimates[-1] == want, text[:10]
