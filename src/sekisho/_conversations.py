@@ -171,11 +171,35 @@ def request_of(response: str) -> str | None:
 
 
 def reidentified(raw: bytes, mapping: Mapping[str, str] | None) -> Any:
-    """Stored JSON with its placeholders restored (values escaped for JSON strings)."""
-    text = raw.decode()
-    if mapping:
-        text = Pseudonymiser(mapping).reidentify(text, json_string_escape)
-    return orjson.loads(text)
+    """Stored JSON with its placeholders restored, string by string: a string that is itself
+    JSON text (a tool call's arguments, a tool's JSON output) gets each value escaped for a
+    JSON string, so that a value with a quote or a backslash keeps it valid."""
+    value = orjson.loads(raw)
+    if not mapping:
+        return value
+    return _restore(value, Pseudonymiser(mapping))
+
+
+def _restore(value: Any, pseudo: Pseudonymiser) -> Any:
+    if isinstance(value, str):
+        if "<" not in value and "＜" not in value:
+            return value
+        return pseudo.reidentify(value, json_string_escape if _is_json_text(value) else None)
+    if isinstance(value, list):
+        return [_restore(v, pseudo) for v in value]
+    if isinstance(value, dict):
+        return {k: _restore(v, pseudo) for k, v in value.items()}
+    return value
+
+
+def _is_json_text(text: str) -> bool:
+    if not text.lstrip().startswith(("{", "[")):
+        return False
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def as_input_items(value: Any) -> list[Any]:
