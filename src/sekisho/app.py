@@ -63,6 +63,7 @@ _PUBLISH_HEALTH_EVERY = 5.0
 _GC_THRESHOLDS = (50_000, 20, 20)
 # A Redis that stops answering fails a slot's request after this many seconds (fail closed).
 _SLOTS_REDIS_TIMEOUT = 2.0
+_READYZ_REDIS_TIMEOUT = 0.5  # /readyz answers a balancer's probe even when Redis hangs
 # Keep-alive connections to one upstream host at most; callers beyond wait for one.
 _UPSTREAM_CONNECTIONS_PER_HOST = 1024
 
@@ -778,6 +779,10 @@ class Gateway:
             **writers,
             "endpoints": self.health.snapshot(),
         }
+        if self.health.shared is not None:
+            # Reported, not counted: every instance shares the one Redis, so taking this one
+            # out of the balancer would not help (its capped endpoints and limits refuse).
+            body["redis"] = await self.health.shared.reachable(_READYZ_REDIS_TIMEOUT)
         await http.send_json(send, 200 if ready else 503, body, rid)
 
     async def _metrics(

@@ -350,5 +350,19 @@ def test_a_capped_endpoint_with_redis_down_is_refused_with_503_and_nothing_is_se
         assert "cannot reach Redis" in err["message"]
         assert r.headers["retry-after"] == "1"
         assert sum(s.stats.requests for s in h.sims.values()) == 0
+        # /readyz says so, and stays ready: every instance shares that Redis.
+        ready = request("GET", f"{h.root}/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["redis"]["ok"] is False
+        assert "Error" in ready.json()["redis"]["error"]
+    finally:
+        h.stop()
+
+
+def test_readyz_reports_a_reachable_redis(tmp_path: Path, namespace: str) -> None:
+    h = start_example(tmp_path, _capped(namespace, 2))
+    try:
+        ready = request("GET", f"{h.root}/readyz")
+        assert ready.status_code == 200 and ready.json()["redis"] == {"ok": True}
     finally:
         h.stop()

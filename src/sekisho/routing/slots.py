@@ -260,6 +260,18 @@ class SharedSlots:
                     extra={"endpoint": endpoint_id, "error": str(exc)},
                 )
 
+    async def reachable(self, timeout: float) -> dict[str, object]:
+        """Whether Redis answers a PING within ``timeout`` seconds, for /readyz."""
+        from redis.exceptions import RedisError
+
+        try:
+            await asyncio.wait_for(self.client.ping(), timeout)
+        except TimeoutError:
+            return {"ok": False, "error": f"no answer to PING within {timeout:g} s"}
+        except (RedisError, OSError) as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        return {"ok": True}
+
     async def close(self) -> None:
         """Stop renewing and give back every slot still held."""
         for task in (self._renewer, self._sweeper):
