@@ -38,6 +38,25 @@ def test_following_after_yields_every_item_once_in_order(n: int, limit: int, ord
     assert walk(items, order, limit) == (ids if order == "asc" else ids[::-1])
 
 
+@given(n=st.integers(min_value=1, max_value=40), limit=st.integers(min_value=1, max_value=100),
+       order=st.sampled_from(["asc", "desc"]))  # fmt: skip
+def test_following_before_back_from_the_end_yields_every_other_item_once(
+    n: int, limit: int, order: str
+) -> None:
+    items = [{"id": f"msg_{i}"} for i in range(n)]
+    ids = [i["id"] for i in items] if order == "asc" else [i["id"] for i in items][::-1]
+    seen: list[str] = []
+    cursor = ids[-1]
+    while True:
+        page = list_page(items, {"order": order, "limit": str(limit), "before": cursor})
+        assert len(page["data"]) <= limit
+        seen = [i["id"] for i in page["data"]] + seen
+        if not page["has_more"]:
+            break
+        cursor = page["first_id"]
+    assert seen == ids[:-1]
+
+
 def test_the_default_is_newest_first_twenty_at_a_time() -> None:
     items = [{"id": f"msg_{i}"} for i in range(25)]
     page = list_page(items, {})
@@ -48,7 +67,8 @@ def test_the_default_is_newest_first_twenty_at_a_time() -> None:
 @pytest.mark.parametrize(
     ("query", "param"),
     [({"order": "up"}, "order"), ({"limit": "0"}, "limit"), ({"limit": "101"}, "limit"),
-     ({"limit": "ten"}, "limit"), ({"after": "msg_99"}, "after")],
+     ({"limit": "ten"}, "limit"), ({"after": "msg_99"}, "after"),
+     ({"before": "msg_99"}, "before")],
 )  # fmt: skip
 def test_a_bad_query_is_a_400_naming_the_parameter(query: dict[str, str], param: str) -> None:
     with pytest.raises(InvalidRequest) as err:

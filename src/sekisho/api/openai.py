@@ -256,7 +256,8 @@ async def kept_response(
 
 def list_page(items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
     """One page of a list, as the OpenAI API pages: ``order`` (desc by default), ``limit``
-    (1-100, 20 by default), ``after`` (the id of the last item of the previous page)."""
+    (1-100, 20 by default), ``after`` (the items following that id) or ``before`` (the items
+    just preceding it), in that order."""
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("Query parameter 'order' must be 'asc' or 'desc'.", param="order")
@@ -264,17 +265,22 @@ def list_page(items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, A
     if not 1 <= limit <= 100:
         raise InvalidRequest("Query parameter 'limit' must be from 1 to 100.", param="limit")
     ordered = items if order == "asc" else items[::-1]
-    after = query.get("after")
-    if after is not None:
-        ids = [i["id"] for i in ordered]
-        if after not in ids:
-            raise InvalidRequest(f"No item {after[:80]!r} to list after.", param="after")
-        ordered = ordered[ids.index(after) + 1 :]
-    page = ordered[:limit]
+    ids = [i["id"] for i in ordered]
+    for cursor in ("after", "before"):
+        if cursor in query and query[cursor] not in ids:
+            raise InvalidRequest(f"No item {query[cursor][:80]!r} to list {cursor}.", param=cursor)
+    if "after" in query:
+        ordered = ordered[ids.index(query["after"]) + 1 :]
+        page, more = ordered[:limit], len(ordered) > limit
+    elif "before" in query:
+        ordered = ordered[: ids.index(query["before"])]
+        page, more = ordered[-limit:], len(ordered) > limit
+    else:
+        page, more = ordered[:limit], len(ordered) > limit
     return {
         "object": "list",
         "data": page,
         "first_id": page[0]["id"] if page else None,
         "last_id": page[-1]["id"] if page else None,
-        "has_more": len(ordered) > limit,
+        "has_more": more,
     }
