@@ -537,12 +537,12 @@ class ResponsesStreamOutput(StreamOutput):
         tenant: TenantView,
         scanner: Scanner,
         *,
-        response_id: str | None = None,
+        rename: Callable[[str], str] | None = None,
     ) -> None:
         super().__init__(pseudo, tenant, scanner)
-        # The id the client is to see for the response (sekisho's, when it keeps the
-        # conversation), in place of the provider's.
-        self._response_id = response_id
+        # The id the client is to see for the response, from the provider's: sekisho's own
+        # when it keeps the conversation, or one naming the endpoint that keeps it.
+        self._rename = rename
         self._shift = 0
         self._next_seq = 0
         self._passed: dict[str, Any] | None = None  # the last event sent on unchanged
@@ -592,8 +592,8 @@ class ResponsesStreamOutput(StreamOutput):
             changed = self._preview(holder)
         elif etype in _R_STARTS or etype in RESPONSE_TERMINAL:
             response = event.get("response")
-            if isinstance(response, dict) and self._response_id is not None:
-                response["id"] = self._response_id
+            if isinstance(response, dict) and self._rename is not None:
+                response["id"] = self._rename(str(response.get("id") or ""))
                 changed = True
             if isinstance(response, dict):
                 if etype in RESPONSE_TERMINAL:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sekisho._conversations import keeps_conversations, response_id
 from sekisho._output import RESPONSE_TERMINAL, ResponsesStreamOutput, StreamOutput
+from sekisho._provider_state import wrap
 from sekisho._upstream import count
 from sekisho.call import Call, Outcome, TenantView
 from sekisho.errors import SekishoError
@@ -174,7 +175,7 @@ async def relay_responses(
         call.pseudonymiser,
         tenant,
         p.scanners[tenant.name],
-        response_id=response_id(call.request_id) if keeps_conversations(tenant) else None,
+        rename=_renamer(call, tenant, ep.id),
     )
     terminal: dict[str, Any] | None = None
     raw_lines = upstream.lines()
@@ -317,6 +318,14 @@ async def _marking_silence(
     finally:
         if pending is not None:
             pending.cancel()
+
+
+def _renamer(call: Call, tenant: TenantView, endpoint_id: str) -> Callable[[str], str]:
+    """How the provider's response id becomes the one the client sees."""
+    if keeps_conversations(tenant):
+        ours = response_id(call.request_id)
+        return lambda _: ours
+    return lambda provider_id: wrap(provider_id, endpoint_id)
 
 
 def route_headers(route: Route) -> list[tuple[str, str]]:

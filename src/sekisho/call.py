@@ -40,6 +40,9 @@ class Call:
     admission: Admission | None = None
     pseudonymiser: Pseudonymiser | None = None
     upstream_request_id: str | None = None  # the provider's id of the request that answered
+    # The endpoint that keeps the provider-side state this request continues from (a Responses
+    # previous_response_id of sekisho's resp_sx… form): it may go there and nowhere else.
+    pinned_endpoint: str | None = None
 
     def prompt(self) -> Any:
         """What the client asked, as stored and hashed in the ledger: the messages, the

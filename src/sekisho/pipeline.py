@@ -46,6 +46,7 @@ from sekisho._output import (
     response_item_slots,
     rewrite_texts,
 )
+from sekisho._provider_state import pin, unwrap, wrap
 from sekisho._streams import relay, relay_when_answered, route_headers
 from sekisho._threads import in_fair_thread
 from sekisho._upstream import (
@@ -147,12 +148,12 @@ class Pipeline:
             check_chat_features(call.body, tenant)
         elif call.kind == "responses":
             previous = call.body.get("previous_response_id")
-            if (
-                keeps_conversations(tenant)
-                and isinstance(previous, str)
-                and request_of(previous) is not None
-            ):  # one of sekisho's own: continued from the tenant's store
-                await continue_conversation(self.stores, call, tenant)
+            if isinstance(previous, str):
+                if keeps_conversations(tenant):
+                    if request_of(previous) is not None:  # continued from the tenant's store
+                        await continue_conversation(self.stores, call, tenant)
+                elif (kept_at := unwrap(previous)) is not None:  # state kept at a provider
+                    call.pinned_endpoint, call.body["previous_response_id"] = kept_at
             check_responses_features(call.body, tenant)
         await self._admit(call)
         try:
@@ -161,6 +162,8 @@ class Pipeline:
             else:  # a long document: the event loop serves everyone else meanwhile
                 findings, failed = await in_fair_thread(self.inspect, call, tenant)
             decision = self.decide(call, tenant, routes, findings, failed)  # 3
+            if call.pinned_endpoint is not None:  # only that endpoint knows the earlier turns
+                decision = pin(decision, call.pinned_endpoint)
             if decision.denied:
                 await self.refuse(call, decision, tenant)
             call.pseudonymiser = self.transform(call, decision, findings)  # 4
@@ -538,6 +541,8 @@ class Pipeline:
                 outcome.output_items = data["output"]
             if keeps_conversations(tenant):
                 data["id"] = response_id(call.request_id)
+            elif isinstance(data.get("id"), str):  # kept at this endpoint: the id says so
+                data["id"] = wrap(data["id"], route.endpoint.id)
         raw = orjson.dumps(data)
         outcome.estimate_usage(call.texts)
         await self.record(call, decision, outcome)

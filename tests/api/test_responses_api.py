@@ -695,3 +695,67 @@ def test_reading_a_kept_response_needs_a_key(gateway: Callable[..., Harness]) ->
         headers={"authorization": f"Bearer {h.key()}"},
     )  # fmt: skip
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+
+
+# -- conversations kept at a provider: back to the endpoint that keeps them ------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_conversation_kept_at_a_provider_goes_back_to_the_endpoint_that_keeps_it(
+    gateway: Callable[..., Harness], stream: bool
+) -> None:
+    """gpt-4o is served by three endpoints; a provider's previous_response_id means something
+    only to the one that made it. The id the client sees names that endpoint, and every
+    continuation goes there, with the provider's own id."""
+    from sekisho._provider_state import unwrap
+
+    h = gateway(tenant(features=["store"]))
+    c = client(h)
+    if stream:
+        events, raw = stream_events(h, model="gpt-4o", input="hello")
+        ids = {e.response.id for e in events if hasattr(e, "response")}
+        assert len(ids) == 1
+        first = ids.pop()
+    else:
+        raw = c.responses.with_raw_response.create(model="gpt-4o", input="hello")
+        first = raw.parse().id
+    origin = raw.headers["x-sekisho-endpoint"]
+    kept_at = unwrap(first)
+    assert kept_at is not None and kept_at[0] == origin and first.startswith("resp_sx")
+    for _ in range(8):
+        again = c.responses.with_raw_response.create(
+            model="gpt-4o", input="and then?", previous_response_id=first
+        )
+        assert again.headers["x-sekisho-endpoint"] == origin
+        assert sent_body(h, origin)["previous_response_id"] == kept_at[1]
+    others = {k: v for k, v in h.bytes_received().items() if k != origin}
+    h.reset_stats()
+    h.fault(origin, mode="status", status=503)  # it fails: no other can answer instead
+    with pytest.raises(openai.APIStatusError) as err:
+        c.responses.create(model="gpt-4o", input="and then?", previous_response_id=first)
+    assert err.value.status_code == 502 and origin in str(err.value.body)
+    assert all(n == 0 for k, n in h.bytes_received().items() if k != origin), others
+
+
+def test_a_continuation_the_policy_keeps_from_that_endpoint_is_refused_saying_so(
+    gateway: Callable[..., Harness],
+) -> None:
+    """The first turn went to the US (gpt-4.1 is served only there); a continuation carrying
+    a My Number may not go abroad, and no other endpoint knows the conversation: 403, each
+    endpoint's reason given, nothing sent."""
+    h = gateway(tenant(features=["store"]))
+    c = client(h)
+    first = c.responses.with_raw_response.create(model="gpt-4.1", input="hello")
+    assert first.headers["x-sekisho-endpoint"] == "sim-global-useast"
+    before = h.bytes_received()
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        c.responses.create(
+            model="gpt-4o",
+            input=f"マイナンバーは {MY_NUMBER} です",
+            previous_response_id=first.parse().id,
+        )
+    message = str(err.value.body)
+    assert "sim-global-useast" in message
+    assert "previous_response_id is kept at sim-global-useast" in message  # the others' reason
+    assert MY_NUMBER not in message
+    assert h.bytes_received() == before

@@ -1,0 +1,59 @@
+"""Responses kept at a provider (tenants with ``provider_features: [store]``) stay reachable:
+the response ids clients see name the endpoint that keeps each one.
+
+A provider's ``previous_response_id`` only means something to the endpoint that created it:
+sent to another endpoint serving the same model (another region, another operator) it is an
+error at best. So for such tenants sekisho hands clients ``resp_sx<endpoint>.<provider id>``
+(the endpoint's id in URL-safe base64) and, when a request continues from one, sends the
+provider's own id to that endpoint and to no other: the request's decision is narrowed to it,
+or refused (403, each endpoint's reason given) when its policy does not allow that endpoint.
+Ids sekisho did not issue pass on as they are.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import replace
+
+from sekisho.policy.decision import Decision, Exclusion
+
+_PREFIX = "resp_sx"
+_PIN_RULE = "sekisho/provider-state"
+
+
+def wrap(provider_id: str, endpoint_id: str) -> str:
+    """The id a client sees for a response kept at ``endpoint_id``."""
+    tag = base64.urlsafe_b64encode(endpoint_id.encode()).decode().rstrip("=")
+    return f"{_PREFIX}{tag}.{provider_id}"
+
+
+def unwrap(value: str) -> tuple[str, str] | None:
+    """(endpoint id, provider's id) of an id ``wrap`` made; None for any other string."""
+    if not value.startswith(_PREFIX) or len(value) > 512:
+        return None
+    tag, dot, provider_id = value[len(_PREFIX) :].partition(".")
+    if not dot or not tag or not provider_id:
+        return None
+    try:
+        endpoint_id = base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return endpoint_id, provider_id
+
+
+def pin(decision: Decision, endpoint_id: str) -> Decision:
+    """The decision narrowed to the endpoint that keeps the conversation's earlier turns. When
+    the policy does not let this request go there, nothing is eligible: the request is refused
+    like any other, each endpoint's reason in the refusal (and in the ledger)."""
+    keep = tuple(r for r in decision.eligible if r.endpoint.id == endpoint_id)
+    moved = [
+        Exclusion(r.endpoint.id, _PIN_RULE, f"previous_response_id is kept at {endpoint_id}")
+        for r in decision.eligible
+        if r.endpoint.id != endpoint_id
+    ]
+    if not keep and not decision.exclusions_of(endpoint_id):
+        moved.append(
+            Exclusion(endpoint_id, _PIN_RULE, "keeps previous_response_id but does not serve it")
+        )
+    return replace(decision, eligible=keep, excluded=decision.excluded + tuple(moved))
