@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import socket
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,3 +37,32 @@ def gateways(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     finally:
         for h in started:
             h.stop()
+
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _redis_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_namespace() -> Iterator[str]:
+    """A fresh key namespace on the Redis at 127.0.0.1:6379, emptied afterwards; the test is
+    skipped, saying so, where no Redis runs."""
+    if not _redis_reachable():
+        pytest.skip("Redis is not reachable at 127.0.0.1:6379 (start it to run this test)")
+    namespace = f"test-{uuid.uuid4().hex[:10]}"
+    yield namespace
+    import redis
+
+    client = redis.Redis.from_url(REDIS)
+    keys = list(client.scan_iter(f"sekisho:{namespace}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -4,11 +4,9 @@ official openai client on a real loopback port."""
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -357,30 +355,6 @@ def test_usage_is_queryable_per_tenant_key_and_model_after_requests(gateway: Har
 # -- limits shared by two gateway processes through Redis ------------------------------------
 
 REDIS = "redis://127.0.0.1:6379/0"
-
-
-def _redis_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def redis_namespace() -> Iterator[str]:
-    if not _redis_reachable():
-        pytest.skip("Redis is not reachable at 127.0.0.1:6379 (start it to run this test)")
-    namespace = f"test-gw-{uuid.uuid4().hex[:10]}"
-    yield namespace
-    import redis
-
-    client = redis.Redis.from_url(REDIS)
-    keys = list(client.scan_iter(f"sekisho:{namespace}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.mark.redis

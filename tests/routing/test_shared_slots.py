@@ -8,9 +8,7 @@ dies, and real `sekisho serve` instances in front of one simulator.
 from __future__ import annotations
 
 import asyncio
-import socket
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,27 +26,10 @@ pytestmark = pytest.mark.redis
 EP = "sim-domestic-tokyo"
 
 
-def redis_is_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture
-def namespace() -> Iterator[str]:
-    if not redis_is_up():
-        pytest.skip("Redis is not reachable at 127.0.0.1:6379 (start it to run this test)")
-    ns = f"test-{uuid.uuid4().hex[:10]}"
-    yield ns
-    import redis
-
-    client = redis.Redis.from_url(URL)
-    keys = list(client.scan_iter(f"sekisho:{ns}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+def namespace(redis_namespace: str) -> str:
+    """A fresh Redis key namespace (tests/conftest.py), skipped where no Redis runs."""
+    return redis_namespace
 
 
 @pytest.fixture
