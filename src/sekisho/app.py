@@ -799,7 +799,7 @@ class Gateway:
             m.endpoint_up.labels(*labels).set(1 if self.health.is_up(ep.id) else 0)
             snapshot = self.health.state(ep.id)
             m.endpoint_in_flight.labels(*labels).set(snapshot.in_flight)
-            m.endpoint_waiting.labels(*labels).set(sum(1 for w in snapshot.waiters if not w.done()))
+            m.endpoint_waiting.labels(*labels).set(snapshot.waiting)
             if ep.max_concurrency is not None:
                 m.endpoint_max_concurrency.labels(*labels).set(ep.max_concurrency)
 

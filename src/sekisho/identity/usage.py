@@ -8,6 +8,7 @@ configured, so that every gateway process adds to the same numbers, batched the 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -82,7 +83,7 @@ def _keep(
     )
 
 
-class _Batched:
+class _Batched(abc.ABC):
     """Counters gathered in memory by ``record`` and written by ``_write_batch`` at most every
     ``FLUSH_SECONDS``, before every query and at close. A failed write keeps them for the next
     flush: the request path never waits on, or fails for, accounting."""
@@ -127,8 +128,9 @@ class _Batched:
                         acc[i] += v[i]
                 raise
 
+    @abc.abstractmethod
     async def _write_batch(self, rows: list[tuple[str, str, str, str, int, int, int]]) -> None:
-        raise NotImplementedError
+        """Add one batch of counters to the backing store (SQLite, Redis)."""
 
     async def _stop_flushing(self) -> None:
         if self._flusher is not None:

@@ -52,26 +52,37 @@ class EndpointHealth:
                 self.in_flight += 1
                 return True
             return await self.wait_for_slot(timeout)
-        if not self._waiting() and (
+        if not self.waiting and (
             self.shared.reuse(self.endpoint_id) or await self.shared.try_take(self.endpoint_id, cap)
         ):
             self.in_flight += 1
             return True
         return await self.wait_for_slot(timeout, cap)
 
-    def _waiting(self) -> bool:
-        return any(not w.done() for w in self.waiters)
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot now."""
+        return sum(1 for w in self.waiters if not w.done())
 
-    def _hand_over(self) -> bool:
-        """A slot newly taken in Redis, to the oldest waiter; False if nobody waits."""
+    def _anyone_waits(self) -> bool:
+        return self.waiting > 0
+
+    def _wake_oldest(self) -> bool:
+        """Give a slot to the longest waiting caller; False if nobody waits."""
         waiters = self.waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
-                self.in_flight += 1
                 waiter.set_result(True)
                 return True
         return False
+
+    def _hand_over(self) -> bool:
+        """A slot newly taken in Redis, to the oldest waiter; False if nobody waits."""
+        if not self._wake_oldest():
+            return False
+        self.in_flight += 1
+        return True
 
     async def wait_for_slot(self, timeout: float, cap: int | None = None) -> bool:
         """Take a slot of a full endpoint once one is released to this caller (callers are
@@ -84,7 +95,7 @@ class EndpointHealth:
         shared = self.shared
         if shared is not None and cap is not None and (self.poller is None or self.poller.done()):
             self.poller = loop.create_task(
-                poll_for_slot(shared, self.endpoint_id, cap, self._waiting, self._hand_over)
+                poll_for_slot(shared, self.endpoint_id, cap, self._anyone_waits, self._hand_over)
             )
         timer = loop.call_later(timeout, _expire, waiter)
         try:
@@ -98,12 +109,8 @@ class EndpointHealth:
 
     def release(self) -> None:
         """Give back a slot: to the longest waiting caller, else to the pool."""
-        waiters = self.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(True)
-                return
+        if self._wake_oldest():
+            return
         self.in_flight -= 1
         if self.shared is not None:
             self.shared.park(self.endpoint_id)  # for the next request here, or given back
@@ -193,7 +200,7 @@ class Health:
                 "consecutive_failures": st.failures,
                 "down_for_seconds": max(0.0, round(st.down_until - now, 3)),
                 "in_flight": st.in_flight,
-                "waiting": sum(1 for w in st.waiters if not w.done()),
+                "waiting": st.waiting,
                 "last_error": st.last_error,
                 **(
                     {"slots_in_use_shared": self.shared.in_use(eid)}
