@@ -333,3 +333,71 @@ def test_a_reasoning_models_reasoning_gets_what_the_answer_gets(
         assert reasoning.startswith("The user wrote:")
     finally:
         h.stop()
+
+
+def test_fields_the_gateway_does_not_read_for_shape_are_still_inspected(tmp_path: Path) -> None:
+    """``safety_identifier``, ``prompt_cache_key``, a web search's location and any field the
+    API adds later: their strings are scanned and rewritten like the messages (fail closed),
+    while identifiers the upstream parses (the model, the tool to call) stay as they are."""
+
+    def searching(raw: dict[str, Any]) -> None:
+        transforming(raw)
+        raw["tenants"]["demo"]["provider_features"] = ["web_search"]
+
+    gw = start_example(tmp_path, searching)
+    try:
+        _unlisted_fields_are_rewritten(gw)
+    finally:
+        gw.stop()
+
+
+def _unlisted_fields_are_rewritten(gw: Harness) -> None:
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "hello"}],
+        tool_choice="auto",
+        extra_body={
+            "safety_identifier": EMAIL,
+            "prompt_cache_key": f"cache {EMAIL}",
+            "web_search_options": {
+                "user_location": {"type": "approximate", "approximate": {"city": NAME}}
+            },
+            "some_future_field": [{"note": f"for {NAME}"}],
+        },
+    )
+    assert raw.headers["x-sekisho-action"] in ("redact", "pseudonymise")
+    sent = orjson.loads(gw.sims[raw.headers["x-sekisho-endpoint"]].stats.bodies[-1])
+    text = orjson.dumps(sent).decode()
+    assert NAME not in text and EMAIL not in text
+    assert sent["safety_identifier"] == "[EMAIL]"
+    assert sent["prompt_cache_key"] == "cache [EMAIL]"
+    location = sent["web_search_options"]["user_location"]
+    assert location == {"type": "approximate", "approximate": {"city": "<PERSON_1>"}}
+    assert sent["some_future_field"] == [{"note": "for <PERSON_1>"}]
+    assert sent["tool_choice"] == "auto" and "<" not in sent["model"]
+
+
+def test_an_identifier_in_an_unlisted_field_still_decides_where_the_request_may_go(
+    tmp_path: Path,
+) -> None:
+    """A My Number in ``safety_identifier`` or ``prompt_cache_key`` keeps the request in Japan:
+    a model served only in the US is refused, as it is for the same number in a message."""
+    h = start_example(tmp_path)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        for field in ("safety_identifier", "prompt_cache_key"):
+            with pytest.raises(openai.PermissionDeniedError) as refused:
+                c.chat.completions.create(
+                    model="gpt-4.1",
+                    messages=[{"role": "user", "content": "hello"}],
+                    extra_body={field: f"マイナンバー {MY_NUMBER}"},
+                )
+            assert refused.value.status_code == 403
+            with pytest.raises(openai.PermissionDeniedError):
+                c.responses.create(
+                    model="gpt-4.1", input="hello", extra_body={field: f"個人番号 {MY_NUMBER}"}
+                )
+        assert all(not sim.stats.bodies for sim in h.sims.values())
+    finally:
+        h.stop()

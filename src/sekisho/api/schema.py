@@ -538,16 +538,23 @@ def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
     definitions (descriptions, and every value in their parameter schemas: descriptions, enums,
     defaults, examples), a structured-output schema, ``metadata`` values, ``stop`` sequences
     and ``user`` (often an e-mail or a person's id). Embeddings: the text inputs and ``user``.
-    Token ids, images, audio and files are counted by ``uninspected()`` instead.
+    Every kind: every string of any other top-level field, except identifiers and enumerations
+    (``_other_slots``). Token ids, images, audio and files are counted by ``uninspected()``.
 
     Left out because rewriting them would break the request, and they are identifiers rather
     than prose: tool and schema names (``^[a-zA-Z0-9_-]+$`` upstream), JSON Schema keywords
     (``type``, ``format``, ``pattern``, ``$ref``, ``required``) and object keys.
     """
     slots: list[tuple[Any, Any]] = []
+    _known_slots(kind, body, slots)
+    _other_slots(kind, body, slots)
+    return slots
+
+
+def _known_slots(kind: str, body: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:
     if kind == "responses":
         _responses_slots(body, slots)
-        return slots
+        return
     if kind == "completions":
         prompt = body["prompt"]
         if isinstance(prompt, str):
@@ -559,7 +566,7 @@ def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
         _stop_slots(body, slots)
         if isinstance(body.get("user"), str):
             slots.append((body, "user"))
-        return slots
+        return
     if kind == "embeddings":
         inp = body["input"]
         if isinstance(inp, str):
@@ -594,7 +601,73 @@ def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
         _stop_slots(body, slots)
     if isinstance(body.get("user"), str):
         slots.append((body, "user"))
-    return slots
+
+
+# The top-level fields ``text_slots`` reads with knowledge of their shape, per kind of request.
+_KNOWN_TEXT_FIELDS = {
+    "chat": frozenset(
+        {"messages", "prediction", "tools", "functions", "response_format", "metadata"}
+        | {"stop", "user"}
+    ),
+    "completions": frozenset({"prompt", "suffix", "stop", "user"}),
+    "embeddings": frozenset({"input", "user"}),
+    "responses": frozenset(
+        {"instructions", "input", "tools", "text", "prompt", "metadata", "user"}
+        | {"safety_identifier"}
+    ),
+}
+# Top-level fields whose strings are identifiers or enumerations the upstream parses (a model,
+# an earlier response's id, a tool to call, a service tier): never text for the model to read,
+# and a detector's false positive rewriting one would break the request.
+_NOT_TEXT_FIELDS = frozenset(
+    {
+        "model",
+        "tool_choice",
+        "function_call",
+        "previous_response_id",
+        "conversation",
+        "include",
+        "modalities",
+        "audio",
+        "reasoning_effort",
+        "reasoning",
+        "service_tier",
+        "verbosity",
+        "encoding_format",
+        "truncation",
+        "prompt_cache_retention",
+        "stream_options",
+        "background",
+        "store",
+    }
+)
+
+
+def _other_slots(kind: str, body: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:
+    """Every string in a top-level field not read above (``safety_identifier``,
+    ``prompt_cache_key``, ``web_search_options``' location, and whatever the API adds next):
+    scanned and rewritten like the rest, so a field this gateway does not know yet cannot carry
+    personal data past the policy (fail closed). Keys named ``type`` stay as they are."""
+    known = _KNOWN_TEXT_FIELDS.get(kind, frozenset())
+    for key, value in body.items():
+        if key in known or key in _NOT_TEXT_FIELDS:
+            continue
+        if isinstance(value, str):
+            slots.append((body, key))
+        elif isinstance(value, dict | list):
+            _nested_slots(value, slots)
+
+
+def _nested_slots(value: Any, slots: list[tuple[Any, Any]], depth: int = 0) -> None:
+    if depth > 32:  # parsed JSON is already bounded; this only keeps recursion shallow
+        return
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for k, v in items:
+        if isinstance(v, str):
+            if k != "type":
+                slots.append((value, k))
+        elif isinstance(v, dict | list):
+            _nested_slots(v, slots, depth + 1)
 
 
 def _stop_slots(body: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:
