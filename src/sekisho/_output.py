@@ -32,7 +32,7 @@ log = logging.getLogger("sekisho.pipeline")
 # either name) or the arguments of its tool call number k (k >= 0), fed piece by piece as the
 # deltas arrive. Reasoning is text the client receives: it gets what content gets.
 CONTENT = -1
-TEXT_FIELDS = {-3: "reasoning", -2: "reasoning_content", CONTENT: "content"}
+TEXT_FIELDS = {-3: "reasoning", -2: "reasoning_content", CONTENT: "content", -4: "refusal"}
 StreamKey = tuple[int, int]  # (choice index, a TEXT_FIELDS slot or a tool call index)
 _LEGACY_FIELDS = {CONTENT: "text"}  # a legacy completion's choice: its text is its content
 
@@ -116,6 +116,11 @@ class StreamOutput:
             if not isinstance(delta, dict):
                 continue
             idx = choice.get("index", 0)
+            if self._active and choice.get("logprobs") is not None:
+                # Token logprobs spell the text as the upstream wrote it, including what is
+                # still held back and may yet be masked: withheld in a stream sekisho rewrites.
+                choice["logprobs"] = None
+                changed = True
             for slot, name in self._fields.items():
                 original = delta.get(name)
                 if not isinstance(original, str):
@@ -236,6 +241,7 @@ def inspect_answer(
         for fn in [c.get("function") for c in calls] + [fc]:
             if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
                 slots.append((fn, "arguments"))
+        before = [(holder, key, holder[key]) for holder, key in slots]
         for holder, key in slots:
             text = holder[key]
             if pseudo is not None:  # arguments are JSON: a restored value is escaped for it
@@ -255,7 +261,7 @@ def inspect_answer(
                 if hits and rule.action == "mask":
                     text = redact(text, hits)
                     error = _worse(error, "output_masked")
-                elif hits and key in ("content", "text"):
+                elif hits and key in ("content", "text", "refusal"):
                     text = text[: hits[0].start]
                     choice["finish_reason"] = "content_filter"
                     error = _worse(error, "output_cut")
@@ -281,7 +287,21 @@ def inspect_answer(
                     break  # the other slots left are arguments of the calls just dropped
             holder[key] = text
             delivered.append(text)
+        if choice.get("logprobs") is not None and (
+            choice.get("finish_reason") == "content_filter"
+            or any(holder.get(key) != text for holder, key, text in before)
+        ):
+            # They spell the text as the upstream wrote it: gone with the text they describe.
+            choice["logprobs"] = None
     return error, delivered
+
+
+def _clear_logprobs(holder: Any) -> bool:
+    """Empty the ``logprobs`` of a Responses output text part or event; True if there were any."""
+    if isinstance(holder, dict) and holder.get("logprobs"):
+        holder["logprobs"] = []
+        return True
+    return False
 
 
 def json_string_escape(value: str) -> str:
@@ -301,6 +321,9 @@ def _worse(current: str | None, new: str) -> str:
 
 def _withhold(choice: dict[str, Any], msg: dict[str, Any]) -> None:
     msg["text" if msg is choice else "content"] = ""
+    for name in TEXT_FIELDS.values():
+        if isinstance(msg.get(name), str):
+            msg[name] = ""
     msg.pop("tool_calls", None)
     msg.pop("function_call", None)
     choice["finish_reason"] = "content_filter"
@@ -510,16 +533,36 @@ def inspect_response(
                         _cut_response(data, oi)
                     else:
                         holder[key] = text[: hits[0].start]
+                        _clear_logprobs(holder)
                         delivered.append(holder[key])
                         _cut_response(data, oi + 1)
                         if item.get("type") == "message":
                             del item["content"][item["content"].index(holder) + 1 :]
                     _refresh_output_text(data)
                     return error, delivered
+            if text != holder[key]:
+                _clear_logprobs(holder)
             holder[key] = text
             delivered.append(text)
     _refresh_output_text(data)
     return error, delivered
+
+
+def _strip_logprobs(event: dict[str, Any]) -> bool:
+    """Empty every output text's ``logprobs`` in a Responses stream event (a delta or done
+    event, a part, an item, a response): in a stream sekisho rewrites, they would spell the
+    text as the upstream wrote it, including what is held back and may yet be masked."""
+    found = _clear_logprobs(event)
+    found = _clear_logprobs(event.get("part")) or found
+    items = [event.get("item")]
+    response = event.get("response")
+    if isinstance(response, dict) and isinstance(response.get("output"), list):
+        items.extend(response["output"])
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("content"), list):
+            for part in item["content"]:
+                found = _clear_logprobs(part) or found
+    return found
 
 
 class ResponsesStreamOutput(StreamOutput):
@@ -559,7 +602,7 @@ class ResponsesStreamOutput(StreamOutput):
         it); None when it goes out exactly as it came."""
         etype = event.get("type")
         before: list[dict[str, Any]] = []
-        changed = False
+        changed = self._active and _strip_logprobs(event)
         oi = _int0(event.get("output_index"))
         if isinstance(event.get("item_id"), str):
             self._item_ids[oi] = event["item_id"]
