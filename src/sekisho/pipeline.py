@@ -465,9 +465,14 @@ class Pipeline:
             )
         tried += busy
         if isinstance(last, UpstreamTimeoutError):
+            # Each endpoint tried may still be generating the answer: an SDK's automatic retry
+            # would start every one of those generations again, after waiting as long again.
             raise UpstreamTimeout(
-                f"No eligible endpoint answered in time (tried: {', '.join(tried)}). "
-                "The request was not sent anywhere else."
+                f"No eligible endpoint answered in time (tried: {', '.join(tried)}; last: "
+                f"{last.detail}). The request was not sent anywhere else. A long answer that "
+                "is not streamed arrives whole: stream it, or ask the operator to raise the "
+                "endpoint's timeouts.first_byte.",
+                headers={"x-should-retry": "false"},
             )
         if failures and all(
             isinstance(e, UpstreamStatusError) and e.status == 429 for e in failures

@@ -280,6 +280,32 @@ def limited(**limits: Any) -> Callable[[dict[str, Any]], None]:
     return mutate
 
 
+def test_a_used_up_quota_is_insufficient_quota_and_the_sdk_does_not_retry_it(
+    tmp_path: Path,
+) -> None:
+    """The official SDK retries a 429 twice by default: a day's budget used up, or a request
+    larger than the whole budget, says ``x-should-retry: false`` and is sent exactly once."""
+    h = start_example(tmp_path, limited(tokens_per_day=300))
+    try:
+        sent: list[str] = []
+        http = openai.DefaultHttpxClient(event_hooks={"request": [lambda r: sent.append("x")]})
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), http_client=http)  # 2 retries
+        with pytest.raises(openai.RateLimitError) as err:
+            c.chat.completions.create(model="gpt-4o", messages=PROMPT, max_tokens=5000)
+        assert err.value.code == "request_exceeds_limit" and len(sent) == 1
+        answered = 0
+        with pytest.raises(openai.RateLimitError) as err:
+            for _ in range(20):  # ~265 tokens admitted each, settled at their real usage
+                c.chat.completions.create(model="gpt-4o", messages=PROMPT, max_tokens=256)
+                answered += 1
+        assert err.value.code == "insufficient_quota"
+        assert "Quota used up: tenant 'demo' tokens_per_day (300)" in err.value.message
+        assert int(err.value.response.headers["retry-after"]) >= 1
+        assert len(sent) == 1 + answered + 1  # the refused request was sent once, not thrice
+    finally:
+        h.stop()
+
+
 def test_tenant_requests_per_minute_is_429_in_openai_shape_with_retry_after(
     tmp_path: Path,
 ) -> None:

@@ -89,6 +89,8 @@ async def test_daily_budget_resets_at_midnight_with_retry_after_until_then() -> 
     err = await refused(lim, key(), 1)
     assert "tenant 'acme' tokens_per_day (1000)" in err.message
     assert err.headers["Retry-After"] == "60"
+    # OpenAI's code for a quota, not a rate, and no automatic retry by the SDKs
+    assert err.code == "insufficient_quota" and err.headers["x-should-retry"] == "false"
     clock.now += 60  # 2025-02-01 00:00:00
     await lim.admit(key(), "m", 1000)
 
@@ -133,6 +135,7 @@ async def test_tokens_per_minute_counts_real_usage_after_settle() -> None:
     err = await refused(lim, key(), 10)
     assert "tokens_per_minute (600)" in err.message
     assert err.headers["Retry-After"] == "1"  # 10 tokens refill in 1 s
+    assert err.code == "rate_limit_exceeded" and "x-should-retry" not in err.headers
 
 
 async def test_a_request_larger_than_a_whole_limit_says_so() -> None:
@@ -140,6 +143,7 @@ async def test_a_request_larger_than_a_whole_limit_says_so() -> None:
     err = await refused(lim, key(), 101)
     assert "more than the whole key 'aaaaaaaaaaaa' tokens_per_minute (100)" in err.message
     assert "Retry-After" not in err.headers
+    assert err.code == "request_exceeds_limit" and err.headers["x-should-retry"] == "false"
 
 
 async def test_tenant_without_limits_is_not_limited() -> None:

@@ -92,13 +92,22 @@ def test_all_endpoints_down_is_502_naming_what_was_tried(two: Harness) -> None:
     assert "sim-global-japaneast" in e.value.message and "sim-global-useast" in e.value.message
 
 
-def test_all_endpoints_slow_is_504(two: Harness) -> None:
-    key = two.key()
+def test_all_endpoints_slow_is_504_and_the_sdk_does_not_start_it_again(two: Harness) -> None:
+    """The gateway already waited for (and failed over among) the endpoints: the 504 says
+    ``x-should-retry: false``, so the SDK's default two retries do not start every
+    generation again."""
     two.fault("sim-global-japaneast", mode="hang")
     two.fault("sim-global-useast", mode="hang")
-    with pytest.raises(openai.APIStatusError) as e:
-        chat(two, key)
-    assert e.value.status_code == 504
+    sent: list[str] = []
+    http = openai.DefaultHttpxClient(event_hooks={"request": [lambda r: sent.append("x")]})
+    c = openai.OpenAI(base_url=two.base_url, api_key=two.key(), http_client=http)
+    with pytest.raises(openai.InternalServerError) as e:
+        c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 504 and e.value.code == "upstream_timeout"
+    assert e.value.response.headers["x-should-retry"] == "false"
+    assert "first-byte timeout" in e.value.message and "timeouts.first_byte" in e.value.message
+    assert len(sent) == 1
+    assert sum(s.stats.requests for s in two.sims.values()) == 2  # one try per endpoint
 
 
 def test_stream_that_dies_before_its_first_event_fails_over(two: Harness) -> None:

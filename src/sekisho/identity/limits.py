@@ -345,16 +345,26 @@ class Limiter:
             costs = [estimated_tokens if c.tokens else 1 for c in checks]
             for c, cost in zip(checks, costs, strict=True):
                 if cost > c.limit:
+                    # The same request can never pass: the SDKs must not send it again.
                     raise RateLimited(
                         f"This request is estimated at {cost} tokens, more than the whole "
                         f"{c.label} allows; send a smaller request (or lower max_tokens).",
                         code="request_exceeds_limit",
+                        headers={"x-should-retry": "false"},
                     )
             try:
                 await self.backend.take(checks, costs)
             except Refusal as refusal:
                 c = checks[refusal.index]
                 retry = max(1, math.ceil(refusal.retry_after))
+                if c.mode == BUDGET:
+                    # A day's or a month's budget used up: OpenAI's insufficient_quota, and
+                    # no automatic retry (the SDKs would retry within seconds, not hours).
+                    raise RateLimited(
+                        f"Quota used up: {c.label}. It renews in {retry} s (Retry-After).",
+                        code="insufficient_quota",
+                        headers={"Retry-After": str(retry), "x-should-retry": "false"},
+                    ) from None
                 raise RateLimited(
                     f"Rate limit reached: {c.label}. Retry after {retry} s.",
                     headers={"Retry-After": str(retry)},
