@@ -138,22 +138,55 @@ def parse_answer(raw: bytes, endpoint_id: str, kind: str | None = None) -> dict[
 
 
 def client_error_from(exc: UpstreamStatusError) -> SekishoError:
-    """A 4xx from upstream is about the request: pass its message on, in OpenAI's shape."""
+    """A 4xx from upstream is about the request: pass its message on, in OpenAI's shape, with
+    the ``type``, ``param`` and ``code`` the endpoint gave (the SDKs and clients read them:
+    ``param`` names the field to fix). Servers that answer errors in other shapes are read
+    too: vLLM's older top-level ``{"object": "error", "message": ...}``, Ollama's and TGI's
+    ``{"error": "..."}``, FastAPI's ``{"detail": ...}``."""
     message = f"The endpoint rejected the request (HTTP {exc.status})."
     code = "upstream_rejected"
+    etype = "invalid_request_error"
+    param: str | None = None
     try:
         body = orjson.loads(exc.body)
-        err = body.get("error") if isinstance(body, dict) else None
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            message = f"The endpoint rejected the request: {err['message']}"
-            given = err.get("code")
-            code = given if isinstance(given, str) else code
     except orjson.JSONDecodeError:
-        pass
-    e = SekishoError(message, code=code)
+        body = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        if not isinstance(err, dict) and isinstance(body.get("message"), str):
+            err = body  # the error's fields at the top level
+        text: Any = err.get("message") if isinstance(err, dict) else err
+        if text is None:
+            text = _detail_text(body.get("detail"))
+        if isinstance(text, str) and text:
+            message = f"The endpoint rejected the request: {text[:2000]}"
+        if isinstance(err, dict):
+            given = err.get("code")
+            code = given if isinstance(given, str) and given else code
+            given = err.get("type")
+            if isinstance(given, str) and given.endswith("_error"):
+                etype = given
+            given = err.get("param")
+            param = given if isinstance(given, str) else None
+    e = SekishoError(message, code=code, param=param)
     e.status = exc.status if 400 <= exc.status < 500 else 502
-    e.type = "invalid_request_error"
+    e.type = etype
     return e
+
+
+def _detail_text(detail: Any) -> str | None:
+    """FastAPI's ``detail``: a string, or validation errors ``[{"loc": [...], "msg": ...}]``."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):
+        parts = []
+        for d in detail[:5]:
+            if isinstance(d, dict) and isinstance(d.get("msg"), str):
+                loc = d.get("loc")
+                where = ".".join(str(x) for x in loc) if isinstance(loc, list) else ""
+                parts.append(f"{where}: {d['msg']}" if where else d["msg"])
+        return "; ".join(parts) or None
+    return None
 
 
 def parse_retry_after(value: str | None) -> float | None:
