@@ -94,6 +94,16 @@ def check_responses_features(body: dict[str, Any], tenant: TenantView) -> None:
                 code="provider_feature_not_allowed",
             )
         body["store"] = False  # the Responses API's default is to keep it
+    elif body.get("background") is True and body.get("stream") is not True:
+        # The answer would be made at the provider and fetched from it later: it would never
+        # pass output inspection, nor have an outcome in the ledger. Streamed, it does.
+        raise InvalidRequest(
+            "A background response that is not streamed would be fetched from the provider "
+            "later, past sekisho's output inspection and its ledger. Send it with stream: true "
+            "(the answer then comes through sekisho as it is made), or without background.",
+            param="background",
+            code="provider_feature_not_allowed",
+        )
     for i, tool in enumerate(body.get("tools") or ()):
         kind = str(tool.get("type"))
         if kind in _CLIENT_TOOLS:

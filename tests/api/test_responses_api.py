@@ -248,7 +248,6 @@ def test_the_stream_names_each_event_and_ends_without_done(
 FEATURE_REQUESTS: dict[str, tuple[dict[str, Any], str, str]] = {
     "store": ({"store": True}, "store", "store"),
     "previous_response_id": ({"previous_response_id": "resp_abc"}, "store", "previous_response_id"),
-    "background": ({"background": True}, "store", "background"),
     "web_search": ({"tools": [{"type": "web_search"}]}, "web_search", "tools[0].type"),
     "mcp": (
         {"tools": [{"type": "mcp", "server_label": "x", "server_url": "https://mcp.example"}]},
@@ -281,6 +280,37 @@ def test_provider_state_and_hosted_tools_need_the_tenants_leave(
     for key, value in extra.items():
         assert sent[key] == value
     assert "store" not in sent or sent["store"] is not False or feature != "store"
+
+
+def test_a_background_response_comes_through_sekisho_or_not_at_all(
+    gateway: Callable[..., Harness],
+) -> None:
+    """Run in the background and fetched from the provider later, an answer would pass neither
+    output inspection nor the ledger: refused, even with the store leave, unless streamed."""
+    h = gateway()
+    with pytest.raises(openai.BadRequestError) as err:  # no leave to keep anything there
+        client(h).responses.create(model="gpt-4o", input="hello", background=True)
+    assert err.value.param == "background" and "provider_features: [store]" in err.value.message
+    kept = gateway(tenant(features=["store"]))
+    before = kept.bytes_received()
+    with pytest.raises(openai.BadRequestError) as err:
+        client(kept).responses.create(model="gpt-4o", input="hello", background=True)
+    assert err.value.code == "provider_feature_not_allowed" and err.value.param == "background"
+    assert "stream: true" in err.value.message
+    assert kept.bytes_received() == before  # nothing was sent
+    events, raw = stream_events(kept, model="gpt-4o", input="hello", background=True)
+    assert events[-1].type == "response.completed"
+    assert sent_body(kept, raw.headers["x-sekisho-endpoint"])["background"] is True
+
+
+def test_responses_sub_apis_sekisho_does_not_serve_are_404_not_405(
+    gateway: Callable[..., Harness],
+) -> None:
+    h = gateway()
+    with pytest.raises(openai.NotFoundError) as err:
+        client(h).responses.input_tokens.count(model="gpt-4o", input="hello")
+    assert err.value.code == "unknown_url"
+    assert "POST '/v1/responses/input_tokens'" in err.value.message
 
 
 def test_only_endpoints_with_the_responses_api_are_routed_to(

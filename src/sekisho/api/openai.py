@@ -215,8 +215,15 @@ async def kept_response(
     how long an exchange is kept is the tenant's retention policy, not the application's."""
     response, _, rest = path[len(_RESPONSES) :].partition("/")
     response = unquote(response)
-    if rest not in ("", "input_items", "cancel"):
-        raise NotFound(f"Unknown path {path!r}.", code="unknown_url")
+    if rest not in ("", "input_items", "cancel") or (method == "POST" and rest != "cancel"):
+        # e.g. POST /v1/responses/input_tokens (the SDK's responses.input_tokens.count) or
+        # /v1/responses/compact: not a response's id, and not an API sekisho serves.
+        raise NotFound(
+            f"sekisho does not serve {method} {path[:120]!r}. It serves POST /v1/responses, "
+            "and GET /v1/responses/{id} and /v1/responses/{id}/input_items for the responses "
+            "it keeps.",
+            code="unknown_url",
+        )
     if rest == "cancel":
         raise InvalidRequest(
             "Only background responses can be cancelled, and sekisho does not run background "
