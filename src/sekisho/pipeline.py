@@ -676,6 +676,8 @@ class Pipeline:
             h.append(("x-sekisho-action", str(decision.action)))
         if receipt is not None:
             h.append(("x-sekisho-receipt", receipt))
+        if call.admission is not None and call.admission.headers:
+            h.extend(call.admission.headers)
         return h
 
 

@@ -312,8 +312,13 @@ def test_tenant_requests_per_minute_is_429_in_openai_shape_with_retry_after(
     h = start_example(tmp_path, limited(requests_per_minute=3))
     try:
         key, other_key = h.key(), h.key()
+        left = []
         for k in (key, other_key, key):  # the tenant's limit counts every key of the tenant
-            assert chat(h, k).status_code == 200
+            raw = chat(h, k)
+            assert raw.status_code == 200
+            assert raw.headers["x-ratelimit-limit-requests"] == "3"
+            left.append(raw.headers["x-ratelimit-remaining-requests"])
+        assert left == ["2", "1", "0"]  # as OpenAI reports it, for rate-aware clients
         before = upstream_bytes(h)
         with pytest.raises(openai.RateLimitError) as err:
             chat(h, other_key)
@@ -327,6 +332,7 @@ def test_tenant_requests_per_minute_is_429_in_openai_shape_with_retry_after(
         assert error["code"] == "rate_limit_exceeded"
         assert "tenant 'demo' requests_per_minute (3)" in error["message"]
         assert f"Retry after {retry_after} s" in error["message"]
+        assert resp.headers["x-ratelimit-remaining-requests"] == "0"
     finally:
         h.stop()
 

@@ -219,3 +219,49 @@ async def test_a_request_is_admitted_at_the_estimate_it_is_charged_when_usage_is
         call = Call("req_1", key(), "chat", "gpt-4o", body, [text])
         await pipeline._admit(call)
         assert limiter.estimates[-1] == want, text[:10]
+
+
+async def test_each_admission_says_what_is_left_as_openai_does() -> None:
+    """OpenAI's x-ratelimit-* headers: the least left of the request limits and of the token
+    limits (a key's or its tenant's), and when each is whole again."""
+    clock = Clock()
+    lim = limiter(clock, tenant={"tokens_per_minute": 600}, per_key={"requests_per_minute": 3})
+    h = dict((await lim.admit(key(), "m", 100)).headers)
+    assert h == {
+        "x-ratelimit-limit-requests": "3",
+        "x-ratelimit-remaining-requests": "2",
+        "x-ratelimit-reset-requests": "20s",  # one request refills every 20 s
+        "x-ratelimit-limit-tokens": "600",
+        "x-ratelimit-remaining-tokens": "500",
+        "x-ratelimit-reset-tokens": "10s",
+    }
+    clock.now += 5
+    h = dict((await lim.admit(key(), "m", 100)).headers)
+    assert h["x-ratelimit-remaining-requests"] == "1"  # 3 - 2 + 0.25 refilled: still 1
+    assert h["x-ratelimit-reset-requests"] == "35s"
+    assert h["x-ratelimit-remaining-tokens"] == "450" and h["x-ratelimit-reset-tokens"] == "15s"
+    await lim.admit(key(), "m", 1)
+    err = await refused(lim, key(), 1)
+    assert err.headers["x-ratelimit-remaining-requests"] == "0"
+    assert err.headers["x-ratelimit-limit-requests"] == "3"
+
+
+async def test_a_budget_is_reported_when_it_is_the_tightest_token_limit() -> None:
+    clock = Clock(T0 - 3600)  # an hour and a minute before the day ends
+    lim = limiter(clock, tenant={"tokens_per_day": 1000, "tokens_per_minute": 100_000})
+    h = dict((await lim.admit(key(), "m", 300)).headers)
+    assert h["x-ratelimit-remaining-tokens"] == "700"
+    assert h["x-ratelimit-limit-tokens"] == "1000"
+    assert h["x-ratelimit-reset-tokens"] == "1h1m0s"
+    assert "x-ratelimit-limit-requests" not in h  # no request limit: nothing to report
+    assert (await Limiter(tenants={}).admit(key(), "m", 1)).headers == ()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.0, "0ms"), (0.0174, "17ms"), (1.0, "1s"), (1.2, "2s"), (360, "6m0s"), (3723, "1h2m3s")],
+)
+def test_reset_times_are_written_as_openai_writes_them(seconds: float, text: str) -> None:
+    from sekisho.identity.limits import duration
+
+    assert duration(seconds) == text

@@ -156,3 +156,15 @@ async def test_usage_batches_survive_a_failed_write_and_are_written_at_close(red
     other = RedisUsage(redis, redis.namespace)
     [row] = await other.query(date(2026, 11, 27), date(2026, 11, 27))
     assert (row.requests, row.prompt_tokens, row.completion_tokens) == (2, 11, 6)
+
+
+async def test_what_is_left_is_reported_from_redis_as_in_one_process(redis: Any) -> None:
+    lim = shared(redis, {"requests_per_minute": 3, "tokens_per_day": 1000})
+    h = dict((await lim.admit(Principal(tenant="acme", key_id="k1", role="app"), "m", 100)).headers)
+    assert h["x-ratelimit-limit-requests"] == "3"
+    assert h["x-ratelimit-remaining-requests"] == "2"
+    assert h["x-ratelimit-reset-requests"] in ("19s", "20s")
+    assert h["x-ratelimit-limit-tokens"] == "1000"
+    assert h["x-ratelimit-remaining-tokens"] == "900"
+    assert h["x-ratelimit-reset-tokens"].endswith("s")
+    await lim.close()

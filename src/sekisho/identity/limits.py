@@ -68,6 +68,8 @@ class Admission:
     checks: tuple[Check, ...]
     day: str  # usage is recorded under the day the request was admitted
     settled: bool = field(default=False)
+    # OpenAI's x-ratelimit-* headers, as this request left the limits (its estimate charged)
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Refusal(Exception):
@@ -76,9 +78,14 @@ class Refusal(Exception):
         self.retry_after = retry_after
 
 
+# What is left of a limit after a charge: (units left, seconds until it is whole again).
+Left = tuple[int, float]
+
+
 class Backend(Protocol):
-    async def take(self, checks: Sequence[Check], costs: Sequence[int]) -> None:
-        """Charge every check its cost, or none of them and raise Refusal."""
+    async def take(self, checks: Sequence[Check], costs: Sequence[int]) -> list[Left]:
+        """Charge every check its cost, or none of them and raise Refusal; return what is left
+        of each."""
 
     async def adjust(self, checks: Sequence[Check], deltas: Sequence[int]) -> None:
         """Add (or refund, when negative) cost after the fact; never refuses."""
@@ -98,7 +105,7 @@ class MemoryBackend:
         got = self._values.get(counter)
         return got[0] if got is not None and got[1] > now else 0.0
 
-    async def take(self, checks: Sequence[Check], costs: Sequence[int]) -> None:
+    async def take(self, checks: Sequence[Check], costs: Sequence[int]) -> list[Left]:
         now = self._clock()
         news: list[float] = []
         worst: Refusal | None = None
@@ -118,12 +125,15 @@ class MemoryBackend:
             news.append(new)
         if worst is not None:
             raise worst
+        left: list[Left] = []
         for c, new in zip(checks, news, strict=True):
             expires = new if c.mode == RATE else c.period + 86400
             self._values[c.counter] = (new, expires)
+            left.append(_left(c, new, now))
         self._ops += 1
         if self._ops % 10000 == 0:
             self._values = {k: v for k, v in self._values.items() if v[1] > now}
+        return left
 
     async def adjust(self, checks: Sequence[Check], deltas: Sequence[int]) -> None:
         now = self._clock()
@@ -166,6 +176,7 @@ for i = 1, #KEYS do
   news[i] = new
 end
 if failed > 0 then return {failed, math.ceil(worst)} end
+local out = {0, 0}
 for i = 1, #KEYS do
   local b = (i - 1) * 4
   if tonumber(ARGV[b + 1]) == 0 then
@@ -174,8 +185,10 @@ for i = 1, #KEYS do
   else
     redis.call('SET', KEYS[i], string.format('%d', news[i]), 'EXAT', tonumber(ARGV[b + 3]) + 86400)
   end
+  out[#out + 1] = string.format('%.3f', news[i])
 end
-return {0, 0}
+out[#out + 1] = string.format('%.3f', now)
+return out
 """
 
 _ADJUST = """
@@ -218,12 +231,12 @@ class RedisBackend:
             argv += [c.mode, c.limit, period, amount]
         return keys, argv
 
-    async def take(self, checks: Sequence[Check], costs: Sequence[int]) -> None:
+    async def take(self, checks: Sequence[Check], costs: Sequence[int]) -> list[Left]:
         from redis.exceptions import RedisError
 
         keys, argv = self._args(checks, costs)
         try:
-            failed, wait_ms = await self._take(keys=keys, args=argv)
+            failed, wait_ms, *values = await self._take(keys=keys, args=argv)
         except (RedisError, OSError) as exc:
             # Fail closed: without the shared counters no process can know what is left.
             raise ServiceUnavailable(
@@ -233,6 +246,11 @@ class RedisBackend:
             ) from None
         if int(failed):
             raise Refusal(int(failed) - 1, int(wait_ms) / 1000)
+        now_ms = float(values[-1])
+        return [
+            _left(c, float(v) / 1000 if c.mode == RATE else float(v), now_ms / 1000)
+            for c, v in zip(checks, values, strict=False)
+        ]
 
     async def adjust(self, checks: Sequence[Check], deltas: Sequence[int]) -> None:
         from redis.exceptions import RedisError
@@ -245,6 +263,46 @@ class RedisBackend:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _left(c: Check, new: float, now: float) -> Left:
+    """What is left of ``c`` once its counter is ``new`` (a rate's theoretical arrival time,
+    or a budget's count), and how long until it is whole again."""
+    if c.mode == RATE:
+        used = max(new - now, 0.0)
+        return max(0, math.floor((c.period - used) * c.limit / c.period + 1e-9)), used
+    return max(0, c.limit - int(new)), max(c.period - now, 0.0)
+
+
+def ratelimit_headers(checks: Sequence[Check], left: Sequence[Left]) -> tuple[tuple[str, str], ...]:
+    """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``: of the request limits
+    and of the token limits, the one with the least left (a key's or its tenant's; for tokens, a
+    rate or a budget)."""
+    out: list[tuple[str, str]] = []
+    for unit, tokens in (("requests", False), ("tokens", True)):
+        worst: tuple[int, float, int] | None = None
+        for c, (remaining, reset) in zip(checks, left, strict=True):
+            if c.tokens == tokens and (worst is None or remaining < worst[0]):
+                worst = (remaining, reset, c.limit)
+        if worst is not None:
+            out += [
+                (f"x-ratelimit-limit-{unit}", str(worst[2])),
+                (f"x-ratelimit-remaining-{unit}", str(worst[0])),
+                (f"x-ratelimit-reset-{unit}", duration(worst[1])),
+            ]
+    return tuple(out)
+
+
+def duration(seconds: float) -> str:
+    """As OpenAI writes a reset time: ``20ms``, ``1s``, ``6m0s``, ``3h2m1s``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    total = math.ceil(seconds)
+    h, rest = divmod(total, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m{sec}s"
+    return f"{m}m{sec}s" if m else f"{sec}s"
 
 
 class _Calendar:
@@ -353,24 +411,32 @@ class Limiter:
                         headers={"x-should-retry": "false"},
                     )
             try:
-                await self.backend.take(checks, costs)
+                left = await self.backend.take(checks, costs)
             except Refusal as refusal:
                 c = checks[refusal.index]
                 retry = max(1, math.ceil(refusal.retry_after))
+                unit = "tokens" if c.tokens else "requests"
+                headers = {
+                    "Retry-After": str(retry),
+                    f"x-ratelimit-limit-{unit}": str(c.limit),
+                    f"x-ratelimit-remaining-{unit}": "0",
+                    f"x-ratelimit-reset-{unit}": duration(refusal.retry_after),
+                }
                 if c.mode == BUDGET:
                     # A day's or a month's budget used up: OpenAI's insufficient_quota, and
                     # no automatic retry (the SDKs would retry within seconds, not hours).
                     raise RateLimited(
                         f"Quota used up: {c.label}. It renews in {retry} s (Retry-After).",
                         code="insufficient_quota",
-                        headers={"Retry-After": str(retry), "x-should-retry": "false"},
+                        headers={**headers, "x-should-retry": "false"},
                     ) from None
                 raise RateLimited(
-                    f"Rate limit reached: {c.label}. Retry after {retry} s.",
-                    headers={"Retry-After": str(retry)},
+                    f"Rate limit reached: {c.label}. Retry after {retry} s.", headers=headers
                 ) from None
-        return Admission(principal.tenant, principal.key_id, model, estimated_tokens,
-                         tuple(checks), day)  # fmt: skip
+            headers = ratelimit_headers(checks, left)
+            return Admission(principal.tenant, principal.key_id, model, estimated_tokens,
+                             tuple(checks), day, headers=headers)  # fmt: skip
+        return Admission(principal.tenant, principal.key_id, model, estimated_tokens, (), day)
 
     async def settle(
         self, admission: Admission, prompt_tokens: int, completion_tokens: int
