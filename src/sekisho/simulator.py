@@ -5,18 +5,26 @@ run three of them (a domestic operator in Tokyo, the Japan region of a global cl
 region); the tests use them as upstreams, counting every byte each one receives, and inject
 faults through ``POST /_sim/faults``.
 
-They serve chat completions, embeddings and the Responses API (``POST /v1/responses``, plain
-and streamed, in the event format of OpenAI's own).
+They serve chat completions, legacy completions, embeddings and the Responses API
+(``POST /v1/responses``, plain and streamed, in the event format of OpenAI's own), with the
+options clients rely on: ``n`` choices (streamed too), ``logprobs`` (tokens that join to the
+text), a JSON ``response_format`` (a value valid for the schema, so the SDK's ``parse`` helpers
+work) and embeddings of any ``dimensions``, as floats or base64.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
+import json
+import math
 import ssl
+import struct
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -333,6 +341,12 @@ class _Protocol(asyncio.Protocol):
                 ),
             )
             return
+        problem = _parameter_problem(path, body)
+        if problem is not None:
+            param, message = problem
+            error = {"message": message, "type": "invalid_request_error", "param": param}
+            self._write(400, orjson.dumps({"error": {**error, "code": "invalid_value"}}))
+            return
         if path.endswith("/chat/completions"):
             if sim.spec.rejects_stream_options and "stream_options" in body:
                 self._write(
@@ -370,19 +384,23 @@ class _Protocol(asyncio.Protocol):
         else:
             self._write(404, b'{"error":{"message":"unknown path","type":"invalid_request_error"}}')
 
-    def _completion_text(self, body: dict[str, Any]) -> str:
+    def _completion_text(self, body: dict[str, Any]) -> tuple[str, int]:
         """A legacy completion: the simulator's answer to the prompt (its first text), after
-        the prompt itself with ``echo``."""
+        the prompt itself with ``echo``; and where the answer starts in prompt + answer (what
+        ``text_offset`` counts from)."""
         prompt = body.get("prompt")
         first = prompt if isinstance(prompt, str) else ""
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             first = prompt[0]
         reply = self.sim.reply_for(first)
-        return first + reply if body.get("echo") else reply
+        return (first + reply, 0) if body.get("echo") else (reply, len(first))
 
     def _text_completion(self, body: dict[str, Any]) -> dict[str, Any]:
-        text = self._completion_text(body)
-        n = body.get("n") or 1
+        text, offset = self._completion_text(body)
+        top = _legacy_top_logprobs(body)
+        logprobs = None
+        if top is not None:
+            logprobs = _legacy_logprobs(self._tokens(text), top, offset)
         prompt = body.get("prompt")
         prompt_tokens = len(prompt.split()) if isinstance(prompt, str) else len(str(prompt))
         completion_tokens = len(text.split())
@@ -393,8 +411,8 @@ class _Protocol(asyncio.Protocol):
             "model": body.get("model", "unknown"),
             "system_fingerprint": f"sim-{self.sim.spec.name}",
             "choices": [
-                {"index": i, "text": text, "logprobs": None, "finish_reason": "stop"}
-                for i in range(n if isinstance(n, int) and 0 < n <= 16 else 1)
+                {"index": i, "text": text, "logprobs": logprobs, "finish_reason": "stop"}
+                for i in range(_choice_count(body))
             ],
             "usage": {
                 "prompt_tokens": prompt_tokens,
@@ -407,8 +425,10 @@ class _Protocol(asyncio.Protocol):
         t = self._start_stream()
         if t is None:
             return
-        text = self._completion_text(body)
+        text, offset = self._completion_text(body)
         pieces = self._words(text)
+        top = _legacy_top_logprobs(body)
+        indices = range(_choice_count(body))
         base = {
             "id": f"cmpl-sim-{uuid.uuid4().hex[:12]}",
             "object": "text_completion",
@@ -419,23 +439,32 @@ class _Protocol(asyncio.Protocol):
         def send(obj: dict[str, Any] | None) -> None:
             _send_data(t, obj)
 
-        def choice(piece: str, finish: str | None) -> dict[str, Any]:
-            return {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
+        def choice(i: int, piece: str, finish: str | None, logprobs: Any = None) -> dict[str, Any]:
+            return {"index": i, "text": piece, "logprobs": logprobs, "finish_reason": finish}
 
-        for i, piece in enumerate(pieces):
-            if drop and i == len(pieces) // 2:
+        position = 0
+        for k, piece in enumerate(pieces):
+            if drop and k == len(pieces) // 2:
                 t.abort()
                 return
             if self.sim.spec.chunk_delay_ms:
                 await asyncio.sleep(self.sim.spec.chunk_delay_ms / 1000)
-            send({**base, "choices": [choice(piece, None)]})
-        send({**base, "choices": [choice("", "stop")]})
+            tokens = [piece] if piece else []
+            logprobs = None
+            if top is not None:
+                logprobs = _legacy_logprobs(tokens, top, offset, position)
+            for i in indices:
+                send({**base, "choices": [choice(i, piece, None, logprobs)]})
+            offset += len(piece)
+            position += len(tokens)
+        for i in indices:
+            send({**base, "choices": [choice(i, "", "stop")]})
         opts = body.get("stream_options") or {}
         if isinstance(opts, dict) and opts.get("include_usage"):
             prompt = body.get("prompt")
             pt = len(prompt.split()) if isinstance(prompt, str) else len(str(prompt))
-            usage = {"prompt_tokens": pt, "completion_tokens": len(pieces)}
-            usage["total_tokens"] = pt + len(pieces)
+            ct = len(pieces) * len(indices)  # every choice's tokens
+            usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
             send({**base, "choices": [], "usage": usage})
         send(None)
         t.write(b"0\r\n\r\n")
@@ -445,16 +474,21 @@ class _Protocol(asyncio.Protocol):
         return f"The user wrote: {reply.partition('You said: ')[2] or reply}. Answer briefly."
 
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
-        text = self.sim.reply_text(body)
-        n = body.get("n") or 1
+        echo = self.sim.reply_text(body)
+        text = _formatted(body.get("response_format"), echo)
+        top = _top_logprobs(body)
         prompt_tokens = _tokens(body.get("messages"))
         completion_tokens = len(text.split())
         choices: list[dict[str, Any]] = []
-        for i in range(n if isinstance(n, int) and 0 < n <= 16 else 1):
+        for i in range(_choice_count(body)):
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if self.sim.spec.reasoning:
-                message["reasoning_content"] = self._thinking(text)
+                message["reasoning_content"] = self._thinking(echo)
             finish = "stop"
+            logprobs: dict[str, Any] | None = None
+            if top is not None:
+                tokens = _token_logprobs(self._tokens(text), top)
+                logprobs = {"content": tokens, "refusal": None}
             if body.get("tools"):
                 fn, args = self._tool_call(body)
                 message = {
@@ -469,8 +503,9 @@ class _Protocol(asyncio.Protocol):
                     ],
                 }
                 finish = "tool_calls"
+                logprobs = None if top is None else {"content": None, "refusal": None}
             choices.append(
-                {"index": i, "message": message, "finish_reason": finish, "logprobs": None}
+                {"index": i, "message": message, "finish_reason": finish, "logprobs": logprobs}
             )
         return {
             "id": f"chatcmpl-sim-{uuid.uuid4().hex[:12]}",
@@ -523,6 +558,11 @@ class _Protocol(asyncio.Protocol):
             return _pieces(text, size)
         return [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
 
+    def _tokens(self, text: str) -> list[str]:
+        """The tokens ``logprobs`` reports for ``text``: the pieces a stream sends, so each
+        content chunk is one token and the tokens join to the text exactly."""
+        return [piece for piece in self._words(text) if piece]
+
     async def _stream(self, body: dict[str, Any], drop: bool) -> None:
         t = self._start_stream()
         if t is None:
@@ -530,73 +570,68 @@ class _Protocol(asyncio.Protocol):
         cid = f"chatcmpl-sim-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
         model = body.get("model", "unknown")
-        reply = self.sim.reply_text(body)
+        echo = self.sim.reply_text(body)
         size = self.sim.spec.chunk_chars
-        words = self._words(reply)
+        words = self._words(_formatted(body.get("response_format"), echo))
+        top = _top_logprobs(body)
+        indices = range(_choice_count(body))
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+        position = 0  # of the next content token in the answer
 
-        def send(obj: dict[str, Any] | None) -> None:
-            _send_data(t, obj)
+        def send(
+            i: int, delta: dict[str, Any], finish: str | None = None, tokens: Sequence[str] = ()
+        ) -> None:
+            """One choice's chunk; one that carries content carries its tokens' logprobs."""
+            choice: dict[str, Any] = {"index": i, "delta": delta, "finish_reason": finish}
+            if top is not None and "content" in delta:
+                choice["logprobs"] = {
+                    "content": _token_logprobs(tokens, top, position),
+                    "refusal": None,
+                }
+            _send_data(t, {**base, "choices": [choice]})
 
-        send(
-            {
-                **base,
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": ""},
-                        "finish_reason": None,
-                    }
-                ],
-            }
-        )
+        for i in indices:
+            send(i, {"role": "assistant", "content": ""})
         if body.get("tools"):  # a tool call, its arguments in pieces as models stream them
             fn, args = self._tool_call(body)
             step = size if size > 0 else 7
             for j in range(0, len(args), step):
-                call: dict[str, Any] = {"index": 0, "function": {"arguments": args[j : j + step]}}
-                if j == 0:
-                    call.update({"id": "call_0", "type": "function"})
-                    call["function"]["name"] = fn
-                delta = {"tool_calls": [call]}
-                send({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+                for i in indices:
+                    call: dict[str, Any] = {
+                        "index": 0,
+                        "function": {"arguments": args[j : j + step]},
+                    }
+                    if j == 0:
+                        call.update({"id": f"call_{i}", "type": "function"})
+                        call["function"]["name"] = fn
+                    send(i, {"tool_calls": [call]})
             words = []
         if self.sim.spec.reasoning:
-            thought = self._thinking(reply)
+            thought = self._thinking(echo)
             step = size if size > 0 else 9
             for j in range(0, len(thought), step):
-                thinking = {"reasoning_content": thought[j : j + step]}
-                send({**base, "choices": [{"index": 0, "delta": thinking, "finish_reason": None}]})
-        for i, w in enumerate(words):
-            if drop and i == len(words) // 2:
+                for i in indices:
+                    send(i, {"reasoning_content": thought[j : j + step]})
+        for k, w in enumerate(words):
+            if drop and k == len(words) // 2:
                 t.abort()
                 return
             if self.sim.spec.chunk_delay_ms:
                 await asyncio.sleep(self.sim.spec.chunk_delay_ms / 1000)
-            piece = w
-            send(
-                {
-                    **base,
-                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
-                }
-            )
+            tokens = [w] if w else []
+            for i in indices:
+                send(i, {"content": w}, tokens=tokens)
+            position += len(tokens)
         finish = "tool_calls" if body.get("tools") else "stop"
-        send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        for i in indices:
+            send(i, {}, finish)
         opts = body.get("stream_options") or {}
         if isinstance(opts, dict) and opts.get("include_usage"):
             pt = _tokens(body.get("messages"))
-            send(
-                {
-                    **base,
-                    "choices": [],
-                    "usage": {
-                        "prompt_tokens": pt,
-                        "completion_tokens": len(words),
-                        "total_tokens": pt + len(words),
-                    },
-                }
-            )
-        send(None)
+            ct = len(words) * len(indices)  # every choice's tokens
+            usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+            _send_data(t, {**base, "choices": [], "usage": usage})
+        _send_data(t, None)
         t.write(b"0\r\n\r\n")
 
     # -- the Responses API ---------------------------------------------------------------
@@ -606,14 +641,17 @@ class _Protocol(asyncio.Protocol):
         reasoning summary (for a reasoning model), then a message, or a call of the first
         function tool with the user's last words as its query."""
         last = _last_user_input(body.get("input"))
-        text = self.sim.reply_for(last)
+        echo = self.sim.reply_for(last)
+        text_options = body.get("text")
+        fmt = text_options.get("format") if isinstance(text_options, dict) else None
+        text = _formatted(fmt, echo)
         output: list[dict[str, Any]] = []
         if self.sim.spec.reasoning:
             output.append(
                 {
                     "type": "reasoning",
                     "id": f"rs_sim_{uuid.uuid4().hex[:24]}",
-                    "summary": [{"type": "summary_text", "text": self._thinking(text)}],
+                    "summary": [{"type": "summary_text", "text": self._thinking(echo)}],
                 }
             )
         fn = _function_tool(body)
@@ -629,13 +667,17 @@ class _Protocol(asyncio.Protocol):
                 }
             )
         else:
+            part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": []}
+            top = _response_top_logprobs(body)
+            if top is not None:
+                part["logprobs"] = _token_logprobs(self._tokens(text), top)
             output.append(
                 {
                     "type": "message",
                     "id": f"msg_sim_{uuid.uuid4().hex[:24]}",
                     "status": "completed",
                     "role": "assistant",
-                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                    "content": [part],
                 }
             )
         input_tokens = _response_tokens(body)
@@ -761,28 +803,39 @@ class _Protocol(asyncio.Protocol):
                     **at,
                     part={"type": "output_text", "text": "", "annotations": []},
                 )
+                # With logprobs included, each delta carries its own token's (as the part does).
+                logprobs: list[dict[str, Any]] = part.get("logprobs", [])
                 words = self._words(text)
+                position = 0
                 for i, w in enumerate(words):
                     if drop and i == len(words) // 2:
                         t.abort()
                         return
                     if delay:
                         await asyncio.sleep(delay)
-                    send("response.output_text.delta", **at, delta=w, logprobs=[])
-                send("response.output_text.done", **at, text=text, logprobs=[])
+                    tokens = logprobs[position : position + 1] if w else []
+                    position += len(tokens)
+                    send("response.output_text.delta", **at, delta=w, logprobs=tokens)
+                send("response.output_text.done", **at, text=text, logprobs=logprobs)
                 send("response.content_part.done", **at, part=part)
             send("response.output_item.done", output_index=index, item=item)
         send("response.completed", response=self._response(body, rid, created, output, usage))
         t.write(b"0\r\n\r\n")
 
     def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Embeddings of ``dimensions`` values (16 unless asked), as floats or, with
+        ``encoding_format: "base64"``, as OpenAI sends them: little-endian float32, base64."""
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
+        size = body.get("dimensions") or _EMBEDDING_SIZE
+        as_base64 = body.get("encoding_format") == "base64"
         data = []
         for i, item in enumerate(items):
-            seed = hashlib.sha256(orjson.dumps(item)).digest()
-            vec = [(b - 128) / 128 for b in seed[:16]]
-            data.append({"object": "embedding", "index": i, "embedding": vec})
+            vec = _embedding(item, size)
+            embedding: list[float] | str = vec
+            if as_base64:
+                embedding = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
         tokens = sum(len(str(x).split()) for x in items)
         return {
             "object": "list",
@@ -855,6 +908,300 @@ def _function_tool(body: dict[str, Any]) -> str | None:
             name = tool.get("name") or (nested.get("name") if isinstance(nested, dict) else None)
             return name if isinstance(name, str) and name else "tool"
     return None
+
+
+def _choice_count(body: dict[str, Any]) -> int:
+    """How many choices to answer with: ``n`` (1 to 16), else one."""
+    n = body.get("n")
+    return n if isinstance(n, int) and 0 < n <= 16 else 1
+
+
+def _is_int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _parameter_problem(path: str, body: dict[str, Any]) -> tuple[str, str] | None:
+    """The parameter out of OpenAI's range and what is wrong with it, as OpenAI answers
+    400; None: the options the simulator reads are fine."""
+    if path.endswith("/chat/completions") or path.endswith("/responses"):
+        top = body.get("top_logprobs")
+        if top is not None and not _is_int_in(top, 0, _MAX_TOP_LOGPROBS):
+            return "top_logprobs", f"top_logprobs must be an integer from 0 to 20, not {top!r}"
+    elif path.endswith("/completions"):
+        top = body.get("logprobs")
+        if top is not None and not _is_int_in(top, 0, _MAX_LEGACY_LOGPROBS):
+            return "logprobs", f"logprobs must be an integer from 0 to 5, not {top!r}"
+    elif path.endswith("/embeddings"):
+        fmt = body.get("encoding_format")
+        if fmt is not None and fmt not in ("float", "base64"):
+            return "encoding_format", f"encoding_format must be 'float' or 'base64', not {fmt!r}"
+        size = body.get("dimensions")
+        if size is not None and not _is_int_in(size, 1, _MAX_DIMENSIONS):
+            return "dimensions", f"dimensions must be an integer from 1 to 3072, not {size!r}"
+    return None
+
+
+# -- logprobs ----------------------------------------------------------------------------
+
+_MAX_TOP_LOGPROBS = 20
+_MAX_LEGACY_LOGPROBS = 5
+# The runners-up of every token, most likely first (the token itself left out).
+_ALTERNATIVES: tuple[str, ...] = (" the", ",", " a", ".", " and", " of", " to", " is", " in")
+_ALTERNATIVES += (" that", " it", " for", " on", " with", " as", " this", " be", " at", " or")
+_ALTERNATIVES += ("\n", " I")
+
+
+def _top_logprobs(body: dict[str, Any]) -> int | None:
+    """How many alternatives a chat completion reports per token; None: no logprobs."""
+    if body.get("logprobs") is not True:
+        return None
+    top = body.get("top_logprobs")
+    return top if isinstance(top, int) else 0
+
+
+def _response_top_logprobs(body: dict[str, Any]) -> int | None:
+    """The same for a Responses API request, which asks with ``include``."""
+    include = body.get("include")
+    if not isinstance(include, list) or "message.output_text.logprobs" not in include:
+        return None
+    top = body.get("top_logprobs")
+    return top if isinstance(top, int) else 0
+
+
+def _legacy_top_logprobs(body: dict[str, Any]) -> int | None:
+    """The same for a legacy completion, which asks with ``logprobs: N``."""
+    top = body.get("logprobs")
+    return top if isinstance(top, int) and not isinstance(top, bool) else None
+
+
+def _logprob(token: str, position: int) -> float:
+    """A deterministic log probability in [-0.69, -0.001]: the token was at least as likely
+    as all its runners-up together, as a model's chosen tokens mostly are."""
+    digest = hashlib.sha256(f"{position}:{token}".encode()).digest()
+    return -round(0.001 + int.from_bytes(digest[:4], "big") / 2**32 * 0.689, 6)
+
+
+def _token_logprobs(tokens: Sequence[str], top: int, start: int = 0) -> list[dict[str, Any]]:
+    """The logprobs of ``tokens`` (the first at position ``start`` of the answer), each with
+    ``top`` alternatives: the token itself, then runners-up sharing what is left, halving."""
+    out = []
+    for position, token in enumerate(tokens, start):
+        logprob = _logprob(token, position)
+        rest = 1 - math.exp(logprob)
+        runners_up = [a for a in _ALTERNATIVES if a != token][: max(0, top - 1)]
+        alternatives = [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
+        for rank, other in enumerate(runners_up, 1):
+            share = round(math.log(rest / 2**rank), 6)
+            alternatives.append({"token": other, "logprob": share, "bytes": list(other.encode())})
+        out.append(
+            {
+                "token": token,
+                "logprob": logprob,
+                "bytes": list(token.encode()),
+                "top_logprobs": alternatives[:top],
+            }
+        )
+    return out
+
+
+def _legacy_logprobs(
+    tokens: Sequence[str], top: int, offset: int, start: int = 0
+) -> dict[str, Any]:
+    """Legacy completions' logprobs of ``tokens``, the first at character ``offset`` of
+    prompt + answer and at position ``start`` of the answer."""
+    entries = _token_logprobs(tokens, top, start)
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "tokens": list(tokens),
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{a["token"]: a["logprob"] for a in e["top_logprobs"]} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+# -- embeddings --------------------------------------------------------------------------
+
+_EMBEDDING_SIZE = 16
+_MAX_DIMENSIONS = 3072  # as text-embedding-3-large
+
+
+def _embedding(item: Any, size: int) -> list[float]:
+    """A deterministic vector of ``size`` values in [-1, 1) for ``item``, each a multiple of
+    1/128 (so float32 and base64 carry it exactly); the same prefix at every size."""
+    seed = hashlib.sha256(orjson.dumps(item)).digest()
+    stream = bytearray(seed)
+    block = 0
+    while len(stream) < size:
+        block += 1
+        stream += hashlib.sha256(seed + block.to_bytes(4, "big")).digest()
+    return [(b - 128) / 128 for b in stream[:size]]
+
+
+# -- structured output -------------------------------------------------------------------
+
+
+def _formatted(fmt: Any, echo: str) -> str:
+    """The answer's text in the requested format: ``echo`` as it is; for ``json_object`` a
+    JSON object holding it; for ``json_schema`` (chat's ``{"json_schema": {"schema": ...}}``
+    or the Responses API's flat ``{"schema": ...}``) a JSON value valid for the schema."""
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_object", "json_schema"):
+        return echo
+    nested = fmt.get("json_schema")
+    schema = (nested if isinstance(nested, dict) else fmt).get("schema")
+    if fmt["type"] == "json_object" or not isinstance(schema, dict):
+        value: Any = {"simulated": True, "answer": echo}
+    else:
+        value = _schema_value(schema, schema, echo, 0)
+    # json's ", " and ": " give the text spaces, so a stream and its tokens split it up.
+    return json.dumps(value, ensure_ascii=False)
+
+
+_DEEP = 8  # past this depth a value takes only what its schema requires (recursive schemas)
+_STRING_FORMATS = {
+    "date-time": "2000-01-01T00:00:00Z",
+    "date": "2000-01-01",
+    "time": "00:00:00Z",
+    "duration": "PT0S",
+    "email": "simulator@example.com",
+    "hostname": "simulator.example.com",
+    "ipv4": "127.0.0.1",
+    "ipv6": "::1",
+    "uri": "https://simulator.example.com/",
+    "url": "https://simulator.example.com/",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+}
+
+
+def _schema_value(schema: Any, root: dict[str, Any], text: str, depth: int) -> Any:
+    """A deterministic value valid for the JSON schema ``schema`` (its ``$ref``s resolved in
+    ``root``): an object with every property, an array of one item, the first ``enum`` value
+    and the first ``anyOf``/``oneOf`` branch, ``text`` for a free string."""
+    if not isinstance(schema, dict) or depth > 4 * _DEEP:
+        return None if depth > 4 * _DEEP else text
+    if isinstance(schema.get("$ref"), str):
+        target = _resolve_ref(root, schema["$ref"])
+        siblings = {k: v for k, v in schema.items() if k != "$ref"}
+        return _schema_value({**target, **siblings}, root, text, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        branches = schema.get(key)
+        if isinstance(branches, list) and branches:
+            nulls = [b for b in branches if isinstance(b, dict) and b.get("type") == "null"]
+            branch = nulls[0] if depth > _DEEP and nulls else branches[0]
+            return _schema_value(branch, root, text, depth + 1)
+    if isinstance(schema.get("allOf"), list):
+        merged = {k: v for k, v in schema.items() if k != "allOf"}
+        for branch in schema["allOf"]:
+            merged = _merged(merged, _resolved(root, branch))
+        return _schema_value(merged, root, text, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):  # a nullable type: ["string", "null"]
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else None
+    if kind == "object":
+        return _object_value(schema, root, text, depth)
+    if kind == "array":
+        return _array_value(schema, root, text, depth)
+    if kind in ("integer", "number"):
+        return _number_value(schema, kind == "integer")
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return _string_value(schema, text)
+
+
+def _resolve_ref(root: dict[str, Any], ref: str) -> dict[str, Any]:
+    """The schema a local ``$ref`` (``#/$defs/Name``, ``#/definitions/Name``, ``#``) names."""
+    node: Any = root
+    for name in ref.removeprefix("#").strip("/").split("/"):
+        if name:
+            name = name.replace("~1", "/").replace("~0", "~")
+            node = node.get(name) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _resolved(root: dict[str, Any], schema: Any) -> dict[str, Any]:
+    if not isinstance(schema, dict):
+        return {}
+    if isinstance(schema.get("$ref"), str):
+        return _resolved(root, _resolve_ref(root, schema["$ref"]))
+    return schema
+
+
+def _merged(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two ``allOf`` branches as one schema: their properties and required names joined."""
+    out = {**a, **b}
+    out["properties"] = {**(a.get("properties") or {}), **(b.get("properties") or {})}
+    out["required"] = [*(a.get("required") or []), *(b.get("required") or [])]
+    return out
+
+
+def _object_value(schema: dict[str, Any], root: dict[str, Any], text: str, depth: int) -> Any:
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    required = schema.get("required")
+    required = [r for r in required if isinstance(r, str)] if isinstance(required, list) else []
+    names = list(dict.fromkeys([*properties, *required]))
+    if depth > _DEEP:
+        names = [n for n in names if n in required]
+    return {n: _schema_value(properties.get(n, {}), root, text, depth + 1) for n in names}
+
+
+def _array_value(schema: dict[str, Any], root: dict[str, Any], text: str, depth: int) -> Any:
+    prefix = schema.get("prefixItems")
+    if isinstance(prefix, list):  # a tuple
+        return [_schema_value(item, root, text, depth + 1) for item in prefix]
+    least = schema.get("minItems")
+    least = least if isinstance(least, int) else 0
+    most = schema.get("maxItems")
+    count = least if depth > _DEEP else max(1, least)
+    if isinstance(most, int):
+        count = min(count, most)
+    return [_schema_value(schema.get("items", {}), root, text, depth + 1) for _ in range(count)]
+
+
+def _number_value(schema: dict[str, Any], integral: bool) -> int | float:
+    """Zero, or the nearest value the schema's bounds allow."""
+
+    def bound(key: str) -> float | None:
+        v = schema.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    low, high = bound("minimum"), bound("maximum")
+    above, below = bound("exclusiveMinimum"), bound("exclusiveMaximum")
+    value = 0.0
+    if low is not None:
+        value = max(value, low)
+    if above is not None and value <= above:
+        value = above + 1
+    if high is not None:
+        value = min(value, high)
+    if below is not None and value >= below:
+        value = below - 1
+        if above is not None and value <= above:
+            value = (above + below) / 2
+    return math.ceil(value) if integral else value
+
+
+def _string_value(schema: dict[str, Any], text: str) -> str:
+    """``text``, or an example of the string's ``format``, cut or padded to its length."""
+    fmt = schema.get("format")
+    value = _STRING_FORMATS.get(fmt, text) if isinstance(fmt, str) else text
+    most = schema.get("maxLength")
+    if isinstance(most, int):
+        value = value[:most]
+    least = schema.get("minLength")
+    if isinstance(least, int) and len(value) < least:
+        value += "." * (least - len(value))
+    return value
 
 
 def _send_data(t: asyncio.Transport, obj: dict[str, Any] | None) -> None:
