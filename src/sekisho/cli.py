@@ -22,6 +22,9 @@ from sekisho.errors import ConfigError, UnusableFile
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Every file sekisho makes (databases and their WAL files, logs of exports, keys) holds
+    # prompts' metadata, key hashes or personal data: owner-only, whatever the shell's umask.
+    os.umask(os.umask(0o077) | 0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None) or getattr(args, "handler", None)

@@ -476,3 +476,24 @@ def test_bad_command_line_flags_exit_2_naming_the_flag(tmp_path: Path) -> None:
     assert "command line: --workers: Input should be greater than or equal to 1" in r.stderr
     assert "command line: --port: Input should be less than or equal to 65535" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_files_sekisho_makes_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    """The key database (and every other file sekisho makes) is readable by its owner only,
+    even from a shell whose umask lets everyone read new files."""
+    import os
+    import stat
+
+    data_dir = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-m", "sekisho", "keys", "create", "--tenant", "demo",
+         "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=lambda: os.umask(0o022),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    made = [p for p in data_dir.rglob("*")]
+    assert any(p.name == "identity.db" for p in made)
+    for p in made:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode & 0o077 == 0, f"{p} is {oct(mode)}"

@@ -271,10 +271,15 @@ def test_another_tenants_app_key_cannot_fetch_a_receipt_but_an_auditor_can(
     other_app = gw.key("other")
     stranger = receipt(gw, rid, other_app)
     assert stranger.status_code == 404
-    assert stranger.json()["error"]["code"] == "ledger_receipt_not_found" or (
-        "ledger" in stranger.json()["error"]["code"]
-    )
     assert "demo" not in stranger.text
+    # word for word what a request id nobody used gets: no way to tell that it exists
+    unused = "req_" + "0" * (len(rid) - 4)
+    nobody = receipt(gw, unused, other_app)
+    assert nobody.status_code == 404
+    assert stranger.json()["error"] == {
+        **nobody.json()["error"],
+        "message": nobody.json()["error"]["message"].replace(unused, rid),
+    }
     assert receipt(gw, rid, auditor_key).status_code == 200
     assert receipt(gw, rid, demo_key).status_code == 200
 
@@ -603,3 +608,15 @@ def test_a_reused_request_id_never_puts_another_tenants_outcome_in_a_receipt(
         assert receipt(h, their_id, mine).status_code == 404  # not mine to see
     finally:
         h.stop()
+
+
+def test_an_index_no_database_can_hold_is_a_400_not_a_500(gw: Harness, demo_key: str) -> None:
+    auth = {"authorization": f"Bearer {demo_key}"}
+    for path in (
+        "/ledger/entries/99999999999999999999999999",
+        "/ledger/entries/%D9%A3",  # a digit, but not an ASCII one (Arabic-Indic 3)
+        "/ledger/proofs/inclusion?index=0&tree_size=99999999999999999999",
+    ):
+        r = request("GET", gw.root + path, headers=auth)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["error"]["type"] == "invalid_request_error"

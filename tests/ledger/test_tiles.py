@@ -80,7 +80,7 @@ def test_a_mirror_rebuilds_the_root_from_tiles(tmp_path: Path) -> None:
     storage.close()
 
 
-def test_the_gateway_serves_tiles_and_a_mirror_verifies_the_signed_root(tmp_path: Path) -> None:
+def test_tiles_are_served_mirrored_and_only_auditors_read_entry_bundles(tmp_path: Path) -> None:
     from harness import request, start_example
     from sekisho.ledger.checkpoint import Checkpoint
 
@@ -101,7 +101,15 @@ def test_the_gateway_serves_tiles_and_a_mirror_verifies_the_signed_root(tmp_path
         assert tile.headers["content-type"] == "application/octet-stream"
         leaves = [tile.content[i : i + 32] for i in range(0, len(tile.content), 32)]
         assert merkle.reference_root(leaves) == cp.root_hash
-        bundle = request("GET", h.root + "/ledger/" + tile_path(None, 0, cp.size)).content
+        # Entry bundles hold every tenant's entries: auditors only.
+        bundle_url = h.root + "/ledger/" + tile_path(None, 0, cp.size)
+        assert request("GET", bundle_url).status_code == 401
+        refused = request("GET", bundle_url, headers={"authorization": f"Bearer {key}"})
+        assert refused.status_code == 403 and "ledger.read" in refused.json()["error"]["message"]
+        auditor = h.key(role="auditor")
+        got = request("GET", bundle_url, headers={"authorization": f"Bearer {auditor}"})
+        assert got.status_code == 200 and got.headers["cache-control"] == "private, no-store"
+        bundle = got.content
         first_len = struct.unpack(">H", bundle[:2])[0]
         assert merkle.leaf_hash(bundle[2 : 2 + first_len]) == leaves[0]
         missing = request("GET", h.root + "/ledger/tile/0/001")

@@ -135,20 +135,35 @@ def query(scope: Scope) -> dict[str, str]:
     return dict(parse_qsl(raw))
 
 
+_MAX_INDEX = 2**63 - 1  # a log index or size: what SQLite and PostgreSQL store
+
+
+def _index(value: str | None) -> int | None:
+    """A non-negative ASCII integer a database can hold, or None."""
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 19:
+        return None
+    number = int(value)
+    return number if number <= _MAX_INDEX else None
+
+
 def int_param(query: dict[str, str], name: str) -> int:
-    value = query.get(name)
-    if value is None or not value.isdigit():
+    number = _index(query.get(name))
+    if number is None:
         raise InvalidRequest(
-            f"Query parameter '{name}' must be a non-negative integer.", param=name
+            f"Query parameter '{name}' must be a non-negative integer (at most {_MAX_INDEX}).",
+            param=name,
         )
-    return int(value)
+    return number
 
 
 def int_segment(path: str, prefix: str) -> int:
     value = path[len(prefix) :]
-    if not value.isdigit():
-        raise InvalidRequest(f"'{value}' is not a log index (a non-negative integer).")
-    return int(value)
+    number = _index(value)
+    if number is None:
+        raise InvalidRequest(
+            f"'{value[:40]}' is not a log index (a non-negative integer, at most {_MAX_INDEX})."
+        )
+    return number
 
 
 class ClientGone(Exception):

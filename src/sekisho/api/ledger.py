@@ -1,9 +1,9 @@
 """The transparency ledger over HTTP: checkpoints, tlog-tiles, proofs, entries and receipts.
 
-Checkpoints, tiles and proofs carry only hashes and signatures, so anyone may fetch them
-(auditors and witnesses keep checkpoints). Entries and receipts name tenants, endpoints and
-classifications, so a tenant reads its own and the ``ledger.read`` permission (auditors) reads
-all. See docs/ledger.md.
+Checkpoints, hash tiles and proofs carry only hashes and signatures, so anyone may fetch them
+(auditors and witnesses keep checkpoints). Entries, entry bundles and receipts name tenants,
+endpoints and classifications, so a tenant reads its own entries and the ``ledger.read``
+permission (auditors) reads all (entry bundles mix tenants: auditors only). See docs/ledger.md.
 """
 
 from __future__ import annotations
@@ -40,10 +40,26 @@ class LedgerAPI:
             await http.send_bytes(send, 200, text.encode(), rid, ctype=b"text/plain; charset=utf-8")
             return
         if path.startswith("/ledger/tile/"):
-            # C2SP tlog-tiles, public like checkpoints: mirrors fetch these.
+            # C2SP tlog-tiles. Hash tiles are public like checkpoints: mirrors and witnesses
+            # fetch these. Entry bundles hold every tenant's entries (tenants, request ids,
+            # classifications): auditors only, like reading every entry one by one.
             request = parse_tile_path(path[len("/ledger/") :])
+            private = request.level is None
+            if private:
+                principal = await self.authenticator.authenticate_headers(scope["headers"])
+                if not allows(principal, Permission.LEDGER_READ):
+                    raise PermissionDenied(
+                        "Entry bundles hold every tenant's ledger entries; reading them needs "
+                        f"permission 'ledger.read' (roles that have it: auditor), which role "
+                        f"'{principal.role}' (principal {principal.subject}) does not have. "
+                        "A tenant reads its own entries at /ledger/entries/{index} and "
+                        "/ledger/receipts/{request_id}; hash tiles stay public.",
+                        code="insufficient_role",
+                    )
             body = await asyncio.to_thread(self._tile, request)
             cache = "public, max-age=31536000, immutable" if request.width == 256 else "no-cache"
+            if private:
+                cache = "private, no-store"
             await http.send_bytes(
                 send, 200, body, rid, [("cache-control", cache)], ctype=b"application/octet-stream"
             )
@@ -97,7 +113,7 @@ class LedgerAPI:
                 else None,
             )
             owner = _leaf_field(base64.b64decode(receipt["entry"]), "tenant")
-            self._may_read_entry(principal, owner, None)
+            self._may_read_entry(principal, owner, None, request_id)
             await http.send_json(send, 200, receipt, rid)
             return
         raise NotFound(f"Unknown ledger path {path!r}.", code="unknown_url")
@@ -108,7 +124,9 @@ class LedgerAPI:
         return read_tile(self.ledger.storage, request, size)
 
     @staticmethod
-    def _may_read_entry(principal: Principal, tenant: str | None, entry: str | None) -> None:
+    def _may_read_entry(
+        principal: Principal, tenant: str | None, entry: str | None, request_id: str = ""
+    ) -> None:
         """A tenant reads its own entries; principals with ledger.read (auditors) read all.
 
         Another tenant's entry is a 403 when named by index (the public checkpoint already tells
@@ -119,7 +137,10 @@ class LedgerAPI:
         if tenant is not None and tenant == principal.tenant:
             return
         if entry is None:
-            raise NotFound("No such ledger entry for your tenant.", code="ledger_entry_not_found")
+            raise NotFound(  # word for word what a request id nobody used gets: no oracle
+                f"the ledger has no decision for request {request_id!r}",
+                code="ledger_receipt_not_found",
+            )
         raise PermissionDenied(
             f"The {entry} belongs to another tenant; role '{principal.role}' (principal "
             f"{principal.subject}) reads only its own tenant's entries. Reading every tenant's "
