@@ -401,3 +401,25 @@ def test_an_identifier_in_an_unlisted_field_still_decides_where_the_request_may_
         assert all(not sim.stats.bodies for sim in h.sims.values())
     finally:
         h.stop()
+
+
+def test_a_number_hidden_with_invisible_characters_is_still_kept_home(tmp_path: Path) -> None:
+    """Zero-width spaces between the digit groups (or a tab, or Arabic-Indic digits) do not
+    carry a My Number past the policy: the US-only model is refused, nothing is sent."""
+    h = start_example(tmp_path)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        hidden = [
+            "\u200b".join([MY_NUMBER[:4], MY_NUMBER[4:8], MY_NUMBER[8:]]),
+            "\t".join([MY_NUMBER[:4], MY_NUMBER[4:8], MY_NUMBER[8:]]),
+            "".join(chr(0x0660 + int(d)) for d in MY_NUMBER),
+        ]
+        for written in hidden:
+            with pytest.raises(openai.PermissionDeniedError):
+                c.chat.completions.create(
+                    model="gpt-4.1",
+                    messages=[{"role": "user", "content": f"私のマイナンバーは {written} です"}],
+                )
+        assert all(not sim.stats.bodies for sim in h.sims.values())
+    finally:
+        h.stop()

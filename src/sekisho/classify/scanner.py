@@ -18,6 +18,7 @@ from sekisho.classify import _names
 from sekisho.classify import findings as t
 from sekisho.classify._address import ROMAN_GATE, detect_addresses
 from sekisho.classify._dates import detect_birth_dates
+from sekisho.classify._disguise import views
 from sekisho.classify._labels import build_label_pattern, detect_labels
 from sekisho.classify._numbers import NUMBER_RUN, NumberDetector
 from sekisho.classify._person import CUE_WORDS as PERSON_CUES
@@ -182,6 +183,17 @@ class Scanner:
         if not text:
             return []
         candidates: list[Finding] = []
+        self._detect(text, candidates)
+        for view in views(text):  # identifiers written past the patterns (see _disguise)
+            found: list[Finding] = []
+            self._detect(view.text, found)
+            for f in found:
+                start, end = view.span(f.start, f.end)
+                candidates.append(Finding(f.type, start, end, f.score, f.subtype))
+        return resolve(candidates, self.min_score, self.types)
+
+    def _detect(self, text: str, candidates: list[Finding]) -> None:
+        """Every detector's candidates in ``text``, before overlaps are settled."""
         numbers = _has_number_lead(text)
         if self._numbers is not None and numbers:
             self._numbers.detect(text, candidates)
@@ -214,7 +226,6 @@ class Scanner:
             self._person.detect(text, candidates, cues if PERSON in families else ())
         for detect in self._always:
             detect(text, candidates)
-        return resolve(candidates, self.min_score, self.types)
 
 
 def _name_cues(text: str, cues: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:

@@ -1,0 +1,101 @@
+"""Identifiers written past the detectors' patterns are still found, with spans of the text as
+it was written (so a redaction covers the disguised value whole)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sekisho.classify import Scanner
+from sekisho.classify import _disguise as disguise
+
+MY_NUMBER = "123456789018"  # valid check digit
+CARD = "4111111111111111"
+SCANNER = Scanner()
+
+
+def groups(number: str, sep: str, size: int = 4) -> str:
+    return sep.join(number[i : i + size] for i in range(0, len(number), size))
+
+
+def other_digits(number: str, zero: str) -> str:
+    return "".join(chr(ord(zero) + int(d)) for d in number)
+
+
+CASES = {
+    "zero-width space": groups(MY_NUMBER, "\u200b"),
+    "soft hyphen": groups(MY_NUMBER, "\u00ad"),
+    "word joiner": groups(MY_NUMBER, "\u2060"),
+    "byte-order mark": groups(MY_NUMBER, "\ufeff"),
+    "right-to-left mark": groups(MY_NUMBER, "\u200f"),
+    "tab": groups(MY_NUMBER, "\t"),
+    "line breaks": groups(MY_NUMBER, "\r\n"),
+    "Arabic-Indic digits": groups(other_digits(MY_NUMBER, "\u0660"), " "),
+    "Devanagari digits": other_digits(MY_NUMBER, "\u0966"),
+    "mathematical bold digits": groups(other_digits(MY_NUMBER, "\U0001d7ce"), " "),
+    "kanji digits": groups(
+        MY_NUMBER.translate(str.maketrans("0123456789", "〇一二三四五六七八九")), " "
+    ),
+    "circled digits": groups(
+        "".join("⓪" if d == "0" else chr(0x2460 + int(d) - 1) for d in MY_NUMBER), " "
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_disguised_my_number_is_found_whole(case: str) -> None:
+    written = CASES[case]
+    text = f"私のマイナンバーは {written} です。"
+    found = [f for f in SCANNER.scan(text) if f.type == "MY_NUMBER"]
+    assert len(found) == 1, (case, SCANNER.scan(text))
+    assert text[found[0].start : found[0].end] == written
+
+
+@pytest.mark.parametrize("sep", ["\u200b", "\t", "\u00ad\u200b"])
+def test_a_disguised_card_number_is_found_whole(sep: str) -> None:
+    written = groups(CARD, sep)
+    text = f"card: {written} exp 12/29"
+    found = [f for f in SCANNER.scan(text) if f.type == "CREDIT_CARD"]
+    assert [text[f.start : f.end] for f in found] == [written]
+
+
+INVISIBLE = [chr(c) for lo, hi in disguise._INVISIBLE_RANGES for c in range(lo, hi + 1)]
+
+
+@given(
+    st.lists(st.lists(st.sampled_from(INVISIBLE), max_size=3), min_size=11, max_size=11),
+    st.text(alphabet=st.sampled_from("あいうえお漢字 、。"), max_size=20),
+)
+def test_invisible_characters_anywhere_between_the_digits_hide_nothing(
+    gaps: list[list[str]], before: str
+) -> None:
+    written = MY_NUMBER[0] + "".join(
+        "".join(g) + d for g, d in zip(gaps, MY_NUMBER[1:], strict=True)
+    )
+    text = f"{before}マイナンバー {written} です"
+    found = [f for f in SCANNER.scan(text) if f.type == "MY_NUMBER"]
+    assert len(found) == 1
+    start = text.index(written)
+    assert (found[0].start, found[0].end) == (start, start + len(written))
+
+
+def test_every_disguise_character_passes_the_fast_gate() -> None:
+    """The gate that lets ordinary text skip the slow search must never skip a disguise."""
+    for lo, hi in disguise._INVISIBLE_RANGES + disguise._OTHER_DIGITS:
+        for c in range(lo, hi + 1):
+            assert disguise._RARE.match(chr(c)), hex(c)
+            assert disguise.views(f"x{chr(c)}y"), hex(c)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "Please summarise the “attached” report — list the key risks… 😀",
+        "東京都千代田区の山田太郎さんに連絡してください。第一四半期の結果",
+        "Two paragraphs.\nThen a list:\n1. one\n- two",
+    ],
+)
+def test_ordinary_text_gets_no_second_look(text: str) -> None:
+    assert disguise.views(text) == []
