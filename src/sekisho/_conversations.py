@@ -87,7 +87,7 @@ async def continue_conversation(stores: Stores | None, call: Call, tenant: Tenan
     )
     del body["previous_response_id"]
     req = ResponsesRequest(body, call.model, call.stream)
-    call.texts = req.texts()
+    call.texts, call.opaque = req.parts()
     call.uninspected = req.uninspected()
 
 

@@ -29,6 +29,9 @@ class Call:
     model: str
     body: dict[str, Any]
     texts: list[str]
+    # Strings the upstream receives that are scanned but cannot be rewritten (ids, names, URLs,
+    # keys of the client's choosing): their findings classify the request like any other.
+    opaque: list[str] = field(default_factory=list)
     # What the upstream would receive that sekisho cannot read (images, audio, files, token
     # ids): finding type -> count, classified by the policy like findings (fail closed).
     uninspected: dict[str, int] = field(default_factory=dict)
@@ -37,6 +40,7 @@ class Call:
     declared_classification: str | None = None
     started: float = field(default_factory=time.perf_counter)
     findings: dict[str, list[Finding]] = field(default_factory=dict)  # text -> its findings
+    opaque_findings: list[Finding] = field(default_factory=list)  # in ``opaque``, joined
     admission: Admission | None = None
     pseudonymiser: Pseudonymiser | None = None
     upstream_request_id: str | None = None  # the provider's id of the request that answered

@@ -296,6 +296,11 @@ class Pipeline:
                 found = scanner.scan(text)
                 call.findings[text] = found
                 findings.extend(found)
+            if call.opaque:
+                # Ids, names, URLs and keys: one text (the same one request after request
+                # for a client's fixed tool set, so the memo answers it), findings counted.
+                call.opaque_findings = scanner.scan("\n\n".join(call.opaque))
+                findings.extend(call.opaque_findings)
         except Exception:
             log.exception(
                 "classifier failed; treating the request as restricted",
@@ -362,6 +367,19 @@ class Pipeline:
         pseudo_types = decision.pseudonymise_types
         if not findings or not (redact_types or pseudo_types):
             return None
+        unrewritable = sorted(
+            {f.type for f in call.opaque_findings if f.type in redact_types | pseudo_types}
+        )
+        if unrewritable:
+            # Fail closed: the policy wants these rewritten, and the field cannot be.
+            raise InvalidRequest(
+                f"This request carries {', '.join(unrewritable)} in a field the upstream parses "
+                "(an id, a name, a URL, or a key of an object), and tenant "
+                f"{call.principal.tenant!r}'s policy has that redacted or pseudonymised before "
+                "anything is sent; sekisho cannot rewrite such a field without breaking the "
+                "request. Nothing was sent. Move the value into the text of a message.",
+                code="unrewritable_field",
+            )
         if not any(f.type in redact_types or f.type in pseudo_types for f in findings):
             return None
         scanner = self.scanners[call.principal.tenant]

@@ -50,7 +50,13 @@ def test_chat_parts_other_than_text_are_counted_by_kind() -> None:
         "UNINSPECTED_FILE": 1,
         "UNINSPECTED_CONTENT": 1,
     }
-    assert req.texts() == ["この書類を要約して"]
+    # The file's name is text the upstream reads (and may be rewritten); the payloads (images,
+    # audio, files) are not scanned at all; a URL, a format and a key the API does not define
+    # are scanned but never rewritten.
+    texts, opaque = req.parts()
+    assert texts == ["この書類を要約して", "contract.pdf"]
+    assert sorted(opaque) == ["https://example.jp/v.mp4", "video_url", "wav"]
+    assert not any(PIXEL in t or "UklGRg" in t or "JVBERi0" in t for t in texts + opaque)
 
 
 def test_text_only_requests_have_nothing_uninspected_and_refusals_are_read() -> None:

@@ -423,3 +423,80 @@ def test_a_number_hidden_with_invisible_characters_is_still_kept_home(tmp_path: 
         assert all(not sim.stats.bodies for sim in h.sims.values())
     finally:
         h.stop()
+
+
+SMUGGLED: dict[str, Any] = {
+    "an assistant's earlier refusal": {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "refusal": "番号 {n} は扱えません"},
+            {"role": "user", "content": "ok"},
+        ]
+    },
+    "an assistant's earlier reasoning": {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "ok", "reasoning_content": "番号は {n}"},
+            {"role": "user", "content": "ok"},
+        ]
+    },
+    "a tool call's id": {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call {n}", "type": "function",
+                     "function": {"name": "f", "arguments": "{}"}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call {n}", "content": "done"},
+        ]
+    },
+    "a metadata key": {"metadata": {"マイナンバー {n}": "x"}},
+    "a top-level identifier field": {"reasoning_effort": "low {n}"},
+    "a message field the API does not define": {
+        "messages": [{"role": "user", "content": "hi", "note": "マイナンバー {n}"}]
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(SMUGGLED))
+def test_a_number_in_any_field_keeps_the_request_home(tmp_path: Path, case: str) -> None:
+    """Wherever in the request a My Number sits (a field read as text, an id, a key, a field
+    the gateway does not know), it classifies the request: the US-only model is refused and
+    nothing is sent."""
+    h = start_example(tmp_path)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        extra = orjson.loads(orjson.dumps(SMUGGLED[case]).decode().replace("{n}", MY_NUMBER))
+        messages = extra.pop("messages", [{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.PermissionDeniedError):
+            c.chat.completions.create(model="gpt-4.1", messages=messages, extra_body=extra)
+        assert all(not sim.stats.bodies for sim in h.sims.values())
+    finally:
+        h.stop()
+
+
+def test_a_value_the_policy_rewrites_in_a_field_that_cannot_be_rewritten_is_refused(
+    gw: Harness,
+) -> None:
+    """A JSON Schema property named after an e-mail address (the policy redacts e-mail
+    addresses): a property name cannot be rewritten without breaking the schema, so the request
+    is refused with 400 and nothing is sent, instead of going out unredacted."""
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    fmt: Any = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "reply",
+            "schema": {"type": "object", "properties": {EMAIL: {"type": "string"}}},
+        },
+    }
+    gw.reset_stats()
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], response_format=fmt
+        )
+    assert err.value.code == "unrewritable_field" and "EMAIL" in err.value.message
+    assert all(not sim.stats.bodies for sim in gw.sims.values())

@@ -55,6 +55,8 @@ class _Parsed(Protocol):
 
     def texts(self) -> list[str]: ...
 
+    def parts(self) -> tuple[list[str], list[str]]: ...
+
     def uninspected(self) -> dict[str, int]: ...
 
 
@@ -69,13 +71,15 @@ async def _run(
     stream: bool = False,
     include_usage: bool = False,
 ) -> Reply | StreamReply:
+    texts, opaque = req.parts()
     call = Call(
         request_id=rid,
         principal=principal,
         kind=kind,
         model=req.model,
         body=req.body,
-        texts=req.texts(),
+        texts=texts,
+        opaque=opaque,
         uninspected=req.uninspected(),
         stream=stream,
         include_usage=include_usage,

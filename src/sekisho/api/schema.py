@@ -36,6 +36,11 @@ class ChatRequest:
         """Every piece of text the upstream would see, for inspection."""
         return [c[k] for c, k in text_slots("chat", self.body)]
 
+    def parts(self) -> tuple[list[str], list[str]]:
+        """The texts (``texts()``) and the strings scanned but not rewritten (``inspected``)."""
+        slots, opaque = inspected("chat", self.body)
+        return [c[k] for c, k in slots], opaque
+
     def uninspected(self) -> dict[str, int]:
         """Content parts sekisho cannot read (images, audio, files), counted by finding type."""
         return _uninspected_parts(self.body["messages"])
@@ -48,6 +53,11 @@ class EmbeddingsRequest:
 
     def texts(self) -> list[str]:
         return [c[k] for c, k in text_slots("embeddings", self.body)]
+
+    def parts(self) -> tuple[list[str], list[str]]:
+        """The texts (``texts()``) and the strings scanned but not rewritten (``inspected``)."""
+        slots, opaque = inspected("embeddings", self.body)
+        return [c[k] for c, k in slots], opaque
 
     def uninspected(self) -> dict[str, int]:
         """Inputs given as token ids: the upstream reads them as text, sekisho cannot."""
@@ -67,6 +77,11 @@ class CompletionsRequest:
     def texts(self) -> list[str]:
         return [c[k] for c, k in text_slots("completions", self.body)]
 
+    def parts(self) -> tuple[list[str], list[str]]:
+        """The texts (``texts()``) and the strings scanned but not rewritten (``inspected``)."""
+        slots, opaque = inspected("completions", self.body)
+        return [c[k] for c, k in slots], opaque
+
     def uninspected(self) -> dict[str, int]:
         """A prompt given as token ids: the upstream reads it as text, sekisho cannot."""
         return _token_ids(self.body["prompt"])
@@ -82,6 +97,11 @@ class ResponsesRequest:
 
     def texts(self) -> list[str]:
         return [c[k] for c, k in text_slots("responses", self.body)]
+
+    def parts(self) -> tuple[list[str], list[str]]:
+        """The texts (``texts()``) and the strings scanned but not rewritten (``inspected``)."""
+        slots, opaque = inspected("responses", self.body)
+        return [c[k] for c, k in slots], opaque
 
     def uninspected(self) -> dict[str, int]:
         """Images, audio and files in the input, and input items that are not text (a
@@ -545,10 +565,7 @@ def text_slots(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
     than prose: tool and schema names (``^[a-zA-Z0-9_-]+$`` upstream), JSON Schema keywords
     (``type``, ``format``, ``pattern``, ``$ref``, ``required``) and object keys.
     """
-    slots: list[tuple[Any, Any]] = []
-    _known_slots(kind, body, slots)
-    _other_slots(kind, body, slots)
-    return slots
+    return inspected(kind, body)[0]
 
 
 def _known_slots(kind: str, body: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:
@@ -603,22 +620,10 @@ def _known_slots(kind: str, body: dict[str, Any], slots: list[tuple[Any, Any]]) 
         slots.append((body, "user"))
 
 
-# The top-level fields ``text_slots`` reads with knowledge of their shape, per kind of request.
-_KNOWN_TEXT_FIELDS = {
-    "chat": frozenset(
-        {"messages", "prediction", "tools", "functions", "response_format", "metadata"}
-        | {"stop", "user"}
-    ),
-    "completions": frozenset({"prompt", "suffix", "stop", "user"}),
-    "embeddings": frozenset({"input", "user"}),
-    "responses": frozenset(
-        {"instructions", "input", "tools", "text", "prompt", "metadata", "user"}
-        | {"safety_identifier"}
-    ),
-}
 # Top-level fields whose strings are identifiers or enumerations the upstream parses (a model,
 # an earlier response's id, a tool to call, a service tier): never text for the model to read,
-# and a detector's false positive rewriting one would break the request.
+# and rewriting one (a detector's false positive) would break the request. Scanned, not
+# rewritten (see ``inspected``).
 _NOT_TEXT_FIELDS = frozenset(
     {
         "model",
@@ -641,33 +646,115 @@ _NOT_TEXT_FIELDS = frozenset(
         "store",
     }
 )
+# Keys whose string values the upstream parses as identifiers, names or syntax anywhere in a
+# request: an item's or a call's id, a tool's name, a URL it fetches, JSON Schema syntax.
+# Scanned, not rewritten.
+_SYNTAX_KEYS = frozenset(
+    {"id", "call_id", "tool_call_id", "item_id", "file_id", "name", "url", "file_url"}
+    | {"format", "pattern", "$ref", "$id", "$schema", "$anchor", "$dynamicRef", "required"}
+    | {"syntax", "contentEncoding", "contentMediaType", "version", "server_url", "server_label"}
+)
+# Keys whose string values are validated enumerations (a role, a part's type, an image's
+# detail): neither scanned nor rewritten.
+_ENUM_KEYS = frozenset({"type", "role", "detail", "status", "voice", "object"})
+# Payloads sekisho cannot read (images, audio and files as base64, a provider's encrypted
+# reasoning): counted as uninspected content where they are content, never scanned (a base64
+# image is megabytes of letters), never rewritten.
+_PAYLOAD_KEYS = frozenset({"data", "file_data", "encrypted_content", "image_url", "audio_url"})
+# The API's own vocabulary: keys no one chooses. Every other key (a metadata key, a JSON
+# Schema property name, a field this gateway does not know yet) is scanned, not rewritten.
+_API_KEYS = frozenset(
+    {
+        "model", "messages", "role", "content", "name", "tool_calls", "id", "type", "function",
+        "arguments", "tool_call_id", "refusal", "audio", "text", "image_url", "url", "detail",
+        "input_audio", "data", "format", "file", "file_data", "file_id", "filename", "prediction",
+        "tools", "parameters", "description", "strict", "functions", "function_call",
+        "response_format", "json_schema", "schema", "metadata", "stop", "user", "temperature",
+        "top_p", "n", "stream", "stream_options", "include_usage", "max_tokens",
+        "max_completion_tokens", "presence_penalty", "frequency_penalty", "logit_bias",
+        "logprobs", "top_logprobs", "seed", "service_tier", "parallel_tool_calls", "tool_choice",
+        "reasoning_effort", "modalities", "voice", "store", "web_search_options",
+        "user_location", "approximate", "city", "country", "region", "timezone",
+        "search_context_size", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
+        "verbosity", "reasoning_content", "reasoning", "custom", "input", "annotations",
+        "instructions", "previous_response_id", "conversation", "include", "background",
+        "max_output_tokens", "max_tool_calls", "truncation", "prompt", "variables", "version",
+        "call_id", "output", "status", "summary", "encrypted_content", "effort", "item_id",
+        "file_url", "encoding_format", "dimensions", "suffix", "echo", "best_of", "grammar",
+        "properties", "items", "required", "enum", "const", "default", "examples", "title",
+        "additionalProperties", "anyOf", "oneOf", "allOf", "not", "$defs", "definitions", "$ref",
+        "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "pattern",
+        "nullable", "patternProperties", "prefixItems", "uniqueItems", "multipleOf",
+        "exclusiveMinimum", "exclusiveMaximum", "minProperties", "maxProperties", "$schema",
+        "$id", "$comment", "readOnly", "writeOnly", "deprecated", "server_label", "server_url",
+        "allowed_tools", "require_approval", "headers", "container", "environment",
+        "display_width", "display_height", "vector_store_ids", "filters", "ranking_options",
+    }
+)  # fmt: skip
 
 
-def _other_slots(kind: str, body: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:
-    """Every string in a top-level field not read above (``safety_identifier``,
-    ``prompt_cache_key``, ``web_search_options``' location, and whatever the API adds next):
-    scanned and rewritten like the rest, so a field this gateway does not know yet cannot carry
-    personal data past the policy (fail closed). Keys named ``type`` stay as they are."""
-    known = _KNOWN_TEXT_FIELDS.get(kind, frozenset())
+def inspected(kind: str, body: dict[str, Any]) -> tuple[list[tuple[Any, Any]], list[str]]:
+    """``text_slots`` and, besides them, the strings the upstream receives that sekisho scans
+    but cannot rewrite without breaking the request: identifiers, names and URLs
+    (``_SYNTAX_KEYS``), the strings of ``_NOT_TEXT_FIELDS``, and every key not in the API's
+    vocabulary (metadata keys, schema property names). Everything else, at any depth, that
+    ``text_slots``' readers of known shapes did not take (an assistant's earlier reasoning, a
+    custom tool call's input, a field this gateway does not know yet) becomes a slot too: what
+    the upstream receives is either scanned and rewritten, or scanned, or a payload counted as
+    uninspected (fail closed)."""
+    slots: list[tuple[Any, Any]] = []
+    _known_slots(kind, body, slots)
+    taken = {(id(container), key) for container, key in slots}
+    opaque: list[str] = []
+    stack: list[tuple[Any, bool]] = []
     for key, value in body.items():
-        if key in known or key in _NOT_TEXT_FIELDS:
-            continue
+        if key not in _API_KEYS:
+            opaque.append(key)
+        if key == "model":
+            continue  # a name from the catalogue, or the request was refused already
         if isinstance(value, str):
-            slots.append((body, key))
+            if key in _NOT_TEXT_FIELDS or key in _SYNTAX_KEYS:
+                opaque.append(value)
+            elif (id(body), key) not in taken and key not in _ENUM_KEYS | _PAYLOAD_KEYS:
+                slots.append((body, key))
         elif isinstance(value, dict | list):
-            _nested_slots(value, slots)
+            stack.append((value, key in _NOT_TEXT_FIELDS))
+    while stack:
+        node, syntax = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key not in _API_KEYS:
+                    opaque.append(key)
+                if isinstance(value, str):
+                    _place(node, key, value, syntax or key in _SYNTAX_KEYS, taken, slots, opaque)
+                elif isinstance(value, dict | list) and key not in _PAYLOAD_KEYS:
+                    stack.append((value, syntax or key in _SYNTAX_KEYS))
+        else:
+            for i, value in enumerate(node):
+                if isinstance(value, str):
+                    _place(node, i, value, syntax, taken, slots, opaque)
+                elif isinstance(value, dict | list):
+                    stack.append((value, syntax))
+    return slots, opaque
 
 
-def _nested_slots(value: Any, slots: list[tuple[Any, Any]], depth: int = 0) -> None:
-    if depth > 32:  # parsed JSON is already bounded; this only keeps recursion shallow
+def _place(
+    node: Any,
+    key: Any,
+    value: str,
+    syntax: bool,
+    taken: set[tuple[int, Any]],
+    slots: list[tuple[Any, Any]],
+    opaque: list[str],
+) -> None:
+    if (id(node), key) in taken or key in _ENUM_KEYS or key in _PAYLOAD_KEYS:
         return
-    items = value.items() if isinstance(value, dict) else enumerate(value)
-    for k, v in items:
-        if isinstance(v, str):
-            if k != "type":
-                slots.append((value, k))
-        elif isinstance(v, dict | list):
-            _nested_slots(v, slots, depth + 1)
+    if value.startswith("data:"):  # a data URL: an image, audio or file as base64
+        return
+    if syntax:
+        opaque.append(value)
+    else:
+        slots.append((node, key))
 
 
 def _stop_slots(body: dict[str, Any], slots: list[tuple[Any, Any]]) -> None:
