@@ -50,3 +50,37 @@ def test_the_installer_refuses_unhashed_packages() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "./run test" in ci  # CI runs exactly the README's test command
     assert "./run test" in (ROOT / "README.md").read_text()
+
+
+# Imported only when an operator asks for them, and said so when missing (docs say how).
+_OPTIONAL = {"ginza", "spacy", "ja_ginza"}
+
+
+def test_every_package_the_gateway_imports_is_a_locked_runtime_dependency() -> None:
+    """A module that imports a package only the dev lock installs works in the tests and fails
+    at a user's desk (``sekisho demo`` needed ``openai``): every third-party import in
+    ``src/sekisho``, at the top of a module or inside a function, must come from the runtime
+    lock."""
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    runtime = _entries("requirements.lock")
+    dists = packages_distributions()
+    missing = set()
+    for path in (ROOT / "src" / "sekisho").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "sekisho" or top in _OPTIONAL:
+                    continue
+                owners = {d.lower().replace("_", "-") for d in dists.get(top, [])}
+                if not owners & set(runtime):
+                    missing.add(f"{top} ({path.relative_to(ROOT)})")
+    assert not missing, f"imported but not in requirements.lock: {sorted(missing)}"
