@@ -46,8 +46,15 @@ async def open_ledger(config: Config) -> Ledger:
     cfg = config.ledger
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    origin = cfg.origin or f"{socket.gethostname()}/sekisho-ledger"
     key_file = Path(cfg.key_file) if cfg.key_file else data_dir / "keys" / "ledger.key"
+    # The log's name: the configured one, else the name its signing key was made with (a
+    # restarted container has a new host name, and the log must keep its own), else, for a
+    # new log, this host's.
+    origin = cfg.origin or (
+        load_signer(key_file).name
+        if key_file.exists()
+        else f"{socket.gethostname()}/sekisho-ledger"
+    )
     if not key_file.exists():
         try:
             verifier = create_signing_key(key_file, origin)

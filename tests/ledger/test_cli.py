@@ -209,3 +209,44 @@ def test_a_file_that_is_not_a_ledger_is_named_not_a_traceback(
         db.execute("CREATE TABLE api_keys (id TEXT)")
     assert main(["ledger", "audit", "--url", f"sqlite:///{other}"]) == 1
     assert "does not hold a sekisho ledger" in capsys.readouterr().err
+
+
+async def test_a_restarted_gateway_on_another_host_name_keeps_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ledger.origin, the log is named after the host that made it; a container
+    restarted under a new host name (every Kubernetes pod) opens the same log, named as its
+    signing key is, instead of refusing to start."""
+    import socket
+
+    import yaml
+
+    from sekisho.config import parse_config
+    from sekisho.recorder import open_ledger
+
+    root = Path(sekisho.__file__).resolve().parents[2]
+    text = (root / "examples" / "sekisho.yaml").read_text(encoding="utf-8")
+    raw = yaml.safe_load(text)
+    raw["server"]["data_dir"] = str(tmp_path / "data")
+    raw.get("ledger", {}).pop("origin", None)
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True))
+    monkeypatch.setattr(socket, "gethostname", lambda: "sekisho-7d9f-aaaaa")
+    ledger = await open_ledger(config)
+    first = ledger.latest_checkpoint()
+    await ledger.close()
+    monkeypatch.setattr(socket, "gethostname", lambda: "sekisho-7d9f-bbbbb")
+    ledger = await open_ledger(config)
+    assert ledger.latest_checkpoint().splitlines()[0] == "sekisho-7d9f-aaaaa/sekisho-ledger"
+    assert first.splitlines()[0] == "sekisho-7d9f-aaaaa/sekisho-ledger"
+    await ledger.close()
+
+
+def test_keys_ledger_prints_and_makes_a_key_only_when_asked(tmp_path: Path) -> None:
+    empty = tmp_path / "typo"
+    result = run("keys", "ledger", "--data-dir", str(empty))
+    assert result.returncode == 1
+    assert "there is no ledger signing key" in result.stderr and "--create" in result.stderr
+    assert not (empty / "keys" / "ledger.key").exists()
+    made = run("keys", "ledger", "--data-dir", str(empty), "--create")
+    assert made.returncode == 0, made.stderr
+    assert (empty / "keys" / "ledger.key").exists()

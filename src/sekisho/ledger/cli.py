@@ -228,7 +228,17 @@ def _keep(path: Path, signed: str, storage: Storage) -> None:
 def keys_ledger(args: argparse.Namespace) -> int:
     """Create the ledger signing key under the data dir and print the verifier key."""
     path = _key_file(args)
-    name = args.name or f"{socket.gethostname()}/sekisho-ledger"
+    config = config_of(args)
+    configured = config.ledger.origin if config is not None else None
+    name = args.name or configured or f"{socket.gethostname()}/sekisho-ledger"
+    if not path.exists() and not (args.create or args.name):
+        # Printing is what this is mostly for: a key made where the operator looked by mistake
+        # would be published and verify nothing.
+        return _fail(
+            f"there is no ledger signing key at {path}: the gateway makes it on its first start. "
+            "Pass the data directory `serve` uses (--data-dir DIR) or its config (--config "
+            "FILE); to make the key before the first start, add --create (and --name ORIGIN)."
+        )
     if path.exists():
         # The gateway creates the key on first start; then this prints its verifier key.
         try:
@@ -304,9 +314,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def register_keys(keys_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``keys ledger`` under an existing ``keys`` command."""
-    p = keys_subparsers.add_parser("ledger", help="create the ledger signing key")
+    p = keys_subparsers.add_parser(
+        "ledger", help="print the ledger's verifier key (--create: make the signing key first)"
+    )
     add_data_dir_args(p)
-    p.add_argument("--name", help="key name = log origin (default HOSTNAME/sekisho-ledger)")
+    p.add_argument(
+        "--name",
+        help="key name = log origin, for a new key (default: the config's ledger.origin, else "
+        "HOSTNAME/sekisho-ledger); implies --create",
+    )
+    p.add_argument(
+        "--create",
+        action="store_true",
+        help="make the key if there is none (without it, a missing key is an error)",
+    )
     p.add_argument("--key-file", help="where to write the key (default DATA_DIR/keys/ledger.key)")
     p.set_defaults(func=keys_ledger)
 
