@@ -193,7 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warning = plain_http_warning(server.host, server.tls is not None)
     if warning:
         logging.getLogger("sekisho.serve").warning(warning)
-    for warning in clear_text_endpoints(config):
+    for warning in config_warnings(config):
         logging.getLogger("sekisho.serve").warning(warning)
     problem = _unusable_data_dir(Path(server.data_dir))
     if problem:
@@ -258,6 +258,21 @@ def plain_http_warning(host: str, tls: bool) -> str | None:
         "network unencrypted. Set server.tls, or keep a TLS-terminating proxy in front and "
         "the gateway on loopback"
     )
+
+
+def config_warnings(config: Any) -> list[str]:
+    """What an operator should hear before serving with ``config``: endpoints reached in clear
+    text, and tenants whose policy restricts nothing."""
+    out = clear_text_endpoints(config)
+    for name, tenant in config.tenants.items():
+        p = tenant.policy
+        if not (p.extends or p.levels or p.rules):
+            out.append(
+                f"tenant {name} has an empty policy (no packs, levels or rules): any endpoint "
+                "that serves a model may receive any of its requests, My Numbers included; "
+                f"start from tenants.{name}.policy.extends: [jp-appi, jp-mynumber]"
+            )
+    return out
 
 
 def clear_text_endpoints(config: Any) -> list[str]:
@@ -388,7 +403,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     )
     for name, policy in config.policies.items():
         print(f"  tenant {name}: policy {policy.digest}")
-    for warning in clear_text_endpoints(config):
+    for warning in config_warnings(config):
         print(f"  warning: {warning}")
     return 0
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sekisho import _yaml as strict_yaml
 from sekisho.errors import ConfigError, ConfigProblem
 from sekisho.identity.spec import AuthSpec, GatewayLimitsSpec, LimitsSpec, RedisURL
 from sekisho.policy.spec import PolicySpec
@@ -358,7 +359,7 @@ def load_config(path: str | os.PathLike[str], *, env: dict[str, str] | None = No
 
 def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | None = None) -> Config:
     try:
-        raw = yaml.safe_load(text)
+        raw = strict_yaml.load(text)
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)

@@ -207,3 +207,32 @@ def test_config_check_warns_of_endpoints_reached_in_clear_text(
     assert "warning: endpoint sim-domestic-tokyo is plain HTTP (http://10.20.0.5:8000/v1)" in out
     assert "and its credential cross the network unencrypted" in out
     assert out.count("warning:") == 1  # the loopback simulators are not warned about
+
+
+def test_a_key_written_twice_is_an_error_not_a_silently_dropped_policy(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: a tenant written again at the end of the file
+    (with only its region) would lose its policy and be served with no rules at all."""
+    text = EXAMPLE.read_text(encoding="utf-8") + "  demo:\n    home_region: jp\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "twice.yaml")
+    (problem,) = [str(p) for p in err.value.problems]
+    assert problem.startswith("twice.yaml: line ")
+    assert "duplicate key 'demo' (first on line " in problem
+    # a merge may still bring keys in that the mapping then overrides
+    merged = "base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n"
+    from sekisho import _yaml
+
+    assert _yaml.load(merged)["other"] == {"x": 3, "y": 2}
+
+
+def test_config_check_warns_about_a_tenant_whose_policy_restricts_nothing(tmp_path: Path) -> None:
+    raw = example_config()
+    raw["tenants"]["demo"].pop("policy")
+    path = tmp_path / "open.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "sekisho", "config", "check", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "warning: tenant demo has an empty policy" in done.stdout

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import yaml
 from pydantic import ValidationError
 
+from sekisho import _yaml as strict_yaml
 from sekisho.errors import ConfigError, ConfigProblem
 from sekisho.policy.compiler import CompiledPolicy, LevelExplanation, compile_policy
 from sekisho.policy.decision import Decision
@@ -407,7 +408,7 @@ def load_test_file(path: str) -> PolicyTestFile:
     """Read a policy test file; raise ``ConfigError`` naming file, key and reason."""
     try:
         with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
+            raw = strict_yaml.load(handle)
     except OSError as exc:
         raise ConfigError([ConfigProblem(path, "", f"cannot read: {exc.strerror}")]) from None
     except yaml.YAMLError as exc:

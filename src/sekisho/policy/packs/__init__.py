@@ -11,6 +11,7 @@ from importlib import resources
 import yaml
 from pydantic import ValidationError
 
+from sekisho import _yaml as strict_yaml
 from sekisho.errors import ConfigError, ConfigProblem
 from sekisho.policy.spec import PackSpec
 
@@ -39,7 +40,7 @@ def load_pack(name: str) -> PackSpec:
     where = pack_file(name)
     text = resources.files(_PACKAGE).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        data = strict_yaml.load(text)
         pack = PackSpec.model_validate(data)
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigProblem(where, "", f"not valid YAML: {exc}")]) from exc
