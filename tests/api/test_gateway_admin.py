@@ -65,10 +65,10 @@ def key_id(key: str) -> str:
     return key.removeprefix("sk-sekisho-").split("-")[0]
 
 
-def chat(h: Harness, key: str, content: str = "hello") -> Any:
+def chat(h: Harness, key: str, content: str = "hello", model: str = "gpt-4o") -> Any:
     c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0, timeout=20)
     return c.chat.completions.with_raw_response.create(
-        model="gpt-4o", messages=[{"role": "user", "content": content}]
+        model=model, messages=[{"role": "user", "content": content}]
     )
 
 
@@ -254,6 +254,34 @@ def test_developer_manages_own_keys_through_the_admin_api(gw: Harness) -> None:
     assert call(gw, "POST", f"{PREFIX}/keys/{app_id}/revoke", dev).status_code == 200
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         chat(gw, app_key)
+
+
+def test_a_restricted_developer_key_makes_no_key_beyond_its_own_limits(gw: Harness) -> None:
+    """A developer key limited to one model and one day cannot mint a key for every model, or
+    one that outlives it; revoking it revokes the keys it made."""
+    import time
+
+    day = time.time() + 86400
+    dev = gw.key("demo", role="developer", models=("chat-default",), expires_at=day)
+    wider = call(gw, "POST", f"{PREFIX}/keys", dev, {"role": "app"})
+    assert wider.status_code == 403 and "chat-default" in wider.json()["error"]["message"]
+    other = call(gw, "POST", f"{PREFIX}/keys", dev, {"role": "app", "models": ["gpt-4.1"]})
+    assert other.status_code == 403
+    made = call(gw, "POST", f"{PREFIX}/keys", dev, {"role": "app", "models": ["chat-default"]})
+    assert made.status_code == 201, made.text
+    info = made.json()["info"]
+    assert info["models"] == ["chat-default"]
+    from datetime import datetime
+
+    assert info["expires_at"] is not None
+    assert datetime.fromisoformat(info["expires_at"].replace("Z", "+00:00")).timestamp() <= day + 1
+    app_key = made.json()["key"]
+    assert chat(gw, app_key, model="chat-default").status_code == 200
+
+    admin = gw.key("demo", role="admin")
+    assert call(gw, "POST", f"{PREFIX}/keys/{key_id(dev)}/revoke", admin).status_code == 200
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        chat(gw, app_key, model="chat-default")
 
 
 def test_admin_reloads_policy_but_cannot_call_models_with_the_admin_key(gw: Harness) -> None:

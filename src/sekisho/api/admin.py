@@ -486,9 +486,23 @@ class AdminAPI:
             )
         key_id = new_key_id()
         expires = time.time() + body.expires_in_seconds if body.expires_in_seconds else None
+        models = tuple(body.models) if body.models else None
+        if not allows(p, P.KEYS_MANAGE):
+            # A key made by a restricted key reaches no further, for no longer, than its maker:
+            # otherwise a developer key limited to one model for a day could mint an unlimited
+            # key that outlives it.
+            if p.models is not None:
+                beyond = sorted(set(models or ()) - p.models)
+                if models is None or beyond:
+                    raise PermissionDenied(
+                        f"This key may use only {sorted(p.models)}; a key it makes may use no "
+                        f"more{f' (not {beyond})' if beyond else ''}. Give 'models'.",
+                        code="insufficient_role",
+                    )
+            if p.expires_at is not None and (expires is None or expires > p.expires_at):
+                expires = p.expires_at  # no longer than the key that made it
         details = body.model_dump(exclude_none=True) | {"tenant": tenant}
         await self._record(req, f"key/{key_id}", details)
-        models = tuple(body.models) if body.models else None
         key, info = self.keys.create(
             tenant,
             role=body.role,

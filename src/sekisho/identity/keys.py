@@ -266,13 +266,32 @@ class KeyStore:
         return full, new
 
     def revoke(self, key_id: str) -> bool:
-        """Revoke now; every process refuses the key from its next request on."""
-        cur = self._conn().execute(
+        """Revoke now, with every key it made and they made in turn (a revoked developer key
+        leaves no key of its own behind); every process refuses them from its next request."""
+        now = time.time()
+        conn = self._conn()
+        cur = conn.execute(
             "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
-            (time.time(), key_id),
+            (now, key_id),
         )
+        revoked = cur.rowcount == 1
+        makers, seen = [key_id], {key_id}
+        while makers:
+            owner = f"key:{makers.pop()}"
+            rows = conn.execute(
+                "SELECT key_id FROM api_keys WHERE owner = ? AND revoked_at IS NULL", (owner,)
+            ).fetchall()
+            for (made,) in rows:
+                if made not in seen:
+                    seen.add(made)
+                    makers.append(made)
+                    conn.execute(
+                        "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS "
+                        "NULL",
+                        (now, made),
+                    )
         self._changed()
-        return cur.rowcount == 1
+        return revoked
 
     def _changed(self) -> None:
         """Tell every process on this machine that cached answers are stale."""
