@@ -10,7 +10,7 @@ afresh, as any request is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,15 +37,23 @@ class KeptTurn:
     output: list[Any]  # the output items as the client got them
 
 
-async def kept_turn(stores: Stores | None, tenant: TenantView, response: str) -> KeptTurn:
+# Whether a request was made by the caller now asking for its turn (recorder.made_by, with the
+# caller's lineage bound): a kept conversation is its caller's, not every key's of the tenant.
+Owned = Callable[[str], Awaitable[bool]]
+
+
+async def kept_turn(
+    stores: Stores | None, tenant: TenantView, response: str, owned: Owned | None = None
+) -> KeptTurn:
     """The turn behind one of sekisho's response ids, from the tenant's home-region store.
-    Raises ``TurnNotKept`` for an id that is not one of sekisho's, not this tenant's, kept
+    Raises ``TurnNotKept`` for an id that is not one of sekisho's, not this tenant's, not made
+    by this caller (``owned``; the same answer as an unknown id, so ids cannot be probed), kept
     without its content, expired, restricted (利用停止), or a request of another API."""
     request_id = request_of(response)
     kept = None
     if request_id is not None and stores is not None:
         kept = await stores.for_tenant(tenant.name, tenant.home_region).kept(request_id)
-    if kept is None:
+    if kept is None or (owned is not None and request_id and not await owned(request_id)):
         raise TurnNotKept("sekisho keeps no such response for this tenant")
     if kept.mode != "full":
         raise TurnNotKept(
@@ -64,14 +72,16 @@ async def kept_turn(stores: Stores | None, tenant: TenantView, response: str) ->
     return KeptTurn(kept, prompt, output)
 
 
-async def continue_conversation(stores: Stores | None, call: Call, tenant: TenantView) -> None:
+async def continue_conversation(
+    stores: Stores | None, call: Call, tenant: TenantView, owned: Owned | None = None
+) -> None:
     """A Responses request that continues an earlier one (``previous_response_id``), for a
     tenant that keeps its conversations itself rather than at the provider: the earlier
     turn's input and output come back from the tenant's home-region store and go upstream
     as this request's first input items. All of it is inspected and decided on afresh."""
     previous = call.body["previous_response_id"]
     try:
-        turn = await kept_turn(stores, tenant, str(previous))
+        turn = await kept_turn(stores, tenant, str(previous), owned)
     except TurnNotKept as exc:
         raise InvalidRequest(
             f"Cannot continue from previous_response_id {str(previous)[:80]!r}: {exc}. "

@@ -200,6 +200,7 @@ class Gateway:
             max_attempts=self.config.routing.max_attempts,
             stream_keepalive=self.config.server.stream_keepalive_seconds,
         )
+        self.pipeline.lineage = self.keys.lineage
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         interval = self.config.routing.health.probe_interval_seconds
@@ -748,7 +749,7 @@ class Gateway:
             )
         body = await routes.kept_response(
             self.stores, tenant, principal, self.recorder, scope["method"], path,
-            http.query(scope), rid,
+            http.query(scope), rid, self.pipeline.owned(principal) if self.pipeline else None,
         )  # fmt: skip
         await http.send_json(send, 200, body, rid)
 

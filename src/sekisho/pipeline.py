@@ -25,13 +25,14 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import orjson
 
 from sekisho._conversations import (
+    Owned,
     continue_conversation,
     keeps_conversations,
     request_of,
@@ -80,6 +81,7 @@ from sekisho.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
+from sekisho.identity.keys import Principal
 from sekisho.identity.limits import Limiter
 from sekisho.metrics import Metrics
 from sekisho.policy.compiler import CompiledPolicy
@@ -138,6 +140,9 @@ class Pipeline:
         self.stores = stores
         self.max_attempts = max_attempts
         self.stream_keepalive = stream_keepalive
+        # The subjects a caller has acted as (KeyStore.lineage): whose kept conversations it
+        # may continue. None: any caller of the tenant (no key store, e.g. in unit tests).
+        self.lineage: Callable[[Principal], list[str]] | None = None
         self._memos: dict[str, ScanMemo] = {}
         self._route_cache: dict[tuple[str, str], tuple[Route, ...]] = {}
 
@@ -151,7 +156,9 @@ class Pipeline:
             if isinstance(previous, str):
                 if keeps_conversations(tenant):
                     if request_of(previous) is not None:  # continued from the tenant's store
-                        await continue_conversation(self.stores, call, tenant)
+                        await continue_conversation(
+                            self.stores, call, tenant, self.owned(call.principal)
+                        )
                 elif (kept_at := unwrap(previous)) is not None:  # state kept at a provider
                     call.pinned_endpoint, call.body["previous_response_id"] = kept_at
             check_responses_features(call.body, tenant)
@@ -203,6 +210,18 @@ class Pipeline:
             chunks = relay(self, call, decision, tenant, route, upstream, outcome)
             return StreamReply(headers, chunks, outcome)
         return await self._complete(call, decision, tenant, route, data, headers)
+
+    def owned(self, principal: Principal) -> Owned | None:
+        """Whether a kept request was made by ``principal`` (or a key it was rotated from)."""
+        made_by = getattr(self.recorder, "made_by", None)  # the ledger's recorder has it
+        if self.lineage is None or made_by is None:
+            return None
+        subjects = self.lineage(principal)
+
+        async def owned(request_id: str) -> bool:
+            return bool(await made_by(request_id, principal.tenant, subjects))
+
+        return owned
 
     async def _admit(self, call: Call) -> None:
         if self.limiter is None:

@@ -6,13 +6,14 @@ the ledger knows nothing of calls and decisions, and the pipeline nothing of Mer
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,24 @@ class LedgerRecorder:
         if self._stores is not None and tenant in self._homes:
             return self._stores.for_tenant(tenant, self._homes[tenant]).current_keys()
         return self._tenant_key(tenant)
+
+    async def made_by(self, request_id: str, tenant: str, subjects: Sequence[str]) -> bool:
+        """Whether the decision entry of ``request_id`` names one of ``subjects`` of ``tenant``
+        as its caller (by the keyed pseudonym the entry holds)."""
+        located = await asyncio.to_thread(self.ledger.find, request_id)
+        index = next((i for i, kind in located if kind == "decision"), None)
+        if index is None:
+            return False
+        found = await asyncio.to_thread(self.ledger.storage.entry, index)
+        if found is None:
+            return False
+        try:
+            entry = orjson.loads(found[0])
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(entry, dict) or entry.get("tenant") != tenant:
+            return False
+        return entry.get("principal") in {self.principal_id(tenant, s) for s in subjects}
 
     async def decision(self, call: Call, decision: Decision, tenant_region: str) -> str | None:
         first = decision.eligible[0].endpoint if decision.eligible else None

@@ -56,9 +56,10 @@ def sent_body(h: Harness, endpoint: str) -> dict[str, Any]:
     return body
 
 
-def stream_events(h: Harness, **kw: Any) -> tuple[list[Any], Any]:
-    """Every event of a streamed response as the SDK parses it, and the raw response."""
-    with client(h).responses.with_streaming_response.create(stream=True, **kw) as raw:
+def stream_events(h: Harness, via: openai.OpenAI | None = None, **kw: Any) -> tuple[list[Any], Any]:
+    """Every event of a streamed response as the SDK parses it, and the raw response (sent
+    with ``via``, else with a new key's client)."""
+    with (via or client(h)).responses.with_streaming_response.create(stream=True, **kw) as raw:
         return list(raw.parse()), raw
 
 
@@ -521,7 +522,7 @@ def test_a_conversation_continues_from_the_tenants_own_store(
     h = gateway()
     c = client(h)
     if stream:
-        events, _ = stream_events(h, model="gpt-4o", input=f"My address is {EMAIL}.")
+        events, _ = stream_events(h, c, model="gpt-4o", input=f"My address is {EMAIL}.")
         first_id = events[-1].response.id
         assert all(e.response.id == first_id for e in events if hasattr(e, "response"))
     else:
@@ -592,10 +593,9 @@ def unkept(gateways: Callable[..., Harness], case: str) -> tuple[Harness, str, o
         "a chat request": "resp_sk" + chat.headers["x-sekisho-request-id"].removeprefix("req_"),
         "foreign": "resp_68af0a1b2c3d",
     }.get(case, first)
-    asker = openai.OpenAI(
-        base_url=h.base_url, api_key=h.key("other" if case == "other tenant" else "demo"),
-        max_retries=0,
-    )  # fmt: skip
+    if case != "other tenant":
+        return h, wanted, c  # the caller that made it (another key's reads: a test below)
+    asker = openai.OpenAI(base_url=h.base_url, api_key=h.key("other"), max_retries=0)
     return h, wanted, asker
 
 
@@ -789,3 +789,36 @@ def test_a_continuation_the_policy_keeps_from_that_endpoint_is_refused_saying_so
     assert "previous_response_id is kept at sim-global-useast" in message  # the others' reason
     assert MY_NUMBER not in message
     assert h.bytes_received() == before
+
+
+def test_a_kept_conversation_is_its_callers_not_every_key_of_the_tenant(
+    gateway: Callable[..., Harness],
+) -> None:
+    """Another app key of the same tenant can neither read nor continue a response it did not
+    make (the answer is the one an unknown id gets); the key's successor after a rotation can."""
+    from sekisho.identity import KeyStore
+
+    h = gateway()
+    key = h.key()
+    mine = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
+    first = mine.responses.create(model="gpt-4o", input=f"My address is {EMAIL}.")
+    other = client(h)  # a second app key of tenant demo
+    with pytest.raises(openai.NotFoundError) as err:
+        other.responses.retrieve(first.id)
+    unknown = first.id[:-4] + ("aaaa" if not first.id.endswith("aaaa") else "bbbb")
+    with pytest.raises(openai.NotFoundError) as unknown_err:
+        other.responses.retrieve(unknown)
+    assert err.value.message == unknown_err.value.message.replace(unknown, first.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.input_items.list(first.id)
+    with pytest.raises(openai.BadRequestError) as err:
+        other.responses.create(model="gpt-4o", input="and?", previous_response_id=first.id)
+    assert err.value.code == "previous_response_not_found"
+
+    store = KeyStore(h.data_dir / "identity.db")
+    successor, _ = store.rotate(key.removeprefix("sk-sekisho-").split("-")[0], 60)
+    rotated = openai.OpenAI(base_url=h.base_url, api_key=successor, max_retries=0)
+    assert rotated.responses.retrieve(first.id).id == first.id
+    assert rotated.responses.create(
+        model="gpt-4o", input="and?", previous_response_id=first.id
+    ).id.startswith("resp_sk")

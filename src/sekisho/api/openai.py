@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote
 
 from sekisho._conversations import (
+    Owned,
     TurnNotKept,
     input_items,
     keeps_conversations,
@@ -212,6 +213,7 @@ async def kept_response(
     path: str,
     query: dict[str, str],
     rid: str,
+    owned: Owned | None = None,
 ) -> dict[str, Any]:
     """``GET /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items`` for the responses
     sekisho keeps in the tenant's home region (``resp_sk…``). Each read is a ledger entry
@@ -253,7 +255,7 @@ async def kept_response(
         ).format(name=tenant.name)
         raise NotFound(f"No response {response[:80]!r}: {where}.", code="response_not_found")
     try:
-        turn = await kept_turn(stores, tenant, response)
+        turn = await kept_turn(stores, tenant, response, owned)
     except TurnNotKept as exc:
         raise NotFound(
             f"No response {response[:80]!r}: {exc}.", code="response_not_found"

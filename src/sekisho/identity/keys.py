@@ -265,6 +265,28 @@ class KeyStore:
         self._changed()
         return full, new
 
+    def lineage(self, principal: Principal) -> list[str]:
+        """The subjects one caller has acted as: its own, and for an API key those of the keys
+        it was rotated from (a rotated key carries on its predecessor's work)."""
+        subjects = [principal.subject]
+        if principal.auth != "api_key":
+            return subjects
+        seen = {principal.key_id}
+        row = (
+            self._conn()
+            .execute("SELECT rotated_from FROM api_keys WHERE key_id = ?", (principal.key_id,))
+            .fetchone()
+        )
+        while row is not None and row[0] and row[0] not in seen and len(seen) < 1000:
+            seen.add(row[0])
+            subjects.append(f"key:{row[0]}")
+            row = (
+                self._conn()
+                .execute("SELECT rotated_from FROM api_keys WHERE key_id = ?", (row[0],))
+                .fetchone()
+            )
+        return subjects
+
     def revoke(self, key_id: str) -> bool:
         """Revoke now, with every key it made and they made in turn (a revoked developer key
         leaves no key of its own behind); every process refuses them from its next request."""

@@ -433,9 +433,9 @@ class Limiter:
                 raise RateLimited(
                     f"Rate limit reached: {c.label}. Retry after {retry} s.", headers=headers
                 ) from None
-            headers = ratelimit_headers(checks, left)
+            left_headers = ratelimit_headers(checks, left)
             return Admission(principal.tenant, principal.key_id, model, estimated_tokens,
-                             tuple(checks), day, headers=headers)  # fmt: skip
+                             tuple(checks), day, headers=left_headers)  # fmt: skip
         return Admission(principal.tenant, principal.key_id, model, estimated_tokens, (), day)
 
     async def settle(
