@@ -148,10 +148,10 @@ async def _broke(
 async def _left(
     p: Pipeline, call: Call, decision: Decision, outcome: Outcome, texts: list[str]
 ) -> None:
-    """A client gone mid-stream: recorded as 499 with what it got, and charged what the
-    endpoint generated until then (shielded: the cancellation must not cut the record)."""
-    outcome.status = 499
-    outcome.error_code = "client_disconnected"
+    """A client gone mid-stream (or a stream the gateway's shutdown cut: ``Pipeline.cut``):
+    recorded with what it got, and charged what the endpoint generated until then (shielded:
+    the cancellation must not cut the record)."""
+    outcome.status, outcome.error_code = p.cut()
     outcome.output_texts = texts
     outcome.estimate_usage(call.texts)  # the endpoint spent them all the same
     await asyncio.shield(p.record(call, decision, outcome))

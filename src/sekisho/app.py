@@ -203,6 +203,7 @@ class Gateway:
         self.pipeline.lineage = self.keys.lineage
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self._watch_for_shutdown()
         interval = self.config.routing.health.probe_interval_seconds
         if interval > 0:
             import aiohttp
@@ -265,6 +266,25 @@ class Gateway:
         if key is None:
             key = self._hash_keys[tenant] = tenant_hash_key(self.config.data_dir, tenant)
         return key
+
+    def _watch_for_shutdown(self) -> None:
+        """Know when the server begins to shut down (SIGTERM, SIGINT), so that a stream it cuts
+        at the end of the grace period is recorded as cut by the gateway, not as left by its
+        client. uvicorn installs its handlers before the application starts: each is wrapped,
+        and still called."""
+        pipeline = self.pipeline
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                if pipeline is not None:
+                    pipeline.draining = True
+                previous(signum, frame)
+
+            with contextlib.suppress(ValueError):  # not the main thread (an embedding host)
+                signal.signal(sig, handler)
 
     async def shutdown(self) -> None:
         self.ready = False
@@ -497,6 +517,11 @@ class Gateway:
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 await self.shutdown()
+                from sekisho import logs
+
+                # uvicorn ends the process by re-raising the signal, so exit handlers never
+                # run: what the last requests logged is written now.
+                logs.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -646,6 +671,18 @@ class Gateway:
                 status = 499
                 log.info("client disconnected", extra={"request_id": rid, "path": path})
             else:
+                if self.pipeline is not None and self.pipeline.draining:
+                    status = 503  # the grace period ended before the answer did
+                    log.warning(
+                        "request cut by shutdown",
+                        extra={
+                            "request_id": rid,
+                            "path": path,
+                            "endpoint": endpoint,
+                            "error": "gateway_shutdown",
+                            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        },
+                    )
                 raise
         except Exception:
             finished = True

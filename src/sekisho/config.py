@@ -416,10 +416,20 @@ def _expand(node: Any, env: dict[str, str], file: str, path: str, out: list[Conf
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
-            if name in env:
+            if env.get(name):
                 return env[name]
             if default is not None:
                 return default
+            if name in env:  # set, but to nothing: a secret that did not arrive
+                out.append(
+                    ConfigProblem(
+                        file,
+                        path,
+                        f"environment variable {name} is set but empty (referenced as "
+                        f"${{{name}}}); give it a value, or a default: ${{{name}:-…}}",
+                    )
+                )
+                return ""
             out.append(
                 ConfigProblem(
                     file,

@@ -143,6 +143,8 @@ class Pipeline:
         # The subjects a caller has acted as (KeyStore.lineage): whose kept conversations it
         # may continue. None: any caller of the tenant (no key store, e.g. in unit tests).
         self.lineage: Callable[[Principal], list[str]] | None = None
+        # The server is shutting down: a request cut now was cut by the gateway, not left.
+        self.draining = False
         self._memos: dict[str, ScanMemo] = {}
         self._route_cache: dict[tuple[str, str], tuple[Route, ...]] = {}
 
@@ -611,9 +613,15 @@ class Pipeline:
             outcome.error_code = error
         outcome.output_texts.extend(delivered)
 
+    def cut(self) -> tuple[int, str]:
+        """Status and code of a request that ended before its answer did: its client left, or
+        the gateway's shutdown grace period ran out (503, ``gateway_shutdown``)."""
+        return (503, "gateway_shutdown") if self.draining else (499, "client_disconnected")
+
     async def gone(self, call: Call, decision: Decision) -> None:
+        status, code = self.cut()
         try:
-            await self.record(call, decision, Outcome(499, error_code="client_disconnected"))
+            await self.record(call, decision, Outcome(status, error_code=code))
         except SekishoError:
             log.warning(
                 "outcome of a request its client left could not be recorded",

@@ -236,3 +236,20 @@ def test_config_check_warns_about_a_tenant_whose_policy_restricts_nothing(tmp_pa
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "warning: tenant demo has an empty policy" in done.stdout
+
+
+def test_values_no_one_could_mean_stop_start_up() -> None:
+    """A country code that is not one (XX, or UK for GB), a port no socket has, and a secret
+    that arrived empty: each is a problem naming its key, not a gateway that starts wrong."""
+    raw = example_config()
+    raw["endpoints"][0]["jurisdiction"]["country"] = "XX"
+    raw["endpoints"][1]["operator"]["country"] = "UK"
+    raw["endpoints"][2]["base_url"] = "http://127.0.0.1:99999/v1"
+    raw["endpoints"][2]["api_key"] = "${EMPTY_SECRET}"
+    out = "\n".join(problems(raw, env={"EMPTY_SECRET": ""}))
+    assert "environment variable EMPTY_SECRET is set but empty" in out
+    raw["endpoints"][2]["api_key"] = "${EMPTY_SECRET:-fallback}"
+    out = "\n".join(problems(raw, env={"EMPTY_SECRET": ""}))
+    assert "endpoints[0](sim-domestic-tokyo).jurisdiction.country" in out and "'XX'" in out
+    assert "the United Kingdom is GB" in out
+    assert "port outside 1-65535" in out

@@ -3,6 +3,7 @@ loopback; its health, readiness, metrics and logs; graceful shutdown; bad upstre
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -497,3 +498,54 @@ def test_files_sekisho_makes_are_owner_only_whatever_the_umask(tmp_path: Path) -
     for p in made:
         mode = stat.S_IMODE(p.stat().st_mode)
         assert mode & 0o077 == 0, f"{p} is {oct(mode)}"
+
+
+@pytest.mark.slow
+def test_a_stream_cut_by_the_end_of_the_grace_period_is_recorded_as_the_gateways_doing(
+    tmp_path: Path,
+) -> None:
+    """A stream longer than shutdown_grace_seconds is cut when the grace period ends: its
+    outcome in the ledger says the gateway cut it (503 gateway_shutdown), not that its client
+    left, and the last requests' log lines are written before the process exits."""
+    sims = Simulators(demo_sim_specs(chunk_delay_ms=400)).start()
+
+    def grace(raw: dict[str, Any]) -> None:
+        raw["server"]["shutdown_grace_seconds"] = 1
+
+    config = write_config(tmp_path / "sekisho.yaml", sims.config(grace))
+    g = ServeProcess(config, tmp_path / "data")
+    try:
+        g.start()
+        key = g.key()
+        conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=20)
+        body = {"model": "gpt-4o", "stream": True,
+                "messages": [{"role": "user", "content": "a very slow stream " * 10}]}  # fmt: skip
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                     headers={"authorization": f"Bearer {key}",
+                              "content-type": "application/json"})  # fmt: skip
+        resp = conn.getresponse()
+        assert resp.status == 200
+        rid = resp.getheader("x-request-id")
+        assert resp.readline().decode().startswith("data: ")
+        g.signal(signal.SIGTERM)
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            for _ in resp:
+                pass
+        g.wait(20)
+        from sekisho.ledger import parse_record
+        from sekisho.ledger.storage import open_storage
+
+        storage = open_storage(tmp_path / "data")
+        try:
+            leaves = [leaf for _, leaf, _, r, _ in storage.scan(0, storage.max_index() + 1)
+                      if r == rid]  # fmt: skip
+        finally:
+            storage.close()
+        outcomes = [parse_record(x) for x in leaves if b'"kind":"outcome"' in x]
+        assert [(o.status, o.error_code) for o in outcomes] == [(503, "gateway_shutdown")]  # type: ignore[union-attr]
+        logged = [x for x in g.log() if x.get("request_id") == rid]
+        assert [x["msg"] for x in logged] == ["request cut by shutdown"], g.stderr()[-2000:]
+        assert logged[0]["error"] == "gateway_shutdown"
+    finally:
+        g.stop()
+        sims.stop()

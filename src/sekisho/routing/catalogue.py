@@ -15,12 +15,32 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
+# ISO 3166-1 alpha-2, officially assigned (249 codes, 2024), plus EU (the Union as a
+# jurisdiction, as regulations name it). A country decides where data may go: a typo (XX, UK
+# for GB) must stop start-up, not make a tenant's home a country no rule knows.
+_ISO_3166 = frozenset(
+    """  # one string, split: 250 quoted codes would fill 30 lines
+    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ
+    BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM
+    DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS
+    GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN
+    KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ
+    MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM
+    PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV
+    SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI
+    VN VU WF WS YE YT ZA ZM ZW
+    EU
+    """.split()  # noqa: SIM905
+)
 
 
 def _country(value: str) -> str:
     code = value.strip().upper()
-    if not _COUNTRY.match(code):
-        raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 country code (e.g. JP, US, DE)")
+    if not _COUNTRY.match(code) or code not in _ISO_3166:
+        hint = " (the United Kingdom is GB)" if code == "UK" else ""
+        raise ValueError(
+            f"{value!r} is not an ISO 3166-1 alpha-2 country code (e.g. JP, US, DE){hint}"
+        )
     return code
 
 
@@ -377,6 +397,18 @@ class Endpoint(_Facts):
         if self.family == "azure_openai":  # older API versions refuse stream_options
             return (self.api_version or "") >= "2024-09-01"
         return True
+
+    @field_validator("base_url")
+    @classmethod
+    def _reachable_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018  (raises for a port outside 0..65535)
+        except ValueError:
+            raise ValueError(f"{value!r} has a port outside 1-65535") from None
+        if not parts.hostname:
+            raise ValueError(f"{value!r} names no host")
+        return value
 
     @model_validator(mode="after")
     def _family_rules(self) -> Endpoint:
