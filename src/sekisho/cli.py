@@ -469,6 +469,13 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     store = KeyStore(data_dir(args) / "identity.db")
     expires = None
     if args.expires_in_days is not None:
+        if not args.expires_in_days > 0:
+            print(
+                f"sekisho: --expires-in-days must be more than 0 (got {args.expires_in_days:g}): "
+                "a key that has already expired would be refused on its first use",
+                file=sys.stderr,
+            )
+            return 2
         expires = dt.datetime.now(dt.UTC).timestamp() + args.expires_in_days * 86400
     key, info = store.create(
         args.tenant, role=args.role, name=args.name, models=models, expires_at=expires

@@ -62,3 +62,15 @@ def test_usage_lists_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     line = capsys.readouterr().out.splitlines()[-1].split()
     assert line == ["acme", "aaaaaaaaaaaa", "gpt-4o", "1", "12", "30"]
     assert run("usage", "--since", "March", "--data-dir", str(tmp_path)) == 2
+
+
+def test_a_key_that_would_be_born_expired_is_not_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sekisho.cli import main
+
+    for days in ("-3", "0"):
+        assert main(["keys", "create", "--tenant", "demo", "--data-dir", str(tmp_path),
+                     "--expires-in-days", days]) == 2  # fmt: skip
+        assert "--expires-in-days must be more than 0" in capsys.readouterr().err
+    assert KeyStore(tmp_path / "identity.db").list() == []

@@ -171,6 +171,19 @@ def test_subject_commands_need_one_identifier(
         run(config_file, "subject", "find", "--tenant", "demo", "--email", "a@b.jp")  # no --actor
 
 
+def test_a_tenant_the_config_does_not_name_is_said_to_be_one(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped tenant finds nothing; "0 records" alone would answer a data subject's
+    request falsely."""
+    asyncio.run(seed(config_file.parent / "data"))
+    args = ["--tenant", "dmeo", "--actor", "dpo@example.jp", "--email", "a@b.jp"]
+    assert run(config_file, "subject", "find", *args) == 0
+    captured = capsys.readouterr()
+    assert "0 record(s)" in captured.out
+    assert "warning: tenant 'dmeo' is not in" in captured.err and "demo" in captured.err
+
+
 def test_tenant_delete_and_key_rotation(
     config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

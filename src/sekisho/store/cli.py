@@ -175,9 +175,22 @@ def _subject(args: argparse.Namespace) -> subjects.Subject:
     return subjects.Subject(args.tenant, id_type, value)
 
 
+def _known_tenant(config: Any, args: argparse.Namespace) -> None:
+    """A tenant the config does not name is most often a typo, and "0 records" for it would
+    answer a data subject's request falsely: said on stderr (a removed tenant's records can
+    still be reached, so it is not refused)."""
+    if args.tenant not in config.tenants:
+        print(
+            f"warning: tenant {args.tenant!r} is not in {config.source_file} (its tenants: "
+            f"{', '.join(sorted(config.tenants))}); a typo finds nothing",
+            file=sys.stderr,
+        )
+
+
 async def _subject_find(args: argparse.Namespace) -> int:
     config = _load(args)
     subject = _subject(args)
+    _known_tenant(config, args)
     async with _opened(config, args) as stores:
         found = await subjects.find(stores, subject, actor=args.actor, ticket=args.ticket)
     for m in found:
@@ -193,6 +206,7 @@ async def _subject_find(args: argparse.Namespace) -> int:
 async def _subject_export(args: argparse.Namespace) -> int:
     config = _load(args)
     subject = _subject(args)
+    _known_tenant(config, args)
     async with _opened(config, args) as stores:
         doc = await subjects.export(stores, subject, actor=args.actor, ticket=args.ticket)
     body = json.dumps(doc, ensure_ascii=False, indent=2).encode() + b"\n"
@@ -217,6 +231,7 @@ async def _subject_delete(args: argparse.Namespace) -> int:
         return 2
     config = _load(args)
     subject = _subject(args)
+    _known_tenant(config, args)
     async with _opened(config, args) as stores:
         n = await subjects.delete(stores, subject, actor=args.actor, ticket=args.ticket)
     print(f"deleted {n} record(s) of tenant {args.tenant}")
@@ -226,6 +241,7 @@ async def _subject_delete(args: argparse.Namespace) -> int:
 async def _subject_restrict(args: argparse.Namespace) -> int:
     config = _load(args)
     subject = _subject(args)
+    _known_tenant(config, args)
     async with _opened(config, args) as stores:
         n = await subjects.restrict(stores, subject, actor=args.actor, ticket=args.ticket)
     print(
