@@ -34,6 +34,11 @@ log = logging.getLogger("sekisho.pipeline")
 CONTENT = -1
 TEXT_FIELDS = {-3: "reasoning", -2: "reasoning_content", CONTENT: "content", -4: "refusal"}
 StreamKey = tuple[int, int]  # (choice index, a TEXT_FIELDS slot or a tool call index)
+# A custom tool call's free-text input (GPT-5's custom tools) is slot CUSTOM + its call index:
+# plain text, where a function call's arguments are JSON.
+CUSTOM = 100_000
+# The arguments of a legacy function call (``delta.function_call``, before tool calls): JSON.
+FUNCTION_CALL = 200_000
 _LEGACY_FIELDS = {CONTENT: "text"}  # a legacy completion's choice: its text is its content
 
 
@@ -79,7 +84,9 @@ class StreamOutput:
         if self._pseudo is not None:
             r = self._reident.get(key)
             if r is None:
-                escape = None if key[1] < 0 else json_string_escape  # arguments are JSON
+                # a function call's arguments are JSON; prose and custom inputs are not
+                json_text = 0 <= key[1] < CUSTOM or key[1] == FUNCTION_CALL
+                escape = json_string_escape if json_text else None
                 r = self._reident[key] = StreamReidentifier(self._pseudo, escape)
             text = r.feed(text) + (r.finish() if final else "")
         if self._rule.action != "none":
@@ -130,17 +137,31 @@ class StreamOutput:
                     delta[name] = text
                     changed = True
                 self._last = event
-            for n, call in enumerate(delta.get("tool_calls") or ()):
-                fn = call.get("function") if isinstance(call, dict) else None
-                if not isinstance(fn, dict) or not isinstance(fn.get("arguments"), str):
-                    continue
-                k = call.get("index", n)
-                original = fn["arguments"]
-                text = self._take((idx, k if isinstance(k, int) else n), original)
+            fc = delta.get("function_call")
+            if isinstance(fc, dict) and isinstance(fc.get("arguments"), str):
+                original = fc["arguments"]
+                text = self._take((idx, FUNCTION_CALL), original)
                 if text != original:
-                    fn["arguments"] = text
+                    fc["arguments"] = text
                     changed = True
                 self._last = event
+            for n, call in enumerate(delta.get("tool_calls") or ()):
+                if not isinstance(call, dict):
+                    continue
+                k = call.get("index", n)
+                k = k if isinstance(k, int) and 0 <= k < CUSTOM else n
+                for holder, name, slot in (
+                    (call.get("function"), "arguments", k),
+                    (call.get("custom"), "input", CUSTOM + k),
+                ):
+                    if not isinstance(holder, dict) or not isinstance(holder.get(name), str):
+                        continue
+                    original = holder[name]
+                    text = self._take((idx, slot), original)
+                    if text != original:
+                        holder[name] = text
+                        changed = True
+                    self._last = event
             if choice.get("finish_reason") is not None and self._active:
                 changed = self._flush(idx, delta) or changed
         return changed
@@ -161,14 +182,19 @@ class StreamOutput:
                 name = self._fields[slot]
                 delta[name] = (delta.get(name) or "") + rest
                 continue
+            if slot == FUNCTION_CALL:
+                fc = delta.setdefault("function_call", {})
+                fc["arguments"] = (fc.get("arguments") or "") + rest
+                continue
             calls = delta.setdefault("tool_calls", [])
+            index, kind, name = _call_slot(slot)
             for call in calls:
-                fn = call.get("function") if isinstance(call, dict) else None
-                if call.get("index") == slot and isinstance(fn, dict):
-                    fn["arguments"] = (fn.get("arguments") or "") + rest
+                holder = call.get(kind) if isinstance(call, dict) else None
+                if call.get("index") == index and isinstance(holder, dict):
+                    holder[name] = (holder.get(name) or "") + rest
                     break
             else:
-                calls.append({"index": slot, "function": {"arguments": rest}})
+                calls.append({"index": index, kind: {name: rest}})
         return added
 
     def finish(self) -> dict[str, Any] | None:
@@ -185,10 +211,11 @@ class StreamOutput:
             delta = deltas.setdefault(idx, {})
             if slot < 0:
                 delta[self._fields[slot]] = rest
+            elif slot == FUNCTION_CALL:
+                delta["function_call"] = {"arguments": rest}
             else:
-                delta.setdefault("tool_calls", []).append(
-                    {"index": slot, "function": {"arguments": rest}}
-                )
+                index, kind, name = _call_slot(slot)
+                delta.setdefault("tool_calls", []).append({"index": index, kind: {name: rest}})
         if not deltas:
             return None
         if self._legacy:
@@ -207,6 +234,13 @@ class StreamOutput:
     def texts(self) -> list[str]:
         """Each choice's content, then each of its tool calls' arguments, as delivered."""
         return ["".join(parts) for _, parts in sorted(self._texts.items())]
+
+
+def _call_slot(slot: int) -> tuple[int, str, str]:
+    """A tool call's stream slot as (call index, holder key, text key)."""
+    if slot >= CUSTOM:
+        return slot - CUSTOM, "custom", "input"
+    return slot, "function", "arguments"
 
 
 def inspect_answer(
@@ -241,6 +275,9 @@ def inspect_answer(
         for fn in [c.get("function") for c in calls] + [fc]:
             if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
                 slots.append((fn, "arguments"))
+        for custom in [c.get("custom") for c in calls]:  # a custom tool's free-text input
+            if isinstance(custom, dict) and isinstance(custom.get("input"), str):
+                slots.append((custom, "input"))
         before = [(holder, key, holder[key]) for holder, key in slots]
         for holder, key in slots:
             text = holder[key]
@@ -265,7 +302,7 @@ def inspect_answer(
                     text = text[: hits[0].start]
                     choice["finish_reason"] = "content_filter"
                     error = _worse(error, "output_cut")
-                elif hits and key != "arguments":
+                elif hits and key not in ("arguments", "input"):
                     # Reasoning is cut where the identifier starts, and the answer that
                     # followed it goes with it: what came after the cut is not delivered.
                     holder[key] = text[: hits[0].start]

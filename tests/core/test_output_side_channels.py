@@ -193,3 +193,62 @@ def test_a_responses_stream_carries_no_logprobs(gateways: Callable[..., Harness]
         text = raw.http_response.read().decode()
     assert CARD not in text and "4111" not in text
     assert '"logprobs":[{' not in text.replace(" ", "")
+
+
+def test_a_custom_tool_calls_input_gets_what_the_answer_gets(
+    gateways: Callable[..., Harness],
+) -> None:
+    """GPT-5's custom tools take free text, not JSON: what the model writes there reaches the
+    client's tool, so it is masked like the answer (whole answers and streams)."""
+    h = gateways()
+    answer = chat_answer(None)
+    call = {"id": "call_1", "type": "custom", "custom": {"name": "note", "input": f"pay {CARD}"}}
+    answer["choices"][0]["message"]["tool_calls"] = [call]
+    answering(h, json.dumps(answer))
+    raw = client(h).chat.completions.with_raw_response.create(model="gpt-4o", messages=ASK)
+    assert raw.headers["x-sekisho-output"] == "masked"
+    assert CARD not in raw.http_response.text and "pay [CREDIT_CARD]" in raw.http_response.text
+
+    sse = chunk({"role": "assistant", "content": None})
+    for piece in ("pay 4111 11", "11 1111 ", "1111 now"):
+        sse += chunk({"tool_calls": [{"index": 0, "type": "custom",
+                                      "custom": {"name": "note", "input": piece}}]})  # fmt: skip
+    sse += chunk({}, finish="tool_calls") + "data: [DONE]\n\n"
+    answering(h, sse, mode="sse")
+    with client(h).chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=ASK, stream=True
+    ) as streamed:
+        body = streamed.http_response.read().decode()
+    events = [json.loads(x[6:]) for x in body.split("\n\n") if x.startswith("data: {")]
+    text = "".join(
+        tc["custom"]["input"]
+        for e in events
+        for c in e["choices"]
+        for tc in c["delta"].get("tool_calls") or ()
+        if "custom" in tc
+    )
+    assert text == "pay [CREDIT_CARD] now" and "4111" not in body
+
+
+def test_a_streamed_legacy_function_calls_arguments_are_masked(
+    gateways: Callable[..., Harness],
+) -> None:
+    h = gateways()
+    sse = chunk({"role": "assistant", "content": None,
+                 "function_call": {"name": "pay", "arguments": ""}})  # fmt: skip
+    for piece in ('{"card": "4111 11', '11 1111 1111"}'):
+        sse += chunk({"function_call": {"arguments": piece}})
+    sse += chunk({}, finish="function_call") + "data: [DONE]\n\n"
+    answering(h, sse, mode="sse")
+    with client(h).chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=ASK, stream=True
+    ) as streamed:
+        body = streamed.http_response.read().decode()
+    events = [json.loads(x[6:]) for x in body.split("\n\n") if x.startswith("data: {")]
+    args = "".join(
+        c["delta"]["function_call"].get("arguments") or ""
+        for e in events
+        for c in e["choices"]
+        if c["delta"].get("function_call")
+    )
+    assert json.loads(args) == {"card": "[CREDIT_CARD]"} and "4111" not in body
