@@ -70,12 +70,16 @@ def check_responses_features(body: dict[str, Any], tenant: TenantView) -> None:
     """Provider-side state and hosted tools in a Responses API request. OpenAI keeps every
     response unless told not to ('store' defaults to true there): without the tenant's leave,
     sekisho tells it not to. State kept at the provider (an earlier response, a conversation,
-    a background run, an item reference) needs that leave too, and each hosted tool its own."""
+    a background run, an item reference, a prompt template) needs that leave too, and each
+    hosted tool its own."""
     allowed = tenant.provider_features
     if "store" not in allowed:
         stateful = [k for k in ("previous_response_id", "conversation") if body.get(k) is not None]
         if body.get("background") is True:
             stateful.append("background")
+        prompt = body.get("prompt")
+        if isinstance(prompt, dict) and prompt.get("id") is not None:
+            stateful.append("prompt (a prompt template kept at the provider)")
         inp = body.get("input")
         if isinstance(inp, list) and any(
             isinstance(i, dict) and i.get("type") == "item_reference" for i in inp

@@ -249,6 +249,7 @@ def test_the_stream_names_each_event_and_ends_without_done(
 FEATURE_REQUESTS: dict[str, tuple[dict[str, Any], str, str]] = {
     "store": ({"store": True}, "store", "store"),
     "previous_response_id": ({"previous_response_id": "resp_abc"}, "store", "previous_response_id"),
+    "prompt template": ({"prompt": {"id": "pmpt_abc", "version": "2"}}, "store", "prompt"),
     "web_search": ({"tools": [{"type": "web_search"}]}, "web_search", "tools[0].type"),
     "mcp": (
         {"tools": [{"type": "mcp", "server_label": "x", "server_url": "https://mcp.example"}]},
