@@ -13,6 +13,9 @@ from typing import Any
 import orjson
 
 _STD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# uvicorn adds a copy of its message with terminal colour codes: noise (and escape sequences) in
+# a SIEM.
+_SKIP = _STD | {"color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,7 +28,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for k, v in record.__dict__.items():
-            if k not in _STD and not k.startswith("_"):
+            if k not in _SKIP and not k.startswith("_"):
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

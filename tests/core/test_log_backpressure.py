@@ -62,3 +62,18 @@ def test_requests_are_served_while_stderr_is_not_read(tmp_path: Path) -> None:
         proc.kill()
         proc.wait(10)
         sims.stop()
+
+
+def test_a_log_line_is_plain_json_without_terminal_colour_codes() -> None:
+    """uvicorn attaches a copy of its message with ANSI colour codes: a SIEM gets the message
+    once, without escape sequences."""
+    import logging as _logging
+
+    from sekisho.logs import JsonFormatter
+
+    record = _logging.LogRecord("uvicorn.error", _logging.INFO, "", 0, "Uvicorn running", (), None)
+    record.color_message = "Uvicorn running on \x1b[1mhttp\x1b[0m"
+    record.request_id = "req_1"
+    line = JsonFormatter().format(record)
+    assert "\\u001b" not in line and "color_message" not in line
+    assert '"request_id":"req_1"' in line
