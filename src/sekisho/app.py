@@ -396,6 +396,20 @@ class Gateway:
                 # replaces every worker on SIGHUP, each starting from the file just validated.
                 os.kill(self.supervisor_pid, signal.SIGHUP)
                 result["workers"] = "restarting every worker with the new configuration"
+            else:
+                # Say what this reload did not apply, instead of letting an operator believe
+                # a new port, log level or ledger setting is in force.
+                was, now = old.file_model.model_dump(), new.file_model.model_dump()
+                pending = sorted(
+                    k for k in set(was) | set(now)
+                    if k not in ("endpoints", "tenants") and was.get(k) != now.get(k)
+                )  # fmt: skip
+                if pending:
+                    result["restart_needed"] = pending
+                    log.warning(
+                        "configuration changes that take a restart were not applied",
+                        extra={"sections": pending},
+                    )
             return result
 
     def _reload_tls(self, new: Config) -> dict[str, str]:

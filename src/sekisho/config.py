@@ -333,6 +333,9 @@ class Config:
             for name, t in model.tenants.items()
         }
         self.policies: dict[str, CompiledPolicy] = {}
+        # The model as the file wrote it, before any command-line flag (what a reload's file
+        # is compared with to tell what changed in it)
+        self.file_model = model
 
     @property
     def data_dir(self) -> Path:
@@ -344,6 +347,7 @@ class Config:
         server = ServerConfig.model_validate({**self.server.model_dump(), **update})
         copy = Config(self.model.model_copy(update={"server": server}), self.source_file)
         copy.policies = self.policies
+        copy.file_model = self.file_model
         return copy
 
 

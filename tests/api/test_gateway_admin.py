@@ -338,6 +338,26 @@ def test_valid_reload_serves_the_new_digest_and_records_an_admin_entry(gw: Harne
     assert swap[0]["details"] == {"from": before, "to": after}
 
 
+def test_a_reload_says_which_changes_wait_for_a_restart(gw: Harness) -> None:
+    """A new log level or ledger setting is not applied by a reload: the answer (and a warning
+    in the log) says so, instead of letting the operator believe it is in force."""
+    admin = gw.key("demo", role="admin")
+    assert gw.config_path is not None
+    first = call(gw, "POST", f"{PREFIX}/policy/reload", admin).json()
+    assert "restart_needed" not in first  # nothing changed in the file
+
+    def louder(raw: dict[str, Any]) -> None:
+        stricter(raw)
+        raw["server"]["log_level"] = "debug"
+        raw.setdefault("ledger", {})["group_size"] = 64
+
+    edit_config(gw.config_path, louder)
+    r = call(gw, "POST", f"{PREFIX}/policy/reload", admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["changed"] == ["demo"]  # the policy was applied
+    assert r.json()["restart_needed"] == ["ledger", "server"]
+
+
 def test_a_reload_applies_a_tenants_new_limits_at_once(gw: Harness) -> None:
     app, admin = gw.key("demo"), gw.key("demo", role="admin")
     assert digest_now(gw, app)  # under the example's 600 requests a minute
