@@ -505,10 +505,27 @@ def _unknown_tenant_or_models(config: Any, tenant: str, models: tuple[str, ...])
     return None
 
 
+def _existing_keys(args: argparse.Namespace) -> Path | None:
+    """The key database that ``serve`` made, or None (and why, on stderr): a command that
+    only reads or changes keys must not make an empty database where the operator mistyped."""
+    path = data_dir(args) / "identity.db"
+    if path.exists():
+        return path
+    print(
+        f"sekisho: there are no API keys at {path}: `serve` and `keys create` make them. Pass "
+        "the data directory serve uses (--data-dir DIR) or its config (--config FILE).",
+        file=sys.stderr,
+    )
+    return None
+
+
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from sekisho.identity import KeyStore
 
-    store = KeyStore(data_dir(args) / "identity.db")
+    path = _existing_keys(args)
+    if path is None:
+        return 1
+    store = KeyStore(path)
     rows = store.list(args.tenant)
     print(f"{'KEY ID':<14} {'TENANT':<16} {'ROLE':<10} {'STATE':<8} {'CREATED':<20} NAME")
     now = dt.datetime.now(dt.UTC).timestamp()
@@ -526,7 +543,10 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from sekisho.identity import KeyStore
 
-    store = KeyStore(data_dir(args) / "identity.db")
+    path = _existing_keys(args)
+    if path is None:
+        return 1
+    store = KeyStore(path)
     if store.revoke(args.key_id):
         print(f"revoked key {args.key_id}")
         return 0

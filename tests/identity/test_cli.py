@@ -74,3 +74,15 @@ def test_a_key_that_would_be_born_expired_is_not_made(
                      "--expires-in-days", days]) == 2  # fmt: skip
         assert "--expires-in-days must be more than 0" in capsys.readouterr().err
     assert KeyStore(tmp_path / "identity.db").list() == []
+
+
+def test_listing_or_revoking_keys_where_there_are_none_makes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sekisho.cli import main
+
+    typo = tmp_path / "dat"
+    for argv in (["keys", "list"], ["keys", "revoke", "3f2a9c01b7de"]):
+        assert main([*argv, "--data-dir", str(typo)]) == 1
+        assert "there are no API keys at" in capsys.readouterr().err
+    assert not typo.exists()
