@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from sekisho.api.ledger import LedgerAPI
 from sekisho.call import Outcome, Reply, StreamReply
 from sekisho.config import Config, load_config, scanner_for
 from sekisho.errors import (
+    AuthenticationFailed,
     ConfigError,
     ConfigProblem,
     MethodNotAllowed,
@@ -840,6 +842,14 @@ class Gateway:
     async def _metrics(
         self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str
     ) -> None:
+        token = self.config.server.metrics_token
+        if token:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, b"Bearer " + token.encode()):
+                raise AuthenticationFailed(
+                    "/metrics needs 'Authorization: Bearer <server.metrics_token>'.",
+                    code="metrics_token_required",
+                )
         self._endpoint_up()
         body = self.metrics.exposition()
         await http.send_bytes(send, 200, body, rid, ctype=CONTENT_TYPE_LATEST.encode())

@@ -56,6 +56,12 @@ class ServerTLS(_Section):
 
 class ServerConfig(_Section):
     host: str = Field(default="127.0.0.1", description="Address to listen on")
+    metrics_token: str | None = Field(
+        default=None,
+        description="If set (use ${ENV_VAR}), /metrics answers only 'Authorization: Bearer "
+        "<token>' (Prometheus: authorization.credentials): its series name tenants and count "
+        "their findings by type",
+    )
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=256, description="Gateway processes")
     data_dir: str = Field(default="./data", description="SQLite files, keys and local state")

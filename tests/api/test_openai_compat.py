@@ -221,3 +221,28 @@ def test_operations_endpoints(gateway: Harness) -> None:
     assert (
         'sekisho_tokens_total{direction="prompt"' in metrics or "sekisho_tokens_total{" in metrics
     )
+
+
+def test_metrics_can_be_kept_to_the_scraper_that_holds_the_token(tmp_path: object) -> None:
+    """Series name tenants and count their findings by type: with server.metrics_token set,
+    /metrics answers only that bearer token (compared in constant time)."""
+    from pathlib import Path
+    from typing import Any
+
+    from harness import start_example
+
+    def guarded(raw: dict[str, Any]) -> None:
+        raw["server"]["metrics_token"] = "s3cret-scrape-token"
+
+    h = start_example(Path(str(tmp_path)), guarded)
+    try:
+        assert request("GET", h.root + "/metrics").status_code == 401
+        wrong = request("GET", h.root + "/metrics", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "metrics_token" in wrong.json()["error"]["message"]
+        ok = request(
+            "GET", h.root + "/metrics", headers={"authorization": "Bearer s3cret-scrape-token"}
+        )
+        assert ok.status_code == 200 and "sekisho_requests_total" in ok.text
+        assert request("GET", h.root + "/healthz").status_code == 200  # probes stay open
+    finally:
+        h.stop()
