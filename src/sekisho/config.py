@@ -56,6 +56,21 @@ class ServerTLS(_Section):
 
 class ServerConfig(_Section):
     host: str = Field(default="127.0.0.1", description="Address to listen on")
+
+    @field_validator("host")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        """An address that can never be listened on stops the check, not a later start-up."""
+        name = value.strip().strip("[]")
+        if not name:
+            raise ValueError("give an address to listen on (e.g. 127.0.0.1, 0.0.0.0, ::)")
+        looks_numeric = all(part.isdigit() for part in name.split(".")) or ":" in name
+        if looks_numeric:
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address") from None
+        return value
     metrics_token: str | None = Field(
         default=None,
         description="If set (use ${ENV_VAR}), /metrics answers only 'Authorization: Bearer "

@@ -253,3 +253,6 @@ def test_values_no_one_could_mean_stop_start_up() -> None:
     assert "endpoints[0](sim-domestic-tokyo).jurisdiction.country" in out and "'XX'" in out
     assert "the United Kingdom is GB" in out
     assert "port outside 1-65535" in out
+    raw = example_config()
+    raw["server"]["host"] = "999.1.1.1"
+    assert any("server.host" in p and "not an IP address" in p for p in problems(raw))
