@@ -3,8 +3,9 @@ the response ids clients see name the endpoint that keeps each one.
 
 A provider's ``previous_response_id`` only means something to the endpoint that created it:
 sent to another endpoint serving the same model (another region, another operator) it is an
-error at best. So for such tenants sekisho hands clients ``resp_sx<endpoint>.<provider id>``
-(the endpoint's id in URL-safe base64) and, when a request continues from one, sends the
+error at best. So for such tenants sekisho hands clients ``resp_sx<endpoint>.<seal>.<provider
+id>`` (the endpoint's id in URL-safe base64; the seal binds the id to its tenant) and, when a
+request from that tenant continues from one, sends the
 provider's own id to that endpoint and to no other: the request's decision is narrowed to it,
 or refused (403, each endpoint's reason given) when its policy does not allow that endpoint.
 Ids sekisho did not issue pass on as they are.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+from collections.abc import Callable
 from dataclasses import replace
 
 from sekisho.policy.decision import Decision, Exclusion
@@ -22,24 +25,36 @@ _PREFIX = "resp_sx"
 _PIN_RULE = "sekisho/provider-state"
 
 
-def wrap(provider_id: str, endpoint_id: str) -> str:
-    """The id a client sees for a response kept at ``endpoint_id``."""
-    tag = base64.urlsafe_b64encode(endpoint_id.encode()).decode().rstrip("=")
-    return f"{_PREFIX}{tag}.{provider_id}"
+def wrap(provider_id: str, endpoint_id: str, seal: str) -> str:
+    """The id a client sees for a response kept at ``endpoint_id``; ``seal`` (``sealed``)
+    binds it to the tenant it was issued to."""
+    where = base64.urlsafe_b64encode(endpoint_id.encode()).decode().rstrip("=")
+    return f"{_PREFIX}{where}.{seal}.{provider_id}"
 
 
-def unwrap(value: str) -> tuple[str, str] | None:
-    """(endpoint id, provider's id) of an id ``wrap`` made; None for any other string."""
+def unwrap(value: str) -> tuple[str, str, str] | None:
+    """(endpoint id, seal, provider's id) of an id ``wrap`` made; None for any other string."""
     if not value.startswith(_PREFIX) or len(value) > 512:
         return None
-    tag, dot, provider_id = value[len(_PREFIX) :].partition(".")
-    if not dot or not tag or not provider_id:
+    where, _, rest = value[len(_PREFIX) :].partition(".")
+    seal, _, provider_id = rest.partition(".")
+    if not where or not seal or not provider_id:
         return None
     try:
-        endpoint_id = base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4)).decode()
+        endpoint_id = base64.urlsafe_b64decode(where + "=" * (-len(where) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
-    return endpoint_id, provider_id
+    return endpoint_id, seal, provider_id
+
+
+def sealed(keyed_hash: Callable[[bytes], str], endpoint_id: str, provider_id: str) -> str:
+    """The seal of a provider-kept response id: a keyed hash under the tenant's own hashing key
+    (the one its ledger pseudonyms use). Every tenant with the store leave reaches the same
+    provider account through sekisho, so without it another tenant that learned an id could
+    continue the conversation."""
+    digest = keyed_hash(b"resp_sx\x00" + endpoint_id.encode() + b"\x00" + provider_id.encode())
+    raw = hashlib.sha256(digest.encode()).digest()[:12]
+    return base64.urlsafe_b64encode(raw).decode()
 
 
 def pin(decision: Decision, endpoint_id: str) -> Decision:

@@ -175,7 +175,7 @@ async def relay_responses(
         call.pseudonymiser,
         tenant,
         p.scanners[tenant.name],
-        rename=_renamer(call, tenant, ep.id),
+        rename=_renamer(p, call, tenant, ep.id),
     )
     terminal: dict[str, Any] | None = None
     raw_lines = upstream.lines()
@@ -320,12 +320,14 @@ async def _marking_silence(
             pending.cancel()
 
 
-def _renamer(call: Call, tenant: TenantView, endpoint_id: str) -> Callable[[str], str]:
+def _renamer(p: Pipeline, call: Call, tenant: TenantView, endpoint_id: str) -> Callable[[str], str]:
     """How the provider's response id becomes the one the client sees."""
     if keeps_conversations(tenant):
         ours = response_id(call.request_id)
         return lambda _: ours
-    return lambda provider_id: wrap(provider_id, endpoint_id)
+    return lambda provider_id: wrap(
+        provider_id, endpoint_id, p.seal(tenant, endpoint_id, provider_id)
+    )
 
 
 def route_headers(route: Route) -> list[tuple[str, str]]:

@@ -71,6 +71,7 @@ class ServerConfig(_Section):
             except ValueError:
                 raise ValueError(f"{value!r} is not an IP address") from None
         return value
+
     metrics_token: str | None = Field(
         default=None,
         description="If set (use ${ENV_VAR}), /metrics answers only 'Authorization: Bearer "

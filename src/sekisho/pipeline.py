@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -47,7 +49,7 @@ from sekisho._output import (
     response_item_slots,
     rewrite_texts,
 )
-from sekisho._provider_state import pin, unwrap, wrap
+from sekisho._provider_state import pin, sealed, unwrap, wrap
 from sekisho._streams import relay, relay_when_answered, route_headers
 from sekisho._threads import in_fair_thread
 from sekisho._upstream import (
@@ -145,6 +147,7 @@ class Pipeline:
         self.lineage: Callable[[Principal], list[str]] | None = None
         # The server is shutting down: a request cut now was cut by the gateway, not left.
         self.draining = False
+        self._local_key = secrets.token_bytes(32)
         self._memos: dict[str, ScanMemo] = {}
         self._route_cache: dict[tuple[str, str], tuple[Route, ...]] = {}
 
@@ -162,7 +165,16 @@ class Pipeline:
                             self.stores, call, tenant, self.owned(call.principal)
                         )
                 elif (kept_at := unwrap(previous)) is not None:  # state kept at a provider
-                    call.pinned_endpoint, call.body["previous_response_id"] = kept_at
+                    endpoint_id, seal, provider_id = kept_at
+                    if not hmac.compare_digest(seal, self.seal(tenant, endpoint_id, provider_id)):
+                        raise InvalidRequest(
+                            f"Cannot continue from previous_response_id {previous[:80]!r}: it "
+                            f"is not a response of tenant {tenant.name!r}.",
+                            param="previous_response_id",
+                            code="previous_response_not_found",
+                        )
+                    call.pinned_endpoint = endpoint_id
+                    call.body["previous_response_id"] = provider_id
             check_responses_features(call.body, tenant)
         await self._admit(call)
         try:
@@ -212,6 +224,17 @@ class Pipeline:
             chunks = relay(self, call, decision, tenant, route, upstream, outcome)
             return StreamReply(headers, chunks, outcome)
         return await self._complete(call, decision, tenant, route, data, headers)
+
+    def seal(self, tenant: TenantView, endpoint_id: str, provider_id: str) -> str:
+        """The seal binding a provider-kept response id to ``tenant`` (``_provider_state``)."""
+        hasher = getattr(self.recorder, "keyed_hash", None)  # the tenant's own hashing key
+        if hasher is None:  # no ledger (unit tests): a key of this process
+            hasher = self._local_hash
+        name = tenant.name
+        return sealed(lambda data: str(hasher(name, data)), endpoint_id, provider_id)
+
+    def _local_hash(self, tenant: str, data: bytes) -> str:
+        return hmac.new(self._local_key, tenant.encode() + b"\x00" + data, "sha256").hexdigest()
 
     def owned(self, principal: Principal) -> Owned | None:
         """Whether a kept request was made by ``principal`` (or a key it was rotated from)."""
@@ -586,7 +609,8 @@ class Pipeline:
             if keeps_conversations(tenant):
                 data["id"] = response_id(call.request_id)
             elif isinstance(data.get("id"), str):  # kept at this endpoint: the id says so
-                data["id"] = wrap(data["id"], route.endpoint.id)
+                ep_id = route.endpoint.id
+                data["id"] = wrap(data["id"], ep_id, self.seal(tenant, ep_id, data["id"]))
         raw = orjson.dumps(data)
         outcome.estimate_usage(call.texts)
         await self.record(call, decision, outcome)

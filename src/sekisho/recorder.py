@@ -142,6 +142,11 @@ class LedgerRecorder:
         self._stores = stores
         self._homes = {name: t.home_region for name, t in tenants.items()}
 
+    def keyed_hash(self, tenant: str, data: bytes) -> str:
+        """A keyed hash of ``data`` under the tenant's hashing key (what the ledger's prompt
+        and output hashes and caller pseudonyms use)."""
+        return self._hash(tenant, data)
+
     def _hash(self, tenant: str, data: bytes) -> str:
         if self._stores is not None and tenant in self._homes:
             return self._stores.for_tenant(tenant, self._homes[tenant]).keyed_hash(data)

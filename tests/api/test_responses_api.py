@@ -758,7 +758,7 @@ def test_a_conversation_kept_at_a_provider_goes_back_to_the_endpoint_that_keeps_
             model="gpt-4o", input="and then?", previous_response_id=first
         )
         assert again.headers["x-sekisho-endpoint"] == origin
-        assert sent_body(h, origin)["previous_response_id"] == kept_at[1]
+        assert sent_body(h, origin)["previous_response_id"] == kept_at[2]
     others = {k: v for k, v in h.bytes_received().items() if k != origin}
     h.reset_stats()
     h.fault(origin, mode="status", status=503)  # it fails: no other can answer instead
@@ -823,3 +823,30 @@ def test_a_kept_conversation_is_its_callers_not_every_key_of_the_tenant(
     assert rotated.responses.create(
         model="gpt-4o", input="and?", previous_response_id=first.id
     ).id.startswith("resp_sk")
+
+
+def test_a_provider_kept_response_id_is_its_tenants_alone(
+    gateways: Callable[..., Harness],
+) -> None:
+    """Every tenant with the store leave reaches the same provider account through sekisho: an
+    id another tenant learned (or one made up from a provider's id) continues nothing, and
+    nothing is sent."""
+    from sekisho._provider_state import unwrap, wrap
+
+    def two(raw: dict[str, Any]) -> None:
+        tenant(features=["store"])(raw)
+        raw["tenants"]["other"] = json.loads(json.dumps(raw["tenants"]["demo"]))
+
+    h = gateways(two, keep_bodies=True)
+    first = client(h).responses.create(model="gpt-4o", input="hello").id
+    endpoint, _, provider_id = unwrap(first) or ("", "", "")
+    stranger = openai.OpenAI(base_url=h.base_url, api_key=h.key("other"), max_retries=0)
+    forged = wrap(provider_id, endpoint, "AAAAAAAAAAAAAAAA")
+    for previous in (first, forged):
+        before = h.bytes_received()
+        with pytest.raises(openai.BadRequestError) as err:
+            stranger.responses.create(model="gpt-4o", input="go on", previous_response_id=previous)
+        assert err.value.code == "previous_response_not_found"
+        assert h.bytes_received() == before
+    with pytest.raises(openai.BadRequestError):  # a forged seal fails for the owner too
+        client(h).responses.create(model="gpt-4o", input="go on", previous_response_id=forged)
