@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness import Harness, start_example
+from sekisho.simulator import SimulatedEndpoint, SimulatorServer
+
+StartSim = Callable[..., Awaitable[SimulatorServer]]
 
 
 @pytest.fixture
@@ -66,3 +69,22 @@ def redis_namespace() -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+async def start_sim() -> AsyncIterator[StartSim]:
+    """Start simulators on ephemeral loopback ports, ``await start_sim(**spec)``; all are
+    stopped when the test ends."""
+    started: list[SimulatorServer] = []
+
+    async def start(**kw: Any) -> SimulatorServer:
+        sim = SimulatorServer(SimulatedEndpoint("sim-test", "Test endpoint", **kw))
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    try:
+        yield start
+    finally:
+        for sim in started:
+            await sim.stop()

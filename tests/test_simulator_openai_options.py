@@ -12,7 +12,7 @@ import enum
 import json
 import struct
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal
 
 import openai
@@ -24,25 +24,6 @@ from pydantic import BaseModel, Field
 from sekisho.simulator import SimulatedEndpoint, SimulatorServer
 
 StartSim = Callable[..., Awaitable[SimulatorServer]]
-
-
-@pytest.fixture
-async def start_sim() -> AsyncIterator[StartSim]:
-    """Start simulators on ephemeral loopback ports, ``await start_sim(**spec)``; all are
-    stopped when the test ends."""
-    started: list[SimulatorServer] = []
-
-    async def start(**kw: Any) -> SimulatorServer:
-        sim = SimulatorServer(SimulatedEndpoint("sim-test", "Test endpoint", **kw))
-        await sim.start()
-        started.append(sim)
-        return sim
-
-    try:
-        yield start
-    finally:
-        for sim in started:
-            await sim.stop()
 
 
 def client(sim: SimulatorServer) -> openai.AsyncOpenAI:

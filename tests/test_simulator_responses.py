@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import openai
 import pytest
 
 from harness import request
-from sekisho.simulator import Faults, SimulatedEndpoint, SimulatorServer
+from sekisho.simulator import Faults, SimulatorServer
 
 StartSim = Callable[..., Awaitable[SimulatorServer]]
 
@@ -48,25 +48,6 @@ CALL_EVENTS = [
     "response.function_call_arguments.done",
     "response.output_item.done",
 ]
-
-
-@pytest.fixture
-async def start_sim() -> AsyncIterator[StartSim]:
-    """Start simulators on ephemeral loopback ports, ``await start_sim(**spec)``; all are
-    stopped when the test ends."""
-    started: list[SimulatorServer] = []
-
-    async def start(**kw: Any) -> SimulatorServer:
-        sim = SimulatorServer(SimulatedEndpoint("sim-test", "Test endpoint", **kw))
-        await sim.start()
-        started.append(sim)
-        return sim
-
-    try:
-        yield start
-    finally:
-        for sim in started:
-            await sim.stop()
 
 
 def client(sim: SimulatorServer) -> openai.AsyncOpenAI:

@@ -195,6 +195,16 @@ def test_a_responses_stream_carries_no_logprobs(gateways: Callable[..., Harness]
     assert '"logprobs":[{' not in text.replace(" ", "")
 
 
+def streamed(h: Harness, sse: str) -> tuple[str, list[dict[str, Any]]]:
+    """The body the client gets when every endpoint streams ``sse``, and its events."""
+    answering(h, sse, mode="sse")
+    with client(h).chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=ASK, stream=True
+    ) as raw:
+        body = raw.http_response.read().decode()
+    return body, [json.loads(x[6:]) for x in body.split("\n\n") if x.startswith("data: {")]
+
+
 def test_a_custom_tool_calls_input_gets_what_the_answer_gets(
     gateways: Callable[..., Harness],
 ) -> None:
@@ -214,12 +224,7 @@ def test_a_custom_tool_calls_input_gets_what_the_answer_gets(
         sse += chunk({"tool_calls": [{"index": 0, "type": "custom",
                                       "custom": {"name": "note", "input": piece}}]})  # fmt: skip
     sse += chunk({}, finish="tool_calls") + "data: [DONE]\n\n"
-    answering(h, sse, mode="sse")
-    with client(h).chat.completions.with_streaming_response.create(
-        model="gpt-4o", messages=ASK, stream=True
-    ) as streamed:
-        body = streamed.http_response.read().decode()
-    events = [json.loads(x[6:]) for x in body.split("\n\n") if x.startswith("data: {")]
+    body, events = streamed(h, sse)
     text = "".join(
         tc["custom"]["input"]
         for e in events
@@ -239,12 +244,7 @@ def test_a_streamed_legacy_function_calls_arguments_are_masked(
     for piece in ('{"card": "4111 11', '11 1111 1111"}'):
         sse += chunk({"function_call": {"arguments": piece}})
     sse += chunk({}, finish="function_call") + "data: [DONE]\n\n"
-    answering(h, sse, mode="sse")
-    with client(h).chat.completions.with_streaming_response.create(
-        model="gpt-4o", messages=ASK, stream=True
-    ) as streamed:
-        body = streamed.http_response.read().decode()
-    events = [json.loads(x[6:]) for x in body.split("\n\n") if x.startswith("data: {")]
+    body, events = streamed(h, sse)
     args = "".join(
         c["delta"]["function_call"].get("arguments") or ""
         for e in events

@@ -389,25 +389,35 @@ def test_two_workers_both_serve_requests(tmp_path: Path) -> None:
         sims.stop()
 
 
-@pytest.mark.slow
-def test_sigterm_lets_an_in_flight_stream_finish_with_done_before_exit(tmp_path: Path) -> None:
-    sims = Simulators(demo_sim_specs(chunk_delay_ms=120)).start()
+def _slow_streams(
+    tmp_path: Path, *, chunk_delay_ms: int, grace_seconds: float
+) -> tuple[Simulators, ServeProcess]:
+    """Simulators that stream slowly, and a started `serve` with that shutdown grace period."""
+    sims = Simulators(demo_sim_specs(chunk_delay_ms=chunk_delay_ms)).start()
 
     def grace(raw: dict[str, Any]) -> None:
-        raw["server"]["shutdown_grace_seconds"] = 20
+        raw["server"]["shutdown_grace_seconds"] = grace_seconds
 
     config = write_config(tmp_path / "sekisho.yaml", sims.config(grace))
     g = ServeProcess(config, tmp_path / "data")
+    g.start()
+    return sims, g
+
+
+def _start_stream(g: ServeProcess, content: str) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=20)
+    body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": content}]}
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                 headers={"authorization": f"Bearer {g.key()}",
+                          "content-type": "application/json"})  # fmt: skip
+    return conn.getresponse()
+
+
+@pytest.mark.slow
+def test_sigterm_lets_an_in_flight_stream_finish_with_done_before_exit(tmp_path: Path) -> None:
+    sims, g = _slow_streams(tmp_path, chunk_delay_ms=120, grace_seconds=20)
     try:
-        g.start()
-        key = g.key()
-        conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=20)
-        body = {"model": "gpt-4o", "stream": True,
-                "messages": [{"role": "user", "content": "a slow stream, please"}]}  # fmt: skip
-        conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
-                     headers={"authorization": f"Bearer {key}",
-                              "content-type": "application/json"})  # fmt: skip
-        resp = conn.getresponse()
+        resp = _start_stream(g, "a slow stream, please")
         assert resp.status == 200
         events: list[str] = []
         first = resp.readline().decode()
@@ -507,23 +517,9 @@ def test_a_stream_cut_by_the_end_of_the_grace_period_is_recorded_as_the_gateways
     """A stream longer than shutdown_grace_seconds is cut when the grace period ends: its
     outcome in the ledger says the gateway cut it (503 gateway_shutdown), not that its client
     left, and the last requests' log lines are written before the process exits."""
-    sims = Simulators(demo_sim_specs(chunk_delay_ms=400)).start()
-
-    def grace(raw: dict[str, Any]) -> None:
-        raw["server"]["shutdown_grace_seconds"] = 1
-
-    config = write_config(tmp_path / "sekisho.yaml", sims.config(grace))
-    g = ServeProcess(config, tmp_path / "data")
+    sims, g = _slow_streams(tmp_path, chunk_delay_ms=400, grace_seconds=1)
     try:
-        g.start()
-        key = g.key()
-        conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=20)
-        body = {"model": "gpt-4o", "stream": True,
-                "messages": [{"role": "user", "content": "a very slow stream " * 10}]}  # fmt: skip
-        conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
-                     headers={"authorization": f"Bearer {key}",
-                              "content-type": "application/json"})  # fmt: skip
-        resp = conn.getresponse()
+        resp = _start_stream(g, "a very slow stream " * 10)
         assert resp.status == 200
         rid = resp.getheader("x-request-id")
         assert resp.readline().decode().startswith("data: ")
