@@ -71,6 +71,7 @@ from sekisho.call import (
     estimate_tokens,
 )
 from sekisho.classify import Finding, Pseudonymiser, Scanner, redact, summarise
+from sekisho.classify._person import TooManyCues
 from sekisho.classify.memo import ScanMemo
 from sekisho.errors import (
     EndpointsBusy,
@@ -345,6 +346,12 @@ class Pipeline:
                 # for a client's fixed tool set, so the memo answers it), findings counted.
                 call.opaque_findings = scanner.scan("\n\n".join(call.opaque))
                 findings.extend(call.opaque_findings)
+        except TooManyCues as exc:  # a text dense with names past what is read: fail closed
+            log.warning(
+                "a text too dense with names to read; treating the request as restricted",
+                extra={"request_id": call.request_id, "reason": str(exc)},
+            )
+            return [], True
         except Exception:
             log.exception(
                 "classifier failed; treating the request as restricted",

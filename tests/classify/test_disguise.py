@@ -99,3 +99,19 @@ def test_every_disguise_character_passes_the_fast_gate() -> None:
 )
 def test_ordinary_text_gets_no_second_look(text: str) -> None:
     assert disguise.views(text) == []
+
+
+def test_a_text_made_of_names_is_refused_reading_not_read_for_seconds() -> None:
+    """Each name cue costs tens of microseconds to read around: a 4 MB body of nothing but
+    "山田様" held the CPU for 12 s. Past MAX_CUES the detector stops at once and says so (the
+    gateway then classifies the request at the highest level, fail closed)."""
+    import time
+
+    from sekisho.classify._person import MAX_CUES, TooManyCues
+
+    dense = "山田様" * (MAX_CUES + 1)
+    started = time.perf_counter()
+    with pytest.raises(TooManyCues, match="name cues"):
+        SCANNER.scan(dense)
+    assert time.perf_counter() - started < 2.0
+    assert len(SCANNER.scan("山田様" * 100)) == 100  # far below it, every name is found

@@ -215,7 +215,8 @@ ADVERSARIAL = [
 
 def test_adversarial_inputs_of_10kb_finish_within_50ms() -> None:
     scanner = Scanner()
-    scanner.scan("".join(ADVERSARIAL))  # compile patterns and load dictionaries first
+    for text in ADVERSARIAL:  # compile patterns and load dictionaries first
+        scanner.scan(text)
     slow = []
     for text in ADVERSARIAL:
         text = text[:10_000]

@@ -500,3 +500,22 @@ def test_a_value_the_policy_rewrites_in_a_field_that_cannot_be_rewritten_is_refu
         )
     assert err.value.code == "unrewritable_field" and "EMAIL" in err.value.message
     assert all(not sim.stats.bodies for sim in gw.sims.values())
+
+
+def test_a_prompt_too_dense_with_names_to_read_is_classified_restricted(tmp_path: Path) -> None:
+    """Fail closed: a prompt with more name cues than the detector reads is not sent to a
+    model served only abroad, as a classifier failure is not."""
+    from sekisho.classify._person import MAX_CUES
+
+    h = start_example(tmp_path)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        dense = "山田様" * (MAX_CUES + 1)
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            c.chat.completions.create(
+                model="gpt-4.1", messages=[{"role": "user", "content": dense}]
+            )
+        assert err.value.response.headers["x-sekisho-classification"] == "restricted"
+        assert all(not sim.stats.bodies for sim in h.sims.values())
+    finally:
+        h.stop()

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from sekisho.classify._person import TooManyCues
 from sekisho.classify.findings import TYPES, Finding
 from sekisho.classify.scanner import Scanner
 
@@ -95,7 +96,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"sekisho scan: cannot read {path}: {exc.strerror}", file=sys.stderr)
             status = 2
     for name, text in sources:
-        findings = scanner.scan(text)
+        try:
+            findings = scanner.scan(text)
+        except TooManyCues as exc:
+            print(f"sekisho scan: {name}: not scanned: {exc}", file=sys.stderr)
+            status = 1
+            continue
         sys.stdout.write(format_table(name, text, findings, show_name=len(sources) > 1))
     return status
 
@@ -119,7 +125,12 @@ def scan_jsonl(scanner: Scanner, stdin: TextIO, stdout: TextIO, stderr: TextIO) 
             )
             status = 1
             continue
-        findings = scanner.scan(record["text"])
+        try:
+            findings = scanner.scan(record["text"])
+        except TooManyCues as exc:
+            stderr.write(f"sekisho scan: line {number}: not scanned: {exc}\n")
+            status = 1
+            continue
         out = {"id": record.get("id"), "findings": [_finding_json(f) for f in findings]}
         stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
     return status
