@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="run the three simulated model endpoints until stopped")
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        help="first of three consecutive ports (default: 9101-9103, as examples/sekisho.yaml "
+        "expects; 0: any free ports)",
+    )
     p.set_defaults(func=cmd_simulate)
 
     cfg = sub.add_parser("config", help="check a config or print its JSON Schema")
@@ -364,12 +371,19 @@ async def _serve_with_simulators(config: Any, common: dict[str, Any]) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from sekisho.simulator import start_demo_simulators
 
+    if args.base_port is not None and not 0 <= args.base_port <= 65533:
+        print("sekisho: --base-port must be 0 (any free ports) or 1-65533", file=sys.stderr)
+        return 2
+
     async def run() -> None:
-        sims = await start_demo_simulators(args.host)
+        sims = await start_demo_simulators(args.host, base_port=args.base_port)
         print("sekisho simulators (NOT real models; they echo what they receive):")
         for s in sims:
             print(f"  {s.spec.name:<24} {s.spec.label:<32} {s.base_url}")
-        print("Serve through them with: sekisho serve --config examples/sekisho.yaml")
+        if args.base_port is None:
+            print("Serve through them with: sekisho serve --config examples/sekisho.yaml")
+        else:
+            print("Point a copy of examples/sekisho.yaml's base_url entries at these addresses.")
         sys.stdout.flush()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

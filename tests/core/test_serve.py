@@ -545,3 +545,32 @@ def test_a_stream_cut_by_the_end_of_the_grace_period_is_recorded_as_the_gateways
     finally:
         g.stop()
         sims.stop()
+
+
+def test_simulate_runs_the_three_endpoints_on_the_ports_asked_until_stopped() -> None:
+    """`sekisho simulate --base-port 0` (any free ports, so two can run side by side): each
+    simulator answers the official client, labelled as a simulator, until SIGTERM."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sekisho", "simulate", "--base-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        urls: list[str] = []
+        deadline = time.monotonic() + 30
+        while len(urls) < 3 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if "http://127.0.0.1:" in line:
+                urls.append(line.split()[-1])
+        assert len(urls) == 3, proc.stderr.read() if proc.stderr else ""
+        assert not any(u.startswith("http://127.0.0.1:910") for u in urls)
+        c = openai.OpenAI(base_url=urls[0], api_key="x", max_retries=0)
+        answer = c.chat.completions.create(
+            model="llama-3.1-swallow-70b", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert "SIMULATOR" in (answer.choices[0].message.content or "").upper()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
