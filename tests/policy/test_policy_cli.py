@@ -215,6 +215,15 @@ def test_explain_a_whole_request_body_scans_what_the_gateway_scans(
         ({"model": "gpt-4o", "prompt": "def f():", "suffix": "# taro@example.co.jp"}, "EMAIL×1"),
         # embeddings: the input of an embedding model
         ({"model": "text-embedding-3-small", "input": ["taro@example.co.jp"]}, "EMAIL×1"),
+        # a key the client chose (scanned, never rewritten), as the gateway scans it
+        (
+            {
+                "model": "gpt-4o",
+                "messages": [{"role": "user", "content": "hi"}],
+                "metadata": {"マイナンバー 1234 5678 9018": "x"},
+            },
+            "MY_NUMBER×1",
+        ),
     ],
 )
 def test_explain_reads_a_body_of_each_api(

@@ -214,7 +214,10 @@ def _body_findings(config: Config, tenant: str, path: str) -> tuple[dict[str, in
     except InvalidRequest as exc:
         raise SystemExit(f"sekisho policy explain: {path}: {exc.message}") from None
     scanner = scanner_for(config.tenants[tenant])
-    counts = dict(summarise(f for text in request.texts() for f in scanner.scan(text)))
+    texts, opaque = request.parts()  # what the gateway scans: the texts, then ids and keys
+    if opaque:
+        texts.append("\n\n".join(opaque))
+    counts = dict(summarise(f for text in texts for f in scanner.scan(text)))
     for kind, n in request.uninspected().items():
         counts[kind] = counts.get(kind, 0) + n
     return counts, request.model
