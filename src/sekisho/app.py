@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from sekisho import _in_force as in_force
 from sekisho import tls as tls_files
 from sekisho._deadlines import WriterHealth
 from sekisho.api import http
@@ -203,6 +204,13 @@ class Gateway:
             stream_keepalive=self.config.server.stream_keepalive_seconds,
         )
         self.pipeline.lineage = self.keys.lineage
+        # A policy that changed while the gateway was stopped, or that the --workers supervisor
+        # swapped in (SIGHUP to it), is in the ledger as a reload through the admin API is.
+        await in_force.reconcile(
+            cfg.data_dir,
+            {n: p.digest for n, p in cfg.policies.items()},
+            self._policy_entry("policy.start"),
+        )
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         self._watch_for_shutdown()
@@ -312,6 +320,14 @@ class Gateway:
 
     # -- policy reload ---------------------------------------------------------------------
 
+    def _policy_entry(self, action: str) -> in_force.Record:
+        async def record(tenant: str, was: str | None, now: str | None) -> None:
+            if self.recorder is not None:
+                details = {"from": was, "to": now}
+                await self.recorder.admin("sekisho", action, f"tenant/{tenant}", details)
+
+        return record
+
     def _on_sighup(self) -> None:
         async def reload() -> None:
             try:
@@ -374,15 +390,10 @@ class Gateway:
             if self.limiter is not None:  # counters carry on; only the limits change
                 self.limiter.tenants = {n: t.limits for n, t in new.tenants.items()}
             after = {n: p.digest for n, p in new.policies.items()}
-            changed = sorted(n for n in after if before.get(n) != after[n])
+            changed = await in_force.reconcile(
+                self.config.data_dir, after, self._policy_entry("policy.reload"), before
+            )
             if self.recorder is not None:
-                for name in changed:
-                    await self.recorder.admin(
-                        "sekisho",
-                        "policy.reload",
-                        f"tenant/{name}",
-                        {"from": before.get(name), "to": after[name]},
-                    )
                 for ep_id in rotated:  # a credential change is an auditable act too
                     await self.recorder.admin(
                         "sekisho", "endpoint.key.reload", f"endpoint/{ep_id}", {}

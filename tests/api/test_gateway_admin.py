@@ -535,6 +535,49 @@ def test_with_two_workers_a_reload_reaches_every_worker_and_a_bad_one_none(
         g.signal(signal.SIGHUP)
         third = w.until(lambda d: len(d) == 1 and d != {second})
         assert len(third) == 1 and third != {second}, third
+
+        # Each change is one admin entry, whichever way it came: the admin route (recorded by
+        # the worker that took it) and SIGHUP to the supervisor (recorded by the first new
+        # worker to start; the other finds it recorded).
+        changes = [
+            json.loads(e)
+            for _, e in ledger_entries(g, g.key("demo", role="auditor"))  # type: ignore[arg-type]
+            if b'"tenant/demo"' in e
+        ]
+        assert [(e["action"], e["details"]) for e in changes] == [
+            ("policy.reload", {"from": first, "to": second}),
+            ("policy.start", {"from": second, "to": third.pop()}),
+        ]
+    finally:
+        g.stop()
+        sims.stop()
+
+
+def test_a_policy_changed_while_the_gateway_was_stopped_is_recorded_when_it_starts(
+    tmp_path: Path,
+) -> None:
+    sims = Simulators(demo_sim_specs()).start()
+    config = write_config(tmp_path / "sekisho.yaml", sims.config())
+    g = ServeProcess(config, tmp_path / "data")
+    try:
+        g.start()
+        first = digest_now(g, g.key("demo"))
+        g.stop()
+        g.start()  # the same policy: nothing to record
+        edit_config(config, stricter)
+        g.stop()
+        g.start()  # a redeploy with a stricter policy
+        second = digest_now(g, g.key("demo"))
+        entries = ledger_entries(g, g.key("demo", role="auditor"))  # type: ignore[arg-type]
+        changes = [json.loads(e) for _, e in entries if b'"policy.' in e]
+        assert [(e["action"], e["target"], e["details"]) for e in changes] == [
+            ("policy.start", "tenant/demo", {"from": first, "to": second})
+        ]
+        g.stop()
+        (tmp_path / "data" / "policies-in-force.json").write_text("{not json")
+        g.start()  # a damaged record: nothing is invented, and the next change is seen again
+        assert len(ledger_entries(g, g.key("demo", role="auditor"))) == len(entries)  # type: ignore[arg-type]
+        assert any("policies-in-force.json" in x.get("msg", "") for x in g.log())
     finally:
         g.stop()
         sims.stop()

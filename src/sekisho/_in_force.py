@@ -1,0 +1,91 @@
+"""Which policy each tenant was served under when this data directory last ran, so that a
+policy changed while the gateway was stopped (a redeploy with a new config) or swapped by the
+``--workers`` supervisor (SIGHUP to it restarts every worker from the file) is an admin entry
+in the ledger like a reload through the admin API.
+
+``policies-in-force.json`` under the data directory holds each tenant's policy digest. Workers
+start together: an exclusive ``flock`` on the file makes the first one compare, record and
+write, and the others find the digests already there. The entries are made before the file
+is written, so a start that fails between the two records the change again, never not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger("sekisho.app")
+
+FILE = "policies-in-force.json"
+
+# (tenant, digest before or None, digest now or None) -> the ledger's admin entry
+Record = Callable[[str, str | None, str | None], Awaitable[None]]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[IO[str]]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+        yield f
+
+
+def _read(f: IO[str]) -> dict[str, str] | None:
+    f.seek(0)
+    text = f.read()
+    if not text.strip():
+        return None  # the first start: nothing was in force before
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        log.warning("%s is not what sekisho wrote; policies are compared from now on", FILE)
+        return None
+    return raw
+
+
+def _write(f: IO[str], digests: Mapping[str, str]) -> None:
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps(dict(sorted(digests.items())), indent=1) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+async def reconcile(
+    data_dir: Path,
+    digests: Mapping[str, str],
+    record: Record,
+    previous: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Compare ``digests`` (tenant -> policy digest in force now) with the file, ``record``
+    each tenant whose policy differs (added and removed tenants included), then remember
+    ``digests``. Where the file holds nothing, compare with ``previous`` (what this process
+    served until a reload); with neither (the first start), nothing is recorded. Return the
+    tenants recorded. The file is read and written in a thread: a stalled disk does not stall
+    the event loop."""
+    lock = _locked(data_dir / FILE)
+    f = await asyncio.to_thread(lock.__enter__)  # may wait for another worker
+    try:
+        stored = await asyncio.to_thread(_read, f)
+        before = stored if stored is not None else previous
+        changed: list[str] = []
+        if before is not None:
+            changed = sorted(
+                t for t in set(before) | set(digests) if before.get(t) != digests.get(t)
+            )
+            for tenant in changed:
+                await record(tenant, before.get(tenant), digests.get(tenant))
+        if stored != dict(digests):
+            await asyncio.to_thread(_write, f, digests)
+        return changed
+    finally:
+        await asyncio.to_thread(lock.__exit__, None, None, None)
