@@ -838,6 +838,12 @@ class Gateway:
             writers["stores"] = regions
             states.extend(regions.values())
         ready = self.ready and all(state["ok"] for state in states)
+        if not self._may_see_metrics(scope):
+            # With server.metrics_token, why (writers' errors, endpoints' last errors, which
+            # name internal hosts and paths) is for the holder of the token; a balancer's
+            # probe needs only the status.
+            await http.send_json(send, 200 if ready else 503, {"ready": ready}, rid)
+            return
         body = {
             "ready": ready,
             "in_flight": self.in_flight,
@@ -853,17 +859,22 @@ class Gateway:
     async def _metrics(
         self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str
     ) -> None:
-        token = self.config.server.metrics_token
-        if token:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + token.encode()):
-                raise AuthenticationFailed(
-                    "/metrics needs 'Authorization: Bearer <server.metrics_token>'.",
-                    code="metrics_token_required",
-                )
+        if not self._may_see_metrics(scope):
+            raise AuthenticationFailed(
+                "/metrics needs 'Authorization: Bearer <server.metrics_token>'.",
+                code="metrics_token_required",
+            )
         self._endpoint_up()
         body = self.metrics.exposition()
         await http.send_bytes(send, 200, body, rid, ctype=CONTENT_TYPE_LATEST.encode())
+
+    def _may_see_metrics(self, scope: http.Scope) -> bool:
+        """True without ``server.metrics_token``, or with ``Authorization: Bearer <it>``."""
+        token = self.config.server.metrics_token
+        if not token:
+            return True
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        return hmac.compare_digest(given, b"Bearer " + token.encode())
 
     def _endpoint_up(self) -> None:
         m = self.metrics

@@ -76,7 +76,8 @@ class ServerConfig(_Section):
         default=None,
         description="If set (use ${ENV_VAR}), /metrics answers only 'Authorization: Bearer "
         "<token>' (Prometheus: authorization.credentials): its series name tenants and count "
-        "their findings by type",
+        "their findings by type; /readyz then gives its details (internal hosts, errors) "
+        "only with the token, and {ready} alone to other probes",
     )
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=256, description="Gateway processes")

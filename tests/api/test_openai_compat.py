@@ -244,5 +244,15 @@ def test_metrics_can_be_kept_to_the_scraper_that_holds_the_token(tmp_path: objec
         )
         assert ok.status_code == 200 and "sekisho_requests_total" in ok.text
         assert request("GET", h.root + "/healthz").status_code == 200  # probes stay open
+        # /readyz answers every probe, but why (endpoints' last errors name internal hosts)
+        # only to the token's holder.
+        h.gateway.health.failure("sim-global-useast", "HTTP 503 from 127.0.0.1")  # type: ignore[union-attr]
+        probe = request("GET", h.root + "/readyz")
+        assert probe.status_code == 200 and probe.json() == {"ready": True}
+        full = request(
+            "GET", h.root + "/readyz", headers={"authorization": "Bearer s3cret-scrape-token"}
+        )
+        assert full.json()["ready"] is True
+        assert "127.0.0.1" in full.json()["endpoints"]["sim-global-useast"]["last_error"]
     finally:
         h.stop()
