@@ -269,8 +269,17 @@ def plain_http_warning(host: str, tls: bool) -> str | None:
 
 def config_warnings(config: Any) -> list[str]:
     """What an operator should hear before serving with ``config``: endpoints reached in clear
-    text, and tenants whose policy restricts nothing."""
+    text, endpoints that are simulators, and tenants whose policy restricts nothing."""
     out = clear_text_endpoints(config)
+    simulated = [ep.id for ep in config.catalogue.endpoints if ep.simulated]
+    if simulated:
+        out.append(
+            f"endpoint{'s' if len(simulated) > 1 else ''} {', '.join(simulated)} "
+            f"{'are' if len(simulated) > 1 else 'is a'} sekisho "
+            f"simulator{'s' if len(simulated) > 1 else ''} (simulated: true): answers are made "
+            "up and the sovereignty facts are examples; replace them with real endpoints "
+            "before anyone relies on an answer"
+        )
     for name, tenant in config.tenants.items():
         p = tenant.policy
         if not (p.extends or p.levels or p.rules):

@@ -602,7 +602,7 @@ def test_endpoints_lists_the_catalogue_with_health_and_never_a_secret(tmp_path: 
         assert set(data) == {"sim-domestic-tokyo", "sim-global-japaneast", "sim-global-useast"}
         tokyo = data["sim-domestic-tokyo"]
         assert tokyo["jurisdiction"] == "JP/tokyo" and tokyo["operator"]["country"] == "JP"
-        assert tokyo["credential"] == "api_key"
+        assert tokyo["credential"] == "api_key" and tokyo["simulated"] is True
         assert "gpt-4o" in data["sim-global-useast"]["models"]
         assert set(tokyo["health"]) >= {"up", "in_flight", "waiting", "last_error"}
         us = data["sim-global-useast"]["health"]

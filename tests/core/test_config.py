@@ -206,7 +206,12 @@ def test_config_check_warns_of_endpoints_reached_in_clear_text(
     out = capsys.readouterr().out
     assert "warning: endpoint sim-domestic-tokyo is plain HTTP (http://10.20.0.5:8000/v1)" in out
     assert "and its credential cross the network unencrypted" in out
-    assert out.count("warning:") == 1  # the loopback simulators are not warned about
+    # the loopback simulators are not warned about as plain HTTP, but as simulators
+    assert out.count("warning:") == 2
+    assert (
+        "warning: endpoints sim-domestic-tokyo, sim-global-japaneast, sim-global-useast are "
+        "sekisho simulators (simulated: true): answers are made up"
+    ) in out
 
 
 def test_a_key_written_twice_is_an_error_not_a_silently_dropped_policy(tmp_path: Path) -> None:

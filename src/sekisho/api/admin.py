@@ -142,6 +142,7 @@ class EndpointView(BaseModel):
     max_concurrency: int | None = Field(
         description="In-flight cap (all workers together; with redis: all instances too)"
     )
+    simulated: bool = Field(description="A sekisho simulator: its answers are made up")
     health: dict[str, Any] = Field(
         description="This process's view: up, consecutive_failures, down_for_seconds, "
         "in_flight, waiting, last_error; with redis: also slots_in_use_shared (all processes "
@@ -446,6 +447,7 @@ class AdminAPI:
                     certifications=[str(c) for c in ep.certifications],
                     credential=_credential(ep),
                     max_concurrency=ep.max_concurrency,
+                    simulated=ep.simulated,
                     health=states.get(ep.id, idle),
                 )
                 for ep in self.endpoints

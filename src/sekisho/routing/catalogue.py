@@ -372,7 +372,11 @@ class Endpoint(_Facts):
     tls: TLS | None = Field(
         default=None, description="https only: trusted CAs, client certificate, TLS version"
     )
-    simulated: bool = Field(default=False, description="A sekisho simulator, not a real model")
+    simulated: bool = Field(
+        default=False,
+        description="A sekisho simulator, not a real model: config check and serve warn, and "
+        "the admin API's endpoint list says so",
+    )
 
     @field_validator("proxy")
     @classmethod
