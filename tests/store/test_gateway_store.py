@@ -46,13 +46,14 @@ def config_file(h: Harness, tmp: Path) -> Path:
     return path
 
 
-def sekisho(*args: str) -> subprocess.CompletedProcess[str]:
+def sekisho(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sekisho", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
+        input=stdin,
     )
 
 
@@ -180,6 +181,7 @@ def test_a_my_number_is_pseudonymised_before_it_is_stored(
         "--actor", "dpo@example.jp", "--out", str(out),
     )  # fmt: skip
     assert exported.returncode == 0, exported.stderr
+    assert "--my-number -" in exported.stderr  # a warning: the number is in the shell history
     (record,) = json.loads(out.read_text())["records"]
     assert record["request_id"] == rid and record["kept"] == "full"
     prompt = json.dumps(record["prompt"], ensure_ascii=False)
@@ -248,11 +250,13 @@ def test_a_my_number_is_pseudonymised_in_storage_also_when_redaction_rewrote_the
     finally:
         h.stop()
     out = tmp_path / "export.json"
+    # Read from standard input ("-"): the number stays out of the shell's history and ps.
     exported = sekisho(
-        "subject", "export", "--tenant", "demo", "--my-number", MY_NUMBER, "--config", str(cfg),
-        "--actor", "dpo@example.jp", "--out", str(out),
+        "subject", "export", "--tenant", "demo", "--my-number", "-", "--config", str(cfg),
+        "--actor", "dpo@example.jp", "--out", str(out), stdin=MY_NUMBER + "\n",
     )  # fmt: skip
     assert exported.returncode == 0, exported.stderr
+    assert "warning" not in exported.stderr
     (record,) = json.loads(out.read_text())["records"]
     prompt = json.dumps(record["prompt"], ensure_ascii=False)
     assert "jiro@example.jp" not in prompt  # stored as it was sent

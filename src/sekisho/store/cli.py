@@ -172,7 +172,31 @@ def _subject(args: argparse.Namespace) -> subjects.Subject:
             "name exactly one identifier: --email, --phone, --my-number, --name or --type/--value"
         )
     id_type, value = given[0]
+    if value == "-":
+        value = _identifier_from_stdin(id_type)
+    elif id_type == MY_NUMBER:
+        print(
+            "warning: a My Number on the command line stays in the shell's history and is seen "
+            "by ps; pass --my-number - to type it (not echoed) or pipe it in",
+            file=sys.stderr,
+        )
     return subjects.Subject(args.tenant, id_type, value)
+
+
+def _identifier_from_stdin(id_type: str) -> str:
+    """``-`` for an identifier: read it from standard input, so that it is not kept in the
+    shell's history or shown by ``ps`` (個人番号をコマンド履歴に残さない). At a terminal it
+    is asked for and not echoed."""
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"{id_type} (not shown): ")
+    else:
+        value = sys.stdin.readline()
+    value = value.strip()
+    if not value:
+        raise IdentifierError(f"no {id_type} on standard input (one line, for the '-' given)")
+    return value
 
 
 def _known_tenant(config: Any, args: argparse.Namespace) -> None:
@@ -304,7 +328,10 @@ def _subject_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tenant", required=True)
     p.add_argument("--actor", required=True, help="who asks (recorded in the ledger)")
     p.add_argument("--ticket", help="your reference for the request (recorded in the ledger)")
-    who = p.add_argument_group("the person's identifier (exactly one)")
+    who = p.add_argument_group(
+        "the person's identifier (exactly one; '-' reads it from standard input, kept out of "
+        "the shell's history)"
+    )
     who.add_argument("--email")
     who.add_argument("--phone")
     who.add_argument("--my-number", dest="my_number")
