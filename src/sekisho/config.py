@@ -396,15 +396,20 @@ def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | Non
         raise ConfigError([ConfigProblem(file, where, f"not valid YAML: {reason}")]) from None
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem(file, "", "must be a YAML mapping at the top level")])
+    # Every problem at once, not one stage at a time: a missing ${VAR} does not hide a typo
+    # further down. A value whose variable is missing is not judged again (it is empty).
     problems: list[ConfigProblem] = []
     expanded = _expand(raw, env if env is not None else dict(os.environ), file, "", problems)
-    if problems:
-        raise ConfigError(problems)
+    unset = {p.path for p in problems}
+
+    def new(found: list[ConfigProblem]) -> list[ConfigProblem]:
+        return [p for p in found if _ID_LABEL.sub("", p.path) not in unset]
+
     try:
         model = ConfigModel.model_validate(expanded)
     except ValidationError as exc:
-        raise ConfigError(_problems_from(exc, expanded, file)) from None
-    problems = _cross_checks(model, file)
+        raise ConfigError(problems + new(_problems_from(exc, expanded, file))) from None
+    problems += new(_cross_checks(model, file))
     if problems:
         raise ConfigError(problems)
     config = Config(model, file)
@@ -476,6 +481,10 @@ def _expand(node: Any, env: dict[str, str], file: str, path: str, out: list[Conf
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+# "endpoints[0](sim-tokyo).base_url" names the same key as "endpoints[0].base_url"
+_ID_LABEL = re.compile(r"(?<=\])\([^)]*\)")
 
 
 def _problems_from(exc: ValidationError, raw: Any, file: str) -> list[ConfigProblem]:

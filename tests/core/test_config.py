@@ -91,6 +91,20 @@ def test_missing_environment_variable_is_named() -> None:
     assert any("endpoints[0].api_key" in p and "AZURE_OPENAI_KEY is not set" in p for p in out)
 
 
+def test_every_problem_is_named_at_once_not_one_stage_at_a_time() -> None:
+    """A missing ${VAR} used to hide every other mistake until it was fixed: each fix then
+    revealed the next problem, one restart at a time."""
+    raw = example_config()
+    raw["endpoints"][0]["base_url"] = "${INTERNAL_VLLM_URL}"
+    raw["endpoints"][1]["jurisdiction"]["country"] = "XX"
+    raw["tenants"]["demo"]["home_regio"] = "jp"
+    out = problems(raw, env={})
+    assert len(out) == 3, out  # the empty base_url is not judged again as a bad URL
+    assert any("INTERNAL_VLLM_URL is not set" in p for p in out)
+    assert any("jurisdiction.country" in p and "'XX'" in p for p in out)
+    assert any("home_regio" in p for p in out)
+
+
 def test_environment_variables_are_expanded() -> None:
     raw = example_config()
     raw["endpoints"][0]["api_key"] = "${MY_KEY}"
