@@ -31,6 +31,9 @@ CASES = {
     "right-to-left mark": groups(MY_NUMBER, "\u200f"),
     "tab": groups(MY_NUMBER, "\t"),
     "line breaks": groups(MY_NUMBER, "\r\n"),
+    "underscores": groups(MY_NUMBER, "_"),
+    "commas": groups(MY_NUMBER, ","),
+    "full-width commas": groups(MY_NUMBER, "，"),
     "Arabic-Indic digits": groups(other_digits(MY_NUMBER, "\u0660"), " "),
     "Devanagari digits": other_digits(MY_NUMBER, "\u0966"),
     "mathematical bold digits": groups(other_digits(MY_NUMBER, "\U0001d7ce"), " "),
@@ -52,7 +55,7 @@ def test_a_disguised_my_number_is_found_whole(case: str) -> None:
     assert text[found[0].start : found[0].end] == written
 
 
-@pytest.mark.parametrize("sep", ["\u200b", "\t", "\u00ad\u200b"])
+@pytest.mark.parametrize("sep", ["\u200b", "\t", "\u00ad\u200b", "_", ","])
 def test_a_disguised_card_number_is_found_whole(sep: str) -> None:
     written = groups(CARD, sep)
     text = f"card: {written} exp 12/29"
@@ -95,6 +98,8 @@ def test_every_disguise_character_passes_the_fast_gate() -> None:
         "Please summarise the “attached” report — list the key risks… 😀",
         "東京都千代田区の山田太郎さんに連絡してください。第一四半期の結果",
         "Two paragraphs.\nThen a list:\n1. one\n- two",
+        "売上は1,234,567,890,123円、前年比 12,345 件",  # amounts group by threes
+        "see report_2024.pdf and v1.2.3",
     ],
 )
 def test_ordinary_text_gets_no_second_look(text: str) -> None:

@@ -10,11 +10,12 @@ number into something no pattern matches while a person (or a model) still reads
 * digits of other scripts and forms: Arabic-Indic, Devanagari, mathematical bold, circled (①),
   superscript;
 * kanji digits in a run (一二三四 五六七八 九〇一八), as vertical Japanese text writes numbers;
-* digit groups broken by tabs or line breaks (a number pasted from a table or a form).
+* digit groups broken by tabs or line breaks (a number pasted from a table or a form), joined
+  by underscores, or grouped by fours with commas.
 
 ``views(text)`` finds where any of these occur and returns, for each stretch of text around
 them, a copy with the disguise undone (invisible characters dropped, digits made ASCII, tabs
-and line breaks between digits made spaces) and a map from each copy position back to the
+and line breaks, underscores and commas between digits made spaces) and a map from each copy position back to the
 original. The scanner scans these copies too and reports what it finds there as spans of the
 original text, so a redaction covers the disguised value whole. Text without any of these
 forms costs one regex search.
@@ -144,7 +145,11 @@ def _char_class(ranges: tuple[tuple[int, int], ...]) -> str:
 # scans for a class at C speed; alternatives tried at every position cost ~20x more), then
 # kanji digit runs and digits broken by tabs or line breaks.
 _SINGLE = re.compile(f"[{_char_class(_INVISIBLE_RANGES + _OTHER_DIGITS)}]")
-_BROKEN = re.compile(rf"[{_ASCII_OR_WIDE_DIGIT}][{_BREAKS}]+[{_ASCII_OR_WIDE_DIGIT}]")
+# Digits broken by tabs or line breaks, joined by underscores (1234_5678_9018), or grouped by
+# fours with commas (1234,5678,9018: amounts group by threes, and are left alone).
+_D = _ASCII_OR_WIDE_DIGIT
+_BROKEN = re.compile(rf"[{_D}](?:[{_BREAKS}]+|_+)[{_D}]|(?<![{_D}])[{_D}]{{4}}[,，][{_D}]{{4}}")
+_JOINERS = "_,，"  # between digits, read as a space in a view
 
 
 # What most text is written in, none of it a disguise: ASCII, Latin-1 but for the soft hyphen
@@ -232,6 +237,8 @@ def _undo(text: str, lo: int, hi: int) -> View:
                 continue
             if out and _is_digit(out[-1]) and _digit_follows(text, i + 1, hi):
                 ch, joining = " ", True
+        elif ch in _JOINERS and out and _is_digit(out[-1]) and _digit_follows(text, i + 1, hi):
+            ch, joining = " ", False
         else:
             joining = False
             if i in kanji:

@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="*", metavar="FILE", help="files to scan (default: stdin)")
+    parser.add_argument(
+        "files", nargs="*", metavar="FILE", help="files to scan (default, or -: standard input)"
+    )
     parser.add_argument(
         "--jsonl",
         action="store_true",
@@ -89,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.files:
         sources.append(("<stdin>", sys.stdin.read()))
     for path in args.files:
+        if path == "-":  # the usual name for standard input
+            sources.append(("<stdin>", sys.stdin.read()))
+            continue
         try:
             with open(path, encoding="utf-8", errors="replace") as handle:
                 sources.append((path, handle.read()))
