@@ -14,11 +14,11 @@ number into something no pattern matches while a person (or a model) still reads
   by underscores, or grouped by fours with commas.
 
 ``views(text)`` finds where any of these occur and returns, for each stretch of text around
-them, a copy with the disguise undone (invisible characters dropped, digits made ASCII, tabs
-and line breaks, underscores and commas between digits made spaces) and a map from each copy position back to the
-original. The scanner scans these copies too and reports what it finds there as spans of the
-original text, so a redaction covers the disguised value whole. Text without any of these
-forms costs one regex search.
+them, a copy with the disguise undone (invisible characters dropped, digits made ASCII; tabs,
+line breaks, underscores and commas between digits made spaces) and a map from each copy
+position back to the original. The scanner scans these copies too and reports what it finds
+there as spans of the original text, so a redaction covers the disguised value whole. Text
+without any of these forms costs one regex search.
 """
 
 from __future__ import annotations
