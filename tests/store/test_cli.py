@@ -200,3 +200,11 @@ def test_tenant_delete_and_key_rotation(
         "store.data_key_destroyed",
         "store.tenant_records_deleted",
     ]
+    # Again, or a name with a typo: nothing is there, and it says so instead of "destroyed".
+    recorded = len(audit_lines(config_file))
+    for tenant in ("demo", "dmeo"):
+        args = ["--tenant", tenant, "--actor", "admin", "--yes"]
+        assert run(config_file, "tenant", "delete", *args) == 1
+        err = capsys.readouterr().err
+        assert f"tenant {tenant} has no data key and no record in any region" in err
+    assert len(audit_lines(config_file)) == recorded  # nothing more recorded

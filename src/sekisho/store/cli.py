@@ -293,6 +293,14 @@ async def _tenant_delete(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     async with _opened(config, args) as stores:
+        if not await stores.holds(args.tenant):
+            print(
+                f"tenant {args.tenant} has no data key and no record in any region: nothing to "
+                f"destroy (its tenants in {config.source_file}: "
+                f"{', '.join(sorted(config.tenants))})",
+                file=sys.stderr,
+            )
+            return 1
         deleted = await stores.delete_tenant(args.tenant, actor=args.actor)
     total = sum(deleted.values())
     print(

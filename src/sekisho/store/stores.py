@@ -398,6 +398,15 @@ class Stores:
 
     # -- administration --------------------------------------------------------------------------
 
+    async def holds(self, tenant: str) -> bool:
+        """Whether any region holds a live data key or a record of ``tenant``."""
+        for store in self.regions.values():
+            if await asyncio.to_thread(_live, store, tenant):
+                return True
+            if await asyncio.to_thread(store.count, tenant):
+                return True
+        return False
+
     async def delete_tenant(self, tenant: str, *, actor: str) -> dict[str, int]:
         """Crypto-shred a tenant in every region: destroy its data keys, then delete its
         records. Returns {region: records deleted}. Refused under legal hold."""
