@@ -41,6 +41,8 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     findings: dict[str, list[Finding]] = field(default_factory=dict)  # text -> its findings
     opaque_findings: list[Finding] = field(default_factory=list)  # in ``opaque``, joined
+    # Pieces of findings cut across two texts (classify/_seams.py), by the text each lies in.
+    pieces: dict[str, list[Finding]] = field(default_factory=dict)
     admission: Admission | None = None
     pseudonymiser: Pseudonymiser | None = None
     upstream_request_id: str | None = None  # the provider's id of the request that answered

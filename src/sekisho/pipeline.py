@@ -72,6 +72,7 @@ from sekisho.call import (
 )
 from sekisho.classify import Finding, Pseudonymiser, Scanner, redact, summarise
 from sekisho.classify._person import TooManyCues
+from sekisho.classify._seams import across
 from sekisho.classify.memo import ScanMemo
 from sekisho.errors import (
     EndpointsBusy,
@@ -341,6 +342,12 @@ class Pipeline:
                 found = scanner.scan(text)
                 call.findings[text] = found
                 findings.extend(found)
+            if len(call.texts) > 1:
+                # A number cut across two parts or messages is whole to the model.
+                crossing, pieces = across(scanner.scan, call.texts)
+                findings.extend(crossing)
+                for i, split in pieces.items():
+                    call.pieces.setdefault(call.texts[i], []).extend(split)
             if call.opaque:
                 # Ids, names, URLs and keys: one text (the same one request after request
                 # for a client's fixed tool set, so the memo answers it), findings counted.
@@ -437,9 +444,13 @@ class Pipeline:
         pseudo = Pseudonymiser() if pseudo_types else None
 
         def rewrite(text: str) -> str:
-            known = call.findings.get(text)
-            if known is None:
+            split = [f for f in call.pieces.get(text, ()) if f.type in redact_types | pseudo_types]
+            if split:  # pieces of a number cut across texts first, then the text read again
+                text = _rewrite_pieces(text, split, pseudo, pseudo_types)
                 known = scanner.scan(text)
+            else:
+                memo = call.findings.get(text)
+                known = scanner.scan(text) if memo is None else memo
             found = [f for f in known if f.type in redact_types or f.type in pseudo_types]
             if not found:
                 return text
@@ -755,6 +766,28 @@ class Pipeline:
         if call.admission is not None and call.admission.headers:
             h.extend(call.admission.headers)
         return h
+
+
+def _rewrite_pieces(
+    text: str, pieces: list[Finding], pseudo: Pseudonymiser | None, pseudo_types: frozenset[str]
+) -> str:
+    """``text`` with each piece of a number cut across texts replaced: by a placeholder where
+    its type is pseudonymised (the model sees one placeholder per piece; the answer gets the
+    pieces back), by its type token otherwise."""
+    out: list[str] = []
+    pos = 0
+    for f in sorted(pieces, key=lambda f: (f.start, -f.end)):
+        if f.start < pos:
+            continue  # overlaps the piece before it
+        out.append(text[pos : f.start])
+        value = text[f.start : f.end]
+        if pseudo is not None and f.type in pseudo_types:
+            out.append(pseudo.placeholder_for(f.type, value))
+        else:
+            out.append(f"[{f.type}]")
+        pos = f.end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _rate_limited(failures: list[UpstreamError], tried: list[str]) -> UpstreamRateLimited:

@@ -425,6 +425,49 @@ def test_a_number_hidden_with_invisible_characters_is_still_kept_home(tmp_path: 
         h.stop()
 
 
+def test_a_number_cut_across_parts_or_messages_is_kept_home_and_redacted_piece_by_piece(
+    tmp_path: Path,
+) -> None:
+    """A My Number sent as "1234 5678 " in one content part and "9018" in the next (or across
+    two messages, or in three parts) is whole to the model: the US-only model is refused, and
+    where the policy redacts My Numbers every piece is redacted."""
+    h = start_example(tmp_path)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        a, b, d = MY_NUMBER[:4], MY_NUMBER[4:8], MY_NUMBER[8:]
+        cut: list[list[dict[str, Any]]] = [
+            [{"role": "user", "content": [{"type": "text", "text": f"番号は {a} {b} "},
+                                          {"type": "text", "text": d}]}],
+            [{"role": "user", "content": f"my number is {a}{b}"},
+             {"role": "user", "content": f"{d} thanks"}],
+            [{"role": "user", "content": [{"type": "text", "text": t} for t in (a, b, d)]}],
+        ]  # fmt: skip
+        for messages in cut:
+            with pytest.raises(openai.PermissionDeniedError):
+                c.chat.completions.create(model="gpt-4.1", messages=messages)  # type: ignore[arg-type]
+        assert all(not sim.stats.bodies for sim in h.sims.values())
+    finally:
+        h.stop()
+
+    def redacting(raw: dict[str, Any]) -> None:
+        policy = raw["tenants"]["demo"]["policy"]
+        policy["classification"] = {"actions": {"MY_NUMBER": "redact"}}
+
+    h = start_example(tmp_path / "redact", redacting)
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        raw = c.chat.completions.with_raw_response.create(
+            model="chat-default",
+            messages=[{"role": "user", "content": [
+                {"type": "text", "text": f"番号は {a} {b} "}, {"type": "text", "text": d}]}],
+        )  # fmt: skip
+        sent = h.sims[raw.headers["x-sekisho-endpoint"]].stats.bodies[-1].decode()
+        assert a not in sent and d not in sent, sent
+        assert sent.count("[MY_NUMBER]") == 2  # one for each piece
+    finally:
+        h.stop()
+
+
 SMUGGLED: dict[str, Any] = {
     "an assistant's earlier refusal": {
         "messages": [

@@ -191,6 +191,7 @@ def _body_findings(config: Config, tenant: str, path: str) -> tuple[dict[str, in
     """What the gateway would find in a whole request body, and the model it asks for."""
     from sekisho.api import schema
     from sekisho.classify import summarise
+    from sekisho.classify._seams import across
     from sekisho.config import scanner_for
     from sekisho.errors import InvalidRequest
 
@@ -215,9 +216,10 @@ def _body_findings(config: Config, tenant: str, path: str) -> tuple[dict[str, in
         raise SystemExit(f"sekisho policy explain: {path}: {exc.message}") from None
     scanner = scanner_for(config.tenants[tenant])
     texts, opaque = request.parts()  # what the gateway scans: the texts, then ids and keys
+    crossing, _ = across(scanner.scan, texts)  # and numbers cut across two texts
     if opaque:
         texts.append("\n\n".join(opaque))
-    counts = dict(summarise(f for text in texts for f in scanner.scan(text)))
+    counts = dict(summarise([*(f for text in texts for f in scanner.scan(text)), *crossing]))
     for kind, n in request.uninspected().items():
         counts[kind] = counts.get(kind, 0) + n
     return counts, request.model
