@@ -13,7 +13,9 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sekisho import _in_force as in_force
@@ -555,6 +557,8 @@ class Gateway:
     async def _http(self, scope: http.Scope, receive: http.Receive, send: http.Send) -> None:
         path: str = scope["path"]
         rid = http.request_id(scope)
+        if path.startswith("/openai/"):
+            path = _azure_path(scope, path)
         model_handler = self._model_routes.get(path)
         if model_handler is not None:
             await self._model_call(model_handler, path, scope, receive, send, rid)
@@ -631,6 +635,9 @@ class Gateway:
             raw = await http.read_body(
                 scope, receive, server.max_body_bytes, server.read_timeout_seconds
             )
+            deployment = scope.get(_DEPLOYMENT)
+            if deployment is not None:
+                raw = _with_model(raw, deployment)
 
             async def watch() -> None:
                 # A client that goes away cancels its request, and the upstream request with it.
@@ -897,6 +904,43 @@ class Gateway:
 
 def create_app(config: Config) -> Gateway:
     return Gateway(config)
+
+
+# Azure OpenAI's URL layout, as its clients (openai.AzureOpenAI, Semantic Kernel, LangChain's
+# AzureChatOpenAI) send it: /openai/deployments/{deployment}/chat/completions?api-version=…,
+# and the newer /openai/v1/… . An application written for Azure OpenAI moves to sekisho by
+# changing its endpoint URL; its key goes in the api-key header as before.
+_DEPLOYMENT = "sekisho.azure_deployment"
+_AZURE_OPERATIONS = ("chat/completions", "embeddings", "completions", "responses")
+
+
+def _azure_path(scope: http.Scope, path: str) -> str:
+    """The /v1/ path an Azure-style path stands for; a deployment's name, which decides the
+    model in Azure OpenAI, is kept in the scope to replace the body's ``model``."""
+    if path.startswith("/openai/v1/"):
+        return path[len("/openai") :]
+    if path == "/openai/models":
+        return "/v1/models"
+    head, sep, rest = path[len("/openai/") :].partition("/")
+    if head == "deployments" and sep:
+        deployment, _, operation = rest.partition("/")
+        if deployment and operation in _AZURE_OPERATIONS:
+            scope[_DEPLOYMENT] = unquote(deployment)
+            return f"/v1/{operation}"
+    return path
+
+
+def _with_model(raw: bytes, deployment: str) -> bytes:
+    """The body with ``model`` set to the deployment named in the path (Azure OpenAI ignores
+    the body's). A body that is not a JSON object is left for the parser to refuse."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+    if not isinstance(body, dict):
+        return raw
+    body["model"] = deployment
+    return orjson.dumps(body)
 
 
 def app_from_env() -> Gateway:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import Harness, request
 
@@ -208,6 +210,59 @@ def test_azure_style_api_key_header_is_accepted(gateway: Harness) -> None:
     assert r.status_code == 200
 
 
+def azure(h: Harness, key: str | None = None, **kw: object) -> openai.AzureOpenAI:
+    return openai.AzureOpenAI(
+        azure_endpoint=h.root, api_key=key or h.key(), api_version="2024-10-21", max_retries=0,
+        **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_an_application_written_for_azure_openai_only_changes_its_endpoint(
+    gateway: Harness,
+) -> None:
+    """openai.AzureOpenAI sends /openai/deployments/{deployment}/chat/completions with
+    ?api-version= and an api-key header: sekisho serves it, the deployment naming the model."""
+    c = azure(gateway)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hello from Azure code"}]
+    )
+    assert raw.http_request.url.path == "/openai/deployments/gpt-4o/chat/completions"
+    assert raw.http_request.headers["api-key"]
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-sekisho-endpoint"] in gateway.sims and raw.headers["x-request-id"]
+    chunks = list(
+        c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "stream"}], stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    emb = c.embeddings.create(model="text-embedding-3-small", input="a")
+    assert len(emb.data[0].embedding) == 16
+    assert "gpt-4o" in {m.id for m in c.models.list()}  # GET /openai/models
+
+    # The deployment decides the model, as in Azure OpenAI: the body's model is not read.
+    pinned = azure(gateway, azure_deployment="chat-default")
+    sent = pinned.chat.completions.with_raw_response.create(
+        model="whatever-the-code-says", messages=[{"role": "user", "content": "x"}]
+    )
+    assert sent.headers["x-sekisho-endpoint"] == "sim-domestic-tokyo"  # chat-default's only one
+    with pytest.raises(openai.NotFoundError) as e:  # a deployment no endpoint serves
+        azure(gateway).chat.completions.create(
+            model="gpt-9", messages=[{"role": "user", "content": "x"}]
+        )
+    assert e.value.code == "model_not_found" and "gpt-9" in e.value.message
+    with pytest.raises(openai.AuthenticationError):
+        azure(gateway, "wrong-key").chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+        )
+    # The newer Azure layout without deployments: /openai/v1/…, the model in the body.
+    v1 = openai.OpenAI(base_url=gateway.root + "/openai/v1", api_key=gateway.key(), max_retries=0)
+    assert v1.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+    ).choices
+
+
 def test_operations_endpoints(gateway: Harness) -> None:
     assert request("GET", gateway.root + "/healthz").json() == {"status": "ok"}
     assert request("GET", gateway.root + "/readyz").json()["ready"] is True
@@ -256,3 +311,17 @@ def test_metrics_can_be_kept_to_the_scraper_that_holds_the_token(tmp_path: objec
         assert "127.0.0.1" in full.json()["endpoints"]["sim-global-useast"]["last_error"]
     finally:
         h.stop()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60))
+def test_any_azure_style_path_maps_to_a_served_path_or_stays_unknown(rest: str) -> None:
+    from sekisho.app import _DEPLOYMENT, _azure_path
+
+    scope: dict[str, object] = {}
+    path = _azure_path(scope, "/openai/" + rest)  # type: ignore[arg-type]
+    assert path == "/openai/" + rest or path.startswith("/v1/")
+    if _DEPLOYMENT in scope:
+        assert path in {"/v1/chat/completions", "/v1/embeddings", "/v1/completions",
+                        "/v1/responses"}  # fmt: skip
+        assert scope[_DEPLOYMENT]
