@@ -179,6 +179,7 @@ class Pipeline:
                     call.body["previous_response_id"] = provider_id
             check_responses_features(call.body, tenant)
         await self._admit(call)
+        committing = False
         try:
             if sum(map(len, call.texts)) < _SCAN_IN_THREAD:
                 findings, failed = self.inspect(call, tenant)  # 2
@@ -190,7 +191,16 @@ class Pipeline:
             if decision.denied:
                 await self.refuse(call, decision, tenant)
             call.pseudonymiser = self.transform(call, decision, findings)  # 4
+            committing = True
             receipt = await self.commit(call, decision, tenant)  # 5
+        except asyncio.CancelledError:
+            # The client left while its decision entry was being made durable: the entry is
+            # written all the same, so it gets its outcome (the audit would otherwise count
+            # it with the requests a crash cut short).
+            if committing:
+                await asyncio.shield(self.gone(call, decision))
+            await self._settle(call, None)
+            raise
         except BaseException:
             await self._settle(call, None)
             raise
@@ -409,10 +419,17 @@ class Pipeline:
         and an outcome entry (403), so an auditor can show what was kept from whom."""
         self.metrics.policy_refusals.labels(tenant.name, decision.level.label).inc()
         decision = dataclasses.replace(decision, eligible=())  # it may reach no endpoint at all
-        receipt = await self.commit(call, decision, tenant)
-        if self.recorder is not None:
-            refused = Outcome(PolicyViolation.status, error_code=PolicyViolation.code)
-            await self.recorder.outcome(call, decision, refused)
+
+        async def entries() -> str | None:
+            receipt = await self.commit(call, decision, tenant)
+            if self.recorder is not None:
+                refused = Outcome(PolicyViolation.status, error_code=PolicyViolation.code)
+                await self.recorder.outcome(call, decision, refused)
+            return receipt
+
+        # Both entries, or (a ledger failure) none: a client that leaves meanwhile does not
+        # leave a decision without its outcome.
+        receipt = await asyncio.shield(entries())
         headers = dict(self._decision_headers(call, decision, receipt))
         raise PolicyViolation(decision.refusal_message(), headers=headers)
 

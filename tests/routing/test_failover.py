@@ -168,6 +168,55 @@ def test_client_disconnect_cancels_the_upstream_request(two: Harness) -> None:
     assert ledger_incomplete(two) == []
 
 
+def raw_post(h: Harness, key: str, content: str) -> Any:
+    import socket
+
+    body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"' + content.encode() + b'"}]}'
+    s = socket.create_connection(("127.0.0.1", h.port))
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer "
+        + key.encode()
+        + b"\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+    return s
+
+
+def test_a_client_that_leaves_while_its_decision_is_made_durable_still_gets_an_outcome(
+    two: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision entry is written whatever the client does; its outcome (499) must be too,
+    or `ledger audit` counts the request with those a crash cut short."""
+    from sekisho.ledger.storage import SQLiteStorage
+
+    key = two.key()
+    two.gateway.health.success("sim-global-japaneast")  # type: ignore[union-attr]
+    sequence = SQLiteStorage.sequence
+    slow = {"on": True}
+
+    def slowly(self: Any, batch: Any) -> int:
+        if slow["on"]:
+            time.sleep(0.3)  # a slow disk: the decision is not yet durable
+        return sequence(self, batch)
+
+    monkeypatch.setattr(SQLiteStorage, "sequence", slowly)
+    socks = [raw_post(two, key, f"leaving {i}") for i in range(3)]
+    deadline = time.time() + 5
+    while two.gateway.in_flight < 3 and time.time() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.005)
+    for s in socks:
+        s.close()  # gone while the decision is being committed
+    while two.gateway.in_flight and time.time() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.01)
+    slow["on"] = False
+    assert two.gateway.in_flight == 0  # type: ignore[union-attr]
+    assert not any(sim.stats.requests for sim in two.sims.values())  # nothing was sent
+    time.sleep(0.5)  # the outcome entries' commit
+    assert ledger_incomplete(two) == []
+
+
 def test_every_endpoint_rate_limited_is_a_429_with_the_soonest_retry_after(two: Harness) -> None:
     """A provider's quota exhausted everywhere is a 429 the SDK backs off on (RateLimitError),
     waiting as long as the soonest endpoint asked, not a 502."""
