@@ -16,7 +16,7 @@ import orjson
 from sekisho._conversations import keeps_conversations, response_id
 from sekisho._output import RESPONSE_TERMINAL, ResponsesStreamOutput, StreamOutput
 from sekisho._provider_state import wrap
-from sekisho._upstream import count
+from sekisho._upstream import choices_problem, count
 from sekisho.call import Call, Outcome, TenantView
 from sekisho.errors import SekishoError
 from sekisho.policy.decision import Decision
@@ -83,6 +83,15 @@ async def relay(
                 raise UpstreamProtocolError(
                     ep.id, f"stream event without 'choices': not a {call.kind} stream"
                 )
+            choices = event.get("choices")
+            if choices:
+                why = (
+                    choices_problem(choices, call.kind, "delta")
+                    if isinstance(choices, list)
+                    else "'choices' that is not a list"
+                )
+                if why is not None:  # what inspection cannot read is never passed on
+                    raise UpstreamProtocolError(ep.id, f"stream event with {why}")
             if output.apply(event):
                 payload = orjson.dumps(event)
             yield b"data: " + payload + b"\n\n"

@@ -34,7 +34,7 @@ class Primed:
         self.headers = inner.headers
 
     @classmethod
-    async def prime(cls, inner: UpstreamResponse, endpoint_id: str) -> Primed:
+    async def prime(cls, inner: UpstreamResponse, endpoint_id: str, kind: str = "") -> Primed:
         it = inner.lines()
         first: list[bytes] = []
         try:
@@ -51,6 +51,10 @@ class Primed:
         if not first or not first[-1].startswith(b"data:"):
             inner.close()
             raise UpstreamProtocolError(endpoint_id, "stream ended before its first event")
+        why = _unusable_first_event(first[-1][5:].strip(), kind)
+        if why is not None:  # nothing has reached the client: another endpoint may answer
+            inner.close()
+            raise UpstreamProtocolError(endpoint_id, why)
         p = cls(inner, first)
         p._iter = it
         return p
@@ -68,6 +72,31 @@ class Primed:
 
     def close(self) -> None:
         self._inner.close()
+
+
+def _unusable_first_event(payload: bytes, kind: str) -> str | None:
+    """Why a stream's first event cannot begin an answer (garbage, an error event, the end),
+    or None. Read before the stream is committed to, so such a stream fails over."""
+    if payload == b"[DONE]":
+        return "stream ended before its first event"
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return "first stream event is not JSON"
+    if not isinstance(event, dict):
+        return "first stream event is not an object"
+    error = event.get("error")
+    if error or event.get("type") == "error":
+        found = error if isinstance(error, dict) else event
+        message = found.get("message") if isinstance(found, dict) else None
+        said = f": {str(message)[:200]}" if message else ""
+        return f"stream began with an error event{said}"
+    choices = event.get("choices")
+    if kind in ("chat", "completions") and isinstance(choices, list):
+        why = choices_problem(choices, kind, "delta")
+        if why is not None:
+            return f"first stream event with {why}"
+    return None
 
 
 class Released:
@@ -134,7 +163,56 @@ def parse_answer(raw: bytes, endpoint_id: str, kind: str | None = None) -> dict[
             f"answered without '{_ANSWER_LISTS[kind]}': not a {kind} answer "
             "(does it serve this API?)",
         )
+    if kind in ("chat", "completions"):
+        why = choices_problem(data["choices"], kind, "message")
+        if why is not None:
+            raise UpstreamProtocolError(endpoint_id, f"answered with {why}")
     return data
+
+
+_TEXTS = ("content", "refusal", "reasoning", "reasoning_content")
+
+
+def choices_problem(choices: list[Any], kind: str, holder: str) -> str | None:
+    """What in an answer's (``holder`` "message") or a stream event's (``holder`` "delta")
+    choices an OpenAI client could not parse and output inspection could not read, or None.
+    Such an answer is not passed on (fail closed): its text would bypass the output rule."""
+    for choice in choices:
+        if not isinstance(choice, dict):
+            return "a choice that is not an object"
+        if not isinstance(choice.get("index", 0), int):
+            return "a choice whose index is not an integer"
+        if kind == "completions":
+            if not isinstance(choice.get("text", ""), str):
+                return "a choice whose text is not a string"
+            continue
+        msg = choice.get(holder)
+        if msg is None and holder == "delta":
+            continue  # a final event may carry only the finish reason
+        if not isinstance(msg, dict):
+            return f"a choice whose {holder} is not an object"
+        for name in _TEXTS:
+            value = msg.get(name)
+            if value is not None and not isinstance(value, str):
+                return f"{holder}.{name} that is not a string"
+        calls = msg.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            return f"{holder}.tool_calls that is not a list"
+        for call in calls or ():
+            if not isinstance(call, dict):
+                return "a tool call that is not an object"
+            for part, field in (("function", "arguments"), ("custom", "input")):
+                inner = call.get(part)
+                if inner is not None and (
+                    not isinstance(inner, dict) or not isinstance(inner.get(field, ""), str)
+                ):
+                    return f"a tool call whose {part}.{field} is not a string"
+        fc = msg.get("function_call")
+        if fc is not None and (
+            not isinstance(fc, dict) or not isinstance(fc.get("arguments", ""), str)
+        ):
+            return f"{holder}.function_call whose arguments are not a string"
+    return None
 
 
 def client_error_from(exc: UpstreamStatusError) -> SekishoError:
@@ -198,6 +276,14 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+# More tokens than any model reads or writes in one request: a count past it is a bug or a
+# lie (it would overflow the usage counters' 64-bit sums after a few billion requests).
+MAX_TOKENS = 1_000_000_000
+
+
 def count(v: Any) -> int:
-    """A token count as an upstream reported it; anything but an integer counts as 0."""
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+    """A token count as an upstream reported it; anything but an integer from 0 to
+    ``MAX_TOKENS`` counts as 0 (not reported: the request is charged an estimate)."""
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_TOKENS:
+        return v
+    return 0

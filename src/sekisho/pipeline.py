@@ -527,7 +527,7 @@ class Pipeline:
                 )
                 call.upstream_request_id = upstream_request_id(upstream.headers)
                 if call.stream:
-                    primed = await Primed.prime(upstream, ep.id)
+                    primed = await Primed.prime(upstream, ep.id, call.kind)
                     released = True
                     self._upstream_latency(ep, "first_event", sent_at)
                     return route, Released(primed, state), None

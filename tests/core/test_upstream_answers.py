@@ -1,0 +1,149 @@
+"""Answers an endpoint should not have given: a shape the OpenAI clients cannot parse and
+output inspection cannot read, a stream that begins with garbage or an error, token counts
+that cannot be true. None is passed on; where nothing has reached the client yet, another
+endpoint answers; every request keeps its outcome entry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from harness import Harness, ledger_incomplete, request, start_example
+
+GOOD, BAD = "sim-global-useast", "sim-global-japaneast"
+
+
+def only_global(raw: dict[str, Any]) -> None:
+    """gpt-4o from the two global endpoints only (Tokyo serves chat-default alone)."""
+    raw["endpoints"][0]["models"][0]["aliases"] = ["chat-default"]
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Any:
+    h = start_example(tmp_path, only_global)
+    yield h
+    h.stop()
+
+
+def answer(**message: Any) -> str:
+    return json.dumps(
+        {
+            "id": "chatcmpl-x",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant", **message},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+    )  # fmt: skip
+
+
+MALFORMED = {
+    "content a number": answer(content=5),
+    "content an object": answer(content={"a": 1}),
+    "content a list of parts": answer(content=[{"type": "text", "text": "x"}]),
+    "tool_calls not a list": answer(content=None, tool_calls="bad"),
+    "arguments an object": answer(
+        content=None,
+        tool_calls=[{"id": "c", "type": "function", "function": {"name": "f", "arguments": {}}}],
+    ),
+    "message null": json.dumps({"object": "chat.completion", "choices": [{"message": None}]}),
+    "a choice that is a number": json.dumps({"object": "chat.completion", "choices": [5]}),
+}
+
+
+def chat(h: Harness, stream: bool = False) -> Any:
+    c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+    return c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hello"}], stream=stream
+    )
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_an_answer_clients_cannot_parse_is_not_passed_on_and_another_endpoint_answers(
+    two: Harness, case: str
+) -> None:
+    two.fault(BAD, mode="body", body=MALFORMED[case])
+    for _ in range(8):  # whichever the weighted choice tries first, the good one answers
+        raw = chat(two)
+        assert raw.headers["x-sekisho-endpoint"] == GOOD
+        assert isinstance(raw.parse().choices[0].message.content, str)
+    state = two.gateway.health.snapshot()[BAD]  # type: ignore[union-attr]
+    assert "answered with" in str(state["last_error"]) or state["consecutive_failures"] == 0
+    two.fault(GOOD, mode="body", body=MALFORMED[case])  # now neither can answer
+    two.gateway.health.success(BAD)  # type: ignore[union-attr]
+    with pytest.raises(openai.InternalServerError) as e:
+        chat(two)
+    assert e.value.status_code == 502 and "answered with" in e.value.message
+
+
+def sse(*events: Any) -> str:
+    return "".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events)
+
+
+def delta(**d: Any) -> dict[str, Any]:
+    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d}]}
+
+
+FIRST_EVENTS = {
+    "garbage": sse("not json at all", "[DONE]"),
+    "an error event": sse({"error": {"message": "model overloaded"}}, "[DONE]"),
+    "only [DONE]": sse("[DONE]"),
+    "a delta content that is a number": sse(delta(content=5), "[DONE]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FIRST_EVENTS))
+def test_a_stream_whose_first_event_is_unusable_fails_over(two: Harness, case: str) -> None:
+    """Nothing has reached the client when the first event is garbage or an error: another
+    endpoint answers (the audit saw a 200 with an error event instead)."""
+    two.fault(BAD, mode="sse", body=FIRST_EVENTS[case])
+    for _ in range(8):
+        raw = chat(two, stream=True)
+        assert raw.headers["x-sekisho-endpoint"] == GOOD
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        assert text
+    assert ledger_incomplete(two) == []
+
+
+def test_a_stream_that_turns_malformed_midway_ends_with_an_error_event(two: Harness) -> None:
+    events = sse(delta(role="assistant", content="Hello"), delta(content={"x": 1}), "[DONE]")
+    two.fault(BAD, mode="sse", body=events)
+    two.fault(GOOD, mode="sse", body=events)
+    with pytest.raises(openai.APIError) as e:
+        for _ in openai.OpenAI(base_url=two.base_url, api_key=two.key(), max_retries=0).chat.\
+                completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}],
+                                   stream=True):  # fmt: skip
+            pass
+    assert "delta.content that is not a string" in str(e.value)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_token_counts_that_cannot_be_true_are_estimated_not_a_500(
+    two: Harness, stream: bool
+) -> None:
+    """An endpoint reporting -5 prompt tokens (or 10^12) made a 500 (Prometheus counters
+    refuse to go down) and lost the answer's record and outcome."""
+    usage = {"prompt_tokens": -5, "completion_tokens": 10**12, "total_tokens": 1}
+    body = (
+        sse(delta(role="assistant", content="hi"),
+            {"object": "chat.completion.chunk", "choices": [], "usage": usage}, "[DONE]")
+        if stream
+        else json.dumps({**json.loads(answer(content="hi")), "usage": usage})
+    )  # fmt: skip
+    for name in (GOOD, BAD):
+        two.fault(name, mode="sse" if stream else "body", body=body)
+    raw = chat(two, stream=stream)
+    assert raw.http_response.status_code == 200
+    if stream:
+        assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == "hi"
+    else:
+        assert raw.parse().choices[0].message.content == "hi"
+    assert ledger_incomplete(two) == []
+    metrics = request("GET", two.root + "/metrics").text
+    assert "sekisho_tokens_total" in metrics
