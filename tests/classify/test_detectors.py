@@ -238,3 +238,24 @@ def test_a_long_text_without_digits_still_has_its_kanji_numeral_birth_date() -> 
     prose = "The quarterly review covered revenue growth and hiring plans. " * 10
     text = prose + "He was born 昭和六十年四月十二日 in Osaka."
     assert ("DATE_OF_BIRTH", "昭和六十年四月十二日") in found(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["田中様に連絡済みです", "田中部長に確認します", "阿部様", "服部さんへ", "緒方様", "山中さん",
+     "安達様", "本多さん", "田所様", "岡部部長"],
+)  # fmt: skip
+def test_a_surname_whose_last_kanji_is_also_a_words_is_a_name_before_an_honorific(
+    text: str,
+) -> None:
+    """中, 部, 方, 達, 多 and 所 end words that stand before honorifics without being names
+    (途中, 営業部長, 先方様, 友達): they used to stop 田中様, the fourth most common surname
+    with an honorific, from being read as a name."""
+    assert ("PERSON", text[:2]) in found(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["お客様各位", "営業部長に確認", "皆さん", "先方様", "友達さん", "本部長", "御中"]
+)
+def test_words_before_an_honorific_that_are_not_names_stay_unread(text: str) -> None:
+    assert [t for t, _ in found(text) if t == "PERSON"] == []

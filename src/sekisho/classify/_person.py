@@ -295,9 +295,18 @@ class PersonDetector:
             out.append(Finding(PERSON, start, rest.end(), 0.75))
 
     # -- names before an honorific or title ------------------------------------------------
+    def _surname_ends_at(self, text: str, end: int) -> bool:
+        """Whether a known surname of two or three kanji ends at ``end`` (田中, 阿部, 緒方:
+        their last kanji is also a word's that stands before an honorific, 中, 部, 方)."""
+        return text[max(0, end - 2) : end] in self._surnames or (
+            end >= 3 and text[end - 3 : end] in self._surnames
+        )
+
     def _before(self, text: str, cue: int, cue_end: int, title: bool, out: list[Finding]) -> None:
-        if cue == 0 or text[cue - 1] in _STOP_LAST or text[cue - 1] in " \n\t":
+        if cue == 0 or text[cue - 1] in " \n\t":
             return
+        if text[cue - 1] in _STOP_LAST and not self._surname_ends_at(text, cue):
+            return  # お客様, 皆さん, 営業部長 — but 田中様, 阿部部長, 緒方さん are names
         if text[cue] == "様" and text[cue_end : cue_end + 1] in _STOP_FOLLOW_SAMA:
             return
         window = text[max(0, cue - 14) : cue]
