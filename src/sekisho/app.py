@@ -692,6 +692,9 @@ class Gateway:
         except SekishoError as exc:
             finished = True
             status = exc.status
+            # An endpoint's own 4xx names it: labels and the log say where the prompt went.
+            endpoint = exc.headers.get("x-sekisho-endpoint", endpoint)
+            jurisdiction = exc.headers.get("x-sekisho-jurisdiction", jurisdiction)
             exc.headers.setdefault("x-sekisho-request-id", call_id)
             await http.send_error(send, exc, rid)
             # A refusal names who asked (tenant, key) when they were identified: what a SOC

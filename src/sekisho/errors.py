@@ -8,6 +8,11 @@ raise their usual exception classes (``BadRequestError``, ``AuthenticationError`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sekisho.routing.catalogue import Route
+
 
 class SekishoError(Exception):
     """Base of every error sekisho raises on purpose."""
@@ -15,6 +20,8 @@ class SekishoError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str = "internal_error"
+    # The route whose endpoint gave this answer (an upstream's 4xx passed on), else None.
+    route: Route | None = None
 
     def __init__(
         self,

@@ -92,6 +92,7 @@ from sekisho.policy.compiler import CompiledPolicy
 from sekisho.policy.decision import Decision
 from sekisho.providers import (
     Transport,
+    UpstreamConnectTimeoutError,
     UpstreamError,
     UpstreamResponse,
     UpstreamStatusError,
@@ -221,7 +222,8 @@ class Pipeline:
             else:
                 route, upstream, data = await self.dispatch(call, decision)  # 6
         except SekishoError as exc:
-            await self.record(call, decision, Outcome(exc.status, error_code=exc.code))
+            delivered = exc.route  # an endpoint's 4xx: the outcome names who answered it
+            await self.record(call, decision, Outcome(exc.status, delivered, error_code=exc.code))
             raise
         except asyncio.CancelledError:
             # The client left before any endpoint answered: its decision gets an outcome
@@ -544,7 +546,11 @@ class Pipeline:
                     state.release()
                 self.upstream_failed(route, exc)
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
-                    raise client_error_from(exc) from None
+                    # About the request: the client hears it, and where it was delivered.
+                    err = client_error_from(exc)
+                    err.headers.update(route_headers(route))
+                    err.route = route
+                    raise err from None
                 last = exc
                 failures.append(exc)
                 continue
@@ -561,6 +567,15 @@ class Pipeline:
                 headers={"retry-after": "1"},
             )
         tried += busy
+        if failures and all(isinstance(e, UpstreamConnectTimeoutError) for e in failures):
+            # No connection anywhere in time: nothing was sent, so a retry costs nothing.
+            raise UpstreamTimeout(
+                f"No eligible endpoint could be reached in time (tried: {', '.join(tried)}; "
+                f"last: {last.detail if last else '-'}). Nothing was sent; retrying may "
+                "succeed.",
+                code="upstream_connect_timeout",
+                headers={"retry-after": "1"},
+            )
         if isinstance(last, UpstreamTimeoutError):
             # Each endpoint tried may still be generating the answer: an SDK's automatic retry
             # would start every one of those generations again, after waiting as long again.

@@ -217,6 +217,69 @@ def test_a_client_that_leaves_while_its_decision_is_made_durable_still_gets_an_o
     assert ledger_incomplete(two) == []
 
 
+def test_no_connection_in_time_is_a_504_the_sdk_may_retry(tmp_path: Path) -> None:
+    """A connect timeout sent nothing anywhere: unlike a first-byte timeout, a retry starts
+    no second generation, so the 504 does not say x-should-retry: false, and it names the
+    connect timeout, not first_byte (an audit found it did)."""
+    import socket
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)  # its accept queue fills at once: later connects are never answered
+    fillers = []
+    for _ in range(4):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(hole.getsockname())
+        fillers.append(f)
+
+    def black_hole(raw: dict[str, Any]) -> None:
+        import copy
+
+        ep = copy.deepcopy(raw["endpoints"][1])
+        ep.update(id="black-hole", base_url=f"http://127.0.0.1:{hole.getsockname()[1]}/v1")
+        ep["models"] = [{"id": "hole-model"}]
+        ep["timeouts"] = {"connect": 0.3, "first_byte": 5, "total": 10}
+        raw["endpoints"].append(ep)
+
+    h = start_example(tmp_path, black_hole)
+    try:
+        sent: list[str] = []
+        hook = {"request": [lambda r: sent.append("x")]}
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=1,
+                          http_client=openai.DefaultHttpxClient(event_hooks=hook))  # fmt: skip
+        with pytest.raises(openai.InternalServerError) as e:
+            c.chat.completions.create(
+                model="hole-model", messages=[{"role": "user", "content": "x"}]
+            )
+        assert e.value.status_code == 504 and e.value.code == "upstream_connect_timeout"
+        assert "Nothing was sent" in e.value.message and "connect timeout" in e.value.message
+        assert "x-should-retry" not in e.value.response.headers
+        assert len(sent) == 2  # the SDK tried again
+    finally:
+        h.stop()
+        for f in fillers:
+            f.close()
+        hole.close()
+
+
+def test_an_endpoints_own_4xx_names_the_endpoint_it_came_from(two: Harness) -> None:
+    """The prompt reached that endpoint: headers, the log's and metrics' labels and the
+    ledger's outcome say which (the audit saw endpoint "-")."""
+    two.fault("sim-global-japaneast", mode="status", status=400)
+    two.fault("sim-global-useast", mode="status", status=400)
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(two, two.key())
+    headers = e.value.response.headers
+    assert headers["x-sekisho-endpoint"] in ("sim-global-japaneast", "sim-global-useast")
+    assert headers["x-sekisho-jurisdiction"] in ("JP/japaneast", "US/us-east")
+    metrics = request("GET", two.root + "/metrics").text
+    rows = [x for x in metrics.splitlines()
+            if x.startswith("sekisho_requests_total{") and 'status="400"' in x]  # fmt: skip
+    assert rows and all(f'endpoint="{headers["x-sekisho-endpoint"]}"' in x for x in rows), rows
+    assert ledger_incomplete(two) == []
+
+
 def test_every_endpoint_rate_limited_is_a_429_with_the_soonest_retry_after(two: Harness) -> None:
     """A provider's quota exhausted everywhere is a 429 the SDK backs off on (RateLimitError),
     waiting as long as the soonest endpoint asked, not a 502."""

@@ -7,6 +7,7 @@ OpenAI-shaped body to ``Transport.open`` and gets back an ``UpstreamResponse``.
 from sekisho.providers.base import (
     Transport,
     UpstreamConnectError,
+    UpstreamConnectTimeoutError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamResponse,
@@ -20,6 +21,7 @@ __all__ = [
     "OpenAITransport",
     "Transport",
     "UpstreamConnectError",
+    "UpstreamConnectTimeoutError",
     "UpstreamError",
     "UpstreamProtocolError",
     "UpstreamResponse",

@@ -31,6 +31,11 @@ class UpstreamTimeoutError(UpstreamError):
     reason = "timeout"
 
 
+class UpstreamConnectTimeoutError(UpstreamTimeoutError):
+    """No connection within the connect timeout (or no free pooled one): nothing was sent, so
+    a client's retry starts no second generation."""
+
+
 class UpstreamProtocolError(UpstreamError):
     """The upstream answered something that is not the protocol (garbage, truncated stream)."""
 

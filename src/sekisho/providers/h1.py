@@ -32,6 +32,7 @@ import httptools
 
 from sekisho.providers.base import (
     UpstreamConnectError,
+    UpstreamConnectTimeoutError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
@@ -608,7 +609,7 @@ class _Pool:
         try:
             return await waiter
         except _PoolWaitExpired:
-            raise UpstreamTimeoutError(
+            raise UpstreamConnectTimeoutError(
                 endpoint_id,
                 f"no free connection to {self.host}:{self.port} within {connect:g} s: all "
                 f"{self.limit} are busy (connect timeout; raise the per-host limit?)",
@@ -655,7 +656,7 @@ class _Pool:
         except asyncio.CancelledError:
             conn.close()
             if expiry.fired and task.uncancel() <= cancelling:
-                raise UpstreamTimeoutError(
+                raise UpstreamConnectTimeoutError(
                     endpoint_id,
                     f"no connection to {self.host}:{self.port} within {connect:g} s "
                     "(connect timeout)",
