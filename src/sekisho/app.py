@@ -340,6 +340,8 @@ class Gateway:
                     "policy reload refused; the old policy keeps serving",
                     extra={"problems": [str(p) for p in exc.problems]},
                 )
+            except Exception:  # never silent: the operator sent the signal and waits
+                log.exception("policy reload failed; the old policy keeps serving")
 
         self._tasks.append(asyncio.create_task(reload()))
 

@@ -378,10 +378,35 @@ def load_config(path: str | os.PathLike[str], *, env: dict[str, str] | None = No
     """Read, expand and validate a config file; raise ConfigError listing every problem."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError([ConfigProblem(file, "", f"cannot read: {exc.strerror}")]) from None
-    return parse_config(text, file, env=env)
+        where = os.path.abspath(path)
+        shown = f" ({where})" if where != file else ""
+        hint = ""
+        if isinstance(exc, FileNotFoundError):
+            hint = (
+                "; name the file with --config FILE (or SEKISHO_CONFIG), e.g. a copy of "
+                "examples/sekisho.yaml"
+            )
+        raise ConfigError(
+            [ConfigProblem(file, "", f"cannot read{shown}: {exc.strerror}{hint}")]
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    file,
+                    f"line {line}",
+                    f"not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); save "
+                    "the file as UTF-8 (a Shift_JIS or CP932 file must be converted: "
+                    "iconv -f CP932 -t UTF-8)",
+                )
+            ]
+        ) from None
+    return parse_config(text.removeprefix("\ufeff"), file, env=env)
 
 
 def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | None = None) -> Config:

@@ -384,18 +384,27 @@ def unknown_pack(raw: dict[str, Any]) -> None:
     raw["tenants"]["demo"]["policy"]["extends"] = ["jp-appi", "jp-mynumbr"]
 
 
+def shift_jis(path: Path) -> None:
+    """The file saved again by an editor that writes Shift_JIS (a Japanese comment added)."""
+    path.write_bytes("# 変更\n".encode("cp932") + path.read_bytes())
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
-    [(typo_key, "tenants.demo.policy.prefr"), (unknown_pack, "jp-mynumbr")],
-    ids=["typo key", "unknown pack"],
-)
+    [(typo_key, "tenants.demo.policy.prefr"), (unknown_pack, "jp-mynumbr"),
+     (shift_jis, "not UTF-8")],
+    ids=["typo key", "unknown pack", "not UTF-8"],
+)  # fmt: skip
 def test_invalid_reload_names_file_and_key_and_the_old_policy_keeps_serving(
     gw: Harness, change: Any, named: str
 ) -> None:
     app, admin = gw.key("demo"), gw.key("demo", role="admin")
     before = digest_now(gw, app)
     assert gw.config_path is not None
-    edit_config(gw.config_path, change)
+    if change is shift_jis:
+        shift_jis(gw.config_path)
+    else:
+        edit_config(gw.config_path, change)
     r = call(gw, "POST", f"{PREFIX}/policy/reload", admin)
     assert r.status_code == 400, r.text
     error = r.json()["error"]

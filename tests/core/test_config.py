@@ -275,3 +275,22 @@ def test_values_no_one_could_mean_stop_start_up() -> None:
     raw = example_config()
     raw["server"]["host"] = "999.1.1.1"
     assert any("server.host" in p and "not an IP address" in p for p in problems(raw))
+
+
+def test_a_file_that_is_not_utf8_is_named_with_where_and_how_to_convert(tmp_path: Path) -> None:
+    """A Shift_JIS comment (a file saved by a Japanese Windows editor) was a traceback."""
+    path = tmp_path / "sjis.yaml"
+    path.write_bytes("# 東京の設定\n".encode("cp932") + EXAMPLE.read_bytes())
+    done = subprocess.run(
+        [sys.executable, "-m", "sekisho", "config", "check", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"{path}: line 1: not UTF-8 (byte 0x93 at offset 2)" in done.stderr
+    assert "iconv -f CP932 -t UTF-8" in done.stderr
+    # A byte-order mark (Windows Notepad's UTF-8) is not a problem.
+    path.write_bytes(b"\xef\xbb\xbf" + EXAMPLE.read_bytes())
+    assert load_config(path).tenants
+    with pytest.raises(ConfigError, match="name the file with --config FILE"):
+        load_config(tmp_path / "missing.yaml")
