@@ -343,7 +343,7 @@ def route_headers(route: Route) -> list[tuple[str, str]]:
     ep = route.endpoint
     return [
         ("x-sekisho-endpoint", ep.id),
-        ("x-sekisho-jurisdiction", f"{ep.jurisdiction.country}/{ep.jurisdiction.region}"),
+        ("x-sekisho-jurisdiction", ep.jurisdiction.label),
         ("x-sekisho-operator-country", ep.operator.country),
     ]
 

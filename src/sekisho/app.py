@@ -684,7 +684,7 @@ class Gateway:
                     # A stream started before its route was known (stream_keepalive_seconds).
                     ep = done.route.endpoint
                     endpoint = ep.id
-                    jurisdiction = f"{ep.jurisdiction.country}/{ep.jurisdiction.region}"
+                    jurisdiction = ep.jurisdiction.label
             else:
                 finished = True
                 await http.send_bytes(send, reply.status, reply.body, rid, reply.headers)
@@ -891,7 +891,7 @@ class Gateway:
     def _endpoint_up(self) -> None:
         m = self.metrics
         for ep in self.config.catalogue.endpoints:
-            labels = (ep.id, ep.jurisdiction.country)
+            labels = (ep.id, ep.jurisdiction.label)
             m.endpoint_up.labels(*labels).set(1 if self.health.is_up(ep.id) else 0)
             snapshot = self.health.state(ep.id)
             m.endpoint_in_flight.labels(*labels).set(snapshot.in_flight)

@@ -518,7 +518,7 @@ class Pipeline:
                 if not taken:
                     # Busy, not failing: its health stays as it was; the next route is tried.
                     busy.append(f"{ep.id} (all {cap} slots busy for {ep.timeouts.connect:g} s)")
-                    self.metrics.endpoint_busy.labels(ep.id, ep.jurisdiction.country).inc()
+                    self.metrics.endpoint_busy.labels(ep.id, ep.jurisdiction.label).inc()
                     continue
             tried.append(ep.id)
             released = False
@@ -599,7 +599,7 @@ class Pipeline:
 
     def _upstream_latency(self, ep: Endpoint, mode: str, sent_at: float) -> None:
         m = self.metrics
-        m.child(m.upstream_latency, ep.id, ep.jurisdiction.country, mode).observe(
+        m.child(m.upstream_latency, ep.id, ep.jurisdiction.label, mode).observe(
             time.perf_counter() - sent_at
         )
 
@@ -618,7 +618,7 @@ class Pipeline:
                 return  # a 4xx about the request says nothing about the endpoint's health
             retry_after = parse_retry_after(exc.retry_after)
         self.health.failure(ep.id, str(exc), retry_after)
-        self.metrics.upstream_errors.labels(ep.id, ep.jurisdiction.country, exc.reason).inc()
+        self.metrics.upstream_errors.labels(ep.id, ep.jurisdiction.label, exc.reason).inc()
         log.warning(
             "upstream failed",
             extra={"endpoint": ep.id, "reason": exc.reason, "detail": exc.detail},
@@ -710,7 +710,7 @@ class Pipeline:
         and usage still counts the tokens the endpoint spent."""
         route = outcome.route
         ep_id = route.endpoint.id if route else "-"
-        juris = route.endpoint.jurisdiction.country if route else "-"
+        juris = route.endpoint.jurisdiction.label if route else "-"
         if route is not None and (outcome.prompt_tokens or outcome.completion_tokens):
             m = self.metrics
             m.child(m.tokens, ep_id, juris, "prompt").inc(outcome.prompt_tokens)

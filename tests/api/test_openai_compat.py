@@ -278,6 +278,22 @@ def test_operations_endpoints(gateway: Harness) -> None:
     )
 
 
+def test_every_series_names_a_jurisdiction_the_same_way(gateway: Harness) -> None:
+    """Request durations and upstream latencies join on ``jurisdiction``: one form, JP/tokyo
+    (tokens, upstream errors and latencies said only the country)."""
+    import re
+
+    client(gateway).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+    )
+    metrics = request("GET", gateway.root + "/metrics").text
+    labels = set(re.findall(r'jurisdiction="([^"]*)"', metrics))
+    assert labels and all(re.fullmatch(r"[A-Z]{2}/[\w-]+|-", v) for v in labels), labels
+    for series in ("sekisho_tokens_total", "sekisho_upstream_latency_seconds_count",
+                   "sekisho_requests_total"):  # fmt: skip
+        assert re.search(series + r'\{[^}]*jurisdiction="[A-Z]{2}/', metrics), series
+
+
 def test_metrics_can_be_kept_to_the_scraper_that_holds_the_token(tmp_path: object) -> None:
     """Series name tenants and count their findings by type: with server.metrics_token set,
     /metrics answers only that bearer token (compared in constant time)."""

@@ -110,6 +110,11 @@ class Jurisdiction(_Facts):
     country: CountryCode = Field(description="ISO 3166-1 alpha-2 code of the data centre's country")
     region: str = Field(min_length=1, description="Region or data-centre name, e.g. 'tokyo'")
 
+    @property
+    def label(self) -> str:
+        """``JP/tokyo``: as x-sekisho-jurisdiction and every metric's ``jurisdiction`` say it."""
+        return f"{self.country}/{self.region}"
+
 
 class Operator(_Facts):
     """Who runs the compute. Under APPI the operator's country counts, not only the data
