@@ -622,6 +622,8 @@ class Gateway:
         watchers: list[asyncio.Task[None]] = []
         watch_timer: asyncio.TimerHandle | None = None
         principal: Principal | None = None
+        answered: Outcome | None = None  # the reply's outcome, once there is a reply
+        upstream_id: str | None = None
         finished = False
         task = asyncio.current_task()
         self.in_flight += 1
@@ -660,6 +662,7 @@ class Gateway:
             # moment is seen when the watcher starts (uvicorn reports it at once).
             watch_timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, start_watching)
             reply = await handler(self.pipeline, principal, call_id, raw, scope)
+            answered = reply.outcome
             reply.headers.append(("x-sekisho-request-id", call_id))
             hdrs = dict(reply.headers)
             endpoint = hdrs.get("x-sekisho-endpoint", "-")
@@ -704,11 +707,15 @@ class Gateway:
             self._log(scope, call_id, principal, path, status, endpoint, started, exc.code, rid)
         except http.ClientGone:
             status = 499
+            self._log(scope, call_id, principal, path, status, endpoint, started,
+                      "client_disconnected", rid, upstream_id, answered)  # fmt: skip
         except asyncio.CancelledError:
             if task is not None and task.cancelling() and watchers and watchers[0].done():
                 task.uncancel()
                 status = 499
-                log.info("client disconnected", extra={"request_id": rid, "path": path})
+                # Who, which endpoint, what it cost so far: chargeback from the log alone.
+                self._log(scope, call_id, principal, path, status, endpoint, started,
+                          "client_disconnected", rid, upstream_id, answered)  # fmt: skip
             else:
                 if self.pipeline is not None and self.pipeline.draining:
                     status = 503  # the grace period ended before the answer did

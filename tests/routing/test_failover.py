@@ -136,10 +136,14 @@ def test_stream_that_breaks_midway_ends_with_an_error_event(two: Harness) -> Non
     assert "broke" in str(e.value)
 
 
-def test_client_disconnect_cancels_the_upstream_request(two: Harness) -> None:
+def test_client_disconnect_cancels_the_upstream_request(
+    two: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
     import socket
     import time
 
+    caplog.set_level(logging.INFO, logger="sekisho.app")
     key = two.key()
     two.fault("sim-global-japaneast", mode="hang")
     two.fault("sim-global-useast", mode="hang")
@@ -166,6 +170,10 @@ def test_client_disconnect_cancels_the_upstream_request(two: Harness) -> None:
     assert all(s["in_flight"] == 0 for s in states.values())
     # The decision has its outcome: a client that left is not a request a crash cut short.
     assert ledger_incomplete(two) == []
+    # The log line says who left, as every request's does (chargeback from the log alone).
+    (left,) = [r for r in caplog.records if getattr(r, "status", None) == 499]
+    assert left.msg == "request" and left.error == "client_disconnected"  # type: ignore[attr-defined]
+    assert left.tenant == "demo" and left.key_id == key.split("-")[2]  # type: ignore[attr-defined]
 
 
 def raw_post(h: Harness, key: str, content: str) -> Any:
