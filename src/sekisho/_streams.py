@@ -51,6 +51,7 @@ async def relay(
         legacy=call.kind == "completions",
     )
     done = False
+    last: dict[str, Any] = {}
     raw_lines = upstream.lines()
     lines: AsyncIterator[bytes | None] = (
         _marking_silence(raw_lines, p.stream_keepalive) if p.stream_keepalive > 0 else raw_lines
@@ -94,6 +95,7 @@ async def relay(
                     raise UpstreamProtocolError(ep.id, f"stream event with {why}")
             if output.apply(event):
                 payload = orjson.dumps(event)
+            last = event
             yield b"data: " + payload + b"\n\n"
         if not done:
             raise UpstreamProtocolError(ep.id, "stream ended without [DONE]")
@@ -104,6 +106,10 @@ async def relay(
         outcome.output_texts = output.texts()
         outcome.error_code = output.error_code
         outcome.estimate_usage(call.texts)
+        if call.include_usage and outcome.usage_estimated:
+            # The client asked for usage and the endpoint sent none: sekisho's estimate, in
+            # the chunk the client waits for (the SDKs read usage from the last chunk).
+            yield b"data: " + orjson.dumps(_usage_chunk(last, call.kind, outcome)) + b"\n\n"
         try:
             await p.record(call, decision, outcome)
         except SekishoError as exc:
@@ -130,6 +136,23 @@ async def relay(
         raise
     finally:
         upstream.close()
+
+
+def _usage_chunk(last: dict[str, Any], kind: str, outcome: Outcome) -> dict[str, Any]:
+    """A final chunk with no choices and the estimated usage, named like the stream's own."""
+    chunk: dict[str, Any] = {
+        "id": last.get("id", ""),
+        "object": "text_completion" if kind == "completions" else "chat.completion.chunk",
+        "created": last.get("created", 0),
+        "model": last.get("model", ""),
+        "choices": [],
+        "usage": {
+            "prompt_tokens": outcome.prompt_tokens,
+            "completion_tokens": outcome.completion_tokens,
+            "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+        },
+    }
+    return chunk
 
 
 async def _broke(

@@ -89,6 +89,25 @@ def test_an_endpoint_that_reports_no_usage_is_charged_an_estimate(tmp_path: Path
         assert outcome["usage_estimated"] is True
         assert outcome["prompt_tokens"] >= estimate_tokens([PROMPT]) > 0
         assert outcome["completion_tokens"] > 0
+        # A client that asks for usage, of an endpoint that sends none even when asked, gets
+        # the estimate where it waits for usage: the last chunk, with no choices (it got no
+        # usage at all, though it had asked).
+        events = [
+            {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1,
+             "model": "m-upstream", "choices": [{"index": 0, "delta": {"content": t}}]}
+            for t in ("Hello", " there")
+        ]  # fmt: skip
+        sse = "".join(f"data: {orjson.dumps(e).decode()}\n\n" for e in events)
+        for name in h.sims:
+            h.fault(name, mode="sse", body=sse + "data: [DONE]\n\n")
+        chunks, _ = stream(h, key, stream_options={"include_usage": True})
+        usage = [ch for ch in chunks if ch.usage is not None]
+        assert len(usage) == 1 and usage[0] is chunks[-1] and usage[0].choices == []
+        assert usage[0].usage.prompt_tokens >= estimate_tokens([PROMPT])
+        assert usage[0].usage.total_tokens == (
+            usage[0].usage.prompt_tokens + usage[0].usage.completion_tokens
+        )
+        assert usage[0].id == chunks[0].id and usage[0].model == chunks[0].model
     finally:
         h.stop()
 
