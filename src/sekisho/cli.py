@@ -489,6 +489,12 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         if problem:
             print(f"sekisho: {problem}; no key was created", file=sys.stderr)
             return 2
+    else:
+        print(
+            f"note: tenant {args.tenant!r} was not checked against a config (give --config "
+            "FILE to refuse a tenant or model the gateway does not have)",
+            file=sys.stderr,
+        )
     store = KeyStore(data_dir(args) / "identity.db")
     expires = None
     if args.expires_in_days is not None:

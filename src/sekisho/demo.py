@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -107,6 +108,14 @@ async def run_demo(*, port: int = 0, keep_running: bool = False) -> int:
     for ep in raw["endpoints"]:
         ep["base_url"] = by_name[ep["id"]].base_url
     tmp = tempfile.TemporaryDirectory(prefix="sekisho-demo-")
+    if keep_running:
+        # Stopped by Ctrl-C or SIGTERM (a service manager, `timeout`, `kill`), uvicorn shuts
+        # down, then raises the signal again for the handler it found: SIGTERM's default
+        # action would end the process before the temporary data directory (keys, ledger) is
+        # removed, SIGINT's would print a traceback. Found a handler that lets it return.
+        with contextlib.suppress(ValueError):  # not the main thread
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda signum, frame: None)
     port = port or free_port()
     raw["server"].update({"data_dir": tmp.name, "port": port, "host": "127.0.0.1"})
     raw["routing"]["health"]["probe_interval_seconds"] = 0
@@ -164,6 +173,8 @@ async def run_demo(*, port: int = 0, keep_running: bool = False) -> int:
     for s in sims:
         await s.stop()
     tmp.cleanup()
+    if keep_running:
+        print("\nsekisho demo stopped; its temporary data directory is removed.")
     return 0
 
 

@@ -3,10 +3,15 @@ the tenant's policy says, and the receipt it picks verifies offline."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import unicodedata
+from pathlib import Path
+
+import pytest
 
 
 def table(out: str) -> dict[str, list[str]]:
@@ -64,3 +69,32 @@ def test_the_demo_tour_shows_each_decision_and_verifies_a_receipt() -> None:
     assert "ok  checkpoint signature" in out
     assert re.search(r"ok  inclusion: decision of request req_\w+ is entry \d+", out)
     assert "ok  inclusion: outcome of the same request" in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_demo_kept_running_stops_cleanly_and_leaves_no_keys_behind(
+    tmp_path: Path, sig: int
+) -> None:
+    """Stopped by SIGTERM it ended at once and left its temporary data directory (ledger
+    signing key, key-encryption key, API keys) behind; stopped by Ctrl-C it printed a
+    traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sekisho", "demo", "--keep-running"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "stays up" in line:
+                break
+        assert list(tmp_path.glob("sekisho-demo-*")), "the demo keeps its data under TMPDIR"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "temporary data directory is removed" in out
+    assert not list(tmp_path.glob("sekisho-demo-*"))
