@@ -46,7 +46,7 @@ from sekisho.providers import Transport, UpstreamError, transport_for
 from sekisho.providers.h1 import H1Client
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
 from sekisho.routing import Health, Selector
-from sekisho.routing.catalogue import Endpoint
+from sekisho.routing.catalogue import Endpoint, Route
 from sekisho.routing.slots import SharedSlots
 from sekisho.store import Stores
 
@@ -813,7 +813,23 @@ class Gateway:
             )
         policy = self.config.policies.get(principal.tenant)
         allowed = policy.models if policy is not None else None
-        listing = routes.list_models(self.config.catalogue, principal, allowed)
+        usable = None
+        if policy is not None:
+            plain = policy.classify({}, None)  # a request with nothing in it: the floor
+
+            def usable(name: str, candidates: tuple[Route, ...]) -> bool:
+                # A model whose every endpoint the policy refuses even a plain request (a
+                # rule keeping all traffic in Japan, say) is one the caller can never use.
+                assert policy is not None
+                return not policy.decide(
+                    model=name,
+                    routes=candidates,
+                    level=plain,
+                    finding_counts={},
+                    key_models=principal.models,
+                ).denied
+
+        listing = routes.list_models(self.config.catalogue, principal, allowed, usable)
         if path == "/v1/models":
             await http.send_json(send, 200, listing, rid)
         else:

@@ -150,6 +150,31 @@ def test_models_lists_only_what_the_key_may_use(gateway: Harness) -> None:
         )
 
 
+def test_models_leaves_out_what_the_tenants_policy_never_lets_a_request_reach(
+    tmp_path: object,
+) -> None:
+    """A tenant whose every request must stay in Japan can never use gpt-4.1 (served only in
+    the US): it is not listed, and GET /v1/models/gpt-4.1 is a 404 as for an unknown model."""
+    from pathlib import Path
+    from typing import Any
+
+    from harness import start_example
+
+    def japan_only(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["policy"]["rules"] = [
+            {"id": "jp-only", "title": "Japan only", "jurisdictions": ["JP"]}
+        ]
+
+    h = start_example(Path(str(tmp_path)), japan_only)
+    try:
+        listed = {m.id for m in client(h).models.list()}
+        assert "gpt-4o" in listed and "gpt-4.1" not in listed
+        with pytest.raises(openai.NotFoundError):
+            client(h).models.retrieve("gpt-4.1")
+    finally:
+        h.stop()
+
+
 def test_unknown_model_is_404_model_not_found(gateway: Harness) -> None:
     with pytest.raises(openai.NotFoundError) as e:
         client(gateway).chat.completions.create(

@@ -4,6 +4,7 @@ with SSE streaming), embeddings, models."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -136,9 +137,13 @@ def _declared(scope: http.Scope) -> str | None:
 
 
 def list_models(
-    catalogue: Catalogue, principal: Principal, allowed: frozenset[str] | None
+    catalogue: Catalogue,
+    principal: Principal,
+    allowed: frozenset[str] | None,
+    usable: Callable[[str, tuple[Route, ...]], bool] | None = None,
 ) -> dict[str, Any]:
-    """Only what the caller may use: the key's model list and the tenant's model allow list."""
+    """Only what the caller may use: the key's model list, the tenant's model allow list, and
+    (``usable``) models the tenant's policy lets a plain request reach at all."""
     data = []
     for name in catalogue.model_names:
         if principal.models is not None and name not in principal.models:
@@ -146,6 +151,8 @@ def list_models(
         if allowed is not None and name not in allowed:
             continue
         routes = catalogue.routes(name)
+        if usable is not None and not usable(name, routes):
+            continue
         data.append(
             {
                 "id": name,
