@@ -6,6 +6,7 @@ Secrets come from the environment: any string may be written ``${NAME}`` or ``${
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import re
@@ -433,13 +434,67 @@ def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | Non
     try:
         model = ConfigModel.model_validate(expanded)
     except ValidationError as exc:
-        raise ConfigError(problems + new(_problems_from(exc, expanded, file))) from None
+        problems += new(_problems_from(exc, expanded, file))
+        # The checks that need a whole model (stores, policies) still run on the file with
+        # the faulty values taken out, so their problems come in this report too.
+        repaired = _without_faults(expanded, exc)
+        if repaired is not None:
+            seen = {_ID_LABEL.sub("", p.path) for p in problems}
+            later = _later_problems(repaired, file)
+            problems += [p for p in new(later) if _ID_LABEL.sub("", p.path) not in seen]
+        raise ConfigError(problems) from None
     problems += new(_cross_checks(model, file))
     if problems:
+        seen = {_ID_LABEL.sub("", p.path) for p in problems}
+        try:
+            _compile_policies(Config(model, file))
+        except ConfigError as exc:
+            problems += [p for p in new(exc.problems) if _ID_LABEL.sub("", p.path) not in seen]
+        except Exception:  # a model missing what compilation assumes: reported once fixed
+            pass
         raise ConfigError(problems)
     config = Config(model, file)
     _compile_policies(config)
     return config
+
+
+def _without_faults(data: dict[str, Any], exc: ValidationError) -> ConfigModel | None:
+    """The model of ``data`` with each faulty value removed (its default applies), if that
+    validates within a few rounds; None where a fault cannot be removed (a required value, a
+    list item)."""
+    current: Any = copy.deepcopy(data)
+    errors = exc.errors()
+    for _ in range(3):
+        for err in errors:
+            loc = [p for p in err["loc"] if p not in ("function-after", "function-before")]
+            if not loc or not isinstance(loc[-1], str) or err["type"] == "missing":
+                return None
+            node = current
+            for part in loc[:-1]:
+                try:
+                    node = node[part]
+                except (KeyError, IndexError, TypeError):
+                    return None
+            if not isinstance(node, dict) or loc[-1] not in node:
+                return None
+            del node[loc[-1]]
+        try:
+            return ConfigModel.model_validate(current)
+        except ValidationError as again:
+            errors = again.errors()
+    return None
+
+
+def _later_problems(model: ConfigModel, file: str) -> list[ConfigProblem]:
+    """The cross checks and the policies' compilation of a model."""
+    found = _cross_checks(model, file)
+    try:
+        _compile_policies(Config(model, file))
+    except ConfigError as exc:
+        found += exc.problems
+    except Exception:  # a model missing what a later check assumes: reported once fixed
+        pass
+    return found
 
 
 def scanner_for(tenant: Tenant) -> Scanner:

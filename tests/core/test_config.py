@@ -105,6 +105,27 @@ def test_every_problem_is_named_at_once_not_one_stage_at_a_time() -> None:
     assert any("home_regio" in p for p in out)
 
 
+def test_problems_of_every_stage_are_named_in_one_report() -> None:
+    """A typo'd key, a bad value, a store URL and an unknown policy pack: one run names all
+    four (the store and the pack used to appear only after the others were fixed)."""
+    raw = example_config()
+    raw["routing"]["max_attemps"] = 3
+    raw["endpoints"][0]["weight"] = -1
+    raw["regions"]["jp"]["store"] = "sqlit"
+    raw["tenants"]["demo"]["policy"]["extends"] = ["jp-appi", "jp-mynumbr"]
+    out = "\n".join(problems(raw))
+    assert "routing.max_attemps: unknown key" in out
+    assert "endpoints[0](sim-domestic-tokyo).weight" in out
+    assert "regions.jp.store: must be 'sqlite'" in out
+    assert "unknown pack 'jp-mynumbr'" in out
+    # a store URL and a pack, with the rest right: the same two
+    raw = example_config()
+    raw["regions"]["jp"]["store"] = "sqlit"
+    raw["tenants"]["demo"]["policy"]["extends"] = ["jp-appi", "jp-mynumbr"]
+    out = "\n".join(problems(raw))
+    assert "regions.jp.store" in out and "unknown pack 'jp-mynumbr'" in out
+
+
 def test_environment_variables_are_expanded() -> None:
     raw = example_config()
     raw["endpoints"][0]["api_key"] = "${MY_KEY}"
