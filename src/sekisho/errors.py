@@ -95,6 +95,12 @@ class RequestTooLarge(SekishoError):
     code = "request_too_large"
 
 
+class UnsupportedMediaType(SekishoError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_content_encoding"
+
+
 class RequestTimeout(SekishoError):
     status = 408
     type = "invalid_request_error"

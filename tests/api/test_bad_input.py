@@ -154,3 +154,21 @@ def test_openai_client_raises_its_usual_exception_classes(gateway: Harness) -> N
         )
     with pytest.raises(openai.NotFoundError):
         c.embeddings.create(model="nope", input="x")
+
+
+def test_a_compressed_body_is_415_naming_the_encoding(gateway: Harness) -> None:
+    """It was read as broken JSON ("not valid UTF-8: surrogates not allowed")."""
+    import gzip
+
+    body = gzip.compress(b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}')
+    r = request(
+        "POST",
+        gateway.base_url + "/chat/completions",
+        content=body,
+        headers={"authorization": f"Bearer {gateway.key()}", "content-encoding": "gzip",
+                 "content-type": "application/json"},
+    )  # fmt: skip
+    assert r.status_code == 415
+    error = r.json()["error"]
+    assert error["code"] == "unsupported_content_encoding" and "'gzip'" in error["message"]
+    assert all(not sim.stats.bodies for sim in gateway.sims.values())

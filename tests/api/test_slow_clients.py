@@ -149,6 +149,32 @@ def test_headers_beyond_max_header_bytes_get_431_at_once(gw: Harness) -> None:
     assert time.monotonic() - started < TIMEOUT  # refused by size, not by the timer
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nContent-Length: abc\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nContent-Length: 2\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked"
+        b"\r\n\r\nnot-hex\r\n{}\r\n0\r\n\r\n",
+        b"GARBAGE\x01\x02 / HTTP/1.1\r\n\r\n",
+    ],
+    ids=["content-length not a number", "length and chunked", "bad chunk size", "request line"],
+)
+def test_a_request_that_is_not_http_gets_openais_error_shape_and_an_id(
+    gw: Harness, request_bytes: bytes
+) -> None:
+    """uvicorn answered these in plain text, with no request id for the operator's logs."""
+    with connect(gw) as s:
+        s.sendall(request_bytes)
+        data, _ = read_all(s)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"x-request-id: req_" in head.lower()
+    assert json.loads(body)["error"]["code"] == "invalid_http"
+    assert request("GET", gw.root + "/healthz").status_code == 200  # and it keeps serving
+
+
 def test_large_headers_inside_the_limit_are_served(gw: Harness) -> None:
     """A large OIDC token or many headers (here 40 KiB in all) are within the default."""
     padding = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"b" * 1000) for i in range(40))

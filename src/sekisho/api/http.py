@@ -15,7 +15,13 @@ from typing import Any
 import orjson
 
 from sekisho._ids import time_ordered_id
-from sekisho.errors import InvalidRequest, RequestTimeout, RequestTooLarge, SekishoError
+from sekisho.errors import (
+    InvalidRequest,
+    RequestTimeout,
+    RequestTooLarge,
+    SekishoError,
+    UnsupportedMediaType,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,6 +66,14 @@ async def read_body(
 ) -> bytes:
     """The request body, at most ``limit`` bytes, all of it within ``timeout`` seconds (a body
     already received costs no timer); raise RequestTooLarge, RequestTimeout or ClientGone."""
+    encoding = header(scope, b"content-encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        # A compressed body would be read as broken JSON ("not valid UTF-8"), or, inflated,
+        # could pass the size limit many times over: say what is wrong instead.
+        raise UnsupportedMediaType(
+            f"Request bodies are read as they are sent: Content-Encoding {encoding[:40]!r} "
+            "is not supported. Send the JSON uncompressed."
+        )
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(

@@ -29,6 +29,7 @@ from sekisho.api.http import (
     MAX_HEADER_STATE,
     READ_TIMEOUT,
     READ_TIMEOUT_STATE,
+    new_request_id,
 )
 
 FLUSH_AT = 65536  # bytes held at most before they are written at once
@@ -199,9 +200,22 @@ class HttpProtocol(HttpToolsProtocol):
         )
         self.transport.write(
             b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
+            b"x-request-id: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, new_request_id().encode(), len(body), body)
         )
         self._end(answered=True)
+
+    def send_400_response(self, msg: str) -> None:
+        """A request that is not HTTP/1.1 (a bad Content-Length, both Content-Length and
+        chunked, a broken chunk, a garbled request line): OpenAI's error shape, not uvicorn's
+        plain text, and the connection closes."""
+        self._refuse_head(
+            b"400 Bad Request",
+            b"The request is not valid HTTP/1.1 (its framing: request line, Content-Length or "
+            b"chunked encoding).",
+            b"invalid_http",
+            "invalid_http",
+        )
 
     def _end(self, *, answered: bool = False) -> None:
         transport = self.transport
