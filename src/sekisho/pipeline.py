@@ -433,7 +433,42 @@ class Pipeline:
         # leave a decision without its outcome.
         receipt = await asyncio.shield(entries())
         headers = dict(self._decision_headers(call, decision, receipt))
-        raise PolicyViolation(decision.refusal_message(), headers=headers)
+        message = decision.refusal_message()
+        if not decision.blocked_by_rule:  # a block rule refuses every model alike
+            others = self._models_that_may_take(call, decision)
+            if others:
+                message += f" Models that may take this request: {', '.join(others)}."
+        raise PolicyViolation(message, headers=headers)
+
+    def _models_that_may_take(self, call: Call, refused: Decision, most: int = 5) -> list[str]:
+        """Other models of the same kind, that this key may use, with an endpoint the policy
+        lets this request (its level and finding types) reach: the way out of a refusal."""
+        policy = self.policies[call.principal.tenant]
+        kind = self.catalogue.kind(call.model)
+        allowed = policy.models
+        out: list[str] = []
+        for name in self.catalogue.model_names:
+            if name == call.model or self.catalogue.kind(name) != kind:
+                continue
+            if call.principal.models is not None and name not in call.principal.models:
+                continue
+            if allowed is not None and name not in allowed:
+                continue
+            routes = tuple(r for r in self.catalogue.routes(name) if _speaks(r.endpoint, call.kind))
+            if not routes:
+                continue
+            decision = policy.decide(
+                model=name,
+                routes=routes,
+                level=refused.level,
+                finding_counts=refused.finding_types,
+                key_models=call.principal.models,
+            )
+            if not decision.denied:
+                out.append(name)
+                if len(out) == most:
+                    break
+        return out
 
     # -- 4 transform -----------------------------------------------------------------------
 

@@ -151,6 +151,11 @@ def test_a_refusal_is_recorded_with_nothing_eligible_and_no_sensitive_value(
     headers = e.value.response.headers
     assert e.value.body["code"] == "sovereignty_policy_violation"  # type: ignore[index]
     assert headers["x-sekisho-classification"] == "restricted"
+    # The way out: a model whose endpoints may see a My Number (served in Tokyo).
+    assert "Models that may take this request: " in e.value.message
+    offered = e.value.message.split("Models that may take this request: ")[1].rstrip(".")
+    assert "gpt-4o" in offered.split(", ") and "gpt-4.1" not in offered
+    assert "text-embedding-3-small" not in offered  # not a chat model
     index = int(headers["x-sekisho-receipt"].split()[0])
     body = receipt(gw, headers["x-request-id"], demo_key).json()
     assert body["index"] == index

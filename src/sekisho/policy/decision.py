@@ -53,6 +53,11 @@ class Decision:
     def exclusions_of(self, endpoint_id: str) -> tuple[Exclusion, ...]:
         return tuple(e for e in self.excluded if e.endpoint_id == endpoint_id)
 
+    @property
+    def blocked_by_rule(self) -> bool:
+        """Refused by a rule whose action is block (not for want of an eligible endpoint)."""
+        return self.action is Action.BLOCK and bool(self.rule) and self.rule != NO_ELIGIBLE_ENDPOINT
+
     def refusal_message(self) -> str:
         """Explain a refusal to the client: the level, the rule, each endpoint's reasons.
 
@@ -67,7 +72,7 @@ class Decision:
             if kinds:
                 head += f" (found: {kinds})"
         model = f" for model {self.model!r}" if self.model else ""
-        if self.action is Action.BLOCK and self.rule and self.rule != NO_ELIGIBLE_ENDPOINT:
+        if self.blocked_by_rule:
             body = f"is blocked{model} by sovereignty policy rule {self.rule}."
         elif self.eligible:
             body = f"is not refused{model}: {len(self.eligible)} endpoint(s) are eligible."
