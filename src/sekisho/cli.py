@@ -556,16 +556,26 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         return 1
     store = KeyStore(path)
     rows = store.list(args.tenant)
-    print(f"{'KEY ID':<14} {'TENANT':<16} {'ROLE':<10} {'STATE':<8} {'CREATED':<20} NAME")
+    print(
+        f"{'KEY ID':<14} {'TENANT':<16} {'ROLE':<10} {'STATE':<8} {'CREATED (UTC)':<20} "
+        f"{'EXPIRES (UTC)':<20} NAME"
+    )
     now = dt.datetime.now(dt.UTC).timestamp()
+
+    def when(ts: float | None) -> str:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
     for k in rows:
         state = (
             "revoked"
             if k.revoked_at
             else ("expired" if k.expires_at and k.expires_at <= now else "active")
         )
-        created = dt.datetime.fromtimestamp(k.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{k.key_id:<14} {k.tenant:<16} {k.role:<10} {state:<8} {created:<20} {k.name}")
+        # A rotated key keeps working until its overlap ends: EXPIRES says when.
+        print(
+            f"{k.key_id:<14} {k.tenant:<16} {k.role:<10} {state:<8} {when(k.created_at):<20} "
+            f"{when(k.expires_at):<20} {k.name}"
+        )
     return 0
 
 

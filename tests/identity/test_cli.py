@@ -86,3 +86,24 @@ def test_listing_or_revoking_keys_where_there_are_none_makes_nothing(
         assert main([*argv, "--data-dir", str(typo)]) == 1
         assert "there are no API keys at" in capsys.readouterr().err
     assert not typo.exists()
+
+
+def test_keys_list_says_when_a_rotated_key_stops_working(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After rotate-api the old key is still "active" for its overlap: EXPIRES says until
+    when (the list said only "active")."""
+    from sekisho.cli import main
+
+    store = KeyStore(tmp_path / "identity.db")
+    _, info = store.create("acme", name="billing")
+    assert main(["keys", "rotate-api", info.key_id, "--overlap-hours", "24",
+                 "--data-dir", str(tmp_path)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["keys", "list", "--data-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "EXPIRES (UTC)" in lines[0]
+    old = next(line for line in lines if line.startswith(info.key_id))
+    assert " active " in old and old.split()[7].count(":") == 2  # a date and a time, not "-"
+    successor = next(line for line in lines[1:] if not line.startswith(info.key_id))
+    assert successor.split()[6] == "-"  # no expiry
