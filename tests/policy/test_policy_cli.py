@@ -32,7 +32,7 @@ def test_explain_prints_each_candidate_with_the_rule_and_fact_that_excluded_it(
     args = ["explain", "--config", config, "--tenant", "kasumigaseki", "--model", "gpt-4o"]
     code, out = _run([*args, "--classification", "機密性3", "--text", ""], capsys)
     assert code == 0
-    assert "Classification  restricted — from declared x-sekisho-classification" in out
+    assert "Classification  restricted — from declared classification (x-sekisho" in out
     rows = {
         line.split()[1]: line
         for line in out.splitlines()

@@ -245,8 +245,10 @@ def keys_ledger(args: argparse.Namespace) -> int:
             signer = load_signer(path)
         except KeyFileError as e:
             return _fail(str(e))
+        asked_to_make = args.create or args.name
         print(
-            f"ledger signing key {path} exists (name {signer.name}); not overwritten",
+            f"ledger signing key {path} (name {signer.name})"
+            + ("; it exists already and was not overwritten" if asked_to_make else ""),
             file=sys.stderr,
         )
         print(
