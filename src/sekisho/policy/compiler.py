@@ -142,10 +142,8 @@ class CompiledPolicy:
                     Level.RESTRICTED, "declared classification not understood (fail closed)"
                 )
             if stated >= level:
-                level, source = (
-                    stated,
-                    "declared classification (x-sekisho-classification header, or --classification)",
-                )
+                level = stated
+                source = "declared classification (x-sekisho-classification, or --classification)"
         for kind, count in finding_counts.items():
             mapped = self.finding_levels.get(kind)
             if count > 0 and mapped is not None and mapped[0] > level:
