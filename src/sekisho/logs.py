@@ -142,3 +142,6 @@ def configure(level: str = "info") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # Alembic announces each of its plugins and each migration step at info: seven lines at a
+    # first start that say nothing an operator acts on (sekisho logs the schema it upgraded).
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -13,6 +13,7 @@ complete subtree and every checkpointed root, and compares. What it reports:
 
 from __future__ import annotations
 
+import base64
 import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class AuditReport:
             "entries_checked": self.entries_checked,
             "checkpoints_checked": self.checkpoints_checked,
             "root": self.root.hex(),
+            # as checkpoints and the text report write it, to compare with them directly
+            "root_base64": base64.b64encode(self.root).decode(),
             "problems": [
                 {"index": p.index, "kind": p.kind, "detail": p.detail} for p in self.problems
             ],

@@ -121,7 +121,13 @@ class RegionStore:
                 engine = database.create(at)
                 engines.append(engine)
                 if migrate:
-                    database.upgrade(engine, at)
+                    before, after = database.upgrade(engine, at)
+                    if before != after:
+                        log.info(
+                            "store schema upgraded",
+                            extra={"region": region, "store": at.role, "from": before,
+                                   "to": after},
+                        )  # fmt: skip
                 database.check_schema(engine, at)
                 database.claim(engine, at, country)
         except BaseException:
