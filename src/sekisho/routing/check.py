@@ -111,7 +111,10 @@ async def _check(
             status = resp.status
     except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError) as exc:
         report.reached = "no"
-        report.problems.append(f"cannot reach {url}: {_reason(exc)}")
+        hint = ""
+        if ep.simulated:
+            hint = " (a sekisho simulator: start them with `sekisho simulate`)"
+        report.problems.append(f"cannot reach {url}: {_reason(exc)}{hint}")
         return report
     ms = (time.perf_counter() - started) * 1000
     report.reached = f"HTTP {status} in {ms:.0f} ms"
@@ -248,4 +251,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     text = str(exc) or type(exc).__name__
+    # aiohttp says "ssl:default" of every connection, plain HTTP included: noise here.
+    text = text.replace(" ssl:default", "").replace(" ssl:None", "")
     return text.splitlines()[0][:200]
