@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -33,7 +32,14 @@ Record = Callable[[str, str | None, str | None], Awaitable[None]]
 def _locked(path: Path) -> Iterator[IO[str]]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     with os.fdopen(fd, "r+", encoding="utf-8") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+        try:
+            import fcntl
+        except ImportError:  # Windows: a byte-range lock (retried by the C runtime ~10 s)
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined,unused-ignore]
+        else:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
         yield f
 
 
