@@ -362,7 +362,16 @@ async def _serve_with_simulators(config: Any, common: dict[str, Any]) -> int:
     from sekisho.app import create_app
     from sekisho.simulator import start_demo_simulators
 
-    sims = await start_demo_simulators()
+    try:
+        sims = await start_demo_simulators()
+    except OSError as exc:
+        print(
+            f"sekisho: cannot start the simulators on 127.0.0.1:9101-9103 ({exc.strerror or exc})"
+            ": is another copy running? Stop it, or run `sekisho simulate --base-port N` and "
+            "serve a copy of examples/sekisho.yaml whose base_url entries point there",
+            file=sys.stderr,
+        )
+        return 1
     for s in sims:
         print(
             f"simulator {s.spec.name} ({s.spec.label}) on {s.base_url}  [SIMULATOR]",
