@@ -248,7 +248,7 @@ async def kept_response(
             f"Response {response[:80]!r} is kept by tenant {tenant.name!r}'s retention policy "
             "in its home-region store, for as long as that policy says; an application cannot "
             "delete it. An operator can restrict its use (利用停止) or erase a data subject's "
-            "records (sekisho store restrict / delete-subject).",
+            "records (sekisho subject restrict / sekisho subject delete).",
             code="retention_policy",
         )
     if method != "GET":
