@@ -259,3 +259,40 @@ def test_a_surname_whose_last_kanji_is_also_a_words_is_a_name_before_an_honorifi
 )
 def test_words_before_an_honorific_that_are_not_names_stay_unread(text: str) -> None:
     assert [t for t, _ in found(text) if t == "PERSON"] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("田中 様、お世話になっております。", "田中"),  # an ASCII space before the honorific
+        ("株式会社ABC 経理部 田中 様", "田中"),
+        ("佐藤 部長に確認します", "佐藤"),
+        ("馬場 純子 様", "馬場 純子"),
+        ("田中支店長", "田中"),  # bank and ministry titles
+        ("渡辺審議官のご説明", "渡辺"),
+        ("萩原様", "萩原"),  # not cut to 原 (a one-kanji surname)
+        ("口座名義：ﾔﾏﾀﾞ ﾀﾛｳ", "ﾔﾏﾀﾞ ﾀﾛｳ"),  # half-width katakana, as bank transfers write it
+        ("ｽｽﾞｷ様", "ｽｽﾞｷ"),
+    ],
+)
+def test_names_as_japanese_business_text_writes_them(text: str, name: str) -> None:
+    """Found by an audit of a few thousand templated texts: each of these was missed."""
+    assert ("PERSON", name) in found(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["ご本人様確認書類", "代理人様", "ご依頼主様", "ユーザー様各位", "パートさん募集", "山田商事様",
+     "千葉銀行様", "田中町様", "ご契約者様の住所", "お客 様", "皆 様", "金融庁様"],
+)  # fmt: skip
+def test_words_companies_and_places_before_an_honorific_are_not_names(text: str) -> None:
+    assert [t for t, _ in found(text) if t == "PERSON"] == []
+
+
+def test_a_barcode_or_an_order_number_is_not_a_card() -> None:
+    """Thirteen digits from 4 are every Japanese JAN barcode (and a Visa of the 1990s): a card
+    only where the text says card; after an order number's label, no card at all."""
+    assert found("JANコード 4945061231009") == []
+    assert found("4945061231009") == []
+    assert found("注文番号 4945807302157365") == []
+    assert ("CREDIT_CARD", "4222222222222") in found("カード番号 4222222222222")

@@ -54,6 +54,8 @@ _WORDS: dict[str, tuple[str, ...]] = {
                "問合せ番号", "問い合せ番号", "お問合せ番号", "受付番号", "整理番号", "お客様番号",
                "顧客番号", "契約番号", "従業員番号", "申込番号", "予約番号", "取引番号", "案件番号",
                "部品番号", "会員番号", "製造番号", "シリアル", "型番", "品番", "商品", "社員番号",
+               "送り状番号", "追跡番号", "証券番号", "お届け番号", "配送番号", "JAN", "EAN",
+               "バーコード",
                "Order", "order", "ORDER", "Invoice", "invoice", "Tracking", "tracking", "Serial",
                "serial", "Ticket", "ticket", "Reference", "reference", "Ref.", "ref.", "SKU",
                "Part No", "Part no", "part no", "Quantity", "quantity", "金額", "¥", "￥", "円"),

@@ -20,12 +20,15 @@ from sekisho.classify._trie import trie_pattern, trie_regex
 from sekisho.classify.findings import PERSON, Finding
 
 _KANJI = "一-龥々〆ヶ"
-_KATA = "ァ-ヴー"
+_KATA = "ァ-ヴーｦ-ﾟ"  # with half-width katakana (ﾔﾏﾀﾞ ﾀﾛｳ), as bank transfers write names
+_KATA_FIRST = "ァ-ヴｦ-ﾝ"
 
 _HONORIFICS = ("様", "さま", "さん", "殿", "氏", "君", "くん", "ちゃん", "先生")
 _TITLES = (
     "部長", "課長", "社長", "係長", "主任", "専務", "常務", "取締役", "教授", "弁護士", "会長",
-    "副社長", "室長", "所長",
+    "副社長", "室長", "所長", "支店長", "次長", "調査役", "局長", "審議官", "参事官", "大臣",
+    "理事", "議員", "代表", "税理士", "医師", "事務官", "頭取", "知事", "市長", "次官", "長官",
+    "監査役", "執行役員", "店長", "顧問", "相談役", "院長", "講師", "司法書士", "行政書士",
 )  # fmt: skip
 _FIELDS = (
     "氏名", "氏 名", "氏　名", "お名前", "名前", "フリガナ", "ふりがな", "担当者", "担当", "申請者",
@@ -36,6 +39,7 @@ _FIELDS = (
     "夫：",
 )  # fmt: skip
 _SALUTATIONS = frozenset({"Dear", "Hi", "Hello"})
+_HONORIFIC_FIRST = frozenset("様殿氏")
 # Fields whose value is a name only when written as a field ("担当：…"), not in running text.
 _LOOSE_FIELDS = frozenset({"担当", "担当者"})
 _EN_TITLES = ("Mr.", "Mrs.", "Ms.", "Dr.", "Prof.", "Mr", "Mrs", "Ms", "Dr", "Prof", "Miss",
@@ -60,7 +64,9 @@ _CUES_EN = lazy_compile(
 )
 _WORDCHAR = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _BEFORE_LATIN = lazy_compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?)[ 　]?$")
-_BEFORE_KATA = lazy_compile(rf"([ァ-ヴ][{_KATA}]{{1,9}}(?:[ 　・][ァ-ヴ][{_KATA}]{{1,9}})?)[ 　]?$")
+_BEFORE_KATA = lazy_compile(
+    rf"([{_KATA_FIRST}][{_KATA}]{{1,9}}(?:[ 　・･][{_KATA_FIRST}][{_KATA}]{{1,9}})?)[ 　]?$"
+)
 _BEFORE_KANJI = lazy_compile(rf"([{_KANJI}]{{1,6}}(?:[ 　][{_KANJI}]{{1,4}})?)[ 　]?$")
 _BEFORE_HIRA = lazy_compile(r"([ぁ-ん]{2,4})$")
 
@@ -68,7 +74,9 @@ _FIELD_GAP = lazy_compile(
     r"[ 　]*(?:[(（](?:漢字|カナ|フリガナ|ローマ字)[)）])?[ 　]*[:：]?[ 　\t]*"
 )
 _VALUE_KANJI = lazy_compile(rf"[{_KANJI}]{{1,5}}(?:[ 　]{{1,2}}[{_KANJI}]{{1,5}})?")
-_VALUE_KATA = lazy_compile(rf"[ァ-ヴ][{_KATA}]{{1,11}}(?:[ 　・][ァ-ヴ][{_KATA}]{{1,11}})?")
+_VALUE_KATA = lazy_compile(
+    rf"[{_KATA_FIRST}][{_KATA}]{{1,11}}(?:[ 　・･][{_KATA_FIRST}][{_KATA}]{{1,11}})?"
+)
 _VALUE_LATIN = lazy_compile(
     r"[A-Z][a-zA-Z'\-]{1,20}(?: [A-Z][a-zA-Z'\-]{1,20}){0,2}|[A-Z]{2,20}(?:[ /][A-Z]{2,20})"
 )
@@ -81,7 +89,28 @@ _UPPER_RUN_BEFORE = lazy_compile(r"([A-Z]{2,20})$")
 _UPPER_RUN_AFTER = lazy_compile(r"[A-Z]{2,20}(?![A-Za-z])")
 
 # Words that stand before an honorific but are not names (お客様, 皆さん, 仕様, 同様 ...).
-_STOP_LAST = frozenset("皆客者部課社係室局所店会方達族員中位神仏王殿様同仕模多異左今貴各奥彼御")
+_STOP_LAST = frozenset(
+    "皆客者部課社係室局所店会方達族員中位神仏王殿様同仕模多異左今貴各奥彼御人主先長臣省庁体師家手親"
+)
+# Katakana words that stand before 様 or さん and are not names (ユーザー様, パートさん).
+_KATA_STOP = frozenset(
+    {
+        "ユーザー", "ユーザ", "オーナー", "メンバー", "スタッフ", "ベンダー", "クライアント",
+        "パート", "ゲスト", "カスタマー", "サポーター", "パートナー", "ドライバー", "オペレーター",
+        "ファン", "チーム", "ママ", "パパ", "アルバイト", "バイト", "ホスト", "マネージャー",
+        "リーダー", "サポート", "センター", "ショップ", "ストア", "ホテル", "クリニック",
+    }
+)  # fmt: skip
+# What follows a known surname in a company's or a place's name (山田商事様, 千葉銀行様, 田中町様).
+_ORG_TAILS = frozenset(
+    {
+        "商事", "工業", "建設", "銀行", "製薬", "病院", "医院", "県庁", "県警", "観光", "産業",
+        "商店", "物産", "電機", "電気", "証券", "保険", "生命", "信金", "興業", "運輸", "不動産",
+        "製作", "商会", "工務", "組合", "農協", "歯科", "薬局", "書店", "法人", "学園", "大学",
+        "市役", "町役", "村役",
+    }
+)  # fmt: skip
+_ORG_LAST = frozenset("町村市区県屋組店社堂院庁館寺駅港")
 _STOP_FOLLOW_SAMA = frozenset("々子式態相")
 _LATIN_STOP = frozenset(
     {
@@ -303,7 +332,7 @@ class PersonDetector:
         )
 
     def _before(self, text: str, cue: int, cue_end: int, title: bool, out: list[Finding]) -> None:
-        if cue == 0 or text[cue - 1] in " \n\t":
+        if cue == 0 or text[cue - 1] in "\n\t":
             return
         if text[cue - 1] in _STOP_LAST and not self._surname_ends_at(text, cue):
             return  # お客様, 皆さん, 営業部長 — but 田中様, 阿部部長, 緒方さん are names
@@ -314,9 +343,11 @@ class PersonDetector:
         # Each pattern below ends in a letter of its own script (then an optional space), so
         # the last letter before the cue says which one can match: only that one is tried.
         last = window[-1]
-        spaced = last == "　"
+        spaced = last in "　 "  # 田中 様: a space before the honorific, either width
         if spaced:
             last = window[-2:-1]
+            if last in _STOP_LAST and not self._surname_ends_at(text, cue - 1):
+                return
         if not last:
             return
         if "a" <= last <= "z":
@@ -327,9 +358,9 @@ class PersonDetector:
             if name.split(" ")[0] not in _LATIN_STOP:
                 out.append(Finding(PERSON, base + latin.start(1), base + latin.end(1), 0.8))
             return
-        if "ァ" <= last <= "ヴ" or last == "ー":
+        if "ァ" <= last <= "ヴ" or last == "ー" or "ｦ" <= last <= "ﾟ":
             kata = _BEFORE_KATA.search(window)
-            if kata is not None and not title:
+            if kata is not None and not title and kata.group(1) not in _KATA_STOP:
                 out.append(Finding(PERSON, base + kata.start(1), base + kata.end(1), 0.7))
             return
         if "一" <= last <= "龥" or last in "々〆ヶ":
@@ -365,6 +396,8 @@ class PersonDetector:
                 head = rest[:length]
                 if len(head) == length and head in surnames:
                     tail = rest[length:].strip(" 　")
+                    if tail and (tail in _ORG_TAILS or tail[-1] in _ORG_LAST):
+                        return None  # 山田商事, 千葉銀行, 田中町: a company or a place
                     if not tail or tail in self._given or (len(tail) <= 2 and length >= 2):
                         return k, len(run), 0.9 if length >= 2 or tail else 0.75
         if not allow_unknown:
@@ -385,6 +418,8 @@ class PersonDetector:
             return  # "To" and "From" are names only as header fields ("To: ...")
         strict = label in _STRICT_FIELDS
         explicit = ":" in text[end:pos] or "：" in text[end:pos]
+        if text[pos : pos + 1] in _HONORIFIC_FIRST:
+            return  # ご契約者様: the label's honorific, not a name
         value = _VALUE_KANJI.match(text, pos)
         if value is not None:
             if label in _SALUTATIONS:
