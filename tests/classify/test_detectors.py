@@ -296,3 +296,28 @@ def test_a_barcode_or_an_order_number_is_not_a_card() -> None:
     assert found("4945061231009") == []
     assert found("注文番号 4945807302157365") == []
     assert ("CREDIT_CARD", "4222222222222") in found("カード番号 4222222222222")
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("口座名義人：ヤマダ タロウ", "ヤマダ タロウ"),  # the label's 人 was read as the name
+        ("名義人：大島優子", "大島優子"),
+        ("契約者名：小倉 智昭", "小倉 智昭"),
+        ("患者名：佐藤花子", "佐藤花子"),
+        ("振込依頼人：ﾔﾏﾀﾞ ﾀﾛｳ", "ﾔﾏﾀﾞ ﾀﾛｳ"),
+    ],
+)
+def test_compound_name_labels_give_the_name_not_their_last_kanji(text: str, name: str) -> None:
+    assert [v for t, v in found(text) if t == "PERSON"] == [name]
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["東京都千代田区霞が関3丁目1番1号", "東京都目黒区自由が丘1-2-3",
+     "北海道札幌市中央区北1条西2丁目1番地", "北海道旭川市6条通9丁目46番地"],
+)  # fmt: skip
+def test_addresses_with_ga_in_a_place_name_or_jo_blocks_are_whole(address: str) -> None:
+    """霞が関 stopped the address at the ward; Sapporo's 条 blocks at the first number."""
+    assert ("ADDRESS_JP", address) in found(f"住所：{address}")
+    assert found("東京都港区が担当します") == [("ADDRESS_JP", "東京都港区")]  # が, a particle

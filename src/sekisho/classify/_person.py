@@ -36,7 +36,7 @@ _FIELDS = (
     "Full Name", "Name", "name", "NAME", "Passenger", "PASSENGER", "Contact", "Attn.", "Attn",
     "ATTN", "From", "To", "Cc", "Dear", "Hi", "Hello", "Patient", "Applicant", "Candidate",
     "Employee", "長男", "長女", "次男", "次女", "三男", "三女", "配偶者", "父：", "母：", "妻：",
-    "夫：",
+    "夫：", "患者名", "届出人", "世帯主", "依頼人", "申込者",
 )  # fmt: skip
 _SALUTATIONS = frozenset({"Dear", "Hi", "Hello"})
 _HONORIFIC_FIRST = frozenset("様殿氏")
@@ -70,8 +70,10 @@ _BEFORE_KATA = lazy_compile(
 _BEFORE_KANJI = lazy_compile(rf"([{_KANJI}]{{1,6}}(?:[ 　][{_KANJI}]{{1,4}})?)[ 　]?$")
 _BEFORE_HIRA = lazy_compile(r"([ぁ-ん]{2,4})$")
 
+# After a field label: the rest of a compound label (名義 + 人, 契約者 + 名, 申請者 + 氏名), a
+# script note, a colon, spaces.
 _FIELD_GAP = lazy_compile(
-    r"[ 　]*(?:[(（](?:漢字|カナ|フリガナ|ローマ字)[)）])?[ 　]*[:：]?[ 　\t]*"
+    r"(?:氏名|人名|人|名)?[ 　]*(?:[(（](?:漢字|カナ|フリガナ|ローマ字)[)）])?[ 　]*[:：]?[ 　\t]*"
 )
 _VALUE_KANJI = lazy_compile(rf"[{_KANJI}]{{1,5}}(?:[ 　]{{1,2}}[{_KANJI}]{{1,5}})?")
 _VALUE_KATA = lazy_compile(
