@@ -271,6 +271,8 @@ def test_words_before_an_honorific_that_are_not_names_stay_unread(text: str) -> 
         ("田中支店長", "田中"),  # bank and ministry titles
         ("渡辺審議官のご説明", "渡辺"),
         ("萩原様", "萩原"),  # not cut to 原 (a one-kanji surname)
+        ("大林様", "大林"),  # not in the dictionary, and still not cut to 林
+        ("経理課林様", "林"),  # after a department, the one-kanji surname alone
         ("口座名義：ﾔﾏﾀﾞ ﾀﾛｳ", "ﾔﾏﾀﾞ ﾀﾛｳ"),  # half-width katakana, as bank transfers write it
         ("ｽｽﾞｷ様", "ｽｽﾞｷ"),
     ],

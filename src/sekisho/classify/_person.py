@@ -113,6 +113,8 @@ _ORG_TAILS = frozenset(
     }
 )  # fmt: skip
 _ORG_LAST = frozenset("町村市区県屋組店社堂院庁館寺駅港")
+# What ends a department's or a company's name before a person's (営業部田中, 東京支店古賀).
+_ORG_BEFORE_NAME = frozenset("部課室局店所社署係班科団会 　")
 _STOP_FOLLOW_SAMA = frozenset("々子式態相")
 _LATIN_STOP = frozenset(
     {
@@ -401,6 +403,10 @@ class PersonDetector:
                     if tail and (tail in _ORG_TAILS or tail[-1] in _ORG_LAST):
                         return None  # 山田商事, 千葉銀行, 田中町: a company or a place
                     if not tail or tail in self._given or (len(tail) <= 2 and length >= 2):
+                        if k and length == 1 and run[k - 1] not in _ORG_BEFORE_NAME:
+                            # 萩原, 伊東, 大林: an unknown surname ending in a one-kanji one
+                            # is the whole run, not its last kanji (redaction would leak 萩).
+                            return 0, len(run), 0.75
                         return k, len(run), 0.9 if length >= 2 or tail else 0.75
         if not allow_unknown:
             return None
