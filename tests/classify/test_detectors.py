@@ -323,3 +323,9 @@ def test_addresses_with_ga_in_a_place_name_or_jo_blocks_are_whole(address: str) 
     """霞が関 stopped the address at the ward; Sapporo's 条 blocks at the first number."""
     assert ("ADDRESS_JP", address) in found(f"住所：{address}")
     assert found("東京都港区が担当します") == [("ADDRESS_JP", "東京都港区")]  # が, a particle
+
+
+def test_a_birth_date_written_with_spaces_around_its_numbers_is_found() -> None:
+    text = "生年月日 和暦：昭和 60 年 4 月 1 日"
+    assert ("DATE_OF_BIRTH", "昭和 60 年 4 月 1 日") in found(text)
+    assert found("会議は 2024 年 4 月 1 日です") == []  # a date, not a birth date
