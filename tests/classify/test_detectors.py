@@ -329,3 +329,11 @@ def test_a_birth_date_written_with_spaces_around_its_numbers_is_found() -> None:
     text = "生年月日 和暦：昭和 60 年 4 月 1 日"
     assert ("DATE_OF_BIRTH", "昭和 60 年 4 月 1 日") in found(text)
     assert found("会議は 2024 年 4 月 1 日です") == []  # a date, not a birth date
+
+
+@pytest.mark.parametrize("written", ["123-456-789-018", "123456-789018"])
+def test_a_my_number_grouped_otherwise_is_found_where_the_text_says_my_number(
+    written: str,
+) -> None:
+    assert ("MY_NUMBER", written) in found(f"マイナンバー:{written}")
+    assert found(f"部品 {written}") == []  # without the cue: a part number, say

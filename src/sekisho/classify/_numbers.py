@@ -103,6 +103,7 @@ _POSTAL_CTX = frozenset({ctx.POSTAL})
 _MYNUMBER_CTX = frozenset({ctx.MYNUMBER})
 _CORPORATE_CTX = frozenset({ctx.CORPORATE})
 _CARD_CTX = frozenset({ctx.CARD})
+_MYNUMBER_CUED_SHAPES = ([3, 3, 3, 3], [6, 6])
 _RESIDENCE_CTX = frozenset({ctx.RESIDENCE})
 _PASSPORT_CTX = frozenset({ctx.PASSPORT})
 
@@ -169,7 +170,7 @@ def _shape_possible(n: int, sizes: list[int], folded: str) -> bool:
     if n in (10, 11):
         return folded[0] == "0"
     if n == 12:
-        return sizes in ([12], [4, 4, 4])
+        return sizes in ([12], [4, 4, 4]) or sizes in _MYNUMBER_CUED_SHAPES
     if n == 13 and sizes in ([13], [1, 4, 4, 4]):
         return True
     return n >= 13 and (len(sizes) == 1 or sizes in _CARD_GROUPINGS)
@@ -417,6 +418,12 @@ class NumberDetector:
         if sizes == [8] and digits[0] == "1" and context() == ctx.BANK:
             return emit(BANK_ACCOUNT_JP, 0.85)
 
+        if n == 12 and sizes in _MYNUMBER_CUED_SHAPES:
+            # 266-473-782-880, 266473-782880: grouped otherwise than by fours, a My Number
+            # only where the text says so.
+            if context() == ctx.MYNUMBER and my_number_ok(digits):
+                return emit(MY_NUMBER, 0.9)
+            return None
         if n == 12 and sizes in ([12], [4, 4, 4]):
             if context() == ctx.LICENSE:
                 return emit(DRIVER_LICENSE_JP, 0.95)
