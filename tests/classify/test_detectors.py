@@ -337,3 +337,11 @@ def test_a_my_number_grouped_otherwise_is_found_where_the_text_says_my_number(
 ) -> None:
     assert ("MY_NUMBER", written) in found(f"マイナンバー:{written}")
     assert found(f"部品 {written}") == []  # without the cue: a part number, say
+
+
+@pytest.mark.parametrize(
+    "text", ["Please ask Tanaka-san about it", "Dear Tanaka-san,", "Hi Tanaka-san!"]
+)
+def test_a_romanised_name_with_san_is_the_name_without_the_honorific(text: str) -> None:
+    assert [v for t, v in found(text) if t == "PERSON"] == ["Tanaka"]
+    assert found("non-sanitised input, the pre-sample") == []

@@ -23,7 +23,7 @@ _KANJI = "一-龥々〆ヶ"
 _KATA = "ァ-ヴーｦ-ﾟ"  # with half-width katakana (ﾔﾏﾀﾞ ﾀﾛｳ), as bank transfers write names
 _KATA_FIRST = "ァ-ヴｦ-ﾝ"
 
-_HONORIFICS = ("様", "さま", "さん", "殿", "氏", "君", "くん", "ちゃん", "先生")
+_HONORIFICS = ("様", "さま", "さん", "殿", "氏", "君", "くん", "ちゃん", "先生", "-san", "-sama")
 _TITLES = (
     "部長", "課長", "社長", "係長", "主任", "専務", "常務", "取締役", "教授", "弁護士", "会長",
     "副社長", "室長", "所長", "支店長", "次長", "調査役", "局長", "審議官", "参事官", "大臣",
@@ -85,7 +85,9 @@ _VALUE_LATIN = lazy_compile(
 _READING = lazy_compile(
     rf"[ 　]*[(（]([ァ-ヴ][{_KATA}]{{1,11}}(?:[ 　・][ァ-ヴ][{_KATA}]{{1,11}})?)[)）]"
 )
-_SALUTATION_NAME = lazy_compile(r"([A-Z][a-z'\-]{1,20}(?: [A-Z][a-z'\-]{1,20})?)[ \t]*(?:,|$|\n|!)")
+_SALUTATION_NAME = lazy_compile(
+    r"([A-Z][a-z'\-]{1,20}?(?: [A-Z][a-z'\-]{1,20}?)?)(?:-(?:san|sama|kun|chan))?[ \t]*(?:,|$|\n|!)"
+)
 _SELF_NAME = lazy_compile(rf"(?:の|。|\n|^)([{_KANJI}]{{1,4}}(?:[ 　][{_KANJI}]{{1,3}})?)$")
 _UPPER_RUN_BEFORE = lazy_compile(r"([A-Z]{2,20})$")
 _UPPER_RUN_AFTER = lazy_compile(r"[A-Z]{2,20}(?![A-Za-z])")
@@ -261,6 +263,8 @@ class PersonDetector:
                     continue
             elif word == "氏" and text[end : end + 1] == "名":
                 continue
+            elif word[0] == "-" and text[end : end + 1] in _WORDCHAR:
+                continue  # "-sanitised", "-sample": not Tanaka-san
             if kind == "hon" or kind == "title":
                 self._before(text, start, end, kind == "title", found)
             elif kind == "field":
@@ -359,8 +363,12 @@ class PersonDetector:
             if latin is None or title:
                 return
             name = latin.group(1)
-            if name.split(" ")[0] not in _LATIN_STOP:
+            first, _, second = name.partition(" ")
+            if first not in _LATIN_STOP and first not in _SALUTATIONS:
                 out.append(Finding(PERSON, base + latin.start(1), base + latin.end(1), 0.8))
+            elif second and second not in _LATIN_STOP:  # "Dear Tanaka-san": the name alone
+                start = base + latin.end(1) - len(second)
+                out.append(Finding(PERSON, start, base + latin.end(1), 0.8))
             return
         if "ァ" <= last <= "ヴ" or last == "ー" or "ｦ" <= last <= "ﾟ":
             kata = _BEFORE_KATA.search(window)
