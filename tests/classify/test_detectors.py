@@ -300,6 +300,11 @@ def test_a_barcode_or_an_order_number_is_not_a_card() -> None:
     assert ("CREDIT_CARD", "4222222222222") in found("カード番号 4222222222222")
 
 
+def test_a_branch_and_account_number_after_its_label_is_an_account_not_a_postal_code() -> None:
+    assert found("口座番号: 123-4567") == [("BANK_ACCOUNT_JP", "123-4567")]
+    assert found("〒100-0005 東京都") == [("POSTAL_CODE_JP", "100-0005")]
+
+
 @pytest.mark.parametrize(
     ("text", "name"),
     [

@@ -391,6 +391,8 @@ class NumberDetector:
             if sizes == [3, 4]:
                 if start > 0 and text[start - 1] == "〒":
                     return emit(POSTAL_CODE_JP, 0.99)
+                if context() == ctx.BANK:  # 口座番号: 123-4567 (a branch code, then the account)
+                    return emit(BANK_ACCOUNT_JP, 0.85)
                 score = _score(0.75, context(), _POSTAL_CTX)
                 if _prefecture_follows(text, end):
                     score = max(score, 0.9)
