@@ -322,7 +322,8 @@ def test_compound_name_labels_give_the_name_not_their_last_kanji(text: str, name
 @pytest.mark.parametrize(
     "address",
     ["東京都千代田区霞が関3丁目1番1号", "東京都目黒区自由が丘1-2-3",
-     "北海道札幌市中央区北1条西2丁目1番地", "北海道旭川市6条通9丁目46番地"],
+     "北海道札幌市中央区北1条西2丁目1番地", "北海道旭川市6条通9丁目46番地",
+     "栃木県宇都宮市本町1-2-3", "宇都宮市本町1-2-3", "宮崎県都城市姫城町6-21"],
 )  # fmt: skip
 def test_addresses_with_ga_in_a_place_name_or_jo_blocks_are_whole(address: str) -> None:
     """霞が関 stopped the address at the ward; Sapporo's 条 blocks at the first number."""

@@ -120,7 +120,11 @@ PREFECTURES_ROMAN: tuple[str, ...] = tuple(
 # が is a particle, except inside place names: 霞が関, 自由が丘, 光が丘, 茅ヶ崎's spelling 茅が崎.
 _GA_NAME = "が(?=[関丘崎谷浜原森岡台島坂沢瀬淵])"
 _NAMECH = rf"(?:[^\s\d０-９、。,，;；()（）「」『』【】:：/／・はがをでにへ〒]|{_GA_NAME})"
-_CITYCH = r"[^\s\d０-９、。,，;；()（）「」『』【】:：/／・はがをでにもとやへ〒都県]"
+# 都 ends a prefecture, except inside 宇都宮 and 都城.
+_CITYCH = (
+    r"(?:[^\s\d０-９、。,，;；()（）「」『』【】:：/／・はがをでにもとやへ〒都県]"
+    rf"|{_GA_NAME}|都(?=[宮城]))"
+)
 _CITY = rf"(?>{_CITYCH}{{0,7}}?[市区町村郡])"
 _NUM = r"(?:[0-9０-９]{1,5}+|[一二三四五六七八九十]{1,3}+)"
 # 条 blocks (Sapporo, Asahikawa: 北1条西2丁目, 6条通9丁目) join the numbered parts too.
@@ -185,7 +189,10 @@ def detect_addresses(
             while (
                 begin > 0
                 and cue - begin < 4
-                and text[begin - 1] not in "市区町村都道府県"
+                and (
+                    text[begin - 1] not in "市区町村都道府県"
+                    or text[begin - 1 : begin + 1] in ("都宮", "都城")
+                )
                 and _KANJI.match(text, begin - 1)
             ):
                 begin -= 1
