@@ -285,7 +285,8 @@ def test_names_as_japanese_business_text_writes_them(text: str, name: str) -> No
 @pytest.mark.parametrize(
     "text",
     ["ご本人様確認書類", "代理人様", "ご依頼主様", "ユーザー様各位", "パートさん募集", "山田商事様",
-     "千葉銀行様", "田中町様", "ご契約者様の住所", "お客 様", "皆 様", "金融庁様"],
+     "千葉銀行様", "田中町様", "ご契約者様の住所", "お客 様", "皆 様", "金融庁様", "ご苦労様でした",
+     "お世話様です", "ご馳走様でした", "旦那様", "お得意様", "八百屋さん"],
 )  # fmt: skip
 def test_words_companies_and_places_before_an_honorific_are_not_names(text: str) -> None:
     assert [t for t, _ in found(text) if t == "PERSON"] == []

@@ -94,7 +94,7 @@ _UPPER_RUN_AFTER = lazy_compile(r"[A-Z]{2,20}(?![A-Za-z])")
 
 # Words that stand before an honorific but are not names (お客様, 皆さん, 仕様, 同様 ...).
 _STOP_LAST = frozenset(
-    "皆客者部課社係室局所店会方達族員中位神仏王殿様同仕模多異左今貴各奥彼御人主先長臣省庁体師家手親"
+    "皆客者部課社係室局所店会方達族員中位神仏王殿様同仕模多異左今貴各奥彼御人主先長臣省庁体師家手親那屋"
 )
 # Katakana words that stand before 様 or さん and are not names (ユーザー様, パートさん).
 _KATA_STOP = frozenset(
@@ -380,6 +380,9 @@ class PersonDetector:
             if kanji is None:
                 return
             span = self._kanji_name(kanji.group(1), allow_unknown=not title)
+            at = base + kanji.start(1)
+            if span is not None and span[2] <= 0.6 and at > 0 and text[at - 1] in "ごお":
+                return  # ご苦労様, お世話様, お得意様: an honorific prefix makes it a word
             if span is not None:
                 a, b, score = span
                 out.append(
