@@ -17,13 +17,13 @@ from harness import Harness, ledger_incomplete, request, start_example
 GOOD, BAD = "sim-global-useast", "sim-global-japaneast"
 
 
-def only_global(raw: dict[str, Any]) -> None:
-    """gpt-4o from the two global endpoints only (Tokyo serves chat-default alone)."""
-    raw["endpoints"][0]["models"][0]["aliases"] = ["chat-default"]
-
-
 @pytest.fixture
 def two(tmp_path: Path) -> Any:
+    """gpt-4o from the two global endpoints only (Tokyo serves chat-default alone)."""
+
+    def only_global(raw: dict[str, Any]) -> None:
+        raw["endpoints"][0]["models"][0]["aliases"] = ["chat-default"]
+
     h = start_example(tmp_path, only_global)
     yield h
     h.stop()

@@ -140,23 +140,13 @@ def test_client_disconnect_cancels_the_upstream_request(
     two: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging
-    import socket
     import time
 
     caplog.set_level(logging.INFO, logger="sekisho.app")
     key = two.key()
     two.fault("sim-global-japaneast", mode="hang")
     two.fault("sim-global-useast", mode="hang")
-    body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"bye"}]}'
-    s = socket.create_connection(("127.0.0.1", two.port))
-    s.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer "
-        + key.encode()
-        + b"\r\ncontent-type: application/json\r\ncontent-length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-        + body
-    )
+    s = raw_post(two, key, "bye")
     deadline = time.time() + 5
     while two.gateway.in_flight == 0 and time.time() < deadline:  # type: ignore[union-attr]
         time.sleep(0.01)
