@@ -77,21 +77,42 @@ async def reconcile(
     ``digests``. Where the file holds nothing, compare with ``previous`` (what this process
     served until a reload); with neither (the first start), nothing is recorded. Return the
     tenants recorded. The file is read and written in a thread: a stalled disk does not stall
-    the event loop."""
+    the event loop. A file that cannot be opened or written (a read-only or full disk) is
+    logged and compared as if empty: a reload's change is still recorded, from ``previous``."""
     lock = _locked(data_dir / FILE)
-    f = await asyncio.to_thread(lock.__enter__)  # may wait for another worker
     try:
-        stored = await asyncio.to_thread(_read, f)
-        before = stored if stored is not None else previous
-        changed: list[str] = []
-        if before is not None:
-            changed = sorted(
-                t for t in set(before) | set(digests) if before.get(t) != digests.get(t)
-            )
-            for tenant in changed:
-                await record(tenant, before.get(tenant), digests.get(tenant))
+        f = await asyncio.to_thread(lock.__enter__)  # may wait for another worker
+    except OSError as exc:
+        log.warning("cannot open %s (%s); policy changes across restarts are not compared",
+                    data_dir / FILE, exc.strerror or exc)  # fmt: skip
+        return await _record_changes(None, previous, digests, record)
+    try:
+        try:
+            stored = await asyncio.to_thread(_read, f)
+        except OSError as exc:
+            log.warning("cannot read %s (%s)", data_dir / FILE, exc.strerror or exc)
+            stored = None
+        changed = await _record_changes(stored, previous, digests, record)
         if stored != dict(digests):
-            await asyncio.to_thread(_write, f, digests)
+            try:
+                await asyncio.to_thread(_write, f, digests)
+            except OSError as exc:
+                log.warning("cannot write %s (%s)", data_dir / FILE, exc.strerror or exc)
         return changed
     finally:
         await asyncio.to_thread(lock.__exit__, None, None, None)
+
+
+async def _record_changes(
+    stored: Mapping[str, str] | None,
+    previous: Mapping[str, str] | None,
+    digests: Mapping[str, str],
+    record: Record,
+) -> list[str]:
+    before = stored if stored is not None else previous
+    if before is None:
+        return []
+    changed = sorted(t for t in set(before) | set(digests) if before.get(t) != digests.get(t))
+    for tenant in changed:
+        await record(tenant, before.get(tenant), digests.get(tenant))
+    return changed

@@ -183,7 +183,7 @@ def choices_problem(choices: list[Any], kind: str, holder: str) -> str | None:
         if not isinstance(choice.get("index", 0), int):
             return "a choice whose index is not an integer"
         if kind == "completions":
-            if not isinstance(choice.get("text", ""), str):
+            if not _text_or_none(choice.get("text")):
                 return "a choice whose text is not a string"
             continue
         msg = choice.get(holder)
@@ -204,15 +204,19 @@ def choices_problem(choices: list[Any], kind: str, holder: str) -> str | None:
             for part, field in (("function", "arguments"), ("custom", "input")):
                 inner = call.get(part)
                 if inner is not None and (
-                    not isinstance(inner, dict) or not isinstance(inner.get(field, ""), str)
+                    not isinstance(inner, dict) or not _text_or_none(inner.get(field))
                 ):
                     return f"a tool call whose {part}.{field} is not a string"
         fc = msg.get("function_call")
-        if fc is not None and (
-            not isinstance(fc, dict) or not isinstance(fc.get("arguments", ""), str)
-        ):
+        if fc is not None and (not isinstance(fc, dict) or not _text_or_none(fc.get("arguments"))):
             return f"{holder}.function_call whose arguments are not a string"
     return None
+
+
+def _text_or_none(value: Any) -> bool:
+    """A string, or null (a delta that names a function before its arguments): no text that
+    output inspection would have to read."""
+    return value is None or isinstance(value, str)
 
 
 def client_error_from(exc: UpstreamStatusError) -> SekishoError:

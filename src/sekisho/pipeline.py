@@ -111,6 +111,8 @@ log = logging.getLogger("sekisho.pipeline")
 
 # Characters of input from which a request is scanned in a worker thread: scanning runs at
 # roughly 5-20 MB/s, so below this it costs the event loop a few milliseconds at most.
+# A request of many texts (their meetings are read too) is inspected off the loop as well.
+_TEXTS_IN_THREAD = 256
 _SCAN_IN_THREAD = 64 * 1024
 
 
@@ -182,7 +184,7 @@ class Pipeline:
         await self._admit(call)
         committing = False
         try:
-            if sum(map(len, call.texts)) < _SCAN_IN_THREAD:
+            if sum(map(len, call.texts)) < _SCAN_IN_THREAD and len(call.texts) < _TEXTS_IN_THREAD:
                 findings, failed = self.inspect(call, tenant)  # 2
             else:  # a long document: the event loop serves everyone else meanwhile
                 findings, failed = await in_fair_thread(self.inspect, call, tenant)
@@ -359,7 +361,8 @@ class Pipeline:
                 crossing, pieces = across(scanner.scan, call.texts)
                 findings.extend(crossing)
                 for i, split in pieces.items():
-                    call.pieces.setdefault(call.texts[i], []).extend(split)
+                    have = call.pieces.setdefault(call.texts[i], [])
+                    have.extend(f for f in split if f not in have)  # a text repeated: once
             if call.opaque:
                 # Ids, names, URLs and keys: one text (the same one request after request
                 # for a client's fixed tool set, so the memo answers it), findings counted.

@@ -338,6 +338,28 @@ def test_valid_reload_serves_the_new_digest_and_records_an_admin_entry(gw: Harne
     assert swap[0]["details"] == {"from": before, "to": after}
 
 
+def test_a_reload_is_recorded_even_where_the_policies_file_cannot_be_kept(gw: Harness) -> None:
+    """policies-in-force.json unusable (here a directory; a read-only or full disk alike): the
+    reload still applies whole and is still an admin entry (a review found it half applied,
+    unrecorded, and reported as not applied)."""
+    app, admin = gw.key("demo"), gw.key("demo", role="admin")
+    auditor = gw.key("demo", role="auditor")
+    before = digest_now(gw, app)
+    target = gw.data_dir / "policies-in-force.json"
+    target.unlink(missing_ok=True)
+    target.mkdir()
+    assert gw.config_path is not None
+    edit_config(gw.config_path, stricter)
+    r = call(gw, "POST", f"{PREFIX}/policy/reload", admin)
+    assert r.status_code == 200, r.text
+    after = digest_now(gw, app)
+    assert after != before
+    entries = [json.loads(e) for _, e in ledger_entries(gw, auditor)]
+    swaps = [e for e in entries if e.get("action") == "policy.reload"
+             and e.get("target") == "tenant/demo"]  # fmt: skip
+    assert [e["details"] for e in swaps] == [{"from": before, "to": after}]
+
+
 def test_a_reload_says_which_changes_wait_for_a_restart(gw: Harness) -> None:
     """A new log level or ledger setting is not applied by a reload: the answer (and a warning
     in the log) says so, instead of letting the operator believe it is in force."""

@@ -72,3 +72,26 @@ def test_wherever_a_number_is_cut_it_is_found_whole(
     crossing, pieces = across(SCANNER.scan, texts)
     assert [f.type for f in crossing] == ["MY_NUMBER"], texts
     assert covered(texts, pieces) == MY_NUMBER
+
+
+def test_a_cut_after_a_separator_and_a_neighbour_with_digits_hide_nothing() -> None:
+    """Found by a review: a cut right after "-" was not looked at, and a next text such as
+    "2 copies" joined its digits to the number's."""
+    for texts in (
+        ["My Number: 1234-5678-", "9018"],
+        ["My Number: 1234-5678-", "9018", "2 copies, please"],
+        ["My Number: 1234 5678 ", "9018", "1234 5678 ", "tomorrow"],
+    ):
+        crossing, pieces = across(SCANNER.scan, texts)
+        assert [f.type for f in crossing] == ["MY_NUMBER"], texts
+        assert covered(texts, pieces).replace(" ", "").replace("-", "") == MY_NUMBER
+
+
+def test_a_request_of_thousands_of_digit_meetings_is_refused_reading_not_read_for_seconds() -> None:
+    import pytest
+
+    from sekisho.classify._person import TooManyCues
+    from sekisho.classify._seams import MAX_MEETINGS
+
+    with pytest.raises(TooManyCues):  # the pipeline then classifies it at the highest level
+        across(SCANNER.scan, ["1"] * (MAX_MEETINGS + 2))

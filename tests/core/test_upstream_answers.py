@@ -111,6 +111,28 @@ def test_a_stream_whose_first_event_is_unusable_fails_over(two: Harness, case: s
     assert ledger_incomplete(two) == []
 
 
+def test_a_tool_call_delta_that_names_its_function_before_its_arguments_streams_through(
+    two: Harness,
+) -> None:
+    """`"arguments": null` in the first tool-call delta is valid (the SDKs type it Optional):
+    a review found it cut as malformed."""
+    call = {"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": None}}  # fmt: skip
+    more = {"index": 0, "function": {"arguments": '{"city":"Tokyo"}'}}
+    events = sse(delta(role="assistant", tool_calls=[call]), delta(tool_calls=[more]), "[DONE]")
+    for name in (GOOD, BAD):
+        two.fault(name, mode="sse", body=events)
+    raw = chat(two, stream=True)
+    chunks = [c for c in raw.parse() if c.choices]
+    args = "".join(
+        tc.function.arguments or ""
+        for c in chunks
+        for tc in c.choices[0].delta.tool_calls or ()
+        if tc.function is not None
+    )
+    assert args == '{"city":"Tokyo"}'
+
+
 def test_a_stream_that_turns_malformed_midway_ends_with_an_error_event(two: Harness) -> None:
     events = sse(delta(role="assistant", content="Hello"), delta(content={"x": 1}), "[DONE]")
     two.fault(BAD, mode="sse", body=events)
