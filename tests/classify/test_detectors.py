@@ -352,3 +352,17 @@ def test_a_my_number_grouped_otherwise_is_found_where_the_text_says_my_number(
 def test_a_romanised_name_with_san_is_the_name_without_the_honorific(text: str) -> None:
     assert [v for t, v in found(text) if t == "PERSON"] == ["Tanaka"]
     assert found("non-sanitised input, the pre-sample") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("以上\n人事課 佐藤", ["佐藤"]),
+        ("--\n株式会社サンプル\n営業部 加藤 大介", ["加藤 大介"]),
+        ("出席者：田中、鈴木、佐藤", ["田中", "鈴木", "佐藤"]),
+        ("営業部 会議\n明日", []),  # not a surname
+        ("出席者：田中、会議室", ["田中"]),
+    ],
+)
+def test_signature_lines_and_listed_names(text: str, names: list[str]) -> None:
+    assert [v for t, v in found(text) if t == "PERSON"] == names
