@@ -814,20 +814,14 @@ class Gateway:
         policy = self.config.policies.get(principal.tenant)
         allowed = policy.models if policy is not None else None
         usable = None
-        if policy is not None:
+        pipeline = self.pipeline
+        if policy is not None and pipeline is not None:
             plain = policy.classify({}, None)  # a request with nothing in it: the floor
 
             def usable(name: str, candidates: tuple[Route, ...]) -> bool:
                 # A model whose every endpoint the policy refuses even a plain request (a
                 # rule keeping all traffic in Japan, say) is one the caller can never use.
-                assert policy is not None
-                return not policy.decide(
-                    model=name,
-                    routes=candidates,
-                    level=plain,
-                    finding_counts={},
-                    key_models=principal.models,
-                ).denied
+                return pipeline.reaches(principal, name, candidates, plain, {})
 
         listing = routes.list_models(self.config.catalogue, principal, allowed, usable)
         if path == "/v1/models":

@@ -438,23 +438,14 @@ def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | Non
         # The checks that need a whole model (stores, policies) still run on the file with
         # the faulty values taken out, so their problems come in this report too.
         repaired = _without_faults(expanded, exc)
-        if repaired is not None:
-            seen = {_ID_LABEL.sub("", p.path) for p in problems}
-            later = _later_problems(repaired, file)
-            problems += [p for p in new(later) if _ID_LABEL.sub("", p.path) not in seen]
-        raise ConfigError(problems) from None
-    problems += new(_cross_checks(model, file))
-    if problems:
-        seen = {_ID_LABEL.sub("", p.path) for p in problems}
-        try:
-            _compile_policies(Config(model, file))
-        except ConfigError as exc:
-            problems += [p for p in new(exc.problems) if _ID_LABEL.sub("", p.path) not in seen]
-        except Exception:  # a model missing what compilation assumes: reported once fixed
-            pass
+        if repaired is None:
+            raise ConfigError(problems) from None
+        model = repaired
+    seen = {_ID_LABEL.sub("", p.path) for p in problems}
+    later, config = _checked(model, file)
+    problems += [p for p in new(later) if _ID_LABEL.sub("", p.path) not in seen]
+    if problems or config is None:
         raise ConfigError(problems)
-    config = Config(model, file)
-    _compile_policies(config)
     return config
 
 
@@ -485,16 +476,20 @@ def _without_faults(data: dict[str, Any], exc: ValidationError) -> ConfigModel |
     return None
 
 
-def _later_problems(model: ConfigModel, file: str) -> list[ConfigProblem]:
-    """The cross checks and the policies' compilation of a model."""
+def _checked(model: ConfigModel, file: str) -> tuple[list[ConfigProblem], Config | None]:
+    """The cross checks and the policies' compilation of a model: the problems, and the
+    config with its policies compiled when there are none."""
     found = _cross_checks(model, file)
     try:
-        _compile_policies(Config(model, file))
+        config = Config(model, file)
+        _compile_policies(config)
     except ConfigError as exc:
-        found += exc.problems
-    except Exception:  # a model missing what a later check assumes: reported once fixed
-        pass
-    return found
+        return found + exc.problems, None
+    except Exception:
+        if found:  # a model missing what compilation assumes: reported once it is fixed
+            return found, None
+        raise
+    return found, None if found else config
 
 
 def scanner_for(tenant: Tenant) -> Scanner:

@@ -103,7 +103,7 @@ from sekisho.routing import Catalogue, Health, Route, Selector
 from sekisho.routing.catalogue import Endpoint
 from sekisho.routing.slots import SlotsUnavailable
 from sekisho.store import Exchange, StoreError, Stores
-from sekisho.types import Action
+from sekisho.types import Action, Level
 
 __all__ = ["Call", "Kind", "Outcome", "Pipeline", "Reply", "StreamReply", "estimate_tokens"]
 
@@ -443,12 +443,33 @@ class Pipeline:
                 message += f" Models that may take this request: {', '.join(others)}."
         raise PolicyViolation(message, headers=headers)
 
+    def reaches(
+        self,
+        principal: Principal,
+        model: str,
+        routes: tuple[Route, ...],
+        level: Level,
+        finding_counts: Mapping[str, int],
+    ) -> bool:
+        """Whether the tenant's policy lets a request of ``level`` with these findings reach
+        one of ``routes`` for ``model`` (decisions are memoised: cheap to ask often)."""
+        return (
+            not self.policies[principal.tenant]
+            .decide(
+                model=model,
+                routes=routes,
+                level=level,
+                finding_counts=finding_counts,
+                key_models=principal.models,
+            )
+            .denied
+        )
+
     def _models_that_may_take(self, call: Call, refused: Decision, most: int = 5) -> list[str]:
         """Other models of the same kind, that this key may use, with an endpoint the policy
         lets this request (its level and finding types) reach: the way out of a refusal."""
-        policy = self.policies[call.principal.tenant]
         kind = self.catalogue.kind(call.model)
-        allowed = policy.models
+        allowed = self.policies[call.principal.tenant].models
         out: list[str] = []
         for name in self.catalogue.model_names:
             if name == call.model or self.catalogue.kind(name) != kind:
@@ -460,14 +481,7 @@ class Pipeline:
             routes = tuple(r for r in self.catalogue.routes(name) if _speaks(r.endpoint, call.kind))
             if not routes:
                 continue
-            decision = policy.decide(
-                model=name,
-                routes=routes,
-                level=refused.level,
-                finding_counts=refused.finding_types,
-                key_models=call.principal.models,
-            )
-            if not decision.denied:
+            if self.reaches(call.principal, name, routes, refused.level, refused.finding_types):
                 out.append(name)
                 if len(out) == most:
                     break
