@@ -275,6 +275,9 @@ def test_words_before_an_honorific_that_are_not_names_stay_unread(text: str) -> 
         ("経理課林様", "林"),  # after a department, the one-kanji surname alone
         ("口座名義：ﾔﾏﾀﾞ ﾀﾛｳ", "ﾔﾏﾀﾞ ﾀﾛｳ"),  # half-width katakana, as bank transfers write it
         ("ｽｽﾞｷ様", "ｽｽﾞｷ"),
+        ("本日林様にお会いしました", "林"),  # a word of time before the name, no particle
+        ("昨日森さんから電話", "森"),
+        ("先程萩原様より", "萩原"),
     ],
 )
 def test_names_as_japanese_business_text_writes_them(text: str, name: str) -> None:
@@ -286,7 +289,7 @@ def test_names_as_japanese_business_text_writes_them(text: str, name: str) -> No
     "text",
     ["ご本人様確認書類", "代理人様", "ご依頼主様", "ユーザー様各位", "パートさん募集", "山田商事様",
      "千葉銀行様", "田中町様", "ご契約者様の住所", "お客 様", "皆 様", "金融庁様", "ご苦労様でした",
-     "お世話様です", "ご馳走様でした", "旦那様", "お得意様", "八百屋さん"],
+     "お世話様です", "ご馳走様でした", "旦那様", "お得意様", "八百屋さん", "本日様"],
 )  # fmt: skip
 def test_words_companies_and_places_before_an_honorific_are_not_names(text: str) -> None:
     assert [t for t, _ in found(text) if t == "PERSON"] == []

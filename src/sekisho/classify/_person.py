@@ -125,6 +125,17 @@ _ORG_LAST = frozenset("町村市区県屋組店社堂院庁館寺駅港")
 # What ends a department's or a company's name before a person's (営業部田中, 東京支店古賀).
 _ORG_BEFORE_NAME = frozenset("部課室局店所社署係班科団会 　")
 _STOP_FOLLOW_SAMA = frozenset("々子式態相")
+# Words of time and manner that stand before a name with no particle between (本日林様,
+# 昨日森さん, 先程田中様): none is a surname, so a kanji run that starts with one has the name
+# after it.
+_LEADING_WORDS = frozenset(
+    {
+        "本日", "今日", "昨日", "明日", "先日", "後日", "当日", "翌日", "前日", "同日", "毎日",
+        "今朝", "昨朝", "毎朝", "今晩", "昨晩", "今夜", "昨夜", "先週", "今週", "来週", "毎週",
+        "先月", "今月", "来月", "毎月", "昨年", "今年", "来年", "本年", "先程", "先刻", "至急",
+        "早速", "先般", "過日", "以前", "別途", "直接", "本件", "引続",
+    }
+)  # fmt: skip
 _LATIN_STOP = frozenset(
     {
         "Sir", "Madam", "Customer", "Customers", "Team", "All", "Colleagues", "Valued", "Member",
@@ -406,6 +417,14 @@ class PersonDetector:
 
     def _kanji_name(self, run: str, *, allow_unknown: bool) -> tuple[int, int, float] | None:
         """Where the name sits inside a kanji run ending at a cue (``営業部田中`` → 田中)."""
+        if run in _LEADING_WORDS:
+            return None  # 本日様, 先日さん
+        skip = 0
+        while run[skip : skip + 2] in _LEADING_WORDS and len(run) - skip > 2:
+            skip += 2  # 本日林: the name is 林
+        if skip:
+            span = self._kanji_name(run[skip:], allow_unknown=allow_unknown)
+            return None if span is None else (span[0] + skip, span[1] + skip, span[2])
         surnames = self._surnames
         for sep in (" ", "　"):
             if sep in run:  # "東海林 翔太": a known given name after a space carries the surname
