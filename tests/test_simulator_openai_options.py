@@ -352,6 +352,31 @@ async def test_streamed_legacy_completion_with_n_sends_every_choice(start_sim: S
     await c.close()
 
 
+async def test_usage_counts_every_choice_streamed_or_not(start_sim: StartSim) -> None:
+    """With n=3 the answer has three choices' tokens: a whole answer and a stream say the same,
+    and each is three times what n=1 says (a gateway bills and limits by these counts)."""
+    sim = await start_sim()
+    c = client(sim)
+    one = await c.chat.completions.create(model="sim-chat", messages=user("count me"))
+    three = await c.chat.completions.create(model="sim-chat", messages=user("count me"), n=3)
+    stream = await c.chat.completions.create(
+        model="sim-chat",
+        messages=user("count me"),
+        n=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    streamed = [chunk.usage async for chunk in stream if chunk.usage is not None]
+    assert one.usage is not None and three.usage is not None
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+    assert [u.completion_tokens for u in streamed] == [three.usage.completion_tokens]
+    legacy_one = await c.completions.create(model="sim-chat", prompt="count me")
+    legacy = await c.completions.create(model="sim-chat", prompt="count me", n=3)
+    assert legacy_one.usage is not None and legacy.usage is not None
+    assert legacy.usage.completion_tokens == 3 * legacy_one.usage.completion_tokens
+    await c.close()
+
+
 # -- structured output ---------------------------------------------------------------------
 
 

@@ -403,7 +403,7 @@ class _Protocol(asyncio.Protocol):
             logprobs = _legacy_logprobs(self._tokens(text), top, offset)
         prompt = body.get("prompt")
         prompt_tokens = len(prompt.split()) if isinstance(prompt, str) else len(str(prompt))
-        completion_tokens = len(text.split())
+        completion_tokens = len(text.split()) * _choice_count(body)  # every choice's tokens
         return {
             "id": f"cmpl-sim-{uuid.uuid4().hex[:12]}",
             "object": "text_completion",
@@ -478,7 +478,7 @@ class _Protocol(asyncio.Protocol):
         text = _formatted(body.get("response_format"), echo)
         top = _top_logprobs(body)
         prompt_tokens = _tokens(body.get("messages"))
-        completion_tokens = len(text.split())
+        completion_tokens = len(text.split()) * _choice_count(body)  # every choice's tokens
         choices: list[dict[str, Any]] = []
         for i in range(_choice_count(body)):
             message: dict[str, Any] = {"role": "assistant", "content": text}
