@@ -369,3 +369,13 @@ def test_a_romanised_name_with_san_is_the_name_without_the_honorific(text: str) 
 )
 def test_signature_lines_and_listed_names(text: str, names: list[str]) -> None:
     assert [v for t, v in found(text) if t == "PERSON"] == names
+
+
+def test_github_fine_grained_and_classic_tokens_are_found_whole() -> None:
+    fine_grained = "github_pat_11ABCDEFG0123456789abc_" + "A1b2C3d4E5" * 5 + "f6G7h8I9j"
+    classic = "ghp_" + "a1B2c3D4e5" * 3 + "F6g7H8"
+    text = f"GH_TOKEN={fine_grained} and {classic}"
+    assert [(text[f.start : f.end], f.subtype) for f in scan(text)] == [
+        (fine_grained, "github_token"),
+        (classic, "github_token"),
+    ]

@@ -49,7 +49,9 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
     (
         "github_token",
         ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-        r"gh(?<![A-Za-z0-9_]gh)(?:[pousr]_[A-Za-z0-9]{36}|ithub_pat_[A-Za-z0-9_]{82})"
+        # Classic tokens (ghp_ + 36) and fine-grained ones (github_pat_ + 22, "_", 59) share
+        # only their "g".
+        r"g(?<![A-Za-z0-9_]g)(?:h[pousr]_[A-Za-z0-9]{36}|ithub_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})"
         r"(?![A-Za-z0-9_])",
     ),
     (
