@@ -120,3 +120,20 @@ def test_a_text_made_of_names_is_refused_reading_not_read_for_seconds() -> None:
         SCANNER.scan(dense)
     assert time.perf_counter() - started < 2.0
     assert len(SCANNER.scan("山田様" * 100)) == 100  # far below it, every name is found
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "written"),
+    [
+        ("個人番号 1234-5678-\n9018 です", "MY_NUMBER", "1234-5678-\n9018"),
+        ("個人番号 1234 5678 \r\n9018", "MY_NUMBER", "1234 5678 \r\n9018"),
+        ("カード 4111-1111-\n1111-1111", "CREDIT_CARD", "4111-1111-\n1111-1111"),
+        ("電話090-\n1234-5678", "PHONE_JP", "090-\n1234-5678"),
+        ("電話 090-1234-\n5678", "PHONE_JP", "090-1234-\n5678"),
+    ],
+)
+def test_a_number_whose_line_ends_in_a_separator_is_found_whole(
+    text: str, kind: str, written: str
+) -> None:
+    # A form or a mail client wrapped the line after the dash: the span keeps dash and break.
+    assert [(f.type, text[f.start : f.end]) for f in SCANNER.scan(text)] == [(kind, written)]

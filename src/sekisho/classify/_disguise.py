@@ -27,6 +27,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from sekisho.classify._text import DASH, SPACE
+
 # Invisible characters: soft hyphen, combining grapheme joiner, Arabic letter mark, Hangul
 # fillers, Khmer vowel inherents, Mongolian variation selectors and vowel separator, zero-width
 # space/non-joiner/joiner and directional marks, bidirectional embeddings and isolates, word
@@ -150,7 +152,14 @@ _SINGLE = re.compile(f"[{_char_class(_INVISIBLE_RANGES + _OTHER_DIGITS)}]")
 _D = _ASCII_OR_WIDE_DIGIT
 # One alternation after a leading digit class: the engine skips to digits at C speed, as it did
 # for breaks alone (an alternation of whole patterns cost ~5x: 80 µs per 1,200 characters).
-_BROKEN = re.compile(rf"[{_D}](?:[{_BREAKS}]+|_+|(?<=[{_D}]{{4}})[,，](?=[{_D}]{{4}}))[{_D}]")
+# A separator may end the line before the break ("1234-5678-" / "9018", a form that wrapped):
+# the break is then dropped in the view, so the number reads as its separators write it.
+_LINE_END_SEP = f"{DASH}{SPACE}"
+_LINE_END_SEP_CHARS = frozenset(_LINE_END_SEP.replace("\\", ""))  # DASH escapes its "-"
+_BROKEN = re.compile(
+    rf"[{_D}](?:[{_LINE_END_SEP}]{{0,2}}[{_BREAKS}]+|_+|(?<=[{_D}]{{4}})[,，](?=[{_D}]{{4}}))"
+    rf"[{_D}]"
+)
 _JOINERS = "_,，"  # between digits, read as a space in a view
 
 
@@ -239,6 +248,9 @@ def _undo(text: str, lo: int, hi: int) -> View:
                 continue
             if out and _is_digit(out[-1]) and _digit_follows(text, i + 1, hi):
                 ch, joining = " ", True
+            elif _after_separated_digit(out) and _digit_follows(text, i + 1, hi):
+                joining = True  # "5678-" then a break: the separator already stands for it
+                continue
         elif ch in _JOINERS and out and _is_digit(out[-1]) and _digit_follows(text, i + 1, hi):
             ch, joining = " ", False
         else:
@@ -257,6 +269,14 @@ def _undo(text: str, lo: int, hi: int) -> View:
 
 def _is_digit(ch: str) -> bool:
     return "0" <= ch <= "9" or "０" <= ch <= "９"
+
+
+def _after_separated_digit(out: list[str]) -> bool:
+    """Whether ``out`` ends in a digit and one or two separators ("5678-", "5678 ")."""
+    seps = 0
+    while seps < len(out) and out[-1 - seps] in _LINE_END_SEP_CHARS:
+        seps += 1
+    return 1 <= seps <= 2 and seps < len(out) and _is_digit(out[-1 - seps])
 
 
 def _digit_follows(text: str, i: int, hi: int) -> bool:
