@@ -379,3 +379,31 @@ def test_github_fine_grained_and_classic_tokens_are_found_whole() -> None:
         (fine_grained, "github_token"),
         (classic, "github_token"),
     ]
+
+
+JSON_KEY = (  # line breaks written as \n, as a key pasted into JSON or YAML has them
+    "-----BEGIN EC PRIVATE KEY-----"
+    "\\nMHcCAQEEIIrYSSNQFaA2Hwf1duRSxKtLYX5CB04fSeQ6tF1aY/PuoAoGCCqGSM49"
+)
+KEY_LINES = "MIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgHcTz6sE2I2yPB\n" * 3 + "0Z3VS5"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (f"鍵:\n-----BEGIN RSA PRIVATE KEY-----\n{KEY_LINES}", None),
+        (f"-----BEGIN RSA PRIVATE KEY-----\n{KEY_LINES}\n-----END CERTIFICATE-----\nthanks", None),
+        (f"-----BEGIN PRIVATE KEY-----\n{KEY_LINES}\n\nThanks, see you.", None),
+        (f'{{"key": "{JSON_KEY}\\n"}}', JSON_KEY),
+    ],
+)
+def test_a_private_key_without_its_end_line_is_still_a_secret(text: str, key: str | None) -> None:
+    # A key pasted in part leaks as much as a whole one: BEGIN through its key material.
+    if key is None:
+        begin = text.index("-----BEGIN")
+        key = text[begin : text.index(KEY_LINES) + len(KEY_LINES)]
+    assert [(f.subtype, text[f.start : f.end]) for f in scan(text)] == [("private_key", key)]
+
+
+def test_a_begin_line_alone_is_no_secret() -> None:
+    assert found("Keys start with -----BEGIN RSA PRIVATE KEY----- and end with an END line.") == []

@@ -104,3 +104,16 @@ def test_placeholders_split_across_chunks_are_reidentified(seed: int) -> None:
     out = "".join(stream.feed(c) for c in _chunks(answer, seed)) + stream.finish()
     assert out == p.reidentify(answer)
     assert "<PERSON_1>" not in out and "090-1234-5678" in out
+
+
+@pytest.mark.parametrize("tail", ["", "\n-----END CERTIFICATE-----\nthanks", "\n\nそれでは。"])
+def test_a_private_key_without_its_end_line_is_reported_as_a_whole_text_scan_reports_it(
+    tail: str,
+) -> None:
+    lines = "MIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgHcTz6sE2I2yPB\n" * 4
+    text = f"鍵です:\n-----BEGIN RSA PRIVATE KEY-----\n{lines}0Z3VS5{tail}"
+    stream = StreamScanner(Scanner(), "mask", lookbehind=64)
+    emitted = "".join(stream.feed(c) for c in _chunks(text, 7)) + stream.finish()
+    assert stream.findings == Scanner().scan(text)
+    assert [f.subtype for f in stream.findings] == ["private_key"]
+    assert "MIIE" not in emitted and "0Z3VS5" not in emitted

@@ -172,34 +172,51 @@ def _jwt_header_ok(token: str) -> bool:
     return b'"alg"' in decoded or b'"typ"' in decoded
 
 
-_PEM_BEGIN = lazy_compile(
-    r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"
-)
-_PEM_END = lazy_compile(
-    r"-----END (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"
-)
+PEM_BEGIN = lazy_compile(r"-----BEGIN (?:[A-Z0-9]{1,12} ){0,2}PRIVATE KEY(?: BLOCK)?-----")
+PEM_END = lazy_compile(r"-----END (?:[A-Z0-9]{1,12} ){0,2}PRIVATE KEY(?: BLOCK)?-----")
 _PEM_MAX = 16384
+# The key material after a BEGIN line: whole lines of base64 and the headers of an encrypted
+# PEM (blank lines between them), then at most one short line (a key's last); line breaks
+# written as "\n" (a key pasted from JSON or YAML) count too. A line of prose ends it. A
+# one-word line right after the key ("Thanks") is taken with it: masking a word is better than
+# leaking a key's last line.
+_PEM_EOL = r"(?=[ \t]*+(?:\r?\n|\\[nr]|$))"
+_PEM_LINE = r"[ \t]*+(?:\r?\n|\\n)[ \t]*+"
+_PEM_BODY = lazy_compile(
+    rf"(?:(?:{_PEM_LINE})++(?:[A-Za-z0-9+/]{{16,76}}+=*+|(?:Proc-Type|DEK-Info):[^\r\n\\]{{1,100}}+)"
+    rf"{_PEM_EOL}){{0,400}}+(?:{_PEM_LINE}[A-Za-z0-9+/]{{1,15}}+=*+{_PEM_EOL})?"
+)
+_PEM_PARTIAL_MIN = 16  # characters of key material that make a pasted part of a key a secret
 
 
 def detect_private_keys(text: str, out: list[Finding]) -> None:
-    """Whole PEM private-key blocks, BEGIN and END lines included; linear in the text."""
+    """Whole PEM private-key blocks, BEGIN and END lines included; linear in the text.
+
+    A block without its own END line (a key pasted in part, or cut off by another block's END)
+    is still a secret: it runs from BEGIN through the last line of its key material.
+    """
     pos = 0
+    end_at = -2  # where the next "-----END" stands (-1: nowhere; -2: not looked for yet)
     while True:
-        begin = _PEM_BEGIN.search(text, pos)
+        begin = PEM_BEGIN.search(text, pos)
         if begin is None:
             return
-        end_at = text.find("-----END", begin.end())
-        if end_at < 0:
-            return
-        end = _PEM_END.match(text, end_at)
-        if end is None or end_at - begin.end() > _PEM_MAX:
-            pos = begin.end()
+        if end_at == -2 or 0 <= end_at < begin.end():
+            end_at = text.find("-----END", begin.end())
+        end = PEM_END.match(text, end_at) if end_at >= 0 else None
+        if (
+            end is not None
+            and end_at - begin.end() <= _PEM_MAX
+            and text.find("-----BEGIN", begin.end(), end_at) < 0
+        ):
+            out.append(Finding(SECRET, begin.start(), end.end(), 0.99, "private_key"))
+            pos = end.end()
             continue
-        if text.rfind("-----BEGIN", begin.end(), end_at) >= 0:
-            pos = text.rfind("-----BEGIN", begin.end(), end_at)  # the later BEGIN starts it
-            continue
-        out.append(Finding(SECRET, begin.start(), end.end(), 0.99, "private_key"))
-        pos = end.end()
+        body = _PEM_BODY.match(text, begin.end())
+        stop = body.end() if body is not None else begin.end()
+        if stop - begin.end() >= _PEM_PARTIAL_MIN:
+            out.append(Finding(SECRET, begin.start(), stop, 0.95, "private_key"))
+        pos = max(stop, begin.end())
 
 
 def _alternation(patterns: list[LazyPattern], text: str) -> Iterator[re.Match[str]]:

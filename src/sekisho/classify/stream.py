@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from sekisho.classify._lazy import lazy_compile
+from sekisho.classify._secrets import PEM_BEGIN, PEM_END
 from sekisho.classify.findings import SECRET, Finding
 from sekisho.classify.redact import PLACEHOLDER_MAX_LEN, Pseudonymiser, redact
 from sekisho.classify.scanner import Scanner
@@ -21,8 +21,6 @@ from sekisho.classify.scanner import Scanner
 # precede a number), so chunked and whole-text scans agree.
 _CONTEXT = 128
 _MAX_PEM = 16384
-_PEM_OPEN = lazy_compile(r"-----BEGIN [A-Z ]{0,20}PRIVATE KEY(?: BLOCK)?-----")
-_PEM_CLOSE = lazy_compile(r"-----END [A-Z ]{0,20}PRIVATE KEY(?: BLOCK)?-----")
 
 
 class StreamScanner:
@@ -81,10 +79,9 @@ class StreamScanner:
             found.append(f)
         pem = _open_pem(window, offset)
         if final:
+            # A block that never got its END line is what a whole-text scan makes of it:
+            # BEGIN through its key material (see _secrets.detect_private_keys).
             safe = len(window)
-            if pem is not None:
-                found = [f for f in found if f.end <= pem]
-                found.append(Finding(SECRET, pem, len(window), 0.99, "private_key"))
         else:
             safe = max(offset, len(window) - self.lookbehind)
             if pem is not None:
@@ -131,8 +128,8 @@ def _open_pem(window: str, offset: int) -> int | None:
     start = window.rfind("-----BEGIN", max(0, offset - 64))
     if start < 0:
         return None
-    opening = _PEM_OPEN.match(window, start)
-    if opening is None or _PEM_CLOSE.search(window, opening.end()):
+    opening = PEM_BEGIN.match(window, start)
+    if opening is None or PEM_END.search(window, opening.end()):
         return None
     return max(start, offset)
 
