@@ -407,3 +407,18 @@ def test_a_private_key_without_its_end_line_is_still_a_secret(text: str, key: st
 
 def test_a_begin_line_alone_is_no_secret() -> None:
     assert found("Keys start with -----BEGIN RSA PRIVATE KEY----- and end with an END line.") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "card"),
+    [
+        ("Order paid with 4111 1111 1111 1111", "4111 1111 1111 1111"),
+        ("ご注文の決済に 4111 1111 1111 1111 を使用しました", "4111 1111 1111 1111"),
+        ("12,800円 4111-1111-1111-1111 で決済", "4111-1111-1111-1111"),
+        ("Amount ¥12,800 charged to 5555 5555 5555 4444", "5555 5555 5555 4444"),
+        ("ご注文金額 ¥9,800 3782 822463 10005", "3782 822463 10005"),
+        ("Order 1234, paid with 4111111111111111", "4111111111111111"),
+    ],
+)
+def test_a_card_after_an_order_or_amount_word_is_still_a_card(text: str, card: str) -> None:
+    assert found(text) == [("CREDIT_CARD", card)]

@@ -101,6 +101,19 @@ def test_luhn_valid_card_is_found_in_its_grouped_forms(card: str, sep: str, widt
     assert _spans(f"カード番号 {wrong}", "CREDIT_CARD") == []
 
 
+@SETTINGS
+@given(
+    visa_cards(),
+    st.sampled_from([" ", "-"]),
+    st.sampled_from(["注文", "ご注文の", "金額 ¥12,800 ", "12,800円 ", "Order ", "Invoice #12: "]),
+)
+def test_a_card_grouped_as_cards_are_printed_is_a_card_after_an_order_or_amount_word(
+    card: str, sep: str, before: str
+) -> None:
+    value = sep.join(card[i : i + 4] for i in range(0, 16, 4))
+    assert _spans(f"{before}{value} で決済", "CREDIT_CARD") == [value]
+
+
 @st.composite
 def phones(draw: st.DrawFn) -> tuple[str, str]:
     """(form name, written phone number) in every form Japanese text uses."""
