@@ -422,3 +422,55 @@ def test_a_begin_line_alone_is_no_secret() -> None:
 )
 def test_a_card_after_an_order_or_amount_word_is_still_a_card(text: str, card: str) -> None:
     assert found(text) == [("CREDIT_CARD", card)]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('password = "correct horse battery staple"', "correct horse battery staple"),
+        ("password=Pa55<w0rd>99", "Pa55<w0rd>99"),
+        ("password=abc;def123", "abc;def123"),
+        ("password: Pa,ss,w0rd99", "Pa,ss,w0rd99"),
+        ('"password": "it\'sMyPa55"', "it'sMyPa55"),
+        ("postgres://app:p@ssw0rd@db:5432/x", "p@ssw0rd"),
+        ("https://api.example.jp/login?user=a&password=Sup3rS3cret&x=1", "Sup3rS3cret"),
+        ("Server=db;Password=Secr3t;Trusted_Connection=False", "Secr3t"),
+        ("パスワード：hunter2hunter2です", "hunter2hunter2"),
+        ("(password=hunter22) をお使いください", "hunter22"),
+        # Forms that were missed: a key that ends in password, an empty user, a value that
+        # contains a placeholder word or starts with $ or %.
+        ('{"dbPassword": "s3cr3tPass99"}', "s3cr3tPass99"),
+        ("PGPASSWORD=s3cr3tPass99", "s3cr3tPass99"),
+        ("redis://:Pa55word@cache:6379/0", "Pa55word"),
+        ("password=Yourname2024!", "Yourname2024!"),
+        ("password: Sample#Pass77", "Sample#Pass77"),
+        ("password=$ecretPa55", "$ecretPa55"),
+        ("password=%Pa55word", "%Pa55word"),
+    ],
+)
+def test_a_password_span_is_the_whole_value_so_redaction_leaks_none_of_it(
+    text: str, value: str
+) -> None:
+    assert [text[f.start : f.end] for f in scan(text) if f.type == "SECRET"] == [value]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password=<your-password>",
+        "password=${DB_PASSWORD}",
+        "DB_PASSWORD=$DB_PASSWORD",
+        "password=%(password)s",
+        "password={password}",
+        "password: {{ .Values.db.password }}",
+        "password=********",
+        "password=YOUR_PASSWORD",
+        "password=example",
+        "password: xxxx",
+        "password: [REDACTED]",
+        "mysql://root:example@db/x",
+        "compass: north, bypass=true",
+    ],
+)
+def test_a_password_placeholder_is_no_secret(text: str) -> None:
+    assert found(text) == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import string
 import time
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from sekisho.classify import Scanner, scan
@@ -112,6 +112,24 @@ def test_a_card_grouped_as_cards_are_printed_is_a_card_after_an_order_or_amount_
 ) -> None:
     value = sep.join(card[i : i + 4] for i in range(0, 16, 4))
     assert _spans(f"{before}{value} で決済", "CREDIT_CARD") == [value]
+
+
+@SETTINGS
+@given(
+    st.text(
+        alphabet=string.ascii_letters + string.digits + "!#$%&()*+,-./:;<=>?@[]^_{|}~ '",
+        min_size=4,
+        max_size=40,
+    ),
+    st.sampled_from(["password", "DB_PASSWORD", "dbPassword", "パスワード"]),
+    st.sampled_from([" = ", "=", ": ", "："]),
+)
+def test_a_quoted_password_is_found_whole_whatever_it_holds(value: str, key: str, sep: str) -> None:
+    from sekisho.classify._secrets import _PASSWORD_PLACEHOLDER
+
+    assume(value.strip() and not _PASSWORD_PLACEHOLDER.fullmatch(value))
+    text = f'{key}{sep}"{value}"'
+    assert _spans(text, "SECRET") == [value]
 
 
 @st.composite

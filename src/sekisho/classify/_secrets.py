@@ -19,7 +19,15 @@ from sekisho.classify._lazy import LazyPattern, lazy_compile
 from sekisho.classify.findings import SECRET, Finding
 
 _B64URL = r"[A-Za-z0-9_\-]"
-_PASSWORD_VALUE = r"[\"']?[ \t]*[:=：][ \t]*[\"']?(?P<v>[^\s\"';,<>]{4,128})"
+# A password value: a quoted one is the whole quoted string (a passphrase has spaces, a
+# password may hold the other quote); an unquoted one (group "v") is printable ASCII up to
+# whitespace, the end of the line or a quote, trimmed by ``_unquoted_end`` (Japanese after it
+# is prose: "パスワード：hunter2です").
+_PASSWORD_VALUE = (
+    r"[\"']?[ \t]*[:=：][ \t]*"
+    r"(?:\"(?P<vd>(?:[^\"\\\r\n]|\\.){4,128}+)\"|'(?P<vs>[^'\r\n]{4,128}+)'"
+    r"|(?P<v>[!#-&(-~][!#-~]{3,127}+))"
+)
 
 # (subtype, literals of which one must occur for the pattern to be tried, pattern). The value
 # is group "v" when the pattern has one, else the whole match. The literal gate is a plain
@@ -98,19 +106,24 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
         # fixed-width look-behind per length, so the search is led by the literal.
         "://(?:"
         + "|".join(rf"(?<=[A-Za-z][A-Za-z0-9+.\-]{{{k}}}://)" for k in range(1, 21))
-        + r")[^\s:/@]{1,64}:(?P<v>[^\s@/]{1,128})@[A-Za-z0-9.\-\[]",
+        # The user may be empty (redis://:PASSWORD@host); the password runs to the last "@"
+        # before the host (p@ssw0rd is written unescaped).
+        + r")[^\s:/@]{0,64}:(?P<v>[^\s/?#]{1,128})@[A-Za-z0-9.\-\[]",
     ),
     # Passwords: one pattern per leading letter (lower, upper, katakana), so each is led by a
     # literal; each pattern's matches contain its own gate words.
     (
         "password",
         ("pass", "pwd"),
-        rf"p(?<![A-Za-z0-9]p)(?:ass(?:word|wd)?|wd){_PASSWORD_VALUE}",
+        # password and passwd may end a longer key (db_password, dbPassword, PGPASSWORD);
+        # pass and pwd only stand alone (bypass, compass).
+        rf"p(?:ass(?:word|wd)|(?<![A-Za-z0-9]p)(?:ass|wd)){_PASSWORD_VALUE}",
     ),
     (
         "password",
         ("Pass", "PASS", "Pwd", "PWD"),
-        rf"P(?<![A-Za-z0-9]P)(?:ass(?:word|wd)?|ASS(?:WORD|WD)?|wd|WD){_PASSWORD_VALUE}",
+        rf"P(?:ass(?:word|wd)|ASS(?:WORD|WD)|(?<![A-Za-z0-9]P)(?:ass|ASS|wd|WD))"
+        rf"{_PASSWORD_VALUE}",
     ),
     ("password", ("パスワード",), rf"パスワード(?<![A-Za-z0-9]パスワード){_PASSWORD_VALUE}"),
     (
@@ -138,11 +151,49 @@ SECRET_GATES_JP: frozenset[str] = frozenset(
     w for _, gate, _ in _PATTERNS for w in gate if not w.isascii()
 )
 
-# Values that are documentation or templates, not credentials.
+_PASSWORDS = frozenset({"password", "connection_string_password"})
+# Values that are documentation or templates, not credentials (passwords: see below).
 _PLACEHOLDER = lazy_compile(
     r"(?i)example|x{4,}|\*{3,}|\.{3}|<|>|\$\{|\{\{|%s|your|placeholder|redacted|dummy|sample|"
     r"^(?:password|passwd|secret|token|none|null|string|changeit)$|(.)\1{7,}"
 )
+
+# A password that is a template or a stand-in, judged on the whole value: <your-password>,
+# ${DB_PASSWORD}, $DB_PASSWORD, %(password)s, %PASSWORD%, {password}, {{ .Password }},
+# ********, xxxx, YOUR_PASSWORD, example, [REDACTED]. A value that merely contains such a
+# word (Yourname2024!, Sample#Pass77) or starts with $, % or { ($ecretPa55) is a password.
+_PASSWORD_PLACEHOLDER = lazy_compile(
+    r"<[^<>]*>|\[[^\[\]]*\]|\{\{?[^{}]*\}\}?"
+    r"|\$\{[^{}]*\}|\$\([^()]*\)|\$[A-Z_][A-Z0-9_]*|\$[a-z_][a-z0-9_]*"
+    r"|%\([A-Za-z_]\w*\)[sdr]|%[sd]|%[A-Za-z_]\w*%"
+    r"|[*xX•●.…_#\-]+|(.)\1{3,}"
+    r"|(?i:(?:your|sample|example|dummy|placeholder|changeme|change_me|replace|enter|insert"
+    r"|fake)[a-z_\-. ]*"
+    r"|password|passwd|pass|pwd|secret|token|none|null|nil|string|changeit|redacted|hidden"
+    r"|masked|omitted|required|optional|empty|undefined|todo|tbd)"
+)
+# In an unquoted value, a separator followed by the next field's key ends it
+# (?user=a&password=S3cret&x=1, Password=S3cret;Server=db); prose marks after it are not part
+# of it (password=hunter22. / (password=hunter22)).
+_NEXT_FIELD = lazy_compile(r"[;,&](?=[ \t]*[A-Za-z_][A-Za-z0-9_.\-]{0,40}[ \t]*[=:])")
+_OPENER = {")": "(", "]": "[", "}": "{"}
+
+
+def _unquoted_end(text: str, start: int, end: int) -> int:
+    """Where an unquoted password value that the pattern read as ``text[start:end]`` ends."""
+    cut = _NEXT_FIELD.search(text, start, end)
+    if cut is not None:
+        end = cut.start()
+    while end > start:
+        last = text[end - 1]
+        if last in _OPENER:  # a bracket of the prose around it, unless the value opened it
+            if text.count(_OPENER[last], start, end) >= text.count(last, start, end):
+                break
+        elif last not in ".,;":
+            break
+        end -= 1
+    return end
+
 
 _SCORES = {
     "aws_access_key_id": 0.95,
@@ -250,15 +301,22 @@ def detect_secrets(text: str, out: list[Finding], present: frozenset[str] | None
         else:
             active = [p for gate, p in members if any(literal in present for literal in gate)]
         for match in _alternation(active, text):
-            span = match.span("v") if "v" in match.re.groupindex else match.span()
-            start, end = span
+            group = match.lastgroup  # the value's group, when the pattern has one
+            start, end = match.span(group) if group is not None else match.span()
             start -= _VALUE_BEFORE.get(subtype, 0)
-            value = text[start:end]
-            if _PLACEHOLDER.search(value):
-                continue
+            if subtype in _PASSWORDS:
+                if group == "v" and subtype == "password":
+                    end = _unquoted_end(text, start, end)
+                    if end - start < 4:
+                        continue
+                if _PASSWORD_PLACEHOLDER.fullmatch(text, start, end):
+                    continue
+                value = text[start:end]
+            else:
+                value = text[start:end]
+                if _PLACEHOLDER.search(value):
+                    continue
             if subtype == "jwt" and not _jwt_header_ok(value):
-                continue
-            if subtype == "password" and value.startswith(("$", "%", "{")):
                 continue
             if subtype == "openai_api_key" and sum(c.isdigit() for c in value) < 2:
                 continue  # "sk-this-is-a-long-hyphenated-word" is prose, not a key
