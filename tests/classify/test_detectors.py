@@ -474,3 +474,23 @@ def test_a_password_span_is_the_whole_value_so_redaction_leaks_none_of_it(
 )
 def test_a_password_placeholder_is_no_secret(text: str) -> None:
     assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "addresses"),
+    [
+        ("allow 203.0.113.5/32", ["203.0.113.5"]),
+        ("subnet 192.168.1.0/24 の 192.168.1.10/24", ["192.168.1.0", "192.168.1.10"]),
+        ("inet 172.16.5.4/16 brd 172.16.255.255", ["172.16.5.4", "172.16.255.255"]),
+        ("10.0.0.0/8 2024-01-05 に追加", ["10.0.0.0"]),
+        ("inet6 2001:db8::1/64", ["2001:db8::1"]),  # IPv6 alike: the address, not its prefix
+    ],
+)
+def test_an_address_with_a_prefix_length_is_an_address_without_it(
+    text: str, addresses: list[str]
+) -> None:
+    assert [v for t, v in found(text) if t == "IP_ADDRESS"] == addresses
+
+
+def test_a_slash_after_a_version_or_a_netmask_is_no_address() -> None:
+    assert found("v1.2.3.4/5, 255.255.255.0/24, 1.2.3.4/33, 2024/1.2.3.4") == []

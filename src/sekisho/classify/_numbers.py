@@ -74,6 +74,7 @@ NUMBER_RUN = lazy_compile(
     rf"(?:[)）](?<=[{DIGIT}][)）]))?"
 )
 _GROUP = lazy_compile(r"[0-9]+")
+_CIDR = lazy_compile(r"([0-9]{1,3}(?:\.[0-9]{1,3}){3})/(?:[0-9]|[12][0-9]|3[0-2])")
 _AMOUNT_TAIL = lazy_compile(rf"[{DIGIT}]{{3}}[{SPACE}]+(?=[{DIGIT}])")
 _INNER_SEP = lazy_compile(r"(?<=[0-9])[^0-9]+(?=[0-9])")  # what stands between digit groups
 _DIGIT_CHARS = frozenset("0123456789０１２３４５６７８９")
@@ -161,7 +162,8 @@ def _shape_possible(n: int, sizes: list[int], folded: str) -> bool:
     if folded[0] in "+(":
         return True  # +81 / (03) phones
     if "." in folded:
-        return len(sizes) == 4  # dots separate only the four octets of an IPv4 address
+        # Dots separate only the four octets of an IPv4 address (and its /prefix length).
+        return len(sizes) == 4 or (len(sizes) == 5 and "/" in folded)
     if "/" in folded:
         return False  # dates and fractions: no identifier is written with slashes
     if n < 6 or n > 19:
@@ -379,6 +381,16 @@ class NumberDetector:
         # After folding, separators are spaces, "-", "(", ")", "." and "/". Numbers written with
         # dots are IPv4 addresses (dotted quads, nothing else) or versions; with slashes, dates.
         if "." in folded or "/" in folded:
+            cidr = _CIDR.fullmatch(folded) if len(groups) == 5 else None
+            if cidr is not None:
+                # 192.168.1.10/24: the address is the value, its prefix length is not (as for
+                # IPv6, 2001:db8::1/64). No version or date is written so: an address whatever
+                # word (subnet, mask) stands before it.
+                octets = groups[:4]
+                if not ipv4_ok(octets) or octets[0] == "255" or text[start - 1 : start] == "v":
+                    return None
+                found = emit(IP_ADDRESS, 0.85)
+                return found and Finding(IP_ADDRESS, start, start + cidr.end(1), found.score)
             inner = folded.lstrip("+(").rstrip(")")
             # Only dots between the groups, one each (then nothing else stands between them).
             if not len(inner) - n == inner.count(".") == len(groups) - 1:
