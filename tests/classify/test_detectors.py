@@ -494,3 +494,19 @@ def test_an_address_with_a_prefix_length_is_an_address_without_it(
 
 def test_a_slash_after_a_version_or_a_netmask_is_no_address() -> None:
     assert found("v1.2.3.4/5, 255.255.255.0/24, 1.2.3.4/33, 2024/1.2.3.4") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "emails"),
+    [
+        ("資料：https://x.jp 担当 hanako@corp.jp", ["hanako@corp.jp"]),
+        ("see https://t.co/ab taro@corp.jp", ["taro@corp.jp"]),
+        ("https://host/path?to=taro@corp.jp", ["taro@corp.jp"]),
+        ("https://user@host.com/x", []),  # a URL's userinfo is not an address
+        ("postgres://app:s3cr3tPa55@db.internal:5432/app", []),
+    ],
+)
+def test_an_address_after_a_url_is_found_and_a_urls_userinfo_is_not_one(
+    text: str, emails: list[str]
+) -> None:
+    assert [v for t, v in found(text) if t == "EMAIL"] == emails

@@ -66,9 +66,24 @@ def detect_emails(text: str, out: list[Finding]) -> None:
         score = 0.95
         if value.endswith(_PLACEHOLDER_DOMAINS) or value.startswith(("user@", "name@", "foo@")):
             score = 0.45  # documentation addresses (RFC 2606) and template users
-        if text[left - 3 : left] == "://" or text[max(0, left - 12) : left].find("://") >= 0:
+        if _in_url_authority(text, left):
             continue  # userinfo of a URL, handled as a connection-string secret
         out.append(Finding(EMAIL, left, end, score))
+
+
+_NOT_AUTHORITY = frozenset(" \t\r\n/?#")
+
+
+def _in_url_authority(text: str, left: int) -> bool:
+    """Whether ``left`` is inside the authority of a URL (``https://user@host``,
+    ``postgres://app:pw@db``): "://" before it in the same token, no path, query or fragment
+    between. An address after a URL (``https://x.jp 担当 hanako@…``) or in its query
+    (``?to=hanako@…``) is an address."""
+    scheme_end = text.rfind("://", max(0, left - 80), left)
+    if scheme_end < 0:
+        return False
+    between = text[scheme_end + 3 : left]
+    return between.isascii() and _NOT_AUTHORITY.isdisjoint(between)
 
 
 _HEX = frozenset("0123456789abcdefABCDEF")
