@@ -510,3 +510,29 @@ def test_an_address_after_a_url_is_found_and_a_urls_userinfo_is_not_one(
     text: str, emails: list[str]
 ) -> None:
     assert [v for t, v in found(text) if t == "EMAIL"] == emails
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "arn:aws:iam::111122223333:role/Admin",
+        "arn:aws:sns:ap-northeast-1:111122223333:alerts",
+        '{"AccountId": "111122223333"}',
+        "aws_account_id = 111122223333",
+        '{"ts": 1712912345604}',
+        "Date.now() returned 1712912345604",
+        '{"createdAt": 1712912345604, "updated_at": 1712912345604}',
+        "1712912345604",
+    ],
+)
+def test_aws_account_ids_and_epoch_milliseconds_are_not_identity_numbers(text: str) -> None:
+    # 111122223333 passes the My Number check digit, 1712912345604 the corporate number's.
+    assert found(text) == []
+
+
+def test_cued_my_numbers_and_corporate_numbers_that_look_like_them_are_still_found() -> None:
+    assert found("マイナンバー 111122223333") == [("MY_NUMBER", "111122223333")]
+    assert found("法人番号 1712912345604") == [("CORPORATE_NUMBER", "1712912345604")]
+    assert found("登録番号 T1712912345604") == [("CORPORATE_NUMBER", "1712912345604")]
+    assert found("法人番号 7000012050002") == [("CORPORATE_NUMBER", "7000012050002")]
+    assert found("T7000012050002") == [("CORPORATE_NUMBER", "7000012050002")]

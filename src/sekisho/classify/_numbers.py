@@ -179,6 +179,22 @@ def _shape_possible(n: int, sizes: list[int], folded: str) -> bool:
     return n >= 13 and (len(sizes) == 1 or sizes in _CARD_GROUPINGS)
 
 
+_ARN = "arn:"
+# An AWS account id's key, right before the number: "AccountId": ", account=, aws_account_id:
+_ACCOUNT_KEY = lazy_compile(r"(?i:account|owner)(?i:[_ -]?id)?[\"']?[ \t]*[:=]?[ \t]*[\"']?$")
+
+
+def _aws_account_id(text: str, start: int) -> bool:
+    """Whether the 12 digits at ``start`` are an AWS account id: inside an ARN
+    (arn:aws:iam::111122223333:role/x, arn:aws:sns:ap-northeast-1:111122223333:topic) or
+    right after an account key (AccountId, aws_account_id, account:)."""
+    if start and text[start - 1] == ":":
+        arn = text.rfind(_ARN, max(0, start - 64), start)
+        if arn >= 0 and not any(c.isspace() for c in text[arn:start]):
+            return True
+    return _ACCOUNT_KEY.search(text, max(0, start - 24), start) is not None
+
+
 def _lettered_possible(sizes: list[int]) -> bool:
     """Could digits right after letters be an identifier written with its letters (a passport
     TK1234567, a residence card AB12345678CD, an invoice number T1234567890123)?"""
@@ -451,6 +467,8 @@ class NumberDetector:
             if context() == ctx.LICENSE:
                 return emit(DRIVER_LICENSE_JP, 0.95)
             if my_number_ok(digits):
+                if sizes == [12] and context() != ctx.MYNUMBER and _aws_account_id(text, start):
+                    return None  # one AWS account id in eleven passes the check digit
                 return emit(MY_NUMBER, _score(0.65, context(), _MYNUMBER_CTX))
             return None
 
@@ -460,6 +478,11 @@ class NumberDetector:
             and corporate_number_ok(digits)
             and context() != ctx.CARD
         ):
+            if sizes == [13] and digits[0] == "1" and context() != ctx.CORPORATE:
+                # Epoch milliseconds (2001-09 to 2033-05: 1000000000000-1999999999999), one in
+                # nine of which passes the check digit: a corporate number only after its word
+                # (法人番号, 登録番号) or its invoice T, never bare or after ts, createdAt.
+                return None
             return emit(CORPORATE_NUMBER, _score(0.65, context(), _CORPORATE_CTX))
 
         if (
