@@ -536,3 +536,32 @@ def test_cued_my_numbers_and_corporate_numbers_that_look_like_them_are_still_fou
     assert found("登録番号 T1712912345604") == [("CORPORATE_NUMBER", "1712912345604")]
     assert found("法人番号 7000012050002") == [("CORPORATE_NUMBER", "7000012050002")]
     assert found("T7000012050002") == [("CORPORATE_NUMBER", "7000012050002")]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "京都市中京区河原町1-2",  # 都 ended the walk back: 京都市 was left out
+        "都留市上谷1-1-1",
+        "京都府京都市中京区寺町通御池上る上本能寺前町488番地",  # Kyoto's 通…上る/下る/入る
+        "京都市下京区烏丸通七条下る東塩小路町721-1",
+        "京都市上京区烏丸通今出川上る西入ル相国寺門前町701番地",
+        "札幌市中央区北1条西2丁目3-4",  # Sapporo without 北海道
+        "東京都千代田区丸の内1-2-3",
+    ],
+)
+def test_addresses_in_kyoto_street_form_or_with_to_in_the_city_are_whole(address: str) -> None:
+    assert found(f"住所：{address}") == [("ADDRESS_JP", address)]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "Tokyo-to Chiyoda-ku Marunouchi 1-2-3",
+        "Osaka-shi Kita-ku Umeda 2-4-9",
+        "Marunouchi 1-2-3, Chiyoda-ku, Tokyo",
+        "1-2-3 Marunouchi, Chiyoda-ku, Tokyo",
+    ],
+)
+def test_romanised_addresses_are_found_in_either_order(address: str) -> None:
+    assert found(f"Ship to: {address}.") == [("ADDRESS_JP", address)]

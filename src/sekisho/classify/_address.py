@@ -120,10 +120,11 @@ PREFECTURES_ROMAN: tuple[str, ...] = tuple(
 # が is a particle, except inside place names: 霞が関, 自由が丘, 光が丘, 茅ヶ崎's spelling 茅が崎.
 _GA_NAME = "が(?=[関丘崎谷浜原森岡台島坂沢瀬淵])"
 _NAMECH = rf"(?:[^\s\d０-９、。,，;；()（）「」『』【】:：/／・はがをでにへ〒]|{_GA_NAME})"
-# 都 ends a prefecture, except inside 宇都宮 and 都城.
+# 都 ends only one prefecture, 東京都; elsewhere it is part of a city's name (京都市, 都留市,
+# 宇都宮市, 都城市).
 _CITYCH = (
     r"(?:[^\s\d０-９、。,，;；()（）「」『』【】:：/／・はがをでにもとやへ〒都県]"
-    rf"|{_GA_NAME}|都(?=[宮城]))"
+    rf"|{_GA_NAME}|(?<!東京)都)"
 )
 _CITY = rf"(?>{_CITYCH}{{0,7}}?[市区町村郡])"
 _NUM = r"(?:[0-9０-９]{1,5}+|[一二三四五六七八九十]{1,3}+)"
@@ -140,8 +141,14 @@ _BUILDING = (
     r"[A-ZＡ-Ｚ]?(?:[ 　]?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室|号)?)?"
     r"|[ 　]?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室))?"
 )
+# Kyoto writes the way there: a street, the crossing, then up (north, 上る), down (下る), west
+# or east (西入る, 東入る), or both (上る西入ル), to the town: 寺町通御池上る上本能寺前町488番地.
+_KYOTO_WAY = (
+    rf"(?:{_NAMECH}{{1,8}}?通{_NAMECH}{{0,8}}?(?:上る|下る|上ル|下ル|[東西]入[るル]?){{1,2}})?"
+)
 _TAIL = lazy_compile(
-    rf"(?P<city>{_CITY}{{0,4}})(?:{_NAMECH}{{0,12}}?(?P<block>{_BLOCK}){_BUILDING})?"
+    rf"(?P<city>{_CITY}{{0,4}})"
+    rf"(?:{_KYOTO_WAY}{_NAMECH}{{0,12}}?(?P<block>{_BLOCK}){_BUILDING})?"
 )
 _PREFECTURE_SET = frozenset(PREFECTURES)
 _CITY_KANA = frozenset("さいたまつくばいわきひたちなかうるまみよしあわらかすみがうら")
@@ -149,17 +156,24 @@ _CITY_KANA = frozenset("さいたまつくばいわきひたちなかうるま�
 # character class finds all starts, and the prefecture is confirmed by a set lookup.
 _START = lazy_compile("[都道府県市区]")
 _CITY_AHEAD = lazy_compile(
-    rf"{_NAMECH}{{0,12}}?[0-9０-９一二三四五六七八九十]{{1,5}}(?:丁目|番|[{DASH}])"
+    rf"{_NAMECH}{{0,24}}?[0-9０-９一二三四五六七八九十]{{1,5}}(?:丁目|番|条|[{DASH}])"
 )
 _ROMAN_CUE = lazy_compile(r"-(?:ku|shi|cho|machi|gun|mura)\b")
 ROMAN_GATE = ("-ku", "-shi", "-cho", "-machi", "-gun", "-mura")
 _KANJI = lazy_compile(r"[一-龥々ヶ]")
+_ROMAN_PREFECTURE = "(?:" + "|".join(PREFECTURES_ROMAN) + r")(?:-(?:to|fu|ken|do))?\b"
+_ROMAN_WARD = r"[A-Z][a-z]+-(?:ku|shi|cho|machi|gun|mura)\b"
+_ROMAN_AREA = r"[A-Z][a-z]+(?:-[a-z]+)?"
+_ROMAN_BLOCK = r"\d{1,4}(?:-\d{1,4}){1,3}(?![\d-])"
 _ROMAN = lazy_compile(
-    r"(?:(?:Room|Apt\.?|Suite|Unit|#)\s?\d{1,4},?\s)?"
+    # 1-2-3 Marunouchi, Chiyoda-ku, Tokyo (the English order, a building or room before it)
+    r"(?:(?:(?:Room|Apt\.?|Suite|Unit|#)\s?\d{1,4},?\s)?"
     r"(?:[A-Z][A-Za-z]+ (?:Bldg\.?|Building|Tower|Heights|Mansion|Hills)(?:\s?\d{1,3}F)?,?\s)?"
-    r"\d{1,4}(?:-\d{1,4}){1,3},?\s[A-Z][a-z]+(?:-[a-z]+)?"
-    r"(?:,?\s[A-Z][a-z]+-(?:ku|shi|cho|machi|gun|mura))+"
-    r"(?:,?\s(?:" + "|".join(PREFECTURES_ROMAN) + r")(?:-(?:to|fu|ken))?\b)?"
+    rf"{_ROMAN_BLOCK},?\s{_ROMAN_AREA}(?:,?\s{_ROMAN_WARD})+(?:,?\s{_ROMAN_PREFECTURE})?"
+    # Marunouchi 1-2-3, Chiyoda-ku, Tokyo
+    rf"|{_ROMAN_AREA}\s{_ROMAN_BLOCK}(?:,?\s{_ROMAN_WARD})+(?:,?\s{_ROMAN_PREFECTURE})?"
+    # Tokyo-to Chiyoda-ku Marunouchi 1-2-3 (the Japanese order)
+    rf"|(?:{_ROMAN_PREFECTURE},?\s)?(?:{_ROMAN_WARD},?\s)+{_ROMAN_AREA},?\s{_ROMAN_BLOCK})"
 )
 
 
@@ -191,7 +205,7 @@ def detect_addresses(
                 and cue - begin < 4
                 and (
                     text[begin - 1] not in "市区町村都道府県"
-                    or text[begin - 1 : begin + 1] in ("都宮", "都城")
+                    or (text[begin - 1] == "都" and text[begin - 3 : begin - 1] != "東京")
                 )
                 and _KANJI.match(text, begin - 1)
             ):
