@@ -565,3 +565,22 @@ def test_addresses_in_kyoto_street_form_or_with_to_in_the_city_are_whole(address
 )
 def test_romanised_addresses_are_found_in_either_order(address: str) -> None:
     assert found(f"Ship to: {address}.") == [("ADDRESS_JP", address)]
+
+
+@pytest.mark.parametrize(
+    ("text", "postal"),
+    [
+        ("部品 100-0001 を5個", None),  # a part number, not a postal code
+        ("型式 123-4567 の在庫", None),
+        ("〒100-0001", "100-0001"),
+        ("郵便番号 100-0001", "100-0001"),
+        ("100-0001 東京都千代田区千代田1-1", "100-0001"),
+        ("100-0001\n東京都千代田区千代田1-1", "100-0001"),
+        ("100-0001 千代田区千代田1-1", "100-0001"),
+        ("1-2-3 Shiba, Minato-ku, Tokyo 105-0011", "105-0011"),
+    ],
+)
+def test_a_bare_postal_code_shape_needs_a_postal_cue_or_an_address_next_to_it(
+    text: str, postal: str | None
+) -> None:
+    assert [v for t, v in found(text) if t == "POSTAL_CODE_JP"] == ([postal] if postal else [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sekisho.classify import _context as ctx
+from sekisho.classify._address import PREFECTURES_ROMAN
 from sekisho.classify._lazy import lazy_compile
 from sekisho.classify._text import DASH, DIGIT, FOLD_TABLE, SPACE, fold
 from sekisho.classify._validate import (
@@ -430,9 +431,13 @@ class NumberDetector:
                     return emit(POSTAL_CODE_JP, 0.99)
                 if context() == ctx.BANK:  # 口座番号: 123-4567 (a branch code, then the account)
                     return emit(BANK_ACCOUNT_JP, 0.85)
-                score = _score(0.75, context(), _POSTAL_CTX)
-                if _prefecture_follows(text, end):
+                # NNN-NNNN alone is a part number as often as a postal code ("部品 100-0001 を
+                # 5個"): a postal code where 〒, a postal word or an address stands next to it.
+                score = _score(0.45, context(), _POSTAL_CTX)
+                if _prefecture_follows(text, end) or _address_follows(text, end):
                     score = max(score, 0.9)
+                elif _ROMAN_ADDRESS_BEFORE.search(text, max(0, start - 24), start):
+                    score = max(score, 0.85)  # "…, Minato-ku, Tokyo 105-0011"
                 return emit(POSTAL_CODE_JP, score)
             if sizes == [7]:
                 if (start > 0 and text[start - 1] == "〒") or context() == ctx.POSTAL:
@@ -603,6 +608,19 @@ _PREFECTURE_HEADS = frozenset(
 )
 
 
+# The end of a romanised address right before a postal code: a prefecture or a ward.
+_ROMAN_ADDRESS_BEFORE = lazy_compile(
+    r"(?:\b(?:" + "|".join(PREFECTURES_ROMAN) + r")(?:-(?:to|fu|ken|do))?"
+    r"|[a-z]-(?:ku|shi|cho|machi|gun|mura)|Japan|JAPAN),?[ 　]{0,2}$"
+)
+# A city, ward, town or village right after a postal code (the prefecture omitted).
+_CITY_AFTER = lazy_compile(r"[ 　\r\n]{0,3}[一-龥々ヶ]{1,5}[市区町村郡]")
+
+
+def _address_follows(text: str, end: int) -> bool:
+    return _CITY_AFTER.match(text, end) is not None
+
+
 def _prefecture_follows(text: str, end: int) -> bool:
-    head = text[end : end + 4].lstrip(" \u3000")
+    head = text[end : end + 5].lstrip(" \u3000\r\n")
     return head[:2] in _PREFECTURE_HEADS
