@@ -584,3 +584,22 @@ def test_a_bare_postal_code_shape_needs_a_postal_cue_or_an_address_next_to_it(
     text: str, postal: str | None
 ) -> None:
     assert [v for t, v in found(text) if t == "POSTAL_CODE_JP"] == ([postal] if postal else [])
+
+
+@pytest.mark.parametrize(
+    ("text", "birth_date"),
+    [
+        ("2024年4月12日生成のレポート", None),
+        ("2024年4月12日誕生の新サービス", None),  # a service is born too
+        ("born 2024-04-12T10:00:00Z in the job log", None),  # a timestamp
+        ("2024年4月12日誕生の長女", "2024年4月12日"),
+        ("誕生日は4月12日です", "4月12日"),  # a month and day after 誕生日: a birth date
+        ("お誕生日：4月12日", "4月12日"),
+        ("誕生日は4月12日、入社日は2024年4月1日", "4月12日"),
+        ("誕生日 1993年6月21日", "1993年6月21日"),
+    ],
+)
+def test_only_birth_dates_are_dates_of_birth(text: str, birth_date: str | None) -> None:
+    assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == (
+        [birth_date] if birth_date else []
+    )

@@ -43,7 +43,18 @@ _CUES_BEFORE = (
 _CUES_AFTER = ("生まれ", "生", "誕生")
 _CUE = trie_regex(_CUES_BEFORE + _CUES_AFTER)
 _AFTER = frozenset(_CUES_AFTER)
-_NOT_BIRTH_AFTER_生 = frozenset("年活産徒命涯物協")
+_NOT_BIRTH_AFTER_生 = frozenset("年活産徒命涯物協成放中存鮮地")  # 生成, 生放送, 生中継 ...
+# 誕生の after a date: a birth date only where a person follows ("誕生の長女"); a product or a
+# service is born too ("2024年4月12日誕生の新サービス").
+_PERSON_AFTER_誕生の = (
+    "長男", "長女", "次男", "次女", "三男", "三女", "赤", "息子", "娘", "孫", "子", "お子",
+    "第", "男", "女", "方", "人",
+)  # fmt: skip
+# A month and day without a year: a birth date only right after 誕生日 (誕生日は4月12日).
+_MONTH_DAY = lazy_compile(
+    rf"(?:[{_D}]{{1,2}}|[{_K}]{{1,2}})[ 　]?月[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,3}})[ 　]?日"
+)
+_MONTH_DAY_CUES = frozenset({"誕生日"})
 _DATE_LAST = frozenset("日0123456789０１２３４５６７８９")  # every _DATE match ends in one of these
 _ERA_START = {"明治": 1868, "大正": 1912, "昭和": 1926, "平成": 1989, "令和": 2019}
 
@@ -69,18 +80,48 @@ def _plausible(value: str) -> bool:
     return True
 
 
+def _near(text: str, cue_end: int, date: re.Match[str]) -> bool:
+    """Whether only a label's punctuation (or a few characters) stands between cue and date."""
+    return len(text[cue_end : date.start()].strip(" 　:：\t()（）は=,-")) <= 4
+
+
+def _time_follows(text: str, end: int) -> bool:
+    return text[end : end + 1] in ("T", "t") and text[end + 1 : end + 2].isdigit()
+
+
+def _plausible_month_day(value: str) -> bool:
+    numbers = [kanji_to_int(n) for n in re.findall(rf"[{_D}]+|[{_K}]+", value)]
+    if len(numbers) != 2 or numbers[0] is None or numbers[1] is None:
+        return False
+    return 1 <= numbers[0] <= 12 and 1 <= numbers[1] <= 31
+
+
 def detect_birth_dates(text: str, out: list[Finding]) -> None:
     for cue in _CUE.finditer(text):
         word = cue.group()
         if word == "生" and text[cue.end() : cue.end() + 1] in _NOT_BIRTH_AFTER_生:
             continue
         if word not in _AFTER:
-            date = _DATE.search(text, cue.end(), min(len(text), cue.end() + 24))
-            if date is not None and _plausible(date.group()):
-                gap = text[cue.end() : date.start()]
-                if len(gap.strip(" 　:：\t()（）は=,-")) <= 4:
+            limit = min(len(text), cue.end() + 24)
+            date = _DATE.search(text, cue.end(), limit)
+            if date is not None and _plausible(date.group()) and _near(text, cue.end(), date):
+                if not _time_follows(text, date.end()):  # born 2024-04-12T10:00:00Z: a timestamp
                     out.append(Finding(DATE_OF_BIRTH, date.start(), date.end(), 0.9))
+            elif word in _MONTH_DAY_CUES:
+                day = _MONTH_DAY.search(text, cue.end(), limit)
+                if (
+                    day is not None
+                    and _plausible_month_day(day.group())
+                    and _near(text, cue.end(), day)
+                ):
+                    out.append(Finding(DATE_OF_BIRTH, day.start(), day.end(), 0.9))
         else:
+            if (
+                word == "誕生"
+                and text[cue.end() : cue.end() + 1] == "の"
+                and not text.startswith(_PERSON_AFTER_誕生の, cue.end() + 1)
+            ):
+                continue
             # A date ends in 日 or a digit, right before the cue (spaces aside): most 生 in a
             # text (学生, 発生, 先生) have neither and cost no date search.
             window_start = max(0, cue.start() - 24)
