@@ -603,3 +603,18 @@ def test_only_birth_dates_are_dates_of_birth(text: str, birth_date: str | None) 
     assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == (
         [birth_date] if birth_date else []
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "email"),
+    [
+        ("担当者は山田@例え.jpです", "山田@例え.jp"),  # internationalised (RFC 6531)
+        ("宛先 taro@日本語ドメイン.jp へ", "taro@日本語ドメイン.jp"),
+        ("to taro@xn--eckwd4c7c.xn--zckzah today", "taro@xn--eckwd4c7c.xn--zckzah"),
+        ("contact o'brien@corp.ie", "o'brien@corp.ie"),  # ' is atext (RFC 5322)
+        ("'taro@corp.jp'", "taro@corp.jp"),
+        ("連絡先taro@corp.jpまで", "taro@corp.jp"),  # one script: the label stays outside
+    ],
+)
+def test_internationalised_and_apostrophe_addresses_are_found_whole(text: str, email: str) -> None:
+    assert [v for t, v in found(text) if t == "EMAIL"] == [email]

@@ -15,12 +15,20 @@ from sekisho.classify._validate import IBAN_LENGTHS, iban_ok
 from sekisho.classify.findings import EMAIL, IBAN, IP_ADDRESS, Finding
 
 _LOCAL_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-"
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-'"
     "ａｂｃｄｅｆｇｈｉｊｋｌｍｎｏｐｑｒｓｔｕｖｗｘｙｚＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ"
     "０１２３４５６７８９．＿－＋"
 )
+# Internationalised addresses (RFC 6531) have kanji and kana in the local part (山田@例え.jp);
+# the particles that glue an address to Japanese prose (担当者は山田@…) end it. The local part
+# is in one script: "連絡先taro@…" is the address taro@….
+_HIRAGANA_IN_NAMES = "".join(
+    chr(c) for c in range(0x3041, 0x3097) if chr(c) not in "はがをにでへとのもや"
+)
+_IDN_LOCAL = f"{_HIRAGANA_IN_NAMES}ァ-ヺー一-龥々"
 _LOCAL_CLASS = "".join(sorted(_LOCAL_CHARS - {"-"})) + "\\-"
 _LOCAL_RUN = lazy_compile(f"[{_LOCAL_CLASS}]*")
+_IDN_LOCAL_RUN = lazy_compile(f"[{_IDN_LOCAL}]*")
 
 
 def _at_signs(text: str) -> list[int]:
@@ -34,9 +42,12 @@ def _at_signs(text: str) -> list[int]:
     return sorted(found)
 
 
+# Labels may be internationalised (日本語ドメイン.jp) or their ACE form (xn--eckwd4c7c.xn--zckzah);
+# the top-level domain is ASCII or ACE, so Japanese prose after an address stays outside.
+_LABEL = "A-Za-z0-9Ａ-Ｚａ-ｚ０-９ぁ-ゖァ-ヺー一-龥々"
 _DOMAIN = lazy_compile(
-    r"(?:[A-Za-z0-9Ａ-Ｚａ-ｚ０-９](?:[A-Za-z0-9Ａ-Ｚａ-ｚ０-９\-－]{0,61}[A-Za-z0-9Ａ-Ｚａ-ｚ０-９])?[.．])+"
-    r"[A-Za-zＡ-Ｚａ-ｚ]{2,24}(?![A-Za-z0-9Ａ-Ｚａ-ｚ０-９])"
+    rf"(?:[{_LABEL}](?:[{_LABEL}\-－]{{0,61}}[{_LABEL}])?[.．])+"
+    r"(?:[A-Za-zＡ-Ｚａ-ｚ]{2,24}|xn--[a-z0-9]{2,59})(?![A-Za-z0-9Ａ-Ｚａ-ｚ０-９\-])"
 )
 _PLACEHOLDER_DOMAINS = ("example.com", "example.org", "example.net", "xxx.com", "domain.com")
 
@@ -45,12 +56,13 @@ def detect_emails(text: str, out: list[Finding]) -> None:
     if "@" not in text and "＠" not in text:
         return
     for i in _at_signs(text):
-        if i == 0 or text[i - 1] not in _LOCAL_CHARS:
+        if i == 0 or (text[i - 1] not in _LOCAL_CHARS and text[i - 1].isascii()):
             continue
         # The run of local-part characters that ends at the "@", read backwards (at most 64).
-        local = _LOCAL_RUN.match(text[max(0, i - 64) : i][::-1])
+        run = _LOCAL_RUN if text[i - 1] in _LOCAL_CHARS else _IDN_LOCAL_RUN
+        local = run.match(text[max(0, i - 64) : i][::-1])
         left = i - (local.end() if local is not None else 0)
-        while left < i and fold(text[left]) in ".-+":
+        while left < i and fold(text[left]) in ".-+'":  # 'taro@corp.jp': a quote, not atext
             left += 1
         if left == i:
             continue
