@@ -618,3 +618,42 @@ def test_only_birth_dates_are_dates_of_birth(text: str, birth_date: str | None) 
 )
 def test_internationalised_and_apostrophe_addresses_are_found_whole(text: str, email: str) -> None:
     assert [v for t, v in found(text) if t == "EMAIL"] == [email]
+
+
+AZURE_KEY = (
+    "pU3KGCUwux1tEyze1iN7LtkeP3IfyxlxF0SU1kk8nVw0YL4xIB5p/tqg7ui5mX9cfCmZ/a/lkyU81lSvTfrXFA=="
+)
+SLACK_APP = "xapp-1-A0123456789-1234567890123-abcdef0123456789abcdef0123456789"
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "subtype"),
+    [
+        (f"AccountKey = {AZURE_KEY}", AZURE_KEY, "azure_storage_key"),
+        (f'{{"accountKey": "{AZURE_KEY}"}}', AZURE_KEY, "azure_storage_key"),
+        (
+            f"AccountName=x;AccountKey={AZURE_KEY};EndpointSuffix=core",
+            AZURE_KEY,
+            "azure_storage_key",
+        ),
+        (
+            "authorization: bearer 8f3kLm29xQpZ7vN4wR1tY6uB",
+            "8f3kLm29xQpZ7vN4wR1tY6uB",
+            "bearer_token",
+        ),
+        (
+            "AUTHORIZATION: BEARER 8f3kLm29xQpZ7vN4wR1tY6uB",
+            "8f3kLm29xQpZ7vN4wR1tY6uB",
+            "bearer_token",
+        ),
+        (f"SLACK_APP_TOKEN={SLACK_APP}", SLACK_APP, "slack_token"),
+    ],
+)
+def test_keys_and_tokens_in_their_other_written_forms_are_found(
+    text: str, value: str, subtype: str
+) -> None:
+    assert [(text[f.start : f.end], f.subtype) for f in scan(text)] == [(value, subtype)]
+
+
+def test_the_bearer_of_a_letter_is_no_token() -> None:
+    assert found("the bearer of this-extraordinarily-long-hyphenated-word: ok") == []

@@ -46,7 +46,13 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
         r"(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])",
     ),
     ("gcp_api_key", ("AIza",), r"AIza(?<![A-Za-z0-9]AIza)[0-9A-Za-z_\-]{35}(?![A-Za-z0-9_\-])"),
-    ("azure_storage_key", ("AccountKey=",), r"AccountKey=(?P<v>[A-Za-z0-9+/]{86}==)"),
+    (
+        "azure_storage_key",
+        ("countKey",),
+        # AccountKey=… in a connection string, AccountKey = …, "accountKey": "…" in JSON.
+        r"countKey(?<=[Aa]ccountKey)[\"']?[ \t]*[:=][ \t]*[\"']?(?P<v>[A-Za-z0-9+/]{86}==)"
+        r"(?![A-Za-z0-9+/=])",
+    ),
     (
         "azure_client_secret",
         ("Q~",),
@@ -66,6 +72,11 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
         "slack_token",
         ("xox",),
         r"xox(?<![A-Za-z0-9]xox)[abposr]-[A-Za-z0-9]{8,}(?:-[A-Za-z0-9]{4,}){1,4}",
+    ),
+    (
+        "slack_token",  # app-level tokens
+        ("xapp-",),
+        r"xapp-(?<![A-Za-z0-9]xapp-)[0-9]-[A-Za-z0-9]{8,}(?:-[A-Za-z0-9]{4,}){1,4}",
     ),
     (
         "slack_webhook",
@@ -126,10 +137,17 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
         rf"{_PASSWORD_VALUE}",
     ),
     ("password", ("パスワード",), rf"パスワード(?<![A-Za-z0-9]パスワード){_PASSWORD_VALUE}"),
+    # The scheme is case-insensitive (RFC 6750): "authorization: bearer …" is as common.
     (
         "bearer_token",
-        ("Bearer",),
-        r"Bearer(?<!\wBearer)[ \t]+(?P<v>[A-Za-z0-9\-._~+/]{20,2000}+=*)(?![A-Za-z0-9\-._~+/=])",
+        ("Bearer", "BEARER"),
+        r"B(?<!\wB)(?:earer|EARER)[ \t]+(?P<v>[A-Za-z0-9\-._~+/]{20,2000}+=*)"
+        r"(?![A-Za-z0-9\-._~+/=])",
+    ),
+    (
+        "bearer_token",
+        ("bearer",),
+        r"bearer(?<!\wbearer)[ \t]+(?P<v>[A-Za-z0-9\-._~+/]{20,2000}+=*)(?![A-Za-z0-9\-._~+/=])",
     ),
 ]
 
@@ -318,6 +336,8 @@ def detect_secrets(text: str, out: list[Finding], present: frozenset[str] | None
                     continue
             if subtype == "jwt" and not _jwt_header_ok(value):
                 continue
+            if subtype == "bearer_token" and not any(c.isdigit() for c in value):
+                continue  # "the bearer of this-very-long-hyphenated-word" is prose
             if subtype == "openai_api_key" and sum(c.isdigit() for c in value) < 2:
                 continue  # "sk-this-is-a-long-hyphenated-word" is prose, not a key
             out.append(Finding(SECRET, start, end, _SCORES[subtype], subtype))

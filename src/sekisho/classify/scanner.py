@@ -64,11 +64,13 @@ _PERSON_ONLY = frozenset({PERSON})
 # of English prose (b, g, k, n, p, x: one in eight), and each stop costs a try of every branch.
 # They are tested as substrings instead, most behind a one-character test (``in`` of a single
 # character is a memchr): a GitHub token has "_", an API key "sk-" and a Slack token a "-", a
-# password is followed by ":", "=" or "："; "name" is a person cue and "birth", "born" are
+# password (or accountKey) is followed by ":", "=" or "：", a lower-case bearer token by an
+# "authorization:" header; "name" is a person cue and "birth", "born" are
 # birth-date cues.
 _GITHUB_WORDS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
-_DASH_WORDS = ("k-", "xox")
-_PASSWORD_WORDS = ("pass", "pwd")
+_DASH_WORDS = ("k-", "xox", "xapp-")
+_PASSWORD_WORDS = ("pass", "pwd", "countKey")  # and accountKey's: all followed by : or =
+_BEARER = "bearer"
 _PLAIN_WORDS = ("name", "birth", "born")
 _NAME_CUE = "name"  # the one lower-case word whose places matter (a form field, "name: ...")
 
@@ -91,6 +93,8 @@ def _lower_words(text: str, dates: bool = True) -> list[str]:
         found += [w for w in _DASH_WORDS if w in text]
     if ":" in text or "=" in text or "：" in text:
         found += [w for w in _PASSWORD_WORDS if w in text]
+        if _BEARER in text:  # "authorization: bearer …"
+            found.append(_BEARER)
     if "_" in text and "gh" in text:
         found += [w for w in _GITHUB_WORDS if w in text]
     return found
@@ -106,6 +110,7 @@ assert {w for w in _TRIGGER_FAMILIES if w.isascii() and w[0].islower()} == {
     *_GITHUB_WORDS,
     *_DASH_WORDS,
     *_PASSWORD_WORDS,
+    _BEARER,
     *_PLAIN_WORDS,
 }, "a lower-case trigger word is missing from the substring tests"
 _ASCII_TRIGGER = trie_regex(_ascii_words)
