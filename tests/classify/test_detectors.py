@@ -657,3 +657,18 @@ def test_keys_and_tokens_in_their_other_written_forms_are_found(
 
 def test_the_bearer_of_a_letter_is_no_token() -> None:
     assert found("the bearer of this-extraordinarily-long-hyphenated-word: ok") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("TEL (+81) 90-1234-5678", "(+81) 90-1234-5678"),  # both brackets, not the closing one
+        ("連絡先：（＋８１）９０－１２３４－５６７８", "（＋８１）９０－１２３４－５６７８"),
+        ("(+81)3-1234-5678 まで", "(+81)3-1234-5678"),
+        ("電話（+81 90-1234-5678）", "+81 90-1234-5678"),  # brackets of prose stay outside
+    ],
+)
+def test_a_bracketed_country_code_is_inside_the_phone_span_with_both_brackets(
+    text: str, phone: str
+) -> None:
+    assert found(text) == [("PHONE_JP", phone)]

@@ -76,6 +76,7 @@ NUMBER_RUN = lazy_compile(
 )
 _GROUP = lazy_compile(r"[0-9]+")
 _CIDR = lazy_compile(r"([0-9]{1,3}(?:\.[0-9]{1,3}){3})/(?:[0-9]|[12][0-9]|3[0-2])")
+_BRACKETED_PLUS = lazy_compile(rf"[(（][+＋][{DIGIT}]{{1,3}}[)）]")
 _AMOUNT_TAIL = lazy_compile(rf"[{DIGIT}]{{3}}[{SPACE}]+(?=[{DIGIT}])")
 _INNER_SEP = lazy_compile(r"(?<=[0-9])[^0-9]+(?=[0-9])")  # what stands between digit groups
 _DIGIT_CHARS = frozenset("0123456789０１２３４５６７８９")
@@ -116,7 +117,7 @@ def _phone(digits: str, folded: str, groups: list[str]) -> float | None:
     one by the numbering plan; context words adjust it (``_score``)."""
     if "/" in folded or "." in folded:
         return None
-    international = folded.startswith("+")
+    international = folded.startswith(("+", "(+"))
     if international:
         if not digits.startswith("81"):
             return None
@@ -282,6 +283,8 @@ class NumberDetector:
                     start, raw = start + 1, raw[1:]
                 if not raw:
                     continue
+            if raw[0] in "+＋" and start and _BRACKETED_PLUS.match(text, start - 1):
+                start, raw = start - 1, text[start - 1] + raw  # "(+81) 90-…": both brackets
             if raw[-1] in ")）" or raw[0] in "(（":
                 opening = raw.count("(") + raw.count("（")
                 closing = raw.count(")") + raw.count("）")
@@ -420,7 +423,7 @@ class NumberDetector:
                 return emit(IP_ADDRESS, 0.35 if context() == ctx.VERSION else 0.85)
             return None
 
-        if folded.startswith("+") or (n in (10, 11) and digits[0] == "0"):
+        if folded.startswith(("+", "(+")) or (n in (10, 11) and digits[0] == "0"):
             phone = _phone(digits, folded, groups)
             if phone is not None and context() not in (ctx.BANK, ctx.HEALTH):
                 return emit(PHONE_JP, _score(phone, context(), _PHONE_CTX))
