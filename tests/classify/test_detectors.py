@@ -379,6 +379,8 @@ def test_github_fine_grained_and_classic_tokens_are_found_whole() -> None:
         (fine_grained, "github_token"),
         (classic, "github_token"),
     ]
+    alone = f"token: {fine_grained}"  # no classic token beside it to open the gate
+    assert [(f.start, f.subtype) for f in scan(alone)] == [(7, "github_token")]
 
 
 JSON_KEY = (  # line breaks written as \n, as a key pasted into JSON or YAML has them

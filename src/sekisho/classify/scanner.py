@@ -95,7 +95,7 @@ def _lower_words(text: str, dates: bool = True) -> list[str]:
         found += [w for w in _PASSWORD_WORDS if w in text]
         if _BEARER in text:  # "authorization: bearer …"
             found.append(_BEARER)
-    if "_" in text and "gh" in text:
+    if "_" in text and ("gh" in text or "hub_pat_" in text):  # github_pat_ holds no "gh"
         found += [w for w in _GITHUB_WORDS if w in text]
     return found
 
