@@ -552,6 +552,17 @@ async def test_embeddings_in_base64_and_floats_agree(start_sim: StartSim) -> Non
     await c.close()
 
 
+async def test_one_input_given_as_tokens_is_one_embedding(start_sim: StartSim) -> None:
+    """A list of integers is one input's tokens, a list of such lists several inputs (the
+    OpenAI reference); the simulator answered [1, 2, 3] with three embeddings."""
+    sim = await start_sim()
+    c = client(sim)
+    one = await c.embeddings.create(model="sim-embed", input=[1, 2, 3])
+    two = await c.embeddings.create(model="sim-embed", input=[[1, 2, 3], [4, 5]])
+    assert [d.index for d in one.data] == [0] and [d.index for d in two.data] == [0, 1]
+    await c.close()
+
+
 async def test_embeddings_have_the_dimensions_asked_for(start_sim: StartSim) -> None:
     sim = await start_sim()
     c = client(sim)

@@ -16,7 +16,7 @@ import orjson
 from sekisho._conversations import keeps_conversations, response_id
 from sekisho._output import RESPONSE_TERMINAL, ResponsesStreamOutput, StreamOutput
 from sekisho._provider_state import wrap
-from sekisho._upstream import choices_problem, count
+from sekisho._upstream import choices_problem, count, quote, quote_response_error
 from sekisho.call import Call, Outcome, TenantView
 from sekisho.errors import SekishoError
 from sekisho.policy.decision import Decision
@@ -73,13 +73,18 @@ async def relay(
                 raise UpstreamProtocolError(ep.id, "stream event is not JSON") from None
             if not isinstance(event, dict):
                 raise UpstreamProtocolError(ep.id, "stream event is not an object")
+            error = event.get("error")
+            if error:  # the endpoint gave up mid-answer and says why (vLLM, proxies)
+                said = error.get("message") if isinstance(error, dict) else error
+                detail = f": {quote(str(said), p.scanners[tenant.name])}" if said else ""
+                raise UpstreamProtocolError(ep.id, f"stream error event{detail}")
             usage = event.get("usage")
             if isinstance(usage, dict):
                 outcome.prompt_tokens = count(usage.get("prompt_tokens"))
                 outcome.completion_tokens = count(usage.get("completion_tokens"))
                 if not call.include_usage and not event.get("choices"):
                     continue  # sekisho asked for it (token limits); the client did not
-            elif not isinstance(event.get("choices"), list) and "error" not in event:
+            elif not isinstance(event.get("choices"), list):
                 # Not this API's event (inspection reads only choices): never passed on.
                 raise UpstreamProtocolError(
                     ep.id, f"stream event without 'choices': not a {call.kind} stream"
@@ -235,9 +240,8 @@ async def relay_responses(
                 terminal = event
                 break
             if etype == "error":  # the provider gave up mid-answer: it says why
-                raise UpstreamProtocolError(
-                    ep.id, f"stream error event: {str(event.get('message'))[:200]}"
-                )
+                said = quote(str(event.get("message")), p.scanners[tenant.name])
+                raise UpstreamProtocolError(ep.id, f"stream error event: {said}")
             events = output.apply_event(event)
             if events is None:
                 yield b"event: " + etype.encode() + b"\ndata: " + payload + b"\n\n"
@@ -246,8 +250,9 @@ async def relay_responses(
                     yield _response_event(e)
         if terminal is None:
             raise UpstreamProtocolError(ep.id, "stream ended before the response did")
-        final = output.finish_response(terminal)
         response = terminal.get("response")
+        quote_response_error(response, p.scanners[tenant.name])
+        final = output.finish_response(terminal)
         usage = response.get("usage") if isinstance(response, dict) else None
         if isinstance(response, dict) and isinstance(response.get("output"), list):
             outcome.output_items = response["output"]

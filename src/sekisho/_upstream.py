@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from sekisho.api.schema import MAX_DEPTH, nesting_depth
+from sekisho.classify import Scanner, redact
 from sekisho.errors import SekishoError
 from sekisho.providers import (
     UpstreamError,
@@ -34,7 +35,9 @@ class Primed:
         self.headers = inner.headers
 
     @classmethod
-    async def prime(cls, inner: UpstreamResponse, endpoint_id: str, kind: str = "") -> Primed:
+    async def prime(
+        cls, inner: UpstreamResponse, endpoint_id: str, kind: str, scanner: Scanner
+    ) -> Primed:
         it = inner.lines()
         first: list[bytes] = []
         try:
@@ -51,7 +54,7 @@ class Primed:
         if not first or not first[-1].startswith(b"data:"):
             inner.close()
             raise UpstreamProtocolError(endpoint_id, "stream ended before its first event")
-        why = _unusable_first_event(first[-1][5:].strip(), kind)
+        why = _unusable_first_event(first[-1][5:].strip(), kind, scanner)
         if why is not None:  # nothing has reached the client: another endpoint may answer
             inner.close()
             raise UpstreamProtocolError(endpoint_id, why)
@@ -74,7 +77,7 @@ class Primed:
         self._inner.close()
 
 
-def _unusable_first_event(payload: bytes, kind: str) -> str | None:
+def _unusable_first_event(payload: bytes, kind: str, scanner: Scanner) -> str | None:
     """Why a stream's first event cannot begin an answer (garbage, an error event, the end),
     or None. Read before the stream is committed to, so such a stream fails over."""
     if payload == b"[DONE]":
@@ -89,7 +92,7 @@ def _unusable_first_event(payload: bytes, kind: str) -> str | None:
     if error or event.get("type") == "error":
         found = error if isinstance(error, dict) else event
         message = found.get("message") if isinstance(found, dict) else None
-        said = f": {str(message)[:200]}" if message else ""
+        said = f": {quote(str(message), scanner)}" if message else ""
         return f"stream began with an error event{said}"
     choices = event.get("choices")
     if kind in ("chat", "completions") and isinstance(choices, list):
@@ -171,17 +174,29 @@ def parse_answer(raw: bytes, endpoint_id: str, kind: str | None = None) -> dict[
 
 
 _TEXTS = ("content", "refusal", "reasoning", "reasoning_content")
+# Where a choice keeps its text, by where this API and mode keep it: the other places.
+_OTHER_SLOTS = {
+    "text": ("message", "delta"),  # legacy completions, whole or streamed
+    "message": ("delta", "text"),  # a whole chat answer
+    "delta": ("message", "text"),  # a chat stream event
+}
 
 
 def choices_problem(choices: list[Any], kind: str, holder: str) -> str | None:
     """What in an answer's (``holder`` "message") or a stream event's (``holder`` "delta")
     choices an OpenAI client could not parse and output inspection could not read, or None.
     Such an answer is not passed on (fail closed): its text would bypass the output rule."""
+    others = _OTHER_SLOTS["text" if kind == "completions" else holder]
     for choice in choices:
         if not isinstance(choice, dict):
             return "a choice that is not an object"
         if not isinstance(choice.get("index", 0), int):
             return "a choice whose index is not an integer"
+        for other in others:
+            if choice.get(other) is not None:
+                # text where this API keeps none (a chat-shaped stream on /v1/completions, a
+                # whole message in a stream): inspection would not read it
+                return f"a choice that carries '{other}' where a {kind} answer has none"
         if kind == "completions":
             if not _text_or_none(choice.get("text")):
                 return "a choice whose text is not a string"
@@ -219,7 +234,28 @@ def _text_or_none(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
-def client_error_from(exc: UpstreamStatusError) -> SekishoError:
+def quote(text: str, scanner: Scanner) -> str:
+    """What an endpoint wrote in an error, as the client (and the log) may read it: cut to 1000
+    characters, every finding of the tenant's scanner masked, whatever the output rule says.
+    Servers echo the request in their errors ("invalid value '4111 1111 …'"), and an error
+    message is no answer the output rule would otherwise see. A text that cannot be inspected
+    is withheld (fail closed)."""
+    text = text[:1000]
+    try:
+        findings = scanner.scan(text)
+    except Exception:
+        return "(the endpoint's message is withheld: it could not be inspected)"
+    return redact(text, findings) if findings else text
+
+
+def quote_response_error(response: Any, scanner: Scanner) -> None:
+    """A failed Responses API answer's ``error.message``, in place, as :func:`quote` says."""
+    error = response.get("error") if isinstance(response, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        error["message"] = quote(error["message"], scanner)
+
+
+def client_error_from(exc: UpstreamStatusError, scanner: Scanner) -> SekishoError:
     """A 4xx from upstream is about the request: pass its message on, in OpenAI's shape, with
     the ``type``, ``param`` and ``code`` the endpoint gave (the SDKs and clients read them:
     ``param`` names the field to fix). Servers that answer errors in other shapes are read
@@ -241,7 +277,7 @@ def client_error_from(exc: UpstreamStatusError) -> SekishoError:
         if text is None:
             text = _detail_text(body.get("detail"))
         if isinstance(text, str) and text:
-            message = f"The endpoint rejected the request: {text[:2000]}"
+            message = f"The endpoint rejected the request: {quote(text, scanner)}"
         if isinstance(err, dict):
             given = err.get("code")
             code = given if isinstance(given, str) and given else code

@@ -59,6 +59,7 @@ from sekisho._upstream import (
     count,
     parse_answer,
     parse_retry_after,
+    quote_response_error,
 )
 from sekisho.call import (
     Call,
@@ -313,7 +314,8 @@ class Pipeline:
             other = self.catalogue.kind(call.model)
             if other is not None and other != want:
                 raise InvalidRequest(
-                    f"The model '{call.model}' is an {other} model; it cannot serve "
+                    f"The model '{call.model}' is {'an' if other[0] in 'aeiou' else 'a'} "
+                    f"{other} model; it cannot serve "
                     f"{_API_NAMES[call.kind]}.",
                     param="model",
                     code="model_not_supported",
@@ -581,7 +583,9 @@ class Pipeline:
                 )
                 call.upstream_request_id = upstream_request_id(upstream.headers)
                 if call.stream:
-                    primed = await Primed.prime(upstream, ep.id, call.kind)
+                    primed = await Primed.prime(
+                        upstream, ep.id, call.kind, self.scanners[call.principal.tenant]
+                    )
                     released = True
                     self._upstream_latency(ep, "first_event", sent_at)
                     return route, Released(primed, state), None
@@ -599,7 +603,7 @@ class Pipeline:
                 self.upstream_failed(route, exc)
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
                     # About the request: the client hears it, and where it was delivered.
-                    err = client_error_from(exc)
+                    err = client_error_from(exc, self.scanners[call.principal.tenant])
                     err.headers.update(route_headers(route))
                     err.route = route
                     raise err from None
@@ -631,11 +635,16 @@ class Pipeline:
         if isinstance(last, UpstreamTimeoutError):
             # Each endpoint tried may still be generating the answer: an SDK's automatic retry
             # would start every one of those generations again, after waiting as long again.
+            advice = (
+                "The endpoint did not begin its answer in time: ask the operator to raise "
+                "the endpoint's timeouts.first_byte."
+                if call.stream
+                else "A long answer that is not streamed arrives whole: stream it, or ask the "
+                "operator to raise the endpoint's timeouts.first_byte."
+            )
             raise UpstreamTimeout(
                 f"No eligible endpoint answered in time (tried: {', '.join(tried)}; last: "
-                f"{last.detail}). The request was not sent anywhere else. A long answer that "
-                "is not streamed arrives whole: stream it, or ask the operator to raise the "
-                "endpoint's timeouts.first_byte.",
+                f"{last.detail}). The request was not sent anywhere else. {advice}",
                 headers={"x-should-retry": "false"},
             )
         if failures and all(
@@ -706,6 +715,7 @@ class Pipeline:
         if call.kind == "responses":
             if data.get("status") == "failed":
                 outcome.error_code = outcome.error_code or "upstream_response_failed"
+                quote_response_error(data, self.scanners[tenant.name])
             if isinstance(data.get("output"), list):
                 outcome.output_items = data["output"]
             if keeps_conversations(tenant):

@@ -36,6 +36,7 @@ import orjson
 class Faults:
     """What the simulator should do wrong. ``mode``: none | status | hang | garbage | gzip |
     drop_midstream | wrong_type | close | body (answer 200 with ``body``, JSON as given) |
+    status (answer ``status``, with ``body`` if given) |
     sse (``body`` as a stream's events).
     ``count``: how many requests (-1: until cleared)."""
 
@@ -273,16 +274,10 @@ class _Protocol(asyncio.Protocol):
                 await asyncio.sleep(fault.delay_ms / 1000)
             if fault.mode == "status":
                 extra = {"retry-after": fault.retry_after} if fault.retry_after else None
+                error = {"message": f"simulated HTTP {fault.status}", "type": "server_error"}
                 self._write(
                     fault.status,
-                    orjson.dumps(
-                        {
-                            "error": {
-                                "message": f"simulated HTTP {fault.status}",
-                                "type": "server_error",
-                            }
-                        }
-                    ),
+                    fault.body.encode() if fault.body else orjson.dumps({"error": error}),
                     extra=extra,
                 )
                 return
@@ -827,6 +822,8 @@ class _Protocol(asyncio.Protocol):
         ``encoding_format: "base64"``, as OpenAI sends them: little-endian float32, base64."""
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
+        if items and all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+            items = [inputs]  # one input given as its tokens: one embedding
         size = body.get("dimensions") or _EMBEDDING_SIZE
         as_base64 = body.get("encoding_format") == "base64"
         data = []

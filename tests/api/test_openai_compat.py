@@ -190,6 +190,10 @@ def test_embedding_model_cannot_chat(gateway: Harness) -> None:
             model="text-embedding-3-small", messages=[{"role": "user", "content": "x"}]
         )
     assert e.value.code == "model_not_supported"
+    assert "is an embedding model" in e.value.message
+    with pytest.raises(openai.BadRequestError) as other:
+        client(gateway).embeddings.create(model="gpt-4o", input="x")
+    assert "'gpt-4o' is a chat model" in other.value.message
 
 
 def test_bad_key_is_401(gateway: Harness) -> None:

@@ -694,6 +694,11 @@ def test_an_application_cannot_delete_what_the_retention_policy_keeps(
     assert c.responses.retrieve(first.id).id == first.id  # still kept
     with pytest.raises(openai.BadRequestError):
         c.responses.cancel(first.id)
+    # One that is not kept is not found, as GET says: no claim that a policy keeps it.
+    with pytest.raises(openai.NotFoundError) as missing:
+        c.responses.delete("resp_sk" + "0" * 24)
+    assert isinstance(missing.value.body, dict)
+    assert missing.value.body["code"] == "response_not_found"
 
 
 @pytest.mark.parametrize(

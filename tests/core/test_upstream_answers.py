@@ -12,7 +12,14 @@ from typing import Any
 import openai
 import pytest
 
-from harness import Harness, ledger_incomplete, request, start_example
+from harness import (
+    Harness,
+    ledger_entries,
+    ledger_incomplete,
+    receipt,
+    request,
+    start_example,
+)
 
 GOOD, BAD = "sim-global-useast", "sim-global-japaneast"
 
@@ -169,3 +176,93 @@ def test_token_counts_that_cannot_be_true_are_estimated_not_a_500(
     assert ledger_incomplete(two) == []
     metrics = request("GET", two.root + "/metrics").text
     assert "sekisho_tokens_total" in metrics
+
+
+CARD = "4111 1111 1111 1111"
+
+
+def test_text_a_stream_keeps_where_this_api_keeps_none_never_reaches_the_client(
+    two: Harness,
+) -> None:
+    """A chat stream whose choice carried a whole `message` or a `text` was relayed byte for
+    byte, past the output rule (the audit's card number arrived unmasked)."""
+    for stray in ({"message": {"role": "assistant", "content": f"card {CARD}"}},
+                  {"text": f"card {CARD}"}):  # fmt: skip
+        chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, **stray}]}
+        events = sse(delta(role="assistant", content="Hello"), chunk, "[DONE]")
+        two.fault(BAD, mode="sse", body=events)
+        two.fault(GOOD, mode="sse", body=events)
+        got = ""
+        with pytest.raises(openai.APIError) as e:
+            for c in openai.OpenAI(base_url=two.base_url, api_key=two.key(), max_retries=0).\
+                    chat.completions.create(model="gpt-4o", messages=[{"role": "user",
+                    "content": "x"}], stream=True):  # fmt: skip
+                got += c.model_dump_json()
+        assert "where a chat answer has none" in str(e.value)
+        assert "4111" not in got
+
+
+def test_a_chat_shaped_stream_on_the_completions_api_is_not_relayed(tmp_path: Path) -> None:
+    def legacy_too(raw: dict[str, Any]) -> None:
+        raw["endpoints"][0]["models"][0]["aliases"] = ["chat-default"]
+        for ep in raw["endpoints"]:
+            ep["completions_api"] = True
+
+    two = start_example(tmp_path, legacy_too)
+    try:
+        _chat_shaped_legacy_stream(two)
+    finally:
+        two.stop()
+
+
+def _chat_shaped_legacy_stream(two: Harness) -> None:
+    events = sse(delta(role="assistant", content=f"my card is {CARD}"), "[DONE]")
+    two.fault(BAD, mode="sse", body=events)
+    two.fault(GOOD, mode="sse", body=events)
+    c = openai.OpenAI(base_url=two.base_url, api_key=two.key(), max_retries=0)
+    with pytest.raises(openai.InternalServerError) as e:
+        c.completions.create(model="gpt-4o", prompt="x", stream=True)
+    assert "carries 'delta'" in e.value.message and "4111" not in e.value.message
+
+
+def test_an_error_event_midway_ends_the_stream_as_broken_with_the_reason_masked(
+    two: Harness,
+) -> None:
+    """The endpoint's error event was relayed and the stream went on to [DONE], recorded as a
+    success (or, when the SDK stopped reading at the error, as the client's disconnect); its
+    message reached the client unmasked."""
+    broken = {"error": {"message": f"overloaded while echoing {CARD}", "type": "server_error"}}
+    events = sse(delta(role="assistant", content="Hello"), broken, delta(content=" more"),
+                 "[DONE]")  # fmt: skip
+    two.fault(BAD, mode="sse", body=events)
+    two.fault(GOOD, mode="sse", body=events)
+    key = two.key()
+    raw = openai.OpenAI(base_url=two.base_url, api_key=key, max_retries=0).chat.completions.\
+        with_raw_response.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}],
+                                 stream=True)  # fmt: skip
+    got = ""
+    with pytest.raises(openai.APIError) as e:
+        for c in raw.parse():
+            got += "".join(ch.delta.content or "" for ch in c.choices)
+    assert "more" not in got  # nothing after the error event (the output rule may hold "Hello")
+    message = str(e.value)
+    assert "stream error event: overloaded while echoing [CREDIT_CARD]" in message
+    assert "4111" not in message
+    rid = raw.headers["x-sekisho-request-id"]
+    _, outcome = ledger_entries(receipt(two, rid, key).json())
+    assert outcome is not None and outcome["status"] == 502
+    assert outcome["error_code"] == "upstream_stream_broken"
+
+
+def test_an_endpoints_rejection_reaches_the_client_with_what_it_echoed_masked(
+    two: Harness,
+) -> None:
+    """vLLM and others echo the request in a 400; that text is no answer the output rule saw."""
+    body = json.dumps({"error": {"message": f"bad value '{CARD}' for user",
+                                 "type": "invalid_request_error", "param": "user"}})  # fmt: skip
+    for name in (GOOD, BAD):
+        two.fault(name, mode="status", status=400, body=body)
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(two)
+    assert "bad value '[CREDIT_CARD]' for user" in e.value.message
+    assert "4111" not in e.value.message and e.value.param == "user"

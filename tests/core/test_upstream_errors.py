@@ -11,12 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sekisho._upstream import client_error_from
+from sekisho.classify import Scanner
 from sekisho.providers.base import UpstreamStatusError
 
 
 def rejected(body: Any, status: int = 400) -> dict[str, Any]:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    e = client_error_from(UpstreamStatusError("ep", status, raw, None))
+    e = client_error_from(UpstreamStatusError("ep", status, raw, None), Scanner())
     assert e.status == status
     return {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
 

@@ -106,8 +106,16 @@ def test_all_endpoints_slow_is_504_and_the_sdk_does_not_start_it_again(two: Harn
     assert e.value.status_code == 504 and e.value.code == "upstream_timeout"
     assert e.value.response.headers["x-should-retry"] == "false"
     assert "first-byte timeout" in e.value.message and "timeouts.first_byte" in e.value.message
+    assert "stream it" in e.value.message  # a whole answer: streaming would help
     assert len(sent) == 1
     assert sum(s.stats.requests for s in two.sims.values()) == 2  # one try per endpoint
+    with pytest.raises(openai.InternalServerError) as streamed:
+        c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    assert streamed.value.status_code == 504
+    assert "stream it" not in streamed.value.message  # it was streamed: no such advice
+    assert "did not begin its answer in time" in streamed.value.message
 
 
 def test_stream_that_dies_before_its_first_event_fails_over(two: Harness) -> None:

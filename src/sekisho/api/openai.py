@@ -243,15 +243,8 @@ async def kept_response(
             "responses (a provider would keep them).",
             code="provider_feature_not_allowed",
         )
-    if method == "DELETE" and rest == "":
-        raise PermissionDenied(
-            f"Response {response[:80]!r} is kept by tenant {tenant.name!r}'s retention policy "
-            "in its home-region store, for as long as that policy says; an application cannot "
-            "delete it. An operator can restrict its use (利用停止) or erase a data subject's "
-            "records (sekisho subject restrict / sekisho subject delete).",
-            code="retention_policy",
-        )
-    if method != "GET":
+    deleting = method == "DELETE" and rest == ""
+    if method != "GET" and not deleting:
         raise MethodNotAllowed(f"{path} accepts GET, not {method}.")
     if not keeps_conversations(tenant) or request_of(response) is None:
         where = (
@@ -267,6 +260,14 @@ async def kept_response(
         raise NotFound(
             f"No response {response[:80]!r}: {exc}.", code="response_not_found"
         ) from None
+    if deleting:  # one that exists and is the caller's (else 404, as for GET)
+        raise PermissionDenied(
+            f"Response {response[:80]!r} is kept by tenant {tenant.name!r}'s retention policy "
+            "in its home-region store, for as long as that policy says; an application cannot "
+            "delete it. An operator can restrict its use (利用停止) or erase a data subject's "
+            "records (sekisho subject restrict / sekisho subject delete).",
+            code="retention_policy",
+        )
     what = "responses.input_items" if rest else "responses.retrieve"
     await audit.admin(principal.subject, what, response, {"request_id": rid, "tenant": tenant.name})
     if not rest:
