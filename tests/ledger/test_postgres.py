@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from sekisho.errors import ServiceUnavailable
 from sekisho.ledger import Ledger, Signer, audit, merkle, open_storage, verify_receipt
+from sekisho.ledger.storage import NewEntry, PostgresStorage
+from tcp_proxy import TcpProxy
 
 from .conftest import ORIGIN, decision, outcome
 
@@ -60,3 +66,104 @@ async def test_two_sequencers_on_one_postgres_log_make_one_consistent_tree(
         assert report.incomplete == []
     finally:
         storage.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    relay = TcpProxy(("127.0.0.1", 5432)).start()
+    yield relay
+    relay.stop()
+
+
+def _through(proxy: TcpProxy, pg_url: str) -> str:
+    parts = urlsplit(pg_url)
+    return parts._replace(netloc=f"postgres@127.0.0.1:{proxy.port}").geturl()
+
+
+async def test_a_postgres_ledger_appends_again_once_its_server_is_back(
+    pg_url: str, proxy: TcpProxy, signer: Signer
+) -> None:
+    ledger = await Ledger.open(_through(proxy, pg_url), signer, origin=ORIGIN, deadline=5.0)
+    try:
+        assert (await ledger.append(decision("before"))).index == 0
+        assert ledger.storage.tree_size() == 1  # this thread's reading connection, too
+        proxy.stop()  # every connection through it is cut, as by a server restart
+        with pytest.raises(ServiceUnavailable, match="connection") as refused:
+            await ledger.append(decision("during"))
+        assert "storage postgresql://127.0.0.1" in refused.value.why
+        assert not ledger.health.state()[0]  # unready while it cannot write
+        proxy.start()
+        assert (await ledger.append(decision("after"))).index == 1
+        assert ledger.health.state() == (True, "ok")
+        assert ledger.storage.tree_size() == 2
+        verify_receipt(ledger.receipt("after"), [signer.verifier()])
+
+        # An outage nobody wrote through: the first request after it is served too.
+        proxy.stop()
+        proxy.start()
+        assert (await ledger.append(decision("later"))).index == 2
+        assert ledger.storage.tree_size() == 3
+    finally:
+        await ledger.close()
+
+
+class _CutAtCommit:
+    """A connection whose COMMIT is cut off: ``before`` runs ahead of it (the commit never
+    reaches the server) or after it (it committed, but the client never hears so)."""
+
+    def __init__(self, conn: Any, before: Callable[[], None] | None, after: Callable[[], None]):
+        self._conn, self._before, self._after = conn, before, after
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def commit(self) -> None:
+        if self._before is not None:
+            self._before()
+        self._conn.commit()
+        self._after()
+
+
+def _entries(*request_ids: str) -> list[NewEntry]:
+    leaves = [decision(rid, time=datetime(2025, 4, 1, tzinfo=UTC)) for rid in request_ids]
+    return [
+        NewEntry(d.to_bytes(), merkle.leaf_hash(d.to_bytes()), d.request_id, d.kind) for d in leaves
+    ]
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["lost", "committed"])
+async def test_a_commit_cut_off_neither_reuses_nor_skips_an_index(
+    pg_url: str, proxy: TcpProxy, landed: bool
+) -> None:
+    url = _through(proxy, pg_url)
+    storage = PostgresStorage(url)
+    storage.initialise(ORIGIN)
+    assert storage.sequence(_entries("a")) == 0
+    real_connect = storage._connect
+    cut = [True]
+
+    def connect() -> Any:
+        conn = real_connect()
+        if not cut:
+            return conn
+        cut.clear()  # only the first new connection is cut
+        if landed:
+            return _CutAtCommit(conn, None, lambda: (proxy.stop(), conn.execute("SELECT 1")))
+        return _CutAtCommit(conn, proxy.stop, lambda: None)
+
+    storage._connect = connect  # type: ignore[method-assign]
+    storage._local.conn.close()  # dead before the batch: it goes on a new (cut) connection
+    with pytest.raises(Exception, match=r"connection|server|closed"):
+        storage.sequence(_entries("b", "c", "d"))  # refused: never reported durable
+    proxy.start()
+    start = storage.sequence(_entries("e"))
+    storage.close()
+    assert start == (4 if landed else 1)
+    check = open_storage(pg_url)
+    try:
+        report = audit(check)
+        assert report.ok, report.problems
+        assert report.tree_size == start + 1
+        assert check.scan(start, start + 1)[0][1] == _entries("e")[0].leaf
+    finally:
+        check.close()

@@ -26,16 +26,17 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sekisho.ledger import merkle
 from sekisho.ledger.merkle import CompactRange, NodeKey
 
 SQLITE_FILE = "ledger.sqlite3"
+T = TypeVar("T")
 _ROWS_PER_INSERT = 500  # 2,500 parameters at most: far below SQLite's and PostgreSQL's limits
 
 
@@ -87,6 +88,10 @@ class Storage(abc.ABC):
     def location(self) -> str:
         """Where the log lives, for messages (a path or a URL without password)."""
 
+    def _is_broken(self, conn: Any) -> bool:
+        """Whether ``conn`` can serve no further statement (its server went away)."""
+        return False
+
     # -- connections -----------------------------------------------------------------------------
 
     def _conn(self) -> Any:
@@ -97,6 +102,33 @@ class Storage(abc.ABC):
             with self._connections_lock:
                 self._connections.append(conn)
         return conn
+
+    def _drop_if_broken(self, conn: Any) -> bool:
+        """After a failed statement: a connection that died (the server restarted, a network
+        or proxy cut) is closed and forgotten, so that this thread's next call opens a new one
+        rather than failing with "the connection is closed" until a restart."""
+        if not self._is_broken(conn):
+            return False
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        with self._connections_lock, contextlib.suppress(ValueError):
+            self._connections.remove(conn)
+        with contextlib.suppress(Exception):
+            conn.close()
+        return True
+
+    def _retried(self, work: Callable[[Any], T]) -> T:
+        """``work(conn)`` for a read or an idempotent write: once more on a new connection
+        when this thread's turned out to be dead (it may have sat idle across an outage)."""
+        conn = self._conn()
+        try:
+            return work(conn)
+        except Exception:
+            with contextlib.suppress(Exception):
+                conn.rollback()  # PostgreSQL: else every later statement is refused
+            if not self._drop_if_broken(conn):
+                raise
+        return work(self._conn())
 
     def close(self) -> None:
         with self._connections_lock:
@@ -109,7 +141,9 @@ class Storage(abc.ABC):
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        conn = self._conn()
+        return self._retried(lambda conn: self._read_on(conn, sql, params))
+
+    def _read_on(self, conn: Any, sql: str, params: Sequence[Any]) -> list[Any]:
         cur = conn.cursor()
         try:
             cur.execute(self._q(sql), params)
@@ -153,7 +187,15 @@ class Storage(abc.ABC):
         """Append ``batch`` durably and atomically; return the index of its first entry."""
         conn = self._conn()
         try:
-            self._begin_sequencing(conn)
+            try:
+                self._begin_sequencing(conn)
+            except Exception:
+                # Found dead at the batch's first statement (idle across an outage): nothing
+                # of the batch was sent, so it goes on a new connection.
+                if not self._drop_if_broken(conn):
+                    raise
+                conn = self._conn()
+                self._begin_sequencing(conn)
             cur = conn.cursor()
             # Claim the batch's indexes first: one statement instead of a read and a write (the
             # writer thread waits for the GIL after every statement it runs).
@@ -183,9 +225,13 @@ class Storage(abc.ABC):
             cur.close()
             conn.commit()
         except BaseException:
+            # The batch is refused, never reported durable. A connection that died during
+            # COMMIT leaves its outcome unknown: the next batch reloads the edge from the size
+            # committed, under the lock, so no index is reused or skipped either way.
             self._edge = None
             with contextlib.suppress(Exception):
                 conn.rollback()
+            self._drop_if_broken(conn)
             raise
         self._edge = edge
         return start
@@ -232,7 +278,9 @@ class Storage(abc.ABC):
         return found
 
     def hashes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
-        conn = self._conn()
+        return self._retried(lambda conn: self._hashes_on(conn, keys))
+
+    def _hashes_on(self, conn: Any, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
         cur = conn.cursor()
         try:
             return self._fetch(cur, keys)
@@ -286,7 +334,9 @@ class Storage(abc.ABC):
     # -- checkpoints -----------------------------------------------------------------------------
 
     def store_checkpoint(self, size: int, root: bytes, signed: str) -> None:
-        conn = self._conn()
+        self._retried(lambda conn: self._store_checkpoint_on(conn, size, root, signed))
+
+    def _store_checkpoint_on(self, conn: Any, size: int, root: bytes, signed: str) -> None:
         cur = conn.cursor()
         try:
             cur.execute(
@@ -548,6 +598,9 @@ class PostgresStorage(Storage):
         except psycopg.Error as e:
             raise StorageError(f"cannot connect to the ledger at {self.location}: {e}") from None
         return conn
+
+    def _is_broken(self, conn: Any) -> bool:
+        return bool(conn.closed)
 
     def _begin_sequencing(self, conn: Any) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
