@@ -53,10 +53,11 @@ class WriterHealth:
     seconds ago with nothing committed since. Without traffic it reads healthy again after
     ``recent`` seconds: a balancer then sends a request or two, and a disk that still fails
     turns it back within one deadline. The writer thread calls ``begin`` and ``ok``/``failed``
-    around each commit; plain float assignments, so no lock.
+    around each commit; plain float assignments, so no lock. ``lost`` is for good: what a
+    retry cannot cure (the ledger's file deleted under it) keeps it unready until a restart.
     """
 
-    __slots__ = ("_busy_since", "_failed_at", "_ok_at", "_reason", "deadline", "recent")
+    __slots__ = ("_busy_since", "_failed_at", "_lost", "_ok_at", "_reason", "deadline", "recent")
 
     def __init__(self, deadline: float, recent: float = 10.0) -> None:
         self.deadline = deadline
@@ -65,6 +66,7 @@ class WriterHealth:
         self._failed_at = 0.0
         self._ok_at = 0.0
         self._reason = ""
+        self._lost = ""
 
     def begin(self) -> None:
         self._busy_since = time.monotonic()
@@ -79,8 +81,13 @@ class WriterHealth:
         self._failed_at = time.monotonic()
         self._reason = reason
 
+    def lost(self, reason: str) -> None:
+        self._lost = reason
+
     def state(self) -> tuple[bool, str]:
         """``(healthy, why)``; ``why`` is ``"ok"`` when healthy."""
+        if self._lost:
+            return False, self._lost
         now = time.monotonic()
         busy = self._busy_since
         if busy and now - busy > self.deadline:

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from sekisho import _in_force as in_force
 from sekisho.call import Call, Outcome
 from sekisho.config import Config
 from sekisho.errors import ServiceUnavailable
@@ -29,11 +30,13 @@ from sekisho.ledger import (
     Ledger,
     LedgerUnavailable,
     OutcomeRecord,
+    continuity,
     create_signing_key,
     keyed_hash,
     load_signer,
 )
 from sekisho.ledger.records import now
+from sekisho.ledger.storage import open_storage
 from sekisho.policy.decision import Decision
 from sekisho.store import Stores
 
@@ -48,6 +51,19 @@ async def open_ledger(config: Config) -> Ledger:
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     key_file = Path(cfg.key_file) if cfg.key_file else data_dir / "keys" / "ledger.key"
+    location = cfg.url or str(data_dir)
+    # Before a key is made: a log once kept here must not be started again, empty, under it.
+    before = open_storage(location)
+    try:
+        await asyncio.to_thread(
+            continuity.refuse_a_second_history,
+            before,
+            data_dir,
+            key_file,
+            [data_dir / in_force.FILE],
+        )
+    finally:
+        before.close()
     # The log's name: the configured one, else the name its signing key was made with (a
     # restarted container has a new host name, and the log must keep its own), else, for a
     # new log, this host's.
@@ -67,8 +83,8 @@ async def open_ledger(config: Config) -> Ledger:
         except KeyFileError:
             if not key_file.exists():  # another process did not just create it
                 raise
-    return await Ledger.open(
-        cfg.url or str(data_dir),
+    ledger = await Ledger.open(
+        location,
         load_signer(key_file),
         origin=origin,
         group_interval=cfg.group_interval_ms / 1000,
@@ -76,6 +92,15 @@ async def open_ledger(config: Config) -> Ledger:
         deadline=cfg.deadline_ms / 1000,
         checkpoint_interval=cfg.checkpoint_interval_ms / 1000,
     )
+    try:
+        await asyncio.to_thread(
+            continuity.remember, data_dir, ledger.signer, ledger.storage, origin
+        )
+    except OSError as exc:
+        log.warning(
+            "cannot record the log in use in %s (%s): a lost ledger may not be noticed at "
+            "the next start", data_dir / continuity.RECORD, exc.strerror or exc)  # fmt: skip
+    return ledger
 
 
 class LedgerAuditSink:

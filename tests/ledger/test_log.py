@@ -288,3 +288,63 @@ def test_bulk_load_builds_the_same_tree_as_appends(tmp_path: Path) -> None:
     root = merkle.root_from_hashes(1000, storage.hashes(merkle.subtree_keys(0, 1000)))
     assert root == merkle.reference_root([merkle.leaf_hash(x) for x in leaves])
     storage.close()
+
+
+def _remove_ledger_files(data_dir: Path) -> None:
+    for path in data_dir.glob("ledger.sqlite3*"):  # as `rm DATA/ledger.sqlite3*`
+        path.unlink()
+
+
+async def test_a_ledger_file_deleted_while_serving_refuses_appends_for_good(
+    ledger: Ledger, data_dir: Path
+) -> None:
+    await ledger.append(decision(new_request_id()))
+    signed = ledger.checkpoint_now()
+    _remove_ledger_files(data_dir)
+    await asyncio.sleep(1.1)  # it looks at most once a second
+    before = _refusals("storage_error")
+    with pytest.raises(ServiceUnavailable, match=r"ledger\.sqlite3 was deleted") as refused:
+        await ledger.append(decision(new_request_id()))
+    assert refused.value.code == "ledger_unavailable"
+    assert _refusals("storage_error") == before + 1
+    ledger.health.ok()  # not cured by time or a success: only a restore and a restart
+    ready, why = ledger.health.state()
+    assert not ready and "was deleted" in why and "restored from backup" in why
+    with pytest.raises(StorageError, match="was deleted"):
+        ledger.checkpoint_now()  # nothing more is signed for the unlinked file
+    assert ledger.storage.latest_checkpoint() is not None
+    assert ledger.storage.latest_checkpoint().note == signed  # type: ignore[union-attr]
+
+
+async def test_an_idle_gateway_turns_unready_when_its_ledger_file_is_replaced(
+    ledger: Ledger, data_dir: Path
+) -> None:
+    await ledger.append(decision(new_request_id()))
+    path = data_dir / "ledger.sqlite3"
+    copy = data_dir / "copy.sqlite3"
+    copy.write_bytes(path.read_bytes())
+    copy.replace(path)  # a backup copied over the file in use
+    deadline = time.monotonic() + 3
+    while ledger.health.state()[0] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # no request: the checkpoint task notices (every 50 ms here)
+    ready, why = ledger.health.state()
+    assert not ready and "replaced by another file" in why
+    with pytest.raises(ServiceUnavailable, match="replaced"):
+        await ledger.append(decision(new_request_id()))
+
+
+async def test_a_busy_ledger_looks_at_its_file_at_most_once_a_second(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looks = []
+    real = ledger.storage.displaced
+
+    def counted() -> str | None:
+        looks.append(time.monotonic())
+        return real()
+
+    monkeypatch.setattr(ledger.storage, "displaced", counted)
+    began = time.monotonic()
+    while time.monotonic() - began < 1.5:
+        await asyncio.gather(*(ledger.append(decision(new_request_id())) for _ in range(16)))
+    assert 1 <= len(looks) <= 2

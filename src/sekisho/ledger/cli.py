@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sekisho._where import add_data_dir_args, config_of, data_dir
-from sekisho.ledger import merkle
+from sekisho.ledger import continuity, merkle
 from sekisho.ledger.audit import audit
 from sekisho.ledger.checkpoint import Checkpoint, CheckpointError
 from sekisho.ledger.keys import KeyFileError, create_signing_key, load_signer
@@ -222,6 +222,51 @@ def _keep(path: Path, signed: str, storage: Storage) -> None:
         f.write(KeptCheckpoints.line(signed, proof))
 
 
+# --- ledger init --new-log -------------------------------------------------------------------
+
+
+def init_command(args: argparse.Namespace) -> int:
+    """Start a new log where the old one is lost for good, under a new signing key."""
+    data = _data_dir(args)
+    key_file = _key_file(args)
+    try:
+        storage = open_storage(_location(args))
+        try:
+            if storage.holds_log():
+                return _fail(
+                    f"the ledger at {storage.location} holds a log of {storage.tree_size()} "
+                    "entries: it is not lost, and a new log would not replace it. `ledger init "
+                    "--new-log` is for a ledger lost for good (the gateway refuses to start "
+                    "and says so)"
+                )
+            location = storage.location
+        finally:
+            storage.close()
+        old = load_signer(key_file) if key_file.exists() else None
+        retired = continuity.retire(data, key_file)
+        config = config_of(args)
+        name = (
+            args.name
+            or (config.ledger.origin if config is not None else None)
+            or (old.name if old is not None else f"{socket.gethostname()}/sekisho-ledger")
+        )
+        verifier_key = create_signing_key(key_file, name)
+    except sqlite3.DatabaseError as e:
+        return _fail(f"{_location(args)} does not hold a sekisho ledger ({e})")
+    except (StorageError, KeyFileError, OSError) as e:
+        return _fail(str(e))
+    if old is not None and retired is not None:
+        print(
+            f"retired the old signing key: moved to {retired}; it signs nothing more. Keep it "
+            f"to verify the old log's receipts (verifier key {old.verifier().key_string()})"
+        )
+    print(f"created ledger signing key {key_file} (mode 0600; back it up, keep it secret)")
+    print(f"the gateway starts a new, empty log at {location} on its next start")
+    print("verifier key (publish this; auditors pass it to `sekisho verify --key`):")
+    print(verifier_key)
+    return 0
+
+
 # --- keys ledger ----------------------------------------------------------------------------------
 
 
@@ -312,6 +357,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--keep", metavar="FILE", help="also append it, with a consistency proof, to FILE"
     )
     cp.set_defaults(func=checkpoint_command)
+    init = sub.add_parser(
+        "init",
+        help="start a new log under a new signing key, where the old log is lost for good",
+    )
+    _add_location(init)
+    init.add_argument(
+        "--new-log",
+        action="store_true",
+        required=True,
+        help="required: a new history, not the lost one (the old signing key is retired)",
+    )
+    init.add_argument("--key-file", help="signing key (default DATA_DIR/keys/ledger.key)")
+    init.add_argument(
+        "--name", help="the new log's origin (default: the config's ledger.origin, else the old)"
+    )
+    init.set_defaults(func=init_command)
 
 
 def register_keys(keys_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

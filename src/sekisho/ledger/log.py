@@ -48,7 +48,7 @@ from sekisho.ledger.checkpoint import Checkpoint
 from sekisho.ledger.note import Signer, Verifier
 from sekisho.ledger.proof import TlogProof
 from sekisho.ledger.records import Record
-from sekisho.ledger.storage import NewEntry, Storage, open_storage
+from sekisho.ledger.storage import NewEntry, Storage, StorageError, open_storage
 
 log = logging.getLogger("sekisho.ledger")
 
@@ -81,6 +81,9 @@ DEFAULT_GROUP_INTERVAL = 0.0
 DEFAULT_GROUP_SIZE = 256
 DEFAULT_DEADLINE = 1.0
 DEFAULT_CHECKPOINT_INTERVAL = 1.0
+# How often the writer looks whether its file is still the one at its path: one stat() per
+# second at most, whatever the request rate.
+PLACE_CHECK_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,8 @@ class Ledger:
         self.health = WriterHealth(deadline)  # for /readyz
         self._signing = threading.Lock()
         self._signed_size = -1
+        self._displaced: str | None = None  # for good: why nothing more may be written
+        self._place_checked_at = time.monotonic()
 
     @classmethod
     async def open(
@@ -208,6 +213,8 @@ class Ledger:
         """Make one entry durable; raise ``ServiceUnavailable`` if that cannot happen in time."""
         if self._closed:
             raise self._refuse("closed", "the ledger is shut down")
+        if self._displaced is not None:
+            raise self._refuse("storage_error", self._displaced)
         leaf, request_id, kind = _describe(record)
         entry = NewEntry(leaf, merkle.leaf_hash(leaf), request_id, kind)
         loop = asyncio.get_running_loop()
@@ -247,13 +254,31 @@ class Ledger:
             if stop:
                 return
 
+    def _still_in_place(self) -> str | None:
+        """None while the storage is the one opened; else why not, for good (rate-limited)."""
+        now = time.monotonic()
+        if self._displaced is None and now - self._place_checked_at >= PLACE_CHECK_INTERVAL:
+            self._place_checked_at = now
+            why = self.storage.displaced()
+            if why is not None:
+                self._displaced = (
+                    f"{why}; nothing more is written or signed until it is restored from "
+                    "backup and the gateway restarted"
+                )
+                self.health.lost(f"the ledger: {self._displaced}")
+                log.error("ledger storage lost: %s", self._displaced)
+        return self._displaced
+
     def _commit(self, live: list[_Pending]) -> None:
         results: list[tuple[asyncio.Future[Appended], Appended | BaseException]]
         self.health.begin()
         try:
+            displaced = self._still_in_place()
+            if displaced is not None:
+                raise StorageError(displaced)
             start = self.storage.sequence([p.entry for p in live])
         except Exception as e:
-            why = f"storage {self.storage.location} failed: {e}"
+            why = self._displaced or f"storage {self.storage.location} failed: {e}"
             self.health.failed(f"the ledger's {why}")
             error = self._refuse("storage_error", why)
             results = [(p.future, error) for p in live]
@@ -304,10 +329,14 @@ class Ledger:
             try:
                 await asyncio.to_thread(self.checkpoint_now)
             except Exception:
-                log.exception("ledger could not sign a checkpoint")
+                if self._displaced is None:  # else said once already
+                    log.exception("ledger could not sign a checkpoint")
 
     def checkpoint_now(self) -> str:
         """Sign and store a checkpoint if the tree grew since the last one; return the latest."""
+        displaced = self._still_in_place()  # also how an idle gateway notices (readyz)
+        if displaced is not None:
+            raise StorageError(displaced)
         with self._signing:
             size = self.storage.tree_size()
             latest = self.storage.latest_checkpoint()

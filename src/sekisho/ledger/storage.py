@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -180,6 +181,18 @@ class Storage(abc.ABC):
     def origin(self) -> str | None:
         rows = self._read("SELECT origin FROM tree WHERE id = 0")
         return str(rows[0][0]) if rows else None
+
+    def holds_log(self) -> bool:
+        """Whether a log was ever created here (its tree row exists); creates none."""
+        return self._has_tree_table() and self.origin() is not None
+
+    @abc.abstractmethod
+    def _has_tree_table(self) -> bool: ...
+
+    def displaced(self) -> str | None:
+        """Why what is at the ledger's location is no longer what this process writes to (a
+        file deleted or replaced under it), or None."""
+        return None
 
     # -- the write path --------------------------------------------------------------------------
 
@@ -438,6 +451,7 @@ class SQLiteStorage(Storage):
         super().__init__()
         self.path = path
         self.busy_timeout = busy_timeout
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
 
     @property
     def location(self) -> str:
@@ -464,6 +478,8 @@ class SQLiteStorage(Storage):
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
+                if self._file is None:
+                    self._remember_file()
                 return conn
             except sqlite3.OperationalError as e:
                 if conn is not None:
@@ -476,6 +492,34 @@ class SQLiteStorage(Storage):
 
     def _end_read(self, conn: Any) -> None:
         # autocommit mode (isolation_level=None): each read is its own transaction already
+        return None
+
+    def _has_tree_table(self) -> bool:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return False  # and connecting would create it
+        return bool(
+            self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tree'")
+        )
+
+    def _remember_file(self) -> None:
+        with contextlib.suppress(OSError):
+            st = os.stat(self.path)
+            self._file = (st.st_dev, st.st_ino)
+
+    def displaced(self) -> str | None:
+        """The file at ``path`` must be the one opened: after an ``rm`` every write would go to
+        an unlinked inode (lost at the next start), after a copy over it to a file nobody
+        reads. One stat; the ledger calls it at most once a second."""
+        if self._file is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"the ledger file {self.path} was deleted while the gateway had it open"
+        except OSError:
+            return None  # unknown: the writes themselves will say
+        if (st.st_dev, st.st_ino) != self._file:
+            return f"the ledger file {self.path} was replaced by another file while in use"
         return None
 
     def sequence(self, batch: Sequence[NewEntry]) -> int:
@@ -601,6 +645,10 @@ class PostgresStorage(Storage):
 
     def _is_broken(self, conn: Any) -> bool:
         return bool(conn.closed)
+
+    def _has_tree_table(self) -> bool:
+        rows = self._read("SELECT to_regclass(?)", (f'"{self.schema}".tree',))
+        return bool(rows and rows[0][0] is not None)
 
     def _begin_sequencing(self, conn: Any) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))

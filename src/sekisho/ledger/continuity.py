@@ -1,0 +1,92 @@
+"""One key, one history: a signing key that has signed a log never starts a second one.
+
+A ledger file deleted (or a PostgreSQL schema dropped) under a gateway that keeps its signing
+key would otherwise be recreated empty at the next start, and the same key would sign a tree
+of size 2 with another root: a forked history that each checkpoint, alone, verifies. So the
+data directory keeps ``ledger-in-use.json`` (which key signs which log, where), and a start
+that finds that record, or an older gateway's traces, beside a ledger that holds no log
+refuses with what to do: restore the ledger, or deliberately start a new log under a new key
+(``sekisho ledger init --new-log``), which retires the old key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sekisho.ledger.note import Signer
+from sekisho.ledger.storage import Storage, StorageError
+
+RECORD = "ledger-in-use.json"
+
+
+class LedgerLost(StorageError):
+    """The ledger holds no log, but this data directory shows an earlier one existed."""
+
+
+def evidence(data_dir: Path, key_file: Path, traces: Sequence[Path] = ()) -> list[str]:
+    """What in ``data_dir`` shows that a log was kept before: the record of the log in use,
+    else the signing key beside a file only a started gateway writes (``traces``)."""
+    record = data_dir / RECORD
+    if record.exists():
+        try:
+            known = json.loads(record.read_text(encoding="utf-8"))
+            said = f" (the log {known['origin']!r} at {known['ledger']}, key {known['key']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            said = ""
+        return [f"{record} records that a log was kept{said}"]
+    if key_file.exists():
+        ran = [str(p) for p in traces if p.exists()]
+        if ran:
+            return [f"the signing key {key_file} exists and a gateway ran here ({', '.join(ran)})"]
+    return []
+
+
+def refuse_a_second_history(
+    storage: Storage, data_dir: Path, key_file: Path, traces: Sequence[Path] = ()
+) -> None:
+    """Raise ``LedgerLost`` when ``storage`` holds no log but ``data_dir`` shows there was one."""
+    if storage.holds_log():
+        return
+    found = evidence(data_dir, key_file, traces)
+    if not found:
+        return
+    raise LedgerLost(
+        f"the ledger at {storage.location} is missing or empty, but {'; '.join(found)}. "
+        "Starting a new log there would let the same signing key sign a second, different "
+        "history (a fork no auditor could tell from tampering), so the gateway did not start. "
+        f"Restore the ledger from its backup to {storage.location}; or, if it is lost for "
+        "good, start a new log under a new signing key with `sekisho ledger init --new-log` "
+        "(same --data-dir or --config), which retires the old key, and publish the new "
+        "verifier key"
+    )
+
+
+def remember(data_dir: Path, signer: Signer, storage: Storage, origin: str) -> None:
+    """Record (once) that ``signer`` signs the log ``origin`` at ``storage``."""
+    record = data_dir / RECORD
+    wanted = {"origin": origin, "key": signer.verifier().key_string(), "ledger": storage.location}
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(record.read_text(encoding="utf-8")) == wanted:
+            return
+    tmp = record.with_name(f"{RECORD}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, record)
+
+
+def retire(data_dir: Path, key_file: Path) -> Path | None:
+    """For a new log: move the old signing key aside (kept, to verify the old log's receipts,
+    but never loaded to sign again) and forget the record of the old log. Returns where the
+    old key went."""
+    retired = None
+    if key_file.exists():
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        retired = key_file.with_name(f"{key_file.name}.retired-{stamp}")
+        os.replace(key_file, retired)
+    with contextlib.suppress(FileNotFoundError):
+        (data_dir / RECORD).unlink()
+    return retired

@@ -1,0 +1,129 @@
+"""One key, one history: a gateway that lost its ledger does not start a second log under the
+same signing key, and an operator can start a new log, under a new key, on purpose."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import sekisho
+from sekisho.config import Config, parse_config
+from sekisho.ledger import CheckpointError, load_signer, open_checkpoint
+from sekisho.ledger.cli import main
+from sekisho.ledger.continuity import RECORD, LedgerLost
+from sekisho.recorder import open_ledger
+
+from .conftest import decision
+
+ROOT = Path(sekisho.__file__).resolve().parents[2]
+
+
+def _config(data: Path, **ledger: Any) -> Config:
+    raw = yaml.safe_load((ROOT / "examples" / "sekisho.yaml").read_text(encoding="utf-8"))
+    raw["server"]["data_dir"] = str(data)
+    raw.setdefault("ledger", {}).update(ledger)
+    return parse_config(yaml.safe_dump(raw, allow_unicode=True))
+
+
+async def _serve_once(config: Config) -> str:
+    ledger = await open_ledger(config)
+    try:
+        await ledger.append(decision("req-1"))
+        return ledger.checkpoint_now()
+    finally:
+        await ledger.close()
+
+
+def _lose_ledger(data: Path) -> None:
+    for path in data.glob("ledger.sqlite3*"):
+        path.unlink()
+
+
+async def test_a_gateway_whose_ledger_was_deleted_refuses_to_start_a_second_history(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    config = _config(data)
+    await _serve_once(config)
+    key = (data / "keys" / "ledger.key").read_bytes()
+    _lose_ledger(data)
+    with pytest.raises(LedgerLost) as refused:
+        await open_ledger(config)
+    message = str(refused.value)
+    assert f"the ledger at {data / 'ledger.sqlite3'} is missing or empty" in message
+    assert str(data / RECORD) in message and "sekisho ledger init --new-log" in message
+    assert "Restore the ledger from its backup" in message
+    assert not (data / "ledger.sqlite3").exists()  # nothing made in its place
+    assert (data / "keys" / "ledger.key").read_bytes() == key
+
+
+async def test_an_empty_ledger_file_in_place_of_the_log_is_refused_too(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    config = _config(data)
+    await _serve_once(config)
+    _lose_ledger(data)
+    (data / "ledger.sqlite3").touch()
+    with pytest.raises(LedgerLost, match="missing or empty"):
+        await open_ledger(config)
+
+
+async def test_a_data_dir_from_before_the_record_counts_the_key_and_policies_in_force(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    config = _config(data)
+    await _serve_once(config)
+    (data / RECORD).unlink()  # as an older sekisho left it
+    (data / "policies-in-force.json").write_text("{}", encoding="utf-8")
+    _lose_ledger(data)
+    with pytest.raises(LedgerLost, match=r"policies-in-force\.json"):
+        await open_ledger(config)
+
+
+async def test_a_key_made_before_the_first_start_starts_the_log(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert main(["keys", "ledger", "--data-dir", str(data), "--create", "--name", "a/b"]) == 0
+    config = _config(data, origin="a/b")
+    assert (await _serve_once(config)).startswith("a/b\n1\n")
+    record = json.loads((data / RECORD).read_text(encoding="utf-8"))
+    assert record["origin"] == "a/b" and record["ledger"] == str(data / "ledger.sqlite3")
+
+
+async def test_ledger_init_new_log_retires_the_old_key_and_the_next_start_makes_a_new_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    config = _config(data)
+    await _serve_once(config)
+    old = load_signer(data / "keys" / "ledger.key")
+    _lose_ledger(data)
+    assert main(["ledger", "init", "--new-log", "--data-dir", str(data)]) == 0
+    said = capsys.readouterr().out
+    new = load_signer(data / "keys" / "ledger.key")
+    assert new.verifier().key_string() != old.verifier().key_string()
+    assert new.verifier().key_string() in said
+    (retired,) = (data / "keys").glob("ledger.key.retired-*")
+    assert load_signer(retired).verifier().key_string() == old.verifier().key_string()
+    assert str(retired) in said and "signs nothing more" in said
+    checkpoint = await _serve_once(config)
+    assert open_checkpoint(checkpoint, [new.verifier()]).size == 1  # a new log, the new key's
+    with pytest.raises(CheckpointError):
+        open_checkpoint(checkpoint, [old.verifier()])
+
+
+def test_ledger_init_new_log_refuses_where_the_log_is_not_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    data = tmp_path / "data"
+    asyncio.run(_serve_once(_config(data)))
+    key = (data / "keys" / "ledger.key").read_bytes()
+    assert main(["ledger", "init", "--new-log", "--data-dir", str(data)]) == 1
+    assert "holds a log of 1 entries: it is not lost" in capsys.readouterr().err
+    assert (data / "keys" / "ledger.key").read_bytes() == key
+    assert list((data / "keys").glob("*.retired-*")) == []
