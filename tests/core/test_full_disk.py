@@ -54,13 +54,13 @@ def fill(disk: Path) -> Path:
     """Write a file until the disk is full; return it (delete it to make room again)."""
     filler = disk / "filler.bin"
     block = b"\0" * 65536
-    with filler.open("wb") as f:
-        try:
+    try:
+        # unbuffered: a write cut short would leave bytes for close() to fail on again
+        with filler.open("wb", buffering=0) as f:
             while True:
                 f.write(block)
-                f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
     return filler
 
 
