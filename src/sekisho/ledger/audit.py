@@ -3,7 +3,8 @@
 The audit trusts nothing in the store but the leaf bytes: it rehashes every leaf, rebuilds every
 complete subtree and every checkpointed root, and compares. What it reports:
 
-- ``problems`` (violations): a missing index (deleted row), a leaf whose bytes do not hash to
+- ``problems`` (violations): a database that is itself damaged (SQLite's ``quick_check``:
+  nothing else is checked then), a missing index (deleted row), a leaf whose bytes do not hash to
   its stored hash (edited row), a stored subtree hash that differs from the rebuilt one (rows
   edited together with their hash, or reordered), a checkpoint whose root or signature does not
   match the rebuilt tree, an outcome with no earlier decision for its request.
@@ -72,6 +73,15 @@ MAX_PROBLEMS = 1000
 
 def audit(storage: Storage, verifiers: Sequence[Verifier] = ()) -> AuditReport:
     """Replay ``storage``; with ``verifiers`` also check every checkpoint's signature."""
+    damage = storage.damage()
+    if damage:
+        more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
+        detail = (
+            f"{storage.location} is damaged: the database's own check reports {damage[0]}"
+            f"{more}. The gateway cannot use it; restore the ledger from backup (the replay "
+            "was not run on a damaged file)"
+        )
+        return AuditReport(problems=[Problem(None, "corrupt_database", detail)])
     report = AuditReport(tree_size=storage.tree_size())
     size = report.tree_size
     last = storage.max_index()

@@ -129,8 +129,8 @@ def _relate_plain(cp: Checkpoint, kept: KeptCheckpoints) -> str:
 # --- ledger audit / checkpoint ---------------------------------------------------------------
 
 
-def _open(args: argparse.Namespace) -> Storage:
-    return open_storage(_location(args), create=False)
+def _open(args: argparse.Namespace, *, read_only: bool = False) -> Storage:
+    return open_storage(_location(args), create=False, read_only=read_only)
 
 
 def _verifiers(args: argparse.Namespace) -> list[Verifier]:
@@ -145,7 +145,7 @@ def _verifiers(args: argparse.Namespace) -> list[Verifier]:
 def audit_command(args: argparse.Namespace) -> int:
     try:
         verifiers = _verifiers(args)
-        storage = _open(args)
+        storage = _open(args, read_only=True)
         try:
             report = audit(storage, verifiers)
         finally:

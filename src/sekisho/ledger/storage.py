@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from sekisho.ledger import merkle
 from sekisho.ledger.merkle import CompactRange, NodeKey
@@ -193,6 +193,10 @@ class Storage(abc.ABC):
         """Why what is at the ledger's location is no longer what this process writes to (a
         file deleted or replaced under it), or None."""
         return None
+
+    def damage(self) -> list[str]:
+        """What the database itself reports broken (pages, indexes), for the audit."""
+        return []
 
     # -- the write path --------------------------------------------------------------------------
 
@@ -447,10 +451,11 @@ class SQLiteStorage(Storage):
     fsync among every entry in the batch, which is what makes FULL affordable.
     """
 
-    def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = 30.0, read_only: bool = False) -> None:
         super().__init__()
         self.path = path
         self.busy_timeout = busy_timeout
+        self.read_only = read_only
         self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
 
     @property
@@ -463,6 +468,8 @@ class SQLiteStorage(Storage):
                 f"the ledger needs SQLite 3.35 or newer (UPDATE ... RETURNING); this Python "
                 f"has {sqlite3.sqlite_version}"
             )
+        if self.read_only:
+            return self._connect_read_only()
         # Switching a new file to WAL needs a moment of exclusive access, and SQLite answers
         # "database is locked" at once (no busy handler) when another process is opening the
         # same new file: retry within the busy timeout instead of failing the start.
@@ -489,6 +496,49 @@ class SQLiteStorage(Storage):
                 time.sleep(0.01)
             except sqlite3.Error as e:
                 raise StorageError(f"cannot open the ledger at {self.path}: {e}") from None
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """For the audit: writes nothing, and works on a copy it may not write (a backup
+        mounted read-only, a file without write permission)."""
+        uri = "file:" + quote(str(self.path.resolve())) + "?mode=ro"
+        try:
+            return self._open_uri(uri)
+        except sqlite3.OperationalError as e:
+            if "unable to open" not in str(e):
+                raise StorageError(f"cannot open the ledger at {self.path}: {e}") from None
+        # Reading a WAL database needs its -shm index beside it, which a read-only directory
+        # cannot get; ``immutable`` reads the file alone, which is all of it only without a WAL.
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StorageError(
+                f"cannot open the ledger at {self.path} read-only: its write-ahead log {wal} "
+                "holds commits SQLite can read only with a -shm file it cannot create in this "
+                f'directory. Audit a copy (`sqlite3 {self.path} ".backup COPY"`) or the '
+                "file where it can be written beside"
+            )
+        try:
+            return self._open_uri(uri + "&immutable=1")
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot open the ledger at {self.path}: {e}") from None
+
+    def _open_uri(self, uri: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # opens lazily
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def damage(self) -> list[str]:
+        try:
+            rows = self._read("PRAGMA quick_check")
+        except sqlite3.DatabaseError as e:
+            return [str(e)]
+        found = [str(r[0]) for r in rows]
+        return [] if found == ["ok"] else found
 
     def _end_read(self, conn: Any) -> None:
         # autocommit mode (isolation_level=None): each read is its own transaction already
@@ -658,10 +708,13 @@ class PostgresStorage(Storage):
         conn.execute(_PG_SCHEMA)
 
 
-def open_storage(url_or_path: str | Path, *, create: bool = True) -> Storage:
+def open_storage(
+    url_or_path: str | Path, *, create: bool = True, read_only: bool = False
+) -> Storage:
     """A PostgreSQL URL, a SQLite file path, or a data directory (holding ``ledger.sqlite3``).
     ``create=False`` (the operator's commands) refuses a SQLite ledger that does not exist yet,
-    instead of making an empty one where the operator looked by mistake."""
+    instead of making an empty one where the operator looked by mistake; ``read_only`` opens
+    a SQLite ledger without writing anything (the audit)."""
     text = str(url_or_path)
     if text.startswith(("postgresql://", "postgres://")):
         return PostgresStorage(text)
@@ -677,7 +730,7 @@ def open_storage(url_or_path: str | Path, *, create: bool = True) -> Storage:
             f"there is no ledger at {path}: the gateway makes it on its first start. Pass the "
             "data directory `serve` uses (--data-dir DIR), or its config (--config FILE)."
         )
-    return SQLiteStorage(path)
+    return SQLiteStorage(path, read_only=read_only)
 
 
 @contextlib.contextmanager
