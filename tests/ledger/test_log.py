@@ -180,6 +180,40 @@ async def test_a_storage_error_is_a_refusal_that_says_why(data_dir: Path, signer
     await ledger.close()
 
 
+class GatedFailingStorage(SQLiteStorage):
+    """Fails every batch, the first only once ``gate`` is set (so that others queue)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.batches: list[int] = []
+
+    def sequence(self, batch: Any) -> int:
+        self.batches.append(len(batch))
+        self.gate.wait(5)
+        raise StorageError("disk full")
+
+
+async def test_a_failed_group_commit_counts_every_entry_it_refused(
+    data_dir: Path, signer: Signer
+) -> None:
+    storage = GatedFailingStorage(data_dir / "ledger.sqlite3")
+    storage.initialise(ORIGIN)
+    ledger = Ledger(storage, signer, origin=ORIGIN, deadline=10)
+    ledger.start()
+    before = _refusals("storage_error")
+    first = asyncio.ensure_future(ledger.append(decision(new_request_id())))
+    await asyncio.sleep(0.05)  # the writer holds the first batch: the next seven wait together
+    rest = [asyncio.ensure_future(ledger.append(decision(new_request_id()))) for _ in range(7)]
+    await asyncio.sleep(0.05)
+    storage.gate.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert all(isinstance(r, ServiceUnavailable) for r in results)
+    assert sum(storage.batches) == 8 and max(storage.batches) > 1
+    assert _refusals("storage_error") == before + 8  # entries, not the 2 batches
+    await ledger.close()
+
+
 async def test_appends_after_close_are_refused(data_dir: Path, signer: Signer) -> None:
     ledger = await Ledger.open(str(data_dir), signer, origin=ORIGIN)
     await ledger.close()

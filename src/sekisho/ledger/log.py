@@ -71,7 +71,8 @@ class LedgerUnavailable(ServiceUnavailable):
 
 LEDGER_REFUSALS = Counter(
     "sekisho_ledger_refusals_total",
-    "Ledger appends refused because the entry could not be made durable.",
+    "Ledger entries refused (each append that could not be made durable; a failed group "
+    "commit counts every entry in it).",
     ["reason"],
 )
 
@@ -236,9 +237,11 @@ class Ledger:
         self.health.failed(why, commit_ended=False)
         return self._refuse("deadline", why)
 
-    def _refuse(self, reason: str, why: str) -> LedgerUnavailable:
-        LEDGER_REFUSALS.labels(reason=reason).inc()
-        log.error("ledger refused an entry (%s): %s", reason, why)
+    def _refuse(self, reason: str, why: str, entries: int = 1) -> LedgerUnavailable:
+        """The error for ``entries`` refused appends: each is counted, the cause logged once."""
+        LEDGER_REFUSALS.labels(reason=reason).inc(entries)
+        what = "an entry" if entries == 1 else f"{entries} entries"
+        log.error("ledger refused %s (%s): %s", what, reason, why)
         return LedgerUnavailable(why)
 
     def _write_loop(self) -> None:
@@ -280,7 +283,7 @@ class Ledger:
         except Exception as e:
             why = self._displaced or f"storage {self.storage.location} failed: {e}"
             self.health.failed(f"the ledger's {why}")
-            error = self._refuse("storage_error", why)
+            error = self._refuse("storage_error", why, entries=len(live))
             results = [(p.future, error) for p in live]
         else:
             self.health.ok()
