@@ -56,7 +56,9 @@ def gw(tmp_path: Path) -> Iterator[Harness]:
         h.stop()
 
 
-def call(h: Harness, method: str, path: str, key: str | None, body: Any = None) -> Resp:
+def call(
+    h: Harness | ServeProcess, method: str, path: str, key: str | None, body: Any = None
+) -> Resp:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     return request(method, h.root + path, json_body=body, headers=headers)
 
@@ -72,7 +74,7 @@ def chat(h: Harness, key: str, content: str = "hello", model: str = "gpt-4o") ->
     )
 
 
-def ledger_entries(h: Harness, key: str) -> list[tuple[int, bytes]]:
+def ledger_entries(h: Harness | ServeProcess, key: str) -> list[tuple[int, bytes]]:
     """Every entry of the ledger the key may read, by walking indexes until the end."""
     out = []
     for index in range(10_000):
@@ -282,6 +284,42 @@ def test_a_restricted_developer_key_makes_no_key_beyond_its_own_limits(gw: Harne
     assert call(gw, "POST", f"{PREFIX}/keys/{key_id(dev)}/revoke", admin).status_code == 200
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         chat(gw, app_key, model="chat-default")
+
+
+def test_revoking_a_developer_key_leaves_no_key_of_its_rotation_line_working(
+    tmp_path: Path,
+) -> None:
+    """The successor a developer key rotated to, and every key that successor made, fall with
+    it, in every worker: a revoked developer key leaves no working key behind."""
+    sims = Simulators(demo_sim_specs()).start()
+    g = ServeProcess(write_config(tmp_path / "sekisho.yaml", sims.config()), tmp_path / "data",
+                     workers=2)  # fmt: skip
+    try:
+        g.start()
+        admin = g.key("demo", role="admin")
+        made = call(g, "POST", f"{PREFIX}/keys", admin, {"tenant": "demo", "role": "developer"})
+        assert made.status_code == 201, made.text
+        dev = made.json()["key"]
+        rotated = call(g, "POST", f"{PREFIX}/keys/{key_id(dev)}/rotate", dev,
+                       {"overlap_seconds": 600})  # fmt: skip
+        assert rotated.status_code == 201, rotated.text
+        successor = rotated.json()["key"]
+        child = call(g, "POST", f"{PREFIX}/keys", successor, {"role": "app"})
+        assert child.status_code == 201, child.text
+        line = [dev, successor, child.json()["key"]]
+        for key in line:  # each worker has seen (and remembers) every key working
+            for _ in range(4):
+                assert call(g, "GET", f"{PREFIX}/whoami", key).status_code == 200
+
+        revoked = call(g, "POST", f"{PREFIX}/keys/{key_id(dev)}/revoke", admin)
+        assert revoked.status_code == 200, revoked.text
+        for key in line:
+            for _ in range(4):
+                r = call(g, "GET", f"{PREFIX}/whoami", key)
+                assert r.status_code == 401 and "revoked" in r.text, (key_id(key), r.text)
+    finally:
+        g.stop()
+        sims.stop()
 
 
 def test_admin_reloads_policy_but_cannot_call_models_with_the_admin_key(gw: Harness) -> None:
@@ -572,7 +610,7 @@ def test_with_two_workers_a_reload_reaches_every_worker_and_a_bad_one_none(
         # worker to start; the other finds it recorded).
         changes = [
             json.loads(e)
-            for _, e in ledger_entries(g, g.key("demo", role="auditor"))  # type: ignore[arg-type]
+            for _, e in ledger_entries(g, g.key("demo", role="auditor"))
             if b'"tenant/demo"' in e
         ]
         assert [(e["action"], e["details"]) for e in changes] == [
@@ -599,7 +637,7 @@ def test_a_policy_changed_while_the_gateway_was_stopped_is_recorded_when_it_star
         g.stop()
         g.start()  # a redeploy with a stricter policy
         second = digest_now(g, g.key("demo"))
-        entries = ledger_entries(g, g.key("demo", role="auditor"))  # type: ignore[arg-type]
+        entries = ledger_entries(g, g.key("demo", role="auditor"))
         changes = [json.loads(e) for _, e in entries if b'"policy.' in e]
         assert [(e["action"], e["target"], e["details"]) for e in changes] == [
             ("policy.start", "tenant/demo", {"from": first, "to": second})
@@ -607,7 +645,7 @@ def test_a_policy_changed_while_the_gateway_was_stopped_is_recorded_when_it_star
         g.stop()
         (tmp_path / "data" / "policies-in-force.json").write_text("{not json")
         g.start()  # a damaged record: nothing is invented, and the next change is seen again
-        assert len(ledger_entries(g, g.key("demo", role="auditor"))) == len(entries)  # type: ignore[arg-type]
+        assert len(ledger_entries(g, g.key("demo", role="auditor"))) == len(entries)
         assert any("policies-in-force.json" in x.get("msg", "") for x in g.log())
     finally:
         g.stop()

@@ -107,6 +107,39 @@ def test_only_active_keys_rotate_and_only_once(tmp_path: Path) -> None:
     assert len(store.list("acme")) == 2  # the failed rotations left nothing behind
 
 
+def test_revoking_a_key_revokes_its_rotation_line_and_everything_the_line_made(
+    tmp_path: Path,
+) -> None:
+    """D rotated to DS (still in its overlap), then DS to DSS; each made keys. Revoking any
+    key of the line, first or last, leaves none of them, nor anything they made, working."""
+    for revoked_one in (0, 2):
+        store = KeyStore(tmp_path / f"identity-{revoked_one}.db")
+        d_key, d = store.create("acme", role="developer", owner="key:admin0000000")
+        ds_key, ds = store.rotate(d.key_id, 600)
+        dss_key, dss = store.rotate(ds.key_id, 600)
+        made = [
+            store.create("acme", owner=f"key:{k.key_id}")
+            for k in (d, ds, dss)  # one key made by each holder of the line
+        ]
+        grandchild_key, _ = store.create("acme", owner=f"key:{made[1][1].key_id}")
+        _, unrelated = store.create("acme", role="developer", owner="key:admin0000000")
+
+        assert store.revoke((d, ds, dss)[revoked_one].key_id)
+        for key in [d_key, ds_key, dss_key, *(k for k, _ in made), grandchild_key]:
+            with pytest.raises(AuthenticationFailed, match="revoked"):
+                store.authenticate(key)
+        assert store.get(unrelated.key_id).state() == "active"
+
+
+def test_a_revoked_key_makes_no_key_even_if_it_was_authenticated_before(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "identity.db")
+    _, dev = store.create("acme", role="developer")
+    store.revoke(dev.key_id)
+    with pytest.raises(AuthenticationFailed, match=f"{dev.key_id} has been revoked"):
+        store.create("acme", owner=f"key:{dev.key_id}")
+    assert [k.key_id for k in store.list("acme")] == [dev.key_id]
+
+
 def test_list_by_owner_and_tenant(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "identity.db")
     store.create("acme", owner="key:a")

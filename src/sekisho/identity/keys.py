@@ -170,7 +170,24 @@ class KeyStore:
         if not _KEY_ID.match(key_id):
             raise ValueError(f"key id {key_id!r} is not 12 lowercase hex digits")
         full, info = self._new(key_id, tenant, role, name, models, expires_at, owner, None)
-        self._insert(full, info)
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # A maker revoked after it was authenticated makes nothing: the revocation has
+            # already walked its keys and would not see this one.
+            maker = owner[len("key:") :] if owner and owner.startswith("key:") else None
+            row = conn.execute(
+                "SELECT revoked_at FROM api_keys WHERE key_id = ?", (maker,)
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                raise AuthenticationFailed(
+                    f"API key {maker} has been revoked; it makes no more keys."
+                )
+            self._insert(full, info)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return full, info
 
     def _new(
@@ -288,32 +305,51 @@ class KeyStore:
         return subjects
 
     def revoke(self, key_id: str) -> bool:
-        """Revoke now, with every key it made and they made in turn (a revoked developer key
-        leaves no key of its own behind); every process refuses them from its next request."""
+        """Revoke now, with the key's whole rotation line (the keys it was rotated from and to:
+        one holder's credential) and every key any of them made, and they made in turn; so a
+        revoked key leaves no key of its own behind. Every process refuses them from its next
+        request. True when the key named had not been revoked before."""
         now = time.time()
         conn = self._conn()
-        cur = conn.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
-            (now, key_id),
-        )
-        revoked = cur.rowcount == 1
-        makers, seen = [key_id], {key_id}
-        while makers:
-            owner = f"key:{makers.pop()}"
-            rows = conn.execute(
-                "SELECT key_id FROM api_keys WHERE owner = ? AND revoked_at IS NULL", (owner,)
-            ).fetchall()
-            for (made,) in rows:
-                if made not in seen:
-                    seen.add(made)
-                    makers.append(made)
-                    conn.execute(
-                        "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS "
-                        "NULL",
-                        (now, made),
-                    )
+        conn.execute("BEGIN IMMEDIATE")  # no rotation or creation slips in between the reads
+        try:
+            row = conn.execute(
+                "SELECT revoked_at FROM api_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+            revoked = row is not None and row[0] is None
+            for fallen in self._revoked_with(conn, key_id):
+                conn.execute(
+                    "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                    (now, fallen),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         self._changed()
         return revoked
+
+    @staticmethod
+    def _revoked_with(conn: sqlite3.Connection, key_id: str) -> set[str]:
+        """The key, its predecessors and successors, everything each of them made, and so on.
+
+        Already revoked keys are walked too: what they reach may have been made or rotated
+        since (or by a tool that did not revoke it).
+        """
+        found, todo = {key_id}, [key_id]
+        while todo:
+            k = todo.pop()
+            near = conn.execute(
+                "SELECT key_id FROM api_keys WHERE owner = ? OR rotated_from = ? OR successor = ?"
+                " UNION SELECT rotated_from FROM api_keys WHERE key_id = ?"
+                " UNION SELECT successor FROM api_keys WHERE key_id = ?",
+                (f"key:{k}", k, k, k, k),
+            ).fetchall()
+            for (other,) in near:
+                if other is not None and other not in found:
+                    found.add(other)
+                    todo.append(other)
+        return found
 
     def _changed(self) -> None:
         """Tell every process on this machine that cached answers are stale."""
