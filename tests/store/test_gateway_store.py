@@ -4,6 +4,8 @@ checked in the store files themselves and with the data-subject commands an oper
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -293,3 +295,60 @@ def test_subject_requests_are_ledger_entries_with_who_asked(tmp_path: Path) -> N
     assert len(admin) >= 3, [r.to_json() for r in records if r.kind == "admin"]
     assert email not in json.dumps([r.to_json() for r in admin])  # the person appears hashed
     assert not (h.data_dir / "store-admin.jsonl").exists()
+
+
+def refused_start(config: Path, data_dir: Path) -> str:
+    """`sekisho serve` that must stop at start-up: what it said."""
+    from serve_process import ServeProcess
+
+    g = ServeProcess(config, data_dir)
+    try:
+        g.start()
+    except RuntimeError as exc:
+        assert re.search(r"exited with [1-9]", str(exc)), str(exc)
+        return str(exc)
+    g.stop()
+    raise AssertionError("the gateway started")
+
+
+def test_a_lost_data_key_stops_start_up_and_subject_requests_instead_of_a_new_key(
+    tmp_path: Path,
+) -> None:
+    """A keyring that lost a tenant's key row (or a missing key file) is never papered over
+    with a new key: start-up and the data-subject commands refuse, naming what to restore."""
+    h = started(tmp_path)
+    try:
+        email = f"taro.{uuid.uuid4().hex[:8]}@example.jp"
+        assert chat(h, h.key(), f"please reply to {email}").status_code == 200
+        cfg = config_file(h, tmp_path)
+    finally:
+        h.stop()
+    keyring = h.data_dir / "keys" / "keyring-jp.db"
+    shutil.copy(keyring, tmp_path / "keyring-backup.db")
+    with sqlite3.connect(keyring) as conn:
+        conn.execute("DELETE FROM tenant_keys WHERE tenant = 'demo'")
+    conn.close()
+
+    said = refused_start(cfg, h.data_dir)
+    assert "tenant 'demo' in region 'jp'" in said and str(keyring) in said, said
+    assert "Restore the keyring from your backup" in said
+    with sqlite3.connect(keyring) as conn:
+        assert conn.execute("SELECT count(*) FROM tenant_keys").fetchone() == (0,)
+    conn.close()
+    found = sekisho("subject", "find", "--tenant", "demo", "--email", email,
+                    "--config", str(cfg), "--actor", "dpo@example.jp")  # fmt: skip
+    assert found.returncode != 0 and "0 record(s)" not in found.stdout
+    assert "tenant 'demo' in region 'jp'" in found.stderr, found.stderr
+
+    # The keyring is back but the key-encryption key is gone: refused, and no new one is made.
+    shutil.copy(tmp_path / "keyring-backup.db", keyring)
+    kek = h.data_dir / "keys" / "region-jp.kek"
+    kek.rename(tmp_path / "region-jp.kek")
+    said = refused_start(cfg, h.data_dir)
+    assert f"no key file at {kek}" in said, said
+    assert not kek.exists()
+
+    (tmp_path / "region-jp.kek").rename(kek)  # both restored: the record is found again
+    found = sekisho("subject", "find", "--tenant", "demo", "--email", email,
+                    "--config", str(cfg), "--actor", "dpo@example.jp")  # fmt: skip
+    assert found.returncode == 0 and "1 record(s)" in found.stdout, found.stderr

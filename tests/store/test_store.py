@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from sekisho.store import (
     StoreMisconfigured,
     Stores,
     TenantKeyDestroyed,
+    TenantKeyMissing,
     subjects,
     validate_regions,
 )
@@ -142,6 +144,90 @@ async def test_wrong_key_encryption_key_is_refused_by_name(tmp_path: Path, sink:
         await Stores.open(
             {"jp": Region("JP")}, tmp_path, audit=sink, tenants={"demo": Tenant("jp")}
         )
+
+
+def forget_keys(keyring: Path, tenant: str) -> None:
+    """What a keyring lost, or restored from a backup older than the tenant, looks like."""
+    conn = sqlite3.connect(keyring)
+    with conn:
+        conn.execute("DELETE FROM tenant_keys WHERE tenant = ?", (tenant,))
+    conn.close()
+
+
+async def test_a_tenant_key_missing_from_the_keyring_is_never_made_again(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """Even with no record kept (retention none: only its ledger hashes used the key), a
+    tenant whose key the keyring lost is refused by name; only a tenant deletion, giving its
+    data up, lets it start again under a new key."""
+    regions, none = {"jp": Region("JP")}, {"demo": Tenant("jp", RetentionSpec(mode="none"))}
+    s = await Stores.open(regions, tmp_path, audit=sink, tenants=none)
+    first = s.for_tenant("demo", "jp").keyed_hash(b"prompt")
+    await s.close()
+    keyring = tmp_path / "keys" / "keyring-jp.db"
+    forget_keys(keyring, "demo")
+    with pytest.raises(TenantKeyMissing) as refused:
+        await Stores.open(regions, tmp_path, audit=sink, tenants=none)
+    assert "tenant 'demo' in region 'jp' (generation 1)" in refused.value.message
+    assert (
+        str(keyring) in refused.value.message and "sekisho tenant delete" in refused.value.message
+    )
+    assert refused.value.code == "store_key_missing"
+
+    s = await Stores.open(regions, tmp_path, audit=sink)  # as `sekisho tenant delete` opens
+    assert await s.holds("demo")
+    await s.delete_tenant("demo", actor="dpo@example.jp")
+    assert sink.events[-1][1:] == (
+        "store.data_key_destroyed",
+        "tenant:demo@jp",
+        {"generations": "", "kek": s.region("jp").keys.description, "lost_generations": "1"},
+    )
+    await s.close()
+    s = await Stores.open(regions, tmp_path, audit=sink, tenants=none)
+    keys = await s.for_tenant("demo", "jp").keys()
+    assert keys.generation == 2 and keys.keyed_hash(b"prompt") != first
+    await s.close()
+
+
+async def test_a_store_from_before_the_notes_is_noted_when_opened(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """Records sealed under a key the keyring lost are refused even where the records database
+    never noted the key; a keyring it can read is noted at once, for a loss later."""
+    regions, tenants = {"jp": Region("JP")}, {"demo": Tenant("jp", FULL_7)}
+    s = await Stores.open(regions, tmp_path, audit=sink, tenants=tenants)
+    await s.for_tenant("demo", "jp").put(exchange())
+    await s.close()
+    forget_keys(tmp_path / "store-jp.db", "demo")  # no note, as before this version
+    s = await Stores.open(regions, tmp_path, audit=sink, tenants=tenants)  # noted again
+    await s.close()
+    forget_keys(tmp_path / "keys" / "keyring-jp.db", "demo")
+    with pytest.raises(TenantKeyMissing, match="tenant 'demo' in region 'jp'"):
+        await Stores.open(regions, tmp_path, audit=sink, tenants=tenants)
+    forget_keys(tmp_path / "store-jp.db", "demo")  # neither notes: the record still tells
+    with pytest.raises(TenantKeyMissing, match="tenant 'demo' in region 'jp'"):
+        await Stores.open(regions, tmp_path, audit=sink, tenants=tenants)
+    s = await Stores.open(regions, tmp_path, audit=sink)
+    with pytest.raises(TenantKeyMissing):  # "0 records" would answer the person falsely
+        await subjects.find(s, PHONE, actor="dpo")
+    await s.close()
+
+
+async def test_a_missing_key_file_is_made_only_for_a_region_never_used(
+    tmp_path: Path, sink: Sink
+) -> None:
+    regions = {"jp": Region("JP")}
+    s = await Stores.open(regions, tmp_path, audit=sink, tenants={"demo": Tenant("jp")})
+    await s.close()
+    kek = tmp_path / "keys" / "region-jp.kek"
+    kek.unlink()
+    with pytest.raises(KeyProviderError, match=f"no key file at {kek}.*keyring-jp.db"):
+        await Stores.open(regions, tmp_path, audit=sink, tenants={"demo": Tenant("jp")})
+    assert not kek.exists()
+    fresh = tmp_path / "fresh"
+    s = await Stores.open(regions, fresh, audit=sink, tenants={"demo": Tenant("jp")})
+    await s.close()
+    assert (fresh / "keys" / "region-jp.kek").exists()
 
 
 async def test_key_file_is_created_private_and_refused_when_readable(

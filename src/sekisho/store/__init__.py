@@ -8,6 +8,7 @@ from sekisho.store.errors import (
     StoreError,
     StoreMisconfigured,
     TenantKeyDestroyed,
+    TenantKeyMissing,
 )
 from sekisho.store.keys import KeyProvider, LocalKeyFile, VaultTransit
 from sekisho.store.spec import (
@@ -50,6 +51,7 @@ __all__ = [
     "StoredRef",
     "Stores",
     "TenantKeyDestroyed",
+    "TenantKeyMissing",
     "TenantKeys",
     "TenantStore",
     "VaultKeysSpec",

@@ -29,6 +29,20 @@ class KeyProviderError(StoreError):
     code = "store_key_unavailable"
 
 
+class KeyFileMissing(KeyProviderError):
+    """The region's local key file is not there (made only where nothing it wrapped exists)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class TenantKeyMissing(StoreError):
+    """A tenant's data key is not in the keyring although the region used it: never re-made."""
+
+    code = "store_key_missing"
+
+
 class TenantKeyDestroyed(RecordUnreadable):
     """The tenant's data key was destroyed (crypto-shredded): its records can never be read."""
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sekisho.store.errors import KeyProviderError
+from sekisho.store.errors import KeyFileMissing, KeyProviderError
 from sekisho.store.spec import LocalKeysSpec, VaultKeysSpec
 
 log = logging.getLogger("sekisho.store.keys")
@@ -102,9 +102,10 @@ class LocalKeyFile:
     def open(cls, path: Path, region: str, *, create: bool = True) -> LocalKeyFile:
         if not path.exists():
             if not create:
-                raise KeyProviderError(
+                raise KeyFileMissing(
                     f"Region {region!r} has no key file at {path}. It is created on the first "
-                    "start of the gateway; restore it from your key backup if it was lost."
+                    "start of the gateway; restore it from your key backup if it was lost.",
+                    str(path),
                 )
             try:
                 cls._create(path, region)

@@ -10,6 +10,10 @@ What it promises, in the order the code keeps it:
    gone), raises ``StoreError`` naming the region, the store and the reason.
 3. A tenant's data key is unwrapped once and kept in memory; the keyring holds it only wrapped
    under the region's KEK. Destroying it zeroes it in the keyring (crypto-shredding).
+4. A data key is made only for a tenant the region never used one for: the records database
+   notes each generation made (its own ``tenant_keys`` rows, which never hold a key), so a
+   keyring lost or restored from an older backup stops the tenant with ``TenantKeyMissing``
+   instead of a new key that would leave its records unreadable and unfindable.
 """
 
 from __future__ import annotations
@@ -27,14 +31,19 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import Engine, Row, and_, delete, func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from sekisho._deadlines import WriterHealth, refuse_late
 from sekisho._handoff import Handoff
 from sekisho.store import database
 from sekisho.store.crypto import TenantKeys, new_data_key, wrap_context
 from sekisho.store.database import Location
-from sekisho.store.errors import KeyProviderError, StoreError, TenantKeyDestroyed
+from sekisho.store.errors import (
+    KeyProviderError,
+    StoreError,
+    TenantKeyDestroyed,
+    TenantKeyMissing,
+)
 from sekisho.store.keys import KeyProvider, version_of
 from sekisho.store.schema import records, subject_index, tenant_keys
 
@@ -137,6 +146,12 @@ class RegionStore:
         store = cls(
             region, country, records_at, keyring_at, engines[0], engines[1], keys, **options
         )
+        try:
+            store._note_keyring()
+        except BaseException:
+            for engine in engines:
+                engine.dispose()
+            raise
         store._writer.start()
         return store
 
@@ -203,6 +218,7 @@ class RegionStore:
                     .order_by(tenant_keys.c.generation.desc())
                     .limit(1)
                 ).first()
+            self.refuse_lost_keys(tenant)
             if row is not None and row.wrapped is not None:
                 return self._unwrap(tenant, row.generation, row.wrapped)
             generation = 1 if row is None else row.generation + 1
@@ -221,11 +237,81 @@ class RegionStore:
                     )
             except IntegrityError:
                 continue  # another gateway process created it first: read theirs
+            self._note(tenant, generation)
             log.info("created data key for tenant %s in region %s", tenant, self.region)
             return TenantKeys.derive(self.region, tenant, generation, data_key)
         raise StoreError(
             f"Cannot create a data key for tenant {tenant!r} in region {self.region!r}"
         )
+
+    def lost_generations(self, tenant: str) -> list[int]:
+        """Generations of the tenant's data key this region used (the records database notes
+        them, or records were sealed under them) that the keyring has no row for, live or
+        destroyed: the keyring was lost, or restored from a backup older than the key."""
+        with self.keyring_db.connect() as conn:
+            held = {
+                int(g)
+                for (g,) in conn.execute(
+                    select(tenant_keys.c.generation).where(tenant_keys.c.tenant == tenant)
+                )
+            }
+        with self.records_db.connect() as conn:
+            used = {
+                int(g)
+                for (g,) in conn.execute(
+                    select(tenant_keys.c.generation).where(tenant_keys.c.tenant == tenant)
+                )
+            }
+            if not held:
+                # Also records older than the notes: with no key in the keyring, any record of
+                # the tenant was sealed under one that is gone (an index lookup when none is).
+                used |= {
+                    int(g)
+                    for (g,) in conn.execute(
+                        select(records.c.key_generation)
+                        .where(records.c.tenant == tenant)
+                        .distinct()
+                    )
+                }
+        return sorted(used - held)
+
+    def refuse_lost_keys(self, tenant: str) -> None:
+        """Raise ``TenantKeyMissing`` if the keyring lost a generation of the tenant's key."""
+        lost = self.lost_generations(tenant)
+        if not lost:
+            return
+        gens = ", ".join(map(str, lost))
+        raise TenantKeyMissing(
+            f"The data key of tenant {tenant!r} in region {self.region!r} (generation {gens}) "
+            f"is missing from the keyring {self.keyring_at.display}, but the region used it (the "
+            f"records database {self.records_at.display} notes it): the tenant's records, their "
+            "subject index and the prompt hashes of its ledger entries were made with it. A new "
+            "key would leave them unreadable and unfindable, so none is made. Restore the keyring "
+            "from your backup (with the key-encryption key that wrapped it) and start again; "
+            "only if no backup exists and the tenant's data is to be given up, run "
+            f"`sekisho tenant delete --tenant {tenant}` and a new key is made on the next start."
+        )
+
+    def _note(self, tenant: str, generation: int) -> None:
+        """Note in the records database that a generation of the tenant's key was made."""
+        # IntegrityError: another process noted it first.
+        with contextlib.suppress(IntegrityError), self.records_db.begin() as conn:
+            conn.execute(
+                insert(tenant_keys).values(
+                    tenant=tenant, generation=generation, created_at=now_ms()
+                )
+            )
+
+    def _note_keyring(self) -> None:
+        """Note every generation the keyring has (stores from before the notes, a records
+        database restored on its own), so that losing the keyring later is noticed."""
+        generations = select(tenant_keys.c.tenant, tenant_keys.c.generation)
+        with self.keyring_db.connect() as conn:
+            held = {(str(t), int(g)) for t, g in conn.execute(generations)}
+        with self.records_db.connect() as conn:
+            noted = {(str(t), int(g)) for t, g in conn.execute(generations)}
+        for tenant, generation in sorted(held - noted):
+            self._note(tenant, generation)
 
     def destroy_tenant_keys(self, tenant: str, actor: str) -> list[int]:
         """Crypto-shred: erase every generation of the tenant's wrapped data key. Blocking."""
@@ -246,6 +332,19 @@ class RegionStore:
                         wrapped=None, kek_version=None, destroyed_at=now_ms(), destroyed_by=actor
                     )
                 )
+            # A generation the keyring lost is given up as destroyed: its records go with the
+            # tenant's, and the tenant may start again under a new key.
+            for generation in self.lost_generations(tenant):
+                with contextlib.suppress(IntegrityError), self.keyring_db.begin() as conn:
+                    conn.execute(
+                        insert(tenant_keys).values(
+                            tenant=tenant,
+                            generation=generation,
+                            created_at=now_ms(),
+                            destroyed_at=now_ms(),
+                            destroyed_by=actor,
+                        )
+                    )
             self._current.pop(tenant, None)
             for key in [k for k in self._by_generation if k[0] == tenant]:
                 del self._by_generation[key]
@@ -606,3 +705,34 @@ def expired(
         for r in rows:
             out.setdefault(r.tenant, []).append(r.record_id)
         return out
+
+
+def region_holdings(records_at: Location, keyring_at: Location) -> str | None:
+    """What a region's databases hold that its key-encryption key protects (wrapped data keys,
+    records sealed under them, notes of keys made), or None for a region never used. Creates
+    nothing: a SQLite file that is not there holds nothing."""
+    found: list[str] = []
+    for at, table, cond, what in (
+        (keyring_at, tenant_keys, tenant_keys.c.wrapped.is_not(None), "wrapped data key(s)"),
+        (records_at, records, None, "record(s)"),
+        (records_at, tenant_keys, None, "data key(s) noted as made"),
+    ):
+        if at.is_sqlite and not at.sqlite_path.exists():
+            continue
+        engine = database.create(at)
+        try:
+            if database.current(engine, at) is None:
+                continue
+            query = select(func.count()).select_from(table)
+            with engine.connect() as conn:
+                n = conn.execute(query if cond is None else query.where(cond)).scalar_one()
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"Cannot open the {at.role} store of region {at.region!r} at {at.display}: "
+                f"{str(getattr(exc, 'orig', None) or exc).strip().splitlines()[0]}"
+            ) from None
+        finally:
+            engine.dispose()
+        if n:
+            found.append(f"{n} {what} in {at.display}")
+    return "; ".join(found) or None

@@ -26,10 +26,10 @@ from sekisho._threads import in_fair_thread
 from sekisho.errors import ConfigError, ConfigProblem
 from sekisho.store.crypto import TenantKeys
 from sekisho.store.database import Location, locate
-from sekisho.store.errors import StoreError, StoreMisconfigured
+from sekisho.store.errors import KeyFileMissing, StoreError, StoreMisconfigured
 from sekisho.store.identifiers import NOT_INDEXED, IdentifierError, normalise
-from sekisho.store.keys import open_key_provider
-from sekisho.store.region import RegionStore, expired
+from sekisho.store.keys import KeyProvider, open_key_provider
+from sekisho.store.region import RegionStore, expired, region_holdings
 from sekisho.store.spec import (
     LocalKeysSpec,
     RetentionSpec,
@@ -310,9 +310,8 @@ class Stores:
             for name, region in regions.items():
                 records_at, keyring_at = locate(name, region.store, data_dir)
                 do_migrate = records_at.is_sqlite if migrate is None else migrate
-                spec = key_provider_of(region)
                 provider = await asyncio.to_thread(
-                    open_key_provider, spec, name, data_dir, create=create_keys
+                    _key_provider, region, name, data_dir, records_at, keyring_at, create_keys
                 )
                 opened[name] = await asyncio.to_thread(
                     RegionStore.open,
@@ -403,6 +402,8 @@ class Stores:
         for store in self.regions.values():
             if await asyncio.to_thread(_live, store, tenant):
                 return True
+            if await asyncio.to_thread(store.lost_generations, tenant):
+                return True
             if await asyncio.to_thread(store.count, tenant):
                 return True
         return False
@@ -415,12 +416,14 @@ class Stores:
         for name, store in self.regions.items():
             target = f"tenant:{tenant}@{name}"
             generations = await asyncio.to_thread(_live, store, tenant)
-            if generations:
+            lost = await asyncio.to_thread(store.lost_generations, tenant)
+            if generations or lost:
                 await self.audit.admin(
                     actor,
                     "store.data_key_destroyed",
                     target,
-                    {"generations": ",".join(map(str, generations)), "kek": store.keys.description},
+                    {"generations": ",".join(map(str, generations)), "kek": store.keys.description}
+                    | ({"lost_generations": ",".join(map(str, lost))} if lost else {}),
                 )
                 await asyncio.to_thread(store.destroy_tenant_keys, tenant, actor)
             count = await asyncio.to_thread(store.count, tenant)
@@ -457,6 +460,35 @@ class Stores:
                 await self._sweeper
         for store in self.regions.values():
             await store.close()
+
+
+def _key_provider(
+    region: RegionLike,
+    name: str,
+    data_dir: Path,
+    records_at: Location,
+    keyring_at: Location,
+    create: bool,
+) -> KeyProvider:
+    """The region's key provider. A missing local key file is made only for a region whose
+    databases hold nothing it protects: a new key would open none of it, and once made it
+    would hide which file is missing behind "cannot be unwrapped"."""
+    spec = key_provider_of(region)
+    try:
+        return open_key_provider(spec, name, data_dir, create=False)
+    except KeyFileMissing as exc:
+        if not create:
+            raise
+        held = region_holdings(records_at, keyring_at)
+        if held:
+            raise KeyFileMissing(
+                f"Region {name!r} has no key file at {exc.path}, but its stores are not new "
+                f"({held}): only the key-encryption key that wrapped their data keys opens them, "
+                f"so no new one is made. Restore {exc.path} from your key backup (or point "
+                f"regions.{name}.keys.path at it) and start again.",
+                exc.path,
+            ) from None
+    return open_key_provider(spec, name, data_dir, create=True)
 
 
 def _live(store: RegionStore, tenant: str) -> list[int]:

@@ -50,6 +50,8 @@ class Match:
 def _matches(store: RegionStore, subject: Subject) -> list[tuple[str, Any]]:
     ids: list[str] = []
     normalised = normalise(subject.id_type, subject.value)
+    # Identifiers hashed with a key that is gone match nothing: "0 records" would be false.
+    store.refuse_lost_keys(subject.tenant)
     for generation in live_generations(store, subject.tenant):
         keys = store.keys_at(subject.tenant, generation)
         ids += store.find_subject(subject.tenant, [keys.index_hash(subject.id_type, normalised)])
