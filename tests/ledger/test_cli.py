@@ -162,6 +162,22 @@ async def test_ledger_audit_exit_status_says_whether_the_log_is_intact(
     assert report["problems"][0]["index"] == 2
 
 
+async def test_ledger_audit_reports_an_entry_rewritten_as_text_by_its_index(
+    keyed_data_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite's replace() on a BLOB gives TEXT: the audit names the edited entry, as for
+    bytes (it stopped with "TypeError: string argument without an encoding")."""
+    data_dir, verifier = keyed_data_dir
+    await _log_some(data_dir, 4)
+    with sqlite3.connect(data_dir / "ledger.sqlite3") as db:
+        db.execute("UPDATE entries SET leaf = replace(leaf, 'allow', 'deny_') WHERE idx = 0")
+    assert main(["ledger", "audit", "--data-dir", str(data_dir), "--key", verifier, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    first = report["problems"][0]
+    assert (first["index"], first["kind"]) == (0, "leaf_hash_mismatch"), report["problems"]
+    assert "text" in first["detail"]
+
+
 async def test_ledger_commands_find_the_ledger_through_the_gateways_config(
     keyed_data_dir: tuple[Path, str],
     tmp_path: Path,

@@ -130,7 +130,7 @@ def audit(storage: Storage, verifiers: Sequence[Verifier] = ()) -> AuditReport:
     check_checkpoint_at(0)
     for start in range(0, size, CHUNK):
         end = min(start + CHUNK, size)
-        rows = storage.scan(start, end)
+        rows = storage.scan_as_stored(start, end)
         expected = start
         created: list[tuple[int, int, bytes]] = []
         for idx, leaf, stored_hash, request_id, kind in rows:
@@ -138,17 +138,26 @@ def audit(storage: Storage, verifiers: Sequence[Verifier] = ()) -> AuditReport:
                 problem(Problem(expected, "missing_entry", "no row at this index (deleted?)"))
                 expected += 1
             expected = idx + 1
-            h = merkle.leaf_hash(leaf)
-            if h != stored_hash:
-                problem(
-                    Problem(idx, "leaf_hash_mismatch", "entry bytes were changed after logging")
-                )
+            if isinstance(leaf, bytes):
+                h = merkle.leaf_hash(leaf)
+                if not isinstance(stored_hash, bytes):
+                    detail = f"its hash is stored as {_sql_type(stored_hash)}, not bytes"
+                    problem(Problem(idx, "leaf_hash_mismatch", detail))
+                elif h != stored_hash:
+                    problem(
+                        Problem(idx, "leaf_hash_mismatch", "entry bytes were changed after logging")
+                    )
+            else:  # rewritten as text, a number or NULL: never how an entry is written
+                h = merkle.EMPTY_ROOT
+                detail = f"entry is stored as {_sql_type(leaf)}, not bytes: edited after logging"
+                problem(Problem(idx, "leaf_hash_mismatch", detail))
             report.entries_checked += 1
             while tree.size < idx:  # stay aligned with indexes despite deleted rows
                 created.extend(tree.append(merkle.EMPTY_ROOT))
             created.extend(tree.append(h))
             check_checkpoint_at(tree.size)
-            _note_record(idx, leaf, request_id, kind, decisions, outcomes, problem)
+            if isinstance(leaf, bytes):
+                _note_record(idx, leaf, request_id, kind, decisions, outcomes, problem)
         while expected < end:
             problem(Problem(expected, "missing_entry", "no row at this index (deleted?)"))
             expected += 1
@@ -163,6 +172,12 @@ def audit(storage: Storage, verifiers: Sequence[Verifier] = ()) -> AuditReport:
             )
     report.incomplete = sorted((i, rid) for rid, i in decisions.items() if rid not in outcomes)
     return report
+
+
+def _sql_type(value: object) -> str:
+    return {str: "text", int: "an integer", float: "a real", type(None): "NULL"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _note_record(

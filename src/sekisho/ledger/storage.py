@@ -285,13 +285,13 @@ class Storage(abc.ABC):
                 self._q(f"SELECT idx, leaf_hash FROM entries WHERE idx IN ({marks})"), leaves
             )
             for idx, h in cur.fetchall():
-                found[(0, int(idx))] = bytes(h)
+                found[(0, int(idx))] = _blob(h, f"entry {idx}'s hash")
         if inner:
             where = " OR ".join(["(level = ? AND idx = ?)"] * len(inner))
             params = [x for key in inner for x in key]
             cur.execute(self._q(f"SELECT level, idx, hash FROM nodes WHERE {where}"), params)
             for level, idx, h in cur.fetchall():
-                found[(int(level), int(idx))] = bytes(h)
+                found[(int(level), int(idx))] = _blob(h, f"the hash of node ({level}, {idx})")
         return found
 
     def hashes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
@@ -309,7 +309,13 @@ class Storage(abc.ABC):
         rows = self._read("SELECT size FROM tree WHERE id = 0")
         if not rows:
             raise StorageError(f"{self.location} is not a sekisho ledger (no tree row)")
-        return int(rows[0][0])
+        size = rows[0][0]
+        if not isinstance(size, int) or size < 0:
+            raise StorageError(
+                f"{self.location}: the tree size is {size!r}, not a count of entries "
+                "(the tree row was edited); restore the ledger from a copy"
+            )
+        return size
 
     def entry(self, index: int) -> tuple[bytes, bytes] | None:
         """``(leaf, leaf_hash)`` of a committed entry, or None."""
@@ -318,7 +324,9 @@ class Storage(abc.ABC):
             "WHERE e.idx = ? AND t.id = 0 AND e.idx < t.size",
             (index,),
         )
-        return (bytes(rows[0][0]), bytes(rows[0][1])) if rows else None
+        if not rows:
+            return None
+        return (_blob(rows[0][0], f"entry {index}"), _blob(rows[0][1], f"entry {index}'s hash"))
 
     def find(self, request_id: str) -> list[tuple[int, str | None]]:
         rows = self._read(
@@ -329,13 +337,28 @@ class Storage(abc.ABC):
         return [(int(i), k) for i, k in rows]
 
     def scan(self, start: int, end: int) -> list[tuple[int, bytes, bytes, str | None, str | None]]:
-        """Rows ``start <= idx < end`` in index order, as stored (the auditor's view)."""
+        """Rows ``start <= idx < end`` in index order. Raises ``StorageError`` naming the entry
+        whose leaf or hash is not bytes (an edited row: see ``scan_as_stored``)."""
+        return [
+            (i, _blob(leaf, f"entry {i}"), _blob(h, f"entry {i}'s hash"), r, k)
+            for i, leaf, h, r, k in self.scan_as_stored(start, end)
+        ]
+
+    def scan_as_stored(
+        self, start: int, end: int
+    ) -> list[tuple[int, object, object, str | None, str | None]]:
+        """Rows ``start <= idx < end`` in index order, as stored (the auditor's view): a leaf or
+        hash is bytes unless the row was edited, SQLite keeping whatever type it is given; a
+        request id or kind that is not text is given as its repr, which matches no entry."""
         rows = self._read(
             "SELECT idx, leaf, leaf_hash, request_id, kind FROM entries "
             "WHERE idx >= ? AND idx < ? ORDER BY idx",
             (start, end),
         )
-        return [(int(i), bytes(leaf), bytes(h), r, k) for i, leaf, h, r, k in rows]
+        return [
+            (int(i), _as_stored(leaf), _as_stored(h), _text(r), _text(k))
+            for i, leaf, h, r, k in rows
+        ]
 
     def max_index(self) -> int | None:
         rows = self._read("SELECT MAX(idx) FROM entries")
@@ -346,7 +369,8 @@ class Storage(abc.ABC):
             "SELECT idx, hash FROM nodes WHERE level = ? AND idx >= ? AND idx < ?",
             (level, start, end),
         )
-        return {int(i): bytes(h) for i, h in rows}
+        # A row edited to another type is left out: to a reader it is a missing hash.
+        return {i: bytes(h) for i, h in rows if isinstance(i, int) and _is_blob(h)}
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -373,19 +397,53 @@ class Storage(abc.ABC):
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         rows = self._read("SELECT size, root, note FROM checkpoints ORDER BY size")
-        return [StoredCheckpoint(int(s), bytes(r), str(n)) for s, r, n in rows]
+        return [_checkpoint(row) for row in rows]
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         rows = self._read("SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1")
-        return (
-            StoredCheckpoint(int(rows[0][0]), bytes(rows[0][1]), str(rows[0][2])) if rows else None
-        )
+        return _checkpoint(rows[0]) if rows else None
 
     def checkpoint_at(self, size: int) -> StoredCheckpoint | None:
         rows = self._read("SELECT size, root, note FROM checkpoints WHERE size = ?", (size,))
-        return (
-            StoredCheckpoint(int(rows[0][0]), bytes(rows[0][1]), str(rows[0][2])) if rows else None
+        return _checkpoint(rows[0]) if rows else None
+
+
+# A row edited by hand may hold any type in any column (SQLite keeps what it is given): what is
+# read is checked, so that an edit is reported as one, never a TypeError (bytes("text") fails,
+# bytes(5) is five zero bytes).
+
+
+def _is_blob(value: object) -> bool:
+    return isinstance(value, bytes | bytearray | memoryview)
+
+
+def _as_stored(value: object) -> object:
+    return bytes(value) if isinstance(value, bytearray | memoryview) else value
+
+
+def _blob(value: object, what: str) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise StorageError(
+            f"{what} is stored as {type(value).__name__}, not bytes: the ledger was edited; "
+            "run `sekisho ledger audit`"
         )
+    return bytes(value)
+
+
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _text(value: object) -> str | None:
+    return value if value is None or isinstance(value, str) else repr(value)
+
+
+def _checkpoint(row: Sequence[Any]) -> StoredCheckpoint:
+    size, root, note = row
+    # A root or note of another type matches no rebuilt root or signature: the audit says so.
+    return StoredCheckpoint(
+        int(size), bytes(root) if _is_blob(root) else b"", note if isinstance(note, str) else ""
+    )
 
 
 # --- SQLite ---------------------------------------------------------------------------------------
@@ -487,6 +545,9 @@ class SQLiteStorage(Storage):
                 conn.execute("PRAGMA synchronous=FULL")
                 if self._file is None:
                     self._remember_file()
+                # Text that is not UTF-8 (written by another tool) is read, not an error that
+                # would stop the audit that is to report it.
+                conn.text_factory = _lenient_text
                 return conn
             except sqlite3.OperationalError as e:
                 if conn is not None:
@@ -525,6 +586,7 @@ class SQLiteStorage(Storage):
         conn = sqlite3.connect(
             uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
+        conn.text_factory = _lenient_text  # the audit reads what other tools wrote, too
         try:
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # opens lazily
         except BaseException:
