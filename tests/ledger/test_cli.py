@@ -106,6 +106,31 @@ async def test_verify_checks_a_receipt_offline_and_names_what_failed(
     assert "not signed by any known key" in unsigned.stderr
 
 
+async def test_verify_fails_a_receipt_whose_request_id_or_extra_fields_no_proof_covers(
+    keyed_data_dir: tuple[Path, str],
+) -> None:
+    """A client looks its receipt up by the top-level request_id: a receipt naming another
+    request than the entry it proves is not "verified", nor one with claims beside the proof."""
+    data_dir, verifier = keyed_data_dir
+    await _log_some(data_dir, 1)
+    genuine = json.loads((data_dir / "receipt-0.json").read_text())
+    forged: list[tuple[dict[str, object], str]] = [
+        ({**genuine, "request_id": "req_FAKE"}, "the receipt's request_id 'req_FAKE' is not"),
+        ({**genuine, "request_id": None}, "the receipt's request_id None is not"),
+        ({**genuine, "tenant": "acme"}, "the receipt carries 'tenant', which no proof covers"),
+        (
+            {**genuine, "outcome": {**genuine["outcome"], "status": 200}},
+            "the receipt's outcome carries 'status', which no proof covers",
+        ),
+    ]
+    for n, (receipt, said) in enumerate(forged):
+        (data_dir / f"forged-{n}.json").write_text(json.dumps(receipt))
+        out = run("verify", str(data_dir / f"forged-{n}.json"), "--key", verifier)
+        assert out.returncode == 1 and said in out.stderr, (receipt, out.stdout, out.stderr)
+        assert "verified" not in out.stdout.lower()
+    assert run("verify", str(data_dir / "receipt-0.json"), "--key", verifier).returncode == 0
+
+
 async def test_kept_checkpoints_link_old_and_new_tree_heads(
     keyed_data_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -205,6 +205,23 @@ def _get(receipt: Mapping[str, Any], key: str, kind: type) -> Any:
     return value
 
 
+# What a receipt may carry: everything else would be a claim no proof covers, shown beside
+# "verified" (``request_id`` is checked against the proved entry; ``consistency`` is proofs).
+_RECEIPT_FIELDS = frozenset(
+    {"request_id", "entry", "index", "tlog_proof", "outcome", "consistency"}
+)
+_PART_FIELDS = frozenset({"entry", "index", "tlog_proof"})
+
+
+def _only_known(part: Mapping[str, Any], known: frozenset[str], name: str) -> None:
+    unknown = sorted(str(k) for k in part if k not in known)
+    if unknown:
+        raise ReceiptError(
+            f"{name} carries {', '.join(map(repr, unknown))}, which no proof covers; "
+            f"a sekisho receipt has only {', '.join(sorted(known))}"
+        )
+
+
 def _verify_part(
     part: Mapping[str, Any], name: str, verifiers: Sequence[note.Verifier], origin: str | None
 ) -> VerifiedEntry:
@@ -229,6 +246,7 @@ def verify_receipt(
 ) -> ReceiptReport:
     """Verify a receipt offline; raise ``ReceiptError`` naming the first check that failed."""
     report = ReceiptReport()
+    _only_known(receipt, _RECEIPT_FIELDS, "the receipt")
     decision = _verify_part(receipt, "decision entry", verifiers, origin)
     cp = decision.checkpoint
     report.checkpoint = cp
@@ -240,6 +258,12 @@ def verify_receipt(
         raise ReceiptError(f"decision entry: {e}") from None
     if record.kind != "decision":
         raise ReceiptError(f"decision entry is a {record.kind!r} record")
+    if "request_id" in receipt and receipt["request_id"] != record.request_id:
+        # The id a client looks its receipt up by is bound to the proved entry, not beside it.
+        raise ReceiptError(
+            f"the receipt's request_id {receipt['request_id']!r} is not the request of the "
+            f"proved decision entry ({record.request_id!r})"
+        )
     report.checks.append(
         f"inclusion: decision of request {record.request_id} is entry {decision.index}"
     )
@@ -247,6 +271,7 @@ def verify_receipt(
     if outcome_part is not None:
         if not isinstance(outcome_part, Mapping):
             raise ReceiptError("receipt field 'outcome' is not an object")
+        _only_known(outcome_part, _PART_FIELDS, "the receipt's outcome")
         outcome = _verify_part(outcome_part, "outcome entry", verifiers, origin)
         if outcome.checkpoint != cp:
             raise ReceiptError("outcome entry is proved against a different checkpoint")
