@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -269,6 +270,37 @@ async def test_missing_or_malformed_credentials(
     a = Authenticator(KeyStore(tmp_path / "k.db"), None)
     with pytest.raises(AuthenticationFailed, match=words):
         await a.authenticate(authorization, api_key)
+
+
+async def test_a_tab_or_several_spaces_after_bearer_are_accepted(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "k.db")
+    key, info = store.create("acme", role="app")
+    a = Authenticator(store, None)
+    for sep in ("\t", "  ", " \t "):
+        assert (await a.authenticate(f"Bearer{sep}{key}", None)).key_id == info.key_id
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    header=st.text(min_size=1, max_size=80),
+    secret=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=8, max_size=43),
+)
+async def test_a_refused_authorization_header_never_repeats_its_credential(
+    tmp_path: Path, header: str, secret: str
+) -> None:
+    """Whatever precedes, follows or replaces the scheme, a refusal repeats at most a plain
+    scheme word: never a part of the key (`Bearer<TAB>sk-sekisho-26...` once echoed 13 chars)."""
+    a = Authenticator(KeyStore(tmp_path / "k.db"), None)
+    credential = f"sk-sekisho-26f0{secret}"  # 26f0: in no message sekisho writes
+    for sent in (f"{header}{credential}", f"{header} {credential}", f"Bearer\v{credential}"):
+        try:
+            await a.authenticate(sent, None)
+        except AuthenticationFailed as exc:
+            assert "26f0" not in exc.message, exc.message
+            scheme = re.search(r"scheme '(.*)' is not supported", exc.message)
+            assert scheme is None or re.fullmatch(r"[A-Za-z]{1,20}", scheme[1]), exc.message
 
 
 @settings(

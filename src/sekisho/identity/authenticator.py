@@ -6,6 +6,7 @@ from a configured OIDC issuer, and ``api-key: …`` as Azure OpenAI clients send
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
@@ -77,11 +78,19 @@ class Authenticator:
         return await self.authenticate(authorization, api_key)
 
 
+_SCHEME_SEPARATOR = re.compile(r"[ \t]+")  # RFC 7235 says 1*SP; tabs are taken too
+_SCHEME_WORD = re.compile(r"[A-Za-z]{1,20}")
+
+
 def _bearer(authorization: str) -> str:
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        raise AuthenticationFailed(
-            f"The Authorization scheme '{scheme[:20]}' is not supported; send "
-            "'Authorization: Bearer <API key or token>'."
-        )
-    return value.strip()
+    scheme, *rest = _SCHEME_SEPARATOR.split(authorization.strip(" \t"), maxsplit=1)
+    if scheme.lower() == "bearer":
+        return rest[0] if rest else ""
+    # Only a plain scheme word is ever repeated: whatever else came first may be the secret.
+    if _SCHEME_WORD.fullmatch(scheme):
+        said = f"The Authorization scheme '{scheme}' is not supported"
+    elif scheme.startswith(PREFIX):
+        said = "The Authorization header holds a key without its scheme"
+    else:
+        said = "The Authorization header does not start with a scheme sekisho supports"
+    raise AuthenticationFailed(f"{said}; send 'Authorization: Bearer <API key or token>'.")
