@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import hmac
 import logging
@@ -11,7 +12,7 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -54,6 +55,20 @@ if TYPE_CHECKING:
     import aiohttp
 
 log = logging.getLogger("sekisho.app")
+
+# Who the request being answered turned out to be, once a route has authenticated it: the log
+# line of a route outside the pipeline names them as a model call's does.
+_caller: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "sekisho_caller", default=None
+)
+
+
+class _Remembering(Authenticator):
+    async def authenticate_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal:
+        principal = await super().authenticate_headers(headers)
+        _caller.set(principal)
+        return principal
+
 
 # Seconds a model request runs before a task starts watching for its client going away.
 _WATCH_AFTER = 0.1
@@ -102,7 +117,7 @@ class Gateway:
         self.ledger_api: LedgerAPI | None = None
         self._hash_keys: dict[str, bytes] = {}
         self.transports: dict[str, Transport] = {}
-        self.authenticator = Authenticator(self.keys, config.model.auth, tenants=config.tenants)
+        self.authenticator = _Remembering(self.keys, config.model.auth, tenants=config.tenants)
         self.limiter: Limiter | None = None
         self.stores: Stores | None = None
         self.admin: AdminAPI | None = None
@@ -565,42 +580,77 @@ class Gateway:
         if model_handler is not None:
             await self._model_call(model_handler, path, scope, receive, send, rid)
             return
-        try:
-            op = self._ops.get(path)
-            if op is not None:
+        op = self._ops.get(path)
+        if op is not None:  # probes and scrapes: answered, not logged
+            try:
                 await op(scope, receive, send, rid)
-                return
-            if path == "/v1/models" or path.startswith("/v1/models/"):
-                await self._models(scope, send, rid, path)
-                return
-            if path.startswith("/v1/responses/"):
-                await self._kept_response(scope, send, rid, path)
-                return
-            if path.startswith("/admin/v1"):
-                assert self.admin is not None
-                await self.admin(scope, receive, send, rid)
-                return
-            if path.startswith("/ledger/"):
-                assert self.ledger_api is not None
-                await self.ledger_api(scope, send, rid, path)
-                return
-            raise NotFound(
-                f"Unknown path {path!r}. sekisho serves /v1/chat/completions, /v1/responses, "
-                "/v1/completions, /v1/embeddings and /v1/models.",
-                code="unknown_url",
-            )
+            except SekishoError as exc:
+                await http.send_error(send, exc, rid)
+            except Exception:
+                await self._unexpected(send, rid, path)
+            return
+        # Every other route is logged as model calls are (who, what, how it ended): a key
+        # guessed against /admin or /ledger, a stored record that no longer reads, is
+        # something a SIEM must see.
+        started = time.perf_counter()
+        answered = [0]
+        _caller.set(None)
+        http.answered_error.set(None)
+
+        async def sending(msg: http.Message) -> None:
+            if msg["type"] == "http.response.start":
+                answered[0] = msg["status"]
+            await send(msg)
+
+        error: str | None = None
+        try:
+            await self._other(scope, receive, sending, rid, path)
         except SekishoError as exc:
-            await http.send_error(send, exc, rid)
+            await http.send_error(sending, exc, rid)
+        except http.ClientGone:
+            answered[0], error = 499, "client_disconnected"
         except Exception:
-            # Still an answer in OpenAI's shape (not the server's bare text), and the gateway
-            # keeps serving every other request.
-            log.exception("unexpected error", extra={"request_id": rid, "path": path})
-            err = SekishoError(
-                f"sekisho hit an unexpected error (request {rid}); the operator's logs have "
-                "the details."
-            )
-            with contextlib.suppress(Exception):
-                await http.send_error(send, err, rid)
+            error = "internal_error"
+            await self._unexpected(sending, rid, path)
+        status = answered[0] or 500
+        error = error or http.answered_error.get()
+        self._log(scope, rid, _caller.get(), path, status, "-", started, error)
+
+    async def _unexpected(self, send: http.Send, rid: str, path: str) -> None:
+        """Still an answer in OpenAI's shape (not the server's bare text), and the gateway
+        keeps serving every other request."""
+        log.exception("unexpected error", extra={"request_id": rid, "path": path})
+        err = SekishoError(
+            f"sekisho hit an unexpected error (request {rid}); the operator's logs have the "
+            "details."
+        )
+        with contextlib.suppress(Exception):
+            await http.send_error(send, err, rid)
+
+    async def _other(
+        self, scope: http.Scope, receive: http.Receive, send: http.Send, rid: str, path: str
+    ) -> None:
+        """The routes that are neither model calls nor probes: models, kept responses, admin,
+        ledger."""
+        if path == "/v1/models" or path.startswith("/v1/models/"):
+            await self._models(scope, send, rid, path)
+            return
+        if path.startswith("/v1/responses/"):
+            await self._kept_response(scope, send, rid, path)
+            return
+        if path.startswith("/admin/v1"):
+            assert self.admin is not None
+            await self.admin(scope, receive, send, rid)
+            return
+        if path.startswith("/ledger/"):
+            assert self.ledger_api is not None
+            await self.ledger_api(scope, send, rid, path)
+            return
+        raise NotFound(
+            f"Unknown path {path!r}. sekisho serves /v1/chat/completions, /v1/responses, "
+            "/v1/completions, /v1/embeddings and /v1/models.",
+            code="unknown_url",
+        )
 
     async def _model_call(
         self,

@@ -253,6 +253,25 @@ async def test_developers_act_only_on_their_own_keys(env: Env) -> None:
     assert env.keys.get(someone_elses.key_id).state() == "active"
 
 
+async def test_a_refusal_over_ownership_is_in_the_ledger_as_refused_not_as_done(
+    env: Env,
+) -> None:
+    """A developer asking for another tenant's keys was refused, but the ledger said
+    'keys.list tenant/globex' as if the listing had happened."""
+    status, data, _ = await env.call("GET", "/keys", "developer", query="tenant=globex")
+    assert status == 403 and data["error"]["code"] == "not_owner"
+    listed = [r for r in env.audit.records if r[1] == "keys.list"]
+    assert [(r[2], r[3].get("outcome"), r[3].get("code")) for r in listed] == [
+        ("tenant/globex", "denied", "not_owner")
+    ]
+    status, _, _ = await env.call("POST", "/keys", "developer", {"role": "admin"})
+    assert status == 403
+    created = [r for r in env.audit.records if r[1] == "keys.create"]
+    assert [(r[3].get("outcome"), r[3].get("code")) for r in created] == [
+        ("denied", "insufficient_role")
+    ]
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [

@@ -91,6 +91,26 @@ def test_a_body_that_stops_half_way_gets_408_and_nothing_goes_upstream(gw: Harne
     ).choices
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/admin/v1/keys"])
+def test_headers_then_no_body_at_all_get_408(gw: Harness, path: str) -> None:
+    """The first wait for a body was not timed: a client that sent its headers (with a valid
+    key) and then nothing held its connection for ever, on every route that reads a body."""
+    key = gw.key(role="admin") if path.startswith("/admin") else gw.key()
+    with connect(gw) as s:
+        s.sendall(
+            b"POST %s HTTP/1.1\r\nHost: gateway\r\n" % path.encode()
+            + b"Authorization: Bearer "
+            + key.encode()
+            + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        )
+        data, took = read_all(s)
+    error = error_of(data)
+    assert error["code"] == "request_timeout" and "body" in error["message"]
+    assert took < TIMEOUT + 3
+    assert request("GET", gw.root + "/healthz").status_code == 200
+
+
 def test_a_slow_client_within_the_time_is_served(gw: Harness) -> None:
     body = json.dumps(
         {"model": "gpt-4o", "messages": [{"role": "user", "content": "ゆっくり"}]}
@@ -173,6 +193,32 @@ def test_a_request_that_is_not_http_gets_openais_error_shape_and_an_id(
     assert b"x-request-id: req_" in head.lower()
     assert json.loads(body)["error"]["code"] == "invalid_http"
     assert request("GET", gw.root + "/healthz").status_code == 200  # and it keeps serving
+
+
+@pytest.mark.parametrize("size", [70_000, 100_000])
+def test_a_whole_oversized_head_in_one_write_gets_431(gw: Harness, size: int) -> None:
+    """A complete request (head and its end) in one read was parsed and answered before its
+    size was looked at: a 100 KB header got 200."""
+    with connect(gw) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+        data, _ = read_all(s)
+    assert data.startswith(b"HTTP/1.1 431 "), data[:100]
+
+
+def test_a_large_body_after_a_small_head_in_one_write_is_served(gw: Harness) -> None:
+    """What counts is the head: a 200 KB body sent with its head in one write is no header."""
+    body = json.dumps(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 200_000}]}
+    ).encode()
+    with connect(gw) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"Authorization: Bearer " + gw.key().encode() + b"\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        data, _ = read_all(s)
+    assert data.startswith(b"HTTP/1.1 200 "), data[:300]
 
 
 def test_large_headers_inside_the_limit_are_served(gw: Harness) -> None:

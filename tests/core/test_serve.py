@@ -574,3 +574,38 @@ def test_simulate_runs_the_three_endpoints_on_the_ports_asked_until_stopped() ->
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_requests_outside_the_model_routes_are_logged_too_refusals_included(
+    served: tuple[ServeProcess, Simulators],
+) -> None:
+    """A key guessed against /v1/models, /admin or /ledger, and who read what there, left no
+    log line: only model calls were logged, so a SIEM saw none of it."""
+    g, _ = served
+    bad = {"authorization": "Bearer sk-sekisho-aaaaaaaaaaaa-guess"}
+    key = g.key()
+    asked = {
+        "trace-other-0": ("/v1/models", bad, 401, "invalid_api_key"),
+        "trace-other-1": ("/admin/v1/keys", bad, 401, "invalid_api_key"),
+        "trace-other-2": ("/ledger/receipts/req_x", bad, 401, "invalid_api_key"),
+        "trace-other-3": ("/v1/models", {"authorization": f"Bearer {key}"}, 200, None),
+        "trace-other-4": ("/admin/v1/keys", {"authorization": f"Bearer {key}"}, 403, None),
+    }
+    for rid, (path, headers, status, _) in asked.items():
+        got = request("GET", g.root + path, headers={**headers, "x-request-id": rid})
+        assert got.status_code == status, (path, got.text)
+    deadline = time.monotonic() + 5
+    while True:
+        logged = {x.get("request_id"): x for x in g.log() if x.get("msg") == "request"}
+        if all(rid in logged for rid in asked) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for rid, (path, _, status, error) in asked.items():
+        line = logged[rid]
+        assert line["path"] == path and line["status"] == status
+        assert line["client"] == "127.0.0.1"
+        if error is not None:
+            assert line["error"] == error
+    assert logged["trace-other-3"]["tenant"] == "demo" and "key_id" in logged["trace-other-3"]
+    assert logged["trace-other-4"]["error"] == "insufficient_role"  # an app key at /admin
+    assert "guess" not in json.dumps(list(logged.values()))  # the presented key is not logged

@@ -625,3 +625,21 @@ def test_an_index_no_database_can_hold_is_a_400_not_a_500(gw: Harness, demo_key:
         r = request("GET", gw.root + path, headers=auth)
         assert r.status_code == 400, (path, r.text)
         assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_an_administrative_entry_about_a_tenants_data_belongs_to_that_tenant() -> None:
+    """A kept response read back is recorded as an admin entry naming the tenant in its
+    details: that tenant's keys were refused it as 'another tenant's'."""
+    from datetime import UTC, datetime
+
+    from sekisho.api.ledger import _entry_tenant
+    from sekisho.ledger.records import AdminRecord
+
+    def leaf(details: dict[str, Any]) -> bytes:
+        record = AdminRecord(datetime.now(UTC), "key:abc", "responses.retrieve", "resp_x", details)
+        return record.to_bytes()
+
+    nothing: Any = None  # an admin entry never needs the ledger to find its tenant
+    assert _entry_tenant(nothing, 0, leaf({"request_id": "req_1", "tenant": "demo"})) == "demo"
+    assert _entry_tenant(nothing, 0, leaf({"request_id": "req_1"})) is None  # the operator's
+    assert _entry_tenant(nothing, 0, leaf({"tenant": 5})) is None

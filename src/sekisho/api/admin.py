@@ -273,6 +273,7 @@ class Request:
     rid: str
     recorded: bool = False
     target: str = "-"
+    denied: bool = False  # the refusal is in the ledger
 
 
 class AdminAPI:
@@ -329,6 +330,10 @@ class AdminAPI:
             await http.send_bytes(send, status, result.model_dump_json().encode(), rid)
         except SekishoError as exc:
             status = exc.status
+            if status == 403 and req is not None and req.principal is not None and not req.denied:
+                # refused by who owns what (not_owner, a role it may not grant): in the
+                # ledger as refused, like a missing permission
+                await self._record_denial(req, {"outcome": "denied", "code": exc.code})
             await http.send_error(send, exc, rid)
         finally:
             if req is not None and req.principal is not None:
@@ -364,13 +369,7 @@ class AdminAPI:
     async def _denied(self, req: Request) -> None:
         assert req.principal is not None
         perms = req.route.permissions or ()
-        try:
-            await self.audit.admin(
-                req.principal.subject, req.route.operation, "-",
-                {"outcome": "denied", "needs": [str(p) for p in perms]},
-            )  # fmt: skip
-        except Exception:
-            log.exception("could not record a denied admin request", extra={"request_id": req.rid})
+        await self._record_denial(req, {"outcome": "denied", "needs": [str(p) for p in perms]})
         if len(perms) == 1:
             require(req.principal, perms[0])
         roles = "+".join(sorted(req.principal.roles))
@@ -380,6 +379,17 @@ class AdminAPI:
             f"{req.route.method} {PREFIX}{req.route.path}.",
             code="insufficient_role",
         )
+
+    async def _record_denial(self, req: Request, details: Mapping[str, Any]) -> None:
+        assert req.principal is not None
+        req.denied = True
+        try:
+            await self.audit.admin(
+                req.principal.subject, req.route.operation, req.target,
+                {"request_id": req.rid, **details},
+            )  # fmt: skip
+        except Exception:
+            log.exception("could not record a denied admin request", extra={"request_id": req.rid})
 
     async def _record(self, req: Request, target: str, details: Mapping[str, Any]) -> None:
         """Write the audit record before the action; refuse the action if that fails."""
@@ -457,12 +467,14 @@ class AdminAPI:
     async def list_keys(self, req: Request) -> KeyList:
         p = _who(req)
         tenant = req.query.get("tenant")
+        manages = allows(p, P.KEYS_MANAGE)
+        if not manages and tenant is not None and tenant != p.tenant:
+            req.target = f"tenant/{tenant}"
+            raise _not_own(p, f"keys of tenant {tenant!r}")  # refused before it is recorded
         await self._record(req, f"tenant/{tenant}" if tenant else "keys", {})
-        if allows(p, P.KEYS_MANAGE):
+        if manages:
             rows = self.keys.list(tenant)
         else:
-            if tenant is not None and tenant != p.tenant:
-                raise _not_own(p, f"keys of tenant {tenant!r}")
             rows = [k for k in self.keys.list(p.tenant) if _owns(p, k)]
         return KeyList(data=[_view(k) for k in rows])
 

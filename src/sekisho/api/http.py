@@ -7,6 +7,7 @@ framework: every step of a request can be read and stepped through here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -213,7 +214,15 @@ async def send_json(
     await send_bytes(send, status, orjson.dumps(obj), rid, extra)
 
 
+# The code of the error the current request was answered with (set by send_error): the
+# gateway's log line names it whichever handler answered.
+answered_error: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "sekisho_answered_error", default=None
+)
+
+
 async def send_error(send: Send, exc: SekishoError, rid: str) -> None:
+    answered_error.set(exc.code)
     extra = list(exc.headers.items())
     await send_bytes(send, exc.status, orjson.dumps(exc.body()), rid, extra)
 

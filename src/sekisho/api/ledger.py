@@ -161,6 +161,15 @@ def _entry_tenant(ledger: Ledger, index: int, leaf: bytes) -> str | None:
     """The tenant an entry belongs to. An outcome entry names only its request: it belongs to
     the tenant of that request's decision, the last one logged before it."""
     tenant = _leaf_field(leaf, "tenant")
+    if tenant is None and _leaf_field(leaf, "kind") == "admin":
+        # an administrative act on one tenant's data (a kept response read back, ...) names
+        # that tenant in its details
+        try:
+            details = orjson.loads(leaf).get("details")
+        except orjson.JSONDecodeError:
+            details = None
+        named = details.get("tenant") if isinstance(details, dict) else None
+        return named if isinstance(named, str) else None
     request_id = _leaf_field(leaf, "request_id")
     if tenant is not None or request_id is None or _leaf_field(leaf, "kind") != "outcome":
         return tenant

@@ -126,21 +126,37 @@ class HttpProtocol(HttpToolsProtocol):
         self._read_timer: asyncio.TimerHandle | None = self.loop.call_later(
             self._read_timeout, self._head_too_slow
         )
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._tail = b""  # the head's last bytes so far: its end may straddle two reads
 
     def data_received(self, data: bytes) -> None:
         if not self._in_head:
             super().data_received(data)
             return
+        before = self._head_bytes
         self._head_bytes += len(data)
+        if self._head_bytes > self._max_head:
+            # Measured before parsing: a whole oversized head in one read would be parsed,
+            # answered and forgotten before a check after it could see its size.
+            seen = self._tail + data
+            end = seen.find(b"\r\n\r\n")
+            head = self._head_bytes if end < 0 else before - len(self._tail) + end + 4
+            if head > self._max_head:
+                self._refuse_head(
+                    b"431 Request Header Fields Too Large",
+                    b"The request line and headers exceed %d bytes (server.max_header_bytes)."
+                    % self._max_head,
+                    b"request_header_fields_too_large",
+                    "header_too_large",
+                )
+                return
+        self._tail = data[-3:]
         super().data_received(data)
-        if self._in_head and self._head_bytes > self._max_head:
-            self._refuse_head(
-                b"431 Request Header Fields Too Large",
-                b"The request line and headers exceed %d bytes (server.max_header_bytes)."
-                % self._max_head,
-                b"request_header_fields_too_large",
-                "header_too_large",
-            )
+        if not self._in_head and self._body_timer is None and not self.transport.is_closing():
+            # The head is in, its body is not: the body owes the same time the head did.
+            # (read_body times what follows its first wait; this covers that first wait,
+            # which a client that sends headers and then nothing would hold for ever.)
+            self._body_timer = self.loop.call_later(self._read_timeout, self._body_too_slow)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -157,10 +173,38 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True  # what comes next is the next request's head
         self._head_bytes = 0
+        self._tail = b""
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_read_timer()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         super().connection_lost(exc)
+
+    def _body_too_slow(self) -> None:
+        """The body has not arrived within the read timeout of its head: 408, closed. The
+        handler waiting for it hears the client is gone; its answer, if any, goes nowhere."""
+        self._body_timer = None
+        if self._in_head or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:
+            self._end()  # the handler already answered (an error before reading): just close
+            return
+        self._refuse_head(
+            b"408 Request Timeout",
+            b"The request body did not arrive within %g s (server.read_timeout_seconds)."
+            % self._read_timeout,
+            b"request_timeout",
+            "body_timeout",
+        )
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.message_event.set()
 
     def _cancel_read_timer(self) -> None:
         timer = self._read_timer
