@@ -38,7 +38,7 @@ from sekisho.errors import (
     SekishoError,
 )
 from sekisho.identity import Authenticator, KeyStore, Principal, require
-from sekisho.identity.limits import Limiter, build_limiter, redis_client
+from sekisho.identity.limits import REDIS_TIMEOUT, Limiter, build_limiter, redis_client
 from sekisho.identity.roles import MODEL_ROUTES
 from sekisho.ledger import LEDGER_REFUSALS, Ledger
 from sekisho.metrics import Metrics
@@ -82,7 +82,6 @@ _PUBLISH_HEALTH_EVERY = 5.0
 # The cyclic GC's generation thresholds while serving (CPython's default: 700, 10, 10).
 _GC_THRESHOLDS = (50_000, 20, 20)
 # A Redis that stops answering fails a slot's request after this many seconds (fail closed).
-_SLOTS_REDIS_TIMEOUT = 2.0
 _READYZ_REDIS_TIMEOUT = 0.5  # /readyz answers a balancer's probe even when Redis hangs
 # Keep-alive connections to one upstream host at most; callers beyond wait for one.
 _UPSTREAM_CONNECTIONS_PER_HOST = 1024
@@ -170,7 +169,7 @@ class Gateway:
             # Every process and instance on this Redis shares each endpoint's max_concurrency.
             self.health.share_slots(
                 SharedSlots(
-                    redis_client(cfg.model.redis, socket_timeout=_SLOTS_REDIS_TIMEOUT),
+                    redis_client(cfg.model.redis, socket_timeout=REDIS_TIMEOUT),
                     cfg.model.limits.namespace,
                     lease_seconds=cfg.model.routing.shared_slot_lease_seconds,
                 )
@@ -766,19 +765,15 @@ class Gateway:
                 # Who, which endpoint, what it cost so far: chargeback from the log alone.
                 self._log(scope, call_id, principal, path, status, endpoint, started,
                           "client_disconnected", rid, upstream_id, answered)  # fmt: skip
+            elif self.pipeline is not None and self.pipeline.draining and task is not None:
+                # The grace period ended before the answer did: the request's log line says
+                # so (who, which endpoint, what it cost so far), and the cut is the end of
+                # this request, not an error of the server's (no traceback).
+                task.uncancel()
+                status = 503
+                self._log(scope, call_id, principal, path, status, endpoint, started,
+                          "gateway_shutdown", rid, upstream_id, answered)  # fmt: skip
             else:
-                if self.pipeline is not None and self.pipeline.draining:
-                    status = 503  # the grace period ended before the answer did
-                    log.warning(
-                        "request cut by shutdown",
-                        extra={
-                            "request_id": rid,
-                            "path": path,
-                            "endpoint": endpoint,
-                            "error": "gateway_shutdown",
-                            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                        },
-                    )
                 raise
         except Exception:
             finished = True
@@ -953,7 +948,9 @@ class Gateway:
         if not token:
             return True
         given = dict(scope["headers"]).get(b"authorization", b"")
-        return hmac.compare_digest(given, b"Bearer " + token.encode())
+        scheme, _, value = given.strip().partition(b" ")
+        # the scheme in any case (RFC 9110 §11.1), the token exactly
+        return scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), token.encode())
 
     def _endpoint_up(self) -> None:
         m = self.metrics

@@ -343,6 +343,17 @@ def test_metrics_can_be_kept_to_the_scraper_that_holds_the_token(tmp_path: objec
             "GET", h.root + "/metrics", headers={"authorization": "Bearer s3cret-scrape-token"}
         )
         assert ok.status_code == 200 and "sekisho_requests_total" in ok.text
+        for header in ("bearer s3cret-scrape-token", "BEARER  s3cret-scrape-token"):
+            # the scheme in any case, as the API accepts it
+            assert (
+                request("GET", h.root + "/metrics", headers={"authorization": header}).status_code
+                == 200
+            )
+        for header in ("Basic s3cret-scrape-token", "Bearer s3cret-scrape-token2", "Bearer"):
+            assert (
+                request("GET", h.root + "/metrics", headers={"authorization": header}).status_code
+                == 401
+            )
         assert request("GET", h.root + "/healthz").status_code == 200  # probes stay open
         # /readyz answers every probe, but why (endpoints' last errors name internal hosts)
         # only to the token's holder.

@@ -540,8 +540,10 @@ def test_a_stream_cut_by_the_end_of_the_grace_period_is_recorded_as_the_gateways
         outcomes = [parse_record(x) for x in leaves if b'"kind":"outcome"' in x]
         assert [(o.status, o.error_code) for o in outcomes] == [(503, "gateway_shutdown")]  # type: ignore[union-attr]
         logged = [x for x in g.log() if x.get("request_id") == rid]
-        assert [x["msg"] for x in logged] == ["request cut by shutdown"], g.stderr()[-2000:]
-        assert logged[0]["error"] == "gateway_shutdown"
+        assert [x["msg"] for x in logged] == ["request"], g.stderr()[-2000:]
+        assert logged[0]["error"] == "gateway_shutdown" and logged[0]["status"] == 503
+        assert logged[0]["tenant"] == "demo" and "key_id" in logged[0]  # who, for chargeback
+        assert "Exception in ASGI application" not in g.stderr()  # a cut, not a crash
     finally:
         g.stop()
         sims.stop()

@@ -8,6 +8,7 @@ dies, and real `sekisho serve` instances in front of one simulator.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -347,3 +348,54 @@ def test_readyz_reports_a_reachable_redis(tmp_path: Path, namespace: str) -> Non
         assert ready.status_code == 200 and ready.json()["redis"] == {"ok": True}
     finally:
         h.stop()
+
+
+def test_a_redis_that_stops_answering_is_503_for_limited_requests_within_seconds(
+    tmp_path: Path,
+) -> None:
+    """A paused Redis (SIGSTOP, a host gone quiet) accepts connections and answers nothing:
+    every rate-limited request waited on it for ever (a 200 s client got nothing), and so did
+    shutdown. It is an error within 2 s, as a refused connection is."""
+    import socket
+    import threading
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    held: list[socket.socket] = []
+
+    def swallow() -> None:  # accept, read, never answer
+        while True:
+            try:
+                conn, _ = hole.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=swallow, daemon=True).start()
+
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["redis"] = f"redis://127.0.0.1:{hole.getsockname()[1]}/0"  # demo keeps its limits
+
+    h = start_example(tmp_path, mutate)
+    try:
+        started = time.monotonic()
+        r = request(
+            "POST",
+            f"{h.base_url}/chat/completions",
+            json_body=BODY,
+            headers={"authorization": f"Bearer {h.key()}"},
+            timeout=30,
+        )
+        took = time.monotonic() - started
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "limits_unavailable"
+        assert took < 8
+        assert sum(s.stats.requests for s in h.sims.values()) == 0
+    finally:
+        stopping = time.monotonic()
+        h.stop()
+        assert time.monotonic() - stopping < 15  # the usage flush gives up too
+        hole.close()
+        for conn in held:
+            conn.close()

@@ -332,11 +332,14 @@ async def test_full_disk_is_a_clear_error_and_leaves_no_partial_record(
 
     monkeypatch.setattr(jp, "_insert_identifiers", disk_full)
     assert jp.health.state() == (True, "ok")
-    with pytest.raises(StoreError, match=r"region 'jp'.*is full \(no space left on device\)"):
+    with pytest.raises(StoreError, match=r"region 'jp' is full") as refused:
         await stores.for_tenant("demo", "jp").put(exchange())
+    where = str(jp.records_at.display)
+    assert where not in refused.value.message  # the client is not told internal paths
     assert jp.count() == 0
     healthy, why = jp.health.state()  # what /readyz reports, without record ids
-    assert not healthy and "is full" in why and "rec_" not in why
+    assert not healthy and "is full (no space left" in why and "rec_" not in why
+    assert where in why  # the operator is (in /readyz's details)
     monkeypatch.undo()
     assert await stores.for_tenant("demo", "jp").put(exchange()) is not None
     assert jp.health.state() == (True, "ok")  # one durable write and it is healthy again

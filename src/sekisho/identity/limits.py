@@ -469,6 +469,9 @@ class Limiter:
         await self.backend.close()
 
 
+REDIS_TIMEOUT = 2.0  # seconds a Redis may take to answer before it counts as down
+
+
 def redis_client(
     url: str, max_connections: int = 64, *, socket_timeout: float | None = None
 ) -> Redis:
@@ -498,7 +501,9 @@ def build_limiter(
 
     defaults = defaults or GatewayLimitsSpec()
     if redis_url:
-        client = redis_client(redis_url)
+        # A Redis that stops answering (paused, its host gone) is an error within 2 s: every
+        # limited request would otherwise wait on it for ever, and shutdown with them.
+        client = redis_client(redis_url, socket_timeout=REDIS_TIMEOUT)
         return Limiter(
             tenants=tenants,
             defaults=defaults,

@@ -543,8 +543,12 @@ class RegionStore:
             why = f"failed: {text.splitlines()[0] if text else type(orig).__name__}"
         log.error("store write failed: %s %s (records %s)", where, why, ids)
         self.health.failed(f"{where} {why}")
+        # The client hears what failed, not where: the path or database URL names internal
+        # hosts and volumes (the log and /readyz's details, behind metrics_token, have it).
+        said = "is full" if full else "failed"
         return StoreError(
-            f"The record could not be stored: {where} {why}. Nothing of records {ids} was kept."
+            f"The record could not be stored: the store of region {self.region!r} {said}. "
+            f"Nothing of records {ids} was kept; the operator's logs say why."
         )
 
     async def close(self) -> None:
