@@ -829,6 +829,44 @@ def test_a_kept_conversation_is_its_callers_not_every_key_of_the_tenant(
         model="gpt-4o", input="and?", previous_response_id=first.id
     ).id.startswith("resp_sk")
 
+    # An admin who rotates the key over the API holds the successor's secret: it must not
+    # read the application's stored prompts and answers through it (content.read has no
+    # standing role). Only a key's own rotation (or the operator's command line) carries on.
+    admin = h.key(role="admin")
+    app_key = h.key()
+    app = openai.OpenAI(base_url=h.base_url, api_key=app_key, max_retries=0)
+    kept = app.responses.create(model="gpt-4o", input=f"My address is {EMAIL}.")
+    app_id = app_key.removeprefix("sk-sekisho-").split("-")[0]
+    rotated_by_admin = request(
+        "POST",
+        f"{h.root}/admin/v1/keys/{app_id}/rotate",
+        json_body={"overlap_seconds": 60},
+        headers={"authorization": f"Bearer {admin}"},
+    )
+    assert rotated_by_admin.status_code == 201, rotated_by_admin.text
+    through = openai.OpenAI(
+        base_url=h.base_url, api_key=rotated_by_admin.json()["key"], max_retries=0
+    )
+    with pytest.raises(openai.NotFoundError):
+        through.responses.retrieve(kept.id)
+    with pytest.raises(openai.NotFoundError):
+        through.responses.input_items.list(kept.id)
+    developer = h.key(role="developer")
+    dev_id = developer.removeprefix("sk-sekisho-").split("-")[0]
+    as_dev = openai.OpenAI(base_url=h.base_url, api_key=developer, max_retries=0)
+    dev_kept = as_dev.responses.create(model="gpt-4o", input="mine")
+    rotated_by_itself = request(
+        "POST",
+        f"{h.root}/admin/v1/keys/{dev_id}/rotate",
+        json_body={"overlap_seconds": 60},
+        headers={"authorization": f"Bearer {developer}"},
+    )
+    assert rotated_by_itself.status_code == 201, rotated_by_itself.text
+    itself = openai.OpenAI(
+        base_url=h.base_url, api_key=rotated_by_itself.json()["key"], max_retries=0
+    )
+    assert itself.responses.retrieve(dev_kept.id).id == dev_kept.id
+
 
 def test_a_provider_kept_response_id_is_its_tenants_alone(
     gateways: Callable[..., Harness],

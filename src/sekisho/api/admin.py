@@ -551,7 +551,9 @@ class AdminAPI:
             {"overlap_seconds": body.overlap_seconds, "successor": successor},
         )
         try:
-            key, new = self.keys.rotate(info.key_id, body.overlap_seconds, key_id_new=successor)
+            key, new = self.keys.rotate(
+                info.key_id, body.overlap_seconds, key_id_new=successor, by=_who(req).subject
+            )
         except ValueError as exc:
             raise InvalidRequest(str(exc), code="key_not_rotatable") from None
         return KeyCreated(key=key, info=_view(new))

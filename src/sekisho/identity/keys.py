@@ -59,6 +59,9 @@ _ADDED_COLUMNS = (
     ("owner", "TEXT"),  # subject of whoever created the key (developers see only their own)
     ("rotated_from", "TEXT"),  # key id this key succeeded
     ("successor", "TEXT"),  # key id that replaced this key on rotation
+    # subject that rotated its predecessor into this key over the API (NULL: the operator's
+    # command line, or before this column): only a key's own rotation carries its work on
+    ("rotated_by", "TEXT"),
 )
 _COLUMNS = (
     "key_id, tenant, role, name, models, created_at, expires_at, revoked_at, owner,"
@@ -236,11 +239,18 @@ class KeyStore:
         return _info(row)
 
     def rotate(
-        self, key_id: str, overlap_seconds: float, *, key_id_new: str | None = None
+        self,
+        key_id: str,
+        overlap_seconds: float,
+        *,
+        key_id_new: str | None = None,
+        by: str | None = None,
     ) -> tuple[str, KeyInfo]:
         """Create a successor with the same scope; the old key keeps working for the overlap.
 
         The successor lives as long as the old key was meant to (if it had an expiry at all).
+        ``by``: the subject rotating it over the API; the successor carries on the old key's
+        stored work (:meth:`lineage`) only when that is the old key itself.
         Returns the successor's full key (to show once) and description.
         """
         if overlap_seconds < 0:
@@ -268,6 +278,10 @@ class KeyStore:
                 old.key_id,
             )
             self._insert(full, new)
+            if by is not None:
+                conn.execute(
+                    "UPDATE api_keys SET rotated_by = ? WHERE key_id = ?", (by, new.key_id)
+                )
             until = now + overlap_seconds
             if old.expires_at is not None:
                 until = min(until, old.expires_at)
@@ -284,24 +298,21 @@ class KeyStore:
 
     def lineage(self, principal: Principal) -> list[str]:
         """The subjects one caller has acted as: its own, and for an API key those of the keys
-        it was rotated from (a rotated key carries on its predecessor's work)."""
+        it was rotated from by themselves (or by the operator's command line): a key rotated
+        by another principal (an admin, its maker) starts afresh, since carrying on would let
+        whoever rotated it read the application's stored prompts and answers through it."""
         subjects = [principal.subject]
         if principal.auth != "api_key":
             return subjects
         seen = {principal.key_id}
-        row = (
-            self._conn()
-            .execute("SELECT rotated_from FROM api_keys WHERE key_id = ?", (principal.key_id,))
-            .fetchone()
-        )
+        query = "SELECT rotated_from, rotated_by FROM api_keys WHERE key_id = ?"
+        row = self._conn().execute(query, (principal.key_id,)).fetchone()
         while row is not None and row[0] and row[0] not in seen and len(seen) < 1000:
+            if row[1] is not None and row[1] != f"key:{row[0]}":
+                break  # rotated by someone else: the line of work ends here
             seen.add(row[0])
             subjects.append(f"key:{row[0]}")
-            row = (
-                self._conn()
-                .execute("SELECT rotated_from FROM api_keys WHERE key_id = ?", (row[0],))
-                .fetchone()
-            )
+            row = self._conn().execute(query, (row[0],)).fetchone()
         return subjects
 
     def revoke(self, key_id: str) -> bool:
