@@ -16,7 +16,7 @@ import orjson
 from sekisho._conversations import keeps_conversations, response_id
 from sekisho._output import RESPONSE_TERMINAL, ResponsesStreamOutput, StreamOutput
 from sekisho._provider_state import wrap
-from sekisho._upstream import choices_problem, count, quote, quote_response_error
+from sekisho._upstream import choices_problem, count, joined, quote, quote_response_error
 from sekisho.call import Call, Outcome, TenantView
 from sekisho.errors import SekishoError
 from sekisho.policy.decision import Decision
@@ -52,6 +52,7 @@ async def relay(
     )
     done = False
     last: dict[str, Any] = {}
+    parts: list[bytes] = []  # an event whose data spans several lines, so far
     raw_lines = upstream.lines()
     lines: AsyncIterator[bytes | None] = (
         _marking_silence(raw_lines, p.stream_keepalive) if p.stream_keepalive > 0 else raw_lines
@@ -63,7 +64,10 @@ async def relay(
                 continue
             if not line.startswith(b"data:"):
                 continue
-            payload = line[5:].strip()
+            whole = joined(parts, line[5:].strip())
+            if whole is None:
+                continue
+            payload = whole
             if payload == b"[DONE]":
                 done = True
                 break
@@ -71,6 +75,8 @@ async def relay(
                 event = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 raise UpstreamProtocolError(ep.id, "stream event is not JSON") from None
+            if b"\n" in payload:  # joined from several data: lines: one line for the client
+                payload = orjson.dumps(event)
             if not isinstance(event, dict):
                 raise UpstreamProtocolError(ep.id, "stream event is not an object")
             error = event.get("error")
@@ -215,6 +221,7 @@ async def relay_responses(
         rename=_renamer(p, call, tenant, ep.id),
     )
     terminal: dict[str, Any] | None = None
+    parts: list[bytes] = []  # an event whose data spans several lines, so far
     raw_lines = upstream.lines()
     lines: AsyncIterator[bytes | None] = (
         _marking_silence(raw_lines, p.stream_keepalive) if p.stream_keepalive > 0 else raw_lines
@@ -226,13 +233,18 @@ async def relay_responses(
                 continue
             if not line.startswith(b"data:"):
                 continue  # "event:" lines: every event names its type in its data too
-            payload = line[5:].strip()
+            whole = joined(parts, line[5:].strip())
+            if whole is None:
+                continue
+            payload = whole
             if payload == b"[DONE]":  # not in OpenAI's protocol, but some servers add it
                 break
             try:
                 event = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 raise UpstreamProtocolError(ep.id, "stream event is not JSON") from None
+            if b"\n" in payload:  # joined from several data: lines: one line for the client
+                payload = orjson.dumps(event)
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                 raise UpstreamProtocolError(ep.id, "stream event is not a typed object")
             etype = event["type"]

@@ -40,11 +40,16 @@ class Primed:
     ) -> Primed:
         it = inner.lines()
         first: list[bytes] = []
+        parts: list[bytes] = []
         try:
             async for line in it:
-                first.append(line)
                 if line.startswith(b"data:"):
+                    whole = joined(parts, line[5:].strip())
+                    if whole is None:
+                        continue  # the event goes on in its next data: line
+                    first.append(b"data: " + whole)
                     break
+                first.append(line)
         except UpstreamError:
             inner.close()
             raise
@@ -75,6 +80,29 @@ class Primed:
 
     def close(self) -> None:
         self._inner.close()
+
+
+def joined(parts: list[bytes], payload: bytes) -> bytes | None:
+    """One event's data from its ``data:`` lines. SSE lets an event's data span several lines
+    (joined with newlines; the OpenAI SDKs join them so): a JSON object that does not end on
+    its first line is held in ``parts`` until a line completes it (up to 64 lines and 1 MiB),
+    and None is returned meanwhile. The usual event, one line, costs two byte comparisons."""
+    if not parts and (payload[:1] != b"{" or payload[-1:] == b"}"):
+        return payload
+    parts.append(payload)
+    # Bounded: an endpoint cannot make sekisho hold or re-parse without end (past the bound
+    # the lines so far are the event, and it is read as garbage).
+    bounded = len(parts) < 64 and sum(map(len, parts)) < 1 << 20
+    if payload[-1:] != b"}" and bounded:
+        return None
+    whole = b"\n".join(parts)
+    if bounded:
+        try:
+            orjson.loads(whole)
+        except orjson.JSONDecodeError:
+            return None  # a nested object closed on this line, not the event's
+    parts.clear()
+    return whole
 
 
 def _unusable_first_event(payload: bytes, kind: str, scanner: Scanner) -> str | None:

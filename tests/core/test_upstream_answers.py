@@ -266,3 +266,24 @@ def test_an_endpoints_rejection_reaches_the_client_with_what_it_echoed_masked(
         chat(two)
     assert "bad value '[CREDIT_CARD]' for user" in e.value.message
     assert "4111" not in e.value.message and e.value.param == "user"
+
+
+def test_an_event_whose_data_spans_several_lines_is_one_event(two: Harness) -> None:
+    """SSE joins an event's data: lines with newlines, as the OpenAI SDKs do; each such event
+    was read as garbage (502, the endpoint marked down). The client gets each as one line."""
+    first = json.dumps(delta(role="assistant", content="Hel"), indent=1)
+    second = json.dumps(delta(content="lo"), indent=1)
+    body = (
+        "".join(
+            "".join(f"data: {line}\n" for line in event.splitlines()) + "\n"
+            for event in (first, second)
+        )
+        + "data: [DONE]\n\n"
+    )
+    for name in (GOOD, BAD):
+        two.fault(name, mode="sse", body=body)
+    raw = chat(two, stream=True)
+    assert raw.http_response.status_code == 200
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == "Hello"
+    assert ledger_incomplete(two) == []
