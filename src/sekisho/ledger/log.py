@@ -27,6 +27,7 @@ Lookups (``latest_checkpoint``, ``entry``, ``inclusion_proof``, ``consistency_pr
 from __future__ import annotations
 
 import asyncio
+import errno
 import base64
 import collections
 import contextlib
@@ -51,6 +52,9 @@ from sekisho.ledger.records import Record
 from sekisho.ledger.storage import NewEntry, Storage, StorageError, open_storage
 
 log = logging.getLogger("sekisho.ledger")
+
+
+_LOST = "its storage was deleted or replaced while in use; the operator must restore it"
 
 
 class LedgerUnavailable(ServiceUnavailable):
@@ -215,7 +219,7 @@ class Ledger:
         if self._closed:
             raise self._refuse("closed", "the ledger is shut down")
         if self._displaced is not None:
-            raise self._refuse("storage_error", self._displaced)
+            raise self._refuse("storage_error", self._displaced, told=_LOST)
         leaf, request_id, kind = _describe(record)
         entry = NewEntry(leaf, merkle.leaf_hash(leaf), request_id, kind)
         loop = asyncio.get_running_loop()
@@ -235,14 +239,22 @@ class Ledger:
             f"(storage {self.storage.location} is slow or hanging)"
         )
         self.health.failed(why, commit_ended=False)
-        return self._refuse("deadline", why)
+        told = (
+            f"the ledger could not make the entry durable within {self.deadline:g} s "
+            "(its storage is slow or hanging)"
+        )
+        return self._refuse("deadline", why, told=told)
 
-    def _refuse(self, reason: str, why: str, entries: int = 1) -> LedgerUnavailable:
-        """The error for ``entries`` refused appends: each is counted, the cause logged once."""
+    def _refuse(
+        self, reason: str, why: str, entries: int = 1, told: str | None = None
+    ) -> LedgerUnavailable:
+        """The error for ``entries`` refused appends: each is counted, the cause logged once.
+        ``told``: what the client reads, when ``why`` names internal paths or hosts (the log
+        and /readyz's details, behind metrics_token, have them)."""
         LEDGER_REFUSALS.labels(reason=reason).inc(entries)
         what = "an entry" if entries == 1 else f"{entries} entries"
         log.error("ledger refused %s (%s): %s", what, reason, why)
-        return LedgerUnavailable(why)
+        return LedgerUnavailable(told or why)
 
     def _write_loop(self) -> None:
         lingering = False
@@ -283,7 +295,13 @@ class Ledger:
         except Exception as e:
             why = self._displaced or f"storage {self.storage.location} failed: {e}"
             self.health.failed(f"the ledger's {why}")
-            error = self._refuse("storage_error", why, entries=len(live))
+            if self._displaced is not None:
+                told = _LOST
+            elif getattr(e, "errno", None) == errno.ENOSPC or "full" in str(e).lower():
+                told = "its storage failed: database or disk is full"
+            else:
+                told = "its storage failed; the operator's log says why"
+            error = self._refuse("storage_error", why, entries=len(live), told=told)
             results = [(p.future, error) for p in live]
         else:
             self.health.ok()
