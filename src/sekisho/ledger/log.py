@@ -27,10 +27,10 @@ Lookups (``latest_checkpoint``, ``entry``, ``inclusion_proof``, ``consistency_pr
 from __future__ import annotations
 
 import asyncio
-import errno
 import base64
 import collections
 import contextlib
+import errno
 import logging
 import threading
 import time
