@@ -139,6 +139,7 @@ class Pipeline:
         self.tenants = tenants
         self.policies = policies
         self.scanners = scanners
+        self._nameless_scanners: dict[str, tuple[Scanner, Scanner]] = {}
         self.transports = transports
         self.health = health
         self.selector = selector
@@ -348,19 +349,41 @@ class Pipeline:
 
     def inspect(self, call: Call, tenant: TenantView) -> tuple[list[Finding], bool]:
         """Scan every text the upstream would see. A classifier error counts as the highest
-        classification (fail closed), never as "nothing found"."""
+        classification (fail closed), never as "nothing found", and never loosens what was
+        found: a text too dense with names to read is still read for everything else (a
+        secret, a card, a My Number), so rules and redaction on those still apply."""
         scanner = self._memo(tenant.name)
         findings: list[Finding] = []
+        failed = False
+
+        def scan(text: str) -> list[Finding]:
+            nonlocal failed
+            try:
+                return scanner.scan(text)
+            except TooManyCues as exc:  # padded with names past what is read: fail closed
+                log.warning(
+                    "a text too dense with names to read; treating the request as restricted",
+                    extra={"request_id": call.request_id, "reason": str(exc)},
+                )
+                failed = True
+                # It holds names, unread: rules on PERSON apply as if one had been found.
+                call.uninspected["PERSON"] = max(call.uninspected.get("PERSON", 0), 1)
+                return self._nameless(tenant.name).scan(text)
+
         try:
             for text in call.texts:
                 if text in call.findings:
                     continue
-                found = scanner.scan(text)
+                found = scan(text)
                 call.findings[text] = found
                 findings.extend(found)
             if len(call.texts) > 1:
                 # A number cut across two parts or messages is whole to the model.
-                crossing, pieces = across(scanner.scan, call.texts)
+                try:
+                    crossing, pieces = across(scanner.scan, call.texts)
+                except TooManyCues:  # too many meetings to read: the request is restricted
+                    failed = True
+                    crossing, pieces = [], {}
                 findings.extend(crossing)
                 for i, split in pieces.items():
                     have = call.pieces.setdefault(call.texts[i], [])
@@ -368,21 +391,23 @@ class Pipeline:
             if call.opaque:
                 # Ids, names, URLs and keys: one text (the same one request after request
                 # for a client's fixed tool set, so the memo answers it), findings counted.
-                call.opaque_findings = scanner.scan("\n\n".join(call.opaque))
+                call.opaque_findings = scan("\n\n".join(call.opaque))
                 findings.extend(call.opaque_findings)
-        except TooManyCues as exc:  # a text dense with names past what is read: fail closed
-            log.warning(
-                "a text too dense with names to read; treating the request as restricted",
-                extra={"request_id": call.request_id, "reason": str(exc)},
-            )
-            return [], True
         except Exception:
             log.exception(
                 "classifier failed; treating the request as restricted",
                 extra={"request_id": call.request_id},
             )
-            return [], True
-        return findings, False
+            return findings, True  # what was found so far still counts
+        return findings, failed
+
+    def _nameless(self, tenant: str) -> Scanner:
+        """The tenant's scanner without its name detector, for a text too dense with names."""
+        scanner = self.scanners[tenant]
+        cached = self._nameless_scanners.get(tenant)
+        if cached is None or cached[0] is not scanner:
+            cached = self._nameless_scanners[tenant] = (scanner, scanner.without_names())
+        return cached[1]
 
     def _memo(self, tenant: str) -> ScanMemo:
         """The tenant's scanner behind its memo of texts already scanned (a conversation's

@@ -57,6 +57,18 @@ def test_explain_classifies_text_and_never_prints_the_values_found(
     assert "Stored as       pseudonyms for MY_NUMBER" in out
 
 
+def test_explain_of_a_text_too_dense_with_names_agrees_with_the_gateway(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It stopped with a TooManyCues traceback where the gateway fails closed: restricted,
+    with everything else in the text still found."""
+    argv = ["explain", "--config", config, "--tenant", "demo", "--model", "gpt-4o"]
+    code, out = _run([*argv, "--text", "マイナンバー 123456789018 " + "田中様、" * 20_500], capsys)
+    assert code == 0
+    assert "restricted — from classifier failed (fail closed)" in out
+    assert "MY_NUMBER×1" in out and "PERSON×1" in out
+
+
 def test_explain_json_lists_the_refusal_reasons(
     config: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

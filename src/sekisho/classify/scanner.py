@@ -11,6 +11,7 @@ docs/classification.md and shared/PII_LABELS.md describe.
 from __future__ import annotations
 
 import bisect
+import copy
 import itertools
 from collections.abc import Callable, Collection, Sequence
 
@@ -180,6 +181,14 @@ class Scanner:
             from sekisho.classify.ner import NerDetector  # imported only when asked for
 
             self._always.append(NerDetector(wanted).detect)
+
+    def without_names(self) -> Scanner:
+        """This scanner without its name detector: for a text too dense with names to read
+        (``TooManyCues``), which must still be read for everything else."""
+        clone = copy.copy(self)
+        clone._person = None
+        clone.types = self.types - {t.PERSON}
+        return clone
 
     def scan(self, text: str) -> list[Finding]:
         """Findings in ``text``: sorted by start, non-overlapping, each at least min_score."""

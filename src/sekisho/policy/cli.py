@@ -176,19 +176,44 @@ ATTACHMENTS = {
 }
 
 
-def _findings(config: Config, tenant: str, text: str | None) -> dict[str, int]:
+class _Reading:
+    """The gateway's reading of a request's texts (``Pipeline.inspect``): a text too dense
+    with names to read is read for everything else, counts one PERSON, and makes the request
+    restricted (``failed``), as the gateway does."""
+
+    def __init__(self, scanner: Any) -> None:
+        self.scanner = scanner
+        self.failed = False
+
+    def scan(self, text: str) -> list[Any]:
+        from sekisho.classify._person import TooManyCues
+
+        try:
+            found: list[Any] = self.scanner.scan(text)
+        except TooManyCues:
+            self.failed = True
+            from sekisho.classify.findings import Finding
+
+            rest: list[Any] = self.scanner.without_names().scan(text)
+            return [*rest, Finding("PERSON", 0, 1, 1.0)]  # counted, never redacted here
+        return found
+
+
+def _findings(config: Config, tenant: str, text: str | None) -> tuple[dict[str, int], bool]:
     """What the gateway's classifier would find for this tenant: its own dictionary, labels and
-    threshold included (the default scanner knows none of them)."""
+    threshold included (the default scanner knows none of them); and whether it failed."""
     if not text:
-        return {}
+        return {}, False
     from sekisho.classify import summarise
     from sekisho.config import scanner_for
 
-    return dict(summarise(scanner_for(config.tenants[tenant]).scan(text)))
+    reading = _Reading(scanner_for(config.tenants[tenant]))
+    return dict(summarise(reading.scan(text))), reading.failed
 
 
-def _body_findings(config: Config, tenant: str, path: str) -> tuple[dict[str, int], str]:
-    """What the gateway would find in a whole request body, and the model it asks for."""
+def _body_findings(config: Config, tenant: str, path: str) -> tuple[dict[str, int], str, bool]:
+    """What the gateway would find in a whole request body, the model it asks for, and
+    whether the classifier failed on it."""
     from sekisho.api import schema
     from sekisho.classify import summarise
     from sekisho.classify._seams import across
@@ -214,15 +239,21 @@ def _body_findings(config: Config, tenant: str, path: str) -> tuple[dict[str, in
             request = schema.parse_responses(raw)
     except InvalidRequest as exc:
         raise SystemExit(f"sekisho policy explain: {path}: {exc.message}") from None
+    from sekisho.classify._person import TooManyCues
+
     scanner = scanner_for(config.tenants[tenant])
+    reading = _Reading(scanner)
     texts, opaque = request.parts()  # what the gateway scans: the texts, then ids and keys
-    crossing, _ = across(scanner.scan, texts)  # and numbers cut across two texts
+    try:
+        crossing, _ = across(scanner.scan, texts)  # and numbers cut across two texts
+    except TooManyCues:
+        crossing, reading.failed = [], True
     if opaque:
         texts.append("\n\n".join(opaque))
-    counts = dict(summarise([*(f for text in texts for f in scanner.scan(text)), *crossing]))
+    counts = dict(summarise([*(f for text in texts for f in reading.scan(text)), *crossing]))
     for kind, n in request.uninspected().items():
         counts[kind] = counts.get(kind, 0) + n
-    return counts, request.model
+    return counts, request.model, reading.failed
 
 
 def _decide(
@@ -232,8 +263,9 @@ def _decide(
     declared: str | None,
     findings: Mapping[str, int],
     key_models: frozenset[str] | None,
+    failed: bool = False,
 ) -> tuple[Decision, LevelExplanation]:
-    explained = tenant.policy.explain_level(findings, declared)
+    explained = tenant.policy.explain_level(findings, declared, failed=failed)
     decision = tenant.policy.decide(
         model=model,
         routes=config.catalogue.routes(model),
@@ -252,7 +284,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     config = _load(args.config)
     tenant = _tenant_policy(config, args.tenant)
     if args.body is not None:
-        findings, model = _body_findings(config, args.tenant, args.body)
+        findings, model, failed = _body_findings(config, args.tenant, args.body)
         args.model = args.model or model
     else:
         if args.model is None:
@@ -260,7 +292,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
         text = args.text
         if text is None and not (args.classification is not None and sys.stdin.isatty()):
             text = sys.stdin.read()
-        findings = _findings(config, args.tenant, text)
+        findings, failed = _findings(config, args.tenant, text)
     for kind in args.attach:
         findings[ATTACHMENTS[kind]] = findings.get(ATTACHMENTS[kind], 0) + 1
     key_models = (
@@ -269,7 +301,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
         else None
     )
     decision, explained = _decide(
-        config, tenant, args.model, args.classification, findings, key_models
+        config, tenant, args.model, args.classification, findings, key_models, failed
     )
     if args.json:
         json.dump(_as_json(decision, explained, tenant), out, ensure_ascii=False, indent=2)
@@ -431,11 +463,13 @@ def load_test_file(path: str) -> PolicyTestFile:
 
 def run_case(config: Config, tenant: _TenantPolicy, case: PolicyTestCase) -> list[str]:
     """Decide one case; return the differences from what it expects (empty: it passes)."""
-    findings = _findings(config, tenant.name, case.text)
+    findings, failed = _findings(config, tenant.name, case.text)
     for kind, count in case.findings.items():
         findings[kind] = findings.get(kind, 0) + count
     key_models = frozenset(case.key_models) if case.key_models is not None else None
-    decision, _ = _decide(config, tenant, case.model, case.classification, findings, key_models)
+    decision, _ = _decide(
+        config, tenant, case.model, case.classification, findings, key_models, failed
+    )
     expect = case.expect
     diffs: list[str] = []
     if expect.eligible is not None and list(decision.eligible_ids) != expect.eligible:
