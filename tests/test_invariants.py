@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import openai
+import orjson
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -368,6 +369,31 @@ def test_unreadable_classification_header_counts_as_restricted(
     assert raw.headers["x-sekisho-endpoint"] == "sim-domestic-tokyo"
     assert after["sim-global-japaneast"] == before["sim-global-japaneast"]
     assert after["sim-global-useast"] == before["sim-global-useast"]
+
+
+def test_a_classification_header_sent_twice_is_one_list_and_restricted(example: Harness) -> None:
+    """Two header lines (public, then restricted) were read as the first alone: a proxy that
+    adds the header after the client's could not raise the level."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", example.port, timeout=30)
+    body = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    conn.putrequest("POST", "/v1/chat/completions")
+    for name, value in [
+        ("authorization", f"Bearer {example.key()}"),
+        ("content-type", "application/json"),
+        ("content-length", str(len(body))),
+        ("x-sekisho-classification", "public"),
+        ("x-sekisho-classification", "restricted"),
+    ]:
+        conn.putheader(name, value)
+    conn.endheaders(body)
+    answer = conn.getresponse()
+    answer.read()
+    conn.close()
+    assert answer.status == 200
+    assert answer.getheader("x-sekisho-classification") == "restricted"
+    assert answer.getheader("x-sekisho-endpoint") == "sim-domestic-tokyo"
 
 
 def test_missing_classification_header_takes_the_tenants_default(example: Harness) -> None:

@@ -280,6 +280,13 @@ def config_warnings(config: Any) -> list[str]:
             "up and the sovereignty facts are examples; replace them with real endpoints "
             "before anyone relies on an answer"
         )
+    for ep in config.catalogue.endpoints:
+        if ep.operator.parent and ep.operator.parent_country is None:
+            out.append(
+                f"endpoint {ep.id}: operator.parent {ep.operator.parent!r} has no "
+                "parent_country; every policy check on operator countries (a domestic "
+                "operator, APPI's cross-border rules) excludes it until it is given"
+            )
     for name, tenant in config.tenants.items():
         p = tenant.policy
         if not (p.extends or p.levels or p.rules):

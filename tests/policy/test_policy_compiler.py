@@ -464,3 +464,26 @@ def test_refusal_message_names_level_types_and_every_endpoint_s_reason_but_no_va
         )
     assert d.policy_digest in message
     assert "@" not in message  # only type names, rule ids and endpoint facts
+
+
+@pytest.mark.parametrize(
+    "constraint", [{"domestic_operator_only": True}, {"operator_countries": ["JP"]}]
+)
+def test_an_operator_whose_parents_country_is_not_given_is_not_domestic(
+    constraint: dict[str, Any],
+) -> None:
+    """A parent named without its country passed 'operator and parent incorporated at home'
+    (an audit sent 機密性3 requests to such an endpoint): unknown is not allowed."""
+    mystery = endpoint("mystery", operator={"name": "Mystery KK", "parent": "Mystery Holdings"})
+    known = endpoint(
+        "known", operator={"name": "Known KK", "parent": "Known HD", "parent_country": "JP"}
+    )
+    catalogue = Catalogue(endpoints=[mystery, known])
+    policy = compile_for(
+        {"classification": {"default": "internal"}, "levels": {"internal": constraint}},
+        catalogue=catalogue,
+    )
+    decision = decide(policy, catalogue=catalogue)
+    assert list(decision.eligible_ids) == ["known"]
+    [why] = [e.fact for e in decision.exclusions_of("mystery")]
+    assert "operator.parent_country=unknown" in why

@@ -209,3 +209,16 @@ def test_gdpr_consent_derogation_is_not_accepted_by_default() -> None:
     catalogue = Catalogue([consent])
     policy = compile_for({"extends": ["eu-gdpr"]}, home="DE", catalogue=catalogue)
     assert decide(policy, {"PERSON": 1}, catalogue=catalogue).eligible == ()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["MY_NUMBER", "PASSPORT_JP", "DRIVER_LICENSE_JP", "RESIDENCE_CARD_JP",
+     "HEALTH_INSURANCE_JP", "BANK_ACCOUNT_JP"],
+)  # fmt: skip
+def test_gdpr_an_identification_number_is_personal_data(kind: str) -> None:
+    """Art. 4(1) names "an identification number": a My Number went to a US endpoint with no
+    transfer tool under this pack."""
+    d = decide(GDPR, {kind: 1})
+    assert d.level is Level.CONFIDENTIAL
+    assert "eu-gdpr/transfer-data-centre" in rules_excluding(d, "us-east")

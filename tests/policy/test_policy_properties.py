@@ -195,9 +195,12 @@ def _satisfies(c: dict[str, Any], ep: Endpoint, home: str) -> bool:
             return False
         if allow is not None and not names & {a.lower() for a in allow}:
             return False
-    if c["operator_countries"] is not None and not op.countries <= set(c["operator_countries"]):
+    unknown_parent = bool(op.parent) and op.parent_country is None  # not known to be allowed
+    if c["operator_countries"] is not None and (
+        unknown_parent or not op.countries <= set(c["operator_countries"])
+    ):
         return False
-    if c["domestic_operator_only"] and op.countries != {home}:
+    if c["domestic_operator_only"] and (unknown_parent or op.countries != {home}):
         return False
     if not set(c["certifications"]) <= set(ep.certifications):
         return False

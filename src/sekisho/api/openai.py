@@ -130,9 +130,12 @@ async def embeddings(
 def _declared(scope: http.Scope) -> str | None:
     """The declared classification header; non-ASCII names such as 機密性3 arrive
     percent-encoded (HTTP header values are ASCII)."""
-    value = http.header(scope, b"x-sekisho-classification")
-    if value is None:
+    values = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-sekisho-classification"]
+    if not values:
         return None
+    # Sent twice, it is one list (RFC 9110 §5.3): "public, restricted" is no level, so the
+    # request is restricted (fail closed), never the first line's level alone.
+    value = ", ".join(values)
     return unquote(value) if "%" in value else value
 
 

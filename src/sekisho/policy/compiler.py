@@ -755,6 +755,10 @@ def _operator_countries(ep: Endpoint, allowed: frozenset[str]) -> str | None:
         return f"operator.country={op.country}"
     if op.parent_country is not None and op.parent_country not in allowed:
         return f"operator.parent_country={op.parent_country}"
+    if op.parent and op.parent_country is None:
+        # A parent whose country the catalogue does not say is not known to be allowed
+        # (fail closed): give operator.parent_country to let it pass.
+        return "operator.parent_country=unknown"
     return None
 
 
