@@ -834,6 +834,16 @@ class Pipeline:
         identifiers = [
             (f.type, text[f.start : f.end]) for text, fs in call.findings.items() for f in fs
         ]
+        if outcome.output_texts and tenant.retention.for_level(decision.level).mode == "full":
+            # The answer is kept too: whoever it names (a customer a RAG lookup returned) must
+            # be found by 開示・利用停止・消去 like whoever the prompt names.
+            texts = outcome.output_texts
+            if sum(map(len, texts)) < _SCAN_IN_THREAD:
+                identifiers.extend(self._output_identifiers(call, tenant.name, texts))
+            else:  # a document-sized answer: read off the event loop, as prompts are
+                identifiers.extend(
+                    await in_fair_thread(self._output_identifiers, call, tenant.name, texts)
+                )
         if store_types:
             # 番号法: these identifiers are pseudonymised before anything is stored, in the
             # prompt as sent (redaction may have rewritten its texts) and in the output alike.
@@ -870,6 +880,28 @@ class Pipeline:
                 status=outcome.status,
             )
         )
+
+    def _output_identifiers(
+        self, call: Call, tenant: str, texts: list[str]
+    ) -> list[tuple[str, str]]:
+        """The identifiers in an answer as delivered (the memo has most: the output rule just
+        scanned them)."""
+        memo = self._memo(tenant)
+        out: list[tuple[str, str]] = []
+        for text in texts:
+            try:
+                try:
+                    found = memo.scan(text)
+                except TooManyCues:
+                    found = self._nameless(tenant).scan(text)
+            except Exception:
+                log.exception(
+                    "could not read an answer's identifiers for the subject index",
+                    extra={"request_id": call.request_id},
+                )
+                continue
+            out.extend((f.type, text[f.start : f.end]) for f in found)
+        return out
 
     def _decision_headers(
         self, call: Call, decision: Decision, receipt: str | None

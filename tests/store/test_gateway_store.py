@@ -120,6 +120,76 @@ def test_full_retention_keeps_prompt_and_output_encrypted_in_the_home_store(
     assert nobody.returncode == 0 and "0 record(s)" in nobody.stdout
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_whoever_the_answer_names_is_found_by_the_subject_commands(
+    example: Harness, tmp_path: Path, stream: bool
+) -> None:
+    """A customer a lookup put into the answer (not the prompt) was kept in full but never
+    indexed: 開示・利用停止・消去 answered "0 record(s)" for someone the record names."""
+    email = f"kimura.{uuid.uuid4().hex[:8]}@example.jp"
+    said = f"顧客 木村九郎 様のメールは {email} です。"
+    if stream:
+        events = [
+            {"object": "chat.completion.chunk",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": said}}]},
+        ]  # fmt: skip
+        body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        for name in example.sims:
+            example.fault(name, mode="sse", body=body)
+    else:
+        answer = {
+            "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": said}}],
+        }  # fmt: skip
+        for name in example.sims:
+            example.fault(name, mode="body", body=json.dumps(answer))
+    c = openai.OpenAI(base_url=example.base_url, api_key=example.key(), max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "顧客番号 A-1 の連絡先を教えて"}],
+        stream=stream,
+    )
+    rid = raw.headers["x-request-id"]
+    if stream:
+        list(raw.parse())
+    cfg = config_file(example, tmp_path)
+    for ask in (["--email", email], ["--name", "木村九郎"]):
+        found = sekisho(
+            "subject", "find", "--tenant", "demo", *ask, "--config", str(cfg),
+            "--actor", "dpo@example.jp",
+        )  # fmt: skip
+        assert found.returncode == 0, found.stderr
+        assert rid in found.stdout and "1 record(s)" in found.stdout, (ask, found.stdout)
+
+
+def test_a_deleted_record_cannot_be_recovered_from_the_store_files_while_serving(
+    example: Harness, tmp_path: Path
+) -> None:
+    """subject delete left the deleted rows, still decryptable under the live data key, in
+    the store's write-ahead log: truncating a copy of it brought them back."""
+    email = f"taro.{uuid.uuid4().hex[:8]}@example.jp"
+    chat(example, example.key(), f"山田太郎様 ({email}) への返信を書いて")
+    [(cipher,)] = rows(example.data_dir, "jp", "SELECT prompt FROM records")
+    # Read in another process: closing any descriptor of a file drops every POSIX lock this
+    # process (the serving gateway) holds on it, and the CLI would then find itself the last
+    # user and empty the log on its own.
+    look = [sys.executable, "-c",
+            "import sys,glob;print(any(bytes.fromhex(sys.argv[2]) in open(p,'rb').read()"
+            " for p in glob.glob(sys.argv[1]+'*')))",
+            str(example.data_dir / "store-jp.db"), cipher[:32].hex()]  # fmt: skip
+    assert subprocess.run(look, capture_output=True, text=True).stdout.strip() == "True"
+    cfg = config_file(example, tmp_path)
+    deleted = sekisho(
+        "subject", "delete", "--tenant", "demo", "--email", email, "--config", str(cfg),
+        "--actor", "dpo@example.jp", "--ticket", "APPI-1", "--yes",
+    )  # fmt: skip
+    assert deleted.returncode == 0, deleted.stderr
+    assert "deleted 1 record(s)" in deleted.stdout
+    assert subprocess.run(look, capture_output=True, text=True).stdout.strip() == "False"
+    assert chat(example, example.key(), "still serving").status_code == 200
+
+
 def two_regions(raw: dict[str, Any]) -> None:
     raw["regions"]["eu"] = {"country": "DE", "store": "sqlite"}
     raw["tenants"]["acme-eu"] = {
