@@ -20,6 +20,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sekisho import _in_force as in_force
+from sekisho import _serving as serving
 from sekisho import tls as tls_files
 from sekisho._deadlines import WriterHealth
 from sekisho.api import http
@@ -125,6 +126,7 @@ class Gateway:
         self.ready = False
         self.in_flight = 0
         self._pid = os.getpid()
+        self._serving_fd: int | None = None
         # Set when this process is one of `serve --workers N`: reloads then restart every worker.
         self.supervisor_pid: int | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -154,6 +156,8 @@ class Gateway:
         await self._open_ledger()
         assert self.recorder is not None
         cfg = self.config
+        if self._serving_fd is None:  # `tenant delete` refuses while this is held
+            self._serving_fd = serving.hold(cfg.data_dir)
         self.stores = await Stores.open(
             cfg.regions, cfg.data_dir, audit=self.recorder, tenants=cfg.tenants
         )
@@ -314,6 +318,9 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self._serving_fd is not None:
+            os.close(self._serving_fd)
+            self._serving_fd = None
         gc.unfreeze()  # a gateway built again in this process (tests, reloads) starts clean
         for t in self._tasks:
             t.cancel()

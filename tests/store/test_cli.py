@@ -208,3 +208,25 @@ def test_tenant_delete_and_key_rotation(
         err = capsys.readouterr().err
         assert f"tenant {tenant} has no data key and no record in any region" in err
     assert len(audit_lines(config_file)) == recorded  # nothing more recorded
+
+
+def test_tenant_delete_refuses_while_a_gateway_serves_the_data_directory(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A running gateway keeps the tenant's data key in memory and went on sealing records
+    under the destroyed key: records no subject request could find again."""
+    from sekisho import _serving
+
+    data = config_file.parent / "data"
+    asyncio.run(seed(data))
+    fd = _serving.hold(data)  # what every gateway process holds while it serves
+    try:
+        args = ["--tenant", "demo", "--actor", "admin", "--yes"]
+        assert run(config_file, "tenant", "delete", *args) == 1
+        assert "a gateway is serving" in capsys.readouterr().err
+    finally:
+        os.close(fd)
+    assert not _serving.in_use(data)
+    assert (
+        run(config_file, "tenant", "delete", "--tenant", "demo", "--actor", "admin", "--yes") == 0
+    )

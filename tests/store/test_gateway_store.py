@@ -422,3 +422,16 @@ def test_a_lost_data_key_stops_start_up_and_subject_requests_instead_of_a_new_ke
     found = sekisho("subject", "find", "--tenant", "demo", "--email", email,
                     "--config", str(cfg), "--actor", "dpo@example.jp")  # fmt: skip
     assert found.returncode == 0 and "1 record(s)" in found.stdout, found.stderr
+
+
+def test_a_serving_gateway_holds_its_data_directory_and_lets_go_at_shutdown(
+    tmp_path: Path,
+) -> None:
+    from sekisho import _serving
+
+    h = started(tmp_path)
+    try:
+        assert _serving.in_use(h.data_dir)
+    finally:
+        h.stop()
+    assert not _serving.in_use(h.data_dir)
