@@ -171,6 +171,32 @@ def test_subject_commands_need_one_identifier(
         run(config_file, "subject", "find", "--tenant", "demo", "--email", "a@b.jp")  # no --actor
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--my-number", "12", "12 digits"),
+        ("--my-number", "123456789012", "check digit"),  # 123456789018 is the valid one
+        ("--phone", "1", "10 or 11 digits"),
+        ("--email", "notanemail", "local@domain"),
+        ("--type", "FOO", "not a finding type"),
+    ],
+)
+def test_an_identifier_that_can_match_nothing_is_an_error_not_zero_records(
+    config_file: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, says: str
+) -> None:
+    """Each of these answered "0 record(s)", exit 0, and was recorded as a search: a typo in a
+    data subject's identifier answered the person falsely."""
+    asyncio.run(seed(config_file.parent / "data"))
+    given = [flag, value] if flag != "--type" else ["--type", value, "--value", "x"]
+    assert run(config_file, "subject", "find", "--tenant", "demo", "--actor", "x", *given) == 1
+    err = capsys.readouterr().err
+    assert says in err and "nothing was searched" in err or "not a finding type" in err
+    recorded = config_file.parent / "data" / "store-admin.jsonl"
+    assert not recorded.exists() or not [
+        a for a in audit_lines(config_file) if a["action"] == "store.subject_find"
+    ]
+
+
 def test_a_tenant_the_config_does_not_name_is_said_to_be_one(
     config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

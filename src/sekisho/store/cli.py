@@ -25,7 +25,14 @@ from typing import Any
 
 from sekisho.errors import ConfigError, SekishoError
 from sekisho.store import database, subjects
-from sekisho.store.identifiers import EMAIL, MY_NUMBER, PERSON, PHONE, IdentifierError
+from sekisho.store.identifiers import (
+    EMAIL,
+    MY_NUMBER,
+    PERSON,
+    PHONE,
+    IdentifierError,
+    check_query,
+)
 from sekisho.store.spec import RetentionSpec, retention_of
 from sekisho.store.stores import AuditSink, Stores, validate_regions
 
@@ -180,6 +187,7 @@ def _subject(args: argparse.Namespace) -> subjects.Subject:
             "by ps; pass --my-number - to type it (not echoed) or pipe it in",
             file=sys.stderr,
         )
+    check_query(id_type, value)  # before anything is searched or recorded
     return subjects.Subject(args.tenant, id_type, value)
 
 

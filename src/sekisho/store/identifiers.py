@@ -108,3 +108,37 @@ def _phone(value: str) -> str:
         national = national.removeprefix("0")  # +81 (0)3 ... written with the trunk zero
         digits = "0" + national
     return digits
+
+
+def check_query(id_type: str, value: str) -> None:
+    """A data-subject request's identifier, checked the way the classifier checks what it
+    indexes: a typo (a My Number with a wrong check digit, a phone of one digit, a type that
+    is no finding type) can match nothing, and "0 records" would answer the person falsely.
+    Raise ``IdentifierError`` saying what is wrong."""
+    from sekisho.classify import _validate
+    from sekisho.classify.findings import TYPES
+
+    if id_type not in TYPES:
+        raise IdentifierError(
+            f"{id_type!r} is not a finding type; one of: {', '.join(sorted(TYPES))}"
+        )
+    form = normalise(id_type, value)
+    problem = None
+    if id_type == "MY_NUMBER" and not (len(form) == 12 and _validate.my_number_ok(form)):
+        problem = "a My Number is 12 digits whose last is its check digit"
+    elif id_type == "CORPORATE_NUMBER" and not (
+        len(form) == 13 and _validate.corporate_number_ok(form)
+    ):
+        problem = "a corporate number is 13 digits whose first is its check digit"
+    elif id_type == "CREDIT_CARD" and not _validate.credit_card_ok(form):
+        problem = "a card number is 13 to 19 digits that pass the Luhn check"
+    elif id_type == PHONE and not (form.startswith("0") and 10 <= len(form) <= 11):
+        problem = "a Japanese phone number is 10 or 11 digits from 0 (or +81 and the rest)"
+    elif id_type == "POSTAL_CODE_JP" and len(form) != 7:
+        problem = "a postal code is 7 digits"
+    elif id_type == EMAIL:
+        local, at, domain = form.rpartition("@")
+        if not (at and local and "." in domain.strip(".")):
+            problem = "an e-mail address is local@domain"
+    if problem is not None:
+        raise IdentifierError(f"{value!r} is not a {id_type}: {problem}; nothing was searched")
