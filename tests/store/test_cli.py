@@ -190,7 +190,8 @@ def test_an_identifier_that_can_match_nothing_is_an_error_not_zero_records(
     given = [flag, value] if flag != "--type" else ["--type", value, "--value", "x"]
     assert run(config_file, "subject", "find", "--tenant", "demo", "--actor", "x", *given) == 1
     err = capsys.readouterr().err
-    assert says in err and "nothing was searched" in err or "not a finding type" in err
+    assert says in err
+    assert "nothing was searched" in err or "not a finding type" in err
     recorded = config_file.parent / "data" / "store-admin.jsonl"
     assert not recorded.exists() or not [
         a for a in audit_lines(config_file) if a["action"] == "store.subject_find"
