@@ -337,6 +337,8 @@ def test_resolve_is_not_quadratic_in_the_number_of_findings() -> None:
         assert len(resolve(fs, 0.5)) == n
         return (time.perf_counter() - started) / n
 
-    small = min(per_finding(10_000) for _ in range(3))
-    large = min(per_finding(150_000) for _ in range(3))
-    assert large < small * 4, (small, large)
+    small = min(per_finding(10_000) for _ in range(5))
+    large = min(per_finding(150_000) for _ in range(5))
+    # Quadratic would be 15 times slower per finding; a shared, loaded machine adds up to
+    # about 3 (caches, allocation): 8 keeps the one apart from the other.
+    assert large < small * 8, (small, large)
