@@ -395,6 +395,20 @@ class Gateway:
                         )
                     ]
                 )
+            moved = [
+                ConfigProblem(
+                    new.source_file,
+                    f"tenants.{name}.home_region",
+                    f"changed from {old.tenants[name].home_region!r} to "
+                    f"{tenant.home_region!r}: where a tenant's data is kept (and the country its "
+                    "policy calls home) does not change by a reload; restart the gateway to "
+                    "move it, after deciding what becomes of the records in the old region",
+                )
+                for name, tenant in new.tenants.items()
+                if tenant.home_region != old.tenants[name].home_region
+            ]
+            if moved:
+                raise ConfigError(moved)
             certificates = self._reload_tls(new)  # raises, changing nothing, before the swap
             rotated = sorted(  # the config's validation just read every key file: they work
                 ep for t in self.transports.values() for ep in t.reload_key_files()

@@ -449,11 +449,17 @@ def shift_jis(path: Path) -> None:
     path.write_bytes("# 変更\n".encode("cp932") + path.read_bytes())
 
 
+def moved_home(raw: dict[str, Any]) -> None:
+    """A SIGHUP moved a tenant's storage (and its policy's home country) to the US silently."""
+    raw["regions"]["us"] = {"country": "US", "store": "sqlite"}
+    raw["tenants"]["demo"]["home_region"] = "us"
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [(typo_key, "tenants.demo.policy.prefr"), (unknown_pack, "jp-mynumbr"),
-     (shift_jis, "not UTF-8")],
-    ids=["typo key", "unknown pack", "not UTF-8"],
+     (shift_jis, "not UTF-8"), (moved_home, "tenants.demo.home_region")],
+    ids=["typo key", "unknown pack", "not UTF-8", "home region moved"],
 )  # fmt: skip
 def test_invalid_reload_names_file_and_key_and_the_old_policy_keeps_serving(
     gw: Harness, change: Any, named: str
