@@ -131,6 +131,10 @@ def test_subject_find_export_restrict_delete(
     doc = json.loads(out.read_text(encoding="utf-8"))
     assert [r["request_id"] for r in doc["records"]] == ["req-b"]
     assert os.stat(out).st_mode & 0o777 == 0o600
+    os.chmod(out, 0o644)  # an existing, world-readable file is written 0600 too, as it says
+    assert run(config_file, "subject", "export", *base, "--email", "hanako@example.jp",
+               "--out", str(out)) == 0  # fmt: skip
+    assert os.stat(out).st_mode & 0o777 == 0o600
     assert run(config_file, "subject", "restrict", *base, "--email", "hanako@example.jp") == 0
     assert (
         run(
@@ -152,6 +156,7 @@ def test_subject_find_export_restrict_delete(
     acts = audit_lines(config_file)
     assert [a["action"] for a in acts] == [
         "store.subject_find",
+        "store.subject_export",
         "store.subject_export",
         "store.subject_restrict",
         "store.subject_export",
@@ -257,3 +262,26 @@ def test_tenant_delete_refuses_while_a_gateway_serves_the_data_directory(
     assert (
         run(config_file, "tenant", "delete", "--tenant", "demo", "--actor", "admin", "--yes") == 0
     )
+
+
+def test_an_expired_record_is_not_disclosed_while_it_waits_for_the_sweeper(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gateway refuses a record past its expiry, but subject export decrypted it for up to
+    the sweeper's interval: kept "for exactly as long as the retention says" held only there."""
+    import sqlite3
+
+    data = config_file.parent / "data"
+    asyncio.run(seed(data))
+    base = ["--tenant", "demo", "--actor", "dpo@example.jp", "--email", "hanako@example.jp"]
+    assert run(config_file, "subject", "find", *base) == 0
+    assert "1 record(s)" in capsys.readouterr().out
+    conn = sqlite3.connect(data / "store-jp.db")
+    with conn:
+        conn.execute("UPDATE records SET expires_at = 1000 WHERE request_id = 'req-b'")
+    conn.close()
+    assert run(config_file, "subject", "find", *base) == 0
+    assert "0 record(s)" in capsys.readouterr().out
+    out = config_file.parent / "export.json"
+    assert run(config_file, "subject", "export", *base, "--out", str(out)) == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["records"] == []

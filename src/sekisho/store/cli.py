@@ -244,6 +244,7 @@ async def _subject_export(args: argparse.Namespace) -> int:
     body = json.dumps(doc, ensure_ascii=False, indent=2).encode() + b"\n"
     out = Path(args.out)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it is personal data
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through open(): set it, before writing
     with os.fdopen(fd, "wb") as f:
         f.write(body)
     print(

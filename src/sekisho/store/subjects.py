@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from sekisho.store.identifiers import normalise
-from sekisho.store.region import RegionStore, live_generations
+from sekisho.store.region import RegionStore, live_generations, now_ms
 from sekisho.store.stores import Stores, from_ms
 from sekisho.types import Level
 
@@ -81,11 +81,21 @@ def _match(region: str, row: Any) -> Match:
     )
 
 
+def _unexpired(stores: Stores, tenant: str, rows: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """What the retention policy still keeps: a record past its expiry is gone for every use
+    (the gateway refuses it) though the sweeper has not deleted it yet, unless the tenant is
+    under legal hold, which keeps it."""
+    if stores.on_legal_hold(tenant):
+        return rows
+    now = now_ms()
+    return [(region, row) for region, row in rows if row.expires_at > now]
+
+
 async def find(
     stores: Stores, subject: Subject, *, actor: str, ticket: str | None = None
 ) -> list[Match]:
     """The records that mention the person (開示請求, first step)."""
-    rows = await _locate(stores, subject)
+    rows = _unexpired(stores, subject.tenant, await _locate(stores, subject))
     await stores.audit.admin(
         actor,
         "store.subject_find",
@@ -103,7 +113,7 @@ async def export(
     Records under 利用停止 (restricted) are listed without content: they are excluded from any
     further use, export included.
     """
-    rows = await _locate(stores, subject)
+    rows = _unexpired(stores, subject.tenant, await _locate(stores, subject))
     usable = [(r, row) for r, row in rows if row.restricted_at is None]
     await stores.audit.admin(
         actor,
