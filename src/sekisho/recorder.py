@@ -241,6 +241,7 @@ class LedgerRecorder:
             storage_region=tenant_region,
             prompt_hash=self._hash(call.principal.tenant, prompt),
             eligible=decision.eligible_ids,
+            rule=decision.rule,
         )
         appended = await self.ledger.append(record)
         return appended.header()

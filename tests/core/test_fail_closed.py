@@ -78,3 +78,21 @@ def test_a_my_number_padded_with_names_is_still_found_and_recorded(gw: Harness) 
     decision, _ = ledger_entries(receipt(gw, raw.headers["x-sekisho-request-id"], key).json())
     assert decision["findings"].get("MY_NUMBER") == 1
     assert decision["classification"] == "restricted"
+
+
+def test_the_ledger_names_the_rule_that_refused(gw: Harness) -> None:
+    """The decision entry said action "block" with no rule: an auditor could not tell a rule's
+    refusal from a request no endpoint could take."""
+    key = gw.key()
+    c = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "password=Hunter2Secret!"}]
+        )
+    rid = refused.value.response.headers["x-sekisho-request-id"]
+    decision, _ = ledger_entries(receipt(gw, rid, key).json())
+    assert decision["action"] == "block"
+    assert decision["rule"] == "tenant/no-secrets-upstream"
+    allowed = ask(gw, "weekly status")
+    plain, _ = ledger_entries(receipt(gw, allowed.headers["x-sekisho-request-id"], gw.key()).json())
+    assert "rule" not in plain  # nothing to name: the entry is as before

@@ -85,8 +85,17 @@ class DecisionRecord:
     # Every endpoint the policy allowed, in preference order: the request may reach these and
     # no other, even on failover; ``endpoint`` is the first the router meant to try.
     eligible: tuple[str, ...] = ()
+    # The rule that decided (a block's, an action's), or why the level is what it is when
+    # nothing was read ("classifier failed (fail closed)"); absent when nothing needed naming.
+    rule: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        out = self._fields()
+        if self.rule is not None:
+            out["rule"] = self.rule
+        return out
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "v": RECORD_VERSION,
             "kind": self.kind,
@@ -249,6 +258,7 @@ def parse_record(data: bytes) -> Record:
             storage_region=_field(obj, "storage_region", _OS),
             prompt_hash=_field(obj, "prompt_hash", _S),
             eligible=_eligible(_field(obj, "eligible", (list,))),
+            rule=_field(obj, "rule", _S) if "rule" in obj else None,
         )
     elif kind == "outcome":
         record = OutcomeRecord(
