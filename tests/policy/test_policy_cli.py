@@ -247,7 +247,21 @@ def test_explain_reads_a_body_of_each_api(
 ) -> None:
     path = tmp_path / "request.json"
     path.write_text(json.dumps(body, ensure_ascii=False))
+    if body["model"] == "text-embedding-3-small":  # served by the example config, not this one
+        config = str(tmp_path / "example.yaml")
+        Path(config).write_text(yaml.safe_dump(example_config(), allow_unicode=True))
     argv = ["explain", "--config", config, "--tenant", "demo", "--body", str(path)]
     code, out = _run(argv, capsys)
     assert code == 0
     assert found in out
+
+
+def test_explain_of_a_model_the_gateway_would_not_find_says_404_not_403(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Explain printed a policy refusal (403) for a model no endpoint serves, where the gateway
+    answers 404 model_not_found before any policy is asked."""
+    argv = ["explain", "--config", config, "--tenant", "demo", "--text", "hi"]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--model", "gpt-5-typo"])
+    assert "404 model_not_found" in str(stop.value) and "gpt-5-typo" in str(stop.value)

@@ -300,6 +300,13 @@ def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if args.key_models
         else None
     )
+    if not config.catalogue.routes(args.model):
+        # The gateway answers this before any policy is asked: say what it answers.
+        raise SystemExit(
+            f"sekisho policy explain: no endpoint serves model {args.model!r}; the gateway "
+            "answers HTTP 404 model_not_found before the policy decides (models served: "
+            f"{', '.join(config.catalogue.model_names)})"
+        )
     decision, explained = _decide(
         config, tenant, args.model, args.classification, findings, key_models, failed
     )
