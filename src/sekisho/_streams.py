@@ -64,10 +64,13 @@ async def relay(
                 continue
             if not line.startswith(b"data:"):
                 continue
-            whole = joined(parts, line[5:].strip())
-            if whole is None:
-                continue
-            payload = whole
+            payload = line[5:].strip()
+            joined_up = False
+            if parts or (payload[:1] == b"{" and payload[-1:] != b"}"):
+                whole = joined(parts, payload)  # an event on several data: lines
+                if whole is None:
+                    continue
+                payload, joined_up = whole, True
             if payload == b"[DONE]":
                 done = True
                 break
@@ -75,7 +78,7 @@ async def relay(
                 event = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 raise UpstreamProtocolError(ep.id, "stream event is not JSON") from None
-            if b"\n" in payload:  # joined from several data: lines: one line for the client
+            if joined_up:  # joined from several data: lines: one line for the client
                 payload = orjson.dumps(event)
             if not isinstance(event, dict):
                 raise UpstreamProtocolError(ep.id, "stream event is not an object")
@@ -233,17 +236,20 @@ async def relay_responses(
                 continue
             if not line.startswith(b"data:"):
                 continue  # "event:" lines: every event names its type in its data too
-            whole = joined(parts, line[5:].strip())
-            if whole is None:
-                continue
-            payload = whole
+            payload = line[5:].strip()
+            joined_up = False
+            if parts or (payload[:1] == b"{" and payload[-1:] != b"}"):
+                whole = joined(parts, payload)  # an event on several data: lines
+                if whole is None:
+                    continue
+                payload, joined_up = whole, True
             if payload == b"[DONE]":  # not in OpenAI's protocol, but some servers add it
                 break
             try:
                 event = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 raise UpstreamProtocolError(ep.id, "stream event is not JSON") from None
-            if b"\n" in payload:  # joined from several data: lines: one line for the client
+            if joined_up:  # joined from several data: lines: one line for the client
                 payload = orjson.dumps(event)
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                 raise UpstreamProtocolError(ep.id, "stream event is not a typed object")

@@ -7,6 +7,7 @@ A route counts as answered only when its body parsed (non-streaming) or its firs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -47,6 +48,9 @@ class Primed:
                     whole = joined(parts, line[5:].strip())
                     if whole is None:
                         continue  # the event goes on in its next data: line
+                    if b"\n" in whole:  # joined: one line again, as the relay passes it on
+                        with contextlib.suppress(orjson.JSONDecodeError):
+                            whole = orjson.dumps(orjson.loads(whole))
                     first.append(b"data: " + whole)
                     break
                 first.append(line)

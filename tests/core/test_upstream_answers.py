@@ -282,8 +282,15 @@ def test_an_event_whose_data_spans_several_lines_is_one_event(two: Harness) -> N
     )
     for name in (GOOD, BAD):
         two.fault(name, mode="sse", body=body)
-    raw = chat(two, stream=True)
-    assert raw.http_response.status_code == 200
-    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    c = openai.OpenAI(base_url=two.base_url, api_key=two.key(), max_retries=0)
+    with c.chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hello"}], stream=True
+    ) as raw:
+        assert raw.http_response.status_code == 200
+        lines = [line for line in raw.iter_lines() if line]
+    # What the client reads is SSE of its own: each event one data: line of JSON.
+    assert all(line.startswith("data: ") for line in lines), lines
+    events = [json.loads(line[6:]) for line in lines if line != "data: [DONE]"]
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert text == "Hello"
     assert ledger_incomplete(two) == []
