@@ -115,6 +115,24 @@ async def test_ledger_init_new_log_retires_the_old_key_and_the_next_start_makes_
         open_checkpoint(checkpoint, [old.verifier()])
 
 
+async def test_after_ledger_init_new_log_a_gateway_that_ran_here_starts_and_only_once(
+    tmp_path: Path,
+) -> None:
+    """A real gateway leaves policies-in-force.json beside the key: the new key made by
+    init --new-log then looked like an older gateway's traces, and the start that the command
+    promised was refused again (pointing back at the same command)."""
+    data = tmp_path / "data"
+    config = _config(data)
+    await _serve_once(config)
+    (data / "policies-in-force.json").write_text("{}", encoding="utf-8")  # as serve writes it
+    _lose_ledger(data)
+    assert main(["ledger", "init", "--new-log", "--data-dir", str(data)]) == 0
+    assert (await _serve_once(config)).count("\n") > 2  # it started: a new log
+    _lose_ledger(data)  # and lost again: the new log is protected as the old one was
+    with pytest.raises(LedgerLost):
+        await open_ledger(config)
+
+
 def test_ledger_init_new_log_refuses_where_the_log_is_not_lost(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -251,6 +251,7 @@ def init_command(args: argparse.Namespace) -> int:
             or (old.name if old is not None else f"{socket.gethostname()}/sekisho-ledger")
         )
         verifier_key = create_signing_key(key_file, name)
+        continuity.sanction_new_log(data, verifier_key)
     except sqlite3.DatabaseError as e:
         return _fail(f"{_location(args)} does not hold a sekisho ledger ({e})")
     except (StorageError, KeyFileError, OSError) as e:

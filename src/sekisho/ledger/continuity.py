@@ -22,6 +22,9 @@ from sekisho.ledger.note import Signer
 from sekisho.ledger.storage import Storage, StorageError
 
 RECORD = "ledger-in-use.json"
+# Written by `ledger init --new-log` with the new key's verifier: the next start may begin an
+# empty log under that key (and no other), after which the record of the log in use replaces it.
+NEW_LOG = "ledger-new-log.json"
 
 
 class LedgerLost(StorageError):
@@ -31,6 +34,8 @@ class LedgerLost(StorageError):
 def evidence(data_dir: Path, key_file: Path, traces: Sequence[Path] = ()) -> list[str]:
     """What in ``data_dir`` shows that a log was kept before: the record of the log in use,
     else the signing key beside a file only a started gateway writes (``traces``)."""
+    if _sanctioned(data_dir, key_file):
+        return []  # a new log under a new key, started on purpose
     record = data_dir / RECORD
     if record.exists():
         try:
@@ -44,6 +49,28 @@ def evidence(data_dir: Path, key_file: Path, traces: Sequence[Path] = ()) -> lis
         if ran:
             return [f"the signing key {key_file} exists and a gateway ran here ({', '.join(ran)})"]
     return []
+
+
+def _sanctioned(data_dir: Path, key_file: Path) -> bool:
+    """Whether `ledger init --new-log` made the signing key now at ``key_file`` for a new log."""
+    marker = data_dir / NEW_LOG
+    if not marker.exists() or not key_file.exists():
+        return False
+    from sekisho.ledger.keys import KeyFileError, load_signer
+
+    try:
+        wanted = json.loads(marker.read_text(encoding="utf-8"))["key"]
+        return bool(load_signer(key_file).verifier().key_string() == wanted)
+    except (OSError, ValueError, KeyError, TypeError, KeyFileError):
+        return False
+
+
+def sanction_new_log(data_dir: Path, verifier_key: str) -> None:
+    """Let the next start begin an empty log under the key whose verifier is given."""
+    marker = data_dir / NEW_LOG
+    tmp = marker.with_name(f"{NEW_LOG}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": verifier_key}) + "\n", encoding="utf-8")
+    os.replace(tmp, marker)
 
 
 def refuse_a_second_history(
@@ -76,6 +103,8 @@ def remember(data_dir: Path, signer: Signer, storage: Storage, origin: str) -> N
     tmp = record.with_name(f"{RECORD}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, record)
+    with contextlib.suppress(FileNotFoundError):
+        (data_dir / NEW_LOG).unlink()  # the new log is the one in use now
 
 
 def retire(data_dir: Path, key_file: Path) -> Path | None:
