@@ -71,6 +71,20 @@ def test_a_failed_endpoint_is_marked_down_and_skipped(two: Harness) -> None:
     assert two.sims["sim-global-japaneast"].stats.requests == before  # in backoff: not tried
 
 
+@pytest.mark.parametrize("status", [401, 403, 407])
+def test_a_refusal_of_sekishos_own_credentials_fails_over_and_never_reaches_the_client(
+    two: Harness, status: int
+) -> None:
+    """407 comes from an endpoint's egress proxy (a plain-http endpoint's proxy answers in its
+    place): it reached clients as their own 407, nine in twenty, though another endpoint was
+    up, and the endpoint was never marked down."""
+    key = two.key()
+    two.fault("sim-global-japaneast", mode="status", status=status)
+    for _ in range(6):
+        assert chat(two, key).headers["x-sekisho-endpoint"] == "sim-global-useast"
+    assert not two.gateway.health.is_up("sim-global-japaneast")  # type: ignore[union-attr]
+
+
 def test_client_error_from_upstream_is_not_retried(two: Harness) -> None:
     key = two.key()
     two.fault("sim-global-japaneast", mode="status", status=400)

@@ -43,9 +43,9 @@ class UpstreamProtocolError(UpstreamError):
 
 
 class UpstreamStatusError(UpstreamError):
-    """An HTTP error status. 5xx and 429 fail over, and so do 401 and 403: they are about
-    sekisho's own credentials or account at the endpoint, never the client's, so they must not
-    reach the client as its authentication error. Other 4xx are about the request and go back
+    """An HTTP error status. 5xx and 429 fail over, and so do 401, 403 and 407: they are about
+    sekisho's own credentials or account at the endpoint (or at its egress proxy), never the
+    client's, so they must not reach the client as its authentication error. Other 4xx are about the request and go back
     to the client as they are."""
 
     reason = "status"
@@ -54,11 +54,15 @@ class UpstreamStatusError(UpstreamError):
         detail = f"HTTP {status}"
         if status in (401, 403):
             detail += " (the endpoint refused sekisho's credentials: check its api_key or auth)"
+        elif status == 407:
+            # Only a proxy answers 407: the endpoint's egress proxy refused sekisho's proxy
+            # credentials (a plain-http endpoint's proxy answers in the endpoint's place).
+            detail += " (the endpoint's egress proxy refused sekisho's proxy credentials)"
         super().__init__(endpoint_id, detail)
         self.status = status
         self.body = body
         self.retry_after = retry_after
-        self.retryable = status >= 500 or status in (401, 403, 429)
+        self.retryable = status >= 500 or status in (401, 403, 407, 429)
 
 
 class UpstreamResponse(Protocol):
