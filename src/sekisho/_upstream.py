@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -340,12 +342,20 @@ def _detail_text(detail: Any) -> str | None:
 
 
 def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 # More tokens than any model reads or writes in one request: a count past it is a bug or a

@@ -549,7 +549,7 @@ class Gateway:
                         timeout=aiohttp.ClientTimeout(total=ep.timeouts.connect + 2),
                     ) as resp:
                         if resp.status < 500:
-                            self.health.success(ep.id)
+                            self.health.probed(ep.id)  # a Retry-After still stands
                 except (aiohttp.ClientError, TimeoutError, ValueError, UpstreamError) as exc:
                     log.debug("probe of %s failed: %s", ep.id, exc)
 

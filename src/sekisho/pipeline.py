@@ -102,6 +102,7 @@ from sekisho.providers import (
 from sekisho.providers.base import upstream_request_id
 from sekisho.routing import Catalogue, Health, Route, Selector
 from sekisho.routing.catalogue import Endpoint
+from sekisho.routing.health import MAX_RETRY_AFTER
 from sekisho.routing.slots import SlotsUnavailable
 from sekisho.store import Exchange, StoreError, Stores
 from sekisho.types import Action, Level
@@ -639,6 +640,17 @@ class Pipeline:
                 if not released:
                     state.release()
                 raise
+        if not plan and decision.eligible:
+            # Every eligible endpoint said when to come back (a 429's Retry-After): nothing
+            # is sent before then, and the client waits as long as the soonest asked.
+            waits = [self.health.limited_for(r.endpoint.id) for r in decision.eligible]
+            after = max(1, math.ceil(min(waits)))
+            raise UpstreamRateLimited(
+                "Every eligible endpoint is rate-limiting requests "
+                f"({', '.join(r.endpoint.id for r in decision.eligible)}): retry after "
+                f"{after} s. Nothing was sent.",
+                headers={"retry-after": str(after)},
+            )
         if unavailable is not None and not failures and not busy:
             raise unavailable
         if busy and not failures:
@@ -950,7 +962,7 @@ def _rate_limited(failures: list[UpstreamError], tried: list[str]) -> UpstreamRa
         if isinstance(e, UpstreamStatusError)
         and (w := parse_retry_after(e.retry_after)) is not None
     ]
-    after = max(1, math.ceil(min(waits))) if waits else 1
+    after = max(1, math.ceil(min(min(waits), MAX_RETRY_AFTER))) if waits else 1
     return UpstreamRateLimited(
         f"Every eligible endpoint is rate-limiting requests (tried: {', '.join(tried)}): "
         f"retry after {after} s. The request was not sent anywhere else.",

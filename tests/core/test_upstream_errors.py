@@ -103,3 +103,18 @@ def test_any_body_gives_an_openai_shaped_error(raw: bytes) -> None:
     assert isinstance(err["code"], str) and err["code"]
     assert err["type"].endswith("_error")
     assert err["param"] is None or isinstance(err["param"], str)
+
+
+def test_a_retry_after_given_as_an_http_date_is_read() -> None:
+    """RFC 9110 allows an HTTP-date; it was ignored (the ordinary backoff and 'retry after 1')."""
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    from sekisho._upstream import parse_retry_after
+
+    when = datetime.now(UTC) + timedelta(seconds=45)
+    got = parse_retry_after(format_datetime(when, usegmt=True))
+    assert got is not None and 40 < got <= 45
+    assert parse_retry_after("12") == 12.0
+    assert parse_retry_after("Mon, 01 Jan 2001 00:00:00 GMT") == 0.0  # past: now
+    assert parse_retry_after("soon") is None

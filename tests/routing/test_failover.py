@@ -312,6 +312,13 @@ def test_every_endpoint_rate_limited_is_a_429_with_the_soonest_retry_after(two: 
     body = e.value.body
     assert isinstance(body, dict) and body["code"] == "upstream_rate_limited"
     assert "sim-global-japaneast" in body["message"] and "sim-global-useast" in body["message"]
+    # Inside the windows they asked for, nothing is sent to them: the client hears it at once.
+    sent = sum(s.stats.requests for s in two.sims.values())
+    with pytest.raises(openai.RateLimitError) as again:
+        chat(two, key)
+    assert int(again.value.response.headers["retry-after"]) <= 3
+    assert "Nothing was sent" in again.value.message
+    assert sum(s.stats.requests for s in two.sims.values()) == sent
     # One of them failing otherwise: not everyone is rate-limiting, so it stays a 502.
     for ep in ("sim-global-japaneast", "sim-global-useast"):
         two.gateway.health.success(ep)  # type: ignore[union-attr]

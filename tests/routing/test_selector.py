@@ -118,6 +118,36 @@ def test_retry_after_from_a_429_is_honoured() -> None:
     assert health.is_up("a")
 
 
+def test_a_retry_after_is_kept_past_the_backoff_maximum_and_through_probes() -> None:
+    """Retry-After: 120 under backoff_max 60 parked the endpoint for 60 s while the client was
+    told 120; an active probe (GET /models answers while requests are refused) ended it."""
+    clock = Clock()
+    health = Health(backoff_initial=1.0, backoff_max=60.0, clock=clock)
+    health.failure("ep-0", "429", retry_after=120)
+    assert health.limited_for("ep-0") == 120
+    health.probed("ep-0")
+    clock.now += 61
+    assert not health.is_up("ep-0") and 58 < health.limited_for("ep-0") < 60
+    health.failure("ep-1", "429", retry_after=10**9)
+    assert health.limited_for("ep-1") == 3600  # at most an hour, whatever the header says
+
+
+def test_an_endpoint_inside_its_retry_after_is_not_planned_even_as_a_last_resort() -> None:
+    """The only eligible endpoint, rate-limited, was sent every request anyway (each one
+    prolonging a provider's throttling)."""
+    clock = Clock()
+    health = Health(clock=clock)
+    one, two = routes(1), routes(2)
+    health.failure("ep-0", "429", retry_after=30)
+    sel = Selector(health, random.Random(1))
+    assert sel.plan(one, 3) == []
+    assert [r.endpoint.id for r in sel.plan(two, 3)] == ["ep-1"]
+    health.failure("ep-1", "500")  # down by backoff, not by its word: still a last resort
+    assert [r.endpoint.id for r in sel.plan(two, 3)] == ["ep-1"]
+    clock.now += 31
+    assert "ep-0" in [r.endpoint.id for r in sel.plan(two, 3)]
+
+
 def test_a_full_endpoint_is_tried_last() -> None:
     health = Health()
     eligible = routes(2, cap=1)

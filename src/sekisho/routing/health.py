@@ -20,10 +20,14 @@ if TYPE_CHECKING:
     from sekisho.routing.catalogue import Endpoint
 
 
+MAX_RETRY_AFTER = 3600.0  # the longest Retry-After honoured (a bad header cannot park it for days)
+
+
 class EndpointHealth:
     __slots__ = (
         "down_until",
         "endpoint_id",
+        "limited_until",
         "failures",
         "in_flight",
         "last_error",
@@ -36,6 +40,9 @@ class EndpointHealth:
         self.endpoint_id = endpoint_id
         self.failures = 0
         self.down_until = 0.0
+        # A 429's Retry-After: nothing is sent to the endpoint before it, even as a last resort
+        # and whatever a probe says (a rate-limited endpoint still answers GET /models).
+        self.limited_until = 0.0
         self.in_flight = 0  # slots this process holds
         self.last_error = ""
         # Requests waiting for a slot of a full endpoint, oldest first.
@@ -180,17 +187,37 @@ class Health:
         st = self.state(endpoint_id)
         st.failures = 0
         st.down_until = 0.0
+        st.limited_until = 0.0
+
+    def probed(self, endpoint_id: str) -> None:
+        """An active probe's answer: the endpoint is back, but a Retry-After it gave still
+        stands (it answers GET /models while rate-limiting requests)."""
+        st = self.state(endpoint_id)
+        if st.limited_until > self._clock():
+            return
+        st.failures = 0
+        st.down_until = 0.0
+
+    def limited_for(self, endpoint_id: str) -> float:
+        """Seconds left of the endpoint's own Retry-After (0: it may be sent to)."""
+        st = self._state.get(endpoint_id)
+        return 0.0 if st is None else max(0.0, st.limited_until - self._clock())
 
     def failure(self, endpoint_id: str, reason: str, retry_after: float | None = None) -> None:
         st = self.state(endpoint_id)
         st.failures += 1
         st.last_error = reason
+        now = self._clock()
+        if retry_after is not None:
+            # The endpoint said how long: honoured as said (up to an hour), not cut to the
+            # backoff's maximum, and the client is told the same.
+            st.limited_until = max(st.limited_until, now + min(retry_after, MAX_RETRY_AFTER))
         if st.failures >= self.failure_threshold:
             n = st.failures - self.failure_threshold
             backoff = min(self.backoff_max, self.backoff_initial * (2**n))
             if retry_after is not None:
-                backoff = min(self.backoff_max, max(backoff, retry_after))
-            st.down_until = self._clock() + backoff
+                backoff = max(backoff, min(retry_after, MAX_RETRY_AFTER))
+            st.down_until = now + backoff
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         now = self._clock()

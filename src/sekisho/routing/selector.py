@@ -27,12 +27,17 @@ class Selector:
         max_attempts: int,
         tiers: Sequence[object] | None = None,
     ) -> list[Route]:
+        health = self.health
         if len(eligible) <= 1:
+            if eligible and health.limited_for(eligible[0].endpoint.id) > 0:
+                return []  # it asked not to be called yet (Retry-After): nothing is sent
             return list(eligible[:max_attempts])
         ready: list[tuple[object, Route]] = []
         later: list[Route] = []
         for i, route in enumerate(eligible):
             ep = route.endpoint
+            if health.limited_for(ep.id) > 0:
+                continue  # not even as a last resort: it said when to come back
             full = self.health.is_full(ep)
             tier = tiers[i] if tiers is not None else 0
             if self.health.is_up(ep.id) and not full:
