@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson

@@ -45,8 +45,8 @@ class UpstreamProtocolError(UpstreamError):
 class UpstreamStatusError(UpstreamError):
     """An HTTP error status. 5xx and 429 fail over, and so do 401, 403 and 407: they are about
     sekisho's own credentials or account at the endpoint (or at its egress proxy), never the
-    client's, so they must not reach the client as its authentication error. Other 4xx are about the request and go back
-    to the client as they are."""
+    client's, so they must not reach the client as its authentication error. Other 4xx are
+    about the request and go back to the client as they are."""
 
     reason = "status"
 

@@ -27,10 +27,10 @@ class EndpointHealth:
     __slots__ = (
         "down_until",
         "endpoint_id",
-        "limited_until",
         "failures",
         "in_flight",
         "last_error",
+        "limited_until",
         "poller",
         "shared",
         "waiters",
