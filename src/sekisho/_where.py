@@ -58,3 +58,27 @@ def data_dir(args: argparse.Namespace) -> Path:
     if config is not None:
         return Path(config.server.data_dir)
     return Path(os.environ.get("SEKISHO_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def record_key_act(
+    args: argparse.Namespace, action: str, target: str, details: dict[str, object]
+) -> str | None:
+    """Write a key act of the command line (create, revoke, rotate) to the transparency log
+    before it happens, as the admin API does; None when written, else why not (the act is
+    then refused: no key is made or changed unrecorded)."""
+    import asyncio
+
+    from sekisho.recorder import ledger_audit_at
+
+    config = config_of(args)
+    actor = getattr(args, "actor", None) or "operator"
+
+    async def write() -> None:
+        async with ledger_audit_at(data_dir(args), config.ledger if config else None) as sink:
+            await sink.admin(actor, action, target, {**details, "via": "cli"})
+
+    try:
+        asyncio.run(write())
+    except Exception as exc:  # the ledger cannot record it: nothing is done
+        return f"the transparency ledger could not record it ({exc})"
+    return None

@@ -135,19 +135,34 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API keys (and the ledger's signing key)")
     ksub = keys.add_subparsers(metavar="ACTION")
     p = ksub.add_parser("create", help="create an API key; prints it once, on the last line")
-    p.add_argument("--tenant", required=True)
-    p.add_argument("--role", default="app", choices=["admin", "auditor", "developer", "app"])
-    p.add_argument("--name", default="")
+    p.add_argument("--tenant", required=True, help="the tenant the key acts for")
+    p.add_argument(
+        "--role",
+        default="app",
+        choices=["admin", "auditor", "developer", "app"],
+        help="what the key may do (default: app, which calls models and nothing else)",
+    )
+    p.add_argument("--name", default="", help="a label shown in keys list (default: none)")
     p.add_argument("--models", help="comma-separated models this key may use (default: all)")
     p.add_argument("--expires-in-days", type=float, help="expiry (default: never)")
+    p.add_argument(
+        "--actor",
+        default="operator",
+        help="who does this, as the ledger records it (default: operator)",
+    )
     add_data_dir_args(p)
     p.set_defaults(func=cmd_keys_create)
     p = ksub.add_parser("list", help="list keys (never their secrets)")
-    p.add_argument("--tenant")
+    p.add_argument("--tenant", help="only this tenant's keys (default: every tenant's)")
     add_data_dir_args(p)
     p.set_defaults(func=cmd_keys_list)
     p = ksub.add_parser("revoke", help="revoke a key by its id")
     p.add_argument("key_id")
+    p.add_argument(
+        "--actor",
+        default="operator",
+        help="who does this, as the ledger records it (default: operator)",
+    )
     add_data_dir_args(p)
     p.set_defaults(func=cmd_keys_revoke)
     _register_optional(sub, ksub)
@@ -522,8 +537,23 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             )
             return 2
         expires = dt.datetime.now(dt.UTC).timestamp() + args.expires_in_days * 86400
+    from sekisho._where import record_key_act
+    from sekisho.identity.keys import new_key_id
+
+    key_id = new_key_id()
+    refused = record_key_act(
+        args, "keys.create", f"key/{key_id}", {"tenant": args.tenant, "role": args.role}
+    )
+    if refused is not None:
+        print(f"sekisho: no key was created: {refused}", file=sys.stderr)
+        return 1
     key, info = store.create(
-        args.tenant, role=args.role, name=args.name, models=models, expires_at=expires
+        args.tenant,
+        role=args.role,
+        name=args.name,
+        models=models,
+        expires_at=expires,
+        key_id=key_id,
     )
     print(
         f"created {info.role} key {info.key_id} for tenant {info.tenant}"
@@ -602,6 +632,20 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     if path is None:
         return 1
     store = KeyStore(path)
+    from sekisho._where import record_key_act
+    from sekisho.errors import NotFound
+
+    try:
+        if store.get(args.key_id).state() == "revoked":
+            print(f"sekisho: key {args.key_id} is already revoked", file=sys.stderr)
+            return 1
+    except NotFound as exc:
+        print(f"sekisho: {exc.message}", file=sys.stderr)
+        return 1
+    refused = record_key_act(args, "keys.revoke", f"key/{args.key_id}", {})
+    if refused is not None:
+        print(f"sekisho: key {args.key_id} was not revoked: {refused}", file=sys.stderr)
+        return 1
     if store.revoke(args.key_id):
         print(f"revoked key {args.key_id}")
         return 0

@@ -21,7 +21,7 @@ import orjson
 
 from sekisho import _in_force as in_force
 from sekisho.call import Call, Outcome
-from sekisho.config import Config
+from sekisho.config import Config, LedgerConfig
 from sekisho.errors import ServiceUnavailable
 from sekisho.ledger import (
     AdminRecord,
@@ -47,8 +47,12 @@ _MAX_PRINCIPALS = 10_000  # remembered caller pseudonyms (one HMAC each saved pe
 
 async def open_ledger(config: Config) -> Ledger:
     """Open the configured transparency ledger; create its signing key on first start."""
-    cfg = config.ledger
-    data_dir = config.data_dir
+    return await open_ledger_at(config.data_dir, config.ledger)
+
+
+async def open_ledger_at(data_dir: Path, cfg: LedgerConfig) -> Ledger:
+    """The ledger of a data directory, as ``cfg`` says where and how (a command given only
+    ``--data-dir`` passes the defaults: the ledger serve keeps there by default)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     key_file = Path(cfg.key_file) if cfg.key_file else data_dir / "keys" / "ledger.key"
     location = cfg.url or str(data_dir)
@@ -120,6 +124,18 @@ class LedgerAuditSink:
         await self.ledger.append(
             AdminRecord(time=now(), actor=actor, action=action, target=target, details=flat)
         )
+
+
+@contextlib.asynccontextmanager
+async def ledger_audit_at(
+    data_dir: Path, cfg: LedgerConfig | None = None
+) -> AsyncIterator[LedgerAuditSink]:
+    """``ledger_audit`` for a command given a data directory and perhaps no config."""
+    ledger = await open_ledger_at(data_dir, cfg or LedgerConfig())
+    try:
+        yield LedgerAuditSink(ledger)
+    finally:
+        await ledger.close()
 
 
 @contextlib.asynccontextmanager

@@ -107,3 +107,35 @@ def test_keys_list_says_when_a_rotated_key_stops_working(
     assert " active " in old and old.split()[7].count(":") == 2  # a date and a time, not "-"
     successor = next(line for line in lines[1:] if not line.startswith(info.key_id))
     assert successor.split()[6] == "-"  # no expiry
+
+
+def test_key_acts_of_the_command_line_are_in_the_ledger_before_they_happen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An admin key minted on the host with `keys create` left no trace in the tamper-evident
+    log (keys made over the admin API did)."""
+    from sekisho.cli import main
+    from sekisho.ledger import parse_record
+    from sekisho.ledger.storage import open_storage
+
+    data = str(tmp_path)
+    assert main(["keys", "create", "--tenant", "acme", "--role", "admin", "--actor",
+                 "ops@bank.example", "--data-dir", data]) == 0  # fmt: skip
+    key_id = capsys.readouterr().out.strip().split("-")[2]
+    assert run("keys", "rotate-api", key_id, "--data-dir", data) == 0
+    successor = capsys.readouterr().out.strip().split("-")[2]
+    assert main(["keys", "revoke", successor, "--data-dir", data]) == 0
+    assert main(["keys", "revoke", "ffffffffffff", "--data-dir", data]) == 1  # none: nothing
+    storage = open_storage(tmp_path)
+    try:
+        records = [parse_record(leaf) for _, leaf, _, _, _ in storage.scan(0, storage.tree_size())]
+    finally:
+        storage.close()
+    acts = [(r.action, r.target, r.actor) for r in records if r.kind == "admin"]  # type: ignore[union-attr]
+    assert acts == [
+        ("keys.create", f"key/{key_id}", "ops@bank.example"),
+        ("keys.rotate", f"key/{key_id}", "operator"),
+        ("keys.revoke", f"key/{successor}", "operator"),
+    ]
+    created = next(r for r in records if r.kind == "admin")
+    assert created.details["role"] == "admin" and created.details["via"] == "cli"  # type: ignore[union-attr]

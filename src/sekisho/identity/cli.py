@@ -37,6 +37,11 @@ def register_keys(keys_subparsers: Subparsers) -> None:
         "--overlap-hours", type=float, default=24.0,
         help="how long the old key keeps working (default 24; 0 retires it now)",
     )  # fmt: skip
+    p.add_argument(
+        "--actor",
+        default="operator",
+        help="who does this, as the ledger records it (default: operator)",
+    )
     add_data_dir_args(p)
     p.set_defaults(func=cmd_keys_rotate_api)
 
@@ -49,8 +54,30 @@ def cmd_keys_rotate_api(args: argparse.Namespace) -> int:
         print("sekisho: --overlap-hours must be zero or more", file=sys.stderr)
         return 2
     store = KeyStore(data_dir(args) / "identity.db")
+    from sekisho._where import record_key_act
+    from sekisho.identity.keys import new_key_id
+
     try:
-        key, info = store.rotate(args.key_id, args.overlap_hours * 3600)
+        old = store.get(args.key_id)
+    except NotFound as exc:
+        print(f"sekisho: {exc.message}", file=sys.stderr)
+        return 1
+    if old.state() != "active" or old.successor is not None:
+        why = f"rotated to {old.successor}" if old.successor else old.state()
+        print(f"sekisho: key {args.key_id} is {why}; only an active key rotates", file=sys.stderr)
+        return 1
+    successor = new_key_id()
+    refused = record_key_act(
+        args,
+        "keys.rotate",
+        f"key/{args.key_id}",
+        {"overlap_seconds": int(args.overlap_hours * 3600), "successor": successor},
+    )
+    if refused is not None:
+        print(f"sekisho: key {args.key_id} was not rotated: {refused}", file=sys.stderr)
+        return 1
+    try:
+        key, info = store.rotate(args.key_id, args.overlap_hours * 3600, key_id_new=successor)
     except (ValueError, NotFound) as exc:
         print(f"sekisho: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
