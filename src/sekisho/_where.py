@@ -72,6 +72,22 @@ def record_key_act(
 
     config = config_of(args)
     actor = getattr(args, "actor", None) or "operator"
+    if config is None:
+        # Without the config only the data directory's own ledger is known: where the gateway
+        # keeps its log elsewhere (PostgreSQL), writing here would start a second log.
+        import json
+
+        record = data_dir(args) / "ledger-in-use.json"
+        try:
+            kept = json.loads(record.read_text(encoding="utf-8")).get("ledger")
+        except (OSError, ValueError, AttributeError):
+            kept = None
+        default = str(data_dir(args) / "ledger.sqlite3")
+        if kept is not None and kept != default:
+            return (
+                f"the gateway's ledger is {kept}, not this data directory's: pass --config "
+                "FILE (the file serve runs with) so the act is recorded there"
+            )
 
     async def write() -> None:
         async with ledger_audit_at(data_dir(args), config.ledger if config else None) as sink:
