@@ -41,6 +41,9 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     findings: dict[str, list[Finding]] = field(default_factory=dict)  # text -> its findings
     opaque_findings: list[Finding] = field(default_factory=list)  # in ``opaque``, joined
+    # The routes to try, in order, made before the decision entry (which names the first):
+    # the entry's endpoint is where the request was meant to go, not just the most preferred.
+    plan: list[Route] | None = None
     # Pieces of findings cut across two texts (classify/_seams.py), by the text each lies in.
     pieces: dict[str, list[Finding]] = field(default_factory=dict)
     admission: Admission | None = None

@@ -566,6 +566,10 @@ class Pipeline:
     async def commit(self, call: Call, decision: Decision, tenant: TenantView) -> str | None:
         if self.recorder is None:
             return None
+        if decision.eligible and call.plan is None:  # the entry names where it will go first
+            call.plan = self.selector.plan(
+                decision.eligible, self.max_attempts, self._tiers(call, decision)
+            )
         return await self.recorder.decision(call, decision, tenant.home_region)
 
     # -- 6 dispatch ------------------------------------------------------------------------
@@ -576,7 +580,11 @@ class Pipeline:
         """Try the eligible routes in plan order until one answers usably. A route counts as
         answered only when its body parsed (non-streaming) or its first event arrived
         (streaming): until then nothing has reached the client, so failing over is safe."""
-        plan = self.selector.plan(decision.eligible, self.max_attempts, self._tiers(call, decision))
+        plan = call.plan
+        if plan is None:
+            plan = self.selector.plan(
+                decision.eligible, self.max_attempts, self._tiers(call, decision)
+            )
         last: UpstreamError | None = None
         failures: list[UpstreamError] = []
         tried: list[str] = []

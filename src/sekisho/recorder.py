@@ -38,6 +38,7 @@ from sekisho.ledger import (
 from sekisho.ledger.records import now
 from sekisho.ledger.storage import open_storage
 from sekisho.policy.decision import Decision
+from sekisho.routing.catalogue import Endpoint
 from sekisho.store import Stores
 
 log = logging.getLogger("sekisho.recorder")
@@ -234,7 +235,10 @@ class LedgerRecorder:
         return entry.get("principal") in {self.principal_id(tenant, s) for s in subjects}
 
     async def decision(self, call: Call, decision: Decision, tenant_region: str) -> str | None:
-        first = decision.eligible[0].endpoint if decision.eligible else None
+        if call.plan:  # where the router will send it first
+            first: Endpoint | None = call.plan[0].endpoint
+        else:
+            first = decision.eligible[0].endpoint if decision.eligible else None
         prompt = orjson.dumps(
             call.prompt(),
             option=orjson.OPT_SORT_KEYS,

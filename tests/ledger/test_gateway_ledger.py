@@ -643,3 +643,20 @@ def test_an_administrative_entry_about_a_tenants_data_belongs_to_that_tenant() -
     assert _entry_tenant(nothing, 0, leaf({"request_id": "req_1", "tenant": "demo"})) == "demo"
     assert _entry_tenant(nothing, 0, leaf({"request_id": "req_1"})) is None  # the operator's
     assert _entry_tenant(nothing, 0, leaf({"tenant": 5})) is None
+
+
+def test_the_decision_entry_names_the_endpoint_the_request_went_to(
+    gw: Harness, demo_key: str
+) -> None:
+    """It named the most preferred endpoint while weights sent a third of the requests to its
+    equal (another operator, another parent country): an auditor read the wrong one."""
+    went: set[str] = set()
+    for _ in range(16):
+        raw = chat(gw, demo_key)
+        decision, outcome = ledger_entries(
+            receipt(gw, raw.headers["x-sekisho-request-id"], demo_key).json()
+        )
+        assert outcome is not None
+        assert decision["endpoint"] == outcome["endpoint"] == raw.headers["x-sekisho-endpoint"]
+        went.add(outcome["endpoint"])
+    assert len(went) > 1  # the weights did share the requests out
