@@ -92,6 +92,10 @@ async def test_verify_checks_a_receipt_offline_and_names_what_failed(
     assert "outcome of the same request" in ok.stdout
     plain = run("verify", str(data_dir / "receipt-0.tlog-proof"), "--key", verifier)
     assert plain.returncode == 0, plain.stderr
+    # As `jq -r .tlog_proof receipt.json > r.tlog-proof` writes it: one newline more.
+    proof = (data_dir / "receipt-0.tlog-proof").read_text()
+    (data_dir / "jq.tlog-proof").write_text(proof + "\n")
+    assert run("verify", str(data_dir / "jq.tlog-proof"), "--key", verifier).returncode == 0
 
     receipt = json.loads((data_dir / "receipt-0.json").read_text())
     receipt["index"] = 3

@@ -92,7 +92,10 @@ def verify_command(args: argparse.Namespace) -> int:
                 f"ok  kept checkpoints: {len(kept.checkpoints)} loaded, signatures and links hold"
             )
         if text.startswith("c2sp.org/tlog-proof@v1"):
-            entry = verify_tlog_proof(TlogProof.parse(text), [verifier])
+            # What `jq -r .tlog_proof` and editors write: one more newline at the end (or
+            # CRLF); the proof itself ends with its last signature line and one newline.
+            proof = text.replace("\r\n", "\n").rstrip("\n") + "\n"
+            entry = verify_tlog_proof(TlogProof.parse(proof), [verifier])
             cp = entry.checkpoint
             print(f"ok  checkpoint signature: {cp.origin} at size {cp.size}")
             print(f"ok  inclusion: the proof's entry bytes are entry {entry.index}")
