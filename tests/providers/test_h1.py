@@ -283,6 +283,21 @@ async def test_chunked_body_is_reassembled(
     assert up.accepted == 1  # a chunked body ends cleanly: the connection is reused
 
 
+async def test_trailers_are_not_merged_into_the_headers(
+    serve: Callable[..., Awaitable[Upstream]], client: H1Client
+) -> None:
+    """A trailer x-request-id made the upstream request id 'HEADER-ID, TRAILER-ID' (ledger,
+    log, client header); RFC 9110 §6.5.1: trailers are not header fields."""
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Request-Id: HEADER-ID\r\n\r\n"
+        b"2\r\n{}\r\n0\r\nX-Request-Id: TRAILER-ID\r\nX-Other: t\r\n\r\n"
+    )
+    up = await serve(always(chunked))
+    status, headers, resp = await post(client, up.url())
+    assert await resp.read() == b"{}"
+    assert resp.headers["x-request-id"] == "HEADER-ID" and "x-other" not in resp.headers
+
+
 async def test_body_until_eof_is_read_and_the_connection_not_reused(
     serve: Callable[..., Awaitable[Upstream]], client: H1Client
 ) -> None:

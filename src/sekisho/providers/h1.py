@@ -499,6 +499,9 @@ class _Connection(asyncio.Protocol):
         headers = self._headers
         resp.status = status
         resp.headers = headers
+        # Fields after the body (a chunked message's trailers) are not headers (RFC 9110
+        # §6.5.1): they go to a dict nobody reads, never into the response's.
+        self._headers = {}
         if status == 204 or status == 304:
             self._until_eof = False
         else:
