@@ -751,8 +751,10 @@ class Gateway:
                         )
                 finished = True
                 await send({"type": "http.response.body", "body": b""})
-                status = 200
                 done = reply.outcome
+                # The wire said 200 when the stream began; how it ended is the outcome's
+                # status (502 for a stream the endpoint broke), as the ledger records it.
+                status = done.status if done is not None and done.status else 200
                 if done is not None and done.route is not None and endpoint == "-":
                     # A stream started before its route was known (stream_keepalive_seconds).
                     ep = done.route.endpoint

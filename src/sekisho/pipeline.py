@@ -680,13 +680,21 @@ class Pipeline:
         if isinstance(last, UpstreamTimeoutError):
             # Each endpoint tried may still be generating the answer: an SDK's automatic retry
             # would start every one of those generations again, after waiting as long again.
-            advice = (
-                "The endpoint did not begin its answer in time: ask the operator to raise "
-                "the endpoint's timeouts.first_byte."
-                if call.stream
-                else "A long answer that is not streamed arrives whole: stream it, or ask the "
-                "operator to raise the endpoint's timeouts.first_byte."
-            )
+            if "total" in last.detail:
+                advice = (
+                    "The answer took longer than the endpoint's timeouts.total: ask for a "
+                    "shorter one (max_tokens), or ask the operator to raise that limit."
+                )
+            elif call.stream:
+                advice = (
+                    "The endpoint did not begin its answer in time: ask the operator to raise "
+                    "the endpoint's timeouts.first_byte."
+                )
+            else:
+                advice = (
+                    "A long answer that is not streamed arrives whole: stream it, or ask the "
+                    "operator to raise the endpoint's timeouts.first_byte."
+                )
             raise UpstreamTimeout(
                 f"No eligible endpoint answered in time (tried: {', '.join(tried)}; last: "
                 f"{last.detail}). The request was not sent anywhere else. {advice}",

@@ -156,6 +156,13 @@ def test_stream_that_breaks_midway_ends_with_an_error_event(two: Harness) -> Non
         ):
             pass
     assert "broke" in str(e.value)
+    # Counted as it ended (502, as the ledger says), not as the 200 it began with.
+    scraped = request("GET", two.root + "/metrics").text
+    broke = [
+        line for line in scraped.splitlines()
+        if line.startswith("sekisho_requests_total{") and 'status="502"' in line
+    ]  # fmt: skip
+    assert broke and float(broke[0].rsplit(" ", 1)[1]) >= 1
 
 
 def test_client_disconnect_cancels_the_upstream_request(
