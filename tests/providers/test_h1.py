@@ -561,6 +561,22 @@ async def test_idle_connection_past_the_keepalive_timeout_is_not_reused(
         await c.close()
 
 
+async def test_an_idle_connection_is_closed_after_the_keepalive_time_by_itself(
+    serve: Callable[..., Awaitable[Upstream]],
+) -> None:
+    """Idle connections were only found stale when next taken: after a burst, hundreds of
+    sockets stayed open (the gateway's and the provider's) until the provider closed them."""
+    up = await serve(always(OK))
+    c = H1Client(keepalive_timeout=1.0)
+    try:
+        assert await fetch(c, up.url()) == b'{"ok":true}'
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(up.eof_seen.wait(), 5)  # the client closed it, unasked
+        assert asyncio.get_running_loop().time() - started >= 0.9
+    finally:
+        await c.close()
+
+
 async def test_no_content_response_has_an_empty_body_and_keeps_the_connection(
     serve: Callable[..., Awaitable[Upstream]], client: H1Client
 ) -> None:

@@ -744,6 +744,13 @@ class _Pool:
         conn._idle_since = now
         self.idle.append(conn)
 
+    def sweep(self, now: float) -> None:
+        """Close the connections idle for ``keepalive_timeout`` or more: after a burst they
+        would otherwise hold their sockets (and the server's) until the server closes them."""
+        limit = self.keepalive_timeout
+        for conn in [c for c in self.idle if now - c._idle_since >= limit]:
+            conn.close()
+
     def discard(self, conn: _Connection, was_idle: bool) -> None:
         """A connection closed: free its slot."""
         if was_idle:
@@ -833,6 +840,7 @@ class H1Client:
         self._targets: dict[str, _Target] = {}
         self._header_kinds: dict[str, int] = {}
         self._closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def post(
         self,
@@ -867,6 +875,8 @@ class H1Client:
             target = self._target(url, proxy, key, tls)
         data = self._head(target, headers, len(body)) + body
         loop = asyncio.get_running_loop()
+        if self._sweeper is None:
+            self._sweep(loop)
         deadline = loop.time() + total
         pool = target.pool
         fresh = False
@@ -893,10 +903,22 @@ class H1Client:
                 )
             fresh = True
 
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Every few seconds, close what has been idle past the keep-alive time (one timer for
+        the whole client, none per request)."""
+        now = loop.time()
+        for pool in list(self._pools.values()):
+            pool.sweep(now)
+        every = max(1.0, min(10.0, self._keepalive_timeout / 3))
+        self._sweeper = loop.call_later(every, self._sweep, loop)
+
     async def close(self) -> None:
         """Close every connection. Requests in flight or waiting for a connection fail with
         UpstreamConnectError; new ones raise RuntimeError."""
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
