@@ -285,3 +285,19 @@ def test_an_expired_record_is_not_disclosed_while_it_waits_for_the_sweeper(
     out = config_file.parent / "export.json"
     assert run(config_file, "subject", "export", *base, "--out", str(out)) == 0
     assert json.loads(out.read_text(encoding="utf-8"))["records"] == []
+
+
+def test_a_subject_request_on_a_data_directory_that_is_not_there_makes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It created a ledger and a signing key in the missing directory (an unmounted volume)
+    before failing."""
+    raw = example_config()
+    missing = tmp_path / "not-mounted"
+    raw.setdefault("server", {})["data_dir"] = str(missing)
+    cfg = tmp_path / "sekisho.yaml"
+    cfg.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    base = ["--tenant", "demo", "--actor", "dpo@example.jp", "--email", "a@b.jp"]
+    assert run(cfg, "subject", "find", *base) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not missing.exists()

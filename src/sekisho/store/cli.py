@@ -34,6 +34,7 @@ from sekisho.store.identifiers import (
     check_query,
 )
 from sekisho.store.spec import RetentionSpec, retention_of
+from sekisho.store.errors import StoreError
 from sekisho.store.stores import AuditSink, Stores, validate_regions
 
 AuditFactory = Callable[[Any], AbstractAsyncContextManager[AuditSink]]
@@ -106,6 +107,13 @@ def _tenants(config: Any) -> dict[str, _TenantView]:
 @contextlib.asynccontextmanager
 async def _opened(config: Any, args: argparse.Namespace) -> AsyncIterator[Stores]:
     """The stores, with acts recorded in the sink this command was registered with."""
+    if not config.data_dir.is_dir():
+        # An unmounted volume or a typo: nothing here to search, and no new ledger or key
+        # should be made in its place.
+        raise StoreError(
+            f"the data directory {config.data_dir} does not exist: nothing was searched or "
+            "recorded. Check server.data_dir (and that its volume is mounted)"
+        )
     async with args.audit(config) as audit:
         stores = await Stores.open(config.regions, config.data_dir, audit=audit, create_keys=False)
         for name, view in _tenants(config).items():
