@@ -25,6 +25,7 @@ from typing import Any
 
 from sekisho.errors import ConfigError, SekishoError
 from sekisho.store import database, subjects
+from sekisho.store.errors import StoreError
 from sekisho.store.identifiers import (
     EMAIL,
     MY_NUMBER,
@@ -34,7 +35,6 @@ from sekisho.store.identifiers import (
     check_query,
 )
 from sekisho.store.spec import RetentionSpec, retention_of
-from sekisho.store.errors import StoreError
 from sekisho.store.stores import AuditSink, Stores, validate_regions
 
 AuditFactory = Callable[[Any], AbstractAsyncContextManager[AuditSink]]
