@@ -497,8 +497,11 @@ class Pipeline:
         """Other models of the same kind, that this key may use, with an endpoint the policy
         lets this request (its level and finding types) reach: the way out of a refusal."""
         kind = self.catalogue.kind(call.model)
-        allowed = self.policies[call.principal.tenant].models
-        out: list[str] = []
+        policy = self.policies[call.principal.tenant]
+        allowed = policy.models
+        # Names that reach the same endpoints and models are one choice (an alias of a model
+        # already named): listed together, not counted as more ways out.
+        groups: dict[frozenset[tuple[str, str]], list[str]] = {}
         for name in self.catalogue.model_names:
             if name == call.model or self.catalogue.kind(name) != kind:
                 continue
@@ -509,11 +512,25 @@ class Pipeline:
             routes = tuple(r for r in self.catalogue.routes(name) if _speaks(r.endpoint, call.kind))
             if not routes:
                 continue
-            if self.reaches(call.principal, name, routes, refused.level, refused.finding_types):
-                out.append(name)
-                if len(out) == most:
-                    break
-        return out
+            decision = policy.decide(
+                model=name,
+                routes=routes,
+                level=refused.level,
+                finding_counts=refused.finding_types,
+                key_models=call.principal.models,
+            )
+            if decision.denied:
+                continue
+            reach = frozenset((r.endpoint.id, r.model.id) for r in decision.eligible)
+            same = groups.get(reach)
+            if same is not None:
+                same.append(name)
+            elif len(groups) < most:
+                groups[reach] = [name]
+        return [
+            names[0] + (f" (also called {', '.join(names[1:])})" if len(names) > 1 else "")
+            for names in groups.values()
+        ]
 
     # -- 4 transform -----------------------------------------------------------------------
 
