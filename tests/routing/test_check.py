@@ -87,3 +87,58 @@ def test_an_api_declared_but_not_served_fails_the_check(tmp_path: Path) -> None:
         ), tokyo["problems"]
     finally:
         h.stop()
+
+
+async def test_a_ping_refused_says_why_and_a_reasoning_model_is_asked_its_own_way() -> None:
+    """A refused ping read "HTTP 400" with none of the endpoint's words; and reasoning models
+    (o-series, gpt-5) refuse max_tokens, naming max_completion_tokens: such a healthy
+    deployment read as failed."""
+    import orjson
+
+    from sekisho.providers.base import UpstreamStatusError
+    from sekisho.routing.catalogue import Endpoint
+    from sekisho.routing.check import EndpointReport, _ping
+
+    ep = Endpoint.model_validate(
+        {
+            "id": "o-series", "family": "openai", "base_url": "http://127.0.0.1:9/v1",
+            "models": [{"id": "o4-mini"}],
+            "jurisdiction": {"country": "JP", "region": "tokyo"},
+            "operator": {"name": "Op", "country": "JP"},
+            "data_terms": {"retention_days": 0, "trains_on_data": False},
+        }
+    )  # fmt: skip
+
+    class Answer:
+        async def read(self) -> bytes:
+            return b'{"choices": []}'
+
+        def close(self) -> None:
+            pass
+
+    class Transport:
+        def __init__(self, refusal: str, times: int) -> None:
+            self.bodies: list[dict[str, Any]] = []
+            self.refusal, self.times = refusal, times
+
+        async def open(self, route: Any, kind: str, body: dict[str, Any], stream: bool) -> Any:
+            self.bodies.append(body)
+            if len(self.bodies) <= self.times:
+                raw = orjson.dumps({"error": {"message": self.refusal}})
+                raise UpstreamStatusError("o-series", 400, raw, None)
+            return Answer()
+
+    from sekisho.routing.catalogue import Route
+
+    route = Route(ep, ep.models[0])
+    said = "Unsupported parameter: 'max_tokens'. Use 'max_completion_tokens' instead."
+    reasoning = Transport(said, 1)
+    report = EndpointReport("o-series", "JP/tokyo")
+    line = await _ping(ep, reasoning, route, report)  # type: ignore[arg-type]
+    assert ": ok in " in line and not report.problems
+    assert "max_tokens" not in reasoning.bodies[-1]
+    assert reasoning.bodies[-1]["max_completion_tokens"]
+    refused = Transport("model is overloaded today", 9)
+    report = EndpointReport("o-series", "JP/tokyo")
+    assert (await _ping(ep, refused, route, report)).endswith("failed")  # type: ignore[arg-type]
+    assert report.problems == ["o4-mini: HTTP 400: model is overloaded today"]

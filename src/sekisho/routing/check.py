@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from sekisho import tls as tls_files
-from sekisho.providers import Transport, UpstreamError, transport_for
+from sekisho.providers import Transport, UpstreamError, UpstreamStatusError, transport_for
 from sekisho.providers.base import Kind
 from sekisho.providers.h1 import H1Client
 from sekisho.routing.catalogue import Endpoint, Route
@@ -232,19 +232,47 @@ async def _ping(
         name = route.model.id
     started = time.perf_counter()
     try:
-        resp = await transport.open(route, kind, body, stream=False)
         try:
-            raw = await resp.read()
-        finally:
-            resp.close()
+            raw = await _send(transport, route, kind, body)
+        except UpstreamStatusError as exc:
+            said = _said(exc)
+            if exc.status != 400 or "max_completion_tokens" not in said or "max_tokens" not in body:
+                raise
+            # Reasoning models (o-series, gpt-5) refuse max_tokens and name the parameter they
+            # take instead: a healthy deployment must not read as failed.
+            body = {k: v for k, v in body.items() if k != "max_tokens"}
+            raw = await _send(transport, route, kind, {**body, "max_completion_tokens": 16})
         orjson.loads(raw)
     except UpstreamError as exc:
-        report.problems.append(f"{name}: {exc.detail}")
+        said = _said(exc) if isinstance(exc, UpstreamStatusError) else ""
+        report.problems.append(f"{name}: {exc.detail}" + (f": {said}" if said else ""))
         return f"{name}: failed"
     except orjson.JSONDecodeError:
         report.problems.append(f"{name}: the answer is not JSON")
         return f"{name}: failed"
     return f"{name}: ok in {(time.perf_counter() - started) * 1000:.0f} ms"
+
+
+async def _send(transport: Transport, route: Route, kind: Kind, body: dict[str, Any]) -> bytes:
+    resp = await transport.open(route, kind, body, stream=False)
+    try:
+        return await resp.read()
+    finally:
+        resp.close()
+
+
+def _said(exc: UpstreamStatusError) -> str:
+    """The endpoint's own words for a refused ping (this is the operator's tool): its error
+    message, cut to 300 characters."""
+    try:
+        data = orjson.loads(exc.body)
+    except orjson.JSONDecodeError:
+        return ""
+    err = data.get("error") if isinstance(data, dict) else None
+    message = err.get("message") if isinstance(err, dict) else err
+    if message is None and isinstance(data, dict):
+        message = data.get("message") or data.get("detail")
+    return str(message)[:300] if message else ""
 
 
 def _reason(exc: BaseException) -> str:
