@@ -265,3 +265,31 @@ def test_reset_times_are_written_as_openai_writes_them(seconds: float, text: str
     from sekisho.identity.limits import duration
 
     assert duration(seconds) == text
+
+
+async def test_a_restarted_process_starts_its_budgets_from_the_usage_recorded(
+    tmp_path: Path,
+) -> None:
+    """Without Redis the budgets lived only in the process: a restart, or a reload that
+    replaces the workers, handed every tenant and key a fresh day's and month's budget."""
+    clock = Clock(T0 - 3600)  # 2025-01-31 22:59 UTC
+    spec = LimitsSpec.model_validate(
+        {"tokens_per_day": 1000, "tokens_per_month": 5000, "per_key": {"tokens_per_day": 800}}
+    )
+
+    def started() -> Limiter:
+        return Limiter(
+            tenants={"acme": spec}, clock=clock, usage=SQLiteUsage(tmp_path / "usage.db")
+        )
+
+    first = started()
+    admission = await first.admit(key(), "m", 10)
+    await first.settle(admission, 300, 400)  # 700 tokens of today's 1000 (the key's 800)
+    await first.close()
+    again = started()  # the same data directory, after a restart
+    err = await refused(again, key(), 200)
+    assert "tokens_per_day" in err.message and err.code == "insufficient_quota"
+    await again.admit(key(), "m", 50)  # what is left of the day is still there
+    other = key(key_id="bbbbbbbbbbbb")  # another key of the tenant: the tenant's day counts
+    await refused(again, other, 300)
+    await again.close()

@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
@@ -356,6 +356,32 @@ class Limiter:
         self.usage = usage
         self._clock = clock
         self._calendar = _Calendar(self.defaults.timezone)
+        self._seeded: set[str] = set()  # budget counters started from the recorded usage
+
+    async def _seed(self, checks: Sequence[Check], principal: Principal, now: float) -> None:
+        """In-process limits (no Redis): a day's or a month's budget starts from the usage
+        already recorded for that window (usage.db), so a restart or a reload that replaces
+        the workers does not hand out a fresh budget. Once per counter and process."""
+        if not isinstance(self.backend, MemoryBackend) or self.usage is None:
+            return
+        fresh = [c for c in checks if c.mode == BUDGET and c.counter not in self._seeded]
+        if not fresh:
+            return
+        cal = self._calendar.at(now)
+        today = date.fromisoformat(cal.day)
+        for c in fresh:
+            self._seeded.add(c.counter)
+            since = today if ":tpd:" in c.counter else today.replace(day=1)
+            by_key = c.counter.startswith("key:")
+            rows = await self.usage.query(
+                since,
+                today,
+                tenant=principal.tenant,
+                key_ids=[principal.key_id] if by_key else None,
+            )
+            used = sum(r.total_tokens for r in rows)
+            if used:
+                await self.backend.adjust([c], [used])
 
     def quotas(self, principal: Principal) -> tuple[Quota | None, Quota | None]:
         """(the key's limits, the tenant's limits); None where there are none."""
@@ -400,6 +426,7 @@ class Limiter:
         now = self._clock()
         checks, day = self.checks(principal, now)
         if checks:
+            await self._seed(checks, principal, now)
             costs = [estimated_tokens if c.tokens else 1 for c in checks]
             for c, cost in zip(checks, costs, strict=True):
                 if cost > c.limit:
