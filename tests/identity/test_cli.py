@@ -139,3 +139,28 @@ def test_key_acts_of_the_command_line_are_in_the_ledger_before_they_happen(
     ]
     created = next(r for r in records if r.kind == "admin")
     assert created.details["role"] == "admin" and created.details["via"] == "cli"  # type: ignore[union-attr]
+
+
+def test_usage_with_the_config_uses_its_day_and_refuses_what_it_does_not_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --config, a typo in --tenant or --model printed an empty table (rc 0), and the
+    default day was UTC's while the gateway records days in limits.timezone."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    import yaml
+
+    from harness import example_config
+
+    raw = example_config()
+    raw["server"]["data_dir"] = str(tmp_path / "data")
+    raw.setdefault("limits", {})["timezone"] = "Pacific/Kiritimati"  # UTC+14: another day
+    cfg = tmp_path / "sekisho.yaml"
+    cfg.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    assert run("usage", "--config", str(cfg), "--tenant", "dmeo") == 2
+    assert "has no tenant 'dmeo'" in capsys.readouterr().err
+    assert run("usage", "--config", str(cfg), "--model", "gpt-5") == 2
+    assert run("usage", "--config", str(cfg)) == 0
+    today = dt.datetime.now(ZoneInfo("Pacific/Kiritimati")).date()
+    assert capsys.readouterr().out.splitlines()[0].endswith(str(today))

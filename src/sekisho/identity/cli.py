@@ -8,7 +8,7 @@ import datetime as dt
 import sys
 from typing import TYPE_CHECKING
 
-from sekisho._where import add_data_dir_args, data_dir
+from sekisho._where import add_data_dir_args, config_of, data_dir
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -99,8 +99,32 @@ def cmd_usage(args: argparse.Namespace) -> int:
 async def _usage(args: argparse.Namespace) -> int:
     from sekisho.identity.usage import RedisUsage, SQLiteUsage, UsageStore
 
-    try:
+    config = config_of(args)
+    if config is not None:
+        # The gateway's own day (limits.timezone), where it keeps its usage (redis:, its
+        # namespace), and only tenants and models it has: what `--config` promises.
+        limits = config.model.limits
+        if not args.redis and config.model.redis:
+            args.redis = config.model.redis
+        if args.namespace == "default":
+            args.namespace = limits.namespace
+        unknown = []
+        if args.tenant is not None and args.tenant not in config.tenants:
+            unknown.append(f"tenant {args.tenant!r} (its tenants: {', '.join(config.tenants)})")
+        if args.model is not None and args.model not in config.catalogue.model_names:
+            unknown.append(
+                f"model {args.model!r} (served: {', '.join(config.catalogue.model_names)})"
+            )
+        if unknown:
+            print(f"sekisho: {config.source_file} has no {' and no '.join(unknown)}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        from zoneinfo import ZoneInfo
+
+        today = dt.datetime.now(ZoneInfo(limits.timezone)).date()
+    else:
         today = dt.datetime.now(dt.UTC).date()
+    try:
         since = dt.date.fromisoformat(args.since) if args.since else today.replace(day=1)
         until = dt.date.fromisoformat(args.until) if args.until else today
     except ValueError as exc:
