@@ -113,6 +113,13 @@ class RateLimited(SekishoError):
     code = "rate_limit_exceeded"
 
 
+class QuotaExhausted(RateLimited):
+    """A day's or a month's budget used up: OpenAI's insufficient_quota, its type and code."""
+
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 class UpstreamRateLimited(SekishoError):
     """Every eligible endpoint answered 429: the provider's quota, not the gateway's limits.
     A 429 with Retry-After, which the OpenAI SDKs back off and retry on."""

@@ -382,3 +382,17 @@ async def test_openapi_document_describes_every_route(env: Env) -> None:
         assert name in doc["components"]["schemas"], ref
     n_ops = sum(len(methods) for methods in doc["paths"].values())
     assert n_ops == len(ROUTES)
+
+
+async def test_usage_when_its_store_is_down_is_503_not_an_internal_error(env: Env) -> None:
+    """A Redis gone away made GET /admin/v1/usage a 500 internal_error with a traceback."""
+    from redis.exceptions import ConnectionError as RedisDown
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise RedisDown("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+
+    assert env.api.usage is not None
+    env.api.usage.query = down  # type: ignore[method-assign]
+    status, data, headers = await env.call("GET", "/usage", "admin")
+    assert status == 503 and data["error"]["code"] == "usage_unavailable"
+    assert headers["retry-after"] == "1"

@@ -91,6 +91,7 @@ async def test_daily_budget_resets_at_midnight_with_retry_after_until_then() -> 
     assert err.headers["Retry-After"] == "60"
     # OpenAI's code for a quota, not a rate, and no automatic retry by the SDKs
     assert err.code == "insufficient_quota" and err.headers["x-should-retry"] == "false"
+    assert err.body()["error"]["type"] == "insufficient_quota"  # as OpenAI types it
     clock.now += 60  # 2025-02-01 00:00:00
     await lim.admit(key(), "m", 1000)
 

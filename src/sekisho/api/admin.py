@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -603,6 +604,18 @@ class AdminAPI:
                                           model=q.get("model"))  # fmt: skip
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="since") from None
+        except Exception as exc:
+            if not isinstance(exc, OSError | sqlite3.Error) and not type(exc).__module__.startswith(
+                "redis"
+            ):
+                raise
+            # the store that keeps usage (Redis, usage.db) is down: not an error of sekisho's
+            raise ServiceUnavailable(
+                f"Usage cannot be read now ({type(exc).__name__}): the store that keeps it "
+                "(Redis, or usage.db) does not answer. Retry when it does.",
+                code="usage_unavailable",
+                headers={"retry-after": "1"},
+            ) from None
         return UsageReport(
             since=since.isoformat(),
             until=until.isoformat(),

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sekisho.errors import RateLimited, ServiceUnavailable
+from sekisho.errors import QuotaExhausted, RateLimited, ServiceUnavailable
 from sekisho.identity.keys import Principal
 from sekisho.identity.spec import GatewayLimitsSpec, LimitsSpec, Quota
 
@@ -452,9 +452,8 @@ class Limiter:
                 if c.mode == BUDGET:
                     # A day's or a month's budget used up: OpenAI's insufficient_quota, and
                     # no automatic retry (the SDKs would retry within seconds, not hours).
-                    raise RateLimited(
+                    raise QuotaExhausted(
                         f"Quota used up: {c.label}. It renews in {retry} s (Retry-After).",
-                        code="insufficient_quota",
                         headers={**headers, "x-should-retry": "false"},
                     ) from None
                 raise RateLimited(
