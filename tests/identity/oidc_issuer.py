@@ -60,6 +60,8 @@ class Issuer:
         self.discovery_hits = 0
         self.jwks_hits = 0
         self.url = ""
+        self.down = False  # discovery answers 503
+        self.jwks_uri: str | None = None  # what discovery names in place of its own /keys
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -79,8 +81,11 @@ class Issuer:
 
     async def _discovery(self, request: web.Request) -> web.Response:
         self.discovery_hits += 1
+        if self.down:
+            return web.json_response({"error": "down"}, status=503)
         base = str(request.url.origin())
-        return web.json_response({"issuer": self.url, "jwks_uri": f"{base}/keys"})
+        uri = self.jwks_uri or f"{base}/keys"
+        return web.json_response({"issuer": self.url, "jwks_uri": uri})
 
     async def _jwks(self, request: web.Request) -> web.Response:
         self.jwks_hits += 1

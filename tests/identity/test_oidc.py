@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import re
 import time
 import uuid
@@ -236,6 +238,41 @@ async def test_unreachable_issuer_is_a_503_not_a_silent_accept(tmp_path: Path) -
     try:
         with pytest.raises(ServiceUnavailable, match="cannot fetch the signing keys"):
             await login(a, token)
+    finally:
+        await a.close()
+
+
+async def test_an_issuer_that_fails_is_asked_once_per_interval_not_once_per_request(
+    issuer: Issuer, tmp_path: Path
+) -> None:
+    """With no keys cached, every request fetched again, one after another behind a lock:
+    eight requests waited 2, 4 … 16 s, and forged tokens made sekisho hammer the provider."""
+    issuer.down = True
+    a = Authenticator(KeyStore(tmp_path / "k.db"), spec(issuer), tenants={"acme"})
+    try:
+        tokens = [issuer.token() for _ in range(8)]
+        results = await asyncio.gather(*(login(a, t) for t in tokens), return_exceptions=True)
+        assert all(isinstance(r, ServiceUnavailable) for r in results), results
+        assert all(r.code == "issuer_unreachable" for r in results)  # type: ignore[union-attr]
+        assert issuer.discovery_hits == 1  # one attempt answered them all
+        with pytest.raises(ServiceUnavailable) as again:
+            await login(a, issuer.token())
+        assert issuer.discovery_hits == 1 and again.value.headers["retry-after"] == "30"
+    finally:
+        await a.close()
+
+
+async def test_a_discovered_jwks_uri_in_clear_off_this_machine_is_refused(
+    issuer: Issuer, tmp_path: Path
+) -> None:
+    """A configured jwks_uri must be https (http on loopback only); one named by discovery was
+    taken as it came: anyone on the path could swap the keys and mint tokens."""
+    issuer.jwks_uri = "http://192.0.2.2:8080/realms/acme/keys"
+    a = Authenticator(KeyStore(tmp_path / "k.db"), spec(issuer), tenants={"acme"})
+    try:
+        with pytest.raises(ServiceUnavailable, match="must be an https:// URL"):
+            await login(a, issuer.token())
+        assert issuer.jwks_hits == 0
     finally:
         await a.close()
 

@@ -11,6 +11,7 @@ followed) → the key's type fits the algorithm → signature, ``exp``, ``nbf``,
 from __future__ import annotations
 
 import asyncio
+import math
 import hashlib
 import logging
 import time
@@ -24,7 +25,7 @@ import jwt
 from sekisho.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 from sekisho.identity.keys import Principal
 from sekisho.identity.roles import primary_role
-from sekisho.identity.spec import AuthSpec, OIDCIssuerSpec
+from sekisho.identity.spec import AuthSpec, OIDCIssuerSpec, _https_url
 
 log = logging.getLogger("sekisho.identity.oidc")
 
@@ -89,6 +90,10 @@ class IssuerKeys:
         self._fetched_at: float | None = None  # monotonic
         self._last_forced = -float("inf")
         self._lock = asyncio.Lock()
+        # The last failed fetch (when, what the requests were told): not tried again sooner
+        # than the forced refetch's minimum, nor than 1 s.
+        self._failure: tuple[float, ServiceUnavailable] | None = None
+        self._retry_after_failure = max(1.0, float(spec.jwks_refetch_min_seconds))
         self.fetches = 0
 
     @property
@@ -125,6 +130,11 @@ class IssuerKeys:
         async with self._lock:
             if self._fetched_at != started:
                 return  # another request refreshed while this one waited
+            failure = self._failure
+            if failure is not None and time.monotonic() - failure[0] < self._retry_after_failure:
+                # The provider just failed: every request waiting on it was answered by that
+                # one attempt, and no token (forged ones included) makes it ask again sooner.
+                raise failure[1]
             try:
                 keys = await self._fetch()
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -135,11 +145,16 @@ class IssuerKeys:
                     )
                     self._fetched_at = time.monotonic()  # retry after another cache period
                     return
-                raise ServiceUnavailable(
-                    f"sekisho cannot fetch the signing keys of issuer {self.spec.issuer}: {exc}. "
-                    "Check the issuer URL and that this gateway can reach it.",
+                said = str(exc) or type(exc).__name__  # a timeout says nothing itself
+                error = ServiceUnavailable(
+                    f"sekisho cannot fetch the signing keys of issuer {self.spec.issuer}: "
+                    f"{said}. Check the issuer URL and that this gateway can reach it.",
                     code="issuer_unreachable",
-                ) from None
+                    headers={"retry-after": str(math.ceil(self._retry_after_failure))},
+                )
+                self._failure = (time.monotonic(), error)
+                raise error from None
+            self._failure = None
             self._keys = keys
             self._fetched_at = time.monotonic()
             self.fetches += 1
@@ -161,8 +176,14 @@ class IssuerKeys:
                     "trailing slash)"
                 )
             uri = meta.get("jwks_uri")
-            if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
+            if not isinstance(uri, str):
                 raise ValueError(f"discovery document at {url} has no usable jwks_uri")
+            # The rule a configured jwks_uri obeys: keys fetched in clear off this machine
+            # could be swapped on the way, and tokens then minted by anyone on the path.
+            try:
+                _https_url(uri)
+            except ValueError as exc:
+                raise ValueError(f"discovery document at {url}: jwks_uri {exc}") from None
             self._jwks_uri = uri
         try:
             doc = await _get_json(session, self._jwks_uri, timeout)
