@@ -11,9 +11,9 @@ followed) → the key's type fits the algorithm → signature, ``exp``, ``nbf``,
 from __future__ import annotations
 
 import asyncio
-import math
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
