@@ -294,3 +294,24 @@ async def test_a_restarted_process_starts_its_budgets_from_the_usage_recorded(
     other = key(key_id="bbbbbbbbbbbb")  # another key of the tenant: the tenant's day counts
     await refused(again, other, 300)
     await again.close()
+
+
+async def test_a_signed_in_subjects_per_key_limits_are_per_tenant() -> None:
+    """One OIDC subject acting for two tenants shared one per-key bucket: three requests in
+    one tenant (limit 3) refused its first in the other (limit 100)."""
+    clock = Clock()
+    lim = Limiter(
+        tenants={
+            "demo": LimitsSpec.model_validate({"per_key": {"requests_per_minute": 3}}),
+            "beta": LimitsSpec.model_validate({"per_key": {"requests_per_minute": 100}}),
+        },
+        clock=clock,
+    )
+
+    def dave(tenant: str) -> Principal:
+        return Principal(tenant=tenant, key_id="oidc-e6b417e6b140", role="app", auth="oidc")
+
+    for _ in range(3):
+        await lim.admit(dave("demo"), "m", 1)
+    await refused(lim, dave("demo"))
+    await lim.admit(dave("beta"), "m", 1)  # its own bucket in beta

@@ -396,8 +396,15 @@ class Limiter:
         cal = self._calendar.at(now)
         out: list[Check] = []
         key_quota, tenant_quota = self.quotas(principal)
+        # An API key belongs to one tenant; a signed-in subject may act for several (its
+        # token names the tenant): its per-key limits are per tenant, as the tenant's are.
+        key = (
+            principal.key_id
+            if principal.auth != "oidc"
+            else f"{principal.tenant}/{principal.key_id}"
+        )
         for scope, ident, quota in (
-            ("key", principal.key_id, key_quota),
+            ("key", key, key_quota),
             ("tenant", principal.tenant, tenant_quota),
         ):
             if quota is None:
