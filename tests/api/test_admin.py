@@ -396,3 +396,28 @@ async def test_usage_when_its_store_is_down_is_503_not_an_internal_error(env: En
     status, data, headers = await env.call("GET", "/usage", "admin")
     assert status == 503 and data["error"]["code"] == "usage_unavailable"
     assert headers["retry-after"] == "1"
+
+
+async def test_a_signed_in_persons_acts_name_their_pseudonym_in_the_ledger(env: Env) -> None:
+    """Admin entries named the plain OIDC subject (often an e-mail address): any member of
+    the tenant could read it and link it to the person's pseudonymous decisions, and a ledger
+    entry can never be erased."""
+    from sekisho.identity import Principal
+
+    person = Principal(
+        tenant="acme", key_id="oidc-3f2a9c01b7de", role="admin", auth="oidc",
+        subject="oidc:hanako@bank.example@https://login.bank.example",
+    )  # fmt: skip
+
+    async def signed_in(headers: Any) -> Principal:
+        return person
+
+    env.api.authenticator.authenticate_headers = signed_in  # type: ignore[method-assign]
+    status, data, _ = await env.call("GET", "/whoami", token="a.signed.jwt")
+    assert status == 200 and data["subject"] == person.subject  # the person sees themself
+    status, _, _ = await env.call("GET", "/keys", token="a.signed.jwt")
+    assert status == 200
+    assert env.audit.records, "nothing recorded"
+    for actor, _action, target, details in env.audit.records:
+        assert "hanako" not in f"{actor} {target} {details}"
+        assert actor == "oidc-3f2a9c01b7de"

@@ -386,7 +386,7 @@ class AdminAPI:
         req.denied = True
         try:
             await self.audit.admin(
-                req.principal.subject, req.route.operation, req.target,
+                req.principal.actor, req.route.operation, req.target,
                 {"request_id": req.rid, **details},
             )  # fmt: skip
         except Exception:
@@ -397,7 +397,7 @@ class AdminAPI:
         assert req.principal is not None
         req.target = target
         try:
-            await self.audit.admin(req.principal.subject, req.route.operation, target,
+            await self.audit.admin(req.principal.actor, req.route.operation, target,
                                    {"request_id": req.rid, **details})  # fmt: skip
         except Exception:
             log.exception("admin audit record failed", extra={"request_id": req.rid})
@@ -412,7 +412,7 @@ class AdminAPI:
 
     async def whoami(self, req: Request) -> WhoAmI:
         p = _who(req)
-        await self._record(req, p.subject, {})
+        await self._record(req, p.actor, {})
         return WhoAmI(tenant=p.tenant, subject=p.subject, key_id=p.key_id,
                       roles=sorted(p.roles), permissions=sorted(permissions_of(p.roles)),
                       auth=p.auth)  # fmt: skip

@@ -272,7 +272,7 @@ async def kept_response(
             code="retention_policy",
         )
     what = "responses.input_items" if rest else "responses.retrieve"
-    await audit.admin(principal.subject, what, response, {"request_id": rid, "tenant": tenant.name})
+    await audit.admin(principal.actor, what, response, {"request_id": rid, "tenant": tenant.name})
     if not rest:
         return response_object(response, turn)
     return list_page(input_items(response, turn), query)

@@ -88,6 +88,13 @@ class Principal:
         if not self.subject:
             object.__setattr__(self, "subject", f"key:{self.key_id}")
 
+    @property
+    def actor(self) -> str:
+        """Who the transparency log names as acting: a key by its public id; a signed-in
+        person by the pseudonym of their subject, never the subject itself (an e-mail address
+        at many providers), which a ledger entry could never be rid of."""
+        return self.subject if self.auth != "oidc" else self.key_id
+
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:

@@ -376,7 +376,7 @@ class OIDCVerifier:
             roles.add(spec.default_role)
         if not roles:
             raise PermissionDenied(
-                f"The token of {subject} (issuer {spec.issuer}) carries no value of "
+                f"The token of {_shown(subject)} (issuer {spec.issuer}) carries no value of "
                 f"{', '.join(spec.role_claims)} that role_map maps to a sekisho role; "
                 "ask your administrator to assign one.",
                 code="no_role",
