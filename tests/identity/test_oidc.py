@@ -276,6 +276,16 @@ async def test_a_discovered_jwks_uri_in_clear_off_this_machine_is_refused(
         await a.close()
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+async def test_a_date_claim_that_is_not_a_number_is_refused(
+    auth: Authenticator, issuer: Issuer, claim: str
+) -> None:
+    """exp "9999999999" (a string) was read as a number by PyJWT, and the principal then had
+    no expiry: a developer's keys made with it never expired."""
+    value = str(int(time.time()) + (3600 if claim == "exp" else -10))
+    await refused(auth, issuer.token(**{claim: value}), f"'{claim}' claim is not a number")
+
+
 async def test_jwt_without_configured_issuers_explains(tmp_path: Path, issuer: Issuer) -> None:
     a = Authenticator(KeyStore(tmp_path / "k.db"), None)
     await refused(a, issuer.token(), "no OIDC issuer is configured")

@@ -358,6 +358,12 @@ class OIDCVerifier:
             raise _refuse(f"it lacks the required claim '{exc.claim}'.") from None
         except jwt.PyJWTError as exc:
             raise _refuse(f"{type(exc).__name__}: {_shown(exc)}") from None
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
+                # RFC 7519: a NumericDate is a JSON number. PyJWT reads "9999999999" as one;
+                # the key a developer makes would then carry no expiry at all.
+                raise _refuse(f"its '{name}' claim is not a number (RFC 7519 NumericDate).")
         return claims
 
     def _principal(self, spec: OIDCIssuerSpec, claims: dict[str, Any]) -> Principal:
