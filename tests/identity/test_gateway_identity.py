@@ -137,7 +137,7 @@ REFUSALS: list[tuple[str, Callable[[Issuer], str], str]] = [
     ("alg none", _alg_none, "alg 'none'"),
     ("HS256 signed with the public key", _hs256_with_public_key, "algorithm HS256 is not accepted"),
     ("unknown kid", _unknown_kid, "key id 'kid-nobody-published'"),
-    ("foreign issuer", _foreign_issuer, "is not configured"),
+    ("foreign issuer", _foreign_issuer, "is not one this gateway accepts"),
 ]
 
 
@@ -155,6 +155,7 @@ def test_each_bad_token_is_a_401_in_openai_shape_naming_its_reason(
     assert body["message"].startswith("Invalid bearer token: ")
     assert reason in body["message"], body["message"]
     assert token not in body["message"]
+    assert issuer.url not in body["message"] or case != "foreign issuer"  # no issuer list
     assert upstream_bytes(h) == 0, "a refused token must not send a byte upstream"
 
 

@@ -279,9 +279,15 @@ class OIDCVerifier:
         iss = unverified.get("iss")
         keys = self.issuers.get(iss) if isinstance(iss, str) else None
         if keys is None:
+            # The issuers accepted are not listed: a caller not yet signed in would learn
+            # internal identity provider URLs and directory tenant ids (the log has them).
+            log.info(
+                "token from an issuer that is not configured",
+                extra={"issuer": _shown(iss), "accepted": sorted(self.issuers)},
+            )
             raise _refuse(
-                f"its issuer {_shown(iss)!r} is not configured (auth.oidc accepts: "
-                f"{', '.join(sorted(self.issuers)) or 'none'})."
+                f"its issuer {_shown(iss)!r} is not one this gateway accepts (auth.oidc); "
+                "ask the operator which issuer to sign in with."
             )
         spec = keys.spec
         if alg not in spec.algorithms:
