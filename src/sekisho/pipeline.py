@@ -598,7 +598,10 @@ class Pipeline:
         answered only when its body parsed (non-streaming) or its first event arrived
         (streaming): until then nothing has reached the client, so failing over is safe."""
         plan = call.plan
-        if plan is None:
+        if plan is None or (plan and self.health.is_full(plan[0].endpoint)):
+            # No plan yet, or its first endpoint filled up while the decision was being made
+            # durable (concurrent requests all planned before any took a slot): plan again,
+            # so the load spreads as the slots are now.
             plan = self.selector.plan(
                 decision.eligible, self.max_attempts, self._tiers(call, decision)
             )
