@@ -374,3 +374,17 @@ async def test_arbitrary_bearer_strings_only_ever_fail_authentication(
         assert exc.status == 401
     else:
         raise AssertionError("an arbitrary string authenticated")
+
+
+@pytest.mark.parametrize("parts", [2, 4, 5])
+async def test_a_jwt_of_the_wrong_shape_is_an_invalid_token_not_an_invalid_api_key(
+    auth: Authenticator, issuer: Issuer, parts: int
+) -> None:
+    """Two, four or five parts (a JWE has five) were answered "Invalid API key: sekisho keys
+    start with 'sk-sekisho-'": the caller was sent looking for the wrong mistake."""
+    head, body, sig = issuer.token().split(".")
+    token = ".".join([head, body, sig, "x", "y"][:parts])
+    with pytest.raises(AuthenticationFailed) as info:
+        await login(auth, token)
+    assert info.value.code == "invalid_token"
+    assert f"{parts} parts" in info.value.message and body not in info.value.message

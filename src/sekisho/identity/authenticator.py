@@ -65,6 +65,15 @@ class Authenticator:
                     code="invalid_token",
                 )
             return await self.oidc.verify(token)
+        if token.count(".") in (1, 3, 4) and token[:2] == "ey":
+            # A JWT cut short or with a part too many, or an encrypted one (JWE, five parts):
+            # a token, not a mistyped API key, and told so.
+            raise AuthenticationFailed(
+                f"Invalid bearer token: it has {token.count('.') + 1} parts, not the three of a "
+                "signed JWT (header.payload.signature); encrypted tokens (JWE) are not "
+                "accepted. Ask your identity provider for a signed access token.",
+                code="invalid_token",
+            )
         return self.keys.authenticate(token)  # explains what a sekisho key looks like
 
     async def authenticate_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal:
