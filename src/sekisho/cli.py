@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         "-c",
         default=os.environ.get("SEKISHO_CONFIG", "sekisho.yaml"),
+        metavar="FILE",
         help="YAML config (default: $SEKISHO_CONFIG or ./sekisho.yaml)",
     )
     p.add_argument("--host", help="listen address (overrides server.host)")
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         "-c",
         default=os.environ.get("SEKISHO_CONFIG", "sekisho.yaml"),
+        metavar="FILE",
         help="YAML config (default: $SEKISHO_CONFIG or ./sekisho.yaml)",
     )
     p.add_argument("--endpoint", action="append", metavar="ID", help="only this one (repeatable)")

@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "--classification is given and stdin is a terminal)."
         ),
     )
-    explain.add_argument("--config", required=True, metavar="FILE", help="sekisho config file")
+    explain.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config")
     explain.add_argument("--tenant", required=True, help="tenant name in the config")
     explain.add_argument(
         "--model", default=None, help="requested model name (default: the --body's model)"
@@ -103,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run YAML policy test cases (see docs/policies.md) against a config.",
     )
     test.add_argument("file", metavar="FILE", help="YAML file of test cases")
-    test.add_argument("--config", required=True, metavar="CONFIG", help="sekisho config file")
+    test.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config")
     test.set_defaults(func=cmd_test)
 
     packs = sub.add_parser(

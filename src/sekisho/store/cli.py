@@ -355,8 +355,10 @@ def _async(handler: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.N
 def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
+        "-c",
         default=os.environ.get("SEKISHO_CONFIG", DEFAULT_CONFIG),
-        help=f"config file (default $SEKISHO_CONFIG or {DEFAULT_CONFIG})",
+        metavar="FILE",
+        help=f"YAML config (default: $SEKISHO_CONFIG or ./{DEFAULT_CONFIG.removeprefix('./')})",
     )
 
 
