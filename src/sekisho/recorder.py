@@ -139,15 +139,10 @@ async def ledger_audit_at(
         await ledger.close()
 
 
-@contextlib.asynccontextmanager
-async def ledger_audit(config: Config) -> AsyncIterator[LedgerAuditSink]:
+def ledger_audit(config: Config) -> contextlib.AbstractAsyncContextManager[LedgerAuditSink]:
     """For ``store.cli.register(audit=...)``: open the ledger for one command, then close it
     (several processes may append to one log: SQLite's single writer, or PostgreSQL's lock)."""
-    ledger = await open_ledger(config)
-    try:
-        yield LedgerAuditSink(ledger)
-    finally:
-        await ledger.close()
+    return ledger_audit_at(config.data_dir, config.ledger)
 
 
 def tenant_hash_key(data_dir: Path, tenant: str) -> bytes:
