@@ -43,7 +43,7 @@ from sekisho.identity.limits import REDIS_TIMEOUT, Limiter, build_limiter, redis
 from sekisho.identity.roles import MODEL_ROUTES
 from sekisho.ledger import LEDGER_REFUSALS, Ledger
 from sekisho.metrics import Metrics
-from sekisho.pipeline import Pipeline
+from sekisho.pipeline import Pipeline, sent_to
 from sekisho.providers import Transport, UpstreamError, transport_for
 from sekisho.providers.h1 import H1Client
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
@@ -696,6 +696,7 @@ class Gateway:
         upstream_id: str | None = None
         finished = False
         task = asyncio.current_task()
+        sent_to.set(None)
         self.in_flight += 1
         if self._shared_metrics:
             self.metrics.in_flight.inc()
@@ -779,9 +780,11 @@ class Gateway:
             self._log(scope, call_id, principal, path, status, endpoint, started, exc.code, rid)
         except http.ClientGone:
             status = 499
+            endpoint, jurisdiction = _reached(endpoint, jurisdiction)
             self._log(scope, call_id, principal, path, status, endpoint, started,
                       "client_disconnected", rid, upstream_id, answered)  # fmt: skip
         except asyncio.CancelledError:
+            endpoint, jurisdiction = _reached(endpoint, jurisdiction)
             if task is not None and task.cancelling() and watchers and watchers[0].done():
                 task.uncancel()
                 status = 499
@@ -1067,3 +1070,12 @@ def app_from_env() -> Gateway:
 def _writer_state(health: WriterHealth) -> dict[str, Any]:
     ok, why = health.state()
     return {"ok": ok} if ok else {"ok": False, "reason": why}
+
+
+def _reached(endpoint: str, jurisdiction: str) -> tuple[str, str]:
+    """A request cut before its answer (its client left, shutdown's grace ran out) after its
+    prompt reached an endpoint: the log line and the labels name where it went."""
+    route = sent_to.get()
+    if endpoint != "-" or route is None:
+        return endpoint, jurisdiction
+    return route.endpoint.id, route.endpoint.jurisdiction.label

@@ -21,6 +21,7 @@ beyond answering) and ``_conversations.py`` (Responses conversations kept in the
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import hmac
 import logging
@@ -110,6 +111,12 @@ from sekisho.types import Action, Level
 __all__ = ["Call", "Kind", "Outcome", "Pipeline", "Reply", "StreamReply", "estimate_tokens"]
 
 log = logging.getLogger("sekisho.pipeline")
+
+# The route the request in this task was last sent to: a request its client leaves before the
+# answer still has its log line and labels name the endpoint the prompt reached.
+sent_to: contextvars.ContextVar[Route | None] = contextvars.ContextVar(
+    "sekisho_sent_to", default=None
+)
 
 # Characters of input from which a request is scanned in a worker thread: scanning runs at
 # roughly 5-20 MB/s, so below this it costs the event loop a few milliseconds at most.
@@ -629,6 +636,7 @@ class Pipeline:
                     self.metrics.endpoint_busy.labels(ep.id, ep.jurisdiction.label).inc()
                     continue
             tried.append(ep.id)
+            sent_to.set(route)
             released = False
             sent_at = time.perf_counter()
             try:

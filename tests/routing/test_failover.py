@@ -193,6 +193,14 @@ def test_client_disconnect_cancels_the_upstream_request(
     (left,) = [r for r in caplog.records if getattr(r, "status", None) == 499]
     assert left.msg == "request" and left.error == "client_disconnected"  # type: ignore[attr-defined]
     assert left.tenant == "demo" and left.key_id == key.split("-")[2]  # type: ignore[attr-defined]
+    # ... and where the prompt went: it reached an endpoint before the client left.
+    assert left.endpoint in ("sim-global-japaneast", "sim-global-useast")  # type: ignore[attr-defined]
+    scraped = request("GET", two.root + "/metrics").text
+    (counted,) = [
+        line for line in scraped.splitlines()
+        if line.startswith("sekisho_requests_total{") and 'status="499"' in line
+    ]  # fmt: skip
+    assert f'endpoint="{left.endpoint}"' in counted and 'jurisdiction="-"' not in counted  # type: ignore[attr-defined]
 
 
 def raw_post(h: Harness, key: str, content: str) -> Any:
