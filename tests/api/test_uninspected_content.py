@@ -50,12 +50,15 @@ def test_chat_parts_other_than_text_are_counted_by_kind() -> None:
         "UNINSPECTED_FILE": 1,
         "UNINSPECTED_CONTENT": 1,
     }
-    # The file's name is text the upstream reads (and may be rewritten); the payloads (images,
-    # audio, files) are not scanned at all; a URL, a format and a key the API does not define
-    # are scanned but never rewritten.
+    # The file's name is text the upstream reads (and may be rewritten); the payloads (images
+    # as data: URLs, audio, files) are not scanned at all; a URL (an image's too: the upstream
+    # fetches it, query and all), a format and a key the API does not define are scanned but
+    # never rewritten.
     texts, opaque = req.parts()
     assert texts == ["この書類を要約して", "contract.pdf"]
-    assert sorted(opaque) == ["https://example.jp/v.mp4", "video_url", "wav"]
+    assert sorted(opaque) == [
+        "https://example.jp/card.png", "https://example.jp/v.mp4", "video_url", "wav"
+    ]  # fmt: skip
     assert not any(PIXEL in t or "UklGRg" in t or "JVBERi0" in t for t in texts + opaque)
 
 
@@ -157,6 +160,37 @@ def test_a_tenant_that_treats_images_as_restricted_keeps_them_home(
     assert err.value.status_code == 403
     assert "UNINSPECTED_IMAGE" in str(err.value)
     assert h.sims["sim-global-useast"].stats.chat == 0
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_my_number_in_an_image_url_keeps_the_request_from_a_foreign_endpoint(
+    gateway: Callable[..., Harness], api: str
+) -> None:
+    # The upstream fetches the URL, query and path included: it is read like any URL the
+    # request carries (scanned, never rewritten), not passed as a payload.
+    h = gateway()
+    c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+    url = "https://example.com/scan?note=マイナンバー123456789018"
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        if api == "chat":
+            c.chat.completions.create(
+                model="gpt-4.1",  # served only in the US
+                messages=[{"role": "user", "content": [
+                    {"type": "text", "text": "describe"},
+                    {"type": "image_url", "image_url": {"url": url}},
+                ]}],
+            )  # fmt: skip
+        else:
+            c.responses.create(
+                model="gpt-4.1",
+                input=[{"role": "user", "content": [
+                    {"type": "input_text", "text": "describe"},
+                    {"type": "input_image", "image_url": url, "detail": "auto"},
+                ]}],
+            )  # fmt: skip
+    assert "MY_NUMBER" in str(err.value)
+    assert h.sims["sim-global-useast"].stats.chat == 0
+    assert not h.sims["sim-global-useast"].stats.bodies
 
 
 def test_a_tenant_may_declare_images_harmless(gateway: Callable[..., Harness]) -> None:

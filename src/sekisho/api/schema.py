@@ -653,6 +653,10 @@ _SYNTAX_KEYS = frozenset(
     {"id", "call_id", "tool_call_id", "item_id", "file_id", "name", "url", "file_url"}
     | {"format", "pattern", "$ref", "$id", "$schema", "$anchor", "$dynamicRef", "required"}
     | {"syntax", "contentEncoding", "contentMediaType", "version", "server_url", "server_label"}
+    # An image's or audio's URL (a chat part's ``image_url.url``, a Responses ``input_image``'s
+    # ``image_url``): the upstream fetches it, with whatever its path and query carry. A
+    # ``data:`` URL is the payload itself and is not read (``_place``).
+    | {"image_url", "audio_url"}
 )
 # Keys whose string values are validated enumerations (a role, a part's type, an image's
 # detail): neither scanned nor rewritten.
@@ -660,7 +664,7 @@ _ENUM_KEYS = frozenset({"type", "role", "detail", "status", "voice", "object"})
 # Payloads sekisho cannot read (images, audio and files as base64, a provider's encrypted
 # reasoning): counted as uninspected content where they are content, never scanned (a base64
 # image is megabytes of letters), never rewritten.
-_PAYLOAD_KEYS = frozenset({"data", "file_data", "encrypted_content", "image_url", "audio_url"})
+_PAYLOAD_KEYS = frozenset({"data", "file_data", "encrypted_content"})
 # The API's own vocabulary: keys no one chooses. Every other key (a metadata key, a JSON
 # Schema property name, a field this gateway does not know yet) is scanned, not rewritten.
 _API_KEYS = frozenset(
