@@ -77,13 +77,14 @@ def record_key_act(
         # keeps its log elsewhere (PostgreSQL), writing here would start a second log.
         import json
 
-        record = data_dir(args) / "ledger-in-use.json"
+        from sekisho.ledger.continuity import RECORD, names_this_ledger
+
+        record = data_dir(args) / RECORD
         try:
             kept = json.loads(record.read_text(encoding="utf-8")).get("ledger")
         except (OSError, ValueError, AttributeError):
             kept = None
-        default = str(data_dir(args) / "ledger.sqlite3")
-        if kept is not None and kept != default:
+        if isinstance(kept, str) and not names_this_ledger(kept, data_dir(args)):
             return (
                 f"the gateway's ledger is {kept}, not this data directory's: pass --config "
                 "FILE (the file serve runs with) so the act is recorded there"

@@ -164,3 +164,50 @@ def test_usage_with_the_config_uses_its_day_and_refuses_what_it_does_not_have(
     assert run("usage", "--config", str(cfg)) == 0
     today = dt.datetime.now(ZoneInfo("Pacific/Kiritimati")).date()
     assert capsys.readouterr().out.splitlines()[0].endswith(str(today))
+
+
+def test_key_acts_find_the_ledger_serve_keeps_however_its_data_directory_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve` given a relative data directory (the README's ./data) recorded its ledger as
+    data/ledger.sqlite3, and `keys create` given the same directory as an absolute path (as
+    ./run passes it) was refused: "the gateway's ledger is data/ledger.sqlite3, not this data
+    directory's"."""
+    import json
+
+    from sekisho.cli import main
+    from sekisho.config import LedgerConfig
+    from sekisho.ledger.continuity import RECORD
+    from sekisho.recorder import open_ledger_at
+
+    async def serve_once() -> None:
+        await (await open_ledger_at(Path("data"), LedgerConfig())).close()
+
+    monkeypatch.chdir(tmp_path)
+    asyncio.run(serve_once())
+    data = tmp_path / "data"
+    record = data / RECORD
+    assert json.loads(record.read_text(encoding="utf-8"))["ledger"] == str(
+        (data / "ledger.sqlite3").resolve()
+    )
+    for where in (str(data), "data", "./data/"):
+        assert main(["keys", "create", "--tenant", "demo", "--data-dir", where]) == 0
+    monkeypatch.chdir(data / "keys")  # from elsewhere
+    assert main(["keys", "create", "--tenant", "demo", "--data-dir", str(data)]) == 0
+    # as an older gateway recorded it: the path serve was given, relative to where it ran
+    kept = json.loads(record.read_text(encoding="utf-8"))
+    for relative in ("data/ledger.sqlite3", "./data/ledger.sqlite3", "ledger.sqlite3"):
+        record.write_text(json.dumps({**kept, "ledger": relative}), encoding="utf-8")
+        assert main(["keys", "create", "--tenant", "demo", "--data-dir", str(data)]) == 0
+    capsys.readouterr()
+    # another ledger than this directory's own: still refused, nothing made
+    for other in (
+        "postgresql://sekisho@db.example/sekisho",
+        str(tmp_path / "elsewhere" / "ledger.sqlite3"),
+        "elsewhere/ledger.sqlite3",
+        "data/other.sqlite3",
+    ):
+        record.write_text(json.dumps({**kept, "ledger": other}), encoding="utf-8")
+        assert main(["keys", "create", "--tenant", "demo", "--data-dir", str(data)]) == 1
+        assert f"the gateway's ledger is {other}" in capsys.readouterr().err
+    assert len(KeyStore(data / "identity.db").list("demo")) == 7

@@ -90,7 +90,9 @@ async def test_a_key_made_before_the_first_start_starts_the_log(tmp_path: Path) 
     config = _config(data, origin="a/b")
     assert (await _serve_once(config)).startswith("a/b\n1\n")
     record = json.loads((data / RECORD).read_text(encoding="utf-8"))
-    assert record["origin"] == "a/b" and record["ledger"] == str(data / "ledger.sqlite3")
+    assert record["origin"] == "a/b" and record["ledger"] == str(
+        (data / "ledger.sqlite3").resolve()
+    )
 
 
 async def test_ledger_init_new_log_retires_the_old_key_and_the_next_start_makes_a_new_log(

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sekisho.ledger.note import Signer
-from sekisho.ledger.storage import Storage, StorageError
+from sekisho.ledger.storage import SQLITE_FILE, Storage, StorageError
 
 RECORD = "ledger-in-use.json"
 # Written by `ledger init --new-log` with the new key's verifier: the next start may begin an
@@ -93,10 +93,39 @@ def refuse_a_second_history(
     )
 
 
+def where(location: str) -> str:
+    """``location`` as the record of the log in use keeps it: a SQLite file as its absolute,
+    resolved path (a relative one means nothing to a command run from another directory), a
+    URL as it is."""
+    if "://" in location:
+        return location
+    return str(Path(location).resolve())
+
+
+def names_this_ledger(kept: str, data_dir: Path) -> bool:
+    """Whether ``kept`` (the ``ledger`` of a record in ``data_dir``) is the data directory's
+    own ledger file (``data_dir/ledger.sqlite3``), the one a command without the config opens.
+    An older record keeps the path as serve was given it, perhaps relative to a working
+    directory no longer known: it names this ledger when, read from some directory above the
+    data directory (or the data directory itself), it is that file."""
+    if "://" in kept:
+        return False
+    own = (data_dir / SQLITE_FILE).resolve()
+    path = Path(kept)
+    if path.is_absolute():
+        return path.resolve() == own
+    here = data_dir.resolve()
+    return any((base / path).resolve() == own for base in (here, *here.parents))
+
+
 def remember(data_dir: Path, signer: Signer, storage: Storage, origin: str) -> None:
     """Record (once) that ``signer`` signs the log ``origin`` at ``storage``."""
     record = data_dir / RECORD
-    wanted = {"origin": origin, "key": signer.verifier().key_string(), "ledger": storage.location}
+    wanted = {
+        "origin": origin,
+        "key": signer.verifier().key_string(),
+        "ledger": where(storage.location),
+    }
     with contextlib.suppress(OSError, ValueError):
         if json.loads(record.read_text(encoding="utf-8")) == wanted:
             return
