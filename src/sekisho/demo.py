@@ -285,8 +285,7 @@ async def _run_step(i: int, step: Step, client: Any, config: Any) -> tuple[list[
             step.title,
             ep.id,
             h["x-sekisho-jurisdiction"],
-            f"{ep.operator.country}"
-            + (f"/{ep.operator.parent_country}" if ep.operator.parent_country else ""),
+            _operator(ep),
             f"{ms:.1f}",
             tokens,
             receipt,
@@ -294,18 +293,40 @@ async def _run_step(i: int, step: Step, client: Any, config: Any) -> tuple[list[
         ], h.get("x-sekisho-request-id")
     except openai.APIStatusError as exc:
         ms = (time.perf_counter() - t0) * 1000
-        msg = _short_reason(exc.message)
+        # The SDK's exc.message is "Error code: 502 - {...}": the gateway's own words are the
+        # error object's message.
+        body = exc.body if isinstance(exc.body, dict) else {}
+        message = str(body.get("message") or exc.message)
+        h = exc.response.headers
+        tried = _tried(message)
+        where = ["-", "-"]
+        if len(tried) == 1 and tried[0] in config.catalogue.by_id:
+            ep = config.catalogue.by_id[tried[0]]
+            where = [ep.jurisdiction.label, _operator(ep)]
         return [
             str(i),
             step.title,
-            "(not sent)",
-            "-",
-            "-",
+            f"failed: {', '.join(tried)}" if tried else "(not sent)",
+            *where,
             f"{ms:.1f}",
             "-",
-            "-",
-            f"HTTP {exc.status_code} {exc.code}: {msg}",
-        ], None
+            h.get("x-sekisho-receipt", "-").split(" ")[0],
+            f"HTTP {exc.status_code} {exc.code}: {_short_reason(message)}",
+        ], h.get("x-sekisho-request-id")
+
+
+def _operator(ep: Any) -> str:
+    """The operator's country, and its parent company's where that is elsewhere."""
+    parent = ep.operator.parent_country
+    return f"{ep.operator.country}" + (f"/{parent}" if parent else "")
+
+
+def _tried(message: str) -> list[str]:
+    """The endpoints a failure says were tried (sent to, and failed), from its message."""
+    found = re.search(r"\(tried: ([^;)]*)", message)
+    if not found:
+        return []
+    return [t.split(" (")[0].strip() for t in found.group(1).split(", ") if t.strip()]
 
 
 def _short_reason(message: str) -> str:
@@ -313,8 +334,7 @@ def _short_reason(message: str) -> str:
     rules = sorted(set(re.findall(r"\b([a-z0-9][a-z0-9.-]*/[a-z0-9][a-z0-9._-]*) \(", message)))
     if rules:
         return "excluded by " + ", ".join(rules)
-    head, _, rest = message.partition(". ")
-    text = rest or head
+    text = re.split(r"(?<=[.!?])\s", message, maxsplit=1)[0]
     return text if len(text) <= 70 else text[:67] + "..."
 
 

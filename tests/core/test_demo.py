@@ -15,8 +15,8 @@ import pytest
 
 
 def table(out: str) -> dict[str, list[str]]:
-    """The tour's table, by request title: [endpoint, jurisdiction, outcome]. Column widths come
-    from the dashed line under the header (wide characters take two columns)."""
+    """The tour's table, by request title: [endpoint, jurisdiction, outcome, receipt]. Column
+    widths come from the dashed line under the header (wide characters take two columns)."""
     lines = out.splitlines()
     rule = next(i for i, line in enumerate(lines) if line.startswith("--"))
     widths = [len(d) for d in lines[rule].split("  ")]
@@ -35,7 +35,7 @@ def table(out: str) -> dict[str, list[str]]:
             cells.append(cell.strip())
             rest = rest[len(cell) + 2 :]
         cells.append(rest.strip())
-        rows[cells[1]] = [cells[2], cells[3], cells[-1]]
+        rows[cells[1]] = [cells[2], cells[3], cells[-1], cells[7]]
     return rows
 
 
@@ -62,10 +62,13 @@ def test_the_demo_tour_shows_each_decision_and_verifies_a_receipt() -> None:
     assert rows["My Number in a tool's schema"][2].endswith("restricted")
     refused = rows["My Number, US-only model"]
     assert refused[0] == "(not sent)" and "HTTP 403 sovereignty_policy_violation" in refused[2]
+    assert refused[3].isdigit()  # a refusal is in the ledger too, and its receipt says where
     assert rows["declared 機密性3"][0] == "sim-domestic-tokyo"
     assert rows["domestic down, internal"][0] == "sim-global-japaneast"  # failover inside JP
     failed = rows["domestic down, 機密性3"]
-    assert failed[0] == "(not sent)" and "HTTP 502 upstream_failed" in failed[2]
+    # sent to the domestic endpoint, which failed; never on to one outside the eligible set
+    assert failed[:2] == ["failed: sim-domestic-tokyo", "JP/tokyo"]
+    assert "HTTP 502 upstream_failed: Every eligible endpoint failed" in failed[2]
     assert "ok  checkpoint signature" in out
     assert re.search(r"ok  inclusion: decision of request req_\w+ is entry \d+", out)
     assert "ok  inclusion: outcome of the same request" in out
