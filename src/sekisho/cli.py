@@ -221,8 +221,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("sekisho.serve").warning(warning)
     problem = _unusable_data_dir(Path(server.data_dir))
     if problem:
+        logs.flush()  # the warnings above, then the reason, last
         print(f"sekisho: {problem}; the gateway did not start", file=sys.stderr)
         return 2
+    from sekisho._server import Server, cannot_listen, stopped
+
+    # Before anything starts (simulators, the ledger, workers): uvicorn would bind only after
+    # the application had started and said it was ready.
+    problem = cannot_listen(server.host, server.port)
+    if problem:
+        logs.flush()
+        print(f"sekisho: {problem}; the gateway did not start", file=sys.stderr)
+        return 1
     common: dict[str, Any] = dict(
         host=server.host,
         port=server.port,
@@ -258,11 +268,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             uvicorn.run("sekisho.app:app_from_env", factory=True, workers=server.workers, **common)
         finally:
             shutil.rmtree(shared, ignore_errors=True)
-        return 0
+        return stopped()
     from sekisho.app import create_app
 
-    uvicorn.run(create_app(config), **common)
-    return 0
+    one = Server(uvicorn.Config(create_app(config), **common))
+    one.run()
+    if not one.started:
+        return 3  # as uvicorn: start-up failed (the log says why)
+    return stopped(one.stopped_by)
 
 
 def plain_http_warning(host: str, tls: bool) -> str | None:
@@ -383,6 +396,7 @@ def _with_flags(config: Any, **flags: object) -> Any:
 async def _serve_with_simulators(config: Any, common: dict[str, Any]) -> int:
     import uvicorn
 
+    from sekisho._server import Server, stopped
     from sekisho.app import create_app
     from sekisho.simulator import start_demo_simulators
 
@@ -401,13 +415,15 @@ async def _serve_with_simulators(config: Any, common: dict[str, Any]) -> int:
             f"simulator {s.spec.name} ({s.spec.label}) on {s.base_url}  [SIMULATOR]",
             file=sys.stderr,
         )
-    server = uvicorn.Server(uvicorn.Config(create_app(config), **common))
+    server = Server(uvicorn.Config(create_app(config), **common))
     try:
         await server.serve()
     finally:
         for s in sims:
             await s.stop()
-    return 0
+    if not server.started:
+        return 3
+    return stopped(server.stopped_by)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -477,6 +477,46 @@ def test_start_up_with_an_invalid_config_exits_2_listing_file_key_and_reason(
     assert not (tmp_path / "data").exists(), "nothing is created before the config validates"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_already_taken_stops_start_up_naming_it_before_anything_says_ready(
+    tmp_path: Path, workers: int
+) -> None:
+    """On a taken port the log said "sekisho ready" and "Application startup complete", then
+    uvicorn's bare "[Errno 98] address already in use" (exit 3)."""
+    import socket
+
+    config = write_config(tmp_path / "sekisho.yaml", example_config())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "sekisho", "serve", "--config", str(config),
+             "--port", str(port), "--data-dir", str(tmp_path / "data"),
+             "--workers", str(workers)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"sekisho: cannot listen on 127.0.0.1:{port}: ")
+    assert "already in use" in last and "--port" in last and "did not start" in last
+    assert "sekisho ready" not in r.stderr and "startup complete" not in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_stop_by_sigterm_ends_the_log_with_a_line_that_says_so(tmp_path: Path) -> None:
+    """Stopped by SIGTERM, the log ended at "Waiting for application shutdown.": uvicorn
+    raised the signal again before the last lines were written, and a clean stop looked like
+    a kill."""
+    g = ServeProcess(write_config(tmp_path / "sekisho.yaml", example_config()), tmp_path / "d")
+    g.start()
+    g.signal(signal.SIGTERM)
+    assert g.wait(20) == -signal.SIGTERM  # as before: ended as SIGTERM ends a process
+    messages = [line["msg"] for line in g.log()]
+    assert "Application shutdown complete." in messages
+    assert g.log()[-1]["msg"] == "sekisho stopped" and g.log()[-1]["signal"] == "SIGTERM"
+
+
 def test_bad_command_line_flags_exit_2_naming_the_flag(tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "sekisho", "serve", "--config", str(write_config(
