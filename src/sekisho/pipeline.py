@@ -94,6 +94,7 @@ from sekisho.policy.compiler import CompiledPolicy
 from sekisho.policy.decision import Decision
 from sekisho.providers import (
     Transport,
+    UpstreamConnectError,
     UpstreamConnectTimeoutError,
     UpstreamError,
     UpstreamResponse,
@@ -701,7 +702,7 @@ class Pipeline:
             raise UpstreamTimeout(
                 f"No eligible endpoint could be reached in time (tried: {', '.join(tried)}; "
                 f"last: {last.detail if last else '-'}). Nothing was sent; retrying may "
-                "succeed.",
+                f"succeed.{self._simulators_down(failures, busy)}",
                 code="upstream_connect_timeout",
                 headers={"retry-after": "1"},
             )
@@ -735,8 +736,27 @@ class Pipeline:
         detail = f"{last.detail}" if last else "no endpoint could be tried"
         raise UpstreamFailed(
             f"Every eligible endpoint failed (tried: {', '.join(tried)}; last: {detail}). "
-            "The request was not sent anywhere else.",
+            f"The request was not sent anywhere else.{self._simulators_down(failures, busy)}",
             headers={"retry-after": "1"},
+        )
+
+    def _simulators_down(self, failures: list[UpstreamError], busy: list[str]) -> str:
+        """A hint, when every endpoint tried could not be reached and each is one of sekisho's
+        simulators (``simulated: true``): they are not running (`sekisho serve` without
+        ``--with-simulators``, and no `sekisho simulate`)."""
+        if busy or not failures:
+            return ""
+        unreachable = (UpstreamConnectError, UpstreamConnectTimeoutError)
+        if not all(isinstance(e, unreachable) for e in failures):
+            return ""
+        endpoints = [self.catalogue.by_id.get(e.endpoint_id) for e in failures]
+        if not all(ep is not None and ep.simulated for ep in endpoints):
+            return ""
+        return (
+            " These endpoints are sekisho's simulators (simulated: true) and none is "
+            "running: start them with `sekisho simulate` in another terminal (`--base-port N` "
+            "where the config's base_url ports are not 9101-9103), or serve with "
+            "`--with-simulators`."
         )
 
     def _upstream_latency(self, ep: Endpoint, mode: str, sent_at: float) -> None:
