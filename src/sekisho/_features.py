@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sekisho.call import TenantView
+from sekisho.call import TenantView, asks_for_audio
 from sekisho.errors import InvalidRequest
 
 
@@ -34,10 +34,7 @@ def check_chat_features(body: dict[str, Any], tenant: TenantView) -> None:
             code="provider_feature_not_allowed",
         )
     modalities = body.get("modalities")
-    spoken = body.get("audio") is not None or (
-        isinstance(modalities, list) and "audio" in modalities
-    )
-    if spoken and "audio_output" not in allowed:
+    if asks_for_audio(body) and "audio_output" not in allowed:
         raise InvalidRequest(
             "This request asks for a spoken answer ('modalities': ['audio'] or 'audio'). Tenant "
             f"{tenant.name!r} does not allow that: sekisho cannot inspect audio, so the "

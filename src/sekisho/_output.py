@@ -39,6 +39,8 @@ StreamKey = tuple[int, int]  # (choice index, a TEXT_FIELDS slot or a tool call 
 CUSTOM = 100_000
 # The arguments of a legacy function call (``delta.function_call``, before tool calls): JSON.
 FUNCTION_CALL = 200_000
+# The transcript of a spoken answer (``delta.audio.transcript``): prose.
+TRANSCRIPT = 300_000
 _LEGACY_FIELDS = {CONTENT: "text"}  # a legacy completion's choice: its text is its content
 
 
@@ -66,6 +68,11 @@ class StreamOutput:
         self._texts: dict[StreamKey, list[str]] = {}
         self._last: dict[str, Any] | None = None
         self._finished: set[StreamKey] = set()  # flushed with their choice's finish reason
+        # Values read whole (citations, hosted tools' items): what each string became, and
+        # the strings delivered.
+        self._seen: dict[str, tuple[str, bool]] = {}
+        self._extras: list[str] = []
+        self._delivered_extras: set[str] = set()
         self.error_code: str | None = None
         self._active = pseudo is not None or self._rule.action != "none"
         if self._rule.action != "none":
@@ -137,6 +144,18 @@ class StreamOutput:
                     delta[name] = text
                     changed = True
                 self._last = event
+            audio = delta.get("audio")
+            if isinstance(audio, dict) and isinstance(audio.get("transcript"), str):
+                original = audio["transcript"]
+                text = self._take((idx, TRANSCRIPT), original)
+                if text != original:
+                    audio["transcript"] = text
+                    changed = True
+                self._last = event
+            notes = delta.get("annotations")
+            if notes and self._active:
+                self._whole(_inspect_notes, notes)
+                changed = True
             fc = delta.get("function_call")
             if isinstance(fc, dict) and isinstance(fc.get("arguments"), str):
                 original = fc["arguments"]
@@ -182,6 +201,10 @@ class StreamOutput:
                 name = self._fields[slot]
                 delta[name] = (delta.get(name) or "") + rest
                 continue
+            if slot == TRANSCRIPT:
+                audio = delta.setdefault("audio", {})
+                audio["transcript"] = (audio.get("transcript") or "") + rest
+                continue
             if slot == FUNCTION_CALL:
                 fc = delta.setdefault("function_call", {})
                 fc["arguments"] = (fc.get("arguments") or "") + rest
@@ -211,6 +234,8 @@ class StreamOutput:
             delta = deltas.setdefault(idx, {})
             if slot < 0:
                 delta[self._fields[slot]] = rest
+            elif slot == TRANSCRIPT:
+                delta["audio"] = {"transcript": rest}
             elif slot == FUNCTION_CALL:
                 delta["function_call"] = {"arguments": rest}
             else:
@@ -231,9 +256,43 @@ class StreamOutput:
         base = {k: v for k, v in self._last.items() if k not in ("choices", "usage")}
         return {**base, "choices": choices}
 
+    def _whole(
+        self,
+        inspect: Callable[..., tuple[str | None, list[str]]],
+        value: Any,
+        skip: frozenset[str] | None = None,
+    ) -> bool:
+        """A value read whole (a text's citations, a hosted tool's item), in place, as
+        ``inspect`` (``_inspect_notes``, ``inspect_value``) does it; the same string becomes
+        the same text each time the stream repeats it. False when the value is not to be
+        delivered: it holds what ``cut`` cuts, or it could not be inspected (fail closed)."""
+        kw = {} if skip is None else {"skip": skip}
+        try:
+            if self.error_code == "output_inspection_failed":
+                raise _Withheld
+            found, texts = inspect(value, self._pseudo, self._rule, self._scanner, self._seen, **kw)
+        except Exception as exc:
+            if not isinstance(exc, _Withheld):
+                log.exception("output inspection failed; rest of the stream withheld")
+                self.error_code = "output_inspection_failed"
+            _blank(value)
+            return False
+        if found is not None:
+            self.error_code = _worse(self.error_code, found)
+        for text in texts:
+            if text not in self._delivered_extras:
+                self._delivered_extras.add(text)
+                self._extras.append(text)
+        return found != "output_cut"
+
     def texts(self) -> list[str]:
-        """Each choice's content, then each of its tool calls' arguments, as delivered."""
-        return ["".join(parts) for _, parts in sorted(self._texts.items())]
+        """Each choice's content, then each of its tool calls' arguments, as delivered; then
+        the strings of values read whole (citations, hosted tools' items)."""
+        return ["".join(parts) for _, parts in sorted(self._texts.items())] + self._extras
+
+
+class _Withheld(Exception):
+    """Nothing more of the stream is delivered: an earlier text could not be inspected."""
 
 
 def _call_slot(slot: int) -> tuple[int, str, str]:
@@ -270,6 +329,9 @@ def inspect_answer(
         for name in TEXT_FIELDS.values():  # reasoning first, as the model wrote it
             if isinstance(msg.get(name), str):
                 slots.append((msg, name))
+        audio = msg.get("audio")  # a spoken answer's transcript: the answer, in text
+        if isinstance(audio, dict) and isinstance(audio.get("transcript"), str):
+            slots.append((audio, "transcript"))
         calls = [c for c in msg.get("tool_calls") or () if isinstance(c, dict)]
         fc = msg.get("function_call")
         for fn in [c.get("function") for c in calls] + [fc]:
@@ -281,6 +343,7 @@ def inspect_answer(
         before = [(holder, key, holder[key]) for holder, key in slots]
         for holder, key in slots:
             text = holder[key]
+            hits: list[Finding] = []
             if pseudo is not None:  # arguments are JSON: a restored value is escaped for it
                 text = pseudo.reidentify(text, json_string_escape if key == "arguments" else None)
             if rule.action != "none":
@@ -298,7 +361,7 @@ def inspect_answer(
                 if hits and rule.action == "mask":
                     text = redact(text, hits)
                     error = _worse(error, "output_masked")
-                elif hits and key in ("content", "text", "refusal"):
+                elif hits and key in ("content", "text", "refusal", "transcript"):
                     text = text[: hits[0].start]
                     choice["finish_reason"] = "content_filter"
                     error = _worse(error, "output_cut")
@@ -311,6 +374,8 @@ def inspect_answer(
                         msg["content"] = ""
                     msg.pop("tool_calls", None)
                     msg.pop("function_call", None)
+                    msg.pop("audio", None)
+                    msg.pop("annotations", None)
                     choice["finish_reason"] = "content_filter"
                     error = _worse(error, "output_cut")
                     break
@@ -322,8 +387,28 @@ def inspect_answer(
                     choice["finish_reason"] = "content_filter"
                     error = _worse(error, "output_cut")
                     break  # the other slots left are arguments of the calls just dropped
+            if key == "transcript" and hits:
+                # The audio says aloud what the output rule just masked or cut in its
+                # transcript, and sekisho cannot edit speech: it is withheld.
+                holder["data"] = ""
             holder[key] = text
             delivered.append(text)
+        notes = msg.get("annotations")
+        if notes and error != "output_inspection_failed":
+            try:
+                found, texts = _inspect_notes(notes, pseudo, rule, scanner)
+            except Exception:
+                log.exception(
+                    "output inspection failed; answer withheld", extra={"request_id": request_id}
+                )
+                _withhold(choice, msg)
+                error = "output_inspection_failed"
+            else:
+                delivered.extend(texts)
+                if found is not None:
+                    error = _worse(error, found)
+                if found == "output_cut":
+                    choice["finish_reason"] = "content_filter"
         if choice.get("logprobs") is not None and (
             choice.get("finish_reason") == "content_filter"
             or any(holder.get(key) != text for holder, key, text in before)
@@ -361,9 +446,116 @@ def _withhold(choice: dict[str, Any], msg: dict[str, Any]) -> None:
     for name in TEXT_FIELDS.values():
         if isinstance(msg.get(name), str):
             msg[name] = ""
-    msg.pop("tool_calls", None)
-    msg.pop("function_call", None)
+    for name in ("tool_calls", "function_call", "audio", "annotations"):
+        msg.pop(name, None)
     choice["finish_reason"] = "content_filter"
+
+
+# -- text beyond the text slots ------------------------------------------------------------------
+#
+# An answer carries text outside its text slots too: the citations of a model that searched
+# the web (a chat message's ``annotations``, a Responses output text's), and the items of the
+# tools a provider runs itself (a web search's query and the pages it opened, a code
+# interpreter's logs, an MCP tool's output, a file search's results). Each is a small JSON
+# value read whole, every string in it, except these keys: names of the value's kind and
+# state, ids, opaque or binary payloads.
+_NOT_TEXT = frozenset(
+    {"type", "id", "status", "call_id", "item_id", "encrypted_content", "logprobs"}
+)
+# Base64 images a provider's image generation tool returns (whole or partial): not text.
+_BINARY = frozenset({"result", "partial_image_b64"})
+
+
+def value_strings(
+    node: Any, skip: frozenset[str] = _NOT_TEXT
+) -> list[tuple[dict[str, Any] | list[Any], str | int]]:
+    """Every string in a JSON value as ``(container, key)``, in document order, except under
+    the keys in ``skip``. Iterative: a provider's value may nest deep."""
+    out: list[tuple[dict[str, Any] | list[Any], str | int]] = []
+    stack: list[Any] = [node]
+    while stack:
+        n = stack.pop()
+        pairs: Any = n.items() if isinstance(n, dict) else enumerate(n)
+        nested = []
+        for k, v in pairs:
+            if k in skip:
+                continue
+            if isinstance(v, str):
+                out.append((n, k))
+            elif isinstance(v, dict | list):
+                nested.append(v)
+        stack.extend(reversed(nested))
+    return out
+
+
+def inspect_value(
+    node: Any,
+    pseudo: Pseudonymiser | None,
+    rule: OutputRuleView,
+    scanner: Scanner,
+    seen: dict[str, tuple[str, bool]] | None = None,
+    skip: frozenset[str] = _NOT_TEXT,
+) -> tuple[str | None, list[str]]:
+    """Every string in ``node`` (a citation, a hosted tool's item), in place, as one whole
+    text each: pseudonyms restored, then the output rule's findings masked, or under ``cut``
+    the string cut where the first one starts and the value reported (``output_cut``): a
+    whole answer drops the value or ends before it (half a URL is no citation). ``seen``
+    keeps what each string became, so that a stream that repeats a value (an item when added,
+    when done, in the final response) delivers it alike each time. Returns the error code
+    (None, output_masked, output_cut) and the strings as delivered. Raises when a string
+    cannot be inspected."""
+    error: str | None = None
+    delivered: list[str] = []
+    types = rule.types
+    for holder, key in value_strings(node, skip):
+        original: str = holder[key]  # type: ignore[index]
+        known = seen.get(original) if seen is not None else None
+        if known is not None:
+            text, hit = known
+        else:
+            text, hit = original, False
+            if pseudo is not None:
+                text = pseudo.reidentify(text)
+            if rule.action != "none" and text:
+                hits = [f for f in scanner.scan(text) if f.type in types]
+                hit = bool(hits)
+                if hits and rule.action == "mask":
+                    text = redact(text, hits)
+                elif hits:
+                    text = text[: hits[0].start]
+            if seen is not None:
+                seen[original] = (text, hit)
+        if hit:
+            error = "output_cut" if rule.action == "cut" else "output_masked"
+        holder[key] = text  # type: ignore[index]
+        delivered.append(text)
+    return error, delivered
+
+
+def _inspect_notes(
+    notes: Any,
+    pseudo: Pseudonymiser | None,
+    rule: OutputRuleView,
+    scanner: Scanner,
+    seen: dict[str, tuple[str, bool]] | None = None,
+) -> tuple[str | None, list[str]]:
+    """A text's citations (``annotations``), in place: masked, or under ``cut`` each one that
+    holds a finding dropped. Returns the error code and the strings delivered."""
+    if not isinstance(notes, list):
+        return None, []
+    error: str | None = None
+    delivered: list[str] = []
+    kept = []
+    for note in notes:
+        found, texts = inspect_value(note, pseudo, rule, scanner, seen)
+        if found is not None:
+            error = _worse(error, found)
+        if found != "output_cut":
+            kept.append(note)
+            delivered.extend(texts)
+    if len(kept) != len(notes):
+        notes[:] = kept
+    return error, delivered
 
 
 class TypedScanner:
@@ -443,7 +635,12 @@ _NAME_SAFE = str.maketrans({"<": "＜", ">": "＞"})
 # is escaped for JSON there, as in chat).
 
 _OUTPUT_TEXT, _SUMMARY, _REASONING_TEXT, _REFUSAL, _CUSTOM_INPUT = -100, -200, -300, -400, -500
-_ARGUMENTS = 0
+_CODE = -600  # the code a provider's code interpreter runs
+_ARGUMENTS, _MCP_ARGUMENTS = 0, 1  # JSON: a function call's, a provider-run MCP tool's
+# An item's one text (no index within the item); the JSON ones; the ones a tool runs, which
+# cut short would be a broken call rather than a shorter one.
+_WHOLE_SLOTS = (_ARGUMENTS, _MCP_ARGUMENTS, _CUSTOM_INPUT, _CODE)
+_JSON_SLOTS = (_ARGUMENTS, _MCP_ARGUMENTS)
 
 # delta event type -> (the field numbering texts within the item, slot base, text field)
 _R_DELTAS: dict[str, tuple[str | None, int]] = {
@@ -453,6 +650,8 @@ _R_DELTAS: dict[str, tuple[str | None, int]] = {
     "response.reasoning_text.delta": ("content_index", _REASONING_TEXT),
     "response.function_call_arguments.delta": (None, _ARGUMENTS),
     "response.custom_tool_call_input.delta": (None, _CUSTOM_INPUT),
+    "response.code_interpreter_call_code.delta": (None, _CODE),
+    "response.mcp_call_arguments.delta": (None, _MCP_ARGUMENTS),
 }
 _R_DONES: dict[str, tuple[str | None, int, str]] = {
     "response.output_text.done": ("content_index", _OUTPUT_TEXT, "text"),
@@ -461,16 +660,34 @@ _R_DONES: dict[str, tuple[str | None, int, str]] = {
     "response.reasoning_text.done": ("content_index", _REASONING_TEXT, "text"),
     "response.function_call_arguments.done": (None, _ARGUMENTS, "arguments"),
     "response.custom_tool_call_input.done": (None, _CUSTOM_INPUT, "input"),
+    "response.code_interpreter_call_code.done": (None, _CODE, "code"),
+    "response.mcp_call_arguments.done": (None, _MCP_ARGUMENTS, "arguments"),
 }
 _R_DELTA_OF = {base: (etype, sub) for etype, (sub, base) in _R_DELTAS.items()}
+# Events repeating one part of an item whole, or starting one: the item they stand for.
+_R_PART_DONES = frozenset({"response.content_part.done", "response.reasoning_summary_part.done"})
+_R_PART_ADDS = frozenset({"response.content_part.added", "response.reasoning_summary_part.added"})
+# What in an event of another kind is no text: its kind, ids, statuses, partial images.
+_NOT_IN_EVENT = _NOT_TEXT | _BINARY
 # Events that end a response stream.
 RESPONSE_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # Events carrying a whole item or response at its start: texts are empty or a preview.
 _R_STARTS = frozenset({"response.created", "response.in_progress", "response.queued"})
 
 
+def _part_item(etype: str, event: dict[str, Any]) -> dict[str, Any] | None:
+    """The item a part event stands for: its part at its index (a message's content part, a
+    reasoning item's summary part)."""
+    part = event.get("part")
+    if not isinstance(part, dict):
+        return None
+    if etype.startswith("response.reasoning_summary_part."):
+        return {"type": "reasoning", "summary": [None] * _int0(event.get("summary_index")) + [part]}
+    return {"type": "message", "content": [None] * _int0(event.get("content_index")) + [part]}
+
+
 def _slot(base: int, sub: Any) -> int:
-    return base if base in (_ARGUMENTS, _CUSTOM_INPUT) else base - min(_int0(sub), 99)
+    return base if base in _WHOLE_SLOTS else base - min(_int0(sub), 99)
 
 
 def _int0(value: Any) -> int:
@@ -502,7 +719,72 @@ def response_item_slots(item: Any, oi: int) -> list[tuple[dict[str, Any], str, S
         slots.append((item, "arguments", (oi, _ARGUMENTS)))
     elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
         slots.append((item, "input", (oi, _CUSTOM_INPUT)))
+    elif kind == "code_interpreter_call" and isinstance(item.get("code"), str):
+        slots.append((item, "code", (oi, _CODE)))
+    elif kind == "mcp_call" and isinstance(item.get("arguments"), str):
+        slots.append((item, "arguments", (oi, _MCP_ARGUMENTS)))
     return slots
+
+
+# Items whose every text is in a slot above (a reasoning item's encrypted content is opaque;
+# a function's name is the client's own). A message's texts may carry citations; any other
+# item (a tool the provider runs, a computer or shell action) is read whole, but for what
+# its slot holds and a generated image.
+_SLOTTED_ITEMS = frozenset({"reasoning", "function_call", "custom_tool_call"})
+_SKIP_IN = {
+    "code_interpreter_call": _NOT_TEXT | {"code"},
+    "mcp_call": _NOT_TEXT | {"arguments"},
+    "image_generation_call": _NOT_TEXT | _BINARY,
+}
+
+
+def has_extras(item: Any) -> bool:
+    """Whether an output item carries text beyond its slots (a dict lookup for most)."""
+    if not isinstance(item, dict):
+        return False
+    kind = item.get("type")
+    if kind == "message":
+        return any(isinstance(p, dict) and p.get("annotations") for p in item.get("content") or ())
+    return kind not in _SLOTTED_ITEMS
+
+
+def item_extras(
+    item: Any,
+    pseudo: Pseudonymiser | None,
+    rule: OutputRuleView,
+    scanner: Scanner,
+    seen: dict[str, tuple[str, bool]] | None = None,
+) -> tuple[str | None, list[str]]:
+    """The text of an output item beyond its slots, in place: a message's citations (under
+    ``cut``, one that holds a finding is dropped), every string of any other item. Returns
+    the error code and the strings delivered. Raises when a string cannot be inspected."""
+    if (pseudo is None and rule.action == "none") or not has_extras(item):
+        return None, []
+    if item.get("type") != "message":
+        skip = _SKIP_IN.get(item.get("type"), _NOT_TEXT)
+        return inspect_value(item, pseudo, rule, scanner, seen, skip)
+    error: str | None = None
+    delivered: list[str] = []
+    for part in item.get("content") or ():
+        if isinstance(part, dict) and part.get("annotations"):
+            found, texts = _inspect_notes(part["annotations"], pseudo, rule, scanner, seen)
+            error = _worse(error, found) if found is not None else error
+            delivered.extend(texts)
+    return error, delivered
+
+
+def _blank(value: Any) -> None:
+    """What could not be inspected, emptied: a list of citations, a message's citations,
+    every string of another item."""
+    if isinstance(value, list):
+        value.clear()
+    elif isinstance(value, dict) and value.get("type") == "message":
+        for part in value.get("content") or ():
+            if isinstance(part, dict) and isinstance(part.get("annotations"), list):
+                part["annotations"].clear()
+    else:
+        for holder, key in value_strings(value):
+            holder[key] = ""  # type: ignore[index]
 
 
 def _cut_response(data: dict[str, Any], keep: int) -> None:
@@ -546,41 +828,61 @@ def inspect_response(
     output = data.get("output")
     items = output if isinstance(output, list) else []
     for oi, item in enumerate(items):
-        for holder, key, (_, slot) in response_item_slots(item, oi):
-            text = holder[key]
-            if pseudo is not None:
-                text = pseudo.reidentify(text, json_string_escape if slot == _ARGUMENTS else None)
-            if rule.action != "none":
-                try:
+        mark = len(delivered)
+        cut = False
+        try:
+            for holder, key, (_, slot) in response_item_slots(item, oi):
+                text = holder[key]
+                if pseudo is not None:
+                    escape = json_string_escape if slot in _JSON_SLOTS else None
+                    text = pseudo.reidentify(text, escape)
+                if rule.action != "none":
                     hits = [f for f in scanner.scan(text) if f.type in types]
-                except Exception:
-                    log.exception(
-                        "output inspection failed; answer withheld",
-                        extra={"request_id": request_id},
-                    )
-                    _cut_response(data, 0)
-                    _refresh_output_text(data)
-                    return "output_inspection_failed", []
-                if hits and rule.action == "mask":
-                    text = redact(text, hits)
-                    error = _worse(error, "output_masked")
-                elif hits:
-                    error = _worse(error, "output_cut")
-                    if slot in (_ARGUMENTS, _CUSTOM_INPUT):  # a tool call cut short is broken
-                        _cut_response(data, oi)
-                    else:
+                    if hits and rule.action == "mask":
+                        text = redact(text, hits)
+                        error = _worse(error, "output_masked")
+                    elif hits:
+                        error = _worse(error, "output_cut")
+                        if slot in _WHOLE_SLOTS:  # a tool call cut short is broken
+                            _cut_response(data, oi)
+                            _refresh_output_text(data)
+                            return error, delivered
                         holder[key] = text[: hits[0].start]
                         _clear_logprobs(holder)
                         delivered.append(holder[key])
                         _cut_response(data, oi + 1)
                         if item.get("type") == "message":
                             del item["content"][item["content"].index(holder) + 1 :]
-                    _refresh_output_text(data)
-                    return error, delivered
-            if text != holder[key]:
-                _clear_logprobs(holder)
-            holder[key] = text
-            delivered.append(text)
+                        cut = True
+                        break
+                if text != holder[key]:
+                    _clear_logprobs(holder)
+                holder[key] = text
+                delivered.append(text)
+            # The citations of the texts delivered, a hosted tool's query and results...
+            found, texts = item_extras(item, pseudo, rule, scanner)
+        except Exception:
+            # Fail closed: an answer that cannot be inspected is not delivered.
+            log.exception(
+                "output inspection failed; answer withheld", extra={"request_id": request_id}
+            )
+            _cut_response(data, 0)
+            _refresh_output_text(data)
+            return "output_inspection_failed", []
+        if found is not None:
+            error = _worse(error, found)
+        if found == "output_cut" and item.get("type") != "message":
+            del delivered[mark:]  # the item goes whole, and the answer ends before it
+            _cut_response(data, oi)
+            cut = True
+        elif found == "output_cut":  # its citations that hold one are gone: it ends here
+            delivered.extend(texts)
+            _cut_response(data, oi + 1)
+            cut = True
+        else:
+            delivered.extend(texts)
+        if cut:
+            break
     _refresh_output_text(data)
     return error, delivered
 
@@ -660,16 +962,24 @@ class ResponsesStreamOutput(StreamOutput):
                 if text != original:
                     event[name] = text
                     changed = True
-        elif etype == "response.content_part.done" or etype == "response.output_item.done":
-            part = event.get("part")
+        elif etype in _R_PART_DONES or etype == "response.output_item.done":
             item = event.get("item")
-            if etype == "response.content_part.done" and isinstance(part, dict):
-                item = {"type": "message", "content": [None] * _int0(event.get("content_index"))}
-                item["content"].append(part)
-            changed = self._settle_item(item, oi, before)
-        elif etype == "response.output_item.added" or etype == "response.content_part.added":
-            holder = event.get("item") if etype.endswith("item.added") else event.get("part")
-            changed = self._preview(holder)
+            if etype in _R_PART_DONES:
+                item = _part_item(etype, event)
+            changed = self._settle_item(item, oi, before) or changed
+        elif etype == "response.output_item.added" or etype in _R_PART_ADDS:
+            if etype == "response.output_item.added":
+                changed = self._preview(event.get("item")) or changed
+            else:
+                changed = self._preview(_part_item(etype, event)) or changed
+        elif etype == "response.output_text.annotation.added":
+            if self._active and event.get("annotation") is not None:
+                # a citation, whole: masked, or dropped with its event if it cannot go out
+                if not self._whole(inspect_value, event["annotation"]):
+                    self._sync()
+                    self._shift -= 1
+                    return []
+                changed = True
         elif etype in _R_STARTS or etype in RESPONSE_TERMINAL:
             response = event.get("response")
             if isinstance(response, dict) and self._rename is not None:
@@ -681,6 +991,11 @@ class ResponsesStreamOutput(StreamOutput):
                 else:
                     previews = [self._preview(item) for item in response.get("output") or ()]
                     changed = any(previews) or changed
+        elif self._active and value_strings(event, _NOT_IN_EVENT):
+            # An event of a kind not named above that carries text (a hosted tool's progress
+            # with a query in it, a kind newer than this gateway): each string read whole.
+            self._whole(inspect_value, event, _NOT_IN_EVENT)
+            changed = True
         if not before and not changed and self._shift == 0:
             self._passed = event  # its number is counted only when one is needed
             return None
@@ -741,7 +1056,7 @@ class ResponsesStreamOutput(StreamOutput):
 
     def _delta_event(self, key: StreamKey, text: str) -> dict[str, Any]:
         oi, slot = key
-        base = slot if slot in (_ARGUMENTS, _CUSTOM_INPUT) else slot - (slot % -100 or 0)
+        base = slot if slot in _WHOLE_SLOTS else slot - (slot % -100 or 0)
         etype, sub = _R_DELTA_OF[base]
         event: dict[str, Any] = {"type": etype}
         if oi in self._item_ids:
@@ -761,6 +1076,9 @@ class ResponsesStreamOutput(StreamOutput):
             if text != holder[name]:
                 holder[name] = text
                 changed = True
+        if self._active and has_extras(item):
+            self._whole(item_extras, item)
+            changed = True
         return changed
 
     def _settle_response(self, response: dict[str, Any], before: list[dict[str, Any]]) -> bool:
@@ -784,7 +1102,7 @@ class ResponsesStreamOutput(StreamOutput):
             if not text:
                 continue
             if self._pseudo is not None:
-                escape = json_string_escape if slot == _ARGUMENTS else None
+                escape = json_string_escape if slot in _JSON_SLOTS else None
                 text = self._pseudo.reidentify(text, escape)
             if self._rule.action != "none":
                 try:
@@ -802,4 +1120,7 @@ class ResponsesStreamOutput(StreamOutput):
             if text != part[name]:
                 part[name] = text
                 changed = True
+        if has_extras(holder):
+            self._whole(item_extras, holder)
+            changed = True
         return changed

@@ -101,7 +101,7 @@ async def relay(
             choices = event.get("choices")
             if choices:
                 why = (
-                    choices_problem(choices, call.kind, "delta")
+                    choices_problem(choices, call.kind, "delta", call.spoken)
                     if isinstance(choices, list)
                     else "'choices' that is not a list"
                 )

@@ -39,7 +39,12 @@ class Primed:
 
     @classmethod
     async def prime(
-        cls, inner: UpstreamResponse, endpoint_id: str, kind: str, scanner: Scanner
+        cls,
+        inner: UpstreamResponse,
+        endpoint_id: str,
+        kind: str,
+        scanner: Scanner,
+        spoken: bool = False,
     ) -> Primed:
         it = inner.lines()
         first: list[bytes] = []
@@ -65,7 +70,7 @@ class Primed:
         if not first or not first[-1].startswith(b"data:"):
             inner.close()
             raise UpstreamProtocolError(endpoint_id, "stream ended before its first event")
-        why = _unusable_first_event(first[-1][5:].strip(), kind, scanner)
+        why = _unusable_first_event(first[-1][5:].strip(), kind, scanner, spoken)
         if why is not None:  # nothing has reached the client: another endpoint may answer
             inner.close()
             raise UpstreamProtocolError(endpoint_id, why)
@@ -111,7 +116,9 @@ def joined(parts: list[bytes], payload: bytes) -> bytes | None:
     return whole
 
 
-def _unusable_first_event(payload: bytes, kind: str, scanner: Scanner) -> str | None:
+def _unusable_first_event(
+    payload: bytes, kind: str, scanner: Scanner, spoken: bool = False
+) -> str | None:
     """Why a stream's first event cannot begin an answer (garbage, an error event, the end),
     or None. Read before the stream is committed to, so such a stream fails over."""
     if payload == b"[DONE]":
@@ -130,7 +137,7 @@ def _unusable_first_event(payload: bytes, kind: str, scanner: Scanner) -> str | 
         return f"stream began with an error event{said}"
     choices = event.get("choices")
     if kind in ("chat", "completions") and isinstance(choices, list):
-        why = choices_problem(choices, kind, "delta")
+        why = choices_problem(choices, kind, "delta", spoken)
         if why is not None:
             return f"first stream event with {why}"
     return None
@@ -175,9 +182,12 @@ _ANSWER_LISTS = {
 }
 
 
-def parse_answer(raw: bytes, endpoint_id: str, kind: str | None = None) -> dict[str, Any]:
+def parse_answer(
+    raw: bytes, endpoint_id: str, kind: str | None = None, spoken: bool = False
+) -> dict[str, Any]:
     """The endpoint's JSON answer; with ``kind``, it must be that API's answer (fail closed:
-    output inspection reads only where that API puts its texts)."""
+    output inspection reads only where that API puts its texts). ``spoken``: the request asked
+    for a spoken answer (a chat message may carry ``audio``)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -201,7 +211,7 @@ def parse_answer(raw: bytes, endpoint_id: str, kind: str | None = None) -> dict[
             "(does it serve this API?)",
         )
     if kind in ("chat", "completions"):
-        why = choices_problem(data["choices"], kind, "message")
+        why = choices_problem(data["choices"], kind, "message", spoken)
         if why is not None:
             raise UpstreamProtocolError(endpoint_id, f"answered with {why}")
     return data
@@ -216,10 +226,12 @@ _OTHER_SLOTS = {
 }
 
 
-def choices_problem(choices: list[Any], kind: str, holder: str) -> str | None:
+def choices_problem(choices: list[Any], kind: str, holder: str, spoken: bool = False) -> str | None:
     """What in an answer's (``holder`` "message") or a stream event's (``holder`` "delta")
     choices an OpenAI client could not parse and output inspection could not read, or None.
-    Such an answer is not passed on (fail closed): its text would bypass the output rule."""
+    Such an answer is not passed on (fail closed): its text would bypass the output rule. A
+    spoken answer (``audio``) is one only when the request asked for it (``spoken``): the
+    tenant's leave (``provider_features: [audio_output]``) is for requests that do."""
     others = _OTHER_SLOTS["text" if kind == "completions" else holder]
     for choice in choices:
         if not isinstance(choice, dict):
@@ -259,6 +271,19 @@ def choices_problem(choices: list[Any], kind: str, holder: str) -> str | None:
         fc = msg.get("function_call")
         if fc is not None and (not isinstance(fc, dict) or not _text_or_none(fc.get("arguments"))):
             return f"{holder}.function_call whose arguments are not a string"
+        notes = msg.get("annotations")
+        if notes is not None and (
+            not isinstance(notes, list) or not all(isinstance(n, dict) for n in notes)
+        ):
+            return f"{holder}.annotations that is not a list of objects"
+        audio = msg.get("audio")
+        if audio is not None:
+            if not spoken:
+                # audio sekisho cannot inspect, in answer to a request that did not ask for
+                # it (and whose tenant may not allow it): never passed on
+                return f"{holder}.audio, a spoken answer the request did not ask for"
+            if not isinstance(audio, dict) or not _text_or_none(audio.get("transcript")):
+                return f"{holder}.audio whose transcript is not a string"
     return None
 
 

@@ -19,6 +19,12 @@ from sekisho.store import RetentionSpec
 Kind = Literal["chat", "embeddings", "responses", "completions"]
 
 
+def asks_for_audio(body: dict[str, Any]) -> bool:
+    """Whether a chat request asks for a spoken answer (``modalities: ["audio"]``, ``audio``)."""
+    modalities = body.get("modalities")
+    return body.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities)
+
+
 @dataclass(slots=True)
 class Call:
     """One client request on its way through the pipeline."""
@@ -52,6 +58,11 @@ class Call:
     # The endpoint that keeps the provider-side state this request continues from (a Responses
     # previous_response_id of sekisho's resp_sx… form): it may go there and nowhere else.
     pinned_endpoint: str | None = None
+
+    @property
+    def spoken(self) -> bool:
+        """A chat request that asks for a spoken answer: only its answer may carry audio."""
+        return self.kind == "chat" and asks_for_audio(self.body)
 
     def prompt(self) -> Any:
         """What the client asked, as stored and hashed in the ledger: the messages, the

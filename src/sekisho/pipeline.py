@@ -647,7 +647,11 @@ class Pipeline:
                 call.upstream_request_id = upstream_request_id(upstream.headers)
                 if call.stream:
                     primed = await Primed.prime(
-                        upstream, ep.id, call.kind, self.scanners[call.principal.tenant]
+                        upstream,
+                        ep.id,
+                        call.kind,
+                        self.scanners[call.principal.tenant],
+                        call.spoken,
                     )
                     released = True
                     self._upstream_latency(ep, "first_event", sent_at)
@@ -657,7 +661,7 @@ class Pipeline:
                 finally:
                     state.release()
                     released = True
-                data = parse_answer(raw, ep.id, call.kind)
+                data = parse_answer(raw, ep.id, call.kind, call.spoken)
                 self._upstream_latency(ep, "answer", sent_at)
                 return route, upstream, data
             except UpstreamError as exc:

@@ -252,3 +252,315 @@ def test_a_streamed_legacy_function_calls_arguments_are_masked(
         if c["delta"].get("function_call")
     )
     assert json.loads(args) == {"card": "[CREDIT_CARD]"} and "4111" not in body
+
+
+# -- text outside the text slots: citations, spoken answers, hosted tools ----------------------
+
+URL = f"https://pay.example/?card={CARD.replace(' ', '')}"
+MASKED_URL = "https://pay.example/?card=[CREDIT_CARD]"
+EMAIL = "hanako@example.jp"
+
+
+def citation(title: str, url: str = URL, kind: str = "url_citation") -> dict[str, Any]:
+    return {"type": kind, kind: {"title": title, "url": url, "start_index": 0, "end_index": 4}}
+
+
+def mask_or_cut(action: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["detection"]["output"]["action"] = action
+
+    return mutate
+
+
+def test_a_chat_answers_citations_get_the_output_rule(gateways: Callable[..., Harness]) -> None:
+    """A model that searched the web cites its pages (``message.annotations``): their titles
+    and URLs are text the client shows. Masked like the answer; under ``cut`` a citation that
+    holds a finding is dropped (half a URL is no citation) and the answer ends content_filter."""
+    h = gateways()
+    answer = chat_answer("See the page.")
+    answer["choices"][0]["message"]["annotations"] = [
+        citation(f"Card {CARD}"),
+        citation("ok", "https://ok.example/"),
+    ]
+    answering(h, json.dumps(answer))
+    raw = client(h).chat.completions.with_raw_response.create(model="gpt-4o", messages=ASK)
+    notes = raw.parse().choices[0].message.annotations or []
+    assert raw.headers["x-sekisho-output"] == "masked"
+    assert "4111" not in raw.http_response.text
+    assert notes[0].url_citation.title == "Card [CREDIT_CARD]"
+    assert notes[0].url_citation.url == "https://pay.example/?card=[CREDIT_CARD]"
+
+    cut = gateways(mask_or_cut("cut"))
+    answering(cut, json.dumps(answer))
+    raw = client(cut).chat.completions.with_raw_response.create(model="gpt-4o", messages=ASK)
+    choice = raw.parse().choices[0]
+    assert raw.headers["x-sekisho-output"] == "cut" and "4111" not in raw.http_response.text
+    assert choice.finish_reason == "content_filter" and choice.message.content == "See the page."
+    assert [n.url_citation.title for n in choice.message.annotations or []] == ["ok"]
+
+
+def test_a_spoken_answer_nobody_asked_for_is_refused(gateways: Callable[..., Harness]) -> None:
+    """Audio is what sekisho cannot inspect; a tenant allows it (provider_features:
+    [audio_output]) for requests that ask for it. An answer that carries audio anyway (its
+    transcript spelling the card) is an upstream protocol error, never relayed."""
+    h = gateways()
+    answer = chat_answer("ok")
+    audio = {"id": "audio_1", "data": "UklGRg==", "expires_at": 1, "transcript": f"card {CARD}"}
+    answer["choices"][0]["message"]["audio"] = audio
+    answering(h, json.dumps(answer))
+    with pytest.raises(openai.APIStatusError) as err:
+        client(h).chat.completions.create(model="gpt-4o", messages=ASK)
+    assert err.value.status_code == 502
+    assert "4111" not in err.value.response.text
+    assert "audio" in err.value.message and "did not ask for" in err.value.message
+
+    sse = chunk({"role": "assistant", "content": "ok"})
+    sse += chunk({"audio": {"id": "audio_1", "transcript": f"card {CARD}"}})
+    sse += chunk({}, finish="stop") + "data: [DONE]\n\n"
+    body, events = streamed(h, sse)  # mid-stream: the stream ends with an error event
+    assert "4111" not in body and events[-1]["error"]["code"] == "upstream_stream_broken"
+    assert "did not ask for" in events[-1]["error"]["message"]
+
+
+def allow_audio(raw: dict[str, Any]) -> None:
+    raw["tenants"]["demo"]["provider_features"] = ["audio_output"]
+
+
+def test_a_spoken_answers_transcript_gets_the_output_rule(
+    gateways: Callable[..., Harness],
+) -> None:
+    """Asked for and allowed, a spoken answer's transcript is its text: masked like it, whole
+    or streamed in pieces. The audio that says aloud what was masked is withheld."""
+    h = gateways(allow_audio)
+    answer = chat_answer(None)
+    audio = {"id": "audio_1", "data": "UklGRg==", "expires_at": 1, "transcript": f"card {CARD}"}
+    answer["choices"][0]["message"]["audio"] = audio
+    answering(h, json.dumps(answer))
+    spoken: Any = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
+    raw = client(h).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=ASK, **spoken
+    )
+    got = raw.parse().choices[0].message.audio
+    assert raw.headers["x-sekisho-output"] == "masked" and "4111" not in raw.http_response.text
+    assert got is not None and got.transcript == "card [CREDIT_CARD]" and got.data == ""
+
+    sse = chunk({"role": "assistant", "content": None})
+    for piece in ("card 4111 11", "11 1111 ", "1111 ok"):
+        sse += chunk({"audio": {"id": "audio_1", "transcript": piece}})
+    sse += chunk({}, finish="stop") + "data: [DONE]\n\n"
+    answering(h, sse, mode="sse")
+    with client(h).chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=ASK, stream=True, **spoken
+    ) as stream:
+        body = stream.http_response.read().decode()
+    events = [json.loads(x[6:]) for x in body.split("\n\n") if x.startswith("data: {")]
+    transcript = "".join(
+        (c["delta"].get("audio") or {}).get("transcript") or ""
+        for e in events
+        for c in e["choices"]
+    )
+    assert transcript == "card [CREDIT_CARD] ok" and "4111" not in body
+
+
+def test_streamed_chat_citations_are_masked(gateways: Callable[..., Harness]) -> None:
+    h = gateways()
+    sse = chunk({"role": "assistant", "content": "See the page."})
+    sse += chunk({"annotations": [citation(f"Card {CARD}")]})
+    sse += chunk({}, finish="stop") + "data: [DONE]\n\n"
+    body, events = streamed(h, sse)
+    notes = [n for e in events for c in e["choices"] for n in c["delta"].get("annotations") or ()]
+    assert "4111" not in body
+    assert notes[0]["url_citation"]["title"] == "Card [CREDIT_CARD]"
+
+
+def searched_answer() -> dict[str, Any]:
+    """A Responses answer of a model that searched the web: the search's query and the page
+    it opened carry the card, and so does the citation of the text."""
+    answer = responses_answer("See the page.", [])
+    part = answer["output"][0]["content"][0]
+    part["annotations"] = [{"type": "url_citation", "title": f"Card {CARD}", "url": URL,
+                            "start_index": 0, "end_index": 4}]  # fmt: skip
+    search = {
+        "type": "web_search_call",
+        "id": "ws_1",
+        "status": "completed",
+        "action": {"type": "search", "query": f"who owns {CARD}", "sources": [
+            {"type": "url", "url": URL}]},
+    }  # fmt: skip
+    answer["output"].insert(0, search)
+    return answer
+
+
+def assert_searched_masked(response: Any) -> None:
+    """The answer of ``searched_answer`` (an SDK object, or its JSON) as the rule masks it."""
+    search, message = response["output"] if isinstance(response, dict) else response.output
+    search, message = (x if isinstance(x, dict) else x.model_dump() for x in (search, message))
+    assert search["action"]["query"] == "who owns [CREDIT_CARD]"
+    assert search["action"]["sources"] == [{"type": "url", "url": MASKED_URL}]
+    note = message["content"][0]["annotations"][0]
+    assert note["title"] == "Card [CREDIT_CARD]" and note["url"] == MASKED_URL
+
+
+def test_responses_citations_and_hosted_tool_items_get_the_output_rule(
+    gateways: Callable[..., Harness],
+) -> None:
+    """What a Responses answer says outside its texts (a citation's title and URL, a web
+    search's query and sources) is masked like its texts, is kept so, and is found by a
+    data-subject request for whoever it names."""
+    h = gateways()
+    answer = searched_answer()
+    answer["output"][1]["content"][0]["annotations"].append(
+        {
+            "type": "url_citation",
+            "title": f"Profile of {EMAIL}",
+            "url": "https://a.example/",
+            "start_index": 0,
+            "end_index": 4,
+        }
+    )
+    answering(h, json.dumps(answer))
+    c = client(h)
+    raw = c.responses.with_raw_response.create(model="gpt-4o", input="card?")
+    assert raw.headers["x-sekisho-output"] == "masked" and "4111" not in raw.http_response.text
+    response = raw.parse()
+    assert_searched_masked(response)
+    kept = c.responses.with_raw_response.retrieve(response.id)
+    assert "4111" not in kept.http_response.text
+    assert_searched_masked(kept.parse())
+
+    from sekisho.store import subjects
+
+    found = h.call(
+        subjects.find(h.gateway.stores, subjects.Subject("demo", "EMAIL", EMAIL), actor="t")
+    )
+    assert [m.request_id for m in found] == [raw.headers["x-sekisho-request-id"]]
+
+    cut = gateways(mask_or_cut("cut"))
+    answering(cut, json.dumps(searched_answer()))
+    raw = client(cut).responses.with_raw_response.create(model="gpt-4o", input="card?")
+    response = raw.parse()
+    assert raw.headers["x-sekisho-output"] == "cut" and "4111" not in raw.http_response.text
+    assert response.status == "incomplete" and response.output == []
+
+
+def searched_stream() -> str:
+    """``searched_answer`` as a Responses stream sends it."""
+    final = searched_answer()
+    search, message = final["output"]
+    note = message["content"][0]["annotations"][0]
+    pending = {**search, "status": "in_progress", "action": {"type": "search"}}
+    events: list[dict[str, Any]] = [
+        {"type": "response.output_item.added", "output_index": 0, "item": pending},
+        {"type": "response.web_search_call.completed", "output_index": 0, "item_id": "ws_1"},
+        {"type": "response.output_item.done", "output_index": 0, "item": search},
+        {"type": "response.output_item.added", "output_index": 1,
+         "item": {**message, "content": []}},
+        {"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 1,
+         "content_index": 0, "delta": "See the page.", "logprobs": []},
+        {"type": "response.output_text.annotation.added", "item_id": "msg_1", "output_index": 1,
+         "content_index": 0, "annotation_index": 0, "annotation": note},
+        {"type": "response.output_text.done", "item_id": "msg_1", "output_index": 1,
+         "content_index": 0, "text": "See the page.", "logprobs": []},
+        {"type": "response.content_part.done", "item_id": "msg_1", "output_index": 1,
+         "content_index": 0, "part": message["content"][0]},
+        {"type": "response.output_item.done", "output_index": 1, "item": message},
+        {"type": "response.completed", "response": final},
+    ]  # fmt: skip
+    return responses_sse(events)
+
+
+def responses_sse(events: list[dict[str, Any]]) -> str:
+    for n, e in enumerate(events):
+        e["sequence_number"] = n
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+
+
+def streamed_response(h: Harness, sse: str, c: openai.OpenAI) -> tuple[str, list[dict[str, Any]]]:
+    answering(h, sse, "sse")
+    with c.responses.with_streaming_response.create(
+        model="gpt-4o", input="card?", stream=True
+    ) as raw:
+        body = raw.http_response.read().decode()
+    return body, [json.loads(x.split("data: ", 1)[1]) for x in body.split("\n\n") if "data: " in x]
+
+
+def test_a_responses_streams_citations_and_hosted_tool_items_are_masked(
+    gateways: Callable[..., Harness],
+) -> None:
+    h = gateways()
+    c = client(h)
+    body, got = streamed_response(h, searched_stream(), c)
+    assert "4111" not in body
+    added = next(e for e in got if e["type"] == "response.output_text.annotation.added")
+    assert added["annotation"]["title"] == "Card [CREDIT_CARD]"
+    assert [e["sequence_number"] for e in got] == list(range(len(got)))
+    assert got[-1]["type"] == "response.completed"
+    assert_searched_masked(got[-1]["response"])
+    assert_searched_masked(c.responses.retrieve(got[-1]["response"]["id"]))
+
+    # Under cut, the citation that holds the card goes with its event (the events after it
+    # renumbered), the search's query stops where the card starts, and the response is
+    # incomplete.
+    cut = gateways(mask_or_cut("cut"))
+    body, got = streamed_response(cut, searched_stream(), client(cut))
+    assert "4111" not in body
+    assert "response.output_text.annotation.added" not in [e["type"] for e in got]
+    assert [e["sequence_number"] for e in got] == list(range(len(got)))
+    final = got[-1]["response"]
+    assert got[-1]["type"] == "response.incomplete" and final["status"] == "incomplete"
+    assert final["output"][0]["action"]["query"] == "who owns "
+    assert final["output"][1]["content"][0]["annotations"] == []
+
+
+def test_streamed_reasoning_summary_parts_and_interpreter_code_are_inspected(
+    gateways: Callable[..., Harness],
+) -> None:
+    """A reasoning summary part repeats its text whole when done, and a code interpreter's
+    code streams in pieces: both get the output rule, a card split across deltas included."""
+    h = gateways()
+    summary = {"type": "summary_text", "text": f"the card is {CARD}"}
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [summary]}
+    code = f"charge('{CARD}')"
+    tool = {
+        "type": "code_interpreter_call",
+        "id": "ci_1",
+        "status": "completed",
+        "code": code,
+        "container_id": "cntr_1",
+        "outputs": [{"type": "logs", "logs": f"charged {CARD}"}],
+    }
+    final = responses_answer("done", [])
+    final["output"][:0] = [reasoning, tool]
+    events: list[dict[str, Any]] = [
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**reasoning, "summary": []}},
+        {"type": "response.reasoning_summary_part.added", "item_id": "rs_1", "output_index": 0,
+         "summary_index": 0, "part": {"type": "summary_text", "text": ""}},
+        {"type": "response.reasoning_summary_text.delta", "item_id": "rs_1", "output_index": 0,
+         "summary_index": 0, "delta": summary["text"]},
+        {"type": "response.reasoning_summary_text.done", "item_id": "rs_1", "output_index": 0,
+         "summary_index": 0, "text": summary["text"]},
+        {"type": "response.reasoning_summary_part.done", "item_id": "rs_1", "output_index": 0,
+         "summary_index": 0, "part": summary},
+        {"type": "response.output_item.done", "output_index": 0, "item": reasoning},
+        {"type": "response.output_item.added", "output_index": 1,
+         "item": {**tool, "status": "in_progress", "code": "", "outputs": None}},
+        *({"type": "response.code_interpreter_call_code.delta", "item_id": "ci_1",
+           "output_index": 1, "delta": piece} for piece in (code[:12], code[12:20], code[20:])),
+        {"type": "response.code_interpreter_call_code.done", "item_id": "ci_1", "output_index": 1,
+         "code": code},
+        {"type": "response.output_item.done", "output_index": 1, "item": tool},
+        {"type": "response.completed", "response": final},
+    ]  # fmt: skip
+    c = client(h)
+    body, got = streamed_response(h, responses_sse(events), c)
+    assert "4111" not in body and "1111" not in body
+    pieces = "".join(
+        e["delta"] for e in got if e["type"] == "response.code_interpreter_call_code.delta"
+    )
+    assert pieces == "charge('[CREDIT_CARD]')"
+    out = got[-1]["response"]["output"]
+    assert out[0]["summary"][0]["text"] == "the card is [CREDIT_CARD]"
+    assert out[1]["code"] == pieces and out[1]["outputs"][0]["logs"] == "charged [CREDIT_CARD]"
+    assert "4111" not in json.dumps(c.responses.retrieve(got[-1]["response"]["id"]).to_dict())
+
