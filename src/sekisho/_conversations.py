@@ -20,7 +20,7 @@ from sekisho._output import json_string_escape
 from sekisho.api.schema import ResponsesRequest
 from sekisho.call import Call, TenantView
 from sekisho.classify import Pseudonymiser
-from sekisho.errors import InvalidRequest
+from sekisho.errors import InvalidRequest, quoted_id
 from sekisho.store import KeptExchange, Stores
 
 
@@ -84,7 +84,7 @@ async def continue_conversation(
         turn = await kept_turn(stores, tenant, str(previous), owned)
     except TurnNotKept as exc:
         raise InvalidRequest(
-            f"Cannot continue from previous_response_id {str(previous)[:80]!r}: {exc}. "
+            f"Cannot continue from previous_response_id {quoted_id(str(previous))}: {exc}. "
             "Send the whole conversation as input instead.",
             param="previous_response_id",
             code="previous_response_not_found",

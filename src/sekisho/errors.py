@@ -14,6 +14,12 @@ if TYPE_CHECKING:
     from sekisho.routing.catalogue import Route
 
 
+def quoted_id(value: str, limit: int = 512) -> str:
+    """An id the client sent, quoted whole in an error message (sekisho's own response ids run
+    past 100 characters); past ``limit`` characters, cut with an ellipsis that says so."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "…"
+
+
 class SekishoError(Exception):
     """Base of every error sekisho raises on purpose."""
 

@@ -86,6 +86,7 @@ from sekisho.errors import (
     UpstreamFailed,
     UpstreamRateLimited,
     UpstreamTimeout,
+    quoted_id,
 )
 from sekisho.identity.keys import Principal
 from sekisho.identity.limits import Limiter
@@ -184,7 +185,7 @@ class Pipeline:
                     endpoint_id, seal, provider_id = kept_at
                     if not hmac.compare_digest(seal, self.seal(tenant, endpoint_id, provider_id)):
                         raise InvalidRequest(
-                            f"Cannot continue from previous_response_id {previous[:80]!r}: it "
+                            f"Cannot continue from previous_response_id {quoted_id(previous)}: it "
                             f"is not a response of tenant {tenant.name!r}.",
                             param="previous_response_id",
                             code="previous_response_not_found",

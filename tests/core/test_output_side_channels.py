@@ -564,3 +564,25 @@ def test_streamed_reasoning_summary_parts_and_interpreter_code_are_inspected(
     assert out[1]["code"] == pieces and out[1]["outputs"][0]["logs"] == "charged [CREDIT_CARD]"
     assert "4111" not in json.dumps(c.responses.retrieve(got[-1]["response"]["id"]).to_dict())
 
+
+def test_an_unknown_response_id_is_quoted_whole_in_the_error(
+    gateways: Callable[..., Harness],
+) -> None:
+    """sekisho's own response ids run past 100 characters: the error names the id the client
+    sent, not its first 80 characters."""
+    from sekisho._provider_state import wrap
+
+    long_id = wrap("resp_" + "a" * 60, "sim-domestic-tokyo", "x" * 16)
+    h = gateways()
+    with pytest.raises(openai.NotFoundError) as err:
+        client(h).responses.retrieve(long_id)
+    assert repr(long_id) in err.value.message
+
+    def keep_at_provider(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["provider_features"] = ["store"]
+
+    kept = gateways(keep_at_provider)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client(kept).responses.create(model="gpt-4o", input="hi", previous_response_id=long_id)
+    assert bad.value.code == "previous_response_not_found"
+    assert repr(long_id) in bad.value.message

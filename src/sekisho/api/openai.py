@@ -26,6 +26,7 @@ from sekisho.errors import (
     MethodNotAllowed,
     NotFound,
     PermissionDenied,
+    quoted_id,
 )
 from sekisho.identity import KeyStore, Principal
 from sekisho.pipeline import Pipeline
@@ -256,16 +257,16 @@ async def kept_response(
             if not keeps_conversations(tenant)
             else "it is not an id of a response sekisho keeps (resp_sk…)"
         ).format(name=tenant.name)
-        raise NotFound(f"No response {response[:80]!r}: {where}.", code="response_not_found")
+        raise NotFound(f"No response {quoted_id(response)}: {where}.", code="response_not_found")
     try:
         turn = await kept_turn(stores, tenant, response, owned)
     except TurnNotKept as exc:
         raise NotFound(
-            f"No response {response[:80]!r}: {exc}.", code="response_not_found"
+            f"No response {quoted_id(response)}: {exc}.", code="response_not_found"
         ) from None
     if deleting:  # one that exists and is the caller's (else 404, as for GET)
         raise PermissionDenied(
-            f"Response {response[:80]!r} is kept by tenant {tenant.name!r}'s retention policy "
+            f"Response {quoted_id(response)} is kept by tenant {tenant.name!r}'s retention policy "
             "in its home-region store, for as long as that policy says; an application cannot "
             "delete it. An operator can restrict its use (利用停止) or erase a data subject's "
             "records (sekisho subject restrict / sekisho subject delete).",
