@@ -8,7 +8,8 @@ id>`` (the endpoint's id in URL-safe base64; the seal binds the id to its tenant
 request from that tenant continues from one, sends the
 provider's own id to that endpoint and to no other: the request's decision is narrowed to it,
 or refused (403, each endpoint's reason given) when its policy does not allow that endpoint.
-Ids sekisho did not issue pass on as they are.
+Ids sekisho did not issue are refused: every such tenant reaches the same provider account, so a
+provider's bare id would continue whichever tenant's conversation it names.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import replace
 
 from sekisho.policy.decision import Decision, Exclusion
 
-_PREFIX = "resp_sx"
+PREFIX = "resp_sx"
 _PIN_RULE = "sekisho/provider-state"
 
 
@@ -29,14 +30,14 @@ def wrap(provider_id: str, endpoint_id: str, seal: str) -> str:
     """The id a client sees for a response kept at ``endpoint_id``; ``seal`` (``sealed``)
     binds it to the tenant it was issued to."""
     where = base64.urlsafe_b64encode(endpoint_id.encode()).decode().rstrip("=")
-    return f"{_PREFIX}{where}.{seal}.{provider_id}"
+    return f"{PREFIX}{where}.{seal}.{provider_id}"
 
 
 def unwrap(value: str) -> tuple[str, str, str] | None:
     """(endpoint id, seal, provider's id) of an id ``wrap`` made; None for any other string."""
-    if not value.startswith(_PREFIX) or len(value) > 512:
+    if not value.startswith(PREFIX) or len(value) > 512:
         return None
-    where, _, rest = value[len(_PREFIX) :].partition(".")
+    where, _, rest = value[len(PREFIX) :].partition(".")
     seal, _, provider_id = rest.partition(".")
     if not where or not seal or not provider_id:
         return None

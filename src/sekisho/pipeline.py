@@ -50,7 +50,7 @@ from sekisho._output import (
     response_item_slots,
     rewrite_texts,
 )
-from sekisho._provider_state import pin, sealed, unwrap, wrap
+from sekisho._provider_state import PREFIX as PROVIDER_KEPT_PREFIX, pin, sealed, unwrap, wrap
 from sekisho._streams import relay, relay_when_answered, route_headers
 from sekisho._threads import in_fair_thread
 from sekisho._upstream import (
@@ -192,6 +192,19 @@ class Pipeline:
                         )
                     call.pinned_endpoint = endpoint_id
                     call.body["previous_response_id"] = provider_id
+                else:
+                    # Every tenant with the store leave reaches the same provider account
+                    # through sekisho: a provider's own id, whoever learned it, would continue
+                    # whichever tenant's conversation it names. Only ids sekisho issued (and
+                    # sealed to this tenant) are continued.
+                    raise InvalidRequest(
+                        f"Cannot continue from previous_response_id {previous[:80]!r}: sekisho "
+                        "did not issue it. Continue from the id sekisho returned for the "
+                        f"response (it begins with {PROVIDER_KEPT_PREFIX!r}), or send the "
+                        "whole conversation as input.",
+                        param="previous_response_id",
+                        code="previous_response_not_found",
+                    )
             check_responses_features(call.body, tenant)
         await self._admit(call)
         committing = False

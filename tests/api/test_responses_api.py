@@ -274,6 +274,8 @@ def test_provider_state_and_hosted_tools_need_the_tenants_leave(
     assert body["param"] == param
     assert f"provider_features: [{feature}]" in body["message"]
     assert h.bytes_received() == before  # nothing was sent
+    if case == "previous_response_id":
+        return  # with the leave, only ids sekisho issued: see the bare-id test below
     allowed = gateway(tenant(features=[feature]))
     raw = client(allowed).responses.with_raw_response.create(
         model="gpt-4o", input="hello", extra_body=extra
@@ -771,6 +773,30 @@ def test_a_conversation_kept_at_a_provider_goes_back_to_the_endpoint_that_keeps_
         c.responses.create(model="gpt-4o", input="and then?", previous_response_id=first)
     assert err.value.status_code == 502 and origin in str(err.value.body)
     assert all(n == 0 for k, n in h.bytes_received().items() if k != origin), others
+
+
+def test_a_providers_bare_response_id_is_refused_for_it_may_be_another_tenants(
+    gateway: Callable[..., Harness],
+) -> None:
+    """Every tenant with the store leave reaches the same provider account: the provider's
+    own id inside a resp_sx id (or any id sekisho did not issue) would continue whichever
+    tenant's conversation it names. Only sealed ids are continued."""
+    from sekisho._provider_state import unwrap
+
+    h = gateway(tenant(features=["store"]))
+    c = client(h)
+    first = c.responses.create(model="gpt-4o", input="hello").id
+    kept_at = unwrap(first)
+    assert kept_at is not None
+    before = h.bytes_received()
+    for bare in (kept_at[2], "resp_0123456789abcdef"):
+        with pytest.raises(openai.BadRequestError) as err:
+            c.responses.create(model="gpt-4o", input="and then?", previous_response_id=bare)
+        assert err.value.code == "previous_response_not_found"
+        assert "did not issue" in err.value.message
+    assert h.bytes_received() == before  # nothing sent anywhere
+    # The sealed id still continues.
+    assert c.responses.create(model="gpt-4o", input="and?", previous_response_id=first).id
 
 
 def test_a_continuation_the_policy_keeps_from_that_endpoint_is_refused_saying_so(
