@@ -50,7 +50,8 @@ from sekisho._output import (
     response_item_slots,
     rewrite_texts,
 )
-from sekisho._provider_state import PREFIX as PROVIDER_KEPT_PREFIX, pin, sealed, unwrap, wrap
+from sekisho._provider_state import PREFIX as PROVIDER_KEPT_PREFIX
+from sekisho._provider_state import pin, sealed, unwrap, wrap
 from sekisho._streams import relay, relay_when_answered, route_headers
 from sekisho._threads import in_fair_thread
 from sekisho._upstream import (
