@@ -252,6 +252,7 @@ class Pipeline:
         except SekishoError as exc:
             delivered = exc.route  # an endpoint's 4xx: the outcome names who answered it
             await self.record(call, decision, Outcome(exc.status, delivered, error_code=exc.code))
+            _with_headers(exc, headers)  # the decision was made and recorded: its receipt
             raise
         except asyncio.CancelledError:
             # The client left before any endpoint answered: its decision gets an outcome
@@ -265,7 +266,11 @@ class Pipeline:
             outcome = Outcome(200, route)
             chunks = relay(self, call, decision, tenant, route, upstream, outcome)
             return StreamReply(headers, chunks, outcome)
-        return await self._complete(call, decision, tenant, route, data, headers)
+        try:
+            return await self._complete(call, decision, tenant, route, data, headers)
+        except SekishoError as exc:
+            _with_headers(exc, headers)
+            raise
 
     def seal(self, tenant: TenantView, endpoint_id: str, provider_id: str) -> str:
         """The seal binding a provider-kept response id to ``tenant`` (``_provider_state``)."""
@@ -1012,6 +1017,13 @@ class Pipeline:
         if call.admission is not None and call.admission.headers:
             h.extend(call.admission.headers)
         return h
+
+
+def _with_headers(exc: SekishoError, headers: list[tuple[str, str]]) -> None:
+    """A request that failed after its decision entry: the error carries the decision's
+    headers (classification, policy digest, receipt, rate limits) as an answer would."""
+    for name, value in headers:
+        exc.headers.setdefault(name, value)
 
 
 def _rewrite_pieces(

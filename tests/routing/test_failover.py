@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from harness import Harness, ledger_incomplete, request, start_example
+from harness import Harness, ledger_entries, ledger_incomplete, receipt, request, start_example
 
 
 def only_global(raw: dict[str, Any]) -> None:
@@ -104,6 +104,16 @@ def test_all_endpoints_down_is_502_naming_what_was_tried(two: Harness) -> None:
         chat(two, key)
     assert e.value.status_code == 502
     assert "sim-global-japaneast" in e.value.message and "sim-global-useast" in e.value.message
+    # The decision was made and recorded before anything was sent: the error carries its
+    # headers (receipt, classification, policy digest) as an answer would.
+    headers = e.value.response.headers
+    assert headers["x-sekisho-classification"] == "internal"
+    assert headers["x-sekisho-policy-digest"].startswith("sha256:")
+    got = receipt(two, headers["x-request-id"], key).json()
+    assert headers["x-sekisho-receipt"].split()[0] == str(got["index"])
+    decision, outcome = ledger_entries(got)
+    assert decision["classification"] == "internal"
+    assert outcome is not None and outcome["status"] == 502
 
 
 def test_all_endpoints_slow_is_504_and_the_sdk_does_not_start_it_again(two: Harness) -> None:
