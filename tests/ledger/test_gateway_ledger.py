@@ -653,11 +653,15 @@ def test_an_administrative_entry_about_a_tenants_data_belongs_to_that_tenant() -
     assert _entry_tenant(nothing, 0, leaf({"tenant": 5})) is None
 
 
-def test_the_decision_entry_names_the_endpoint_the_request_went_to(
-    gw: Harness, demo_key: str
-) -> None:
+def test_the_decision_entry_names_the_endpoint_the_request_went_to(tmp_path: Path) -> None:
     """It named the most preferred endpoint while weights sent a third of the requests to its
     equal (another operator, another parent country): an auditor read the wrong one."""
+
+    def no_preference(raw: dict[str, Any]) -> None:  # the endpoints share one tier: weights
+        raw["tenants"]["demo"]["policy"].pop("prefer", None)
+
+    gw = start_example(tmp_path, no_preference)
+    demo_key = gw.key("demo")
     went: set[str] = set()
     for _ in range(16):
         raw = chat(gw, demo_key)
@@ -667,4 +671,5 @@ def test_the_decision_entry_names_the_endpoint_the_request_went_to(
         assert outcome is not None
         assert decision["endpoint"] == outcome["endpoint"] == raw.headers["x-sekisho-endpoint"]
         went.add(outcome["endpoint"])
+    gw.stop()
     assert len(went) > 1  # the weights did share the requests out

@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from policy_fixtures import CATALOGUE, compile_for, decide, endpoint, rules_excluding
+from policy_fixtures import (
+    CATALOGUE,
+    JP_DOMESTIC,
+    JP_SUBSIDIARY,
+    US_IN_TOKYO,
+    compile_for,
+    decide,
+    endpoint,
+    rules_excluding,
+)
 from pydantic import ValidationError
 
 from sekisho.errors import ConfigError
@@ -144,6 +153,16 @@ def test_preferred_endpoints_come_first_then_domestic_then_catalogue_order() -> 
         "us-in-tokyo",
         "us-with-basis",
     )
+
+
+def test_a_japanese_subsidiary_of_a_foreign_group_is_not_preferred_as_domestic() -> None:
+    """prefer.domestic counts as domestic_operator_only does: the operator's parent too. The
+    example config's Japan region of a global cloud took half the traffic meant for the
+    domestic operator."""
+    catalogue = Catalogue([JP_SUBSIDIARY, US_IN_TOKYO, JP_DOMESTIC])
+    policy = compile_for({"prefer": {"domestic": True}}, catalogue=catalogue)
+    d = decide(policy, declared="public", catalogue=catalogue)
+    assert d.eligible_ids == ("jp-domestic", "jp-subsidiary", "us-in-tokyo")
 
 
 def test_tenant_model_allow_list_excludes_other_models() -> None:

@@ -478,7 +478,12 @@ def compile_policy(
             problems.add(_join(path, f"prefer.endpoints[{i}]"), f"{endpoint_id!r} is listed twice")
     for endpoint in catalogue.endpoints:
         first = preferred.index(endpoint.id) if endpoint.id in preferred else len(preferred)
-        domestic = endpoint.jurisdiction.country == home and endpoint.operator.country == home
+        # Domestic as domestic_operator_only means it: data centre, operator and the
+        # operator's parent all at home (a Japanese subsidiary of a foreign cloud is not).
+        domestic = (
+            endpoint.jurisdiction.country == home
+            and _operator_countries(endpoint, frozenset({home})) is None
+        )
         ranks[endpoint.id] = (first, 0 if (spec.prefer.domestic and domestic) else 1)
 
     if problems.items:
