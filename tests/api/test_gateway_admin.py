@@ -648,6 +648,33 @@ def test_a_policy_changed_while_the_gateway_was_stopped_is_recorded_when_it_star
         assert [(e["action"], e["target"], e["details"]) for e in changes] == [
             ("policy.start", "tenant/demo", {"from": first, "to": second})
         ]
+        # An endpoint's facts changed while stopped (its provider now keeps prompts a year):
+        # the same policy over other facts is another digest, recorded at the next start.
+        # What is not a fact (its weight, its timeouts) changes nothing.
+        g.stop()
+
+        def operational(raw: dict[str, Any]) -> None:
+            ep = next(e for e in raw["endpoints"] if e["id"] == "sim-global-japaneast")
+            ep["weight"] = 3
+
+        edit_config(config, operational)
+        g.start()
+        assert digest_now(g, g.key("demo")) == second
+        g.stop()
+
+        def retained(raw: dict[str, Any]) -> None:
+            ep = next(e for e in raw["endpoints"] if e["id"] == "sim-global-japaneast")
+            ep["data_terms"] = {"retention_days": 365, "trains_on_data": False}
+
+        edit_config(config, retained)
+        g.start()
+        third = digest_now(g, g.key("demo"))
+        assert third != second
+        entries = ledger_entries(g, g.key("demo", role="auditor"))
+        changes = [json.loads(e) for _, e in entries if b'"policy.' in e]
+        assert [(e["action"], e["details"]) for e in changes][-1] == (
+            "policy.start", {"from": second, "to": third}
+        )  # fmt: skip
         g.stop()
         (tmp_path / "data" / "policies-in-force.json").write_text("{not json")
         g.start()  # a damaged record: nothing is invented, and the next change is seen again

@@ -510,6 +510,9 @@ def compile_policy(
         "store_pseudonymise": sorted(store),
         "models": sorted(models) if models is not None else None,
         "prefer": spec.prefer.model_dump(mode="json"),
+        # The facts the rules were checked against: the same policy over an endpoint moved
+        # abroad, or given other data terms, decides differently, so its digest differs.
+        "catalogue": catalogue.facts_digest,
     }
     text = json.dumps(resolved, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -7,6 +7,9 @@ sovereignty report prints, so each is modelled explicitly and validated at start
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import re
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
@@ -457,6 +460,13 @@ class Route:
         return f"Route({self.endpoint.id!r}, {self.model.id!r})"
 
 
+# The facts of an endpoint that policies decide on (``Catalogue.facts_digest``).
+_FACT_FIELDS = {
+    "id", "models", "jurisdiction", "operator", "data_terms", "certifications", "deployment",
+    "confidential_computing",
+}  # fmt: skip
+
+
 class Catalogue:
     """All endpoints, indexed by the public model names they serve."""
 
@@ -473,6 +483,18 @@ class Catalogue:
                 for name in m.public_names:
                     self._routes.setdefault(name, []).append(Route(ep, m))
                     self._kinds.setdefault(name, m.kind)
+
+    @functools.cached_property
+    def facts_digest(self) -> str:
+        """``sha256:…`` of every endpoint's sovereignty facts, in catalogue order: what a
+        policy decides on (where it runs, who operates it and its parent, data terms,
+        certifications, deployment, confidential computing) and the models it serves; not
+        credentials, addresses, weights or timeouts. Part of every policy's digest, so an
+        endpoint moved to another country, or given other terms, changes the digest the
+        ledger's decisions carry."""
+        facts = [ep.model_dump(mode="json", include=_FACT_FIELDS) for ep in self.endpoints]
+        text = json.dumps(facts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def routes(self, model: str) -> tuple[Route, ...]:
         """Every route serving ``model`` (an id or alias), in catalogue order."""
