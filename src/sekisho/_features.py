@@ -82,8 +82,9 @@ def check_responses_features(body: dict[str, Any], tenant: TenantView) -> None:
             isinstance(i, dict) and i.get("type") == "item_reference" for i in inp
         ):
             stateful.append("input (item_reference)")
-        if body.get("store") is True:
-            stateful.insert(0, "store")
+        # ``store: true`` (OpenAI's default, which many clients write out) asks that the
+        # response be kept for later: sekisho keeps it, in the tenant's home region as its
+        # retention says, and tells the provider not to.
         if stateful:
             raise InvalidRequest(
                 f"This request relies on the provider keeping responses ({', '.join(stateful)}). "

@@ -247,7 +247,6 @@ def test_the_stream_names_each_event_and_ends_without_done(
 
 
 FEATURE_REQUESTS: dict[str, tuple[dict[str, Any], str, str]] = {
-    "store": ({"store": True}, "store", "store"),
     "previous_response_id": ({"previous_response_id": "resp_abc"}, "store", "previous_response_id"),
     "prompt template": ({"prompt": {"id": "pmpt_abc", "version": "2"}}, "store", "prompt"),
     "web_search": ({"tools": [{"type": "web_search"}]}, "web_search", "tools[0].type"),
@@ -257,6 +256,20 @@ FEATURE_REQUESTS: dict[str, tuple[dict[str, Any], str, str]] = {
         "tools[0].type",
     ),
 }
+
+
+def test_store_true_is_kept_by_sekisho_in_the_home_region_not_by_the_provider(
+    gateway: Callable[..., Harness],
+) -> None:
+    """OpenAI's default, written out by many clients: accepted without the store leave; the
+    provider is told not to keep it, sekisho keeps it and reads it back."""
+    h = gateway()
+    c = client(h)
+    raw = c.responses.with_raw_response.create(model="gpt-4o", input="hello", store=True)
+    assert sent_body(h, raw.headers["x-sekisho-endpoint"])["store"] is False
+    first = raw.parse()
+    assert c.responses.retrieve(first.id).id == first.id
+    assert c.responses.create(model="gpt-4o", input="and?", previous_response_id=first.id).id
 
 
 @pytest.mark.parametrize("case", sorted(FEATURE_REQUESTS))
