@@ -243,3 +243,29 @@ def output_as_input(output: Any) -> list[Any]:
             keep = ("call_id", "name", "input")
             items.append({"type": "custom_tool_call", **{k: item.get(k) for k in keep}})
     return items
+
+
+_ECHOED = ("instructions", "user", "safety_identifier")
+
+
+def echo_as_sent(response: Any, call: Call) -> None:
+    """The request's own fields a Responses answer echoes, as the client sent them: its
+    ``previous_response_id`` (the upstream got the provider's, or none when sekisho continued
+    the conversation itself), and its instructions, metadata and user with pseudonyms put
+    back (a redaction stays: the upstream never saw what it hid)."""
+    if not isinstance(response, dict):
+        return
+    if call.previous_response_id is not None:
+        response["previous_response_id"] = call.previous_response_id
+    pseudo = call.pseudonymiser
+    if pseudo is None:
+        return
+    for key in _ECHOED:
+        value = response.get(key)
+        if isinstance(value, str):
+            response[key] = pseudo.reidentify(value)
+    metadata = response.get("metadata")
+    if isinstance(metadata, dict):
+        response["metadata"] = {
+            k: pseudo.reidentify(v) if isinstance(v, str) else v for k, v in metadata.items()
+        }

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sekisho._conversations import keeps_conversations, response_id
+from sekisho._conversations import echo_as_sent, keeps_conversations, response_id
 from sekisho._output import RESPONSE_TERMINAL, ResponsesStreamOutput, StreamOutput
 from sekisho._provider_state import wrap
 from sekisho._upstream import choices_problem, count, joined, quote, quote_response_error
@@ -257,6 +257,8 @@ async def relay_responses(
             if etype in RESPONSE_TERMINAL:
                 terminal = event
                 break
+            if etype in _ECHOING:
+                echo_as_sent(event.get("response"), call)  # renamed too: always re-sent
             if etype == "error":  # the provider gave up mid-answer: it says why
                 said = quote(str(event.get("message")), p.scanners[tenant.name])
                 raise UpstreamProtocolError(ep.id, f"stream error event: {said}")
@@ -270,6 +272,7 @@ async def relay_responses(
             raise UpstreamProtocolError(ep.id, "stream ended before the response did")
         response = terminal.get("response")
         quote_response_error(response, p.scanners[tenant.name])
+        echo_as_sent(response, call)
         final = output.finish_response(terminal)
         usage = response.get("usage") if isinstance(response, dict) else None
         if isinstance(response, dict) and isinstance(response.get("output"), list):
@@ -373,6 +376,10 @@ async def _marking_silence(
     finally:
         if pending is not None:
             pending.cancel()
+
+
+# Events carrying the whole response at its start (its request's fields echoed).
+_ECHOING = frozenset({"response.created", "response.in_progress", "response.queued"})
 
 
 def _renamer(p: Pipeline, call: Call, tenant: TenantView, endpoint_id: str) -> Callable[[str], str]:

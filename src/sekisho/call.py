@@ -58,6 +58,9 @@ class Call:
     # The endpoint that keeps the provider-side state this request continues from (a Responses
     # previous_response_id of sekisho's resp_sx… form): it may go there and nowhere else.
     pinned_endpoint: str | None = None
+    # The previous_response_id the client sent, as it sent it (the upstream gets another
+    # one, or none): the answer echoes this one, as OpenAI's does.
+    previous_response_id: str | None = None
 
     @property
     def spoken(self) -> bool:

@@ -37,6 +37,7 @@ import orjson
 from sekisho._conversations import (
     Owned,
     continue_conversation,
+    echo_as_sent,
     keeps_conversations,
     request_of,
     response_id,
@@ -177,6 +178,7 @@ class Pipeline:
         elif call.kind == "responses":
             previous = call.body.get("previous_response_id")
             if isinstance(previous, str):
+                call.previous_response_id = previous
                 if keeps_conversations(tenant):
                     if request_of(previous) is not None:  # continued from the tenant's store
                         await continue_conversation(
@@ -843,6 +845,7 @@ class Pipeline:
                 quote_response_error(data, self.scanners[tenant.name])
             if isinstance(data.get("output"), list):
                 outcome.output_items = data["output"]
+            echo_as_sent(data, call)
             if keeps_conversations(tenant):
                 data["id"] = response_id(call.request_id)
             elif isinstance(data.get("id"), str):  # kept at this endpoint: the id says so

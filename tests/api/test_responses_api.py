@@ -272,6 +272,38 @@ def test_store_true_is_kept_by_sekisho_in_the_home_region_not_by_the_provider(
     assert c.responses.create(model="gpt-4o", input="and?", previous_response_id=first.id).id
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_answer_echoes_the_request_as_the_client_sent_it(
+    gateway: Callable[..., Harness], stream: bool
+) -> None:
+    """The upstream saw placeholders and no previous_response_id of the client's (sekisho
+    continued the conversation itself); the response object echoes the client's own."""
+    h = gateway()
+    c = client(h)
+    first = c.responses.create(model="gpt-4o", input="hello").id
+    ask: dict[str, Any] = {
+        "model": "gpt-4o",
+        "input": "and then?",
+        "instructions": f"Reply to {EMAIL}",
+        "metadata": {"owner": EMAIL},
+        "user": EMAIL,
+        "previous_response_id": first,
+    }
+    if stream:
+        events, raw = stream_events(h, via=c, **ask)
+        objects = [e.response for e in events if hasattr(e, "response")]
+        assert len(objects) >= 2  # created ... completed
+    else:
+        raw = c.responses.with_raw_response.create(**ask)
+        objects = [raw.parse()]
+    sent = sent_body(h, raw.headers["x-sekisho-endpoint"])
+    assert EMAIL not in json.dumps(sent) and "previous_response_id" not in sent
+    for got in objects:
+        assert got.previous_response_id == first
+        assert got.instructions == f"Reply to {EMAIL}"
+        assert got.metadata == {"owner": EMAIL} and got.user == EMAIL
+
+
 @pytest.mark.parametrize("case", sorted(FEATURE_REQUESTS))
 def test_provider_state_and_hosted_tools_need_the_tenants_leave(
     gateway: Callable[..., Harness], case: str
