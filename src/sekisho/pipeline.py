@@ -201,7 +201,7 @@ class Pipeline:
                     # whichever tenant's conversation it names. Only ids sekisho issued (and
                     # sealed to this tenant) are continued.
                     raise InvalidRequest(
-                        f"Cannot continue from previous_response_id {previous[:80]!r}: sekisho "
+                        f"Cannot continue from previous_response_id {quoted_id(previous)}: sekisho "
                         "did not issue it. Continue from the id sekisho returned for the "
                         f"response (it begins with {PROVIDER_KEPT_PREFIX!r}), or send the "
                         "whole conversation as input.",
