@@ -148,6 +148,9 @@ async def relay(
     except (asyncio.CancelledError, GeneratorExit):
         await _left(p, call, decision, outcome, output.texts())
         raise
+    except Exception:
+        unexpected = await p.unexpected(call, decision, route)
+        yield b"data: " + orjson.dumps(unexpected.body()) + b"\n\n"
     finally:
         upstream.close()
 
@@ -307,6 +310,9 @@ async def relay_responses(
     except (asyncio.CancelledError, GeneratorExit):
         await _left(p, call, decision, outcome, output.texts())
         raise
+    except Exception:
+        err = await p.unexpected(call, decision, route)
+        yield _response_error(output, err.code, err.message)
     finally:
         upstream.close()
 
@@ -329,10 +335,16 @@ async def relay_when_answered(
             yield b": keep-alive\n\n"
             await asyncio.wait((dispatching,), timeout=p.stream_keepalive)
         try:
-            route, upstream, _ = dispatching.result()
+            try:
+                route, upstream, _ = dispatching.result()
+            except SekishoError:
+                raise
+            except Exception:
+                raise await p.unexpected(call, decision, None) from None
         except SekishoError as exc:
-            outcome.status, outcome.error_code = exc.status, exc.code
-            await p.record(call, decision, outcome)
+            if not call.outcome_recorded:
+                outcome.status, outcome.error_code = exc.status, exc.code
+                await p.record(call, decision, outcome)
             if call.kind == "responses":
                 yield _response_error(None, exc.code, exc.message)
             else:

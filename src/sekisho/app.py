@@ -537,8 +537,9 @@ class Gateway:
                 if self.health.is_up(ep.id) and self.health.state(ep.id).failures == 0:
                     continue
                 transport = self.transports[ep.family]
-                url, headers, tls = transport.probe_request(ep)
                 try:
+                    # (An unusable api_key_file raises here: the endpoint stays down.)
+                    url, headers, tls = transport.probe_request(ep)
                     headers = await transport.with_token(ep, headers)
                     async with self._session.get(
                         url,
@@ -803,11 +804,14 @@ class Gateway:
                 raise
         except Exception:
             finished = True
-            log.exception("unexpected error", extra={"request_id": rid})
+            log.exception("unexpected error", extra={"request_id": call_id})
             status = 500
+            # (After the decision entry the pipeline writes its outcome and raises a
+            # SekishoError instead: Pipeline.unexpected.) The request id, as every answer has.
             err = SekishoError(
-                f"sekisho hit an unexpected error (request {rid}); the operator's logs have "
-                "the details."
+                f"sekisho hit an unexpected error (request {call_id}); the operator's logs "
+                "have the details.",
+                headers={"x-sekisho-request-id": call_id},
             )
             with contextlib.suppress(Exception):
                 await http.send_error(send, err, rid)

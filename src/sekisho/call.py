@@ -61,6 +61,9 @@ class Call:
     # The previous_response_id the client sent, as it sent it (the upstream gets another
     # one, or none): the answer echoes this one, as OpenAI's does.
     previous_response_id: str | None = None
+    # Its outcome entry is written (or there is no ledger): an unexpected error after that
+    # writes no second one (``Pipeline.unexpected``).
+    outcome_recorded: bool = False
 
     @property
     def spoken(self) -> bool:

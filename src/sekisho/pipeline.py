@@ -236,6 +236,7 @@ class Pipeline:
             await self._settle(call, None)
             raise
         headers = self._decision_headers(call, decision, receipt)
+        route: Route | None = None
         try:
             if call.stream and self.stream_keepalive > 0:
                 dispatching = asyncio.ensure_future(self.dispatch(call, decision))
@@ -261,6 +262,8 @@ class Pipeline:
             # (the audit would otherwise list it with the requests a crash cut short).
             await asyncio.shield(self.gone(call, decision))
             raise
+        except Exception:
+            raise await self.unexpected(call, decision, route, headers) from None
         headers += route_headers(route)
         if call.upstream_request_id is not None:
             headers.append(("x-sekisho-upstream-request-id", call.upstream_request_id))
@@ -273,6 +276,43 @@ class Pipeline:
         except SekishoError as exc:
             _with_headers(exc, headers)
             raise
+        except Exception:
+            raise await self.unexpected(call, decision, route, headers) from None
+
+    async def unexpected(
+        self,
+        call: Call,
+        decision: Decision,
+        route: Route | None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> SekishoError:
+        """An unexpected error (a defect, not a refusal) after the request's decision entry
+        was written: logged with its traceback, and the decision gets its outcome (500,
+        ``internal_error``; the endpoint, when one had answered), so that no unexpected error
+        leaves a decision without an outcome (``ledger audit``'s "incomplete" is kept for
+        requests a crash cut short). Call it in an ``except`` block. Returns the error the
+        client gets, with the decision's headers (its receipt)."""
+        log.exception("unexpected error", extra={"request_id": call.request_id})
+        if not call.outcome_recorded:
+            outcome = Outcome(500, route, error_code="internal_error")
+            try:
+                # The ledger entry only: the store's record is what failed, or may have.
+                if self.recorder is not None:
+                    await asyncio.shield(self.recorder.outcome(call, decision, outcome))
+                call.outcome_recorded = True
+            except Exception:
+                log.exception(
+                    "the outcome of a request that failed unexpectedly could not be recorded",
+                    extra={"request_id": call.request_id},
+                )
+            finally:
+                await self._settle(call, outcome)
+        err = SekishoError(
+            f"sekisho hit an unexpected error (request {call.request_id}); the operator's "
+            "logs have the details."
+        )
+        _with_headers(err, headers or [])
+        return err
 
     def seal(self, tenant: TenantView, endpoint_id: str, provider_id: str) -> str:
         """The seal binding a provider-kept response id to ``tenant`` (``_provider_state``)."""
@@ -914,6 +954,7 @@ class Pipeline:
                 unkept = exc
             if self.recorder is not None:
                 await self.recorder.outcome(call, decision, outcome)
+            call.outcome_recorded = True
             if unkept is not None:
                 raise unkept
         finally:

@@ -266,3 +266,91 @@ def test_api_key_file_must_exist_and_stand_alone(tmp_path: Path) -> None:
     raw["endpoints"][0]["api_key"] = "also-this"
     with pytest.raises(ConfigError, match="one of api_key, api_key_file and auth"):
         parse_config(yaml.safe_dump(raw), "sekisho.yaml")
+
+
+def _key_file_on_tokyo(key_file: Path) -> Any:
+    def from_file(raw: dict[str, Any]) -> None:
+        ep = raw["endpoints"][0]
+        ep.pop("api_key", None)
+        ep["api_key_file"] = str(key_file)
+
+    return from_file
+
+
+def test_a_key_file_emptied_after_start_keeps_the_key_read_at_start(tmp_path: Path) -> None:
+    """The key is read at start (as the docs say), not on the endpoint's first request: a
+    secret emptied or removed meanwhile neither breaks the endpoint nor answers 500."""
+    key_file = tmp_path / "tokyo.key"
+    key_file.write_text("key-one\n")
+    h = start_example(tmp_path / "gw", _key_file_on_tokyo(key_file))
+    try:
+        sim = h.sims["sim-domestic-tokyo"]
+        sim.spec.require_key = "key-one"
+        key_file.write_text("")  # before the endpoint's first request
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        model = h.raw["endpoints"][0]["models"][0]["id"]  # served by this endpoint only
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert sim.stats.headers[-1]["authorization"] == "Bearer key-one"
+        key_file.unlink()
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert sim.stats.headers[-1]["authorization"] == "Bearer key-one"
+    finally:
+        h.stop()
+
+
+def test_a_key_file_unusable_when_a_request_needs_it_fails_that_endpoint_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that could not read the key file (a secret replaced between the config's
+    validation and the worker's start): its requests fail over to the next eligible endpoint,
+    and with none a 502 names the endpoint and the unusable file (never its content); the
+    decision gets its outcome and the answer its request id. Readable again, it is used."""
+    from harness import ledger_incomplete, request
+    from sekisho.providers import keyfile
+    from sekisho.providers import openai as adapter
+
+    key_file = tmp_path / "tokyo.key"
+    key_file.write_text("key-one\n")
+
+    def unreadable(path: str) -> str:
+        raise keyfile.KeyFileUnusable(f"{path} is empty")
+
+    monkeypatch.setattr(adapter, "read_key_file", unreadable)
+    h = start_example(tmp_path / "gw", _key_file_on_tokyo(key_file))
+    monkeypatch.setattr(adapter, "read_key_file", keyfile.read_key_file)
+    try:
+        sim = h.sims["sim-domestic-tokyo"]
+        sim.spec.require_key = "key-one"
+        key_file.write_text("SECRET-PART-ONE\nSECRET-PART-TWO\n")  # a broken rotation
+        key = h.key()
+        model = h.raw["endpoints"][0]["models"][0]["id"]  # served by this endpoint only
+        r = request(
+            "POST",
+            h.base_url + "/chat/completions",
+            json_body={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {key}"},
+        )
+        assert r.status_code == 502, r.text
+        error = r.json()["error"]
+        assert error["code"] == "upstream_failed"
+        assert "sim-domestic-tokyo" in error["message"]
+        assert "api_key_file is unusable" in error["message"]
+        assert str(key_file) in error["message"]
+        assert "SECRET" not in r.text
+        assert r.headers["x-sekisho-request-id"].startswith("req_")
+        assert sim.stats.requests == 0  # nothing was sent without its key
+
+        # Another eligible endpoint answers what this one cannot.
+        c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
+        done = c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert done.headers["x-sekisho-endpoint"] != "sim-domestic-tokyo"
+        assert ledger_incomplete(h) == []
+
+        key_file.write_text("key-one\n")  # fixed: read when next needed
+        h.gateway.health.success("sim-domestic-tokyo")
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert sim.stats.headers[-1]["authorization"] == "Bearer key-one"
+    finally:
+        h.stop()

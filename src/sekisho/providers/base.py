@@ -36,6 +36,14 @@ class UpstreamConnectTimeoutError(UpstreamTimeoutError):
     a client's retry starts no second generation."""
 
 
+class UpstreamKeyFileError(UpstreamError):
+    """The endpoint's ``api_key_file`` could not be read when a request needed its key (a
+    secret removed or emptied after start, before this process had read it): nothing was sent;
+    the endpoint counts as failing and the request goes to the next eligible one."""
+
+    reason = "key_file"
+
+
 class UpstreamProtocolError(UpstreamError):
     """The upstream answered something that is not the protocol (garbage, truncated stream)."""
 

@@ -15,11 +15,12 @@ from sekisho import __version__
 from sekisho.providers.base import (
     Kind,
     UpstreamError,
+    UpstreamKeyFileError,
     UpstreamProtocolError,
     UpstreamStatusError,
 )
 from sekisho.providers.h1 import H1Client, H1Response
-from sekisho.providers.keyfile import read_key_file
+from sekisho.providers.keyfile import KeyFileUnusable, read_key_file
 from sekisho.providers.oauth import TokenSource
 from sekisho.routing.catalogue import Endpoint, Route
 
@@ -53,8 +54,19 @@ class OpenAITransport:
         self._key_files: dict[str, str] = {}  # endpoint id -> that file
 
     def use_key_files(self, endpoints: list[Endpoint]) -> None:
-        """The endpoints whose key is in a file (``reload_key_files`` reads them again)."""
+        """The endpoints whose key is in a file (``reload_key_files`` reads them again). Each
+        is read now, at start: a file emptied or removed later does not take away a key this
+        process had (the next good reload replaces it). A file unusable now is read again when
+        a request needs its key."""
         self._key_files = {ep.id: ep.api_key_file for ep in endpoints if ep.api_key_file}
+        for ep_id, path in self._key_files.items():
+            try:
+                self._file_keys[ep_id] = read_key_file(path)
+            except KeyFileUnusable as exc:
+                log.warning(
+                    "endpoint key file unusable at start: requests fail over until it is readable",
+                    extra={"endpoint": ep_id, "detail": str(exc)},
+                )
 
     def url(self, route: Route, kind: Kind) -> str:
         return f"{route.endpoint.base_url.rstrip('/')}/{_PATHS[kind]}"
@@ -74,23 +86,28 @@ class OpenAITransport:
         return h
 
     def api_key(self, ep: Endpoint) -> str | None:
-        """The endpoint's static key: from the config, or from its ``api_key_file``."""
+        """The endpoint's static key: from the config, or from its ``api_key_file`` (the key
+        last read from it; read now if none was). Raises UpstreamKeyFileError when the file
+        is needed and unusable: the endpoint fails, the request goes to the next one."""
         if ep.api_key_file is None:
             return ep.api_key
         key = self._file_keys.get(ep.id)
         if key is None:
-            key = self._file_keys[ep.id] = read_key_file(ep.api_key_file)
+            try:
+                key = self._file_keys[ep.id] = read_key_file(ep.api_key_file)
+            except KeyFileUnusable as exc:  # the path and why, never the file's content
+                raise UpstreamKeyFileError(
+                    ep.id, f"its api_key_file is unusable ({exc}); nothing was sent to it"
+                ) from None
         return key
 
     def reload_key_files(self) -> list[str]:
         """Read every endpoint's ``api_key_file`` again (a rotated secret): requests from now
-        on send the new key. Returns the endpoints whose key changed."""
-        changed = []
-        for ep_id, path in self._key_files.items():
-            key = read_key_file(path)
-            if self._file_keys.get(ep_id) != key:
-                changed.append(ep_id)
-            self._file_keys[ep_id] = key
+        on send the new key. Returns the endpoints whose key changed. Raises KeyFileUnusable,
+        changing no key, if any file cannot be used (the keys in use stay)."""
+        keys = {ep_id: read_key_file(path) for ep_id, path in self._key_files.items()}
+        changed = [ep_id for ep_id, key in keys.items() if self._file_keys.get(ep_id) != key]
+        self._file_keys.update(keys)
         if changed:
             self._headers.clear()  # built with the old keys
         return changed
