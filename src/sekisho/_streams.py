@@ -29,6 +29,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("sekisho.pipeline")
 
 
+class StreamEnd:
+    """How a stream that has begun ends early, when the gateway's shutdown cuts it: with an
+    error event in its API's shape, as other failures after the first byte end (chat and
+    completions: a ``data:`` line with OpenAI's error object; the Responses API: an ``error``
+    event numbered after the last event sent)."""
+
+    __slots__ = ("output", "responses")
+
+    def __init__(self, responses: bool) -> None:
+        self.responses = responses
+        self.output: ResponsesStreamOutput | None = None  # set once its relay has begun
+
+    def error(self, exc: SekishoError) -> bytes:
+        if self.responses:
+            return _response_error(self.output, exc.code, exc.message)
+        return b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+
+
 async def relay(
     p: Pipeline,
     call: Call,
@@ -37,9 +55,12 @@ async def relay(
     route: Route,
     upstream: UpstreamResponse,
     outcome: Outcome,
+    end: StreamEnd | None = None,
 ) -> AsyncIterator[bytes]:
     if call.kind == "responses":
-        async for chunk in relay_responses(p, call, decision, tenant, route, upstream, outcome):
+        async for chunk in relay_responses(
+            p, call, decision, tenant, route, upstream, outcome, end
+        ):
             yield chunk
         return
     outcome.route = route
@@ -214,6 +235,7 @@ async def relay_responses(
     route: Route,
     upstream: UpstreamResponse,
     outcome: Outcome,
+    end: StreamEnd | None = None,
 ) -> AsyncIterator[bytes]:
     """A Responses API stream: typed events, no [DONE]; it ends with response.completed
     (or .incomplete, .failed), which is held until the outcome entry is durable, as chat's
@@ -226,6 +248,8 @@ async def relay_responses(
         p.scanners[tenant.name],
         rename=_renamer(p, call, tenant, ep.id),
     )
+    if end is not None:
+        end.output = output
     terminal: dict[str, Any] | None = None
     parts: list[bytes] = []  # an event whose data spans several lines, so far
     raw_lines = upstream.lines()
@@ -324,6 +348,7 @@ async def relay_when_answered(
     tenant: TenantView,
     dispatching: asyncio.Future[tuple[Route, UpstreamResponse, dict[str, Any] | None]],
     outcome: Outcome,
+    end: StreamEnd | None = None,
 ) -> AsyncIterator[bytes]:
     """A stream already started (200) while its endpoint has not sent a first event: SSE
     comments until it does, which clients ignore and idle timers count as traffic. A
@@ -355,7 +380,7 @@ async def relay_when_answered(
             info.append(f"x-sekisho-upstream-request-id: {call.upstream_request_id}")
         yield "".join(f": {line}\n" for line in info).encode() + b"\n"
         streaming = True
-        async for chunk in relay(p, call, decision, tenant, route, upstream, outcome):
+        async for chunk in relay(p, call, decision, tenant, route, upstream, outcome, end):
             yield chunk
     finally:
         if not dispatching.done():

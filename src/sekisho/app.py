@@ -37,6 +37,7 @@ from sekisho.errors import (
     NotFound,
     PermissionDenied,
     SekishoError,
+    ServiceUnavailable,
 )
 from sekisho.identity import Authenticator, KeyStore, Principal, require
 from sekisho.identity.limits import REDIS_TIMEOUT, Limiter, build_limiter, redis_client
@@ -125,6 +126,10 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.ready = False
         self.in_flight = 0
+        # The model calls in flight: the shutdown's grace period ends each that is still
+        # running (``_cut``), with an answer, before uvicorn would drop its connection.
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._cut_timer: asyncio.TimerHandle | None = None
         self._pid = os.getpid()
         self._serving_fd: int | None = None
         # Set when this process is one of `serve --workers N`: reloads then restart every worker.
@@ -302,22 +307,47 @@ class Gateway:
         at the end of the grace period is recorded as cut by the gateway, not as left by its
         client. uvicorn installs its handlers before the application starts: each is wrapped,
         and still called."""
-        pipeline = self.pipeline
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous = signal.getsignal(sig)
             if not callable(previous):
                 continue
 
             def handler(signum: int, frame: Any, previous: Any = previous) -> None:
-                if pipeline is not None:
-                    pipeline.draining = True
+                if self.pipeline is not None:
+                    self.pipeline.draining = True
+                with contextlib.suppress(RuntimeError):  # the loop has closed
+                    loop.call_soon_threadsafe(self.begin_draining)
                 previous(signum, frame)
 
             with contextlib.suppress(ValueError):  # not the main thread (an embedding host)
                 signal.signal(sig, handler)
 
+    def begin_draining(self) -> None:
+        """The server has begun to shut down: requests in flight have
+        ``server.shutdown_grace_seconds`` to finish; then each still running is ended by the
+        gateway (``_cut``): a stream with an error event (``gateway_shutdown``) and a properly
+        ended body, a request not yet answered with a 503 and Retry-After. uvicorn's own
+        deadline (later: cli.py) would drop their connections mid-response."""
+        if self.pipeline is not None:
+            self.pipeline.draining = True
+        if self._cut_timer is None:
+            grace = self.config.server.shutdown_grace_seconds
+            self._cut_timer = asyncio.get_running_loop().call_later(grace, self._cut)
+
+    def _cut(self) -> None:
+        if self._calls:
+            log.warning(
+                "shutdown grace period over: ending the requests still in flight",
+                extra={"requests": len(self._calls)},
+            )
+        for task in list(self._calls):
+            task.cancel()
+
     async def shutdown(self) -> None:
         self.ready = False
+        if self._cut_timer is not None:
+            self._cut_timer.cancel()
         if self._serving_fd is not None:
             os.close(self._serving_fd)
             self._serving_fd = None
@@ -696,7 +726,11 @@ class Gateway:
         answered: Outcome | None = None  # the reply's outcome, once there is a reply
         upstream_id: str | None = None
         finished = False
+        began = False  # the response's status line has gone out
+        stream: StreamReply | None = None
         task = asyncio.current_task()
+        if task is not None:
+            self._calls.add(task)
         sent_to.set(None)
         self.in_flight += 1
         if self._shared_metrics:
@@ -741,6 +775,8 @@ class Gateway:
             jurisdiction = hdrs.get("x-sekisho-jurisdiction", "-")
             upstream_id = hdrs.get("x-sekisho-upstream-request-id")
             if isinstance(reply, StreamReply):
+                stream = reply
+                began = True
                 await http.start_stream(send, rid, reply.headers)
                 first = True
                 async for chunk in reply.chunks:
@@ -763,7 +799,7 @@ class Gateway:
                     endpoint = ep.id
                     jurisdiction = ep.jurisdiction.label
             else:
-                finished = True
+                finished = began = True
                 await http.send_bytes(send, reply.status, reply.body, rid, reply.headers)
                 status = reply.status
             self._log(scope, call_id, principal, path, status, endpoint, started, None, rid,
@@ -798,6 +834,8 @@ class Gateway:
                 # this request, not an error of the server's (no traceback).
                 task.uncancel()
                 status = 503
+                with contextlib.suppress(Exception):  # the connection may be gone already
+                    await self._end_cut(send, rid, call_id, began, finished, stream)
                 self._log(scope, call_id, principal, path, status, endpoint, started,
                           "gateway_shutdown", rid, upstream_id, answered)  # fmt: skip
             else:
@@ -817,6 +855,8 @@ class Gateway:
                 await http.send_error(send, err, rid)
         finally:
             finished = True
+            if task is not None:
+                self._calls.discard(task)
             if watch_timer is not None:
                 watch_timer.cancel()
             for watcher in watchers:
@@ -831,6 +871,35 @@ class Gateway:
             m.child(m.latency, route_label, endpoint, jurisdiction).observe(
                 time.perf_counter() - started
             )
+
+    async def _end_cut(
+        self,
+        send: http.Send,
+        rid: str,
+        call_id: str,
+        began: bool,
+        finished: bool,
+        stream: StreamReply | None,
+    ) -> None:
+        """The answer to a request the shutdown's grace period cut (its outcome, 503
+        ``gateway_shutdown``, is recorded by the pipeline): a stream that had begun ends with
+        an error event in its API's shape and the chunked body's end, as other failures after
+        the first byte do (never a connection dropped mid-body); a request with no answer yet
+        gets a 503 with Retry-After, as a refusal while draining would."""
+        exc = ServiceUnavailable(
+            "The gateway is shutting down and its grace period for requests in flight "
+            f"(server.shutdown_grace_seconds) ended before this answer did (request {call_id}). "
+            "Retry: another instance, or this one once restarted, will take it.",
+            code="gateway_shutdown",
+            headers={"retry-after": "1", "x-sekisho-request-id": call_id},
+        )
+        if not began:
+            await http.send_error(send, exc, rid)
+        elif stream is not None and not finished:
+            if stream.end_with is not None:
+                body = stream.end_with(exc)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
 
     def _log(
         self,

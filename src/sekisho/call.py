@@ -5,11 +5,12 @@ of sekisho (the ledger's recorder, a tenant)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from sekisho.classify import Finding, Pseudonymiser
+from sekisho.errors import SekishoError
 from sekisho.identity import Principal
 from sekisho.identity.limits import Admission
 from sekisho.policy.decision import Decision
@@ -132,6 +133,9 @@ class StreamReply:
     headers: list[tuple[str, str]]
     chunks: AsyncIterator[bytes]
     outcome: Outcome | None = None  # complete once the chunks are
+    # The bytes of an error event ending this stream early (the gateway's shutdown cut it),
+    # in its API's shape: ``_streams.StreamEnd``.
+    end_with: Callable[[SekishoError], bytes] | None = None
 
 
 class Recorder(Protocol):

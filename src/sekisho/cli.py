@@ -8,6 +8,7 @@ import datetime as dt
 import ipaddress
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -241,7 +242,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=int(server.shutdown_grace_seconds),
+        # The gateway itself ends what is still in flight when the grace period ends, with an
+        # answer (Gateway.begin_draining); uvicorn's deadline, later, only backs that up: at
+        # its deadline it drops connections mid-response.
+        timeout_graceful_shutdown=math.ceil(server.shutdown_grace_seconds) + 2,
         timeout_keep_alive=server.keep_alive_seconds,
         server_header=False,
         # sekisho never reads the client address, so uvicorn's X-Forwarded-* rewriting layer

@@ -53,7 +53,7 @@ from sekisho._output import (
 )
 from sekisho._provider_state import PREFIX as PROVIDER_KEPT_PREFIX
 from sekisho._provider_state import pin, sealed, unwrap, wrap
-from sekisho._streams import relay, relay_when_answered, route_headers
+from sekisho._streams import StreamEnd, relay, relay_when_answered, route_headers
 from sekisho._threads import in_fair_thread
 from sekisho._upstream import (
     Primed,
@@ -247,8 +247,13 @@ class Pipeline:
                     raise
                 if not dispatching.done():  # still thinking: start the stream, keep it alive
                     outcome = Outcome(200)
-                    chunks = relay_when_answered(self, call, decision, tenant, dispatching, outcome)
-                    return StreamReply([*headers, ("x-sekisho-keepalive", "on")], chunks, outcome)
+                    end = StreamEnd(call.kind == "responses")
+                    chunks = relay_when_answered(
+                        self, call, decision, tenant, dispatching, outcome, end
+                    )
+                    return StreamReply(
+                        [*headers, ("x-sekisho-keepalive", "on")], chunks, outcome, end.error
+                    )
                 route, upstream, data = dispatching.result()
             else:
                 route, upstream, data = await self.dispatch(call, decision)  # 6
@@ -269,8 +274,9 @@ class Pipeline:
             headers.append(("x-sekisho-upstream-request-id", call.upstream_request_id))
         if call.stream:
             outcome = Outcome(200, route)
-            chunks = relay(self, call, decision, tenant, route, upstream, outcome)
-            return StreamReply(headers, chunks, outcome)
+            end = StreamEnd(call.kind == "responses")
+            chunks = relay(self, call, decision, tenant, route, upstream, outcome, end)
+            return StreamReply(headers, chunks, outcome, end.error)
         try:
             return await self._complete(call, decision, tenant, route, data, headers)
         except SekishoError as exc:

@@ -3,7 +3,6 @@ loopback; its health, readiness, metrics and logs; graceful shutdown; bad upstre
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import signal
@@ -554,7 +553,9 @@ def test_files_sekisho_makes_are_owner_only_whatever_the_umask(tmp_path: Path) -
 def test_a_stream_cut_by_the_end_of_the_grace_period_is_recorded_as_the_gateways_doing(
     tmp_path: Path,
 ) -> None:
-    """A stream longer than shutdown_grace_seconds is cut when the grace period ends: its
+    """A stream longer than shutdown_grace_seconds is cut when the grace period ends: it ends
+    with an error event (gateway_shutdown) and a properly ended chunked body, as other failures
+    after the first byte do (curl exited 18, the SDK raised a bare APIConnectionError); its
     outcome in the ledger says the gateway cut it (503 gateway_shutdown), not that its client
     left, and the last requests' log lines are written before the process exits."""
     sims, g = _slow_streams(tmp_path, chunk_delay_ms=400, grace_seconds=1)
@@ -564,9 +565,11 @@ def test_a_stream_cut_by_the_end_of_the_grace_period_is_recorded_as_the_gateways
         rid = resp.getheader("x-request-id")
         assert resp.readline().decode().startswith("data: ")
         g.signal(signal.SIGTERM)
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            for _ in resp:
-                pass
+        events = [line.decode().strip() for line in resp]  # the whole body, nothing cut
+        events = [e for e in events if e]
+        assert "data: [DONE]" not in events
+        error = json.loads(events[-1].removeprefix("data: "))["error"]
+        assert error["code"] == "gateway_shutdown" and error["type"] == "server_error"
         g.wait(20)
         from sekisho.ledger import parse_record
         from sekisho.ledger.storage import open_storage
@@ -584,6 +587,57 @@ def test_a_stream_cut_by_the_end_of_the_grace_period_is_recorded_as_the_gateways
         assert logged[0]["error"] == "gateway_shutdown" and logged[0]["status"] == 503
         assert logged[0]["tenant"] == "demo" and "key_id" in logged[0]  # who, for chargeback
         assert "Exception in ASGI application" not in g.stderr()  # a cut, not a crash
+        assert "without completing response" not in g.stderr()
+    finally:
+        g.stop()
+        sims.stop()
+
+
+@pytest.mark.slow
+def test_the_end_of_the_grace_period_answers_what_is_still_in_flight(tmp_path: Path) -> None:
+    """What the grace period's end cuts is answered, not dropped: a Responses API stream ends
+    with its error event (the SDK raises an APIError saying why, not a bare connection
+    error), and a request with no answer yet gets a 503 gateway_shutdown with Retry-After."""
+    sims, g = _slow_streams(tmp_path, chunk_delay_ms=400, grace_seconds=1)
+    try:
+        key = g.key()
+        c = openai.OpenAI(base_url=g.base_url, api_key=key, max_retries=0, timeout=20)
+        stream = c.responses.create(model="gpt-4o", input="a very slow stream " * 10, stream=True)
+        first = next(iter(stream))
+        assert first.type == "response.created"
+        for eid in sims.sims:
+            sims.fault(eid, mode="hang")  # the next request waits for its answer
+
+        answered: list[Any] = []
+
+        def waiting() -> None:
+            answered.append(
+                request(
+                    "POST",
+                    g.base_url + "/chat/completions",
+                    json_body={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"authorization": f"Bearer {key}"},
+                    timeout=20,
+                )
+            )
+
+        waiter = threading.Thread(target=waiting)
+        waiter.start()
+        time.sleep(0.3)
+        g.signal(signal.SIGTERM)
+        events = list(stream)  # ends with the error event, not a dropped connection
+        assert events[-1].type == "error"
+        assert events[-1].code == "gateway_shutdown"  # type: ignore[union-attr]
+        assert events[-1].sequence_number > first.sequence_number
+        waiter.join(20)
+        (r,) = answered
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "gateway_shutdown"
+        assert r.headers["retry-after"] == "1"
+        assert r.headers["x-sekisho-request-id"]
+        g.wait(20)
+        assert "without completing response" not in g.stderr()
+        assert "Exception in ASGI application" not in g.stderr()
     finally:
         g.stop()
         sims.stop()
