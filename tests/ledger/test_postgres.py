@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -168,3 +169,69 @@ async def test_a_commit_cut_off_neither_reuses_nor_skips_an_index(
         assert check.scan(start, start + 1)[0][1] == _entries("e")[0].leaf
     finally:
         check.close()
+
+
+async def test_ledger_audit_with_the_config_checks_a_postgres_ledgers_signatures(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ledger audit --config FILE` checks checkpoint signatures with the signing key of that
+    gateway's data directory whatever stores its ledger: with PostgreSQL it checked roots only
+    and said OK over a forged signature. A bare --url names no key: it warns so."""
+    import base64
+    import json
+
+    import psycopg
+    import yaml
+
+    from harness import example_config
+    from sekisho.ledger import create_signing_key, load_signer
+    from sekisho.ledger.cli import main
+
+    data_dir = tmp_path / "data"
+    key_file = data_dir / "keys" / "ledger.key"
+    verifier = create_signing_key(key_file, ORIGIN)
+    ledger = await Ledger.open(pg_url, load_signer(key_file), origin=ORIGIN)
+    try:
+        for i in range(3):
+            await ledger.append(decision(f"pg-audit-{i}"))
+            await ledger.append(outcome(f"pg-audit-{i}"))
+        await asyncio.to_thread(ledger.checkpoint_now)
+    finally:
+        await ledger.close()
+    raw = example_config()
+    raw["server"]["data_dir"] = str(data_dir)
+    raw["ledger"] = {**raw.get("ledger", {}), "url": pg_url}
+    config = tmp_path / "sekisho.yaml"
+    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+
+    assert main(["ledger", "audit", "--config", str(config)]) == 0
+    out = capsys.readouterr()
+    assert "(signatures verified)" in out.out and "audit: OK" in out.out
+    assert "NOT checked" not in out.err
+
+    # A signature forged in the database: one byte of each checkpoint's signature changed.
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(BASE_URL) as conn:
+        rows = conn.execute(f'SELECT size, note FROM "{schema}".checkpoints').fetchall()
+        for size, note in rows:
+            body, _, line = note.rstrip("\n").rpartition("\n")
+            prefix, _, sig = line.rpartition(" ")
+            raw_sig = bytearray(base64.b64decode(sig))
+            raw_sig[-1] ^= 1
+            forged = f"{body}\n{prefix} {base64.b64encode(bytes(raw_sig)).decode()}\n"
+            conn.execute(
+                f'UPDATE "{schema}".checkpoints SET note = %s WHERE size = %s', (forged, size)
+            )
+    assert rows
+
+    assert main(["ledger", "audit", "--config", str(config), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["signatures_verified"] is True
+    assert any(p["kind"] == "checkpoint_signature" for p in report["problems"])
+
+    assert main(["ledger", "audit", "--url", pg_url, "--key", verifier]) == 1
+    capsys.readouterr()
+    assert main(["ledger", "audit", "--url", pg_url]) == 0  # roots only: and it says so
+    out = capsys.readouterr()
+    assert "(no key given: roots only)" in out.out
+    assert "checkpoint signatures are NOT checked" in out.err and "--key" in out.err

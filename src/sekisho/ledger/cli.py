@@ -136,18 +136,34 @@ def _open(args: argparse.Namespace, *, read_only: bool = False) -> Storage:
     return open_storage(_location(args), create=False, read_only=read_only)
 
 
-def _verifiers(args: argparse.Namespace) -> list[Verifier]:
+def _verifiers(args: argparse.Namespace) -> tuple[list[Verifier], str | None]:
+    """The keys to check checkpoint signatures with: ``--key``, else the signing key of the
+    deployment named (``--config``, ``--data-dir``: its ``ledger.key_file`` or the data
+    directory's key), wherever its ledger is stored (SQLite or PostgreSQL). With none, why."""
     if getattr(args, "key", None):
-        return [_read_verifier(args.key)]
+        return [_read_verifier(args.key)], None
+    if getattr(args, "url", None) and not getattr(args, "config", None):
+        # A bare --url names a database, not a deployment: whatever ./data or
+        # $SEKISHO_DATA_DIR holds may be another log's key.
+        return [], (
+            "--url names no signing key: give --key VERIFIER_KEY (`sekisho keys ledger` "
+            "prints it), or --config FILE for the gateway whose ledger it is"
+        )
     key_file = _key_file(args)
-    if not _location(args).startswith("postgresql") and key_file.exists():
-        return [load_signer(key_file).verifier()]
-    return []
+    if key_file.exists():
+        return [load_signer(key_file).verifier()], None
+    return [], f"there is no signing key at {key_file}: give --key VERIFIER_KEY"
 
 
 def audit_command(args: argparse.Namespace) -> int:
     try:
-        verifiers = _verifiers(args)
+        verifiers, no_key = _verifiers(args)
+        if no_key is not None:
+            print(
+                f"warning: checkpoint signatures are NOT checked ({no_key}); the audit checks "
+                "the log against its own stored roots only",
+                file=sys.stderr,
+            )
         storage = _open(args, read_only=True)
         try:
             report = audit(storage, verifiers)
@@ -158,7 +174,8 @@ def audit_command(args: argparse.Namespace) -> int:
     except (StorageError, KeyFileError, NoteError, OSError) as e:
         return _fail(str(e))
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        # Whether a checkpoint's signature was checked at all, not only its root.
+        print(json.dumps({**report.to_json(), "signatures_verified": bool(verifiers)}, indent=2))
     else:
         print(f"ledger {storage.location}")
         print(f"  entries checked:     {report.entries_checked} of tree size {report.tree_size}")
