@@ -37,6 +37,17 @@ class TcpProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    def upstream_ports(self) -> list[int]:
+        """The local ports of the relayed connections to ``target``: what the server sees as
+        each client's port (PostgreSQL's ``pg_stat_activity.client_port``)."""
+        with self._lock:
+            upstreams = self._sockets[1::2]
+        ports = []
+        for sock in upstreams:
+            with contextlib.suppress(OSError):
+                ports.append(int(sock.getsockname()[1]))
+        return ports
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:

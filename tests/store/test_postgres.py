@@ -51,3 +51,46 @@ async def test_postgres_store_of_another_region_is_refused(
     await s.close()
     with pytest.raises(StoreMisconfigured, match="belongs to region 'jp'"):
         await Stores.open({"kr": Region("KR", url(pg_schema))}, tmp_path, audit=sink, migrate=True)
+
+
+async def test_the_first_write_after_the_server_ended_the_connections_is_kept(
+    tmp_path: Path, sink: Sink, pg_schema: str
+) -> None:
+    """The server ends every connection (pg_terminate_backend: a failover, an administrator,
+    a restart): the next write goes on a new connection, not 503 store_unavailable for a
+    request the model already answered. (Only this test's connections are ended: those
+    through a relay whose ports the server sees.)"""
+    import psycopg
+
+    from tcp_proxy import TcpProxy
+
+    relay = TcpProxy(("127.0.0.1", 5432)).start()
+    through = url(pg_schema).replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    s = await Stores.open(
+        {"jp": Region("JP", through)},
+        tmp_path,
+        audit=sink,
+        migrate=True,
+        tenants={"demo": Tenant("jp", FULL_7)},
+    )
+    try:
+        tenant = s.for_tenant("demo", "jp")
+        assert await tenant.put(exchange(request_id="before"))
+        ports = relay.upstream_ports()
+        assert ports
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND client_port = ANY(%s)",
+                (ports,),
+            ).fetchall()
+        assert ended and all(ok for (ok,) in ended)
+        await asyncio.sleep(0.3)  # the server is back at once; the connections are gone
+        assert await tenant.put(exchange(request_id="after"))
+        assert await tenant.put(exchange(request_id="later"))
+        assert s.region("jp").count("demo") == 3
+        assert s.region("jp").health.state()[0]
+    finally:
+        await s.close()
+        relay.stop()

@@ -470,6 +470,25 @@ class RegionStore:
                 loop.call_soon_threadsafe(_resolve, futures, error)
 
     def _write(self, rows: Sequence[dict[str, Any]], ids: Sequence[dict[str, str]]) -> None:
+        """Commit a batch. On PostgreSQL, a batch whose connection turned out to be dead before
+        its COMMIT was sent (the server restarted, an administrator or a proxy ended idle
+        connections while this one sat idle) is written once more on a new connection: it
+        did not commit, so nothing is written twice. One that died during COMMIT may have
+        committed: it fails as it is, rather than risk the batch twice."""
+        try:
+            self._write_once(rows, ids)
+        except _Uncommitted as dead:
+            log.warning(
+                "store connection lost before the commit; writing the batch again on a new "
+                "connection",
+                extra={"region": self.region, "reason": str(dead.cause).strip()[:200]},
+            )
+            try:
+                self._write_once(rows, ids)
+            except _Uncommitted as again:
+                raise again.cause from None
+
+    def _write_once(self, rows: Sequence[dict[str, Any]], ids: Sequence[dict[str, str]]) -> None:
         # The writer thread keeps one driver connection for itself: the rows are plain values
         # already, and SQLAlchemy's pool checkout, transaction and checkin per batch were a
         # measurable share of the writer's time under the GIL.
@@ -483,6 +502,7 @@ class RegionStore:
                 self._writer_conn.driver_connection.isolation_level = None
         fairy = self._writer_conn
         conn = fairy.driver_connection
+        committing = False
         try:
             cur = conn.cursor()
             try:
@@ -494,15 +514,19 @@ class RegionStore:
                     self._insert_identifiers(cur, ids)
             finally:
                 cur.close()
+            committing = True
             conn.commit()  # SQLite: a no-op after a one-statement batch, which is committed
-        except BaseException:
+        except BaseException as exc:
             # A failed batch leaves nothing behind; the connection may be broken (server gone,
             # disk full): the next batch starts on a fresh one.
+            dead = not sqlite and bool(getattr(conn, "broken", False) or conn.closed)
             with contextlib.suppress(Exception):
                 conn.rollback()
             with contextlib.suppress(Exception):
                 fairy.invalidate()
             self._writer_conn = None
+            if dead and not committing and isinstance(exc, Exception):
+                raise _Uncommitted(exc) from exc
             raise
 
     def _insert_identifiers(self, cur: Any, ids: Sequence[dict[str, str]]) -> None:
@@ -687,6 +711,15 @@ _INDEX_COLUMNS = tuple(c.name for c in subject_index.columns)
 
 
 _MAX_PARAMS = 30_000  # below SQLite's 32766 and PostgreSQL's 65535 bound parameters
+
+
+class _Uncommitted(Exception):
+    """A PostgreSQL batch whose connection was dead before its COMMIT was sent: the server
+    rolled it back, so it may be written again (``RegionStore._write``)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
