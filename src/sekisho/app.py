@@ -162,7 +162,8 @@ class Gateway:
         assert self.recorder is not None
         cfg = self.config
         if self._serving_fd is None:  # `tenant delete` refuses while this is held
-            self._serving_fd = serving.hold(cfg.data_dir)
+            # (and while `tenant delete` runs, this waits for it: ``hold_when_free``)
+            self._serving_fd = await serving.hold_when_free(cfg.data_dir)
         self.stores = await Stores.open(
             cfg.regions, cfg.data_dir, audit=self.recorder, tenants=cfg.tenants
         )
@@ -274,6 +275,9 @@ class Gateway:
         await self._open_ledger()
         assert self.recorder is not None and self.ledger is not None
         cfg = self.config
+        # Held as a worker holds it: the stores opened here make tenants' data keys, which a
+        # `tenant delete` running now would be destroying.
+        held = await serving.hold_when_free(cfg.data_dir)
         try:
             stores = await Stores.open(
                 cfg.regions, cfg.data_dir, audit=self.recorder, tenants=cfg.tenants
@@ -287,6 +291,7 @@ class Gateway:
             )
             await limiter.close()
         finally:
+            os.close(held)
             await self.ledger.close()
             self.ledger = self.recorder = None
 

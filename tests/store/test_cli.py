@@ -301,3 +301,56 @@ def test_a_subject_request_on_a_data_directory_that_is_not_there_makes_nothing(
     assert run(cfg, "subject", "find", *base) == 1
     assert "does not exist" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_a_gateway_starting_during_tenant_delete_waits_until_it_is_over(
+    config_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tenant delete` checked the serving lock and let go of it at once: a gateway started
+    during the deletion and made a new data key for the tenant being destroyed. The lock is
+    now held for the whole deletion; a gateway starting meanwhile waits for it to end."""
+    from sekisho import _serving
+
+    data = config_file.parent / "data"
+    asyncio.run(seed(data))
+    delete_tenant = Stores.delete_tenant
+    seen: dict[str, object] = {}
+
+    async def deleting(self: Stores, tenant: str, *, actor: str) -> dict[str, int]:
+        try:
+            _serving.hold(data)  # a gateway process starting now
+        except _serving.Busy:
+            seen["refused"] = True
+        else:
+            seen["refused"] = False
+        waiting = asyncio.ensure_future(_serving.hold_when_free(data, poll=0.01))
+        await asyncio.sleep(0.2)
+        seen["waited"] = not waiting.done()
+        waiting.cancel()
+        return await delete_tenant(self, tenant, actor=actor)
+
+    monkeypatch.setattr(Stores, "delete_tenant", deleting)
+    args = ["--tenant", "demo", "--actor", "admin", "--yes"]
+    assert run(config_file, "tenant", "delete", *args) == 0
+    assert "deleted 2 record(s)" in capsys.readouterr().out
+    assert seen == {"refused": True, "waited": True}
+    fd = _serving.hold(data)  # once it is over, a gateway starts
+    os.close(fd)
+
+
+async def test_a_waiting_gateway_starts_as_soon_as_the_deletion_ends(tmp_path: Path) -> None:
+    from sekisho import _serving
+
+    tmp_path.joinpath("data").mkdir()
+    data = tmp_path / "data"
+    with _serving.exclusively(data) as alone:
+        assert alone
+        waiting = asyncio.ensure_future(_serving.hold_when_free(data, poll=0.01))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+    fd = await asyncio.wait_for(waiting, 2)
+    try:
+        with _serving.exclusively(data) as alone:
+            assert not alone  # and `tenant delete` refuses while it serves
+    finally:
+        os.close(fd)

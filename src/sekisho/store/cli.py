@@ -305,16 +305,23 @@ async def _tenant_delete(args: argparse.Namespace) -> int:
     config = _load(args)
     from sekisho import _serving
 
-    if _serving.in_use(config.data_dir):
-        # The gateway holds the tenant's data key in memory: it would go on sealing new
-        # records under the key destroyed here, records no subject request could then find.
-        print(
-            f"error: a gateway is serving {config.data_dir}; stop it (every worker) before "
-            f"destroying tenant {args.tenant}'s data keys, remove the tenant from "
-            f"{config.source_file}, then start it again",
-            file=sys.stderr,
-        )
-        return 1
+    # Held exclusively until the deletion is over: a gateway starting meanwhile waits for it
+    # (its stores would otherwise load, or make, a data key of the tenant being destroyed).
+    with _serving.exclusively(config.data_dir) as alone:
+        if not alone:
+            # The gateway holds the tenant's data key in memory: it would go on sealing new
+            # records under the key destroyed here, records no subject request could find.
+            print(
+                f"error: a gateway is serving {config.data_dir}; stop it (every worker) before "
+                f"destroying tenant {args.tenant}'s data keys, remove the tenant from "
+                f"{config.source_file}, then start it again",
+                file=sys.stderr,
+            )
+            return 1
+        return await _delete_tenant(config, args)
+
+
+async def _delete_tenant(config: Any, args: argparse.Namespace) -> int:
     if args.tenant in config.tenants:
         print(
             f"warning: tenant {args.tenant} is still in {config.source_file}; remove it, or new "
