@@ -166,6 +166,10 @@ def _trusting(field: str, path: str, ctx: ssl.SSLContext | None = None) -> ssl.S
     return ctx
 
 
+class _Encrypted(Exception):
+    """An encrypted key met with no password configured."""
+
+
 def _load_chain(
     ctx: ssl.SSLContext,
     fields: tuple[str, str, str],
@@ -174,8 +178,19 @@ def _load_chain(
     password: str | None,
 ) -> None:
     cert_field, key_field, password_field = fields
+
+    def no_password() -> str:
+        # Without a password OpenSSL would ask for one on the terminal (a `config check` or a
+        # start-up that waits for ever) or, with none, fail with "Invalid argument".
+        raise _Encrypted
+
     try:
-        ctx.load_cert_chain(cert, key, password)
+        ctx.load_cert_chain(cert, key, password if password is not None else no_password)
+    except _Encrypted:
+        raise TLSSettingError(
+            key_field if key else cert_field,
+            f"{key or cert}: the key is encrypted: set {password_field} (use ${{ENV_VAR}})",
+        ) from None
     except FileNotFoundError as exc:
         missing = exc.filename or key or cert
         field = key_field if missing == key else cert_field

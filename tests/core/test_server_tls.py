@@ -269,7 +269,8 @@ def test_config_check_names_each_bad_server_tls_setting(
     assert code != 0 and "server.tls.cert_file: cannot load the certificate and key" in out
     locked_cert, locked_key = pki["locked"]
     code, out = check(tmp_path, sims, {"cert_file": str(locked_cert), "key_file": str(locked_key)})
-    assert code != 0 and "needs key_password" in out
+    assert code != 0
+    assert f"server.tls.key_file: {locked_key}: the key is encrypted: set key_password" in out
     code, out = check(
         tmp_path, sims, {**server_files(pki), "client_ca_file": str(tmp_path / "apps-ca.pem")}
     )
@@ -301,3 +302,43 @@ def test_plain_http_off_loopback_is_warned_about(host: str, tls: bool, warned: b
     assert (message is not None) == warned
     if message:
         assert host in message and "server.tls" in message
+
+
+def test_an_encrypted_key_without_its_password_does_not_wait_at_a_terminal_prompt(
+    tmp_path: Path, sims: Simulators, pki: dict[str, Any]
+) -> None:
+    """OpenSSL asked "Enter PEM pass phrase:" on the controlling terminal: `config check` (and
+    `serve`) run from a shell stopped there; without a terminal it said "Invalid argument"."""
+    import fcntl
+    import os
+    import pty
+    import termios
+
+    locked_cert, locked_key = pki["locked"]
+
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["server"]["tls"] = {"cert_file": str(locked_cert), "key_file": str(locked_key)}
+
+    config = write_config(tmp_path / "sekisho.yaml", sims.config(mutate))
+    controller, terminal = pty.openpty()
+
+    def on_the_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "sekisho", "config", "check", str(config)],
+        stdin=terminal, capture_output=True, text=True, timeout=60,
+        preexec_fn=on_the_terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    os.close(controller)
+    assert done.returncode == 2, done.stderr
+    assert f"{locked_key}: the key is encrypted: set key_password" in done.stderr
+    # A reload (SIGHUP, the admin API) loads the files the same way: refused, nothing asked.
+    from sekisho.config import ServerTLS
+    from sekisho.tls import Listener, TLSSettingError
+
+    listener = Listener(ServerTLS(**server_files(pki)))
+    with pytest.raises(TLSSettingError, match="the key is encrypted: set key_password"):
+        listener.reload(ServerTLS(cert_file=str(locked_cert), key_file=str(locked_key)))

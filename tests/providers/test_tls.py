@@ -319,7 +319,10 @@ def test_config_names_a_client_key_that_does_not_fit(pki: dict[str, Any]) -> Non
     [problem] = problems_for(
         {"ca_file": ca, "client_cert": str(locked_cert), "client_key": str(locked_key)}
     )
-    assert "client_key_password" in problem
+    assert problem == (
+        f"{WHERE}.client_key: {locked_key}: the key is encrypted: set client_key_password "
+        "(use ${ENV_VAR})"
+    )
     [problem] = problems_for(
         {
             "ca_file": ca,
