@@ -175,8 +175,17 @@ class LedgerConfig(_Section):
 
     url: str | None = Field(
         default=None,
-        description="Where the log lives: a postgresql:// URL, or absent for SQLite in data_dir",
+        description="Where the log lives: a postgresql:// URL, sqlite:///PATH (four slashes "
+        "for an absolute path), or absent for SQLite in data_dir",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _location(cls, value: str | None) -> str | None:
+        from sekisho.ledger.storage import check_url
+
+        return None if value is None else check_url(value)
+
     origin: str | None = Field(
         default=None,
         description="Log origin and signing key name (default: HOSTNAME/sekisho-ledger)",

@@ -8,6 +8,7 @@ raise their usual exception classes (``BadRequestError``, ``AuthenticationError`
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -184,13 +185,24 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+# scheme://user:PASSWORD@ (the user part may be empty: redis://:PASSWORD@host)
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"/@:]*:)[^\s'\"@]*@")
+
+
+def hide_url_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 class ConfigProblem:
     __slots__ = ("file", "path", "reason")
 
     def __init__(self, file: str, path: str, reason: str) -> None:
         self.file = file
         self.path = path
-        self.reason = reason
+        # A URL's password (a database's, Redis's, a proxy's) never reaches a terminal or a
+        # log through a config problem that quotes the URL.
+        self.reason = hide_url_passwords(reason)
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.path}" if self.path else self.file

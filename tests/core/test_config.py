@@ -315,3 +315,30 @@ def test_a_file_that_is_not_utf8_is_named_with_where_and_how_to_convert(tmp_path
     assert load_config(path).tenants
     with pytest.raises(ConfigError, match="name the file with --config FILE"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_ledger_url_is_checked_and_no_problem_quotes_a_password() -> None:
+    """A ledger.url the ledger cannot open passed the check, and serve then took it for a file
+    path (logging it, password and all); URL problems elsewhere quoted passwords too."""
+    raw = example_config()
+    raw["ledger"] = {"url": "postgresql+psycopg://sekisho:S3cretPW@db.internal/ledger"}
+    raw["endpoints"][0]["base_url"] = "https://user:S3cretPW@api.example.jp:99999/v1"
+    raw["redis"] = "http://:S3cretPW@cache.internal:6379/0"
+    out = "\n".join(problems(raw))
+    assert "S3cretPW" not in out, out
+    assert "ledger.url: must be a postgresql:// URL (not postgresql+psycopg://)" in out
+    assert "'https://user:***@api.example.jp:99999/v1' has a port outside 1-65535" in out
+    assert "redis: 'http://:***@cache.internal:6379/0' is not a Redis URL" in out
+    for bad, said in [
+        ("postgresql://db.internal", "names no database"),
+        ("postgresql://db.internal/x?schema=a-b", "schema name 'a-b'"),
+        ("sqlite:///", "sqlite:///PATH must name a database file"),
+        ("/var/lib/sekisho/ledger.sqlite3", "must be a postgresql:// URL or sqlite:///PATH"),
+    ]:
+        raw = example_config()
+        raw["ledger"] = {"url": bad}
+        assert any(p.startswith("bad.yaml: ledger.url: ") and said in p for p in problems(raw))
+    for good in ["postgresql://u:pw@db.internal:5432/ledger?schema=gw", "sqlite:///ledger.db"]:
+        raw = example_config()
+        raw["ledger"] = {"url": good}
+        assert parse_config(yaml.safe_dump(raw), "ok.yaml").ledger.url == good

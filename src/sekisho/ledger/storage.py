@@ -770,6 +770,36 @@ class PostgresStorage(Storage):
         conn.execute(_PG_SCHEMA)
 
 
+def check_url(url: str) -> str:
+    """``url`` if it is a ledger location the config may name (``ledger.url``): a PostgreSQL
+    URL naming its database, or ``sqlite:///PATH``; raise ValueError saying what is wrong
+    (without the URL's password)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018  (raises for a port outside 0..65535)
+        except ValueError:
+            raise ValueError("the postgresql:// URL has a port outside 1-65535") from None
+        if not parts.path.strip("/"):
+            raise ValueError("the postgresql:// URL names no database (postgresql://HOST/DB)")
+        schema = dict(parse_qsl(parts.query)).get("schema", "public")
+        if not schema or not schema.replace("_", "").isalnum():
+            raise ValueError(f"schema name {schema!r} must be letters, digits and _")
+        return url
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not path or path.endswith("/") or "?" in path:
+            raise ValueError(
+                "sqlite:///PATH must name a database file (sqlite:////abs/ledger.sqlite3)"
+            )
+        return url
+    scheme = url.partition("://")[0] if "://" in url else ""
+    said = f" (not {scheme}://)" if scheme else ""
+    raise ValueError(
+        f"must be a postgresql:// URL{said} or sqlite:///PATH; leave it out for SQLite in data_dir"
+    )
+
+
 def open_storage(
     url_or_path: str | Path, *, create: bool = True, read_only: bool = False
 ) -> Storage:
