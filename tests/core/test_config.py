@@ -342,3 +342,47 @@ def test_ledger_url_is_checked_and_no_problem_quotes_a_password() -> None:
         raw = example_config()
         raw["ledger"] = {"url": good}
         assert parse_config(yaml.safe_dump(raw), "ok.yaml").ledger.url == good
+
+
+def test_endpoint_headers_that_no_request_could_send_are_refused_at_load() -> None:
+    """A header name with a space, a value with CR/LF, a framing header: each passed the check
+    and then failed every request (HTTP 502); an Authorization header next to api_key went
+    upstream as a second one."""
+    cases = [
+        ({"X Tenant": "bank"}, "header name 'X Tenant' is not a valid HTTP header name"),
+        ({"X-Tenant:": "bank"}, "header name 'X-Tenant:' is not a valid HTTP header name"),
+        ({"X-Foo": "a\r\nEvil: 1"}, "header 'X-Foo' has a CR, LF or NUL in its value"),
+        ({"Content-Length": "5"}, "header 'Content-Length' is set by the gateway"),
+        ({"Host": "other.example"}, "header 'Host' is set by the gateway"),
+        ({"Transfer-Encoding": "chunked"}, "header 'Transfer-Encoding' is set by the gateway"),
+        ({"connection": "close"}, "header 'connection' is set by the gateway"),
+        ({"Authorization": "Bearer x"}, "header 'Authorization' is the credential header the "
+         "gateway sends from api_key"),
+    ]  # fmt: skip
+    for headers, said in cases:
+        raw = example_config()
+        raw["endpoints"][0]["api_key"] = "k"
+        raw["endpoints"][0]["headers"] = headers
+        [problem] = problems(raw)
+        assert problem.startswith(f"bad.yaml: endpoints[0](sim-domestic-tokyo).headers: {said}")
+    # Azure's key goes in api-key: that one is refused there, whatever its case
+    raw = example_config()
+    raw["endpoints"][1].update(
+        family="azure_openai", api_key="k", api_version="2024-10-21", headers={"API-Key": "x"}
+    )
+    raw["endpoints"][1]["models"] = [{"id": "gpt-4o", "deployment": "gpt4o"}]
+    out = "\n".join(problems(raw))
+    assert "endpoints[1](sim-global-japaneast).headers: header 'API-Key' is the credential" in out
+    # With no credential of its own, an endpoint may take its Authorization from headers
+    raw = example_config()
+    raw["endpoints"][0].pop("api_key", None)
+    raw["endpoints"][0]["headers"] = {"Authorization": "Bearer ${TOKEN}", "User-Agent": "bank/1"}
+    config = parse_config(yaml.safe_dump(raw), "ok.yaml", env={"TOKEN": "t"})
+    from sekisho.providers.h1 import H1Client
+    from sekisho.providers.openai import transport_for
+
+    ep = config.catalogue.by_id["sim-domestic-tokyo"]
+    sent = transport_for("openai", H1Client()).endpoint_headers(ep, {})
+    # one User-Agent (the configured one replaces the gateway's), one Authorization
+    assert sorted(n.lower() for n in sent) == ["authorization", "user-agent"]
+    assert sent["authorization"] == "Bearer t" and sent["user-agent"] == "bank/1"

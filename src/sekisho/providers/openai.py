@@ -82,7 +82,7 @@ class OpenAITransport:
         key = self.api_key(ep)
         if key:
             h["authorization"] = f"Bearer {key}"
-        h.update(ep.headers)
+        h.update(_lower(ep.headers))
         return h
 
     def api_key(self, ep: Endpoint) -> str | None:
@@ -262,7 +262,7 @@ class AzureOpenAITransport(OpenAITransport):
         key = self.api_key(ep)
         if key:
             h["api-key"] = key
-        h.update(ep.headers)
+        h.update(_lower(ep.headers))
         return h
 
     def probe_url(self, ep: Endpoint) -> str:
@@ -277,6 +277,12 @@ class AzureOpenAITransport(OpenAITransport):
         else:
             merged.pop("model", None)
         return orjson.dumps(self._with_stream_usage(route, merged, kind))
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    """An endpoint's extra headers, named as the gateway's own are (lower case): one that
+    changes a header the gateway sets (user-agent) replaces it instead of going next to it."""
+    return {name.lower(): value for name, value in headers.items()}
 
 
 _PATHS = {

@@ -15,7 +15,15 @@ from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 # ISO 3166-1 alpha-2, officially assigned (249 codes, 2024), plus EU (the Union as a
@@ -321,6 +329,38 @@ class UpstreamAuth(_Facts):
         return ENTRA_SCOPE if self.type == "azure_entra" else None
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Framing and connection headers the HTTP client sets, and the body's type and encoding
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "proxy-connection",
+        "content-type",
+        "accept-encoding",
+    }
+)
+
+
+def _credential_header(fields: dict[str, Any]) -> tuple[str, str] | None:
+    """The header (lower case) an endpoint's own credential goes in, and the key it comes
+    from; None if it has none."""
+    if fields.get("auth") is not None:
+        return "authorization", "auth"
+    for key in ("api_key", "api_key_file"):
+        if fields.get(key):
+            header = "api-key" if fields.get("family") == "azure_openai" else "authorization"
+            return header, key
+    return None
+
+
 class Endpoint(_Facts):
     """A model endpoint and its sovereignty facts."""
 
@@ -409,6 +449,30 @@ class Endpoint(_Facts):
         if self.family == "azure_openai":  # older API versions refuse stream_options
             return (self.api_version or "") >= "2024-09-01"
         return True
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        """Headers every request can carry: refused here, not by every request at run time
+        (a bad name, a CR or LF), and none the gateway sends itself, which would go twice."""
+        credential = _credential_header(info.data)
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"header name {name!r} is not a valid HTTP header name (letters, digits "
+                    "and !#$%&'*+-.^_`|~; no spaces or ':')"
+                )
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} has a CR, LF or NUL in its value")
+            lower = name.lower()
+            if lower in _RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by the gateway; it cannot be configured")
+            if credential is not None and lower == credential[0]:
+                raise ValueError(
+                    f"header {name!r} is the credential header the gateway sends from "
+                    f"{credential[1]}: give the credential there only"
+                )
+        return value
 
     @field_validator("base_url")
     @classmethod
