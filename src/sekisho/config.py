@@ -654,6 +654,19 @@ def _cross_checks(model: ConfigModel, file: str) -> list[ConfigProblem]:
                     f"unknown region {tenant.home_region!r}; declared regions: {known}",
                 )
             )
+    known_tenants = ", ".join(sorted(model.tenants))
+    for i, issuer in enumerate(model.auth.oidc if model.auth is not None else []):
+        named = [("tenant", issuer.tenant)] if issuer.tenant is not None else []
+        named += [(f"tenant_map.{claim}", t) for claim, t in issuer.tenant_map.items()]
+        for key, tenant_name in named:
+            if tenant_name not in model.tenants:
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        f"auth.oidc[{i}].{key}",
+                        f"unknown tenant {tenant_name!r}; declared tenants: {known_tenants}",
+                    )
+                )
     from sekisho.store import validate_regions
 
     problems.extend(validate_regions(model.regions, Path(model.server.data_dir), file))

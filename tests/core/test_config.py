@@ -386,3 +386,25 @@ def test_endpoint_headers_that_no_request_could_send_are_refused_at_load() -> No
     # one User-Agent (the configured one replaces the gateway's), one Authorization
     assert sorted(n.lower() for n in sent) == ["authorization", "user-agent"]
     assert sent["authorization"] == "Bearer t" and sent["user-agent"] == "bank/1"
+
+
+def test_oidc_issuers_name_only_declared_tenants() -> None:
+    """A token from an issuer mapped to a tenant the file does not declare had nowhere to go:
+    the typo showed only as refused logins."""
+    raw = example_config()
+    raw["auth"] = {
+        "oidc": [
+            {"issuer": "https://login.example.jp", "audience": "sekisho", "tenant": "demoo",
+             "default_role": "app"},
+            {"issuer": "https://idp.example.jp", "audience": "sekisho", "tenant_claim": "org",
+             "tenant_map": {"acme": "demo", "globex": "globx"}, "default_role": "app"},
+        ]
+    }  # fmt: skip
+    out = problems(raw)
+    assert out == [
+        "bad.yaml: auth.oidc[0].tenant: unknown tenant 'demoo'; declared tenants: demo",
+        "bad.yaml: auth.oidc[1].tenant_map.globex: unknown tenant 'globx'; declared tenants: demo",
+    ], out
+    raw["auth"]["oidc"][0]["tenant"] = "demo"
+    raw["auth"]["oidc"][1]["tenant_map"]["globex"] = "demo"
+    assert parse_config(yaml.safe_dump(raw), "ok.yaml").model.auth is not None
