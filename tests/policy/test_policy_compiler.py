@@ -329,6 +329,20 @@ def test_contradictory_operator_rules_are_refused() -> None:
     assert "domestic_operator_only" in reason
 
 
+def test_a_region_no_endpoint_is_in_is_named_like_an_unknown_endpoint() -> None:
+    """`JP/tokio` quietly allowed nothing at that level: every request at it was refused."""
+    problems = _problems(
+        {"levels": {"restricted": {"jurisdictions": ["JP", "JP/tokio", "DE/Frankfurt"]}}}
+    )
+    assert problems == [
+        (
+            "tenants.acme.policy.levels.restricted.jurisdictions[1]",
+            "no endpoint is in JP/tokio; jurisdictions in the catalogue: DE/frankfurt, "
+            "JP/tokyo, US/us-east-1, US/us-west-2",
+        )
+    ]
+
+
 def test_rule_that_applies_to_nothing_is_refused() -> None:
     ((path, _),) = _problems({"rules": [{"id": "empty", "when": {}, "no_training": True}]})
     assert path == "tenants.acme.policy.rules[0].when"
@@ -342,6 +356,8 @@ def test_rule_that_applies_to_nothing_is_refused() -> None:
         ({"levels": {"public": {"certifications": ["ISMAPP"]}}}, "unknown certification"),
         ({"levels": {"public": {"operators": {"allow": ["A"], "deny": ["a"]}}}}, "both allowed"),
         ({"levels": {"public": {"jurisdictions": ["Japan"]}}}, "not a jurisdiction"),
+        ({"levels": {"public": {"jurisdictions": ["UK"]}}}, "the United Kingdom is GB"),
+        ({"levels": {"public": {"jurisdictions": ["XX/tokyo"]}}}, "not an ISO 3166-1 alpha-2"),
         ({"classification": {"findings": {"my_number": "restricted"}}}, "finding type"),
         ({"extends": ["jp-appi", "jp-appi"]}, "twice"),
         ({"overrides": {"jp-appi/x": {"disabled": True}}}, "reason"),
@@ -384,7 +400,7 @@ def test_memoised_decision_carries_each_request_s_own_finding_counts() -> None:
     ("condition", "excluded", "fact"),
     [
         ({"jurisdictions": ["JP", "DE/frankfurt"]}, {"us-east", "us-with-basis"}, "jurisdiction="),
-        ({"jurisdictions": ["JP/osaka"]}, {ep.id for ep in CATALOGUE.endpoints}, "jurisdiction="),
+        ({"jurisdictions": ["SG"]}, {ep.id for ep in CATALOGUE.endpoints}, "jurisdiction="),
         ({"operators": {"deny": ["Cloud Inc"]}}, {"jp-subsidiary"}, "operator.parent=Cloud Inc"),
         (
             {"operators": {"allow": ["Tenant IT", "Rechenzentrum GmbH"]}},

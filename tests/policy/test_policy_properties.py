@@ -116,7 +116,14 @@ def constraints(draw: st.DrawFn, catalogue: Catalogue, depth: int = 0) -> dict[s
     c: dict[str, Any] = {}
     for name in fields:
         if name == "jurisdictions":
-            c[name] = draw(_sublist([*COUNTRIES, "JP/a", "US/b"], 4))
+            # a region no endpoint is in is a config error (a typo), not a constraint
+            regions = sorted(
+                {
+                    f"{ep.jurisdiction.country}/{ep.jurisdiction.region}"
+                    for ep in catalogue.endpoints
+                }
+            )
+            c[name] = draw(_sublist([*COUNTRIES, *regions], 4))
         elif name == "operators":
             c[name] = draw(_allow_deny(names))
         elif name == "operator_countries":

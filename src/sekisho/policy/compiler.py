@@ -577,6 +577,21 @@ def _checks(
     checks: list[tuple[str, Check]] = []
 
     if c.jurisdictions is not None:
+        # A region is a free-form name: one no endpoint has is a typo (JP/tokio) that would
+        # quietly allow nothing. A country is checked against ISO 3166 already, and may be
+        # listed before any endpoint is in it.
+        served = {
+            f"{ep.jurisdiction.country}/{ep.jurisdiction.region.lower()}"
+            for ep in catalogue.endpoints
+        }
+        for i, ref in enumerate(c.jurisdictions):
+            if "/" in ref and ref not in served:
+                problems.add(
+                    f"{key_path}.jurisdictions[{i}]",
+                    f"no endpoint is in {ref}; jurisdictions in the catalogue: "
+                    f"{', '.join(sorted(served)) or 'none'}",
+                    file,
+                )
         countries = frozenset(j for j in c.jurisdictions if "/" not in j)
         regions = frozenset(tuple(j.split("/", 1)) for j in c.jurisdictions if "/" in j)
 

@@ -13,7 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sekisho.routing.catalogue import Certification, CountryCode, Deployment, LegalBasis
+from sekisho.routing.catalogue import (
+    Certification,
+    CountryCode,
+    Deployment,
+    LegalBasis,
+    country_code,
+)
 from sekisho.types import UNINSPECTED_TYPES, Level
 
 _FINDING_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -70,6 +76,7 @@ def _jurisdiction_ref(value: str) -> str:
             f"{value!r} is not a jurisdiction: write a country code (JP) or country/region "
             "(JP/tokyo)"
         )
+    code = country_code(code)  # a real one, as everywhere else a country is named (UK: GB)
     if sep and not region.strip():
         raise ValueError(f"{value!r} has an empty region after '/'")
     return f"{code}/{region.strip().lower()}" if sep else code
