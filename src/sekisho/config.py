@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from sekisho import _yaml as strict_yaml
+from sekisho._section import Section
 from sekisho.errors import ConfigError, ConfigProblem
 from sekisho.identity.spec import AuthSpec, GatewayLimitsSpec, LimitsSpec, RedisURL
 from sekisho.policy.spec import PolicySpec
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(Section):
+    pass
 
 
 class ServerTLS(_Section):
@@ -521,10 +522,48 @@ def _detection_rules(tenant: Tenant, where: str) -> tuple[list[CustomRule], list
 
 
 def json_schema() -> dict[str, Any]:
-    schema = ConfigModel.model_json_schema()
+    schema: dict[str, Any] = _with_env_references(ConfigModel.model_json_schema())
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "sekisho configuration"
     return schema
+
+
+# A string holding ${NAME} or ${NAME:-default}: the loader expands it before the value is
+# checked, so the schema takes it wherever a value with a type or constraint is expected.
+_ENV_REFERENCE = {
+    "type": "string",
+    "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}",
+    "description": "${NAME} or ${NAME:-default}: taken from the environment when loaded",
+}
+_DOCUMENTATION = ("title", "description", "default", "examples")
+
+
+def _with_env_references(node: Any) -> Any:
+    """``node`` (a JSON Schema) with every number, boolean, enumeration and constrained
+    string also accepting a ``${…}`` reference, as the loader does."""
+    if isinstance(node, list):
+        return [_with_env_references(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("properties", "$defs", "patternProperties"):
+            out[key] = {k: _with_env_references(v) for k, v in value.items()}
+        elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "prefixItems"):
+            out[key] = _with_env_references(value)
+        else:
+            out[key] = value
+    kind = out.get("type")
+    constrained = (
+        kind in ("integer", "number", "boolean")
+        or "enum" in out
+        or "const" in out
+        or (kind == "string" and ({"pattern", "format", "minLength", "maxLength"} & set(out)))
+    )
+    if not constrained:
+        return out
+    outer = {k: out.pop(k) for k in _DOCUMENTATION if k in out}
+    return {**outer, "anyOf": [out, _ENV_REFERENCE]}
 
 
 def _expand(node: Any, env: dict[str, str], file: str, path: str, out: list[ConfigProblem]) -> Any:

@@ -408,3 +408,94 @@ def test_oidc_issuers_name_only_declared_tenants() -> None:
     raw["auth"]["oidc"][0]["tenant"] = "demo"
     raw["auth"]["oidc"][1]["tenant_map"]["globex"] = "demo"
     assert parse_config(yaml.safe_dump(raw), "ok.yaml").model.auth is not None
+
+
+def test_the_schema_takes_an_environment_reference_wherever_the_loader_does() -> None:
+    """`port: ${PORT}` loads ("Any string may be written ${NAME}"), but the schema said it was
+    not an integer: an editor checking against `config schema` marked a valid file wrong."""
+    import re
+
+    raw = example_config()
+    raw["server"]["port"] = "${PORT:-8080}"
+    raw["endpoints"][0]["simulated"] = "${SIMULATED}"
+    raw["endpoints"][0]["weight"] = "${WEIGHT}"
+    config = parse_config(
+        yaml.safe_dump(raw), "ok.yaml", env={"PORT": "9000", "SIMULATED": "true", "WEIGHT": "2"}
+    )
+    assert config.server.port == 9000 and config.catalogue.endpoints[0].weight == 2
+    schema = json_schema()
+    unchecked: list[str] = []
+
+    def walk(node: object, where: str, inside_reference_choice: bool) -> None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{where}[{i}]", inside_reference_choice)
+            return
+        if not isinstance(node, dict):
+            return
+        choices = node.get("anyOf", [])
+        offers = any(
+            isinstance(c, dict) and re.search(c.get("pattern", "^$"), "${NAME:-x}") for c in choices
+        )
+        constrained = node.get("type") in ("integer", "number", "boolean") or "enum" in node
+        if constrained and not inside_reference_choice:
+            unchecked.append(where)
+        for key, value in node.items():
+            if key in ("properties", "$defs"):
+                for name, sub in value.items():
+                    walk(sub, f"{where}.{name}", False)
+            elif key in ("items", "additionalProperties", "anyOf", "oneOf"):
+                walk(value, f"{where}.{key}", offers and key == "anyOf")
+
+    walk(schema, "", False)
+    assert not unchecked, unchecked
+    port = schema["$defs"]["ServerConfig"]["properties"]["port"]
+    assert port["default"] == 8080 and {"type": "integer", "minimum": 0, "maximum": 65535} in [
+        {k: v for k, v in c.items() if k != "description"} for c in port["anyOf"]
+    ]
+
+
+def test_a_region_keys_block_without_a_type_is_a_local_key_file_as_the_schema_says() -> None:
+    """`keys: {}` and `keys: {path: …}` passed the schema (type defaults to local) and were
+    refused by the loader with "Unable to extract tag using discriminator 'type'"."""
+    for keys, path in [({}, None), ({"path": "/srv/keys/jp.kek"}, "/srv/keys/jp.kek")]:
+        raw = example_config()
+        raw["regions"]["jp"]["keys"] = keys
+        config = parse_config(yaml.safe_dump(raw), "ok.yaml")
+        assert config.regions["jp"].keys.type == "local"
+        assert config.regions["jp"].keys.path == path  # type: ignore[union-attr]
+    for keys in [
+        {"type": "kms"},
+        {"address": "https://vault.tokyo.example.jp:8200", "key_name": "jp", "token": "t"},
+    ]:
+        raw = example_config()
+        raw["regions"]["jp"]["keys"] = keys
+        assert problems(raw) == [
+            "bad.yaml: regions.jp.keys: set type: local (a key file, the default) or type: vault "
+            "(HashiCorp Vault Transit; it needs address, key_name and token)"
+        ]
+
+
+def test_a_boolean_is_not_taken_for_a_number_nor_a_number_for_a_boolean() -> None:
+    """`retention_days: true` was a day of retention and `trains_on_data: 1` a yes: YAML most
+    likely read something other than what was meant. The schema refused both; now so does the
+    loader. Text (what ${VAR} expands to) is still converted."""
+    raw = example_config()
+    terms = raw["endpoints"][0]["data_terms"]
+    terms.update(retention_days=True, trains_on_data=1, zero_data_retention=0)
+    raw["endpoints"][1]["weight"] = False
+    out = problems(raw)
+    where = "bad.yaml: endpoints[0](sim-domestic-tokyo).data_terms"
+    assert out == [
+        f"{where}.retention_days: YAML read this as a boolean (true); a number is needed here",
+        f"{where}.trains_on_data: 1 is a number; write true or false",
+        f"{where}.zero_data_retention: 0 is a number; write true or false",
+        "bad.yaml: endpoints[1](sim-global-japaneast).weight: YAML read this as a boolean "
+        "(false); a number is needed here",
+    ], out
+    raw = example_config()
+    raw["endpoints"][0]["data_terms"]["trains_on_data"] = "${TRAINS:-false}"
+    raw["server"]["workers"] = "${WORKERS:-2}"
+    config = parse_config(yaml.safe_dump(raw), "ok.yaml", env={})
+    assert config.server.workers == 2
+    assert config.catalogue.endpoints[0].data_terms.trains_on_data is False

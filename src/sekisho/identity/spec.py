@@ -15,7 +15,9 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from sekisho._section import Section
 
 Role = Literal["admin", "auditor", "developer", "app"]
 # Asymmetric algorithms only: keys come from a public JWKS, so a shared-secret algorithm (HS*)
@@ -59,8 +61,8 @@ HttpsURL = Annotated[str, AfterValidator(_https_url)]
 RedisURL = Annotated[str, AfterValidator(_redis_url)]
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Spec(Section):
+    pass
 
 
 class OIDCIssuerSpec(_Spec):

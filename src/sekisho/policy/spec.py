@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from sekisho._section import Section
 from sekisho.routing.catalogue import (
     Certification,
     CountryCode,
@@ -93,8 +94,8 @@ TransformAction = Literal["redact", "pseudonymise"]
 RuleAction = Literal["allow", "redact", "pseudonymise", "block"]
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Spec(Section):
+    pass
 
 
 def _no_overlap(allow: list[str] | None, deny: list[str], what: str) -> None:

@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from sekisho._section import Section
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 # ISO 3166-1 alpha-2, officially assigned (249 codes, 2024), plus EU (the Union as a
@@ -112,8 +112,8 @@ LegalBasis = Literal[
 ]
 
 
-class _Facts(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Facts(Section):
+    pass
 
 
 class Jurisdiction(_Facts):

@@ -12,8 +12,9 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator
+from pydantic import Discriminator, Field, PrivateAttr, Tag, TypeAdapter, field_validator
 
+from sekisho._section import Section
 from sekisho.types import Level
 
 Mode = Literal["full", "metadata", "none"]
@@ -23,8 +24,8 @@ DEFAULT_DAYS = 30
 MAX_DAYS = 36_500  # a hundred years: beyond that a number is a typo, not a retention rule
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Spec(Section):
+    pass
 
 
 class LevelRetention(_Spec):
@@ -162,7 +163,29 @@ class VaultKeysSpec(_Spec):
             yield key, ("***" if key == "token" else value)
 
 
-KeyProviderSpec = Annotated[LocalKeysSpec | VaultKeysSpec, Field(discriminator="type")]
+_VAULT_ONLY = frozenset({"address", "mount", "key_name", "token", "namespace", "timeout_seconds"})
+
+
+def _key_type(value: Any) -> str | None:
+    """Which provider a ``keys`` mapping describes: its ``type``; without one, a local file
+    (``type`` defaults to local, as the JSON Schema says), unless it has Vault's keys."""
+    if not isinstance(value, Mapping):
+        return getattr(value, "type", None)
+    kind = value.get("type")
+    if kind is None:
+        return None if _VAULT_ONLY & set(value) else "local"
+    return kind if kind in ("local", "vault") else None
+
+
+KeyProviderSpec = Annotated[
+    Annotated[LocalKeysSpec, Tag("local")] | Annotated[VaultKeysSpec, Tag("vault")],
+    Discriminator(
+        _key_type,
+        custom_error_type="key_provider_type",
+        custom_error_message="set type: local (a key file, the default) or type: vault "
+        "(HashiCorp Vault Transit; it needs address, key_name and token)",
+    ),
+]
 
 _KEY_PROVIDER: TypeAdapter[LocalKeysSpec | VaultKeysSpec] = TypeAdapter(KeyProviderSpec)
 
