@@ -7,6 +7,7 @@ Secrets come from the environment: any string may be written ``${NAME}`` or ``${
 from __future__ import annotations
 
 import copy
+import datetime
 import ipaddress
 import os
 import re
@@ -429,14 +430,16 @@ def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | Non
         if mark is not None:
             where = f"line {mark.line + 1}, column {mark.column + 1}"
         reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ConfigProblem(file, where, f"not valid YAML: {reason}")]) from None
+        raise ConfigError(
+            [ConfigProblem(file, where, f"not valid YAML: {reason}{_yaml_hint(text, mark)}")]
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem(file, "", "must be a YAML mapping at the top level")])
     # Every problem at once, not one stage at a time: a missing ${VAR} does not hide a typo
     # further down. A value whose variable is missing is not judged again (it is empty).
     problems: list[ConfigProblem] = []
     expanded = _expand(raw, env if env is not None else dict(os.environ), file, "", problems)
-    unset = {p.path for p in problems}
+    unset = {_ID_LABEL.sub("", p.path) for p in problems}
 
     def new(found: list[ConfigProblem]) -> list[ConfigProblem]:
         return [p for p in found if _ID_LABEL.sub("", p.path) not in unset]
@@ -444,7 +447,7 @@ def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | Non
     try:
         model = ConfigModel.model_validate(expanded)
     except ValidationError as exc:
-        problems += new(_problems_from(exc, expanded, file))
+        problems += new(_problems_from(exc, expanded, file, _ScalarTexts(text)))
         # The checks that need a whole model (stores, policies) still run on the file with
         # the faulty values taken out, so their problems come in this report too.
         repaired = _without_faults(expanded, exc)
@@ -467,8 +470,13 @@ def _without_faults(data: dict[str, Any], exc: ValidationError) -> ConfigModel |
     errors = exc.errors()
     for _ in range(3):
         for err in errors:
-            loc = [p for p in err["loc"] if p not in ("function-after", "function-before")]
-            if not loc or not isinstance(loc[-1], str) or err["type"] == "missing":
+            loc = _real_loc(err["loc"], current, err["type"])
+            if (
+                not loc
+                or not isinstance(loc[-1], str)
+                or loc[-1] == _KEY
+                or err["type"] == "missing"
+            ):
                 return None
             node = current
             for part in loc[:-1]:
@@ -596,9 +604,11 @@ def _expand(node: Any, env: dict[str, str], file: str, path: str, out: list[Conf
 
         return _ENV.sub(sub, node)
     if isinstance(node, dict):
-        return {k: _expand(v, env, file, _join(path, str(k)), out) for k, v in node.items()}
+        return {k: _expand(v, env, file, _join(path, _key_text(k)), out) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, env, file, f"{path}[{i}]", out) for i, v in enumerate(node)]
+        return [
+            _expand(v, env, file, f"{path}{_item_label(i, v)}", out) for i, v in enumerate(node)
+        ]
     return node
 
 
@@ -610,40 +620,189 @@ def _join(path: str, key: str) -> str:
 _ID_LABEL = re.compile(r"(?<=\])\([^)]*\)")
 
 
-def _problems_from(exc: ValidationError, raw: Any, file: str) -> list[ConfigProblem]:
-    problems = []
-    for err in exc.errors():
-        path = _loc_path(err["loc"], raw)
+_KEY = "[key]"  # pydantic's last location item of a problem with a mapping's key itself
+_STRING_TYPES = ("string_type", "literal_error", "enum")
+
+
+def _problems_from(
+    exc: ValidationError, raw: Any, file: str, texts: _ScalarTexts
+) -> list[ConfigProblem]:
+    """One problem per key path, named as the file writes it: pydantic's union members
+    (``vault``, ``str``, ``list[str]``) are not keys, the alternatives of a union are one
+    problem, and a list too short only because an item of it was refused is no problem of
+    its own."""
+    errors = [(err, _real_loc(err["loc"], raw, err["type"])) for err in exc.errors()]
+    found: dict[str, list[str]] = {}
+    for err, loc in errors:
+        if (err["type"] == "too_short" or err["type"].endswith("_type")) and any(
+            len(other) > len(loc) and other[: len(loc)] == loc for _, other in errors
+        ):
+            continue  # a list's own problem is its item's; a union's other member was meant
         msg = err["msg"]
+        value = err.get("input")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `sekisho config schema` lists every key)"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] in _STRING_TYPES and _read_as(value) is not None:
+            msg = _quote_it(loc, value, texts)
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        problems.append(ConfigProblem(file, path, msg))
-    return problems
+        said = found.setdefault(_render(loc, raw, texts), [])
+        if msg not in said:
+            said.append(msg)
+    return [ConfigProblem(file, path, _one_of(said)) for path, said in found.items()]
 
 
-def _loc_path(loc: tuple[Any, ...], raw: Any) -> str:
-    parts: list[str] = []
+def _one_of(messages: list[str]) -> str:
+    """The messages of a union's alternatives at one key, as one."""
+    hints = [m for m in messages if m.startswith("YAML read this")]
+    if hints:
+        return hints[0]
+    prefix = "Input should be "
+    if len(messages) > 1 and all(m.startswith(prefix) for m in messages):
+        return prefix + " or ".join(m[len(prefix) :] for m in messages)
+    return "; ".join(messages)
+
+
+def _real_loc(loc: tuple[Any, ...], raw: Any, kind: str) -> tuple[Any, ...]:
+    """``loc`` (of a problem of type ``kind``) without what is not a key of the file: a
+    union member's name or tag, a validator's name."""
+    real: list[Any] = []
     node = raw
-    for item in loc:
-        if isinstance(item, int):
-            label = f"[{item}]"
-            if isinstance(node, list) and item < len(node):
-                node = node[item]
-                if isinstance(node, dict) and isinstance(node.get("id"), str):
-                    label = f"[{item}]({node['id']})"
-            parts.append(label)
-        else:
-            key = str(item)
-            if key in ("function-after", "function-before", "function-wrap"):
-                continue
-            if isinstance(node, dict):
-                node = node.get(key)
-            parts.append(key if not parts else f".{key}")
-    return "".join(parts)
+    for n, item in enumerate(loc):
+        last = n == len(loc) - 1
+        if isinstance(node, list) and isinstance(item, int) and not isinstance(item, bool):
+            real.append(item)
+            node = node[item] if item < len(node) else None
+        elif isinstance(node, dict) and item in node:
+            real.append(item)
+            node = node[item]
+        elif item == _KEY or (isinstance(node, dict) and last and kind == "missing"):
+            real.append(item)  # the key itself, or a missing key
+            node = None
+        # else: not a key of the file (a union member, on a value or a mapping)
+    return tuple(real)
+
+
+def _render(loc: tuple[Any, ...], raw: Any, texts: _ScalarTexts) -> str:
+    """The key path of a real location: ``endpoints[0](sim-tokyo).jurisdiction.country``."""
+    path = ""
+    node = raw
+    for n, item in enumerate(loc):
+        if item == _KEY:
+            continue
+        if isinstance(node, list):
+            path += _item_label(item, node[item] if item < len(node) else None)
+            node = node[item] if item < len(node) else None
+            continue
+        key = item if isinstance(item, str) else texts.get((*loc[: n + 1], _KEY), _key_text(item))
+        path = _join(path, key)
+        node = node.get(item) if isinstance(node, dict) else None
+    return path
+
+
+def _item_label(index: int, item: Any) -> str:
+    if isinstance(item, dict) and isinstance(item.get("id"), str):
+        return f"[{index}]({item['id']})"
+    return f"[{index}]"
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, bool):
+        return str(key).lower()
+    return str(key)
+
+
+def _read_as(value: Any) -> str | None:
+    """What YAML made of a value written where text is expected, if not text."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, int | float):
+        return "a number"
+    return None
+
+
+def _quote_it(loc: tuple[Any, ...], value: Any, texts: _ScalarTexts) -> str:
+    """YAML 1.1 reads NO (Norway) as false, 2024-10-21 as a date and 1.3 as a number: say so,
+    and how to write it as text."""
+    written = texts.get(loc, _key_text(value))
+    shown = written.replace("\\", "\\\\").replace('"', '\\"')
+    if loc and loc[-1] == _KEY:
+        return f'YAML read this key as {_read_as(value)} ({written}); quote it: "{shown}":'
+    key = loc[-1] if loc and isinstance(loc[-1], str) else None
+    example = f'{key}: "{shown}"' if key else f'"{shown}"'
+    return f"YAML read this as {_read_as(value)} ({written}); quote it: {example}"
+
+
+class _ScalarTexts:
+    """The text as written of each scalar YAML did not read as a string (a boolean, number or
+    date), by location; a mapping key's location ends in ``[key]``. Worked out only when a
+    problem needs it, from the file's node tree (aliases not followed again)."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._texts: dict[tuple[Any, ...], str] | None = None
+
+    def get(self, loc: tuple[Any, ...], default: str) -> str:
+        if self._texts is None:
+            self._texts = {}
+            try:
+                root = yaml.compose(self._text, Loader=strict_yaml.StrictLoader)
+            except yaml.YAMLError:
+                root = None
+            if root is not None:
+                self._walk(root, (), set())
+        return self._texts.get(loc, default)
+
+    def _walk(self, node: yaml.Node, loc: tuple[Any, ...], seen: set[int]) -> None:
+        assert self._texts is not None
+        if id(node) in seen:  # an alias: its text is where the anchor is
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                    continue
+                key = _scalar(key_node)
+                if key_node.tag != _STR_TAG:
+                    self._texts[(*loc, key, _KEY)] = key_node.value
+                self._walk(value_node, (*loc, key), seen)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, (*loc, i), seen)
+        elif isinstance(node, yaml.ScalarNode) and node.tag != _STR_TAG:
+            self._texts[loc] = node.value
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _scalar(node: yaml.ScalarNode) -> Any:
+    if node.tag == _STR_TAG:
+        return node.value
+    try:
+        return strict_yaml.StrictLoader("").construct_object(node)
+    except yaml.YAMLError:
+        return node.value
+
+
+def _yaml_hint(text: str, mark: Any) -> str:
+    """A hint for YAML's own errors that a ${VAR} causes: ``{port: ${PORT}}`` is not valid
+    YAML (a ``{`` inside a flow mapping), ``{port: "${PORT}"}`` is."""
+    if mark is None:
+        return ""
+    lines = text.splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    if "${" in line:
+        return (
+            ' (a ${VAR} inside a {…} or […] must be quoted: {port: "${PORT}"}; or write the '
+            "mapping one key a line)"
+        )
+    return ""
 
 
 def _cross_checks(model: ConfigModel, file: str) -> list[ConfigProblem]:
@@ -732,12 +891,15 @@ def _compile_policies(config: Config) -> None:
         except ConfigError as exc:
             problems.extend(exc.problems)
     for name, tenant in config.tenants.items():
+        where = f"tenants.{name}.detection"
         try:
-            _detection_rules(tenant, f"tenants.{name}.detection")
+            _detection_rules(tenant, where)
         except ValueError as exc:
-            problems.append(
-                ConfigProblem(config.source_file, f"tenants.{name}.detection", str(exc))
-            )
+            # The classifier's message starts with the key path it was given, made longer
+            path, sep, reason = str(exc).partition(": ")
+            if not (sep and path.startswith(where)):
+                path, reason = where, str(exc)
+            problems.append(ConfigProblem(config.source_file, path, reason))
         unknown = sorted(set(tenant.detection.output.types) - set(TYPES))
         if unknown:
             problems.append(

@@ -88,7 +88,10 @@ def test_missing_environment_variable_is_named() -> None:
     raw = example_config()
     raw["endpoints"][0]["api_key"] = "${AZURE_OPENAI_KEY}"
     out = problems(raw)
-    assert any("endpoints[0].api_key" in p and "AZURE_OPENAI_KEY is not set" in p for p in out)
+    assert any(
+        "endpoints[0](sim-domestic-tokyo).api_key" in p and "AZURE_OPENAI_KEY is not set" in p
+        for p in out
+    )
 
 
 def test_every_problem_is_named_at_once_not_one_stage_at_a_time() -> None:
@@ -499,3 +502,94 @@ def test_a_boolean_is_not_taken_for_a_number_nor_a_number_for_a_boolean() -> Non
     config = parse_config(yaml.safe_dump(raw), "ok.yaml", env={})
     assert config.server.workers == 2
     assert config.catalogue.endpoints[0].data_terms.trains_on_data is False
+
+
+def test_yaml_pitfalls_are_named_with_how_to_quote(tmp_path: Path) -> None:
+    """YAML 1.1 reads NO (Norway) as false, 2024-10-21 as a date and 1.3 as a number: the
+    messages were "Input should be a valid string" and "Input should be '1.2' or '1.3'"."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    text = text.replace("  jp:\n    country: JP\n", "  no:\n    country: NO\n", 1)
+    text = text.replace("home_region: jp", "home_region: no")
+    text = text.replace(
+        "    api_key: ${GLOBAL_CLOUD_KEY:-simulator}\n",
+        "    api_key: ${GLOBAL_CLOUD_KEY:-simulator}\n    api_version: 2024-10-21\n"
+        "    tls: {min_version: 1.3}\n",
+        1,
+    ).replace("http://127.0.0.1:9102", "https://127.0.0.1:9102")
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "pitfalls.yaml", env={})
+    out = [str(p) for p in err.value.problems]
+    assert out == [
+        'pitfalls.yaml: regions.no: YAML read this key as a boolean (no); quote it: "no":',
+        "pitfalls.yaml: regions.no.country: YAML read this as a boolean (NO); quote it: "
+        'country: "NO"',
+        "pitfalls.yaml: endpoints[1](sim-global-japaneast).api_version: YAML read this as a "
+        'date (2024-10-21); quote it: api_version: "2024-10-21"',
+        "pitfalls.yaml: endpoints[1](sim-global-japaneast).tls.min_version: YAML read this as a "
+        'number (1.3); quote it: min_version: "1.3"',
+        "pitfalls.yaml: tenants.demo.home_region: YAML read this as a boolean (no); quote it: "
+        'home_region: "no"',
+    ], out
+    # ${VAR} in a flow mapping is not valid YAML at all: the error says what to do
+    with pytest.raises(ConfigError, match=r"a \$\{VAR\} inside a \{…\} or \[…\] must be quoted"):
+        parse_config("server: {port: ${PORT}}\n", "flow.yaml", env={"PORT": "1"})
+
+
+def test_the_example_azure_endpoint_works_once_uncommented() -> None:
+    """Uncommented, the example's Azure block was not valid YAML (${VAR} in a {…} mapping) and
+    lacked the deployment names Azure needs."""
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("  # - id: azure-"))
+    end = start
+    while lines[end].startswith("  # "):
+        end += 1
+    lines[start:end] = ["  " + line[4:] for line in lines[start:end]]
+    env = {"AZURE_CLIENT_ID": "app", "AZURE_CLIENT_SECRET": "s3cret"}
+    config = parse_config("".join(lines), "azure.yaml", env=env)
+    azure = config.catalogue.by_id["azure-japaneast"]
+    assert azure.family == "azure_openai" and azure.api_version == "2024-10-21"
+    assert azure.models[0].deployment == "gpt-4o-prod"
+    assert azure.auth is not None and azure.auth.client_secret == "s3cret"
+
+
+def test_each_problem_is_named_once_at_the_key_the_file_writes() -> None:
+    """Union members (`.vault.`, `.str`), a missing ${VAR} reported a second time as an empty
+    value, endpoint ids left out of ${VAR} problems, a detection path written twice and a
+    "Tuple should have at least 1 item" for a list whose only item was wrong."""
+    raw = example_config()
+    raw["regions"]["jp"]["keys"] = {
+        "type": "vault", "address": "https://vault.tokyo.example.jp:8200", "key_name": "jp",
+        "token": "${VAULT_TOKEN}",
+    }  # fmt: skip
+    raw["auth"] = {
+        "oidc": [
+            {"issuer": "https://login.example.jp", "audience": {"x": 1}, "tenant": "demo",
+             "default_role": "app"},
+            {"issuer": "https://idp.example.jp", "audience": ["sekisho", 5], "tenant": "demo",
+             "default_role": "app"},
+        ]
+    }  # fmt: skip
+    raw["endpoints"][0]["api_key"] = "${TOKYO_KEY}"
+    raw["endpoints"][1]["models"] = [{"id": 4}]
+    out = problems(raw)
+    assert sorted(out) == [
+        "bad.yaml: auth.oidc[0].audience: Input should be a valid string or a valid list",
+        'bad.yaml: auth.oidc[1].audience[1]: YAML read this as a number (5); quote it: "5"',
+        "bad.yaml: endpoints[0](sim-domestic-tokyo).api_key: environment variable TOKYO_KEY is "
+        "not set (referenced as ${TOKYO_KEY})",
+        "bad.yaml: endpoints[1](sim-global-japaneast).models[0].id: YAML read this as a number "
+        '(4); quote it: id: "4"',
+        "bad.yaml: regions.jp.keys.token: environment variable VAULT_TOKEN is not set "
+        "(referenced as ${VAULT_TOKEN})",
+    ], out
+    raw = example_config()
+    raw["tenants"]["demo"]["detection"] = {"custom": [{"name": "x", "pattern": "("}]}
+    raw["regions"]["jp"]["keys"] = {"type": "vault", "address": "https://v.example.jp:8200"}
+    out = problems(raw)
+    assert "bad.yaml: regions.jp.keys.key_name: required key is missing" in out
+    assert not any(".vault." in p for p in out), out
+    raw = example_config()
+    raw["tenants"]["demo"]["detection"] = {"custom": [{"name": "x", "pattern": "("}]}
+    [problem] = problems(raw)
+    assert problem.startswith("bad.yaml: tenants.demo.detection.custom[0]: custom rule 'x': ")
+
