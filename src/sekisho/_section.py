@@ -19,7 +19,8 @@ Kind = Literal["number", "bool"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # .inf and .nan are no setting: a weight of .inf sent all traffic to one endpoint
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

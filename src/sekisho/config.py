@@ -86,7 +86,10 @@ class ServerConfig(_Section):
     workers: int = Field(default=1, ge=1, le=256, description="Gateway processes")
     data_dir: str = Field(default="./data", description="SQLite files, keys and local state")
     max_body_bytes: int = Field(
-        default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted"
+        default=4 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Largest request body accepted (at most 1 GiB)",
     )
     max_header_bytes: int = Field(
         default=65536,
@@ -97,7 +100,10 @@ class ServerConfig(_Section):
     )
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
     shutdown_grace_seconds: float = Field(
-        default=30.0, ge=0, description="How long in-flight requests and streams may finish"
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="How long in-flight requests and streams may finish",
     )
     keep_alive_seconds: float = Field(
         default=5.0,
@@ -146,18 +152,24 @@ class ServerConfig(_Section):
 
 class HealthConfig(_Section):
     failure_threshold: int = Field(
-        default=1, ge=1, description="Consecutive failures that mark an endpoint down"
+        default=1, ge=1, le=1000, description="Consecutive failures that mark an endpoint down"
     )
-    backoff_initial_seconds: float = Field(default=1.0, gt=0)
-    backoff_max_seconds: float = Field(default=60.0, gt=0)
+    backoff_initial_seconds: float = Field(default=1.0, gt=0, le=86400)
+    backoff_max_seconds: float = Field(default=60.0, gt=0, le=86400)
     probe_interval_seconds: float = Field(
-        default=0.0, ge=0, description="Active probe (GET /models) interval; 0 disables probes"
+        default=0.0,
+        ge=0,
+        le=86400,
+        description="Active probe (GET /models) interval; 0 disables probes",
     )
 
 
 class RoutingConfig(_Section):
     max_attempts: int = Field(
-        default=3, ge=1, description="Endpoints tried per request (first try plus failovers)"
+        default=3,
+        ge=1,
+        le=100,
+        description="Endpoints tried per request (first try plus failovers)",
     )
     health: HealthConfig = HealthConfig()
     shared_slot_lease_seconds: float = Field(
@@ -199,17 +211,24 @@ class LedgerConfig(_Section):
     group_interval_ms: float = Field(
         default=0.0,
         ge=0,
+        le=60_000,
         description="Extra wait to gather more entries into one durable write while they keep "
         "arriving (0: a commit takes what arrived while the previous one ran)",
     )
-    group_size: int = Field(default=256, ge=1, description="Most entries per durable write")
+    group_size: int = Field(
+        default=256, ge=1, le=100_000, description="Most entries per durable write"
+    )
     deadline_ms: float = Field(
         default=1000.0,
         gt=0,
+        le=300_000,
         description="An entry not durable within this is refused: the request gets HTTP 503",
     )
     checkpoint_interval_ms: float = Field(
-        default=1000.0, gt=0, description="How often a new signed checkpoint is published"
+        default=1000.0,
+        gt=0,
+        le=3_600_000,
+        description="How often a new signed checkpoint is published",
     )
 
 

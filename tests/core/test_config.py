@@ -593,3 +593,33 @@ def test_each_problem_is_named_once_at_the_key_the_file_writes() -> None:
     [problem] = problems(raw)
     assert problem.startswith("bad.yaml: tenants.demo.detection.custom[0]: custom rule 'x': ")
 
+
+def test_infinite_and_absurd_numbers_are_refused_with_their_bound() -> None:
+    """`weight: .inf` sent every request to that endpoint, `timeouts: {total: .inf}` waited
+    for ever, `deadline_ms: 1e308` never refused an entry: each loaded without a word."""
+    raw = example_config()
+    raw["endpoints"][0]["weight"] = float("inf")
+    raw["endpoints"][1]["weight"] = 1e308
+    raw["endpoints"][2]["timeouts"] = {"connect": float("nan"), "total": 1e9}
+    raw["ledger"] = {"deadline_ms": float("inf"), "checkpoint_interval_ms": 1e308}
+    raw["tenants"]["demo"]["limits"] = {"tokens_per_month": 10**30}
+    out = "\n".join(problems(raw))
+    assert "endpoints[0](sim-domestic-tokyo).weight: Input should be a finite number" in out
+    assert (
+        "endpoints[1](sim-global-japaneast).weight: Input should be less than or equal to 1000000"
+        in out
+    )
+    assert "endpoints[2](sim-global-useast).timeouts.connect: Input should be a finite number" in (
+        out
+    )
+    assert "endpoints[2](sim-global-useast).timeouts.total: Input should be less than or equal" in (
+        out
+    )
+    assert "ledger.deadline_ms: Input should be a finite number" in out
+    assert "ledger.checkpoint_interval_ms: Input should be less than or equal to 3600000" in out
+    assert "tenants.demo.limits.tokens_per_month: Input should be less than or equal" in out
+    # written as YAML writes them
+    text = EXAMPLE.read_text(encoding="utf-8").replace("    weight: 1\n", "    weight: .inf\n", 1)
+    with pytest.raises(ConfigError, match=r"weight: Input should be a finite number"):
+        parse_config(text, "inf.yaml")
+

@@ -111,11 +111,15 @@ class OIDCIssuerSpec(_Spec):
         default=60, ge=0, le=600, description="Clock skew tolerated on exp, nbf and iat"
     )
     jwks_cache_seconds: int = Field(
-        default=3600, ge=0, description="How long fetched signing keys are trusted before refetch"
+        default=3600,
+        ge=0,
+        le=7 * 86400,
+        description="How long fetched signing keys are trusted before refetch",
     )
     jwks_refetch_min_seconds: float = Field(
         default=60.0,
         ge=0,
+        le=86400,
         description="Least time between refetches caused by an unknown `kid` (limits abuse)",
     )
     http_timeout_seconds: float = Field(
@@ -166,22 +170,32 @@ class AuthSpec(_Spec):
         return self
 
 
+_MOST = 10**15  # a rate or budget above this is a typo, not a limit
+
+
 class Quota(_Spec):
     """Rates and budgets; an absent value means no limit of that kind."""
 
     requests_per_minute: int | None = Field(
-        default=None, ge=1, description="Requests admitted per minute (refilled continuously)"
+        default=None,
+        ge=1,
+        le=_MOST,
+        description="Requests admitted per minute (refilled continuously)",
     )
     tokens_per_minute: int | None = Field(
         default=None,
         ge=1,
+        le=_MOST,
         description="Tokens (prompt + completion) per minute, refilled continuously",
     )
     tokens_per_day: int | None = Field(
-        default=None, ge=1, description="Token budget per calendar day (limits.timezone)"
+        default=None, ge=1, le=_MOST, description="Token budget per calendar day (limits.timezone)"
     )
     tokens_per_month: int | None = Field(
-        default=None, ge=1, description="Token budget per calendar month (limits.timezone)"
+        default=None,
+        ge=1,
+        le=_MOST,
+        description="Token budget per calendar month (limits.timezone)",
     )
 
     @property

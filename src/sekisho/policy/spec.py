@@ -169,7 +169,10 @@ class Constraints(_Spec):
         description="Endpoint must hold at least one of these (e.g. ISMAP or ISMAP-LIU)",
     )
     max_retention_days: int | None = Field(
-        default=None, ge=0, description="Provider may keep prompts/outputs at most this many days"
+        default=None,
+        ge=0,
+        le=36_500,
+        description="Provider may keep prompts/outputs at most this many days",
     )
     no_training: bool = Field(
         default=False, description="Provider must not use customer data to train models"

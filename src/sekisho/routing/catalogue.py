@@ -152,6 +152,7 @@ class DataTerms(_Facts):
 
     retention_days: int = Field(
         ge=0,
+        le=36_500,
         description="Days the provider keeps prompts/outputs (e.g. abuse monitoring); 0 = none",
     )
     trains_on_data: bool = Field(description="Provider may use customer data to train models")
@@ -213,9 +214,13 @@ _RESERVED_PARAMS = frozenset(
 
 
 class Timeouts(_Facts):
-    connect: float = Field(default=5.0, gt=0, description="Seconds to open a connection")
-    first_byte: float = Field(default=60.0, gt=0, description="Seconds until response headers")
-    total: float = Field(default=600.0, gt=0, description="Seconds for the whole exchange")
+    connect: float = Field(default=5.0, gt=0, le=300, description="Seconds to open a connection")
+    first_byte: float = Field(
+        default=60.0, gt=0, le=3600, description="Seconds until response headers"
+    )
+    total: float = Field(
+        default=600.0, gt=0, le=86400, description="Seconds for the whole exchange"
+    )
 
 
 Deployment = Literal["on_premises", "private_cloud", "public_cloud"]
@@ -415,8 +420,10 @@ class Endpoint(_Facts):
         "vLLM, SGLang, Ollama, LM Studio, llama.cpp; code-completion and fill-in-the-middle "
         "tools use it); only such endpoints are routed /v1/completions requests",
     )
-    weight: float = Field(default=1.0, gt=0, description="Relative share of traffic")
-    max_concurrency: int | None = Field(default=None, gt=0, description="In-flight request cap")
+    weight: float = Field(default=1.0, gt=0, le=1_000_000, description="Relative share of traffic")
+    max_concurrency: int | None = Field(
+        default=None, gt=0, le=1_000_000, description="In-flight request cap"
+    )
     timeouts: Timeouts = Timeouts()
     tls: TLS | None = Field(
         default=None, description="https only: trusted CAs, client certificate, TLS version"
