@@ -39,6 +39,37 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# Values a document may hold once its aliases are expanded. A configuration holds a few
+# thousand; nine nested aliases of nine (a "billion laughs") hold 387 million, which every
+# later step (${VAR} expansion, validation) would walk one by one.
+MAX_VALUES = 200_000
+
+
 def load(stream: str | bytes | IO[str] | IO[bytes]) -> Any:
-    """``yaml.safe_load``, refusing repeated keys."""
-    return yaml.load(stream, Loader=StrictLoader)
+    """``yaml.safe_load``, refusing repeated keys and aliases that expand past MAX_VALUES."""
+    data = yaml.load(stream, Loader=StrictLoader)
+    _refuse_alias_bombs(data)
+    return data
+
+
+def _refuse_alias_bombs(data: Any) -> None:
+    """Count the values of ``data`` as if its aliases were copies, stopping at the bound (so
+    this costs at most MAX_VALUES steps, and ends on an alias that contains itself)."""
+    count = 0
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConstructorError(
+                None,
+                None,
+                f"the document holds more than {MAX_VALUES} values once its aliases (*name) "
+                "are expanded: aliases nested in aliases (an alias bomb) or an alias that "
+                "contains itself; write the values out, or use fewer nested aliases",
+            )
+        if isinstance(node, dict):
+            stack.extend(node.values())
+            stack.extend(node.keys())
+        elif isinstance(node, list):
+            stack.extend(node)
