@@ -1,7 +1,8 @@
 """Load and validate sekisho's YAML configuration.
 
 Every problem names the file, the key path and the reason, and start-up stops on any of them.
-Secrets come from the environment: any string may be written ``${NAME}`` or ``${NAME:-default}``.
+Secrets come from the environment: any string may be written ``${NAME}`` or ``${NAME:-default}``;
+``$${`` is a literal ``${``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
     from sekisho.classify import CustomRule, Scanner
     from sekisho.policy.compiler import CompiledPolicy
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${NAME} or ${NAME:-default} (the default up to the first "}"); $${ is a literal ${
+_ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class _Section(Section):
@@ -598,6 +600,8 @@ def _expand(node: Any, env: dict[str, str], file: str, path: str, out: list[Conf
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
+            if name is None:  # $${: the text ${, written so it is not a reference
+                return "${"
             if env.get(name):
                 return env[name]
             if default is not None:

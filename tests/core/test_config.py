@@ -649,3 +649,13 @@ def test_aliases_that_expand_past_a_bound_are_refused_quickly(tmp_path: Path) ->
     shared = "terms: &t {retention_days: 0, trains_on_data: false}\n"
     shared += "".join(f"e{i}: {{data_terms: *t}}\n" for i in range(1000))
     assert _yaml.load(shared)["e999"]["data_terms"]["retention_days"] == 0
+
+
+def test_a_literal_dollar_brace_is_written_twice_dollar() -> None:
+    """A secret or header holding `${` had no way to be written: `$${K}` expanded K."""
+    raw = example_config()
+    raw["endpoints"][0]["api_key"] = "pa$${K}ss"
+    raw["endpoints"][1]["api_key"] = "$${NOT_SET}-${K}-$$-$${"
+    config = parse_config(yaml.safe_dump(raw), "ok.yaml", env={"K": "X"})
+    assert config.catalogue.by_id["sim-domestic-tokyo"].api_key == "pa${K}ss"
+    assert config.catalogue.by_id["sim-global-japaneast"].api_key == "${NOT_SET}-X-$$-${"
