@@ -705,6 +705,9 @@ def test_endpoints_lists_the_catalogue_with_health_and_never_a_secret(tmp_path: 
         tokyo = data["sim-domestic-tokyo"]
         assert tokyo["jurisdiction"] == "JP/tokyo" and tokyo["operator"]["country"] == "JP"
         assert tokyo["credential"] == "api_key" and tokyo["simulated"] is True
+        # the facts policies decide on (deployments, confidential_computing), and the weight
+        assert tokyo["deployment"] == "public_cloud" and tokyo["weight"] == 1
+        assert tokyo["confidential_computing"] is False
         assert "gpt-4o" in data["sim-global-useast"]["models"]
         assert set(tokyo["health"]) >= {"up", "in_flight", "waiting", "last_error"}
         us = data["sim-global-useast"]["health"]

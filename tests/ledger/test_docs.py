@@ -30,4 +30,15 @@ def test_documented_checkpoint_and_receipt_verify_with_the_documented_key() -> N
     assert entry.checkpoint == cp
     record = parse_record(entry.leaf)
     assert record.request_id == "req-7Hc2"
+    (decision,) = _blocks("json")
+    assert entry.leaf == decision.strip().encode()  # the receipt is of the entry shown
     assert key.strip() in DOC.read_text(encoding="utf-8").split("## Verifying offline")[1]
+
+
+def test_documented_entry_names_findings_as_the_classifier_does() -> None:
+    """The example said {"email":1,"jp_phone":1}; entries say EMAIL and PHONE_JP."""
+    from sekisho.classify import TYPES
+
+    (entry,) = _blocks("json")
+    record = parse_record(entry.strip().encode())
+    assert record.findings and set(record.findings) <= set(TYPES), record.findings

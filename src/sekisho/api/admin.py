@@ -136,6 +136,9 @@ class EndpointView(BaseModel):
     operator: dict[str, Any] = Field(description="Who runs it: name, country, parent")
     data_terms: dict[str, Any] = Field(description="Provider-side retention and training terms")
     certifications: list[str] = Field(description="Certifications declared for it")
+    deployment: str = Field(description="on_premises, private_cloud or public_cloud")
+    confidential_computing: bool = Field(description="Prompts processed in attested TEEs")
+    weight: float = Field(description="Share of traffic among equally preferred endpoints")
     credential: str = Field(
         description="How sekisho authenticates: api_key, api_key_file, token (auth type) or none; "
         "never the secret"
@@ -456,6 +459,9 @@ class AdminAPI:
                     operator=ep.operator.model_dump(exclude_none=True),
                     data_terms=ep.data_terms.model_dump(exclude_none=True),
                     certifications=[str(c) for c in ep.certifications],
+                    deployment=ep.deployment,
+                    confidential_computing=ep.confidential_computing,
+                    weight=ep.weight,
                     credential=_credential(ep),
                     max_concurrency=ep.max_concurrency,
                     simulated=ep.simulated,

@@ -1,7 +1,7 @@
 """Roles and what each may do: one table, one check.
 
 Least privilege: an ``app`` key can call models and nothing else; an ``auditor`` sees the ledger,
-reports, incidents and usage but never prompt or output content; a ``developer`` manages only
+tenants and usage but never prompt or output content; a ``developer`` manages only
 the keys they made and sees only their own usage; an ``admin`` runs the gateway (configuration,
 keys, policy) but does not call models with its administrative credential.
 """
@@ -26,9 +26,7 @@ class Permission(StrEnum):
     USAGE_READ = "usage.read"  # usage of every tenant, key and model
     USAGE_OWN = "usage.own"  # usage of the caller's own keys
     LEDGER_READ = "ledger.read"
-    REPORTS_READ = "reports.read"
-    INCIDENTS_READ = "incidents.read"
-    CONTENT_READ = "content.read"  # stored prompts and outputs
+    CONTENT_READ = "content.read"  # reserved: stored prompts and outputs of others; no route
 
 
 ROLES: tuple[str, ...] = ("admin", "auditor", "developer", "app")
@@ -38,9 +36,7 @@ PERMISSIONS: dict[str, frozenset[Permission]] = {
     "admin": frozenset(
         {P.TENANTS_READ, P.KEYS_MANAGE, P.KEYS_OWN, P.POLICY_RELOAD, P.USAGE_READ, P.USAGE_OWN}
     ),
-    "auditor": frozenset(
-        {P.TENANTS_READ, P.USAGE_READ, P.LEDGER_READ, P.REPORTS_READ, P.INCIDENTS_READ}
-    ),
+    "auditor": frozenset({P.TENANTS_READ, P.USAGE_READ, P.LEDGER_READ}),
     "developer": frozenset({P.MODELS_CALL, P.KEYS_OWN, P.USAGE_OWN}),
     "app": frozenset({P.MODELS_CALL}),
 }
@@ -53,8 +49,8 @@ MODEL_ROUTES: dict[str, Permission] = {
     "/v1/models": P.MODELS_CALL,
 }
 
-# Nobody holds CONTENT_READ by role: reading stored prompts is a break-glass action that the
-# store grants per incident, never a standing right (the auditor promise depends on it).
+# Nobody holds CONTENT_READ, and no route asks for it: no role, the auditor's included, reads
+# the prompts and outputs others stored (the auditor promise depends on it).
 
 # When a principal has several roles, the one shown as `role` is the most privileged.
 _RANK = {role: i for i, role in enumerate(ROLES)}

@@ -1,8 +1,9 @@
 """The endpoint catalogue: every model endpoint sekisho may send to, and its sovereignty facts.
 
 These facts (where the compute is, who operates it, what the operator does with the data, which
-certifications it holds) are what the policy decides on, what the ledger records and what the
-sovereignty report prints, so each is modelled explicitly and validated at start-up.
+certifications it holds) are what the policy decides on, what the ledger records and what
+``GET /admin/v1/endpoints`` and ``sekisho policy explain`` show, so each is modelled explicitly
+and validated at start-up.
 """
 
 from __future__ import annotations
