@@ -13,6 +13,7 @@ import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -20,7 +21,9 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sekisho import _in_force as in_force
+from sekisho import _reload
 from sekisho import _serving as serving
+from sekisho import _supervisor as supervisor
 from sekisho import tls as tls_files
 from sekisho._deadlines import WriterHealth
 from sekisho.api import http
@@ -132,8 +135,10 @@ class Gateway:
         self._cut_timer: asyncio.TimerHandle | None = None
         self._pid = os.getpid()
         self._serving_fd: int | None = None
-        # Set when this process is one of `serve --workers N`: reloads then restart every worker.
+        # Set when this process is one of `serve --workers N`: reloads then restart every
+        # worker, through the supervisor and its run directory.
         self.supervisor_pid: int | None = None
+        self.run_dir: Path | None = None
         self._session: aiohttp.ClientSession | None = None
         self._upstream: H1Client | None = None
         self._endpoint_tls: dict[str, ssl.SSLContext] = {}  # endpoint id -> its context
@@ -230,15 +235,22 @@ class Gateway:
             stream_keepalive=self.config.server.stream_keepalive_seconds,
         )
         self.pipeline.lineage = self.keys.lineage
+        gate = supervisor.gate_path() if self.supervisor_pid is not None else None
+        if gate is not None:
+            # A reload of `serve --workers N`: everything is open; serve only once every new
+            # worker has got this far (else the supervisor stops them all, the old ones stay).
+            await supervisor.wait_at_gate(gate, self.supervisor_pid)
         # A policy that changed while the gateway was stopped, or that the --workers supervisor
-        # swapped in (SIGHUP to it), is in the ledger as a reload through the admin API is.
+        # reloaded (its new workers), is in the ledger as a reload through the admin API is.
         await in_force.reconcile(
             cfg.data_dir,
             {n: p.digest for n, p in cfg.policies.items()},
-            self._policy_entry("policy.start"),
+            self._policy_entry("policy.reload" if gate is not None else "policy.start"),
         )
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+        if self.supervisor_pid is not None:
+            self._tasks.append(asyncio.create_task(self._watch_supervisor(self.supervisor_pid)))
         self._watch_for_shutdown()
         interval = self.config.routing.health.probe_interval_seconds
         if interval > 0:
@@ -386,7 +398,29 @@ class Gateway:
 
         return record
 
+    async def _watch_supervisor(self, pid: int, every: float = 0.5) -> None:
+        """A worker of `serve --workers N` whose supervisor is gone (killed with SIGKILL) would
+        serve on, unsupervised and unreloadable, holding the port: drain and exit instead."""
+        while os.getppid() == pid:
+            await asyncio.sleep(every)
+        log.error(
+            "the --workers supervisor has exited; this worker stops accepting requests, lets "
+            "those in flight finish and exits",
+            extra={"supervisor": pid, "pid": os.getpid()},
+        )
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown, as systemd's stop
+
     def _on_sighup(self) -> None:
+        if self.supervisor_pid is not None:
+            # The supervisor reloads every worker; a SIGHUP to the whole process group reaches
+            # it too, and one worker's own reload would leave the others on the old policy.
+            log.warning(
+                "SIGHUP to a worker is ignored: send it to the supervisor, which reloads every "
+                "worker",
+                extra={"supervisor": self.supervisor_pid, "pid": os.getpid()},
+            )
+            return
+
         async def reload() -> None:
             try:
                 result = await self.reload_policy()
@@ -405,45 +439,13 @@ class Gateway:
         """Re-read the config file and swap in its tenants' policies, only if all of it
         validates; otherwise raise ConfigError and keep serving the old policies."""
         async with self._reload_lock:
+            if self.supervisor_pid is not None:
+                return await self._reload_every_worker(self.supervisor_pid)
             new = await asyncio.to_thread(load_config, self.config.source_file)
             old = self.config
-            if {e.id: e for e in new.catalogue.endpoints} != {
-                e.id: e for e in old.catalogue.endpoints
-            }:
-                raise ConfigError(
-                    [
-                        ConfigProblem(
-                            new.source_file,
-                            "endpoints",
-                            "the endpoint catalogue changed; a policy reload swaps policies only — "
-                            "restart the gateway to change endpoints",
-                        )
-                    ]
-                )
-            if set(new.tenants) != set(old.tenants):
-                raise ConfigError(
-                    [
-                        ConfigProblem(
-                            new.source_file,
-                            "tenants",
-                            "tenants were added or removed; restart the gateway to change tenants",
-                        )
-                    ]
-                )
-            moved = [
-                ConfigProblem(
-                    new.source_file,
-                    f"tenants.{name}.home_region",
-                    f"changed from {old.tenants[name].home_region!r} to "
-                    f"{tenant.home_region!r}: where a tenant's data is kept (and the country its "
-                    "policy calls home) does not change by a reload; restart the gateway to "
-                    "move it, after deciding what becomes of the records in the old region",
-                )
-                for name, tenant in new.tenants.items()
-                if tenant.home_region != old.tenants[name].home_region
-            ]
-            if moved:
-                raise ConfigError(moved)
+            problems = _reload.refusals(old, new)
+            if problems:
+                raise ConfigError(problems)
             certificates = self._reload_tls(new)  # raises, changing nothing, before the swap
             rotated = sorted(  # the config's validation just read every key file: they work
                 ep for t in self.transports.values() for ep in t.reload_key_files()
@@ -478,26 +480,74 @@ class Gateway:
                 "certificates": certificates,
                 "rotated_keys": rotated,  # endpoints whose api_key_file held a new key
             }
-            if self.supervisor_pid is not None:
-                # The other workers still hold the old policies: the supervisor (uvicorn)
-                # replaces every worker on SIGHUP, each starting from the file just validated.
-                os.kill(self.supervisor_pid, signal.SIGHUP)
-                result["workers"] = "restarting every worker with the new configuration"
-            else:
-                # Say what this reload did not apply, instead of letting an operator believe
-                # a new port, log level or ledger setting is in force.
-                was, now = old.file_model.model_dump(), new.file_model.model_dump()
-                pending = sorted(
-                    k for k in set(was) | set(now)
-                    if k not in ("endpoints", "tenants") and was.get(k) != now.get(k)
-                )  # fmt: skip
-                if pending:
-                    result["restart_needed"] = pending
-                    log.warning(
-                        "configuration changes that take a restart were not applied",
-                        extra={"sections": pending},
-                    )
+            # Say what this reload did not apply, instead of letting an operator believe a new
+            # port, log level or ledger setting is in force.
+            pending = _reload.pending_sections(old, new)
+            if pending:
+                result["restart_needed"] = pending
+                log.warning(
+                    "configuration changes that take a restart were not applied",
+                    extra={"sections": pending},
+                )
             return result
+
+    async def _reload_every_worker(self, supervisor_pid: int) -> dict[str, Any]:
+        """A reload under `serve --workers N`: nothing is swapped in this worker. The file is
+        judged here as a single process judges it, then the supervisor replaces every worker
+        with one serving the new file, or none (a new worker that cannot start: an unreachable
+        ledger, Redis or secret store); the answer says which, once it is done."""
+        gone = ServiceUnavailable(
+            f"The configuration was not reloaded: the --workers supervisor (pid {supervisor_pid})"
+            " has exited, and this worker is shutting down. Start the gateway again (sekisho "
+            "serve) to serve the configuration on disk.",
+            code="supervisor_gone",
+        )
+        if os.getppid() != supervisor_pid or self.run_dir is None:
+            raise gone
+        new = await asyncio.to_thread(load_config, self.config.source_file)
+        problems = _reload.refusals(self.config, new)
+        if problems:
+            raise ConfigError(problems)
+        rotated = sorted(  # read, not used here: the new workers use them
+            ep for t in self.transports.values() for ep in t.reload_key_files(apply=False)
+        )
+        wait = supervisor.START_SECONDS + supervisor.SERVE_SECONDS + 30
+        try:
+            outcome = await supervisor.request_reload(self.run_dir, supervisor_pid, wait)
+        except ProcessLookupError:
+            raise gone from None
+        kind = outcome.get("kind")
+        if kind == "invalid":  # the file changed again since it was read here
+            raise ConfigError([ConfigProblem(*p) for p in outcome["problems"]])
+        if kind == "gone":
+            raise gone
+        if kind == "timeout":
+            raise ServiceUnavailable(
+                f"The supervisor did not finish the reload within {wait:g} s; the gateway's log "
+                "says whether every worker was replaced. Reload again once it has.",
+                code="reload_timeout",
+            )
+        if not outcome.get("ok"):
+            raise ServiceUnavailable(
+                f"The configuration was not reloaded: {outcome.get('message')}. Every worker "
+                "keeps serving the configuration in force; the gateway's log says why, fix the "
+                "cause and reload again.",
+                code="reload_failed",
+            )
+        if self.recorder is not None:
+            for ep_id in rotated:  # a credential change is an auditable act too
+                await self.recorder.admin("sekisho", "endpoint.key.reload", f"endpoint/{ep_id}", {})
+        result: dict[str, Any] = {
+            "policies": outcome["policies"],
+            "changed": outcome["changed"],
+            "certificates": self._certificates(new),
+            "rotated_keys": rotated,
+            "workers": "every worker was replaced by one serving the new configuration; the "
+            "old ones finish what they have in flight",
+        }
+        if outcome.get("restart_needed"):
+            result["restart_needed"] = outcome["restart_needed"]
+        return result
 
     def _reload_tls(self, new: Config) -> dict[str, str]:
         """Read every TLS file again (a renewed certificate, a new CA bundle, at the paths
@@ -507,11 +557,7 @@ class Gateway:
         certificate's expiry."""
         file = new.source_file
         problems: list[ConfigProblem] = []
-        before, after = self.config.server.tls, new.server.tls
-        if (before is None) != (after is None):
-            problems.append(
-                ConfigProblem(file, "server.tls", "adding or removing server.tls needs a restart")
-            )
+        after = new.server.tls  # added or removed: refused before (_reload.refusals)
         contexts: dict[str, ssl.SSLContext] = {}
         for i, ep in enumerate(new.catalogue.endpoints):
             if ep.tls is None:
@@ -540,6 +586,9 @@ class Gateway:
     def _publish_certificates(self, config: Config) -> dict[str, str]:
         """Set the expiry gauge of each certificate the gateway presents (its listener's, and
         its client certificate per endpoint); return them as ISO 8601 times."""
+        return self._certificates(config, publish=True)
+
+    def _certificates(self, config: Config, *, publish: bool = False) -> dict[str, str]:
         presented: dict[str, str | None] = {}
         if config.server.tls is not None:
             presented["listener"] = config.server.tls.cert_file
@@ -553,9 +602,10 @@ class Gateway:
             if expiry is None:
                 continue
             use, _, endpoint = name.partition("/")
-            self.metrics.child(self.metrics.certificate_expiry, use, endpoint).set(
-                expiry.timestamp()
-            )
+            if publish:
+                self.metrics.child(self.metrics.certificate_expiry, use, endpoint).set(
+                    expiry.timestamp()
+                )
             expiries[name] = expiry.isoformat()
         return expiries
 
@@ -1126,7 +1176,10 @@ def app_from_env() -> Gateway:
     logs.configure()
     path = os.environ["SEKISHO_CONFIG"]
     try:
-        config = load_config(path).with_server(
+        # The configuration the supervisor validated and pinned (a worker respawned after a
+        # crash serves it too, whatever the file on disk says now); the file without one.
+        pinned = supervisor.load_snapshot(path)
+        config = (pinned or load_config(path)).with_server(
             data_dir=os.environ.get("SEKISHO_DATA_DIR"),
             workers=int(os.environ.get("SEKISHO_WORKERS") or 0) or None,  # --workers, if given
         )
@@ -1139,9 +1192,14 @@ def app_from_env() -> Gateway:
         raise SystemExit(1) from None
     logs.configure(config.server.log_level)
     gateway = create_app(config)
-    supervisor = os.environ.get("SEKISHO_SUPERVISOR_PID", "")
-    if supervisor.isdigit() and int(supervisor) == os.getppid():
-        gateway.supervisor_pid = int(supervisor)
+    pid = os.environ.get("SEKISHO_SUPERVISOR_PID", "")
+    run_dir = os.environ.get(supervisor.ENV_RUN_DIR)
+    if pid.isdigit():
+        if int(pid) != os.getppid():
+            log.error("the --workers supervisor has exited; this worker does not start")
+            raise SystemExit(1)
+        gateway.supervisor_pid = int(pid)
+        gateway.run_dir = Path(run_dir) if run_dir else None
     return gateway
 
 

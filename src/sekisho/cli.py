@@ -204,15 +204,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from sekisho import logs
     from sekisho.api.protocol import HttpProtocol
-    from sekisho.config import load_config
+    from sekisho.config import config_from_bytes, read_config_file
 
-    config = _with_flags(
-        load_config(args.config),
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        data_dir=args.data_dir,
-    )
+    flags = dict(host=args.host, port=args.port, workers=args.workers, data_dir=args.data_dir)
+    data = read_config_file(args.config)  # with --workers, the bytes every worker will serve
+    config = _with_flags(config_from_bytes(data, str(args.config)), **flags)
     logs.configure(config.server.log_level)
     server = config.server
     warning = plain_http_warning(server.host, server.tls is not None)
@@ -256,23 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.with_simulators:
         return asyncio.run(_serve_with_simulators(config, common))
     if server.workers > 1:
-        from sekisho.app import create_app
-
-        asyncio.run(create_app(config).prepare())  # first-start files, once, before workers race
-        os.environ["SEKISHO_CONFIG"] = str(Path(args.config).resolve())
-        os.environ["SEKISHO_DATA_DIR"] = str(Path(server.data_dir).resolve())
-        os.environ["SEKISHO_WORKERS"] = str(server.workers)  # their share of each endpoint cap
-        os.environ["SEKISHO_SUPERVISOR_PID"] = str(os.getpid())  # workers ask it to reload all
-        from sekisho.metrics import MULTIPROC_ENV
-
-        # Metrics from every worker, summed by whichever answers /metrics (sekisho.metrics).
-        shared = tempfile.mkdtemp(prefix="sekisho-metrics-")
-        os.environ[MULTIPROC_ENV] = shared
-        try:
-            uvicorn.run("sekisho.app:app_from_env", factory=True, workers=server.workers, **common)
-        finally:
-            shutil.rmtree(shared, ignore_errors=True)
-        return stopped()
+        return _serve_workers(args, config, data, flags, common)
     from sekisho.app import create_app
 
     one = Server(uvicorn.Config(create_app(config), **common))
@@ -280,6 +260,60 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not one.started:
         return 3  # as uvicorn: start-up failed (the log says why)
     return stopped(one.stopped_by)
+
+
+def _serve_workers(
+    args: argparse.Namespace,
+    config: Any,
+    data: bytes,
+    flags: dict[str, Any],
+    common: dict[str, Any],
+) -> int:
+    """``serve --workers N``: sekisho's supervisor (``sekisho._supervisor``) over N workers."""
+    import uvicorn
+
+    from sekisho import _supervisor as sup
+    from sekisho._server import stopped
+    from sekisho.app import create_app
+    from sekisho.metrics import MULTIPROC_ENV
+
+    asyncio.run(create_app(config).prepare())  # first-start files, once, before workers race
+    source = str(Path(args.config).resolve())
+    os.environ["SEKISHO_CONFIG"] = source
+    os.environ["SEKISHO_DATA_DIR"] = str(Path(config.server.data_dir).resolve())
+    os.environ["SEKISHO_WORKERS"] = str(config.server.workers)  # their share of each endpoint cap
+    os.environ["SEKISHO_SUPERVISOR_PID"] = str(os.getpid())  # workers ask it to reload all
+    sup.sweep_stale_run_dirs()  # of supervisors killed before they could remove theirs
+    run = sup.RunDir.make()
+    os.environ[sup.ENV_RUN_DIR] = str(run.root)
+    # Metrics from every worker, summed by whichever answers /metrics (sekisho.metrics).
+    os.environ[MULTIPROC_ENV] = str(run.metrics)
+    listener = None
+    if config.server.tls is not None:
+        from sekisho.tls import Listener
+
+        listener = Listener
+    pinned = config
+    pinned.source_file = source  # reloads read it again, named as the workers name it
+    try:
+        uconfig = uvicorn.Config(
+            "sekisho.app:app_from_env", factory=True, workers=config.server.workers, **common
+        )
+        supervisor = sup.Supervisor(
+            uconfig,
+            [uconfig.bind_socket()],
+            pinned=pinned,
+            data=data,
+            flags=flags,
+            run=run,
+            listener=listener,
+        )
+        supervisor.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutil.rmtree(run.root, ignore_errors=True)
+    return stopped()
 
 
 def plain_http_warning(host: str, tls: bool) -> str | None:

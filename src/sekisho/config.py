@@ -409,6 +409,11 @@ class Config:
 
 def load_config(path: str | os.PathLike[str], *, env: dict[str, str] | None = None) -> Config:
     """Read, expand and validate a config file; raise ConfigError listing every problem."""
+    return config_from_bytes(read_config_file(path), str(path), env=env)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a config file; ConfigError (naming it) if it cannot be read."""
     file = str(path)
     try:
         data = Path(path).read_bytes()
@@ -424,6 +429,13 @@ def load_config(path: str | os.PathLike[str], *, env: dict[str, str] | None = No
         raise ConfigError(
             [ConfigProblem(file, "", f"cannot read{shown}: {exc.strerror}{hint}")]
         ) from None
+    return data
+
+
+def config_from_bytes(
+    data: bytes, file: str = "<config>", *, env: dict[str, str] | None = None
+) -> Config:
+    """Decode, expand and validate a config file's bytes (``file`` names it in problems)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -4,10 +4,13 @@ reload (admin endpoint and SIGHUP) without ever serving a half-valid policy."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import http.client
 import json
+import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +21,7 @@ import openai
 import pytest
 import yaml
 
-from harness import Harness, Resp, demo_sim_specs, request, start_example
+from harness import Harness, Resp, demo_sim_specs, free_port, request, start_example
 from sekisho.identity import ROLES
 from serve_process import ServeProcess, Simulators, write_config
 
@@ -586,17 +589,13 @@ def test_with_two_workers_a_reload_reaches_every_worker_and_a_bad_one_none(
                     headers={"authorization": f"Bearer {admin}"})  # fmt: skip
         assert r.status_code == 200, r.text
         second = r.json()["policies"]["demo"]
-        assert second != first and "restarting" in r.json()["workers"]
+        # The answer comes once every worker serves it (the new ones were all started first).
+        assert second != first and "every worker was replaced" in r.json()["workers"]
         assert w.until(lambda d: d == {second}) == {second}, "a worker kept the old policy"
 
         edit_config(config, typo_key)
         g.signal(signal.SIGHUP)
-        refused = "configuration is not valid; this worker does not start"
-        deadline = time.monotonic() + 15
-        while not any(x.get("msg") == refused for x in g.log()):
-            assert time.monotonic() < deadline, g.stderr()[-3000:]
-            time.sleep(0.1)
-        problems = next(x for x in g.log() if x.get("msg") == refused)["problems"]
+        [problems] = wait_for_log(g, REFUSED, 1)
         assert any(f"{config}: tenants.demo.policy.prefr" in p for p in problems), problems
         assert w.until(lambda d: True) == {second}, "an invalid config replaced the policy"
         assert g.proc is not None and g.proc.poll() is None
@@ -611,9 +610,9 @@ def test_with_two_workers_a_reload_reaches_every_worker_and_a_bad_one_none(
         third = w.until(lambda d: len(d) == 1 and d != {second})
         assert len(third) == 1 and third != {second}, third
 
-        # Each change is one admin entry, whichever way it came: the admin route (recorded by
-        # the worker that took it) and SIGHUP to the supervisor (recorded by the first new
-        # worker to start; the other finds it recorded).
+        # Each change is one admin entry, whichever way it came (the admin route, SIGHUP to
+        # the supervisor): recorded by the first new worker to pass the gate; the others find
+        # it recorded.
         changes = [
             json.loads(e)
             for _, e in ledger_entries(g, g.key("demo", role="auditor"))
@@ -621,11 +620,226 @@ def test_with_two_workers_a_reload_reaches_every_worker_and_a_bad_one_none(
         ]
         assert [(e["action"], e["details"]) for e in changes] == [
             ("policy.reload", {"from": first, "to": second}),
-            ("policy.start", {"from": second, "to": third.pop()}),
+            ("policy.reload", {"from": second, "to": third.pop()}),
         ]
     finally:
         g.stop()
         sims.stop()
+
+
+REFUSED = "policy reload refused; every worker keeps the configuration in force"
+ABORTED = "reload aborted"
+
+
+def wait_for_log(g: ServeProcess, msg: str, n: int, timeout: float = 30) -> list[Any]:
+    """The ``problems`` of the first n log lines whose message starts with msg, once there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [x for x in g.log() if str(x.get("msg", "")).startswith(msg)]
+        if len(found) >= n:
+            return [x.get("problems") for x in found[:n]]
+        assert time.monotonic() < deadline, g.stderr()[-3000:]
+        time.sleep(0.1)
+
+
+def worker_pids(g: ServeProcess) -> set[int]:
+    """The supervisor's worker processes now."""
+    assert g.proc is not None
+    pid = g.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    out = set()
+    for child in children:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.add(int(child))
+    return out
+
+
+def gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in status  # exited, not yet reaped by init
+
+
+def wait_for_workers(g: ServeProcess, n: int, without: set[int], timeout: float = 30) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = worker_pids(g)
+        if len(pids) == n and not pids & without:
+            return pids
+        assert time.monotonic() < deadline, g.stderr()[-3000:]
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_with_two_workers_a_reload_whose_new_workers_cannot_start_changes_no_worker(
+    tmp_path: Path,
+) -> None:
+    """The edited file validates but names a ledger that cannot be reached: no new worker
+    starts, so every old one keeps serving the old policy, and the admin route says so (it
+    had answered 200 with the new policy, swapped into the one worker that took it)."""
+    sims = Simulators(demo_sim_specs(delay_ms=30)).start()
+    config = write_config(tmp_path / "sekisho.yaml", sims.config())
+    original = config.read_bytes()
+    g = ServeProcess(config, tmp_path / "data", workers=2)
+    try:
+        g.start()
+        app, admin = g.key("demo"), g.key("demo", role="admin")
+        w = Workers(g, app)
+        [first] = w.until(lambda d: len(d) == 1)
+        pids = worker_pids(g)
+
+        def unreachable_ledger(raw: dict[str, Any]) -> None:
+            stricter(raw)
+            raw["ledger"] = {"url": "postgresql://sekisho@127.0.0.1:1/none"}
+
+        edit_config(config, unreachable_ledger)
+        r = request("POST", f"{g.root}{PREFIX}/policy/reload",
+                    headers={"authorization": f"Bearer {admin}"})  # fmt: skip
+        assert r.status_code == 503, r.text
+        error = r.json()["error"]
+        assert error["code"] == "reload_failed"
+        assert "keeps serving the configuration in force" in error["message"]
+        assert worker_pids(g) == pids
+        assert w.until(lambda d: d != {first}, timeout=2) == {first}, "a worker switched policy"
+
+        g.signal(signal.SIGHUP)  # systemd's ExecReload: the same outcome, in the log
+        wait_for_log(g, ABORTED, 2)
+        assert worker_pids(g) == pids
+        assert w.until(lambda d: d != {first}, timeout=2) == {first}
+
+        config.write_bytes(original)
+        edit_config(config, stricter)
+        r = request("POST", f"{g.root}{PREFIX}/policy/reload",
+                    headers={"authorization": f"Bearer {admin}"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        second = r.json()["policies"]["demo"]
+        assert w.until(lambda d: d == {second}) == {second}
+        assert not worker_pids(g) & pids
+    finally:
+        g.stop()
+        sims.stop()
+
+
+@pytest.mark.slow
+def test_with_two_workers_a_worker_respawned_after_a_crash_serves_the_configuration_in_force(
+    tmp_path: Path,
+) -> None:
+    """A worker killed and respawned serves what the others serve, not the file edited on disk
+    since (which silently went live in that one worker, or, invalid, made it die in a loop)."""
+    sims = Simulators(demo_sim_specs(delay_ms=30)).start()
+    config = write_config(tmp_path / "sekisho.yaml", sims.config())
+    g = ServeProcess(config, tmp_path / "data", workers=2)
+    try:
+        g.start()
+        app = g.key("demo")
+        w = Workers(g, app)
+        [first] = w.until(lambda d: len(d) == 1)
+        for edit in (stricter, typo_key):
+            edit_config(config, edit)  # edited, not reloaded
+            pids = worker_pids(g)
+            victim = min(pids)
+            os.kill(victim, signal.SIGKILL)
+            respawned = wait_for_workers(g, 2, {victim})
+            assert w.until(lambda d: False, timeout=3) == {first}
+            time.sleep(1)
+            assert worker_pids(g) == respawned, "the respawned worker did not stay up"
+        assert not any("does not start" in str(x.get("msg")) for x in g.log()), g.stderr()
+        entries = ledger_entries(g, g.key("demo", role="auditor"))
+        assert not [e for _, e in entries if b'"policy.' in e], "no policy changed"
+    finally:
+        g.stop()
+        sims.stop()
+
+
+def abroad(raw: dict[str, Any]) -> None:
+    """The domestic endpoint's deployment moved to the US."""
+    ep = next(e for e in raw["endpoints"] if e["id"] == "sim-domestic-tokyo")
+    ep["jurisdiction"] = {"country": "US", "region": "us-east"}
+
+
+def tenant_removed(raw: dict[str, Any]) -> None:
+    del raw["tenants"]["acme"]
+
+
+@pytest.mark.slow
+def test_sighup_to_the_supervisor_refuses_what_the_admin_route_refuses(tmp_path: Path) -> None:
+    """docs/operations.md: a reload that changes the catalogue, removes a tenant or moves one's
+    home region is refused, SIGHUP and admin route alike (SIGHUP to the --workers supervisor
+    had restarted every worker on it)."""
+    sims = Simulators(demo_sim_specs(delay_ms=30)).start()
+    config = write_config(tmp_path / "sekisho.yaml", sims.config(two_tenants))
+    original = config.read_bytes()
+    g = ServeProcess(config, tmp_path / "data", workers=2)
+    try:
+        g.start()
+        app, admin = g.key("demo"), g.key("demo", role="admin")
+        w = Workers(g, app)
+        [first] = w.until(lambda d: len(d) == 1)
+        pids = worker_pids(g)
+        changes = [(abroad, "endpoints"), (tenant_removed, "tenants"),
+                   (moved_home, "tenants.demo.home_region")]  # fmt: skip
+        for n, (change, named) in enumerate(changes, 1):
+            config.write_bytes(original)
+            edit_config(config, change)
+            r = request("POST", f"{g.root}{PREFIX}/policy/reload",
+                        headers={"authorization": f"Bearer {admin}"})  # fmt: skip
+            assert r.status_code == 400, r.text
+            assert f"{config}: {named}: " in r.json()["error"]["message"]
+            g.signal(signal.SIGHUP)
+            problems = wait_for_log(g, REFUSED, n)[-1]
+            assert any(p.startswith(f"{config}: {named}: ") for p in problems), problems
+            assert worker_pids(g) == pids, "SIGHUP replaced the workers"
+        assert w.until(lambda d: False, timeout=2) == {first}
+    finally:
+        g.stop()
+        sims.stop()
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_supervisor_drain_and_exit_and_the_next_start_cleans_up(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL to the supervisor: its workers had served on, unreloadable, holding the port
+    (the next start failed, address in use) and leaving the supervisor's files in /tmp."""
+    sims = Simulators().start()
+    config = write_config(tmp_path / "sekisho.yaml", sims.config())
+    g = ServeProcess(config, tmp_path / "data", workers=2, port=free_port())
+    pids: set[int] = set()
+    try:
+        g.start()
+        pids = worker_pids(g)
+        assert g.proc is not None
+        supervisor = g.proc.pid
+        runs = list(Path(tempfile.gettempdir()).glob(f"sekisho-run-{supervisor}-*"))
+        g.proc.kill()
+        g.proc.wait(5)
+        deadline = time.monotonic() + 15
+        while not all(gone(pid) for pid in pids):
+            assert time.monotonic() < deadline, "the workers outlived their supervisor"
+            time.sleep(0.1)
+        assert any("supervisor has exited" in str(x.get("msg")) for x in g.log())
+        g.start()  # the same port: free again
+        assert len(runs) == 1 and not runs[0].exists(), "the supervisor's files were left"
+    finally:
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        g.stop()
+        sims.stop()
+
+
+def test_a_reload_in_a_worker_whose_supervisor_is_gone_says_so(gw: Harness) -> None:
+    """A worker of `serve --workers N` left without its supervisor: the reload answers what
+    happened (it had failed with a 500, after swapping the policy in that one worker)."""
+    admin = gw.key("demo", role="admin")
+    gw.gateway.supervisor_pid = 2**22 + 12345  # no such process: not this one's parent
+    r = call(gw, "POST", f"{PREFIX}/policy/reload", admin)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "supervisor_gone"
+    assert "Start the gateway again" in r.json()["error"]["message"]
 
 
 def test_a_policy_changed_while_the_gateway_was_stopped_is_recorded_when_it_starts(

@@ -120,8 +120,9 @@ class Transport(Protocol):
         """The endpoints whose static key is kept in a file (``api_key_file``)."""
         ...
 
-    def reload_key_files(self) -> list[str]:
-        """Read those files again; return the endpoints whose key changed."""
+    def reload_key_files(self, *, apply: bool = True) -> list[str]:
+        """Read those files again; return the endpoints whose key changed (and, unless not
+        ``apply``, use the new keys from now on)."""
         ...
 
     def use_tls(self, contexts: Mapping[str, ssl.SSLContext]) -> None:

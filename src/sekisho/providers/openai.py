@@ -101,13 +101,15 @@ class OpenAITransport:
                 ) from None
         return key
 
-    def reload_key_files(self) -> list[str]:
+    def reload_key_files(self, *, apply: bool = True) -> list[str]:
         """Read every endpoint's ``api_key_file`` again (a rotated secret): requests from now
-        on send the new key. Returns the endpoints whose key changed. Raises KeyFileUnusable,
-        changing no key, if any file cannot be used (the keys in use stay)."""
+        on send the new key (unless not ``apply``: only tell). Returns the endpoints whose key
+        changed. Raises KeyFileUnusable, changing no key, if any file cannot be used (the keys
+        in use stay)."""
         keys = {ep_id: read_key_file(path) for ep_id, path in self._key_files.items()}
         changed = [ep_id for ep_id, key in keys.items() if self._file_keys.get(ep_id) != key]
-        self._file_keys.update(keys)
+        if apply:
+            self._file_keys.update(keys)
         if changed:
             self._headers.clear()  # built with the old keys
         return changed
