@@ -16,13 +16,17 @@ if TYPE_CHECKING:
 
 def register(subparsers: Subparsers) -> None:
     p = subparsers.add_parser("usage", help="tokens and requests per tenant, key and model")
-    p.add_argument("--tenant")
+    p.add_argument("--tenant", help="only this tenant (default: every tenant)")
     p.add_argument("--key", dest="key_id", help="only this key id")
-    p.add_argument("--model")
+    p.add_argument("--model", help="only this model, as clients name it (default: every model)")
     p.add_argument("--since", help="first day, YYYY-MM-DD (default: first of this month)")
     p.add_argument("--until", help="last day, YYYY-MM-DD (default: today)")
     p.add_argument("--redis", help="read the shared counters in Redis (redis://…) instead")
-    p.add_argument("--namespace", default="default", help="Redis namespace (limits.namespace)")
+    p.add_argument(
+        "--namespace",
+        default="default",
+        help="Redis namespace (default: the --config file's limits.namespace, else 'default')",
+    )
     add_data_dir_args(p)
     p.set_defaults(func=cmd_usage)
 
