@@ -472,10 +472,19 @@ def test_a_password_span_is_the_whole_value_so_redaction_leaks_none_of_it(
         "password: [REDACTED]",
         "mysql://root:example@db/x",
         "compass: north, bypass=true",
+        'password = os.environ["DB_PASSWORD"]',
+        "password = os.getenv('DB_PASSWORD')",
+        "password=get_secret()",
+        "db_password = settings.vault.read(",
     ],
 )
 def test_a_password_placeholder_is_no_secret(text: str) -> None:
     assert found(text) == []
+
+
+@pytest.mark.parametrize("value", ["Pa55(w0rd)", "s3cr3t[1]", "Hunter2()x"])
+def test_a_password_with_brackets_of_its_own_is_still_a_password(value: str) -> None:
+    assert [t for t, _ in found(f"password={value}")] == ["SECRET"]
 
 
 @pytest.mark.parametrize(

@@ -189,6 +189,11 @@ _PASSWORD_PLACEHOLDER = lazy_compile(
     r"|fake)[a-z_\-. ]*"
     r"|password|passwd|pass|pwd|secret|token|none|null|nil|string|changeit|redacted|hidden"
     r"|masked|omitted|required|optional|empty|undefined|todo|tbd)"
+    # Code that fetches it: os.environ["DB_PASSWORD"], os.getenv('PW'), get_secret(), a
+    # name followed by the call or subscript the value was cut at. An unquoted argument
+    # (Pa55(w0rd), s3cr3t[1]) may be a password's own brackets: still a password.
+    r"|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+    r"(?:\[|\(\)?|\((['\"])[\w.\-]*\2\)|\[(['\"])[\w.\-]*\3\])"
 )
 # In an unquoted value, a separator followed by the next field's key ends it
 # (?user=a&password=S3cret&x=1, Password=S3cret;Server=db); prose marks after it are not part
