@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--with-simulators",
         action="store_true",
-        help="also run the three demo simulators in this process (for trying it out)",
+        help="also run the three demo simulators in this process (for trying it out), on the "
+        "ports the config's simulated endpoints name (default 9101-9103)",
     )
     p.set_defaults(func=cmd_serve)
 
@@ -431,6 +432,29 @@ def _with_flags(config: Any, **flags: object) -> Any:
         ) from None
 
 
+def simulator_base_port(config: Any) -> int | None:
+    """The first of the three consecutive ports the config's simulated demo endpoints point
+    at (a copy of the example config moved to other ports); None: their usual 9101-9103."""
+    from urllib.parse import urlsplit
+
+    from sekisho.simulator import DEMO_ENDPOINTS
+
+    ports: dict[str, int | None] = {}
+    for ep in config.catalogue.endpoints:
+        if ep.simulated:
+            try:
+                ports[ep.id] = urlsplit(ep.base_url).port
+            except ValueError:
+                continue
+    first = ports.get(DEMO_ENDPOINTS[0][0].name)
+    if first is None or first > 65533:
+        return None
+    names = [spec.name for spec, _ in DEMO_ENDPOINTS]
+    if all(ports.get(name, first + i) == first + i for i, name in enumerate(names)):
+        return first
+    return None
+
+
 async def _serve_with_simulators(config: Any, common: dict[str, Any]) -> int:
     import uvicorn
 
@@ -438,13 +462,16 @@ async def _serve_with_simulators(config: Any, common: dict[str, Any]) -> int:
     from sekisho.app import create_app
     from sekisho.simulator import start_demo_simulators
 
+    base_port = simulator_base_port(config)
     try:
-        sims = await start_demo_simulators()
+        sims = await start_demo_simulators(base_port=base_port)
     except OSError as exc:
+        first = base_port or 9101
         print(
-            f"sekisho: cannot start the simulators on 127.0.0.1:9101-9103 ({exc.strerror or exc})"
-            ": is another copy running? Stop it, or run `sekisho simulate --base-port N` and "
-            "serve a copy of examples/sekisho.yaml whose base_url entries point there",
+            f"sekisho: cannot start the simulators on 127.0.0.1:{first}-{first + 2} "
+            f"({exc.strerror or exc}): is another copy running? Stop it, or run `sekisho "
+            "simulate --base-port N` and serve a copy of examples/sekisho.yaml whose base_url "
+            "entries point there",
             file=sys.stderr,
         )
         return 1

@@ -705,3 +705,25 @@ def test_requests_outside_the_model_routes_are_logged_too_refusals_included(
     assert logged["trace-other-3"]["tenant"] == "demo" and "key_id" in logged["trace-other-3"]
     assert logged["trace-other-4"]["error"] == "insufficient_role"  # an app key at /admin
     assert "guess" not in json.dumps(list(logged.values()))  # the presented key is not logged
+
+
+@pytest.mark.parametrize(
+    ("ports", "expected"),
+    [
+        ((9101, 9102, 9103), 9101),
+        ((9201, 9202, 9203), 9201),  # a copy of the example moved to other ports
+        ((9201, 9203, 9202), None),  # not the simulators' order: their usual ports
+    ],
+)
+def test_with_simulators_starts_them_where_the_configs_simulated_endpoints_point(
+    ports: tuple[int, int, int], expected: int | None
+) -> None:
+    from sekisho.cli import simulator_base_port
+    from sekisho.config import parse_config
+
+    raw = example_config()
+    names = ["sim-domestic-tokyo", "sim-global-japaneast", "sim-global-useast"]
+    for ep in raw["endpoints"]:
+        ep["base_url"] = f"http://127.0.0.1:{ports[names.index(ep['id'])]}/v1"
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "sekisho.yaml")
+    assert simulator_base_port(config) == expected
