@@ -121,6 +121,18 @@ async def test_unsigned_token_is_refused(auth: Authenticator, issuer: Issuer) ->
     await refused(auth, token, "alg 'none'")
 
 
+async def test_a_header_without_alg_says_so(auth: Authenticator, issuer: Issuer) -> None:
+    token = forged({"typ": "JWT"}, issuer.claims(), None)
+    await refused(auth, token, "names no signing algorithm")
+
+
+async def test_a_list_valued_tenant_claim_says_it_must_name_one(
+    auth: Authenticator, issuer: Issuer
+) -> None:
+    token = issuer.token("ES256", tid=["tid-acme", "tid-globex"])
+    await refused(auth, token, "'tid' claim is a list", "one tenant")
+
+
 async def test_hs256_signed_with_the_public_key_is_refused(
     auth: Authenticator, issuer: Issuer
 ) -> None:

@@ -274,6 +274,8 @@ class OIDCVerifier:
         except jwt.PyJWTError:
             raise _refuse("it is not a well-formed JWT (header.payload.signature).") from None
         alg = header.get("alg")
+        if alg is None:
+            raise _refuse("its header names no signing algorithm ('alg').")
         if not isinstance(alg, str) or alg.lower() == "none":
             raise _refuse("unsigned tokens (alg 'none') are never accepted.")
         iss = unverified.get("iss")
@@ -412,6 +414,12 @@ class OIDCVerifier:
         else:
             assert spec.tenant_claim is not None
             value = _claim(claims, spec.tenant_claim)
+            if isinstance(value, list):
+                raise _refuse(
+                    f"its '{spec.tenant_claim}' claim is a list ({len(value)} values): it must "
+                    "name one tenant (a person in several tenants signs in to each with a token "
+                    "naming that one)."
+                )
             if not isinstance(value, str) or not value:
                 raise _refuse(f"it has no '{spec.tenant_claim}' claim naming the tenant.")
             if spec.tenant_map:
