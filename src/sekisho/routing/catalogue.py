@@ -337,10 +337,10 @@ class UpstreamAuth(_Facts):
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Framing and connection headers the HTTP client sets, and the body's type and encoding
+# Framing and connection headers the HTTP client sets, and the body's type and encoding.
+# Host may be given: the name a server behind an address (or an ingress) answers to.
 _RESERVED_HEADERS = frozenset(
     {
-        "host",
         "content-length",
         "transfer-encoding",
         "connection",
