@@ -32,6 +32,8 @@ def tokens() -> Iterator[TokenServer]:
 
 def entra(server: TokenServer, **auth: Any) -> Any:
     def mutate(raw: dict[str, Any]) -> None:
+        # No domestic preference: the weighted choice sends some requests to the Azure one.
+        raw["tenants"]["demo"]["policy"].pop("prefer", None)
         for ep in raw["endpoints"]:
             ep["timeouts"] = {"connect": 1, "first_byte": 2, "total": 5}
         ep = raw["endpoints"][1]
