@@ -172,6 +172,7 @@ class Gateway:
         self.stores = await Stores.open(
             cfg.regions, cfg.data_dir, audit=self.recorder, tenants=cfg.tenants
         )
+        self.stores.on_erasure_incomplete = self._count_erasure_incomplete
         self._tasks.append(self.stores.start_sweeper())
         self.recorder.use_store_keys(self.stores, cfg.tenants)
         self.limiter = build_limiter(
@@ -647,6 +648,9 @@ class Gateway:
             await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
+
+    def _count_erasure_incomplete(self, region: str, store: str) -> None:
+        self.metrics.child(self.metrics.erasure_incomplete, region, store).inc()
 
     def _count_refused_head(self, reason: str) -> None:
         self.metrics.child(self.metrics.heads_refused, reason).inc()

@@ -158,6 +158,15 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Deletions (retention sweep) whose bytes a reader, such as a running backup, kept in a
+        # SQLite store's file: the ledger has a store.erasure_incomplete entry for each.
+        self.erasure_incomplete = Counter(
+            "sekisho_store_erasure_incomplete",
+            "Erasures (retention deletions) committed but left recoverable in a SQLite store's "
+            "file because a reader (a running backup) blocked the checkpoint",
+            ["region", "store"],
+            registry=r,
+        )
         # Certificates the gateway presents, for an alert well before one expires (renewed
         # files are read again on reload). Several workers: the earliest any live one holds.
         self.certificate_expiry = Gauge(

@@ -354,3 +354,27 @@ async def test_a_waiting_gateway_starts_as_soon_as_the_deletion_ends(tmp_path: P
             assert not alone  # and `tenant delete` refuses while it serves
     finally:
         os.close(fd)
+
+
+def test_db_checkpoint_completes_an_erasure_once_the_backup_lets_go(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    data = config_file.parent / "data"
+    asyncio.run(seed(data))
+    reader = sqlite3.connect(data / "store-jp.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM records").fetchall()
+    # A write after the reader's snapshot: the log cannot be emptied while it holds it.
+    writer = sqlite3.connect(data / "store-jp.db", isolation_level=None)
+    writer.execute("UPDATE records SET restricted_by = 'x'")
+    writer.close()
+    assert run(config_file, "db", "checkpoint", "--wait", "0.2") == 1
+    err = capsys.readouterr().err
+    assert "Erasure incomplete in region 'jp'" in err and "a running backup" in err
+    reader.close()
+    assert run(config_file, "db", "checkpoint") == 0
+    assert "region jp records: " in capsys.readouterr().out
+    wal = data / "store-jp.db-wal"
+    assert not wal.exists() or os.path.getsize(wal) == 0  # emptied (or gone with the last user)

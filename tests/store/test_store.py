@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 
 from sekisho.errors import ConfigError
 from sekisho.store import (
+    ErasureIncomplete,
     KeyProviderError,
     RecordUnreadable,
     RetentionSpec,
@@ -451,4 +452,96 @@ async def test_rotation_rewraps_data_keys_without_touching_records(
     assert (after.prompt, after.output) == (before.prompt, before.output)  # not re-encrypted
     doc = await subjects.export(s, PHONE, actor="dpo")
     assert doc["records"][0]["output"] == "承知しました"
+    await s.close()
+
+
+def _holding_a_snapshot(path: Path) -> sqlite3.Connection:
+    """A reader in the middle of a read transaction, as `sqlite3 FILE ".backup DEST"` is."""
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    return reader
+
+
+async def test_an_erasure_a_running_backup_blocks_is_reported_incomplete_not_success(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """A reader's snapshot (a backup running, as operations.md recommends) kept the TRUNCATE
+    checkpoint from copying the zeroed pages back: the deleted ciphertext stayed in the
+    database file while the deletion said it was done."""
+    regions = {"jp": Region("JP")}
+    tenants = {"demo": Tenant("jp", FULL_7)}
+    s = await Stores.open(regions, tmp_path, audit=sink, tenants=tenants, erase_wait=0.3)
+    counted: list[tuple[str, str]] = []
+    s.on_erasure_incomplete = lambda region, store: counted.append((region, store))
+    ref = await s.for_tenant("demo", "jp").put(exchange())
+    assert ref is not None
+    (row,) = s.region("jp").records_by_id("demo", [ref.record_id])
+    cipher = row.prompt[:32]
+    # The record reaches the database file itself (as it does with any later checkpoint).
+    with s.region("jp").records_db.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert cipher in (tmp_path / "store-jp.db").read_bytes()
+
+    reader = _holding_a_snapshot(tmp_path / "store-jp.db")
+    with pytest.raises(ErasureIncomplete, match=r"a running backup") as caught:
+        await subjects.delete(s, PHONE, actor="dpo", ticket="APPI-9")
+    assert "1 record(s) were deleted, but the erasure is incomplete" in str(caught.value)
+    assert "sekisho db checkpoint" in str(caught.value)
+    assert sink.actions()[-2:] == ["store.subject_delete", "store.erasure_incomplete"]
+    details = sink.events[-1][3]
+    assert details["act"] == "store.subject_delete" and details["complete"] is False
+    assert details["store"] == "records" and details["done"] == 1
+    assert counted == [("jp", "records")]
+    assert cipher in (tmp_path / "store-jp.db").read_bytes()  # what the message warns of
+    reader.close()
+
+    from sekisho.store.region import empty_log
+
+    jp = s.region("jp")
+    empty_log(jp.records_db, jp.records_at, 1.0, "deleted records")  # `sekisho db checkpoint`
+    assert cipher not in raw_bytes(tmp_path / "store-jp.db")
+    await s.close()
+
+
+async def test_a_tenant_delete_a_backup_blocks_still_deletes_all_and_says_it_is_incomplete(
+    tmp_path: Path, sink: Sink
+) -> None:
+    regions = {"jp": Region("JP")}
+    s = await Stores.open(
+        regions, tmp_path, audit=sink, tenants={"demo": Tenant("jp", FULL_7)}, erase_wait=0.2
+    )
+    await s.for_tenant("demo", "jp").put(exchange())
+    reader = _holding_a_snapshot(tmp_path / "keys" / "keyring-jp.db")
+    with pytest.raises(ErasureIncomplete, match=r"destroyed data key.*keyring-jp.db"):
+        await s.delete_tenant("demo", actor="admin")
+    reader.close()
+    assert sink.actions()[-3:] == [
+        "store.data_key_destroyed",
+        "store.erasure_incomplete",
+        "store.tenant_records_deleted",
+    ]
+    assert sink.events[-2][3]["store"] == "keyring"
+    assert s.region("jp").count("demo") == 0  # the records went all the same
+    await s.close()
+
+
+async def test_a_sweep_a_backup_blocks_is_logged_recorded_and_counted(
+    tmp_path: Path, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    regions = {"jp": Region("JP")}
+    s = await Stores.open(
+        regions, tmp_path, audit=sink, tenants={"demo": Tenant("jp", FULL_7)}, erase_wait=0.2
+    )
+    counted: list[tuple[str, str]] = []
+    s.on_erasure_incomplete = lambda region, store: counted.append((region, store))
+    await s.for_tenant("demo", "jp").put(exchange(created_at=datetime.now(UTC) - timedelta(days=9)))
+    reader = _holding_a_snapshot(tmp_path / "store-jp.db")
+    assert await s.sweep_once() == {"jp": {"demo": 1}}
+    reader.close()
+    assert sink.actions()[-2:] == ["store.retention_delete", "store.erasure_incomplete"]
+    assert counted == [("jp", "records")]
+    assert any(
+        r.levelname == "ERROR" and "erasure incomplete" in r.getMessage() for r in caplog.records
+    )
     await s.close()

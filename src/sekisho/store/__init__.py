@@ -3,6 +3,7 @@ under that region's keys, for as long as the retention says. See docs/storage.md
 
 from sekisho.store.crypto import TenantKeys
 from sekisho.store.errors import (
+    ErasureIncomplete,
     KeyProviderError,
     RecordUnreadable,
     StoreError,
@@ -35,6 +36,7 @@ from sekisho.store.stores import (
 __all__ = [
     "DEFAULT_SWEEP_INTERVAL",
     "AuditSink",
+    "ErasureIncomplete",
     "Exchange",
     "Kept",
     "KeptExchange",

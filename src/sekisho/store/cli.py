@@ -1,4 +1,4 @@
-"""Command line of the stores: ``db upgrade``, ``subject find|export|delete|restrict``,
+"""Command line of the stores: ``db upgrade|checkpoint``, ``subject find|export|delete|restrict``,
 ``tenant delete`` and ``keys rotate``.
 
 The main CLI calls ``register(subparsers)`` and ``register_keys(keys_subparsers)``; every command
@@ -162,6 +162,38 @@ def db_upgrade(args: argparse.Namespace) -> int:
                 engine.dispose()
             change = "up to date" if before == after else f"{before or 'empty'} -> {after}"
             print(f"region {name} {at.role}: {at.display}: {change}")
+    return status
+
+
+def db_checkpoint(args: argparse.Namespace) -> int:
+    """Copy each SQLite store's write-ahead log back and empty it: completes an erasure that a
+    running backup kept from finishing (``store.erasure_incomplete`` in the ledger)."""
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"error: {p}", file=sys.stderr)
+        return 2
+    from sekisho.store.region import empty_log
+
+    status = 0
+    for name, region in config.regions.items():
+        for at in database.locate(name, region.store, config.data_dir):
+            if not at.is_sqlite:
+                print(f"region {name} {at.role}: {at.display}: PostgreSQL (nothing to do)")
+                continue
+            if not at.sqlite_path.exists():
+                continue
+            engine = database.create(at)
+            try:
+                empty_log(engine, at, args.wait, "deleted data")
+            except SekishoError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            finally:
+                engine.dispose()
+            print(f"region {name} {at.role}: {at.display}: write-ahead log copied back and emptied")
     return status
 
 
@@ -399,6 +431,20 @@ def register(
     p = dsub.add_parser("upgrade", help="apply schema migrations to every region's store")
     _config_arg(p)
     p.set_defaults(func=db_upgrade)
+    p = dsub.add_parser(
+        "checkpoint",
+        help="copy each SQLite store's write-ahead log back and empty it (completes an erasure "
+        "a running backup blocked)",
+    )
+    _config_arg(p)
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for readers (a backup) to let go (default 30)",
+    )
+    p.set_defaults(func=db_checkpoint)
 
     subject = subparsers.add_parser(
         "subject", help="data-subject requests (APPI 開示・利用停止・消去)"

@@ -43,6 +43,21 @@ class TenantKeyMissing(StoreError):
     code = "store_key_missing"
 
 
+class ErasureIncomplete(StoreError):
+    """A deletion or key destruction committed, but SQLite could not copy its write-ahead log
+    back and empty it (another connection, such as a running ``sqlite3 .backup``, holds a read
+    snapshot): the erased bytes remain in the database file until a checkpoint succeeds."""
+
+    code = "store_erasure_incomplete"
+
+    def __init__(self, message: str, *, region: str, store: str, path: str) -> None:
+        super().__init__(message)
+        self.region = region
+        self.store = store  # records | keyring
+        self.path = path
+        self.done = 0  # rows deleted or key generations destroyed before the checkpoint failed
+
+
 class TenantKeyDestroyed(RecordUnreadable):
     """The tenant's data key was destroyed (crypto-shredded): its records can never be read."""
 

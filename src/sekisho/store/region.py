@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import Engine, Row, and_, delete, func, insert, select, text, update
+from sqlalchemy import Engine, Row, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from sekisho._deadlines import WriterHealth, refuse_late
@@ -39,6 +39,7 @@ from sekisho.store import database
 from sekisho.store.crypto import TenantKeys, new_data_key, wrap_context
 from sekisho.store.database import Location
 from sekisho.store.errors import (
+    ErasureIncomplete,
     KeyProviderError,
     StoreError,
     TenantKeyDestroyed,
@@ -52,6 +53,9 @@ log = logging.getLogger("sekisho.store")
 DEFAULT_GROUP_INTERVAL = 0.0  # as the ledger: batches form while the previous commit runs
 DEFAULT_GROUP_SIZE = 512
 DEFAULT_DEADLINE = 5.0
+# How long a deletion waits for SQLite's write-ahead log to be copied back and emptied while
+# another connection (a running backup) holds a read snapshot, before it says it is incomplete.
+DEFAULT_ERASE_WAIT = 30.0
 
 
 def now_ms() -> int:
@@ -83,8 +87,10 @@ class RegionStore:
         group_interval: float = DEFAULT_GROUP_INTERVAL,
         group_size: int = DEFAULT_GROUP_SIZE,
         deadline: float = DEFAULT_DEADLINE,
+        erase_wait: float = DEFAULT_ERASE_WAIT,
     ) -> None:
         self.region = region
+        self.erase_wait = erase_wait
         self.country = country
         self.records_at = records_at
         self.keyring_at = keyring_at
@@ -348,10 +354,13 @@ class RegionStore:
             self._current.pop(tenant, None)
             for key in [k for k in self._by_generation if k[0] == tenant]:
                 del self._by_generation[key]
-        if self.keyring_at.is_sqlite:
-            # The old page still sits in the write-ahead log until a checkpoint: flush and empty it.
-            with self.keyring_db.connect() as conn:
-                conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        # The old page with the wrapped key stays in the database file until the log is copied
+        # back (secure_delete zeroes it there): raises ErasureIncomplete if that cannot happen.
+        try:
+            empty_log(self.keyring_db, self.keyring_at, self.erase_wait, "the destroyed data key")
+        except ErasureIncomplete as exc:
+            exc.done = len(live)
+            raise
         return live
 
     def rotate_kek(self) -> tuple[int, int]:
@@ -648,26 +657,22 @@ class RegionStore:
                     and_(records.c.tenant == tenant, records.c.record_id.in_(record_ids))
                 )
             )
-        self._forget_deleted()
-        return int(result.rowcount)
+        n = int(result.rowcount)
+        self._forget_deleted(n)
+        return n
 
-    def _forget_deleted(self) -> None:
-        """Deleted rows' old pages stay in SQLite's write-ahead log until a checkpoint, and
-        past it in the log file's bytes: copy the log into the database (whose freed pages
-        secure_delete has zeroed) and empty it, so a deletion (消去, retention) leaves nothing
-        to recover from the files while the gateway runs. PostgreSQL keeps dead tuples until
-        VACUUM and its WAL as archived (storage.md)."""
-        if not self.records_at.is_sqlite:
-            return
+    def _forget_deleted(self, deleted: int) -> None:
+        """Deleted rows' old pages stay in the database file until SQLite's write-ahead log
+        is copied back into it (secure_delete zeroes them there), and past that in the log
+        file's bytes: copy the log back and empty it, so a deletion (消去, retention) leaves
+        nothing to recover from the files while the gateway runs; raise ErasureIncomplete
+        when that cannot be done. PostgreSQL keeps dead tuples until VACUUM and its WAL as
+        archived (storage.md)."""
         try:
-            with self.records_db.connect() as conn:
-                conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
-        except Exception:  # the deletion stands; the next deletion or a restart empties it
-            log.warning(
-                "could not empty the store's write-ahead log after a deletion",
-                extra={"region": self.region},
-                exc_info=True,
-            )
+            empty_log(self.records_db, self.records_at, self.erase_wait, "the deleted records")
+        except ErasureIncomplete as exc:
+            exc.done = deleted
+            raise
 
     def restrict(self, tenant: str, record_ids: Collection[str], actor: str) -> int:
         if not record_ids:
@@ -690,8 +695,9 @@ class RegionStore:
         with self.records_db.begin() as conn:
             conn.execute(delete(subject_index).where(subject_index.c.tenant == tenant))
             result = conn.execute(delete(records).where(records.c.tenant == tenant))
-        self._forget_deleted()
-        return int(result.rowcount)
+        n = int(result.rowcount)
+        self._forget_deleted(n)
+        return n
 
     def count(self, tenant: str | None = None) -> int:
         query = select(func.count()).select_from(records)
@@ -736,6 +742,50 @@ def _iso(ms: int | None) -> str:
     if ms is None:
         return "an unknown date"
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def empty_log(engine: Engine, at: Location, wait: float, what: str) -> None:
+    """Copy a SQLite database's write-ahead log back into it and empty it (a TRUNCATE
+    checkpoint), so that what a deletion freed is zeroed in the file and no old page is left
+    in the log. Another connection's read snapshot (a running ``sqlite3 .backup``, a long
+    query) keeps the checkpoint from finishing: it is retried for up to ``wait`` seconds,
+    then ``ErasureIncomplete`` says so. Nothing to do for PostgreSQL."""
+    if not at.is_sqlite:
+        return
+    give_up = time.monotonic() + wait
+    reason = "another connection holds a read snapshot of it"
+    try:
+        with engine.connect() as conn:
+            try:
+                while True:
+                    left = max(0.0, give_up - time.monotonic())
+                    # The busy handler waits for readers, one second at a time.
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={max(1, int(min(left, 1) * 1000))}")
+                    row = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+                    if row is not None and row[0] == 0:
+                        return
+                    if time.monotonic() >= give_up:
+                        break
+                    time.sleep(0.05)
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.exec_driver_sql("PRAGMA busy_timeout=30000")
+    except SQLAlchemyError as exc:
+        text_ = str(getattr(exc, "orig", None) or exc).strip()
+        reason = f"the checkpoint failed: {text_.splitlines()[0] if text_ else type(exc).__name__}"
+    path = at.sqlite_path
+    raise ErasureIncomplete(
+        f"Erasure incomplete in region {at.region!r}: {what} are gone from the {at.role} "
+        f"database, but their old pages are still in {path} and its write-ahead log, where "
+        f"they can be recovered: {reason} (a running backup such as `sqlite3 .backup`, or "
+        f"another reader) and the log could not be copied back and emptied within {wait:g} s. "
+        "Let the backup finish, then run `sekisho db checkpoint --config FILE` (or any later "
+        "deletion, or a restart, completes it). Copies the backup made hold the erased data "
+        "until they are rotated out.",
+        region=at.region,
+        store=at.role,
+        path=str(path),
+    )
 
 
 def live_generations(store: RegionStore, tenant: str) -> list[int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +26,12 @@ from sekisho._threads import in_fair_thread
 from sekisho.errors import ConfigError, ConfigProblem
 from sekisho.store.crypto import TenantKeys
 from sekisho.store.database import Location, locate
-from sekisho.store.errors import KeyFileMissing, StoreError, StoreMisconfigured
+from sekisho.store.errors import (
+    ErasureIncomplete,
+    KeyFileMissing,
+    StoreError,
+    StoreMisconfigured,
+)
 from sekisho.store.identifiers import NOT_INDEXED, IdentifierError, normalise
 from sekisho.store.keys import KeyProvider, open_key_provider
 from sekisho.store.region import RegionStore, expired, region_holdings
@@ -282,6 +287,9 @@ class Stores:
     audit: AuditSink
     retention: dict[str, RetentionSpec] = field(default_factory=dict)
     _sweeper: asyncio.Task[None] | None = None
+    # Told (region, store) when an erasure could not be completed (the gateway counts them in
+    # sekisho_store_erasure_incomplete_total).
+    on_erasure_incomplete: Callable[[str, str], None] | None = None
 
     @classmethod
     async def open(
@@ -361,20 +369,33 @@ class Stores:
         held = sorted(t for t, spec in self.retention.items() if spec.legal_hold)
         report: dict[str, dict[str, int]] = {}
         for name, store in self.regions.items():
-            while True:
+            blocked = False
+            while not blocked:
                 batch = await asyncio.to_thread(expired, store, at, held, _SWEEP_BATCH)
                 if not batch:
                     break
                 for tenant, ids in batch.items():
+                    target = f"tenant:{tenant}@{name}"
                     await self.audit.admin(
                         SWEEPER,
                         "store.retention_delete",
-                        f"tenant:{tenant}@{name}",
+                        target,
                         {"records": len(ids), "expired_before": from_ms(at).isoformat()},
                     )
-                    n = await asyncio.to_thread(store.delete_records, tenant, ids)
+                    try:
+                        n = await asyncio.to_thread(store.delete_records, tenant, ids)
+                    except ErasureIncomplete as exc:
+                        # Deleted, but still in the file: said in the ledger, the log and the
+                        # metrics; the region's next batches wait for the next sweep.
+                        n = exc.done
+                        await self.erasure_incomplete(
+                            SWEEPER, "store.retention_delete", target, exc
+                        )
+                        blocked = True
                     report.setdefault(name, {})
                     report[name][tenant] = report[name].get(tenant, 0) + n
+                    if blocked:
+                        break
         if report:
             log.info("retention sweep deleted %s", report)
         return report
@@ -408,11 +429,44 @@ class Stores:
                 return True
         return False
 
+    async def erasure_incomplete(
+        self, actor: str, act: str, target: str, exc: ErasureIncomplete
+    ) -> None:
+        """An erasure committed but left its bytes in a SQLite file (a reader blocked the
+        checkpoint): recorded in the ledger as incomplete, logged as an error and counted."""
+        log.error(
+            "erasure incomplete: %s",
+            exc,
+            extra={"region": exc.region, "store": exc.store, "act": act},
+        )
+        if self.on_erasure_incomplete is not None:
+            with contextlib.suppress(Exception):
+                self.on_erasure_incomplete(exc.region, exc.store)
+        try:
+            await self.audit.admin(
+                actor,
+                "store.erasure_incomplete",
+                target,
+                {
+                    "act": act,
+                    "store": exc.store,
+                    "done": exc.done,
+                    "complete": False,
+                    "reason": "a reader (a running backup?) held a snapshot of the database: "
+                    "the erased bytes remain in its file until a checkpoint succeeds",
+                },
+            )
+        except Exception:
+            log.exception("could not record the incomplete erasure in the ledger")
+
     async def delete_tenant(self, tenant: str, *, actor: str) -> dict[str, int]:
         """Crypto-shred a tenant in every region: destroy its data keys, then delete its
-        records. Returns {region: records deleted}. Refused under legal hold."""
+        records. Returns {region: records deleted}. Refused under legal hold. Raises
+        ``ErasureIncomplete`` (after doing everything else) when a SQLite file still holds
+        what was erased; the ledger then has a ``store.erasure_incomplete`` entry for it."""
         self._refuse_if_held(tenant, "delete its data")
         deleted: dict[str, int] = {}
+        incomplete: list[ErasureIncomplete] = []
         for name, store in self.regions.items():
             target = f"tenant:{tenant}@{name}"
             generations = await asyncio.to_thread(_live, store, tenant)
@@ -425,13 +479,30 @@ class Stores:
                     {"generations": ",".join(map(str, generations)), "kek": store.keys.description}
                     | ({"lost_generations": ",".join(map(str, lost))} if lost else {}),
                 )
-                await asyncio.to_thread(store.destroy_tenant_keys, tenant, actor)
+                try:
+                    await asyncio.to_thread(store.destroy_tenant_keys, tenant, actor)
+                except ErasureIncomplete as exc:
+                    await self.erasure_incomplete(actor, "store.data_key_destroyed", target, exc)
+                    incomplete.append(exc)
             count = await asyncio.to_thread(store.count, tenant)
             if count:
                 await self.audit.admin(
                     actor, "store.tenant_records_deleted", target, {"records": count}
                 )
-                deleted[name] = await asyncio.to_thread(store.delete_tenant_records, tenant)
+                try:
+                    deleted[name] = await asyncio.to_thread(store.delete_tenant_records, tenant)
+                except ErasureIncomplete as exc:
+                    deleted[name] = exc.done
+                    await self.erasure_incomplete(
+                        actor, "store.tenant_records_deleted", target, exc
+                    )
+                    incomplete.append(exc)
+        if incomplete:
+            raise incomplete_after(
+                f"The data keys of tenant {tenant!r} were destroyed and "
+                f"{sum(deleted.values())} record(s) deleted",
+                incomplete,
+            )
         return deleted
 
     async def rotate_keys(self, region: str, *, actor: str) -> tuple[int, int]:
@@ -460,6 +531,21 @@ class Stores:
                 await self._sweeper
         for store in self.regions.values():
             await store.close()
+
+
+def incomplete_after(done: str, incomplete: Sequence[ErasureIncomplete]) -> ErasureIncomplete:
+    """One error for the erasures of an act that could not be completed, saying what was done."""
+    first = incomplete[0]
+    err = ErasureIncomplete(
+        f"{done}, but the erasure is incomplete: "
+        + " ".join(str(e) for e in incomplete)
+        + " The ledger records it as incomplete (store.erasure_incomplete).",
+        region=first.region,
+        store=first.store,
+        path=first.path,
+    )
+    err.done = sum(e.done for e in incomplete)
+    return err
 
 
 def _key_provider(

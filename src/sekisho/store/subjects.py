@@ -15,9 +15,10 @@ from typing import Any
 
 import orjson
 
+from sekisho.store.errors import ErasureIncomplete
 from sekisho.store.identifiers import normalise
 from sekisho.store.region import RegionStore, live_generations, now_ms
-from sekisho.store.stores import Stores, from_ms
+from sekisho.store.stores import Stores, from_ms, incomplete_after
 from sekisho.types import Level
 
 
@@ -193,10 +194,20 @@ async def delete(stores: Stores, subject: Subject, *, actor: str, ticket: str | 
         subject.details(records=len(rows), ticket=ticket),
     )
     deleted = 0
+    incomplete: list[ErasureIncomplete] = []
     for region, ids in by_region.items():
-        deleted += await asyncio.to_thread(
-            stores.region(region).delete_records, subject.tenant, ids
-        )
+        try:
+            deleted += await asyncio.to_thread(
+                stores.region(region).delete_records, subject.tenant, ids
+            )
+        except ErasureIncomplete as exc:
+            deleted += exc.done
+            await stores.erasure_incomplete(
+                actor, "store.subject_delete", f"tenant:{subject.tenant}", exc
+            )
+            incomplete.append(exc)
+    if incomplete:
+        raise incomplete_after(f"{deleted} record(s) were deleted", incomplete)
     return deleted
 
 
