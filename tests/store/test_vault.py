@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sekisho.store import KeyProviderError, Stores, VaultKeysSpec, subjects
+from sekisho.store import KeyProviderError, RotationIncomplete, Stores, VaultKeysSpec, subjects
 from sekisho.store.keys import VaultTransit
 from store.helpers import FULL_7, Region, Sink, Tenant, exchange
 from store.vault_sim import VaultTransitSim
@@ -52,8 +52,11 @@ async def test_rotation_in_vault_rewraps_without_exposing_data_keys(
     s = await Stores.open(regions, tmp_path, audit=sink, tenants={"demo": Tenant("jp", FULL_7)})
     await s.for_tenant("demo", "jp").put(exchange())
     assert await s.rotate_keys("jp", actor="ops") == (2, 1)
-    assert ("rewrap", "jp-kek") in vault.calls and ("keys", "jp-kek/rotate") in vault.calls
+    # Vault's rewrap takes no associated_data (a real Vault fails every key bound to its
+    # context there): sekisho re-wraps by decrypt and encrypt, each with the binding.
+    assert ("keys", "jp-kek/rotate") in vault.calls and ("rewrap", "jp-kek") not in vault.calls
     assert s.region("jp").kek_versions() == {2: 1}
+    assert sink.events[-1][3]["complete"] is True
     await s.close()
     s = await Stores.open(regions, tmp_path, audit=sink)
     doc = await subjects.export(s, subjects.Subject("demo", "PHONE_JP", "09012345678"), actor="x")
@@ -98,3 +101,44 @@ async def test_a_data_key_bound_to_another_tenant_does_not_unwrap(
     with jp.keyring_db.begin() as conn:
         conn.execute(update(tenant_keys).where(tenant_keys.c.tenant == "acme").values(wrapped=None))
     await s.close()
+
+
+def test_vaults_rewrap_ignores_associated_data_as_a_real_vault_does(vault: VaultTransitSim) -> None:
+    spec = VaultKeysSpec.model_validate(keys(vault))
+    transit = VaultTransit(spec, "jp")
+    wrapped = transit.wrap(b"k" * 32, b"ctx")
+    with pytest.raises(KeyProviderError, match=r"refused rewrap .* HTTP 400: .*authentication"):
+        transit._call("rewrap", "rewrap/jp-kek", {"ciphertext": wrapped, "associated_data": "Y3R4"})
+    assert transit.unwrap(transit.rewrap(wrapped, b"ctx"), b"ctx") == b"k" * 32
+
+
+async def test_a_rotation_cut_short_is_in_the_ledger_and_says_what_is_left(
+    tmp_path: Path, sink: Sink, vault: VaultTransitSim
+) -> None:
+    """Vault rotated its key, then re-wrapping failed: nothing was recorded, and the message
+    blamed the token and the key name whatever the cause."""
+    regions = {"jp": Region("JP", keys=keys(vault))}
+    s = await Stores.open(regions, tmp_path, audit=sink, tenants={"demo": Tenant("jp", FULL_7)})
+    await s.for_tenant("demo", "jp").put(exchange())
+    vault.refuse = {"encrypt"}  # a token whose policy lost encrypt
+    with pytest.raises(RotationIncomplete) as caught:
+        await s.rotate_keys("jp", actor="ops")
+    message = str(caught.value)
+    assert "KEK version 2" in message and "0 of 1 data key(s) were re-wrapped" in message
+    assert "tenant 'demo' (generation 1)" in message and "still unwrap them" in message
+    assert "refused encrypt" in message and "needs encrypt on transit/encrypt/jp-kek" in message
+    _, action, target, details = sink.events[-1]
+    assert (action, target) == ("store.kek_rotated", "region:jp")
+    assert details["complete"] is False and details["kek_version"] == 2
+    assert (details["data_keys_rewrapped"], details["data_keys_left"]) == (0, 1)
+    vault.refuse = set()
+    assert s.region("jp").kek_versions() == {1: 1}  # still readable under version 1
+    assert await s.rotate_keys("jp", actor="ops") == (3, 1)  # run again: done
+    await s.close()
+
+
+def test_a_vault_that_answers_400_is_not_blamed_on_the_token(vault: VaultTransitSim) -> None:
+    spec = VaultKeysSpec.model_validate(keys(vault))
+    with pytest.raises(KeyProviderError) as caught:
+        VaultTransit(spec, "jp")._call("decrypt", "decrypt/jp-kek", {"ciphertext": "nope"})
+    assert "HTTP 400" in str(caught.value) and "token" not in str(caught.value)

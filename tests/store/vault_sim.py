@@ -1,9 +1,10 @@
 """A small Vault Transit server on loopback: the real endpoints and wire format, real AES-GCM.
 
-Implements ``POST /v1/<mount>/encrypt/:name``, ``/decrypt/:name``, ``/rewrap/:name`` and
-``/keys/:name/rotate`` as Vault documents them (base64 plaintext and associated_data,
-``vault:v<N>:<base64(nonce|ciphertext|tag)>`` ciphertexts, ``{"errors": [...]}`` on failure,
-``X-Vault-Token`` authentication). Keys are created on first use, like ``transit/keys/:name``.
+Implements ``POST /v1/<mount>/encrypt/:name``, ``/decrypt/:name``, ``/rewrap/:name`` (which,
+as in Vault, has no ``associated_data``) and ``/keys/:name/rotate`` as Vault documents them
+(base64 plaintext and associated_data, ``vault:v<N>:<base64(nonce|ciphertext|tag)>``
+ciphertexts, ``{"errors": [...]}`` on failure, ``X-Vault-Token`` authentication). Keys are
+created on first use, like ``transit/keys/:name``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class VaultTransitSim:
         self.mount = mount
         self.keys: dict[str, dict[int, bytes]] = {}
         self.calls: list[tuple[str, str]] = []
+        self.refuse: set[str] = set()  # operations answered 403 (a token whose policy lacks them)
         sim = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,6 +69,8 @@ class VaultTransitSim:
         except ValueError:
             return 400, {"errors": ["failed to parse JSON input"]}
         self.calls.append((parts[0], "/".join(parts[1:])))
+        if parts[0] in self.refuse:
+            return 403, {"errors": ["1 error occurred:\n\t* permission denied\n\n"]}
         try:
             if len(parts) == 2 and parts[0] in ("encrypt", "decrypt", "rewrap"):
                 return 200, {"data": getattr(self, "_" + parts[0])(parts[1], body)}
@@ -112,8 +116,12 @@ class VaultTransitSim:
         return {"plaintext": base64.b64encode(plaintext).decode()}
 
     def _rewrap(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        plaintext = self._decrypt(name, body)["plaintext"]
-        return self._encrypt(name, {**body, "plaintext": plaintext})
+        # As Vault: rewrap takes ciphertext, context, key_version and nonce; it has no
+        # associated_data parameter and ignores one sent, so a key sealed with associated
+        # data fails authentication here.
+        bare = {"ciphertext": body.get("ciphertext")}
+        plaintext = self._decrypt(name, bare)["plaintext"]
+        return self._encrypt(name, {"plaintext": plaintext})
 
 
 class _Fail(Exception):

@@ -29,6 +29,19 @@ class KeyProviderError(StoreError):
     code = "store_key_unavailable"
 
 
+class RotationIncomplete(KeyProviderError):
+    """``keys rotate`` stopped part way: a new KEK version may be current while some data keys
+    are still wrapped under older versions (which still unwrap them)."""
+
+    code = "store_rotation_incomplete"
+
+    def __init__(self, message: str, *, version: int | None, rewrapped: int, left: int) -> None:
+        super().__init__(message)
+        self.version = version  # None: the KEK itself could not be rotated
+        self.rewrapped = rewrapped
+        self.left = left
+
+
 class KeyFileMissing(KeyProviderError):
     """The region's local key file is not there (made only where nothing it wrapped exists)."""
 

@@ -5,8 +5,10 @@ A provider wraps and unwraps tenants' data keys; it never sees a record. Two pro
 - ``LocalKeyFile``: a JSON key file per region under the data dir, created on first start with
   mode 0600 and refused if group or others can read it. Fine for one machine and for trying
   sekisho; every start logs a warning that production should use a KMS.
-- ``VaultTransit``: HashiCorp Vault's Transit engine (``encrypt``, ``decrypt``, ``rewrap``,
-  ``keys/:name/rotate``). The KEK never leaves Vault.
+- ``VaultTransit``: HashiCorp Vault's Transit engine (``encrypt``, ``decrypt``,
+  ``keys/:name/rotate``). The KEK never leaves Vault; data keys are unwrapped here to be used,
+  and re-wrapped here on rotation (decrypt, then encrypt under the newest version): Vault's
+  ``rewrap`` takes no ``associated_data``, so it cannot re-wrap a key bound to its context.
 
 Calls are blocking (file or HTTP); async callers run them in a thread. Wrapped keys are strings
 ``<prefix>:v<version>:<base64>`` so rotation can tell which KEK version wrapped them.
@@ -51,7 +53,8 @@ class KeyProvider(Protocol):
         ...
 
     def rewrap(self, wrapped: str, context: bytes) -> str:
-        """The same data key wrapped under the newest KEK version, never exposing it here."""
+        """The same data key wrapped under the newest KEK version, bound to the same context.
+        Raises ``InvalidTag`` as ``unwrap`` does."""
         ...
 
     def rotate(self) -> int:
@@ -269,9 +272,18 @@ class VaultTransit:
             detail = _vault_errors(exc.read())
             if op == "decrypt" and exc.code == 400 and "authentication failed" in detail.lower():
                 raise InvalidTag() from None
+            if exc.code in (401, 403):
+                hint = (
+                    f" Check the token and its policy (it needs {op} on "
+                    f"{self.spec.mount}/{path.split('/')[0]}/{self.spec.key_name})."
+                )
+            elif exc.code == 404:
+                hint = f" Check the mount ({self.spec.mount}) and the key name."
+            else:
+                hint = ""
             raise KeyProviderError(
                 f"{self.description} refused {op} for region {self.region!r}: HTTP {exc.code}"
-                f"{': ' + detail if detail else ''}. Check the token's policy and the key name."
+                f"{': ' + detail if detail else ''}.{hint}"
             ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -311,12 +323,10 @@ class VaultTransit:
         return base64.b64decode(self._data("decrypt", reply, "plaintext"))
 
     def rewrap(self, wrapped: str, context: bytes) -> str:
-        reply = self._call(
-            "rewrap",
-            f"rewrap/{self.spec.key_name}",
-            {"ciphertext": wrapped, "associated_data": _b64(context)},
-        )
-        return self._data("rewrap", reply, "ciphertext")
+        # Not Vault's rewrap endpoint: it has no associated_data parameter (only context,
+        # for derived keys), so every data key bound to (region, tenant, generation) would
+        # fail authentication there. Decrypt and encrypt again, both with the binding.
+        return self.wrap(self.unwrap(wrapped, context), context)
 
     def rotate(self) -> int:
         reply = self._call("rotate", f"keys/{self.spec.key_name}/rotate", None)

@@ -41,6 +41,7 @@ from sekisho.store.database import Location
 from sekisho.store.errors import (
     ErasureIncomplete,
     KeyProviderError,
+    RotationIncomplete,
     StoreError,
     TenantKeyDestroyed,
     TenantKeyMissing,
@@ -366,7 +367,15 @@ class RegionStore:
     def rotate_kek(self) -> tuple[int, int]:
         """Make a new KEK version current and re-wrap every live data key under it. Records are
         not touched: they are sealed with the data keys, which do not change. Blocking."""
-        version = self.keys.rotate()
+        try:
+            version = self.keys.rotate()
+        except Exception as exc:
+            raise RotationIncomplete(
+                f"The key-encryption key of region {self.region!r} was not rotated: {exc}",
+                version=None,
+                rewrapped=0,
+                left=sum(self.kek_versions().values()),
+            ) from exc
         count = 0
         with self.keyring_db.connect() as conn:
             rows = conn.execute(
@@ -376,7 +385,25 @@ class RegionStore:
             ).all()
         for row in rows:
             ctx = wrap_context(self.region, row.tenant, row.generation)
-            rewrapped = self.keys.rewrap(row.wrapped, ctx)
+            try:
+                rewrapped = self.keys.rewrap(row.wrapped, ctx)
+            except Exception as exc:
+                why = (
+                    "it does not unwrap with that key (wrong key, or the keyring was altered)"
+                    if isinstance(exc, InvalidTag)
+                    else str(exc)
+                )
+                raise RotationIncomplete(
+                    f"Rotation of region {self.region!r} is incomplete: KEK version {version} "
+                    f"({self.keys.description}) is current, and {count} of {len(rows)} data "
+                    f"key(s) were re-wrapped under it; re-wrapping the data key of tenant "
+                    f"{row.tenant!r} (generation {row.generation}) failed: {why}. The others "
+                    "are still wrapped under older versions, which still unwrap them: nothing "
+                    "is unreadable. Fix the cause and run `sekisho keys rotate` again.",
+                    version=version,
+                    rewrapped=count,
+                    left=len(rows) - count,
+                ) from exc
             with self.keyring_db.begin() as conn:
                 conn.execute(
                     update(tenant_keys)

@@ -142,7 +142,7 @@ class VaultKeysSpec(_Spec):
     mount: str = Field(default="transit", description="Mount path of the Transit engine")
     key_name: str = Field(description="Name of the Transit key (type aes256-gcm96)")
     token: str = Field(
-        description="Vault token with encrypt, decrypt and rewrap on the key (and rotate for "
+        description="Vault token with encrypt and decrypt on the key (and rotate for "
         "`sekisho keys rotate`); write ${VAULT_TOKEN}, never the token itself",
         min_length=1,
     )

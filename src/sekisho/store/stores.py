@@ -29,6 +29,7 @@ from sekisho.store.database import Location, locate
 from sekisho.store.errors import (
     ErasureIncomplete,
     KeyFileMissing,
+    RotationIncomplete,
     StoreError,
     StoreMisconfigured,
 )
@@ -508,12 +509,34 @@ class Stores:
     async def rotate_keys(self, region: str, *, actor: str) -> tuple[int, int]:
         """New KEK version for a region; re-wrap every data key. Returns (version, re-wrapped)."""
         store = self.region(region)
-        version, count = await asyncio.to_thread(store.rotate_kek)
+        try:
+            version, count = await asyncio.to_thread(store.rotate_kek)
+        except RotationIncomplete as exc:
+            # Part of it may be done (a new KEK version current in Vault, some keys re-wrapped):
+            # the ledger says so, as it would a rotation that completed.
+            await self.audit.admin(
+                actor,
+                "store.kek_rotated",
+                f"region:{region}",
+                {
+                    "kek_version": exc.version,
+                    "data_keys_rewrapped": exc.rewrapped,
+                    "data_keys_left": exc.left,
+                    "complete": False,
+                    "kek": store.keys.description,
+                },
+            )
+            raise
         await self.audit.admin(
             actor,
             "store.kek_rotated",
             f"region:{region}",
-            {"kek_version": version, "data_keys_rewrapped": count, "kek": store.keys.description},
+            {
+                "kek_version": version,
+                "data_keys_rewrapped": count,
+                "complete": True,
+                "kek": store.keys.description,
+            },
         )
         return version, count
 
