@@ -964,3 +964,29 @@ def test_a_provider_kept_response_id_is_its_tenants_alone(
         assert h.bytes_received() == before
     with pytest.raises(openai.BadRequestError):  # a forged seal fails for the owner too
         client(h).responses.create(model="gpt-4o", input="go on", previous_response_id=forged)
+
+
+def test_a_kept_response_given_another_requests_id_in_the_store_is_not_served_as_it(
+    gateway: Callable[..., Harness],
+) -> None:
+    """Swapping two records' request_id in the store's database made GET /v1/responses/<A>
+    answer 200 with B's conversation: the ciphertexts did not bind the request id."""
+    import sqlite3
+
+    h = gateway()
+    c = client(h)
+    a = c.responses.create(model="gpt-4o", input="ALPHA conversation of app one")
+    b = c.responses.create(model="gpt-4o", input="BRAVO conversation of app two")
+    db = sqlite3.connect(h.data_dir / "store-jp.db")
+    with db:
+        (ra,), (rb,) = db.execute("SELECT request_id FROM records ORDER BY created_at").fetchall()
+        db.execute("UPDATE records SET request_id = 'swap' WHERE request_id = ?", (ra,))
+        db.execute("UPDATE records SET request_id = ? WHERE request_id = ?", (ra, rb))
+        db.execute("UPDATE records SET request_id = ? WHERE request_id = 'swap'", (rb,))
+    db.close()
+    with pytest.raises(openai.APIStatusError) as err:
+        c.responses.retrieve(a.id)
+    assert isinstance(err.value.body, dict)
+    assert err.value.body["code"] == "store_record_unreadable"
+    assert "BRAVO" not in json.dumps(err.value.body)
+    assert b.id != a.id

@@ -52,7 +52,9 @@ def test_kill_9_under_load_loses_no_committed_record(tmp_path: Path) -> None:
         assert {r.record_id for r in rows} == set(committed)
         for row in rows[:: max(1, len(rows) // 50)]:
             keys = jp.keys_at("demo", row.key_generation)
-            prompt = orjson.loads(keys.open(row.record_id, "prompt", row.prompt))
+            prompt = orjson.loads(
+                keys.open(row.record_id, "prompt", row.prompt, request_id=row.request_id)
+            )
             n, i = committed[row.record_id][1:].split("-")
             assert prompt[0]["content"] == f"prompt {n} {i}"
         assert jp.count() >= len(committed)  # committed but not yet reported is fine

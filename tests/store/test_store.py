@@ -108,9 +108,58 @@ async def test_a_ciphertext_moved_to_another_record_fails_authentication(stores:
     keys = jp.tenant_keys("demo")
     (row,) = jp.records_by_id("demo", [b.record_id])
     with pytest.raises(RecordUnreadable, match=b.record_id):
-        keys.open(row.record_id, "prompt", row.prompt)
+        keys.open(row.record_id, "prompt", row.prompt, request_id="b")
     with pytest.raises(RecordUnreadable):  # and the output field's ciphertext is not a prompt
-        keys.open(a.record_id, "prompt", jp.records_by_id("demo", [a.record_id])[0].output)
+        keys.open(
+            a.record_id, "prompt", jp.records_by_id("demo", [a.record_id])[0].output, request_id="a"
+        )
+
+
+async def test_a_record_given_another_requests_id_is_not_that_requests_answer(
+    stores: Stores,
+) -> None:
+    """Records are looked up by request id, which the associated data did not bind: swapping
+    two rows' request_id made GET /v1/responses/<A> answer with B's conversation."""
+    tenant = stores.for_tenant("demo", "jp")
+    a = await tenant.put(exchange(prompt="ALPHA conversation of app one", request_id="req-a"))
+    b = await tenant.put(exchange(prompt="BRAVO conversation of app two", request_id="req-b"))
+    assert a and b
+    kept = await tenant.kept("req-a")
+    assert kept is not None and kept.prompt is not None and b"ALPHA" in kept.prompt
+    jp = stores.region("jp")
+    with jp.records_db.begin() as conn:  # as the auditor did, with sqlite3 on the file
+        conn.execute(
+            update(records).where(records.c.record_id == a.record_id).values(request_id="x")
+        )
+        conn.execute(
+            update(records).where(records.c.record_id == b.record_id).values(request_id="req-a")
+        )
+        conn.execute(
+            update(records).where(records.c.record_id == a.record_id).values(request_id="req-b")
+        )
+    with pytest.raises(RecordUnreadable, match=rf"{b.record_id} \(.*\).*another record or request"):
+        await tenant.kept("req-a")
+    with pytest.raises(RecordUnreadable, match=a.record_id):
+        await tenant.kept("req-b")
+
+
+async def test_a_record_sealed_before_request_ids_were_bound_still_reads(stores: Stores) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from sekisho.store.crypto import record_aad_v1
+
+    tenant = stores.for_tenant("demo", "jp")
+    ref = await tenant.put(exchange(prompt="old", request_id="req-old", output=None))
+    assert ref
+    keys = await tenant.keys()
+    nonce = os.urandom(12)
+    aad = record_aad_v1("jp", "demo", ref.record_id, "prompt")
+    old = nonce + AESGCM(keys.seal_key).encrypt(nonce, b"sealed by v1", aad)
+    jp = stores.region("jp")
+    with jp.records_db.begin() as conn:
+        conn.execute(update(records).where(records.c.record_id == ref.record_id).values(prompt=old))
+    kept = await tenant.kept("req-old")
+    assert kept is not None and kept.prompt == b"sealed by v1"
 
 
 async def test_corrupted_ciphertext_is_a_clear_error_never_garbage(stores: Stores) -> None:

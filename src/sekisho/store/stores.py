@@ -171,16 +171,23 @@ class TenantStore:
             return KeptExchange(row.mode, False, None, None, None, *facts)
         keys = self.region.keys_at(self.tenant, row.key_generation)
         rid = row.record_id
+        # Opened as this request's: a record whose request_id was changed in the database
+        # (to answer for another request) fails authentication.
+        req = request_id
         pmap = (
-            orjson.loads(keys.open(rid, "pseudonym_map", row.pseudonym_map))
+            orjson.loads(keys.open(rid, "pseudonym_map", row.pseudonym_map, request_id=req))
             if row.pseudonym_map is not None
             else None
         )
         return KeptExchange(
             row.mode,
             True,
-            keys.open(rid, "prompt", row.prompt) if row.prompt is not None else None,
-            keys.open(rid, "output", row.output) if row.output is not None else None,
+            keys.open(rid, "prompt", row.prompt, request_id=req)
+            if row.prompt is not None
+            else None,
+            keys.open(rid, "output", row.output, request_id=req)
+            if row.output is not None
+            else None,
             pmap,
             *facts,
         )
@@ -200,6 +207,7 @@ class TenantStore:
         expires = created + timedelta(days=kept.days)
         full = kept.mode == "full"
         output = exchange.output
+        req = exchange.request_id
         row: dict[str, Any] = {
             "record_id": record_id,
             "tenant": self.tenant,
@@ -216,12 +224,19 @@ class TenantStore:
             "completion_tokens": exchange.completion_tokens,
             "prompt_hash": keys.keyed_hash(exchange.prompt),
             "output_hash": keys.keyed_hash(output) if output is not None else None,
-            "prompt": keys.seal(record_id, "prompt", exchange.prompt) if full else None,
-            "output": keys.seal(record_id, "output", output)
+            "prompt": keys.seal(record_id, "prompt", exchange.prompt, request_id=req)
+            if full
+            else None,
+            "output": keys.seal(record_id, "output", output, request_id=req)
             if full and output is not None
             else None,
             "pseudonym_map": (
-                keys.seal(record_id, "pseudonym_map", orjson.dumps(dict(exchange.pseudonym_map)))
+                keys.seal(
+                    record_id,
+                    "pseudonym_map",
+                    orjson.dumps(dict(exchange.pseudonym_map)),
+                    request_id=req,
+                )
                 if full and exchange.pseudonym_map
                 else None
             ),

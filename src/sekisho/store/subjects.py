@@ -162,13 +162,14 @@ def _decrypted(store: RegionStore, tenant: str, row: Any) -> dict[str, Any]:
     if row.mode != "full":
         return doc
     keys = store.keys_at(tenant, row.key_generation)
+    rid, req = row.record_id, row.request_id
     if row.prompt is not None:
-        doc["prompt"] = _json_or_text(keys.open(row.record_id, "prompt", row.prompt))
+        doc["prompt"] = _json_or_text(keys.open(rid, "prompt", row.prompt, request_id=req))
     if row.output is not None:
-        doc["output"] = _json_or_text(keys.open(row.record_id, "output", row.output))
+        doc["output"] = _json_or_text(keys.open(rid, "output", row.output, request_id=req))
     if row.pseudonym_map is not None:
         doc["pseudonym_map"] = orjson.loads(
-            keys.open(row.record_id, "pseudonym_map", row.pseudonym_map)
+            keys.open(rid, "pseudonym_map", row.pseudonym_map, request_id=req)
         )
     return doc
 
