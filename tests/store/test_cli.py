@@ -378,3 +378,43 @@ def test_db_checkpoint_completes_an_erasure_once_the_backup_lets_go(
     assert "region jp records: " in capsys.readouterr().out
     wal = data / "store-jp.db-wal"
     assert not wal.exists() or os.path.getsize(wal) == 0  # emptied (or gone with the last user)
+
+
+def test_an_unreadable_record_does_not_block_the_rest_of_an_export(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One altered record made `subject export` fail as a whole, leave the out file empty,
+    and still record store.subject_export {"records": N} in the ledger."""
+    import sqlite3
+
+    data = config_file.parent / "data"
+    asyncio.run(seed(data))
+
+    async def more() -> None:
+        s = await Stores.open({"jp": Region("JP")}, data, audit=Sink())
+        await s.for_tenant("demo", "jp").put(
+            exchange(request_id="req-c", identifiers=(("EMAIL", "hanako@example.jp"),))
+        )
+        await s.close()
+
+    asyncio.run(more())
+    db = sqlite3.connect(data / "store-jp.db")
+    with db:
+        (prompt,) = db.execute("SELECT prompt FROM records WHERE request_id = 'req-b'").fetchone()
+        altered = prompt[:20] + bytes([prompt[20] ^ 1]) + prompt[21:]
+        db.execute("UPDATE records SET prompt = ? WHERE request_id = 'req-b'", (altered,))
+    db.close()
+    out = config_file.parent / "export.json"
+    base = ["--tenant", "demo", "--actor", "dpo@example.jp", "--email", "hanako@example.jp"]
+    assert run(config_file, "subject", "export", *base, "--out", str(out)) == 3
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["request_id"] for r in doc["records"]] == ["req-c"]
+    [bad] = doc["unreadable"]
+    assert bad["request_id"] == "req-b" and bad["error"] == "store_record_unreadable"
+    assert "failed authentication" in bad["reason"]
+    err = capsys.readouterr().err
+    assert f"record {bad['record_id']} (request req-b" in err
+    assert "1 record(s) that mention this EMAIL are unreadable" in err
+    last = audit_lines(config_file)[-1]
+    assert last["action"] == "store.subject_export"
+    assert last["details"]["records"] == 1 and last["details"]["unreadable"] == 1

@@ -178,7 +178,10 @@ async def test_corrupted_ciphertext_is_a_clear_error_never_garbage(stores: Store
     with pytest.raises(
         RecordUnreadable, match=rf"{ref.record_id} \(prompt\).*failed authentication"
     ):
-        await subjects.export(stores, PHONE, actor="dpo")
+        await stores.for_tenant("demo", "jp").kept("req-1")
+    doc = await subjects.export(stores, PHONE, actor="dpo")  # listed, not exported
+    assert doc["records"] == [] and doc["unreadable"][0]["record_id"] == ref.record_id
+    assert "failed authentication" in doc["unreadable"][0]["reason"]
 
 
 async def test_wrong_key_encryption_key_is_refused_by_name(tmp_path: Path, sink: Sink) -> None:

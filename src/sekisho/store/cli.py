@@ -37,6 +37,9 @@ from sekisho.store.identifiers import (
 from sekisho.store.spec import RetentionSpec, retention_of
 from sekisho.store.stores import AuditSink, Stores, validate_regions
 
+# `subject export` wrote what it could read, but some records were unreadable.
+EXPORT_INCOMPLETE = 3
+
 AuditFactory = Callable[[Any], AbstractAsyncContextManager[AuditSink]]
 DEFAULT_CONFIG = "sekisho.yaml"
 
@@ -295,6 +298,20 @@ async def _subject_export(args: argparse.Namespace) -> int:
             else ""
         )
     )
+    if doc["unreadable"]:
+        for bad in doc["unreadable"]:
+            print(
+                f"error: record {bad['record_id']} (request {bad['request_id']}, region "
+                f"{bad['region']}) could not be exported: {bad['reason']}",
+                file=sys.stderr,
+            )
+        print(
+            f"error: {len(doc['unreadable'])} record(s) that mention this {subject.id_type} are "
+            f'unreadable and are not in {out} (listed there under "unreadable"); the export '
+            "is incomplete",
+            file=sys.stderr,
+        )
+        return EXPORT_INCOMPLETE
     return 0
 
 
@@ -459,7 +476,12 @@ def register(
         p = ssub.add_parser(name, help=text)
         _subject_args(p)
         if name == "export":
-            p.add_argument("--out", required=True, help="JSON file to write (mode 0600)")
+            p.add_argument(
+                "--out",
+                required=True,
+                help="JSON file to write (mode 0600). Exit status 3: written, but some records "
+                "were unreadable (listed in it under 'unreadable' and on stderr)",
+            )
         if name == "delete":
             p.add_argument("--yes", action="store_true", help="confirm: deletion is permanent")
         p.set_defaults(func=_async(handler), audit=sink)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from sekisho.store.errors import ErasureIncomplete
+from sekisho.store.errors import ErasureIncomplete, RecordUnreadable
 from sekisho.store.identifiers import normalise
 from sekisho.store.region import RegionStore, live_generations, now_ms
 from sekisho.store.stores import Stores, from_ms, incomplete_after
@@ -112,19 +112,42 @@ async def export(
     """The person's records, decrypted, as a JSON-able document (保有個人データの開示).
 
     Records under 利用停止 (restricted) are listed without content: they are excluded from any
-    further use, export included.
+    further use, export included. A record that cannot be decrypted (altered, its data key
+    destroyed) does not stop the others: it is listed under ``unreadable`` with the reason.
+    The ledger entry, made before the document is returned, counts what was exported, what was
+    unreadable and what is restricted.
     """
     rows = _unexpired(stores, subject.tenant, await _locate(stores, subject))
     usable = [(r, row) for r, row in rows if row.restricted_at is None]
+    out: list[dict[str, Any]] = []
+    unreadable: list[dict[str, Any]] = []
+    for region, row in usable:
+        try:
+            out.append(
+                await asyncio.to_thread(_decrypted, stores.region(region), subject.tenant, row)
+            )
+        except RecordUnreadable as exc:
+            unreadable.append(
+                {
+                    "record_id": row.record_id,
+                    "request_id": row.request_id,
+                    "region": region,
+                    "created_at": from_ms(row.created_at).isoformat(),
+                    "error": exc.code,
+                    "reason": str(exc),
+                }
+            )
     await stores.audit.admin(
         actor,
         "store.subject_export",
         f"tenant:{subject.tenant}",
-        subject.details(records=len(usable), restricted=len(rows) - len(usable), ticket=ticket),
+        subject.details(
+            records=len(out),
+            unreadable=len(unreadable),
+            restricted=len(rows) - len(usable),
+            ticket=ticket,
+        ),
     )
-    out: list[dict[str, Any]] = []
-    for region, row in usable:
-        out.append(await asyncio.to_thread(_decrypted, stores.region(region), subject.tenant, row))
     return {
         "format": "sekisho-subject-export/1",
         "tenant": subject.tenant,
@@ -132,6 +155,7 @@ async def export(
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "exported_by": actor,
         "records": out,
+        "unreadable": unreadable,
         "restricted": [
             {
                 "record_id": row.record_id,
