@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -12,6 +13,13 @@ from harness import Harness, start_example
 from sekisho.simulator import SimulatedEndpoint, SimulatorServer
 
 StartSim = Callable[..., Awaitable[SimulatorServer]]
+
+# sekisho's command line makes every file under umask 077 (sekisho.cli.main sets it, process
+# wide, so it was already so here after the first in-process CLI call). The gateways and stores
+# these tests start in-process make their files the same way from the start: `sekisho serve`
+# refuses a data directory whose files group or others can read, as a restore made under
+# umask 022 leaves them.
+os.umask(0o077)
 
 
 @pytest.fixture

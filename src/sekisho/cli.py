@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -218,6 +219,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in config_warnings(config):
         logging.getLogger("sekisho.serve").warning(warning)
     problem = _unusable_data_dir(Path(server.data_dir))
+    if problem is None:
+        problem = _exposed_data(config, logging.getLogger("sekisho.serve"))
     if problem:
         logs.flush()  # the warnings above, then the reason, last
         print(f"sekisho: {problem}; the gateway did not start", file=sys.stderr)
@@ -409,6 +412,67 @@ def _unusable_data_dir(path: Path) -> str | None:
             "set server.data_dir or --data-dir to a writable directory"
         )
     return None
+
+
+# What the gateway keeps in its data directory that holds keys, key hashes, the ledger or
+# records: SQLite files (and the -wal and -shm files SQLite gives the same mode), the store's
+# admin log, and everything under keys/.
+_PRIVATE_FILES = ("identity.db", "ledger.sqlite3", "usage.db", "store-admin.jsonl")
+_SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def _exposed_data(config: Any, log: logging.Logger) -> str | None:
+    """Why the data directory's files are not private to the gateway's user (a restore made
+    under umask 022: `sqlite3 .backup` and `cp` make 0644 files, and SQLite then creates the
+    -wal and -shm files with the same mode), or None. A directory others can enter is only
+    warned about: it may be shared, and its files are what hold the data."""
+    import stat
+
+    from sekisho.store.database import locate
+
+    data = Path(config.server.data_dir)
+    keys = data / "keys"
+    names = [data / n for n in _PRIVATE_FILES]
+    names += sorted(data.glob("store-*.db"))
+    for name, region in config.regions.items():
+        with contextlib.suppress(ValueError):
+            names += [at.sqlite_path for at in locate(name, region.store, data) if at.is_sqlite]
+    if keys.is_dir():
+        names += sorted(p for p in keys.iterdir() if p.is_file())
+    exposed: list[str] = []
+    seen: set[Path] = set()
+    for base in names:
+        for side in _SQLITE_SIDE_FILES if base.suffix in (".db", ".sqlite3") else ("",):
+            path = base.with_name(base.name + side)
+            if path in seen:
+                continue
+            seen.add(path)
+            try:
+                mode = path.stat().st_mode
+            except OSError:
+                continue
+            if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+                exposed.append(f"{path} ({stat.S_IMODE(mode):04o})")
+    for folder in (data, keys):
+        with contextlib.suppress(OSError):
+            mode = folder.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                log.warning(
+                    "the directory %s is open to group or others (mode %04o); sekisho keeps "
+                    "its files private, but restrict it too: chmod 700 %s",
+                    folder,
+                    stat.S_IMODE(mode),
+                    folder,
+                )
+    if not exposed:
+        return None
+    return (
+        f"{len(exposed)} file(s) in the data directory are readable or writable by group or "
+        f"others: {', '.join(exposed)}. They hold the ledger, API key hashes, records or "
+        "wrapped keys, and sekisho makes them owner-only (0600); files like these come from a "
+        "restore or copy made under umask 022. Run: chmod -R go-rwx "
+        f"{data} (and any store file outside it), then start again; restore under `umask 077`"
+    )
 
 
 def _with_flags(config: Any, **flags: object) -> Any:

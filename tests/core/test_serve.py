@@ -166,6 +166,7 @@ def test_a_damaged_state_file_stops_start_up_naming_it_and_is_left_as_it_was(
     data_dir.mkdir()
     damaged = bytes(range(256)) * 20
     (data_dir / file).write_bytes(damaged)
+    (data_dir / file).chmod(0o600)  # restored privately (a 0644 file is refused before)
     config = write_config(tmp_path / "sekisho.yaml", example_config())
     done = subprocess.run(
         [sys.executable, "-m", "sekisho", "serve", "--config", str(config),
@@ -547,6 +548,49 @@ def test_files_sekisho_makes_are_owner_only_whatever_the_umask(tmp_path: Path) -
     for p in made:
         mode = stat.S_IMODE(p.stat().st_mode)
         assert mode & 0o077 == 0, f"{p} is {oct(mode)}"
+
+
+def test_a_data_directory_restored_readable_by_others_stops_start_up_with_a_chmod_hint(
+    tmp_path: Path,
+) -> None:
+    """Restoring `.backup` copies under umask 022 left identity.db, the ledger and the stores
+    0644 (and SQLite then made their -wal and -shm files 0644 too): the gateway served from
+    them without a word."""
+    import os
+    import socket
+
+    data_dir = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-m", "sekisho", "keys", "create", "--tenant", "demo",
+         "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (data_dir / "identity.db").chmod(0o644)  # as `sqlite3 … ".backup …"` makes it under 022
+    (data_dir / "store-jp.db").write_bytes(b"")
+    (data_dir / "store-jp.db").chmod(0o640)
+    data_dir.chmod(0o755)
+    config = write_config(tmp_path / "sekisho.yaml", example_config())
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    argv = [sys.executable, "-m", "sekisho", "serve", "--config", str(config),
+            "--data-dir", str(data_dir), "--port", str(taken.getsockname()[1])]  # fmt: skip
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2, done.stderr
+        assert f"{data_dir / 'identity.db'} (0644)" in done.stderr
+        assert f"{data_dir / 'store-jp.db'} (0640)" in done.stderr
+        assert f"chmod -R go-rwx {data_dir}" in done.stderr and "umask 077" in done.stderr
+        assert "the gateway did not start" in done.stderr and "Traceback" not in done.stderr
+        os.chmod(data_dir / "identity.db", 0o600)
+        os.chmod(data_dir / "store-jp.db", 0o600)
+        # Private files in a directory others may enter: a warning, then on to the next check.
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 1 and "cannot listen" in done.stderr, done.stderr
+        assert f"chmod 700 {data_dir}" in done.stderr
+    finally:
+        taken.close()
 
 
 @pytest.mark.slow
