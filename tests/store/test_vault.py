@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from sekisho.store import KeyProviderError, RotationIncomplete, Stores, VaultKeysSpec, subjects
+from sekisho.store import (
+    KeyProviderError,
+    RotationIncomplete,
+    Stores,
+    VaultKeysSpec,
+    subjects,
+    validate_regions,
+)
 from sekisho.store.keys import VaultTransit
 from store.helpers import FULL_7, Region, Sink, Tenant, exchange
 from store.vault_sim import VaultTransitSim
@@ -142,3 +149,46 @@ def test_a_vault_that_answers_400_is_not_blamed_on_the_token(vault: VaultTransit
     with pytest.raises(KeyProviderError) as caught:
         VaultTransit(spec, "jp")._call("decrypt", "decrypt/jp-kek", {"ciphertext": "nope"})
     assert "HTTP 400" in str(caught.value) and "token" not in str(caught.value)
+
+
+def test_a_vault_over_plain_http_is_refused_unless_on_loopback(tmp_path: Path) -> None:
+    """http://vault.internal:8200 was accepted silently: the token and every data key would
+    cross the network in clear."""
+    from pydantic import ValidationError
+
+    base = {"type": "vault", "key_name": "k", "token": "t"}
+    for address in ("http://vault.internal:8200", "http://10.0.0.5:8200"):
+        with pytest.raises(ValidationError, match=r"must be an https:// address"):
+            VaultKeysSpec.model_validate({**base, "address": address})
+    for address in ("https://vault.internal:8200", "http://127.0.0.1:8200", "http://localhost"):
+        assert VaultKeysSpec.model_validate({**base, "address": address}).address == address
+    problems = validate_regions(
+        {"jp": Region("JP", keys={**base, "address": "http://vault.internal:8200"})}, tmp_path
+    )
+    assert [p.path for p in problems] == ["regions.jp.keys.address"]
+    assert "https://" in problems[0].reason
+
+
+def test_a_vault_behind_an_internal_ca_is_trusted_through_ca_file(tmp_path: Path) -> None:
+    import ssl
+
+    from pki import CA
+
+    ca, other = CA(tmp_path), CA(tmp_path, "some other CA")
+    cert, key = ca.issue("vault.internal")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    with VaultTransitSim(tls=server) as sim:
+        assert sim.address.startswith("https://")
+        trusted = VaultTransit(
+            VaultKeysSpec.model_validate(keys(sim, ca_file=str(ca.cert_path))), "jp"
+        )
+        assert trusted.unwrap(trusted.wrap(b"k" * 32, b"ctx"), b"ctx") == b"k" * 32
+        with pytest.raises(KeyProviderError, match=r"CERTIFICATE_VERIFY_FAILED"):
+            VaultTransit(VaultKeysSpec.model_validate(keys(sim)), "jp").wrap(b"k" * 32, b"c")
+        stranger = keys(sim, ca_file=str(other.cert_path))
+        with pytest.raises(KeyProviderError, match=r"CERTIFICATE_VERIFY_FAILED"):
+            VaultTransit(VaultKeysSpec.model_validate(stranger), "jp").wrap(b"k" * 32, b"c")
+    missing = keys(sim, ca_file=str(tmp_path / "nope.pem"))
+    with pytest.raises(KeyProviderError, match=r"regions.jp.keys.ca_file: cannot load"):
+        VaultTransit(VaultKeysSpec.model_validate(missing), "jp")

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import os
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,7 +23,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 
 class VaultTransitSim:
-    def __init__(self, token: str = "s.test-token", mount: str = "transit") -> None:
+    def __init__(
+        self,
+        token: str = "s.test-token",
+        mount: str = "transit",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.token = token
         self.mount = mount
         self.keys: dict[str, dict[int, bytes]] = {}
@@ -46,7 +52,10 @@ class VaultTransitSim:
                 self.wfile.write(data)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls is not None:  # https, with the certificate the context holds
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.address = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> VaultTransitSim:

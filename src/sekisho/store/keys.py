@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import secrets
+import ssl
 import stat
 import threading
 import urllib.error
@@ -257,6 +258,21 @@ class VaultTransit:
         base = spec.address.rstrip("/")
         self._base = f"{base}/v1/{spec.mount}"
         self.description = f"Vault Transit key {spec.mount}/{spec.key_name} at {base}"
+        self._tls: ssl.SSLContext | None = None
+        if spec.ca_file is not None:
+            # An internal CA: trusted for Vault only, instead of the system's trust store.
+            try:
+                self._tls = ssl.create_default_context(cafile=spec.ca_file)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                why = getattr(exc, "strerror", None) or exc
+                raise KeyProviderError(
+                    f"regions.{region}.keys.ca_file: cannot load CA certificates from "
+                    f"{spec.ca_file}: {why}"
+                ) from None
+            if not self._tls.get_ca_certs():
+                raise KeyProviderError(
+                    f"regions.{region}.keys.ca_file: {spec.ca_file} holds no CA certificate"
+                )
 
     def _call(self, op: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         url = f"{self._base}/{path}"
@@ -266,7 +282,9 @@ class VaultTransit:
         data = json.dumps(body or {}).encode()
         request = urllib.request.Request(url, data=data, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.spec.timeout_seconds) as resp:
+            with urllib.request.urlopen(
+                request, timeout=self.spec.timeout_seconds, context=self._tls
+            ) as resp:
                 text = resp.read()
         except urllib.error.HTTPError as exc:
             detail = _vault_errors(exc.read())

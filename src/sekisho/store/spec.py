@@ -8,9 +8,11 @@ plain mapping (the YAML as written) or nothing (the defaults below).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Discriminator, Field, PrivateAttr, Tag, TypeAdapter, field_validator
 
@@ -136,8 +138,14 @@ class VaultKeysSpec(_Spec):
 
     type: Literal["vault"] = Field(description="HashiCorp Vault Transit secrets engine")
     address: str = Field(
-        description="Vault address, e.g. https://vault.tokyo.example.jp:8200 (in the region)",
+        description="Vault address, e.g. https://vault.tokyo.example.jp:8200 (in the region); "
+        "plain http:// only on loopback (a Vault agent on this host)",
         pattern=r"^https?://[^\s/]+(:\d+)?/?$",
+    )
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CA(s) to trust for Vault's certificate (an internal CA); "
+        "replaces the system's trust store for Vault. Default: the system's trust store",
     )
     mount: str = Field(default="transit", description="Mount path of the Transit engine")
     key_name: str = Field(description="Name of the Transit key (type aes256-gcm96)")
@@ -151,6 +159,18 @@ class VaultKeysSpec(_Spec):
         default=5.0, gt=0, le=120, description="Timeout of one call to Vault"
     )
 
+    @field_validator("address")
+    @classmethod
+    def _https_only(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname)):
+            return value
+        raise ValueError(
+            f"{value!r} must be an https:// address: over plain http the Vault token and every "
+            "data key cross the network in clear (http:// is accepted only on loopback, for a "
+            "Vault agent on this host). For an internal CA, set ca_file"
+        )
+
     @field_validator("mount", "key_name")
     @classmethod
     def _path_segment(cls, value: str) -> str:
@@ -163,7 +183,20 @@ class VaultKeysSpec(_Spec):
             yield key, ("***" if key == "token" else value)
 
 
-_VAULT_ONLY = frozenset({"address", "mount", "key_name", "token", "namespace", "timeout_seconds"})
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_VAULT_ONLY = frozenset(
+    {"address", "mount", "key_name", "token", "namespace", "timeout_seconds", "ca_file"}
+)
 
 
 def _key_type(value: Any) -> str | None:
