@@ -984,9 +984,23 @@ def test_a_kept_response_given_another_requests_id_in_the_store_is_not_served_as
         db.execute("UPDATE records SET request_id = ? WHERE request_id = ?", (ra, rb))
         db.execute("UPDATE records SET request_id = ? WHERE request_id = 'swap'", (rb,))
     db.close()
-    with pytest.raises(openai.APIStatusError) as err:
-        c.responses.retrieve(a.id)
+    attempts: list[int] = []
+    retrying = openai.OpenAI(
+        base_url=h.base_url,
+        api_key=h.key(),
+        max_retries=2,
+        http_client=openai.DefaultHttpxClient(
+            event_hooks={"response": [lambda r: attempts.append(1)]}
+        ),
+    )
+    with pytest.raises(openai.InternalServerError) as err:
+        retrying.responses.retrieve(a.id)
     assert isinstance(err.value.body, dict)
     assert err.value.body["code"] == "store_record_unreadable"
     assert "BRAVO" not in json.dumps(err.value.body)
     assert b.id != a.id
+    # Permanent: 500 with x-should-retry: false, which the SDK does not retry (a 503 it did,
+    # every attempt another failed read).
+    assert err.value.status_code == 500
+    assert err.value.response.headers["x-should-retry"] == "false"
+    assert len(attempts) == 1

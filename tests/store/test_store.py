@@ -467,8 +467,10 @@ async def test_deleted_tenant_cannot_be_read_even_from_a_copy_of_the_store(
     jp = s.region("jp")
     assert jp.tenants() == {"demo": 1, "acme": 1}
     (row,) = jp.records_by_id("demo", [r for r in _ids(jp, "demo")])
-    with pytest.raises(TenantKeyDestroyed, match=r"destroyed on .* by admin@example.jp"):
+    with pytest.raises(TenantKeyDestroyed, match=r"destroyed on .* by admin@example.jp") as gone:
         jp.keys_at("demo", row.key_generation)
+    # Permanent: 410 Gone, which no client retries (a 503 the SDKs retried).
+    assert gone.value.status == 410 and gone.value.headers == {"x-should-retry": "false"}
     acme = subjects.Subject("acme", "PHONE_JP", "09012345678")
     assert (await subjects.export(s, acme, actor="dpo"))["records"][0]["output"] == "承知しました"
     await s.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sekisho.errors import ServiceUnavailable
 
 
@@ -18,9 +20,19 @@ class StoreMisconfigured(StoreError):
 
 
 class RecordUnreadable(StoreError):
-    """A stored ciphertext failed authentication: it was altered, swapped, or its key is gone."""
+    """A stored ciphertext failed authentication: it was altered, swapped, or its key is gone.
 
+    Permanent, so not a 503: HTTP 500 with ``x-should-retry: false``, which the OpenAI SDKs
+    honour (they retry 408, 409, 429 and 5xx otherwise, and each retry would be another ledger
+    entry for the same failure)."""
+
+    status = 500
+    type = "server_error"
     code = "store_record_unreadable"
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.headers.setdefault("x-should-retry", "false")
 
 
 class KeyProviderError(StoreError):
@@ -72,6 +84,9 @@ class ErasureIncomplete(StoreError):
 
 
 class TenantKeyDestroyed(RecordUnreadable):
-    """The tenant's data key was destroyed (crypto-shredded): its records can never be read."""
+    """The tenant's data key was destroyed (crypto-shredded): its records can never be read.
+    HTTP 410 Gone (never retried by a client), with ``x-should-retry: false`` too."""
 
+    status = 410
+    type = "invalid_request_error"
     code = "store_key_destroyed"
