@@ -295,3 +295,46 @@ def test_keys_ledger_prints_and_makes_a_key_only_when_asked(tmp_path: Path) -> N
     made = run("keys", "ledger", "--data-dir", str(empty), "--create")
     assert made.returncode == 0, made.stderr
     assert (empty / "keys" / "ledger.key").exists()
+
+
+async def test_audit_against_kept_checkpoints_says_a_restored_ledger_is_behind_or_forked(
+    keyed_data_dir: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Restoring a backup older than the newest published checkpoint and serving from it made
+    one signing key sign two histories; `ledger audit` had no way to say the ledger was
+    behind what was kept."""
+    data_dir, verifier = keyed_data_dir
+    kept = tmp_path / "kept.jsonl"
+    ledger_file = data_dir / "ledger.sqlite3"
+    await _log_some(data_dir, 3)
+    assert main(["ledger", "checkpoint", "--data-dir", str(data_dir), "--keep", str(kept)]) == 0
+    backup = tmp_path / "backup.sqlite3"
+    with sqlite3.connect(ledger_file) as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    await _log_some(data_dir, 2, start=3)
+    assert main(["ledger", "checkpoint", "--data-dir", str(data_dir), "--keep", str(kept)]) == 0
+    args = ["ledger", "audit", "--data-dir", str(data_dir), "--checkpoints", str(kept)]
+    ok = run(*args)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "kept checkpoints:    2" in ok.stdout and "newest size 10" in ok.stdout
+
+    for side in ("-wal", "-shm"):  # restored as operations.md says: no stale -wal/-shm
+        ledger_file.with_name(ledger_file.name + side).unlink(missing_ok=True)
+    backup.replace(ledger_file)
+    behind = run(*args)
+    assert behind.returncode == 1
+    assert "behind_kept_checkpoint" in behind.stdout
+    assert "the ledger holds 6 entries, but a checkpoint you kept covers 10" in behind.stdout
+    assert "sekisho ledger init --new-log" in behind.stdout
+    as_json = json.loads(run(*args, "--json").stdout)
+    assert [p["kind"] for p in as_json["problems"]] == ["behind_kept_checkpoint"]
+
+    await _log_some(data_dir, 3, start=100)  # served from it: another history past entry 6
+    forked = run(*args)
+    assert forked.returncode == 1
+    assert "inconsistent_with_kept_checkpoint" in forked.stdout
+    assert "first 10 entries are not those of the checkpoint of size 10" in forked.stdout
+    with_key = run(*args, "--key", verifier)  # an auditor's copy, with the published key
+    assert with_key.returncode == 1 and "inconsistent_with_kept_checkpoint" in with_key.stdout

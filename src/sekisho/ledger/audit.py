@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sekisho.ledger import merkle
-from sekisho.ledger.checkpoint import CheckpointError, open_checkpoint
+from sekisho.ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from sekisho.ledger.note import Verifier
 from sekisho.ledger.records import RecordError, parse_record
 from sekisho.ledger.storage import Storage
@@ -172,6 +172,48 @@ def audit(storage: Storage, verifiers: Sequence[Verifier] = ()) -> AuditReport:
             )
     report.incomplete = sorted((i, rid) for rid, i in decisions.items() if rid not in outcomes)
     return report
+
+
+def against_kept(storage: Storage, tree_size: int, kept: Sequence[Checkpoint]) -> list[Problem]:
+    """Problems of a ledger compared with checkpoints kept or published earlier (a verified
+    chain, oldest first): it must hold each of them as a prefix. A ledger restored from a
+    backup older than the newest one is *behind*; a gateway serving from it would sign a
+    second history after that size under the same key (a fork)."""
+    problems: list[Problem] = []
+    if not kept:
+        return problems
+    held = [c for c in kept if c.size <= tree_size]
+    if held:
+        # The chain is proved consistent, so the newest one held checks all the older ones.
+        newest = held[-1]
+        keys = merkle.subtree_keys(0, newest.size)
+        root = merkle.root_from_hashes(newest.size, storage.hashes(keys))
+        if root != newest.root_hash:
+            problems.append(
+                Problem(
+                    None,
+                    "inconsistent_with_kept_checkpoint",
+                    f"the ledger's first {newest.size} entries are not those of the checkpoint "
+                    f"of size {newest.size} you kept: it was rewritten, or it is another log "
+                    "signed under the same name (a fork). Do not serve from it",
+                )
+            )
+    ahead = kept[-1]
+    if ahead.size > tree_size:
+        problems.append(
+            Problem(
+                None,
+                "behind_kept_checkpoint",
+                f"the ledger holds {tree_size} entries, but a checkpoint you kept covers "
+                f"{ahead.size} (origin {ahead.origin}): this ledger is behind what was signed "
+                "and published (a restore from an older backup). A gateway serving from it "
+                "would sign a second, different history after entry "
+                f"{tree_size} under the same key: a fork. Restore a copy that reaches "
+                f"{ahead.size} entries, or move this one aside (keep it: its entries are "
+                "still the old log's) and start a new log: `sekisho ledger init --new-log`",
+            )
+        )
+    return problems
 
 
 def _sql_type(value: object) -> str:

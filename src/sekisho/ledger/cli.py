@@ -19,7 +19,7 @@ from typing import Any
 
 from sekisho._where import add_data_dir_args, config_of, data_dir
 from sekisho.ledger import continuity, merkle
-from sekisho.ledger.audit import audit
+from sekisho.ledger.audit import against_kept, audit
 from sekisho.ledger.checkpoint import Checkpoint, CheckpointError
 from sekisho.ledger.keys import KeyFileError, create_signing_key, load_signer
 from sekisho.ledger.note import NoteError, Verifier
@@ -156,8 +156,15 @@ def _verifiers(args: argparse.Namespace) -> tuple[list[Verifier], str | None]:
 
 
 def audit_command(args: argparse.Namespace) -> int:
+    kept: KeptCheckpoints | None = None
     try:
         verifiers, no_key = _verifiers(args)
+        if args.checkpoints and not verifiers:
+            return _fail(
+                "--checkpoints needs the log's verifier key to check the kept checkpoints' "
+                f"signatures ({no_key}): pass --key (or the data directory that holds the "
+                "signing key)"
+            )
         if no_key is not None:
             print(
                 f"warning: checkpoint signatures are NOT checked ({no_key}); the audit checks "
@@ -167,11 +174,16 @@ def audit_command(args: argparse.Namespace) -> int:
         storage = _open(args, read_only=True)
         try:
             report = audit(storage, verifiers)
+            if args.checkpoints:
+                kept = KeptCheckpoints.load(
+                    Path(args.checkpoints), verifiers, origin=storage.origin()
+                )
+                report.problems += against_kept(storage, report.tree_size, kept.checkpoints)
         finally:
             storage.close()
     except sqlite3.DatabaseError as e:  # a file, but not a ledger's
         return _fail(f"{_location(args)} does not hold a sekisho ledger ({e})")
-    except (StorageError, KeyFileError, NoteError, OSError) as e:
+    except (StorageError, KeyFileError, NoteError, OSError, ReceiptError) as e:
         return _fail(str(e))
     if args.json:
         # Whether a checkpoint's signature was checked at all, not only its root.
@@ -182,6 +194,12 @@ def audit_command(args: argparse.Namespace) -> int:
         print(f"  checkpoints checked: {report.checkpoints_checked}", end="")
         print(" (signatures verified)" if verifiers else " (no key given: roots only)")
         print(f"  root:                {base64.b64encode(report.root).decode()}")
+        if kept is not None:
+            newest = kept.checkpoints[-1].size if kept.checkpoints else 0
+            print(
+                f"  kept checkpoints:    {len(kept.checkpoints)} from {args.checkpoints} "
+                f"(newest size {newest})"
+            )
         print(f"  incomplete requests: {len(report.incomplete)} (decision without outcome)")
         for index, request_id in report.incomplete[:20]:
             print(f"    entry {index}: request {request_id}")
@@ -370,6 +388,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_location(audit_p)
     audit_p.add_argument("--key", help="verifier key to check checkpoint signatures with")
     audit_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit_p.add_argument(
+        "--checkpoints",
+        metavar="FILE",
+        help="kept checkpoints (JSON lines, as `ledger checkpoint --keep` writes): the ledger "
+        "must hold each as a prefix; one it is behind or differs from is a violation (check a "
+        "restored ledger with it before serving)",
+    )
     audit_p.set_defaults(func=audit_command)
     cp = sub.add_parser("checkpoint", help="print the latest signed checkpoint")
     _add_location(cp)
