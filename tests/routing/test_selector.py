@@ -108,6 +108,16 @@ def test_backoff_doubles_and_success_restores() -> None:
     assert health.is_up("a") and health.state("a").failures == 0
 
 
+def test_thousands_of_failures_keep_the_backoff_at_its_maximum() -> None:
+    """An endpoint down under load fails thousands of times in a row: 2**1024 overflowed a
+    float and every request through it became a 500."""
+    clock = Clock()
+    health = Health(backoff_initial=1.0, backoff_max=60.0, clock=clock)
+    for _ in range(5000):
+        health.failure("a", "boom")
+    assert health.state("a").down_until - clock.now == 60.0
+
+
 def test_retry_after_from_a_429_is_honoured() -> None:
     clock = Clock()
     health = Health(backoff_initial=1.0, backoff_max=60.0, clock=clock)

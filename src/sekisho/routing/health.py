@@ -213,7 +213,9 @@ class Health:
             # backoff's maximum, and the client is told the same.
             st.limited_until = max(st.limited_until, now + min(retry_after, MAX_RETRY_AFTER))
         if st.failures >= self.failure_threshold:
-            n = st.failures - self.failure_threshold
+            # Doubling stops at the maximum: an endpoint down under load fails thousands of
+            # times, and 2**1024 is past what a float holds (OverflowError, every request 500).
+            n = min(st.failures - self.failure_threshold, 62)
             backoff = min(self.backoff_max, self.backoff_initial * (2**n))
             if retry_after is not None:
                 backoff = max(backoff, min(retry_after, MAX_RETRY_AFTER))
