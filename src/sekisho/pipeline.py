@@ -212,7 +212,7 @@ class Pipeline:
         await self._admit(call)
         committing = False
         try:
-            if sum(map(len, call.texts)) < _SCAN_IN_THREAD and len(call.texts) < _TEXTS_IN_THREAD:
+            if not _inspect_off_loop(call):
                 findings, failed = self.inspect(call, tenant)  # 2
             else:  # a long document: the event loop serves everyone else meanwhile
                 findings, failed = await in_fair_thread(self.inspect, call, tenant)
@@ -1067,6 +1067,14 @@ class Pipeline:
         if call.admission is not None and call.admission.headers:
             h.extend(call.admission.headers)
         return h
+
+
+def _inspect_off_loop(call: Call) -> bool:
+    """A request long enough to scan in a worker thread: its texts, and the strings scanned
+    but not rewritten (a megabyte metadata key, logit_bias' keys, schema property names)."""
+    if len(call.texts) + len(call.opaque) >= _TEXTS_IN_THREAD:
+        return True
+    return sum(map(len, call.texts)) + sum(map(len, call.opaque)) >= _SCAN_IN_THREAD
 
 
 def _with_headers(exc: SekishoError, headers: list[tuple[str, str]]) -> None:

@@ -143,6 +143,51 @@ def test_a_document_sized_prompt_is_inspected_and_transformed_the_same(gw: Harne
     assert sys.getswitchinterval() == switch
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"metadata": {"k" * 100_000: "v"}},  # a key of the client's choosing: scanned, kept
+        {"logit_bias": {str(i): 1 for i in range(30_000)}},
+    ],
+)
+def test_megabytes_of_strings_scanned_but_not_rewritten_are_scanned_off_the_loop(
+    gw: Harness, extra: dict[str, Any]
+) -> None:
+    """Only the texts counted: a tiny message beside a huge metadata key was scanned on the
+    event loop, and every other client waited seconds."""
+    import asyncio
+
+    on_loop: list[bool] = []
+    pipeline = gw.gateway.pipeline
+
+    class Watching:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def scan(self, text: str) -> Any:
+            if len(text) > 50_000:  # the request's strings; the short answer may be on it
+                try:
+                    asyncio.get_running_loop()
+                    on_loop.append(True)
+                except RuntimeError:
+                    on_loop.append(False)
+            return self._inner.scan(text)
+
+    original = pipeline.scanners
+    pipeline.scanners = {name: Watching(s) for name, s in original.items()}
+    try:
+        c = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+        c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], extra_body=extra
+        )
+    finally:
+        pipeline.scanners = original
+    assert on_loop and not any(on_loop), on_loop
+
+
 def test_a_document_sized_answer_is_inspected_off_the_loop_the_same(tmp_path: Path) -> None:
     """An answer past 64K characters is inspected in a worker thread: a secret near its end is
     still masked, and the rest is delivered whole."""
