@@ -380,8 +380,14 @@ async def relay_when_answered(
             info.append(f"x-sekisho-upstream-request-id: {call.upstream_request_id}")
         yield "".join(f": {line}\n" for line in info).encode() + b"\n"
         streaming = True
-        async for chunk in relay(p, call, decision, tenant, route, upstream, outcome, end):
-            yield chunk
+        inner = relay(p, call, decision, tenant, route, upstream, outcome, end)
+        try:
+            async for chunk in inner:
+                yield chunk
+        finally:
+            # Closed with this one (a client that stopped reading: app.py), not whenever the
+            # garbage collector gets to it: its outcome is recorded and its slot freed now.
+            await inner.aclose()  # type: ignore[attr-defined]
     finally:
         if not dispatching.done():
             dispatching.cancel()  # the client went away while the endpoint was thinking

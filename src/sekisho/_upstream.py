@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -92,6 +92,13 @@ class Primed:
     def close(self) -> None:
         self._inner.close()
 
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """``callback`` once the exchange with the endpoint is over (``H1Response.on_end``);
+        never, for a response that cannot tell (it is then released by ``close``)."""
+        on_end = getattr(self._inner, "on_end", None)
+        if on_end is not None:
+            on_end(callback)
+
 
 def joined(parts: list[bytes], payload: bytes) -> bytes | None:
     """One event's data from its ``data:`` lines. SSE lets an event's data span several lines
@@ -144,7 +151,10 @@ def _unusable_first_event(
 
 
 class Released:
-    """Give the endpoint's slot back exactly once, when the response is done."""
+    """Give the endpoint's slot back exactly once, when the response is done: when the
+    exchange with the endpoint ends (its last byte arrived, or it failed or timed out), or
+    when the response is closed, whichever comes first. A stream its client reads slowly
+    does not keep the endpoint's slot once the endpoint has sent all of it."""
 
     def __init__(self, inner: UpstreamResponse, state: EndpointHealth) -> None:
         self._inner = inner
@@ -152,6 +162,9 @@ class Released:
         self._open = True
         self.status = inner.status
         self.headers = inner.headers
+        on_end = getattr(inner, "on_end", None)
+        if on_end is not None:
+            on_end(self._done)
 
     def _done(self) -> None:
         if self._open:

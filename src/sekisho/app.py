@@ -47,7 +47,7 @@ from sekisho.identity.limits import REDIS_TIMEOUT, Limiter, build_limiter, redis
 from sekisho.identity.roles import MODEL_ROUTES
 from sekisho.ledger import LEDGER_REFUSALS, Ledger
 from sekisho.metrics import Metrics
-from sekisho.pipeline import Pipeline, sent_to
+from sekisho.pipeline import Pipeline, client_stalled, sent_to
 from sekisho.providers import Transport, UpstreamError, transport_for
 from sekisho.providers.h1 import H1Client
 from sekisho.recorder import LedgerRecorder, open_ledger, tenant_hash_key
@@ -659,6 +659,7 @@ class Gateway:
         state = scope.get("state")
         if state is not None:  # shared with every connection (api/protocol.py reads it)
             state[http.READ_TIMEOUT_STATE] = self.config.server.read_timeout_seconds
+            state[http.WRITE_TIMEOUT_STATE] = self.config.server.write_timeout_seconds
             state[http.MAX_HEADER_STATE] = self.config.server.max_header_bytes
             state[http.HEAD_REFUSED_STATE] = self._count_refused_head
         while True:
@@ -696,6 +697,8 @@ class Gateway:
                 await op(scope, receive, send, rid)
             except SekishoError as exc:
                 await http.send_error(send, exc, rid)
+            except http.ClientGone:
+                pass  # a prober or scraper that left (or stopped reading): nothing to answer
             except Exception:
                 await self._unexpected(send, rid, path)
             return
@@ -717,8 +720,8 @@ class Gateway:
             await self._other(scope, receive, sending, rid, path)
         except SekishoError as exc:
             await http.send_error(sending, exc, rid)
-        except http.ClientGone:
-            answered[0], error = 499, "client_disconnected"
+        except http.ClientGone as exc:
+            answered[0], error = 499, _gone_code(exc)
         except Exception:
             error = "internal_error"
             await self._unexpected(sending, rid, path)
@@ -838,14 +841,26 @@ class Gateway:
                 began = True
                 await http.start_stream(send, rid, reply.headers)
                 first = True
-                async for chunk in reply.chunks:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if first and not chunk.startswith(b":"):  # not a keep-alive comment
-                        first = False
-                        m = self.metrics
-                        m.child(m.time_to_first_token, endpoint, jurisdiction).observe(
-                            time.perf_counter() - started
-                        )
+                try:
+                    async for chunk in reply.chunks:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        if first and not chunk.startswith(b":"):  # not a keep-alive comment
+                            first = False
+                            m = self.metrics
+                            m.child(m.time_to_first_token, endpoint, jurisdiction).observe(
+                                time.perf_counter() - started
+                            )
+                except http.ClientStalled:
+                    # The client stopped reading (server.write_timeout_seconds): its connection
+                    # is ended. The stream's outcome (499 client_stalled, what was delivered)
+                    # is recorded and the endpoint's slot freed now, not whenever the client
+                    # would have gone. The watcher must not cancel that record half-way.
+                    finished = True
+                    client_stalled.set(True)
+                    closing = getattr(reply.chunks, "aclose", None)
+                    if closing is not None:
+                        await closing()
+                    raise
                 finished = True
                 await send({"type": "http.response.body", "body": b""})
                 done = reply.outcome
@@ -874,11 +889,11 @@ class Gateway:
             # A refusal names who asked (tenant, key) when they were identified: what a SOC
             # looks for first.
             self._log(scope, call_id, principal, path, status, endpoint, started, exc.code, rid)
-        except http.ClientGone:
+        except http.ClientGone as exc:
             status = 499
             endpoint, jurisdiction = _reached(endpoint, jurisdiction)
             self._log(scope, call_id, principal, path, status, endpoint, started,
-                      "client_disconnected", rid, upstream_id, answered)  # fmt: skip
+                      _gone_code(exc), rid, upstream_id, answered)  # fmt: skip
         except asyncio.CancelledError:
             endpoint, jurisdiction = _reached(endpoint, jurisdiction)
             if task is not None and task.cancelling() and watchers and watchers[0].done():
@@ -1205,6 +1220,11 @@ def app_from_env() -> Gateway:
         gateway.supervisor_pid = int(pid)
         gateway.run_dir = Path(run_dir) if run_dir else None
     return gateway
+
+
+def _gone_code(exc: http.ClientGone) -> str:
+    """The log's code for a client that went away before its answer was complete."""
+    return "client_stalled" if isinstance(exc, http.ClientStalled) else "client_disconnected"
 
 
 def _writer_state(health: WriterHealth) -> dict[str, Any]:

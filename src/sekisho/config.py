@@ -123,6 +123,14 @@ class ServerConfig(_Section):
         "(or of connecting), and its body within this time of the headers; else 408 and the "
         "connection is closed (slow or stalled clients hold no connection for ever)",
     )
+    write_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A client that stops reading its answer (the connection's buffers stay "
+        "full) for this long has its connection ended: its request's outcome is 499 "
+        "client_stalled, and the endpoint slot it held is free again",
+    )
     stream_keepalive_seconds: float = Field(
         default=0.0,
         ge=0,

@@ -121,6 +121,12 @@ log = logging.getLogger("sekisho.pipeline")
 sent_to: contextvars.ContextVar[Route | None] = contextvars.ContextVar(
     "sekisho_sent_to", default=None
 )
+# Set when the request in this task ends because its client stopped reading the answer
+# (server.write_timeout_seconds): its outcome is 499 ``client_stalled``, not
+# ``client_disconnected``.
+client_stalled: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sekisho_client_stalled", default=False
+)
 
 # Characters of input from which a request is scanned in a worker thread: scanning runs at
 # roughly 5-20 MB/s, so below this it costs the event loop a few milliseconds at most.
@@ -924,8 +930,11 @@ class Pipeline:
         outcome.output_texts.extend(delivered)
 
     def cut(self) -> tuple[int, str]:
-        """Status and code of a request that ended before its answer did: its client left, or
-        the gateway's shutdown grace period ran out (503, ``gateway_shutdown``)."""
+        """Status and code of a request that ended before its answer did: its client left
+        (499 ``client_disconnected``), stopped reading it (499 ``client_stalled``), or the
+        gateway's shutdown grace period ran out (503, ``gateway_shutdown``)."""
+        if client_stalled.get():
+            return 499, "client_stalled"
         return (503, "gateway_shutdown") if self.draining else (499, "client_disconnected")
 
     async def gone(self, call: Call, decision: Decision) -> None:

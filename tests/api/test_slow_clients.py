@@ -1,10 +1,12 @@
 """Slow and stalled clients (``server.read_timeout_seconds``): a client that connects and sends
 nothing, trickles its headers, or stops half-way through its body gets 408 (or, having sent
 nothing, a closed connection) instead of holding a connection and a file descriptor for ever.
-Raw sockets against the real gateway on loopback: no SDK sends a request this badly."""
+A client that stops reading its answer (``server.write_timeout_seconds``) has its connection
+ended. Raw sockets against the real gateway on loopback: no SDK sends a request this badly."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -14,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from harness import Harness, request
+from harness import Harness, ledger_entries, receipt, request
 
 TIMEOUT = 0.5
 
@@ -248,3 +250,134 @@ def test_refused_heads_are_counted_for_operators(gw: Harness) -> None:
         if line.startswith("sekisho_client_heads_refused_total{")
     }
     assert counts == {"no_request": 1.0, "header_timeout": 1.0, "header_too_large": 1.0}
+
+
+# -- clients that stop reading their answer (server.write_timeout_seconds) ---------------------
+
+WRITE_TIMEOUT = 0.5
+
+
+def _long_stream(events: int) -> str:
+    """A chat stream of ``events`` events of about 150 bytes each (several MB: more than the
+    sockets and buffers between the endpoint and a client that does not read can hold)."""
+    event = {
+        "id": "chatcmpl-long",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": {"content": "lorem ipsum dolor sit amet " * 3}}],
+    }
+    return ("data: " + json.dumps(event) + "\n\n") * events + "data: [DONE]\n\n"
+
+
+@pytest.fixture
+def stalling(gateways: Callable[..., Harness]) -> Harness:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw.setdefault("server", {})["write_timeout_seconds"] = WRITE_TIMEOUT
+        for ep in raw["endpoints"]:
+            ep["max_concurrency"] = 1  # one stalled client holding it would shut out everyone
+            ep["timeouts"] = {"connect": 0.5, "first_byte": 5, "total": 300}
+
+    h = gateways(mutate)
+    for name in h.sims:
+        h.fault(name, mode="sse", body=_long_stream(50_000))
+    return h
+
+
+def _stall(h: Harness, key: str) -> tuple[socket.socket, str]:
+    """A streaming request from a client that reads the response head, then nothing more;
+    its socket and the gateway's request id."""
+    body = json.dumps(
+        {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "長く"}]}
+    ).encode()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: fills at once
+    s.settimeout(10)
+    s.connect(("127.0.0.1", h.port))
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+        b"Authorization: Bearer " + key.encode() + b"\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1024)
+    assert head.startswith(b"HTTP/1.1 200 "), head[:200]
+    rid = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"x-sekisho-request-id:")
+    )
+    return s, rid
+
+
+def _in_flight(h: Harness) -> int:
+    states = h.gateway.health.snapshot()
+    return sum(int(state["in_flight"]) for state in states.values())
+
+
+def test_a_client_that_stops_reading_a_stream_frees_its_slot_and_is_recorded(
+    stalling: Harness,
+) -> None:
+    """A client that stopped reading a stream held its connection, its request and the
+    endpoint's max_concurrency slot until it left: everyone else got 429 endpoints_busy
+    though nothing was in flight upstream. After server.write_timeout_seconds without
+    progress its connection is ended, the slot is free and the outcome is recorded."""
+    h = stalling
+    key = h.key()
+    s, rid = _stall(h, key)
+    try:
+        started = time.monotonic()
+        assert _in_flight(h) == 1
+        while _in_flight(h) and time.monotonic() - started < WRITE_TIMEOUT + 5:
+            time.sleep(0.05)
+        freed = time.monotonic() - started
+        assert _in_flight(h) == 0, "the stalled client still holds the endpoint's slot"
+        assert freed < WRITE_TIMEOUT + 3
+        # Its outcome: 499 client_stalled.
+        for _ in range(100):
+            r = receipt(h, rid, key)
+            outcome = ledger_entries(r.json())[1] if r.status_code == 200 else None
+            if outcome is not None:
+                break
+            time.sleep(0.05)
+        assert outcome is not None
+        assert outcome["status"] == 499 and outcome["error_code"] == "client_stalled"
+        assert outcome["output_hash"]  # what was delivered before it stalled
+        # Everyone else is served (the endpoint's one slot is free), not refused with 429.
+        for name in h.sims:
+            h.fault(name)
+        client = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
+        stream = client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        # The stalled client's connection was ended: reading now gets what was buffered for
+        # it, then the end (or a reset), never the whole 7 MB answer.
+        got = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := s.recv(65536):
+                got += len(chunk)
+        assert got < 5_000_000
+    finally:
+        s.close()
+
+
+def test_a_client_that_reads_slowly_but_steadily_is_served(
+    gateways: Callable[..., Harness],
+) -> None:
+    """Only a client that makes no progress for the whole write timeout is cut: one that
+    keeps reading, however slowly, gets its whole answer."""
+    h = gateways(lambda raw: raw.setdefault("server", {}).update(write_timeout_seconds=0.5))
+    for name in h.sims:
+        h.fault(name, mode="sse", body=_long_stream(3000))
+    s, _ = _stall(h, h.key())
+    data = b""
+    with s:
+        while chunk := s.recv(4096):
+            data += chunk
+            if b"data: [DONE]" in data[-64:]:
+                break
+            time.sleep(0.001)
+    assert b"data: [DONE]" in data

@@ -780,6 +780,45 @@ async def test_stream_reader_that_stops_early_closes_the_connection(
     await asyncio.wait_for(up.eof_seen.wait(), 2)
 
 
+async def test_the_end_of_the_exchange_is_told_before_the_body_is_read(
+    serve: Callable[..., Awaitable[Upstream]], client: H1Client
+) -> None:
+    """``on_end`` fires when the server has sent the whole body, read or not (the endpoint's
+    max_concurrency slot is free then, however slowly the gateway's client reads), or when the
+    exchange fails (here: the total timeout while nobody reads)."""
+    body = b"data: x\n\n"
+
+    async def handler(
+        up: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        while await up.read_request(reader) is not None:
+            if len(up.requests) == 1:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
+                await asyncio.sleep(0.1)
+                writer.write(body)
+            else:  # headers and a first event, then never the rest
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n" + body)
+
+    up = await serve(handler)
+    _, _, resp = await post(client, up.url())
+    ended = asyncio.Event()
+    resp.on_end(ended.set)
+    assert not ended.is_set()
+    await asyncio.wait_for(ended.wait(), 2)  # nothing read yet
+    assert [line async for line in resp.lines()] == [b"data: x", b""]
+    late: list[int] = []
+    resp.on_end(lambda: late.append(1))  # asked once it is over: told at once
+    assert late == [1]
+
+    _, _, stalled = await post(client, up.url(), first_byte=5, total=0.3)
+    ended.clear()
+    stalled.on_end(ended.set)
+    await asyncio.wait_for(ended.wait(), 2)  # the total timeout, with nobody reading
+    with pytest.raises(UpstreamTimeoutError):
+        async for _ in stalled.lines():
+            pass
+
+
 # -- failures ----------------------------------------------------------------------------------
 
 

@@ -32,10 +32,14 @@ Send = Callable[[Message], Awaitable[None]]
 # Seconds a client has for a request's headers, and again for its body
 # (server.read_timeout_seconds).
 READ_TIMEOUT = 30.0
+# Seconds writing to a client may make no progress (its connection's buffers stay full)
+# before the connection is ended (server.write_timeout_seconds).
+WRITE_TIMEOUT = 60.0
 # Largest request line and headers accepted (server.max_header_bytes).
 MAX_HEADER_BYTES = 65536
 # Where the gateway's lifespan leaves those settings for the HTTP protocol (api/protocol.py).
 READ_TIMEOUT_STATE = "sekisho.read_timeout"
+WRITE_TIMEOUT_STATE = "sekisho.write_timeout"
 MAX_HEADER_STATE = "sekisho.max_header_bytes"
 HEAD_REFUSED_STATE = "sekisho.head_refused"  # a callable(reason) that counts a refused head
 
@@ -183,6 +187,11 @@ def int_segment(path: str, prefix: str) -> int:
 
 class ClientGone(Exception):
     """The client disconnected before we answered."""
+
+
+class ClientStalled(ClientGone):
+    """The client stopped reading the answer: nothing written to it drained for
+    ``server.write_timeout_seconds``, and its connection was ended (api/protocol.py)."""
 
 
 def _headers(

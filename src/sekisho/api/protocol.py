@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sekisho.api.http import (
@@ -29,6 +30,9 @@ from sekisho.api.http import (
     MAX_HEADER_STATE,
     READ_TIMEOUT,
     READ_TIMEOUT_STATE,
+    WRITE_TIMEOUT,
+    WRITE_TIMEOUT_STATE,
+    ClientStalled,
     new_request_id,
 )
 
@@ -90,6 +94,36 @@ class OneWrite:
         return getattr(self._transport, name)
 
 
+class TimedFlow(FlowControl):
+    """uvicorn's flow control, with a deadline on a client that stops reading.
+
+    uvicorn's ``send`` waits in ``drain()`` whenever the connection's write buffer is over its
+    high-water mark, and waits for as long as the client does not read: a client that stopped
+    reading a stream held its connection, its request (and the endpoint's
+    ``max_concurrency`` slot the request holds) for good. Here the wait lasts at most
+    ``server.write_timeout_seconds``; then the connection is aborted and ``send`` raises
+    ``ClientStalled``. Nothing is timed while the client keeps up: the deadline exists only
+    while the transport has paused writing."""
+
+    def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
+        super().__init__(transport)
+        self._timeout = timeout
+
+    async def drain(self) -> None:
+        writable = self._is_writable_event
+        if writable.is_set():
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await writable.wait()
+        except TimeoutError:
+            if writable.is_set():  # resumed at the deadline
+                return
+            if not self._transport.is_closing():
+                self._transport.abort()  # what is buffered for it will never be read
+            raise ClientStalled() from None
+
+
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a ``OneWrite`` transport.
 
@@ -105,6 +139,9 @@ class HttpProtocol(HttpToolsProtocol):
 
     (The body's time and size are kept by ``api.http.read_body``.)
 
+    Writing has a deadline too (``TimedFlow``): a client that stops reading its answer for
+    ``server.write_timeout_seconds`` has its connection ended.
+
     Over TLS (``server.tls``), an idle keep-alive connection is ended at once when the server
     shuts down or its keep-alive time runs out. ``close()`` would send close_notify and then
     wait for the client's own, up to 30 s, and a pooled client that is not using the connection
@@ -117,6 +154,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._tls = transport.get_extra_info("ssl_object") is not None
         self.transport = OneWrite(transport, self.loop)  # type: ignore[assignment]
         state = self.app_state
+        self.flow = TimedFlow(transport, float(state.get(WRITE_TIMEOUT_STATE, WRITE_TIMEOUT)))
         self._read_timeout = float(state.get(READ_TIMEOUT_STATE, READ_TIMEOUT))
         self._max_head = int(state.get(MAX_HEADER_STATE, MAX_HEADER_BYTES))
         self._count_refusal: Callable[[str], None] | None = state.get(HEAD_REFUSED_STATE)

@@ -24,7 +24,7 @@ import asyncio
 import re
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -85,6 +85,7 @@ class H1Response:
         "_done",
         "_endpoint_id",
         "_error",
+        "_on_end",
         "_waiter",
         "headers",
         "status",
@@ -100,6 +101,22 @@ class H1Response:
         self._done = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._on_end: Callable[[], None] | None = None
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the exchange with the server is over: the whole body has
+        arrived (read or not), or the exchange failed (a timeout, the connection lost, the
+        response closed). At once if it is over already."""
+        if self._conn is None:
+            callback()
+        else:
+            self._on_end = callback
+
+    def _ended(self) -> None:
+        callback = self._on_end
+        if callback is not None:
+            self._on_end = None
+            callback()
 
     @property
     def buffered(self) -> int:
@@ -339,6 +356,7 @@ class _Connection(asyncio.Protocol):
         resp._conn = None
         resp._done = True
         resp._wake()
+        resp._ended()
         self._reused = True
         transport = self.transport
         if (
@@ -361,6 +379,7 @@ class _Connection(asyncio.Protocol):
             resp._conn = None
             resp._error = exc
             resp._wake()
+            resp._ended()
         self.close()
 
     def _lost_error(self, resp: H1Response, exc: Exception | None) -> Exception:
