@@ -42,6 +42,31 @@ FUNCTION_CALL = 200_000
 # The transcript of a spoken answer (``delta.audio.transcript``): prose.
 TRANSCRIPT = 300_000
 _LEGACY_FIELDS = {CONTENT: "text"}  # a legacy completion's choice: its text is its content
+# A stream's delivered text is kept in pieces of this many events, joined: a long answer of
+# small deltas costs its characters, not an object per delta (about twice as much).
+_JOIN_EVERY = 512
+
+
+class _Text:
+    """One stream text as delivered so far, for its record (the ledger's output hash, the
+    store): kept as pieces of ``_JOIN_EVERY`` deltas joined, so a stream of a million small
+    events holds a few thousand strings, and every character is copied once more at most."""
+
+    __slots__ = ("joined", "parts")
+
+    def __init__(self) -> None:
+        self.joined: list[str] = []
+        self.parts: list[str] = []
+
+    def append(self, text: str) -> None:
+        parts = self.parts
+        parts.append(text)
+        if len(parts) >= _JOIN_EVERY:
+            self.joined.append("".join(parts))
+            parts.clear()
+
+    def value(self) -> str:
+        return "".join(self.joined + self.parts)
 
 
 class StreamOutput:
@@ -65,7 +90,9 @@ class StreamOutput:
         self._scanner = scanner
         self._reident: dict[StreamKey, StreamReidentifier] = {}
         self._scan: dict[StreamKey, StreamScanner] = {}
-        self._texts: dict[StreamKey, list[str]] = {}
+        self._texts: dict[StreamKey, _Text] = {}
+        # Characters of text delivered so far (the relay ends a stream past its limit).
+        self.size = 0
         self._last: dict[str, Any] | None = None
         self._finished: set[StreamKey] = set()  # flushed with their choice's finish reason
         # Values read whole (citations, hosted tools' items): what each string became, and
@@ -117,8 +144,15 @@ class StreamOutput:
 
     def _take(self, key: StreamKey, original: str) -> str:
         text = self._pipe(key, original) if self._active else original
-        self._texts.setdefault(key, []).append(text)
+        self._keep(key, text)
         return text
+
+    def _keep(self, key: StreamKey, text: str) -> None:
+        kept = self._texts.get(key)
+        if kept is None:
+            kept = self._texts[key] = _Text()
+        kept.append(text)
+        self.size += len(text)
 
     def apply(self, event: dict[str, Any]) -> bool:
         changed = False
@@ -194,7 +228,7 @@ class StreamOutput:
             self._finished.add(key)
             if not rest:
                 continue
-            self._texts[key].append(rest)
+            self._keep(key, rest)
             added = True
             slot = key[1]
             if slot < 0:
@@ -229,7 +263,7 @@ class StreamOutput:
             rest = self._pipe(key, "", final=True)
             if not rest:
                 continue
-            self._texts[key].append(rest)
+            self._keep(key, rest)
             idx, slot = key
             delta = deltas.setdefault(idx, {})
             if slot < 0:
@@ -288,7 +322,7 @@ class StreamOutput:
     def texts(self) -> list[str]:
         """Each choice's content, then each of its tool calls' arguments, as delivered; then
         the strings of values read whole (citations, hosted tools' items)."""
-        return ["".join(parts) for _, parts in sorted(self._texts.items())] + self._extras
+        return [self._texts[key].value() for key in sorted(self._texts)] + self._extras
 
 
 class _Withheld(Exception):
@@ -1050,9 +1084,9 @@ class ResponsesStreamOutput(StreamOutput):
             rest = self._pipe(key, "", final=True)
             self._finished.add(key)
             if rest:
-                self._texts[key].append(rest)
+                self._keep(key, rest)
                 before.append(self._delta_event(key, rest))
-        return "".join(self._texts[key])
+        return self._texts[key].value()
 
     def _delta_event(self, key: StreamKey, text: str) -> dict[str, Any]:
         oi, slot = key

@@ -21,12 +21,32 @@ from sekisho.call import Call, Outcome, TenantView
 from sekisho.errors import SekishoError
 from sekisho.policy.decision import Decision
 from sekisho.providers import UpstreamError, UpstreamProtocolError, UpstreamResponse
+from sekisho.providers.h1 import MAX_BODY
 from sekisho.routing import Route
 
 if TYPE_CHECKING:
     from sekisho.pipeline import Pipeline
 
 log = logging.getLogger("sekisho.pipeline")
+
+# The most text (characters, as delivered) a stream may carry: as much as a whole answer may
+# be (providers/h1.py refuses a larger body). What the client was sent is kept for the
+# stream's record, so an endpoint that never ends its stream would otherwise fill memory.
+MAX_OUTPUT = MAX_BODY
+
+
+class AnswerTooLarge(UpstreamProtocolError):
+    """A stream whose text went past ``MAX_OUTPUT``: it is ended (``upstream_answer_too_large``)."""
+
+    code = "upstream_answer_too_large"
+
+
+def _too_large(endpoint_id: str) -> AnswerTooLarge:
+    return AnswerTooLarge(
+        endpoint_id,
+        f"its answer passed {MAX_OUTPUT} characters of text, the most a stream may carry "
+        "(a whole answer may be at most as large); the rest was not sent",
+    )
 
 
 class StreamEnd:
@@ -128,6 +148,8 @@ async def relay(
                 )
                 if why is not None:  # what inspection cannot read is never passed on
                     raise UpstreamProtocolError(ep.id, f"stream event with {why}")
+            if output.size > MAX_OUTPUT:  # an answer that never ends fills no memory
+                raise _too_large(ep.id)
             if output.apply(event):
                 payload = orjson.dumps(event)
             last = event
@@ -156,13 +178,13 @@ async def relay(
     except UpstreamError as exc:
         # Bytes have reached the client: no failover now. Tell the client in-stream, in the
         # shape the OpenAI SDKs raise as an APIError.
-        await _broke(p, call, decision, route, outcome, output.texts(), exc)
+        code = await _broke(p, call, decision, route, outcome, output.texts(), exc)
         err = {
             "error": {
                 "message": f"The stream from endpoint {ep.id} broke: {exc.detail}.",
                 "type": "upstream_error",
                 "param": None,
-                "code": "upstream_stream_broken",
+                "code": code,
             }
         }
         yield b"data: " + orjson.dumps(err) + b"\n\n"
@@ -201,18 +223,21 @@ async def _broke(
     outcome: Outcome,
     texts: list[str],
     exc: UpstreamError,
-) -> None:
+) -> str:
     """A stream whose endpoint failed after bytes reached the client: the endpoint's
-    health hears of it, and the outcome (502, what was delivered) is recorded."""
+    health hears of it, and the outcome (502, what was delivered) is recorded. Returns its
+    error code: ``upstream_stream_broken``, or ``upstream_answer_too_large``."""
     p.upstream_failed(route, exc)
+    code = AnswerTooLarge.code if isinstance(exc, AnswerTooLarge) else "upstream_stream_broken"
     outcome.status = 502
-    outcome.error_code = "upstream_stream_broken"
+    outcome.error_code = code
     outcome.output_texts = texts
     outcome.estimate_usage(call.texts)
     try:
         await p.record(call, decision, outcome)
     except SekishoError:  # the ledger says why; the client still learns the stream broke
         log.exception("could not record a broken stream", extra={"request_id": call.request_id})
+    return code
 
 
 async def _left(
@@ -289,6 +314,8 @@ async def relay_responses(
             if etype == "error":  # the provider gave up mid-answer: it says why
                 said = quote(str(event.get("message")), p.scanners[tenant.name])
                 raise UpstreamProtocolError(ep.id, f"stream error event: {said}")
+            if output.size > MAX_OUTPUT:  # an answer that never ends fills no memory
+                raise _too_large(ep.id)
             events = output.apply_event(event)
             if events is None:
                 yield b"event: " + etype.encode() + b"\ndata: " + payload + b"\n\n"
@@ -325,11 +352,9 @@ async def relay_responses(
             return
         yield _response_event(final[-1])
     except UpstreamError as exc:
-        await _broke(p, call, decision, route, outcome, output.texts(), exc)
+        code = await _broke(p, call, decision, route, outcome, output.texts(), exc)
         yield _response_error(
-            output,
-            "upstream_stream_broken",
-            f"The stream from endpoint {ep.id} broke: {exc.detail}.",
+            output, code, f"The stream from endpoint {ep.id} broke: {exc.detail}."
         )
     except (asyncio.CancelledError, GeneratorExit):
         await _left(p, call, decision, outcome, output.texts())
