@@ -77,6 +77,11 @@ class _Remembering(Authenticator):
 
 # Seconds a model request runs before a task starts watching for its client going away.
 _WATCH_AFTER = 0.1
+# A stream relayed this many events without waiting lets the event loop serve everyone else
+# before it goes on. The upstream client hands over up to 256 KiB at once (about a thousand
+# events), and sending waits only when the client's connection is full: one fast stream held
+# the loop long enough to raise other requests' median latency from 5 ms to 250 ms.
+YIELD_EVERY = 32
 _ROUTE_LABELS = {
     "/v1/chat/completions": "chat",
     "/v1/responses": "responses",
@@ -841,6 +846,7 @@ class Gateway:
                 began = True
                 await http.start_stream(send, rid, reply.headers)
                 first = True
+                unyielded = 0  # events sent since the loop last served anyone else
                 try:
                     async for chunk in reply.chunks:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -850,6 +856,10 @@ class Gateway:
                             m.child(m.time_to_first_token, endpoint, jurisdiction).observe(
                                 time.perf_counter() - started
                             )
+                        unyielded += 1
+                        if unyielded >= YIELD_EVERY:
+                            unyielded = 0
+                            await asyncio.sleep(0)
                 except http.ClientStalled:
                     # The client stopped reading (server.write_timeout_seconds): its connection
                     # is ended. The stream's outcome (499 client_stalled, what was delivered)

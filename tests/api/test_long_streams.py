@@ -1,10 +1,13 @@
 """Streams that go on and on: the text a stream delivers is kept for its record, and bounded as
 a whole answer is (``_streams.MAX_OUTPUT``); a stream past it ends with an error event and the
 outcome ``upstream_answer_too_large``. (The limit is lowered here so that the simulator's
-ordinary answers pass it.)"""
+ordinary answers pass it.) A fast stream gives way to everyone else on the event loop every
+few events."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -105,3 +108,74 @@ def test_the_delivered_text_is_kept_joined_not_as_one_object_per_event() -> None
     assert out.size == sum(map(len, pieces)) + 10_000
     kept = out._texts[(0, -1)]
     assert len(kept.joined) + len(kept.parts) < 100
+
+
+def test_a_fast_stream_lets_the_event_loop_serve_others_every_few_events(
+    gateways: Callable[..., Harness],
+) -> None:
+    """The upstream client hands the relay up to 256 KiB of events at once, and sending waits
+    only when the client's connection is full: a fast stream relayed them all before anything
+    else on the event loop ran (50 such streams made a /healthz take 5.4 s). Now the stream
+    gives way every ``YIELD_EVERY`` events. Counted here directly: a task beside the stream
+    notes how many events went out between two of its turns."""
+    from sekisho import app
+
+    h = gateways(no_output_rule)
+    event = {
+        "id": "chatcmpl-fast",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": {"content": "lorem ipsum dolor sit amet "}}],
+    }
+    sse = ("data: " + json.dumps(event) + "\n\n") * 5000 + "data: [DONE]\n\n"
+    for name in h.sims:
+        h.fault(name, mode="sse", body=sse)  # 880 KB, sent at once
+    body = json.dumps(
+        {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "速く"}]}
+    ).encode()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "query_string": b"",
+        "client": ("127.0.0.1", 50000),
+        "headers": [
+            (b"authorization", b"Bearer " + h.key().encode()),
+            (b"content-type", b"application/json"),
+        ],
+    }
+
+    async def run() -> tuple[int, list[int]]:
+        sent: list[bytes] = []
+        between: list[int] = []  # events sent between two turns of the other task
+        request = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if request:
+                return request.pop()
+            await asyncio.Event().wait()  # the client stays
+            raise AssertionError
+
+        async def send(message: dict[str, Any]) -> None:
+            if message.get("body"):
+                sent.append(message["body"])
+
+        done = False
+
+        async def other() -> None:
+            seen = 0
+            while not done:
+                await asyncio.sleep(0)
+                between.append(len(sent) - seen)
+                seen = len(sent)
+
+        beside = asyncio.create_task(other())
+        await h.gateway(scope, receive, send)
+        done = True
+        await beside
+        return len(sent), between
+
+    count, between = h.call(run())
+    assert count > 5000  # every event, then [DONE]
+    assert max(between) <= app.YIELD_EVERY + 1, max(between)
