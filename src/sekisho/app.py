@@ -26,6 +26,7 @@ from sekisho import _serving as serving
 from sekisho import _supervisor as supervisor
 from sekisho import tls as tls_files
 from sekisho._deadlines import WriterHealth
+from sekisho._open_files import DescriptorWatch, descriptor_watch
 from sekisho.api import http
 from sekisho.api import openai as routes
 from sekisho.api.admin import AdminAPI
@@ -87,6 +88,8 @@ _ROUTE_LABELS = {
     "/v1/responses": "responses",
     "/v1/completions": "completions",
 }
+# How often the count of open files is read (a warning near the limit: _open_files.py).
+_CHECK_DESCRIPTORS_EVERY = 5.0
 # With several workers, how often each publishes its view of endpoint health to /metrics.
 _PUBLISH_HEALTH_EVERY = 5.0
 # The cyclic GC's generation thresholds while serving (CPython's default: 700, 10, 10).
@@ -258,6 +261,9 @@ class Gateway:
         if self.supervisor_pid is not None:
             self._tasks.append(asyncio.create_task(self._watch_supervisor(self.supervisor_pid)))
         self._watch_for_shutdown()
+        watch = descriptor_watch()
+        if watch is not None:
+            self._tasks.append(asyncio.create_task(self._watch_descriptors(watch)))
         interval = self.config.routing.health.probe_interval_seconds
         if interval > 0:
             import aiohttp
@@ -280,6 +286,12 @@ class Gateway:
                 "pid": os.getpid(),
             },
         )
+
+    async def _watch_descriptors(self, watch: DescriptorWatch) -> None:
+        """Warn in the log while the process nears its limit of open files (_open_files.py)."""
+        while True:
+            await asyncio.sleep(_CHECK_DESCRIPTORS_EVERY)
+            watch.check()
 
     async def _first_token(self, ep: Endpoint) -> None:
         with contextlib.suppress(UpstreamError):  # logged by the token source; retried later

@@ -225,8 +225,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logs.flush()  # the warnings above, then the reason, last
         print(f"sekisho: {problem}; the gateway did not start", file=sys.stderr)
         return 2
+    from sekisho._open_files import log_open_files_limit, raise_open_files_limit
     from sekisho._server import Server, cannot_listen, stopped
 
+    # As many connections as the system lets this process have, said in the log (workers
+    # inherit it): past the soft limit, clients would be reset without a word.
+    log_open_files_limit(raise_open_files_limit())
     # Before anything starts (simulators, the ledger, workers): uvicorn would bind only after
     # the application had started and said it was ready.
     problem = cannot_listen(server.host, server.port)
