@@ -663,6 +663,7 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from sekisho.identity import KeyStore
+    from sekisho.identity.keys import MAX_LIFETIME_SECONDS
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
     config = config_of(args)
@@ -684,6 +685,14 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             print(
                 f"sekisho: --expires-in-days must be more than 0 (got {args.expires_in_days:g}): "
                 "a key that has already expired would be refused on its first use",
+                file=sys.stderr,
+            )
+            return 2
+        if not args.expires_in_days * 86400 <= MAX_LIFETIME_SECONDS:
+            print(
+                f"sekisho: --expires-in-days may be at most {MAX_LIFETIME_SECONDS // 86400} "
+                f"(100 years; got {args.expires_in_days:g}): leave it out for a key that does "
+                "not expire",
                 file=sys.stderr,
             )
             return 2
@@ -747,6 +756,7 @@ def _existing_keys(args: argparse.Namespace) -> Path | None:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from sekisho.identity import KeyStore
+    from sekisho.identity.keys import shown_time
 
     path = _existing_keys(args)
     if path is None:
@@ -760,7 +770,10 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     now = dt.datetime.now(dt.UTC).timestamp()
 
     def when(ts: float | None) -> str:
-        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+        if not ts:
+            return "-"
+        # shown_time: a database from before lifetimes were bounded may hold 1e20
+        return dt.datetime.fromtimestamp(shown_time(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
     for k in rows:
         state = (

@@ -338,6 +338,40 @@ async def test_policy_reload_calls_the_gateway_and_reports(env: Env) -> None:
         ("POST", "/keys", {"tenant": "acme", "nmae": "x"}, "", 400, "Invalid nmae"),
         ("POST", "/keys", {"tenant": "mars"}, "", 400, "no tenant 'mars'"),
         ("POST", "/keys", {}, "", 400, "which tenant"),
+        # 1e20 s was stored, and every later key listing was a 500 (timestamp out of range)
+        (
+            "POST",
+            "/keys",
+            {"tenant": "acme", "expires_in_seconds": 1e20},
+            "",
+            400,
+            "Invalid expires_in_seconds: Input should be less than or equal to 3153600000",
+        ),
+        (
+            "POST",
+            "/keys",
+            {"tenant": "acme", "expires_in_seconds": "inf"},
+            "",
+            400,
+            "Invalid expires_in_seconds",
+        ),
+        # an empty name or one with a comma cannot be stored: these were 500s
+        (
+            "POST",
+            "/keys",
+            {"tenant": "acme", "models": [""]},
+            "",
+            400,
+            "Invalid models: Value error, '' is not a model name",
+        ),
+        (
+            "POST",
+            "/keys",
+            {"tenant": "acme", "models": ["gpt-4o,o3"]},
+            "",
+            400,
+            "'gpt-4o,o3' is not a model name",
+        ),
         ("GET", "/keys/0123456789ab", None, "", 404, "no API key"),
     ],
 )
@@ -348,6 +382,31 @@ async def test_bad_requests_say_what_is_wrong(
     assert got == status and words in data["error"]["message"], data
     if status == 405:
         assert hdrs["allow"] == "GET, POST"
+
+
+async def test_a_lifetime_beyond_100_years_is_refused_and_keys_stored_with_one_still_list(
+    env: Env,
+) -> None:
+    """A key stored with expires_at=1e20 (by a version that did not bound lifetimes) made
+    every key listing a 500 for everyone; it lists as expiring at the end of year 9999, and
+    revoking it answers 200."""
+    century = 100 * 365 * 86400
+    status, data, _ = await env.call(
+        "POST", "/keys", "developer", {"expires_in_seconds": century + 1}
+    )
+    assert status == 400 and data["error"]["param"] == "expires_in_seconds", data
+    status, data, _ = await env.call("POST", "/keys", "developer", {"expires_in_seconds": century})
+    assert status == 201, data
+    _, poisoned = env.keys.create("acme", role="app", name="old")
+    env.keys._conn().execute(
+        "UPDATE api_keys SET expires_at = 1e20 WHERE key_id = ?", (poisoned.key_id,)
+    )
+    status, data, _ = await env.call("GET", "/keys", "admin")
+    assert status == 200, data
+    [row] = [k for k in data["data"] if k["key_id"] == poisoned.key_id]
+    assert row["expires_at"] == "9999-12-31T23:59:59Z" and row["state"] == "active"
+    status, data, _ = await env.call("POST", f"/keys/{poisoned.key_id}/revoke", "admin")
+    assert status == 200 and data["state"] == "revoked", data
 
 
 async def test_each_action_is_logged_with_who_did_it(env: Env, caplog: Any) -> None:

@@ -76,6 +76,33 @@ def test_a_key_that_would_be_born_expired_is_not_made(
     assert KeyStore(tmp_path / "identity.db").list() == []
 
 
+def test_a_key_for_more_than_100_years_is_not_made_and_one_stored_before_still_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--expires-in-days 1e15 was stored, and `keys list` then crashed (OverflowError)."""
+    from sekisho.cli import main
+
+    for days in ("1e15", "inf", "36501"):
+        assert main(["keys", "create", "--tenant", "demo", "--data-dir", str(tmp_path),
+                     "--expires-in-days", days]) == 2  # fmt: skip
+        assert "--expires-in-days may be at most 36500" in capsys.readouterr().err
+    store = KeyStore(tmp_path / "identity.db")
+    assert store.list() == []
+    _, info = store.create("demo", name="old")
+    store._conn().execute("UPDATE api_keys SET expires_at = 1e20 WHERE key_id = ?", (info.key_id,))
+    assert main(["keys", "list", "--data-dir", str(tmp_path)]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith(info.key_id)]
+    assert "9999-12-31 23:59:59" in row
+    # rotating it gives the successor 100 years, not another 1e20
+    assert main(["keys", "rotate-api", info.key_id, "--data-dir", str(tmp_path)]) == 0
+    [successor] = [k for k in store.list() if k.rotated_from == info.key_id]
+    assert successor.expires_at is not None and successor.expires_at < 2 * 10**9 + 100 * 365 * 86400
+    for hours in ("1e20", "2161"):
+        assert main(["keys", "rotate-api", successor.key_id, "--overlap-hours", hours,
+                     "--data-dir", str(tmp_path)]) == 2  # fmt: skip
+        assert "--overlap-hours must be from 0 to 2160" in capsys.readouterr().err
+
+
 def test_listing_or_revoking_keys_where_there_are_none_makes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -174,6 +174,8 @@ def test_a_file_from_the_first_release_is_upgraded_in_place(tmp_path: Path) -> N
         ({"role": "root"}, "unknown role 'root'"),
         ({"models": ()}, "models must be"),
         ({"key_id": "ZZ"}, "12 lowercase hex"),
+        ({"expires_at": 1e20}, "a key lives at most 36500 days"),
+        ({"expires_at": float("nan")}, "a key lives at most"),
     ],
 )
 def test_bad_key_requests_say_what_is_wrong(

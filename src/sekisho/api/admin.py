@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sekisho.api import http
 from sekisho.errors import (
@@ -33,7 +33,7 @@ from sekisho.errors import (
     ServiceUnavailable,
 )
 from sekisho.identity import Authenticator, KeyInfo, KeyStore, Permission, Principal
-from sekisho.identity.keys import new_key_id
+from sekisho.identity.keys import MAX_LIFETIME_SECONDS, new_key_id, shown_time
 from sekisho.identity.limits import Limiter
 from sekisho.identity.roles import allows, may_grant, permissions_of, require
 from sekisho.identity.usage import UsageStore
@@ -79,11 +79,22 @@ class CreateKey(_Body):
     )
     name: str = Field(default="", max_length=200, description="Label for people")
     models: list[str] | None = Field(
-        default=None, min_length=1, description="Models the key may use (absent: all allowed)"
-    )
+        default=None, min_length=1,
+        description="Models the key may use (absent: all allowed); names are not empty and "
+        "have no comma",
+    )  # fmt: skip
     expires_in_seconds: float | None = Field(
-        default=None, gt=0, description="Lifetime; absent: the key does not expire"
-    )
+        default=None, gt=0, le=MAX_LIFETIME_SECONDS, allow_inf_nan=False,
+        description="Lifetime, at most 100 years (3153600000 s); absent: the key does not expire",
+    )  # fmt: skip
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, models: list[str] | None) -> list[str] | None:
+        for name in models or ():
+            if not name or "," in name:
+                raise ValueError(f"{name!r} is not a model name (one is not empty, without commas)")
+        return models
 
 
 class RotateKey(_Body):
@@ -521,7 +532,9 @@ class AdminAPI:
                         code="insufficient_role",
                     )
             if p.expires_at is not None and (expires is None or expires > p.expires_at):
-                expires = p.expires_at  # no longer than the key that made it
+                # no longer than the key that made it (nor than 100 years, should that key
+                # have been stored before lifetimes were bounded)
+                expires = min(p.expires_at, time.time() + MAX_LIFETIME_SECONDS)
         details = body.model_dump(exclude_none=True) | {"tenant": tenant}
         await self._record(req, f"key/{key_id}", details)
         key, info = self.keys.create(
@@ -710,7 +723,9 @@ def _not_own(p: Principal, what: str) -> PermissionDenied:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(shown_time(ts)))
 
 
 def _view(k: KeyInfo) -> KeyView:

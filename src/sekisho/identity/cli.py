@@ -54,8 +54,11 @@ def cmd_keys_rotate_api(args: argparse.Namespace) -> int:
     from sekisho.errors import NotFound
     from sekisho.identity import KeyStore
 
-    if args.overlap_hours < 0:
-        print("sekisho: --overlap-hours must be zero or more", file=sys.stderr)
+    if not 0 <= args.overlap_hours <= 90 * 24:
+        print(
+            "sekisho: --overlap-hours must be from 0 to 2160 (90 days, as the admin API allows)",
+            file=sys.stderr,
+        )
         return 2
     store = KeyStore(data_dir(args) / "identity.db")
     from sekisho._where import record_key_act
@@ -85,7 +88,9 @@ def cmd_keys_rotate_api(args: argparse.Namespace) -> int:
     except (ValueError, NotFound) as exc:
         print(f"sekisho: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
-    until = dt.datetime.fromtimestamp(store.get(args.key_id).expires_at or 0, dt.UTC)
+    from sekisho.identity.keys import shown_time
+
+    until = dt.datetime.fromtimestamp(shown_time(store.get(args.key_id).expires_at or 0), dt.UTC)
     print(
         f"rotated key {args.key_id} → {info.key_id} (tenant {info.tenant}, role {info.role}); "
         f"the old key works until {until:%Y-%m-%d %H:%M:%SZ}. The new key is shown only this "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import mmap
 import os
 import re
@@ -33,13 +34,26 @@ from typing import Any
 from sekisho.errors import AuthenticationFailed, NotFound, UnusableFile
 from sekisho.identity.roles import ROLES, check_role
 
-__all__ = ["PREFIX", "ROLES", "KeyInfo", "KeyStore", "Principal", "new_key_id"]
+__all__ = [
+    "MAX_LIFETIME_SECONDS",
+    "PREFIX",
+    "ROLES",
+    "KeyInfo",
+    "KeyStore",
+    "Principal",
+    "new_key_id",
+    "shown_time",
+]
 
 PREFIX = "sk-sekisho-"
 _KEY_ID = re.compile(r"^[0-9a-f]{12}$")
 CACHE_SECONDS = 5.0
 _CACHE_LIMIT = 10_000
 _EPOCH_BYTES = 16
+# The longest life a key may be given: 100 years. No credential needs more, and an expiry far
+# beyond it (1e20 seconds) is past every date a clock or a datetime can show.
+MAX_LIFETIME_SECONDS = 100 * 365 * 86400
+_LAST_SHOWN = 253402300799.0  # 9999-12-31T23:59:59Z, the last second a datetime can show
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -176,6 +190,12 @@ class KeyStore:
             raise ValueError("a key needs a tenant")
         if models is not None and (not models or any(not m or "," in m for m in models)):
             raise ValueError("models must be a non-empty list of model names without commas")
+        if expires_at is not None and not (
+            math.isfinite(expires_at) and expires_at <= time.time() + MAX_LIFETIME_SECONDS + 86400
+        ):
+            raise ValueError(
+                f"a key lives at most {MAX_LIFETIME_SECONDS // 86400} days (expiry {expires_at!r})"
+            )
         key_id = key_id or new_key_id()
         if not _KEY_ID.match(key_id):
             raise ValueError(f"key id {key_id!r} is not 12 lowercase hex digits")
@@ -274,6 +294,8 @@ class KeyStore:
                     f"API key {key_id} was already rotated to {old.successor}; rotate that one."
                 )
             lifetime = None if old.expires_at is None else old.expires_at - old.created_at
+            if lifetime is not None and not lifetime <= MAX_LIFETIME_SECONDS:
+                lifetime = MAX_LIFETIME_SECONDS  # a key stored before lifetimes were bounded
             full, new = self._new(
                 key_id_new or new_key_id(),
                 old.tenant,
@@ -445,8 +467,16 @@ def _info(r: Any) -> KeyInfo:
     return KeyInfo(r[0], r[1], r[2], r[3], models, r[5], r[6], r[7], r[8], r[9], r[10])
 
 
+def shown_time(ts: float) -> float:
+    """``ts`` within the times a date can show: a database written before lifetimes were
+    bounded may hold an expiry of 1e20, which must still list (as 9999-12-31T23:59:59Z)."""
+    if not ts <= _LAST_SHOWN:  # NaN too
+        return _LAST_SHOWN
+    return max(ts, 0.0)
+
+
 def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(shown_time(ts)))
 
 
 def _open_epoch(path: Path) -> mmap.mmap:
