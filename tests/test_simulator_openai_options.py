@@ -127,6 +127,33 @@ async def test_top_logprobs_out_of_range_is_refused(start_sim: StartSim) -> None
     await c.close()
 
 
+async def test_a_function_tool_that_is_not_an_object_is_refused_as_openai_refuses_it(
+    start_sim: StartSim,
+) -> None:
+    """``"function": "f"`` made the simulator raise and never answer; stream or not, it is a
+    400 now, as OpenAI answers."""
+    sim = await start_sim()
+    c = client(sim)
+    for stream in (False, True):
+        for tools, param in (
+            ([{"type": "function", "function": "f"}], "tools[0].function"),
+            ([{"type": "function", "function": {}}], "tools[0].function.name"),
+            (["f"], "tools[0]"),
+            ("f", "tools"),
+        ):
+            with pytest.raises(openai.BadRequestError) as err:
+                await c.chat.completions.create(
+                    model="sim-chat", messages=user("x"), tools=tools, stream=stream
+                )
+            assert err.value.body["param"] == param, err.value.body  # type: ignore[index]
+    assert sim.stats.chat == 0
+    r = await c.chat.completions.create(
+        model="sim-chat", messages=user("x"), tools=[{"type": "custom", "custom": {"name": "g"}}]
+    )
+    assert r.choices[0].message.tool_calls[0].function.name == "tool"  # type: ignore[index,union-attr]
+    await c.close()
+
+
 async def test_legacy_completion_logprobs(start_sim: StartSim) -> None:
     sim = await start_sim()
     c = client(sim)

@@ -519,7 +519,11 @@ class _Protocol(asyncio.Protocol):
     def _tool_call(self, body: dict[str, Any]) -> tuple[str, str]:
         """The first tool, called with the user's last words as its query (as a model passes
         what the user said on to a tool)."""
-        fn = body["tools"][0].get("function", {}).get("name", "tool")
+        tools = body.get("tools")
+        first = tools[0] if isinstance(tools, list) and tools else None
+        spec = first.get("function") if isinstance(first, dict) else None
+        fn = spec.get("name") if isinstance(spec, dict) else None
+        fn = fn if isinstance(fn, str) and fn else "tool"
         last = ""
         for m in reversed(body.get("messages") or []):
             if (
@@ -924,6 +928,7 @@ def _parameter_problem(path: str, body: dict[str, Any]) -> tuple[str, str] | Non
         top = body.get("top_logprobs")
         if top is not None and not _is_int_in(top, 0, _MAX_TOP_LOGPROBS):
             return "top_logprobs", f"top_logprobs must be an integer from 0 to 20, not {top!r}"
+        return _tools_problem(body.get("tools"), path.endswith("/chat/completions"))
     elif path.endswith("/completions"):
         top = body.get("logprobs")
         if top is not None and not _is_int_in(top, 0, _MAX_LEGACY_LOGPROBS):
@@ -935,6 +940,29 @@ def _parameter_problem(path: str, body: dict[str, Any]) -> tuple[str, str] | Non
         size = body.get("dimensions")
         if size is not None and not _is_int_in(size, 1, _MAX_DIMENSIONS):
             return "dimensions", f"dimensions must be an integer from 1 to 3072, not {size!r}"
+    return None
+
+
+def _tools_problem(tools: Any, chat: bool) -> tuple[str, str] | None:
+    """What OpenAI refuses in ``tools``: not an array of objects, or a chat function tool
+    whose ``function`` is not an object naming the function."""
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        return "tools", f"Invalid type for 'tools': expected an array, but got {tools!r}"
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            return f"tools[{i}]", f"Invalid type for 'tools[{i}]': expected an object"
+        fn = tool.get("function")
+        if chat and tool.get("type") == "function":
+            if not isinstance(fn, dict):
+                return f"tools[{i}].function", (
+                    f"Invalid type for 'tools[{i}].function': expected an object"
+                )
+            if not isinstance(fn.get("name"), str):
+                return f"tools[{i}].function.name", (
+                    f"Missing required parameter: 'tools[{i}].function.name'."
+                )
     return None
 
 

@@ -77,6 +77,25 @@ def post(
             "messages[0].tool_call_id",
             "tool_call_id",
         ),
+        # a role that is not a string was a 500 (unhashable type: 'list')
+        (
+            '{"model": "gpt-4o", "messages": [{"role": ["user"], "content": "x"}]}',
+            "messages[0].role",
+            "expected a string, but got an array",
+        ),
+        # a function that is not an object was forwarded: OpenAI refused it, a simulator hung
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}],'
+            ' "tools": [{"type": "function", "function": "f"}]}',
+            "tools[0].function",
+            "expected an object, but got a string",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}],'
+            ' "tools": [{"type": "function", "function": {"description": "d"}}]}',
+            "tools[0].function.name",
+            "Missing required parameter: 'tools[0].function.name'",
+        ),
     ],
 )
 def test_malformed_chat_requests_get_400_naming_the_parameter(
@@ -93,6 +112,25 @@ def test_malformed_chat_requests_get_400_naming_the_parameter(
     assert gateway.bytes_received() == before  # nothing went upstream
     ok = post(gateway, '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}', key)
     assert ok.status_code == 200  # the gateway stays up
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ('{"input": [{"role": {}, "content": "x"}]}', "input[0].role", "expected a string"),
+        ('{"input": "x", "tools": [{"type": "function"}]}', "tools[0].name", "Missing required"),
+        ('{"input": "x", "tools": [{"type": "function", "name": 5}]}', "tools[0].name", "integer"),
+    ],
+)
+def test_malformed_responses_requests_get_400_naming_the_parameter(
+    gateway: Harness, body: str, param: str, words: str
+) -> None:
+    key = gateway.key()
+    r = post(gateway, '{"model": "gpt-4o", ' + body[1:], key, "/responses")
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["type"]) == (param, "invalid_request_error")
+    assert words in err["message"]
 
 
 def test_bad_embeddings_input(gateway: Harness) -> None:

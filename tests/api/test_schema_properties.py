@@ -643,3 +643,117 @@ def test_completions_fields_of_any_type_never_crash_the_parser(body: dict[str, A
         assert req.uninspected() == {
             "UNINSPECTED_TOKENS": len(prompt) if isinstance(prompt[0], list) else 1
         }
+
+
+# -- any JSON value in any field, at any depth -------------------------------------------------
+
+# A request of each kind with every field the parser and the inspection read, at every depth.
+FULL_REQUESTS: dict[str, dict[str, Any]] = {
+    "chat": {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "be brief", "name": "ops"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"},
+                                         {"type": "image_url", "image_url": {"url": "http://x"}}]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}],
+             "function_call": {"name": "f", "arguments": "{}"}},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "description": "d",
+                                                     "parameters": {"type": "object"}}}],
+        "functions": [{"name": "g", "parameters": {}}],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {}}},
+        "prediction": {"type": "content", "content": "x"},
+        "stream_options": {"include_usage": True},
+        "stream": True,
+        "stop": ["a"],
+        "metadata": {"k": "v"},
+        "logit_bias": {"1": 1},
+        "user": "u",
+    },
+    "responses": {
+        "model": "m",
+        "instructions": "be brief",
+        "input": [
+            {"role": "user", "content": "hi"},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "t"}, {"type": "input_image", "image_url": "x"}]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": [
+                {"type": "input_text", "text": "o"}]},
+            {"type": "custom_tool_call", "call_id": "d", "name": "g", "input": "x"},
+            {"type": "custom_tool_call_output", "call_id": "d", "output": "y"},
+            {"type": "reasoning", "id": "rs", "summary": [{"type": "summary_text", "text": "s"}],
+             "content": [{"type": "reasoning_text", "text": "r"}]},
+            {"type": "item_reference", "id": "msg_1"},
+        ],
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+        "text": {"format": {"type": "json_schema", "name": "a", "schema": {}}},
+        "prompt": {"id": "p", "variables": {"a": "b", "c": {"type": "input_text", "text": "d"}}},
+        "include": ["reasoning.encrypted_content"],
+        "metadata": {"k": "v"},
+        "reasoning": {"effort": "low"},
+        "truncation": "auto",
+        "user": "u",
+    },
+    "completions": {"model": "m", "prompt": ["a", "b"], "suffix": "s", "stop": "x", "user": "u"},
+    "embeddings": {"model": "m", "input": ["a", "b"], "user": "u"},
+}  # fmt: skip
+PARSERS = {
+    "chat": parse_chat,
+    "responses": parse_responses,
+    "completions": parse_completions,
+    "embeddings": parse_embeddings,
+}
+# Keys the parser or the inspection read wherever they are: added where they were not.
+READ_KEYS = ["role", "content", "type", "text", "name", "function", "arguments", "output",
+             "summary", "tool_calls", "variables", "format", "json_schema", "refusal",
+             "input"]  # fmt: skip
+
+
+def _places(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every value inside ``node`` (object members and array elements)."""
+    out: list[tuple[Any, ...]] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for k, v in items:
+        out.append((*path, k))
+        if isinstance(v, dict | list) and v:
+            out.extend(_places(v, (*path, k)))
+    return out
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(FULL_REQUESTS)), st.data())
+def test_any_json_value_in_any_field_at_any_depth_is_read_or_a_clear_400(
+    kind: str, data: st.DataObject
+) -> None:
+    """A role given as ["user"] or {} was a 500 (unhashable type), as was a reasoning
+    summary given as a number or a stored prompt's variable whose type was a list: whatever
+    one field holds, the request parses and is inspected, or it is a 400 naming the field."""
+    import copy
+
+    from sekisho._output import rewrite_texts
+
+    body = copy.deepcopy(FULL_REQUESTS[kind])
+    for _ in range(data.draw(st.integers(1, 2))):
+        path = data.draw(st.sampled_from(_places(body)))
+        holder = body
+        for k in path[:-1]:
+            holder = holder[k]
+        key = path[-1]
+        if isinstance(holder, dict) and data.draw(st.booleans()):
+            key = data.draw(st.sampled_from(READ_KEYS))  # a field put where it was not
+        holder[key] = data.draw(json_values)
+    try:
+        req = PARSERS[kind](orjson.dumps(body))
+    except InvalidRequest as exc:
+        assert exc.status == 400 and (exc.param is None or isinstance(exc.param, str))
+        return
+    texts, _opaque = req.parts()
+    req.uninspected()
+    seen: list[str] = []
+    rewrite_texts(kind, req.body, lambda t: seen.append(t) or t)
+    assert seen == texts

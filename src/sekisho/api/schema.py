@@ -205,17 +205,7 @@ def parse_chat(raw: bytes) -> ChatRequest:
     _optional(body, "logit_bias", dict, "an object")
     _optional(body, "metadata", dict, "an object")
     _stop(body)
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise _type_error("tools", "an array", tools)
-        for i, t in enumerate(tools):
-            if not isinstance(t, dict):
-                raise _type_error(f"tools[{i}]", "an object", t)
-            if not isinstance(t.get("type"), str):
-                raise InvalidRequest(
-                    f"Missing required parameter: 'tools[{i}].type'.", param=f"tools[{i}].type"
-                )
+    _tools(body, nested=True)
     tc = body.get("tool_choice")
     if tc is not None and not isinstance(tc, str | dict):
         raise _type_error("tool_choice", "a string or an object", tc)
@@ -390,17 +380,7 @@ def parse_responses(raw: bytes) -> ResponsesRequest:
             f"Invalid 'truncation': {truncation!r}; expected 'auto' or 'disabled'.",
             param="truncation",
         )
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise _type_error("tools", "an array", tools)
-        for i, t in enumerate(tools):
-            if not isinstance(t, dict):
-                raise _type_error(f"tools[{i}]", "an object", t)
-            if not isinstance(t.get("type"), str):
-                raise InvalidRequest(
-                    f"Missing required parameter: 'tools[{i}].type'.", param=f"tools[{i}].type"
-                )
+    _tools(body, nested=False)
     tc = body.get("tool_choice")
     if tc is not None and not isinstance(tc, str | dict):
         raise _type_error("tool_choice", "a string or an object", tc)
@@ -410,6 +390,47 @@ def parse_responses(raw: bytes) -> ResponsesRequest:
             param="stream_options",
         )
     return ResponsesRequest(body, model, stream)
+
+
+def _tools(body: dict[str, Any], *, nested: bool) -> None:
+    """``tools``: an array of objects with a type; a function tool names its function with a
+    string, in an object under ``function`` (chat) or beside its type (``nested=False``:
+    Responses), as OpenAI requires (a string ``function`` was forwarded, to be refused there,
+    and a simulator never answered it)."""
+    tools = body.get("tools")
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _type_error("tools", "an array", tools)
+    for i, t in enumerate(tools):
+        if not isinstance(t, dict):
+            raise _type_error(f"tools[{i}]", "an object", t)
+        if not isinstance(t.get("type"), str):
+            raise InvalidRequest(
+                f"Missing required parameter: 'tools[{i}].type'.", param=f"tools[{i}].type"
+            )
+        if t["type"] != "function":
+            continue
+        where, fn = f"tools[{i}]", t
+        inner = t.get("function")
+        if inner is not None and not isinstance(inner, dict):
+            raise _type_error(f"tools[{i}].function", "an object", inner)
+        if nested:
+            if inner is None:
+                raise InvalidRequest(
+                    f"Missing required parameter: 'tools[{i}].function'.",
+                    param=f"tools[{i}].function",
+                )
+            where, fn = f"tools[{i}].function", inner
+        elif "name" not in t and inner is not None:
+            continue  # chat's shape sent to Responses: for the endpoint to take or refuse
+        name = fn.get("name")
+        if name is None:
+            raise InvalidRequest(
+                f"Missing required parameter: '{where}.name'.", param=f"{where}.name"
+            )
+        if not isinstance(name, str):
+            raise _type_error(f"{where}.name", "a string", name)
 
 
 def _input_item(item: Any, where: str) -> None:
@@ -425,6 +446,8 @@ def _input_item(item: Any, where: str) -> None:
             raise InvalidRequest(
                 f"Missing required parameter: '{where}.role'.", param=f"{where}.role"
             )
+        if not isinstance(role, str):
+            raise _type_error(f"{where}.role", "a string", role)
         if role not in _INPUT_ROLES:
             raise InvalidRequest(
                 f"Invalid value for '{where}.role': {role!r}. Supported values are: 'user', "
@@ -481,6 +504,8 @@ def _message(m: Any, where: str) -> None:
     role = m.get("role")
     if role is None:
         raise InvalidRequest(f"Missing required parameter: '{where}.role'.", param=f"{where}.role")
+    if not isinstance(role, str):
+        raise _type_error(f"{where}.role", "a string", role)
     if role not in _ROLES:
         raise InvalidRequest(
             f"Invalid value for '{where}.role': {role!r}. Supported values are: "
@@ -542,8 +567,9 @@ def _uninspected_parts(messages: list[dict[str, Any]]) -> dict[str, int]:
         if isinstance(c, list):
             for part in c:
                 ptype = part.get("type") if isinstance(part, dict) else None
+                ptype = ptype if isinstance(ptype, str) else ""  # a list is not hashable
                 if ptype not in _TEXT_PARTS or not isinstance(part.get("text", ""), str):
-                    kind = _UNINSPECTED_PARTS.get(str(ptype), UNINSPECTED_CONTENT)
+                    kind = _UNINSPECTED_PARTS.get(ptype, UNINSPECTED_CONTENT)
                     counts[kind] = counts.get(kind, 0) + 1
     return counts
 
@@ -798,7 +824,8 @@ def _responses_slots(body: dict[str, Any], slots: list[tuple[Any, Any]]) -> None
                     _content_slots({"content": out}, slots)
             elif kind == "reasoning":
                 for key in ("summary", "content"):
-                    for part in item.get(key) or ():
+                    parts = item.get(key)  # any other shape: read by ``inspected``'s walk
+                    for part in parts if isinstance(parts, list) else ():
                         if isinstance(part, dict) and isinstance(part.get("text"), str):
                             slots.append((part, "text"))
     tools = body.get("tools")
