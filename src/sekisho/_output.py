@@ -5,6 +5,7 @@ events with a bounded look-behind."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -69,6 +70,20 @@ class _Text:
         return "".join(self.joined + self.parts)
 
 
+# Every string of a field of a chat message or delta that sekisho does not know (OpenRouter's
+# ``reasoning_details``, LiteLLM's ``thinking_blocks``, a field newer than this gateway): slot
+# OTHER + n, n numbering the strings' places as they are first met. Text the client receives:
+# it gets what content gets.
+OTHER = 400_000
+# The fields of a chat message or delta read above: every other one is read by OTHER slots.
+_KNOWN_IN_MESSAGE = frozenset(
+    {*TEXT_FIELDS.values(), "role", "tool_calls", "function_call", "audio", "annotations"}
+)
+# In such a field, no text: a part's kind, ids, and what is opaque on purpose (a thinking
+# block's signature, encrypted reasoning, which the client hands back unchanged).
+_OPAQUE_IN_OTHER = frozenset({"type", "id", "signature", "data", "encrypted_content", "format"})
+
+
 class StreamOutput:
     """Output inspection for a stream: re-identify pseudonyms (also when a placeholder is split
     across events) and apply the tenant's output rule, per choice and per tool call's
@@ -100,6 +115,9 @@ class StreamOutput:
         self._seen: dict[str, tuple[str, bool]] = {}
         self._extras: list[str] = []
         self._delivered_extras: set[str] = set()
+        # OTHER slots: the place of each string of an unknown field, and where it sits
+        self._other_slots: dict[tuple[Any, ...], int] = {}
+        self._other_places: dict[int, tuple[tuple[Any, ...], dict[str, Any] | None]] = {}
         self.error_code: str | None = None
         self._active = pseudo is not None or self._rule.action != "none"
         if self._rule.action != "none":
@@ -190,6 +208,15 @@ class StreamOutput:
             if notes and self._active:
                 self._whole(_inspect_notes, notes)
                 changed = True
+            if not self._legacy and self._active:
+                for name in [n for n in delta if n not in _KNOWN_IN_MESSAGE]:
+                    for holder, key, place in other_strings(delta, name):
+                        original = holder[key]
+                        text = self._take((idx, self._other_slot(place, holder)), original)
+                        if text != original:
+                            holder[key] = text
+                            changed = True
+                        self._last = event
             fc = delta.get("function_call")
             if isinstance(fc, dict) and isinstance(fc.get("arguments"), str):
                 original = fc["arguments"]
@@ -235,6 +262,9 @@ class StreamOutput:
                 name = self._fields[slot]
                 delta[name] = (delta.get(name) or "") + rest
                 continue
+            if slot >= OTHER:
+                self._put_other(delta, slot, rest)
+                continue
             if slot == TRANSCRIPT:
                 audio = delta.setdefault("audio", {})
                 audio["transcript"] = (audio.get("transcript") or "") + rest
@@ -268,6 +298,8 @@ class StreamOutput:
             delta = deltas.setdefault(idx, {})
             if slot < 0:
                 delta[self._fields[slot]] = rest
+            elif slot >= OTHER:
+                self._put_other(delta, slot, rest)
             elif slot == TRANSCRIPT:
                 delta["audio"] = {"transcript": rest}
             elif slot == FUNCTION_CALL:
@@ -319,6 +351,40 @@ class StreamOutput:
                 self._extras.append(text)
         return found != "output_cut"
 
+    def _other_slot(self, place: tuple[Any, ...], holder: Any) -> int:
+        """The OTHER slot of a string of an unknown field, by its place (the same place in
+        each delta is one text, its pieces inspected together, as content's are)."""
+        slot = self._other_slots.get(place)
+        if slot is None:
+            slot = self._other_slots[place] = OTHER + len(self._other_slots)
+            # What a held-back piece goes out in: its holder's kind and number (a reasoning
+            # detail's type, format and index), without its texts or its opaque values.
+            like = None
+            if len(place) > 1 and isinstance(holder, dict):
+                like = {k: v for k, v in holder.items() if k in ("type", "format", "index")}
+            self._other_places[slot] = (place, like)
+        return slot
+
+    def _put_other(self, delta: dict[str, Any], slot: int, rest: str) -> None:
+        """Text held back of an unknown field's string, into ``delta`` where it came from."""
+        place, like = self._other_places[slot]
+        name = place[0]
+        if len(place) == 1:  # the field is the string
+            have = delta.get(name)
+            delta[name] = (have if isinstance(have, str) else "") + rest
+            return
+        holder_path, leaf = place[1:-1], place[-1]
+        node: Any = [rest] if like is None else {**like, leaf: rest}
+        for step in reversed(holder_path):
+            node = [node] if isinstance(step, int) else {step: node}
+        have = delta.get(name)
+        if isinstance(have, list) and isinstance(node, list):
+            have.extend(node)
+        elif isinstance(have, dict) and isinstance(node, dict):
+            have.update(node)
+        else:
+            delta[name] = node
+
     def texts(self) -> list[str]:
         """Each choice's content, then each of its tool calls' arguments, as delivered; then
         the strings of values read whole (citations, hosted tools' items)."""
@@ -327,6 +393,38 @@ class StreamOutput:
 
 class _Withheld(Exception):
     """Nothing more of the stream is delivered: an earlier text could not be inspected."""
+
+
+_BASE64_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.ASCII)
+
+
+def other_strings(msg: dict[str, Any], name: str) -> list[tuple[Any, Any, tuple[Any, ...]]]:
+    """Every string of the field ``name`` of a chat message or delta, as ``(holder, key,
+    place)`` in document order, but what is opaque on purpose (``_OPAQUE_IN_OTHER``, a
+    base64 data URL: an image). ``place``: the field, then the steps to the string, an
+    element of a list numbered by its own ``index`` when it has one (a streamed reasoning
+    detail is the same text in every delta, its place in the delta's list or not)."""
+    out: list[tuple[Any, Any, tuple[Any, ...]]] = []
+    stack: list[tuple[Any, Any, tuple[Any, ...]]] = [(msg, name, (name,))]
+    while stack:
+        holder, key, place = stack.pop()
+        value = holder[key]
+        if isinstance(value, str):
+            if not _BASE64_URL.match(value):
+                out.append((holder, key, place))
+        elif isinstance(value, dict):
+            inner: list[tuple[Any, Any, tuple[Any, ...]]] = [
+                (value, k, (*place, k)) for k in value if k not in _OPAQUE_IN_OTHER
+            ]
+            stack.extend(reversed(inner))
+        elif isinstance(value, list):
+            inner = []
+            for i, x in enumerate(value):
+                n = x.get("index") if isinstance(x, dict) else None
+                n = n if isinstance(n, int) and not isinstance(n, bool) else i
+                inner.append((value, i, (*place, n)))
+            stack.extend(reversed(inner))
+    return out
 
 
 def _call_slot(slot: int) -> tuple[int, str, str]:
@@ -374,6 +472,28 @@ def inspect_answer(
         for custom in [c.get("custom") for c in calls]:  # a custom tool's free-text input
             if isinstance(custom, dict) and isinstance(custom.get("input"), str):
                 slots.append((custom, "input"))
+        if msg is not choice:  # a chat message's fields sekisho does not know: read too
+            try:
+                found, texts = _inspect_others(msg, pseudo, rule, scanner)
+            except Exception:
+                log.exception(
+                    "output inspection failed; answer withheld", extra={"request_id": request_id}
+                )
+                _withhold(choice, msg)
+                error = "output_inspection_failed"
+                continue
+            delivered.extend(texts)
+            if found is not None:
+                error = _worse(error, found)
+            if found == "output_cut":
+                # Text the model wrote before its answer (reasoning details): cut as
+                # reasoning is, and the answer after it goes with it.
+                if isinstance(msg.get("content"), str):
+                    msg["content"] = ""
+                for name in ("tool_calls", "function_call", "audio", "annotations"):
+                    msg.pop(name, None)
+                choice["finish_reason"] = "content_filter"
+                slots = [(h, k) for h, k in slots if k in TEXT_FIELDS.values()]
         before = [(holder, key, holder[key]) for holder, key in slots]
         for holder, key in slots:
             text = holder[key]
@@ -482,7 +602,44 @@ def _withhold(choice: dict[str, Any], msg: dict[str, Any]) -> None:
             msg[name] = ""
     for name in ("tool_calls", "function_call", "audio", "annotations"):
         msg.pop(name, None)
+    if msg is not choice:
+        for name in [n for n in msg if n not in _KNOWN_IN_MESSAGE]:
+            del msg[name]  # fields sekisho does not know, their texts with the rest
     choice["finish_reason"] = "content_filter"
+
+
+def _inspect_others(
+    msg: dict[str, Any], pseudo: Pseudonymiser | None, rule: OutputRuleView, scanner: Scanner
+) -> tuple[str | None, list[str]]:
+    """The fields of a whole chat message sekisho does not know (OpenRouter's
+    ``reasoning_details``, LiteLLM's ``thinking_blocks``), in place: every string of them
+    (``other_strings``) re-identified and masked as content is; under ``cut`` the string with
+    the first identifier ends there and every string after it is emptied. Returns the error
+    code and the strings delivered. Raises when a string cannot be inspected."""
+    if pseudo is None and rule.action == "none":
+        return None, []
+    error: str | None = None
+    delivered: list[str] = []
+    types = frozenset(rule.types)
+    for name in [n for n in msg if n not in _KNOWN_IN_MESSAGE]:
+        for holder, key, _ in other_strings(msg, name):
+            text = holder[key]
+            if error == "output_cut":
+                holder[key] = ""
+                continue
+            if pseudo is not None:
+                text = pseudo.reidentify(text)
+            if rule.action != "none":
+                hits = [f for f in scanner.scan(text) if f.type in types]
+                if hits and rule.action == "mask":
+                    text = redact(text, hits)
+                    error = _worse(error, "output_masked")
+                elif hits:
+                    text = text[: hits[0].start]
+                    error = "output_cut"
+            holder[key] = text
+            delivered.append(text)
+    return error, delivered
 
 
 # -- text beyond the text slots ------------------------------------------------------------------
@@ -735,7 +892,7 @@ def response_item_slots(item: Any, oi: int) -> list[tuple[dict[str, Any], str, S
         return slots
     kind = item.get("type")
     if kind == "message":
-        for ci, part in enumerate(item.get("content") or ()):
+        for ci, part in enumerate(_parts_of(item, "content")):
             if not isinstance(part, dict):
                 continue
             if isinstance(part.get("text"), str):
@@ -743,10 +900,10 @@ def response_item_slots(item: Any, oi: int) -> list[tuple[dict[str, Any], str, S
             elif isinstance(part.get("refusal"), str):
                 slots.append((part, "refusal", (oi, _REFUSAL - ci)))
     elif kind == "reasoning":
-        for si, part in enumerate(item.get("summary") or ()):
+        for si, part in enumerate(_parts_of(item, "summary")):
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 slots.append((part, "text", (oi, _SUMMARY - si)))
-        for ci, part in enumerate(item.get("content") or ()):
+        for ci, part in enumerate(_parts_of(item, "content")):
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 slots.append((part, "text", (oi, _REASONING_TEXT - ci)))
     elif kind == "function_call" and isinstance(item.get("arguments"), str):
@@ -760,11 +917,17 @@ def response_item_slots(item: Any, oi: int) -> list[tuple[dict[str, Any], str, S
     return slots
 
 
-# Items whose every text is in a slot above (a reasoning item's encrypted content is opaque;
-# a function's name is the client's own). A message's texts may carry citations; any other
-# item (a tool the provider runs, a computer or shell action) is read whole, but for what
-# its slot holds and a generated image.
-_SLOTTED_ITEMS = frozenset({"reasoning", "function_call", "custom_tool_call"})
+def _parts_of(item: dict[str, Any], name: str) -> list[Any]:
+    """An item's list of parts (a response's list of items); nothing for anything else,
+    which ``_upstream.output_problem`` refuses before it gets here."""
+    parts = item.get(name)
+    return parts if isinstance(parts, list) else []
+
+
+# An item whose texts are in slots above (a message, reasoning, a function or custom tool
+# call: ``_ITEM_FIELDS``) has its other fields read whole, and a message its citations; any
+# other item (a tool the provider runs, a computer or shell action) is read whole, but for
+# what its slot holds and a generated image.
 _SKIP_IN = {
     "code_interpreter_call": _NOT_TEXT | {"code"},
     "mcp_call": _NOT_TEXT | {"arguments"},
@@ -772,14 +935,35 @@ _SKIP_IN = {
 }
 
 
+# The fields of a message and of the slotted items, and of a message's parts, that the slots,
+# the citations or nothing (ids, kinds, statuses, opaque reasoning) account for: a string in
+# any other field (one a provider adds, or newer than this gateway) is read whole.
+_ITEM_FIELDS = {
+    "message": frozenset({"type", "id", "role", "status", "content"}),
+    "reasoning": frozenset({"type", "id", "status", "summary", "content", "encrypted_content"}),
+    "function_call": frozenset({"type", "id", "call_id", "name", "arguments", "status"}),
+    "custom_tool_call": frozenset({"type", "id", "call_id", "name", "input", "status"}),
+}
+_PART_FIELDS = frozenset({"type", "text", "refusal", "annotations", "logprobs"})
+
+
+def _unknown(holder: Any, known: frozenset[str]) -> list[str]:
+    return [k for k in holder if k not in known] if isinstance(holder, dict) else []
+
+
 def has_extras(item: Any) -> bool:
     """Whether an output item carries text beyond its slots (a dict lookup for most)."""
     if not isinstance(item, dict):
         return False
     kind = item.get("type")
-    if kind == "message":
-        return any(isinstance(p, dict) and p.get("annotations") for p in item.get("content") or ())
-    return kind not in _SLOTTED_ITEMS
+    if not isinstance(kind, str) or kind not in _ITEM_FIELDS:
+        return True
+    if _unknown(item, _ITEM_FIELDS[kind]):
+        return True
+    return kind == "message" and any(
+        isinstance(p, dict) and (p.get("annotations") or _unknown(p, _PART_FIELDS))
+        for p in _parts_of(item, "content")
+    )
 
 
 def item_extras(
@@ -794,31 +978,58 @@ def item_extras(
     the error code and the strings delivered. Raises when a string cannot be inspected."""
     if (pseudo is None and rule.action == "none") or not has_extras(item):
         return None, []
-    if item.get("type") != "message":
-        skip = _SKIP_IN.get(item.get("type"), _NOT_TEXT)
+    kind = item.get("type")
+    if not isinstance(kind, str) or kind not in _ITEM_FIELDS:
+        skip = _SKIP_IN.get(kind, _NOT_TEXT) if isinstance(kind, str) else _NOT_TEXT
         return inspect_value(item, pseudo, rule, scanner, seen, skip)
     error: str | None = None
     delivered: list[str] = []
-    for part in item.get("content") or ():
-        if isinstance(part, dict) and part.get("annotations"):
-            found, texts = _inspect_notes(part["annotations"], pseudo, rule, scanner, seen)
+    holders: list[tuple[dict[str, Any], frozenset[str]]] = [(item, _ITEM_FIELDS[kind])]
+    if kind == "message":
+        holders += [(p, _PART_FIELDS) for p in _parts_of(item, "content") if isinstance(p, dict)]
+    for holder, known in holders:
+        notes = holder.get("annotations") if holder is not item else None
+        if notes:
+            found, texts = _inspect_notes(notes, pseudo, rule, scanner, seen)
+            error = _worse(error, found) if found is not None else error
+            delivered.extend(texts)
+        names = _unknown(holder, known)
+        if names:  # fields a provider adds: every string read whole
+            view = {k: holder[k] for k in names}
+            found, texts = inspect_value(view, pseudo, rule, scanner, seen)
+            holder.update(view)
             error = _worse(error, found) if found is not None else error
             delivered.extend(texts)
     return error, delivered
 
 
 def _blank(value: Any) -> None:
-    """What could not be inspected, emptied: a list of citations, a message's citations,
-    every string of another item."""
+    """What could not be inspected, emptied: a list of citations, a message's citations and
+    the strings of an item's fields beyond its slots, every string of another item."""
     if isinstance(value, list):
         value.clear()
-    elif isinstance(value, dict) and value.get("type") == "message":
-        for part in value.get("content") or ():
-            if isinstance(part, dict) and isinstance(part.get("annotations"), list):
-                part["annotations"].clear()
+    elif (
+        isinstance(value, dict)
+        and isinstance(value.get("type"), str)
+        and (value["type"] in _ITEM_FIELDS)
+    ):
+        kind = value["type"]
+        holders = [(value, _ITEM_FIELDS[kind])]
+        if kind == "message":
+            holders += [
+                (p, _PART_FIELDS) for p in _parts_of(value, "content") if isinstance(p, dict)
+            ]
+        for holder, known in holders:
+            if holder is not value and isinstance(holder.get("annotations"), list):
+                holder["annotations"].clear()
+            for name in _unknown(holder, known):
+                view: dict[str, Any] = {name: holder[name]}
+                for inner, key in value_strings(view):
+                    inner[key] = ""  # type: ignore[index]
+                holder[name] = view[name]
     else:
-        for holder, key in value_strings(value):
-            holder[key] = ""  # type: ignore[index]
+        for container, key in value_strings(value):
+            container[key] = ""  # type: ignore[index]
 
 
 def _cut_response(data: dict[str, Any], keep: int) -> None:
@@ -836,9 +1047,9 @@ def _refresh_output_text(data: dict[str, Any]) -> None:
     if isinstance(data.get("output_text"), str):
         data["output_text"] = "".join(
             part["text"]
-            for item in data.get("output") or ()
+            for item in _parts_of(data, "output")
             if isinstance(item, dict) and item.get("type") == "message"
-            for part in item.get("content") or ()
+            for part in _parts_of(item, "content")
             if isinstance(part, dict)
             and part.get("type") == "output_text"
             and isinstance(part.get("text"), str)
@@ -1023,7 +1234,9 @@ class ResponsesStreamOutput(StreamOutput):
                 if etype in RESPONSE_TERMINAL:
                     changed = self._settle_response(response, before) or changed
                 else:
-                    previews = [self._preview(item) for item in response.get("output") or ()]
+                    output = response.get("output")
+                    items = output if isinstance(output, list) else ()
+                    previews = [self._preview(item) for item in items]
                     changed = any(previews) or changed
         elif self._active and value_strings(event, _NOT_IN_EVENT):
             # An event of a kind not named above that carries text (a hosted tool's progress
@@ -1117,7 +1330,8 @@ class ResponsesStreamOutput(StreamOutput):
 
     def _settle_response(self, response: dict[str, Any], before: list[dict[str, Any]]) -> bool:
         changed = False
-        for oi, item in enumerate(response.get("output") or ()):
+        output = response.get("output")
+        for oi, item in enumerate(output if isinstance(output, list) else ()):
             changed = self._settle_item(item, oi, before) or changed
         if changed:
             _refresh_output_text(response)

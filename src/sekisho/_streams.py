@@ -16,7 +16,14 @@ import orjson
 from sekisho._conversations import echo_as_sent, keeps_conversations, response_id
 from sekisho._output import RESPONSE_TERMINAL, ResponsesStreamOutput, StreamOutput
 from sekisho._provider_state import wrap
-from sekisho._upstream import choices_problem, count, joined, quote, quote_response_error
+from sekisho._upstream import (
+    choices_problem,
+    count,
+    joined,
+    quote,
+    quote_response_error,
+    response_event_problem,
+)
 from sekisho.call import Call, Outcome, TenantView
 from sekisho.errors import SekishoError
 from sekisho.policy.decision import Decision
@@ -306,6 +313,9 @@ async def relay_responses(
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                 raise UpstreamProtocolError(ep.id, "stream event is not a typed object")
             etype = event["type"]
+            why = response_event_problem(event)
+            if why is not None:  # what inspection cannot read is never passed on
+                raise UpstreamProtocolError(ep.id, f"stream event with {why}")
             if etype in RESPONSE_TERMINAL:
                 terminal = event
                 break

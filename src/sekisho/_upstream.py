@@ -147,6 +147,10 @@ def _unusable_first_event(
         why = choices_problem(choices, kind, "delta", spoken)
         if why is not None:
             return f"first stream event with {why}"
+    if kind == "responses":
+        why = response_event_problem(event)
+        if why is not None:
+            return f"first stream event with {why}"
     return None
 
 
@@ -227,6 +231,10 @@ def parse_answer(
         why = choices_problem(data["choices"], kind, "message", spoken)
         if why is not None:
             raise UpstreamProtocolError(endpoint_id, f"answered with {why}")
+    elif kind == "responses":
+        why = output_problem(data["output"])
+        if why is not None:
+            raise UpstreamProtocolError(endpoint_id, f"answered with {why}")
     return data
 
 
@@ -297,6 +305,116 @@ def choices_problem(choices: list[Any], kind: str, holder: str, spoken: bool = F
                 return f"{holder}.audio, a spoken answer the request did not ask for"
             if not isinstance(audio, dict) or not _text_or_none(audio.get("transcript")):
                 return f"{holder}.audio whose transcript is not a string"
+    return None
+
+
+# What holds a text in each kind of Responses output item, where it is not in a list of
+# parts: it must be a string (or absent) for output inspection to read it.
+_ITEM_TEXTS = {
+    "function_call": "arguments",
+    "custom_tool_call": "input",
+    "code_interpreter_call": "code",
+    "mcp_call": "arguments",
+}
+# Events carrying one text whole or in part, and the field that holds it.
+_EVENT_TEXTS = {
+    "response.output_text.delta": "delta",
+    "response.refusal.delta": "delta",
+    "response.reasoning_summary_text.delta": "delta",
+    "response.reasoning_text.delta": "delta",
+    "response.function_call_arguments.delta": "delta",
+    "response.custom_tool_call_input.delta": "delta",
+    "response.code_interpreter_call_code.delta": "delta",
+    "response.mcp_call_arguments.delta": "delta",
+    "response.output_text.done": "text",
+    "response.refusal.done": "refusal",
+    "response.reasoning_summary_text.done": "text",
+    "response.reasoning_text.done": "text",
+    "response.function_call_arguments.done": "arguments",
+    "response.custom_tool_call_input.done": "input",
+    "response.code_interpreter_call_code.done": "code",
+    "response.mcp_call_arguments.done": "arguments",
+}
+
+
+def output_problem(output: Any) -> str | None:
+    """What in a Responses answer's ``output`` an OpenAI client could not parse and output
+    inspection could not read, or None: items that are not objects, or whose type is not a
+    string; a message whose content is not a list of part objects (a string: the shape chat
+    answers have, not this API's, refused as chat refuses a list), a part whose text is not
+    a string; reasoning whose summary or content is not such a list; a tool call whose
+    arguments are not a string. Such an answer is not passed on (fail closed)."""
+    if not isinstance(output, list):
+        return "'output' that is not a list"
+    for item in output:
+        why = item_problem(item)
+        if why is not None:
+            return why
+    return None
+
+
+def item_problem(item: Any) -> str | None:
+    """``output_problem`` of one output item."""
+    if not isinstance(item, dict):
+        return "an output item that is not an object"
+    kind = item.get("type")
+    if kind is not None and not isinstance(kind, str):
+        return "an output item whose type is not a string"
+    lists = {"message": ("content",), "reasoning": ("summary", "content")}.get(kind or "", ())
+    for name in lists:
+        parts = item.get(name)
+        if parts is None:
+            continue
+        if not isinstance(parts, list):
+            return f"a {kind} item whose {name} is not a list"
+        for part in parts:
+            why = part_problem(part)
+            if why is not None:
+                return f"a {kind} item with {why}"
+    field = _ITEM_TEXTS.get(kind or "")
+    if field is not None and not _text_or_none(item.get(field)):
+        return f"a {kind} item whose {field} is not a string"
+    return None
+
+
+def part_problem(part: Any) -> str | None:
+    """What is wrong with a content (or summary) part of a Responses output item, or None."""
+    if not isinstance(part, dict):
+        return "a part that is not an object"
+    for name in ("type", "text", "refusal"):
+        if not _text_or_none(part.get(name)):
+            return f"a part whose {name} is not a string"
+    notes = part.get("annotations")
+    if notes is not None and (
+        not isinstance(notes, list) or not all(isinstance(n, dict) for n in notes)
+    ):
+        return "a part whose annotations are not a list of objects"
+    return None
+
+
+def response_event_problem(event: dict[str, Any]) -> str | None:
+    """What in one Responses stream event output inspection could not read, or None: a
+    response whose output ``output_problem`` refuses, an item or part that is malformed,
+    a text (a delta, a done event's text) that is not a string, a citation that is not an
+    object."""
+    etype = event.get("type")
+    field = _EVENT_TEXTS.get(etype) if isinstance(etype, str) else None
+    if field is not None and not _text_or_none(event.get(field)):
+        return f"a {etype} event whose {field} is not a string"
+    if "response" in event and event["response"] is not None:
+        response = event["response"]
+        if not isinstance(response, dict):
+            return "a response that is not an object"
+        if response.get("output") is not None:
+            return output_problem(response["output"])
+    if "item" in event and event["item"] is not None:
+        return item_problem(event["item"])
+    if "part" in event and event["part"] is not None:
+        return part_problem(event["part"])
+    if etype == "response.output_text.annotation.added" and not isinstance(
+        event.get("annotation"), dict | None
+    ):
+        return "a citation that is not an object"
     return None
 
 

@@ -586,3 +586,145 @@ def test_an_unknown_response_id_is_quoted_whole_in_the_error(
         client(kept).responses.create(model="gpt-4o", input="hi", previous_response_id=long_id)
     assert bad.value.code == "previous_response_not_found"
     assert repr(long_id) in bad.value.message
+
+
+def test_fields_of_a_chat_answer_sekisho_does_not_know_get_what_the_answer_gets(
+    gateways: Callable[..., Harness],
+) -> None:
+    """OpenRouter's reasoning_details and LiteLLM's thinking_blocks reached the client
+    unmasked, whole or streamed: every string of a field sekisho does not know is read as
+    content is (a block's signature and encrypted reasoning, opaque, go through unchanged)."""
+    h = gateways()
+    answer = chat_answer("All clear.")
+    message = answer["choices"][0]["message"]
+    message["reasoning_details"] = [
+        {"type": "reasoning.text", "text": f"the card is {CARD}", "format": "x", "index": 0},
+        {"type": "reasoning.encrypted", "data": "gAAAAB-opaque", "index": 1},
+    ]
+    message["thinking_blocks"] = [
+        {"type": "thinking", "thinking": f"card {CARD}", "signature": "EqQBCgIYAh"}
+    ]
+    message["provider_specific_fields"] = {"notes": [f"said {CARD}"]}
+    answering(h, json.dumps(answer))
+    raw = client(h).chat.completions.with_raw_response.create(model="gpt-4o", messages=ASK)
+    assert raw.headers["x-sekisho-output"] == "masked"
+    assert "4111" not in raw.http_response.text
+    got = raw.http_response.json()["choices"][0]["message"]
+    assert got["reasoning_details"] == [
+        {"type": "reasoning.text", "text": "the card is [CREDIT_CARD]", "format": "x", "index": 0},
+        {"type": "reasoning.encrypted", "data": "gAAAAB-opaque", "index": 1},
+    ]
+    assert got["thinking_blocks"][0] == {
+        "type": "thinking", "thinking": "card [CREDIT_CARD]", "signature": "EqQBCgIYAh"
+    }  # fmt: skip
+    assert got["provider_specific_fields"] == {"notes": ["said [CREDIT_CARD]"]}
+
+    # Streamed in pieces, as OpenRouter streams it: the number split across deltas is held
+    # back and masked as a split number in content is.
+    text = f"thinking: the card is {CARD}, then"
+    sse = chunk({"role": "assistant", "content": ""})
+    for i in range(0, len(text), 4):
+        piece = text[i : i + 4]
+        detail = {"type": "reasoning.text", "text": piece, "format": "x", "index": 0}
+        sse += chunk({"reasoning": piece, "reasoning_details": [detail]})
+    sse += chunk({"content": "All clear."}, finish="stop") + "data: [DONE]\n\n"
+    answering(h, sse, mode="sse")
+    with client(h).chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=ASK, stream=True
+    ) as raw:
+        lines = [json.loads(x[6:]) for x in raw.iter_lines() if x.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"] for c in lines if c.get("choices")]
+    details = [d for delta in deltas for d in delta.get("reasoning_details") or ()]
+    assert "".join(d["text"] for d in details) == "thinking: the card is [CREDIT_CARD], then"
+    assert all(d["type"] == "reasoning.text" and d["index"] == 0 for d in details)
+    assert "".join(delta.get("reasoning") or "" for delta in deltas) == "".join(
+        d["text"] for d in details
+    )
+    assert "".join(delta.get("content") or "" for delta in deltas) == "All clear."
+
+
+def test_under_cut_a_field_sekisho_does_not_know_ends_the_answer_like_reasoning() -> None:
+    """The reasoning detail is cut where the number starts, and the answer that followed it
+    goes with it, as a cut in reasoning_content does."""
+    import yaml
+
+    from harness import example_config
+    from sekisho._output import StreamOutput, inspect_answer
+    from sekisho.config import parse_config, scanner_for
+
+    raw = example_config()
+    raw["tenants"]["demo"]["detection"]["output"] = {"action": "cut", "types": ["CREDIT_CARD"]}
+    tenant = parse_config(yaml.safe_dump(raw), "t.yaml").tenants["demo"]
+    scanner = scanner_for(tenant)
+    answer = chat_answer("The answer.")
+    answer["choices"][0]["message"]["reasoning_details"] = [
+        {"type": "reasoning.text", "text": f"card {CARD} noted", "index": 0},
+        {"type": "reasoning.text", "text": "more thoughts", "index": 1},
+    ]
+    error, delivered = inspect_answer(answer, None, tenant.detection.output, scanner, "r")
+    choice = answer["choices"][0]
+    assert error == "output_cut" and choice["finish_reason"] == "content_filter"
+    assert [d["text"] for d in choice["message"]["reasoning_details"]] == ["card ", ""]
+    assert choice["message"]["content"] == "" and "4111" not in json.dumps(answer)
+    assert "".join(delivered) == "card "
+
+    out = StreamOutput(None, tenant, scanner)
+    sent = []
+    for piece in ("card 4111 ", "1111 1111 ", "1111 and on"):
+        event = {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "thinking_blocks": [
+                            {"type": "thinking", "thinking": piece, "signature": "s"}
+                        ]
+                    },
+                }
+            ]
+        }
+        out.apply(event)
+        sent.append(event)
+    end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    out.apply(end)
+    sent.append(end)
+    assert "4111" not in json.dumps(sent) and out.error_code == "output_cut"
+
+
+def test_fields_of_a_responses_item_sekisho_does_not_know_are_read_whole(
+    gateways: Callable[..., Harness],
+) -> None:
+    """A provider's own field on a Responses message, on its text part, or on a reasoning
+    item or a function call passed uninspected: every string in it gets the output rule,
+    whole or streamed (in output_item.done and the final response)."""
+    h = gateways()
+    answer = responses_answer("All clear.", [])
+    msg = answer["output"][0]
+    msg["reasoning_details"] = [{"type": "reasoning.text", "text": f"card {CARD}"}]
+    msg["content"][0]["provider_note"] = f"said {CARD}"
+    thought = {"type": "reasoning", "id": "rs_1", "summary": [], "thinking": f"card {CARD}",
+               "encrypted_content": "gAAA"}  # fmt: skip
+    call = {"type": "function_call", "id": "fc", "call_id": "c", "name": "f", "arguments": "{}",
+            "meta": {"why": f"card {CARD}"}}  # fmt: skip
+    answer["output"] = [thought, *answer["output"], call]
+    answering(h, json.dumps(answer))
+    raw = client(h).responses.with_raw_response.create(model="gpt-4o", input="card?")
+    assert "4111" not in raw.http_response.text
+    got = raw.http_response.json()["output"]
+    assert got[0]["thinking"] == "card [CREDIT_CARD]" and got[0]["encrypted_content"] == "gAAA"
+    assert got[1]["reasoning_details"][0]["text"] == "card [CREDIT_CARD]"
+    assert got[1]["content"][0]["provider_note"] == "said [CREDIT_CARD]"
+    assert got[2]["meta"] == {"why": "card [CREDIT_CARD]"} and got[2]["name"] == "f"
+
+    events = [
+        {"type": "response.output_item.done", "output_index": 0, "item": answer["output"][1]},
+        {"type": "response.completed", "response": answer},
+    ]
+    for n, e in enumerate(events):
+        e["sequence_number"] = n
+    answering(h, "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events), "sse")
+    with client(h).responses.with_streaming_response.create(
+        model="gpt-4o", input="card?", stream=True
+    ) as raw:
+        text = raw.http_response.read().decode()
+    assert "4111" not in text and text.count("[CREDIT_CARD]") >= 6

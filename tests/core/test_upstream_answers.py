@@ -294,3 +294,139 @@ def test_an_event_whose_data_spans_several_lines_is_one_event(two: Harness) -> N
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert text == "Hello"
     assert ledger_incomplete(two) == []
+
+
+# -- the Responses API ---------------------------------------------------------------------------
+
+
+def response(*output: Any) -> dict[str, Any]:
+    return {
+        "id": "resp_x",
+        "object": "response",
+        "created_at": 1,
+        "status": "completed",
+        "model": "gpt-4o",
+        "output": list(output),
+        "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4},
+    }
+
+
+def message(content: Any) -> dict[str, Any]:
+    return {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+            "content": content}  # fmt: skip
+
+
+MALFORMED_RESPONSES = {
+    # the shape chat answers have: it reached the client unmasked, streamed or not
+    "content a string": response(message(f"my card is {CARD}")),
+    # 'int' object is not iterable: sekisho's own 500
+    "content a number": response(message(5)),
+    "content a boolean": response(message(True)),
+    "a part that is a string": response(message([f"card {CARD}"])),
+    "a part whose text is a list": response(message([{"type": "output_text", "text": [CARD]}])),
+    # unhashable type: a 500 and an error-level traceback
+    "an item whose type is a list": response({"type": ["message"], "content": []}),
+    "an item that is a string": response(f"card {CARD}"),
+    "reasoning summary a string": response({"type": "reasoning", "summary": f"card {CARD}"}),
+    "arguments an object": response(
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": {"card": CARD}}
+    ),
+}
+
+
+def responses(h: Harness, stream: bool = False) -> Any:
+    c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+    return c.responses.with_raw_response.create(model="gpt-4o", input="hello", stream=stream)
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_RESPONSES))
+def test_a_responses_answer_inspection_cannot_read_is_a_502_and_another_endpoint_answers(
+    two: Harness, case: str
+) -> None:
+    two.fault(BAD, mode="body", body=json.dumps(MALFORMED_RESPONSES[case]))
+    for _ in range(6):  # whichever the weighted choice tries first, the good one answers
+        raw = responses(two)
+        assert raw.headers["x-sekisho-endpoint"] == GOOD
+        assert raw.parse().output_text
+    two.fault(GOOD, mode="body", body=json.dumps(MALFORMED_RESPONSES[case]))
+    two.gateway.health.success(BAD)  # type: ignore[union-attr]
+    with pytest.raises(openai.InternalServerError) as e:
+        responses(two)
+    assert e.value.status_code == 502 and "answered with" in e.value.message, e.value.message
+    assert "4111" not in e.value.message
+    assert ledger_incomplete(two) == []
+
+
+def rsse(*events: dict[str, Any]) -> str:
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+
+
+def created(output: Any = None) -> dict[str, Any]:
+    r = {**response(), "status": "in_progress", "output": [] if output is None else output}
+    return {"type": "response.created", "sequence_number": 0, "response": r}
+
+
+@pytest.mark.parametrize("output", [5, "x", {"a": 1}, [5]])
+def test_a_responses_stream_whose_first_event_is_unreadable_fails_over(
+    two: Harness, output: Any
+) -> None:
+    """response.output a scalar in response.created ended the stream with internal_error."""
+    two.fault(BAD, mode="sse", body=rsse(created(output)))
+    for _ in range(6):
+        raw = responses(two, stream=True)
+        assert raw.headers["x-sekisho-endpoint"] == GOOD
+        assert [e.type for e in raw.parse()][-1] == "response.completed"
+
+
+MIDWAY = {
+    "the item's content a string": {
+        "type": "response.output_item.done", "sequence_number": 1, "output_index": 0,
+        "item": message(f"my card is {CARD}"),
+    },
+    "the item's content a number": {
+        "type": "response.output_item.done", "sequence_number": 1, "output_index": 0,
+        "item": message(5),
+    },
+    "the item's type a list": {
+        "type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
+        "item": {"type": ["message"], "content": []},
+    },
+    "a part that is a string": {
+        "type": "response.content_part.done", "sequence_number": 1, "output_index": 0,
+        "content_index": 0, "part": f"card {CARD}",
+    },
+    "a delta that is a list": {
+        "type": "response.output_text.delta", "sequence_number": 1, "output_index": 0,
+        "content_index": 0, "delta": [f"card {CARD}"],
+    },
+    "the final output a scalar": {
+        "type": "response.completed", "sequence_number": 1,
+        "response": {**response(), "output": 5},
+    },
+    "the final output's message content a string": {
+        "type": "response.completed", "sequence_number": 1,
+        "response": response(message(f"my card is {CARD}")),
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(MIDWAY))
+def test_a_responses_stream_that_turns_unreadable_midway_ends_as_broken(
+    two: Harness, case: str
+) -> None:
+    """Such an event reached the client unmasked, or ended the stream with sekisho's own
+    internal_error; it ends the stream as the endpoint's fault, and nothing of it arrives."""
+    body = rsse(created(), MIDWAY[case])
+    two.fault(BAD, mode="sse", body=body)
+    two.fault(GOOD, mode="sse", body=body)
+    key = two.key()
+    raw = openai.OpenAI(base_url=two.base_url, api_key=key, max_retries=0).responses.\
+        with_raw_response.create(model="gpt-4o", input="hello", stream=True)  # fmt: skip
+    events = [e.model_dump() for e in raw.parse()]
+    assert "4111" not in json.dumps(events)
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "upstream_stream_broken"
+    assert "stream event with" in events[-1]["message"]
+    _, outcome = ledger_entries(receipt(two, raw.headers["x-sekisho-request-id"], key).json())
+    assert outcome is not None and outcome["error_code"] == "upstream_stream_broken"
+    state = two.gateway.health.snapshot()[raw.headers["x-sekisho-endpoint"]]  # type: ignore[union-attr]
+    assert "stream event with" in str(state["last_error"])
