@@ -232,6 +232,23 @@ def test_verify_links_a_receipt_to_checkpoints_an_auditor_kept(
     assert "kept checkpoints: 2 loaded" in ok.stdout
 
 
+@pytest.mark.parametrize("since", ["%C2%B2", "abc", "-1", "1e3", "99999999999999999999999"])
+def test_a_receipts_since_that_is_no_size_is_a_400_naming_it(
+    gw: Harness, demo_key: str, since: str
+) -> None:
+    """'?since=²' was a 500 (isdigit() then int()); 'abc' and -1 were silently ignored, and
+    the receipt came without the consistency proof asked for."""
+    rid = chat(gw, demo_key).headers["x-request-id"]
+    r = request(
+        "GET",
+        f"{gw.root}/ledger/receipts/{rid}?since={since}",
+        headers={"authorization": f"Bearer {demo_key}"},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "since"
+    assert "non-negative integer" in r.json()["error"]["message"]
+
+
 def _checkpoint_after(h: Harness, size: int) -> str:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

@@ -104,14 +104,10 @@ class LedgerAPI:
             return
         if path.startswith("/ledger/receipts/"):
             request_id = path[len("/ledger/receipts/") :]
-            consistency = query.get("since")
-            receipt = await asyncio.to_thread(
-                ledger.receipt,
-                request_id,
-                consistency_with=int(consistency)
-                if consistency and consistency.isdigit()
-                else None,
-            )
+            # a size like every other route's: '²', 'abc' or -1 is a 400 (they were a 500, or
+            # silently a receipt without the consistency proof asked for)
+            since = http.int_param(query, "since") if "since" in query else None
+            receipt = await asyncio.to_thread(ledger.receipt, request_id, consistency_with=since)
             owner = _leaf_field(base64.b64decode(receipt["entry"]), "tenant")
             self._may_read_entry(principal, owner, None, request_id)
             await http.send_json(send, 200, receipt, rid)
