@@ -949,6 +949,10 @@ class Gateway:
             )
             with contextlib.suppress(Exception):
                 await http.send_error(send, err, rid)
+            # Before its decision (after it, Pipeline.unexpected makes it a SekishoError): the
+            # request's line still says who asked and that it failed, as every request's does.
+            self._log(scope, call_id, principal, path, status, endpoint, started,
+                      "internal_error", rid, upstream_id, answered)  # fmt: skip
         finally:
             finished = True
             if task is not None:

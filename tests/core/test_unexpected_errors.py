@@ -104,3 +104,26 @@ def test_an_unexpected_error_while_a_kept_alive_stream_waits_is_an_error_event(
         assert ledger_incomplete(h) == []
     finally:
         h.stop()
+
+
+def test_an_unexpected_error_before_the_decision_still_logs_the_request_line(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 500 that came before the pipeline (a defect in parsing, say) left a traceback and
+    no request line: the SOC's view (who asked, what status) had no trace of it."""
+    import logging
+
+    import sekisho.api.openai
+
+    def broken(raw: bytes) -> Any:
+        raise TypeError("a defect")
+
+    monkeypatch.setattr(sekisho.api.openai, "parse_chat", broken)
+    caplog.set_level(logging.INFO, logger="sekisho.app")
+    key = gw.key()
+    r = post(gw, key, CHAT)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    rid = r.headers["x-sekisho-request-id"]
+    (line,) = [x for x in caplog.records if x.getMessage() == "request"]
+    assert (line.request_id, line.status, line.error) == (rid, 500, "internal_error")  # type: ignore[attr-defined]
+    assert line.tenant == "demo" and line.key_id == key.split("-")[2]  # type: ignore[attr-defined]
