@@ -816,7 +816,9 @@ class Gateway:
             self.metrics.in_flight.inc()
         try:
             if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{path} accepts POST, not {scope['method']}.")
+                raise MethodNotAllowed(
+                    f"{path} accepts POST, not {scope['method']}.", allow=("POST",)
+                )
             assert self.pipeline is not None
             principal = await self.authenticator.authenticate_headers(scope["headers"])
             require(principal, MODEL_ROUTES[path])
@@ -1048,7 +1050,7 @@ class Gateway:
 
     async def _models(self, scope: http.Scope, send: http.Send, rid: str, path: str) -> None:
         if scope["method"] != "GET":
-            raise MethodNotAllowed(f"{path} accepts GET, not {scope['method']}.")
+            raise MethodNotAllowed(f"{path} accepts GET, not {scope['method']}.", allow=("GET",))
         principal = await self.authenticator.authenticate_headers(scope["headers"])
         require(principal, MODEL_ROUTES["/v1/models"])
         if principal.tenant not in self.config.tenants:  # it may use nothing, so lists nothing

@@ -91,9 +91,14 @@ class ModelNotFound(NotFound):
 
 
 class MethodNotAllowed(SekishoError):
+    """A 405, with the ``Allow`` header RFC 9110 requires: the methods the path accepts."""
+
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: tuple[str, ...]) -> None:
+        super().__init__(message, headers={"allow": ", ".join(allow)})
 
 
 class RequestTooLarge(SekishoError):

@@ -179,6 +179,18 @@ def test_wrong_method_and_unknown_path(gateway: Harness) -> None:
         "GET", gateway.base_url + "/chat/completions", headers={"authorization": f"Bearer {key}"}
     )
     assert r.status_code == 405
+    assert r.headers["allow"] == "POST"  # RFC 9110: a 405 says what the path accepts
+    auth = {"authorization": f"Bearer {key}"}
+    for method, path, allow in (
+        ("HEAD", "/v1/models", "GET"),
+        ("POST", "/v1/models", "GET"),
+        ("PUT", "/ledger/checkpoint", "GET"),
+        ("PUT", "/v1/responses/resp_x", "GET, DELETE"),
+        ("PUT", "/v1/responses/resp_x/input_items", "GET"),
+        ("DELETE", "/admin/v1/whoami", "GET"),
+    ):
+        r = request(method, gateway.root + path, headers=auth)
+        assert (r.status_code, r.headers.get("allow")) == (405, allow), (method, path)
     r = request("GET", gateway.root + "/v2/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
 

@@ -660,7 +660,7 @@ def _match(method: str, sub: str) -> tuple[Route, dict[str, str]]:
     if allowed:
         raise MethodNotAllowed(
             f"{PREFIX}{sub} accepts {' or '.join(allowed)}, not {method}.",
-            headers={"Allow": ", ".join(allowed)},
+            allow=tuple(allowed),
         )
     raise NotFound(
         f"Unknown admin path {PREFIX}{sub!r}; GET {PREFIX}/openapi.json lists every route.",

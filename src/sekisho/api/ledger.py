@@ -31,7 +31,7 @@ class LedgerAPI:
 
     async def __call__(self, scope: http.Scope, send: http.Send, rid: str, path: str) -> None:
         if scope["method"] != "GET":
-            raise MethodNotAllowed(f"{path} accepts GET, not {scope['method']}.")
+            raise MethodNotAllowed(f"{path} accepts GET, not {scope['method']}.", allow=("GET",))
         ledger = self.ledger
         query = http.query(scope)
         if path == "/ledger/checkpoint":

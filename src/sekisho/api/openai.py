@@ -249,7 +249,8 @@ async def kept_response(
         )
     deleting = method == "DELETE" and rest == ""
     if method != "GET" and not deleting:
-        raise MethodNotAllowed(f"{path} accepts GET, not {method}.")
+        allow = ("GET", "DELETE") if rest == "" else ("GET",)
+        raise MethodNotAllowed(f"{path} accepts {' or '.join(allow)}, not {method}.", allow=allow)
     if not keeps_conversations(tenant) or request_of(response) is None:
         where = (
             "tenant {name!r} lets its providers keep responses (provider_features: [store]), "
