@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import logging
 import math
@@ -328,14 +327,10 @@ def plain_http_warning(host: str, tls: bool) -> str | None:
     """What to warn about when prompts would reach the gateway in clear over a network."""
     if tls:
         return None
-    name = host.strip("[]").lower()
-    if name == "localhost":
+    from sekisho.identity.spec import is_loopback_host
+
+    if is_loopback_host(host):  # a host name other than localhost may resolve anywhere
         return None
-    try:
-        if ipaddress.ip_address(name).is_loopback:
-            return None
-    except ValueError:
-        pass  # a host name: it may resolve to any interface
     return (
         f"serving plain HTTP on {host}: prompts, personal data in them and API keys cross the "
         "network unencrypted. Set server.tls, or keep a TLS-terminating proxy in front and "

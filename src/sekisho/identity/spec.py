@@ -30,7 +30,11 @@ _ALGORITHMS = (
 )  # fmt: skip
 
 
-def _loopback(host: str) -> bool:
+def is_loopback_host(host: str | None) -> bool:
+    """``host`` (a URL's host name or address) is this machine: nothing crosses a network."""
+    if host is None:
+        return False
+    host = host.strip("[]").lower()
     if host == "localhost":
         return True
     try:
@@ -43,7 +47,7 @@ def _https_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme == "https" and parts.hostname:
         return value
-    if parts.scheme == "http" and parts.hostname and _loopback(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
         return value  # a test or sidecar issuer on this machine
     raise ValueError(f"{value!r} must be an https:// URL (plain http is accepted only on loopback)")
 

@@ -8,7 +8,6 @@ plain mapping (the YAML as written) or nothing (the defaults below).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Discriminator, Field, PrivateAttr, Tag, TypeAdapter, field_validator
 
 from sekisho._section import Section
+from sekisho.identity.spec import is_loopback_host
 from sekisho.types import Level
 
 Mode = Literal["full", "metadata", "none"]
@@ -163,7 +163,7 @@ class VaultKeysSpec(_Spec):
     @classmethod
     def _https_only(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname)):
+        if parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname)):
             return value
         raise ValueError(
             f"{value!r} must be an https:// address: over plain http the Vault token and every "
@@ -181,17 +181,6 @@ class VaultKeysSpec(_Spec):
     def __repr_args__(self) -> Any:  # never print the token
         for key, value in super().__repr_args__():
             yield key, ("***" if key == "token" else value)
-
-
-def _loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 _VAULT_ONLY = frozenset(
