@@ -142,3 +142,21 @@ async def test_a_ping_refused_says_why_and_a_reasoning_model_is_asked_its_own_wa
     report = EndpointReport("o-series", "JP/tokyo")
     assert (await _ping(ep, refused, route, report)).endswith("failed")  # type: ignore[arg-type]
     assert report.problems == ["o4-mini: HTTP 400: model is overloaded today"]
+
+
+def test_a_key_read_from_a_file_is_reported_as_such(tmp_path: Path) -> None:
+    """It said 'none configured' for an endpoint whose key comes from api_key_file."""
+    h = start_example(tmp_path / "gw")
+    try:
+        raw = json.loads(json.dumps(h.raw))
+        ep = raw["endpoints"][0]
+        key_file = tmp_path / "upstream.key"
+        key_file.write_text(ep.pop("api_key") + "\n", encoding="utf-8")
+        key_file.chmod(0o600)
+        ep["api_key_file"] = str(key_file)
+        rc, reports = check(tmp_path, raw)
+        assert rc == 0, reports
+        first = next(r for r in reports if r["endpoint"] == ep["id"])
+        assert first["auth"] == f"api key from {key_file}"
+    finally:
+        h.stop()

@@ -86,7 +86,13 @@ async def _check(
     import aiohttp
 
     report = EndpointReport(ep.id, f"{ep.jurisdiction.country}/{ep.jurisdiction.region}")
-    url, headers, tls = transport.probe_request(ep)
+    try:
+        url, headers, tls = transport.probe_request(ep)
+    except UpstreamError as exc:  # its api_key_file cannot be used: nothing can be sent
+        report.auth = "api key file unusable"
+        report.reached = "not tried"
+        report.problems.append(exc.detail)
+        return report
     if ep.auth is not None:
         try:
             headers = await transport.with_token(ep, headers)
@@ -95,7 +101,10 @@ async def _check(
             report.auth = "no token"
             report.problems.append(exc.detail)
     else:
-        report.auth = "api key" if ep.api_key else "none configured"
+        if ep.api_key_file is not None:
+            report.auth = f"api key from {ep.api_key_file}"
+        else:
+            report.auth = "api key" if ep.api_key else "none configured"
     limit = timeout if timeout is not None else ep.timeouts.connect + ep.timeouts.first_byte
     started = time.perf_counter()
     try:
