@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,10 @@ def test_an_unexpected_error_before_the_decision_still_logs_the_request_line(
     r = post(gw, key, CHAT)
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
     rid = r.headers["x-sekisho-request-id"]
+    deadline = time.monotonic() + 5  # the line is written once the answer has gone out
+    while not [x for x in caplog.records if x.getMessage() == "request"]:
+        assert time.monotonic() < deadline, "no request line"
+        time.sleep(0.02)
     (line,) = [x for x in caplog.records if x.getMessage() == "request"]
     assert (line.request_id, line.status, line.error) == (rid, 500, "internal_error")  # type: ignore[attr-defined]
     assert line.tenant == "demo" and line.key_id == key.split("-")[2]  # type: ignore[attr-defined]
