@@ -133,8 +133,8 @@ async def relay(
             error = event.get("error")
             if error:  # the endpoint gave up mid-answer and says why (vLLM, proxies)
                 said = error.get("message") if isinstance(error, dict) else error
-                detail = f": {quote(str(said), p.scanners[tenant.name])}" if said else ""
-                raise UpstreamProtocolError(ep.id, f"stream error event{detail}")
+                told = quote(str(said), p.scanners[tenant.name]) if said else ""
+                raise UpstreamProtocolError(ep.id, "stream error event", told)
             usage = event.get("usage")
             if isinstance(usage, dict):
                 outcome.prompt_tokens = count(usage.get("prompt_tokens"))
@@ -188,7 +188,7 @@ async def relay(
         code = await _broke(p, call, decision, route, outcome, output.texts(), exc)
         err = {
             "error": {
-                "message": f"The stream from endpoint {ep.id} broke: {exc.detail}.",
+                "message": f"The stream from endpoint {ep.id} broke: {exc.told}.",
                 "type": "upstream_error",
                 "param": None,
                 "code": code,
@@ -323,7 +323,7 @@ async def relay_responses(
                 echo_as_sent(event.get("response"), call)  # renamed too: always re-sent
             if etype == "error":  # the provider gave up mid-answer: it says why
                 said = quote(str(event.get("message")), p.scanners[tenant.name])
-                raise UpstreamProtocolError(ep.id, f"stream error event: {said}")
+                raise UpstreamProtocolError(ep.id, "stream error event", said)
             if output.size > MAX_OUTPUT:  # an answer that never ends fills no memory
                 raise _too_large(ep.id)
             events = output.apply_event(event)
@@ -363,9 +363,7 @@ async def relay_responses(
         yield _response_event(final[-1])
     except UpstreamError as exc:
         code = await _broke(p, call, decision, route, outcome, output.texts(), exc)
-        yield _response_error(
-            output, code, f"The stream from endpoint {ep.id} broke: {exc.detail}."
-        )
+        yield _response_error(output, code, f"The stream from endpoint {ep.id} broke: {exc.told}.")
     except (asyncio.CancelledError, GeneratorExit):
         await _left(p, call, decision, outcome, output.texts())
         raise

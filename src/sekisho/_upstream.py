@@ -70,10 +70,11 @@ class Primed:
         if not first or not first[-1].startswith(b"data:"):
             inner.close()
             raise UpstreamProtocolError(endpoint_id, "stream ended before its first event")
-        why = _unusable_first_event(first[-1][5:].strip(), kind, scanner, spoken)
-        if why is not None:  # nothing has reached the client: another endpoint may answer
+        unusable = _unusable_first_event(first[-1][5:].strip(), kind, scanner, spoken)
+        if unusable is not None:  # nothing has reached the client: another endpoint may answer
             inner.close()
-            raise UpstreamProtocolError(endpoint_id, why)
+            why, said = unusable
+            raise UpstreamProtocolError(endpoint_id, why, said)
         p = cls(inner, first)
         p._iter = it
         return p
@@ -125,32 +126,32 @@ def joined(parts: list[bytes], payload: bytes) -> bytes | None:
 
 def _unusable_first_event(
     payload: bytes, kind: str, scanner: Scanner, spoken: bool = False
-) -> str | None:
+) -> tuple[str, str] | None:
     """Why a stream's first event cannot begin an answer (garbage, an error event, the end),
-    or None. Read before the stream is committed to, so such a stream fails over."""
+    and what the endpoint said about it (for the client only, see ``UpstreamError``), or None.
+    Read before the stream is committed to, so such a stream fails over."""
     if payload == b"[DONE]":
-        return "stream ended before its first event"
+        return "stream ended before its first event", ""
     try:
         event = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return "first stream event is not JSON"
+        return "first stream event is not JSON", ""
     if not isinstance(event, dict):
-        return "first stream event is not an object"
+        return "first stream event is not an object", ""
     error = event.get("error")
     if error or event.get("type") == "error":
         found = error if isinstance(error, dict) else event
         message = found.get("message") if isinstance(found, dict) else None
-        said = f": {quote(str(message), scanner)}" if message else ""
-        return f"stream began with an error event{said}"
+        return "stream began with an error event", quote(str(message), scanner) if message else ""
     choices = event.get("choices")
     if kind in ("chat", "completions") and isinstance(choices, list):
         why = choices_problem(choices, kind, "delta", spoken)
         if why is not None:
-            return f"first stream event with {why}"
+            return f"first stream event with {why}", ""
     if kind == "responses":
         why = response_event_problem(event)
         if why is not None:
-            return f"first stream event with {why}"
+            return f"first stream event with {why}", ""
     return None
 
 

@@ -779,7 +779,7 @@ class Pipeline:
             # No connection anywhere in time: nothing was sent, so a retry costs nothing.
             raise UpstreamTimeout(
                 f"No eligible endpoint could be reached in time (tried: {', '.join(tried)}; "
-                f"last: {last.detail if last else '-'}). Nothing was sent; retrying may "
+                f"last: {last.told if last else '-'}). Nothing was sent; retrying may "
                 f"succeed.{self._simulators_down(failures, busy)}",
                 code="upstream_connect_timeout",
                 headers={"retry-after": "1"},
@@ -804,14 +804,14 @@ class Pipeline:
                 )
             raise UpstreamTimeout(
                 f"No eligible endpoint answered in time (tried: {', '.join(tried)}; last: "
-                f"{last.detail}). The request was not sent anywhere else. {advice}",
+                f"{last.told}). The request was not sent anywhere else. {advice}",
                 headers={"x-should-retry": "false"},
             )
         if failures and all(
             isinstance(e, UpstreamStatusError) and e.status == 429 for e in failures
         ):
             raise _rate_limited(failures, tried)
-        detail = f"{last.detail}" if last else "no endpoint could be tried"
+        detail = last.told if last else "no endpoint could be tried"
         raise UpstreamFailed(
             f"Every eligible endpoint failed (tried: {', '.join(tried)}; last: {detail}). "
             f"The request was not sent anywhere else.{self._simulators_down(failures, busy)}",

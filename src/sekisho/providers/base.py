@@ -12,15 +12,26 @@ Kind = Literal["chat", "embeddings", "responses", "completions"]
 
 
 class UpstreamError(Exception):
-    """An upstream did not produce a usable answer. ``retryable`` says whether to fail over."""
+    """An upstream did not produce a usable answer. ``retryable`` says whether to fail over.
+
+    ``detail`` is what went wrong, in sekisho's words: it goes to the log and the endpoint's
+    health (/readyz, which anyone may read). ``said`` is what the endpoint wrote about it (an
+    error event's message, already masked): endpoints echo the prompt there, so only the
+    client whose request it was hears it (``told``), never the log or the health report."""
 
     retryable = True
     reason = "error"
 
-    def __init__(self, endpoint_id: str, detail: str) -> None:
+    def __init__(self, endpoint_id: str, detail: str, said: str = "") -> None:
         super().__init__(f"{endpoint_id}: {detail}")
         self.endpoint_id = endpoint_id
         self.detail = detail
+        self.said = said
+
+    @property
+    def told(self) -> str:
+        """What the client is told: ``detail``, and what the endpoint said."""
+        return f"{self.detail}: {self.said}" if self.said else self.detail
 
 
 class UpstreamConnectError(UpstreamError):

@@ -1,0 +1,81 @@
+"""A prompt's values, and what an endpoint says back about them, stay out of everything a
+gateway shows outside its encrypted home-region store: logs at every level, /metrics,
+/healthz, /readyz, the admin API, the ledger and the data directory's files. The client that
+sent them may read them back; nobody else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import Harness, request, start_example
+from observed import PROMPT, capture_everything, leaked
+
+# Prompt text no detector finds: a company's confidential figures, as an endpoint echoes them.
+CONFIDENTIAL = "the board approves the merger at 4,200 yen per share"
+
+
+@pytest.fixture
+def gw(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Any:
+    capture_everything(caplog)
+    h = start_example(tmp_path)
+    yield h
+    h.stop()
+
+
+def chat(h: Harness, key: str, **extra: Any) -> Any:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": PROMPT}], **extra}
+    return request(
+        "POST",
+        h.base_url + "/chat/completions",
+        json_body=body,
+        headers={"authorization": f"Bearer {key}"},
+    )
+
+
+def echoed(text: str) -> str:
+    return json.dumps({"error": {"message": f"Input rejected: {text} ({CONFIDENTIAL})"}})
+
+
+def test_an_endpoints_error_event_echoing_the_prompt_reaches_only_its_client(
+    gw: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An endpoint that gives up with an error event repeating the prompt: the client reads
+    the endpoint's words (its own data, masked); the log, the endpoint's health in /readyz
+    (which anyone may read) and the admin API's endpoint list say only what went wrong."""
+    key = gw.key()
+    first = json.dumps({"choices": [{"index": 0, "delta": {"content": "ok"}}]})
+    # Mid-stream: the stream breaks after its first event.
+    gw.fault(
+        "sim-domestic-tokyo",
+        mode="sse",
+        body=f"data: {first}\n\ndata: {echoed(PROMPT)}\n\n",
+        count=1,
+    )
+    r = chat(gw, key, stream=True)
+    assert r.status_code == 200 and CONFIDENTIAL in r.text  # the client hears why
+    # Before the first event: nothing reached the client, the request fails over (here to
+    # no other endpoint: only the domestic one may see a My Number).
+    gw.fault("sim-domestic-tokyo", mode="sse", body=f"data: {echoed(PROMPT)}\n\n", count=1)
+    r = chat(gw, key, stream=True)
+    assert r.status_code == 502 and CONFIDENTIAL in r.text
+    # A Responses stream's error event.
+    event = json.dumps({"type": "error", "message": f"{PROMPT} ({CONFIDENTIAL})"})
+    created = json.dumps({"type": "response.created", "response": {"id": "r", "output": []}})
+    gw.fault(
+        "sim-domestic-tokyo",
+        mode="sse",
+        body=f"event: response.created\ndata: {created}\n\nevent: error\ndata: {event}\n\n",
+        count=1,
+    )
+    r = request(
+        "POST",
+        gw.base_url + "/responses",
+        json_body={"model": "gpt-4o", "input": PROMPT, "stream": True},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 200 and CONFIDENTIAL in r.text
+    assert leaked(gw, caplog, CONFIDENTIAL) == {}
