@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -446,10 +447,18 @@ def quote_response_error(response: Any, scanner: Scanner) -> None:
         error["message"] = quote(error["message"], scanner)
 
 
+# An endpoint's error code as sekisho passes it on, and records it in the ledger and the log:
+# a word (OpenAI's context_length_exceeded, Azure's DeploymentNotFound). Anything else is the
+# endpoint's text, which may echo the request (a My Number, an e-mail address, the prompt):
+# the ledger is kept for good, so such a code is upstream_rejected.
+_CODE = re.compile(r"[A-Za-z_]{1,64}")
+
+
 def client_error_from(exc: UpstreamStatusError, scanner: Scanner) -> SekishoError:
     """A 4xx from upstream is about the request: pass its message on, in OpenAI's shape, with
     the ``type``, ``param`` and ``code`` the endpoint gave (the SDKs and clients read them:
-    ``param`` names the field to fix). Servers that answer errors in other shapes are read
+    ``param`` names the field to fix; a ``code`` that is not a word is ``upstream_rejected``).
+    Servers that answer errors in other shapes are read
     too: vLLM's older top-level ``{"object": "error", "message": ...}``, Ollama's and TGI's
     ``{"error": "..."}``, FastAPI's ``{"detail": ...}``."""
     message = f"The endpoint rejected the request (HTTP {exc.status})."
@@ -471,7 +480,7 @@ def client_error_from(exc: UpstreamStatusError, scanner: Scanner) -> SekishoErro
             message = f"The endpoint rejected the request: {quote(text, scanner)}"
         if isinstance(err, dict):
             given = err.get("code")
-            code = given if isinstance(given, str) and given else code
+            code = given if isinstance(given, str) and _CODE.fullmatch(given) else code
             given = err.get("type")
             if isinstance(given, str) and given.endswith("_error"):
                 etype = given

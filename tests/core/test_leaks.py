@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from harness import Harness, request, start_example
-from observed import PROMPT, capture_everything, leaked
+from observed import PROMPT, VALUES, capture_everything, leaked
 
 # Prompt text no detector finds: a company's confidential figures, as an endpoint echoes them.
 CONFIDENTIAL = "the board approves the merger at 4,200 yen per share"
@@ -79,3 +79,32 @@ def test_an_endpoints_error_event_echoing_the_prompt_reaches_only_its_client(
     )
     assert r.status_code == 200 and CONFIDENTIAL in r.text
     assert leaked(gw, caplog, CONFIDENTIAL) == {}
+
+
+@pytest.mark.parametrize(
+    "code", [VALUES["my_number"], f"invalid email {VALUES['email']}", f"bad: {PROMPT}"]
+)
+def test_an_endpoints_error_code_echoing_the_prompt_is_not_recorded(
+    gw: Harness, caplog: pytest.LogCaptureFixture, code: str
+) -> None:
+    """An endpoint's 4xx goes back to its client with the endpoint's code, which the ledger
+    (kept for good: erasure cannot reach it) and the log record. A code that is not a plain
+    word (OpenAI's context_length_exceeded, Azure's DeploymentNotFound) is no code but the
+    endpoint's text: upstream_rejected stands for it."""
+    key = gw.key()
+    error = {"message": "rejected", "type": "invalid_request_error", "code": code}
+    gw.fault("sim-domestic-tokyo", mode="status", status=400, body=json.dumps({"error": error}))
+    r = chat(gw, key)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "upstream_rejected"
+    assert leaked(gw, caplog) == {}
+
+
+def test_an_endpoints_error_code_that_is_a_word_is_kept(gw: Harness) -> None:
+    key = gw.key()
+    for code in ("context_length_exceeded", "DeploymentNotFound"):
+        error = {"message": "too long", "type": "invalid_request_error", "code": code}
+        body = json.dumps({"error": error})
+        gw.fault("sim-domestic-tokyo", mode="status", status=400, body=body, count=1)
+        r = chat(gw, key)
+        assert r.status_code == 400 and r.json()["error"]["code"] == code
