@@ -133,7 +133,7 @@ async def relay(
             error = event.get("error")
             if error:  # the endpoint gave up mid-answer and says why (vLLM, proxies)
                 said = error.get("message") if isinstance(error, dict) else error
-                told = quote(str(said), p.scanners[tenant.name]) if said else ""
+                told = quote(str(said), p.scanners[tenant.name], p.credentials(ep)) if said else ""
                 raise UpstreamProtocolError(ep.id, "stream error event", told)
             usage = event.get("usage")
             if isinstance(usage, dict):
@@ -322,7 +322,7 @@ async def relay_responses(
             if etype in _ECHOING:
                 echo_as_sent(event.get("response"), call)  # renamed too: always re-sent
             if etype == "error":  # the provider gave up mid-answer: it says why
-                said = quote(str(event.get("message")), p.scanners[tenant.name])
+                said = quote(str(event.get("message")), p.scanners[tenant.name], p.credentials(ep))
                 raise UpstreamProtocolError(ep.id, "stream error event", said)
             if output.size > MAX_OUTPUT:  # an answer that never ends fills no memory
                 raise _too_large(ep.id)
@@ -335,7 +335,7 @@ async def relay_responses(
         if terminal is None:
             raise UpstreamProtocolError(ep.id, "stream ended before the response did")
         response = terminal.get("response")
-        quote_response_error(response, p.scanners[tenant.name])
+        quote_response_error(response, p.scanners[tenant.name], p.credentials(ep))
         echo_as_sent(response, call)
         final = output.finish_response(terminal)
         usage = response.get("usage") if isinstance(response, dict) else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -46,6 +46,7 @@ class Primed:
         kind: str,
         scanner: Scanner,
         spoken: bool = False,
+        secrets: Collection[str] = (),
     ) -> Primed:
         it = inner.lines()
         first: list[bytes] = []
@@ -71,7 +72,7 @@ class Primed:
         if not first or not first[-1].startswith(b"data:"):
             inner.close()
             raise UpstreamProtocolError(endpoint_id, "stream ended before its first event")
-        unusable = _unusable_first_event(first[-1][5:].strip(), kind, scanner, spoken)
+        unusable = _unusable_first_event(first[-1][5:].strip(), kind, scanner, spoken, secrets)
         if unusable is not None:  # nothing has reached the client: another endpoint may answer
             inner.close()
             why, said = unusable
@@ -126,7 +127,11 @@ def joined(parts: list[bytes], payload: bytes) -> bytes | None:
 
 
 def _unusable_first_event(
-    payload: bytes, kind: str, scanner: Scanner, spoken: bool = False
+    payload: bytes,
+    kind: str,
+    scanner: Scanner,
+    spoken: bool = False,
+    secrets: Collection[str] = (),
 ) -> tuple[str, str] | None:
     """Why a stream's first event cannot begin an answer (garbage, an error event, the end),
     and what the endpoint said about it (for the client only, see ``UpstreamError``), or None.
@@ -143,7 +148,8 @@ def _unusable_first_event(
     if error or event.get("type") == "error":
         found = error if isinstance(error, dict) else event
         message = found.get("message") if isinstance(found, dict) else None
-        return "stream began with an error event", quote(str(message), scanner) if message else ""
+        said = quote(str(message), scanner, secrets) if message else ""
+        return "stream began with an error event", said
     choices = event.get("choices")
     if kind in ("chat", "completions") and isinstance(choices, list):
         why = choices_problem(choices, kind, "delta", spoken)
@@ -426,12 +432,16 @@ def _text_or_none(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
-def quote(text: str, scanner: Scanner) -> str:
-    """What an endpoint wrote in an error, as the client (and the log) may read it: cut to 1000
-    characters, every finding of the tenant's scanner masked, whatever the output rule says.
-    Servers echo the request in their errors ("invalid value '4111 1111 …'"), and an error
-    message is no answer the output rule would otherwise see. A text that cannot be inspected
-    is withheld (fail closed)."""
+def quote(text: str, scanner: Scanner, secrets: Collection[str] = ()) -> str:
+    """What an endpoint wrote in an error, as its client may read it: cut to 1000 characters,
+    every finding of the tenant's scanner masked, whatever the output rule says, and each of
+    ``secrets`` (the endpoint's credentials, ``Transport.credentials``) masked as [SECRET].
+    Servers echo the request in their errors ("invalid value '4111 1111 …'"), and proxies the
+    headers they were sent; an error message is no answer the output rule would otherwise
+    see. A text that cannot be inspected is withheld (fail closed)."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "[SECRET]")
     text = text[:1000]
     try:
         findings = scanner.scan(text)
@@ -440,11 +450,11 @@ def quote(text: str, scanner: Scanner) -> str:
     return redact(text, findings) if findings else text
 
 
-def quote_response_error(response: Any, scanner: Scanner) -> None:
+def quote_response_error(response: Any, scanner: Scanner, secrets: Collection[str] = ()) -> None:
     """A failed Responses API answer's ``error.message``, in place, as :func:`quote` says."""
     error = response.get("error") if isinstance(response, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        error["message"] = quote(error["message"], scanner)
+        error["message"] = quote(error["message"], scanner, secrets)
 
 
 # An endpoint's error code as sekisho passes it on, and records it in the ledger and the log:
@@ -454,7 +464,9 @@ def quote_response_error(response: Any, scanner: Scanner) -> None:
 _CODE = re.compile(r"[A-Za-z_]{1,64}")
 
 
-def client_error_from(exc: UpstreamStatusError, scanner: Scanner) -> SekishoError:
+def client_error_from(
+    exc: UpstreamStatusError, scanner: Scanner, secrets: Collection[str] = ()
+) -> SekishoError:
     """A 4xx from upstream is about the request: pass its message on, in OpenAI's shape, with
     the ``type``, ``param`` and ``code`` the endpoint gave (the SDKs and clients read them:
     ``param`` names the field to fix; a ``code`` that is not a word is ``upstream_rejected``).
@@ -477,7 +489,7 @@ def client_error_from(exc: UpstreamStatusError, scanner: Scanner) -> SekishoErro
         if text is None:
             text = _detail_text(body.get("detail"))
         if isinstance(text, str) and text:
-            message = f"The endpoint rejected the request: {quote(text, scanner)}"
+            message = f"The endpoint rejected the request: {quote(text, scanner, secrets)}"
         if isinstance(err, dict):
             given = err.get("code")
             code = given if isinstance(given, str) and _CODE.fullmatch(given) else code

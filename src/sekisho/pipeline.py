@@ -726,6 +726,7 @@ class Pipeline:
                         call.kind,
                         self.scanners[call.principal.tenant],
                         call.spoken,
+                        transport.credentials(ep),
                     )
                     released = True
                     self._upstream_latency(ep, "first_event", sent_at)
@@ -744,7 +745,9 @@ class Pipeline:
                 self.upstream_failed(route, exc)
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
                     # About the request: the client hears it, and where it was delivered.
-                    err = client_error_from(exc, self.scanners[call.principal.tenant])
+                    err = client_error_from(
+                        exc, self.scanners[call.principal.tenant], transport.credentials(ep)
+                    )
                     err.headers.update(route_headers(route))
                     err.route = route
                     raise err from None
@@ -850,6 +853,10 @@ class Pipeline:
             return None
         return [policy.preference_rank(r.endpoint.id) for r in decision.eligible]
 
+    def credentials(self, ep: Endpoint) -> tuple[str, ...]:
+        """What sekisho sends ``ep`` that no client may read (``Transport.credentials``)."""
+        return self.transports[ep.family].credentials(ep)
+
     def upstream_failed(self, route: Route, exc: UpstreamError) -> None:
         ep = route.endpoint
         retry_after = None
@@ -894,7 +901,9 @@ class Pipeline:
         if call.kind == "responses":
             if data.get("status") == "failed":
                 outcome.error_code = outcome.error_code or "upstream_response_failed"
-                quote_response_error(data, self.scanners[tenant.name])
+                quote_response_error(
+                    data, self.scanners[tenant.name], self.credentials(route.endpoint)
+                )
             if isinstance(data.get("output"), list):
                 outcome.output_items = data["output"]
             echo_as_sent(data, call)

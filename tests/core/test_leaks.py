@@ -108,3 +108,68 @@ def test_an_endpoints_error_code_that_is_a_word_is_kept(gw: Harness) -> None:
         gw.fault("sim-domestic-tokyo", mode="status", status=400, body=body, count=1)
         r = chat(gw, key)
         assert r.status_code == 400 and r.json()["error"]["code"] == code
+
+
+UPSTREAM_KEY = "upstream-credential-7f3a9c2e1b5d"
+UPSTREAM_HEADER = "tenant-secret-4d8e6f1a0c2b"
+
+
+@pytest.fixture
+def keyed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Any:
+    """The example's gateway with a key and a secret header for its domestic endpoint."""
+    capture_everything(caplog)
+
+    def credentials(raw: dict[str, Any]) -> None:
+        ep = raw["endpoints"][0]
+        assert ep["id"] == "sim-domestic-tokyo"
+        ep["api_key"] = UPSTREAM_KEY
+        ep["headers"] = {"x-upstream-secret": UPSTREAM_HEADER}
+
+    h = start_example(tmp_path, credentials)
+    yield h
+    h.stop()
+
+
+def test_an_endpoint_echoing_sekishos_own_credentials_shows_them_to_no_client(
+    keyed: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Proxies and servers repeat the credentials they were sent in their errors ("invalid
+    header x-api-key: …"). What the endpoint wrote reaches the client (its request's error);
+    sekisho's key for the endpoint, and the secret headers it sends there, must not: every
+    client could read them by making the endpoint fail."""
+    key = keyed.key()
+    said = f"auth {UPSTREAM_KEY} and x-upstream-secret: {UPSTREAM_HEADER} rejected"
+    error = json.dumps({"error": {"message": said, "type": "invalid_request_error"}})
+    first = json.dumps({"choices": [{"index": 0, "delta": {"content": "ok"}}]})
+    failed = json.dumps(
+        {"type": "response.failed", "response": {"id": "r", "object": "response",
+                                                 "status": "failed", "output": [],
+                                                 "error": {"code": "x", "message": said}}}
+    )  # fmt: skip
+    faults = [
+        ("chat", {"mode": "status", "status": 400, "body": error}),  # a 4xx passed on
+        ("chat-stream", {"mode": "sse", "body": f"data: {error}\n\n"}),  # the first event
+        ("chat-stream", {"mode": "sse", "body": f"data: {first}\n\ndata: {error}\n\n"}),
+        ("responses", {"mode": "body", "body": json.loads(failed)["response"]}),
+        (
+            "responses-stream",
+            {"mode": "sse", "body": f"event: response.failed\ndata: {failed}\n\n"},
+        ),
+    ]
+    for kind, fault in faults:
+        if isinstance(fault.get("body"), dict):
+            fault["body"] = json.dumps(fault["body"])
+        keyed.fault("sim-domestic-tokyo", count=1, **fault)
+        if kind.startswith("chat"):
+            r = chat(keyed, key, stream=kind.endswith("stream"))
+        else:
+            body = {"model": "gpt-4o", "input": PROMPT, "stream": kind.endswith("stream")}
+            r = request(
+                "POST",
+                keyed.base_url + "/responses",
+                json_body=body,
+                headers={"authorization": f"Bearer {key}"},
+            )
+        assert "rejected" in r.text, (kind, r.text)  # the endpoint's words reach the client
+        assert UPSTREAM_KEY not in r.text and UPSTREAM_HEADER not in r.text, (kind, r.text)
+    assert leaked(keyed, caplog, UPSTREAM_KEY, UPSTREAM_HEADER) == {}

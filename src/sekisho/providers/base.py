@@ -122,6 +122,11 @@ class Transport(Protocol):
         """URL, headers and TLS context (None: the default) of an active health probe (GET)."""
         ...
 
+    def credentials(self, ep: Endpoint) -> tuple[str, ...]:
+        """What this transport sends ``ep`` that no client may read back in an endpoint's
+        error: its key, its current access token, its configured headers' values."""
+        ...
+
     async def with_token(self, ep: Endpoint, headers: dict[str, str]) -> dict[str, str]:
         """``headers`` with the endpoint's access token when it has an ``auth`` block; raises
         an UpstreamError when no token can be had."""

@@ -83,6 +83,11 @@ class TokenSource:
         self._pending: asyncio.Task[str] | None = None
         self.fetches = 0  # tokens asked for, for tests and metrics
 
+    @property
+    def current(self) -> str | None:
+        """The token held now (None before the first fetch), without fetching one."""
+        return self._token
+
     async def token(self) -> str:
         now = self._clock()
         token = self._token

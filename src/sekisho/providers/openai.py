@@ -29,6 +29,10 @@ log = logging.getLogger("sekisho.providers")
 _MAX_ERROR_BODY = 64 * 1024
 
 
+# A configured header value this long or longer counts as a credential (credentials).
+_SECRET_MIN = 8
+
+
 class OpenAITransport:
     """POST {base_url}/chat/completions with ``Authorization: Bearer``.
 
@@ -84,6 +88,20 @@ class OpenAITransport:
             h["authorization"] = f"Bearer {key}"
         h.update(_lower(ep.headers))
         return h
+
+    def credentials(self, ep: Endpoint) -> tuple[str, ...]:
+        """What sekisho sends ``ep`` that no client may read back, should the endpoint repeat
+        it in an error (proxies and servers quote the headers they refuse): the endpoint's
+        key, its current access token, and every configured header value of 8 characters or
+        more (a secret header; a Host name masked in an error message costs nothing)."""
+        found = [v for v in ep.headers.values() if len(v) >= _SECRET_MIN]
+        key = ep.api_key if ep.api_key_file is None else self._file_keys.get(ep.id)
+        if key:
+            found.append(key)
+        source = self._tokens.get(ep.id)
+        if source is not None and source.current:
+            found.append(source.current)
+        return tuple(found)
 
     def api_key(self, ep: Endpoint) -> str | None:
         """The endpoint's static key: from the config, or from its ``api_key_file`` (the key
