@@ -19,6 +19,19 @@ _SKIP = _STD | {"color_message"}
 
 
 class JsonFormatter(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        """The traceback, each value the detectors find masked ([MY_NUMBER], [SECRET]).
+        Python's errors quote what they choke on (``int('…')`` names the text, a KeyError its
+        key), and what a defect chokes on can be a request's prompt; the frames, the types
+        and the rest of the messages stay for whoever fixes the defect. A traceback that
+        cannot be inspected is withheld but for its last line's exception type."""
+        text = super().formatException(ei)
+        try:
+            return _masked(text)
+        except Exception:
+            kind = ei[0].__name__ if ei and ei[0] is not None else "error"
+            return f"(traceback withheld: it could not be inspected) {kind}"
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -33,6 +46,20 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()
+
+
+_scanner: Any = None
+
+
+def _masked(text: str) -> str:
+    """``text`` with every finding of the default detectors replaced by its type."""
+    global _scanner
+    from sekisho.classify import Scanner, redact  # not at import: the CLI starts faster
+
+    if _scanner is None:
+        _scanner = Scanner()
+    findings = _scanner.scan(text)
+    return redact(text, findings) if findings else text
 
 
 class _Writer:

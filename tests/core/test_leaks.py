@@ -173,3 +173,28 @@ def test_an_endpoint_echoing_sekishos_own_credentials_shows_them_to_no_client(
         assert "rejected" in r.text, (kind, r.text)  # the endpoint's words reach the client
         assert UPSTREAM_KEY not in r.text and UPSTREAM_HEADER not in r.text, (kind, r.text)
     assert leaked(keyed, caplog, UPSTREAM_KEY, UPSTREAM_HEADER) == {}
+
+
+def test_a_defect_whose_error_quotes_the_prompt_logs_its_traceback_without_the_values(
+    gw: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error is logged with its traceback for the operator to fix the defect;
+    Python's errors quote what they choke on (int('…') names the text, a KeyError its key),
+    and that can be the request: each value found in a traceback is masked, as in a refusal."""
+    from sekisho.pipeline import Pipeline
+
+    def defect(*args: Any, **kw: Any) -> Any:
+        int(PROMPT)  # ValueError: invalid literal for int() with base 10: '…'
+
+    key = gw.key()
+    monkeypatch.setattr(Pipeline, "inspect", defect)  # before the request's decision
+    r = chat(gw, key)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    monkeypatch.undo()
+    for transport in gw.gateway.transports.values():  # after it: dispatch fails
+        monkeypatch.setattr(transport, "open", defect)
+    r = chat(gw, key, stream=True)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    tracebacks = [r for r in caplog.records if r.exc_info and "int()" in str(r.exc_info[1])]
+    assert len(tracebacks) >= 2  # the operator still has them
+    assert leaked(gw, caplog) == {}
