@@ -6,6 +6,7 @@ sent them may read them back; nobody else."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,105 @@ def test_a_defect_whose_error_quotes_the_prompt_logs_its_traceback_without_the_v
     tracebacks = [r for r in caplog.records if r.exc_info and "int()" in str(r.exc_info[1])]
     assert len(tracebacks) >= 2  # the operator still has them
     assert leaked(gw, caplog) == {}
+
+
+def pseudonymising_tenant(raw: dict[str, Any]) -> None:
+    """The example, with a second tenant that pseudonymises and redacts instead of refusing,
+    and endpoints quick to time out."""
+    for ep in raw["endpoints"]:
+        ep["timeouts"] = {"first_byte": 1}
+    raw["tenants"]["pseudo"] = {
+        "home_region": "jp",
+        "policy": {
+            "extends": ["jp-appi"],
+            "classification": {
+                "actions": {
+                    "EMAIL": "pseudonymise",
+                    "PHONE_JP": "pseudonymise",
+                    "ADDRESS_JP": "pseudonymise",
+                    "MY_NUMBER": "redact",
+                    "CREDIT_CARD": "redact",
+                    "SECRET": "redact",
+                }
+            },
+            "storage": {"pseudonymise": ["EMAIL", "PHONE_JP"]},
+        },
+        "retention": {"mode": "full", "days": 7},
+    }
+
+
+def test_a_prompt_full_of_values_leaves_them_nowhere_on_any_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every way a request goes, answered or not: the values stay in the encrypted store."""
+    import socket
+
+    capture_everything(caplog)
+    h = start_example(tmp_path, pseudonymising_tenant)
+    try:
+        keys = [h.key(), h.key("pseudo")]
+        messages = [{"role": "user", "content": PROMPT}]
+        calls: list[tuple[str, dict[str, Any]]] = []
+        for stream in (False, True):
+            calls += [
+                ("chat/completions", {"model": "gpt-4o", "messages": messages, "stream": stream}),
+                ("responses", {"model": "gpt-4o", "input": PROMPT, "stream": stream}),
+                ("completions", {"model": "gpt-4o", "prompt": PROMPT, "stream": stream}),
+            ]
+        calls += [
+            ("embeddings", {"model": "text-embedding-3-small", "input": PROMPT}),
+            ("chat/completions", {"model": "gpt-4.1", "messages": messages}),  # refused
+            # a value to rewrite where nothing can be rewritten: 400 (pseudo)
+            (
+                "chat/completions",
+                {"model": "gpt-4o", "messages": messages, "logit_bias": {VALUES["my_number"]: 1}},
+            ),
+            ("chat/completions", {"model": "gpt-4o", "messages": messages, "user": PROMPT}),
+        ]
+
+        def send(path: str, body: Any, key: str) -> Any:
+            return request(
+                "POST",
+                f"{h.base_url}/{path}",
+                json_body=body,
+                headers={"authorization": f"Bearer {key}"},
+            )
+
+        statuses = set()
+        for key in keys:
+            for path, body in calls:
+                statuses.add(send(path, body, key).status_code)
+            echo = json.dumps({"error": {"message": PROMPT, "code": VALUES["my_number"]}})
+            for fault in (
+                {"mode": "status", "status": 400, "body": echo},
+                {"mode": "status", "status": 500, "body": echo},
+                {"mode": "body", "body": f"not JSON {PROMPT}"},
+                {"mode": "hang"},
+                {"mode": "drop_midstream"},
+            ):
+                for sim in h.sims:
+                    h.fault(sim, **fault)
+                for stream in (False, True):
+                    body = {"model": "gpt-4o", "messages": messages, "stream": stream}
+                    statuses.add(send("chat/completions", body, key).status_code)
+                for sim in h.sims:
+                    h.fault(sim, mode="none")
+            # a client that leaves mid-stream, one whose body is cut, one too large
+            raw = json.dumps({"model": "gpt-4o", "messages": messages, "stream": True}).encode()
+            head = (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}"
+                f"\r\nContent-Type: application/json\r\nContent-Length: {{}}\r\n\r\n"
+            )
+            for length, cut in ((len(raw), False), (len(raw) + 100, True)):
+                with socket.create_connection(("127.0.0.1", h.port), timeout=10) as s:
+                    s.sendall(head.format(length).encode() + raw)
+                    if not cut:
+                        s.recv(100)
+            big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 5_000_000}]}
+            big["messages"].append(messages[0])
+            statuses.add(send("chat/completions", big, key).status_code)
+        assert {200, 400, 403, 413, 502, 504} <= statuses, statuses
+        time.sleep(0.5)  # the requests cut short are recorded
+        assert leaked(h, caplog) == {}
+    finally:
+        h.stop()
