@@ -34,8 +34,8 @@ PROMPT = (
 )
 
 
-def everything(h: Harness, caplog: pytest.LogCaptureFixture) -> str:
-    """All of it, one text."""
+def everything(h: Harness, caplog: pytest.LogCaptureFixture, skip: tuple[str, ...] = ()) -> str:
+    """All of it, one text; but the data directory's files named in ``skip`` (and their WAL)."""
     formatter = JsonFormatter()
     # uvicorn's access log is off in `sekisho serve` (logs.configure); only tests have it.
     parts = [formatter.format(r) for r in caplog.records if r.name != "uvicorn.access"]
@@ -61,14 +61,17 @@ def everything(h: Harness, caplog: pytest.LogCaptureFixture) -> str:
         parts.append(base64.b64decode(r.json()["entry"]).decode())
         index += 1
     for path in sorted(Path(h.data_dir).rglob("*")):
-        if path.is_file():
+        if path.is_file() and not path.name.startswith(skip or ("\0",)):
             parts.append(path.read_bytes().decode("utf-8", errors="replace"))
     return "\n".join(parts)
 
 
-def leaked(h: Harness, caplog: pytest.LogCaptureFixture, *extra: str) -> dict[str, str]:
-    """Each value (of VALUES, and ``extra``) found outside the store, with what surrounds it."""
-    text = everything(h, caplog)
+def leaked(
+    h: Harness, caplog: pytest.LogCaptureFixture, *extra: str, skip: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """Each value (of VALUES, and ``extra``) found outside the store, with what surrounds it
+    (``skip``: as ``everything``)."""
+    text = everything(h, caplog, skip)
     found = {}
     for name, value in [*VALUES.items(), *((e, e) for e in extra)]:
         at = text.find(value)

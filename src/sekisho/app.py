@@ -47,6 +47,7 @@ from sekisho.identity import Authenticator, KeyStore, Principal, require
 from sekisho.identity.limits import REDIS_TIMEOUT, Limiter, build_limiter, redis_client
 from sekisho.identity.roles import MODEL_ROUTES
 from sekisho.ledger import LEDGER_REFUSALS, Ledger
+from sekisho.logs import mask_values
 from sekisho.metrics import Metrics
 from sekisho.pipeline import Pipeline, client_stalled, sent_to
 from sekisho.providers import Transport, UpstreamError, transport_for
@@ -168,6 +169,9 @@ class Gateway:
 
     async def startup(self) -> None:
         self._pid = os.getpid()
+        # The detectors that mask a logged path and a traceback are built now (50 ms), not on
+        # the event loop by the first request that needs them.
+        mask_values("")
         if self._shared_metrics:
             self.metrics.forget_dead_workers()
             self._tasks.append(asyncio.create_task(self._publish_health()))
@@ -1021,7 +1025,7 @@ class Gateway:
             return
         extra: dict[str, Any] = {
             "request_id": rid,
-            "path": path,
+            "path": path if path in self._model_routes or path == "/v1/models" else _path(path),
             "status": status,
             "endpoint": endpoint,
             "ms": round((time.perf_counter() - started) * 1000, 3),
@@ -1267,3 +1271,12 @@ def _reached(endpoint: str, jurisdiction: str) -> tuple[str, str]:
     if endpoint != "-" or route is None:
         return endpoint, jurisdiction
     return route.endpoint.id, route.endpoint.jurisdiction.label
+
+
+def _path(path: str) -> str:
+    """A path that names something the client chose (an id, a model, a path sekisho does not
+    serve) as the log may hold it: each value the detectors find masked ([EMAIL])."""
+    try:
+        return mask_values(path)
+    except Exception:
+        return "(withheld: the path could not be inspected)"

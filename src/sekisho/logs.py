@@ -27,7 +27,7 @@ class JsonFormatter(logging.Formatter):
         cannot be inspected is withheld but for its last line's exception type."""
         text = super().formatException(ei)
         try:
-            return _masked(text)
+            return mask_values(text)
         except Exception:
             kind = ei[0].__name__ if ei and ei[0] is not None else "error"
             return f"(traceback withheld: it could not be inspected) {kind}"
@@ -51,8 +51,11 @@ class JsonFormatter(logging.Formatter):
 _scanner: Any = None
 
 
-def _masked(text: str) -> str:
-    """``text`` with every finding of the default detectors replaced by its type."""
+def mask_values(text: str) -> str:
+    """``text`` with every finding of the default detectors replaced by its type
+    (``[MY_NUMBER]``): for what a client chose (a URL's path, an admin's parameters) before it
+    is written where a security review greps and no erasure reaches (the log, the ledger).
+    Raises what the scanner raises."""
     global _scanner
     from sekisho.classify import Scanner, redact  # not at import: the CLI starts faster
 

@@ -301,3 +301,36 @@ def test_a_prompt_full_of_values_leaves_them_nowhere_on_any_path(
         assert leaked(h, caplog) == {}
     finally:
         h.stop()
+
+
+def test_values_a_client_puts_in_a_url_or_an_admin_request_are_not_recorded(
+    gw: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A path, an id, a tenant or a key name a client chose is written to the request's log
+    line and, for the admin API, to the ledger, which no erasure reaches: each value the
+    detectors find in them is masked there. The client's answer still names what it sent."""
+    key = gw.key()
+    admin = gw.key(role="admin")
+    mail, number, aws = VALUES["email"], VALUES["my_number"], VALUES["aws_key"]
+    for method, path, who, body in (
+        ("GET", f"/v1/{mail}", None, None),  # unknown path, no key needed
+        ("GET", f"/v1/models/{aws}", key, None),
+        ("GET", f"/v1/responses/resp_sk{mail}", key, None),
+        ("GET", f"/ledger/receipts/{mail}", key, None),
+        ("GET", f"/admin/v1/tenants/{number}", admin, None),
+        ("GET", f"/admin/v1/tenants/{mail}", admin, None),
+        ("GET", f"/admin/v1/keys/{aws}", admin, None),
+        ("GET", f"/admin/v1/keys?tenant={mail}", admin, None),
+        ("GET", f"/admin/v1/usage?tenant={number}&model={mail}", admin, None),
+        ("POST", "/admin/v1/keys", admin, {"tenant": "demo", "name": f"{mail} {number}"}),
+        ("POST", "/admin/v1/keys", admin, {"tenant": "demo", "models": [aws]}),
+    ):
+        headers = {"authorization": f"Bearer {who}"} if who else {}
+        r = request(method, gw.root + path, headers=headers, json_body=body)
+        assert r.status_code < 500, (path, r.text)
+    r = request(
+        "GET", f"{gw.root}/admin/v1/tenants/{mail}", headers={"authorization": f"Bearer {admin}"}
+    )
+    assert mail in r.text  # the client is told what it sent
+    # A key's name and models stay where keys are kept (identity.db): the keys' listing.
+    assert leaked(gw, caplog, skip=("identity.db",)) == {}

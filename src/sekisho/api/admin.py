@@ -37,6 +37,7 @@ from sekisho.identity.keys import MAX_LIFETIME_SECONDS, new_key_id, shown_time
 from sekisho.identity.limits import Limiter
 from sekisho.identity.roles import allows, may_grant, permissions_of, require
 from sekisho.identity.usage import UsageStore
+from sekisho.logs import mask_values
 from sekisho.routing import Health
 from sekisho.routing.catalogue import Endpoint
 
@@ -398,10 +399,11 @@ class AdminAPI:
     async def _record_denial(self, req: Request, details: Mapping[str, Any]) -> None:
         assert req.principal is not None
         req.denied = True
+        req.target = _masked(req.target)
         try:
             await self.audit.admin(
                 req.principal.actor, req.route.operation, req.target,
-                {"request_id": req.rid, **details},
+                {"request_id": req.rid, **_masked_details(details)},
             )  # fmt: skip
         except Exception:
             log.exception("could not record a denied admin request", extra={"request_id": req.rid})
@@ -409,10 +411,10 @@ class AdminAPI:
     async def _record(self, req: Request, target: str, details: Mapping[str, Any]) -> None:
         """Write the audit record before the action; refuse the action if that fails."""
         assert req.principal is not None
-        req.target = target
+        req.target = target = _masked(target)
         try:
             await self.audit.admin(req.principal.actor, req.route.operation, target,
-                                   {"request_id": req.rid, **details})  # fmt: skip
+                                   {"request_id": req.rid, **_masked_details(details)})  # fmt: skip
         except Exception:
             log.exception("admin audit record failed", extra={"request_id": req.rid})
             raise ServiceUnavailable(
@@ -846,3 +848,26 @@ def _credential(ep: Endpoint) -> str:
     if ep.api_key_file is not None:
         return "api_key_file"
     return "api_key" if ep.api_key else "none"
+
+
+def _masked(text: str) -> str:
+    """What an admin typed (a tenant's or a key's name, a model), as the ledger, which no
+    erasure reaches, and the log may hold it: each value the detectors find masked. An
+    unknown tenant asked for by a My Number is recorded as tenant/[MY_NUMBER]."""
+    try:
+        return mask_values(text)
+    except Exception:
+        return "(withheld: it could not be inspected)"
+
+
+def _masked_details(details: Mapping[str, Any]) -> dict[str, Any]:
+    """``details`` with each text, and each text of a list, masked as :func:`_masked` says."""
+    out: dict[str, Any] = {}
+    for k, v in details.items():
+        if isinstance(v, str):
+            out[k] = _masked(v)
+        elif isinstance(v, list | tuple) and all(isinstance(x, str) for x in v):
+            out[k] = [_masked(x) for x in v]
+        else:
+            out[k] = v
+    return out
