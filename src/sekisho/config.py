@@ -479,7 +479,10 @@ def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | Non
     # Every problem at once, not one stage at a time: a missing ${VAR} does not hide a typo
     # further down. A value whose variable is missing is not judged again (it is empty).
     problems: list[ConfigProblem] = []
-    expanded = _expand(raw, env if env is not None else dict(os.environ), file, "", problems)
+    secrets: dict[str, str] = {}  # a value taken from the environment -> its variable
+    expanded = _expand(
+        raw, env if env is not None else dict(os.environ), file, "", problems, secrets
+    )
     unset = {_ID_LABEL.sub("", p.path) for p in problems}
 
     def new(found: list[ConfigProblem]) -> list[ConfigProblem]:
@@ -493,14 +496,36 @@ def parse_config(text: str, file: str = "<config>", *, env: dict[str, str] | Non
         # the faulty values taken out, so their problems come in this report too.
         repaired = _without_faults(expanded, exc)
         if repaired is None:
-            raise ConfigError(problems) from None
+            raise ConfigError(_unquoted(problems, secrets)) from None
         model = repaired
     seen = {_ID_LABEL.sub("", p.path) for p in problems}
     later, config = _checked(model, file)
     problems += [p for p in new(later) if _ID_LABEL.sub("", p.path) not in seen]
     if problems or config is None:
-        raise ConfigError(problems)
+        raise ConfigError(_unquoted(problems, secrets))
     return config
+
+
+# A value from the environment this long or longer may be a secret: a problem that quotes it
+# names its variable instead. Shorter ones (a port, a country code) are left as they are.
+_SECRET_MIN = 8
+
+
+def _unquoted(problems: list[ConfigProblem], secrets: dict[str, str]) -> list[ConfigProblem]:
+    """``problems`` with each value taken from the environment written as its reference
+    (``${NAME}``): a secret referenced in the wrong place (a country, an id) is reported to a
+    terminal, a CI log or the gateway's log without its value."""
+    if not secrets:
+        return problems
+    values = sorted(secrets, key=len, reverse=True)
+
+    def hidden(text: str) -> str:
+        for value in values:
+            if value in text:
+                text = text.replace(value, f"${{{secrets[value]}}}")
+        return text
+
+    return [ConfigProblem(p.file, hidden(p.path), hidden(p.reason)) for p in problems]
 
 
 def _without_faults(data: dict[str, Any], exc: ValidationError) -> ConfigModel | None:
@@ -615,7 +640,16 @@ def _with_env_references(node: Any) -> Any:
     return {**outer, "anyOf": [out, _ENV_REFERENCE]}
 
 
-def _expand(node: Any, env: dict[str, str], file: str, path: str, out: list[ConfigProblem]) -> Any:
+def _expand(
+    node: Any,
+    env: dict[str, str],
+    file: str,
+    path: str,
+    out: list[ConfigProblem],
+    secrets: dict[str, str],
+) -> Any:
+    """``node`` with every ${NAME} expanded; each value taken from the environment (8
+    characters or more) goes into ``secrets`` with its variable's name."""
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -623,6 +657,8 @@ def _expand(node: Any, env: dict[str, str], file: str, path: str, out: list[Conf
             if name is None:  # $${: the text ${, written so it is not a reference
                 return "${"
             if env.get(name):
+                if len(env[name]) >= _SECRET_MIN:
+                    secrets[env[name]] = name
                 return env[name]
             if default is not None:
                 return default
@@ -647,10 +683,14 @@ def _expand(node: Any, env: dict[str, str], file: str, path: str, out: list[Conf
 
         return _ENV.sub(sub, node)
     if isinstance(node, dict):
-        return {k: _expand(v, env, file, _join(path, _key_text(k)), out) for k, v in node.items()}
+        return {
+            k: _expand(v, env, file, _join(path, _key_text(k)), out, secrets)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [
-            _expand(v, env, file, f"{path}{_item_label(i, v)}", out) for i, v in enumerate(node)
+            _expand(v, env, file, f"{path}{_item_label(i, v)}", out, secrets)
+            for i, v in enumerate(node)
         ]
     return node
 

@@ -334,3 +334,45 @@ def test_values_a_client_puts_in_a_url_or_an_admin_request_are_not_recorded(
     assert mail in r.text  # the client is told what it sent
     # A key's name and models stay where keys are kept (identity.db): the keys' listing.
     assert leaked(gw, caplog, skip=("identity.db",)) == {}
+
+
+SECRET_ENV = "s3cr3t-from-the-environment-9f2c"
+
+
+@pytest.mark.parametrize(
+    "place",
+    [
+        lambda raw: raw["endpoints"][0]["jurisdiction"].update(country="${WRONG_VAR}"),
+        lambda raw: raw["endpoints"][0].update(id="${WRONG_VAR}"),
+        lambda raw: raw["endpoints"][0].update(weight="${WRONG_VAR}"),
+        lambda raw: raw["server"].update(log_level="${WRONG_VAR}"),
+        lambda raw: raw["endpoints"][0].update(base_url="${WRONG_VAR}"),
+        lambda raw: raw["tenants"]["demo"]["policy"].update(extends=["${WRONG_VAR}"]),
+    ],
+)
+def test_a_config_problem_never_prints_a_value_from_the_environment(
+    tmp_path: Path, place: Any
+) -> None:
+    """A secret referenced in the wrong place (a country, an id, a number: a variable's name
+    mistyped, two lines swapped) is a config problem; `config check` and `serve` name the
+    reference (${WRONG_VAR}) where they quote the value, never the secret: their output goes
+    to terminals, CI logs and the gateway's log."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from harness import example_config
+
+    raw = example_config()
+    place(raw)
+    config = tmp_path / "sekisho.yaml"
+    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    env = {"WRONG_VAR": SECRET_ENV, "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    for args in (["config", "check", str(config)], ["serve", "--config", str(config)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "sekisho", *args],
+            capture_output=True, text=True, timeout=60, check=False, env=env,
+        )  # fmt: skip
+        assert done.returncode != 0, done.stdout + done.stderr
+        assert SECRET_ENV not in done.stdout + done.stderr, done.stdout + done.stderr
