@@ -121,6 +121,9 @@ async def test_a_ping_refused_says_why_and_a_reasoning_model_is_asked_its_own_wa
             self.bodies: list[dict[str, Any]] = []
             self.refusal, self.times = refusal, times
 
+        def credentials(self, ep: Any) -> tuple[str, ...]:
+            return ()
+
         async def open(self, route: Any, kind: str, body: dict[str, Any], stream: bool) -> Any:
             self.bodies.append(body)
             if len(self.bodies) <= self.times:
@@ -158,5 +161,30 @@ def test_a_key_read_from_a_file_is_reported_as_such(tmp_path: Path) -> None:
         assert rc == 0, reports
         first = next(r for r in reports if r["endpoint"] == ep["id"])
         assert first["auth"] == f"api key from {key_file}"
+    finally:
+        h.stop()
+
+
+def test_an_endpoint_echoing_sekishos_key_in_its_refusal_is_reported_without_it(
+    tmp_path: Path,
+) -> None:
+    """`endpoints check` runs in deploy pipelines, whose logs many read: a refused ping is
+    reported in the endpoint's words, with sekisho's key for it (and its secret headers)
+    masked, as a client's error is."""
+    key, header = "upstream-credential-7f3a9c2e1b5d", "tenant-secret-4d8e6f1a0c2b"
+
+    def credentials(raw: dict[str, Any]) -> None:
+        raw["endpoints"][0]["api_key"] = key
+        raw["endpoints"][0]["headers"] = {"x-upstream-secret": header}
+
+    h = start_example(tmp_path / "gw", credentials)
+    try:
+        said = f"invalid key {key} (x-upstream-secret: {header})"
+        error = json.dumps({"error": {"message": said}})
+        h.fault("sim-domestic-tokyo", mode="status", status=400, body=error)
+        done = endpoints_check(tmp_path, h.raw, "--chat", "--endpoint", "sim-domestic-tokyo")
+        out = done.stdout + done.stderr
+        assert "invalid key [SECRET]" in out, out  # the endpoint's words, masked
+        assert key not in out and header not in out, out
     finally:
         h.stop()

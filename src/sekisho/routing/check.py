@@ -244,7 +244,7 @@ async def _ping(
         try:
             raw = await _send(transport, route, kind, body)
         except UpstreamStatusError as exc:
-            said = _said(exc)
+            said = _said(exc, transport.credentials(route.endpoint))
             if exc.status != 400 or "max_completion_tokens" not in said or "max_tokens" not in body:
                 raise
             # Reasoning models (o-series, gpt-5) refuse max_tokens and name the parameter they
@@ -253,7 +253,8 @@ async def _ping(
             raw = await _send(transport, route, kind, {**body, "max_completion_tokens": 16})
         orjson.loads(raw)
     except UpstreamError as exc:
-        said = _said(exc) if isinstance(exc, UpstreamStatusError) else ""
+        secrets = transport.credentials(route.endpoint)
+        said = _said(exc, secrets) if isinstance(exc, UpstreamStatusError) else ""
         report.problems.append(f"{name}: {exc.detail}" + (f": {said}" if said else ""))
         return f"{name}: failed"
     except orjson.JSONDecodeError:
@@ -270,9 +271,11 @@ async def _send(transport: Transport, route: Route, kind: Kind, body: dict[str, 
         resp.close()
 
 
-def _said(exc: UpstreamStatusError) -> str:
+def _said(exc: UpstreamStatusError, secrets: tuple[str, ...]) -> str:
     """The endpoint's own words for a refused ping (this is the operator's tool): its error
-    message, cut to 300 characters."""
+    message, cut to 300 characters, with each of ``secrets`` (sekisho's credentials for the
+    endpoint, which some endpoints quote) masked as [SECRET]: the report ends up in deploy
+    pipelines' logs."""
     try:
         data = orjson.loads(exc.body)
     except orjson.JSONDecodeError:
@@ -281,7 +284,13 @@ def _said(exc: UpstreamStatusError) -> str:
     message = err.get("message") if isinstance(err, dict) else err
     if message is None and isinstance(data, dict):
         message = data.get("message") or data.get("detail")
-    return str(message)[:300] if message else ""
+    if not message:
+        return ""
+    text = str(message)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[SECRET]")
+    return text[:300]
 
 
 def _reason(exc: BaseException) -> str:
