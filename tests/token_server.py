@@ -17,7 +17,7 @@ class TokenServer:
     def __init__(self, on_issue: Callable[[str], None] | None = None) -> None:
         self.on_issue = on_issue  # told each token it issues (a simulator then accepts it)
         self.lifetime: Any = 3600  # expires_in of the next answers
-        self.mode = "ok"  # ok | refuse | down | garbage | hang
+        self.mode = "ok"  # ok | refuse | echo (refuse, quoting the secret) | down | garbage | hang
         self.forms: list[dict[str, str]] = []
         self.issued: list[str] = []
         self.assertions: set[str] = set()  # federated identity tokens it accepts
@@ -48,6 +48,11 @@ class TokenServer:
             return web.Response(status=503, text="upstream identity provider unavailable")
         if self.mode == "garbage":
             return web.Response(status=200, text="<html>login page</html>")
+        if self.mode == "echo":  # an identity provider that quotes what it refused
+            said = f"invalid client_secret '{form.get('client_secret')}' for {CLIENT_ID}"
+            return web.json_response(
+                {"error": "invalid_client", "error_description": said}, status=401
+            )
         secret_ok = form.get("client_secret") == CLIENT_SECRET
         assertion_ok = (
             form.get("client_assertion_type")

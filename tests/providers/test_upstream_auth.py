@@ -138,6 +138,8 @@ def test_a_token_is_replaced_before_it_expires(tmp_path: Path, tokens: TokenServ
     ("mode", "said"),
     [
         ("refuse", "HTTP 401 invalid_client: AADSTS7000215: Invalid client secret provided."),
+        # /readyz, which anyone may read, and the log show why, never the secret it quotes
+        ("echo", "HTTP 401 invalid_client: invalid client_secret '[SECRET]' for"),
         ("down", "HTTP 503"),
         ("garbage", "answered 200 with a body that is not a JSON object"),
     ],

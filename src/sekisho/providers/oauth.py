@@ -74,6 +74,7 @@ class TokenSource:
         if auth.scopes:
             self._form["scope"] = auth.scopes
         self._assertion_file = auth.client_assertion_file
+        self._assertion: str | None = None  # the last one read from that file
         self._tls = ssl.create_default_context(cafile=auth.ca_file) if auth.ca_file else None
         self._token: str | None = None
         self._expires = 0.0
@@ -158,7 +159,7 @@ class TokenSource:
             if not assertion:
                 raise self._error(f"client_assertion_file {self._assertion_file} is empty")
             form["client_assertion_type"] = JWT_BEARER
-            form["client_assertion"] = assertion
+            form["client_assertion"] = self._assertion = assertion
         try:
             status, _, resp = await self._client.post(
                 self._url,
@@ -206,6 +207,12 @@ class TokenSource:
         return token
 
     def _error(self, detail: str) -> UpstreamAuthError:
+        """Why no token came, for /readyz (which anyone may read), the log and the client's
+        502: the client secret and the assertion sent masked, should the token endpoint's
+        error_description quote what it refused."""
+        for secret in (self._form.get("client_secret"), self._assertion):
+            if secret:
+                detail = detail.replace(secret, "[SECRET]")
         return UpstreamAuthError(self._endpoint.id, f"no access token from {self._host}: {detail}")
 
 
