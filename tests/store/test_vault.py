@@ -77,6 +77,18 @@ def test_a_wrong_token_is_a_clear_refusal(vault: VaultTransitSim) -> None:
         VaultTransit(spec, "jp").wrap(b"k" * 32, b"ctx")
 
 
+def test_a_refusal_quoting_the_token_names_no_token(vault: VaultTransitSim) -> None:
+    """The error goes to the log, /readyz and the terminal of `keys rotate`: a Vault (or a
+    proxy before it) that quotes the token it refused has it masked there."""
+    token = "hvs.wrong-token-7f3a9c2e1b5d"
+    vault.quote_token = True
+    spec = VaultKeysSpec.model_validate(keys(vault, token=token))
+    with pytest.raises(KeyProviderError) as e:
+        VaultTransit(spec, "jp").wrap(b"k" * 32, b"ctx")
+    assert "permission denied for token [SECRET]" in str(e.value)
+    assert token not in str(e.value)
+
+
 def test_an_unreachable_vault_is_a_clear_error() -> None:
     spec = VaultKeysSpec.model_validate(
         {"type": "vault", "address": "http://127.0.0.1:9", "key_name": "k", "token": "t"}

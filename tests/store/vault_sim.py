@@ -34,6 +34,7 @@ class VaultTransitSim:
         self.keys: dict[str, dict[int, bytes]] = {}
         self.calls: list[tuple[str, str]] = []
         self.refuse: set[str] = set()  # operations answered 403 (a token whose policy lacks them)
+        self.quote_token = False  # a refusal quotes the token presented (a proxy in front)
         sim = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,6 +69,8 @@ class VaultTransitSim:
 
     def handle(self, path: str, token: str | None, raw: bytes) -> tuple[int, Any]:
         if token != self.token:
+            if self.quote_token:
+                return 403, {"errors": [f"permission denied for token {token}"]}
             return 403, {"errors": ["permission denied"]}
         prefix = f"/v1/{self.mount}/"
         if not path.startswith(prefix):

@@ -287,7 +287,9 @@ class VaultTransit:
             ) as resp:
                 text = resp.read()
         except urllib.error.HTTPError as exc:
-            detail = _vault_errors(exc.read())
+            # Vault's words; a token it (or a proxy before it) quotes is masked: this goes
+            # to the log, /readyz and the terminal
+            detail = _vault_errors(exc.read()).replace(self.spec.token, "[SECRET]")
             if op == "decrypt" and exc.code == 400 and "authentication failed" in detail.lower():
                 raise InvalidTag() from None
             if exc.code in (401, 403):
