@@ -376,3 +376,32 @@ def test_a_config_problem_never_prints_a_value_from_the_environment(
         )  # fmt: skip
         assert done.returncode != 0, done.stdout + done.stderr
         assert SECRET_ENV not in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_an_endpoint_url_with_a_password_is_refused_at_load_without_printing_it(
+    tmp_path: Path,
+) -> None:
+    """A base_url with user:password@ was accepted, and every request to it failed with
+    "upstream URL 'http://user:PASSWORD@…' has credentials in it" in the client's 502, the
+    log and /readyz, which anyone may read. The config is refused at load instead, naming the
+    key and not the password."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from harness import example_config
+
+    password = "UrLPassW0rd-7f3a9c2e1b"
+    raw = example_config()
+    raw["endpoints"][0]["base_url"] = f"http://user:{password}@127.0.0.1:9101/v1"
+    config = tmp_path / "sekisho.yaml"
+    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "sekisho", "config", "check", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert "endpoints[0](sim-domestic-tokyo).base_url" in out and "api_key" in out, out
+    assert password not in out, out

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from sekisho.errors import hide_url_passwords
 from sekisho.providers.base import (
     UpstreamConnectError,
     UpstreamConnectTimeoutError,
@@ -965,7 +966,10 @@ class H1Client:
         if not host:
             raise ValueError(f"upstream URL {url!r} has no host")
         if parts.username is not None:
-            raise ValueError(f"upstream URL {url!r} has credentials in it: put them in headers")
+            raise ValueError(
+                f"upstream URL {hide_url_passwords(url)!r} has credentials in it: "
+                "put them in headers"
+            )
         default = 443 if scheme == "https" else 80
         port = parts.port or default
         path = parts.path or "/"

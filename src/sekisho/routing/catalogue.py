@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from sekisho._section import Section
+from sekisho.errors import hide_url_passwords
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 # ISO 3166-1 alpha-2, officially assigned (249 codes, 2024), plus EU (the Union as a
@@ -493,6 +494,13 @@ class Endpoint(_Facts):
             raise ValueError(f"{value!r} has a port outside 1-65535") from None
         if not parts.hostname:
             raise ValueError(f"{value!r} names no host")
+        if parts.username is not None or parts.password is not None:
+            # The HTTP client refuses such a URL, and its error quoted the URL, password and
+            # all, to the client, the log and /readyz: refused here, without the password.
+            raise ValueError(
+                f"{hide_url_passwords(value)!r} has a user or password in it: give the "
+                "endpoint's credential as api_key (or api_key_file, auth, headers)"
+            )
         return value
 
     @model_validator(mode="after")
