@@ -683,3 +683,34 @@ def test_a_bracketed_country_code_is_inside_the_phone_span_with_both_brackets(
     text: str, phone: str
 ) -> None:
     assert found(text) == [("PHONE_JP", phone)]
+
+
+@pytest.mark.parametrize(
+    ("text", "birth_date"),
+    [
+        ("田中太郎は1985年4月3日に誕生した。", "1985年4月3日"),
+        ("長女は2015年8月1日に誕生しました。", "2015年8月1日"),
+        ("1985年4月3日に生まれた", "1985年4月3日"),
+        ("昭和六十年四月三日に生まれる", "昭和六十年四月三日"),
+        ("昭和60年4月3日生（満41歳）", "昭和60年4月3日"),
+        ("平成2年生まれの山田です。", "平成2年"),  # a birth year is part of a birth date
+        ("1990年生まれ、東京都出身。", "1990年"),
+        ("昭和60年生（41歳）", "昭和60年"),
+        ("昭和60年4月生まれ", "昭和60年4月"),
+        ("父は昭和35年に生まれた。", "昭和35年"),
+        ("4月3日生まれの方", "4月3日"),
+        # not births: a grade at school, a product's launch, other dates
+        ("小学3年生の長男", None),
+        ("2年生まれ", None),  # no era and no four-digit year: not a year of birth
+        ("新サービスは2024年4月に誕生した。", None),
+        ("2024年4月12日に誕生した新サービス", None),
+        ("2024年4月に生産を開始", None),
+        ("2020年に生きる", None),
+    ],
+)
+def test_birth_dates_before_a_birth_word_are_found_as_written(
+    text: str, birth_date: str | None
+) -> None:
+    assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == (
+        [birth_date] if birth_date else []
+    )

@@ -3,6 +3,7 @@ written form; the same numbers with a wrong check digit are not; no input hangs 
 
 from __future__ import annotations
 
+import datetime
 import string
 import time
 
@@ -342,3 +343,25 @@ def test_resolve_is_not_quadratic_in_the_number_of_findings() -> None:
     # Quadratic would be 15 times slower per finding; a shared, loaded machine adds up to
     # about 3 (caches, allocation): 8 keeps the one apart from the other.
     assert large < small * 8, (small, large)
+
+
+_ERAS = (("令和", 2019), ("平成", 1989), ("昭和", 1926))
+
+
+@SETTINGS
+@given(
+    st.dates(min_value=datetime.date(1927, 1, 1), max_value=datetime.date(2030, 12, 31)),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["生まれ", "生", "に生まれた", "に誕生した。", "生まれの長女"]),
+)
+def test_a_birth_date_before_a_birth_word_is_found_in_western_or_era_form(
+    day: datetime.date, era: bool, width: bool, word: str
+) -> None:
+    if era:
+        name, first = next((n, y) for n, y in _ERAS if day.year >= y)
+        year = f"{name}{day.year - first + 1}"
+    else:
+        year = str(day.year)
+    value = _write(f"{year}年{day.month}月{day.day}日", width, "-")
+    assert _spans(f"山田は{value}{word}", "DATE_OF_BIRTH") == [value]

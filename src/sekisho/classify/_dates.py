@@ -43,7 +43,7 @@ _CUES_BEFORE = (
 _CUES_AFTER = ("生まれ", "生", "誕生")
 _CUE = trie_regex(_CUES_BEFORE + _CUES_AFTER)
 _AFTER = frozenset(_CUES_AFTER)
-_NOT_BIRTH_AFTER_生 = frozenset("年活産徒命涯物協成放中存鮮地")  # 生成, 生放送, 生中継 ...
+_NOT_BIRTH_AFTER_生 = frozenset("年活産徒命涯物協成放中存鮮地育計態殖保")  # 生成, 生放送, 生育 ...
 # 誕生の after a date: a birth date only where a person follows ("誕生の長女"); a product or a
 # service is born too ("2024年4月12日誕生の新サービス").
 _PERSON_AFTER_誕生の = (
@@ -55,7 +55,18 @@ _MONTH_DAY = lazy_compile(
     rf"(?:[{_D}]{{1,2}}|[{_K}]{{1,2}})[ 　]?月[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,3}})[ 　]?日"
 )
 _MONTH_DAY_CUES = frozenset({"誕生日"})
+# A year (or a year and month) of birth before 生まれ/生: only with its era or four digits, for
+# "3年生" is a pupil in the third year (平成2年生まれ, 1990年生まれ, 昭和60年4月生).
+_YEAR_MONTH = lazy_compile(
+    rf"(?:(?:{_ERA})[ 　]?(?:[{_D}]{{1,2}}|元|[{_K}]{{1,3}})|[{_D}]{{4}}|[{_K}]{{4}})"
+    rf"[ 　]?年(?:[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,2}})[ 　]?月)?"
+)
 _DATE_LAST = frozenset("日0123456789０１２３４５６７８９")  # every _DATE match ends in one of these
+_PARTIAL_LAST = frozenset("年月日")  # a year, a year and month, a month and day
+# A date and its birth word may stand apart by に (1985年4月3日に生まれた, …に誕生した); not
+# 生 alone (2020年に生きる).
+_CLAUSE_ENDS = ("", "。", "、", "．", "，", " ", "　", "\n", "！", ")", "）", "」")
+_NI_CUES = frozenset({"生まれ", "誕生"})
 _ERA_START = {"明治": 1868, "大正": 1912, "昭和": 1926, "平成": 1989, "令和": 2019}
 
 
@@ -96,6 +107,66 @@ def _plausible_month_day(value: str) -> bool:
     return 1 <= numbers[0] <= 12 and 1 <= numbers[1] <= 31
 
 
+def _plausible_year_month(value: str) -> bool:
+    numbers = [kanji_to_int(n) for n in re.findall(rf"[{_D}]+|[{_K}]+|元", value)]
+    if any(n is None for n in numbers):
+        return False
+    nums = [n for n in numbers if n is not None]
+    era = next((first for name, first in _ERA_START.items() if value.startswith(name)), None)
+    if era is not None or value[:1] in "MTSHRＭＴＳＨＲ":
+        year_ok = 1 <= nums[0] <= 64
+    else:
+        year_ok = 1868 <= nums[0] <= 2100
+    return year_ok and (len(nums) == 1 or 1 <= nums[1] <= 12)
+
+
+def _date_before(text: str, word: str, cue_start: int) -> tuple[int, int] | None:
+    """The birth date that ends right before a birth word (spaces, or に, between)."""
+    window_start = max(0, cue_start - 24)
+    before = text[window_start:cue_start].rstrip(" 　")
+    if word in _NI_CUES and before.endswith("に"):
+        before = before[:-1].rstrip(" 　")
+    if not before:
+        return None
+    stop = window_start + len(before)
+    # A date ends in 日 or a digit, a year or month of birth in 年 or 月, right before the cue:
+    # most 生 in a text (学生, 発生, 先生) have neither and cost no date search.
+    if before[-1] in _DATE_LAST:
+        last = None
+        for date in _DATE.finditer(text, window_start, stop):
+            last = date
+        if last is not None and last.end() == stop and _plausible(last.group()):
+            return last.start(), last.end()
+    if before[-1] not in _PARTIAL_LAST or word == "誕生":  # a product is born in a month too
+        return None
+    if before[-1] == "日":
+        if word != "生まれ":
+            return None
+        day = None
+        for match in _MONTH_DAY.finditer(text, max(window_start, stop - 9), stop):
+            day = match
+        if day is not None and day.end() == stop and _plausible_month_day(day.group()):
+            return day.start(), day.end()
+        return None
+    year = None
+    for match in _YEAR_MONTH.finditer(text, window_start, stop):
+        year = match
+    if year is not None and year.end() == stop and _plausible_year_month(year.group()):
+        return year.start(), year.end()
+    return None
+
+
+def _product_is_born(text: str, end: int) -> bool:
+    """Whether 誕生 at ``end`` is said of a thing: 誕生の or 誕生した before a word that is not
+    a person (2024年4月12日誕生の新サービス, …に誕生した新ブランド)."""
+    if text[end : end + 1] == "の":
+        return not text.startswith(_PERSON_AFTER_誕生の, end + 1)
+    if text.startswith("した", end):
+        after = text[end + 2 : end + 3]
+        return after not in _CLAUSE_ENDS and not text.startswith(_PERSON_AFTER_誕生の, end + 2)
+    return False
+
+
 def detect_birth_dates(text: str, out: list[Finding]) -> None:
     for cue in _CUE.finditer(text):
         word = cue.group()
@@ -116,24 +187,8 @@ def detect_birth_dates(text: str, out: list[Finding]) -> None:
                 ):
                     out.append(Finding(DATE_OF_BIRTH, day.start(), day.end(), 0.9))
         else:
-            if (
-                word == "誕生"
-                and text[cue.end() : cue.end() + 1] == "の"
-                and not text.startswith(_PERSON_AFTER_誕生の, cue.end() + 1)
-            ):
+            if word == "誕生" and _product_is_born(text, cue.end()):
                 continue
-            # A date ends in 日 or a digit, right before the cue (spaces aside): most 生 in a
-            # text (学生, 発生, 先生) have neither and cost no date search.
-            window_start = max(0, cue.start() - 24)
-            before = text[window_start : cue.start()].rstrip(" 　")
-            if not before or before[-1] not in _DATE_LAST:
-                continue
-            last = None
-            for date in _DATE.finditer(text, window_start, cue.start()):
-                last = date
-            if (
-                last is not None
-                and not text[last.end() : cue.start()].strip(" 　")
-                and _plausible(last.group())
-            ):
-                out.append(Finding(DATE_OF_BIRTH, last.start(), last.end(), 0.9))
+            span = _date_before(text, word, cue.start())
+            if span is not None:
+                out.append(Finding(DATE_OF_BIRTH, span[0], span[1], 0.9))

@@ -48,7 +48,8 @@ _FAMILY_WORDS: dict[str, tuple[str, ...]] = {
     LABELS: ("CONFIDENTIAL", "Confidential", "INTERNAL", "Internal", "SECRET", "Secret",
              "RESTRICTED", "PROPRIETARY", "Proprietary", "DISTRIBUTE", "Distribute", "TOP SECRET",
              "Top Secret", "秘", "機密", "取扱", "取り扱", "限り", "限定", "禁止", "要配慮"),
-    BIRTH: ("Birth", "birth", "DOB", "D.O.B", "Born", "born", "生年", "生ま", "誕生", "日生"),
+    BIRTH: ("Birth", "birth", "DOB", "D.O.B", "Born", "born", "生年", "生ま", "誕生", "日生",
+            "年生", "月生"),
     ADDRESS: (*ROMAN_GATE, "都", "道", "府", "県", "市", "区"),
     PERSON: (*PERSON_CUES, "/"),
 }  # fmt: skip
