@@ -714,3 +714,27 @@ def test_birth_dates_before_a_birth_word_are_found_as_written(
     assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == (
         [birth_date] if birth_date else []
     )
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "京都府京都市中京区烏丸通二条下ル二条殿町５５２番地　烏丸マンション３０２号室",
+        "京都市中京区烏丸通御池上ル二条殿町552番地",  # a town whose name opens with 二条
+        "京都府京都市中京区河原町通三条上ル恵比須町427番地 京都ビル5階",  # a street named …町
+        "京都市上京区今出川通り寺町西入ル大原口町221",  # 通り, and a bare number after the town
+        "京都市中京区寺町通四条上がる中之町565",  # 上がる
+        "京都市東山区大和大路通四条下る四丁目小松町123",
+        "京都市下京区烏丸通塩小路下ル東塩小路町721番地1",
+        "京都市中京区三条通烏丸西入御倉町79番地",
+    ],
+)
+def test_a_kyoto_address_is_whole_through_its_town_and_number(address: str) -> None:
+    assert found(f"住所：{address}") == [("ADDRESS_JP", address)]
+
+
+@pytest.mark.parametrize(
+    "text", ["平成15年3月 京都市立二条中学校 卒業", "京都市内の二条城を見学", "大阪市立一条小学校"]
+)
+def test_a_street_number_like_nijo_alone_is_no_block_of_an_address(text: str) -> None:
+    assert [v for t, v in found(text) if t == "ADDRESS_JP"] == []

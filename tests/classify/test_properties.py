@@ -365,3 +365,37 @@ def test_a_birth_date_before_a_birth_word_is_found_in_western_or_era_form(
         year = str(day.year)
     value = _write(f"{year}年{day.month}月{day.day}日", width, "-")
     assert _spans(f"山田は{value}{word}", "DATE_OF_BIRTH") == [value]
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["", "京都府"]),
+    st.sampled_from(["中京区", "下京区", "上京区", "東山区", "左京区"]),
+    st.sampled_from(["烏丸", "河原町", "寺町", "堀川", "四条", "今出川", "室町", "大和大路"]),
+    st.sampled_from(["通", "通り"]),
+    st.sampled_from(["二条", "御池", "三条", "四条", "丸太町", "蛸薬師"]),
+    st.lists(
+        st.sampled_from(["上ル", "下ル", "上る", "下る", "上がる", "西入ル", "東入ル", "西入"]),
+        min_size=1,
+        max_size=2,
+    ),
+    st.sampled_from(["二条殿町", "恵比須町", "中之町", "長刀鉾町", "四丁目小松町", "御倉町"]),
+    st.integers(1, 999),
+    st.sampled_from(["", "番地", "番地1", "-1"]),
+    st.booleans(),
+)
+def test_a_kyoto_street_address_is_one_span_from_its_city_to_its_number(
+    prefecture: str,
+    ward: str,
+    street: str,
+    tori: str,
+    crossing: str,
+    ways: list[str],
+    town: str,
+    number: int,
+    suffix: str,
+    width: bool,
+) -> None:
+    block = _write(f"{number}{suffix}", width, "-")
+    address = f"{prefecture}京都市{ward}{street}{tori}{crossing}{''.join(ways)}{town}{block}"
+    assert _spans(f"住所：{address}　電話", "ADDRESS_JP") == [address]

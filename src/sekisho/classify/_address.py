@@ -121,18 +121,20 @@ PREFECTURES_ROMAN: tuple[str, ...] = tuple(
 _GA_NAME = "が(?=[関丘崎谷浜原森岡台島坂沢瀬淵])"
 _NAMECH = rf"(?:[^\s\d０-９、。,，;；()（）「」『』【】:：/／・はがをでにへ〒]|{_GA_NAME})"
 # 都 ends only one prefecture, 東京都; elsewhere it is part of a city's name (京都市, 都留市,
-# 宇都宮市, 都城市).
+# 宇都宮市, 都城市). No city has 通 in its name: 烏丸通丸太町 is a Kyoto street and its crossing.
 _CITYCH = (
-    r"(?:[^\s\d０-９、。,，;；()（）「」『』【】:：/／・はがをでにもとやへ〒都県]"
+    r"(?:[^\s\d０-９、。,，;；()（）「」『』【】:：/／・はがをでにもとやへ〒都県通]"
     rf"|{_GA_NAME}|(?<!東京)都)"
 )
 _CITY = rf"(?>{_CITYCH}{{0,7}}?[市区町村郡])"
 _NUM = r"(?:[0-9０-９]{1,5}+|[一二三四五六七八九十]{1,3}+)"
 # 条 blocks (Sapporo, Asahikawa: 北1条西2丁目, 6条通9丁目) join the numbered parts too.
 _JO = "条(?:[東西南北]|通)?"
+# In kanji numerals a block needs 丁目, 番 or 号: 二条, 四条 alone are Kyoto's streets and the
+# start of town names (二条殿町, 京都市立二条中学校), not blocks.
 _BLOCK = (
     rf"(?:{_NUM}(?:丁目|番地|番|号|の|{_JO}|[{DASH}]))*+[0-9０-９]{{1,5}}+(?:番地|番|号)?"
-    rf"|(?:{_NUM}(?:丁目|番地|番|号|{_JO}))++"
+    rf"|(?:{_NUM}{_JO})*+{_NUM}(?:丁目|番地|番|号)(?:{_NUM}(?:丁目|番地|番|号|{_JO}))*+"
 )
 _BUILDING = (
     r"(?:[ 　]?[^\s、。,，;；()（）「」『』【】:：〒]{0,24}?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室)"
@@ -143,12 +145,18 @@ _BUILDING = (
 )
 # Kyoto writes the way there: a street, the crossing, then up (north, 上る), down (下る), west
 # or east (西入る, 東入る), or both (上る西入ル), to the town: 寺町通御池上る上本能寺前町488番地.
-_KYOTO_WAY = (
-    rf"(?:{_NAMECH}{{1,8}}?通{_NAMECH}{{0,8}}?(?:上る|下る|上ル|下ル|[東西]入[るル]?){{1,2}})?"
-)
+# The street may end in 町 (河原町通, 室町通) and then has been read as a town: 通 may open the way.
+_UP_DOWN = "(?:上が?[るル]|下が?[るル]|[東西]入[るル]?)"
+_KYOTO_WAY = rf"{_NAMECH}{{0,8}}?通り?{_NAMECH}{{0,8}}?{_UP_DOWN}{{1,2}}"
 _TAIL = lazy_compile(
+    rf"(?P<city>{_CITY}{{0,4}})(?:{_NAMECH}{{0,12}}?(?P<block>{_BLOCK}){_BUILDING})?"
+)
+# Where the text has a 通 (a street): after the way, the town (which may hold 二条 or 四丁目 of
+# the street) and its number. Texts without one do not pay for the way.
+_TAIL_STREET = lazy_compile(
     rf"(?P<city>{_CITY}{{0,4}})"
-    rf"(?:{_KYOTO_WAY}{_NAMECH}{{0,12}}?(?P<block>{_BLOCK}){_BUILDING})?"
+    rf"(?:{_KYOTO_WAY}{_NAMECH}{{0,16}}?(?P<way_block>(?=[0-9０-９])(?:{_BLOCK})){_BUILDING}"
+    rf"|{_NAMECH}{{0,12}}?(?P<block>{_BLOCK}){_BUILDING})?"
 )
 _PREFECTURE_SET = frozenset(PREFECTURES)
 _CITY_KANA = frozenset("さいたまつくばいわきひたちなかうるまみよしあわらかすみがうら")
@@ -157,6 +165,9 @@ _CITY_KANA = frozenset("さいたまつくばいわきひたちなかうるま�
 _START = lazy_compile("[都道府県市区]")
 _CITY_AHEAD = lazy_compile(
     rf"{_NAMECH}{{0,24}}?[0-9０-９一二三四五六七八九十]{{1,5}}(?:丁目|番|条|[{DASH}])"
+)
+_CITY_AHEAD_STREET = lazy_compile(
+    rf"{_NAMECH}{{0,24}}?(?:[0-9０-９一二三四五六七八九十]{{1,5}}(?:丁目|番|条|[{DASH}])|{_UP_DOWN})"
 )
 _ROMAN_CUE = lazy_compile(r"-(?:ku|shi|cho|machi|gun|mura)\b")
 ROMAN_GATE = ("-ku", "-shi", "-cho", "-machi", "-gun", "-mura")
@@ -189,6 +200,9 @@ def detect_addresses(
 ) -> None:
     """Add ADDRESS_JP findings; ``starts`` are the positions of 都道府県市区 when known."""
     covered = -1
+    street = "通" in text
+    tail_pattern = _TAIL_STREET if street else _TAIL
+    city_ahead = _CITY_AHEAD_STREET if street else _CITY_AHEAD
     if starts is None:
         starts = [m.start() for m in _START.finditer(text)]
     for cue in starts:
@@ -213,10 +227,10 @@ def detect_addresses(
             if begin == cue:  # さいたま市, つくば市: city names written in hiragana
                 while begin > 0 and cue - begin < 5 and text[begin - 1] in _CITY_KANA:
                     begin -= 1
-            if begin == cue or begin < covered or not _CITY_AHEAD.match(text, cue + 1):
+            if begin == cue or begin < covered or not city_ahead.match(text, cue + 1):
                 continue
             city_first = True
-            tail = _TAIL.match(text, begin)
+            tail = tail_pattern.match(text, begin)
         else:
             begin = -1
             for length in (3, 4, 2):
@@ -226,11 +240,11 @@ def detect_addresses(
             if begin < 0 or begin < covered:
                 continue
             city_first = False
-            tail = _TAIL.match(text, cue + 1)
+            tail = tail_pattern.match(text, cue + 1)
         if tail is None:
             continue
         has_city = bool(tail.group("city"))
-        if tail.group("block"):
+        if tail.group("block") or (street and tail.group("way_block")):
             end = _trim(text, begin, tail.end())
             score = 0.9 if has_city or city_first else 0.7
         elif has_city and not city_first:
