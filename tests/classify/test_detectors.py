@@ -738,3 +738,32 @@ def test_a_kyoto_address_is_whole_through_its_town_and_number(address: str) -> N
 )
 def test_a_street_number_like_nijo_alone_is_no_block_of_an_address(text: str) -> None:
     assert [v for t, v in found(text) if t == "ADDRESS_JP"] == []
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "東京都港区六本木6-10-1 六本木ヒルズ森タワー 45階",  # two building words in one name
+        "大阪市中央区本町2-3-4 本町ビル別館 8F",
+        "東京都新宿区西新宿2-8-1 第一本庁舎 32階",  # a space before the floor
+        "東京都中央区銀座4-6-16 銀座三越 7F",
+        "愛知県名古屋市中村区名駅4丁目7-1 ミッドランドスクエア 12F",
+        "大阪府大阪市北区梅田3丁目1番3号 ノースゲートビルディング 15階",
+    ],
+)
+def test_a_building_and_its_floor_after_a_space_are_part_of_the_address(address: str) -> None:
+    assert found(f"住所：{address}") == [("ADDRESS_JP", address)]
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("東京都港区1-2-3 山田ビル内の受付センターへ", "東京都港区1-2-3 山田ビル"),
+        ("東京都港区1-2-3 山田ビルにお越しください。3階です", "東京都港区1-2-3 山田ビル"),
+        ("東京都港区芝1-2-3 会議は10時から", "東京都港区芝1-2-3"),
+    ],
+)
+def test_a_building_name_does_not_run_on_into_the_sentence_after_it(
+    text: str, address: str
+) -> None:
+    assert [v for t, v in found(text) if t == "ADDRESS_JP"] == [address]

@@ -136,12 +136,22 @@ _BLOCK = (
     rf"(?:{_NUM}(?:丁目|番地|番|号|の|{_JO}|[{DASH}]))*+[0-9０-９]{{1,5}}+(?:番地|番|号)?"
     rf"|(?:{_NUM}{_JO})*+{_NUM}(?:丁目|番地|番|号)(?:{_NUM}(?:丁目|番地|番|号|{_JO}))*+"
 )
+_BUILDING_CH = r"[^\s、。,，;；()（）「」『』【】:：〒]"
+_BUILDING_WORD = (
+    "(?:ビルディング|ビル|マンション|ハイツ|タワー|コーポ|荘|レジデンス|ハウス|プラザ|センター"
+    "|スクエア|館|棟|ヒルズ|庁舎)"
+)
+# A second building word in the same name (六本木ヒルズ森タワー, 本町ビル別館), but not across a
+# particle or a digit (山田ビル内の受付センター is a building and then the sentence).
+_BUILDING_MORE = (
+    rf"(?:[^\s\d０-９、。,，;；()（）「」『』【】:：〒のにでをはがへと内]{{0,8}}?{_BUILDING_WORD})?"
+)
+_FLOOR = r"[0-9０-９]{1,4}+(?:階|F|Ｆ|号室)"
 _BUILDING = (
-    r"(?:[ 　]?[^\s、。,，;；()（）「」『』【】:：〒]{0,24}?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室)"
-    r"|[ 　]?[^\s、。,，;；()（）「」『』【】:：〒]{1,20}?"
-    r"(?:ビル|マンション|ハイツ|タワー|コーポ|荘|レジデンス|ハウス|プラザ|センター|館|棟|ヒルズ)"
+    rf"(?:[ 　]?{_BUILDING_CH}{{0,24}}?[ 　]?{_FLOOR}"  # 銀座三越 7F: a space may stand before it
+    rf"|[ 　]?{_BUILDING_CH}{{1,20}}?{_BUILDING_WORD}{_BUILDING_MORE}"
     r"[A-ZＡ-Ｚ]?(?:[ 　]?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室|号)?)?"
-    r"|[ 　]?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室))?"
+    rf"|[ 　]?{_FLOOR})?"
 )
 # Kyoto writes the way there: a street, the crossing, then up (north, 上る), down (下る), west
 # or east (西入る, 東入る), or both (上る西入ル), to the town: 寺町通御池上る上本能寺前町488番地.
