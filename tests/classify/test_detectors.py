@@ -767,3 +767,20 @@ def test_a_building_name_does_not_run_on_into_the_sentence_after_it(
     text: str, address: str
 ) -> None:
     assert [v for t, v in found(text) if t == "ADDRESS_JP"] == [address]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("健康保険証　記号：12345678　番号：9876", ("HEALTH_INSURANCE_JP", "12345678")),
+        ("被保険者記号・番号 12345678・9876", ("HEALTH_INSURANCE_JP", "12345678")),
+        ("被保険者証 記号 123456", ("HEALTH_INSURANCE_JP", "123456")),
+        # ゆうちょ's 記号 stays a bank account, even after an insurance word further back
+        ("保険料の振込先：ゆうちょ銀行 記号 10120 番号 12345671", ("BANK_ACCOUNT_JP", "12345671")),
+        ("ゆうちょ銀行　記号：12345678", ("BANK_ACCOUNT_JP", "12345678")),
+    ],
+)
+def test_the_symbol_of_a_health_insurance_card_is_no_bank_account(
+    text: str, expected: tuple[str, str]
+) -> None:
+    assert found(text) == [expected]

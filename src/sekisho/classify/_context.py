@@ -89,8 +89,16 @@ def context_before(text: str, start: int, window: int = WINDOW) -> str | None:
     if not japanese:
         return _KIND[latin[-1]] if latin else None
     if not latin:
-        return _KIND[japanese[-1]]
+        return _japanese_kind(japanese)
     # Both kinds of word in the window (rare): the one that starts later is the nearer.
     last_latin = before.rfind(latin[-1])
     last_japanese = before.rfind(japanese[-1])
-    return _KIND[latin[-1] if last_latin > last_japanese else japanese[-1]]
+    return _KIND[latin[-1]] if last_latin > last_japanese else _japanese_kind(japanese)
+
+
+def _japanese_kind(words: list[str]) -> str:
+    """The kind of the last word; 記号 is ゆうちょ's unless a health insurance card's word
+    stands before it (健康保険証 記号, 被保険者記号・番号)."""
+    if words[-1] == "記号" and len(words) > 1 and _KIND[words[-2]] == HEALTH:
+        return HEALTH
+    return _KIND[words[-1]]
