@@ -784,3 +784,24 @@ def test_the_symbol_of_a_health_insurance_card_is_no_bank_account(
     text: str, expected: tuple[str, str]
 ) -> None:
     assert found(text) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("起案者：総務部 伊藤 健太", ["伊藤 健太"]),
+        ("申請者：経理部　山本 翔太", ["山本 翔太"]),
+        ("申請者：大阪支店 山本", ["山本"]),
+        ("申請者：経理部", []),  # a department, no person
+        ("申請者：阿部 翔太", ["阿部 翔太"]),  # 阿部 ends in 部 and is a surname
+        # a company in a name field is no person (it was cut to its first five kanji)
+        ("申請者：株式会社山田商事", []),
+        ("契約者：山田商事株式会社", []),
+        ("依頼人：有限会社佐藤工務店", []),
+        ("名義：医療法人山田会", []),
+    ],
+)
+def test_a_department_before_the_name_in_a_field_is_not_part_of_the_name(
+    text: str, names: list[str]
+) -> None:
+    assert [v for t, v in found(text) if t == "PERSON"] == names

@@ -121,6 +121,8 @@ _ORG_TAILS = frozenset(
         "市役", "町役", "村役",
     }
 )  # fmt: skip
+_COMPANY_WORDS = ("会社", "法人", *_ORG_TAILS)
+_KANJI_RUN = lazy_compile(rf"[{_KANJI}]{{1,16}}")
 _ORG_LAST = frozenset("町村市区県屋組店社堂院庁館寺駅港")
 # What ends a department's or a company's name before a person's (営業部田中, 東京支店古賀).
 _ORG_BEFORE_NAME = frozenset("部課室局店所社署係班科団会 　")
@@ -471,6 +473,22 @@ class PersonDetector:
         if value is not None:
             if label in _SALUTATIONS:
                 return
+            run = _KANJI_RUN.match(text, pos)
+            if run is not None and any(word in run.group() for word in _COMPANY_WORDS):
+                return  # 申請者：株式会社山田商事, a company (PII_LABELS: not a person)
+            department = value.group().split()[0]
+            if (
+                len(department) >= 3
+                and department[-1] in _ORG_BEFORE_NAME
+                and department not in self._surnames
+            ):
+                # 起案者：総務部 伊藤 健太: the department, then the name (阿部, 日下部 are names).
+                at = pos = value.start() + len(department)
+                while text[pos : pos + 1] in (" ", "　"):
+                    pos += 1
+                value = _VALUE_KANJI.match(text, pos) if pos > at else None
+                if value is None:
+                    return  # 申請者：経理部, a department and no person
             if (label in _LOOSE_FIELDS and not explicit) or strict:
                 span = self._kanji_name(value.group(), allow_unknown=False)
                 if span is not None and span[0] == 0:
