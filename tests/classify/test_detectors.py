@@ -805,3 +805,23 @@ def test_a_department_before_the_name_in_a_field_is_not_part_of_the_name(
     text: str, names: list[str]
 ) -> None:
     assert [v for t, v in found(text) if t == "PERSON"] == names
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "請求番号 123456789018",  # 123456789018 passes the My Number check digit
+        "請求書No.2026112800123",  # passes the corporate number's
+        "Transaction ID: 1234 5678 9018",
+        "会員ID：123456789018",
+        "取引ID 123456789018",
+        "ポイントカード番号 1234 5678 9018",
+    ],
+)
+def test_business_references_that_pass_a_check_digit_are_not_identity_numbers(text: str) -> None:
+    assert found(text) == []
+
+
+def test_a_call_back_number_is_a_phone_number_even_after_an_order_word() -> None:
+    text = "お客様から電話あり。注文の商品について。折り返し先：03-5555-1234"
+    assert [(f.type, f.score) for f in Scanner().scan(text)] == [("PHONE_JP", 0.95)]

@@ -45,7 +45,7 @@ _WORDS: dict[str, tuple[str, ...]] = {
            "Amex", "決済", "Paid with", "paid with", "Charged to", "charged to", "Pay with",
            "pay with"),
     PHONE: ("電話", "携帯", "TEL", "Tel", "tel", "FAX", "Fax", "fax", "Phone", "phone", "PHONE",
-            "Mobile", "mobile", "連絡先", "☎", "℡", "内線"),
+            "Mobile", "mobile", "連絡先", "☎", "℡", "内線", "折り返し", "折返し"),
     POSTAL: ("〒", "郵便番号", "Postal", "postal", "ZIP", "Zip", "zip", "Post Code", "Post code",
              "post code", "Postcode", "postcode"),
     VERSION: ("バージョン", "ビルド", "Version", "version", "Ver.", "ver.", "Build", "build",
@@ -56,9 +56,10 @@ _WORDS: dict[str, tuple[str, ...]] = {
                "顧客番号", "契約番号", "従業員番号", "申込番号", "予約番号", "取引番号", "案件番号",
                "部品番号", "会員番号", "製造番号", "シリアル", "型番", "品番", "商品", "社員番号",
                "送り状番号", "追跡番号", "証券番号", "お届け番号", "配送番号", "決済番号", "JAN",
-               "EAN", "バーコード",
+               "EAN", "バーコード", "請求書", "請求番号", "会員", "取引", "ポイントカード",
                "Order", "order", "ORDER", "Invoice", "invoice", "Tracking", "tracking", "Serial",
-               "serial", "Ticket", "ticket", "Reference", "reference", "Ref.", "ref.", "SKU",
+               "serial", "Ticket", "ticket", "Transaction", "transaction", "Reference", "reference",
+               "Ref.", "ref.", "SKU",
                "Part No", "Part no", "part no", "Quantity", "quantity", "金額", "¥", "￥", "円"),
 }  # fmt: skip
 
