@@ -706,6 +706,10 @@ def test_a_bracketed_country_code_is_inside_the_phone_span_with_both_brackets(
         ("2024年4月12日に誕生した新サービス", None),
         ("2024年4月に生産を開始", None),
         ("2020年に生きる", None),
+        ("誕生日会 2026年12月5日 18時から", None),  # a party, not a birth
+        ("誕生日祝い：2026年12月5日", None),
+        ("誕生日休暇 12月5日", None),
+        ("誕生日：1985年12月5日", "1985年12月5日"),
     ],
 )
 def test_birth_dates_before_a_birth_word_are_found_as_written(

@@ -55,6 +55,17 @@ _MONTH_DAY = lazy_compile(
     rf"(?:[{_D}]{{1,2}}|[{_K}]{{1,2}})[ 　]?月[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,3}})[ 　]?日"
 )
 _MONTH_DAY_CUES = frozenset({"誕生日"})
+_NOT_BIRTH_AFTER_誕生日 = (
+    "会",
+    "祝",
+    "休",
+    "パーティ",
+    "プレゼント",
+    "ケーキ",
+    "特典",
+    "クーポン",
+    "セール",
+)
 # A year (or a year and month) of birth before 生まれ/生: only with its era or four digits, for
 # "3年生" is a pupil in the third year (平成2年生まれ, 1990年生まれ, 昭和60年4月生).
 _YEAR_MONTH = lazy_compile(
@@ -173,6 +184,8 @@ def detect_birth_dates(text: str, out: list[Finding]) -> None:
         if word == "生" and text[cue.end() : cue.end() + 1] in _NOT_BIRTH_AFTER_生:
             continue
         if word not in _AFTER:
+            if word == "誕生日" and text.startswith(_NOT_BIRTH_AFTER_誕生日, cue.end()):
+                continue  # 誕生日会 2026年12月5日: the day of a party, not of a birth
             limit = min(len(text), cue.end() + 24)
             date = _DATE.search(text, cue.end(), limit)
             if date is not None and _plausible(date.group()) and _near(text, cue.end(), date):
