@@ -710,6 +710,10 @@ def test_a_bracketed_country_code_is_inside_the_phone_span_with_both_brackets(
         ("誕生日祝い：2026年12月5日", None),
         ("誕生日休暇 12月5日", None),
         ("誕生日：1985年12月5日", "1985年12月5日"),
+        # the other calendar's year in brackets, as forms write it
+        ("1985年（昭和60年）4月1日生", "1985年（昭和60年）4月1日"),
+        ("生年月日：昭和60年(1985年)4月1日", "昭和60年(1985年)4月1日"),
+        ("生年月日：1985年（昭和60年）13月1日", None),
     ],
 )
 def test_birth_dates_before_a_birth_word_are_found_as_written(

@@ -26,7 +26,8 @@ _DATE = lazy_compile(
     # 昭和60年4月12日 / 平成元年1月8日 / 昭和六十年四月十二日 / S60.4.12 / 1985年4月12日
     # (a form may put spaces around the numbers: 昭和 60 年 4 月 1 日)
     rf"(?:(?:{_ERA})[ 　]?(?:[{_D}]{{1,2}}|元|[{_K}]{{1,3}})|[{_D}]{{4}}|[{_K}]{{4}})"
-    rf"(?:[ 　]?年[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,2}})[ 　]?月"
+    # (the other calendar's year may follow in brackets: 1985年（昭和60年）4月1日)
+    rf"(?:[ 　]?年(?:[（(][^（()）\n]{{1,8}}[）)])?[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,2}})[ 　]?月"
     rf"[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,3}})[ 　]?日"
     rf"|[/／.．\-－][{_D}]{{1,2}}[/／.．\-－][{_D}]{{1,2}}(?![{_D}]))"
     # 12/04/1985, 12.04.1985
@@ -35,6 +36,7 @@ _DATE = lazy_compile(
     rf"|(?:{_MONTHS})\.? [0-9]{{1,2}}(?:st|nd|rd|th)?,? [0-9]{{4}}"
     rf"|[0-9]{{1,2}}(?:st|nd|rd|th)? (?:{_MONTHS})\.?,? [0-9]{{4}}"
 )
+_BRACKETED = re.compile(r"[（(][^（()）]*[）)]")
 _CUES_BEFORE = (
     "生年月日", "誕生日", "Date of Birth", "Date of birth", "date of birth", "DATE OF BIRTH",
     "Birth Date", "Birth date", "birth date", "Birthdate", "birthdate", "Birthday", "birthday",
@@ -83,6 +85,7 @@ _ERA_START = {"明治": 1868, "大正": 1912, "昭和": 1926, "平成": 1989, "�
 
 def _plausible(value: str) -> bool:
     """Reject what cannot be a birth date (month 13, day 32, year 2999)."""
+    value = _BRACKETED.sub("", value)  # 1985年（昭和60年）4月1日: the year is read once
     numbers = [kanji_to_int(n) for n in re.findall(rf"[{_D}]+|[{_K}]+|元", value)]
     if any(n is None for n in numbers):
         return False
