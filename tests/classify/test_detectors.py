@@ -833,3 +833,10 @@ def test_business_references_that_pass_a_check_digit_are_not_identity_numbers(te
 def test_a_call_back_number_is_a_phone_number_even_after_an_order_word() -> None:
     text = "お客様から電話あり。注文の商品について。折り返し先：03-5555-1234"
     assert [(f.type, f.score) for f in Scanner().scan(text)] == [("PHONE_JP", 0.95)]
+
+
+@pytest.mark.parametrize(
+    "text", ['password = "0@0.AA"', "DB_PASSWORD='taro@example.jp'", 'パスワード："a.b@c.co"']
+)
+def test_a_quoted_password_that_looks_like_an_email_address_is_a_secret(text: str) -> None:
+    assert [f.type for f in Scanner().scan(text)] == ["SECRET"]

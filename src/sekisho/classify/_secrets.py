@@ -237,6 +237,9 @@ _SCORES = {
 }
 
 
+_QUOTED_PASSWORD = 0.95
+
+
 def _jwt_header_ok(token: str) -> bool:
     header = token.split(".", 1)[0]
     try:
@@ -345,4 +348,7 @@ def detect_secrets(text: str, out: list[Finding], present: frozenset[str] | None
                 continue  # "the bearer of this-very-long-hyphenated-word" is prose
             if subtype == "openai_api_key" and sum(c.isdigit() for c in value) < 2:
                 continue  # "sk-this-is-a-long-hyphenated-word" is prose, not a key
-            out.append(Finding(SECRET, start, end, _SCORES[subtype], subtype))
+            # A quoted value after a password key is the password whatever it looks like
+            # (password = "taro@example.jp" is a secret, not an e-mail address).
+            score = _QUOTED_PASSWORD if group in ("vd", "vs") else _SCORES[subtype]
+            out.append(Finding(SECRET, start, end, score, subtype))
