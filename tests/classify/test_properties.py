@@ -399,3 +399,58 @@ def test_a_kyoto_street_address_is_one_span_from_its_city_to_its_number(
     block = _write(f"{number}{suffix}", width, "-")
     address = f"{prefecture}京都市{ward}{street}{tori}{crossing}{''.join(ways)}{town}{block}"
     assert _spans(f"住所：{address}　電話", "ADDRESS_JP") == [address]
+
+
+MY_NUMBER_SEPARATORS = [" ", "　", "\u00a0", *"-‐‑‒–—―−－ーｰ﹣"]
+
+
+@SETTINGS
+@given(
+    my_numbers(),
+    st.booleans(),
+    st.sampled_from(MY_NUMBER_SEPARATORS),
+    st.sampled_from([(4, 4, 4), (3, 3, 3, 3), (6, 6), (12,)]),
+    st.sampled_from(
+        ["マイナンバー", "個人番号", "マイナンバー（個人番号）", "My Number", "個人番号カード"]
+    ),
+    st.sampled_from(["", "：", ": ", "は", "　", "は「", "\n"]),
+    st.sampled_from(["", "です", "」", "）", "、", "\n", " (通知カード)"]),
+)
+def test_a_valid_my_number_is_found_whole_with_any_separator_and_grouping_after_its_cue(
+    number: str,
+    width: bool,
+    sep: str,
+    groups: tuple[int, ...],
+    cue: str,
+    before: str,
+    after: str,
+) -> None:
+    parts, at = [], 0
+    for size in groups:
+        parts.append(number[at : at + size])
+        at += size
+    value = sep.join(parts)
+    if width:
+        value = value.translate(FULL_WIDTH)
+    if cue.isascii() and not before.startswith((":", " ")):
+        before = ": " + before  # English glues no number to a word ("My Number0000" is a code)
+    text = f"{cue}{before}{value}{after}"
+    assert _spans(text, "MY_NUMBER") == [value]
+
+
+@SETTINGS
+@given(
+    my_numbers(),
+    st.booleans(),
+    st.sampled_from(MY_NUMBER_SEPARATORS),
+    st.booleans(),
+    st.sampled_from(["", "従業員の", "届出書に記載：", "Employee record: "]),
+    st.sampled_from(["", "です", "。", "\n"]),
+)
+def test_a_valid_my_number_grouped_by_fours_is_found_without_a_cue(
+    number: str, width: bool, sep: str, grouped: bool, before: str, after: str
+) -> None:
+    value = sep.join([number[:4], number[4:8], number[8:]]) if grouped else number
+    if width:
+        value = value.translate(FULL_WIDTH)
+    assert _spans(f"{before}{value}{after}", "MY_NUMBER") == [value]
