@@ -840,3 +840,17 @@ def test_a_call_back_number_is_a_phone_number_even_after_an_order_word() -> None
 )
 def test_a_quoted_password_that_looks_like_an_email_address_is_a_secret(text: str) -> None:
     assert [f.type for f in Scanner().scan(text)] == ["SECRET"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "No.  氏名        所属      内線   携帯",
+        "氏名　　所属　　役職",
+        "氏名 性別 年齢",
+        "氏名\t生年月日\t住所",
+        "申請者　　　　　承認者",
+    ],
+)
+def test_the_column_headings_after_a_name_heading_are_no_names(text: str) -> None:
+    assert [v for t, v in found(text) if t == "PERSON"] == []

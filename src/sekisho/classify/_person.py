@@ -121,6 +121,15 @@ _ORG_TAILS = frozenset(
         "市役", "町役", "村役",
     }
 )  # fmt: skip
+# The headings that stand beside 氏名 in a form's or a table's heading row.
+_COLUMN_HEADINGS = frozenset(
+    {
+        "所属", "役職", "部署", "性別", "年齢", "生年月日", "住所", "現住所", "電話", "電話番号",
+        "携帯", "内線", "連絡先", "備考", "国籍", "職業", "続柄", "署名", "印", "日付", "年月日",
+        "入社日", "社員番号", "番号", "学歴", "職歴", "勤務先", "会社名", "所在地", "本籍",
+        "承認者", "申請者", "担当者", "確認者", "作成者", "部門", "課", "部", "区分",
+    }
+)  # fmt: skip
 _COMPANY_WORDS = ("会社", "法人", *_ORG_TAILS)
 _KANJI_RUN = lazy_compile(rf"[{_KANJI}]{{1,16}}")
 _ORG_LAST = frozenset("町村市区県屋組店社堂院庁館寺駅港")
@@ -477,6 +486,8 @@ class PersonDetector:
             if run is not None and any(word in run.group() for word in _COMPANY_WORDS):
                 return  # 申請者：株式会社山田商事, a company (PII_LABELS: not a person)
             department = value.group().split()[0]
+            if department in _COLUMN_HEADINGS:
+                return  # 氏名　所属　役職: a table's heading row, no name in it
             if (
                 len(department) >= 3
                 and department[-1] in _ORG_BEFORE_NAME
