@@ -710,6 +710,9 @@ def test_a_bracketed_country_code_is_inside_the_phone_span_with_both_brackets(
         ("誕生日祝い：2026年12月5日", None),
         ("誕生日休暇 12月5日", None),
         ("誕生日：1985年12月5日", "1985年12月5日"),
+        ("2024年生まれの新製品", None),  # a product is born too
+        ("2024年4月3日生まれのブランド", None),
+        ("平成2年生まれの社員", "平成2年"),
         # the other calendar's year in brackets, as forms write it
         ("1985年（昭和60年）4月1日生", "1985年（昭和60年）4月1日"),
         ("生年月日：昭和60年(1985年)4月1日", "昭和60年(1985年)4月1日"),

@@ -57,6 +57,13 @@ _MONTH_DAY = lazy_compile(
     rf"(?:[{_D}]{{1,2}}|[{_K}]{{1,2}})[ 　]?月[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,3}})[ 　]?日"
 )
 _MONTH_DAY_CUES = frozenset({"誕生日"})
+_THINGS_AFTER_生まれの = tuple(
+    "の" + thing
+    for thing in (
+        "新", "製品", "商品", "サービス", "ブランド", "モデル", "会社", "企業", "アプリ", "技術",
+        "システム", "プロジェクト", "店", "お店", "品種", "ワイン", "車",
+    )
+)  # fmt: skip
 _NOT_BIRTH_AFTER_誕生日 = (
     "会",
     "祝",
@@ -205,6 +212,8 @@ def detect_birth_dates(text: str, out: list[Finding]) -> None:
         else:
             if word == "誕生" and _product_is_born(text, cue.end()):
                 continue
+            if word == "生まれ" and text.startswith(_THINGS_AFTER_生まれの, cue.end()):
+                continue  # 2024年生まれの新製品: a product is born too
             span = _date_before(text, word, cue.start())
             if span is not None:
                 out.append(Finding(DATE_OF_BIRTH, span[0], span[1], 0.9))
