@@ -827,6 +827,9 @@ def test_a_department_before_the_name_in_a_field_is_not_part_of_the_name(
         "会員ID：123456789018",
         "取引ID 123456789018",
         "ポイントカード番号 1234 5678 9018",
+        "お客様コード　０９０１２３４５６７８",
+        "学生証番号 123456789018",
+        "学籍番号：123456789018",
     ],
 )
 def test_business_references_that_pass_a_check_digit_are_not_identity_numbers(text: str) -> None:

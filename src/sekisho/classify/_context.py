@@ -57,6 +57,7 @@ _WORDS: dict[str, tuple[str, ...]] = {
                "部品番号", "会員番号", "製造番号", "シリアル", "型番", "品番", "商品", "社員番号",
                "送り状番号", "追跡番号", "証券番号", "お届け番号", "配送番号", "決済番号", "JAN",
                "EAN", "バーコード", "請求書", "請求番号", "会員", "取引", "ポイントカード",
+               "コード", "学生証", "学籍番号", "受験番号", "社員証",
                "Order", "order", "ORDER", "Invoice", "invoice", "Tracking", "tracking", "Serial",
                "serial", "Ticket", "ticket", "Transaction", "transaction", "Reference", "reference",
                "Ref.", "ref.", "SKU",
