@@ -810,6 +810,8 @@ def test_the_symbol_of_a_health_insurance_card_is_no_bank_account(
         ("契約者：山田商事株式会社", []),
         ("依頼人：有限会社佐藤工務店", []),
         ("名義：医療法人山田会", []),
+        ("生産者：山田農園", []),
+        ("出荷者：佐藤牧場", []),
     ],
 )
 def test_a_department_before_the_name_in_a_field_is_not_part_of_the_name(
