@@ -862,3 +862,20 @@ def test_a_quoted_password_that_looks_like_an_email_address_is_a_secret(text: st
 )
 def test_the_column_headings_after_a_name_heading_are_no_names(text: str) -> None:
     assert [v for t, v in found(text) if t == "PERSON"] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "reading"),
+    [
+        ("ふりがな　やまだ　はなこ", "やまだ　はなこ"),
+        ("ふりがな：さとう いちろう\n氏名：佐藤 一郎", "さとう いちろう"),
+        ("フリガナ　ヤマダ　ハナコ", "ヤマダ　ハナコ"),
+    ],
+)
+def test_a_reading_written_in_hiragana_after_its_label_is_a_name(text: str, reading: str) -> None:
+    assert reading in [v for t, v in found(text) if t == "PERSON"]
+
+
+@pytest.mark.parametrize("text", ["フリガナをご記入ください", "ふりがなはひらがなで書いてください"])
+def test_prose_about_a_reading_field_holds_no_name(text: str) -> None:
+    assert found(text) == []

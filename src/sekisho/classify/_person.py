@@ -86,6 +86,8 @@ _VALUE_KANJI = lazy_compile(rf"[{_KANJI}]{{1,5}}(?:[ 　]{{1,2}}[{_KANJI}]{{1,5}
 _VALUE_KATA = lazy_compile(
     rf"[{_KATA_FIRST}][{_KATA}]{{1,11}}(?:[ 　・･][{_KATA_FIRST}][{_KATA}]{{1,11}})?"
 )
+_VALUE_HIRA = lazy_compile("[ぁ-ゖ]{1,12}(?:[ 　・][ぁ-ゖ]{1,12})?")
+_READING_FIELDS = frozenset({"ふりがな", "フリガナ"})
 _VALUE_LATIN = lazy_compile(
     r"[A-Z][a-zA-Z'\-]{1,20}(?: [A-Z][a-zA-Z'\-]{1,20}){0,2}|[A-Z]{2,20}(?:[ /][A-Z]{2,20})"
 )
@@ -514,6 +516,13 @@ class PersonDetector:
             if label in _LOOSE_FIELDS:
                 return  # "担当：インフラチーム" names a team, not a person
             out.append(Finding(PERSON, value.start(), value.end(), 0.8))
+            return
+        if label in _READING_FIELDS:  # ふりがな　やまだ　はなこ: the reading, in hiragana
+            if not any(c in text[end:pos] for c in " 　\t:："):
+                return  # フリガナをご記入ください: prose about the field, no value
+            value = _VALUE_HIRA.match(text, pos)
+            if value is not None:
+                out.append(Finding(PERSON, value.start(), value.end(), 0.8))
             return
         value = _VALUE_LATIN.match(text, pos)
         if value is None:
