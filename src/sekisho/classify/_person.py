@@ -133,7 +133,7 @@ _COLUMN_HEADINGS = frozenset(
         "承認者", "申請者", "担当者", "確認者", "作成者", "部門", "課", "部", "区分",
     }
 )  # fmt: skip
-_COMPANY_WORDS = ("会社", "法人", *_ORG_TAILS)
+_COMPANY_WORD = trie_regex(("会社", "法人", *_ORG_TAILS))
 _KANJI_RUN = lazy_compile(rf"[{_KANJI}]{{1,16}}")
 _ORG_LAST = frozenset("町村市区県屋組店社堂院庁館寺駅港")
 # What ends a department's or a company's name before a person's (営業部田中, 東京支店古賀).
@@ -486,7 +486,7 @@ class PersonDetector:
             if label in _SALUTATIONS:
                 return
             run = _KANJI_RUN.match(text, pos)
-            if run is not None and any(word in run.group() for word in _COMPANY_WORDS):
+            if run is not None and _COMPANY_WORD.search(text, pos, run.end()):
                 return  # 申請者：株式会社山田商事, a company (PII_LABELS: not a person)
             department = value.group().split()[0]
             if department in _COLUMN_HEADINGS:
