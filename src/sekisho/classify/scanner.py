@@ -48,8 +48,7 @@ _FAMILY_WORDS: dict[str, tuple[str, ...]] = {
     LABELS: ("CONFIDENTIAL", "Confidential", "INTERNAL", "Internal", "SECRET", "Secret",
              "RESTRICTED", "PROPRIETARY", "Proprietary", "DISTRIBUTE", "Distribute", "TOP SECRET",
              "Top Secret", "秘", "機密", "取扱", "取り扱", "限り", "限定", "禁止", "要配慮"),
-    BIRTH: ("Birth", "birth", "DOB", "D.O.B", "Born", "born", "生年", "生ま", "誕生", "日生",
-            "年生", "月生"),
+    BIRTH: ("Birth", "birth", "DOB", "D.O.B", "Born", "born", "生年", "生ま", "誕生", "日生"),
     ADDRESS: (*ROMAN_GATE, "都", "道", "府", "県", "市", "区"),
     PERSON: (*PERSON_CUES, "/"),
 }  # fmt: skip
@@ -222,6 +221,10 @@ class Scanner:
         families: set[str] = set()
         for word in present:
             families |= _TRIGGER_FAMILIES.get(word, _PERSON_ONLY)
+        if BIRTH not in families and not text.isascii() and ("年生" in text or "月生" in text):
+            # 昭和60年生: substring tests, for 年 and 月 opening trigger words would stop the
+            # trigger regex at every date of a Japanese text.
+            families.add(BIRTH)
         if "@" in text or "＠" in text:
             families.add(EMAIL)
         if ":" in text:
