@@ -879,3 +879,8 @@ def test_a_reading_written_in_hiragana_after_its_label_is_a_name(text: str, read
 @pytest.mark.parametrize("text", ["フリガナをご記入ください", "ふりがなはひらがなで書いてください"])
 def test_prose_about_a_reading_field_holds_no_name(text: str) -> None:
     assert found(text) == []
+
+
+@pytest.mark.parametrize("name", ["Jane Smith", "Priya Patel", "Mia Johnson"])
+def test_a_common_english_given_name_and_surname_without_a_cue_are_a_name(name: str) -> None:
+    assert found(f"Please set up {name} starting Dec 1.") == [("PERSON", name)]
