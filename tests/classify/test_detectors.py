@@ -745,6 +745,24 @@ def test_a_kyoto_address_is_whole_through_its_town_and_number(address: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        (
+            "住所：京都府京都市中京区寺町通御池上る上本能寺前町",
+            "京都府京都市中京区寺町通御池上る上本能寺前町",
+        ),
+        (
+            "京都市中京区寺町通御池上る上本能寺前町にあります",
+            "京都市中京区寺町通御池上る上本能寺前町",
+        ),
+        ("京都市下京区烏丸通七条下る東塩小路町", "京都市下京区烏丸通七条下る東塩小路町"),
+    ],
+)
+def test_a_kyoto_address_without_a_number_runs_through_its_town(text: str, address: str) -> None:
+    assert [v for t, v in found(text) if t == "ADDRESS_JP"] == [address]
+
+
+@pytest.mark.parametrize(
     "text", ["平成15年3月 京都市立二条中学校 卒業", "京都市内の二条城を見学", "大阪市立一条小学校"]
 )
 def test_a_street_number_like_nijo_alone_is_no_block_of_an_address(text: str) -> None:

@@ -166,6 +166,8 @@ _TAIL = lazy_compile(
 _TAIL_STREET = lazy_compile(
     rf"(?P<city>{_CITY}{{0,4}})"
     rf"(?:{_KYOTO_WAY}{_NAMECH}{{0,16}}?(?P<way_block>(?=[0-9０-９])(?:{_BLOCK})){_BUILDING}"
+    # …上る上本能寺前町 with no number: the way says it is an address; it ends with the town.
+    rf"|{_KYOTO_WAY}(?P<way_town>{_NAMECH}{{0,12}}町)"
     rf"|{_NAMECH}{{0,12}}?(?P<block>{_BLOCK}){_BUILDING})?"
 )
 _PREFECTURE_SET = frozenset(PREFECTURES)
@@ -257,6 +259,9 @@ def detect_addresses(
         if tail.group("block") or (street and tail.group("way_block")):
             end = _trim(text, begin, tail.end())
             score = 0.9 if has_city or city_first else 0.7
+        elif street and tail.group("way_town"):
+            end = tail.end()
+            score = 0.8
         elif has_city and not city_first:
             end = tail.end("city")
             score = 0.6
