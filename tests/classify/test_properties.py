@@ -242,6 +242,9 @@ ADVERSARIAL = [
     "sk-" * 3_300,
     "pass:" * 2_000,
     "（/ " * 3_300,
+    "区通り西入" * 2_000,  # Kyoto's streets: a way (通…西入) and no town or number after it
+    "京都市烏丸通二条下ル" * 1_000,
+    "京都府通" * 2_500,
 ]
 
 

@@ -157,7 +157,8 @@ _BUILDING = (
 # or east (西入る, 東入る), or both (上る西入ル), to the town: 寺町通御池上る上本能寺前町488番地.
 # The street may end in 町 (河原町通, 室町通) and then has been read as a town: 通 may open the way.
 _UP_DOWN = "(?:上が?[るル]|下が?[るル]|[東西]入[るル]?)"
-_KYOTO_WAY = rf"{_NAMECH}{{0,8}}?通り?{_NAMECH}{{0,8}}?{_UP_DOWN}{{1,2}}"
+# Atomic: once read, the way is not read again another way when what follows fails.
+_KYOTO_WAY = rf"(?>{_NAMECH}{{0,8}}?通り?{_NAMECH}{{0,8}}?{_UP_DOWN}{{1,2}})"
 _TAIL = lazy_compile(
     rf"(?P<city>{_CITY}{{0,4}})(?:{_NAMECH}{{0,12}}?(?P<block>{_BLOCK}){_BUILDING})?"
 )
@@ -165,9 +166,9 @@ _TAIL = lazy_compile(
 # the street) and its number. Texts without one do not pay for the way.
 _TAIL_STREET = lazy_compile(
     rf"(?P<city>{_CITY}{{0,4}})"
-    rf"(?:{_KYOTO_WAY}{_NAMECH}{{0,16}}?(?P<way_block>(?=[0-9０-９])(?:{_BLOCK})){_BUILDING}"
+    rf"(?:{_KYOTO_WAY}(?:{_NAMECH}{{0,16}}?(?P<way_block>(?=[0-9０-９])(?:{_BLOCK})){_BUILDING}"
     # …上る上本能寺前町 with no number: the way says it is an address; it ends with the town.
-    rf"|{_KYOTO_WAY}(?P<way_town>{_NAMECH}{{0,12}}町)"
+    rf"|(?P<way_town>{_NAMECH}{{0,12}}町))"
     rf"|{_NAMECH}{{0,12}}?(?P<block>{_BLOCK}){_BUILDING})?"
 )
 _PREFECTURE_SET = frozenset(PREFECTURES)
@@ -178,9 +179,12 @@ _START = lazy_compile("[都道府県市区]")
 _CITY_AHEAD = lazy_compile(
     rf"{_NAMECH}{{0,24}}?[0-9０-９一二三四五六七八九十]{{1,5}}(?:丁目|番|条|[{DASH}])"
 )
-_CITY_AHEAD_STREET = lazy_compile(
-    rf"{_NAMECH}{{0,24}}?(?:[0-9０-９一二三四五六七八九十]{{1,5}}(?:丁目|番|条|[{DASH}])|{_UP_DOWN})"
-)
+# Or, where the text has a 通 (a street): a way (上ル, 西入) close ahead, then a town or a
+# number. A search for the way's first character, then one match: a lazy walk trying the way
+# at each character cost twice the gate's time on text of ways alone. (The tail reads the
+# address itself; this only spares it the texts that cannot hold one.)
+_WAY = lazy_compile(_UP_DOWN)
+_WAY_AHEAD = lazy_compile(rf"{_UP_DOWN}{{1,2}}{_NAMECH}{{0,16}}?[町0-9０-９]")
 _ROMAN_CUE = lazy_compile(r"-(?:ku|shi|cho|machi|gun|mura)\b")
 ROMAN_GATE = ("-ku", "-shi", "-cho", "-machi", "-gun", "-mura")
 _KANJI = lazy_compile(r"[一-龥々ヶ]")
@@ -200,6 +204,12 @@ _ROMAN = lazy_compile(
 )
 
 
+def _way_ahead(text: str, at: int) -> bool:
+    """Whether a Kyoto way (then a town or a number) starts within 24 name characters of ``at``."""
+    way = _WAY.search(text, at, at + 26)
+    return way is not None and _WAY_AHEAD.match(text, way.start()) is not None
+
+
 def _trim(text: str, start: int, end: int) -> int:
     # A block regex may stop on a separator ("1-2-"); the value ends at the last digit.
     while end > start + 1 and text[end - 1] in "-‐‑−－ー―の 　" and text[end - 2].isdigit():
@@ -214,7 +224,6 @@ def detect_addresses(
     covered = -1
     street = "通" in text
     tail_pattern = _TAIL_STREET if street else _TAIL
-    city_ahead = _CITY_AHEAD_STREET if street else _CITY_AHEAD
     if starts is None:
         starts = [m.start() for m in _START.finditer(text)]
     for cue in starts:
@@ -239,7 +248,9 @@ def detect_addresses(
             if begin == cue:  # さいたま市, つくば市: city names written in hiragana
                 while begin > 0 and cue - begin < 5 and text[begin - 1] in _CITY_KANA:
                     begin -= 1
-            if begin == cue or begin < covered or not city_ahead.match(text, cue + 1):
+            if begin == cue or begin < covered:
+                continue
+            if not _CITY_AHEAD.match(text, cue + 1) and not (street and _way_ahead(text, cue + 1)):
                 continue
             city_first = True
             tail = tail_pattern.match(text, begin)
