@@ -902,3 +902,20 @@ def test_prose_about_a_reading_field_holds_no_name(text: str) -> None:
 @pytest.mark.parametrize("name", ["Jane Smith", "Priya Patel", "Mia Johnson"])
 def test_a_common_english_given_name_and_surname_without_a_cue_are_a_name(name: str) -> None:
     assert found(f"Please set up {name} starting Dec 1.") == [("PERSON", name)]
+
+
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_the_birth_date_column_of_a_table_under_its_heading_is_found(sep: str) -> None:
+    rows = [
+        ["社員番号", "氏名", "生年月日", "入社日"],
+        ["1001", "田中 太郎", "1988/05/14", "2012/04/01"],
+        ["1002", "中村 美咲", "平成4年11月30日", "2015/04/01"],
+        ["1003", "佐藤 健", "", "2016/04/01"],
+    ]
+    text = "\n".join(sep.join(row) for row in rows) + "\n\n入社日 2026/04/01 の研修"
+    assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == ["1988/05/14", "平成4年11月30日"]
+
+
+def test_a_table_without_a_birth_date_heading_has_no_birth_dates() -> None:
+    text = "社員番号,氏名,入社日\n1001,田中 太郎,1988/05/14\n"
+    assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == []
