@@ -919,3 +919,19 @@ def test_the_birth_date_column_of_a_table_under_its_heading_is_found(sep: str) -
 def test_a_table_without_a_birth_date_heading_has_no_birth_dates() -> None:
     text = "社員番号,氏名,入社日\n1001,田中 太郎,1988/05/14\n"
     assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == []
+
+
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_the_name_and_reading_columns_of_a_table_under_their_headings_are_names(sep: str) -> None:
+    rows = [
+        ["社員番号", "氏名", "フリガナ", "内線"],
+        ["1001", "雨宮 凛", "アメミヤ リン", "2101"],
+        ["1002", "東海林 翠", "ショウジ ミドリ", "2202"],
+    ]
+    text = "\n".join(sep.join(row) for row in rows)
+    assert [v for t, v in found(text) if t == "PERSON"] == [
+        "雨宮 凛",
+        "アメミヤ リン",
+        "東海林 翠",
+        "ショウジ ミドリ",
+    ]

@@ -247,6 +247,8 @@ ADVERSARIAL = [
     "京都府通" * 2_500,
     "生年月日,\n" * 1_000,  # every line a table heading of the lines below it
     "生年月日\t1\n" * 1_000,
+    "氏名\tフリガナ\n" * 1_000,
+    "氏名,山田 太郎\n" * 900,
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from sekisho.classify._lazy import lazy_compile
+from sekisho.classify._table import column_under
 from sekisho.classify._text import KANJI_NUMERAL, kanji_to_int
 from sekisho.classify._trie import trie_regex
 from sekisho.classify.findings import DATE_OF_BIRTH, Finding
@@ -188,54 +189,17 @@ def _product_is_born(text: str, end: int) -> bool:
     return False
 
 
-_MAX_TABLE_ROWS = 10_000
-_MAX_HEADING = 1_000
-
-
-def _birth_date_column(text: str, cue: re.Match[str], out: list[Finding]) -> int:
-    """A table's heading cell 生年月日 (DOB …): the dates below it in its column are birth
-    dates (社員番号,氏名,生年月日 / 1001,田中 太郎,1988/05/14). Returns where the table ends
-    (the cue's end when it heads none)."""
-    line_start = text.rfind("\n", max(0, cue.start() - _MAX_HEADING), cue.start()) + 1
-    line_end = text.find("\n", cue.end(), cue.end() + _MAX_HEADING)
-    if line_end < 0 or (line_start == 0 and cue.start() > _MAX_HEADING):
-        return cue.end()  # a heading is a line of its own, and short
-    heading = text[line_start:line_end]
-    sep = "\t" if "\t" in heading else "," if "," in heading else ""
-    if not sep:
-        return cue.end()
-    cells = heading.split(sep)
-    at = cue.start() - line_start
-    column = heading.count(sep, 0, at)
-    if cells[column].strip(' 　"') != cue.group():
-        return cue.end()  # the cue is inside a cell of prose, not a heading
-    pos = line_end + 1
-    for _ in range(_MAX_TABLE_ROWS):
-        if pos >= len(text):
-            break
-        end = text.find("\n", pos)
-        end = len(text) if end < 0 else end
-        row = text[pos:end]
-        if not row.strip() or row.count(sep) != len(cells) - 1:
-            break  # the table has ended
-        cell_start = pos + sum(len(c) + 1 for c in row.split(sep)[:column])
-        cell = row.split(sep)[column]
-        value = cell.strip(' 　"')
-        if value:
-            first = cell_start + cell.index(value)
-            date = _DATE.fullmatch(text, first, first + len(value))
-            if date is not None and _plausible(value):
-                out.append(Finding(DATE_OF_BIRTH, first, first + len(value), 0.9))
-        pos = end + 1
-    return pos
-
-
 def detect_birth_dates(text: str, out: list[Finding]) -> None:
-    table_end = 0
+    rows = range(0)  # the rows of the last table read
     for cue in _CUE.finditer(text):
         word = cue.group()
-        if word not in _AFTER and table_end <= cue.start() and ("," in text or "\t" in text):
-            table_end = _birth_date_column(text, cue, out)  # a table's rows are read once
+        if word not in _AFTER and cue.start() not in rows and ("," in text or "\t" in text):
+            # 社員番号,氏名,生年月日 / 1001,田中 太郎,1988/05/14: the column under the heading
+            rows, cells = column_under(text, cue.start(), cue.end())
+            for first, last in cells:
+                value = text[first:last]
+                if _DATE.fullmatch(text, first, last) is not None and _plausible(value):
+                    out.append(Finding(DATE_OF_BIRTH, first, last, 0.9))
         if word == "生" and text[cue.end() : cue.end() + 1] in _NOT_BIRTH_AFTER_生:
             continue
         if word not in _AFTER:

@@ -16,6 +16,7 @@ from functools import cache
 
 from sekisho.classify import _names
 from sekisho.classify._lazy import lazy_compile
+from sekisho.classify._table import column_under
 from sekisho.classify._trie import trie_pattern, trie_regex
 from sekisho.classify.findings import PERSON, Finding
 
@@ -88,6 +89,7 @@ _VALUE_KATA = lazy_compile(
 )
 _VALUE_HIRA = lazy_compile("[ぁ-ゖ]{1,12}(?:[ 　・][ぁ-ゖ]{1,12})?")
 _READING_FIELDS = frozenset({"ふりがな", "フリガナ"})
+_COLUMN_FIELDS = frozenset({"氏名", "名前", "お名前", "フリガナ", "ふりがな", "Name", "Full name"})
 _VALUE_LATIN = lazy_compile(
     r"[A-Z][a-zA-Z'\-]{1,20}(?: [A-Z][a-zA-Z'\-]{1,20}){0,2}|[A-Z]{2,20}(?:[ /][A-Z]{2,20})"
 )
@@ -131,6 +133,7 @@ _COLUMN_HEADINGS = frozenset(
         "携帯", "内線", "連絡先", "備考", "国籍", "職業", "続柄", "署名", "印", "日付", "年月日",
         "入社日", "社員番号", "番号", "学歴", "職歴", "勤務先", "会社名", "所在地", "本籍",
         "承認者", "申請者", "担当者", "確認者", "作成者", "部門", "課", "部", "区分",
+        "フリガナ", "ふりがな", "カナ", "メール", "メールアドレス",
     }
 )  # fmt: skip
 _COMPANY_WORD = trie_regex(("会社", "法人", *_ORG_TAILS))
@@ -275,6 +278,8 @@ class PersonDetector:
                 f"{len(cues)} name cues in one text of {len(text)} characters; at most "
                 f"{MAX_CUES} are read"
             )
+        tables = "," in text or "\t" in text
+        rows = range(0)  # the rows of the last table read
         for start, end, word in cues:
             kind = _CUE_KIND.get(word)
             if kind is None:
@@ -300,6 +305,8 @@ class PersonDetector:
             if kind == "hon" or kind == "title":
                 self._before(text, start, end, kind == "title", found)
             elif kind == "field":
+                if word in _COLUMN_FIELDS and start not in rows and tables:
+                    rows = self._column(text, start, end, found)
                 self._field(text, word, start, end, found)
             elif kind == "entitle":
                 self._after_title(text, end, found)
@@ -513,6 +520,8 @@ class PersonDetector:
             return
         value = _VALUE_KATA.match(text, pos)
         if value is not None:
+            if value.group() in _COLUMN_HEADINGS:
+                return  # 氏名	フリガナ: a heading row
             if label in _LOOSE_FIELDS:
                 return  # "担当：インフラチーム" names a team, not a person
             out.append(Finding(PERSON, value.start(), value.end(), 0.8))
@@ -564,6 +573,21 @@ class PersonDetector:
                 return
             out.append(Finding(PERSON, value.start(), value.start() + span[1], span[2]))
             pos = value.start() + span[1]
+
+    def _column(self, text: str, start: int, end: int, out: list[Finding]) -> range:
+        """The names under a table's 氏名 or フリガナ heading (社員番号,氏名,フリガナ /
+        1001,雨宮 凛,アメミヤ リン): each cell that is written as a name is one. Returns the
+        range of the table's rows."""
+        rows, cells = column_under(text, start, end)
+        for first, last in cells:
+            value = text[first:last]
+            if value in _COLUMN_HEADINGS or value in _COLUMN_FIELDS:
+                continue  # a heading row repeated (a table pasted twice, page by page)
+            for shape in (_VALUE_KANJI, _VALUE_KATA, _VALUE_HIRA, _VALUE_LATIN):
+                if shape.fullmatch(text, first, last) is not None:
+                    out.append(Finding(PERSON, first, last, 0.8))
+                    break
+        return rows
 
     def _signatures(self, text: str, out: list[Finding]) -> None:
         """A line that is a department and a known surname (a signature, a sender line):
