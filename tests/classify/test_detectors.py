@@ -935,3 +935,15 @@ def test_the_name_and_reading_columns_of_a_table_under_their_headings_are_names(
         "東海林 翠",
         "ショウジ ミドリ",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("氏名：山田太郎　年齢：45歳　性別：男", ["山田太郎"]),  # the next field is no surname
+        ("氏名 山田 太郎 所属 営業部", ["山田 太郎"]),
+        ("Name\tDOB\tDept\nJohn Smith\t04/12/1985\tSales", ["John Smith"]),
+    ],
+)
+def test_a_name_field_value_stops_before_the_next_field(text: str, names: list[str]) -> None:
+    assert [v for t, v in found(text) if t == "PERSON"] == names

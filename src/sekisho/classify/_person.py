@@ -87,6 +87,7 @@ _VALUE_KANJI = lazy_compile(rf"[{_KANJI}]{{1,5}}(?:[ 　]{{1,2}}[{_KANJI}]{{1,5}
 _VALUE_KATA = lazy_compile(
     rf"[{_KATA_FIRST}][{_KATA}]{{1,11}}(?:[ 　・･][{_KATA_FIRST}][{_KATA}]{{1,11}})?"
 )
+_VALUE_KANJI_WORD = lazy_compile(rf"[{_KANJI}]{{1,5}}")
 _VALUE_HIRA = lazy_compile("[ぁ-ゖ]{1,12}(?:[ 　・][ぁ-ゖ]{1,12})?")
 _READING_FIELDS = frozenset({"ふりがな", "フリガナ"})
 _COLUMN_FIELDS = frozenset({"氏名", "名前", "お名前", "フリガナ", "ふりがな", "Name", "Full name"})
@@ -159,7 +160,8 @@ _LATIN_STOP = frozenset(
         "Client", "Partner", "Partners", "Friends", "Hiring", "Manager", "Support", "Sales",
         "The", "This", "That", "Our", "Your", "We", "Please", "Thank", "Thanks", "Re", "Fwd",
         "Subject", "Date", "Hello", "Hi", "Regards", "Best", "Company", "Project", "Tokyo",
-        "Osaka", "Japan", "Inc", "Ltd", "Corp", "Department", "Dept", "Office",
+        "Osaka", "Japan", "Inc", "Ltd", "Corp", "Department", "Dept", "Office", "DOB", "Age",
+        "Gender", "Email", "Phone", "Address", "Title", "Position",
         "Board", "Staff", "Everyone", "Admin", "Engineering", "Legal", "HR", "IT", "Finance",
     }
 )  # fmt: skip
@@ -510,6 +512,14 @@ class PersonDetector:
                 value = _VALUE_KANJI.match(text, pos) if pos > at else None
                 if value is None:
                     return  # 申請者：経理部, a department and no person
+            words = value.group().split()
+            if len(words) == 2 and (
+                words[1] in _COLUMN_HEADINGS or text[value.end() : value.end() + 1] in (":", "：")
+            ):
+                # 氏名：山田太郎　年齢：45歳: the second word is the next field's label
+                value = _VALUE_KANJI_WORD.match(text, value.start())
+                if value is None:
+                    return
             if (label in _LOOSE_FIELDS and not explicit) or strict:
                 span = self._kanji_name(value.group(), allow_unknown=False)
                 if span is not None and span[0] == 0:
