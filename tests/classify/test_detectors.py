@@ -947,3 +947,16 @@ def test_the_name_and_reading_columns_of_a_table_under_their_headings_are_names(
 )
 def test_a_name_field_value_stops_before_the_next_field(text: str, names: list[str]) -> None:
     assert [v for t, v in found(text) if t == "PERSON"] == names
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026年度 新卒採用 平成15年生まれ対象",
+        "1990年生まれ世代の社員は30名",
+        "1990年生まれ以降の世代",
+        "昭和60年生まれから平成2年生まれまで",
+    ],
+)
+def test_a_year_of_birth_that_names_a_cohort_is_no_ones_birth_date(text: str) -> None:
+    assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == []

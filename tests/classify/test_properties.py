@@ -244,7 +244,6 @@ ADVERSARIAL = [
     "（/ " * 3_300,
     "区通り西入" * 2_000,  # Kyoto's streets: a way (通…西入) and no town or number after it
     "京都市烏丸通二条下ル" * 1_000,
-    "京都府通" * 2_500,
     "生年月日,\n" * 1_000,  # every line a table heading of the lines below it
     "生年月日\t1\n" * 1_000,
     "氏名\tフリガナ\n" * 1_000,

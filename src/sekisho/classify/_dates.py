@@ -83,6 +83,11 @@ _YEAR_MONTH = lazy_compile(
     rf"[ 　]?年(?:[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,2}})[ 　]?月)?"
 )
 _DATE_LAST = frozenset("日0123456789０１２３４５６７８９")  # every _DATE match ends in one of these
+# What follows a year of birth that names a cohort rather than a person's birth.
+_COHORT_AFTER = (
+    "対象", "以降", "以前", "以上", "以下", "世代", "層", "まで", "から", "限定", "の世代",
+    "の皆",
+)  # fmt: skip
 _PARTIAL_LAST = frozenset("年月日")  # a year, a year and month, a month and day
 # A date and its birth word may stand apart by に (1985年4月3日に生まれた, …に誕生した); not
 # 生 alone (2020年に生きる).
@@ -142,7 +147,7 @@ def _plausible_year_month(value: str) -> bool:
     return year_ok and (len(nums) == 1 or 1 <= nums[1] <= 12)
 
 
-def _date_before(text: str, word: str, cue_start: int) -> tuple[int, int] | None:
+def _date_before(text: str, word: str, cue_start: int, cue_end: int) -> tuple[int, int] | None:
     """The birth date that ends right before a birth word (spaces, or に, between)."""
     window_start = max(0, cue_start - 24)
     before = text[window_start:cue_start].rstrip(" 　")
@@ -170,6 +175,8 @@ def _date_before(text: str, word: str, cue_start: int) -> tuple[int, int] | None
         if day is not None and day.end() == stop and _plausible_month_day(day.group()):
             return day.start(), day.end()
         return None
+    if text.startswith(_COHORT_AFTER, cue_end):
+        return None  # 1990年生まれの社員は30名, …生まれ以降: a cohort, no one's birth date
     year = None
     for match in _YEAR_MONTH.finditer(text, window_start, stop):
         year = match
@@ -223,6 +230,6 @@ def detect_birth_dates(text: str, out: list[Finding]) -> None:
                 continue
             if word == "生まれ" and text.startswith(_THINGS_AFTER_生まれの, cue.end()):
                 continue  # 2024年生まれの新製品: a product is born too
-            span = _date_before(text, word, cue.start())
+            span = _date_before(text, word, cue.start(), cue.end())
             if span is not None:
                 out.append(Finding(DATE_OF_BIRTH, span[0], span[1], 0.9))
