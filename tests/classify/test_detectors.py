@@ -778,6 +778,9 @@ def test_a_street_number_like_nijo_alone_is_no_block_of_an_address(text: str) ->
         "東京都中央区銀座4-6-16 銀座三越 7F",
         "愛知県名古屋市中村区名駅4丁目7-1 ミッドランドスクエア 12F",
         "大阪府大阪市北区梅田3丁目1番3号 ノースゲートビルディング 15階",
+        "千葉県船橋市本町1丁目3番1号 船橋フェイスビル5階501号室",  # a floor, then a room
+        "大阪府堺市北区中百舌鳥町2-104 なかもずマンション3-301",  # building 3, room 301
+        "東京都練馬区光が丘２ー５ー１　光が丘パークタウン２５号棟１０１号室",
     ],
 )
 def test_a_building_and_its_floor_after_a_space_are_part_of_the_address(address: str) -> None:
@@ -790,6 +793,7 @@ def test_a_building_and_its_floor_after_a_space_are_part_of_the_address(address:
         ("東京都港区1-2-3 山田ビル内の受付センターへ", "東京都港区1-2-3 山田ビル"),
         ("東京都港区1-2-3 山田ビルにお越しください。3階です", "東京都港区1-2-3 山田ビル"),
         ("東京都港区芝1-2-3 会議は10時から", "東京都港区芝1-2-3"),
+        ("東京都港区芝1-2-3 山田ビル 2026年4月1日移転", "東京都港区芝1-2-3 山田ビル"),
     ],
 )
 def test_a_building_name_does_not_run_on_into_the_sentence_after_it(
@@ -960,3 +964,10 @@ def test_a_name_field_value_stops_before_the_next_field(text: str, names: list[s
 )
 def test_a_year_of_birth_that_names_a_cohort_is_no_ones_birth_date(text: str) -> None:
     assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == []
+
+
+def test_a_phone_number_after_a_building_is_not_read_into_the_address() -> None:
+    assert found("東京都港区芝1-2-3 山田ビル 03-1234-5678") == [
+        ("ADDRESS_JP", "東京都港区芝1-2-3 山田ビル"),
+        ("PHONE_JP", "03-1234-5678"),
+    ]

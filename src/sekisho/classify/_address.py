@@ -146,11 +146,16 @@ _BUILDING_WORD = (
 _BUILDING_MORE = (
     rf"(?:[^\s\d０-９、。,，;；()（）「」『』【】:：〒のにでをはがへと内]{{0,8}}?{_BUILDING_WORD})?"
 )
-_FLOOR = r"[0-9０-９]{1,4}+(?:階|F|Ｆ|号室)"
+# A floor may have its room after it (5階501号室).
+_FLOOR = r"[0-9０-９]{1,4}+(?:(?:階|F|Ｆ)(?:[ 　]?[0-9０-９]{1,4}+号室)?|号室)"
 _BUILDING = (
     rf"(?:[ 　]?{_BUILDING_CH}{{0,24}}?[ 　]?{_FLOOR}"  # 銀座三越 7F: a space may stand before it
     rf"|[ 　]?{_BUILDING_CH}{{1,20}}?{_BUILDING_WORD}{_BUILDING_MORE}"
-    r"[A-ZＡ-Ｚ]?(?:[ 　]?[0-9０-９]{1,4}+(?:階|F|Ｆ|号室|号)?)?"
+    # a number after the building word: its floor or room, or building-room (マンション3-301);
+    # not the start of what follows it (山田ビル 03-1234-5678, 山田ビル 2026年4月1日)
+    rf"[A-ZＡ-Ｚ]?(?:[ 　]?(?:{_FLOOR}|[0-9０-９]{{1,4}}+(?:[{DASH}][0-9０-９]{{1,4}}+)?号?"
+    rf"(?![0-9０-９{DASH}年月日時:：/／.．]))"
+    r")?"
     rf"|[ 　]?{_FLOOR})?"
 )
 # Kyoto writes the way there: a street, the crossing, then up (north, 上る), down (下る), west
