@@ -610,3 +610,128 @@ async def test_embeddings_have_the_dimensions_asked_for(start_sim: StartSim) -> 
             model="sim-embed", input="text", extra_body={"encoding_format": "hex"}
         )
     await c.close()
+
+
+# -- tool calls and refusals -------------------------------------------------------------
+
+
+class GetWeather(BaseModel):
+    city: str
+    days: int = Field(ge=1)
+
+
+class GetTime(BaseModel):
+    timezone: str
+
+
+STRICT_TOOLS: Any = [
+    openai.pydantic_function_tool(GetWeather, name="get_weather"),
+    openai.pydantic_function_tool(GetTime, name="get_time"),
+]
+
+
+async def test_every_tool_is_called_in_parallel_unless_the_request_says_otherwise(
+    start_sim: StartSim,
+) -> None:
+    """Parallel tool calls, streamed one call after another, strict arguments valid for the
+    tool's parameters (so the SDK's helpers parse them); ``parallel_tool_calls: false`` calls
+    one tool, ``tool_choice`` a named one or none."""
+    sim = await start_sim()
+    c = client(sim)
+    r = await c.chat.completions.parse(
+        model="sim-chat", messages=user("weather and time in Paris"), tools=STRICT_TOOLS
+    )
+    calls = r.choices[0].message.tool_calls or []
+    assert [(t.id, t.function.name) for t in calls] == [
+        ("call_0", "get_weather"),
+        ("call_0_1", "get_time"),
+    ]
+    assert calls[0].function.parsed_arguments == GetWeather(
+        city="weather and time in Paris", days=1
+    )
+    assert isinstance(calls[1].function.parsed_arguments, GetTime)
+    async with c.chat.completions.stream(
+        model="sim-chat", messages=user("weather and time in Paris"), tools=STRICT_TOOLS
+    ) as stream:
+        done = [e async for e in stream if e.type == "tool_calls.function.arguments.done"]
+        streamed = await stream.get_final_completion()
+    assert [e.parsed_arguments for e in done] == [t.function.parsed_arguments for t in calls]
+    streamed_calls = streamed.choices[0].message.tool_calls or []
+    assert [(t.id, t.function) for t in streamed_calls] == [(t.id, t.function) for t in calls]
+    assert streamed.choices[0].finish_reason == "tool_calls"
+
+    one = await c.chat.completions.create(
+        model="sim-chat", messages=user("x"), tools=STRICT_TOOLS, parallel_tool_calls=False
+    )
+    assert [t.function.name for t in one.choices[0].message.tool_calls or []] == ["get_weather"]
+    named = await c.chat.completions.create(
+        model="sim-chat",
+        messages=user("x"),
+        tools=STRICT_TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
+    assert [t.function.name for t in named.choices[0].message.tool_calls or []] == ["get_time"]
+    none = await c.chat.completions.create(
+        model="sim-chat", messages=user("x"), tools=STRICT_TOOLS, tool_choice="none"
+    )
+    assert none.choices[0].message.tool_calls is None and none.choices[0].message.content
+    assert none.choices[0].finish_reason == "stop"
+
+    flat: Any = [{"type": "function", "name": "get_time", "strict": True,
+                  "parameters": openai.pydantic_function_tool(GetTime)["function"]["parameters"]},
+                 {"type": "function", "name": "lookup"}]  # fmt: skip
+    resp = await c.responses.create(model="sim-chat", input="what time", tools=flat)
+    assert [(o.type, getattr(o, "call_id", None)) for o in resp.output] == [
+        ("function_call", "call_0"),
+        ("function_call", "call_1"),
+    ]
+    assert json.loads(resp.output[0].arguments) == {"timezone": "what time"}  # type: ignore[union-attr]
+    one_resp = await c.responses.create(
+        model="sim-chat", input="what time", tools=flat, parallel_tool_calls=False
+    )
+    assert len(one_resp.output) == 1 and one_resp.parallel_tool_calls is False
+    await c.close()
+
+
+class Verdict(BaseModel):
+    guilty: bool
+
+
+async def test_a_request_the_model_refuses_is_answered_with_a_refusal(
+    start_sim: StartSim,
+) -> None:
+    """Chat's ``message.refusal`` (content null), streamed in ``delta.refusal``; the Responses
+    API's refusal part and ``response.refusal.delta``/``done`` events: the SDK's ``parse``
+    helpers give the refusal and no parsed value."""
+    sim = await start_sim()
+    c = client(sim)
+    asked = "[sim:refuse] judge him"
+    r = await c.chat.completions.parse(
+        model="sim-chat", messages=user(asked), response_format=Verdict, tools=STRICT_TOOLS
+    )
+    message = r.choices[0].message
+    assert message.parsed is None and message.content is None and message.tool_calls is None
+    assert (
+        message.refusal and "I can't help with that" in message.refusal and asked in message.refusal
+    )
+    async with c.chat.completions.stream(
+        model="sim-chat", messages=user(asked), response_format=Verdict
+    ) as stream:
+        kinds = [e.type async for e in stream]
+        final = await stream.get_final_completion()
+    assert "refusal.delta" in kinds and "refusal.done" in kinds and "content.delta" not in kinds
+    assert final.choices[0].message.refusal == message.refusal
+
+    parsed = await c.responses.parse(model="sim-chat", input=asked, text_format=Verdict)
+    assert parsed.output_parsed is None
+    [part] = parsed.output[0].content  # type: ignore[union-attr]
+    assert part.type == "refusal" and part.refusal == message.refusal
+    async with c.responses.stream(model="sim-chat", input=asked, text_format=Verdict) as rs:
+        events = [e async for e in rs]
+        final_response = await rs.get_final_response()
+    deltas = "".join(e.delta for e in events if e.type == "response.refusal.delta")
+    assert deltas == message.refusal
+    [done] = [e for e in events if e.type == "response.refusal.done"]
+    assert done.refusal == message.refusal
+    assert final_response.output[0].content[0].refusal == message.refusal  # type: ignore[union-attr]
+    await c.close()

@@ -9,7 +9,11 @@ They serve chat completions, legacy completions, embeddings and the Responses AP
 (``POST /v1/responses``, plain and streamed, in the event format of OpenAI's own), with the
 options clients rely on: ``n`` choices (streamed too), ``logprobs`` (tokens that join to the
 text), a JSON ``response_format`` (a value valid for the schema, so the SDK's ``parse`` helpers
-work) and embeddings of any ``dimensions``, as floats or base64.
+work) and embeddings of any ``dimensions``, as floats or base64. Tool calls follow
+``tool_choice`` and ``parallel_tool_calls`` (every function tool is called once, streamed one
+call after another), a ``strict`` tool gets arguments valid for its parameters, and a user
+message containing ``[sim:refuse]`` is refused as models refuse (chat's ``refusal``, the
+Responses API's refusal part and its ``response.refusal.*`` events).
 """
 
 from __future__ import annotations
@@ -130,14 +134,13 @@ class SimulatorServer:
 
     def reply_text(self, body: dict[str, Any]) -> str:
         """The answer to a chat completion request: its last user message, echoed."""
-        messages = body.get("messages") or []
-        last = ""
-        for m in reversed(messages):
-            if isinstance(m, dict) and m.get("role") == "user":
-                c = m.get("content")
-                last = c if isinstance(c, str) else orjson.dumps(c).decode()
-                break
-        return self.reply_for(last)
+        return self.reply_for(_last_user_message(body))
+
+    def refusal_for(self, last: str) -> str | None:
+        """The refusal of the user's last words ``last`` when they ask for one (``REFUSE``)."""
+        if REFUSE not in last:
+            return None
+        return self.reply_for(last).replace("] You said:", "] I can't help with that. You said:")
 
     def responses_reply_text(self, body: dict[str, Any]) -> str:
         """The answer to a Responses API request: the last user text of its ``input``."""
@@ -470,7 +473,9 @@ class _Protocol(asyncio.Protocol):
 
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         echo = self.sim.reply_text(body)
-        text = _formatted(body.get("response_format"), echo)
+        refusal = self.sim.refusal_for(_last_user_message(body))
+        text = refusal or _formatted(body.get("response_format"), echo)
+        calls = [] if refusal else _tool_calls(body, _last_user_text(body))
         top = _top_logprobs(body)
         prompt_tokens = _tokens(body.get("messages"))
         completion_tokens = len(text.split()) * _choice_count(body)  # every choice's tokens
@@ -484,17 +489,21 @@ class _Protocol(asyncio.Protocol):
             if top is not None:
                 tokens = _token_logprobs(self._tokens(text), top)
                 logprobs = {"content": tokens, "refusal": None}
-            if body.get("tools"):
-                fn, args = self._tool_call(body)
+            if refusal is not None:
+                message = {"role": "assistant", "content": None, "refusal": refusal}
+                if logprobs is not None:
+                    logprobs = {"content": None, "refusal": logprobs["content"]}
+            elif calls:
                 message = {
                     "role": "assistant",
                     "content": None,
                     "tool_calls": [
                         {
-                            "id": f"call_{i}",
+                            "id": _call_id(i, k),
                             "type": "function",
                             "function": {"name": fn, "arguments": args},
                         }
+                        for k, (fn, args) in enumerate(calls)
                     ],
                 }
                 finish = "tool_calls"
@@ -515,25 +524,6 @@ class _Protocol(asyncio.Protocol):
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
-
-    def _tool_call(self, body: dict[str, Any]) -> tuple[str, str]:
-        """The first tool, called with the user's last words as its query (as a model passes
-        what the user said on to a tool)."""
-        tools = body.get("tools")
-        first = tools[0] if isinstance(tools, list) and tools else None
-        spec = first.get("function") if isinstance(first, dict) else None
-        fn = spec.get("name") if isinstance(spec, dict) else None
-        fn = fn if isinstance(fn, str) and fn else "tool"
-        last = ""
-        for m in reversed(body.get("messages") or []):
-            if (
-                isinstance(m, dict)
-                and m.get("role") == "user"
-                and isinstance(m.get("content"), str)
-            ):
-                last = m["content"]
-                break
-        return fn, orjson.dumps({"simulated": True, "query": last}).decode()
 
     def _start_stream(self) -> asyncio.Transport | None:
         """Write the head of a chunked ``text/event-stream`` answer; the transport to write
@@ -570,8 +560,12 @@ class _Protocol(asyncio.Protocol):
         created = int(time.time())
         model = body.get("model", "unknown")
         echo = self.sim.reply_text(body)
+        refusal = self.sim.refusal_for(_last_user_message(body))
+        calls = [] if refusal else _tool_calls(body, _last_user_text(body))
         size = self.sim.spec.chunk_chars
-        words = self._words(_formatted(body.get("response_format"), echo))
+        words = self._words(refusal or _formatted(body.get("response_format"), echo))
+        # the field the answer's text streams in: a refusal's own, else content
+        field = "refusal" if refusal is not None else "content"
         top = _top_logprobs(body)
         indices = range(_choice_count(body))
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
@@ -580,30 +574,36 @@ class _Protocol(asyncio.Protocol):
         def send(
             i: int, delta: dict[str, Any], finish: str | None = None, tokens: Sequence[str] = ()
         ) -> None:
-            """One choice's chunk; one that carries content carries its tokens' logprobs."""
+            """One choice's chunk; one that carries text carries its tokens' logprobs."""
             choice: dict[str, Any] = {"index": i, "delta": delta, "finish_reason": finish}
-            if top is not None and "content" in delta:
-                choice["logprobs"] = {
-                    "content": _token_logprobs(tokens, top, position),
-                    "refusal": None,
-                }
+            if top is not None and field in delta:
+                lp = _token_logprobs(tokens, top, position)
+                choice["logprobs"] = (
+                    {"content": lp, "refusal": None}
+                    if field == "content"
+                    else {"content": None, "refusal": lp}
+                )
             _send_data(t, {**base, "choices": [choice]})
 
         for i in indices:
-            send(i, {"role": "assistant", "content": ""})
-        if body.get("tools"):  # a tool call, its arguments in pieces as models stream them
-            fn, args = self._tool_call(body)
-            step = size if size > 0 else 7
+            if refusal is not None:
+                send(i, {"role": "assistant", "content": None, "refusal": ""})
+            else:
+                send(i, {"role": "assistant", "content": ""})
+        # Tool calls one after another, each call's arguments in pieces, as models stream them.
+        step = size if size > 0 else 7
+        for k, (fn, args) in enumerate(calls):
             for j in range(0, len(args), step):
                 for i in indices:
                     call: dict[str, Any] = {
-                        "index": 0,
+                        "index": k,
                         "function": {"arguments": args[j : j + step]},
                     }
                     if j == 0:
-                        call.update({"id": f"call_{i}", "type": "function"})
+                        call.update({"id": _call_id(i, k), "type": "function"})
                         call["function"]["name"] = fn
                     send(i, {"tool_calls": [call]})
+        if calls:
             words = []
         if self.sim.spec.reasoning:
             thought = self._thinking(echo)
@@ -619,9 +619,9 @@ class _Protocol(asyncio.Protocol):
                 await asyncio.sleep(self.sim.spec.chunk_delay_ms / 1000)
             tokens = [w] if w else []
             for i in indices:
-                send(i, {"content": w}, tokens=tokens)
+                send(i, {field: w}, tokens=tokens)
             position += len(tokens)
-        finish = "tool_calls" if body.get("tools") else "stop"
+        finish = "tool_calls" if calls else "stop"
         for i in indices:
             send(i, {}, finish)
         opts = body.get("stream_options") or {}
@@ -637,8 +637,8 @@ class _Protocol(asyncio.Protocol):
 
     def _response_output(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The output items of the answer to a Responses API request, and its usage: a
-        reasoning summary (for a reasoning model), then a message, or a call of the first
-        function tool with the user's last words as its query."""
+        reasoning summary (for a reasoning model), then a message (a refusal when the user
+        asks for one), or the calls of function tools (``_tool_calls``)."""
         last = _last_user_input(body.get("input"))
         echo = self.sim.reply_for(last)
         text_options = body.get("text")
@@ -653,22 +653,26 @@ class _Protocol(asyncio.Protocol):
                     "summary": [{"type": "summary_text", "text": self._thinking(echo)}],
                 }
             )
-        fn = _function_tool(body)
-        if fn is not None:
+        refusal = self.sim.refusal_for(last)
+        calls = [] if refusal else _tool_calls(body, last)
+        for k, (fn, args) in enumerate(calls):
             output.append(
                 {
                     "type": "function_call",
                     "id": f"fc_sim_{uuid.uuid4().hex[:24]}",
-                    "call_id": "call_0",
+                    "call_id": f"call_{k}",
                     "name": fn,
-                    "arguments": orjson.dumps({"simulated": True, "query": last}).decode(),
+                    "arguments": args,
                     "status": "completed",
                 }
             )
-        else:
+        if not calls:
             part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": []}
+            if refusal is not None:
+                text = refusal
+                part = {"type": "refusal", "refusal": refusal}
             top = _response_top_logprobs(body)
-            if top is not None:
+            if top is not None and refusal is None:
                 part["logprobs"] = _token_logprobs(self._tokens(text), top)
             output.append(
                 {
@@ -713,7 +717,7 @@ class _Protocol(asyncio.Protocol):
             "max_output_tokens": body.get("max_output_tokens"),
             "model": body.get("model", "unknown"),
             "output": output,
-            "parallel_tool_calls": True,
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
             "previous_response_id": body.get("previous_response_id"),
             "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
             "store": body.get("store", True),
@@ -791,6 +795,16 @@ class _Protocol(asyncio.Protocol):
                     output_index=index,
                     arguments=args,
                 )
+            elif item["content"][0]["type"] == "refusal":
+                part = item["content"][0]
+                started = {**item, "status": "in_progress", "content": []}
+                send("response.output_item.added", output_index=index, item=started)
+                at = {"item_id": iid, "output_index": index, "content_index": 0}
+                send("response.content_part.added", **at, part={**part, "refusal": ""})
+                for piece in self._words(part["refusal"]):
+                    send("response.refusal.delta", **at, delta=piece)
+                send("response.refusal.done", **at, refusal=part["refusal"])
+                send("response.content_part.done", **at, part=part)
             else:
                 part = item["content"][0]
                 text = part["text"]
@@ -872,6 +886,26 @@ def _content_text(content: Any, types: tuple[str, ...] | None = ("input_text",))
     )
 
 
+def _last_user_message(body: dict[str, Any]) -> str:
+    """The last user message of a chat request (content that is not a string, as JSON)."""
+    messages = body.get("messages")
+    for m in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            c = m.get("content")
+            return c if isinstance(c, str) else orjson.dumps(c).decode()
+    return ""
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    """The last user message of a chat request whose content is a string (what a model
+    passes on to a tool)."""
+    messages = body.get("messages")
+    for m in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
+            return str(m["content"])
+    return ""
+
+
 def _last_user_input(value: Any) -> str:
     """The last user text of a Responses API ``input``: the string, or the content of the
     last item with role "user"."""
@@ -897,18 +931,50 @@ def _response_tokens(body: dict[str, Any]) -> int:
     return n
 
 
-def _function_tool(body: dict[str, Any]) -> str | None:
-    """The name of the request's first function tool (Responses API tools are flat:
-    ``{"type": "function", "name": ...}``); None without one."""
+def _tool_calls(body: dict[str, Any], last: str) -> list[tuple[str, str]]:
+    """The function tools the answer calls and the arguments of each, as a model calls them:
+    none with ``tool_choice: "none"``; only the one ``tool_choice`` names; else every function
+    tool once (parallel tool calls), or the first alone with ``parallel_tool_calls: false``.
+    A ``strict`` tool's arguments are valid for its ``parameters`` (as structured outputs
+    guarantee); any other's carry the user's last words ``last`` as a query. Chat's tools
+    nest their ``function``; the Responses API's are flat (``{"type": "function", ...}``)."""
     tools = body.get("tools")
-    if not isinstance(tools, list):
-        return None
+    choice = body.get("tool_choice")
+    if not isinstance(tools, list) or choice == "none":
+        return []
+    named: Any = None
+    if isinstance(choice, dict):
+        nested = choice.get("function")
+        named = choice.get("name") or (nested.get("name") if isinstance(nested, dict) else None)
+    calls = []
     for tool in tools:
-        if isinstance(tool, dict) and tool.get("type") == "function":
-            nested = tool.get("function")
-            name = tool.get("name") or (nested.get("name") if isinstance(nested, dict) else None)
-            return name if isinstance(name, str) and name else "tool"
-    return None
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            continue
+        nested = tool.get("function")
+        spec = nested if isinstance(nested, dict) else tool
+        name = spec.get("name")
+        name = name if isinstance(name, str) and name else "tool"
+        if named is not None and name != named:
+            continue
+        params = spec.get("parameters")
+        if spec.get("strict") is True and isinstance(params, dict):
+            args = orjson.dumps(_schema_value(params, params, last, 0)).decode()
+        else:
+            args = orjson.dumps({"simulated": True, "query": last}).decode()
+        calls.append((name, args))
+    if not calls and tools and named is None:  # tools of other types only: a call all the same
+        calls.append(("tool", orjson.dumps({"simulated": True, "query": last}).decode()))
+    return calls[:1] if body.get("parallel_tool_calls") is False else calls
+
+
+def _call_id(choice: int, k: int) -> str:
+    """The id of a chat choice's ``k``-th tool call."""
+    return f"call_{choice}" if k == 0 else f"call_{choice}_{k}"
+
+
+# A user message with these words is refused, as a model refuses (chat: ``message.refusal``;
+# the Responses API: a ``refusal`` content part).
+REFUSE = "[sim:refuse]"
 
 
 def _choice_count(body: dict[str, Any]) -> int:
