@@ -110,6 +110,7 @@ class StreamOutput:
         self.size = 0
         self._last: dict[str, Any] | None = None
         self._finished: set[StreamKey] = set()  # flushed with their choice's finish reason
+        self._call_at: dict[int, int] = {}  # each choice's tool call being streamed
         # Values read whole (citations, hosted tools' items): what each string became, and
         # the strings delivered.
         self._seen: dict[str, tuple[str, bool]] = {}
@@ -225,11 +226,21 @@ class StreamOutput:
                     fc["arguments"] = text
                     changed = True
                 self._last = event
-            for n, call in enumerate(delta.get("tool_calls") or ()):
+            calls = delta.get("tool_calls")
+            placed: list[Any] = []  # the delta's tool calls, after what a new one closes
+            for n, call in enumerate(calls if isinstance(calls, list) else ()):
                 if not isinstance(call, dict):
+                    placed.append(call)
                     continue
                 k = call.get("index", n)
                 k = k if isinstance(k, int) and 0 <= k < CUSTOM else n
+                if self._active and self._call_at.get(idx) != k:
+                    # A new tool call starts: clients (the SDKs' stream helpers) take the
+                    # choice's text and its previous call as complete now, so what is held
+                    # back of them goes out first, in this event.
+                    changed = self._close_others(idx, k, delta, placed) or changed
+                self._call_at[idx] = k
+                placed.append(call)
                 for holder, name, slot in (
                     (call.get("function"), "arguments", k),
                     (call.get("custom"), "input", CUSTOM + k),
@@ -242,9 +253,53 @@ class StreamOutput:
                         holder[name] = text
                         changed = True
                     self._last = event
+            if isinstance(calls, list) and len(placed) != len(calls):
+                delta["tool_calls"] = placed
             if choice.get("finish_reason") is not None and self._active:
                 changed = self._flush(idx, delta) or changed
         return changed
+
+    def _close_others(self, idx: int, call: int, delta: dict[str, Any], placed: list[Any]) -> bool:
+        """Choice ``idx`` starts tool call ``call``: send what is held back of its every other
+        text (content, earlier calls' arguments) in ``delta``, an earlier call's before the
+        new call (``placed``, the delta's calls so far)."""
+        added = False
+        for key in sorted(k for k in self._texts if k[0] == idx and k not in self._finished):
+            slot = key[1]
+            if slot in (call, CUSTOM + call):
+                continue
+            rest = self._pipe(key, "", final=True)
+            self._finished.add(key)
+            if not rest:
+                continue
+            self._keep(key, rest)
+            added = True
+            if not 0 <= slot < FUNCTION_CALL:
+                self._put_rest(delta, slot, rest)
+                continue
+            index, kind, name = _call_slot(slot)
+            for entry in placed:
+                holder = entry.get(kind) if isinstance(entry, dict) else None
+                if entry.get("index") == index and isinstance(holder, dict):
+                    holder[name] = (holder.get(name) or "") + rest
+                    break
+            else:
+                placed.append({"index": index, kind: {name: rest}})
+        return added
+
+    def _put_rest(self, delta: dict[str, Any], slot: int, rest: str) -> None:
+        """Add ``rest`` of a text that is not a tool call's to ``delta``."""
+        if slot < 0:
+            name = self._fields[slot]
+            delta[name] = (delta.get(name) or "") + rest
+        elif slot >= OTHER:
+            self._put_other(delta, slot, rest)
+        elif slot == TRANSCRIPT:
+            audio = delta.setdefault("audio", {})
+            audio["transcript"] = (audio.get("transcript") or "") + rest
+        else:  # FUNCTION_CALL
+            fc = delta.setdefault("function_call", {})
+            fc["arguments"] = (fc.get("arguments") or "") + rest
 
     def _flush(self, idx: int, delta: dict[str, Any]) -> bool:
         """A choice is finishing: what was held back of it goes out in this event, before the
@@ -258,20 +313,8 @@ class StreamOutput:
             self._keep(key, rest)
             added = True
             slot = key[1]
-            if slot < 0:
-                name = self._fields[slot]
-                delta[name] = (delta.get(name) or "") + rest
-                continue
-            if slot >= OTHER:
-                self._put_other(delta, slot, rest)
-                continue
-            if slot == TRANSCRIPT:
-                audio = delta.setdefault("audio", {})
-                audio["transcript"] = (audio.get("transcript") or "") + rest
-                continue
-            if slot == FUNCTION_CALL:
-                fc = delta.setdefault("function_call", {})
-                fc["arguments"] = (fc.get("arguments") or "") + rest
+            if not 0 <= slot < FUNCTION_CALL:
+                self._put_rest(delta, slot, rest)
                 continue
             calls = delta.setdefault("tool_calls", [])
             index, kind, name = _call_slot(slot)

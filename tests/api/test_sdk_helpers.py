@@ -1,0 +1,118 @@
+"""The official openai client's higher-level helpers work through sekisho as against OpenAI:
+``chat.completions.parse`` and ``stream`` (its events and final completion), parallel tool
+calls, refusals, and the Responses API's ``parse`` and ``stream``, sync and async."""
+
+from __future__ import annotations
+
+import openai
+from pydantic import BaseModel, Field
+
+from harness import Harness
+
+
+class GetWeather(BaseModel):
+    city: str
+    days: int = Field(ge=1)
+
+
+class GetTime(BaseModel):
+    timezone: str
+
+
+class Verdict(BaseModel):
+    guilty: bool
+
+
+TOOLS = [
+    openai.pydantic_function_tool(GetWeather, name="get_weather"),
+    openai.pydantic_function_tool(GetTime, name="get_time"),
+]
+ASKED = "weather and time in Tokyo"
+PARSED = [GetWeather(city=ASKED, days=1), GetTime(timezone=ASKED)]
+
+
+def client(h: Harness) -> openai.OpenAI:
+    return openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+
+
+def test_parallel_tool_calls_stream_through_the_stream_helper(gateway: Harness) -> None:
+    """The stream helper takes a tool call as complete when the next one starts: each call's
+    arguments arrive whole by then, so ``tool_calls.function.arguments.done`` parses them
+    (sekisho held the first call's last pieces back for inspection until the answer's end,
+    and the helper raised a ValidationError on '')."""
+    c = client(gateway)
+    whole = c.chat.completions.parse(model="gpt-4o", messages=[{"role": "user", "content": ASKED}],
+                                     tools=TOOLS)  # fmt: skip
+    calls = whole.choices[0].message.tool_calls or []
+    assert [t.function.parsed_arguments for t in calls] == [
+        GetWeather(city=ASKED, days=1),
+        GetTime(timezone=ASKED),
+    ]
+    with c.chat.completions.stream(
+        model="gpt-4o", messages=[{"role": "user", "content": ASKED}], tools=TOOLS
+    ) as stream:
+        done = [e for e in stream if e.type == "tool_calls.function.arguments.done"]
+        final = stream.get_final_completion()
+    assert [(e.index, e.name, e.parsed_arguments) for e in done] == [
+        (0, "get_weather", GetWeather(city=ASKED, days=1)),
+        (1, "get_time", GetTime(timezone=ASKED)),
+    ]
+    streamed = final.choices[0].message.tool_calls or []
+    assert [(t.id, t.function.arguments) for t in streamed] == [
+        (t.id, t.function.arguments) for t in calls
+    ]
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+async def test_parallel_tool_calls_stream_through_the_async_stream_helper(
+    gateway: Harness,
+) -> None:
+    c = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=gateway.key(), max_retries=0)
+    async with c.chat.completions.stream(
+        model="gpt-4o", messages=[{"role": "user", "content": ASKED}], tools=TOOLS, n=2
+    ) as stream:
+        done = [e async for e in stream if e.type == "tool_calls.function.arguments.done"]
+        final = await stream.get_final_completion()
+    assert sorted((e.name, repr(e.parsed_arguments)) for e in done) == sorted(
+        [("get_weather", repr(PARSED[0])), ("get_time", repr(PARSED[1]))] * 2
+    )
+    for choice in final.choices:
+        assert [t.function.parsed_arguments for t in choice.message.tool_calls or []] == [
+            GetWeather(city=ASKED, days=1),
+            GetTime(timezone=ASKED),
+        ]
+    await c.close()
+
+
+def test_a_refusal_reaches_the_parse_and_stream_helpers(gateway: Harness) -> None:
+    """A model's refusal comes through as one: ``message.refusal`` with nothing parsed, the
+    stream helper's ``refusal.delta``/``refusal.done`` events, the Responses API's refusal
+    part and ``response.refusal.*`` events."""
+    c = client(gateway)
+    asked = [{"role": "user", "content": "[sim:refuse] judge him"}]
+    r = c.chat.completions.parse(model="gpt-4o", messages=asked, response_format=Verdict)  # type: ignore[arg-type]
+    message = r.choices[0].message
+    assert message.parsed is None and message.content is None
+    assert message.refusal is not None and "I can't help with that" in message.refusal
+    with c.chat.completions.stream(
+        model="gpt-4o",
+        messages=asked,
+        response_format=Verdict,  # type: ignore[arg-type]
+    ) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_completion()
+    assert "refusal.done" in kinds and "content.delta" not in kinds
+    assert final.choices[0].message.refusal == message.refusal
+    assert final.choices[0].message.parsed is None
+
+    parsed = c.responses.parse(model="gpt-4o", input="[sim:refuse] judge him", text_format=Verdict)
+    assert parsed.output_parsed is None
+    part = parsed.output[0].content[0]  # type: ignore[union-attr]
+    assert part.type == "refusal" and part.refusal == message.refusal
+    with c.responses.stream(
+        model="gpt-4o", input="[sim:refuse] judge him", text_format=Verdict
+    ) as rs:
+        events = list(rs)
+        final_response = rs.get_final_response()
+    assert "".join(e.delta for e in events if e.type == "response.refusal.delta") == part.refusal
+    assert final_response.output[0].content[0].refusal == part.refusal  # type: ignore[union-attr]
