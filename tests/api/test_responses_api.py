@@ -748,6 +748,22 @@ def test_an_application_cannot_delete_what_the_retention_policy_keeps(
     assert missing.value.body["code"] == "response_not_found"
 
 
+def test_streaming_a_kept_response_is_refused_not_an_empty_stream(
+    gateway: Callable[..., Harness],
+) -> None:
+    """``responses.retrieve(id, stream=True)`` resumes a background response's events: sekisho
+    runs none, and its JSON answer read as a stream gave the SDK no event and no error."""
+    h = gateway()
+    c = client(h)
+    kept = c.responses.create(model="gpt-4o", input="hello")
+    with pytest.raises(openai.BadRequestError) as err:
+        list(c.responses.retrieve(kept.id, stream=True))
+    assert isinstance(err.value.body, dict) and err.value.body["param"] == "stream"
+    assert "background" in err.value.body["message"]
+    assert c.responses.retrieve(kept.id, stream=False).id == kept.id
+    assert c.responses.retrieve(kept.id).output_text == kept.output_text
+
+
 @pytest.mark.parametrize(
     "case", ["unknown", "other tenant", "not kept", "a chat request", "provider keeps", "foreign"]
 )

@@ -273,6 +273,15 @@ async def kept_response(
             "records (sekisho subject restrict / sekisho subject delete).",
             code="retention_policy",
         )
+    if not rest and query.get("stream", "false") != "false":
+        # The SDK's responses.retrieve(id, stream=True): it reads an event stream, and read a
+        # JSON answer as one without a single event, silently.
+        raise InvalidRequest(
+            f"Response {quoted_id(response)} cannot be streamed: 'stream' resumes the stream of "
+            "a background response, and sekisho runs no background responses (every response "
+            "it keeps is complete). Retrieve it without 'stream'.",
+            param="stream",
+        )
     what = "responses.input_items" if rest else "responses.retrieve"
     await audit.admin(principal.actor, what, response, {"request_id": rid, "tenant": tenant.name})
     if not rest:
