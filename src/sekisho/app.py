@@ -1041,6 +1041,11 @@ class Gateway:
             extra["client_request_id"] = client_request_id  # the client's x-request-id
         if upstream_request_id is not None:
             extra["upstream_request_id"] = upstream_request_id  # the provider's id of it
+        retry = http.header(scope, b"x-stainless-retry-count")
+        if retry and retry.isascii() and retry.isdigit() and len(retry) <= 4 and int(retry):
+            # The OpenAI SDKs' count of tries before this one: the same call again after a
+            # 408, 409, 429, 5xx or a lost connection (each try is a request of its own).
+            extra["client_retry"] = int(retry)
         if outcome is not None and outcome.route is not None:
             # What it cost, per key: chargeback and anomaly alerts from the log alone.
             extra["model"] = outcome.route.model.id

@@ -4,7 +4,11 @@ calls, refusals, and the Responses API's ``parse`` and ``stream``, sync and asyn
 
 from __future__ import annotations
 
+import logging
+from datetime import date
+
 import openai
+import pytest
 from pydantic import BaseModel, Field
 
 from harness import Harness
@@ -116,3 +120,36 @@ def test_a_refusal_reaches_the_parse_and_stream_helpers(gateway: Harness) -> Non
         final_response = rs.get_final_response()
     assert "".join(e.delta for e in events if e.type == "response.refusal.delta") == part.refusal
     assert final_response.output[0].content[0].refusal == part.refusal  # type: ignore[union-attr]
+
+
+def test_an_sdk_retry_is_its_own_request_charged_once_and_logged_as_a_retry(
+    gateway: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every endpoint fails once: the SDK gets a 502 with Retry-After, waits and tries again
+    (x-stainless-retry-count: 1), and that try is answered. Two requests, each in the log (the
+    second saying client_retry 1); the failed one charged no tokens."""
+    for eid in gateway.sims:
+        gateway.fault(eid, mode="status", status=500, count=1)
+    key = gateway.key()
+    c = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=2)
+    with caplog.at_level(logging.INFO, logger="sekisho.app"):
+        raw = c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "try again"}]
+        )
+    assert raw.retries_taken == 1
+    answer = raw.parse()
+    key_id = key.split("-")[2]
+    lines = [r for r in caplog.records if r.getMessage() == "request"]
+    lines = [r for r in lines if getattr(r, "key_id", None) == key_id]
+    assert [(r.status, getattr(r, "error", None), getattr(r, "client_retry", None))  # type: ignore[attr-defined]
+            for r in lines] == [(502, "upstream_failed", None), (200, None, 1)]  # fmt: skip
+    assert lines[1].request_id == raw.headers["x-sekisho-request-id"]  # type: ignore[attr-defined]
+    assert answer.usage is not None
+    limiter = gateway.gateway.limiter
+    day = date.fromisoformat(limiter.today())
+    [row] = gateway.call(limiter.usage.query(day, day, key_ids={key_id}))
+    assert row.requests == 2
+    assert (row.prompt_tokens, row.completion_tokens) == (
+        answer.usage.prompt_tokens,
+        answer.usage.completion_tokens,
+    )
