@@ -153,3 +153,38 @@ def test_an_sdk_retry_is_its_own_request_charged_once_and_logged_as_a_retry(
         answer.usage.prompt_tokens,
         answer.usage.completion_tokens,
     )
+
+
+def test_text_before_a_tool_call_is_whole_when_the_call_starts(gateway: Harness) -> None:
+    """A model that says something, then calls a tool: the stream helper's ``content.done``
+    fires when the call starts, and has the whole text (sekisho held its end back until the
+    answer's last chunk, and the event said less than the model had written)."""
+    import json
+
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+    def chunk(delta: dict[str, object], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
+
+    said = "Let me look that up for you in the weather service first. " * 8  # past the look-behind
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": " " + w}) for w in said.split()]
+    call = {"index": 0, "id": "call_a", "type": "function"}
+    events.append(
+        chunk({"tool_calls": [{**call, "function": {"name": "get_time", "arguments": ""}}]})
+    )
+    events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})
+               for p in ('{"time', 'zone": "Asia/', 'Tokyo"}')]  # fmt: skip
+    events.append(chunk({}, "tool_calls"))
+    for eid in gateway.sims:
+        gateway.fault(eid, mode="sse", body="".join(events) + "data: [DONE]\n\n", count=1)
+    with client(gateway).chat.completions.stream(
+        model="gpt-4o", messages=[{"role": "user", "content": "time?"}], tools=TOOLS
+    ) as stream:
+        done = [
+            e for e in stream if e.type in ("content.done", "tool_calls.function.arguments.done")
+        ]
+    assert [e.type for e in done] == ["content.done", "tool_calls.function.arguments.done"]
+    assert done[0].content == " " + " ".join(said.split())  # type: ignore[union-attr]
+    assert done[1].parsed_arguments == GetTime(timezone="Asia/Tokyo")  # type: ignore[union-attr]
