@@ -1202,10 +1202,13 @@ def _azure_path(scope: http.Scope, path: str) -> str:
         return "/v1/models"
     head, sep, rest = path[len("/openai/") :].partition("/")
     if head == "deployments" and sep:
-        deployment, _, operation = rest.partition("/")
-        if deployment and operation in _AZURE_OPERATIONS:
-            scope[_DEPLOYMENT] = unquote(deployment)
-            return f"/v1/{operation}"
+        # The operation is the path's end: the deployment is all before it, slashes too (the
+        # SDK sends a model named "Qwen/Qwen2.5-7B" as two segments).
+        for operation in _AZURE_OPERATIONS:
+            deployment = rest.removesuffix("/" + operation)
+            if deployment != rest and deployment:
+                scope[_DEPLOYMENT] = unquote(deployment)
+                return f"/v1/{operation}"
     return path
 
 

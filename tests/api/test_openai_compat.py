@@ -292,6 +292,44 @@ def test_an_application_written_for_azure_openai_only_changes_its_endpoint(
     ).choices
 
 
+def test_an_azure_deployment_may_name_a_model_with_a_slash(tmp_path: object) -> None:
+    """Models served by vLLM are named like "Qwen/Qwen2.5-7B-Instruct": openai.AzureOpenAI
+    sends such a deployment as it is, /openai/deployments/Qwen/Qwen2.5-7B-Instruct/…, and it is
+    one model, not an unknown path (404 unknown_url); so is its quoted form (%2F)."""
+    from pathlib import Path
+    from typing import Any
+
+    from harness import start_example
+
+    def slashed(raw: dict[str, Any]) -> None:
+        raw["endpoints"][0]["models"][0]["aliases"].append("Qwen/Qwen2.5-7B-Instruct")
+
+    h = start_example(Path(str(tmp_path)), slashed)
+    try:
+        c = azure(h, azure_deployment="Qwen/Qwen2.5-7B-Instruct")
+        raw = c.chat.completions.with_raw_response.create(
+            model="ignored", messages=[{"role": "user", "content": "x"}]
+        )
+        assert raw.http_request.url.raw_path.startswith(
+            b"/openai/deployments/Qwen/Qwen2.5-7B-Instruct/chat/completions?"
+        )
+        assert raw.headers["x-sekisho-endpoint"] == "sim-domestic-tokyo"
+        for deployment in ("Qwen/Qwen2.5-7B-Instruct", "Qwen%2FQwen2.5-7B-Instruct"):
+            r = request(
+                "POST",
+                f"{h.root}/openai/deployments/{deployment}/embeddings?api-version=2024-10-21",
+                headers={"api-key": h.key()},
+                json_body={"input": "x"},
+            )
+            assert r.status_code == 400 and "is a chat model" in r.json()["error"]["message"]
+        unpinned = azure(h).chat.completions.create(
+            model="Qwen/Qwen2.5-7B-Instruct", messages=[{"role": "user", "content": "x"}]
+        )
+        assert unpinned.choices[0].message.content
+    finally:
+        h.stop()
+
+
 def test_operations_endpoints(gateway: Harness) -> None:
     assert request("GET", gateway.root + "/healthz").json() == {"status": "ok"}
     assert request("GET", gateway.root + "/readyz").json()["ready"] is True
