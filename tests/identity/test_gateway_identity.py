@@ -338,6 +338,26 @@ def test_tenant_requests_per_minute_is_429_in_openai_shape_with_retry_after(
         h.stop()
 
 
+def test_a_rate_limit_says_when_to_retry_to_the_millisecond(tmp_path: Path) -> None:
+    """The OpenAI SDKs wait ``retry-after-ms`` before ``Retry-After``: a bucket that refills a
+    request every 500 ms is retried after at most that, not after the whole second that
+    Retry-After rounds it up to (the SDK waited twice as long as it had to)."""
+    h = start_example(tmp_path, limited(requests_per_minute=120))
+    try:
+        key = h.key()
+        with pytest.raises(openai.RateLimitError) as err:
+            for _ in range(400):
+                chat(h, key)
+        headers = err.value.response.headers
+        assert headers["retry-after"] == "1"
+        assert 1 <= int(headers["retry-after-ms"]) <= 500
+        patient = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=2)
+        raw = patient.chat.completions.with_raw_response.create(model="gpt-4o", messages=PROMPT)
+        assert raw.status_code == 200
+    finally:
+        h.stop()
+
+
 def test_tenant_tokens_per_minute_counts_real_usage_then_is_429(tmp_path: Path) -> None:
     limit = 1000
     h = start_example(tmp_path, limited(tokens_per_minute=limit))

@@ -463,6 +463,9 @@ class Limiter:
                         f"Quota used up: {c.label}. It renews in {retry} s (Retry-After).",
                         headers={**headers, "x-should-retry": "false"},
                     ) from None
+                # The SDKs read retry-after-ms first: a bucket that refills in 100 ms is
+                # retried then, not after the whole second Retry-After rounds up to.
+                headers["retry-after-ms"] = str(max(1, math.ceil(refusal.retry_after * 1000)))
                 raise RateLimited(
                     f"Rate limit reached: {c.label}. Retry after {retry} s.", headers=headers
                 ) from None
