@@ -653,9 +653,11 @@ async def test_every_tool_is_called_in_parallel_unless_the_request_says_otherwis
     async with c.chat.completions.stream(
         model="sim-chat", messages=user("weather and time in Paris"), tools=STRICT_TOOLS
     ) as stream:
-        done = [e async for e in stream if e.type == "tool_calls.function.arguments.done"]
+        events = [e async for e in stream]
         streamed = await stream.get_final_completion()
+    done = [e for e in events if e.type == "tool_calls.function.arguments.done"]
     assert [e.parsed_arguments for e in done] == [t.function.parsed_arguments for t in calls]
+    assert not [e for e in events if e.type.startswith("content.")]  # content is null
     streamed_calls = streamed.choices[0].message.tool_calls or []
     assert [(t.id, t.function) for t in streamed_calls] == [(t.id, t.function) for t in calls]
     assert streamed.choices[0].finish_reason == "tool_calls"

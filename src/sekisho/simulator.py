@@ -588,6 +588,8 @@ class _Protocol(asyncio.Protocol):
         for i in indices:
             if refusal is not None:
                 send(i, {"role": "assistant", "content": None, "refusal": ""})
+            elif calls:  # no text to come: content null, as OpenAI streams tool calls
+                send(i, {"role": "assistant", "content": None})
             else:
                 send(i, {"role": "assistant", "content": ""})
         # Tool calls one after another, each call's arguments in pieces, as models stream them.
