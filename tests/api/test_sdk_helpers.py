@@ -5,6 +5,7 @@ calls, refusals, and the Responses API's ``parse`` and ``stream``, sync and asyn
 from __future__ import annotations
 
 import logging
+import time
 from datetime import date
 
 import openai
@@ -132,22 +133,35 @@ def test_an_sdk_retry_is_its_own_request_charged_once_and_logged_as_a_retry(
         gateway.fault(eid, mode="status", status=500, count=1)
     key = gateway.key()
     c = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=2)
+    key_id = key.split("-")[2]
+
+    def logged() -> list[logging.LogRecord]:
+        lines = [r for r in caplog.records if r.getMessage() == "request"]
+        return [r for r in lines if getattr(r, "key_id", None) == key_id]
+
     with caplog.at_level(logging.INFO, logger="sekisho.app"):
         raw = c.chat.completions.with_raw_response.create(
             model="gpt-4o", messages=[{"role": "user", "content": "try again"}]
         )
+        deadline = time.monotonic() + 5
+        while len(logged()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)  # a request's line is written once its answer has gone out
     assert raw.retries_taken == 1
     answer = raw.parse()
-    key_id = key.split("-")[2]
-    lines = [r for r in caplog.records if r.getMessage() == "request"]
-    lines = [r for r in lines if getattr(r, "key_id", None) == key_id]
+    lines = logged()
     assert [(r.status, getattr(r, "error", None), getattr(r, "client_retry", None))  # type: ignore[attr-defined]
             for r in lines] == [(502, "upstream_failed", None), (200, None, 1)]  # fmt: skip
     assert lines[1].request_id == raw.headers["x-sekisho-request-id"]  # type: ignore[attr-defined]
     assert answer.usage is not None
     limiter = gateway.gateway.limiter
     day = date.fromisoformat(limiter.today())
-    [row] = gateway.call(limiter.usage.query(day, day, key_ids={key_id}))
+    deadline = time.monotonic() + 5
+    while True:  # usage is settled as the answer goes out
+        rows = gateway.call(limiter.usage.query(day, day, key_ids={key_id}))
+        if (rows and rows[0].requests == 2) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    [row] = rows
     assert row.requests == 2
     assert (row.prompt_tokens, row.completion_tokens) == (
         answer.usage.prompt_tokens,
