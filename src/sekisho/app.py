@@ -772,6 +772,9 @@ class Gateway:
         if path.startswith("/v1/responses/"):
             await self._kept_response(scope, send, rid, path)
             return
+        if path.startswith("/v1/chat/completions/"):
+            # The SDK's chat.completions.retrieve, update, delete and messages.list.
+            raise NotFound(f"Unknown path {path[:120]!r}.{_STORED_CHAT}", code="unknown_url")
         if path.startswith("/admin/v1"):
             assert self.admin is not None
             await self.admin(scope, receive, send, rid)
@@ -820,8 +823,9 @@ class Gateway:
             self.metrics.in_flight.inc()
         try:
             if scope["method"] != "POST":
+                why = _STORED_CHAT if path == "/v1/chat/completions" else ""
                 raise MethodNotAllowed(
-                    f"{path} accepts POST, not {scope['method']}.", allow=("POST",)
+                    f"{path} accepts POST, not {scope['method']}.{why}", allow=("POST",)
                 )
             assert self.pipeline is not None
             principal = await self.authenticator.authenticate_headers(scope["headers"])
@@ -1190,6 +1194,13 @@ def create_app(config: Config) -> Gateway:
 # and the newer /openai/v1/… . An application written for Azure OpenAI moves to sekisho by
 # changing its endpoint URL; its key goes in the api-key header as before.
 _DEPLOYMENT = "sekisho.azure_deployment"
+# Why the stored chat completions API (the SDK's chat.completions.list, retrieve, update,
+# delete, messages.list) is not served.
+_STORED_CHAT = (
+    " Stored chat completions ('store': true) are kept by a provider, and sekisho does not "
+    "read them back. Responses that sekisho keeps, in the tenant's home region, are read with "
+    "GET /v1/responses/{id} (the Responses API)."
+)
 _AZURE_OPERATIONS = ("chat/completions", "embeddings", "completions", "responses")
 
 

@@ -330,6 +330,33 @@ def test_an_azure_deployment_may_name_a_model_with_a_slash(tmp_path: object) -> 
         h.stop()
 
 
+def test_the_stored_chat_completions_api_says_why_it_is_not_served(gateway: Harness) -> None:
+    """chat.completions.list, retrieve, update, delete and messages.list read completions a
+    provider stored: each is refused saying so and where sekisho's own kept answers are read,
+    not only 'accepts POST, not GET' or 'Unknown path'."""
+    c = client(gateway)
+    done = c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.APIStatusError) as listed:
+        c.chat.completions.list()
+    assert listed.value.status_code == 405
+    assert listed.value.response.headers["allow"] == "POST"
+    calls = (
+        lambda: c.chat.completions.retrieve(done.id),
+        lambda: c.chat.completions.update(done.id, metadata={"a": "b"}),
+        lambda: c.chat.completions.delete(done.id),
+        lambda: c.chat.completions.messages.list(done.id),
+    )
+    errors: list[openai.APIStatusError] = [listed.value]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError) as missing:
+            call()
+        assert missing.value.code == "unknown_url"
+        errors.append(missing.value)
+    for error in errors:
+        assert "Stored chat completions ('store': true) are kept by a provider" in error.message
+        assert "GET /v1/responses/{id}" in error.message
+
+
 def test_operations_endpoints(gateway: Harness) -> None:
     assert request("GET", gateway.root + "/healthz").json() == {"status": "ok"}
     assert request("GET", gateway.root + "/readyz").json()["ready"] is True
