@@ -84,6 +84,37 @@ _KNOWN_IN_MESSAGE = frozenset(
 _OPAQUE_IN_OTHER = frozenset({"type", "id", "signature", "data", "encrypted_content", "format"})
 
 
+class _HeldTokens:
+    """A streamed choice's token logprobs not yet sent, and released text they have not yet
+    spelled."""
+
+    __slots__ = ("ended", "pending", "released")
+
+    def __init__(self) -> None:
+        self.pending: list[Any] = []
+        self.released = ""
+        self.ended = False  # the text was changed: no more logprobs for it
+
+    def release(self, text: str) -> list[Any]:
+        """The tokens that ``text``, released now after what was before, completes."""
+        if self.ended:
+            return []
+        self.released += text
+        out = []
+        while self.pending:
+            first = self.pending[0]
+            token = first.get("token") if isinstance(first, dict) else None
+            if isinstance(token, str) and self.released.startswith(token):
+                self.released = self.released[len(token) :]
+                out.append(self.pending.pop(0))
+            elif isinstance(token, str) and token.startswith(self.released):
+                break  # the rest of its text is still held back
+            else:  # not the text as released (or no token at all): the rest is withheld
+                self.ended = True
+                self.pending.clear()
+        return out
+
+
 class StreamOutput:
     """Output inspection for a stream: re-identify pseudonyms (also when a placeholder is split
     across events) and apply the tenant's output rule, per choice and per tool call's
@@ -111,6 +142,8 @@ class StreamOutput:
         self._last: dict[str, Any] | None = None
         self._finished: set[StreamKey] = set()  # flushed with their choice's finish reason
         self._call_at: dict[int, int] = {}  # each choice's tool call being streamed
+        # Token logprobs waiting for their text, per (choice, "content" or "refusal").
+        self._logprobs: dict[tuple[Any, str], _HeldTokens] = {}
         # Values read whole (citations, hosted tools' items): what each string became, and
         # the strings delivered.
         self._seen: dict[str, tuple[str, bool]] = {}
@@ -185,7 +218,10 @@ class StreamOutput:
             idx = choice.get("index", 0)
             if self._active and choice.get("logprobs") is not None:
                 # Token logprobs spell the text as the upstream wrote it, including what is
-                # still held back and may yet be masked: withheld in a stream sekisho rewrites.
+                # still held back and may yet be masked: held until their text is released
+                # (_release_logprobs), and only while they spell it exactly.
+                if not self._legacy:
+                    self._hold_logprobs(idx, choice["logprobs"])
                 choice["logprobs"] = None
                 changed = True
             for slot, name in self._fields.items():
@@ -257,7 +293,37 @@ class StreamOutput:
                 delta["tool_calls"] = placed
             if choice.get("finish_reason") is not None and self._active:
                 changed = self._flush(idx, delta) or changed
+            if self._logprobs and not self._legacy:
+                changed = self._release_logprobs(idx, choice, delta) or changed
         return changed
+
+    def _hold_logprobs(self, idx: Any, logprobs: Any) -> None:
+        """Keep a chunk's token logprobs (chat's ``content`` and ``refusal`` lists) until the
+        text they spell is released."""
+        if not isinstance(logprobs, dict):
+            return
+        for name in ("content", "refusal"):
+            tokens = logprobs.get(name)
+            if isinstance(tokens, list) and tokens:
+                held = self._logprobs.setdefault((idx, name), _HeldTokens())
+                held.pending.extend(tokens)
+
+    def _release_logprobs(self, idx: Any, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
+        """Give the chunk the logprobs of the tokens its released text completes. A token whose
+        text was not released as the model wrote it (masked, cut, re-identified) ends the
+        choice's logprobs there: neither it nor any after it goes out."""
+        out: dict[str, Any] = {}
+        for name in ("content", "refusal"):
+            held = self._logprobs.get((idx, name))
+            text = delta.get(name)
+            if held is not None and isinstance(text, str) and text:
+                tokens = held.release(text)
+                if tokens:
+                    out[name] = tokens
+        if not out:
+            return False
+        choice["logprobs"] = {"content": out.get("content"), "refusal": out.get("refusal")}
+        return True
 
     def _close_others(self, idx: int, call: int, delta: dict[str, Any], placed: list[Any]) -> bool:
         """Choice ``idx`` starts tool call ``call``: send what is held back of its every other

@@ -202,3 +202,26 @@ def test_text_before_a_tool_call_is_whole_when_the_call_starts(gateway: Harness)
     assert [e.type for e in done] == ["content.done", "tool_calls.function.arguments.done"]
     assert done[0].content == " " + " ".join(said.split())  # type: ignore[union-attr]
     assert done[1].parsed_arguments == GetTime(timezone="Asia/Tokyo")  # type: ignore[union-attr]
+
+
+def test_streamed_logprobs_come_with_the_text_they_spell(gateway: Harness) -> None:
+    """A tenant with an output rule holds streamed text back to inspect it: the tokens' logprobs
+    come with their text once it is released (every chunk's were withheld), so the stream
+    helper's logprobs events and final completion have what an unstreamed answer has."""
+    c = client(gateway)
+    asked = [{"role": "user", "content": "spell it out"}]
+    whole = c.chat.completions.create(model="gpt-4o", messages=asked, logprobs=True,
+                                      top_logprobs=2, n=2)  # fmt: skip
+    with c.chat.completions.stream(
+        model="gpt-4o", messages=asked, logprobs=True, top_logprobs=2, n=2
+    ) as stream:
+        deltas = [e for e in stream if e.type == "logprobs.content.delta"]
+        final = stream.get_final_completion()
+    assert deltas
+    for streamed, unstreamed in zip(final.choices, whole.choices, strict=True):
+        assert streamed.logprobs is not None and streamed.logprobs.content
+        assert unstreamed.logprobs is not None and unstreamed.logprobs.content
+        assert [(t.token, t.logprob, len(t.top_logprobs)) for t in streamed.logprobs.content] == [
+            (t.token, t.logprob, len(t.top_logprobs)) for t in unstreamed.logprobs.content
+        ]
+        assert "".join(t.token for t in streamed.logprobs.content) == streamed.message.content

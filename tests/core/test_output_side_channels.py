@@ -9,6 +9,8 @@ from typing import Any
 
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import Harness
 
@@ -104,11 +106,12 @@ def chunk(delta: dict[str, Any], logprobs: Any = None, finish: str | None = None
     return f"data: {json.dumps(event)}\n\n"
 
 
-def test_a_streamed_answer_carries_no_logprobs_and_its_refusal_is_masked(
+def test_a_streamed_answer_carries_logprobs_only_for_what_it_released_unchanged(
     gateways: Callable[..., Harness],
 ) -> None:
     """In a stream, text is released only after a look-behind and may still be masked: token
-    logprobs, which would spell it at once, are withheld; a streamed refusal is inspected."""
+    logprobs go out with the text they spell, and none from the first token whose text was
+    masked on (no token of the card at all); a streamed refusal is inspected."""
     h = gateways()
     sse = chunk({"role": "assistant", "content": ""})
     for t in TOKENS:
@@ -124,7 +127,8 @@ def test_a_streamed_answer_carries_no_logprobs_and_its_refusal_is_masked(
     refusal = "".join(c.choices[0].delta.refusal or "" for c in chunks)
     assert content.startswith("Card:") and CARD not in content
     assert refusal.startswith("no: ") and CARD not in refusal
-    assert all(c.choices[0].logprobs is None for c in chunks)
+    sent = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content or []]
+    assert [t.token for t in sent] == ["Card", ":"]
 
 
 def responses_answer(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -728,3 +732,35 @@ def test_fields_of_a_responses_item_sekisho_does_not_know_are_read_whole(
     ) as raw:
         text = raw.http_response.read().decode()
     assert "4111" not in text and text.count("[CREDIT_CARD]") >= 6
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(max_size=4), max_size=12),
+    st.lists(st.integers(min_value=0, max_value=60), max_size=6),
+    st.integers(min_value=-1, max_value=60),
+)
+def test_held_logprobs_go_out_only_for_text_released_as_they_spell_it(
+    tokens: list[str], cuts: list[int], changed_at: int
+) -> None:
+    """However the text is released in pieces, the tokens sent join to a prefix of what was
+    released, and none whose text was changed (one character, at ``changed_at``) goes out."""
+    from sekisho._output import _HeldTokens
+
+    text = "".join(tokens)
+    released = text
+    if 0 <= changed_at < len(text):
+        released = text[:changed_at] + "\x00" + text[changed_at + 1 :]
+    held = _HeldTokens()
+    held.pending.extend({"token": t} for t in tokens)
+    sent: list[str] = []
+    at = 0
+    for cut in [*sorted(c for c in cuts if c <= len(released)), len(released)]:
+        sent += [t["token"] for t in held.release(released[at:cut])]
+        at = max(at, cut)
+    spelled = "".join(sent)
+    assert released.startswith(spelled)
+    if released == text:
+        assert spelled == text
+    else:
+        assert len(spelled) <= changed_at
