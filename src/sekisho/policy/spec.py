@@ -8,6 +8,7 @@ editors is generated from these models, so every field carries a ``description``
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, Literal
 
@@ -27,8 +28,9 @@ _FINDING_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _RULE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _QUALIFIED_RULE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._/-]{0,126}$")
 
-# Finding types the classifier emits. A policy may also name its own (custom detectors), so this
-# list is documentation and a spelling aid, not a closed set.
+# Finding types the classifier reports (sekisho.classify.findings.TYPES) and the kinds of content it
+# cannot read. A closed set: a tenant's own dictionaries and patterns report CUSTOM, so a name
+# outside it could never be found, and a rule on it (a misspelt MY_NUMBR) would never apply.
 KNOWN_FINDING_TYPES: frozenset[str] = frozenset(
     {
         "MY_NUMBER",
@@ -61,12 +63,20 @@ def _level_name(value: str) -> str:
 
 
 def _finding_type(value: str) -> str:
+    if value in KNOWN_FINDING_TYPES:
+        return value
+    known = ", ".join(sorted(KNOWN_FINDING_TYPES))
     if not _FINDING_TYPE.match(value):
         raise ValueError(
             f"{value!r} is not a finding type name (UPPER_SNAKE_CASE, e.g. MY_NUMBER); "
-            f"the classifier emits: {', '.join(sorted(KNOWN_FINDING_TYPES))}"
+            f"the classifier reports: {known}"
         )
-    return value
+    close = difflib.get_close_matches(value, sorted(KNOWN_FINDING_TYPES), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise ValueError(
+        f"{value!r} is not a finding type the classifier reports, so it would never be found; "
+        f"{hint}known: {known} (a tenant's own dictionaries and patterns report CUSTOM)"
+    )
 
 
 def _jurisdiction_ref(value: str) -> str:

@@ -1,0 +1,71 @@
+"""Edge cases of the policy language a tenant author meets: each fails closed or is refused at
+load with the file, the key path and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sekisho.config import load_config
+from sekisho.errors import ConfigError
+
+_ENDPOINTS = [
+    {
+        "id": "tokyo",
+        "family": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "models": [{"id": "m"}],
+        "jurisdiction": {"country": "JP", "region": "tokyo"},
+        "operator": {"name": "Tokyo KK", "country": "JP"},
+        "data_terms": {"retention_days": 0, "trains_on_data": False},
+    }
+]
+
+
+def _load(tmp_path: Path, policy: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Load a config whose one tenant has ``policy``; return its problems (file, path, reason)."""
+    config = {
+        "version": 1,
+        "regions": {"jp": {"country": "JP"}},
+        "endpoints": _ENDPOINTS,
+        "tenants": {"acme": {"home_region": "jp", "policy": policy}},
+    }
+    path = tmp_path / "sekisho.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return [(p.file, p.path, p.reason) for p in caught.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("policy", "key"),
+    [
+        (
+            {"rules": [{"id": "r", "when": {"findings": ["MY_NUMBR"]}, "action": "block"}]},
+            "rules[0](r).when.findings[0]",
+        ),
+        ({"classification": {"findings": {"MY_NUMBR": "restricted"}}}, "classification.findings"),
+        ({"classification": {"actions": {"MY_NUMBR": "redact"}}}, "classification.actions"),
+        ({"storage": {"pseudonymise": ["MY_NUMBR"]}}, "storage.pseudonymise[0]"),
+    ],
+)
+def test_a_finding_type_the_classifier_never_emits_is_refused_with_a_suggestion(
+    tmp_path: Path, policy: dict[str, Any], key: str
+) -> None:
+    # A misspelt type would never be found: a block rule on it would never block.
+    ((file, path, reason),) = _load(tmp_path, policy)
+    assert file.endswith("sekisho.yaml")
+    assert path.startswith(f"tenants.acme.policy.{key}")
+    assert "'MY_NUMBR' is not a finding type the classifier reports" in reason
+    assert "did you mean MY_NUMBER?" in reason
+
+
+def test_every_type_the_classifier_reports_may_be_named_in_a_policy() -> None:
+    from sekisho.classify.findings import TYPES
+    from sekisho.policy.spec import KNOWN_FINDING_TYPES
+    from sekisho.types import UNINSPECTED_TYPES
+
+    assert frozenset(TYPES) | frozenset(UNINSPECTED_TYPES) == KNOWN_FINDING_TYPES
