@@ -69,3 +69,32 @@ def test_every_type_the_classifier_reports_may_be_named_in_a_policy() -> None:
     from sekisho.types import UNINSPECTED_TYPES
 
     assert frozenset(TYPES) | frozenset(UNINSPECTED_TYPES) == KNOWN_FINDING_TYPES
+
+
+def test_an_override_that_both_disables_a_rule_and_changes_it_is_refused(tmp_path: Path) -> None:
+    # Ambiguous: the tenant wrote an allow list, but disabling drops the rule altogether and
+    # every endpoint would receive My Numbers.
+    policy = {
+        "extends": ["jp-mynumber"],
+        "overrides": {
+            "jp-mynumber/no-model-endpoint": {
+                "reason": "entrusted on-premises model",
+                "disabled": True,
+                "endpoints": {"allow": ["tokyo"]},
+            }
+        },
+    }
+    ((file, path, reason),) = _load(tmp_path, policy)
+    assert file.endswith("sekisho.yaml")
+    assert path == "tenants.acme.policy.overrides.jp-mynumber/no-model-endpoint"
+    assert "both disables the rule and changes endpoints" in reason
+
+
+def test_an_override_with_a_blank_reason_is_refused(tmp_path: Path) -> None:
+    policy = {
+        "extends": ["jp-mynumber"],
+        "overrides": {"jp-mynumber/no-model-endpoint": {"reason": "  ", "disabled": True}},
+    }
+    ((_, path, reason),) = _load(tmp_path, policy)
+    assert path.startswith("tenants.acme.policy.overrides.jp-mynumber/no-model-endpoint")
+    assert "reason" in reason

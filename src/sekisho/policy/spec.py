@@ -276,6 +276,25 @@ class RuleOverride(Constraints):
     disabled: bool = Field(default=False, description="Drop the rule entirely")
     when: When | None = Field(default=None, description="Replace when the rule applies")
 
+    @field_validator("reason")
+    @classmethod
+    def _reason_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("reason is blank: say why the tenant departs from the pack")
+        return value
+
+    @model_validator(mode="after")
+    def _disable_or_change(self) -> RuleOverride:
+        # Disabling drops the rule whatever else is written: an allow list beside it would read
+        # as a narrowing but loosen the rule entirely.
+        changed = sorted(self.model_fields_set - {"reason", "disabled"})
+        if self.disabled and changed:
+            raise ValueError(
+                f"both disables the rule and changes {', '.join(changed)}; either drop "
+                "disabled: true to keep the rule with these changes, or drop the changes"
+            )
+        return self
+
 
 class ClassificationSpec(_Spec):
     """How findings map to a classification level and what to do with each finding type."""
