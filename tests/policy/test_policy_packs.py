@@ -136,13 +136,40 @@ GOV = compile_for({"extends": ["jp-gov-genai"]})
 
 
 @pytest.mark.parametrize("declared", ["機密性2", "confidential", "internal"])
-def test_gov_kimitsu2_goes_only_to_ismap_listed_services(declared: str) -> None:
+def test_gov_kimitsu2_goes_only_to_ismap_listed_services_or_the_body_s_own_servers(
+    declared: str,
+) -> None:
     d = decide(GOV, declared=declared)
-    assert set(d.eligible_ids) == {"jp-domestic", "jp-subsidiary"}
+    # ISMAP lists cloud services; the body's own (on-premises) servers are not one
+    assert set(d.eligible_ids) == {"jp-domestic", "jp-onprem", "jp-subsidiary"}
     assert any(
         e.rule == "jp-gov-genai/kimitsu2-ismap" and "needs ISMAP" in e.fact
         for e in d.exclusions_of("eu-frankfurt")
     )
+
+
+# A Japanese operator's public cloud in Japan that is not on the ISMAP list.
+JP_UNLISTED = endpoint("jp-unlisted", operator={"name": "Unlisted Cloud KK"})
+
+
+def test_gov_kimitsu3_cloud_of_a_domestic_operator_still_needs_ismap() -> None:
+    catalogue = Catalogue([*CATALOGUE.endpoints, JP_UNLISTED])
+    gov = compile_for({"extends": ["jp-gov-genai"]}, catalogue=catalogue)
+    d = decide(gov, declared="機密性3", catalogue=catalogue)
+    assert "jp-unlisted" not in d.eligible_ids
+    (exclusion,) = d.exclusions_of("jp-unlisted")
+    assert exclusion.rule == "jp-gov-genai/kimitsu3-on-premises-or-domestic"
+    assert "needs ISMAP" in exclusion.fact
+
+
+def test_gov_a_higher_level_never_reaches_an_endpoint_a_lower_level_may_not() -> None:
+    catalogue = Catalogue([*CATALOGUE.endpoints, JP_UNLISTED])
+    gov = compile_for({"extends": ["jp-gov-genai"]}, catalogue=catalogue)
+    eligible = [
+        set(decide(gov, declared=level, catalogue=catalogue).eligible_ids)
+        for level in ("機密性1", "機密性2", "機密性3")
+    ]
+    assert eligible[2] <= eligible[1] <= eligible[0]
 
 
 def test_gov_kimitsu3_goes_only_on_premises_or_to_a_domestic_operator_in_japan() -> None:
