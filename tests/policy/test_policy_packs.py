@@ -57,7 +57,36 @@ def test_appi_japanese_subsidiary_of_a_foreign_group_is_a_domestic_recipient() -
 def test_appi_transfer_abroad_is_allowed_where_the_endpoint_records_an_art28_basis() -> None:
     d = decide(APPI, {"EMAIL": 1})
     assert "us-with-basis" in d.eligible_ids  # appi:equivalent_measures
-    assert "eu-frankfurt" in d.eligible_ids  # appi:designated_country
+    assert "eu-frankfurt" in d.eligible_ids  # in Germany: a PPC-designated country
+
+
+def test_appi_designated_country_follows_where_the_recipient_is_not_a_recorded_claim() -> None:
+    # The PPC designates the EEA and the UK (平成31年個人情報保護委員会告示第1号): a recipient
+    # there needs no recorded basis, and claiming the designation elsewhere is no basis at all.
+    claims_designation = endpoint(
+        "us-claims-designation",
+        jurisdiction={"country": "US", "region": "us-east-1"},
+        operator={"name": "Claims Inc", "country": "US"},
+        data_terms={"legal_bases": ["appi:designated_country"]},
+    )
+    in_ireland = endpoint(
+        "ie-dublin",
+        jurisdiction={"country": "IE", "region": "dublin"},
+        operator={"name": "Dublin Compute Ltd", "country": "IE"},
+    )
+    in_britain = endpoint(
+        "gb-london",
+        jurisdiction={"country": "GB", "region": "london"},
+        operator={"name": "London Compute Ltd", "country": "GB"},
+    )
+    catalogue = Catalogue([claims_designation, in_ireland, in_britain])
+    policy = compile_for({"extends": ["jp-appi"]}, catalogue=catalogue)
+    d = decide(policy, {"PERSON": 1}, catalogue=catalogue)
+    assert d.eligible_ids == ("ie-dublin", "gb-london")
+    assert rules_excluding(d, "us-claims-designation") == {
+        "jp-appi/foreign-data-centre",
+        "jp-appi/foreign-operator",
+    }
 
 
 def test_appi_provider_that_trains_on_prompts_is_not_an_entrustee() -> None:

@@ -106,7 +106,8 @@ LegalBasis = Literal[
     "appi:consent",  # 本人の同意 (Art. 28(1))
     # 相当措置を継続的に講ずる体制: a contract or certification (Art. 28(1))
     "appi:equivalent_measures",
-    "appi:designated_country",  # PPC-designated country with equivalent protection (EU/UK)
+    # PPC-designated country (EEA, UK); jp-appi reads it from the endpoint's countries instead
+    "appi:designated_country",
     "gdpr:adequacy",  # Art. 45 adequacy decision
     "gdpr:scc",  # Art. 46 standard contractual clauses
     "gdpr:bcr",  # Art. 47 binding corporate rules
