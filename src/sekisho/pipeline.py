@@ -515,7 +515,8 @@ class Pipeline:
         counts = summarise(findings)
         if call.uninspected:
             counts.update(call.uninspected)
-        level = policy.classify(counts, call.declared_classification, failed=failed)
+        explained = policy.explain_level(counts, call.declared_classification, failed=failed)
+        level = explained.level
         m = self.metrics
         m.child(m.classified, tenant.name, level.label).inc()
         for kind in counts:
@@ -526,6 +527,7 @@ class Pipeline:
             level=level,
             finding_counts=counts,
             key_models=call.principal.models,
+            level_reason=explained.reason,
         )
         return decision
 

@@ -34,8 +34,20 @@ class Level(enum.IntEnum):
     def label(self) -> str:
         return _LABELS[self._value_]
 
+    @property
+    def government_alias(self) -> str:
+        """機密性1/2/3 (統一基準), or '' for internal, which the government's scheme lacks."""
+        return _GOVERNMENT_ALIASES.get(self._value_, "")
+
+    @property
+    def described(self) -> str:
+        """``restricted (機密性3)``: the level as refusals and explanations name it."""
+        alias = self.government_alias
+        return f"{self.label} ({alias})" if alias else self.label
+
 
 _LABELS = {level.value: level.name.lower() for level in Level}
+_GOVERNMENT_ALIASES = {0: "機密性1", 2: "機密性2", 3: "機密性3"}
 
 LEVEL_ALIASES: dict[str, Level] = {
     "public": Level.PUBLIC,

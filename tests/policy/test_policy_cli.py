@@ -32,7 +32,7 @@ def test_explain_prints_each_candidate_with_the_rule_and_fact_that_excluded_it(
     args = ["explain", "--config", config, "--tenant", "kasumigaseki", "--model", "gpt-4o"]
     code, out = _run([*args, "--classification", "機密性3", "--text", ""], capsys)
     assert code == 0
-    assert "Classification  restricted — from declared classification (x-sekisho" in out
+    assert "Classification  restricted (機密性3) — from declared classification (x-sekisho" in out
     rows = {
         line.split()[1]: line
         for line in out.splitlines()
@@ -65,7 +65,7 @@ def test_explain_of_a_text_too_dense_with_names_agrees_with_the_gateway(
     argv = ["explain", "--config", config, "--tenant", "demo", "--model", "gpt-4o"]
     code, out = _run([*argv, "--text", "マイナンバー 123456789018 " + "田中様、" * 20_500], capsys)
     assert code == 0
-    assert "restricted — from classifier failed (fail closed)" in out
+    assert "restricted (機密性3) — from classifier failed (fail closed)" in out
     assert "MY_NUMBER×1" in out and "PERSON×1" in out
 
 
@@ -174,7 +174,7 @@ def test_explain_with_an_attachment_it_cannot_read(
     code, out = _run([*argv, "--text", "この請求書を要約して", "--attach", "image"], capsys)
     assert code == 0
     assert "UNINSPECTED_IMAGE×1" in out
-    assert "Classification  confidential — from finding UNINSPECTED_IMAGE" in out
+    assert "Classification  confidential (機密性2) — from finding UNINSPECTED_IMAGE" in out
 
 
 def test_explain_a_whole_request_body_scans_what_the_gateway_scans(

@@ -492,7 +492,9 @@ def test_rule_applies_at_its_levels_or_when_its_findings_are_present() -> None:
 def test_refusal_message_names_level_types_and_every_endpoint_s_reason_but_no_values() -> None:
     d = decide(compile_for({"extends": ["jp-appi", "jp-mynumber"]}), {"MY_NUMBER": 1, "EMAIL": 2})
     message = d.refusal_message()
-    assert message.startswith("Request classified restricted (found: EMAIL×2, MY_NUMBER×1)")
+    assert message.startswith(
+        "Request classified restricted (機密性3); found: EMAIL×2, MY_NUMBER×1."
+    )
     for ep in CATALOGUE.endpoints:
         assert (
             f"{ep.id}: jp-mynumber/no-model-endpoint" in message or f"{ep.id}: jp-appi/" in message

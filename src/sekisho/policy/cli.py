@@ -272,6 +272,7 @@ def _decide(
         level=explained.level,
         finding_counts=findings,
         key_models=key_models,
+        level_reason=explained.reason,
     )
     return decision, explained
 
@@ -325,7 +326,7 @@ def render_explanation(
     lines = [
         f"Tenant          {tenant.name} (home country {tenant.home_country})",
         f"Model           {decision.model}",
-        f"Classification  {decision.level.label} — from {explained.source}",
+        f"Classification  {decision.level.described} — from {explained.source}",
         f"Findings        {_kinds(decision.finding_types) or 'none'}",
         f"Action          {decision.action.value}"
         + (f" (rule {decision.rule})" if decision.rule else ""),

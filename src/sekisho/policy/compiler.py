@@ -56,6 +56,8 @@ class LevelExplanation:
 
     level: Level
     source: str
+    # The same, as a refusal says it after the level: "by finding MY_NUMBER (pack jp-mynumber)".
+    reason: str = ""
 
 
 class CompiledPolicy:
@@ -132,23 +134,43 @@ class CompiledPolicy:
         self, finding_counts: Mapping[str, int], declared: str | None, *, failed: bool = False
     ) -> LevelExplanation:
         level, source = self.default_level, "default classification"
+        reason = "by the tenant's default classification"
         if failed:
-            return LevelExplanation(Level.RESTRICTED, "classifier failed (fail closed)")
+            return LevelExplanation(
+                Level.RESTRICTED,
+                "classifier failed (fail closed)",
+                "because the classifier failed (fail closed)",
+            )
+        stated: Level | None = None
         if declared is not None:
             try:
                 stated = Level.parse(declared)
             except ValueError:
+                # The value is the client's: it is named, never repeated.
                 return LevelExplanation(
-                    Level.RESTRICTED, "declared classification not understood (fail closed)"
+                    Level.RESTRICTED,
+                    "declared classification not understood (fail closed)",
+                    "because the declared classification (x-sekisho-classification) is not a "
+                    "level (fail closed; accepted: public, internal, confidential, restricted, "
+                    "機密性1, 機密性2, 機密性3, percent-encoded in the header)",
                 )
             if stated >= level:
                 level = stated
                 source = "declared classification (x-sekisho-classification, or --classification)"
+                reason = "as declared (x-sekisho-classification)"
         for kind, count in finding_counts.items():
             mapped = self.finding_levels.get(kind)
             if count > 0 and mapped is not None and mapped[0] > level:
                 level, source = mapped[0], f"finding {kind} ({mapped[1]})"
-        return LevelExplanation(level, source)
+                reason = f"by finding {kind} ({mapped[1]})"
+        if stated is not None and stated < level:
+            lower = (
+                f"; declared {stated.described}, lower: a client may raise its level, "
+                "never lower it"
+            )
+            source += lower
+            reason += lower
+        return LevelExplanation(level, source, reason)
 
     # -- deciding -------------------------------------------------------------------------
 
@@ -160,8 +182,12 @@ class CompiledPolicy:
         level: Level,
         finding_counts: Mapping[str, int],
         key_models: frozenset[str] | None = None,
+        level_reason: str = "",
     ) -> Decision:
-        """Which of ``routes`` may see the request, in preference order, and what to do first."""
+        """Which of ``routes`` may see the request, in preference order, and what to do first.
+
+        ``level_reason`` says why the request is at ``level`` (``LevelExplanation.reason``), for
+        the refusal message."""
         kinds = frozenset(k for k, n in finding_counts.items() if n > 0)
         candidates = routes if isinstance(routes, tuple) else tuple(routes)
         key = (model, level, kinds, key_models, candidates)
@@ -184,6 +210,7 @@ class CompiledPolicy:
             rule=rule,
             store_pseudonymised_types=store,
             model=model,
+            level_reason=level_reason,
         )
 
     def applicable_rules(self, level: Level, finding_types: Iterable[str]) -> tuple[int, ...]:

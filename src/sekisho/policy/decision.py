@@ -40,6 +40,8 @@ class Decision:
     # Finding types to replace by pseudonyms before the prompt or output is stored (番号法).
     store_pseudonymised_types: frozenset[str] = frozenset()
     model: str = ""
+    # Why the request is at its level, e.g. "by finding MY_NUMBER (pack jp-mynumber)".
+    level_reason: str = ""
 
     @property
     def denied(self) -> bool:
@@ -64,24 +66,27 @@ class Decision:
         Built only from level names, finding *type* names, rule ids and endpoint facts, so it can
         never carry a value found in the request.
         """
-        head = f"Request classified {self.level.label}"
-        if self.finding_types:
-            kinds = ", ".join(
-                f"{name}×{count}" for name, count in sorted(self.finding_types.items()) if count
-            )
-            if kinds:
-                head += f" (found: {kinds})"
+        head = f"Request classified {self.level.described}"
+        if self.level_reason:
+            head += f" {self.level_reason}"
+        kinds = ", ".join(
+            f"{name}×{count}" for name, count in sorted(self.finding_types.items()) if count
+        )
+        if kinds:
+            head += f"; found: {kinds}"
         model = f" for model {self.model!r}" if self.model else ""
         if self.blocked_by_rule:
-            body = f"is blocked{model} by sovereignty policy rule {self.rule}."
+            body = f"It is blocked{model} by sovereignty policy rule {self.rule}."
         elif self.eligible:
-            body = f"is not refused{model}: {len(self.eligible)} endpoint(s) are eligible."
+            body = f"It is not refused{model}: {len(self.eligible)} endpoint(s) are eligible."
         elif not self.excluded:
-            body = f"has no candidate endpoint{model}."
+            body = f"It has no candidate endpoint{model}."
         else:
             reasons: dict[str, list[str]] = {}
             for ex in self.excluded:
                 reasons.setdefault(ex.endpoint_id, []).append(f"{ex.rule} ({ex.fact})")
             listed = "; ".join(f"{ep}: {', '.join(why)}" for ep, why in reasons.items())
-            body = f"may not be sent to any endpoint{model} under the sovereignty policy. {listed}."
-        return f"{head} {body} Policy {self.policy_digest}."
+            body = (
+                f"It may not be sent to any endpoint{model} under the sovereignty policy. {listed}."
+            )
+        return f"{head}. {body} Policy {self.policy_digest}."
