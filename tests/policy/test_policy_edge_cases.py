@@ -98,3 +98,24 @@ def test_an_override_with_a_blank_reason_is_refused(tmp_path: Path) -> None:
     ((_, path, reason),) = _load(tmp_path, policy)
     assert path.startswith("tenants.acme.policy.overrides.jp-mynumber/no-model-endpoint")
     assert "reason" in reason
+
+
+def test_an_override_that_empties_a_condition_is_refused_not_read_as_no_condition(
+    tmp_path: Path,
+) -> None:
+    # `endpoints:` with its allow list lost to a YAML slip is null: read as "no condition", it
+    # made the My Number rule impose nothing and every endpoint received My Numbers.
+    policy = yaml.safe_load(
+        """
+        extends: [jp-mynumber]
+        overrides:
+          jp-mynumber/no-model-endpoint:
+            reason: entrusted on-premises model
+            endpoints:
+        """
+    )
+    ((file, path, reason),) = _load(tmp_path, policy)
+    assert file.endswith("sekisho.yaml")
+    assert path == "tenants.acme.policy.overrides.jp-mynumber/no-model-endpoint"
+    assert "endpoints is empty (null)" in reason
+    assert "disabled: true" in reason

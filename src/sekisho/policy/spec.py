@@ -288,6 +288,14 @@ class RuleOverride(Constraints):
         # Disabling drops the rule whatever else is written: an allow list beside it would read
         # as a narrowing but loosen the rule entirely.
         changed = sorted(self.model_fields_set - {"reason", "disabled"})
+        # A condition written without a value (`endpoints:` whose list a YAML slip lost) would
+        # drop the pack's condition: a loosening no one wrote on purpose.
+        emptied = [name for name in changed if name != "when" and getattr(self, name) is None]
+        if emptied:
+            raise ValueError(
+                f"{', '.join(emptied)} is empty (null), which would remove the pack's condition; "
+                "give it a value, or write disabled: true to drop the rule"
+            )
         if self.disabled and changed:
             raise ValueError(
                 f"both disables the rule and changes {', '.join(changed)}; either drop "
