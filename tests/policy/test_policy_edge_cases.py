@@ -119,3 +119,14 @@ def test_an_override_that_empties_a_condition_is_refused_not_read_as_no_conditio
     assert path == "tenants.acme.policy.overrides.jp-mynumber/no-model-endpoint"
     assert "endpoints is empty (null)" in reason
     assert "disabled: true" in reason
+
+
+@pytest.mark.parametrize("empty", [{}, {"deployments": None}, {"certifications": []}])
+def test_an_any_of_alternative_that_imposes_nothing_is_refused(
+    tmp_path: Path, empty: dict[str, Any]
+) -> None:
+    # One empty alternative makes every endpoint meet any_of: the others would never count.
+    policy = {"rules": [{"id": "r", "any_of": [{"deployments": ["on_premises"]}, empty]}]}
+    ((_, path, reason),) = _load(tmp_path, policy)
+    assert path.startswith("tenants.acme.policy.rules[0](r).any_of")
+    assert "any_of[1] imposes nothing" in reason

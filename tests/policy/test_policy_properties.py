@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sekisho.errors import ConfigError
 from sekisho.policy.compiler import CompiledPolicy, compile_policy
 from sekisho.policy.packs import available_packs
-from sekisho.policy.spec import KNOWN_FINDING_TYPES, PolicySpec
+from sekisho.policy.spec import KNOWN_FINDING_TYPES, Constraints, PolicySpec
 from sekisho.routing.catalogue import Catalogue, Endpoint
 from sekisho.types import UNINSPECTED_TYPES, Action, Level
 
@@ -143,7 +143,11 @@ def constraints(draw: st.DrawFn, catalogue: Catalogue, depth: int = 0) -> dict[s
         elif name == "endpoints":
             c[name] = draw(_allow_deny(ids))
         elif name == "any_of":
-            c[name] = draw(st.lists(constraints(catalogue, depth=1), min_size=1, max_size=3))
+            # an alternative that asks nothing is a config error (it would make any_of vacuous)
+            asks = constraints(catalogue, depth=1).filter(
+                lambda alt: bool(Constraints.model_validate(alt).model_dump(exclude_defaults=True))
+            )
+            c[name] = draw(st.lists(asks, min_size=1, max_size=3))
         elif name == "action":
             c[name] = draw(st.sampled_from(["allow", "redact", "pseudonymise", "block"]))
         else:

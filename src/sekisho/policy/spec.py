@@ -227,6 +227,14 @@ class Constraints(_Spec):
                 raise ValueError("any_of needs at least one alternative")
             if any(alt.action is not None for alt in value):
                 raise ValueError("an any_of alternative cannot carry an action; set it on the rule")
+            for i, alt in enumerate(value):
+                # Every endpoint meets an alternative that asks nothing, so the others would
+                # never count: an indentation slip, not a policy.
+                if not alt.model_dump(exclude_defaults=True):
+                    raise ValueError(
+                        f"any_of[{i}] imposes nothing, so every endpoint would meet any_of; "
+                        "give it conditions or remove it"
+                    )
         return value
 
 
