@@ -130,3 +130,15 @@ def test_an_any_of_alternative_that_imposes_nothing_is_refused(
     ((_, path, reason),) = _load(tmp_path, policy)
     assert path.startswith("tenants.acme.policy.rules[0](r).any_of")
     assert "any_of[1] imposes nothing" in reason
+
+
+def test_an_empty_certifications_any_of_is_refused_not_read_as_no_condition(
+    tmp_path: Path,
+) -> None:
+    # Every other empty list of what an endpoint must be allows none (jurisdictions: [],
+    # deployments: [], endpoints.allow: []); "at least one of none" imposed nothing.
+    policy = {"levels": {"restricted": {"certifications_any_of": []}}}
+    ((file, path, reason),) = _load(tmp_path, policy)
+    assert file.endswith("sekisho.yaml")
+    assert path.startswith("tenants.acme.policy.levels.restricted")
+    assert "certifications_any_of is empty" in reason

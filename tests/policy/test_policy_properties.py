@@ -128,8 +128,10 @@ def constraints(draw: st.DrawFn, catalogue: Catalogue, depth: int = 0) -> dict[s
             c[name] = draw(_allow_deny(names))
         elif name == "operator_countries":
             c[name] = draw(_sublist(COUNTRIES, 4))
-        elif name in ("certifications", "certifications_any_of"):
+        elif name == "certifications":
             c[name] = draw(_sublist(CERTS, 2))
+        elif name == "certifications_any_of":  # empty is a config error: one of none
+            c[name] = draw(st.lists(st.sampled_from(CERTS), unique=True, min_size=1, max_size=2))
         elif name == "max_retention_days":
             c[name] = draw(st.sampled_from([0, 7, 30]))
         elif name == "deployments":

@@ -219,6 +219,17 @@ class Constraints(_Spec):
         "fields above), e.g. on_premises OR a domestic operator",
     )
 
+    @field_validator("certifications_any_of")
+    @classmethod
+    def _some_choice(cls, value: list[str]) -> list[str]:
+        # Only an explicit empty list gets here (absent is the default, not validated).
+        if not value:
+            raise ValueError(
+                "certifications_any_of is empty: no endpoint holds one of none; list the "
+                "certifications to choose from, or leave it out to impose nothing"
+            )
+        return value
+
     @field_validator("any_of")
     @classmethod
     def _alternatives(cls, value: list[Constraints] | None) -> list[Constraints] | None:
