@@ -7,6 +7,7 @@ each other sideways.
 from __future__ import annotations
 
 import enum
+import unicodedata
 
 
 class Level(enum.IntEnum):
@@ -23,8 +24,11 @@ class Level(enum.IntEnum):
 
     @classmethod
     def parse(cls, text: str) -> Level:
-        """Parse a level name or alias; raise ``ValueError`` naming the accepted spellings."""
-        key = text.strip().lower()
+        """Parse a level name or alias; raise ``ValueError`` naming the accepted spellings.
+
+        Full-width characters are read as their ASCII forms (機密性２ is 機密性2): an input method
+        writes either."""
+        key = unicodedata.normalize("NFKC", text).strip().lower()
         if key in LEVEL_ALIASES:
             return LEVEL_ALIASES[key]
         accepted = ", ".join(sorted(LEVEL_ALIASES))

@@ -142,3 +142,19 @@ def test_an_empty_certifications_any_of_is_refused_not_read_as_no_condition(
     assert file.endswith("sekisho.yaml")
     assert path.startswith("tenants.acme.policy.levels.restricted")
     assert "certifications_any_of is empty" in reason
+
+
+@pytest.mark.parametrize(
+    ("written", "level"),
+    [("機密性２", "confidential"), ("機密性３", "restricted"), ("ＰＵＢＬＩＣ", "public")],
+)
+def test_a_level_written_with_full_width_characters_is_that_level(written: str, level: str) -> None:
+    # A Japanese input method writes 機密性２ as readily as 機密性2: it is the same level, not an
+    # unreadable one (which a declaration would turn into restricted, and a config refuses).
+    from policy_fixtures import compile_for
+
+    from sekisho.types import Level
+
+    assert Level.parse(written).label == level
+    policy = compile_for({"levels": {written: {"jurisdictions": ["JP"]}}})
+    assert policy.classify({}, written) is max(Level.parse(level), Level.INTERNAL)
