@@ -297,7 +297,7 @@ def test_unknown_operator_and_model_are_refused() -> None:
     )
     assert {p for p, _ in problems} == {
         "tenants.acme.policy.models[0]",
-        "tenants.acme.policy.rules[0].operators.deny[0]",
+        "tenants.acme.policy.rules[0](x).operators.deny[0]",
     }
 
 
@@ -345,7 +345,7 @@ def test_a_region_no_endpoint_is_in_is_named_like_an_unknown_endpoint() -> None:
 
 def test_rule_that_applies_to_nothing_is_refused() -> None:
     ((path, _),) = _problems({"rules": [{"id": "empty", "when": {}, "no_training": True}]})
-    assert path == "tenants.acme.policy.rules[0].when"
+    assert path == "tenants.acme.policy.rules[0](empty).when"
 
 
 @pytest.mark.parametrize(

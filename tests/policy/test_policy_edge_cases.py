@@ -158,3 +158,16 @@ def test_a_level_written_with_full_width_characters_is_that_level(written: str, 
     assert Level.parse(written).label == level
     policy = compile_for({"levels": {written: {"jurisdictions": ["JP"]}}})
     assert policy.classify({}, written) is max(Level.parse(level), Level.INTERNAL)
+
+
+def test_a_tenant_rule_is_named_by_index_and_id_in_every_config_error(tmp_path: Path) -> None:
+    # The spec's errors said rules[1](no-us), the compiler's rules[1]: one key path per rule.
+    policy = {
+        "rules": [
+            {"id": "ok", "when": {"findings": ["SECRET"]}, "action": "block"},
+            {"id": "no-us", "operators": {"deny": ["Nobody Inc"]}},
+        ]
+    }
+    ((_, path, reason),) = _load(tmp_path, policy)
+    assert path == "tenants.acme.policy.rules[1](no-us).operators.deny[0]"
+    assert "no endpoint is operated by 'Nobody Inc'" in reason

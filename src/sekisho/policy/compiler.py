@@ -439,7 +439,7 @@ def compile_policy(
                 tenant_rule.when,
                 tenant_rule.obligation,
                 tenant_rule.source,
-                (source, _join(path, f"rules[{i}]")),
+                (source, _join(path, f"rules[{i}]({tenant_rule.id})")),
             )
         )
 
