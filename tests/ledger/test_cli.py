@@ -338,3 +338,42 @@ async def test_audit_against_kept_checkpoints_says_a_restored_ledger_is_behind_o
     assert "first 10 entries are not those of the checkpoint of size 10" in forked.stdout
     with_key = run(*args, "--key", verifier)  # an auditor's copy, with the published key
     assert with_key.returncode == 1 and "inconsistent_with_kept_checkpoint" in with_key.stdout
+
+
+async def test_a_receipt_from_a_restored_ledger_that_forked_fails_against_kept_checkpoints(
+    keyed_data_dir: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A gateway started on a backup older than the newest kept checkpoint signs a fork. Its
+    receipts carried a consistency proof to an older kept checkpoint the fork does extend
+    (size 6), and verify said "one append-only log" although the fork contradicts the newer
+    kept checkpoint (size 10): the receipt must be linked to the kept checkpoint next to it."""
+    data_dir, verifier = keyed_data_dir
+    kept = tmp_path / "kept.jsonl"
+    ledger_file = data_dir / "ledger.sqlite3"
+    await _log_some(data_dir, 3)
+    assert main(["ledger", "checkpoint", "--data-dir", str(data_dir), "--keep", str(kept)]) == 0
+    backup = tmp_path / "backup.sqlite3"
+    with sqlite3.connect(ledger_file) as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    await _log_some(data_dir, 2, start=3)
+    assert main(["ledger", "checkpoint", "--data-dir", str(data_dir), "--keep", str(kept)]) == 0
+    for side in ("-wal", "-shm"):
+        ledger_file.with_name(ledger_file.name + side).unlink(missing_ok=True)
+    backup.replace(ledger_file)  # restored from the older backup, and served from: a fork
+    await _log_some(data_dir, 3, start=20, consistency_with=6)
+
+    forked = run(
+        "verify", str(data_dir / "receipt-20.json"), "--key", verifier, "--checkpoints", str(kept)
+    )
+    assert forked.returncode == 1, forked.stdout
+    assert "verified" not in forked.stdout
+    assert "kept checkpoint of size 10" in forked.stderr and "?since=10" in forked.stderr
+    # Asked for as the message says, the fork's own proof cannot link it to size 10.
+    await _log_some(data_dir, 1, start=30, consistency_with=10)
+    relinked = run(
+        "verify", str(data_dir / "receipt-30.json"), "--key", verifier, "--checkpoints", str(kept)
+    )
+    assert relinked.returncode == 1, relinked.stdout
+    assert "consistency with kept checkpoint" in relinked.stderr

@@ -292,39 +292,44 @@ def verify_receipt(
 
 
 def _check_against_kept(cp: Checkpoint, receipt: Mapping[str, Any], kept: KeptCheckpoints) -> str:
-    for old in kept.checkpoints:
-        if old.size == cp.size:
-            if old.root_hash != cp.root_hash:
-                raise ReceiptError(
-                    f"consistency: the log signed two different roots for size {cp.size} "
-                    "(one kept, one in the receipt): the log forked"
-                )
-            return f"consistency: same tree head as kept checkpoint of size {cp.size}"
+    """Tie the receipt's tree head to the kept chain where its size falls.
+
+    The kept checkpoints are one verified chain. The receipt's tree must be the kept one of its
+    size, else a prefix of the smallest kept tree larger than it (and so of every later one;
+    every smaller one is a prefix of both), else an extension of the newest kept one. A link to
+    any other kept checkpoint proves too little: a fork after it would pass.
+    """
+    later = [old for old in kept.checkpoints if old.size >= cp.size]
+    target = later[0] if later else kept.checkpoints[-1]
+    if target.size == cp.size:
+        if target.root_hash != cp.root_hash:
+            raise ReceiptError(
+                f"consistency: the log signed two different roots for size {cp.size} "
+                "(one kept, one in the receipt): the log forked"
+            )
+        return f"consistency: same tree head as kept checkpoint of size {cp.size}"
     proofs = receipt.get("consistency") or []
     if not isinstance(proofs, list):
         raise ReceiptError("receipt field 'consistency' is not a list")
-    by_size = {old.size: old for old in kept.checkpoints}
+    old, new = (target, cp) if target.size < cp.size else (cp, target)
     for item in proofs:
         if not isinstance(item, Mapping):
             raise ReceiptError("receipt consistency item is not an object")
-        old_size, new_size = item.get("old_size"), item.get("new_size")
-        hashes = [_b64(h, "consistency hash") for h in item.get("proof", [])]
-        if new_size == cp.size and old_size in by_size:
-            old, new, kept_size = by_size[old_size], cp, old_size
-        elif old_size == cp.size and new_size in by_size:
-            old, new, kept_size = cp, by_size[new_size], new_size
-        else:
+        if (item.get("old_size"), item.get("new_size")) != (old.size, new.size):
             continue
+        hashes = [_b64(h, "consistency hash") for h in item.get("proof", [])]
         try:
             merkle.verify_consistency(old.size, new.size, old.root_hash, new.root_hash, hashes)
         except merkle.ProofError as e:
-            raise ReceiptError(f"consistency with kept checkpoint: {e}") from None
+            raise ReceiptError(
+                f"consistency with kept checkpoint of size {target.size}: {e}"
+            ) from None
         return (
             f"consistency: receipt's tree (size {cp.size}) and kept tree "
-            f"(size {kept_size}) are one append-only log"
+            f"(size {target.size}) are one append-only log"
         )
-    newest = kept.checkpoints[-1].size
     raise ReceiptError(
         f"consistency: nothing links the receipt's checkpoint (size {cp.size}) to your kept "
-        f"checkpoints; fetch the receipt again with a consistency proof from size {newest}"
+        f"checkpoint of size {target.size}; fetch the receipt again with ?since={target.size} "
+        "(a consistency proof from that size)"
     )
