@@ -377,3 +377,70 @@ async def test_a_receipt_from_a_restored_ledger_that_forked_fails_against_kept_c
     )
     assert relinked.returncode == 1, relinked.stdout
     assert "consistency with kept checkpoint" in relinked.stderr
+
+
+async def test_verify_names_a_file_it_cannot_read_instead_of_a_traceback(
+    keyed_data_dir: tuple[Path, str], tmp_path: Path
+) -> None:
+    """An auditor handed a damaged or hostile file gets FAILED and what is wrong with it, exit
+    1; these stopped with a Python traceback (UnicodeDecodeError, RecursionError, ValueError
+    'Exceeds the limit (4300 digits)', TypeError)."""
+    data_dir, verifier = keyed_data_dir
+    await _log_some(data_dir, 1)
+    genuine = data_dir / "receipt-0.json"
+    proof = (data_dir / "receipt-0.tlog-proof").read_text()
+    huge = "index " + "9" * 5000 + "\n"
+    bad_files: dict[str, tuple[bytes, str]] = {
+        "binary.json": (b"\xff\xfe{}", "is not UTF-8 text"),
+        "binary.tlog-proof": (proof.encode() + b"\xff", "is not UTF-8 text"),
+        "deep.json": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        "huge.tlog-proof": (proof.replace("index 0\n", huge).encode(), "larger than"),
+        "huge.json": (
+            json.dumps(
+                {
+                    **json.loads(genuine.read_text()),
+                    "index": None,
+                    "tlog_proof": proof.replace("index 0\n", huge),
+                }
+            ).encode(),
+            "larger than",
+        ),
+    }
+    for name, (content, said) in bad_files.items():
+        (tmp_path / name).write_bytes(content)
+        out = run("verify", str(tmp_path / name), "--key", verifier)
+        assert out.returncode == 1, (name, out.stdout)
+        assert "Traceback" not in out.stderr and said in out.stderr, (name, out.stderr)
+
+    (tmp_path / "binary.key").write_bytes(b"\xff\xfe")
+    out = run("verify", str(genuine), "--key", str(tmp_path / "binary.key"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "is not UTF-8 text" in out.stderr
+
+    kept_files = {
+        "binary.jsonl": (b"\xff\n", "is not UTF-8 text"),
+        "number.jsonl": (b'{"checkpoint": 5}\n', "'checkpoint' is not a signed note"),
+        "list.jsonl": (b'{"checkpoint": ["a"]}\n', "'checkpoint' is not a signed note"),
+        "deep.jsonl": (b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deeply"),
+    }
+    for name, (content, said) in kept_files.items():
+        (tmp_path / name).write_bytes(content)
+        out = run("verify", str(genuine), "--key", verifier, "--checkpoints", str(tmp_path / name))
+        assert out.returncode == 1, (name, out.stdout)
+        assert "Traceback" not in out.stderr and said in out.stderr, (name, out.stderr)
+    for name, content in {
+        "text.jsonl": b"garbage\n",
+        "other.jsonl": b'{"x": 1}\n',
+        "list.jsonl": b"[1]\n",
+        "number.jsonl": b'{"checkpoint": 5}\n',
+        "binary.jsonl": b"\xff\n",
+        "huge.jsonl": json.dumps(
+            {"checkpoint": f"{ORIGIN}\n{'9' * 5000}\n{'A' * 43}=\n\n\u2014 {ORIGIN} AAAA\n"}
+        ).encode(),
+    }.items():
+        (tmp_path / name).write_bytes(content)
+        keep = str(tmp_path / name)
+        out = run("ledger", "checkpoint", "--data-dir", str(data_dir), "--keep", keep)
+        assert out.returncode == 1, (name, out.stdout)
+        assert "FAILED: " in out.stderr and "Traceback" not in out.stderr, (name, out.stderr)
+        assert (tmp_path / name).read_bytes() == content  # nothing appended to a broken file

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sekisho.ledger import note
-from sekisho.ledger.merkle import HASH_SIZE
+from sekisho.ledger.merkle import HASH_SIZE, MAX_SIZE
 
 
 class CheckpointError(ValueError):
@@ -52,6 +52,10 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint tree size {size_text!r} is not a decimal number")
         if size_text != "0" and size_text.startswith("0"):
             raise CheckpointError(f"checkpoint tree size {size_text!r} has leading zeroes")
+        if len(size_text) > len(str(MAX_SIZE)) or int(size_text) > MAX_SIZE:
+            raise CheckpointError(
+                f"checkpoint tree size {size_text[:30]}... is larger than {MAX_SIZE} (2^64-1)"
+            )
         try:
             root = base64.b64decode(root_text, validate=True)
         except (binascii.Error, ValueError):

@@ -27,6 +27,8 @@ from sekisho.ledger.proof import (
     KeptCheckpoints,
     ReceiptError,
     TlogProof,
+    load_json,
+    read_text,
     verify_receipt,
     verify_tlog_proof,
 )
@@ -68,7 +70,10 @@ def _read_verifier(text: str) -> Verifier:
     """A verifier key string, or a file holding one."""
     candidate = Path(text)
     if "+" not in text or candidate.is_file():
-        text = candidate.read_text(encoding="utf-8").strip()
+        try:
+            text = candidate.read_bytes().decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise NoteError("the file is not UTF-8 text") from None
     return Verifier.from_key_string(text)
 
 
@@ -81,10 +86,7 @@ def verify_command(args: argparse.Namespace) -> int:
     except (OSError, NoteError) as e:
         return _fail(f"verifier key {args.key}: {e}")
     try:
-        text = Path(args.receipt).read_text(encoding="utf-8")
-    except OSError as e:
-        return _fail(f"cannot read receipt {args.receipt}: {e.strerror}")
-    try:
+        text = read_text(Path(args.receipt), "receipt")
         kept = None
         if args.checkpoints:
             kept = KeptCheckpoints.load(Path(args.checkpoints), [verifier])
@@ -103,9 +105,9 @@ def verify_command(args: argparse.Namespace) -> int:
                 print("ok  " + _relate_plain(cp, kept))
             return 0
         try:
-            receipt: Any = json.loads(text)
-        except ValueError as e:
-            return _fail(f"{args.receipt} is neither a tlog-proof nor receipt JSON ({e})")
+            receipt: Any = load_json(text, str(args.receipt))
+        except ReceiptError as e:
+            return _fail(f"{e}: it is neither a tlog-proof nor a receipt")
         if not isinstance(receipt, dict):
             return _fail(f"{args.receipt} is not a receipt object")
         report = verify_receipt(receipt, [verifier], kept=kept)
@@ -247,9 +249,19 @@ def _keep(path: Path, signed: str, storage: Storage) -> None:
     checkpoint = Checkpoint.parse(signed.partition("\n\n")[0] + "\n")
     proof: list[bytes] = []
     if path.exists():
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        lines = [
+            (n, ln)
+            for n, ln in enumerate(read_text(path, "kept checkpoints").splitlines(), 1)
+            if ln.strip()
+        ]
         if lines:
-            last = json.loads(lines[-1])["checkpoint"]
+            number, line = lines[-1]
+            item = load_json(line, f"{path}:{number}")
+            last = item.get("checkpoint") if isinstance(item, dict) else None
+            if not isinstance(last, str):
+                raise ReceiptError(
+                    f"{path}:{number}: not a kept-checkpoint line (no 'checkpoint' signed note)"
+                )
             last_cp = Checkpoint.parse(last.partition("\n\n")[0] + "\n")
             ranges = merkle.consistency_ranges(last_cp.size, checkpoint.size)
             proof = merkle.proof_from_hashes(ranges, storage.hashes(merkle.keys_for(ranges)))

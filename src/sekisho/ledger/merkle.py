@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 HASH_SIZE = 32
+MAX_SIZE = 2**64 - 1
+"""The largest tree size or index: C2SP and Go's tlog tooling read them as unsigned 64 bits."""
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
 EMPTY_ROOT = hashlib.sha256(b"").digest()

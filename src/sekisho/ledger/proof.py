@@ -44,6 +44,28 @@ def _b64(text: str, what: str) -> bytes:
         raise ReceiptError(f"{what} is not valid base64") from None
 
 
+def read_text(path: Path, what: str) -> str:
+    """A file an auditor was handed, as text; ``ReceiptError`` naming why it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ReceiptError(f"cannot read {what} {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ReceiptError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
+
+
+def load_json(text: str, what: str) -> Any:
+    """Parse JSON from an untrusted file; ``ReceiptError`` naming what is wrong with it."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ReceiptError(f"{what} is nested too deeply to be JSON sekisho wrote") from None
+    except ValueError as e:
+        raise ReceiptError(f"{what} is not JSON ({e})") from None
+
+
 @dataclass(frozen=True)
 class TlogProof:
     index: int
@@ -81,6 +103,10 @@ class TlogProof:
             or (index_text != "0" and index_text.startswith("0"))
         ):
             raise ReceiptError(f"tlog-proof index {index_text!r} is not a decimal without zeroes")
+        if len(index_text) > len(str(merkle.MAX_SIZE)) or int(index_text) > merkle.MAX_SIZE:
+            raise ReceiptError(
+                f"tlog-proof index {index_text[:30]}... is larger than {merkle.MAX_SIZE} (2^64-1)"
+            )
         hashes = tuple(_b64(h, f"inclusion proof line {i}") for i, h in enumerate(rest[1:]))
         return cls(int(index_text), hashes, checkpoint, extra)
 
@@ -140,22 +166,21 @@ class KeptCheckpoints:
         cls, path: Path, verifiers: Sequence[note.Verifier], *, origin: str | None = None
     ) -> KeptCheckpoints:
         kept = cls()
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise ReceiptError(f"cannot read kept checkpoints {path}: {e.strerror}") from None
+        lines = read_text(path, "kept checkpoints").splitlines()
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
+            item = load_json(line, where)
             try:
-                item = json.loads(line)
                 signed = item["checkpoint"]
                 proof = [
                     _b64(h, "consistency hash") for h in item.get("consistency_from_previous", [])
                 ]
-            except (ValueError, KeyError, TypeError) as e:
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise ReceiptError(f"{where}: not a kept-checkpoint line ({e})") from None
+            if not isinstance(signed, str):
+                raise ReceiptError(f"{where}: 'checkpoint' is not a signed note (a string)")
             try:
                 kept.add(open_checkpoint(signed, verifiers, origin=origin), signed, proof)
             except (CheckpointError, ReceiptError) as e:
