@@ -15,7 +15,6 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from sekisho._where import add_data_dir_args, config_of, data_dir
 from sekisho.ledger import continuity, merkle
@@ -26,11 +25,9 @@ from sekisho.ledger.note import NoteError, Verifier
 from sekisho.ledger.proof import (
     KeptCheckpoints,
     ReceiptError,
-    TlogProof,
     load_json,
     read_text,
-    verify_receipt,
-    verify_tlog_proof,
+    verify_document,
 )
 from sekisho.ledger.storage import Storage, StorageError, open_storage
 
@@ -93,42 +90,12 @@ def verify_command(args: argparse.Namespace) -> int:
             print(
                 f"ok  kept checkpoints: {len(kept.checkpoints)} loaded, signatures and links hold"
             )
-        if text.startswith("c2sp.org/tlog-proof@v1"):
-            # What `jq -r .tlog_proof` and editors write: one more newline at the end (or
-            # CRLF); the proof itself ends with its last signature line and one newline.
-            proof = text.replace("\r\n", "\n").rstrip("\n") + "\n"
-            entry = verify_tlog_proof(TlogProof.parse(proof), [verifier])
-            cp = entry.checkpoint
-            print(f"ok  checkpoint signature: {cp.origin} at size {cp.size}")
-            print(f"ok  inclusion: the proof's entry bytes are entry {entry.index}")
-            if kept is not None and kept.checkpoints:
-                print("ok  " + _relate_plain(cp, kept))
-            return 0
-        try:
-            receipt: Any = load_json(text, str(args.receipt))
-        except ReceiptError as e:
-            return _fail(f"{e}: it is neither a tlog-proof nor a receipt")
-        if not isinstance(receipt, dict):
-            return _fail(f"{args.receipt} is not a receipt object")
-        report = verify_receipt(receipt, [verifier], kept=kept)
+        lines = verify_document(text, str(args.receipt), [verifier], kept=kept)
     except ReceiptError as e:
         return _fail(str(e))
-    for check in report.checks:
-        print(f"ok  {check}")
-    print("verified: the decision was logged and the log holds it under a signed tree head")
+    for line in lines:
+        print(line)
     return 0
-
-
-def _relate_plain(cp: Checkpoint, kept: KeptCheckpoints) -> str:
-    for old in kept.checkpoints:
-        if old.size == cp.size:
-            if old.root_hash != cp.root_hash:
-                raise ReceiptError(f"the log signed two different roots for size {cp.size}")
-            return f"consistency: same tree head as kept checkpoint of size {cp.size}"
-    raise ReceiptError(
-        f"a bare tlog-proof carries no consistency proof; nothing links size {cp.size} to "
-        "your kept checkpoints (use the JSON receipt with a consistency proof)"
-    )
 
 
 # --- ledger audit / checkpoint ---------------------------------------------------------------

@@ -56,10 +56,23 @@ def read_text(path: Path, what: str) -> str:
         raise ReceiptError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
 
 
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            # Which of the two is "the" value depends on the JSON library reading it: another
+            # tool could show the one no proof covers.
+            raise ReceiptError(f"field {key!r} appears twice")
+        obj[key] = value
+    return obj
+
+
 def load_json(text: str, what: str) -> Any:
     """Parse JSON from an untrusted file; ``ReceiptError`` naming what is wrong with it."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_once_each)
+    except ReceiptError as e:
+        raise ReceiptError(f"{what}: {e}") from None
     except RecursionError:
         raise ReceiptError(f"{what} is nested too deeply to be JSON sekisho wrote") from None
     except ValueError as e:
@@ -252,14 +265,69 @@ def _verify_part(
 ) -> VerifiedEntry:
     leaf = _b64(_get(part, "entry", str), f"{name} entry")
     proof = TlogProof.parse(_get(part, "tlog_proof", str))
-    if part.get("index") is not None and part["index"] != proof.index:
-        raise ReceiptError(f"{name}: index {part['index']} differs from tlog-proof {proof.index}")
+    index = part.get("index")
+    if index is not None:
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise ReceiptError(f"{name}: index {index!r} is not an integer")
+        if index != proof.index:
+            raise ReceiptError(f"{name}: index {index} differs from tlog-proof {proof.index}")
     if proof.extra is not None and proof.extra != leaf:
         raise ReceiptError(f"{name}: tlog-proof extra data differs from the receipt's entry")
     try:
         return verify_tlog_proof(proof, verifiers, leaf=leaf, origin=origin)
     except ReceiptError as e:
         raise ReceiptError(f"{name}: {e}") from None
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    old_size: int
+    new_size: int
+    proof: tuple[bytes, ...]
+
+
+_CONSISTENCY_FIELDS = frozenset({"old_size", "new_size", "proof"})
+
+
+def _tree_size(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= merkle.MAX_SIZE:
+        raise ReceiptError(f"{what} {value!r:.40} is not a tree size (an integer, 0 to 2^64-1)")
+    return value
+
+
+def consistency_proofs(receipt: Mapping[str, Any]) -> list[ConsistencyProof]:
+    """The receipt's ``consistency`` list, each item checked for its shape (not yet its proof)."""
+    items = receipt.get("consistency")
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ReceiptError("receipt field 'consistency' is not a list")
+    proofs = []
+    for n, item in enumerate(items):
+        where = f"receipt consistency item {n}"
+        if not isinstance(item, Mapping):
+            raise ReceiptError(f"{where} is not an object")
+        unknown = sorted(str(k) for k in item if k not in _CONSISTENCY_FIELDS)
+        if unknown:
+            raise ReceiptError(
+                f"{where} carries {', '.join(map(repr, unknown))}; it has only "
+                "old_size, new_size and proof"
+            )
+        old = _tree_size(item.get("old_size"), f"{where}: old_size")
+        new = _tree_size(item.get("new_size"), f"{where}: new_size")
+        if old > new:
+            raise ReceiptError(f"{where}: old_size {old} is larger than new_size {new}")
+        hashes = item.get("proof")
+        if not isinstance(hashes, list) or not all(isinstance(h, str) for h in hashes):
+            raise ReceiptError(f"{where}: proof is not a list of base64 hashes")
+        decoded = tuple(_b64(h, f"{where}: proof hash {i}") for i, h in enumerate(hashes))
+        for i, h in enumerate(decoded):
+            if len(h) != merkle.HASH_SIZE:
+                raise ReceiptError(
+                    f"{where}: proof hash {i} is {len(h)} bytes, not {merkle.HASH_SIZE}"
+                )
+        proofs.append(ConsistencyProof(old, new, decoded))
+    return proofs
 
 
 def verify_receipt(
@@ -272,6 +340,7 @@ def verify_receipt(
     """Verify a receipt offline; raise ``ReceiptError`` naming the first check that failed."""
     report = ReceiptReport()
     _only_known(receipt, _RECEIPT_FIELDS, "the receipt")
+    consistency = consistency_proofs(receipt)
     decision = _verify_part(receipt, "decision entry", verifiers, origin)
     cp = decision.checkpoint
     report.checkpoint = cp
@@ -312,11 +381,18 @@ def verify_receipt(
     else:
         report.checks.append("outcome: none in this receipt (request incomplete or in progress)")
     if kept is not None and kept.checkpoints:
-        report.checks.append(_check_against_kept(cp, receipt, kept))
+        report.checks.append(_check_against_kept(cp, consistency, kept))
+    elif consistency:
+        report.checks.append(
+            f"consistency: {len(consistency)} proof(s) in the receipt NOT checked: there are no "
+            "kept checkpoints to check them against (--checkpoints)"
+        )
     return report
 
 
-def _check_against_kept(cp: Checkpoint, receipt: Mapping[str, Any], kept: KeptCheckpoints) -> str:
+def _check_against_kept(
+    cp: Checkpoint, proofs: Sequence[ConsistencyProof], kept: KeptCheckpoints
+) -> str:
     """Tie the receipt's tree head to the kept chain where its size falls.
 
     The kept checkpoints are one verified chain. The receipt's tree must be the kept one of its
@@ -333,18 +409,12 @@ def _check_against_kept(cp: Checkpoint, receipt: Mapping[str, Any], kept: KeptCh
                 "(one kept, one in the receipt): the log forked"
             )
         return f"consistency: same tree head as kept checkpoint of size {cp.size}"
-    proofs = receipt.get("consistency") or []
-    if not isinstance(proofs, list):
-        raise ReceiptError("receipt field 'consistency' is not a list")
     old, new = (target, cp) if target.size < cp.size else (cp, target)
     for item in proofs:
-        if not isinstance(item, Mapping):
-            raise ReceiptError("receipt consistency item is not an object")
-        if (item.get("old_size"), item.get("new_size")) != (old.size, new.size):
+        if (item.old_size, item.new_size) != (old.size, new.size):
             continue
-        hashes = [_b64(h, "consistency hash") for h in item.get("proof", [])]
         try:
-            merkle.verify_consistency(old.size, new.size, old.root_hash, new.root_hash, hashes)
+            merkle.verify_consistency(old.size, new.size, old.root_hash, new.root_hash, item.proof)
         except merkle.ProofError as e:
             raise ReceiptError(
                 f"consistency with kept checkpoint of size {target.size}: {e}"
@@ -358,3 +428,50 @@ def _check_against_kept(cp: Checkpoint, receipt: Mapping[str, Any], kept: KeptCh
         f"checkpoint of size {target.size}; fetch the receipt again with ?since={target.size} "
         "(a consistency proof from that size)"
     )
+
+
+def _relate_plain(cp: Checkpoint, kept: KeptCheckpoints) -> str:
+    for old in kept.checkpoints:
+        if old.size == cp.size:
+            if old.root_hash != cp.root_hash:
+                raise ReceiptError(f"the log signed two different roots for size {cp.size}")
+            return f"consistency: same tree head as kept checkpoint of size {cp.size}"
+    raise ReceiptError(
+        f"a bare tlog-proof carries no consistency proof; nothing links size {cp.size} to "
+        "your kept checkpoints (use the JSON receipt with a consistency proof)"
+    )
+
+
+def verify_document(
+    text: str,
+    where: str,
+    verifiers: Sequence[note.Verifier],
+    *,
+    kept: KeptCheckpoints | None = None,
+) -> list[str]:
+    """What ``sekisho verify`` does with a file's text (a receipt's JSON, or a bare tlog-proof):
+    the lines it prints, or ``ReceiptError`` naming the first check that failed."""
+    if text.startswith(HEADER):
+        # What `jq -r .tlog_proof` and editors write: one more newline at the end (or CRLF);
+        # the proof itself ends with its last signature line and one newline.
+        proof = text.replace("\r\n", "\n").rstrip("\n") + "\n"
+        entry = verify_tlog_proof(TlogProof.parse(proof), verifiers)
+        cp = entry.checkpoint
+        lines = [
+            f"ok  checkpoint signature: {cp.origin} at size {cp.size}",
+            f"ok  inclusion: the proof's entry bytes are entry {entry.index}",
+        ]
+        if kept is not None and kept.checkpoints:
+            lines.append("ok  " + _relate_plain(cp, kept))
+        return lines
+    try:
+        receipt = load_json(text, where)
+    except ReceiptError as e:
+        raise ReceiptError(f"{e}: it is neither a tlog-proof nor a receipt") from None
+    if not isinstance(receipt, dict):
+        raise ReceiptError(f"{where} is not a receipt object")
+    report = verify_receipt(receipt, verifiers, kept=kept)
+    return [
+        *(f"ok  {check}" for check in report.checks),
+        "verified: the decision was logged and the log holds it under a signed tree head",
+    ]
