@@ -51,6 +51,7 @@ class Log:
     kept: KeptCheckpoints  # the checkpoint an auditor kept before the request
     kept_line: str  # ... as its line in a kept-checkpoints file
     dir: Path
+    odd_receipt: dict[str, Any]  # of a request whose model name hides text (a bidi override)
 
 
 async def _build(directory: Path) -> Log:
@@ -66,13 +67,21 @@ async def _build(directory: Path) -> Log:
         for i in range(4):
             await ledger.append(decision(f"late-{i}"))
             await ledger.append(outcome(f"late-{i}"))
+        await ledger.append(decision("odd-0", model="gpt-4o\u202e\u200bini"))
         ledger.checkpoint_now()
         receipt = ledger.receipt("late-1", consistency_with=kept.checkpoints[0].size)
+        odd = ledger.receipt("odd-0")
     finally:
         await ledger.close()
     verifier = signer.verifier()
     return Log(
-        verifier, verifier.key_string(), receipt, kept, KeptCheckpoints.line(signed, []), directory
+        verifier,
+        verifier.key_string(),
+        receipt,
+        kept,
+        KeptCheckpoints.line(signed, []),
+        directory,
+        odd,
     )
 
 
@@ -119,6 +128,33 @@ def test_the_genuine_receipt_verifies_with_and_without_kept_checkpoints(log: Log
     kept = run_verify(log, json.dumps(log.receipt), "--checkpoints", _kept_file(log))
     assert kept.returncode == 0, kept.stderr
     assert "are one append-only log" in kept.stdout
+
+
+def test_verify_shows_the_entries_the_receipt_proves(log: Log) -> None:
+    """What an auditor checks a receipt for (the decision, its policy digest and time, the
+    outcome's status and output hash) is in the proved entries; verify printed only the
+    request id and the indexes, leaving the auditor to decode base64 by hand."""
+    out = run_verify(log, json.dumps(log.receipt))
+    assert out.returncode == 0, out.stderr
+    decision_text = base64.b64decode(log.receipt["entry"]).decode()
+    outcome_text = base64.b64decode(log.receipt["outcome"]["entry"]).decode()
+    lines = out.stdout.splitlines()
+    at = lines.index(f"decision entry {log.receipt['index']}, as logged:")
+    assert lines[at + 1] == "  " + decision_text
+    assert '"policy_digest":"sha256:0f"' in decision_text and '"time":"' in decision_text
+    at = lines.index(f"outcome entry {log.receipt['outcome']['index']}, as logged:")
+    assert lines[at + 1] == "  " + outcome_text
+    assert '"output_hash":"hmac-sha256:' in outcome_text
+
+    # A character that reorders or hides text on a terminal is shown as its escape.
+    odd = run_verify(log, json.dumps(log.odd_receipt))
+    assert odd.returncode == 0, odd.stderr
+    assert '"model":"gpt-4o\\u202e\\u200bini"' in odd.stdout
+    assert "\u202e" not in odd.stdout and "\u200b" not in odd.stdout
+
+    bare = run_verify(log, log.receipt["tlog_proof"])
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout.splitlines()[-1] == "  " + decision_text
 
 
 def test_a_field_given_twice_or_an_index_that_is_not_an_integer_fails(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +235,8 @@ class ReceiptReport:
 
     checks: list[str] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
+    # The entries the proofs cover, (index, exact bytes): what the receipt proves was logged.
+    proved: list[tuple[str, int, bytes]] = field(default_factory=list)
 
 
 def _get(receipt: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -359,8 +362,10 @@ def verify_receipt(
             f"proved decision entry ({record.request_id!r})"
         )
     report.checks.append(
-        f"inclusion: decision of request {record.request_id} is entry {decision.index}"
+        f"inclusion: decision of request {show_entry(str(record.request_id).encode())} is entry "
+        f"{decision.index}"
     )
+    report.proved.append(("decision", decision.index, decision.leaf))
     outcome_part = receipt.get("outcome")
     if outcome_part is not None:
         if not isinstance(outcome_part, Mapping):
@@ -378,6 +383,7 @@ def verify_receipt(
         if outcome.index <= decision.index:
             raise ReceiptError("outcome entry precedes its decision in the log")
         report.checks.append(f"inclusion: outcome of the same request is entry {outcome.index}")
+        report.proved.append(("outcome", outcome.index, outcome.leaf))
     else:
         report.checks.append("outcome: none in this receipt (request incomplete or in progress)")
     if kept is not None and kept.checkpoints:
@@ -430,6 +436,22 @@ def _check_against_kept(
     )
 
 
+def show_entry(leaf: bytes) -> str:
+    """An entry's bytes for a terminal: its UTF-8 text (a record is canonical JSON), with every
+    character that could hide or reorder text (controls, bidi overrides, zero-width, unassigned)
+    shown as an escape; bytes that are not UTF-8 as base64."""
+    try:
+        text = leaf.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64 " + base64.b64encode(leaf).decode()
+    return "".join(
+        (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+        if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")
+        else c
+        for c in text
+    )
+
+
 def _relate_plain(cp: Checkpoint, kept: KeptCheckpoints) -> str:
     for old in kept.checkpoints:
         if old.size == cp.size:
@@ -463,7 +485,7 @@ def verify_document(
         ]
         if kept is not None and kept.checkpoints:
             lines.append("ok  " + _relate_plain(cp, kept))
-        return lines
+        return [*lines, f"entry {entry.index}, as logged:", "  " + show_entry(entry.leaf)]
     try:
         receipt = load_json(text, where)
     except ReceiptError as e:
@@ -471,7 +493,10 @@ def verify_document(
     if not isinstance(receipt, dict):
         raise ReceiptError(f"{where} is not a receipt object")
     report = verify_receipt(receipt, verifiers, kept=kept)
-    return [
+    lines = [
         *(f"ok  {check}" for check in report.checks),
         "verified: the decision was logged and the log holds it under a signed tree head",
     ]
+    for kind, index, leaf in report.proved:
+        lines += [f"{kind} entry {index}, as logged:", "  " + show_entry(leaf)]
+    return lines
