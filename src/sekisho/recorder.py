@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -67,6 +68,15 @@ async def open_ledger_at(data_dir: Path, cfg: LedgerConfig) -> Ledger:
             key_file,
             [data_dir / in_force.FILE],
         )
+        if key_file.exists():
+            # A ledger put back from a backup older than the newest checkpoint signed here
+            # must not be signed from: the same key would sign a second history.
+            await asyncio.to_thread(
+                continuity.refuse_a_ledger_behind,
+                before,
+                data_dir,
+                load_signer(key_file).verifier().key_string(),
+            )
     finally:
         before.close()
     # The log's name: the configured one, else the name its signing key was made with (a
@@ -97,10 +107,15 @@ async def open_ledger_at(data_dir: Path, cfg: LedgerConfig) -> Ledger:
         deadline=cfg.deadline_ms / 1000,
         checkpoint_interval=cfg.checkpoint_interval_ms / 1000,
     )
+    verifier_key = ledger.signer.verifier().key_string()
+    ledger.on_signed = functools.partial(continuity.record_signed, data_dir, verifier_key)
     try:
         await asyncio.to_thread(
             continuity.remember, data_dir, ledger.signer, ledger.storage, origin
         )
+        latest = await asyncio.to_thread(ledger.storage.latest_checkpoint)
+        if latest is not None:
+            await asyncio.to_thread(ledger.on_signed, latest.size, latest.root)
     except OSError as exc:
         log.warning(
             "cannot record the log in use in %s (%s): a lost ledger may not be noticed at "

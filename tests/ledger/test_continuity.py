@@ -14,7 +14,7 @@ import sekisho
 from sekisho.config import Config, parse_config
 from sekisho.ledger import CheckpointError, load_signer, open_checkpoint
 from sekisho.ledger.cli import main
-from sekisho.ledger.continuity import RECORD, LedgerLost
+from sekisho.ledger.continuity import RECORD, SIGNED, LedgerBehind, LedgerLost
 from sekisho.recorder import open_ledger
 
 from .conftest import decision
@@ -147,3 +147,75 @@ def test_ledger_init_new_log_refuses_where_the_log_is_not_lost(
     assert "holds a log of 1 entries: it is not lost" in capsys.readouterr().err
     assert (data / "keys" / "ledger.key").read_bytes() == key
     assert list((data / "keys").glob("*.retired-*")) == []
+
+
+async def test_a_gateway_on_a_ledger_restored_from_an_older_backup_refuses_to_sign_a_fork(
+    tmp_path: Path,
+) -> None:
+    """A ledger put back from a backup taken before the newest checkpoint the gateway signed
+    was served from: the gateway went on from the backup's size and signed other entries at
+    sizes it had signed already, under the same key (a fork every kept receipt exposes). It
+    now refuses to start, saying how far behind the copy is and what to do."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    config = _config(data)
+    await _serve_once(config)
+    ledger_file = data / "ledger.sqlite3"
+    backup = tmp_path / "backup.sqlite3"
+    with sqlite3.connect(ledger_file) as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    newest = await _serve_once(config)  # signed after the backup was taken
+    newest_size = int(newest.split("\n")[1])
+    for path in data.glob("ledger.sqlite3*"):
+        path.unlink()
+    backup.replace(ledger_file)
+    held = sqlite3.connect(ledger_file).execute("SELECT size FROM tree").fetchone()[0]
+    assert held < newest_size
+
+    with pytest.raises(LedgerBehind) as refused:
+        await open_ledger(config)
+    message = str(refused.value)
+    assert f"holds {held} entries" in message and f"size {newest_size}" in message
+    assert "sekisho ledger audit" in message and "sekisho ledger init --new-log" in message
+    # Nothing was signed on the restored copy.
+    signed = sqlite3.connect(ledger_file).execute("SELECT max(size) FROM checkpoints").fetchone()
+    assert signed[0] == held
+
+    # A copy as large as the newest signed checkpoint but with other entries is refused too.
+    record = json.loads((data / SIGNED).read_text(encoding="utf-8"))
+    (note,) = (
+        sqlite3.connect(ledger_file)
+        .execute("SELECT note FROM checkpoints WHERE size = ?", (held,))
+        .fetchone()
+    )
+    record.update(size=held, root=note.split("\n")[2])
+    (data / SIGNED).write_text(json.dumps(record), encoding="utf-8")
+    with sqlite3.connect(ledger_file) as db:
+        db.execute("UPDATE entries SET leaf_hash = zeroblob(32)")  # other entries: their
+        db.execute("UPDATE nodes SET hash = zeroblob(32)")  # hashes, and the tree above them
+    with pytest.raises(LedgerBehind, match=f"its first {held} entries are not those"):
+        await open_ledger(config)
+
+
+async def test_a_ledger_restored_from_a_backup_that_reaches_the_newest_checkpoint_starts(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    data = tmp_path / "data"
+    config = _config(data)
+    await _serve_once(config)
+    await _serve_once(config)
+    backup = tmp_path / "backup.sqlite3"
+    with sqlite3.connect(data / "ledger.sqlite3") as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    for path in data.glob("ledger.sqlite3*"):
+        path.unlink()
+    backup.replace(data / "ledger.sqlite3")
+    (data / "ledger.sqlite3").chmod(0o600)
+    assert int((await _serve_once(config)).split("\n")[1]) > 2

@@ -11,17 +11,24 @@ refuses with what to do: restore the ledger, or deliberately start a new log und
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sekisho.ledger import merkle
 from sekisho.ledger.note import Signer
 from sekisho.ledger.storage import SQLITE_FILE, Storage, StorageError
 
 RECORD = "ledger-in-use.json"
+# The newest checkpoint this data directory's gateway signed, outside the ledger it describes:
+# a ledger put back from an older backup is behind it, and must not be signed from.
+SIGNED = "ledger-signed.json"
 # Written by `ledger init --new-log` with the new key's verifier: the next start may begin an
 # empty log under that key (and no other), after which the record of the log in use replaces it.
 NEW_LOG = "ledger-new-log.json"
@@ -29,6 +36,63 @@ NEW_LOG = "ledger-new-log.json"
 
 class LedgerLost(StorageError):
     """The ledger holds no log, but this data directory shows an earlier one existed."""
+
+
+class LedgerBehind(StorageError):
+    """The ledger does not hold the tree of the newest checkpoint its key signed here."""
+
+
+def record_signed(data_dir: Path, verifier_key: str, size: int, root: bytes) -> None:
+    """Remember the newest checkpoint signed (a stale record is still a prefix: no fsync)."""
+    record = data_dir / SIGNED
+    # One writer per thread: the checkpoint loop and a start-up may record at once.
+    tmp = record.with_name(f"{SIGNED}.{os.getpid()}.{threading.get_ident()}.tmp")
+    item = {"key": verifier_key, "size": size, "root": base64.b64encode(root).decode()}
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(item) + "\n")
+    os.replace(tmp, record)
+
+
+def refuse_a_ledger_behind(storage: Storage, data_dir: Path, verifier_key: str) -> None:
+    """Raise ``LedgerBehind`` when ``storage`` does not hold the tree of the newest checkpoint
+    this key signed here (a ledger restored from a backup older than it, or another copy)."""
+    try:
+        known = json.loads((data_dir / SIGNED).read_text(encoding="utf-8"))
+        if known["key"] != verifier_key:
+            return  # another log's (a new log since): it says nothing about this one
+        size, root = int(known["size"]), base64.b64decode(known["root"], validate=True)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError, binascii.Error):
+        return  # a damaged record proves nothing either way; the audit still can
+    if not storage.holds_log():
+        return  # refuse_a_second_history says what to do
+    held = storage.tree_size()
+    what_to_do = (
+        "Serving from it would sign other entries at sizes already signed, under the same key: "
+        "a second history (a fork) that every receipt and kept checkpoint exposes, so the "
+        "gateway did not start. Restore a newer copy that reaches that size and check it with "
+        "`sekisho ledger audit --checkpoints kept.jsonl`; if there is none, move this one "
+        "aside (its entries still verify under the old key) and start a new log with "
+        "`sekisho ledger init --new-log` (ledger.md, Losing the ledger)"
+    )
+    if held < size:
+        raise LedgerBehind(
+            f"the ledger at {storage.location} holds {held} entries, but this gateway signed a "
+            f"checkpoint of size {size} ({data_dir / SIGNED}): it was restored from an older "
+            f"backup, or is another copy. {what_to_do}"
+        )
+    try:
+        ours = merkle.root_from_hashes(size, storage.hashes(merkle.subtree_keys(0, size)))
+    except merkle.ProofError:
+        ours = b""
+    if ours != root:
+        raise LedgerBehind(
+            f"the ledger at {storage.location} holds {held} entries, but its first {size} "
+            f"entries are not those of the checkpoint of size {size} this gateway signed "
+            f"({data_dir / SIGNED}): it was rewritten, or is another log. {what_to_do}"
+        )
 
 
 def evidence(data_dir: Path, key_file: Path, traces: Sequence[Path] = ()) -> list[str]:
@@ -147,4 +211,6 @@ def retire(data_dir: Path, key_file: Path) -> Path | None:
         os.replace(key_file, retired)
     with contextlib.suppress(FileNotFoundError):
         (data_dir / RECORD).unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (data_dir / SIGNED).unlink()
     return retired

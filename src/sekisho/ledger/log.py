@@ -34,7 +34,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +171,9 @@ class Ledger:
         self.health = WriterHealth(deadline)  # for /readyz
         self._signing = threading.Lock()
         self._signed_size = -1
+        # Told (size, root) of each checkpoint signed, outside the ledger (see continuity).
+        self.on_signed: Callable[[int, bytes], None] | None = None
+        self._record_warned = False
         self._displaced: str | None = None  # for good: why nothing more may be written
         self._place_checked_at = time.monotonic()
 
@@ -368,6 +371,17 @@ class Ledger:
             signed = Checkpoint(self.origin, size, root).sign(self.signer)
             self.storage.store_checkpoint(size, root, signed)
             self._signed_size = size
+            if self.on_signed is not None:
+                try:
+                    self.on_signed(size, root)
+                except OSError as e:
+                    if not self._record_warned:
+                        self._record_warned = True
+                        log.warning(
+                            "cannot record the checkpoint signed (%s): a ledger restored from "
+                            "an older backup may not be noticed at the next start",
+                            e.strerror or e,
+                        )
             return signed
 
     # -- lookups (sync, thread-safe) -------------------------------------------------------------
