@@ -340,3 +340,54 @@ def test_the_checkpoint_parser_only_ever_raises_checkpoint_error(text: str) -> N
     for candidate in (text, f"{ORIGIN}\n{text}\n", f"{ORIGIN}\n10\n{text}\n"):
         with contextlib.suppress(CheckpointError):
             Checkpoint.parse(candidate)
+
+
+# --- tree sizes at the edges ----------------------------------------------------------------------
+
+
+async def _receipts_at_size(directory: Path, size: int) -> list[str]:
+    """Grow a log to ``size`` entries (decision, outcome, ...), keeping the checkpoint of every
+    size on the way; verify the receipts of the first and the last request, each against every
+    kept checkpoint. Returns what failed."""
+    from sekisho.ledger.proof import verify_receipt
+
+    signer = Signer.generate(ORIGIN)
+    verifiers = [signer.verifier()]
+    ledger = await Ledger.open(str(directory), signer, origin=ORIGIN, checkpoint_interval=3600)
+    failed: list[str] = []
+    try:
+        signed = {0: ledger.checkpoint_now()}
+        ids: list[str] = []
+        while ledger.storage.tree_size() < size:
+            request_id = f"edge-{len(ids)}"
+            ids.append(request_id)
+            for record in (decision(request_id), outcome(request_id)):
+                if ledger.storage.tree_size() < size:
+                    await ledger.append(record)
+                    note = ledger.checkpoint_now()
+                    signed[int(note.split("\n")[1])] = note
+        assert ledger.storage.tree_size() == size
+        for request_id in dict.fromkeys((ids[0], ids[-1])):
+            for kept_size, note in signed.items():
+                kept = KeptCheckpoints()
+                kept.add(open_checkpoint(note, verifiers), note, [])
+                receipt = ledger.receipt(request_id, consistency_with=kept_size)
+                try:
+                    report = verify_receipt(receipt, verifiers, kept=kept)
+                except ReceiptError as e:
+                    failed.append(f"size {size}, {request_id}, kept {kept_size}: {e}")
+                    continue
+                assert report.checkpoint is not None and report.checkpoint.size == size
+                assert report.proved[0][1] == ledger.find(request_id)[0][0]
+    finally:
+        await ledger.close()
+    return failed
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33])
+async def test_receipts_of_the_first_and_last_request_verify_at_every_edge_size(
+    tmp_path: Path, size: int
+) -> None:
+    """Sizes 1 and 2, powers of two and one either side; against a checkpoint kept at every
+    earlier size (0 included), linked by the receipt's consistency proof."""
+    assert await _receipts_at_size(tmp_path, size) == []
