@@ -444,3 +444,11 @@ async def test_verify_names_a_file_it_cannot_read_instead_of_a_traceback(
         assert out.returncode == 1, (name, out.stdout)
         assert "FAILED: " in out.stderr and "Traceback" not in out.stderr, (name, out.stderr)
         assert (tmp_path / name).read_bytes() == content  # nothing appended to a broken file
+
+
+def test_verify_help_says_what_it_checks_its_exit_status_and_where_the_key_comes_from() -> None:
+    out = run("verify", "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "Exit status 0: verified; 1: a check failed" in text
+    assert "never from a receipt" in text and "For auditors" in text

@@ -352,10 +352,23 @@ def _add_location(p: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``verify`` and ``ledger {audit,checkpoint}`` to a CLI."""
     verify = subparsers.add_parser(
-        "verify", help="verify a ledger receipt offline (signature, inclusion, consistency)"
+        "verify",
+        help="verify a ledger receipt offline (signature, inclusion, consistency)",
+        description="Verify a receipt offline: the checkpoint's Ed25519 signature under --key, "
+        "the entries' inclusion under its root, and (with --checkpoints) its consistency with "
+        "the tree heads you kept. Prints each check, then the entries the receipt proves. "
+        "Exit status 0: verified; 1: a check failed or a file could not be read (the FAILED "
+        "line says which).",
+        epilog="Get the verifier key from the gateway's operator through a channel you trust, "
+        "never from a receipt, and compare its key ID (docs/ledger.md, For auditors).",
     )
     verify.add_argument("receipt", metavar="RECEIPT_FILE", help="receipt JSON or .tlog-proof")
-    verify.add_argument("--key", required=True, help="verifier key string, or a file with it")
+    verify.add_argument(
+        "--key",
+        required=True,
+        help="the log's verifier key (NAME+KEYID+BASE64, as `sekisho keys ledger` prints it), "
+        "or a file holding it",
+    )
     verify.add_argument(
         "--checkpoints", metavar="FILE", help="kept checkpoints (JSON lines) to check against"
     )
