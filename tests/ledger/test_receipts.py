@@ -391,3 +391,56 @@ async def test_receipts_of_the_first_and_last_request_verify_at_every_edge_size(
     """Sizes 1 and 2, powers of two and one either side; against a checkpoint kept at every
     earlier size (0 included), linked by the receipt's consistency proof."""
     assert await _receipts_at_size(tmp_path, size) == []
+
+
+def _spare_bits_set(b64: str) -> str:
+    """The same bytes in a non-canonical spelling: the unused low bits of the last character
+    before the padding set (RFC 4648 §3.5 says an encoder leaves them zero)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    body = b64.rstrip("=")
+    spare = {1: 0b11, 2: 0b1111}[len(b64) - len(body)]
+    spelled = body[:-1] + alphabet[alphabet.index(body[-1]) | spare] + b64[len(body) :]
+    assert base64.b64decode(spelled) == base64.b64decode(b64) and spelled != b64
+    return spelled
+
+
+def test_a_non_canonical_base64_spelling_of_any_hash_or_entry_is_refused(
+    log: Log, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same bytes spelled another way verified: one receipt, many texts (a receipt's hash
+    or signature then no longer names it). Each base64 value must be the canonical one."""
+    proof = log.receipt["tlog_proof"]
+    hash_line = proof.split("\n")[3]
+    signature = proof.rstrip("\n").rsplit(" ", 1)[1]
+    forged = {
+        "signature of receipts.test.example/log": {
+            **log.receipt,
+            "outcome": None,
+            "tlog_proof": proof.replace(signature, _spare_bits_set(signature)),
+        },
+        "entry": {**log.receipt, "entry": _spare_bits_set(log.receipt["entry"])}
+        if log.receipt["entry"].endswith("=")
+        else None,
+        "inclusion proof line 0": {
+            **log.receipt,
+            "tlog_proof": proof.replace(hash_line, _spare_bits_set(hash_line), 1),
+        },
+        "proof hash 0": {
+            **log.receipt,
+            "consistency": [
+                {
+                    **log.receipt["consistency"][0],
+                    "proof": [
+                        _spare_bits_set(log.receipt["consistency"][0]["proof"][0]),
+                        *log.receipt["consistency"][0]["proof"][1:],
+                    ],
+                }
+            ],
+        },
+    }
+    for said, receipt in forged.items():
+        if receipt is None:
+            continue
+        status, out, err = verify_here(log, json.dumps(receipt), capsys)
+        assert status == 1 and "verified" not in out, (said, out)
+        assert said in err and "not canonical base64" in err, err

@@ -224,7 +224,11 @@ def open_note(note: str | bytes, verifiers: Iterable[Verifier]) -> Note:
             if sig not in result.unverified:
                 result.unverified.append(sig)
             continue
-        if not verifier.verify(message, base64.b64decode(sig.base64)[4:]):
+        raw = base64.b64decode(sig.base64)
+        if base64.b64encode(raw).decode() != sig.base64:
+            # The same signature spelled otherwise (unused bits set): one note, many texts.
+            raise NoteError(f"signature of {sig.name} is not canonical base64")
+        if not verifier.verify(message, raw[4:]):
             raise NoteError(f"invalid signature for key {sig.name}+{sig.key_id:08x}")
         if sig not in result.signatures:
             result.signatures.append(sig)

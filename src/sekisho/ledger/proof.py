@@ -40,9 +40,13 @@ class ReceiptError(ValueError):
 
 def _b64(text: str, what: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ReceiptError(f"{what} is not valid base64") from None
+    if base64.b64encode(data).decode() != text:
+        # The same bytes spelled otherwise (unused bits set): one receipt, many texts.
+        raise ReceiptError(f"{what} is not canonical base64 (RFC 4648: unused bits zero)")
+    return data
 
 
 def read_text(path: Path, what: str) -> str:
