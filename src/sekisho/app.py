@@ -766,6 +766,10 @@ class Gateway:
     ) -> None:
         """The routes that are neither model calls nor probes: models, kept responses, admin,
         ledger."""
+        if scope["method"] == "HEAD":
+            # HEAD is GET without the body (RFC 9110 §9.3.2): the same key, status and headers,
+            # Content-Length included. The server (uvicorn) leaves out the body it is sent.
+            scope = {**scope, "method": "GET"}
         if path == "/v1/models" or path.startswith("/v1/models/"):
             await self._models(scope, send, rid, path)
             return

@@ -98,6 +98,9 @@ class MethodNotAllowed(SekishoError):
     code = "method_not_allowed"
 
     def __init__(self, message: str, *, allow: tuple[str, ...]) -> None:
+        if "GET" in allow and "HEAD" not in allow:  # every GET route answers HEAD (app.py)
+            after = allow.index("GET") + 1
+            allow = (*allow[:after], "HEAD", *allow[after:])
         super().__init__(message, headers={"allow": ", ".join(allow)})
 
 

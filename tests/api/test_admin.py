@@ -381,7 +381,7 @@ async def test_bad_requests_say_what_is_wrong(
     got, data, hdrs = await env.call(method, path, "admin", body, query)
     assert got == status and words in data["error"]["message"], data
     if status == 405:
-        assert hdrs["allow"] == "GET, POST"
+        assert hdrs["allow"] == "GET, HEAD, POST"
 
 
 async def test_a_lifetime_beyond_100_years_is_refused_and_keys_stored_with_one_still_list(

@@ -182,12 +182,11 @@ def test_wrong_method_and_unknown_path(gateway: Harness) -> None:
     assert r.headers["allow"] == "POST"  # RFC 9110: a 405 says what the path accepts
     auth = {"authorization": f"Bearer {key}"}
     for method, path, allow in (
-        ("HEAD", "/v1/models", "GET"),
-        ("POST", "/v1/models", "GET"),
-        ("PUT", "/ledger/checkpoint", "GET"),
-        ("PUT", "/v1/responses/resp_x", "GET, DELETE"),
-        ("PUT", "/v1/responses/resp_x/input_items", "GET"),
-        ("DELETE", "/admin/v1/whoami", "GET"),
+        ("POST", "/v1/models", "GET, HEAD"),
+        ("PUT", "/ledger/checkpoint", "GET, HEAD"),
+        ("PUT", "/v1/responses/resp_x", "GET, HEAD, DELETE"),
+        ("PUT", "/v1/responses/resp_x/input_items", "GET, HEAD"),
+        ("DELETE", "/admin/v1/whoami", "GET, HEAD"),
     ):
         r = request(method, gateway.root + path, headers=auth)
         assert (r.status_code, r.headers.get("allow")) == (405, allow), (method, path)
