@@ -370,14 +370,31 @@ def test_db_checkpoint_completes_an_erasure_once_the_backup_lets_go(
     writer = sqlite3.connect(data / "store-jp.db", isolation_level=None)
     writer.execute("UPDATE records SET restricted_by = 'x'")
     writer.close()
-    assert run(config_file, "db", "checkpoint", "--wait", "0.2") == 1
+    assert run(config_file, "db", "checkpoint", "--wait", "0.2", "--actor", "ops") == 1
     err = capsys.readouterr().err
     assert "Erasure incomplete in region 'jp'" in err and "a running backup" in err
+    # The attempt is in the ledger, as the erasure it was to complete is: not complete yet.
+    (failed,) = [a for a in audit_lines(config_file) if a["details"].get("store") == "records"]
+    assert (failed["action"], failed["target"], failed["actor"]) == (
+        "store.checkpoint",
+        "region:jp",
+        "ops",
+    )
+    assert (
+        failed["details"]["complete"] is False and "a running backup" in failed["details"]["reason"]
+    )
     reader.close()
-    assert run(config_file, "db", "checkpoint") == 0
+    assert run(config_file, "db", "checkpoint", "--actor", "ops") == 0
     assert "region jp records: " in capsys.readouterr().out
     wal = data / "store-jp.db-wal"
     assert not wal.exists() or os.path.getsize(wal) == 0  # emptied (or gone with the last user)
+    # Each SQLite database checkpointed says so: what an erasure recorded as incomplete waited for.
+    done = [a for a in audit_lines(config_file) if a["action"] == "store.checkpoint"][1:]
+    assert {(a["target"], a["details"]["store"], a["details"]["complete"]) for a in done} == {
+        ("region:jp", "records", True),
+        ("region:jp", "keyring", True),
+    }
+    assert all(a["details"]["database"].endswith("-jp.db") for a in done)
 
 
 def test_an_unreadable_record_does_not_block_the_rest_of_an_export(

@@ -170,33 +170,55 @@ def db_upgrade(args: argparse.Namespace) -> int:
 
 def db_checkpoint(args: argparse.Namespace) -> int:
     """Copy each SQLite store's write-ahead log back and empty it: completes an erasure that a
-    running backup kept from finishing (``store.erasure_incomplete`` in the ledger)."""
+    running backup kept from finishing (``store.erasure_incomplete`` in the ledger). Each
+    database checkpointed is a ``store.checkpoint`` entry saying whether it completed."""
     try:
         config = _load(args)
     except ConfigError as exc:
         for p in exc.problems:
             print(f"error: {p}", file=sys.stderr)
         return 2
+    return _run(_checkpoint, argparse.Namespace(**vars(args), loaded=config))
+
+
+async def _checkpoint(args: argparse.Namespace) -> int:
     from sekisho.store.region import empty_log
 
-    status = 0
+    config = args.loaded
+    files: list[database.Location] = []
     for name, region in config.regions.items():
         for at in database.locate(name, region.store, config.data_dir):
             if not at.is_sqlite:
                 print(f"region {name} {at.role}: {at.display}: PostgreSQL (nothing to do)")
-                continue
-            if not at.sqlite_path.exists():
-                continue
+            elif at.sqlite_path.exists():
+                files.append(at)
+    if not files:
+        return 0
+    status = 0
+    async with args.audit(config) as audit:
+        for at in files:
             engine = database.create(at)
             try:
-                empty_log(engine, at, args.wait, "deleted data")
+                await asyncio.to_thread(empty_log, engine, at, args.wait, "deleted data")
             except SekishoError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 status = 1
-                continue
+                outcome = {"complete": False, "reason": str(exc)}
+            else:
+                print(
+                    f"region {at.region} {at.role}: {at.display}: write-ahead log copied back "
+                    "and emptied"
+                )
+                outcome = {"complete": True}
             finally:
                 engine.dispose()
-            print(f"region {name} {at.role}: {at.display}: write-ahead log copied back and emptied")
+            # After the act, as a rotation's entry: only then is its outcome known.
+            await audit.admin(
+                args.actor,
+                "store.checkpoint",
+                f"region:{at.region}",
+                {"store": at.role, "database": at.display} | outcome,
+            )
     return status
 
 
@@ -461,7 +483,12 @@ def register(
         metavar="SECONDS",
         help="how long to wait for readers (a backup) to let go (default 30)",
     )
-    p.set_defaults(func=db_checkpoint)
+    p.add_argument(
+        "--actor",
+        default=os.environ.get("USER", "operator"),
+        help="who checkpoints (recorded in the ledger)",
+    )
+    p.set_defaults(func=db_checkpoint, audit=sink)
 
     subject = subparsers.add_parser(
         "subject", help="data-subject requests (APPI 開示・利用停止・消去)"
