@@ -82,6 +82,12 @@ _KNOWN_IN_MESSAGE = frozenset(
 # In such a field, no text: a part's kind, ids, and what is opaque on purpose (a thinking
 # block's signature, encrypted reasoning, which the client hands back unchanged).
 _OPAQUE_IN_OTHER = frozenset({"type", "id", "signature", "data", "encrypted_content", "format"})
+# The fields of a choice (chat, legacy completions) read above. Every other one (vLLM's
+# stop_reason, the stop string matched or a token id; a provider's own field) is read whole in
+# each answer or event, as citations are: metadata a choice carries whole, not text streamed in
+# pieces.
+_KNOWN_IN_CHOICE = frozenset({"index", "message", "delta", "logprobs", "finish_reason"})
+_KNOWN_IN_LEGACY_CHOICE = frozenset({"index", "text", "logprobs", "finish_reason"})
 
 
 class _HeldTokens:
@@ -209,6 +215,8 @@ class StreamOutput:
     def apply(self, event: dict[str, Any]) -> bool:
         changed = False
         for choice in event.get("choices") or ():
+            if self._active and isinstance(choice, dict):
+                changed = self._choice_extras(choice) or changed
             if self._legacy:
                 delta = choice if isinstance(choice, dict) else None
             else:
@@ -366,6 +374,22 @@ class StreamOutput:
         else:  # FUNCTION_CALL
             fc = delta.setdefault("function_call", {})
             fc["arguments"] = (fc.get("arguments") or "") + rest
+
+    def _choice_extras(self, choice: dict[str, Any]) -> bool:
+        """A choice's fields sekisho does not know, read whole (``_KNOWN_IN_CHOICE``); True if
+        a string of them changed."""
+        known = _KNOWN_IN_LEGACY_CHOICE if self._legacy else _KNOWN_IN_CHOICE
+        names = [n for n in choice if n not in known]
+        if not names:
+            return False
+        extras = {n: choice[n] for n in names}
+        strings = value_strings(extras)
+        if not strings:  # vLLM's stop_reason null or a token id, on every event
+            return False
+        before = [holder[key] for holder, key in strings]  # type: ignore[index]
+        self._whole(inspect_value, extras)
+        choice.update(extras)
+        return [holder[key] for holder, key in strings] != before  # type: ignore[index]
 
     def _flush(self, idx: int, delta: dict[str, Any]) -> bool:
         """A choice is finishing: what was held back of it goes out in this event, before the
@@ -560,6 +584,21 @@ def inspect_answer(
     for choice in data.get("choices") or ():
         if not isinstance(choice, dict):
             continue
+        try:
+            found, texts = _inspect_choice_extras(choice, pseudo, rule, scanner)
+        except Exception:
+            log.exception(
+                "output inspection failed; answer withheld", extra={"request_id": request_id}
+            )
+            msg = choice.get("message")
+            _withhold(choice, msg if isinstance(msg, dict) else choice)
+            error = "output_inspection_failed"
+            continue
+        delivered.extend(texts)
+        if found is not None:
+            error = _worse(error, found)
+        if found == "output_cut":  # cut where the identifier starts; the choice ends there
+            choice["finish_reason"] = "content_filter"
         msg = choice.get("message")
         slots: list[tuple[dict[str, Any], str]] = []
         if not isinstance(msg, dict):
@@ -714,7 +753,27 @@ def _withhold(choice: dict[str, Any], msg: dict[str, Any]) -> None:
     if msg is not choice:
         for name in [n for n in msg if n not in _KNOWN_IN_MESSAGE]:
             del msg[name]  # fields sekisho does not know, their texts with the rest
+    known = _KNOWN_IN_CHOICE if "message" in choice else _KNOWN_IN_LEGACY_CHOICE
+    for name in [n for n in choice if n not in known]:
+        del choice[name]
     choice["finish_reason"] = "content_filter"
+
+
+def _inspect_choice_extras(
+    choice: dict[str, Any], pseudo: Pseudonymiser | None, rule: OutputRuleView, scanner: Scanner
+) -> tuple[str | None, list[str]]:
+    """The fields of a whole answer's choice sekisho does not know (``_KNOWN_IN_CHOICE``), in
+    place, every string of them read whole (``inspect_value``). Raises as it does."""
+    if pseudo is None and rule.action == "none":
+        return None, []
+    known = _KNOWN_IN_CHOICE if "message" in choice else _KNOWN_IN_LEGACY_CHOICE
+    names = [n for n in choice if n not in known]
+    if not names:
+        return None, []
+    extras = {n: choice[n] for n in names}
+    found, texts = inspect_value(extras, pseudo, rule, scanner)
+    choice.update(extras)
+    return found, texts
 
 
 def _inspect_others(

@@ -764,3 +764,107 @@ def test_held_logprobs_go_out_only_for_text_released_as_they_spell_it(
         assert spelled == text
     else:
         assert len(spelled) <= changed_at
+
+
+def legacy_answer(text: str) -> dict[str, Any]:
+    return {
+        "id": "cmpl-sim",
+        "object": "text_completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9},
+    }
+
+
+def test_fields_beside_a_choices_message_get_what_the_answer_gets(
+    gateways: Callable[..., Harness],
+) -> None:
+    """vLLM's stop_reason (the stop string matched, when a string matched) and a provider's
+    own field on a choice reached the client uninspected, whole or streamed, in chat and in
+    legacy completions: every string of a choice's field sekisho does not know gets the
+    output rule; index, finish_reason and a numeric stop_reason stay as they were."""
+    h = gateways()
+    c = client(h)
+    answer = chat_answer("All clear.")
+    answer["choices"][0] |= {"stop_reason": f"END {CARD}", "provider_notes": {"said": [CARD]}}
+    answering(h, json.dumps(answer))
+    raw = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=ASK)
+    assert raw.headers["x-sekisho-output"] == "masked"
+    assert "4111" not in raw.http_response.text
+    choice = raw.http_response.json()["choices"][0]
+    assert choice["stop_reason"] == "END [CREDIT_CARD]"
+    assert choice["provider_notes"] == {"said": ["[CREDIT_CARD]"]}
+    assert (choice["index"], choice["finish_reason"]) == (0, "stop")
+    assert choice["message"]["content"] == "All clear."
+
+    answer = chat_answer("All clear.")
+    answer["choices"][0]["stop_reason"] = 128009  # a stop token's id: not text
+    answering(h, json.dumps(answer))
+    raw = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=ASK)
+    assert "x-sekisho-output" not in raw.headers
+    assert raw.http_response.json()["choices"][0]["stop_reason"] == 128009
+
+    # Streamed: vLLM sends stop_reason null on every chunk and the matched string on the last.
+    sse = ""
+    for delta, finish, reason in (
+        *(({"content": piece}, None, None) for piece in CLEAN),
+        ({}, "stop", f"END {CARD}"),
+    ):
+        event = json.loads(chunk(delta, finish=finish)[6:])
+        event["choices"][0]["stop_reason"] = reason
+        sse += f"data: {json.dumps(event)}\n\n"
+    sse += "data: [DONE]\n\n"
+    body, events = streamed(h, sse)
+    assert "4111" not in body
+    reasons = [e["choices"][0].get("stop_reason") for e in events if e.get("choices")]
+    assert "END [CREDIT_CARD]" in reasons
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert text == "All clear."
+
+    # Legacy completions, whole and streamed.
+    legacy = legacy_answer("All clear.")
+    legacy["choices"][0] |= {"stop_reason": f"END {CARD}", "provider_text": f"card {CARD}"}
+    answering(h, json.dumps(legacy))
+    raw_legacy = c.completions.with_raw_response.create(model="gpt-4o", prompt="card?")
+    assert raw_legacy.headers["x-sekisho-output"] == "masked"
+    got = raw_legacy.http_response.json()["choices"][0]
+    assert (got["stop_reason"], got["provider_text"]) == ("END [CREDIT_CARD]", "card [CREDIT_CARD]")
+    assert (got["text"], got["finish_reason"]) == ("All clear.", "stop")
+
+    event = legacy_answer("All clear.")
+    event["choices"][0] |= {"finish_reason": "stop", "stop_reason": f"END {CARD}"}
+    answering(h, f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n", mode="sse")
+    with c.completions.with_streaming_response.create(
+        model="gpt-4o", prompt="card?", stream=True
+    ) as streamed_legacy:
+        body = streamed_legacy.http_response.read().decode()
+    assert "4111" not in body and "END [CREDIT_CARD]" in body
+
+
+def test_under_cut_a_choices_field_is_cut_where_the_identifier_starts() -> None:
+    import yaml
+
+    from harness import example_config
+    from sekisho._output import StreamOutput, inspect_answer
+    from sekisho.config import parse_config, scanner_for
+
+    raw = example_config()
+    raw["tenants"]["demo"]["detection"]["output"] = {"action": "cut", "types": ["CREDIT_CARD"]}
+    tenant = parse_config(yaml.safe_dump(raw), "t.yaml").tenants["demo"]
+    scanner = scanner_for(tenant)
+    answer = chat_answer("The answer.")
+    answer["choices"][0]["stop_reason"] = f"stop at {CARD} here"
+    error, delivered = inspect_answer(answer, None, tenant.detection.output, scanner, "r")
+    choice = answer["choices"][0]
+    assert error == "output_cut" and choice["finish_reason"] == "content_filter"
+    assert choice["stop_reason"] == "stop at " and "4111" not in json.dumps(answer)
+    assert "stop at " in delivered
+
+    for legacy in (False, True):
+        out = StreamOutput(None, tenant, scanner, legacy=legacy)
+        inner: dict[str, Any] = {"text": "x"} if legacy else {"delta": {"content": "x"}}
+        event = {"choices": [{"index": 0, **inner, "finish_reason": "stop",
+                              "stop_reason": f"stop at {CARD}"}]}  # fmt: skip
+        out.apply(event)
+        assert "4111" not in json.dumps(event) and out.error_code == "output_cut"
