@@ -435,3 +435,134 @@ def test_an_unreadable_record_does_not_block_the_rest_of_an_export(
     last = audit_lines(config_file)[-1]
     assert last["action"] == "store.subject_export"
     assert last["details"]["records"] == 1 and last["details"]["unreadable"] == 1
+
+
+def _seal_as_v1(data_dir: Path) -> list[str]:
+    """Every field of every record sealed again as sekisho sealed it before request ids were
+    bound (associated data record/v1), as a store written by an older gateway holds them."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from sqlalchemy import select, update
+
+    from sekisho.store.crypto import record_aad_v1
+    from sekisho.store.schema import records
+
+    async def go() -> list[str]:
+        s = await Stores.open({"jp": Region("JP")}, data_dir, audit=Sink())
+        jp = s.region("jp")
+        with jp.records_db.begin() as conn:
+            rows = conn.execute(select(records)).all()
+            for row in rows:
+                keys = jp.keys_at(row.tenant, row.key_generation)
+                values = {}
+                for name in ("prompt", "output", "pseudonym_map"):
+                    sealed = getattr(row, name)
+                    if sealed is None:
+                        continue
+                    plain = keys.open(row.record_id, name, sealed, request_id=row.request_id)
+                    nonce = os.urandom(12)
+                    aad = record_aad_v1("jp", row.tenant, row.record_id, name)
+                    values[name] = nonce + AESGCM(keys.seal_key).encrypt(nonce, plain, aad)
+                conn.execute(
+                    update(records).where(records.c.record_id == row.record_id).values(values)
+                )
+        await s.close()
+        return [str(r.request_id) for r in rows]
+
+    return asyncio.run(go())
+
+
+def _swap_request_ids(data_dir: Path, a: str, b: str) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(data_dir / "store-jp.db")
+    with db:
+        db.execute("UPDATE records SET request_id = 'x' WHERE request_id = ?", (a,))
+        db.execute("UPDATE records SET request_id = ? WHERE request_id = ?", (a, b))
+        db.execute("UPDATE records SET request_id = ? WHERE request_id = 'x'", (b,))
+    db.close()
+
+
+def _kept(data_dir: Path, request_id: str) -> bytes | None:
+    async def go() -> bytes | None:
+        s = await Stores.open({"jp": Region("JP")}, data_dir, audit=Sink())
+        try:
+            kept = await s.for_tenant("demo", "jp").kept(request_id)
+            return kept.prompt if kept is not None else None
+        finally:
+            await s.close()
+
+    return asyncio.run(go())
+
+
+def test_key_rotation_binds_records_sealed_before_request_ids_to_theirs(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records sealed under record/v1 could be given another request's id unnoticed until they
+    expired. `keys rotate` seals them again bound to their request id: after it none is left,
+    and a swap of two records' request ids is detected."""
+    from sekisho.store import RecordUnreadable
+
+    data = config_file.parent / "data"
+    asyncio.run(seed(data))
+    assert sorted(_seal_as_v1(data)) == ["req-a", "req-b"]
+    _swap_request_ids(data, "req-a", "req-b")
+    assert _kept(data, "req-a") is not None  # a v1 record: the swap goes unseen
+    _swap_request_ids(data, "req-a", "req-b")  # as it was
+
+    assert run(config_file, "keys", "rotate", "--region", "jp", "--actor", "ops") == 0
+    out = capsys.readouterr().out
+    assert "re-sealed 2 record(s)" in out
+    resealed = audit_lines(config_file)[-1]
+    assert (resealed["action"], resealed["target"], resealed["actor"]) == (
+        "store.records_resealed",
+        "region:jp",
+        "ops",
+    )
+    assert resealed["details"] == {"records_resealed": 2, "records_unreadable": 0}
+
+    # Every field now opens only as its own request's (record/v2).
+    async def opens_as_v1() -> bool:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from sqlalchemy import select
+
+        from sekisho.store.crypto import record_aad_v1
+        from sekisho.store.schema import records
+
+        s = await Stores.open({"jp": Region("JP")}, data, audit=Sink())
+        jp = s.region("jp")
+        with jp.records_db.connect() as conn:
+            rows = conn.execute(select(records)).all()
+        any_v1 = False
+        for row in rows:
+            keys = jp.keys_at(row.tenant, row.key_generation)
+            aad = record_aad_v1("jp", row.tenant, row.record_id, "prompt")
+            try:
+                AESGCM(keys.seal_key).decrypt(row.prompt[:12], row.prompt[12:], aad)
+                any_v1 = True
+            except InvalidTag:
+                pass
+        await s.close()
+        return any_v1
+
+    assert not asyncio.run(opens_as_v1())
+    assert _kept(data, "req-a") is not None
+    _swap_request_ids(data, "req-a", "req-b")
+    for request_id in ("req-a", "req-b"):
+        with pytest.raises(RecordUnreadable, match="another record or request"):
+            _kept(data, request_id)
+
+    # Rotated again: records that open under neither binding are named and left as they are.
+    assert run(config_file, "keys", "rotate", "--region", "jp", "--actor", "ops") == 0
+    err = capsys.readouterr().err
+    assert "2 record(s) fail authentication" in err and "left as they are" in err
+    assert audit_lines(config_file)[-1]["details"] == {
+        "records_resealed": 0,
+        "records_unreadable": 2,
+    }
+    # Put back, and again: nothing is left to re-seal, and no entry says otherwise.
+    _swap_request_ids(data, "req-a", "req-b")
+    recorded = len(audit_lines(config_file))
+    assert run(config_file, "keys", "rotate", "--region", "jp", "--actor", "ops") == 0
+    assert "re-sealed" not in capsys.readouterr().out
+    assert [a["action"] for a in audit_lines(config_file)[recorded:]] == ["store.kek_rotated"]

@@ -94,3 +94,45 @@ async def test_the_first_write_after_the_server_ended_the_connections_is_kept(
     finally:
         await s.close()
         relay.stop()
+
+
+async def test_records_sealed_before_request_ids_were_bound_are_resealed_on_postgres(
+    tmp_path: Path, sink: Sink, pg_schema: str
+) -> None:
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from sqlalchemy import select, update
+
+    from sekisho.store import RecordUnreadable
+    from sekisho.store.crypto import record_aad_v1
+    from sekisho.store.schema import records
+
+    regions = {"jp": Region("JP", url(pg_schema))}
+    s = await Stores.open(
+        regions, tmp_path, audit=sink, tenants={"demo": Tenant("jp", FULL_7)}, migrate=True
+    )
+    tenant = s.for_tenant("demo", "jp")
+    for rid in ("req-a", "req-b"):
+        await tenant.put(exchange(request_id=rid, prompt=f"prompt of {rid}"))
+    jp = s.region("jp")
+    with jp.records_db.begin() as conn:  # as an older gateway sealed them (record/v1)
+        for row in conn.execute(select(records)).all():
+            keys = jp.keys_at(row.tenant, row.key_generation)
+            plain = keys.open(row.record_id, "prompt", row.prompt, request_id=row.request_id)
+            nonce = os.urandom(12)
+            aad = record_aad_v1("jp", "demo", row.record_id, "prompt")
+            old = nonce + AESGCM(keys.seal_key).encrypt(nonce, plain, aad)
+            conn.execute(
+                update(records).where(records.c.record_id == row.record_id).values(prompt=old)
+            )
+    assert await s.reseal_records("jp", actor="ops") == (2, [])
+    assert await s.reseal_records("jp", actor="ops") == (0, [])
+    with jp.records_db.begin() as conn:
+        conn.execute(update(records).where(records.c.request_id == "req-a").values(request_id="x"))
+        conn.execute(
+            update(records).where(records.c.request_id == "req-b").values(request_id="req-a")
+        )
+    with pytest.raises(RecordUnreadable):
+        await tenant.kept("req-a")
+    await s.close()

@@ -422,7 +422,23 @@ async def _keys_rotate(args: argparse.Namespace) -> int:
     async with _opened(config, args) as stores:
         version, count = await stores.rotate_keys(args.region, actor=args.actor)
         where = stores.region(args.region).keys.description
-    print(f"region {args.region}: KEK version {version} ({where}); re-wrapped {count} data key(s)")
+        print(
+            f"region {args.region}: KEK version {version} ({where}); re-wrapped {count} data key(s)"
+        )
+        resealed, unreadable = await stores.reseal_records(args.region, actor=args.actor)
+    if resealed:
+        print(
+            f"region {args.region}: re-sealed {resealed} record(s) sealed before request ids "
+            "were bound (record/v1), each now bound to its request id"
+        )
+    if unreadable:
+        shown = ", ".join(unreadable[:10]) + (", ..." if len(unreadable) > 10 else "")
+        print(
+            f"warning: region {args.region}: {len(unreadable)} record(s) fail authentication "
+            f"under their data key and were left as they are ({shown}): altered, or moved from "
+            "another record; `subject export` lists them too",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -7,7 +7,8 @@ From the tenant's 256-bit data key, HKDF-SHA256 derives three keys with distinct
   another record, field, tenant or region, or a record given another request's id (records
   are looked up by request id), fails authentication instead of decrypting. Records sealed
   before the request id was bound (associated data v1: region, tenant, record id, field) are
-  still opened under that binding.
+  still opened under that binding, and sealed again under the new one by ``keys rotate``
+  (``RegionStore.reseal_v1_records``).
 - ``index``: HMAC-SHA256 of normalised identifiers, for data-subject requests.
 - ``hash``: HMAC-SHA256 of prompts and outputs for the ledger, so nobody without the tenant's
   key can confirm a guessed prompt.
@@ -139,12 +140,36 @@ class TenantKeys:
             except InvalidTag:
                 return self._aead.decrypt(nonce, body, self._aad_v1(record_id, field))
         except InvalidTag:
-            raise RecordUnreadable(
-                f"Record {record_id} ({field}) of tenant {self.tenant!r} in region "
-                f"{self.region!r} failed authentication: the ciphertext was altered, moved from "
-                "another record or request, or sealed under another key. Nothing of it is "
-                "returned."
-            ) from None
+            raise self._unreadable(record_id, field) from None
+
+    def reseal_v1(
+        self, record_id: str, field: str, sealed: bytes, *, request_id: str
+    ) -> bytes | None:
+        """A field sealed before request ids were bound (record/v1) sealed again, bound to
+        ``request_id`` (record/v2); None when it is bound already. Raises ``RecordUnreadable``
+        when it opens under neither."""
+        if len(sealed) >= NONCE_BYTES + 16:
+            nonce, body = sealed[:NONCE_BYTES], sealed[NONCE_BYTES:]
+            try:
+                self._aead.decrypt(nonce, body, self._aad(record_id, request_id, field))
+                return None
+            except InvalidTag:
+                pass
+            try:
+                plaintext = self._aead.decrypt(nonce, body, self._aad_v1(record_id, field))
+            except InvalidTag:
+                pass
+            else:
+                return self.seal(record_id, field, plaintext, request_id=request_id)
+        raise self._unreadable(record_id, field)
+
+    def _unreadable(self, record_id: str, field: str) -> RecordUnreadable:
+        return RecordUnreadable(
+            f"Record {record_id} ({field}) of tenant {self.tenant!r} in region "
+            f"{self.region!r} failed authentication: the ciphertext was altered, moved from "
+            "another record or request, or sealed under another key. Nothing of it is "
+            "returned."
+        )
 
     def keyed_hash(self, data: bytes) -> str:
         mac = self._hash_mac.copy()

@@ -41,6 +41,7 @@ from sekisho.store.database import Location
 from sekisho.store.errors import (
     ErasureIncomplete,
     KeyProviderError,
+    RecordUnreadable,
     RotationIncomplete,
     StoreError,
     TenantKeyDestroyed,
@@ -420,6 +421,65 @@ class RegionStore:
                 )
             count += 1
         return version, count
+
+    def reseal_v1_records(self, batch: int = 500) -> tuple[int, list[str]]:
+        """Seal again, bound to its request id (record/v2), every field of a record sealed
+        before request ids were bound (record/v1): such a record could be given another
+        request's id unnoticed. Returns (records re-sealed, ids of records that open under
+        neither binding, left as they are). A record whose data key was destroyed is never
+        read again and is left alone. Reads every full record once. Blocking."""
+        resealed = 0
+        unreadable: list[str] = []
+        after = ""
+        c = records.c
+        while True:
+            with self.records_db.connect() as conn:
+                rows = conn.execute(
+                    select(c.record_id, c.tenant, c.key_generation, c.request_id,
+                           c.prompt, c.output, c.pseudonym_map)
+                    .where(and_(c.record_id > after, c.mode == "full"))
+                    .order_by(c.record_id)
+                    .limit(batch)
+                ).all()  # fmt: skip
+            if not rows:
+                return resealed, unreadable
+            after = rows[-1].record_id
+            changes: list[tuple[str, str, dict[str, tuple[bytes, bytes]]]] = []
+            for row in rows:
+                try:
+                    keys = self.keys_at(row.tenant, row.key_generation)
+                except TenantKeyDestroyed:
+                    continue
+                changed: dict[str, tuple[bytes, bytes]] = {}
+                try:
+                    for name in ("prompt", "output", "pseudonym_map"):
+                        sealed = getattr(row, name)
+                        if sealed is None:
+                            continue
+                        again = keys.reseal_v1(
+                            row.record_id, name, sealed, request_id=row.request_id
+                        )
+                        if again is not None:
+                            changed[name] = (sealed, again)
+                except RecordUnreadable:
+                    unreadable.append(row.record_id)
+                    continue
+                if changed:
+                    changes.append((row.record_id, row.request_id, changed))
+            if not changes:
+                continue
+            with self.records_db.begin() as conn:
+                for record_id, request_id, changed in changes:
+                    # Only as it was read: a record deleted or changed meanwhile is left alone.
+                    unchanged = [c[name] == old for name, (old, _) in changed.items()]
+                    result = conn.execute(
+                        update(records)
+                        .where(
+                            and_(c.record_id == record_id, c.request_id == request_id, *unchanged)
+                        )
+                        .values({name: new for name, (_, new) in changed.items()})
+                    )
+                    resealed += result.rowcount
 
     def kek_versions(self) -> dict[int, int]:
         """How many live data keys each KEK version wraps."""

@@ -555,6 +555,21 @@ class Stores:
         )
         return version, count
 
+    async def reseal_records(self, region: str, *, actor: str) -> tuple[int, list[str]]:
+        """Seal every record of a region sealed before request ids were bound (record/v1)
+        again, bound to its request id; ``keys rotate`` does it after the KEK. Recorded
+        (``store.records_resealed``) when there was any. Returns (re-sealed, unreadable ids)."""
+        store = self.region(region)
+        resealed, unreadable = await asyncio.to_thread(store.reseal_v1_records)
+        if resealed or unreadable:
+            await self.audit.admin(
+                actor,
+                "store.records_resealed",
+                f"region:{region}",
+                {"records_resealed": resealed, "records_unreadable": len(unreadable)},
+            )
+        return resealed, unreadable
+
     def _refuse_if_held(self, tenant: str, what: str) -> None:
         if self.on_legal_hold(tenant):
             raise StoreError(
