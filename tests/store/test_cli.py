@@ -41,7 +41,10 @@ async def seed(data_dir: Path) -> None:
 
 
 def audit_lines(config_file: Path) -> list[dict[str, object]]:
-    text = (config_file.parent / "data" / "store-admin.jsonl").read_text(encoding="utf-8")
+    recorded = config_file.parent / "data" / "store-admin.jsonl"
+    if not recorded.exists():
+        return []
+    text = recorded.read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines()]
 
 
@@ -566,3 +569,75 @@ def test_key_rotation_binds_records_sealed_before_request_ids_to_theirs(
     assert run(config_file, "keys", "rotate", "--region", "jp", "--actor", "ops") == 0
     assert "re-sealed" not in capsys.readouterr().out
     assert [a["action"] for a in audit_lines(config_file)[recorded:]] == ["store.kek_rotated"]
+
+
+def test_an_old_kek_version_is_listed_and_retired_once_no_data_key_needs_it(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Old KEK versions stayed in the key file for good after `keys rotate`. `keys
+    kek-versions` says which still wrap data keys; `keys kek-retire` deletes one no data key
+    needs, recorded as a rotation is, and refuses (nothing changed) while one does."""
+    from sekisho import _serving
+    from sekisho.store.keys import LocalKeyFile
+
+    data = config_file.parent / "data"
+    kek = data / "keys" / "region-jp.kek"
+    asyncio.run(seed(data))
+
+    def held() -> list[str]:
+        return sorted(json.loads(kek.read_text())["keys"])
+
+    def retire(version: int) -> int:
+        return run(config_file, "keys", "kek-retire", "--region", "jp", "--version",
+                   str(version), "--actor", "ops", "--yes")  # fmt: skip
+
+    assert run(config_file, "keys", "kek-versions") == 0
+    assert "version 1: wraps 1 data key(s) (demo); current" in capsys.readouterr().out
+    assert retire(1) == 1
+    assert "is the current one" in capsys.readouterr().err and held() == ["1"]
+
+    # A new version made current, the data key not yet re-wrapped (a rotation cut short):
+    # version 1 is still needed, and retiring it is refused with nothing changed.
+    LocalKeyFile.open(kek, "jp").rotate()
+    assert run(config_file, "keys", "kek-versions", "--region", "jp") == 0
+    out = capsys.readouterr().out
+    assert "version 1: wraps 1 data key(s) (demo); in use" in out
+    assert "version 2: wraps 0 data key(s); current" in out
+    recorded = len(audit_lines(config_file))
+    assert retire(1) == 1
+    err = capsys.readouterr().err
+    assert "still wraps 1 data key(s): demo (generation 1)" in err and "keys rotate" in err
+    assert held() == ["1", "2"] and len(audit_lines(config_file)) == recorded
+    assert _kept(data, "req-a") is not None
+
+    assert run(config_file, "keys", "rotate", "--region", "jp", "--actor", "ops") == 0
+    assert run(config_file, "keys", "kek-versions", "--region", "jp") == 0
+    out = capsys.readouterr().out
+    assert "version 1: wraps 0 data key(s); unused: can be retired" in out
+    assert "version 3: wraps 1 data key(s) (demo); current" in out
+
+    # Unconfirmed, or while a gateway serves the data directory: refused.
+    assert run(config_file, "keys", "kek-retire", "--region", "jp", "--version", "1") == 2
+    assert "--yes" in capsys.readouterr().err
+    fd = _serving.hold(data)
+    try:
+        assert retire(1) == 1
+        assert "a gateway is serving" in capsys.readouterr().err
+    finally:
+        os.close(fd)
+    assert held() == ["1", "2", "3"]
+
+    assert retire(1) == 0
+    assert "KEK version 1 retired" in capsys.readouterr().out
+    assert held() == ["2", "3"]
+    entry = audit_lines(config_file)[-1]
+    assert (entry["action"], entry["target"], entry["actor"]) == (
+        "store.kek_retired",
+        "region:jp",
+        "ops",
+    )
+    assert entry["details"]["kek_version"] == 1 and entry["details"]["complete"] is True
+    assert str(kek) in str(entry["details"]["kek"])
+    assert _kept(data, "req-a") is not None  # nothing needed it: every record still reads
+    assert retire(1) == 1
+    assert "no KEK version 1 to retire" in capsys.readouterr().err

@@ -204,3 +204,45 @@ def test_a_vault_behind_an_internal_ca_is_trusted_through_ca_file(tmp_path: Path
     missing = keys(sim, ca_file=str(tmp_path / "nope.pem"))
     with pytest.raises(KeyProviderError, match=r"regions.jp.keys.ca_file: cannot load"):
         VaultTransit(VaultKeysSpec.model_validate(missing), "jp")
+
+
+async def test_an_old_vault_key_version_is_retired_only_once_nothing_it_wrapped_is_live(
+    tmp_path: Path, sink: Sink, vault: VaultTransitSim
+) -> None:
+    """Retiring a version in Vault raises the key's min_decryption_version past it and trims
+    it; refused while a data key is wrapped under it; a refusal by Vault part way is in the
+    ledger as incomplete."""
+    from sekisho.store import StoreError
+
+    regions = {"jp": Region("JP", keys=keys(vault))}
+    s = await Stores.open(regions, tmp_path, audit=sink, tenants={"demo": Tenant("jp", FULL_7)})
+    await s.for_tenant("demo", "jp").put(exchange())
+    VaultTransit(VaultKeysSpec.model_validate(keys(vault)), "jp").rotate()  # not re-wrapped
+    kv = await s.kek_versions("jp")
+    assert (kv.current, kv.held, kv.usage) == (2, [1, 2], {1: [("demo", 1)]})
+    with pytest.raises(StoreError, match="still wraps 1 data key"):
+        await s.retire_kek("jp", 1, actor="ops")
+    assert await s.rotate_keys("jp", actor="ops") == (3, 1)
+    with pytest.raises(StoreError, match="current one"):
+        await s.retire_kek("jp", 3, actor="ops")
+    with pytest.raises(StoreError, match=r"before version 1: .* oldest first"):
+        await s.retire_kek("jp", 2, actor="ops")
+    assert "store.kek_retired" not in sink.actions()
+
+    await s.retire_kek("jp", 1, actor="ops")
+    assert ("keys", "jp-kek/config") in vault.calls and ("keys", "jp-kek/trim") in vault.calls
+    assert sorted(vault.keys["jp-kek"]) == [2, 3]
+    assert sink.events[-1][1:3] == ("store.kek_retired", "region:jp")
+    assert sink.events[-1][3]["complete"] is True and sink.events[-1][3]["kek_version"] == 1
+    assert (await s.kek_versions("jp")).held == [2, 3]
+
+    vault.refuse = {"trim"}  # a token whose policy allows config but not trim
+    with pytest.raises(KeyProviderError, match="refused trim"):
+        await s.retire_kek("jp", 2, actor="ops")
+    details = sink.events[-1][3]
+    assert details["complete"] is False and details["kek_version"] == 2
+    await s.close()
+    s = await Stores.open(regions, tmp_path, audit=sink)
+    doc = await subjects.export(s, subjects.Subject("demo", "PERSON", "山田 太郎"), actor="dpo")
+    assert doc["records"][0]["output"] == "承知しました"  # what is live still reads
+    await s.close()

@@ -1,7 +1,8 @@
 """A small Vault Transit server on loopback: the real endpoints and wire format, real AES-GCM.
 
 Implements ``POST /v1/<mount>/encrypt/:name``, ``/decrypt/:name``, ``/rewrap/:name`` (which,
-as in Vault, has no ``associated_data``) and ``/keys/:name/rotate`` as Vault documents them
+as in Vault, has no ``associated_data``), ``/keys/:name/rotate``, ``/keys/:name/config``
+(``min_decryption_version``), ``/keys/:name/trim`` and ``GET /keys/:name`` as Vault documents them
 (base64 plaintext and associated_data, ``vault:v<N>:<base64(nonce|ciphertext|tag)>``
 ciphertexts, ``{"errors": [...]}`` on failure, ``X-Vault-Token`` authentication). Keys are
 created on first use, like ``transit/keys/:name``.
@@ -35,16 +36,20 @@ class VaultTransitSim:
         self.calls: list[tuple[str, str]] = []
         self.refuse: set[str] = set()  # operations answered 403 (a token whose policy lacks them)
         self.quote_token = False  # a refusal quotes the token presented (a proxy in front)
+        self.min_decryption: dict[str, int] = {}  # keys/:name/config's min_decryption_version
         sim = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 return None
 
-            def do_POST(self) -> None:
+            def do_GET(self) -> None:
+                self.do_POST(method="GET")
+
+            def do_POST(self, method: str = "POST") -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b"{}"
-                status, body = sim.handle(self.path, self.headers.get("X-Vault-Token"), raw)
+                status, body = sim.handle(self.path, self.headers.get("X-Vault-Token"), raw, method)
                 data = json.dumps(body).encode() if body is not None else b""
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -67,7 +72,9 @@ class VaultTransitSim:
         self.server.shutdown()
         self.server.server_close()
 
-    def handle(self, path: str, token: str | None, raw: bytes) -> tuple[int, Any]:
+    def handle(
+        self, path: str, token: str | None, raw: bytes, method: str = "POST"
+    ) -> tuple[int, Any]:
         if token != self.token:
             if self.quote_token:
                 return 403, {"errors": [f"permission denied for token {token}"]}
@@ -81,9 +88,17 @@ class VaultTransitSim:
         except ValueError:
             return 400, {"errors": ["failed to parse JSON input"]}
         self.calls.append((parts[0], "/".join(parts[1:])))
-        if parts[0] in self.refuse:
+        if parts[0] in self.refuse or (len(parts) == 3 and parts[2] in self.refuse):
             return 403, {"errors": ["1 error occurred:\n\t* permission denied\n\n"]}
+        if method == "GET":
+            if len(parts) == 2 and parts[0] == "keys":
+                return 200, {"data": self._read(parts[1])}
+            return 405, {"errors": ["unsupported operation"]}
         try:
+            if len(parts) == 3 and parts[0] == "keys" and parts[2] == "config":
+                return self._config(parts[1], body)
+            if len(parts) == 3 and parts[0] == "keys" and parts[2] == "trim":
+                return self._trim(parts[1], body)
             if len(parts) == 2 and parts[0] in ("encrypt", "decrypt", "rewrap"):
                 return 200, {"data": getattr(self, "_" + parts[0])(parts[1], body)}
             if len(parts) == 3 and parts[0] == "keys" and parts[2] == "rotate":
@@ -93,6 +108,38 @@ class VaultTransitSim:
         except _Fail as exc:
             return 400, {"errors": [str(exc)]}
         return 404, {"errors": [f"no handler for route '{path}'"]}
+
+    def _read(self, name: str) -> dict[str, Any]:
+        versions = self._key(name)
+        return {
+            "name": name,
+            "keys": {str(v): 1700000000 for v in sorted(versions)},
+            "latest_version": max(versions),
+            "min_decryption_version": self.min_decryption.get(name, 1),
+            "min_available_version": min(versions),
+            "min_encryption_version": 0,
+        }
+
+    def _config(self, name: str, body: dict[str, Any]) -> tuple[int, Any]:
+        versions = self._key(name)
+        wanted = body.get("min_decryption_version")
+        if isinstance(wanted, int):
+            if not 0 < wanted <= max(versions):
+                return 400, {"errors": ["cannot set min decryption version above latest"]}
+            self.min_decryption[name] = wanted
+        return 204, None
+
+    def _trim(self, name: str, body: dict[str, Any]) -> tuple[int, Any]:
+        versions = self._key(name)
+        wanted = body.get("min_available_version")
+        if not isinstance(wanted, int) or wanted < 1:
+            return 400, {"errors": ["minimum available version should be positive"]}
+        if wanted > self.min_decryption.get(name, 1):
+            return 400, {"errors": ["minimum available version cannot be greater than "
+                                    "minimum decryption version"]}  # fmt: skip
+        for v in [v for v in versions if v < wanted]:
+            del versions[v]
+        return 204, None
 
     def _key(self, name: str) -> dict[int, bytes]:
         return self.keys.setdefault(name, {1: os.urandom(32)})
@@ -119,6 +166,8 @@ class VaultTransitSim:
         head, _, blob_b64 = ct[len("vault:v") :].partition(":")
         if not head.isdigit() or int(head) not in versions:
             raise _Fail("invalid key version")
+        if int(head) < self.min_decryption.get(name, 1):
+            raise _Fail("ciphertext or signature version is disallowed by policy (too old)")
         blob = _b64(blob_b64, "ciphertext")
         aad = _b64(body.get("associated_data") or "", "associated_data") or None
         try:

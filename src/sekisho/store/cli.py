@@ -1,5 +1,5 @@
 """Command line of the stores: ``db upgrade|checkpoint``, ``subject find|export|delete|restrict``,
-``tenant delete`` and ``keys rotate``.
+``tenant delete`` and ``keys rotate|kek-versions|kek-retire``.
 
 The main CLI calls ``register(subparsers)`` and ``register_keys(keys_subparsers)``; every command
 sets ``func`` to a handler taking the parsed args and returning the exit status. Administrative
@@ -78,6 +78,20 @@ class JsonlAuditSink:
 @contextlib.asynccontextmanager
 async def jsonl_audit(config: Any) -> AsyncIterator[AuditSink]:
     yield JsonlAuditSink(Path(config.data_dir) / "store-admin.jsonl")
+
+
+class _NothingRecorded:
+    """The sink of a command that only reads (``keys kek-versions``): it records no act."""
+
+    async def admin(
+        self, actor: str, action: str, target: str, details: Mapping[str, object]
+    ) -> None:
+        raise RuntimeError(f"a read-only command tried to record {action}")
+
+
+@contextlib.asynccontextmanager
+async def _reading_only(config: Any) -> AsyncIterator[AuditSink]:
+    yield _NothingRecorded()
 
 
 @dataclass(frozen=True)
@@ -442,6 +456,74 @@ async def _keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _kek_versions(args: argparse.Namespace) -> int:
+    config = _load(args)
+    regions = [args.region] if args.region else sorted(config.regions)
+    status = 0
+    async with _opened(config, args) as stores:
+        for name in regions:
+            kv = await stores.kek_versions(name)
+            print(f"region {name}: {kv.kek}")
+            for version in sorted(set(kv.held) | set(kv.usage)):
+                using = kv.usage.get(version, [])
+                tenants = sorted({t for t, _ in using})
+                what = f"wraps {len(using)} data key(s)" + (
+                    f" ({', '.join(tenants)})" if tenants else ""
+                )
+                if version == kv.current:
+                    state = "current"
+                elif version not in kv.held:
+                    state = "MISSING from the key provider: these data keys do not unwrap"
+                    status = 1
+                elif using:
+                    state = f"in use; `sekisho keys rotate --region {name}` re-wraps them"
+                else:
+                    state = "unused: can be retired (`sekisho keys kek-retire`)"
+                print(f"  version {version}: {what}; {state}")
+    return status
+
+
+async def _kek_retire(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print(
+            f"error: retiring KEK version {args.version} deletes it for good: a keyring backup "
+            "made before the rotation that replaced it can no longer be read. Add --yes to "
+            "confirm",
+            file=sys.stderr,
+        )
+        return 2
+    config = _load(args)
+    from sekisho import _serving
+    from sekisho.store.spec import VaultKeysSpec, key_provider_of
+
+    region = config.regions.get(args.region)
+    if region is None:
+        print(
+            f"error: no region {args.region!r} in {config.source_file} (its regions: "
+            f"{', '.join(sorted(config.regions))})",
+            file=sys.stderr,
+        )
+        return 2
+    local = not isinstance(key_provider_of(region), VaultKeysSpec)
+    # A gateway reads a local key file when it starts: one started before the last rotation
+    # still wraps new data keys under the version it had as current, perhaps this one.
+    with _serving.exclusively(config.data_dir) as alone:
+        if local and not alone:
+            print(
+                f"error: a gateway is serving {config.data_dir}; stop it (every worker) before "
+                f"retiring a version of region {args.region}'s local key file (a gateway started "
+                "before the last rotation may still wrap new data keys under an older version), "
+                "then start it again",
+                file=sys.stderr,
+            )
+            return 1
+        async with _opened(config, args) as stores:
+            await stores.retire_kek(args.region, args.version, actor=args.actor)
+            where = stores.region(args.region).keys.description
+    print(f"region {args.region}: KEK version {args.version} retired ({where})")
+    return 0
+
+
 def _async(handler: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
     return lambda args: _run(handler, args)
 
@@ -544,7 +626,8 @@ def register_keys(
     *,
     audit: AuditFactory | None = None,
 ) -> None:
-    """Add ``keys rotate`` under an existing ``keys`` command (``audit`` as for ``register``)."""
+    """Add ``keys rotate``, ``keys kek-versions`` and ``keys kek-retire`` under an existing ``keys``
+    command (``audit`` as for ``register``)."""
     p = keys_subparsers.add_parser(
         "rotate", help="new key-encryption key version for a region; re-wrap its data keys"
     )
@@ -552,6 +635,23 @@ def register_keys(
     p.add_argument("--region", required=True)
     p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who rotates")
     p.set_defaults(func=_async(_keys_rotate), audit=audit or jsonl_audit)
+    p = keys_subparsers.add_parser(
+        "kek-versions",
+        help="a region's key-encryption key versions and the data keys each still wraps",
+    )
+    _config_arg(p)
+    p.add_argument("--region", help="only this region (default: every region)")
+    p.set_defaults(func=_async(_kek_versions), audit=_reading_only)
+    p = keys_subparsers.add_parser(
+        "kek-retire",
+        help="delete a key-encryption key version no data key is wrapped under any more",
+    )
+    _config_arg(p)
+    p.add_argument("--region", required=True)
+    p.add_argument("--version", required=True, type=int, help="the KEK version to delete")
+    p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who retires")
+    p.add_argument("--yes", action="store_true", help="confirm: a retired version is gone")
+    p.set_defaults(func=_async(_kek_retire), audit=audit or jsonl_audit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,8 @@ class KeyProvider(Protocol):
     """Wraps tenants' data keys under the region's KEK. ``context`` is bound as associated data."""
 
     description: str
+    # Versions can only be retired from the oldest up (Vault's min_decryption_version).
+    retires_oldest_first: bool
 
     def wrap(self, plaintext: bytes, context: bytes) -> str: ...
 
@@ -60,6 +62,15 @@ class KeyProvider(Protocol):
 
     def rotate(self) -> int:
         """Make a new KEK version current; return its number. Old versions still unwrap."""
+        ...
+
+    def versions(self) -> tuple[int, list[int]]:
+        """The current KEK version, and every version that still unwraps (ascending)."""
+        ...
+
+    def retire(self, version: int) -> None:
+        """Delete a KEK version that is not current: what it wrapped never unwraps again.
+        The caller makes sure nothing it wrapped is still in use (``RegionStore.retire_kek``)."""
         ...
 
     def close(self) -> None: ...
@@ -93,6 +104,7 @@ class LocalKeyFile:
     """A region's KEK versions in a 0600 JSON file. Not a KMS: see the module docstring."""
 
     PREFIX = "sekisho"
+    retires_oldest_first = False
 
     def __init__(self, path: Path, region: str, current: int, keys: dict[int, bytes]) -> None:
         self.path = path
@@ -209,16 +221,34 @@ class LocalKeyFile:
             keys = dict(self._keys)
             current = max(keys) + 1
             keys[current] = secrets.token_bytes(32)
-            tmp = self.path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(_key_file_body(self.region, current, keys))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
-            self._keys, self._current = keys, current
+            self._replace(current, keys)
         return current
+
+    def versions(self) -> tuple[int, list[int]]:
+        with self._lock:
+            return self._current, sorted(self._keys)
+
+    def retire(self, version: int) -> None:
+        with self._lock:
+            if version == self._current or version not in self._keys:
+                raise KeyProviderError(
+                    f"Key version {version} of {self.path} cannot be retired: "
+                    + ("it is the current one" if version in self._keys else "it is not there")
+                )
+            keys = {v: k for v, k in self._keys.items() if v != version}
+            self._replace(self._current, keys)
+
+    def _replace(self, current: int, keys: dict[int, bytes]) -> None:
+        """The key file rewritten whole (a new file, fsynced, renamed over it); then in use."""
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(_key_file_body(self.region, current, keys))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        self._keys, self._current = keys, current
 
     def close(self) -> None:
         self._keys = {}
@@ -252,6 +282,8 @@ def _fsync_dir(path: Path) -> None:
 class VaultTransit:
     """The region's KEK as a Vault Transit key. Uses the documented HTTP API only."""
 
+    retires_oldest_first = True
+
     def __init__(self, spec: VaultKeysSpec, region: str) -> None:
         self.spec = spec
         self.region = region
@@ -274,13 +306,15 @@ class VaultTransit:
                     f"regions.{region}.keys.ca_file: {spec.ca_file} holds no CA certificate"
                 )
 
-    def _call(self, op: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    def _call(
+        self, op: str, path: str, body: dict[str, Any] | None, method: str = "POST"
+    ) -> dict[str, Any]:
         url = f"{self._base}/{path}"
         headers = {"X-Vault-Token": self.spec.token, "Content-Type": "application/json"}
         if self.spec.namespace:
             headers["X-Vault-Namespace"] = self.spec.namespace
-        data = json.dumps(body or {}).encode()
-        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        data = json.dumps(body or {}).encode() if method == "POST" else None
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
             with urllib.request.urlopen(
                 request, timeout=self.spec.timeout_seconds, context=self._tls
@@ -294,8 +328,7 @@ class VaultTransit:
                 raise InvalidTag() from None
             if exc.code in (401, 403):
                 hint = (
-                    f" Check the token and its policy (it needs {op} on "
-                    f"{self.spec.mount}/{path.split('/')[0]}/{self.spec.key_name})."
+                    f" Check the token and its policy (it needs {op} on {self.spec.mount}/{path})."
                 )
             elif exc.code == 404:
                 hint = f" Check the mount ({self.spec.mount}) and the key name."
@@ -355,6 +388,36 @@ class VaultTransit:
             return latest
         # Older Vaults answer 204 with no body: the version shows on the next encryption.
         return version_of(self.wrap(b"\0" * 32, b"sekisho-rotation-probe"))
+
+    def versions(self) -> tuple[int, list[int]]:
+        reply = self._call("read", f"keys/{self.spec.key_name}", None, method="GET")
+        data = reply.get("data") or {}
+        try:
+            current = int(data["latest_version"])
+            lowest = int(data.get("min_decryption_version") or 1)
+            held = sorted(v for v in map(int, data["keys"]) if v >= lowest)
+        except (KeyError, TypeError, ValueError):
+            raise KeyProviderError(
+                f"{self.description} answered read without data.keys and data.latest_version"
+            ) from None
+        return current, held
+
+    def retire(self, version: int) -> None:
+        # Vault retires versions oldest first: min_decryption_version, then trim deletes them.
+        current, held = self.versions()
+        if version == current or version not in held or version != held[0]:
+            why = (
+                "it is the current one"
+                if version == current
+                else "it does not unwrap any more"
+                if version not in held
+                else f"Vault retires versions oldest first; retire version {held[0]} first"
+            )
+            raise KeyProviderError(f"Key version {version} of {self.description} cannot be "
+                                   f"retired: {why}")  # fmt: skip
+        name = self.spec.key_name
+        self._call("config", f"keys/{name}/config", {"min_decryption_version": version + 1})
+        self._call("trim", f"keys/{name}/trim", {"min_available_version": version + 1})
 
     def close(self) -> None:
         return None

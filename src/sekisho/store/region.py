@@ -481,6 +481,52 @@ class RegionStore:
                     )
                     resealed += result.rowcount
 
+    def kek_usage(self) -> dict[int, list[tuple[str, int]]]:
+        """The live data keys (tenant, generation) each KEK version wraps, read from the
+        wrapped keys themselves."""
+        with self.keyring_db.connect() as conn:
+            rows = conn.execute(
+                select(tenant_keys.c.tenant, tenant_keys.c.generation, tenant_keys.c.wrapped)
+                .where(tenant_keys.c.wrapped.is_not(None))
+                .order_by(tenant_keys.c.tenant, tenant_keys.c.generation)
+            ).all()
+        usage: dict[int, list[tuple[str, int]]] = {}
+        for row in rows:
+            usage.setdefault(version_of(row.wrapped), []).append((row.tenant, row.generation))
+        return usage
+
+    def check_retirable(self, version: int) -> None:
+        """Raise ``StoreError`` saying why the KEK version cannot be retired: it is the current
+        one, it is not held, or a live data key is still wrapped under it. Blocking."""
+        current, held = self.keys.versions()
+        if version == current:
+            raise StoreError(
+                f"KEK version {version} of region {self.region!r} ({self.keys.description}) is "
+                "the current one: new data keys are wrapped under it. Run `sekisho keys rotate "
+                f"--region {self.region}` first; then version {version} can be retired."
+            )
+        if version not in held:
+            raise StoreError(
+                f"Region {self.region!r} has no KEK version {version} to retire "
+                f"({self.keys.description} holds {', '.join(map(str, held))}): retired "
+                "already, or never made. `sekisho keys kek-versions` lists them."
+            )
+        if self.keys.retires_oldest_first and version != held[0]:
+            raise StoreError(
+                f"KEK version {version} of region {self.region!r} cannot be retired before "
+                f"version {held[0]}: {self.keys.description} retires versions oldest first."
+            )
+        using = self.kek_usage().get(version)
+        if using:
+            shown = ", ".join(f"{t} (generation {g})" for t, g in using[:10])
+            raise StoreError(
+                f"KEK version {version} of region {self.region!r} still wraps {len(using)} data "
+                f"key(s): {shown}{', ...' if len(using) > 10 else ''}. Retiring it would make "
+                "their records unreadable, so nothing was changed. Run `sekisho keys rotate "
+                f"--region {self.region}` (it re-wraps every data key under a new version), then "
+                "retire it."
+            )
+
     def kek_versions(self) -> dict[int, int]:
         """How many live data keys each KEK version wraps."""
         with self.keyring_db.connect() as conn:

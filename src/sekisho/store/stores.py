@@ -29,6 +29,7 @@ from sekisho.store.database import Location, locate
 from sekisho.store.errors import (
     ErasureIncomplete,
     KeyFileMissing,
+    KeyProviderError,
     RotationIncomplete,
     StoreError,
     StoreMisconfigured,
@@ -117,6 +118,21 @@ class KeptExchange:
     status: int = 0  # the HTTP status the client got
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KekVersions:
+    """A region's KEK versions (``Stores.kek_versions``)."""
+
+    kek: str  # the key provider's description
+    current: int
+    held: list[int]  # the versions that still unwrap
+    usage: dict[int, list[tuple[str, int]]]  # version -> live data keys (tenant, generation)
+
+    def lost(self) -> list[int]:
+        """Versions that wrap live data keys but are no longer held: those keys do not
+        unwrap."""
+        return sorted(v for v in self.usage if v not in self.held)
 
 
 class TenantStore:
@@ -554,6 +570,37 @@ class Stores:
             },
         )
         return version, count
+
+    async def kek_versions(self, region: str) -> KekVersions:
+        """The region's KEK versions: the current one, those that still unwrap, and the live
+        data keys each wraps (a version in use but no longer held means unreadable keys)."""
+        store = self.region(region)
+        current, held = await asyncio.to_thread(store.keys.versions)
+        usage = await asyncio.to_thread(store.kek_usage)
+        return KekVersions(store.keys.description, current, held, usage)
+
+    async def retire_kek(self, region: str, version: int, *, actor: str) -> None:
+        """Delete a KEK version once no live data key is wrapped under it; refused, with
+        nothing changed, while one is, or when it is the current version
+        (``RegionStore.check_retirable``). The ledger says so (``store.kek_retired``), as it
+        does a rotation."""
+        store = self.region(region)
+        await asyncio.to_thread(store.check_retirable, version)
+        details = {"kek_version": version, "kek": store.keys.description}
+        try:
+            await asyncio.to_thread(store.keys.retire, version)
+        except KeyProviderError as exc:
+            # The key provider refused or failed part way (Vault's config done, trim not).
+            await self.audit.admin(
+                actor,
+                "store.kek_retired",
+                f"region:{region}",
+                details | {"complete": False, "reason": str(exc)},
+            )
+            raise
+        await self.audit.admin(
+            actor, "store.kek_retired", f"region:{region}", details | {"complete": True}
+        )
 
     async def reseal_records(self, region: str, *, actor: str) -> tuple[int, list[str]]:
         """Seal every record of a region sealed before request ids were bound (record/v1)
