@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from sekisho.ledger import (
     open_checkpoint,
     verify_receipt,
 )
+from sekisho.ledger.audit import audit
 from sekisho.ledger.storage import NewEntry, SQLiteStorage, open_storage
 
 from .conftest import ORIGIN, decision, new_request_id, outcome
@@ -159,6 +161,59 @@ async def test_an_entry_refused_at_its_deadline_is_not_written_afterwards_if_sti
     check = open_storage(str(data_dir))
     try:
         assert check.find("queued-behind") == []  # dropped: its waiter was already refused
+    finally:
+        check.close()
+
+
+async def test_a_decision_that_lands_after_its_refusal_is_followed_by_its_503_outcome(
+    data_dir: Path, signer: Signer
+) -> None:
+    # The commit had begun when the deadline refused the request (503, nothing sent upstream);
+    # the entry became durable afterwards. The log must not show a decision standing alone,
+    # which reads as a request that went out without its outcome recorded.
+    storage = HangingStorage(data_dir / "ledger.sqlite3")
+    storage.initialise(ORIGIN)
+    ledger = Ledger(storage, signer, origin=ORIGIN, deadline=0.2)
+    ledger.start()
+    with pytest.raises(ServiceUnavailable):
+        await ledger.append(decision("landed-late"))
+    storage.release.set()
+    for _ in range(200):
+        if len(ledger.find("landed-late")) == 2:
+            break
+        await asyncio.sleep(0.01)
+    await ledger.close()
+    check = open_storage(str(data_dir))
+    try:
+        kinds = dict((kind, index) for index, kind in check.find("landed-late"))
+        assert set(kinds) == {"decision", "outcome"}
+        assert kinds["outcome"] > kinds["decision"]
+        found = check.entry(kinds["outcome"])
+        assert found is not None
+        entry = json.loads(found[0])
+        assert entry["status"] == 503
+        assert entry["error_code"] == "ledger_unavailable"
+        assert entry["output_hash"] is None and entry["endpoint"] is None
+        assert audit(check).incomplete == []
+    finally:
+        check.close()
+
+
+async def test_the_late_outcome_is_written_even_when_the_ledger_closes_at_once(
+    data_dir: Path, signer: Signer
+) -> None:
+    storage = HangingStorage(data_dir / "ledger.sqlite3")
+    storage.initialise(ORIGIN)
+    ledger = Ledger(storage, signer, origin=ORIGIN, deadline=0.2)
+    ledger.start()
+    with pytest.raises(ServiceUnavailable):
+        await ledger.append(decision("closing"))
+    storage.release.set()
+    await asyncio.sleep(0.05)  # the late decision is resolved on the loop, then close begins
+    await ledger.close()
+    check = open_storage(str(data_dir))
+    try:
+        assert sorted(kind for _, kind in check.find("closing")) == ["decision", "outcome"]
     finally:
         check.close()
 

@@ -8,8 +8,9 @@ complete subtree and every checkpointed root, and compares. What it reports:
   its stored hash (edited row), a stored subtree hash that differs from the rebuilt one (rows
   edited together with their hash, or reordered), a checkpoint whose root or signature does not
   match the rebuilt tree, an outcome with no earlier decision for its request.
-- ``incomplete``: decisions with no outcome (a request refused at the deadline, in flight, or a
-  crash between the two writes). Expected in small numbers; not a violation.
+- ``incomplete``: decisions with no outcome (a request in flight, a crash between the two
+  writes, an outcome refused, or a decision that landed after its deadline while the ledger
+  could not take its 503 outcome either). Expected in small numbers; not a violation.
 """
 
 from __future__ import annotations

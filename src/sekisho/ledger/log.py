@@ -11,8 +11,12 @@ What it promises, in the order the code keeps it:
 2. If the entry is not durable within ``deadline`` seconds, ``append`` raises
    ``ServiceUnavailable`` (code ``ledger_unavailable``), counts the refusal and logs why. The
    blocking I/O runs in a dedicated thread, so a hanging disk stalls that thread, not the event
-   loop. An entry refused at its deadline may still land later; it is then a decision without
-   an outcome, which the audit reports as incomplete — never an outcome without a decision.
+   loop. An entry refused at its deadline may still land later (its commit had begun). A
+   decision entry that does is followed by the outcome its request had: status 503,
+   ``ledger_unavailable``, nothing sent upstream. So the log does not leave it looking like a
+   request that went out unrecorded; only a crash or a ledger down for good can leave a
+   decision without an outcome, which the audit reports as incomplete — never an outcome
+   without a decision.
 3. Entries are ordered by a single sequencer per log, across processes (see ``storage``).
 4. Checkpoints are signed off the request path: a background task signs one every
    ``checkpoint_interval`` seconds when the tree has grown, and stores every one it signs.
@@ -48,7 +52,7 @@ from sekisho.ledger import merkle
 from sekisho.ledger.checkpoint import Checkpoint
 from sekisho.ledger.note import Signer, Verifier
 from sekisho.ledger.proof import TlogProof
-from sekisho.ledger.records import Record
+from sekisho.ledger.records import OutcomeRecord, Record, now
 from sekisho.ledger.storage import NewEntry, Storage, StorageError, open_storage
 
 log = logging.getLogger("sekisho.ledger")
@@ -109,16 +113,6 @@ class _Pending:
     give_up_at: float  # time.monotonic() after which the waiter has been refused
 
 
-def _resolve(results: list[tuple[asyncio.Future[Appended], Appended | BaseException]]) -> None:
-    for future, result in results:
-        if future.done():  # refused at its deadline already
-            continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
-
-
 def _describe(record: bytes | Record) -> tuple[bytes, str | None, str | None]:
     """Leaf bytes plus the request id and kind the store indexes."""
     if not isinstance(record, bytes | bytearray | memoryview):
@@ -170,6 +164,7 @@ class Ledger:
         self._waiting: collections.deque[_Pending] = collections.deque()
         self.health = WriterHealth(deadline)  # for /readyz
         self._signing = threading.Lock()
+        self._late: set[asyncio.Task[None]] = set()  # outcomes of decisions that landed late
         self._signed_size = -1
         # Told (size, root) of each checkpoint signed, outside the ledger (see continuity).
         self.on_signed: Callable[[int, bytes], None] | None = None
@@ -221,6 +216,10 @@ class Ledger:
         """Make one entry durable; raise ``ServiceUnavailable`` if that cannot happen in time."""
         if self._closed:
             raise self._refuse("closed", "the ledger is shut down")
+        return await self._enqueue(record)
+
+    def _enqueue(self, record: bytes | Record) -> asyncio.Future[Appended]:
+        """Hand ``record`` to the writer; the future is answered when it is durable."""
         if self._displaced is not None:
             raise self._refuse("storage_error", self._displaced, told=_LOST)
         leaf, request_id, kind = _describe(record)
@@ -234,7 +233,7 @@ class Ledger:
         pending = _Pending(entry, future, loop, time.monotonic() + self.deadline)
         self._waiting.append(pending)
         self._handoff.put(loop, pending)
-        return await future
+        return future
 
     def _too_late(self, pending: _Pending) -> LedgerUnavailable:
         why = (
@@ -288,7 +287,7 @@ class Ledger:
         return self._displaced
 
     def _commit(self, live: list[_Pending]) -> None:
-        results: list[tuple[asyncio.Future[Appended], Appended | BaseException]]
+        results: list[Appended | BaseException]
         self.health.begin()
         try:
             displaced = self._still_in_place()
@@ -305,18 +304,57 @@ class Ledger:
             else:
                 told = "its storage failed; the operator's log says why"
             error = self._refuse("storage_error", why, entries=len(live), told=told)
-            results = [(p.future, error) for p in live]
+            results = [error] * len(live)
         else:
             self.health.ok()
-            results = [
-                (p.future, Appended(start + i, p.entry.leaf_hash)) for i, p in enumerate(live)
-            ]
+            results = [Appended(start + i, p.entry.leaf_hash) for i, p in enumerate(live)]
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for p, result in zip(live, results, strict=True):
-            by_loop.setdefault(p.loop, []).append(result)
+            by_loop.setdefault(p.loop, []).append((p, result))
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
-                loop.call_soon_threadsafe(_resolve, items)
+                loop.call_soon_threadsafe(self._resolve, items)
+
+    def _resolve(self, results: list[tuple[_Pending, Appended | BaseException]]) -> None:
+        """Answer the waiters of a commit (on their event loop)."""
+        for pending, result in results:
+            future = pending.future
+            if not future.done():
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+            elif isinstance(result, Appended) and pending.entry.kind == "decision":
+                # Refused at its deadline, durable afterwards: the request got 503 and nothing
+                # went upstream. Its outcome says so, or the decision would stand alone.
+                task = asyncio.get_running_loop().create_task(self._late_outcome(pending))
+                self._late.add(task)
+                task.add_done_callback(self._late.discard)
+
+    async def _late_outcome(self, pending: _Pending) -> None:
+        request_id = pending.entry.request_id
+        if request_id is None:
+            return
+        waited = time.monotonic() - (pending.give_up_at - self.deadline)
+        record = OutcomeRecord(
+            time=now(),
+            request_id=request_id,
+            status=503,
+            prompt_tokens=None,
+            completion_tokens=None,
+            output_hash=None,
+            error_code=LedgerUnavailable.code,
+            duration_ms=int(waited * 1000),
+        )
+        try:
+            await self._enqueue(record)  # also while closing: close() waits for these
+        except ServiceUnavailable as exc:
+            log.warning(
+                "the outcome of a decision entry that became durable after its deadline could "
+                "not be recorded (%s); the audit lists request %s as incomplete",
+                exc.message,
+                request_id,
+            )
 
     async def close(self) -> None:
         """Stop accepting entries, finish the ones queued, sign a last checkpoint."""
@@ -327,6 +365,8 @@ class Ledger:
             self._checkpointer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpointer
+        if self._late:
+            await asyncio.wait(set(self._late), timeout=self.deadline)
         self._handoff.stop()
         # The watchdog keeps refusing at the deadline while queued entries are finished.
         await asyncio.to_thread(self._writer.join, self.deadline + 5)
