@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--role",
         default="app",
-        choices=["admin", "auditor", "developer", "app"],
+        choices=["admin", "auditor", "tenant-admin", "developer", "app"],
         help="what the key may do (default: app, which calls models and nothing else)",
     )
     p.add_argument("--name", default="", help="a label shown in keys list (default: none)")

@@ -116,16 +116,16 @@ def key_id(token: str) -> str:
 ALLOWED = {
     "openapi": set(ROLES),
     "whoami": set(ROLES),
-    "tenants.list": {"admin", "auditor"},
-    "tenants.get": {"admin", "auditor"},
-    "endpoints.list": {"admin", "auditor"},
-    "keys.list": {"admin", "developer"},
-    "keys.create": {"admin", "developer"},
-    "keys.get": {"admin", "developer"},
-    "keys.rotate": {"admin", "developer"},
-    "keys.revoke": {"admin", "developer"},
+    "tenants.list": {"admin", "auditor", "tenant-admin"},
+    "tenants.get": {"admin", "auditor", "tenant-admin"},
+    "endpoints.list": {"admin", "auditor", "tenant-admin"},
+    "keys.list": {"admin", "tenant-admin", "developer"},
+    "keys.create": {"admin", "tenant-admin", "developer"},
+    "keys.get": {"admin", "tenant-admin", "developer"},
+    "keys.rotate": {"admin", "tenant-admin", "developer"},
+    "keys.revoke": {"admin", "tenant-admin", "developer"},
     "policy.reload": {"admin"},
-    "usage.get": {"admin", "auditor", "developer"},
+    "usage.get": {"admin", "auditor", "tenant-admin", "developer"},
 }
 
 
@@ -306,6 +306,93 @@ async def test_usage_per_tenant_key_and_model_with_developers_seeing_their_own(e
     assert status == 403
     status, data, _ = await env.call("GET", "/usage", "admin", query="since=yesterday")
     assert status == 400 and data["error"]["param"] == "since"
+
+
+async def test_a_tenant_admin_manages_every_key_of_its_tenant_and_nothing_beyond(
+    env: Env,
+) -> None:
+    """An agency's own administrator runs its tenant's keys without the gateway's operators:
+    any key of its tenant that it could have granted, never another tenant's, and never an
+    operator's key that belongs to its tenant (rotating one would hand over its secret)."""
+    ta = "tenant-admin"
+    _, someone_elses = env.keys.create("acme", role="app", owner="key:ffffffffffff")
+    _, a_dev = env.keys.create("acme", role="developer", name="alice")
+    _, globex_key = env.keys.create("globex", role="app")
+    operator = key_id(env.tokens["admin"])
+    auditor = key_id(env.tokens["auditor"])
+    _, listing, _ = await env.call("GET", "/keys", ta)
+    listed = {k["key_id"] for k in listing["data"]}
+    assert {someone_elses.key_id, a_dev.key_id, key_id(env.tokens[ta])} <= listed
+    assert {operator, auditor, globex_key.key_id}.isdisjoint(listed)
+    assert {k["tenant"] for k in listing["data"]} == {"acme"}
+    for kid in (someone_elses.key_id, a_dev.key_id):
+        status, data, _ = await env.call("POST", f"/keys/{kid}/rotate", ta, {})
+        assert status == 201 and data["info"]["tenant"] == "acme", data
+    status, data, _ = await env.call("POST", f"/keys/{a_dev.key_id}/revoke", ta)
+    assert status == 200 and data["state"] == "revoked"
+    for kid in (operator, auditor, globex_key.key_id):
+        for method, suffix, body in [
+            ("GET", "", None),
+            ("POST", "/rotate", {}),
+            ("POST", "/revoke", None),
+        ]:
+            status, data, _ = await env.call(method, f"/keys/{kid}{suffix}", ta, body)
+            assert status == 403 and data["error"]["code"] == "not_owner", (kid, suffix)
+            assert "its own tenant ('acme')" in data["error"]["message"]
+    assert env.keys.get(operator).state() == "active"
+    assert env.keys.get(globex_key.key_id).state() == "active"
+    status, data, _ = await env.call("GET", "/keys", ta, query="tenant=globex")
+    assert status == 403 and data["error"]["code"] == "not_owner"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"role": "app"}, 201, None),
+        ({"role": "developer", "name": "bob"}, 201, None),
+        ({"role": "tenant-admin"}, 201, None),
+        ({"tenant": "acme", "role": "app"}, 201, None),
+        ({"role": "auditor"}, 403, "insufficient_role"),
+        ({"role": "admin"}, 403, "insufficient_role"),
+        ({"tenant": "globex", "role": "app"}, 403, "not_owner"),
+    ],
+)
+async def test_a_tenant_admin_grants_only_roles_confined_to_its_tenant(
+    env: Env, body: Any, status: int, code: str | None
+) -> None:
+    got, data, _ = await env.call("POST", "/keys", "tenant-admin", body)
+    assert got == status, data
+    if code is None:
+        assert data["info"]["tenant"] == "acme"
+        assert env.keys.authenticate(data["key"]).tenant == "acme"
+    else:
+        assert data["error"]["code"] == code
+
+
+async def test_a_tenant_admin_sees_its_tenant_and_its_tenants_usage_only(env: Env) -> None:
+    from sekisho.identity import Principal
+
+    for tenant, kid, tokens in [("acme", "aaaaaaaaaaaa", 10), ("acme", "bbbbbbbbbbbb", 5),
+                                ("globex", "cccccccccccc", 7)]:  # fmt: skip
+        p = Principal(tenant=tenant, key_id=kid, role="app")
+        await env.limiter.settle(await env.limiter.admit(p, "gpt-4o", 0), tokens, 1)
+    _, usage, _ = await env.call("GET", "/usage", "tenant-admin")
+    assert {(r["tenant"], r["key_id"]) for r in usage["data"]} == {
+        ("acme", "aaaaaaaaaaaa"),
+        ("acme", "bbbbbbbbbbbb"),
+    }
+    _, one, _ = await env.call("GET", "/usage", "tenant-admin", query="key_id=cccccccccccc")
+    assert one["data"] == []  # another tenant's key: nothing of it is shown
+    status, data, _ = await env.call("GET", "/usage", "tenant-admin", query="tenant=globex")
+    assert status == 403 and data["error"]["code"] == "not_owner"
+    _, tenants, _ = await env.call("GET", "/tenants", "tenant-admin")
+    assert [t["name"] for t in tenants["data"]] == ["acme"]
+    status, data, _ = await env.call("GET", "/tenants/globex", "tenant-admin")
+    assert status == 403 and data["error"]["code"] == "not_owner"
+    refused = [r for r in env.audit.records if r[1] == "tenants.get"]
+    assert (refused[-1][2], refused[-1][3].get("outcome")) == ("tenant/globex", "denied")
+    status, _, _ = await env.call("POST", "/policy/reload", "tenant-admin")
+    assert status == 403 and env.reloads == []
 
 
 async def test_tenant_view_shows_settings_and_limits_but_not_objects(env: Env) -> None:

@@ -30,17 +30,17 @@ PREFIX = "/admin/v1"
 
 # The specification of docs/identity.md, written out: which roles each admin route admits.
 ADMIN_MATRIX: dict[tuple[str, str], set[str]] = {
-    ("GET", "/whoami"): {"admin", "auditor", "developer", "app"},
-    ("GET", "/tenants"): {"admin", "auditor"},
-    ("GET", "/tenants/{tenant}"): {"admin", "auditor"},
-    ("GET", "/endpoints"): {"admin", "auditor"},
-    ("GET", "/keys"): {"admin", "developer"},
-    ("POST", "/keys"): {"admin", "developer"},
-    ("GET", "/keys/{key_id}"): {"admin", "developer"},
-    ("POST", "/keys/{key_id}/rotate"): {"admin", "developer"},
-    ("POST", "/keys/{key_id}/revoke"): {"admin", "developer"},
+    ("GET", "/whoami"): {"admin", "auditor", "tenant-admin", "developer", "app"},
+    ("GET", "/tenants"): {"admin", "auditor", "tenant-admin"},
+    ("GET", "/tenants/{tenant}"): {"admin", "auditor", "tenant-admin"},
+    ("GET", "/endpoints"): {"admin", "auditor", "tenant-admin"},
+    ("GET", "/keys"): {"admin", "tenant-admin", "developer"},
+    ("POST", "/keys"): {"admin", "tenant-admin", "developer"},
+    ("GET", "/keys/{key_id}"): {"admin", "tenant-admin", "developer"},
+    ("POST", "/keys/{key_id}/rotate"): {"admin", "tenant-admin", "developer"},
+    ("POST", "/keys/{key_id}/revoke"): {"admin", "tenant-admin", "developer"},
     ("POST", "/policy/reload"): {"admin"},
-    ("GET", "/usage"): {"admin", "auditor", "developer"},
+    ("GET", "/usage"): {"admin", "auditor", "tenant-admin", "developer"},
 }
 MODEL_CALLERS = {"developer", "app"}
 

@@ -236,6 +236,34 @@ def test_keys_create_with_the_gateways_config_uses_its_data_dir_and_refuses_typo
     assert chat(gateway, r.stdout.splitlines()[-1]).status_code == 200
 
 
+def test_a_tenant_admin_made_on_the_command_line_runs_its_tenants_app_keys(
+    gateway: Harness,
+) -> None:
+    """The gateway's operator hands an agency one ``tenant-admin`` key; the agency then makes
+    and revokes its applications' keys itself, over the admin API, and sees its usage."""
+    r = sekisho_cli("keys", "create", "--tenant", "demo", "--role", "tenant-admin",
+                    "--data-dir", str(gateway.data_dir))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    boss = r.stdout.splitlines()[-1]
+    auth = {"authorization": f"Bearer {boss}"}
+    with pytest.raises(openai.PermissionDeniedError, match=r"'models\.call'"):
+        chat(gateway, boss)  # an administrative credential does not call models
+    made = request("POST", f"{gateway.root}/admin/v1/keys", headers=auth,
+                   json_body={"role": "app", "name": "billing"})  # fmt: skip
+    assert made.status_code == 201, made.text
+    app_key, app_id = made.json()["key"], made.json()["info"]["key_id"]
+    assert chat(gateway, app_key).status_code == 200
+    usage = admin_get(gateway, "/usage", boss)["data"]
+    assert {row["key_id"] for row in usage} == {app_id}
+    refused = request("POST", f"{gateway.root}/admin/v1/keys", headers=auth,
+                      json_body={"role": "admin"})  # fmt: skip
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "insufficient_role"
+    gone = request("POST", f"{gateway.root}/admin/v1/keys/{app_id}/revoke", headers=auth)
+    assert gone.status_code == 200, gone.text
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        chat(gateway, app_key)
+
+
 def test_a_key_whose_tenant_left_the_config_is_refused_everywhere(gateway: Harness) -> None:
     key = gateway.key("former-subsidiary")
     with pytest.raises(openai.PermissionDeniedError, match="'former-subsidiary' is not in"):

@@ -10,16 +10,19 @@ from sekisho.identity.roles import may_grant
 
 P = Permission
 EXPECTED = {
-    # permission:         admin  auditor developer app
-    P.MODELS_CALL:      (False, False, True,  True),
-    P.TENANTS_READ:     (True,  True,  False, False),
-    P.KEYS_MANAGE:      (True,  False, False, False),
-    P.KEYS_OWN:         (True,  False, True,  False),
-    P.POLICY_RELOAD:    (True,  False, False, False),
-    P.USAGE_READ:       (True,  True,  False, False),
-    P.USAGE_OWN:        (True,  False, True,  False),
-    P.LEDGER_READ:      (False, True,  False, False),
-    P.CONTENT_READ:     (False, False, False, False),
+    # permission:         admin  auditor tenant-admin developer app
+    P.MODELS_CALL:      (False, False, False, True,  True),
+    P.TENANTS_READ:     (True,  True,  False, False, False),
+    P.KEYS_MANAGE:      (True,  False, False, False, False),
+    P.KEYS_OWN:         (True,  False, True,  True,  False),
+    P.POLICY_RELOAD:    (True,  False, False, False, False),
+    P.USAGE_READ:       (True,  True,  False, False, False),
+    P.USAGE_OWN:        (True,  False, True,  True,  False),
+    P.LEDGER_READ:      (False, True,  False, False, False),
+    P.TENANT_OWN:       (False, False, True,  False, False),
+    P.KEYS_TENANT:      (False, False, True,  False, False),
+    P.USAGE_TENANT:     (False, False, True,  False, False),
+    P.CONTENT_READ:     (False, False, False, False, False),
 }  # fmt: skip
 
 
@@ -29,7 +32,7 @@ def who(*roles: str) -> Principal:
 
 def test_matrix_lists_every_permission() -> None:
     assert set(EXPECTED) == set(Permission)
-    assert ROLES == ("admin", "auditor", "developer", "app")
+    assert ROLES == ("admin", "auditor", "tenant-admin", "developer", "app")
 
 
 @pytest.mark.parametrize("permission", list(Permission))
@@ -67,6 +70,12 @@ def test_several_roles_combine() -> None:
         ("developer", "developer", True),
         ("developer", "admin", False),
         ("developer", "auditor", False),
+        ("developer", "tenant-admin", False),
+        ("tenant-admin", "app", True),
+        ("tenant-admin", "developer", True),
+        ("tenant-admin", "tenant-admin", True),
+        ("tenant-admin", "auditor", False),
+        ("tenant-admin", "admin", False),
         ("app", "app", False),
     ],
 )

@@ -32,7 +32,7 @@ def issuer(**changes: Any) -> dict[str, Any]:
         ({"tenant_claim": "tid"}, "exactly one of `tenant`"),
         ({"tenant": None}, "exactly one of `tenant`"),
         ({"default_role": None}, "must map to a role"),
-        ({"role_map": {"g": "root"}}, "'admin', 'auditor', 'developer' or 'app'"),
+        ({"role_map": {"g": "root"}}, "'admin', 'auditor', 'tenant-admin', 'developer' or 'app'"),
         ({"leeway": 5}, "Extra inputs are not permitted"),
     ],
 )

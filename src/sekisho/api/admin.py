@@ -75,7 +75,7 @@ class CreateKey(_Body):
     tenant: str | None = Field(
         default=None, description="Tenant of the key; developers may omit it (their own tenant)"
     )
-    role: Literal["admin", "auditor", "developer", "app"] = Field(
+    role: Literal["admin", "auditor", "tenant-admin", "developer", "app"] = Field(
         default="app", description="Role the key acts with"
     )
     name: str = Field(default="", max_length=200, description="Label for people")
@@ -250,19 +250,21 @@ _USAGE_QUERY = (
     Query("since", "First day (ISO date; default: first of this month)", "date"),
     Query("until", "Last day (ISO date; default: today)", "date"),
 )
-KEYS_ANY = (P.KEYS_MANAGE, P.KEYS_OWN)
+KEYS_ANY = (P.KEYS_MANAGE, P.KEYS_TENANT, P.KEYS_OWN)
+TENANT_ANY = (P.TENANTS_READ, P.TENANT_OWN)
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/openapi.json", "openapi", "This document", None, "openapi", None),
     Route("GET", "/whoami", "whoami", "Who the caller is and what it may do", (), "whoami", WhoAmI),
-    Route("GET", "/tenants", "tenants.list", "List tenants", (P.TENANTS_READ,), "list_tenants",
-          TenantList),
-    Route("GET", "/tenants/{tenant}", "tenants.get", "One tenant", (P.TENANTS_READ,), "get_tenant",
+    Route("GET", "/tenants", "tenants.list", "List tenants (tenant admins: their own)",
+          TENANT_ANY, "list_tenants", TenantList),
+    Route("GET", "/tenants/{tenant}", "tenants.get", "One tenant", TENANT_ANY, "get_tenant",
           TenantView),
     Route("GET", "/endpoints", "endpoints.list",
           "The endpoint catalogue: sovereignty facts, credential kind, health",
-          (P.TENANTS_READ,), "list_endpoints", EndpointList),
-    Route("GET", "/keys", "keys.list", "List keys (developers: their own)", KEYS_ANY,
+          TENANT_ANY, "list_endpoints", EndpointList),
+    Route("GET", "/keys", "keys.list",
+          "List keys (tenant admins: their tenant's; developers: their own)", KEYS_ANY,
           "list_keys", KeyList, query=(Query("tenant", "Only keys of this tenant"),)),
     Route("POST", "/keys", "keys.create", "Create a key; the secret is returned once", KEYS_ANY,
           "create_key", KeyCreated, body=CreateKey, status=201),
@@ -274,8 +276,10 @@ ROUTES: tuple[Route, ...] = (
           KEYS_ANY, "revoke_key", KeyView),
     Route("POST", "/policy/reload", "policy.reload", "Reload and recompile policies",
           (P.POLICY_RELOAD,), "reload_policy", ReloadResult),
-    Route("GET", "/usage", "usage.get", "Usage per tenant, key and model (developers: own)",
-          (P.USAGE_READ, P.USAGE_OWN), "get_usage", UsageReport, query=_USAGE_QUERY),
+    Route("GET", "/usage", "usage.get",
+          "Usage per tenant, key and model (tenant admins: their tenant; developers: own)",
+          (P.USAGE_READ, P.USAGE_TENANT, P.USAGE_OWN), "get_usage", UsageReport,
+          query=_USAGE_QUERY),
 )  # fmt: skip
 
 
@@ -434,11 +438,20 @@ class AdminAPI:
                       auth=p.auth)  # fmt: skip
 
     async def list_tenants(self, req: Request) -> TenantList:
+        p = _who(req)
         await self._record(req, "tenants", {})
-        return TenantList(data=[self._tenant_view(name) for name in sorted(self.tenants)])
+        if allows(p, P.TENANTS_READ):
+            names = sorted(self.tenants)
+        else:  # a tenant's own people see their tenant only
+            names = [p.tenant] if p.tenant in self.tenants else []
+        return TenantList(data=[self._tenant_view(name) for name in names])
 
     async def get_tenant(self, req: Request) -> TenantView:
+        p = _who(req)
         name = req.params["tenant"]
+        if not allows(p, P.TENANTS_READ) and name != p.tenant:
+            req.target = f"tenant/{name}"
+            raise _not_own(p, f"tenant {name!r}")
         await self._record(req, f"tenant/{name}", {})
         if name not in self.tenants:
             raise NotFound(f"There is no tenant {name!r}; GET {PREFIX}/tenants lists them.",
@@ -495,7 +508,7 @@ class AdminAPI:
         if manages:
             rows = self.keys.list(tenant)
         else:
-            rows = [k for k in self.keys.list(p.tenant) if _owns(p, k)]
+            rows = [k for k in self.keys.list(p.tenant) if _may_act_on(p, k)]
         return KeyList(data=[_view(k) for k in rows])
 
     async def create_key(self, req: Request) -> KeyCreated:
@@ -553,7 +566,7 @@ class AdminAPI:
     def _own_key(self, req: Request) -> KeyInfo:
         p = _who(req)
         info = self.keys.get(req.params["key_id"])
-        if not allows(p, P.KEYS_MANAGE) and not _owns(p, info):
+        if not allows(p, P.KEYS_MANAGE) and not _may_act_on(p, info):
             raise _not_own(p, f"key {info.key_id}")
         return info
 
@@ -613,12 +626,14 @@ class AdminAPI:
         if q.get("key_id"):
             key_ids = {q["key_id"]}
         if not allows(p, P.USAGE_READ):
-            own = {k.key_id for k in self.keys.list(p.tenant) if _owns(p, k)} | {p.key_id}
             if tenant is not None and tenant != p.tenant:
                 raise _not_own(p, f"usage of tenant {tenant!r}")
-            if key_ids is not None and not key_ids <= own:
-                raise _not_own(p, f"usage of key {q['key_id']}")
-            tenant, key_ids = p.tenant, key_ids or own
+            if not allows(p, P.USAGE_TENANT):
+                own = {k.key_id for k in self.keys.list(p.tenant) if _owns(p, k)} | {p.key_id}
+                if key_ids is not None and not key_ids <= own:
+                    raise _not_own(p, f"usage of key {q['key_id']}")
+                key_ids = key_ids or own
+            tenant = p.tenant  # a key id of another tenant then matches nothing
         await self._record(req, f"usage/{tenant or '*'}", {k: v for k, v in q.items()})
         try:
             rows = await self.usage.query(since, until, tenant=tenant, key_ids=key_ids,
@@ -716,10 +731,24 @@ def _owns(p: Principal, key: KeyInfo) -> bool:
     return key.tenant == p.tenant and (key.owner == p.subject or key.key_id == p.key_id)
 
 
+def _may_act_on(p: Principal, key: KeyInfo) -> bool:
+    """Whether a caller without ``keys.manage`` may see and manage ``key``: a tenant's key
+    manager any key of its tenant whose role it could have granted (never an operator's key
+    that happens to belong to the tenant: rotating it would hand over its secret); others the
+    keys they made, and their own."""
+    if allows(p, P.KEYS_TENANT) and key.tenant == p.tenant and may_grant(p.roles, key.role):
+        return True
+    return _owns(p, key)
+
+
 def _not_own(p: Principal, what: str) -> PermissionDenied:
+    if allows(p, P.KEYS_TENANT) or allows(p, P.USAGE_TENANT):
+        scope = f"the keys, usage and settings of its own tenant ({p.tenant!r})"
+    else:
+        scope = "its own keys and usage"
     return PermissionDenied(
-        f"Role '{p.role}' (principal {p.subject}) may act only on its own keys and usage; "
-        f"{what} is not its own (permission 'keys.manage' or 'usage.read' is needed).",
+        f"Role '{p.role}' (principal {p.subject}) may act only on {scope}; {what} is not "
+        "among them (permission 'keys.manage', 'usage.read' or 'tenants.read' is needed).",
         code="not_owner",
     )
 

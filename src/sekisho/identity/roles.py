@@ -2,8 +2,9 @@
 
 Least privilege: an ``app`` key can call models and nothing else; an ``auditor`` sees the ledger,
 tenants and usage but never prompt or output content; a ``developer`` manages only
-the keys they made and sees only their own usage; an ``admin`` runs the gateway (configuration,
-keys, policy) but does not call models with its administrative credential.
+the keys they made and sees only their own usage; a ``tenant-admin`` manages every key and sees
+the usage of its own tenant, and nothing of any other; an ``admin`` runs the gateway
+(configuration, keys, policy) but does not call models with its administrative credential.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ class Permission(StrEnum):
     USAGE_READ = "usage.read"  # usage of every tenant, key and model
     USAGE_OWN = "usage.own"  # usage of the caller's own keys
     LEDGER_READ = "ledger.read"
+    TENANT_OWN = "tenant.own"  # the caller's own tenant's settings, and the endpoint catalogue
+    KEYS_TENANT = "keys.tenant"  # every key of the caller's tenant that it could have made
+    USAGE_TENANT = "usage.tenant"  # usage of the caller's own tenant
     CONTENT_READ = "content.read"  # reserved: stored prompts and outputs of others; no route
 
 
-ROLES: tuple[str, ...] = ("admin", "auditor", "developer", "app")
+ROLES: tuple[str, ...] = ("admin", "auditor", "tenant-admin", "developer", "app")
 
 P = Permission
 PERMISSIONS: dict[str, frozenset[Permission]] = {
@@ -37,6 +41,9 @@ PERMISSIONS: dict[str, frozenset[Permission]] = {
         {P.TENANTS_READ, P.KEYS_MANAGE, P.KEYS_OWN, P.POLICY_RELOAD, P.USAGE_READ, P.USAGE_OWN}
     ),
     "auditor": frozenset({P.TENANTS_READ, P.USAGE_READ, P.LEDGER_READ}),
+    "tenant-admin": frozenset(
+        {P.TENANT_OWN, P.KEYS_TENANT, P.KEYS_OWN, P.USAGE_TENANT, P.USAGE_OWN}
+    ),
     "developer": frozenset({P.MODELS_CALL, P.KEYS_OWN, P.USAGE_OWN}),
     "app": frozenset({P.MODELS_CALL}),
 }
@@ -48,6 +55,12 @@ MODEL_ROUTES: dict[str, Permission] = {
     "/v1/completions": P.MODELS_CALL,
     "/v1/models": P.MODELS_CALL,
 }
+
+# What reaches beyond the caller's own tenant: a role holding any of these is the gateway's
+# (its operators and auditors), and only a key manager may hand it out.
+GATEWAY_WIDE: frozenset[Permission] = frozenset(
+    {P.TENANTS_READ, P.KEYS_MANAGE, P.POLICY_RELOAD, P.USAGE_READ, P.LEDGER_READ, P.CONTENT_READ}
+)
 
 # Nobody holds CONTENT_READ, and no route asks for it: no role, the auditor's included, reads
 # the prompts and outputs others stored (the auditor promise depends on it).
@@ -91,9 +104,12 @@ def require(principal: Principal, permission: Permission) -> None:
 
 
 def may_grant(granter: frozenset[str], role: str) -> bool:
-    """Key managers may create any role; owners of keys only roles granting nothing they lack."""
+    """Key managers may create any role; a tenant's key managers any role confined to the
+    tenant; owners of keys only roles granting nothing they lack."""
     held = permissions_of(granter)
     wanted = PERMISSIONS[check_role(role)]
     if Permission.KEYS_MANAGE in held:
+        return True
+    if Permission.KEYS_TENANT in held and not wanted & GATEWAY_WIDE:
         return True
     return Permission.KEYS_OWN in held and wanted <= held

@@ -19,7 +19,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from sekisho._section import Section
 
-Role = Literal["admin", "auditor", "developer", "app"]
+Role = Literal["admin", "auditor", "tenant-admin", "developer", "app"]
 # Asymmetric algorithms only: keys come from a public JWKS, so a shared-secret algorithm (HS*)
 # would let anyone holding the public key mint tokens (the "algorithm confusion" attack).
 Algorithm = Literal[
@@ -105,7 +105,8 @@ class OIDCIssuerSpec(_Spec):
     )
     role_map: dict[str, Role] = Field(
         default_factory=dict,
-        description="Value found in role_claims → sekisho role (admin, auditor, developer, app)",
+        description="Value found in role_claims → sekisho role "
+        "(admin, auditor, tenant-admin, developer, app)",
     )
     default_role: Role | None = Field(
         default=None,
