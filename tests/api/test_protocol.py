@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import uvicorn
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sekisho.api.protocol import FLUSH_AT, HttpProtocol, OneWrite
 
@@ -242,3 +244,36 @@ async def test_connection_close_gets_the_whole_answer_then_eof(server: int) -> N
     data = await asyncio.wait_for(reader.read(), 5)  # until EOF
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\necho:hi")
     writer.close()
+
+
+@given(
+    parts=st.lists(st.binary(min_size=1, max_size=300), max_size=8),
+    last=st.binary(max_size=300),
+)
+def test_an_http_1_0_stream_carries_exactly_the_bytes_of_each_chunk(
+    parts: list[bytes], last: bytes
+) -> None:
+    """Whatever the events hold (CRLFs, hex digits, "0"), only uvicorn's framing is taken off."""
+
+    def framed(body: bytes, more: bool) -> bytes:  # as uvicorn writes a body message
+        out = b"%x\r\n" % len(body) + body + b"\r\n" if body else b""
+        return out if more else out + b"0\r\n\r\n"
+
+    async def run() -> list[bytes]:
+        rec = Recording()
+        one = OneWrite(rec, asyncio.get_running_loop())  # type: ignore[arg-type]
+        one.http10 = True
+        one.write(SSE_HEAD)
+        for part in parts:
+            one.write(framed(part, True))
+            await asyncio.sleep(0)
+        one.write(framed(last, False))
+        await asyncio.sleep(0)
+        return rec.writes
+
+    writes = asyncio.run(run())
+    sent = b"".join(writes)
+    head, _, body = sent.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head
+    assert head + b"\r\n\r\n" == SSE_HEAD.replace(b"transfer-encoding: chunked\r\n", b"")
+    assert body == b"".join(parts) + last

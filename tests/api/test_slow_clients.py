@@ -381,3 +381,50 @@ def test_a_client_that_reads_slowly_but_steadily_is_served(
                 break
             time.sleep(0.001)
     assert b"data: [DONE]" in data
+
+
+def test_an_http_1_0_client_gets_its_stream_without_chunked_framing(gw: Harness) -> None:
+    """RFC 9112 §6.1: no Transfer-Encoding to an HTTP/1.0 client, which would read the chunk
+    sizes as part of the events. The stream ends with the connection instead."""
+    body = json.dumps(
+        {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "古い"}]}
+    ).encode()
+    with connect(gw) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.0\r\nHost: gateway\r\n"
+            b"Authorization: Bearer " + gw.key().encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        data, _ = read_all(s)
+    head, _, events = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"transfer-encoding" not in head.lower()
+    assert b"connection: close" in head.lower()
+    blocks = events.split(b"\n\n")
+    assert blocks[-1] == b"" and blocks[-2] == b"data: [DONE]", events[-200:]
+    for block in blocks[:-1]:
+        assert block.startswith(b"data: "), block[:80]  # no chunk size between events
+    text = "".join(
+        json.loads(b[6:])["choices"][0]["delta"].get("content") or ""
+        for b in blocks[:-2]
+        if json.loads(b[6:])["choices"]
+    )
+    assert "SIMULATOR" in text
+
+
+def test_an_http_1_1_client_still_gets_a_chunked_stream(gw: Harness) -> None:
+    body = json.dumps(
+        {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "新しい"}]}
+    ).encode()
+    with connect(gw) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"Authorization: Bearer " + gw.key().encode() + b"\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        data, _ = read_all(s)
+    head, _, events = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert events.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), events[-80:]

@@ -13,6 +13,12 @@ so every extra write costs as much as the first. ``OneWrite``:
   arrived together leaves together, and an event that arrives alone leaves alone, just as soon;
 - sends anything held when the loop turns, when it grows past ``FLUSH_AT`` bytes and before
   the connection closes. Nothing is reordered and nothing waits on the network.
+
+An HTTP/1.0 client cannot read chunked framing (RFC 9112 §6.1: a server must not send
+``Transfer-Encoding`` to it), yet uvicorn frames every body of unknown length that way. For
+such a client ``OneWrite`` takes the framing off again: the head loses its
+``transfer-encoding`` and the body goes out as it is, ended by the connection's close (which
+uvicorn always does after an HTTP/1.0 request).
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ _CHUNKED = b"\r\ntransfer-encoding: chunked\r\n"
 class OneWrite:
     """A transport that joins a response head with its body, and a stream's chunks per turn."""
 
-    __slots__ = ("_held", "_held_size", "_loop", "_streaming", "_transport")
+    __slots__ = (
+        "_held", "_held_size", "_loop", "_streaming", "_transport", "_unchunk", "http10"
+    )  # fmt: skip
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
@@ -51,6 +59,8 @@ class OneWrite:
         self._held: list[bytes] | None = None
         self._held_size = 0
         self._streaming = False
+        self.http10 = False  # set per request by the protocol: the client speaks HTTP/1.0
+        self._unchunk = False  # this response's body is framed by uvicorn, not by the wire
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         data = bytes(data)
@@ -59,8 +69,16 @@ class OneWrite:
             if held is not None:
                 self.flush()
             self._streaming = _CHUNKED in data
+            self._unchunk = self._streaming and self.http10
+            if self._unchunk:
+                data = data.replace(_CHUNKED, b"\r\n", 1)
             self._hold(data)
-        elif held is not None:
+            return
+        if self._unchunk:
+            data = _unframed(data)
+            if not data:
+                return
+        if held is not None:
             held.append(data)
             self._held_size += len(data)
             if not self._streaming or self._held_size >= FLUSH_AT:
@@ -92,6 +110,22 @@ class OneWrite:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+def _unframed(data: bytes) -> bytes:
+    """The payload of uvicorn's chunked framing in one write: ``size CRLF data CRLF``, any
+    number of times, the last chunk (``0 CRLF CRLF``) included."""
+    out: list[bytes] = []
+    at = 0
+    while at < len(data):
+        eol = data.index(b"\r\n", at)
+        size = int(data[at:eol], 16)
+        if size == 0:
+            break
+        start = eol + 2
+        out.append(data[start : start + size])
+        at = start + size + 2
+    return b"".join(out)
 
 
 class TimedFlow(FlowControl):
@@ -205,6 +239,7 @@ class HttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._begun = self._in_head = False
         self._cancel_read_timer()
+        self.transport.http10 = self.parser.get_http_version() == "1.0"  # type: ignore[attr-defined]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
