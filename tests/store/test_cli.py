@@ -571,6 +571,29 @@ def test_key_rotation_binds_records_sealed_before_request_ids_to_theirs(
     assert [a["action"] for a in audit_lines(config_file)[recorded:]] == ["store.kek_rotated"]
 
 
+def test_a_serving_gateway_follows_a_key_rotation_made_beside_it(tmp_path: Path) -> None:
+    """`keys rotate` on a local key file while a gateway serves: the gateway kept the old
+    version current in memory. A data key it made afterwards (a tenant's next generation) was
+    wrapped under the version just rotated out, and a data key the rotation re-wrapped did not
+    open when the gateway read it from the database (an older generation's records)."""
+    from sekisho.store.errors import KeyProviderError
+    from sekisho.store.keys import LocalKeyFile
+
+    kek = tmp_path / "keys" / "region-jp.kek"
+    gateway = LocalKeyFile.open(kek, "jp")
+    before = gateway.wrap(b"g" * 32, b"ctx")
+    cli = LocalKeyFile.open(kek, "jp")
+    assert cli.rotate() == 2
+    rewrapped = cli.rewrap(before, b"ctx")  # what `keys rotate` stores in the database
+    assert rewrapped.startswith("sekisho:v2:")
+    assert gateway.unwrap(rewrapped, b"ctx") == b"g" * 32
+    assert gateway.wrap(b"x" * 32, b"ctx").startswith("sekisho:v2:")
+    cli.retire(1)  # `keys kek-retire` (refused while serving; followed all the same)
+    assert gateway.versions() == (2, [2])
+    with pytest.raises(KeyProviderError, match="Key version 1 is not in"):
+        gateway.unwrap(before, b"ctx")
+
+
 def test_an_old_kek_version_is_listed_and_retired_once_no_data_key_needs_it(
     config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -113,6 +113,7 @@ class LocalKeyFile:
         self._current = current
         self._keys = keys
         self._lock = threading.Lock()
+        self._seen = _identity(path)  # the file as last read or written
 
     @classmethod
     def open(cls, path: Path, region: str, *, create: bool = True) -> LocalKeyFile:
@@ -194,8 +195,20 @@ class LocalKeyFile:
             )
         return cls(path, region, current, keys)
 
+    def _follow(self) -> None:
+        """Take up the file as another process left it (``keys rotate`` or ``kek-retire`` run
+        while this gateway serves): new data keys are then wrapped under the version made
+        current, and data keys re-wrapped under it open. Call with the lock held."""
+        now = _identity(self.path)
+        if now is None or now == self._seen:
+            return
+        fresh = self._load(self.path, self.region)
+        self._keys, self._current, self._seen = fresh._keys, fresh._current, now
+        log.info("key file %s re-read: current KEK version %d", self.path, self._current)
+
     def wrap(self, plaintext: bytes, context: bytes) -> str:
         with self._lock:
+            self._follow()  # a new data key is rare: one stat() each time is nothing
             version, key = self._current, self._keys[self._current]
         nonce = secrets.token_bytes(12)
         sealed = AESGCM(key).encrypt(nonce, plaintext, context)
@@ -204,6 +217,7 @@ class LocalKeyFile:
     def unwrap(self, wrapped: str, context: bytes) -> bytes:
         version = version_of(wrapped)
         with self._lock:
+            self._follow()  # unwrapping is rare too (a generation not yet in memory)
             key = self._keys.get(version)
         if key is None:
             raise KeyProviderError(
@@ -226,6 +240,7 @@ class LocalKeyFile:
 
     def versions(self) -> tuple[int, list[int]]:
         with self._lock:
+            self._follow()
             return self._current, sorted(self._keys)
 
     def retire(self, version: int) -> None:
@@ -248,10 +263,19 @@ class LocalKeyFile:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         _fsync_dir(self.path.parent)
-        self._keys, self._current = keys, current
+        self._keys, self._current, self._seen = keys, current, _identity(self.path)
 
     def close(self) -> None:
         self._keys = {}
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What tells one version of a file from the next (it is replaced whole, by rename)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _key_file_body(region: str, current: int, keys: dict[int, bytes]) -> bytes:
