@@ -715,6 +715,11 @@ class Gateway:
         op = self._ops.get(path)
         if op is not None:  # probes and scrapes: answered, not logged
             try:
+                if scope["method"] not in ("GET", "HEAD"):
+                    raise MethodNotAllowed(
+                        f"{path} accepts GET and HEAD, not {scope['method']}.",
+                        allow=("GET",),
+                    )
                 await op(scope, receive, send, rid)
             except SekishoError as exc:
                 await http.send_error(send, exc, rid)

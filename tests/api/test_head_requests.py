@@ -71,6 +71,9 @@ def test_a_405_names_head_wherever_get_is_allowed(gateway: Harness) -> None:
         ("PUT", "/v1/responses/resp_x/input_items", "GET, HEAD"),
         ("DELETE", "/admin/v1/whoami", "GET, HEAD"),
         ("HEAD", "/v1/chat/completions", "POST"),  # a model call is not a read
+        ("POST", "/healthz", "GET, HEAD"),  # probes and scrapes read; they were 200 to anything
+        ("DELETE", "/readyz", "GET, HEAD"),
+        ("PUT", "/metrics", "GET, HEAD"),
     ):
         r = request(method, gateway.root + path, headers=auth)
         assert (r.status_code, r.headers.get("allow")) == (405, allow), (method, path)
