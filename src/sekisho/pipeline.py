@@ -78,6 +78,7 @@ from sekisho.classify import Finding, Pseudonymiser, Scanner, redact, summarise
 from sekisho.classify._person import TooManyCues
 from sekisho.classify._seams import across
 from sekisho.classify.memo import ScanMemo
+from sekisho.classify.redact import marked_level
 from sekisho.errors import (
     EndpointsBusy,
     InvalidRequest,
@@ -515,7 +516,10 @@ class Pipeline:
         counts = summarise(findings)
         if call.uninspected:
             counts.update(call.uninspected)
-        explained = policy.explain_level(counts, call.declared_classification, failed=failed)
+        marked = marked_level(findings) if "CONFIDENTIAL_LABEL" in counts else None
+        explained = policy.explain_level(
+            counts, call.declared_classification, failed=failed, marked=marked
+        )
         level = explained.level
         m = self.metrics
         m.child(m.classified, tenant.name, level.label).inc()

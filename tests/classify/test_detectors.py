@@ -971,3 +971,20 @@ def test_a_phone_number_after_a_building_is_not_read_into_the_address() -> None:
         ("ADDRESS_JP", "東京都港区芝1-2-3 山田ビル"),
         ("PHONE_JP", "03-1234-5678"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "subtype"),
+    [
+        ("【機密性3】本資料は", "機密性3"),
+        ("［機密性３］本資料は", "機密性3"),
+        ("機密性２情報です", "機密性2"),
+        ("【社外秘】本資料は", None),
+        ("CONFIDENTIAL", None),
+    ],
+)
+def test_a_marker_naming_a_government_class_carries_it(text: str, subtype: str | None) -> None:
+    from sekisho.classify import Scanner
+
+    [label] = [f for f in Scanner().scan(text) if f.type == "CONFIDENTIAL_LABEL"]
+    assert label.subtype == subtype

@@ -45,6 +45,33 @@ def test_explain_prints_each_candidate_with_the_rule_and_fact_that_excluded_it(
     assert "sha256:" in out
 
 
+@pytest.mark.parametrize(
+    ("tenant", "text", "level"),
+    [
+        # jp-gov-genai maps a confidentiality marker to 機密性2; a marker naming 機密性3 states
+        # more than that, and was counted as 機密性2 (reaching a cloud 機密性3 may not).
+        ("kasumigaseki", "【機密性3】 閣議前の資料を要約して", "restricted (機密性3)"),
+        ("kasumigaseki", "機密性３情報 閣議前の資料を要約して", "restricted (機密性3)"),
+        ("kasumigaseki", "【機密性2】 会議の議事録を要約して", "confidential (機密性2)"),
+        # a tenant whose policy maps no marker still takes a stated class
+        ("demo", "【機密性3】 閣議前の資料を要約して", "restricted (機密性3)"),
+    ],
+)
+def test_a_text_marked_with_a_government_class_is_at_least_that_class(
+    config: str, capsys: pytest.CaptureFixture[str], tenant: str, text: str, level: str
+) -> None:
+    argv = ["explain", "--config", config, "--tenant", tenant, "--model", "gpt-4o"]
+    code, out = _run([*argv, "--text", text], capsys)
+    assert code == 0
+    [line] = [x for x in out.splitlines() if x.startswith("Classification")]
+    assert line.startswith(f"Classification  {level} — from "), line
+    if "3" in level:
+        assert "from finding CONFIDENTIAL_LABEL (the text is marked 機密性3)" in line
+        rows = {x.split()[1]: x for x in out.splitlines() if x.split() and x.split()[0] == "-"}
+        if tenant == "kasumigaseki":
+            assert "jp-gov-genai/kimitsu3-on-premises-or-domestic" in rows["global-japaneast"]
+
+
 def test_explain_classifies_text_and_never_prints_the_values_found(
     config: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

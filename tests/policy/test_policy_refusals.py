@@ -60,3 +60,18 @@ def test_a_client_that_declares_a_lower_level_is_told_it_may_not_lower_it(
         "Request classified restricted (機密性3) by finding MY_NUMBER (pack jp-mynumber); "
         "declared public (機密性1), lower: a client may raise its level, never lower it; found: "
     )
+
+
+def test_a_text_stamped_kimitsu3_is_refused_where_restricted_requests_are(
+    gateway: Harness,
+) -> None:
+    """【機密性3】 states the document's class: the request is restricted, not 機密性2."""
+    message = _refusal(gateway, "【機密性3】 閣議前の資料を要約して")
+    assert message.startswith(
+        "Request classified restricted (機密性3) by the text's marking 機密性3 (CONFIDENTIAL_LABEL)"
+    )
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=gateway.key(), max_retries=0)
+    answered = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "【機密性3】 閣議前の資料を要約して"}]
+    )
+    assert answered.headers["x-sekisho-classification"] == "restricted"

@@ -1,7 +1,9 @@
 """Confidentiality markers written into documents: 【社外秘】, 極秘, 取扱注意, CONFIDENTIAL, ...
 
 The span is the marker as written, brackets included (``【社外秘】``), because the bracketed
-form is the conventional stamp in Japanese business documents.
+form is the conventional stamp in Japanese business documents. A marker that names one of the
+government's classes (機密性2, 機密性３) carries that class as its subtype (``機密性2``): the
+document states its own level, which the policy then takes as at least the request's level.
 """
 
 from __future__ import annotations
@@ -96,8 +98,9 @@ def detect_labels(
                 continue
             if text[end : end + 1].isalnum() and text[end : end + 1].isascii():
                 continue
+        stated = _stated_level(value)
         if value[0] in "【[［〔(（<＜":
-            out.append(Finding(CONFIDENTIAL_LABEL, start, end, _SCORE_BRACKETED))
+            out.append(Finding(CONFIDENTIAL_LABEL, start, end, _SCORE_BRACKETED, stated))
             continue
         score = _SCORE_BARE
         if value in _WEAK_BARE:
@@ -105,4 +108,13 @@ def detect_labels(
             line_end = text.find("\n", end)
             line = text[line_start : line_end if line_end >= 0 else len(text)]
             score = 0.8 if line.strip(" \u3000:：-—*#") == value else 0.4
-        out.append(Finding(CONFIDENTIAL_LABEL, start, end, score))
+        out.append(Finding(CONFIDENTIAL_LABEL, start, end, score, stated))
+
+
+def _stated_level(marker: str) -> str | None:
+    """``機密性2`` or ``機密性3`` for a marker naming that class (half- or full-width digit)."""
+    at = marker.find("機密性")
+    if at < 0:
+        return None
+    digit = marker[at + 3 : at + 4]
+    return {"2": "機密性2", "２": "機密性2", "3": "機密性3", "３": "機密性3"}.get(digit)

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from sekisho.classify._lazy import lazy_compile
 from sekisho.classify._text import fold
-from sekisho.classify.findings import TYPES, Finding
+from sekisho.classify.findings import CONFIDENTIAL_LABEL, TYPES, Finding
+from sekisho.types import Level
 
 
 def summarise(findings: Iterable[Finding]) -> dict[str, int]:
@@ -25,6 +26,17 @@ def summarise(findings: Iterable[Finding]) -> dict[str, int]:
     for f in findings:
         counts[f.type] = counts.get(f.type, 0) + 1
     return counts
+
+
+def marked_level(findings: Iterable[Finding]) -> Level | None:
+    """The highest class a marking in the text names (【機密性3】: restricted), or None."""
+    marked: Level | None = None
+    for f in findings:
+        if f.type == CONFIDENTIAL_LABEL and f.subtype is not None:
+            level = Level.parse(f.subtype)
+            if marked is None or level > marked:
+                marked = level
+    return marked
 
 
 def _ordered(findings: Iterable[Finding], length: int) -> list[Finding]:

@@ -199,24 +199,32 @@ class _Reading:
         return found
 
 
-def _findings(config: Config, tenant: str, text: str | None) -> tuple[dict[str, int], bool]:
+def _findings(
+    config: Config, tenant: str, text: str | None
+) -> tuple[dict[str, int], bool, Level | None]:
     """What the gateway's classifier would find for this tenant: its own dictionary, labels and
-    threshold included (the default scanner knows none of them); and whether it failed."""
+    threshold included (the default scanner knows none of them); whether it failed; and the
+    class a marking in the text names (【機密性3】)."""
     if not text:
-        return {}, False
+        return {}, False, None
     from sekisho.classify import summarise
+    from sekisho.classify.redact import marked_level
     from sekisho.config import scanner_for
 
     reading = _Reading(scanner_for(config.tenants[tenant]))
-    return dict(summarise(reading.scan(text))), reading.failed
+    found = reading.scan(text)
+    return dict(summarise(found)), reading.failed, marked_level(found)
 
 
-def _body_findings(config: Config, tenant: str, path: str) -> tuple[dict[str, int], str, bool]:
+def _body_findings(
+    config: Config, tenant: str, path: str
+) -> tuple[dict[str, int], str, bool, Level | None]:
     """What the gateway would find in a whole request body, the model it asks for, and
     whether the classifier failed on it."""
     from sekisho.api import schema
     from sekisho.classify import summarise
     from sekisho.classify._seams import across
+    from sekisho.classify.redact import marked_level
     from sekisho.config import scanner_for
     from sekisho.errors import InvalidRequest
 
@@ -250,10 +258,11 @@ def _body_findings(config: Config, tenant: str, path: str) -> tuple[dict[str, in
         crossing, reading.failed = [], True
     if opaque:
         texts.append("\n\n".join(opaque))
-    counts = dict(summarise([*(f for text in texts for f in reading.scan(text)), *crossing]))
+    found = [*(f for text in texts for f in reading.scan(text)), *crossing]
+    counts = dict(summarise(found))
     for kind, n in request.uninspected().items():
         counts[kind] = counts.get(kind, 0) + n
-    return counts, request.model, reading.failed
+    return counts, request.model, reading.failed, marked_level(found)
 
 
 def _decide(
@@ -264,8 +273,9 @@ def _decide(
     findings: Mapping[str, int],
     key_models: frozenset[str] | None,
     failed: bool = False,
+    marked: Level | None = None,
 ) -> tuple[Decision, LevelExplanation]:
-    explained = tenant.policy.explain_level(findings, declared, failed=failed)
+    explained = tenant.policy.explain_level(findings, declared, failed=failed, marked=marked)
     decision = tenant.policy.decide(
         model=model,
         routes=config.catalogue.routes(model),
@@ -285,7 +295,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     config = _load(args.config)
     tenant = _tenant_policy(config, args.tenant)
     if args.body is not None:
-        findings, model, failed = _body_findings(config, args.tenant, args.body)
+        findings, model, failed, marked = _body_findings(config, args.tenant, args.body)
         args.model = args.model or model
     else:
         if args.model is None:
@@ -293,7 +303,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
         text = args.text
         if text is None and not (args.classification is not None and sys.stdin.isatty()):
             text = sys.stdin.read()
-        findings, failed = _findings(config, args.tenant, text)
+        findings, failed, marked = _findings(config, args.tenant, text)
     for kind in args.attach:
         findings[ATTACHMENTS[kind]] = findings.get(ATTACHMENTS[kind], 0) + 1
     key_models = (
@@ -309,7 +319,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"{', '.join(config.catalogue.model_names)})"
         )
     decision, explained = _decide(
-        config, tenant, args.model, args.classification, findings, key_models, failed
+        config, tenant, args.model, args.classification, findings, key_models, failed, marked
     )
     if args.json:
         json.dump(_as_json(decision, explained, tenant), out, ensure_ascii=False, indent=2)
@@ -471,12 +481,12 @@ def load_test_file(path: str) -> PolicyTestFile:
 
 def run_case(config: Config, tenant: _TenantPolicy, case: PolicyTestCase) -> list[str]:
     """Decide one case; return the differences from what it expects (empty: it passes)."""
-    findings, failed = _findings(config, tenant.name, case.text)
+    findings, failed, marked = _findings(config, tenant.name, case.text)
     for kind, count in case.findings.items():
         findings[kind] = findings.get(kind, 0) + count
     key_models = frozenset(case.key_models) if case.key_models is not None else None
     decision, _ = _decide(
-        config, tenant, case.model, case.classification, findings, key_models, failed
+        config, tenant, case.model, case.classification, findings, key_models, failed, marked
     )
     expect = case.expect
     diffs: list[str] = []

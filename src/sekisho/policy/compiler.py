@@ -121,17 +121,28 @@ class CompiledPolicy:
     # -- classification -------------------------------------------------------------------
 
     def classify(
-        self, finding_counts: Mapping[str, int], declared: str | None, *, failed: bool = False
+        self,
+        finding_counts: Mapping[str, int],
+        declared: str | None,
+        *,
+        failed: bool = False,
+        marked: Level | None = None,
     ) -> Level:
-        """The request's level: the highest of the declared level, the default and the findings.
+        """The request's level: the highest of the declared level, the default, the findings
+        and the level a document's marking states (``marked``: 【機密性3】).
 
         Fail closed: a declared value that does not parse, or a classifier that failed, makes the
         request RESTRICTED.
         """
-        return self.explain_level(finding_counts, declared, failed=failed).level
+        return self.explain_level(finding_counts, declared, failed=failed, marked=marked).level
 
     def explain_level(
-        self, finding_counts: Mapping[str, int], declared: str | None, *, failed: bool = False
+        self,
+        finding_counts: Mapping[str, int],
+        declared: str | None,
+        *,
+        failed: bool = False,
+        marked: Level | None = None,
     ) -> LevelExplanation:
         level, source = self.default_level, "default classification"
         reason = "by the tenant's default classification"
@@ -163,6 +174,13 @@ class CompiledPolicy:
             if count > 0 and mapped is not None and mapped[0] > level:
                 level, source = mapped[0], f"finding {kind} ({mapped[1]})"
                 reason = f"by finding {kind} ({mapped[1]})"
+        if marked is not None and marked > level:
+            # The document names its own class (【機密性3】): never less than that, whatever a
+            # pack maps markers in general to.
+            level = marked
+            alias = marked.government_alias
+            source = f"finding CONFIDENTIAL_LABEL (the text is marked {alias})"
+            reason = f"by the text's marking {alias} (CONFIDENTIAL_LABEL)"
         if stated is not None and stated < level:
             lower = (
                 f"; declared {stated.described}, lower: a client may raise its level, "
