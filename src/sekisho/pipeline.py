@@ -355,8 +355,11 @@ class Pipeline:
             return
         body = call.body
         # The same estimate an answer without usage is charged (about four ASCII characters or
-        # one Japanese character per token), plus the most the answer may cost.
-        estimate = estimate_tokens(call.texts) + count(
+        # one Japanese character per token), plus the most the answer may cost: each of its
+        # ``n`` choices may run to the limit.
+        n = body.get("n")
+        choices = n if type(n) is int and n > 1 else 1
+        estimate = estimate_tokens(call.texts) + choices * count(
             body.get("max_completion_tokens")
             or body.get("max_tokens")
             or body.get("max_output_tokens")

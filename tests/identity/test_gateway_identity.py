@@ -335,6 +335,21 @@ def test_a_used_up_quota_is_insufficient_quota_and_the_sdk_does_not_retry_it(
         h.stop()
 
 
+def test_a_request_for_several_choices_is_admitted_for_all_of_them(tmp_path: Path) -> None:
+    """n choices may each run to max_tokens: admission counted one, so n=8 passed a budget
+    it could overrun eightfold."""
+    h = start_example(tmp_path, limited(tokens_per_day=1500))
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0, timeout=20)
+        c.chat.completions.create(model="gpt-4o", messages=PROMPT, max_tokens=256, n=2)
+        with pytest.raises(openai.RateLimitError) as err:
+            c.chat.completions.create(model="gpt-4o", messages=PROMPT, max_tokens=256, n=8)
+        assert err.value.code == "request_exceeds_limit"
+        assert upstream_bytes(h) > 0  # the first went; the second did not
+    finally:
+        h.stop()
+
+
 def test_tenant_requests_per_minute_is_429_in_openai_shape_with_retry_after(
     tmp_path: Path,
 ) -> None:
