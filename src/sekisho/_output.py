@@ -351,14 +351,7 @@ class StreamOutput:
             if not 0 <= slot < FUNCTION_CALL:
                 self._put_rest(delta, slot, rest)
                 continue
-            index, kind, name = _call_slot(slot)
-            for entry in placed:
-                holder = entry.get(kind) if isinstance(entry, dict) else None
-                if entry.get("index") == index and isinstance(holder, dict):
-                    holder[name] = (holder.get(name) or "") + rest
-                    break
-            else:
-                placed.append({"index": index, kind: {name: rest}})
+            _put_call_rest(placed, slot, rest)
         return added
 
     def _put_rest(self, delta: dict[str, Any], slot: int, rest: str) -> None:
@@ -406,15 +399,7 @@ class StreamOutput:
             if not 0 <= slot < FUNCTION_CALL:
                 self._put_rest(delta, slot, rest)
                 continue
-            calls = delta.setdefault("tool_calls", [])
-            index, kind, name = _call_slot(slot)
-            for call in calls:
-                holder = call.get(kind) if isinstance(call, dict) else None
-                if call.get("index") == index and isinstance(holder, dict):
-                    holder[name] = (holder.get(name) or "") + rest
-                    break
-            else:
-                calls.append({"index": index, kind: {name: rest}})
+            _put_call_rest(delta.setdefault("tool_calls", []), slot, rest)
         return added
 
     def finish(self) -> dict[str, Any] | None:
@@ -565,6 +550,18 @@ def _call_slot(slot: int) -> tuple[int, str, str]:
     if slot >= CUSTOM:
         return slot - CUSTOM, "custom", "input"
     return slot, "function", "arguments"
+
+
+def _put_call_rest(calls: list[Any], slot: int, rest: str) -> None:
+    """Add ``rest`` of a tool call's text (slot ``slot``) to the delta's ``calls``: to the entry
+    of that call if the delta has one, else as a new entry."""
+    index, kind, name = _call_slot(slot)
+    for call in calls:
+        holder = call.get(kind) if isinstance(call, dict) else None
+        if isinstance(call, dict) and call.get("index") == index and isinstance(holder, dict):
+            holder[name] = (holder.get(name) or "") + rest
+            return
+    calls.append({"index": index, kind: {name: rest}})
 
 
 def inspect_answer(
