@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import yaml
 from harness import example_config
 from sekisho.store import Stores, database
 from sekisho.store.cli import main
+from sekisho.store.errors import StoreMisconfigured
 from store.helpers import FULL_7, Region, Sink, Tenant, exchange
 
 
@@ -68,6 +70,7 @@ def test_the_known_head_is_the_newest_migration_and_an_up_to_date_store_skips_al
     # database.HEAD lets a gateway whose stores are current never import Alembic; a new
     # migration that forgets to move it would make every start refuse the store.
     assert database.alembic_head() == database.HEAD
+    assert database.alembic_revisions() == database.REVISIONS
     assert run(config_file, "db", "upgrade") == 0
     code = (
         "import sys; from pathlib import Path; from sekisho.store import database; "
@@ -77,6 +80,34 @@ def test_the_known_head_is_the_newest_migration_and_an_up_to_date_store_skips_al
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["('0001', '0001')", "False"]
+
+
+def test_a_store_a_newer_sekisho_migrated_is_refused_and_never_migrated_back(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A rollback after an upgrade, or an old process restarted while a newer one already
+    # migrated: the store is at a revision this sekisho has no script for. Alembic's own
+    # "Can't locate revision" traceback said nothing of what happened or what to do.
+    assert run(config_file, "db", "upgrade") == 0
+    capsys.readouterr()
+    data_dir = config_file.parent / "data"
+    db = data_dir / "store-jp.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE sekisho_store_version SET version_num = '0999'")
+    conn.close()
+
+    assert run(config_file, "db", "upgrade") == 1
+    err = capsys.readouterr().err
+    assert "region 'jp'" in err and "schema revision 0999" in err
+    assert "a newer version of sekisho migrated it" in err
+    assert "backup from before the upgrade" in err and "Traceback" not in err
+    with pytest.raises(StoreMisconfigured, match="a newer version of sekisho migrated it"):
+        asyncio.run(seed(data_dir))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version_num FROM sekisho_store_version").fetchall() == [
+            ("0999",)
+        ]
+    conn.close()
 
 
 def test_processes_starting_on_one_fresh_store_at_once_all_find_it_migrated(

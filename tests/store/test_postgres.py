@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from sekisho.store import StoreMisconfigured, Stores, subjects
 from sekisho.store.database import check_schema, create, locate, upgrade
@@ -42,6 +43,27 @@ async def test_postgres_store_needs_db_upgrade_then_works(
     assert doc["records"] == [] and len(doc["restricted"]) == 50
     assert await s.delete_tenant("demo", actor="admin") == {"jp": 50}
     await s.close()
+
+
+async def test_a_postgres_store_a_newer_sekisho_migrated_is_not_sent_to_db_upgrade(
+    tmp_path: Path, sink: Sink, pg_schema: str
+) -> None:
+    # After a rollback the gateway said "Run: sekisho db upgrade", which then failed in Alembic:
+    # a store is never migrated back, and the message says what to do instead.
+    regions = {"jp": Region("JP", url(pg_schema))}
+    s = await Stores.open(regions, tmp_path, audit=sink, migrate=True)
+    await s.close()
+    records = locate("jp", url(pg_schema), tmp_path)[0]
+    engine = create(records)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE \"{pg_schema}\".sekisho_store_version SET version_num = '0999'"))
+    newer = "schema revision 0999, which this sekisho does not know"
+    with pytest.raises(StoreMisconfigured, match=newer) as refused:
+        await Stores.open(regions, tmp_path, audit=sink)
+    assert "db upgrade" not in str(refused.value)
+    with pytest.raises(StoreMisconfigured, match="a newer version of sekisho migrated it"):
+        upgrade(engine, records)
+    engine.dispose()
 
 
 async def test_postgres_store_of_another_region_is_refused(

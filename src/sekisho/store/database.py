@@ -27,9 +27,11 @@ from sekisho.store.schema import store_marker
 Role = Literal["records", "keyring"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-# The newest migration in MIGRATIONS/versions (a test keeps the two equal). Known without
-# Alembic, so that a gateway whose stores are up to date never imports it (about 20 MB).
-HEAD = "0001"
+# Every migration in MIGRATIONS/versions, oldest first, and the newest of them (a test keeps
+# them equal to Alembic's). Known without Alembic, so that a gateway whose stores are up to date
+# never imports it (about 20 MB), and so that a store a newer sekisho migrated is told apart.
+REVISIONS = ("0001",)
+HEAD = REVISIONS[-1]
 VERSION_TABLE = "sekisho_store_version"
 DEFAULT_SCHEMA = "sekisho"
 REGION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -169,6 +171,14 @@ def alembic_head() -> str:
     return str(heads[0])
 
 
+def alembic_revisions() -> tuple[str, ...]:
+    """Every revision as Alembic reads it from the migration scripts, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    walked = ScriptDirectory(str(MIGRATIONS)).walk_revisions()  # newest first
+    return tuple(str(script.revision) for script in reversed(list(walked)))
+
+
 def current(engine: Engine, location: Location) -> str | None:
     """The store's schema revision, or None for an empty store."""
     with engine.connect() as conn:
@@ -220,10 +230,24 @@ def upgrade(engine: Engine, location: Location) -> tuple[str | None, str]:
         ) from None
 
 
+def _refuse_newer(rev: str | None, location: Location) -> None:
+    """A store a newer sekisho migrated is never migrated back, nor served by this one (its
+    records may be sealed or laid out in ways this version would take for damage)."""
+    if rev is not None and rev not in REVISIONS:
+        raise StoreMisconfigured(
+            f"The {location.role} store of region {location.region!r} at {location.display} is at "
+            f"schema revision {rev}, which this sekisho does not know (it knows "
+            f"{', '.join(REVISIONS)}): a newer version of sekisho migrated it. A store is never "
+            "migrated back: run that newer version again (going back to a backup from before "
+            "the upgrade: operations.md, Upgrading)"
+        )
+
+
 def _upgrade(engine: Engine, location: Location) -> tuple[str | None, str]:
     before = current(engine, location)
     if before == HEAD:
         return before, HEAD  # up to date: Alembic is not even imported
+    _refuse_newer(before, location)
     from alembic import command
 
     with engine.begin() as conn:
@@ -236,6 +260,7 @@ def _upgrade(engine: Engine, location: Location) -> tuple[str | None, str]:
             )
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"'))
         before = _current_in(conn, location)  # another process may have just finished
+        _refuse_newer(before, location)
         if before != HEAD:
             command.upgrade(_alembic_config(conn, location.schema), "head")
     return before, head()
@@ -273,6 +298,7 @@ def check_schema(engine: Engine, location: Location) -> None:
             f"{location.display}: {_reason(exc)}"
         ) from None
     want = head()
+    _refuse_newer(rev, location)
     if rev != want:
         raise StoreMisconfigured(
             f"The {location.role} store of region {location.region!r} at {location.display} is at "

@@ -14,7 +14,8 @@ class StoreError(ServiceUnavailable):
 
 
 class StoreMisconfigured(StoreError):
-    """A store belongs to another region, two regions share a store, or the schema is behind."""
+    """A store belongs to another region, two regions share a store, or the schema is behind (or
+    at a revision a newer sekisho made)."""
 
     code = "store_misconfigured"
 
