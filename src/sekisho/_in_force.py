@@ -7,6 +7,8 @@ in the ledger like a reload through the admin API.
 start together: an exclusive ``flock`` on the file makes the first one compare, record and
 write, and the others find the digests already there. The entries are made before the file
 is written, so a start that fails between the two records the change again, never not at all.
+A data directory a version before this file ran (an upgrade) has none: what was in force is
+then what the ledger last shows for each tenant, so a policy the upgrade changed is recorded too.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+import orjson
+
+if TYPE_CHECKING:
+    from sekisho.ledger.storage import Storage
 
 log = logging.getLogger("sekisho.app")
 
@@ -26,6 +33,8 @@ FILE = "policies-in-force.json"
 
 # (tenant, digest before or None, digest now or None) -> the ledger's admin entry
 Record = Callable[[str, str | None, str | None], Awaitable[None]]
+# Each tenant's digest as the ledger last shows it (None: a tenant removed), read in a thread
+History = Callable[[], Mapping[str, str | None]]
 
 
 @contextlib.contextmanager
@@ -41,6 +50,11 @@ def _locked(path: Path) -> Iterator[IO[str]]:
         else:
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
         yield f
+
+
+def _is_empty(f: IO[str]) -> bool:
+    f.seek(0)
+    return not f.read().strip()
 
 
 def _read(f: IO[str]) -> dict[str, str] | None:
@@ -71,14 +85,17 @@ async def reconcile(
     digests: Mapping[str, str],
     record: Record,
     previous: Mapping[str, str] | None = None,
+    history: History | None = None,
 ) -> list[str]:
     """Compare ``digests`` (tenant -> policy digest in force now) with the file, ``record``
     each tenant whose policy differs (added and removed tenants included), then remember
     ``digests``. Where the file holds nothing, compare with ``previous`` (what this process
-    served until a reload); with neither (the first start), nothing is recorded. Return the
-    tenants recorded. The file is read and written in a thread: a stalled disk does not stall
-    the event loop. A file that cannot be opened or written (a read-only or full disk) is
-    logged and compared as if empty: a reload's change is still recorded, from ``previous``."""
+    served until a reload); with neither, with ``history`` (what the ledger last shows: a data
+    directory from before this file), each tenant it names; with none (the first start),
+    nothing is recorded. Return the tenants recorded. The file is read and written in a thread:
+    a stalled disk does not stall the event loop. A file that cannot be opened or written (a
+    read-only or full disk) is logged and compared as if empty: a reload's change is still
+    recorded, from ``previous``."""
     lock = _locked(data_dir / FILE)
     try:
         f = await asyncio.to_thread(lock.__enter__)  # may wait for another worker
@@ -92,7 +109,20 @@ async def reconcile(
         except OSError as exc:
             log.warning("cannot read %s (%s)", data_dir / FILE, exc.strerror or exc)
             stored = None
-        changed = await _record_changes(stored, previous, digests, record)
+        # Absent (not damaged: nothing is invented from a file sekisho did not write), and a
+        # ledger to ask: a data directory a version before this file ran.
+        if (
+            stored is None
+            and previous is None
+            and history is not None
+            and await asyncio.to_thread(_is_empty, f)
+        ):
+            shown = await asyncio.to_thread(history)
+            changed = sorted(t for t in shown if shown[t] != digests.get(t))
+            for tenant in changed:
+                await record(tenant, shown[tenant], digests.get(tenant))
+        else:
+            changed = await _record_changes(stored, previous, digests, record)
         if stored != dict(digests):
             try:
                 await asyncio.to_thread(_write, f, digests)
@@ -116,3 +146,42 @@ async def _record_changes(
     for tenant in changed:
         await record(tenant, before.get(tenant), digests.get(tenant))
     return changed
+
+
+def shown_by_ledger(
+    storage: Storage, tenants: Collection[str], chunk: int = 10_000
+) -> dict[str, str | None]:
+    """Each tenant's policy digest as the ledger last shows it: its newest decision entry, or a
+    newer policy reload or start entry (whose ``to`` is None for a tenant removed). Read newest
+    first until every tenant in ``tenants`` is found or the log's start is reached; tenants met
+    on the way that are not in ``tenants`` are given too. Once per data directory: the first
+    start after an upgrade from a version before policies-in-force.json."""
+    shown: dict[str, str | None] = {}
+    end = storage.tree_size()
+    while end > 0 and not all(t in shown for t in tenants):
+        start = max(0, end - chunk)
+        for _, leaf, _, _, kind in reversed(storage.scan(start, end)):
+            if kind not in ("decision", "admin"):
+                continue
+            try:
+                entry = orjson.loads(leaf)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            tenant: object = None
+            digest: object = None
+            if kind == "decision":
+                tenant, digest = entry.get("tenant"), entry.get("policy_digest")
+            elif entry.get("action") in ("policy.reload", "policy.start"):
+                target, details = entry.get("target"), entry.get("details")
+                if isinstance(target, str) and target.startswith("tenant/"):
+                    tenant = target.removeprefix("tenant/")
+                    digest = details.get("to") if isinstance(details, dict) else None
+                    digest = digest if isinstance(digest, str) else None
+            if isinstance(tenant, str) and (digest is None or isinstance(digest, str)):
+                if kind == "decision" and digest is None:
+                    continue
+                shown.setdefault(tenant, digest)
+        end = start
+    return shown

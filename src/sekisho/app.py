@@ -255,10 +255,14 @@ class Gateway:
             await supervisor.wait_at_gate(gate, self.supervisor_pid)
         # A policy that changed while the gateway was stopped, or that the --workers supervisor
         # reloaded (its new workers), is in the ledger as a reload through the admin API is.
+        ledger = self.ledger
         await in_force.reconcile(
             cfg.data_dir,
             {n: p.digest for n, p in cfg.policies.items()},
             self._policy_entry("policy.reload" if gate is not None else "policy.start"),
+            history=lambda: (
+                in_force.shown_by_ledger(ledger.storage, cfg.policies) if ledger is not None else {}
+            ),
         )
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)

@@ -840,6 +840,40 @@ def test_workers_of_a_killed_supervisor_drain_and_exit_and_the_next_start_cleans
         sims.stop()
 
 
+def test_a_policy_an_upgrade_changed_is_recorded_on_a_data_directory_from_before_the_record(
+    tmp_path: Path,
+) -> None:
+    """A data directory an older sekisho ran has no policies-in-force.json: the first start of
+    the new version compares with the digest the ledger's entries last show (it recorded
+    nothing, and a policy the upgrade changed was in no admin entry)."""
+    sims = Simulators(demo_sim_specs()).start()
+    config = write_config(tmp_path / "sekisho.yaml", sims.config())
+    in_force = tmp_path / "data" / "policies-in-force.json"
+    g = ServeProcess(config, tmp_path / "data")
+    try:
+        g.start()
+        first = digest_now(g, g.key("demo"))
+        g.stop()
+        in_force.unlink()  # as a version before the file left the data directory
+        edit_config(config, stricter)  # the upgrade brings another policy (a new pack, a rule)
+        g.start()
+        second = digest_now(g, g.key("demo"))
+        assert second != first
+        auditor = g.key("demo", role="auditor")
+        changes = [json.loads(e) for _, e in ledger_entries(g, auditor) if b'"policy.' in e]
+        assert [(e["action"], e["target"], e["details"]) for e in changes] == [
+            ("policy.start", "tenant/demo", {"from": first, "to": second})
+        ]
+        g.stop()
+        in_force.unlink()
+        g.start()  # the policy the ledger last shows is the one in force: nothing to record
+        changes = [json.loads(e) for _, e in ledger_entries(g, auditor) if b'"policy.' in e]
+        assert len(changes) == 1
+    finally:
+        g.stop()
+        sims.stop()
+
+
 def test_a_reload_in_a_worker_whose_supervisor_is_gone_says_so(gw: Harness) -> None:
     """A worker of `serve --workers N` left without its supervisor: the reload answers what
     happened (it had failed with a 500, after swapping the policy in that one worker)."""
