@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 import sekisho
@@ -133,6 +134,25 @@ async def test_verify_fails_a_receipt_whose_request_id_or_extra_fields_no_proof_
         assert out.returncode == 1 and said in out.stderr, (receipt, out.stdout, out.stderr)
         assert "verified" not in out.stdout.lower()
     assert run("verify", str(data_dir / "receipt-0.json"), "--key", verifier).returncode == 0
+
+
+async def test_a_receipt_with_fields_a_newer_gateway_added_is_said_to_need_a_newer_verify(
+    keyed_data_dir: tuple[Path, str],
+) -> None:
+    # An auditor's sekisho older than the gateway: the proof holds, but the entry carries a
+    # field added since. Told as that (and what to do), not as a damaged entry.
+    data_dir, verifier = keyed_data_dir
+    signer = load_signer(data_dir / "keys" / "ledger.key")
+    ledger = await Ledger.open(str(data_dir), signer, origin=ORIGIN)
+    later = {**decision("cli-new").to_json(), "added_later": "x"}
+    await ledger.append(orjson.dumps(later, option=orjson.OPT_SORT_KEYS))
+    await ledger.append(outcome("cli-new"))
+    (data_dir / "newer.json").write_text(json.dumps(ledger.receipt("cli-new")))
+    await ledger.close()
+    out = run("verify", str(data_dir / "newer.json"), "--key", verifier)
+    assert out.returncode == 1
+    assert "decision entry has fields this sekisho does not know ('added_later')" in out.stderr
+    assert "check it with a version at least as new as the gateway's" in out.stderr
 
 
 async def test_kept_checkpoints_link_old_and_new_tree_heads(

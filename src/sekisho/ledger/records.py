@@ -288,6 +288,16 @@ def parse_record(data: bytes) -> Record:
         )
     else:
         raise RecordError(f"record kind {kind!r} is not decision, outcome or admin")
-    if record.to_bytes() != data:
+    encoded = record.to_bytes()
+    if encoded != data:
+        unknown = sorted(set(obj) - set(orjson.loads(encoded)))
+        if unknown:
+            # Fields are added to entries over releases: a verifier or auditor older than the
+            # gateway meets them. Said as such, not as a damaged entry.
+            raise RecordError(
+                f"the {kind} entry has fields this sekisho does not know "
+                f"({', '.join(map(repr, unknown))}): a newer sekisho wrote it; check it with a "
+                "version at least as new as the gateway's"
+            )
         raise RecordError("entry is not in canonical form (or has unknown fields)")
     return record
