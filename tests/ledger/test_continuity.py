@@ -71,6 +71,28 @@ async def test_an_empty_ledger_file_in_place_of_the_log_is_refused_too(tmp_path:
         await open_ledger(config)
 
 
+async def test_a_log_kept_at_another_place_than_configured_is_named_with_the_way_on(
+    tmp_path: Path,
+) -> None:
+    """`keys create --data-dir` before the first start, with ledger.url set in the config: the
+    key's entry went to the data directory's own SQLite ledger, and the start on ledger.url
+    said the ledger was "missing" and to restore it from backup."""
+    data = tmp_path / "data"
+    await _serve_once(_config(data))  # what the command run with --data-dir did
+    configured = _config(data, url=f"sqlite:///{tmp_path / 'central.sqlite3'}")
+    with pytest.raises(LedgerLost) as refused:
+        await open_ledger(configured)
+    message = str(refused.value)
+    own = str((data / "ledger.sqlite3").resolve())
+    assert f"is kept at {own}, not at" in message
+    assert f"set ledger.url to sqlite:///{own}" in message and "--config FILE" in message
+    assert "Restore the ledger from its backup" not in message
+    # Gone from where the record says too: lost, as before.
+    _lose_ledger(data)
+    with pytest.raises(LedgerLost, match="Restore the ledger from its backup"):
+        await open_ledger(configured)
+
+
 async def test_a_data_dir_from_before_the_record_counts_the_key_and_policies_in_force(
     tmp_path: Path,
 ) -> None:

@@ -146,6 +146,25 @@ def refuse_a_second_history(
     found = evidence(data_dir, key_file, traces)
     if not found:
         return
+    elsewhere = _recorded_elsewhere(data_dir, storage.location)
+    if elsewhere is not None:
+        as_url = elsewhere if "://" in elsewhere else f"sqlite:///{elsewhere}"
+        # Not lost, most likely: kept at another place than the one configured now (a `keys`
+        # or `ledger` command run with --data-dir before the first start writes to the data
+        # directory's own SQLite ledger; or ledger.url was changed).
+        raise LedgerLost(
+            f"the ledger at {storage.location} is empty, but {'; '.join(found)}: the log this "
+            f"data directory's signing key signs is kept at {elsewhere}, not at "
+            f"{storage.location}. (A `sekisho keys` or `ledger` command run with --data-dir "
+            "before the first start keeps its entries in the data directory's own SQLite "
+            "ledger; pass --config FILE to write where `serve` does.) Starting a new log here "
+            "would let the same signing key sign a second, different history, so the gateway "
+            f"did not start. Either set ledger.url to {as_url} (or remove ledger.url, if "
+            "that is the data directory's own ledger) to go on with that log; or start the "
+            f"configured ledger as a new log under a new signing key with `sekisho ledger "
+            "init --new-log --config FILE`, which retires the old key (its log stays "
+            "verifiable with the old verifier key), and publish the new verifier key"
+        )
     raise LedgerLost(
         f"the ledger at {storage.location} is missing or empty, but {'; '.join(found)}. "
         "Starting a new log there would let the same signing key sign a second, different "
@@ -155,6 +174,21 @@ def refuse_a_second_history(
         "(same --data-dir or --config), which retires the old key, and publish the new "
         "verifier key"
     )
+
+
+def _recorded_elsewhere(data_dir: Path, location: str) -> str | None:
+    """Where the record of the log in use says the log is, when that is another place than
+    ``location`` and a ledger that holds a log is there."""
+    try:
+        known = json.loads((data_dir / RECORD).read_text(encoding="utf-8"))
+        recorded = str(known["ledger"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if recorded == where(location):
+        return None
+    if "://" not in recorded and not Path(recorded).exists():
+        return None  # that one is gone too: lost, as the general message says
+    return recorded
 
 
 def where(location: str) -> str:
