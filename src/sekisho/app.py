@@ -21,7 +21,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sekisho import _in_force as in_force
-from sekisho import _reload
+from sekisho import _reload, release
 from sekisho import _serving as serving
 from sekisho import _supervisor as supervisor
 from sekisho import tls as tls_files
@@ -292,6 +292,7 @@ class Gateway:
                 "endpoints": [ep.id for ep in self.config.catalogue.endpoints],
                 "tenants": sorted(self.config.tenants),
                 "pid": os.getpid(),
+                "release": release(),
             },
         )
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sekisho import __version__
+from sekisho import release
 from sekisho._where import add_data_dir_args, config_of, data_dir
 from sekisho.errors import ConfigError, UnusableFile
 
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sekisho",
         description="sekisho (関所) — a self-hosted sovereign AI gateway.",
     )
-    parser.add_argument("--version", action="version", version=f"sekisho {__version__}")
+    parser.add_argument("--version", action="version", version=f"sekisho {release()}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the gateway")
