@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from sekisho.classify import CustomRule, Finding, Scanner, scan
+from sekisho.classify import CustomRule, Finding, Scanner, redact, scan
 
 
 def found(text: str, scanner: Scanner | None = None) -> list[tuple[str, str]]:
@@ -988,3 +988,27 @@ def test_a_marker_naming_a_government_class_carries_it(text: str, subtype: str |
 
     [label] = [f for f in Scanner().scan(text) if f.type == "CONFIDENTIAL_LABEL"]
     assert label.subtype == subtype
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("Name: Hans Müller", "Hans Müller"),
+        ("Name: José García", "José García"),
+        ("Name: François Lefèvre", "François Lefèvre"),
+        ("Name: Søren Kierkegaard", "Søren Kierkegaard"),
+        ("Name: Łukasz Nowak", "Łukasz Nowak"),
+        ("Name: Anne-Sophie Müller-Lüdenscheidt", "Anne-Sophie Müller-Lüdenscheidt"),
+        ("Dear Dr. Schäfer, thanks", "Schäfer"),
+        ("Ms. Agnès Dubois called", "Agnès Dubois"),
+        ("Mr. Jürgen Weiß called", "Jürgen Weiß"),
+        ("Dear Mr. Hans Müller, we", "Hans Müller"),
+        ("Dear Zoë,", "Zoë"),
+        ("Name: Ștefan Țurcanu", "Ștefan Țurcanu"),
+    ],
+)
+def test_a_european_name_with_accented_letters_is_one_whole_name(text: str, name: str) -> None:
+    """An EU subsidiary's text names Müller, García, Łukasz: a name cut at its first accented
+    letter ("Jos" of José) left the rest of it in a redacted prompt."""
+    assert [v for t, v in found(text) if t == "PERSON"] == [name]
+    assert name.split(" ")[-1] not in redact(text, Scanner().scan(text))

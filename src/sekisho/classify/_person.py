@@ -70,8 +70,18 @@ _CUES_JP = trie_regex(w for w in _CUE_KIND if not w.isascii())
 _CUES_EN = lazy_compile(
     lambda: trie_pattern(w for w in _CUE_KIND if w.isascii() and w != "/")[3:-1] + "|/(?=[A-Z]{2})"
 )
-_WORDCHAR = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-_BEFORE_LATIN = lazy_compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?)[ 　]?$")
+# Latin letters beyond ASCII, as European names are written (Müller, García, Łukasz, Ștefan):
+# Latin-1 Supplement, Latin Extended-A and -B (the Romanian Ș, Ț). A name read with
+# ASCII letters only was cut at its first accented one ("Jos" of José), and redaction then
+# left the rest of it.
+_EU_UPPER = "".join(c for c in map(chr, range(0xC0, 0x250)) if c.isupper())
+_EU_LOWER = "".join(c for c in map(chr, range(0xC0, 0x250)) if c.islower())
+_UP = "A-Z" + _EU_UPPER
+_LO = "a-z" + _EU_LOWER
+_WORDCHAR = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_" + _EU_UPPER + _EU_LOWER
+)
+_BEFORE_LATIN = lazy_compile(rf"([{_UP}][{_LO}]+(?: [{_UP}][{_LO}]+)?)[ 　]?$")
 _BEFORE_KATA = lazy_compile(
     rf"([{_KATA_FIRST}][{_KATA}]{{1,9}}(?:[ 　・･][{_KATA_FIRST}][{_KATA}]{{1,9}})?)[ 　]?$"
 )
@@ -92,13 +102,15 @@ _VALUE_HIRA = lazy_compile("[ぁ-ゖ]{1,12}(?:[ 　・][ぁ-ゖ]{1,12})?")
 _READING_FIELDS = frozenset({"ふりがな", "フリガナ"})
 _COLUMN_FIELDS = frozenset({"氏名", "名前", "お名前", "フリガナ", "ふりがな", "Name", "Full name"})
 _VALUE_LATIN = lazy_compile(
-    r"[A-Z][a-zA-Z'\-]{1,20}(?: [A-Z][a-zA-Z'\-]{1,20}){0,2}|[A-Z]{2,20}(?:[ /][A-Z]{2,20})"
+    rf"[{_UP}][{_LO}{_UP}'\-]{{1,20}}(?: [{_UP}][{_LO}{_UP}'\-]{{1,20}}){{0,2}}"
+    rf"|[{_UP}]{{2,20}}(?:[ /][{_UP}]{{2,20}})"
 )
 _READING = lazy_compile(
     rf"[ 　]*[(（]([ァ-ヴ][{_KATA}]{{1,11}}(?:[ 　・][ァ-ヴ][{_KATA}]{{1,11}})?)[)）]"
 )
 _SALUTATION_NAME = lazy_compile(
-    r"([A-Z][a-z'\-]{1,20}?(?: [A-Z][a-z'\-]{1,20}?)?)(?:-(?:san|sama|kun|chan))?[ \t]*(?:,|$|\n|!)"
+    rf"([{_UP}][{_LO}'\-]{{1,20}}?(?: [{_UP}][{_LO}'\-]{{1,20}}?)?)(?:-(?:san|sama|kun|chan))?"
+    r"[ \t]*(?:,|$|\n|!)"
 )
 _SELF_NAME = lazy_compile(rf"(?:の|。|\n|^)([{_KANJI}]{{1,4}}(?:[ 　][{_KANJI}]{{1,3}})?)$")
 _UPPER_RUN_BEFORE = lazy_compile(r"([A-Z]{2,20})$")
@@ -220,16 +232,16 @@ def _is_kanji(ch: str) -> bool:
     return "一" <= ch <= "龥" or (ch != "" and ch in "々〆ヶ")
 
 
-_SURNAME_AFTER = lazy_compile(r" (?:[A-Z]\. )?([A-Z][a-z]{1,20})(?![A-Za-z'])")
+_SURNAME_AFTER = lazy_compile(rf" (?:[A-Z]\. )?([{_UP}][{_LO}]{{1,20}})(?![{_UP}{_LO}'])")
 # A romanised surname written before the given name (``Tanaka Taro``, ``TANAKA Taro``): searched
 # with ``endpos`` at the given name, so ``$`` is the space before it.
-_SURNAME_BEFORE = lazy_compile(r"(?<![A-Za-z'])([A-Z][a-z]{1,15}|[A-Z]{2,15})[ 　]$")
+_SURNAME_BEFORE = lazy_compile(rf"(?<![{_UP}{_LO}'])([{_UP}][{_LO}]{{1,15}}|[A-Z]{{2,15}})[ 　]$")
 # Hepburn romanisation: syllables of Japanese (ka, shi, tsu, kyo, n ...). English names rarely
 # take this shape (``James``, ``Adam`` and ``Young`` do not), romanised Japanese names always do.
 _HEPBURN = lazy_compile(
     r"(?:(?:[kgsztdnhbpmr]y?|[fjwy]|sh|ch|ts)?(?:aa|ii|uu|ee|oo|ou|[aiueo])|n(?![aiueoy]))+"
 )
-_GIVEN_FIRST = lazy_compile(r"[A-Z][a-z]{1,15}(?= [A-Z])")
+_GIVEN_FIRST = lazy_compile(rf"[{_UP}][{_LO}]{{1,15}}(?= [{_UP}])")
 
 
 # Name cues (honorifics, titles, field labels, known names) one text may hold. Each costs tens
@@ -401,7 +413,7 @@ class PersonDetector:
                 return
         if not last:
             return
-        if "a" <= last <= "z":
+        if "a" <= last <= "z" or last in _EU_LOWER:
             latin = _BEFORE_LATIN.search(window)
             if latin is None or title:
                 return
