@@ -1012,3 +1012,27 @@ def test_a_european_name_with_accented_letters_is_one_whole_name(text: str, name
     letter ("Jos" of José) left the rest of it in a redacted prompt."""
     assert [v for t, v in found(text) if t == "PERSON"] == [name]
     assert name.split(" ")[-1] not in redact(text, Scanner().scan(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("Sehr geehrter Herr Müller,", "Müller"),
+        ("Herr Schmidt hat gestern angerufen", "Schmidt"),
+        ("Sehr geehrte Frau Weber, vielen Dank", "Weber"),
+        ("Bonjour Madame Lefèvre,", "Lefèvre"),
+        ("Monsieur Jean Dupont a appelé", "Jean Dupont"),
+        ("Mme Agnès Dubois", "Agnès Dubois"),
+        ("Mme. Dubois", "Dubois"),
+        ("Name: Herr Hans Müller", "Hans Müller"),
+    ],
+)
+def test_a_name_after_a_german_or_french_title_is_a_name(text: str, name: str) -> None:
+    """Herr, Frau, Monsieur, Madame, Mme are the titles an EU office's letters use, as Mr. and
+    Ms. are in English ones."""
+    assert [v for t, v in found(text) if t == "PERSON"] == [name]
+
+
+@pytest.mark.parametrize("text", ["Die Frau am Schalter", "Herrlich!", "Frauen und Männer"])
+def test_a_german_title_word_without_a_name_after_it_is_no_name(text: str) -> None:
+    assert found(text) == []

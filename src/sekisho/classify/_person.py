@@ -51,7 +51,14 @@ _HONORIFIC_FIRST = frozenset("様殿氏")
 # Fields whose value is a name only when written as a field ("担当：…"), not in running text.
 _LOOSE_FIELDS = frozenset({"担当", "担当者"})
 _EN_TITLES = ("Mr.", "Mrs.", "Ms.", "Dr.", "Prof.", "Mr", "Mrs", "Ms", "Dr", "Prof", "Miss",
-              "MR", "MS", "MRS")  # fmt: skip
+              "MR", "MS", "MRS",
+              # as an EU office writes them: German and French
+              "Herr", "Frau", "Monsieur", "Madame", "Mme.", "Mme", "Mlle.", "Mlle")  # fmt: skip
+# A title at the start of a field's value ("Name: Herr Hans Müller"): the title's own cue reads
+# the name after it.
+_FIELD_TITLES = frozenset(
+    {"Mr", "Mrs", "Ms", "Dr", "Prof", "Miss", "Herr", "Frau", "Monsieur", "Madame", "Mme", "Mlle"}
+)
 _OURS = ("弊社の", "当社の", "弊行の", "当行の", "弊所の")
 _SELF = ("と申します",)  # "アクメの田中と申します": a self-introduction names the writer
 _CUE_KIND: dict[str, str] = {
@@ -559,7 +566,7 @@ class PersonDetector:
         if value is None:
             return
         words = value.group().replace("/", " ").split(" ")
-        if words[0] in _LATIN_STOP or words[0] in ("Mr", "Mrs", "Ms", "Dr", "Prof", "Miss"):
+        if words[0] in _LATIN_STOP or words[0] in _FIELD_TITLES:
             return
         if label in _SALUTATIONS:
             # "Dear Priya," / "Hi Sarah": the name is the word(s) before the comma.
