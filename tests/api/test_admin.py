@@ -567,3 +567,42 @@ async def test_a_signed_in_persons_acts_name_their_pseudonym_in_the_ledger(env: 
     for actor, _action, target, details in env.audit.records:
         assert "hanako" not in f"{actor} {target} {details}"
         assert actor == "oidc-3f2a9c01b7de"
+
+
+async def test_usage_of_a_tenant_abroad_defaults_to_its_own_month_and_today(
+    tmp_path: Path,
+) -> None:
+    """A tenant with its own limits.timezone records usage under its own days (Kiritimati,
+    UTC+14, is always a day or two ahead of Pago Pago, UTC-11): asked for that tenant, the
+    report's default range ends on the tenant's today, where it ended on the gateway's and
+    left out what the tenant used today."""
+    from sekisho.identity import Principal
+
+    keys = KeyStore(tmp_path / "identity.db")
+    limiter = Limiter(
+        tenants={"acme": LimitsSpec(timezone="Pacific/Kiritimati"), "globex": None},
+        defaults=GatewayLimitsSpec.model_validate({"timezone": "Pacific/Pago_Pago"}),
+        usage=SQLiteUsage(tmp_path / "usage.db"),
+    )
+
+    async def reload() -> dict[str, Any]:
+        return {}
+
+    api = AdminAPI(
+        keys=keys,
+        authenticator=Authenticator(keys, None),
+        limiter=limiter,
+        usage=None,
+        tenants={"acme": Tenant("acme"), "globex": Tenant("globex")},
+        reload_policy=reload,
+        audit=Audit(),
+    )
+    tokens = {role: keys.create("acme", role=role, name=role)[0] for role in ROLES}
+    env = Env(api, keys, Audit(), limiter, [], tokens)
+    p = Principal(tenant="acme", key_id="cccccccccccc", role="app")
+    await limiter.settle(await limiter.admit(p, "gpt-4o", 0), 7, 1)
+    for role, query in [("auditor", "tenant=acme"), ("tenant-admin", "")]:
+        status, data, _ = await env.call("GET", "/usage", role, query=query)
+        assert status == 200
+        assert [(r["tenant"], r["requests"]) for r in data["data"]] == [("acme", 1)], role
+    await limiter.close()

@@ -238,3 +238,26 @@ def test_key_acts_find_the_ledger_serve_keeps_however_its_data_directory_was_wri
         assert main(["keys", "create", "--tenant", "demo", "--data-dir", str(data)]) == 1
         assert f"the gateway's ledger is {other}" in capsys.readouterr().err
     assert len(KeyStore(data / "identity.db").list("demo")) == 7
+
+
+def test_usage_of_a_tenant_abroad_ends_on_today_in_its_own_zone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tenant with its own limits.timezone records usage under its own days, so its report
+    ends on its today, not the gateway's."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    import yaml
+
+    from harness import example_config
+
+    raw = example_config()
+    raw["server"]["data_dir"] = str(tmp_path / "data")
+    raw.setdefault("limits", {})["timezone"] = "Pacific/Pago_Pago"  # UTC-11
+    raw["tenants"]["demo"]["limits"] = {"timezone": "Pacific/Kiritimati"}  # UTC+14: a day on
+    cfg = tmp_path / "sekisho.yaml"
+    cfg.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    assert run("usage", "--config", str(cfg), "--tenant", "demo") == 0
+    today = dt.datetime.now(ZoneInfo("Pacific/Kiritimati")).date()
+    assert capsys.readouterr().out.splitlines()[0].endswith(str(today))

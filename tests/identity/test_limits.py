@@ -315,3 +315,38 @@ async def test_a_signed_in_subjects_per_key_limits_are_per_tenant() -> None:
         await lim.admit(dave("demo"), "m", 1)
     await refused(lim, dave("demo"))
     await lim.admit(dave("beta"), "m", 1)  # its own bucket in beta
+
+
+async def test_a_tenant_abroad_has_its_days_in_its_own_zone(tmp_path: Path) -> None:
+    """A gateway in Tokyo serving an EU subsidiary: the Japanese tenant's day starts at
+    Tokyo's midnight, the German tenant's at Berlin's (its budget renews then, and its usage
+    is recorded under Berlin's date), where every tenant had the gateway's one zone."""
+    clock = Clock(T0 - 9 * 3600)  # 2025-01-31 14:59 UTC: 23:59 in Tokyo, 15:59 in Berlin
+    defaults = GatewayLimitsSpec.model_validate({"timezone": "Asia/Tokyo"})
+    tenants = {
+        "acme-jp": LimitsSpec.model_validate({"tokens_per_day": 10}),
+        "acme-eu": LimitsSpec.model_validate({"tokens_per_day": 10, "timezone": "Europe/Berlin"}),
+    }
+    usage = SQLiteUsage(tmp_path / "usage.db")
+    lim = Limiter(tenants=tenants, defaults=defaults, usage=usage, clock=clock)
+    jp, eu = key("acme-jp"), key("acme-eu", "bbbbbbbbbbbb")
+    await lim.settle(await lim.admit(jp, "m", 10), 5, 5)
+    await lim.settle(await lim.admit(eu, "m", 10), 5, 5)
+    assert (await refused(lim, jp, 1)).headers["Retry-After"] == "60"
+    assert (await refused(lim, eu, 1)).headers["Retry-After"] == str(8 * 3600 + 60)
+    assert lim.today("acme-jp") == "2025-01-31" and lim.today("acme-eu") == "2025-01-31"
+    clock.now += 60  # 00:00 on 1 February in Tokyo, 16:00 on 31 January in Berlin
+    await lim.settle(await lim.admit(jp, "m", 10), 5, 5)
+    await refused(lim, eu, 1)
+    assert lim.today("acme-jp") == "2025-02-01" and lim.today("acme-eu") == "2025-01-31"
+    clock.now += 8 * 3600  # Berlin's midnight
+    await lim.settle(await lim.admit(eu, "m", 10), 5, 5)
+    await usage.flush()
+
+    async def requests(tenant: str, day: date) -> int:
+        return sum(r.requests for r in await usage.query(day, day, tenant=tenant))
+
+    jan31, feb1 = date(2025, 1, 31), date(2025, 2, 1)
+    assert (await requests("acme-jp", jan31), await requests("acme-jp", feb1)) == (1, 1)
+    assert (await requests("acme-eu", jan31), await requests("acme-eu", feb1)) == (1, 1)
+    await lim.close()

@@ -619,10 +619,12 @@ class AdminAPI:
         if self.usage is None:
             raise ServiceUnavailable("Usage is not recorded by this gateway.", code="no_usage")
         q = req.query
-        today = date.fromisoformat(self.limiter.today()) if self.limiter else date.today()
+        tenant, key_ids = q.get("tenant"), None
+        # One tenant's report: its own days (a tenant abroad has its own zone).
+        zone_of = tenant if tenant is not None else (None if allows(p, P.USAGE_READ) else p.tenant)
+        today = date.fromisoformat(self.limiter.today(zone_of)) if self.limiter else date.today()
         since = _date(q.get("since"), "since") or today.replace(day=1)
         until = _date(q.get("until"), "until") or today
-        tenant, key_ids = q.get("tenant"), None
         if q.get("key_id"):
             key_ids = {q["key_id"]}
         if not allows(p, P.USAGE_READ):

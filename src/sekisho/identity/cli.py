@@ -110,8 +110,8 @@ async def _usage(args: argparse.Namespace) -> int:
 
     config = config_of(args)
     if config is not None:
-        # The gateway's own day (limits.timezone), where it keeps its usage (redis:, its
-        # namespace), and only tenants and models it has: what `--config` promises.
+        # The gateway's own day (limits.timezone, or the tenant's), where it keeps its usage
+        # (redis:, its namespace), and only tenants and models it has: what `--config` promises.
         limits = config.model.limits
         if not args.redis and config.model.redis:
             args.redis = config.model.redis
@@ -130,7 +130,10 @@ async def _usage(args: argparse.Namespace) -> int:
             return 2
         from zoneinfo import ZoneInfo
 
-        today = dt.datetime.now(ZoneInfo(limits.timezone)).date()
+        # One tenant's report is in its own days (tenants.NAME.limits.timezone).
+        own = config.tenants[args.tenant].limits if args.tenant is not None else None
+        zone = own.timezone if own is not None and own.timezone else limits.timezone
+        today = dt.datetime.now(ZoneInfo(zone)).date()
     else:
         today = dt.datetime.now(dt.UTC).date()
     try:

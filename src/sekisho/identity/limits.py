@@ -6,7 +6,8 @@ Two kinds of limit:
   once, refilled continuously at limit/60 per second (as OpenAI's own limits behave). Each is one
   number per key in the store (the "theoretical arrival time").
 * **budgets** (``tokens_per_day``, ``tokens_per_month``) are counters of calendar windows in
-  ``limits.timezone``; they reset at local midnight and on the first of the month.
+  the tenant's zone (``tenants.NAME.limits.timezone``, else ``limits.timezone``); they reset at
+  local midnight and on the first of the month. Usage is recorded under the tenant's day.
 
 ``admit`` charges the request and its *estimated* tokens to every applicable limit atomically
 (all or nothing); ``settle`` replaces the estimate with the real usage and records usage per
@@ -355,7 +356,7 @@ class Limiter:
         self.backend: Backend = backend or MemoryBackend(clock)
         self.usage = usage
         self._clock = clock
-        self._calendar = _Calendar(self.defaults.timezone)
+        self._calendars: dict[str, _Calendar] = {}  # by zone: a tenant abroad has its own
         self._seeded: set[str] = set()  # budget counters started from the recorded usage
 
     async def _seed(self, checks: Sequence[Check], principal: Principal, now: float) -> None:
@@ -367,7 +368,7 @@ class Limiter:
         fresh = [c for c in checks if c.mode == BUDGET and c.counter not in self._seeded]
         if not fresh:
             return
-        cal = self._calendar.at(now)
+        cal = self._calendar(principal.tenant).at(now)
         today = date.fromisoformat(cal.day)
         for c in fresh:
             self._seeded.add(c.counter)
@@ -392,8 +393,21 @@ class Limiter:
             None if tenant is None or tenant.unlimited else tenant,
         )
 
+    def _calendar(self, tenant: str) -> _Calendar:
+        """The tenant's days and months: in its own zone (tenants.NAME.limits.timezone), else
+        in the gateway's (limits.timezone)."""
+        spec = self.tenants.get(tenant)
+        return self._zone(spec.timezone if spec is not None and spec.timezone else None)
+
+    def _zone(self, zone: str | None) -> _Calendar:
+        zone = zone or self.defaults.timezone
+        cal = self._calendars.get(zone)
+        if cal is None:
+            cal = self._calendars[zone] = _Calendar(zone)
+        return cal
+
     def checks(self, principal: Principal, now: float) -> tuple[list[Check], str]:
-        cal = self._calendar.at(now)
+        cal = self._calendar(principal.tenant).at(now)
         out: list[Check] = []
         key_quota, tenant_quota = self.quotas(principal)
         # An API key belongs to one tenant; a signed-in subject may act for several (its
@@ -496,8 +510,10 @@ class Limiter:
                 max(0, completion_tokens),
             )
 
-    def today(self) -> str:
-        return self._calendar.at(self._clock()).day
+    def today(self, tenant: str | None = None) -> str:
+        """Today's date in the tenant's zone (without one: in the gateway's)."""
+        cal = self._zone(None) if tenant is None else self._calendar(tenant)
+        return cal.at(self._clock()).day
 
     async def close(self) -> None:
         if self.usage is not None:  # first: its last counters go through the backend's client

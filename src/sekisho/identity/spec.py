@@ -194,13 +194,16 @@ class Quota(_Spec):
         description="Tokens (prompt + completion) per minute, refilled continuously",
     )
     tokens_per_day: int | None = Field(
-        default=None, ge=1, le=_MOST, description="Token budget per calendar day (limits.timezone)"
+        default=None,
+        ge=1,
+        le=_MOST,
+        description="Token budget per calendar day (the tenant's limits.timezone)",
     )
     tokens_per_month: int | None = Field(
         default=None,
         ge=1,
         le=_MOST,
-        description="Token budget per calendar month (limits.timezone)",
+        description="Token budget per calendar month (the tenant's limits.timezone)",
     )
 
     @property
@@ -223,6 +226,18 @@ class LimitsSpec(Quota):
         default=None,
         description="Limits for each key (or OIDC subject) of this tenant; beats limits.per_key",
     )
+    timezone: str | None = Field(
+        default=None,
+        description=(
+            "Zone whose midnight starts this tenant's days and months (e.g. Europe/Berlin for "
+            "a tenant abroad): its budgets and usage days; absent: limits.timezone"
+        ),
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return value if value is None else _known_zone(value)
 
 
 class GatewayLimitsSpec(_Spec):
@@ -244,10 +259,14 @@ class GatewayLimitsSpec(_Spec):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone {value!r} (use an IANA name like Asia/Tokyo)"
-            ) from None
-        return value
+        return _known_zone(value)
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r} (use an IANA name like Asia/Tokyo or Europe/Berlin)"
+        ) from None
+    return value
