@@ -53,11 +53,26 @@ _LOOSE_FIELDS = frozenset({"担当", "担当者"})
 _EN_TITLES = ("Mr.", "Mrs.", "Ms.", "Dr.", "Prof.", "Mr", "Mrs", "Ms", "Dr", "Prof", "Miss",
               "MR", "MS", "MRS",
               # as an EU office writes them: German and French
-              "Herr", "Frau", "Monsieur", "Madame", "Mme.", "Mme", "Mlle.", "Mlle")  # fmt: skip
+              "Herr", "Herrn", "Frau", "Monsieur", "Madame", "Mme.", "Mme", "Mlle.",
+              "Mlle")  # fmt: skip
 # A title at the start of a field's value ("Name: Herr Hans Müller"): the title's own cue reads
 # the name after it.
 _FIELD_TITLES = frozenset(
-    {"Mr", "Mrs", "Ms", "Dr", "Prof", "Miss", "Herr", "Frau", "Monsieur", "Madame", "Mme", "Mlle"}
+    {
+        "Mr",
+        "Mrs",
+        "Ms",
+        "Dr",
+        "Prof",
+        "Miss",
+        "Herr",
+        "Herrn",
+        "Frau",
+        "Monsieur",
+        "Madame",
+        "Mme",
+        "Mlle",
+    }
 )
 _OURS = ("弊社の", "当社の", "弊行の", "当行の", "弊所の")
 _SELF = ("と申します",)  # "アクメの田中と申します": a self-introduction names the writer
