@@ -278,3 +278,20 @@ def test_gdpr_an_identification_number_is_personal_data(kind: str) -> None:
     d = decide(GDPR, {kind: 1})
     assert d.level is Level.CONFIDENTIAL
     assert "eu-gdpr/transfer-data-centre" in rules_excluding(d, "us-east")
+
+
+def test_an_endpoint_whose_data_centre_is_declared_in_the_eu_is_at_home_for_both_packs() -> None:
+    """EU is accepted as a jurisdiction (a provider's EU data boundary names no member state),
+    yet eu-gdpr took an endpoint in EU for a third country (jurisdiction.country=EU, legal
+    bases recorded: none) and jp-appi for a country the PPC does not designate: every member
+    state is in the EEA, and the PPC designates each of them."""
+    in_eu = endpoint(
+        "eu-boundary",
+        jurisdiction={"country": "EU", "region": "eu-data-boundary"},
+        operator={"name": "Rechenzentrum GmbH", "country": "DE"},
+    )
+    catalogue = Catalogue([in_eu])
+    gdpr = compile_for({"extends": ["eu-gdpr"]}, home="DE", catalogue=catalogue)
+    assert decide(gdpr, {"EMAIL": 1}, catalogue=catalogue).eligible_ids == ("eu-boundary",)
+    appi = compile_for({"extends": ["jp-appi"]}, home="JP", catalogue=catalogue)
+    assert decide(appi, {"PERSON": 1}, catalogue=catalogue).eligible_ids == ("eu-boundary",)
