@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +120,29 @@ def test_each_tenants_records_are_kept_in_its_own_regions_store_only(gateway: Ha
             db.close()
         assert marker == (region, region.upper())
     assert kept == {"de": {"acme-eu"}, "jp": {"acme-jp"}}
+
+
+def test_a_data_subject_request_finds_the_eu_tenants_records_by_its_own_identifiers(
+    gateway: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GDPR Art. 15/17: the subsidiary's DPO finds a person's records by the phone number its
+    pattern found and by a name written with accents, in the German store."""
+    from sekisho.cli import main
+
+    eu = client(gateway, "acme-eu")
+    eu.chat.completions.create(
+        model="gpt-4o",
+        messages=[
+            {"role": "user", "content": f"Bitte Herrn José García unter {PHONE_DE} anrufen."}
+        ],
+    )
+    config = tmp_path / "sekisho.yaml"
+    config.write_text(yaml.safe_dump(gateway.raw, allow_unicode=True), encoding="utf-8")
+    base = ["--config", str(config), "--tenant", "acme-eu", "--actor", "dpo@acme.eu"]
+    for given, kind in [(["--type", "CUSTOM", "--value", PHONE_DE], "CUSTOM"),
+                        (["--name", "José García"], "PERSON")]:  # fmt: skip
+        assert main(["subject", "find", *base, *given]) == 0
+        out = capsys.readouterr().out
+        assert re.search(rf"^[1-9][0-9]* record\(s\) of tenant acme-eu mention this {kind}$",
+                         out, re.M), out  # fmt: skip
+        assert re.search(r"^rec_\S+  de  ", out, re.M), out  # kept in region de
