@@ -1026,6 +1026,8 @@ def test_a_european_name_with_accented_letters_is_one_whole_name(text: str, name
         ("Mme. Dubois", "Dubois"),
         ("Name: Herr Hans Müller", "Hans Müller"),
         ("Bitte Herrn José García zurückrufen.", "José García"),
+        ("Kontakt: Herr Dr. Müller", "Müller"),  # the title after the title is no name
+        ("Sehr geehrte Frau Prof. Dr. Weber,", "Weber"),
     ],
 )
 def test_a_name_after_a_german_or_french_title_is_a_name(text: str, name: str) -> None:

@@ -647,9 +647,13 @@ class PersonDetector:
         while pos < len(text) and text[pos] in " \t":
             pos += 1
         value = _VALUE_LATIN.match(text, pos)
-        if value is not None and value.group().split(" ")[0] not in _LATIN_STOP:
-            out.append(Finding(PERSON, value.start(), value.end(), 0.85))
-            return
+        if value is not None:
+            first = value.group().split(" ")[0]
+            if first in _FIELD_TITLES:
+                return  # "Herr Dr. Müller": the next title's cue reads the name
+            if first not in _LATIN_STOP:
+                out.append(Finding(PERSON, value.start(), value.end(), 0.85))
+                return
         kanji = _VALUE_KANJI.match(text, pos)
         if kanji is not None:
             out.append(Finding(PERSON, kanji.start(), kanji.end(), 0.75))
