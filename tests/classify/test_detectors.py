@@ -1039,3 +1039,32 @@ def test_a_name_after_a_german_or_french_title_is_a_name(text: str, name: str) -
 @pytest.mark.parametrize("text", ["Die Frau am Schalter", "Herrlich!", "Frauen und Männer"])
 def test_a_german_title_word_without_a_name_after_it_is_no_name(text: str) -> None:
     assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "date"),
+    [
+        ("Geburtsdatum: 12.04.1985", "12.04.1985"),
+        ("Frau Weber, geb. 12.04.1985, wohnhaft in Berlin", "12.04.1985"),
+        ("Er wurde geboren am 03.11.1979 in Köln.", "03.11.1979"),
+        ("Date de naissance : 12/04/1985", "12/04/1985"),
+        ("Mme Dubois, née le 12/04/1985", "12/04/1985"),
+        ("M. Martin, né le 01/02/1970", "01/02/1970"),
+    ],
+)
+def test_a_date_after_a_german_or_french_birth_cue_is_a_date_of_birth(text: str, date: str) -> None:
+    assert ("DATE_OF_BIRTH", date) in found(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Lieferdatum: 12.04.2025",
+        "Rechnung vom 12.04.2025, gebucht",
+        "Date de livraison : 12/04/2025",
+        "angeboren seit 01.01.2000",  # congenital: a cue inside another word is none
+        "stubborn since 01.01.2000",
+    ],
+)
+def test_a_date_after_no_birth_cue_in_german_or_french_is_no_date_of_birth(text: str) -> None:
+    assert [t for t, _ in found(text) if t == "DATE_OF_BIRTH"] == []

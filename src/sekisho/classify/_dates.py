@@ -42,6 +42,9 @@ _CUES_BEFORE = (
     "生年月日", "誕生日", "Date of Birth", "Date of birth", "date of birth", "DATE OF BIRTH",
     "Birth Date", "Birth date", "birth date", "Birthdate", "birthdate", "Birthday", "birthday",
     "DOB", "D.O.B.", "D.O.B", "Born on", "born on", "Born", "born",
+    # as an EU office writes them: German and French
+    "Geburtsdatum", "Geb.-Datum", "geboren am", "geboren", "Geboren", "geb.",
+    "Date de naissance", "date de naissance", "né le", "née le", "Né le", "Née le",
 )  # fmt: skip
 _CUES_AFTER = ("生まれ", "生", "誕生")
 _CUE = trie_regex(_CUES_BEFORE + _CUES_AFTER)
@@ -196,10 +199,16 @@ def _product_is_born(text: str, end: int) -> bool:
     return False
 
 
+def _latin_letter(ch: str) -> bool:
+    return ch.isalpha() and ch < "\u0250"
+
+
 def detect_birth_dates(text: str, out: list[Finding]) -> None:
     rows = range(0)  # the rows of the last table read
     for cue in _CUE.finditer(text):
         word = cue.group()
+        if word[0].isascii() and cue.start() and _latin_letter(text[cue.start() - 1]):
+            continue  # angeboren, stubborn: the cue is inside another word
         if word not in _AFTER and cue.start() not in rows and ("," in text or "\t" in text):
             # 社員番号,氏名,生年月日 / 1001,田中 太郎,1988/05/14: the column under the heading
             rows, cells = column_under(text, cue.start(), cue.end())
