@@ -1068,3 +1068,40 @@ def test_a_date_after_a_german_or_french_birth_cue_is_a_date_of_birth(text: str,
 )
 def test_a_date_after_no_birth_cue_in_german_or_french_is_no_date_of_birth(text: str) -> None:
     assert [t for t, _ in found(text) if t == "DATE_OF_BIRTH"] == []
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "+49 30 12345678",
+        "+49 (0)30 1234 5678",
+        "+49 151 23456789",
+        "+4915123456789",
+        "+33 1 42 68 53 00",
+        "+33 6 12 34 56 78",
+        "+44 20 7946 0958",
+        "+1 212-555-0100",
+        "+353 1 234 5678",
+        "+39 06 1234 5678",
+    ],
+)
+def test_a_phone_number_in_international_form_outside_japan_is_phone_intl(number: str) -> None:
+    """An EU office writes its numbers +49 or +33: they went upstream unseen, PHONE_JP being
+    Japan's numbering plan only."""
+    assert found(f"Telefon: {number}") == [("PHONE_INTL", number)]
+    assert found(f"Rückruf unter {number} bitte") == [("PHONE_INTL", number)]
+    assert found("TEL +81 3-1234-5678") == [("PHONE_JP", "+81 3-1234-5678")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Umsatz +1 200 000 EUR gegenüber Vorjahr",  # an amount with a sign, grouped by threes
+        "Kurs +12 345 678",
+        "+0 12 3456 7890",  # no country code starts with 0
+        "+49 30",  # too short for a number
+        "Version +1.2.3.4",
+    ],
+)
+def test_a_signed_amount_or_a_short_run_after_a_plus_is_no_phone_number(text: str) -> None:
+    assert [t for t, _ in found(text) if t.startswith("PHONE")] == []

@@ -22,6 +22,7 @@ from sekisho.config import load_config
 from sekisho.policy.cli import cmd_test
 
 PHONE_DE = "+49 30 12345678"
+TAX_ID = "Steuer-ID: 12 345 678 901"
 
 
 def test_the_eu_example_loads_with_each_tenant_in_its_own_region(tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def test_eu_personal_data_never_reaches_an_endpoint_the_gdpr_pack_excludes(
     message = body["message"]
     assert "eu-gdpr/transfer-data-centre" in message
     assert "jurisdiction.country=US (legal bases recorded: none)" in message
-    assert "CUSTOM" in message
+    assert "PHONE_INTL" in message
     assert gateway.bytes_received()["reasoning-uswest"] == 0
     # Without personal data the same model serves the subsidiary.
     fine = eu.chat.completions.create(
@@ -125,21 +126,21 @@ def test_each_tenants_records_are_kept_in_its_own_regions_store_only(gateway: Ha
 def test_a_data_subject_request_finds_the_eu_tenants_records_by_its_own_identifiers(
     gateway: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """GDPR Art. 15/17: the subsidiary's DPO finds a person's records by the phone number its
-    pattern found and by a name written with accents, in the German store."""
+    """GDPR Art. 15/17: the subsidiary's DPO finds a person's records by a phone number
+    abroad, by the tax id its own pattern found and by a name written with accents, in the
+    German store."""
     from sekisho.cli import main
 
     eu = client(gateway, "acme-eu")
     eu.chat.completions.create(
         model="gpt-4o",
-        messages=[
-            {"role": "user", "content": f"Bitte Herrn José García unter {PHONE_DE} anrufen."}
-        ],
+        messages=[{"role": "user", "content": f"Herrn José García ({TAX_ID}) unter {PHONE_DE}"}],
     )
     config = tmp_path / "sekisho.yaml"
     config.write_text(yaml.safe_dump(gateway.raw, allow_unicode=True), encoding="utf-8")
     base = ["--config", str(config), "--tenant", "acme-eu", "--actor", "dpo@acme.eu"]
-    for given, kind in [(["--type", "CUSTOM", "--value", PHONE_DE], "CUSTOM"),
+    for given, kind in [(["--phone", "+49 (0)30 1234 5678"], "PHONE_INTL"),
+                        (["--type", "CUSTOM", "--value", TAX_ID], "CUSTOM"),
                         (["--name", "José García"], "PERSON")]:  # fmt: skip
         assert main(["subject", "find", *base, *given]) == 0
         out = capsys.readouterr().out

@@ -295,3 +295,15 @@ def test_an_endpoint_whose_data_centre_is_declared_in_the_eu_is_at_home_for_both
     assert decide(gdpr, {"EMAIL": 1}, catalogue=catalogue).eligible_ids == ("eu-boundary",)
     appi = compile_for({"extends": ["jp-appi"]}, home="JP", catalogue=catalogue)
     assert decide(appi, {"PERSON": 1}, catalogue=catalogue).eligible_ids == ("eu-boundary",)
+
+
+@pytest.mark.parametrize("pack", ["eu-gdpr", "jp-appi"])
+def test_a_phone_number_abroad_is_personal_data_under_both_packs(pack: str) -> None:
+    """+49 30 12345678 is a person's number as 090-1234-5678 is: PHONE_INTL makes a request
+    confidential and keeps it from an endpoint abroad with no transfer basis."""
+    policy = compile_for({"extends": [pack]}, home="DE" if pack == "eu-gdpr" else "JP")
+    d = decide(policy, {"PHONE_INTL": 1})
+    assert d.level is Level.CONFIDENTIAL
+    assert f"{pack}/foreign-data-centre" in rules_excluding(d, "us-east") or (
+        f"{pack}/transfer-data-centre" in rules_excluding(d, "us-east")
+    )

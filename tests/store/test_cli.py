@@ -695,3 +695,33 @@ def test_an_old_kek_version_is_listed_and_retired_once_no_data_key_needs_it(
     assert _kept(data, "req-a") is not None  # nothing needed it: every record still reads
     assert retire(1) == 1
     assert "no KEK version 1 to retire" in capsys.readouterr().err
+
+
+def test_subject_find_by_a_phone_number_abroad(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--phone +49 … looks for the PHONE_INTL the classifier indexed, however the number was
+    written (+49 (0)30 …, 0049 30 …), where it answered that it is not a Japanese number."""
+    from sekisho.store.identifiers import normalise
+
+    written = ("+49 (0)30 1234 5678", "+49 30 12345678", "0049 30 12345678", "+49-30-1234-5678")
+    same = {normalise("PHONE_INTL", v) for v in written}
+    assert same == {"493012345678"}
+
+    async def kept() -> None:
+        s = await Stores.open(
+            {"jp": Region("JP")},
+            config_file.parent / "data",
+            audit=Sink(),
+            tenants={"demo": Tenant("jp", FULL_7)},
+        )
+        found = (("PHONE_INTL", "+49 (0)30 1234 5678"),)  # as the prompt wrote it
+        await s.for_tenant("demo", "jp").put(exchange(request_id="req-eu", identifiers=found))
+        await s.close()
+
+    asyncio.run(kept())
+    base = ["--tenant", "demo", "--actor", "dpo@example.eu"]
+    assert run(config_file, "subject", "find", *base, "--phone", "+49 30 12345678") == 0
+    assert "1 record(s) of tenant demo mention this PHONE_INTL" in capsys.readouterr().out
+    assert run(config_file, "subject", "find", *base, "--phone", "+49 30") == 1
+    assert "8 to 15 digits" in capsys.readouterr().err

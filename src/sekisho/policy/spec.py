@@ -36,6 +36,7 @@ KNOWN_FINDING_TYPES: frozenset[str] = frozenset(
         "MY_NUMBER",
         "CORPORATE_NUMBER",
         "PHONE_JP",
+        "PHONE_INTL",
         "POSTAL_CODE_JP",
         "PASSPORT_JP",
         "DRIVER_LICENSE_JP",

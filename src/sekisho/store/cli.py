@@ -31,8 +31,10 @@ from sekisho.store.identifiers import (
     MY_NUMBER,
     PERSON,
     PHONE,
+    PHONE_INTL,
     IdentifierError,
     check_query,
+    is_phone_abroad,
 )
 from sekisho.store.spec import RetentionSpec, retention_of
 from sekisho.store.stores import AuditSink, Stores, validate_regions
@@ -266,6 +268,8 @@ def _subject(args: argparse.Namespace) -> subjects.Subject:
             "by ps; pass --my-number - to type it (not echoed) or pipe it in",
             file=sys.stderr,
         )
+    if id_type == PHONE and is_phone_abroad(value):
+        id_type = PHONE_INTL  # --phone +49 30 12345678: a number outside Japan
     check_query(id_type, value)  # before anything is searched or recorded
     return subjects.Subject(args.tenant, id_type, value)
 

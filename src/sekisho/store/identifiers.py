@@ -30,6 +30,7 @@ def digits_of(value: str) -> str:
 
 EMAIL = "EMAIL"
 PHONE = "PHONE_JP"
+PHONE_INTL = "PHONE_INTL"
 MY_NUMBER = "MY_NUMBER"
 PERSON = "PERSON"
 
@@ -72,6 +73,8 @@ def normalise(id_type: str, value: str) -> str:
     check_type(id_type)
     if id_type == PHONE:
         out = _phone(value)
+    elif id_type == PHONE_INTL:
+        out = _phone_intl(value)
     elif id_type in _DIGIT_TYPES:
         out = digits_of(value)
     elif id_type == EMAIL:
@@ -110,6 +113,24 @@ def _phone(value: str) -> str:
     return digits
 
 
+def _phone_intl(value: str) -> str:
+    """A phone number outside Japan as its country code and number: ``+49 (0)30 1234 5678``,
+    ``+49 30 12345678`` and ``0049 30 12345678`` are one number (the trunk 0 in brackets is not
+    dialled from abroad, 00 is the international prefix)."""
+    folded = _SPACES.sub("", fold(value).strip())
+    digits = digits_of(folded.replace("(0)", ""))
+    if folded.startswith("00"):
+        digits = digits[2:]
+    return digits
+
+
+def is_phone_abroad(value: str) -> bool:
+    """Is this phone number written in international form with a country code other than
+    Japan's (+49 …, 0049 …)? Such a number is a PHONE_INTL, not a PHONE_JP."""
+    folded = _SPACES.sub("", fold(value).strip()).lstrip("(")
+    return folded.startswith(("+", "00")) and not folded.startswith(("+81", "0081"))
+
+
 def check_query(id_type: str, value: str) -> None:
     """A data-subject request's identifier, checked the way the classifier checks what it
     indexes: a typo (a My Number with a wrong check digit, a phone of one digit, a type that
@@ -134,6 +155,8 @@ def check_query(id_type: str, value: str) -> None:
         problem = "a card number is 13 to 19 digits that pass the Luhn check"
     elif id_type == PHONE and not (form.startswith("0") and 10 <= len(form) <= 11):
         problem = "a Japanese phone number is 10 or 11 digits from 0 (or +81 and the rest)"
+    elif id_type == PHONE_INTL and not 8 <= len(form) <= 15:
+        problem = "a phone number abroad is its country code and number, 8 to 15 digits (+49 …)"
     elif id_type == "POSTAL_CODE_JP" and len(form) != 7:
         problem = "a postal code is 7 digits"
     elif id_type == EMAIL:
