@@ -1105,3 +1105,64 @@ def test_a_phone_number_in_international_form_outside_japan_is_phone_intl(number
 )
 def test_a_signed_amount_or_a_short_run_after_a_plus_is_no_phone_number(text: str) -> None:
     assert [t for t, _ in found(text) if t.startswith("PHONE")] == []
+
+
+SHARED_ACCESS_KEY = "Xk9pL2mN8qR4sT6uV1wY3zA5bC7dE0fG2hJ4kL6mN8o="
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("JWT_SECRET=9c1f0e8b7a6d5c4b3a29180f7e6d5c4b", "9c1f0e8b7a6d5c4b3a29180f7e6d5c4b"),
+        ("SESSION_SECRET=kd83Jd92nLq0Zx7Vb4Mn", "kd83Jd92nLq0Zx7Vb4Mn"),
+        ("export API_KEY='3f8a9c2e7b1d4f6a0e5c9b8d'", "3f8a9c2e7b1d4f6a0e5c9b8d"),
+        ("SECRET_KEY=django-insecure-9x#k2$m@p!q7r&s*t", "django-insecure-9x#k2$m@p!q7r&s*t"),
+        ("HF_TOKEN=hf_aBcDeFgHiJkLmNoPqRsTuVwXyZ01234567", "hf_aBcDeFgHiJkLmNoPqRsTuVwXyZ01234567"),
+        (
+            '  client_secret: "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"',
+            "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",
+        ),
+        ('{"apiKey": "pk9Xq2LmN8pQ7rS6tU5vW4"}', "pk9Xq2LmN8pQ7rS6tU5vW4"),
+        ("access_token = 'ya29.a0AfH6SMBx3kq9Lm2Np8Qr'", "ya29.a0AfH6SMBx3kq9Lm2Np8Qr"),
+        ("curl -H 'X-API-Key: 7f3k9Xz2TmW8pL5vR1yB' https://api", "7f3k9Xz2TmW8pL5vR1yB"),
+        (
+            "Ocp-Apim-Subscription-Key: 0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+            "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+        ),
+        (
+            "Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=Root;"
+            f"SharedAccessKey={SHARED_ACCESS_KEY}",
+            SHARED_ACCESS_KEY,
+        ),
+        (
+            f"HostName=acme.azure-devices.net;DeviceId=d1;SharedAccessKey={SHARED_ACCESS_KEY};x=1",
+            SHARED_ACCESS_KEY,
+        ),
+    ],
+)
+def test_a_credential_under_a_secret_key_or_token_name_is_a_secret(text: str, value: str) -> None:
+    # .env files, YAML, JSON and HTTP headers name their credentials *_SECRET, *_TOKEN,
+    # *_API_KEY, X-API-Key, SharedAccessKey: the value is a secret whatever its own shape.
+    assert found(text) == [("SECRET", value)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "TOKEN_EXPIRY=3600",
+        "JWT_SECRET_EXPIRES_IN=7d",
+        "API_KEY=your-api-key-here",
+        "SECRET_KEY=${SECRET_KEY}",
+        "GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}",
+        "api_key = os.environ['API_KEY']",
+        "token: string",
+        "max_tokens=4096",
+        "SharedAccessKeyName=RootManageSharedAccessKey",
+        "STRIPE_PUBLISHABLE_KEY=pk_test_51MzQbKJH28d7fGhT0pLxYz9",
+        "TOP SECRET: the launch plan for 2025",
+        "secret_key = get_random_secret_key()",
+        "MAIL_PASSWORD=",
+    ],
+)
+def test_a_secret_name_without_a_credential_is_no_secret(text: str) -> None:
+    assert [value for type_, value in found(text) if type_ == "SECRET"] == []

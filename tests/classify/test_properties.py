@@ -471,3 +471,35 @@ def test_a_valid_my_number_grouped_by_fours_is_found_without_a_cue(
     if width:
         value = value.translate(FULL_WIDTH)
     assert _spans(f"{before}{value}{after}", "MY_NUMBER") == [value]
+
+
+@SETTINGS
+@given(
+    st.text(alphabet=string.ascii_letters + string.digits + "_-+/.~", min_size=12, max_size=64),
+    st.sampled_from(
+        [
+            "JWT_SECRET",
+            "CLIENT_SECRET",
+            "SECRET_KEY",
+            "SLACK_BOT_TOKEN",
+            "API_KEY",
+            "x-api-key",
+            "apiKey",
+            "client_secret",
+            "access_token",
+            "SharedAccessKey",
+        ]
+    ),
+    st.sampled_from(["=", ": ", " = "]),
+    st.sampled_from(["", '"', "'"]),
+)
+def test_a_value_with_letters_and_digits_under_a_credential_name_is_a_secret(
+    value: str, key: str, sep: str, quote: str
+) -> None:
+    from sekisho.classify._secrets import _PASSWORD_PLACEHOLDER, _PLACEHOLDER
+
+    assume(any(c.isdigit() for c in value) and any(c.isalpha() for c in value))
+    assume(value[-1] not in ".~-" and not _PLACEHOLDER.search(value))
+    assume(not _PASSWORD_PLACEHOLDER.fullmatch(value))
+    text = f"{key}{sep}{quote}{value}{quote}\n"
+    assert [text[f.start : f.end] for f in scan(text) if f.type == "SECRET"] == [value]

@@ -137,6 +137,34 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
         rf"{_PASSWORD_VALUE}",
     ),
     ("password", ("パスワード",), rf"パスワード(?<![A-Za-z0-9]パスワード){_PASSWORD_VALUE}"),
+    # A credential under a name that says so, whatever its own shape: JWT_SECRET=…,
+    # client_secret: …, SLACK_BOT_TOKEN=…, "apiKey": "…", X-API-Key: …, an Azure Service Bus or
+    # IoT Hub SharedAccessKey=…. One pattern per casing of the name's last word, each led by
+    # it; the words before it (the look-behinds) say which keys hold credentials.
+    ("generic_secret", ("SECRET",), rf"SECRET(?:_?KEY(?:_BASE)?)?{_PASSWORD_VALUE}"),
+    ("generic_secret", ("Secret",), rf"Secret(?:_?Key)?{_PASSWORD_VALUE}"),
+    ("generic_secret", ("secret",), rf"secret(?:_?[Kk]ey(?:_base)?)?{_PASSWORD_VALUE}"),
+    ("generic_secret", ("TOKEN",), rf"TOKEN{_PASSWORD_VALUE}"),
+    ("generic_secret", ("Token",), rf"Token{_PASSWORD_VALUE}"),
+    ("generic_secret", ("token",), rf"token{_PASSWORD_VALUE}"),
+    (
+        "generic_secret",
+        ("KEY", "_ACCESS_KEY"),
+        r"KEY(?:(?<=API_KEY)|(?<=APIKEY)|(?<=API-KEY)|(?<=ACCESS_KEY)|(?<=MASTER_KEY)"
+        rf"|(?<=SIGNING_KEY)|(?<=ENCRYPTION_KEY)){_PASSWORD_VALUE}",
+    ),
+    (
+        "generic_secret",
+        ("Key",),
+        r"Key(?:(?<=[Aa]piKey)|(?<=AP[Ii]-Key)|(?<=[Aa]pi-Key)|(?<=[Aa]ccessKey)"
+        rf"|(?<=Subscription-Key)|(?<=[Mm]asterKey)){_PASSWORD_VALUE}",
+    ),
+    (
+        "generic_secret",
+        ("key", "_access_key"),
+        r"key(?:(?<=api_key)|(?<=apikey)|(?<=api-key)|(?<=access_key)|(?<=master_key)"
+        rf"|(?<=signing_key)|(?<=encryption_key)){_PASSWORD_VALUE}",
+    ),
     # The scheme is case-insensitive (RFC 6750): "authorization: bearer …" is as common.
     (
         "bearer_token",
@@ -169,7 +197,10 @@ SECRET_GATES_JP: frozenset[str] = frozenset(
     w for _, gate, _ in _PATTERNS for w in gate if not w.isascii()
 )
 
-_PASSWORDS = frozenset({"password", "connection_string_password"})
+_PASSWORDS = frozenset({"password", "connection_string_password", "generic_secret"})
+# A value under a credential's name is one when it is long enough and holds a letter and a
+# digit: TOKEN_TYPE=Bearer, API_KEY=none, SECRET=true are settings.
+_GENERIC_MIN = 12
 # Values that are documentation or templates, not credentials (passwords: see below).
 _PLACEHOLDER = lazy_compile(
     r"(?i)example|x{4,}|\*{3,}|\.{3}|<|>|\$\{|\{\{|%s|your|placeholder|redacted|dummy|sample|"
@@ -234,6 +265,7 @@ _SCORES = {
     "connection_string_password": 0.9,
     "password": 0.8,
     "bearer_token": 0.85,
+    "generic_secret": 0.85,
 }
 
 
@@ -331,13 +363,26 @@ def detect_secrets(text: str, out: list[Finding], present: frozenset[str] | None
             start, end = match.span(group) if group is not None else match.span()
             start -= _VALUE_BEFORE.get(subtype, 0)
             if subtype in _PASSWORDS:
-                if group == "v" and subtype == "password":
+                if group == "v" and subtype != "connection_string_password":
                     end = _unquoted_end(text, start, end)
+                    last = text[end - 1 : end]
+                    if (
+                        subtype == "generic_secret"
+                        and last in "'\""
+                        and text.count(last, start, end) == 1
+                    ):
+                        end -= 1  # the closing quote of a header in a shell: -H 'X-API-Key: …'
                     if end - start < 4:
                         continue
                 if _PASSWORD_PLACEHOLDER.fullmatch(text, start, end):
                     continue
                 value = text[start:end]
+                if subtype == "generic_secret" and not (
+                    end - start >= _GENERIC_MIN
+                    and any(c.isdigit() for c in value)
+                    and any(c.isalpha() for c in value)
+                ):
+                    continue
             else:
                 value = text[start:end]
                 if _PLACEHOLDER.search(value):
@@ -350,5 +395,6 @@ def detect_secrets(text: str, out: list[Finding], present: frozenset[str] | None
                 continue  # "sk-this-is-a-long-hyphenated-word" is prose, not a key
             # A quoted value after a password key is the password whatever it looks like
             # (password = "taro@example.jp" is a secret, not an e-mail address).
-            score = _QUOTED_PASSWORD if group in ("vd", "vs") else _SCORES[subtype]
+            quoted = group in ("vd", "vs") and subtype == "password"
+            score = _QUOTED_PASSWORD if quoted else _SCORES[subtype]
             out.append(Finding(SECRET, start, end, score, subtype))

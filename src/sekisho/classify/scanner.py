@@ -68,10 +68,11 @@ _PERSON_ONLY = frozenset({PERSON})
 # character is a memchr): a GitHub token has "_", an API key "sk-" and a Slack token a "-", a
 # password (or accountKey) is followed by ":", "=" or "：", a lower-case bearer token by an
 # "authorization:" header; "name" is a person cue and "birth", "born", "geb" (geboren, geb.)
-# and "naissance" are birth-date cues.
+# and "naissance" are birth-date cues. A credential's name (client_secret, access_token,
+# api_key) is followed by ":" or "=" too.
 _GITHUB_WORDS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
 _DASH_WORDS = ("k-", "xox", "xapp-")
-_PASSWORD_WORDS = ("pass", "pwd", "countKey")  # and accountKey's: all followed by : or =
+_PASSWORD_WORDS = ("pass", "pwd", "countKey", "secret", "token", "key")  # all before : or =
 _BEARER = "bearer"
 _PLAIN_WORDS = ("name", "birth", "born", "geb", "naissance")
 _NAME_CUE = "name"  # the one lower-case word whose places matter (a form field, "name: ...")
