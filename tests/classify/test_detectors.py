@@ -579,6 +579,26 @@ def test_romanised_addresses_are_found_in_either_order(address: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "address",
+    [
+        # Districts written with their direction: Nishi-Shinjuku, Kita-Aoyama, Higashi-Ikebukuro
+        "2-21-1 Kita-Shinjuku, Shinjuku-ku, Tokyo",
+        "Nishi-Shinjuku 2-8-1, Shinjuku-ku, Tokyo",
+        "Tokyo-to Toshima-ku Higashi-Ikebukuro 3-1-1",
+        # The floor and a building of several words before the block
+        "3F Tokyo Building, 2-7-3 Marunouchi, Chiyoda-ku, Tokyo",
+        "5F Shinjuku Front Tower, 2-21-1 Kita-Shinjuku, Shinjuku-ku, Tokyo",
+        # A ward of a designated city: the city, then the prefecture
+        "1-1-1 Minatomirai, Nishi-ku, Yokohama, Kanagawa",
+        "1-1 Chuo, Aoba-ku, Sendai, Miyagi",
+    ],
+)
+def test_romanised_addresses_in_english_documents_are_whole(address: str) -> None:
+    text = f"registered office at {address} 100-0005, Japan"
+    assert [v for t, v in found(text) if t == "ADDRESS_JP"] == [address]
+
+
+@pytest.mark.parametrize(
     ("text", "postal"),
     [
         ("部品 100-0001 を5個", None),  # a part number, not a postal code

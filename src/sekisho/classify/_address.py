@@ -195,15 +195,24 @@ ROMAN_GATE = ("-ku", "-shi", "-cho", "-machi", "-gun", "-mura")
 _KANJI = lazy_compile(r"[一-龥々ヶ]")
 _ROMAN_PREFECTURE = "(?:" + "|".join(PREFECTURES_ROMAN) + r")(?:-(?:to|fu|ken|do))?\b"
 _ROMAN_WARD = r"[A-Z][a-z]+-(?:ku|shi|cho|machi|gun|mura)\b"
-_ROMAN_AREA = r"[A-Z][a-z]+(?:-[a-z]+)?"
+# A district, with its direction when it has one: Shiba, Kita-Shinjuku, Ebisu-minami.
+_ROMAN_AREA = r"[A-Z][a-z]+(?:-[A-Za-z][a-z]+)?"
 _ROMAN_BLOCK = r"\d{1,4}(?:-\d{1,4}){1,3}(?![\d-])"
+# After the ward: the prefecture, or a designated city and its prefecture (Nishi-ku, Yokohama,
+# Kanagawa).
+_ROMAN_AFTER_WARD = (
+    rf"(?:,?\s{_ROMAN_WARD})+(?:,?\s[A-Z][a-z]+,?\s{_ROMAN_PREFECTURE}|,?\s{_ROMAN_PREFECTURE})?"
+)
 _ROMAN = lazy_compile(
-    # 1-2-3 Marunouchi, Chiyoda-ku, Tokyo (the English order, a building or room before it)
+    # 1-2-3 Marunouchi, Chiyoda-ku, Tokyo (the English order, a floor, a building of up to
+    # four words or a room before it: 5F Shinjuku Front Tower, 2-21-1 …)
     r"(?:(?:(?:Room|Apt\.?|Suite|Unit|#)\s?\d{1,4},?\s)?"
-    r"(?:[A-Z][A-Za-z]+ (?:Bldg\.?|Building|Tower|Heights|Mansion|Hills)(?:\s?\d{1,3}F)?,?\s)?"
-    rf"{_ROMAN_BLOCK},?\s{_ROMAN_AREA}(?:,?\s{_ROMAN_WARD})+(?:,?\s{_ROMAN_PREFECTURE})?"
+    r"(?:\d{1,3}F,?\s)?"
+    r"(?:(?:[A-Z][A-Za-z]+ ){1,3}(?:Bldg\.?|Building|Tower|Heights|Mansion|Hills)"
+    r"(?:\s?\d{1,3}F)?,?\s)?"
+    rf"{_ROMAN_BLOCK},?\s{_ROMAN_AREA}{_ROMAN_AFTER_WARD}"
     # Marunouchi 1-2-3, Chiyoda-ku, Tokyo
-    rf"|{_ROMAN_AREA}\s{_ROMAN_BLOCK}(?:,?\s{_ROMAN_WARD})+(?:,?\s{_ROMAN_PREFECTURE})?"
+    rf"|{_ROMAN_AREA}\s{_ROMAN_BLOCK}{_ROMAN_AFTER_WARD}"
     # Tokyo-to Chiyoda-ku Marunouchi 1-2-3 (the Japanese order)
     rf"|(?:{_ROMAN_PREFECTURE},?\s)?(?:{_ROMAN_WARD},?\s)+{_ROMAN_AREA},?\s{_ROMAN_BLOCK})"
 )
