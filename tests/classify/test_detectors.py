@@ -599,6 +599,22 @@ def test_romanised_addresses_in_english_documents_are_whole(address: str) -> Non
 
 
 @pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("We are located in Shibuya-ku, Tokyo.", "Shibuya-ku, Tokyo"),
+        ("Nagoya-shi, Aichi 460-0001", "Nagoya-shi, Aichi"),
+        ("Tokyo is a great city.", None),
+        ("The Shinjuku Front Tower opened.", None),
+    ],
+)
+def test_a_romanised_ward_and_prefecture_alone_are_an_address_as_in_japanese(
+    text: str, address: str | None
+) -> None:
+    # 東京都渋谷区 alone is an address (0.6); so is Shibuya-ku, Tokyo.
+    assert [v for t, v in found(text) if t == "ADDRESS_JP"] == ([address] if address else [])
+
+
+@pytest.mark.parametrize(
     ("text", "postal"),
     [
         ("部品 100-0001 を5個", None),  # a part number, not a postal code

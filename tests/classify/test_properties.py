@@ -503,3 +503,20 @@ def test_a_value_with_letters_and_digits_under_a_credential_name_is_a_secret(
     assume(not _PASSWORD_PLACEHOLDER.fullmatch(value))
     text = f"{key}{sep}{quote}{value}{quote}\n"
     assert [text[f.start : f.end] for f in scan(text) if f.type == "SECRET"] == [value]
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["Minato-ku", "Shibuya-ku", "Nagoya-shi", "Kita-ku", "Chuo-ku", "Fuchu-shi"]),
+    st.sampled_from(["Tokyo", "Aichi", "Osaka", "Hokkaido", "Kanagawa", "Tokyo-to"]),
+    st.integers(0, 9_999_999),
+    st.sampled_from([", ", " "]),
+)
+def test_a_romanised_ward_and_prefecture_before_a_postal_code_keep_both(
+    ward: str, prefecture: str, postal: int, sep: str
+) -> None:
+    code = f"{postal:07d}"
+    code = f"{code[:3]}-{code[3:]}"
+    text = f"Office: {ward}{sep}{prefecture} {code}, Japan"
+    assert _spans(text, "ADDRESS_JP") == [f"{ward}{sep}{prefecture}"]
+    assert _spans(text, "POSTAL_CODE_JP") == [code]

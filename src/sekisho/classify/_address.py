@@ -197,7 +197,8 @@ _ROMAN_PREFECTURE = "(?:" + "|".join(PREFECTURES_ROMAN) + r")(?:-(?:to|fu|ken|do
 _ROMAN_WARD = r"[A-Z][a-z]+-(?:ku|shi|cho|machi|gun|mura)\b"
 # A district, with its direction when it has one: Shiba, Kita-Shinjuku, Ebisu-minami.
 _ROMAN_AREA = r"[A-Z][a-z]+(?:-[A-Za-z][a-z]+)?"
-_ROMAN_BLOCK = r"\d{1,4}(?:-\d{1,4}){1,3}(?![\d-])"
+# A postal code (NNN-NNNN) is no block: "Minato-ku, Tokyo 105-0014" ends at Tokyo.
+_ROMAN_BLOCK = r"(?!\d{3}-\d{4}(?![\d-]))\d{1,4}(?:-\d{1,4}){1,3}(?![\d-])"
 # After the ward: the prefecture, or a designated city and its prefecture (Nishi-ku, Yokohama,
 # Kanagawa).
 _ROMAN_AFTER_WARD = (
@@ -306,9 +307,19 @@ def detect_addresses(
                 covered = found.end
 
 
+# A ward (or city) and its prefecture with no block, as 東京都渋谷区 alone: Shibuya-ku, Tokyo.
+_ROMAN_WARD_ONLY = lazy_compile(rf"{_ROMAN_WARD}(?:,?\s[A-Z][a-z]+)?,?\s{_ROMAN_PREFECTURE}")
+
+
 def _roman(text: str, cue: int) -> Finding | None:
     line_start = max(text.rfind("\n", 0, cue) + 1, cue - 100)
     for match in _ROMAN.finditer(text, line_start, min(len(text), cue + 60)):
         if match.start() <= cue < match.end():
             return Finding(ADDRESS_JP, match.start(), match.end(), 0.85)
+    begin = cue
+    while begin > line_start and text[begin - 1].isalpha():
+        begin -= 1
+    ward = _ROMAN_WARD_ONLY.match(text, begin)
+    if ward is not None and ward.end() > cue and (not begin or not text[begin - 1].isalnum()):
+        return Finding(ADDRESS_JP, begin, ward.end(), 0.6)
     return None
