@@ -1202,3 +1202,26 @@ def test_a_credential_under_a_secret_key_or_token_name_is_a_secret(text: str, va
 )
 def test_a_secret_name_without_a_credential_is_no_secret(text: str) -> None:
     assert [value for type_, value in found(text) if type_ == "SECRET"] == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sakura Technologies Co., Ltd. signed the NDA.",
+        "a contract with Akira Systems Corporation",
+        "Hikari Networks Inc. and Kenji Holdings announced",
+        "Emily Labs, Grace Foundation and Daniel Group",
+        "the Beverly Hills office",
+        "Mei Solutions K.K., Tokyo",
+        "Kevin Brown Ltd",
+    ],
+)
+def test_a_company_named_like_a_person_is_no_person(text: str) -> None:
+    # Companies of Japanese partners are often named after a given name (Sakura, Akira,
+    # Hikari): the company word after it says it is a company.
+    assert [v for t, v in found(text) if t == "PERSON"] == []
+
+
+def test_a_person_beside_a_company_is_still_a_person() -> None:
+    text = "Sarah Mitchell of Brightline Analytics Inc. met Ichiro Tanaka of Sakura Technologies."
+    assert [v for t, v in found(text) if t == "PERSON"] == ["Sarah Mitchell", "Ichiro Tanaka"]

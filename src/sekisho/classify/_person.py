@@ -199,6 +199,28 @@ _LATIN_STOP = frozenset(
         "Board", "Staff", "Everyone", "Admin", "Engineering", "Legal", "HR", "IT", "Finance",
     }
 )  # fmt: skip
+# The second word of a company or place named with a given name (Sakura Technologies, Akira
+# Systems, Beverly Hills), and the legal forms that may follow a two-word company name
+# (Kevin Brown Ltd, Mei Solutions K.K.): no person's name.
+_ORG_WORDS_EN = frozenset(
+    {
+        "Technologies", "Technology", "Tech", "Systems", "Networks", "Solutions", "Labs",
+        "Laboratories", "Lab", "Group", "Holdings", "Partners", "Corporation", "Corp", "Inc",
+        "Co", "Ltd", "Bank", "Motors", "Motor", "Electric", "Electronics", "Industries",
+        "Industry", "Trading", "Software", "Consulting", "Capital", "Ventures", "Pharma",
+        "Foods", "Airlines", "Media", "Games", "Studio", "Studios", "Design", "Digital", "Cloud",
+        "Data", "Analytics", "Logistics", "Financial", "Securities", "Insurance", "Engineering",
+        "Robotics", "Medical", "Health", "Energy", "Works", "Foundation", "Institute",
+        "University", "College", "School", "Academy", "Hospital", "Clinic", "Hotel", "Hotels",
+        "Shop", "Store", "Stores", "Mart", "Records", "Press", "Publishing", "Services",
+        "Enterprises", "Associates", "International", "Global", "Japan", "Hills", "Valley",
+        "Street", "Avenue", "Building", "Tower", "Park", "Station", "Airport", "Bridge",
+    }
+)  # fmt: skip
+_ORG_AFTER = lazy_compile(
+    r",? (?:Co\.|Inc\b|Ltd\b|LLC\b|Corp\b|Corporation\b|K\.K\.|GmbH\b|plc\b|PLC\b"
+    r"|Limited\b|Holdings\b|Group\b)"
+)
 _NAME_FIELD_PREFIX_STOP = tuple(
     w.lower()
     for w in (
@@ -405,7 +427,12 @@ class PersonDetector:
                 out.append(Finding(PERSON, before.start(1), end, 0.75))
                 return
         rest = _SURNAME_AFTER.match(text, end)
-        if rest is not None and rest.group(1) not in _LATIN_STOP:
+        if (
+            rest is not None
+            and rest.group(1) not in _LATIN_STOP
+            and rest.group(1) not in _ORG_WORDS_EN
+            and _ORG_AFTER.match(text, rest.end()) is None
+        ):
             out.append(Finding(PERSON, start, rest.end(), 0.75))
 
     # -- names before an honorific or title ------------------------------------------------
