@@ -1225,3 +1225,44 @@ def test_a_company_named_like_a_person_is_no_person(text: str) -> None:
 def test_a_person_beside_a_company_is_still_a_person() -> None:
     text = "Sarah Mitchell of Brightline Analytics Inc. met Ichiro Tanaka of Sakura Technologies."
     assert [v for t, v in found(text) if t == "PERSON"] == ["Sarah Mitchell", "Ichiro Tanaka"]
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("The report was prepared by Kenta Suzuki last week.", "Kenta Suzuki"),
+        ("Please cc Ryosuke Hayashi and me.", "Ryosuke Hayashi"),
+        ("Attendees: Yuta Kimura, Haruka Ueda", "Yuta Kimura"),
+        ("Reviewer: Shohei Tanaka (QA)", "Shohei Tanaka"),
+        ("Project lead Suzuki Kenta will reply.", "Suzuki Kenta"),
+        ("Misaki Nakano joined the Osaka office.", "Misaki Nakano"),
+    ],
+)
+def test_a_romanised_japanese_name_with_a_known_surname_is_found_whatever_its_given_name(
+    text: str, name: str
+) -> None:
+    # The given-name dictionary cannot hold every Japanese given name (Kenta, Ryosuke,
+    # Shohei); a known surname and a given name written in Hepburn romanisation beside it are
+    # a name in either order.
+    assert name in [v for t, v in found(text) if t == "PERSON"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Yamada Denki opened a new store.",
+        "We buy from Ito Yokado and Kato Sangyo.",
+        "Tanaka Sensei will teach the class.",
+        "The Osaka Tanaka branch",
+        "Make Tanaka aware of it.",
+        "Note Sato is out today.",
+        "Chiba Bank and Suzuki Motor Corporation",
+        "Honda Civic and Toyota Prius",
+        "Tokyo Sato office",
+    ],
+)
+def test_a_known_surname_beside_a_company_place_or_english_word_is_no_full_name(
+    text: str,
+) -> None:
+    names = [v for t, v in found(text) if t == "PERSON"]
+    assert all(" " not in v for v in names), names

@@ -520,3 +520,54 @@ def test_a_romanised_ward_and_prefecture_before_a_postal_code_keep_both(
     text = f"Office: {ward}{sep}{prefecture} {code}, Japan"
     assert _spans(text, "ADDRESS_JP") == [f"{ward}{sep}{prefecture}"]
     assert _spans(text, "POSTAL_CODE_JP") == [code]
+
+
+_SYLLABLES = [
+    "ka",
+    "ke",
+    "ki",
+    "ko",
+    "ta",
+    "to",
+    "ya",
+    "yu",
+    "ha",
+    "hi",
+    "ru",
+    "ri",
+    "sa",
+    "shi",
+    "mi",
+    "na",
+    "no",
+    "ro",
+    "su",
+    "ke",
+    "da",
+    "ai",
+    "ei",
+    "ryo",
+    "sho",
+    "suke",
+    "hei",
+]
+_ROMAJI_SURNAMES = ["Suzuki", "Tanaka", "Watanabe", "Yamamoto", "Kobayashi", "Nakamura", "Ito"]
+
+
+@SETTINGS
+@given(
+    st.lists(st.sampled_from(_SYLLABLES), min_size=2, max_size=4),
+    st.sampled_from(_ROMAJI_SURNAMES),
+    st.booleans(),
+)
+def test_a_hepburn_given_name_beside_a_known_surname_is_a_full_name(
+    syllables: list[str], surname: str, western: bool
+) -> None:
+    from sekisho.classify._person import _ROMAJI_NOT_GIVEN, _SILENT_E
+
+    given_name = "".join(syllables).capitalize()
+    # Short words in a silent e (Make, Note) are English; company and place words are not names.
+    assume(not _SILENT_E.fullmatch(given_name.lower()) and given_name not in _ROMAJI_NOT_GIVEN)
+    name = f"{given_name} {surname}" if western else f"{surname} {given_name}"
+    text = f"The report was prepared by {name} last week."
+    assert name in _spans(text, "PERSON")

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from functools import cache
 
 from sekisho.classify import _names
+from sekisho.classify._address import PREFECTURES_ROMAN
 from sekisho.classify._lazy import lazy_compile
 from sekisho.classify._table import column_under
 from sekisho.classify._trie import trie_pattern, trie_regex
@@ -286,6 +287,57 @@ _HEPBURN = lazy_compile(
     r"(?:(?:[kgsztdnhbpmr]y?|[fjwy]|sh|ch|ts)?(?:aa|ii|uu|ee|oo|ou|[aiueo])|n(?![aiueoy]))+"
 )
 _GIVEN_FIRST = lazy_compile(rf"[{_UP}][{_LO}]{{1,15}}(?= [{_UP}])")
+# A given name not in the dictionary beside a known romanised Japanese surname (Kenta Suzuki,
+# Suzuki Kenta): a capitalised word of Hepburn syllables. Not one of these: a company's or a
+# place's word (Yamada Denki, Ito Yokado, Osaka Tanaka), an honorific (Tanaka Sensei), or an
+# English word of that shape at a sentence's start (Make Tanaka aware, Note Sato is out).
+_ROMAJI_WORD_BEFORE = lazy_compile(r"(?<![A-Za-z'.\-])([A-Z][a-z]{2,11}) $")
+_ROMAJI_WORD_AFTER = lazy_compile(r" ([A-Z][a-z]{2,11})(?![A-Za-z'\-])")
+# English words end in a silent e (Make, Note, Here, Nature, Minute); Japanese given names
+# seldom do but for -suke and -ne (Daisuke, Akane).
+_SILENT_E = lazy_compile(r"[a-z]{1,2}[^aiueo]e|[a-z]*(?:ur|ut|at|ot|om|iv|ic|id|ag|ur)e")
+_ROMAJI_NOT_GIVEN = frozenset(
+    {
+        *PREFECTURES_ROMAN, "Tokyo", "Osaka", "Kyoto", "Kobe", "Nagoya", "Sapporo", "Sendai",
+        "Yokohama", "Kawasaki", "Fukuoka", "Hiroshima", "Chiba", "Sakai", "Hamamatsu", "Okayama",
+        "Kumamoto", "Kagoshima", "Naha", "Shinjuku", "Shibuya", "Ginza", "Umeda", "Namba",
+        "Hakata", "Minato", "Chuo", "Chiyoda", "Japan", "Nippon", "Nihon",
+        "Denki", "Shoji", "Sangyo", "Kogyo", "Shoten", "Seisakusho", "Ginko", "Kensetsu",
+        "Bussan", "Seiyaku", "Shokai", "Unyu", "Kaihatsu", "Tsushin", "Tsusho", "Denko", "Kosan",
+        "Shokuhin", "Gakuen", "Byoin", "Jimusho", "Kaisha", "Kabushiki", "Sogo", "Kikai",
+        "Kasei", "Kagaku", "Denso", "Tekko", "Seiko", "Koki", "Kinzoku", "Yokado", "Kanko",
+        "Kikaku", "Hoken", "Shinkin", "Shinbun", "Shimbun", "Honten", "Shiten", "Honsha",
+        "Sensei", "Sama", "San", "Kun", "Chan", "Shacho", "Bucho", "Kacho", "Senpai", "Hakase",
+        "Sushi", "Ramen", "Sake", "Anime", "Manga", "Karaoke", "Kaizen", "Kanban", "Judo",
+        "Also", "Into", "Onto", "Undo", "Auto", "Radio", "Piano", "Data", "Area", "Idea",
+        "Media", "Beta", "Mini", "Taxi", "Menu", "Open", "Hero", "Zero", "Memo", "Demo", "Photo",
+        "Video", "Audio", "Studio", "Banana", "Agenda", "Saturn", "Venus", "Robin", "Human",
+        "Woman", "Amen", "Omen", "Token", "Hidden", "Golden", "Mission", "Union", "Onion",
+        "Kindle", "Nokia", "Mazda", "Yamaha", "Nintendo", "Sony", "Toyota", "Honda", "Nissan",
+        "Subaru", "Hitachi", "Toshiba", "Panasonic", "Fujitsu", "Mitsubishi", "Sumitomo",
+        "Mitsui", "Mizuho", "Nomura", "Daiwa", "Rakuten", "Uniqlo", "Muji", "Ricoh", "Kirin",
+        "Asahi", "Suntory", "Shiseido", "Kao", "Bandai", "Konami", "Sega", "Capcom",
+    }
+)  # fmt: skip
+
+
+_CAPITALISED = lazy_compile(r"(?<![A-Za-z])[A-Z][a-z]{1,15}(?![A-Za-z])")
+
+
+def romaji_surnames() -> frozenset[str]:
+    """The romanised Japanese surnames of the dictionary (Hepburn-shaped): trigger words."""
+    return frozenset(w for w in _names.surnames_en() if _HEPBURN.fullmatch(w.lower()))
+
+
+def _romaji_given(word: str) -> bool:
+    """Whether a capitalised word beside a surname can be a romanised Japanese given name."""
+    lower = word.lower()
+    return (
+        word not in _ROMAJI_NOT_GIVEN
+        and word not in _LATIN_STOP
+        and _HEPBURN.fullmatch(lower) is not None
+        and _SILENT_E.fullmatch(lower) is None
+    )
 
 
 # Name cues (honorifics, titles, field labels, known names) one text may hold. Each costs tens
@@ -309,9 +361,7 @@ class PersonDetector:
         self._roman = _names.romanised_upper()
         # The romanised Japanese names among the dictionaries' (Hepburn-shaped), looked up as
         # sets: the order check runs for every known given name in a text.
-        self._romaji_surnames = frozenset(
-            w for w in self._surnames_en if _HEPBURN.fullmatch(w.lower())
-        )
+        self._romaji_surnames = romaji_surnames()
         self._romaji_given = frozenset(w for w in self._given_en if _HEPBURN.fullmatch(w.lower()))
         self._full_ja = _full_name_ja()
 
@@ -345,6 +395,8 @@ class PersonDetector:
                     self._given_name(text, start, end, found)
                 elif word in self._surnames:
                     self._full_name_ja_at(text, start, found)
+                elif word in self._romaji_surnames:
+                    self._romaji_full_name(text, start, end, found)
                 continue
             if kind == "slash":
                 if text[end : end + 2].isupper() and text[end : end + 2].isascii():
@@ -384,6 +436,9 @@ class PersonDetector:
             for match in _GIVEN_FIRST.finditer(text):
                 if match.group() in self._given_en:
                     self._given_name(text, match.start(), match.end(), found)
+            for match in _CAPITALISED.finditer(text):
+                if match.group() in self._romaji_surnames:
+                    self._romaji_full_name(text, match.start(), match.end(), found)
         for finding in found:
             out.append(finding)
             after = text[finding.end : finding.end + 1]
@@ -415,8 +470,8 @@ class PersonDetector:
     def _given_name(self, text: str, start: int, end: int, out: list[Finding]) -> None:
         """``John Smith``: a known given name, then a capitalised word, with no cue. Or, in
         the Japanese order, a known romanised surname before it: ``Tanaka Taro``."""
-        if start > 0 and text[start - 1] in _WORDCHAR:
-            return
+        if (start > 0 and text[start - 1] in _WORDCHAR) or text[end : end + 1] in _WORDCHAR:
+            return  # inside a longer word: "Ken" of "Kenta" is no given name
         if start > 1 and text[start - 1] in " 　":
             before = _SURNAME_BEFORE.search(text, max(0, start - 17), start)
             if (
@@ -434,6 +489,38 @@ class PersonDetector:
             and _ORG_AFTER.match(text, rest.end()) is None
         ):
             out.append(Finding(PERSON, start, rest.end(), 0.75))
+
+    def _romaji_full_name(self, text: str, start: int, end: int, out: list[Finding]) -> None:
+        """A known romanised surname with a given name the dictionary lacks beside it:
+        ``Kenta Suzuki``, ``Suzuki Kenta``."""
+        if (start > 0 and text[start - 1] in _WORDCHAR) or text[end : end + 1] in _WORDCHAR:
+            return
+        # Plain character tests first: most known surnames stand after a lower-case word or a
+        # mark, and before one (customer Tanaka about …).
+        space = text.rfind(" ", max(0, start - 14), start - 1) if start > 3 else -2
+        if text[start - 1 : start] == " " and text[space + 1 : space + 2].isupper():
+            before = _ROMAJI_WORD_BEFORE.search(text, max(0, start - 13), start)
+            if before is not None and self._unknown_given(before.group(1)):
+                out.append(Finding(PERSON, before.start(1), end, 0.7))
+                return
+        if text[end : end + 1] == " " and text[end + 1 : end + 2].isupper():
+            after = _ROMAJI_WORD_AFTER.match(text, end)
+            if (
+                after is not None
+                and self._unknown_given(after.group(1))
+                and _ORG_AFTER.match(text, after.end()) is None
+            ):
+                out.append(Finding(PERSON, start, after.end(), 0.7))
+
+    def _unknown_given(self, word: str) -> bool:
+        # Known given names are read from their own cue (with their own checks); a known
+        # surname beside a surname is two people or a company (Tanaka Sato, Sumitomo Mitsui).
+        return (
+            word not in self._given_en
+            and word not in self._surnames_en
+            and word not in _ORG_WORDS_EN
+            and _romaji_given(word)
+        )
 
     # -- names before an honorific or title ------------------------------------------------
     def _surname_ends_at(self, text: str, end: int) -> bool:

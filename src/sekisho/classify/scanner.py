@@ -23,7 +23,7 @@ from sekisho.classify._disguise import views
 from sekisho.classify._labels import build_label_pattern, detect_labels
 from sekisho.classify._numbers import NUMBER_RUN, NumberDetector
 from sekisho.classify._person import CUE_WORDS as PERSON_CUES
-from sekisho.classify._person import PersonDetector
+from sekisho.classify._person import PersonDetector, romaji_surnames
 from sekisho.classify._secrets import SECRET_GATES, SECRET_GATES_JP, detect_secrets
 from sekisho.classify._trie import trie_regex
 from sekisho.classify._web import detect_emails, detect_ipv6
@@ -104,9 +104,10 @@ def _lower_words(text: str, dates: bool = True) -> list[str]:
 
 
 def _ascii_words() -> list[str]:
-    # Given names trigger the uncued full-name check ("John Smith"), so it costs no pass.
+    # Given names trigger the uncued full-name check ("John Smith"), romanised Japanese
+    # surnames the check of a given name beside them ("Kenta Suzuki"), so it costs no pass.
     words = (w for w in _TRIGGER_FAMILIES if w.isascii() and not w[0].islower())
-    return [*words, *_names.given_en()]
+    return [*words, *_names.given_en(), *romaji_surnames()]
 
 
 assert {w for w in _TRIGGER_FAMILIES if w.isascii() and w[0].islower()} == {
