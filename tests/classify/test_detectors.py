@@ -1266,3 +1266,31 @@ def test_a_known_surname_beside_a_company_place_or_english_word_is_no_full_name(
 ) -> None:
     names = [v for t, v in found(text) if t == "PERSON"]
     assert all(" " not in v for v in names), names
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("Customer: Michael O'Brien (michael@contoso.com)", "Michael O'Brien"),
+        ("Escalated by Sean McDonald yesterday.", "Sean McDonald"),
+        ("Signed, Anna Smith-Jones", "Anna Smith-Jones"),
+        ("Attendees: Tom Harris, Priya Raman", "Tom Harris"),
+        ("Tom Harris: Great, thanks.", "Tom Harris"),
+        ("Please ask Mike Brown and Chris Evans.", "Mike Brown"),
+        ("Please ask Mike Brown and Chris Evans.", "Chris Evans"),
+        ("Reviewed by Steve Miller and Matt Jones", "Matt Jones"),
+    ],
+)
+def test_english_names_with_short_given_names_or_prefixed_surnames_are_found(
+    text: str, name: str
+) -> None:
+    assert name in [v for t, v in found(text) if t == "PERSON"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Tom Ford Eyewear is a brand.", "Jun 2025 Report", "the Hanako Sato-san file"],
+)
+def test_short_given_names_keep_their_limits(text: str) -> None:
+    names = [v for t, v in found(text) if t == "PERSON"]
+    assert all("-" not in v and "Report" not in v and "Eyewear" not in v for v in names), names

@@ -277,7 +277,12 @@ def _is_kanji(ch: str) -> bool:
     return "一" <= ch <= "龥" or (ch != "" and ch in "々〆ヶ")
 
 
-_SURNAME_AFTER = lazy_compile(rf" (?:[A-Z]\. )?([{_UP}][{_LO}]{{1,20}})(?![{_UP}{_LO}'])")
+# A surname may have a prefix (O'Brien, McDonald, MacLeod) or two parts (Smith-Jones); a
+# hyphen before a lower-case word is an honorific's (Sato-san), outside.
+_SURNAME_AFTER = lazy_compile(
+    rf" (?:[A-Z]\. )?((?:O'|D'|Mc|Mac)?[{_UP}][{_LO}]{{1,20}}(?:-[{_UP}][{_LO}]{{1,20}})?)"
+    rf"(?![{_UP}{_LO}'])"
+)
 # A romanised surname written before the given name (``Tanaka Taro``, ``TANAKA Taro``): searched
 # with ``endpos`` at the given name, so ``$`` is the space before it.
 _SURNAME_BEFORE = lazy_compile(rf"(?<![{_UP}{_LO}'])([{_UP}][{_LO}]{{1,15}}|[A-Z]{{2,15}})[ 　]$")
