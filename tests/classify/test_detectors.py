@@ -1294,3 +1294,40 @@ def test_english_names_with_short_given_names_or_prefixed_surnames_are_found(
 def test_short_given_names_keep_their_limits(text: str) -> None:
     names = [v for t, v in found(text) if t == "PERSON"]
     assert all("-" not in v and "Report" not in v and "Eyewear" not in v for v in names), names
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Employee ID: E12345",
+        "Employee No. 12345",
+        "Employee Number: 00123",
+        "Applicant ID: 12",
+        "Patient ID: 12345",
+        "Candidate No. 7",
+        "See the Employee Handbook for details.",
+        "Log in to the Patient Portal.",
+        "Candidate Experience Survey",
+        "Applicant Tracking System",
+        "Employee Status: Active",
+        "Passenger Name Record",
+    ],
+)
+def test_a_person_noun_before_another_noun_is_no_name_field(text: str) -> None:
+    # "Employee", "Patient", "Candidate" head a field only with its colon (Employee: …); before
+    # another word they qualify it (Employee ID, Patient Portal), which is no name.
+    assert [v for t, v in found(text) if t == "PERSON"] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("Employee: Priya Raman", "Priya Raman"),
+        ("Patient: Hanako Sato", "Hanako Sato"),
+        ("Candidate: Emily Watson", "Emily Watson"),
+        ("Candidate Name: Kwame Mensah", "Kwame Mensah"),
+        ("Passenger\tKWAME/MENSAH", "KWAME/MENSAH"),
+    ],
+)
+def test_a_person_noun_with_its_colon_still_gives_the_name(text: str, name: str) -> None:
+    assert [v for t, v in found(text) if t == "PERSON"] == [name]

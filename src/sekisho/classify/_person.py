@@ -259,6 +259,13 @@ _SLASH_STOP = frozenset(
 )  # fmt: skip
 _ROMAJI_CONTEXT = ("passenger", "name", "pax", "guest", "搭乗", "旅客", "氏名", "宿泊", "名簿")
 _STRICT_FIELDS = frozenset({"From", "To", "Cc", "Contact", "Attn", "Attn.", "ATTN"})
+# English nouns for a person that head a field only with its colon or tab (Employee: …); before
+# another word they qualify it (Employee ID, Patient Portal, Passenger Name Record), and the
+# words after them are a name only where the dictionaries know one.
+_PERSON_NOUN_FIELDS = frozenset(
+    {"Employee", "Patient", "Applicant", "Candidate", "Passenger", "PASSENGER", "Name", "name",
+     "NAME", "Full name", "Full Name"}
+)  # fmt: skip
 
 
 @cache
@@ -641,6 +648,7 @@ class PersonDetector:
             return  # "To" and "From" are names only as header fields ("To: ...")
         strict = label in _STRICT_FIELDS
         explicit = ":" in text[end:pos] or "：" in text[end:pos]
+        qualifier = label in _PERSON_NOUN_FIELDS and not explicit and "\t" not in text[end:pos]
         if text[pos : pos + 1] in _HONORIFIC_FIRST:
             return  # ご契約者様: the label's honorific, not a name
         value = _VALUE_KANJI.match(text, pos)
@@ -708,14 +716,15 @@ class PersonDetector:
             if first is not None and first.group(1).split(" ")[0] not in _LATIN_STOP:
                 out.append(Finding(PERSON, first.start(1), first.end(1), 0.8))
             return
-        if strict:
+        if strict or qualifier:
             known = any(
                 w in self._given_en or w in self._surnames_en or w.upper() in self._roman
                 for w in words
             )
             line_end = text[value.end() : value.end() + 1] in ("", "\n", "\r")
             header = (
-                line_end
+                strict
+                and line_end
                 and len(words) in (2, 3)
                 and (end - len(label) == 0 or text[start - 1] == "\n")
             )
