@@ -1331,3 +1331,25 @@ def test_a_person_noun_before_another_noun_is_no_name_field(text: str) -> None:
 )
 def test_a_person_noun_with_its_colon_still_gives_the_name(text: str, name: str) -> None:
     assert [v for t, v in found(text) if t == "PERSON"] == [name]
+
+
+@pytest.mark.parametrize(
+    ("text", "date"),
+    [
+        ('{"name": "Taro", "dateOfBirth": "1985-04-03"}', "1985-04-03"),
+        ('{"dob": "1985-04-03", "plan": "gold"}', "1985-04-03"),
+        ("date_of_birth: 1985-04-03", "1985-04-03"),
+        ("user.birth_date = '1985/04/03'", "1985/04/03"),
+        ("BIRTH_DATE=1985-04-03", "1985-04-03"),
+        ("<BirthDate>1985-04-03</BirthDate>", "1985-04-03"),
+        ("customer.birthDate = LocalDate.of(1985, 4, 3); // 1985-04-03", None),
+        ("Birthday: April 3", "April 3"),
+        ("birthday: 3rd April", "3rd April"),
+        ("Adobe 2024-04-03 release notes", None),
+        ("Birthday party on April 3 at the office", None),
+    ],
+)
+def test_birth_dates_under_the_keys_of_code_and_data_are_found(text: str, date: str | None) -> None:
+    # JSON, YAML, XML and code name the field dateOfBirth, dob, birth_date, BirthDate; an
+    # English birthday may have no year, as 誕生日は4月12日 has none.
+    assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == ([date] if date else [])

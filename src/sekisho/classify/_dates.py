@@ -45,7 +45,11 @@ _CUES_BEFORE = (
     # as an EU office writes them: German and French
     "Geburtsdatum", "Geb.-Datum", "geboren am", "geboren", "Geboren", "geb.",
     "Date de naissance", "date de naissance", "né le", "née le", "Né le", "Née le",
+    # the keys of JSON, YAML, XML and code
+    "dateOfBirth", "DateOfBirth", "date_of_birth", "DATE_OF_BIRTH", "birthDate", "BirthDate",
+    "birth_date", "BIRTH_DATE", "dob", "Dob",
 )  # fmt: skip
+_WORD_CUES = frozenset({"dob", "Dob"})  # whole words only: not the dob of Adobe
 _CUES_AFTER = ("生まれ", "生", "誕生")
 _CUE = trie_regex(_CUES_BEFORE + _CUES_AFTER)
 _AFTER = frozenset(_CUES_AFTER)
@@ -60,7 +64,12 @@ _PERSON_AFTER_誕生の = (
 _MONTH_DAY = lazy_compile(
     rf"(?:[{_D}]{{1,2}}|[{_K}]{{1,2}})[ 　]?月[ 　]?(?:[{_D}]{{1,2}}|[{_K}]{{1,3}})[ 　]?日"
 )
-_MONTH_DAY_CUES = frozenset({"誕生日"})
+_MONTH_DAY_CUES = frozenset({"誕生日", "Birthday", "birthday"})
+# The same in English: April 3, Apr. 3rd, 3 April.
+_MONTH_DAY_EN = lazy_compile(
+    rf"(?:{_MONTHS})\.? [0-9]{{1,2}}(?:st|nd|rd|th)?(?![0-9A-Za-z])"
+    rf"|[0-9]{{1,2}}(?:st|nd|rd|th)? (?:{_MONTHS})\b"
+)
 _THINGS_AFTER_生まれの = tuple(
     "の" + thing
     for thing in (
@@ -218,6 +227,11 @@ def detect_birth_dates(text: str, out: list[Finding]) -> None:
                     out.append(Finding(DATE_OF_BIRTH, first, last, 0.9))
         if word == "生" and text[cue.end() : cue.end() + 1] in _NOT_BIRTH_AFTER_生:
             continue
+        if word in _WORD_CUES and (
+            text[cue.start() - 1 : cue.start()].isalpha()
+            or text[cue.end() : cue.end() + 1].isalpha()
+        ):
+            continue
         if word not in _AFTER:
             if word == "誕生日" and text.startswith(_NOT_BIRTH_AFTER_誕生日, cue.end()):
                 continue  # 誕生日会 2026年12月5日: the day of a party, not of a birth
@@ -227,12 +241,14 @@ def detect_birth_dates(text: str, out: list[Finding]) -> None:
                 if not _time_follows(text, date.end()):  # born 2024-04-12T10:00:00Z: a timestamp
                     out.append(Finding(DATE_OF_BIRTH, date.start(), date.end(), 0.9))
             elif word in _MONTH_DAY_CUES:
-                day = _MONTH_DAY.search(text, cue.end(), limit)
-                if (
-                    day is not None
-                    and _plausible_month_day(day.group())
-                    and _near(text, cue.end(), day)
-                ):
+                if word == "誕生日":
+                    day = _MONTH_DAY.search(text, cue.end(), limit)
+                    plausible = day is not None and _plausible_month_day(day.group())
+                else:
+                    day = _MONTH_DAY_EN.search(text, cue.end(), limit)
+                    number = re.search(r"[0-9]+", day.group()) if day is not None else None
+                    plausible = number is not None and 1 <= int(number.group()) <= 31
+                if day is not None and plausible and _near(text, cue.end(), day):
                     out.append(Finding(DATE_OF_BIRTH, day.start(), day.end(), 0.9))
         else:
             if word == "誕生" and _product_is_born(text, cue.end()):

@@ -48,8 +48,8 @@ _FAMILY_WORDS: dict[str, tuple[str, ...]] = {
     LABELS: ("CONFIDENTIAL", "Confidential", "INTERNAL", "Internal", "SECRET", "Secret",
              "RESTRICTED", "PROPRIETARY", "Proprietary", "DISTRIBUTE", "Distribute", "TOP SECRET",
              "Top Secret", "秘", "機密", "取扱", "取り扱", "限り", "限定", "禁止", "要配慮"),
-    BIRTH: ("Birth", "birth", "DOB", "D.O.B", "Born", "born", "生年", "生ま", "誕生", "日生",
-            "Geburt", "Geb", "geb", "naissance", "né le", "née le", "Né"),
+    BIRTH: ("Birth", "birth", "BIRTH", "DOB", "Dob", "dob", "D.O.B", "Born", "born", "生年", "生ま",
+            "誕生", "日生", "Geburt", "Geb", "geb", "naissance", "né le", "née le", "Né"),
     ADDRESS: (*ROMAN_GATE, "都", "道", "府", "県", "市", "区"),
     PERSON: (*PERSON_CUES, "/"),
 }  # fmt: skip
@@ -67,14 +67,14 @@ _PERSON_ONLY = frozenset({PERSON})
 # They are tested as substrings instead, most behind a one-character test (``in`` of a single
 # character is a memchr): a GitHub token has "_", an API key "sk-" and a Slack token a "-", a
 # password (or accountKey) is followed by ":", "=" or "：", a lower-case bearer token by an
-# "authorization:" header; "name" is a person cue and "birth", "born", "geb" (geboren, geb.)
-# and "naissance" are birth-date cues. A credential's name (client_secret, access_token,
+# "authorization:" header; "name" is a person cue and "birth", "born", "dob", "geb" (geboren,
+# geb.) and "naissance" are birth-date cues. A credential's name (client_secret, access_token,
 # api_key) is followed by ":" or "=" too.
 _GITHUB_WORDS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
 _DASH_WORDS = ("k-", "xox", "xapp-")
 _PASSWORD_WORDS = ("pass", "pwd", "countKey", "secret", "token", "key")  # all before : or =
 _BEARER = "bearer"
-_PLAIN_WORDS = ("name", "birth", "born", "geb", "naissance")
+_PLAIN_WORDS = ("name", "birth", "born", "dob", "geb", "naissance")
 _NAME_CUE = "name"  # the one lower-case word whose places matter (a form field, "name: ...")
 
 
