@@ -1353,3 +1353,58 @@ def test_birth_dates_under_the_keys_of_code_and_data_are_found(text: str, date: 
     # JSON, YAML, XML and code name the field dateOfBirth, dob, birth_date, BirthDate; an
     # English birthday may have no year, as 誕生日は4月12日 has none.
     assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == ([date] if date else [])
+
+
+SENDGRID_KEY = "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"
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "subtype"),
+    [
+        (f"sg = SendGridAPIClient('{SENDGRID_KEY}')", SENDGRID_KEY, "sendgrid_api_key"),
+        (
+            "git clone https://oauth2:glpat-Ab3dE5fG7hJ9kL1mN3pQ@gitlab.example.com/x.git",
+            "glpat-Ab3dE5fG7hJ9kL1mN3pQ",
+            "gitlab_token",
+        ),
+        (
+            "//registry.npmjs.org/:_authToken npm_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5",
+            "npm_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5",
+            "npm_token",
+        ),
+        (
+            "login(hf_aBcDeFgHiJkLmNoPqRsTuVwXyZaBcDeFgHi)",
+            "hf_aBcDeFgHiJkLmNoPqRsTuVwXyZaBcDeFgHi",
+            "huggingface_token",
+        ),
+        (
+            "the OAuth client secret is 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",
+            "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",
+            "google_oauth_client_secret",
+        ),
+        (
+            "stripe listen gave whsec_8f3kQ2mZ9pL1xV7bN4cR6tY0wE5uI2oA",
+            "whsec_8f3kQ2mZ9pL1xV7bN4cR6tY0wE5uI2oA",
+            "stripe_webhook_secret",
+        ),
+    ],
+)
+def test_tokens_of_known_services_are_secrets_wherever_they_stand(
+    text: str, value: str, subtype: str
+) -> None:
+    findings = [f for f in scan(text) if f.type == "SECRET"]
+    assert [(text[f.start : f.end], f.subtype) for f in findings] == [(value, subtype)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SG.Nq3k9Xz2 is a release tag",
+        "glpat-xxxxxxxxxxxxxxxxxxxx",
+        "the hf_hub_download function",
+        "npm_config_cache=/tmp/npm",
+        "whsec_...",
+    ],
+)
+def test_a_service_prefix_without_its_token_is_no_secret(text: str) -> None:
+    assert [v for t, v in found(text) if t == "SECRET"] == []

@@ -94,6 +94,29 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
         r"rk_(?<![A-Za-z0-9]rk_)(?:live|test)_[A-Za-z0-9]{16,99}(?![A-Za-z0-9])",
     ),
     (
+        "sendgrid_api_key",
+        ("SG.",),
+        r"SG\.(?<![A-Za-z0-9_\-.]SG\.)[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{32,64}"
+        r"(?![A-Za-z0-9_\-])",
+    ),
+    (
+        "stripe_webhook_secret",
+        ("whsec_",),
+        r"whsec_(?<![A-Za-z0-9]whsec_)[A-Za-z0-9+/]{24,64}(?![A-Za-z0-9+/])",
+    ),
+    (
+        "gitlab_token",
+        ("glpat-",),
+        r"glpat-(?<![A-Za-z0-9]glpat-)[A-Za-z0-9_\-]{20,64}(?![A-Za-z0-9_\-])",
+    ),
+    ("npm_token", ("npm_",), r"npm_(?<![A-Za-z0-9]npm_)[A-Za-z0-9]{36}(?![A-Za-z0-9])"),
+    ("huggingface_token", ("hf_",), r"hf_(?<![A-Za-z0-9]hf_)[A-Za-z0-9]{30,40}(?![A-Za-z0-9])"),
+    (
+        "google_oauth_client_secret",
+        ("GOCSPX-",),
+        r"GOCSPX-(?<![A-Za-z0-9]GOCSPX-)[A-Za-z0-9_\-]{24,40}(?![A-Za-z0-9_\-])",
+    ),
+    (
         "anthropic_api_key",
         ("k-",),
         r"sk-ant-(?<![A-Za-z0-9]sk-ant-)[A-Za-z0-9_\-]{20,200}(?![A-Za-z0-9_\-])",
@@ -265,6 +288,12 @@ _SCORES = {
     "connection_string_password": 0.9,
     "password": 0.8,
     "bearer_token": 0.85,
+    "sendgrid_api_key": 0.95,
+    "stripe_webhook_secret": 0.95,
+    "gitlab_token": 0.95,
+    "npm_token": 0.95,
+    "huggingface_token": 0.95,
+    "google_oauth_client_secret": 0.95,
     "generic_secret": 0.85,
 }
 

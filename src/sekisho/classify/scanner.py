@@ -71,7 +71,8 @@ _PERSON_ONLY = frozenset({PERSON})
 # geb.) and "naissance" are birth-date cues. A credential's name (client_secret, access_token,
 # api_key) is followed by ":" or "=" too.
 _GITHUB_WORDS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
-_DASH_WORDS = ("k-", "xox", "xapp-")
+_DASH_WORDS = ("k-", "xox", "xapp-", "glpat-")
+_UNDERSCORE_WORDS = ("npm_", "hf_", "whsec_")  # npm, Hugging Face and Stripe webhook tokens
 _PASSWORD_WORDS = ("pass", "pwd", "countKey", "secret", "token", "key")  # all before : or =
 _BEARER = "bearer"
 _PLAIN_WORDS = ("name", "birth", "born", "dob", "geb", "naissance")
@@ -98,8 +99,10 @@ def _lower_words(text: str, dates: bool = True) -> list[str]:
         found += [w for w in _PASSWORD_WORDS if w in text]
         if _BEARER in text:  # "authorization: bearer …"
             found.append(_BEARER)
-    if "_" in text and ("gh" in text or "hub_pat_" in text):  # github_pat_ holds no "gh"
-        found += [w for w in _GITHUB_WORDS if w in text]
+    if "_" in text:
+        if "gh" in text or "hub_pat_" in text:  # github_pat_ holds no "gh"
+            found += [w for w in _GITHUB_WORDS if w in text]
+        found += [w for w in _UNDERSCORE_WORDS if w in text]
     return found
 
 
@@ -113,6 +116,7 @@ def _ascii_words() -> list[str]:
 assert {w for w in _TRIGGER_FAMILIES if w.isascii() and w[0].islower()} == {
     *_GITHUB_WORDS,
     *_DASH_WORDS,
+    *_UNDERSCORE_WORDS,
     *_PASSWORD_WORDS,
     _BEARER,
     *_PLAIN_WORDS,
