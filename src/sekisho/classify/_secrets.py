@@ -256,6 +256,33 @@ _NEXT_FIELD = lazy_compile(r"[;,&](?=[ \t]*[A-Za-z_][A-Za-z0-9_.\-]{0,40}[ \t]*[
 _OPENER = {")": "(", "]": "[", "}": "{"}
 
 
+# A key that holds no credential though its name ends in Token: a page or a continuation of a
+# listing (nextPageToken, continuation_token).
+_NOT_CREDENTIAL_KEY = ("page", "continuation", "cursor")
+# Code that reads the value from elsewhere: settings.OPENAI_API_KEY_V2, config.auth.bot_token2
+# (lower-case names, then a name in one case; a token's own dots, ya29.a0AfH6…, mix cases).
+_REFERENCE = lazy_compile(
+    r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*\.(?:[a-z_][a-z0-9_]*|[A-Z_][A-Z0-9_]*)"
+)
+
+
+def _generic_value_ok(text: str, key_end: int, value: str) -> bool:
+    """Whether ``value``, under a credential's name ending at ``key_end``, is a credential."""
+    if not (
+        len(value) >= _GENERIC_MIN
+        and any(c.isdigit() for c in value)
+        and any(c.isalpha() for c in value)
+    ):
+        return False
+    if _PLACEHOLDER.search(value) or _REFERENCE.fullmatch(value):
+        return False
+    start = key_end
+    while start > max(0, key_end - 40) and (text[start - 1].isalnum() or text[start - 1] in "_-."):
+        start -= 1
+    key = text[start:key_end].lower()  # the key's own words before its last one
+    return not any(word in key for word in _NOT_CREDENTIAL_KEY)
+
+
 def _unquoted_end(text: str, start: int, end: int) -> int:
     """Where an unquoted password value that the pattern read as ``text[start:end]`` ends."""
     cut = _NEXT_FIELD.search(text, start, end)
@@ -406,10 +433,8 @@ def detect_secrets(text: str, out: list[Finding], present: frozenset[str] | None
                 if _PASSWORD_PLACEHOLDER.fullmatch(text, start, end):
                     continue
                 value = text[start:end]
-                if subtype == "generic_secret" and not (
-                    end - start >= _GENERIC_MIN
-                    and any(c.isdigit() for c in value)
-                    and any(c.isalpha() for c in value)
+                if subtype == "generic_secret" and not _generic_value_ok(
+                    text, match.start(), value
                 ):
                     continue
             else:
