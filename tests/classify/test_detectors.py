@@ -1416,3 +1416,20 @@ def test_tokens_of_known_services_are_secrets_wherever_they_stand(
 )
 def test_a_service_prefix_without_its_token_is_no_secret(text: str) -> None:
     assert [v for t, v in found(text) if t == "SECRET"] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("Tel. +81.3.1234.5678", "+81.3.1234.5678"),
+        ("Mobile: 090.1234.5678", "090.1234.5678"),
+        ("Phone: 03.1234.5678 (office)", "03.1234.5678"),
+        ("version 090.1234.5678 released", None),  # no phone word: dots are a version's
+        ("Tel: 192.168.10.20", None),  # an address, not a phone
+    ],
+)
+def test_a_phone_number_written_with_dots_is_one_after_its_phone_word(
+    text: str, phone: str | None
+) -> None:
+    # Signatures written for foreign partners separate the groups with dots.
+    assert [v for t, v in found(text) if t == "PHONE_JP"] == ([phone] if phone else [])

@@ -204,8 +204,13 @@ def _shape_possible(n: int, sizes: list[int], folded: str) -> bool:
     if folded[0] in "+(":
         return True  # +81 / (03) phones
     if "." in folded:
-        # Dots separate only the four octets of an IPv4 address (and its /prefix length).
-        return len(sizes) == 4 or (len(sizes) == 5 and "/" in folded)
+        # Dots separate only the four octets of an IPv4 address (and its /prefix length), or
+        # the groups of a phone number after its word (090.1234.5678).
+        return (
+            len(sizes) == 4
+            or (len(sizes) == 5 and "/" in folded)
+            or (len(sizes) == 3 and n in (10, 11))
+        )
     if "/" in folded:
         return False  # dates and fractions: no identifier is written with slashes
     if n < 6 or n > 19:
@@ -451,6 +456,16 @@ class NumberDetector:
                     return None
                 found = emit(IP_ADDRESS, 0.85)
                 return found and Finding(IP_ADDRESS, start, start + cidr.end(1), found.score)
+            if (
+                "/" not in folded
+                and len(groups) in (3, 4)
+                and not (len(groups) == 4 and ipv4_ok(groups))
+                and context() == ctx.PHONE
+            ):
+                # Tel. +81.3.1234.5678, Mobile: 090.1234.5678: a phone where its word says so.
+                phone = _phone(digits, folded.replace(".", "-"), groups)
+                if phone is not None:
+                    return emit(PHONE_JP, _score(phone, ctx.PHONE, _PHONE_CTX))
             inner = folded.lstrip("+(").rstrip(")")
             # Only dots between the groups, one each (then nothing else stands between them).
             if not len(inner) - n == inner.count(".") == len(groups) - 1:
