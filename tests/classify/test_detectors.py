@@ -1433,3 +1433,39 @@ def test_a_phone_number_written_with_dots_is_one_after_its_phone_word(
 ) -> None:
     # Signatures written for foreign partners separate the groups with dots.
     assert [v for t, v in found(text) if t == "PHONE_JP"] == ([phone] if phone else [])
+
+
+SAS_SIG = "AbCdEf0123456789AbCdEf0123456789AbCdEf01234%3D"
+AMZ_SIG = "9f2c1e8b7a6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        (
+            "https://acme.blob.core.windows.net/c/f.pdf?sv=2022-11-02&ss=b&srt=o&sp=r"
+            f"&se=2026-01-01T00:00:00Z&spr=https&sig={SAS_SIG}",
+            SAS_SIG,
+        ),
+        (
+            "https://b.s3.ap-northeast-1.amazonaws.com/k.csv?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            f"&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature={AMZ_SIG}",
+            AMZ_SIG,
+        ),
+        (
+            f"https://storage.googleapis.com/b/o?X-Goog-Expires=900&X-Goog-Signature={AMZ_SIG}",
+            AMZ_SIG,
+        ),
+    ],
+)
+def test_the_signature_of_a_signed_url_is_a_secret(text: str, value: str) -> None:
+    # A pre-signed URL (Azure SAS, S3, GCS) grants access to whoever holds it until it expires.
+    assert [(t, v) for t, v in found(text) if t == "SECRET"] == [("SECRET", value)]
+
+
+def test_a_sig_word_without_a_signature_is_no_secret() -> None:
+    assert [
+        v
+        for t, v in found("config: sig=true&debug=1, X-Amz-Signature=<signature>")
+        if t == "SECRET"
+    ] == []

@@ -128,6 +128,16 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
         r"(?![A-Za-z0-9_\-])",
     ),
     (
+        "signed_url_signature",  # an Azure SAS token's signature: ?…&sig=…
+        ("sig=",),
+        r"sig=(?<=[?&;]sig=)(?P<v>[A-Za-z0-9%+/=]{32,128})(?![A-Za-z0-9%+/=])",
+    ),
+    (
+        "signed_url_signature",  # S3 and GCS pre-signed URLs (SigV4 and V4 signing)
+        ("-Signature=",),
+        r"X-(?:Amz|Goog)-Signature=(?P<v>[0-9a-f]{64,512})(?![0-9A-Za-z])",
+    ),
+    (
         "jwt",
         (".eyJ",),
         rf"eyJ(?<![A-Za-z0-9_\-]eyJ){_B64URL}{{8,2000}}+\.eyJ{_B64URL}{{8,4000}}+"
@@ -321,6 +331,7 @@ _SCORES = {
     "npm_token": 0.95,
     "huggingface_token": 0.95,
     "google_oauth_client_secret": 0.95,
+    "signed_url_signature": 0.9,
     "generic_secret": 0.85,
 }
 

@@ -73,7 +73,7 @@ _PERSON_ONLY = frozenset({PERSON})
 _GITHUB_WORDS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
 _DASH_WORDS = ("k-", "xox", "xapp-", "glpat-")
 _UNDERSCORE_WORDS = ("npm_", "hf_", "whsec_")  # npm, Hugging Face and Stripe webhook tokens
-_PASSWORD_WORDS = ("pass", "pwd", "countKey", "secret", "token", "key")  # all before : or =
+_PASSWORD_WORDS = ("pass", "pwd", "countKey", "secret", "token", "key", "sig=")  # : or =
 _BEARER = "bearer"
 _PLAIN_WORDS = ("name", "birth", "born", "dob", "geb", "naissance")
 _NAME_CUE = "name"  # the one lower-case word whose places matter (a form field, "name: ...")
