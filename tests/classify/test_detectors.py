@@ -1469,3 +1469,26 @@ def test_a_sig_word_without_a_signature_is_no_secret() -> None:
         for t, v in found("config: sig=true&debug=1, X-Amz-Signature=<signature>")
         if t == "SECRET"
     ] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("YUKI MATSUMOTO\nSoftware Engineer", "YUKI MATSUMOTO"),
+        ("Guest: YAMADA TARO MR", "YAMADA TARO"),
+        ("Traveler YAMADA TARO, seat 32A", "YAMADA TARO"),
+        ("Booking for SUZUKI KENTA", "SUZUKI KENTA"),
+        ("Best regards,\nTARO YAMADA", "TARO YAMADA"),
+    ],
+)
+def test_a_romanised_japanese_name_in_capitals_is_found(text: str, name: str) -> None:
+    # Bookings, CV headings and signatures write romanised names in capitals.
+    assert [v for t, v in found(text) if t == "PERSON"] == [name]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["ITO EN green tea", "TOKYO SATO BUILDING", "KATO SANGYO CO., LTD.", "YAMADA SUZUKI", "ITOCHU"],
+)
+def test_capitals_beside_a_known_surname_that_are_no_given_name_are_no_name(text: str) -> None:
+    assert [v for t, v in found(text) if t == "PERSON" and " " in v] == []

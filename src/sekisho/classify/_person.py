@@ -337,8 +337,16 @@ _CAPITALISED = lazy_compile(r"(?<![A-Za-z])[A-Z][a-z]{1,15}(?![A-Za-z])")
 
 
 def romaji_surnames() -> frozenset[str]:
-    """The romanised Japanese surnames of the dictionary (Hepburn-shaped): trigger words."""
-    return frozenset(w for w in _names.surnames_en() if _HEPBURN.fullmatch(w.lower()))
+    """The romanised Japanese surnames of the dictionary (Hepburn-shaped), as written in a
+    sentence (Suzuki) and in capitals (SUZUKI, as bookings and CV headings write them):
+    trigger words."""
+    words = [w for w in _names.surnames_en() if _HEPBURN.fullmatch(w.lower())]
+    return frozenset([*words, *(w.upper() for w in words)])
+
+
+# A word in capitals beside a surname in capitals: YAMADA TARO, TARO YAMADA, SUZUKI KENTA.
+_UPPER_WORD_AFTER = lazy_compile(r" ([A-Z]{3,12})(?![A-Za-z0-9'])")
+_UPPER_WORD_BEFORE = lazy_compile(r"(?<![A-Za-z0-9'])([A-Z]{3,12}) $")
 
 
 def _romaji_given(word: str) -> bool:
@@ -408,7 +416,10 @@ class PersonDetector:
                 elif word in self._surnames:
                     self._full_name_ja_at(text, start, found)
                 elif word in self._romaji_surnames:
-                    self._romaji_full_name(text, start, end, found)
+                    if word.isupper():
+                        self._romaji_name_in_capitals(text, start, end, found)
+                    else:
+                        self._romaji_full_name(text, start, end, found)
                 continue
             if kind == "slash":
                 if text[end : end + 2].isupper() and text[end : end + 2].isascii():
@@ -523,6 +534,24 @@ class PersonDetector:
                 and _ORG_AFTER.match(text, after.end()) is None
             ):
                 out.append(Finding(PERSON, start, after.end(), 0.7))
+
+    def _romaji_name_in_capitals(self, text: str, start: int, end: int, out: list[Finding]) -> None:
+        """A known surname in capitals with a given name in capitals beside it."""
+        if (start > 0 and text[start - 1] in _WORDCHAR) or text[end : end + 1] in _WORDCHAR:
+            return
+        if text[end : end + 1] == " ":
+            after = _UPPER_WORD_AFTER.match(text, end)
+            if after is not None and self._given_in_capitals(after.group(1)):
+                out.append(Finding(PERSON, start, after.end(), 0.75))
+                return
+        if start > 3 and text[start - 1] == " ":
+            before = _UPPER_WORD_BEFORE.search(text, max(0, start - 14), start)
+            if before is not None and self._given_in_capitals(before.group(1)):
+                out.append(Finding(PERSON, before.start(1), end, 0.75))
+
+    def _given_in_capitals(self, word: str) -> bool:
+        name = word.capitalize()
+        return name in self._given_en or self._unknown_given(name)
 
     def _unknown_given(self, word: str) -> bool:
         # Known given names are read from their own cue (with their own checks); a known
