@@ -1222,6 +1222,8 @@ def test_a_secret_name_without_a_credential_is_no_secret(text: str) -> None:
         "the Beverly Hills office",
         "Mei Solutions K.K., Tokyo",
         "Kevin Brown Ltd",
+        "Mark Suzuki Motor as a reference customer.",
+        "Emma Watson Hotels opened in Kyoto.",
     ],
 )
 def test_a_company_named_like_a_person_is_no_person(text: str) -> None:

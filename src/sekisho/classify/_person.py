@@ -222,6 +222,18 @@ _ORG_AFTER = lazy_compile(
     r",? (?:Co\.|Inc\b|Ltd\b|LLC\b|Corp\b|Corporation\b|K\.K\.|GmbH\b|plc\b|PLC\b"
     r"|Limited\b|Holdings\b|Group\b)"
 )
+_WORD_AFTER = lazy_compile(r" ([A-Z][a-z]{1,20})\b")
+
+
+def _org_follows(text: str, end: int) -> bool:
+    """Whether a company's legal form or word follows a name: Kevin Brown Ltd, Mark Suzuki
+    Motor, Emma Watson Hotels (a company or a place named after a person)."""
+    if _ORG_AFTER.match(text, end) is not None:
+        return True
+    word = _WORD_AFTER.match(text, end)
+    return word is not None and word.group(1) in _ORG_WORDS_EN
+
+
 _NAME_FIELD_PREFIX_STOP = tuple(
     w.lower()
     for w in (
@@ -509,7 +521,7 @@ class PersonDetector:
             rest is not None
             and rest.group(1) not in _LATIN_STOP
             and rest.group(1) not in _ORG_WORDS_EN
-            and _ORG_AFTER.match(text, rest.end()) is None
+            and not _org_follows(text, rest.end())
         ):
             out.append(Finding(PERSON, start, rest.end(), 0.75))
 
@@ -523,7 +535,11 @@ class PersonDetector:
         space = text.rfind(" ", max(0, start - 14), start - 1) if start > 3 else -2
         if text[start - 1 : start] == " " and text[space + 1 : space + 2].isupper():
             before = _ROMAJI_WORD_BEFORE.search(text, max(0, start - 13), start)
-            if before is not None and self._unknown_given(before.group(1)):
+            if (
+                before is not None
+                and self._unknown_given(before.group(1))
+                and not _org_follows(text, end)
+            ):
                 out.append(Finding(PERSON, before.start(1), end, 0.7))
                 return
         if text[end : end + 1] == " " and text[end + 1 : end + 2].isupper():
@@ -531,7 +547,7 @@ class PersonDetector:
             if (
                 after is not None
                 and self._unknown_given(after.group(1))
-                and _ORG_AFTER.match(text, after.end()) is None
+                and not _org_follows(text, after.end())
             ):
                 out.append(Finding(PERSON, start, after.end(), 0.7))
 
