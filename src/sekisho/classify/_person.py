@@ -532,8 +532,11 @@ class PersonDetector:
             return
         # Plain character tests first: most known surnames stand after a lower-case word or a
         # mark, and before one (customer Tanaka about …).
-        space = text.rfind(" ", max(0, start - 14), start - 1) if start > 3 else -2
-        if text[start - 1 : start] == " " and text[space + 1 : space + 2].isupper():
+        if (
+            start > 3
+            and text[start - 1] == " "
+            and text[text.rfind(" ", start - 14 if start > 14 else 0, start - 1) + 1].isupper()
+        ):
             before = _ROMAJI_WORD_BEFORE.search(text, max(0, start - 13), start)
             if (
                 before is not None
