@@ -1494,3 +1494,23 @@ def test_a_romanised_japanese_name_in_capitals_is_found(text: str, name: str) ->
 )
 def test_capitals_beside_a_known_surname_that_are_no_given_name_are_no_name(text: str) -> None:
     assert [v for t, v in found(text) if t == "PERSON" and " " in v] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "year"),
+    [
+        ("She was born in 1985 in Osaka.", "1985"),
+        ("Born: 1985", "1985"),
+        ("He was born in 1972.", "1972"),
+        ("born in the 1980s", None),
+        ("employees born in 1990 or later", None),
+        ("people born in 1990s", None),
+        ("born in 1990-1995", None),
+        ("born in 3024", None),
+    ],
+)
+def test_an_english_year_of_birth_is_a_birth_date_as_in_japanese(
+    text: str, year: str | None
+) -> None:
+    # 1985年生まれ gives 1985年; born in 1985 gives 1985. A cohort is no one's birth date.
+    assert [v for t, v in found(text) if t == "DATE_OF_BIRTH"] == ([year] if year else [])

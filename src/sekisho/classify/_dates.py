@@ -50,6 +50,10 @@ _CUES_BEFORE = (
     "birth_date", "BIRTH_DATE", "dob", "Dob",
 )  # fmt: skip
 _WORD_CUES = frozenset({"dob", "Dob"})  # whole words only: not the dob of Adobe
+# A year of birth in English, as 1985年生まれ in Japanese: born in 1985, Born: 1985. Not a
+# cohort: born in the 1980s, in 1990s, in 1990 or later, in 1990-1995.
+_BORN_YEAR = lazy_compile(r"(?:[ \t]+in|:)[ \t]+((?:19|20)[0-9]{2})(?![0-9])")
+_COHORT_AFTER_EN = ("s", "'s", "’s", " or ", " and ", "-", "–", " to ", " through", " onward")
 _CUES_AFTER = ("生まれ", "生", "誕生")
 _CUE = trie_regex(_CUES_BEFORE + _CUES_AFTER)
 _AFTER = frozenset(_CUES_AFTER)
@@ -240,6 +244,10 @@ def detect_birth_dates(text: str, out: list[Finding]) -> None:
             if date is not None and _plausible(date.group()) and _near(text, cue.end(), date):
                 if not _time_follows(text, date.end()):  # born 2024-04-12T10:00:00Z: a timestamp
                     out.append(Finding(DATE_OF_BIRTH, date.start(), date.end(), 0.9))
+            elif word in ("born", "Born"):
+                year = _BORN_YEAR.match(text, cue.end())
+                if year is not None and not text.startswith(_COHORT_AFTER_EN, year.end()):
+                    out.append(Finding(DATE_OF_BIRTH, year.start(1), year.end(1), 0.9))
             elif word in _MONTH_DAY_CUES:
                 if word == "誕生日":
                     day = _MONTH_DAY.search(text, cue.end(), limit)
