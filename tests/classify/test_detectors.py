@@ -1507,6 +1507,8 @@ def test_capitals_beside_a_known_surname_that_are_no_given_name_are_no_name(text
         ("people born in 1990s", None),
         ("born in 1990-1995", None),
         ("born in 3024", None),
+        ("The idea was born in 2015 at a hackathon.", None),  # a thing is born too
+        ("Our company was born in 2010 in Kyoto.", None),
     ],
 )
 def test_an_english_year_of_birth_is_a_birth_date_as_in_japanese(

@@ -53,6 +53,11 @@ _WORD_CUES = frozenset({"dob", "Dob"})  # whole words only: not the dob of Adobe
 # A year of birth in English, as 1985年生まれ in Japanese: born in 1985, Born: 1985. Not a
 # cohort: born in the 1980s, in 1990s, in 1990 or later, in 1990-1995.
 _BORN_YEAR = lazy_compile(r"(?:[ \t]+in|:)[ \t]+((?:19|20)[0-9]{2})(?![0-9])")
+# What is born besides people: the idea was born in 2015 (as 2024年に誕生した新サービス).
+_THING_BORN = lazy_compile(
+    r"(?i)\b(?:idea|company|project|product|service|brand|startup|business|app|team|"
+    r"initiative|concept|firm|platform|event|festival|movement|tradition)s?\b[^.\n]{0,24}$"
+)
 _COHORT_AFTER_EN = ("s", "'s", "’s", " or ", " and ", "-", "–", " to ", " through", " onward")
 _CUES_AFTER = ("生まれ", "生", "誕生")
 _CUE = trie_regex(_CUES_BEFORE + _CUES_AFTER)
@@ -246,7 +251,11 @@ def detect_birth_dates(text: str, out: list[Finding]) -> None:
                     out.append(Finding(DATE_OF_BIRTH, date.start(), date.end(), 0.9))
             elif word in ("born", "Born"):
                 year = _BORN_YEAR.match(text, cue.end())
-                if year is not None and not text.startswith(_COHORT_AFTER_EN, year.end()):
+                if (
+                    year is not None
+                    and not text.startswith(_COHORT_AFTER_EN, year.end())
+                    and _THING_BORN.search(text, max(0, cue.start() - 40), cue.start()) is None
+                ):
                     out.append(Finding(DATE_OF_BIRTH, year.start(1), year.end(1), 0.9))
             elif word in _MONTH_DAY_CUES:
                 if word == "誕生日":
