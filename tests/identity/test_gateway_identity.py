@@ -66,6 +66,7 @@ def oidc(tmp_path: Path) -> Iterator[tuple[Harness, Issuer]]:
                     "role_map": {
                         "sekisho-admins": "admin",
                         "sekisho-auditors": "auditor",
+                        "sekisho-tenant-admins": "tenant-admin",
                         "sekisho-developers": "developer",
                         "sekisho-apps": "app",
                     },
@@ -186,6 +187,30 @@ def test_an_oidc_auditor_cannot_call_models(oidc: tuple[Harness, Issuer]) -> Non
     with pytest.raises(openai.PermissionDeniedError, match=r"models\.call"):
         chat(h, issuer.token(groups=["sekisho-auditors"]))
     assert upstream_bytes(h) == 0
+
+
+def test_a_person_whose_role_was_taken_away_no_longer_acts_on_the_keys_they_made(
+    oidc: tuple[Harness, Issuer],
+) -> None:
+    """Carol made an admin key while her group mapped to admin; moved to the developers'
+    group, she still listed it, and rotating it handed her an admin secret (every tenant's
+    keys): owning a key must not outlast the right to grant its role."""
+    h, issuer = oidc
+    as_admin = {"authorization": f"Bearer {issuer.token(sub='carol', groups=['sekisho-admins'])}"}
+    made = request("POST", f"{h.root}/admin/v1/keys", headers=as_admin,
+                   json_body={"tenant": "demo", "role": "admin", "name": "carol's"})  # fmt: skip
+    assert made.status_code == 201, made.text
+    admin_key = made.json()["info"]["key_id"]
+    as_dev = {"authorization": f"Bearer {issuer.token(sub='carol', groups=['sekisho-developers'])}"}
+    listed = request("GET", f"{h.root}/admin/v1/keys", headers=as_dev)
+    assert listed.status_code == 200 and admin_key not in listed.text
+    for suffix, body in [("", None), ("/rotate", {"overlap_seconds": 0}), ("/revoke", None)]:
+        method = "GET" if suffix == "" else "POST"
+        r = request(method, f"{h.root}/admin/v1/keys/{admin_key}{suffix}", headers=as_dev,
+                    json_body=body)  # fmt: skip
+        assert r.status_code == 403 and r.json()["error"]["code"] == "not_owner", (suffix, r.text)
+    info = admin_get(h, f"/keys/{admin_key}", issuer.token(groups=["sekisho-admins"]))
+    assert (info["state"], info["successor"]) == ("active", None)
 
 
 # -- API key lifecycle -------------------------------------------------------------------------

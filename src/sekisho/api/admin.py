@@ -737,10 +737,16 @@ def _may_act_on(p: Principal, key: KeyInfo) -> bool:
     """Whether a caller without ``keys.manage`` may see and manage ``key``: a tenant's key
     manager any key of its tenant whose role it could have granted (never an operator's key
     that happens to belong to the tenant: rotating it would hand over its secret); others the
-    keys they made, and their own."""
-    if allows(p, P.KEYS_TENANT) and key.tenant == p.tenant and may_grant(p.roles, key.role):
+    keys they made while they may still grant their role (a person whose identity provider
+    took a role away, an admin made a developer, keeps no hold on the admin keys they made),
+    and their own."""
+    if key.tenant != p.tenant:
+        return False
+    if key.key_id == p.key_id:
         return True
-    return _owns(p, key)
+    if not may_grant(p.roles, key.role):
+        return False
+    return allows(p, P.KEYS_TENANT) or key.owner == p.subject
 
 
 def _not_own(p: Principal, what: str) -> PermissionDenied:
