@@ -213,6 +213,29 @@ def test_a_person_whose_role_was_taken_away_no_longer_acts_on_the_keys_they_made
     assert (info["state"], info["successor"]) == ("active", None)
 
 
+def test_an_auditor_who_is_also_a_tenants_developer_or_admin_makes_no_auditor_key(
+    oidc: tuple[Harness, Issuer], tmp_path: Path
+) -> None:
+    """A person in both the auditors' group and a tenant's group minted auditor API keys (every
+    tenant's ledger and usage, outliving their sign-in and their group), and as a tenant-admin
+    rotated the operator's auditor key booked to the tenant into a secret of their own: a
+    gateway-wide role is handed out by a key manager only."""
+    h, issuer = oidc
+    operators = KeyStore(h.data_dir / "identity.db")
+    _, booked = operators.create("demo", role="auditor", name="operator's auditor")
+    for group in ("sekisho-developers", "sekisho-tenant-admins"):
+        both = {"authorization": f"Bearer {issuer.token(groups=['sekisho-auditors', group])}"}
+        made = request("POST", f"{h.root}/admin/v1/keys", headers=both,
+                       json_body={"role": "auditor"})  # fmt: skip
+        assert made.status_code == 403, (group, made.text)
+        assert made.json()["error"]["code"] == "insufficient_role"
+        rotated = request("POST", f"{h.root}/admin/v1/keys/{booked.key_id}/rotate",
+                          headers=both, json_body={})  # fmt: skip
+        assert rotated.status_code == 403, (group, rotated.text)
+    assert [k.role for k in operators.list("demo")] == ["auditor"]
+    assert operators.get(booked.key_id).successor is None
+
+
 # -- API key lifecycle -------------------------------------------------------------------------
 
 

@@ -83,6 +83,19 @@ def test_no_one_hands_out_more_than_they_hold(granter: str, role: str, ok: bool)
     assert may_grant(frozenset({granter}), role) is ok
 
 
+@pytest.mark.parametrize("tenants_role", ["developer", "tenant-admin"])
+@pytest.mark.parametrize("gateway_role", ["auditor", "admin"])
+def test_only_a_key_manager_hands_out_a_gateway_wide_role(
+    tenants_role: str, gateway_role: str
+) -> None:
+    """An auditor who is also a tenant's developer or tenant-admin (two OIDC groups) holds
+    every permission of ``auditor``, yet makes no auditor key: such a key reaches every
+    tenant and outlives the person's groups."""
+    both = frozenset({"auditor", tenants_role})
+    assert may_grant(both, gateway_role) is False
+    assert may_grant(both, "app") and may_grant(both, "developer")
+
+
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/v1/models"])
 def test_model_routes_admit_apps_and_developers_only(role: str, path: str) -> None:

@@ -105,11 +105,16 @@ def require(principal: Principal, permission: Permission) -> None:
 
 def may_grant(granter: frozenset[str], role: str) -> bool:
     """Key managers may create any role; a tenant's key managers any role confined to the
-    tenant; owners of keys only roles granting nothing they lack."""
+    tenant; owners of keys only roles confined to the tenant granting nothing they lack. A
+    gateway-wide role comes from a key manager only, even to whoever holds its permissions
+    (an auditor who is also a tenant's developer): such a key reaches every tenant and
+    outlives the groups that made its maker an auditor."""
     held = permissions_of(granter)
     wanted = PERMISSIONS[check_role(role)]
     if Permission.KEYS_MANAGE in held:
         return True
-    if Permission.KEYS_TENANT in held and not wanted & GATEWAY_WIDE:
+    if wanted & GATEWAY_WIDE:
+        return False
+    if Permission.KEYS_TENANT in held:
         return True
     return Permission.KEYS_OWN in held and wanted <= held
