@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from harness import Harness, Resp, demo_sim_specs, free_port, request, start_example
-from sekisho.identity import ROLES
+from sekisho.identity import ROLES, KeyStore
 from serve_process import ServeProcess, Simulators, write_config
 
 MARKER = "Kirigaya-7f3e91 salary 8,400,000 yen"  # prompt content no auditor may ever see
@@ -287,6 +287,40 @@ def test_a_restricted_developer_key_makes_no_key_beyond_its_own_limits(gw: Harne
     assert call(gw, "POST", f"{PREFIX}/keys/{key_id(dev)}/revoke", admin).status_code == 200
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         chat(gw, app_key, model="chat-default")
+
+
+def test_a_restricted_key_rotates_no_key_into_one_beyond_its_own_limits(gw: Harness) -> None:
+    """A tenant-admin key limited to one model and one day, refused a key for every model,
+    rotated the tenant's unrestricted application key (or a peer tenant-admin's) and was
+    handed the successor's secret: every model, no expiry. And a key with an expiry rotated
+    itself into a successor living as long again, so expiring never came."""
+    import time
+    from datetime import datetime
+
+    def expiry(info: dict[str, Any]) -> float:
+        assert info["expires_at"] is not None, info
+        return datetime.fromisoformat(info["expires_at"].replace("Z", "+00:00")).timestamp()
+
+    day = time.time() + 86400
+    boss = gw.key("demo", role="tenant-admin", models=("chat-default",), expires_at=day)
+    for wide in (gw.key("demo", name="billing"), gw.key("demo", role="tenant-admin")):
+        r = call(gw, "POST", f"{PREFIX}/keys/{key_id(wide)}/rotate", boss, {"overlap_seconds": 0})
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["code"] == "insufficient_role"
+        assert "chat-default" in r.json()["error"]["message"]
+        kept = KeyStore(gw.data_dir / "identity.db").get(key_id(wide))
+        assert (kept.successor, kept.expires_at) == (None, None)  # still its holder's
+    narrow = gw.key("demo", name="chat only", models=("chat-default",))
+    r = call(gw, "POST", f"{PREFIX}/keys/{key_id(narrow)}/rotate", boss, {"overlap_seconds": 60})
+    assert r.status_code == 201, r.text
+    assert r.json()["info"]["models"] == ["chat-default"] and expiry(r.json()["info"]) <= day + 1
+
+    hour = time.time() + 3600
+    dev = gw.key("demo", role="developer", expires_at=hour)
+    time.sleep(1.1)
+    r = call(gw, "POST", f"{PREFIX}/keys/{key_id(dev)}/rotate", dev, {"overlap_seconds": 0})
+    assert r.status_code == 201, r.text
+    assert expiry(r.json()["info"]) <= hour + 1  # a new secret, not a new hour
 
 
 def test_revoking_a_developer_key_leaves_no_key_of_its_rotation_line_working(

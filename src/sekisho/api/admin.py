@@ -579,6 +579,23 @@ class AdminAPI:
         info = self._own_key(req)
         body = req.body
         assert isinstance(body, RotateKey)
+        p = _who(req)
+        expires_at_max = None
+        if not allows(p, P.KEYS_MANAGE):
+            # The successor's secret goes to the caller: like a key it makes, it reaches no
+            # further and lives no longer than the caller (a rotation renews a secret, not a
+            # lifetime), or a one-model, one-day key would rotate its tenant's keys into
+            # ones for every model that never expire.
+            if p.models is not None and (info.models is None or not set(info.models) <= p.models):
+                wide = sorted(set(info.models) - p.models) if info.models else "every model"
+                raise PermissionDenied(
+                    f"This key may use only {sorted(p.models)}; key {info.key_id} may use "
+                    f"{wide}, and its successor would too. Ask an operator (permission "
+                    "'keys.manage') or rotate it with `sekisho keys rotate-api`.",
+                    code="insufficient_role",
+                )
+            if p.expires_at is not None:  # (nor past 100 years: see create_key)
+                expires_at_max = min(p.expires_at, time.time() + MAX_LIFETIME_SECONDS)
         successor = new_key_id()
         await self._record(
             req,
@@ -587,7 +604,11 @@ class AdminAPI:
         )
         try:
             key, new = self.keys.rotate(
-                info.key_id, body.overlap_seconds, key_id_new=successor, by=_who(req).subject
+                info.key_id,
+                body.overlap_seconds,
+                key_id_new=successor,
+                by=p.subject,
+                expires_at_max=expires_at_max,
             )
         except ValueError as exc:
             raise InvalidRequest(str(exc), code="key_not_rotatable") from None

@@ -272,10 +272,13 @@ class KeyStore:
         *,
         key_id_new: str | None = None,
         by: str | None = None,
+        expires_at_max: float | None = None,
     ) -> tuple[str, KeyInfo]:
         """Create a successor with the same scope; the old key keeps working for the overlap.
 
-        The successor lives as long as the old key was meant to (if it had an expiry at all).
+        The successor lives as long as the old key was meant to (if it had an expiry at all),
+        but not past ``expires_at_max`` (the expiry of whoever rotates it, when that is a key
+        that may hand out nothing outliving it).
         ``by``: the subject rotating it over the API; the successor carries on the old key's
         stored work (:meth:`lineage`) only when that is the old key itself.
         Returns the successor's full key (to show once) and description.
@@ -296,13 +299,16 @@ class KeyStore:
             lifetime = None if old.expires_at is None else old.expires_at - old.created_at
             if lifetime is not None and not lifetime <= MAX_LIFETIME_SECONDS:
                 lifetime = MAX_LIFETIME_SECONDS  # a key stored before lifetimes were bounded
+            expires = None if lifetime is None else now + lifetime
+            if expires_at_max is not None and (expires is None or expires > expires_at_max):
+                expires = expires_at_max
             full, new = self._new(
                 key_id_new or new_key_id(),
                 old.tenant,
                 old.role,
                 old.name,
                 old.models,
-                None if lifetime is None else now + lifetime,
+                expires,
                 old.owner,
                 old.key_id,
             )
