@@ -321,6 +321,38 @@ def test_a_key_whose_tenant_left_the_config_is_refused_everywhere(gateway: Harne
     assert upstream_bytes(gateway) == 0
 
 
+def test_a_tenant_admin_whose_tenant_left_the_config_manages_nothing_any_more(
+    gateway: Harness,
+) -> None:
+    """A subsidiary's tenant-admin (and its developers) went on listing the tenant's keys,
+    rotating them into secrets of its own, making keys and reading usage and the endpoint
+    catalogue after the operator removed the tenant: a key whose tenant is gone is refused
+    on the admin API as on the model routes."""
+    store = KeyStore(gateway.data_dir / "identity.db")
+    _, app = store.create("former-subsidiary", name="billing")
+    for role in ("tenant-admin", "developer"):
+        key = gateway.key("former-subsidiary", role=role)
+        auth = {"authorization": f"Bearer {key}"}
+        me = admin_get(gateway, "/whoami", key)  # who it is, still: that is how one finds out
+        assert me["tenant"] == "former-subsidiary"
+        for method, path, body in [
+            ("GET", "/keys", None),
+            ("POST", "/keys", {"role": "app"}),
+            ("GET", f"/keys/{app.key_id}", None),
+            ("POST", f"/keys/{app.key_id}/rotate", {"overlap_seconds": 0}),
+            ("POST", f"/keys/{app.key_id}/revoke", None),
+            ("GET", "/usage", None),
+            ("GET", "/endpoints", None),
+            ("GET", "/tenants", None),
+        ]:
+            r = request(method, f"{gateway.root}/admin/v1{path}", headers=auth, json_body=body)
+            assert r.status_code == 403, (role, method, path, r.text)
+            assert "'former-subsidiary' is not in the configuration" in r.text, r.text
+    kept = store.get(app.key_id)
+    assert (kept.state(), kept.successor) == ("active", None)
+    assert len(store.list("former-subsidiary")) == 3
+
+
 def test_revocation_is_effective_on_the_very_next_request(gateway: Harness) -> None:
     r = sekisho_cli("keys", "create", "--tenant", "demo", "--data-dir", str(gateway.data_dir))
     key = r.stdout.splitlines()[-1]

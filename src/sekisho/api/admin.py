@@ -35,7 +35,13 @@ from sekisho.errors import (
 from sekisho.identity import Authenticator, KeyInfo, KeyStore, Permission, Principal
 from sekisho.identity.keys import MAX_LIFETIME_SECONDS, new_key_id, shown_time
 from sekisho.identity.limits import Limiter
-from sekisho.identity.roles import allows, may_grant, permissions_of, require
+from sekisho.identity.roles import (
+    allows,
+    allows_beyond_tenant,
+    may_grant,
+    permissions_of,
+    require,
+)
 from sekisho.identity.usage import UsageStore
 from sekisho.logs import mask_values
 from sekisho.routing import Health
@@ -378,7 +384,17 @@ class AdminAPI:
         if route.permissions is None:
             return req
         req.principal = await self.authenticator.authenticate_headers(scope["headers"])
-        if route.permissions and not any(allows(req.principal, p) for p in route.permissions):
+        p = req.principal
+        if route.permissions and p.tenant not in self.tenants and not allows_beyond_tenant(p):
+            # a tenant's own people act for their tenant only; one the operator removed is
+            # refused here as on the model routes (an operator's key booked to it still
+            # serves: its permissions are the gateway's)
+            raise PermissionDenied(
+                f"The key's tenant {p.tenant!r} is not in the configuration; its keys manage "
+                "nothing until an operator adds it back.",
+                code="unknown_tenant",
+            )
+        if route.permissions and not any(allows(p, need) for need in route.permissions):
             await self._denied(req)
         req.query = _query(scope, route)
         if route.body is not None:

@@ -90,6 +90,11 @@ def allows(principal: Principal, permission: Permission) -> bool:
     return any(permission in PERMISSIONS.get(role, ()) for role in principal.roles)
 
 
+def allows_beyond_tenant(principal: Principal) -> bool:
+    """Whether the principal holds a gateway-wide permission (an operator or an auditor)."""
+    return bool(permissions_of(principal.roles) & GATEWAY_WIDE)
+
+
 def require(principal: Principal, permission: Permission) -> None:
     """Raise PermissionDenied naming the caller's role and the permission it lacks."""
     if allows(principal, permission):
