@@ -272,6 +272,43 @@ async def test_a_refusal_over_ownership_is_in_the_ledger_as_refused_not_as_done(
     ]
 
 
+async def test_a_refused_rotation_is_in_the_ledger_as_refused_not_as_done(env: Env) -> None:
+    """Rotating a key already rotated, or revoked, was refused (400) after the ledger had
+    recorded 'keys.rotate' naming a successor that never came to be, as if it had happened;
+    and an action that fails after its record (its maker revoked meanwhile) said nothing more."""
+    _, once = env.keys.create("acme")
+    _, gone = env.keys.create("acme")
+    env.keys.revoke(gone.key_id)
+    status, data, _ = await env.call("POST", f"/keys/{once.key_id}/rotate", "admin", {})
+    assert status == 201, data
+    for kid in (once.key_id, gone.key_id):
+        status, data, _ = await env.call("POST", f"/keys/{kid}/rotate", "admin", {})
+        assert status == 400 and data["error"]["code"] == "key_not_rotatable", data
+    rotations = [(r[2], r[3]) for r in env.audit.records if r[1] == "keys.rotate"]
+    assert [(t, d.get("outcome"), "successor" in d) for t, d in rotations] == [
+        (f"key/{once.key_id}", None, True),
+        (f"key/{once.key_id}", "denied", False),
+        (f"key/{gone.key_id}", "denied", False),
+    ]
+
+    developer = key_id(env.tokens["developer"])
+    audit_admin = env.audit.admin
+
+    async def revoked_meanwhile(actor: str, action: str, target: str, details: Any) -> None:
+        await audit_admin(actor, action, target, details)
+        if action == "keys.create" and "outcome" not in details:
+            env.keys.revoke(developer)  # lands between the record and the key's creation
+
+    env.audit.admin = revoked_meanwhile  # type: ignore[method-assign]
+    status, data, _ = await env.call("POST", "/keys", "developer", {"name": "late"})
+    assert status == 401, data
+    creates = [r[3] for r in env.audit.records if r[1] == "keys.create"]
+    assert [(d.get("outcome"), d.get("code")) for d in creates] == [
+        (None, None),
+        ("failed", "invalid_api_key"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [

@@ -356,10 +356,17 @@ class AdminAPI:
             await http.send_bytes(send, status, result.model_dump_json().encode(), rid)
         except SekishoError as exc:
             status = exc.status
-            if status == 403 and req is not None and req.principal is not None and not req.denied:
-                # refused by who owns what (not_owner, a role it may not grant): in the
-                # ledger as refused, like a missing permission
-                await self._record_denial(req, {"outcome": "denied", "code": exc.code})
+            refused = status == 403 or exc.code == "key_not_rotatable"
+            if req is not None and req.principal is not None and not req.denied:
+                if req.recorded:
+                    # recorded as about to happen, then it did not (its maker revoked
+                    # meanwhile, a concurrent rotation): the ledger says so
+                    await self._record_denial(req, {"outcome": "failed", "code": exc.code})
+                elif refused:
+                    # refused by who owns what (not_owner, a role it may not grant), or a
+                    # key that does not rotate: in the ledger as refused, like a missing
+                    # permission
+                    await self._record_denial(req, {"outcome": "denied", "code": exc.code})
             await http.send_error(send, exc, rid)
         finally:
             if req is not None and req.principal is not None:
@@ -612,6 +619,17 @@ class AdminAPI:
                 )
             if p.expires_at is not None:  # (nor past 100 years: see create_key)
                 expires_at_max = min(p.expires_at, time.time() + MAX_LIFETIME_SECONDS)
+        now = time.time()
+        if info.state(now) != "active" or info.successor is not None:
+            # refused before it is recorded as done (KeyStore.rotate checks again, atomically)
+            req.target = f"key/{info.key_id}"
+            raise InvalidRequest(
+                f"API key {info.key_id} "
+                + (f"is {info.state(now)}; only active keys rotate."
+                   if info.successor is None
+                   else f"was already rotated to {info.successor}; rotate that one."),
+                code="key_not_rotatable",
+            )  # fmt: skip
         successor = new_key_id()
         await self._record(
             req,
