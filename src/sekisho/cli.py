@@ -758,8 +758,11 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         return 1
     store = KeyStore(path)
     rows = store.list(args.tenant)
+    # as wide as the longest value (tenant-admin is a long role, tenant names may be long)
+    tw = max([16, *(len(k.tenant) + 1 for k in rows)])
+    rw = max([10, *(len(k.role) + 1 for k in rows)])
     print(
-        f"{'KEY ID':<14} {'TENANT':<16} {'ROLE':<10} {'STATE':<8} {'CREATED (UTC)':<20} "
+        f"{'KEY ID':<14} {'TENANT':<{tw}} {'ROLE':<{rw}} {'STATE':<8} {'CREATED (UTC)':<20} "
         f"{'EXPIRES (UTC)':<20} NAME"
     )
     now = dt.datetime.now(dt.UTC).timestamp()
@@ -778,7 +781,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         )
         # A rotated key keeps working until its overlap ends: EXPIRES says when.
         print(
-            f"{k.key_id:<14} {k.tenant:<16} {k.role:<10} {state:<8} {when(k.created_at):<20} "
+            f"{k.key_id:<14} {k.tenant:<{tw}} {k.role:<{rw}} {state:<8} {when(k.created_at):<20} "
             f"{when(k.expires_at):<20} {k.name}"
         )
     return 0

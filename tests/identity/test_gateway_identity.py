@@ -244,6 +244,25 @@ def sekisho_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)  # fmt: skip
 
 
+def test_keys_list_keeps_its_columns_for_tenant_admin_keys_and_long_tenant_names(
+    tmp_path: Path,
+) -> None:
+    """'tenant-admin' is longer than the ROLE column was wide: its rows' state, dates and
+    name were pushed right of their headings, as with a tenant named longer than 16."""
+    store = KeyStore(tmp_path / "identity.db")
+    store.create("acme", role="tenant-admin", name="agency IT")
+    store.create("a-subsidiary-with-a-long-name", role="app", name="billing")
+    r = sekisho_cli("keys", "list", "--data-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    head, *rows = r.stdout.splitlines()
+    assert len(rows) == 2
+    for heading in ("ROLE", "STATE", "CREATED (UTC)", "EXPIRES (UTC)", "NAME"):
+        at = head.index(heading)
+        for row in rows:
+            assert row[at - 1] == " " and row[at] != " ", (heading, head, row)
+    assert rows[0].split()[2:4] == ["tenant-admin", "active"]
+
+
 def test_keys_create_prints_the_key_alone_on_its_last_line_and_it_works(gateway: Harness) -> None:
     r = sekisho_cli("keys", "create", "--tenant", "demo", "--data-dir", str(gateway.data_dir))
     assert r.returncode == 0, r.stderr
