@@ -37,3 +37,23 @@ def test_limits_example_validates() -> None:
     GatewayLimitsSpec.model_validate(doc["limits"])
     for tenant in doc["tenants"].values():
         LimitsSpec.model_validate(tenant["limits"])
+
+
+def test_the_admin_api_table_names_the_permissions_each_route_asks_for() -> None:
+    """The table said keys routes need `keys.manage` or `keys.own` and tenants `tenants.read`
+    after tenant-admins (`keys.tenant`, `tenant.own`, `usage.tenant`) were admitted: an
+    operator reading it could not tell a tenant-admin reaches them."""
+    from sekisho.api.admin import PREFIX, ROUTES
+
+    section = DOC.read_text().split("## Admin API", 1)[1]
+    rows = re.findall(r"^\| `(GET|POST) +([^|]*)\| ([^|]*)\|$", section, re.M)
+    assert rows
+    for route in ROUTES:
+        want = {str(p) for p in route.permissions or ()}
+        path = PREFIX + route.path
+        found = [need for method, paths, need in rows if method == route.method
+                 and any(p == path or path.endswith(p) and p.startswith("/")
+                         for p in re.findall(r"`?(/[^`\[ ]+)", paths))]  # fmt: skip
+        assert found, f"{route.method} {path} is not in the table"
+        named = set(re.findall(r"`([a-z]+\.[a-z]+)`", found[0]))
+        assert named == want, (route.method, path, named, want)
