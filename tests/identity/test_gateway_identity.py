@@ -229,6 +229,7 @@ def test_an_auditor_who_is_also_a_tenants_developer_or_admin_makes_no_auditor_ke
                        json_body={"role": "auditor"})  # fmt: skip
         assert made.status_code == 403, (group, made.text)
         assert made.json()["error"]["code"] == "insufficient_role"
+        assert "only a key manager (permission 'keys.manage'" in made.text, made.text
         rotated = request("POST", f"{h.root}/admin/v1/keys/{booked.key_id}/rotate",
                           headers=both, json_body={})  # fmt: skip
         assert rotated.status_code == 403, (group, rotated.text)

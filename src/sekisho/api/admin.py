@@ -36,6 +36,7 @@ from sekisho.identity import Authenticator, KeyInfo, KeyStore, Permission, Princ
 from sekisho.identity.keys import MAX_LIFETIME_SECONDS, new_key_id, shown_time
 from sekisho.identity.limits import Limiter
 from sekisho.identity.roles import (
+    GATEWAY_WIDE,
     allows,
     allows_beyond_tenant,
     may_grant,
@@ -549,9 +550,15 @@ class AdminAPI:
         if tenant not in self.tenants:
             raise InvalidRequest(f"There is no tenant {tenant!r}.", param="tenant")
         if not may_grant(p.roles, body.role):
+            who = "+".join(sorted(p.roles))
+            why = (
+                "they reach beyond a tenant, and only a key manager (permission 'keys.manage': "
+                "admin) hands them out"
+                if permissions_of(frozenset({body.role})) & GATEWAY_WIDE
+                else "a key may grant only permissions its creator holds"
+            )
             raise PermissionDenied(
-                f"Role '{p.role}' may not create '{body.role}' keys: a key may grant only "
-                "permissions its creator holds.",
+                f"Role '{who}' may not create '{body.role}' keys: {why}.",
                 code="insufficient_role",
             )
         key_id = new_key_id()
