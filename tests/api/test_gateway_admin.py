@@ -323,6 +323,19 @@ def test_a_restricted_key_rotates_no_key_into_one_beyond_its_own_limits(gw: Harn
     assert expiry(r.json()["info"]) <= hour + 1  # a new secret, not a new hour
 
 
+def test_a_tenants_view_shows_its_settings_not_where_the_operator_keeps_the_config(
+    gw: Harness, tmp_path: Path
+) -> None:
+    """A tenant-admin reading its tenant's settings was shown ``source_file``, the path of the
+    operator's configuration file on the gateway host: not a setting of the tenant."""
+    for role in ("tenant-admin", "auditor"):
+        r = call(gw, "GET", f"{PREFIX}/tenants/demo", gw.key("demo", role=role))
+        assert r.status_code == 200, r.text
+        assert "source_file" not in r.json()["settings"], r.text
+        assert str(tmp_path) not in r.text
+        assert r.json()["settings"]["home_region"] == "jp"
+
+
 def test_revoking_a_developer_key_leaves_no_key_of_its_rotation_line_working(
     tmp_path: Path,
 ) -> None:

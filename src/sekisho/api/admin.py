@@ -850,8 +850,14 @@ def _settings(tenant: object) -> dict[str, Any]:
         items = [(n, getattr(tenant, n, None)) for n in names]
     return {
         k: v for k, v in items
-        if not k.startswith("_") and isinstance(v, str | int | float | bool) and k != "name"
+        if not k.startswith("_") and isinstance(v, str | int | float | bool)
+        and k not in _NOT_SETTINGS
     }  # fmt: skip
+
+
+# The tenant's name is shown apart; source_file is where the operator keeps the gateway's
+# configuration on its host, not a setting of the tenant (a tenant-admin reads this view).
+_NOT_SETTINGS = frozenset({"name", "source_file"})
 
 
 # -- OpenAPI ---------------------------------------------------------------------------------
