@@ -382,6 +382,37 @@ async def test_a_tenant_admin_manages_every_key_of_its_tenant_and_nothing_beyond
     assert status == 403 and data["error"]["code"] == "not_owner"
 
 
+async def test_a_refused_attempt_is_recorded_with_what_it_was_aimed_at(env: Env) -> None:
+    """A tenant-admin's refused rotation of the operator's admin key, and its refused keys for
+    another tenant or with the admin role, were in the ledger as 'keys.rotate -' and
+    'keys.create -': who tried was there, but not on which key, for which tenant or role."""
+    operator = key_id(env.tokens["admin"])
+    attempts = [
+        ("POST", f"/keys/{operator}/rotate", {}, ""),
+        ("GET", f"/keys/{operator}", None, ""),
+        ("POST", f"/keys/{operator}/revoke", None, ""),
+        ("POST", "/keys", {"tenant": "globex", "role": "app"}, ""),
+        ("POST", "/keys", {"role": "admin"}, ""),
+        ("GET", "/usage", None, "tenant=globex"),
+    ]
+    for method, path, body, query in attempts:
+        status, data, _ = await env.call(method, path, "tenant-admin", body, query)
+        assert status == 403, data
+    denied = [(r[1], r[2], r[3]) for r in env.audit.records if r[3].get("outcome") == "denied"]
+    assert [(a, t) for a, t, _ in denied] == [
+        ("keys.rotate", f"key/{operator}"),
+        ("keys.get", f"key/{operator}"),
+        ("keys.revoke", f"key/{operator}"),
+        ("keys.create", "tenant/globex"),
+        ("keys.create", "tenant/acme"),
+        ("usage.get", "usage/globex"),
+    ]
+    assert [(d.get("role"), d.get("tenant")) for a, _, d in denied if a == "keys.create"] == [
+        ("app", "globex"),
+        ("admin", "acme"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [

@@ -301,6 +301,7 @@ class Request:
     recorded: bool = False
     target: str = "-"
     denied: bool = False  # the refusal is in the ledger
+    asked: dict[str, Any] = field(default_factory=dict)  # what a refusal records it was for
 
 
 class AdminAPI:
@@ -367,7 +368,9 @@ class AdminAPI:
                     # refused by who owns what (not_owner, a role it may not grant), or a
                     # key that does not rotate: in the ledger as refused, like a missing
                     # permission
-                    await self._record_denial(req, {"outcome": "denied", "code": exc.code})
+                    await self._record_denial(
+                        req, {"outcome": "denied", "code": exc.code, **req.asked}
+                    )
             await http.send_error(send, exc, rid)
         finally:
             if req is not None and req.principal is not None:
@@ -539,6 +542,9 @@ class AdminAPI:
         p = _who(req)
         body = req.body
         assert isinstance(body, CreateKey)
+        # a refusal is recorded with the tenant and role it asked for
+        req.target = f"tenant/{body.tenant or p.tenant}"
+        req.asked = {"role": body.role, "tenant": body.tenant or p.tenant}
         if allows(p, P.KEYS_MANAGE):
             if body.tenant is None:
                 raise InvalidRequest("Say which tenant the key is for.", param="tenant")
@@ -596,6 +602,7 @@ class AdminAPI:
     def _own_key(self, req: Request) -> KeyInfo:
         p = _who(req)
         info = self.keys.get(req.params["key_id"])
+        req.target = f"key/{info.key_id}"  # a refusal names the key it was aimed at
         if not allows(p, P.KEYS_MANAGE) and not _may_act_on(p, info):
             raise _not_own(p, f"key {info.key_id}")
         return info
@@ -629,7 +636,6 @@ class AdminAPI:
         now = time.time()
         if info.state(now) != "active" or info.successor is not None:
             # refused before it is recorded as done (KeyStore.rotate checks again, atomically)
-            req.target = f"key/{info.key_id}"
             raise InvalidRequest(
                 f"API key {info.key_id} "
                 + (f"is {info.state(now)}; only active keys rotate."
@@ -691,6 +697,7 @@ class AdminAPI:
             key_ids = {q["key_id"]}
         if not allows(p, P.USAGE_READ):
             if tenant is not None and tenant != p.tenant:
+                req.target = f"usage/{tenant}"
                 raise _not_own(p, f"usage of tenant {tenant!r}")
             if not allows(p, P.USAGE_TENANT):
                 own = {k.key_id for k in self.keys.list(p.tenant) if _owns(p, k)} | {p.key_id}
