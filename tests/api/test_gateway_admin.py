@@ -336,6 +336,30 @@ def test_a_tenants_view_shows_its_settings_not_where_the_operator_keeps_the_conf
         assert r.json()["settings"]["home_region"] == "jp"
 
 
+def test_a_revoked_tenant_admin_keeps_no_secret_it_rotated(gw: Harness) -> None:
+    """A tenant-admin about to be removed rotated a peer's key with 90 days of overlap (its
+    holder noticed nothing) and kept the successor's secret: after the operator revoked the
+    tenant-admin's key, the successor still made keys. Whoever rotates a key is handed its
+    successor, so revoking it revokes what it rotated, as what it made."""
+    admin = gw.key("demo", role="admin")
+    mallory = gw.key("demo", role="tenant-admin", name="leaving")
+    peer = gw.key("demo", role="tenant-admin", name="staying")
+    r = call(gw, "POST", f"{PREFIX}/keys/{key_id(peer)}/rotate", mallory,
+             {"overlap_seconds": 90 * 86400})  # fmt: skip
+    assert r.status_code == 201, r.text
+    kept = r.json()["key"]
+    r = call(gw, "POST", f"{PREFIX}/keys/{key_id(kept)}/rotate", kept, {"overlap_seconds": 600})
+    assert r.status_code == 201, r.text
+    kept_on = r.json()["key"]
+    made = call(gw, "POST", f"{PREFIX}/keys", kept_on, {"role": "app"}).json()["key"]
+    assert call(gw, "POST", f"{PREFIX}/keys/{key_id(mallory)}/revoke", admin).status_code == 200
+    for key in (mallory, kept, kept_on, made):
+        r = call(gw, "GET", f"{PREFIX}/whoami", key)
+        assert r.status_code == 401 and "revoked" in r.text, (key_id(key), r.text)
+    # the peer's own key, which mallory never saw, works on through its overlap
+    assert call(gw, "GET", f"{PREFIX}/whoami", peer).status_code == 200
+
+
 def test_revoking_a_developer_key_leaves_no_key_of_its_rotation_line_working(
     tmp_path: Path,
 ) -> None:

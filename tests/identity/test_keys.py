@@ -140,6 +140,20 @@ def test_a_revoked_key_makes_no_key_even_if_it_was_authenticated_before(tmp_path
     assert [k.key_id for k in store.list("acme")] == [dev.key_id]
 
 
+def test_a_revoked_key_rotates_no_key_even_if_it_was_authenticated_before(
+    tmp_path: Path,
+) -> None:
+    """Revoking a key revokes the successors it was handed by rotating others' keys; a
+    rotation that lands after the revocation walked them would escape it, so it is refused."""
+    store = KeyStore(tmp_path / "identity.db")
+    _, boss = store.create("acme", role="tenant-admin")
+    _, app = store.create("acme")
+    store.revoke(boss.key_id)
+    with pytest.raises(AuthenticationFailed, match=f"{boss.key_id} has been revoked"):
+        store.rotate(app.key_id, 60, by=f"key:{boss.key_id}")
+    assert store.get(app.key_id).successor is None and len(store.list("acme")) == 2
+
+
 def test_list_by_owner_and_tenant(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "identity.db")
     store.create("acme", owner="key:a")

@@ -288,6 +288,16 @@ class KeyStore:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # A rotator revoked after it was authenticated is handed nothing: the revocation
+            # has already walked the keys it rotated and would not see this successor.
+            rotator = by[len("key:") :] if by and by.startswith("key:") else None
+            row = conn.execute(
+                "SELECT revoked_at FROM api_keys WHERE key_id = ?", (rotator,)
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                raise AuthenticationFailed(
+                    f"API key {rotator} has been revoked; it rotates no more keys."
+                )
             old = self.get(key_id)
             now = time.time()
             if old.state(now) != "active":
@@ -377,25 +387,49 @@ class KeyStore:
 
     @staticmethod
     def _revoked_with(conn: sqlite3.Connection, key_id: str) -> set[str]:
-        """The key, its predecessors and successors, everything each of them made, and so on.
+        """The key, its predecessors and successors, everything each of them made, and so on;
+        and every successor any of them was handed by rotating another's key over the API
+        (with what that successor made or rotated to in turn), but not that other's own key:
+        its holder never showed it to the rotator.
 
         Already revoked keys are walked too: what they reach may have been made or rotated
         since (or by a tool that did not revoke it).
         """
-        found, todo = {key_id}, [key_id]
+        whole: set[str] = {key_id}  # walked both ways along rotation lines
+        handed: set[str] = set()  # handed to a rotator, and what came of it: forward only
+        todo = [key_id]
+
+        def reach(other: str | None, both_ways: bool) -> None:
+            if other is None or other in whole or (other in handed and not both_ways):
+                return
+            if both_ways:
+                handed.discard(other)
+                whole.add(other)
+            else:
+                handed.add(other)
+            todo.append(other)
+
         while todo:
             k = todo.pop()
-            near = conn.execute(
-                "SELECT key_id FROM api_keys WHERE owner = ? OR rotated_from = ? OR successor = ?"
-                " UNION SELECT rotated_from FROM api_keys WHERE key_id = ?"
+            line = k in whole
+            for (other,) in conn.execute(
+                "SELECT key_id FROM api_keys WHERE owner = ? OR rotated_from = ?"
                 " UNION SELECT successor FROM api_keys WHERE key_id = ?",
-                (f"key:{k}", k, k, k, k),
-            ).fetchall()
-            for (other,) in near:
-                if other is not None and other not in found:
-                    found.add(other)
-                    todo.append(other)
-        return found
+                (f"key:{k}", k, k),
+            ).fetchall():
+                reach(other, line)
+            if line:
+                for (other,) in conn.execute(
+                    "SELECT key_id FROM api_keys WHERE successor = ?"
+                    " UNION SELECT rotated_from FROM api_keys WHERE key_id = ?",
+                    (k, k),
+                ).fetchall():
+                    reach(other, True)
+            for (other,) in conn.execute(
+                "SELECT key_id FROM api_keys WHERE rotated_by = ?", (f"key:{k}",)
+            ).fetchall():
+                reach(other, False)
+        return whole | handed
 
     def _changed(self) -> None:
         """Tell every process on this machine that cached answers are stale."""
