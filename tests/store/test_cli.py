@@ -725,3 +725,21 @@ def test_subject_find_by_a_phone_number_abroad(
     assert "1 record(s) of tenant demo mention this PHONE_INTL" in capsys.readouterr().out
     assert run(config_file, "subject", "find", *base, "--phone", "+49 30") == 1
     assert "8 to 15 digits" in capsys.readouterr().err
+
+
+def test_keys_help_says_rotate_reseals_old_records_and_who_each_act_is_recorded_as(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator reads --help before running a key command: rotate also re-seals record/v1
+    records (once after an upgrade, as operations.md says), and each act names its actor."""
+    with pytest.raises(SystemExit):
+        main(["keys", "--help"])
+    listing = " ".join(capsys.readouterr().out.split())
+    assert "re-seal records sealed before request ids were bound (record/v1)" in listing
+    for command in (["keys", "rotate"], ["keys", "kek-retire"], ["db", "checkpoint"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(recorded in the ledger; default: $USER, else operator)" in text, command
+        if command[0] == "keys":
+            assert "--region REGION the region, as the config's regions name it" in text

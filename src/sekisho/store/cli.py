@@ -559,6 +559,11 @@ def _subject_args(p: argparse.ArgumentParser) -> None:
     who.add_argument("--value")
 
 
+# Who an act is recorded as when --actor is not given: the login that ran the command.
+_ACTOR = os.environ.get("USER", "operator")
+_ACTOR_DEFAULT = "default: $USER, else operator"
+
+
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     *,
@@ -587,8 +592,8 @@ def register(
     )
     p.add_argument(
         "--actor",
-        default=os.environ.get("USER", "operator"),
-        help="who checkpoints (recorded in the ledger)",
+        default=_ACTOR,
+        help=f"who checkpoints (recorded in the ledger; {_ACTOR_DEFAULT})",
     )
     p.set_defaults(func=db_checkpoint, audit=sink)
 
@@ -633,11 +638,15 @@ def register_keys(
     """Add ``keys rotate``, ``keys kek-versions`` and ``keys kek-retire`` under an existing ``keys``
     command (``audit`` as for ``register``)."""
     p = keys_subparsers.add_parser(
-        "rotate", help="new key-encryption key version for a region; re-wrap its data keys"
+        "rotate",
+        help="new key-encryption key version for a region; re-wrap its data keys and re-seal "
+        "records sealed before request ids were bound (record/v1)",
     )
     _config_arg(p)
-    p.add_argument("--region", required=True)
-    p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who rotates")
+    p.add_argument("--region", required=True, help="the region, as the config's regions name it")
+    p.add_argument(
+        "--actor", default=_ACTOR, help=f"who rotates (recorded in the ledger; {_ACTOR_DEFAULT})"
+    )
     p.set_defaults(func=_async(_keys_rotate), audit=audit or jsonl_audit)
     p = keys_subparsers.add_parser(
         "kek-versions",
@@ -651,9 +660,13 @@ def register_keys(
         help="delete a key-encryption key version no data key is wrapped under any more",
     )
     _config_arg(p)
-    p.add_argument("--region", required=True)
-    p.add_argument("--version", required=True, type=int, help="the KEK version to delete")
-    p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who retires")
+    p.add_argument("--region", required=True, help="the region, as the config's regions name it")
+    p.add_argument(
+        "--version", required=True, type=int, help="the KEK version to delete (keys kek-versions)"
+    )
+    p.add_argument(
+        "--actor", default=_ACTOR, help=f"who retires (recorded in the ledger; {_ACTOR_DEFAULT})"
+    )
     p.add_argument("--yes", action="store_true", help="confirm: a retired version is gone")
     p.set_defaults(func=_async(_kek_retire), audit=audit or jsonl_audit)
 
