@@ -1225,6 +1225,10 @@ def _azure_path(scope: http.Scope, path: str) -> str:
         return path[len("/openai") :]
     if path == "/openai/models":
         return "/v1/models"
+    if path == "/openai/responses" or path.startswith("/openai/responses/"):
+        # Azure serves the Responses API without a deployment (the model is the body's), and
+        # the SDKs' AzureOpenAI sends it there: create, retrieve, input_items.
+        return "/v1" + path[len("/openai") :]
     head, sep, rest = path[len("/openai/") :].partition("/")
     if head == "deployments" and sep:
         # The operation is the path's end: the deployment is all before it, slashes too (the

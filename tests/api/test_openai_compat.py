@@ -292,6 +292,26 @@ def test_an_application_written_for_azure_openai_only_changes_its_endpoint(
     ).choices
 
 
+def test_azure_openai_code_reaches_the_responses_api(gateway: Harness) -> None:
+    """openai.AzureOpenAI sends the Responses API without a deployment, as Azure serves it:
+    POST /openai/responses?api-version=…, and GET /openai/responses/{id} (and its
+    input_items) to read one back. sekisho answered 404 unknown_url to all of them."""
+    c = azure(gateway)
+    raw = c.responses.with_raw_response.create(model="gpt-4o", input="hello from Azure code")
+    assert raw.http_request.url.path == "/openai/responses"
+    first = raw.parse()
+    assert first.output_text and raw.headers["x-sekisho-endpoint"] in gateway.sims
+    streamed = c.responses.create(
+        model="gpt-4o", input="again", previous_response_id=first.id, stream=True
+    )
+    done = [e for e in streamed if e.type == "response.completed"]
+    assert len(done) == 1
+    second = done[0].response.id
+    assert c.responses.retrieve(second).id == second
+    roles = [getattr(i, "role", None) for i in c.responses.input_items.list(second, order="asc")]
+    assert roles[:1] == ["user"] and len(roles) == 3  # hello, its answer, again
+
+
 def test_an_azure_deployment_may_name_a_model_with_a_slash(tmp_path: object) -> None:
     """Models served by vLLM are named like "Qwen/Qwen2.5-7B-Instruct": openai.AzureOpenAI
     sends such a deployment as it is, /openai/deployments/Qwen/Qwen2.5-7B-Instruct/…, and it is
