@@ -334,6 +334,32 @@ def test_an_endpoints_own_4xx_names_the_endpoint_it_came_from(two: Harness) -> N
     assert ledger_incomplete(two) == []
 
 
+def test_a_wait_longer_than_the_sdks_wait_out_is_not_retried_automatically(
+    two: Harness,
+) -> None:
+    """A provider asking for minutes (a quota's Retry-After: 600) is passed on as it is, with
+    x-should-retry: false: the Node SDK sleeps for any Retry-After, however long, twice, and
+    an application hung for 20 minutes on one request; the Python SDK gives up past 120 s. A
+    short wait is still the SDKs' to retry."""
+    key = two.key()
+    auth = {"authorization": f"Bearer {key}"}
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "wait"}]}
+    for ep in ("sim-global-japaneast", "sim-global-useast"):
+        two.fault(ep, mode="status", status=429, retry_after="600", count=1)
+    for _ in range(2):  # asked of the endpoints, then of what they asked (nothing sent)
+        r = request("POST", two.base_url + "/chat/completions", json_body=body, headers=auth)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "upstream_rate_limited"
+        assert 590 <= int(r.headers["retry-after"]) <= 600
+        assert r.headers.get("x-should-retry") == "false"
+
+    for ep in ("sim-global-japaneast", "sim-global-useast"):
+        two.gateway.health.success(ep)  # type: ignore[union-attr]
+        two.fault(ep, mode="status", status=429, retry_after="3", count=1)
+    r = request("POST", two.base_url + "/chat/completions", json_body=body, headers=auth)
+    assert (r.status_code, r.headers["retry-after"]) == (429, "3")
+    assert "x-should-retry" not in r.headers
+
+
 def test_every_endpoint_rate_limited_is_a_429_with_the_soonest_retry_after(two: Harness) -> None:
     """A provider's quota exhausted everywhere is a 429 the SDK backs off on (RateLimitError),
     waiting as long as the soonest endpoint asked, not a 502."""

@@ -230,10 +230,27 @@ answered_error: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+# The longest Retry-After the OpenAI SDKs wait out before retrying by themselves (the Python
+# SDK's limit; the Node SDK sleeps for any Retry-After, however long).
+SDK_RETRY_WAIT = 120
+
+
 async def send_error(send: Send, exc: SekishoError, rid: str) -> None:
     answered_error.set(exc.code)
     extra = list(exc.headers.items())
+    if _waits_past_retries(exc.headers):
+        # A longer wait is the application's to decide on: a client that retries by itself
+        # would sit silently through it, twice (a provider's quota may ask for an hour).
+        extra.append(("x-should-retry", "false"))
     await send_bytes(send, exc.status, orjson.dumps(exc.body()), rid, extra)
+
+
+def _waits_past_retries(headers: dict[str, str]) -> bool:
+    """Whether an error asks for a wait longer than the SDKs wait out, and says nothing itself
+    of retrying."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    wait = lowered.get("retry-after", "")
+    return "x-should-retry" not in lowered and wait.isdigit() and int(wait) > SDK_RETRY_WAIT
 
 
 async def start_stream(send: Send, rid: str, extra: list[tuple[str, str]]) -> None:
