@@ -11,7 +11,8 @@ options clients rely on: ``n`` choices (streamed too), ``logprobs`` (tokens that
 text), a JSON ``response_format`` (a value valid for the schema, so the SDK's ``parse`` helpers
 work) and embeddings of any ``dimensions``, as floats or base64. Tool calls follow
 ``tool_choice`` and ``parallel_tool_calls`` (every function tool is called once, streamed one
-call after another), a ``strict`` tool gets arguments valid for its parameters, and a user
+call after another, and the tools' results are answered in words, so a tool loop ends), a
+``strict`` tool gets arguments valid for its parameters, and a user
 message containing ``[sim:refuse]`` is refused as models refuse (chat's ``refusal``, the
 Responses API's refusal part and its ``response.refusal.*`` events).
 """
@@ -935,8 +936,9 @@ def _response_tokens(body: dict[str, Any]) -> int:
 
 def _tool_calls(body: dict[str, Any], last: str) -> list[tuple[str, str]]:
     """The function tools the answer calls and the arguments of each, as a model calls them:
-    none with ``tool_choice: "none"``; only the one ``tool_choice`` names; else every function
-    tool once (parallel tool calls), or the first alone with ``parallel_tool_calls: false``.
+    none with ``tool_choice: "none"``, nor (unless ``tool_choice`` requires one) in answer to
+    the tools' results; only the one ``tool_choice`` names; else every function tool once
+    (parallel tool calls), or the first alone with ``parallel_tool_calls: false``.
     A ``strict`` tool's arguments are valid for its ``parameters`` (as structured outputs
     guarantee); any other's carry the user's last words ``last`` as a query. Chat's tools
     nest their ``function``; the Responses API's are flat (``{"type": "function", ...}``)."""
@@ -944,6 +946,8 @@ def _tool_calls(body: dict[str, Any], last: str) -> list[tuple[str, str]]:
     choice = body.get("tool_choice")
     if not isinstance(tools, list) or choice == "none":
         return []
+    if choice in (None, "auto") and _ends_with_tool_results(body):
+        return []  # the results are in: answered in words, as a model does, so a loop ends
     named: Any = None
     if isinstance(choice, dict):
         nested = choice.get("function")
@@ -967,6 +971,17 @@ def _tool_calls(body: dict[str, Any], last: str) -> list[tuple[str, str]]:
     if not calls and tools and named is None:  # tools of other types only: a call all the same
         calls.append(("tool", orjson.dumps({"simulated": True, "query": last}).decode()))
     return calls[:1] if body.get("parallel_tool_calls") is False else calls
+
+
+def _ends_with_tool_results(body: dict[str, Any]) -> bool:
+    """Whether a request's last item is a tool's result: a chat "tool" (or "function")
+    message, or a Responses API ``function_call_output``."""
+    messages = body.get("messages")
+    items = messages if isinstance(messages, list) else body.get("input")
+    last = items[-1] if isinstance(items, list) and items else None
+    return isinstance(last, dict) and (
+        last.get("role") in ("tool", "function") or last.get("type") == "function_call_output"
+    )
 
 
 def _call_id(choice: int, k: int) -> str:

@@ -225,3 +225,40 @@ def test_streamed_logprobs_come_with_the_text_they_spell(gateway: Harness) -> No
             (t.token, t.logprob, len(t.top_logprobs)) for t in unstreamed.logprobs.content
         ]
         assert "".join(t.token for t in streamed.logprobs.content) == streamed.message.content
+
+
+def test_a_tool_loop_through_the_simulators_ends_with_an_answer(gateway: Harness) -> None:
+    """An application's tool loop (the Node SDK's runTools, an agent's runner) sends the tools'
+    results back and waits for an answer in words. The simulators called every tool again,
+    whatever the results, so the loop ran until the SDK's limit (runTools: ten rounds) and ended
+    with no answer; now a request whose last item is a tool's result is answered, in chat
+    (plain and streamed) and the Responses API (a continued conversation too)."""
+    c = client(gateway)
+    asked = [{"role": "user", "content": ASKED}]
+    first = c.chat.completions.create(model="gpt-4o", messages=asked, tools=TOOLS)
+    calls = first.choices[0].message.tool_calls or []
+    assert len(calls) == 2
+    results = [{"role": "tool", "tool_call_id": call.id, "content": "sunny"} for call in calls]
+    history = [*asked, first.choices[0].message.model_dump(exclude_none=True), *results]
+    answer = c.chat.completions.create(model="gpt-4o", messages=history, tools=TOOLS)
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.choices[0].message.tool_calls is None and answer.choices[0].message.content
+    with c.chat.completions.stream(model="gpt-4o", messages=history, tools=TOOLS) as s:
+        streamed = s.get_final_completion()
+    assert (
+        streamed.choices[0].finish_reason == "stop" and not streamed.choices[0].message.tool_calls
+    )
+    # A model told it must call a tool still does.
+    forced = c.chat.completions.create(
+        model="gpt-4o", messages=history, tools=TOOLS, tool_choice="required"
+    )
+    assert forced.choices[0].finish_reason == "tool_calls"
+
+    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    r1 = c.responses.create(model="gpt-4o", input=ASKED, tools=[tool])  # type: ignore[list-item]
+    [call] = [i for i in r1.output if i.type == "function_call"]
+    r2 = c.responses.create(
+        model="gpt-4o", previous_response_id=r1.id, tools=[tool],  # type: ignore[list-item]
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+    )  # fmt: skip
+    assert [i.type for i in r2.output] == ["message"] and r2.output_text
