@@ -713,11 +713,12 @@ class Gateway:
         rid = http.request_id(scope)
         if path.startswith("/openai/"):
             path = _azure_path(scope, path)
-        model_handler = self._model_routes.get(path)
+        preflight = _is_cors_preflight(scope)  # refused by _other, and logged
+        model_handler = None if preflight else self._model_routes.get(path)
         if model_handler is not None:
             await self._model_call(model_handler, path, scope, receive, send, rid)
             return
-        op = self._ops.get(path)
+        op = None if preflight else self._ops.get(path)
         if op is not None:  # probes and scrapes: answered, not logged
             try:
                 if scope["method"] not in ("GET", "HEAD"):
@@ -776,6 +777,13 @@ class Gateway:
     ) -> None:
         """The routes that are neither model calls nor probes: models, kept responses, admin,
         ledger."""
+        if _is_cors_preflight(scope):
+            raise PermissionDenied(
+                "sekisho does not answer browsers' cross-origin requests (CORS): a key in a web "
+                "page can be read by anyone who loads it. Call sekisho from your application's "
+                "server, which holds the key, and let the page call that server.",
+                code="cors_not_supported",
+            )
         if scope["method"] == "HEAD":
             # HEAD is GET without the body (RFC 9110 §9.3.2): the same key, status and headers,
             # Content-Length included. The server (uvicorn) leaves out the body it is sent.
@@ -1208,8 +1216,20 @@ def create_app(config: Config) -> Gateway:
 # and the newer /openai/v1/… . An application written for Azure OpenAI moves to sekisho by
 # changing its endpoint URL; its key goes in the api-key header as before.
 _DEPLOYMENT = "sekisho.azure_deployment"
+
+
 # Why the stored chat completions API (the SDK's chat.completions.list, retrieve, update,
 # delete, messages.list) is not served.
+def _is_cors_preflight(scope: http.Scope) -> bool:
+    """A browser asking whether a page from another origin may call this path (Fetch
+    standard: OPTIONS with Origin and Access-Control-Request-Method)."""
+    return (
+        scope["method"] == "OPTIONS"
+        and http.header(scope, b"origin") is not None
+        and http.header(scope, b"access-control-request-method") is not None
+    )
+
+
 _STORED_CHAT = (
     " Stored chat completions ('store': true) are kept by a provider, and sekisho does not "
     "read them back. Responses that sekisho keeps, in the tenant's home region, are read with "

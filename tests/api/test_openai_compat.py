@@ -239,6 +239,35 @@ def test_azure_style_api_key_header_is_accepted(gateway: Harness) -> None:
     assert r.status_code == 200
 
 
+def test_a_browsers_cors_preflight_is_refused_saying_why(gateway: Harness) -> None:
+    """A web page calling sekisho directly would hold a key anyone loading it can read: the
+    browser's preflight (OPTIONS with Origin and Access-Control-Request-Method) is refused
+    with a reason a developer finds in the network tab and the operator in the log, not
+    '/v1/chat/completions accepts POST' followed by advice on stored chat completions. No
+    answer allows an origin."""
+    preflight = {
+        "origin": "http://localhost:3000",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+    }
+    for path in ("/v1/chat/completions", "/v1/responses", "/v1/models", "/openai/responses"):
+        r = request("OPTIONS", gateway.root + path, headers=preflight)
+        assert r.status_code == 403, (path, r.status_code)
+        error = r.json()["error"]
+        assert error["code"] == "cors_not_supported" and "server" in error["message"]
+        assert not any(h.startswith("access-control-") for h in r.headers)
+    sent = request(
+        "POST", gateway.base_url + "/chat/completions",
+        headers={"origin": "http://localhost:3000", "authorization": f"Bearer {gateway.key()}"},
+        json_body={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
+    )  # fmt: skip
+    assert sent.status_code == 200
+    assert not any(h.startswith("access-control-") for h in sent.headers)
+    # OPTIONS that is not a preflight is a method the path does not accept, as before.
+    plain = request("OPTIONS", gateway.base_url + "/chat/completions")
+    assert (plain.status_code, plain.headers["allow"]) == (405, "POST")
+
+
 def azure(h: Harness, key: str | None = None, **kw: object) -> openai.AzureOpenAI:
     return openai.AzureOpenAI(
         azure_endpoint=h.root, api_key=key or h.key(), api_version="2024-10-21", max_retries=0,
