@@ -206,7 +206,9 @@ def test_openai_client_raises_its_usual_exception_classes(gateway: Harness) -> N
 
 
 def test_a_compressed_body_is_415_naming_the_encoding(gateway: Harness) -> None:
-    """It was read as broken JSON ("not valid UTF-8: surrogates not allowed")."""
+    """It was read as broken JSON ("not valid UTF-8: surrogates not allowed"). The 415 says
+    which codings are accepted (Accept-Encoding: identity, RFC 9110 §15.5.16), which a client
+    or proxy that compresses request bodies reads to send the body again uncompressed."""
     import gzip
 
     body = gzip.compress(b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}')
@@ -217,7 +219,7 @@ def test_a_compressed_body_is_415_naming_the_encoding(gateway: Harness) -> None:
         headers={"authorization": f"Bearer {gateway.key()}", "content-encoding": "gzip",
                  "content-type": "application/json"},
     )  # fmt: skip
-    assert r.status_code == 415
+    assert r.status_code == 415 and r.headers["accept-encoding"] == "identity"
     error = r.json()["error"]
     assert error["code"] == "unsupported_content_encoding" and "'gzip'" in error["message"]
     assert all(not sim.stats.bodies for sim in gateway.sims.values())

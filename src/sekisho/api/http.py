@@ -77,7 +77,8 @@ async def read_body(
         # could pass the size limit many times over: say what is wrong instead.
         raise UnsupportedMediaType(
             f"Request bodies are read as they are sent: Content-Encoding {encoding[:40]!r} "
-            "is not supported. Send the JSON uncompressed."
+            "is not supported. Send the JSON uncompressed.",
+            headers={"accept-encoding": "identity"},  # the codings accepted (RFC 9110 §15.5.16)
         )
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
