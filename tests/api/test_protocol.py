@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sekisho.api.protocol import FLUSH_AT, HttpProtocol, OneWrite
@@ -244,6 +244,76 @@ async def test_connection_close_gets_the_whole_answer_then_eof(server: int) -> N
     data = await asyncio.wait_for(reader.read(), 5)  # until EOF
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\necho:hi")
     writer.close()
+
+
+# What Java's HTTP client (java.net.http, Spring's RestClient) and curl --http2 send on plain
+# http: an offer to switch to HTTP/2, on an ordinary request with its body.
+H2C = b"connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAA\r\n"
+
+
+async def test_a_request_offering_h2c_is_served_as_http_1_1_with_its_body(server: int) -> None:
+    """RFC 9110 §7.8: a server may ignore an Upgrade. httptools stopped at the headers of such a
+    request: its body never reached the application (an empty body: the gateway answered 400
+    'The request body is empty'), and a body sent after the headers was parsed as the next
+    request (400 invalid_http, connection closed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(b"POST /x HTTP/1.1\r\nhost: t\r\n" + H2C + b"content-length: 5\r\n\r\nhello")
+    head, answer = await read_response(reader)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and answer == b"echo:hello"
+    # The body after the headers, as Java's client writes it; then the connection goes on.
+    writer.write(b"POST /x HTTP/1.1\r\nhost: t\r\n" + H2C + b"content-length: 3\r\n\r\n")
+    await asyncio.sleep(0.05)
+    writer.write(b"abc")
+    assert (await read_response(reader))[1] == b"echo:abc"
+    writer.write(b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nok")
+    assert (await read_response(reader))[1] == b"echo:ok"
+    writer.close()
+
+
+@settings(max_examples=25, deadline=None)  # a server per example: a fifth of a second each
+@given(cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=6))
+def test_any_split_of_h2c_offers_chunked_and_pipelined_gives_each_its_own_body(
+    cuts: list[int],
+) -> None:
+    """A chunked body, a request without one and a pipelined plain request, each offering
+    h2c or not, arrive cut anywhere: each is answered with exactly its own body, in order."""
+    wire = (
+        b"POST /x HTTP/1.1\r\nhost: t\r\n" + H2C + b"transfer-encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        b"GET /x HTTP/1.1\r\nhost: t\r\n" + H2C + b"\r\n"
+        b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\n\r\nlast"
+    )
+    pieces, at = [], 0
+    for cut in sorted(set(cuts)):
+        if at < cut < len(wire):
+            pieces.append(wire[at:cut])
+            at = cut
+    pieces.append(wire[at:])
+
+    async def exchange() -> list[bytes]:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        srv = uvicorn.Server(
+            uvicorn.Config(app, http=HttpProtocol, lifespan="off", log_config=None,
+                           access_log=False)
+        )  # fmt: skip
+        task = asyncio.create_task(srv.serve(sockets=[sock]))
+        while not srv.started:
+            await asyncio.sleep(0.01)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.002)
+            answers = [(await read_response(reader))[1] for _ in range(3)]
+            writer.close()
+            return answers
+        finally:
+            srv.should_exit = True
+            await asyncio.wait_for(task, 10)
+
+    assert asyncio.run(exchange()) == [b"echo:abcde", b"echo:", b"echo:last"]
 
 
 @given(

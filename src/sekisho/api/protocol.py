@@ -27,6 +27,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -176,6 +177,12 @@ class HttpProtocol(HttpToolsProtocol):
     Writing has a deadline too (``TimedFlow``): a client that stops reading its answer for
     ``server.write_timeout_seconds`` has its connection ended.
 
+    A request that offers to switch protocols (``Upgrade: h2c``: what Java's HTTP client and
+    ``curl --http2`` send on plain http) is served as the HTTP/1.1 request it also is, body and
+    all (RFC 9110 §7.8 lets a server ignore the offer). httptools stops at such a request's
+    headers and takes what follows for another protocol: uvicorn handed the application an
+    empty body, and a body that came after the headers was parsed as the next request.
+
     Over TLS (``server.tls``), an idle keep-alive connection is ended at once when the server
     shuts down or its keep-alive time runs out. ``close()`` would send close_notify and then
     wait for the client's own, up to 30 s, and a pooled client that is not using the connection
@@ -200,10 +207,11 @@ class HttpProtocol(HttpToolsProtocol):
         )
         self._body_timer: asyncio.TimerHandle | None = None
         self._tail = b""  # the head's last bytes so far: its end may straddle two reads
+        self._framing_only = False  # parsing a made-up head that only frames a request's body
 
     def data_received(self, data: bytes) -> None:
         if not self._in_head:
-            super().data_received(data)
+            self._feed(data)
             return
         before = self._head_bytes
         self._head_bytes += len(data)
@@ -223,14 +231,59 @@ class HttpProtocol(HttpToolsProtocol):
                 )
                 return
         self._tail = data[-3:]
-        super().data_received(data)
+        self._feed(data)
         if not self._in_head and self._body_timer is None and not self.transport.is_closing():
             # The head is in, its body is not: the body owes the same time the head did.
             # (read_body times what follows its first wait; this covers that first wait,
             # which a client that sends headers and then nothing would hold for ever.)
             self._body_timer = self.loop.call_later(self._read_timeout, self._body_too_slow)
 
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's ``data_received``, except for an upgrade it does not take."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._ignore_upgrade(data[upgrade.args[0] :])
+
+    def _ignore_upgrade(self, rest: bytes) -> None:
+        """Go on with the request as HTTP/1.1. httptools ended it at its headers, so the body
+        is read with a new parser, given a head that only frames it (its Content-Length or
+        Transfer-Encoding) and that begins nothing: the request's cycle, not yet running, gets
+        the body, and whatever follows is the next request."""
+        framing = b"".join(
+            b"%s: %s\r\n" % (name, value)
+            for name, value in self.headers
+            if name in (b"content-length", b"transfer-encoding")
+        )
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's
+        self.cycle.more_body = True
+        self.cycle.message_event.clear()
+        self._framing_only = True
+        try:
+            self._feed(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
+        finally:
+            self._framing_only = False
+        if rest and not self.transport.is_closing():
+            self._feed(rest)
+
+    def on_url(self, url: bytes) -> None:
+        if not self._framing_only:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._framing_only:
+            super().on_header(name, value)
+
     def on_message_begin(self) -> None:
+        if self._framing_only:
+            return
         super().on_message_begin()
         self._begun = True
         if self._read_timer is None:
@@ -239,6 +292,8 @@ class HttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._begun = self._in_head = False
         self._cancel_read_timer()
+        if self._framing_only:
+            return
         self.transport.http10 = self.parser.get_http_version() == "1.0"  # type: ignore[attr-defined]
         super().on_headers_complete()
 
