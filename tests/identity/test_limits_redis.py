@@ -168,3 +168,31 @@ async def test_what_is_left_is_reported_from_redis_as_in_one_process(redis: Any)
     assert h["x-ratelimit-remaining-tokens"] == "900"
     assert h["x-ratelimit-reset-tokens"].endswith("s")
     await lim.close()
+
+
+async def test_connections_redis_closed_while_idle_are_replaced_before_a_request(
+    redis: Any,
+) -> None:
+    # Redis ends idle clients itself (its `timeout` setting, a restart, a proxy's idle timer,
+    # CLIENT KILL): the gateway's next requests must find Redis up, not answer 503
+    # limits_unavailable once for every pooled connection it had.
+    from sekisho.identity.limits import redis_client
+
+    client = redis_client(URL, socket_timeout=2.0)
+    name = f"sekisho-{redis.namespace}"
+    lim = Limiter(
+        tenants={"acme": LimitsSpec.model_validate({"requests_per_minute": 100})},
+        defaults=GatewayLimitsSpec(namespace=redis.namespace),
+        backend=RedisBackend(client, redis.namespace),
+    )
+    try:
+        await asyncio.gather(*(client.execute_command("CLIENT", "SETNAME", name) for _ in range(4)))
+        listed = (await redis.execute_command("CLIENT", "LIST")).decode().splitlines()
+        ids = [line.split()[0].removeprefix("id=") for line in listed if f"name={name} " in line]
+        assert len(ids) == 4
+        for cid in ids:
+            await redis.execute_command("CLIENT", "KILL", "ID", cid)
+        await asyncio.sleep(0.2)  # the closes reach this process
+        await asyncio.gather(*(lim.admit(P, "m", 0) for _ in range(4)))
+    finally:
+        await client.aclose()

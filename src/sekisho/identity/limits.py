@@ -528,8 +528,16 @@ def redis_client(
     url: str, max_connections: int = 64, *, socket_timeout: float | None = None
 ) -> Redis:
     """A client whose pool makes bursts wait for a connection instead of failing; with
-    ``socket_timeout`` a Redis that stops answering is an error after that many seconds."""
+    ``socket_timeout`` a Redis that stops answering is an error after that many seconds.
+
+    A pooled connection that Redis closed while it sat idle (its ``timeout`` setting, a
+    restart, CLIENT KILL, a proxy's idle timer) is replaced before a command is sent on it.
+    redis-py checks for that only with maintenance notifications off; left on ("auto", its
+    default, for Redis Enterprise's failovers), every such connection failed its next command,
+    and each was a request refused 503 ``limits_unavailable`` with Redis up.
+    """
     from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.maint_notifications import MaintNotificationsConfig
 
     pool = BlockingConnectionPool.from_url(
         url,
@@ -537,6 +545,7 @@ def redis_client(
         timeout=5,
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     return Redis(connection_pool=pool)
 
