@@ -145,6 +145,23 @@ class Supervisor(Multiprocess):
         os.environ[ENV_SNAPSHOT] = str(path)
         os.environ[ENV_SNAPSHOT_SHA256] = digest
 
+    # -- a worker that died ----------------------------------------------------------------
+
+    def keep_subprocess_alive(self) -> None:
+        """uvicorn's respawn, with a warning that says which worker died, how, and what that
+        cut: uvicorn says only "Child process [N] died", at info level, for what is often the
+        OOM killer."""
+        before = list(self.processes)
+        super().keep_subprocess_alive()
+        for old, new in zip(before, self.processes, strict=False):
+            if old is not new:
+                log.warning(
+                    "a worker died and a new one serves in its place; requests it had in "
+                    "flight were cut (their clients saw the connection close), and `sekisho "
+                    "ledger audit` lists those already decided as incomplete",
+                    extra={"worker": old.pid, "how": _how(old.process.exitcode), "new": new.pid},
+                )
+
     # -- SIGHUP ----------------------------------------------------------------------------
 
     def terminate_all(self) -> None:
@@ -309,6 +326,22 @@ class Supervisor(Multiprocess):
                 process.join()
             return str(exc)
         return new
+
+
+def _how(exitcode: int | None) -> str:
+    """A dead worker's exit status in words: a signal by name (SIGKILL is what the OOM killer
+    sends, and what uvicorn sends a worker that stopped answering its health check)."""
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        if -exitcode == signal.SIGKILL:
+            return f"killed by {name}: the OOM killer, an operator, or no answer to health checks"
+        return f"killed by {name}"
+    return f"exit status {exitcode}"
 
 
 class _Abort(Exception):

@@ -834,6 +834,30 @@ def test_with_two_workers_a_worker_respawned_after_a_crash_serves_the_configurat
         sims.stop()
 
 
+@pytest.mark.slow
+def test_with_two_workers_a_worker_killed_is_a_warning_naming_it_and_how(tmp_path: Path) -> None:
+    """The OOM killer's SIGKILL to a worker was one info line of uvicorn's ("Child process
+    [N] died"): the log now says, as a warning, which worker, how, and what it cut."""
+    sims = Simulators(demo_sim_specs()).start()
+    config = write_config(tmp_path / "sekisho.yaml", sims.config())
+    g = ServeProcess(config, tmp_path / "data", workers=2)
+    try:
+        g.start()
+        victim = min(worker_pids(g))
+        os.kill(victim, signal.SIGKILL)
+        wait_for_workers(g, 2, {victim})
+        wait_for_log(g, "a worker died", 1, timeout=10)
+        [line] = [x for x in g.log() if str(x.get("msg")).startswith("a worker died")]
+        assert line["level"] == "warning"
+        assert line["worker"] == victim
+        assert line["how"].startswith("killed by SIGKILL")
+        assert "ledger audit" in line["msg"]
+        assert line["new"] in worker_pids(g)
+    finally:
+        g.stop()
+        sims.stop()
+
+
 def abroad(raw: dict[str, Any]) -> None:
     """The domestic endpoint's deployment moved to the US."""
     ep = next(e for e in raw["endpoints"] if e["id"] == "sim-domestic-tokyo")
