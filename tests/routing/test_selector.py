@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -106,6 +108,28 @@ def test_backoff_doubles_and_success_restores() -> None:
     assert health.state("a").down_until - clock.now <= 8.0  # capped
     health.success("a")
     assert health.is_up("a") and health.state("a").failures == 0
+
+
+def test_an_endpoint_marked_down_says_so_in_the_log_once_it_answers_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each failure is an `upstream failed` warning; its recovery was only their absence."""
+    health = Health(failure_threshold=2, clock=Clock())
+    caplog.set_level(logging.INFO, logger="sekisho.routing")
+    health.failure("a", "boom")
+    health.success("a")  # one failure, under the threshold: it was never down
+    for _ in range(3):
+        health.failure("a", "boom")
+    health.success("a")
+    health.success("a")
+    health.failure("b", "boom")
+    health.failure("b", "boom")
+    health.probed("b")
+    back = [r for r in caplog.records if r.getMessage() == "endpoint is answering again"]
+    assert [(r.__dict__["endpoint"], r.__dict__["failures"], r.__dict__["how"]) for r in back] == [
+        ("a", 3, "answered a request"),
+        ("b", 2, "answered a probe"),
+    ]
 
 
 def test_thousands_of_failures_keep_the_backoff_at_its_maximum() -> None:

@@ -9,6 +9,7 @@ count of each endpoint's slots (``sekisho.routing.slots``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from sekisho.routing.slots import SharedSlots, poll_for_slot
 if TYPE_CHECKING:
     from sekisho.routing.catalogue import Endpoint
 
+
+log = logging.getLogger("sekisho.routing")
 
 MAX_RETRY_AFTER = 3600.0  # the longest Retry-After honoured (a bad header cannot park it for days)
 
@@ -185,6 +188,7 @@ class Health:
 
     def success(self, endpoint_id: str) -> None:
         st = self.state(endpoint_id)
+        self._back(st, "answered a request")
         st.failures = 0
         st.down_until = 0.0
         st.limited_until = 0.0
@@ -195,8 +199,18 @@ class Health:
         st = self.state(endpoint_id)
         if st.limited_until > self._clock():
             return
+        self._back(st, "answered a probe")
         st.failures = 0
         st.down_until = 0.0
+
+    def _back(self, st: EndpointHealth, how: str) -> None:
+        """The line that ends an outage in the log: each failure was an ``upstream failed``
+        warning, and without it the endpoint's recovery showed only as their absence."""
+        if st.failures >= self.failure_threshold:
+            log.info(
+                "endpoint is answering again",
+                extra={"endpoint": st.endpoint_id, "failures": st.failures, "how": how},
+            )
 
     def limited_for(self, endpoint_id: str) -> float:
         """Seconds left of the endpoint's own Retry-After (0: it may be sent to)."""
