@@ -409,6 +409,38 @@ async def test_connection_the_server_will_close_is_not_reused(
     assert up.accepted == 2
 
 
+async def test_a_connection_answered_before_its_request_was_sent_is_not_reused(
+    serve: Callable[..., Awaitable[Upstream]], client: H1Client
+) -> None:
+    """A server that answers before reading the request body (an early 401 or 413) and keeps
+    the connection reads the rest of that body as the next request: the next caller on the
+    connection got the server's answer to someone else's prompt (here a 400 quoting it)."""
+
+    async def handler(
+        up: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        if n > 1:
+            await always(OK)(up, reader, writer, n)
+            return
+        await reader.readuntil(b"\r\n\r\n")  # the head only: the body is never read
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        echo = b"bad request line: " + (await reader.read(200)).split(b"\r\n")[0]
+        writer.write(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (len(echo), echo)
+        )
+        await up.wait_eof(reader)
+
+    up = await serve(handler)
+    prompt = b'{"content":"' + b"tenant A's secret " * 2_000_000 + b'"}'  # more than sockets buffer
+    status, _, resp = await post(client, up.url(), prompt, first_byte=5, total=10)
+    assert (status, await resp.read()) == (200, b"early")
+    status, _, resp = await post(client, up.url(), b'{"content":"tenant B"}')
+    assert (status, await resp.read()) == (200, b'{"ok":true}')
+    assert up.accepted == 2
+
+
 async def test_http_1_0_with_keep_alive_is_reused(
     serve: Callable[..., Awaitable[Upstream]], client: H1Client
 ) -> None:
@@ -1177,6 +1209,9 @@ class FakeTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def is_closing(self) -> bool:
         return self.closed

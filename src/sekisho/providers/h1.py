@@ -3,8 +3,9 @@
 What it promises:
 
 - One request per connection at a time; a connection is reused only after its response was
-  read completely and the server allowed keep-alive. Per (scheme, host, port) at most
-  ``limit_per_host`` connections exist; further callers wait in FIFO order.
+  read completely, after the whole request was sent, and the server allowed keep-alive. Per
+  (scheme, host, port) at most ``limit_per_host`` connections exist; further callers wait in
+  FIFO order.
 - A reused idle connection that fails before any response byte arrived (the server closed it
   while the request was on its way) is retried once on a fresh connection. Never after a
   response byte: the upstream may have acted on the request.
@@ -360,6 +361,12 @@ class _Connection(asyncio.Protocol):
         resp._ended()
         self._reused = True
         transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            # Answered before the request was all sent (an early 401 or 413): the server may
+            # read the rest of the body as the next request and answer that to whoever sends
+            # next. The rest is not sent, and the connection is not reused.
+            self._keep_alive = False
+            transport.abort()
         if (
             self._keep_alive
             and self._state == _BUSY
