@@ -150,12 +150,20 @@ def _unusable_first_event(
         message = found.get("message") if isinstance(found, dict) else None
         said = quote(str(message), scanner, secrets) if message else ""
         return "stream began with an error event", said
+    # What the relay (``_streams``) refuses of any event, refused here of the first: found
+    # there, it would break a stream that another endpoint could still have answered.
     choices = event.get("choices")
-    if kind in ("chat", "completions") and isinstance(choices, list):
-        why = choices_problem(choices, kind, "delta", spoken)
-        if why is not None:
-            return f"first stream event with {why}", ""
+    if kind in ("chat", "completions"):
+        if not isinstance(choices, list):
+            if choices or not isinstance(event.get("usage"), dict):
+                return f"first stream event without 'choices': not a {kind} stream", ""
+        elif choices:
+            why = choices_problem(choices, kind, "delta", spoken)
+            if why is not None:
+                return f"first stream event with {why}", ""
     if kind == "responses":
+        if not isinstance(event.get("type"), str):
+            return "first stream event is not a typed object", ""
         why = response_event_problem(event)
         if why is not None:
             return f"first stream event with {why}", ""

@@ -102,6 +102,13 @@ FIRST_EVENTS = {
     "an error event": sse({"error": {"message": "model overloaded"}}, "[DONE]"),
     "only [DONE]": sse("[DONE]"),
     "a delta content that is a number": sse(delta(content=5), "[DONE]"),
+    # vLLM's older error shape, and an event with no choices at all: not a chat event
+    "an error object without choices": sse(
+        {"object": "error", "message": "overloaded", "type": "InternalServerError"}, "[DONE]"
+    ),
+    "choices that are not a list": sse(
+        {"object": "chat.completion.chunk", "choices": {"index": 0}}, "[DONE]"
+    ),
 }
 
 
@@ -376,6 +383,17 @@ def test_a_responses_stream_whose_first_event_is_unreadable_fails_over(
         raw = responses(two, stream=True)
         assert raw.headers["x-sekisho-endpoint"] == GOOD
         assert [e.type for e in raw.parse()][-1] == "response.completed"
+
+
+def test_a_responses_stream_whose_first_event_has_no_type_fails_over(two: Harness) -> None:
+    """An event the relay refuses (no type) was let through as the first: the stream began
+    and broke at once, where another endpoint could still have answered."""
+    two.fault(BAD, mode="sse", body='data: {"message": "overloaded"}\n\n')
+    for _ in range(6):
+        raw = responses(two, stream=True)
+        assert raw.headers["x-sekisho-endpoint"] == GOOD
+        assert [e.type for e in raw.parse()][-1] == "response.completed"
+    assert ledger_incomplete(two) == []
 
 
 MIDWAY = {
