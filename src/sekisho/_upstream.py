@@ -62,14 +62,15 @@ class Primed:
                             whole = orjson.dumps(orjson.loads(whole))
                     first.append(b"data: " + whole)
                     break
-                first.append(line)
+                # Comments, event: and id: lines are not kept: the relay reads none of them,
+                # and an endpoint may send them without end before its first event.
         except UpstreamError:
             inner.close()
             raise
         except asyncio.CancelledError:
             inner.close()
             raise
-        if not first or not first[-1].startswith(b"data:"):
+        if not first:
             inner.close()
             raise UpstreamProtocolError(endpoint_id, "stream ended before its first event")
         unusable = _unusable_first_event(first[-1][5:].strip(), kind, scanner, spoken, secrets)
