@@ -303,6 +303,21 @@ def test_an_event_whose_data_spans_several_lines_is_one_event(two: Harness) -> N
     assert ledger_incomplete(two) == []
 
 
+@pytest.mark.parametrize("end", ["\r\n", "\r"], ids=["CRLF", "CR"])
+def test_a_stream_with_any_of_sses_line_ends_is_relayed(two: Harness, end: str) -> None:
+    """SSE ends a line with CRLF, LF or a lone CR, and the OpenAI SDKs read all three: a
+    stream whose lines ended in CR alone was one endless line to sekisho, every endpoint
+    sending one was marked down, and the client got a 502."""
+    events = sse(delta(role="assistant", content="Hel"), delta(content="lo"), "[DONE]")
+    for name in (GOOD, BAD):
+        two.fault(name, mode="sse", body=events.replace("\n", end))
+    raw = chat(two, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == "Hello"
+    snapshot = two.gateway.health.snapshot()  # type: ignore[union-attr]
+    assert all(snapshot[name]["consecutive_failures"] == 0 for name in (GOOD, BAD))
+    assert ledger_incomplete(two) == []
+
+
 # -- the Responses API ---------------------------------------------------------------------------
 
 

@@ -1294,18 +1294,18 @@ def test_any_split_of_a_valid_response_gives_the_same_body(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     lines=st.lists(st.binary(max_size=80).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))),
-    crlf=st.booleans(),
+    end=st.sampled_from([b"\n", b"\r\n", b"\r"]),  # SSE's three line ends
     sizes=st.lists(st.integers(1, 300), max_size=20),
     cuts=st.lists(st.integers(0, 5000), max_size=30),
 )
 def test_any_split_of_a_stream_gives_the_same_lines(
     event_loop_policy: asyncio.AbstractEventLoopPolicy,  # noqa: F811  (the fixture)
     lines: list[bytes],
-    crlf: bool,
+    end: bytes,
     sizes: list[int],
     cuts: list[int],
 ) -> None:
-    body = b"".join(line + (b"\r\n" if crlf else b"\n") for line in lines)
+    body = b"".join(line + end for line in lines)
     response = framed(body, True, sizes, False)
     got, reusable = run(event_loop_policy, feed(response, split(response, cuts), sse=True))
     assert got == lines

@@ -158,29 +158,33 @@ class H1Response:
             await self._wait()
 
     async def lines(self) -> AsyncIterator[bytes]:
-        """The body line by line (split at LF), each without its CR/LF; a last unterminated
-        line is yielded too. Stops reading the socket while the reader falls behind."""
-        pending: list[bytes] = []  # the start of a line that has no LF yet
+        """The body line by line, each without its line end: CRLF, LF or a lone CR, as SSE
+        ends lines (the OpenAI SDKs read all three); a last unterminated line is yielded too.
+        Stops reading the socket while the reader falls behind."""
+        pending: list[bytes] = []  # the start of a line that has no line end yet
         pending_size = 0
+        after_cr = False  # the last batch ended in CR: an LF that starts this one ends nothing
         try:
             while True:
                 if self._chunks:
                     data = b"".join(self._chunks)
                     self._chunks.clear()
+                    size = len(data)
+                    if after_cr or b"\r" in data:
+                        if after_cr and data[:1] == b"\n":
+                            data = data[1:]  # the LF of a CRLF split between two batches
+                        after_cr = data[-1:] == b"\r"
+                        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
                     parts = data.split(b"\n")
                     if len(parts) > 1:
-                        if pending:  # its CR may have come in the previous batch
+                        if pending:
                             pending.append(parts[0])
-                            parts[0] = b"".join(pending).rstrip(b"\r")
+                            parts[0] = b"".join(pending)
                             pending.clear()
                             pending_size = 0
                         last = parts.pop()
-                        if b"\r" in data:
-                            for line in parts:
-                                yield line.rstrip(b"\r")
-                        else:
-                            for line in parts:
-                                yield line
+                        for line in parts:
+                            yield line
                         if last:
                             pending.append(last)
                             pending_size = len(last)
@@ -192,13 +196,14 @@ class H1Response:
                                 self._endpoint_id,
                                 f"stream line longer than {_MAX_LINE} bytes without a newline",
                             )
-                    self._buffered -= len(data)
+                    self._buffered -= size
                     conn = self._conn
                     if conn is not None and conn._paused and self._buffered <= _LOW_WATER:
                         conn._resume()
                 elif self._done:
-                    if pending:
-                        yield b"".join(pending).rstrip(b"\r")
+                    tail = b"".join(pending)
+                    if tail:
+                        yield tail
                     return
                 elif self._error is not None:
                     raise self._error
