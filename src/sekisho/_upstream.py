@@ -27,6 +27,8 @@ from sekisho.providers import (
 )
 from sekisho.routing.health import EndpointHealth
 
+_BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
+
 
 class Primed:
     """A streaming response whose first line has already been read, so a stream that dies
@@ -51,8 +53,13 @@ class Primed:
         it = inner.lines()
         first: list[bytes] = []
         parts: list[bytes] = []
+        start = True
         try:
             async for line in it:
+                if start:
+                    start = False
+                    if line.startswith(_BOM):  # SSE lets a stream begin with one: not data
+                        line = line[3:]
                 if line.startswith(b"data:"):
                     whole = joined(parts, line[5:].strip())
                     if whole is None:

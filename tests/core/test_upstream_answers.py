@@ -318,6 +318,18 @@ def test_a_stream_with_any_of_sses_line_ends_is_relayed(two: Harness, end: str) 
     assert ledger_incomplete(two) == []
 
 
+def test_a_stream_that_begins_with_a_byte_order_mark_keeps_its_first_event(
+    two: Harness,
+) -> None:
+    """SSE lets a stream begin with a UTF-8 byte order mark: its first line was not read as a
+    data: line, and the answer reached the client without its first event, recorded as whole."""
+    events = sse(delta(role="assistant", content="Hel"), delta(content="lo"), "[DONE]")
+    for name in (GOOD, BAD):
+        two.fault(name, mode="sse", body="\ufeff" + events)
+    raw = chat(two, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == "Hello"
+
+
 # -- the Responses API ---------------------------------------------------------------------------
 
 
