@@ -619,6 +619,34 @@ async def test_no_content_response_has_an_empty_body_and_keeps_the_connection(
     assert up.accepted == 1
 
 
+@pytest.mark.parametrize("status", [204, 304])
+@pytest.mark.parametrize("framing", ["Content-Length: 38", "Transfer-Encoding: chunked"])
+async def test_a_bodyless_status_that_announces_a_body_drops_the_connection(
+    serve: Callable[..., Awaitable[Upstream]], client: H1Client, status: int, framing: str
+) -> None:
+    """A 204 or 304 has no body whatever its headers say: a server that announces one and
+    sends it a moment later had its "body" read as the answer to the next request on the
+    connection (here a whole response, read as another caller's answer)."""
+    smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+
+    async def handler(
+        up: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        if n == 1:
+            await up.read_request(reader)
+            writer.write(b"HTTP/1.1 %d Nothing\r\n%s\r\n\r\n" % (status, framing.encode()))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(smuggled)
+        await always(OK)(up, reader, writer, n)
+
+    up = await serve(handler)
+    got, _, resp = await post(client, up.url())
+    assert (got, await resp.read()) == (status, b"")
+    assert await fetch(client, up.url()) == b'{"ok":true}'
+    assert up.accepted == 2
+
+
 async def test_closing_a_response_before_its_body_arrived_drops_the_connection(
     serve: Callable[..., Awaitable[Upstream]], client: H1Client
 ) -> None:

@@ -15,8 +15,9 @@ What it promises:
   transport raises them; a cancelled caller closes the connection and the cancellation
   propagates.
 - Response bodies are framed by Content-Length, chunked encoding or EOF (the connection then
-  closes); interim 1xx answers are skipped. A body read line by line stops reading from the
-  socket while more than 256 KiB wait unread.
+  closes); interim 1xx answers are skipped. A 204 or 304 has no body; one whose headers
+  announce one closes its connection (the announced bytes may still come). A body read line
+  by line stops reading from the socket while more than 256 KiB wait unread.
 """
 
 from __future__ import annotations
@@ -270,6 +271,7 @@ class _Connection(asyncio.Protocol):
         "_state",
         "_timer",
         "_total",
+        "_unframed_body",
         "_until_eof",
         "transport",
     )
@@ -287,6 +289,7 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._informational = False
         self._until_eof = False
+        self._unframed_body = False  # a body announced where none may be (a 204's)
         self._got_bytes = False
         self._head_bytes = 0  # bytes of this exchange's response head so far
         self._paused = False
@@ -308,6 +311,7 @@ class _Connection(asyncio.Protocol):
         self._got_bytes = False
         self._head_bytes = 0
         self._until_eof = False
+        self._unframed_body = False
         self._stall = first_byte
         self._total = total
         self._deadline = deadline
@@ -536,6 +540,11 @@ class _Connection(asyncio.Protocol):
         self._headers = {}
         if status == 204 or status == 304:
             self._until_eof = False
+            # No body, whatever the headers say: one they announce may still come, and would
+            # be read as the next request's answer. The connection is not reused.
+            self._unframed_body = (
+                "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+            )
         else:
             te = headers.get("transfer-encoding")
             if te is not None:
@@ -557,7 +566,7 @@ class _Connection(asyncio.Protocol):
             self._informational = False
             return
         self._complete = True
-        self._keep_alive = self._parser.should_keep_alive()
+        self._keep_alive = self._parser.should_keep_alive() and not self._unframed_body
 
 
 class _Pool:
