@@ -441,6 +441,34 @@ async def test_a_connection_answered_before_its_request_was_sent_is_not_reused(
     assert up.accepted == 2
 
 
+@pytest.mark.parametrize("status", [401, 413, 429, 503])
+async def test_a_connection_is_not_reused_after_an_error_answer(
+    serve: Callable[..., Awaitable[Upstream]], client: H1Client, status: int
+) -> None:
+    """An error may come before the server read the request (a proxy's early 401 or 413): a
+    body small enough to be all sent sat unread, was read as the next request, and the next
+    caller on the connection got the answer to it. Whether it was read cannot be known."""
+
+    async def handler(
+        up: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        if n > 1:
+            await always(OK)(up, reader, writer, n)
+            return
+        await reader.readuntil(b"\r\n\r\n")  # the head only: the body is never read
+        writer.write(b"HTTP/1.1 %d No\r\nContent-Length: 0\r\n\r\n" % status)
+        await asyncio.sleep(0.2)
+        echo = b"bad request line: " + (await reader.read(200)).split(b"\r\n")[0]
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(echo) + echo)
+        await up.wait_eof(reader)
+
+    up = await serve(handler)
+    got, _, resp = await post(client, up.url(), b'{"content":"tenant A\'s secret"}')
+    assert (got, await resp.read()) == (status, b"")
+    assert await fetch(client, up.url()) == b'{"ok":true}'
+    assert up.accepted == 2
+
+
 async def test_http_1_0_with_keep_alive_is_reused(
     serve: Callable[..., Awaitable[Upstream]], client: H1Client
 ) -> None:

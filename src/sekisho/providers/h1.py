@@ -2,10 +2,10 @@
 
 What it promises:
 
-- One request per connection at a time; a connection is reused only after its response was
-  read completely, after the whole request was sent, and the server allowed keep-alive. Per
-  (scheme, host, port) at most ``limit_per_host`` connections exist; further callers wait in
-  FIFO order.
+- One request per connection at a time; a connection is reused only after a success (2xx)
+  was read completely, after the whole request was sent, and the server allowed keep-alive
+  (an error may have come before the server read the request). Per (scheme, host, port) at
+  most ``limit_per_host`` connections exist; further callers wait in FIFO order.
 - A reused idle connection that fails before any response byte arrived (the server closed it
   while the request was on its way) is retried once on a fresh connection. Never after a
   response byte: the upstream may have acted on the request.
@@ -378,6 +378,10 @@ class _Connection(asyncio.Protocol):
             transport.abort()
         if (
             self._keep_alive
+            # An answer that is not a success may have come before the server read the request
+            # (a proxy's early 401, 413 or 429): the body left unread would be read as the next
+            # request. Whether it was read cannot be known, so the connection is not reused.
+            and resp.status < 300
             and self._state == _BUSY
             and transport is not None
             and not transport.is_closing()
