@@ -248,6 +248,12 @@ ADVERSARIAL = [
     "生年月日\t1\n" * 1_000,
     "氏名\tフリガナ\n" * 1_000,
     "氏名,山田 太郎\n" * 900,
+    # digits glued to words, underscores, escapes and hex strings: each run looks around it
+    "a1234567" * 1_250,
+    "0123456789abcdef" * 625,
+    "x_1234567_" * 1_000,
+    "\\u306f1234567" * 770,
+    "a716-1234567-" * 770,
 ]
 
 

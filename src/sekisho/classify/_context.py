@@ -27,7 +27,10 @@ _WORDS: dict[str, tuple[str, ...]] = {
     RESIDENCE: ("在留カード", "在留", "特別永住者証明書", "Residence Card", "Residence card",
                 "residence card", "Residence", "residence"),
     MYNUMBER: ("個人番号カード", "マイナンバーカード", "マイナンバー", "個人番号", "My Number",
-               "My number", "my number", "MyNumber", "MY NUMBER", "MYNUMBER"),
+               "My number", "my number", "MyNumber", "MY NUMBER", "MYNUMBER",
+               # the keys of code, data and URLs: my_number=, "myNumber":, kojin_bango:
+               "mynumber", "my_number", "myNumber", "MY_NUMBER", "my-number", "kojin_bango",
+               "kojinBango", "KOJIN_BANGO"),
     CORPORATE: ("法人番号", "登録番号", "適格請求書", "インボイス", "Corporate Number",
                 "Corporate number", "corporate number", "Registration No", "registration no"),
     PASSPORT: ("旅券", "パスポート", "Passport", "passport", "PASSPORT"),

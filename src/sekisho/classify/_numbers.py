@@ -109,6 +109,18 @@ _MYNUMBER_CTX = frozenset({ctx.MYNUMBER})
 _CORPORATE_CTX = frozenset({ctx.CORPORATE})
 _CARD_CTX = frozenset({ctx.CARD})
 _MYNUMBER_CUED_SHAPES = ([3, 3, 3, 3], [6, 6])
+# A value glued to letters is only as sure as its check digit; those without one (or with one
+# that passes one time in ten, like 13-digit Visa and JAN codes) need the word of their type.
+_GLUED_CUES: dict[str, tuple[str, ...]] = {
+    PHONE_JP: (ctx.PHONE,),
+    PHONE_INTL: (ctx.PHONE,),
+    POSTAL_CODE_JP: (ctx.POSTAL,),
+    BANK_ACCOUNT_JP: (ctx.BANK, ctx.YUCHO),
+    HEALTH_INSURANCE_JP: (ctx.HEALTH,),
+    DRIVER_LICENSE_JP: (ctx.LICENSE,),
+    CORPORATE_NUMBER: (ctx.CORPORATE,),
+    CREDIT_CARD: (ctx.CARD,),
+}
 _RESIDENCE_CTX = frozenset({ctx.RESIDENCE})
 _PASSPORT_CTX = frozenset({ctx.PASSPORT})
 
@@ -242,6 +254,14 @@ def _aws_account_id(text: str, start: int) -> bool:
     return _ACCOUNT_KEY.search(text, max(0, start - 24), start) is not None
 
 
+def _date_led(digits: str) -> bool:
+    """Whether 12 digits open with a date, 19YYMMDD or 20YYMMDD (a timestamp to the minute, a
+    dated reference): one My Number in about 1,300 does, at random."""
+    return (
+        digits[:2] in ("19", "20") and "01" <= digits[4:6] <= "12" and "01" <= digits[6:8] <= "31"
+    )
+
+
 def _lettered_possible(sizes: list[int]) -> bool:
     """Could digits right after letters be an identifier written with its letters (a passport
     TK1234567, a residence card AB12345678CD, an invoice number T1234567890123)?"""
@@ -256,24 +276,71 @@ def _sep_kind(separator: str) -> str:
     return "-"
 
 
+# A hex token's groups, joined by "-" or "_" as UUIDs and ids write them; read from the number
+# outwards (before it, on the reversed text).
+_HEX_GROUPS = lazy_compile(r"[0-9A-Fa-f]+(?:[-_][0-9A-Fa-f]+)*")
+_HEX_RUN = lazy_compile(r"[0-9A-Fa-f]*")
+_HEX_LETTERS = frozenset("abcdefABCDEF")
+_ASCII_ALNUM = _ASCII_LETTERS | frozenset("0123456789")
+_HEX_TOKEN = 16  # characters: the shortest hex string read as a hash or digest, not as a word
+_HEX_REACH = 64  # characters read each side of a run for the hex string around it
+
+
+def _hex_neighbour(side: str) -> bool:
+    """Whether ``side`` (the text after a "-" or "_" next to a number, read away from it) opens
+    with a group of a hex token: hex letters and digits both (a716, 550e8400), and either
+    several groups (a UUID) or one that is a whole word (``deadbeef42-``, not ``cid_``)."""
+    match = _HEX_GROUPS.match(side)
+    if match is None:
+        return False
+    group = match.group()
+    if _HEX_LETTERS.isdisjoint(group) or not any(c.isdigit() for c in group):
+        return False
+    return "-" in group or "_" in group or side[match.end() : match.end() + 1] not in _ASCII_ALNUM
+
+
 def _embedded(text: str, start: int, end: int) -> bool:
-    """Is the run part of a longer token such as a hash, UUID or product code?"""
-    after = text[end : end + 1]
-    if after and after in _ASCII_LETTERS:
+    """Is the run a group of a UUID or of a hex token (550e8400-...-446655440000)?"""
+    if (
+        start > 1
+        and text[start - 1] in "-_"
+        and _hex_neighbour(text[max(0, start - 41) : start - 1][::-1])
+    ):
         return True
-    if start > 0 and text[start - 1] in "-_" and start > 1 and text[start - 2] in _HEXISH:
-        # A group of a UUID or hex token (550e8400-...-446655440000).
-        left = start - 2
-        while left > 0 and text[left - 1] in _HEXISH and start - left < 40:
-            left -= 1
-        segment = text[left:start]
-        if any(c in "abcdefABCDEF" for c in segment):
-            return True
-    if end < len(text) and text[end] in "-_" and end + 1 < len(text):
-        nxt = text[end + 1]
-        if nxt in "abcdefABCDEF":
-            return True
-    return False
+    return text[end : end + 1] in ("-", "_") and _hex_neighbour(text[end + 1 : end + 41])
+
+
+def _in_hex_token(text: str, start: int, end: int) -> bool:
+    """Whether letters glued to the digits are hex digits of a hash or digest (an ETag, a commit,
+    a SHA-256) or of a literal (0x102800001029D): a word of 16 hex characters or more, or one
+    after 0x, the run inside it (``card4111…`` is a word and a number; its "d" is no hex
+    digit)."""
+    if not (text[start:end].isascii() and text[start:end].isdigit()):
+        return False
+    before = _HEX_RUN.match(text[max(0, start - _HEX_REACH) : start][::-1])
+    after = _HEX_RUN.match(text, end, end + _HEX_REACH)
+    assert before is not None and after is not None  # "*": always a match, maybe empty
+    left, right = start - before.end(), after.end()
+    if text[left - 2 : left] in ("0x", "0X"):
+        return True
+    # A word ends where the hex digits end; as far as they were read (a SHA-512), it is one.
+    return (
+        right - left >= _HEX_TOKEN
+        and (start - left == _HEX_REACH or text[left - 1 : left] not in _ASCII_ALNUM)
+        and (right - end == _HEX_REACH or text[right : right + 1] not in _ASCII_ALNUM)
+    )
+
+
+def _escaped(text: str, start: int) -> bool:
+    """Whether the letter before ``start`` ends an escape of a JSON or C string (``\\n``,
+    ``\\t``, ``\\r``, ``\\u306f``): a separator as written, not a word glued to the digits."""
+    if start >= 2 and text[start - 2] == "\\" and text[start - 1] in "ntr":
+        return True
+    return (
+        start >= 6
+        and text[start - 6 : start - 4] == "\\u"
+        and all(c in _HEXISH and c != "-" for c in text[start - 4 : start])
+    )
 
 
 def _letters_before(text: str, start: int) -> str:
@@ -297,16 +364,16 @@ class NumberDetector:
             start, end = match.span()
             raw = match.group()
             before = text[start - 1] if start else ""
-            if before in _TOKEN_CHARS or (end < length and text[end] in _ASCII_LETTERS):
-                # Digits inside a word (hashes, tokens, product codes): only passports,
-                # residence cards, invoice numbers (T…) and IBANs are written that way.
+            if before in _TOKEN_CHARS or (end < length and text[end] in _LETTERS):
+                # Digits glued to a word or after an underscore (ids, keys, hashes, product
+                # codes): _classify decides what such a run can be.
                 if start >= 2 and self._iban and text[start - 2 : start].isupper():
                     iban = iban_at(text, start - 2)
                     if iban is not None:
                         out.append(iban)
                         continue
-                if len(raw) < 7 or before not in _LETTERS:
-                    continue
+                if len(raw) < 6 or (len(raw) < 7 and before in _LETTERS):
+                    continue  # 7 digits at least after letters (TK1234567), as bare 6
             elif len(raw) < 6:
                 continue  # too short for any identifier
             elif before in ",，" and start >= 2 and text[start - 2] in _DIGIT_CHARS:
@@ -415,12 +482,19 @@ class NumberDetector:
             sizes = [*map(len, groups)]
         n = sum(sizes)
         prefix = ""
-        if start and text[start - 1] in _LETTERS:
+        # Letters glued to the digits (user123456789018, MN123456789018x, card4111…): the run
+        # is a value only if its check digit says so, or the word before it names its type.
+        glued = end < len(text) and text[end] in _LETTERS
+        if start and text[start - 1] in _LETTERS and not _escaped(text, start):
             prefix = _letters_before(text, start)
             if fold(prefix).lower() in _LABEL_PREFIXES:
-                prefix = ""
+                prefix = ""  # TEL09012345678, No123456789018: a label, as if a space followed it
+            else:
+                glued = True
         if not prefix and not _shape_possible(n, sizes, folded):
             return None  # no identifier is written like this: most numbers in prose stop here
+        if glued and _in_hex_token(text, start, end):
+            return None  # the hex digits of a hash or digest, not letters of a word
         digits = "".join(groups)
         wanted = self._wanted
         looked_up: list[str | None] = []
@@ -432,14 +506,25 @@ class NumberDetector:
                 looked_up.append(ctx.context_before(text, start))
             return looked_up[0]
 
-        def emit(type_: str, score: float) -> Finding | None:
+        def lettered(type_: str, score: float) -> Finding | None:
             # Every score here is a two-decimal constant below 1, or _score's rounded result.
             if type_ not in wanted or score <= 0:
                 return None
             return Finding(type_, start, end, score)
 
+        def emit(type_: str, score: float) -> Finding | None:
+            if glued and not (
+                type_ == MY_NUMBER
+                or (type_ == CREDIT_CARD and n >= 14)
+                or context() in _GLUED_CUES.get(type_, ())
+            ):
+                return None
+            return lettered(type_, score)
+
         if prefix:
-            return self._with_letters(text, start, end, prefix, digits, sizes, context, emit)
+            found = self._with_letters(text, start, end, prefix, digits, sizes, context, lettered)
+            if found is not None or not _shape_possible(n, sizes, folded):
+                return found
         if _embedded(text, start, end):
             return None
 
@@ -534,8 +619,14 @@ class NumberDetector:
             if context() == ctx.LICENSE:
                 return emit(DRIVER_LICENSE_JP, 0.95)
             if my_number_ok(digits):
-                if sizes == [12] and context() != ctx.MYNUMBER and _aws_account_id(text, start):
-                    return None  # one AWS account id in eleven passes the check digit
+                if (
+                    sizes == [12]
+                    and context() != ctx.MYNUMBER
+                    and (_aws_account_id(text, start) or _date_led(digits))
+                ):
+                    # One AWS account id in eleven passes the check digit, and one timestamp
+                    # or reference that opens with its date (202406111230, 202406110001)
+                    return None
                 return emit(MY_NUMBER, _score(0.65, context(), _MYNUMBER_CTX))
             return None
 
