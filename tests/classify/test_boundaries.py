@@ -76,12 +76,28 @@ def numeric(text: str) -> list[tuple[str, str]]:
         ("ip_192.168.1.20", ("IP_ADDRESS", "192.168.1.20")),
         ("zip_100-0001", ("POSTAL_CODE_JP", "100-0001")),
         ("corporate_number_7000012050002", ("CORPORATE_NUMBER", "7000012050002")),
+        # two values in one run of digits and separators
+        ("4111-1111-1111-1111/123", ("CREDIT_CARD", "4111-1111-1111-1111")),
+        ("card: 4111-1111-1111-1111/12/28", ("CREDIT_CARD", "4111-1111-1111-1111")),
+        ("10.0.0.1-10.0.0.9", ("IP_ADDRESS", "10.0.0.9")),
     ],
 )
 def test_a_value_glued_to_a_word_or_an_underscore_is_found_with_its_exact_span(
     text: str, expected: tuple[str, str]
 ) -> None:
     assert expected in found(text)
+
+
+def test_both_values_of_a_run_are_found() -> None:
+    assert numeric("090-1234-5678/080-1234-5678") == [
+        ("PHONE_JP", "090-1234-5678"),
+        ("PHONE_JP", "080-1234-5678"),
+    ]
+    assert numeric("DHCP 10.0.0.1-10.0.0.9") == [
+        ("IP_ADDRESS", "10.0.0.1"),
+        ("IP_ADDRESS", "10.0.0.9"),
+    ]
+    assert numeric("期間 2024-06-11/2024-06-12、v1.2.3-4") == []
 
 
 @pytest.mark.parametrize(

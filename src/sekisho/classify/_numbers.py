@@ -299,6 +299,16 @@ def _hex_neighbour(side: str) -> bool:
     return "-" in group or "_" in group or side[match.end() : match.end() + 1] not in _ASCII_ALNUM
 
 
+def _meeting(folded: str, kinds: list[str]) -> str:
+    """The kind of separator (``_sep_kind``) where the values of a run meet; "" for none."""
+    if " " in folded:
+        # Spaces are the weak separators: in a mixed run the values meet at a space.
+        return " " if len(set(kinds)) > 1 else ""
+    # Values written with dashes meet at a slash ("090-1234-5678/080-1234-5678",
+    # "4111-1111-1111-1111/123"), dotted addresses at a dash ("10.0.0.1-10.0.0.9").
+    return "/" if "/" in folded else "-"
+
+
 def _embedded(text: str, start: int, end: int) -> bool:
     """Is the run a group of a UUID or of a hex token (550e8400-...-446655440000)?"""
     if (
@@ -417,26 +427,28 @@ class NumberDetector:
                 out.append(iban)
                 return
         folded = raw if raw.isascii() else raw.translate(FOLD_TABLE)
-        if " " not in folded:
-            # Only spaces split a run (below), so this one is one value or nothing.
+        spaced = " " in folded
+        if not spaced:
+            # Without spaces a run is one value or nothing, but for two values joined by a
+            # slash or a dash (below).
             groups: list[str] = self._digit_groups(folded)
-            if len(groups) > _MAX_GROUPS:
-                return
             # Its shape alone can rule it out: most numbers in prose (dates, amounts, order
             # numbers, versions) stop here.
             sizes = [*map(len, groups)]
-            if not _shape_possible(sum(sizes), sizes, folded) and (
-                before not in _LETTERS or not _lettered_possible(sizes)
+            if len(groups) <= _MAX_GROUPS and (
+                _shape_possible(sum(sizes), sizes, folded)
+                or (before in _LETTERS and _lettered_possible(sizes))
             ):
+                finding = self._classify(text, start, end, folded, groups, sizes)
+                if finding is not None:
+                    out.append(finding)
+                    return
+            if "-" not in folded or ("/" in folded) == ("." in folded):
                 return
-            finding = self._classify(text, start, end, folded, groups, sizes)
-            if finding is not None:
-                out.append(finding)
-            return
         spans = [(m.start(), m.end()) for m in _GROUP.finditer(folded)]
         ndigits = sum(b - a for a, b in spans)
-        whole_tried = ndigits <= _MAX_DIGITS and len(spans) <= _MAX_GROUPS
-        if whole_tried:
+        whole_tried = not spaced or (ndigits <= _MAX_DIGITS and len(spans) <= _MAX_GROUPS)
+        if spaced and whole_tried:
             finding = self._classify(text, start, end, folded, [folded[a:b] for a, b in spans])
             if finding is not None:
                 out.append(finding)
@@ -447,8 +459,8 @@ class NumberDetector:
         # phone): a run written with one separator throughout is one value or nothing, so
         # "4111 1111 1111 1112" never yields its first twelve digits as a My Number.
         kinds = [_sep_kind(folded[spans[k][1] : spans[k + 1][0]]) for k in range(len(spans) - 1)]
-        # Spaces are the weak separators: in a mixed run the values meet at a space.
-        cuts = [k for k, kind in enumerate(kinds) if kind == " "] if len(set(kinds)) > 1 else []
+        cut = _meeting(folded, kinds)
+        cuts = [k for k, kind in enumerate(kinds) if kind == cut]
         first = 0
         for k in [*cuts, len(spans) - 1]:
             segment = spans[first : k + 1]
