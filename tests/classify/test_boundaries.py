@@ -17,7 +17,11 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from sekisho.classify import scan
-from sekisho.classify._validate import luhn_check_digit, my_number_check_digit
+from sekisho.classify._validate import (
+    corporate_number_ok,
+    luhn_check_digit,
+    my_number_check_digit,
+)
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NUMERIC = frozenset(
@@ -126,6 +130,10 @@ def test_both_values_of_a_run_are_found() -> None:
         "ORDER123456789018",
         "host1234567",
         "corp7000012050002",
+        # a book's number is no corporate number, with its word or without
+        "ISBN 9784061597839",
+        "ISBN9784061597839",
+        "参考文献 9784061597839",
     ],
 )
 def test_look_alikes_in_code_and_logs_are_not_reported(text: str) -> None:
@@ -245,3 +253,19 @@ def test_a_card_number_glued_to_a_word_is_found(body: str, before: str, after: s
     number += str(luhn_check_digit(number))
     text = f"{before}{number}{after}"
     assert ("CREDIT_CARD", number) in found(text)
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["978", "979"]),
+    st.text(alphabet=string.digits, min_size=9, max_size=9),
+    st.sampled_from(["ISBN {b}", "ISBN:{b}", "参考文献 {b} 講談社", "- {b}", "{b}"]),
+)
+def test_a_book_number_is_a_corporate_number_only_after_the_corporate_word(
+    prefix: str, body: str, place: str
+) -> None:
+    book = prefix + body
+    book += str(-sum(int(c) * (3 if i % 2 else 1) for i, c in enumerate(book)) % 10)
+    assert "CORPORATE_NUMBER" not in {type_ for type_, _ in found(place.format(b=book))}
+    if corporate_number_ok(book):
+        assert found(f"法人番号 {book}") == [("CORPORATE_NUMBER", book)]

@@ -18,6 +18,7 @@ from sekisho.classify._text import DASH, DIGIT, FOLD_TABLE, SPACE, fold
 from sekisho.classify._validate import (
     card_issuer,
     corporate_number_ok,
+    ean13_ok,
     health_insurer_ok,
     ipv4_ok,
     luhn_ok,
@@ -648,10 +649,15 @@ class NumberDetector:
             and corporate_number_ok(digits)
             and context() != ctx.CARD
         ):
-            if sizes == [13] and digits[0] == "1" and context() != ctx.CORPORATE:
-                # Epoch milliseconds (2001-09 to 2033-05: 1000000000000-1999999999999), one in
-                # nine of which passes the check digit: a corporate number only after its word
-                # (法人番号, 登録番号) or its invoice T, never bare or after ts, createdAt.
+            if (
+                sizes == [13]
+                and (digits[0] == "1" or (digits[:3] in ("978", "979") and ean13_ok(digits)))
+                and context() != ctx.CORPORATE
+            ):
+                # Epoch milliseconds (2001-09 to 2033-05: 1000000000000-1999999999999) and
+                # ISBN-13s (978…, 979… with their own check digit), one in nine of which passes
+                # the check digit: a corporate number only after its word (法人番号, 登録番号)
+                # or its invoice T, never bare or after ts, createdAt, a bibliography.
                 return None
             return emit(CORPORATE_NUMBER, _score(0.65, context(), _CORPORATE_CTX))
 

@@ -69,6 +69,14 @@ def luhn_check_digit(body: str) -> int:
     raise AssertionError("unreachable: one of ten digits always completes a Luhn number")
 
 
+def ean13_ok(digits: str) -> bool:
+    """EAN-13 (JAN barcodes, ISBN-13): weights 1 and 3 in turn, the total a multiple of 10."""
+    if len(digits) != 13 or not digits.isdigit() or not digits.isascii():
+        return False
+    codes = digits.encode()
+    return (sum(codes[0::2]) + 3 * sum(codes[1::2]) - _ZERO * 25) % 10 == 0
+
+
 def card_issuer(digits: str) -> str | None:
     """The card network whose issuer range and length the number fits, or None."""
     n = len(digits)
