@@ -104,6 +104,16 @@ def test_both_values_of_a_run_are_found() -> None:
     assert numeric("期間 2024-06-11/2024-06-12、v1.2.3-4") == []
 
 
+def test_the_columns_of_a_table_written_with_spaces_are_read_apart() -> None:
+    # column -t, a fixed-width report: the columns are apart by more than a value's groups
+    row = "1001  1234 5678 9018  090-1234-5678"
+    assert numeric(row) == [("MY_NUMBER", "1234 5678 9018"), ("PHONE_JP", "090-1234-5678")]
+    assert numeric("35\u3000\u30004111 1111 1111 1111") == [("CREDIT_CARD", "4111 1111 1111 1111")]
+    # one width throughout: one value or nothing, never the first twelve digits of a card
+    assert numeric("4111 1111 1111 1112  2024") == []
+    assert numeric("1234  5678  9018") == [("MY_NUMBER", "1234  5678  9018")]
+
+
 @pytest.mark.parametrize(
     "text",
     [

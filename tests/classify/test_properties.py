@@ -256,6 +256,7 @@ ADVERSARIAL = [
     "a716-1234567-" * 770,
     "1-1/" * 2_500,  # a run cut at each slash and each dash
     "1.1-" * 2_500,
+    "1   1  1 1  " * 850,  # columns within columns: each read as a run of its own
 ]
 
 

@@ -300,14 +300,16 @@ def _hex_neighbour(side: str) -> bool:
     return "-" in group or "_" in group or side[match.end() : match.end() + 1] not in _ASCII_ALNUM
 
 
-def _meeting(folded: str, kinds: list[str]) -> str:
+def _meeting(piece: str, kinds: list[str]) -> str:
     """The kind of separator (``_sep_kind``) where the values of a run meet; "" for none."""
-    if " " in folded:
+    if " " in kinds:
         # Spaces are the weak separators: in a mixed run the values meet at a space.
         return " " if len(set(kinds)) > 1 else ""
-    # Values written with dashes meet at a slash ("090-1234-5678/080-1234-5678",
-    # "4111-1111-1111-1111/123"), dotted addresses at a dash ("10.0.0.1-10.0.0.9").
-    return "/" if "/" in folded else "-"
+    if "-" in piece and ("/" in piece) != ("." in piece):
+        # Values written with dashes meet at a slash ("090-1234-5678/080-1234-5678",
+        # "4111-1111-1111-1111/123"), dotted addresses at a dash ("10.0.0.1-10.0.0.9").
+        return "/" if "/" in piece else "-"
+    return ""
 
 
 def _embedded(text: str, start: int, end: int) -> bool:
@@ -454,31 +456,60 @@ class NumberDetector:
             if finding is not None:
                 out.append(finding)
                 return
+        done = (0, len(folded)) if whole_tried else None
+        self._split(text, raw, folded, start, spans, done, out)
+
+    def _split(
+        self,
+        text: str,
+        raw: str,
+        folded: str,
+        start: int,
+        spans: list[tuple[int, int]],
+        done: tuple[int, int] | None,
+        out: list[Finding],
+    ) -> None:
+        """The values of a run (``folded``, at ``start``) whose digit groups ``spans`` are not
+        one value; ``done`` is a stretch of it already classified."""
         if len(spans) == 1:
             return
         # Split where the separator changes kind ("2024/01/05 090-1234-5678" is a date and a
         # phone): a run written with one separator throughout is one value or nothing, so
         # "4111 1111 1111 1112" never yields its first twelve digits as a My Number.
-        kinds = [_sep_kind(folded[spans[k][1] : spans[k + 1][0]]) for k in range(len(spans) - 1)]
-        cut = _meeting(folded, kinds)
-        cuts = [k for k, kind in enumerate(kinds) if kind == cut]
+        gaps = [(spans[k][1], spans[k + 1][0]) for k in range(len(spans) - 1)]
+        kinds = [_sep_kind(folded[a:b]) for a, b in gaps]
+        # The columns of a table written with spaces ("1001  1234 5678 9018  090-…") meet at
+        # the widest gaps, when the spaces between groups are not all as wide; each column is
+        # then read as a run of its own.
+        widths = [
+            b - a + raw.count("\u3000", a, b) if kind == " " else 0
+            for (a, b), kind in zip(gaps, kinds, strict=True)
+        ]
+        spaced = [width for width in widths if width]
+        widest = max(spaced, default=0)
+        columns = bool(spaced) and min(spaced) < widest
+        if columns:
+            cuts = [k for k, width in enumerate(widths) if width == widest]
+        else:
+            cut = _meeting(folded[spans[0][0] : spans[-1][1]], kinds)
+            cuts = [k for k, kind in enumerate(kinds) if kind == cut]
         first = 0
         for k in [*cuts, len(spans) - 1]:
             segment = spans[first : k + 1]
             first = k + 1
-            if len(segment) > _MAX_GROUPS:
-                continue
             a, b = segment[0][0], segment[-1][1]
             if a > 0 and folded[a - 1] in "+(":  # keep a leading + or ( with its number
                 a -= 1
             if b < len(folded) and folded[b] == ")" and "(" in folded[a:b]:
                 b += 1
-            if whole_tried and a == 0 and b == len(folded):
-                continue  # the whole run again: already classified above
-            groups = [folded[x:y] for x, y in segment]
-            finding = self._classify(text, start + a, start + b, folded[a:b], groups)
-            if finding is not None:
-                out.append(finding)
+            finding = None
+            if len(segment) <= _MAX_GROUPS and (a, b) != done:
+                groups = [folded[x:y] for x, y in segment]
+                finding = self._classify(text, start + a, start + b, folded[a:b], groups)
+                if finding is not None:
+                    out.append(finding)
+            if finding is None and columns:
+                self._split(text, raw, folded, start, segment, (a, b), out)
 
     def _classify(
         self,
