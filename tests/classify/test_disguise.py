@@ -137,3 +137,27 @@ def test_a_number_whose_line_ends_in_a_separator_is_found_whole(
 ) -> None:
     # A form or a mail client wrapped the line after the dash: the span keeps dash and break.
     assert [(f.type, text[f.start : f.end]) for f in SCANNER.scan(text)] == [(kind, written)]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "written"),
+    [
+        # a form's GET request in an access log: spaces as %20 or +, a dash as %2D, + as %2B
+        ("GET /form?mynumber=1234%205678%209018&step=2", "MY_NUMBER", "1234%205678%209018"),
+        ("GET /form?mynumber=1234+5678+9018&step=2", "MY_NUMBER", "1234+5678+9018"),
+        ("/pay?card=4111+1111+1111+1111", "CREDIT_CARD", "4111+1111+1111+1111"),
+        ("/pay?card=4111%2D1111%2D1111%2D1111", "CREDIT_CARD", "4111%2D1111%2D1111%2D1111"),
+        ("?tel=090%2D1234%2D5678", "PHONE_JP", "090%2D1234%2D5678"),
+        ("?tel=%2B81-90-1234-5678&x=1", "PHONE_JP", "%2B81-90-1234-5678"),
+        ("?tel=%2b81%2090%201234%205678", "PHONE_JP", "%2b81%2090%201234%205678"),
+    ],
+)
+def test_a_number_in_a_url_encoded_query_is_found_whole(text: str, kind: str, written: str) -> None:
+    assert [(f.type, text[f.start : f.end]) for f in SCANNER.scan(text)] == [(kind, written)]
+
+
+@pytest.mark.parametrize(
+    "text", ["?page=2%20of%2010", "1000+2000=3000", "?q=tokyo%20100%2D200", "C++ 2011+2014"]
+)
+def test_url_encoding_and_sums_are_no_numbers(text: str) -> None:
+    assert SCANNER.scan(text) == []

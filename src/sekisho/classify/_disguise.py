@@ -11,14 +11,17 @@ number into something no pattern matches while a person (or a model) still reads
   superscript;
 * kanji digits in a run (一二三四 五六七八 九〇一八), as vertical Japanese text writes numbers;
 * digit groups broken by tabs or line breaks (a number pasted from a table or a form), joined
-  by underscores, or grouped by fours with commas.
+  by underscores, or grouped by fours with commas;
+* a URL's or a form's encoding of the separators (``?mynumber=1234+5678+9018``, ``%20``,
+  ``%2D``, ``%2B81``), as access logs and pasted links write them.
 
 ``views(text)`` finds where any of these occur and returns, for each stretch of text around
 them, a copy with the disguise undone (invisible characters dropped, digits made ASCII; tabs,
-line breaks, underscores and commas between digits made spaces) and a map from each copy
-position back to the original. The scanner scans these copies too and reports what it finds
-there as spans of the original text, so a redaction covers the disguised value whole. Text
-without any of these forms costs one regex search.
+line breaks, underscores, commas and URL-encoded spaces between digits made spaces, %2D and
+%2B the dash and plus they encode) and a map from each copy position back to the original.
+The scanner scans these copies too and reports what it finds there as spans of the original
+text, so a redaction covers the disguised value whole. Text without any of these forms costs
+one regex search (two where it holds a "%" or a "+").
 """
 
 from __future__ import annotations
@@ -161,6 +164,10 @@ _BROKEN = re.compile(
     rf"[{_D}]"
 )
 _JOINERS = "_,，"  # between digits, read as a space in a view
+# A URL's or a form's encoding of what is written around and between digits: a space as %20
+# or + (?mynumber=1234+5678+9018), a dash as %2D, the + of an international number as %2B.
+_URL_ESCAPES = {"%20": " ", "%2D": "-", "%2d": "-", "%2B": "+", "%2b": "+"}
+_URL_ENCODED = re.compile(rf"%2[0BDbd](?=[{_D}])|(?<=[{_D}]{{3}})\+(?=[{_D}]{{3}})")
 
 
 # What most text is written in, none of it a disguise: ASCII, Latin-1 but for the soft hyphen
@@ -180,6 +187,8 @@ _KANJI4 = re.compile("[〇一二三四五六七八九]" * 4)  # spelled out: ~2x
 def _first(text: str) -> int | None:
     """Where the first disguise starts, or None."""
     found = [m.start() for m in (_BROKEN.search(text),) if m is not None]
+    if "%" in text or "+" in text:
+        found += [m.start() for m in (_URL_ENCODED.search(text),) if m is not None]
     if not text.isascii():
         found += [m.start() for m in (_KANJI4.search(text),) if m is not None]
         rare = _RARE.search(text)
@@ -190,6 +199,8 @@ def _first(text: str) -> int | None:
 
 def _all(text: str, start: int) -> list[tuple[int, int]]:
     spans = [m.span() for m in _BROKEN.finditer(text, start)]
+    if "%" in text or "+" in text:
+        spans += [m.span() for m in _URL_ENCODED.finditer(text, start)]
     if not text.isascii():
         spans += [m.span() for m in _KANJI4.finditer(text, start)]
         rare = _RARE.search(text, start)
@@ -239,9 +250,10 @@ def _undo(text: str, lo: int, hi: int) -> View:
     out: list[str] = []
     offsets: list[int] = []
     joining = False  # inside a run of line breaks between two digits: one space stands for it
+    escaped = -1  # the last character of a URL escape (%2D) read as one character
     for i in range(lo, hi):
         ch = text[i]
-        if ch in _INVISIBLE_SET:
+        if ch in _INVISIBLE_SET or i <= escaped:
             continue
         if ch in _BREAKS:
             if joining:
@@ -253,6 +265,10 @@ def _undo(text: str, lo: int, hi: int) -> View:
                 continue
         elif ch in _JOINERS and out and _is_digit(out[-1]) and _digit_follows(text, i + 1, hi):
             ch, joining = " ", False
+        elif ch == "%" and text[i : i + 3] in _URL_ESCAPES and _digit_follows(text, i + 3, hi):
+            ch, joining, escaped = _URL_ESCAPES[text[i : i + 3]], False, i + 2
+        elif ch == "+" and out and _is_digit(out[-1]) and _digit_follows(text, i + 1, hi):
+            ch, joining = " ", False  # a form's space between digit groups
         else:
             joining = False
             if i in kanji:
