@@ -114,6 +114,20 @@ def test_the_columns_of_a_table_written_with_spaces_are_read_apart() -> None:
     assert numeric("1234  5678  9018") == [("MY_NUMBER", "1234  5678  9018")]
 
 
+def test_values_listed_with_single_spaces_are_read_apart() -> None:
+    # No value is written with a group of nine digits or more beside others: such a group is
+    # a value of its own, and the digits around it are other values.
+    assert numeric("1001 123456789018 山田") == [("MY_NUMBER", "123456789018")]
+    assert numeric("山田 123456789018 09012345678") == [
+        ("MY_NUMBER", "123456789018"),
+        ("PHONE_JP", "09012345678"),
+    ]
+    assert numeric("3 4111111111111111") == [("CREDIT_CARD", "4111111111111111")]
+    # groups of a grouped value stay one value or nothing
+    assert numeric("1234 5678 9018 1234") == []
+    assert numeric("+1 2125550100") == [("PHONE_INTL", "+1 2125550100")]
+
+
 @pytest.mark.parametrize(
     "text",
     [

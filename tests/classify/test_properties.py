@@ -257,6 +257,7 @@ ADVERSARIAL = [
     "1-1/" * 2_500,  # a run cut at each slash and each dash
     "1.1-" * 2_500,
     "1   1  1 1  " * 850,  # columns within columns: each read as a run of its own
+    "1 123456789 " * 850,  # values listed with spaces: a cut at each
     "1%20" * 2_500,  # URL-encoded separators: a view around each
     "111+" * 2_500,
     "%2B1" * 2_500,

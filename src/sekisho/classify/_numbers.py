@@ -94,6 +94,7 @@ _HEXISH = frozenset("0123456789abcdefABCDEF-")
 _CARD_GROUPINGS = ([4, 4, 4, 4], [4, 6, 5], [4, 6, 4], [4, 4, 4, 4, 3], [4, 4, 4, 1])
 _MAX_GROUPS = 6  # the most groups an identifier has: +81 (0) 3 1234 5678
 _MAX_DIGITS = 24
+_WHOLE_GROUP = 9  # digits: a group this long is a value, never one group of several
 
 
 def _score(base: float, kind: str | None, wanted: frozenset[str]) -> float:
@@ -493,6 +494,22 @@ class NumberDetector:
         else:
             cut = _meeting(folded[spans[0][0] : spans[-1][1]], kinds)
             cuts = [k for k, kind in enumerate(kinds) if kind == cut]
+            end = start + len(folded)
+            if (
+                not cuts
+                and kinds[0] == " "
+                and text[start - 1 : start] not in _LETTERS
+                and text[end : end + 1] not in _LETTERS
+            ):
+                # Values listed with single spaces ("1001 123456789018 09012345678"): no value
+                # is grouped with a group of nine digits or more, which is a value of its own
+                # (but for a run glued to a word: its first digits are the word's, a716 …).
+                cuts = [
+                    k
+                    for k in range(len(gaps))
+                    if max(spans[k][1] - spans[k][0], spans[k + 1][1] - spans[k + 1][0])
+                    >= _WHOLE_GROUP
+                ]
         first = 0
         for k in [*cuts, len(spans) - 1]:
             segment = spans[first : k + 1]
