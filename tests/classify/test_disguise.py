@@ -161,3 +161,26 @@ def test_a_number_in_a_url_encoded_query_is_found_whole(text: str, kind: str, wr
 )
 def test_url_encoding_and_sums_are_no_numbers(text: str) -> None:
     assert SCANNER.scan(text) == []
+
+
+def _ascii_json(value: str) -> str:
+    """``value`` as json.dumps writes it by default (ensure_ascii): \\uXXXX for non-ASCII."""
+    return "".join(c if c.isascii() else f"\\u{ord(c):04x}" for c in value)
+
+
+@pytest.mark.parametrize(
+    ("before", "value", "kind"),
+    [
+        ("マイナンバー：", "１２３４５６７８９０１８", "MY_NUMBER"),
+        ("電話　", "０９０－１２３４－５６７８", "PHONE_JP"),
+        ("番号 ", "1234\u30005678\u30009018", "MY_NUMBER"),
+        ("カード番号 ", "４１１１ １１１１ １１１１ １１１１", "CREDIT_CARD"),
+    ],
+)
+def test_a_number_in_json_written_with_ascii_escapes_is_found_whole(
+    before: str, value: str, kind: str
+) -> None:
+    # A JSON log of a Japanese form, as Python's json.dumps and structlog write it.
+    text = '{"level": "info", "memo": "' + _ascii_json(before + value) + '", "id": 7}'
+    found = [(f.type, text[f.start : f.end]) for f in SCANNER.scan(text)]
+    assert (kind, _ascii_json(value)) in found, found

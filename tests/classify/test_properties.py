@@ -261,6 +261,8 @@ ADVERSARIAL = [
     "1%20" * 2_500,  # URL-encoded separators: a view around each
     "111+" * 2_500,
     "%2B1" * 2_500,
+    "\\uff11" * 1_700,  # JSON's ASCII escapes: one view of them all, decoded
+    "\\u3000\\u" * 1_000,
 ]
 
 

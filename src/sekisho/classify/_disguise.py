@@ -168,6 +168,10 @@ _JOINERS = "_,，"  # between digits, read as a space in a view
 # or + (?mynumber=1234+5678+9018), a dash as %2D, the + of an international number as %2B.
 _URL_ESCAPES = {"%20": " ", "%2D": "-", "%2d": "-", "%2B": "+", "%2b": "+"}
 _URL_ENCODED = re.compile(rf"%2[0BDbd](?=[{_D}])|(?<=[{_D}]{{3}})\+(?=[{_D}]{{3}})")
+# JSON written with ASCII escapes (json.dumps' default, structlog): a full-width digit as
+# \uff11, an ideographic space as \u3000. A view reads every \uXXXX escape around them.
+_JSON_ESCAPED = re.compile(r"\\u(?:[fF][fF]1[0-9]|3000)")
+_JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
 
 
 # What most text is written in, none of it a disguise: ASCII, Latin-1 but for the soft hyphen
@@ -189,6 +193,8 @@ def _first(text: str) -> int | None:
     found = [m.start() for m in (_BROKEN.search(text),) if m is not None]
     if "%" in text or "+" in text:
         found += [m.start() for m in (_URL_ENCODED.search(text),) if m is not None]
+    if "\\u" in text:
+        found += [m.start() for m in (_JSON_ESCAPED.search(text),) if m is not None]
     if not text.isascii():
         found += [m.start() for m in (_KANJI4.search(text),) if m is not None]
         rare = _RARE.search(text)
@@ -201,6 +207,8 @@ def _all(text: str, start: int) -> list[tuple[int, int]]:
     spans = [m.span() for m in _BROKEN.finditer(text, start)]
     if "%" in text or "+" in text:
         spans += [m.span() for m in _URL_ENCODED.finditer(text, start)]
+    if "\\u" in text:
+        spans += [m.span() for m in _JSON_ESCAPED.finditer(text, start)]
     if not text.isascii():
         spans += [m.span() for m in _KANJI4.finditer(text, start)]
         rare = _RARE.search(text, start)
@@ -218,15 +226,16 @@ WINDOW = 64
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """A copy of ``original[start:end]`` with the disguises undone; ``offsets[i]`` is the
-    original offset of ``text[i]`` (one more entry: the end)."""
+    """A copy of ``original[start:end]`` with the disguises undone; ``text[i]`` stands for
+    ``original[offsets[i]:ends[i]]`` (one character, or an escape such as %2D or \\uff11)."""
 
     text: str
     offsets: tuple[int, ...]
+    ends: tuple[int, ...]
 
     def span(self, start: int, end: int) -> tuple[int, int]:
         """The original span of ``text[start:end]`` (end-exclusive)."""
-        return self.offsets[start], self.offsets[end - 1] + 1
+        return self.offsets[start], self.ends[end - 1]
 
 
 def views(text: str) -> list[View]:
@@ -249,12 +258,14 @@ def _undo(text: str, lo: int, hi: int) -> View:
     kanji = {i for m in _KANJI_RUN.finditer(text, lo, hi) for i in range(m.start(), m.end())}
     out: list[str] = []
     offsets: list[int] = []
+    ends: list[int] = []
     joining = False  # inside a run of line breaks between two digits: one space stands for it
-    escaped = -1  # the last character of a URL escape (%2D) read as one character
+    escaped = -1  # the last character of an escape (%2D, \\uff11) read as one character
     for i in range(lo, hi):
         ch = text[i]
         if ch in _INVISIBLE_SET or i <= escaped:
             continue
+        end = i + 1
         if ch in _BREAKS:
             if joining:
                 continue
@@ -266,7 +277,11 @@ def _undo(text: str, lo: int, hi: int) -> View:
         elif ch in _JOINERS and out and _is_digit(out[-1]) and _digit_follows(text, i + 1, hi):
             ch, joining = " ", False
         elif ch == "%" and text[i : i + 3] in _URL_ESCAPES and _digit_follows(text, i + 3, hi):
-            ch, joining, escaped = _URL_ESCAPES[text[i : i + 3]], False, i + 2
+            ch, joining, escaped, end = _URL_ESCAPES[text[i : i + 3]], False, i + 2, i + 3
+        elif ch == "\\" and (escape := _JSON_ESCAPE.match(text, i, hi)) is not None:
+            code = int(escape.group(1), 16)
+            if not 0xD800 <= code <= 0xDFFF:  # half of a surrogate pair is left as written
+                ch, joining, escaped, end = chr(code), False, i + 5, i + 6
         elif ch == "+" and out and _is_digit(out[-1]) and _digit_follows(text, i + 1, hi):
             ch, joining = " ", False  # a form's space between digit groups
         else:
@@ -279,8 +294,9 @@ def _undo(text: str, lo: int, hi: int) -> View:
                     ch = str(value)
         out.append(ch)
         offsets.append(i)
+        ends.append(end)
     offsets.append(hi)
-    return View("".join(out), tuple(offsets))
+    return View("".join(out), tuple(offsets), tuple(ends))
 
 
 def _is_digit(ch: str) -> bool:
