@@ -498,12 +498,13 @@ class NumberDetector:
             if (
                 not cuts
                 and kinds[0] == " "
-                and text[start - 1 : start] not in _LETTERS
-                and text[end : end + 1] not in _LETTERS
+                and text[start - 1 : start] not in _TOKEN_CHARS
+                and text[end : end + 1] not in _TOKEN_CHARS
             ):
                 # Values listed with single spaces ("1001 123456789018 09012345678"): no value
                 # is grouped with a group of nine digits or more, which is a value of its own
-                # (but for a run glued to a word: its first digits are the word's, a716 …).
+                # (but for a run glued to a word or an id: its first digits are the word's,
+                # a716 …, or a UUID's whose underscores a second look read as spaces).
                 cuts = [
                     k
                     for k in range(len(gaps))
