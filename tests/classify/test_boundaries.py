@@ -142,6 +142,8 @@ def test_values_listed_with_single_spaces_are_read_apart() -> None:
         "550e8400-e29b-41d4-a716-123456789018",
         "550e8400_e29b_41d4_a716_123456789018",
         "id_9f916024_973a_a3fc_1682_664248148808",
+        "E3EF5F83-CF1E-1DC2-8DAC-FD1BC4887660",  # BC4887660 is no passport
+        "github.com/x/y v0.0.0-20200501191002-183492172623",  # a Go pseudo-version
         "req-550e8400-e29b-41d4-a716-123456789018",
         # timestamps and date-led references, however they are glued (one in eleven passes)
         "backup_202406110100.tar.gz",

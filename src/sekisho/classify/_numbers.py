@@ -284,6 +284,7 @@ _HEX_GROUPS = lazy_compile(r"[0-9A-Fa-f]+(?:[-_][0-9A-Fa-f]+)*")
 _HEX_RUN = lazy_compile(r"[0-9A-Fa-f]*")
 _HEX_LETTERS = frozenset("abcdefABCDEF")
 _ASCII_ALNUM = _ASCII_LETTERS | frozenset("0123456789")
+_UUID = lazy_compile(r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}")
 _HEX_TOKEN = 16  # characters: the shortest hex string read as a hash or digest, not as a word
 _HEX_REACH = 64  # characters read each side of a run for the hex string around it
 
@@ -337,6 +338,9 @@ def _in_hex_token(text: str, start: int, end: int) -> bool:
     left, right = start - before.end(), after.end()
     if text[left - 2 : left] in ("0x", "0X"):
         return True
+    uuid = _UUID.search(text, max(0, start - 36), end + 36)
+    if uuid is not None and uuid.start() <= start and end <= uuid.end():
+        return True  # a group of a UUID in capitals: …-8DAC-FD1BC4887660 holds no passport
     # A word ends where the hex digits end; as far as they were read (a SHA-512), it is one.
     return (
         right - left >= _HEX_TOKEN
@@ -489,11 +493,15 @@ class NumberDetector:
         spaced = [width for width in widths if width]
         widest = max(spaced, default=0)
         columns = bool(spaced) and min(spaced) < widest
+        written = ""  # what each value of the run is written with, if it must be
         if columns:
             cuts = [k for k, width in enumerate(widths) if width == widest]
         else:
             cut = _meeting(folded[spans[0][0] : spans[-1][1]], kinds)
             cuts = [k for k, kind in enumerate(kinds) if kind == cut]
+            # Values that meet at a slash are written with dashes, at a dash with dots: the
+            # digits of a Go pseudo-version (v0.0.0-20200501191002-183492172623) are none.
+            written = {"/": "-", "-": "."}.get(cut, "")
             end = start + len(folded)
             if (
                 not cuts
@@ -521,7 +529,7 @@ class NumberDetector:
             if b < len(folded) and folded[b] == ")" and "(" in folded[a:b]:
                 b += 1
             finding = None
-            if len(segment) <= _MAX_GROUPS and (a, b) != done:
+            if len(segment) <= _MAX_GROUPS and (a, b) != done and written in folded[a:b]:
                 groups = [folded[x:y] for x, y in segment]
                 finding = self._classify(text, start + a, start + b, folded[a:b], groups)
                 if finding is not None:
