@@ -195,6 +195,9 @@ async def test_kept_checkpoints_link_old_and_new_tree_heads(
         db.execute("UPDATE nodes SET hash = zeroblob(32) WHERE level = 3 AND idx = 0")
     assert main(["ledger", "checkpoint", "--data-dir", str(data_dir), "--keep", str(kept)]) == 1
     assert "not consistent with the last checkpoint you kept" in capsys.readouterr().err
+    # ... before the rewritten tree is signed: no checkpoint of it exists to be published.
+    with sqlite3.connect(data_dir / "ledger.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM checkpoints").fetchone()[0] == 0
 
 
 async def test_ledger_audit_exit_status_says_whether_the_log_is_intact(

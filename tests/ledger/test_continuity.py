@@ -4,6 +4,7 @@ same signing key, and an operator can start a new log, under a new key, on purpo
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +242,158 @@ async def test_a_ledger_restored_from_a_backup_that_reaches_the_newest_checkpoin
     backup.replace(data / "ledger.sqlite3")
     (data / "ledger.sqlite3").chmod(0o600)
     assert int((await _serve_once(config)).split("\n")[1]) > 2
+
+
+def _killed_after_appending(config_file: Path, request_ids: list[str]) -> None:
+    """A gateway that appended entries and was killed before its next checkpoint (it signs
+    one a second and at shutdown; a kill in between leaves the tree larger than any signed)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio, os, sys\n"
+        "from sekisho.config import load_config\n"
+        "from sekisho.recorder import open_ledger\n"
+        "from ledger.conftest import decision\n"
+        "async def go():\n"
+        "    ledger = await open_ledger(load_config(sys.argv[1]))\n"
+        "    for request_id in sys.argv[2:]:\n"
+        "        await ledger.append(decision(request_id))\n"
+        "    os._exit(0)\n"
+        "asyncio.run(go())\n"
+    )
+    tests = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tests}"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(config_file), *request_ids],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+async def test_a_checkpoint_ledger_checkpoint_signed_stops_a_start_on_an_older_restore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gateway was killed after appending, and the operator kept (published) the tree head
+    with `ledger checkpoint --keep`: that command signed it but did not record it in
+    ledger-signed.json, so a ledger restored from a backup older than that checkpoint (but not
+    older than the gateway's own last one) was served from, and the same key signed a fork."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    config = _config(data, checkpoint_interval_ms=3_600_000)
+    config_file = tmp_path / "sekisho.yaml"
+    raw = yaml.safe_load((ROOT / "examples" / "sekisho.yaml").read_text(encoding="utf-8"))
+    raw["server"]["data_dir"] = str(data)
+    raw.setdefault("ledger", {})["checkpoint_interval_ms"] = 3_600_000
+    config_file.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    await _serve_once(config)
+    backup = tmp_path / "backup.sqlite3"
+    with sqlite3.connect(data / "ledger.sqlite3") as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    held = sqlite3.connect(backup).execute("SELECT size FROM tree").fetchone()[0]
+
+    _killed_after_appending(config_file, ["req-2", "req-3"])
+    kept = tmp_path / "kept.jsonl"
+    assert main(["ledger", "checkpoint", "--config", str(config_file), "--keep", str(kept)]) == 0
+    published = capsys.readouterr().out
+    published_size = int(published.split("\n")[1])
+    assert published_size > held
+    record = json.loads((data / SIGNED).read_text(encoding="utf-8"))
+    assert record["size"] == published_size
+    assert record["key"] == load_signer(data / "keys" / "ledger.key").verifier().key_string()
+
+    for path in data.glob("ledger.sqlite3*"):
+        path.unlink()
+    backup.replace(data / "ledger.sqlite3")
+    (data / "ledger.sqlite3").chmod(0o600)
+    with pytest.raises(LedgerBehind, match=f"holds {held} entries.*size {published_size}"):
+        await open_ledger(config)
+
+
+async def test_ledger_checkpoint_signs_no_fork_of_a_ledger_restored_from_an_older_backup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ledger checkpoint` refuses what the gateway refuses: a ledger behind the newest
+    checkpoint signed, or whose entries at that size are others; and a data directory of
+    another log's key, where its checkpoint could not be recorded for the gateway."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    config = _config(data, checkpoint_interval_ms=3_600_000)
+    config_file = tmp_path / "sekisho.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                **yaml.safe_load((ROOT / "examples" / "sekisho.yaml").read_text("utf-8")),
+                "server": {"data_dir": str(data)},
+                "ledger": {"checkpoint_interval_ms": 3_600_000},
+            },
+            allow_unicode=True,
+        ),
+        encoding="utf-8",
+    )
+    await _serve_once(config)
+    backup = tmp_path / "backup.sqlite3"
+    with sqlite3.connect(data / "ledger.sqlite3") as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    await _serve_once(config)
+    newest = json.loads((data / SIGNED).read_text(encoding="utf-8"))
+    for path in data.glob("ledger.sqlite3*"):
+        path.unlink()
+    backup.replace(data / "ledger.sqlite3")
+    (data / "ledger.sqlite3").chmod(0o600)
+    held = sqlite3.connect(data / "ledger.sqlite3").execute("SELECT size FROM tree").fetchone()
+    # As if the copy's last checkpoint had not been signed (a gateway killed before it): the
+    # command would sign one.
+    with sqlite3.connect(data / "ledger.sqlite3") as db:
+        db.execute("DELETE FROM checkpoints WHERE size > 0")
+
+    def signed_sizes() -> list[int]:
+        with sqlite3.connect(data / "ledger.sqlite3") as db:
+            return [row[0] for row in db.execute("SELECT size FROM checkpoints ORDER BY size")]
+
+    before = signed_sizes()
+    assert main(["ledger", "checkpoint", "--config", str(config_file)]) == 1
+    err = capsys.readouterr().err
+    assert f"holds {held[0]} entries" in err and f"size {newest['size']}" in err
+    assert "so no checkpoint was signed" in err and "sekisho ledger audit" in err
+    assert signed_sizes() == before
+    assert json.loads((data / SIGNED).read_text(encoding="utf-8")) == newest  # not lowered
+
+    # The data directory of another log (its own key) is not written to, nor signed for.
+    other = tmp_path / "other"
+    other_config = _config(other)
+    await _serve_once(other_config)
+    theirs = (other / SIGNED).read_text(encoding="utf-8")
+    key_file = data / "keys" / "ledger.key"
+    url = f"sqlite:///{data / 'ledger.sqlite3'}"
+    monkeypatch.setenv("SEKISHO_DATA_DIR", str(other))  # a bare --url: the default data dir
+    assert main(["ledger", "checkpoint", "--url", url, "--key-file", str(key_file)]) == 1
+    err = capsys.readouterr().err
+    assert f"the data directory {other} is that of the log signed by key" in err
+    assert "pass --config FILE" in err
+    assert (other / SIGNED).read_text(encoding="utf-8") == theirs
+    assert signed_sizes() == before
+
+
+def test_the_record_of_the_newest_checkpoint_signed_never_goes_back(tmp_path: Path) -> None:
+    """A gateway's workers and `ledger checkpoint` sign side by side: the one recording last
+    may have signed a smaller tree, and must not lower the size a restore has to reach."""
+    from sekisho.ledger.continuity import record_signed
+
+    record_signed(tmp_path, "log+1+key", 7, b"\x07" * 32)
+    record_signed(tmp_path, "log+1+key", 5, b"\x05" * 32)
+    assert json.loads((tmp_path / SIGNED).read_text(encoding="utf-8"))["size"] == 7
+    record_signed(tmp_path, "log+1+key", 9, b"\x09" * 32)
+    assert json.loads((tmp_path / SIGNED).read_text(encoding="utf-8"))["size"] == 9
+    record_signed(tmp_path, "new-log+2+key", 1, b"\x01" * 32)  # a new log's key: its own record
+    assert json.loads((tmp_path / SIGNED).read_text(encoding="utf-8"))["size"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SIGNED]  # no lock or temporary file

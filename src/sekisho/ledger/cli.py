@@ -183,7 +183,7 @@ def checkpoint_command(args: argparse.Namespace) -> int:
     try:
         storage = _open(args)
         try:
-            signed = _latest_signed(args, storage)
+            signed = _latest_signed(args, storage, Path(args.keep) if args.keep else None)
             if args.keep:
                 _keep(Path(args.keep), signed, storage)
         finally:
@@ -198,14 +198,23 @@ def checkpoint_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _latest_signed(args: argparse.Namespace, storage: Storage) -> str:
+def _latest_signed(args: argparse.Namespace, storage: Storage, keep: Path | None) -> str:
     size = storage.tree_size()
     latest = storage.latest_checkpoint()
     if latest is not None and latest.size >= size:
         return latest.note
     signer = load_signer(_key_file(args))
+    verifier_key = signer.verifier().key_string()
+    data = _data_dir(args)
+    # As the gateway does: never sign a ledger restored from behind the newest checkpoint
+    # signed, and record this one before it can be published, so that a later restore
+    # from behind it is refused too.
+    continuity.check_before_signing(storage, data, verifier_key)
     origin = storage.origin() or signer.name
     root = merkle.root_from_hashes(size, storage.hashes(merkle.subtree_keys(0, size)))
+    if keep is not None:
+        _link(keep, size, root, storage)  # a tree that does not extend the kept ones: a fork
+    continuity.record_signed(data, verifier_key, size, root)
     signed = Checkpoint(origin, size, root).sign(signer)
     storage.store_checkpoint(size, root, signed)
     return signed
@@ -214,29 +223,35 @@ def _latest_signed(args: argparse.Namespace, storage: Storage) -> str:
 def _keep(path: Path, signed: str, storage: Storage) -> None:
     """Append ``signed`` to a kept-checkpoints file with a consistency proof from its last one."""
     checkpoint = Checkpoint.parse(signed.partition("\n\n")[0] + "\n")
-    proof: list[bytes] = []
-    if path.exists():
-        lines = [
-            (n, ln)
-            for n, ln in enumerate(read_text(path, "kept checkpoints").splitlines(), 1)
-            if ln.strip()
-        ]
-        if lines:
-            number, line = lines[-1]
-            item = load_json(line, f"{path}:{number}")
-            last = item.get("checkpoint") if isinstance(item, dict) else None
-            if not isinstance(last, str):
-                raise ReceiptError(
-                    f"{path}:{number}: not a kept-checkpoint line (no 'checkpoint' signed note)"
-                )
-            last_cp = Checkpoint.parse(last.partition("\n\n")[0] + "\n")
-            ranges = merkle.consistency_ranges(last_cp.size, checkpoint.size)
-            proof = merkle.proof_from_hashes(ranges, storage.hashes(merkle.keys_for(ranges)))
-            merkle.verify_consistency(
-                last_cp.size, checkpoint.size, last_cp.root_hash, checkpoint.root_hash, proof
-            )
+    proof = _link(path, checkpoint.size, checkpoint.root_hash, storage)
     with path.open("a", encoding="utf-8") as f:
         f.write(KeptCheckpoints.line(signed, proof))
+
+
+def _link(path: Path, size: int, root: bytes, storage: Storage) -> list[bytes]:
+    """The consistency proof from the last checkpoint kept in ``path`` to the tree of ``size``
+    and ``root``; ``merkle.ProofError`` when that tree does not extend it."""
+    if not path.exists():
+        return []
+    lines = [
+        (n, ln)
+        for n, ln in enumerate(read_text(path, "kept checkpoints").splitlines(), 1)
+        if ln.strip()
+    ]
+    if not lines:
+        return []
+    number, line = lines[-1]
+    item = load_json(line, f"{path}:{number}")
+    last = item.get("checkpoint") if isinstance(item, dict) else None
+    if not isinstance(last, str):
+        raise ReceiptError(
+            f"{path}:{number}: not a kept-checkpoint line (no 'checkpoint' signed note)"
+        )
+    last_cp = Checkpoint.parse(last.partition("\n\n")[0] + "\n")
+    ranges = merkle.consistency_ranges(last_cp.size, size)
+    proof = merkle.proof_from_hashes(ranges, storage.hashes(merkle.keys_for(ranges)))
+    merkle.verify_consistency(last_cp.size, size, last_cp.root_hash, root, proof)
+    return proof
 
 
 # --- ledger init --new-log -------------------------------------------------------------------
@@ -388,7 +403,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "restored ledger with it before serving)",
     )
     audit_p.set_defaults(func=audit_command)
-    cp = sub.add_parser("checkpoint", help="print the latest signed checkpoint")
+    cp = sub.add_parser(
+        "checkpoint",
+        help="print the latest signed checkpoint",
+        description="Print the latest signed checkpoint. Where the log grew since the last "
+        "one, sign one with the gateway's key, first recorded in the data directory's "
+        "ledger-signed.json as the gateway records its own (a ledger restored from behind it "
+        "is then refused): give the gateway's --config FILE or the --data-dir serve uses. "
+        "Nothing is signed on a ledger behind that record, or that does not extend the last "
+        "checkpoint in --keep FILE.",
+    )
     _add_location(cp)
     cp.add_argument("--key-file", help="signer key file (default DATA_DIR/keys/ledger.key)")
     cp.add_argument(

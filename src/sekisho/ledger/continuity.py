@@ -18,7 +18,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sekisho.ledger import merkle
@@ -43,20 +43,109 @@ class LedgerBehind(StorageError):
 
 
 def record_signed(data_dir: Path, verifier_key: str, size: int, root: bytes) -> None:
-    """Remember the newest checkpoint signed (a stale record is still a prefix: no fsync)."""
+    """Remember the newest checkpoint signed (a stale record is still a prefix: no fsync).
+
+    Never a smaller one over a larger one of the same key: the workers of one gateway and a
+    `ledger checkpoint` sign side by side, and the one that records last may have signed less."""
     record = data_dir / SIGNED
     # One writer per thread: the checkpoint loop and a start-up may record at once.
     tmp = record.with_name(f"{SIGNED}.{os.getpid()}.{threading.get_ident()}.tmp")
     item = {"key": verifier_key, "size": size, "root": base64.b64encode(root).decode()}
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(item) + "\n")
-    os.replace(tmp, record)
+    with _directory_locked(data_dir):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            known = json.loads(record.read_text(encoding="utf-8"))
+            if known["key"] == verifier_key and int(known["size"]) > size:
+                return
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(item) + "\n")
+        os.replace(tmp, record)
 
 
-def refuse_a_ledger_behind(storage: Storage, data_dir: Path, verifier_key: str) -> None:
+@contextlib.contextmanager
+def _directory_locked(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the data directory itself (no lock file to leave behind)
+    while the block runs; where there is no ``flock`` (Windows), hold none."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+def check_before_signing(storage: Storage, data_dir: Path, verifier_key: str) -> None:
+    """For a command about to sign a checkpoint of ``storage`` outside the gateway (`ledger
+    checkpoint`): raise ``StorageError`` unless ``data_dir`` is the data directory of the
+    gateway whose key signs this log, where ``record_signed`` then records it; and
+    ``LedgerBehind`` when the ledger does not hold the newest checkpoint signed there (signing
+    a restored or rewritten copy would be a fork, as serving from it would)."""
+    config_hint = (
+        "pass --config FILE (the file `serve` runs with) or the --data-dir it uses, so the "
+        f"checkpoint is recorded where the gateway looks ({SIGNED}: the gateway refuses to start "
+        "on a ledger restored from a backup older than it)"
+    )
+    if not data_dir.is_dir():
+        raise StorageError(
+            f"there is no data directory at {data_dir}, so no checkpoint was signed: {config_hint}"
+        )
+    owner = _recorded_key(data_dir / RECORD) or _recorded_key(data_dir / SIGNED)
+    if owner is not None and owner != verifier_key:
+        raise StorageError(
+            f"the data directory {data_dir} is that of the log signed by key {owner}, not by "
+            f"this signing key ({verifier_key}), so no checkpoint was signed: {config_hint}"
+        )
+    kept = _recorded_ledger(data_dir)
+    if kept is not None and not _same_ledger(kept, storage.location, data_dir):
+        raise StorageError(
+            f"this signing key signs the log kept at {kept} ({data_dir / RECORD}), not the "
+            f"ledger at {storage.location}: a checkpoint of that ledger under the same key "
+            "would be a second history, so none was signed. Pass --config FILE (the file "
+            "`serve` runs with) to sign the gateway's ledger"
+        )
+    refuse_a_ledger_behind(storage, data_dir, verifier_key, refused="no checkpoint was signed")
+
+
+def _recorded_key(path: Path) -> str | None:
+    try:
+        key = json.loads(path.read_text(encoding="utf-8"))["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
+def _recorded_ledger(data_dir: Path) -> str | None:
+    try:
+        kept = json.loads((data_dir / RECORD).read_text(encoding="utf-8"))["ledger"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return kept if isinstance(kept, str) else None
+
+
+def _same_ledger(kept: str, location: str, data_dir: Path) -> bool:
+    if kept == where(location):
+        return True
+    # An older record keeps a SQLite path as serve was given it, perhaps relative.
+    return where(location) == str((data_dir / SQLITE_FILE).resolve()) and names_this_ledger(
+        kept, data_dir
+    )
+
+
+def refuse_a_ledger_behind(
+    storage: Storage,
+    data_dir: Path,
+    verifier_key: str,
+    *,
+    refused: str = "the gateway did not start",
+) -> None:
     """Raise ``LedgerBehind`` when ``storage`` does not hold the tree of the newest checkpoint
-    this key signed here (a ledger restored from a backup older than it, or another copy)."""
+    this key signed here (a ledger restored from a backup older than it, or another copy);
+    ``refused`` says what was not done because of it."""
     try:
         known = json.loads((data_dir / SIGNED).read_text(encoding="utf-8"))
         if known["key"] != verifier_key:
@@ -71,8 +160,8 @@ def refuse_a_ledger_behind(storage: Storage, data_dir: Path, verifier_key: str) 
     held = storage.tree_size()
     what_to_do = (
         "Serving from it would sign other entries at sizes already signed, under the same key: "
-        "a second history (a fork) that every receipt and kept checkpoint exposes, so the "
-        "gateway did not start. Restore a newer copy that reaches that size and check it with "
+        f"a second history (a fork) that every receipt and kept checkpoint exposes, so {refused}. "
+        "Restore a newer copy that reaches that size and check it with "
         "`sekisho ledger audit --checkpoints kept.jsonl`; if there is none, move this one "
         "aside (its entries still verify under the old key) and start a new log with "
         "`sekisho ledger init --new-log` (ledger.md, Losing the ledger)"
