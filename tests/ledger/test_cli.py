@@ -111,6 +111,53 @@ async def test_verify_checks_a_receipt_offline_and_names_what_failed(
     assert "not signed by any known key" in unsigned.stderr
 
 
+async def test_verify_fails_a_receipt_of_another_log_signed_with_the_key_it_trusts(
+    keyed_data_dir: tuple[Path, str], tmp_path: Path
+) -> None:
+    """One key file shared by two deployments (ledger.key_file) signs two logs: a receipt of
+    the staging log verified as one of production's, under production's pinned key. verify
+    now expects the log the key is named after, or the one --origin names."""
+    data_dir, verifier = keyed_data_dir
+    await _log_some(data_dir, 2)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    ledger = await Ledger.open(
+        str(staging), load_signer(data_dir / "keys" / "ledger.key"), origin="staging.example/log"
+    )
+    await ledger.append(decision("staging-1"))
+    await ledger.append(outcome("staging-1"))
+    (tmp_path / "staging.json").write_text(json.dumps(ledger.receipt("staging-1")))
+    (tmp_path / "staging.tlog-proof").write_text(ledger.receipt("staging-1")["tlog_proof"])
+    await ledger.close()
+    kept = tmp_path / "kept-staging.jsonl"  # an auditor of the staging log keeps its head
+    assert main(["ledger", "checkpoint", "--data-dir", str(staging), "--keep", str(kept)]) == 0
+
+    for receipt in ("staging.json", "staging.tlog-proof"):
+        other = run("verify", str(tmp_path / receipt), "--key", verifier)
+        assert other.returncode == 1, other.stdout
+        assert "verified" not in other.stdout
+        said = " ".join(other.stderr.split())
+        assert f"the checkpoint is of the log 'staging.example/log', not of '{ORIGIN}'" in said
+        assert f"the verifier key is named after ('{ORIGIN}')" in said
+        assert "pass --origin ORIGIN; never take it from the receipt" in said
+    genuine = data_dir / "receipt-0.json"
+    with_kept = run("verify", str(genuine), "--key", verifier, "--checkpoints", str(kept))
+    assert with_kept.returncode == 1
+    assert "kept-staging.jsonl:1: the checkpoint is of the log 'staging" in with_kept.stderr
+
+    # The log's operator says the log's origin differs from its key's name: --origin pins it.
+    pinned = run("verify", str(tmp_path / "staging.json"), "--key", verifier, "--origin",
+                 "staging.example/log")  # fmt: skip
+    assert pinned.returncode == 0, pinned.stderr
+    assert "ok  origin: staging.example/log, the log expected" in pinned.stdout
+    wrong = run("verify", str(genuine), "--key", verifier, "--origin", "staging.example/log")
+    assert wrong.returncode == 1
+    assert "named by --origin" in wrong.stderr
+    ours = run("verify", str(genuine), "--key", verifier)
+    assert ours.returncode == 0, ours.stderr
+    assert f"ok  origin: {ORIGIN}, the log expected" in ours.stdout
+
+
 async def test_verify_fails_a_receipt_whose_request_id_or_extra_fields_no_proof_covers(
     keyed_data_dir: tuple[Path, str],
 ) -> None:
@@ -475,3 +522,26 @@ def test_verify_help_says_what_it_checks_its_exit_status_and_where_the_key_comes
     text = " ".join(out.stdout.split())
     assert "Exit status 0: verified; 1: a check failed" in text
     assert "never from a receipt" in text and "For auditors" in text
+
+
+def test_keys_ledger_names_the_origin_auditors_pin_where_it_is_not_the_keys_name(
+    keyed_data_dir: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ledger.origin set after the key was made names the log otherwise than the key: verify
+    refuses its receipts unless given --origin, so the operator is told to publish it."""
+    import yaml
+
+    from harness import example_config
+
+    data_dir, verifier = keyed_data_dir
+    raw = example_config()
+    raw["server"]["data_dir"] = str(data_dir)
+    config = tmp_path / "sekisho.yaml"
+    for origin, said in ((ORIGIN, False), ("renamed.example/log", True)):
+        raw.setdefault("ledger", {})["origin"] = origin
+        config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+        assert main(["keys", "ledger", "--config", str(config)]) == 0
+        out, err = capsys.readouterr()
+        assert out.strip() == verifier
+        hint = f"auditors pass `sekisho verify --origin {origin}`"
+        assert (hint in " ".join(err.split())) is said

@@ -23,6 +23,10 @@ class CheckpointError(ValueError):
     """A checkpoint that is malformed, for another log, or not signed by the expected key."""
 
 
+class OtherLogError(CheckpointError):
+    """A checkpoint whose origin line names another log than the one expected."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     origin: str
@@ -77,5 +81,8 @@ def open_checkpoint(
         raise CheckpointError(f"checkpoint signature: {e}") from None
     checkpoint = Checkpoint.parse(opened.text)
     if origin is not None and checkpoint.origin != origin:
-        raise CheckpointError(f"checkpoint is for log {checkpoint.origin!r}, expected {origin!r}")
+        raise OtherLogError(
+            f"the checkpoint is of the log {checkpoint.origin!r}, not of {origin!r}, the log "
+            "expected"
+        )
     return checkpoint

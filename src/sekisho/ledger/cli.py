@@ -25,6 +25,7 @@ from sekisho.ledger.note import NoteError, Verifier
 from sekisho.ledger.proof import (
     KeptCheckpoints,
     ReceiptError,
+    ReceiptOfAnotherLog,
     load_json,
     read_text,
     verify_document,
@@ -82,15 +83,34 @@ def verify_command(args: argparse.Namespace) -> int:
         verifier = _read_verifier(args.key)
     except (OSError, NoteError) as e:
         return _fail(f"verifier key {args.key}: {e}")
+    # C2SP tlog-checkpoint: a client checks the origin line against the log it expects. A key
+    # may sign more than one log (one key file shared by two deployments), so the key alone
+    # does not say which log a receipt is from; sekisho names a log's key after it.
+    origin = args.origin if args.origin is not None else verifier.name
+    if not origin.strip():
+        return _fail("--origin is empty: give the log's origin, as its operator gave it to you")
     try:
         text = read_text(Path(args.receipt), "receipt")
         kept = None
         if args.checkpoints:
-            kept = KeptCheckpoints.load(Path(args.checkpoints), [verifier])
+            kept = KeptCheckpoints.load(Path(args.checkpoints), [verifier], origin=origin)
             print(
                 f"ok  kept checkpoints: {len(kept.checkpoints)} loaded, signatures and links hold"
             )
-        lines = verify_document(text, str(args.receipt), [verifier], kept=kept)
+        lines = verify_document(text, str(args.receipt), [verifier], kept=kept, origin=origin)
+    except ReceiptOfAnotherLog as e:
+        expected = (
+            "named by --origin"
+            if args.origin is not None
+            else f"the verifier key is named after ({verifier.name!r})"
+        )
+        return _fail(
+            f"{e}: verify expects the log {expected}, and a receipt of another log proves "
+            "nothing about it, even signed by the same key. If that log's operator gave you "
+            "its origin together with the key (it differs from the key's name where "
+            "ledger.origin was set after the key was made), pass --origin ORIGIN; never take "
+            "it from the receipt"
+        )
     except ReceiptError as e:
         return _fail(str(e))
     for line in lines:
@@ -333,6 +353,13 @@ def keys_ledger(args: argparse.Namespace) -> int:
             "verifier key (publish this; auditors pass it to `sekisho verify --key`):",
             file=sys.stderr,
         )
+        if configured is not None and configured != signer.name:
+            # verify expects the log the key is named after unless told otherwise.
+            print(
+                f"the log's origin is {configured!r} (ledger.origin), not the key's name: "
+                f"publish it with the key; auditors pass `sekisho verify --origin {configured}`",
+                file=sys.stderr,
+            )
         print(signer.verifier().key_string())
         return 0
     try:
@@ -368,14 +395,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``verify`` and ``ledger {audit,checkpoint}`` to a CLI."""
     verify = subparsers.add_parser(
         "verify",
-        help="verify a ledger receipt offline (signature, inclusion, consistency)",
+        help="verify a ledger receipt offline (signature, origin, inclusion, consistency)",
         description="Verify a receipt offline: the checkpoint's Ed25519 signature under --key, "
-        "the entries' inclusion under its root, and (with --checkpoints) its consistency with "
+        "that it is a checkpoint of the log expected (--origin, else the key's name), the "
+        "entries' inclusion under its root, and (with --checkpoints) its consistency with "
         "the tree heads you kept. Prints each check, then the entries the receipt proves. "
         "Exit status 0: verified; 1: a check failed or a file could not be read (the FAILED "
         "line says which).",
-        epilog="Get the verifier key from the gateway's operator through a channel you trust, "
-        "never from a receipt, and compare its key ID (docs/ledger.md, For auditors).",
+        epilog="Get the verifier key (and the log's origin, where it is not the key's name) "
+        "from the gateway's operator through a channel you trust, never from a receipt, and "
+        "compare its key ID (docs/ledger.md, For auditors).",
     )
     verify.add_argument("receipt", metavar="RECEIPT_FILE", help="receipt JSON or .tlog-proof")
     verify.add_argument(
@@ -383,6 +412,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         required=True,
         help="the log's verifier key (NAME+KEYID+BASE64, as `sekisho keys ledger` prints it), "
         "or a file holding it",
+    )
+    verify.add_argument(
+        "--origin",
+        help="the log's origin, as its operator gave it to you with the key: a checkpoint of "
+        "any other log fails (default: the verifier key's name, which sekisho gives the log)",
     )
     verify.add_argument(
         "--checkpoints", metavar="FILE", help="kept checkpoints (JSON lines) to check against"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sekisho.ledger import merkle, note
-from sekisho.ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from sekisho.ledger.checkpoint import Checkpoint, CheckpointError, OtherLogError, open_checkpoint
 from sekisho.ledger.records import RecordError, parse_record
 
 HEADER = "c2sp.org/tlog-proof@v1"
@@ -36,6 +36,16 @@ HEADER = "c2sp.org/tlog-proof@v1"
 
 class ReceiptError(ValueError):
     """A receipt or tlog-proof that is malformed or does not verify; the message says which part."""
+
+
+class ReceiptOfAnotherLog(ReceiptError):
+    """A receipt, or kept checkpoint, signed for another log than the one expected (even under
+    the key expected: one key may sign several logs, and proves nothing about another's)."""
+
+
+def _within(e: ReceiptError, where: str) -> ReceiptError:
+    """``e`` with ``where`` in front of its message, of the same kind."""
+    return type(e)(f"{where}: {e}")
 
 
 def _b64(text: str, what: str) -> bytes:
@@ -146,6 +156,8 @@ def verify_tlog_proof(
     """Check the checkpoint signature and that ``leaf`` (or the extra data) is at ``index``."""
     try:
         checkpoint = open_checkpoint(proof.checkpoint, verifiers, origin=origin)
+    except OtherLogError as e:
+        raise ReceiptOfAnotherLog(str(e)) from None
     except CheckpointError as e:
         raise ReceiptError(str(e)) from None
     if leaf is None:
@@ -201,6 +213,8 @@ class KeptCheckpoints:
                 raise ReceiptError(f"{where}: 'checkpoint' is not a signed note (a string)")
             try:
                 kept.add(open_checkpoint(signed, verifiers, origin=origin), signed, proof)
+            except OtherLogError as e:
+                raise ReceiptOfAnotherLog(f"{where}: {e}") from None
             except (CheckpointError, ReceiptError) as e:
                 raise ReceiptError(f"{where}: {e}") from None
         return kept
@@ -283,7 +297,7 @@ def _verify_part(
     try:
         return verify_tlog_proof(proof, verifiers, leaf=leaf, origin=origin)
     except ReceiptError as e:
-        raise ReceiptError(f"{name}: {e}") from None
+        raise _within(e, name) from None
 
 
 @dataclass(frozen=True)
@@ -474,17 +488,21 @@ def verify_document(
     verifiers: Sequence[note.Verifier],
     *,
     kept: KeptCheckpoints | None = None,
+    origin: str | None = None,
 ) -> list[str]:
     """What ``sekisho verify`` does with a file's text (a receipt's JSON, or a bare tlog-proof):
-    the lines it prints, or ``ReceiptError`` naming the first check that failed."""
+    the lines it prints, or ``ReceiptError`` naming the first check that failed. With
+    ``origin``, a checkpoint of any other log fails (``ReceiptOfAnotherLog``)."""
+    pinned = [f"ok  origin: {origin}, the log expected"] if origin is not None else []
     if text.startswith(HEADER):
         # What `jq -r .tlog_proof` and editors write: one more newline at the end (or CRLF);
         # the proof itself ends with its last signature line and one newline.
         proof = text.replace("\r\n", "\n").rstrip("\n") + "\n"
-        entry = verify_tlog_proof(TlogProof.parse(proof), verifiers)
+        entry = verify_tlog_proof(TlogProof.parse(proof), verifiers, origin=origin)
         cp = entry.checkpoint
         lines = [
             f"ok  checkpoint signature: {cp.origin} at size {cp.size}",
+            *pinned,
             f"ok  inclusion: the proof's entry bytes are entry {entry.index}",
         ]
         if kept is not None and kept.checkpoints:
@@ -496,9 +514,12 @@ def verify_document(
         raise ReceiptError(f"{e}: it is neither a tlog-proof nor a receipt") from None
     if not isinstance(receipt, dict):
         raise ReceiptError(f"{where} is not a receipt object")
-    report = verify_receipt(receipt, verifiers, kept=kept)
+    report = verify_receipt(receipt, verifiers, kept=kept, origin=origin)
+    checks = [f"ok  {check}" for check in report.checks]
     lines = [
-        *(f"ok  {check}" for check in report.checks),
+        *checks[:1],
+        *pinned,
+        *checks[1:],
         "verified: the decision was logged and the log holds it under a signed tree head",
     ]
     for kind, index, leaf in report.proved:
