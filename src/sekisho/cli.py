@@ -694,7 +694,20 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         expires = dt.datetime.now(dt.UTC).timestamp() + args.expires_in_days * 86400
     from sekisho._where import record_key_act
     from sekisho.identity.keys import new_key_id
+    from sekisho.identity.roles import TENANT_ROLES
 
+    cap = config.tenants[args.tenant].max_active_keys if config is not None else None
+    if cap is not None and args.role in TENANT_ROLES:
+        active = store.active_count(args.tenant)
+        if active >= cap:
+            # The operator's own way to make a key is not held to the cap it set for the API
+            # (a replacement when a tenant's admins filled it); it says so.
+            print(
+                f"note: tenant {args.tenant!r} has {active} active keys, at or past its limit "
+                f"of {cap} (tenants.{args.tenant}.limits.max_active_keys): the command line "
+                "makes the key anyway; the admin API refuses more",
+                file=sys.stderr,
+            )
     key_id = new_key_id()
     refused = record_key_act(
         args, "keys.create", f"key/{key_id}", {"tenant": args.tenant, "role": args.role}

@@ -21,7 +21,13 @@ from pydantic import Field, ValidationError, field_validator
 from sekisho import _yaml as strict_yaml
 from sekisho._section import Section
 from sekisho.errors import ConfigError, ConfigProblem
-from sekisho.identity.spec import AuthSpec, GatewayLimitsSpec, LimitsSpec, RedisURL
+from sekisho.identity.spec import (
+    DEFAULT_MAX_ACTIVE_KEYS,
+    AuthSpec,
+    GatewayLimitsSpec,
+    LimitsSpec,
+    RedisURL,
+)
 from sekisho.policy.spec import PolicySpec
 from sekisho.routing.catalogue import Catalogue, CountryCode, Endpoint
 from sekisho.store.spec import KeyProviderSpec, LocalKeysSpec, RetentionSpec
@@ -361,6 +367,7 @@ class Tenant:
         "home_country",
         "home_region",
         "limits",
+        "max_active_keys",
         "name",
         "policy",
         "provider_features",
@@ -377,6 +384,9 @@ class Tenant:
         self.detection = spec.detection
         self.retention = spec.retention
         self.limits = spec.limits
+        self.max_active_keys = (
+            spec.limits.max_active_keys if spec.limits is not None else DEFAULT_MAX_ACTIVE_KEYS
+        )
         self.provider_features = frozenset(spec.provider_features)
         self.source_file = source_file
 

@@ -674,3 +674,79 @@ async def test_usage_of_a_tenant_abroad_defaults_to_its_own_month_and_today(
         assert status == 200
         assert [(r["tenant"], r["requests"]) for r in data["data"]] == [("acme", 1)], role
     await limiter.close()
+
+
+class CappedTenant(Tenant):
+    __slots__ = ("max_active_keys",)
+
+    def __init__(self, name: str, max_active_keys: int) -> None:
+        super().__init__(name)
+        self.max_active_keys = max_active_keys
+
+
+async def test_a_tenants_active_keys_stop_at_the_cap_its_operator_set(env: Env) -> None:
+    """A tenant-admin could make any number of keys for its tenant (each with its own per-key
+    limits). The operator's cap (tenants.NAME.limits.max_active_keys) now refuses the key past
+    it, for whoever asks over the API, the operator's admin keys included; the operator's own
+    admin and auditor keys booked to the tenant do not count, and are not refused."""
+    env.api.tenants = {"acme": CappedTenant("acme", 5), "globex": Tenant("globex")}
+    # acme holds one key of each role: tenant-admin, developer and app count (3 of 5).
+    for n in range(2):
+        status, data, _ = await env.call("POST", "/keys", "tenant-admin", {"name": f"k{n}"})
+        assert status == 201, data
+    for role, body in [
+        ("tenant-admin", {}),
+        ("developer", {}),
+        ("admin", {"tenant": "acme", "role": "app"}),
+    ]:
+        status, data, _ = await env.call("POST", "/keys", role, body)
+        assert status == 403, data
+        assert data["error"]["type"] == "permission_error"
+        assert data["error"]["code"] == "tenant_key_limit"
+        message = data["error"]["message"]
+        assert "Tenant 'acme' has 5 active keys; its limit is 5" in message
+        assert "tenants.acme.limits.max_active_keys" in message and "Revoke keys" in message
+    refused = [r[3] for r in env.audit.records if r[1] == "keys.create" and r[3].get("outcome")]
+    assert [(d["outcome"], d["code"], d["tenant"]) for d in refused] == [
+        ("denied", "tenant_key_limit", "acme")
+    ] * 3
+    # An operator's key for the gateway (auditor) is not the tenant's: not counted, not capped.
+    status, data, _ = await env.call(
+        "POST", "/keys", "admin", {"tenant": "acme", "role": "auditor"}
+    )
+    assert status == 201, data
+    # A rotation with an overlap holds two keys for a while: refused at the cap; without one,
+    # the successor replaces the key at once and is not.
+    app = key_id(env.tokens["app"])
+    status, data, _ = await env.call(
+        "POST", f"/keys/{app}/rotate", "tenant-admin", {"overlap_seconds": 3600}
+    )
+    assert status == 403 and data["error"]["code"] == "tenant_key_limit", data
+    assert "overlap_seconds 0" in data["error"]["message"]
+    status, data, _ = await env.call(
+        "POST", f"/keys/{app}/rotate", "tenant-admin", {"overlap_seconds": 0}
+    )
+    assert status == 201, data
+    # Revoking one makes room; another tenant has its own count.
+    status, _, _ = await env.call("POST", f"/keys/{data['info']['key_id']}/revoke", "tenant-admin")
+    assert status == 200
+    status, data, _ = await env.call("POST", "/keys", "tenant-admin", {})
+    assert status == 201, data
+    status, data, _ = await env.call("POST", "/keys", "admin", {"tenant": "globex"})
+    assert status == 201, data
+
+
+async def test_the_cap_is_read_from_the_tenants_limits_in_the_config(env: Env) -> None:
+    import yaml
+
+    from harness import example_config
+    from sekisho.config import parse_config
+
+    raw = example_config()
+    raw["tenants"] = {"acme": {**raw["tenants"]["demo"], "limits": {"max_active_keys": 3}}}
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "ok.yaml", env={})
+    env.api.tenants = config.tenants
+    _, view, _ = await env.call("GET", "/tenants/acme", "tenant-admin")
+    assert view["settings"]["max_active_keys"] == 3  # a tenant-admin sees its cap
+    status, data, _ = await env.call("POST", "/keys", "tenant-admin", {})
+    assert status == 403 and data["error"]["code"] == "tenant_key_limit", data

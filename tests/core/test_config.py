@@ -662,3 +662,20 @@ def test_a_literal_dollar_brace_is_written_twice_dollar() -> None:
     config = parse_config(yaml.safe_dump(raw), "ok.yaml", env={"K": "X"})
     assert config.catalogue.by_id["sim-domestic-tokyo"].api_key == "pa${K}ss"
     assert config.catalogue.by_id["sim-global-japaneast"].api_key == "${NOT_SET}-X-$$-${"
+
+
+def test_a_tenants_cap_on_active_keys_is_its_limits_max_active_keys_with_a_default() -> None:
+    raw = example_config()
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "ok.yaml", env={})
+    assert config.tenants["demo"].max_active_keys == 1000  # no limits: the default
+    raw["tenants"]["demo"]["limits"] = {"max_active_keys": 20}
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "ok.yaml", env={})
+    assert config.tenants["demo"].max_active_keys == 20
+    raw["tenants"]["demo"]["limits"] = {"requests_per_minute": 60}
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "ok.yaml", env={})
+    assert config.tenants["demo"].max_active_keys == 1000
+    raw["tenants"]["demo"]["limits"] = {"max_active_keys": 0}
+    out = "\n".join(problems(raw))
+    assert "tenants.demo.limits.max_active_keys" in out and "1" in out
+    limits = json_schema()["$defs"]["LimitsSpec"]["properties"]["max_active_keys"]
+    assert limits["default"] == 1000 and "tenant_key_limit" in limits["description"]

@@ -261,3 +261,25 @@ def test_usage_of_a_tenant_abroad_ends_on_today_in_its_own_zone(
     assert run("usage", "--config", str(cfg), "--tenant", "demo") == 0
     today = dt.datetime.now(ZoneInfo("Pacific/Kiritimati")).date()
     assert capsys.readouterr().out.splitlines()[0].endswith(str(today))
+
+
+def test_keys_create_on_the_host_goes_past_a_tenants_key_cap_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cap (tenants.NAME.limits.max_active_keys) holds every caller of the admin API; the
+    operator's command line on the gateway's host is its way past it, and it says so."""
+    import yaml
+
+    from harness import example_config
+    from sekisho.cli import main
+
+    raw = example_config()
+    raw["server"]["data_dir"] = str(tmp_path / "data")
+    raw["tenants"]["demo"]["limits"] = {"max_active_keys": 1}
+    cfg = tmp_path / "sekisho.yaml"
+    cfg.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    for n in range(2):
+        assert main(["keys", "create", "--tenant", "demo", "--config", str(cfg)]) == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert ("at or past its limit of 1" in err) is (n == 1), err
+    assert KeyStore(tmp_path / "data" / "identity.db").active_count("demo") == 2

@@ -197,3 +197,42 @@ def test_bad_key_requests_say_what_is_wrong(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         KeyStore(tmp_path / "identity.db").create("acme", **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_cap_on_a_tenants_active_keys_holds_under_concurrent_creation(
+    tmp_path: Path,
+) -> None:
+    """Two gateway processes (two stores on one file) creating keys at once: the count and
+    the new key are one transaction, so the tenant ends at its cap, not past it."""
+    import threading
+
+    from sekisho.identity.keys import TenantKeyLimit
+
+    stores = [KeyStore(tmp_path / "identity.db") for _ in range(2)]
+    made: list[str] = []
+    refused: list[TenantKeyLimit] = []
+
+    def create(store: KeyStore) -> None:
+        for _ in range(10):
+            try:
+                made.append(store.create("acme", max_active=7)[1].key_id)
+            except TenantKeyLimit as exc:
+                refused.append(exc)
+
+    threads = [threading.Thread(target=create, args=(s,)) for s in stores * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 7 and len(refused) == 33
+    assert stores[0].active_count("acme") == 7
+    assert refused[0].code == "tenant_key_limit" and refused[0].status == 403
+    # Expired and revoked keys make room; the operator's admin keys do not count.
+    stores[0].revoke(made[0])
+    stores[0].rotate(made[1], 0)  # replaced at once: the old one is expired
+    stores[0].create("acme", role="admin", max_active=7)
+    assert stores[0].active_count("acme") == 6
+    stores[0].create("acme", max_active=7)
+    with pytest.raises(TenantKeyLimit, match="rotate with overlap_seconds 0"):
+        stores[0].rotate(made[2], 3600, max_active=7)
+    assert stores[0].active_count("globex") == 0

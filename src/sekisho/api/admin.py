@@ -33,10 +33,11 @@ from sekisho.errors import (
     ServiceUnavailable,
 )
 from sekisho.identity import Authenticator, KeyInfo, KeyStore, Permission, Principal
-from sekisho.identity.keys import MAX_LIFETIME_SECONDS, new_key_id, shown_time
+from sekisho.identity.keys import MAX_LIFETIME_SECONDS, TenantKeyLimit, new_key_id, shown_time
 from sekisho.identity.limits import Limiter
 from sekisho.identity.roles import (
     GATEWAY_WIDE,
+    TENANT_ROLES,
     allows,
     allows_beyond_tenant,
     may_grant,
@@ -491,8 +492,11 @@ class AdminAPI:
             probe = Principal(tenant=name, key_id="-", role="app")
             key_q, tenant_q = self.limiter.quotas(probe)
             key_limits = key_q.model_dump(exclude_none=True) if key_q else None
+            # (max_active_keys is among the settings: it limits keys, not requests)
             limits = (
-                tenant_q.model_dump(exclude_none=True, exclude={"per_key"}) if tenant_q else None
+                tenant_q.model_dump(exclude_none=True, exclude={"per_key", "max_active_keys"})
+                if tenant_q
+                else None
             )
         return TenantView(name=name, settings=_settings(self.tenants[name]), limits=limits,
                           key_limits=key_limits)  # fmt: skip
@@ -586,6 +590,12 @@ class AdminAPI:
                 # no longer than the key that made it (nor than 100 years, should that key
                 # have been stored before lifetimes were bounded)
                 expires = min(p.expires_at, time.time() + MAX_LIFETIME_SECONDS)
+        cap = self._key_cap(tenant)
+        if cap is not None and body.role in TENANT_ROLES:
+            # refused before it is recorded as done (KeyStore.create counts again, atomically)
+            active = self.keys.active_count(tenant)
+            if active >= cap:
+                raise TenantKeyLimit(tenant, active, cap)
         details = body.model_dump(exclude_none=True) | {"tenant": tenant}
         await self._record(req, f"key/{key_id}", details)
         key, info = self.keys.create(
@@ -596,8 +606,17 @@ class AdminAPI:
             expires_at=expires,
             owner=p.subject,
             key_id=key_id,
+            max_active=cap,
         )
         return KeyCreated(key=key, info=_view(info))
+
+    def _key_cap(self, tenant: str) -> int | None:
+        """The operator's cap on the tenant's active keys (``max_active_keys``). Every caller
+        of the API meets it, the operator's admin keys too: a credential on the network (or a
+        provisioning script gone wrong) cannot fill the key store; the operator raises the cap
+        in the config, or makes a key on the gateway's host (`sekisho keys create`)."""
+        cap = getattr(self.tenants.get(tenant), "max_active_keys", None)
+        return cap if isinstance(cap, int) else None
 
     def _own_key(self, req: Request) -> KeyInfo:
         p = _who(req)
@@ -643,6 +662,11 @@ class AdminAPI:
                    else f"was already rotated to {info.successor}; rotate that one."),
                 code="key_not_rotatable",
             )  # fmt: skip
+        cap = self._key_cap(info.tenant)
+        if cap is not None and body.overlap_seconds > 0 and info.role in TENANT_ROLES:
+            active = self.keys.active_count(info.tenant)
+            if active >= cap:
+                raise TenantKeyLimit(info.tenant, active, cap, rotating=True)
         successor = new_key_id()
         await self._record(
             req,
@@ -656,6 +680,7 @@ class AdminAPI:
                 key_id_new=successor,
                 by=p.subject,
                 expires_at_max=expires_at_max,
+                max_active=cap,
             )
         except ValueError as exc:
             raise InvalidRequest(str(exc), code="key_not_rotatable") from None

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sekisho.errors import AuthenticationFailed, NotFound, UnusableFile
-from sekisho.identity.roles import ROLES, check_role
+from sekisho.errors import AuthenticationFailed, NotFound, PermissionDenied, UnusableFile
+from sekisho.identity.roles import ROLES, TENANT_ROLES, check_role
 
 __all__ = [
     "MAX_LIFETIME_SECONDS",
@@ -41,6 +41,7 @@ __all__ = [
     "KeyInfo",
     "KeyStore",
     "Principal",
+    "TenantKeyLimit",
     "new_key_id",
     "shown_time",
 ]
@@ -179,11 +180,14 @@ class KeyStore:
         expires_at: float | None = None,
         owner: str | None = None,
         key_id: str | None = None,
+        max_active: int | None = None,
     ) -> tuple[str, KeyInfo]:
         """Create a key; return the full key (to show once) and its stored description.
 
         ``key_id`` may be chosen beforehand (see new_key_id) so that an audit record written
-        before the key exists can name it.
+        before the key exists can name it. With ``max_active``, a key of the tenant's own
+        (``TENANT_ROLES``) that would be one more than that many active is refused
+        (``TenantKeyLimit``), counted in the same transaction as the key is written.
         """
         check_role(role)
         if not tenant:
@@ -213,6 +217,10 @@ class KeyStore:
                 raise AuthenticationFailed(
                     f"API key {maker} has been revoked; it makes no more keys."
                 )
+            if max_active is not None and role in TENANT_ROLES:
+                active = self.active_count(tenant)
+                if active >= max_active:
+                    raise TenantKeyLimit(tenant, active, max_active)
             self._insert(full, info)
             conn.execute("COMMIT")
         except BaseException:
@@ -273,6 +281,7 @@ class KeyStore:
         key_id_new: str | None = None,
         by: str | None = None,
         expires_at_max: float | None = None,
+        max_active: int | None = None,
     ) -> tuple[str, KeyInfo]:
         """Create a successor with the same scope; the old key keeps working for the overlap.
 
@@ -281,6 +290,8 @@ class KeyStore:
         that may hand out nothing outliving it).
         ``by``: the subject rotating it over the API; the successor carries on the old key's
         stored work (:meth:`lineage`) only when that is the old key itself.
+        ``max_active``: as for :meth:`create`; a rotation without overlap replaces the key at
+        once, so only one with an overlap can be refused.
         Returns the successor's full key (to show once) and description.
         """
         if overlap_seconds < 0:
@@ -306,6 +317,10 @@ class KeyStore:
                 raise ValueError(
                     f"API key {key_id} was already rotated to {old.successor}; rotate that one."
                 )
+            if max_active is not None and overlap_seconds > 0 and old.role in TENANT_ROLES:
+                active = self.active_count(old.tenant)
+                if active >= max_active:
+                    raise TenantKeyLimit(old.tenant, active, max_active, rotating=True)
             lifetime = None if old.expires_at is None else old.expires_at - old.created_at
             if lifetime is not None and not lifetime <= MAX_LIFETIME_SECONDS:
                 lifetime = MAX_LIFETIME_SECONDS  # a key stored before lifetimes were bounded
@@ -431,6 +446,21 @@ class KeyStore:
                 reach(other, False)
         return whole | handed
 
+    def active_count(self, tenant: str) -> int:
+        """How many of the tenant's own keys (``TENANT_ROLES``) are active now: neither
+        revoked nor expired (a rotated key counts until its overlap ends)."""
+        roles = ",".join("?" * len(TENANT_ROLES))
+        row = (
+            self._conn()
+            .execute(
+                "SELECT count(*) FROM api_keys WHERE tenant = ? AND revoked_at IS NULL"
+                f" AND (expires_at IS NULL OR expires_at > ?) AND role IN ({roles})",
+                (tenant, time.time(), *TENANT_ROLES),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
     def _changed(self) -> None:
         """Tell every process on this machine that cached answers are stale."""
         self._epoch[:_EPOCH_BYTES] = secrets.token_bytes(_EPOCH_BYTES)
@@ -500,6 +530,27 @@ class KeyStore:
         return Principal(
             tenant=row[1], key_id=key_id, role=row[2], models=models, expires_at=row[4]
         )
+
+
+class TenantKeyLimit(PermissionDenied):
+    """A tenant holds as many active keys as its operator allows (``max_active_keys``)."""
+
+    code = "tenant_key_limit"
+
+    def __init__(self, tenant: str, active: int, limit: int, *, rotating: bool = False) -> None:
+        rotation = (
+            " A rotation with an overlap keeps the old key active beside its successor: "
+            "rotate with overlap_seconds 0 to replace the key at once."
+            if rotating
+            else ""
+        )
+        super().__init__(
+            f"Tenant {tenant!r} has {active} active keys; its limit is {limit} "
+            f"(tenants.{tenant}.limits.max_active_keys), so no key was made.{rotation} "
+            "Revoke keys it no longer uses (GET /admin/v1/keys lists them), or ask the "
+            "gateway's operator to raise the limit."
+        )
+        self.tenant = tenant
 
 
 def _info(r: Any) -> KeyInfo:

@@ -62,6 +62,10 @@ GATEWAY_WIDE: frozenset[Permission] = frozenset(
     {P.TENANTS_READ, P.KEYS_MANAGE, P.POLICY_RELOAD, P.USAGE_READ, P.LEDGER_READ, P.CONTENT_READ}
 )
 
+# The roles confined to a tenant: its own keys (what its cap of active keys counts); an
+# admin or auditor key booked to a tenant is the gateway operator's.
+TENANT_ROLES: tuple[str, ...] = tuple(r for r in ROLES if not PERMISSIONS[r] & GATEWAY_WIDE)
+
 # Nobody holds CONTENT_READ, and no route asks for it: no role, the auditor's included, reads
 # the prompts and outputs others stored (the auditor promise depends on it).
 

@@ -219,8 +219,23 @@ class Quota(_Spec):
         )
 
 
+# Active keys a tenant may hold when its operator set no number: more than an organisation's
+# applications and people need, few enough that a tenant-admin cannot fill the key store.
+DEFAULT_MAX_ACTIVE_KEYS = 1000
+
+
 class LimitsSpec(Quota):
     """``tenants.NAME.limits``: the tenant's total, and optionally its keys' default."""
+
+    max_active_keys: int = Field(
+        default=DEFAULT_MAX_ACTIVE_KEYS,
+        ge=1,
+        le=1_000_000,
+        description="Most API keys of this tenant active at once (app, developer and "
+        "tenant-admin keys; not yet expired or revoked): a key past it, created or rotated "
+        "with an overlap over the admin API (the operator's admin keys included), is refused "
+        "with HTTP 403 tenant_key_limit; `sekisho keys create` on the gateway's host is not",
+    )
 
     per_key: Quota | None = Field(
         default=None,
