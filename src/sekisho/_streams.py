@@ -36,23 +36,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sekisho.pipeline")
 
-# The most text (characters, as delivered) a stream may carry: as much as a whole answer may
-# be (providers/h1.py refuses a larger body). What the client was sent is kept for the
-# stream's record, so an endpoint that never ends its stream would otherwise fill memory.
+# The most text (characters, as delivered) a stream may carry unless server.max_stream_text_chars
+# says less: as much as a whole answer may be (providers/h1.py refuses a larger body). What the
+# client was sent is kept for the stream's record, so an endpoint that never ends its stream
+# would otherwise fill memory.
 MAX_OUTPUT = MAX_BODY
 
 
 class AnswerTooLarge(UpstreamProtocolError):
-    """A stream whose text went past ``MAX_OUTPUT``: it is ended (``upstream_answer_too_large``)."""
+    """A stream whose text went past ``server.max_stream_text_chars``: it is ended
+    (``upstream_answer_too_large``)."""
 
     code = "upstream_answer_too_large"
 
 
-def _too_large(endpoint_id: str) -> AnswerTooLarge:
+def _too_large(endpoint_id: str, limit: int) -> AnswerTooLarge:
     return AnswerTooLarge(
         endpoint_id,
-        f"its answer passed {MAX_OUTPUT} characters of text, the most a stream may carry "
-        "(a whole answer may be at most as large); the rest was not sent",
+        f"its answer passed {limit} characters of text, the most a stream may carry "
+        "(server.max_stream_text_chars); the rest was not sent",
     )
 
 
@@ -155,8 +157,8 @@ async def relay(
                 )
                 if why is not None:  # what inspection cannot read is never passed on
                     raise UpstreamProtocolError(ep.id, f"stream event with {why}")
-            if output.size > MAX_OUTPUT:  # an answer that never ends fills no memory
-                raise _too_large(ep.id)
+            if output.size > p.max_stream_text:  # an answer that never ends fills no memory
+                raise _too_large(ep.id, p.max_stream_text)
             if output.apply(event):
                 payload = orjson.dumps(event)
             last = event
@@ -324,8 +326,8 @@ async def relay_responses(
             if etype == "error":  # the provider gave up mid-answer: it says why
                 said = quote(str(event.get("message")), p.scanners[tenant.name], p.credentials(ep))
                 raise UpstreamProtocolError(ep.id, "stream error event", said)
-            if output.size > MAX_OUTPUT:  # an answer that never ends fills no memory
-                raise _too_large(ep.id)
+            if output.size > p.max_stream_text:  # an answer that never ends fills no memory
+                raise _too_large(ep.id, p.max_stream_text)
             events = output.apply_event(event)
             if events is None:
                 yield b"event: " + etype.encode() + b"\ndata: " + payload + b"\n\n"

@@ -246,6 +246,7 @@ class Gateway:
             stores=self.stores,
             max_attempts=self.config.routing.max_attempts,
             stream_keepalive=self.config.server.stream_keepalive_seconds,
+            max_stream_text=self.config.server.max_stream_text_chars,
         )
         self.pipeline.lineage = self.keys.lineage
         gate = supervisor.gate_path() if self.supervisor_pid is not None else None

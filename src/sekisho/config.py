@@ -106,6 +106,15 @@ class ServerConfig(_Section):
         description="Largest request line and headers accepted (larger: HTTP 431); raise it "
         "for very large OIDC tokens",
     )
+    max_stream_text_chars: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Most text (characters, as delivered) one streamed answer may carry; past "
+        "it the stream ends with an error event (HTTP 502 upstream_answer_too_large in the "
+        "ledger). The text is kept for the stream's record until it ends, so this bounds each "
+        "stream's memory; at most 64 Mi, as large as a whole (unstreamed) answer may be",
+    )
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
     shutdown_grace_seconds: float = Field(
         default=30.0,

@@ -53,7 +53,7 @@ from sekisho._output import (
 )
 from sekisho._provider_state import PREFIX as PROVIDER_KEPT_PREFIX
 from sekisho._provider_state import pin, sealed, unwrap, wrap
-from sekisho._streams import StreamEnd, relay, relay_when_answered, route_headers
+from sekisho._streams import MAX_OUTPUT, StreamEnd, relay, relay_when_answered, route_headers
 from sekisho._threads import in_fair_thread
 from sekisho._upstream import (
     Primed,
@@ -153,6 +153,7 @@ class Pipeline:
         stores: Stores | None = None,
         max_attempts: int = 3,
         stream_keepalive: float = 0.0,
+        max_stream_text: int = MAX_OUTPUT,
     ) -> None:
         self.catalogue = catalogue
         self.tenants = tenants
@@ -168,6 +169,7 @@ class Pipeline:
         self.stores = stores
         self.max_attempts = max_attempts
         self.stream_keepalive = stream_keepalive
+        self.max_stream_text = max_stream_text  # server.max_stream_text_chars
         # The subjects a caller has acted as (KeyStore.lineage): whose kept conversations it
         # may continue. None: any caller of the tenant (no key store, e.g. in unit tests).
         self.lineage: Callable[[Principal], list[str]] | None = None

@@ -1,8 +1,8 @@
-"""Streams that go on and on: the text a stream delivers is kept for its record, and bounded as
-a whole answer is (``_streams.MAX_OUTPUT``); a stream past it ends with an error event and the
-outcome ``upstream_answer_too_large``. (The limit is lowered here so that the simulator's
-ordinary answers pass it.) A fast stream gives way to everyone else on the event loop every
-few events."""
+"""Streams that go on and on: the text a stream delivers is kept for its record, and bounded
+(``server.max_stream_text_chars``, at most as large as a whole answer may be); a stream past it
+ends with an error event and the outcome ``upstream_answer_too_large``. (The limit is set to
+its least here, and the simulator echoes a longer prompt.) A fast stream gives way to everyone
+else on the event loop every few events."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ import openai
 import pytest
 
 from harness import Harness, ledger_entries, receipt
-from sekisho import _streams
 from sekisho._output import StreamOutput
 
-LIMIT = 40  # characters: the simulator's answer ("[SIMULATOR] You said: ...") is longer
+LIMIT = 1024  # characters: the least server.max_stream_text_chars may be
+CHUNK = 64  # characters of text per streamed event
+# The simulator's answer repeats it ("[SIMULATOR] You said: ..."): past the limit.
+LONG_PROMPT = "tell me a very long story, please. " * 40
 
 
 def _outcome(h: Harness, rid: str, key: str) -> dict[str, Any]:
@@ -33,26 +35,26 @@ def _outcome(h: Harness, rid: str, key: str) -> dict[str, Any]:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def small_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_streams, "MAX_OUTPUT", LIMIT)
-
-
 def no_output_rule(raw: dict[str, Any]) -> None:
     """The text passes as it comes (an output rule holds back a look-behind's worth, which
     would hold all of the simulator's short answer to its end)."""
     raw["tenants"]["demo"]["detection"]["output"] = {"action": "none", "types": []}
 
 
+def small_limit(raw: dict[str, Any]) -> None:
+    no_output_rule(raw)
+    raw["server"]["max_stream_text_chars"] = LIMIT
+
+
 def test_a_chat_stream_past_the_limit_ends_with_an_error_and_its_record_matches_what_was_sent(
-    gateways: Callable[..., Harness], small_limit: None
+    gateways: Callable[..., Harness],
 ) -> None:
-    h = gateways(no_output_rule, chunk_chars=8)
+    h = gateways(small_limit, chunk_chars=CHUNK, echo_chars=2 * LIMIT)
     key = h.key()
     client = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o",
-        messages=[{"role": "user", "content": "tell me a very long story, please"}],
+        messages=[{"role": "user", "content": LONG_PROMPT}],
         stream=True,
     )
     rid = raw.headers["x-sekisho-request-id"]
@@ -62,21 +64,23 @@ def test_a_chat_stream_past_the_limit_ends_with_an_error_and_its_record_matches_
             if chunk.choices:
                 delivered += chunk.choices[0].delta.content or ""
     assert err.value.code == "upstream_answer_too_large"
+    assert f"passed {LIMIT} characters" in str(err.value)
+    assert "server.max_stream_text_chars" in str(err.value)
     # Ended at the first event after the limit was passed: the text sent, and nothing more.
-    assert LIMIT < len(delivered) <= LIMIT + 8
+    assert LIMIT < len(delivered) <= LIMIT + CHUNK
     outcome = _outcome(h, rid, key)
     assert outcome["status"] == 502 and outcome["error_code"] == "upstream_answer_too_large"
     assert outcome["output_hash"] == h.gateway.recorder.keyed_hash("demo", delivered.encode())
 
 
 def test_a_responses_stream_past_the_limit_ends_with_an_error_event(
-    gateways: Callable[..., Harness], small_limit: None
+    gateways: Callable[..., Harness],
 ) -> None:
-    h = gateways(no_output_rule, chunk_chars=8)
+    h = gateways(small_limit, chunk_chars=CHUNK, echo_chars=2 * LIMIT)
     key = h.key()
     client = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
     with client.responses.with_streaming_response.create(
-        model="gpt-4o", input="tell me a very long story, please", stream=True
+        model="gpt-4o", input=LONG_PROMPT, stream=True
     ) as raw:
         rid = raw.headers["x-sekisho-request-id"]
         events = list(raw.parse())
@@ -84,7 +88,7 @@ def test_a_responses_stream_past_the_limit_ends_with_an_error_event(
     assert kinds[-1] == "error" and "response.completed" not in kinds
     assert events[-1].code == "upstream_answer_too_large"
     delivered = "".join(e.delta for e in events if e.type == "response.output_text.delta")
-    assert LIMIT < len(delivered) <= LIMIT + 8
+    assert LIMIT < len(delivered) <= LIMIT + CHUNK
     outcome = _outcome(h, rid, key)
     assert outcome["status"] == 502 and outcome["error_code"] == "upstream_answer_too_large"
     assert outcome["output_hash"] == h.gateway.recorder.keyed_hash("demo", delivered.encode())

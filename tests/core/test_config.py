@@ -679,3 +679,16 @@ def test_a_tenants_cap_on_active_keys_is_its_limits_max_active_keys_with_a_defau
     assert "tenants.demo.limits.max_active_keys" in out and "1" in out
     limits = json_schema()["$defs"]["LimitsSpec"]["properties"]["max_active_keys"]
     assert limits["default"] == 1000 and "tenant_key_limit" in limits["description"]
+
+
+def test_the_text_a_stream_may_carry_is_a_server_setting_within_bounds() -> None:
+    raw = example_config()
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "ok.yaml", env={})
+    assert config.server.max_stream_text_chars == 64 * 1024 * 1024
+    raw["server"]["max_stream_text_chars"] = 1_000_000
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "ok.yaml", env={})
+    assert config.server.max_stream_text_chars == 1_000_000
+    for bad, bound in ((100, "greater than or equal to 1024"), (2**27, "less than or equal")):
+        raw["server"]["max_stream_text_chars"] = bad
+        out = "\n".join(problems(raw))
+        assert "bad.yaml: server.max_stream_text_chars" in out and bound in out, out
