@@ -66,6 +66,33 @@ def test_after_the_first_batch_a_batch_is_one_durable_statement(tmp_path: Path) 
         again.close()
 
 
+def test_batches_of_every_size_share_a_few_statements(tmp_path: Path) -> None:
+    """SQLite keeps each distinct statement it prepared with its last bound values: one
+    statement per batch size held tens of MB under load. Batches are padded to one of a few
+    sizes (four per doubling), so sixty sizes use a score of statements, and the log is the same
+    tree."""
+    storage = open_storage(tmp_path)
+    assert isinstance(storage, SQLiteStorage)
+    storage.initialise(ORIGIN)
+    leaves: list[NewEntry] = []
+    shapes: set[int] = set()
+    try:
+        for n in range(1, 61):
+            seen = statements(storage)
+            batch = entries(f"s{n}", n)
+            assert storage.sequence(batch) == len(leaves)
+            leaves += batch
+            if len(leaves) > n:
+                (sql,) = seen
+                shapes.add(sql.count("), (") + 1)  # rows in the multi-row INSERT
+        assert len(shapes) <= 20, sorted(shapes)
+        assert storage.tree_size() == len(leaves)
+        assert root_in_store(storage) == merkle.reference_root([e.leaf_hash for e in leaves])
+        assert [i for i, _ in storage.find("s60-59")] == [len(leaves) - 1]
+    finally:
+        storage.close()
+
+
 def test_two_writers_taking_turns_keep_one_tree(tmp_path: Path) -> None:
     a, b = open_storage(tmp_path), open_storage(tmp_path)
     assert isinstance(a, SQLiteStorage) and isinstance(b, SQLiteStorage)

@@ -126,7 +126,12 @@ def create(location: Location, *, pool_size: int = 4) -> Engine:
     """An engine for a location. SQLite: WAL, fsync on every commit, deleted content zeroed."""
     if location.is_sqlite:
         location.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(location.url, connect_args={"timeout": 30.0})
+        # At most 32 prepared statements per connection (Python's default is 128): each keeps
+        # its program and its last bound values, and the writer's multi-row INSERTs differ with
+        # the batch size (tens of MB of the gateway's memory under load).
+        engine = create_engine(
+            location.url, connect_args={"timeout": 30.0, "cached_statements": 32}
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
