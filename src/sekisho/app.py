@@ -704,8 +704,9 @@ class Gateway:
                 from sekisho import logs
 
                 # uvicorn ends the process by re-raising the signal, so exit handlers never
-                # run: what the last requests logged is written now.
-                logs.flush()
+                # run: what the last requests logged is written now, and uvicorn's last lines
+                # as they come.
+                logs.write_directly()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -86,10 +86,17 @@ class _Writer:
         self._dropped = 0
         self._idle = threading.Event()
         self._idle.set()
+        self.direct = False  # once no request is served any more: each line written at once
+        self._direct_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sekisho-log-writer", daemon=True)
         self._thread.start()
 
     def put(self, record: logging.LogRecord) -> None:
+        if self.direct:
+            with self._direct_lock:  # one line at a time from every thread that logs
+                self._pending += 1
+                self._write([record])
+            return
         if self._pending >= self.MAX_PENDING:
             self._dropped += 1
             return
@@ -158,11 +165,23 @@ def flush() -> None:
         _writer.flush()
 
 
+def write_directly() -> None:
+    """Write what is queued, then every later line at once, on the thread that logs it: for a
+    process whose requests are over. uvicorn ends a worker by raising the signal that stopped
+    it again, which ends the process before the writer thread's next turn and without exit
+    handlers, so its own last lines ("Application shutdown complete.", "Finished server
+    process") were lost."""
+    if _writer is not None:
+        _writer.flush()
+        _writer.direct = True
+
+
 def configure(level: str = "info") -> None:
     global _writer
     if _writer is None:
         _writer = _Writer()
         atexit.register(_writer.flush)
+    _writer.direct = False  # a gateway served again in this process logs from the thread again
     handler = _QueueHandler(_writer)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -384,6 +384,13 @@ def test_two_workers_both_serve_requests(tmp_path: Path) -> None:
         assert len(pids) == 2, f"only workers {pids} answered after {rounds * 32} requests"
         ready = {x["pid"] for x in g.log() if x.get("msg") == "sekisho ready"}
         assert pids == ready
+        g.stop()
+        # Each worker's last lines reach the log before it ends (uvicorn ends a worker by
+        # raising SIGTERM again, which used to end it before its log writer's next turn).
+        finished = {x.get("msg") for x in g.log()}
+        for pid in pids:
+            assert f"Finished server process [{pid}]" in finished, sorted(map(str, finished))
+        assert g.log()[-1]["msg"] == "sekisho stopped"
     finally:
         g.stop()
         sims.stop()
