@@ -1332,9 +1332,17 @@ def _reached(endpoint: str, jurisdiction: str) -> tuple[str, str]:
     return route.endpoint.id, route.endpoint.jurisdiction.label
 
 
+# Longest client-chosen path the log keeps (masked); a longer one is scanned on the event loop
+# for nothing useful (10 ms for 60 KB), and a cut one could keep part of a value.
+_LOGGED_PATH = 2048
+
+
 def _path(path: str) -> str:
     """A path that names something the client chose (an id, a model, a path sekisho does not
-    serve) as the log may hold it: each value the detectors find masked ([EMAIL])."""
+    serve) as the log may hold it: each value the detectors find masked ([EMAIL]); past
+    ``_LOGGED_PATH`` characters, only its length."""
+    if len(path) > _LOGGED_PATH:
+        return f"(withheld: {len(path)} characters)"
     try:
         return mask_values(path)
     except Exception:
