@@ -397,3 +397,33 @@ def test_the_record_of_the_newest_checkpoint_signed_never_goes_back(tmp_path: Pa
     record_signed(tmp_path, "new-log+2+key", 1, b"\x01" * 32)  # a new log's key: its own record
     assert json.loads((tmp_path / SIGNED).read_text(encoding="utf-8"))["size"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [SIGNED]  # no lock or temporary file
+
+
+async def test_a_gateway_records_a_checkpoint_outside_the_ledger_before_it_signs_it(
+    tmp_path: Path,
+) -> None:
+    """A crash between signing and recording would leave a signature that ledger-signed.json
+    does not know, so a ledger restored from behind it would start and sign a fork. The record
+    is written first: when it is, no checkpoint of that size is signed yet."""
+    data = tmp_path / "data"
+    ledger = await open_ledger(_config(data))
+    try:
+        await ledger.append(decision("req-1"))
+        record = ledger.on_signed
+        assert record is not None
+        seen: list[tuple[int, int | None]] = []
+
+        def observe(size: int, root: bytes) -> None:
+            latest = ledger.storage.latest_checkpoint()
+            seen.append((size, latest.size if latest is not None else None))
+            record(size, root)
+
+        ledger.on_signed = observe
+        ledger.checkpoint_now()
+        latest = ledger.storage.latest_checkpoint()
+        assert latest is not None
+        size = latest.size
+    finally:
+        await ledger.close()
+    assert seen and all(signed is None or signed < size for size, signed in seen), seen
+    assert json.loads((data / SIGNED).read_text())["size"] == size

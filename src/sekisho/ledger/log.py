@@ -408,9 +408,9 @@ class Ledger:
                 self._signed_size = latest.size
                 return latest.note
             root = self.root_at(size)
-            signed = Checkpoint(self.origin, size, root).sign(self.signer)
-            self.storage.store_checkpoint(size, root, signed)
-            self._signed_size = size
+            # Recorded outside the ledger before it is signed: a crash in between leaves a
+            # record of a checkpoint never signed (harmless: the ledger holds its entries),
+            # never a signature the record does not know (a restore behind it unnoticed).
             if self.on_signed is not None:
                 try:
                     self.on_signed(size, root)
@@ -422,6 +422,9 @@ class Ledger:
                             "an older backup may not be noticed at the next start",
                             e.strerror or e,
                         )
+            signed = Checkpoint(self.origin, size, root).sign(self.signer)
+            self.storage.store_checkpoint(size, root, signed)
+            self._signed_size = size
             return signed
 
     # -- lookups (sync, thread-safe) -------------------------------------------------------------
