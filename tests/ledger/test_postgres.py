@@ -235,3 +235,16 @@ async def test_ledger_audit_with_the_config_checks_a_postgres_ledgers_signatures
     out = capsys.readouterr()
     assert "(no key given: roots only)" in out.out
     assert "checkpoint signatures are NOT checked" in out.err and "--key" in out.err
+
+
+def test_the_ledgers_sessions_are_named_in_pg_stat_activity(pg_url: str) -> None:
+    """An operator watching or ending sessions tells the ledger's apart; a name in the URL is
+    kept."""
+    for extra, want in (("", "sekisho-ledger"), ("&application_name=ops", "ops")):
+        storage = PostgresStorage(pg_url + extra)
+        try:
+            rows = storage._read("SELECT application_name FROM pg_stat_activity "
+                                 "WHERE pid = pg_backend_pid()")  # fmt: skip
+        finally:
+            storage.close()
+        assert rows == [(want,)]

@@ -158,3 +158,22 @@ async def test_records_sealed_before_request_ids_were_bound_are_resealed_on_post
     with pytest.raises(RecordUnreadable):
         await tenant.kept("req-a")
     await s.close()
+
+
+async def test_the_stores_sessions_are_named_in_pg_stat_activity(pg_schema: str) -> None:
+    """An operator watching or ending sessions (pg_stat_activity, pg_terminate_backend) tells
+    the store's apart from every other client's; a name in the URL is kept."""
+    for given, want in ((None, "sekisho-records-jp"), ("ops-console", "ops-console")):
+        extra = f"&application_name={given}" if given else ""
+        records_at = locate("jp", url(pg_schema) + extra, Path("/nonexistent"))[0]
+        engine = create(records_at)
+        try:
+            with engine.connect() as conn:
+                name = conn.execute(
+                    text(
+                        "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                    )
+                ).scalar()
+        finally:
+            engine.dispose()
+        assert name == want

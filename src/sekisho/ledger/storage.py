@@ -752,6 +752,9 @@ class PostgresStorage(Storage):
         self.schema = query.pop("schema", "public")
         if not self.schema.replace("_", "").isalnum():
             raise StorageError(f"schema name {self.schema!r} must be letters, digits and _")
+        # How an operator tells the ledger's sessions apart in pg_stat_activity (to watch them,
+        # or to end them), unless the URL names them itself.
+        query.setdefault("application_name", "sekisho-ledger")
         self.conninfo = urlunsplit(parts._replace(query=urlencode(query)))
         shown = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="")
         self._shown = urlunsplit(shown) + f" (schema {self.schema})"

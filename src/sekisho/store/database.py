@@ -145,11 +145,18 @@ def create(location: Location, *, pool_size: int = 4) -> Engine:
             cur.close()
 
         return engine
+    app_name = f"sekisho-{location.role}-{location.region}"[:63]  # PostgreSQL keeps 63 bytes
     return create_engine(
         location.url,
         pool_size=pool_size,
         pool_pre_ping=True,
-        connect_args={"options": f"-csearch_path={location.schema}", "connect_timeout": 10},
+        connect_args={
+            "options": f"-csearch_path={location.schema}",
+            "connect_timeout": 10,
+            # How an operator tells the store's sessions apart in pg_stat_activity, unless the
+            # URL names them itself.
+            **({} if "application_name=" in location.url else {"application_name": app_name}),
+        },
     )
 
 
