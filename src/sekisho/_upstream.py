@@ -184,9 +184,10 @@ class Released:
     when the response is closed, whichever comes first. A stream its client reads slowly
     does not keep the endpoint's slot once the endpoint has sent all of it."""
 
-    def __init__(self, inner: UpstreamResponse, state: EndpointHealth) -> None:
+    def __init__(self, inner: UpstreamResponse, state: EndpointHealth, tenant: str) -> None:
         self._inner = inner
         self._state = state
+        self._tenant = tenant
         self._open = True
         self.status = inner.status
         self.headers = inner.headers
@@ -197,7 +198,7 @@ class Released:
     def _done(self) -> None:
         if self._open:
             self._open = False
-            self._state.release()
+            self._state.release(self._tenant)
 
     async def read(self) -> bytes:
         try:

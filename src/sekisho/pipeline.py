@@ -703,16 +703,19 @@ class Pipeline:
         tried: list[str] = []
         busy: list[str] = []
         unavailable: SlotsUnavailable | None = None
+        tenant = call.principal.tenant
         for route in plan:
             ep = route.endpoint
             transport = self.transports[ep.family]
             state = self.health.state(ep.id)
             cap = self.health.cap(ep)
-            if cap is None or (state.shared is None and state.in_flight < cap):
+            if cap is None:
                 state.in_flight += 1
+            elif state.shared is None and state.in_flight < cap:
+                state.occupy(tenant)
             else:
                 try:
-                    taken = await state.take(cap, ep.timeouts.connect)
+                    taken = await state.take(cap, ep.timeouts.connect, tenant)
                 except SlotsUnavailable as exc:  # shared slots, Redis unreachable: fail closed
                     unavailable = exc
                     continue
@@ -741,18 +744,18 @@ class Pipeline:
                     )
                     released = True
                     self._upstream_latency(ep, "first_event", sent_at)
-                    return route, Released(primed, state), None
+                    return route, Released(primed, state, tenant), None
                 try:
                     raw = await upstream.read()
                 finally:
-                    state.release()
+                    state.release(tenant)
                     released = True
                 data = parse_answer(raw, ep.id, call.kind, call.spoken)
                 self._upstream_latency(ep, "answer", sent_at)
                 return route, upstream, data
             except UpstreamError as exc:
                 if not released:
-                    state.release()
+                    state.release(tenant)
                 self.upstream_failed(route, exc)
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
                     # About the request: the client hears it, and where it was delivered.
@@ -767,7 +770,7 @@ class Pipeline:
                 continue
             except BaseException:
                 if not released:
-                    state.release()
+                    state.release(tenant)
                 raise
         if not plan and decision.eligible:
             # Every eligible endpoint said when to come back (a 429's Retry-After): nothing

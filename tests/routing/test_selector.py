@@ -196,7 +196,7 @@ async def test_slots_of_a_full_endpoint_go_to_waiters_in_arrival_order() -> None
     order: list[str] = []
 
     async def waiter(name: str, timeout: float) -> None:
-        if await ep.wait_for_slot(timeout):
+        if await ep.wait_for_slot("t", timeout):
             order.append(name)
 
     a = asyncio.create_task(waiter("a", 5))
@@ -205,13 +205,13 @@ async def test_slots_of_a_full_endpoint_go_to_waiters_in_arrival_order() -> None
     late = asyncio.create_task(waiter("late", 0.01))
     await asyncio.sleep(0.05)  # "late" timed out meanwhile: it holds nothing
     gone.cancel()
-    ep.release()  # to "a": the count stays at 1, the slot changes hands
+    ep.release("t")  # to "a": the count stays at 1, the slot changes hands
     await asyncio.sleep(0.01)
     assert order == ["a"] and ep.in_flight == 1
-    ep.release()  # to "b"; the cancelled and timed-out waiters are passed over
+    ep.release("t")  # to "b"; the cancelled and timed-out waiters are passed over
     await asyncio.sleep(0.01)
     assert order == ["a", "b"] and ep.in_flight == 1
-    ep.release()  # nobody waits: the slot is free
+    ep.release("t")  # nobody waits: the slot is free
     assert ep.in_flight == 0
     await asyncio.gather(a, b, late, return_exceptions=True)
     assert gone.cancelled() and order == ["a", "b"]
@@ -220,13 +220,36 @@ async def test_slots_of_a_full_endpoint_go_to_waiters_in_arrival_order() -> None
 async def test_a_slot_handed_to_a_caller_that_gives_up_passes_to_the_next() -> None:
     ep = EndpointHealth()
     ep.in_flight = 1
-    first = asyncio.create_task(ep.wait_for_slot(5))
-    second = asyncio.create_task(ep.wait_for_slot(5))
+    first = asyncio.create_task(ep.wait_for_slot("t", 5))
+    second = asyncio.create_task(ep.wait_for_slot("t", 5))
     await asyncio.sleep(0)
-    ep.release()  # handed to "first"...
+    ep.release("t")  # handed to "first"...
     first.cancel()  # ...which is cancelled before it could run
     assert await second is True
     assert ep.in_flight == 1  # one slot, held by "second": none leaked, none doubled
+
+
+async def test_a_freed_slot_goes_to_the_tenant_holding_fewest_then_the_longest_waiting() -> None:
+    ep = EndpointHealth()
+    for tenant in ("a", "b", "c"):  # at a cap of 3, one slot each
+        ep.occupy(tenant)
+    order: list[str] = []
+
+    async def waiter(tenant: str, name: str) -> None:
+        if await ep.wait_for_slot(tenant, 5):
+            order.append(name)
+
+    tasks = [asyncio.create_task(waiter(t, n)) for t, n in (("b", "b2"), ("a", "a2"))]
+    await asyncio.sleep(0)
+    ep.release("c")  # a and b hold one each: b's request has waited longer
+    await asyncio.sleep(0)
+    assert order == ["b2"] and ep.held == {"a": 1, "b": 2}
+    ep.release("b")  # a holds one, b now one too: a's, the only one left waiting
+    await asyncio.gather(*tasks)
+    assert order == ["b2", "a2"] and ep.held == {"a": 2, "b": 1} and ep.in_flight == 3
+    for tenant in ("a", "a", "b"):
+        ep.release(tenant)
+    assert ep.in_flight == 0 and ep.held == {} and ep.queues == {}
 
 
 def test_each_worker_holds_its_share_of_an_endpoints_cap() -> None:

@@ -115,13 +115,13 @@ async def test_a_take_cancelled_midway_leaves_no_slot_taken(slots: Any, namespac
 async def test_a_slot_freed_in_another_process_goes_to_a_waiter_here(slots: Any) -> None:
     here = EndpointHealth(EP, slots())
     there = EndpointHealth(EP, slots())
-    assert await there.take(1, 1.0)
+    assert await there.take(1, 1.0, "t")
     loop = asyncio.get_running_loop()
     started = loop.time()
-    waiting = asyncio.create_task(here.take(1, 3.0))
+    waiting = asyncio.create_task(here.take(1, 3.0, "t"))
     await asyncio.sleep(0.2)
     assert not waiting.done()
-    there.release()
+    there.release("t")
     assert await waiting
     # 0.2 s held, parked 50 ms by its process, then found within the poll's backoff
     assert loop.time() - started < 1.0
@@ -131,8 +131,8 @@ async def test_a_slot_freed_in_another_process_goes_to_a_waiter_here(slots: Any)
 async def test_a_waiter_gives_up_after_its_timeout_and_stops_asking(slots: Any) -> None:
     here = EndpointHealth(EP, slots())
     there = EndpointHealth(EP, slots())
-    assert await there.take(1, 1.0)
-    assert not await here.take(1, 0.2)
+    assert await there.take(1, 1.0, "t")
+    assert not await here.take(1, 0.2, "t")
     await asyncio.sleep(0.1)
     assert here.poller is not None and here.poller.done()
     assert here.in_flight == 0
@@ -143,15 +143,39 @@ async def test_a_slot_released_here_passes_to_a_local_waiter_without_redis(
 ) -> None:
     s = slots()
     st = EndpointHealth(EP, s)
-    assert await st.take(1, 1.0)
-    waiting = asyncio.create_task(st.take(1, 2.0))
+    assert await st.take(1, 1.0, "t")
+    waiting = asyncio.create_task(st.take(1, 2.0, "t"))
     await asyncio.sleep(0.05)
-    st.release()
+    st.release("t")
     assert await waiting
     assert s.held(EP) == 1 and await in_use(namespace) == 1  # the same slot, handed over
-    st.release()
+    st.release("t")
     await asyncio.sleep(0.2)
     assert s.held(EP) == s.parked(EP) == 0 and await in_use(namespace) == 0
+
+
+async def test_a_slot_freed_elsewhere_goes_to_the_waiting_tenant_holding_fewest_here(
+    slots: Any,
+) -> None:
+    """Within a process the shared cap is fair too: a slot its poller takes in Redis goes to
+    the waiting tenant holding the fewest of the endpoint's slots here, not to the oldest
+    waiter."""
+    here = EndpointHealth(EP, slots())
+    there = EndpointHealth(EP, slots())
+    assert await here.take(2, 1.0, "agency-a")
+    assert await there.take(2, 1.0, "agency-x")
+    a = asyncio.create_task(here.take(2, 3.0, "agency-a"))
+    while here.waiting < 1:  # once Redis said the endpoint is full
+        await asyncio.sleep(0.005)
+    b = asyncio.create_task(here.take(2, 3.0, "agency-b"))
+    await asyncio.sleep(0)
+    assert here.waiting == 2
+    there.release("agency-x")
+    assert await b
+    assert not a.done() and here.held == {"agency-a": 1, "agency-b": 1}
+    here.release("agency-a")  # handed over here, no Redis: A's own waiter
+    assert await a
+    assert here.in_flight == 2 and here.held == {"agency-a": 1, "agency-b": 1}
 
 
 async def members(namespace: str) -> list[bytes]:
@@ -169,13 +193,13 @@ async def test_a_slot_nobody_here_uses_is_reused_within_50_ms_then_given_back(
     same member stays in the set); one idle for longer than 50 ms goes back to everyone."""
     s = slots()
     st = EndpointHealth(EP, s)
-    assert await st.take(2, 1.0)
+    assert await st.take(2, 1.0, "t")
     first = await members(namespace)
-    st.release()
+    st.release("t")
     assert s.parked(EP) == 1 and await members(namespace) == first  # still held, parked
     for _ in range(20):  # back to back: a reuse never yields to the loop (nor its sweeper)
-        assert await st.take(2, 1.0)
-        st.release()
+        assert await st.take(2, 1.0, "t")
+        st.release("t")
     assert await members(namespace) == first  # the one slot, reused all along
     other = SharedSlots(redis_client(URL), namespace)
     try:

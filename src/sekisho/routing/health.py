@@ -1,10 +1,13 @@
 """Passive health: errors, timeouts and 429s mark an endpoint down for a backoff that doubles
 with each consecutive failure; one success brings it back. In-flight counts enforce each
 endpoint's concurrency limit (``max_concurrency``): a request that finds every slot taken waits
-for one, first come first served, for at most the endpoint's connect timeout. Health is learned
-per process. The slots are counted per process too, each holding its share with ``--workers N``
-(``Health.cap``), unless ``redis:`` is configured: then every process and instance shares one
-count of each endpoint's slots (``sekisho.routing.slots``)."""
+for one, for at most the endpoint's connect timeout. A slot that frees while requests wait goes
+to the tenant holding the fewest of the endpoint's slots (first come, first served within a
+tenant, and between tenants holding as many), so one tenant's burst cannot queue ahead of every
+other tenant (公平性). Health is learned per process. The slots are counted per process too,
+each holding its share with ``--workers N`` (``Health.cap``), unless ``redis:`` is configured:
+then every process and instance shares one count of each endpoint's slots
+(``sekisho.routing.slots``)."""
 
 from __future__ import annotations
 
@@ -28,15 +31,17 @@ MAX_RETRY_AFTER = 3600.0  # the longest Retry-After honoured (a bad header canno
 
 class EndpointHealth:
     __slots__ = (
+        "arrivals",
         "down_until",
         "endpoint_id",
         "failures",
+        "held",
         "in_flight",
         "last_error",
         "limited_until",
         "poller",
+        "queues",
         "shared",
-        "waiters",
     )
 
     def __init__(self, endpoint_id: str = "", shared: SharedSlots | None = None) -> None:
@@ -47,61 +52,95 @@ class EndpointHealth:
         # and whatever a probe says (a rate-limited endpoint still answers GET /models).
         self.limited_until = 0.0
         self.in_flight = 0  # slots this process holds
+        # Of those, each tenant's (a capped endpoint's only): who is served first when a
+        # slot frees while several tenants wait.
+        self.held: dict[str, int] = {}
         self.last_error = ""
-        # Requests waiting for a slot of a full endpoint, oldest first.
-        self.waiters: deque[asyncio.Future[bool]] = deque()
+        # Requests waiting for a slot of a full endpoint: a queue per tenant, oldest first,
+        # each waiter with its place in the arrival order across tenants.
+        self.queues: dict[str, deque[tuple[int, asyncio.Future[bool]]]] = {}
+        self.arrivals = 0
         # Set: the cap is shared through Redis with every other process and instance.
         self.shared = shared
         self.poller: asyncio.Task[None] | None = None
 
-    async def take(self, cap: int, timeout: float) -> bool:
-        """Take one of the endpoint's ``cap`` slots, waiting for one at most ``timeout``
-        seconds; False if none came. With shared slots a free one is taken in Redis."""
+    def occupy(self, tenant: str) -> None:
+        """Take a free slot for a request of ``tenant`` (the caller saw one free)."""
+        self.in_flight += 1
+        held = self.held
+        held[tenant] = held.get(tenant, 0) + 1
+
+    async def take(self, cap: int, timeout: float, tenant: str) -> bool:
+        """Take one of the endpoint's ``cap`` slots for a request of ``tenant``, waiting for
+        one at most ``timeout`` seconds; False if none came. With shared slots a free one is
+        taken in Redis."""
         if self.shared is None:
             if self.in_flight < cap:
-                self.in_flight += 1
+                self.occupy(tenant)
                 return True
-            return await self.wait_for_slot(timeout)
-        if not self.waiting and (
+            return await self.wait_for_slot(tenant, timeout)
+        if not self._anyone_waits() and (
             self.shared.reuse(self.endpoint_id) or await self.shared.try_take(self.endpoint_id, cap)
         ):
-            self.in_flight += 1
+            self.occupy(tenant)
             return True
-        return await self.wait_for_slot(timeout, cap)
+        return await self.wait_for_slot(tenant, timeout, cap)
 
     @property
     def waiting(self) -> int:
         """Requests waiting for a slot now."""
-        return sum(1 for w in self.waiters if not w.done())
+        return sum(1 for queue in self.queues.values() for _, w in queue if not w.done())
 
     def _anyone_waits(self) -> bool:
-        return self.waiting > 0
+        return any(not w.done() for queue in self.queues.values() for _, w in queue)
 
-    def _wake_oldest(self) -> bool:
-        """Give a slot to the longest waiting caller; False if nobody waits."""
-        waiters = self.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(True)
-                return True
-        return False
+    def _wake_fairest(self) -> bool:
+        """Give a slot to a waiting request of the tenant holding the fewest of the endpoint's
+        slots here, its longest waiting one (between tenants holding as many: the one whose
+        request has waited longest); False if nobody waits."""
+        queues, held = self.queues, self.held
+        fairest: str | None = None
+        least = (0, 0)
+        emptied = []
+        for tenant, queue in queues.items():
+            while queue and queue[0][1].done():  # gave up waiting (its timeout, its client)
+                queue.popleft()
+            if not queue:
+                emptied.append(tenant)
+                continue
+            rank = (held.get(tenant, 0), queue[0][0])
+            if fairest is None or rank < least:
+                fairest, least = tenant, rank
+        for tenant in emptied:
+            del queues[tenant]
+        if fairest is None:
+            return False
+        queue = queues[fairest]
+        queue.popleft()[1].set_result(True)
+        if not queue:
+            del queues[fairest]
+        held[fairest] = held.get(fairest, 0) + 1
+        return True
 
     def _hand_over(self) -> bool:
-        """A slot newly taken in Redis, to the oldest waiter; False if nobody waits."""
-        if not self._wake_oldest():
+        """A slot newly taken in Redis, to the fairest waiter; False if nobody waits."""
+        if not self._wake_fairest():
             return False
         self.in_flight += 1
         return True
 
-    async def wait_for_slot(self, timeout: float, cap: int | None = None) -> bool:
-        """Take a slot of a full endpoint once one is released to this caller (callers are
-        served in arrival order); False if none came within ``timeout`` seconds. ``release``
-        hands the slot over without giving it back in between, so a newcomer cannot take it.
-        With shared slots (``cap`` given) a poller also asks Redis for slots freed elsewhere."""
+    async def wait_for_slot(self, tenant: str, timeout: float, cap: int | None = None) -> bool:
+        """Take a slot of a full endpoint once one is released to this caller (``release``
+        chooses whom); False if none came within ``timeout`` seconds. ``release`` hands the
+        slot over without giving it back in between, so a newcomer cannot take it. With
+        shared slots (``cap`` given) a poller also asks Redis for slots freed elsewhere."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
-        self.waiters.append(waiter)
+        self.arrivals += 1
+        queue = self.queues.get(tenant)
+        if queue is None:
+            queue = self.queues[tenant] = deque()
+        queue.append((self.arrivals, waiter))
         shared = self.shared
         if shared is not None and cap is not None and (self.poller is None or self.poller.done()):
             self.poller = loop.create_task(
@@ -112,14 +151,21 @@ class EndpointHealth:
             return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.result():
-                self.release()  # handed over as the caller gave up: pass it on
+                self.release(tenant)  # handed over as the caller gave up: pass it on
             raise
         finally:
             timer.cancel()
 
-    def release(self) -> None:
-        """Give back a slot: to the longest waiting caller, else to the pool."""
-        if self._wake_oldest():
+    def release(self, tenant: str) -> None:
+        """Give back a slot a request of ``tenant`` held: to the fairest waiter (see
+        ``_wake_fairest``), else to the pool."""
+        held = self.held
+        n = held.get(tenant, 0)  # 0: an endpoint without a cap, whose slots nobody waits for
+        if n > 1:
+            held[tenant] = n - 1
+        elif n:
+            del held[tenant]
+        if self.queues and self._wake_fairest():
             return
         self.in_flight -= 1
         if self.shared is not None:

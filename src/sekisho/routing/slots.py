@@ -20,8 +20,9 @@ under steady load most requests take and give back no slot in Redis at all (each
 two round trips), and a slot stays out of other processes' reach for 50 ms at most.
 
 Requests that wait for a slot held elsewhere are served by one poller per endpoint and
-process, which asks Redis again at 5 ms, then backing off to 50 ms: first come, first served
-within a process, and, across processes, whoever asks first after a slot comes free.
+process, which asks Redis again at 5 ms, then backing off to 50 ms. Within a process a slot
+goes to the waiting tenant holding the fewest of the endpoint's slots there (``health``); across
+processes, to whoever asks first after a slot comes free.
 
 Fail closed: if Redis cannot be reached, a request to a capped endpoint is refused with 503
 (nothing is sent), as the rate limits are; giving a slot back to an unreachable Redis is left
