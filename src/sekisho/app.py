@@ -44,6 +44,7 @@ from sekisho.errors import (
     ServiceUnavailable,
 )
 from sekisho.identity import Authenticator, KeyStore, Principal, require
+from sekisho.identity.in_flight import TenantsInFlight
 from sekisho.identity.limits import REDIS_TIMEOUT, Limiter, build_limiter, redis_client
 from sekisho.identity.roles import MODEL_ROUTES
 from sekisho.ledger import LEDGER_REFUSALS, Ledger
@@ -124,6 +125,11 @@ class Gateway:
             backoff_max=config.routing.health.backoff_max_seconds,
             workers=config.server.workers,  # each holds its share of max_concurrency
         )
+        # Each tenant's requests in flight, against its max_concurrent_requests.
+        self.tenants_in_flight = TenantsInFlight(
+            {n: t.max_concurrent_requests for n, t in config.tenants.items()},
+            workers=config.server.workers,
+        )
         self.keys = KeyStore(config.data_dir / "identity.db")
         self.recorder: LedgerRecorder | None = None
         self.ledger: Ledger | None = None
@@ -194,14 +200,15 @@ class Gateway:
             data_dir=cfg.data_dir,
         )
         if cfg.model.redis:
-            # Every process and instance on this Redis shares each endpoint's max_concurrency.
-            self.health.share_slots(
-                SharedSlots(
-                    redis_client(cfg.model.redis, socket_timeout=REDIS_TIMEOUT),
-                    cfg.model.limits.namespace,
-                    lease_seconds=cfg.model.routing.shared_slot_lease_seconds,
-                )
+            # Every process and instance on this Redis shares each endpoint's max_concurrency,
+            # and counts each tenant's requests in flight.
+            shared = SharedSlots(
+                redis_client(cfg.model.redis, socket_timeout=REDIS_TIMEOUT),
+                cfg.model.limits.namespace,
+                lease_seconds=cfg.model.routing.shared_slot_lease_seconds,
             )
+            self.health.share_slots(shared)
+            self.tenants_in_flight.share(shared)
         await self.authenticator.start()
         self.admin = AdminAPI(
             keys=self.keys,
@@ -493,6 +500,9 @@ class Gateway:
                     self.stores.set_retention(name, tenant.retention)
             if self.limiter is not None:  # counters carry on; only the limits change
                 self.limiter.tenants = {n: t.limits for n, t in new.tenants.items()}
+            self.tenants_in_flight.set_caps(
+                {n: t.max_concurrent_requests for n, t in new.tenants.items()}
+            )
             after = {n: p.digest for n, p in new.policies.items()}
             changed = await in_force.reconcile(
                 self.config.data_dir, after, self._policy_entry("policy.reload"), before
@@ -833,6 +843,7 @@ class Gateway:
         watchers: list[asyncio.Task[None]] = []
         watch_timer: asyncio.TimerHandle | None = None
         principal: Principal | None = None
+        counted: str | None = None  # the tenant whose requests in flight count this one
         answered: Outcome | None = None  # the reply's outcome, once there is a reply
         upstream_id: str | None = None
         finished = False
@@ -854,6 +865,9 @@ class Gateway:
             assert self.pipeline is not None
             principal = await self.authenticator.authenticate_headers(scope["headers"])
             require(principal, MODEL_ROUTES[path])
+            if principal.tenant in self.tenants_in_flight.caps:
+                await self.tenants_in_flight.enter(principal.tenant)  # or 429, nothing read
+                counted = principal.tenant
             server = self.config.server
             raw = await http.read_body(
                 scope, receive, server.max_body_bytes, server.read_timeout_seconds
@@ -999,6 +1013,8 @@ class Gateway:
             self.in_flight -= 1
             if self._shared_metrics:
                 self.metrics.in_flight.dec()
+            if counted is not None:
+                self.tenants_in_flight.leave(counted)
             route_label = _ROUTE_LABELS.get(path, "embeddings")
             m = self.metrics
             m.child(m.requests, route_label, str(status), endpoint, jurisdiction).inc()

@@ -377,6 +377,7 @@ class Tenant:
         "home_region",
         "limits",
         "max_active_keys",
+        "max_concurrent_requests",
         "name",
         "policy",
         "provider_features",
@@ -395,6 +396,9 @@ class Tenant:
         self.limits = spec.limits
         self.max_active_keys = (
             spec.limits.max_active_keys if spec.limits is not None else DEFAULT_MAX_ACTIVE_KEYS
+        )
+        self.max_concurrent_requests = (
+            spec.limits.max_concurrent_requests if spec.limits is not None else None
         )
         self.provider_features = frozenset(spec.provider_features)
         self.source_file = source_file

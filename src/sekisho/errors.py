@@ -135,6 +135,16 @@ class QuotaExhausted(RateLimited):
     code = "insufficient_quota"
 
 
+class ConcurrencyLimited(SekishoError):
+    """The tenant has as many requests in flight as its operator allows
+    (``max_concurrent_requests``): refused at once, nothing sent. A 429 with Retry-After,
+    which the SDKs retry."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "tenant_concurrency_limit"
+
+
 class UpstreamRateLimited(SekishoError):
     """Every eligible endpoint answered 429: the provider's quota, not the gateway's limits.
     A 429 with Retry-After, which the OpenAI SDKs back off and retry on."""

@@ -750,3 +750,23 @@ async def test_the_cap_is_read_from_the_tenants_limits_in_the_config(env: Env) -
     assert view["settings"]["max_active_keys"] == 3  # a tenant-admin sees its cap
     status, data, _ = await env.call("POST", "/keys", "tenant-admin", {})
     assert status == 403 and data["error"]["code"] == "tenant_key_limit", data
+
+
+async def test_a_tenant_admin_sees_its_tenants_cap_on_requests_in_flight(env: Env) -> None:
+    """Shown among the settings, whether or not the tenant has rates and budgets (a tenant
+    with only this cap has no `limits`), and only where the operator set one."""
+    import yaml
+
+    from harness import example_config
+    from sekisho.config import parse_config
+
+    raw = example_config()
+    demo = raw["tenants"]["demo"]
+    raw["tenants"] = {"acme": {**demo, "limits": {"max_concurrent_requests": 6}}}
+    raw["tenants"]["globex"] = {**demo, "limits": {"requests_per_minute": 60}}
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "ok.yaml", env={})
+    env.api.tenants = config.tenants
+    _, view, _ = await env.call("GET", "/tenants/acme", "tenant-admin")
+    assert view["settings"]["max_concurrent_requests"] == 6
+    _, view, _ = await env.call("GET", "/tenants/globex", "admin")
+    assert "max_concurrent_requests" not in view["settings"]

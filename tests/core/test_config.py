@@ -681,6 +681,24 @@ def test_a_tenants_cap_on_active_keys_is_its_limits_max_active_keys_with_a_defau
     assert limits["default"] == 1000 and "tenant_key_limit" in limits["description"]
 
 
+def test_a_tenants_cap_on_requests_in_flight_is_optional_and_within_bounds() -> None:
+    raw = example_config()
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "ok.yaml", env={})
+    assert config.tenants["demo"].max_concurrent_requests is None  # no cap unless set
+    raw["tenants"]["demo"]["limits"] = {"max_concurrent_requests": 8}
+    config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "ok.yaml", env={})
+    assert config.tenants["demo"].max_concurrent_requests == 8
+    for bad, bound in ((0, "greater than or equal to 1"), (1_000_001, "less than or equal")):
+        raw["tenants"]["demo"]["limits"] = {"max_concurrent_requests": bad}
+        out = "\n".join(problems(raw))
+        assert "tenants.demo.limits.max_concurrent_requests" in out and bound in out, out
+    schema = json_schema()["$defs"]["LimitsSpec"]["properties"]["max_concurrent_requests"]
+    text = json.dumps(schema)  # an integer (or ${NAME}) within bounds, or null
+    assert '"maximum": 1000000, "minimum": 1, "type": "integer"' in text
+    assert '{"type": "null"}' in text and schema["default"] is None
+    assert "tenant_concurrency_limit" in schema["description"]
+
+
 def test_the_text_a_stream_may_carry_is_a_server_setting_within_bounds() -> None:
     raw = example_config()
     config = parse_config(yaml.safe_dump(raw, allow_unicode=True), "ok.yaml", env={})

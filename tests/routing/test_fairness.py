@@ -1,12 +1,14 @@
 """Tenants sharing an endpoint's max_concurrency (公平性): a tenant's burst of slow streams
 cannot queue ahead of every other tenant. When a slot frees, it goes to a waiting request of
 the tenant holding the fewest of the endpoint's slots (first come, first served within a
-tenant). The endpoint here streams until the test opens each request's gate, so who got the
-slot is read from the order the requests reached it, not from timings."""
+tenant); a tenant's max_concurrent_requests keeps it from holding every slot. The endpoint
+here streams until the test opens each request's gate, so who got a slot is read from the
+order the requests reached it, not from timings."""
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,9 +61,27 @@ class Tenants:
             time.sleep(0.01)
 
 
-def shared_endpoint(upstream: GatedUpstream, cap: int, **limits: Any) -> dict[str, Any]:
+def request_line(caplog: pytest.LogCaptureFixture, rid: str) -> logging.LogRecord:
+    """The request's log line (written just after its answer went out)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [r for r in caplog.records if getattr(r, "request_id", None) == rid]
+        if found:
+            (line,) = found
+            assert line.getMessage() == "request"
+            return line
+        assert time.monotonic() < deadline, "no log line"
+        time.sleep(0.01)
+
+
+def shared_endpoint(
+    upstream: GatedUpstream, cap: int, redis: str | None, **limits: Any
+) -> dict[str, Any]:
     raw = example_config()
     raw["routing"]["health"]["probe_interval_seconds"] = 0
+    if redis is not None:  # a namespace of the Redis at 127.0.0.1:6379
+        raw["redis"] = "redis://127.0.0.1:6379/0"
+        raw["limits"] = {"namespace": redis}
     demo = raw["tenants"].pop("demo")
     for name in ("agency-a", "agency-b"):
         raw["tenants"][name] = copy.deepcopy(demo)
@@ -78,13 +98,14 @@ def shared_endpoint(upstream: GatedUpstream, cap: int, **limits: Any) -> dict[st
 
 @pytest.fixture
 def agencies(tmp_path: Path) -> Iterator[Any]:
-    """``agencies(cap, **agency_a_limits)`` starts the gateway; everything stops afterwards."""
+    """``agencies(cap, redis=None, **agency_a_limits)`` starts the gateway (sharing its counts
+    in Redis under the namespace ``redis``); everything stops afterwards."""
     started: list[tuple[Harness, GatedUpstream, Tenants]] = []
 
-    def start(cap: int, **limits: Any) -> Tenants:
+    def start(cap: int, redis: str | None = None, **limits: Any) -> Tenants:
         upstream = GatedUpstream().start()
         specs = {k: v for k, v in demo_sim_specs().items() if k != EP}
-        h = Harness(shared_endpoint(upstream, cap, **limits), tmp_path, specs).start()
+        h = Harness(shared_endpoint(upstream, cap, redis, **limits), tmp_path, specs).start()
         tenants = Tenants(h, upstream)
         started.append((h, upstream, tenants))
         return tenants
@@ -142,3 +163,62 @@ def test_with_one_tenant_waiting_the_order_is_still_first_come_first_served(
         assert t.upstream.wait_for_arrivals(i + 1)[i] == f"a{i + 1}"
     t.upstream.open("a4")
     assert [f.result(10) for f in [first, *later]] == [f"done: a{i}" for i in (1, 2, 3, 4)]
+
+
+def test_a_tenant_at_its_max_concurrent_requests_is_refused_at_once_and_others_keep_the_slots(
+    agencies: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Agency A may have one request in flight: its second is refused at once (429 in
+    OpenAI's shape, Retry-After, nothing sent) rather than wait for, or take, the endpoint's
+    other slot, which B gets at once. The refusal's log line says who and why, as a rate
+    limit's does; once A's stream ends, A may send again."""
+    caplog.set_level(logging.INFO, logger="sekisho.app")
+    t = agencies(2, max_concurrent_requests=1)
+    a1 = t.send("agency-a", "a1")
+    t.upstream.wait_for_arrivals(1)
+    with pytest.raises(openai.RateLimitError) as refused:
+        t.send("agency-a", "a2").result(10)
+    resp = refused.value.response
+    assert resp.headers["retry-after"] == "1"
+    error = resp.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "tenant_concurrency_limit"
+    assert (
+        "Tenant 'agency-a' has 1 requests in flight (this gateway process), as many as its "
+        "limit allows (tenants.agency-a.limits.max_concurrent_requests: 1)" in error["message"]
+    )
+    line = request_line(caplog, resp.headers["x-sekisho-request-id"])
+    assert (line.status, line.error, line.tenant) == (429, "tenant_concurrency_limit", "agency-a")
+
+    b1 = t.send("agency-b", "b1")
+    assert t.upstream.wait_for_arrivals(2) == ["a1", "b1"]  # a2 never reached it
+    t.upstream.open("a1", "b1", "a3")
+    assert (a1.result(10), b1.result(10)) == ("done: a1", "done: b1")
+    assert t.send("agency-a", "a3").result(10) == "done: a3"
+    assert t.upstream.arrivals == ["a1", "b1", "a3"]
+
+
+@pytest.mark.redis
+def test_with_redis_a_tenants_requests_in_flight_are_counted_there(
+    agencies: Any, redis_namespace: str
+) -> None:
+    """The gateway counts the capped tenant in the Redis its endpoints' slots are shared in,
+    so every process and instance on it counts the same requests."""
+    import redis
+
+    t = agencies(2, redis=redis_namespace, max_concurrent_requests=1)
+    a1 = t.send("agency-a", "a1")
+    t.upstream.wait_for_arrivals(1)
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        assert client.zcard(f"sekisho:{redis_namespace}:slots:tenant:agency-a") == 1
+    finally:
+        client.close()
+    with pytest.raises(openai.RateLimitError) as refused:
+        t.send("agency-a", "a2").result(10)
+    error = refused.value.response.json()["error"]
+    assert error["code"] == "tenant_concurrency_limit"
+    assert "has 1 requests in flight (every gateway process together)" in error["message"]
+    b1 = t.send("agency-b", "b1")
+    assert t.upstream.wait_for_arrivals(2) == ["a1", "b1"]
+    t.upstream.open("a1", "b1")
+    assert (a1.result(10), b1.result(10)) == ("done: a1", "done: b1")

@@ -492,9 +492,13 @@ class AdminAPI:
             probe = Principal(tenant=name, key_id="-", role="app")
             key_q, tenant_q = self.limiter.quotas(probe)
             key_limits = key_q.model_dump(exclude_none=True) if key_q else None
-            # (max_active_keys is among the settings: it limits keys, not requests)
+            # (max_active_keys and max_concurrent_requests are among the settings: they are
+            # shown there whether or not the tenant has rates and budgets)
             limits = (
-                tenant_q.model_dump(exclude_none=True, exclude={"per_key", "max_active_keys"})
+                tenant_q.model_dump(
+                    exclude_none=True,
+                    exclude={"per_key", "max_active_keys", "max_concurrent_requests"},
+                )
                 if tenant_q
                 else None
             )

@@ -236,6 +236,16 @@ class LimitsSpec(Quota):
         "with an overlap over the admin API (the operator's admin keys included), is refused "
         "with HTTP 403 tenant_key_limit; `sekisho keys create` on the gateway's host is not",
     )
+    max_concurrent_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Most model requests of this tenant in flight at once, from its key's "
+        "check to its answer's last byte (per gateway process; with redis: across every "
+        "process and instance): one more is refused at once with HTTP 429 "
+        "tenant_concurrency_limit and Retry-After. Below an endpoint's max_concurrency, it "
+        "keeps that endpoint's other slots for the other tenants. Absent: no limit",
+    )
 
     per_key: Quota | None = Field(
         default=None,

@@ -24,6 +24,9 @@ process, which asks Redis again at 5 ms, then backing off to 50 ms. Within a pro
 goes to the waiting tenant holding the fewest of the endpoint's slots there (``health``); across
 processes, to whoever asks first after a slot comes free.
 
+The same slots count each capped tenant's requests in flight (``identity.in_flight``), under
+the id ``tenant:<name>`` (no endpoint id has a ``:``), leases, parking and all.
+
 Fail closed: if Redis cannot be reached, a request to a capped endpoint is refused with 503
 (nothing is sent), as the rate limits are; giving a slot back to an unreachable Redis is left
 to the lease.
