@@ -1339,6 +1339,9 @@ class ResponsesStreamOutput(StreamOutput):
         self._next_seq = 0
         self._passed: dict[str, Any] | None = None  # the last event sent on unchanged
         self._item_ids: dict[int, Any] = {}
+        # The client has the response's response.created: a failure now is an error event
+        # about that response (_streams._response_failure).
+        self.began = False
 
     @property
     def next_sequence(self) -> int:
@@ -1350,6 +1353,8 @@ class ResponsesStreamOutput(StreamOutput):
         """The events to send for ``event`` (it, perhaps rewritten, after any delta added before
         it); None when it goes out exactly as it came."""
         etype = event.get("type")
+        if etype == "response.created":
+            self.began = True
         before: list[dict[str, Any]] = []
         changed = self._active and _strip_logprobs(event)
         oi = _int0(event.get("output_index"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -60,19 +61,19 @@ def _too_large(endpoint_id: str, limit: int) -> AnswerTooLarge:
 
 class StreamEnd:
     """How a stream that has begun ends early, when the gateway's shutdown cuts it: with an
-    error event in its API's shape, as other failures after the first byte end (chat and
-    completions: a ``data:`` line with OpenAI's error object; the Responses API: an ``error``
-    event numbered after the last event sent)."""
+    error in its API's shape, as other failures after the first byte end (chat and
+    completions: a ``data:`` line with OpenAI's error object; the Responses API:
+    ``_response_failure``)."""
 
-    __slots__ = ("output", "responses")
+    __slots__ = ("call", "output")
 
-    def __init__(self, responses: bool) -> None:
-        self.responses = responses
+    def __init__(self, call: Call) -> None:
+        self.call = call
         self.output: ResponsesStreamOutput | None = None  # set once its relay has begun
 
     def error(self, exc: SekishoError) -> bytes:
-        if self.responses:
-            return _response_error(self.output, exc.code, exc.message)
+        if self.call.kind == "responses":
+            return _response_failure(self.call, self.output, exc.code, exc.message)
         return b"data: " + orjson.dumps(exc.body()) + b"\n\n"
 
 
@@ -360,18 +361,19 @@ async def relay_responses(
             await p.record(call, decision, outcome)
         except SekishoError as exc:
             # Nothing completes without its record: an error event, never response.completed
-            yield _response_error(output, exc.code, exc.message)
+            yield _response_failure(call, output, exc.code, exc.message)
             return
         yield _response_event(final[-1])
     except UpstreamError as exc:
         code = await _broke(p, call, decision, route, outcome, output.texts(), exc)
-        yield _response_error(output, code, f"The stream from endpoint {ep.id} broke: {exc.told}.")
+        told = f"The stream from endpoint {ep.id} broke: {exc.told}."
+        yield _response_failure(call, output, code, told)
     except (asyncio.CancelledError, GeneratorExit):
         await _left(p, call, decision, outcome, output.texts())
         raise
     except Exception:
         err = await p.unexpected(call, decision, route)
-        yield _response_error(output, err.code, err.message)
+        yield _response_failure(call, output, err.code, err.message)
     finally:
         upstream.close()
 
@@ -406,7 +408,7 @@ async def relay_when_answered(
                 outcome.status, outcome.error_code = exc.status, exc.code
                 await p.record(call, decision, outcome)
             if call.kind == "responses":
-                yield _response_error(None, exc.code, exc.message)
+                yield _response_failure(call, None, exc.code, exc.message)
             else:
                 yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
             return
@@ -484,14 +486,53 @@ def _response_event(event: dict[str, Any]) -> bytes:
     return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
-def _response_error(output: ResponsesStreamOutput | None, code: str, message: str) -> bytes:
-    """A failure after the stream started, as the Responses API reports one: an ``error``
-    event (the SDKs yield it as a ResponseErrorEvent; no response.completed follows)."""
-    event = {
-        "type": "error",
-        "code": code,
-        "message": message,
-        "param": None,
-        "sequence_number": output.next_sequence if output is not None else 0,
+def _response_failure(
+    call: Call, output: ResponsesStreamOutput | None, code: str, message: str
+) -> bytes:
+    """A failure after the stream started, as the Responses API reports one. Once the client
+    has the response's ``response.created``: an ``error`` event numbered after the last event
+    sent (the SDKs yield it as a ResponseErrorEvent; no response.completed follows). Before
+    it (every endpoint failed while the stream was kept alive, or the gateway's shutdown cut
+    it then): the response's whole life, ``response.created`` (in_progress)
+    then ``response.failed`` carrying the error, under the id sekisho issues for the request.
+    OpenAI's streams always begin with response.created, and the SDKs' stream helpers
+    (``client.responses.stream``) build every later event onto it: a stream beginning with
+    an error event ends in their complaint about the missing event, hiding this error."""
+    if output is not None and output.began:
+        event = {
+            "type": "error",
+            "code": code,
+            "message": message,
+            "param": None,
+            "sequence_number": output.next_sequence,
+        }
+        return _response_event(event)
+    seq = output.next_sequence if output is not None else 0
+    response: dict[str, Any] = {
+        "id": response_id(call.request_id),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": call.body.get("instructions"),
+        "metadata": call.body.get("metadata") or {},
+        "model": call.model,
+        "output": [],
+        "parallel_tool_calls": call.body.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "temperature": call.body.get("temperature"),
+        "tool_choice": call.body.get("tool_choice", "auto"),
+        "tools": call.body.get("tools") or [],
+        "top_p": call.body.get("top_p"),
+        "usage": None,
     }
-    return _response_event(event)
+    echo_as_sent(response, call)  # instructions and metadata as the client sent them
+    failed = {
+        **response,
+        "status": "failed",
+        "error": {"code": code, "message": message},
+    }
+    return _response_event(
+        {"type": "response.created", "sequence_number": seq, "response": response}
+    ) + _response_event({"type": "response.failed", "sequence_number": seq + 1, "response": failed})

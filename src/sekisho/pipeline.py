@@ -256,7 +256,7 @@ class Pipeline:
                     raise
                 if not dispatching.done():  # still thinking: start the stream, keep it alive
                     outcome = Outcome(200)
-                    end = StreamEnd(call.kind == "responses")
+                    end = StreamEnd(call)
                     chunks = relay_when_answered(
                         self, call, decision, tenant, dispatching, outcome, end
                     )
@@ -283,7 +283,7 @@ class Pipeline:
             headers.append(("x-sekisho-upstream-request-id", call.upstream_request_id))
         if call.stream:
             outcome = Outcome(200, route)
-            end = StreamEnd(call.kind == "responses")
+            end = StreamEnd(call)
             chunks = relay(self, call, decision, tenant, route, upstream, outcome, end)
             return StreamReply(headers, chunks, outcome, end.error)
         try:

@@ -450,12 +450,13 @@ def _keepalive(raw: dict[str, Any]) -> None:
         ep["timeouts"] = {"connect": 2, "first_byte": 5, "total": 10}
 
 
-def test_a_slow_response_is_kept_alive_and_a_failure_then_is_an_error_event(
+def test_a_slow_response_is_kept_alive_and_a_failure_then_is_a_failed_response(
     gateway: Callable[..., Harness],
 ) -> None:
     """With stream_keepalive_seconds, a Responses stream starts before its endpoint answers:
     SSE comments first (the SDK ignores them), then the events; if every endpoint fails
-    meanwhile, an ``error`` event in the Responses API's shape, and the ledger says 502."""
+    meanwhile, a failed response as the Responses API streams one (response.created, then
+    response.failed with the error), and the ledger says 502."""
     h = gateway(_keepalive, delay_ms=700)
     events, raw = stream_events(h, model="gpt-4o", input="think first")
     assert raw.headers["x-sekisho-keepalive"] == "on"
@@ -464,9 +465,10 @@ def test_a_slow_response_is_kept_alive_and_a_failure_then_is_an_error_event(
     for name in h.sims:
         h.fault(name, mode="status", status=503, delay_ms=700)
     events, raw = stream_events(h, model="gpt-4o", input="think again")
-    assert [e.type for e in events] == ["error"]
-    assert events[0].code == "upstream_failed"
-    assert "Every eligible endpoint failed" in events[0].message
+    assert [e.type for e in events] == ["response.created", "response.failed"]
+    error = events[1].response.error
+    assert error is not None and error.code == "upstream_failed"
+    assert "Every eligible endpoint failed" in error.message
     r = receipt(h, raw.headers["x-sekisho-request-id"], h.key())
     _, outcome = ledger_entries(r.json())
     assert outcome is not None and outcome["status"] == 502

@@ -103,6 +103,14 @@ def test_a_failure_after_the_stream_started_is_an_error_event_and_recorded(
             for _ in c.chat.completions.create(**BODY):
                 pass
         assert "Every eligible endpoint failed" in str(err.value)
+        # The SDK's stream helper raises the same error, with its code.
+        helper = c.chat.completions.stream(
+            model="gpt-4o", messages=[{"role": "user", "content": "think first"}]
+        )
+        with pytest.raises(openai.APIError) as err, helper as events:
+            for _ in events:
+                pass
+        assert err.value.code == "upstream_failed"
         headers, lines = raw_stream(h, key)
         assert any(line == ": keep-alive" for _, line in lines)
         assert not any(line == "data: [DONE]" for _, line in lines)
@@ -161,5 +169,46 @@ def test_a_pause_in_the_middle_of_a_stream_is_kept_alive_too(tmp_path: Path) -> 
         assert pings and data[0] < pings[0] < data[-1]  # between events, not only before
         assert lines[-1][1] == "data: [DONE]"
         assert "SIMULATOR" in sdk_text(h, key)
+    finally:
+        h.stop()
+
+
+def test_a_responses_stream_failing_before_its_first_event_tells_the_sdk_helper_why(
+    tmp_path: Path,
+) -> None:
+    """Every endpoint fails after the 200 went out: the stream is a response that failed, as
+    OpenAI streams one: response.created (in_progress), then response.failed carrying the
+    error. The SDK's stream helper builds every event onto response.created; a stream that
+    began with an error event made it raise about that missing event, hiding the real error.
+    The response is kept as failed, and the ledger records 502."""
+    h = start_example(tmp_path, keepalive(0.2))
+    try:
+        for eid in h.sims:
+            h.fault(eid, mode="status", status=503, delay_ms=700)
+        key = h.key()
+        c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
+        with c.responses.stream(model="gpt-4o", input="think first") as stream:
+            events = list(stream)
+            with pytest.raises(RuntimeError, match=r"`response\.completed`"):
+                stream.get_final_response()  # as for any failed response
+        assert [e.type for e in events] == ["response.created", "response.failed"]
+        created, failed = events
+        assert created.response.status == "in_progress"  # type: ignore[union-attr]
+        assert [e.sequence_number for e in events] == [0, 1]
+        response = failed.response  # type: ignore[union-attr]
+        assert response.id == created.response.id  # type: ignore[union-attr]
+        assert response.id.startswith("resp_sk") and response.status == "failed"
+        assert response.error is not None and response.error.code == "upstream_failed"
+        assert response.error.message.startswith("Every eligible endpoint failed (tried: ")
+        assert response.output == [] and response.model == "gpt-4o"
+
+        # Kept as what it was: a failed response, never a completed one.
+        kept = c.responses.retrieve(response.id)
+        assert kept.status == "failed" and kept.error is not None and kept.output == []
+        request_id = "req_" + response.id.removeprefix("resp_sk")
+        _, outcome = ledger_entries(receipt(h, request_id, key).json())
+        assert outcome is not None and outcome["status"] == 502
+        assert outcome["error_code"] == "upstream_failed"
+        assert ledger_incomplete(h) == []
     finally:
         h.stop()

@@ -397,13 +397,15 @@ def test_two_workers_both_serve_requests(tmp_path: Path) -> None:
 
 
 def _slow_streams(
-    tmp_path: Path, *, chunk_delay_ms: int, grace_seconds: float
+    tmp_path: Path, *, chunk_delay_ms: int, grace_seconds: float, keepalive: float = 0
 ) -> tuple[Simulators, ServeProcess]:
-    """Simulators that stream slowly, and a started `serve` with that shutdown grace period."""
+    """Simulators that stream slowly, and a started `serve` with that shutdown grace period
+    (and server.stream_keepalive_seconds)."""
     sims = Simulators(demo_sim_specs(chunk_delay_ms=chunk_delay_ms)).start()
 
     def grace(raw: dict[str, Any]) -> None:
         raw["server"]["shutdown_grace_seconds"] = grace_seconds
+        raw["server"]["stream_keepalive_seconds"] = keepalive
 
     config = write_config(tmp_path / "sekisho.yaml", sims.config(grace))
     g = ServeProcess(config, tmp_path / "data")
@@ -688,6 +690,34 @@ def test_the_end_of_the_grace_period_answers_what_is_still_in_flight(tmp_path: P
         assert r.headers["x-sekisho-request-id"]
         g.wait(20)
         assert "without completing response" not in g.stderr()
+        assert "Exception in ASGI application" not in g.stderr()
+    finally:
+        g.stop()
+        sims.stop()
+
+
+@pytest.mark.slow
+def test_a_kept_alive_responses_stream_cut_before_its_first_event_is_a_failed_response(
+    tmp_path: Path,
+) -> None:
+    """The grace period ends while a stream started early (stream_keepalive_seconds) still
+    waits for its endpoint: the client gets the response's whole life, response.created then
+    response.failed saying gateway_shutdown, which the SDK's stream helper reads; an error
+    event alone made it raise about a missing response.created instead."""
+    sims, g = _slow_streams(tmp_path, chunk_delay_ms=0, grace_seconds=1, keepalive=0.2)
+    try:
+        for eid in sims.sims:
+            sims.fault(eid, mode="hang")
+        c = openai.OpenAI(base_url=g.base_url, api_key=g.key(), max_retries=0, timeout=20)
+        with c.responses.stream(model="gpt-4o", input="think for a long time") as stream:
+            g.signal(signal.SIGTERM)
+            events = list(stream)
+        assert [e.type for e in events] == ["response.created", "response.failed"]
+        failed = events[-1].response  # type: ignore[union-attr]
+        assert failed.status == "failed" and failed.error is not None
+        assert failed.error.code == "gateway_shutdown"
+        assert failed.id == events[0].response.id  # type: ignore[union-attr]
+        g.wait(20)
         assert "Exception in ASGI application" not in g.stderr()
     finally:
         g.stop()
