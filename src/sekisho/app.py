@@ -912,10 +912,12 @@ class Gateway:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                         if first and not chunk.startswith(b":"):  # not a keep-alive comment
                             first = False
-                            m = self.metrics
-                            m.child(m.time_to_first_token, endpoint, jurisdiction).observe(
-                                time.perf_counter() - started
-                            )
+                            labels = _first_event_from(reply.outcome, endpoint, jurisdiction)
+                            if labels is not None:
+                                m = self.metrics
+                                m.child(m.time_to_first_token, *labels).observe(
+                                    time.perf_counter() - started
+                                )
                         unyielded += 1
                         if unyielded >= YIELD_EVERY:
                             unyielded = 0
@@ -1337,6 +1339,20 @@ def _gone_code(exc: http.ClientGone) -> str:
 def _writer_state(health: WriterHealth) -> dict[str, Any]:
     ok, why = health.state()
     return {"ok": ok} if ok else {"ok": False, "reason": why}
+
+
+def _first_event_from(
+    outcome: Outcome | None, endpoint: str, jurisdiction: str
+) -> tuple[str, str] | None:
+    """The labels of a stream's time to first token: its endpoint's. A stream started before
+    its route was known (stream_keepalive_seconds) learns it when its relay begins; one that
+    failed before any endpoint answered sends its error, not a first token, and is not timed."""
+    if endpoint != "-":
+        return endpoint, jurisdiction
+    route = outcome.route if outcome is not None else None
+    if route is None:
+        return None
+    return route.endpoint.id, route.endpoint.jurisdiction.label
 
 
 def _reached(endpoint: str, jurisdiction: str) -> tuple[str, str]:

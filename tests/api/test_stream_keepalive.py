@@ -12,8 +12,9 @@ from typing import Any
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from harness import Harness, ledger_entries, ledger_incomplete, receipt, start_example
+from harness import Harness, ledger_entries, ledger_incomplete, receipt, request, start_example
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "think first"}], "stream": True}
 
@@ -48,6 +49,17 @@ def raw_stream(h: Harness, key: str) -> tuple[dict[str, str], list[tuple[float, 
         conn.close()
 
 
+def first_token_timings(h: Harness) -> dict[str, float]:
+    """sekisho_time_to_first_token_seconds' count of streams, by endpoint label."""
+    text = request("GET", f"{h.root}/metrics").text
+    return {
+        s.labels["endpoint"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "sekisho_time_to_first_token_seconds_count"
+    }
+
+
 def sdk_text(h: Harness, key: str) -> str:
     """The streamed answer as the OpenAI SDK reads it (SSE comments ignored)."""
     c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
@@ -75,6 +87,9 @@ def test_a_slow_first_event_is_preceded_by_keep_alive_comments(tmp_path: Path) -
 
         # The OpenAI SDK ignores the comments and reads the answer as usual.
         assert "SIMULATOR" in sdk_text(h, key)
+        # Its time to first token is its endpoint's, as for any stream.
+        timings = first_token_timings(h)
+        assert timings.get(endpoint.split(": ")[-1], 0) >= 1 and "-" not in timings
     finally:
         h.stop()
 
@@ -119,6 +134,7 @@ def test_a_failure_after_the_stream_started_is_an_error_event_and_recorded(
         # The ledger holds the request's outcome: 502, whatever the 200 on the wire said.
         _, outcome = ledger_entries(receipt(h, headers["x-sekisho-request-id"], key).json())
         assert outcome is not None and outcome["status"] == 502
+        assert first_token_timings(h) == {}  # an error, not a first token: nothing timed
     finally:
         h.stop()
 
