@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from sekisho.api.schema import text_slots
+from sekisho.call import estimate_tokens
 from sekisho.classify import (
     Finding,
     Pseudonymiser,
@@ -51,13 +52,26 @@ _JOIN_EVERY = 512
 class _Text:
     """One stream text as delivered so far, for its record (the ledger's output hash, the
     store): kept as pieces of ``_JOIN_EVERY`` deltas joined, so a stream of a million small
-    events holds a few thousand strings, and every character is copied once more at most."""
+    events holds a few thousand strings, and every character is copied once more at most.
+    It also counts the characters the endpoint sent of it (ASCII and other, as
+    ``estimate_tokens`` counts them), delivered or not: what an estimate of its usage is of."""
 
-    __slots__ = ("joined", "parts")
+    __slots__ = ("joined", "parts", "sent_ascii", "sent_other")
 
     def __init__(self) -> None:
         self.joined: list[str] = []
         self.parts: list[str] = []
+        self.sent_ascii = 0
+        self.sent_other = 0
+
+    def sent(self, text: str) -> None:
+        """``text`` came from the endpoint (whatever of it is delivered, and when)."""
+        if text.isascii():  # constant time in CPython: the usual delta costs an addition
+            self.sent_ascii += len(text)
+            return
+        ascii_chars = len(text.encode("ascii", "ignore"))
+        self.sent_ascii += ascii_chars
+        self.sent_other += len(text) - ascii_chars
 
     def append(self, text: str) -> None:
         parts = self.parts
@@ -202,15 +216,16 @@ class StreamOutput:
 
     def _take(self, key: StreamKey, original: str) -> str:
         text = self._pipe(key, original) if self._active else original
-        self._keep(key, text)
+        self._keep(key, text).sent(original)
         return text
 
-    def _keep(self, key: StreamKey, text: str) -> None:
+    def _keep(self, key: StreamKey, text: str) -> _Text:
         kept = self._texts.get(key)
         if kept is None:
             kept = self._texts[key] = _Text()
         kept.append(text)
         self.size += len(text)
+        return kept
 
     def apply(self, event: dict[str, Any]) -> bool:
         changed = False
@@ -507,6 +522,15 @@ class StreamOutput:
         """Each choice's content, then each of its tool calls' arguments, as delivered; then
         the strings of values read whole (citations, hosted tools' items)."""
         return [self._texts[key].value() for key in sorted(self._texts)] + self._extras
+
+    def generated_tokens(self) -> int:
+        """An estimate of the tokens the endpoint generated so far (``estimate_tokens`` of
+        every text as the endpoint sent it), for a stream whose endpoint reports no usage:
+        the text delivered, and also what the output rule still holds back to inspect (up to
+        its look-behind: a client that leaves mid-stream never gets it), what it cut, and
+        placeholders not yet restored. The endpoint spent them all the same."""
+        n = sum(-(-t.sent_ascii // 4) + t.sent_other for t in self._texts.values())
+        return n + estimate_tokens(self._extras)
 
 
 class _Withheld(Exception):

@@ -172,7 +172,7 @@ async def relay(
         p.health.success(ep.id)
         outcome.output_texts = output.texts()
         outcome.error_code = output.error_code
-        outcome.estimate_usage(call.texts)
+        outcome.estimate_usage(call.texts, output.generated_tokens())
         if call.include_usage and outcome.usage_estimated:
             # The client asked for usage and the endpoint sent none: sekisho's estimate, in
             # the chunk the client waits for (the SDKs read usage from the last chunk).
@@ -188,7 +188,7 @@ async def relay(
     except UpstreamError as exc:
         # Bytes have reached the client: no failover now. Tell the client in-stream, in the
         # shape the OpenAI SDKs raise as an APIError.
-        code = await _broke(p, call, decision, route, outcome, output.texts(), exc)
+        code = await _broke(p, call, decision, route, outcome, output, exc)
         err = {
             "error": {
                 "message": f"The stream from endpoint {ep.id} broke: {exc.told}.",
@@ -199,7 +199,7 @@ async def relay(
         }
         yield b"data: " + orjson.dumps(err) + b"\n\n"
     except (asyncio.CancelledError, GeneratorExit):
-        await _left(p, call, decision, outcome, output.texts())
+        await _left(p, call, decision, outcome, output)
         raise
     except Exception:
         unexpected = await p.unexpected(call, decision, route)
@@ -231,18 +231,19 @@ async def _broke(
     decision: Decision,
     route: Route,
     outcome: Outcome,
-    texts: list[str],
+    output: StreamOutput,
     exc: UpstreamError,
 ) -> str:
     """A stream whose endpoint failed after bytes reached the client: the endpoint's
-    health hears of it, and the outcome (502, what was delivered) is recorded. Returns its
-    error code: ``upstream_stream_broken``, or ``upstream_answer_too_large``."""
+    health hears of it, and the outcome (502, what was delivered, charged what the endpoint
+    sent) is recorded. Returns its error code: ``upstream_stream_broken``, or
+    ``upstream_answer_too_large``."""
     p.upstream_failed(route, exc)
     code = AnswerTooLarge.code if isinstance(exc, AnswerTooLarge) else "upstream_stream_broken"
     outcome.status = 502
     outcome.error_code = code
-    outcome.output_texts = texts
-    outcome.estimate_usage(call.texts)
+    outcome.output_texts = output.texts()
+    outcome.estimate_usage(call.texts, output.generated_tokens())
     try:
         await p.record(call, decision, outcome)
     except SekishoError:  # the ledger says why; the client still learns the stream broke
@@ -251,14 +252,15 @@ async def _broke(
 
 
 async def _left(
-    p: Pipeline, call: Call, decision: Decision, outcome: Outcome, texts: list[str]
+    p: Pipeline, call: Call, decision: Decision, outcome: Outcome, output: StreamOutput
 ) -> None:
     """A client gone mid-stream (or a stream the gateway's shutdown cut: ``Pipeline.cut``):
-    recorded with what it got, and charged what the endpoint generated until then (shielded:
-    the cancellation must not cut the record)."""
+    recorded with what it got, and charged what the endpoint generated until then, including
+    the text the output rule was still holding back (shielded: the cancellation must not cut
+    the record)."""
     outcome.status, outcome.error_code = p.cut()
-    outcome.output_texts = texts
-    outcome.estimate_usage(call.texts)  # the endpoint spent them all the same
+    outcome.output_texts = output.texts()
+    outcome.estimate_usage(call.texts, output.generated_tokens())  # spent all the same
     await asyncio.shield(p.record(call, decision, outcome))
 
 
@@ -356,7 +358,7 @@ async def relay_responses(
             p.health.success(ep.id)
             outcome.error_code = output.error_code
         outcome.output_texts = output.texts()
-        outcome.estimate_usage(call.texts)
+        outcome.estimate_usage(call.texts, output.generated_tokens())
         try:
             await p.record(call, decision, outcome)
         except SekishoError as exc:
@@ -365,11 +367,11 @@ async def relay_responses(
             return
         yield _response_event(final[-1])
     except UpstreamError as exc:
-        code = await _broke(p, call, decision, route, outcome, output.texts(), exc)
+        code = await _broke(p, call, decision, route, outcome, output, exc)
         told = f"The stream from endpoint {ep.id} broke: {exc.told}."
         yield _response_failure(call, output, code, told)
     except (asyncio.CancelledError, GeneratorExit):
-        await _left(p, call, decision, outcome, output.texts())
+        await _left(p, call, decision, outcome, output)
         raise
     except Exception:
         err = await p.unexpected(call, decision, route)

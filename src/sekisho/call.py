@@ -96,13 +96,17 @@ class Outcome:
     output_items: list[Any] | None = None
     usage_estimated: bool = False  # the endpoint reported no usage: the counts are sekisho's
 
-    def estimate_usage(self, prompt_texts: list[str]) -> None:
+    def estimate_usage(self, prompt_texts: list[str], generated: int | None = None) -> None:
         """An endpoint that reports no token usage (an old server, a stream without it) is
-        still charged: a rough count from the texts, so token limits cannot be bypassed."""
+        still charged: a rough count from the texts, so token limits cannot be bypassed.
+        ``generated``: a stream's estimate of what its endpoint sent
+        (``StreamOutput.generated_tokens``), delivered or not; else the output texts'."""
         if self.prompt_tokens or self.completion_tokens or self.route is None:
             return
         self.prompt_tokens = estimate_tokens(prompt_texts)
-        self.completion_tokens = estimate_tokens(self.output_texts)
+        self.completion_tokens = (
+            estimate_tokens(self.output_texts) if generated is None else generated
+        )
         self.usage_estimated = True
 
 

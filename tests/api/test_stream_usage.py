@@ -5,6 +5,7 @@ what it asked for. An endpoint that reports no usage is charged an estimate."""
 from __future__ import annotations
 
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -136,5 +137,105 @@ def test_an_older_server_that_refuses_stream_options_is_asked_no_more_and_charge
         # A client that asks for stream_options itself still gets the server's own answer.
         with pytest.raises(openai.BadRequestError, match="stream_options"):
             stream(h, key, stream_options={"include_usage": True})
+    finally:
+        h.stop()
+
+
+def streamed_text(c: openai.OpenAI, api: str, prompt: str, leave_at: int = 0) -> tuple[str, str]:
+    """The answer's text a client of ``api`` reads (all of it, or until it has ``leave_at``
+    characters and goes away), and the request's id."""
+    text = ""
+    if api == "chat":
+        messages: Any = [{"role": "user", "content": prompt}]
+        with c.chat.completions.with_streaming_response.create(
+            model="chat-default", messages=messages, stream=True
+        ) as resp:
+            for ch in resp.parse():
+                text += (ch.choices[0].delta.content or "") if ch.choices else ""
+                if leave_at and len(text) >= leave_at:
+                    break
+            return text, resp.headers["x-sekisho-request-id"]
+    with c.responses.with_streaming_response.create(
+        model="chat-default", input=prompt, stream=True
+    ) as raw:
+        for event in raw.parse():
+            text += event.delta if event.type == "response.output_text.delta" else ""
+            if leave_at and len(text) >= leave_at:
+                break
+        return text, raw.headers["x-sekisho-request-id"]
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_client_leaving_a_masked_stream_is_charged_what_the_endpoint_sent(
+    tmp_path: Path, api: str
+) -> None:
+    """The demo tenant's output rule (mask) holds back the last 256 characters of a stream's
+    text until it can inspect them. A client that left mid-stream was charged (ledger, usage,
+    token limits) only for the text it had been sent: what the endpoint had generated and
+    sekisho held back was free. It is charged what the endpoint sent."""
+    h = start_example(tmp_path, chunk_chars=8, chunk_delay_ms=5, echo_chars=4000)
+    try:
+        prompt = "plain words " * 300  # chat-default: one endpoint, the same answer each time
+        c = openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+        full, _ = streamed_text(c, api, prompt)
+        assert len(full) > 3000
+        key = h.key()
+        c = openai.OpenAI(base_url=h.base_url, api_key=key, max_retries=0)
+        read, rid = streamed_text(c, api, prompt, leave_at=800)  # gone mid-answer
+        gw: Any = h.gateway
+        deadline = time.monotonic() + 5
+        while gw.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _, outcome = ledger_entries(receipt(h, rid, key).json())
+        assert outcome is not None and outcome["status"] == 499
+        # What sekisho had sent it (the outcome's output hash is over exactly that): a prefix
+        # of the answer, at least what the client read.
+        sent = next(
+            full[:n]
+            for n in range(len(read), len(full) + 1)
+            if gw.recorder.keyed_hash("demo", full[:n].encode()) == outcome["output_hash"]
+        )
+        assert outcome["usage_estimated"] is True
+        # The endpoint had sent that and the 256 characters held back for inspection.
+        charged = outcome["completion_tokens"]
+        assert estimate_tokens([full[: len(sent) + 256]]) <= charged <= estimate_tokens([full])
+        # Usage (chargeback, token budgets) counts the same.
+        limiter = gw.limiter
+        day = date.fromisoformat(limiter.today())
+        [row] = h.call(limiter.usage.query(day, day, key_ids={key.split("-")[2]}))
+        assert (row.requests, row.completion_tokens) == (1, charged)
+    finally:
+        h.stop()
+
+
+def test_a_stream_its_output_rule_cut_is_charged_the_whole_answer_the_endpoint_sent(
+    tmp_path: Path,
+) -> None:
+    """An endpoint without usage streams an answer that the tenant's output rule (cut) ends at
+    a card number: the client gets the text before it, but the endpoint generated all of it,
+    and the estimate is of all of it (it was of the text delivered)."""
+
+    def cut_cards(raw: dict[str, Any]) -> None:
+        raw["tenants"]["demo"]["detection"]["output"] = {"action": "cut", "types": ["CREDIT_CARD"]}
+
+    h = start_example(tmp_path, cut_cards)
+    try:
+        pieces = ["Before the number. " * 20, "card 4111 1111 1111 1111 ", "and after it. " * 40]
+        events = [
+            {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1,
+             "model": "m-upstream", "choices": [{"index": 0, "delta": {"content": t}}]}
+            for t in pieces
+        ]  # fmt: skip
+        sse = "".join(f"data: {orjson.dumps(e).decode()}\n\n" for e in events)
+        for name in h.sims:
+            h.fault(name, mode="sse", body=sse + "data: [DONE]\n\n")
+        key = h.key()
+        chunks, rid = stream(h, key)
+        delivered = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert "4111" not in delivered and "after it" not in delivered
+        _, outcome = ledger_entries(receipt(h, rid, key).json())
+        assert outcome is not None and outcome["error_code"] == "output_cut"
+        assert outcome["usage_estimated"] is True
+        assert outcome["completion_tokens"] == estimate_tokens(["".join(pieces)])
     finally:
         h.stop()
