@@ -191,6 +191,8 @@ class Gateway:
             cfg.regions, cfg.data_dir, audit=self.recorder, tenants=cfg.tenants
         )
         self.stores.on_erasure_incomplete = self._count_erasure_incomplete
+        for region in self.stores.regions.values():
+            region.on_refused = self._count_store_refusals
         self._tasks.append(self.stores.start_sweeper())
         self.recorder.use_store_keys(self.stores, cfg.tenants)
         self.limiter = build_limiter(
@@ -688,6 +690,9 @@ class Gateway:
 
     def _count_erasure_incomplete(self, region: str, store: str) -> None:
         self.metrics.child(self.metrics.erasure_incomplete, region, store).inc()
+
+    def _count_store_refusals(self, region: str, reason: str, records: int) -> None:
+        self.metrics.child(self.metrics.store_refusals, region, reason).inc(records)
 
     def _count_refused_head(self, reason: str) -> None:
         self.metrics.child(self.metrics.heads_refused, reason).inc()
@@ -1195,6 +1200,7 @@ class Gateway:
                 code="metrics_token_required",
             )
         self._endpoint_up()
+        self._writers_up()
         body = self.metrics.exposition()
         await http.send_bytes(send, 200, body, rid, ctype=CONTENT_TYPE_LATEST.encode())
 
@@ -1219,11 +1225,20 @@ class Gateway:
             if ep.max_concurrency is not None:
                 m.endpoint_max_concurrency.labels(*labels).set(ep.max_concurrency)
 
+    def _writers_up(self) -> None:
+        m = self.metrics
+        if self.ledger is not None:
+            m.child(m.writer_up, "ledger", "").set(1 if self.ledger.health.state()[0] else 0)
+        if self.stores is not None:
+            for name, region in self.stores.regions.items():
+                m.child(m.writer_up, "store", name).set(1 if region.health.state()[0] else 0)
+
     async def _publish_health(self) -> None:
         """With several workers, only one answers a scrape: the others publish their view of
-        the endpoints' health every few seconds."""
+        the endpoints' and the durable writers' health every few seconds."""
         while True:
             self._endpoint_up()
+            self._writers_up()
             await asyncio.sleep(_PUBLISH_HEALTH_EVERY)
 
 

@@ -167,6 +167,25 @@ class Metrics:
             ["region", "store"],
             registry=r,
         )
+        # Whether each durable writer keeps its promises, as /readyz judges it (any 0 makes it
+        # answer 503): read when scraped. Several workers: the worst any live one sees.
+        self.writer_up = Gauge(
+            "sekisho_writer_up",
+            "1 while the durable writer (writer=ledger, or writer=store of a region) makes "
+            "writes durable in time; 0 while it fails or hangs (/readyz answers 503)",
+            ["writer", "region"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        # Records a regional store could not make durable (each request's answer was withheld
+        # with 503 store_unavailable), as sekisho_ledger_refusals_total counts the ledger's.
+        self.store_refusals = Counter(
+            "sekisho_store_refusals",
+            "Records a regional store could not make durable, each once: deadline (slow or "
+            "hanging storage) or storage_error (a failed commit)",
+            ["region", "reason"],
+            registry=r,
+        )
         # Certificates the gateway presents, for an alert well before one expires (renewed
         # files are read again on reload). Several workers: the earliest any live one holds.
         self.certificate_expiry = Gauge(

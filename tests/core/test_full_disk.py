@@ -17,6 +17,7 @@ from typing import Any
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness import request
 from serve_process import ServeProcess, Simulators, write_config
@@ -64,6 +65,16 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+def sample(root: str, name: str, **labels: str) -> float | None:
+    """The value of the series ``name{labels}`` on the gateway's /metrics, None if absent."""
+    text = request("GET", f"{root}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
 def assert_audit_complete(data_dir: Path) -> None:
     """`sekisho ledger audit`: the log verifies, and every decision has its outcome."""
     audit = subprocess.run(
@@ -107,11 +118,18 @@ def test_a_full_ledger_disk_refuses_clearly_sends_nothing_and_recovers(
             assert ready.status_code == 503
             assert "disk is full" in ready.json()["ledger"]["reason"]
             assert request("GET", f"{gw.root}/healthz").status_code == 200  # alive, not ready
+            # What an alert sees (examples/prometheus/sekisho-alerts.yaml): the ledger's writer
+            # down and its refusals counted, each store's writer still up.
+            assert sample(gw.root, "sekisho_writer_up", writer="ledger") == 0
+            assert sample(gw.root, "sekisho_writer_up", writer="store", region="jp") == 1
+            refused = sample(gw.root, "sekisho_ledger_refusals_total", reason="storage_error")
+            assert refused is not None and refused >= 2
 
             filler.unlink()  # room again: service resumes without a restart
             reply = client.chat.completions.create(**big)  # type: ignore[call-overload]
             assert reply.choices[0].message.content
             assert request("GET", f"{gw.root}/readyz").status_code == 200
+            assert sample(gw.root, "sekisho_writer_up", writer="ledger") == 1
             assert "".join(
                 c.choices[0].delta.content or ""
                 for c in client.chat.completions.create(**ask, stream=True)  # type: ignore[call-overload]
@@ -156,9 +174,16 @@ def test_a_full_store_disk_withholds_the_answer_and_the_ledger_records_why(
             with pytest.raises(openai.APIError, match="full"):
                 for _ in client.chat.completions.create(**big, stream=True):  # type: ignore[call-overload]
                     pass
+            # Both withheld answers counted, the region's writer down until a write succeeds.
+            jp = {"region": "jp"}
+            refused = sample(gw.root, "sekisho_store_refusals_total", reason="storage_error", **jp)
+            assert refused == 2
+            assert sample(gw.root, "sekisho_writer_up", writer="store", **jp) == 0
+            assert sample(gw.root, "sekisho_writer_up", writer="ledger") == 1
             filler.unlink()
             assert client.chat.completions.create(**big).choices  # type: ignore[call-overload]
             assert request("GET", f"{gw.root}/readyz").status_code == 200
+            assert sample(gw.root, "sekisho_writer_up", writer="store", **jp) == 1
     finally:
         sims.stop()
 

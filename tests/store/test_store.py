@@ -599,3 +599,31 @@ async def test_a_sweep_a_backup_blocks_is_logged_recorded_and_counted(
         r.levelname == "ERROR" and "erasure incomplete" in r.getMessage() for r in caplog.records
     )
     await s.close()
+
+
+async def test_each_record_refused_is_told_with_its_region_and_why(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the gateway counts in sekisho_store_refusals_total: a record a hanging store could
+    not make durable by its deadline, and every record of a commit that failed."""
+    jp = stores.region("jp")
+    told: list[tuple[str, str, int]] = []
+    jp.on_refused = lambda region, reason, records: told.append((region, reason, records))
+    jp.deadline = 0.2
+    holder = sqlite3.connect(jp.records_at.sqlite_path, timeout=1)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the file: the commit waits
+    try:
+        with pytest.raises(StoreError, match="slow or hanging"):
+            await stores.for_tenant("demo", "jp").put(exchange(request_id="req-hung"))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert told == [("jp", "deadline", 1)]
+
+    def disk_full(conn: object, ids: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(jp, "_insert_identifiers", disk_full)
+    with pytest.raises(StoreError, match="is full"):
+        await stores.for_tenant("demo", "jp").put(exchange(request_id="req-full"))
+    assert told[1:] == [("jp", "storage_error", 1)]

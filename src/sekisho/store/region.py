@@ -25,7 +25,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +75,11 @@ class _Pending:
 
 class RegionStore:
     """Open with ``RegionStore.open`` (blocking; call it in a thread from async code)."""
+
+    # Told (region, reason, records) when records could not be made durable, each record once:
+    # reason ``deadline`` or ``storage_error`` (the gateway counts them in
+    # sekisho_store_refusals_total).
+    on_refused: Callable[[str, str, int], None] | None = None
 
     def __init__(
         self,
@@ -565,6 +570,7 @@ class RegionStore:
         await future
 
     def _too_slow(self, record_id: str) -> StoreError:
+        self._count_refused("deadline", 1)
         where = f"the store of region {self.region!r} ({self.records_at.display})"
         self.health.failed(
             f"{where} could not make a record durable within {self.deadline:g} s (slow or hanging)",
@@ -609,7 +615,7 @@ class RegionStore:
             by_loop.setdefault(p.loop, []).append(p.future)
         for loop, futures in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
-                loop.call_soon_threadsafe(_resolve, futures, error)
+                loop.call_soon_threadsafe(self._answer, futures, error)
 
     def _write(self, rows: Sequence[dict[str, Any]], ids: Sequence[dict[str, str]]) -> None:
         """Commit a batch. On PostgreSQL, a batch whose connection turned out to be dead before
@@ -716,6 +722,26 @@ class RegionStore:
             f"The record could not be stored: the store of region {self.region!r} {said}. "
             f"Nothing of records {ids} was kept; the operator's logs say why."
         )
+
+    def _answer(self, futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+        """Answer the waiters of a commit (on their event loop); each refused is counted once
+        (one refused at its deadline already was counted then)."""
+        refused = 0
+        for future in futures:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+                refused += 1
+            else:
+                future.set_result(None)
+        if refused:
+            self._count_refused("storage_error", refused)
+
+    def _count_refused(self, reason: str, records: int) -> None:
+        if self.on_refused is not None:
+            with contextlib.suppress(Exception):  # counting must not change the error
+                self.on_refused(self.region, reason, records)
 
     async def close(self) -> None:
         if self._closed:
@@ -859,16 +885,6 @@ class _Uncommitted(Exception):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
         self.cause = cause
-
-
-def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
-    for future in futures:
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(None)
 
 
 def _iso(ms: int | None) -> str:
