@@ -48,7 +48,7 @@ from sekisho.identity.in_flight import TenantsInFlight
 from sekisho.identity.limits import REDIS_TIMEOUT, Limiter, build_limiter, redis_client
 from sekisho.identity.roles import MODEL_ROUTES
 from sekisho.ledger import LEDGER_REFUSALS, Ledger
-from sekisho.logs import mask_values
+from sekisho.logs import dropped_lines, mask_values
 from sekisho.metrics import Metrics
 from sekisho.pipeline import Pipeline, client_stalled, sent_to
 from sekisho.providers import Transport, UpstreamError, transport_for
@@ -150,6 +150,7 @@ class Gateway:
         self._cut_timer: asyncio.TimerHandle | None = None
         self._pid = os.getpid()
         self._serving_fd: int | None = None
+        self._dropped_lines_seen = 0  # of logs.dropped_lines(), already in the counter
         # Set when this process is one of `serve --workers N`: reloads then restart every
         # worker, through the supervisor and its run directory.
         self.supervisor_pid: int | None = None
@@ -1201,6 +1202,7 @@ class Gateway:
             )
         self._endpoint_up()
         self._writers_up()
+        self._count_dropped_lines()
         body = self.metrics.exposition()
         await http.send_bytes(send, 200, body, rid, ctype=CONTENT_TYPE_LATEST.encode())
 
@@ -1233,12 +1235,19 @@ class Gateway:
             for name, region in self.stores.regions.items():
                 m.child(m.writer_up, "store", name).set(1 if region.health.state()[0] else 0)
 
+    def _count_dropped_lines(self) -> None:
+        dropped = dropped_lines()
+        if dropped > self._dropped_lines_seen:
+            self.metrics.log_lines_dropped.inc(dropped - self._dropped_lines_seen)
+            self._dropped_lines_seen = dropped
+
     async def _publish_health(self) -> None:
         """With several workers, only one answers a scrape: the others publish their view of
         the endpoints' and the durable writers' health every few seconds."""
         while True:
             self._endpoint_up()
             self._writers_up()
+            self._count_dropped_lines()
             await asyncio.sleep(_PUBLISH_HEALTH_EVERY)
 
 

@@ -84,6 +84,7 @@ class _Writer:
         self._queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
         self._pending = 0
         self._dropped = 0
+        self.dropped_total = 0  # since start, never reset: sekisho_log_lines_dropped_total
         self._idle = threading.Event()
         self._idle.set()
         self.direct = False  # once no request is served any more: each line written at once
@@ -99,6 +100,7 @@ class _Writer:
             return
         if self._pending >= self.MAX_PENDING:
             self._dropped += 1
+            self.dropped_total += 1
             return
         self._pending += 1
         self._idle.clear()
@@ -157,6 +159,11 @@ class _QueueHandler(logging.Handler):
 
 
 _writer: _Writer | None = None
+
+
+def dropped_lines() -> int:
+    """Log lines dropped since start because stderr was not read fast enough."""
+    return _writer.dropped_total if _writer is not None else 0
 
 
 def flush() -> None:

@@ -186,6 +186,13 @@ class Metrics:
             ["region", "reason"],
             registry=r,
         )
+        # Log lines the writer thread dropped (logs.py) because stderr was not read fast enough:
+        # added when scraped (and every few seconds with several workers).
+        self.log_lines_dropped = Counter(
+            "sekisho_log_lines_dropped",
+            "Log lines dropped because stderr was not read fast enough (100,000 were waiting)",
+            registry=r,
+        )
         # Certificates the gateway presents, for an alert well before one expires (renewed
         # files are read again on reload). Several workers: the earliest any live one holds.
         self.certificate_expiry = Gauge(

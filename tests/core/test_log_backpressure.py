@@ -15,7 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import free_port
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness import Harness, free_port, request
 from sekisho.identity import KeyStore
 from serve_process import Simulators, write_config
 
@@ -77,3 +80,34 @@ def test_a_log_line_is_plain_json_without_terminal_colour_codes() -> None:
     line = JsonFormatter().format(record)
     assert "\\u001b" not in line and "color_message" not in line
     assert '"request_id":"req_1"' in line
+
+
+def test_dropped_log_lines_are_counted_on_metrics(
+    gateway: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stderr nobody reads loses lines past 100,000 waiting: /metrics says how many, so an
+    alert fires before anyone looks for a line that is not there."""
+    import logging as _logging
+
+    from sekisho import logs
+
+    writer = logs._Writer()
+    writer.MAX_PENDING = 0  # every line is one too many: as if 100,000 were waiting
+    monkeypatch.setattr(logs, "_writer", writer)
+
+    def dropped() -> float:
+        text = request("GET", f"{gateway.root}/metrics").text
+        (family,) = [
+            f for f in text_string_to_metric_families(text) if f.name == "sekisho_log_lines_dropped"
+        ]
+        (total,) = [s.value for s in family.samples if s.name.endswith("_total")]
+        return float(total)
+
+    assert dropped() == 0
+    line = _logging.LogRecord("sekisho", _logging.INFO, "", 0, "request", (), None)
+    for _ in range(3):
+        writer.put(line)
+    assert dropped() == 3
+    writer.put(line)
+    writer.put(line)
+    assert dropped() == 5  # counted once each, however often it is scraped
