@@ -92,6 +92,7 @@ class DescriptorWatch:
         self._every_warning = every_warning
         self._clock = clock
         self._warned_at: float | None = None
+        self.used: int | None = None  # as last counted (sekisho_open_files)
 
     def check(self) -> bool:
         """Count now; log a warning if near the limit (and none was logged lately). True when
@@ -102,6 +103,7 @@ class DescriptorWatch:
             if exc.errno not in (errno.EMFILE, errno.ENFILE):
                 return False
             used = self.limit  # listing them needs a descriptor too: none is left
+        self.used = used
         if used < 0.9 * self.limit:
             return False
         now = self._clock()

@@ -151,6 +151,7 @@ class Gateway:
         self._pid = os.getpid()
         self._serving_fd: int | None = None
         self._dropped_lines_seen = 0  # of logs.dropped_lines(), already in the counter
+        self._descriptors: DescriptorWatch | None = None
         # Set when this process is one of `serve --workers N`: reloads then restart every
         # worker, through the supervisor and its run directory.
         self.supervisor_pid: int | None = None
@@ -280,9 +281,10 @@ class Gateway:
         if self.supervisor_pid is not None:
             self._tasks.append(asyncio.create_task(self._watch_supervisor(self.supervisor_pid)))
         self._watch_for_shutdown()
-        watch = descriptor_watch()
-        if watch is not None:
-            self._tasks.append(asyncio.create_task(self._watch_descriptors(watch)))
+        self._descriptors = descriptor_watch()
+        if self._descriptors is not None:
+            self._check_descriptors()
+            self._tasks.append(asyncio.create_task(self._watch_descriptors()))
         interval = self.config.routing.health.probe_interval_seconds
         if interval > 0:
             import aiohttp
@@ -307,11 +309,21 @@ class Gateway:
             },
         )
 
-    async def _watch_descriptors(self, watch: DescriptorWatch) -> None:
+    async def _watch_descriptors(self) -> None:
         """Warn in the log while the process nears its limit of open files (_open_files.py)."""
         while True:
             await asyncio.sleep(_CHECK_DESCRIPTORS_EVERY)
-            watch.check()
+            self._check_descriptors()
+
+    def _check_descriptors(self) -> None:
+        """Count the open files (a warning near the limit) and publish them on /metrics."""
+        watch = self._descriptors
+        if watch is None:
+            return
+        watch.check()
+        if watch.used is not None:
+            self.metrics.open_files.set(watch.used)
+        self.metrics.open_files_limit.set(watch.limit)
 
     async def _first_token(self, ep: Endpoint) -> None:
         with contextlib.suppress(UpstreamError):  # logged by the token source; retried later
@@ -1203,6 +1215,7 @@ class Gateway:
         self._endpoint_up()
         self._writers_up()
         self._count_dropped_lines()
+        self._check_descriptors()
         body = self.metrics.exposition()
         await http.send_bytes(send, 200, body, rid, ctype=CONTENT_TYPE_LATEST.encode())
 

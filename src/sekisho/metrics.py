@@ -193,6 +193,23 @@ class Metrics:
             "Log lines dropped because stderr was not read fast enough (100,000 were waiting)",
             registry=r,
         )
+        # Open files (descriptors) against the soft limit (_open_files.py): past it, new
+        # connections are reset unseen. Several workers: the most any live one has open (they
+        # share one limit, inherited from the supervisor).
+        self.open_files = Gauge(
+            "sekisho_open_files",
+            "Files (file descriptors) the gateway has open: client and upstream connections, "
+            "the ledger, the stores",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.open_files_limit = Gauge(
+            "sekisho_open_files_limit",
+            "The most files the gateway may open (its soft limit): past it, new connections "
+            "are reset without an answer",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         # Certificates the gateway presents, for an alert well before one expires (renewed
         # files are read again on reload). Several workers: the earliest any live one holds.
         self.certificate_expiry = Gauge(

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from harness import example_config
+from harness import example_config, request
 from sekisho._open_files import DescriptorWatch
 from serve_process import ServeProcess, write_config
 
@@ -69,6 +70,25 @@ def test_serve_warns_at_start_when_it_may_open_few_files(tmp_path: Path) -> None
         warned = [line for line in g.log() if line.get("open_files_limit") == 1000]
         assert warned and warned[0]["level"] == "warning"
         assert "LimitNOFILE=65536" in warned[0]["msg"]
+    finally:
+        g.stop()
+
+
+def test_metrics_say_how_many_files_are_open_and_how_many_may_be(tmp_path: Path) -> None:
+    """What an alert on open files compares (examples/prometheus/sekisho-alerts.yaml)."""
+    config = write_config(tmp_path / "sekisho.yaml", example_config())
+    g = LimitedServe(config, tmp_path / "data", soft=512, hard=1000)
+    try:
+        g.start()
+        assert g.proc is not None
+        families = {
+            f.name: f.samples[0].value
+            for f in text_string_to_metric_families(request("GET", f"{g.root}/metrics").text)
+            if f.name in ("sekisho_open_files", "sekisho_open_files_limit")
+        }
+        assert families["sekisho_open_files_limit"] == 1000
+        really = len(list(Path(f"/proc/{g.proc.pid}/fd").iterdir()))
+        assert 10 < families["sekisho_open_files"] <= really + 5, (families, really)
     finally:
         g.stop()
 
