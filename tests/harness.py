@@ -251,6 +251,19 @@ def request(
     return out
 
 
+def metric_sample(root: str, name: str, **labels: str) -> float | None:
+    """The value of the series ``name{labels}`` (others may be set too) on the gateway's
+    /metrics at ``root``, parsed as Prometheus parses it; None if there is none."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = request("GET", f"{root}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
 # -- helpers for the invariant, ledger and store specifications (additive) -----------------------
 
 

@@ -203,6 +203,7 @@ class Gateway:
             redis_url=cfg.model.redis,
             data_dir=cfg.data_dir,
         )
+        self.limiter.on_refused = self._count_limit_refusal
         if cfg.model.redis:
             # Every process and instance on this Redis shares each endpoint's max_concurrency,
             # and counts each tenant's requests in flight.
@@ -706,6 +707,9 @@ class Gateway:
 
     def _count_store_refusals(self, region: str, reason: str, records: int) -> None:
         self.metrics.child(self.metrics.store_refusals, region, reason).inc(records)
+
+    def _count_limit_refusal(self, tenant: str, scope: str, limit: str) -> None:
+        self.metrics.child(self.metrics.limit_refusals, tenant, scope, limit).inc()
 
     def _count_refused_head(self, reason: str) -> None:
         self.metrics.child(self.metrics.heads_refused, reason).inc()

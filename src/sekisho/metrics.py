@@ -93,6 +93,16 @@ class Metrics:
             ["tenant", "level"],
             registry=r,
         )
+        # Requests refused because a rate or budget of their key or tenant had no room left
+        # (429 rate_limit_exceeded, insufficient_quota): which tenant, which limit.
+        self.limit_refusals = Counter(
+            "sekisho_limit_refusals",
+            "Requests refused by a limit with no room left, by tenant, scope (key, tenant) "
+            "and limit (requests_per_minute, tokens_per_minute, tokens_per_day, "
+            "tokens_per_month)",
+            ["tenant", "scope", "limit"],
+            registry=r,
+        )
         # What the classifier saw, for security dashboards and alerts: types and counts only,
         # never values (the ledger holds the per-request record).
         self.classified = Counter(

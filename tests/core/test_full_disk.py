@@ -17,8 +17,8 @@ from typing import Any
 
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from harness import metric_sample as sample
 from harness import request
 from serve_process import ServeProcess, Simulators, write_config
 
@@ -63,16 +63,6 @@ def fill(disk: Path) -> Path:
     except OSError as exc:
         assert exc.errno == errno.ENOSPC
     return filler
-
-
-def sample(root: str, name: str, **labels: str) -> float | None:
-    """The value of the series ``name{labels}`` on the gateway's /metrics, None if absent."""
-    text = request("GET", f"{root}/metrics").text
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return None
 
 
 def assert_audit_complete(data_dir: Path) -> None:

@@ -16,7 +16,7 @@ import openai
 import pytest
 from oidc_issuer import AUDIENCE, Issuer, forged
 
-from harness import Harness, request, start_example
+from harness import Harness, metric_sample, request, start_example
 from sekisho.call import estimate_tokens
 from sekisho.identity import KeyStore
 from serve_process import LoopThread, ServeProcess, Simulators, write_config
@@ -431,6 +431,9 @@ def test_a_used_up_quota_is_insufficient_quota_and_the_sdk_does_not_retry_it(
         assert "Quota used up: tenant 'demo' tokens_per_day (300)" in err.value.message
         assert int(err.value.response.headers["retry-after"]) >= 1
         assert len(sent) == 1 + answered + 1  # the refused request was sent once, not thrice
+        # What an alert on a used-up budget reads; a request too large for it is not counted.
+        refused = {"tenant": "demo", "scope": "tenant", "limit": "tokens_per_day"}
+        assert metric_sample(h.root, "sekisho_limit_refusals_total", **refused) == 1
     finally:
         h.stop()
 
@@ -477,6 +480,8 @@ def test_tenant_requests_per_minute_is_429_in_openai_shape_with_retry_after(
         assert "tenant 'demo' requests_per_minute (3)" in error["message"]
         assert f"Retry after {retry_after} s" in error["message"]
         assert resp.headers["x-ratelimit-remaining-requests"] == "0"
+        refused = {"tenant": "demo", "scope": "tenant", "limit": "requests_per_minute"}
+        assert metric_sample(h.root, "sekisho_limit_refusals_total", **refused) == 1
     finally:
         h.stop()
 

@@ -73,6 +73,23 @@ async def test_keys_have_separate_buckets_but_share_the_tenants() -> None:
     assert "tenant 'acme' requests_per_minute (3)" in (await refused(lim, b)).message
 
 
+async def test_each_refusal_names_the_tenant_and_the_limit_that_had_no_room() -> None:
+    """What the gateway counts in sekisho_limit_refusals_total: which tenant, whether its key's
+    limit or the tenant's, which limit; a request too large for a limit is not exhaustion."""
+    clock = Clock()
+    lim = limiter(clock, tenant={"tokens_per_month": 100}, per_key={"requests_per_minute": 2})
+    told: list[tuple[str, str, str]] = []
+    lim.on_refused = lambda *refusal: told.append(refusal)
+    await lim.admit(key(), "m", 0)
+    await lim.admit(key(), "m", 0)
+    await refused(lim, key())
+    other = key(key_id="bbbbbbbbbbbb")
+    await lim.admit(other, "m", 90)
+    await refused(lim, other, 20)
+    await refused(lim, other, 101)  # can never pass: request_exceeds_limit
+    assert told == [("acme", "key", "requests_per_minute"), ("acme", "tenant", "tokens_per_month")]
+
+
 async def test_a_refused_request_charges_nothing() -> None:
     clock = Clock()
     lim = limiter(clock, tenant={"tokens_per_day": 100}, per_key={"requests_per_minute": 5})

@@ -56,6 +56,8 @@ class Check:
     period: float  # RATE: seconds the limit is per; BUDGET: epoch second the window ends
     tokens: bool  # charged with tokens (True) or with one per request (False)
     label: str  # for people: "tenant 'acme' tokens_per_day"
+    scope: str  # "key" or "tenant"
+    kind: str  # requests_per_minute, tokens_per_minute, tokens_per_day or tokens_per_month
 
 
 @dataclass(slots=True)
@@ -358,6 +360,9 @@ class Limiter:
         self._clock = clock
         self._calendars: dict[str, _Calendar] = {}  # by zone: a tenant abroad has its own
         self._seeded: set[str] = set()  # budget counters started from the recorded usage
+        # Told (tenant, scope, limit) for each request a limit with no room left refused (the
+        # gateway counts them in sekisho_limit_refusals_total).
+        self.on_refused: Callable[[str, str, str], None] | None = None
 
     async def _seed(self, checks: Sequence[Check], principal: Principal, now: float) -> None:
         """In-process limits (no Redis): a day's or a month's budget starts from the usage
@@ -429,16 +434,17 @@ class Limiter:
                     continue
                 label = f"{scope} '{ident}' {kind} ({limit})"
                 base = f"{scope}:{ident}:"
+                named = (label, scope, kind)
                 if kind == "requests_per_minute":
-                    out.append(Check(base + "rpm", RATE, limit, _MINUTE, False, label))
+                    out.append(Check(base + "rpm", RATE, limit, _MINUTE, False, *named))
                 elif kind == "tokens_per_minute":
-                    out.append(Check(base + "tpm", RATE, limit, _MINUTE, True, label))
+                    out.append(Check(base + "tpm", RATE, limit, _MINUTE, True, *named))
                 elif kind == "tokens_per_day":
                     counter = f"{base}tpd:{cal.day}"
-                    out.append(Check(counter, BUDGET, limit, cal.day_end, True, label))
+                    out.append(Check(counter, BUDGET, limit, cal.day_end, True, *named))
                 else:
                     counter = f"{base}tpmo:{cal.month}"
-                    out.append(Check(counter, BUDGET, limit, cal.month_end, True, label))
+                    out.append(Check(counter, BUDGET, limit, cal.month_end, True, *named))
         return out, cal.day
 
     async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
@@ -462,6 +468,8 @@ class Limiter:
                 left = await self.backend.take(checks, costs)
             except Refusal as refusal:
                 c = checks[refusal.index]
+                if self.on_refused is not None:
+                    self.on_refused(principal.tenant, c.scope, c.kind)
                 retry = max(1, math.ceil(refusal.retry_after))
                 unit = "tokens" if c.tokens else "requests"
                 headers = {
