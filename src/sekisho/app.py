@@ -1235,7 +1235,8 @@ class Gateway:
 
     def _endpoint_up(self) -> None:
         m = self.metrics
-        for ep in self.config.catalogue.endpoints:
+        catalogue = self.config.catalogue
+        for ep in catalogue.endpoints:
             labels = (ep.id, ep.jurisdiction.label)
             m.endpoint_up.labels(*labels).set(1 if self.health.is_up(ep.id) else 0)
             snapshot = self.health.state(ep.id)
@@ -1243,6 +1244,10 @@ class Gateway:
             m.endpoint_waiting.labels(*labels).set(snapshot.waiting)
             if ep.max_concurrency is not None:
                 m.endpoint_max_concurrency.labels(*labels).set(ep.max_concurrency)
+        for model in catalogue.model_names:
+            serving = {route.endpoint.id for route in catalogue.routes(model)}
+            up = sum(1 for endpoint in serving if self.health.is_up(endpoint))
+            m.child(m.model_endpoints_up, model).set(up)
 
     def _writers_up(self) -> None:
         m = self.metrics

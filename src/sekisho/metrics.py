@@ -134,6 +134,17 @@ class Metrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        # Per model name a client may ask for (an id or an alias): how many of the endpoints
+        # serving it are up, so that "nothing can answer this model" is one series at 0.
+        # Several workers: the most any live one sees up.
+        self.model_endpoints_up = Gauge(
+            "sekisho_model_endpoints_up",
+            "Endpoints serving the model (by the name clients ask for: an id or an alias) that "
+            "passive health considers up",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
         # Each endpoint's concurrency, against its max_concurrency: in flight and waiting for a
         # slot, from this gateway (summed over its live workers), read at scrape time.

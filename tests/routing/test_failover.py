@@ -11,7 +11,15 @@ from typing import Any
 import openai
 import pytest
 
-from harness import Harness, ledger_entries, ledger_incomplete, receipt, request, start_example
+from harness import (
+    Harness,
+    ledger_entries,
+    ledger_incomplete,
+    metric_sample,
+    receipt,
+    request,
+    start_example,
+)
 
 
 def only_global(raw: dict[str, Any]) -> None:
@@ -123,6 +131,23 @@ def test_all_endpoints_down_is_502_naming_what_was_tried(two: Harness) -> None:
     decision, outcome = ledger_entries(got)
     assert decision["classification"] == "internal"
     assert outcome is not None and outcome["status"] == 502
+
+
+def test_metrics_say_when_no_endpoint_serving_a_model_is_up(two: Harness) -> None:
+    """The series an alert on a model nobody can answer reads: per name clients ask for."""
+
+    def up(model: str) -> float | None:
+        return metric_sample(two.root, "sekisho_model_endpoints_up", model=model)
+
+    assert (up("gpt-4o"), up("gpt-4.1"), up("chat-default")) == (2, 1, 1)
+    two.fault("sim-global-japaneast", mode="status", status=500)
+    two.fault("sim-global-useast", mode="status", status=502)
+    with pytest.raises(openai.InternalServerError):
+        chat(two, two.key())
+    # Both global endpoints are down: gpt-4o and gpt-4.1 (served in the US only) have none
+    # left; the domestic endpoint still answers to its alias.
+    assert (up("gpt-4o"), up("gpt-4.1"), up("chat-default")) == (0, 0, 1)
+    assert up("llama-3.1-swallow-70b") == 1
 
 
 def test_all_endpoints_slow_is_504_and_the_sdk_does_not_start_it_again(two: Harness) -> None:
