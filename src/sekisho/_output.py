@@ -147,9 +147,11 @@ class StreamOutput:
         scanner: Scanner,
         *,
         legacy: bool = False,
+        json_answer: bool = False,
     ) -> None:
         # legacy: a stream of the completions API, whose choices carry "text", not a delta
         self._legacy = legacy
+        self._json_answer = json_answer  # the answer's text is JSON (answers_in_json)
         self._fields = _LEGACY_FIELDS if legacy else TEXT_FIELDS
         self._pseudo = pseudo
         self._rule = tenant.detection.output
@@ -190,9 +192,7 @@ class StreamOutput:
         if self._pseudo is not None:
             r = self._reident.get(key)
             if r is None:
-                # a function call's arguments are JSON; prose and custom inputs are not
-                json_text = 0 <= key[1] < CUSTOM or key[1] == FUNCTION_CALL
-                escape = json_string_escape if json_text else None
+                escape = json_string_escape if self._json_slot(key[1]) else None
                 r = self._reident[key] = StreamReidentifier(self._pseudo, escape)
             text = r.feed(text) + (r.finish() if final else "")
         if self._rule.action != "none":
@@ -213,6 +213,13 @@ class StreamOutput:
                 found = "output_cut" if sc.cut else "output_masked"
                 self.error_code = _worse(self.error_code, found)
         return text
+
+    def _json_slot(self, slot: int) -> bool:
+        """A function call's arguments are JSON, and so is content asked for as JSON; prose,
+        reasoning, refusals and custom inputs are not."""
+        if 0 <= slot < CUSTOM or slot == FUNCTION_CALL:
+            return True
+        return self._json_answer and slot == CONTENT
 
     def _take(self, key: StreamKey, original: str) -> str:
         text = self._pipe(key, original) if self._active else original
@@ -594,11 +601,14 @@ def inspect_answer(
     rule: OutputRuleView,
     scanner: Scanner,
     request_id: str,
+    *,
+    json_answer: bool = False,
 ) -> tuple[str | None, list[str]]:
     """A complete chat answer, in place: re-identify pseudonyms, then apply the output rule
     (mask or cut), in every choice's content and in the arguments of every tool call it makes.
-    Returns the error code to record (None, output_masked, output_cut or
-    output_inspection_failed) and the texts as delivered."""
+    ``json_answer``: the content is JSON (``answers_in_json``). Returns the error code to
+    record (None, output_masked, output_cut or output_inspection_failed) and the texts as
+    delivered."""
     error: str | None = None
     delivered: list[str] = []
     types = frozenset(rule.types)
@@ -668,7 +678,8 @@ def inspect_answer(
             text = holder[key]
             hits: list[Finding] = []
             if pseudo is not None:  # arguments are JSON: a restored value is escaped for it
-                text = pseudo.reidentify(text, json_string_escape if key == "arguments" else None)
+                json_text = key == "arguments" or (json_answer and key == "content")
+                text = pseudo.reidentify(text, json_string_escape if json_text else None)
             if rule.action != "none":
                 try:
                     hits = [f for f in scanner.scan(text) if f.type in types]
@@ -747,6 +758,21 @@ def _clear_logprobs(holder: Any) -> bool:
         holder["logprobs"] = []
         return True
     return False
+
+
+def answers_in_json(kind: str, body: dict[str, Any]) -> bool:
+    """Whether a request asks for its answer's text as JSON (chat's ``response_format``, the
+    Responses API's ``text.format``: ``json_schema`` or ``json_object``). A value restored
+    into such text is escaped for a JSON string, as in a tool call's arguments: a quote in it
+    would otherwise end the string, and the client's ``parse()`` would fail on the answer."""
+    if kind == "chat":
+        fmt = body.get("response_format")
+    elif kind == "responses":
+        text = body.get("text")
+        fmt = text.get("format") if isinstance(text, dict) else None
+    else:
+        return False
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object")
 
 
 def json_string_escape(value: str) -> str:
@@ -1066,6 +1092,11 @@ def _part_item(etype: str, event: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": "message", "content": [None] * _int0(event.get("content_index")) + [part]}
 
 
+def _json_slot(slot: int, json_answer: bool) -> bool:
+    """Whether a Responses text is JSON: a call's arguments, or output text asked for as JSON."""
+    return slot in _JSON_SLOTS or (json_answer and _OUTPUT_TEXT - 99 <= slot <= _OUTPUT_TEXT)
+
+
 def _slot(base: int, sub: Any) -> int:
     return base if base in _WHOLE_SLOTS else base - min(_int0(sub), 99)
 
@@ -1251,11 +1282,14 @@ def inspect_response(
     rule: OutputRuleView,
     scanner: Scanner,
     request_id: str,
+    *,
+    json_answer: bool = False,
 ) -> tuple[str | None, list[str]]:
     """A complete Responses API answer, in place: re-identify pseudonyms, then apply the output
-    rule in every text of every output item. ``cut`` ends the output where the first
-    identifier starts (a tool call it falls in is dropped whole) and marks the response
-    incomplete (``content_filter``). Returns the error code to record and the delivered texts."""
+    rule in every text of every output item (``json_answer``: its output text is JSON).
+    ``cut`` ends the output where the first identifier starts (a tool call it falls in is
+    dropped whole) and marks the response incomplete (``content_filter``). Returns the error
+    code to record and the delivered texts."""
     error: str | None = None
     delivered: list[str] = []
     types = frozenset(rule.types)
@@ -1268,7 +1302,7 @@ def inspect_response(
             for holder, key, (_, slot) in response_item_slots(item, oi):
                 text = holder[key]
                 if pseudo is not None:
-                    escape = json_string_escape if slot in _JSON_SLOTS else None
+                    escape = json_string_escape if _json_slot(slot, json_answer) else None
                     text = pseudo.reidentify(text, escape)
                 if rule.action != "none":
                     hits = [f for f in scanner.scan(text) if f.type in types]
@@ -1354,8 +1388,9 @@ class ResponsesStreamOutput(StreamOutput):
         scanner: Scanner,
         *,
         rename: Callable[[str], str] | None = None,
+        json_answer: bool = False,
     ) -> None:
-        super().__init__(pseudo, tenant, scanner)
+        super().__init__(pseudo, tenant, scanner, json_answer=json_answer)
         # The id the client is to see for the response, from the provider's: sekisho's own
         # when it keeps the conversation, or one naming the endpoint that keeps it.
         self._rename = rename
@@ -1366,6 +1401,9 @@ class ResponsesStreamOutput(StreamOutput):
         # The client has the response's response.created: a failure now is an error event
         # about that response (_streams._response_failure).
         self.began = False
+
+    def _json_slot(self, slot: int) -> bool:
+        return _json_slot(slot, self._json_answer)
 
     @property
     def next_sequence(self) -> int:
@@ -1544,7 +1582,7 @@ class ResponsesStreamOutput(StreamOutput):
             if not text:
                 continue
             if self._pseudo is not None:
-                escape = json_string_escape if slot in _JSON_SLOTS else None
+                escape = json_string_escape if self._json_slot(slot) else None
                 text = self._pseudo.reidentify(text, escape)
             if self._rule.action != "none":
                 try:

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from sekisho._conversations import echo_as_sent, keeps_conversations, response_id
-from sekisho._output import RESPONSE_TERMINAL, ResponsesStreamOutput, StreamOutput
+from sekisho._output import (
+    RESPONSE_TERMINAL,
+    ResponsesStreamOutput,
+    StreamOutput,
+    answers_in_json,
+)
 from sekisho._provider_state import wrap
 from sekisho._upstream import (
     choices_problem,
@@ -100,6 +105,7 @@ async def relay(
         tenant,
         p.scanners[tenant.name],
         legacy=call.kind == "completions",
+        json_answer=answers_in_json(call.kind, call.body),
     )
     done = False
     last: dict[str, Any] = {}
@@ -284,6 +290,7 @@ async def relay_responses(
         tenant,
         p.scanners[tenant.name],
         rename=_renamer(p, call, tenant, ep.id),
+        json_answer=answers_in_json(call.kind, call.body),
     )
     if end is not None:
         end.output = output

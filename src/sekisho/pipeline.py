@@ -45,6 +45,7 @@ from sekisho._conversations import (
 from sekisho._features import check_chat_features, check_responses_features
 from sekisho._output import (
     TEXT_FIELDS,
+    answers_in_json,
     inspect_answer,
     inspect_response,
     pseudonymise_obj,
@@ -947,6 +948,7 @@ class Pipeline:
             tenant.detection.output,
             self.scanners[tenant.name],
             call.request_id,
+            json_answer=answers_in_json(call.kind, call.body),
         )
         if error is not None:
             outcome.error_code = error

@@ -1,0 +1,162 @@
+"""Agent workflows through sekisho with the official openai client, for a tenant that
+pseudonymises personal data: multi-turn tool loops, the Responses API's function tools and kept
+conversations, and structured outputs, with the values the model saw as placeholders."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from harness import Harness
+
+EMAIL = "taro@example.co.jp"
+OTHER = "hanako@example.co.jp"
+CODENAME = 'Project "Falcon"'
+
+
+class Lookup(BaseModel):
+    query: str
+
+
+TOOLS = [openai.pydantic_function_tool(Lookup, name="lookup")]
+
+
+def tenant(
+    output: dict[str, Any] | None = None, features: list[str] | None = None
+) -> Callable[[dict[str, Any]], None]:
+    def mutate(raw: dict[str, Any]) -> None:
+        demo = raw["tenants"]["demo"]
+        demo["policy"]["classification"] = {
+            "actions": {"EMAIL": "pseudonymise", "CUSTOM": "pseudonymise"}
+        }
+        demo["detection"]["custom"] = [{"name": "codenames", "terms": [CODENAME]}]
+        demo["detection"]["output"] = output or {"action": "none", "types": []}
+        if features is not None:
+            demo["provider_features"] = features
+
+    return mutate
+
+
+def client(h: Harness) -> openai.OpenAI:
+    return openai.OpenAI(base_url=h.base_url, api_key=h.key(), max_retries=0)
+
+
+def sent(h: Harness, endpoint: str) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(h.sims[endpoint].stats.bodies[-1])
+    return body
+
+
+def test_a_chat_tool_loop_keeps_one_placeholder_per_value_across_turns(
+    gateways: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tool loop through the stream helper: the call's arguments, split into 3-character
+    pieces, parse with the real address; sent back as the assistant's call and the tool's
+    result, the address is the same placeholder again, a new one the next; neither the
+    upstream nor the log sees a value."""
+    caplog.set_level(logging.DEBUG, logger="sekisho")
+    h = gateways(tenant(), keep_bodies=True, chunk_chars=3)
+    c = client(h)
+    messages: list[Any] = [{"role": "user", "content": f"{EMAIL} の注文"}]
+    with c.chat.completions.stream(model="gpt-4o", messages=messages, tools=TOOLS) as s:
+        final = s.get_final_completion()
+    call = (final.choices[0].message.tool_calls or [])[0]
+    assert call.function.parsed_arguments == Lookup(query=f"{EMAIL} の注文")
+    messages.append(final.choices[0].message.model_dump(exclude_none=True, exclude={"parsed"}))
+    result = json.dumps({"owner": EMAIL, "cc": OTHER})
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=messages, tools=TOOLS
+    )
+    body = sent(h, raw.headers["x-sekisho-endpoint"])
+    text = json.dumps(body, ensure_ascii=False)
+    assert EMAIL not in text and OTHER not in text
+    assert body["messages"][0]["content"] == "<EMAIL_1> の注文"
+    args = json.loads(body["messages"][1]["tool_calls"][0]["function"]["arguments"])
+    assert args == {"query": "<EMAIL_1> の注文"}
+    assert json.loads(body["messages"][2]["content"]) == {"owner": "<EMAIL_1>", "cc": "<EMAIL_2>"}
+    logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "request" in logged and EMAIL not in logged and OTHER not in logged
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_value_restored_into_structured_output_keeps_it_parseable(
+    gateways: Callable[..., Harness], stream: bool
+) -> None:
+    """A structured output (response_format json_schema) is JSON: a restored value with a
+    quote in it is escaped for its JSON string, so ``parse()`` and the stream helper still
+    parse the answer (the value ended the string early and the SDK raised)."""
+    h = gateways(tenant(), keep_bodies=True, chunk_chars=3)  # the placeholder split in pieces
+    c = client(h)
+    messages: Any = [{"role": "user", "content": f"{CODENAME} の進捗"}]
+    if stream:
+        with c.chat.completions.stream(
+            model="gpt-4o", messages=messages, response_format=Lookup
+        ) as s:
+            parsed = s.get_final_completion().choices[0].message.parsed
+    else:
+        r = c.chat.completions.parse(model="gpt-4o", messages=messages, response_format=Lookup)
+        parsed = r.choices[0].message.parsed
+    assert parsed is not None and f"You said: {CODENAME} の進捗 (digest" in parsed.query
+    upstream = b"".join(sim.stats.bodies[-1] for sim in h.sims.values() if sim.stats.bodies)
+    assert b"<CUSTOM_1>" in upstream and b"Falcon" not in upstream
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_value_restored_into_a_responses_structured_output_keeps_it_parseable(
+    gateways: Callable[..., Harness], stream: bool
+) -> None:
+    h = gateways(tenant(), keep_bodies=True, chunk_chars=3)
+    c = client(h)
+    asked = f"{CODENAME} の進捗"
+    if stream:
+        with c.responses.stream(model="gpt-4o", input=asked, text_format=Lookup) as s:
+            parsed = s.get_final_response().output_parsed
+    else:
+        parsed = c.responses.parse(model="gpt-4o", input=asked, text_format=Lookup).output_parsed
+    assert parsed is not None and f"You said: {asked} (digest" in parsed.query
+    # Prose is not JSON: the same value in a plain answer comes back as it was written.
+    plain = c.responses.create(model="gpt-4o", input=asked).output_text
+    assert f"You said: {asked} (digest" in plain
+
+
+def test_a_responses_tool_loop_kept_by_sekisho_keeps_its_placeholders(
+    gateways: Callable[..., Harness],
+) -> None:
+    """Function tools in a conversation sekisho keeps (previous_response_id): the streamed call
+    reaches the client with the real address, the tool's output and the next question are
+    pseudonymised with the first turn's placeholders, and the next call is restored."""
+    h = gateways(tenant(), keep_bodies=True, chunk_chars=3)
+    c = client(h)
+    tools: Any = [{"type": "function", "name": "lookup", "parameters": Lookup.model_json_schema()}]
+    with c.responses.stream(model="gpt-4o", input=f"{EMAIL} の注文", tools=tools) as s:
+        first = s.get_final_response()
+    calls = [i for i in first.output if i.type == "function_call"]
+    assert json.loads(calls[0].arguments)["query"] == f"{EMAIL} の注文"
+    raw = c.responses.with_raw_response.create(
+        model="gpt-4o",
+        previous_response_id=first.id,
+        tools=tools,
+        input=[
+            {
+                "type": "function_call_output",
+                "call_id": calls[0].call_id,
+                "output": json.dumps({"owner": EMAIL, "cc": OTHER}),
+            },
+            {"role": "user", "content": f"{OTHER} にも送って"},
+        ],
+    )
+    body = sent(h, raw.headers["x-sekisho-endpoint"])
+    assert EMAIL not in json.dumps(body) and OTHER not in json.dumps(body)
+    items = body["input"]
+    assert items[0]["content"] == "<EMAIL_1> の注文"
+    assert json.loads(items[1]["arguments"])["query"] == "<EMAIL_1> の注文"
+    assert json.loads(items[2]["output"]) == {"owner": "<EMAIL_1>", "cc": "<EMAIL_2>"}
+    assert items[3]["content"] == "<EMAIL_2> にも送って"
+    second = [i for i in raw.parse().output if i.type == "function_call"]
+    assert json.loads(second[0].arguments)["query"] == f"{OTHER} にも送って"
