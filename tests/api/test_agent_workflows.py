@@ -11,6 +11,8 @@ from typing import Any
 
 import openai
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from harness import Harness
@@ -160,3 +162,69 @@ def test_a_responses_tool_loop_kept_by_sekisho_keeps_its_placeholders(
     assert items[3]["content"] == "<EMAIL_2> にも送って"
     second = [i for i in raw.parse().output if i.type == "function_call"]
     assert json.loads(second[0].arguments)["query"] == f"{OTHER} にも送って"
+
+
+NAME, ADDRESS, PROJECT = "山田太郎", "東京都千代田区丸の内1-1-1", "極光計画"
+CALL = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_tool_result_written_by_json_dumps_is_read_past_its_escapes(
+    gateways: Callable[..., Harness], api: str
+) -> None:
+    """Python's json.dumps writes every non-ASCII character as \\uXXXX by default, so a tool's
+    result naming a person reached the upstream as escapes the classifier could not read. It is
+    read, pseudonymised and sent as the characters: the same JSON to the model."""
+
+    def mutate(raw: dict[str, Any]) -> None:
+        tenant()(raw)
+        actions = raw["tenants"]["demo"]["policy"]["classification"]["actions"]
+        actions.update({"PERSON": "pseudonymise", "ADDRESS_JP": "pseudonymise"})
+        raw["tenants"]["demo"]["detection"]["custom"] = [{"name": "p", "terms": [PROJECT]}]
+
+    h = gateways(mutate, keep_bodies=True)
+    c = client(h)
+    result = json.dumps({"project": PROJECT, "owner": NAME, "addr": ADDRESS, "note": 'a "q" \\'})
+    assert "\\u5c71" in result  # escaped, as json.dumps writes it
+    if api == "chat":
+        raw: Any = c.chat.completions.with_raw_response.create(
+            model="gpt-4o",
+            messages=[
+                {"role": "user", "content": "look it up"},
+                {"role": "assistant", "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "c1", "content": result},
+            ],
+        )
+        out = sent(h, raw.headers["x-sekisho-endpoint"])["messages"][2]["content"]
+    else:
+        raw = c.responses.with_raw_response.create(
+            model="gpt-4o",
+            input=[
+                {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": result},
+            ],
+        )
+        out = sent(h, raw.headers["x-sekisho-endpoint"])["input"][1]["output"]
+    assert json.loads(out) == {
+        "project": "<CUSTOM_1>",
+        "owner": "<PERSON_1>",
+        "addr": "<ADDRESS_JP_1>",
+        "note": 'a "q" \\',
+    }
+    assert raw.headers["x-sekisho-classification"] == "confidential"
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+))  # fmt: skip
+def test_unescaping_json_text_keeps_its_value_and_leaves_no_readable_escape(value: Any) -> None:
+    from sekisho.api.schema import unescape_json_text
+
+    text = json.dumps(value)  # ensure_ascii: every non-ASCII character escaped
+    got = unescape_json_text(text)
+    assert json.loads(got) == value
+    for ch in json.dumps(value, ensure_ascii=False):
+        if ch.isprintable() and ch not in '"\\' and not 0xD800 <= ord(ch) <= 0xDFFF:
+            assert ch in got
+    assert unescape_json_text("\\u5c71 is not JSON") == "\\u5c71 is not JSON"

@@ -18,7 +18,13 @@ from sekisho._conversations import (
     response_object,
 )
 from sekisho.api import http
-from sekisho.api.schema import parse_chat, parse_completions, parse_embeddings, parse_responses
+from sekisho.api.schema import (
+    parse_chat,
+    parse_completions,
+    parse_embeddings,
+    parse_responses,
+    unescape_json_texts,
+)
 from sekisho.call import Call, Kind, Reply, StreamReply, TenantView
 from sekisho.errors import (
     AuthenticationFailed,
@@ -74,6 +80,9 @@ async def _run(
     stream: bool = False,
     include_usage: bool = False,
 ) -> Reply | StreamReply:
+    # A tool's JSON result with its non-ASCII escaped (json.dumps' default) is read, and
+    # sent, as the characters it stands for.
+    unescape_json_texts(kind, req.body)
     texts, opaque = req.parts()
     call = Call(
         request_id=rid,

@@ -8,6 +8,7 @@ grows and clients that use a new field must keep working. Every error names the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -721,6 +722,49 @@ _API_KEYS = frozenset(
         "display_width", "display_height", "vector_store_ids", "filters", "ranking_options",
     }
 )  # fmt: skip
+
+
+# A JSON escape: an escaped backslash (kept, so the "u" after it is not read as an escape),
+# a surrogate pair, or one \uXXXX.
+_JSON_ESCAPE = re.compile(
+    r"\\\\|\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|\\u([0-9a-fA-F]{4})"
+)
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    high, low, single = match.groups()
+    if high is not None:
+        return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00))
+    if single is None:
+        return match.group()  # an escaped backslash
+    code = int(single, 16)
+    # Quotes, backslashes, controls and lone surrogates must stay escaped in a JSON string.
+    if code < 0x20 or code in (0x22, 0x5C) or 0xD800 <= code <= 0xDFFF:
+        return match.group()
+    return chr(code)
+
+
+def unescape_json_text(text: str) -> str:
+    """JSON text with its ``\\uXXXX`` escapes written as the characters they stand for: the
+    same JSON value, in characters the classifier reads. Python's ``json.dumps`` escapes every
+    non-ASCII character by default, so a tool's result that names 山田太郎 arrives as
+    ``\\u5c71\\u7530...``; read as it is, the name would reach the upstream unseen. Text that is
+    not JSON is returned as it is (there ``\\u5c71`` is what the writer typed)."""
+    if "\\u" not in text or not text.lstrip().startswith(("{", "[", '"')):
+        return text
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    return _JSON_ESCAPE.sub(_unescaped, text)
+
+
+def unescape_json_texts(kind: str, body: dict[str, Any]) -> None:
+    """Every text of ``text_slots`` that is JSON with ``\\u`` escapes, unescaped in place
+    (``unescape_json_text``), before the request is inspected: what is scanned, rewritten and
+    sent upstream is then the same text, with nothing hidden behind an escape."""
+    for container, key in text_slots(kind, body):
+        container[key] = unescape_json_text(container[key])
 
 
 def inspected(kind: str, body: dict[str, Any]) -> tuple[list[tuple[Any, Any]], list[str]]:
