@@ -93,6 +93,9 @@ class SimulatedEndpoint:
     # Serve the Responses API (POST /v1/responses); False: answer it 404, as a server that
     # only speaks chat completions does.
     serves_responses: bool = True
+    # Write '<', '>' and '&' in tool call arguments as \u003c, \u003e and \u0026, as Go's
+    # encoding/json does (Ollama's OpenAI-compatible API).
+    go_json: bool = False
 
 
 class SimulatorServer:
@@ -146,6 +149,15 @@ class SimulatorServer:
     def responses_reply_text(self, body: dict[str, Any]) -> str:
         """The answer to a Responses API request: the last user text of its ``input``."""
         return self.reply_for(_last_user_input(body.get("input")))
+
+    def tool_calls(self, body: dict[str, Any], last: str) -> list[tuple[str, str]]:
+        """The answer's tool calls (``_tool_calls``), their arguments escaped as the
+        endpoint's JSON writer escapes them."""
+        calls = _tool_calls(body, last)
+        if not self.spec.go_json:
+            return calls
+        go = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+        return [(name, args.translate(go)) for name, args in calls]
 
     def reply_for(self, last: str) -> str:
         """The answer to the user's last words ``last``, for either API."""
@@ -476,7 +488,7 @@ class _Protocol(asyncio.Protocol):
         echo = self.sim.reply_text(body)
         refusal = self.sim.refusal_for(_last_user_message(body))
         text = refusal or _formatted(body.get("response_format"), echo)
-        calls = [] if refusal else _tool_calls(body, _last_user_text(body))
+        calls = [] if refusal else self.sim.tool_calls(body, _last_user_text(body))
         top = _top_logprobs(body)
         prompt_tokens = _tokens(body.get("messages"))
         completion_tokens = len(text.split()) * _choice_count(body)  # every choice's tokens
@@ -562,7 +574,7 @@ class _Protocol(asyncio.Protocol):
         model = body.get("model", "unknown")
         echo = self.sim.reply_text(body)
         refusal = self.sim.refusal_for(_last_user_message(body))
-        calls = [] if refusal else _tool_calls(body, _last_user_text(body))
+        calls = [] if refusal else self.sim.tool_calls(body, _last_user_text(body))
         size = self.sim.spec.chunk_chars
         words = self._words(refusal or _formatted(body.get("response_format"), echo))
         # the field the answer's text streams in: a refusal's own, else content
@@ -657,7 +669,7 @@ class _Protocol(asyncio.Protocol):
                 }
             )
         refusal = self.sim.refusal_for(last)
-        calls = [] if refusal else _tool_calls(body, last)
+        calls = [] if refusal else self.sim.tool_calls(body, last)
         for k, (fn, args) in enumerate(calls):
             output.append(
                 {

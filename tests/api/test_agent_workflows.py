@@ -228,3 +228,36 @@ def test_unescaping_json_text_keeps_its_value_and_leaves_no_readable_escape(valu
         if ch.isprintable() and ch not in '"\\' and not 0xD800 <= ord(ch) <= 0xDFFF:
             assert ch in got
     assert unescape_json_text("\\u5c71 is not JSON") == "\\u5c71 is not JSON"
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_placeholder_a_go_server_escapes_in_tool_arguments_is_restored(
+    gateways: Callable[..., Harness], api: str, stream: bool
+) -> None:
+    """Ollama (Go's encoding/json) writes the placeholder in a tool call's arguments as
+    \\u003cEMAIL_1\\u003e: the tool got '<EMAIL_1>' where it needed the address."""
+    h = gateways(tenant(), keep_bodies=True, chunk_chars=3, go_json=True)
+    c = client(h)
+    asked = f"{EMAIL} の注文"
+    if api == "chat":
+        messages: Any = [{"role": "user", "content": asked}]
+        if stream:
+            with c.chat.completions.stream(model="gpt-4o", messages=messages, tools=TOOLS) as s:
+                message = s.get_final_completion().choices[0].message
+        else:
+            message = (
+                c.chat.completions.parse(model="gpt-4o", messages=messages, tools=TOOLS)
+                .choices[0]
+                .message
+            )
+        args = (message.tool_calls or [])[0].function.arguments
+    else:
+        tools: Any = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+        if stream:
+            with c.responses.stream(model="gpt-4o", input=asked, tools=tools) as rs:
+                output = rs.get_final_response().output
+        else:
+            output = c.responses.create(model="gpt-4o", input=asked, tools=tools).output
+        args = next(i.arguments for i in output if i.type == "function_call")
+    assert json.loads(args)["query"] == asked

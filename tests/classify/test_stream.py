@@ -3,6 +3,7 @@ identifier; cut stops at the first finding; placeholders split across chunks are
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -104,6 +105,37 @@ def test_placeholders_split_across_chunks_are_reidentified(seed: int) -> None:
     out = "".join(stream.feed(c) for c in _chunks(answer, seed)) + stream.finish()
     assert out == p.reidentify(answer)
     assert "<PERSON_1>" not in out and "090-1234-5678" in out
+
+
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=120), max_size=12),
+    opener=st.sampled_from(["<", "\\u003c", "\\u003C", "\\uff1c", "＜"]),
+    closer=st.sampled_from([">", "\\u003e", "\\uFF1E"]),
+)
+def test_placeholders_written_with_json_escapes_are_restored_in_json_however_split(
+    cuts: list[int], opener: str, closer: str
+) -> None:
+    """A Go server (Ollama) writes '<' in JSON arguments as \\u003c; an ensure_ascii writer
+    writes '＜' as \\uff1c. In JSON the placeholder is restored in any of these spellings,
+    however the stream splits it, and the value is escaped for its JSON string."""
+    from sekisho._output import json_string_escape
+
+    p = Pseudonymiser()
+    p.placeholder_for("PERSON", 'Taro "T" Yamada')
+    p.placeholder_for("EMAIL", "taro@corp.co.jp")
+    to, cc = f"{opener}EMAIL_1{closer}", f"{opener}PERSON_1{closer}"
+    args = f'{{"to": "{to}", "cc": ["{cc}"], "q": "a\\\\u003c"}}'
+    stream = StreamReidentifier(p, json_string_escape)
+    pieces, at = [], 0
+    for n in sorted(set(cuts)):
+        pieces.append(args[at:n])
+        at = max(at, n)
+    pieces.append(args[at:])
+    out = "".join(stream.feed(c) for c in pieces) + stream.finish()
+    assert out == p.reidentify(args, json_string_escape)
+    assert json.loads(out) == {"to": "taro@corp.co.jp", "cc": ['Taro "T" Yamada'], "q": "a\\u003c"}
+    # Prose is not JSON: an escape there is text the model wrote, left alone.
+    assert p.reidentify("\\u003cEMAIL_1\\u003e") == "\\u003cEMAIL_1\\u003e"
 
 
 @pytest.mark.parametrize("tail", ["", "\n-----END CERTIFICATE-----\nthanks", "\n\nそれでは。"])

@@ -67,6 +67,13 @@ _TYPE_ALTERNATION = "|".join(sorted(TYPES, key=len, reverse=True))
 # Models sometimes echo placeholders with full-width brackets; accept both.
 PLACEHOLDER = lazy_compile(rf"[<＜]((?:{_TYPE_ALTERNATION})_[0-9]{{1,6}})[>＞]")
 PLACEHOLDER_MAX_LEN = max(len(t) for t in TYPES) + 9
+# Inside JSON text a server may write the brackets as escapes: Go's encoding/json (Ollama's
+# OpenAI-compatible API) writes '<' as \u003c, an ensure_ascii writer '＜' as \uff1c.
+JSON_PLACEHOLDER = lazy_compile(
+    rf"(?:[<＜]|\\u003[cC]|\\u[fF][fF]1[cC])((?:{_TYPE_ALTERNATION})_[0-9]{{1,6}})"
+    r"(?:[>＞]|\\u003[eE]|\\u[fF][fF]1[eE])"
+)
+JSON_PLACEHOLDER_MAX_LEN = PLACEHOLDER_MAX_LEN + 10
 
 
 class Pseudonymiser:
@@ -121,8 +128,10 @@ class Pseudonymiser:
 
     def reidentify(self, text: str, escape: Callable[[str], str] | None = None) -> str:
         """Restore the original values for every known placeholder in ``text``; ``escape``
-        encodes each value for where it lands (inside a JSON string, say)."""
-        if "<" not in text and "＜" not in text:
+        encodes each value for where it lands (inside a JSON string, say). With ``escape``,
+        ``text`` is JSON, and a placeholder whose brackets are JSON escapes is restored too."""
+        pattern = PLACEHOLDER if escape is None else JSON_PLACEHOLDER
+        if "<" not in text and "＜" not in text and (escape is None or "\\u" not in text):
             return text
 
         def restore(match: re.Match[str]) -> str:
@@ -131,7 +140,7 @@ class Pseudonymiser:
                 return match.group()
             return value if escape is None else escape(value)
 
-        return PLACEHOLDER.sub(restore, text)
+        return pattern.sub(restore, text)
 
 
 def _key(value: str) -> str:

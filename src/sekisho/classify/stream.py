@@ -14,7 +14,12 @@ from typing import Literal
 
 from sekisho.classify._secrets import PEM_BEGIN, PEM_END
 from sekisho.classify.findings import SECRET, Finding
-from sekisho.classify.redact import PLACEHOLDER_MAX_LEN, Pseudonymiser, redact
+from sekisho.classify.redact import (
+    JSON_PLACEHOLDER_MAX_LEN,
+    PLACEHOLDER_MAX_LEN,
+    Pseudonymiser,
+    redact,
+)
 from sekisho.classify.scanner import Scanner
 
 # Characters of already-emitted text kept as context for the next scan (labels like 電話: that
@@ -152,9 +157,33 @@ class StreamReidentifier:
             i = text.rfind(opener, max(0, len(text) - PLACEHOLDER_MAX_LEN))
             if i >= 0 and ">" not in text[i:] and "＞" not in text[i:]:
                 cut = min(cut, i)
+        if self._escape is not None:  # JSON: also from a '\u003c' (or part of one)
+            cut = min(cut, _escaped_opener(text))
         self._held = text[cut:]
         return self._pseudonymiser.reidentify(text[:cut], self._escape)
 
     def finish(self) -> str:
         rest, self._held = self._held, ""
         return self._pseudonymiser.reidentify(rest, self._escape)
+
+
+_ESCAPED_OPENERS = ("\\u003c", "\\uff1c")
+_ESCAPED_CLOSERS = (">", "＞", "\\u003e", "\\uff1e")
+
+
+def _escaped_opener(text: str) -> int:
+    """Where a placeholder whose opening bracket is a JSON escape may start in the tail of
+    ``text`` (``len(text)`` if nowhere): a whole escape with no closing bracket after it, or
+    the start of one at the very end (``\\u00``)."""
+    start = max(0, len(text) - JSON_PLACEHOLDER_MAX_LEN)
+    i = text.find("\\", start)
+    while i >= 0:
+        head = text[i : i + 6].lower()
+        if len(head) < 6 and any(o.startswith(head) for o in _ESCAPED_OPENERS):
+            return i
+        if head in _ESCAPED_OPENERS:
+            rest = text[i + 6 :].lower()
+            if not any(c in rest for c in _ESCAPED_CLOSERS):
+                return i
+        i = text.find("\\", i + 1)
+    return len(text)
