@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from sekisho.api.schema import text_slots
+from sekisho.api.schema import JSON_ESCAPE, text_slots, unescaped
 from sekisho.call import estimate_tokens
 from sekisho.classify import (
     Finding,
@@ -157,6 +157,7 @@ class StreamOutput:
         self._rule = tenant.detection.output
         self._scanner = scanner
         self._reident: dict[StreamKey, StreamReidentifier] = {}
+        self._unescape: dict[StreamKey, JsonUnescaper] = {}
         self._scan: dict[StreamKey, StreamScanner] = {}
         self._texts: dict[StreamKey, _Text] = {}
         # Characters of text delivered so far (the relay ends a stream past its limit).
@@ -189,6 +190,12 @@ class StreamOutput:
             self._finished.discard(key)
             self._reident.pop(key, None)
             self._scan.pop(key, None)
+            self._unescape.pop(key, None)
+        if self._rule.action != "none" and self._json_slot(key[1]):
+            u = self._unescape.get(key)
+            if u is None:
+                u = self._unescape[key] = JsonUnescaper()
+            text = u.feed(text) + (u.finish() if final else "")
         if self._pseudo is not None:
             r = self._reident.get(key)
             if r is None:
@@ -677,8 +684,10 @@ def inspect_answer(
         for holder, key in slots:
             text = holder[key]
             hits: list[Finding] = []
+            json_text = key == "arguments" or (json_answer and key == "content")
+            if json_text and rule.action != "none":
+                text = unescape_json_escapes(text)  # read past \uXXXX (JsonUnescaper)
             if pseudo is not None:  # arguments are JSON: a restored value is escaped for it
-                json_text = key == "arguments" or (json_answer and key == "content")
                 text = pseudo.reidentify(text, json_string_escape if json_text else None)
             if rule.action != "none":
                 try:
@@ -773,6 +782,50 @@ def answers_in_json(kind: str, body: dict[str, Any]) -> bool:
     else:
         return False
     return isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object")
+
+
+def unescape_json_escapes(text: str) -> str:
+    """JSON text (a call's arguments) with its ``\\uXXXX`` escapes written as characters, so
+    the output rule reads them: a server whose JSON writer escapes non-ASCII (Python's
+    ``json.dumps`` by default) would otherwise pass a name or an address the rule masks."""
+    return JSON_ESCAPE.sub(unescaped, text) if "\\u" in text else text
+
+
+class JsonUnescaper:
+    """``unescape_json_escapes`` for JSON text that streams in pieces: an escape split across
+    pieces (``\\u5c`` | ``71``, a surrogate pair, a lone backslash) is held until whole."""
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, chunk: str) -> str:
+        text = self._held + chunk
+        cut = _incomplete_escape(text)
+        self._held = text[cut:]
+        return unescape_json_escapes(text[:cut])
+
+    def finish(self) -> str:
+        rest, self._held = self._held, ""
+        return unescape_json_escapes(rest)
+
+
+def _incomplete_escape(text: str) -> int:
+    """Where an escape that the rest of the stream may complete starts (``len(text)``: none).
+    ``text`` starts at an escape's boundary, so backslashes pair up from its start."""
+    i = 0
+    while (j := text.find("\\", i)) >= 0:
+        if j + 1 >= len(text):
+            return j
+        if text[j + 1] != "u":
+            i = j + 2
+            continue
+        if j + 6 > len(text):
+            return j
+        high = text[j + 2] in "dD" and text[j + 3] in "89abAB"
+        if high and j + 12 > len(text):
+            return j  # a high surrogate: its low half may come next
+        i = j + 6
+    return len(text)
 
 
 def json_string_escape(value: str) -> str:
@@ -1301,6 +1354,8 @@ def inspect_response(
         try:
             for holder, key, (_, slot) in response_item_slots(item, oi):
                 text = holder[key]
+                if rule.action != "none" and _json_slot(slot, json_answer):
+                    text = unescape_json_escapes(text)
                 if pseudo is not None:
                     escape = json_string_escape if _json_slot(slot, json_answer) else None
                     text = pseudo.reidentify(text, escape)
@@ -1581,6 +1636,8 @@ class ResponsesStreamOutput(StreamOutput):
             text = part[name]
             if not text:
                 continue
+            if self._rule.action != "none" and self._json_slot(slot):
+                text = unescape_json_escapes(text)
             if self._pseudo is not None:
                 escape = json_string_escape if self._json_slot(slot) else None
                 text = self._pseudo.reidentify(text, escape)

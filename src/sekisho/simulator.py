@@ -96,6 +96,9 @@ class SimulatedEndpoint:
     # Write '<', '>' and '&' in tool call arguments as \u003c, \u003e and \u0026, as Go's
     # encoding/json does (Ollama's OpenAI-compatible API).
     go_json: bool = False
+    # Write every non-ASCII character in tool call arguments as \uXXXX, as Python's json.dumps
+    # does by default (some servers' tool call parsers).
+    ascii_json: bool = False
 
 
 class SimulatorServer:
@@ -154,6 +157,8 @@ class SimulatorServer:
         """The answer's tool calls (``_tool_calls``), their arguments escaped as the
         endpoint's JSON writer escapes them."""
         calls = _tool_calls(body, last)
+        if self.spec.ascii_json:
+            calls = [(name, json.dumps(json.loads(args))) for name, args in calls]
         if not self.spec.go_json:
             return calls
         go = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})

@@ -261,3 +261,55 @@ def test_a_placeholder_a_go_server_escapes_in_tool_arguments_is_restored(
             output = c.responses.create(model="gpt-4o", input=asked, tools=tools).output
         args = next(i.arguments for i in output if i.type == "function_call")
     assert json.loads(args)["query"] == asked
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_output_rule_reads_tool_arguments_a_server_wrote_with_ascii_escapes(
+    gateways: Callable[..., Harness], api: str, stream: bool
+) -> None:
+    """A server that writes a call's arguments with json.dumps' defaults sends 山田太郎 as
+    \\u5c71\\u7530...: the rule that masks PERSON read past it and the client's tool got the
+    name. Read as characters, the name is masked, in pieces of 3 characters too."""
+
+    def mutate(raw: dict[str, Any]) -> None:
+        tenant({"action": "mask", "types": ["PERSON"]})(raw)
+
+    h = gateways(mutate, keep_bodies=True, chunk_chars=3, ascii_json=True)
+    c = client(h)
+    asked = f"{NAME}様の注文"
+    if api == "chat":
+        messages: Any = [{"role": "user", "content": asked}]
+        if stream:
+            with c.chat.completions.stream(model="gpt-4o", messages=messages, tools=TOOLS) as s:
+                message = s.get_final_completion().choices[0].message
+        else:
+            message = (
+                c.chat.completions.parse(model="gpt-4o", messages=messages, tools=TOOLS)
+                .choices[0]
+                .message
+            )
+        args = (message.tool_calls or [])[0].function.arguments
+    else:
+        tools: Any = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+        if stream:
+            with c.responses.stream(model="gpt-4o", input=asked, tools=tools) as rs:
+                output = rs.get_final_response().output
+        else:
+            output = c.responses.create(model="gpt-4o", input=asked, tools=tools).output
+        args = next(i.arguments for i in output if i.type == "function_call")
+    assert json.loads(args)["query"] == "[PERSON]様の注文"
+
+
+@given(value=st.text(), cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10))
+def test_streamed_json_is_unescaped_as_it_is_whole(value: str, cuts: list[int]) -> None:
+    from sekisho._output import JsonUnescaper, unescape_json_escapes
+
+    text = json.dumps({"q": value, "k": ["\\", value + "\\"]})
+    u, out, at = JsonUnescaper(), [], 0
+    for n in sorted(set(cuts)):
+        out.append(u.feed(text[at:n]))
+        at = max(at, n)
+    out.append(u.feed(text[at:]) + u.finish())
+    assert "".join(out) == unescape_json_escapes(text)
+    assert json.loads("".join(out)) == json.loads(text)

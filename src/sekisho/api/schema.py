@@ -726,12 +726,12 @@ _API_KEYS = frozenset(
 
 # A JSON escape: an escaped backslash (kept, so the "u" after it is not read as an escape),
 # a surrogate pair, or one \uXXXX.
-_JSON_ESCAPE = re.compile(
+JSON_ESCAPE = re.compile(
     r"\\\\|\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|\\u([0-9a-fA-F]{4})"
 )
 
 
-def _unescaped(match: re.Match[str]) -> str:
+def unescaped(match: re.Match[str]) -> str:
     high, low, single = match.groups()
     if high is not None:
         return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00))
@@ -756,7 +756,7 @@ def unescape_json_text(text: str) -> str:
         orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
-    return _JSON_ESCAPE.sub(_unescaped, text)
+    return JSON_ESCAPE.sub(unescaped, text)
 
 
 def unescape_json_texts(kind: str, body: dict[str, Any]) -> None:
