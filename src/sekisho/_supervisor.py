@@ -42,6 +42,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 from sekisho import _reload
 from sekisho.config import Config, config_from_bytes, read_config_file
 from sekisho.errors import ConfigError
+from sekisho.metrics import write_supervisor_counts
 
 log = logging.getLogger("sekisho.serve")
 
@@ -137,7 +138,15 @@ class Supervisor(Multiprocess):
         self.run_dir = run
         self.generation = 0
         self._listener = listener  # server.tls -> uvicorn's ssl_context_factory
+        # What /metrics shows of the supervisor (sekisho.metrics.SUPERVISOR_COUNTS): it never
+        # answers a scrape, so it writes these where the worker answering one reads them.
+        self.worker_deaths = 0
+        self.reloads: dict[str, int] = {}
         self._pin(data)
+
+    def _publish_counts(self) -> None:
+        with contextlib.suppress(OSError):  # a metric must not stop a respawn or a reload
+            write_supervisor_counts(self.run_dir.metrics, self.worker_deaths, self.reloads)
 
     def _pin(self, data: bytes) -> None:
         self.generation += 1
@@ -155,6 +164,8 @@ class Supervisor(Multiprocess):
         super().keep_subprocess_alive()
         for old, new in zip(before, self.processes, strict=False):
             if old is not new:
+                self.worker_deaths += 1
+                self._publish_counts()
                 log.warning(
                     "a worker died and a new one serves in its place; requests it had in "
                     "flight were cut (their clients saw the connection close), and `sekisho "
@@ -196,6 +207,9 @@ class Supervisor(Multiprocess):
         except Exception as exc:  # never silent: someone sent the signal and waits
             log.exception("reload failed; every worker keeps the configuration in force")
             outcome = {"ok": False, "kind": "failed", "message": f"reload failed: {exc!r}"}
+        result = "ok" if outcome["ok"] else "refused" if outcome["kind"] == "invalid" else "failed"
+        self.reloads[result] = self.reloads.get(result, 0) + 1
+        self._publish_counts()
         # The old workers stop accepting first; the one that took the admin request answers
         # it while it drains, once the outcome is written.
         for process in retire:

@@ -195,6 +195,7 @@ class Gateway:
         self.stores.on_erasure_incomplete = self._count_erasure_incomplete
         for region in self.stores.regions.values():
             region.on_refused = self._count_store_refusals
+            region.on_commit = self._commit_observer("store", region.region)
         self._tasks.append(self.stores.start_sweeper())
         self.recorder.use_store_keys(self.stores, cfg.tenants)
         self.limiter = build_limiter(
@@ -214,6 +215,7 @@ class Gateway:
             )
             self.health.share_slots(shared)
             self.tenants_in_flight.share(shared)
+            self.metrics.watch_redis()
         await self.authenticator.start()
         self.admin = AdminAPI(
             keys=self.keys,
@@ -361,6 +363,7 @@ class Gateway:
     async def _open_ledger(self) -> None:
         """Open the transparency ledger; create its signing key on first start."""
         self.ledger = await open_ledger(self.config)
+        self.ledger.on_commit = self._commit_observer("ledger", "")
         self.recorder = LedgerRecorder(self.ledger, self._tenant_hash_key)
         self.ledger_api = LedgerAPI(self.ledger, self.authenticator)
 
@@ -492,58 +495,68 @@ class Gateway:
         async with self._reload_lock:
             if self.supervisor_pid is not None:
                 return await self._reload_every_worker(self.supervisor_pid)
-            new = await asyncio.to_thread(load_config, self.config.source_file)
-            old = self.config
-            problems = _reload.refusals(old, new)
-            if problems:
-                raise ConfigError(problems)
-            certificates = self._reload_tls(new)  # raises, changing nothing, before the swap
-            rotated = sorted(  # the config's validation just read every key file: they work
-                ep for t in self.transports.values() for ep in t.reload_key_files()
-            )
-            assert self.pipeline is not None
-            before = {n: p.digest for n, p in old.policies.items()}
-            scanners = {name: scanner_for(t) for name, t in new.tenants.items()}
-            self.pipeline.policies = new.policies
-            self.pipeline.tenants = new.tenants
-            self.pipeline.scanners = scanners
-            old.policies = new.policies
-            old.tenants = new.tenants
-            if self.admin is not None:
-                self.admin.tenants = new.tenants  # GET /admin/v1/tenants shows what is in force
-            if self.stores is not None:
-                for name, tenant in new.tenants.items():
-                    self.stores.set_retention(name, tenant.retention)
-            if self.limiter is not None:  # counters carry on; only the limits change
-                self.limiter.tenants = {n: t.limits for n, t in new.tenants.items()}
-            self.tenants_in_flight.set_caps(
-                {n: t.max_concurrent_requests for n, t in new.tenants.items()}
-            )
-            after = {n: p.digest for n, p in new.policies.items()}
-            changed = await in_force.reconcile(
-                self.config.data_dir, after, self._policy_entry("policy.reload"), before
-            )
-            if self.recorder is not None:
-                for ep_id in rotated:  # a credential change is an auditable act too
-                    await self.recorder.admin(
-                        "sekisho", "endpoint.key.reload", f"endpoint/{ep_id}", {}
-                    )
-            result: dict[str, Any] = {
-                "policies": after,
-                "changed": changed,
-                "certificates": certificates,
-                "rotated_keys": rotated,  # endpoints whose api_key_file held a new key
-            }
-            # Say what this reload did not apply, instead of letting an operator believe a new
-            # port, log level or ledger setting is in force.
-            pending = _reload.pending_sections(old, new)
-            if pending:
-                result["restart_needed"] = pending
-                log.warning(
-                    "configuration changes that take a restart were not applied",
-                    extra={"sections": pending},
-                )
+            try:
+                result = await self._reload_here()
+            except ConfigError:
+                self.metrics.child(self.metrics.reloads, "refused").inc()
+                raise
+            except Exception:
+                self.metrics.child(self.metrics.reloads, "failed").inc()
+                raise
+            self.metrics.child(self.metrics.reloads, "ok").inc()
             return result
+
+    async def _reload_here(self) -> dict[str, Any]:
+        new = await asyncio.to_thread(load_config, self.config.source_file)
+        old = self.config
+        problems = _reload.refusals(old, new)
+        if problems:
+            raise ConfigError(problems)
+        certificates = self._reload_tls(new)  # raises, changing nothing, before the swap
+        rotated = sorted(  # the config's validation just read every key file: they work
+            ep for t in self.transports.values() for ep in t.reload_key_files()
+        )
+        assert self.pipeline is not None
+        before = {n: p.digest for n, p in old.policies.items()}
+        scanners = {name: scanner_for(t) for name, t in new.tenants.items()}
+        self.pipeline.policies = new.policies
+        self.pipeline.tenants = new.tenants
+        self.pipeline.scanners = scanners
+        old.policies = new.policies
+        old.tenants = new.tenants
+        if self.admin is not None:
+            self.admin.tenants = new.tenants  # GET /admin/v1/tenants shows what is in force
+        if self.stores is not None:
+            for name, tenant in new.tenants.items():
+                self.stores.set_retention(name, tenant.retention)
+        if self.limiter is not None:  # counters carry on; only the limits change
+            self.limiter.tenants = {n: t.limits for n, t in new.tenants.items()}
+        self.tenants_in_flight.set_caps(
+            {n: t.max_concurrent_requests for n, t in new.tenants.items()}
+        )
+        after = {n: p.digest for n, p in new.policies.items()}
+        changed = await in_force.reconcile(
+            self.config.data_dir, after, self._policy_entry("policy.reload"), before
+        )
+        if self.recorder is not None:
+            for ep_id in rotated:  # a credential change is an auditable act too
+                await self.recorder.admin("sekisho", "endpoint.key.reload", f"endpoint/{ep_id}", {})
+        result: dict[str, Any] = {
+            "policies": after,
+            "changed": changed,
+            "certificates": certificates,
+            "rotated_keys": rotated,  # endpoints whose api_key_file held a new key
+        }
+        # Say what this reload did not apply, instead of letting an operator believe a new
+        # port, log level or ledger setting is in force.
+        pending = _reload.pending_sections(old, new)
+        if pending:
+            result["restart_needed"] = pending
+            log.warning(
+                "configuration changes that take a restart were not applied",
+                extra={"sections": pending},
+            )
+        return result
 
     async def _reload_every_worker(self, supervisor_pid: int) -> dict[str, Any]:
         """A reload under `serve --workers N`: nothing is swapped in this worker. The file is
@@ -558,10 +571,16 @@ class Gateway:
         )
         if os.getppid() != supervisor_pid or self.run_dir is None:
             raise gone
-        new = await asyncio.to_thread(load_config, self.config.source_file)
-        problems = _reload.refusals(self.config, new)
-        if problems:
-            raise ConfigError(problems)
+        try:
+            new = await asyncio.to_thread(load_config, self.config.source_file)
+            problems = _reload.refusals(self.config, new)
+            if problems:
+                raise ConfigError(problems)
+        except ConfigError:
+            # Refused here, the supervisor is never asked: counted in this worker's metrics
+            # (the supervisor counts the reloads it judges itself).
+            self.metrics.child(self.metrics.reloads, "refused").inc()
+            raise
         rotated = sorted(  # read, not used here: the new workers use them
             ep for t in self.transports.values() for ep in t.reload_key_files(apply=False)
         )
@@ -704,6 +723,19 @@ class Gateway:
 
     def _count_erasure_incomplete(self, region: str, store: str) -> None:
         self.metrics.child(self.metrics.erasure_incomplete, region, store).inc()
+
+    def _commit_observer(self, writer: str, region: str) -> Callable[[float, int], None]:
+        """What a durable writer's thread calls once per batch commit (never per request),
+        with its series looked up once, here: about 1 µs per batch."""
+        m = self.metrics
+        commit = m.child(m.writer_commit, writer, region).observe
+        batch = m.child(m.writer_batch, writer, region).observe
+
+        def observe(seconds: float, entries: int) -> None:
+            commit(seconds)
+            batch(entries)
+
+        return observe
 
     def _count_store_refusals(self, region: str, reason: str, records: int) -> None:
         self.metrics.child(self.metrics.store_refusals, region, reason).inc(records)
@@ -1220,6 +1252,7 @@ class Gateway:
         self._writers_up()
         self._count_dropped_lines()
         self._check_descriptors()
+        await self._redis_up()
         body = self.metrics.exposition()
         await http.send_bytes(send, 200, body, rid, ctype=CONTENT_TYPE_LATEST.encode())
 
@@ -1253,9 +1286,19 @@ class Gateway:
         m = self.metrics
         if self.ledger is not None:
             m.child(m.writer_up, "ledger", "").set(1 if self.ledger.health.state()[0] else 0)
+            m.child(m.writer_queue, "ledger", "").set(self.ledger.waiting())
         if self.stores is not None:
             for name, region in self.stores.regions.items():
                 m.child(m.writer_up, "store", name).set(1 if region.health.state()[0] else 0)
+                m.child(m.writer_queue, "store", name).set(region.waiting())
+
+    async def _redis_up(self) -> None:
+        """Ask Redis at the scrape (one PING, at most 0.5 s), as /readyz does: with several
+        workers, the one answering the scrape asks, and its answer is the latest."""
+        gauge = self.metrics.redis_up
+        if gauge is not None and self.health.shared is not None:
+            answer = await self.health.shared.reachable(_READYZ_REDIS_TIMEOUT)
+            gauge.set(1 if answer["ok"] else 0)
 
     def _count_dropped_lines(self) -> None:
         dropped = dropped_lines()

@@ -3,12 +3,16 @@ border, how much went where."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.samples import Sample
 
 # Set (by ``serve --workers N``) before the workers start: every worker then keeps its values in
 # files there, and whichever worker answers /metrics sums them all (prometheus_client's
@@ -32,6 +36,70 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# With several workers, what only the supervisor sees (workers that died, the reloads it
+# judged), as JSON in the shared metrics directory: it is one process that never serves a
+# scrape, so it writes this file and the worker that answers adds it in (``_WithSupervisor``).
+SUPERVISOR_COUNTS = "supervisor.json"
+
+
+def write_supervisor_counts(shared_dir: Path, deaths: int, reloads: dict[str, int]) -> None:
+    """Replace the supervisor's counts (atomically: a scrape never reads half a file)."""
+    path = shared_dir / SUPERVISOR_COUNTS
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"worker_deaths": deaths, "reloads": reloads}), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_supervisor_counts(path: Path) -> tuple[int, dict[str, int]]:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+        reloads = {str(k): int(v) for k, v in found["reloads"].items()}
+        return int(found["worker_deaths"]), reloads
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0, {}  # not written yet (no worker died, nothing reloaded)
+
+
+class _WithSupervisor:
+    """The workers' metrics (prometheus_client's multiprocess collector), with the supervisor's
+    counts: ``sekisho_worker_deaths_total``, and its reloads added to ``sekisho_reloads_total``
+    (a reload a worker refused before asking the supervisor is in the workers' files)."""
+
+    def __init__(self, workers: Any, counts: Path) -> None:
+        self.workers = workers
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        deaths, reloads = _read_supervisor_counts(self.counts)
+        for family in self.workers.collect():
+            if family.name == "sekisho_reloads":
+                family.samples = _added(family.samples, "sekisho_reloads_total", reloads)
+                reloads = {}
+            yield family
+        if reloads:
+            family = CounterMetricFamily(
+                "sekisho_reloads", "Configuration reloads, by result", labels=["result"]
+            )
+            for result, n in sorted(reloads.items()):
+                family.add_metric([result], n)
+            yield family
+        yield CounterMetricFamily(
+            "sekisho_worker_deaths",
+            "Workers of serve --workers N that died (crashed, killed: the OOM killer) and were "
+            "replaced; requests they had in flight were cut",
+            value=deaths,
+        )
+
+
+def _added(samples: list[Sample], name: str, extra: dict[str, int]) -> list[Sample]:
+    out = []
+    for sample in samples:
+        more = extra.pop(sample.labels.get("result", ""), 0) if sample.name == name else 0
+        out.append(sample._replace(value=sample.value + more) if more else sample)
+    out.extend(Sample(name, {"result": result}, float(n)) for result, n in sorted(extra.items()))
+    return out
+
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -207,6 +275,55 @@ class Metrics:
             ["region", "reason"],
             registry=r,
         )
+        # How each durable writer keeps up, before it falls behind its deadline: what waits
+        # for it (read when scraped), and how long each batch commit takes and how many it held
+        # (observed by the writer thread once per batch, nothing per request).
+        self.writer_queue = Gauge(
+            "sekisho_writer_queue",
+            "Entries (writer=ledger) or records (writer=store, of a region) handed to the "
+            "durable writer and not yet durable nor refused",
+            ["writer", "region"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.writer_commit = Histogram(
+            "sekisho_writer_commit_seconds",
+            "Time each batch commit of a durable writer took (failed ones included)",
+            ["writer", "region"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.writer_batch = Histogram(
+            "sekisho_writer_batch_entries",
+            "Entries or records in each batch a durable writer committed (group commit)",
+            ["writer", "region"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        # A classifier that failed on a request made it restricted (fail closed): counted so
+        # that a detector's defect, or inputs built to defeat one, is seen outside the log.
+        self.classifier_failures = Counter(
+            "sekisho_classifier_failures",
+            "Requests the classifier could not read completely, each treated as restricted: "
+            "reason=error (the classifier raised) or too_many_names (a text too dense with "
+            "names to read)",
+            ["tenant", "reason"],
+            registry=r,
+        )
+        # Reloads (SIGHUP, POST /admin/v1/policy/reload) by outcome. With several workers the
+        # supervisor reloads, and counts what it judged in a file the scrape reads
+        # (``SUPERVISOR_COUNTS``).
+        self.reloads = Counter(
+            "sekisho_reloads",
+            "Configuration reloads: result=ok (applied), refused (the file was refused: "
+            "invalid, or a change that takes a restart), failed (an error, or new workers "
+            "that could not start: the old configuration keeps serving)",
+            ["result"],
+            registry=r,
+        )
+        # Only with ``redis:`` (``watch_redis``): a gauge at 0 would otherwise claim a Redis
+        # that is not configured is down.
+        self.redis_up: Gauge | None = None
         # Log lines the writer thread dropped (logs.py) because stderr was not read fast enough:
         # added when scraped (and every few seconds with several workers).
         self.log_lines_dropped = Counter(
@@ -242,6 +359,19 @@ class Metrics:
             multiprocess_mode="livemin",
         )
 
+    def watch_redis(self) -> Gauge:
+        """The ``sekisho_redis_up`` gauge, made when Redis is configured. Several workers: the
+        value set most recently (by the worker that answered the latest scrape)."""
+        if self.redis_up is None:
+            self.redis_up = Gauge(
+                "sekisho_redis_up",
+                "1 when Redis (redis:) answered a PING within 0.5 s at this scrape, else 0; "
+                "the limits and endpoint caps it holds refuse meanwhile (503)",
+                registry=self.registry,
+                multiprocess_mode="livemostrecent",
+            )
+        return self.redis_up
+
     def exposition(self) -> bytes:
         """The Prometheus text: this process's registry, or with several workers all of them."""
         if self.shared_dir is None:
@@ -249,7 +379,8 @@ class Metrics:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         everyone = CollectorRegistry()
-        MultiProcessCollector(everyone, path=str(self.shared_dir))  # type: ignore[no-untyped-call]
+        workers = MultiProcessCollector(None, path=str(self.shared_dir))  # type: ignore[no-untyped-call]
+        everyone.register(_WithSupervisor(workers, self.shared_dir / SUPERVISOR_COUNTS))
         return generate_latest(everyone)
 
     def forget_dead_workers(self) -> None:

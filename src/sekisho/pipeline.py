@@ -488,8 +488,15 @@ class Pipeline:
                 "classifier failed; treating the request as restricted",
                 extra={"request_id": call.request_id},
             )
+            self._count_classifier_failure(tenant.name, "error")
             return findings, True  # what was found so far still counts
+        if failed:
+            self._count_classifier_failure(tenant.name, "too_many_names")
         return findings, failed
+
+    def _count_classifier_failure(self, tenant: str, reason: str) -> None:
+        m = self.metrics
+        m.child(m.classifier_failures, tenant, reason).inc()
 
     def _nameless(self, tenant: str) -> Scanner:
         """The tenant's scanner without its name detector, for a text too dense with names."""

@@ -168,6 +168,9 @@ class Ledger:
         self._signed_size = -1
         # Told (size, root) of each checkpoint signed, outside the ledger (see continuity).
         self.on_signed: Callable[[int, bytes], None] | None = None
+        # Told (seconds, entries) by the writer thread after each batch commit, failed ones
+        # too: the gateway's sekisho_writer_commit_seconds and sekisho_writer_batch_entries.
+        self.on_commit: Callable[[float, int], None] | None = None
         self._record_warned = False
         self._displaced: str | None = None  # for good: why nothing more may be written
         self._place_checked_at = time.monotonic()
@@ -235,6 +238,11 @@ class Ledger:
         self._handoff.put(loop, pending)
         return future
 
+    def waiting(self) -> int:
+        """Entries handed to the writer and not yet durable nor refused (for /metrics: read
+        when scraped, so that the request path pays nothing for it)."""
+        return sum(1 for p in list(self._waiting) if not p.future.done())
+
     def _too_late(self, pending: _Pending) -> LedgerUnavailable:
         why = (
             f"the ledger could not make the entry durable within {self.deadline:g} s "
@@ -289,6 +297,7 @@ class Ledger:
     def _commit(self, live: list[_Pending]) -> None:
         results: list[Appended | BaseException]
         self.health.begin()
+        began = time.monotonic()
         try:
             displaced = self._still_in_place()
             if displaced is not None:
@@ -308,6 +317,9 @@ class Ledger:
         else:
             self.health.ok()
             results = [Appended(start + i, p.entry.leaf_hash) for i, p in enumerate(live)]
+        if self.on_commit is not None:
+            with contextlib.suppress(Exception):  # counting must not change the outcome
+                self.on_commit(time.monotonic() - began, len(live))
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for p, result in zip(live, results, strict=True):
             by_loop.setdefault(p.loop, []).append((p, result))

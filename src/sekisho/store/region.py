@@ -80,6 +80,9 @@ class RegionStore:
     # reason ``deadline`` or ``storage_error`` (the gateway counts them in
     # sekisho_store_refusals_total).
     on_refused: Callable[[str, str, int], None] | None = None
+    # Told (seconds, records) by the writer thread after each batch commit, failed ones too
+    # (sekisho_writer_commit_seconds, sekisho_writer_batch_entries).
+    on_commit: Callable[[float, int], None] | None = None
 
     def __init__(
         self,
@@ -569,6 +572,11 @@ class RegionStore:
         self._handoff.put(loop, pending)
         await future
 
+    def waiting(self) -> int:
+        """Records handed to the writer and not yet durable nor refused (for /metrics: read
+        when scraped). Those of a second event loop (tools, tests) are not counted."""
+        return sum(1 for p in list(self._waiting) if not p.future.done())
+
     def _too_slow(self, record_id: str) -> StoreError:
         self._count_refused("deadline", 1)
         where = f"the store of region {self.region!r} ({self.records_at.display})"
@@ -604,12 +612,16 @@ class RegionStore:
     def _commit(self, batch: list[_Pending]) -> None:
         error: BaseException | None = None
         self.health.begin()
+        began = time.monotonic()
         try:
             self._write([p.row for p in batch], [i for p in batch for i in p.ids])
         except Exception as exc:  # driver errors, OSError (disk full), a server gone
             error = self._write_failed(exc, batch)
         else:
             self.health.ok()
+        if self.on_commit is not None:
+            with contextlib.suppress(Exception):  # counting must not change the outcome
+                self.on_commit(time.monotonic() - began, len(batch))
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for p in batch:
             by_loop.setdefault(p.loop, []).append(p.future)
