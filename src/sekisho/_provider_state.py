@@ -17,35 +17,52 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from sekisho.policy.decision import Decision, Exclusion
 
 PREFIX = "resp_sx"
 _PIN_RULE = "sekisho/provider-state"
+_MARK = re.compile(r"[A-Z][A-Z0-9_]{0,39}-[0-9]{1,6}")
 
 
-def wrap(provider_id: str, endpoint_id: str, seal: str) -> str:
+def wrap(
+    provider_id: str, endpoint_id: str, seal: str, numbered: Mapping[str, int] | None = None
+) -> str:
     """The id a client sees for a response kept at ``endpoint_id``; ``seal`` (``sealed``)
-    binds it to the tenant it was issued to."""
+    binds it to the tenant it was issued to. ``numbered``: per finding type, the highest
+    placeholder number the conversation has used so far (``<EMAIL_3>``: 3), carried to the
+    next turn so that its new values never take a number the provider already holds for
+    another value (``~EMAIL-3`` after the seal)."""
     where = base64.urlsafe_b64encode(endpoint_id.encode()).decode().rstrip("=")
-    return f"{PREFIX}{where}.{seal}.{provider_id}"
+    marks = "".join(f"~{t}-{n}" for t, n in sorted((numbered or {}).items()) if n > 0)
+    return f"{PREFIX}{where}.{seal}{marks}.{provider_id}"
 
 
-def unwrap(value: str) -> tuple[str, str, str] | None:
-    """(endpoint id, seal, provider's id) of an id ``wrap`` made; None for any other string."""
+def unwrap(value: str) -> tuple[str, str, str, dict[str, int]] | None:
+    """(endpoint id, seal, provider's id, placeholders numbered so far) of an id ``wrap``
+    made; None for any other string. The numbers are not sealed: changing them can only make
+    the client's own conversation number its pseudonyms otherwise."""
     if not value.startswith(PREFIX) or len(value) > 512:
         return None
     where, _, rest = value[len(PREFIX) :].partition(".")
-    seal, _, provider_id = rest.partition(".")
+    seal_and_marks, _, provider_id = rest.partition(".")
+    seal, *marks = seal_and_marks.split("~")
     if not where or not seal or not provider_id:
         return None
+    numbered: dict[str, int] = {}
+    for mark in marks:
+        if _MARK.fullmatch(mark) is None:
+            return None
+        type_, _, number = mark.rpartition("-")
+        numbered[type_] = int(number)
     try:
         endpoint_id = base64.urlsafe_b64decode(where + "=" * (-len(where) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
-    return endpoint_id, seal, provider_id
+    return endpoint_id, seal, provider_id, numbered
 
 
 def sealed(keyed_hash: Callable[[bytes], str], endpoint_id: str, provider_id: str) -> str:

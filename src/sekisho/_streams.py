@@ -477,7 +477,7 @@ def _renamer(p: Pipeline, call: Call, tenant: TenantView, endpoint_id: str) -> C
         ours = response_id(call.request_id)
         return lambda _: ours
     return lambda provider_id: wrap(
-        provider_id, endpoint_id, p.seal(tenant, endpoint_id, provider_id)
+        provider_id, endpoint_id, p.seal(tenant, endpoint_id, provider_id), call.numbered_so_far()
     )
 
 

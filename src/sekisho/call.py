@@ -59,12 +59,22 @@ class Call:
     # The endpoint that keeps the provider-side state this request continues from (a Responses
     # previous_response_id of sekisho's resp_sx… form): it may go there and nowhere else.
     pinned_endpoint: str | None = None
+    # A conversation kept at a provider: per type, the placeholder numbers its earlier turns
+    # used (carried in the response id); this request's new values are numbered after them.
+    numbered: dict[str, int] = field(default_factory=dict)
     # The previous_response_id the client sent, as it sent it (the upstream gets another
     # one, or none): the answer echoes this one, as OpenAI's does.
     previous_response_id: str | None = None
     # Its outcome entry is written (or there is no ledger): an unexpected error after that
     # writes no second one (``Pipeline.unexpected``).
     outcome_recorded: bool = False
+
+    def numbered_so_far(self) -> dict[str, int]:
+        """Per type, the highest placeholder number a conversation kept at a provider has
+        used, this request's included: what the id of its answer carries to the next turn."""
+        if self.pseudonymiser is None:
+            return self.numbered
+        return {**self.numbered, **self.pseudonymiser.numbered}
 
     @property
     def spoken(self) -> bool:

@@ -195,7 +195,7 @@ class Pipeline:
                             self.stores, call, tenant, self.owned(call.principal)
                         )
                 elif (kept_at := unwrap(previous)) is not None:  # state kept at a provider
-                    endpoint_id, seal, provider_id = kept_at
+                    endpoint_id, seal, provider_id, numbered = kept_at
                     if not hmac.compare_digest(seal, self.seal(tenant, endpoint_id, provider_id)):
                         raise InvalidRequest(
                             f"Cannot continue from previous_response_id {quoted_id(previous)}: it "
@@ -204,6 +204,7 @@ class Pipeline:
                             code="previous_response_not_found",
                         )
                     call.pinned_endpoint = endpoint_id
+                    call.numbered = numbered
                     call.body["previous_response_id"] = provider_id
                 else:
                     # Every tenant with the store leave reaches the same provider account
@@ -658,7 +659,7 @@ class Pipeline:
         if not any(f.type in redact_types or f.type in pseudo_types for f in findings):
             return None
         scanner = self.scanners[call.principal.tenant]
-        pseudo = Pseudonymiser() if pseudo_types else None
+        pseudo = Pseudonymiser(numbered=call.numbered) if pseudo_types else None
 
         def rewrite(text: str) -> str:
             split = [f for f in call.pieces.get(text, ()) if f.type in redact_types | pseudo_types]
@@ -933,7 +934,9 @@ class Pipeline:
                 data["id"] = response_id(call.request_id)
             elif isinstance(data.get("id"), str):  # kept at this endpoint: the id says so
                 ep_id = route.endpoint.id
-                data["id"] = wrap(data["id"], ep_id, self.seal(tenant, ep_id, data["id"]))
+                data["id"] = wrap(
+                    data["id"], ep_id, self.seal(tenant, ep_id, data["id"]), call.numbered_so_far()
+                )
         raw = orjson.dumps(data)
         outcome.estimate_usage(call.texts)
         await self.record(call, decision, outcome)

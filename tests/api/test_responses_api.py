@@ -973,7 +973,7 @@ def test_a_provider_kept_response_id_is_its_tenants_alone(
 
     h = gateways(two, keep_bodies=True)
     first = client(h).responses.create(model="gpt-4o", input="hello").id
-    endpoint, _, provider_id = unwrap(first) or ("", "", "")
+    endpoint, _, provider_id, _ = unwrap(first) or ("", "", "", {})
     stranger = openai.OpenAI(base_url=h.base_url, api_key=h.key("other"), max_retries=0)
     forged = wrap(provider_id, endpoint, "AAAAAAAAAAAAAAAA")
     for previous in (first, forged):
@@ -1024,3 +1024,40 @@ def test_a_kept_response_given_another_requests_id_in_the_store_is_not_served_as
     assert err.value.status_code == 500
     assert err.value.response.headers["x-should-retry"] == "false"
     assert len(attempts) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_conversation_kept_at_a_provider_never_reuses_a_placeholder_for_another_value(
+    gateway: Callable[..., Harness], stream: bool
+) -> None:
+    """sekisho does not know what an earlier turn of a conversation kept at the provider
+    called <EMAIL_1>: a new value in a later turn numbered from 1 again took the placeholder
+    the provider held for another person, and an answer naming it was re-identified as the
+    wrong one. Each id carries the numbers used so far; later turns number after them."""
+    h = gateway(tenant(features=["store"]))
+    c = client(h)
+
+    def turn(text: str, previous: str | None) -> tuple[str, str]:
+        extra = {"previous_response_id": previous} if previous else {}
+        if stream:
+            events, raw = stream_events(h, model="gpt-4o", input=text, **extra)
+            ids = {e.response.id for e in events if hasattr(e, "response")}
+            assert len(ids) == 1
+            rid = ids.pop()
+        else:
+            raw = c.responses.with_raw_response.create(model="gpt-4o", input=text, **extra)
+            rid = raw.parse().id
+        return rid, orjson.dumps(sent_body(h, raw.headers["x-sekisho-endpoint"])["input"]).decode()
+
+    first, sent = turn("taro@example.co.jp の注文", None)
+    assert "<EMAIL_1>" in sent and "taro@" not in sent
+    second, sent = turn("hanako@example.co.jp に送って", first)
+    assert "<EMAIL_2>" in sent and "<EMAIL_1>" not in sent and "hanako@" not in sent
+    third, sent = turn("ありがとう", second)  # no new value: the numbers carry on
+    fourth, sent = turn("jiro@example.co.jp にも", third)
+    assert "<EMAIL_3>" in sent and "jiro@" not in sent
+    # Old ids (issued before numbers were carried) and a client's own edit still continue.
+    assert "~EMAIL-3" in fourth
+    assert c.responses.create(
+        model="gpt-4o", input="次は?", previous_response_id=fourth.replace("~EMAIL-3", "")
+    ).id

@@ -757,3 +757,31 @@ def test_any_json_value_in_any_field_at_any_depth_is_read_or_a_clear_400(
     seen: list[str] = []
     rewrite_texts(kind, req.body, lambda t: seen.append(t) or t)
     assert seen == texts
+
+
+_TYPES = st.from_regex(r"[A-Z][A-Z0-9_]{0,12}", fullmatch=True)
+
+
+@given(
+    provider_id=st.text(min_size=1, max_size=60).filter(lambda s: "\x00" not in s),
+    endpoint_id=st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
+    numbered=st.dictionaries(_TYPES, st.integers(1, 999_999), max_size=5),
+)
+def test_a_provider_kept_id_gives_back_what_it_was_made_of(
+    provider_id: str, endpoint_id: str, numbered: dict[str, int]
+) -> None:
+    """The response id of a conversation kept at a provider carries its endpoint, its seal,
+    the provider's own id (dots and all) and the placeholder numbers used so far."""
+    from sekisho._provider_state import unwrap, wrap
+
+    made = wrap(provider_id, endpoint_id, "c2VhbHNlYWxzZWFs", numbered)
+    if len(made) <= 512:
+        assert unwrap(made) == (endpoint_id, "c2VhbHNlYWxzZWFs", provider_id, numbered)
+
+
+@given(st.text(max_size=80))
+def test_any_string_as_previous_response_id_is_read_or_refused_never_an_error(text: str) -> None:
+    from sekisho._provider_state import unwrap
+
+    got = unwrap("resp_sx" + text)
+    assert got is None or (len(got) == 4 and all(isinstance(n, int) for n in got[3].values()))

@@ -83,10 +83,14 @@ class Pseudonymiser:
     continue the conversation later: ``Pseudonymiser(stored_mapping)``.
     """
 
-    def __init__(self, mapping: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, mapping: Mapping[str, str] | None = None, *, numbered: Mapping[str, int] | None = None
+    ) -> None:
         self._by_placeholder: dict[str, str] = {}
         self._by_value: dict[tuple[str, str], str] = {}
-        self._counters: Counter[str] = Counter()
+        # ``numbered``: numbers a conversation used before, whose values are not known here
+        # (a conversation kept at a provider): new values are numbered after them.
+        self._counters: Counter[str] = Counter(numbered or {})
         for placeholder, value in (mapping or {}).items():
             match = PLACEHOLDER.fullmatch(placeholder)
             if match is None or not isinstance(value, str):
@@ -98,6 +102,11 @@ class Pseudonymiser:
             self._by_placeholder[placeholder] = value
             self._by_value[(type_, _key(value))] = placeholder
             self._counters[type_] = max(self._counters[type_], int(number))
+
+    @property
+    def numbered(self) -> dict[str, int]:
+        """Per type, the highest placeholder number used so far (with those it started after)."""
+        return {t: n for t, n in self._counters.items() if n > 0}
 
     @property
     def mapping(self) -> dict[str, str]:
