@@ -406,3 +406,52 @@ def test_the_finding_types_the_alerts_watch_are_the_ones_the_gateway_counts(
             if metric == "sekisho_findings_total" and "type" in matchers:
                 op, value = matchers["type"]
                 assert op == "=~" and set(value.split("|")) <= counted, (rule["alert"], counted)
+
+
+# -- the metrics table of the operations guide --------------------------------------------------
+
+
+def metrics_table() -> list[tuple[list[str], set[str], list[str]]]:
+    """Each row of operations.md's metrics table: the metrics it names, the labels it gives
+    them (what its second cell says before its first colon, parenthesised values aside;
+    `none` for a metric without labels) and all its cells."""
+    doc = OPERATIONS.read_text(encoding="utf-8")
+    table = doc.split("\n| metric | labels |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+        names = re.findall(r"`(sekisho_\w+)`", cells[0])
+        said = re.sub(r"\([^()]*\)", "", cells[1] if len(cells) > 1 else "").split(":", 1)[0]
+        labels = {w.strip(" `") for w in said.split(",")} - {"", "none"}
+        rows.append((names, labels, cells))
+    return rows
+
+
+def test_every_row_of_the_metrics_table_has_a_metric_cell_and_a_labels_cell() -> None:
+    """A row with a third cell renders without it (GitHub drops the cells past the header's):
+    what sekisho_redis_up and sekisho_open_files mean was written there and never shown."""
+    for names, _, cells in metrics_table():
+        assert names, cells
+        assert len(cells) == 2, f"{names}: {len(cells)} cells, the table has 2"
+        assert cells[1], f"{names}: say `none` and what it counts"
+
+
+def test_the_metrics_table_lists_every_metric_served_with_its_labels(
+    gateway_metrics: Served,
+) -> None:
+    served_labels: dict[str, set[str]] = {}
+    for series, family in gateway_metrics.family.items():
+        # prometheus_client's text format writes each counter's and histogram's creation
+        # time as a gauge of its own (sekisho_requests_created): part of its metric.
+        if series in gateway_metrics.labels and not family.endswith("_created"):
+            served_labels.setdefault(family, set()).update(gateway_metrics.labels[series] - {"le"})
+    documented: dict[str, set[str]] = {}
+    for names, labels, _ in metrics_table():
+        for name in names:
+            documented[name.removesuffix("_total")] = labels
+    assert set(documented) == set(served_labels), (
+        f"served, not in the table: {sorted(set(served_labels) - set(documented))}; "
+        f"in the table, not served: {sorted(set(documented) - set(served_labels))}"
+    )
+    for family, labels in served_labels.items():
+        assert documented[family] == labels, (family, documented[family], labels)
