@@ -329,6 +329,72 @@ def test_a_tenant_reads_its_own_entries_by_index_but_not_another_tenants(
         assert audited.status_code == 200
 
 
+# -- requests refused before the policy decides -----------------------------------------------
+
+LEDGER_DOC = ROOT / "docs" / "ledger.md"
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
+# (what, method, path under /v1, body, extra headers, whose key, status, code)
+BEFORE_THE_POLICY: list[tuple[str, str, str, bytes, dict[str, str], str | None, int, str]] = [
+    ("a method other than POST", "GET", "chat/completions", b"", {}, "app", 405,
+     "method_not_allowed"),
+    ("a browser's preflight", "OPTIONS", "chat/completions", b"",
+     {"origin": "https://app.example", "access-control-request-method": "POST"}, "app", 403,
+     "cors_not_supported"),
+    ("no key", "POST", "chat/completions", json.dumps(CHAT).encode(), {}, None, 401,
+     "invalid_api_key"),
+    ("a key whose role calls no model", "POST", "chat/completions",
+     json.dumps(CHAT).encode(), {}, "auditor", 403, "insufficient_role"),
+    ("a key of a tenant not configured", "POST", "chat/completions",
+     json.dumps(CHAT).encode(), {}, "gone", 403, "permission_denied"),
+    ("a body too large", "POST", "chat/completions", b" " * (4 * 1024 * 1024 + 1), {}, "app",
+     413, "request_too_large"),
+    ("a compressed body", "POST", "chat/completions", b"\x1f\x8b",
+     {"content-encoding": "gzip"}, "app", 415, "unsupported_content_encoding"),
+    ("a body that does not parse", "POST", "chat/completions", b"{", {}, "app", 400,
+     "invalid_request"),
+    ("a provider feature the tenant does not allow", "POST", "chat/completions",
+     json.dumps({**CHAT, "store": True}).encode(), {}, "app", 400,
+     "provider_feature_not_allowed"),
+    ("a model no endpoint serves", "POST", "chat/completions",
+     json.dumps({**CHAT, "model": "no-such-model"}).encode(), {}, "app", 404,
+     "model_not_found"),
+    ("a chat model asked for embeddings", "POST", "embeddings",
+     json.dumps({"model": "gpt-4o", "input": "hello"}).encode(), {}, "app", 400,
+     "model_not_supported"),
+]  # fmt: skip
+
+
+def refused_before_the_policy_paragraph() -> str:
+    doc = LEDGER_DOC.read_text(encoding="utf-8")
+    return doc.split("Requests refused before the policy decides leave no entry", 1)[1].split(
+        "\n\n", 1
+    )[0]
+
+
+@pytest.mark.parametrize("case", BEFORE_THE_POLICY, ids=[c[0] for c in BEFORE_THE_POLICY])
+def test_a_request_refused_before_the_policy_decides_has_no_entry_as_ledger_md_says(
+    gw: Harness, case: tuple[str, str, str, bytes, dict[str, str], str | None, int, str]
+) -> None:
+    """ledger.md lists the refusals that leave no entry, so that an auditor counting entries
+    against a client's requests knows which answers to leave out: it named 400, 401, 404, 429
+    and 503 alone, where 403s before the policy, 405, 413 and 415 leave none either."""
+    _, method, path, body, extra, whose, status, code = case
+    headers = {"content-type": "application/json", **extra}
+    if whose is not None:
+        role = {"app": "app", "auditor": "auditor", "gone": "app"}[whose]
+        key = gw.key("gone" if whose == "gone" else "demo", role=role)
+        headers["authorization"] = f"Bearer {key}"
+    size = gw.gateway.ledger.storage.tree_size()
+    r = request(method, f"{gw.base_url}/{path}", content=body or None, headers=headers)
+    assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+    # A preflight is no model request: it has the gateway's x-request-id alone.
+    rid = r.headers.get("x-sekisho-request-id") or r.headers["x-request-id"]
+    assert gw.gateway.ledger.find(rid) == []
+    assert gw.gateway.ledger.storage.tree_size() == size
+    said = refused_before_the_policy_paragraph()
+    assert str(status) in said and f"`{code}`" in said, f"ledger.md does not name {status} {code}"
+
+
 # -- a ledger that cannot record ------------------------------------------------------------------
 
 
