@@ -281,3 +281,19 @@ def test_the_python_examples_of_the_japanese_readme_are_python() -> None:
     assert len(blocks) == 2
     for block in blocks:
         compile(block, str(JA), "exec")
+
+
+def client_table(text: str) -> list[list[str]]:
+    """The backticked names (clients, settings, paths) in each row of a README's table of
+    clients that work unchanged, row by row."""
+    table = re.search(r"^\|[^\n]*\|\n\|---\|---\|---\|\n((?:\|[^\n]*\|\n)+)", text, re.M)
+    assert table, "no table of clients"
+    return [sorted(set(re.findall(r"`([^`]+)`", row))) for row in table[1].splitlines()]
+
+
+def test_the_japanese_table_of_clients_names_what_the_english_one_names() -> None:
+    """A client or path the English table gained (Java's HttpClient, /openai/responses) was
+    missing from the Japanese one, whose readers would think it unsupported."""
+    assert client_table(JA.read_text(encoding="utf-8")) == client_table(
+        EN.read_text(encoding="utf-8")
+    )
