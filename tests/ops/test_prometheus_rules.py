@@ -455,3 +455,14 @@ def test_the_metrics_table_lists_every_metric_served_with_its_labels(
     )
     for family, labels in served_labels.items():
         assert documented[family] == labels, (family, documented[family], labels)
+
+
+def test_every_metric_the_docs_name_is_served(gateway_metrics: Served) -> None:
+    """An operator copies a metric from a runbook or a troubleshooting row into a query: one
+    renamed or never served would match nothing, silently."""
+    served = set(gateway_metrics.labels) | set(gateway_metrics.family.values())
+    not_metrics = {"sekisho_store_version"}  # the stores' migration table (storage.md)
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        named = set(re.findall(r"(?<![\w:])sekisho_[a-z_]*[a-z]", doc.read_text(encoding="utf-8")))
+        unknown = named - served - not_metrics
+        assert not unknown, f"{doc.name} names {sorted(unknown)}, which /metrics does not serve"
