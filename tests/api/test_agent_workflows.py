@@ -313,3 +313,30 @@ def test_streamed_json_is_unescaped_as_it_is_whole(value: str, cuts: list[int]) 
     out.append(u.feed(text[at:]) + u.finish())
     assert "".join(out) == unescape_json_escapes(text)
     assert json.loads("".join(out)) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        # json.dumps writes a missing value of a float column (pandas, numpy) as NaN
+        json.dumps({"owner": NAME, "score": float("nan"), "max": float("inf")}),
+        # a file name decoded with surrogateescape, as os.listdir gives it for bytes not UTF-8
+        json.dumps({"owner": NAME, "file": "report\udce9.csv"}),
+        # log lines written as JSON, one a line (structlog, python-json-logger)
+        json.dumps({"event": "login", "user": NAME}) + "\n" + json.dumps({"event": "logout"}),
+    ],
+    ids=["nan", "lone-surrogate", "json-lines"],
+)
+def test_json_python_writes_is_read_past_its_escapes_too(result: str) -> None:
+    """What Python's json module writes and reads back, but a strict parser refuses (NaN and
+    Infinity, a lone surrogate's escape, one document a line), was left escaped whole: the
+    name in it reached the upstream, which reads \\uXXXX, unseen by the classifier."""
+    from sekisho.api.schema import unescape_json_text
+
+    assert "\\u5c71" in result
+    got = unescape_json_text(result)
+    assert NAME in got
+    # The same values, line by line (NaN compared as json.dumps writes it).
+    assert [json.dumps(json.loads(line)) for line in got.splitlines()] == [
+        json.dumps(json.loads(line)) for line in result.splitlines()
+    ]

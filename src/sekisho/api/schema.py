@@ -8,6 +8,7 @@ grows and clients that use a new field must keep working. Every error names the 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -749,14 +750,28 @@ def unescape_json_text(text: str) -> str:
     same JSON value, in characters the classifier reads. Python's ``json.dumps`` escapes every
     non-ASCII character by default, so a tool's result that names 山田太郎 arrives as
     ``\\u5c71\\u7530...``; read as it is, the name would reach the upstream unseen. Text that is
-    not JSON is returned as it is (there ``\\u5c71`` is what the writer typed)."""
+    not JSON is returned as it is (there ``\\u5c71`` is what the writer typed).
+
+    JSON is what Python's ``json`` reads, not only what a strict parser accepts: ``json.dumps``
+    also writes NaN and Infinity (a float column's missing value) and a lone surrogate's escape
+    (a file name decoded with surrogateescape), and logs are written one document a line.
+    Refused as not JSON, such a text went upstream with every name in it still escaped."""
     if "\\u" not in text or not text.lstrip().startswith(("{", "[", '"')):
         return text
+    if _is_json(text) or all(_is_json(line) for line in text.splitlines() if line.strip()):
+        return JSON_ESCAPE.sub(unescaped, text)
+    return text
+
+
+def _is_json(text: str) -> bool:
     try:
         orjson.loads(text)
     except orjson.JSONDecodeError:
-        return text
-    return JSON_ESCAPE.sub(unescaped, text)
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError):  # not JSON; nested past the parser's depth
+            return False
+    return True
 
 
 def unescape_json_texts(kind: str, body: dict[str, Any]) -> None:
