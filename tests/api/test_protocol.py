@@ -270,6 +270,27 @@ async def test_a_request_offering_h2c_is_served_as_http_1_1_with_its_body(server
     writer.close()
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /x HTTP/1.1\r\nhost: t\r\nconnection: close, Upgrade\r\nupgrade: h2c\r\n",
+        b"POST /x HTTP/1.0\r\nhost: t\r\n" + H2C,
+    ],
+    ids=["connection-close", "http-1.0"],
+)
+async def test_what_follows_an_h2c_offer_that_ends_its_connection_is_not_read(
+    server: int, head: bytes
+) -> None:
+    """A request that ends its connection (Connection: close, or HTTP/1.0) is the last one on
+    it, offering h2c or not: what the client sends after its body is not parsed. It was, as the
+    next request: bytes that are not one got a 400 in place of the request's own answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(head + b"content-length: 2\r\n\r\nhi" + b"not a request\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)  # until EOF
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\necho:hi")
+    writer.close()
+
+
 @settings(max_examples=25, deadline=None)  # a server per example: a fifth of a second each
 @given(cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=6))
 def test_any_split_of_h2c_offers_chunked_and_pipelined_gives_each_its_own_body(

@@ -255,12 +255,16 @@ class HttpProtocol(HttpToolsProtocol):
         """Go on with the request as HTTP/1.1. httptools ended it at its headers, so the body
         is read with a new parser, given a head that only frames it (its Content-Length or
         Transfer-Encoding) and that begins nothing: the request's cycle, not yet running, gets
-        the body, and whatever follows is the next request."""
+        the body, and whatever follows is the next request. A request that ends its connection
+        (Connection: close, HTTP/1.0) says so in that head too: what follows it is ignored, as
+        for any such request, not parsed as another."""
         framing = b"".join(
             b"%s: %s\r\n" % (name, value)
             for name, value in self.headers
             if name in (b"content-length", b"transfer-encoding")
         )
+        if not self.cycle.keep_alive:
+            framing += b"connection: close\r\n"
         self.parser = httptools.HttpRequestParser(self)
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's
         self.cycle.more_body = True
