@@ -25,6 +25,9 @@ from sekisho.policy.decision import Decision, Exclusion
 
 PREFIX = "resp_sx"
 _PIN_RULE = "sekisho/provider-state"
+# Longest id read: a provider's id, the endpoint's and the seal, and a mark for each finding
+# type a conversation pseudonymised (every type, at the longest, stays below it).
+MAX_ID = 2048
 _MARK = re.compile(r"[A-Z][A-Z0-9_]{0,39}-[0-9]{1,6}")
 
 
@@ -45,7 +48,7 @@ def unwrap(value: str) -> tuple[str, str, str, dict[str, int]] | None:
     """(endpoint id, seal, provider's id, placeholders numbered so far) of an id ``wrap``
     made; None for any other string. The numbers are not sealed: changing them can only make
     the client's own conversation number its pseudonyms otherwise."""
-    if not value.startswith(PREFIX) or len(value) > 512:
+    if not value.startswith(PREFIX) or len(value) > MAX_ID:
         return None
     where, _, rest = value[len(PREFIX) :].partition(".")
     seal_and_marks, _, provider_id = rest.partition(".")
