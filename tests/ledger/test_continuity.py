@@ -427,3 +427,28 @@ async def test_a_gateway_records_a_checkpoint_outside_the_ledger_before_it_signs
         await ledger.close()
     assert seen and all(signed is None or signed < size for size, signed in seen), seen
     assert json.loads((data / SIGNED).read_text())["size"] == size
+
+
+def test_the_record_of_a_checkpoint_signed_is_on_disk_before_it_replaces_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record that a power cut left empty proves nothing, and a restore behind it would
+    start unnoticed: the new record's content is synced before it takes the old one's place."""
+    from sekisho.ledger import continuity
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(f"replace {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(continuity.os, "fsync", fsync)
+    monkeypatch.setattr(continuity.os, "replace", replace)
+    continuity.record_signed(tmp_path, "key+1+AAAA", 5, b"\x01" * 32)
+    assert events == ["fsync", f"replace {SIGNED}"]
+    assert json.loads((tmp_path / SIGNED).read_text())["size"] == 5

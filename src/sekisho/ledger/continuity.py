@@ -43,7 +43,9 @@ class LedgerBehind(StorageError):
 
 
 def record_signed(data_dir: Path, verifier_key: str, size: int, root: bytes) -> None:
-    """Remember the newest checkpoint signed (a stale record is still a prefix: no fsync).
+    """Remember the newest checkpoint signed, on disk before it replaces the last record: a
+    record a power cut left empty or torn proves nothing, and a ledger restored from behind it
+    would then start unnoticed. (One fsync per checkpoint signed, not per request.)
 
     Never a smaller one over a larger one of the same key: the workers of one gateway and a
     `ledger checkpoint` sign side by side, and the one that records last may have signed less."""
@@ -59,6 +61,8 @@ def record_signed(data_dir: Path, verifier_key: str, size: int, root: bytes) -> 
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(item) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, record)
 
 
